@@ -1,0 +1,60 @@
+//! Every bound the server enforces, with where its number comes from.
+//! Configuration may override the operator-facing ones (see `config.rs`);
+//! the relations between them are checked at compile time below.
+use std::time::Duration;
+
+/// RFC 5321 section 4.5.3.1.4: a command line is at most 512 octets with CRLF.
+/// We accept longer lines (ESMTP parameters such as AUTH= or SIZE= grow them,
+/// RFC 1869 section 4.1.2 allows 1000+) up to this bound, then answer 500 5.5.6.
+pub const SMTP_COMMAND_LINE_MAX: usize = 4096;
+/// RFC 5321 section 4.5.3.1.6: a text line is at most 1000 octets with CRLF.
+/// Longer body lines are kept (real mail breaks this rule) up to the message
+/// size limit; this constant is what we advertise as the standard.
+pub const SMTP_TEXT_LINE_MAX: usize = 1000;
+/// Default maximum message size (SIZE extension, RFC 1870): 32 MiB.
+pub const MESSAGE_SIZE_MAX: usize = 32 * 1024 * 1024;
+/// RFC 5321 section 4.5.3.1.8 asks servers to accept at least 100 recipients.
+pub const RECIPIENTS_MAX: usize = 100;
+/// Default maximum simultaneous connections to the whole server.
+pub const CONNECTIONS_MAX: usize = 10_000;
+/// Default maximum simultaneous connections from one client IP address.
+pub const CONNECTIONS_PER_ADDRESS_MAX: usize = 256;
+/// Failed commands tolerated in one SMTP session before it is closed with 421.
+pub const SMTP_ERRORS_MAX: usize = 20;
+
+/// RFC 5321 section 4.5.3.2.7: the server should wait at least 5 minutes for
+/// the next command.
+pub const SMTP_COMMAND_TIMEOUT: Duration = Duration::from_secs(300);
+/// RFC 5321 section 4.5.3.2.6: at least 10 minutes for the final dot; we use
+/// the same bound for the gap between two reads of a data block.
+pub const SMTP_DATA_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// RFC 2449 section 4 (and RFC 1939 section 3): a POP3 command line, with CRLF,
+/// is at most 255 octets.
+pub const POP3_COMMAND_LINE_MAX: usize = 255;
+/// RFC 1939 section 3: an inactivity autologout timer of at least 10 minutes.
+pub const POP3_IDLE_TIMEOUT: Duration = Duration::from_secs(600);
+/// Failed logins on one POP3/IMAP connection before it is closed.
+pub const AUTH_FAILURES_MAX: usize = 3;
+
+/// Size of the per-connection read buffer chunk.
+pub const READ_CHUNK: usize = 16 * 1024;
+
+/// Segment files are preallocated (fallocate) to this size and mapped whole.
+pub const SEGMENT_SIZE: u64 = 64 * 1024 * 1024;
+/// Header bytes of one record plus the largest per-message metadata we store.
+pub const RECORD_OVERHEAD_MAX: usize = 4096;
+/// Trace headers (Return-Path, Received) prepended to a message, at most.
+pub const TRACE_HEADERS_MAX: usize = 2048;
+
+/// Virtual buckets accounts are hashed into. Fixed when the data directory is
+/// created and stored there: bucket -> shard is `bucket % cores`, so the
+/// layout survives a restart with a different number of cores.
+pub const BUCKETS_DEFAULT: u32 = 256;
+
+const _: () = assert!(
+    (MESSAGE_SIZE_MAX + RECORD_OVERHEAD_MAX + TRACE_HEADERS_MAX) as u64 <= SEGMENT_SIZE,
+    "a maximal message must fit in one segment"
+);
+const _: () = assert!(POP3_COMMAND_LINE_MAX < SMTP_COMMAND_LINE_MAX);
+const _: () = assert!(SMTP_COMMAND_LINE_MAX <= READ_CHUNK);

@@ -1,0 +1,1 @@
+//! SMTP (RFC 5321) scanners and replies.

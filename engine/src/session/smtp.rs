@@ -1,0 +1,1 @@
+//! SMTP server session state machine.
