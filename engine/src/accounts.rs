@@ -1,0 +1,1 @@
+//! Accounts: the account file, password hashes, recipient lookup.

@@ -1,0 +1,1 @@
+//! Configuration: embedded defaults, TOML file, command-line overrides.
