@@ -17,4 +17,6 @@ pub mod config;
 pub mod limits;
 pub mod protocol;
 pub mod session;
+pub mod runtime;
+pub mod storage;
 pub mod util;

@@ -1,0 +1,1 @@
+//! Runtime: glommio executors, listeners, shard routing.

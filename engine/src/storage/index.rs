@@ -1,0 +1,292 @@
+//! The per-account index: mailboxes, UIDs, flags, modseqs and where each
+//! message body lives. Rebuilt at start from a bucket checkpoint plus the
+//! records logged after it; changed afterwards only by [`Account::apply`], the
+//! same function recovery uses, so the live index and a recovered one agree.
+//!
+//! Counters (UIDNEXT, HIGHESTMODSEQ, mailbox ids, keyword bits) are advanced
+//! when a record is written; entries change when its group commit is durable.
+use std::collections::HashMap;
+
+use super::record::{Loc, Op};
+
+/// System flags, as bits of `MessageEntry::flags`.
+pub mod flag {
+    pub const SEEN: u32 = 1;
+    pub const ANSWERED: u32 = 2;
+    pub const FLAGGED: u32 = 4;
+    pub const DELETED: u32 = 8;
+    pub const DRAFT: u32 = 16;
+}
+
+/// SPECIAL-USE (RFC 6154) attribute of a mailbox.
+pub mod special {
+    pub const NONE: u8 = 0;
+    pub const SENT: u8 = 1;
+    pub const DRAFTS: u8 = 2;
+    pub const TRASH: u8 = 3;
+    pub const JUNK: u8 = 4;
+    pub const ARCHIVE: u8 = 5;
+}
+
+/// Mailboxes every new account starts with: id, name, special use.
+pub const DEFAULT_MAILBOXES: [(u32, &str, u8); 6] = [
+    (0, "INBOX", special::NONE),
+    (1, "Sent", special::SENT),
+    (2, "Drafts", special::DRAFTS),
+    (3, "Trash", special::TRASH),
+    (4, "Junk", special::JUNK),
+    (5, "Archive", special::ARCHIVE),
+];
+pub const INBOX: u32 = 0;
+
+#[derive(Debug, Clone, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct MessageEntry {
+    pub uid: u32,
+    pub flags: u32,
+    pub keywords: u64,
+    pub internal_date: i64,
+    pub modseq: u64,
+    pub loc: Loc,
+}
+
+#[derive(Debug, Clone, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct Mailbox {
+    pub id: u32,
+    pub name: String,
+    pub uidvalidity: u32,
+    /// Next UID to assign (RFC 3501 2.3.1.1: strictly ascending, never reused).
+    pub uidnext: u32,
+    pub highest_modseq: u64,
+    pub special_use: u8,
+    /// Keyword names; index = bit in `MessageEntry::keywords`.
+    pub keywords: Vec<String>,
+    /// Sorted by UID.
+    pub messages: Vec<MessageEntry>,
+}
+
+impl Mailbox {
+    pub fn new(id: u32, name: &str, uidvalidity: u32, special_use: u8) -> Self {
+        Mailbox {
+            id,
+            name: name.into(),
+            uidvalidity,
+            uidnext: 1,
+            highest_modseq: 1,
+            special_use,
+            keywords: Vec::new(),
+            messages: Vec::new(),
+        }
+    }
+
+    pub fn position(&self, uid: u32) -> Option<usize> {
+        self.messages.binary_search_by_key(&uid, |m| m.uid).ok()
+    }
+
+    pub fn size_octets(&self) -> u64 {
+        self.messages.iter().map(|m| u64::from(m.loc.len)).sum()
+    }
+
+    fn insert(&mut self, e: MessageEntry) {
+        self.uidnext = self.uidnext.max(e.uid + 1);
+        self.highest_modseq = self.highest_modseq.max(e.modseq);
+        match self.messages.binary_search_by_key(&e.uid, |m| m.uid) {
+            Ok(i) => self.messages[i] = e,
+            Err(i) => self.messages.insert(i, e),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct Account {
+    pub name: String,
+    pub mailboxes: Vec<Mailbox>,
+    pub subscriptions: Vec<String>,
+    pub next_mailbox_id: u32,
+}
+
+impl Account {
+    pub fn new(name: &str) -> Self {
+        Account { name: name.into(), mailboxes: Vec::new(), subscriptions: Vec::new(), next_mailbox_id: 0 }
+    }
+
+    pub fn mailbox(&self, id: u32) -> Option<&Mailbox> {
+        self.mailboxes.iter().find(|m| m.id == id)
+    }
+
+    pub fn mailbox_mut(&mut self, id: u32) -> Option<&mut Mailbox> {
+        self.mailboxes.iter_mut().find(|m| m.id == id)
+    }
+
+    pub fn mailbox_by_name(&self, name: &str) -> Option<&Mailbox> {
+        self.mailboxes.iter().find(|m| mailbox_name_eq(&m.name, name))
+    }
+
+    /// Apply one durable record. Idempotent where replay may repeat work
+    /// (a create of an existing mailbox, an expunge of missing UIDs).
+    /// `body_loc` is where the record's body landed (Message, Relocate).
+    pub fn apply(&mut self, op: &Op<'_>, body_loc: Option<Loc>) {
+        match op {
+            Op::CreateMailbox { mailbox, name, uidvalidity, special_use, .. } => {
+                self.next_mailbox_id = self.next_mailbox_id.max(mailbox + 1);
+                if self.mailbox(*mailbox).is_none() {
+                    self.mailboxes.push(Mailbox::new(*mailbox, name, *uidvalidity, *special_use));
+                }
+            }
+            Op::DeleteMailbox { mailbox, .. } => self.mailboxes.retain(|m| m.id != *mailbox),
+            Op::RenameMailbox { mailbox, name, .. } => {
+                if let Some(m) = self.mailbox_mut(*mailbox) {
+                    m.name = (*name).into();
+                }
+            }
+            Op::Subscribe { name, on, .. } => {
+                self.subscriptions.retain(|s| s != name);
+                if *on {
+                    self.subscriptions.push((*name).into());
+                }
+            }
+            Op::Message { mailbox, uid, internal_date, flags, keywords, modseq, .. } => {
+                let loc = body_loc.expect("message record has a body");
+                if let Some(m) = self.mailbox_mut(*mailbox) {
+                    m.insert(MessageEntry {
+                        uid: *uid,
+                        flags: *flags,
+                        keywords: *keywords,
+                        internal_date: *internal_date,
+                        modseq: *modseq,
+                        loc,
+                    });
+                }
+            }
+            Op::Link { mailbox, uid, internal_date, flags, keywords, modseq, loc, .. } => {
+                if let Some(m) = self.mailbox_mut(*mailbox) {
+                    m.insert(MessageEntry {
+                        uid: *uid,
+                        flags: *flags,
+                        keywords: *keywords,
+                        internal_date: *internal_date,
+                        modseq: *modseq,
+                        loc: *loc,
+                    });
+                }
+            }
+            Op::Flags { mailbox, uid, flags, keywords, modseq, .. } => {
+                if let Some(m) = self.mailbox_mut(*mailbox) {
+                    m.highest_modseq = m.highest_modseq.max(*modseq);
+                    if let Some(i) = m.position(*uid) {
+                        let e = &mut m.messages[i];
+                        e.flags = *flags;
+                        e.keywords = *keywords;
+                        e.modseq = *modseq;
+                    }
+                }
+            }
+            Op::Keyword { mailbox, bit, name, .. } => {
+                if let Some(m) = self.mailbox_mut(*mailbox) {
+                    let bit = usize::from(*bit);
+                    if m.keywords.len() <= bit {
+                        m.keywords.resize(bit + 1, String::new());
+                    }
+                    m.keywords[bit] = (*name).into();
+                }
+            }
+            Op::Expunge { mailbox, uids, modseq, .. } => {
+                if let Some(m) = self.mailbox_mut(*mailbox) {
+                    m.highest_modseq = m.highest_modseq.max(*modseq);
+                    m.messages.retain(|e| uids.binary_search(&e.uid).is_err());
+                }
+            }
+            Op::Relocate { old, .. } => {
+                let new = body_loc.expect("relocate record has a body");
+                for m in &mut self.mailboxes {
+                    for e in &mut m.messages {
+                        if e.loc == *old {
+                            e.loc = new;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Live body bytes per segment referenced by this account (shared bodies counted once).
+    pub fn live_bytes(&self, into: &mut HashMap<u64, u64>) {
+        let mut seen = std::collections::HashSet::new();
+        for m in &self.mailboxes {
+            for e in &m.messages {
+                if seen.insert(e.loc) {
+                    *into.entry(e.loc.seg).or_default() += u64::from(e.loc.len);
+                }
+            }
+        }
+    }
+}
+
+/// IMAP mailbox names: INBOX is case-insensitive (RFC 3501 5.1), others exact.
+pub fn mailbox_name_eq(a: &str, b: &str) -> bool {
+    if a.eq_ignore_ascii_case("INBOX") || b.eq_ignore_ascii_case("INBOX") {
+        a.eq_ignore_ascii_case(b)
+    } else {
+        a == b
+    }
+}
+
+/// A position in a writer's log: the record starting at or after `offset`
+/// in segment `seg` comes after this position.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct LogPos {
+    pub seg: u64,
+    pub offset: u32,
+}
+
+/// The checkpoint form of one bucket: every account in it and the log
+/// position up to which records are included.
+#[derive(Debug, Clone, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct BucketCheckpoint {
+    pub version: u32,
+    pub bucket: u32,
+    pub applied: LogPos,
+    pub accounts: Vec<Account>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn apply_builds_and_expunges() {
+        let mut a = Account::new("a@x");
+        for (id, name, su) in DEFAULT_MAILBOXES {
+            a.apply(&Op::CreateMailbox { account: "a@x", mailbox: id, name, uidvalidity: 5, special_use: su }, None);
+        }
+        let loc = |o| Loc { seg: 1, offset: o, len: 10 };
+        for uid in 1..=3 {
+            let op = Op::Message { account: "a@x", mailbox: INBOX, uid, internal_date: 0, flags: 0, keywords: 0, modseq: uid as u64 + 1, body: b"" };
+            a.apply(&op, Some(loc(uid * 100)));
+        }
+        a.apply(&Op::Flags { account: "a@x", mailbox: INBOX, uid: 2, flags: flag::SEEN, keywords: 0, modseq: 9 }, None);
+        a.apply(&Op::Expunge { account: "a@x", mailbox: INBOX, uids: vec![1, 3], modseq: 10 }, None);
+        let inbox = a.mailbox(INBOX).unwrap();
+        assert_eq!(inbox.messages.len(), 1);
+        assert_eq!(inbox.messages[0].flags, flag::SEEN);
+        assert_eq!(inbox.uidnext, 4);
+        assert_eq!(inbox.highest_modseq, 10);
+        a.apply(&Op::Relocate { account: "a@x", old: loc(200), body: b"" }, Some(Loc { seg: 2, offset: 64, len: 10 }));
+        assert_eq!(a.mailbox(INBOX).unwrap().messages[0].loc.seg, 2);
+        let mut live = HashMap::new();
+        a.live_bytes(&mut live);
+        assert_eq!(live.get(&2), Some(&10));
+        assert_eq!(a.mailbox_by_name("inbox").unwrap().id, INBOX);
+    }
+
+    #[test]
+    fn checkpoint_archive_round_trips() {
+        let mut a = Account::new("a@x");
+        a.mailboxes.push(Mailbox::new(0, "INBOX", 3, 0));
+        let c = BucketCheckpoint { version: 1, bucket: 7, applied: LogPos { seg: 9, offset: 64 }, accounts: vec![a] };
+        let bytes = rkyv::to_bytes::<rkyv::rancor::Error>(&c).unwrap();
+        let archived = rkyv::access::<ArchivedBucketCheckpoint, rkyv::rancor::Error>(&bytes).unwrap();
+        assert_eq!(archived.bucket, 7);
+        let back: BucketCheckpoint = rkyv::deserialize::<_, rkyv::rancor::Error>(archived).unwrap();
+        assert_eq!(back, c);
+    }
+}

@@ -1,0 +1,723 @@
+//! Storage: append-only segment logs, per-account indexes, checkpoints,
+//! group commit. Knows nothing of SMTP, POP3 or IMAP, and never sees a socket.
+//!
+//! Each shard owns one [`Store`]: the accounts of the buckets it owns
+//! (`bucket % shards == shard`) and one log of segments it alone writes.
+//! A change is a [`record::Op`] appended to the log; [`Store::commit`]
+//! returns once the record is durable (fdatasync) and applied to the index.
+//! All commits waiting at the same moment share one fdatasync (group commit).
+//!
+//! On disk, under the data directory:
+//! - `segments/<id>.seg`: logs of every writer of every run (see `segment.rs`);
+//! - `index/b<bucket>.ckpt`: rkyv checkpoint of one bucket's accounts plus the
+//!   log position it includes;
+//! - `meta`: bucket count and the run counter (see [`Meta`]).
+//!
+//! Recovery, per shard, before it serves: load its buckets' checkpoints, then
+//! scan every segment written after them in log order, applying records of its
+//! buckets, stopping each segment at its first torn record. Because buckets,
+//! not shards, own accounts, a restart with another `cores` value only moves
+//! whole buckets between shards.
+pub mod index;
+pub mod record;
+pub mod segment;
+
+use std::cell::{Cell, RefCell};
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+
+use futures::channel::oneshot;
+
+use crate::util::fnv1a64;
+use index::{Account, BucketCheckpoint, LogPos, DEFAULT_MAILBOXES};
+use record::{Loc, Op};
+use segment::Segment;
+
+#[derive(Debug, thiserror::Error, Clone)]
+pub enum StorageError {
+    #[error("I/O error: {0}")]
+    Io(String),
+    #[error("no space left for the message")]
+    Full,
+    #[error("record of {0} bytes cannot fit in a segment")]
+    TooLarge(usize),
+    #[error("no such account {0}")]
+    NoAccount(String),
+    #[error("no such mailbox")]
+    NoMailbox,
+}
+
+impl From<std::io::Error> for StorageError {
+    fn from(e: std::io::Error) -> Self {
+        if e.raw_os_error() == Some(libc::ENOSPC) || e.raw_os_error() == Some(libc::EDQUOT) {
+            StorageError::Full
+        } else {
+            StorageError::Io(e.to_string())
+        }
+    }
+}
+
+pub type Result<T> = std::result::Result<T, StorageError>;
+
+/// Which bucket an account lives in. Stable forever for a data directory.
+pub fn bucket_of(account: &str, buckets: u32) -> u32 {
+    (fnv1a64(account.as_bytes()) % u64::from(buckets)) as u32
+}
+
+/// Which shard owns a bucket.
+pub fn shard_of_bucket(bucket: u32, shards: usize) -> usize {
+    bucket as usize % shards
+}
+
+/// Persistent facts of a data directory, in `<data>/meta` as `key = value` lines.
+#[derive(Debug, Clone, Copy)]
+pub struct Meta {
+    pub buckets: u32,
+    pub run: u32,
+}
+
+impl Meta {
+    /// Read the meta file (creating the data directory layout on first use),
+    /// increment the run counter and write it back durably. Blocking: called
+    /// once at start-up before the executors start.
+    pub fn start_run(data_dir: &Path, default_buckets: u32) -> std::io::Result<Meta> {
+        std::fs::create_dir_all(data_dir.join("segments"))?;
+        std::fs::create_dir_all(data_dir.join("index"))?;
+        let path = data_dir.join("meta");
+        let mut meta = Meta { buckets: default_buckets, run: 0 };
+        match std::fs::read_to_string(&path) {
+            Ok(text) => {
+                for line in text.lines() {
+                    let Some((k, v)) = line.split_once('=') else { continue };
+                    let v: u32 = v.trim().parse().map_err(|_| {
+                        std::io::Error::new(std::io::ErrorKind::InvalidData, format!("{}: bad value for {k}", path.display()))
+                    })?;
+                    match k.trim() {
+                        "buckets" => meta.buckets = v,
+                        "run" => meta.run = v,
+                        _ => {}
+                    }
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+        if meta.buckets == 0 {
+            return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "buckets must be > 0"));
+        }
+        meta.run += 1;
+        if meta.run >= 1 << 24 {
+            return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "run counter exhausted"));
+        }
+        let tmp = data_dir.join("meta.tmp");
+        std::fs::write(&tmp, format!("buckets = {}\nrun = {}\n", meta.buckets, meta.run))?;
+        std::fs::File::open(&tmp)?.sync_all()?;
+        std::fs::rename(&tmp, &path)?;
+        std::fs::File::open(data_dir)?.sync_all()?;
+        Ok(meta)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    pub data_dir: PathBuf,
+    pub shard: usize,
+    pub shards: usize,
+    pub meta: Meta,
+    pub segment_size: usize,
+    pub checkpoint_every_records: u64,
+}
+
+struct Bucket {
+    accounts: HashMap<String, Account>,
+    /// Log position included by the last checkpoint (loaded or written).
+    applied: LogPos,
+    since_checkpoint: u64,
+    checkpoint_running: bool,
+}
+
+/// A message body: a slice of a segment mapping, kept alive by the `Rc`.
+#[derive(Clone)]
+pub struct Body {
+    seg: Rc<Segment>,
+    loc: Loc,
+}
+
+impl Body {
+    pub fn bytes(&self) -> &[u8] {
+        self.seg.slice(self.loc.offset as usize, self.loc.len as usize)
+    }
+    pub fn loc(&self) -> Loc {
+        self.loc
+    }
+}
+
+pub struct Store {
+    cfg: StoreConfig,
+    seg_dir: PathBuf,
+    idx_dir: PathBuf,
+    segments: RefCell<HashMap<u64, Rc<Segment>>>,
+    active: RefCell<Option<Rc<Segment>>>,
+    next_seq: Cell<u32>,
+    roll_lock: glommio::sync::Semaphore,
+    buckets: RefCell<HashMap<u32, Bucket>>,
+    /// Accounts whose creation records have not been made durable yet.
+    creating: RefCell<HashSet<String>>,
+    // Group commit.
+    written_epoch: Cell<u64>,
+    synced_epoch: Cell<u64>,
+    dirty: RefCell<Vec<Rc<Segment>>>,
+    /// Records written but not yet durable, in log order: (segment, record offset).
+    pending: RefCell<Vec<(Rc<Segment>, usize)>>,
+    waiters: RefCell<Vec<(u64, oneshot::Sender<Result<()>>)>>,
+    doorbell: RefCell<Option<oneshot::Sender<()>>>,
+    /// Position just after the last durable record of this shard's log.
+    synced_pos: Cell<LogPos>,
+    meta_buf: RefCell<Vec<u8>>,
+    pub stats: StoreStats,
+}
+
+#[derive(Default)]
+pub struct StoreStats {
+    pub syncs: Cell<u64>,
+    pub records: Cell<u64>,
+    pub checkpoints: Cell<u64>,
+}
+
+impl Store {
+    /// Open this shard's part of the data directory and recover its buckets.
+    /// Uses blocking file reads: call before the shard serves connections.
+    pub fn open(cfg: StoreConfig) -> std::io::Result<Rc<Store>> {
+        let seg_dir = cfg.data_dir.join("segments");
+        let idx_dir = cfg.data_dir.join("index");
+        let store = Rc::new(Store {
+            seg_dir,
+            idx_dir,
+            segments: RefCell::default(),
+            active: RefCell::default(),
+            next_seq: Cell::new(0),
+            roll_lock: glommio::sync::Semaphore::new(1),
+            buckets: RefCell::default(),
+            creating: RefCell::default(),
+            written_epoch: Cell::new(0),
+            synced_epoch: Cell::new(0),
+            dirty: RefCell::default(),
+            pending: RefCell::default(),
+            waiters: RefCell::default(),
+            doorbell: RefCell::default(),
+            synced_pos: Cell::new(LogPos::default()),
+            meta_buf: RefCell::new(Vec::with_capacity(256)),
+            stats: StoreStats::default(),
+            cfg,
+        });
+        store.recover()?;
+        Ok(store)
+    }
+
+    pub fn shard(&self) -> usize {
+        self.cfg.shard
+    }
+
+    pub fn bucket_of(&self, account: &str) -> u32 {
+        bucket_of(account, self.cfg.meta.buckets)
+    }
+
+    pub fn owns(&self, account: &str) -> bool {
+        shard_of_bucket(self.bucket_of(account), self.cfg.shards) == self.cfg.shard
+    }
+
+    fn my_buckets(&self) -> impl Iterator<Item = u32> + '_ {
+        (0..self.cfg.meta.buckets).filter(|b| shard_of_bucket(*b, self.cfg.shards) == self.cfg.shard)
+    }
+
+    fn recover(&self) -> std::io::Result<()> {
+        let mut buckets = self.buckets.borrow_mut();
+        for b in self.my_buckets() {
+            let bucket = match load_checkpoint(&self.idx_dir, b)? {
+                Some(c) => Bucket {
+                    accounts: c.accounts.into_iter().map(|a| (a.name.clone(), a)).collect(),
+                    applied: c.applied,
+                    since_checkpoint: 0,
+                    checkpoint_running: false,
+                },
+                None => Bucket { accounts: HashMap::new(), applied: LogPos::default(), since_checkpoint: 0, checkpoint_running: false },
+            };
+            buckets.insert(b, bucket);
+        }
+        let mut ids: Vec<u64> = std::fs::read_dir(&self.seg_dir)?
+            .filter_map(|e| e.ok())
+            .filter_map(|e| segment::parse_file_name(e.file_name().to_str()?))
+            .collect();
+        ids.sort_unstable();
+        let mut segments = self.segments.borrow_mut();
+        for id in ids {
+            let seg = match Segment::open_read_only(&self.seg_dir.join(segment::file_name(id))) {
+                Ok(s) => Rc::new(s),
+                Err(e) => {
+                    tracing::warn!(segment = id, error = %e, "skipping unreadable segment");
+                    continue;
+                }
+            };
+            let data = seg.all();
+            let mut off = segment::SEGMENT_HEADER_LEN;
+            while let Some(rec) = record::scan_at(data, off) {
+                if let Some(bucket) = buckets.get_mut(&rec.bucket) {
+                    if after(bucket.applied, id, off) {
+                        match Op::decode(rec.kind, rec.payload) {
+                            Some(op) => {
+                                let body_loc = body_loc_of(&op, id, rec.payload_offset, rec.payload.len());
+                                let account = op.account();
+                                if !bucket.accounts.contains_key(account) {
+                                    bucket.accounts.insert(account.into(), Account::new(account));
+                                }
+                                bucket.accounts.get_mut(account).expect("inserted").apply(&op, body_loc);
+                                bucket.since_checkpoint += 1;
+                            }
+                            None => {
+                                tracing::warn!(segment = id, offset = off, "undecodable record ends this segment");
+                                break;
+                            }
+                        }
+                    }
+                }
+                off = rec.next;
+            }
+            seg.set_end(off);
+            segments.insert(id, seg);
+        }
+        // Everything of earlier runs is now applied: this run's log starts here.
+        let start = LogPos { seg: segment::segment_id(self.cfg.meta.run, self.cfg.shard as u16, 0), offset: 0 };
+        for bucket in buckets.values_mut() {
+            bucket.applied = start;
+        }
+        self.synced_pos.set(start);
+        Ok(())
+    }
+
+    /// Number of accounts this shard holds.
+    pub fn account_count(&self) -> usize {
+        self.buckets.borrow().values().map(|b| b.accounts.len()).sum()
+    }
+
+    /// Run `f` on an account's index, if the account has any mail state.
+    pub fn with_account<R>(&self, account: &str, f: impl FnOnce(&Account) -> R) -> Option<R> {
+        let b = self.bucket_of(account);
+        let buckets = self.buckets.borrow();
+        buckets.get(&b)?.accounts.get(account).map(f)
+    }
+
+    /// Mutable access for eager counters (UIDs, modseqs). Creates the account
+    /// with its default mailboxes if needed, pushing the creation ops to `ops_out`.
+    fn with_account_mut<R>(&self, account: &str, now: i64, creation: &mut Vec<(String, u32, u32, u8)>, f: impl FnOnce(&mut Account) -> R) -> R {
+        let b = self.bucket_of(account);
+        assert!(self.owns(account), "account {account} routed to the wrong shard");
+        let mut buckets = self.buckets.borrow_mut();
+        let bucket = buckets.get_mut(&b).expect("owned bucket exists");
+        let acc = bucket.accounts.entry(account.to_string()).or_insert_with(|| {
+            let mut a = Account::new(account);
+            let uidvalidity = now.clamp(1, u32::MAX as i64) as u32;
+            for (id, name, su) in DEFAULT_MAILBOXES {
+                a.apply(&Op::CreateMailbox { account, mailbox: id, name, uidvalidity, special_use: su }, None);
+            }
+            self.creating.borrow_mut().insert(account.to_string());
+            a
+        });
+        if self.creating.borrow().contains(account) {
+            for m in &acc.mailboxes {
+                creation.push((m.name.clone(), m.id, m.uidvalidity, m.special_use));
+            }
+        }
+        f(acc)
+    }
+
+    /// Deliver one message to the INBOX of each account (all owned by this
+    /// shard). The message is `prefix` followed by `body`. Returns the UIDs
+    /// once every copy is durable.
+    pub async fn deliver(&self, accounts: &[String], prefix: &[u8], body: &[u8], internal_date: i64) -> Result<Vec<u32>> {
+        let size = prefix.len() + body.len();
+        if size + crate::limits::RECORD_OVERHEAD_MAX > self.cfg.segment_size - segment::SEGMENT_HEADER_LEN {
+            return Err(StorageError::TooLarge(size));
+        }
+        // Reserve room for all copies first, so the writes below happen
+        // without an await between them (a commit is atomic within the shard).
+        let need: usize = accounts.len() * (size + crate::limits::RECORD_OVERHEAD_MAX) + 64 * 1024;
+        self.ensure_room(need.min(self.cfg.segment_size - segment::SEGMENT_HEADER_LEN)).await?;
+        let mut uids = Vec::with_capacity(accounts.len());
+        let mut epoch_ops = 0;
+        for account in accounts {
+            if self.active_room() < size + crate::limits::RECORD_OVERHEAD_MAX {
+                // A multi-recipient message larger than one segment's room: commit
+                // what we have, roll, continue.
+                self.ensure_room(size + crate::limits::RECORD_OVERHEAD_MAX).await?;
+            }
+            let mut creation = Vec::new();
+            let (uid, modseq) = self.with_account_mut(account, internal_date, &mut creation, |a| {
+                let inbox = a.mailbox_mut(index::INBOX).expect("every account has an INBOX");
+                let uid = inbox.uidnext;
+                inbox.uidnext += 1;
+                inbox.highest_modseq += 1;
+                (uid, inbox.highest_modseq)
+            });
+            for (name, id, uidvalidity, su) in &creation {
+                self.write_op(&Op::CreateMailbox { account, mailbox: *id, name, uidvalidity: *uidvalidity, special_use: *su }, &[])?;
+            }
+            let op = Op::Message { account, mailbox: index::INBOX, uid, internal_date, flags: 0, keywords: 0, modseq, body: &[] };
+            self.write_message(&op, prefix, body)?;
+            uids.push(uid);
+            epoch_ops += 1;
+        }
+        debug_assert!(epoch_ops > 0 || accounts.is_empty());
+        self.wait_durable().await?;
+        let mut creating = self.creating.borrow_mut();
+        for a in accounts {
+            creating.remove(a);
+        }
+        Ok(uids)
+    }
+
+    /// Log arbitrary ops (IMAP/POP3 changes) and wait until they are durable
+    /// and applied. Ops that only change existing state (flags, mailbox names)
+    /// are applied at once, so the next command computes from them; ops that
+    /// add or remove messages become visible when durable.
+    pub async fn commit(&self, ops: &[Op<'_>]) -> Result<()> {
+        let need: usize = ops.iter().map(|o| o.body().map_or(0, |b| b.len()) + crate::limits::RECORD_OVERHEAD_MAX).sum();
+        self.ensure_room(need.min(self.cfg.segment_size - segment::SEGMENT_HEADER_LEN)).await?;
+        for op in ops {
+            if self.active_room() < op.body().map_or(0, |b| b.len()) + crate::limits::RECORD_OVERHEAD_MAX {
+                return Err(StorageError::TooLarge(need));
+            }
+            match op {
+                Op::Message { body, .. } => {
+                    let body: &[u8] = body;
+                    self.write_message(op, &[], body)?;
+                }
+                _ => {
+                    self.write_op(op, op.body().unwrap_or(&[]))?;
+                    if is_eager(op) {
+                        let account = op.account();
+                        let b = self.bucket_of(account);
+                        let mut buckets = self.buckets.borrow_mut();
+                        let bucket = buckets.get_mut(&b).expect("owned bucket");
+                        bucket.accounts.entry(account.into()).or_insert_with(|| Account::new(account)).apply(op, None);
+                    }
+                }
+            }
+        }
+        self.wait_durable().await
+    }
+
+    /// A message body by location.
+    pub fn body(&self, loc: Loc) -> Option<Body> {
+        let seg = self.segments.borrow().get(&loc.seg)?.clone();
+        if (loc.offset as usize + loc.len as usize) > seg.write_pos() {
+            return None;
+        }
+        Some(Body { seg, loc })
+    }
+
+    fn active_room(&self) -> usize {
+        self.active.borrow().as_ref().map_or(0, |s| s.room())
+    }
+
+    /// Make sure the active segment has `need` bytes of room, rolling to a new
+    /// segment if not.
+    async fn ensure_room(&self, need: usize) -> Result<()> {
+        if self.active_room() >= need {
+            return Ok(());
+        }
+        let _guard = self.roll_lock.acquire_permit(1).await.map_err(|e| StorageError::Io(e.to_string()))?;
+        if self.active_room() >= need {
+            return Ok(());
+        }
+        let seq = self.next_seq.get();
+        let id = segment::segment_id(self.cfg.meta.run, self.cfg.shard as u16, seq);
+        let seg = Rc::new(Segment::create(&self.seg_dir, id, self.cfg.segment_size).await?);
+        self.next_seq.set(seq + 1);
+        self.segments.borrow_mut().insert(id, seg.clone());
+        *self.active.borrow_mut() = Some(seg);
+        Ok(())
+    }
+
+    fn write_op(&self, op: &Op<'_>, body: &[u8]) -> Result<()> {
+        let mut meta = self.meta_buf.borrow_mut();
+        meta.clear();
+        op.encode_meta(&mut meta);
+        self.write_parts(op, &[&meta, body])
+    }
+
+    /// A Message record whose body is `prefix ++ body` (the op's own body is ignored).
+    fn write_message(&self, op: &Op<'_>, prefix: &[u8], body: &[u8]) -> Result<()> {
+        let Op::Message { account, mailbox, uid, internal_date, flags, keywords, modseq, .. } = *op else {
+            unreachable!("write_message takes Message ops")
+        };
+        let len = prefix.len() + body.len();
+        let mut meta = self.meta_buf.borrow_mut();
+        meta.clear();
+        // Encode metadata with a placeholder body of the right length.
+        let shadow = Op::Message { account, mailbox, uid, internal_date, flags, keywords, modseq, body: &[] };
+        shadow.encode_meta(&mut meta);
+        let n = meta.len();
+        meta[n - 4..].copy_from_slice(&(len as u32).to_le_bytes());
+        self.write_parts(op, &[&meta, prefix, body])
+    }
+
+    fn write_parts(&self, op: &Op<'_>, parts: &[&[u8]]) -> Result<()> {
+        let payload_len: usize = parts.iter().map(|p| p.len()).sum();
+        let total = record::record_len(payload_len);
+        let active = self.active.borrow().clone().ok_or(StorageError::Io("no active segment".into()))?;
+        if active.room() < total {
+            return Err(StorageError::TooLarge(total));
+        }
+        let bucket = self.bucket_of(op.account());
+        let header = record::header(op, bucket, parts);
+        let mut all: Vec<&[u8]> = Vec::with_capacity(parts.len() + 1);
+        all.push(&header);
+        all.extend_from_slice(parts);
+        let at = active.append(&all, total);
+        self.stats.records.set(self.stats.records.get() + 1);
+        self.pending.borrow_mut().push((active.clone(), at));
+        let mut dirty = self.dirty.borrow_mut();
+        if !dirty.iter().any(|s| Rc::ptr_eq(s, &active)) {
+            dirty.push(active);
+        }
+        self.written_epoch.set(self.written_epoch.get() + 1);
+        Ok(())
+    }
+
+    /// Wait until everything this task wrote is durable and applied.
+    async fn wait_durable(&self) -> Result<()> {
+        let epoch = self.written_epoch.get();
+        if self.synced_epoch.get() >= epoch {
+            return Ok(());
+        }
+        let (tx, rx) = oneshot::channel();
+        self.waiters.borrow_mut().push((epoch, tx));
+        if let Some(bell) = self.doorbell.borrow_mut().take() {
+            let _ = bell.send(());
+        }
+        rx.await.unwrap_or_else(|_| Err(StorageError::Io("store shut down".into())))
+    }
+
+    /// The group-commit loop: one task per shard. Each round syncs every
+    /// segment dirtied since the last round with one fdatasync each (usually
+    /// just the active one), then applies the records and wakes the waiters.
+    pub async fn run_syncer(self: Rc<Self>) {
+        loop {
+            if self.synced_epoch.get() >= self.written_epoch.get() || self.waiters.borrow().is_empty() {
+                let (tx, rx) = oneshot::channel();
+                *self.doorbell.borrow_mut() = Some(tx);
+                if rx.await.is_err() {
+                    return;
+                }
+                continue;
+            }
+            self.sync_round().await;
+        }
+    }
+
+    /// One group commit: make everything written so far durable.
+    pub async fn sync_round(&self) {
+        let target = self.written_epoch.get();
+        let dirty = std::mem::take(&mut *self.dirty.borrow_mut());
+        let pending = std::mem::take(&mut *self.pending.borrow_mut());
+        let mut result = Ok(());
+        for seg in &dirty {
+            if let Err(e) = seg.sync().await {
+                tracing::error!(segment = seg.id(), error = %e, "fdatasync failed");
+                result = Err(StorageError::from(e));
+            }
+        }
+        self.stats.syncs.set(self.stats.syncs.get() + 1);
+        if result.is_ok() {
+            self.apply_pending(&pending);
+        } else {
+            // Pages we cannot prove durable: stop writing into this segment.
+            *self.active.borrow_mut() = None;
+        }
+        self.synced_epoch.set(target);
+        let mut waiters = self.waiters.borrow_mut();
+        let mut i = 0;
+        while i < waiters.len() {
+            if waiters[i].0 <= target {
+                let (_, tx) = waiters.swap_remove(i);
+                let _ = tx.send(result.clone());
+            } else {
+                i += 1;
+            }
+        }
+        drop(waiters);
+        self.maybe_checkpoint();
+    }
+
+    fn apply_pending(&self, pending: &[(Rc<Segment>, usize)]) {
+        let mut buckets = self.buckets.borrow_mut();
+        for (seg, at) in pending {
+            let rec = record::scan_at(seg.slice(0, seg.write_pos()), *at).expect("record we just wrote scans");
+            let op = Op::decode(rec.kind, rec.payload).expect("record we just wrote decodes");
+            let bucket = buckets.get_mut(&rec.bucket).expect("owned bucket");
+            bucket.since_checkpoint += 1;
+            self.synced_pos.set(LogPos { seg: seg.id(), offset: rec.next as u32 });
+            if is_eager(&op) {
+                continue;
+            }
+            let body_loc = body_loc_of(&op, seg.id(), rec.payload_offset, rec.payload.len());
+            if let Some(a) = bucket.accounts.get_mut(op.account()) {
+                a.apply(&op, body_loc);
+            }
+        }
+    }
+
+    fn maybe_checkpoint(&self) {
+        let every = self.cfg.checkpoint_every_records;
+        let due: Vec<u32> = self
+            .buckets
+            .borrow()
+            .iter()
+            .filter(|(_, b)| b.since_checkpoint >= every && !b.checkpoint_running)
+            .map(|(k, _)| *k)
+            .collect();
+        for b in due {
+            if let Some((bytes, pos)) = self.checkpoint_bytes(b) {
+                let dir = self.idx_dir.clone();
+                glommio::spawn_local(write_checkpoint_task(dir, b, bytes)).detach();
+                let mut buckets = self.buckets.borrow_mut();
+                let bucket = buckets.get_mut(&b).expect("bucket");
+                bucket.applied = pos;
+                bucket.since_checkpoint = 0;
+                self.stats.checkpoints.set(self.stats.checkpoints.get() + 1);
+            }
+        }
+    }
+
+    /// Serialize a bucket's accounts with the position they include.
+    fn checkpoint_bytes(&self, b: u32) -> Option<(Vec<u8>, LogPos)> {
+        let buckets = self.buckets.borrow();
+        let bucket = buckets.get(&b)?;
+        // Everything durable is applied; pending (unsynced) records lie after synced_pos.
+        let pos = self.synced_pos.get();
+        let mut accounts: Vec<Account> = bucket.accounts.values().cloned().collect();
+        accounts.sort_by(|a, b| a.name.cmp(&b.name));
+        let c = BucketCheckpoint { version: CHECKPOINT_VERSION, bucket: b, applied: pos, accounts };
+        let bytes = rkyv::to_bytes::<rkyv::rancor::Error>(&c).ok()?;
+        Some((bytes.into_vec(), pos))
+    }
+
+    /// Checkpoint every bucket that changed since its last checkpoint and wait
+    /// for the files to be durable (clean shutdown).
+    pub async fn checkpoint_all(&self) -> Result<()> {
+        // Only the syncer task runs sync rounds (two concurrent rounds could
+        // acknowledge records before their own fdatasync): wait for it.
+        self.wait_durable().await?;
+        let due: Vec<u32> = self.buckets.borrow().iter().filter(|(_, b)| b.since_checkpoint > 0).map(|(k, _)| *k).collect();
+        for b in due {
+            if let Some((bytes, pos)) = self.checkpoint_bytes(b) {
+                write_checkpoint(&self.idx_dir, b, &bytes).await?;
+                let mut buckets = self.buckets.borrow_mut();
+                let bucket = buckets.get_mut(&b).expect("bucket");
+                bucket.applied = pos;
+                bucket.since_checkpoint = 0;
+            }
+        }
+        Ok(())
+    }
+}
+
+const CHECKPOINT_VERSION: u32 = 1;
+const CHECKPOINT_MAGIC: &[u8; 4] = b"RMCK";
+/// Header before the rkyv bytes: magic, version, length, crc32. 16 bytes keeps
+/// the archive 16-byte aligned inside a page-aligned mapping.
+const CHECKPOINT_HEADER: usize = 16;
+
+fn checkpoint_path(dir: &Path, bucket: u32) -> PathBuf {
+    dir.join(format!("b{bucket:05}.ckpt"))
+}
+
+async fn write_checkpoint_task(dir: PathBuf, bucket: u32, bytes: Vec<u8>) {
+    if let Err(e) = write_checkpoint(&dir, bucket, &bytes).await {
+        tracing::error!(bucket, error = %e, "checkpoint failed");
+    }
+}
+
+/// Write a checkpoint durably: temporary file, fdatasync, rename, directory sync.
+async fn write_checkpoint(dir: &Path, bucket: u32, archive: &[u8]) -> Result<()> {
+    let mut data = Vec::with_capacity(CHECKPOINT_HEADER + archive.len());
+    data.extend_from_slice(CHECKPOINT_MAGIC);
+    data.extend_from_slice(&CHECKPOINT_VERSION.to_le_bytes());
+    data.extend_from_slice(&(archive.len() as u32).to_le_bytes());
+    data.extend_from_slice(&crc32fast::hash(archive).to_le_bytes());
+    data.extend_from_slice(archive);
+    let tmp = dir.join(format!("b{bucket:05}.ckpt.tmp.{}", rand::random::<u32>()));
+    let io = |e: glommio::GlommioError<()>| StorageError::from(std::io::Error::from(e));
+    let mut f = glommio::io::OpenOptions::new().write(true).create(true).truncate(true).buffered_open(&tmp).await.map_err(io)?;
+    f.write_at(data, 0).await.map_err(io)?;
+    f.fdatasync().await.map_err(io)?;
+    f.rename(checkpoint_path(dir, bucket)).await.map_err(io)?;
+    f.close().await.map_err(io)?;
+    glommio::io::Directory::open(dir).await.map_err(io)?.sync().await.map_err(io)?;
+    Ok(())
+}
+
+/// Load a bucket checkpoint through a read-only mapping, checking its checksum
+/// and validating the archive before any field is read.
+fn load_checkpoint(dir: &Path, bucket: u32) -> std::io::Result<Option<BucketCheckpoint>> {
+    let path = checkpoint_path(dir, bucket);
+    let file = match std::fs::File::open(&path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let bad = |m: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, format!("{}: {m}", path.display()));
+    // SAFETY: checkpoint files are written once under a temporary name and
+    // renamed into place; nothing modifies them while mapped.
+    let map = unsafe { memmap2::Mmap::map(&file)? };
+    if map.len() < CHECKPOINT_HEADER || &map[0..4] != CHECKPOINT_MAGIC {
+        return Err(bad("not a checkpoint"));
+    }
+    let len = u32::from_le_bytes(map[8..12].try_into().unwrap()) as usize;
+    let crc = u32::from_le_bytes(map[12..16].try_into().unwrap());
+    let archive = map.get(CHECKPOINT_HEADER..CHECKPOINT_HEADER + len).ok_or_else(|| bad("truncated"))?;
+    if crc32fast::hash(archive) != crc {
+        return Err(bad("checksum mismatch"));
+    }
+    let archived = rkyv::access::<index::ArchivedBucketCheckpoint, rkyv::rancor::Error>(archive)
+        .map_err(|e| bad(&format!("invalid archive: {e}")))?;
+    if archived.bucket != bucket {
+        return Err(bad("checkpoint of another bucket"));
+    }
+    let c: BucketCheckpoint =
+        rkyv::deserialize::<_, rkyv::rancor::Error>(archived).map_err(|e| bad(&format!("{e}")))?;
+    Ok(Some(c))
+}
+
+/// Ops applied to the index as soon as they are written (see [`Store::commit`]).
+fn is_eager(op: &Op<'_>) -> bool {
+    matches!(
+        op,
+        Op::CreateMailbox { .. } | Op::DeleteMailbox { .. } | Op::RenameMailbox { .. } | Op::Subscribe { .. } | Op::Flags { .. } | Op::Keyword { .. }
+    )
+}
+
+/// Where the body of a Message/Relocate record sits: the payload's tail.
+fn body_loc_of(op: &Op<'_>, seg: u64, payload_offset: usize, payload_len: usize) -> Option<Loc> {
+    let body = op.body()?;
+    Some(Loc { seg, offset: (payload_offset + payload_len - body.len()) as u32, len: body.len() as u32 })
+}
+
+/// Is the record at (`seg`, `offset`) after the checkpoint position `applied`?
+/// Within one run a bucket has a single writer, so positions of one run
+/// compare within that writer's log; a later run always comes after.
+fn after(applied: LogPos, seg: u64, offset: usize) -> bool {
+    if applied.seg == 0 {
+        return true;
+    }
+    let (run, prun) = (segment::id_run(seg), segment::id_run(applied.seg));
+    if run != prun {
+        return run > prun;
+    }
+    if segment::id_writer(seg) != segment::id_writer(applied.seg) {
+        // Another writer of the same run never holds this bucket's records.
+        return false;
+    }
+    (seg, offset as u64) >= (applied.seg, u64::from(applied.offset))
+}

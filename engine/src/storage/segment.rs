@@ -1,0 +1,185 @@
+//! Segment files: preallocated, memory-mapped, append-only.
+//!
+//! Contract of the mapping: a segment is written by exactly one shard (its
+//! writer), only at offsets at or beyond `write_pos`, through a raw pointer;
+//! readers only ever see bytes below `write_pos`, as `&[u8]` slices of the
+//! mapping. Bytes are readable as soon as they are written (same address
+//! space) but callers only hand out locations after the group commit made
+//! them durable. The file is fully allocated with fallocate before it is
+//! mapped, so a full disk is an error at creation, never a SIGBUS on write.
+//!
+//! A segment file is named by its id in hex: `run << 40 | writer << 32 | seq`,
+//! so file names sort in log order within a writer.
+use std::cell::Cell;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+
+use memmap2::{MmapOptions, MmapRaw};
+
+pub const SEGMENT_MAGIC: &[u8; 8] = b"RMSEG001";
+/// The segment header; records start right after it.
+pub const SEGMENT_HEADER_LEN: usize = 64;
+
+pub fn segment_id(run: u32, writer: u16, seq: u32) -> u64 {
+    debug_assert!(run < (1 << 24));
+    (u64::from(run) << 40) | (u64::from(writer) << 32) | u64::from(seq)
+}
+
+pub fn id_run(id: u64) -> u32 {
+    (id >> 40) as u32
+}
+pub fn id_writer(id: u64) -> u16 {
+    ((id >> 32) & 0xff) as u16
+}
+pub fn id_seq(id: u64) -> u32 {
+    id as u32
+}
+
+pub fn file_name(id: u64) -> String {
+    format!("{id:016x}.seg")
+}
+
+pub fn parse_file_name(name: &str) -> Option<u64> {
+    let hex = name.strip_suffix(".seg")?;
+    if hex.len() != 16 {
+        return None;
+    }
+    u64::from_str_radix(hex, 16).ok()
+}
+
+/// One mapped segment.
+pub struct Segment {
+    id: u64,
+    path: PathBuf,
+    map: MmapRaw,
+    /// The file handle used for fdatasync; `None` for segments opened read-only.
+    file: Option<glommio::io::BufferedFile>,
+    /// End of the valid records (writer: next append position; reader: end found by scan).
+    write_pos: Cell<usize>,
+}
+
+impl Segment {
+    /// Create a new segment file of `size` bytes, fallocated, mapped read-write.
+    pub async fn create(dir: &Path, id: u64, size: usize) -> std::io::Result<Segment> {
+        let path = dir.join(file_name(id));
+        let file = glommio::io::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .buffered_open(&path)
+            .await
+            .map_err(std::io::Error::from)?;
+        // Allocate every block now: ENOSPC surfaces here, not as SIGBUS later.
+        if let Err(e) = file.pre_allocate(size as u64, false).await {
+            let _ = file.remove().await;
+            return Err(e.into());
+        }
+        let map = MmapOptions::new().len(size).map_raw(file.as_raw_fd())?;
+        let seg = Segment { id, path, map, file: Some(file), write_pos: Cell::new(SEGMENT_HEADER_LEN) };
+        let mut header = [0u8; SEGMENT_HEADER_LEN];
+        header[..8].copy_from_slice(SEGMENT_MAGIC);
+        header[8..16].copy_from_slice(&id.to_le_bytes());
+        seg.write_at(0, &[&header]);
+        // The new directory entry must be durable before any record in the file counts.
+        glommio::io::Directory::open(dir).await.map_err(std::io::Error::from)?.sync().await.map_err(std::io::Error::from)?;
+        Ok(seg)
+    }
+
+    /// Map an existing segment read-only (recovery, other writers' segments).
+    /// Blocking: used at start-up before the shard serves anything.
+    pub fn open_read_only(path: &Path) -> std::io::Result<Segment> {
+        let file = std::fs::File::open(path)?;
+        let len = file.metadata()?.len() as usize;
+        if len < SEGMENT_HEADER_LEN {
+            return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "segment too short"));
+        }
+        let map = MmapOptions::new().len(len).map_raw_read_only(&file)?;
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+        let id = parse_file_name(name)
+            .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidData, "bad segment name"))?;
+        let seg = Segment { id, path: path.into(), map, file: None, write_pos: Cell::new(len) };
+        if &seg.all()[..8] != SEGMENT_MAGIC {
+            return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "bad segment magic"));
+        }
+        Ok(seg)
+    }
+
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.map.len()
+    }
+
+    pub fn write_pos(&self) -> usize {
+        self.write_pos.get()
+    }
+
+    /// Mark the end of valid data (after a recovery scan).
+    pub fn set_end(&self, end: usize) {
+        assert!(end <= self.map.len());
+        self.write_pos.set(end);
+    }
+
+    pub fn room(&self) -> usize {
+        self.map.len() - self.write_pos.get()
+    }
+
+    /// The whole mapping, for recovery scans of a segment nobody writes.
+    pub fn all(&self) -> &[u8] {
+        // SAFETY: the mapping is valid for `map.len()` bytes for the lifetime of
+        // `self`. Scans only happen on segments not being written (read-only
+        // ones, or before the first append), so no write aliases this slice.
+        unsafe { std::slice::from_raw_parts(self.map.as_ptr(), self.map.len()) }
+    }
+
+    /// Bytes `[offset, offset+len)`, which must lie below `write_pos`.
+    pub fn slice(&self, offset: usize, len: usize) -> &[u8] {
+        let end = offset.checked_add(len).expect("slice overflow");
+        assert!(end <= self.write_pos.get(), "read beyond written data");
+        // SAFETY: in bounds of the mapping (write_pos <= len) and below
+        // write_pos, which the writer never writes again.
+        unsafe { std::slice::from_raw_parts(self.map.as_ptr().add(offset), len) }
+    }
+
+    /// Append `parts` at the current write position, zero-padded to `total`
+    /// bytes. Returns the offset written at. Caller checked `room()`.
+    pub fn append(&self, parts: &[&[u8]], total: usize) -> usize {
+        let at = self.write_pos.get();
+        assert!(total <= self.room(), "append beyond segment");
+        let written = self.write_at(at, parts);
+        debug_assert!(written <= total);
+        // Padding bytes are already zero: the file was fallocated and never written there.
+        self.write_pos.set(at + total);
+        at
+    }
+
+    fn write_at(&self, mut at: usize, parts: &[&[u8]]) -> usize {
+        assert!(self.file.is_some(), "write to a read-only segment");
+        let start = at;
+        for p in parts {
+            assert!(at + p.len() <= self.map.len());
+            // SAFETY: the range is inside the mapping and at or beyond write_pos,
+            // so no `&[u8]` handed out by `slice` overlaps it; the mapping is
+            // writable (created by `create`), and `p` cannot alias the mapping's
+            // unwritten tail because nothing ever borrowed it.
+            unsafe { std::ptr::copy_nonoverlapping(p.as_ptr(), self.map.as_mut_ptr().add(at), p.len()) };
+            at += p.len();
+        }
+        at - start
+    }
+
+    /// Make everything written so far durable (fdatasync flushes the pages
+    /// dirtied through the shared mapping).
+    pub async fn sync(&self) -> std::io::Result<()> {
+        match &self.file {
+            Some(f) => f.fdatasync().await.map_err(std::io::Error::from),
+            None => Ok(()),
+        }
+    }
+}
