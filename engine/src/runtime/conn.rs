@@ -1,0 +1,126 @@
+//! A connection's bytes: a bounded read buffer over a glommio TcpStream.
+//! Parsers borrow from `pending()`; the driver calls `consume(n)` with what
+//! they used, so a command is never copied out of the buffer.
+use std::os::fd::AsRawFd;
+use std::time::Duration;
+
+use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use glommio::net::TcpStream;
+
+use crate::limits::READ_CHUNK;
+
+pub struct Conn {
+    pub stream: TcpStream,
+    buf: Vec<u8>,
+    start: usize,
+    timeout: Option<Duration>,
+}
+
+#[derive(Debug)]
+pub enum ReadOutcome {
+    Data,
+    Eof,
+    TimedOut,
+    Failed(std::io::Error),
+}
+
+impl Conn {
+    pub fn new(stream: TcpStream, initial: Vec<u8>) -> Conn {
+        // Without TCP_NODELAY a short request/reply exchange waits for the
+        // peer's delayed ACK (tens of milliseconds).
+        let _ = stream.set_nodelay(true);
+        let mut buf = initial;
+        buf.reserve(READ_CHUNK);
+        Conn { stream, buf, start: 0, timeout: None }
+    }
+
+    pub fn fd(&self) -> i32 {
+        self.stream.as_raw_fd()
+    }
+
+    /// Bytes received and not yet consumed.
+    pub fn pending(&self) -> &[u8] {
+        &self.buf[self.start..]
+    }
+
+    pub fn consume(&mut self, n: usize) {
+        self.start += n;
+        debug_assert!(self.start <= self.buf.len());
+    }
+
+    /// Hand the unconsumed bytes over (a connection moving to another shard).
+    pub fn take_pending(&mut self) -> Vec<u8> {
+        let v = self.buf[self.start..].to_vec();
+        self.start = self.buf.len();
+        v
+    }
+
+    /// Read more bytes. Fails the read (as `TimedOut`) after `timeout` without data.
+    pub async fn fill(&mut self, timeout: Duration) -> ReadOutcome {
+        if self.timeout != Some(timeout) {
+            let _ = self.stream.set_read_timeout(Some(timeout));
+            self.timeout = Some(timeout);
+        }
+        // Keep the buffer bounded: move unconsumed bytes to the front.
+        if self.start > 0 {
+            self.buf.copy_within(self.start.., 0);
+            self.buf.truncate(self.buf.len() - self.start);
+            self.start = 0;
+        }
+        if self.buf.len() > 4 * READ_CHUNK {
+            // The sessions consume or reject every line long before this.
+            return ReadOutcome::Failed(std::io::Error::other("read buffer limit"));
+        }
+        let len = self.buf.len();
+        self.buf.resize(len + READ_CHUNK, 0);
+        let r = self.stream.read(&mut self.buf[len..]).await;
+        match r {
+            Ok(0) => {
+                self.buf.truncate(len);
+                ReadOutcome::Eof
+            }
+            Ok(n) => {
+                self.buf.truncate(len + n);
+                ReadOutcome::Data
+            }
+            Err(e) => {
+                self.buf.truncate(len);
+                if e.kind() == std::io::ErrorKind::TimedOut || e.kind() == std::io::ErrorKind::WouldBlock {
+                    ReadOutcome::TimedOut
+                } else {
+                    ReadOutcome::Failed(e)
+                }
+            }
+        }
+    }
+
+    pub async fn write_all(&mut self, data: &[u8]) -> std::io::Result<()> {
+        if data.is_empty() {
+            return Ok(());
+        }
+        self.stream.write_all(data).await
+    }
+
+    /// Write and clear `out`.
+    pub async fn flush(&mut self, out: &mut Vec<u8>) -> std::io::Result<()> {
+        let r = self.write_all(out).await;
+        out.clear();
+        r
+    }
+
+    /// TCP_CORK: while set, the kernel coalesces our writes into full segments,
+    /// so a message written as several slices leaves in as few packets as one buffer.
+    pub fn cork(&self, on: bool) {
+        let v: libc::c_int = i32::from(on);
+        // SAFETY: setsockopt on our own open socket with a valid int option.
+        unsafe {
+            libc::setsockopt(
+                self.fd(),
+                libc::IPPROTO_TCP,
+                libc::TCP_CORK,
+                &v as *const _ as *const libc::c_void,
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            );
+        }
+    }
+}

@@ -1,0 +1,248 @@
+//! Drives one POP3 connection. Authorization happens on whichever shard
+//! accepted the connection; after a successful login the connection moves to
+//! the shard that owns the account (the descriptor, the session state and any
+//! bytes already read travel over the mesh), so every maildrop operation is
+//! local to its owner.
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::rc::Rc;
+use std::time::Duration;
+
+use glommio::net::TcpStream;
+
+use crate::protocol::pop3::write_stuffed;
+use crate::session::pop3::{LoginResult, Maildrop, MaildropEntry, Pop3Event, Pop3Params, Pop3Session};
+use crate::storage::{index, Body};
+
+use super::conn::{Conn, ReadOutcome};
+use super::limiter::{Permit, Refusal};
+use super::shard::{detach_fd, ConnCount, Shard, ShardMsg};
+
+/// Delay before answering a failed login: slows password guessing.
+const LOGIN_FAILURE_DELAY: Duration = Duration::from_millis(500);
+
+/// The frozen maildrop of a logged-in session, and its lock.
+struct Drop_ {
+    account: String,
+    uids: Vec<u32>,
+    bodies: Vec<Body>,
+    _lock: LockGuard,
+}
+
+struct LockGuard {
+    shard: Rc<Shard>,
+    account: String,
+}
+
+impl Drop for LockGuard {
+    fn drop(&mut self) {
+        self.shard.pop3_locks.borrow_mut().remove(&self.account);
+    }
+}
+
+pub async fn serve(shard: Rc<Shard>, stream: TcpStream, _peer: SocketAddr, permit: Result<Permit, Refusal>) {
+    let count = ConnCount::new(&shard);
+    let mut conn = Conn::new(stream, Vec::new());
+    let permit = match permit {
+        Ok(p) => p,
+        Err(_) => {
+            let _ = conn.write_all(b"-ERR [SYS/TEMP] too many connections, try again later\r\n").await;
+            return;
+        }
+    };
+    let mut session = Pop3Session::new(Pop3Params {
+        hostname: shard.config().hostname.clone(),
+        auth_failures_max: shard.config().limits.auth_failures_max,
+    });
+    let mut out = Vec::with_capacity(512);
+    session.greeting(&mut out);
+    if conn.flush(&mut out).await.is_err() {
+        return;
+    }
+    run(shard, conn, session, None, permit, out, count).await;
+}
+
+/// Continue a session moved here after its login.
+pub async fn adopted(shard: Rc<Shard>, stream: TcpStream, mut session: Pop3Session, pending: Vec<u8>, account: String, permit: Permit) {
+    let count = ConnCount::new(&shard);
+    let conn = Conn::new(stream, pending);
+    let mut out = Vec::with_capacity(512);
+    let maildrop = open_maildrop(&shard, &account, &mut session, &mut out);
+    run(shard, conn, session, maildrop, permit, out, count).await;
+}
+
+fn open_maildrop(shard: &Rc<Shard>, account: &str, session: &mut Pop3Session, out: &mut Vec<u8>) -> Option<Drop_> {
+    debug_assert_eq!(shard.owner_of(account), shard.id);
+    if !shard.pop3_locks.borrow_mut().insert(account.to_string()) {
+        session.login_result(LoginResult::InUse, out);
+        return None;
+    }
+    let lock = LockGuard { shard: shard.clone(), account: account.to_string() };
+    let snapshot = shard.store.with_account(account, |a| {
+        let inbox = a.mailbox(index::INBOX).expect("every account has an INBOX");
+        (inbox.uidvalidity, inbox.messages.iter().map(|m| (m.uid, m.loc)).collect::<Vec<_>>())
+    });
+    let (uidvalidity, list) = snapshot.unwrap_or((0, Vec::new()));
+    let mut entries = Vec::with_capacity(list.len());
+    let mut uids = Vec::with_capacity(list.len());
+    let mut bodies = Vec::with_capacity(list.len());
+    for (uid, loc) in list {
+        let Some(body) = shard.store.body(loc) else {
+            tracing::error!(account, uid, "index entry without its body");
+            continue;
+        };
+        // RFC 1939 7: a unique-id is 1-70 printable characters, stable across sessions.
+        entries.push(MaildropEntry { size: u64::from(loc.len), uidl: format!("{uidvalidity}.{uid}") });
+        uids.push(uid);
+        bodies.push(body);
+    }
+    session.login_result(LoginResult::Ok(Maildrop { entries }), out);
+    Some(Drop_ { account: account.to_string(), uids, bodies, _lock: lock })
+}
+
+async fn run(
+    shard: Rc<Shard>,
+    mut conn: Conn,
+    mut session: Pop3Session,
+    mut maildrop: Option<Drop_>,
+    permit: Permit,
+    mut out: Vec<u8>,
+    count: ConnCount,
+) {
+    let fd = conn.fd();
+    let idle_timeout = shard.config().pop3_idle_timeout();
+    loop {
+        let (used, event) = session.advance(conn.pending(), &mut out);
+        conn.consume(used);
+        match event {
+            Pop3Event::NeedInput => {
+                if conn.flush(&mut out).await.is_err() {
+                    return;
+                }
+                if shard.stopping() {
+                    let _ = conn.write_all(b"-ERR [SYS/TEMP] server shutting down\r\n").await;
+                    return;
+                }
+                shard.set_idle(fd, true);
+                let r = conn.fill(idle_timeout).await;
+                shard.set_idle(fd, false);
+                match r {
+                    ReadOutcome::Data => {}
+                    // RFC 1939 3: a session ended other than by QUIT never enters UPDATE.
+                    ReadOutcome::Eof | ReadOutcome::Failed(_) => {
+                        if shard.stopping() {
+                            let _ = conn.write_all(b"-ERR [SYS/TEMP] server shutting down\r\n").await;
+                        }
+                        return;
+                    }
+                    ReadOutcome::TimedOut => {
+                        let _ = conn.write_all(b"-ERR autologout timer expired\r\n").await;
+                        return;
+                    }
+                }
+            }
+            Pop3Event::Login { user, password } => {
+                let Some(account) = shard.verify(&user, &password).await else {
+                    glommio::timer::sleep(LOGIN_FAILURE_DELAY).await;
+                    session.login_result(LoginResult::BadCredentials, &mut out);
+                    continue;
+                };
+                let owner = shard.owner_of(&account);
+                if owner == shard.id {
+                    maildrop = open_maildrop(&shard, &account, &mut session, &mut out);
+                    continue;
+                }
+                // Move to the owner: earlier pipelined replies go out first.
+                if conn.flush(&mut out).await.is_err() {
+                    return;
+                }
+                let pending = conn.take_pending();
+                let fd = match detach_fd(conn.stream) {
+                    Ok(fd) => fd,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot move connection");
+                        return;
+                    }
+                };
+                drop(count);
+                let msg = ShardMsg::AdoptPop3 { fd, session: Box::new(session), pending, account, permit };
+                if shard.senders.send_to(owner, msg).await.is_err() {
+                    tracing::error!(owner, "owner shard unavailable; connection dropped");
+                }
+                return;
+            }
+            Pop3Event::SendMessage { index, body_lines } => {
+                let Some(drop_) = maildrop.as_ref() else { return };
+                let Some(body) = drop_.bodies.get(index) else { return };
+                if send_message(&mut conn, &mut out, body.bytes(), body_lines).await.is_err() {
+                    return;
+                }
+            }
+            Pop3Event::Update { deleted } => {
+                let ok = match maildrop.as_ref() {
+                    Some(d) if !deleted.is_empty() => {
+                        let uids: Vec<u32> = deleted.iter().filter_map(|i| d.uids.get(*i).copied()).collect();
+                        match shard.store.expunge(&d.account, index::INBOX, uids).await {
+                            Ok(()) => true,
+                            Err(e) => {
+                                tracing::warn!(error = %e, "POP3 update failed");
+                                false
+                            }
+                        }
+                    }
+                    _ => true,
+                };
+                session.update_result(ok, &mut out);
+            }
+            Pop3Event::Close => {
+                let _ = conn.flush(&mut out).await;
+                return;
+            }
+        }
+    }
+}
+
+/// Write `+OK` (already in `out`), then the byte-stuffed message straight from
+/// the segment mapping: slices of the message go to the socket as they are,
+/// only the few inserted bytes are copied. TCP_CORK packs it into full segments.
+async fn send_message(conn: &mut Conn, out: &mut Vec<u8>, message: &[u8], body_lines: Option<usize>) -> std::io::Result<()> {
+    enum Piece {
+        Message(Range<usize>),
+        Inserted(Range<usize>),
+    }
+    let base = message.as_ptr() as usize;
+    let mut pieces = Vec::new();
+    let mut inserted = Vec::new();
+    write_stuffed(message, body_lines, &mut |s: &[u8]| {
+        let p = s.as_ptr() as usize;
+        if p >= base && p + s.len() <= base + message.len() && !s.is_empty() {
+            pieces.push(Piece::Message(p - base..p - base + s.len()));
+        } else {
+            let at = inserted.len();
+            inserted.extend_from_slice(s);
+            pieces.push(Piece::Inserted(at..inserted.len()));
+        }
+    });
+    conn.cork(true);
+    let mut result = Ok(());
+    for piece in pieces {
+        match piece {
+            Piece::Inserted(r) => out.extend_from_slice(&inserted[r]),
+            Piece::Message(r) => {
+                if let Err(e) = conn.flush(out).await {
+                    result = Err(e);
+                    break;
+                }
+                if let Err(e) = conn.write_all(&message[r]).await {
+                    result = Err(e);
+                    break;
+                }
+            }
+        }
+    }
+    if result.is_ok() {
+        result = conn.flush(out).await;
+    }
+    conn.cork(false);
+    result
+}

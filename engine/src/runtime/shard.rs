@@ -1,0 +1,376 @@
+//! One shard: an executor pinned to a core, its store, its listeners, and its
+//! end of the channel mesh. Shard state is `Rc`/`RefCell`: nothing here is
+//! shared with another thread except through mesh messages and the
+//! read-only [`Shared`] block.
+use std::cell::{Cell, RefCell};
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::hash::{BuildHasher, Hasher};
+use std::net::SocketAddr;
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use futures::channel::oneshot;
+use glommio::channels::channel_mesh::{Full, MeshBuilder, Senders};
+use glommio::net::TcpListener;
+
+use crate::accounts::{self, Directory};
+use crate::config::Config;
+use crate::session::pop3::Pop3Session;
+use crate::storage::{self, Meta, Store, StoreConfig, StorageError};
+
+use super::limiter::{Limiter, Permit};
+
+/// What every shard shares, read-only (the directory swaps atomically).
+pub struct Shared {
+    pub config: Config,
+    pub cores: usize,
+    pub meta: Meta,
+    pub directory: Arc<ArcSwap<Directory>>,
+    pub limiter: Arc<Limiter>,
+    pub shutdown: AtomicBool,
+    pub smtp: Vec<SocketAddr>,
+    pub pop3: Vec<SocketAddr>,
+    pub imap: Vec<SocketAddr>,
+    pub ready: std::sync::mpsc::SyncSender<Result<usize, String>>,
+}
+
+/// Messages between shards.
+pub enum ShardMsg {
+    /// Append one message to the INBOX of these accounts (all owned by the
+    /// receiver) and reply once durable.
+    Deliver {
+        accounts: Vec<String>,
+        prefix: Arc<Vec<u8>>,
+        body: Arc<Vec<u8>>,
+        internal_date: i64,
+        reply: oneshot::Sender<Result<(), StorageError>>,
+    },
+    /// A POP3 connection whose user logged in and whose account this shard
+    /// owns: continue the session here.
+    AdoptPop3 { fd: OwnedFd, session: Box<Pop3Session>, pending: Vec<u8>, account: String, permit: Permit },
+}
+
+pub struct Shard {
+    pub id: usize,
+    pub shared: Arc<Shared>,
+    pub store: Rc<Store>,
+    pub senders: Senders<ShardMsg>,
+    /// POP3 maildrop locks (RFC 1939 section 8: exclusive access).
+    pub pop3_locks: RefCell<HashSet<String>>,
+    /// Successful password checks: account -> (keyed digest of the password, hash it matched).
+    auth_cache: RefCell<HashMap<String, (u64, String)>>,
+    auth_key: std::collections::hash_map::RandomState,
+    /// Connections waiting for a client command, interrupted at shutdown.
+    idle: RefCell<HashSet<i32>>,
+    pub connections: Cell<usize>,
+    stopping: Cell<bool>,
+    stop_waiters: RefCell<Vec<oneshot::Sender<()>>>,
+    next_session: Cell<u64>,
+}
+
+pub type LocalFuture<T> = Pin<Box<dyn Future<Output = T>>>;
+
+impl Shard {
+    pub fn config(&self) -> &Config {
+        &self.shared.config
+    }
+
+    pub fn owner_of(&self, account: &str) -> usize {
+        storage::shard_of_bucket(storage::bucket_of(account, self.shared.meta.buckets), self.shared.cores)
+    }
+
+    pub fn directory(&self) -> arc_swap::Guard<Arc<Directory>> {
+        self.shared.directory.load()
+    }
+
+    pub fn session_id(&self) -> u64 {
+        let n = self.next_session.get() + 1;
+        self.next_session.set(n);
+        ((self.id as u64) << 56) | (u64::from(self.shared.meta.run) << 32) | n
+    }
+
+    pub fn stopping(&self) -> bool {
+        self.stopping.get()
+    }
+
+    /// Resolves when the shard starts shutting down.
+    pub fn on_stop(&self) -> oneshot::Receiver<()> {
+        let (tx, rx) = oneshot::channel();
+        if self.stopping.get() {
+            let _ = tx.send(());
+        } else {
+            self.stop_waiters.borrow_mut().push(tx);
+        }
+        rx
+    }
+
+    pub fn set_idle(&self, fd: i32, idle: bool) {
+        if idle {
+            self.idle.borrow_mut().insert(fd);
+        } else {
+            self.idle.borrow_mut().remove(&fd);
+        }
+    }
+
+    fn begin_stop(&self) {
+        self.stopping.set(true);
+        for tx in self.stop_waiters.borrow_mut().drain(..) {
+            let _ = tx.send(());
+        }
+        // Wake connections blocked reading a command: their read returns end
+        // of file, they see `stopping()` and say goodbye (421 / -ERR).
+        for fd in self.idle.borrow_mut().drain() {
+            // SAFETY: fds in `idle` are open sockets owned by live connection
+            // tasks of this shard (removed before they are closed).
+            unsafe { libc::shutdown(fd, libc::SHUT_RD) };
+        }
+    }
+
+    /// Map a user name given at login to an account: a bare local part gets
+    /// the local domain when there is exactly one.
+    pub fn login_account(&self, user: &str) -> Option<String> {
+        let user = user.trim();
+        let full = if user.contains('@') {
+            user.to_string()
+        } else if self.config().local_domains.len() == 1 {
+            format!("{user}@{}", self.config().local_domains[0])
+        } else {
+            return None;
+        };
+        accounts::canonical(&full).ok()
+    }
+
+    /// Check a password. argon2 runs on a blocking thread; a success is
+    /// remembered (keyed digest, per shard) so a client that logs in often
+    /// pays the hash once, like Dovecot's auth cache.
+    pub async fn verify(&self, user: &str, password: &str) -> Option<String> {
+        let account = self.login_account(user)?;
+        let hash = self.directory().password_hash(&account)?.to_string();
+        let mut h = self.auth_key.build_hasher();
+        h.write(password.as_bytes());
+        let digest = h.finish();
+        if let Some((d, cached_hash)) = self.auth_cache.borrow().get(&account) {
+            if *d == digest && *cached_hash == hash {
+                return Some(account);
+            }
+        }
+        let pw = password.to_string();
+        let h2 = hash.clone();
+        let ok = glommio::executor()
+            .spawn_blocking(move || {
+                // glommio hangs the caller if a blocking closure panics: never let it.
+                std::panic::catch_unwind(|| accounts::verify_password(&h2, &pw)).unwrap_or(false)
+            })
+            .await;
+        if ok {
+            self.auth_cache.borrow_mut().insert(account.clone(), (digest, hash));
+            Some(account)
+        } else {
+            None
+        }
+    }
+
+    /// Deliver one message to accounts on any shards; Ok once every copy is durable.
+    pub async fn deliver(&self, accounts: &[String], prefix: Vec<u8>, body: Vec<u8>, now: i64) -> (Result<(), StorageError>, Option<Vec<u8>>) {
+        let mut by_shard: Vec<Vec<String>> = vec![Vec::new(); self.shared.cores];
+        for a in accounts {
+            let s = self.owner_of(a);
+            if !by_shard[s].contains(a) {
+                by_shard[s].push(a.clone());
+            }
+        }
+        let prefix = Arc::new(prefix);
+        let body = Arc::new(body);
+        let mut futs: Vec<LocalFuture<Result<(), StorageError>>> = Vec::new();
+        for (s, accs) in by_shard.into_iter().enumerate() {
+            if accs.is_empty() {
+                continue;
+            }
+            if s == self.id {
+                let store = self.store.clone();
+                let (p, b) = (prefix.clone(), body.clone());
+                futs.push(Box::pin(async move { store.deliver(&accs, &p, &b, now).await.map(|_| ()) }));
+            } else {
+                let (tx, rx) = oneshot::channel();
+                let msg = ShardMsg::Deliver { accounts: accs, prefix: prefix.clone(), body: body.clone(), internal_date: now, reply: tx };
+                let sent = self.senders.send_to(s, msg).await;
+                futs.push(Box::pin(async move {
+                    if sent.is_err() {
+                        return Err(StorageError::Io("shard unavailable".into()));
+                    }
+                    rx.await.unwrap_or_else(|_| Err(StorageError::Io("shard dropped the delivery".into())))
+                }));
+            }
+        }
+        let results = futures::future::join_all(futs).await;
+        let result = results.into_iter().find(|r| r.is_err()).unwrap_or(Ok(()));
+        (result, Arc::try_unwrap(body).ok())
+    }
+
+    async fn handle(self: Rc<Self>, msg: ShardMsg) {
+        match msg {
+            ShardMsg::Deliver { accounts, prefix, body, internal_date, reply } => {
+                let r = self.store.deliver(&accounts, &prefix, &body, internal_date).await.map(|_| ());
+                let _ = reply.send(r);
+            }
+            ShardMsg::AdoptPop3 { fd, session, pending, account, permit } => {
+                use std::os::fd::IntoRawFd;
+                // SAFETY: `fd` is a connected TCP socket handed over by its
+                // previous owner, which closed its own descriptor for it.
+                let stream = unsafe { glommio::net::TcpStream::from_raw_fd(fd.into_raw_fd()) };
+                super::pop3::adopted(self, stream, *session, pending, account, permit).await;
+            }
+        }
+    }
+}
+
+pub async fn run(shared: Arc<Shared>, mesh: MeshBuilder<ShardMsg, Full>) -> Result<(), String> {
+    let (senders, mut receivers) = mesh.join().await.map_err(|_| "joining the channel mesh failed".to_string())?;
+    let id = senders.peer_id();
+    let fail = |e: String| {
+        let _ = shared.ready.send(Err(e.clone()));
+        e
+    };
+    let store = Store::open(StoreConfig {
+        data_dir: shared.config.data_dir.clone(),
+        shard: id,
+        shards: shared.cores,
+        meta: shared.meta,
+        segment_size: crate::limits::SEGMENT_SIZE as usize,
+        checkpoint_every_records: shared.config.storage.checkpoint_every_records,
+    })
+    .map_err(|e| fail(format!("shard {id}: opening storage: {e}")))?;
+    glommio::spawn_local(store.clone().run_syncer()).detach();
+    tracing::info!(shard = id, accounts = store.account_count(), "storage recovered");
+
+    let shard = Rc::new(Shard {
+        id,
+        shared: shared.clone(),
+        store,
+        senders,
+        pop3_locks: RefCell::default(),
+        auth_cache: RefCell::default(),
+        auth_key: Default::default(),
+        idle: RefCell::default(),
+        connections: Cell::new(0),
+        stopping: Cell::new(false),
+        stop_waiters: RefCell::default(),
+        next_session: Cell::new(0),
+    });
+
+    for (_peer, stream) in receivers.streams() {
+        let shard = shard.clone();
+        glommio::spawn_local(async move {
+            while let Some(msg) = stream.recv().await {
+                glommio::spawn_local(shard.clone().handle(msg)).detach();
+            }
+        })
+        .detach();
+    }
+
+    let mut accept_tasks = Vec::new();
+    for (addrs, proto) in [(&shared.smtp, Proto::Smtp), (&shared.pop3, Proto::Pop3)] {
+        for addr in addrs {
+            let listener = TcpListener::bind(*addr).map_err(|e| fail(format!("shard {id}: binding {addr}: {e}")))?;
+            accept_tasks.push(glommio::spawn_local(accept_loop(shard.clone(), listener, proto)));
+        }
+    }
+    let _ = shared.ready.send(Ok(id));
+
+    while !shared.shutdown.load(Ordering::Acquire) {
+        glommio::timer::sleep(Duration::from_millis(50)).await;
+    }
+    tracing::info!(shard = id, connections = shard.connections.get(), "shutting down");
+    shard.begin_stop();
+    for t in accept_tasks {
+        t.await;
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(shared.config.timeouts.shutdown_grace_secs);
+    while shard.connections.get() > 0 && std::time::Instant::now() < deadline {
+        glommio::timer::sleep(Duration::from_millis(20)).await;
+    }
+    // Other shards may still be delivering to us; give their last mesh
+    // messages a moment, then make everything durable and checkpoint.
+    glommio::timer::sleep(Duration::from_millis(100)).await;
+    if let Err(e) = shard.store.checkpoint_all().await {
+        tracing::error!(shard = id, error = %e, "final checkpoint failed");
+    }
+    Ok(())
+}
+
+#[derive(Clone, Copy, Debug)]
+pub enum Proto {
+    Smtp,
+    Pop3,
+}
+
+async fn accept_loop(shard: Rc<Shard>, listener: TcpListener, proto: Proto) {
+    loop {
+        let stop = shard.on_stop();
+        let accept = listener.accept();
+        futures::pin_mut!(accept);
+        match futures::future::select(accept, stop).await {
+            futures::future::Either::Left((Ok(stream), _)) => {
+                let peer = match stream.peer_addr() {
+                    Ok(p) => p,
+                    Err(_) => continue,
+                };
+                let permit = shard.shared.limiter.admit(peer.ip());
+                let shard2 = shard.clone();
+                glommio::spawn_local(async move {
+                    match proto {
+                        Proto::Smtp => super::smtp::serve(shard2, stream, peer, permit).await,
+                        Proto::Pop3 => super::pop3::serve(shard2, stream, peer, permit).await,
+                    }
+                })
+                .detach();
+            }
+            futures::future::Either::Left((Err(e), _)) => {
+                // EMFILE and friends: back off instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                glommio::timer::sleep(Duration::from_millis(20)).await;
+            }
+            futures::future::Either::Right(_) => return,
+        }
+    }
+}
+
+/// Counts a connection on its shard while alive.
+pub struct ConnCount(Rc<Shard>);
+
+impl ConnCount {
+    pub fn new(shard: &Rc<Shard>) -> ConnCount {
+        shard.connections.set(shard.connections.get() + 1);
+        ConnCount(shard.clone())
+    }
+}
+
+impl Drop for ConnCount {
+    fn drop(&mut self) {
+        self.0.connections.set(self.0.connections.get() - 1);
+    }
+}
+
+pub fn unix_now() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+}
+
+/// Take a socket's descriptor away from its glommio stream (to move it to
+/// another shard): duplicate it, then let the stream close the original.
+pub fn detach_fd(stream: glommio::net::TcpStream) -> std::io::Result<OwnedFd> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: dup of an open descriptor we own; the result is owned by OwnedFd.
+    let fd = unsafe { libc::fcntl(stream.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    drop(stream);
+    // SAFETY: `fd` is a fresh descriptor nobody else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}

@@ -1,0 +1,144 @@
+//! Drives one SMTP connection: reads into the connection buffer, lets the
+//! sans-I/O session consume it, performs the deliveries it asks for, and
+//! writes its replies (once per batch of pipelined commands).
+use std::net::SocketAddr;
+use std::rc::Rc;
+
+use glommio::net::TcpStream;
+
+use crate::accounts::Lookup;
+use crate::session::smtp::{DeliveryOutcome, RcptVerdict, SmtpContext, SmtpEvent, SmtpParams, SmtpSession};
+
+use super::conn::{Conn, ReadOutcome};
+use super::limiter::{Permit, Refusal};
+use super::shard::{unix_now, ConnCount, Shard};
+
+struct Ctx<'a> {
+    shard: &'a Shard,
+}
+
+impl SmtpContext for Ctx<'_> {
+    fn recipient(&self, address: &str) -> RcptVerdict {
+        let config = self.shard.config();
+        // RFC 5321 4.5.1: "postmaster" without a domain must be accepted.
+        let full;
+        let address = if address.eq_ignore_ascii_case("postmaster") {
+            match config.local_domains.first() {
+                Some(d) => {
+                    full = format!("postmaster@{d}");
+                    &full
+                }
+                None => return RcptVerdict::UnknownUser,
+            }
+        } else {
+            address
+        };
+        let Some((_, domain)) = address.rsplit_once('@') else { return RcptVerdict::UnknownUser };
+        let domain = domain.trim_end_matches('.');
+        if !config.is_local_domain(domain) {
+            return RcptVerdict::NotLocal;
+        }
+        match self.shard.directory().resolve(address) {
+            Lookup::Account(account) => RcptVerdict::Local { account },
+            Lookup::Unknown => RcptVerdict::UnknownUser,
+        }
+    }
+
+    fn now_unix(&self) -> i64 {
+        unix_now()
+    }
+}
+
+pub async fn serve(shard: Rc<Shard>, stream: TcpStream, peer: SocketAddr, permit: Result<Permit, Refusal>) {
+    let _count = ConnCount::new(&shard);
+    let mut conn = Conn::new(stream, Vec::new());
+    let _permit = match permit {
+        Ok(p) => p,
+        Err(r) => {
+            let text: &[u8] = match r {
+                Refusal::ServerFull => b"421 4.7.0 Too many connections, try again later\r\n",
+                Refusal::AddressFull => b"421 4.7.0 Too many connections from your address\r\n",
+            };
+            let _ = conn.write_all(text).await;
+            return;
+        }
+    };
+    let config = shard.config();
+    let mut session = SmtpSession::new(SmtpParams {
+        hostname: config.hostname.clone(),
+        peer,
+        message_size_max: config.limits.message_size_max,
+        recipients_max: config.limits.recipients_max,
+        errors_max: config.limits.smtp_errors_max,
+        session_id: shard.session_id(),
+    });
+    let mut out = Vec::with_capacity(1024);
+    session.greeting(&mut out);
+    if conn.flush(&mut out).await.is_err() {
+        return;
+    }
+    let fd = conn.fd();
+    loop {
+        let (used, event) = {
+            let ctx = Ctx { shard: &shard };
+            session.advance(conn.pending(), &ctx, &mut out)
+        };
+        conn.consume(used);
+        match event {
+            SmtpEvent::NeedInput => {
+                if conn.flush(&mut out).await.is_err() {
+                    return;
+                }
+                let idle = !session.in_data();
+                if idle && shard.stopping() {
+                    let _ = conn.write_all(b"421 4.3.2 Service shutting down\r\n").await;
+                    return;
+                }
+                let timeout = if session.in_data() { config.smtp_data_timeout() } else { config.smtp_command_timeout() };
+                shard.set_idle(fd, idle);
+                let r = conn.fill(timeout).await;
+                shard.set_idle(fd, false);
+                match r {
+                    ReadOutcome::Data => {}
+                    ReadOutcome::Eof => {
+                        if shard.stopping() {
+                            let _ = conn.write_all(b"421 4.3.2 Service shutting down\r\n").await;
+                        }
+                        return;
+                    }
+                    ReadOutcome::TimedOut => {
+                        session.timeout(&mut out);
+                        let _ = conn.flush(&mut out).await;
+                        return;
+                    }
+                    ReadOutcome::Failed(_) => return,
+                }
+            }
+            SmtpEvent::Deliver(tx) => {
+                let accounts: Vec<String> = tx.recipients.iter().map(|r| r.account.clone()).collect();
+                let mut prefix = Vec::with_capacity(tx.reverse_path.len() + 20);
+                // RFC 5321 4.4: the final delivery server adds Return-Path.
+                prefix.extend_from_slice(b"Return-Path: <");
+                prefix.extend_from_slice(tx.reverse_path.as_bytes());
+                prefix.extend_from_slice(b">\r\n");
+                let (result, body) = shard.deliver(&accounts, prefix, tx.body, unix_now()).await;
+                let outcome = match result {
+                    Ok(()) => DeliveryOutcome::Stored,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "delivery failed");
+                        DeliveryOutcome::TempFail
+                    }
+                };
+                session.delivered(outcome, &mut out);
+                if let Some(mut b) = body {
+                    b.clear();
+                    session.recycle_body(b);
+                }
+            }
+            SmtpEvent::Close => {
+                let _ = conn.flush(&mut out).await;
+                return;
+            }
+        }
+    }
+}
