@@ -25,12 +25,13 @@ fn value(c: u8) -> Option<u32> {
 
 /// Decode `input`. The empty string decodes to no bytes.
 pub fn decode(input: &[u8]) -> Result<Vec<u8>, Base64Error> {
-    if input.len() % 4 != 0 {
+    let quads = input.chunks_exact(4);
+    if !quads.remainder().is_empty() {
         return Err(Base64Error);
     }
     let mut out = Vec::with_capacity(input.len() / 4 * 3);
     let groups = input.len() / 4;
-    for (g, quad) in input.chunks_exact(4).enumerate() {
+    for (g, quad) in quads.enumerate() {
         let last = g + 1 == groups;
         let pad = match quad {
             [_, _, b'=', b'='] if last => 2,
@@ -92,7 +93,10 @@ mod tests {
             assert_eq!(encode(plain.as_bytes()), enc.as_bytes());
         }
         // RFC 4616 section 4 example.
-        assert_eq!(decode(b"AHRpbQB0YW5zdGFhZnRhbnN0YWFm").unwrap(), b"\0tim\0tanstaaftanstaaf");
+        assert_eq!(
+            decode(b"AHRpbQB0YW5zdGFhZnRhbnN0YWFm").unwrap(),
+            b"\0tim\0tanstaaftanstaaf"
+        );
     }
 
     #[test]

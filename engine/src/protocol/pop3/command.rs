@@ -28,7 +28,10 @@ pub enum Command<'a> {
     Rset,
     Quit,
     /// `TOP msg n`: `lines` may be 0.
-    Top { msg: usize, lines: usize },
+    Top {
+        msg: usize,
+        lines: usize,
+    },
     Uidl(Option<usize>),
     Capa,
     /// `AUTH [mechanism [initial-response]]` (RFC 5034 section 4).
@@ -91,8 +94,8 @@ pub fn parse_command(line: &[u8]) -> Result<Command<'_>, ParseError> {
         Command::Quit
     } else if kw(b"TOP") {
         let msg = message_number(next().ok_or(ParseError::MissingArgument)?)?;
-        let lines = number(next().ok_or(ParseError::MissingArgument)?)
-            .ok_or(ParseError::InvalidNumber)?;
+        let lines =
+            number(next().ok_or(ParseError::MissingArgument)?).ok_or(ParseError::InvalidNumber)?;
         Command::Top { msg, lines }
     } else if kw(b"UIDL") {
         Command::Uidl(next().map(message_number).transpose()?)
@@ -153,16 +156,25 @@ mod tests {
         assert_eq!(parse_command(b"stls"), Ok(C::Stls));
         assert_eq!(parse_command(b"noop"), Ok(C::Noop));
         assert_eq!(parse_command(b"rset"), Ok(C::Rset));
-        assert_eq!(parse_command(b"apop mrose c4c9334bac560ecc979e58001b3e22fb"), Ok(C::Apop));
+        assert_eq!(
+            parse_command(b"apop mrose c4c9334bac560ecc979e58001b3e22fb"),
+            Ok(C::Apop)
+        );
     }
 
     #[test]
     fn user_and_pass() {
         assert_eq!(parse_command(b"USER mrose"), Ok(C::User(b"mrose")));
         assert_eq!(parse_command(b"USER"), Err(ParseError::MissingArgument));
-        assert_eq!(parse_command(b"USER a b"), Err(ParseError::TooManyArguments));
+        assert_eq!(
+            parse_command(b"USER a b"),
+            Err(ParseError::TooManyArguments)
+        );
         assert_eq!(parse_command(b"PASS secret"), Ok(C::Pass(b"secret")));
-        assert_eq!(parse_command(b"pass  two words "), Ok(C::Pass(b" two words ")));
+        assert_eq!(
+            parse_command(b"pass  two words "),
+            Ok(C::Pass(b" two words "))
+        );
         assert_eq!(parse_command(b"PASS "), Ok(C::Pass(b"")));
         assert_eq!(parse_command(b"PASS"), Err(ParseError::MissingArgument));
     }
@@ -176,15 +188,29 @@ mod tests {
         assert_eq!(parse_command(b"LIST 3"), Ok(C::List(Some(3))));
         assert_eq!(parse_command(b"UIDL"), Ok(C::Uidl(None)));
         assert_eq!(parse_command(b"UIDL 12"), Ok(C::Uidl(Some(12))));
-        for bad in [&b"RETR 0"[..], b"RETR 00", b"RETR +1", b"RETR -1", b"RETR 1x", b"LIST a"] {
-            assert_eq!(parse_command(bad), Err(ParseError::InvalidMessageNumber), "{bad:?}");
+        for bad in [
+            &b"RETR 0"[..],
+            b"RETR 00",
+            b"RETR +1",
+            b"RETR -1",
+            b"RETR 1x",
+            b"LIST a",
+        ] {
+            assert_eq!(
+                parse_command(bad),
+                Err(ParseError::InvalidMessageNumber),
+                "{bad:?}"
+            );
         }
         assert_eq!(
             parse_command(b"RETR 99999999999999999999999999"),
             Err(ParseError::InvalidMessageNumber)
         );
         assert_eq!(parse_command(b"RETR"), Err(ParseError::MissingArgument));
-        assert_eq!(parse_command(b"RETR 1 2"), Err(ParseError::TooManyArguments));
+        assert_eq!(
+            parse_command(b"RETR 1 2"),
+            Err(ParseError::TooManyArguments)
+        );
         assert_eq!(parse_command(b"STAT 1"), Err(ParseError::TooManyArguments));
     }
 
@@ -192,27 +218,45 @@ mod tests {
     fn top() {
         assert_eq!(parse_command(b"TOP 1 10"), Ok(C::Top { msg: 1, lines: 10 }));
         assert_eq!(parse_command(b"top 1 0"), Ok(C::Top { msg: 1, lines: 0 }));
-        assert_eq!(parse_command(b"TOP 0 1"), Err(ParseError::InvalidMessageNumber));
+        assert_eq!(
+            parse_command(b"TOP 0 1"),
+            Err(ParseError::InvalidMessageNumber)
+        );
         assert_eq!(parse_command(b"TOP 1"), Err(ParseError::MissingArgument));
         assert_eq!(parse_command(b"TOP 1 -1"), Err(ParseError::InvalidNumber));
-        assert_eq!(parse_command(b"TOP 1 2 3"), Err(ParseError::TooManyArguments));
+        assert_eq!(
+            parse_command(b"TOP 1 2 3"),
+            Err(ParseError::TooManyArguments)
+        );
     }
 
     #[test]
     fn auth() {
         assert_eq!(
             parse_command(b"AUTH"),
-            Ok(C::Auth { mechanism: None, initial_response: None })
+            Ok(C::Auth {
+                mechanism: None,
+                initial_response: None
+            })
         );
         assert_eq!(
             parse_command(b"AUTH PLAIN"),
-            Ok(C::Auth { mechanism: Some(b"PLAIN"), initial_response: None })
+            Ok(C::Auth {
+                mechanism: Some(b"PLAIN"),
+                initial_response: None
+            })
         );
         assert_eq!(
             parse_command(b"auth plain AGZvbwBiYXI="),
-            Ok(C::Auth { mechanism: Some(b"plain"), initial_response: Some(b"AGZvbwBiYXI=") })
+            Ok(C::Auth {
+                mechanism: Some(b"plain"),
+                initial_response: Some(b"AGZvbwBiYXI=")
+            })
         );
-        assert_eq!(parse_command(b"AUTH PLAIN a b"), Err(ParseError::TooManyArguments));
+        assert_eq!(
+            parse_command(b"AUTH PLAIN a b"),
+            Err(ParseError::TooManyArguments)
+        );
     }
 
     #[test]

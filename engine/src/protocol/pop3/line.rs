@@ -57,7 +57,9 @@ impl LineSplitter {
                     self.discarding = false;
                     Scan::TooLong { consumed: i + 1 }
                 }
-                None => Scan::NeedMore { consumed: buf.len() },
+                None => Scan::NeedMore {
+                    consumed: buf.len(),
+                },
             };
         }
         match lf {
@@ -65,14 +67,19 @@ impl LineSplitter {
                 // i + 1 octets with the LF: within the limit.
                 let line = &buf[..i];
                 let line = line.strip_suffix(b"\r").unwrap_or(line);
-                Scan::Line { line, consumed: i + 1 }
+                Scan::Line {
+                    line,
+                    consumed: i + 1,
+                }
             }
             Some(i) => Scan::TooLong { consumed: i + 1 },
             // Without an LF, `max` octets already exceed the limit: even a
             // bare LF next would make the line `max + 1` long.
             None if buf.len() >= max => {
                 self.discarding = true;
-                Scan::NeedMore { consumed: buf.len() }
+                Scan::NeedMore {
+                    consumed: buf.len(),
+                }
             }
             None => Scan::NeedMore { consumed: 0 },
         }
@@ -89,14 +96,35 @@ mod tests {
         let mut s = LineSplitter::new();
         assert_eq!(
             s.next(b"STAT\r\nNOOP", MAX),
-            Scan::Line { line: b"STAT", consumed: 6 }
+            Scan::Line {
+                line: b"STAT",
+                consumed: 6
+            }
         );
-        assert_eq!(s.next(b"NOOP\n", MAX), Scan::Line { line: b"NOOP", consumed: 5 });
+        assert_eq!(
+            s.next(b"NOOP\n", MAX),
+            Scan::Line {
+                line: b"NOOP",
+                consumed: 5
+            }
+        );
         assert_eq!(s.next(b"NOOP", MAX), Scan::NeedMore { consumed: 0 });
         assert_eq!(s.next(b"NOOP\r", MAX), Scan::NeedMore { consumed: 0 });
-        assert_eq!(s.next(b"\r\n", MAX), Scan::Line { line: b"", consumed: 2 });
+        assert_eq!(
+            s.next(b"\r\n", MAX),
+            Scan::Line {
+                line: b"",
+                consumed: 2
+            }
+        );
         // Only one CR belongs to the terminator.
-        assert_eq!(s.next(b"A\r\r\n", MAX), Scan::Line { line: b"A\r", consumed: 4 });
+        assert_eq!(
+            s.next(b"A\r\r\n", MAX),
+            Scan::Line {
+                line: b"A\r",
+                consumed: 4
+            }
+        );
     }
 
     #[test]
@@ -111,7 +139,10 @@ mod tests {
         assert!(!s.is_discarding());
         assert_eq!(
             s.next(&long[MAX + 1..], MAX),
-            Scan::Line { line: b"NOOP", consumed: 6 }
+            Scan::Line {
+                line: b"NOOP",
+                consumed: 6
+            }
         );
     }
 
@@ -124,7 +155,16 @@ mod tests {
         assert_eq!(s.next(&full, MAX), Scan::NeedMore { consumed: MAX });
         assert!(s.is_discarding());
         assert_eq!(s.next(b"yyyy", MAX), Scan::NeedMore { consumed: 4 });
-        assert_eq!(s.next(b"zz\r\nQUIT\r\n", MAX), Scan::TooLong { consumed: 4 });
-        assert_eq!(s.next(b"QUIT\r\n", MAX), Scan::Line { line: b"QUIT", consumed: 6 });
+        assert_eq!(
+            s.next(b"zz\r\nQUIT\r\n", MAX),
+            Scan::TooLong { consumed: 4 }
+        );
+        assert_eq!(
+            s.next(b"QUIT\r\n", MAX),
+            Scan::Line {
+                line: b"QUIT",
+                consumed: 6
+            }
+        );
     }
 }

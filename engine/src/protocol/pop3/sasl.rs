@@ -56,7 +56,9 @@ pub fn decode_plain(response: &[u8]) -> Result<PlainCredentials, PlainError> {
     // authcid and passwd are 1*SAFE; authzid may be empty.
     if authcid.is_empty()
         || password.is_empty()
-        || [authzid, authcid, password].iter().any(|f| f.len() > PLAIN_FIELD_MAX)
+        || [authzid, authcid, password]
+            .iter()
+            .any(|f| f.len() > PLAIN_FIELD_MAX)
     {
         return Err(PlainError::Malformed);
     }
