@@ -204,7 +204,7 @@ impl Pop3Session {
         }
     }
 
-    /// "+OK <hostname> POP3 ringmail ready". No APOP timestamp: APOP is not
+    /// `+OK <hostname> POP3 ringmail ready`. No APOP timestamp: APOP is not
     /// offered (RFC 1939 section 7).
     pub fn greeting(&mut self, out: &mut Vec<u8>) {
         reply::greeting(out, &self.params.hostname);

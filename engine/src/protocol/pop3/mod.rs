@@ -2,7 +2,7 @@
 //! per RFC 4616), RFC 3206 (response codes).
 //!
 //! What this module owns:
-//! - [`line`]: splitting buffered input into command lines, with the
+//! - [`line`](mod@line): splitting buffered input into command lines, with the
 //!   255-octet limit and resynchronisation after an overlong line;
 //! - [`command`]: parsing one line into a borrowed [`Command`];
 //! - [`stuff`]: zero-copy byte-stuffing of stored messages for RETR/TOP;
