@@ -27,7 +27,10 @@ fuzz_target!(|data: &[u8]| {
         entries: MESSAGES
             .iter()
             .enumerate()
-            .map(|(i, m)| MaildropEntry { size: m.len() as u64, uidl: format!("uid-{i}") })
+            .map(|(i, m)| MaildropEntry {
+                size: m.len() as u64,
+                uidl: format!("uid-{i}"),
+            })
             .collect(),
     };
     let mut session = Pop3Session::new(Pop3Params {
@@ -63,7 +66,9 @@ fuzz_target!(|data: &[u8]| {
                 }
                 Pop3Event::SendMessage { index, body_lines } => {
                     let message = MESSAGES.get(index).expect("index within the maildrop");
-                    write_stuffed(message, body_lines, &mut |b: &[u8]| out.extend_from_slice(b));
+                    write_stuffed(message, body_lines, &mut |b: &[u8]| {
+                        out.extend_from_slice(b)
+                    });
                 }
                 Pop3Event::Update { deleted } => {
                     assert!(deleted.iter().all(|&i| i < MESSAGES.len()));
