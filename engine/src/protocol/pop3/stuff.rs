@@ -1,0 +1,221 @@
+//! Zero-copy byte-stuffing of a stored message for RETR and TOP
+//! (RFC 1939 section 3, multi-line responses).
+//!
+//! [`write_stuffed`] never copies the message: it hands the sink slices of
+//! the message itself, interleaved with static `"."` slices where a line
+//! starts with a dot, and finally a static terminator. The runtime can thus
+//! send straight from a memory mapping (vectored writes).
+//!
+//! Line starts. A line starts at byte 0 and after every LF, whether that LF
+//! is part of a CRLF or bare. Stored mail should only contain CRLF, but if a
+//! bare LF slips in, a client that splits lines on LF would otherwise read a
+//! lone `"."` line after it as the end of the response, and take whatever
+//! follows as server replies. Stuffing after every LF rules that out for
+//! every reader; the price is that a strict CRLF-only reader sees an extra
+//! dot in a line that follows a bare LF, in a message that was already
+//! malformed. Bare LFs and bare CRs are otherwise sent unchanged.
+//!
+//! Termination. The response ends with `".\r\n"` at the start of a line: when
+//! the (possibly TOP-truncated) message does not end with CRLF, `"\r\n"` is
+//! inserted first. An empty message is sent as the terminator alone (no
+//! lines), not as one empty line.
+
+use memchr::{memchr, memmem};
+
+const DOT: &[u8] = b".";
+const END: &[u8] = b".\r\n";
+const CRLF_END: &[u8] = b"\r\n.\r\n";
+
+/// Write `message` as a multi-line response body, dot-stuffed and
+/// terminated. With `body_lines = Some(n)` (TOP), only the header, the blank
+/// line after it and the first `n` body lines are sent; a message without a
+/// blank line is all header and is sent whole.
+///
+/// `sink` is called with non-empty slices, in order; concatenated, they are
+/// the exact bytes to send after the `+OK` line.
+pub fn write_stuffed(message: &[u8], body_lines: Option<usize>, sink: &mut dyn FnMut(&[u8])) {
+    let message = match body_lines {
+        Some(n) => &message[..top_end(message, n)],
+        None => message,
+    };
+    if message.is_empty() {
+        sink(END);
+        return;
+    }
+    let mut start = 0;
+    if message[0] == b'.' {
+        sink(DOT);
+    }
+    for lf in memmem::find_iter(message, b"\n.") {
+        // Send up to and including the LF, then the extra dot; the message's
+        // own dot starts the next slice.
+        sink(&message[start..=lf]);
+        sink(DOT);
+        start = lf + 1;
+    }
+    sink(&message[start..]);
+    sink(if message.ends_with(b"\r\n") {
+        END
+    } else {
+        CRLF_END
+    });
+}
+
+/// Length of the TOP prefix of `message`: lines up to and including the first
+/// empty line (`"\r\n"` or bare `"\n"`), then `n` more lines. Lines end after
+/// each LF; an unterminated last line counts as a line.
+fn top_end(message: &[u8], n: usize) -> usize {
+    let mut start = 0;
+    let mut in_header = true;
+    let mut remaining = n;
+    loop {
+        if !in_header && remaining == 0 {
+            return start;
+        }
+        let Some(off) = memchr(b'\n', &message[start..]) else {
+            return message.len();
+        };
+        let content = &message[start..start + off];
+        if in_header {
+            in_header = !(content.is_empty() || content == b"\r");
+        } else {
+            remaining -= 1;
+        }
+        start += off + 1;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn stuffed(message: &[u8], body_lines: Option<usize>) -> Vec<u8> {
+        let mut out = Vec::new();
+        write_stuffed(message, body_lines, &mut |s: &[u8]| {
+            assert!(!s.is_empty(), "sink got an empty slice");
+            out.extend_from_slice(s);
+        });
+        out
+    }
+
+    /// A naive client: read LF-terminated lines, stop at the line ".\r\n",
+    /// drop the first dot of any other line that starts with one. Panics
+    /// (fails the test) when the terminator is missing or not last.
+    fn unstuff(wire: &[u8]) -> Vec<u8> {
+        let mut body = Vec::new();
+        let mut lines = wire.split_inclusive(|&b| b == b'\n');
+        for line in lines.by_ref() {
+            if line == b".\r\n" {
+                assert!(lines.next().is_none(), "bytes after the terminator");
+                return body;
+            }
+            assert!(line != b".\n" && line != b".", "a lone dot line: {wire:?}");
+            body.extend_from_slice(line.strip_prefix(b".").unwrap_or(line));
+        }
+        panic!("no terminator in {wire:?}");
+    }
+
+    /// What the client should get back: the message with a CRLF if missing.
+    fn expected(message: &[u8]) -> Vec<u8> {
+        let mut m = message.to_vec();
+        if !m.is_empty() && !m.ends_with(b"\r\n") {
+            m.extend_from_slice(b"\r\n");
+        }
+        m
+    }
+
+    /// Reference TOP: header lines through the first blank one, then n more.
+    fn expected_top(message: &[u8], n: usize) -> Vec<u8> {
+        let lines: Vec<&[u8]> = message.split_inclusive(|&b| b == b'\n').collect();
+        let blank = lines.iter().position(|l| *l == b"\n" || *l == b"\r\n");
+        let take = match blank {
+            Some(i) => (i + 1 + n).min(lines.len()),
+            None => lines.len(),
+        };
+        expected(&lines[..take].concat())
+    }
+
+    #[test]
+    fn known_answers() {
+        assert_eq!(stuffed(b"", None), b".\r\n");
+        assert_eq!(stuffed(b"a\r\n", None), b"a\r\n.\r\n");
+        assert_eq!(stuffed(b"a", None), b"a\r\n.\r\n");
+        assert_eq!(stuffed(b".\r\n", None), b"..\r\n.\r\n");
+        assert_eq!(
+            stuffed(b"a\r\n.\r\n.b\r\n", None),
+            b"a\r\n..\r\n..b\r\n.\r\n"
+        );
+        assert_eq!(stuffed(b"a\n.\nb", None), b"a\n..\nb\r\n.\r\n");
+        assert_eq!(stuffed(b"a\r.b\r\n", None), b"a\r.b\r\n.\r\n");
+        assert_eq!(stuffed(b"a\n", None), b"a\n\r\n.\r\n");
+    }
+
+    #[test]
+    fn slices_borrow_from_the_message() {
+        let msg = b"Subject: x\r\n\r\n.body\r\nmore\r\n".to_vec();
+        let range = msg.as_ptr_range();
+        let mut own = 0;
+        write_stuffed(&msg, None, &mut |s: &[u8]| {
+            if range.contains(&s.as_ptr()) {
+                own += s.len();
+            } else {
+                assert!(s == DOT || s == END || s == CRLF_END);
+            }
+        });
+        assert_eq!(own, msg.len());
+    }
+
+    #[test]
+    fn top_known_answers() {
+        let msg = b"A: 1\r\nB: 2\r\n\r\nl1\r\n.l2\r\nl3\r\n";
+        assert_eq!(stuffed(msg, Some(0)), b"A: 1\r\nB: 2\r\n\r\n.\r\n");
+        assert_eq!(stuffed(msg, Some(1)), b"A: 1\r\nB: 2\r\n\r\nl1\r\n.\r\n");
+        assert_eq!(
+            stuffed(msg, Some(2)),
+            b"A: 1\r\nB: 2\r\n\r\nl1\r\n..l2\r\n.\r\n"
+        );
+        assert_eq!(stuffed(msg, Some(99)), stuffed(msg, None));
+        // No blank line: the whole message is header.
+        assert_eq!(stuffed(b"A: 1\r\nB: 2", Some(0)), b"A: 1\r\nB: 2\r\n.\r\n");
+        // Bare LF blank line.
+        assert_eq!(stuffed(b"A: 1\n\nx\ny\n", Some(1)), b"A: 1\n\nx\n\r\n.\r\n");
+        assert_eq!(stuffed(b"", Some(3)), b".\r\n");
+    }
+
+    fn message_strategy() -> impl Strategy<Value = Vec<u8>> {
+        proptest::collection::vec(
+            prop_oneof![
+                4 => Just(b'.'),
+                4 => Just(b'\r'),
+                4 => Just(b'\n'),
+                2 => Just(b'a'),
+                1 => Just(b':'),
+                1 => any::<u8>(),
+            ],
+            0..200,
+        )
+    }
+
+    proptest! {
+        #[test]
+        fn unstuffing_gives_back_the_message(msg in message_strategy()) {
+            prop_assert_eq!(unstuff(&stuffed(&msg, None)), expected(&msg));
+        }
+
+        #[test]
+        fn top_gives_header_blank_line_and_n_lines(msg in message_strategy(), n in 0usize..8) {
+            prop_assert_eq!(unstuff(&stuffed(&msg, Some(n))), expected_top(&msg, n));
+        }
+
+        #[test]
+        fn wire_has_no_early_terminator(msg in message_strategy()) {
+            let wire = stuffed(&msg, None);
+            prop_assert!(wire.ends_with(b".\r\n"));
+            // The only ".\r\n" at a line start is the final one.
+            let early = memmem::find_iter(&wire, b"\n.\r\n").any(|i| i + 4 != wire.len());
+            prop_assert!(!early);
+            prop_assert!(!wire.starts_with(b".\r\n") || wire.len() == 3);
+        }
+    }
+}
