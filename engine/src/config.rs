@@ -97,7 +97,8 @@ impl Default for Config {
             cores: 0,
             pin_cores: true,
             local_domains: vec!["example.test".into()],
-            aliases: Default::default(),
+            // RFC 5321 4.5.1: every domain needs a postmaster.
+            aliases: [("postmaster@example.test".to_string(), "alice@example.test".to_string())].into(),
             listen: Listen::default(),
             limits: Limits::default(),
             timeouts: Timeouts::default(),
@@ -232,6 +233,71 @@ impl Config {
     }
 }
 
+/// The embedded default configuration as an annotated TOML file
+/// (`ringmail default-config`). A test checks it equals [`Config::default`].
+pub const DEFAULT_CONFIG_TOML: &str = r#"# ringmail configuration. Every key is optional; missing keys take these defaults.
+
+# Our host name: SMTP banner, EHLO reply, Received headers.
+hostname = "mail.example.test"
+# Segments, checkpoints, the account file and the meta file live here.
+data_dir = "./ringmail-data"
+# Executors, one per core; 0 = every online CPU. Accounts are spread over them.
+cores = 0
+# Pin each executor to its own CPU (ignored when cores > online CPUs).
+pin_cores = true
+# Mail for these domains is delivered into local mailboxes.
+local_domains = ["example.test"]
+
+# Demo accounts created at start when missing. Remove them in production and
+# manage accounts with `ringmail account add ADDRESS` (password on stdin).
+[[demo_accounts]]
+address = "alice@example.test"
+password = "alice-secret"
+
+[[demo_accounts]]
+address = "bob@example.test"
+password = "bob-secret"
+
+# "alias@domain" = "account@domain"; "@domain" = "account@domain" is a catch-all.
+# local+detail@domain is delivered to local@domain when no exact match exists.
+[aliases]
+"postmaster@example.test" = "alice@example.test"
+
+[listen]
+smtp = ["127.0.0.1:2525"]
+pop3 = ["127.0.0.1:1100"]
+imap = ["127.0.0.1:1430"]
+
+[limits]
+# SIZE (RFC 1870): advertised in EHLO, checked at MAIL and at end of data. Max 32 MiB.
+message_size_max = 33554432
+# RFC 5321 4.5.3.1.8 asks for at least 100.
+recipients_max = 100
+connections_max = 10000
+connections_per_address_max = 256
+# Failed SMTP commands before the session is closed with 421.
+smtp_errors_max = 20
+# Failed logins on one POP3/IMAP connection before it is closed.
+auth_failures_max = 3
+
+[timeouts]
+# RFC 5321 4.5.3.2: 5 minutes for a command, 10 minutes for data.
+smtp_command_secs = 300
+smtp_data_secs = 600
+# RFC 1939 3: the POP3 autologout timer, at least 10 minutes.
+pop3_idle_secs = 600
+# On SIGTERM/SIGINT, how long open sessions may take to finish.
+shutdown_grace_secs = 10
+
+[storage]
+# Checkpoint a bucket's index after this many records were logged for it.
+checkpoint_every_records = 4096
+# Compact a sealed segment when less than this percentage of it is live.
+compact_live_percent = 50
+# Memory each executor locks for io_uring, in KiB (see docs/TUNING.md).
+io_memory_kib = 512
+"#;
+
 fn line_column(text: &str, offset: usize) -> (usize, usize) {
     let before = &text[..offset.min(text.len())];
     let line = before.matches('\n').count() + 1;
@@ -244,8 +310,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn default_is_valid() {
+    fn default_is_valid_and_documented() {
         Config::default().validate().unwrap();
+        let parsed = Config::parse(DEFAULT_CONFIG_TOML, Path::new("default.toml")).unwrap();
+        assert_eq!(format!("{parsed:?}"), format!("{:?}", Config::default()));
     }
 
     #[test]

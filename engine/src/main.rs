@@ -1,1 +1,200 @@
-fn main() {}
+//! The `ringmail` command: run the server, manage accounts.
+use std::io::BufRead;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use ringmail::accounts::AccountFile;
+use ringmail::config::Config;
+
+#[derive(Parser)]
+#[command(name = "ringmail", version, about = "A thread-per-core mail server: SMTP in, durable mailboxes, POP3 out.",
+    long_about = "ringmail accepts mail over SMTP for its local domains, appends it durably to per-account \
+mailboxes (memory-mapped segment logs with group commit, one executor per core), and serves it over POP3.\n\n\
+With no configuration file it runs on an embedded default: 127.0.0.1, SMTP on 2525, POP3 on 1100, data in \
+./ringmail-data, local domain example.test, demo accounts alice@example.test (password alice-secret) and \
+bob@example.test (password bob-secret).")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server (embedded default configuration unless --config is given).
+    Serve(ServeArgs),
+    /// Manage accounts in the data directory (a running server picks changes up within a second).
+    Account {
+        #[command(flatten)]
+        common: Common,
+        #[command(subcommand)]
+        action: AccountAction,
+    },
+    /// Print the embedded default configuration as a TOML file to start from.
+    DefaultConfig,
+    /// Check a configuration file and exit.
+    CheckConfig { file: PathBuf },
+}
+
+#[derive(Args, Clone)]
+struct Common {
+    /// Configuration file (TOML). Without it the embedded default is used.
+    #[arg(long, short = 'c', global = true)]
+    config: Option<PathBuf>,
+    /// Data directory (overrides the configuration's data_dir).
+    #[arg(long, global = true)]
+    data: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    #[command(flatten)]
+    common: Common,
+    /// Executors, one per core (0: every online CPU).
+    #[arg(long)]
+    cores: Option<usize>,
+    /// Our host name (banner, EHLO, Received headers).
+    #[arg(long)]
+    hostname: Option<String>,
+    /// SMTP listen address (repeatable); replaces the configured list.
+    #[arg(long)]
+    smtp: Vec<SocketAddr>,
+    /// POP3 listen address (repeatable); replaces the configured list.
+    #[arg(long)]
+    pop3: Vec<SocketAddr>,
+    /// IMAP listen address (repeatable); replaces the configured list.
+    #[arg(long)]
+    imap: Vec<SocketAddr>,
+}
+
+#[derive(Subcommand)]
+enum AccountAction {
+    /// Add an account; the password is read from the first line of standard input.
+    Add { address: String },
+    /// Change an account's password (read from standard input).
+    Passwd { address: String },
+    /// Remove an account (its stored mail stays in the data directory).
+    Remove { address: String },
+    /// List accounts.
+    List,
+    /// Add many accounts sharing one password (read from standard input), e.g.
+    /// `--pattern '{n}u@example.test' --count 10000` creates 0u@.. to 9999u@..
+    Bulk {
+        #[arg(long)]
+        pattern: String,
+        #[arg(long)]
+        count: u64,
+        #[arg(long, default_value_t = 0)]
+        start: u64,
+    },
+}
+
+fn load_config(common: &Common) -> Result<Config, String> {
+    let mut config = match &common.config {
+        Some(path) => Config::load(path).map_err(|e| e.to_string())?,
+        None => Config::default(),
+    };
+    if let Some(d) = &common.data {
+        config.data_dir = d.clone();
+    }
+    Ok(config)
+}
+
+fn read_password() -> Result<String, String> {
+    let mut line = String::new();
+    std::io::stdin().lock().read_line(&mut line).map_err(|e| format!("reading password: {e}"))?;
+    let pw = line.trim_end_matches(['\r', '\n']).to_string();
+    if pw.is_empty() {
+        return Err("empty password (give it on standard input)".into());
+    }
+    Ok(pw)
+}
+
+fn run(cli: Cli) -> Result<(), String> {
+    match cli.command {
+        Command::Serve(args) => {
+            let mut config = load_config(&args.common)?;
+            if let Some(c) = args.cores {
+                config.cores = c;
+            }
+            if let Some(h) = args.hostname {
+                config.hostname = h;
+            }
+            if !args.smtp.is_empty() {
+                config.listen.smtp = args.smtp;
+            }
+            if !args.pop3.is_empty() {
+                config.listen.pop3 = args.pop3;
+            }
+            if !args.imap.is_empty() {
+                config.listen.imap = args.imap;
+            }
+            config.validate()?;
+            ringmail::runtime::serve(config).map_err(|e| e.to_string())
+        }
+        Command::Account { common, action } => {
+            let config = load_config(&common)?;
+            let file = AccountFile::in_dir(&config.data_dir);
+            match action {
+                AccountAction::Add { address } => {
+                    let pw = read_password()?;
+                    let a = file.add(&address, &pw).map_err(|e| e.to_string())?;
+                    println!("added {a}");
+                }
+                AccountAction::Passwd { address } => {
+                    let pw = read_password()?;
+                    file.set_password(&address, &pw).map_err(|e| e.to_string())?;
+                    println!("password changed for {address}");
+                }
+                AccountAction::Remove { address } => {
+                    file.remove(&address).map_err(|e| e.to_string())?;
+                    println!("removed {address}");
+                }
+                AccountAction::List => {
+                    let mut all: Vec<String> = file.read().map_err(|e| e.to_string())?.into_keys().collect();
+                    all.sort();
+                    for a in all {
+                        println!("{a}");
+                    }
+                }
+                AccountAction::Bulk { pattern, count, start } => {
+                    if !pattern.contains("{n}") {
+                        return Err("--pattern must contain {n}".into());
+                    }
+                    let pw = read_password()?;
+                    let list: Vec<String> = (start..start + count).map(|n| pattern.replace("{n}", &n.to_string())).collect();
+                    let added = file.add_many(&list, &pw).map_err(|e| e.to_string())?;
+                    println!("added {added} accounts");
+                }
+            }
+            Ok(())
+        }
+        Command::DefaultConfig => {
+            print!("{}", ringmail::config::DEFAULT_CONFIG_TOML);
+            Ok(())
+        }
+        Command::CheckConfig { file } => {
+            Config::load(&file).map_err(|e| e.to_string())?;
+            println!("{}: ok", file.display());
+            Ok(())
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("RINGMAIL_LOG").unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("ringmail: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

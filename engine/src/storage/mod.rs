@@ -407,6 +407,30 @@ impl Store {
         self.wait_durable().await
     }
 
+    /// Remove messages from a mailbox (POP3 UPDATE, IMAP EXPUNGE); returns once durable.
+    pub async fn expunge(&self, account: &str, mailbox: u32, mut uids: Vec<u32>) -> Result<()> {
+        uids.sort_unstable();
+        uids.dedup();
+        if uids.is_empty() {
+            return Ok(());
+        }
+        let modseq = self.next_modseq(account, mailbox)?;
+        self.commit(&[Op::Expunge { account, mailbox, uids, modseq }]).await
+    }
+
+    /// Allocate the next modification sequence number of a mailbox (RFC 7162).
+    pub fn next_modseq(&self, account: &str, mailbox: u32) -> Result<u64> {
+        let b = self.bucket_of(account);
+        let mut buckets = self.buckets.borrow_mut();
+        let acc = buckets
+            .get_mut(&b)
+            .and_then(|bk| bk.accounts.get_mut(account))
+            .ok_or_else(|| StorageError::NoAccount(account.into()))?;
+        let m = acc.mailbox_mut(mailbox).ok_or(StorageError::NoMailbox)?;
+        m.highest_modseq += 1;
+        Ok(m.highest_modseq)
+    }
+
     /// A message body by location.
     pub fn body(&self, loc: Loc) -> Option<Body> {
         let seg = self.segments.borrow().get(&loc.seg)?.clone();
@@ -721,3 +745,6 @@ fn after(applied: LogPos, seg: u64, offset: usize) -> bool {
     }
     (seg, offset as u64) >= (applied.seg, u64::from(applied.offset))
 }
+
+#[cfg(test)]
+mod tests;
