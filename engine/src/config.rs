@@ -84,6 +84,8 @@ pub struct Storage {
     pub checkpoint_every_records: u64,
     /// Compact a sealed segment when less than this percentage of it is live.
     pub compact_live_percent: u32,
+    /// How often shard 0 looks for segments to compact, in seconds (0: never).
+    pub compact_interval_secs: u64,
     /// Memory glommio locks per executor for io_uring buffers, in KiB. We use
     /// buffered files and mappings, not DMA, so little is needed.
     pub io_memory_kib: usize,
@@ -147,7 +149,7 @@ impl Default for Timeouts {
 
 impl Default for Storage {
     fn default() -> Self {
-        Storage { checkpoint_every_records: 4096, compact_live_percent: 50, io_memory_kib: 512 }
+        Storage { checkpoint_every_records: 4096, compact_live_percent: 50, compact_interval_secs: 60, io_memory_kib: 512 }
     }
 }
 
@@ -294,6 +296,8 @@ shutdown_grace_secs = 10
 checkpoint_every_records = 4096
 # Compact a sealed segment when less than this percentage of it is live.
 compact_live_percent = 50
+# How often to look for segments to compact, in seconds (0: never).
+compact_interval_secs = 60
 # Memory each executor locks for io_uring, in KiB (see docs/TUNING.md).
 io_memory_kib = 512
 "#;

@@ -22,7 +22,7 @@ use glommio::net::TcpListener;
 use crate::accounts::{self, Directory};
 use crate::config::Config;
 use crate::session::pop3::Pop3Session;
-use crate::storage::{self, Meta, Store, StoreConfig, StorageError};
+use crate::storage::{self, Meta, SegmentUsage, Store, StoreConfig, StorageError};
 
 use super::limiter::{Limiter, Permit};
 
@@ -54,6 +54,10 @@ pub enum ShardMsg {
     /// A POP3 connection whose user logged in and whose account this shard
     /// owns: continue the session here.
     AdoptPop3 { fd: OwnedFd, session: Box<Pop3Session>, pending: Vec<u8>, account: String, permit: Permit },
+    /// Compaction, step 1: report segment usage.
+    CompactStats { reply: oneshot::Sender<Vec<SegmentUsage>> },
+    /// Compaction, step 2: move live bodies out of these segments and checkpoint.
+    Evacuate { victims: Vec<u64>, reply: oneshot::Sender<Result<(), StorageError>> },
 }
 
 pub struct Shard {
@@ -226,7 +230,49 @@ impl Shard {
                 let stream = unsafe { glommio::net::TcpStream::from_raw_fd(fd.into_raw_fd()) };
                 super::pop3::adopted(self, stream, *session, pending, account, permit).await;
             }
+            ShardMsg::CompactStats { reply } => {
+                let _ = reply.send(self.store.segment_usage());
+            }
+            ShardMsg::Evacuate { victims, reply } => {
+                let set = victims.into_iter().collect();
+                let _ = reply.send(self.store.evacuate(&set).await);
+            }
         }
+    }
+
+    /// One compaction pass, run by shard 0: gather usage from every shard,
+    /// pick victims, have every shard evacuate them, then delete the files.
+    /// A failure anywhere leaves the files in place (they are only garbage).
+    pub async fn compact(&self) -> Result<usize, StorageError> {
+        let mut reports = vec![self.store.segment_usage()];
+        for s in (0..self.shared.cores).filter(|s| *s != self.id) {
+            let (tx, rx) = oneshot::channel();
+            if self.senders.send_to(s, ShardMsg::CompactStats { reply: tx }).await.is_err() {
+                return Err(StorageError::Io("shard unavailable".into()));
+            }
+            reports.push(rx.await.map_err(|_| StorageError::Io("shard dropped request".into()))?);
+        }
+        let victims = storage::compaction_victims(&reports, self.shared.config.storage.compact_live_percent);
+        if victims.is_empty() {
+            return Ok(0);
+        }
+        let set = victims.iter().copied().collect();
+        self.store.evacuate(&set).await?;
+        for s in (0..self.shared.cores).filter(|s| *s != self.id) {
+            let (tx, rx) = oneshot::channel();
+            if self.senders.send_to(s, ShardMsg::Evacuate { victims: victims.clone(), reply: tx }).await.is_err() {
+                return Err(StorageError::Io("shard unavailable".into()));
+            }
+            rx.await.map_err(|_| StorageError::Io("shard dropped request".into()))??;
+        }
+        let dir = self.shared.config.data_dir.join("segments");
+        for v in &victims {
+            let path = dir.join(storage::segment::file_name(*v));
+            glommio::io::remove(&path).await.map_err(|e| StorageError::Io(e.to_string()))?;
+        }
+        glommio::io::Directory::open(&dir).await.map_err(|e| StorageError::Io(e.to_string()))?.sync().await.map_err(|e| StorageError::Io(e.to_string()))?;
+        tracing::info!(segments = victims.len(), "compacted");
+        Ok(victims.len())
     }
 }
 
@@ -282,6 +328,22 @@ pub async fn run(shared: Arc<Shared>, mesh: MeshBuilder<ShardMsg, Full>) -> Resu
         }
     }
     let _ = shared.ready.send(Ok(id));
+    let interval = shared.config.storage.compact_interval_secs;
+    if id == 0 && interval > 0 {
+        let shard = shard.clone();
+        glommio::spawn_local(async move {
+            loop {
+                glommio::timer::sleep(Duration::from_secs(interval)).await;
+                if shard.stopping() {
+                    return;
+                }
+                if let Err(e) = shard.compact().await {
+                    tracing::warn!(error = %e, "compaction pass failed");
+                }
+            }
+        })
+        .detach();
+    }
 
     while !shared.shutdown.load(Ordering::Acquire) {
         glommio::timer::sleep(Duration::from_millis(50)).await;

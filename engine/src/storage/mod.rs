@@ -137,6 +137,36 @@ struct Bucket {
     checkpoint_running: bool,
 }
 
+/// What one shard knows about one segment (compaction input).
+#[derive(Debug, Clone, Copy)]
+pub struct SegmentUsage {
+    pub id: u64,
+    pub used: u64,
+    pub live: u64,
+    pub writing: bool,
+}
+
+/// Pick the segments worth compacting from every shard's reports: not being
+/// written anywhere, and with less than `live_percent` of their bytes live.
+pub fn compaction_victims(reports: &[Vec<SegmentUsage>], live_percent: u32) -> Vec<u64> {
+    let mut by_id: HashMap<u64, (u64, u64, bool)> = HashMap::new();
+    for r in reports {
+        for u in r {
+            let e = by_id.entry(u.id).or_insert((0, 0, false));
+            e.0 = e.0.max(u.used);
+            e.1 += u.live;
+            e.2 |= u.writing;
+        }
+    }
+    let mut v: Vec<u64> = by_id
+        .into_iter()
+        .filter(|(_, (used, live, writing))| !writing && *live * 100 < *used * u64::from(live_percent))
+        .map(|(id, _)| id)
+        .collect();
+    v.sort_unstable();
+    v
+}
+
 /// A message body: a slice of a segment mapping, kept alive by the `Rc`.
 #[derive(Clone)]
 pub struct Body {
@@ -429,6 +459,62 @@ impl Store {
         let m = acc.mailbox_mut(mailbox).ok_or(StorageError::NoMailbox)?;
         m.highest_modseq += 1;
         Ok(m.highest_modseq)
+    }
+
+    /// Usage of every segment this shard knows: bytes written, live body
+    /// bytes referenced by this shard's accounts, and whether it is being written.
+    pub fn segment_usage(&self) -> Vec<SegmentUsage> {
+        let mut live = HashMap::new();
+        for bucket in self.buckets.borrow().values() {
+            for a in bucket.accounts.values() {
+                a.live_bytes(&mut live);
+            }
+        }
+        let active = self.active.borrow().as_ref().map(|s| s.id());
+        self.segments
+            .borrow()
+            .values()
+            .map(|seg| SegmentUsage {
+                id: seg.id(),
+                used: seg.write_pos() as u64,
+                live: live.get(&seg.id()).copied().unwrap_or(0),
+                writing: Some(seg.id()) == active,
+            })
+            .collect()
+    }
+
+    /// Copy every live body of this shard's accounts out of `victims` into the
+    /// active segment (Relocate records), then checkpoint, so that neither the
+    /// index nor a future recovery needs the victims. Then stop mapping them here.
+    pub async fn evacuate(&self, victims: &HashSet<u64>) -> Result<()> {
+        for _round in 0..3 {
+            let mut moves: Vec<(String, Loc)> = Vec::new();
+            for bucket in self.buckets.borrow().values() {
+                for a in bucket.accounts.values() {
+                    let mut seen = HashSet::new();
+                    for m in &a.mailboxes {
+                        for e in &m.messages {
+                            if victims.contains(&e.loc.seg) && seen.insert(e.loc) {
+                                moves.push((a.name.clone(), e.loc));
+                            }
+                        }
+                    }
+                }
+            }
+            if moves.is_empty() {
+                self.checkpoint_all().await?;
+                let mut segs = self.segments.borrow_mut();
+                for v in victims {
+                    segs.remove(v);
+                }
+                return Ok(());
+            }
+            for (account, old) in moves {
+                let Some(body) = self.body(old) else { continue };
+                self.commit(&[Op::Relocate { account: &account, old, body: body.bytes() }]).await?;
+            }
+        }
+        Err(StorageError::Io("segment still referenced after evacuation".into()))
     }
 
     /// A message body by location.

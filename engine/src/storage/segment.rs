@@ -104,6 +104,10 @@ impl Segment {
         Ok(seg)
     }
 
+    pub fn is_writable(&self) -> bool {
+        self.file.is_some()
+    }
+
     pub fn id(&self) -> u64 {
         self.id
     }
