@@ -65,10 +65,7 @@ mod tests {
     #[test]
     fn date_known_answers() {
         assert_eq!(rfc5322_date(0), "Thu, 1 Jan 1970 00:00:00 +0000");
-        assert_eq!(
-            rfc5322_date(1_795_708_800),
-            "Thu, 26 Nov 2026 16:00:00 +0000"
-        );
+        assert_eq!(rfc5322_date(1_795_708_800), "Thu, 26 Nov 2026 16:00:00 +0000");
         for d in [-1000i64, 0, 59, 60, 365, 11_016, 20_000, 30_000] {
             let (y, m, dd) = civil_from_days(d);
             assert_eq!(days_from_civil(y, m, dd), d);
