@@ -279,7 +279,7 @@ mod tests {
                 }
                 j += 1;
             };
-            let Some(eol) = eol else { return None };
+            let eol = eol?;
             let line = &input[i..eol];
             if line == b"." {
                 return Some((body, eol + 2));
