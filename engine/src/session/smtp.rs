@@ -168,7 +168,11 @@ struct Refusal {
 enum Phase {
     Command,
     Data,
-    Bdat { size: u64, last: bool, refusal: Option<Refusal> },
+    Bdat {
+        size: u64,
+        last: bool,
+        refusal: Option<Refusal>,
+    },
     Delivering,
     Closed,
 }
@@ -281,7 +285,11 @@ impl SmtpSession {
                         return (pos, SmtpEvent::Deliver(tx));
                     }
                 }
-                Phase::Bdat { size, last, refusal } => {
+                Phase::Bdat {
+                    size,
+                    last,
+                    refusal,
+                } => {
                     let max = self.params.message_size_max;
                     let (used, progress) = self.bdat.feed(&input[pos..], &mut self.body, max);
                     pos += used;
@@ -378,8 +386,14 @@ impl SmtpSession {
                     reply::write_helo(out, &self.params.hostname);
                 }
             }
-            Command::Mail { reverse_path, params } => self.mail(reverse_path, params, out),
-            Command::Rcpt { forward_path, params } => self.rcpt(forward_path, params, ctx, out),
+            Command::Mail {
+                reverse_path,
+                params,
+            } => self.mail(reverse_path, params, out),
+            Command::Rcpt {
+                forward_path,
+                params,
+            } => self.rcpt(forward_path, params, ctx, out),
             Command::Data => self.data_command(ctx, out),
             Command::Bdat { size, last } => self.bdat_command(size, last, ctx),
             Command::Rset => {
@@ -413,7 +427,10 @@ impl SmtpSession {
             SyntaxError::Bdat { size: Some(size) } => {
                 // The size is readable: swallow the chunk, then refuse it, and
                 // the transaction with it (RFC 3030 section 2).
-                let refusal = Refusal { reply: replies::BDAT_SYNTAX, counted: true };
+                let refusal = Refusal {
+                    reply: replies::BDAT_SYNTAX,
+                    counted: true,
+                };
                 self.start_chunk(size, false, Some(refusal));
                 return;
             }
@@ -492,7 +509,11 @@ impl SmtpSession {
             return;
         }
         // RFC 5321 section 4.5.1: <Postmaster> without a domain, any case.
-        let address = if path.eq_ignore_ascii_case("postmaster") { "postmaster" } else { path };
+        let address = if path.eq_ignore_ascii_case("postmaster") {
+            "postmaster"
+        } else {
+            path
+        };
         match ctx.recipient(address) {
             RcptVerdict::Local { account } => {
                 if let Some(envelope) = &mut self.envelope {
@@ -533,7 +554,10 @@ impl SmtpSession {
             Some(e) if e.recipients.is_empty() => Some(replies::NO_RECIPIENTS),
             Some(_) => None,
         };
-        let refusal = refusal.map(|reply| Refusal { reply, counted: !self.bdat_failed });
+        let refusal = refusal.map(|reply| Refusal {
+            reply,
+            counted: !self.bdat_failed,
+        });
         if refusal.is_none() {
             if let Some(envelope) = &mut self.envelope {
                 if !envelope.bdat {
@@ -548,16 +572,26 @@ impl SmtpSession {
 
     fn start_chunk(&mut self, size: u64, last: bool, refusal: Option<Refusal>) {
         self.bdat.start_chunk(size, refusal.is_some());
-        self.phase = Phase::Bdat { size, last, refusal };
+        self.phase = Phase::Bdat {
+            size,
+            last,
+            refusal,
+        };
     }
 
     /// Start a message: new queue id, Received header at the top of the body.
     fn begin_message(&mut self, ctx: &dyn SmtpContext) {
         self.messages = self.messages.wrapping_add(1);
         self.queue_id.clear();
-        let _ = write!(self.queue_id, "{:016X}{:04X}", self.params.session_id, self.messages);
+        let _ = write!(
+            self.queue_id,
+            "{:016X}{:04X}",
+            self.params.session_id, self.messages
+        );
         self.body.clear();
-        let Some(envelope) = &self.envelope else { return };
+        let Some(envelope) = &self.envelope else {
+            return;
+        };
         let protocol = if envelope.smtputf8 {
             // RFC 6531 section 3.7.3.
             "UTF8SMTP"
@@ -661,7 +695,11 @@ fn write_received(body: &mut Vec<u8>, r: &ReceivedInfo<'_>) {
         IpAddr::V4(ip) => write!(body, "[{ip}]"),
         IpAddr::V6(ip) => write!(body, "[IPv6:{ip}]"),
     };
-    let _ = write!(body, ")\r\n\tby {} (ringmail) with {} id {}", r.hostname, r.protocol, r.id);
+    let _ = write!(
+        body,
+        ")\r\n\tby {} (ringmail) with {} id {}",
+        r.hostname, r.protocol, r.id
+    );
     let _ = match r.recipient {
         Some(rcpt) => write!(body, "\r\n\tfor <{rcpt}>; {}\r\n", r.date),
         None => write!(body, "; {}\r\n", r.date),
@@ -682,7 +720,9 @@ mod tests {
     impl SmtpContext for Stub {
         fn recipient(&self, address: &str) -> RcptVerdict {
             if address == "postmaster" {
-                return RcptVerdict::Local { account: "postmaster".into() };
+                return RcptVerdict::Local {
+                    account: "postmaster".into(),
+                };
             }
             let Some((local, domain)) = address.rsplit_once('@') else {
                 return RcptVerdict::NotLocal;
@@ -693,8 +733,12 @@ mod tests {
             match local.to_lowercase().as_str() {
                 "nobody" => RcptVerdict::UnknownUser,
                 "tempfail" => RcptVerdict::TempFail,
-                "bob.alias" => RcptVerdict::Local { account: "bob".into() },
-                other => RcptVerdict::Local { account: other.into() },
+                "bob.alias" => RcptVerdict::Local {
+                    account: "bob".into(),
+                },
+                other => RcptVerdict::Local {
+                    account: other.into(),
+                },
             }
         }
 
@@ -705,7 +749,8 @@ mod tests {
 
     const DATE: &str = "Thu, 26 Nov 2026 16:00:00 +0000";
     const GREETING: &str = "220 mx.example.test ESMTP ringmail\r\n";
-    const EHLO: &str = "250-mx.example.test\r\n250-PIPELINING\r\n250-SIZE 10000\r\n250-8BITMIME\r\n\
+    const EHLO: &str =
+        "250-mx.example.test\r\n250-PIPELINING\r\n250-SIZE 10000\r\n250-8BITMIME\r\n\
                         250-ENHANCEDSTATUSCODES\r\n250-SMTPUTF8\r\n250 CHUNKING\r\n";
     const OK: &str = "250 2.0.0 Ok\r\n";
     const MAIL_OK: &str = "250 2.1.0 Ok\r\n";
@@ -760,13 +805,21 @@ mod tests {
                     }
                     SmtpEvent::Close => {
                         let out = String::from_utf8_lossy(&out).into_owned();
-                        return Run { out, delivered, closed: true };
+                        return Run {
+                            out,
+                            delivered,
+                            closed: true,
+                        };
                     }
                 }
             }
         }
         let out = String::from_utf8_lossy(&out).into_owned();
-        Run { out, delivered, closed: false }
+        Run {
+            out,
+            delivered,
+            closed: false,
+        }
     }
 
     fn run(client: &str) -> Run {
@@ -776,7 +829,10 @@ mod tests {
     /// Server bytes for a client transcript, greeting stripped.
     fn replies_to(client: &str) -> String {
         let r = run(client);
-        r.out.strip_prefix(GREETING).expect("greeting first").to_owned()
+        r.out
+            .strip_prefix(GREETING)
+            .expect("greeting first")
+            .to_owned()
     }
 
     fn received(rcpt: Option<&str>, protocol: &str, seq: u32) -> String {
@@ -797,14 +853,20 @@ mod tests {
     #[test]
     fn ehlo_helo_and_extra_keywords() {
         assert_eq!(replies_to("EHLO client.test\r\n"), EHLO);
-        assert_eq!(replies_to("HELO client.test\r\n"), "250 mx.example.test\r\n");
+        assert_eq!(
+            replies_to("HELO client.test\r\n"),
+            "250 mx.example.test\r\n"
+        );
         assert_eq!(
             replies_to("EHLO\r\nHELO a(b)\r\n"),
             "501 5.5.4 Syntax: EHLO/HELO hostname\r\n".repeat(2)
         );
         let mut s = SmtpSession::new(params());
         s.add_ehlo_keyword("STARTTLS");
-        assert_eq!(s.ehlo_keywords().last().map(String::as_str), Some("STARTTLS"));
+        assert_eq!(
+            s.ehlo_keywords().last().map(String::as_str),
+            Some("STARTTLS")
+        );
         let mut out = Vec::new();
         s.advance(b"EHLO c\r\n", &Stub, &mut out);
         let text = String::from_utf8(out).unwrap();
@@ -826,7 +888,10 @@ mod tests {
             "214 2.0.0 Commands: EHLO HELO MAIL RCPT DATA BDAT RSET NOOP QUIT VRFY HELP\r\n"
         );
         assert_eq!(replies_to("STARTTLS\r\n"), not_implemented);
-        assert_eq!(replies_to("AUTH PLAIN AGJvYgBzZWNyZXQ=\r\n"), not_implemented);
+        assert_eq!(
+            replies_to("AUTH PLAIN AGJvYgBzZWNyZXQ=\r\n"),
+            not_implemented
+        );
         assert_eq!(
             replies_to("FROB\r\n\r\n"),
             "500 5.5.2 Error: command not recognized\r\n".repeat(2)
@@ -841,8 +906,10 @@ mod tests {
 
     #[test]
     fn one_message_with_received_header() {
-        let r = run("EHLO client.test\r\nMAIL FROM:<alice@sender.test>\r\nRCPT TO:<Bob@Example.test>\r\n\
-             DATA\r\nSubject: hi\r\n\r\n..leading dot\r\nend\r\n.\r\nQUIT\r\n");
+        let r = run(
+            "EHLO client.test\r\nMAIL FROM:<alice@sender.test>\r\nRCPT TO:<Bob@Example.test>\r\n\
+             DATA\r\nSubject: hi\r\n\r\n..leading dot\r\nend\r\n.\r\nQUIT\r\n",
+        );
         assert_eq!(
             r.out,
             format!("{GREETING}{EHLO}{MAIL_OK}{RCPT_OK}{GO_AHEAD}{QUEUED_1}{BYE}")
@@ -867,8 +934,10 @@ mod tests {
 
     #[test]
     fn pipelined_transaction_in_one_buffer() {
-        let r = run("EHLO client.test\r\nMAIL FROM:<> BODY=8BITMIME\r\nRCPT TO:<bob@example.test>\r\n\
-             RCPT TO:<carol@example.test>\r\nRCPT TO:<@relay.test:dave@example.test>\r\nDATA\r\n");
+        let r = run(
+            "EHLO client.test\r\nMAIL FROM:<> BODY=8BITMIME\r\nRCPT TO:<bob@example.test>\r\n\
+             RCPT TO:<carol@example.test>\r\nRCPT TO:<@relay.test:dave@example.test>\r\nDATA\r\n",
+        );
         assert_eq!(
             r.out,
             format!("{GREETING}{EHLO}{MAIL_OK}{RCPT_OK}{RCPT_OK}{RCPT_OK}{GO_AHEAD}")
@@ -880,19 +949,30 @@ mod tests {
                       DATA\r\nx\r\n.\r\nNOOP\r\n";
         let (used, event) = s.advance(input, &Stub, &mut out);
         assert_eq!(&input[used..], b"NOOP\r\n");
-        let SmtpEvent::Deliver(tx) = event else { panic!("{event:?}") };
+        let SmtpEvent::Deliver(tx) = event else {
+            panic!("{event:?}")
+        };
         let accounts: Vec<&str> = tx.recipients.iter().map(|r| r.account.as_str()).collect();
         assert_eq!(accounts, ["bob", "carol", "dave"]);
         // Three recipients: no "for" clause; HELO: protocol SMTP.
-        assert_eq!(tx.body, format!("{}x\r\n", received(None, "SMTP", 1)).into_bytes());
+        assert_eq!(
+            tx.body,
+            format!("{}x\r\n", received(None, "SMTP", 1)).into_bytes()
+        );
         // Nothing is consumed until the delivery is reported.
-        assert!(matches!(s.advance(&input[used..], &Stub, &mut out), (0, SmtpEvent::NeedInput)));
+        assert!(matches!(
+            s.advance(&input[used..], &Stub, &mut out),
+            (0, SmtpEvent::NeedInput)
+        ));
         s.delivered(DeliveryOutcome::Stored, &mut out);
         let (used2, event) = s.advance(&input[used..], &Stub, &mut out);
         assert!(matches!(event, SmtpEvent::NeedInput));
         assert_eq!(used2, 6);
         let text = String::from_utf8(out).unwrap();
-        assert!(text.ends_with(&format!("{GO_AHEAD}{QUEUED_1}{OK}")), "{text}");
+        assert!(
+            text.ends_with(&format!("{GO_AHEAD}{QUEUED_1}{OK}")),
+            "{text}"
+        );
     }
 
     #[test]
@@ -965,8 +1045,14 @@ mod tests {
         assert_eq!(
             tx.recipients,
             vec![
-                Recipient { address: "postmaster".into(), account: "postmaster".into() },
-                Recipient { address: "bob@example.test".into(), account: "bob".into() },
+                Recipient {
+                    address: "postmaster".into(),
+                    account: "postmaster".into()
+                },
+                Recipient {
+                    address: "bob@example.test".into(),
+                    account: "bob".into()
+                },
             ],
             "bob.alias shares bob's account and is stored once"
         );
@@ -1009,8 +1095,14 @@ mod tests {
             ("MAIL FROM:<a@b.test> =x", bad_param),
             ("MAIL FROM:a@b.test", bad_sender),
             ("MAIL FROM:<a@b.test", bad_sender),
-            ("MAIL TO:<a@b.test>", "501 5.5.4 Syntax error in parameters or arguments\r\n"),
-            ("MAIL FROM:<pelé@b.test>", "553 5.6.7 Non-ASCII address requires SMTPUTF8\r\n"),
+            (
+                "MAIL TO:<a@b.test>",
+                "501 5.5.4 Syntax error in parameters or arguments\r\n",
+            ),
+            (
+                "MAIL FROM:<pelé@b.test>",
+                "553 5.6.7 Non-ASCII address requires SMTPUTF8\r\n",
+            ),
             ("MAIL FROM:<pelé@b.test> SMTPUTF8", MAIL_OK),
             ("mail from: <a@[192.0.2.1]>", MAIL_OK),
         ];
@@ -1018,15 +1110,20 @@ mod tests {
             let client = format!("EHLO client.test\r\n{line}\r\n");
             assert_eq!(replies_to(&client), format!("{EHLO}{reply}"), "{line}");
         }
-        let long_path = format!("EHLO client.test\r\nMAIL FROM:<{}@b.test>\r\n", "x".repeat(300));
+        let long_path = format!(
+            "EHLO client.test\r\nMAIL FROM:<{}@b.test>\r\n",
+            "x".repeat(300)
+        );
         assert_eq!(replies_to(&long_path), format!("{EHLO}{bad_sender}"));
     }
 
     #[test]
     fn smtputf8_transaction() {
-        let r = run("EHLO client.test\r\nMAIL FROM:<pelé@b.test> SMTPUTF8 BODY=8BITMIME\r\n\
+        let r = run(
+            "EHLO client.test\r\nMAIL FROM:<pelé@b.test> SMTPUTF8 BODY=8BITMIME\r\n\
              RCPT TO:<jürgen@example.test>\r\nDATA\r\nHallo\r\n.\r\n\
-             MAIL FROM:<a@b.test>\r\nRCPT TO:<jürgen@example.test>\r\n");
+             MAIL FROM:<a@b.test>\r\nRCPT TO:<jürgen@example.test>\r\n",
+        );
         assert_eq!(
             r.out,
             format!(
@@ -1045,7 +1142,8 @@ mod tests {
     fn message_too_large_at_end_of_data() {
         let big = "x".repeat(9_000);
         let head = "MAIL FROM:<a@b.test>\r\nRCPT TO:<bob@example.test>\r\nDATA\r\n";
-        let client = format!("EHLO client.test\r\n{head}{big}\r\n{big}\r\n.\r\n{head}small\r\n.\r\n");
+        let client =
+            format!("EHLO client.test\r\n{head}{big}\r\n{big}\r\n.\r\n{head}small\r\n.\r\n");
         let r = run(&client);
         assert_eq!(
             r.out,
@@ -1101,8 +1199,10 @@ mod tests {
 
     #[test]
     fn bdat_chunks() {
-        let r = run("EHLO client.test\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<bob@example.test>\r\n\
-             BDAT 7\r\nHi\r\n.\r\nBDAT 0\r\nBDAT 6 LAST\r\nQUIT\r\nNOOP\r\n");
+        let r = run(
+            "EHLO client.test\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<bob@example.test>\r\n\
+             BDAT 7\r\nHi\r\n.\r\nBDAT 0\r\nBDAT 6 LAST\r\nQUIT\r\nNOOP\r\n",
+        );
         assert_eq!(
             r.out,
             format!(
@@ -1112,7 +1212,10 @@ mod tests {
         );
         // BDAT takes octets as they are: no unstuffing, no end marker.
         let header = received(Some("bob@example.test"), "ESMTP", 1);
-        assert_eq!(r.delivered[0].body, format!("{header}Hi\r\n.\r\nQUIT\r\n").into_bytes());
+        assert_eq!(
+            r.delivered[0].body,
+            format!("{header}Hi\r\n.\r\nQUIT\r\n").into_bytes()
+        );
     }
 
     #[test]
@@ -1124,7 +1227,9 @@ mod tests {
         );
         // No accepted recipient: 554 after the chunk.
         assert_eq!(
-            replies_to("EHLO client.test\r\nMAIL FROM:<a@b.test>\r\nBDAT 6 LAST\r\nQUIT\r\nNOOP\r\n"),
+            replies_to(
+                "EHLO client.test\r\nMAIL FROM:<a@b.test>\r\nBDAT 6 LAST\r\nQUIT\r\nNOOP\r\n"
+            ),
             format!("{EHLO}{MAIL_OK}554 5.5.1 Error: no valid recipients\r\n{OK}")
         );
         // Readable size, bad keyword: the chunk is swallowed, then 501.
@@ -1185,7 +1290,9 @@ mod tests {
         );
         assert!(r.delivered.is_empty());
         // DATA and BDAT transactions both work in one session.
-        let r = run(&format!("EHLO client.test\r\n{tx}BDAT 1 LAST\r\nx{tx}DATA\r\ny\r\n.\r\n"));
+        let r = run(&format!(
+            "EHLO client.test\r\n{tx}BDAT 1 LAST\r\nx{tx}DATA\r\ny\r\n.\r\n"
+        ));
         assert_eq!(r.delivered.len(), 2);
         assert!(r.delivered[0].body.ends_with(b"\r\nx"));
         assert!(r.delivered[1].body.ends_with(b"\r\ny\r\n"));
@@ -1194,7 +1301,10 @@ mod tests {
     #[test]
     fn too_long_line_recovery() {
         let long = format!("NOOP {}\r\nNOOP\r\n", "x".repeat(SMTP_COMMAND_LINE_MAX));
-        assert_eq!(replies_to(&long), format!("500 5.5.6 Line too long\r\n{OK}"));
+        assert_eq!(
+            replies_to(&long),
+            format!("500 5.5.6 Line too long\r\n{OK}")
+        );
         // Same, with the long line arriving in small pieces.
         let pieces: Vec<&[u8]> = long.as_bytes().chunks(1000).collect();
         let r = drive(params(), &pieces, DeliveryOutcome::Stored);
@@ -1251,7 +1361,10 @@ mod tests {
         out.clear();
         s.timeout(&mut out);
         assert_eq!(out, timeout);
-        assert!(matches!(s.advance(b"NOOP\r\n", &Stub, &mut out), (0, SmtpEvent::Close)));
+        assert!(matches!(
+            s.advance(b"NOOP\r\n", &Stub, &mut out),
+            (0, SmtpEvent::Close)
+        ));
         s.timeout(&mut out);
         assert_eq!(out, timeout, "a closed session says nothing more");
 
@@ -1266,13 +1379,18 @@ mod tests {
     fn recycled_body_capacity_is_reused() {
         let mut s = SmtpSession::new(params());
         let mut out = Vec::new();
-        let msg = b"EHLO c\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<bob@example.test>\r\nDATA\r\nx\r\n.\r\n";
-        let (_, SmtpEvent::Deliver(_)) = s.advance(msg, &Stub, &mut out) else { panic!() };
+        let msg =
+            b"EHLO c\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<bob@example.test>\r\nDATA\r\nx\r\n.\r\n";
+        let (_, SmtpEvent::Deliver(_)) = s.advance(msg, &Stub, &mut out) else {
+            panic!()
+        };
         s.delivered(DeliveryOutcome::Stored, &mut out);
         let buf = Vec::with_capacity(64 * 1024);
         let ptr = buf.as_ptr();
         s.recycle_body(buf);
-        let (_, SmtpEvent::Deliver(tx)) = s.advance(&msg[8..], &Stub, &mut out) else { panic!() };
+        let (_, SmtpEvent::Deliver(tx)) = s.advance(&msg[8..], &Stub, &mut out) else {
+            panic!()
+        };
         assert_eq!(tx.body.as_ptr(), ptr);
         assert!(tx.body.ends_with(b"\r\nx\r\n"));
     }
@@ -1315,7 +1433,11 @@ mod tests {
              500 5.5.2 Error: command not recognized\r\n{OK}{BYE}"
         )));
         for i in 0..=input.len() {
-            let split = drive(params(), &[&input[..i], &input[i..]], DeliveryOutcome::Stored);
+            let split = drive(
+                params(),
+                &[&input[..i], &input[i..]],
+                DeliveryOutcome::Stored,
+            );
             assert_eq!(split, whole, "split at {i}");
         }
         let bytewise: Vec<&[u8]> = input.chunks(1).collect();
