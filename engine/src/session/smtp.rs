@@ -379,7 +379,9 @@ impl SmtpSession {
                 self.reset_transaction();
                 self.bdat_failed = false;
                 self.esmtp = matches!(command, Command::Ehlo(_));
-                self.helo = Some(domain.to_owned());
+                let helo = self.helo.get_or_insert_with(String::new);
+                helo.clear();
+                helo.push_str(domain);
                 if self.esmtp {
                     reply::write_ehlo(out, &self.params.hostname, &self.ehlo_keywords);
                 } else {

@@ -14,6 +14,12 @@
 //! keep more than `size_max` body octets; or stop scanning early because the
 //! body is too large (the session must find the end to answer 552 in sync).
 use memchr::memmem;
+use std::sync::LazyLock;
+
+/// Searcher for `CRLF .`, the only spot inside DATA where anything happens;
+/// built once instead of at every `feed`.
+static LINE_DOT: LazyLock<memmem::Finder<'static>> =
+    LazyLock::new(|| memmem::Finder::new(b"\r\n."));
 
 /// Result of one `feed` call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -121,7 +127,7 @@ impl DataReceiver {
                     // Fast path: the next interesting spot is the next CRLF
                     // followed by a dot; everything before it is stored as-is.
                     let rest = &input[pos..];
-                    match memmem::find(rest, b"\r\n.") {
+                    match LINE_DOT.find(rest) {
                         Some(i) => {
                             self.budget.push(body, &rest[..i + 2], size_max);
                             pos += i + 3;
