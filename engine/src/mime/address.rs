@@ -37,7 +37,10 @@ fn push_word(out: &mut Vec<u8>, w: &[u8]) {
 }
 
 fn unfold_comment(c: &[u8]) -> Vec<u8> {
-    c.iter().copied().filter(|&b| b != b'\r' && b != b'\n').collect()
+    c.iter()
+        .copied()
+        .filter(|&b| b != b'\r' && b != b'\n')
+        .collect()
 }
 
 /// Parse an address-list header value.
@@ -54,7 +57,11 @@ pub fn parse_address_list(value: &[u8]) -> Vec<Address> {
             match toks[i] {
                 Tok::Special(b'<') if angle.is_none() => angle = Some(i),
                 Tok::Special(b'>') => {}
-                Tok::Special(b',' | b';') if angle.is_none() || angle_closed(&toks[angle.unwrap_or(0)..i]) => break,
+                Tok::Special(b',' | b';')
+                    if angle.is_none() || angle_closed(&toks[angle.unwrap_or(0)..i]) =>
+                {
+                    break
+                }
                 Tok::Special(b':') if angle.is_none() && !in_group => break,
                 _ => {}
             }
@@ -85,7 +92,7 @@ pub fn parse_address_list(value: &[u8]) -> Vec<Address> {
 }
 
 fn angle_closed(toks: &[Tok<'_>]) -> bool {
-    toks.iter().any(|t| *t == Tok::Special(b'>'))
+    toks.contains(&Tok::Special(b'>'))
 }
 
 /// Words of a phrase joined by single spaces (quotes removed).
@@ -140,12 +147,20 @@ fn mailbox(seg: &[Tok<'_>]) -> Option<Address> {
         Tok::Comment(c) => Some(unfold_comment(c)),
         _ => None,
     });
-    let words: Vec<Tok<'_>> = seg.iter().filter(|t| !matches!(t, Tok::Comment(_))).cloned().collect();
+    let words: Vec<Tok<'_>> = seg
+        .iter()
+        .filter(|t| !matches!(t, Tok::Comment(_)))
+        .cloned()
+        .collect();
     if words.is_empty() {
         return None;
     }
     if let Some(lt) = words.iter().position(|t| *t == Tok::Special(b'<')) {
-        let gt = words.iter().position(|t| *t == Tok::Special(b'>')).filter(|&g| g > lt).unwrap_or(words.len());
+        let gt = words
+            .iter()
+            .position(|t| *t == Tok::Special(b'>'))
+            .filter(|&g| g > lt)
+            .unwrap_or(words.len());
         let inner = &words[lt + 1..gt];
         // Obsolete route: "@a,@b:" before the addr-spec (RFC 5322 section 4.4).
         let (adl, spec) = match inner.iter().position(|t| *t == Tok::Special(b':')) {
@@ -164,11 +179,25 @@ fn mailbox(seg: &[Tok<'_>]) -> Option<Address> {
         };
         let (mailbox, host) = addr_spec(spec)?;
         let name = phrase(&words[..lt]);
-        let name = if name.is_empty() { first_comment } else { Some(name) };
-        return Some(Address::Mailbox { name, adl, mailbox, host });
+        let name = if name.is_empty() {
+            first_comment
+        } else {
+            Some(name)
+        };
+        return Some(Address::Mailbox {
+            name,
+            adl,
+            mailbox,
+            host,
+        });
     }
     let (mailbox, host) = addr_spec(&words)?;
-    Some(Address::Mailbox { name: first_comment, adl: None, mailbox, host })
+    Some(Address::Mailbox {
+        name: first_comment,
+        adl: None,
+        mailbox,
+        host,
+    })
 }
 
 #[cfg(test)]
@@ -188,7 +217,10 @@ mod tests {
     fn address_forms() {
         assert_eq!(
             parse_address_list(b"\"Doe, John\" <john.doe@example.com>, jane@example.org (Jane R.)"),
-            vec![mb(Some("Doe, John"), "john.doe", "example.com"), mb(Some("Jane R."), "jane", "example.org")]
+            vec![
+                mb(Some("Doe, John"), "john.doe", "example.com"),
+                mb(Some("Jane R."), "jane", "example.org")
+            ]
         );
         assert_eq!(
             parse_address_list(b"John Q. Public <JQP@x.example>"),
@@ -211,7 +243,10 @@ mod tests {
         );
         assert_eq!(
             parse_address_list(b"undisclosed-recipients:;"),
-            vec![Address::GroupStart(b"undisclosed-recipients".to_vec()), Address::GroupEnd]
+            vec![
+                Address::GroupStart(b"undisclosed-recipients".to_vec()),
+                Address::GroupEnd
+            ]
         );
         assert_eq!(
             parse_address_list(b"<@route.a,@route.b:user@host>"),
@@ -222,9 +257,20 @@ mod tests {
                 host: b"host".to_vec()
             }]
         );
-        assert_eq!(parse_address_list(b"localonly"), vec![mb(None, "localonly", ".MISSING-HOST-NAME.")]);
+        assert_eq!(
+            parse_address_list(b"localonly"),
+            vec![mb(None, "localonly", ".MISSING-HOST-NAME.")]
+        );
         assert_eq!(parse_address_list(b" , ,"), vec![]);
-        for junk in [&b"<<<>>>"[..], b"@@@", b"a:b:c;;;", b"\"unterminated", b"(", b"<a@b", b">,<"] {
+        for junk in [
+            &b"<<<>>>"[..],
+            b"@@@",
+            b"a:b:c;;;",
+            b"\"unterminated",
+            b"(",
+            b"<a@b",
+            b">,<",
+        ] {
             let _ = parse_address_list(junk);
         }
     }

@@ -17,7 +17,10 @@ pub struct Param<'a> {
 
 /// Look up a parameter by name (case-insensitive).
 pub fn param<'p, 'a>(params: &'p [Param<'a>], name: &[u8]) -> Option<&'p Cow<'a, [u8]>> {
-    params.iter().find(|p| p.name.eq_ignore_ascii_case(name)).map(|p| &p.value)
+    params
+        .iter()
+        .find(|p| p.name.eq_ignore_ascii_case(name))
+        .map(|p| &p.value)
 }
 
 /// A parsed Content-Type.
@@ -37,13 +40,20 @@ impl<'a> ContentType<'a> {
         ContentType {
             mtype: Cow::Borrowed(b"text"),
             subtype: Cow::Borrowed(b"plain"),
-            params: vec![Param { name: Cow::Borrowed(b"charset"), value: Cow::Borrowed(b"US-ASCII") }],
+            params: vec![Param {
+                name: Cow::Borrowed(b"charset"),
+                value: Cow::Borrowed(b"US-ASCII"),
+            }],
         }
     }
 
     /// `message/rfc822`, the default inside multipart/digest (RFC 2046 5.1.5).
     pub fn default_digest() -> Self {
-        ContentType { mtype: Cow::Borrowed(b"message"), subtype: Cow::Borrowed(b"rfc822"), params: Vec::new() }
+        ContentType {
+            mtype: Cow::Borrowed(b"message"),
+            subtype: Cow::Borrowed(b"rfc822"),
+            params: Vec::new(),
+        }
     }
 
     /// `application/octet-stream`, reported for structure beyond the limits.
@@ -59,10 +69,20 @@ impl<'a> ContentType<'a> {
     /// `type/subtype` (RFC 2045 section 5.2 then says to use the default).
     pub fn parse(value: &'a [u8]) -> Option<Self> {
         let mut lx = Lexer::new(value, true).filter(|t| !matches!(t, Tok::Comment(_)));
-        let Some(Tok::Atom(mtype)) = lx.next() else { return None };
-        let Some(Tok::Special(b'/')) = lx.next() else { return None };
-        let Some(Tok::Atom(subtype)) = lx.next() else { return None };
-        Some(ContentType { mtype: Cow::Borrowed(mtype), subtype: Cow::Borrowed(subtype), params: parse_params(lx) })
+        let Some(Tok::Atom(mtype)) = lx.next() else {
+            return None;
+        };
+        let Some(Tok::Special(b'/')) = lx.next() else {
+            return None;
+        };
+        let Some(Tok::Atom(subtype)) = lx.next() else {
+            return None;
+        };
+        Some(ContentType {
+            mtype: Cow::Borrowed(mtype),
+            subtype: Cow::Borrowed(subtype),
+            params: parse_params(lx),
+        })
     }
 
     /// Is the type `mtype/*` (case-insensitive)?
@@ -94,8 +114,13 @@ impl<'a> Disposition<'a> {
     /// Parse a raw Content-Disposition value.
     pub fn parse(value: &'a [u8]) -> Option<Self> {
         let mut lx = Lexer::new(value, true).filter(|t| !matches!(t, Tok::Comment(_)));
-        let Some(Tok::Atom(kind)) = lx.next() else { return None };
-        Some(Disposition { kind: Cow::Borrowed(kind), params: parse_params(lx) })
+        let Some(Tok::Atom(kind)) = lx.next() else {
+            return None;
+        };
+        Some(Disposition {
+            kind: Cow::Borrowed(kind),
+            params: parse_params(lx),
+        })
     }
 }
 
@@ -120,8 +145,12 @@ fn parse_params<'a>(mut lx: impl Iterator<Item = Tok<'a>>) -> Vec<Param<'a>> {
             Some(Tok::Special(b';')) => {}
             Some(_) => continue,
         }
-        let Some(Tok::Atom(name)) = lx.next() else { continue };
-        let Some(Tok::Special(b'=')) = lx.next() else { continue };
+        let Some(Tok::Atom(name)) = lx.next() else {
+            continue;
+        };
+        let Some(Tok::Special(b'=')) = lx.next() else {
+            continue;
+        };
         let value: Cow<'a, [u8]> = match lx.next() {
             Some(Tok::Atom(v)) => Cow::Borrowed(v),
             Some(Tok::Quoted(q)) => q,
@@ -130,7 +159,10 @@ fn parse_params<'a>(mut lx: impl Iterator<Item = Tok<'a>>) -> Vec<Param<'a>> {
             _ => continue,
         };
         if raw.len() < 64 {
-            raw.push(Param { name: Cow::Borrowed(name), value });
+            raw.push(Param {
+                name: Cow::Borrowed(name),
+                value,
+            });
         }
     }
     join_continuations(raw)
@@ -145,10 +177,16 @@ fn join_continuations(params: Vec<Param<'_>>) -> Vec<Param<'_>> {
             Some(d) => (d, true),
             None => (rest, false),
         };
-        if base.is_empty() || digits.is_empty() || digits.len() > 3 || !digits.iter().all(u8::is_ascii_digit) {
+        if base.is_empty()
+            || digits.is_empty()
+            || digits.len() > 3
+            || !digits.iter().all(u8::is_ascii_digit)
+        {
             return None;
         }
-        let n = digits.iter().fold(0u32, |n, &d| n * 10 + u32::from(d - b'0'));
+        let n = digits
+            .iter()
+            .fold(0u32, |n, &d| n * 10 + u32::from(d - b'0'));
         Some((base, n, encoded))
     }
     if !params.iter().any(|p| section(&p.name).is_some()) {
@@ -169,7 +207,8 @@ fn join_continuations(params: Vec<Param<'_>>) -> Vec<Param<'_>> {
             .iter()
             .filter_map(|q| {
                 let (b, n, enc) = section(&q.name)?;
-                b.eq_ignore_ascii_case(base).then_some((n, enc, &q.value[..]))
+                b.eq_ignore_ascii_case(base)
+                    .then_some((n, enc, &q.value[..]))
             })
             .collect();
         parts.sort_by_key(|&(n, _, _)| n);
@@ -178,8 +217,14 @@ fn join_continuations(params: Vec<Param<'_>>) -> Vec<Param<'_>> {
         if encoded {
             name.push(b'*');
         }
-        let value: Vec<u8> = parts.iter().flat_map(|&(_, _, v)| v.iter().copied()).collect();
-        out.push(Param { name: Cow::Owned(name), value: Cow::Owned(value) });
+        let value: Vec<u8> = parts
+            .iter()
+            .flat_map(|&(_, _, v)| v.iter().copied())
+            .collect();
+        out.push(Param {
+            name: Cow::Owned(name),
+            value: Cow::Owned(value),
+        });
         done.push(key);
     }
     out
@@ -191,7 +236,9 @@ mod tests {
 
     #[test]
     fn content_type() {
-        let ct = ContentType::parse(b" Multipart/Mixed; boundary=\"=_a b\"; (comment) charset=UTF-8 ").unwrap();
+        let ct =
+            ContentType::parse(b" Multipart/Mixed; boundary=\"=_a b\"; (comment) charset=UTF-8 ")
+                .unwrap();
         assert!(ct.is(b"multipart", b"MIXED"));
         assert_eq!(ct.param(b"BOUNDARY").map(|v| &v[..]), Some(&b"=_a b"[..]));
         assert_eq!(ct.param(b"charset").map(|v| &v[..]), Some(&b"UTF-8"[..]));
@@ -207,10 +254,23 @@ mod tests {
             b"message/external-body; access-type=URL;\r\n URL*0=\"ftp://\";\r\n URL*1=\"cs.utk.edu/pub/moore/bulk-mailer/bulk-mailer.tar\"",
         )
         .unwrap();
-        assert_eq!(ct.param(b"url").map(|v| &v[..]), Some(&b"ftp://cs.utk.edu/pub/moore/bulk-mailer/bulk-mailer.tar"[..]));
-        let d = Disposition::parse(b"attachment; filename*1*=%20b.txt; filename*0*=utf-8''a").unwrap();
+        assert_eq!(
+            ct.param(b"url").map(|v| &v[..]),
+            Some(&b"ftp://cs.utk.edu/pub/moore/bulk-mailer/bulk-mailer.tar"[..])
+        );
+        let d =
+            Disposition::parse(b"attachment; filename*1*=%20b.txt; filename*0*=utf-8''a").unwrap();
         assert_eq!(d.kind, &b"attachment"[..]);
-        assert_eq!(d.params, vec![Param { name: Cow::Borrowed(b"filename*"), value: Cow::Borrowed(b"utf-8''a%20b.txt") }]);
-        assert_eq!(parse_language(b"en, de-CH"), vec![Cow::Borrowed(&b"en"[..]), Cow::Borrowed(&b"de-CH"[..])]);
+        assert_eq!(
+            d.params,
+            vec![Param {
+                name: Cow::Borrowed(b"filename*"),
+                value: Cow::Borrowed(b"utf-8''a%20b.txt")
+            }]
+        );
+        assert_eq!(
+            parse_language(b"en, de-CH"),
+            vec![Cow::Borrowed(&b"en"[..]), Cow::Borrowed(&b"de-CH"[..])]
+        );
     }
 }

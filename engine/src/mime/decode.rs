@@ -86,9 +86,17 @@ pub fn qp_decode(input: &[u8], header: bool) -> Vec<u8> {
 /// read as UTF-8 with replacement characters.
 pub fn to_utf8<'a>(bytes: &'a [u8], charset: &[u8]) -> Cow<'a, str> {
     let cs = charset.split(|&b| b == b'*').next().unwrap_or_default();
-    let latin1 = [&b"iso-8859-1"[..], b"iso8859-1", b"latin1", b"l1", b"windows-1252", b"cp1252", b"iso_8859-1"]
-        .iter()
-        .any(|c| cs.eq_ignore_ascii_case(c));
+    let latin1 = [
+        &b"iso-8859-1"[..],
+        b"iso8859-1",
+        b"latin1",
+        b"l1",
+        b"windows-1252",
+        b"cp1252",
+        b"iso_8859-1",
+    ]
+    .iter()
+    .any(|c| cs.eq_ignore_ascii_case(c));
     if latin1 {
         if bytes.is_ascii() {
             // Valid UTF-8 already.
@@ -120,7 +128,10 @@ pub fn decode_header(value: &[u8]) -> String {
             continue;
         }
         // Whitespace run: held back in case an encoded word follows.
-        let ws = rest.iter().position(|b| !b.is_ascii_whitespace()).unwrap_or(rest.len());
+        let ws = rest
+            .iter()
+            .position(|b| !b.is_ascii_whitespace())
+            .unwrap_or(rest.len());
         if ws > 0 {
             out.push_str(&String::from_utf8_lossy(pending_ws));
             pending_ws = &rest[..ws];
@@ -129,7 +140,10 @@ pub fn decode_header(value: &[u8]) -> String {
         }
         out.push_str(&String::from_utf8_lossy(pending_ws));
         pending_ws = b"";
-        let word = rest.iter().position(u8::is_ascii_whitespace).unwrap_or(rest.len());
+        let word = rest
+            .iter()
+            .position(u8::is_ascii_whitespace)
+            .unwrap_or(rest.len());
         out.push_str(&String::from_utf8_lossy(&rest[..word]));
         rest = &rest[word..];
         last_was_word = false;
@@ -180,7 +194,9 @@ pub fn contains_ci(haystack: &str, needle: &str) -> bool {
 /// `needle` once encoded words are decoded? With an empty needle, matches any
 /// message that has the field (RFC 3501 section 6.4.4).
 pub fn header_contains(header: &[u8], name: &[u8], needle: &str) -> bool {
-    fields(header).filter(|f| f.name.eq_ignore_ascii_case(name)).any(|f| contains_ci(&decode_header(f.value), needle))
+    fields(header)
+        .filter(|f| f.name.eq_ignore_ascii_case(name))
+        .any(|f| contains_ci(&decode_header(f.value), needle))
 }
 
 /// The decoded text of a leaf: transfer encoding removed, charset converted.
@@ -193,7 +209,11 @@ pub fn decoded_text<'a>(part: &Part<'a>) -> Cow<'a, str> {
     } else {
         Cow::Borrowed(part.body)
     };
-    let charset = part.content_type.param(b"charset").map(|c| c.to_vec()).unwrap_or_default();
+    let charset = part
+        .content_type
+        .param(b"charset")
+        .map(|c| c.to_vec())
+        .unwrap_or_default();
     match raw {
         Cow::Borrowed(b) => to_utf8(b, &charset),
         Cow::Owned(v) => Cow::Owned(to_utf8(&v, &charset).into_owned()),
@@ -230,7 +250,8 @@ pub fn body_contains(msg: &Message<'_>, needle: &str) -> bool {
 
 /// SEARCH TEXT: the header or the body contains `needle`.
 pub fn text_contains(msg: &Message<'_>, needle: &str) -> bool {
-    fields(msg.root.header).any(|f| contains_ci(&decode_header(f.value), needle)) || body_contains(msg, needle)
+    fields(msg.root.header).any(|f| contains_ci(&decode_header(f.value), needle))
+        || body_contains(msg, needle)
 }
 
 /// Parse an RFC 5322 date-time (section 3.3, with the obsolete forms of
@@ -247,9 +268,15 @@ pub fn parse_rfc5322_date(value: &[u8]) -> Option<DateTime> {
     }
     let day = num(w)?;
     let month = words.next()?;
-    const MONTHS: [&[u8]; 12] =
-        [b"jan", b"feb", b"mar", b"apr", b"may", b"jun", b"jul", b"aug", b"sep", b"oct", b"nov", b"dec"];
-    let month = MONTHS.iter().position(|m| month.len() >= 3 && month[..3].eq_ignore_ascii_case(m))? as u8 + 1;
+    const MONTHS: [&[u8]; 12] = [
+        b"jan", b"feb", b"mar", b"apr", b"may", b"jun", b"jul", b"aug", b"sep", b"oct", b"nov",
+        b"dec",
+    ];
+    let month = MONTHS
+        .iter()
+        .position(|m| month.len() >= 3 && month[..3].eq_ignore_ascii_case(m))?
+        as u8
+        + 1;
     let y = words.next()?;
     let mut year = num(y)?;
     if y.len() <= 2 {
@@ -258,8 +285,16 @@ pub fn parse_rfc5322_date(value: &[u8]) -> Option<DateTime> {
         year += 1900;
     }
     let date = Date::new(u16::try_from(year).ok()?, month, u8::try_from(day).ok()?)?;
-    let mut dt = DateTime { date, hour: 0, minute: 0, second: 0, zone_minutes: 0 };
-    let Some(time) = words.next() else { return Some(dt) };
+    let mut dt = DateTime {
+        date,
+        hour: 0,
+        minute: 0,
+        second: 0,
+        zone_minutes: 0,
+    };
+    let Some(time) = words.next() else {
+        return Some(dt);
+    };
     let mut hms = time.split(|&b| b == b':');
     dt.hour = u8::try_from(num(hms.next()?)?).ok().filter(|&h| h < 24)?;
     dt.minute = u8::try_from(num(hms.next()?)?).ok().filter(|&m| m < 60)?;
@@ -310,9 +345,15 @@ mod tests {
 
     #[test]
     fn transfer_encodings() {
-        assert_eq!(base64_decode(b"SGVsbG8s\r\nIHdvcmxk\r\nIQ=="), b"Hello, world!");
+        assert_eq!(
+            base64_decode(b"SGVsbG8s\r\nIHdvcmxk\r\nIQ=="),
+            b"Hello, world!"
+        );
         assert_eq!(base64_decode(b"!!"), b"");
-        assert_eq!(qp_decode(b"caf=C3=A9 =\r\nau lait=3D=\nok =zz", false), "café au lait=ok =zz".as_bytes());
+        assert_eq!(
+            qp_decode(b"caf=C3=A9 =\r\nau lait=3D=\nok =zz", false),
+            "café au lait=ok =zz".as_bytes()
+        );
         assert_eq!(qp_decode(b"a_b=5F", true), b"a b_");
         assert_eq!(qp_decode(b"=", false), b"=");
     }
@@ -320,13 +361,28 @@ mod tests {
     #[test]
     fn encoded_words() {
         // RFC 2047 section 8 examples.
-        assert_eq!(decode_header(b"=?ISO-8859-1?Q?Keld_J=F8rn_Simonsen?= <keld@dkuug.dk>"), "Keld Jørn Simonsen <keld@dkuug.dk>");
-        assert_eq!(decode_header(b"=?ISO-8859-1?Q?a?= =?ISO-8859-1?Q?b?="), "ab");
-        assert_eq!(decode_header(b"=?ISO-8859-1?Q?a?=\r\n    =?ISO-8859-1?Q?b?="), "ab");
-        assert_eq!(decode_header(b"(=?ISO-8859-1?Q?a?= b)"), "(=?ISO-8859-1?Q?a?= b)");
+        assert_eq!(
+            decode_header(b"=?ISO-8859-1?Q?Keld_J=F8rn_Simonsen?= <keld@dkuug.dk>"),
+            "Keld Jørn Simonsen <keld@dkuug.dk>"
+        );
+        assert_eq!(
+            decode_header(b"=?ISO-8859-1?Q?a?= =?ISO-8859-1?Q?b?="),
+            "ab"
+        );
+        assert_eq!(
+            decode_header(b"=?ISO-8859-1?Q?a?=\r\n    =?ISO-8859-1?Q?b?="),
+            "ab"
+        );
+        assert_eq!(
+            decode_header(b"(=?ISO-8859-1?Q?a?= b)"),
+            "(=?ISO-8859-1?Q?a?= b)"
+        );
         assert_eq!(decode_header(b"=?ISO-8859-1?Q?a?= b"), "a b");
         assert_eq!(decode_header(b"=?utf-8?B?w6lsw6hyZQ==?= x"), "élère x");
-        assert_eq!(decode_header(b"=?US-ASCII*EN?Q?Keith_Moore?="), "Keith Moore");
+        assert_eq!(
+            decode_header(b"=?US-ASCII*EN?Q?Keith_Moore?="),
+            "Keith Moore"
+        );
         assert_eq!(decode_header(b"=?bogus?X?abc?= =?x"), "=?bogus?X?abc?= =?x");
     }
 
@@ -341,10 +397,16 @@ mod tests {
     #[test]
     fn rfc5322_dates() {
         let dt = parse_rfc5322_date(b"Wed, 17 Jul 1996 02:23:25 -0700 (PDT)").unwrap();
-        assert_eq!((dt.date, dt.hour, dt.minute, dt.second, dt.zone_minutes), (Date::new(1996, 7, 17).unwrap(), 2, 23, 25, -420));
+        assert_eq!(
+            (dt.date, dt.hour, dt.minute, dt.second, dt.zone_minutes),
+            (Date::new(1996, 7, 17).unwrap(), 2, 23, 25, -420)
+        );
         let dt = parse_rfc5322_date(b"1 Jan 99 10:00 EST").unwrap();
         assert_eq!((dt.date.year, dt.second, dt.zone_minutes), (1999, 0, -300));
         assert!(parse_rfc5322_date(b"yesterday").is_none());
-        assert_eq!(sent_date(b"Date: 7 Feb 1994 21:52:25 -0800\r\n\r\n"), Date::new(1994, 2, 7));
+        assert_eq!(
+            sent_date(b"Date: 7 Feb 1994 21:52:25 -0800\r\n\r\n"),
+            Date::new(1994, 2, 7)
+        );
     }
 }

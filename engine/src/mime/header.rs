@@ -31,20 +31,28 @@ pub fn split(msg: &[u8]) -> (&[u8], &[u8]) {
 /// `field-name ":"` where field-name is printable ASCII except colon
 /// (RFC 5322 section 3.6.8), tolerating whitespace before the colon.
 fn is_field_line(line: &[u8]) -> bool {
-    let Some(colon) = memchr::memchr(b':', line) else { return false };
+    let Some(colon) = memchr::memchr(b':', line) else {
+        return false;
+    };
     let name = trim_end(&line[..colon]);
     !name.is_empty() && name.iter().all(|&b| (33..=126).contains(&b))
 }
 
 fn trim_end(s: &[u8]) -> &[u8] {
-    let n = s.iter().rposition(|b| !b.is_ascii_whitespace()).map_or(0, |i| i + 1);
+    let n = s
+        .iter()
+        .rposition(|b| !b.is_ascii_whitespace())
+        .map_or(0, |i| i + 1);
     &s[..n]
 }
 
 /// Trim ASCII whitespace (including CR and LF) on both sides.
 pub fn trim(s: &[u8]) -> &[u8] {
     let s = trim_end(s);
-    let n = s.iter().position(|b| !b.is_ascii_whitespace()).unwrap_or(s.len());
+    let n = s
+        .iter()
+        .position(|b| !b.is_ascii_whitespace())
+        .unwrap_or(s.len());
     &s[n..]
 }
 
@@ -105,7 +113,9 @@ impl<'a> Iterator for Fields<'a> {
             }
             let raw = &self.rest[..end];
             self.rest = &self.rest[end..];
-            let Some(colon) = memchr::memchr(b':', raw) else { continue };
+            let Some(colon) = memchr::memchr(b':', raw) else {
+                continue;
+            };
             let name = trim_end(&raw[..colon]);
             if name.is_empty() || !name.iter().all(|&b| (33..=126).contains(&b)) {
                 continue;
@@ -126,19 +136,29 @@ pub fn unfold(value: &[u8]) -> Cow<'_, [u8]> {
     if memchr::memchr2(b'\r', b'\n', value).is_none() {
         Cow::Borrowed(value)
     } else {
-        Cow::Owned(value.iter().copied().filter(|&b| b != b'\r' && b != b'\n').collect())
+        Cow::Owned(
+            value
+                .iter()
+                .copied()
+                .filter(|&b| b != b'\r' && b != b'\n')
+                .collect(),
+        )
     }
 }
 
 /// The raw (folded) value of the first field called `name`
 /// (case-insensitive), if any.
 pub fn field_value<'a>(header: &'a [u8], name: &[u8]) -> Option<&'a [u8]> {
-    fields(header).find(|f| f.name.eq_ignore_ascii_case(name)).map(|f| f.value)
+    fields(header)
+        .find(|f| f.name.eq_ignore_ascii_case(name))
+        .map(|f| f.value)
 }
 
 /// Raw values of every field called `name`, in order.
 pub fn field_values<'a>(header: &'a [u8], name: &'a [u8]) -> impl Iterator<Item = &'a [u8]> + 'a {
-    fields(header).filter(move |f| f.name.eq_ignore_ascii_case(name)).map(|f| f.value)
+    fields(header)
+        .filter(move |f| f.name.eq_ignore_ascii_case(name))
+        .map(|f| f.value)
 }
 
 /// Build the HEADER.FIELDS / HEADER.FIELDS.NOT subset (RFC 3501 section
@@ -147,7 +167,9 @@ pub fn field_values<'a>(header: &'a [u8], name: &'a [u8]) -> impl Iterator<Item 
 pub fn select_fields<N: AsRef<[u8]>>(header: &[u8], names: &[N], not: bool) -> Vec<u8> {
     let mut out = Vec::new();
     for f in fields(header) {
-        let listed = names.iter().any(|n| n.as_ref().eq_ignore_ascii_case(f.name));
+        let listed = names
+            .iter()
+            .any(|n| n.as_ref().eq_ignore_ascii_case(f.name));
         if listed != not {
             out.extend_from_slice(f.raw);
             if !f.raw.ends_with(b"\n") {
@@ -190,7 +212,9 @@ impl<'a> Lexer<'a> {
 
     fn is_special(&self, b: u8) -> bool {
         match b {
-            b'(' | b')' | b'<' | b'>' | b'@' | b',' | b';' | b':' | b'\\' | b'"' | b'[' | b']' => true,
+            b'(' | b')' | b'<' | b'>' | b'@' | b',' | b';' | b':' | b'\\' | b'"' | b'[' | b']' => {
+                true
+            }
             b'/' | b'?' | b'=' => self.mime,
             _ => b.is_ascii_whitespace() || b < 0x20 || b == 0x7f,
         }
@@ -263,7 +287,8 @@ impl<'a> Iterator for Lexer<'a> {
             b'(' => Tok::Comment(self.comment()),
             b'[' if !self.mime => {
                 let start = self.p;
-                let end = memchr::memchr(b']', &self.s[start..]).map_or(self.s.len(), |i| start + i + 1);
+                let end =
+                    memchr::memchr(b']', &self.s[start..]).map_or(self.s.len(), |i| start + i + 1);
                 self.p = end;
                 Tok::DomainLiteral(&self.s[start..end])
             }
@@ -288,12 +313,18 @@ mod tests {
 
     #[test]
     fn split_variants() {
-        assert_eq!(split(b"A: b\r\n\r\nbody"), (&b"A: b\r\n\r\n"[..], &b"body"[..]));
+        assert_eq!(
+            split(b"A: b\r\n\r\nbody"),
+            (&b"A: b\r\n\r\n"[..], &b"body"[..])
+        );
         assert_eq!(split(b"A: b\n\nbody\n"), (&b"A: b\n\n"[..], &b"body\n"[..]));
         assert_eq!(split(b"\r\nbody"), (&b"\r\n"[..], &b"body"[..]));
         assert_eq!(split(b"A: b\r\n"), (&b"A: b\r\n"[..], &b""[..]));
         // Missing blank line: the first non-field line starts the body.
-        assert_eq!(split(b"A: b\r\n folded\r\nHello world\r\n"), (&b"A: b\r\n folded\r\n"[..], &b"Hello world\r\n"[..]));
+        assert_eq!(
+            split(b"A: b\r\n folded\r\nHello world\r\n"),
+            (&b"A: b\r\n folded\r\n"[..], &b"Hello world\r\n"[..])
+        );
         assert_eq!(split(b""), (&b""[..], &b""[..]));
     }
 
@@ -309,13 +340,20 @@ mod tests {
         assert_eq!(f[1].unfolded(), &b"z"[..]);
         assert_eq!(field_value(h, b"to"), Some(&b" t"[..]));
         assert_eq!(field_value(h, b"cc"), None);
-        assert_eq!(select_fields(h, &[&b"TO"[..], b"subject"], false), b"Subject: a\r\n  b\r\nTo: t\r\n\r\n");
+        assert_eq!(
+            select_fields(h, &[&b"TO"[..], b"subject"], false),
+            b"Subject: a\r\n  b\r\nTo: t\r\n\r\n"
+        );
         assert_eq!(select_fields(h, &["to", "subject"], true), b"X-Y :z\n\r\n");
     }
 
     #[test]
     fn lexer() {
-        let toks: Vec<Tok<'_>> = Lexer::new(b"text/plain; charset=\"us\\\"-\r\n ascii\" (c (nested))", true).collect();
+        let toks: Vec<Tok<'_>> = Lexer::new(
+            b"text/plain; charset=\"us\\\"-\r\n ascii\" (c (nested))",
+            true,
+        )
+        .collect();
         assert_eq!(
             toks,
             vec![

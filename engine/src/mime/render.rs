@@ -55,8 +55,16 @@ pub fn write_envelope_of(header: &[u8], out: &mut Vec<u8>) {
     for (i, idx) in [2usize, 3, 4, 5, 6, 7].into_iter().enumerate() {
         out.push(b' ');
         // Sender and Reply-To default to From when absent or empty.
-        let list = if i == 0 { from.clone() } else { addrs(vals[idx]) };
-        let list = if (idx == 3 || idx == 4) && list.is_empty() { from.clone() } else { list };
+        let list = if i == 0 {
+            from.clone()
+        } else {
+            addrs(vals[idx])
+        };
+        let list = if (idx == 3 || idx == 4) && list.is_empty() {
+            from.clone()
+        } else {
+            list
+        };
         write_addresses(out, &list);
     }
     out.push(b' ');
@@ -75,7 +83,12 @@ fn write_addresses(out: &mut Vec<u8>, list: &[Address]) {
     for a in list {
         out.push(b'(');
         match a {
-            Address::Mailbox { name, adl, mailbox, host } => {
+            Address::Mailbox {
+                name,
+                adl,
+                mailbox,
+                host,
+            } => {
                 write_nstring(out, name.as_deref());
                 out.push(b' ');
                 write_nstring(out, adl.as_deref());
@@ -229,7 +242,9 @@ pub fn section_bytes<'a>(msg: &Message<'a>, section: &Section<'_>) -> Option<Cow
     Some(match text {
         SectionText::Header => Cow::Borrowed(target.header),
         SectionText::Text => Cow::Borrowed(target.body),
-        SectionText::HeaderFields { not, fields } => Cow::Owned(select_fields(target.header, fields, *not)),
+        SectionText::HeaderFields { not, fields } => {
+            Cow::Owned(select_fields(target.header, fields, *not))
+        }
         SectionText::Mime => return None,
     })
 }

@@ -30,16 +30,26 @@ fn section(raw: &[u8], spec: &str) -> Option<Vec<u8>> {
     // Parse the specifier through the IMAP parser, as a FETCH would.
     let cmd = format!("t FETCH 1 BODY[{spec}]\r\n");
     let parsed = crate::protocol::imap::parse_command(cmd.as_bytes()).unwrap();
-    let crate::protocol::imap::CommandBody::Fetch { attrs, .. } = parsed.body else { panic!() };
-    let crate::protocol::imap::FetchAttr::BodySection { section, .. } = &attrs[0] else { panic!() };
+    let crate::protocol::imap::CommandBody::Fetch { attrs, .. } = parsed.body else {
+        panic!()
+    };
+    let crate::protocol::imap::FetchAttr::BodySection { section, .. } = &attrs[0] else {
+        panic!()
+    };
     section_bytes(&Message::parse(raw), section).map(|c| c.into_owned())
 }
 
 #[test]
 fn simple_text_message() {
     assert_eq!(SIMPLE.len(), 310);
-    assert_eq!(body(SIMPLE, false), r#"("TEXT" "PLAIN" ("CHARSET" "US-ASCII") NIL NIL "7BIT" 55 1)"#);
-    assert_eq!(body(SIMPLE, true), r#"("TEXT" "PLAIN" ("CHARSET" "US-ASCII") NIL NIL "7BIT" 55 1 NIL NIL NIL NIL)"#);
+    assert_eq!(
+        body(SIMPLE, false),
+        r#"("TEXT" "PLAIN" ("CHARSET" "US-ASCII") NIL NIL "7BIT" 55 1)"#
+    );
+    assert_eq!(
+        body(SIMPLE, true),
+        r#"("TEXT" "PLAIN" ("CHARSET" "US-ASCII") NIL NIL "7BIT" 55 1 NIL NIL NIL NIL)"#
+    );
     let fred = r#"(("Fred Foobar" NIL "foobar" "Blurdybloop.COM"))"#;
     assert_eq!(
         envelope(SIMPLE),
@@ -48,11 +58,22 @@ fn simple_text_message() {
         )
     );
     assert_eq!(section(SIMPLE, "").as_deref(), Some(SIMPLE));
-    assert_eq!(section(SIMPLE, "TEXT").unwrap(), b"Hello Joe, do you think we can meet at 3:30 tomorrow?\r\n");
-    assert_eq!(section(SIMPLE, "1").unwrap(), section(SIMPLE, "TEXT").unwrap());
+    assert_eq!(
+        section(SIMPLE, "TEXT").unwrap(),
+        b"Hello Joe, do you think we can meet at 3:30 tomorrow?\r\n"
+    );
+    assert_eq!(
+        section(SIMPLE, "1").unwrap(),
+        section(SIMPLE, "TEXT").unwrap()
+    );
     assert_eq!(section(SIMPLE, "HEADER").unwrap().len(), 310 - 55);
-    assert!(section(SIMPLE, "HEADER").unwrap().ends_with(b"US-ASCII\r\n\r\n"));
-    assert_eq!(section(SIMPLE, "HEADER.FIELDS (subject TO)").unwrap(), b"Subject: afternoon meeting\r\nTo: mooch@owatagu.siam.edu\r\n\r\n");
+    assert!(section(SIMPLE, "HEADER")
+        .unwrap()
+        .ends_with(b"US-ASCII\r\n\r\n"));
+    assert_eq!(
+        section(SIMPLE, "HEADER.FIELDS (subject TO)").unwrap(),
+        b"Subject: afternoon meeting\r\nTo: mooch@owatagu.siam.edu\r\n\r\n"
+    );
     assert_eq!(section(SIMPLE, "2"), None);
     assert_eq!(section(SIMPLE, "1.1"), None);
     assert_eq!(section(SIMPLE, "1.HEADER"), None);
@@ -114,7 +135,8 @@ const DAVE: &str = r#"(("Dave" NIL "dave" "example.com"))"#;
 
 #[test]
 fn nested_multipart_with_attachment_and_message() {
-    let embedded_env = format!(r#"(NIL "original" {DAVE} {DAVE} {DAVE} NIL NIL NIL NIL "<orig@example.com>")"#);
+    let embedded_env =
+        format!(r#"(NIL "original" {DAVE} {DAVE} {DAVE} NIL NIL NIL NIL "<orig@example.com>")"#);
     assert_eq!(
         body(NESTED, false),
         format!(
@@ -141,8 +163,14 @@ fn nested_sections() {
     let s = |spec| section(NESTED, spec);
     assert_eq!(s("1.1").unwrap(), b"Caf=C3=A9 at noon?");
     assert_eq!(s("1.2").unwrap(), b"<p>Caf&eacute; at noon?</p>");
-    assert_eq!(s("1.2.MIME").unwrap(), b"Content-Type: text/html; charset=utf-8\r\n\r\n");
-    assert_eq!(s("1.MIME").unwrap(), b"Content-Type: multipart/alternative; boundary=\"inner\"\r\n\r\n");
+    assert_eq!(
+        s("1.2.MIME").unwrap(),
+        b"Content-Type: text/html; charset=utf-8\r\n\r\n"
+    );
+    assert_eq!(
+        s("1.MIME").unwrap(),
+        b"Content-Type: multipart/alternative; boundary=\"inner\"\r\n\r\n"
+    );
     assert!(s("1").unwrap().starts_with(b"--inner\r\n") && s("1").unwrap().ends_with(b"--inner--"));
     assert_eq!(s("2").unwrap(), b"JVBERi0xLjQK");
     let embedded: &[u8] = b"From: Dave <dave@example.com>\r\nSubject: original\r\nMessage-ID: <orig@example.com>\r\n\r\nOriginal body\r\nline two";
@@ -151,39 +179,88 @@ fn nested_sections() {
     assert_eq!(s("3.TEXT").unwrap(), b"Original body\r\nline two");
     assert_eq!(s("3.1").unwrap(), b"Original body\r\nline two");
     assert_eq!(s("3.1.MIME").unwrap(), &embedded[..84]);
-    assert_eq!(s("3.HEADER.FIELDS (SUBJECT)").unwrap(), b"Subject: original\r\n\r\n");
-    assert_eq!(s("3.HEADER.FIELDS.NOT (SUBJECT FROM)").unwrap(), b"Message-ID: <orig@example.com>\r\n\r\n");
-    assert_eq!(s("HEADER.FIELDS (FROM X-NONE)").unwrap(), b"From: Alice <alice@example.com>\r\n\r\n");
+    assert_eq!(
+        s("3.HEADER.FIELDS (SUBJECT)").unwrap(),
+        b"Subject: original\r\n\r\n"
+    );
+    assert_eq!(
+        s("3.HEADER.FIELDS.NOT (SUBJECT FROM)").unwrap(),
+        b"Message-ID: <orig@example.com>\r\n\r\n"
+    );
+    assert_eq!(
+        s("HEADER.FIELDS (FROM X-NONE)").unwrap(),
+        b"From: Alice <alice@example.com>\r\n\r\n"
+    );
     for missing in ["4", "1.3", "1.1.1", "2.1", "2.HEADER", "1.TEXT", "3.2"] {
         assert_eq!(s(missing), None, "{missing}");
     }
     // FETCH BODY[1.2.MIME]<0.12> and a start past the end.
     let msg = Message::parse(NESTED);
-    let mime = Section { part: vec![1, 2], text: Some(SectionText::Mime) };
+    let html = resolve(&msg.root, &[1, 2]).unwrap();
+    let r = msg.range_of(html.header).unwrap();
+    assert_eq!(
+        &NESTED[r.clone()],
+        b"Content-Type: text/html; charset=utf-8\r\n\r\n"
+    );
+    assert_eq!(msg.range_of(html.body), Some(r.end..r.end + 27));
+    assert_eq!(msg.range_of(b"elsewhere"), None);
+    let mime = Section {
+        part: vec![1, 2],
+        text: Some(SectionText::Mime),
+    };
     let data = section_bytes(&msg, &mime).unwrap();
     assert!(matches!(data, Cow::Borrowed(_)), "served as a sub-slice");
-    assert_eq!(&partial(data.clone(), Partial { start: 0, len: 12 })[..], b"Content-Type");
-    assert_eq!(&partial(data, Partial { start: 1000, len: 5 })[..], b"");
-    let fields = Section { part: vec![], text: Some(SectionText::HeaderFields { not: false, fields: vec![Cow::Borrowed(b"to")] }) };
+    assert_eq!(
+        &partial(data.clone(), Partial { start: 0, len: 12 })[..],
+        b"Content-Type"
+    );
+    assert_eq!(
+        &partial(
+            data,
+            Partial {
+                start: 1000,
+                len: 5
+            }
+        )[..],
+        b""
+    );
+    let fields = Section {
+        part: vec![],
+        text: Some(SectionText::HeaderFields {
+            not: false,
+            fields: vec![Cow::Borrowed(b"to")],
+        }),
+    };
     let owned = section_bytes(&msg, &fields).unwrap();
     assert_eq!(&partial(owned, Partial { start: 4, len: 3 })[..], b"Bob");
 }
 
 #[test]
 fn missing_content_type_and_group_syntax() {
-    assert_eq!(body(NO_CONTENT_TYPE, true), r#"("TEXT" "PLAIN" ("CHARSET" "US-ASCII") NIL NIL "7BIT" 29 2 NIL NIL NIL NIL)"#);
+    assert_eq!(
+        body(NO_CONTENT_TYPE, true),
+        r#"("TEXT" "PLAIN" ("CHARSET" "US-ASCII") NIL NIL "7BIT" 29 2 NIL NIL NIL NIL)"#
+    );
     let who = r#"((NIL NIL "someone" "example.com"))"#;
     assert_eq!(
         envelope(NO_CONTENT_TYPE),
-        format!(r#"(NIL "plain old mail" {who} {who} {who} ((NIL NIL "Undisclosed recipients" NIL)(NIL NIL NIL NIL)) NIL NIL NIL NIL)"#)
+        format!(
+            r#"(NIL "plain old mail" {who} {who} {who} ((NIL NIL "Undisclosed recipients" NIL)(NIL NIL NIL NIL)) NIL NIL NIL NIL)"#
+        )
     );
 }
 
 #[test]
 fn malformed_boundaries() {
     // The declared boundary never occurs: the body is shown as plain text.
-    assert_eq!(body(BAD_BOUNDARY, false), r#"("TEXT" "PLAIN" ("CHARSET" "US-ASCII") NIL NIL "7BIT" 57 5)"#);
-    assert_eq!(section(BAD_BOUNDARY, "1").unwrap(), Message::parse(BAD_BOUNDARY).root.body);
+    assert_eq!(
+        body(BAD_BOUNDARY, false),
+        r#"("TEXT" "PLAIN" ("CHARSET" "US-ASCII") NIL NIL "7BIT" 57 5)"#
+    );
+    assert_eq!(
+        section(BAD_BOUNDARY, "1").unwrap(),
+        Message::parse(BAD_BOUNDARY).root.body
+    );
     // Missing close delimiter: the last part runs to the end.
     let raw = b"Content-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\n\r\none\r\n--b\r\nContent-Type: text/html\r\n\r\ntwo\r\n";
     assert_eq!(
@@ -192,7 +269,10 @@ fn malformed_boundaries() {
     );
     assert_eq!(section(raw, "2").unwrap(), b"two\r\n");
     // No boundary parameter at all, and multipart/digest defaults.
-    assert_eq!(body(b"Content-Type: multipart/mixed\r\n\r\nx", false), r#"("TEXT" "PLAIN" ("CHARSET" "US-ASCII") NIL NIL "7BIT" 1 1)"#);
+    assert_eq!(
+        body(b"Content-Type: multipart/mixed\r\n\r\nx", false),
+        r#"("TEXT" "PLAIN" ("CHARSET" "US-ASCII") NIL NIL "7BIT" 1 1)"#
+    );
     let digest = b"Content-Type: multipart/digest; boundary=d\r\n\r\n--d\r\n\r\nSubject: s\r\n\r\nb\r\n--d--";
     assert_eq!(
         body(digest, false),
@@ -200,14 +280,23 @@ fn malformed_boundaries() {
     );
     // An encoded message/rfc822 is opaque.
     let enc = b"Content-Type: message/rfc822\r\nContent-Transfer-Encoding: base64\r\n\r\nU3ViamVjdDogeA==";
-    assert_eq!(body(enc, false), r#"("APPLICATION" "OCTET-STREAM" NIL NIL NIL "BASE64" 16)"#);
+    assert_eq!(
+        body(enc, false),
+        r#"("APPLICATION" "OCTET-STREAM" NIL NIL NIL "BASE64" 16)"#
+    );
 }
 
 #[test]
 fn strings_needing_literals_and_escapes() {
-    let raw = "Subject: Grüße \"quoted\" \\ back\r\nFrom: \"A \\\"B\\\"\" <a@b.c>\r\n\r\n".as_bytes();
+    let raw =
+        "Subject: Grüße \"quoted\" \\ back\r\nFrom: \"A \\\"B\\\"\" <a@b.c>\r\n\r\n".as_bytes();
     let env = envelope(raw);
-    assert!(env.starts_with("(NIL {23}\r\nGrüße \"quoted\" \\ back ((\"A \\\"B\\\"\" NIL \"a\" \"b.c\"))"), "{env}");
+    assert!(
+        env.starts_with(
+            "(NIL {23}\r\nGrüße \"quoted\" \\ back ((\"A \\\"B\\\"\" NIL \"a\" \"b.c\"))"
+        ),
+        "{env}"
+    );
 }
 
 #[test]
@@ -217,15 +306,27 @@ fn search_helpers() {
     assert!(body_contains(&msg, "&eacute;"));
     assert!(!body_contains(&msg, "JVBERi"), "attachments are not text");
     assert!(body_contains(&msg, "LINE two"));
-    assert!(body_contains(&msg, "orig@example"), "headers of attached messages are searched");
-    assert!(!body_contains(&msg, "Alice"), "the top-level header is not the body");
+    assert!(
+        body_contains(&msg, "orig@example"),
+        "headers of attached messages are searched"
+    );
+    assert!(
+        !body_contains(&msg, "Alice"),
+        "the top-level header is not the body"
+    );
     assert!(text_contains(&msg, "alice"));
     assert!(text_contains(&msg, "Café plans"));
     assert!(header_contains(msg.root.header, b"subject", "CAFÉ"));
     assert!(header_contains(msg.root.header, b"Message-ID", ""));
     assert!(!header_contains(msg.root.header, b"X-Missing", ""));
-    assert_eq!(field_value(msg.root.header, b"message-id"), Some(&b" <nested-1@example.com>"[..]));
-    assert_eq!(sent_date(msg.root.header), crate::protocol::imap::Date::new(2026, 11, 26));
+    assert_eq!(
+        field_value(msg.root.header, b"message-id"),
+        Some(&b" <nested-1@example.com>"[..])
+    );
+    assert_eq!(
+        sent_date(msg.root.header),
+        crate::protocol::imap::Date::new(2026, 11, 26)
+    );
     let b64 = b"Content-Type: text/plain; charset=iso-8859-1\r\nContent-Transfer-Encoding: base64\r\n\r\nR3L832U=\r\n";
     let m = Message::parse(b64);
     assert_eq!(decoded_text(&m.root), "Grüße");
@@ -258,8 +359,16 @@ fn exercise(raw: &[u8]) {
     write_bodystructure(&msg, true, &mut out);
     write_bodystructure(&msg, false, &mut out);
     for part in [vec![], vec![1], vec![2], vec![1, 1], vec![3, 1]] {
-        for text in [None, Some(SectionText::Header), Some(SectionText::Text), Some(SectionText::Mime)] {
-            let s = Section { part: part.clone(), text };
+        for text in [
+            None,
+            Some(SectionText::Header),
+            Some(SectionText::Text),
+            Some(SectionText::Mime),
+        ] {
+            let s = Section {
+                part: part.clone(),
+                text,
+            };
             if let Some(d) = section_bytes(&msg, &s) {
                 assert!(d.len() <= raw.len() + 2);
             }

@@ -19,7 +19,10 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits { max_depth: 32, max_parts: 1000 }
+        Limits {
+            max_depth: 32,
+            max_parts: 1000,
+        }
     }
 }
 
@@ -82,6 +85,16 @@ impl<'a> Message<'a> {
         Self::parse_with(raw, Limits::default())
     }
 
+    /// Where `slice` (a part's header or body, or anything else borrowed from
+    /// this message) lies in the message, for callers that keep offsets into
+    /// a stored segment instead of borrows. `None` for foreign slices.
+    pub fn range_of(&self, slice: &[u8]) -> Option<std::ops::Range<usize>> {
+        let base = self.raw.as_ptr() as usize;
+        let start = (slice.as_ptr() as usize).checked_sub(base)?;
+        let end = start.checked_add(slice.len())?;
+        (end <= self.raw.len()).then_some(start..end)
+    }
+
     /// Parse with explicit limits.
     pub fn parse_with(raw: &'a [u8], limits: Limits) -> Self {
         let mut count = 0;
@@ -101,13 +114,23 @@ pub fn count_lines(body: &[u8]) -> usize {
     }
 }
 
-fn parse_part<'a>(raw: &'a [u8], depth: usize, in_digest: bool, limits: &Limits, count: &mut usize) -> Part<'a> {
+fn parse_part<'a>(
+    raw: &'a [u8],
+    depth: usize,
+    in_digest: bool,
+    limits: &Limits,
+    count: &mut usize,
+) -> Part<'a> {
     *count += 1;
     let (header, body) = split(raw);
     let mut part = Part {
         header,
         body,
-        content_type: if in_digest { ContentType::default_digest() } else { ContentType::default_text() },
+        content_type: if in_digest {
+            ContentType::default_digest()
+        } else {
+            ContentType::default_text()
+        },
         explicit_type: false,
         encoding: Cow::Borrowed(b"7bit"),
         id: None,
@@ -182,7 +205,9 @@ fn parse_part<'a>(raw: &'a [u8], depth: usize, in_digest: bool, limits: &Limits,
         // An encapsulated message must not be encoded (RFC 2046 section 5.2.1);
         // if it is, we cannot look inside without decoding: keep it a leaf.
         let enc = &part.encoding;
-        let identity = [&b"7bit"[..], b"8bit", b"binary"].iter().any(|e| enc.eq_ignore_ascii_case(e));
+        let identity = [&b"7bit"[..], b"8bit", b"binary"]
+            .iter()
+            .any(|e| enc.eq_ignore_ascii_case(e));
         if !identity {
             part.content_type = ContentType::opaque();
             return part;
@@ -228,10 +253,8 @@ fn split_multipart<'a>(body: &'a [u8], boundary: &[u8]) -> Vec<&'a [u8]> {
         // The line end before the delimiter belongs to the delimiter.
         let content_end = if i >= 2 && &body[i - 2..i] == b"\r\n" {
             i - 2
-        } else if i >= 1 {
-            i - 1
         } else {
-            0
+            i.saturating_sub(1)
         };
         if let Some(start) = open {
             parts.push(&body[start..content_end.max(start)]);
@@ -300,10 +323,16 @@ mod tests {
     #[test]
     fn multipart_split() {
         let body = b"preamble\r\n--b\r\nA: 1\r\n\r\none\r\n--b \r\n\r\ntwo\r\n--b--\r\nepilogue";
-        assert_eq!(split_multipart(body, b"b"), vec![&b"A: 1\r\n\r\none"[..], &b"\r\ntwo"[..]]);
+        assert_eq!(
+            split_multipart(body, b"b"),
+            vec![&b"A: 1\r\n\r\none"[..], &b"\r\ntwo"[..]]
+        );
         // Boundary at the very start, bare LF, missing close delimiter.
         let body = b"--b\nx\n--bb\n--b\ny";
-        assert_eq!(split_multipart(body, b"b"), vec![&b"x\n--bb"[..], &b"y"[..]]);
+        assert_eq!(
+            split_multipart(body, b"b"),
+            vec![&b"x\n--bb"[..], &b"y"[..]]
+        );
         // Empty parts and delimiters that are not at a line start.
         let body = b"--b\r\n--b\r\nx--b\r\n--b--";
         assert_eq!(split_multipart(body, b"b"), vec![&b""[..], &b"x--b"[..]]);
@@ -323,7 +352,10 @@ mod tests {
     fn depth_and_part_limits() {
         let mut msg = Vec::new();
         for i in 0..50 {
-            msg.extend_from_slice(format!("Content-Type: multipart/mixed; boundary=b{i}\r\n\r\n--b{i}\r\n").as_bytes());
+            msg.extend_from_slice(
+                format!("Content-Type: multipart/mixed; boundary=b{i}\r\n\r\n--b{i}\r\n")
+                    .as_bytes(),
+            );
         }
         msg.extend_from_slice(b"\r\ninner\r\n");
         let m = Message::parse(&msg);
@@ -339,7 +371,13 @@ mod tests {
         for _ in 0..5000 {
             many.extend_from_slice(b"--x\r\n\r\np\r\n");
         }
-        let m = Message::parse_with(&many, Limits { max_depth: 32, max_parts: 100 });
+        let m = Message::parse_with(
+            &many,
+            Limits {
+                max_depth: 32,
+                max_parts: 100,
+            },
+        );
         assert_eq!(m.root.children().len(), 99);
     }
 }

@@ -366,7 +366,11 @@ impl Section<'_> {
             SectionText::Text => out.extend_from_slice(b"TEXT"),
             SectionText::Mime => out.extend_from_slice(b"MIME"),
             SectionText::HeaderFields { not, fields } => {
-                out.extend_from_slice(if *not { b"HEADER.FIELDS.NOT (" } else { b"HEADER.FIELDS (" });
+                out.extend_from_slice(if *not {
+                    b"HEADER.FIELDS.NOT ("
+                } else {
+                    b"HEADER.FIELDS ("
+                });
                 for (i, f) in fields.iter().enumerate() {
                     if i > 0 {
                         out.push(b' ');

@@ -35,6 +35,8 @@ pub struct DateTime {
     pub zone_minutes: i16,
 }
 
+// `is_multiple_of` is newer than the workspace's minimum Rust (1.80).
+#[allow(clippy::manual_is_multiple_of)]
 fn month_len(year: u16, month: u8) -> u8 {
     match month {
         4 | 6 | 9 | 11 => 30,
@@ -78,7 +80,11 @@ impl Date {
 
     /// Days since 1970-01-01.
     pub fn days_since_epoch(&self) -> i64 {
-        days_from_civil(i64::from(self.year), u32::from(self.month), u32::from(self.day))
+        days_from_civil(
+            i64::from(self.year),
+            u32::from(self.month),
+            u32::from(self.day),
+        )
     }
 
     /// The date of day `days` since 1970-01-01, if its year has four digits.
@@ -87,7 +93,11 @@ impl Date {
         if !(0..=9999).contains(&y) {
             return None;
         }
-        Some(Date { year: y as u16, month: m as u8, day: d as u8 })
+        Some(Date {
+            year: y as u16,
+            month: m as u8,
+            day: d as u8,
+        })
     }
 }
 
@@ -124,7 +134,13 @@ impl DateTime {
         if zm > 59 {
             return None;
         }
-        Some(DateTime { date, hour, minute, second, zone_minutes: sign * (zh * 60 + zm) })
+        Some(DateTime {
+            date,
+            hour,
+            minute,
+            second,
+            zone_minutes: sign * (zh * 60 + zm),
+        })
     }
 
     /// Seconds since the Unix epoch (UTC).
@@ -168,15 +184,32 @@ mod tests {
 
     #[test]
     fn search_dates() {
-        assert_eq!(Date::parse(b"1-Feb-1994"), Some(Date { year: 1994, month: 2, day: 1 }));
+        assert_eq!(
+            Date::parse(b"1-Feb-1994"),
+            Some(Date {
+                year: 1994,
+                month: 2,
+                day: 1
+            })
+        );
         assert_eq!(Date::parse(b"01-feb-1994"), Date::parse(b"1-FEB-1994"));
         assert_eq!(Date::parse(b"29-Feb-2024").map(|d| d.day), Some(29));
-        for bad in [&b"29-Feb-2023"[..], b"32-Jan-2000", b"1-Foo-2000", b"1-Jan-94", b"", b"1-Jan-2000-"] {
+        for bad in [
+            &b"29-Feb-2023"[..],
+            b"32-Jan-2000",
+            b"1-Foo-2000",
+            b"1-Jan-94",
+            b"",
+            b"1-Jan-2000-",
+        ] {
             assert!(Date::parse(bad).is_none());
         }
         let d = Date::parse(b"1-Jan-1970").unwrap();
         assert_eq!(d.days_since_epoch(), 0);
-        assert_eq!(Date::from_days(d.days_since_epoch() + 31), Date::parse(b"1-Feb-1970"));
+        assert_eq!(
+            Date::from_days(d.days_since_epoch() + 31),
+            Date::parse(b"1-Feb-1970")
+        );
     }
 
     #[test]

@@ -168,7 +168,11 @@ pub fn write_code(out: &mut Vec<u8>, code: &Code<'_>) {
             }
             return;
         }
-        Code::CopyUid { validity, source, dest } => {
+        Code::CopyUid {
+            validity,
+            source,
+            dest,
+        } => {
             out.extend_from_slice(b"COPYUID ");
             num(out, validity);
             out.push(b' ');
@@ -207,12 +211,24 @@ pub fn write_code(out: &mut Vec<u8>, code: &Code<'_>) {
 
 fn write_text(out: &mut Vec<u8>, text: &str) {
     let text = if text.is_empty() { "done" } else { text };
-    out.extend(text.bytes().map(|b| if matches!(b, b'\r' | b'\n' | 0) { b' ' } else { b }));
+    out.extend(text.bytes().map(|b| {
+        if matches!(b, b'\r' | b'\n' | 0) {
+            b' '
+        } else {
+            b
+        }
+    }));
 }
 
 /// `tag SP status SP [code] text CRLF`; with `tag == None`, an untagged
 /// (`*`) status response.
-pub fn write_status(out: &mut Vec<u8>, tag: Option<&[u8]>, status: Status, code: Option<&Code<'_>>, text: &str) {
+pub fn write_status(
+    out: &mut Vec<u8>,
+    tag: Option<&[u8]>,
+    status: Status,
+    code: Option<&Code<'_>>,
+    text: &str,
+) {
     out.extend_from_slice(tag.unwrap_or(b"*"));
     out.push(b' ');
     out.extend_from_slice(status.name());
@@ -236,14 +252,21 @@ pub fn write_continuation(out: &mut Vec<u8>, text: &str) {
 /// `+ base64 CRLF`: a SASL challenge, already base64-encoded (may be empty).
 pub fn write_sasl_challenge(out: &mut Vec<u8>, base64: &[u8]) {
     out.extend_from_slice(b"+ ");
-    out.extend(base64.iter().copied().filter(|&b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'=')));
+    out.extend(
+        base64
+            .iter()
+            .copied()
+            .filter(|&b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'=')),
+    );
     out.extend_from_slice(b"\r\n");
 }
 
 /// Can `s` be sent as a quoted string? (RFC 3501 `QUOTED-CHAR`: 7-bit,
 /// no NUL, CR or LF.)
 fn quotable(s: &[u8]) -> bool {
-    s.len() <= QUOTED_MAX && s.iter().all(|&b| b != 0 && b < 0x80 && b != b'\r' && b != b'\n')
+    s.len() <= QUOTED_MAX
+        && s.iter()
+            .all(|&b| b != 0 && b < 0x80 && b != b'\r' && b != b'\n')
 }
 
 /// Write `s` as a quoted string; the caller has checked it is quotable.
@@ -343,7 +366,13 @@ pub fn write_expunge(out: &mut Vec<u8>, seq: u32) {
 
 /// `* LIST (attrs) "/" name` (or LSUB). `delimiter == None` writes NIL.
 /// Attributes are written as given (e.g. `\HasNoChildren`, `\Sent`).
-pub fn write_list(out: &mut Vec<u8>, lsub: bool, attrs: &[&str], delimiter: Option<u8>, name: &[u8]) {
+pub fn write_list(
+    out: &mut Vec<u8>,
+    lsub: bool,
+    attrs: &[&str],
+    delimiter: Option<u8>,
+    name: &[u8],
+) {
     out.extend_from_slice(if lsub { b"* LSUB (" } else { b"* LIST (" });
     for (i, a) in attrs.iter().enumerate() {
         if i > 0 {
@@ -548,7 +577,12 @@ impl<'o> FetchWriter<'o> {
 
     /// `BODY[section]<origin> data`, with `data == None` written as `NIL`.
     /// `origin` is the start of a partial fetch (RFC 3501 section 7.4.2).
-    pub fn body_section(&mut self, section: &Section<'_>, origin: Option<u32>, data: Option<&[u8]>) {
+    pub fn body_section(
+        &mut self,
+        section: &Section<'_>,
+        origin: Option<u32>,
+        data: Option<&[u8]>,
+    ) {
         if self.items > 0 {
             self.out.push(b' ');
         }

@@ -45,8 +45,11 @@ pub struct FramingLimits {
 impl FramingLimits {
     /// Before authentication: enough for LOGIN/AUTHENTICATE with long
     /// credentials, and nothing more.
-    pub const NOT_AUTHENTICATED: FramingLimits =
-        FramingLimits { line_max: 2048, literal_max: 1024, command_max: 4096 };
+    pub const NOT_AUTHENTICATED: FramingLimits = FramingLimits {
+        line_max: 2048,
+        literal_max: 1024,
+        command_max: 4096,
+    };
     /// After authentication: APPEND of a maximal message plus its command line.
     pub const AUTHENTICATED: FramingLimits = FramingLimits {
         line_max: 64 * 1024,
@@ -148,9 +151,17 @@ struct LiteralScan {
 impl LiteralScan {
     fn push(&mut self, b: u8) {
         match (self.st, b) {
-            (_, b'{') => *self = LiteralScan { st: 1, ..Default::default() },
+            (_, b'{') => {
+                *self = LiteralScan {
+                    st: 1,
+                    ..Default::default()
+                }
+            }
             (1, b'0'..=b'9') => {
-                self.n = self.n.saturating_mul(10).saturating_add(u64::from(b - b'0'));
+                self.n = self
+                    .n
+                    .saturating_mul(10)
+                    .saturating_add(u64::from(b - b'0'));
                 self.digits = self.digits.saturating_add(1);
             }
             (1, b'+') if self.digits > 0 => {
@@ -193,9 +204,9 @@ fn literal_suffix(line: &[u8]) -> Option<Announce> {
     if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
         return None;
     }
-    let len = digits
-        .iter()
-        .fold(0u64, |n, &d| n.saturating_mul(10).saturating_add(u64::from(d - b'0')));
+    let len = digits.iter().fold(0u64, |n, &d| {
+        n.saturating_mul(10).saturating_add(u64::from(d - b'0'))
+    });
     let binary = open > 0 && inner[open - 1] == b'~';
     Some(Announce { len, sync, binary })
 }
@@ -214,7 +225,12 @@ pub struct Framer {
 impl Framer {
     /// A framer at the start of a command.
     pub fn new(limits: FramingLimits) -> Self {
-        Framer { limits, state: State::Line, pos: 0, line_start: 0 }
+        Framer {
+            limits,
+            state: State::Line,
+            pos: 0,
+            line_start: 0,
+        }
     }
 
     /// Change limits (e.g. after LOGIN). Takes effect for the data not yet
@@ -278,14 +294,23 @@ impl Framer {
                             if lf + 1 > self.limits.command_max {
                                 return self.reject(buf, lf + 1, LimitExceeded::Command, announce);
                             }
-                            let Some(a) = announce else { return self.finish(lf + 1) };
+                            let Some(a) = announce else {
+                                return self.finish(lf + 1);
+                            };
                             if a.binary {
-                                return self.reject(buf, lf + 1, LimitExceeded::BinaryLiteral, announce);
+                                return self.reject(
+                                    buf,
+                                    lf + 1,
+                                    LimitExceeded::BinaryLiteral,
+                                    announce,
+                                );
                             }
                             if a.len > self.limits.literal_max as u64 {
                                 return self.reject(buf, lf + 1, LimitExceeded::Literal, announce);
                             }
-                            if (lf as u64 + 1).saturating_add(a.len) > self.limits.command_max as u64 {
+                            if (lf as u64 + 1).saturating_add(a.len)
+                                > self.limits.command_max as u64
+                            {
                                 return self.reject(buf, lf + 1, LimitExceeded::Command, announce);
                             }
                             self.pos = lf + 1;
@@ -298,7 +323,11 @@ impl Framer {
                         None => {
                             let line_len = buf.len() - self.line_start;
                             // A CR may be the first half of the terminator.
-                            let line_len = if buf.last() == Some(&b'\r') { line_len.saturating_sub(1) } else { line_len };
+                            let line_len = if buf.last() == Some(&b'\r') {
+                                line_len.saturating_sub(1)
+                            } else {
+                                line_len
+                            };
                             if line_len > self.limits.line_max {
                                 return self.reject_partial_line(buf, LimitExceeded::Line);
                             }
@@ -318,7 +347,9 @@ impl Framer {
                         self.state = State::Line;
                     } else {
                         self.pos = buf.len();
-                        self.state = State::Literal { remaining: remaining - avail };
+                        self.state = State::Literal {
+                            remaining: remaining - avail,
+                        };
                         return Frame::NeedMore;
                     }
                 }
@@ -326,9 +357,13 @@ impl Framer {
                     let avail = (buf.len() - discarded) as u64;
                     if avail >= remaining {
                         discarded += remaining as usize;
-                        self.state = State::DiscardLine { scan: LiteralScan::default() };
+                        self.state = State::DiscardLine {
+                            scan: LiteralScan::default(),
+                        };
                     } else {
-                        self.state = State::DiscardLiteral { remaining: remaining - avail };
+                        self.state = State::DiscardLiteral {
+                            remaining: remaining - avail,
+                        };
                         return self.discard(buf.len());
                     }
                 }
@@ -373,7 +408,13 @@ impl Framer {
     }
 
     /// Reject at a complete line ending at `end` (just past its LF).
-    fn reject(&mut self, buf: &[u8], end: usize, reason: LimitExceeded, announce: Option<Announce>) -> Frame {
+    fn reject(
+        &mut self,
+        buf: &[u8],
+        end: usize,
+        reason: LimitExceeded,
+        announce: Option<Announce>,
+    ) -> Frame {
         let (tag, append) = command_prefix(buf);
         self.pos = 0;
         self.line_start = 0;
@@ -385,7 +426,13 @@ impl Framer {
             }
             _ => State::Line,
         };
-        Frame::Rejected(Rejection { consume: end, reason, tag, append, discarding })
+        Frame::Rejected(Rejection {
+            consume: end,
+            reason,
+            tag,
+            append,
+            discarding,
+        })
     }
 
     /// Reject while the current line is still incomplete: drop everything and
@@ -397,19 +444,30 @@ impl Framer {
         self.pos = 0;
         self.line_start = 0;
         self.state = State::DiscardLine { scan };
-        Frame::Rejected(Rejection { consume: buf.len(), reason, tag, append, discarding: true })
+        Frame::Rejected(Rejection {
+            consume: buf.len(),
+            reason,
+            tag,
+            append,
+            discarding: true,
+        })
     }
 }
 
 /// Tag range and whether the command is APPEND, from the first line.
 fn command_prefix(buf: &[u8]) -> (Option<Range<usize>>, bool) {
     let first = &buf[..memchr::memchr(b'\n', buf).unwrap_or(buf.len())];
-    let Some(sp) = memchr::memchr(b' ', first) else { return (None, false) };
+    let Some(sp) = memchr::memchr(b' ', first) else {
+        return (None, false);
+    };
     let tag_ok = sp > 0 && first[..sp].iter().all(|&b| super::parse::is_tag_char(b));
     let rest = &first[sp + 1..];
     let name = &rest[..memchr::memchr(b' ', rest).unwrap_or(rest.len())];
     let name = name.strip_suffix(b"\r").unwrap_or(name);
-    (tag_ok.then_some(0..sp), name.eq_ignore_ascii_case(b"APPEND"))
+    (
+        tag_ok.then_some(0..sp),
+        name.eq_ignore_ascii_case(b"APPEND"),
+    )
 }
 
 #[cfg(test)]
@@ -417,7 +475,11 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    const SMALL: FramingLimits = FramingLimits { line_max: 40, literal_max: 20, command_max: 100 };
+    const SMALL: FramingLimits = FramingLimits {
+        line_max: 40,
+        literal_max: 20,
+        command_max: 100,
+    };
 
     /// Feed `input` in chunks as a client would, answering continuations, and
     /// return every event with the bytes it covered.
@@ -501,10 +563,12 @@ mod tests {
     #[test]
     fn over_long_line_is_discarded_to_its_end() {
         let mut input = b"t1 ".to_vec();
-        input.extend(std::iter::repeat_n(b'x', 100));
+        input.extend_from_slice(&[b'x'; 100]);
         input.extend_from_slice(b"\r\nt2 NOOP\r\n");
         let ev = normalize(run(SMALL, &input, &[10, 50, 60]));
-        let Frame::Rejected(r) = &ev[0].0 else { panic!("{ev:?}") };
+        let Frame::Rejected(r) = &ev[0].0 else {
+            panic!("{ev:?}")
+        };
         assert_eq!(r.reason, LimitExceeded::Line);
         assert_eq!(r.tag, Some(0..2));
         assert!(r.discarding);
@@ -517,10 +581,13 @@ mod tests {
     fn oversized_non_synchronizing_literal_is_skipped() {
         // RFC 7888 section 4: the data arrives anyway and must be discarded,
         // including further literals of the same command.
-        let input = b"A APPEND box {30+}\r\n012345678901234567890123456789 {3+}\r\nabc\r\nB NOOP\r\n";
+        let input =
+            b"A APPEND box {30+}\r\n012345678901234567890123456789 {3+}\r\nabc\r\nB NOOP\r\n";
         for cut in 0..input.len() {
             let ev = normalize(run(SMALL, input, &[cut]));
-            let Frame::Rejected(r) = &ev[0].0 else { panic!() };
+            let Frame::Rejected(r) = &ev[0].0 else {
+                panic!()
+            };
             assert_eq!(r.reason, LimitExceeded::Literal);
             assert!(r.append && r.discarding);
             assert_eq!(r.answer().0, crate::protocol::imap::Status::No);
@@ -534,22 +601,36 @@ mod tests {
     fn oversized_synchronizing_literal_ends_the_command() {
         let input = b"A LOGIN {500}\r\nB NOOP\r\n";
         let ev = run(SMALL, input, &[]);
-        let Frame::Rejected(r) = &ev[0].0 else { panic!() };
+        let Frame::Rejected(r) = &ev[0].0 else {
+            panic!()
+        };
         assert!(!r.discarding && !r.append);
         assert_eq!(r.consume, 15);
         assert_eq!(ev[1].1, b"B NOOP\r\n");
         // Command total over the limit even though each literal fits.
         let input = b"A X {20}\r\n01234567890123456789 {20}\r\n01234567890123456789 {20}\r\n01234567890123456789 {20}\r\n";
         let ev = run(SMALL, input, &[]);
-        assert!(matches!(&ev[..], [(Frame::Continue { .. }, _), (Frame::Continue { .. }, _), (Frame::Continue { .. }, _), ..]));
-        let Frame::Rejected(r) = &ev.last().unwrap().0 else { panic!("{ev:?}") };
+        assert!(matches!(
+            &ev[..],
+            [
+                (Frame::Continue { .. }, _),
+                (Frame::Continue { .. }, _),
+                (Frame::Continue { .. }, _),
+                ..
+            ]
+        ));
+        let Frame::Rejected(r) = &ev.last().unwrap().0 else {
+            panic!("{ev:?}")
+        };
         assert_eq!(r.reason, LimitExceeded::Command);
     }
 
     #[test]
     fn binary_literal_rejected() {
         let ev = run(SMALL, b"A APPEND x ~{3+}\r\nabc\r\nB NOOP\r\n", &[]);
-        let Frame::Rejected(r) = &ev[0].0 else { panic!() };
+        let Frame::Rejected(r) = &ev[0].0 else {
+            panic!()
+        };
         assert_eq!(r.reason, LimitExceeded::BinaryLiteral);
         assert_eq!(ev.last().unwrap().1, b"B NOOP\r\n");
     }
@@ -558,7 +639,9 @@ mod tests {
     fn not_authenticated_limit_is_small() {
         let mut f = Framer::new(FramingLimits::NOT_AUTHENTICATED);
         let huge = format!("a LOGIN {{{}+}}\r\n", 1 << 20);
-        let Frame::Rejected(r) = f.feed(huge.as_bytes()) else { panic!() };
+        let Frame::Rejected(r) = f.feed(huge.as_bytes()) else {
+            panic!()
+        };
         assert!(r.discarding);
         // The megabyte that follows is discarded in chunks, never buffered.
         let chunk = vec![b'z'; 64 * 1024];
@@ -575,11 +658,14 @@ mod tests {
     fn command_strategy() -> impl Strategy<Value = Vec<u8>> {
         let piece = prop_oneof![
             "[a-zA-Z0-9 ()\\[\\]\"%*.]{0,12}".prop_map(|s| s.into_bytes()),
-            (proptest::collection::vec(any::<u8>(), 0..12), any::<bool>()).prop_map(|(data, sync)| {
-                let mut v = format!("{{{}{}}}\r\n", data.len(), if sync { "" } else { "+" }).into_bytes();
-                v.extend_from_slice(&data);
-                v
-            }),
+            (proptest::collection::vec(any::<u8>(), 0..12), any::<bool>()).prop_map(
+                |(data, sync)| {
+                    let mut v = format!("{{{}{}}}\r\n", data.len(), if sync { "" } else { "+" })
+                        .into_bytes();
+                    v.extend_from_slice(&data);
+                    v
+                }
+            ),
         ];
         proptest::collection::vec(piece, 1..5).prop_map(|pieces| {
             let mut v = b"tag CMD ".to_vec();

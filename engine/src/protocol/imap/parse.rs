@@ -184,7 +184,9 @@ impl<'a> Cur<'a> {
                 }
                 Some(b'\\') => match self.b.get(self.p + 1) {
                     Some(&c @ (b'"' | b'\\')) => {
-                        owned.get_or_insert_with(|| self.b[start..self.p].to_vec()).push(c);
+                        owned
+                            .get_or_insert_with(|| self.b[start..self.p].to_vec())
+                            .push(c);
                         self.p += 2;
                     }
                     _ => return Err("invalid escape in quoted string"),
@@ -212,7 +214,11 @@ impl<'a> Cur<'a> {
         self.eat(b'\r');
         self.expect(b'\n', "literal must end its line")?;
         let n = usize::try_from(n).map_err(|_| "literal too large")?;
-        let end = self.p.checked_add(n).filter(|&e| e <= self.b.len()).ok_or("literal data missing")?;
+        let end = self
+            .p
+            .checked_add(n)
+            .filter(|&e| e <= self.b.len())
+            .ok_or("literal data missing")?;
         let data = &self.b[self.p..end];
         self.p = end;
         Ok(data)
@@ -271,14 +277,16 @@ impl<'a> Cur<'a> {
             return Ok(SequenceArg::Saved);
         }
         let s = self.take_while(|b| b.is_ascii_digit() || matches!(b, b'*' | b':' | b','));
-        SequenceSet::parse(s).map(SequenceArg::Set).ok_or("invalid sequence set")
+        SequenceSet::parse(s)
+            .map(SequenceArg::Set)
+            .ok_or("invalid sequence set")
     }
 
     fn flag(&mut self) -> R<Flag<'a>> {
         let start = self.p;
-        if self.eat(b'\\') && !self.eat(b'*') {
-            self.atom()?;
-        } else if self.p == start {
+        // `\*` (PERMANENTFLAGS) is the one flag that is not an atom.
+        let may_create = self.eat(b'\\') && self.eat(b'*');
+        if !may_create {
             self.atom()?;
         }
         Flag::parse(&self.b[start..self.p]).ok_or("invalid flag")
@@ -324,15 +332,25 @@ impl<'a> Cur<'a> {
 
 /// Parse one complete command as framed by [`super::Framer`].
 pub fn parse_command(input: &[u8]) -> Result<Command<'_>, ParseError<'_>> {
-    let mut c = Cur { b: input, p: 0, depth: 0 };
+    let mut c = Cur {
+        b: input,
+        p: 0,
+        depth: 0,
+    };
     let tag = c.take_while(is_tag_char);
     if tag.is_empty() || c.peek() != Some(b' ') {
-        return Err(ParseError { tag: None, reason: "missing or invalid tag" });
+        return Err(ParseError {
+            tag: None,
+            reason: "missing or invalid tag",
+        });
     }
     c.p += 1;
     match command_body(&mut c).and_then(|body| c.end().map(|()| body)) {
         Ok(body) => Ok(Command { tag, body }),
-        Err(reason) => Err(ParseError { tag: Some(tag), reason }),
+        Err(reason) => Err(ParseError {
+            tag: Some(tag),
+            reason,
+        }),
     }
 }
 
@@ -372,7 +390,10 @@ fn command_body<'a>(c: &mut Cur<'a>) -> R<CommandBody<'a>> {
             } else {
                 None
             };
-            CommandBody::Authenticate { mechanism, initial_response }
+            CommandBody::Authenticate {
+                mechanism,
+                initial_response,
+            }
         }
         b"SELECT" | b"EXAMINE" => {
             c.sp()?;
@@ -423,7 +444,10 @@ fn command_body<'a>(c: &mut Cur<'a>) -> R<CommandBody<'a>> {
                 }
                 c.close()?;
             }
-            CommandBody::Create { mailbox, special_use }
+            CommandBody::Create {
+                mailbox,
+                special_use,
+            }
         }
         b"DELETE" | b"SUBSCRIBE" | b"UNSUBSCRIBE" => {
             c.sp()?;
@@ -453,10 +477,16 @@ fn command_body<'a>(c: &mut Cur<'a>) -> R<CommandBody<'a>> {
             c.sp()?;
             let mailbox = c.mailbox()?;
             c.sp()?;
-            CommandBody::Status { mailbox, items: status_items(c)? }
+            CommandBody::Status {
+                mailbox,
+                items: status_items(c)?,
+            }
         }
         b"APPEND" => append(c)?,
-        b"SEARCH" => CommandBody::Search { uid: false, search: search(c)? },
+        b"SEARCH" => CommandBody::Search {
+            uid: false,
+            search: search(c)?,
+        },
         b"FETCH" => fetch(c, false)?,
         b"STORE" => store(c, false)?,
         b"COPY" | b"MOVE" => copy_move(c, false, name == b"MOVE")?,
@@ -466,7 +496,10 @@ fn command_body<'a>(c: &mut Cur<'a>) -> R<CommandBody<'a>> {
             match sub.as_slice() {
                 b"FETCH" => fetch(c, true)?,
                 b"STORE" => store(c, true)?,
-                b"SEARCH" => CommandBody::Search { uid: true, search: search(c)? },
+                b"SEARCH" => CommandBody::Search {
+                    uid: true,
+                    search: search(c)?,
+                },
                 b"COPY" | b"MOVE" => copy_move(c, true, sub == b"MOVE")?,
                 b"EXPUNGE" => {
                     c.sp()?;
@@ -589,7 +622,13 @@ fn list<'a>(c: &mut Cur<'a>) -> R<ListCommand<'a>> {
             }
         }
     }
-    Ok(ListCommand { selection, reference, patterns, returns, extended })
+    Ok(ListCommand {
+        selection,
+        reference,
+        patterns,
+        returns,
+        extended,
+    })
 }
 
 fn append<'a>(c: &mut Cur<'a>) -> R<CommandBody<'a>> {
@@ -614,7 +653,12 @@ fn append<'a>(c: &mut Cur<'a>) -> R<CommandBody<'a>> {
     if c.peek() == Some(b' ') {
         return Err("MULTIAPPEND not supported");
     }
-    Ok(CommandBody::Append { mailbox, flags, date, message })
+    Ok(CommandBody::Append {
+        mailbox,
+        flags,
+        date,
+        message,
+    })
 }
 
 fn copy_move<'a>(c: &mut Cur<'a>, uid: bool, is_move: bool) -> R<CommandBody<'a>> {
@@ -668,7 +712,11 @@ fn search<'a>(c: &mut Cur<'a>) -> R<Search<'a>> {
     while c.eat(b' ') {
         keys.push(search_key(c)?);
     }
-    Ok(Search { charset, keys, returns })
+    Ok(Search {
+        charset,
+        keys,
+        returns,
+    })
 }
 
 fn search_key<'a>(c: &mut Cur<'a>) -> R<SearchKey<'a>> {
@@ -781,7 +829,10 @@ fn search_key_inner<'a>(c: &mut Cur<'a>) -> R<SearchKey<'a>> {
                 entry = Some((name, kind));
                 c.sp()?;
             }
-            SearchKey::ModSeq { entry, modseq: c.number64()? }
+            SearchKey::ModSeq {
+                entry,
+                modseq: c.number64()?,
+            }
         }
         _ => return Err("unknown search key"),
     })
@@ -813,14 +864,23 @@ fn fetch<'a>(c: &mut Cur<'a>, uid: bool) -> R<CommandBody<'a>> {
         changed_since = Some(c.number64()?);
         c.close()?;
     }
-    Ok(CommandBody::Fetch { uid, set, attrs, changed_since })
+    Ok(CommandBody::Fetch {
+        uid,
+        set,
+        attrs,
+        changed_since,
+    })
 }
 
 fn fetch_attr<'a>(c: &mut Cur<'a>, out: &mut Vec<FetchAttr<'a>>, macros: bool) -> R<()> {
     let name = upper(c.take_while(|b| b.is_ascii_alphanumeric() || b == b'.'));
     let attr = match name.as_slice() {
         b"ALL" | b"FAST" | b"FULL" if macros => {
-            out.extend([FetchAttr::Flags, FetchAttr::InternalDate, FetchAttr::Rfc822Size]);
+            out.extend([
+                FetchAttr::Flags,
+                FetchAttr::InternalDate,
+                FetchAttr::Rfc822Size,
+            ]);
             if name != b"FAST" {
                 out.push(FetchAttr::Envelope);
             }
@@ -850,7 +910,11 @@ fn fetch_attr<'a>(c: &mut Cur<'a>, out: &mut Vec<FetchAttr<'a>>, macros: bool) -
                 c.expect(b'>', "invalid partial")?;
                 partial = Some(Partial { start, len });
             }
-            FetchAttr::BodySection { peek: name != b"BODY", section, partial }
+            FetchAttr::BodySection {
+                peek: name != b"BODY",
+                section,
+                partial,
+            }
         }
         b"BINARY" | b"BINARY.PEEK" | b"BINARY.SIZE" => return Err("BINARY not supported"),
         _ => return Err("unknown FETCH item"),
@@ -899,7 +963,10 @@ fn section_text<'a>(c: &mut Cur<'a>, after_part: bool) -> R<SectionText<'a>> {
                 fields.push(c.astring()?);
             }
             c.close()?;
-            SectionText::HeaderFields { not: name.len() > 13, fields }
+            SectionText::HeaderFields {
+                not: name.len() > 13,
+                fields,
+            }
         }
         _ => return Err("invalid section"),
     })
@@ -940,7 +1007,14 @@ fn store<'a>(c: &mut Cur<'a>, uid: bool) -> R<CommandBody<'a>> {
         }
         v
     };
-    Ok(CommandBody::Store { uid, set, mode, silent, flags, unchanged_since })
+    Ok(CommandBody::Store {
+        uid,
+        set,
+        mode,
+        silent,
+        flags,
+        unchanged_since,
+    })
 }
 
 /// Is `line` the `DONE` that ends IDLE (RFC 2177)? Case-insensitive; CRLF or
@@ -968,5 +1042,7 @@ pub fn parse_sasl_response(line: &[u8]) -> Option<SaslResponse<'_>> {
     if line == b"*" {
         return Some(SaslResponse::Cancel);
     }
-    line.iter().all(|&b| is_base64_char(b)).then_some(SaslResponse::Data(line))
+    line.iter()
+        .all(|&b| is_base64_char(b))
+        .then_some(SaslResponse::Data(line))
 }

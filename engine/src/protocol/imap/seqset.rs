@@ -38,7 +38,10 @@ pub struct SeqRange {
 impl SeqRange {
     /// A single number.
     pub fn single(n: u32) -> Self {
-        SeqRange { first: SeqNum::Value(n), last: SeqNum::Value(n) }
+        SeqRange {
+            first: SeqNum::Value(n),
+            last: SeqNum::Value(n),
+        }
     }
 
     /// Inclusive `(low, high)` after resolving `*` against `largest`.
@@ -141,7 +144,9 @@ impl SequenceSet {
     /// Ascending, de-duplicated numbers after resolving `*`. Lazy: does not
     /// allocate per number.
     pub fn iter(&self, largest: u32) -> impl Iterator<Item = u32> {
-        self.normalized(largest).into_iter().flat_map(|(lo, hi)| lo..=hi)
+        self.normalized(largest)
+            .into_iter()
+            .flat_map(|(lo, hi)| lo..=hi)
     }
 
     /// Numbers in the order written, each range walked upwards. This is the
@@ -167,14 +172,20 @@ impl SequenceSet {
             run = match run {
                 Some((a, b)) if b.checked_add(1) == Some(id) => Some((a, id)),
                 Some((a, b)) => {
-                    ranges.push(SeqRange { first: SeqNum::Value(a), last: SeqNum::Value(b) });
+                    ranges.push(SeqRange {
+                        first: SeqNum::Value(a),
+                        last: SeqNum::Value(b),
+                    });
                     Some((id, id))
                 }
                 None => Some((id, id)),
             };
         }
         let (a, b) = run?;
-        ranges.push(SeqRange { first: SeqNum::Value(a), last: SeqNum::Value(b) });
+        ranges.push(SeqRange {
+            first: SeqNum::Value(a),
+            last: SeqNum::Value(b),
+        });
         Some(SequenceSet { ranges })
     }
 
@@ -233,17 +244,40 @@ mod tests {
         assert_eq!(b.normalized(3), vec![(3, 4)]);
         // Empty mailbox: * names nothing.
         assert_eq!(SequenceSet::parse(b"*").unwrap().normalized(0), vec![]);
-        for bad in [&b""[..], b"0", b"1:", b",1", b"1,,2", b"a", b"4294967296", b"01", b"1:0"] {
-            assert!(SequenceSet::parse(bad).is_none(), "{:?}", String::from_utf8_lossy(bad));
+        for bad in [
+            &b""[..],
+            b"0",
+            b"1:",
+            b",1",
+            b"1,,2",
+            b"a",
+            b"4294967296",
+            b"01",
+            b"1:0",
+        ] {
+            assert!(
+                SequenceSet::parse(bad).is_none(),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
         }
-        assert_eq!(text(&SequenceSet::parse(b"4294967295:1").unwrap()), "4294967295:1");
+        assert_eq!(
+            text(&SequenceSet::parse(b"4294967295:1").unwrap()),
+            "4294967295:1"
+        );
     }
 
     #[test]
     fn compress_known() {
-        assert_eq!(text(&SequenceSet::compress(&[1, 2, 3, 5, 7, 8]).unwrap()), "1:3,5,7:8");
+        assert_eq!(
+            text(&SequenceSet::compress(&[1, 2, 3, 5, 7, 8]).unwrap()),
+            "1:3,5,7:8"
+        );
         // Order is kept: COPYUID pairs source and destination by position.
-        assert_eq!(text(&SequenceSet::compress(&[10, 11, 3, 4]).unwrap()), "10:11,3:4");
+        assert_eq!(
+            text(&SequenceSet::compress(&[10, 11, 3, 4]).unwrap()),
+            "10:11,3:4"
+        );
         assert!(SequenceSet::compress(&[]).is_none());
         let mut out = Vec::new();
         write_compressed(&[u32::MAX - 1, u32::MAX], &mut out);

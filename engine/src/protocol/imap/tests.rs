@@ -53,70 +53,133 @@ fn rfc3501_any_and_not_authenticated_state() {
     assert_eq!(parsed("a001 STARTTLS\r\n"), CommandBody::StartTls);
     assert_eq!(
         parsed("A001 AUTHENTICATE GSSAPI\r\n"),
-        CommandBody::Authenticate { mechanism: b"GSSAPI", initial_response: None }
+        CommandBody::Authenticate {
+            mechanism: b"GSSAPI",
+            initial_response: None
+        }
     );
     assert_eq!(
         parsed("a001 LOGIN SMITH SESAME\r\n"),
-        CommandBody::Login { username: b("SMITH"), password: b("SESAME") }
+        CommandBody::Login {
+            username: b("SMITH"),
+            password: b("SESAME")
+        }
     );
     // Quoted strings with escapes are unescaped; literals borrowed.
     assert_eq!(
         parsed("a LOGIN \"fred\\\\x\" {5}\r\np\"a s\r\n"),
-        CommandBody::Login { username: Cow::Owned(b"fred\\x".to_vec()), password: b("p\"a s") }
+        CommandBody::Login {
+            username: Cow::Owned(b"fred\\x".to_vec()),
+            password: b("p\"a s")
+        }
     );
     // RFC 4959 SASL-IR, and "=" for an empty initial response.
     assert_eq!(
         parsed("a AUTHENTICATE PLAIN dGVzdAB0ZXN0AHRlc3Q=\r\n"),
-        CommandBody::Authenticate { mechanism: b"PLAIN", initial_response: Some(b"dGVzdAB0ZXN0AHRlc3Q=") }
+        CommandBody::Authenticate {
+            mechanism: b"PLAIN",
+            initial_response: Some(b"dGVzdAB0ZXN0AHRlc3Q=")
+        }
     );
     assert_eq!(
         parsed("a AUTHENTICATE EXTERNAL =\r\n"),
-        CommandBody::Authenticate { mechanism: b"EXTERNAL", initial_response: Some(b"") }
+        CommandBody::Authenticate {
+            mechanism: b"EXTERNAL",
+            initial_response: Some(b"")
+        }
     );
     assert_eq!(parse_sasl_response(b"*\r\n"), Some(SaslResponse::Cancel));
-    assert_eq!(parse_sasl_response(b"AGZvbwBiYXI=\r\n"), Some(SaslResponse::Data(b"AGZvbwBiYXI=")));
+    assert_eq!(
+        parse_sasl_response(b"AGZvbwBiYXI=\r\n"),
+        Some(SaslResponse::Data(b"AGZvbwBiYXI="))
+    );
     assert_eq!(parse_sasl_response(b"not base64!\r\n"), None);
 }
 
 #[test]
 fn rfc3501_authenticated_state() {
-    assert_eq!(parsed("A142 SELECT INBOX\r\n"), CommandBody::Select { mailbox: Mailbox::Inbox, condstore: false });
-    assert_eq!(parsed("A142 SELECT \"inBox\"\r\n"), CommandBody::Select { mailbox: Mailbox::Inbox, condstore: false });
+    assert_eq!(
+        parsed("A142 SELECT INBOX\r\n"),
+        CommandBody::Select {
+            mailbox: Mailbox::Inbox,
+            condstore: false
+        }
+    );
+    assert_eq!(
+        parsed("A142 SELECT \"inBox\"\r\n"),
+        CommandBody::Select {
+            mailbox: Mailbox::Inbox,
+            condstore: false
+        }
+    );
     assert_eq!(
         parsed("A932 EXAMINE blurdybloop\r\n"),
-        CommandBody::Examine { mailbox: mb("blurdybloop"), condstore: false }
+        CommandBody::Examine {
+            mailbox: mb("blurdybloop"),
+            condstore: false
+        }
     );
     // RFC 7162 section 3.1.8.
-    assert_eq!(parsed("a103 SELECT Mailbox (CONDSTORE)\r\n"), CommandBody::Select { mailbox: mb("Mailbox"), condstore: true });
+    assert_eq!(
+        parsed("a103 SELECT Mailbox (CONDSTORE)\r\n"),
+        CommandBody::Select {
+            mailbox: mb("Mailbox"),
+            condstore: true
+        }
+    );
     assert_eq!(
         parsed("A003 CREATE owatagusiam/\r\n"),
-        CommandBody::Create { mailbox: mb("owatagusiam/"), special_use: vec![] }
+        CommandBody::Create {
+            mailbox: mb("owatagusiam/"),
+            special_use: vec![]
+        }
     );
     // RFC 6154 section 5.2.
     assert_eq!(
         parsed("t1 CREATE \"Important Messages\" (USE (\\Important))\r\n"),
-        CommandBody::Create { mailbox: mb("Important Messages"), special_use: vec![b"\\Important"] }
+        CommandBody::Create {
+            mailbox: mb("Important Messages"),
+            special_use: vec![b"\\Important"]
+        }
     );
-    assert_eq!(parsed("A683 DELETE blurdybloop\r\n"), CommandBody::Delete { mailbox: mb("blurdybloop") });
+    assert_eq!(
+        parsed("A683 DELETE blurdybloop\r\n"),
+        CommandBody::Delete {
+            mailbox: mb("blurdybloop")
+        }
+    );
     assert_eq!(
         parsed("A683 RENAME blurdybloop sarasoop\r\n"),
-        CommandBody::Rename { from: mb("blurdybloop"), to: mb("sarasoop") }
+        CommandBody::Rename {
+            from: mb("blurdybloop"),
+            to: mb("sarasoop")
+        }
     );
     assert_eq!(
         parsed("A002 SUBSCRIBE #news.comp.mail.mime\r\n"),
-        CommandBody::Subscribe { mailbox: mb("#news.comp.mail.mime") }
+        CommandBody::Subscribe {
+            mailbox: mb("#news.comp.mail.mime")
+        }
     );
     assert_eq!(
         parsed("A002 UNSUBSCRIBE #news.comp.mail.mime\r\n"),
-        CommandBody::Unsubscribe { mailbox: mb("#news.comp.mail.mime") }
+        CommandBody::Unsubscribe {
+            mailbox: mb("#news.comp.mail.mime")
+        }
     );
     assert_eq!(
         parsed("A002 LSUB \"#news.\" \"comp.mail.*\"\r\n"),
-        CommandBody::Lsub { reference: b("#news."), pattern: b("comp.mail.*") }
+        CommandBody::Lsub {
+            reference: b("#news."),
+            pattern: b("comp.mail.*")
+        }
     );
     assert_eq!(
         parsed("A042 STATUS blurdybloop (UIDNEXT MESSAGES)\r\n"),
-        CommandBody::Status { mailbox: mb("blurdybloop"), items: vec![StatusItem::UidNext, StatusItem::Messages] }
+        CommandBody::Status {
+            mailbox: mb("blurdybloop"),
+            items: vec![StatusItem::UidNext, StatusItem::Messages]
+        }
     );
     assert_eq!(
         parsed("A043 STATUS INBOX (RECENT UIDVALIDITY UNSEEN HIGHESTMODSEQ SIZE)\r\n"),
@@ -134,11 +197,18 @@ fn rfc3501_authenticated_state() {
     assert_eq!(parsed("a NAMESPACE\r\n"), CommandBody::Namespace);
     assert_eq!(parsed("a002 IDLE\r\n"), CommandBody::Idle);
     assert!(is_idle_done(b"DONE\r\n") && is_idle_done(b"done\n") && !is_idle_done(b"DONE NOW\r\n"));
-    assert_eq!(parsed("t2 ENABLE CONDSTORE X-GOOD-IDEA\r\n"), CommandBody::Enable(vec![b"CONDSTORE", b"X-GOOD-IDEA"]));
+    assert_eq!(
+        parsed("t2 ENABLE CONDSTORE X-GOOD-IDEA\r\n"),
+        CommandBody::Enable(vec![b"CONDSTORE", b"X-GOOD-IDEA"])
+    );
     assert_eq!(parsed("a ID NIL\r\n"), CommandBody::Id(None));
     assert_eq!(
         parsed("a023 ID (\"name\" \"sodr\" \"version\" \"19.34\" \"os\" NIL)\r\n"),
-        CommandBody::Id(Some(vec![(b("name"), Some(b("sodr"))), (b("version"), Some(b("19.34"))), (b("os"), None)]))
+        CommandBody::Id(Some(vec![
+            (b("name"), Some(b("sodr"))),
+            (b("version"), Some(b("19.34"))),
+            (b("os"), None)
+        ]))
     );
 }
 
@@ -154,7 +224,10 @@ fn rfc3501_list_and_rfc5258_extended_list() {
         })
     };
     assert_eq!(parsed("A101 LIST \"\" \"\"\r\n"), basic("", ""));
-    assert_eq!(parsed("A102 LIST #news.comp.mail.misc \"\"\r\n"), basic("#news.comp.mail.misc", ""));
+    assert_eq!(
+        parsed("A102 LIST #news.comp.mail.misc \"\"\r\n"),
+        basic("#news.comp.mail.misc", "")
+    );
     assert_eq!(parsed("A202 LIST ~/Mail/ %\r\n"), basic("~/Mail/", "%"));
     assert_eq!(parsed("A203 LIST \"\" foo/*]\r\n"), basic("", "foo/*]"));
     // RFC 5258 section 5 examples.
@@ -175,7 +248,10 @@ fn rfc3501_list_and_rfc5258_extended_list() {
             selection: vec![],
             reference: b(""),
             patterns: vec![b("%")],
-            returns: vec![ListReturn::Status(vec![StatusItem::Messages, StatusItem::Unseen])],
+            returns: vec![ListReturn::Status(vec![
+                StatusItem::Messages,
+                StatusItem::Unseen
+            ])],
             extended: true,
         })
     );
@@ -207,16 +283,37 @@ Hello Joe, do you think we can meet at 3:30 tomorrow?\r\n";
     let cmd = format!("A003 APPEND saved-messages (\\Seen) {{310}}\r\n{msg}\r\n");
     assert_eq!(
         parsed(&cmd),
-        CommandBody::Append { mailbox: mb("saved-messages"), flags: vec![Flag::Seen], date: None, message: msg.as_bytes() }
+        CommandBody::Append {
+            mailbox: mb("saved-messages"),
+            flags: vec![Flag::Seen],
+            date: None,
+            message: msg.as_bytes()
+        }
     );
-    let cmd = format!("A004 APPEND INBOX (\\Seen $Work) \" 7-Feb-1994 21:52:25 -0800\" {{310+}}\r\n{msg}\r\n");
-    let CommandBody::Append { mailbox, flags, date, message } = parsed(&cmd) else { panic!() };
+    let cmd = format!(
+        "A004 APPEND INBOX (\\Seen $Work) \" 7-Feb-1994 21:52:25 -0800\" {{310+}}\r\n{msg}\r\n"
+    );
+    let CommandBody::Append {
+        mailbox,
+        flags,
+        date,
+        message,
+    } = parsed(&cmd)
+    else {
+        panic!()
+    };
     assert_eq!(mailbox, Mailbox::Inbox);
     assert_eq!(flags, vec![Flag::Seen, Flag::Keyword(b"$Work")]);
     assert_eq!(date.unwrap().unix_secs(), 760_686_745);
     assert_eq!(message, msg.as_bytes());
-    assert_eq!(rejected("a APPEND x {3}\r\nabc {3}\r\ndef\r\n").reason, "MULTIAPPEND not supported");
-    assert_eq!(rejected("a APPEND x \"bad date\" {3}\r\nabc\r\n").reason, "invalid date-time");
+    assert_eq!(
+        rejected("a APPEND x {3}\r\nabc {3}\r\ndef\r\n").reason,
+        "MULTIAPPEND not supported"
+    );
+    assert_eq!(
+        rejected("a APPEND x \"bad date\" {3}\r\nabc\r\n").reason,
+        "invalid date-time"
+    );
 }
 
 #[test]
@@ -225,16 +322,36 @@ fn rfc3501_selected_state() {
     assert_eq!(parsed("A341 CLOSE\r\n"), CommandBody::Close);
     assert_eq!(parsed("A342 UNSELECT\r\n"), CommandBody::Unselect);
     assert_eq!(parsed("A202 EXPUNGE\r\n"), CommandBody::Expunge);
-    assert_eq!(parsed("A003 UID EXPUNGE 3000:3002\r\n"), CommandBody::UidExpunge { set: set("3000:3002") });
+    assert_eq!(
+        parsed("A003 UID EXPUNGE 3000:3002\r\n"),
+        CommandBody::UidExpunge {
+            set: set("3000:3002")
+        }
+    );
     assert_eq!(
         parsed("A003 COPY 2:4 MEETING\r\n"),
-        CommandBody::Copy { uid: false, set: set("2:4"), mailbox: mb("MEETING") }
+        CommandBody::Copy {
+            uid: false,
+            set: set("2:4"),
+            mailbox: mb("MEETING")
+        }
     );
     assert_eq!(
         parsed("a UID MOVE 42:69 foo\r\n"),
-        CommandBody::Move { uid: true, set: set("42:69"), mailbox: mb("foo") }
+        CommandBody::Move {
+            uid: true,
+            set: set("42:69"),
+            mailbox: mb("foo")
+        }
     );
-    assert_eq!(parsed("a MOVE $ INBOX\r\n"), CommandBody::Move { uid: false, set: SequenceArg::Saved, mailbox: Mailbox::Inbox });
+    assert_eq!(
+        parsed("a MOVE $ INBOX\r\n"),
+        CommandBody::Move {
+            uid: false,
+            set: SequenceArg::Saved,
+            mailbox: Mailbox::Inbox
+        }
+    );
     assert_eq!(
         parsed("A003 STORE 2:4 +FLAGS (\\Deleted)\r\n"),
         CommandBody::Store {
@@ -275,7 +392,12 @@ fn rfc3501_selected_state() {
 fn rfc3501_fetch() {
     use FetchAttr::*;
     let fetch = |input| match parsed(input) {
-        CommandBody::Fetch { uid, set, attrs, changed_since } => (uid, set, attrs, changed_since),
+        CommandBody::Fetch {
+            uid,
+            set,
+            attrs,
+            changed_since,
+        } => (uid, set, attrs, changed_since),
         other => panic!("{other:?}"),
     };
     let (uid, s, attrs, cs) = fetch("A654 FETCH 2:4 (FLAGS BODY[HEADER.FIELDS (DATE FROM)])\r\n");
@@ -289,17 +411,32 @@ fn rfc3501_fetch() {
                 peek: false,
                 section: Section {
                     part: vec![],
-                    text: Some(SectionText::HeaderFields { not: false, fields: vec![b("DATE"), b("FROM")] })
+                    text: Some(SectionText::HeaderFields {
+                        not: false,
+                        fields: vec![b("DATE"), b("FROM")]
+                    })
                 },
                 partial: None
             }
         ]
     );
-    assert_eq!(fetch("A999 UID FETCH 4827313:4828442 FLAGS\r\n").2, vec![Flags]);
+    assert_eq!(
+        fetch("A999 UID FETCH 4827313:4828442 FLAGS\r\n").2,
+        vec![Flags]
+    );
     assert!(fetch("A999 UID FETCH 4827313:4828442 FLAGS\r\n").0);
-    assert_eq!(fetch("a FETCH 1 ALL\r\n").2, vec![Flags, InternalDate, Rfc822Size, Envelope]);
-    assert_eq!(fetch("a FETCH 1 FAST\r\n").2, vec![Flags, InternalDate, Rfc822Size]);
-    assert_eq!(fetch("a FETCH 1 full\r\n").2, vec![Flags, InternalDate, Rfc822Size, Envelope, Body]);
+    assert_eq!(
+        fetch("a FETCH 1 ALL\r\n").2,
+        vec![Flags, InternalDate, Rfc822Size, Envelope]
+    );
+    assert_eq!(
+        fetch("a FETCH 1 FAST\r\n").2,
+        vec![Flags, InternalDate, Rfc822Size]
+    );
+    assert_eq!(
+        fetch("a FETCH 1 full\r\n").2,
+        vec![Flags, InternalDate, Rfc822Size, Envelope, Body]
+    );
     assert_eq!(
         fetch("a FETCH 1:* (ENVELOPE INTERNALDATE RFC822 RFC822.HEADER RFC822.SIZE RFC822.TEXT BODY BODYSTRUCTURE UID MODSEQ)\r\n").2,
         vec![Envelope, InternalDate, Rfc822, Rfc822Header, Rfc822Size, Rfc822Text, Body, BodyStructure, Uid, ModSeq]
@@ -308,7 +445,11 @@ fn rfc3501_fetch() {
     let sections: Vec<(bool, Vec<u8>, Option<Partial>)> = attrs
         .iter()
         .map(|a| match a {
-            BodySection { peek, section, partial } => {
+            BodySection {
+                peek,
+                section,
+                partial,
+            } => {
                 let mut v = Vec::new();
                 section.write(&mut v);
                 (*peek, v, *partial)
@@ -320,7 +461,11 @@ fn rfc3501_fetch() {
         sections,
         vec![
             (false, b"".to_vec(), None),
-            (true, b"1.2.MIME".to_vec(), Some(Partial { start: 0, len: 100 })),
+            (
+                true,
+                b"1.2.MIME".to_vec(),
+                Some(Partial { start: 0, len: 100 })
+            ),
             (false, b"3.HEADER.FIELDS.NOT (X-Y Z)".to_vec(), None),
             (false, b"2.TEXT".to_vec(), None),
             (false, b"4".to_vec(), None),
@@ -357,19 +502,35 @@ fn rfc3501_search() {
         s,
         Search {
             charset: None,
-            keys: vec![Flagged, Since(Date::parse(b"1-Feb-1994").unwrap()), Not(Box::new(From(b("Smith"))))],
+            keys: vec![
+                Flagged,
+                Since(Date::parse(b"1-Feb-1994").unwrap()),
+                Not(Box::new(From(b("Smith"))))
+            ],
             returns: None
         }
     );
-    assert_eq!(search("A283 SEARCH TEXT \"string not in mailbox\"\r\n").1.keys, vec![Text(b("string not in mailbox"))]);
+    assert_eq!(
+        search("A283 SEARCH TEXT \"string not in mailbox\"\r\n")
+            .1
+            .keys,
+        vec![Text(b("string not in mailbox"))]
+    );
     // RFC 3501 section 6.4.4: a literal search string with a charset.
     let (_, s) = search("A284 SEARCH CHARSET UTF-8 TEXT {6}\r\nXXXXXX\r\n");
     assert_eq!(s.charset, Some(b("UTF-8")));
     assert_eq!(s.keys, vec![Text(b("XXXXXX"))]);
     // RFC 4731 ESEARCH.
-    let (_, s) = search("A282 SEARCH RETURN (MIN COUNT) FLAGGED SINCE 1-Feb-1994 NOT FROM \"Smith\"\r\n");
-    assert_eq!(s.returns, Some(vec![SearchReturn::Min, SearchReturn::Count]));
-    assert_eq!(search("a UID SEARCH RETURN () ALL\r\n").1.returns, Some(vec![SearchReturn::All]));
+    let (_, s) =
+        search("A282 SEARCH RETURN (MIN COUNT) FLAGGED SINCE 1-Feb-1994 NOT FROM \"Smith\"\r\n");
+    assert_eq!(
+        s.returns,
+        Some(vec![SearchReturn::Min, SearchReturn::Count])
+    );
+    assert_eq!(
+        search("a UID SEARCH RETURN () ALL\r\n").1.returns,
+        Some(vec![SearchReturn::All])
+    );
     // Every RFC 3501 key, nested lists, OR, sequence sets.
     let (uid, s) = search(
         "a UID SEARCH ALL ANSWERED BCC b BEFORE 1-Jan-2000 BODY x CC c DELETED DRAFT FLAGGED FROM f \
@@ -416,12 +577,21 @@ UNANSWERED UNDELETED UNDRAFT UNFLAGGED UNKEYWORD $X UNSEEN 2,4:* $ MODSEQ 5\r\n"
             Unseen,
             Sequence(set("2,4:*")),
             Sequence(SequenceArg::Saved),
-            ModSeq { entry: None, modseq: 5 },
+            ModSeq {
+                entry: None,
+                modseq: 5
+            },
         ]
     );
     // RFC 7162 section 3.1.5 example.
     let (_, s) = search("a SEARCH MODSEQ \"/flags/\\\\draft\" all 620162338\r\n");
-    assert_eq!(s.keys, vec![ModSeq { entry: Some((Cow::Owned(b"/flags/\\draft".to_vec()), b"all")), modseq: 620_162_338 }]);
+    assert_eq!(
+        s.keys,
+        vec![ModSeq {
+            entry: Some((Cow::Owned(b"/flags/\\draft".to_vec()), b"all")),
+            modseq: 620_162_338
+        }]
+    );
 }
 
 #[test]
@@ -433,11 +603,25 @@ fn parse_errors_carry_the_tag() {
     assert_eq!(rejected("a1\r\n").tag, None);
     assert_eq!(rejected("a2 NOOP extra\r\n").tag, Some(&b"a2"[..]));
     assert_eq!(rejected("a3 SEARCH FROB\r\n").reason, "unknown search key");
-    assert_eq!(rejected("a4 LOGIN \"unterminated\r\n").reason, "invalid character in quoted string");
-    assert_eq!(rejected("a4 LOGIN \"unterminated").reason, "unterminated quoted string");
-    assert_eq!(rejected("a5 LOGIN {10}\r\nshort\r\n").reason, "literal data missing");
-    assert_eq!(rejected("a6 SELECT INBOX (QRESYNC (1 2))\r\n").reason, "unsupported SELECT parameter");
-    assert!(rejected("a7 LOGIN a \"b\\n\"\r\n").reason.contains("escape"));
+    assert_eq!(
+        rejected("a4 LOGIN \"unterminated\r\n").reason,
+        "invalid character in quoted string"
+    );
+    assert_eq!(
+        rejected("a4 LOGIN \"unterminated").reason,
+        "unterminated quoted string"
+    );
+    assert_eq!(
+        rejected("a5 LOGIN {10}\r\nshort\r\n").reason,
+        "literal data missing"
+    );
+    assert_eq!(
+        rejected("a6 SELECT INBOX (QRESYNC (1 2))\r\n").reason,
+        "unsupported SELECT parameter"
+    );
+    assert!(rejected("a7 LOGIN a \"b\\n\"\r\n")
+        .reason
+        .contains("escape"));
     // Nesting is bounded.
     let deep = format!("a8 SEARCH {}ALL{}\r\n", "(".repeat(40), ")".repeat(40));
     assert_eq!(rejected(&deep).reason, "command nested too deeply");
@@ -456,15 +640,33 @@ fn out(f: impl FnOnce(&mut Vec<u8>)) -> String {
 #[test]
 fn rfc3501_responses() {
     assert_eq!(
-        out(|o| write_status(o, None, Status::Ok, Some(&Code::Unseen(17)), "Message 17 is the first unseen message")),
+        out(|o| write_status(
+            o,
+            None,
+            Status::Ok,
+            Some(&Code::Unseen(17)),
+            "Message 17 is the first unseen message"
+        )),
         "* OK [UNSEEN 17] Message 17 is the first unseen message\r\n"
     );
     assert_eq!(
-        out(|o| write_status(o, None, Status::Ok, Some(&Code::UidValidity(3_857_529_045)), "UIDs valid")),
+        out(|o| write_status(
+            o,
+            None,
+            Status::Ok,
+            Some(&Code::UidValidity(3_857_529_045)),
+            "UIDs valid"
+        )),
         "* OK [UIDVALIDITY 3857529045] UIDs valid\r\n"
     );
     assert_eq!(
-        out(|o| write_status(o, None, Status::Ok, Some(&Code::UidNext(4392)), "Predicted next UID")),
+        out(|o| write_status(
+            o,
+            None,
+            Status::Ok,
+            Some(&Code::UidNext(4392)),
+            "Predicted next UID"
+        )),
         "* OK [UIDNEXT 4392] Predicted next UID\r\n"
     );
     assert_eq!(
@@ -472,25 +674,53 @@ fn rfc3501_responses() {
             o,
             None,
             Status::Ok,
-            Some(&Code::PermanentFlags(&[Flag::Deleted, Flag::Seen, Flag::MayCreate])),
+            Some(&Code::PermanentFlags(&[
+                Flag::Deleted,
+                Flag::Seen,
+                Flag::MayCreate
+            ])),
             "Limited"
         )),
         "* OK [PERMANENTFLAGS (\\Deleted \\Seen \\*)] Limited\r\n"
     );
     assert_eq!(
-        out(|o| write_status(o, Some(b"A142"), Status::Ok, Some(&Code::ReadWrite), "SELECT completed")),
+        out(|o| write_status(
+            o,
+            Some(b"A142"),
+            Status::Ok,
+            Some(&Code::ReadWrite),
+            "SELECT completed"
+        )),
         "A142 OK [READ-WRITE] SELECT completed\r\n"
     );
     assert_eq!(
-        out(|o| write_status(o, Some(b"A932"), Status::Ok, Some(&Code::ReadOnly), "EXAMINE completed")),
+        out(|o| write_status(
+            o,
+            Some(b"A932"),
+            Status::Ok,
+            Some(&Code::ReadOnly),
+            "EXAMINE completed"
+        )),
         "A932 OK [READ-ONLY] EXAMINE completed\r\n"
     );
     assert_eq!(
-        out(|o| write_status(o, Some(b"A003"), Status::No, Some(&Code::TryCreate), "no such mailbox")),
+        out(|o| write_status(
+            o,
+            Some(b"A003"),
+            Status::No,
+            Some(&Code::TryCreate),
+            "no such mailbox"
+        )),
         "A003 NO [TRYCREATE] no such mailbox\r\n"
     );
     assert_eq!(
-        out(|o| write_status(o, None, Status::Ok, Some(&Code::Alert), "System shutdown in 10 minutes")),
+        out(|o| write_status(
+            o,
+            None,
+            Status::Ok,
+            Some(&Code::Alert),
+            "System shutdown in 10 minutes"
+        )),
         "* OK [ALERT] System shutdown in 10 minutes\r\n"
     );
     assert_eq!(
@@ -509,7 +739,16 @@ fn rfc3501_responses() {
     );
     // RFC 4315 section 3 examples.
     assert_eq!(
-        out(|o| write_status(o, Some(b"A003"), Status::Ok, Some(&Code::AppendUid { validity: 38505, uid: 3955 }), "APPEND completed")),
+        out(|o| write_status(
+            o,
+            Some(b"A003"),
+            Status::Ok,
+            Some(&Code::AppendUid {
+                validity: 38505,
+                uid: 3955
+            }),
+            "APPEND completed"
+        )),
         "A003 OK [APPENDUID 38505 3955] APPEND completed\r\n"
     );
     assert_eq!(
@@ -517,58 +756,134 @@ fn rfc3501_responses() {
             o,
             Some(b"A004"),
             Status::Ok,
-            Some(&Code::CopyUid { validity: 38505, source: &[304, 319, 320], dest: &[3956, 3957, 3958] }),
+            Some(&Code::CopyUid {
+                validity: 38505,
+                source: &[304, 319, 320],
+                dest: &[3956, 3957, 3958]
+            }),
             "Done"
         )),
         "A004 OK [COPYUID 38505 304,319:320 3956:3958] Done\r\n"
     );
     assert_eq!(
-        out(|o| write_status(o, Some(b"a"), Status::Ok, Some(&Code::HighestModSeq(715_194_045_007)), "Highest")),
+        out(|o| write_status(
+            o,
+            Some(b"a"),
+            Status::Ok,
+            Some(&Code::HighestModSeq(715_194_045_007)),
+            "Highest"
+        )),
         "a OK [HIGHESTMODSEQ 715194045007] Highest\r\n"
     );
     for (code, text) in [
         (Code::TooBig, "TOOBIG"),
         (Code::NonExistent, "NONEXISTENT"),
         (Code::AlreadyExists, "ALREADYEXISTS"),
-        (Code::BadCharset(&["UTF-8", "US-ASCII"]), "BADCHARSET (UTF-8 US-ASCII)"),
+        (
+            Code::BadCharset(&["UTF-8", "US-ASCII"]),
+            "BADCHARSET (UTF-8 US-ASCII)",
+        ),
     ] {
-        assert_eq!(out(|o| write_status(o, Some(b"t"), Status::No, Some(&code), "x")), format!("t NO [{text}] x\r\n"));
+        assert_eq!(
+            out(|o| write_status(o, Some(b"t"), Status::No, Some(&code), "x")),
+            format!("t NO [{text}] x\r\n")
+        );
     }
     // Texts cannot break the line.
-    assert_eq!(out(|o| write_status(o, Some(b"t"), Status::Bad, None, "a\r\nb OK")), "t BAD a  b OK\r\n");
-    assert_eq!(out(|o| write_continuation(o, "Ready for literal data")), "+ Ready for literal data\r\n");
     assert_eq!(
-        out(|o| write_capability(o, &["IMAP4rev1", "STARTTLS", "AUTH=GSSAPI", "LOGINDISABLED"])),
+        out(|o| write_status(o, Some(b"t"), Status::Bad, None, "a\r\nb OK")),
+        "t BAD a  b OK\r\n"
+    );
+    assert_eq!(
+        out(|o| write_continuation(o, "Ready for literal data")),
+        "+ Ready for literal data\r\n"
+    );
+    assert_eq!(
+        out(|o| write_capability(
+            o,
+            &["IMAP4rev1", "STARTTLS", "AUTH=GSSAPI", "LOGINDISABLED"]
+        )),
         "* CAPABILITY IMAP4rev1 STARTTLS AUTH=GSSAPI LOGINDISABLED\r\n"
     );
     assert_eq!(
-        out(|o| write_flags(o, &[Flag::Answered, Flag::Flagged, Flag::Deleted, Flag::Seen, Flag::Draft])),
+        out(|o| write_flags(
+            o,
+            &[
+                Flag::Answered,
+                Flag::Flagged,
+                Flag::Deleted,
+                Flag::Seen,
+                Flag::Draft
+            ]
+        )),
         "* FLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft)\r\n"
     );
     assert_eq!(out(|o| write_exists(o, 172)), "* 172 EXISTS\r\n");
     assert_eq!(out(|o| write_recent(o, 1)), "* 1 RECENT\r\n");
     assert_eq!(out(|o| write_expunge(o, 3)), "* 3 EXPUNGE\r\n");
-    assert_eq!(out(|o| write_list(o, false, &["\\Noselect"], Some(b'/'), b"")), "* LIST (\\Noselect) \"/\" \"\"\r\n");
-    assert_eq!(out(|o| write_list(o, false, &["\\Noselect"], Some(b'.'), b"#news.")), "* LIST (\\Noselect) \".\" #news.\r\n");
-    assert_eq!(out(|o| write_list(o, true, &[], None, b"a b")), "* LSUB () NIL \"a b\"\r\n");
     assert_eq!(
-        out(|o| write_status_data(o, b"blurdybloop", &[(StatusItem::Messages, 231), (StatusItem::UidNext, 44292)])),
+        out(|o| write_list(o, false, &["\\Noselect"], Some(b'/'), b"")),
+        "* LIST (\\Noselect) \"/\" \"\"\r\n"
+    );
+    assert_eq!(
+        out(|o| write_list(o, false, &["\\Noselect"], Some(b'.'), b"#news.")),
+        "* LIST (\\Noselect) \".\" #news.\r\n"
+    );
+    assert_eq!(
+        out(|o| write_list(o, true, &[], None, b"a b")),
+        "* LSUB () NIL \"a b\"\r\n"
+    );
+    assert_eq!(
+        out(|o| write_status_data(
+            o,
+            b"blurdybloop",
+            &[(StatusItem::Messages, 231), (StatusItem::UidNext, 44292)]
+        )),
         "* STATUS blurdybloop (MESSAGES 231 UIDNEXT 44292)\r\n"
     );
-    assert_eq!(out(|o| write_search(o, &[2, 84, 882], None)), "* SEARCH 2 84 882\r\n");
+    assert_eq!(
+        out(|o| write_search(o, &[2, 84, 882], None)),
+        "* SEARCH 2 84 882\r\n"
+    );
     assert_eq!(out(|o| write_search(o, &[], None)), "* SEARCH\r\n");
-    assert_eq!(out(|o| write_search(o, &[2, 5], Some(917_162_500))), "* SEARCH 2 5 (MODSEQ 917162500)\r\n");
+    assert_eq!(
+        out(|o| write_search(o, &[2, 5], Some(917_162_500))),
+        "* SEARCH 2 5 (MODSEQ 917162500)\r\n"
+    );
     // RFC 4731 section 3.1 examples.
     assert_eq!(
-        out(|o| write_esearch(o, b"A282", false, &Esearch { min: Some(2), count: Some(3), ..Default::default() })),
+        out(|o| write_esearch(
+            o,
+            b"A282",
+            false,
+            &Esearch {
+                min: Some(2),
+                count: Some(3),
+                ..Default::default()
+            }
+        )),
         "* ESEARCH (TAG \"A282\") MIN 2 COUNT 3\r\n"
     );
     assert_eq!(
-        out(|o| write_esearch(o, b"A283", true, &Esearch { all: Some(&[2, 10, 11]), ..Default::default() })),
+        out(|o| write_esearch(
+            o,
+            b"A283",
+            true,
+            &Esearch {
+                all: Some(&[2, 10, 11]),
+                ..Default::default()
+            }
+        )),
         "* ESEARCH (TAG \"A283\") UID ALL 2,10:11\r\n"
     );
-    assert_eq!(out(|o| write_namespace(o, b"", b'/')), "* NAMESPACE ((\"\" \"/\")) NIL NIL\r\n");
-    assert_eq!(out(|o| write_enabled(o, &[b"CONDSTORE"])), "* ENABLED CONDSTORE\r\n");
+    assert_eq!(
+        out(|o| write_namespace(o, b"", b'/')),
+        "* NAMESPACE ((\"\" \"/\")) NIL NIL\r\n"
+    );
+    assert_eq!(
+        out(|o| write_enabled(o, &[b"CONDSTORE"])),
+        "* ENABLED CONDSTORE\r\n"
+    );
     assert_eq!(
         out(|o| write_id(o, Some(&[("name", Some("ringmail")), ("os", None)]))),
         "* ID (\"name\" \"ringmail\" \"os\" NIL)\r\n"
@@ -592,7 +907,10 @@ fn fetch_response_and_string_forms() {
         text,
         "* 12 FETCH (FLAGS (\\Seen) INTERNALDATE \"17-Jul-1996 02:44:25 -0700\" RFC822.SIZE 4286 UID 7 MODSEQ (624140003))\r\n"
     );
-    let section = Section { part: vec![1, 2], text: Some(SectionText::Mime) };
+    let section = Section {
+        part: vec![1, 2],
+        text: Some(SectionText::Mime),
+    };
     let text = out(|o| {
         let mut f = encode::FetchWriter::new(o, 3);
         f.body_section(&section, Some(0), Some(b"abc"));
@@ -600,15 +918,27 @@ fn fetch_response_and_string_forms() {
         f.literal_item("RFC822.HEADER", b"X: y\r\n\r\n");
         f.finish();
     });
-    assert_eq!(text, "* 3 FETCH (BODY[1.2.MIME]<0> {3}\r\nabc BODY[] NIL RFC822.HEADER {8}\r\nX: y\r\n\r\n)\r\n");
+    assert_eq!(
+        text,
+        "* 3 FETCH (BODY[1.2.MIME]<0> {3}\r\nabc BODY[] NIL RFC822.HEADER {8}\r\nX: y\r\n\r\n)\r\n"
+    );
     // Quote when safe, literal otherwise.
     assert_eq!(out(|o| write_astring(o, b"INBOX")), "INBOX");
     assert_eq!(out(|o| write_astring(o, b"a]b")), "a]b");
     assert_eq!(out(|o| write_astring(o, b"NIL")), "\"NIL\"");
     assert_eq!(out(|o| write_astring(o, b"")), "\"\"");
-    assert_eq!(out(|o| write_astring(o, b"with space \"q\" \\")), "\"with space \\\"q\\\" \\\\\"");
-    assert_eq!(out(|o| write_astring(o, "Entwürfe".as_bytes())), "{9}\r\nEntwürfe");
-    assert_eq!(out(|o| write_string(o, b"line\r\nbreak")), "{11}\r\nline\r\nbreak");
+    assert_eq!(
+        out(|o| write_astring(o, b"with space \"q\" \\")),
+        "\"with space \\\"q\\\" \\\\\""
+    );
+    assert_eq!(
+        out(|o| write_astring(o, "Entwürfe".as_bytes())),
+        "{9}\r\nEntwürfe"
+    );
+    assert_eq!(
+        out(|o| write_string(o, b"line\r\nbreak")),
+        "{11}\r\nline\r\nbreak"
+    );
     assert_eq!(out(|o| write_nstring(o, None)), "NIL");
     assert_eq!(out(|o| write_nstring(o, Some(b"x"))), "\"x\"");
     let long = "x".repeat(2000);
@@ -619,7 +949,9 @@ fn fetch_response_and_string_forms() {
 fn framer_rejection_answers() {
     let mut f = Framer::new(FramingLimits::NOT_AUTHENTICATED);
     let input = b"x1 APPEND INBOX {99999}\r\n";
-    let Frame::Rejected(r) = f.feed(input) else { panic!() };
+    let Frame::Rejected(r) = f.feed(input) else {
+        panic!()
+    };
     let (status, code, text) = r.answer();
     let tag = &input[r.tag.clone().unwrap()];
     assert_eq!(
@@ -653,7 +985,8 @@ fn render(v: &[u8], form: u8) -> Vec<u8> {
             o
         }
         _ => {
-            let mut o = format!("{{{}{}}}\r\n", v.len(), if form == 3 { "+" } else { "" }).into_bytes();
+            let mut o =
+                format!("{{{}{}}}\r\n", v.len(), if form == 3 { "+" } else { "" }).into_bytes();
             o.extend_from_slice(v);
             o
         }
