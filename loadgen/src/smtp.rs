@@ -23,7 +23,7 @@ use crate::conn::{io_error_key, Conn};
 use crate::env::{Accounts, Env};
 use crate::msggen::{build_message, content_hash, dot_stuff, splitmix64, Filler, MsgSpec};
 use crate::reply::{is_positive, read_reply, Caps};
-use crate::sched::{latency_from, Schedule};
+use crate::sched::{latency_from, Pacer, Schedule};
 use crate::stats::{Live, Stats};
 use crate::verify::Expected;
 
@@ -42,6 +42,7 @@ struct Shared {
     total: u64,
     deadline: Instant,
     schedule: Option<Schedule>,
+    pacer: Option<Pacer>,
     live: Arc<Live>,
     filler: Filler,
     date: String,
@@ -322,18 +323,18 @@ async fn worker(sh: Arc<Shared>) -> (Stats, Vec<(u64, u32, u64, u64)>, Option<St
         if live.stop.load(Ordering::Relaxed) || Instant::now() >= sh.deadline {
             break;
         }
-        let i = sh.next.fetch_add(1, Ordering::Relaxed);
+        let i = match &sh.pacer {
+            Some(p) => match p.next(|| sh.next.fetch_add(1, Ordering::Relaxed)).await {
+                Some(i) => i,
+                None => break,
+            },
+            None => sh.next.fetch_add(1, Ordering::Relaxed),
+        };
         if i >= total_budget {
             break;
         }
         let (intended, started) = match &sh.schedule {
             Some(s) => {
-                if let Some(wake) = s.wait_until(i, Instant::now()) {
-                    if wake >= sh.deadline {
-                        break;
-                    }
-                    tokio::time::sleep_until(wake.into()).await;
-                }
                 let now = Instant::now();
                 let due = s.intended(i);
                 st.record_dur("schedule_lag", now, now.saturating_duration_since(due));
@@ -440,6 +441,11 @@ pub async fn run(cfg: SmtpCfg, accounts: Arc<Accounts>, env: Env, live: Arc<Live
         (None, None, _) => 1000,
     };
     let measure_from = t0 + Duration::from_secs_f64(o.warmup);
+    let schedule = o.rate.map(|r| Schedule::new(t0, r));
+    let pacer = schedule.map(|s| {
+        let l = live.clone();
+        Pacer::spawn(s, total, deadline, move || l.stop.load(Ordering::Relaxed), cfg.connections as usize)
+    });
     let sh = Arc::new(Shared {
         target: cfg.target.clone(),
         opts: o.clone(),
@@ -448,7 +454,8 @@ pub async fn run(cfg: SmtpCfg, accounts: Arc<Accounts>, env: Env, live: Arc<Live
         next: AtomicU64::new(0),
         total,
         deadline,
-        schedule: o.rate.map(|r| Schedule::new(t0, r)),
+        schedule,
+        pacer,
         live,
         filler: Filler::new(o.size.max()),
         date: crate::msggen::rfc5322_date(std::time::SystemTime::now()),
