@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use crate::cli::Pop3Opts;
 use crate::conn::{io_error_key, protocol_error, Conn};
 use crate::env::{Accounts, Env};
-use crate::stats::{Live, Stats};
+use crate::stats::{Live, SharedHists, Stats};
 
 pub struct Pop3Client {
     pub conn: Conn,
@@ -132,6 +132,7 @@ struct Shared {
     deadline: Instant,
     live: Arc<Live>,
     measure_from: Instant,
+    hists: SharedHists,
 }
 
 async fn session(sh: &Shared, st: &mut Stats, account: usize) -> io::Result<bool> {
@@ -210,7 +211,7 @@ async fn session(sh: &Shared, st: &mut Stats, account: usize) -> io::Result<bool
 }
 
 async fn worker(sh: Arc<Shared>) -> Stats {
-    let mut st = Stats::new(sh.measure_from);
+    let mut st = Stats::with_sink(sh.measure_from, sh.hists.clone());
     loop {
         if sh.live.stop.load(Ordering::Relaxed) || Instant::now() >= sh.deadline {
             break;
@@ -234,6 +235,7 @@ async fn worker(sh: Arc<Shared>) -> Stats {
             }
         }
     }
+    st.flush();
     st
 }
 
@@ -256,7 +258,18 @@ pub async fn run(
         (None, None) => accounts.len() as u64,
     };
     let measure_from = t0 + Duration::from_secs_f64(opts.warmup);
-    let sh = Arc::new(Shared { target, opts, accounts, env, next: AtomicU64::new(0), total, deadline, live, measure_from });
+    let sh = Arc::new(Shared {
+        target,
+        opts,
+        accounts,
+        env,
+        next: AtomicU64::new(0),
+        total,
+        deadline,
+        live,
+        measure_from,
+        hists: SharedHists::default(),
+    });
     let hs: Vec<_> = (0..connections).map(|_| tokio::spawn(worker(sh.clone()))).collect();
     let mut stats = Stats::new(measure_from);
     for h in hs {
@@ -268,6 +281,7 @@ pub async fn run(
             }
         }
     }
+    stats.absorb(&sh.hists);
     (stats, Instant::now().saturating_duration_since(measure_from))
 }
 

@@ -24,7 +24,7 @@ use crate::env::{Accounts, Env};
 use crate::msggen::{build_message, content_hash, dot_stuff, splitmix64, Filler, MsgSpec};
 use crate::reply::{is_positive, read_reply, Caps};
 use crate::sched::{latency_from, Pacer, Schedule};
-use crate::stats::{Live, Stats};
+use crate::stats::{Live, SharedHists, Stats};
 use crate::verify::Expected;
 
 pub struct SmtpCfg {
@@ -47,6 +47,7 @@ struct Shared {
     filler: Filler,
     date: String,
     measure_from: Instant,
+    hists: SharedHists,
     pipelining_wanted: bool,
 }
 
@@ -310,7 +311,7 @@ pub fn pick_recipients(order: RcptOrder, per_msg: u32, accounts: u32, seed: u64,
 }
 
 async fn worker(sh: Arc<Shared>) -> (Stats, Vec<(u64, u32, u64, u64)>, Option<String>) {
-    let mut st = Stats::new(sh.measure_from);
+    let mut st = Stats::with_sink(sh.measure_from, sh.hists.clone());
     let mut acked = Vec::new();
     let mut session: Option<Session> = None;
     let mut on_conn = 0u64;
@@ -423,6 +424,7 @@ async fn worker(sh: Arc<Shared>) -> (Stats, Vec<(u64, u32, u64, u64)>, Option<St
     if let Some(s) = session.take() {
         s.quit(&mut st).await;
     }
+    st.flush();
     (st, acked, fatal)
 }
 
@@ -460,6 +462,7 @@ pub async fn run(cfg: SmtpCfg, accounts: Arc<Accounts>, env: Env, live: Arc<Live
         filler: Filler::new(o.size.max()),
         date: crate::msggen::rfc5322_date(std::time::SystemTime::now()),
         measure_from,
+        hists: SharedHists::default(),
         pipelining_wanted: !o.no_pipelining,
     });
     let handles: Vec<_> = (0..cfg.connections).map(|_| tokio::spawn(worker(sh.clone()))).collect();
@@ -483,6 +486,7 @@ pub async fn run(cfg: SmtpCfg, accounts: Arc<Accounts>, env: Env, live: Arc<Live
             }
         }
     }
+    stats.absorb(&sh.hists);
     let end = Instant::now();
     SmtpOutcome { stats, measured: end.saturating_duration_since(measure_from), expected, fatal }
 }

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::io::IsTerminal;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use hdrhistogram::Histogram;
@@ -18,8 +18,17 @@ pub fn new_hist() -> Histogram<u64> {
     Histogram::new_with_bounds(1, HIST_MAX_US, 3).expect("histogram bounds")
 }
 
-/// Per-worker statistics; merged at the end so the hot path takes no locks.
-#[derive(Clone)]
+/// Histograms shared by many workers (one set per run part).
+pub type SharedHists = Arc<Mutex<BTreeMap<&'static str, Histogram<u64>>>>;
+
+/// Samples buffered by a worker before they are added to the shared
+/// histograms under the lock.
+const FLUSH_EVERY: usize = 512;
+
+/// Per-worker statistics. Counters and errors are merged at the end; latency
+/// samples are buffered and added to a shared set of histograms in batches,
+/// so the hot path takes no locks and memory does not grow with the number
+/// of connections (one histogram set is ~140 KB per op).
 pub struct Stats {
     pub hists: BTreeMap<&'static str, Histogram<u64>>,
     pub errors: BTreeMap<String, u64>,
@@ -27,6 +36,8 @@ pub struct Stats {
     /// Operations completing before this instant (warm-up) are not recorded.
     pub measure_from: Instant,
     pub clamped: u64,
+    pending: Vec<(&'static str, u64)>,
+    sink: Option<SharedHists>,
 }
 
 impl Stats {
@@ -37,6 +48,35 @@ impl Stats {
             counters: BTreeMap::new(),
             measure_from,
             clamped: 0,
+            pending: Vec::new(),
+            sink: None,
+        }
+    }
+
+    /// Stats whose latency samples go to `sink` (call [`Stats::flush`] at the end).
+    pub fn with_sink(measure_from: Instant, sink: SharedHists) -> Stats {
+        let mut s = Stats::new(measure_from);
+        s.sink = Some(sink);
+        s
+    }
+
+    /// Move buffered samples into the shared histograms.
+    pub fn flush(&mut self) {
+        let Some(sink) = &self.sink else { return };
+        if self.pending.is_empty() {
+            return;
+        }
+        let mut g = sink.lock().unwrap_or_else(|e| e.into_inner());
+        for (op, us) in self.pending.drain(..) {
+            g.entry(op).or_insert_with(new_hist).saturating_record(us);
+        }
+    }
+
+    /// Take all histograms out of `sink` into this Stats.
+    pub fn absorb(&mut self, sink: &SharedHists) {
+        let mut g = sink.lock().unwrap_or_else(|e| e.into_inner());
+        for (op, h) in std::mem::take(&mut *g) {
+            self.hists.entry(op).or_insert_with(new_hist).add(&h).expect("same bounds");
         }
     }
 
@@ -59,8 +99,14 @@ impl Stats {
             us = HIST_MAX_US;
             self.clamped += 1;
         }
-        let h = self.hists.entry(op).or_insert_with(new_hist);
-        h.saturating_record(us.max(1));
+        if self.sink.is_some() {
+            self.pending.push((op, us.max(1)));
+            if self.pending.len() >= FLUSH_EVERY {
+                self.flush();
+            }
+        } else {
+            self.hists.entry(op).or_insert_with(new_hist).saturating_record(us.max(1));
+        }
     }
 
     /// Count an error (reply code, `-ERR CMD`, `NO CMD`, or I/O kind).
@@ -81,6 +127,7 @@ impl Stats {
     }
 
     pub fn merge(&mut self, other: &Stats) {
+        debug_assert!(other.pending.is_empty(), "flush() before merge()");
         for (k, h) in &other.hists {
             self.hists.entry(k).or_insert_with(new_hist).add(h).expect("same bounds");
         }
@@ -388,6 +435,27 @@ mod tests {
         assert_eq!(s.counter("messages_ok"), 0);
         s.error("421");
         assert_eq!(s.errors["421"], 1);
+    }
+
+    #[test]
+    fn shared_sink_collects_all_samples() {
+        let t0 = Instant::now();
+        let sink = SharedHists::default();
+        let mut a = Stats::with_sink(t0, sink.clone());
+        let mut b = Stats::with_sink(t0, sink.clone());
+        for i in 0..1000u64 {
+            a.record_dur("x", t0, Duration::from_micros(i + 1));
+            b.record_dur("x", t0, Duration::from_micros(i + 1));
+        }
+        a.flush();
+        b.flush();
+        assert!(a.hists.is_empty());
+        let mut total = Stats::new(t0);
+        total.merge(&a);
+        total.merge(&b);
+        total.absorb(&sink);
+        assert_eq!(total.hists["x"].len(), 2000);
+        assert_eq!(total.hists["x"].max(), 1000);
     }
 
     #[test]
