@@ -51,6 +51,12 @@ impl Conn {
     /// TCP connect with a timeout; Nagle is disabled because every command
     /// group is written with a single write.
     pub async fn connect(addr: &str, timeout: Duration) -> io::Result<Conn> {
+        Conn::connect_with(addr, timeout, INITIAL_BUF).await
+    }
+
+    /// Connect with a given initial read buffer size (it grows when a single
+    /// line does not fit). Small buffers suit many mostly idle sessions.
+    pub async fn connect_with(addr: &str, timeout: Duration, buf_size: usize) -> io::Result<Conn> {
         let stream = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
             Ok(r) => r?,
             Err(_) => return Err(timed_out()),
@@ -58,7 +64,7 @@ impl Conn {
         stream.set_nodelay(true)?;
         Ok(Conn {
             stream,
-            buf: vec![0; INITIAL_BUF],
+            buf: vec![0; buf_size.max(256)],
             start: 0,
             end: 0,
             timeout,
@@ -179,9 +185,20 @@ impl Conn {
         }
     }
 
-    /// True if unread bytes are buffered (used to detect servers that send
-    /// data we did not ask for).
-    pub fn has_buffered(&self) -> bool {
-        self.start < self.end
+    /// Wait up to `dur` for data to arrive (without consuming it). Returns
+    /// false on timeout; EOF and errors are returned as errors.
+    pub async fn wait_data(&mut self, dur: Duration) -> io::Result<bool> {
+        if self.start < self.end {
+            return Ok(true);
+        }
+        let saved = self.timeout;
+        self.timeout = dur;
+        let r = self.fill().await;
+        self.timeout = saved;
+        match r {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::TimedOut => Ok(false),
+            Err(e) => Err(e),
+        }
     }
 }
