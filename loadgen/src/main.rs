@@ -251,6 +251,133 @@ async fn cmd_pop3(a: cli::Pop3Args, env: Env) -> Result<ExitCode, String> {
     Ok(ExitCode::SUCCESS)
 }
 
-async fn cmd_mixed(_a: cli::MixedArgs, _env: Env) -> Result<ExitCode, String> {
-    Err("mixed: not implemented yet".into())
+async fn cmd_mixed(a: cli::MixedArgs, env: Env) -> Result<ExitCode, String> {
+    if a.smtp_target.is_none() && a.pop3_target.is_none() && a.imap_target.is_none() {
+        return Err("mixed: give at least one of --smtp-target, --pop3-target, --imap-target".into());
+    }
+    check_positive("--duration", a.duration)?;
+    env::secs("--duration", a.duration)?;
+    env::secs("--warmup", a.warmup)?;
+    imap::Mix::parse(&a.imap_mix)?;
+    env::raise_nofile();
+    let accounts = Arc::new(Accounts::from_args(&a.accounts)?);
+    let started = SystemTime::now();
+    let t0 = Instant::now();
+    let smtp_opts = cli::SmtpOpts {
+        messages: None,
+        duration: Some(a.duration),
+        warmup: a.warmup,
+        size: a.size,
+        recipients_per_message: a.recipients_per_message,
+        recipient_order: cli::RcptOrder::RoundRobin,
+        from: a.from.clone(),
+        helo: "loadgen.example.test".into(),
+        no_pipelining: a.no_pipelining,
+        bdat: false,
+        reuse: None,
+        rate: a.rate,
+        verify: false,
+        verify_pop3: None,
+        verify_imap: None,
+        verify_wait: 0.0,
+    };
+    check_smtp_opts(&smtp_opts, a.smtp_connections)?;
+    let pop3_opts = cli::Pop3Opts {
+        sessions: None,
+        duration: Some(a.duration),
+        warmup: a.warmup,
+        delete: a.pop3_delete,
+        max_retr: a.pop3_max_retr,
+    };
+    let imap_opts = cli::ImapOpts {
+        duration: a.duration,
+        warmup: a.warmup,
+        mix: a.imap_mix.clone(),
+        window: 50,
+        idle_ms: 100,
+        search: "UNSEEN".into(),
+        mailbox: "INBOX".into(),
+    };
+    let lives: Vec<Arc<Live>> = (0..3).map(|_| Arc::new(Live::default())).collect();
+    let smtp_fut = {
+        let (accounts, env, live) = (accounts.clone(), env.clone(), lives[0].clone());
+        let target = a.smtp_target.clone();
+        let connections = a.smtp_connections;
+        async move {
+            let t = target?;
+            stats::spawn_progress(format!("smtp {t}"), "msg", live.clone(), env.progress, t0);
+            let cfg = smtp::SmtpCfg { target: t, connections, opts: smtp_opts };
+            Some(smtp::run(cfg, accounts, env, live).await)
+        }
+    };
+    let pop3_fut = {
+        let (accounts, env, live) = (accounts.clone(), env.clone(), lives[1].clone());
+        let target = a.pop3_target.clone();
+        let connections = a.pop3_connections;
+        async move {
+            let t = target?;
+            stats::spawn_progress(format!("pop3 {t}"), "msg", live.clone(), env.progress, t0);
+            Some(pop3::run(t, connections, pop3_opts, accounts, env, live).await)
+        }
+    };
+    let imap_fut = {
+        let (accounts, env, live) = (accounts.clone(), env.clone(), lives[2].clone());
+        let target = a.imap_target.clone();
+        let connections = a.imap_connections;
+        async move {
+            let t = target?;
+            stats::spawn_progress(format!("imap {t}"), "body", live.clone(), env.progress, t0);
+            Some(imap::run(t, connections, imap_opts, accounts, env, live).await)
+        }
+    };
+    let (smtp_out, pop3_out, imap_out) = tokio::join!(smtp_fut, pop3_fut, imap_fut);
+    for l in &lives {
+        l.stop.store(true, Ordering::Relaxed);
+    }
+    let measured_all = Instant::now().saturating_duration_since(t0);
+    let meta = |mode: &'static str, target: &Option<String>, connections: u32, rate: Option<f64>| ReportMeta {
+        mode,
+        target: target.clone().unwrap_or_default(),
+        run_id: env.run_id.clone(),
+        started,
+        connections: connections as u64,
+        threads: env.threads as u64,
+        warmup: Duration::from_secs_f64(a.warmup),
+        rate,
+    };
+    let mut parts_json = serde_json::Map::new();
+    let mut human = String::new();
+    let mut stats_parts: Vec<(&str, Stats)> = Vec::new();
+    if let Some(o) = smtp_out {
+        if let Some(f) = o.fatal {
+            return Err(f);
+        }
+        let r = Report::build(meta("smtp", &a.smtp_target, a.smtp_connections, a.rate), &o.stats, o.measured);
+        human.push_str(&r.human());
+        parts_json.insert("smtp".into(), serde_json::to_value(&r).map_err(|e| e.to_string())?);
+        stats_parts.push(("smtp.", o.stats));
+    }
+    if let Some((st, measured)) = pop3_out {
+        let r = Report::build(meta("pop3", &a.pop3_target, a.pop3_connections, None), &st, measured);
+        human.push_str(&r.human());
+        parts_json.insert("pop3".into(), serde_json::to_value(&r).map_err(|e| e.to_string())?);
+        stats_parts.push(("pop3.", st));
+    }
+    if let Some(res) = imap_out {
+        let (st, measured) = res?;
+        let r = Report::build(meta("imap", &a.imap_target, a.imap_connections, None), &st, measured);
+        human.push_str(&r.human());
+        parts_json.insert("imap".into(), serde_json::to_value(&r).map_err(|e| e.to_string())?);
+        stats_parts.push(("imap.", st));
+    }
+    let json = serde_json::json!({
+        "mode": "mixed",
+        "run_id": env.run_id,
+        "duration_s": (measured_all.as_secs_f64() * 1000.0).round() / 1000.0,
+        "parts": parts_json,
+    });
+    let refs: Vec<(&str, &Stats)> = stats_parts.iter().map(|(p, s)| (*p, s)).collect();
+    let measured = measured_all.saturating_sub(Duration::from_secs_f64(a.warmup));
+    finish(&a.common, json, human, &refs, started, measured, "loadgen mixed")?;
+    Ok(ExitCode::SUCCESS)
 }

@@ -305,3 +305,28 @@ fn smtp_verify_detects_corruption() {
     assert_eq!(v["verify"]["corrupted"], 2);
     assert_eq!(v["verify"]["found_ok"], 16);
 }
+
+#[test]
+fn mixed_smtp_and_pop3() {
+    let store = Arc::new(Store::default());
+    let smtp = serve(store.clone(), smtp_session).to_string();
+    let pop3 = serve(store.clone(), pop3_session).to_string();
+    let mut args = vec![
+        "mixed", "--smtp-target", &smtp, "--pop3-target", &pop3, "--smtp-connections", "2", "--pop3-connections", "1",
+        "--duration", "0.5", "--rate", "200", "--password", "secret", "--pop3-max-retr", "2",
+    ];
+    args.extend(ACCOUNTS);
+    let (v, code) = loadgen(&args);
+    assert_eq!(code, 0);
+    assert_eq!(v["mode"], "mixed");
+    let s = &v["parts"]["smtp"];
+    let p = &v["parts"]["pop3"];
+    assert!(v["parts"].get("imap").is_none());
+    // open loop at 200/s for 0.5 s: ~100 messages, 1 in 10 rejected
+    let ok = s["messages_ok"].as_u64().unwrap();
+    assert!((70..=100).contains(&ok), "{s}");
+    assert_eq!(s["open_loop"], true);
+    assert!(s["ops"].get("schedule_lag").is_some());
+    assert!(p["sessions_ok"].as_u64().unwrap() > 0, "{p}");
+    assert!(p["ops"].get("login").is_some());
+}
