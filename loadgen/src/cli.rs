@@ -201,7 +201,8 @@ pub struct Pop3Args {
     pub common: Common,
 }
 
-pub const DEFAULT_IMAP_MIX: &str = "login=1,select=5,fetch_headers=10,fetch_body=5,store=5,search=3,idle=1,logout=1";
+pub const DEFAULT_IMAP_MIX: &str =
+    "login=1,select=5,fetch_headers=10,fetch_body=5,store=5,search=3,idle=1,logout=1";
 
 #[derive(Args, Debug, Clone)]
 pub struct ImapOpts {

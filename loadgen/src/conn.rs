@@ -110,8 +110,11 @@ impl Conn {
         let n = match self.stream.try_read(&mut self.buf[self.end..]) {
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                match tokio::time::timeout(self.timeout, self.stream.read(&mut self.buf[self.end..]))
-                    .await
+                match tokio::time::timeout(
+                    self.timeout,
+                    self.stream.read(&mut self.buf[self.end..]),
+                )
+                .await
                 {
                     Ok(r) => r?,
                     Err(_) => return Err(timed_out()),
@@ -120,7 +123,10 @@ impl Conn {
             Err(e) => return Err(e),
         };
         if n == 0 {
-            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "connection closed"));
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "connection closed",
+            ));
         }
         self.end += n;
         self.bytes_in += n as u64;
@@ -135,7 +141,11 @@ impl Conn {
                 let s = self.start;
                 let nl = s + scanned + pos;
                 self.start = nl + 1;
-                let e = if nl > s && self.buf[nl - 1] == b'\r' { nl - 1 } else { nl };
+                let e = if nl > s && self.buf[nl - 1] == b'\r' {
+                    nl - 1
+                } else {
+                    nl
+                };
                 return Ok(&self.buf[s..e]);
             }
             scanned = self.end - self.start;
@@ -147,7 +157,11 @@ impl Conn {
     }
 
     /// Read exactly `n` bytes (an IMAP literal); append them to `out` if given.
-    pub async fn read_exact_into(&mut self, mut n: usize, mut out: Option<&mut Vec<u8>>) -> io::Result<()> {
+    pub async fn read_exact_into(
+        &mut self,
+        mut n: usize,
+        mut out: Option<&mut Vec<u8>>,
+    ) -> io::Result<()> {
         loop {
             let avail = (self.end - self.start).min(n);
             if let Some(o) = out.as_deref_mut() {

@@ -96,7 +96,10 @@ pub fn number_after(line: &[u8], key: &[u8]) -> Option<u64> {
         // key must start a token
         if at == 0 || matches!(line[at - 1], b' ' | b'(' | b'[') {
             let digits = &line[at + key.len()..];
-            let end = digits.iter().position(|b| !b.is_ascii_digit()).unwrap_or(digits.len());
+            let end = digits
+                .iter()
+                .position(|b| !b.is_ascii_digit())
+                .unwrap_or(digits.len());
             if end > 0 {
                 return std::str::from_utf8(&digits[..end]).ok()?.parse().ok();
             }
@@ -129,15 +132,30 @@ pub struct ImapClient {
 }
 
 impl ImapClient {
-    pub async fn connect(addr: &str, timeout: Duration, buf: usize, st: &mut Stats) -> io::Result<ImapClient> {
+    pub async fn connect(
+        addr: &str,
+        timeout: Duration,
+        buf: usize,
+        st: &mut Stats,
+    ) -> io::Result<ImapClient> {
         let t0 = Instant::now();
         let conn = Conn::connect_with(addr, timeout, buf).await?;
         let t1 = Instant::now();
         st.record("connect", t0, t1);
-        let mut c = ImapClient { conn, tagn: 0, tag: Vec::new(), line: Vec::new(), lits: Vec::new(), lit_bytes: 0 };
+        let mut c = ImapClient {
+            conn,
+            tagn: 0,
+            tag: Vec::new(),
+            line: Vec::new(),
+            lits: Vec::new(),
+            lit_bytes: 0,
+        };
         c.read_response(false).await?;
         if !(c.line.starts_with(b"* OK") || c.line.starts_with(b"* PREAUTH")) {
-            return Err(protocol_error(format!("bad IMAP greeting: {}", String::from_utf8_lossy(&c.line))));
+            return Err(protocol_error(format!(
+                "bad IMAP greeting: {}",
+                String::from_utf8_lossy(&c.line)
+            )));
         }
         st.record("greeting", t1, Instant::now());
         Ok(c)
@@ -150,7 +168,9 @@ impl ImapClient {
         for _ in 0..100_000 {
             let l = self.conn.read_line().await?;
             self.line.extend_from_slice(l);
-            let Some(n) = literal_len(&self.line) else { return Ok(()) };
+            let Some(n) = literal_len(&self.line) else {
+                return Ok(());
+            };
             if keep_lits {
                 let mut v = Vec::with_capacity(n);
                 self.conn.read_exact_into(n, Some(&mut v)).await?;
@@ -188,7 +208,11 @@ impl ImapClient {
         self.finish_command(keep_lits, &mut on_untagged).await
     }
 
-    async fn finish_command(&mut self, keep_lits: bool, on_untagged: &mut impl FnMut(&[u8], &[Vec<u8>])) -> io::Result<Status> {
+    async fn finish_command(
+        &mut self,
+        keep_lits: bool,
+        on_untagged: &mut impl FnMut(&[u8], &[Vec<u8>]),
+    ) -> io::Result<Status> {
         for _ in 0..100_000_000u64 {
             self.read_response(keep_lits).await?;
             if self.line.starts_with(b"* ") {
@@ -196,14 +220,22 @@ impl ImapClient {
             } else if let Some(s) = tagged_status(&self.line, &self.tag) {
                 return Ok(s);
             } else {
-                return Err(protocol_error(format!("unexpected IMAP response: {}", String::from_utf8_lossy(&self.line))));
+                return Err(protocol_error(format!(
+                    "unexpected IMAP response: {}",
+                    String::from_utf8_lossy(&self.line)
+                )));
             }
         }
         Err(protocol_error("command never completed"))
     }
 
     pub async fn login(&mut self, user: &str, pass: &str) -> io::Result<Status> {
-        self.command(&format!("LOGIN {} {}", quote(user), quote(pass)), false, |_, _| {}).await
+        self.command(
+            &format!("LOGIN {} {}", quote(user), quote(pass)),
+            false,
+            |_, _| {},
+        )
+        .await
     }
 
     /// SELECT: (status, EXISTS, UIDNEXT or 0).
@@ -223,7 +255,10 @@ impl ImapClient {
 
     /// IDLE: returns once the server sent the `+` continuation
     /// (Ok(None)), or the tagged status if it refused IDLE.
-    pub async fn idle_start(&mut self, mut on_untagged: impl FnMut(&[u8])) -> io::Result<Option<Status>> {
+    pub async fn idle_start(
+        &mut self,
+        mut on_untagged: impl FnMut(&[u8]),
+    ) -> io::Result<Option<Status>> {
         self.next_tag();
         let mut w = self.tag.clone();
         w.extend_from_slice(b" IDLE\r\n");
@@ -246,7 +281,8 @@ impl ImapClient {
     /// Send DONE and wait for the IDLE command's completion.
     pub async fn idle_done(&mut self, mut on_untagged: impl FnMut(&[u8])) -> io::Result<Status> {
         self.conn.write_all(b"DONE\r\n").await?;
-        self.finish_command(false, &mut |l: &[u8], _: &[Vec<u8>]| on_untagged(l)).await
+        self.finish_command(false, &mut |l: &[u8], _: &[Vec<u8>]| on_untagged(l))
+            .await
     }
 
     pub async fn logout(&mut self) -> io::Result<Status> {
@@ -269,7 +305,9 @@ pub async fn fetch_all(
     mut each: impl FnMut(&[u8]),
 ) -> Result<u64, String> {
     let mut st = Stats::new(Instant::now());
-    let mut c = ImapClient::connect(addr, timeout, 64 * 1024, &mut st).await.map_err(|e| format!("connect: {e}"))?;
+    let mut c = ImapClient::connect(addr, timeout, 64 * 1024, &mut st)
+        .await
+        .map_err(|e| format!("connect: {e}"))?;
     if c.login(user, pass).await.map_err(|e| e.to_string())? != Status::Ok {
         return Err(format!("LOGIN as {user} failed"));
     }
@@ -321,7 +359,16 @@ impl Op {
             Op::Logout => "logout",
         }
     }
-    const ALL: [Op; 8] = [Op::Login, Op::Select, Op::FetchHeaders, Op::FetchBody, Op::Store, Op::Search, Op::Idle, Op::Logout];
+    const ALL: [Op; 8] = [
+        Op::Login,
+        Op::Select,
+        Op::FetchHeaders,
+        Op::FetchBody,
+        Op::Store,
+        Op::Search,
+        Op::Idle,
+        Op::Logout,
+    ];
 }
 
 /// Weighted op mix parsed from `name=weight,...`.
@@ -335,12 +382,17 @@ impl Mix {
     pub fn parse(s: &str) -> Result<Mix, String> {
         let mut ops = Vec::new();
         for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-            let (name, w) = part.split_once('=').ok_or_else(|| format!("mix entry {part:?}: expected name=weight"))?;
+            let (name, w) = part
+                .split_once('=')
+                .ok_or_else(|| format!("mix entry {part:?}: expected name=weight"))?;
             let op = Op::ALL
                 .into_iter()
                 .find(|o| o.name() == name.trim())
                 .ok_or_else(|| format!("unknown IMAP op {name:?} (known: login, select, fetch_headers, fetch_body, store, search, idle, logout)"))?;
-            let w: u32 = w.trim().parse().map_err(|_| format!("mix entry {part:?}: bad weight"))?;
+            let w: u32 = w
+                .trim()
+                .parse()
+                .map_err(|_| format!("mix entry {part:?}: bad weight"))?;
             if w > 1_000_000 {
                 return Err(format!("mix entry {part:?}: weight too large"));
             }
@@ -432,12 +484,20 @@ async fn open(sh: &Shared, st: &mut Stats) -> io::Result<Option<Sess>> {
     let mut c = ImapClient::connect(&sh.target, sh.env.timeout, 16 * 1024, st).await?;
     let a = (sh.next_account.fetch_add(1, Ordering::Relaxed) % sh.accounts.len() as u64) as usize;
     let t = Instant::now();
-    let s = c.login(&sh.accounts.logins[a], &sh.accounts.password).await?;
+    let s = c
+        .login(&sh.accounts.logins[a], &sh.accounts.password)
+        .await?;
     if !outcome(st, &sh.live, "login", s, t) {
         let _ = c.logout().await;
         return Ok(None);
     }
-    Ok(Some(Sess { c, selected: false, exists: 0, uidnext: 0, uids: Vec::new() }))
+    Ok(Some(Sess {
+        c,
+        selected: false,
+        exists: 0,
+        uidnext: 0,
+        uids: Vec::new(),
+    }))
 }
 
 async fn select(sh: &Shared, st: &mut Stats, s: &mut Sess) -> io::Result<bool> {
@@ -454,7 +514,13 @@ async fn select(sh: &Shared, st: &mut Stats, s: &mut Sess) -> io::Result<bool> {
 }
 
 /// Run one op on an open session. Returns false when the session ended.
-async fn run_op(sh: &Shared, st: &mut Stats, s: &mut Sess, op: Op, rng: &mut StdRng) -> io::Result<bool> {
+async fn run_op(
+    sh: &Shared,
+    st: &mut Stats,
+    s: &mut Sess,
+    op: Op,
+    rng: &mut StdRng,
+) -> io::Result<bool> {
     let live = &*sh.live;
     match op {
         Op::Login => unreachable!("handled by the caller"),
@@ -496,9 +562,8 @@ async fn run_op(sh: &Shared, st: &mut Stats, s: &mut Sess, op: Op, rng: &mut Std
             let cmd = header_window(*exists, s.uidnext, sh.opts.window as u64, rng.gen());
             let mut uids = Vec::new();
             let before = s.c.lit_bytes;
-            let status = s
-                .c
-                .command(&cmd, false, |l, _| {
+            let status =
+                s.c.command(&cmd, false, |l, _| {
                     if let Some(u) = number_after(l, b"UID ") {
                         uids.push(u);
                     } else {
@@ -509,7 +574,8 @@ async fn run_op(sh: &Shared, st: &mut Stats, s: &mut Sess, op: Op, rng: &mut Std
             if outcome(st, live, "fetch_headers", status, t) {
                 st.count("headers_fetched", Instant::now(), uids.len() as u64);
                 st.count("bytes", Instant::now(), s.c.lit_bytes - before);
-                live.bytes.fetch_add(s.c.lit_bytes - before, Ordering::Relaxed);
+                live.bytes
+                    .fetch_add(s.c.lit_bytes - before, Ordering::Relaxed);
                 if !uids.is_empty() {
                     s.uids = uids;
                 }
@@ -520,9 +586,8 @@ async fn run_op(sh: &Shared, st: &mut Stats, s: &mut Sess, op: Op, rng: &mut Std
             let mut bodies = 0u64;
             let before = s.c.lit_bytes;
             let exists = &mut s.exists;
-            let status = s
-                .c
-                .command(&format!("UID FETCH {uid} (BODY.PEEK[])"), false, |l, _| {
+            let status =
+                s.c.command(&format!("UID FETCH {uid} (BODY.PEEK[])"), false, |l, _| {
                     if number_after(l, b"UID ").is_some() || l.windows(5).any(|w| w == b"BODY[") {
                         bodies += 1;
                     } else {
@@ -541,12 +606,22 @@ async fn run_op(sh: &Shared, st: &mut Stats, s: &mut Sess, op: Op, rng: &mut Std
         Op::Store => {
             let uid = pick_uid(s, rng);
             let exists = &mut s.exists;
-            let status = s.c.command(&format!("UID STORE {uid} +FLAGS (\\Seen)"), false, |l, _| track(exists, l)).await?;
+            let status =
+                s.c.command(
+                    &format!("UID STORE {uid} +FLAGS (\\Seen)"),
+                    false,
+                    |l, _| track(exists, l),
+                )
+                .await?;
             outcome(st, live, "store", status, t);
         }
         Op::Search => {
             let exists = &mut s.exists;
-            let status = s.c.command(&format!("UID SEARCH {}", sh.opts.search), false, |l, _| track(exists, l)).await?;
+            let status =
+                s.c.command(&format!("UID SEARCH {}", sh.opts.search), false, |l, _| {
+                    track(exists, l)
+                })
+                .await?;
             outcome(st, live, "search", status, t);
         }
         Op::Idle => {
@@ -559,7 +634,8 @@ async fn run_op(sh: &Shared, st: &mut Stats, s: &mut Sess, op: Op, rng: &mut Std
                 None => {
                     let t1 = Instant::now();
                     st.record("idle", t, t1);
-                    let until = (t1 + Duration::from_millis(sh.opts.idle_ms)).min(sh.deadline.max(t1));
+                    let until =
+                        (t1 + Duration::from_millis(sh.opts.idle_ms)).min(sh.deadline.max(t1));
                     // bounded by `until`
                     loop {
                         let left = until.saturating_duration_since(Instant::now());
@@ -598,7 +674,11 @@ async fn worker(sh: Arc<Shared>, wid: u32) -> Stats {
                 match s.c.logout().await {
                     Ok(status) => {
                         let ok = outcome(&mut st, &sh.live, "logout", status, t);
-                        st.count(if ok { "sessions_ok" } else { "sessions_failed" }, Instant::now(), 1);
+                        st.count(
+                            if ok { "sessions_ok" } else { "sessions_failed" },
+                            Instant::now(),
+                            1,
+                        );
                     }
                     Err(e) => {
                         st.error(io_error_key(&e));
@@ -645,7 +725,11 @@ async fn worker(sh: Arc<Shared>, wid: u32) -> Stats {
         let t = Instant::now();
         if let Ok(status) = s.c.logout().await {
             let ok = outcome(&mut st, &sh.live, "logout", status, t);
-            st.count(if ok { "sessions_ok" } else { "sessions_failed" }, Instant::now(), 1);
+            st.count(
+                if ok { "sessions_ok" } else { "sessions_failed" },
+                Instant::now(),
+                1,
+            );
         }
     }
     st.flush();
@@ -676,7 +760,9 @@ pub async fn run(
         live,
         hists: SharedHists::default(),
     });
-    let hs: Vec<_> = (0..connections).map(|w| tokio::spawn(worker(sh.clone(), w))).collect();
+    let hs: Vec<_> = (0..connections)
+        .map(|w| tokio::spawn(worker(sh.clone(), w)))
+        .collect();
     let mut stats = Stats::new(measure_from);
     for h in hs {
         match h.await {
@@ -688,7 +774,10 @@ pub async fn run(
         }
     }
     stats.absorb(&sh.hists);
-    Ok((stats, Instant::now().saturating_duration_since(measure_from)))
+    Ok((
+        stats,
+        Instant::now().saturating_duration_since(measure_from),
+    ))
 }
 
 pub async fn cmd_imap(a: ImapArgs, env: Env) -> Result<ExitCode, String> {
@@ -702,8 +791,22 @@ pub async fn cmd_imap(a: ImapArgs, env: Env) -> Result<ExitCode, String> {
     let accounts = Arc::new(Accounts::from_args(&a.accounts)?);
     let started = SystemTime::now();
     let live = Arc::new(Live::default());
-    crate::stats::spawn_progress(format!("imap {}", a.target), "body", live.clone(), env.progress, Instant::now());
-    let (st, measured) = run(a.target.clone(), a.connections, a.opts.clone(), accounts, env.clone(), live.clone()).await?;
+    crate::stats::spawn_progress(
+        format!("imap {}", a.target),
+        "body",
+        live.clone(),
+        env.progress,
+        Instant::now(),
+    );
+    let (st, measured) = run(
+        a.target.clone(),
+        a.connections,
+        a.opts.clone(),
+        accounts,
+        env.clone(),
+        live.clone(),
+    )
+    .await?;
     live.stop.store(true, Ordering::Relaxed);
     let meta = ReportMeta {
         mode: "imap",
@@ -717,7 +820,15 @@ pub async fn cmd_imap(a: ImapArgs, env: Env) -> Result<ExitCode, String> {
     };
     let report = Report::build(meta, &st, measured);
     let json = serde_json::to_value(&report).map_err(|e| e.to_string())?;
-    crate::finish(&a.common, json, report.human(), &[("", &st)], started, measured, &format!("loadgen imap {}", a.target))?;
+    crate::finish(
+        &a.common,
+        json,
+        report.human(),
+        &[("", &st)],
+        started,
+        measured,
+        &format!("loadgen imap {}", a.target),
+    )?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -732,19 +843,33 @@ struct IdleCounts {
     closed_ok: AtomicU64,
 }
 
-async fn idle_session(
-    i: u32,
-    a: Arc<ImapIdleArgs>,
+/// What every imap-idle session shares.
+struct IdleCtx {
+    a: ImapIdleArgs,
     accounts: Arc<Accounts>,
     env: Env,
     sem: Arc<tokio::sync::Semaphore>,
-    counts: Arc<IdleCounts>,
-    mut release: tokio::sync::watch::Receiver<bool>,
+    counts: IdleCounts,
     sink: SharedHists,
     t0: Instant,
+}
+
+async fn idle_session(
+    i: u32,
+    ctx: Arc<IdleCtx>,
+    mut release: tokio::sync::watch::Receiver<bool>,
 ) -> Stats {
-    let mut st = Stats::with_sink(t0, sink);
-    let permit = sem.acquire_owned().await;
+    let IdleCtx {
+        a,
+        accounts,
+        env,
+        sem,
+        counts,
+        sink,
+        t0,
+    } = &*ctx;
+    let mut st = Stats::with_sink(*t0, sink.clone());
+    let permit = sem.clone().acquire_owned().await;
     let ramp = async {
         let mut c = ImapClient::connect(&a.target, env.timeout, 2048, &mut st).await?;
         let acct = i as usize % accounts.addrs.len();
@@ -851,30 +976,25 @@ pub async fn cmd_imap_idle(a: ImapIdleArgs, env: Env) -> Result<ExitCode, String
     let accounts = Arc::new(Accounts::from_args(&a.accounts)?);
     let started = SystemTime::now();
     let t0 = Instant::now();
-    let a = Arc::new(a);
-    let sem = Arc::new(tokio::sync::Semaphore::new(a.login_concurrency as usize));
-    let counts = Arc::new(IdleCounts::default());
     let (release_tx, release_rx) = tokio::sync::watch::channel(false);
-    let sink = SharedHists::default();
-    let handles: Vec<_> = (0..a.sessions)
-        .map(|i| {
-            tokio::spawn(idle_session(
-                i,
-                a.clone(),
-                accounts.clone(),
-                env.clone(),
-                sem.clone(),
-                counts.clone(),
-                release_rx.clone(),
-                sink.clone(),
-                t0,
-            ))
-        })
+    let ctx = Arc::new(IdleCtx {
+        sem: Arc::new(tokio::sync::Semaphore::new(a.login_concurrency as usize)),
+        a,
+        accounts,
+        env: env.clone(),
+        counts: IdleCounts::default(),
+        sink: SharedHists::default(),
+        t0,
+    });
+    let handles: Vec<_> = (0..ctx.a.sessions)
+        .map(|i| tokio::spawn(idle_session(i, ctx.clone(), release_rx.clone())))
         .collect();
+    let (a, counts, sink) = (&ctx.a, &ctx.counts, &ctx.sink);
     // Ramp: wait for every session to reach IDLE or fail (bounded by max_time).
     let limit = t0 + env.max_time;
     let mut last_print = t0;
-    while counts.finished_ramp.load(Ordering::Relaxed) < a.sessions as u64 && Instant::now() < limit {
+    while counts.finished_ramp.load(Ordering::Relaxed) < a.sessions as u64 && Instant::now() < limit
+    {
         tokio::time::sleep(Duration::from_millis(20)).await;
         if env.progress && last_print.elapsed() >= Duration::from_secs(1) {
             last_print = Instant::now();
@@ -913,20 +1033,29 @@ pub async fn cmd_imap_idle(a: ImapIdleArgs, env: Env) -> Result<ExitCode, String
             Err(_) => stats.error("worker_panic"),
         }
     }
-    stats.absorb(&sink);
+    stats.absorb(sink);
     let end = Instant::now();
     for (k, v) in [
         ("sessions_requested", a.sessions as u64),
         ("logged_in", logged_in),
         ("idling", idling),
         ("held", held_at_end),
-        ("dropped_during_hold", counts.dropped.load(Ordering::Relaxed)),
+        (
+            "dropped_during_hold",
+            counts.dropped.load(Ordering::Relaxed),
+        ),
         ("ramp_ms", ramp.as_millis() as u64),
-        ("login_rate_per_s", (logged_in as f64 / ramp.as_secs_f64().max(1e-9)).round() as u64),
+        (
+            "login_rate_per_s",
+            (logged_in as f64 / ramp.as_secs_f64().max(1e-9)).round() as u64,
+        ),
         ("hold_ms", hold.as_millis() as u64),
         ("nofile_limit", nofile),
         ("sessions_ok", counts.closed_ok.load(Ordering::Relaxed)),
-        ("sessions_failed", a.sessions as u64 - counts.closed_ok.load(Ordering::Relaxed)),
+        (
+            "sessions_failed",
+            a.sessions as u64 - counts.closed_ok.load(Ordering::Relaxed),
+        ),
     ] {
         stats.counters.insert(k, v);
     }
@@ -943,8 +1072,20 @@ pub async fn cmd_imap_idle(a: ImapIdleArgs, env: Env) -> Result<ExitCode, String
     let measured = end.duration_since(t0);
     let report = Report::build(meta, &stats, measured);
     let json = serde_json::to_value(&report).map_err(|e| e.to_string())?;
-    crate::finish(&a.common, json, report.human(), &[("", &stats)], started, measured, &format!("loadgen imap-idle {}", a.target))?;
-    Ok(if held_at_end == a.sessions as u64 { ExitCode::SUCCESS } else { ExitCode::from(1) })
+    crate::finish(
+        &a.common,
+        json,
+        report.human(),
+        &[("", &stats)],
+        started,
+        measured,
+        &format!("loadgen imap-idle {}", a.target),
+    )?;
+    Ok(if held_at_end == a.sessions as u64 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }
 
 #[cfg(test)]
@@ -964,16 +1105,28 @@ mod tests {
 
     #[test]
     fn tagged_and_untagged() {
-        assert_eq!(tagged_status(b"a12 OK FETCH completed", b"a12"), Some(Status::Ok));
-        assert_eq!(tagged_status(b"a12 no [AUTHENTICATIONFAILED] bad", b"a12"), Some(Status::No));
+        assert_eq!(
+            tagged_status(b"a12 OK FETCH completed", b"a12"),
+            Some(Status::Ok)
+        );
+        assert_eq!(
+            tagged_status(b"a12 no [AUTHENTICATIONFAILED] bad", b"a12"),
+            Some(Status::No)
+        );
         assert_eq!(tagged_status(b"a12 BAD", b"a12"), Some(Status::Bad));
         assert_eq!(tagged_status(b"a123 OK", b"a12"), None);
         assert_eq!(tagged_status(b"* OK", b"a12"), None);
         assert_eq!(untagged_count(b"* 42 EXISTS", b"EXISTS"), Some(42));
         assert_eq!(untagged_count(b"* 3 exists", b"EXISTS"), Some(3));
         assert_eq!(untagged_count(b"* 3 RECENT", b"EXISTS"), None);
-        assert_eq!(number_after(b"* OK [UIDNEXT 4392] Predicted next UID", b"UIDNEXT "), Some(4392));
-        assert_eq!(number_after(b"* 7 FETCH (FLAGS (\\Seen) UID 77 BODY[] {3}", b"UID "), Some(77));
+        assert_eq!(
+            number_after(b"* OK [UIDNEXT 4392] Predicted next UID", b"UIDNEXT "),
+            Some(4392)
+        );
+        assert_eq!(
+            number_after(b"* 7 FETCH (FLAGS (\\Seen) UID 77 BODY[] {3}", b"UID "),
+            Some(77)
+        );
         assert_eq!(number_after(b"* OK [UIDNEXT 5]", b"UID "), None);
         assert_eq!(quote(r#"pa"ss\x"#), r#""pa\"ss\\x""#);
     }
@@ -996,8 +1149,14 @@ mod tests {
 
     #[test]
     fn windows() {
-        assert_eq!(header_window(100, 101, 50, 0), "UID FETCH 1:50 (FLAGS BODY.PEEK[HEADER.FIELDS (FROM SUBJECT DATE)])");
-        assert_eq!(header_window(100, 101, 50, 50), "UID FETCH 51:100 (FLAGS BODY.PEEK[HEADER.FIELDS (FROM SUBJECT DATE)])");
+        assert_eq!(
+            header_window(100, 101, 50, 0),
+            "UID FETCH 1:50 (FLAGS BODY.PEEK[HEADER.FIELDS (FROM SUBJECT DATE)])"
+        );
+        assert_eq!(
+            header_window(100, 101, 50, 50),
+            "UID FETCH 51:100 (FLAGS BODY.PEEK[HEADER.FIELDS (FROM SUBJECT DATE)])"
+        );
         assert!(header_window(10, 11, 50, 7).starts_with("UID FETCH 1:10 "));
         assert!(header_window(10, 0, 5, 0).starts_with("FETCH 1:5 (UID FLAGS"));
     }
@@ -1024,12 +1183,25 @@ mod tests {
                 if line.contains("LOGIN") {
                     write!(w, "{tag} OK logged in\r\n").unwrap();
                 } else if line.contains("SELECT") {
-                    write!(w, "* 2 EXISTS\r\n* OK [UIDNEXT 9] next\r\n{tag} OK [READ-WRITE] done\r\n").unwrap();
+                    write!(
+                        w,
+                        "* 2 EXISTS\r\n* OK [UIDNEXT 9] next\r\n{tag} OK [READ-WRITE] done\r\n"
+                    )
+                    .unwrap();
                 } else if line.contains("FETCH") {
                     // literal containing CRLF and a fake tagged line
                     let body = format!("Subject: x\r\n{tag} OK not really\r\n");
-                    write!(w, "* 1 FETCH (UID 7 BODY[] {{{}}}\r\n{body})\r\n", body.len()).unwrap();
-                    write!(w, "* 2 FETCH (UID 8 BODY[] {{3}}\r\nabc FLAGS (\\Seen))\r\n{tag} OK done\r\n").unwrap();
+                    write!(
+                        w,
+                        "* 1 FETCH (UID 7 BODY[] {{{}}}\r\n{body})\r\n",
+                        body.len()
+                    )
+                    .unwrap();
+                    write!(
+                        w,
+                        "* 2 FETCH (UID 8 BODY[] {{3}}\r\nabc FLAGS (\\Seen))\r\n{tag} OK done\r\n"
+                    )
+                    .unwrap();
                 } else if line.contains("IDLE") {
                     w.write_all(b"+ idling\r\n* 3 EXISTS\r\n").unwrap();
                     line.clear();
@@ -1042,10 +1214,15 @@ mod tests {
                 }
             }
         });
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
         rt.block_on(async {
             let mut st = Stats::new(Instant::now());
-            let mut c = ImapClient::connect(&addr, Duration::from_secs(5), 256, &mut st).await.unwrap();
+            let mut c = ImapClient::connect(&addr, Duration::from_secs(5), 256, &mut st)
+                .await
+                .unwrap();
             assert_eq!(c.login("u", "p").await.unwrap(), Status::Ok);
             assert_eq!(c.select("INBOX").await.unwrap(), (Status::Ok, 2, 9));
             let mut got = Vec::new();

@@ -38,9 +38,14 @@ fn main() -> ExitCode {
         Err(e) => return usage_error(&e),
     };
     let rt = if env.threads == 1 {
-        tokio::runtime::Builder::new_current_thread().enable_all().build()
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
     } else {
-        tokio::runtime::Builder::new_multi_thread().worker_threads(env.threads).enable_all().build()
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(env.threads)
+            .enable_all()
+            .build()
     };
     let rt = match rt {
         Ok(rt) => rt,
@@ -79,12 +84,16 @@ pub fn finish(
     title: &str,
 ) -> Result<(), String> {
     if common.json {
-        println!("{}", serde_json::to_string(&json).map_err(|e| e.to_string())?);
+        println!(
+            "{}",
+            serde_json::to_string(&json).map_err(|e| e.to_string())?
+        );
     } else {
         print!("{human}");
     }
     if let Some(p) = &common.hdr_log {
-        stats::write_hdr_log(p, parts, started, measured).map_err(|e| format!("--hdr-log {}: {e}", p.display()))?;
+        stats::write_hdr_log(p, parts, started, measured)
+            .map_err(|e| format!("--hdr-log {}: {e}", p.display()))?;
     }
     if let Some(p) = &common.plot {
         plot::draw(p, title, parts).map_err(|e| format!("--plot {}: {e}", p.display()))?;
@@ -127,8 +136,18 @@ async fn cmd_smtp(a: cli::SmtpArgs, env: Env) -> Result<ExitCode, String> {
     let accounts = Arc::new(Accounts::from_args(&a.accounts)?);
     let started = SystemTime::now();
     let live = Arc::new(Live::default());
-    stats::spawn_progress(format!("smtp {}", a.target), "msg", live.clone(), env.progress, Instant::now());
-    let cfg = smtp::SmtpCfg { target: a.target.clone(), connections: a.connections, opts: a.opts.clone() };
+    stats::spawn_progress(
+        format!("smtp {}", a.target),
+        "msg",
+        live.clone(),
+        env.progress,
+        Instant::now(),
+    );
+    let cfg = smtp::SmtpCfg {
+        target: a.target.clone(),
+        connections: a.connections,
+        opts: a.opts.clone(),
+    };
     let out = smtp::run(cfg, accounts.clone(), env.clone(), live.clone()).await;
     live.stop.store(true, Ordering::Relaxed);
     if let Some(f) = &out.fatal {
@@ -146,10 +165,19 @@ async fn cmd_smtp(a: cli::SmtpArgs, env: Env) -> Result<ExitCode, String> {
     };
     let mut report = Report::build(meta, &out.stats, out.measured);
     if let Some(expected) = &out.expected {
-        report.verify = Some(run_verify(&a.opts, &a.common, expected, &accounts, &env, a.connections).await);
+        report.verify =
+            Some(run_verify(&a.opts, &a.common, expected, &accounts, &env, a.connections).await);
     }
     let json = serde_json::to_value(&report).map_err(|e| e.to_string())?;
-    finish(&a.common, json, report.human(), &[("", &out.stats)], started, out.measured, &format!("loadgen smtp {}", a.target))?;
+    finish(
+        &a.common,
+        json,
+        report.human(),
+        &[("", &out.stats)],
+        started,
+        out.measured,
+        &format!("loadgen smtp {}", a.target),
+    )?;
     Ok(match &report.verify {
         Some(v) if !v.ok => ExitCode::from(1),
         _ => ExitCode::SUCCESS,
@@ -188,7 +216,9 @@ async fn run_verify(
             let mut errors = Vec::new();
             // bounded: each iteration removes one account from the queue
             loop {
-                let Some(acct) = queue.lock().unwrap().pop() else { break };
+                let Some(acct) = queue.lock().unwrap().pop() else {
+                    break;
+                };
                 let user = &accounts.logins[acct as usize];
                 let pass = &accounts.password;
                 let each = |m: &[u8]| found.push((acct, verify::parse_retrieved(&run_id, m)));
@@ -214,8 +244,17 @@ async fn run_verify(
             errors.push("verify worker panicked".into());
         }
     }
-    let mut r = verify::reconcile(method, expected, &found, accts.len() as u64, errors.len() as u64);
-    for e in errors.into_iter().take(10usize.saturating_sub(r.examples.len())) {
+    let mut r = verify::reconcile(
+        method,
+        expected,
+        &found,
+        accts.len() as u64,
+        errors.len() as u64,
+    );
+    for e in errors
+        .into_iter()
+        .take(10usize.saturating_sub(r.examples.len()))
+    {
         r.examples.push(format!("fetch error: {e}"));
     }
     r
@@ -232,8 +271,22 @@ async fn cmd_pop3(a: cli::Pop3Args, env: Env) -> Result<ExitCode, String> {
     let accounts = Arc::new(Accounts::from_args(&a.accounts)?);
     let started = SystemTime::now();
     let live = Arc::new(Live::default());
-    stats::spawn_progress(format!("pop3 {}", a.target), "msg", live.clone(), env.progress, Instant::now());
-    let (st, measured) = pop3::run(a.target.clone(), a.connections, a.opts.clone(), accounts, env.clone(), live.clone()).await;
+    stats::spawn_progress(
+        format!("pop3 {}", a.target),
+        "msg",
+        live.clone(),
+        env.progress,
+        Instant::now(),
+    );
+    let (st, measured) = pop3::run(
+        a.target.clone(),
+        a.connections,
+        a.opts.clone(),
+        accounts,
+        env.clone(),
+        live.clone(),
+    )
+    .await;
     live.stop.store(true, Ordering::Relaxed);
     let meta = ReportMeta {
         mode: "pop3",
@@ -247,13 +300,23 @@ async fn cmd_pop3(a: cli::Pop3Args, env: Env) -> Result<ExitCode, String> {
     };
     let report = Report::build(meta, &st, measured);
     let json = serde_json::to_value(&report).map_err(|e| e.to_string())?;
-    finish(&a.common, json, report.human(), &[("", &st)], started, measured, &format!("loadgen pop3 {}", a.target))?;
+    finish(
+        &a.common,
+        json,
+        report.human(),
+        &[("", &st)],
+        started,
+        measured,
+        &format!("loadgen pop3 {}", a.target),
+    )?;
     Ok(ExitCode::SUCCESS)
 }
 
 async fn cmd_mixed(a: cli::MixedArgs, env: Env) -> Result<ExitCode, String> {
     if a.smtp_target.is_none() && a.pop3_target.is_none() && a.imap_target.is_none() {
-        return Err("mixed: give at least one of --smtp-target, --pop3-target, --imap-target".into());
+        return Err(
+            "mixed: give at least one of --smtp-target, --pop3-target, --imap-target".into(),
+        );
     }
     check_positive("--duration", a.duration)?;
     env::secs("--duration", a.duration)?;
@@ -306,7 +369,11 @@ async fn cmd_mixed(a: cli::MixedArgs, env: Env) -> Result<ExitCode, String> {
         async move {
             let t = target?;
             stats::spawn_progress(format!("smtp {t}"), "msg", live.clone(), env.progress, t0);
-            let cfg = smtp::SmtpCfg { target: t, connections, opts: smtp_opts };
+            let cfg = smtp::SmtpCfg {
+                target: t,
+                connections,
+                opts: smtp_opts,
+            };
             Some(smtp::run(cfg, accounts, env, live).await)
         }
     };
@@ -335,7 +402,10 @@ async fn cmd_mixed(a: cli::MixedArgs, env: Env) -> Result<ExitCode, String> {
         l.stop.store(true, Ordering::Relaxed);
     }
     let measured_all = Instant::now().saturating_duration_since(t0);
-    let meta = |mode: &'static str, target: &Option<String>, connections: u32, rate: Option<f64>| ReportMeta {
+    let meta = |mode: &'static str,
+                target: &Option<String>,
+                connections: u32,
+                rate: Option<f64>| ReportMeta {
         mode,
         target: target.clone().unwrap_or_default(),
         run_id: env.run_id.clone(),
@@ -352,22 +422,43 @@ async fn cmd_mixed(a: cli::MixedArgs, env: Env) -> Result<ExitCode, String> {
         if let Some(f) = o.fatal {
             return Err(f);
         }
-        let r = Report::build(meta("smtp", &a.smtp_target, a.smtp_connections, a.rate), &o.stats, o.measured);
+        let r = Report::build(
+            meta("smtp", &a.smtp_target, a.smtp_connections, a.rate),
+            &o.stats,
+            o.measured,
+        );
         human.push_str(&r.human());
-        parts_json.insert("smtp".into(), serde_json::to_value(&r).map_err(|e| e.to_string())?);
+        parts_json.insert(
+            "smtp".into(),
+            serde_json::to_value(&r).map_err(|e| e.to_string())?,
+        );
         stats_parts.push(("smtp.", o.stats));
     }
     if let Some((st, measured)) = pop3_out {
-        let r = Report::build(meta("pop3", &a.pop3_target, a.pop3_connections, None), &st, measured);
+        let r = Report::build(
+            meta("pop3", &a.pop3_target, a.pop3_connections, None),
+            &st,
+            measured,
+        );
         human.push_str(&r.human());
-        parts_json.insert("pop3".into(), serde_json::to_value(&r).map_err(|e| e.to_string())?);
+        parts_json.insert(
+            "pop3".into(),
+            serde_json::to_value(&r).map_err(|e| e.to_string())?,
+        );
         stats_parts.push(("pop3.", st));
     }
     if let Some(res) = imap_out {
         let (st, measured) = res?;
-        let r = Report::build(meta("imap", &a.imap_target, a.imap_connections, None), &st, measured);
+        let r = Report::build(
+            meta("imap", &a.imap_target, a.imap_connections, None),
+            &st,
+            measured,
+        );
         human.push_str(&r.human());
-        parts_json.insert("imap".into(), serde_json::to_value(&r).map_err(|e| e.to_string())?);
+        parts_json.insert(
+            "imap".into(),
+            serde_json::to_value(&r).map_err(|e| e.to_string())?,
+        );
         stats_parts.push(("imap.", st));
     }
     let json = serde_json::json!({
@@ -378,6 +469,14 @@ async fn cmd_mixed(a: cli::MixedArgs, env: Env) -> Result<ExitCode, String> {
     });
     let refs: Vec<(&str, &Stats)> = stats_parts.iter().map(|(p, s)| (*p, s)).collect();
     let measured = measured_all.saturating_sub(Duration::from_secs_f64(a.warmup));
-    finish(&a.common, json, human, &refs, started, measured, "loadgen mixed")?;
+    finish(
+        &a.common,
+        json,
+        human,
+        &refs,
+        started,
+        measured,
+        "loadgen mixed",
+    )?;
     Ok(ExitCode::SUCCESS)
 }

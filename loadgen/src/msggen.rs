@@ -12,7 +12,8 @@ const LINE_BYTES: usize = LINE_CHARS + 2;
 /// Every DOT_EVERY-th filler line starts with a '.', so dot-stuffing is
 /// exercised on every message larger than ~5 KB.
 const DOT_EVERY: usize = 64;
-const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789 -_+=/:;,()";
+const ALPHABET: &[u8] =
+    b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789 -_+=/:;,()";
 
 /// Message size: fixed or the built-in realistic mix.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,7 +33,9 @@ impl std::str::FromStr for SizeSpec {
             Some(b'm' | b'M') => (&s[..s.len() - 1], 1024 * 1024),
             _ => (s, 1),
         };
-        let n: usize = num.parse().map_err(|_| format!("bad size {s:?}: bytes, NNk, NNm or 'mix'"))?;
+        let n: usize = num
+            .parse()
+            .map_err(|_| format!("bad size {s:?}: bytes, NNk, NNm or 'mix'"))?;
         let n = n * mul;
         if n == 0 || n > 256 * 1024 * 1024 {
             return Err(format!("size {n} out of range (1 .. 256 MiB)"));
@@ -186,7 +189,9 @@ pub fn build_message(spec: &MsgSpec<'_>, filler: &Filler, out: &mut Vec<u8>) {
     }
     out.extend_from_slice(b"\r\n");
     let _ = write!(out, "Subject: loadgen message {id}\r\n");
-    out.extend_from_slice(b"MIME-Version: 1.0\r\nContent-Type: text/plain; charset=us-ascii\r\n\r\n");
+    out.extend_from_slice(
+        b"MIME-Version: 1.0\r\nContent-Type: text/plain; charset=us-ascii\r\n\r\n",
+    );
     let r = spec.size.saturating_sub(out.len());
     filler.append(out, r);
 }
@@ -231,7 +236,10 @@ pub fn content_hash(data: &[u8]) -> u64 {
 
 /// RFC 5322 date-time in UTC for the given time.
 pub fn rfc5322_date(t: SystemTime) -> String {
-    let secs = t.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0) as i64;
+    let secs = t
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0) as i64;
     let days = secs.div_euclid(86_400);
     let sod = secs.rem_euclid(86_400);
     // civil-from-days (proleptic Gregorian)
@@ -246,7 +254,9 @@ pub fn rfc5322_date(t: SystemTime) -> String {
     let y = yoe + era * 400 + if m <= 2 { 1 } else { 0 };
     let wd = (days + 4).rem_euclid(7) as usize; // 1970-01-01 was a Thursday
     const WD: [&str; 7] = ["Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat"];
-    const MO: [&str; 12] = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
+    const MO: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
     format!(
         "{}, {:02} {} {} {:02}:{:02}:{:02} +0000",
         WD[wd],
@@ -268,7 +278,11 @@ mod tests {
         let body = &wire[..wire.len() - 3];
         let mut out = Vec::new();
         for line in body.split_inclusive(|&b| b == b'\n') {
-            let l = if line.first() == Some(&b'.') { &line[1..] } else { line };
+            let l = if line.first() == Some(&b'.') {
+                &line[1..]
+            } else {
+                line
+            };
             assert_ne!(l, b".\r\n", "unstuffed lone dot line on the wire");
             out.extend_from_slice(l);
         }
@@ -279,7 +293,14 @@ mod tests {
         let filler = Filler::new(size);
         let mut out = Vec::new();
         let to = ["1u@example.test", "2u@example.test"];
-        let s = MsgSpec { run_id: "r1", n, from: "s@example.test", to: &to, date: "Thu, 01 Jan 1970 00:00:00 +0000", size };
+        let s = MsgSpec {
+            run_id: "r1",
+            n,
+            from: "s@example.test",
+            to: &to,
+            date: "Thu, 01 Jan 1970 00:00:00 +0000",
+            size,
+        };
         build_message(&s, &filler, &mut out);
         (message_id("r1", n), out)
     }
@@ -318,7 +339,10 @@ mod tests {
     #[test]
     fn dot_stuffing_roundtrip() {
         let (_, m) = spec(1, 20_000);
-        assert!(m.windows(3).any(|w| w == b"\n.A" || w[..2] == *b"\n."), "filler has dot lines");
+        assert!(
+            m.windows(3).any(|w| w == b"\n.A" || w[..2] == *b"\n."),
+            "filler has dot lines"
+        );
         let mut wire = Vec::new();
         dot_stuff(&m, &mut wire);
         assert!(wire.len() > m.len() + 3);

@@ -26,7 +26,10 @@ pub fn parse_status(line: &[u8]) -> io::Result<bool> {
     } else if line.starts_with(b"-ERR") {
         Ok(false)
     } else {
-        Err(protocol_error(format!("bad POP3 status: {:?}", String::from_utf8_lossy(&line[..line.len().min(80)]))))
+        Err(protocol_error(format!(
+            "bad POP3 status: {:?}",
+            String::from_utf8_lossy(&line[..line.len().min(80)])
+        )))
     }
 }
 
@@ -139,7 +142,10 @@ async fn session(sh: &Shared, st: &mut Stats, account: usize) -> io::Result<bool
     let t0 = Instant::now();
     let mut c = Pop3Client::connect(&sh.target, sh.env.timeout, st).await?;
     let t = Instant::now();
-    match c.login(&sh.accounts.logins[account], &sh.accounts.password).await? {
+    match c
+        .login(&sh.accounts.logins[account], &sh.accounts.password)
+        .await?
+    {
         Ok(()) => st.record("login", t, Instant::now()),
         Err(k) => {
             st.error(k);
@@ -270,7 +276,9 @@ pub async fn run(
         measure_from,
         hists: SharedHists::default(),
     });
-    let hs: Vec<_> = (0..connections).map(|_| tokio::spawn(worker(sh.clone()))).collect();
+    let hs: Vec<_> = (0..connections)
+        .map(|_| tokio::spawn(worker(sh.clone())))
+        .collect();
     let mut stats = Stats::new(measure_from);
     for h in hs {
         match h.await {
@@ -282,7 +290,10 @@ pub async fn run(
         }
     }
     stats.absorb(&sh.hists);
-    (stats, Instant::now().saturating_duration_since(measure_from))
+    (
+        stats,
+        Instant::now().saturating_duration_since(measure_from),
+    )
 }
 
 /// Read every message of one mailbox (for --verify); `each` gets the
@@ -295,16 +306,25 @@ pub async fn fetch_all(
     mut each: impl FnMut(&[u8]),
 ) -> Result<u64, String> {
     let mut st = Stats::new(Instant::now());
-    let mut c = Pop3Client::connect(addr, timeout, &mut st).await.map_err(|e| format!("connect: {e}"))?;
+    let mut c = Pop3Client::connect(addr, timeout, &mut st)
+        .await
+        .map_err(|e| format!("connect: {e}"))?;
     match c.login(user, pass).await.map_err(|e| e.to_string())? {
         Ok(()) => {}
         Err(k) => return Err(format!("login as {user}: {k}")),
     }
-    let nums = c.listing(b"LIST\r\n").await.map_err(|e| e.to_string())?.ok_or("LIST failed")?;
+    let nums = c
+        .listing(b"LIST\r\n")
+        .await
+        .map_err(|e| e.to_string())?
+        .ok_or("LIST failed")?;
     let mut buf = Vec::new();
     for &n in &nums {
         buf.clear();
-        c.retr(n, Some(&mut buf)).await.map_err(|e| e.to_string())?.ok_or_else(|| format!("RETR {n} failed"))?;
+        c.retr(n, Some(&mut buf))
+            .await
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| format!("RETR {n} failed"))?;
         each(&buf);
     }
     let _ = c.cmd("QUIT").await;
@@ -322,7 +342,10 @@ mod tests {
         assert!(!parse_status(b"-ERR no such message").unwrap());
         assert!(parse_status(b"* OK imap").is_err());
         assert_eq!(parse_scan_line(b"3 1200"), Some((3, &b"1200"[..])));
-        assert_eq!(parse_scan_line(b"12 whqtswO00WBw418f9t5JxYwZ"), Some((12, &b"whqtswO00WBw418f9t5JxYwZ"[..])));
+        assert_eq!(
+            parse_scan_line(b"12 whqtswO00WBw418f9t5JxYwZ"),
+            Some((12, &b"whqtswO00WBw418f9t5JxYwZ"[..]))
+        );
         assert_eq!(parse_scan_line(b"x 1"), None);
         assert_eq!(parse_scan_line(b"1"), None);
     }

@@ -17,17 +17,36 @@ pub struct ReplyLine<'a> {
 /// Parse one reply line (without CRLF).
 pub fn parse_reply_line(line: &[u8]) -> Result<ReplyLine<'_>, String> {
     if line.len() < 3 || !line[..3].iter().all(u8::is_ascii_digit) {
-        return Err(format!("bad reply line: {:?}", String::from_utf8_lossy(line)));
+        return Err(format!(
+            "bad reply line: {:?}",
+            String::from_utf8_lossy(line)
+        ));
     }
-    let code = (line[0] - b'0') as u16 * 100 + (line[1] - b'0') as u16 * 10 + (line[2] - b'0') as u16;
+    let code =
+        (line[0] - b'0') as u16 * 100 + (line[1] - b'0') as u16 * 10 + (line[2] - b'0') as u16;
     if !(200..=599).contains(&code) {
         return Err(format!("reply code out of range: {code}"));
     }
     match line.get(3) {
-        None => Ok(ReplyLine { code, last: true, text: &[] }),
-        Some(b' ') => Ok(ReplyLine { code, last: true, text: &line[4..] }),
-        Some(b'-') => Ok(ReplyLine { code, last: false, text: &line[4..] }),
-        Some(_) => Err(format!("bad reply separator: {:?}", String::from_utf8_lossy(line))),
+        None => Ok(ReplyLine {
+            code,
+            last: true,
+            text: &[],
+        }),
+        Some(b' ') => Ok(ReplyLine {
+            code,
+            last: true,
+            text: &line[4..],
+        }),
+        Some(b'-') => Ok(ReplyLine {
+            code,
+            last: false,
+            text: &line[4..],
+        }),
+        Some(_) => Err(format!(
+            "bad reply separator: {:?}",
+            String::from_utf8_lossy(line)
+        )),
     }
 }
 
@@ -88,7 +107,11 @@ impl Caps {
     pub fn from_ehlo(lines: &[String]) -> Caps {
         let mut c = Caps::default();
         for l in lines.iter().skip(1) {
-            let kw = l.split_ascii_whitespace().next().unwrap_or("").to_ascii_uppercase();
+            let kw = l
+                .split_ascii_whitespace()
+                .next()
+                .unwrap_or("")
+                .to_ascii_uppercase();
             match kw.as_str() {
                 "PIPELINING" => c.pipelining = true,
                 "CHUNKING" => c.chunking = true,
@@ -113,7 +136,14 @@ mod tests {
     #[test]
     fn single_line() {
         let r = parse_reply_line(b"250 2.1.0 Ok").unwrap();
-        assert_eq!(r, ReplyLine { code: 250, last: true, text: b"2.1.0 Ok" });
+        assert_eq!(
+            r,
+            ReplyLine {
+                code: 250,
+                last: true,
+                text: b"2.1.0 Ok"
+            }
+        );
         let r = parse_reply_line(b"354").unwrap();
         assert!(r.last);
         assert_eq!(r.code, 354);
@@ -149,10 +179,17 @@ mod tests {
 
     #[test]
     fn caps() {
-        let lines: Vec<String> = ["mx.example Hello", "PIPELINING", "SIZE 10240000", "chunking", "8BITMIME", "ENHANCEDSTATUSCODES"]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
+        let lines: Vec<String> = [
+            "mx.example Hello",
+            "PIPELINING",
+            "SIZE 10240000",
+            "chunking",
+            "8BITMIME",
+            "ENHANCEDSTATUSCODES",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
         let c = Caps::from_ehlo(&lines);
         assert!(c.pipelining && c.chunking && c.size && c.eightbit);
         // the greeting line is not a capability

@@ -28,7 +28,10 @@ pub struct Schedule {
 impl Schedule {
     pub fn new(t0: Instant, rate_per_s: f64) -> Schedule {
         assert!(rate_per_s > 0.0);
-        Schedule { t0, interval_ns: 1e9 / rate_per_s }
+        Schedule {
+            t0,
+            interval_ns: 1e9 / rate_per_s,
+        }
     }
 
     /// Intended start of operation `i` (0-based).
@@ -44,7 +47,6 @@ impl Schedule {
         }
     }
 }
-
 
 /// Hands out permits at the schedule's pace from a dedicated thread.
 pub struct Pacer {
@@ -62,7 +64,13 @@ impl Pacer {
     /// Start pacing `total` operations; stops at `deadline` or when `stop`
     /// is set. `wake_extra` permits are added at the end so that every
     /// waiting worker wakes up and sees `done`.
-    pub fn spawn(s: Schedule, total: u64, deadline: Instant, stop: impl Fn() -> bool + Send + 'static, wake_extra: usize) -> Pacer {
+    pub fn spawn(
+        s: Schedule,
+        total: u64,
+        deadline: Instant,
+        stop: impl Fn() -> bool + Send + 'static,
+        wake_extra: usize,
+    ) -> Pacer {
         let permits = Arc::new(Semaphore::new(0));
         let done = Arc::new(AtomicBool::new(false));
         let released = Arc::new(AtomicU64::new(0));
@@ -91,7 +99,11 @@ impl Pacer {
                 p.add_permits(wake_extra);
             })
             .expect("spawn pacer thread");
-        Pacer { permits, done, released }
+        Pacer {
+            permits,
+            done,
+            released,
+        }
     }
 
     /// Wait for the next due operation; returns false when pacing ended.
@@ -147,7 +159,10 @@ mod tests {
 
     #[test]
     fn pacer_never_releases_early_and_keeps_the_rate() {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
         rt.block_on(async {
             let t0 = Instant::now() + Duration::from_millis(5);
             let s = Schedule::new(t0, 2000.0);
@@ -156,7 +171,10 @@ mod tests {
             let mut got = Vec::new();
             while let Some(i) = pacer.next(|| next.fetch_add(1, Ordering::Relaxed)).await {
                 let now = Instant::now();
-                assert!(now >= s.intended(i), "op {i} started before its intended time");
+                assert!(
+                    now >= s.intended(i),
+                    "op {i} started before its intended time"
+                );
                 got.push((i, now));
             }
             assert_eq!(got.len(), 100);
@@ -164,20 +182,30 @@ mod tests {
             assert_eq!(last.0, 99);
             // 100 ops at 2000/s take ~49.5 ms
             let span = last.1.duration_since(t0);
-            assert!(span >= Duration::from_micros(49_500) && span < Duration::from_millis(500), "{span:?}");
+            assert!(
+                span >= Duration::from_micros(49_500) && span < Duration::from_millis(500),
+                "{span:?}"
+            );
         });
     }
 
     #[test]
     fn pacer_stops_at_deadline() {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
         rt.block_on(async {
             let t0 = Instant::now();
             let s = Schedule::new(t0, 1000.0);
             let pacer = Pacer::spawn(s, u64::MAX, t0 + Duration::from_millis(30), || false, 1);
             let next = AtomicU64::new(0);
             let mut n = 0;
-            while pacer.next(|| next.fetch_add(1, Ordering::Relaxed)).await.is_some() {
+            while pacer
+                .next(|| next.fetch_add(1, Ordering::Relaxed))
+                .await
+                .is_some()
+            {
                 n += 1;
             }
             assert!((20..=32).contains(&n), "{n}");
@@ -189,7 +217,11 @@ mod tests {
         let t0 = Instant::now();
         let intended = t0 + Duration::from_millis(10);
         // started 40 ms late, served in 5 ms -> 45 ms
-        let lat = latency_from(intended, t0 + Duration::from_millis(50), t0 + Duration::from_millis(55));
+        let lat = latency_from(
+            intended,
+            t0 + Duration::from_millis(50),
+            t0 + Duration::from_millis(55),
+        );
         assert_eq!(lat, Duration::from_millis(45));
         // started 0.5 ms early -> measured from the actual start
         let started = intended - Duration::from_micros(500);

@@ -84,10 +84,14 @@ fn note_code(st: &mut Stats, live: &Live, closing: &mut bool, code: u16) {
 impl Session {
     async fn open(sh: &Shared, st: &mut Stats) -> Result<Session, String> {
         let t0 = Instant::now();
-        let mut conn = Conn::connect(&sh.target, sh.env.timeout).await.map_err(|e| format!("connect_{}", io_error_key(&e)))?;
+        let mut conn = Conn::connect(&sh.target, sh.env.timeout)
+            .await
+            .map_err(|e| format!("connect_{}", io_error_key(&e)))?;
         let t1 = Instant::now();
         st.record("connect", t0, t1);
-        let code = read_reply(&mut conn, None).await.map_err(|e| io_error_key(&e))?;
+        let code = read_reply(&mut conn, None)
+            .await
+            .map_err(|e| io_error_key(&e))?;
         let t2 = Instant::now();
         st.record("greeting", t1, t2);
         if code != 220 {
@@ -97,7 +101,9 @@ impl Session {
         let _ = write!(cmd, "EHLO {}\r\n", sh.opts.helo);
         conn.write_all(&cmd).await.map_err(|e| io_error_key(&e))?;
         let mut lines = Vec::new();
-        let code = read_reply(&mut conn, Some(&mut lines)).await.map_err(|e| io_error_key(&e))?;
+        let code = read_reply(&mut conn, Some(&mut lines))
+            .await
+            .map_err(|e| io_error_key(&e))?;
         st.record("ehlo", t2, Instant::now());
         if code != 250 {
             return Err(code.to_string());
@@ -106,7 +112,11 @@ impl Session {
         if sh.opts.bdat && !caps.chunking {
             return Err("fatal: server does not advertise CHUNKING (needed by --bdat)".into());
         }
-        Ok(Session { conn, caps, closing: false })
+        Ok(Session {
+            conn,
+            caps,
+            closing: false,
+        })
     }
 
     async fn rset(&mut self, st: &mut Stats, live: &Live) -> std::io::Result<()> {
@@ -120,7 +130,9 @@ impl Session {
 
     async fn quit(mut self, st: &mut Stats) {
         let t = Instant::now();
-        if self.conn.write_all(b"QUIT\r\n").await.is_ok() && read_reply(&mut self.conn, None).await.is_ok() {
+        if self.conn.write_all(b"QUIT\r\n").await.is_ok()
+            && read_reply(&mut self.conn, None).await.is_ok()
+        {
             st.record("quit", t, Instant::now());
         }
     }
@@ -297,7 +309,14 @@ impl Session {
 }
 
 /// Accounts (indexes) receiving message `n`.
-pub fn pick_recipients(order: RcptOrder, per_msg: u32, accounts: u32, seed: u64, n: u64, out: &mut Vec<u32>) {
+pub fn pick_recipients(
+    order: RcptOrder,
+    per_msg: u32,
+    accounts: u32,
+    seed: u64,
+    n: u64,
+    out: &mut Vec<u32>,
+) {
     out.clear();
     let k = per_msg.min(accounts) as u64;
     let a = accounts as u64;
@@ -371,8 +390,18 @@ async fn worker(sh: Arc<Shared>) -> (Stats, Vec<(u64, u32, u64, u64)>, Option<St
             }
         }
         let sess = session.as_mut().expect("session");
-        pick_recipients(sh.opts.recipient_order, sh.opts.recipients_per_message, sh.accounts.len(), sh.env.seed, i, &mut rcpt_idx);
-        let rcpts: Vec<&str> = rcpt_idx.iter().map(|&a| sh.accounts.addrs[a as usize].as_str()).collect();
+        pick_recipients(
+            sh.opts.recipient_order,
+            sh.opts.recipients_per_message,
+            sh.accounts.len(),
+            sh.env.seed,
+            i,
+            &mut rcpt_idx,
+        );
+        let rcpts: Vec<&str> = rcpt_idx
+            .iter()
+            .map(|&a| sh.accounts.addrs[a as usize].as_str())
+            .collect();
         let spec = MsgSpec {
             run_id: &sh.env.run_id,
             n: i,
@@ -382,7 +411,9 @@ async fn worker(sh: Arc<Shared>) -> (Stats, Vec<(u64, u32, u64, u64)>, Option<St
             size: sh.opts.size.size_for(sh.env.seed, i),
         };
         build_message(&spec, &sh.filler, &mut msg);
-        let res = sess.send(&sh, &mut st, &rcpts, &msg, &mut cmd, &mut wire).await;
+        let res = sess
+            .send(&sh, &mut st, &rcpts, &msg, &mut cmd, &mut wire)
+            .await;
         let end = Instant::now();
         match res {
             Ok(Tx::Accepted(acc)) => {
@@ -446,7 +477,13 @@ pub async fn run(cfg: SmtpCfg, accounts: Arc<Accounts>, env: Env, live: Arc<Live
     let schedule = o.rate.map(|r| Schedule::new(t0, r));
     let pacer = schedule.map(|s| {
         let l = live.clone();
-        Pacer::spawn(s, total, deadline, move || l.stop.load(Ordering::Relaxed), cfg.connections as usize)
+        Pacer::spawn(
+            s,
+            total,
+            deadline,
+            move || l.stop.load(Ordering::Relaxed),
+            cfg.connections as usize,
+        )
     });
     let sh = Arc::new(Shared {
         target: cfg.target.clone(),
@@ -465,7 +502,9 @@ pub async fn run(cfg: SmtpCfg, accounts: Arc<Accounts>, env: Env, live: Arc<Live
         hists: SharedHists::default(),
         pipelining_wanted: !o.no_pipelining,
     });
-    let handles: Vec<_> = (0..cfg.connections).map(|_| tokio::spawn(worker(sh.clone()))).collect();
+    let handles: Vec<_> = (0..cfg.connections)
+        .map(|_| tokio::spawn(worker(sh.clone())))
+        .collect();
     let mut stats = Stats::new(measure_from);
     let mut expected = o.verify.then(Expected::default);
     let mut fatal = None;
@@ -488,7 +527,12 @@ pub async fn run(cfg: SmtpCfg, accounts: Arc<Accounts>, env: Env, live: Arc<Live
     }
     stats.absorb(&sh.hists);
     let end = Instant::now();
-    SmtpOutcome { stats, measured: end.saturating_duration_since(measure_from), expected, fatal }
+    SmtpOutcome {
+        stats,
+        measured: end.saturating_duration_since(measure_from),
+        expected,
+        fatal,
+    }
 }
 
 #[cfg(test)]
@@ -498,7 +542,7 @@ mod tests {
     #[test]
     fn round_robin_spreads_over_accounts() {
         let mut v = Vec::new();
-        let mut seen = vec![0u32; 10];
+        let mut seen = [0u32; 10];
         for n in 0..100 {
             pick_recipients(RcptOrder::RoundRobin, 1, 10, 1, n, &mut v);
             seen[v[0] as usize] += 1;

@@ -76,7 +76,11 @@ impl Stats {
     pub fn absorb(&mut self, sink: &SharedHists) {
         let mut g = sink.lock().unwrap_or_else(|e| e.into_inner());
         for (op, h) in std::mem::take(&mut *g) {
-            self.hists.entry(op).or_insert_with(new_hist).add(&h).expect("same bounds");
+            self.hists
+                .entry(op)
+                .or_insert_with(new_hist)
+                .add(&h)
+                .expect("same bounds");
         }
     }
 
@@ -105,7 +109,10 @@ impl Stats {
                 self.flush();
             }
         } else {
-            self.hists.entry(op).or_insert_with(new_hist).saturating_record(us.max(1));
+            self.hists
+                .entry(op)
+                .or_insert_with(new_hist)
+                .saturating_record(us.max(1));
         }
     }
 
@@ -129,7 +136,11 @@ impl Stats {
     pub fn merge(&mut self, other: &Stats) {
         debug_assert!(other.pending.is_empty(), "flush() before merge()");
         for (k, h) in &other.hists {
-            self.hists.entry(k).or_insert_with(new_hist).add(h).expect("same bounds");
+            self.hists
+                .entry(k)
+                .or_insert_with(new_hist)
+                .add(h)
+                .expect("same bounds");
         }
         for (k, v) in &other.errors {
             *self.errors.entry(k.clone()).or_insert(0) += v;
@@ -165,14 +176,23 @@ impl Live {
 }
 
 /// Spawn the once-a-second progress printer (stderr) if enabled.
-pub fn spawn_progress(label: String, unit: &'static str, live: Arc<Live>, enabled: bool, t0: Instant) {
+pub fn spawn_progress(
+    label: String,
+    unit: &'static str,
+    live: Arc<Live>,
+    enabled: bool,
+    t0: Instant,
+) {
     if !enabled {
         return;
     }
     tokio::spawn(async move {
         let mut last_ok = 0u64;
         let mut last_t = t0;
-        let mut tick = tokio::time::interval_at(tokio::time::Instant::from_std(t0 + Duration::from_secs(1)), Duration::from_secs(1));
+        let mut tick = tokio::time::interval_at(
+            tokio::time::Instant::from_std(t0 + Duration::from_secs(1)),
+            Duration::from_secs(1),
+        );
         // bounded: the run ends by --max-time at the latest
         while !live.stop.load(Ordering::Relaxed) {
             tick.tick().await;
@@ -274,7 +294,11 @@ impl Report {
     /// fields, the rest stays in `counters`.
     pub fn build(meta: ReportMeta, stats: &Stats, measured: Duration) -> Report {
         let secs = measured.as_secs_f64().max(1e-9);
-        let mut counters: BTreeMap<String, u64> = stats.counters.iter().map(|(k, v)| (k.to_string(), *v)).collect();
+        let mut counters: BTreeMap<String, u64> = stats
+            .counters
+            .iter()
+            .map(|(k, v)| (k.to_string(), *v))
+            .collect();
         let mut take = |k: &str| counters.remove(k).unwrap_or(0);
         let messages_ok = take("messages_ok");
         let messages_failed = take("messages_failed");
@@ -286,7 +310,11 @@ impl Report {
             mode: meta.mode.to_string(),
             target: meta.target,
             run_id: meta.run_id,
-            started_unix_s: r3(meta.started.duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)),
+            started_unix_s: r3(meta
+                .started
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_secs_f64())
+                .unwrap_or(0.0)),
             duration_s: r3(secs),
             warmup_s: r3(meta.warmup.as_secs_f64()),
             connections: meta.connections,
@@ -304,7 +332,11 @@ impl Report {
             errors_total: stats.errors.values().sum(),
             errors: stats.errors.clone(),
             counters,
-            ops: stats.hists.iter().map(|(k, h)| (k.to_string(), OpSummary::from_hist(h))).collect(),
+            ops: stats
+                .hists
+                .iter()
+                .map(|(k, h)| (k.to_string(), OpSummary::from_hist(h)))
+                .collect(),
             latency_clamped: stats.clamped,
             verify: None,
         }
@@ -327,12 +359,20 @@ impl Report {
                 None => "closed loop".into(),
             }
         );
-        let _ = writeln!(s, "measured {:.3} s (after {:.1} s warm-up)", self.duration_s, self.warmup_s);
+        let _ = writeln!(
+            s,
+            "measured {:.3} s (after {:.1} s warm-up)",
+            self.duration_s, self.warmup_s
+        );
         if self.messages_ok + self.messages_failed > 0 {
             let _ = writeln!(
                 s,
                 "messages: {} ok, {} failed; {:.1} msg/s, {:.2} MB/s ({} bytes)",
-                self.messages_ok, self.messages_failed, self.messages_per_s, self.mb_per_s, self.bytes
+                self.messages_ok,
+                self.messages_failed,
+                self.messages_per_s,
+                self.mb_per_s,
+                self.bytes
             );
         }
         if self.sessions_ok + self.sessions_failed > 0 {
@@ -360,11 +400,19 @@ impl Report {
         if self.errors.is_empty() {
             let _ = writeln!(s, "errors: none");
         } else {
-            let list: Vec<String> = self.errors.iter().map(|(k, v)| format!("{k}: {v}")).collect();
+            let list: Vec<String> = self
+                .errors
+                .iter()
+                .map(|(k, v)| format!("{k}: {v}"))
+                .collect();
             let _ = writeln!(s, "errors ({}): {}", self.errors_total, list.join(", "));
         }
         if self.latency_clamped > 0 {
-            let _ = writeln!(s, "note: {} latencies above 60 s were clamped to 60 s", self.latency_clamped);
+            let _ = writeln!(
+                s,
+                "note: {} latencies above 60 s were clamped to 60 s",
+                self.latency_clamped
+            );
         }
         if let Some(v) = &self.verify {
             let _ = writeln!(s, "{}", v.human());
@@ -484,14 +532,39 @@ mod tests {
         let v: serde_json::Value = serde_json::to_value(&r).unwrap();
         let obj = v.as_object().unwrap();
         for k in [
-            "mode", "target", "run_id", "started_unix_s", "duration_s", "warmup_s", "connections", "threads",
-            "open_loop", "target_rate", "messages_ok", "messages_failed", "bytes", "messages_per_s", "mb_per_s",
-            "sessions_ok", "sessions_failed", "sessions_per_s", "errors", "errors_total", "counters", "ops",
-            "latency_clamped", "verify",
+            "mode",
+            "target",
+            "run_id",
+            "started_unix_s",
+            "duration_s",
+            "warmup_s",
+            "connections",
+            "threads",
+            "open_loop",
+            "target_rate",
+            "messages_ok",
+            "messages_failed",
+            "bytes",
+            "messages_per_s",
+            "mb_per_s",
+            "sessions_ok",
+            "sessions_failed",
+            "sessions_per_s",
+            "errors",
+            "errors_total",
+            "counters",
+            "ops",
+            "latency_clamped",
+            "verify",
         ] {
             assert!(obj.contains_key(k), "missing field {k}");
         }
-        assert_eq!(obj.len(), 24, "unexpected extra fields: {:?}", obj.keys().collect::<Vec<_>>());
+        assert_eq!(
+            obj.len(),
+            24,
+            "unexpected extra fields: {:?}",
+            obj.keys().collect::<Vec<_>>()
+        );
         assert_eq!(v["messages_ok"], 1000);
         assert_eq!(v["messages_per_s"], 500.0);
         assert_eq!(v["mb_per_s"], 2.048);
@@ -502,7 +575,9 @@ mod tests {
         assert_eq!(v["open_loop"], false);
         assert!(v["target_rate"].is_null());
         let m = &v["ops"]["message"];
-        for k in ["count", "min_us", "mean_us", "p50_us", "p90_us", "p99_us", "p999_us", "max_us"] {
+        for k in [
+            "count", "min_us", "mean_us", "p50_us", "p90_us", "p99_us", "p999_us", "max_us",
+        ] {
             assert!(m.get(k).is_some(), "op field {k}");
         }
         assert_eq!(m["count"], 1000);
@@ -518,7 +593,13 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("loadgen-hdr-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let p = dir.join("x.hlog");
-        write_hdr_log(&p, &[("smtp.", &stats)], SystemTime::now(), Duration::from_secs(1)).unwrap();
+        write_hdr_log(
+            &p,
+            &[("smtp.", &stats)],
+            SystemTime::now(),
+            Duration::from_secs(1),
+        )
+        .unwrap();
         let data = std::fs::read(&p).unwrap();
         let tags: Vec<String> = IntervalLogIterator::new(&data)
             .filter_map(|e| match e.unwrap() {

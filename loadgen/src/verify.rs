@@ -54,15 +54,27 @@ pub fn strip_trace(msg: &[u8]) -> Option<&[u8]> {
 }
 
 pub fn parse_retrieved(run_id: &str, msg: &[u8]) -> Parsed {
-    let Some(body) = strip_trace(msg) else { return Parsed::Foreign };
+    let Some(body) = strip_trace(msg) else {
+        return Parsed::Foreign;
+    };
     let line_end = memchr::memchr(b'\n', body).unwrap_or(body.len());
-    let value = std::str::from_utf8(&body[ID_HEADER.len() + 1..line_end]).unwrap_or("").trim();
-    let Some((run, n)) = value.rsplit_once('-') else { return Parsed::Foreign };
+    let value = std::str::from_utf8(&body[ID_HEADER.len() + 1..line_end])
+        .unwrap_or("")
+        .trim();
+    let Some((run, n)) = value.rsplit_once('-') else {
+        return Parsed::Foreign;
+    };
     if run != run_id {
         return Parsed::Foreign;
     }
-    let Ok(n) = n.parse::<u64>() else { return Parsed::Foreign };
-    Parsed::Ours { n, hash: content_hash(body), len: body.len() as u64 }
+    let Ok(n) = n.parse::<u64>() else {
+        return Parsed::Foreign;
+    };
+    Parsed::Ours {
+        n,
+        hash: content_hash(body),
+        len: body.len() as u64,
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Default, PartialEq)]
@@ -111,8 +123,20 @@ impl VerifyReport {
 
 /// Compare what was retrieved with what was acknowledged.
 /// `retrieved` holds (account, classification) for every message read back.
-pub fn reconcile(method: &str, expected: &Expected, retrieved: &[(u32, Parsed)], accounts_checked: u64, fetch_errors: u64) -> VerifyReport {
-    let mut r = VerifyReport { method: method.into(), accounts_checked, expected: expected.map.len() as u64, fetch_errors, ..Default::default() };
+pub fn reconcile(
+    method: &str,
+    expected: &Expected,
+    retrieved: &[(u32, Parsed)],
+    accounts_checked: u64,
+    fetch_errors: u64,
+) -> VerifyReport {
+    let mut r = VerifyReport {
+        method: method.into(),
+        accounts_checked,
+        expected: expected.map.len() as u64,
+        fetch_errors,
+        ..Default::default()
+    };
     // (n, account) -> (copies, any mismatch)
     let mut seen: HashMap<(u64, u32), (u32, bool)> = HashMap::new();
     let example = |r: &mut VerifyReport, s: String| {
@@ -144,16 +168,28 @@ pub fn reconcile(method: &str, expected: &Expected, retrieved: &[(u32, Parsed)],
         match seen.get(k) {
             None => {
                 r.missing += 1;
-                example(&mut r, format!("missing: message {} for account {}", k.0, k.1));
+                example(
+                    &mut r,
+                    format!("missing: message {} for account {}", k.0, k.1),
+                );
             }
             Some(&(copies, bad)) => {
                 if copies > 1 {
                     r.duplicated += 1;
-                    example(&mut r, format!("duplicated: message {} for account {} ({copies} copies)", k.0, k.1));
+                    example(
+                        &mut r,
+                        format!(
+                            "duplicated: message {} for account {} ({copies} copies)",
+                            k.0, k.1
+                        ),
+                    );
                 }
                 if bad {
                     r.corrupted += 1;
-                    example(&mut r, format!("corrupted: message {} for account {}", k.0, k.1));
+                    example(
+                        &mut r,
+                        format!("corrupted: message {} for account {}", k.0, k.1),
+                    );
                 }
                 if copies == 1 && !bad {
                     r.found_ok += 1;
@@ -174,12 +210,25 @@ mod tests {
         let filler = Filler::new(8192);
         let mut out = Vec::new();
         let to = ["a@x"];
-        build_message(&MsgSpec { run_id: run, n, from: "f@x", to: &to, date: "d", size: 3000 }, &filler, &mut out);
+        build_message(
+            &MsgSpec {
+                run_id: run,
+                n,
+                from: "f@x",
+                to: &to,
+                date: "d",
+                size: 3000,
+            },
+            &filler,
+            &mut out,
+        );
         out
     }
 
     fn with_trace(m: &[u8]) -> Vec<u8> {
-        let mut v = b"Return-Path: <f@x>\r\nReceived: from loadgen by mx; Thu, 1 Jan 1970\r\n\tid 123\r\n".to_vec();
+        let mut v =
+            b"Return-Path: <f@x>\r\nReceived: from loadgen by mx; Thu, 1 Jan 1970\r\n\tid 123\r\n"
+                .to_vec();
         v.extend_from_slice(m);
         v
     }
@@ -190,9 +239,19 @@ mod tests {
         let traced = with_trace(&m);
         assert_eq!(strip_trace(&traced).unwrap(), &m[..]);
         assert_eq!(strip_trace(&m).unwrap(), &m[..]);
-        assert_eq!(parse_retrieved("run1", &traced), Parsed::Ours { n: 7, hash: content_hash(&m), len: m.len() as u64 });
+        assert_eq!(
+            parse_retrieved("run1", &traced),
+            Parsed::Ours {
+                n: 7,
+                hash: content_hash(&m),
+                len: m.len() as u64
+            }
+        );
         assert_eq!(parse_retrieved("run2", &traced), Parsed::Foreign);
-        assert_eq!(parse_retrieved("run1", b"Subject: hi\r\n\r\nbody\r\n"), Parsed::Foreign);
+        assert_eq!(
+            parse_retrieved("run1", b"Subject: hi\r\n\r\nbody\r\n"),
+            Parsed::Foreign
+        );
         // a header that merely contains the name in its value does not count
         assert_eq!(strip_trace(b"Subject: X-Loadgen-Id: run1-1\r\n"), None);
     }

@@ -69,8 +69,15 @@ fn smtp_session(s: TcpStream, store: &Store) -> std::io::Result<()> {
         }
         let up = line.to_ascii_uppercase();
         if up.starts_with("EHLO") {
-            let chunk = if store.chunking { "250-CHUNKING\r\n" } else { "" };
-            write!(w, "250-test-sink\r\n250-PIPELINING\r\n{chunk}250 SIZE 100000000\r\n")?;
+            let chunk = if store.chunking {
+                "250-CHUNKING\r\n"
+            } else {
+                ""
+            };
+            write!(
+                w,
+                "250-test-sink\r\n250-PIPELINING\r\n{chunk}250 SIZE 100000000\r\n"
+            )?;
         } else if up.starts_with("MAIL FROM:") {
             rcpts.clear();
             w.write_all(b"250 2.1.0 ok\r\n")?;
@@ -98,13 +105,21 @@ fn smtp_session(s: TcpStream, store: &Store) -> std::io::Result<()> {
                 if l == b".\r\n" {
                     break;
                 }
-                let body = if l.first() == Some(&b'.') { &l[1..] } else { &l[..] };
+                let body = if l.first() == Some(&b'.') {
+                    &l[1..]
+                } else {
+                    &l[..]
+                };
                 msg.extend_from_slice(body);
             }
             store.deliver(&rcpts, &msg);
             w.write_all(b"250 2.0.0 queued\r\n")?;
         } else if up.starts_with("BDAT") {
-            let n: usize = up.split_whitespace().nth(1).and_then(|x| x.parse().ok()).unwrap_or(0);
+            let n: usize = up
+                .split_whitespace()
+                .nth(1)
+                .and_then(|x| x.parse().ok())
+                .unwrap_or(0);
             let mut msg = vec![0; n];
             r.read_exact(&mut msg)?;
             if rcpts.is_empty() {
@@ -150,7 +165,13 @@ fn pop3_session(s: TcpStream, store: &Store) -> std::io::Result<()> {
                     w.write_all(b"-ERR auth\r\n")?;
                     continue;
                 }
-                msgs = store.boxes.lock().unwrap().get(&user).cloned().unwrap_or_default();
+                msgs = store
+                    .boxes
+                    .lock()
+                    .unwrap()
+                    .get(&user)
+                    .cloned()
+                    .unwrap_or_default();
                 w.write_all(b"+OK logged in\r\n")?;
             }
             "STAT" => {
@@ -204,7 +225,10 @@ fn loadgen(args: &[&str]) -> (serde_json::Value, i32) {
         .expect("run loadgen");
     let stdout = String::from_utf8_lossy(&out.stdout);
     let v = serde_json::from_str(stdout.trim()).unwrap_or_else(|e| {
-        panic!("bad JSON ({e}): {stdout}\nstderr: {}", String::from_utf8_lossy(&out.stderr))
+        panic!(
+            "bad JSON ({e}): {stdout}\nstderr: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
     });
     (v, out.status.code().unwrap_or(-1))
 }
@@ -215,7 +239,17 @@ const ACCOUNTS: [&str; 4] = ["--accounts", "10", "--account-pattern", "{n}u@exam
 fn smtp_pipelined_counts_and_rejections() {
     let store = Arc::new(Store::default());
     let addr = serve(store.clone(), smtp_session).to_string();
-    let mut args = vec!["smtp", "--target", &addr, "--connections", "4", "--messages", "40", "--size", "3000"];
+    let mut args = vec![
+        "smtp",
+        "--target",
+        &addr,
+        "--connections",
+        "4",
+        "--messages",
+        "40",
+        "--size",
+        "3000",
+    ];
     args.extend(ACCOUNTS);
     let (v, code) = loadgen(&args);
     assert_eq!(code, 0);
@@ -227,7 +261,10 @@ fn smtp_pipelined_counts_and_rejections() {
     assert_eq!(v["bytes"], 36 * 3000);
     assert_eq!(v["ops"]["message"]["count"], 36);
     assert_eq!(v["ops"]["connect"]["count"], 4);
-    assert!(v["ops"].get("envelope").is_some(), "pipelined group recorded as envelope");
+    assert!(
+        v["ops"].get("envelope").is_some(),
+        "pipelined group recorded as envelope"
+    );
     assert!(v["ops"].get("mail").is_none());
     let b = store.boxes.lock().unwrap();
     assert_eq!(b.values().map(|v| v.len()).sum::<usize>(), 36);
@@ -236,11 +273,27 @@ fn smtp_pipelined_counts_and_rejections() {
 
 #[test]
 fn smtp_unpipelined_bdat_with_reuse() {
-    let store = Arc::new(Store { chunking: true, ..Default::default() });
+    let store = Arc::new(Store {
+        chunking: true,
+        ..Default::default()
+    });
     let addr = serve(store.clone(), smtp_session).to_string();
     let mut args = vec![
-        "smtp", "--target", &addr, "--connections", "3", "--messages", "30", "--size", "mix", "--no-pipelining", "--bdat",
-        "--reuse", "4", "--recipients-per-message", "2",
+        "smtp",
+        "--target",
+        &addr,
+        "--connections",
+        "3",
+        "--messages",
+        "30",
+        "--size",
+        "mix",
+        "--no-pipelining",
+        "--bdat",
+        "--reuse",
+        "4",
+        "--recipients-per-message",
+        "2",
     ];
     args.extend(ACCOUNTS);
     let (v, code) = loadgen(&args);
@@ -264,8 +317,22 @@ fn smtp_verify_over_pop3_and_pop3_load() {
     let smtp = serve(store.clone(), smtp_session).to_string();
     let pop3 = serve(store.clone(), pop3_session).to_string();
     let mut args = vec![
-        "smtp", "--target", &smtp, "--connections", "4", "--messages", "50", "--size", "8k", "--verify", "--verify-pop3", &pop3,
-        "--password", "secret", "--run-id", "itest1",
+        "smtp",
+        "--target",
+        &smtp,
+        "--connections",
+        "4",
+        "--messages",
+        "50",
+        "--size",
+        "8k",
+        "--verify",
+        "--verify-pop3",
+        &pop3,
+        "--password",
+        "secret",
+        "--run-id",
+        "itest1",
     ];
     args.extend(ACCOUNTS);
     let (v, code) = loadgen(&args);
@@ -278,7 +345,15 @@ fn smtp_verify_over_pop3_and_pop3_load() {
     assert_eq!(v["run_id"], "itest1");
 
     // POP3 load over the same mailboxes: one session per account
-    let mut args = vec!["pop3", "--target", &pop3, "--connections", "3", "--password", "secret"];
+    let mut args = vec![
+        "pop3",
+        "--target",
+        &pop3,
+        "--connections",
+        "3",
+        "--password",
+        "secret",
+    ];
     args.extend(ACCOUNTS);
     let (p, code) = loadgen(&args);
     assert_eq!(code, 0);
@@ -291,11 +366,24 @@ fn smtp_verify_over_pop3_and_pop3_load() {
 
 #[test]
 fn smtp_verify_detects_corruption() {
-    let store = Arc::new(Store { corrupt_for: Some("2u@example.test".into()), ..Default::default() });
+    let store = Arc::new(Store {
+        corrupt_for: Some("2u@example.test".into()),
+        ..Default::default()
+    });
     let smtp = serve(store.clone(), smtp_session).to_string();
     let pop3 = serve(store.clone(), pop3_session).to_string();
     let mut args = vec![
-        "smtp", "--target", &smtp, "--connections", "2", "--messages", "20", "--verify", "--verify-pop3", &pop3, "--password",
+        "smtp",
+        "--target",
+        &smtp,
+        "--connections",
+        "2",
+        "--messages",
+        "20",
+        "--verify",
+        "--verify-pop3",
+        &pop3,
+        "--password",
         "secret",
     ];
     args.extend(ACCOUNTS);
@@ -312,8 +400,23 @@ fn mixed_smtp_and_pop3() {
     let smtp = serve(store.clone(), smtp_session).to_string();
     let pop3 = serve(store.clone(), pop3_session).to_string();
     let mut args = vec![
-        "mixed", "--smtp-target", &smtp, "--pop3-target", &pop3, "--smtp-connections", "2", "--pop3-connections", "1",
-        "--duration", "0.5", "--rate", "200", "--password", "secret", "--pop3-max-retr", "2",
+        "mixed",
+        "--smtp-target",
+        &smtp,
+        "--pop3-target",
+        &pop3,
+        "--smtp-connections",
+        "2",
+        "--pop3-connections",
+        "1",
+        "--duration",
+        "0.5",
+        "--rate",
+        "200",
+        "--password",
+        "secret",
+        "--pop3-max-retr",
+        "2",
     ];
     args.extend(ACCOUNTS);
     let (v, code) = loadgen(&args);
