@@ -79,8 +79,8 @@ fn unit_f64(x: u64) -> f64 {
 }
 
 /// Buckets of the "mix" distribution: (upper bound in bytes, cumulative
-/// probability). Within a bucket the size is log-uniform. Mean is ~26 KiB,
-/// median ~5 KiB: mostly small mail with a tail of attachments.
+/// probability). Within a bucket the size is log-uniform. Mean is ~36 KiB,
+/// median ~6 KiB: mostly small mail with a tail of attachments.
 const MIX_BUCKETS: &[(usize, f64)] = &[
     (4 * 1024, 0.40),
     (16 * 1024, 0.72),
