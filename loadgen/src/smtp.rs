@@ -4,7 +4,8 @@
 //! Ops recorded (microseconds):
 //! - `connect`: TCP handshake; `greeting`: wait for the 220 banner; `ehlo`.
 //! - pipelined: `envelope` = one write of MAIL+RCPT..+DATA until the 354
-//!   (or, with BDAT, MAIL+RCPT.. until the last RCPT reply).
+//!   (with BDAT: one write of MAIL+RCPT.. until the last RCPT reply; the
+//!   chunk follows in its own write).
 //! - not pipelined: `mail`, `rcpt` (each), `data_cmd` (DATA until 354).
 //! - `data`: body sent after 354 until the final reply; `bdat`: BDAT chunk
 //!   until its reply.
@@ -166,10 +167,13 @@ impl Session {
         let t0 = Instant::now();
         if pipelined {
             self.mail_cmd(cmd, &sh.opts.from, msg.len(), rcpts);
-            if sh.opts.bdat {
-                let _ = write!(cmd, "BDAT {} LAST\r\n", msg.len());
-                cmd.extend_from_slice(msg);
-            } else {
+            // With BDAT the chunk is not part of the pipelined group: a server
+            // that flushes the MAIL/RCPT replies before reading the chunk and
+            // runs with Nagle on (Postfix smtpd does) would otherwise hold
+            // its final reply until our delayed ACK, adding ~40 ms that is
+            // neither server work nor queueing. Writing the chunk after the
+            // envelope replies carries that ACK.
+            if !sh.opts.bdat {
                 cmd.extend_from_slice(b"DATA\r\n");
             }
             self.conn.write_all(cmd).await?;
@@ -191,16 +195,23 @@ impl Session {
             if sh.opts.bdat {
                 let t1 = Instant::now();
                 st.record("envelope", t0, t1);
+                if accepted.is_empty() {
+                    if !self.closing {
+                        self.rset(st, live).await?;
+                    }
+                    return Ok(Tx::Rejected);
+                }
+                cmd.clear();
+                let _ = write!(cmd, "BDAT {} LAST\r\n", msg.len());
+                cmd.extend_from_slice(msg);
+                self.conn.write_all(cmd).await?;
                 let c = read_reply(&mut self.conn, None).await?;
                 st.record("bdat", t1, Instant::now());
-                return Ok(if is_positive(c) && !accepted.is_empty() {
-                    Tx::Accepted(accepted)
-                } else {
-                    if !is_positive(c) {
-                        note_code(st, live, &mut self.closing, c);
-                    }
-                    Tx::Rejected
-                });
+                if is_positive(c) {
+                    return Ok(Tx::Accepted(accepted));
+                }
+                note_code(st, live, &mut self.closing, c);
+                return Ok(Tx::Rejected);
             }
             let data = read_reply(&mut self.conn, None).await?;
             let t1 = Instant::now();
