@@ -146,6 +146,7 @@ pub struct StoreConfig {
     pub meta: Meta,
     pub segment_size: usize,
     pub checkpoint_every_records: u64,
+    pub zero_segments: bool,
 }
 
 struct Bucket {
@@ -582,7 +583,7 @@ impl Store {
         }
         let seq = self.next_seq.get();
         let id = segment::segment_id(self.cfg.meta.run, self.cfg.shard as u16, seq);
-        let seg = Rc::new(Segment::create(&self.seg_dir, id, self.cfg.segment_size).await?);
+        let seg = Rc::new(Segment::create(&self.seg_dir, id, self.cfg.segment_size, self.cfg.zero_segments).await?);
         self.next_seq.set(seq + 1);
         self.segments.borrow_mut().insert(id, seg.clone());
         *self.active.borrow_mut() = Some(seg);
