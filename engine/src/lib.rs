@@ -16,6 +16,7 @@ pub mod accounts;
 pub mod config;
 pub mod limits;
 pub mod protocol;
+pub mod relay;
 pub mod session;
 pub mod runtime;
 pub mod storage;
