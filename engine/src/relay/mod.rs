@@ -5,9 +5,12 @@
 //! - [`client`]: the outbound SMTP client, a sans-I/O state machine and a
 //!   glommio driver delivering several messages over one connection.
 //! - [`dsn`]: delivery status notifications (bounces and delay warnings).
+//! - [`reply`]: SMTP reply parsing, shared by the client and the DSNs.
 //! - [`testdns`]: a scripted DNS responder for tests.
 //!
 //! The persistent queue and the retry schedule live elsewhere; these parts
 //! take plain values and return plain outcomes.
+pub mod client;
 pub mod dns;
+pub mod reply;
 pub mod testdns;
