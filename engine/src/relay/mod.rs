@@ -12,5 +12,6 @@
 //! take plain values and return plain outcomes.
 pub mod client;
 pub mod dns;
+pub mod dsn;
 pub mod reply;
 pub mod testdns;
