@@ -221,7 +221,9 @@ impl std::fmt::Debug for DnsResolver {
 impl DnsResolver {
     /// Start the side thread and its resolver. Fails if the system
     /// configuration cannot be read (when `nameservers` is empty) or the thread
-    /// cannot be spawned.
+    /// cannot be spawned. It waits (briefly, on a std channel) for the thread
+    /// to come up, so call it at startup, not from an executor task; then
+    /// clone the handle into each executor.
     pub fn start(config: DnsConfig) -> Result<DnsResolver, DnsStartError> {
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         let counters = Arc::new(Counters::default());

@@ -1,4 +1,5 @@
-//! A tiny authoritative-looking DNS responder for tests (UDP only, loopback).
+//! A tiny authoritative-looking DNS responder for tests (UDP only, loopback;
+//! it never sets the truncation bit, so the resolver never needs TCP).
 //!
 //! It answers from a table ([`TestZone`]) and counts the queries it receives,
 //! so tests can check what the resolver actually sent. It runs on a std thread
