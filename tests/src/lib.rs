@@ -371,6 +371,11 @@ impl Server {
     /// Send `sig`, wait at most `limit`, return the exit status (SIGKILL when over the limit).
     pub fn stop_with(&mut self, sig: libc::c_int, limit: Duration) -> ExitStatus {
         self.signal(sig);
+        self.wait_exit(limit)
+    }
+
+    /// Wait (at most `limit`, else SIGKILL and panic) for the process to exit.
+    pub fn wait_exit(&mut self, limit: Duration) -> ExitStatus {
         let t = Instant::now();
         let mut child = self.child.take().unwrap();
         match wait_deadline(&mut child, limit) {
@@ -381,7 +386,7 @@ impl Server {
             None => {
                 let _ = child.kill();
                 let _ = child.wait();
-                panic!("ringmail did not exit within {limit:?} of signal {sig}:\n{}", self.stderr_tail(4000));
+                panic!("ringmail did not exit within {limit:?}:\n{}", self.stderr_tail(4000));
             }
         }
     }
@@ -842,7 +847,7 @@ pub fn fetch_all(addr: SocketAddr, user: &str, password: &str) -> Vec<(String, V
 #[track_caller]
 pub fn strip_trace(stored: &[u8]) -> (&[u8], &[u8]) {
     let mut pos = 0;
-    let mut next_line = |pos: &mut usize| -> &[u8] {
+    let next_line = |pos: &mut usize| -> &[u8] {
         let rest = &stored[*pos..];
         let end = rest.windows(2).position(|w| w == b"\r\n").map(|i| i + 2).unwrap_or_else(|| {
             panic!("stored message ends inside its trace headers: {:?}", String::from_utf8_lossy(&stored[..stored.len().min(400)]))

@@ -1,0 +1,188 @@
+//! POP3 (RFC 1939, RFC 2449, RFC 3206) against the real server:
+//! - a full poplib session (py/pop3_session.py): CAPA, [AUTH], [IN-USE],
+//!   STAT, LIST, UIDL, TOP, RETR, DELE, RSET, NOOP, QUIT;
+//! - DELE + QUIT persists across reconnect, SIGTERM restart and kill -9;
+//!   DELE without QUIT does not;
+//! - the failed-login limit closes the connection; the lock is released when
+//!   a session ends either way; pipelined commands are answered in order.
+use std::time::Duration;
+
+use ringmail_tests::*;
+
+const BOB: &str = "bob@example.test";
+const BOB_PW: &str = "bob-secret";
+
+fn message(i: usize) -> Vec<u8> {
+    format!(
+        "From: <sender@example.test>\r\nTo: <bob@example.test>\r\nSubject: m{i}\r\nMessage-ID: <pop3-{i}@e2e.test>\r\n\r\nbody of message {i}\r\n"
+    )
+    .into_bytes()
+}
+
+/// Deliver `n` numbered messages to bob over one SMTP session.
+fn deliver(server: &Server, range: std::ops::Range<usize>) {
+    let (mut c, _) = smtp_connect(server.smtp);
+    for i in range {
+        smtp_transaction(&mut c, "sender@example.test", &[BOB], &message(i), Transfer::Data)
+            .unwrap_or_else(|e| panic!("message {i}: {e}"))
+            .expect(250, None);
+    }
+    c.cmd("QUIT").expect(221, None);
+}
+
+fn subjects(server: &Server) -> Vec<String> {
+    fetch_all(server.pop3, BOB, BOB_PW)
+        .into_iter()
+        .map(|(_, m)| {
+            let body = strip_trace(&m).1.to_vec();
+            let s = String::from_utf8(body).unwrap();
+            s.lines().find_map(|l| l.strip_prefix("Subject: ").map(str::to_string)).expect("Subject")
+        })
+        .collect()
+}
+
+#[test]
+fn poplib_full_session() {
+    let server = Server::new();
+    run_python(
+        "pop3_session.py",
+        &["127.0.0.1".into(), server.smtp.port().to_string(), server.pop3.port().to_string(), BOB.into(), BOB_PW.into()],
+    );
+}
+
+#[test]
+fn dele_quit_persists_across_reconnect_restart_and_kill9() {
+    let mut server = Server::new();
+    deliver(&server, 0..5);
+    let all: Vec<String> = (0..5).map(|i| format!("m{i}")).collect();
+    assert_eq!(subjects(&server), all);
+
+    // DELE 1 + QUIT: gone in the next session.
+    let mut p = Pop3::login(server.pop3, BOB, BOB_PW);
+    let uidl_before = p.uidl();
+    p.ok("DELE 1");
+    p.quit();
+    assert_eq!(subjects(&server), all[1..]);
+    let mut p = Pop3::login(server.pop3, BOB, BOB_PW);
+    let uidl_after: Vec<String> = p.uidl().into_iter().map(|(_, u)| u).collect();
+    p.quit();
+    let expect: Vec<String> = uidl_before[1..].iter().map(|(_, u)| u.clone()).collect();
+    assert_eq!(uidl_after, expect, "UIDLs must not change when another message is deleted");
+
+    // ... and after a clean restart, with the same UIDLs.
+    server.terminate();
+    server.restart();
+    assert_eq!(subjects(&server), all[1..]);
+    let mut p = Pop3::login(server.pop3, BOB, BOB_PW);
+    let uidl_restart: Vec<String> = p.uidl().into_iter().map(|(_, u)| u).collect();
+    assert_eq!(uidl_restart, expect, "UIDLs must survive a restart");
+
+    // DELE 1 and 2, QUIT, and kill -9 right after the +OK: still deleted.
+    p.ok("DELE 1");
+    p.ok("DELE 2");
+    p.ok("QUIT");
+    server.kill9();
+    server.restart();
+    assert_eq!(subjects(&server), all[3..]);
+
+    // New mail after the crash gets fresh, distinct UIDLs.
+    deliver(&server, 5..6);
+    let mut p = Pop3::login(server.pop3, BOB, BOB_PW);
+    let ids: Vec<String> = p.uidl().into_iter().map(|(_, u)| u).collect();
+    p.quit();
+    assert_eq!(ids.len(), 3);
+    assert_eq!(ids[..2], expect[2..]);
+    assert!(!expect.contains(&ids[2]), "UIDL {} reused", ids[2]);
+    server.terminate();
+}
+
+#[test]
+fn dele_without_quit_is_not_applied() {
+    let mut server = Server::new();
+    deliver(&server, 0..3);
+    let all: Vec<String> = (0..3).map(|i| format!("m{i}")).collect();
+
+    // Connection dropped after DELE: RFC 1939 says no UPDATE state, nothing removed.
+    let mut p = Pop3::login(server.pop3, BOB, BOB_PW);
+    p.ok("DELE 1");
+    p.ok("DELE 3");
+    drop(p);
+    // The lock must be released once the connection is gone.
+    let again = wait_for(Duration::from_secs(5), || {
+        let mut p = Pop3::connect(server.pop3);
+        p.ok(&format!("USER {BOB}"));
+        p.cmd(&format!("PASS {BOB_PW}")).starts_with("+OK").then_some(p)
+    })
+    .expect("maildrop still locked 5 s after the connection dropped");
+    again.quit();
+    assert_eq!(subjects(&server), all);
+
+    // Same with a kill -9 while the session with DELE is still open.
+    let mut p = Pop3::login(server.pop3, BOB, BOB_PW);
+    p.ok("DELE 2");
+    server.kill9();
+    drop(p);
+    server.restart();
+    assert_eq!(subjects(&server), all);
+    server.terminate();
+}
+
+#[test]
+fn failed_logins_limit_and_case_insensitive_commands() {
+    let server = Server::new();
+    let mut p = Pop3::connect(server.pop3);
+    // Commands are case-insensitive (RFC 1939 3); a bare local part names the account.
+    p.ok("user bob");
+    let r = p.cmd("pass wrong");
+    assert!(r.starts_with("-ERR [AUTH]"), "{r}");
+    p.ok("USER bob");
+    assert!(p.cmd("PASS wrong-again").starts_with("-ERR [AUTH]"));
+    // Unknown users get the same answer as bad passwords.
+    p.ok("USER nobody@example.test");
+    assert!(p.cmd("PASS whatever").starts_with("-ERR [AUTH]"));
+    // Third failure (auth_failures_max = 3): the server closes the connection.
+    assert!(p.c.closed_within(Duration::from_secs(5)), "connection still open after 3 failed logins");
+
+    // The right password right after works on a new connection, with a bare local part.
+    let mut p = Pop3::login(server.pop3, "bob", BOB_PW);
+    assert_eq!(p.stat(), (0, 0));
+    // Commands not valid in TRANSACTION, unknown commands: -ERR and the session goes on.
+    assert!(p.cmd("USER bob").starts_with("-ERR"));
+    assert!(p.cmd("XYZZY").starts_with("-ERR"));
+    assert!(p.cmd("RETR 1").starts_with("-ERR"));
+    assert!(p.cmd("RETR x").starts_with("-ERR"));
+    assert!(p.cmd("DELE 0").starts_with("-ERR"));
+    p.ok("NOOP");
+    p.quit();
+}
+
+#[test]
+fn pipelined_commands_answered_in_order() {
+    let server = Server::new();
+    deliver(&server, 0..2);
+    let mut p = Pop3::connect(server.pop3);
+    // RFC 2449 6.6 PIPELINING: several commands in one write.
+    p.c.send(format!("CAPA\r\nUSER {BOB}\r\nPASS {BOB_PW}\r\nSTAT\r\nLIST\r\nUIDL 2\r\nRETR 1\r\nNOOP\r\nQUIT\r\n").as_bytes());
+    let capa = p.c.line();
+    assert!(capa.starts_with("+OK"), "{capa}");
+    let caps: Vec<String> = p.multiline().into_iter().map(|l| String::from_utf8(l).unwrap()).collect();
+    for want in ["TOP", "UIDL", "USER", "PIPELINING"] {
+        assert!(caps.iter().any(|c| c.split_whitespace().next() == Some(want)), "CAPA lacks {want}: {caps:?}");
+    }
+    assert!(p.c.line().starts_with("+OK"));
+    assert!(p.c.line().starts_with("+OK"));
+    let stat = p.c.line();
+    assert!(stat.starts_with("+OK 2 "), "{stat}");
+    assert!(p.c.line().starts_with("+OK"));
+    let list = p.multiline();
+    assert_eq!(list.len(), 2);
+    let uidl = p.c.line();
+    assert!(uidl.starts_with("+OK 2 "), "{uidl}");
+    assert!(p.c.line().starts_with("+OK"));
+    let m = join_lines(p.multiline());
+    assert_bytes_eq(strip_trace(&m).1, &message(0), "RETR 1 (pipelined)");
+    assert!(p.c.line().starts_with("+OK"), "NOOP");
+    assert!(p.c.line().starts_with("+OK"), "QUIT");
+    assert!(p.c.closed_within(Duration::from_secs(5)));
+}
+
