@@ -289,6 +289,12 @@ impl Store {
                     continue;
                 }
             };
+            // A segment wholly before every owned bucket's checkpoint only
+            // serves bodies: map it, but don't read (and checksum) its records.
+            if !buckets.values().any(|b| after(b.applied, id, usize::MAX)) {
+                segments.insert(id, seg);
+                continue;
+            }
             let data = seg.all();
             let mut off = segment::SEGMENT_HEADER_LEN;
             while let Some(rec) = record::scan_at(data, off) {
