@@ -811,6 +811,32 @@ impl Pop3 {
         join_lines(self.multiline())
     }
 
+    /// RETR n as an LF-splitting client (like Python's poplib) reads it:
+    /// everything up to the first CRLF "." CRLF, with a leading dot removed
+    /// from every LF-delimited line. Unlike [`Pop3::retr`] it tolerates bare
+    /// LF (or CR) inside the message.
+    #[track_caller]
+    pub fn retr_lf_framed(&mut self, n: usize) -> Vec<u8> {
+        self.ok(&format!("RETR {n}"));
+        let mut raw = Vec::new();
+        loop {
+            raw.extend_from_slice(&self.c.read_line());
+            if raw == b".\r\n" || raw.ends_with(b"\r\n.\r\n") {
+                break;
+            }
+        }
+        raw.truncate(raw.len() - 3);
+        let mut out = Vec::with_capacity(raw.len());
+        for line in raw.split_inclusive(|b| *b == b'\n') {
+            if line.starts_with(b".") {
+                out.extend_from_slice(&line[1..]);
+            } else {
+                out.extend_from_slice(line);
+            }
+        }
+        out
+    }
+
     #[track_caller]
     pub fn quit(mut self) {
         self.ok("QUIT");
@@ -963,4 +989,16 @@ pub fn wait_for<T>(limit: Duration, mut f: impl FnMut() -> Option<T>) -> Option<
         }
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// Every LF not preceded by CR becomes CRLF.
+pub fn normalize_bare_lf(b: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(b.len() + 8);
+    for (i, &c) in b.iter().enumerate() {
+        if c == b'\n' && (i == 0 || b[i - 1] != b'\r') {
+            out.push(b'\r');
+        }
+        out.push(c);
+    }
+    out
 }

@@ -4,7 +4,8 @@
 //! - DELE + QUIT persists across reconnect, SIGTERM restart and kill -9;
 //!   DELE without QUIT does not;
 //! - the failed-login limit closes the connection; the lock is released when
-//!   a session ends either way; pipelined commands are answered in order.
+//!   a session ends either way; pipelined commands are answered in order;
+//! - a stored message with bare LFs goes out as CRLF lines, correctly stuffed.
 use std::time::Duration;
 
 use ringmail_tests::*;
@@ -186,3 +187,38 @@ fn pipelined_commands_answered_in_order() {
     assert!(p.c.closed_within(Duration::from_secs(5)));
 }
 
+
+#[test]
+fn bare_lf_in_a_stored_message_goes_out_as_crlf_lines() {
+    let server = Server::new();
+    // The SMTP side keeps bare LFs inside a message (see smtp.rs, smuggling).
+    let body = b"Subject: bare lf\r\n\r\nbefore\n.\nmiddle\n..x\nafter\r\n";
+    let (mut c, _) = smtp_connect(server.smtp);
+    c.cmd("MAIL FROM:<lf@example.test>").expect(250, None);
+    c.cmd("RCPT TO:<bob@example.test>").expect(250, None);
+    c.cmd("DATA").expect(354, None);
+    c.send(&[&body[..], b".\r\n"].concat());
+    c.reply().expect(250, None);
+    c.cmd("QUIT").expect(221, None);
+
+    let mut p = Pop3::login(server.pop3, BOB, BOB_PW);
+    p.ok("RETR 1");
+    let mut raw = Vec::new();
+    while !raw.ends_with(b"\r\n.\r\n") {
+        raw.extend_from_slice(&p.c.read_line());
+    }
+    // RFC 1939 3: every line of a multi-line response ends in CRLF, so a
+    // client splitting on CRLF and one splitting on LF read the same lines.
+    let bare = raw.iter().enumerate().filter(|(i, b)| **b == b'\n' && (*i == 0 || raw[i - 1] != b'\r')).count();
+    assert_eq!(bare, 0, "RETR response contains {bare} bare LF(s): {:?}", String::from_utf8_lossy(&raw));
+    let lines: Vec<Vec<u8>> = raw[..raw.len() - 5]
+        .split(|b| *b == b'\n')
+        .map(|l| {
+            let l = l.strip_suffix(b"\r").unwrap_or(l);
+            l.strip_prefix(b".").unwrap_or(l).to_vec()
+        })
+        .collect();
+    let got = join_lines(lines);
+    assert_bytes_eq(strip_trace(&got).1, &normalize_bare_lf(body), "bare-LF message over POP3");
+    p.quit();
+}

@@ -144,9 +144,15 @@ fn bdat_chunks() {
     c.send(b"BDAT 5 LAST\r\nhello");
     c.reply().expect(503, None);
     c.cmd("NOOP").expect(250, None);
-    // A malformed BDAT argument.
-    c.cmd("BDAT x").expect(501, None);
-    c.cmd("QUIT").expect(221, None);
+    // A malformed BDAT size: 501, or 421 and close (the server cannot know
+    // how many octets follow, so it may not be able to stay in sync).
+    let r = c.cmd("BDAT x");
+    if r.code == 421 {
+        assert!(c.closed_within(Duration::from_secs(5)), "421 without closing");
+    } else {
+        r.expect(501, None);
+        c.cmd("QUIT").expect(221, None);
+    }
 
     let a = mailbox(&server, ALICE);
     assert_eq!(a.len(), 3, "three messages expected");
@@ -305,34 +311,44 @@ fn rset_discards_the_transaction() {
 
 #[test]
 fn too_many_recipients() {
-    let server = Server::options().config(&small_config("recipients_max = 3")).start();
+    let server = Server::options().config(&small_config("recipients_max = 3")).accounts(&["carol@example.test", "dave@example.test"]).start();
     let (mut c, _) = smtp_connect(server.smtp);
     c.cmd("MAIL FROM:<many@example.test>").expect(250, None);
     c.cmd("RCPT TO:<alice@example.test>").expect(250, None);
     c.cmd("RCPT TO:<bob@example.test>").expect(250, None);
-    c.cmd("RCPT TO:<postmaster@example.test>").expect(250, None);
+    c.cmd("RCPT TO:<carol@example.test>").expect(250, None);
     // RFC 5321 4.5.3.1.10: 452 for too many recipients, the transaction goes on.
-    c.cmd("RCPT TO:<bob+four@example.test>").expect(452, Some("4.5.3"));
-    c.cmd("RCPT TO:<alice+five@example.test>").expect(452, Some("4.5.3"));
+    c.cmd("RCPT TO:<dave@example.test>").expect(452, Some("4.5.3"));
+    c.cmd("DATA").expect(354, None);
+    c.send(&dot_stuff(b"Subject: three recipients\r\n\r\nhi\r\n"));
+    c.reply().expect(250, None);
+    // The client retries the rest in a new transaction (4.5.3.1.10).
+    c.cmd("MAIL FROM:<many@example.test>").expect(250, None);
+    c.cmd("RCPT TO:<dave@example.test>").expect(250, None);
     c.cmd("DATA").expect(354, None);
     c.send(&dot_stuff(b"Subject: three recipients\r\n\r\nhi\r\n"));
     c.reply().expect(250, None);
     c.cmd("QUIT").expect(221, None);
-    // postmaster is alice: alice gets one copy, bob one.
     assert_eq!(count(&server, ALICE), 1);
     assert_eq!(count(&server, BOB), 1);
+    for who in ["carol@example.test", "dave@example.test"] {
+        assert_eq!(count(&server, (who, PASSWORD)), 1, "{who}");
+    }
 }
 
 #[test]
 fn over_long_lines_are_refused_and_the_session_survives() {
     let server = Server::new();
     let (mut c, _) = smtp_connect(server.smtp);
-    // RFC 5321 4.5.3.1.4: command lines are at most 512 octets; 500 when longer.
-    let long = format!("NOOP {}", "a".repeat(2000));
+    // RFC 5321 4.5.3.1.4: command lines are at least 512 octets; a server may
+    // accept more (this one: 4096), and answers 500 beyond its limit.
+    let long = format!("NOOP {}", "a".repeat(5000));
     let r = c.cmd(&long);
     assert_eq!(r.code, 500, "over-long command: {r:?}");
+    let r = c.cmd(&format!("NOOP {}", "a".repeat(500)));
+    assert_eq!(r.code, 250, "a 512-octet command line must be accepted: {r:?}");
     c.cmd("NOOP").expect(250, None);
-    let long_rcpt = format!("RCPT TO:<{}@example.test>", "b".repeat(600));
+    let long_rcpt = format!("RCPT TO:<{}@example.test>", "b".repeat(6000));
     c.cmd("MAIL FROM:<l@example.test>").expect(250, None);
     let r = c.cmd(&long_rcpt);
     assert!(r.code >= 500, "over-long RCPT: {r:?}");
@@ -386,11 +402,20 @@ fn smuggling_sequences_never_end_the_message() {
         expected.push(body);
     }
     assert_eq!(count(&server, BOB), 0, "a smuggled message reached bob");
-    let a = mailbox(&server, ALICE);
-    assert_eq!(a.len(), variants.len());
-    for (got, want) in a.iter().zip(&expected) {
-        assert_bytes_eq(strip_trace(got).1, want, "smuggling body");
+    // The stored messages, as an LF-splitting POP3 client reads them: the
+    // body is complete, bytes kept as sent, or with bare LFs turned into CRLF
+    // (normalising is a legitimate choice too). How bare LFs go out over POP3
+    // is checked in pop3.rs.
+    let mut p = Pop3::login(server.pop3, ALICE.0, ALICE.1);
+    assert_eq!(p.stat().0, variants.len());
+    for (i, want) in expected.iter().enumerate() {
+        let stored = p.retr_lf_framed(i + 1);
+        let got = strip_trace(&stored).1;
+        if got != want.as_slice() && got != normalize_bare_lf(want).as_slice() {
+            assert_bytes_eq(got, want, &format!("smuggling variant {i} ({:?})", variants[i]));
+        }
     }
+    p.quit();
 }
 
 #[test]
