@@ -15,6 +15,7 @@
 pub mod accounts;
 pub mod config;
 pub mod limits;
+pub mod mime;
 pub mod protocol;
 pub mod session;
 pub mod runtime;

@@ -48,10 +48,13 @@ pub enum ServeError {
 const MESH_CHANNEL_SIZE: usize = 1024;
 
 /// Run the server until SIGTERM/SIGINT.
-pub fn serve(config: Config) -> Result<(), ServeError> {
+pub fn serve(mut config: Config) -> Result<(), ServeError> {
     let cores = config.effective_cores();
     let data_err = |source| ServeError::Data { path: config.data_dir.display().to_string(), source };
     let meta = Meta::start_run(&config.data_dir, limits::BUCKETS_DEFAULT).map_err(data_err)?;
+    // glommio opens directories relative to nothing (a relative path fails
+    // with EBADF): work with the absolute path from here on.
+    config.data_dir = std::fs::canonicalize(&config.data_dir).map_err(data_err)?;
 
     let account_file = AccountFile::in_dir(&config.data_dir);
     let existing = account_file.read()?;

@@ -1,5 +1,19 @@
 //! SMTP server session state machine (RFC 5321), sans-I/O.
 //!
+//! Owns: the order of commands in one SMTP connection (greeting, EHLO/HELO,
+//! the MAIL / RCPT / DATA or BDAT transaction, RSET, QUIT), which reply each
+//! command gets, the error budget, the envelope of the current transaction
+//! and the `Received:` trace header (RFC 5321 section 4.4) of each message.
+//! It hands complete messages to the runtime as [`SmtpEvent::Deliver`].
+//!
+//! Must never: touch sockets, files, timers or the clock (the time comes from
+//! [`SmtpContext::now_unix`]); decide who may receive mail (that is
+//! [`SmtpContext::recipient`]; we only refuse what it does not call local, so
+//! the server is never an open relay); panic on any input; or let message data
+//! be read as commands (DATA ends only at `CRLF . CRLF`, refused BDAT chunks
+//! are still consumed, and a BDAT whose size cannot be read closes the
+//! connection).
+//!
 //! INTERFACE CONTRACT (the runtime in `runtime/` drives it; keep these names):
 //!
 //! ```text
@@ -14,22 +28,1516 @@
 //! }
 //! ```
 //! The runtime owns timeouts: `s.in_data()` picks the data or command timeout,
-//! and `s.timeout(&mut out)` writes the 421 reply.
-// Placeholder until the session lands (same signatures as the contract).
-pub struct SmtpParams { pub hostname: String, pub peer: std::net::SocketAddr, pub message_size_max: usize, pub recipients_max: usize, pub errors_max: usize, pub session_id: u64 }
-pub trait SmtpContext { fn recipient(&self, address: &str) -> RcptVerdict; fn now_unix(&self) -> i64; }
-pub enum RcptVerdict { Local { account: String }, UnknownUser, NotLocal, TempFail }
-pub struct Recipient { pub address: String, pub account: String }
-pub struct Transaction { pub reverse_path: String, pub recipients: Vec<Recipient>, pub body: Vec<u8>, pub smtputf8: bool, pub body_8bit: bool }
-pub enum DeliveryOutcome { Stored, TempFail }
-pub enum SmtpEvent { NeedInput, Deliver(Transaction), Close }
-pub struct SmtpSession;
+//! and `s.timeout(&mut out)` writes the 421 reply. After a `Deliver`, call
+//! `delivered` before the next `advance` (until then `advance` consumes
+//! nothing), and hand the body buffer back with `recycle_body` when done.
+//!
+//! # States
+//!
+//! ```text
+//!                      greeting(): 220
+//!                            |
+//!                            v
+//!   +-------------------> Command <------------------------------------+
+//!   |                      |     |                                      |
+//!   |          DATA: 354   |     | BDAT n [LAST]: chunk read even if    |
+//!   |   (MAIL + >=1 RCPT)  |     | refused (503/554/501 after it)       |
+//!   |                      v     v                                      |
+//!   |                    Data   Bdat --- chunk done, not LAST: 250 -----+
+//!   |                      |     |  \--- refused or too big: 5xx -------+
+//!   |        CRLF.CRLF     |     | LAST                                 |
+//!   |    too big: 552 -----+-----|--------------------------------------+
+//!   |                      v     v
+//!   |                    Delivering  (advance returned Deliver)
+//!   |                          |
+//!   +-- delivered(): 250 / 452 +
+//!
+//!   Command --QUIT: 221-----------------------------------> Closed
+//!   any     --error past errors_max: 421 / timeout(): 421 --> Closed
+//!   Command --BDAT with unreadable size: 421 --------------> Closed
+//! ```
+//!
+//! Within `Command`, the session also tracks whether HELO/EHLO was seen and
+//! the envelope (`MAIL` seen, accepted recipients, whether BDAT started).
+//! EHLO, HELO and RSET discard the envelope (RFC 5321 section 4.1.4).
+//!
+//! # Error budget
+//!
+//! Every 4xx/5xx reply to a client command counts toward `errors_max`, except
+//! the ones that are not the client's fault or that RFC 5321 tells clients to
+//! work around: `452 4.5.3` too many recipients (section 4.5.3.1.10: the
+//! client sends the rest later), `451 4.3.0` recipient lookup failure and
+//! `452 4.3.1` storage failure (ours), and BDAT chunks refused only because an
+//! earlier chunk of the same pipeline failed (RFC 3030 section 2 says the
+//! client may already have sent them). When the count goes past `errors_max`,
+//! the error reply is followed by `421 4.7.0` and the session closes.
+use std::fmt::Write as _;
+use std::io::Write as _;
+use std::net::{IpAddr, SocketAddr};
+
+use crate::protocol::smtp::reply::{self, replies, Reply};
+use crate::protocol::smtp::{
+    parse_command, BdatReader, BodyType, Command, DataReceiver, LineSplitter, MailParam, Params,
+    Progress, Split, SyntaxError,
+};
+
+/// Per-connection settings, fixed when the connection is accepted.
+#[derive(Debug, Clone)]
+pub struct SmtpParams {
+    /// Our name: banner, EHLO reply, Received.
+    pub hostname: String,
+    pub peer: SocketAddr,
+    /// Advertised in EHLO SIZE, enforced at MAIL SIZE= and at end of data.
+    pub message_size_max: usize,
+    pub recipients_max: usize,
+    pub errors_max: usize,
+    /// Appears in Received: id.
+    pub session_id: u64,
+}
+
+/// What the session asks of the rest of the server while it runs.
+pub trait SmtpContext {
+    /// Classify a recipient (angle brackets, source route removed), e.g. "Bob@Example.test" or "postmaster".
+    fn recipient(&self, address: &str) -> RcptVerdict;
+    /// Current time, seconds since the Unix epoch (for the Received header). Tests pass a fixed clock.
+    fn now_unix(&self) -> i64;
+}
+
+/// Answer of [`SmtpContext::recipient`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RcptVerdict {
+    /// `250 2.1.5`: deliver to this account.
+    Local { account: String },
+    /// `550 5.1.1`: one of our domains, no such user.
+    UnknownUser,
+    /// `550 5.7.1`: not one of our domains; we never relay.
+    NotLocal,
+    /// `451 4.3.0`: cannot tell right now.
+    TempFail,
+}
+
+/// One accepted recipient.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Recipient {
+    pub address: String,
+    pub account: String,
+}
+
+/// A complete message with its envelope, handed to the runtime for storage.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transaction {
+    /// "" for the null sender <>.
+    pub reverse_path: String,
+    /// Accepted ones, in order (at most one per account).
+    pub recipients: Vec<Recipient>,
+    /// What to store: a Received: trace header (RFC 5321 4.4) followed by the unstuffed message.
+    pub body: Vec<u8>,
+    pub smtputf8: bool,
+    pub body_8bit: bool,
+}
+
+/// How storing a [`Transaction`] went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeliveryOutcome {
+    /// `250 2.0.0 Ok: queued as <id>`.
+    Stored,
+    /// `452 4.3.1 Insufficient system storage`.
+    TempFail,
+}
+
+/// What the runtime must do after [`SmtpSession::advance`].
+#[derive(Debug)]
+pub enum SmtpEvent {
+    /// Flush the replies and read more bytes.
+    NeedInput,
+    /// Store this message, then call [`SmtpSession::delivered`].
+    Deliver(Transaction),
+    /// Flush the replies and close the connection.
+    Close,
+}
+
+/// Why a BDAT chunk is being read only to be thrown away.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Refusal {
+    reply: Reply,
+    /// Whether the refusal counts toward the error budget.
+    counted: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Command,
+    Data,
+    Bdat {
+        size: u64,
+        last: bool,
+        refusal: Option<Refusal>,
+    },
+    Delivering,
+    Closed,
+}
+
+/// The transaction being built between MAIL and the end of its data.
+#[derive(Debug)]
+struct Envelope {
+    reverse_path: String,
+    recipients: Vec<Recipient>,
+    smtputf8: bool,
+    body_8bit: bool,
+    /// A BDAT chunk was accepted: DATA and RCPT are now out of sequence.
+    bdat: bool,
+}
+
+/// One SMTP server connection.
+#[derive(Debug)]
+pub struct SmtpSession {
+    params: SmtpParams,
+    ehlo_keywords: Vec<String>,
+    /// The client's EHLO/HELO argument, once given.
+    helo: Option<String>,
+    esmtp: bool,
+    phase: Phase,
+    splitter: LineSplitter,
+    envelope: Option<Envelope>,
+    data: DataReceiver,
+    bdat: BdatReader,
+    /// Body buffer of the message in progress (Received header, then data).
+    body: Vec<u8>,
+    errors: usize,
+    /// Messages started in this session; with the session id it makes the
+    /// queue id.
+    messages: u32,
+    /// Queue id of the message in progress, reused between messages.
+    queue_id: String,
+    /// The last BDAT transaction failed: further BDAT chunks already in the
+    /// pipeline are refused without counting as errors (RFC 3030 section 2).
+    bdat_failed: bool,
+}
+
 impl SmtpSession {
-    pub fn new(_p: SmtpParams) -> Self { SmtpSession }
-    pub fn greeting(&mut self, _out: &mut Vec<u8>) {}
-    pub fn advance(&mut self, _i: &[u8], _c: &dyn SmtpContext, _o: &mut Vec<u8>) -> (usize, SmtpEvent) { (0, SmtpEvent::Close) }
-    pub fn delivered(&mut self, _o: DeliveryOutcome, _out: &mut Vec<u8>) {}
-    pub fn in_data(&self) -> bool { false }
-    pub fn timeout(&mut self, _out: &mut Vec<u8>) {}
-    pub fn recycle_body(&mut self, _b: Vec<u8>) {}
+    pub fn new(params: SmtpParams) -> Self {
+        let ehlo_keywords = vec![
+            replies::EHLO_PIPELINING.to_owned(),
+            format!("{}{}", replies::EHLO_SIZE_PREFIX, params.message_size_max),
+            replies::EHLO_8BITMIME.to_owned(),
+            replies::EHLO_ENHANCEDSTATUSCODES.to_owned(),
+            replies::EHLO_SMTPUTF8.to_owned(),
+            replies::EHLO_CHUNKING.to_owned(),
+        ];
+        SmtpSession {
+            params,
+            ehlo_keywords,
+            helo: None,
+            esmtp: false,
+            phase: Phase::Command,
+            splitter: LineSplitter::new(),
+            envelope: None,
+            data: DataReceiver::new(),
+            bdat: BdatReader::new(),
+            body: Vec::new(),
+            errors: 0,
+            messages: 0,
+            queue_id: String::new(),
+            bdat_failed: false,
+        }
+    }
+
+    /// Advertise one more EHLO extension (e.g. `STARTTLS`, `AUTH PLAIN`), after
+    /// the built-in ones. Handling its command is up to whoever adds it.
+    pub fn add_ehlo_keyword(&mut self, keyword: impl Into<String>) {
+        self.ehlo_keywords.push(keyword.into());
+    }
+
+    /// The EHLO extension keywords, in the order they are advertised.
+    pub fn ehlo_keywords(&self) -> &[String] {
+        &self.ehlo_keywords
+    }
+
+    /// `220 <hostname> ESMTP ringmail`.
+    pub fn greeting(&mut self, out: &mut Vec<u8>) {
+        reply::write_greeting(out, &self.params.hostname);
+    }
+
+    /// Consume complete commands (and message data) from `input`, writing
+    /// their replies to `out` in order (RFC 2920). Returns the bytes consumed
+    /// and what the runtime must do next. Bytes after the consumed count are
+    /// an incomplete command: pass them again, with more appended.
+    pub fn advance(
+        &mut self,
+        input: &[u8],
+        ctx: &dyn SmtpContext,
+        out: &mut Vec<u8>,
+    ) -> (usize, SmtpEvent) {
+        let mut pos = 0;
+        loop {
+            match self.phase {
+                Phase::Closed => return (pos, SmtpEvent::Close),
+                // The runtime has not called `delivered` yet: take nothing.
+                Phase::Delivering => return (pos, SmtpEvent::NeedInput),
+                Phase::Data => {
+                    let max = self.params.message_size_max;
+                    let (used, progress) = self.data.feed(&input[pos..], &mut self.body, max);
+                    pos += used;
+                    if progress == Progress::NeedMore {
+                        return (pos, SmtpEvent::NeedInput);
+                    }
+                    if let Some(tx) = self.end_of_data(out) {
+                        return (pos, SmtpEvent::Deliver(tx));
+                    }
+                }
+                Phase::Bdat {
+                    size,
+                    last,
+                    refusal,
+                } => {
+                    let max = self.params.message_size_max;
+                    let (used, progress) = self.bdat.feed(&input[pos..], &mut self.body, max);
+                    pos += used;
+                    if progress == Progress::NeedMore {
+                        return (pos, SmtpEvent::NeedInput);
+                    }
+                    if let Some(tx) = self.end_of_chunk(size, last, refusal, out) {
+                        return (pos, SmtpEvent::Deliver(tx));
+                    }
+                }
+                Phase::Command => match self.splitter.split(&input[pos..]) {
+                    Split::NeedMore => return (pos, SmtpEvent::NeedInput),
+                    Split::TooLong { consumed, ended } => {
+                        pos += consumed;
+                        if ended {
+                            // RFC 5321 section 4.5.3.1.10: "500 Line too long".
+                            self.fail(replies::LINE_TOO_LONG, out);
+                        }
+                    }
+                    Split::Line { line, consumed } => {
+                        pos += consumed;
+                        self.command(line, ctx, out);
+                    }
+                },
+            }
+        }
+    }
+
+    /// Report how storing the last delivered transaction went.
+    pub fn delivered(&mut self, outcome: DeliveryOutcome, out: &mut Vec<u8>) {
+        if self.phase != Phase::Delivering {
+            return;
+        }
+        match outcome {
+            DeliveryOutcome::Stored => reply::write_queued(out, &self.queue_id),
+            DeliveryOutcome::TempFail => replies::STORAGE_TEMPFAIL.write(out),
+        }
+        self.phase = Phase::Command;
+    }
+
+    /// True while message data is being received (DATA or a BDAT chunk): the
+    /// runtime then uses the data timeout instead of the command timeout.
+    pub fn in_data(&self) -> bool {
+        matches!(self.phase, Phase::Data | Phase::Bdat { .. })
+    }
+
+    /// The runtime's timer fired: `421 4.4.2`, then close.
+    pub fn timeout(&mut self, out: &mut Vec<u8>) {
+        if self.phase != Phase::Closed {
+            replies::TIMEOUT.write_with_host(out, &self.params.hostname);
+            self.phase = Phase::Closed;
+        }
+    }
+
+    /// Give back the body buffer of a delivered transaction, so its capacity
+    /// serves the next message.
+    pub fn recycle_body(&mut self, mut buf: Vec<u8>) {
+        if buf.capacity() > self.body.capacity() && self.body.is_empty() {
+            buf.clear();
+            self.body = buf;
+        }
+    }
+
+    /// Write an error reply and count it; past the budget, add 421 and close.
+    fn fail(&mut self, reply: Reply, out: &mut Vec<u8>) {
+        reply.write(out);
+        self.errors += 1;
+        if self.errors > self.params.errors_max {
+            replies::TOO_MANY_ERRORS.write_with_host(out, &self.params.hostname);
+            self.phase = Phase::Closed;
+        }
+    }
+
+    fn reset_transaction(&mut self) {
+        self.envelope = None;
+        self.body.clear();
+    }
+
+    fn command(&mut self, line: &[u8], ctx: &dyn SmtpContext, out: &mut Vec<u8>) {
+        let command = match parse_command(line) {
+            Ok(command) => command,
+            Err(e) => return self.syntax_error(e, out),
+        };
+        match command {
+            Command::Ehlo(domain) | Command::Helo(domain) => {
+                // RFC 5321 section 4.1.4: EHLO/HELO in a session acts like RSET.
+                self.reset_transaction();
+                self.bdat_failed = false;
+                self.esmtp = matches!(command, Command::Ehlo(_));
+                let helo = self.helo.get_or_insert_with(String::new);
+                helo.clear();
+                helo.push_str(domain);
+                if self.esmtp {
+                    reply::write_ehlo(out, &self.params.hostname, &self.ehlo_keywords);
+                } else {
+                    reply::write_helo(out, &self.params.hostname);
+                }
+            }
+            Command::Mail {
+                reverse_path,
+                params,
+            } => self.mail(reverse_path, params, out),
+            Command::Rcpt {
+                forward_path,
+                params,
+            } => self.rcpt(forward_path, params, ctx, out),
+            Command::Data => self.data_command(ctx, out),
+            Command::Bdat { size, last } => self.bdat_command(size, last, ctx),
+            Command::Rset => {
+                self.reset_transaction();
+                self.bdat_failed = false;
+                replies::OK.write(out);
+            }
+            Command::Noop => replies::OK.write(out),
+            Command::Quit => {
+                replies::BYE.write(out);
+                self.phase = Phase::Closed;
+            }
+            Command::Vrfy => replies::VRFY.write(out),
+            Command::Help => replies::HELP.write(out),
+            // Not offered (yet): RFC 5321 section 4.2.4, 502 for a command
+            // recognized but not implemented.
+            Command::Expn | Command::StartTls | Command::Auth { .. } => {
+                self.fail(replies::NOT_IMPLEMENTED, out)
+            }
+            Command::Unknown => self.fail(replies::UNRECOGNIZED, out),
+        }
+    }
+
+    fn syntax_error(&mut self, e: SyntaxError, out: &mut Vec<u8>) {
+        let reply = match e {
+            SyntaxError::Arguments => replies::SYNTAX,
+            SyntaxError::HeloDomain => replies::HELO_SYNTAX,
+            SyntaxError::Sender => replies::BAD_SENDER,
+            SyntaxError::Recipient => replies::BAD_RECIPIENT,
+            SyntaxError::Params => replies::PARAM_SYNTAX,
+            SyntaxError::Bdat { size: Some(size) } => {
+                // The size is readable: swallow the chunk, then refuse it, and
+                // the transaction with it (RFC 3030 section 2).
+                let refusal = Refusal {
+                    reply: replies::BDAT_SYNTAX,
+                    counted: true,
+                };
+                self.start_chunk(size, false, Some(refusal));
+                return;
+            }
+            SyntaxError::Bdat { size: None } => {
+                // We cannot know where the chunk ends; reading on would take
+                // message data for commands.
+                replies::BDAT_DESYNC.write_with_host(out, &self.params.hostname);
+                self.phase = Phase::Closed;
+                return;
+            }
+        };
+        self.fail(reply, out);
+    }
+
+    fn mail(&mut self, reverse_path: &str, params: Params<'_>, out: &mut Vec<u8>) {
+        if self.helo.is_none() {
+            return self.fail(replies::NEED_HELO, out);
+        }
+        if self.envelope.is_some() {
+            return self.fail(replies::NESTED_MAIL, out);
+        }
+        let (mut size, mut body, mut smtputf8) = (None, None, false);
+        for param in params {
+            let duplicate = match param.mail() {
+                Err(_) => true,
+                Ok(MailParam::Size(n)) => size.replace(n).is_some(),
+                Ok(MailParam::Body(b)) => body.replace(b).is_some(),
+                Ok(MailParam::SmtpUtf8) => std::mem::replace(&mut smtputf8, true),
+                Ok(MailParam::Unsupported) => return self.fail(replies::UNKNOWN_PARAM, out),
+            };
+            if duplicate {
+                return self.fail(replies::PARAM_SYNTAX, out);
+            }
+        }
+        // RFC 3030 section 3: BINARYMIME only when advertised, and we don't.
+        if body == Some(BodyType::BinaryMime) {
+            return self.fail(replies::UNKNOWN_PARAM, out);
+        }
+        // RFC 1870 section 6.1: refuse at MAIL a message declared too large.
+        if size.is_some_and(|n| n > self.params.message_size_max as u64) {
+            return self.fail(replies::SIZE_EXCEEDED, out);
+        }
+        // RFC 6531 section 3.5: UTF-8 addresses only under SMTPUTF8.
+        if !smtputf8 && !reverse_path.is_ascii() {
+            return self.fail(replies::NON_ASCII_ADDRESS, out);
+        }
+        self.bdat_failed = false;
+        self.envelope = Some(Envelope {
+            reverse_path: reverse_path.to_owned(),
+            recipients: Vec::new(),
+            smtputf8,
+            body_8bit: body == Some(BodyType::EightBitMime),
+            bdat: false,
+        });
+        replies::MAIL_OK.write(out);
+    }
+
+    fn rcpt(&mut self, path: &str, params: Params<'_>, ctx: &dyn SmtpContext, out: &mut Vec<u8>) {
+        let Some(envelope) = &self.envelope else {
+            return self.fail(replies::NEED_MAIL, out);
+        };
+        if envelope.bdat {
+            return self.fail(replies::RCPT_AFTER_BDAT, out);
+        }
+        // We offer no RCPT parameters (no DSN).
+        if !params.is_empty() {
+            return self.fail(replies::UNKNOWN_PARAM, out);
+        }
+        if !envelope.smtputf8 && !path.is_ascii() {
+            return self.fail(replies::NON_ASCII_ADDRESS, out);
+        }
+        if envelope.recipients.len() >= self.params.recipients_max {
+            // RFC 5321 section 4.5.3.1.10: 452, the client retries the rest
+            // in a later transaction. Not counted as an error.
+            replies::TOO_MANY_RECIPIENTS.write(out);
+            return;
+        }
+        // RFC 5321 section 4.5.1: <Postmaster> without a domain, any case.
+        let address = if path.eq_ignore_ascii_case("postmaster") {
+            "postmaster"
+        } else {
+            path
+        };
+        match ctx.recipient(address) {
+            RcptVerdict::Local { account } => {
+                if let Some(envelope) = &mut self.envelope {
+                    // Two addresses of one account get one copy.
+                    if !envelope.recipients.iter().any(|r| r.account == account) {
+                        let address = address.to_owned();
+                        envelope.recipients.push(Recipient { address, account });
+                    }
+                }
+                replies::RCPT_OK.write(out);
+            }
+            RcptVerdict::UnknownUser => self.fail(replies::UNKNOWN_USER, out),
+            RcptVerdict::NotLocal => self.fail(replies::RELAY_DENIED, out),
+            RcptVerdict::TempFail => replies::RCPT_TEMPFAIL.write(out),
+        }
+    }
+
+    fn data_command(&mut self, ctx: &dyn SmtpContext, out: &mut Vec<u8>) {
+        let refusal = match &self.envelope {
+            None => Some(replies::NEED_MAIL),
+            Some(e) if e.bdat => Some(replies::DATA_AFTER_BDAT),
+            // RFC 5321 section 3.3: 554 when no recipient was accepted.
+            Some(e) if e.recipients.is_empty() => Some(replies::NO_RECIPIENTS),
+            Some(_) => None,
+        };
+        if let Some(reply) = refusal {
+            return self.fail(reply, out);
+        }
+        replies::START_DATA.write(out);
+        self.begin_message(ctx);
+        self.data.reset();
+        self.phase = Phase::Data;
+    }
+
+    fn bdat_command(&mut self, size: u64, last: bool, ctx: &dyn SmtpContext) {
+        let refusal = match &self.envelope {
+            None => Some(replies::NEED_MAIL),
+            Some(e) if e.recipients.is_empty() => Some(replies::NO_RECIPIENTS),
+            Some(_) => None,
+        };
+        let refusal = refusal.map(|reply| Refusal {
+            reply,
+            counted: !self.bdat_failed,
+        });
+        if refusal.is_none() {
+            if let Some(envelope) = &mut self.envelope {
+                if !envelope.bdat {
+                    envelope.bdat = true;
+                    self.bdat.reset();
+                    self.begin_message(ctx);
+                }
+            }
+        }
+        self.start_chunk(size, last, refusal);
+    }
+
+    fn start_chunk(&mut self, size: u64, last: bool, refusal: Option<Refusal>) {
+        self.bdat.start_chunk(size, refusal.is_some());
+        self.phase = Phase::Bdat {
+            size,
+            last,
+            refusal,
+        };
+    }
+
+    /// Start a message: new queue id, Received header at the top of the body.
+    fn begin_message(&mut self, ctx: &dyn SmtpContext) {
+        self.messages = self.messages.wrapping_add(1);
+        self.queue_id.clear();
+        let _ = write!(
+            self.queue_id,
+            "{:016X}{:04X}",
+            self.params.session_id, self.messages
+        );
+        self.body.clear();
+        let Some(envelope) = &self.envelope else {
+            return;
+        };
+        let protocol = if envelope.smtputf8 {
+            // RFC 6531 section 3.7.3.
+            "UTF8SMTP"
+        } else if self.esmtp {
+            // RFC 3848 section 2.
+            "ESMTP"
+        } else {
+            "SMTP"
+        };
+        let recipient = match envelope.recipients.as_slice() {
+            [only] => Some(only.address.as_str()),
+            _ => None,
+        };
+        write_received(
+            &mut self.body,
+            &ReceivedInfo {
+                helo: self.helo.as_deref().unwrap_or("unknown"),
+                peer: self.params.peer.ip(),
+                hostname: &self.params.hostname,
+                protocol,
+                id: &self.queue_id,
+                recipient,
+                date: &crate::util::rfc5322_date(ctx.now_unix()),
+            },
+        );
+    }
+
+    fn end_of_data(&mut self, out: &mut Vec<u8>) -> Option<Transaction> {
+        self.phase = Phase::Command;
+        if self.data.overflowed() {
+            // RFC 5321 section 4.5.3.1.10 / RFC 1870 section 6.3.
+            self.reset_transaction();
+            self.fail(replies::SIZE_EXCEEDED, out);
+            return None;
+        }
+        self.take_transaction()
+    }
+
+    fn end_of_chunk(
+        &mut self,
+        size: u64,
+        last: bool,
+        refusal: Option<Refusal>,
+        out: &mut Vec<u8>,
+    ) -> Option<Transaction> {
+        self.phase = Phase::Command;
+        if let Some(Refusal { reply, counted }) = refusal {
+            // RFC 3030 section 2: a refused chunk fails the transaction.
+            self.reset_transaction();
+            self.bdat_failed = true;
+            if counted {
+                self.fail(reply, out);
+            } else {
+                reply.write(out);
+            }
+            return None;
+        }
+        if self.bdat.overflowed() {
+            self.reset_transaction();
+            self.bdat_failed = true;
+            self.fail(replies::SIZE_EXCEEDED, out);
+            return None;
+        }
+        if !last {
+            reply::write_chunk_received(out, size);
+            return None;
+        }
+        self.take_transaction()
+    }
+
+    fn take_transaction(&mut self) -> Option<Transaction> {
+        let envelope = self.envelope.take()?;
+        self.phase = Phase::Delivering;
+        Some(Transaction {
+            reverse_path: envelope.reverse_path,
+            recipients: envelope.recipients,
+            body: std::mem::take(&mut self.body),
+            smtputf8: envelope.smtputf8,
+            body_8bit: envelope.body_8bit,
+        })
+    }
+}
+
+struct ReceivedInfo<'a> {
+    helo: &'a str,
+    peer: IpAddr,
+    hostname: &'a str,
+    protocol: &'a str,
+    id: &'a str,
+    recipient: Option<&'a str>,
+    date: &'a str,
+}
+
+/// The RFC 5321 section 4.4 trace header:
+/// `Received: from <helo> (<peer literal>)` / `by <hostname> (ringmail) with
+/// <protocol> id <id>` / `[for <rcpt>]; <date>`, folded with CRLF TAB.
+fn write_received(body: &mut Vec<u8>, r: &ReceivedInfo<'_>) {
+    let _ = write!(body, "Received: from {} (", r.helo);
+    // RFC 5321 section 4.1.3 address literals.
+    let _ = match r.peer.to_canonical() {
+        IpAddr::V4(ip) => write!(body, "[{ip}]"),
+        IpAddr::V6(ip) => write!(body, "[IPv6:{ip}]"),
+    };
+    let _ = write!(
+        body,
+        ")\r\n\tby {} (ringmail) with {} id {}",
+        r.hostname, r.protocol, r.id
+    );
+    let _ = match r.recipient {
+        Some(rcpt) => write!(body, "\r\n\tfor <{rcpt}>; {}\r\n", r.date),
+        None => write!(body, "; {}\r\n", r.date),
+    };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::limits::SMTP_COMMAND_LINE_MAX;
+    use proptest::prelude::*;
+
+    /// Directory stub: `*@example.test` are ours (`nobody` does not exist,
+    /// `tempfail` fails, `bob.alias` is bob), `postmaster` is ours, anything
+    /// else is elsewhere.
+    struct Stub;
+
+    impl SmtpContext for Stub {
+        fn recipient(&self, address: &str) -> RcptVerdict {
+            if address == "postmaster" {
+                return RcptVerdict::Local {
+                    account: "postmaster".into(),
+                };
+            }
+            let Some((local, domain)) = address.rsplit_once('@') else {
+                return RcptVerdict::NotLocal;
+            };
+            if !domain.eq_ignore_ascii_case("example.test") {
+                return RcptVerdict::NotLocal;
+            }
+            match local.to_lowercase().as_str() {
+                "nobody" => RcptVerdict::UnknownUser,
+                "tempfail" => RcptVerdict::TempFail,
+                "bob.alias" => RcptVerdict::Local {
+                    account: "bob".into(),
+                },
+                other => RcptVerdict::Local {
+                    account: other.into(),
+                },
+            }
+        }
+
+        fn now_unix(&self) -> i64 {
+            1_795_708_800 // Thu, 26 Nov 2026 16:00:00 +0000
+        }
+    }
+
+    const DATE: &str = "Thu, 26 Nov 2026 16:00:00 +0000";
+    const GREETING: &str = "220 mx.example.test ESMTP ringmail\r\n";
+    const EHLO: &str =
+        "250-mx.example.test\r\n250-PIPELINING\r\n250-SIZE 10000\r\n250-8BITMIME\r\n\
+                        250-ENHANCEDSTATUSCODES\r\n250-SMTPUTF8\r\n250 CHUNKING\r\n";
+    const OK: &str = "250 2.0.0 Ok\r\n";
+    const MAIL_OK: &str = "250 2.1.0 Ok\r\n";
+    const RCPT_OK: &str = "250 2.1.5 Ok\r\n";
+    const GO_AHEAD: &str = "354 End data with <CR><LF>.<CR><LF>\r\n";
+    const QUEUED_1: &str = "250 2.0.0 Ok: queued as 0000000000000ABC0001\r\n";
+    const QUEUED_2: &str = "250 2.0.0 Ok: queued as 0000000000000ABC0002\r\n";
+    const BYE: &str = "221 2.0.0 Bye\r\n";
+    const TOO_BIG: &str = "552 5.3.4 Message size exceeds fixed maximum message size\r\n";
+
+    fn params() -> SmtpParams {
+        SmtpParams {
+            hostname: "mx.example.test".into(),
+            peer: "192.0.2.10:40000".parse().unwrap(),
+            message_size_max: 10_000,
+            recipients_max: 5,
+            errors_max: 10,
+            session_id: 0xABC,
+        }
+    }
+
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    struct Run {
+        out: String,
+        delivered: Vec<Transaction>,
+        closed: bool,
+    }
+
+    /// The one test driver: feed the client's bytes in the given pieces, the
+    /// way the runtime does (keep unconsumed bytes, append the next read),
+    /// answer every Deliver with `outcome`, and collect everything the server
+    /// wrote, greeting included.
+    fn drive(params: SmtpParams, pieces: &[&[u8]], outcome: DeliveryOutcome) -> Run {
+        let mut s = SmtpSession::new(params);
+        let mut out = Vec::new();
+        s.greeting(&mut out);
+        let mut buf = Vec::new();
+        let mut delivered = Vec::new();
+        for piece in pieces {
+            buf.extend_from_slice(piece);
+            loop {
+                let (used, event) = s.advance(&buf, &Stub, &mut out);
+                assert!(used <= buf.len());
+                buf.drain(..used);
+                match event {
+                    SmtpEvent::NeedInput => break,
+                    SmtpEvent::Deliver(tx) => {
+                        assert!(!s.in_data());
+                        delivered.push(tx.clone());
+                        s.delivered(outcome, &mut out);
+                        s.recycle_body(tx.body);
+                    }
+                    SmtpEvent::Close => {
+                        let out = String::from_utf8_lossy(&out).into_owned();
+                        return Run {
+                            out,
+                            delivered,
+                            closed: true,
+                        };
+                    }
+                }
+            }
+        }
+        let out = String::from_utf8_lossy(&out).into_owned();
+        Run {
+            out,
+            delivered,
+            closed: false,
+        }
+    }
+
+    fn run(client: &str) -> Run {
+        drive(params(), &[client.as_bytes()], DeliveryOutcome::Stored)
+    }
+
+    /// Server bytes for a client transcript, greeting stripped.
+    fn replies_to(client: &str) -> String {
+        let r = run(client);
+        r.out
+            .strip_prefix(GREETING)
+            .expect("greeting first")
+            .to_owned()
+    }
+
+    fn received(rcpt: Option<&str>, protocol: &str, seq: u32) -> String {
+        let for_clause = rcpt.map(|r| format!("\r\n\tfor <{r}>")).unwrap_or_default();
+        format!(
+            "Received: from client.test ([192.0.2.10])\r\n\tby mx.example.test (ringmail) \
+             with {protocol} id 0000000000000ABC{seq:04X}{for_clause}; {DATE}\r\n"
+        )
+    }
+
+    #[test]
+    fn greeting_and_quit() {
+        let r = run("QUIT\r\nNOOP\r\n");
+        assert_eq!(r.out, format!("{GREETING}{BYE}"));
+        assert!(r.closed);
+    }
+
+    #[test]
+    fn ehlo_helo_and_extra_keywords() {
+        assert_eq!(replies_to("EHLO client.test\r\n"), EHLO);
+        assert_eq!(
+            replies_to("HELO client.test\r\n"),
+            "250 mx.example.test\r\n"
+        );
+        assert_eq!(
+            replies_to("EHLO\r\nHELO a(b)\r\n"),
+            "501 5.5.4 Syntax: EHLO/HELO hostname\r\n".repeat(2)
+        );
+        let mut s = SmtpSession::new(params());
+        s.add_ehlo_keyword("STARTTLS");
+        assert_eq!(
+            s.ehlo_keywords().last().map(String::as_str),
+            Some("STARTTLS")
+        );
+        let mut out = Vec::new();
+        s.advance(b"EHLO c\r\n", &Stub, &mut out);
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.ends_with("250-CHUNKING\r\n250 STARTTLS\r\n"), "{text}");
+    }
+
+    #[test]
+    fn simple_commands() {
+        let not_implemented = "502 5.5.1 Error: command not implemented\r\n";
+        assert_eq!(replies_to("NOOP\r\nnoop hello\r\n"), format!("{OK}{OK}"));
+        assert_eq!(replies_to("RSET\r\n"), OK);
+        assert_eq!(
+            replies_to("VRFY bob\r\n"),
+            "252 2.5.2 Cannot VRFY user, but will accept message and attempt delivery\r\n"
+        );
+        assert_eq!(replies_to("EXPN list\r\n"), not_implemented);
+        assert_eq!(
+            replies_to("HELP\r\n"),
+            "214 2.0.0 Commands: EHLO HELO MAIL RCPT DATA BDAT RSET NOOP QUIT VRFY HELP\r\n"
+        );
+        assert_eq!(replies_to("STARTTLS\r\n"), not_implemented);
+        assert_eq!(
+            replies_to("AUTH PLAIN AGJvYgBzZWNyZXQ=\r\n"),
+            not_implemented
+        );
+        assert_eq!(
+            replies_to("FROB\r\n\r\n"),
+            "500 5.5.2 Error: command not recognized\r\n".repeat(2)
+        );
+        assert_eq!(
+            replies_to("RSET x\r\nAUTH\r\nDATA now\r\n"),
+            "501 5.5.4 Syntax error in parameters or arguments\r\n".repeat(3)
+        );
+        // Bare LF ends commands too.
+        assert_eq!(replies_to("NOOP\nQUIT\n"), format!("{OK}{BYE}"));
+    }
+
+    #[test]
+    fn one_message_with_received_header() {
+        let r = run(
+            "EHLO client.test\r\nMAIL FROM:<alice@sender.test>\r\nRCPT TO:<Bob@Example.test>\r\n\
+             DATA\r\nSubject: hi\r\n\r\n..leading dot\r\nend\r\n.\r\nQUIT\r\n",
+        );
+        assert_eq!(
+            r.out,
+            format!("{GREETING}{EHLO}{MAIL_OK}{RCPT_OK}{GO_AHEAD}{QUEUED_1}{BYE}")
+        );
+        assert!(r.closed);
+        let header = received(Some("Bob@Example.test"), "ESMTP", 1);
+        let expected_body = format!("{header}Subject: hi\r\n\r\n.leading dot\r\nend\r\n");
+        assert_eq!(
+            r.delivered,
+            vec![Transaction {
+                reverse_path: "alice@sender.test".into(),
+                recipients: vec![Recipient {
+                    address: "Bob@Example.test".into(),
+                    account: "bob".into()
+                }],
+                body: expected_body.into_bytes(),
+                smtputf8: false,
+                body_8bit: false,
+            }]
+        );
+    }
+
+    #[test]
+    fn pipelined_transaction_in_one_buffer() {
+        let r = run(
+            "EHLO client.test\r\nMAIL FROM:<> BODY=8BITMIME\r\nRCPT TO:<bob@example.test>\r\n\
+             RCPT TO:<carol@example.test>\r\nRCPT TO:<@relay.test:dave@example.test>\r\nDATA\r\n",
+        );
+        assert_eq!(
+            r.out,
+            format!("{GREETING}{EHLO}{MAIL_OK}{RCPT_OK}{RCPT_OK}{RCPT_OK}{GO_AHEAD}")
+        );
+        let mut s = SmtpSession::new(params());
+        let mut out = Vec::new();
+        let input = b"HELO client.test\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<bob@example.test>\r\n\
+                      RCPT TO:<carol@example.test>\r\nRCPT TO:<dave@example.test>\r\n\
+                      DATA\r\nx\r\n.\r\nNOOP\r\n";
+        let (used, event) = s.advance(input, &Stub, &mut out);
+        assert_eq!(&input[used..], b"NOOP\r\n");
+        let SmtpEvent::Deliver(tx) = event else {
+            panic!("{event:?}")
+        };
+        let accounts: Vec<&str> = tx.recipients.iter().map(|r| r.account.as_str()).collect();
+        assert_eq!(accounts, ["bob", "carol", "dave"]);
+        // Three recipients: no "for" clause; HELO: protocol SMTP.
+        assert_eq!(
+            tx.body,
+            format!("{}x\r\n", received(None, "SMTP", 1)).into_bytes()
+        );
+        // Nothing is consumed until the delivery is reported.
+        assert!(matches!(
+            s.advance(&input[used..], &Stub, &mut out),
+            (0, SmtpEvent::NeedInput)
+        ));
+        s.delivered(DeliveryOutcome::Stored, &mut out);
+        let (used2, event) = s.advance(&input[used..], &Stub, &mut out);
+        assert!(matches!(event, SmtpEvent::NeedInput));
+        assert_eq!(used2, 6);
+        let text = String::from_utf8(out).unwrap();
+        assert!(
+            text.ends_with(&format!("{GO_AHEAD}{QUEUED_1}{OK}")),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn two_messages_in_one_session() {
+        let one = "MAIL FROM:<a@b.test>\r\nRCPT TO:<bob@example.test>\r\nDATA\r\nm\r\n.\r\n";
+        let r = run(&format!("EHLO client.test\r\n{one}{one}"));
+        assert_eq!(
+            r.out,
+            format!(
+                "{GREETING}{EHLO}{MAIL_OK}{RCPT_OK}{GO_AHEAD}{QUEUED_1}\
+                 {MAIL_OK}{RCPT_OK}{GO_AHEAD}{QUEUED_2}"
+            )
+        );
+        assert_eq!(r.delivered.len(), 2);
+        let header = received(Some("bob@example.test"), "ESMTP", 2);
+        assert!(r.delivered[1].body.starts_with(header.as_bytes()));
+    }
+
+    #[test]
+    fn sequence_errors() {
+        let need_mail = "503 5.5.1 Error: need MAIL command\r\n";
+        assert_eq!(
+            replies_to("MAIL FROM:<a@b.test>\r\n"),
+            "503 5.5.1 Error: send HELO/EHLO first\r\n"
+        );
+        assert_eq!(
+            replies_to("HELO c\r\nMAIL FROM:<a@b.test>\r\nMAIL FROM:<a@b.test>\r\n"),
+            format!("250 mx.example.test\r\n{MAIL_OK}503 5.5.1 Error: nested MAIL command\r\n")
+        );
+        assert_eq!(
+            replies_to("HELO c\r\nRCPT TO:<bob@example.test>\r\nDATA\r\n"),
+            format!("250 mx.example.test\r\n{need_mail}{need_mail}")
+        );
+        assert_eq!(
+            replies_to(
+                "HELO c\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<nobody@example.test>\r\nDATA\r\nNOOP\r\n"
+            ),
+            format!(
+                "250 mx.example.test\r\n{MAIL_OK}550 5.1.1 Recipient address rejected: user unknown\r\n\
+                 554 5.5.1 Error: no valid recipients\r\n{OK}"
+            )
+        );
+        // RSET and EHLO/HELO both drop the transaction.
+        assert_eq!(
+            replies_to("HELO c\r\nMAIL FROM:<a@b.test>\r\nRSET\r\nRCPT TO:<bob@example.test>\r\n"),
+            format!("250 mx.example.test\r\n{MAIL_OK}{OK}{need_mail}")
+        );
+        assert_eq!(
+            replies_to("HELO c\r\nMAIL FROM:<a@b.test>\r\nHELO c\r\nMAIL FROM:<a@b.test>\r\n"),
+            format!("250 mx.example.test\r\n{MAIL_OK}250 mx.example.test\r\n{MAIL_OK}")
+        );
+    }
+
+    #[test]
+    fn recipient_verdicts() {
+        let r = run("EHLO client.test\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<nobody@example.test>\r\n\
+             RCPT TO:<someone@elsewhere.test>\r\nRCPT TO:<tempfail@example.test>\r\n\
+             RCPT TO:<Postmaster>\r\nRCPT TO:<bob@example.test>\r\nRCPT TO:<bob.alias@example.test>\r\n\
+             RCPT TO:<bob>\r\nRCPT TO:<bob@example.test> NOTIFY=NEVER\r\nDATA\r\n.\r\n");
+        assert_eq!(
+            r.out,
+            format!(
+                "{GREETING}{EHLO}{MAIL_OK}550 5.1.1 Recipient address rejected: user unknown\r\n\
+                 550 5.7.1 Relay access denied\r\n451 4.3.0 Error: temporary recipient lookup failure\r\n\
+                 {RCPT_OK}{RCPT_OK}{RCPT_OK}501 5.1.3 Bad recipient address syntax\r\n\
+                 555 5.5.4 Unsupported MAIL/RCPT parameter\r\n{GO_AHEAD}{QUEUED_1}"
+            )
+        );
+        let tx = &r.delivered[0];
+        assert_eq!(
+            tx.recipients,
+            vec![
+                Recipient {
+                    address: "postmaster".into(),
+                    account: "postmaster".into()
+                },
+                Recipient {
+                    address: "bob@example.test".into(),
+                    account: "bob".into()
+                },
+            ],
+            "bob.alias shares bob's account and is stored once"
+        );
+        // Empty message: just the Received header (two recipients, no "for").
+        assert_eq!(tx.body, received(None, "ESMTP", 1).into_bytes());
+    }
+
+    #[test]
+    fn too_many_recipients() {
+        let mut p = params();
+        p.recipients_max = 3;
+        let client = "EHLO client.test\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<r1@example.test>\r\n\
+                      RCPT TO:<r2@example.test>\r\nRCPT TO:<r3@example.test>\r\n\
+                      RCPT TO:<r4@example.test>\r\nDATA\r\n.\r\n";
+        let r = drive(p, &[client.as_bytes()], DeliveryOutcome::Stored);
+        assert_eq!(
+            r.out,
+            format!(
+                "{GREETING}{EHLO}{MAIL_OK}{RCPT_OK}{RCPT_OK}{RCPT_OK}\
+                 452 4.5.3 Error: too many recipients\r\n{GO_AHEAD}{QUEUED_1}"
+            )
+        );
+        assert_eq!(r.delivered[0].recipients.len(), 3);
+    }
+
+    #[test]
+    fn mail_parameters() {
+        let bad_param = "501 5.5.4 Bad MAIL/RCPT parameter syntax\r\n";
+        let unsupported = "555 5.5.4 Unsupported MAIL/RCPT parameter\r\n";
+        let bad_sender = "501 5.1.7 Bad sender address syntax\r\n";
+        let cases = [
+            ("MAIL FROM:<a@b.test> SIZE=10000", MAIL_OK),
+            ("MAIL FROM:<a@b.test> SIZE=10001", TOO_BIG),
+            ("MAIL FROM:<a@b.test> SIZE=99999999999999999999", TOO_BIG),
+            ("MAIL FROM:<a@b.test> SIZE=x", bad_param),
+            ("MAIL FROM:<a@b.test> SIZE=1 SIZE=2", bad_param),
+            ("MAIL FROM:<a@b.test> BODY=7BIT", MAIL_OK),
+            ("MAIL FROM:<a@b.test> BODY=BINARYMIME", unsupported),
+            ("MAIL FROM:<a@b.test> ENVID=x", unsupported),
+            ("MAIL FROM:<a@b.test> =x", bad_param),
+            ("MAIL FROM:a@b.test", bad_sender),
+            ("MAIL FROM:<a@b.test", bad_sender),
+            (
+                "MAIL TO:<a@b.test>",
+                "501 5.5.4 Syntax error in parameters or arguments\r\n",
+            ),
+            (
+                "MAIL FROM:<pelé@b.test>",
+                "553 5.6.7 Non-ASCII address requires SMTPUTF8\r\n",
+            ),
+            ("MAIL FROM:<pelé@b.test> SMTPUTF8", MAIL_OK),
+            ("mail from: <a@[192.0.2.1]>", MAIL_OK),
+        ];
+        for (line, reply) in cases {
+            let client = format!("EHLO client.test\r\n{line}\r\n");
+            assert_eq!(replies_to(&client), format!("{EHLO}{reply}"), "{line}");
+        }
+        let long_path = format!(
+            "EHLO client.test\r\nMAIL FROM:<{}@b.test>\r\n",
+            "x".repeat(300)
+        );
+        assert_eq!(replies_to(&long_path), format!("{EHLO}{bad_sender}"));
+    }
+
+    #[test]
+    fn smtputf8_transaction() {
+        let r = run(
+            "EHLO client.test\r\nMAIL FROM:<pelé@b.test> SMTPUTF8 BODY=8BITMIME\r\n\
+             RCPT TO:<jürgen@example.test>\r\nDATA\r\nHallo\r\n.\r\n\
+             MAIL FROM:<a@b.test>\r\nRCPT TO:<jürgen@example.test>\r\n",
+        );
+        assert_eq!(
+            r.out,
+            format!(
+                "{GREETING}{EHLO}{MAIL_OK}{RCPT_OK}{GO_AHEAD}{QUEUED_1}{MAIL_OK}\
+                 553 5.6.7 Non-ASCII address requires SMTPUTF8\r\n"
+            )
+        );
+        let tx = &r.delivered[0];
+        assert!(tx.smtputf8 && tx.body_8bit);
+        assert_eq!(tx.reverse_path, "pelé@b.test");
+        let header = received(Some("jürgen@example.test"), "UTF8SMTP", 1);
+        assert_eq!(tx.body, format!("{header}Hallo\r\n").into_bytes());
+    }
+
+    #[test]
+    fn message_too_large_at_end_of_data() {
+        let big = "x".repeat(9_000);
+        let head = "MAIL FROM:<a@b.test>\r\nRCPT TO:<bob@example.test>\r\nDATA\r\n";
+        let client =
+            format!("EHLO client.test\r\n{head}{big}\r\n{big}\r\n.\r\n{head}small\r\n.\r\n");
+        let r = run(&client);
+        assert_eq!(
+            r.out,
+            format!(
+                "{GREETING}{EHLO}{MAIL_OK}{RCPT_OK}{GO_AHEAD}{TOO_BIG}\
+                 {MAIL_OK}{RCPT_OK}{GO_AHEAD}{QUEUED_2}"
+            )
+        );
+        assert_eq!(r.delivered.len(), 1);
+        assert!(r.delivered[0].body.ends_with(b"\r\nsmall\r\n"));
+        // Exactly at the limit is fine (the Received header does not count).
+        let exact = format!("EHLO client.test\r\n{head}{}\r\n.\r\n", "y".repeat(9_998));
+        assert_eq!(run(&exact).delivered.len(), 1);
+        let over = format!("EHLO client.test\r\n{head}{}\r\n.\r\n", "y".repeat(9_999));
+        assert!(run(&over).delivered.is_empty());
+    }
+
+    #[test]
+    fn delivery_tempfail() {
+        let client = "EHLO client.test\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<bob@example.test>\r\n\
+                      DATA\r\nx\r\n.\r\nNOOP\r\n";
+        let r = drive(params(), &[client.as_bytes()], DeliveryOutcome::TempFail);
+        assert_eq!(
+            r.out,
+            format!(
+                "{GREETING}{EHLO}{MAIL_OK}{RCPT_OK}{GO_AHEAD}\
+                 452 4.3.1 Insufficient system storage\r\n{OK}"
+            )
+        );
+    }
+
+    #[test]
+    fn smuggled_commands_stay_in_the_body() {
+        for marker in ["\n.\n", "\r\n.\n", "\n.\r\n", "\r.\r", "\r\n.\r", "\r.\r\n"] {
+            let client = format!(
+                "EHLO client.test\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<bob@example.test>\r\n\
+                 DATA\r\nhello{marker}MAIL FROM:<evil@b.test>\r\nRCPT TO:<carol@example.test>\r\n\
+                 DATA\r\nforged\r\n.\r\n"
+            );
+            let r = run(&client);
+            assert_eq!(
+                r.out,
+                format!("{GREETING}{EHLO}{MAIL_OK}{RCPT_OK}{GO_AHEAD}{QUEUED_1}"),
+                "{marker:?}"
+            );
+            assert_eq!(r.delivered.len(), 1);
+            let body = String::from_utf8(r.delivered[0].body.clone()).unwrap();
+            assert!(body.contains(
+                "MAIL FROM:<evil@b.test>\r\nRCPT TO:<carol@example.test>\r\nDATA\r\nforged\r\n"
+            ));
+        }
+    }
+
+    #[test]
+    fn bdat_chunks() {
+        let r = run(
+            "EHLO client.test\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<bob@example.test>\r\n\
+             BDAT 7\r\nHi\r\n.\r\nBDAT 0\r\nBDAT 6 LAST\r\nQUIT\r\nNOOP\r\n",
+        );
+        assert_eq!(
+            r.out,
+            format!(
+                "{GREETING}{EHLO}{MAIL_OK}{RCPT_OK}250 2.0.0 7 octets received\r\n\
+                 250 2.0.0 0 octets received\r\n{QUEUED_1}{OK}"
+            )
+        );
+        // BDAT takes octets as they are: no unstuffing, no end marker.
+        let header = received(Some("bob@example.test"), "ESMTP", 1);
+        assert_eq!(
+            r.delivered[0].body,
+            format!("{header}Hi\r\n.\r\nQUIT\r\n").into_bytes()
+        );
+    }
+
+    #[test]
+    fn bdat_refused_chunks_are_consumed() {
+        // No MAIL: 503 after the chunk; its "QUIT" is not a command.
+        assert_eq!(
+            replies_to("EHLO client.test\r\nBDAT 6 LAST\r\nQUIT\r\nNOOP\r\n"),
+            format!("{EHLO}503 5.5.1 Error: need MAIL command\r\n{OK}")
+        );
+        // No accepted recipient: 554 after the chunk.
+        assert_eq!(
+            replies_to(
+                "EHLO client.test\r\nMAIL FROM:<a@b.test>\r\nBDAT 6 LAST\r\nQUIT\r\nNOOP\r\n"
+            ),
+            format!("{EHLO}{MAIL_OK}554 5.5.1 Error: no valid recipients\r\n{OK}")
+        );
+        // Readable size, bad keyword: the chunk is swallowed, then 501.
+        assert_eq!(
+            replies_to("EHLO client.test\r\nBDAT 6 LATEST\r\nQUIT\r\nNOOP\r\n"),
+            format!("{EHLO}501 5.5.4 Syntax: BDAT size [LAST]\r\n{OK}")
+        );
+        // Unreadable size: close rather than read data as commands.
+        let r = run("EHLO client.test\r\nBDAT lots\r\nQUIT\r\n");
+        assert!(r.closed);
+        assert_eq!(
+            r.out,
+            format!(
+                "{GREETING}{EHLO}421 4.5.0 mx.example.test Error: unreadable BDAT size, \
+                 closing connection\r\n"
+            )
+        );
+        // After a failed chunk the rest of the pipeline is refused too (the
+        // transaction is gone), but only the first refusal counts.
+        let mut p = params();
+        p.errors_max = 1;
+        let client = "EHLO client.test\r\nMAIL FROM:<a@b.test>\r\n\
+                      BDAT 1\r\nxBDAT 1\r\nyBDAT 1 LAST\r\nzNOOP\r\n";
+        let r = drive(p, &[client.as_bytes()], DeliveryOutcome::Stored);
+        assert_eq!(
+            r.out,
+            format!(
+                "{GREETING}{EHLO}{MAIL_OK}554 5.5.1 Error: no valid recipients\r\n{}{OK}",
+                "503 5.5.1 Error: need MAIL command\r\n".repeat(2)
+            )
+        );
+    }
+
+    #[test]
+    fn bdat_sequence_and_size() {
+        let tx = "MAIL FROM:<a@b.test>\r\nRCPT TO:<bob@example.test>\r\n";
+        assert_eq!(
+            replies_to(&format!(
+                "EHLO client.test\r\n{tx}BDAT 2\r\nabDATA\r\nRCPT TO:<carol@example.test>\r\n\
+                 BDAT 1 LAST\r\nc"
+            )),
+            format!(
+                "{EHLO}{MAIL_OK}{RCPT_OK}250 2.0.0 2 octets received\r\n\
+                 503 5.5.1 Error: DATA not allowed after BDAT\r\n\
+                 503 5.5.1 Error: RCPT not allowed after BDAT\r\n{QUEUED_1}"
+            )
+        );
+        // Chunks adding up to more than the limit: 552 once, transaction gone.
+        let big = "x".repeat(6_000);
+        let r = run(&format!(
+            "EHLO client.test\r\n{tx}BDAT 6000\r\n{big}BDAT 6000 LAST\r\n{big}NOOP\r\n"
+        ));
+        assert_eq!(
+            r.out,
+            format!(
+                "{GREETING}{EHLO}{MAIL_OK}{RCPT_OK}250 2.0.0 6000 octets received\r\n{TOO_BIG}{OK}"
+            )
+        );
+        assert!(r.delivered.is_empty());
+        // DATA and BDAT transactions both work in one session.
+        let r = run(&format!(
+            "EHLO client.test\r\n{tx}BDAT 1 LAST\r\nx{tx}DATA\r\ny\r\n.\r\n"
+        ));
+        assert_eq!(r.delivered.len(), 2);
+        assert!(r.delivered[0].body.ends_with(b"\r\nx"));
+        assert!(r.delivered[1].body.ends_with(b"\r\ny\r\n"));
+    }
+
+    #[test]
+    fn too_long_line_recovery() {
+        let long = format!("NOOP {}\r\nNOOP\r\n", "x".repeat(SMTP_COMMAND_LINE_MAX));
+        assert_eq!(
+            replies_to(&long),
+            format!("500 5.5.6 Line too long\r\n{OK}")
+        );
+        // Same, with the long line arriving in small pieces.
+        let pieces: Vec<&[u8]> = long.as_bytes().chunks(1000).collect();
+        let r = drive(params(), &pieces, DeliveryOutcome::Stored);
+        assert_eq!(r.out, format!("{GREETING}500 5.5.6 Line too long\r\n{OK}"));
+        // A line of exactly the maximum (with CRLF) is still a command.
+        let max = format!("NOOP {}\r\n", "x".repeat(SMTP_COMMAND_LINE_MAX - 7));
+        assert_eq!(replies_to(&max), OK);
+        // A long line inside a transaction does not lose the transaction.
+        let r = run(&format!(
+            "EHLO client.test\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<{}@example.test>\r\n\
+             RCPT TO:<bob@example.test>\r\n",
+            "y".repeat(SMTP_COMMAND_LINE_MAX)
+        ));
+        assert_eq!(
+            r.out,
+            format!("{GREETING}{EHLO}{MAIL_OK}500 5.5.6 Line too long\r\n{RCPT_OK}")
+        );
+    }
+
+    #[test]
+    fn too_many_errors_closes() {
+        let r = run(&"FROB\r\n".repeat(12));
+        let expected = format!(
+            "{GREETING}{}421 4.7.0 mx.example.test Error: too many errors\r\n",
+            "500 5.5.2 Error: command not recognized\r\n".repeat(11)
+        );
+        assert_eq!(r.out, expected);
+        assert!(r.closed);
+        // Errors of any kind count; successes do not reset the count.
+        let mut p = params();
+        p.errors_max = 2;
+        let client = "MAIL FROM:<a@b.test>\r\nNOOP\r\nRCPT TO:<x@y.test>\r\nDATA\r\nNOOP\r\n";
+        let r = drive(p, &[client.as_bytes()], DeliveryOutcome::Stored);
+        assert_eq!(
+            r.out,
+            format!(
+                "{GREETING}503 5.5.1 Error: send HELO/EHLO first\r\n{OK}\
+                 503 5.5.1 Error: need MAIL command\r\n503 5.5.1 Error: need MAIL command\r\n\
+                 421 4.7.0 mx.example.test Error: too many errors\r\n"
+            )
+        );
+        assert!(r.closed);
+    }
+
+    #[test]
+    fn timeout_and_in_data() {
+        let timeout = b"421 4.4.2 mx.example.test Error: timeout exceeded\r\n";
+        let mut s = SmtpSession::new(params());
+        let mut out = Vec::new();
+        assert!(!s.in_data());
+        let start = b"EHLO c\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<bob@example.test>\r\n";
+        s.advance(&[&start[..], b"DATA\r\npartial"].concat(), &Stub, &mut out);
+        assert!(s.in_data());
+        out.clear();
+        s.timeout(&mut out);
+        assert_eq!(out, timeout);
+        assert!(matches!(
+            s.advance(b"NOOP\r\n", &Stub, &mut out),
+            (0, SmtpEvent::Close)
+        ));
+        s.timeout(&mut out);
+        assert_eq!(out, timeout, "a closed session says nothing more");
+
+        let mut s = SmtpSession::new(params());
+        s.advance(&[&start[..], b"BDAT 10\r\n"].concat(), &Stub, &mut out);
+        assert!(s.in_data());
+        s.advance(b"0123456789", &Stub, &mut out);
+        assert!(!s.in_data());
+    }
+
+    #[test]
+    fn recycled_body_capacity_is_reused() {
+        let mut s = SmtpSession::new(params());
+        let mut out = Vec::new();
+        let msg =
+            b"EHLO c\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<bob@example.test>\r\nDATA\r\nx\r\n.\r\n";
+        let (_, SmtpEvent::Deliver(_)) = s.advance(msg, &Stub, &mut out) else {
+            panic!()
+        };
+        s.delivered(DeliveryOutcome::Stored, &mut out);
+        let buf = Vec::with_capacity(64 * 1024);
+        let ptr = buf.as_ptr();
+        s.recycle_body(buf);
+        let (_, SmtpEvent::Deliver(tx)) = s.advance(&msg[8..], &Stub, &mut out) else {
+            panic!()
+        };
+        assert_eq!(tx.body.as_ptr(), ptr);
+        assert!(tx.body.ends_with(b"\r\nx\r\n"));
+    }
+
+    #[test]
+    fn ipv6_peer_literal() {
+        let mut p = params();
+        p.peer = "[2001:db8::7]:25".parse().unwrap();
+        let client = "EHLO client.test\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<bob@example.test>\r\n\
+                      DATA\r\n.\r\n";
+        let r = drive(p.clone(), &[client.as_bytes()], DeliveryOutcome::Stored);
+        let body = &r.delivered[0].body;
+        assert!(body.starts_with(b"Received: from client.test ([IPv6:2001:db8::7])\r\n"));
+        p.peer = "[::ffff:192.0.2.3]:25".parse().unwrap();
+        let r = drive(p, &[client.as_bytes()], DeliveryOutcome::Stored);
+        let body = &r.delivered[0].body;
+        assert!(body.starts_with(b"Received: from client.test ([192.0.2.3])\r\n"));
+    }
+
+    /// A transcript touching every path: used for split-invariance checks.
+    fn rich_transcript() -> String {
+        format!(
+            "EHLO client.test\r\nNOOP\r\nMAIL FROM:<a@b.test> SIZE=100\r\nRCPT TO:<bob@example.test>\r\n\
+             RCPT TO:<nobody@example.test>\r\nDATA\r\nline\r\n..dot\r\n\n.\n\r.\r\r\n.\r\n\
+             MAIL FROM:<>\r\nRCPT TO:<Postmaster>\r\nBDAT 5\r\n.\r\n\r\nBDAT 3 LAST\r\nEND\
+             BDAT 2\r\nzzNOOP {}\r\nFROB\r\nRSET\r\nQUIT\r\n",
+            "L".repeat(SMTP_COMMAND_LINE_MAX)
+        )
+    }
+
+    #[test]
+    fn every_split_point_gives_the_same_transcript() {
+        let input = rich_transcript();
+        let input = input.as_bytes();
+        let whole = drive(params(), &[input], DeliveryOutcome::Stored);
+        assert_eq!(whole.delivered.len(), 2);
+        assert!(whole.closed);
+        assert!(whole.out.ends_with(&format!(
+            "{QUEUED_2}503 5.5.1 Error: need MAIL command\r\n500 5.5.6 Line too long\r\n\
+             500 5.5.2 Error: command not recognized\r\n{OK}{BYE}"
+        )));
+        for i in 0..=input.len() {
+            let split = drive(
+                params(),
+                &[&input[..i], &input[i..]],
+                DeliveryOutcome::Stored,
+            );
+            assert_eq!(split, whole, "split at {i}");
+        }
+        let bytewise: Vec<&[u8]> = input.chunks(1).collect();
+        assert_eq!(drive(params(), &bytewise, DeliveryOutcome::Stored), whole);
+    }
+
+    const POOL: &[&str] = &[
+        "EHLO client.test\r\n",
+        "HELO client.test\r\n",
+        "MAIL FROM:<a@b.test>\r\n",
+        "MAIL FROM:<> SIZE=100 BODY=8BITMIME\r\n",
+        "MAIL FROM:<x@y.test> SIZE=999999\r\n",
+        "MAIL FROM:<pelé@b.test> SMTPUTF8\r\n",
+        "RCPT TO:<bob@example.test>\r\n",
+        "RCPT TO:<nobody@example.test>\r\n",
+        "RCPT TO:<x@elsewhere.test>\r\n",
+        "RCPT TO:<postmaster>\r\n",
+        "DATA\r\nSubject: s\r\n\r\n..x\r\n\n.\n.\r\n",
+        "DATA\r\n.\r\n",
+        "BDAT 4\r\nab\r\n",
+        "BDAT 3 LAST\r\n.\r\n",
+        "BDAT 0 LAST\r\n",
+        "BDAT 2 NOPE\r\nxy",
+        "RSET\r\n",
+        "NOOP\r\n",
+        "VRFY x\r\n",
+        "FROB\r\n",
+        "MAIL FROM:<bad\r\n",
+        "\r\n",
+        "\n",
+        "QUIT\r\n",
+    ];
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(200))]
+
+        #[test]
+        fn command_sequences_are_split_independent(
+            picks in proptest::collection::vec(0usize..POOL.len(), 0..30),
+            cuts in proptest::collection::vec(any::<prop::sample::Index>(), 0..8),
+        ) {
+            let input: String = picks.iter().map(|&i| POOL[i]).collect();
+            let input = input.as_bytes();
+            let whole = drive(params(), &[input], DeliveryOutcome::Stored);
+            let mut points: Vec<usize> = cuts.iter().map(|c| c.index(input.len() + 1)).collect();
+            points.sort_unstable();
+            let mut pieces = Vec::new();
+            let mut start = 0;
+            for p in points {
+                pieces.push(&input[start..p]);
+                start = p;
+            }
+            pieces.push(&input[start..]);
+            prop_assert_eq!(drive(params(), &pieces, DeliveryOutcome::Stored), whole);
+        }
+
+        #[test]
+        fn arbitrary_bytes_never_panic(
+            prefix in proptest::collection::vec(0usize..POOL.len(), 0..6),
+            noise in proptest::collection::vec(any::<u8>(), 0..400),
+            chunk in 1usize..64,
+        ) {
+            let mut input: Vec<u8> = prefix.iter().flat_map(|&i| POOL[i].bytes()).collect();
+            input.extend_from_slice(&noise);
+            let pieces: Vec<&[u8]> = input.chunks(chunk).collect();
+            let r = drive(params(), &pieces, DeliveryOutcome::Stored);
+            // Every reply line is well formed: three digits, then SP or '-'.
+            for line in r.out.split_terminator("\r\n") {
+                let b = line.as_bytes();
+                let well_formed = b.len() >= 4
+                    && b[..3].iter().all(u8::is_ascii_digit)
+                    && (b[3] == b' ' || b[3] == b'-');
+                prop_assert!(well_formed, "{:?}", line);
+            }
+        }
+
+        #[test]
+        fn data_bodies_survive_any_split(
+            body in proptest::collection::vec(
+                prop_oneof![Just(b'\r'), Just(b'\n'), Just(b'.'), Just(b'a')], 0..120),
+            cut in any::<prop::sample::Index>(),
+        ) {
+            // Bodies that contain the end marker themselves are covered by the
+            // split-independence tests; here the whole body must be one message.
+            let framed = [&b"\r\n"[..], &body].concat();
+            prop_assume!(!framed.windows(5).any(|w| w == b"\r\n.\r\n"));
+            let mut input = b"EHLO client.test\r\nMAIL FROM:<a@b.test>\r\n\
+                              RCPT TO:<bob@example.test>\r\nDATA\r\n".to_vec();
+            input.extend_from_slice(&body);
+            input.extend_from_slice(b"\r\n.\r\nNOOP\r\n");
+            let whole = drive(params(), &[&input], DeliveryOutcome::Stored);
+            let i = cut.index(input.len() + 1);
+            let split = drive(params(), &[&input[..i], &input[i..]], DeliveryOutcome::Stored);
+            prop_assert_eq!(split, whole.clone());
+            // Whatever the body, one message was delivered and the session is
+            // back in command mode (the final NOOP got its 250).
+            prop_assert_eq!(whole.delivered.len(), 1);
+            prop_assert!(whole.out.ends_with(OK));
+        }
+    }
 }

@@ -213,6 +213,8 @@ pub struct StoreStats {
     pub syncs: Cell<u64>,
     pub records: Cell<u64>,
     pub checkpoints: Cell<u64>,
+    /// Time spent in fdatasync, summed over rounds.
+    pub sync_nanos: Cell<u64>,
 }
 
 impl Store {
@@ -638,6 +640,7 @@ impl Store {
         let dirty = std::mem::take(&mut *self.dirty.borrow_mut());
         let pending = std::mem::take(&mut *self.pending.borrow_mut());
         let mut result = Ok(());
+        let started = std::time::Instant::now();
         for seg in &dirty {
             if let Err(e) = seg.sync().await {
                 tracing::error!(segment = seg.id(), error = %e, "fdatasync failed");
@@ -645,6 +648,7 @@ impl Store {
             }
         }
         self.stats.syncs.set(self.stats.syncs.get() + 1);
+        self.stats.sync_nanos.set(self.stats.sync_nanos.get() + started.elapsed().as_nanos() as u64);
         if result.is_ok() {
             self.apply_pending(&pending);
         } else {

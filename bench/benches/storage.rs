@@ -1,0 +1,109 @@
+//! Storage benchmarks: durable append with group commit, and start-up from a
+//! checkpoint of 100,000 messages. Each checks its result, so a fast wrong
+//! answer fails instead of looking good.
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use ringmail::storage::{index, Meta, Store, StoreConfig};
+
+fn open(dir: &std::path::Path) -> Rc<Store> {
+    let meta = Meta::start_run(dir, 256).unwrap();
+    let store = Store::open(StoreConfig {
+        data_dir: dir.into(),
+        shard: 0,
+        shards: 1,
+        meta,
+        segment_size: 64 << 20,
+        checkpoint_every_records: 1 << 40,
+    })
+    .unwrap();
+    glommio::spawn_local(store.clone().run_syncer()).detach();
+    store
+}
+
+fn executor<T: 'static>(f: impl std::future::Future<Output = T> + 'static) -> T {
+    glommio::LocalExecutorBuilder::default().io_memory(256 << 10).make().unwrap().run(f)
+}
+
+/// `appenders` concurrent deliveries of 4 KiB messages; every round of the
+/// syncer makes all of them durable with one fdatasync.
+fn append_group_commit(c: &mut Criterion) {
+    let body = vec![b'x'; 4096];
+    let mut g = c.benchmark_group("append_4k_durable");
+    g.sample_size(10).measurement_time(Duration::from_secs(5));
+    for appenders in [1usize, 16, 64] {
+        g.throughput(Throughput::Elements(1));
+        g.bench_with_input(BenchmarkId::from_parameter(appenders), &appenders, |b, &appenders| {
+            b.iter_custom(|iters| {
+                let dir = tempfile::tempdir().unwrap();
+                let path = dir.path().to_path_buf();
+                let body = body.clone();
+                executor(async move {
+                    let store = open(&path);
+                    // Create the first segment (fallocate + directory sync) before timing.
+                    store.deliver(&["warmup@bench.test".to_string()], b"", &body, 0).await.unwrap();
+                    let per = (iters as usize).div_ceil(appenders);
+                    let start = Instant::now();
+                    let tasks: Vec<_> = (0..appenders)
+                        .map(|t| {
+                            let store = store.clone();
+                            let body = body.clone();
+                            glommio::spawn_local(async move {
+                                for i in 0..per {
+                                    let account = format!("u{}@bench.test", (t * 7919 + i) % 1000);
+                                    store.deliver(&[account], b"", &body, 0).await.unwrap();
+                                }
+                            })
+                        })
+                        .collect();
+                    for t in tasks {
+                        t.await;
+                    }
+                    let elapsed = start.elapsed();
+                    // Result check: every delivery is in the index.
+                    let total: usize = (0..1000)
+                        .filter_map(|a| store.with_account(&format!("u{a}@bench.test"), |acc| acc.mailbox(index::INBOX).unwrap().messages.len()))
+                        .sum();
+                    assert_eq!(total, per * appenders);
+                    elapsed.mul_f64(iters as f64 / (per * appenders) as f64)
+                })
+            })
+        });
+    }
+    g.finish();
+}
+
+/// Start-up (recovery) of a store whose checkpoint holds 100,000 messages.
+fn checkpoint_load(c: &mut Criterion) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().to_path_buf();
+    let p2 = path.clone();
+    executor(async move {
+        let store = open(&p2);
+        let accounts: Vec<String> = (0..1000).map(|a| format!("u{a}@bench.test")).collect();
+        for i in 0..100 {
+            // 1000 accounts x 100 messages; one commit per 1000 copies.
+            store.deliver(&accounts, b"", format!("m{i}\r\n").as_bytes(), i).await.unwrap();
+        }
+        store.checkpoint_all().await.unwrap();
+    });
+    let mut g = c.benchmark_group("recovery");
+    g.sample_size(10);
+    g.bench_function("open_100k_messages_checkpointed", |b| {
+        b.iter(|| {
+            let p = path.clone();
+            executor(async move {
+                let store = open(&p);
+                let n: usize = (0..1000)
+                    .filter_map(|a| store.with_account(&format!("u{a}@bench.test"), |acc| acc.mailbox(index::INBOX).unwrap().messages.len()))
+                    .sum();
+                assert_eq!(n, 100_000);
+            })
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, append_group_commit, checkpoint_load);
+criterion_main!(benches);

@@ -1,0 +1,609 @@
+//! Response encoders (RFC 3501 section 7, with the response codes of RFC 4315
+//! UIDPLUS, RFC 5530, RFC 7162 and RFC 4469). Everything appends to a
+//! caller-owned `Vec<u8>`; nothing here knows about sessions or mailboxes.
+//!
+//! Human-readable texts are sanitized: CR, LF and NUL become spaces so a text
+//! can never end a response early or smuggle a second one.
+
+use super::command::{Flag, Section, StatusItem};
+use super::date::write_date_time;
+use super::parse::{is_astring_char, is_atom_char};
+use super::seqset::{write_compressed, SequenceSet};
+
+/// Strings longer than this are always sent as literals.
+const QUOTED_MAX: usize = 1024;
+
+/// Condition of a status response.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Status {
+    /// `OK`
+    Ok,
+    /// `NO`
+    No,
+    /// `BAD`
+    Bad,
+    /// `PREAUTH` (greeting only)
+    PreAuth,
+    /// `BYE`
+    Bye,
+}
+
+impl Status {
+    fn name(self) -> &'static [u8] {
+        match self {
+            Status::Ok => b"OK",
+            Status::No => b"NO",
+            Status::Bad => b"BAD",
+            Status::PreAuth => b"PREAUTH",
+            Status::Bye => b"BYE",
+        }
+    }
+}
+
+/// A response code, written in brackets before the text.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Code<'a> {
+    /// `ALERT`
+    Alert,
+    /// `ALREADYEXISTS` (RFC 5530)
+    AlreadyExists,
+    /// `APPENDUID validity uid` (RFC 4315)
+    AppendUid {
+        /// UIDVALIDITY of the destination.
+        validity: u32,
+        /// UID given to the message.
+        uid: u32,
+    },
+    /// `AUTHENTICATIONFAILED` (RFC 5530)
+    AuthenticationFailed,
+    /// `BADCHARSET` with the supported charsets (may be empty).
+    BadCharset(&'a [&'a str]),
+    /// `CANNOT` (RFC 5530)
+    Cannot,
+    /// `CAPABILITY ...`
+    Capability(&'a [&'a str]),
+    /// `CLOSED` (RFC 7162)
+    Closed,
+    /// `COPYUID validity source dest` (RFC 4315). Both lists in the same order;
+    /// they are compressed to sequence sets preserving that order.
+    CopyUid {
+        /// UIDVALIDITY of the destination.
+        validity: u32,
+        /// Source UIDs.
+        source: &'a [u32],
+        /// Destination UIDs, pairwise with `source`.
+        dest: &'a [u32],
+    },
+    /// `HIGHESTMODSEQ n` (RFC 7162)
+    HighestModSeq(u64),
+    /// `LIMIT` (RFC 5530)
+    Limit,
+    /// `MODIFIED set` (RFC 7162 STORE UNCHANGEDSINCE failures)
+    Modified(&'a SequenceSet),
+    /// `NOMODSEQ` (RFC 7162)
+    NoModSeq,
+    /// `NONEXISTENT` (RFC 5530)
+    NonExistent,
+    /// `OVERQUOTA` (RFC 5530)
+    OverQuota,
+    /// `PARSE`
+    Parse,
+    /// `PERMANENTFLAGS (...)`
+    PermanentFlags(&'a [Flag<'a>]),
+    /// `PRIVACYREQUIRED` (RFC 5530)
+    PrivacyRequired,
+    /// `READ-ONLY`
+    ReadOnly,
+    /// `READ-WRITE`
+    ReadWrite,
+    /// `SERVERBUG` (RFC 5530)
+    ServerBug,
+    /// `TOOBIG` (RFC 4469 / RFC 7888)
+    TooBig,
+    /// `TRYCREATE`
+    TryCreate,
+    /// `UIDNEXT n`
+    UidNext(u32),
+    /// `UIDVALIDITY n`
+    UidValidity(u32),
+    /// `UNAVAILABLE` (RFC 5530)
+    Unavailable,
+    /// `UNSEEN n`
+    Unseen(u32),
+    /// Any other atom code without arguments.
+    Other(&'a str),
+}
+
+fn num(out: &mut Vec<u8>, n: impl std::fmt::Display) {
+    out.extend_from_slice(n.to_string().as_bytes());
+}
+
+/// Write a response code without the brackets.
+pub fn write_code(out: &mut Vec<u8>, code: &Code<'_>) {
+    let simple: &[u8] = match code {
+        Code::Alert => b"ALERT",
+        Code::AlreadyExists => b"ALREADYEXISTS",
+        Code::AuthenticationFailed => b"AUTHENTICATIONFAILED",
+        Code::Cannot => b"CANNOT",
+        Code::Closed => b"CLOSED",
+        Code::Limit => b"LIMIT",
+        Code::NoModSeq => b"NOMODSEQ",
+        Code::NonExistent => b"NONEXISTENT",
+        Code::OverQuota => b"OVERQUOTA",
+        Code::Parse => b"PARSE",
+        Code::PrivacyRequired => b"PRIVACYREQUIRED",
+        Code::ReadOnly => b"READ-ONLY",
+        Code::ReadWrite => b"READ-WRITE",
+        Code::ServerBug => b"SERVERBUG",
+        Code::TooBig => b"TOOBIG",
+        Code::TryCreate => b"TRYCREATE",
+        Code::Unavailable => b"UNAVAILABLE",
+        Code::Other(s) => s.as_bytes(),
+        Code::AppendUid { validity, uid } => {
+            out.extend_from_slice(b"APPENDUID ");
+            num(out, validity);
+            out.push(b' ');
+            num(out, uid);
+            return;
+        }
+        Code::BadCharset(list) => {
+            out.extend_from_slice(b"BADCHARSET");
+            if !list.is_empty() {
+                out.extend_from_slice(b" (");
+                for (i, cs) in list.iter().enumerate() {
+                    if i > 0 {
+                        out.push(b' ');
+                    }
+                    write_astring(out, cs.as_bytes());
+                }
+                out.push(b')');
+            }
+            return;
+        }
+        Code::Capability(caps) => {
+            out.extend_from_slice(b"CAPABILITY");
+            for c in *caps {
+                out.push(b' ');
+                out.extend_from_slice(c.as_bytes());
+            }
+            return;
+        }
+        Code::CopyUid {
+            validity,
+            source,
+            dest,
+        } => {
+            out.extend_from_slice(b"COPYUID ");
+            num(out, validity);
+            out.push(b' ');
+            write_compressed(source, out);
+            out.push(b' ');
+            write_compressed(dest, out);
+            return;
+        }
+        Code::HighestModSeq(n) => {
+            out.extend_from_slice(b"HIGHESTMODSEQ ");
+            num(out, n);
+            return;
+        }
+        Code::Modified(set) => {
+            out.extend_from_slice(b"MODIFIED ");
+            set.write(out);
+            return;
+        }
+        Code::PermanentFlags(flags) => {
+            out.extend_from_slice(b"PERMANENTFLAGS ");
+            write_flag_list(out, flags);
+            return;
+        }
+        Code::UidNext(n) | Code::UidValidity(n) | Code::Unseen(n) => {
+            out.extend_from_slice(match code {
+                Code::UidNext(_) => b"UIDNEXT ",
+                Code::UidValidity(_) => b"UIDVALIDITY ",
+                _ => b"UNSEEN ",
+            });
+            num(out, n);
+            return;
+        }
+    };
+    out.extend_from_slice(simple);
+}
+
+fn write_text(out: &mut Vec<u8>, text: &str) {
+    let text = if text.is_empty() { "done" } else { text };
+    out.extend(text.bytes().map(|b| {
+        if matches!(b, b'\r' | b'\n' | 0) {
+            b' '
+        } else {
+            b
+        }
+    }));
+}
+
+/// `tag SP status SP [code] text CRLF`; with `tag == None`, an untagged
+/// (`*`) status response.
+pub fn write_status(
+    out: &mut Vec<u8>,
+    tag: Option<&[u8]>,
+    status: Status,
+    code: Option<&Code<'_>>,
+    text: &str,
+) {
+    out.extend_from_slice(tag.unwrap_or(b"*"));
+    out.push(b' ');
+    out.extend_from_slice(status.name());
+    out.push(b' ');
+    if let Some(code) = code {
+        out.push(b'[');
+        write_code(out, code);
+        out.extend_from_slice(b"] ");
+    }
+    write_text(out, text);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// `+ text CRLF`: continuation request (literal or IDLE).
+pub fn write_continuation(out: &mut Vec<u8>, text: &str) {
+    out.extend_from_slice(b"+ ");
+    write_text(out, text);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// `+ base64 CRLF`: a SASL challenge, already base64-encoded (may be empty).
+pub fn write_sasl_challenge(out: &mut Vec<u8>, base64: &[u8]) {
+    out.extend_from_slice(b"+ ");
+    out.extend(
+        base64
+            .iter()
+            .copied()
+            .filter(|&b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'=')),
+    );
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Can `s` be sent as a quoted string? (RFC 3501 `QUOTED-CHAR`: 7-bit,
+/// no NUL, CR or LF.)
+fn quotable(s: &[u8]) -> bool {
+    s.len() <= QUOTED_MAX
+        && s.iter()
+            .all(|&b| b != 0 && b < 0x80 && b != b'\r' && b != b'\n')
+}
+
+/// Write `s` as a quoted string; the caller has checked it is quotable.
+fn write_quoted(out: &mut Vec<u8>, s: &[u8]) {
+    out.push(b'"');
+    for &b in s {
+        if b == b'"' || b == b'\\' {
+            out.push(b'\\');
+        }
+        out.push(b);
+    }
+    out.push(b'"');
+}
+
+/// Write a synchronizing literal `{n}CRLF` followed by the data.
+pub fn write_literal(out: &mut Vec<u8>, s: &[u8]) {
+    out.push(b'{');
+    num(out, s.len());
+    out.extend_from_slice(b"}\r\n");
+    out.extend_from_slice(s);
+}
+
+/// `string`: quoted when every byte allows it, a literal otherwise.
+pub fn write_string(out: &mut Vec<u8>, s: &[u8]) {
+    if quotable(s) {
+        write_quoted(out, s);
+    } else {
+        write_literal(out, s);
+    }
+}
+
+/// `astring`: a bare atom when possible (never for `NIL`), else a string.
+pub fn write_astring(out: &mut Vec<u8>, s: &[u8]) {
+    if !s.is_empty() && s.iter().all(|&b| is_astring_char(b)) && !s.eq_ignore_ascii_case(b"NIL") {
+        out.extend_from_slice(s);
+    } else {
+        write_string(out, s);
+    }
+}
+
+/// `nstring`: `NIL` or a string.
+pub fn write_nstring(out: &mut Vec<u8>, s: Option<&[u8]>) {
+    match s {
+        None => out.extend_from_slice(b"NIL"),
+        Some(s) => write_string(out, s),
+    }
+}
+
+/// `(\Seen $Label)`.
+pub fn write_flag_list(out: &mut Vec<u8>, flags: &[Flag<'_>]) {
+    out.push(b'(');
+    for (i, f) in flags.iter().enumerate() {
+        if i > 0 {
+            out.push(b' ');
+        }
+        f.write(out);
+    }
+    out.push(b')');
+}
+
+/// `* CAPABILITY IMAP4rev1 ...`
+pub fn write_capability(out: &mut Vec<u8>, caps: &[&str]) {
+    out.extend_from_slice(b"* ");
+    write_code(out, &Code::Capability(caps));
+    out.extend_from_slice(b"\r\n");
+}
+
+/// `* FLAGS (...)`
+pub fn write_flags(out: &mut Vec<u8>, flags: &[Flag<'_>]) {
+    out.extend_from_slice(b"* FLAGS ");
+    write_flag_list(out, flags);
+    out.extend_from_slice(b"\r\n");
+}
+
+fn write_number_response(out: &mut Vec<u8>, n: u32, what: &[u8]) {
+    out.extend_from_slice(b"* ");
+    num(out, n);
+    out.push(b' ');
+    out.extend_from_slice(what);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// `* n EXISTS`
+pub fn write_exists(out: &mut Vec<u8>, n: u32) {
+    write_number_response(out, n, b"EXISTS");
+}
+
+/// `* n RECENT`
+pub fn write_recent(out: &mut Vec<u8>, n: u32) {
+    write_number_response(out, n, b"RECENT");
+}
+
+/// `* n EXPUNGE`
+pub fn write_expunge(out: &mut Vec<u8>, seq: u32) {
+    write_number_response(out, seq, b"EXPUNGE");
+}
+
+/// `* LIST (attrs) "/" name` (or LSUB). `delimiter == None` writes NIL.
+/// Attributes are written as given (e.g. `\HasNoChildren`, `\Sent`).
+pub fn write_list(
+    out: &mut Vec<u8>,
+    lsub: bool,
+    attrs: &[&str],
+    delimiter: Option<u8>,
+    name: &[u8],
+) {
+    out.extend_from_slice(if lsub { b"* LSUB (" } else { b"* LIST (" });
+    for (i, a) in attrs.iter().enumerate() {
+        if i > 0 {
+            out.push(b' ');
+        }
+        out.extend_from_slice(a.as_bytes());
+    }
+    out.extend_from_slice(b") ");
+    match delimiter {
+        Some(d) => write_quoted(out, &[d]),
+        None => out.extend_from_slice(b"NIL"),
+    }
+    out.push(b' ');
+    write_astring(out, name);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// `* STATUS name (ITEM n ...)`
+pub fn write_status_data(out: &mut Vec<u8>, mailbox: &[u8], items: &[(StatusItem, u64)]) {
+    out.extend_from_slice(b"* STATUS ");
+    write_astring(out, mailbox);
+    out.extend_from_slice(b" (");
+    for (i, (item, n)) in items.iter().enumerate() {
+        if i > 0 {
+            out.push(b' ');
+        }
+        out.extend_from_slice(item.name().as_bytes());
+        out.push(b' ');
+        num(out, n);
+    }
+    out.extend_from_slice(b")\r\n");
+}
+
+/// `* SEARCH n...` with an optional RFC 7162 `(MODSEQ n)`.
+pub fn write_search(out: &mut Vec<u8>, ids: &[u32], modseq: Option<u64>) {
+    out.extend_from_slice(b"* SEARCH");
+    for id in ids {
+        out.push(b' ');
+        num(out, id);
+    }
+    if let Some(m) = modseq {
+        out.extend_from_slice(b" (MODSEQ ");
+        num(out, m);
+        out.push(b')');
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// The data of an ESEARCH response (RFC 4731); `None` fields are omitted.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Esearch<'a> {
+    /// `MIN n`
+    pub min: Option<u32>,
+    /// `MAX n`
+    pub max: Option<u32>,
+    /// `ALL set` (written compressed; omitted when empty, per RFC 4731)
+    pub all: Option<&'a [u32]>,
+    /// `COUNT n`
+    pub count: Option<u32>,
+    /// `MODSEQ n` (RFC 7162 section 3.1.5)
+    pub modseq: Option<u64>,
+}
+
+/// `* ESEARCH (TAG "tag") [UID] ...`
+pub fn write_esearch(out: &mut Vec<u8>, tag: &[u8], uid: bool, data: &Esearch<'_>) {
+    out.extend_from_slice(b"* ESEARCH (TAG ");
+    write_string(out, tag);
+    out.push(b')');
+    if uid {
+        out.extend_from_slice(b" UID");
+    }
+    let mut kv = |k: &[u8], v: u64| {
+        out.push(b' ');
+        out.extend_from_slice(k);
+        out.push(b' ');
+        num(out, v);
+    };
+    if let Some(n) = data.min {
+        kv(b"MIN", n.into());
+    }
+    if let Some(n) = data.max {
+        kv(b"MAX", n.into());
+    }
+    if let Some(all) = data.all.filter(|a| !a.is_empty()) {
+        out.extend_from_slice(b" ALL ");
+        let mut sorted = all.to_vec();
+        sorted.sort_unstable();
+        sorted.dedup();
+        write_compressed(&sorted, out);
+    }
+    if let Some(n) = data.count {
+        out.extend_from_slice(b" COUNT ");
+        num(out, n);
+    }
+    if let Some(n) = data.modseq {
+        out.extend_from_slice(b" MODSEQ ");
+        num(out, n);
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// `* NAMESPACE (("prefix" "delim")) NIL NIL`: a single personal namespace.
+pub fn write_namespace(out: &mut Vec<u8>, prefix: &[u8], delimiter: u8) {
+    out.extend_from_slice(b"* NAMESPACE ((");
+    write_string(out, prefix);
+    out.push(b' ');
+    write_quoted(out, &[delimiter]);
+    out.extend_from_slice(b")) NIL NIL\r\n");
+}
+
+/// `* ENABLED cap...` (RFC 5161)
+pub fn write_enabled(out: &mut Vec<u8>, caps: &[&[u8]]) {
+    out.extend_from_slice(b"* ENABLED");
+    for c in caps {
+        out.push(b' ');
+        out.extend(c.iter().copied().filter(|&b| is_atom_char(b)));
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// `* ID ("name" "ringmail" ...)` or `* ID NIL` (RFC 2971).
+pub fn write_id(out: &mut Vec<u8>, params: Option<&[(&str, Option<&str>)]>) {
+    out.extend_from_slice(b"* ID ");
+    match params {
+        None => out.extend_from_slice(b"NIL"),
+        Some(params) => {
+            out.push(b'(');
+            for (i, (k, v)) in params.iter().enumerate() {
+                if i > 0 {
+                    out.push(b' ');
+                }
+                write_string(out, k.as_bytes());
+                out.push(b' ');
+                write_nstring(out, v.map(str::as_bytes));
+            }
+            out.push(b')');
+        }
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Builder for one `* n FETCH (...)` response. Items are separated
+/// automatically; [`FetchWriter::finish`] closes the response.
+pub struct FetchWriter<'o> {
+    out: &'o mut Vec<u8>,
+    items: usize,
+}
+
+impl<'o> FetchWriter<'o> {
+    /// Start `* seq FETCH (`.
+    pub fn new(out: &'o mut Vec<u8>, seq: u32) -> Self {
+        out.extend_from_slice(b"* ");
+        num(out, seq);
+        out.extend_from_slice(b" FETCH (");
+        FetchWriter { out, items: 0 }
+    }
+
+    /// Start an item: writes `NAME ` and returns the buffer for its value
+    /// (e.g. for [`crate::mime::write_envelope`]).
+    pub fn item(&mut self, name: &str) -> &mut Vec<u8> {
+        if self.items > 0 {
+            self.out.push(b' ');
+        }
+        self.items += 1;
+        self.out.extend_from_slice(name.as_bytes());
+        self.out.push(b' ');
+        self.out
+    }
+
+    /// `UID n`
+    pub fn uid(&mut self, uid: u32) {
+        num(self.item("UID"), uid);
+    }
+
+    /// `FLAGS (...)`
+    pub fn flags(&mut self, flags: &[Flag<'_>]) {
+        write_flag_list(self.item("FLAGS"), flags);
+    }
+
+    /// `INTERNALDATE "dd-Mon-yyyy hh:mm:ss +zzzz"`
+    pub fn internal_date(&mut self, unix_secs: i64, zone_minutes: i16) {
+        write_date_time(self.item("INTERNALDATE"), unix_secs, zone_minutes);
+    }
+
+    /// `RFC822.SIZE n`
+    pub fn rfc822_size(&mut self, n: u64) {
+        num(self.item("RFC822.SIZE"), n);
+    }
+
+    /// `MODSEQ (n)` (RFC 7162)
+    pub fn modseq(&mut self, n: u64) {
+        let out = self.item("MODSEQ");
+        out.push(b'(');
+        num(out, n);
+        out.push(b')');
+    }
+
+    /// `RFC822`, `RFC822.HEADER` or `RFC822.TEXT` followed by a literal.
+    pub fn literal_item(&mut self, name: &str, data: &[u8]) {
+        write_literal(self.item(name), data);
+    }
+
+    /// `BODY[section]<origin> data`, with `data == None` written as `NIL`.
+    /// `origin` is the start of a partial fetch (RFC 3501 section 7.4.2).
+    pub fn body_section(
+        &mut self,
+        section: &Section<'_>,
+        origin: Option<u32>,
+        data: Option<&[u8]>,
+    ) {
+        if self.items > 0 {
+            self.out.push(b' ');
+        }
+        self.items += 1;
+        self.out.extend_from_slice(b"BODY[");
+        section.write(self.out);
+        self.out.push(b']');
+        if let Some(o) = origin {
+            self.out.push(b'<');
+            num(self.out, o);
+            self.out.push(b'>');
+        }
+        self.out.push(b' ');
+        match data {
+            Some(d) => write_literal(self.out, d),
+            None => self.out.extend_from_slice(b"NIL"),
+        }
+    }
+
+    /// Close the response: `)CRLF`.
+    pub fn finish(self) {
+        self.out.extend_from_slice(b")\r\n");
+    }
+}
