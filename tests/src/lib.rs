@@ -177,17 +177,23 @@ pub struct Options {
     pub accounts: Vec<String>,
     /// Value of RINGMAIL_LOG.
     pub log: String,
+    /// `--hostname` (the embedded default says mail.example.test).
+    pub hostname: Option<String>,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Options { config: None, cores: 2, accounts: Vec::new(), log: "info".into() }
+        Options { config: None, cores: 2, accounts: Vec::new(), log: "info".into(), hostname: None }
     }
 }
 
 impl Options {
     pub fn config(mut self, text: &str) -> Self {
         self.config = Some(text.to_string());
+        self
+    }
+    pub fn hostname(mut self, name: &str) -> Self {
+        self.hostname = Some(name.to_string());
         self
     }
     pub fn cores(mut self, n: usize) -> Self {
@@ -211,6 +217,7 @@ pub struct Server {
     pub config_path: Option<PathBuf>,
     pub cores: usize,
     log: String,
+    hostname: Option<String>,
     child: Option<Child>,
     pub smtp: SocketAddr,
     pub pop3: SocketAddr,
@@ -252,6 +259,7 @@ impl Server {
             config_path,
             cores: opts.cores,
             log: opts.log,
+            hostname: opts.hostname,
             child: None,
             smtp: unset,
             pop3: unset,
@@ -284,6 +292,9 @@ impl Server {
         cmd.args(["--smtp", "127.0.0.1:0", "--pop3", "127.0.0.1:0", "--imap", "127.0.0.1:0"]);
         if let Some(c) = &self.config_path {
             cmd.arg("--config").arg(c);
+        }
+        if let Some(h) = &self.hostname {
+            cmd.arg("--hostname").arg(h);
         }
         cmd.env("RINGMAIL_LOG", &self.log).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
         let mut child = cmd.spawn().expect("spawning ringmail serve");

@@ -5,7 +5,10 @@
 //!   DELE without QUIT does not;
 //! - the failed-login limit closes the connection; the lock is released when
 //!   a session ends either way; pipelined commands are answered in order;
-//! - a stored message with bare LFs goes out as CRLF lines, correctly stuffed.
+//! - a stored message with bare LFs goes out as CRLF lines, correctly stuffed;
+//! - AUTH PLAIN (RFC 5034) when CAPA offers it;
+//! - the maildrop is a snapshot: mail arriving during a session is not shown
+//!   until the next one, and does not disturb DELE.
 use std::time::Duration;
 
 use ringmail_tests::*;
@@ -222,3 +225,77 @@ fn bare_lf_in_a_stored_message_goes_out_as_crlf_lines() {
     assert_bytes_eq(strip_trace(&got).1, &normalize_bare_lf(body), "bare-LF message over POP3");
     p.quit();
 }
+
+fn b64(data: &[u8]) -> String {
+    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in data.chunks(3) {
+        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(T[(n >> (18 - 6 * i)) as usize & 63] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn auth_plain_when_offered() {
+    let server = Server::new();
+    deliver(&server, 0..1);
+    let mut p = Pop3::connect(server.pop3);
+    p.ok("CAPA");
+    let caps: Vec<String> = p.multiline().into_iter().map(|l| String::from_utf8(l).unwrap().to_ascii_uppercase()).collect();
+    let Some(sasl) = caps.iter().find(|c| c.starts_with("SASL ")) else {
+        eprintln!("note: CAPA offers no SASL, AUTH not tested: {caps:?}");
+        return;
+    };
+    assert!(sasl.split_whitespace().any(|m| m == "PLAIN"), "SASL without PLAIN: {sasl}");
+    // Wrong password with an initial response.
+    let r = p.cmd(&format!("AUTH PLAIN {}", b64(format!("\0{BOB}\0nope").as_bytes())));
+    assert!(r.starts_with("-ERR"), "{r}");
+    // Without an initial response: "+ " continuation, then the response.
+    p.c.send(b"AUTH PLAIN\r\n");
+    let cont = p.c.line();
+    assert!(cont == "+" || cont.starts_with("+ "), "continuation: {cont:?}");
+    let r = p.cmd(&b64(format!("\0{BOB}\0{BOB_PW}").as_bytes()));
+    assert!(r.starts_with("+OK"), "{r}");
+    assert_eq!(p.stat().0, 1);
+    p.quit();
+    // With an initial response, authorization identity equal to the user.
+    let mut p = Pop3::connect(server.pop3);
+    let r = p.cmd(&format!("AUTH PLAIN {}", b64(format!("{BOB}\0{BOB}\0{BOB_PW}").as_bytes())));
+    assert!(r.starts_with("+OK"), "{r}");
+    p.quit();
+    // A client may cancel with "*" (RFC 5034 4).
+    let mut p = Pop3::connect(server.pop3);
+    p.c.send(b"AUTH PLAIN\r\n");
+    assert!(p.c.line().starts_with('+'));
+    assert!(p.cmd("*").starts_with("-ERR"));
+    // Still in AUTHORIZATION: USER/PASS work.
+    p.ok(&format!("USER {BOB}"));
+    p.ok(&format!("PASS {BOB_PW}"));
+    p.quit();
+}
+
+#[test]
+fn maildrop_is_a_snapshot_during_a_session() {
+    let server = Server::new();
+    deliver(&server, 0..2);
+    let mut p = Pop3::login(server.pop3, BOB, BOB_PW);
+    let (n, size) = p.stat();
+    assert_eq!(n, 2);
+    let first: u64 = p.ok("LIST 1").split_whitespace().nth(2).unwrap().parse().unwrap();
+    p.ok("DELE 1");
+    deliver(&server, 2..3);
+    // Message numbers stay fixed for the session (RFC 1939 5).
+    assert_eq!(p.stat(), (1, size - first));
+    assert!(p.cmd("RETR 3").starts_with("-ERR"), "mail delivered during the session is visible");
+    p.quit();
+    assert_eq!(subjects(&server), vec!["m1", "m2"]);
+}
+

@@ -3,7 +3,8 @@
 //! EHLO keywords, PIPELINING (RFC 2920), CHUNKING/BDAT (RFC 3030), SIZE
 //! (RFC 1870), recipient verdicts (unknown user, relay denied, postmaster),
 //! command sequencing, recipient limit, over-long lines, SMTP smuggling,
-//! RSET/NOOP/VRFY/QUIT, the error limit, and swaks when it is installed.
+//! RSET/NOOP/VRFY/QUIT, the error limit, SMTPUTF8 (RFC 6531), the trace
+//! headers and `--hostname`, and swaks when it is installed.
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -508,4 +509,52 @@ fn rfc_unstuff(wire: &[u8]) -> Vec<u8> {
         i += 1;
     }
     out
+}
+
+#[test]
+fn hostname_flag_and_trace_headers() {
+    let server = Server::options().hostname("mx.e2e.test").start();
+    let mut c = Client::connect(server.smtp);
+    let greet = c.reply();
+    greet.expect(220, None);
+    assert!(greet.lines[0].starts_with("mx.e2e.test "), "{greet:?}");
+    let ehlo = c.cmd("EHLO trace-client.e2e.test");
+    assert!(ehlo.lines[0].starts_with("mx.e2e.test"), "{ehlo:?}");
+    let body = b"Subject: trace\r\n\r\ntrace me\r\n";
+    smtp_transaction(&mut c, "tracer@example.test", &[BOB.0], body, Transfer::Data).unwrap().expect(250, None);
+    c.cmd("QUIT").expect(221, None);
+    let m = mailbox(&server, BOB);
+    assert_eq!(m.len(), 1);
+    let (trace, rest) = strip_trace(&m[0]);
+    assert_bytes_eq(rest, body, "body after trace headers");
+    let trace = String::from_utf8_lossy(trace);
+    assert!(trace.starts_with("Return-Path: <tracer@example.test>\r\n"), "{trace}");
+    // RFC 5321 4.4: FROM with the EHLO name and the client's address, BY our
+    // name, WITH the protocol (ESMTP), then "; date-time".
+    let unfolded = trace.replace("\r\n\t", " ").replace("\r\n ", " ");
+    for want in ["from trace-client.e2e.test", "[127.0.0.1]", "by mx.e2e.test", "with ESMTP"] {
+        assert!(unfolded.contains(want), "Received lacks {want:?}: {trace}");
+    }
+    let date = unfolded.rsplit(';').next().unwrap().trim();
+    assert!(date.ends_with("+0000") && date.contains(':'), "Received date {date:?}");
+}
+
+#[test]
+fn smtputf8_addresses() {
+    let server = Server::new();
+    let (mut c, _) = smtp_connect(server.smtp);
+    // RFC 6531 3.4: a non-ASCII address needs the SMTPUTF8 parameter.
+    c.cmd("MAIL FROM:<j\u{f6}rg@example.test>").expect(553, Some("5.6.7"));
+    c.cmd("MAIL FROM:<j\u{f6}rg@example.test> SMTPUTF8").expect(250, None);
+    c.cmd("RCPT TO:<b\u{f6}b@example.test>").expect(550, Some("5.1.1"));
+    c.cmd("RCPT TO:<bob@example.test>").expect(250, None);
+    c.cmd("DATA").expect(354, None);
+    let body = "From: J\u{f6}rg <j\u{f6}rg@example.test>\r\nSubject: gr\u{fc}\u{df}e\r\n\r\nUTF-8 headers \u{2713}\r\n".as_bytes();
+    c.send(&dot_stuff(body));
+    c.reply().expect(250, None);
+    c.cmd("QUIT").expect(221, None);
+    let m = mailbox(&server, BOB);
+    assert_eq!(m.len(), 1);
+    assert_eq!(return_path(&m[0]), "j\u{f6}rg@example.test");
+    assert_bytes_eq(strip_trace(&m[0]).1, body, "SMTPUTF8 message");
 }
