@@ -51,14 +51,27 @@ pub fn ringmail_bin() -> &'static Path {
         } else {
             deps
         };
-        let profile = profile_dir.file_name().unwrap().to_string_lossy().into_owned();
-        let mut target_dir = profile_dir.parent().expect("profile dir has a parent").to_path_buf();
+        let profile = profile_dir
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .into_owned();
+        let mut target_dir = profile_dir
+            .parent()
+            .expect("profile dir has a parent")
+            .to_path_buf();
         let mut triple = None;
         // `<target>/<triple>/<profile>`: the target directory holds .rustc_info.json.
         if !target_dir.join(".rustc_info.json").exists() {
             if let Some(up) = target_dir.parent() {
                 if up.join(".rustc_info.json").exists() {
-                    triple = Some(target_dir.file_name().unwrap().to_string_lossy().into_owned());
+                    triple = Some(
+                        target_dir
+                            .file_name()
+                            .unwrap()
+                            .to_string_lossy()
+                            .into_owned(),
+                    );
                     target_dir = up.to_path_buf();
                 }
             }
@@ -81,7 +94,9 @@ pub fn ringmail_bin() -> &'static Path {
         if let Some(t) = &triple {
             cmd.args(["--target", t]);
         }
-        let status = cmd.status().expect("running cargo build for the ringmail binary");
+        let status = cmd
+            .status()
+            .expect("running cargo build for the ringmail binary");
         assert!(status.success(), "cargo build -p ringmail failed: {status}");
         let bin = profile_dir.join(format!("ringmail{}", std::env::consts::EXE_SUFFIX));
         assert!(bin.exists(), "built, but {} is missing", bin.display());
@@ -91,7 +106,10 @@ pub fn ringmail_bin() -> &'static Path {
 
 /// The workspace root (parent of this crate).
 pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
 }
 
 /// Run `ringmail ARGS` to completion with `stdin` as standard input.
@@ -103,7 +121,12 @@ pub fn ringmail(args: &[&str], stdin: &str) -> Output {
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawning ringmail");
-    child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
     wait_output(child, Duration::from_secs(60))
 }
 
@@ -129,7 +152,11 @@ pub fn wait_output(mut child: Child, limit: Duration) -> Output {
         let _ = child.kill();
         panic!("child process did not finish within {limit:?}");
     });
-    Output { status, stdout: t_out.join().unwrap(), stderr: t_err.join().unwrap() }
+    Output {
+        status,
+        stdout: t_out.join().unwrap(),
+        stderr: t_err.join().unwrap(),
+    }
 }
 
 fn wait_deadline(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
@@ -148,7 +175,10 @@ fn wait_deadline(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
 /// Add accounts with the CLI (all with `password`), asserting success.
 pub fn add_accounts(data: &Path, addresses: &[&str], password: &str) {
     for a in addresses {
-        let out = ringmail(&["account", "add", a, "--data", data.to_str().unwrap()], &format!("{password}\n"));
+        let out = ringmail(
+            &["account", "add", a, "--data", data.to_str().unwrap()],
+            &format!("{password}\n"),
+        );
         assert_ok(&out, &format!("account add {a}"));
     }
 }
@@ -183,7 +213,13 @@ pub struct Options {
 
 impl Default for Options {
     fn default() -> Self {
-        Options { config: None, cores: 2, accounts: Vec::new(), log: "info".into(), hostname: None }
+        Options {
+            config: None,
+            cores: 2,
+            accounts: Vec::new(),
+            log: "info".into(),
+            hostname: None,
+        }
     }
 }
 
@@ -202,7 +238,8 @@ impl Options {
     }
     /// Accounts (password [`PASSWORD`]) created before the server starts.
     pub fn accounts<S: AsRef<str>>(mut self, list: &[S]) -> Self {
-        self.accounts.extend(list.iter().map(|s| s.as_ref().to_string()));
+        self.accounts
+            .extend(list.iter().map(|s| s.as_ref().to_string()));
         self
     }
     pub fn start(self) -> Server {
@@ -240,7 +277,10 @@ impl Server {
     }
 
     pub fn start(opts: Options) -> Server {
-        let dir = tempfile::Builder::new().prefix("ringmail-e2e-").tempdir().expect("tempdir");
+        let dir = tempfile::Builder::new()
+            .prefix("ringmail-e2e-")
+            .tempdir()
+            .expect("tempdir");
         let data = dir.path().join("data");
         std::fs::create_dir_all(&data).unwrap();
         let config_path = opts.config.as_ref().map(|text| {
@@ -288,15 +328,29 @@ impl Server {
     fn spawn(&mut self) {
         assert!(self.child.is_none(), "server already running");
         let mut cmd = Command::new(ringmail_bin());
-        cmd.arg("serve").arg("--data").arg(&self.data).arg("--cores").arg(self.cores.to_string());
-        cmd.args(["--smtp", "127.0.0.1:0", "--pop3", "127.0.0.1:0", "--imap", "127.0.0.1:0"]);
+        cmd.arg("serve")
+            .arg("--data")
+            .arg(&self.data)
+            .arg("--cores")
+            .arg(self.cores.to_string());
+        cmd.args([
+            "--smtp",
+            "127.0.0.1:0",
+            "--pop3",
+            "127.0.0.1:0",
+            "--imap",
+            "127.0.0.1:0",
+        ]);
         if let Some(c) = &self.config_path {
             cmd.arg("--config").arg(c);
         }
         if let Some(h) = &self.hostname {
             cmd.arg("--hostname").arg(h);
         }
-        cmd.env("RINGMAIL_LOG", &self.log).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        cmd.env("RINGMAIL_LOG", &self.log)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
         let mut child = cmd.spawn().expect("spawning ringmail serve");
         let stdout = child.stdout.take().unwrap();
         let stderr = child.stderr.take().unwrap();
@@ -322,21 +376,33 @@ impl Server {
         let ready = loop {
             match rx.recv_timeout(Duration::from_millis(100)) {
                 Ok(line) if line.starts_with("ringmail: ready ") => break line,
-                Ok(other) => panic!("unexpected stdout line before ready: {other:?}\n{}", self.stderr_text()),
+                Ok(other) => panic!(
+                    "unexpected stdout line before ready: {other:?}\n{}",
+                    self.stderr_text()
+                ),
                 Err(mpsc::RecvTimeoutError::Timeout) => {
                     if let Ok(Some(status)) = child.try_wait() {
                         std::thread::sleep(Duration::from_millis(100));
-                        panic!("ringmail exited during start-up ({status}):\n{}", self.stderr_text());
+                        panic!(
+                            "ringmail exited during start-up ({status}):\n{}",
+                            self.stderr_text()
+                        );
                     }
                     if start.elapsed() > READY_TIMEOUT {
                         let _ = child.kill();
                         let _ = child.wait();
-                        panic!("ringmail not ready within {READY_TIMEOUT:?}:\n{}", self.stderr_text());
+                        panic!(
+                            "ringmail not ready within {READY_TIMEOUT:?}:\n{}",
+                            self.stderr_text()
+                        );
                     }
                 }
                 Err(mpsc::RecvTimeoutError::Disconnected) => {
                     let status = wait_deadline(&mut child, Duration::from_secs(5));
-                    panic!("ringmail closed stdout before ready ({status:?}):\n{}", self.stderr_text());
+                    panic!(
+                        "ringmail closed stdout before ready ({status:?}):\n{}",
+                        self.stderr_text()
+                    );
                 }
             }
         };
@@ -345,13 +411,24 @@ impl Server {
                 .split_whitespace()
                 .find_map(|w| w.strip_prefix(&format!("{name}=")))
                 .unwrap_or_else(|| panic!("no {name}= in ready line {ready:?}"));
-            v.split(',').next().unwrap().parse().unwrap_or_else(|e| panic!("bad {name} address in {ready:?}: {e}"))
+            v.split(',')
+                .next()
+                .unwrap()
+                .parse()
+                .unwrap_or_else(|e| panic!("bad {name} address in {ready:?}: {e}"))
         };
         self.smtp = field("smtp");
         self.pop3 = field("pop3");
         self.imap = field("imap");
-        assert!(ready.contains(&format!(" cores={} ", self.cores)), "ready line {ready:?} lacks cores={}", self.cores);
-        assert!(ready.contains(&format!(" data={}", self.data.display())), "ready line {ready:?} lacks the data dir");
+        assert!(
+            ready.contains(&format!(" cores={} ", self.cores)),
+            "ready line {ready:?} lacks cores={}",
+            self.cores
+        );
+        assert!(
+            ready.contains(&format!(" data={}", self.data.display())),
+            "ready line {ready:?} lacks the data dir"
+        );
         self.ready_line = ready;
         self.child = Some(child);
     }
@@ -375,7 +452,11 @@ impl Server {
     /// SIGTERM; wait (bounded) and assert exit status 0. Returns how long the stop took.
     pub fn terminate(&mut self) -> Duration {
         let status = self.stop_with(libc::SIGTERM, Duration::from_secs(30));
-        assert!(status.success(), "ringmail exited with {status} after SIGTERM:\n{}", self.stderr_tail(4000));
+        assert!(
+            status.success(),
+            "ringmail exited with {status} after SIGTERM:\n{}",
+            self.stderr_tail(4000)
+        );
         self.stop_elapsed.take().unwrap_or_default()
     }
 
@@ -397,7 +478,10 @@ impl Server {
             None => {
                 let _ = child.kill();
                 let _ = child.wait();
-                panic!("ringmail did not exit within {limit:?}:\n{}", self.stderr_tail(4000));
+                panic!(
+                    "ringmail did not exit within {limit:?}:\n{}",
+                    self.stderr_tail(4000)
+                );
             }
         }
     }
@@ -420,7 +504,9 @@ impl Server {
     pub fn stderr_tail(&self, n: usize) -> String {
         let s = self.stderr_text();
         let cut = s.len().saturating_sub(n);
-        let cut = (cut..s.len()).find(|i| s.is_char_boundary(*i)).unwrap_or(s.len());
+        let cut = (cut..s.len())
+            .find(|i| s.is_char_boundary(*i))
+            .unwrap_or(s.len());
         s[cut..].to_string()
     }
 
@@ -443,7 +529,10 @@ impl Drop for Server {
             let _ = c.wait();
         }
         if std::thread::panicking() {
-            eprintln!("---- ringmail stderr (tail) ----\n{}\n---- end ----", self.stderr_tail(6000));
+            eprintln!(
+                "---- ringmail stderr (tail) ----\n{}\n---- end ----",
+                self.stderr_tail(6000)
+            );
         }
     }
 }
@@ -472,7 +561,11 @@ impl Reply {
         let first = self.lines.first()?;
         let w = first.split_whitespace().next()?;
         let parts: Vec<&str> = w.split('.').collect();
-        (parts.len() == 3 && parts.iter().all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))).then_some(w)
+        (parts.len() == 3
+            && parts
+                .iter()
+                .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit())))
+        .then_some(w)
     }
 
     pub fn text(&self) -> String {
@@ -484,7 +577,11 @@ impl Reply {
     pub fn expect(&self, code: u16, enhanced: Option<&str>) -> &Self {
         assert_eq!(self.code, code, "unexpected reply: {self:?}");
         if let Some(e) = enhanced {
-            assert_eq!(self.enhanced(), Some(e), "unexpected enhanced status code: {self:?}");
+            assert_eq!(
+                self.enhanced(),
+                Some(e),
+                "unexpected enhanced status code: {self:?}"
+            );
         }
         self
     }
@@ -492,11 +589,15 @@ impl Reply {
 
 impl Client {
     pub fn connect(addr: SocketAddr) -> Client {
-        let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(10)).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+        let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(10))
+            .unwrap_or_else(|e| panic!("connect {addr}: {e}"));
         stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
         stream.set_write_timeout(Some(IO_TIMEOUT)).unwrap();
         stream.set_nodelay(true).unwrap();
-        Client { stream, buf: Vec::new() }
+        Client {
+            stream,
+            buf: Vec::new(),
+        }
     }
 
     pub fn try_connect(addr: SocketAddr) -> std::io::Result<Client> {
@@ -504,7 +605,10 @@ impl Client {
         stream.set_read_timeout(Some(IO_TIMEOUT))?;
         stream.set_write_timeout(Some(IO_TIMEOUT))?;
         let _ = stream.set_nodelay(true);
-        Ok(Client { stream, buf: Vec::new() })
+        Ok(Client {
+            stream,
+            buf: Vec::new(),
+        })
     }
 
     pub fn set_read_timeout(&self, t: Duration) {
@@ -516,7 +620,8 @@ impl Client {
     }
 
     pub fn send(&mut self, bytes: &[u8]) {
-        self.try_send(bytes).unwrap_or_else(|e| panic!("write failed: {e}"));
+        self.try_send(bytes)
+            .unwrap_or_else(|e| panic!("write failed: {e}"));
     }
 
     pub fn try_send(&mut self, bytes: &[u8]) -> std::io::Result<()> {
@@ -539,7 +644,10 @@ impl Client {
             if n == 0 {
                 return Err(std::io::Error::new(
                     std::io::ErrorKind::UnexpectedEof,
-                    format!("connection closed (partial line {:?})", String::from_utf8_lossy(&self.buf)),
+                    format!(
+                        "connection closed (partial line {:?})",
+                        String::from_utf8_lossy(&self.buf)
+                    ),
                 ));
             }
             self.buf.extend_from_slice(&chunk[..n]);
@@ -548,14 +656,19 @@ impl Client {
 
     #[track_caller]
     pub fn read_line(&mut self) -> Vec<u8> {
-        self.try_read_line().unwrap_or_else(|e| panic!("reading a line: {e}"))
+        self.try_read_line()
+            .unwrap_or_else(|e| panic!("reading a line: {e}"))
     }
 
     /// A line as text without its line ending.
     #[track_caller]
     pub fn line(&mut self) -> String {
         let l = self.read_line();
-        assert!(l.ends_with(b"\r\n"), "line not terminated by CRLF: {:?}", String::from_utf8_lossy(&l));
+        assert!(
+            l.ends_with(b"\r\n"),
+            "line not terminated by CRLF: {:?}",
+            String::from_utf8_lossy(&l)
+        );
         String::from_utf8_lossy(&l[..l.len() - 2]).into_owned()
     }
 
@@ -566,7 +679,10 @@ impl Client {
         loop {
             let raw = self.try_read_line()?;
             if !raw.ends_with(b"\r\n") {
-                return Err(std::io::Error::other(format!("reply line without CRLF: {:?}", String::from_utf8_lossy(&raw))));
+                return Err(std::io::Error::other(format!(
+                    "reply line without CRLF: {:?}",
+                    String::from_utf8_lossy(&raw)
+                )));
             }
             let l = String::from_utf8_lossy(&raw[..raw.len() - 2]).into_owned();
             let bad = || std::io::Error::other(format!("malformed reply line {l:?}"));
@@ -575,7 +691,9 @@ impl Client {
             }
             let c: u16 = l[..3].parse().unwrap();
             if *code.get_or_insert(c) != c {
-                return Err(std::io::Error::other(format!("reply code changed mid-reply: {l:?}")));
+                return Err(std::io::Error::other(format!(
+                    "reply code changed mid-reply: {l:?}"
+                )));
             }
             match l.as_bytes().get(3) {
                 None => {
@@ -593,12 +711,16 @@ impl Client {
                 return Err(std::io::Error::other("reply longer than 1000 lines"));
             }
         }
-        Ok(Reply { code: code.unwrap(), lines })
+        Ok(Reply {
+            code: code.unwrap(),
+            lines,
+        })
     }
 
     #[track_caller]
     pub fn reply(&mut self) -> Reply {
-        self.try_reply().unwrap_or_else(|e| panic!("reading SMTP reply: {e}"))
+        self.try_reply()
+            .unwrap_or_else(|e| panic!("reading SMTP reply: {e}"))
     }
 
     /// Send `line` + CRLF, read the reply.
@@ -615,11 +737,18 @@ impl Client {
         let end = Instant::now() + within;
         let mut chunk = [0u8; 4096];
         while Instant::now() < end {
-            self.stream.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+            self.stream
+                .set_read_timeout(Some(Duration::from_millis(200)))
+                .unwrap();
             match self.stream.read(&mut chunk) {
                 Ok(0) => return true,
                 Ok(_) => continue,
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock || e.kind() == std::io::ErrorKind::TimedOut => continue,
+                Err(e)
+                    if e.kind() == std::io::ErrorKind::WouldBlock
+                        || e.kind() == std::io::ErrorKind::TimedOut =>
+                {
+                    continue
+                }
                 Err(_) => return true,
             }
         }
@@ -682,15 +811,23 @@ pub enum Transfer {
 /// Send one transaction on an open session (after EHLO). Returns the reply
 /// to the end of data (DATA's final dot or BDAT LAST), or Err on an
 /// unexpected reply earlier in the transaction / I/O failure.
-pub fn smtp_transaction(c: &mut Client, from: &str, rcpts: &[&str], message: &[u8], how: Transfer) -> Result<Reply, String> {
+pub fn smtp_transaction(
+    c: &mut Client,
+    from: &str,
+    rcpts: &[&str],
+    message: &[u8],
+    how: Transfer,
+) -> Result<Reply, String> {
     let io = |e: std::io::Error| e.to_string();
-    c.try_send(format!("MAIL FROM:<{from}>\r\n").as_bytes()).map_err(io)?;
+    c.try_send(format!("MAIL FROM:<{from}>\r\n").as_bytes())
+        .map_err(io)?;
     let r = c.try_reply().map_err(io)?;
     if r.code != 250 {
         return Err(format!("MAIL: {r:?}"));
     }
     for rcpt in rcpts {
-        c.try_send(format!("RCPT TO:<{rcpt}>\r\n").as_bytes()).map_err(io)?;
+        c.try_send(format!("RCPT TO:<{rcpt}>\r\n").as_bytes())
+            .map_err(io)?;
         let r = c.try_reply().map_err(io)?;
         if r.code != 250 {
             return Err(format!("RCPT {rcpt}: {r:?}"));
@@ -714,7 +851,8 @@ pub fn smtp_transaction(c: &mut Client, from: &str, rcpts: &[&str], message: &[u
             }
             for (i, part) in chunks.iter().enumerate() {
                 let last = i + 1 == chunks.len();
-                let mut buf = format!("BDAT {}{}\r\n", part.len(), if last { " LAST" } else { "" }).into_bytes();
+                let mut buf = format!("BDAT {}{}\r\n", part.len(), if last { " LAST" } else { "" })
+                    .into_bytes();
                 buf.extend_from_slice(part);
                 c.try_send(&buf).map_err(io)?;
                 let r = c.try_reply().map_err(io)?;
@@ -734,7 +872,8 @@ pub fn smtp_transaction(c: &mut Client, from: &str, rcpts: &[&str], message: &[u
 #[track_caller]
 pub fn smtp_send(addr: SocketAddr, from: &str, rcpts: &[&str], message: &[u8]) {
     let (mut c, _) = smtp_connect(addr);
-    let r = smtp_transaction(&mut c, from, rcpts, message, Transfer::Data).unwrap_or_else(|e| panic!("sending: {e}"));
+    let r = smtp_transaction(&mut c, from, rcpts, message, Transfer::Data)
+        .unwrap_or_else(|e| panic!("sending: {e}"));
     r.expect(250, Some("2.0.0"));
     c.cmd("QUIT").expect(221, None);
 }
@@ -783,12 +922,20 @@ impl Pop3 {
         let mut lines = Vec::new();
         loop {
             let l = self.c.read_line();
-            assert!(l.ends_with(b"\r\n"), "POP3 line without CRLF: {:?}", String::from_utf8_lossy(&l));
+            assert!(
+                l.ends_with(b"\r\n"),
+                "POP3 line without CRLF: {:?}",
+                String::from_utf8_lossy(&l)
+            );
             let l = &l[..l.len() - 2];
             if l == b"." {
                 return lines;
             }
-            lines.push(if l.starts_with(b".") { l[1..].to_vec() } else { l.to_vec() });
+            lines.push(if l.starts_with(b".") {
+                l[1..].to_vec()
+            } else {
+                l.to_vec()
+            });
         }
     }
 
@@ -798,7 +945,10 @@ impl Pop3 {
         let r = self.ok("STAT");
         let w: Vec<&str> = r.split_whitespace().collect();
         assert!(w.len() >= 3, "STAT reply {r:?}");
-        (w[1].parse().expect("STAT count"), w[2].parse().expect("STAT size"))
+        (
+            w[1].parse().expect("STAT count"),
+            w[2].parse().expect("STAT size"),
+        )
     }
 
     /// UIDL listing: (message number, unique id).
@@ -809,7 +959,9 @@ impl Pop3 {
             .into_iter()
             .map(|l| {
                 let s = String::from_utf8(l).expect("UIDL line is ASCII");
-                let (n, id) = s.split_once(' ').unwrap_or_else(|| panic!("UIDL line {s:?}"));
+                let (n, id) = s
+                    .split_once(' ')
+                    .unwrap_or_else(|| panic!("UIDL line {s:?}"));
                 (n.parse().unwrap(), id.to_string())
             })
             .collect()
@@ -851,7 +1003,10 @@ impl Pop3 {
     #[track_caller]
     pub fn quit(mut self) {
         self.ok("QUIT");
-        assert!(self.c.closed_within(Duration::from_secs(5)), "server did not close after QUIT");
+        assert!(
+            self.c.closed_within(Duration::from_secs(5)),
+            "server did not close after QUIT"
+        );
     }
 }
 
@@ -886,9 +1041,16 @@ pub fn strip_trace(stored: &[u8]) -> (&[u8], &[u8]) {
     let mut pos = 0;
     let next_line = |pos: &mut usize| -> &[u8] {
         let rest = &stored[*pos..];
-        let end = rest.windows(2).position(|w| w == b"\r\n").map(|i| i + 2).unwrap_or_else(|| {
-            panic!("stored message ends inside its trace headers: {:?}", String::from_utf8_lossy(&stored[..stored.len().min(400)]))
-        });
+        let end = rest
+            .windows(2)
+            .position(|w| w == b"\r\n")
+            .map(|i| i + 2)
+            .unwrap_or_else(|| {
+                panic!(
+                    "stored message ends inside its trace headers: {:?}",
+                    String::from_utf8_lossy(&stored[..stored.len().min(400)])
+                )
+            });
         *pos += end;
         &rest[..end]
     };
@@ -899,7 +1061,11 @@ pub fn strip_trace(stored: &[u8]) -> (&[u8], &[u8]) {
         String::from_utf8_lossy(rp)
     );
     let rcvd = next_line(&mut pos);
-    assert!(rcvd.starts_with(b"Received: "), "second stored line is not Received: {:?}", String::from_utf8_lossy(rcvd));
+    assert!(
+        rcvd.starts_with(b"Received: "),
+        "second stored line is not Received: {:?}",
+        String::from_utf8_lossy(rcvd)
+    );
     let mut received = rcvd.to_vec();
     while stored[pos..].starts_with(b" ") || stored[pos..].starts_with(b"\t") {
         let cont = next_line(&mut pos);
@@ -907,15 +1073,23 @@ pub fn strip_trace(stored: &[u8]) -> (&[u8], &[u8]) {
     }
     // RFC 5321 4.4: the time stamp follows the last ';'.
     let text = String::from_utf8_lossy(&received);
-    assert!(text.contains(';'), "Received header without a date: {text:?}");
+    assert!(
+        text.contains(';'),
+        "Received header without a date: {text:?}"
+    );
     (&stored[..pos], &stored[pos..])
 }
 
 /// The Return-Path address of a stored message.
 pub fn return_path(stored: &[u8]) -> String {
-    let end = stored.windows(2).position(|w| w == b"\r\n").unwrap_or(stored.len());
+    let end = stored
+        .windows(2)
+        .position(|w| w == b"\r\n")
+        .unwrap_or(stored.len());
     let l = String::from_utf8_lossy(&stored[..end]);
-    l.trim_start_matches("Return-Path: <").trim_end_matches('>').to_string()
+    l.trim_start_matches("Return-Path: <")
+        .trim_end_matches('>')
+        .to_string()
 }
 
 /// Assert two byte strings are equal; on failure show where they first differ.
@@ -924,8 +1098,14 @@ pub fn assert_bytes_eq(got: &[u8], want: &[u8], what: &str) {
     if got == want {
         return;
     }
-    let at = got.iter().zip(want).position(|(a, b)| a != b).unwrap_or(got.len().min(want.len()));
-    let ctx = |b: &[u8]| String::from_utf8_lossy(&b[at.saturating_sub(60)..(at + 60).min(b.len())]).into_owned();
+    let at = got
+        .iter()
+        .zip(want)
+        .position(|(a, b)| a != b)
+        .unwrap_or(got.len().min(want.len()));
+    let ctx = |b: &[u8]| {
+        String::from_utf8_lossy(&b[at.saturating_sub(60)..(at + 60).min(b.len())]).into_owned()
+    };
     panic!(
         "{what}: bytes differ at offset {at} (got {} bytes, want {}):\n got: {:?}\nwant: {:?}",
         got.len(),
@@ -949,11 +1129,21 @@ pub fn shard_of(account: &str, cores: usize) -> usize {
 
 /// Names `prefix0@example.test`, `prefix1@...`: `n` accounts, at least `min_each`
 /// on every one of `cores` shards.
-pub fn accounts_on_all_shards(prefix: &str, n: usize, cores: usize, min_each: usize) -> Vec<String> {
-    let list: Vec<String> = (0..n).map(|i| format!("{prefix}{i}@example.test")).collect();
+pub fn accounts_on_all_shards(
+    prefix: &str,
+    n: usize,
+    cores: usize,
+    min_each: usize,
+) -> Vec<String> {
+    let list: Vec<String> = (0..n)
+        .map(|i| format!("{prefix}{i}@example.test"))
+        .collect();
     for s in 0..cores {
         let k = list.iter().filter(|a| shard_of(a, cores) == s).count();
-        assert!(k >= min_each, "only {k} of {list:?} on shard {s}: pick another prefix");
+        assert!(
+            k >= min_each,
+            "only {k} of {list:?} on shard {s}: pick another prefix"
+        );
     }
     list
 }
@@ -962,14 +1152,18 @@ pub fn accounts_on_all_shards(prefix: &str, n: usize, cores: usize, min_each: us
 /// Returns its standard output.
 #[track_caller]
 pub fn run_python(script: &str, args: &[String]) -> String {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("py").join(script);
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("py")
+        .join(script);
     let child = Command::new("python3")
         .arg(&path)
         .args(args)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .unwrap_or_else(|e| panic!("cannot run python3 (needed for {script}; .ci/run installs it): {e}"));
+        .unwrap_or_else(|e| {
+            panic!("cannot run python3 (needed for {script}; .ci/run installs it): {e}")
+        });
     let out = wait_output(child, Duration::from_secs(120));
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(

@@ -17,10 +17,24 @@ fn data_arg(s: &Server) -> String {
 fn unknown_config_key_refuses_to_start() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("bad.toml");
-    std::fs::write(&cfg, "hostname = \"mx.e2e.test\"\n\n[limits]\nmessage_size_max = 1000\nrecipient_max = 5\n").unwrap();
+    std::fs::write(
+        &cfg,
+        "hostname = \"mx.e2e.test\"\n\n[limits]\nmessage_size_max = 1000\nrecipient_max = 5\n",
+    )
+    .unwrap();
     let data = dir.path().join("data");
     let child = Command::new(ringmail_bin())
-        .args(["serve", "--cores", "2", "--smtp", "127.0.0.1:0", "--pop3", "127.0.0.1:0", "--imap", "127.0.0.1:0"])
+        .args([
+            "serve",
+            "--cores",
+            "2",
+            "--smtp",
+            "127.0.0.1:0",
+            "--pop3",
+            "127.0.0.1:0",
+            "--imap",
+            "127.0.0.1:0",
+        ])
         .arg("--config")
         .arg(&cfg)
         .arg("--data")
@@ -32,11 +46,24 @@ fn unknown_config_key_refuses_to_start() {
         .unwrap();
     let out = wait_output(child, Duration::from_secs(20));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "serve with an unknown key must fail; stderr: {stderr}");
-    assert!(out.stdout.is_empty(), "no ready line expected, got {:?}", String::from_utf8_lossy(&out.stdout));
+    assert!(
+        !out.status.success(),
+        "serve with an unknown key must fail; stderr: {stderr}"
+    );
+    assert!(
+        out.stdout.is_empty(),
+        "no ready line expected, got {:?}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     let want = format!("{}:5:1:", cfg.display());
-    assert!(stderr.contains(&want), "stderr should point at {want}, got: {stderr}");
-    assert!(stderr.contains("recipient_max"), "stderr should name the key: {stderr}");
+    assert!(
+        stderr.contains(&want),
+        "stderr should point at {want}, got: {stderr}"
+    );
+    assert!(
+        stderr.contains("recipient_max"),
+        "stderr should name the key: {stderr}"
+    );
 
     // check-config reports the same position and fails.
     let out = ringmail(&["check-config", cfg.to_str().unwrap()], "");
@@ -52,7 +79,10 @@ fn check_config_accepts_good_files_and_rejects_bad_values() {
     let out = ringmail(&["default-config"], "");
     assert_ok(&out, "default-config");
     let text = String::from_utf8(out.stdout).unwrap();
-    assert!(text.contains("[limits]") && text.contains("message_size_max"), "default-config output: {text}");
+    assert!(
+        text.contains("[limits]") && text.contains("message_size_max"),
+        "default-config output: {text}"
+    );
     let good = dir.path().join("default.toml");
     std::fs::write(&good, &text).unwrap();
     let out = ringmail(&["check-config", good.to_str().unwrap()], "");
@@ -60,12 +90,23 @@ fn check_config_accepts_good_files_and_rejects_bad_values() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("ok"));
 
     let small = dir.path().join("small.toml");
-    std::fs::write(&small, "local_domains = [\"e2e.test\"]\ndemo_accounts = []\n[limits]\nrecipients_max = 3\n").unwrap();
-    assert_ok(&ringmail(&["check-config", small.to_str().unwrap()], ""), "check-config small");
+    std::fs::write(
+        &small,
+        "local_domains = [\"e2e.test\"]\ndemo_accounts = []\n[limits]\nrecipients_max = 3\n",
+    )
+    .unwrap();
+    assert_ok(
+        &ringmail(&["check-config", small.to_str().unwrap()], ""),
+        "check-config small",
+    );
 
     // A value out of range, a wrong type, a syntax error: all refused.
     for (name, text, needle) in [
-        ("zero.toml", "[limits]\nmessage_size_max = 0\n", "message_size_max"),
+        (
+            "zero.toml",
+            "[limits]\nmessage_size_max = 0\n",
+            "message_size_max",
+        ),
         ("type.toml", "cores = \"two\"\n", ":1:"),
         ("syntax.toml", "hostname = \n", ":1:"),
         ("section.toml", "[nonsense]\nx = 1\n", ":1:"),
@@ -75,7 +116,10 @@ fn check_config_accepts_good_files_and_rejects_bad_values() {
         let out = ringmail(&["check-config", p.to_str().unwrap()], "");
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "{name} accepted");
-        assert!(stderr.contains(p.to_str().unwrap()) && stderr.contains(needle), "{name}: {stderr}");
+        assert!(
+            stderr.contains(p.to_str().unwrap()) && stderr.contains(needle),
+            "{name}: {stderr}"
+        );
     }
 }
 
@@ -87,29 +131,106 @@ fn account_cli_add_list_remove_bulk() {
     let list = || -> Vec<String> {
         let out = ringmail(&["account", "list", "--data", d], "");
         assert_ok(&out, "account list");
-        String::from_utf8(out.stdout).unwrap().lines().map(str::to_string).collect()
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .map(str::to_string)
+            .collect()
     };
-    assert_ok(&ringmail(&["account", "add", "carol@example.test", "--data", d], "pw-carol\n"), "add carol");
-    assert_ok(&ringmail(&["account", "add", "dave@example.test", "--data", d], "pw-dave\n"), "add dave");
+    assert_ok(
+        &ringmail(
+            &["account", "add", "carol@example.test", "--data", d],
+            "pw-carol\n",
+        ),
+        "add carol",
+    );
+    assert_ok(
+        &ringmail(
+            &["account", "add", "dave@example.test", "--data", d],
+            "pw-dave\n",
+        ),
+        "add dave",
+    );
     assert_eq!(list(), vec!["carol@example.test", "dave@example.test"]);
 
     // Adding an existing account and adding with an empty password fail.
-    assert!(!ringmail(&["account", "add", "carol@example.test", "--data", d], "other\n").status.success(), "duplicate add");
-    assert!(!ringmail(&["account", "add", "erin@example.test", "--data", d], "\n").status.success(), "empty password");
-    assert!(!ringmail(&["account", "add", "not-an-address", "--data", d], "pw\n").status.success(), "bad address");
+    assert!(
+        !ringmail(
+            &["account", "add", "carol@example.test", "--data", d],
+            "other\n"
+        )
+        .status
+        .success(),
+        "duplicate add"
+    );
+    assert!(
+        !ringmail(&["account", "add", "erin@example.test", "--data", d], "\n")
+            .status
+            .success(),
+        "empty password"
+    );
+    assert!(
+        !ringmail(&["account", "add", "not-an-address", "--data", d], "pw\n")
+            .status
+            .success(),
+        "bad address"
+    );
 
-    assert_ok(&ringmail(&["account", "remove", "carol@example.test", "--data", d], ""), "remove carol");
+    assert_ok(
+        &ringmail(
+            &["account", "remove", "carol@example.test", "--data", d],
+            "",
+        ),
+        "remove carol",
+    );
     assert_eq!(list(), vec!["dave@example.test"]);
-    assert!(!ringmail(&["account", "remove", "carol@example.test", "--data", d], "").status.success(), "remove twice");
+    assert!(
+        !ringmail(
+            &["account", "remove", "carol@example.test", "--data", d],
+            ""
+        )
+        .status
+        .success(),
+        "remove twice"
+    );
 
-    let out = ringmail(&["account", "bulk", "--pattern", "{n}u@example.test", "--count", "5", "--data", d], "bulk-pw\n");
+    let out = ringmail(
+        &[
+            "account",
+            "bulk",
+            "--pattern",
+            "{n}u@example.test",
+            "--count",
+            "5",
+            "--data",
+            d,
+        ],
+        "bulk-pw\n",
+    );
     assert_ok(&out, "bulk");
     let l = list();
     for n in 0..5 {
-        assert!(l.contains(&format!("{n}u@example.test")), "{n}u missing from {l:?}");
+        assert!(
+            l.contains(&format!("{n}u@example.test")),
+            "{n}u missing from {l:?}"
+        );
     }
     assert_eq!(l.len(), 6, "{l:?}");
-    assert!(!ringmail(&["account", "bulk", "--pattern", "nonum@example.test", "--count", "2", "--data", d], "pw\n").status.success());
+    assert!(!ringmail(
+        &[
+            "account",
+            "bulk",
+            "--pattern",
+            "nonum@example.test",
+            "--count",
+            "2",
+            "--data",
+            d
+        ],
+        "pw\n"
+    )
+    .status
+    .success());
 }
 
 #[test]
@@ -126,7 +247,13 @@ fn running_server_sees_account_changes() {
     // Make sure the account file's timestamp will differ from the one the server saw.
     std::thread::sleep(Duration::from_millis(20));
     let d = data_arg(&server);
-    assert_ok(&ringmail(&["account", "add", "frank@example.test", "--data", &d], "frank-pw\n"), "add frank");
+    assert_ok(
+        &ringmail(
+            &["account", "add", "frank@example.test", "--data", &d],
+            "frank-pw\n",
+        ),
+        "add frank",
+    );
     let t = Instant::now();
     let ok = wait_for(Duration::from_secs(5), || {
         let mut p = Pop3::connect(addr);
@@ -135,9 +262,16 @@ fn running_server_sees_account_changes() {
         r.starts_with("+OK").then(|| p.quit())
     });
     let took = t.elapsed();
-    assert!(ok.is_some(), "new account could not log in within 5 s:\n{}", server.stderr_tail(2000));
+    assert!(
+        ok.is_some(),
+        "new account could not log in within 5 s:\n{}",
+        server.stderr_tail(2000)
+    );
     // ~1 s pick-up plus at most one failed attempt's penalty delay.
-    assert!(took < Duration::from_millis(2600), "account picked up only after {took:?}");
+    assert!(
+        took < Duration::from_millis(2600),
+        "account picked up only after {took:?}"
+    );
 
     // Mail to the new account is accepted (SMTP) and readable.
     let msg = b"From: a@example.test\r\nTo: frank@example.test\r\nSubject: welcome\r\n\r\nhello frank\r\n";
@@ -147,7 +281,13 @@ fn running_server_sees_account_changes() {
     assert_bytes_eq(strip_trace(&got[0].1).1, msg, "frank's message");
 
     // Removal: login refused and RCPT answered 550 within ~2 s.
-    assert_ok(&ringmail(&["account", "remove", "frank@example.test", "--data", &d], ""), "remove frank");
+    assert_ok(
+        &ringmail(
+            &["account", "remove", "frank@example.test", "--data", &d],
+            "",
+        ),
+        "remove frank",
+    );
     let gone = wait_for(Duration::from_secs(5), || {
         let (mut c, _) = smtp_connect(server.smtp);
         c.cmd("MAIL FROM:<a@example.test>").expect(250, None);

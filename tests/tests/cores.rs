@@ -12,14 +12,27 @@ fn message(account: &str, n: usize) -> Vec<u8> {
 fn contents(server: &Server, accounts: &[String]) -> Vec<Vec<Vec<u8>>> {
     accounts
         .iter()
-        .map(|a| fetch_all(server.pop3, a, PASSWORD).into_iter().map(|(_, m)| strip_trace(&m).1.to_vec()).collect())
+        .map(|a| {
+            fetch_all(server.pop3, a, PASSWORD)
+                .into_iter()
+                .map(|(_, m)| strip_trace(&m).1.to_vec())
+                .collect()
+        })
         .collect()
 }
 
 fn deliver(server: &Server, accounts: &[String], n: usize) {
     let (mut c, _) = smtp_connect(server.smtp);
     for a in accounts {
-        smtp_transaction(&mut c, "cores@example.test", &[a], &message(a, n), Transfer::Data).unwrap().expect(250, None);
+        smtp_transaction(
+            &mut c,
+            "cores@example.test",
+            &[a],
+            &message(a, n),
+            Transfer::Data,
+        )
+        .unwrap()
+        .expect(250, None);
     }
     c.cmd("QUIT").expect(221, None);
 }
@@ -40,31 +53,50 @@ fn restart_with_other_core_counts() {
     for n in 0..3 {
         deliver(&server, &accounts, n);
     }
-    let mut expect: Vec<Vec<Vec<u8>>> = accounts.iter().map(|a| (0..3).map(|n| message(a, n)).collect()).collect();
+    let mut expect: Vec<Vec<Vec<u8>>> = accounts
+        .iter()
+        .map(|a| (0..3).map(|n| message(a, n)).collect())
+        .collect();
     assert_eq!(contents(&server, &accounts), expect);
 
     server.terminate();
     server.restart_with_cores(1);
-    assert_eq!(contents(&server, &accounts), expect, "after restarting with one core");
+    assert_eq!(
+        contents(&server, &accounts),
+        expect,
+        "after restarting with one core"
+    );
     delete_first(&server, &accounts);
     deliver(&server, &accounts, 3);
     for (i, a) in accounts.iter().enumerate() {
         expect[i].remove(0);
         expect[i].push(message(a, 3));
     }
-    assert_eq!(contents(&server, &accounts), expect, "one core: after DELE and new mail");
+    assert_eq!(
+        contents(&server, &accounts),
+        expect,
+        "one core: after DELE and new mail"
+    );
 
     // Crash on one core, come back on two.
     server.kill9();
     server.restart_with_cores(2);
-    assert_eq!(contents(&server, &accounts), expect, "two cores after kill -9 on one core");
+    assert_eq!(
+        contents(&server, &accounts),
+        expect,
+        "two cores after kill -9 on one core"
+    );
     delete_first(&server, &accounts);
     deliver(&server, &accounts, 4);
     for (i, a) in accounts.iter().enumerate() {
         expect[i].remove(0);
         expect[i].push(message(a, 4));
     }
-    assert_eq!(contents(&server, &accounts), expect, "two cores: after DELE and new mail");
+    assert_eq!(
+        contents(&server, &accounts),
+        expect,
+        "two cores: after DELE and new mail"
+    );
 
     server.terminate();
     server.restart_with_cores(1);

@@ -60,15 +60,26 @@ fn build_message(id: &str, seed: u64, rcpts: &[String]) -> Vec<u8> {
 /// One sender thread: sessions of up to 5 transactions, until `stop` or the
 /// server goes away. Every attempt is logged before it is sent; `acked` is
 /// set only on a 250 to the end of data.
-fn sender(smtp: std::net::SocketAddr, accounts: Arc<Vec<String>>, cycle: usize, t: usize, stop: Arc<AtomicBool>, log: Log) {
+fn sender(
+    smtp: std::net::SocketAddr,
+    accounts: Arc<Vec<String>>,
+    cycle: usize,
+    t: usize,
+    stop: Arc<AtomicBool>,
+    log: Log,
+) {
     let mut n = 0u64;
     'sessions: while !stop.load(Ordering::Relaxed) {
-        let Ok(mut c) = Client::try_connect(smtp) else { break };
+        let Ok(mut c) = Client::try_connect(smtp) else {
+            break;
+        };
         match c.try_reply() {
             Ok(r) if r.code == 220 => {}
             _ => break,
         }
-        if c.try_send(b"EHLO crash.e2e.test\r\n").is_err() || c.try_reply().map(|r| r.code).ok() != Some(250) {
+        if c.try_send(b"EHLO crash.e2e.test\r\n").is_err()
+            || c.try_reply().map(|r| r.code).ok() != Some(250)
+        {
             break;
         }
         for _ in 0..5 {
@@ -87,8 +98,19 @@ fn sender(smtp: std::net::SocketAddr, accounts: Arc<Vec<String>>, cycle: usize, 
                 }
             }
             let message = build_message(&id, seed, &rcpts);
-            log.lock().unwrap().insert(id.clone(), Sent { rcpts: rcpts.clone(), message: message.clone(), acked: false });
-            let how = if t % 2 == 0 { Transfer::Data } else { Transfer::Bdat(1 + (seed % 9000) as usize) };
+            log.lock().unwrap().insert(
+                id.clone(),
+                Sent {
+                    rcpts: rcpts.clone(),
+                    message: message.clone(),
+                    acked: false,
+                },
+            );
+            let how = if t % 2 == 1 {
+                Transfer::Bdat(1 + (seed % 9000) as usize)
+            } else {
+                Transfer::Data
+            };
             let refs: Vec<&str> = rcpts.iter().map(|s| s.as_str()).collect();
             match smtp_transaction(&mut c, "crash-sender@example.test", &refs, &message, how) {
                 Ok(r) if r.code == 250 => log.lock().unwrap().get_mut(&id).unwrap().acked = true,
@@ -102,11 +124,18 @@ fn sender(smtp: std::net::SocketAddr, accounts: Arc<Vec<String>>, cycle: usize, 
 }
 
 /// Run senders for `SEND_FOR`, then stop the server with `stop_server` while they send.
-fn send_then(server: &mut Server, accounts: &Arc<Vec<String>>, cycle: usize, log: &Log, stop_server: impl FnOnce(&mut Server)) -> usize {
+fn send_then(
+    server: &mut Server,
+    accounts: &Arc<Vec<String>>,
+    cycle: usize,
+    log: &Log,
+    stop_server: impl FnOnce(&mut Server),
+) -> usize {
     let stop = Arc::new(AtomicBool::new(false));
     let threads: Vec<_> = (0..SENDERS)
         .map(|t| {
-            let (smtp, accounts, stop, log) = (server.smtp, accounts.clone(), stop.clone(), log.clone());
+            let (smtp, accounts, stop, log) =
+                (server.smtp, accounts.clone(), stop.clone(), log.clone());
             std::thread::spawn(move || sender(smtp, accounts, cycle, t, stop, log))
         })
         .collect();
@@ -121,7 +150,12 @@ fn send_then(server: &mut Server, accounts: &Arc<Vec<String>>, cycle: usize, log
 }
 
 /// Check every mailbox against the log; returns the (account, id) pairs present.
-fn verify(server: &Server, accounts: &[String], log: &Log, what: &str) -> BTreeSet<(String, String)> {
+fn verify(
+    server: &Server,
+    accounts: &[String],
+    log: &Log,
+    what: &str,
+) -> BTreeSet<(String, String)> {
     let log = log.lock().unwrap();
     let mut present = BTreeSet::new();
     for a in accounts {
@@ -131,26 +165,54 @@ fn verify(server: &Server, accounts: &[String], log: &Log, what: &str) -> BTreeS
             let id = text
                 .lines()
                 .take_while(|l| !l.is_empty())
-                .find_map(|l| l.strip_prefix("Message-ID: <").and_then(|r| r.strip_suffix("@e2e.test>")))
-                .unwrap_or_else(|| panic!("{what}: {a} message {uidl} has no Message-ID we sent: {:?}", &text[..text.len().min(300)]))
+                .find_map(|l| {
+                    l.strip_prefix("Message-ID: <")
+                        .and_then(|r| r.strip_suffix("@e2e.test>"))
+                })
+                .unwrap_or_else(|| {
+                    panic!(
+                        "{what}: {a} message {uidl} has no Message-ID we sent: {:?}",
+                        &text[..text.len().min(300)]
+                    )
+                })
                 .to_string();
-            let sent = log.get(&id).unwrap_or_else(|| panic!("{what}: {a} has unknown message {id}"));
-            assert!(sent.rcpts.contains(a), "{what}: {id} delivered to {a}, not a recipient ({:?})", sent.rcpts);
-            assert_bytes_eq(body, &sent.message, &format!("{what}: {id} in {a} (UIDL {uidl}, acked {})", sent.acked));
-            assert!(present.insert((a.clone(), id.clone())), "{what}: {id} duplicated in {a}");
+            let sent = log
+                .get(&id)
+                .unwrap_or_else(|| panic!("{what}: {a} has unknown message {id}"));
+            assert!(
+                sent.rcpts.contains(a),
+                "{what}: {id} delivered to {a}, not a recipient ({:?})",
+                sent.rcpts
+            );
+            assert_bytes_eq(
+                body,
+                &sent.message,
+                &format!("{what}: {id} in {a} (UIDL {uidl}, acked {})", sent.acked),
+            );
+            assert!(
+                present.insert((a.clone(), id.clone())),
+                "{what}: {id} duplicated in {a}"
+            );
         }
     }
     let mut acked = 0;
     for (id, sent) in log.iter().filter(|(_, s)| s.acked) {
         acked += 1;
         for a in &sent.rcpts {
-            assert!(present.contains(&(a.clone(), id.clone())), "{what}: acknowledged {id} missing from {a}");
+            assert!(
+                present.contains(&(a.clone(), id.clone())),
+                "{what}: acknowledged {id} missing from {a}"
+            );
         }
     }
     let unacked_present = log
         .iter()
         .filter(|(_, s)| !s.acked)
-        .filter(|(id, s)| s.rcpts.iter().any(|a| present.contains(&(a.clone(), (*id).clone()))))
+        .filter(|(id, s)| {
+            s.rcpts
+                .iter()
+                .any(|a| present.contains(&(a.clone(), (*id).clone())))
+        })
         .count();
     eprintln!(
         "{what}: {} sent, {acked} acknowledged, {} copies present, {unacked_present} unacknowledged found (allowed)",
@@ -171,10 +233,16 @@ fn kill9_during_concurrent_delivery_loses_nothing_acknowledged() {
 
     for cycle in 1..=2 {
         let acked_before_kill = send_then(&mut server, &accounts, cycle, &log, |s| s.kill9());
-        assert!(acked_before_kill >= 10, "cycle {cycle}: only {acked_before_kill} messages acknowledged in {SEND_FOR:?}");
+        assert!(
+            acked_before_kill >= 10,
+            "cycle {cycle}: only {acked_before_kill} messages acknowledged in {SEND_FOR:?}"
+        );
         server.restart();
         let now = verify(&server, &accounts, &log, &format!("after kill -9 #{cycle}"));
-        assert!(now.is_superset(&present), "messages vanished after kill -9 #{cycle}");
+        assert!(
+            now.is_superset(&present),
+            "messages vanished after kill -9 #{cycle}"
+        );
         present = now;
     }
 

@@ -21,7 +21,9 @@ fn as_sent_by_lettre(message: &[u8]) -> Vec<u8> {
 fn transport(server: &Server) -> SmtpTransport {
     SmtpTransport::builder_dangerous("127.0.0.1")
         .port(server.smtp.port())
-        .hello_name(lettre::transport::smtp::extension::ClientId::Domain("lettre.e2e.test".into()))
+        .hello_name(lettre::transport::smtp::extension::ClientId::Domain(
+            "lettre.e2e.test".into(),
+        ))
         .timeout(Some(std::time::Duration::from_secs(15)))
         .build()
 }
@@ -44,15 +46,31 @@ One copy each.\r\n\
     let mut rcpts: Vec<Address> = accounts.iter().map(|a| a.parse().unwrap()).collect();
     rcpts.push("spread3+again@example.test".parse().unwrap());
     let envelope = Envelope::new(Some("fanout@example.test".parse().unwrap()), rcpts).unwrap();
-    let resp = transport(&server).send_raw(&envelope, &message).expect("lettre send_raw");
+    let resp = transport(&server)
+        .send_raw(&envelope, &message)
+        .expect("lettre send_raw");
     assert_eq!(resp.code().to_string(), "250");
 
     for a in &accounts {
         let got = fetch_all(server.pop3, a, PASSWORD);
-        assert_eq!(got.len(), 1, "{a} (shard {}) has {} copies", shard_of(a, 2), got.len());
+        assert_eq!(
+            got.len(),
+            1,
+            "{a} (shard {}) has {} copies",
+            shard_of(a, 2),
+            got.len()
+        );
         let (trace, body) = strip_trace(&got[0].1);
-        assert_bytes_eq(body, &as_sent_by_lettre(&message), &format!("message for {a}"));
-        assert!(trace.starts_with(b"Return-Path: <fanout@example.test>\r\n"), "{}", String::from_utf8_lossy(trace));
+        assert_bytes_eq(
+            body,
+            &as_sent_by_lettre(&message),
+            &format!("message for {a}"),
+        );
+        assert!(
+            trace.starts_with(b"Return-Path: <fanout@example.test>\r\n"),
+            "{}",
+            String::from_utf8_lossy(trace)
+        );
     }
 }
 
@@ -72,9 +90,11 @@ fn plus_addressing_postmaster_alias_and_lettre_builder() {
     t.send(&email).expect("send to bob+tag");
 
     // postmaster@ is an alias of alice; an empty reverse path (bounce) is accepted too.
-    let bounce = b"From: MAILER-DAEMON@elsewhere.test\r\nSubject: bounce\r\n\r\nundeliverable\r\n".to_vec();
+    let bounce =
+        b"From: MAILER-DAEMON@elsewhere.test\r\nSubject: bounce\r\n\r\nundeliverable\r\n".to_vec();
     let envelope = Envelope::new(None, vec!["postmaster@example.test".parse().unwrap()]).unwrap();
-    t.send_raw(&envelope, &bounce).expect("send to postmaster with null sender");
+    t.send_raw(&envelope, &bounce)
+        .expect("send to postmaster with null sender");
 
     let bob = fetch_all(server.pop3, "bob@example.test", "bob-secret");
     assert_eq!(bob.len(), 1);
@@ -86,7 +106,11 @@ fn plus_addressing_postmaster_alias_and_lettre_builder() {
     assert_eq!(alice.len(), 1);
     let (trace, body) = strip_trace(&alice[0].1);
     assert_bytes_eq(body, &as_sent_by_lettre(&bounce), "postmaster message");
-    assert_eq!(return_path(trace), "", "null reverse path must give Return-Path: <>");
+    assert_eq!(
+        return_path(trace),
+        "",
+        "null reverse path must give Return-Path: <>"
+    );
 }
 
 #[test]
@@ -94,7 +118,13 @@ fn dot_stuffing_and_8bit_survive_smtplib_and_poplib() {
     let server = Server::new();
     run_python(
         "dots_8bit.py",
-        &["127.0.0.1".into(), server.smtp.port().to_string(), server.pop3.port().to_string(), "alice@example.test".into(), "alice-secret".into()],
+        &[
+            "127.0.0.1".into(),
+            server.smtp.port().to_string(),
+            server.pop3.port().to_string(),
+            "alice@example.test".into(),
+            "alice-secret".into(),
+        ],
     );
 }
 
@@ -103,6 +133,12 @@ fn ten_mib_message() {
     let server = Server::new();
     run_python(
         "big_message.py",
-        &["127.0.0.1".into(), server.smtp.port().to_string(), server.pop3.port().to_string(), "bob@example.test".into(), "bob-secret".into()],
+        &[
+            "127.0.0.1".into(),
+            server.smtp.port().to_string(),
+            server.pop3.port().to_string(),
+            "bob@example.test".into(),
+            "bob-secret".into(),
+        ],
     );
 }

@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 use ringmail_tests::*;
 
 fn config(extra: &str) -> String {
-    format!("[[demo_accounts]]\naddress = \"bob@example.test\"\npassword = \"bob-secret\"\n{extra}\n")
+    format!(
+        "[[demo_accounts]]\naddress = \"bob@example.test\"\npassword = \"bob-secret\"\n{extra}\n"
+    )
 }
 
 #[test]
@@ -24,9 +26,14 @@ fn sigterm_with_idle_sessions() {
     let status = server.stop_with(libc::SIGTERM, Duration::from_secs(20));
     let took = t.elapsed();
     assert!(status.success(), "exit status {status} after SIGTERM");
-    assert!(took < Duration::from_secs(5), "stopping with idle sessions took {took:?}");
+    assert!(
+        took < Duration::from_secs(5),
+        "stopping with idle sessions took {took:?}"
+    );
     for c in [&mut smtp, &mut smtp2] {
-        let r = c.try_reply().unwrap_or_else(|e| panic!("idle SMTP session got no reply before closing: {e}"));
+        let r = c
+            .try_reply()
+            .unwrap_or_else(|e| panic!("idle SMTP session got no reply before closing: {e}"));
         r.expect(421, Some("4.3.2"));
         assert!(c.closed_within(Duration::from_secs(2)));
     }
@@ -65,7 +72,11 @@ fn sigterm_during_data_lets_the_message_finish() {
     assert!(status.success(), "{status}");
     server.restart();
     let got = fetch_all(server.pop3, "bob@example.test", "bob-secret");
-    assert_eq!(got.len(), 1, "the message acknowledged during shutdown is missing");
+    assert_eq!(
+        got.len(),
+        1,
+        "the message acknowledged during shutdown is missing"
+    );
     assert_bytes_eq(strip_trace(&got[0].1).1, message, "in-flight message");
     // SIGINT is a clean stop as well.
     let status = server.stop_with(libc::SIGINT, Duration::from_secs(20));
@@ -74,7 +85,9 @@ fn sigterm_during_data_lets_the_message_finish() {
 
 #[test]
 fn connections_per_address_limit() {
-    let server = Server::options().config(&config("[limits]\nconnections_per_address_max = 3")).start();
+    let server = Server::options()
+        .config(&config("[limits]\nconnections_per_address_max = 3"))
+        .start();
     let mut open = Vec::new();
     for _ in 0..3 {
         let mut c = Client::connect(server.smtp);
@@ -83,7 +96,10 @@ fn connections_per_address_limit() {
     }
     let mut fourth = Client::connect(server.smtp);
     fourth.reply().expect(421, Some("4.7.0"));
-    assert!(fourth.closed_within(Duration::from_secs(3)), "refused connection left open");
+    assert!(
+        fourth.closed_within(Duration::from_secs(3)),
+        "refused connection left open"
+    );
     // The admitted sessions work; closing one frees a place.
     open[0].cmd("NOOP").expect(250, None);
     open[0].cmd("QUIT").expect(221, None);
@@ -98,14 +114,20 @@ fn connections_per_address_limit() {
 #[test]
 fn idle_timeouts() {
     let server = Server::options()
-        .config(&config("[timeouts]\nsmtp_command_secs = 1\npop3_idle_secs = 1"))
+        .config(&config(
+            "[timeouts]\nsmtp_command_secs = 1\npop3_idle_secs = 1",
+        ))
         .start();
     let (mut c, _) = smtp_connect(server.smtp);
     let mut p = Pop3::login(server.pop3, "bob@example.test", "bob-secret");
     let t = Instant::now();
     let r = c.reply();
     r.expect(421, Some("4.4.2"));
-    assert!(t.elapsed() < Duration::from_secs(4), "SMTP timeout after {:?}", t.elapsed());
+    assert!(
+        t.elapsed() < Duration::from_secs(4),
+        "SMTP timeout after {:?}",
+        t.elapsed()
+    );
     assert!(c.closed_within(Duration::from_secs(2)));
     let l = p.c.line();
     assert!(l.starts_with("-ERR"), "{l}");

@@ -27,9 +27,15 @@ fn message(i: usize) -> Vec<u8> {
 fn deliver(server: &Server, range: std::ops::Range<usize>) {
     let (mut c, _) = smtp_connect(server.smtp);
     for i in range {
-        smtp_transaction(&mut c, "sender@example.test", &[BOB], &message(i), Transfer::Data)
-            .unwrap_or_else(|e| panic!("message {i}: {e}"))
-            .expect(250, None);
+        smtp_transaction(
+            &mut c,
+            "sender@example.test",
+            &[BOB],
+            &message(i),
+            Transfer::Data,
+        )
+        .unwrap_or_else(|e| panic!("message {i}: {e}"))
+        .expect(250, None);
     }
     c.cmd("QUIT").expect(221, None);
 }
@@ -40,7 +46,9 @@ fn subjects(server: &Server) -> Vec<String> {
         .map(|(_, m)| {
             let body = strip_trace(&m).1.to_vec();
             let s = String::from_utf8(body).unwrap();
-            s.lines().find_map(|l| l.strip_prefix("Subject: ").map(str::to_string)).expect("Subject")
+            s.lines()
+                .find_map(|l| l.strip_prefix("Subject: ").map(str::to_string))
+                .expect("Subject")
         })
         .collect()
 }
@@ -50,7 +58,13 @@ fn poplib_full_session() {
     let server = Server::new();
     run_python(
         "pop3_session.py",
-        &["127.0.0.1".into(), server.smtp.port().to_string(), server.pop3.port().to_string(), BOB.into(), BOB_PW.into()],
+        &[
+            "127.0.0.1".into(),
+            server.smtp.port().to_string(),
+            server.pop3.port().to_string(),
+            BOB.into(),
+            BOB_PW.into(),
+        ],
     );
 }
 
@@ -71,7 +85,10 @@ fn dele_quit_persists_across_reconnect_restart_and_kill9() {
     let uidl_after: Vec<String> = p.uidl().into_iter().map(|(_, u)| u).collect();
     p.quit();
     let expect: Vec<String> = uidl_before[1..].iter().map(|(_, u)| u.clone()).collect();
-    assert_eq!(uidl_after, expect, "UIDLs must not change when another message is deleted");
+    assert_eq!(
+        uidl_after, expect,
+        "UIDLs must not change when another message is deleted"
+    );
 
     // ... and after a clean restart, with the same UIDLs.
     server.terminate();
@@ -115,7 +132,9 @@ fn dele_without_quit_is_not_applied() {
     let again = wait_for(Duration::from_secs(5), || {
         let mut p = Pop3::connect(server.pop3);
         p.ok(&format!("USER {BOB}"));
-        p.cmd(&format!("PASS {BOB_PW}")).starts_with("+OK").then_some(p)
+        p.cmd(&format!("PASS {BOB_PW}"))
+            .starts_with("+OK")
+            .then_some(p)
     })
     .expect("maildrop still locked 5 s after the connection dropped");
     again.quit();
@@ -145,7 +164,10 @@ fn failed_logins_limit_and_case_insensitive_commands() {
     p.ok("USER nobody@example.test");
     assert!(p.cmd("PASS whatever").starts_with("-ERR [AUTH]"));
     // Third failure (auth_failures_max = 3): the server closes the connection.
-    assert!(p.c.closed_within(Duration::from_secs(5)), "connection still open after 3 failed logins");
+    assert!(
+        p.c.closed_within(Duration::from_secs(5)),
+        "connection still open after 3 failed logins"
+    );
 
     // The right password right after works on a new connection, with a bare local part.
     let mut p = Pop3::login(server.pop3, "bob", BOB_PW);
@@ -169,9 +191,17 @@ fn pipelined_commands_answered_in_order() {
     p.c.send(format!("CAPA\r\nUSER {BOB}\r\nPASS {BOB_PW}\r\nSTAT\r\nLIST\r\nUIDL 2\r\nRETR 1\r\nNOOP\r\nQUIT\r\n").as_bytes());
     let capa = p.c.line();
     assert!(capa.starts_with("+OK"), "{capa}");
-    let caps: Vec<String> = p.multiline().into_iter().map(|l| String::from_utf8(l).unwrap()).collect();
+    let caps: Vec<String> = p
+        .multiline()
+        .into_iter()
+        .map(|l| String::from_utf8(l).unwrap())
+        .collect();
     for want in ["TOP", "UIDL", "USER", "PIPELINING"] {
-        assert!(caps.iter().any(|c| c.split_whitespace().next() == Some(want)), "CAPA lacks {want}: {caps:?}");
+        assert!(
+            caps.iter()
+                .any(|c| c.split_whitespace().next() == Some(want)),
+            "CAPA lacks {want}: {caps:?}"
+        );
     }
     assert!(p.c.line().starts_with("+OK"));
     assert!(p.c.line().starts_with("+OK"));
@@ -189,7 +219,6 @@ fn pipelined_commands_answered_in_order() {
     assert!(p.c.line().starts_with("+OK"), "QUIT");
     assert!(p.c.closed_within(Duration::from_secs(5)));
 }
-
 
 #[test]
 fn bare_lf_in_a_stored_message_goes_out_as_crlf_lines() {
@@ -212,8 +241,17 @@ fn bare_lf_in_a_stored_message_goes_out_as_crlf_lines() {
     }
     // RFC 1939 3: every line of a multi-line response ends in CRLF, so a
     // client splitting on CRLF and one splitting on LF read the same lines.
-    let bare = raw.iter().enumerate().filter(|(i, b)| **b == b'\n' && (*i == 0 || raw[i - 1] != b'\r')).count();
-    assert_eq!(bare, 0, "RETR response contains {bare} bare LF(s): {:?}", String::from_utf8_lossy(&raw));
+    let bare = raw
+        .iter()
+        .enumerate()
+        .filter(|(i, b)| **b == b'\n' && (*i == 0 || raw[i - 1] != b'\r'))
+        .count();
+    assert_eq!(
+        bare,
+        0,
+        "RETR response contains {bare} bare LF(s): {:?}",
+        String::from_utf8_lossy(&raw)
+    );
     let lines: Vec<Vec<u8>> = raw[..raw.len() - 5]
         .split(|b| *b == b'\n')
         .map(|l| {
@@ -222,7 +260,11 @@ fn bare_lf_in_a_stored_message_goes_out_as_crlf_lines() {
         })
         .collect();
     let got = join_lines(lines);
-    assert_bytes_eq(strip_trace(&got).1, &normalize_bare_lf(body), "bare-LF message over POP3");
+    assert_bytes_eq(
+        strip_trace(&got).1,
+        &normalize_bare_lf(body),
+        "bare-LF message over POP3",
+    );
     p.quit();
 }
 
@@ -230,7 +272,11 @@ fn b64(data: &[u8]) -> String {
     const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = String::new();
     for chunk in data.chunks(3) {
-        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
         let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
         for i in 0..4 {
             if i <= chunk.len() {
@@ -249,26 +295,42 @@ fn auth_plain_when_offered() {
     deliver(&server, 0..1);
     let mut p = Pop3::connect(server.pop3);
     p.ok("CAPA");
-    let caps: Vec<String> = p.multiline().into_iter().map(|l| String::from_utf8(l).unwrap().to_ascii_uppercase()).collect();
+    let caps: Vec<String> = p
+        .multiline()
+        .into_iter()
+        .map(|l| String::from_utf8(l).unwrap().to_ascii_uppercase())
+        .collect();
     let Some(sasl) = caps.iter().find(|c| c.starts_with("SASL ")) else {
         eprintln!("note: CAPA offers no SASL, AUTH not tested: {caps:?}");
         return;
     };
-    assert!(sasl.split_whitespace().any(|m| m == "PLAIN"), "SASL without PLAIN: {sasl}");
+    assert!(
+        sasl.split_whitespace().any(|m| m == "PLAIN"),
+        "SASL without PLAIN: {sasl}"
+    );
     // Wrong password with an initial response.
-    let r = p.cmd(&format!("AUTH PLAIN {}", b64(format!("\0{BOB}\0nope").as_bytes())));
+    let r = p.cmd(&format!(
+        "AUTH PLAIN {}",
+        b64(format!("\0{BOB}\0nope").as_bytes())
+    ));
     assert!(r.starts_with("-ERR"), "{r}");
     // Without an initial response: "+ " continuation, then the response.
     p.c.send(b"AUTH PLAIN\r\n");
     let cont = p.c.line();
-    assert!(cont == "+" || cont.starts_with("+ "), "continuation: {cont:?}");
+    assert!(
+        cont == "+" || cont.starts_with("+ "),
+        "continuation: {cont:?}"
+    );
     let r = p.cmd(&b64(format!("\0{BOB}\0{BOB_PW}").as_bytes()));
     assert!(r.starts_with("+OK"), "{r}");
     assert_eq!(p.stat().0, 1);
     p.quit();
     // With an initial response, authorization identity equal to the user.
     let mut p = Pop3::connect(server.pop3);
-    let r = p.cmd(&format!("AUTH PLAIN {}", b64(format!("{BOB}\0{BOB}\0{BOB_PW}").as_bytes())));
+    let r = p.cmd(&format!(
+        "AUTH PLAIN {}",
+        b64(format!("{BOB}\0{BOB}\0{BOB_PW}").as_bytes())
+    ));
     assert!(r.starts_with("+OK"), "{r}");
     p.quit();
     // A client may cancel with "*" (RFC 5034 4).
@@ -289,13 +351,21 @@ fn maildrop_is_a_snapshot_during_a_session() {
     let mut p = Pop3::login(server.pop3, BOB, BOB_PW);
     let (n, size) = p.stat();
     assert_eq!(n, 2);
-    let first: u64 = p.ok("LIST 1").split_whitespace().nth(2).unwrap().parse().unwrap();
+    let first: u64 = p
+        .ok("LIST 1")
+        .split_whitespace()
+        .nth(2)
+        .unwrap()
+        .parse()
+        .unwrap();
     p.ok("DELE 1");
     deliver(&server, 2..3);
     // Message numbers stay fixed for the session (RFC 1939 5).
     assert_eq!(p.stat(), (1, size - first));
-    assert!(p.cmd("RETR 3").starts_with("-ERR"), "mail delivered during the session is visible");
+    assert!(
+        p.cmd("RETR 3").starts_with("-ERR"),
+        "mail delivered during the session is visible"
+    );
     p.quit();
     assert_eq!(subjects(&server), vec!["m1", "m2"]);
 }
-

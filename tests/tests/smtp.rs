@@ -14,7 +14,10 @@ const ALICE: (&str, &str) = ("alice@example.test", "alice-secret");
 const BOB: (&str, &str) = ("bob@example.test", "bob-secret");
 
 fn mailbox(server: &Server, who: (&str, &str)) -> Vec<Vec<u8>> {
-    fetch_all(server.pop3, who.0, who.1).into_iter().map(|(_, m)| m).collect()
+    fetch_all(server.pop3, who.0, who.1)
+        .into_iter()
+        .map(|(_, m)| m)
+        .collect()
 }
 
 fn count(server: &Server, who: (&str, &str)) -> usize {
@@ -34,19 +37,43 @@ fn greeting_and_ehlo_keywords() {
     let mut c = Client::connect(server.smtp);
     let greet = c.reply();
     greet.expect(220, None);
-    assert!(greet.lines[0].starts_with("mail.example.test"), "greeting should name the host: {greet:?}");
+    assert!(
+        greet.lines[0].starts_with("mail.example.test"),
+        "greeting should name the host: {greet:?}"
+    );
 
     let ehlo = c.cmd("EHLO client.e2e.test");
     ehlo.expect(250, None);
-    assert!(ehlo.lines[0].starts_with("mail.example.test"), "EHLO first line should name the host: {ehlo:?}");
-    let keywords: Vec<String> = ehlo.lines[1..].iter().map(|l| l.to_ascii_uppercase()).collect();
-    for want in ["PIPELINING", "8BITMIME", "ENHANCEDSTATUSCODES", "SMTPUTF8", "CHUNKING"] {
-        assert!(keywords.iter().any(|k| k == want), "EHLO lacks {want}: {ehlo:?}");
+    assert!(
+        ehlo.lines[0].starts_with("mail.example.test"),
+        "EHLO first line should name the host: {ehlo:?}"
+    );
+    let keywords: Vec<String> = ehlo.lines[1..]
+        .iter()
+        .map(|l| l.to_ascii_uppercase())
+        .collect();
+    for want in [
+        "PIPELINING",
+        "8BITMIME",
+        "ENHANCEDSTATUSCODES",
+        "SMTPUTF8",
+        "CHUNKING",
+    ] {
+        assert!(
+            keywords.iter().any(|k| k == want),
+            "EHLO lacks {want}: {ehlo:?}"
+        );
     }
-    assert!(keywords.iter().any(|k| k == "SIZE 33554432"), "EHLO should say SIZE 33554432 (the default limit): {ehlo:?}");
+    assert!(
+        keywords.iter().any(|k| k == "SIZE 33554432"),
+        "EHLO should say SIZE 33554432 (the default limit): {ehlo:?}"
+    );
     // No AUTH without TLS on a local-delivery-only server is fine; STARTTLS must
     // not be offered when it is not implemented.
-    assert!(!keywords.iter().any(|k| k == "STARTTLS"), "STARTTLS offered: {ehlo:?}");
+    assert!(
+        !keywords.iter().any(|k| k == "STARTTLS"),
+        "STARTTLS offered: {ehlo:?}"
+    );
 
     // EHLO again resets and answers the same; HELO is accepted too.
     assert_eq!(c.cmd("EHLO again.e2e.test").lines[1..], ehlo.lines[1..]);
@@ -57,7 +84,10 @@ fn greeting_and_ehlo_keywords() {
     c.cmd("VRFY bob").expect(252, None);
     c.cmd("VRFY <bob@example.test>").expect(252, None);
     c.cmd("QUIT").expect(221, Some("2.0.0"));
-    assert!(c.closed_within(Duration::from_secs(5)), "connection open after QUIT");
+    assert!(
+        c.closed_within(Duration::from_secs(5)),
+        "connection open after QUIT"
+    );
 }
 
 #[test]
@@ -75,7 +105,9 @@ fn pipelined_transaction_replies_in_order() {
     c.reply().expect(354, None);
     // The message, a whole second transaction and QUIT, all in one write.
     batch = dot_stuff(body);
-    batch.extend_from_slice(b"MAIL FROM:<pipe2@example.test>\r\nRCPT TO:<bob@example.test>\r\nDATA\r\n");
+    batch.extend_from_slice(
+        b"MAIL FROM:<pipe2@example.test>\r\nRCPT TO:<bob@example.test>\r\nDATA\r\n",
+    );
     batch.extend_from_slice(&dot_stuff(b"Subject: second\r\n\r\nsecond\r\n"));
     batch.extend_from_slice(b"QUIT\r\n");
     c.send(&batch);
@@ -109,7 +141,8 @@ fn bdat_chunks() {
         b"\r\nlast line\r\n",
     ];
     let whole: Vec<u8> = parts.concat();
-    c.cmd("MAIL FROM:<chunks@example.test> BODY=8BITMIME").expect(250, None);
+    c.cmd("MAIL FROM:<chunks@example.test> BODY=8BITMIME")
+        .expect(250, None);
     c.cmd("RCPT TO:<alice@example.test>").expect(250, None);
     for p in parts {
         let mut b = format!("BDAT {}\r\n", p.len()).into_bytes();
@@ -149,7 +182,10 @@ fn bdat_chunks() {
     // how many octets follow, so it may not be able to stay in sync).
     let r = c.cmd("BDAT x");
     if r.code == 421 {
-        assert!(c.closed_within(Duration::from_secs(5)), "421 without closing");
+        assert!(
+            c.closed_within(Duration::from_secs(5)),
+            "421 without closing"
+        );
     } else {
         r.expect(501, None);
         c.cmd("QUIT").expect(221, None);
@@ -158,26 +194,40 @@ fn bdat_chunks() {
     let a = mailbox(&server, ALICE);
     assert_eq!(a.len(), 3, "three messages expected");
     assert_bytes_eq(strip_trace(&a[0]).1, &whole, "chunked message");
-    assert_bytes_eq(strip_trace(&a[1]).1, b"0123456789\r\n.\r\n\r\n", "pipelined chunked message");
+    assert_bytes_eq(
+        strip_trace(&a[1]).1,
+        b"0123456789\r\n.\r\n\r\n",
+        "pipelined chunked message",
+    );
     assert_bytes_eq(strip_trace(&a[2]).1, b"", "empty BDAT message");
 }
 
 #[test]
 fn size_limit() {
-    let server = Server::options().config(&small_config("message_size_max = 10000")).start();
+    let server = Server::options()
+        .config(&small_config("message_size_max = 10000"))
+        .start();
     let (mut c, ehlo) = smtp_connect(server.smtp);
-    assert!(ehlo.lines.iter().any(|l| l == "SIZE 10000"), "EHLO should advertise SIZE 10000: {ehlo:?}");
+    assert!(
+        ehlo.lines.iter().any(|l| l == "SIZE 10000"),
+        "EHLO should advertise SIZE 10000: {ehlo:?}"
+    );
 
     // Declared too big at MAIL (RFC 1870 6.2).
-    c.cmd("MAIL FROM:<big@example.test> SIZE=10001").expect(552, Some("5.3.4"));
-    c.cmd("MAIL FROM:<big@example.test> SIZE=99999999999999999999").expect(552, Some("5.3.4"));
-    c.cmd("MAIL FROM:<ok@example.test> SIZE=10000").expect(250, None);
+    c.cmd("MAIL FROM:<big@example.test> SIZE=10001")
+        .expect(552, Some("5.3.4"));
+    c.cmd("MAIL FROM:<big@example.test> SIZE=99999999999999999999")
+        .expect(552, Some("5.3.4"));
+    c.cmd("MAIL FROM:<ok@example.test> SIZE=10000")
+        .expect(250, None);
     c.cmd("RSET").expect(250, None);
 
     // Not declared, but too big: the whole DATA is read, then 552, nothing stored.
     let mut big = b"Subject: too big\r\n\r\n".to_vec();
     while big.len() <= 12000 {
-        big.extend_from_slice(b"0123456789012345678901234567890123456789012345678901234567890123456789\r\n");
+        big.extend_from_slice(
+            b"0123456789012345678901234567890123456789012345678901234567890123456789\r\n",
+        );
     }
     let r = smtp_transaction(&mut c, "big@example.test", &[ALICE.0], &big, Transfer::Data).unwrap();
     r.expect(552, Some("5.3.4"));
@@ -189,7 +239,8 @@ fn size_limit() {
     let mut replies = Vec::new();
     for (i, part) in chunks.iter().enumerate() {
         let last = i + 1 == chunks.len();
-        let mut b = format!("BDAT {}{}\r\n", part.len(), if last { " LAST" } else { "" }).into_bytes();
+        let mut b =
+            format!("BDAT {}{}\r\n", part.len(), if last { " LAST" } else { "" }).into_bytes();
         b.extend_from_slice(part);
         c.send(&b);
         replies.push(c.reply());
@@ -201,11 +252,17 @@ fn size_limit() {
     fits.resize(10000 - 2, b'x');
     fits.extend_from_slice(b"\r\n");
     assert_eq!(fits.len(), 10000);
-    smtp_transaction(&mut c, "ok@example.test", &[ALICE.0], &fits, Transfer::Data).unwrap().expect(250, None);
+    smtp_transaction(&mut c, "ok@example.test", &[ALICE.0], &fits, Transfer::Data)
+        .unwrap()
+        .expect(250, None);
     c.cmd("QUIT").expect(221, None);
 
     let a = mailbox(&server, ALICE);
-    assert_eq!(a.len(), 1, "only the message within the limit may be stored");
+    assert_eq!(
+        a.len(),
+        1,
+        "only the message within the limit may be stored"
+    );
     assert_bytes_eq(strip_trace(&a[0]).1, &fits, "message at the limit");
 }
 
@@ -213,14 +270,22 @@ fn size_limit() {
 /// positive after it, and the LAST chunk not accepted.
 #[track_caller]
 fn check_refused_chunks(replies: &[Reply]) {
-    let first = replies.iter().position(|r| r.code == 552).unwrap_or_else(|| panic!("no 552 among {replies:?}"));
+    let first = replies
+        .iter()
+        .position(|r| r.code == 552)
+        .unwrap_or_else(|| panic!("no 552 among {replies:?}"));
     assert_eq!(replies[first].enhanced(), Some("5.3.4"), "{replies:?}");
-    assert!(replies[first..].iter().all(|r| r.code >= 500), "a chunk accepted after the refusal: {replies:?}");
+    assert!(
+        replies[first..].iter().all(|r| r.code >= 500),
+        "a chunk accepted after the refusal: {replies:?}"
+    );
 }
 
 #[test]
 fn size_limit_bdat_chunk_refused_midway_keeps_sync() {
-    let server = Server::options().config(&small_config("message_size_max = 1000")).start();
+    let server = Server::options()
+        .config(&small_config("message_size_max = 1000"))
+        .start();
     let (mut c, _) = smtp_connect(server.smtp);
     c.cmd("MAIL FROM:<big@example.test>").expect(250, None);
     c.cmd("RCPT TO:<alice@example.test>").expect(250, None);
@@ -229,7 +294,9 @@ fn size_limit_bdat_chunk_refused_midway_keeps_sync() {
     let chunk = vec![b'z'; 600];
     let mut b = Vec::new();
     for i in 0..3 {
-        b.extend_from_slice(format!("BDAT 600{}\r\n", if i == 2 { " LAST" } else { "" }).as_bytes());
+        b.extend_from_slice(
+            format!("BDAT 600{}\r\n", if i == 2 { " LAST" } else { "" }).as_bytes(),
+        );
         b.extend_from_slice(&chunk);
     }
     b.extend_from_slice(b"NOOP\r\n");
@@ -247,24 +314,39 @@ fn recipient_verdicts_and_sequence_errors() {
     let server = Server::new();
     let (mut c, _) = smtp_connect(server.smtp);
     // Out of sequence (RFC 5321 4.3.2 / 3.3).
-    c.cmd("RCPT TO:<alice@example.test>").expect(503, Some("5.5.1"));
+    c.cmd("RCPT TO:<alice@example.test>")
+        .expect(503, Some("5.5.1"));
     let r = c.cmd("DATA");
-    assert!(r.code == 503 || r.code == 554, "DATA without a transaction: {r:?}");
+    assert!(
+        r.code == 503 || r.code == 554,
+        "DATA without a transaction: {r:?}"
+    );
     c.cmd("MAIL FROM:<s@example.test>").expect(250, None);
-    c.cmd("MAIL FROM:<s@example.test>").expect(503, Some("5.5.1"));
+    c.cmd("MAIL FROM:<s@example.test>")
+        .expect(503, Some("5.5.1"));
     let r = c.cmd("DATA");
-    assert!(r.code == 503 || r.code == 554, "DATA without recipients: {r:?}");
+    assert!(
+        r.code == 503 || r.code == 554,
+        "DATA without recipients: {r:?}"
+    );
 
     // Unknown local user; foreign domain (no open relay); syntax errors.
-    c.cmd("RCPT TO:<nobody@example.test>").expect(550, Some("5.1.1"));
-    c.cmd("RCPT TO:<someone@elsewhere.test>").expect(550, Some("5.7.1"));
-    c.cmd("RCPT TO:<bob@example.test.evil.test>").expect(550, Some("5.7.1"));
+    c.cmd("RCPT TO:<nobody@example.test>")
+        .expect(550, Some("5.1.1"));
+    c.cmd("RCPT TO:<someone@elsewhere.test>")
+        .expect(550, Some("5.7.1"));
+    c.cmd("RCPT TO:<bob@example.test.evil.test>")
+        .expect(550, Some("5.7.1"));
     let r = c.cmd("RCPT TO:<@relay.test:bob@elsewhere.test>");
     assert_eq!(r.code, 550, "source-routed foreign recipient: {r:?}");
     let r = c.cmd("RCPT TO:bob@example.test with junk");
-    assert!(r.code == 501 || r.code == 555 || r.code == 500, "malformed RCPT: {r:?}");
+    assert!(
+        r.code == 501 || r.code == 555 || r.code == 500,
+        "malformed RCPT: {r:?}"
+    );
     // Case-insensitive verbs, local parts case-preserving but accounts case-insensitive.
-    c.cmd("rcpt to:<BOB@Example.TEST>").expect(250, Some("2.1.5"));
+    c.cmd("rcpt to:<BOB@Example.TEST>")
+        .expect(250, Some("2.1.5"));
     // postmaster without a domain must be accepted (RFC 5321 4.5.1).
     c.cmd("RCPT TO:<Postmaster>").expect(250, None);
     c.cmd("RCPT TO:<bob+folder@example.test>").expect(250, None);
@@ -273,8 +355,10 @@ fn recipient_verdicts_and_sequence_errors() {
     c.reply().expect(250, None);
 
     // Unknown MAIL parameters: 555 (RFC 5321 4.1.1.11); BODY and SMTPUTF8 are known.
-    c.cmd("MAIL FROM:<s@example.test> FROBNICATE=yes").expect(555, None);
-    c.cmd("MAIL FROM:<s@example.test> BODY=8BITMIME SMTPUTF8").expect(250, None);
+    c.cmd("MAIL FROM:<s@example.test> FROBNICATE=yes")
+        .expect(555, None);
+    c.cmd("MAIL FROM:<s@example.test> BODY=8BITMIME SMTPUTF8")
+        .expect(250, None);
     c.cmd("RSET").expect(250, None);
     let r = c.cmd("MAIL FROM:<s@example.test> BODY=9BITMIME");
     assert!(r.code == 501 || r.code == 555, "bad BODY value: {r:?}");
@@ -285,7 +369,11 @@ fn recipient_verdicts_and_sequence_errors() {
     assert!(r.enhanced().is_some_and(|e| e.starts_with("5.5.")), "{r:?}");
     c.cmd("QUIT").expect(221, None);
 
-    assert_eq!(count(&server, BOB), 1, "bob (case-insensitive and +tag) once");
+    assert_eq!(
+        count(&server, BOB),
+        1,
+        "bob (case-insensitive and +tag) once"
+    );
     assert_eq!(count(&server, ALICE), 1, "postmaster -> alice");
 }
 
@@ -300,26 +388,40 @@ fn rset_discards_the_transaction() {
     assert!(r.code == 503 || r.code == 554, "DATA after RSET: {r:?}");
     c.cmd("RCPT TO:<bob@example.test>").expect(503, None);
     // A fresh transaction after RSET works and goes only to its own recipients.
-    smtp_transaction(&mut c, "r2@example.test", &[ALICE.0], b"Subject: after rset\r\n\r\n.\r\n", Transfer::Data)
-        .unwrap()
-        .expect(250, None);
+    smtp_transaction(
+        &mut c,
+        "r2@example.test",
+        &[ALICE.0],
+        b"Subject: after rset\r\n\r\n.\r\n",
+        Transfer::Data,
+    )
+    .unwrap()
+    .expect(250, None);
     c.cmd("QUIT").expect(221, None);
     assert_eq!(count(&server, BOB), 0);
     let a = mailbox(&server, ALICE);
     assert_eq!(a.len(), 1);
-    assert_bytes_eq(strip_trace(&a[0]).1, b"Subject: after rset\r\n\r\n.\r\n", "after RSET");
+    assert_bytes_eq(
+        strip_trace(&a[0]).1,
+        b"Subject: after rset\r\n\r\n.\r\n",
+        "after RSET",
+    );
 }
 
 #[test]
 fn too_many_recipients() {
-    let server = Server::options().config(&small_config("recipients_max = 3")).accounts(&["carol@example.test", "dave@example.test"]).start();
+    let server = Server::options()
+        .config(&small_config("recipients_max = 3"))
+        .accounts(&["carol@example.test", "dave@example.test"])
+        .start();
     let (mut c, _) = smtp_connect(server.smtp);
     c.cmd("MAIL FROM:<many@example.test>").expect(250, None);
     c.cmd("RCPT TO:<alice@example.test>").expect(250, None);
     c.cmd("RCPT TO:<bob@example.test>").expect(250, None);
     c.cmd("RCPT TO:<carol@example.test>").expect(250, None);
     // RFC 5321 4.5.3.1.10: 452 for too many recipients, the transaction goes on.
-    c.cmd("RCPT TO:<dave@example.test>").expect(452, Some("4.5.3"));
+    c.cmd("RCPT TO:<dave@example.test>")
+        .expect(452, Some("4.5.3"));
     c.cmd("DATA").expect(354, None);
     c.send(&dot_stuff(b"Subject: three recipients\r\n\r\nhi\r\n"));
     c.reply().expect(250, None);
@@ -347,7 +449,10 @@ fn over_long_lines_are_refused_and_the_session_survives() {
     let r = c.cmd(&long);
     assert_eq!(r.code, 500, "over-long command: {r:?}");
     let r = c.cmd(&format!("NOOP {}", "a".repeat(500)));
-    assert_eq!(r.code, 250, "a 512-octet command line must be accepted: {r:?}");
+    assert_eq!(
+        r.code, 250,
+        "a 512-octet command line must be accepted: {r:?}"
+    );
     c.cmd("NOOP").expect(250, None);
     let long_rcpt = format!("RCPT TO:<{}@example.test>", "b".repeat(6000));
     c.cmd("MAIL FROM:<l@example.test>").expect(250, None);
@@ -399,7 +504,11 @@ fn smuggling_sequences_never_end_the_message() {
         c.send(b"QUIT\r\n");
         c.reply().expect(221, None);
         let rest = c.drain_for(Duration::from_millis(300));
-        assert!(rest.is_empty(), "variant {i}: extra output {:?}", String::from_utf8_lossy(&rest));
+        assert!(
+            rest.is_empty(),
+            "variant {i}: extra output {:?}",
+            String::from_utf8_lossy(&rest)
+        );
         expected.push(body);
     }
     assert_eq!(count(&server, BOB), 0, "a smuggled message reached bob");
@@ -413,7 +522,11 @@ fn smuggling_sequences_never_end_the_message() {
         let stored = p.retr_lf_framed(i + 1);
         let got = strip_trace(&stored).1;
         if got != want.as_slice() && got != normalize_bare_lf(want).as_slice() {
-            assert_bytes_eq(got, want, &format!("smuggling variant {i} ({:?})", variants[i]));
+            assert_bytes_eq(
+                got,
+                want,
+                &format!("smuggling variant {i} ({:?})", variants[i]),
+            );
         }
     }
     p.quit();
@@ -421,7 +534,9 @@ fn smuggling_sequences_never_end_the_message() {
 
 #[test]
 fn too_many_errors_close_the_session() {
-    let server = Server::options().config(&small_config("smtp_errors_max = 3")).start();
+    let server = Server::options()
+        .config(&small_config("smtp_errors_max = 3"))
+        .start();
     let (mut c, _) = smtp_connect(server.smtp);
     // Three errors allowed; the session ends with 421 by the fourth at the latest.
     let mut closed_at = None;
@@ -444,7 +559,10 @@ fn too_many_errors_close_the_session() {
         r.expect(500, None);
     }
     let at = closed_at.expect("no 421 after 5 errors with smtp_errors_max = 3");
-    assert!((3..=4).contains(&at), "421 after {at} errors with smtp_errors_max = 3");
+    assert!(
+        (3..=4).contains(&at),
+        "421 after {at} errors with smtp_errors_max = 3"
+    );
     assert!(c.closed_within(Duration::from_secs(5)));
     // Other sessions are unaffected.
     let (mut c, _) = smtp_connect(server.smtp);
@@ -461,7 +579,16 @@ fn swaks_pipelining_when_installed() {
     let port = server.smtp.port().to_string();
     let run = |extra: &[&str]| {
         let child = Command::new("swaks")
-            .args(["--to", "bob@example.test", "--from", "swaks@example.test", "--server", "127.0.0.1", "--port", &port])
+            .args([
+                "--to",
+                "bob@example.test",
+                "--from",
+                "swaks@example.test",
+                "--server",
+                "127.0.0.1",
+                "--port",
+                &port,
+            ])
             .args(["--helo", "swaks.e2e.test", "--timeout", "15"])
             .args(extra)
             .stdin(Stdio::null())
@@ -470,7 +597,8 @@ fn swaks_pipelining_when_installed() {
             .spawn()
             .expect("swaks");
         let out = wait_output(child, Duration::from_secs(30));
-        let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
         assert!(out.status.success(), "swaks {extra:?} failed:\n{text}");
         text
     };
@@ -482,7 +610,16 @@ fn swaks_pipelining_when_installed() {
     assert_eq!(count(&server, ALICE), 1);
     // A refused recipient makes swaks fail.
     let child = Command::new("swaks")
-        .args(["--to", "nobody@example.test", "--server", "127.0.0.1", "--port", &port, "--timeout", "15"])
+        .args([
+            "--to",
+            "nobody@example.test",
+            "--server",
+            "127.0.0.1",
+            "--port",
+            &port,
+            "--timeout",
+            "15",
+        ])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -521,22 +658,41 @@ fn hostname_flag_and_trace_headers() {
     let ehlo = c.cmd("EHLO trace-client.e2e.test");
     assert!(ehlo.lines[0].starts_with("mx.e2e.test"), "{ehlo:?}");
     let body = b"Subject: trace\r\n\r\ntrace me\r\n";
-    smtp_transaction(&mut c, "tracer@example.test", &[BOB.0], body, Transfer::Data).unwrap().expect(250, None);
+    smtp_transaction(
+        &mut c,
+        "tracer@example.test",
+        &[BOB.0],
+        body,
+        Transfer::Data,
+    )
+    .unwrap()
+    .expect(250, None);
     c.cmd("QUIT").expect(221, None);
     let m = mailbox(&server, BOB);
     assert_eq!(m.len(), 1);
     let (trace, rest) = strip_trace(&m[0]);
     assert_bytes_eq(rest, body, "body after trace headers");
     let trace = String::from_utf8_lossy(trace);
-    assert!(trace.starts_with("Return-Path: <tracer@example.test>\r\n"), "{trace}");
+    assert!(
+        trace.starts_with("Return-Path: <tracer@example.test>\r\n"),
+        "{trace}"
+    );
     // RFC 5321 4.4: FROM with the EHLO name and the client's address, BY our
     // name, WITH the protocol (ESMTP), then "; date-time".
     let unfolded = trace.replace("\r\n\t", " ").replace("\r\n ", " ");
-    for want in ["from trace-client.e2e.test", "[127.0.0.1]", "by mx.e2e.test", "with ESMTP"] {
+    for want in [
+        "from trace-client.e2e.test",
+        "[127.0.0.1]",
+        "by mx.e2e.test",
+        "with ESMTP",
+    ] {
         assert!(unfolded.contains(want), "Received lacks {want:?}: {trace}");
     }
     let date = unfolded.rsplit(';').next().unwrap().trim();
-    assert!(date.ends_with("+0000") && date.contains(':'), "Received date {date:?}");
+    assert!(
+        date.ends_with("+0000") && date.contains(':'),
+        "Received date {date:?}"
+    );
 }
 
 #[test]
@@ -544,9 +700,12 @@ fn smtputf8_addresses() {
     let server = Server::new();
     let (mut c, _) = smtp_connect(server.smtp);
     // RFC 6531 3.4: a non-ASCII address needs the SMTPUTF8 parameter.
-    c.cmd("MAIL FROM:<j\u{f6}rg@example.test>").expect(553, Some("5.6.7"));
-    c.cmd("MAIL FROM:<j\u{f6}rg@example.test> SMTPUTF8").expect(250, None);
-    c.cmd("RCPT TO:<b\u{f6}b@example.test>").expect(550, Some("5.1.1"));
+    c.cmd("MAIL FROM:<j\u{f6}rg@example.test>")
+        .expect(553, Some("5.6.7"));
+    c.cmd("MAIL FROM:<j\u{f6}rg@example.test> SMTPUTF8")
+        .expect(250, None);
+    c.cmd("RCPT TO:<b\u{f6}b@example.test>")
+        .expect(550, Some("5.1.1"));
     c.cmd("RCPT TO:<bob@example.test>").expect(250, None);
     c.cmd("DATA").expect(354, None);
     let body = "From: J\u{f6}rg <j\u{f6}rg@example.test>\r\nSubject: gr\u{fc}\u{df}e\r\n\r\nUTF-8 headers \u{2713}\r\n".as_bytes();
