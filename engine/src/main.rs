@@ -31,6 +31,14 @@ enum Command {
         #[command(subcommand)]
         action: AccountAction,
     },
+    /// Show what the data directory holds (offline: reads it, changes nothing).
+    Inspect {
+        #[command(flatten)]
+        common: Common,
+        /// Print only the total number of stored messages.
+        #[arg(long)]
+        count_only: bool,
+    },
     /// Print the embedded default configuration as a TOML file to start from.
     DefaultConfig,
     /// Check a configuration file and exit.
@@ -166,6 +174,38 @@ fn run(cli: Cli) -> Result<(), String> {
                     let list: Vec<String> = (start..start + count).map(|n| pattern.replace("{n}", &n.to_string())).collect();
                     let added = file.add_many(&list, &pw).map_err(|e| e.to_string())?;
                     println!("added {added} accounts");
+                }
+            }
+            Ok(())
+        }
+        Command::Inspect { common, count_only } => {
+            let config = load_config(&common)?;
+            let dir = std::fs::canonicalize(&config.data_dir).map_err(|e| format!("{}: {e}", config.data_dir.display()))?;
+            let meta = ringmail::storage::Meta::read(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+            let summary = glommio::LocalExecutorBuilder::default()
+                .io_memory(256 << 10)
+                .make()
+                .map_err(|e| e.to_string())?
+                .run(async move {
+                    let store = ringmail::storage::Store::open(ringmail::storage::StoreConfig {
+                        data_dir: dir,
+                        shard: 0,
+                        shards: 1,
+                        meta,
+                        segment_size: ringmail::limits::SEGMENT_SIZE as usize,
+                        checkpoint_every_records: u64::MAX,
+                    })
+                    .map_err(|e| e.to_string())?;
+                    Ok::<_, String>(store.summary())
+                })?;
+            let total: usize = summary.iter().flat_map(|(_, m)| m.iter().map(|x| x.1)).sum();
+            if count_only {
+                println!("{total}");
+            } else {
+                println!("buckets {} run {} accounts {} messages {total}", meta.buckets, meta.run, summary.len());
+                for (account, mailboxes) in summary {
+                    let parts: Vec<String> = mailboxes.iter().filter(|m| m.1 > 0).map(|(n, c, sz)| format!("{n}={c} ({sz} bytes)")).collect();
+                    println!("{account}: {}", if parts.is_empty() { "empty".into() } else { parts.join(", ") });
                 }
             }
             Ok(())

@@ -78,6 +78,25 @@ pub struct Meta {
 }
 
 impl Meta {
+    /// Read the meta file without starting a run (offline inspection).
+    pub fn read(data_dir: &Path) -> std::io::Result<Meta> {
+        let text = std::fs::read_to_string(data_dir.join("meta"))?;
+        let mut meta = Meta { buckets: 0, run: 0 };
+        for line in text.lines() {
+            let Some((k, v)) = line.split_once('=') else { continue };
+            let v: u32 = v.trim().parse().map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidData, "bad meta file"))?;
+            match k.trim() {
+                "buckets" => meta.buckets = v,
+                "run" => meta.run = v,
+                _ => {}
+            }
+        }
+        if meta.buckets == 0 {
+            return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "meta file without buckets"));
+        }
+        Ok(meta)
+    }
+
     /// Read the meta file (creating the data directory layout on first use),
     /// increment the run counter and write it back durably. Blocking: called
     /// once at start-up before the executors start.
@@ -331,6 +350,19 @@ impl Store {
         }
         self.synced_pos.set(start);
         Ok(())
+    }
+
+    /// Every account this shard holds, with its mailboxes' message counts and sizes.
+    pub fn summary(&self) -> Vec<(String, Vec<(String, usize, u64)>)> {
+        let mut out: Vec<_> = self
+            .buckets
+            .borrow()
+            .values()
+            .flat_map(|b| b.accounts.values())
+            .map(|a| (a.name.clone(), a.mailboxes.iter().map(|m| (m.name.clone(), m.messages.len(), m.size_octets())).collect()))
+            .collect();
+        out.sort();
+        out
     }
 
     /// Number of accounts this shard holds.

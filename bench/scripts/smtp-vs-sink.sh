@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# Issue benchmark: Postfix's smtp-source against smtp-sink (no storage: the
+# speed limit of the SMTP conversation) and against ringmail with durable
+# delivery spread over 20,000 accounts on every shard, in one run.
+# Needs: postfix installed (smtp-source, smtp-sink), a release build.
+# Usage: bench/scripts/smtp-vs-sink.sh [messages] [sessions] [size]
+set -euo pipefail
+MESSAGES=${1:-20000}
+SESSIONS=${2:-32}
+SIZE=${3:-4096}
+CORES=${CORES:-2}
+ROOT=$(cd "$(dirname "$0")/../.." && pwd)
+BIN=$ROOT/target/release/ringmail
+[ -x "$BIN" ] || cargo build --release -p ringmail --manifest-path "$ROOT/Cargo.toml"
+command -v smtp-source >/dev/null || PATH=$PATH:/usr/sbin
+WORK=$(mktemp -d /var/tmp/ringmail-bench.XXXXXX)
+trap 'kill $SINK $RM 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$WORK"' EXIT
+SINK=; RM=
+
+rate() { python3 -c "import sys; print(f'{int(sys.argv[1])/float(sys.argv[2]):.0f}')" "$1" "$2"; }
+timeit() { local s=$(date +%s.%N); "$@"; local e=$(date +%s.%N); python3 -c "print(f'{$e-$s:.3f}')"; }
+
+# 1. smtp-sink
+PORT_SINK=$((20000 + RANDOM % 10000))
+SINK_USER=$([ "$(id -u)" = 0 ] && echo "-u nobody" || true)
+smtp-sink $SINK_USER -c 127.0.0.1:$PORT_SINK 1000 >/dev/null 2>&1 & SINK=$!
+sleep 0.5
+T_SINK=$(timeit smtp-source -s "$SESSIONS" -m "$MESSAGES" -l "$SIZE" -N -f bench@example.test -t u@example.test 127.0.0.1:$PORT_SINK)
+kill $SINK; wait $SINK 2>/dev/null || true; SINK=
+
+# 2. ringmail: accounts 0u..Nu, durable delivery
+echo bench | "$BIN" account bulk --data "$WORK/data" --pattern '{n}u@example.test' --count $((MESSAGES + 1)) >/dev/null
+cat > "$WORK/ringmail.toml" <<TOML
+data_dir = "$WORK/data"
+cores = $CORES
+demo_accounts = []
+[listen]
+smtp = ["127.0.0.1:0"]
+pop3 = ["127.0.0.1:0"]
+imap = ["127.0.0.1:0"]
+[limits]
+connections_per_address_max = 1000
+TOML
+"$BIN" serve --config "$WORK/ringmail.toml" > "$WORK/ready" 2> "$WORK/log" & RM=$!
+for _ in $(seq 100); do grep -q ready "$WORK/ready" 2>/dev/null && break; sleep 0.1; done
+PORT_RM=$(grep -o 'smtp=[0-9.:]*' "$WORK/ready" | cut -d: -f2)
+T_RM=$(timeit smtp-source -s "$SESSIONS" -m "$MESSAGES" -l "$SIZE" -N -f bench@example.test -t u@example.test 127.0.0.1:$PORT_RM)
+kill -TERM $RM; wait $RM || true; RM=
+STORED=$("$BIN" inspect --data "$WORK/data" --count-only)
+
+R_SINK=$(rate "$MESSAGES" "$T_SINK"); R_RM=$(rate "$MESSAGES" "$T_RM")
+echo "machine: $(nproc) cores, $(uname -r); messages=$MESSAGES sessions=$SESSIONS size=$SIZE cores=$CORES"
+echo "smtp-sink : ${T_SINK}s  ${R_SINK} msg/s"
+echo "ringmail  : ${T_RM}s  ${R_RM} msg/s  (stored: $STORED messages)"
+python3 -c "print(f'ratio ringmail/smtp-sink: {$R_RM/$R_SINK:.2f}')"
+[ "$STORED" -eq "$MESSAGES" ] || { echo "ERROR: expected $MESSAGES stored messages, found $STORED"; exit 1; }
