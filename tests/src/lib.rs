@@ -217,7 +217,8 @@ impl Default for Options {
             config: None,
             cores: 2,
             accounts: Vec::new(),
-            log: "info".into(),
+            // RINGMAIL_E2E_LOG=debug shows the servers' debug logs in failures.
+            log: std::env::var("RINGMAIL_E2E_LOG").unwrap_or_else(|_| "info".into()),
             hostname: None,
         }
     }
