@@ -12,6 +12,22 @@
 //!
 //! Every wait is bounded in time; everything listens on 127.0.0.1 port 0, so
 //! tests run in parallel.
+//!
+//! The tests, one file per area (`tests/*.rs`):
+//! - `admin`: configuration errors (`FILE:LINE:COL`), `check-config`,
+//!   `default-config`, the account CLI, a running server seeing account changes;
+//! - `smtp`: EHLO, PIPELINING, BDAT, SIZE, recipient verdicts, sequencing,
+//!   limits, long lines, smuggling, SMTPUTF8, trace headers, swaks (if installed);
+//! - `pop3`: a full poplib session, DELE/QUIT persistence across reconnect,
+//!   SIGTERM and kill -9, locks, AUTH PLAIN, pipelining, malformed commands;
+//! - `delivery`: fan-out across shards, dot-stuffing and 8-bit, 10 MiB,
+//!   concurrent sessions, lettre as a client;
+//! - `crash`: kill -9 during concurrent delivery, twice, then SIGTERM;
+//! - `cores`: restarting the same data with 1 and 2 cores;
+//! - `compaction`: segment compaction keeps live mail;
+//! - `lifecycle`: graceful shutdown, connection limits, timeouts.
+//!
+//! Client scripts (Python standard library only) live in `py/`.
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};

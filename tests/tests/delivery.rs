@@ -3,7 +3,9 @@
 //!   mailbox exactly once, byte-identical (lettre as the SMTP client);
 //! - plus-addressing, the postmaster alias, a message built with lettre;
 //! - dot-stuffing and 8-bit bytes survive smtplib -> poplib (py/dots_8bit.py);
-//! - a 10 MiB message survives smtplib -> poplib (py/big_message.py).
+//! - a 10 MiB message survives smtplib -> poplib (py/big_message.py);
+//! - concurrent sessions (DATA and BDAT) to accounts on both shards: every
+//!   message stored once per mailbox, intact, with distinct UIDLs.
 use lettre::address::Envelope;
 use lettre::message::header::ContentType;
 use lettre::{Address, Message, SmtpTransport, Transport};
@@ -141,4 +143,67 @@ fn ten_mib_message() {
             "bob-secret".into(),
         ],
     );
+}
+
+#[test]
+fn concurrent_sessions_deliver_every_message_once() {
+    const THREADS: usize = 12;
+    const EACH: usize = 5;
+    let server = Server::new();
+    let smtp = server.smtp;
+    let msg = |t: usize, i: usize| {
+        format!("Subject: c{t}-{i}\r\nMessage-ID: <conc-{t}-{i}@e2e.test>\r\n\r\nthread {t} message {i}\r\n.\r\n")
+            .into_bytes()
+    };
+    let threads: Vec<_> = (0..THREADS)
+        .map(|t| {
+            std::thread::spawn(move || {
+                let (mut c, _) = smtp_connect(smtp);
+                for i in 0..EACH {
+                    let how = if (t + i) % 2 == 1 {
+                        Transfer::Bdat(50)
+                    } else {
+                        Transfer::Data
+                    };
+                    smtp_transaction(
+                        &mut c,
+                        "conc@example.test",
+                        &["alice@example.test", "bob@example.test"],
+                        &msg(t, i),
+                        how,
+                    )
+                    .unwrap()
+                    .expect(250, None);
+                }
+                c.cmd("QUIT").expect(221, None);
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    for (user, pw) in [
+        ("alice@example.test", "alice-secret"),
+        ("bob@example.test", "bob-secret"),
+    ] {
+        let got = fetch_all(server.pop3, user, pw);
+        assert_eq!(got.len(), THREADS * EACH, "{user}");
+        let mut seen = std::collections::BTreeSet::new();
+        let mut uidls = std::collections::BTreeSet::new();
+        for (uidl, m) in &got {
+            assert!(uidls.insert(uidl.clone()), "{user}: UIDL {uidl} twice");
+            let body = strip_trace(m).1;
+            let text = String::from_utf8_lossy(body);
+            let subj = text
+                .lines()
+                .next()
+                .unwrap()
+                .trim_start_matches("Subject: c")
+                .to_string();
+            let (t, i) = subj.split_once('-').unwrap();
+            let (t, i): (usize, usize) = (t.parse().unwrap(), i.parse().unwrap());
+            assert_bytes_eq(body, &msg(t, i), &format!("{user}: c{t}-{i}"));
+            assert!(seen.insert((t, i)), "{user}: c{t}-{i} twice");
+        }
+    }
 }

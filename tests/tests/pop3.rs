@@ -9,6 +9,7 @@
 //! - AUTH PLAIN (RFC 5034) when CAPA offers it;
 //! - the maildrop is a snapshot: mail arriving during a session is not shown
 //!   until the next one, and does not disturb DELE.
+//! - malformed and over-long commands get -ERR and change nothing.
 use std::time::Duration;
 
 use ringmail_tests::*;
@@ -368,4 +369,38 @@ fn maildrop_is_a_snapshot_during_a_session() {
     );
     p.quit();
     assert_eq!(subjects(&server), vec!["m1", "m2"]);
+}
+
+#[test]
+fn malformed_commands_get_err_and_the_session_goes_on() {
+    let server = Server::new();
+    deliver(&server, 0..3);
+    let mut p = Pop3::login(server.pop3, BOB, BOB_PW);
+    // RFC 2449 4: command lines are at most 255 octets.
+    let r = p.cmd(&format!("NOOP {}", "x".repeat(400)));
+    assert!(r.starts_with("-ERR"), "over-long line: {r}");
+    p.ok("NOOP");
+    for bad in [
+        "LIST 0",
+        "LIST 4",
+        "LIST -1",
+        "LIST abc",
+        "LIST 99999999999999999999",
+        "UIDL 0",
+        "RETR",
+        "RETR 4",
+        "TOP 1",
+        "TOP 1 -1",
+        "TOP 9 0",
+        "DELE",
+        "",
+    ] {
+        let r = p.cmd(bad);
+        assert!(r.starts_with("-ERR"), "{bad:?} -> {r:?}");
+    }
+    // Nothing was deleted or changed by all that.
+    assert_eq!(p.stat().0, 3);
+    p.ok("DELE 3");
+    p.quit();
+    assert_eq!(subjects(&server), vec!["m0", "m1"]);
 }
