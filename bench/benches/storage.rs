@@ -16,6 +16,7 @@ fn open(dir: &std::path::Path) -> Rc<Store> {
         meta,
         segment_size: 64 << 20,
         checkpoint_every_records: 1 << 40,
+        zero_segments: false,
     })
     .unwrap();
     glommio::spawn_local(store.clone().run_syncer()).detach();

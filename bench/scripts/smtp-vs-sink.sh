@@ -9,6 +9,8 @@ MESSAGES=${1:-20000}
 SESSIONS=${2:-32}
 SIZE=${3:-4096}
 CORES=${CORES:-2}
+# Extra [storage] lines, e.g. STORAGE_TOML='spin_before_park_us = 50'
+STORAGE_TOML=${STORAGE_TOML:-}
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 BIN=$ROOT/target/release/ringmail
 [ -x "$BIN" ] || cargo build --release -p ringmail --manifest-path "$ROOT/Cargo.toml"
@@ -40,6 +42,8 @@ pop3 = ["127.0.0.1:0"]
 imap = ["127.0.0.1:0"]
 [limits]
 connections_per_address_max = 1000
+[storage]
+${STORAGE_TOML:-}
 TOML
 "$BIN" serve --config "$WORK/ringmail.toml" > "$WORK/ready" 2> "$WORK/log" & RM=$!
 for _ in $(seq 100); do grep -q ready "$WORK/ready" 2>/dev/null && break; sleep 0.1; done

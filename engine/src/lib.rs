@@ -17,6 +17,7 @@ pub mod config;
 pub mod limits;
 pub mod mime;
 pub mod protocol;
+pub mod relay;
 pub mod session;
 pub mod runtime;
 pub mod storage;

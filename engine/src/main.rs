@@ -194,6 +194,7 @@ fn run(cli: Cli) -> Result<(), String> {
                         meta,
                         segment_size: ringmail::limits::SEGMENT_SIZE as usize,
                         checkpoint_every_records: u64::MAX,
+                        zero_segments: false,
                     })
                     .map_err(|e| e.to_string())?;
                     Ok::<_, String>(store.summary())

@@ -121,9 +121,11 @@ pub fn serve(mut config: Config) -> Result<(), ServeError> {
 
     let mesh = MeshBuilder::full(cores, MESH_CHANNEL_SIZE);
     let shared_exec = shared.clone();
-    let handles = LocalExecutorPoolBuilder::new(placement)
-        .name("ringmail")
-        .io_memory(io_memory)
+    let mut builder = LocalExecutorPoolBuilder::new(placement).name("ringmail").io_memory(io_memory);
+    if shared.config.storage.spin_before_park_us > 0 {
+        builder = builder.spin_before_park(Duration::from_micros(shared.config.storage.spin_before_park_us));
+    }
+    let handles = builder
         .on_all_shards(move || {
             let shared = shared_exec.clone();
             async move { shard::run(shared, mesh).await }

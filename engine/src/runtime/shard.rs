@@ -290,6 +290,7 @@ pub async fn run(shared: Arc<Shared>, mesh: MeshBuilder<ShardMsg, Full>) -> Resu
         meta: shared.meta,
         segment_size: crate::limits::SEGMENT_SIZE as usize,
         checkpoint_every_records: shared.config.storage.checkpoint_every_records,
+        zero_segments: shared.config.storage.zero_segments,
     })
     .map_err(|e| fail(format!("shard {id}: opening storage: {e}")))?;
     glommio::spawn_local(store.clone().run_syncer()).detach();

@@ -146,6 +146,7 @@ pub struct StoreConfig {
     pub meta: Meta,
     pub segment_size: usize,
     pub checkpoint_every_records: u64,
+    pub zero_segments: bool,
 }
 
 struct Bucket {
@@ -224,6 +225,9 @@ pub struct Store {
     /// Position just after the last durable record of this shard's log.
     synced_pos: Cell<LogPos>,
     meta_buf: RefCell<Vec<u8>>,
+    /// Sessions waiting for the next change to an account (IMAP IDLE and
+    /// friends): fired when a change to that account is applied.
+    watchers: RefCell<HashMap<String, Vec<oneshot::Sender<()>>>>,
     pub stats: StoreStats,
 }
 
@@ -259,6 +263,7 @@ impl Store {
             doorbell: RefCell::default(),
             synced_pos: Cell::new(LogPos::default()),
             meta_buf: RefCell::new(Vec::with_capacity(256)),
+            watchers: RefCell::default(),
             stats: StoreStats::default(),
             cfg,
         });
@@ -470,6 +475,8 @@ impl Store {
                         let mut buckets = self.buckets.borrow_mut();
                         let bucket = buckets.get_mut(&b).expect("owned bucket");
                         bucket.accounts.entry(account.into()).or_insert_with(|| Account::new(account)).apply(op, None);
+                        drop(buckets);
+                        self.notify(account);
                     }
                 }
             }
@@ -582,7 +589,7 @@ impl Store {
         }
         let seq = self.next_seq.get();
         let id = segment::segment_id(self.cfg.meta.run, self.cfg.shard as u16, seq);
-        let seg = Rc::new(Segment::create(&self.seg_dir, id, self.cfg.segment_size).await?);
+        let seg = Rc::new(Segment::create(&self.seg_dir, id, self.cfg.segment_size, self.cfg.zero_segments).await?);
         self.next_seq.set(seq + 1);
         self.segments.borrow_mut().insert(id, seg.clone());
         *self.active.borrow_mut() = Some(seg);
@@ -717,7 +724,55 @@ impl Store {
             if let Some(a) = bucket.accounts.get_mut(op.account()) {
                 a.apply(&op, body_loc);
             }
+            self.notify(op.account());
         }
+    }
+
+    /// Resolves after the next change to `account` becomes visible.
+    pub fn watch(&self, account: &str) -> oneshot::Receiver<()> {
+        let (tx, rx) = oneshot::channel();
+        let mut w = self.watchers.borrow_mut();
+        let list = w.entry(account.to_string()).or_default();
+        list.retain(|s| !s.is_canceled());
+        list.push(tx);
+        rx
+    }
+
+    fn notify(&self, account: &str) {
+        if let Some(list) = self.watchers.borrow_mut().remove(account) {
+            for tx in list {
+                let _ = tx.send(());
+            }
+        }
+    }
+
+    /// Make sure an account exists with its default mailboxes, durably.
+    pub async fn ensure_account(&self, account: &str) -> Result<()> {
+        let mut creation = Vec::new();
+        self.with_account_mut(account, crate::runtime::shard::unix_now(), &mut creation, |_| ());
+        if creation.is_empty() {
+            return Ok(());
+        }
+        let need = creation.len() * 512;
+        self.ensure_room(need).await?;
+        for (name, id, uidvalidity, su) in &creation {
+            self.write_op(&Op::CreateMailbox { account, mailbox: *id, name, uidvalidity: *uidvalidity, special_use: *su }, &[])?;
+        }
+        self.wait_durable().await?;
+        self.creating.borrow_mut().remove(account);
+        Ok(())
+    }
+
+    /// Run `f` on an existing account's index mutably: for counters that
+    /// advance when a record is written (UIDs, modseqs, mailbox ids, keyword bits).
+    pub fn with_account_counters<R>(&self, account: &str, f: impl FnOnce(&mut Account) -> R) -> Result<R> {
+        let b = self.bucket_of(account);
+        let mut buckets = self.buckets.borrow_mut();
+        let acc = buckets
+            .get_mut(&b)
+            .and_then(|bk| bk.accounts.get_mut(account))
+            .ok_or_else(|| StorageError::NoAccount(account.into()))?;
+        Ok(f(acc))
     }
 
     fn maybe_checkpoint(&self) {

@@ -60,7 +60,7 @@ pub struct Segment {
 
 impl Segment {
     /// Create a new segment file of `size` bytes, fallocated, mapped read-write.
-    pub async fn create(dir: &Path, id: u64, size: usize) -> std::io::Result<Segment> {
+    pub async fn create(dir: &Path, id: u64, size: usize, zero: bool) -> std::io::Result<Segment> {
         let path = dir.join(file_name(id));
         let file = glommio::io::OpenOptions::new()
             .read(true)
@@ -73,6 +73,18 @@ impl Segment {
         if let Err(e) = file.pre_allocate(size as u64, false).await {
             let _ = file.remove().await;
             return Err(e.into());
+        }
+        if zero {
+            // Turn the unwritten extents into written ones now, so a later
+            // fdatasync has only data pages to write.
+            const CHUNK: usize = 1 << 20;
+            let mut at = 0;
+            while at < size {
+                let n = CHUNK.min(size - at);
+                file.write_at(vec![0u8; n], at as u64).await.map_err(std::io::Error::from)?;
+                at += n;
+            }
+            file.fdatasync().await.map_err(std::io::Error::from)?;
         }
         let map = MmapOptions::new().len(size).map_raw(file.as_raw_fd())?;
         let seg = Segment { id, path, map, file: Some(file), write_pos: Cell::new(SEGMENT_HEADER_LEN) };

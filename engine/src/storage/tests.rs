@@ -22,6 +22,7 @@ fn open(dir: &Path, shard: usize, shards: usize, every: u64) -> Rc<Store> {
         meta,
         segment_size: 4 * 1024 * 1024,
         checkpoint_every_records: every,
+        zero_segments: false,
     })
     .unwrap();
     glommio::spawn_local(store.clone().run_syncer()).detach();

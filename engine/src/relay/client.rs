@@ -1,0 +1,1072 @@
+//! Outbound SMTP client: a sans-I/O state machine ([`Client`]) and a glommio
+//! driver ([`deliver`]) that sends a batch of messages over one connection.
+//!
+//! One session: greeting, EHLO (HELO if EHLO gets a 5xx), then per message
+//! MAIL FROM, RCPT TO per recipient, DATA, the dot-stuffed body and `.`, with
+//! RSET between messages, and QUIT at the end.
+//! - **PIPELINING** (RFC 2920), when offered: `RSET` (from the second message
+//!   on), `MAIL`, every `RCPT` and `DATA` go out in one write; the replies are
+//!   matched in order. Without it, one command per round trip.
+//! - **SIZE** (RFC 1870): `SIZE=<body length>` on MAIL; a message larger than
+//!   the server's advertised maximum is not sent and fails permanently
+//!   (552 5.3.4).
+//! - **SMTPUTF8** (RFC 6531): a message that needs it is sent with the
+//!   `SMTPUTF8` parameter; to a server without it, the message fails
+//!   permanently (553 5.6.7) without being sent.
+//! - **8BITMIME** (RFC 6152): an 8-bit message is sent with `BODY=8BITMIME`.
+//!   To a server that does not offer 8BITMIME it is sent anyway, as most MTAs
+//!   do (there is no MIME down-conversion here), and
+//!   [`MessageOutcome::sent_8bit_unannounced`] is set; with
+//!   [`ClientParams::require_8bitmime`] it fails permanently (554 5.6.3)
+//!   instead.
+//! - Replies: a 4xx/5xx to MAIL, to DATA or at the end of data applies to
+//!   every recipient of the message that RCPT had not already rejected. A 421
+//!   ends the session: what was not decided yet is temporary. Timeouts,
+//!   connection loss and malformed replies are temporary too; the client makes
+//!   up a local reply (`451 4.4.2 ...`, [`Reply::local`] set) for them.
+//! - Before the session is established (connect, greeting, EHLO/HELO) a
+//!   failure is a [`ConnectError`]: the host is unusable, try the next MX.
+//!
+//! Addresses are given bare (`user@example.com`; `""` is the null reverse
+//! path) and are refused (permanently, per recipient) if they contain angle
+//! brackets, spaces or control characters, so they can never inject commands.
+//!
+//! STARTTLS hook: [`Capabilities::starttls`] records the offer. When TLS lands
+//! it goes between the EHLO reply and the first transaction: send `STARTTLS`,
+//! upgrade the stream in the driver, reset the capabilities and send EHLO
+//! again (RFC 3207 section 4.2); the state machine's `Expect::Ehlo` handling
+//! is the place, and [`ClientParams`] the place for the policy.
+use std::collections::VecDeque;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use glommio::net::TcpStream;
+
+pub use super::reply::{parse_reply, Reply, ReplyError};
+
+/// Not in RFC 5321; long enough for a slow network, short enough to move on
+/// to the next MX.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+/// RFC 5321 4.5.3.2.1: initial 220 message, 5 minutes.
+pub const GREETING_TIMEOUT: Duration = Duration::from_secs(300);
+/// EHLO/HELO reply; RFC 5321 gives none, we use the MAIL value.
+pub const HELO_TIMEOUT: Duration = Duration::from_secs(300);
+/// RFC 5321 4.5.3.2.2: MAIL command, 5 minutes.
+pub const MAIL_TIMEOUT: Duration = Duration::from_secs(300);
+/// RFC 5321 4.5.3.2.3: RCPT command, 5 minutes.
+pub const RCPT_TIMEOUT: Duration = Duration::from_secs(300);
+/// RFC 5321 4.5.3.2.4: DATA initiation, 2 minutes.
+pub const DATA_INIT_TIMEOUT: Duration = Duration::from_secs(120);
+/// RFC 5321 4.5.3.2.5: each data block written, 3 minutes.
+pub const DATA_BLOCK_TIMEOUT: Duration = Duration::from_secs(180);
+/// RFC 5321 4.5.3.2.6: reply to the final `.`, 10 minutes.
+pub const DATA_END_TIMEOUT: Duration = Duration::from_secs(600);
+/// RSET reply; RFC 5321 gives none, we use the MAIL value.
+pub const RSET_TIMEOUT: Duration = Duration::from_secs(300);
+/// QUIT reply; nothing depends on it, so do not wait long.
+pub const QUIT_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default bound on one reply (all lines).
+pub const REPLY_BYTES_MAX: usize = 16 * 1024;
+
+/// Timeouts of each phase. [`Timeouts::default`] is RFC 5321 4.5.3.2.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    pub connect: Duration,
+    pub greeting: Duration,
+    pub helo: Duration,
+    pub mail: Duration,
+    pub rcpt: Duration,
+    pub data_init: Duration,
+    /// Each write of the message body.
+    pub data_block: Duration,
+    pub data_end: Duration,
+    pub rset: Duration,
+    pub quit: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            connect: CONNECT_TIMEOUT,
+            greeting: GREETING_TIMEOUT,
+            helo: HELO_TIMEOUT,
+            mail: MAIL_TIMEOUT,
+            rcpt: RCPT_TIMEOUT,
+            data_init: DATA_INIT_TIMEOUT,
+            data_block: DATA_BLOCK_TIMEOUT,
+            data_end: DATA_END_TIMEOUT,
+            rset: RSET_TIMEOUT,
+            quit: QUIT_TIMEOUT,
+        }
+    }
+}
+
+impl Timeouts {
+    /// The same timeout everywhere (tests).
+    pub fn all(d: Duration) -> Timeouts {
+        Timeouts {
+            connect: d,
+            greeting: d,
+            helo: d,
+            mail: d,
+            rcpt: d,
+            data_init: d,
+            data_block: d,
+            data_end: d,
+            rset: d,
+            quit: d,
+        }
+    }
+}
+
+/// Settings of one session.
+#[derive(Debug, Clone)]
+pub struct ClientParams {
+    /// Our name in EHLO/HELO: the host's FQDN.
+    pub helo_name: String,
+    pub timeouts: Timeouts,
+    /// Fail 8-bit messages to servers without 8BITMIME instead of sending them.
+    pub require_8bitmime: bool,
+    /// Bound on one reply; a longer one breaks the session (temporary).
+    pub max_reply_bytes: usize,
+}
+
+impl ClientParams {
+    pub fn new(helo_name: impl Into<String>) -> ClientParams {
+        ClientParams {
+            helo_name: helo_name.into(),
+            timeouts: Timeouts::default(),
+            require_8bitmime: false,
+            max_reply_bytes: REPLY_BYTES_MAX,
+        }
+    }
+}
+
+/// A message to send. `B` is anything that derefs to the body bytes
+/// (`Arc<[u8]>`, `&[u8]`, `Vec<u8>`, a storage handle): the body is never
+/// copied whole. The body is the message as stored, headers and all, with
+/// CRLF line endings (a bare LF is sent as CRLF). No `.` terminator, no
+/// dot-stuffing: the client does both.
+#[derive(Debug, Clone)]
+pub struct OutboundMessage<B = Arc<[u8]>> {
+    /// Bare address, `""` for the null reverse path.
+    pub reverse_path: String,
+    /// Bare addresses, all for the host this session talks to.
+    pub recipients: Vec<String>,
+    pub body: B,
+    /// Internationalized addresses or headers (RFC 6531).
+    pub needs_smtputf8: bool,
+    /// The body has octets above 127 (RFC 6152).
+    pub is_8bit: bool,
+}
+
+/// What happened to one recipient.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RcptOutcome {
+    /// Accepted by the server after the final `.` (its reply, e.g. a queue id).
+    Delivered { reply: Reply },
+    /// Try again later (this host or another MX).
+    Temporary { reply: Reply },
+    /// Bounce.
+    Permanent { reply: Reply },
+}
+
+impl RcptOutcome {
+    /// 2xx: delivered; 5xx: permanent; anything else: temporary.
+    pub fn from_reply(reply: Reply) -> RcptOutcome {
+        match reply.class() {
+            2 => RcptOutcome::Delivered { reply },
+            5 => RcptOutcome::Permanent { reply },
+            _ => RcptOutcome::Temporary { reply },
+        }
+    }
+
+    pub fn reply(&self) -> &Reply {
+        match self {
+            RcptOutcome::Delivered { reply } | RcptOutcome::Temporary { reply } | RcptOutcome::Permanent { reply } => {
+                reply
+            }
+        }
+    }
+
+    pub fn is_delivered(&self) -> bool {
+        matches!(self, RcptOutcome::Delivered { .. })
+    }
+
+    pub fn is_permanent(&self) -> bool {
+        matches!(self, RcptOutcome::Permanent { .. })
+    }
+
+    pub fn is_temporary(&self) -> bool {
+        matches!(self, RcptOutcome::Temporary { .. })
+    }
+}
+
+/// What happened to one message: one outcome per recipient, in the order of
+/// [`OutboundMessage::recipients`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MessageOutcome {
+    pub recipients: Vec<RcptOutcome>,
+    /// The message is 8-bit and the server did not offer 8BITMIME; it was
+    /// sent anyway (see the module documentation).
+    pub sent_8bit_unannounced: bool,
+}
+
+/// The session could not be established with this host. Always temporary for
+/// the messages: try the next MX host, or retry later.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConnectError {
+    #[error("connect to {addr}: {reason}")]
+    Connect { addr: SocketAddr, reason: String },
+    #[error("timed out waiting for the {0}")]
+    Timeout(&'static str),
+    #[error("connection closed during the {0}")]
+    Closed(&'static str),
+    #[error("I/O error during the {phase}: {reason}")]
+    Io { phase: &'static str, reason: String },
+    #[error("protocol error: {0}")]
+    Protocol(String),
+    /// The greeting was not 220 (a 554 means "no service here").
+    #[error("server greeting: {0}")]
+    Greeting(Reply),
+    /// EHLO failed and HELO too (or EHLO got a 4xx).
+    #[error("EHLO/HELO refused: {0}")]
+    Helo(Reply),
+}
+
+impl ConnectError {
+    /// The server's reply, or a local one describing the failure (for a
+    /// delay notice's Diagnostic-Code).
+    pub fn reply(&self) -> Reply {
+        match self {
+            ConnectError::Greeting(r) | ConnectError::Helo(r) => r.clone(),
+            other => Reply::local(451, format!("4.4.1 {other}")),
+        }
+    }
+}
+
+/// What the server offered in its EHLO reply.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Capabilities {
+    /// EHLO succeeded (false after a HELO fallback).
+    pub esmtp: bool,
+    pub pipelining: bool,
+    /// SIZE offered.
+    pub size: bool,
+    /// Its fixed maximum; `None` or `Some(0)`: no limit announced.
+    pub size_limit: Option<u64>,
+    pub eight_bit_mime: bool,
+    pub smtputf8: bool,
+    pub enhanced_status_codes: bool,
+    pub chunking: bool,
+    /// Recorded for the STARTTLS hook; not used yet.
+    pub starttls: bool,
+}
+
+impl Capabilities {
+    /// Read the keywords of a positive EHLO reply (the first line is the
+    /// greeting).
+    pub fn from_ehlo(reply: &Reply) -> Capabilities {
+        let mut caps = Capabilities { esmtp: true, ..Capabilities::default() };
+        for line in reply.lines.iter().skip(1) {
+            let mut words = line.split_ascii_whitespace();
+            let Some(keyword) = words.next() else { continue };
+            match keyword.to_ascii_uppercase().as_str() {
+                "PIPELINING" => caps.pipelining = true,
+                "SIZE" => {
+                    caps.size = true;
+                    caps.size_limit = words.next().and_then(|n| n.parse().ok());
+                }
+                "8BITMIME" => caps.eight_bit_mime = true,
+                "SMTPUTF8" => caps.smtputf8 = true,
+                "ENHANCEDSTATUSCODES" => caps.enhanced_status_codes = true,
+                "CHUNKING" => caps.chunking = true,
+                "STARTTLS" => caps.starttls = true,
+                _ => {}
+            }
+        }
+        caps
+    }
+}
+
+/// What the state machine needs to know of a message (no body).
+#[derive(Debug, Clone)]
+pub struct Envelope {
+    pub reverse_path: String,
+    pub recipients: Vec<String>,
+    /// Body length in octets (for SIZE).
+    pub size: u64,
+    pub needs_smtputf8: bool,
+    pub is_8bit: bool,
+}
+
+impl Envelope {
+    pub fn of<B: AsRef<[u8]>>(m: &OutboundMessage<B>) -> Envelope {
+        Envelope {
+            reverse_path: m.reverse_path.clone(),
+            recipients: m.recipients.clone(),
+            size: m.body.as_ref().len() as u64,
+            needs_smtputf8: m.needs_smtputf8,
+            is_8bit: m.is_8bit,
+        }
+    }
+}
+
+/// What the driver must do next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// Write [`Client::output`] completely, then call [`Client::sent`].
+    Send { timeout: Duration },
+    /// Write message `message`'s body through [`DotStuffed`] (which ends with
+    /// the `.` line), each write within `timeout`; then call [`Client::sent`].
+    SendBody { message: usize, timeout: Duration },
+    /// Read; pass the bytes to [`Client::receive`]. No reply within `timeout`:
+    /// call [`Client::fail`] with [`Failure::Timeout`].
+    Receive { timeout: Duration },
+    /// Close the connection; take the result with [`Client::finish`].
+    Close,
+}
+
+/// A transport failure reported by the driver.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Failure {
+    Timeout,
+    Closed,
+    Io(String),
+    Protocol(String),
+}
+
+impl Failure {
+    fn from_io(e: &io::Error) -> Failure {
+        match e.kind() {
+            io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock => Failure::Timeout,
+            io::ErrorKind::UnexpectedEof
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::BrokenPipe => Failure::Closed,
+            _ => Failure::Io(e.to_string()),
+        }
+    }
+}
+
+/// The reply being waited for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Expect {
+    Greeting,
+    Ehlo,
+    Helo,
+    Rset,
+    Mail,
+    Rcpt(usize),
+    Data,
+    DataEnd,
+    /// The `.` sent after a 354 that came with no accepted recipient.
+    EmptyDataEnd,
+    Quit,
+}
+
+impl Expect {
+    fn phase(self) -> &'static str {
+        match self {
+            Expect::Greeting => "greeting",
+            Expect::Ehlo => "EHLO reply",
+            Expect::Helo => "HELO reply",
+            Expect::Rset => "RSET reply",
+            Expect::Mail => "MAIL FROM reply",
+            Expect::Rcpt(_) => "RCPT TO reply",
+            Expect::Data => "DATA reply",
+            Expect::DataEnd | Expect::EmptyDataEnd => "reply to end of data",
+            Expect::Quit => "QUIT reply",
+        }
+    }
+}
+
+/// The message being sent.
+#[derive(Debug)]
+struct Txn {
+    msg: usize,
+    pipelined: bool,
+    /// Recipient indexes to send RCPT for (valid addresses), and how many of
+    /// them have been sent (without pipelining).
+    to_send: Vec<usize>,
+    next: usize,
+    mail_sent: bool,
+    mail_ok: bool,
+    mail_failure: Option<Reply>,
+    accepted: Vec<usize>,
+}
+
+/// The sans-I/O session: feed it replies and transport events, follow its
+/// [`Action`]s. One instance per connection.
+#[derive(Debug)]
+pub struct Client {
+    params: ClientParams,
+    envelopes: Vec<Envelope>,
+    results: Vec<Vec<Option<RcptOutcome>>>,
+    unannounced: Vec<bool>,
+    caps: Capabilities,
+    out: Vec<u8>,
+    out_timeout: Duration,
+    body: Option<usize>,
+    expect: VecDeque<Expect>,
+    txn: Option<Txn>,
+    next_msg: usize,
+    transactions: usize,
+    ready: bool,
+    error: Option<ConnectError>,
+    done: bool,
+}
+
+fn valid_address(a: &str) -> bool {
+    a.len() <= 512 && a.bytes().all(|b| b > b' ' && b != 0x7f && b != b'<' && b != b'>')
+}
+
+fn bare(a: &str) -> &str {
+    a.strip_prefix('<').and_then(|x| x.strip_suffix('>')).unwrap_or(a)
+}
+
+impl Client {
+    /// A session that will send `envelopes` in order, starting by waiting for
+    /// the greeting.
+    pub fn new(params: ClientParams, envelopes: Vec<Envelope>) -> Client {
+        let results = envelopes.iter().map(|e| vec![None; e.recipients.len()]).collect();
+        let n = envelopes.len();
+        let mut c = Client {
+            params,
+            envelopes,
+            results,
+            unannounced: vec![false; n],
+            caps: Capabilities::default(),
+            out: Vec::new(),
+            out_timeout: Duration::ZERO,
+            body: None,
+            expect: VecDeque::new(),
+            txn: None,
+            next_msg: 0,
+            transactions: 0,
+            ready: false,
+            error: None,
+            done: false,
+        };
+        c.expect.push_back(Expect::Greeting);
+        c
+    }
+
+    /// The server's capabilities (empty until EHLO succeeds).
+    pub fn capabilities(&self) -> &Capabilities {
+        &self.caps
+    }
+
+    /// The next thing to do.
+    pub fn action(&self) -> Action {
+        if self.done {
+            Action::Close
+        } else if !self.out.is_empty() {
+            Action::Send { timeout: self.out_timeout }
+        } else if let Some(message) = self.body {
+            Action::SendBody { message, timeout: self.params.timeouts.data_block }
+        } else if let Some(e) = self.expect.front() {
+            Action::Receive { timeout: self.timeout(*e) }
+        } else {
+            Action::Close
+        }
+    }
+
+    /// Bytes to write for [`Action::Send`].
+    pub fn output(&self) -> &[u8] {
+        &self.out
+    }
+
+    /// The write asked for by [`Action::Send`] or [`Action::SendBody`] is done.
+    pub fn sent(&mut self) {
+        if !self.out.is_empty() {
+            self.out.clear();
+        } else {
+            self.body = None;
+        }
+    }
+
+    /// Bytes received: consumes at most one complete reply from the start of
+    /// `data` and returns how many bytes it used (0: incomplete, read more).
+    pub fn receive(&mut self, data: &[u8]) -> usize {
+        if self.done {
+            return data.len();
+        }
+        match parse_reply(data, self.params.max_reply_bytes) {
+            Ok(None) => 0,
+            Ok(Some((reply, used))) => {
+                self.on_reply(reply);
+                used
+            }
+            Err(e) => {
+                self.fail(Failure::Protocol(e.to_string()));
+                data.len()
+            }
+        }
+    }
+
+    /// The transport failed; the session is over.
+    pub fn fail(&mut self, failure: Failure) {
+        if self.done {
+            return;
+        }
+        let phase = if self.body.is_some() && self.out.is_empty() {
+            "message body"
+        } else {
+            self.expect.front().map(|e| e.phase()).unwrap_or("session")
+        };
+        if self.expect.front() == Some(&Expect::Quit) {
+            // Everything was decided already.
+            self.close();
+            return;
+        }
+        if !self.ready {
+            self.error = Some(match failure {
+                Failure::Timeout => ConnectError::Timeout(phase),
+                Failure::Closed => ConnectError::Closed(phase),
+                Failure::Io(reason) => ConnectError::Io { phase, reason },
+                Failure::Protocol(reason) => ConnectError::Protocol(reason),
+            });
+            self.close();
+            return;
+        }
+        let what = match &failure {
+            Failure::Timeout => format!("timed out waiting for the {phase}"),
+            Failure::Closed => format!("connection lost during the {phase}"),
+            Failure::Io(reason) => format!("I/O error during the {phase}: {reason}"),
+            Failure::Protocol(reason) => format!("protocol error during the {phase}: {reason}"),
+        };
+        self.abort(Reply::local(451, format!("4.4.2 {what}")));
+    }
+
+    /// The per-message outcomes, or why no session could be established.
+    pub fn finish(self) -> Result<Vec<MessageOutcome>, ConnectError> {
+        if let Some(e) = self.error {
+            return Err(e);
+        }
+        if !self.ready {
+            return Err(ConnectError::Closed("greeting"));
+        }
+        Ok(self
+            .results
+            .into_iter()
+            .zip(self.unannounced)
+            .map(|(rcpts, unannounced)| MessageOutcome {
+                recipients: rcpts
+                    .into_iter()
+                    .map(|r| {
+                        r.unwrap_or_else(|| RcptOutcome::Temporary {
+                            reply: Reply::local(451, "4.4.2 not attempted: session ended"),
+                        })
+                    })
+                    .collect(),
+                sent_8bit_unannounced: unannounced,
+            })
+            .collect())
+    }
+
+    fn timeout(&self, e: Expect) -> Duration {
+        let t = &self.params.timeouts;
+        match e {
+            Expect::Greeting => t.greeting,
+            Expect::Ehlo | Expect::Helo => t.helo,
+            Expect::Rset => t.rset,
+            Expect::Mail => t.mail,
+            Expect::Rcpt(_) => t.rcpt,
+            Expect::Data => t.data_init,
+            Expect::DataEnd | Expect::EmptyDataEnd => t.data_end,
+            Expect::Quit => t.quit,
+        }
+    }
+
+    fn command(&mut self, parts: &[&str], expect: Expect) {
+        if self.out.is_empty() {
+            self.out_timeout = self.timeout(expect);
+        }
+        for p in parts {
+            self.out.extend_from_slice(p.as_bytes());
+        }
+        self.out.extend_from_slice(b"\r\n");
+        self.expect.push_back(expect);
+    }
+
+    fn close(&mut self) {
+        self.done = true;
+        self.out.clear();
+        self.body = None;
+        self.expect.clear();
+    }
+
+    fn set(&mut self, msg: usize, rcpt: usize, reply: &Reply) {
+        self.results[msg][rcpt] = Some(RcptOutcome::from_reply(reply.clone()));
+    }
+
+    /// End the session: the current message's undecided recipients and every
+    /// message not started get `reply` (made temporary if it is not a 5xx).
+    fn abort(&mut self, reply: Reply) {
+        let reply = if reply.is_permanent() || reply.is_transient() { reply } else { Reply { code: 451, ..reply } };
+        if let Some(txn) = self.txn.take() {
+            for i in 0..self.results[txn.msg].len() {
+                if let Some(mail) = &txn.mail_failure {
+                    if txn.to_send.contains(&i) {
+                        let mail = mail.clone();
+                        self.set(txn.msg, i, &mail);
+                    }
+                } else if self.results[txn.msg][i].is_none() || txn.accepted.contains(&i) {
+                    self.set(txn.msg, i, &reply);
+                }
+            }
+        }
+        let not_attempted =
+            Reply { lines: reply.lines.iter().map(|l| format!("{l} (not attempted)")).collect(), ..reply.clone() };
+        for m in self.next_msg..self.envelopes.len() {
+            for i in 0..self.results[m].len() {
+                self.set(m, i, &not_attempted);
+            }
+        }
+        self.next_msg = self.envelopes.len();
+        self.close();
+    }
+
+    fn on_reply(&mut self, reply: Reply) {
+        let Some(expect) = self.expect.pop_front() else {
+            self.fail(Failure::Protocol("reply with no command outstanding".into()));
+            return;
+        };
+        match expect {
+            Expect::Greeting => {
+                if reply.code == 220 {
+                    let ehlo = format!("EHLO {}", self.params.helo_name);
+                    self.command(&[&ehlo], Expect::Ehlo);
+                } else {
+                    self.error = Some(ConnectError::Greeting(reply));
+                    self.close();
+                }
+                return;
+            }
+            Expect::Ehlo => {
+                if reply.is_positive() {
+                    self.caps = Capabilities::from_ehlo(&reply);
+                    self.ready = true;
+                    self.start_next();
+                } else if reply.is_permanent() {
+                    let helo = format!("HELO {}", self.params.helo_name);
+                    self.command(&[&helo], Expect::Helo);
+                } else {
+                    self.error = Some(ConnectError::Helo(reply));
+                    self.close();
+                }
+                return;
+            }
+            Expect::Helo => {
+                if reply.is_positive() {
+                    self.caps = Capabilities::default();
+                    self.ready = true;
+                    self.start_next();
+                } else {
+                    self.error = Some(ConnectError::Helo(reply));
+                    self.close();
+                }
+                return;
+            }
+            Expect::Quit => {
+                self.close();
+                return;
+            }
+            Expect::Rset => {
+                if !reply.is_positive() {
+                    self.abort(reply);
+                    return;
+                }
+                if let Some(t) = &self.txn {
+                    if !t.pipelined && !t.mail_sent {
+                        self.send_mail();
+                    }
+                }
+            }
+            Expect::Mail => {
+                let Some(t) = self.txn.as_mut() else { return self.fail(Failure::Protocol("no transaction".into())) };
+                t.mail_ok = reply.is_positive();
+                if !t.mail_ok {
+                    t.mail_failure = Some(reply.clone());
+                }
+                if !t.pipelined {
+                    if t.mail_ok {
+                        self.send_next_rcpt();
+                    } else {
+                        self.finish_txn();
+                    }
+                }
+            }
+            Expect::Rcpt(i) => {
+                let Some(t) = self.txn.as_mut() else { return self.fail(Failure::Protocol("no transaction".into())) };
+                let msg = t.msg;
+                if reply.is_positive() {
+                    t.accepted.push(i);
+                } else {
+                    self.set(msg, i, &reply);
+                }
+                if !self.txn.as_ref().is_some_and(|t| t.pipelined) {
+                    self.send_next_rcpt();
+                }
+            }
+            Expect::Data => {
+                let Some(t) = self.txn.as_ref() else { return self.fail(Failure::Protocol("no transaction".into())) };
+                let (msg, ok) = (t.msg, t.mail_ok && !t.accepted.is_empty());
+                if reply.code == 354 {
+                    if ok {
+                        self.body = Some(msg);
+                        self.expect.push_back(Expect::DataEnd);
+                    } else {
+                        // RFC 2920 3.1: DATA accepted with no valid recipient;
+                        // end it with an empty message.
+                        self.command(&["."], Expect::EmptyDataEnd);
+                    }
+                } else {
+                    if ok {
+                        for i in t.accepted.clone() {
+                            self.set(msg, i, &reply);
+                        }
+                    }
+                    self.finish_txn();
+                }
+            }
+            Expect::DataEnd => {
+                if let Some(t) = self.txn.as_ref() {
+                    let msg = t.msg;
+                    for i in t.accepted.clone() {
+                        self.set(msg, i, &reply);
+                    }
+                }
+                self.finish_txn();
+            }
+            Expect::EmptyDataEnd => self.finish_txn(),
+        }
+        if reply.code == 421 && !self.done {
+            // The server is closing the connection.
+            self.abort(reply);
+        }
+    }
+
+    fn send_mail(&mut self) {
+        let Some(t) = self.txn.as_mut() else { return };
+        t.mail_sent = true;
+        let env = &self.envelopes[t.msg];
+        let mut cmd = format!("MAIL FROM:<{}>", bare(&env.reverse_path));
+        if self.caps.size {
+            cmd.push_str(&format!(" SIZE={}", env.size));
+        }
+        if env.is_8bit && self.caps.eight_bit_mime {
+            cmd.push_str(" BODY=8BITMIME");
+        }
+        if env.needs_smtputf8 && self.caps.smtputf8 {
+            cmd.push_str(" SMTPUTF8");
+        }
+        let pipelined = t.pipelined;
+        let rcpts: Vec<usize> = t.to_send.clone();
+        let msg = t.msg;
+        self.command(&[&cmd], Expect::Mail);
+        if pipelined {
+            for i in rcpts {
+                let to = bare(&self.envelopes[msg].recipients[i]).to_string();
+                self.command(&["RCPT TO:<", &to, ">"], Expect::Rcpt(i));
+            }
+            self.command(&["DATA"], Expect::Data);
+        }
+    }
+
+    /// Without pipelining: the next RCPT, or DATA, or the end of the message.
+    fn send_next_rcpt(&mut self) {
+        let Some(t) = self.txn.as_mut() else { return };
+        if let Some(&i) = t.to_send.get(t.next) {
+            t.next += 1;
+            let to = bare(&self.envelopes[t.msg].recipients[i]).to_string();
+            self.command(&["RCPT TO:<", &to, ">"], Expect::Rcpt(i));
+        } else if !t.accepted.is_empty() {
+            self.command(&["DATA"], Expect::Data);
+        } else {
+            self.finish_txn();
+        }
+    }
+
+    fn finish_txn(&mut self) {
+        if let Some(t) = self.txn.take() {
+            let fallback = t.mail_failure.unwrap_or_else(|| Reply::local(451, "4.4.2 no reply for this recipient"));
+            for i in 0..self.results[t.msg].len() {
+                if self.results[t.msg][i].is_none() || (!t.mail_ok && t.to_send.contains(&i)) {
+                    self.set(t.msg, i, &fallback);
+                }
+            }
+        }
+        self.start_next();
+    }
+
+    /// Start the next sendable message, deciding locally the ones that cannot
+    /// be sent to this server; QUIT when none is left.
+    fn start_next(&mut self) {
+        while self.next_msg < self.envelopes.len() {
+            let m = self.next_msg;
+            self.next_msg += 1;
+            let env = &self.envelopes[m];
+            let refusal = if !env.reverse_path.is_empty() && !valid_address(bare(&env.reverse_path)) {
+                Some(Reply::local(553, "5.1.7 invalid sender address syntax"))
+            } else if self.caps.size_limit.is_some_and(|max| max > 0 && env.size > max) {
+                Some(Reply::local(
+                    552,
+                    format!(
+                        "5.3.4 message size {} exceeds the server's limit of {}",
+                        env.size,
+                        self.caps.size_limit.unwrap_or(0)
+                    ),
+                ))
+            } else if env.needs_smtputf8 && !self.caps.smtputf8 {
+                Some(Reply::local(553, "5.6.7 the message needs SMTPUTF8, which the server does not support"))
+            } else if env.is_8bit && !self.caps.eight_bit_mime && self.params.require_8bitmime {
+                Some(Reply::local(554, "5.6.3 8-bit message and the server does not support 8BITMIME"))
+            } else {
+                None
+            };
+            if let Some(reply) = refusal {
+                for i in 0..self.results[m].len() {
+                    self.set(m, i, &reply);
+                }
+                continue;
+            }
+            let mut to_send = Vec::new();
+            for (i, r) in env.recipients.iter().enumerate() {
+                if valid_address(bare(r)) {
+                    to_send.push(i);
+                } else {
+                    self.results[m][i] = Some(RcptOutcome::Permanent {
+                        reply: Reply::local(553, "5.1.3 invalid recipient address syntax"),
+                    });
+                }
+            }
+            if to_send.is_empty() {
+                continue;
+            }
+            self.unannounced[m] = env.is_8bit && !self.caps.eight_bit_mime;
+            let pipelined = self.caps.pipelining;
+            self.txn = Some(Txn {
+                msg: m,
+                pipelined,
+                to_send,
+                next: 0,
+                mail_sent: false,
+                mail_ok: false,
+                mail_failure: None,
+                accepted: Vec::new(),
+            });
+            self.transactions += 1;
+            if self.transactions > 1 {
+                self.command(&["RSET"], Expect::Rset);
+                if !pipelined {
+                    return; // MAIL goes after the RSET reply.
+                }
+            }
+            self.send_mail();
+            return;
+        }
+        self.command(&["QUIT"], Expect::Quit);
+    }
+}
+
+/// A body as sent after DATA: dot-stuffed (RFC 5321 4.5.2), bare LF turned
+/// into CRLF, ending with `CRLF.CRLF`. Yields slices of the body between the
+/// points where something is inserted, so the body is never copied; the
+/// inserted pieces are static.
+#[derive(Debug, Clone)]
+pub struct DotStuffed<'a> {
+    body: &'a [u8],
+    pos: usize,
+    line_start: bool,
+    queued: Option<&'static [u8]>,
+    ends_crlf: bool,
+    finished: bool,
+}
+
+impl<'a> DotStuffed<'a> {
+    pub fn new(body: &'a [u8]) -> DotStuffed<'a> {
+        DotStuffed { body, pos: 0, line_start: true, queued: None, ends_crlf: true, finished: false }
+    }
+}
+
+impl<'a> Iterator for DotStuffed<'a> {
+    type Item = &'a [u8];
+
+    fn next(&mut self) -> Option<&'a [u8]> {
+        if let Some(q) = self.queued.take() {
+            return Some(q);
+        }
+        if self.finished {
+            return None;
+        }
+        let body = self.body;
+        let len = body.len();
+        if self.pos >= len {
+            self.finished = true;
+            return Some(if self.ends_crlf { b".\r\n" } else { b"\r\n.\r\n" });
+        }
+        if self.line_start && body[self.pos] == b'.' {
+            self.line_start = false;
+            return Some(b".");
+        }
+        self.line_start = false;
+        let start = self.pos;
+        let mut search = start;
+        loop {
+            let Some(off) = memchr::memchr(b'\n', &body[search..]) else {
+                self.pos = len;
+                self.ends_crlf = false;
+                return Some(&body[start..]);
+            };
+            let nl = search + off;
+            if nl == 0 || body[nl - 1] != b'\r' {
+                // Bare LF: the text before it, then CRLF.
+                self.pos = nl + 1;
+                self.line_start = true;
+                self.ends_crlf = true;
+                if nl == start {
+                    return Some(b"\r\n");
+                }
+                self.queued = Some(b"\r\n");
+                return Some(&body[start..nl]);
+            }
+            if nl + 1 == len || body[nl + 1] == b'.' {
+                self.pos = nl + 1;
+                self.line_start = true;
+                self.ends_crlf = true;
+                return Some(&body[start..=nl]);
+            }
+            search = nl + 1;
+        }
+    }
+}
+
+/// Pieces shorter than this are gathered into one write; longer body slices
+/// are written directly.
+const GATHER_MAX: usize = 16 * 1024;
+
+struct Io {
+    stream: TcpStream,
+    buf: Vec<u8>,
+    start: usize,
+}
+
+impl Io {
+    async fn write(&mut self, data: &[u8], timeout: Duration) -> io::Result<()> {
+        self.stream.set_write_timeout(Some(timeout.max(Duration::from_millis(1))))?;
+        self.stream.write_all(data).await
+    }
+
+    async fn write_body(&mut self, body: &[u8], timeout: Duration) -> io::Result<()> {
+        let mut gather: Vec<u8> = Vec::with_capacity(GATHER_MAX);
+        for piece in DotStuffed::new(body) {
+            if piece.len() >= GATHER_MAX / 4 {
+                if !gather.is_empty() {
+                    self.write(&gather, timeout).await?;
+                    gather.clear();
+                }
+                self.write(piece, timeout).await?;
+            } else {
+                if gather.len() + piece.len() > GATHER_MAX {
+                    self.write(&gather, timeout).await?;
+                    gather.clear();
+                }
+                gather.extend_from_slice(piece);
+            }
+        }
+        if !gather.is_empty() {
+            self.write(&gather, timeout).await?;
+        }
+        Ok(())
+    }
+
+    fn pending(&self) -> &[u8] {
+        &self.buf[self.start..]
+    }
+
+    fn consume(&mut self, n: usize) {
+        self.start += n;
+        if self.start >= self.buf.len() {
+            self.buf.clear();
+            self.start = 0;
+        }
+    }
+
+    /// Read more; `Ok(false)` at end of stream.
+    async fn fill(&mut self, timeout: Duration) -> io::Result<bool> {
+        if self.start > 0 {
+            self.buf.drain(..self.start);
+            self.start = 0;
+        }
+        self.stream.set_read_timeout(Some(timeout.max(Duration::from_millis(1))))?;
+        let len = self.buf.len();
+        self.buf.resize(len + 4096, 0);
+        let r = self.stream.read(&mut self.buf[len..]).await;
+        match r {
+            Ok(n) => {
+                self.buf.truncate(len + n);
+                Ok(n > 0)
+            }
+            Err(e) => {
+                self.buf.truncate(len);
+                Err(e)
+            }
+        }
+    }
+}
+
+/// Deliver `batch` to the SMTP server at `target` over one connection. All
+/// messages should be for recipients this host handles (one MX host).
+///
+/// `Err` when no session could be established (connect, greeting,
+/// EHLO/HELO): nothing was sent, try the next MX. Otherwise one
+/// [`MessageOutcome`] per message, in order.
+pub async fn deliver<B: AsRef<[u8]>>(
+    target: SocketAddr,
+    params: ClientParams,
+    batch: &[OutboundMessage<B>],
+) -> Result<Vec<MessageOutcome>, ConnectError> {
+    let connect_timeout = params.timeouts.connect.max(Duration::from_millis(1));
+    let mut client = Client::new(params, batch.iter().map(Envelope::of).collect());
+    let stream = TcpStream::connect_timeout(target, connect_timeout)
+        .await
+        .map_err(|e| ConnectError::Connect { addr: target, reason: e.to_string() })?;
+    // Commands are small and each waits for its reply: no Nagle delay.
+    let _ = stream.set_nodelay(true);
+    let mut io = Io { stream, buf: Vec::with_capacity(4096), start: 0 };
+    loop {
+        match client.action() {
+            Action::Close => break,
+            Action::Send { timeout } => match io.write(client.output(), timeout).await {
+                Ok(()) => client.sent(),
+                Err(e) => client.fail(Failure::from_io(&e)),
+            },
+            Action::SendBody { message, timeout } => match io.write_body(batch[message].body.as_ref(), timeout).await {
+                Ok(()) => client.sent(),
+                Err(e) => client.fail(Failure::from_io(&e)),
+            },
+            Action::Receive { timeout } => {
+                let used = client.receive(io.pending());
+                if used > 0 {
+                    io.consume(used);
+                    continue;
+                }
+                match io.fill(timeout).await {
+                    Ok(true) => {}
+                    Ok(false) => client.fail(Failure::Closed),
+                    Err(e) => client.fail(Failure::from_io(&e)),
+                }
+            }
+        }
+    }
+    let _ = io.stream.close().await;
+    client.finish()
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,17 @@
+//! Relay: mail for other domains leaves through these parts.
+//!
+//! - [`dns`]: MX resolution on one side thread shared by every executor,
+//!   batched, coalesced and cached.
+//! - [`client`]: the outbound SMTP client, a sans-I/O state machine and a
+//!   glommio driver delivering several messages over one connection.
+//! - [`dsn`]: delivery status notifications (bounces and delay warnings).
+//! - [`reply`]: SMTP reply parsing, shared by the client and the DSNs.
+//! - [`testdns`]: a scripted DNS responder for tests.
+//!
+//! The persistent queue and the retry schedule live elsewhere; these parts
+//! take plain values and return plain outcomes.
+pub mod client;
+pub mod dns;
+pub mod dsn;
+pub mod reply;
+pub mod testdns;
