@@ -368,7 +368,11 @@ pub async fn run(shared: Arc<Shared>, mesh: MeshBuilder<ShardMsg, Full>) -> Resu
         t.await;
     }
     let deadline = std::time::Instant::now() + Duration::from_secs(shared.config.timeouts.shutdown_grace_secs);
-    while shard.connections.get() > 0 && std::time::Instant::now() < deadline {
+    // Wait for every session of the process, not only ours: a session on
+    // another shard may still deliver into this shard's store, and its mesh
+    // messages are only handled while this executor runs. (Permits are held
+    // by every admitted connection, wherever it lives now.)
+    while (shard.connections.get() > 0 || shared.limiter.total() > 0) && std::time::Instant::now() < deadline {
         glommio::timer::sleep(Duration::from_millis(20)).await;
     }
     // Other shards may still be delivering to us; give their last mesh
