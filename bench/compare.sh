@@ -390,12 +390,19 @@ setup_postfix
 setup_dovecot
 start_ringmail
 log "ringmail: smtp=$RM_SMTP pop3=$RM_POP3 imap=$RM_IMAP"
-# ringmail checks passwords with argon2 once per account, then caches them
-# per shard (Dovecot's static passdb checks none): log in to every account
-# once, unmeasured, so both are measured with warm authentication.
-log "warming ringmail's auth cache ($ACCOUNTS logins)"
-lg_quiet pop3 --target "$RM_POP3" --connections $POP3_CONNS --max-retr 0 "${ACCTS[@]}" --password "$PASSWORD" \
-    || die "ringmail POP3 warm-up failed"
+# ringmail checks a password with argon2 (tens of ms) the first time an
+# account logs in on a shard, then caches it in that shard (Dovecot's static
+# passdb checks nothing). Log in to every account until the caches of all
+# shards are warm (a pass whose mean login is under 5 ms, at most 8 passes),
+# unmeasured, so both servers are measured with warm authentication.
+for pass in 1 2 3 4 5 6 7 8; do
+    timeout 300 "$LOADGEN" pop3 --target "$RM_POP3" --connections $POP3_CONNS --max-retr 0 "${ACCTS[@]}" \
+        --password "$PASSWORD" --json --no-progress > "$WORK/warm.json" 2>> "$RESULTS/helpers.stderr" \
+        || die "ringmail POP3 warm-up failed"
+    read -r mean p90 < <(python3 -c "import json; o = json.load(open('$WORK/warm.json'))['ops']['login']; print(int(o['mean_us']), o['p90_us'])")
+    log "ringmail auth warm-up pass $pass: $ACCOUNTS logins, login mean ${mean} us, p90 ${p90} us"
+    [ "$mean" -lt 5000 ] && break
+done
 
 # --------------------------------------------------------------------- SMTP
 log "SMTP: ${ROUNDS} rounds of smtp-sink, Postfix, ringmail (${SMTP_SECS}s each, +${WARMUP}s warm-up)"
