@@ -250,7 +250,9 @@ EOF
 start_ringmail() {
     local data=$WORK/ringmail-data
     rm -rf "$data"
-    echo "$PASSWORD" | "$RINGMAIL" account bulk --data "$data" --pattern "$PATTERN" --count "$ACCOUNTS" >/dev/null
+    echo "$PASSWORD" > "$WORK/password"
+    "$RINGMAIL" account bulk --data "$data" --pattern "$PATTERN" --count "$ACCOUNTS" < "$WORK/password" >/dev/null \
+        || die "ringmail account bulk failed"
     cat > "$WORK/ringmail.toml" <<EOF
 data_dir = "$data"
 cores = $CORES

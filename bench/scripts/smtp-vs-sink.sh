@@ -12,7 +12,7 @@ CORES=${CORES:-2}
 # Extra [storage] lines, e.g. STORAGE_TOML='spin_before_park_us = 50'
 STORAGE_TOML=${STORAGE_TOML:-}
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
-BIN=$ROOT/target/release/ringmail
+BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release/ringmail
 [ -x "$BIN" ] || cargo build --release -p ringmail --manifest-path "$ROOT/Cargo.toml"
 command -v smtp-source >/dev/null || PATH=$PATH:/usr/sbin
 WORK=$(mktemp -d /var/tmp/ringmail-bench.XXXXXX)

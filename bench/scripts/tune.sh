@@ -33,7 +33,9 @@ for r in $(seq "$ROUNDS"); do
         bin=${bin:-$BIN/ringmail}
         d=$WORK/data
         rm -rf "$d"
-        echo bench | "$bin" account bulk --data "$d" --pattern '{n}u@example.test' --count "$ACCOUNTS" >/dev/null
+        echo bench > "$WORK/pw"
+        "$bin" account bulk --data "$d" --pattern '{n}u@example.test' --count "$ACCOUNTS" < "$WORK/pw" >/dev/null \
+            || { echo "account bulk failed" >&2; exit 1; }
         {
             echo "data_dir = \"$d\""
             echo "demo_accounts = []"
@@ -49,11 +51,13 @@ for r in $(seq "$ROUNDS"); do
         } > "$WORK/rm.toml"
         "$bin" serve --config "$WORK/rm.toml" > "$WORK/ready" 2> "$WORK/log" & RM=$!
         for _ in $(seq 200); do grep -q ready "$WORK/ready" 2>/dev/null && break; sleep 0.05; done
+        grep -q ready "$WORK/ready" || { cat "$WORK/log" >&2; exit 1; }
         smtp=$(grep -o 'smtp=[^ ]*' "$WORK/ready" | cut -d= -f2)
         pop3=$(grep -o 'pop3=[^ ]*' "$WORK/ready" | cut -d= -f2)
         load=$(cut -d' ' -f1 /proc/loadavg)
         "$LOADGEN" smtp --target "$smtp" --connections "$CONNS" --size "$SIZE" --duration "$SECS" --warmup 1 \
-            --messages 10000000 --accounts "$ACCOUNTS" --json --no-progress > "$WORK/v$i-r$r.smtp.json" 2>/dev/null
+            --messages 10000000 --accounts "$ACCOUNTS" --json --no-progress > "$WORK/v$i-r$r.smtp.json" 2>"$WORK/lg.err" \
+            || { echo "loadgen failed ($label, round $r):" >&2; tail -5 "$WORK/lg.err" >&2; exit 1; }
         echo "{\"load1\": $load}" > "$WORK/v$i-r$r.load.json"
         if [ -n "${POP3:-}" ]; then
             "$LOADGEN" pop3 --target "$pop3" --connections "$CONNS" --delete --accounts "$ACCOUNTS" \
@@ -79,9 +83,10 @@ def runs(kind):
 s = runs("smtp")
 loads = [json.load(open(p))["load1"] for p in sorted(glob.glob(f"{w}/v{i}-r*.load.json"))]
 rates = [j["messages_per_s"] for j in s]
-p99 = [j["ops"]["message"]["p99_us"] / 1000 for j in s]
+p99 = [j["ops"]["message"]["p99_us"] / 1000 if "message" in j["ops"] else float("nan") for j in s]
+errs = sum(j["errors_total"] for j in s)
 line = (f"{label:28s} smtp msg/s median {statistics.median(rates):8.0f}  rounds {' / '.join(f'{x:.0f}' for x in rates)}"
-        f"  p99 {statistics.median(p99):6.1f} ms  load1 {' / '.join(f'{x:.1f}' for x in loads)}")
+        f"  p99 {statistics.median(p99):6.1f} ms  errors {errs}  load1 {' / '.join(f'{x:.1f}' for x in loads)}")
 p = runs("pop3")
 if p:
     pr = [j["messages_per_s"] for j in p]
