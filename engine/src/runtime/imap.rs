@@ -123,13 +123,7 @@ enum Next {
 pub async fn serve(shard: Rc<Shard>, stream: TcpStream, _peer: SocketAddr, permit: Result<Permit, Refusal>) {
     let count = ConnCount::new(&shard);
     let mut conn = Conn::new(stream, Vec::new());
-    let permit = match permit {
-        Ok(p) => p,
-        Err(_) => {
-            let _ = conn.write_all(b"* BYE Too many connections, try again later\r\n").await;
-            return;
-        }
-    };
+    let Some(permit) = conn.admit(permit, |_| b"* BYE Too many connections, try again later\r\n").await else { return };
     let mut s = Session::new(shard, None);
     s.out.buf.extend_from_slice(b"* OK [CAPABILITY ");
     s.out.buf.extend_from_slice(CAPS_PREAUTH.join(" ").as_bytes());
@@ -793,7 +787,7 @@ impl Session {
         let entries = self
             .shard
             .store
-            .with_account(&account, |a| list_entries(a))
+            .with_account(&account, list_entries)
             .unwrap_or_default();
         let subs: HashSet<String> = self.shard.store.with_account(&account, |a| a.subscriptions.iter().cloned().collect()).unwrap_or_default();
         let mut statuses = Vec::new();

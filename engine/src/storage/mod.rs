@@ -157,6 +157,9 @@ struct Bucket {
     checkpoint_running: bool,
 }
 
+/// A mailbox in [`Store::summary`]: name, message count, bytes.
+pub type MailboxSummary = (String, usize, u64);
+
 /// What one shard knows about one segment (compaction input).
 #[derive(Debug, Clone, Copy)]
 pub struct SegmentUsage {
@@ -358,7 +361,7 @@ impl Store {
     }
 
     /// Every account this shard holds, with its mailboxes' message counts and sizes.
-    pub fn summary(&self) -> Vec<(String, Vec<(String, usize, u64)>)> {
+    pub fn summary(&self) -> Vec<(String, Vec<MailboxSummary>)> {
         let mut out: Vec<_> = self
             .buckets
             .borrow()
