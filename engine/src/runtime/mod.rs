@@ -9,6 +9,7 @@
 //! SIGTERM/SIGINT: every shard stops accepting, lets sessions finish within
 //! the grace period, makes everything durable, checkpoints, and exits 0.
 pub mod conn;
+pub mod imap;
 pub mod limiter;
 pub mod pop3;
 pub mod shard;

@@ -54,6 +54,9 @@ pub enum ShardMsg {
     /// A POP3 connection whose user logged in and whose account this shard
     /// owns: continue the session here.
     AdoptPop3 { fd: OwnedFd, session: Box<Pop3Session>, pending: Vec<u8>, account: String, permit: Permit },
+    /// An IMAP connection whose user logged in and whose account this shard
+    /// owns: answer the login command (`tag`) and continue here.
+    AdoptImap { fd: OwnedFd, pending: Vec<u8>, account: String, tag: Vec<u8>, permit: Permit },
     /// Compaction, step 1: report segment usage.
     CompactStats { reply: oneshot::Sender<Vec<SegmentUsage>> },
     /// Compaction, step 2: move live bodies out of these segments and checkpoint.
@@ -65,6 +68,9 @@ pub struct Shard {
     pub shared: Arc<Shared>,
     pub store: Rc<Store>,
     pub senders: Senders<ShardMsg>,
+    /// IMAP \\Recent bookkeeping: (account, mailbox) -> highest UID some
+    /// session has already seen as recent (RFC 3501 2.3.2).
+    pub imap_recent: RefCell<HashMap<(String, u32), u32>>,
     /// POP3 maildrop locks (RFC 1939 section 8: exclusive access).
     pub pop3_locks: RefCell<HashSet<String>>,
     /// Successful password checks: account -> (keyed digest of the password, hash it matched).
@@ -230,6 +236,12 @@ impl Shard {
                 let stream = unsafe { glommio::net::TcpStream::from_raw_fd(fd.into_raw_fd()) };
                 super::pop3::adopted(self, stream, *session, pending, account, permit).await;
             }
+            ShardMsg::AdoptImap { fd, pending, account, tag, permit } => {
+                use std::os::fd::IntoRawFd;
+                // SAFETY: as for AdoptPop3.
+                let stream = unsafe { glommio::net::TcpStream::from_raw_fd(fd.into_raw_fd()) };
+                super::imap::adopted(self, stream, pending, account, tag, permit).await;
+            }
             ShardMsg::CompactStats { reply } => {
                 let _ = reply.send(self.store.segment_usage());
             }
@@ -301,6 +313,7 @@ pub async fn run(shared: Arc<Shared>, mesh: MeshBuilder<ShardMsg, Full>) -> Resu
         shared: shared.clone(),
         store,
         senders,
+        imap_recent: RefCell::default(),
         pop3_locks: RefCell::default(),
         auth_cache: RefCell::default(),
         auth_key: Default::default(),
@@ -322,7 +335,7 @@ pub async fn run(shared: Arc<Shared>, mesh: MeshBuilder<ShardMsg, Full>) -> Resu
     }
 
     let mut accept_tasks = Vec::new();
-    for (addrs, proto) in [(&shared.smtp, Proto::Smtp), (&shared.pop3, Proto::Pop3)] {
+    for (addrs, proto) in [(&shared.smtp, Proto::Smtp), (&shared.pop3, Proto::Pop3), (&shared.imap, Proto::Imap)] {
         for addr in addrs {
             let listener = TcpListener::bind(*addr).map_err(|e| fail(format!("shard {id}: binding {addr}: {e}")))?;
             accept_tasks.push(glommio::spawn_local(accept_loop(shard.clone(), listener, proto)));
@@ -375,6 +388,7 @@ pub async fn run(shared: Arc<Shared>, mesh: MeshBuilder<ShardMsg, Full>) -> Resu
 pub enum Proto {
     Smtp,
     Pop3,
+    Imap,
 }
 
 async fn accept_loop(shard: Rc<Shard>, listener: TcpListener, proto: Proto) {
@@ -394,6 +408,7 @@ async fn accept_loop(shard: Rc<Shard>, listener: TcpListener, proto: Proto) {
                     match proto {
                         Proto::Smtp => super::smtp::serve(shard2, stream, peer, permit).await,
                         Proto::Pop3 => super::pop3::serve(shard2, stream, peer, permit).await,
+                        Proto::Imap => super::imap::serve(shard2, stream, peer, permit).await,
                     }
                 })
                 .detach();
