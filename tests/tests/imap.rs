@@ -1117,6 +1117,32 @@ fn two_sessions_see_each_others_changes() {
     let in_a = has_flag(&recent_a[0].flags(), "\\Recent");
     assert_eq!(ra.count("RECENT"), Some(if in_a { 2 } else { 1 }), "A's RECENT count: {ra:?}");
     assert_eq!(rb.count("RECENT"), Some(if in_a { 0 } else { 1 }), "B's RECENT count: {rb:?}");
+    // APPEND to the selected mailbox: EXISTS before the tagged OK (RFC 3501 6.3.11).
+    let r = a.append("INBOX", "", None, &simple_message("m5", "appended"));
+    assert!(r.ok(), "{r:?}");
+    assert_eq!(r.count("EXISTS"), Some(3), "APPEND to the selected mailbox: {r:?}");
+    // While B idles, A's flag change and expunge arrive unsolicited (RFC 2177).
+    let r = b.ok("NOOP");
+    assert_eq!(r.count("EXISTS"), Some(3), "{r:?}");
+    b.send(b"bi IDLE\r\n");
+    assert!(b.line().starts_with('+'));
+    a.ok("STORE 3 +FLAGS (\\Seen)");
+    let l = text(&b.response());
+    let f = parse_fetch(format!("{l}\r\n").as_bytes()).unwrap_or_else(|| panic!("IDLE: expected FETCH, got {l:?}"));
+    assert_eq!(f.seq, 3);
+    assert!(has_flag(&f.flags(), "\\Seen"), "{f:?}");
+    a.ok("STORE 1 +FLAGS.SILENT (\\Deleted)");
+    a.ok("EXPUNGE");
+    loop {
+        let l = text(&b.response());
+        if l.starts_with("* 1 FETCH") {
+            continue; // the \Deleted flag, if it arrived before the expunge
+        }
+        assert_eq!(l, "* 1 EXPUNGE", "IDLE after A's EXPUNGE");
+        break;
+    }
+    b.send(b"DONE\r\n");
+    assert!(b.until("bi").ok());
     // \Recent cannot be stored (RFC 3501 6.4.6).
     let r = b.cmd("STORE 1 +FLAGS (\\Recent)");
     if r.ok() {
@@ -1529,6 +1555,23 @@ fn fetch_partial_large_and_seen() {
     assert_bytes_eq(f[0].must("BODY[]").bytes(), &big, "5 MiB BODY[]");
     assert_eq!(f[0].must("RFC822.SIZE").num(), big.len() as u64);
     assert_bytes_eq(f[0].must("BODY[]<1000000>").bytes(), &big[1_000_000..3_000_000], "window");
+    // Macros (RFC 3501 6.4.5): ALL = FLAGS INTERNALDATE RFC822.SIZE ENVELOPE;
+    // FAST without ENVELOPE; FULL adds BODY.
+    let f = c.fetch("FETCH 1 ALL");
+    let mut k: Vec<&str> = f[0].items.iter().map(|i| i.0.as_str()).collect();
+    k.sort();
+    assert_eq!(k, vec!["ENVELOPE", "FLAGS", "INTERNALDATE", "RFC822.SIZE"]);
+    let f = c.fetch("FETCH 1 FAST");
+    let mut k: Vec<&str> = f[0].items.iter().map(|i| i.0.as_str()).collect();
+    k.sort();
+    assert_eq!(k, vec!["FLAGS", "INTERNALDATE", "RFC822.SIZE"]);
+    let f = c.fetch("FETCH 2 FULL");
+    let mut k: Vec<&str> = f[0].items.iter().map(|i| i.0.as_str()).collect();
+    k.sort();
+    assert_eq!(k, vec!["BODY", "ENVELOPE", "FLAGS", "INTERNALDATE", "RFC822.SIZE"]);
+    // HEADER.FIELDS naming no present field: just the blank line.
+    let f = c.fetch("FETCH 1 (BODY.PEEK[HEADER.FIELDS (X-Missing)])");
+    assert_eq!(f[0].must("BODY[HEADER.FIELDS (X-MISSING)]").bytes(), b"\r\n");
     // RFC822.HEADER / RFC822.TEXT.
     let f = c.fetch("FETCH 1 (RFC822.HEADER)");
     assert_eq!(f[0].must("RFC822.HEADER").bytes(), &m1[..header_len]);
@@ -1671,6 +1714,27 @@ fn envelope_and_bodystructure_of_nested_multipart() {
     assert_eq!(
         s("BODY[HEADER.FIELDS.NOT (TO FROM DATE MESSAGE-ID IN-REPLY-TO MIME-VERSION)]"),
         "Subject: Nested test\r\nContent-Type: multipart/mixed; boundary=\"outer\"\r\n\r\n"
+    );
+    // Groups, a display name with a comma, an encoded word left encoded,
+    // Reply-To differing from From, and absent fields as NIL (RFC 3501 7.4.2).
+    let groups = "From: \"Doe, John\" <john.doe@example.test>\r\n\
+                  To: Friends: ann@example.test, \"Bo B\" <bo@example.test>;, solo@example.test\r\n\
+                  Cc: undisclosed-recipients:;\r\n\
+                  Subject: =?UTF-8?B?SGVsbG8=?=\r\n\
+                  Reply-To: <replies@example.test>\r\n\
+                  \r\n\
+                  body\r\n";
+    c.append_ok("INBOX", "", None, groups.as_bytes());
+    c.ok("NOOP");
+    let r = c.ok("FETCH 2 (ENVELOPE)");
+    assert_eq!(
+        r.lines(),
+        vec!["* 2 FETCH (ENVELOPE (NIL \"=?UTF-8?B?SGVsbG8=?=\" ((\"Doe, John\" NIL \"john.doe\" \"example.test\")) ((\"Doe, John\" NIL \"john.doe\" \"example.test\")) ((NIL NIL \"replies\" \"example.test\")) ((NIL NIL \"Friends\" NIL)(NIL NIL \"ann\" \"example.test\")(\"Bo B\" NIL \"bo\" \"example.test\")(NIL NIL NIL NIL)(NIL NIL \"solo\" \"example.test\")) ((NIL NIL \"undisclosed-recipients\" NIL)(NIL NIL NIL NIL)) NIL NIL NIL))".to_string()]
+    );
+    let r = c.ok("FETCH 2 (BODYSTRUCTURE)");
+    assert_eq!(
+        r.lines(),
+        vec!["* 2 FETCH (BODYSTRUCTURE (\"TEXT\" \"PLAIN\" (\"CHARSET\" \"US-ASCII\") NIL NIL \"7BIT\" 6 1 NIL NIL NIL NIL))".to_string()]
     );
     // The whole message is still byte-exact, and nothing got \Seen.
     let f = c.fetch("FETCH 1 (BODY.PEEK[] FLAGS)");
@@ -2155,9 +2219,34 @@ fn mailbox_management() {
     let l = list_of(&r, "LIST");
     assert!(attrs_of(&l, "INBOX").contains(&"\\Subscribed".to_string()), "{l:?}");
     assert!(!attrs_of(&l, "Sent").contains(&"\\Subscribed".to_string()), "{l:?}");
+    // RFC 3501 6.3.9: with "%", a subscribed "Projects/2026" whose parent is
+    // not subscribed makes LSUB return "Projects", flagged \Noselect.
+    let r = c.ok("LSUB \"\" \"%\"");
+    let l = list_of(&r, "LSUB");
+    let mut n = names(&l);
+    n.sort();
+    assert_eq!(n, vec!["INBOX", "Projects"], "LSUB % with a subscribed child only: {r:?}");
+    assert!(attrs_of(&l, "Projects").contains(&"\\Noselect".to_string()), "{r:?}");
     c.ok("UNSUBSCRIBE Projects/2026");
     let r = c.ok("LSUB \"\" \"*\"");
     assert_eq!(names(&list_of(&r, "LSUB")), vec!["INBOX"]);
+    // A subscription to a name that doesn't exist (allowed, RFC 3501 6.3.6) is
+    // listed by LSUB (\Noselect) and LIST (SUBSCRIBED) (\NonExistent, RFC 5258 3.1).
+    let r = c.cmd("SUBSCRIBE Ghost");
+    if r.ok() {
+        let r = c.ok("LSUB \"\" \"Ghost\"");
+        let l = list_of(&r, "LSUB");
+        assert_eq!(names(&l), vec!["Ghost"], "{r:?}");
+        assert!(attrs_of(&l, "Ghost").contains(&"\\Noselect".to_string()), "{r:?}");
+        let r = c.ok("LIST (SUBSCRIBED) \"\" \"*\"");
+        let l = list_of(&r, "LIST");
+        let mut n = names(&l);
+        n.sort();
+        assert_eq!(n, vec!["Ghost", "INBOX"], "LIST (SUBSCRIBED) lists subscriptions, existing or not: {r:?}");
+        let a = attrs_of(&l, "Ghost");
+        assert!(a.contains(&"\\NonExistent".to_string()) && a.contains(&"\\Subscribed".to_string()), "{r:?}");
+        c.ok("UNSUBSCRIBE Ghost");
+    }
 
     // RENAME: inferiors follow, messages too.
     c.ok("RENAME Projects Work");

@@ -806,12 +806,23 @@ impl Session {
             return;
         }
         let account = self.account().to_string();
-        let entries = self
+        let mut entries = self
             .shard
             .store
             .with_account(&account, |a| list_entries(a))
             .unwrap_or_default();
         let subs: HashSet<String> = self.shard.store.with_account(&account, |a| a.subscriptions.iter().cloned().collect()).unwrap_or_default();
+        if subscribed_only {
+            // RFC 5258 3.1: SUBSCRIBED lists subscriptions whether or not
+            // the mailbox exists (those get \NonExistent).
+            let mut missing: Vec<&String> = subs.iter().filter(|n| !entries.iter().any(|e| &e.name == *n)).collect();
+            missing.sort();
+            for name in missing {
+                let prefix = format!("{name}{}", DELIMITER as char);
+                let children = entries.iter().any(|e| e.name.starts_with(&prefix));
+                entries.push(ListEntry { name: name.clone(), exists: false, children, special: special::NONE });
+            }
+        }
         let mut statuses = Vec::new();
         for e in &entries {
             let full: Vec<u8> = e.name.as_bytes().to_vec();
@@ -856,12 +867,11 @@ impl Session {
         let account = self.account().to_string();
         let subs: Vec<String> = self.shard.store.with_account(&account, |a| a.subscriptions.clone()).unwrap_or_default();
         let pat = [reference, pattern].concat();
-        for s in subs {
-            if logic::list_match(&pat, s.as_bytes()) {
-                let exists = self.exists(&s);
-                let attrs: &[&str] = if exists { &[] } else { &["\\Noselect"] };
-                encode::write_list(&mut self.out.buf, true, attrs, Some(DELIMITER), s.as_bytes());
-            }
+        for (name, implied) in logic::lsub_matches(&pat, &subs) {
+            // \Noselect: a superior that is not subscribed itself, or a
+            // subscription whose mailbox does not exist.
+            let attrs: &[&str] = if implied || !self.exists(&name) { &["\\Noselect"] } else { &[] };
+            encode::write_list(&mut self.out.buf, true, attrs, Some(DELIMITER), name.as_bytes());
         }
         self.ok(tag, "LSUB completed");
     }

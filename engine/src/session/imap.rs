@@ -109,6 +109,31 @@ pub fn list_match(pattern: &[u8], name: &[u8]) -> bool {
     rec(pattern, n, &mut budget)
 }
 
+/// LSUB matching (RFC 3501 6.3.9): subscribed names matching `pattern`,
+/// each with `false`, plus superiors of subscribed names that match
+/// `pattern` themselves without being subscribed (the `%` case: "foo" for a
+/// subscribed "foo/bar"), each with `true` (to be flagged \Noselect). In
+/// subscription order, each name once.
+pub fn lsub_matches(pattern: &[u8], subs: &[String]) -> Vec<(String, bool)> {
+    let mut out: Vec<(String, bool)> = Vec::new();
+    let subscribed = |n: &str| subs.iter().any(|s| s == n);
+    for s in subs {
+        if list_match(pattern, s.as_bytes()) {
+            if !out.iter().any(|(n, _)| n == s) {
+                out.push((s.clone(), false));
+            }
+            continue;
+        }
+        for (i, _) in s.match_indices(DELIMITER as char) {
+            let parent = &s[..i];
+            if !subscribed(parent) && list_match(pattern, parent.as_bytes()) && !out.iter().any(|(n, _)| n == parent) {
+                out.push((parent.to_string(), true));
+            }
+        }
+    }
+    out
+}
+
 /// One message of a session's view.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ViewMsg {
@@ -419,6 +444,20 @@ mod tests {
         assert!(list_match(b"INBOX*", b"INBOX"));
         assert!(!list_match(b"Dr", b"Drafts"));
         assert!(!list_match(b"*%*%*%*%*%*%*%*%*%*%*%*%*%x", b"aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"));
+    }
+
+    #[test]
+    fn lsub_percent_returns_unsubscribed_parents() {
+        let subs: Vec<String> = ["INBOX", "foo/bar", "foo/baz", "a/b/c", "x"].iter().map(|s| s.to_string()).collect();
+        assert_eq!(
+            lsub_matches(b"%", &subs),
+            vec![("INBOX".into(), false), ("foo".into(), true), ("a".into(), true), ("x".into(), false)]
+        );
+        assert_eq!(lsub_matches(b"a/%", &subs), vec![("a/b".into(), true)]);
+        assert_eq!(lsub_matches(b"*", &subs).len(), 5);
+        assert!(lsub_matches(b"*", &subs).iter().all(|(_, implied)| !implied));
+        let subs: Vec<String> = ["foo", "foo/bar"].iter().map(|s| s.to_string()).collect();
+        assert_eq!(lsub_matches(b"%", &subs), vec![("foo".into(), false)]);
     }
 
     #[test]
