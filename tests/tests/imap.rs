@@ -1075,7 +1075,23 @@ fn two_sessions_see_each_others_changes() {
     let r = b.ok("SEARCH UNDELETED");
     assert!(r.expunges().is_empty(), "EXPUNGE during SEARCH: {r:?}");
     assert!(r.search().contains(&3), "{r:?}");
-    // A UID command may (and this server does) announce it.
+    // COPY/MOVE of the message expunged meanwhile: no EXPUNGE for COPY, and
+    // either NO or OK, but never a COPYUID with empty sets.
+    for cmd in ["COPY 1 Trash", "MOVE 1 Trash"] {
+        let r = b.cmd(cmd);
+        if cmd.starts_with("COPY") {
+            assert!(r.expunges().is_empty(), "EXPUNGE during COPY: {r:?}");
+        }
+        assert!(r.ok() || r.status.starts_with("NO"), "{cmd}: {r:?}");
+        for l in r.lines().iter().chain([&r.status]) {
+            if l.contains("[COPYUID") {
+                copyuid(l.trim_start_matches("* "));
+            }
+        }
+        let t = b.ok("STATUS Trash (MESSAGES)");
+        assert_eq!(get(&status_of(&t), "MESSAGES"), 0, "{cmd} copied an expunged message: {r:?}");
+    }
+    // Re-synchronize B's numbering before the checks below.
     let r = b.ok("UID FETCH 1:* (FLAGS)");
     assert_eq!(r.expunges(), vec![1], "UID FETCH announces the expunge: {r:?}");
     let pos_exp = r.lines().iter().position(|l| l.ends_with(" EXPUNGE")).unwrap();

@@ -1290,6 +1290,11 @@ impl Session {
                     self.out.status(Some(tag), Status::Ok, Some(&code), "COPY completed");
                 }
             }
+            // Every message asked for was expunged by another session since
+            // this one last heard (RFC 2180 4.4.1, RFC 5530 EXPUNGEISSUED).
+            Ok(None) if !uids.is_empty() => {
+                self.out.status(Some(tag), Status::No, Some(&Code::Other("EXPUNGEISSUED")), "Messages were expunged meanwhile")
+            }
             Ok(None) => self.ok(tag, if mv { "MOVE completed" } else { "COPY completed" }),
             Err(e) => self.storage_failed(tag, &e),
         }
@@ -1319,7 +1324,7 @@ impl Session {
             }
             let dest_id = d.id;
             let validity = d.uidvalidity;
-            let expunge_modseq = if mv {
+            let expunge_modseq = if mv && !links.is_empty() {
                 a.mailbox_mut(src).map(|m| {
                     m.highest_modseq += 1;
                     m.highest_modseq
@@ -1332,6 +1337,11 @@ impl Session {
         let Some((dest_id, validity, links, new_kw, expunge_modseq)) = plan else {
             return Err(StorageError::NoMailbox);
         };
+        if links.is_empty() {
+            // None of them exists any more: nothing to commit, and no COPYUID
+            // (its sets cannot be empty).
+            return Ok(None);
+        }
         let mut ops: Vec<Op<'_>> = new_kw.iter().map(|(bit, n)| Op::Keyword { account: &account, mailbox: dest_id, bit: *bit, name: n }).collect();
         for (_, new_uid, date, flags, kw, modseq, loc) in &links {
             ops.push(Op::Link { account: &account, mailbox: dest_id, uid: *new_uid, internal_date: *date, flags: *flags, keywords: *kw, modseq: *modseq, loc: *loc });
