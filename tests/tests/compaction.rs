@@ -184,3 +184,65 @@ fn compaction_keeps_live_mail() {
     );
     server.terminate();
 }
+
+/// kill -9 at moments around the first compaction pass (1 s after start):
+/// whatever step it interrupts, the live mail is intact afterwards.
+#[test]
+fn kill9_around_compaction() {
+    let accounts = accounts_on_all_shards("kc", 4, 2, 1);
+    let mut server = Server::options().config(CONFIG).accounts(&accounts).start();
+    let mut next = 0;
+    let mut expect: Option<Mail> = None;
+    for (round, kill_after_ms) in [950u64, 1010, 1060, 1150].into_iter().enumerate() {
+        // Some new mail, most of it (and of the older mail) deleted again.
+        let (mut c, _) = smtp_connect(server.smtp);
+        for _ in 0..6 {
+            for a in &accounts {
+                smtp_transaction(
+                    &mut c,
+                    "compact@example.test",
+                    &[a],
+                    &message(a, next),
+                    Transfer::Data,
+                )
+                .unwrap()
+                .expect(250, None);
+            }
+            next += 1;
+        }
+        c.cmd("QUIT").expect(221, None);
+        for a in &accounts {
+            let mut p = Pop3::login(server.pop3, a, PASSWORD);
+            let (n, _) = p.stat();
+            for i in 1..n {
+                p.ok(&format!("DELE {i}"));
+            }
+            p.quit();
+        }
+        let now = snapshot(&server, &accounts);
+        for a in &accounts {
+            assert_eq!(now[a].len(), 1, "round {round}: {a}");
+        }
+        // Seal, start again, and kill near the first compaction pass.
+        server.terminate();
+        server.restart();
+        std::thread::sleep(Duration::from_millis(kill_after_ms));
+        server.kill9();
+        server.restart();
+        let after = snapshot(&server, &accounts);
+        assert!(
+            after == now,
+            "round {round}: mail changed by kill -9 {kill_after_ms} ms after start: {:?} vs {:?}",
+            after.values().map(|m| subjects(m)).collect::<Vec<_>>(),
+            now.values().map(|m| subjects(m)).collect::<Vec<_>>()
+        );
+        expect = Some(after);
+    }
+    server.terminate();
+    server.restart_with_cores(1);
+    assert!(
+        snapshot(&server, &accounts) == expect.unwrap(),
+        "on one core"
+    );
+    server.terminate();
+}

@@ -175,7 +175,13 @@ fn connections_per_address_limit() {
     // places must be given back when they end (QUIT, drop, failed login).
     std::thread::sleep(Duration::from_millis(300));
     for i in 0..12 {
-        let mut p = Pop3::connect(server.pop3);
+        // The previous session may take a moment to be reaped.
+        let mut p = wait_for(Duration::from_secs(3), || {
+            let mut c = Client::connect(server.pop3);
+            let greeting = c.line();
+            greeting.starts_with("+OK").then_some(Pop3 { c, greeting })
+        })
+        .unwrap_or_else(|| panic!("POP3 connection {i} refused for 3 s"));
         match i % 3 {
             0 => {
                 p.ok("USER bob@example.test");

@@ -78,6 +78,9 @@ fn greeting_and_ehlo_keywords() {
     // EHLO again resets and answers the same; HELO is accepted too.
     assert_eq!(c.cmd("EHLO again.e2e.test").lines[1..], ehlo.lines[1..]);
     c.cmd("HELO old.e2e.test").expect(250, None);
+    // EHLO/HELO need a domain or address literal (RFC 5321 4.1.1.1).
+    c.cmd("EHLO").expect(501, None);
+    c.cmd("HELO").expect(501, None);
     c.cmd("NOOP").expect(250, Some("2.0.0"));
     c.cmd("NOOP with an argument").expect(250, None);
     // RFC 5321 3.5.3: 252 when the server will not verify but accepts mail.
@@ -166,6 +169,29 @@ fn bdat_chunks() {
     c.cmd("MAIL FROM:<empty@example.test>").expect(250, None);
     c.cmd("RCPT TO:<alice@example.test>").expect(250, None);
     c.cmd("BDAT 0 LAST").expect(250, None);
+
+    // No valid recipient: the pipelined chunk is refused but consumed, and
+    // the session stays in step (RFC 3030 2, RFC 2920).
+    c.send(b"MAIL FROM:<none@example.test>\r\nRCPT TO:<nobody@example.test>\r\nBDAT 5 LAST\r\nhelloNOOP\r\n");
+    c.reply().expect(250, None);
+    c.reply().expect(550, Some("5.1.1"));
+    let r = c.reply();
+    assert!(
+        r.code == 554 || r.code == 503,
+        "BDAT without valid recipients: {r:?}"
+    );
+    c.reply().expect(250, None);
+    c.cmd("RSET").expect(250, None);
+
+    // RSET in the middle of a chunked message discards it.
+    c.cmd("MAIL FROM:<abandoned@example.test>")
+        .expect(250, None);
+    c.cmd("RCPT TO:<alice@example.test>").expect(250, None);
+    c.send(b"BDAT 9\r\nabandoned");
+    c.reply().expect(250, None);
+    c.cmd("RSET").expect(250, None);
+    c.send(b"BDAT 1 LAST\r\nx");
+    c.reply().expect(503, None);
 
     // DATA after BDAT in the same transaction is out of sequence (RFC 3030 3).
     c.cmd("MAIL FROM:<mixed@example.test>").expect(250, None);

@@ -288,7 +288,22 @@ impl Shard {
     }
 }
 
+/// How often the heartbeat task wakes an executor (see [`run`]).
+const HEARTBEAT: Duration = Duration::from_millis(10);
+
 pub async fn run(shared: Arc<Shared>, mesh: MeshBuilder<ShardMsg, Full>) -> Result<(), String> {
+    // glommio 0.9.0 can park an executor although tasks are runnable: when
+    // the preempt flag is already set on entry, run_task_queues reports that
+    // nothing ran and the loop parks, waiting for I/O or a timer. Under CPU
+    // load this hung a core at start-up (seen in CI). A task that sleeps on a
+    // short timer bounds every park, so a stuck executor resumes within
+    // HEARTBEAT; it costs one timer wake-up per HEARTBEAT on an idle core.
+    glommio::spawn_local(async {
+        loop {
+            glommio::timer::sleep(HEARTBEAT).await;
+        }
+    })
+    .detach();
     let (senders, mut receivers) = mesh.join().await.map_err(|_| "joining the channel mesh failed".to_string())?;
     let id = senders.peer_id();
     let fail = |e: String| {
