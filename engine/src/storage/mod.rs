@@ -358,6 +358,7 @@ impl Store {
     }
 
     /// Every account this shard holds, with its mailboxes' message counts and sizes.
+    #[allow(clippy::type_complexity)]
     pub fn summary(&self) -> Vec<(String, Vec<(String, usize, u64)>)> {
         let mut out: Vec<_> = self
             .buckets
