@@ -257,7 +257,10 @@ impl Imap {
         line.push_str(&format!(" {{{}}}\r\n", msg.len()));
         self.send(line.as_bytes());
         let cont = self.line();
-        assert!(cont.starts_with('+'), "APPEND: expected continuation, got {cont:?}");
+        assert!(
+            cont.starts_with('+'),
+            "APPEND: expected continuation, got {cont:?}"
+        );
         let mut data = msg.to_vec();
         data.extend_from_slice(b"\r\n");
         self.send(&data);
@@ -274,7 +277,13 @@ impl Imap {
 
     /// APPEND that must succeed; returns (UIDVALIDITY, UID) from APPENDUID.
     #[track_caller]
-    fn append_ok(&mut self, mailbox: &str, flags: &str, date: Option<&str>, msg: &[u8]) -> (u32, u32) {
+    fn append_ok(
+        &mut self,
+        mailbox: &str,
+        flags: &str,
+        date: Option<&str>,
+        msg: &[u8],
+    ) -> (u32, u32) {
         let r = self.append(mailbox, flags, date, msg);
         appenduid(&r.status)
     }
@@ -383,7 +392,10 @@ impl Resp {
     /// Untagged responses starting with `* prefix` (case-sensitive).
     fn with_prefix(&self, prefix: &str) -> Vec<String> {
         let p = format!("* {prefix}");
-        self.lines().into_iter().filter(|l| l.starts_with(&p)).collect()
+        self.lines()
+            .into_iter()
+            .filter(|l| l.starts_with(&p))
+            .collect()
     }
 
     /// Numbers of `* n EXPUNGE`, in order.
@@ -443,7 +455,10 @@ fn appenduid(status: &str) -> (u32, u32) {
     assert!(status.starts_with("OK"), "APPEND failed: {status:?}");
     let code = code_of(status).unwrap_or_else(|| panic!("APPEND OK without APPENDUID: {status:?}"));
     let w: Vec<&str> = code.split(' ').collect();
-    assert!(w.len() == 3 && w[0] == "APPENDUID", "APPENDUID code: {code:?}");
+    assert!(
+        w.len() == 3 && w[0] == "APPENDUID",
+        "APPENDUID code: {code:?}"
+    );
     (w[1].parse().unwrap(), w[2].parse().unwrap())
 }
 
@@ -587,7 +602,11 @@ impl P<'_> {
                     return Err("literal announcement without CRLF".into());
                 }
                 let start = close + 3;
-                let data = self.b.get(start..start + n).ok_or("short literal")?.to_vec();
+                let data = self
+                    .b
+                    .get(start..start + n)
+                    .ok_or("short literal")?
+                    .to_vec();
                 self.i = start + n;
                 Ok(V::Str(data))
             }
@@ -620,7 +639,8 @@ impl P<'_> {
 /// Parse one value from the start of `b` (test helper for whole lists).
 fn parse_value(b: &[u8]) -> V {
     let mut p = P { b, i: 0 };
-    p.value().unwrap_or_else(|e| panic!("parsing {:?}: {e}", String::from_utf8_lossy(b)))
+    p.value()
+        .unwrap_or_else(|e| panic!("parsing {:?}: {e}", String::from_utf8_lossy(b)))
 }
 
 /// One `* n FETCH (...)` response.
@@ -724,7 +744,11 @@ fn imap_date_secs(s: &str) -> i64 {
     const MONTHS: [&str; 12] = [
         "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
     ];
-    let month = MONTHS.iter().position(|m| *m == d[1]).unwrap_or_else(|| panic!("month in {s:?}")) as i64 + 1;
+    let month = MONTHS
+        .iter()
+        .position(|m| *m == d[1])
+        .unwrap_or_else(|| panic!("month in {s:?}")) as i64
+        + 1;
     let year: i64 = d[2].parse().unwrap();
     let t: Vec<i64> = time.split(':').map(|x| x.parse().unwrap()).collect();
     let sign = if zone.starts_with('-') { -1 } else { 1 };
@@ -746,7 +770,10 @@ fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
 }
 
 fn now_secs() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() as i64
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
 }
 
 fn has_flag(flags: &[String], f: &str) -> bool {
@@ -765,7 +792,9 @@ fn simple_message(subject: &str, body: &str) -> Vec<u8> {
 /// Capability names of a `* CAPABILITY ...` line or `[CAPABILITY ...]` code.
 fn caps_of(s: &str) -> Vec<String> {
     s.split_whitespace()
-        .skip_while(|w| !w.eq_ignore_ascii_case("CAPABILITY") && !w.eq_ignore_ascii_case("[CAPABILITY"))
+        .skip_while(|w| {
+            !w.eq_ignore_ascii_case("CAPABILITY") && !w.eq_ignore_ascii_case("[CAPABILITY")
+        })
         .skip(1)
         .map(|w| w.trim_end_matches(']').to_ascii_uppercase())
         .take_while(|w| !w.is_empty())
@@ -774,8 +803,22 @@ fn caps_of(s: &str) -> Vec<String> {
 
 /// Extensions the server advertises once logged in (and the brief requires).
 const AUTHED_CAPS: &[&str] = &[
-    "IMAP4REV1", "IDLE", "UIDPLUS", "MOVE", "LITERAL+", "NAMESPACE", "ID", "ENABLE", "UNSELECT",
-    "SPECIAL-USE", "CHILDREN", "LIST-EXTENDED", "LIST-STATUS", "CONDSTORE", "ESEARCH", "SEARCHRES",
+    "IMAP4REV1",
+    "IDLE",
+    "UIDPLUS",
+    "MOVE",
+    "LITERAL+",
+    "NAMESPACE",
+    "ID",
+    "ENABLE",
+    "UNSELECT",
+    "SPECIAL-USE",
+    "CHILDREN",
+    "LIST-EXTENDED",
+    "LIST-STATUS",
+    "CONDSTORE",
+    "ESEARCH",
+    "SEARCHRES",
     "SASL-IR",
 ];
 
@@ -789,36 +832,60 @@ fn capability_and_login() {
     let mut c = Imap::connect(server.imap);
     // Greeting: "* OK [CAPABILITY IMAP4rev1 ...]" (RFC 3501 7.1.1, optional code).
     if c.greeting.contains("[CAPABILITY") {
-        assert!(caps_of(&c.greeting).contains(&"IMAP4REV1".to_string()), "{}", c.greeting);
+        assert!(
+            caps_of(&c.greeting).contains(&"IMAP4REV1".to_string()),
+            "{}",
+            c.greeting
+        );
     }
     let r = c.ok("CAPABILITY");
     let lines = r.with_prefix("CAPABILITY ");
     assert_eq!(lines.len(), 1, "{r:#?}");
     let pre = caps_of(&lines[0]);
     for want in ["IMAP4REV1", "AUTH=PLAIN", "SASL-IR", "LITERAL+"] {
-        assert!(pre.contains(&want.to_string()), "pre-login CAPABILITY lacks {want}: {pre:?}");
+        assert!(
+            pre.contains(&want.to_string()),
+            "pre-login CAPABILITY lacks {want}: {pre:?}"
+        );
     }
     // Plain-text LOGIN is allowed (no TLS configured), so no LOGINDISABLED.
     assert!(!pre.contains(&"LOGINDISABLED".to_string()), "{pre:?}");
     // NOOP is valid in every state; mailbox commands are not before login.
     c.ok("NOOP");
-    for cmd in ["SELECT INBOX", "LIST \"\" \"*\"", "STATUS INBOX (MESSAGES)", "FETCH 1 FLAGS"] {
+    for cmd in [
+        "SELECT INBOX",
+        "LIST \"\" \"*\"",
+        "STATUS INBOX (MESSAGES)",
+        "FETCH 1 FLAGS",
+    ] {
         let r = c.cmd(cmd);
-        assert!(r.status.starts_with("BAD") || r.status.starts_with("NO"), "{cmd} before login: {r:?}");
+        assert!(
+            r.status.starts_with("BAD") || r.status.starts_with("NO"),
+            "{cmd} before login: {r:?}"
+        );
     }
 
     // Wrong password: NO [AUTHENTICATIONFAILED] (RFC 5530), session continues.
     let r = c.cmd(&format!("LOGIN {ALICE} wrong-password"));
     assert!(r.status.starts_with("NO [AUTHENTICATIONFAILED]"), "{r:?}");
     let r = c.cmd("LOGIN nobody@example.test whatever");
-    assert!(r.status.starts_with("NO [AUTHENTICATIONFAILED]"), "unknown user: {r:?}");
+    assert!(
+        r.status.starts_with("NO [AUTHENTICATIONFAILED]"),
+        "unknown user: {r:?}"
+    );
 
     // LOGIN with synchronizing literals for both arguments.
     let t = c.tag();
     c.send(format!("{t} LOGIN {{{}}}\r\n", ALICE.len()).as_bytes());
-    assert!(c.line().starts_with('+'), "continuation for the user literal");
+    assert!(
+        c.line().starts_with('+'),
+        "continuation for the user literal"
+    );
     c.send(format!("{ALICE} {{{}}}\r\n", ALICE_PW.len()).as_bytes());
-    assert!(c.line().starts_with('+'), "continuation for the password literal");
+    assert!(
+        c.line().starts_with('+'),
+        "continuation for the password literal"
+    );
     c.send(format!("{ALICE_PW}\r\n").as_bytes());
     let r = c.until(&t);
     assert!(r.ok(), "LOGIN with literals: {r:?}");
@@ -826,23 +893,35 @@ fn capability_and_login() {
         if code.starts_with("CAPABILITY") {
             let caps = caps_of(&format!("[{code}]"));
             for want in AUTHED_CAPS {
-                assert!(caps.contains(&want.to_string()), "LOGIN OK [CAPABILITY] lacks {want}: {caps:?}");
+                assert!(
+                    caps.contains(&want.to_string()),
+                    "LOGIN OK [CAPABILITY] lacks {want}: {caps:?}"
+                );
             }
         }
     }
     let r = c.ok("CAPABILITY");
     let caps = caps_of(&r.with_prefix("CAPABILITY ")[0]);
     for want in AUTHED_CAPS {
-        assert!(caps.contains(&want.to_string()), "CAPABILITY after login lacks {want}: {caps:?}");
+        assert!(
+            caps.contains(&want.to_string()),
+            "CAPABILITY after login lacks {want}: {caps:?}"
+        );
     }
     // Once authenticated, LOGIN and AUTHENTICATE are invalid.
     let r = c.cmd(&format!("LOGIN {ALICE} {ALICE_PW}"));
-    assert!(r.status.starts_with("BAD") || r.status.starts_with("NO"), "second LOGIN: {r:?}");
+    assert!(
+        r.status.starts_with("BAD") || r.status.starts_with("NO"),
+        "second LOGIN: {r:?}"
+    );
     c.ok("SELECT INBOX");
     // LOGOUT: untagged BYE, tagged OK, connection closed (RFC 3501 6.1.3).
     let r = c.ok("LOGOUT");
     assert!(r.with_prefix("BYE").len() == 1, "{r:?}");
-    assert!(c.closed_within(Duration::from_secs(5)), "no close after LOGOUT");
+    assert!(
+        c.closed_within(Duration::from_secs(5)),
+        "no close after LOGOUT"
+    );
 
     // AUTHENTICATE PLAIN with an initial response (SASL-IR, RFC 4959).
     let mut c = Imap::connect(server.imap);
@@ -868,11 +947,20 @@ fn capability_and_login() {
     assert!(c.line().starts_with('+'));
     c.send(b"!!!not base64!!!\r\n");
     let r = c.until(&t);
-    assert!(r.status.starts_with("BAD") || r.status.starts_with("NO"), "bad base64: {r:?}");
-    assert!(!c.cmd("SELECT INBOX").ok(), "not logged in after a failed AUTHENTICATE");
+    assert!(
+        r.status.starts_with("BAD") || r.status.starts_with("NO"),
+        "bad base64: {r:?}"
+    );
+    assert!(
+        !c.cmd("SELECT INBOX").ok(),
+        "not logged in after a failed AUTHENTICATE"
+    );
     // An unknown mechanism: NO.
     let r = c.cmd("AUTHENTICATE X-UNKNOWN");
-    assert!(r.status.starts_with("NO") || r.status.starts_with("BAD"), "{r:?}");
+    assert!(
+        r.status.starts_with("NO") || r.status.starts_with("BAD"),
+        "{r:?}"
+    );
     // And a good one, for bob, whose account may live on the other core.
     let t = c.tag();
     c.send(format!("{t} AUTHENTICATE PLAIN\r\n").as_bytes());
@@ -974,7 +1062,8 @@ fn preauth_is_bounded() {
         Err(e) => {
             // Closing the connection is also fine, but it must be closed, not hanging.
             assert!(
-                e.kind() != std::io::ErrorKind::WouldBlock && e.kind() != std::io::ErrorKind::TimedOut,
+                e.kind() != std::io::ErrorKind::WouldBlock
+                    && e.kind() != std::io::ErrorKind::TimedOut,
                 "no answer to an 8 MiB literal before login after 64 KiB: {e}"
             );
         }
@@ -996,7 +1085,10 @@ fn preauth_is_bounded() {
     }
     c.set_timeout(IO_TIMEOUT);
     let l = answered.expect("no answer to a 1 MiB line before login");
-    assert!(l.starts_with("a BAD") || l.starts_with("* BAD") || l.starts_with("* BYE"), "{l:?}");
+    assert!(
+        l.starts_with("a BAD") || l.starts_with("* BAD") || l.starts_with("* BYE"),
+        "{l:?}"
+    );
 
     // The server is fine: another client logs in and works.
     let mut c = Imap::login(server.imap, ALICE, ALICE_PW);
@@ -1024,10 +1116,18 @@ fn two_sessions_see_each_others_changes() {
     let mut b = Imap::login(server.imap, U, PASSWORD);
     let ra = a.select("INBOX");
     assert_eq!(ra.count("EXISTS"), Some(3), "{ra:?}");
-    assert_eq!(ra.count("RECENT"), Some(3), "first session to select gets \\Recent: {ra:?}");
+    assert_eq!(
+        ra.count("RECENT"),
+        Some(3),
+        "first session to select gets \\Recent: {ra:?}"
+    );
     let rb = b.select("INBOX");
     assert_eq!(rb.count("EXISTS"), Some(3), "{rb:?}");
-    assert_eq!(rb.count("RECENT"), Some(0), "\\Recent belongs to one session only: {rb:?}");
+    assert_eq!(
+        rb.count("RECENT"),
+        Some(0),
+        "\\Recent belongs to one session only: {rb:?}"
+    );
     for f in a.fetch("FETCH 1:3 (FLAGS UID)") {
         assert!(has_flag(&f.flags(), "\\Recent"), "A: {f:?}");
     }
@@ -1040,14 +1140,21 @@ fn two_sessions_see_each_others_changes() {
     let f = r.fetches();
     assert_eq!(f.len(), 1);
     assert_eq!(f[0].seq, 2);
-    assert!(has_flag(&f[0].flags(), "\\Flagged") && has_flag(&f[0].flags(), "\\Recent"), "{f:?}");
+    assert!(
+        has_flag(&f[0].flags(), "\\Flagged") && has_flag(&f[0].flags(), "\\Recent"),
+        "{f:?}"
+    );
     let r = b.ok("NOOP");
     let f = r.fetches();
     assert_eq!(f.len(), 1, "B NOOP after A's STORE: {r:?}");
     assert_eq!(f[0].seq, 2);
     let mut fl = f[0].flags();
     fl.sort();
-    assert_eq!(fl, vec!["\\Flagged".to_string()], "B sees the new flags, without \\Recent");
+    assert_eq!(
+        fl,
+        vec!["\\Flagged".to_string()],
+        "B sees the new flags, without \\Recent"
+    );
     // Nothing more to tell: a second NOOP is quiet.
     let r = b.ok("NOOP");
     assert!(r.untagged.is_empty(), "repeated NOOP: {r:?}");
@@ -1069,7 +1176,11 @@ fn two_sessions_see_each_others_changes() {
     let r = b.ok("STORE 3 +FLAGS (\\Answered)");
     assert!(r.expunges().is_empty(), "EXPUNGE during STORE: {r:?}");
     let f = r.fetches();
-    assert!(f.iter().any(|f| f.seq == 3 && has_flag(&f.flags(), "\\Answered")), "{r:?}");
+    assert!(
+        f.iter()
+            .any(|f| f.seq == 3 && has_flag(&f.flags(), "\\Answered")),
+        "{r:?}"
+    );
     let r = b.ok("SEARCH ALL");
     assert!(r.expunges().is_empty(), "EXPUNGE during SEARCH: {r:?}");
     let r = b.ok("SEARCH UNDELETED");
@@ -1089,14 +1200,33 @@ fn two_sessions_see_each_others_changes() {
             }
         }
         let t = b.ok("STATUS Trash (MESSAGES)");
-        assert_eq!(get(&status_of(&t), "MESSAGES"), 0, "{cmd} copied an expunged message: {r:?}");
+        assert_eq!(
+            get(&status_of(&t), "MESSAGES"),
+            0,
+            "{cmd} copied an expunged message: {r:?}"
+        );
     }
     // Re-synchronize B's numbering before the checks below.
     let r = b.ok("UID FETCH 1:* (FLAGS)");
-    assert_eq!(r.expunges(), vec![1], "UID FETCH announces the expunge: {r:?}");
-    let pos_exp = r.lines().iter().position(|l| l.ends_with(" EXPUNGE")).unwrap();
-    let pos_fetch = r.lines().iter().position(|l| l.contains(" FETCH ")).unwrap();
-    assert!(pos_exp < pos_fetch, "EXPUNGE must precede FETCHes in the new numbering: {r:?}");
+    assert_eq!(
+        r.expunges(),
+        vec![1],
+        "UID FETCH announces the expunge: {r:?}"
+    );
+    let pos_exp = r
+        .lines()
+        .iter()
+        .position(|l| l.ends_with(" EXPUNGE"))
+        .unwrap();
+    let pos_fetch = r
+        .lines()
+        .iter()
+        .position(|l| l.contains(" FETCH "))
+        .unwrap();
+    assert!(
+        pos_exp < pos_fetch,
+        "EXPUNGE must precede FETCHes in the new numbering: {r:?}"
+    );
     let f = r.fetches();
     assert_eq!(
         f.iter().map(|f| (f.seq, f.uid())).collect::<Vec<_>>(),
@@ -1106,7 +1236,11 @@ fn two_sessions_see_each_others_changes() {
     // A sees B's \Answered.
     let r = a.ok("NOOP");
     let f = r.fetches();
-    assert!(f.iter().any(|f| f.seq == 2 && has_flag(&f.flags(), "\\Answered")), "{r:?}");
+    assert!(
+        f.iter()
+            .any(|f| f.seq == 2 && has_flag(&f.flags(), "\\Answered")),
+        "{r:?}"
+    );
 
     // Second expunge, by A; B gets it on NOOP.
     a.ok("STORE 1 +FLAGS.SILENT (\\Deleted)");
@@ -1120,7 +1254,10 @@ fn two_sessions_see_each_others_changes() {
     let rb = b.ok("NOOP");
     assert_eq!(ra.count("EXISTS"), Some(2), "{ra:?}");
     assert_eq!(rb.count("EXISTS"), Some(2), "{rb:?}");
-    assert!(ra.count("RECENT").is_some() && rb.count("RECENT").is_some(), "RECENT with EXISTS: {ra:?} {rb:?}");
+    assert!(
+        ra.count("RECENT").is_some() && rb.count("RECENT").is_some(),
+        "RECENT with EXISTS: {ra:?} {rb:?}"
+    );
     let recent_a = a.fetch("FETCH 2 (FLAGS UID)");
     let recent_b = b.fetch("FETCH 2 (FLAGS UID)");
     assert_eq!(recent_a[0].uid(), 4);
@@ -1129,14 +1266,29 @@ fn two_sessions_see_each_others_changes() {
         .iter()
         .filter(|f| has_flag(&f.flags(), "\\Recent"))
         .count();
-    assert_eq!(n, 1, "\\Recent in exactly one session: {recent_a:?} {recent_b:?}");
+    assert_eq!(
+        n, 1,
+        "\\Recent in exactly one session: {recent_a:?} {recent_b:?}"
+    );
     let in_a = has_flag(&recent_a[0].flags(), "\\Recent");
-    assert_eq!(ra.count("RECENT"), Some(if in_a { 2 } else { 1 }), "A's RECENT count: {ra:?}");
-    assert_eq!(rb.count("RECENT"), Some(if in_a { 0 } else { 1 }), "B's RECENT count: {rb:?}");
+    assert_eq!(
+        ra.count("RECENT"),
+        Some(if in_a { 2 } else { 1 }),
+        "A's RECENT count: {ra:?}"
+    );
+    assert_eq!(
+        rb.count("RECENT"),
+        Some(if in_a { 0 } else { 1 }),
+        "B's RECENT count: {rb:?}"
+    );
     // APPEND to the selected mailbox: EXISTS before the tagged OK (RFC 3501 6.3.11).
     let r = a.append("INBOX", "", None, &simple_message("m5", "appended"));
     assert!(r.ok(), "{r:?}");
-    assert_eq!(r.count("EXISTS"), Some(3), "APPEND to the selected mailbox: {r:?}");
+    assert_eq!(
+        r.count("EXISTS"),
+        Some(3),
+        "APPEND to the selected mailbox: {r:?}"
+    );
     // While B idles, A's flag change and expunge arrive unsolicited (RFC 2177).
     let r = b.ok("NOOP");
     assert_eq!(r.count("EXISTS"), Some(3), "{r:?}");
@@ -1144,7 +1296,8 @@ fn two_sessions_see_each_others_changes() {
     assert!(b.line().starts_with('+'));
     a.ok("STORE 3 +FLAGS (\\Seen)");
     let l = text(&b.response());
-    let f = parse_fetch(format!("{l}\r\n").as_bytes()).unwrap_or_else(|| panic!("IDLE: expected FETCH, got {l:?}"));
+    let f = parse_fetch(format!("{l}\r\n").as_bytes())
+        .unwrap_or_else(|| panic!("IDLE: expected FETCH, got {l:?}"));
     assert_eq!(f.seq, 3);
     assert!(has_flag(&f.flags(), "\\Seen"), "{f:?}");
     a.ok("STORE 1 +FLAGS.SILENT (\\Deleted)");
@@ -1163,7 +1316,10 @@ fn two_sessions_see_each_others_changes() {
     let r = b.cmd("STORE 1 +FLAGS (\\Recent)");
     if r.ok() {
         let f = b.fetch("FETCH 1 (FLAGS)");
-        assert!(!has_flag(&f[0].flags(), "\\Recent"), "\\Recent was stored: {f:?}");
+        assert!(
+            !has_flag(&f[0].flags(), "\\Recent"),
+            "\\Recent was stored: {f:?}"
+        );
     }
     a.ok("LOGOUT");
     b.ok("LOGOUT");
@@ -1190,7 +1346,10 @@ fn wait_exists(c: &mut Imap, n: u32, limit: Duration) -> Option<(Duration, Vec<S
                     c.set_timeout(Duration::from_millis(300));
                     if let Ok(r) = c.try_response() {
                         let l = text(&r);
-                        assert!(l.starts_with("* ") && l.ends_with(" RECENT"), "after EXISTS: {l:?}");
+                        assert!(
+                            l.starts_with("* ") && l.ends_with(" RECENT"),
+                            "after EXISTS: {l:?}"
+                        );
                         seen.push(l);
                     }
                     c.set_timeout(IO_TIMEOUT);
@@ -1230,8 +1389,14 @@ fn idle_sees_deliveries_on_both_cores() {
         for (k, acct) in chosen.iter().enumerate() {
             let (mut smtp, _) = smtp_connect(server.smtp);
             let msg = simple_message(&format!("idle {round} {k}"), "hello idler");
-            let r = smtp_transaction(&mut smtp, "sender@example.test", &[acct], &msg, Transfer::Data)
-                .unwrap_or_else(|e| panic!("{e}"));
+            let r = smtp_transaction(
+                &mut smtp,
+                "sender@example.test",
+                &[acct],
+                &msg,
+                Transfer::Data,
+            )
+            .unwrap_or_else(|e| panic!("{e}"));
             r.expect(250, None);
             let accepted = Instant::now();
             let got = wait_exists(&mut sessions[k], round, Duration::from_secs(5));
@@ -1286,14 +1451,24 @@ fn append_survives_kill9() {
     };
     let m4 = simple_message("sent copy", "to the Sent folder");
     // With flags and a date (zone +0200), synchronizing literal.
-    let r = c.append_sync("INBOX", "\\Seen $Custom", Some("14-Jul-2021 09:08:07 +0200"), &m1);
+    let r = c.append_sync(
+        "INBOX",
+        "\\Seen $Custom",
+        Some("14-Jul-2021 09:08:07 +0200"),
+        &m1,
+    );
     let (v1, u1) = appenduid(&r.status);
     let before = now_secs();
     // No flags, no date, LITERAL+.
     let (v2, u2) = c.append_ok("INBOX", "", None, &m2);
     let after = now_secs();
     // Flags only; a negative zone and a day with a leading space.
-    let (v3, u3) = c.append_ok("inbox", "\\Flagged \\Draft \\Answered", Some(" 5-Mar-1999 23:59:59 -0800"), &m3);
+    let (v3, u3) = c.append_ok(
+        "inbox",
+        "\\Flagged \\Draft \\Answered",
+        Some(" 5-Mar-1999 23:59:59 -0800"),
+        &m3,
+    );
     let (vs, us) = c.append_ok("Sent", "\\Seen", None, &m4);
     assert_eq!((v1, v1), (v2, v3), "one UIDVALIDITY for INBOX");
     assert!(u1 < u2 && u2 < u3, "UIDs ascend: {u1} {u2} {u3}");
@@ -1301,7 +1476,10 @@ fn append_survives_kill9() {
     let r = c.ok("STATUS INBOX (MESSAGES UIDNEXT UIDVALIDITY)");
     assert_eq!(
         r.with_prefix("STATUS")[0],
-        format!("* STATUS INBOX (MESSAGES 3 UIDNEXT {} UIDVALIDITY {v1})", u3 + 1)
+        format!(
+            "* STATUS INBOX (MESSAGES 3 UIDNEXT {} UIDVALIDITY {v1})",
+            u3 + 1
+        )
     );
     // Crash right after the tagged OKs.
     server.kill9();
@@ -1310,17 +1488,36 @@ fn append_survives_kill9() {
     let mut c = Imap::login(server.imap, U, PASSWORD);
     let r = c.select("INBOX");
     assert_eq!(r.count("EXISTS"), Some(3), "{r:?}");
-    assert!(r.lines().iter().any(|l| l.starts_with(&format!("* OK [UIDVALIDITY {v1}]"))), "UIDVALIDITY changed: {r:?}");
+    assert!(
+        r.lines()
+            .iter()
+            .any(|l| l.starts_with(&format!("* OK [UIDVALIDITY {v1}]"))),
+        "UIDVALIDITY changed: {r:?}"
+    );
     let f = c.fetch("UID FETCH 1:* (UID FLAGS INTERNALDATE RFC822.SIZE BODY.PEEK[])");
     assert_eq!(f.len(), 3);
     let want = [
-        (u1, &m1, vec!["\\Seen", "$Custom"], Some(imap_date_secs("14-Jul-2021 09:08:07 +0200"))),
+        (
+            u1,
+            &m1,
+            vec!["\\Seen", "$Custom"],
+            Some(imap_date_secs("14-Jul-2021 09:08:07 +0200")),
+        ),
         (u2, &m2, vec![], None),
-        (u3, &m3, vec!["\\Flagged", "\\Draft", "\\Answered"], Some(imap_date_secs("05-Mar-1999 23:59:59 -0800"))),
+        (
+            u3,
+            &m3,
+            vec!["\\Flagged", "\\Draft", "\\Answered"],
+            Some(imap_date_secs("05-Mar-1999 23:59:59 -0800")),
+        ),
     ];
     for (f, (uid, msg, flags, date)) in f.iter().zip(want) {
         assert_eq!(f.uid(), uid);
-        assert_bytes_eq(f.must("BODY[]").bytes(), msg, &format!("UID {uid} after kill -9"));
+        assert_bytes_eq(
+            f.must("BODY[]").bytes(),
+            msg,
+            &format!("UID {uid} after kill -9"),
+        );
         assert_eq!(f.must("RFC822.SIZE").num(), msg.len() as u64);
         let mut got = f.flags();
         got.retain(|x| x != "\\Recent");
@@ -1353,10 +1550,18 @@ fn append_survives_kill9() {
     let (vs2, us2) = c.append_ok("Sent", "", None, b"Subject: after crash\r\n\r\ny\r\n");
     assert_eq!((vs2, us2), (vs, 2));
     // Bad dates and flags are refused with BAD and nothing is stored.
-    let r = c.append("INBOX", "", Some("31-Foo-2021 00:00:00 +0000"), b"Subject: x\r\n\r\nx\r\n");
+    let r = c.append(
+        "INBOX",
+        "",
+        Some("31-Foo-2021 00:00:00 +0000"),
+        b"Subject: x\r\n\r\nx\r\n",
+    );
     assert!(r.status.starts_with("BAD"), "bad date: {r:?}");
     let r = c.append("NoSuchBox", "", None, b"Subject: x\r\n\r\nx\r\n");
-    assert!(r.status.starts_with("NO [TRYCREATE]"), "APPEND to a missing mailbox: {r:?}");
+    assert!(
+        r.status.starts_with("NO [TRYCREATE]"),
+        "APPEND to a missing mailbox: {r:?}"
+    );
     let r = c.ok("STATUS INBOX (MESSAGES)");
     assert_eq!(r.with_prefix("STATUS")[0], "* STATUS INBOX (MESSAGES 4)");
     c.ok("LOGOUT");
@@ -1376,7 +1581,10 @@ fn copyuid(status: &str) -> (u32, Vec<u32>, Vec<u32>) {
     assert!(w.len() == 4 && w[0] == "COPYUID", "COPYUID code: {code:?}");
     for set in &w[2..] {
         assert!(
-            !set.is_empty() && set.bytes().all(|b| b.is_ascii_digit() || b == b':' || b == b','),
+            !set.is_empty()
+                && set
+                    .bytes()
+                    .all(|b| b.is_ascii_digit() || b == b':' || b == b','),
             "COPYUID set {set:?}"
         );
     }
@@ -1389,19 +1597,39 @@ fn copy_and_move_with_uidplus() {
     let server = Server::options().accounts(&[U]).start();
     let mut c = Imap::login(server.imap, U, PASSWORD);
     c.ok("CREATE Dest");
-    let flags = ["", "\\Seen", "\\Flagged $Work", "\\Answered", "\\Seen $Home"];
-    let msgs: Vec<Vec<u8>> = (1..=5).map(|i| simple_message(&format!("copy {i}"), &format!("body {i}"))).collect();
+    let flags = [
+        "",
+        "\\Seen",
+        "\\Flagged $Work",
+        "\\Answered",
+        "\\Seen $Home",
+    ];
+    let msgs: Vec<Vec<u8>> = (1..=5)
+        .map(|i| simple_message(&format!("copy {i}"), &format!("body {i}")))
+        .collect();
     for (m, f) in msgs.iter().zip(flags) {
         c.append_ok("INBOX", f, None, m);
     }
     let r = c.ok("STATUS Dest (UIDVALIDITY UIDNEXT)");
     let st = r.with_prefix("STATUS")[0].clone();
-    let vd: u32 = st.split("UIDVALIDITY ").nth(1).unwrap().split(|c| c == ' ' || c == ')').next().unwrap().parse().unwrap();
+    let vd: u32 = st
+        .split("UIDVALIDITY ")
+        .nth(1)
+        .unwrap()
+        .split(|c| c == ' ' || c == ')')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
     c.select("INBOX");
 
     // COPY by sequence numbers.
     let r = c.ok("COPY 2:4 Dest");
-    assert_eq!(copyuid(&r.status), (vd, vec![2, 3, 4], vec![1, 2, 3]), "{r:?}");
+    assert_eq!(
+        copyuid(&r.status),
+        (vd, vec![2, 3, 4], vec![1, 2, 3]),
+        "{r:?}"
+    );
     // UID COPY with a list; destination UIDs pair up in order.
     let r = c.ok("UID COPY 5,1 Dest");
     let (v, src, dst) = copyuid(&r.status);
@@ -1417,7 +1645,10 @@ fn copy_and_move_with_uidplus() {
     assert!(r.expunges().is_empty(), "{r:?}");
     // UID COPY of UIDs that don't exist copies nothing, successfully.
     let r = c.ok("UID COPY 100:200 Dest");
-    assert!(!r.status.contains("COPYUID"), "nothing copied, no COPYUID: {r:?}");
+    assert!(
+        !r.status.contains("COPYUID"),
+        "nothing copied, no COPYUID: {r:?}"
+    );
 
     // The copies carry flags (keywords included) and bodies.
     let mut d = Imap::login(server.imap, U, PASSWORD);
@@ -1441,7 +1672,10 @@ fn copy_and_move_with_uidplus() {
     };
     for (uid, fl, body) in &by_uid {
         let s = src_of_dest(*uid);
-        let mut want: Vec<String> = flags[s - 1].split_whitespace().map(str::to_string).collect();
+        let mut want: Vec<String> = flags[s - 1]
+            .split_whitespace()
+            .map(str::to_string)
+            .collect();
         want.sort();
         assert_eq!(fl, &want, "flags of Dest UID {uid} (from INBOX UID {s})");
         assert_eq!(body, &msgs[s - 1], "body of Dest UID {uid}");
@@ -1458,13 +1692,26 @@ fn copy_and_move_with_uidplus() {
     assert_eq!((v, src, dst), (vd, vec![1, 2], vec![6, 7]), "{r:?}");
     let exp = r.expunges();
     assert_eq!(exp.len(), 2, "{r:?}");
-    assert!(exp == vec![1, 1] || exp == vec![2, 1], "EXPUNGEs of seqs 1 and 2: {exp:?}");
+    assert!(
+        exp == vec![1, 1] || exp == vec![2, 1],
+        "EXPUNGEs of seqs 1 and 2: {exp:?}"
+    );
     let first_exp = lines.iter().position(|l| l.ends_with(" EXPUNGE")).unwrap();
-    assert!(ok_pos < first_exp, "COPYUID must come before EXPUNGE: {r:?}");
-    assert!(!r.status.contains("COPYUID"), "COPYUID in the tagged OK of MOVE too: {r:?}");
+    assert!(
+        ok_pos < first_exp,
+        "COPYUID must come before EXPUNGE: {r:?}"
+    );
+    assert!(
+        !r.status.contains("COPYUID"),
+        "COPYUID in the tagged OK of MOVE too: {r:?}"
+    );
     // UID MOVE of the last message.
     let r = c.ok("UID MOVE 5 Dest");
-    let ok = r.lines().into_iter().find(|l| l.starts_with("* OK [COPYUID ")).expect("COPYUID");
+    let ok = r
+        .lines()
+        .into_iter()
+        .find(|l| l.starts_with("* OK [COPYUID "))
+        .expect("COPYUID");
     assert_eq!(copyuid(&ok), (vd, vec![5], vec![8]));
     assert_eq!(r.expunges(), vec![3], "{r:?}");
     let f = c.fetch("FETCH 1:* (UID)");
@@ -1475,13 +1722,30 @@ fn copy_and_move_with_uidplus() {
     let f = d.fetch("UID FETCH 6:8 (FLAGS BODY.PEEK[HEADER.FIELDS (SUBJECT)])");
     let subj: Vec<String> = f
         .iter()
-        .map(|f| String::from_utf8_lossy(f.must("BODY[HEADER.FIELDS (SUBJECT)]").bytes()).into_owned())
+        .map(|f| {
+            String::from_utf8_lossy(f.must("BODY[HEADER.FIELDS (SUBJECT)]").bytes()).into_owned()
+        })
         .collect();
-    assert_eq!(subj, vec!["Subject: copy 1\r\n\r\n", "Subject: copy 2\r\n\r\n", "Subject: copy 5\r\n\r\n"]);
-    assert!(has_flag(&f[1].flags(), "\\Seen") && has_flag(&f[2].flags(), "$Home"), "{f:?}");
+    assert_eq!(
+        subj,
+        vec![
+            "Subject: copy 1\r\n\r\n",
+            "Subject: copy 2\r\n\r\n",
+            "Subject: copy 5\r\n\r\n"
+        ]
+    );
+    assert!(
+        has_flag(&f[1].flags(), "\\Seen") && has_flag(&f[2].flags(), "$Home"),
+        "{f:?}"
+    );
 
     // Missing destination: NO [TRYCREATE] (RFC 3501 6.4.7), nothing changes.
-    for cmd in ["COPY 1 Nowhere", "MOVE 1 Nowhere", "UID COPY 3 Nowhere", "UID MOVE 3 Nowhere"] {
+    for cmd in [
+        "COPY 1 Nowhere",
+        "MOVE 1 Nowhere",
+        "UID COPY 3 Nowhere",
+        "UID MOVE 3 Nowhere",
+    ] {
         let r = c.cmd(cmd);
         assert!(r.status.starts_with("NO [TRYCREATE]"), "{cmd}: {r:?}");
         assert!(r.expunges().is_empty(), "{cmd}: {r:?}");
@@ -1498,7 +1762,10 @@ fn copy_and_move_with_uidplus() {
     // EXAMINE: MOVE refused, COPY allowed (it does not change the source).
     c.ok("EXAMINE INBOX");
     let r = c.cmd("MOVE 1 Dest");
-    assert!(r.status.starts_with("NO"), "MOVE from a read-only mailbox: {r:?}");
+    assert!(
+        r.status.starts_with("NO"),
+        "MOVE from a read-only mailbox: {r:?}"
+    );
     c.ok("COPY 1 Dest");
     c.ok("LOGOUT");
     d.ok("LOGOUT");
@@ -1515,7 +1782,9 @@ fn fetch_partial_large_and_seen() {
     const U: &str = "fetcher@example.test";
     let server = Server::options().accounts(&[U]).start();
     let mut c = Imap::login(server.imap, U, PASSWORD);
-    let body: String = (0..40).map(|i| format!("line {i:02} of the text\r\n")).collect();
+    let body: String = (0..40)
+        .map(|i| format!("line {i:02} of the text\r\n"))
+        .collect();
     let m1 = simple_message("partial", body.trim_end());
     c.append_ok("INBOX", "", None, &m1);
     c.append_ok("INBOX", "", None, MULTIPART.as_bytes());
@@ -1525,7 +1794,10 @@ fn fetch_partial_large_and_seen() {
     while big.len() < 5 * 1024 * 1024 {
         for _ in 0..76 {
             x = x.wrapping_mul(1_103_515_245).wrapping_add(12345);
-            big.push(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"[(x >> 16) as usize % 64]);
+            big.push(
+                b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+                    [(x >> 16) as usize % 64],
+            );
         }
         big.extend_from_slice(b"\r\n");
     }
@@ -1538,7 +1810,10 @@ fn fetch_partial_large_and_seen() {
     assert_eq!(f[0].must("BODY[]<0>").bytes(), &m1[..100]);
     assert_eq!(f[0].must("BODY[TEXT]<10>").bytes(), &text1[10..30]);
     assert_eq!(f[0].must("RFC822.SIZE").num(), m1.len() as u64);
-    assert!(f[0].get("FLAGS").is_none(), "PEEK must not change flags: {f:?}");
+    assert!(
+        f[0].get("FLAGS").is_none(),
+        "PEEK must not change flags: {f:?}"
+    );
     // Ranges reaching past the end are cut; starting past the end gives "".
     let n = m1.len();
     let f = c.fetch(&format!(
@@ -1546,7 +1821,10 @@ fn fetch_partial_large_and_seen() {
         n - 7,
         n + 10
     ));
-    assert_eq!(f[0].must(&format!("BODY[]<{}>", n - 7)).bytes(), &m1[n - 7..]);
+    assert_eq!(
+        f[0].must(&format!("BODY[]<{}>", n - 7)).bytes(),
+        &m1[n - 7..]
+    );
     assert_eq!(f[0].must(&format!("BODY[TEXT]<{}>", n + 10)).bytes(), b"");
     assert_eq!(f[0].must("BODY[HEADER]<0>").bytes(), &m1[..10]);
 
@@ -1567,10 +1845,18 @@ fn fetch_partial_large_and_seen() {
     // 5 MiB byte-exact, whole and in a window, RFC822.SIZE = literal length.
     let t = Instant::now();
     let f = c.fetch("FETCH 3 (RFC822.SIZE BODY.PEEK[] BODY.PEEK[]<1000000.2000000>)");
-    eprintln!("FETCH of a {} byte message took {:?}", big.len(), t.elapsed());
+    eprintln!(
+        "FETCH of a {} byte message took {:?}",
+        big.len(),
+        t.elapsed()
+    );
     assert_bytes_eq(f[0].must("BODY[]").bytes(), &big, "5 MiB BODY[]");
     assert_eq!(f[0].must("RFC822.SIZE").num(), big.len() as u64);
-    assert_bytes_eq(f[0].must("BODY[]<1000000>").bytes(), &big[1_000_000..3_000_000], "window");
+    assert_bytes_eq(
+        f[0].must("BODY[]<1000000>").bytes(),
+        &big[1_000_000..3_000_000],
+        "window",
+    );
     // Macros (RFC 3501 6.4.5): ALL = FLAGS INTERNALDATE RFC822.SIZE ENVELOPE;
     // FAST without ENVELOPE; FULL adds BODY.
     let f = c.fetch("FETCH 1 ALL");
@@ -1584,10 +1870,16 @@ fn fetch_partial_large_and_seen() {
     let f = c.fetch("FETCH 2 FULL");
     let mut k: Vec<&str> = f[0].items.iter().map(|i| i.0.as_str()).collect();
     k.sort();
-    assert_eq!(k, vec!["BODY", "ENVELOPE", "FLAGS", "INTERNALDATE", "RFC822.SIZE"]);
+    assert_eq!(
+        k,
+        vec!["BODY", "ENVELOPE", "FLAGS", "INTERNALDATE", "RFC822.SIZE"]
+    );
     // HEADER.FIELDS naming no present field: just the blank line.
     let f = c.fetch("FETCH 1 (BODY.PEEK[HEADER.FIELDS (X-Missing)])");
-    assert_eq!(f[0].must("BODY[HEADER.FIELDS (X-MISSING)]").bytes(), b"\r\n");
+    assert_eq!(
+        f[0].must("BODY[HEADER.FIELDS (X-MISSING)]").bytes(),
+        b"\r\n"
+    );
     // RFC822.HEADER / RFC822.TEXT.
     let f = c.fetch("FETCH 1 (RFC822.HEADER)");
     assert_eq!(f[0].must("RFC822.HEADER").bytes(), &m1[..header_len]);
@@ -1599,14 +1891,19 @@ fn fetch_partial_large_and_seen() {
     // BODY[] (not PEEK) sets \Seen, and the FETCH reports it (RFC 3501 6.4.5).
     let f = c.fetch("FETCH 1 (BODY[]<0.10>)");
     assert_eq!(f[0].must("BODY[]<0>").bytes(), &m1[..10]);
-    let fl = f[0].get("FLAGS").unwrap_or_else(|| panic!("\\Seen set but FLAGS not sent: {f:?}"));
+    let fl = f[0]
+        .get("FLAGS")
+        .unwrap_or_else(|| panic!("\\Seen set but FLAGS not sent: {f:?}"));
     assert!(fl.atoms().iter().any(|x| x == "\\Seen"), "{f:?}");
     // Already \Seen: no FLAGS needed any more, and they stay.
     let f = c.fetch("FETCH 1 (BODY[TEXT])");
     assert_eq!(f[0].must("BODY[TEXT]").bytes(), text1);
     // RFC822.TEXT and RFC822 also set \Seen.
     let f = c.fetch("FETCH 2 (RFC822.TEXT)");
-    assert_eq!(f[0].must("RFC822.TEXT").bytes(), &m2[m2.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4..]);
+    assert_eq!(
+        f[0].must("RFC822.TEXT").bytes(),
+        &m2[m2.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4..]
+    );
     assert!(has_flag(&f[0].flags(), "\\Seen"), "{f:?}");
     let r = c.ok("SEARCH SEEN");
     assert_eq!(r.search(), vec![1, 2]);
@@ -1616,7 +1913,10 @@ fn fetch_partial_large_and_seen() {
     assert!(!has_flag(&f[0].flags(), "\\Seen"), "{f:?}");
     c.select("INBOX");
     let f = c.fetch("FETCH 3 (FLAGS)");
-    assert!(!has_flag(&f[0].flags(), "\\Seen"), "EXAMINE set \\Seen: {f:?}");
+    assert!(
+        !has_flag(&f[0].flags(), "\\Seen"),
+        "EXAMINE set \\Seen: {f:?}"
+    );
     c.ok("LOGOUT");
 }
 
@@ -1696,7 +1996,10 @@ fn envelope_and_bodystructure_of_nested_multipart() {
     let r = c.ok("FETCH 1 (ENVELOPE)");
     assert_eq!(r.lines(), vec![format!("* 1 FETCH (ENVELOPE {outer_env})")]);
     let r = c.ok("FETCH 1 (BODYSTRUCTURE)");
-    assert_eq!(r.lines(), vec![format!("* 1 FETCH (BODYSTRUCTURE {bodystructure})")]);
+    assert_eq!(
+        r.lines(),
+        vec![format!("* 1 FETCH (BODYSTRUCTURE {bodystructure})")]
+    );
     let r = c.ok("FETCH 1 (BODY)");
     assert_eq!(r.lines(), vec![format!("* 1 FETCH (BODY {body})")]);
     // The strings also parse as IMAP data.
@@ -1714,7 +2017,10 @@ fn envelope_and_bodystructure_of_nested_multipart() {
     assert_eq!(s("BODY[1]"), ALT_BODY);
     assert_eq!(s("BODY[1.1]"), "Hello plain\r\n");
     assert_eq!(s("BODY[1.2]"), "<p>Hello html</p>\r\n");
-    assert_eq!(s("BODY[1.MIME]"), "Content-Type: multipart/alternative; boundary=\"alt\"\r\n\r\n");
+    assert_eq!(
+        s("BODY[1.MIME]"),
+        "Content-Type: multipart/alternative; boundary=\"alt\"\r\n\r\n"
+    );
     assert_eq!(s("BODY[2]"), "JVBERi0xLjQK\r\n");
     assert_eq!(s("BODY[2.MIME]"), PART2_MIME);
     assert_eq!(s("BODY[3]"), INNER);
@@ -1820,14 +2126,21 @@ fn esearch(r: &Resp, tag: &str) -> (bool, Vec<(String, String)>) {
     let l = r.with_prefix("ESEARCH");
     assert_eq!(l.len(), 1, "one ESEARCH response: {r:?}");
     let head = format!("* ESEARCH (TAG \"{tag}\")");
-    let rest = l[0].strip_prefix(&head).unwrap_or_else(|| panic!("ESEARCH correlator: {:?}", l[0]));
+    let rest = l[0]
+        .strip_prefix(&head)
+        .unwrap_or_else(|| panic!("ESEARCH correlator: {:?}", l[0]));
     let mut w: Vec<&str> = rest.split_whitespace().collect();
     let uid = w.first() == Some(&"UID");
     if uid {
         w.remove(0);
     }
     assert!(w.len() % 2 == 0, "{:?}", l[0]);
-    (uid, w.chunks(2).map(|p| (p[0].to_string(), p[1].to_string())).collect())
+    (
+        uid,
+        w.chunks(2)
+            .map(|p| (p[0].to_string(), p[1].to_string()))
+            .collect(),
+    )
 }
 
 #[test]
@@ -1846,8 +2159,15 @@ fn search_ten_thousand_messages() {
             let (msg, date, flags, sent_day) = corpus_message(i);
             let tag = format!("ap{i}");
             out.extend_from_slice(&append_bytes(&tag, "INBOX", flags, Some(&date), &msg));
-            let body = String::from_utf8_lossy(&msg[msg.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4..]).into_owned();
-            let subject = if i % 1000 == 7 { format!("Gr\u{fc}\u{df}e report {i}") } else { format!("Report {i} {}", WORDS[i % 4]) };
+            let body = String::from_utf8_lossy(
+                &msg[msg.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4..],
+            )
+            .into_owned();
+            let subject = if i % 1000 == 7 {
+                format!("Gr\u{fc}\u{df}e report {i}")
+            } else {
+                format!("Report {i} {}", WORDS[i % 4])
+            };
             model.push(Model {
                 i,
                 uid: 0,
@@ -1885,15 +2205,29 @@ fn search_ten_thousand_messages() {
     let gone = model.iter().filter(|m| m.deleted).count();
     assert_eq!(r.expunges().len(), gone);
     model.retain(|m| !m.deleted);
-    let mark: Vec<String> = model.iter().filter(|m| m.i % 89 == 0).map(|m| m.uid.to_string()).collect();
-    c.ok(&format!("UID STORE {} +FLAGS.SILENT (\\Deleted)", mark.join(",")));
+    let mark: Vec<String> = model
+        .iter()
+        .filter(|m| m.i % 89 == 0)
+        .map(|m| m.uid.to_string())
+        .collect();
+    c.ok(&format!(
+        "UID STORE {} +FLAGS.SILENT (\\Deleted)",
+        mark.join(",")
+    ));
     for m in model.iter_mut() {
         m.deleted = m.i % 89 == 0;
     }
     let seqs = |f: &dyn Fn(&Model) -> bool| -> Vec<u32> {
-        model.iter().enumerate().filter(|(_, m)| f(m)).map(|(k, _)| k as u32 + 1).collect()
+        model
+            .iter()
+            .enumerate()
+            .filter(|(_, m)| f(m))
+            .map(|(k, _)| k as u32 + 1)
+            .collect()
     };
-    let uids = |f: &dyn Fn(&Model) -> bool| -> Vec<u32> { model.iter().filter(|m| f(m)).map(|m| m.uid).collect() };
+    let uids = |f: &dyn Fn(&Model) -> bool| -> Vec<u32> {
+        model.iter().filter(|m| f(m)).map(|m| m.uid).collect()
+    };
     let ci = |hay: &str, needle: &str| hay.to_lowercase().contains(&needle.to_lowercase());
 
     let check = |c: &mut Imap, cmd: &str, want: Vec<u32>| {
@@ -1902,60 +2236,174 @@ fn search_ten_thousand_messages() {
         let el = t.elapsed();
         let mut got = r.search();
         got.sort_unstable();
-        assert_eq!(got.len(), want.len(), "{cmd}: {} hits, want {}", got.len(), want.len());
+        assert_eq!(
+            got.len(),
+            want.len(),
+            "{cmd}: {} hits, want {}",
+            got.len(),
+            want.len()
+        );
         assert_eq!(got, want, "{cmd}");
         eprintln!("{cmd:?}: {} hits in {el:?}", want.len());
     };
     check(&mut c, "SEARCH SEEN", seqs(&|m| m.seen));
-    check(&mut c, "SEARCH UNSEEN FLAGGED", seqs(&|m| !m.seen && m.flagged));
+    check(
+        &mut c,
+        "SEARCH UNSEEN FLAGGED",
+        seqs(&|m| !m.seen && m.flagged),
+    );
     check(&mut c, "SEARCH KEYWORD $Label1", seqs(&|m| m.label1));
-    check(&mut c, "SEARCH UNKEYWORD $Label1 ANSWERED", seqs(&|m| !m.label1 && m.answered));
+    check(
+        &mut c,
+        "SEARCH UNKEYWORD $Label1 ANSWERED",
+        seqs(&|m| !m.label1 && m.answered),
+    );
     check(&mut c, "SEARCH DELETED", seqs(&|m| m.deleted));
-    check(&mut c, "SEARCH UNDELETED UNANSWERED UNFLAGGED", seqs(&|m| !m.deleted && !m.answered && !m.flagged));
+    check(
+        &mut c,
+        "SEARCH UNDELETED UNANSWERED UNFLAGGED",
+        seqs(&|m| !m.deleted && !m.answered && !m.flagged),
+    );
     check(&mut c, "SEARCH KEYWORD $NeverUsed", vec![]);
-    check(&mut c, "UID SEARCH UID 100:200", uids(&|m| (100..=200).contains(&m.uid)));
+    check(
+        &mut c,
+        "UID SEARCH UID 100:200",
+        uids(&|m| (100..=200).contains(&m.uid)),
+    );
     check(&mut c, "UID SEARCH UID 9990:*", uids(&|m| m.uid >= 9990));
-    check(&mut c, "SEARCH 50:60,9000:*", seqs(&|_| true).into_iter().filter(|s| (50..=60).contains(s) || *s >= 9000).collect());
+    check(
+        &mut c,
+        "SEARCH 50:60,9000:*",
+        seqs(&|_| true)
+            .into_iter()
+            .filter(|s| (50..=60).contains(s) || *s >= 9000)
+            .collect(),
+    );
     check(&mut c, "UID SEARCH 1:5", uids(&|_| true)[..5].to_vec());
-    check(&mut c, "SEARCH FROM sender3", seqs(&|m| m.from.contains("sender3")));
-    check(&mut c, "SEARCH FROM \"SENDER 4\"", seqs(&|m| ci(&m.from, "sender 4")));
-    check(&mut c, "SEARCH SUBJECT \"report 123\"", seqs(&|m| ci(&m.subject, "report 123")));
-    check(&mut c, "SEARCH HEADER Message-ID <search-4321@", seqs(&|m| m.i == 4321));
+    check(
+        &mut c,
+        "SEARCH FROM sender3",
+        seqs(&|m| m.from.contains("sender3")),
+    );
+    check(
+        &mut c,
+        "SEARCH FROM \"SENDER 4\"",
+        seqs(&|m| ci(&m.from, "sender 4")),
+    );
+    check(
+        &mut c,
+        "SEARCH SUBJECT \"report 123\"",
+        seqs(&|m| ci(&m.subject, "report 123")),
+    );
+    check(
+        &mut c,
+        "SEARCH HEADER Message-ID <search-4321@",
+        seqs(&|m| m.i == 4321),
+    );
     let t = Instant::now();
-    check(&mut c, "SEARCH BODY tok-42-end", seqs(&|m| m.body.contains("tok-42-end")));
-    eprintln!("SEARCH BODY over {} messages: {:?}", model.len(), t.elapsed());
-    check(&mut c, "SEARCH BODY \"message 4321.\"", seqs(&|m| m.i == 4321));
-    check(&mut c, "SEARCH TEXT sender6 BODY tok-1-end", seqs(&|m| m.i % 7 == 6 && m.body.contains("tok-1-end")));
-    check(&mut c, "SEARCH SINCE 10-Feb-2020 BEFORE 15-Feb-2020", seqs(&|m| (10..15).contains(&m.internal_day)));
-    check(&mut c, "SEARCH ON 3-Feb-2020", seqs(&|m| m.internal_day == 3));
-    check(&mut c, "SEARCH SENTON 5-Jan-2020", seqs(&|m| m.sent_day == 5));
-    check(&mut c, "SEARCH SENTSINCE 27-Jan-2020", seqs(&|m| m.sent_day >= 27));
-    check(&mut c, "SEARCH SENTBEFORE 2-Jan-2020 SEEN", seqs(&|m| m.sent_day < 2 && m.seen));
-    check(&mut c, "SEARCH OR FLAGGED NOT SEEN", seqs(&|m| m.flagged || !m.seen));
-    check(&mut c, "SEARCH NOT (OR SEEN FLAGGED)", seqs(&|m| !(m.seen || m.flagged)));
+    check(
+        &mut c,
+        "SEARCH BODY tok-42-end",
+        seqs(&|m| m.body.contains("tok-42-end")),
+    );
+    eprintln!(
+        "SEARCH BODY over {} messages: {:?}",
+        model.len(),
+        t.elapsed()
+    );
+    check(
+        &mut c,
+        "SEARCH BODY \"message 4321.\"",
+        seqs(&|m| m.i == 4321),
+    );
+    check(
+        &mut c,
+        "SEARCH TEXT sender6 BODY tok-1-end",
+        seqs(&|m| m.i % 7 == 6 && m.body.contains("tok-1-end")),
+    );
+    check(
+        &mut c,
+        "SEARCH SINCE 10-Feb-2020 BEFORE 15-Feb-2020",
+        seqs(&|m| (10..15).contains(&m.internal_day)),
+    );
+    check(
+        &mut c,
+        "SEARCH ON 3-Feb-2020",
+        seqs(&|m| m.internal_day == 3),
+    );
+    check(
+        &mut c,
+        "SEARCH SENTON 5-Jan-2020",
+        seqs(&|m| m.sent_day == 5),
+    );
+    check(
+        &mut c,
+        "SEARCH SENTSINCE 27-Jan-2020",
+        seqs(&|m| m.sent_day >= 27),
+    );
+    check(
+        &mut c,
+        "SEARCH SENTBEFORE 2-Jan-2020 SEEN",
+        seqs(&|m| m.sent_day < 2 && m.seen),
+    );
+    check(
+        &mut c,
+        "SEARCH OR FLAGGED NOT SEEN",
+        seqs(&|m| m.flagged || !m.seen),
+    );
+    check(
+        &mut c,
+        "SEARCH NOT (OR SEEN FLAGGED)",
+        seqs(&|m| !(m.seen || m.flagged)),
+    );
     check(
         &mut c,
         "SEARCH OR (FROM sender1 SEEN) (SUBJECT alpha NOT KEYWORD $Label1)",
-        seqs(&|m| (m.from.contains("sender1") && m.seen) || (m.subject.contains("alpha") && !m.label1)),
+        seqs(&|m| {
+            (m.from.contains("sender1") && m.seen) || (m.subject.contains("alpha") && !m.label1)
+        }),
     );
-    check(&mut c, "SEARCH OR OR ANSWERED DELETED OR FLAGGED KEYWORD $Label1", seqs(&|m| m.answered || m.deleted || m.flagged || m.label1));
+    check(
+        &mut c,
+        "SEARCH OR OR ANSWERED DELETED OR FLAGGED KEYWORD $Label1",
+        seqs(&|m| m.answered || m.deleted || m.flagged || m.label1),
+    );
     let median = {
         let mut s: Vec<usize> = model.iter().map(|m| m.size).collect();
         s.sort_unstable();
         s[s.len() / 2]
     };
-    check(&mut c, &format!("SEARCH LARGER {median}"), seqs(&|m| m.size > median));
-    check(&mut c, &format!("SEARCH SMALLER {median}"), seqs(&|m| m.size < median));
+    check(
+        &mut c,
+        &format!("SEARCH LARGER {median}"),
+        seqs(&|m| m.size > median),
+    );
+    check(
+        &mut c,
+        &format!("SEARCH SMALLER {median}"),
+        seqs(&|m| m.size < median),
+    );
     // Non-ASCII: CHARSET UTF-8 with literals (8-bit data can't be quoted).
     let grusse = "Gr\u{fc}\u{df}e";
-    let r = c.cmd_bytes(format!("SEARCH CHARSET UTF-8 SUBJECT {{{}+}}\r\n{grusse}", grusse.len()).as_bytes());
+    let r = c.cmd_bytes(
+        format!(
+            "SEARCH CHARSET UTF-8 SUBJECT {{{}+}}\r\n{grusse}",
+            grusse.len()
+        )
+        .as_bytes(),
+    );
     assert!(r.ok(), "{r:?}");
     let mut got = r.search();
     got.sort_unstable();
-    assert_eq!(got, seqs(&|m| m.subject.contains(grusse)), "SUBJECT Grüße (encoded word)");
+    assert_eq!(
+        got,
+        seqs(&|m| m.subject.contains(grusse)),
+        "SUBJECT Grüße (encoded word)"
+    );
     assert!(!got.is_empty());
     let koeln = "K\u{f6}ln";
-    let r = c.cmd_bytes(format!("SEARCH CHARSET UTF-8 BODY {{{}+}}\r\n{koeln}", koeln.len()).as_bytes());
+    let r = c
+        .cmd_bytes(format!("SEARCH CHARSET UTF-8 BODY {{{}+}}\r\n{koeln}", koeln.len()).as_bytes());
     assert!(r.ok(), "{r:?}");
     let mut got = r.search();
     got.sort_unstable();
@@ -1979,8 +2427,14 @@ fn search_ten_thousand_messages() {
     let r = c.ok("UID SEARCH RETURN (COUNT MIN) SEEN KEYWORD $Label1");
     let (uid, items) = esearch(&r, &format!("t{}", c.next));
     assert!(uid, "UID SEARCH ESEARCH carries UID: {r:?}");
-    assert!(items.contains(&("MIN".to_string(), want[0].to_string())), "{r:?}");
-    assert!(items.contains(&("COUNT".to_string(), want.len().to_string())), "{r:?}");
+    assert!(
+        items.contains(&("MIN".to_string(), want[0].to_string())),
+        "{r:?}"
+    );
+    assert!(
+        items.contains(&("COUNT".to_string(), want.len().to_string())),
+        "{r:?}"
+    );
     assert_eq!(items.len(), 2, "{r:?}");
     // RETURN () means ALL.
     let want = seqs(&|m| m.subject.contains("gamma"));
@@ -1993,12 +2447,18 @@ fn search_ten_thousand_messages() {
     let r = c.ok("SEARCH RETURN (MIN MAX COUNT ALL) UID 20000:30000");
     let (_, items) = esearch(&r, &format!("t{}", c.next));
     assert_eq!(items, vec![("COUNT".to_string(), "0".to_string())], "{r:?}");
-    assert!(r.with_prefix("SEARCH").is_empty(), "SEARCH and ESEARCH both sent: {r:?}");
+    assert!(
+        r.with_prefix("SEARCH").is_empty(),
+        "SEARCH and ESEARCH both sent: {r:?}"
+    );
 
     // SEARCHRES (RFC 5182): SAVE, then $ in FETCH, SEARCH and STORE.
     let want = uids(&|m| m.from.contains("sender5") && m.subject.contains("beta"));
     let r = c.ok("UID SEARCH RETURN (SAVE) FROM sender5 SUBJECT beta");
-    assert!(r.with_prefix("ESEARCH").is_empty() && r.with_prefix("SEARCH").is_empty(), "SAVE alone returns nothing: {r:?}");
+    assert!(
+        r.with_prefix("ESEARCH").is_empty() && r.with_prefix("SEARCH").is_empty(),
+        "SAVE alone returns nothing: {r:?}"
+    );
     let f = c.fetch("UID FETCH $ (UID)");
     let mut got: Vec<u32> = f.iter().map(|f| f.uid()).collect();
     got.sort_unstable();
@@ -2006,7 +2466,10 @@ fn search_ten_thousand_messages() {
     let r = c.ok("UID SEARCH $ SEEN");
     let mut got = r.search();
     got.sort_unstable();
-    assert_eq!(got, uids(&|m| m.from.contains("sender5") && m.subject.contains("beta") && m.seen));
+    assert_eq!(
+        got,
+        uids(&|m| m.from.contains("sender5") && m.subject.contains("beta") && m.seen)
+    );
     let r = c.ok("SEARCH RETURN (SAVE MIN) SUBJECT delta FLAGGED");
     let want_seq = seqs(&|m| m.subject.contains("delta") && m.flagged);
     let (_, items) = esearch(&r, &format!("t{}", c.next));
@@ -2014,16 +2477,29 @@ fn search_ten_thousand_messages() {
     let f = c.fetch("FETCH $ (UID)");
     let mut got: Vec<u32> = f.iter().map(|f| f.uid()).collect();
     got.sort_unstable();
-    assert_eq!(got, uids(&|m| m.subject.contains("delta") && m.flagged), "$ after a sequence-number SEARCH SAVE");
+    assert_eq!(
+        got,
+        uids(&|m| m.subject.contains("delta") && m.flagged),
+        "$ after a sequence-number SEARCH SAVE"
+    );
     // Non-UID STORE on $ touches exactly the saved messages.
     c.ok("STORE $ +FLAGS.SILENT ($Saved)");
     let r = c.ok("UID SEARCH KEYWORD $Saved");
     let mut got = r.search();
     got.sort_unstable();
-    assert_eq!(got, uids(&|m| m.subject.contains("delta") && m.flagged), "STORE $");
+    assert_eq!(
+        got,
+        uids(&|m| m.subject.contains("delta") && m.flagged),
+        "STORE $"
+    );
     // An empty saved result: $ names no message; commands on it succeed and do nothing.
     c.ok("SEARCH RETURN (SAVE) UID 20000:30000");
-    for cmd in ["FETCH $ (UID)", "UID FETCH $ (UID)", "STORE $ +FLAGS (\\Seen)", "COPY $ INBOX"] {
+    for cmd in [
+        "FETCH $ (UID)",
+        "UID FETCH $ (UID)",
+        "STORE $ +FLAGS (\\Seen)",
+        "COPY $ INBOX",
+    ] {
         let r = c.ok(cmd);
         assert!(r.fetches().is_empty(), "{cmd} on an empty $: {r:?}");
     }
@@ -2042,7 +2518,10 @@ fn list_of(r: &Resp, kind: &str) -> Vec<(String, Vec<String>)> {
         .iter()
         .filter(|u| u.starts_with(p.as_bytes()))
         .map(|u| {
-            let mut ps = P { b: &u[p.len()..], i: 0 };
+            let mut ps = P {
+                b: &u[p.len()..],
+                i: 0,
+            };
             let attrs = ps.value().unwrap();
             let delim = ps.value().unwrap();
             let name = ps.value().unwrap();
@@ -2064,13 +2543,20 @@ fn names(l: &[(String, Vec<String>)]) -> Vec<String> {
 }
 
 fn attrs_of<'a>(l: &'a [(String, Vec<String>)], name: &str) -> &'a [String] {
-    &l.iter().find(|e| e.0 == name).unwrap_or_else(|| panic!("{name} not listed: {l:?}")).1
+    &l.iter()
+        .find(|e| e.0 == name)
+        .unwrap_or_else(|| panic!("{name} not listed: {l:?}"))
+        .1
 }
 
 /// `* STATUS name (K v ...)` as a map.
 #[track_caller]
 fn status_of(r: &Resp) -> Vec<(String, u64)> {
-    let l = &r.untagged.iter().find(|u| u.starts_with(b"* STATUS ")).expect("STATUS response")[9..];
+    let l = &r
+        .untagged
+        .iter()
+        .find(|u| u.starts_with(b"* STATUS "))
+        .expect("STATUS response")[9..];
     let mut p = P { b: l, i: 0 };
     let _name = p.value().unwrap();
     let list = p.value().unwrap();
@@ -2084,7 +2570,10 @@ fn status_of(r: &Resp) -> Vec<(String, u64)> {
 }
 
 fn get(st: &[(String, u64)], k: &str) -> u64 {
-    st.iter().find(|(n, _)| n == k).unwrap_or_else(|| panic!("{k} missing in {st:?}")).1
+    st.iter()
+        .find(|(n, _)| n == k)
+        .unwrap_or_else(|| panic!("{k} missing in {st:?}"))
+        .1
 }
 
 #[test]
@@ -2096,7 +2585,10 @@ fn mailbox_management() {
 
     // The empty pattern asks for the delimiter.
     let r = c.ok("LIST \"\" \"\"");
-    assert_eq!(r.lines(), vec!["* LIST (\\Noselect) \"/\" \"\"".to_string()]);
+    assert_eq!(
+        r.lines(),
+        vec!["* LIST (\\Noselect) \"/\" \"\"".to_string()]
+    );
     let r = c.ok("LIST \"\" \"*\"");
     let l = list_of(&r, "LIST");
     let mut n = names(&l);
@@ -2104,9 +2596,21 @@ fn mailbox_management() {
     let mut want: Vec<String> = defaults.iter().map(|s| s.to_string()).collect();
     want.sort();
     assert_eq!(n, want, "{r:?}");
-    for (name, use_) in [("Sent", "\\Sent"), ("Drafts", "\\Drafts"), ("Trash", "\\Trash"), ("Junk", "\\Junk"), ("Archive", "\\Archive")] {
-        assert!(attrs_of(&l, name).contains(&use_.to_string()), "{name}: {l:?}");
-        assert!(attrs_of(&l, name).contains(&"\\HasNoChildren".to_string()), "{name}: {l:?}");
+    for (name, use_) in [
+        ("Sent", "\\Sent"),
+        ("Drafts", "\\Drafts"),
+        ("Trash", "\\Trash"),
+        ("Junk", "\\Junk"),
+        ("Archive", "\\Archive"),
+    ] {
+        assert!(
+            attrs_of(&l, name).contains(&use_.to_string()),
+            "{name}: {l:?}"
+        );
+        assert!(
+            attrs_of(&l, name).contains(&"\\HasNoChildren".to_string()),
+            "{name}: {l:?}"
+        );
     }
     // LIST (SPECIAL-USE): only the special-use mailboxes (RFC 6154 5.1).
     let r = c.ok("LIST (SPECIAL-USE) \"\" \"*\"");
@@ -2120,14 +2624,35 @@ fn mailbox_management() {
     c.ok("CREATE New/"); // a trailing delimiter is not part of the name
     let r = c.ok("LIST \"\" \"*\"");
     let l = list_of(&r, "LIST");
-    for name in ["Projects", "Projects/2026", "Projects/2026/Q1", "My Folder", "New"] {
-        assert!(names(&l).contains(&name.to_string()), "{name} missing: {l:?}");
+    for name in [
+        "Projects",
+        "Projects/2026",
+        "Projects/2026/Q1",
+        "My Folder",
+        "New",
+    ] {
+        assert!(
+            names(&l).contains(&name.to_string()),
+            "{name} missing: {l:?}"
+        );
     }
     assert!(!names(&l).contains(&"New/".to_string()));
-    assert!(attrs_of(&l, "Projects").contains(&"\\HasChildren".to_string()), "{l:?}");
-    assert!(attrs_of(&l, "Projects/2026").contains(&"\\HasChildren".to_string()), "{l:?}");
-    assert!(attrs_of(&l, "Projects/2026/Q1").contains(&"\\HasNoChildren".to_string()), "{l:?}");
-    assert!(!attrs_of(&l, "Projects").contains(&"\\Noselect".to_string()), "created superiors are real mailboxes");
+    assert!(
+        attrs_of(&l, "Projects").contains(&"\\HasChildren".to_string()),
+        "{l:?}"
+    );
+    assert!(
+        attrs_of(&l, "Projects/2026").contains(&"\\HasChildren".to_string()),
+        "{l:?}"
+    );
+    assert!(
+        attrs_of(&l, "Projects/2026/Q1").contains(&"\\HasNoChildren".to_string()),
+        "{l:?}"
+    );
+    assert!(
+        !attrs_of(&l, "Projects").contains(&"\\Noselect".to_string()),
+        "created superiors are real mailboxes"
+    );
     c.ok("EXAMINE Projects");
     for (cmd, code) in [
         ("CREATE Projects", "ALREADYEXISTS"),
@@ -2145,18 +2670,35 @@ fn mailbox_management() {
     let r = c.ok("LIST \"\" \"%\"");
     let mut n = names(&list_of(&r, "LIST"));
     n.sort();
-    let mut want: Vec<String> = defaults.iter().map(|s| s.to_string()).chain(["Projects", "My Folder", "New"].map(String::from)).collect();
+    let mut want: Vec<String> = defaults
+        .iter()
+        .map(|s| s.to_string())
+        .chain(["Projects", "My Folder", "New"].map(String::from))
+        .collect();
     want.sort();
     assert_eq!(n, want, "{r:?}");
     let r = c.ok("LIST \"\" \"Projects/%\"");
     assert_eq!(names(&list_of(&r, "LIST")), vec!["Projects/2026"]);
     let r = c.ok("LIST \"Projects/\" \"%\"");
-    assert_eq!(names(&list_of(&r, "LIST")), vec!["Projects/2026"], "reference + pattern");
+    assert_eq!(
+        names(&list_of(&r, "LIST")),
+        vec!["Projects/2026"],
+        "reference + pattern"
+    );
     let r = c.ok("LIST \"\" \"inbox\"");
-    assert_eq!(names(&list_of(&r, "LIST")), vec!["INBOX"], "INBOX is case-insensitive");
+    assert_eq!(
+        names(&list_of(&r, "LIST")),
+        vec!["INBOX"],
+        "INBOX is case-insensitive"
+    );
 
     // Some mail to count.
-    c.append_ok("Projects/2026/Q1", "\\Seen", None, &simple_message("q1", "q1"));
+    c.append_ok(
+        "Projects/2026/Q1",
+        "\\Seen",
+        None,
+        &simple_message("q1", "q1"),
+    );
     c.append_ok("INBOX", "", None, &simple_message("in1", "in1"));
     c.append_ok("INBOX", "\\Seen", None, &simple_message("in2", "in2"));
     c.append_ok("Trash", "", None, &simple_message("t1", "t1"));
@@ -2166,28 +2708,63 @@ fn mailbox_management() {
     let l = list_of(&r, "LIST");
     assert!(attrs_of(&l, "Trash").contains(&"\\Trash".to_string()));
     let statuses: Vec<String> = r.with_prefix("STATUS");
-    assert!(statuses.contains(&"* STATUS INBOX (MESSAGES 2 UNSEEN 1)".to_string()), "{r:?}");
-    assert!(statuses.contains(&"* STATUS Trash (MESSAGES 1 UNSEEN 1)".to_string()), "{r:?}");
-    assert!(statuses.contains(&"* STATUS Projects/2026/Q1 (MESSAGES 1 UNSEEN 0)".to_string()), "{r:?}");
-    assert!(statuses.contains(&"* STATUS \"My Folder\" (MESSAGES 0 UNSEEN 0)".to_string()), "{r:?}");
-    assert_eq!(statuses.len(), l.len(), "one STATUS per selectable mailbox: {r:?}");
+    assert!(
+        statuses.contains(&"* STATUS INBOX (MESSAGES 2 UNSEEN 1)".to_string()),
+        "{r:?}"
+    );
+    assert!(
+        statuses.contains(&"* STATUS Trash (MESSAGES 1 UNSEEN 1)".to_string()),
+        "{r:?}"
+    );
+    assert!(
+        statuses.contains(&"* STATUS Projects/2026/Q1 (MESSAGES 1 UNSEEN 0)".to_string()),
+        "{r:?}"
+    );
+    assert!(
+        statuses.contains(&"* STATUS \"My Folder\" (MESSAGES 0 UNSEEN 0)".to_string()),
+        "{r:?}"
+    );
+    assert_eq!(
+        statuses.len(),
+        l.len(),
+        "one STATUS per selectable mailbox: {r:?}"
+    );
     // Each STATUS follows its LIST.
     let lines = r.lines();
     for (k, line) in lines.iter().enumerate() {
         if let Some(rest) = line.strip_prefix("* STATUS ") {
             let name = rest.rsplit_once(" (").unwrap().0.trim_matches('"');
-            assert!(k > 0 && (lines[k - 1].ends_with(&format!(" {name}")) || lines[k - 1].ends_with(&format!(" \"{name}\""))), "STATUS {name} not right after its LIST: {lines:?}");
+            assert!(
+                k > 0
+                    && (lines[k - 1].ends_with(&format!(" {name}"))
+                        || lines[k - 1].ends_with(&format!(" \"{name}\""))),
+                "STATUS {name} not right after its LIST: {lines:?}"
+            );
         }
     }
 
     // STATUS with everything.
     let r = c.ok("STATUS INBOX (MESSAGES RECENT UIDNEXT UIDVALIDITY UNSEEN HIGHESTMODSEQ)");
     let st = status_of(&r);
-    assert_eq!(st.iter().map(|p| p.0.as_str()).collect::<Vec<_>>(), vec!["MESSAGES", "RECENT", "UIDNEXT", "UIDVALIDITY", "UNSEEN", "HIGHESTMODSEQ"]);
+    assert_eq!(
+        st.iter().map(|p| p.0.as_str()).collect::<Vec<_>>(),
+        vec![
+            "MESSAGES",
+            "RECENT",
+            "UIDNEXT",
+            "UIDVALIDITY",
+            "UNSEEN",
+            "HIGHESTMODSEQ"
+        ]
+    );
     assert_eq!(get(&st, "MESSAGES"), 2);
     // Nobody has selected INBOX yet: both appended messages are \Recent
     // (RFC 3501 6.3.11 and 2.3.2: APPEND'ed messages are recent for the next session).
-    assert_eq!(get(&st, "RECENT"), 2, "STATUS RECENT of never-selected new mail: {r:?}");
+    assert_eq!(
+        get(&st, "RECENT"),
+        2,
+        "STATUS RECENT of never-selected new mail: {r:?}"
+    );
     assert_eq!(get(&st, "UIDNEXT"), 3);
     assert_eq!(get(&st, "UNSEEN"), 1);
     let validity = get(&st, "UIDVALIDITY");
@@ -2197,10 +2774,18 @@ fn mailbox_management() {
     assert_eq!(r.count("RECENT"), Some(2), "{r:?}");
     // Now they are \Recent in this session only.
     let r = c.ok("STATUS INBOX (RECENT)");
-    assert_eq!(get(&status_of(&r), "RECENT"), 2, "\\Recent in the selecting session: {r:?}");
+    assert_eq!(
+        get(&status_of(&r), "RECENT"),
+        2,
+        "\\Recent in the selecting session: {r:?}"
+    );
     let mut other = Imap::login(server.imap, U, PASSWORD);
     let r = other.ok("STATUS INBOX (RECENT MESSAGES)");
-    assert_eq!(get(&status_of(&r), "RECENT"), 0, "claimed by the other session: {r:?}");
+    assert_eq!(
+        get(&status_of(&r), "RECENT"),
+        0,
+        "claimed by the other session: {r:?}"
+    );
     other.ok("LOGOUT");
     let r = c.cmd("STATUS Nowhere (MESSAGES)");
     assert!(r.status.starts_with("NO"), "{r:?}");
@@ -2210,11 +2795,29 @@ fn mailbox_management() {
     assert!(r.status.starts_with("OK [READ-WRITE]"), "{r:?}");
     let lines = r.lines();
     assert!(lines.iter().any(|l| l.starts_with("* FLAGS (")), "{r:?}");
-    let perm = lines.iter().find(|l| l.starts_with("* OK [PERMANENTFLAGS (")).unwrap_or_else(|| panic!("{r:?}"));
-    assert!(perm.contains("\\*") && perm.contains("\\Seen") && perm.contains("\\Deleted"), "{perm}");
-    assert!(lines.contains(&format!("* OK [UIDVALIDITY {validity}] UIDs valid")) || lines.iter().any(|l| l.starts_with(&format!("* OK [UIDVALIDITY {validity}]"))), "{r:?}");
-    assert!(lines.iter().any(|l| l.starts_with("* OK [UIDNEXT 3]")), "{r:?}");
-    assert!(lines.iter().any(|l| l.starts_with("* OK [UNSEEN 1]")), "first unseen is 1: {r:?}");
+    let perm = lines
+        .iter()
+        .find(|l| l.starts_with("* OK [PERMANENTFLAGS ("))
+        .unwrap_or_else(|| panic!("{r:?}"));
+    assert!(
+        perm.contains("\\*") && perm.contains("\\Seen") && perm.contains("\\Deleted"),
+        "{perm}"
+    );
+    assert!(
+        lines.contains(&format!("* OK [UIDVALIDITY {validity}] UIDs valid"))
+            || lines
+                .iter()
+                .any(|l| l.starts_with(&format!("* OK [UIDVALIDITY {validity}]"))),
+        "{r:?}"
+    );
+    assert!(
+        lines.iter().any(|l| l.starts_with("* OK [UIDNEXT 3]")),
+        "{r:?}"
+    );
+    assert!(
+        lines.iter().any(|l| l.starts_with("* OK [UNSEEN 1]")),
+        "first unseen is 1: {r:?}"
+    );
 
     // SUBSCRIBE / LSUB / LIST (SUBSCRIBED).
     c.ok("SUBSCRIBE Projects/2026");
@@ -2230,19 +2833,35 @@ fn mailbox_management() {
     let mut n = names(&l);
     n.sort();
     assert_eq!(n, vec!["INBOX", "Projects/2026"], "{r:?}");
-    assert!(attrs_of(&l, "Projects/2026").contains(&"\\Subscribed".to_string()), "{l:?}");
+    assert!(
+        attrs_of(&l, "Projects/2026").contains(&"\\Subscribed".to_string()),
+        "{l:?}"
+    );
     let r = c.ok("LIST \"\" \"*\" RETURN (SUBSCRIBED)");
     let l = list_of(&r, "LIST");
-    assert!(attrs_of(&l, "INBOX").contains(&"\\Subscribed".to_string()), "{l:?}");
-    assert!(!attrs_of(&l, "Sent").contains(&"\\Subscribed".to_string()), "{l:?}");
+    assert!(
+        attrs_of(&l, "INBOX").contains(&"\\Subscribed".to_string()),
+        "{l:?}"
+    );
+    assert!(
+        !attrs_of(&l, "Sent").contains(&"\\Subscribed".to_string()),
+        "{l:?}"
+    );
     // RFC 3501 6.3.9: with "%", a subscribed "Projects/2026" whose parent is
     // not subscribed makes LSUB return "Projects", flagged \Noselect.
     let r = c.ok("LSUB \"\" \"%\"");
     let l = list_of(&r, "LSUB");
     let mut n = names(&l);
     n.sort();
-    assert_eq!(n, vec!["INBOX", "Projects"], "LSUB % with a subscribed child only: {r:?}");
-    assert!(attrs_of(&l, "Projects").contains(&"\\Noselect".to_string()), "{r:?}");
+    assert_eq!(
+        n,
+        vec!["INBOX", "Projects"],
+        "LSUB % with a subscribed child only: {r:?}"
+    );
+    assert!(
+        attrs_of(&l, "Projects").contains(&"\\Noselect".to_string()),
+        "{r:?}"
+    );
     c.ok("UNSUBSCRIBE Projects/2026");
     let r = c.ok("LSUB \"\" \"*\"");
     assert_eq!(names(&list_of(&r, "LSUB")), vec!["INBOX"]);
@@ -2253,14 +2872,24 @@ fn mailbox_management() {
         let r = c.ok("LSUB \"\" \"Ghost\"");
         let l = list_of(&r, "LSUB");
         assert_eq!(names(&l), vec!["Ghost"], "{r:?}");
-        assert!(attrs_of(&l, "Ghost").contains(&"\\Noselect".to_string()), "{r:?}");
+        assert!(
+            attrs_of(&l, "Ghost").contains(&"\\Noselect".to_string()),
+            "{r:?}"
+        );
         let r = c.ok("LIST (SUBSCRIBED) \"\" \"*\"");
         let l = list_of(&r, "LIST");
         let mut n = names(&l);
         n.sort();
-        assert_eq!(n, vec!["Ghost", "INBOX"], "LIST (SUBSCRIBED) lists subscriptions, existing or not: {r:?}");
+        assert_eq!(
+            n,
+            vec!["Ghost", "INBOX"],
+            "LIST (SUBSCRIBED) lists subscriptions, existing or not: {r:?}"
+        );
         let a = attrs_of(&l, "Ghost");
-        assert!(a.contains(&"\\NonExistent".to_string()) && a.contains(&"\\Subscribed".to_string()), "{r:?}");
+        assert!(
+            a.contains(&"\\NonExistent".to_string()) && a.contains(&"\\Subscribed".to_string()),
+            "{r:?}"
+        );
         c.ok("UNSUBSCRIBE Ghost");
     }
 
@@ -2274,7 +2903,11 @@ fn mailbox_management() {
     assert!(!n.iter().any(|x| x.starts_with("Projects")), "{n:?}");
     let r = c.ok("STATUS Work/2026/Q1 (MESSAGES)");
     assert_eq!(get(&status_of(&r), "MESSAGES"), 1);
-    for (cmd, what) in [("RENAME Nowhere Else", "missing source"), ("RENAME Sent Drafts", "existing target"), ("RENAME Sent INBOX", "INBOX target")] {
+    for (cmd, what) in [
+        ("RENAME Nowhere Else", "missing source"),
+        ("RENAME Sent Drafts", "existing target"),
+        ("RENAME Sent INBOX", "INBOX target"),
+    ] {
         let r = c.cmd(cmd);
         assert!(r.status.starts_with("NO"), "{what}: {r:?}");
     }
@@ -2283,7 +2916,11 @@ fn mailbox_management() {
     c.ok("UNSELECT");
     c.ok("RENAME INBOX Old-Inbox");
     let r = c.ok("STATUS INBOX (MESSAGES)");
-    assert_eq!(get(&status_of(&r), "MESSAGES"), 0, "INBOX after RENAME INBOX");
+    assert_eq!(
+        get(&status_of(&r), "MESSAGES"),
+        0,
+        "INBOX after RENAME INBOX"
+    );
     let r = c.ok("STATUS Old-Inbox (MESSAGES UNSEEN)");
     assert_eq!(get(&status_of(&r), "MESSAGES"), 2);
     assert_eq!(get(&status_of(&r), "UNSEEN"), 1);
@@ -2306,7 +2943,10 @@ fn mailbox_management() {
     c.ok("DELETE \"My Folder\"");
     let r = c.ok("LIST \"\" \"*\"");
     let n = names(&list_of(&r, "LIST"));
-    assert!(!n.contains(&"Work/2026/Q1".to_string()) && !n.contains(&"My Folder".to_string()), "{n:?}");
+    assert!(
+        !n.contains(&"Work/2026/Q1".to_string()) && !n.contains(&"My Folder".to_string()),
+        "{n:?}"
+    );
     // A new mailbox of a deleted name gets a new UIDVALIDITY and starts at UID 1.
     let r = c.ok("STATUS Trash (UIDVALIDITY)");
     let old_validity = get(&status_of(&r), "UIDVALIDITY");
@@ -2314,12 +2954,19 @@ fn mailbox_management() {
     c.ok("CREATE Trash");
     let r = c.ok("STATUS Trash (UIDVALIDITY UIDNEXT MESSAGES)");
     let st = status_of(&r);
-    assert_ne!(get(&st, "UIDVALIDITY"), old_validity, "UIDVALIDITY reused for a recreated mailbox");
+    assert_ne!(
+        get(&st, "UIDVALIDITY"),
+        old_validity,
+        "UIDVALIDITY reused for a recreated mailbox"
+    );
     assert_eq!((get(&st, "UIDNEXT"), get(&st, "MESSAGES")), (1, 0));
 
     // NAMESPACE, ID, ENABLE.
     let r = c.ok("NAMESPACE");
-    assert_eq!(r.lines(), vec!["* NAMESPACE ((\"\" \"/\")) NIL NIL".to_string()]);
+    assert_eq!(
+        r.lines(),
+        vec!["* NAMESPACE ((\"\" \"/\")) NIL NIL".to_string()]
+    );
     let r = c.ok("ID (\"name\" \"e2e\" \"version\" \"1\")");
     let id = r.with_prefix("ID ");
     assert_eq!(id.len(), 1, "{r:?}");
@@ -2337,7 +2984,10 @@ fn mailbox_management() {
     let r = c.ok("UNSELECT");
     assert!(r.untagged.is_empty(), "{r:?}");
     let r = c.cmd("FETCH 1 FLAGS");
-    assert!(r.status.starts_with("BAD") || r.status.starts_with("NO"), "FETCH after UNSELECT: {r:?}");
+    assert!(
+        r.status.starts_with("BAD") || r.status.starts_with("NO"),
+        "FETCH after UNSELECT: {r:?}"
+    );
     let r = c.ok("STATUS Old-Inbox (MESSAGES)");
     assert_eq!(get(&status_of(&r), "MESSAGES"), 2, "UNSELECT expunged");
     // EXAMINE is read-only: STORE, EXPUNGE refused; CLOSE doesn't expunge.
@@ -2349,12 +2999,20 @@ fn mailbox_management() {
     assert!(r.status.starts_with("NO"), "EXPUNGE in EXAMINE: {r:?}");
     c.ok("CLOSE");
     let r = c.ok("STATUS Old-Inbox (MESSAGES)");
-    assert_eq!(get(&status_of(&r), "MESSAGES"), 2, "CLOSE after EXAMINE expunged");
+    assert_eq!(
+        get(&status_of(&r), "MESSAGES"),
+        2,
+        "CLOSE after EXAMINE expunged"
+    );
     c.select("Old-Inbox");
     let r = c.ok("CLOSE");
     assert!(r.untagged.is_empty(), "CLOSE must not send EXPUNGE: {r:?}");
     let r = c.ok("STATUS Old-Inbox (MESSAGES)");
-    assert_eq!(get(&status_of(&r), "MESSAGES"), 1, "CLOSE expunges \\Deleted");
+    assert_eq!(
+        get(&status_of(&r), "MESSAGES"),
+        1,
+        "CLOSE expunges \\Deleted"
+    );
     let r = c.cmd("CLOSE");
     assert!(!r.ok(), "CLOSE with nothing selected: {r:?}");
     c.ok("LOGOUT");
@@ -2371,7 +3029,12 @@ fn highestmodseq(r: &Resp) -> u64 {
         .into_iter()
         .find(|l| l.starts_with("* OK [HIGHESTMODSEQ "))
         .unwrap_or_else(|| panic!("no HIGHESTMODSEQ: {r:?}"));
-    l["* OK [HIGHESTMODSEQ ".len()..].split(']').next().unwrap().parse().unwrap()
+    l["* OK [HIGHESTMODSEQ ".len()..]
+        .split(']')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap()
 }
 
 #[test]
@@ -2390,7 +3053,11 @@ fn condstore() {
     assert_eq!(f.len(), 4);
     let ms: Vec<u64> = f.iter().map(|f| f.modseq()).collect();
     assert!(ms.iter().all(|m| *m > 0 && *m <= h0), "{ms:?} vs {h0}");
-    assert_eq!(*ms.iter().max().unwrap(), h0, "HIGHESTMODSEQ is the largest MODSEQ");
+    assert_eq!(
+        *ms.iter().max().unwrap(),
+        h0,
+        "HIGHESTMODSEQ is the largest MODSEQ"
+    );
 
     // STORE reports the new MODSEQ; HIGHESTMODSEQ grows.
     let r = c.ok("STORE 2 +FLAGS (\\Seen)");
@@ -2398,7 +3065,10 @@ fn condstore() {
     assert_eq!(f.len(), 1);
     let m2 = f[0].modseq();
     assert!(m2 > h0, "MODSEQ {m2} after STORE must exceed {h0}");
-    let h1 = get(&status_of(&c.ok("STATUS INBOX (HIGHESTMODSEQ)")), "HIGHESTMODSEQ");
+    let h1 = get(
+        &status_of(&c.ok("STATUS INBOX (HIGHESTMODSEQ)")),
+        "HIGHESTMODSEQ",
+    );
     assert_eq!(h1, m2);
     // A no-op STORE changes nothing.
     let r = c.ok("STORE 2 +FLAGS (\\Seen)");
@@ -2408,7 +3078,11 @@ fn condstore() {
     // CHANGEDSINCE: only what changed after h0.
     let f = c.fetch(&format!("FETCH 1:* (FLAGS) (CHANGEDSINCE {h0})"));
     assert_eq!(f.len(), 1, "{f:?}");
-    assert_eq!((f[0].seq, f[0].modseq()), (2, m2), "CHANGEDSINCE includes MODSEQ");
+    assert_eq!(
+        (f[0].seq, f[0].modseq()),
+        (2, m2),
+        "CHANGEDSINCE includes MODSEQ"
+    );
     let f = c.fetch(&format!("UID FETCH 1:* (FLAGS) (CHANGEDSINCE {m2})"));
     assert!(f.is_empty(), "nothing changed since {m2}: {f:?}");
     // SEARCH MODSEQ (RFC 7162 3.1.5): results plus the highest MODSEQ among them.
@@ -2418,17 +3092,28 @@ fn condstore() {
 
     // UNCHANGEDSINCE: message 2 changed after h0, so it is not modified and
     // is reported in [MODIFIED]; message 3 is stored.
-    let r = c.ok(&format!("STORE 2:3 (UNCHANGEDSINCE {h0}) +FLAGS (\\Flagged)"));
+    let r = c.ok(&format!(
+        "STORE 2:3 (UNCHANGEDSINCE {h0}) +FLAGS (\\Flagged)"
+    ));
     assert_eq!(r.code().as_deref(), Some("MODIFIED 2"), "{r:?}");
     let f = r.fetches();
-    assert!(f.iter().any(|f| f.seq == 3 && has_flag(&f.flags(), "\\Flagged")), "{r:?}");
+    assert!(
+        f.iter()
+            .any(|f| f.seq == 3 && has_flag(&f.flags(), "\\Flagged")),
+        "{r:?}"
+    );
     let f = c.fetch("FETCH 2:3 (FLAGS MODSEQ)");
-    assert!(!has_flag(&f[0].flags(), "\\Flagged"), "message 2 must be untouched: {f:?}");
+    assert!(
+        !has_flag(&f[0].flags(), "\\Flagged"),
+        "message 2 must be untouched: {f:?}"
+    );
     assert!(has_flag(&f[1].flags(), "\\Flagged"));
     let m3 = f[1].modseq();
     assert!(m3 > m2);
     // UID STORE UNCHANGEDSINCE reports UIDs.
-    let r = c.ok(&format!("UID STORE 1:4 (UNCHANGEDSINCE {m2}) -FLAGS (\\Seen)"));
+    let r = c.ok(&format!(
+        "UID STORE 1:4 (UNCHANGEDSINCE {m2}) -FLAGS (\\Seen)"
+    ));
     assert_eq!(r.code().as_deref(), Some("MODIFIED 3"), "{r:?}");
     // UNCHANGEDSINCE 0 fails for every message (RFC 7162 3.1.3).
     let r = c.ok("STORE 1 (UNCHANGEDSINCE 0) +FLAGS (\\Answered)");
@@ -2439,7 +3124,10 @@ fn condstore() {
     b.select("INBOX");
     let r = b.ok("STORE 4 +FLAGS (\\Draft)");
     let mb = r.fetches()[0].get("MODSEQ").map(|v| v.list()[0].num());
-    assert!(mb.is_none(), "MODSEQ without CONDSTORE enabled in session B: {r:?}");
+    assert!(
+        mb.is_none(),
+        "MODSEQ without CONDSTORE enabled in session B: {r:?}"
+    );
     let r = c.ok("NOOP");
     let f = r.fetches();
     assert_eq!(f.len(), 1, "{r:?}");
@@ -2448,11 +3136,20 @@ fn condstore() {
     let m4 = f[0].modseq();
     assert!(m4 > m3);
     // EXPUNGE raises HIGHESTMODSEQ as well.
-    let h_before = get(&status_of(&c.ok("STATUS INBOX (HIGHESTMODSEQ)")), "HIGHESTMODSEQ");
+    let h_before = get(
+        &status_of(&c.ok("STATUS INBOX (HIGHESTMODSEQ)")),
+        "HIGHESTMODSEQ",
+    );
     c.ok("STORE 1 +FLAGS.SILENT (\\Deleted)");
     c.ok("EXPUNGE");
-    let h_after = get(&status_of(&c.ok("STATUS INBOX (HIGHESTMODSEQ)")), "HIGHESTMODSEQ");
-    assert!(h_after > h_before, "HIGHESTMODSEQ after EXPUNGE: {h_before} -> {h_after}");
+    let h_after = get(
+        &status_of(&c.ok("STATUS INBOX (HIGHESTMODSEQ)")),
+        "HIGHESTMODSEQ",
+    );
+    assert!(
+        h_after > h_before,
+        "HIGHESTMODSEQ after EXPUNGE: {h_before} -> {h_after}"
+    );
     let r = c.ok("SELECT INBOX");
     assert_eq!(highestmodseq(&r), h_after);
     b.ok("LOGOUT");
@@ -2471,14 +3168,28 @@ fn keywords_persist_across_restart() {
     c.append_ok("INBOX", "", None, &simple_message("k1", "x"));
     c.append_ok("INBOX", "", None, &simple_message("k2", "y"));
     let r = c.select("INBOX");
-    let perm = r.lines().into_iter().find(|l| l.starts_with("* OK [PERMANENTFLAGS (")).expect("PERMANENTFLAGS");
+    let perm = r
+        .lines()
+        .into_iter()
+        .find(|l| l.starts_with("* OK [PERMANENTFLAGS ("))
+        .expect("PERMANENTFLAGS");
     assert!(perm.contains("\\*"), "new keywords allowed: {perm}");
     let r = c.ok("STORE 1 +FLAGS ($Label1 custom)");
     // New keywords are announced in FLAGS (and PERMANENTFLAGS) first.
-    let flags_line = r.lines().into_iter().find(|l| l.starts_with("* FLAGS (")).unwrap_or_else(|| panic!("no FLAGS update: {r:?}"));
-    assert!(flags_line.contains("$Label1") && flags_line.contains("custom"), "{flags_line}");
+    let flags_line = r
+        .lines()
+        .into_iter()
+        .find(|l| l.starts_with("* FLAGS ("))
+        .unwrap_or_else(|| panic!("no FLAGS update: {r:?}"));
+    assert!(
+        flags_line.contains("$Label1") && flags_line.contains("custom"),
+        "{flags_line}"
+    );
     let f = r.fetches();
-    assert!(has_flag(&f[0].flags(), "$Label1") && has_flag(&f[0].flags(), "custom"), "{f:?}");
+    assert!(
+        has_flag(&f[0].flags(), "$Label1") && has_flag(&f[0].flags(), "custom"),
+        "{f:?}"
+    );
     c.ok("STORE 2 +FLAGS (\\Flagged other-kw)");
     c.ok("STORE 2 -FLAGS (other-kw)");
     server.kill9();
@@ -2486,8 +3197,15 @@ fn keywords_persist_across_restart() {
 
     let mut c = Imap::login(server.imap, U, PASSWORD);
     let r = c.select("INBOX");
-    let flags_line = r.lines().into_iter().find(|l| l.starts_with("* FLAGS (")).unwrap();
-    assert!(flags_line.contains("$Label1") && flags_line.contains("custom"), "{flags_line}");
+    let flags_line = r
+        .lines()
+        .into_iter()
+        .find(|l| l.starts_with("* FLAGS ("))
+        .unwrap();
+    assert!(
+        flags_line.contains("$Label1") && flags_line.contains("custom"),
+        "{flags_line}"
+    );
     let f = c.fetch("FETCH 1:2 (FLAGS)");
     let mut f1 = f[0].flags();
     f1.retain(|x| x != "\\Recent");
@@ -2510,7 +3228,10 @@ fn keywords_persist_across_restart() {
     let r = c.ok("SEARCH KEYWORD $Label1");
     assert_eq!(r.search(), vec![1, 2]);
     let f = c.fetch("FETCH 2 (FLAGS)");
-    assert!(!has_flag(&f[0].flags(), "\\Flagged"), "FLAGS replaces: {f:?}");
+    assert!(
+        !has_flag(&f[0].flags(), "\\Flagged"),
+        "FLAGS replaces: {f:?}"
+    );
     c.ok("LOGOUT");
 }
 
@@ -2567,7 +3288,11 @@ fn run_mbsync(cfg: &std::path::Path, home: &std::path::Path) -> String {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(out.status.success(), "mbsync failed ({}):\n{log}", out.status);
+    assert!(
+        out.status.success(),
+        "mbsync failed ({}):\n{log}",
+        out.status
+    );
     log
 }
 
@@ -2603,21 +3328,44 @@ fn mbsync_two_way() {
     let log = run_mbsync(&cfg, server.root());
     let inbox = local.join("INBOX");
     let files = maildir_files(&inbox);
-    assert_eq!(files.len(), 2, "local INBOX after the first sync: {files:?}\n{log}");
-    let mut got: Vec<Vec<u8>> = files.iter().map(|p| strip_trace(&unmbsync(&std::fs::read(p).unwrap())).1.to_vec()).collect();
+    assert_eq!(
+        files.len(),
+        2,
+        "local INBOX after the first sync: {files:?}\n{log}"
+    );
+    let mut got: Vec<Vec<u8>> = files
+        .iter()
+        .map(|p| {
+            strip_trace(&unmbsync(&std::fs::read(p).unwrap()))
+                .1
+                .to_vec()
+        })
+        .collect();
     got.sort();
     let mut want = vec![m1.clone(), m2.clone()];
     want.sort();
-    assert_eq!(got, want, "synced messages are byte-identical (after the trace headers)");
+    assert_eq!(
+        got, want,
+        "synced messages are byte-identical (after the trace headers)"
+    );
     // The server's folders were created locally too.
     for f in ["Sent", "Drafts", "Trash", "Junk", "Archive"] {
-        assert!(local.join(f).join("cur").is_dir(), "local {f} missing\n{log}");
+        assert!(
+            local.join(f).join("cur").is_dir(),
+            "local {f} missing\n{log}"
+        );
     }
 
     // (b) A message added locally (Sent/cur) is uploaded.
     let sent = simple_message("written locally", "composed offline");
     let host = "e2e";
-    std::fs::write(local.join("Sent/cur").join(format!("1700000000.R1.{host},U=0:2,S")), &sent).unwrap();
+    std::fs::write(
+        local
+            .join("Sent/cur")
+            .join(format!("1700000000.R1.{host},U=0:2,S")),
+        &sent,
+    )
+    .unwrap();
     // (c) A local flag change: Flagged + Seen on one INBOX message.
     let target = files
         .iter()
@@ -2639,10 +3387,14 @@ fn mbsync_two_way() {
     let f = c.fetch("FETCH 1:* (FLAGS BODY.PEEK[HEADER.FIELDS (SUBJECT)])");
     assert_eq!(f.len(), 2);
     for x in &f {
-        let subj = String::from_utf8_lossy(x.must("BODY[HEADER.FIELDS (SUBJECT)]").bytes()).into_owned();
+        let subj =
+            String::from_utf8_lossy(x.must("BODY[HEADER.FIELDS (SUBJECT)]").bytes()).into_owned();
         let fl = x.flags();
         if subj.contains("mbsync one") {
-            assert!(has_flag(&fl, "\\Flagged") && has_flag(&fl, "\\Seen"), "flags after local change: {fl:?}\n{log}");
+            assert!(
+                has_flag(&fl, "\\Flagged") && has_flag(&fl, "\\Seen"),
+                "flags after local change: {fl:?}\n{log}"
+            );
         } else {
             assert!(!has_flag(&fl, "\\Flagged"), "{fl:?}");
         }
@@ -2651,7 +3403,10 @@ fn mbsync_two_way() {
     // (d) A message deleted on the server disappears locally.
     let two = f
         .iter()
-        .find(|x| String::from_utf8_lossy(x.must("BODY[HEADER.FIELDS (SUBJECT)]").bytes()).contains("mbsync two"))
+        .find(|x| {
+            String::from_utf8_lossy(x.must("BODY[HEADER.FIELDS (SUBJECT)]").bytes())
+                .contains("mbsync two")
+        })
         .unwrap()
         .seq;
     c.ok(&format!("STORE {two} +FLAGS.SILENT (\\Deleted)"));
@@ -2659,8 +3414,15 @@ fn mbsync_two_way() {
     c.ok("LOGOUT");
     let log = run_mbsync(&cfg, server.root());
     let files = maildir_files(&inbox);
-    assert_eq!(files.len(), 1, "local INBOX after the server-side delete: {files:?}\n{log}");
-    assert_eq!(strip_trace(&unmbsync(&std::fs::read(&files[0]).unwrap())).1, &m1[..]);
+    assert_eq!(
+        files.len(),
+        1,
+        "local INBOX after the server-side delete: {files:?}\n{log}"
+    );
+    assert_eq!(
+        strip_trace(&unmbsync(&std::fs::read(&files[0]).unwrap())).1,
+        &m1[..]
+    );
     let name = files[0].file_name().unwrap().to_string_lossy().into_owned();
     assert!(name.ends_with(":2,FS"), "local flags kept: {name}");
     // A further sync changes nothing.
@@ -2684,7 +3446,11 @@ fn malformed_commands_and_pipelining() {
     let bad = |c: &mut Imap, raw: &[u8], tag: &str| {
         c.send(raw);
         let r = c.until(tag);
-        assert!(r.status.starts_with("BAD"), "{:?} -> {r:?}", String::from_utf8_lossy(raw));
+        assert!(
+            r.status.starts_with("BAD"),
+            "{:?} -> {r:?}",
+            String::from_utf8_lossy(raw)
+        );
         // In step: a NOOP right after is answered.
         let r = c.ok("NOOP");
         assert!(r.ok());
@@ -2702,30 +3468,50 @@ fn malformed_commands_and_pipelining() {
     bad(&mut c, b"g11 SEARCH ((((((((((((((((((((((((((((((((((((((((((((((((((((((((((((((((((((((((((((((((((((((((((((((((((((ALL))))))))))))))))))))))))))))))))))))))))))))))))))))))))))))))))))))))))))))))))))))))))))))))))))\r\n", "g11");
     bad(&mut c, b"g12 FETCH 1 \x00\xff\r\n", "g12");
     bad(&mut c, b"g13 STORE 1 +FLAGS (\\Seen\r\n", "g13");
-    bad(&mut c, b"g14 APPEND INBOX (\\Seen) \"99-Xyz-2020 00:00:00 +0000\" {1+}\r\nx\r\n", "g14");
+    bad(
+        &mut c,
+        b"g14 APPEND INBOX (\\Seen) \"99-Xyz-2020 00:00:00 +0000\" {1+}\r\nx\r\n",
+        "g14",
+    );
     // Sequence numbers past the end are not OK.
     let r = c.cmd("FETCH 3 FLAGS");
-    assert!(r.status.starts_with("BAD") || r.status.starts_with("NO"), "{r:?}");
+    assert!(
+        r.status.starts_with("BAD") || r.status.starts_with("NO"),
+        "{r:?}"
+    );
     let r = c.cmd("STORE 1:5 +FLAGS (\\Seen)");
     assert!(!r.ok(), "{r:?}");
     // A line without a tag or with nothing on it.
     c.send(b"\r\n");
     let l = c.line();
-    assert!(l.starts_with("* BAD") || l.starts_with("BAD"), "empty line: {l:?}");
+    assert!(
+        l.starts_with("* BAD") || l.starts_with("BAD"),
+        "empty line: {l:?}"
+    );
     c.ok("NOOP");
 
     // Literals of the wrong size: the literal swallows what follows, the
     // remains form a bad command line, and the session is in step again.
     c.send(b"w1 APPEND INBOX {3+}\r\nhello\r\n");
     let r = c.until("w1");
-    assert!(r.status.starts_with("BAD") || r.status.starts_with("NO"), "{r:?}");
+    assert!(
+        r.status.starts_with("BAD") || r.status.starts_with("NO"),
+        "{r:?}"
+    );
     c.ok("NOOP");
     c.send(b"w2 APPEND INBOX {10+}\r\nshort\r\nw3 NOOP\r\n");
     let r = c.until("w2");
-    assert!(r.status.starts_with("BAD") || r.status.starts_with("NO"), "{r:?}");
+    assert!(
+        r.status.starts_with("BAD") || r.status.starts_with("NO"),
+        "{r:?}"
+    );
     c.ok("NOOP");
     let r = c.ok("STATUS INBOX (MESSAGES)");
-    assert_eq!(get(&status_of(&r), "MESSAGES"), 2, "no message was stored by a broken APPEND");
+    assert_eq!(
+        get(&status_of(&r), "MESSAGES"),
+        2,
+        "no message was stored by a broken APPEND"
+    );
     // Over-long line after login.
     let mut long = b"w4 SEARCH SUBJECT ".to_vec();
     long.extend(vec![b'z'; 200 * 1024]);
