@@ -18,6 +18,7 @@
 //!   `default-config`, the account CLI, a running server seeing account changes;
 //! - `smtp`: EHLO, PIPELINING, BDAT, SIZE, recipient verdicts, sequencing,
 //!   limits, long lines, smuggling, SMTPUTF8, trace headers, swaks (if installed);
+//! - `diskfull.rs`: a full disk gets 452 4.3.1, acknowledged mail is unharmed (root only);
 //! - `pop3`: a full poplib session, DELE/QUIT persistence across reconnect,
 //!   SIGTERM and kill -9, locks, AUTH PLAIN, pipelining, malformed commands;
 //! - `delivery`: fan-out across shards, dot-stuffing and 8-bit, 10 MiB,
@@ -224,6 +225,9 @@ pub struct Options {
     pub log: String,
     /// `--hostname` (the embedded default says mail.example.test).
     pub hostname: Option<String>,
+    /// Put the data directory on a tmpfs of this many MiB (needs root);
+    /// for disk-full tests. Unmounted when the server is dropped.
+    pub tmpfs_mib: Option<u32>,
 }
 
 impl Default for Options {
@@ -235,6 +239,7 @@ impl Default for Options {
             // RINGMAIL_E2E_LOG=debug shows the servers' debug logs in failures.
             log: std::env::var("RINGMAIL_E2E_LOG").unwrap_or_else(|_| "info".into()),
             hostname: None,
+            tmpfs_mib: None,
         }
     }
 }
@@ -258,9 +263,23 @@ impl Options {
             .extend(list.iter().map(|s| s.as_ref().to_string()));
         self
     }
+    pub fn tmpfs(mut self, mib: u32) -> Self {
+        self.tmpfs_mib = Some(mib);
+        self
+    }
     pub fn start(self) -> Server {
         Server::start(self)
     }
+}
+
+/// Mount a tmpfs of `mib` MiB on `dir`; false when that is not possible here.
+pub fn mount_tmpfs(dir: &Path, mib: u32) -> bool {
+    std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", &format!("size={mib}m"), "tmpfs"])
+        .arg(dir)
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
 }
 
 /// A running (or stopped) `ringmail serve` on its own data directory.
@@ -280,6 +299,8 @@ pub struct Server {
     /// The ready line of the latest start.
     pub ready_line: String,
     stop_elapsed: Option<Duration>,
+    /// The data directory is a tmpfs we mounted.
+    mounted: bool,
 }
 
 impl Server {
@@ -299,6 +320,13 @@ impl Server {
             .expect("tempdir");
         let data = dir.path().join("data");
         std::fs::create_dir_all(&data).unwrap();
+        let mounted = match opts.tmpfs_mib {
+            Some(mib) => {
+                assert!(mount_tmpfs(&data, mib), "cannot mount a tmpfs (not root?)");
+                true
+            }
+            None => false,
+        };
         let config_path = opts.config.as_ref().map(|text| {
             let p = dir.path().join("ringmail.toml");
             std::fs::write(&p, text).unwrap();
@@ -323,6 +351,7 @@ impl Server {
             stderr: Arc::new(Mutex::new(Vec::new())),
             ready_line: String::new(),
             stop_elapsed: None,
+            mounted,
         };
         s.spawn();
         s
@@ -543,6 +572,9 @@ impl Drop for Server {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
+        }
+        if self.mounted {
+            let _ = std::process::Command::new("umount").arg(&self.data).status();
         }
         if std::thread::panicking() {
             eprintln!(
