@@ -309,7 +309,9 @@ compact_interval_secs = 60
 io_memory_kib = 512
 # Busy-poll before an idle executor sleeps, in microseconds (0: sleep at once).
 spin_before_park_us = 0
-# Zero new segments before use (see docs/TUNING.md).
+# Write zeros over a new segment (prepared in the background, before it is
+# needed) so commits sync only data, not block allocation. Costs a full
+# write of every segment; measure it on your disks (docs/TUNING.md).
 zero_segments = false
 "#;
 

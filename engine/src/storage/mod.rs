@@ -212,6 +212,9 @@ pub struct Store {
     idx_dir: PathBuf,
     segments: RefCell<HashMap<u64, Rc<Segment>>>,
     active: RefCell<Option<Rc<Segment>>>,
+    /// The next segment, created ahead of need (see `prepare_spare`).
+    spare: RefCell<Option<Rc<Segment>>>,
+    preparing: Cell<bool>,
     next_seq: Cell<u32>,
     roll_lock: glommio::sync::Semaphore,
     buckets: RefCell<HashMap<u32, Bucket>>,
@@ -254,6 +257,8 @@ impl Store {
             idx_dir,
             segments: RefCell::default(),
             active: RefCell::default(),
+            spare: RefCell::default(),
+            preparing: Cell::new(false),
             next_seq: Cell::new(0),
             roll_lock: glommio::sync::Semaphore::new(1),
             buckets: RefCell::default(),
@@ -586,17 +591,50 @@ impl Store {
         if self.active_room() >= need {
             return Ok(());
         }
+        // Holding the roll lock also waits for a spare being prepared: segment
+        // numbers must follow the order in which segments become active.
         let _guard = self.roll_lock.acquire_permit(1).await.map_err(|e| StorageError::Io(e.to_string()))?;
         if self.active_room() >= need {
             return Ok(());
         }
+        let seg = match self.spare.borrow_mut().take() {
+            Some(spare) if spare.room() >= need => spare,
+            _ => self.create_segment().await?,
+        };
+        self.segments.borrow_mut().insert(seg.id(), seg.clone());
+        *self.active.borrow_mut() = Some(seg);
+        Ok(())
+    }
+
+    /// Create the next segment of this shard's log. Caller holds the roll lock.
+    async fn create_segment(&self) -> Result<Rc<Segment>> {
         let seq = self.next_seq.get();
         let id = segment::segment_id(self.cfg.meta.run, self.cfg.shard as u16, seq);
         let seg = Rc::new(Segment::create(&self.seg_dir, id, self.cfg.segment_size, self.cfg.zero_segments).await?);
         self.next_seq.set(seq + 1);
-        self.segments.borrow_mut().insert(id, seg.clone());
-        *self.active.borrow_mut() = Some(seg);
-        Ok(())
+        Ok(seg)
+    }
+
+    /// Once the active segment is half full, create (and zero, if configured)
+    /// the next one in the background, so rolling over never makes a
+    /// delivery wait for a 64 MiB allocation.
+    fn prepare_spare(self: &Rc<Self>) {
+        let half_full = self.active.borrow().as_ref().is_some_and(|a| a.room() < self.cfg.segment_size / 2);
+        if !half_full || self.preparing.get() || self.spare.borrow().is_some() {
+            return;
+        }
+        self.preparing.set(true);
+        let me = self.clone();
+        glommio::spawn_local(async move {
+            if let Ok(_guard) = me.roll_lock.acquire_permit(1).await {
+                match me.create_segment().await {
+                    Ok(seg) => *me.spare.borrow_mut() = Some(seg),
+                    Err(e) => tracing::warn!(error = %e, "preparing the next segment failed"),
+                }
+            }
+            me.preparing.set(false);
+        })
+        .detach();
     }
 
     fn write_op(&self, op: &Op<'_>, body: &[u8]) -> Result<()> {
@@ -673,6 +711,7 @@ impl Store {
                 continue;
             }
             self.sync_round().await;
+            self.prepare_spare();
         }
     }
 
