@@ -1706,6 +1706,119 @@ mod tests {
         "QUIT\r\n",
     ];
 
+    fn with(f: impl FnOnce(&mut SmtpParams)) -> SmtpParams {
+        let mut p = params();
+        f(&mut p);
+        p
+    }
+
+    fn run_with(p: SmtpParams, client: &str) -> Run {
+        drive(p, &[client.as_bytes()], DeliveryOutcome::Stored)
+    }
+
+    const AUTH_OK: &str = "235 2.7.0 Authentication successful\r\n";
+    const AUTH_FAILED: &str = "535 5.7.8 Authentication credentials invalid\r\n";
+    const DENIED: &str = "550 5.7.1 Relay access denied\r\n";
+    /// base64 of "\0bob@example.test\0secret".
+    const PLAIN_BOB: &str = "AGJvYkBleGFtcGxlLnRlc3QAc2VjcmV0";
+
+    #[test]
+    fn no_relay_without_auth_even_when_auth_is_offered() {
+        for p in [params(), with(|p| p.auth = true)] {
+            let r = run_with(p, "EHLO c\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<x@elsewhere.test>\r\nDATA\r\n");
+            assert!(r.out.ends_with(&format!("{MAIL_OK}{DENIED}554 5.5.1 Error: no valid recipients\r\n")), "{}", r.out);
+            assert!(r.delivered.is_empty());
+        }
+    }
+
+    #[test]
+    fn auth_plain_then_relay() {
+        let p = with(|p| p.auth = true);
+        let r = run_with(
+            p,
+            &format!(
+                "EHLO client.test\r\nAUTH PLAIN {PLAIN_BOB}\r\nMAIL FROM:<bob@example.test> AUTH=<>\r\n\
+                 RCPT TO:<x@Elsewhere.test>\r\nRCPT TO:<X@elsewhere.test>\r\nRCPT TO:<carol@example.test>\r\n\
+                 DATA\r\nhi\r\n.\r\n"
+            ),
+        );
+        let ehlo = EHLO.replace("250 CHUNKING", "250-CHUNKING\r\n250 AUTH PLAIN LOGIN");
+        assert_eq!(r.out, format!("{GREETING}{ehlo}{AUTH_OK}{MAIL_OK}{RCPT_OK}{RCPT_OK}{RCPT_OK}{GO_AHEAD}{QUEUED_1}"));
+        let tx = &r.delivered[0];
+        assert_eq!(tx.relay, ["x@Elsewhere.test"]);
+        assert_eq!(tx.recipients.len(), 1);
+        assert_eq!(tx.authenticated.as_deref(), Some("bob"));
+        // RFC 3848: ESMTPA once authenticated; two recipients: no "for".
+        assert!(tx.body.starts_with(received(None, "ESMTPA", 1).as_bytes()), "{}", String::from_utf8_lossy(&tx.body));
+    }
+
+    #[test]
+    fn auth_plain_and_login_with_challenges() {
+        let p = with(|p| p.auth = true);
+        // PLAIN without an initial response: 334 with an empty challenge.
+        let r = replies_to_with(p.clone(), &format!("EHLO c\r\nAUTH plain\r\n{PLAIN_BOB}\r\n"));
+        assert!(r.ends_with(&format!("334 \r\n{AUTH_OK}")), "{r}");
+        // LOGIN: Username:, Password: (base64 of bob@example.test, secret).
+        let r = replies_to_with(p.clone(), "EHLO c\r\nAUTH LOGIN\r\nYm9iQGV4YW1wbGUudGVzdA==\r\nc2VjcmV0\r\n");
+        assert!(r.ends_with(&format!("334 VXNlcm5hbWU6\r\n334 UGFzc3dvcmQ6\r\n{AUTH_OK}")), "{r}");
+        // LOGIN with the user name as initial response.
+        let r = replies_to_with(p.clone(), "EHLO c\r\nAUTH LOGIN Ym9iQGV4YW1wbGUudGVzdA==\r\nc2VjcmV0\r\n");
+        assert!(r.ends_with(&format!("334 UGFzc3dvcmQ6\r\n{AUTH_OK}")), "{r}");
+        // Cancel, bad base64, unknown mechanism, wrong password, AUTH twice.
+        let r = replies_to_with(p.clone(), "EHLO c\r\nAUTH LOGIN\r\n*\r\nAUTH PLAIN AAA\r\nAUTH CRAM-MD5\r\n");
+        assert!(
+            r.ends_with(
+                "334 VXNlcm5hbWU6\r\n501 5.0.0 Authentication cancelled\r\n501 5.5.2 Cannot decode response\r\n\
+                 504 5.5.4 Unrecognized authentication type\r\n"
+            ),
+            "{r}"
+        );
+        let r = replies_to_with(p.clone(), &format!("EHLO c\r\nAUTH PLAIN AGJvYgB3cm9uZw==\r\nAUTH PLAIN {PLAIN_BOB}\r\nAUTH PLAIN {PLAIN_BOB}\r\n"));
+        assert!(r.ends_with(&format!("{AUTH_FAILED}{AUTH_OK}503 5.5.1 Error: already authenticated\r\n")), "{r}");
+        // Acting as someone else (authzid) is refused.
+        let r = replies_to_with(p.clone(), "EHLO c\r\nAUTH PLAIN ZXZlAGJvYkBleGFtcGxlLnRlc3QAc2VjcmV0\r\n");
+        assert!(r.ends_with(AUTH_FAILED), "{r}");
+        // Not before EHLO, not in a transaction; temporary failure.
+        let r = replies_to_with(p.clone(), &format!("AUTH PLAIN {PLAIN_BOB}\r\nHELO c\r\nAUTH PLAIN {PLAIN_BOB}\r\n"));
+        assert_eq!(r.matches("503 5.5.1 Error: send HELO/EHLO first").count(), 2, "{r}");
+        let r = replies_to_with(p.clone(), &format!("EHLO c\r\nMAIL FROM:<>\r\nAUTH PLAIN {PLAIN_BOB}\r\n"));
+        assert!(r.ends_with("503 5.5.1 Error: AUTH not permitted during a mail transaction\r\n"), "{r}");
+        let r = replies_to_with(p, "EHLO c\r\nAUTH PLAIN AHRlbXAAeA==\r\n");
+        assert!(r.ends_with("454 4.7.0 Temporary authentication failure\r\n"), "{r}");
+    }
+
+    fn replies_to_with(p: SmtpParams, client: &str) -> String {
+        run_with(p, client).out
+    }
+
+    #[test]
+    fn auth_failures_close_the_connection() {
+        let p = with(|p| p.auth = true);
+        let bad = "AUTH PLAIN AGJvYgB3cm9uZw==\r\n";
+        let r = run_with(p, &format!("EHLO c\r\n{bad}{bad}{bad}{bad}"));
+        assert!(r.closed);
+        assert_eq!(r.out.matches("535 ").count(), 3, "{}", r.out);
+        assert!(r.out.ends_with("421 4.7.0 mx.example.test Error: too many authentication failures\r\n"), "{}", r.out);
+    }
+
+    #[test]
+    fn submission_requires_auth_and_relay_networks_relay_without() {
+        let p = with(|p| {
+            p.auth = true;
+            p.submission = true;
+        });
+        let r = run_with(p.clone(), "EHLO c\r\nMAIL FROM:<bob@example.test>\r\n");
+        assert!(r.out.ends_with("530 5.7.0 Authentication required\r\n"), "{}", r.out);
+        let r = run_with(p, &format!("EHLO c\r\nAUTH PLAIN {PLAIN_BOB}\r\nMAIL FROM:<bob@example.test>\r\nRCPT TO:<z@far.test>\r\n"));
+        assert!(r.out.ends_with(&format!("{AUTH_OK}{MAIL_OK}{RCPT_OK}")), "{}", r.out);
+        // A client in relay_networks relays without AUTH (and AUTH not offered: 502).
+        let p = with(|p| p.relay_client = true);
+        let r = run_with(p, "EHLO client.test\r\nAUTH PLAIN x\r\nMAIL FROM:<>\r\nRCPT TO:<z@far.test>\r\nDATA\r\nx\r\n.\r\n");
+        assert!(r.out.contains("502 5.5.1"), "{}", r.out);
+        assert_eq!(r.delivered[0].relay, ["z@far.test"]);
+        assert!(r.delivered[0].body.starts_with(received(Some("z@far.test"), "ESMTP", 1).as_bytes()));
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(200))]
 
