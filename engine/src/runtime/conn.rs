@@ -11,9 +11,16 @@ use crate::limits::READ_CHUNK;
 
 pub struct Conn {
     pub stream: TcpStream,
+    /// Received bytes live in `buf[start..end]`; bytes beyond `end` are
+    /// scratch space for the next read. Keeping `end` apart from the Vec's
+    /// length makes `fill` cancellation-safe: a read future dropped half-way
+    /// (IMAP IDLE races reads against mailbox changes) leaves nothing behind.
     buf: Vec<u8>,
     start: usize,
+    end: usize,
     timeout: Option<Duration>,
+    /// Most bytes the buffer may hold (the protocol's largest command).
+    max: usize,
 }
 
 #[derive(Debug)]
@@ -29,29 +36,35 @@ impl Conn {
         // Without TCP_NODELAY a short request/reply exchange waits for the
         // peer's delayed ACK (tens of milliseconds).
         let _ = stream.set_nodelay(true);
+        let end = initial.len();
         let mut buf = initial;
         buf.reserve(READ_CHUNK);
-        Conn { stream, buf, start: 0, timeout: None }
+        Conn { stream, buf, start: 0, end, timeout: None, max: 4 * READ_CHUNK }
     }
 
     pub fn fd(&self) -> i32 {
         self.stream.as_raw_fd()
     }
 
+    /// Let the buffer grow to `max` bytes (IMAP APPEND literals).
+    pub fn set_buffer_max(&mut self, max: usize) {
+        self.max = max;
+    }
+
     /// Bytes received and not yet consumed.
     pub fn pending(&self) -> &[u8] {
-        &self.buf[self.start..]
+        &self.buf[self.start..self.end]
     }
 
     pub fn consume(&mut self, n: usize) {
         self.start += n;
-        debug_assert!(self.start <= self.buf.len());
+        assert!(self.start <= self.end, "consumed more than was read");
     }
 
     /// Hand the unconsumed bytes over (a connection moving to another shard).
     pub fn take_pending(&mut self) -> Vec<u8> {
-        let v = self.buf[self.start..].to_vec();
-        self.start = self.buf.len();
+        let v = self.pending().to_vec();
+        self.start = self.end;
         v
     }
 
@@ -63,28 +76,25 @@ impl Conn {
         }
         // Keep the buffer bounded: move unconsumed bytes to the front.
         if self.start > 0 {
-            self.buf.copy_within(self.start.., 0);
-            self.buf.truncate(self.buf.len() - self.start);
+            self.buf.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
             self.start = 0;
         }
-        if self.buf.len() > 4 * READ_CHUNK {
+        if self.end > self.max {
             // The sessions consume or reject every line long before this.
             return ReadOutcome::Failed(std::io::Error::other("read buffer limit"));
         }
-        let len = self.buf.len();
-        self.buf.resize(len + READ_CHUNK, 0);
-        let r = self.stream.read(&mut self.buf[len..]).await;
+        if self.buf.len() < self.end + READ_CHUNK {
+            self.buf.resize(self.end + READ_CHUNK, 0);
+        }
+        let r = self.stream.read(&mut self.buf[self.end..]).await;
         match r {
-            Ok(0) => {
-                self.buf.truncate(len);
-                ReadOutcome::Eof
-            }
+            Ok(0) => ReadOutcome::Eof,
             Ok(n) => {
-                self.buf.truncate(len + n);
+                self.end += n;
                 ReadOutcome::Data
             }
             Err(e) => {
-                self.buf.truncate(len);
                 if e.kind() == std::io::ErrorKind::TimedOut || e.kind() == std::io::ErrorKind::WouldBlock {
                     ReadOutcome::TimedOut
                 } else {

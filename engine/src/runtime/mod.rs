@@ -10,6 +10,7 @@
 //! the grace period, makes everything durable, checkpoints, and exits 0.
 pub mod conn;
 pub mod control;
+pub mod imap;
 pub mod limiter;
 pub mod pop3;
 pub mod relay;

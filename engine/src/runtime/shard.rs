@@ -57,6 +57,9 @@ pub enum ShardMsg {
     /// A POP3 connection whose user logged in and whose account this shard
     /// owns: continue the session here.
     AdoptPop3 { fd: OwnedFd, session: Box<Pop3Session>, pending: Vec<u8>, account: String, permit: Permit },
+    /// An IMAP connection whose user logged in and whose account this shard
+    /// owns: answer the login command (`tag`) and continue here.
+    AdoptImap { fd: OwnedFd, pending: Vec<u8>, account: String, tag: Vec<u8>, permit: Permit },
     /// Compaction, step 1: report segment usage.
     CompactStats { reply: oneshot::Sender<Vec<SegmentUsage>> },
     /// Compaction, step 2: move live bodies out of these segments and checkpoint.
@@ -68,6 +71,9 @@ pub struct Shard {
     pub shared: Arc<Shared>,
     pub store: Rc<Store>,
     pub senders: Senders<ShardMsg>,
+    /// IMAP \\Recent bookkeeping: (account, mailbox) -> highest UID some
+    /// session has already seen as recent (RFC 3501 2.3.2).
+    pub imap_recent: RefCell<HashMap<(String, u32), u32>>,
     /// POP3 maildrop locks (RFC 1939 section 8: exclusive access).
     pub pop3_locks: RefCell<HashSet<String>>,
     /// Successful password checks: account -> (keyed digest of the password, hash it matched).
@@ -235,6 +241,12 @@ impl Shard {
                 let stream = unsafe { glommio::net::TcpStream::from_raw_fd(fd.into_raw_fd()) };
                 super::pop3::adopted(self, stream, *session, pending, account, permit).await;
             }
+            ShardMsg::AdoptImap { fd, pending, account, tag, permit } => {
+                use std::os::fd::IntoRawFd;
+                // SAFETY: as for AdoptPop3.
+                let stream = unsafe { glommio::net::TcpStream::from_raw_fd(fd.into_raw_fd()) };
+                super::imap::adopted(self, stream, pending, account, tag, permit).await;
+            }
             ShardMsg::CompactStats { reply } => {
                 let _ = reply.send(self.store.segment_usage());
             }
@@ -306,6 +318,7 @@ pub async fn run(shared: Arc<Shared>, mesh: MeshBuilder<ShardMsg, Full>) -> Resu
         shared: shared.clone(),
         store,
         senders,
+        imap_recent: RefCell::default(),
         pop3_locks: RefCell::default(),
         auth_cache: RefCell::default(),
         auth_key: Default::default(),
@@ -328,7 +341,9 @@ pub async fn run(shared: Arc<Shared>, mesh: MeshBuilder<ShardMsg, Full>) -> Resu
     }
 
     let mut accept_tasks = Vec::new();
-    for (addrs, proto) in [(&shared.smtp, Proto::Smtp), (&shared.pop3, Proto::Pop3), (&shared.submission, Proto::Submission)] {
+    for (addrs, proto) in
+        [(&shared.smtp, Proto::Smtp), (&shared.pop3, Proto::Pop3), (&shared.imap, Proto::Imap), (&shared.submission, Proto::Submission)]
+    {
         for addr in addrs {
             let listener = TcpListener::bind(*addr).map_err(|e| fail(format!("shard {id}: binding {addr}: {e}")))?;
             accept_tasks.push(glommio::spawn_local(accept_loop(shard.clone(), listener, proto)));
@@ -378,6 +393,7 @@ pub async fn run(shared: Arc<Shared>, mesh: MeshBuilder<ShardMsg, Full>) -> Resu
 pub enum Proto {
     Smtp,
     Pop3,
+    Imap,
     /// SMTP submission: AUTH before MAIL.
     Submission,
 }
@@ -400,6 +416,7 @@ async fn accept_loop(shard: Rc<Shard>, listener: TcpListener, proto: Proto) {
                         Proto::Smtp => super::smtp::serve(shard2, stream, peer, permit, false).await,
                         Proto::Submission => super::smtp::serve(shard2, stream, peer, permit, true).await,
                         Proto::Pop3 => super::pop3::serve(shard2, stream, peer, permit).await,
+                        Proto::Imap => super::imap::serve(shard2, stream, peer, permit).await,
                     }
                 })
                 .detach();

@@ -1,0 +1,1534 @@
+//! Drives one IMAP connection (RFC 3501 plus IDLE, UIDPLUS, MOVE, LITERAL+,
+//! NAMESPACE, ID, ENABLE, UNSELECT, SPECIAL-USE, CHILDREN, LIST-EXTENDED,
+//! LIST-STATUS, CONDSTORE, SASL-IR, ESEARCH, SEARCHRES).
+//!
+//! The framer (`protocol::imap::Framer`) finds complete commands in the read
+//! buffer (asking for `+` continuations for synchronizing literals) and the
+//! parser borrows from it; nothing is copied out of the buffer, APPEND
+//! literals included. Before login the framer's limits are a few KiB. After
+//! LOGIN/AUTHENTICATE the connection moves to the shard owning the account
+//! (like POP3), so every mailbox operation is a local call into the store.
+//! Message bytes go out as slices of the segment mappings (`Out` splices
+//! them between the response text).
+use std::borrow::Cow;
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::Duration;
+
+use glommio::net::TcpStream;
+
+use crate::mime;
+use crate::protocol::imap::encode::{self, FetchWriter};
+use crate::protocol::imap::{
+    parse_command, parse_sasl_response, Code, Command, CommandBody, FetchAttr, Flag, Frame, Framer, FramingLimits,
+    ListReturn, ListSelect, Mailbox as MailboxArg, SaslResponse, SearchReturn, SequenceArg, SequenceSet, Status, StatusItem,
+    StoreMode,
+};
+use crate::session::imap::{self as logic, View, ViewMsg, DELIMITER, KEYWORDS_MAX};
+use crate::storage::index::{self, flag, special, Account, Mailbox};
+use crate::storage::record::Op;
+use crate::storage::{Body, StorageError};
+
+use super::conn::{Conn, ReadOutcome};
+use super::limiter::{Permit, Refusal};
+use super::shard::{detach_fd, unix_now, ConnCount, Shard, ShardMsg};
+
+/// RFC 3501 5.4: an autologout timer of at least 30 minutes once logged in.
+pub const IMAP_IDLE_TIMEOUT: Duration = Duration::from_secs(30 * 60 + 60);
+/// Before login a client gets less patience.
+pub const IMAP_PREAUTH_TIMEOUT: Duration = Duration::from_secs(120);
+/// Longest AUTHENTICATE continuation line we buffer.
+const SASL_LINE_MAX: usize = 8 * 1024;
+/// Message bodies at least this large are spliced from the mapping instead of copied.
+const SPLICE_MIN: usize = 4096;
+/// Delay before answering a failed login.
+const LOGIN_FAILURE_DELAY: Duration = Duration::from_millis(500);
+
+const CAPS_PREAUTH: &[&str] = &["IMAP4rev1", "LITERAL+", "SASL-IR", "AUTH=PLAIN", "ID", "ENABLE", "IDLE", "NAMESPACE"];
+const CAPS: &[&str] = &[
+    "IMAP4rev1", "LITERAL+", "SASL-IR", "AUTH=PLAIN", "ID", "ENABLE", "IDLE", "NAMESPACE", "UIDPLUS", "MOVE", "UNSELECT",
+    "SPECIAL-USE", "CHILDREN", "LIST-EXTENDED", "LIST-STATUS", "CONDSTORE", "ESEARCH", "SEARCHRES",
+];
+
+/// Response bytes plus message slices to splice in at given offsets.
+struct Out {
+    buf: Vec<u8>,
+    splices: Vec<(usize, Body, usize, usize)>,
+}
+
+impl Out {
+    fn new() -> Out {
+        Out { buf: Vec::with_capacity(4096), splices: Vec::new() }
+    }
+
+    fn status(&mut self, tag: Option<&[u8]>, status: Status, code: Option<&Code<'_>>, text: &str) {
+        encode::write_status(&mut self.buf, tag, status, code, text);
+    }
+
+    async fn flush(&mut self, conn: &mut Conn) -> std::io::Result<()> {
+        if self.splices.is_empty() {
+            return conn.flush(&mut self.buf).await;
+        }
+        conn.cork(true);
+        let mut at = 0;
+        let mut result = Ok(());
+        for (pos, body, start, len) in self.splices.drain(..) {
+            if let Err(e) = conn.write_all(&self.buf[at..pos]).await {
+                result = Err(e);
+                break;
+            }
+            if let Err(e) = conn.write_all(&body.bytes()[start..start + len]).await {
+                result = Err(e);
+                break;
+            }
+            at = pos;
+        }
+        if result.is_ok() {
+            result = conn.write_all(&self.buf[at..]).await;
+        }
+        self.buf.clear();
+        conn.cork(false);
+        result
+    }
+}
+
+struct Selected {
+    id: u32,
+    read_only: bool,
+    view: View,
+}
+
+struct Session {
+    shard: Rc<Shard>,
+    out: Out,
+    framer: Framer,
+    account: Option<String>,
+    sel: Option<Selected>,
+    auth_failures: usize,
+    condstore: bool,
+    saved: Vec<u32>,
+    /// AUTHENTICATE waiting for the client's continuation line: the tag.
+    sasl_tag: Option<Vec<u8>>,
+}
+
+enum Next {
+    Continue,
+    Close,
+    Idle(Vec<u8>),
+    /// Logged in as this account; answer `tag OK` once on the owner shard.
+    LoggedIn { account: String, tag: Vec<u8> },
+}
+
+pub async fn serve(shard: Rc<Shard>, stream: TcpStream, _peer: SocketAddr, permit: Result<Permit, Refusal>) {
+    let count = ConnCount::new(&shard);
+    let mut conn = Conn::new(stream, Vec::new());
+    let permit = match permit {
+        Ok(p) => p,
+        Err(_) => {
+            let _ = conn.write_all(b"* BYE Too many connections, try again later\r\n").await;
+            return;
+        }
+    };
+    let mut s = Session::new(shard, None);
+    s.out.buf.extend_from_slice(b"* OK [CAPABILITY ");
+    s.out.buf.extend_from_slice(CAPS_PREAUTH.join(" ").as_bytes());
+    s.out.buf.extend_from_slice(b"] ringmail IMAP4rev1 ready\r\n");
+    run(s, conn, permit, count).await;
+}
+
+/// Continue a session moved here after its login.
+pub async fn adopted(shard: Rc<Shard>, stream: TcpStream, pending: Vec<u8>, account: String, tag: Vec<u8>, permit: Permit) {
+    let count = ConnCount::new(&shard);
+    let mut conn = Conn::new(stream, pending);
+    conn.set_buffer_max(FramingLimits::AUTHENTICATED.command_max + crate::limits::READ_CHUNK);
+    let mut s = Session::new(shard, Some(account));
+    s.finish_login(&tag).await;
+    run(s, conn, permit, count).await;
+}
+
+async fn run(mut s: Session, mut conn: Conn, permit: Permit, count: ConnCount) {
+    let fd = conn.fd();
+    loop {
+        let next = if let Some(tag) = s.sasl_tag.take() {
+            let pending = conn.pending();
+            match memchr::memchr(b'\n', pending) {
+                Some(i) => {
+                    let next = s.sasl_continue(tag, &pending[..=i]).await;
+                    conn.consume(i + 1);
+                    next
+                }
+                None if pending.len() > SASL_LINE_MAX => {
+                    s.out.status(Some(&tag), Status::Bad, None, "Authentication line too long");
+                    let _ = s.out.flush(&mut conn).await;
+                    return;
+                }
+                None => {
+                    s.sasl_tag = Some(tag);
+                    if !read_more(&mut s, &mut conn, fd).await {
+                        return;
+                    }
+                    continue;
+                }
+            }
+        } else {
+            match s.framer.feed(conn.pending()) {
+                Frame::NeedMore => {
+                    if !read_more(&mut s, &mut conn, fd).await {
+                        return;
+                    }
+                    continue;
+                }
+                Frame::Continue { .. } => {
+                    encode::write_continuation(&mut s.out.buf, "Ready for literal data");
+                    if s.out.flush(&mut conn).await.is_err() {
+                        return;
+                    }
+                    continue;
+                }
+                Frame::Discard(n) => {
+                    conn.consume(n);
+                    continue;
+                }
+                Frame::Rejected(r) => {
+                    let tag = r.tag.clone().map(|t| conn.pending()[t].to_vec());
+                    let (status, code, text) = r.answer();
+                    s.out.status(Some(tag.as_deref().unwrap_or(b"*")), status, code.as_ref(), text);
+                    conn.consume(r.consume);
+                    continue;
+                }
+                Frame::Command(n) => {
+                    let next = {
+                        let bytes = &conn.pending()[..n];
+                        match parse_command(bytes) {
+                            Ok(cmd) => s.execute(cmd).await,
+                            Err(e) => {
+                                let tag = e.tag_or_star().to_vec();
+                                let text = format!("Syntax error: {}", e.reason);
+                                s.out.status(Some(&tag), Status::Bad, None, &text);
+                                Next::Continue
+                            }
+                        }
+                    };
+                    conn.consume(n);
+                    next
+                }
+            }
+        };
+        match next {
+            Next::Continue => {}
+            Next::Close => {
+                let _ = s.out.flush(&mut conn).await;
+                return;
+            }
+            Next::Idle(tag) => {
+                if !s.idle(tag, &mut conn).await {
+                    return;
+                }
+            }
+            Next::LoggedIn { account, tag } => {
+                let owner = s.shard.owner_of(&account);
+                if owner == s.shard.id {
+                    s.account = Some(account);
+                    conn.set_buffer_max(FramingLimits::AUTHENTICATED.command_max + crate::limits::READ_CHUNK);
+                    s.finish_login(&tag).await;
+                    continue;
+                }
+                // Move to the owner: earlier pipelined answers go out first.
+                if s.out.flush(&mut conn).await.is_err() {
+                    return;
+                }
+                let pending = conn.take_pending();
+                let Ok(fd) = detach_fd(conn.stream) else { return };
+                drop(count);
+                let msg = ShardMsg::AdoptImap { fd, pending, account, tag, permit };
+                if s.shard.senders.send_to(owner, msg).await.is_err() {
+                    tracing::error!(owner, "owner shard unavailable; connection dropped");
+                }
+                return;
+            }
+        }
+    }
+}
+
+/// Flush, then read more input. False when the connection is over.
+async fn read_more(s: &mut Session, conn: &mut Conn, fd: i32) -> bool {
+    if s.out.flush(conn).await.is_err() {
+        return false;
+    }
+    if s.shard.stopping() {
+        let _ = conn.write_all(b"* BYE Server shutting down\r\n").await;
+        return false;
+    }
+    let timeout = if s.account.is_some() { IMAP_IDLE_TIMEOUT } else { IMAP_PREAUTH_TIMEOUT };
+    s.shard.set_idle(fd, true);
+    let r = conn.fill(timeout).await;
+    s.shard.set_idle(fd, false);
+    match r {
+        ReadOutcome::Data => true,
+        ReadOutcome::TimedOut => {
+            let _ = conn.write_all(b"* BYE Autologout; idle for too long\r\n").await;
+            false
+        }
+        ReadOutcome::Eof | ReadOutcome::Failed(_) => {
+            if s.shard.stopping() {
+                let _ = conn.write_all(b"* BYE Server shutting down\r\n").await;
+            }
+            false
+        }
+    }
+}
+
+impl Session {
+    fn new(shard: Rc<Shard>, account: Option<String>) -> Session {
+        let limits = if account.is_some() { FramingLimits::AUTHENTICATED } else { FramingLimits::NOT_AUTHENTICATED };
+        Session {
+            shard,
+            out: Out::new(),
+            framer: Framer::new(limits),
+            account,
+            sel: None,
+            auth_failures: 0,
+            condstore: false,
+            saved: Vec::new(),
+            sasl_tag: None,
+        }
+    }
+
+    fn account(&self) -> &str {
+        self.account.as_deref().expect("authenticated state has an account")
+    }
+
+    async fn finish_login(&mut self, tag: &[u8]) {
+        self.framer.set_limits(FramingLimits::AUTHENTICATED);
+        let account = self.account().to_string();
+        if let Err(e) = self.shard.store.ensure_account(&account).await {
+            tracing::warn!(error = %e, "creating account mailboxes failed");
+        }
+        self.out.status(Some(tag), Status::Ok, Some(&Code::Capability(CAPS)), "Logged in");
+    }
+
+    async fn login(&mut self, tag: &[u8], user: &str, password: &str) -> Next {
+        match self.shard.verify(user, password).await {
+            Some(account) => Next::LoggedIn { account, tag: tag.to_vec() },
+            None => {
+                self.auth_failures += 1;
+                glommio::timer::sleep(LOGIN_FAILURE_DELAY).await;
+                self.out.status(Some(tag), Status::No, Some(&Code::AuthenticationFailed), "Authentication failed");
+                if self.auth_failures >= self.shard.config().limits.auth_failures_max.max(1) {
+                    self.out.buf.extend_from_slice(b"* BYE Too many failed logins\r\n");
+                    return Next::Close;
+                }
+                Next::Continue
+            }
+        }
+    }
+
+    async fn sasl_plain(&mut self, tag: &[u8], response: &[u8]) -> Next {
+        match crate::protocol::pop3::decode_plain(response) {
+            Ok(c) if c.authzid.is_empty() || c.authzid == c.authcid => self.login(tag, &c.authcid, &c.password).await,
+            Ok(_) => {
+                self.out.status(Some(tag), Status::No, Some(&Code::AuthenticationFailed), "Cannot act as another user");
+                Next::Continue
+            }
+            Err(_) => {
+                self.out.status(Some(tag), Status::Bad, None, "Invalid SASL PLAIN response");
+                Next::Continue
+            }
+        }
+    }
+
+    async fn sasl_continue(&mut self, tag: Vec<u8>, line: &[u8]) -> Next {
+        match parse_sasl_response(line) {
+            Some(SaslResponse::Data(d)) => self.sasl_plain(&tag, d).await,
+            Some(SaslResponse::Cancel) => {
+                self.out.status(Some(&tag), Status::Bad, None, "Authentication cancelled");
+                Next::Continue
+            }
+            None => {
+                self.out.status(Some(&tag), Status::Bad, None, "Invalid base64");
+                Next::Continue
+            }
+        }
+    }
+
+    async fn execute(&mut self, cmd: Command<'_>) -> Next {
+        let tag = cmd.tag;
+        let authed = self.account.is_some();
+        match cmd.body {
+            CommandBody::Capability => {
+                encode::write_capability(&mut self.out.buf, if authed { CAPS } else { CAPS_PREAUTH });
+                self.ok(tag, "CAPABILITY completed");
+            }
+            CommandBody::Noop | CommandBody::Check => {
+                self.sync(true);
+                self.ok(tag, "NOOP completed");
+            }
+            CommandBody::Logout => {
+                self.out.buf.extend_from_slice(b"* BYE Logging out\r\n");
+                self.ok(tag, "LOGOUT completed");
+                return Next::Close;
+            }
+            CommandBody::Id(_) => {
+                encode::write_id(&mut self.out.buf, Some(&[("name", Some("ringmail")), ("version", Some(env!("CARGO_PKG_VERSION")))]));
+                self.ok(tag, "ID completed");
+            }
+            CommandBody::StartTls => self.out.status(Some(tag), Status::Bad, None, "STARTTLS is not available"),
+            CommandBody::Login { username, password } if !authed => {
+                let (u, p) = (String::from_utf8_lossy(&username).into_owned(), String::from_utf8_lossy(&password).into_owned());
+                return self.login(tag, &u, &p).await;
+            }
+            CommandBody::Authenticate { mechanism, initial_response } if !authed => {
+                if !mechanism.eq_ignore_ascii_case(b"PLAIN") {
+                    self.out.status(Some(tag), Status::No, None, "Unsupported authentication mechanism");
+                } else if let Some(ir) = initial_response {
+                    return self.sasl_plain(tag, ir).await;
+                } else {
+                    encode::write_continuation(&mut self.out.buf, "");
+                    self.sasl_tag = Some(tag.to_vec());
+                }
+            }
+            CommandBody::Login { .. } | CommandBody::Authenticate { .. } => {
+                self.out.status(Some(tag), Status::Bad, None, "Already authenticated");
+            }
+            _ if !authed => self.out.status(Some(tag), Status::Bad, None, "Log in first"),
+            CommandBody::Enable(caps) => {
+                let mut enabled: Vec<&[u8]> = Vec::new();
+                for c in caps {
+                    if c.eq_ignore_ascii_case(b"CONDSTORE") && !self.condstore {
+                        self.condstore = true;
+                        enabled.push(b"CONDSTORE");
+                    }
+                }
+                encode::write_enabled(&mut self.out.buf, &enabled);
+                self.ok(tag, "ENABLE completed");
+            }
+            CommandBody::Namespace => {
+                encode::write_namespace(&mut self.out.buf, b"", DELIMITER);
+                self.ok(tag, "NAMESPACE completed");
+            }
+            CommandBody::Select { mailbox, condstore } => self.select(tag, &mailbox, false, condstore),
+            CommandBody::Examine { mailbox, condstore } => self.select(tag, &mailbox, true, condstore),
+            CommandBody::Create { mailbox, special_use } => self.create(tag, &mailbox, &special_use).await,
+            CommandBody::Delete { mailbox } => self.delete(tag, &mailbox).await,
+            CommandBody::Rename { from, to } => self.rename(tag, &from, &to).await,
+            CommandBody::Subscribe { mailbox } => self.subscribe(tag, &mailbox, true).await,
+            CommandBody::Unsubscribe { mailbox } => self.subscribe(tag, &mailbox, false).await,
+            CommandBody::List(list) => self.list(tag, &list),
+            CommandBody::Lsub { reference, pattern } => self.lsub(tag, &reference, &pattern),
+            CommandBody::Status { mailbox, items } => {
+                match self.with_mailbox_named(&mailbox, |a, m| status_items(a, m, &items)) {
+                    Some(values) => {
+                        encode::write_status_data(&mut self.out.buf, mailbox.as_bytes(), &values);
+                        self.ok(tag, "STATUS completed");
+                    }
+                    None => self.out.status(Some(tag), Status::No, Some(&Code::NonExistent), "No such mailbox"),
+                }
+            }
+            CommandBody::Append { mailbox, flags, date, message } => self.append(tag, &mailbox, &flags, date.map(|d| d.unix_secs()), message).await,
+            CommandBody::Idle => {
+                if self.sel.is_none() {
+                    // IDLE in the authenticated state is allowed; nothing to watch but BYE.
+                }
+                encode::write_continuation(&mut self.out.buf, "idling");
+                return Next::Idle(tag.to_vec());
+            }
+            _ if self.sel.is_none() => self.out.status(Some(tag), Status::Bad, None, "No mailbox selected"),
+            CommandBody::Close => {
+                if !self.sel.as_ref().expect("selected").read_only {
+                    let _ = self.expunge_deleted(None).await;
+                }
+                self.sel = None;
+                self.ok(tag, "CLOSE completed");
+            }
+            CommandBody::Unselect => {
+                self.sel = None;
+                self.ok(tag, "UNSELECT completed");
+            }
+            CommandBody::Expunge => self.expunge_cmd(tag, None).await,
+            CommandBody::UidExpunge { set } => match self.seqset(&set) {
+                Some(set) => self.expunge_cmd(tag, Some(set)).await,
+                None => self.out.status(Some(tag), Status::Bad, None, "No saved search"),
+            },
+            CommandBody::Search { uid, search } => self.search(tag, uid, &search),
+            CommandBody::Fetch { uid, set, attrs, changed_since } => match self.seqset(&set) {
+                Some(set) => self.fetch(tag, uid, &set, &attrs, changed_since).await,
+                None => self.out.status(Some(tag), Status::Bad, None, "No saved search"),
+            },
+            CommandBody::Store { uid, set, mode, silent, flags, unchanged_since } => match self.seqset(&set) {
+                Some(set) => self.store_flags(tag, uid, &set, mode, silent, &flags, unchanged_since).await,
+                None => self.out.status(Some(tag), Status::Bad, None, "No saved search"),
+            },
+            CommandBody::Copy { uid, set, mailbox } => match self.seqset(&set) {
+                Some(set) => self.copy(tag, uid, &set, &mailbox, false).await,
+                None => self.out.status(Some(tag), Status::Bad, None, "No saved search"),
+            },
+            CommandBody::Move { uid, set, mailbox } => match self.seqset(&set) {
+                Some(set) => self.copy(tag, uid, &set, &mailbox, true).await,
+                None => self.out.status(Some(tag), Status::Bad, None, "No saved search"),
+            },
+        }
+        Next::Continue
+    }
+
+    fn ok(&mut self, tag: &[u8], text: &str) {
+        self.out.status(Some(tag), Status::Ok, None, text);
+    }
+
+    fn storage_failed(&mut self, tag: &[u8], e: &StorageError) {
+        tracing::warn!(error = %e, "IMAP storage operation failed");
+        let code = match e {
+            StorageError::Full => Code::OverQuota,
+            _ => Code::ServerBug,
+        };
+        self.out.status(Some(tag), Status::No, Some(&code), "Temporary storage failure, try again");
+    }
+
+    /// `$` (RFC 5182) becomes the saved UIDs.
+    fn seqset(&self, arg: &SequenceArg) -> Option<SequenceSet> {
+        match arg {
+            SequenceArg::Set(s) => Some(s.clone()),
+            SequenceArg::Saved => {
+                if self.saved.is_empty() {
+                    SequenceSet::parse(b"0").or_else(|| SequenceSet::parse(b"4294967295"))
+                } else {
+                    SequenceSet::compress(&self.saved)
+                }
+            }
+        }
+    }
+
+    fn with_mailbox_named<R>(&self, name: &MailboxArg<'_>, f: impl FnOnce(&Account, &Mailbox) -> R) -> Option<R> {
+        let name = std::str::from_utf8(name.as_bytes()).ok()?;
+        self.shard.store.with_account(self.account(), |a| a.mailbox_by_name(name).map(|m| f(a, m)))?
+    }
+
+    /// Report changes made by others (and by our own durable commits).
+    fn sync(&mut self, allow_expunge: bool) {
+        let Some(sel) = self.sel.as_mut() else { return };
+        let account = self.account.as_deref().expect("selected implies authenticated");
+        let key = (account.to_string(), sel.id);
+        let mut floor = self.shard.imap_recent.borrow().get(&key).copied().unwrap_or(0);
+        let out = &mut self.out.buf;
+        let condstore = self.condstore;
+        let found = self.shard.store.with_account(account, |a| {
+            let mb = a.mailbox(sel.id)?;
+            let ch = sel.view.sync(mb, allow_expunge, &mut floor);
+            if ch.new_keywords {
+                write_flags_lines(out, &mb.keywords, sel.read_only);
+            }
+            for seq in &ch.expunged {
+                encode::write_expunge(out, *seq);
+            }
+            if let Some(n) = ch.exists {
+                encode::write_exists(out, n);
+            }
+            if let Some(n) = ch.recent {
+                encode::write_recent(out, n);
+            }
+            for seq in &ch.flags {
+                let m = sel.view.msgs[*seq as usize - 1];
+                let mut w = FetchWriter::new(out, *seq);
+                w.flags(&logic::flag_list(m.flags, m.keywords, &mb.keywords, sel.view.recent.contains(&m.uid)));
+                w.uid(m.uid);
+                if condstore {
+                    w.modseq(m.modseq);
+                }
+                w.finish();
+            }
+            Some(())
+        });
+        self.shard.imap_recent.borrow_mut().insert(key, floor);
+        if found.flatten().is_none() {
+            // The selected mailbox was deleted elsewhere (RFC 3501 allows BYE; we deselect).
+            self.out.buf.extend_from_slice(b"* OK [CLOSED] Mailbox no longer exists\r\n");
+            self.sel = None;
+        }
+    }
+
+    fn select(&mut self, tag: &[u8], name: &MailboxArg<'_>, read_only: bool, condstore_param: bool) {
+        if condstore_param {
+            self.condstore = true;
+        }
+        let had = self.sel.take().is_some();
+        if had && self.condstore {
+            self.out.buf.extend_from_slice(b"* OK [CLOSED] Previous mailbox closed\r\n");
+        }
+        let account = self.account().to_string();
+        let Ok(name) = std::str::from_utf8(name.as_bytes()) else {
+            self.out.status(Some(tag), Status::No, Some(&Code::NonExistent), "No such mailbox");
+            return;
+        };
+        let mut floor_map = self.shard.imap_recent.borrow_mut();
+        let out = &mut self.out.buf;
+        let sel = self.shard.store.with_account(&account, |a| {
+            let mb = a.mailbox_by_name(name)?;
+            let key = (account.clone(), mb.id);
+            let floor = floor_map.entry(key).or_insert(0);
+            let mut view = View::default();
+            view.sync(mb, true, floor);
+            write_flags_lines(out, &mb.keywords, read_only);
+            encode::write_exists(out, view.len());
+            encode::write_recent(out, view.recent.len() as u32);
+            if let Some(i) = view.msgs.iter().position(|m| m.flags & flag::SEEN == 0) {
+                encode::write_status(out, None, Status::Ok, Some(&Code::Unseen(i as u32 + 1)), "First unseen");
+            }
+            encode::write_status(out, None, Status::Ok, Some(&Code::UidValidity(mb.uidvalidity)), "UIDs valid");
+            encode::write_status(out, None, Status::Ok, Some(&Code::UidNext(mb.uidnext)), "Predicted next UID");
+            encode::write_status(out, None, Status::Ok, Some(&Code::HighestModSeq(mb.highest_modseq)), "Highest");
+            Some(Selected { id: mb.id, read_only, view })
+        });
+        drop(floor_map);
+        match sel.flatten() {
+            Some(s) => {
+                let code = if read_only { Code::ReadOnly } else { Code::ReadWrite };
+                self.sel = Some(s);
+                self.out.status(Some(tag), Status::Ok, Some(&code), if read_only { "EXAMINE completed" } else { "SELECT completed" });
+            }
+            None => self.out.status(Some(tag), Status::No, Some(&Code::NonExistent), "No such mailbox"),
+        }
+    }
+
+    async fn create(&mut self, tag: &[u8], name: &MailboxArg<'_>, special_use: &[&[u8]]) {
+        let Some(name) = valid_name(name.as_bytes()) else {
+            self.out.status(Some(tag), Status::No, Some(&Code::Cannot), "Invalid mailbox name");
+            return;
+        };
+        let name = name.trim_end_matches(DELIMITER as char).to_string();
+        if name.eq_ignore_ascii_case("INBOX") || self.exists(&name) {
+            self.out.status(Some(tag), Status::No, Some(&Code::AlreadyExists), "Mailbox already exists");
+            return;
+        }
+        let mut su = special::NONE;
+        for attr in special_use {
+            match special_use_code(attr) {
+                Some(c) => su = c,
+                None => {
+                    self.out.status(Some(tag), Status::No, Some(&Code::Other("USEATTR")), "Unsupported special-use attribute");
+                    return;
+                }
+            }
+        }
+        // RFC 3501 6.3.3: create the superior names a new name needs.
+        let mut names: Vec<String> = Vec::new();
+        let mut prefix = String::new();
+        for (i, part) in name.split(DELIMITER as char).enumerate() {
+            if i > 0 {
+                prefix.push(DELIMITER as char);
+            }
+            prefix.push_str(part);
+            if !self.exists(&prefix) && !prefix.eq_ignore_ascii_case("INBOX") {
+                names.push(prefix.clone());
+            }
+        }
+        match self.create_mailboxes(&names, su).await {
+            Ok(()) => self.ok(tag, "CREATE completed"),
+            Err(e) => self.storage_failed(tag, &e),
+        }
+    }
+
+    fn exists(&self, name: &str) -> bool {
+        self.shard.store.with_account(self.account(), |a| a.mailbox_by_name(name).is_some()).unwrap_or(false)
+    }
+
+    /// Create mailboxes (the last one gets `su`), durably.
+    async fn create_mailboxes(&mut self, names: &[String], su: u8) -> Result<(), StorageError> {
+        let account = self.account().to_string();
+        let now = unix_now();
+        let ids = self.shard.store.with_account_counters(&account, |a| {
+            let base_validity = a.mailboxes.iter().map(|m| m.uidvalidity).max().unwrap_or(0);
+            names
+                .iter()
+                .enumerate()
+                .map(|(i, _)| {
+                    let id = a.next_mailbox_id;
+                    a.next_mailbox_id += 1;
+                    // UIDVALIDITY must differ from any earlier mailbox of this name.
+                    let validity = (now.clamp(1, u32::MAX as i64) as u32).max(base_validity + 1 + i as u32);
+                    (id, validity)
+                })
+                .collect::<Vec<_>>()
+        })?;
+        let ops: Vec<Op<'_>> = names
+            .iter()
+            .zip(&ids)
+            .enumerate()
+            .map(|(i, (n, (id, v)))| Op::CreateMailbox {
+                account: &account,
+                mailbox: *id,
+                name: n,
+                uidvalidity: *v,
+                special_use: if i + 1 == names.len() { su } else { special::NONE },
+            })
+            .collect();
+        self.shard.store.commit(&ops).await
+    }
+
+    async fn delete(&mut self, tag: &[u8], name: &MailboxArg<'_>) {
+        let Ok(name) = std::str::from_utf8(name.as_bytes()) else {
+            self.out.status(Some(tag), Status::No, Some(&Code::NonExistent), "No such mailbox");
+            return;
+        };
+        if name.eq_ignore_ascii_case("INBOX") {
+            self.out.status(Some(tag), Status::No, Some(&Code::Cannot), "INBOX cannot be deleted");
+            return;
+        }
+        let account = self.account().to_string();
+        let info = self.shard.store.with_account(&account, |a| {
+            let m = a.mailbox_by_name(name)?;
+            let child_prefix = format!("{}{}", m.name, DELIMITER as char);
+            Some((m.id, a.mailboxes.iter().any(|c| c.name.starts_with(&child_prefix))))
+        });
+        match info.flatten() {
+            None => self.out.status(Some(tag), Status::No, Some(&Code::NonExistent), "No such mailbox"),
+            Some((_, true)) => self.out.status(Some(tag), Status::No, Some(&Code::Other("HASCHILDREN")), "Mailbox has children, delete them first"),
+            Some((id, false)) => {
+                if self.sel.as_ref().is_some_and(|s| s.id == id) {
+                    self.sel = None;
+                }
+                match self.shard.store.commit(&[Op::DeleteMailbox { account: &account, mailbox: id }]).await {
+                    Ok(()) => self.ok(tag, "DELETE completed"),
+                    Err(e) => self.storage_failed(tag, &e),
+                }
+            }
+        }
+    }
+
+    async fn rename(&mut self, tag: &[u8], from: &MailboxArg<'_>, to: &MailboxArg<'_>) {
+        let (Ok(from), Some(to)) = (std::str::from_utf8(from.as_bytes()), valid_name(to.as_bytes())) else {
+            self.out.status(Some(tag), Status::No, Some(&Code::Cannot), "Invalid mailbox name");
+            return;
+        };
+        let to = to.trim_end_matches(DELIMITER as char).to_string();
+        if !self.exists(from) {
+            self.out.status(Some(tag), Status::No, Some(&Code::NonExistent), "No such mailbox");
+            return;
+        }
+        if self.exists(&to) || to.eq_ignore_ascii_case("INBOX") {
+            self.out.status(Some(tag), Status::No, Some(&Code::AlreadyExists), "Target mailbox exists");
+            return;
+        }
+        let account = self.account().to_string();
+        if from.eq_ignore_ascii_case("INBOX") {
+            // RFC 3501 6.3.5: renaming INBOX moves its messages to a new
+            // mailbox and leaves INBOX empty.
+            if let Err(e) = self.create_mailboxes(std::slice::from_ref(&to), special::NONE).await {
+                return self.storage_failed(tag, &e);
+            }
+            let uids: Vec<u32> = self.shard.store.with_account(&account, |a| a.mailbox(index::INBOX).map(|m| m.messages.iter().map(|e| e.uid).collect())).flatten().unwrap_or_default();
+            if let Err(e) = self.transfer(index::INBOX, &uids, &to, true).await {
+                return self.storage_failed(tag, &e);
+            }
+            self.ok(tag, "RENAME completed");
+            return;
+        }
+        let prefix = format!("{from}{}", DELIMITER as char);
+        let renames: Vec<(u32, String)> = self
+            .shard
+            .store
+            .with_account(&account, |a| {
+                a.mailboxes
+                    .iter()
+                    .filter_map(|m| {
+                        if m.name == from {
+                            Some((m.id, to.clone()))
+                        } else {
+                            m.name.strip_prefix(&prefix).map(|rest| (m.id, format!("{to}{}{rest}", DELIMITER as char)))
+                        }
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let ops: Vec<Op<'_>> = renames.iter().map(|(id, n)| Op::RenameMailbox { account: &account, mailbox: *id, name: n }).collect();
+        match self.shard.store.commit(&ops).await {
+            Ok(()) => self.ok(tag, "RENAME completed"),
+            Err(e) => self.storage_failed(tag, &e),
+        }
+    }
+
+    async fn subscribe(&mut self, tag: &[u8], name: &MailboxArg<'_>, on: bool) {
+        let Ok(name) = std::str::from_utf8(name.as_bytes()) else {
+            self.out.status(Some(tag), Status::No, None, "Invalid mailbox name");
+            return;
+        };
+        let name = if name.eq_ignore_ascii_case("INBOX") { "INBOX" } else { name };
+        let account = self.account().to_string();
+        match self.shard.store.commit(&[Op::Subscribe { account: &account, name, on }]).await {
+            Ok(()) => self.ok(tag, if on { "SUBSCRIBE completed" } else { "UNSUBSCRIBE completed" }),
+            Err(e) => self.storage_failed(tag, &e),
+        }
+    }
+
+    fn list(&mut self, tag: &[u8], list: &crate::protocol::imap::ListCommand<'_>) {
+        let mut subscribed_only = false;
+        let mut special_only = false;
+        for s in &list.selection {
+            match s {
+                ListSelect::Subscribed => subscribed_only = true,
+                ListSelect::SpecialUse => special_only = true,
+                ListSelect::Remote | ListSelect::RecursiveMatch => {}
+                ListSelect::Other(_) => {
+                    self.out.status(Some(tag), Status::Bad, None, "Unknown LIST selection option");
+                    return;
+                }
+            }
+        }
+        let mut ret_subscribed = subscribed_only;
+        let mut ret_status: Option<Vec<StatusItem>> = None;
+        for r in &list.returns {
+            match r {
+                ListReturn::Subscribed => ret_subscribed = true,
+                ListReturn::Children | ListReturn::SpecialUse => {}
+                ListReturn::Status(items) => ret_status = Some(items.clone()),
+                ListReturn::Other(_) => {}
+            }
+        }
+        if list.patterns.len() == 1 && list.patterns[0].is_empty() && !list.extended {
+            // RFC 3501 6.3.8: an empty pattern asks for the delimiter.
+            encode::write_list(&mut self.out.buf, false, &["\\Noselect"], Some(DELIMITER), b"");
+            self.ok(tag, "LIST completed");
+            return;
+        }
+        let account = self.account().to_string();
+        let entries = self
+            .shard
+            .store
+            .with_account(&account, |a| list_entries(a))
+            .unwrap_or_default();
+        let subs: HashSet<String> = self.shard.store.with_account(&account, |a| a.subscriptions.iter().cloned().collect()).unwrap_or_default();
+        let mut statuses = Vec::new();
+        for e in &entries {
+            let full: Vec<u8> = e.name.as_bytes().to_vec();
+            let matched = list.patterns.iter().any(|p| {
+                let pat = [&list.reference[..], &p[..]].concat();
+                logic::list_match(&pat, &full)
+            });
+            if !matched {
+                continue;
+            }
+            let is_sub = subs.contains(&e.name);
+            if subscribed_only && !is_sub {
+                continue;
+            }
+            if special_only && e.special == special::NONE {
+                continue;
+            }
+            let mut attrs: Vec<&str> = Vec::new();
+            if !e.exists {
+                attrs.push(if list.extended { "\\NonExistent" } else { "\\Noselect" });
+            }
+            attrs.push(if e.children { "\\HasChildren" } else { "\\HasNoChildren" });
+            if let Some(s) = special_use_name(e.special) {
+                attrs.push(s);
+            }
+            if ret_subscribed && is_sub {
+                attrs.push("\\Subscribed");
+            }
+            encode::write_list(&mut self.out.buf, false, &attrs, Some(DELIMITER), e.name.as_bytes());
+            if let (Some(items), true) = (&ret_status, e.exists) {
+                statuses.push(e.name.clone());
+                let values = self.shard.store.with_account(&account, |a| a.mailbox_by_name(&e.name).map(|m| status_items(a, m, items))).flatten();
+                if let Some(v) = values {
+                    encode::write_status_data(&mut self.out.buf, e.name.as_bytes(), &v);
+                }
+            }
+        }
+        self.ok(tag, "LIST completed");
+    }
+
+    fn lsub(&mut self, tag: &[u8], reference: &[u8], pattern: &[u8]) {
+        let account = self.account().to_string();
+        let subs: Vec<String> = self.shard.store.with_account(&account, |a| a.subscriptions.clone()).unwrap_or_default();
+        let pat = [reference, pattern].concat();
+        for s in subs {
+            if logic::list_match(&pat, s.as_bytes()) {
+                let exists = self.exists(&s);
+                let attrs: &[&str] = if exists { &[] } else { &["\\Noselect"] };
+                encode::write_list(&mut self.out.buf, true, attrs, Some(DELIMITER), s.as_bytes());
+            }
+        }
+        self.ok(tag, "LSUB completed");
+    }
+
+    async fn append(&mut self, tag: &[u8], name: &MailboxArg<'_>, flags: &[Flag<'_>], date: Option<i64>, message: &[u8]) {
+        if message.len() > self.shard.config().limits.message_size_max {
+            self.out.status(Some(tag), Status::No, Some(&Code::TooBig), "Message too large");
+            return;
+        }
+        let Ok(name) = std::str::from_utf8(name.as_bytes()) else {
+            self.out.status(Some(tag), Status::No, Some(&Code::TryCreate), "No such mailbox");
+            return;
+        };
+        let account = self.account().to_string();
+        let (sys, kws) = logic::split_flags(flags);
+        let alloc = self.shard.store.with_account_counters(&account, |a| {
+            let m = a.mailboxes.iter_mut().find(|m| index::mailbox_name_eq(&m.name, name))?;
+            let new_kw = allocate_keywords(m, &kws)?;
+            let kwmask = logic::keyword_mask(&m.keywords, &kws);
+            let uid = m.uidnext;
+            m.uidnext += 1;
+            m.highest_modseq += 1;
+            Some((m.id, m.uidvalidity, uid, m.highest_modseq, kwmask, new_kw))
+        });
+        let Ok(Some((mbox, validity, uid, modseq, kwmask, new_kw))) = alloc else {
+            self.out.status(Some(tag), Status::No, Some(&Code::TryCreate), "No such mailbox (or too many keywords)");
+            return;
+        };
+        let mut ops: Vec<Op<'_>> = new_kw.iter().map(|(bit, n)| Op::Keyword { account: &account, mailbox: mbox, bit: *bit, name: n }).collect();
+        ops.push(Op::Message {
+            account: &account,
+            mailbox: mbox,
+            uid,
+            internal_date: date.unwrap_or_else(unix_now),
+            flags: sys,
+            keywords: kwmask,
+            modseq,
+            body: message,
+        });
+        match self.shard.store.commit(&ops).await {
+            Ok(()) => {
+                self.sync(true);
+                self.out.status(Some(tag), Status::Ok, Some(&Code::AppendUid { validity, uid }), "APPEND completed");
+            }
+            Err(e) => self.storage_failed(tag, &e),
+        }
+    }
+
+    /// Expunge messages marked \Deleted (all, or those whose UIDs are in `set`). Returns the count.
+    async fn expunge_deleted(&mut self, set: Option<&SequenceSet>) -> Result<usize, StorageError> {
+        let sel = self.sel.as_ref().expect("selected");
+        let account = self.account().to_string();
+        let id = sel.id;
+        let uids: Vec<u32> = self
+            .shard
+            .store
+            .with_account(&account, |a| {
+                a.mailbox(id).map(|m| {
+                    let max = m.messages.last().map_or(0, |e| e.uid);
+                    m.messages
+                        .iter()
+                        .filter(|e| e.flags & flag::DELETED != 0 && set.is_none_or(|s| s.contains(e.uid, max)))
+                        .map(|e| e.uid)
+                        .collect()
+                })
+            })
+            .flatten()
+            .unwrap_or_default();
+        let n = uids.len();
+        self.shard.store.expunge(&account, id, uids).await?;
+        Ok(n)
+    }
+
+    async fn expunge_cmd(&mut self, tag: &[u8], set: Option<SequenceSet>) {
+        if self.sel.as_ref().is_some_and(|s| s.read_only) {
+            self.out.status(Some(tag), Status::No, Some(&Code::ReadOnly), "Mailbox is read-only");
+            return;
+        }
+        match self.expunge_deleted(set.as_ref()).await {
+            Ok(_) => {
+                self.sync(true);
+                self.ok(tag, "EXPUNGE completed");
+            }
+            Err(e) => self.storage_failed(tag, &e),
+        }
+    }
+
+    fn search(&mut self, tag: &[u8], uid: bool, search: &crate::protocol::imap::Search<'_>) {
+        if let Some(cs) = &search.charset {
+            if !(cs.eq_ignore_ascii_case(b"UTF-8") || cs.eq_ignore_ascii_case(b"US-ASCII")) {
+                self.out.status(Some(tag), Status::No, Some(&Code::BadCharset(&["UTF-8", "US-ASCII"])), "Unsupported charset");
+                return;
+            }
+        }
+        self.sync(uid);
+        let sel = self.sel.as_ref().expect("selected");
+        let account = self.account().to_string();
+        let need_body = logic::needs_body(&search.keys);
+        let saved = self.saved.clone();
+        let mut hits: Vec<(u32, u32, u64)> = Vec::new();
+        let store = &self.shard.store;
+        store.with_account(&account, |a| {
+            let Some(mb) = a.mailbox(sel.id) else { return };
+            let max_uid = sel.view.max_uid();
+            for (i, v) in sel.view.msgs.iter().enumerate() {
+                let Some(p) = mb.position(v.uid) else { continue };
+                let entry = &mb.messages[p];
+                let body_handle = if need_body { store.body(entry.loc) } else { None };
+                let body = body_handle.as_ref().map_or(&[][..], |b| b.bytes());
+                let input = logic::SearchInput {
+                    seq: i as u32 + 1,
+                    view: v,
+                    entry,
+                    keyword_names: &mb.keywords,
+                    recent: sel.view.recent.contains(&v.uid),
+                    max_seq: sel.view.len(),
+                    max_uid,
+                    body,
+                    saved: &saved,
+                };
+                if logic::matches(&search.keys, &input) {
+                    hits.push((i as u32 + 1, v.uid, v.modseq));
+                }
+            }
+        });
+        let ids: Vec<u32> = hits.iter().map(|h| if uid { h.1 } else { h.0 }).collect();
+        let max_modseq = if search.keys.iter().any(|k| matches!(k, crate::protocol::imap::SearchKey::ModSeq { .. })) {
+            hits.iter().map(|h| h.2).max()
+        } else {
+            None
+        };
+        match &search.returns {
+            None => encode::write_search(&mut self.out.buf, &ids, max_modseq),
+            Some(returns) => {
+                let save = returns.contains(&SearchReturn::Save);
+                if save {
+                    self.saved = hits.iter().map(|h| h.1).collect();
+                }
+                let only_save = returns.iter().all(|r| *r == SearchReturn::Save);
+                if !only_save {
+                    let all = returns.contains(&SearchReturn::All).then_some(&ids[..]);
+                    let data = encode::Esearch {
+                        min: returns.contains(&SearchReturn::Min).then(|| ids.first().copied()).flatten(),
+                        max: returns.contains(&SearchReturn::Max).then(|| ids.last().copied()).flatten(),
+                        count: returns.contains(&SearchReturn::Count).then_some(ids.len() as u32),
+                        all,
+                        modseq: max_modseq,
+                    };
+                    encode::write_esearch(&mut self.out.buf, tag, uid, &data);
+                }
+            }
+        }
+        self.ok(tag, "SEARCH completed");
+    }
+
+    async fn fetch(&mut self, tag: &[u8], uid: bool, set: &SequenceSet, attrs: &[FetchAttr<'_>], changed_since: Option<u64>) {
+        self.sync(uid);
+        let sel = self.sel.as_ref().expect("selected");
+        if !uid && !sel.view.valid_seqs(set) {
+            self.out.status(Some(tag), Status::Bad, None, "Invalid message sequence number");
+            return;
+        }
+        if changed_since.is_some() {
+            self.condstore = true;
+        }
+        let idx = sel.view.resolve(set, uid);
+        let account = self.account().to_string();
+        let read_only = sel.read_only;
+        let sets_seen = !read_only
+            && attrs.iter().any(|a| matches!(a, FetchAttr::Rfc822 | FetchAttr::Rfc822Text | FetchAttr::BodySection { peek: false, .. }));
+        // \Seen is set first (durably), so the FETCH shows the new flags (RFC 3501 6.4.5).
+        if sets_seen {
+            let id = sel.id;
+            let to_mark: Vec<u32> = idx.iter().map(|&i| sel.view.msgs[i]).filter(|m| m.flags & flag::SEEN == 0).map(|m| m.uid).collect();
+            if !to_mark.is_empty() {
+                let changes = self.shard.store.with_account_counters(&account, |a| {
+                    let mut ch = Vec::new();
+                    if let Some(m) = a.mailbox_mut(id) {
+                        for u in &to_mark {
+                            if let Some(p) = m.position(*u) {
+                                m.highest_modseq += 1;
+                                let e = &m.messages[p];
+                                ch.push((*u, e.flags | flag::SEEN, e.keywords, m.highest_modseq));
+                            }
+                        }
+                    }
+                    ch
+                });
+                if let Ok(ch) = changes {
+                    let ops: Vec<Op<'_>> = ch.iter().map(|(u, f, k, ms)| Op::Flags { account: &account, mailbox: id, uid: *u, flags: *f, keywords: *k, modseq: *ms }).collect();
+                    if let Err(e) = self.shard.store.commit(&ops).await {
+                        return self.storage_failed(tag, &e);
+                    }
+                }
+            }
+        }
+        let sel = self.sel.as_mut().expect("selected");
+        let condstore = self.condstore;
+        let store = self.shard.store.clone();
+        let out = &mut self.out;
+        let needs_parse = attrs.iter().any(|a| matches!(a, FetchAttr::Envelope | FetchAttr::Body | FetchAttr::BodyStructure | FetchAttr::BodySection { .. } | FetchAttr::Rfc822Header | FetchAttr::Rfc822Text));
+        store.with_account(&account, |a| {
+            let Some(mb) = a.mailbox(sel.id) else { return };
+            for &i in &idx {
+                let seq = i as u32 + 1;
+                let Some(p) = mb.position(sel.view.msgs[i].uid) else { continue };
+                let e = &mb.messages[p];
+                if changed_since.is_some_and(|cs| e.modseq <= cs) {
+                    continue;
+                }
+                let flags_changed = ViewMsg::of(e) != sel.view.msgs[i];
+                sel.view.msgs[i] = ViewMsg::of(e);
+                let body = store.body(e.loc);
+                let raw: &[u8] = body.as_ref().map_or(&[], |b| b.bytes());
+                let parsed = needs_parse.then(|| mime::Message::parse(raw));
+                let recent = sel.view.recent.contains(&e.uid);
+                let Out { buf, splices } = &mut *out;
+                let mut w = FetchWriter::new(buf, seq);
+                let mut wrote_flags = false;
+                let mut wrote_uid = false;
+                for attr in attrs {
+                    match attr {
+                        FetchAttr::Flags => {
+                            w.flags(&logic::flag_list(e.flags, e.keywords, &mb.keywords, recent));
+                            wrote_flags = true;
+                        }
+                        FetchAttr::Uid => {
+                            w.uid(e.uid);
+                            wrote_uid = true;
+                        }
+                        FetchAttr::InternalDate => w.internal_date(e.internal_date, 0),
+                        FetchAttr::Rfc822Size => w.rfc822_size(u64::from(e.loc.len)),
+                        FetchAttr::ModSeq => w.modseq(e.modseq),
+                        FetchAttr::Envelope => mime::write_envelope(parsed.as_ref().expect("parsed"), w.item("ENVELOPE")),
+                        FetchAttr::Body => mime::write_bodystructure(parsed.as_ref().expect("parsed"), false, w.item("BODY")),
+                        FetchAttr::BodyStructure => mime::write_bodystructure(parsed.as_ref().expect("parsed"), true, w.item("BODYSTRUCTURE")),
+                        FetchAttr::Rfc822 => literal(&mut w, splices, "RFC822", body.as_ref(), raw, Cow::Borrowed(raw)),
+                        FetchAttr::Rfc822Header => {
+                            let h = mime::split(raw).0;
+                            literal(&mut w, splices, "RFC822.HEADER", body.as_ref(), raw, Cow::Borrowed(h));
+                        }
+                        FetchAttr::Rfc822Text => {
+                            let t = mime::split(raw).1;
+                            literal(&mut w, splices, "RFC822.TEXT", body.as_ref(), raw, Cow::Borrowed(t));
+                        }
+                        FetchAttr::BodySection { section, partial, .. } => {
+                            let data = mime::section_bytes(parsed.as_ref().expect("parsed"), section);
+                            let mut name = b"BODY[".to_vec();
+                            section.write(&mut name);
+                            name.push(b']');
+                            let data = match (data, partial) {
+                                (Some(d), Some(p)) => {
+                                    name.extend_from_slice(format!("<{}>", p.start).as_bytes());
+                                    Some(mime::partial(d, *p))
+                                }
+                                (d, _) => d,
+                            };
+                            let name = String::from_utf8_lossy(&name).into_owned();
+                            match data {
+                                Some(d) => literal(&mut w, splices, &name, body.as_ref(), raw, d),
+                                // A part that doesn't exist is empty (RFC 3501 6.4.5), not NIL.
+                                None => literal(&mut w, splices, &name, body.as_ref(), raw, Cow::Borrowed(&[])),
+                            }
+                        }
+                    }
+                }
+                if uid && !wrote_uid {
+                    w.uid(e.uid);
+                }
+                if sets_seen && flags_changed && !wrote_flags {
+                    w.flags(&logic::flag_list(e.flags, e.keywords, &mb.keywords, recent));
+                }
+                if condstore && changed_since.is_some() && !attrs.contains(&FetchAttr::ModSeq) {
+                    w.modseq(e.modseq);
+                }
+                w.finish();
+            }
+        });
+        self.ok(tag, "FETCH completed");
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn store_flags(&mut self, tag: &[u8], uid: bool, set: &SequenceSet, mode: StoreMode, silent: bool, flags: &[Flag<'_>], unchanged_since: Option<u64>) {
+        self.sync(uid);
+        let sel = self.sel.as_ref().expect("selected");
+        if sel.read_only {
+            self.out.status(Some(tag), Status::No, Some(&Code::ReadOnly), "Mailbox is read-only");
+            return;
+        }
+        if !uid && !sel.view.valid_seqs(set) {
+            self.out.status(Some(tag), Status::Bad, None, "Invalid message sequence number");
+            return;
+        }
+        if unchanged_since.is_some() {
+            self.condstore = true;
+        }
+        let idx = sel.view.resolve(set, uid);
+        let uids: Vec<u32> = idx.iter().map(|&i| sel.view.msgs[i].uid).collect();
+        let id = sel.id;
+        let account = self.account().to_string();
+        let (sys, kws) = logic::split_flags(flags);
+        let plan = self.shard.store.with_account_counters(&account, |a| {
+            let m = a.mailbox_mut(id)?;
+            let new_kw = if mode == StoreMode::Remove { Vec::new() } else { allocate_keywords(m, &kws)? };
+            let kwmask = logic::keyword_mask(&m.keywords, &kws);
+            let mut changes = Vec::new();
+            let mut modified = Vec::new();
+            for u in &uids {
+                let Some(p) = m.position(*u) else { continue };
+                let e = &m.messages[p];
+                if unchanged_since.is_some_and(|us| e.modseq > us) {
+                    modified.push(*u);
+                    continue;
+                }
+                let (f, k) = match mode {
+                    StoreMode::Replace => (sys, kwmask),
+                    StoreMode::Add => (e.flags | sys, e.keywords | kwmask),
+                    StoreMode::Remove => (e.flags & !sys, e.keywords & !kwmask),
+                };
+                if (f, k) != (e.flags, e.keywords) {
+                    m.highest_modseq += 1;
+                    changes.push((*u, f, k, m.highest_modseq));
+                }
+            }
+            Some((new_kw, changes, modified))
+        });
+        let Ok(Some((new_kw, changes, modified))) = plan else {
+            self.out.status(Some(tag), Status::No, Some(&Code::Limit), "Too many keywords in this mailbox");
+            return;
+        };
+        let mut ops: Vec<Op<'_>> = new_kw.iter().map(|(bit, n)| Op::Keyword { account: &account, mailbox: id, bit: *bit, name: n }).collect();
+        ops.extend(changes.iter().map(|(u, f, k, ms)| Op::Flags { account: &account, mailbox: id, uid: *u, flags: *f, keywords: *k, modseq: *ms }));
+        if let Err(e) = self.shard.store.commit(&ops).await {
+            return self.storage_failed(tag, &e);
+        }
+        if !new_kw.is_empty() {
+            if let Some(sel) = self.sel.as_mut() {
+                let kw = self.shard.store.with_account(&account, |a| a.mailbox(id).map(|m| m.keywords.clone())).flatten().unwrap_or_default();
+                sel.view.keywords_told = kw.len();
+                write_flags_lines(&mut self.out.buf, &kw, false);
+            }
+        }
+        // Answer with the new flags; the view takes them so the next sync
+        // does not report our own change again.
+        let condstore = self.condstore;
+        let sel = self.sel.as_mut().expect("selected");
+        let out = &mut self.out.buf;
+        self.shard.store.with_account(&account, |a| {
+            let Some(mb) = a.mailbox(id) else { return };
+            for &i in &idx {
+                let Some(p) = mb.position(sel.view.msgs[i].uid) else { continue };
+                let e = &mb.messages[p];
+                sel.view.msgs[i] = ViewMsg::of(e);
+                if modified.contains(&e.uid) {
+                    continue;
+                }
+                // RFC 7162 3.2: with UNCHANGEDSINCE, changed messages are reported even with .SILENT.
+                let changed = changes.iter().any(|c| c.0 == e.uid);
+                if silent && !(condstore && unchanged_since.is_some() && changed) {
+                    continue;
+                }
+                let mut w = FetchWriter::new(out, i as u32 + 1);
+                w.flags(&logic::flag_list(e.flags, e.keywords, &mb.keywords, sel.view.recent.contains(&e.uid)));
+                if uid {
+                    w.uid(e.uid);
+                }
+                if condstore {
+                    w.modseq(e.modseq);
+                }
+                w.finish();
+            }
+        });
+        if modified.is_empty() {
+            self.ok(tag, "STORE completed");
+        } else {
+            let ids: Vec<u32> = if uid {
+                modified.clone()
+            } else {
+                modified.iter().filter_map(|u| self.sel.as_ref().and_then(|s| s.view.seq_of(*u))).collect()
+            };
+            let set = SequenceSet::compress(&ids).expect("non-empty");
+            self.out.status(Some(tag), Status::Ok, Some(&Code::Modified(&set)), "Conditional STORE failed for some messages");
+        }
+    }
+
+    async fn copy(&mut self, tag: &[u8], uid: bool, set: &SequenceSet, dest: &MailboxArg<'_>, mv: bool) {
+        self.sync(uid);
+        let sel = self.sel.as_ref().expect("selected");
+        if mv && sel.read_only {
+            self.out.status(Some(tag), Status::No, Some(&Code::ReadOnly), "Mailbox is read-only");
+            return;
+        }
+        if !uid && !sel.view.valid_seqs(set) {
+            self.out.status(Some(tag), Status::Bad, None, "Invalid message sequence number");
+            return;
+        }
+        let Ok(dest) = std::str::from_utf8(dest.as_bytes()) else {
+            self.out.status(Some(tag), Status::No, Some(&Code::TryCreate), "No such mailbox");
+            return;
+        };
+        if !self.exists(dest) {
+            self.out.status(Some(tag), Status::No, Some(&Code::TryCreate), "No such mailbox");
+            return;
+        }
+        let uids: Vec<u32> = sel.view.resolve(set, uid).iter().map(|&i| sel.view.msgs[i].uid).collect();
+        let src = sel.id;
+        match self.transfer(src, &uids, dest, mv).await {
+            Ok(Some((validity, from, to))) => {
+                let code = Code::CopyUid { validity, source: &from, dest: &to };
+                if mv {
+                    // RFC 6851 4.3: COPYUID goes in an untagged OK before the EXPUNGEs.
+                    self.out.status(None, Status::Ok, Some(&code), "Moved");
+                    self.sync(true);
+                    self.ok(tag, "MOVE completed");
+                } else {
+                    self.out.status(Some(tag), Status::Ok, Some(&code), "COPY completed");
+                }
+            }
+            Ok(None) => self.ok(tag, if mv { "MOVE completed" } else { "COPY completed" }),
+            Err(e) => self.storage_failed(tag, &e),
+        }
+    }
+
+    /// Link messages into another mailbox (sharing their bodies) and, for a
+    /// move, expunge them from the source, in one durable commit. Returns
+    /// (destination UIDVALIDITY, source UIDs, destination UIDs).
+    async fn transfer(&mut self, src: u32, uids: &[u32], dest: &str, mv: bool) -> Result<Option<(u32, Vec<u32>, Vec<u32>)>, StorageError> {
+        if uids.is_empty() {
+            return Ok(None);
+        }
+        let account = self.account().to_string();
+        let plan = self.shard.store.with_account_counters(&account, |a| {
+            let source = entries_with_keywords(a.mailbox(src)?, uids);
+            let d = a.mailboxes.iter_mut().find(|m| index::mailbox_name_eq(&m.name, dest))?;
+            let mut links = Vec::new();
+            let mut new_kw = Vec::new();
+            for (e, names) in source {
+                let kws: Vec<&[u8]> = names.iter().map(|n| n.as_bytes()).collect();
+                new_kw.extend(allocate_keywords(d, &kws)?);
+                let mask = logic::keyword_mask(&d.keywords, &kws);
+                let new_uid = d.uidnext;
+                d.uidnext += 1;
+                d.highest_modseq += 1;
+                links.push((e.uid, new_uid, e.internal_date, e.flags, mask, d.highest_modseq, e.loc));
+            }
+            let dest_id = d.id;
+            let validity = d.uidvalidity;
+            let expunge_modseq = if mv {
+                a.mailbox_mut(src).map(|m| {
+                    m.highest_modseq += 1;
+                    m.highest_modseq
+                })
+            } else {
+                None
+            };
+            Some((dest_id, validity, links, new_kw, expunge_modseq))
+        })?;
+        let Some((dest_id, validity, links, new_kw, expunge_modseq)) = plan else {
+            return Err(StorageError::NoMailbox);
+        };
+        let mut ops: Vec<Op<'_>> = new_kw.iter().map(|(bit, n)| Op::Keyword { account: &account, mailbox: dest_id, bit: *bit, name: n }).collect();
+        for (_, new_uid, date, flags, kw, modseq, loc) in &links {
+            ops.push(Op::Link { account: &account, mailbox: dest_id, uid: *new_uid, internal_date: *date, flags: *flags, keywords: *kw, modseq: *modseq, loc: *loc });
+        }
+        if let Some(modseq) = expunge_modseq {
+            let mut moved: Vec<u32> = links.iter().map(|l| l.0).collect();
+            moved.sort_unstable();
+            ops.push(Op::Expunge { account: &account, mailbox: src, uids: moved, modseq });
+        }
+        self.shard.store.commit(&ops).await?;
+        Ok(Some((validity, links.iter().map(|l| l.0).collect(), links.iter().map(|l| l.1).collect())))
+    }
+
+    /// IDLE (RFC 2177): report changes as they happen until the client sends DONE.
+    async fn idle(&mut self, tag: Vec<u8>, conn: &mut Conn) -> bool {
+        let fd = conn.fd();
+        loop {
+            self.sync(true);
+            if self.out.flush(conn).await.is_err() {
+                return false;
+            }
+            // A complete line already buffered?
+            if let Some(i) = memchr::memchr(b'\n', conn.pending()) {
+                let line = &conn.pending()[..i];
+                let done = line.strip_suffix(b"\r").unwrap_or(line).eq_ignore_ascii_case(b"DONE");
+                conn.consume(i + 1);
+                if done {
+                    self.ok(&tag, "IDLE terminated");
+                } else {
+                    self.out.status(Some(&tag), Status::Bad, None, "Expected DONE");
+                }
+                return true;
+            }
+            if conn.pending().len() > 1024 {
+                self.out.status(Some(&tag), Status::Bad, None, "Expected DONE");
+                return false;
+            }
+            if self.shard.stopping() {
+                let _ = conn.write_all(b"* BYE Server shutting down\r\n").await;
+                return false;
+            }
+            let watch = self.shard.store.watch(self.account());
+            let stop = self.shard.on_stop();
+            self.shard.set_idle(fd, true);
+            let outcome = {
+                let read = conn.fill(IMAP_IDLE_TIMEOUT);
+                futures::pin_mut!(read);
+                let wake = futures::future::select(watch, stop);
+                match futures::future::select(read, wake).await {
+                    futures::future::Either::Left((r, _)) => Some(r),
+                    futures::future::Either::Right(_) => None,
+                }
+            };
+            self.shard.set_idle(fd, false);
+            match outcome {
+                None => continue,
+                Some(ReadOutcome::Data) => continue,
+                Some(ReadOutcome::TimedOut) => {
+                    let _ = conn.write_all(b"* BYE Autologout; idle for too long\r\n").await;
+                    return false;
+                }
+                Some(_) => {
+                    if self.shard.stopping() {
+                        let _ = conn.write_all(b"* BYE Server shutting down\r\n").await;
+                    }
+                    return false;
+                }
+            }
+        }
+    }
+}
+
+/// Write a literal item, splicing large borrowed data from the mapping.
+fn literal(w: &mut FetchWriter<'_>, splices: &mut Vec<(usize, Body, usize, usize)>, name: &str, body: Option<&Body>, raw: &[u8], data: Cow<'_, [u8]>) {
+    let out = w.item(name);
+    if let (Cow::Borrowed(d), Some(body)) = (&data, body) {
+        let base = raw.as_ptr() as usize;
+        let p = d.as_ptr() as usize;
+        if d.len() >= SPLICE_MIN && p >= base && p + d.len() <= base + raw.len() {
+            out.extend_from_slice(format!("{{{}}}\r\n", d.len()).as_bytes());
+            splices.push((out.len(), body.clone(), p - base, d.len()));
+            return;
+        }
+    }
+    encode::write_literal(out, &data);
+}
+
+fn write_flags_lines(out: &mut Vec<u8>, keywords: &[String], read_only: bool) {
+    let mut flags = vec![Flag::Answered, Flag::Flagged, Flag::Deleted, Flag::Seen, Flag::Draft];
+    flags.extend(keywords.iter().filter(|k| !k.is_empty()).map(|k| Flag::Keyword(k.as_bytes())));
+    encode::write_flags(out, &flags);
+    let perm: Vec<Flag<'_>> = if read_only {
+        Vec::new()
+    } else {
+        let mut p = flags.clone();
+        p.push(Flag::MayCreate);
+        p
+    };
+    encode::write_status(out, None, Status::Ok, Some(&Code::PermanentFlags(&perm)), "Flags permitted");
+}
+
+/// Give keywords not yet known in this mailbox a bit. Returns the new
+/// (bit, name) pairs, or None when the mailbox has no bits left.
+fn allocate_keywords(m: &mut Mailbox, kws: &[&[u8]]) -> Option<Vec<(u8, String)>> {
+    let mut new = Vec::new();
+    for k in kws {
+        if m.keywords.iter().any(|n| n.as_bytes().eq_ignore_ascii_case(k)) {
+            continue;
+        }
+        if m.keywords.len() >= KEYWORDS_MAX {
+            return None;
+        }
+        let name = String::from_utf8_lossy(k).into_owned();
+        let bit = m.keywords.len() as u8;
+        m.keywords.push(name.clone());
+        new.push((bit, name));
+    }
+    Some(new)
+}
+
+/// Copies of the entries for `uids`, each with its keyword names.
+fn entries_with_keywords(m: &Mailbox, uids: &[u32]) -> Vec<(index::MessageEntry, Vec<String>)> {
+    uids.iter()
+        .filter_map(|u| m.position(*u))
+        .map(|p| {
+            let e = m.messages[p].clone();
+            let names = m.keywords.iter().enumerate().filter(|(i, _)| e.keywords & (1 << i) != 0).map(|(_, n)| n.clone()).collect();
+            (e, names)
+        })
+        .collect()
+}
+
+fn status_items(_a: &Account, m: &Mailbox, items: &[StatusItem]) -> Vec<(StatusItem, u64)> {
+    items
+        .iter()
+        .map(|i| {
+            let v = match i {
+                StatusItem::Messages => m.messages.len() as u64,
+                // \Recent is per session; STATUS reports none claimed yet as 0 (allowed, RFC 9051 drops it).
+                StatusItem::Recent => 0,
+                StatusItem::UidNext => u64::from(m.uidnext),
+                StatusItem::UidValidity => u64::from(m.uidvalidity),
+                StatusItem::Unseen => m.messages.iter().filter(|e| e.flags & flag::SEEN == 0).count() as u64,
+                StatusItem::HighestModSeq => m.highest_modseq,
+                StatusItem::Size => m.size_octets(),
+            };
+            (*i, v)
+        })
+        .collect()
+}
+
+struct ListEntry {
+    name: String,
+    exists: bool,
+    children: bool,
+    special: u8,
+}
+
+/// Every mailbox plus implied parents ("a" for "a/b"), sorted, INBOX first.
+fn list_entries(a: &Account) -> Vec<ListEntry> {
+    let mut names: Vec<(String, bool, u8)> = a.mailboxes.iter().map(|m| (m.name.clone(), true, m.special_use)).collect();
+    let existing: HashSet<String> = names.iter().map(|n| n.0.clone()).collect();
+    let mut implied = HashSet::new();
+    for (n, _, _) in &names {
+        let mut prefix = String::new();
+        let parts: Vec<&str> = n.split(DELIMITER as char).collect();
+        for p in &parts[..parts.len().saturating_sub(1)] {
+            if !prefix.is_empty() {
+                prefix.push(DELIMITER as char);
+            }
+            prefix.push_str(p);
+            if !existing.contains(&prefix) {
+                implied.insert(prefix.clone());
+            }
+        }
+    }
+    names.extend(implied.into_iter().map(|n| (n, false, special::NONE)));
+    names.sort_by(|a, b| (!a.0.eq_ignore_ascii_case("INBOX"), &a.0).cmp(&(!b.0.eq_ignore_ascii_case("INBOX"), &b.0)));
+    let all: Vec<String> = names.iter().map(|n| n.0.clone()).collect();
+    names
+        .into_iter()
+        .map(|(name, exists, special)| {
+            let prefix = format!("{name}{}", DELIMITER as char);
+            let children = all.iter().any(|o| o.starts_with(&prefix));
+            ListEntry { name, exists, children, special }
+        })
+        .collect()
+}
+
+fn special_use_code(attr: &[u8]) -> Option<u8> {
+    Some(match attr.to_ascii_lowercase().as_slice() {
+        b"\\sent" => special::SENT,
+        b"\\drafts" => special::DRAFTS,
+        b"\\trash" => special::TRASH,
+        b"\\junk" => special::JUNK,
+        b"\\archive" => special::ARCHIVE,
+        _ => return None,
+    })
+}
+
+fn special_use_name(code: u8) -> Option<&'static str> {
+    Some(match code {
+        special::SENT => "\\Sent",
+        special::DRAFTS => "\\Drafts",
+        special::TRASH => "\\Trash",
+        special::JUNK => "\\Junk",
+        special::ARCHIVE => "\\Archive",
+        _ => return None,
+    })
+}
+
+/// A mailbox name we accept: UTF-8 (modified UTF-7 is ASCII), no control
+/// characters, no empty hierarchy levels, not too long.
+fn valid_name(raw: &[u8]) -> Option<&str> {
+    let s = std::str::from_utf8(raw).ok()?;
+    let trimmed = s.trim_end_matches(DELIMITER as char);
+    if trimmed.is_empty()
+        || s.len() > 255
+        || s.chars().any(|c| c.is_control() || c == '*' || c == '%')
+        || trimmed.split(DELIMITER as char).any(|p| p.is_empty())
+        || s.starts_with(DELIMITER as char)
+    {
+        return None;
+    }
+    Some(s)
+}

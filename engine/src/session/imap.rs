@@ -1,0 +1,474 @@
+//! IMAP session logic that needs no I/O: a session's view of its selected
+//! mailbox (sequence numbers, what the client has been told), flag
+//! conversions, LIST pattern matching and SEARCH evaluation. The runtime
+//! (`runtime/imap.rs`) owns the connection and the store and calls these.
+//!
+//! RFC 3501 state diagram (section 3):
+//!
+//! ```text
+//!  connect -> Not Authenticated --LOGIN/AUTHENTICATE--> Authenticated
+//!  Authenticated --SELECT/EXAMINE--> Selected --CLOSE/UNSELECT--> Authenticated
+//!  any state --LOGOUT--> Logout (connection closed)
+//! ```
+use std::collections::HashSet;
+
+use crate::mime;
+use crate::protocol::imap::{Flag, SearchKey, SequenceArg, SequenceSet};
+use crate::storage::index::{flag, Mailbox, MessageEntry};
+
+/// Hierarchy delimiter of mailbox names.
+pub const DELIMITER: u8 = b'/';
+/// Keywords per mailbox (one bit each in the index).
+pub const KEYWORDS_MAX: usize = 64;
+
+/// System flags of a flag list, and the keyword names in it.
+pub fn split_flags<'a>(flags: &'a [Flag<'a>]) -> (u32, Vec<&'a [u8]>) {
+    let mut sys = 0;
+    let mut kws = Vec::new();
+    for f in flags {
+        match f {
+            Flag::Seen => sys |= flag::SEEN,
+            Flag::Answered => sys |= flag::ANSWERED,
+            Flag::Flagged => sys |= flag::FLAGGED,
+            Flag::Deleted => sys |= flag::DELETED,
+            Flag::Draft => sys |= flag::DRAFT,
+            Flag::Keyword(k) => kws.push(*k),
+            // \Recent cannot be stored (RFC 3501 6.4.6); unknown \Extensions are ignored.
+            Flag::Recent | Flag::MayCreate | Flag::Extension(_) => {}
+        }
+    }
+    (sys, kws)
+}
+
+/// The flag list of a message as IMAP flags.
+pub fn flag_list<'a>(flags: u32, keywords: u64, names: &'a [String], recent: bool) -> Vec<Flag<'a>> {
+    let mut out = Vec::new();
+    for (bit, f) in [
+        (flag::SEEN, Flag::Seen),
+        (flag::ANSWERED, Flag::Answered),
+        (flag::FLAGGED, Flag::Flagged),
+        (flag::DELETED, Flag::Deleted),
+        (flag::DRAFT, Flag::Draft),
+    ] {
+        if flags & bit != 0 {
+            out.push(f);
+        }
+    }
+    if recent {
+        out.push(Flag::Recent);
+    }
+    for (i, name) in names.iter().enumerate() {
+        if keywords & (1 << i) != 0 && !name.is_empty() {
+            out.push(Flag::Keyword(name.as_bytes()));
+        }
+    }
+    out
+}
+
+/// Bits of the keywords named, among those the mailbox knows (unknown names give no bit).
+pub fn keyword_mask(names: &[String], wanted: &[&[u8]]) -> u64 {
+    let mut m = 0;
+    for w in wanted {
+        if let Some(i) = names.iter().position(|n| n.as_bytes().eq_ignore_ascii_case(w)) {
+            m |= 1 << i;
+        }
+    }
+    m
+}
+
+/// LIST wildcard match (RFC 3501 6.3.8): `*` matches anything, `%` anything
+/// but the hierarchy delimiter. INBOX matches case-insensitively.
+pub fn list_match(pattern: &[u8], name: &[u8]) -> bool {
+    if name.eq_ignore_ascii_case(b"INBOX") && pattern.eq_ignore_ascii_case(b"INBOX") {
+        return true;
+    }
+    fn rec(p: &[u8], n: &[u8], budget: &mut u32) -> bool {
+        if *budget == 0 {
+            return false;
+        }
+        *budget -= 1;
+        match p.first() {
+            None => n.is_empty(),
+            Some(b'*') => (0..=n.len()).any(|i| rec(&p[1..], &n[i..], budget)),
+            Some(b'%') => {
+                let limit = n.iter().position(|&b| b == DELIMITER).unwrap_or(n.len());
+                (0..=limit).any(|i| rec(&p[1..], &n[i..], budget))
+            }
+            Some(c) => n.first() == Some(c) && rec(&p[1..], &n[1..], budget),
+        }
+    }
+    // Bounded work: pathological patterns ("*%*%*...") cannot spin.
+    let mut budget = 100_000;
+    let name_cmp: Vec<u8>;
+    let n = if name.len() >= 5 && name[..5].eq_ignore_ascii_case(b"INBOX") && pattern.len() >= 5 && pattern[..5].eq_ignore_ascii_case(b"INBOX") {
+        name_cmp = [&pattern[..5], &name[5..]].concat();
+        &name_cmp[..]
+    } else {
+        name
+    };
+    rec(pattern, n, &mut budget)
+}
+
+/// One message of a session's view.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ViewMsg {
+    pub uid: u32,
+    pub flags: u32,
+    pub keywords: u64,
+    pub modseq: u64,
+}
+
+impl ViewMsg {
+    pub fn of(e: &MessageEntry) -> Self {
+        ViewMsg { uid: e.uid, flags: e.flags, keywords: e.keywords, modseq: e.modseq }
+    }
+}
+
+/// What a session has told its client about the selected mailbox.
+#[derive(Debug, Default)]
+pub struct View {
+    /// In sequence-number order (sequence number = index + 1).
+    pub msgs: Vec<ViewMsg>,
+    /// UIDs that are \Recent in this session.
+    pub recent: HashSet<u32>,
+    /// Keyword names the client has been sent in FLAGS.
+    pub keywords_told: usize,
+}
+
+/// Untagged updates produced by [`View::sync`].
+#[derive(Debug, Default, PartialEq)]
+pub struct Changes {
+    /// Sequence numbers to announce as EXPUNGE, in the order to send them.
+    pub expunged: Vec<u32>,
+    /// New EXISTS count, if it changed.
+    pub exists: Option<u32>,
+    /// New RECENT count, if new messages arrived.
+    pub recent: Option<u32>,
+    /// Sequence numbers whose flags changed.
+    pub flags: Vec<u32>,
+    /// The mailbox has keywords the client hasn't seen in FLAGS.
+    pub new_keywords: bool,
+}
+
+impl View {
+    pub fn seq_of(&self, uid: u32) -> Option<u32> {
+        self.msgs.binary_search_by_key(&uid, |m| m.uid).ok().map(|i| i as u32 + 1)
+    }
+
+    pub fn len(&self) -> u32 {
+        self.msgs.len() as u32
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.msgs.is_empty()
+    }
+
+    pub fn max_uid(&self) -> u32 {
+        self.msgs.last().map_or(0, |m| m.uid)
+    }
+
+    /// Bring the view up to date with the mailbox. Expunges are only applied
+    /// when `allow_expunge` (RFC 3501 7.4.1: never while answering FETCH,
+    /// STORE or SEARCH); new messages are claimed as recent when above
+    /// `recent_floor` (the highest UID another session already saw as recent),
+    /// and the new floor is returned in `recent_floor`.
+    pub fn sync(&mut self, mailbox: &Mailbox, allow_expunge: bool, recent_floor: &mut u32) -> Changes {
+        let mut ch = Changes::default();
+        if allow_expunge {
+            let mut i = self.msgs.len();
+            // Highest sequence numbers first: each EXPUNGE then refers to the
+            // numbering the client has right before it.
+            while i > 0 {
+                i -= 1;
+                if mailbox.position(self.msgs[i].uid).is_none() {
+                    self.recent.remove(&self.msgs[i].uid);
+                    self.msgs.remove(i);
+                    ch.expunged.push(i as u32 + 1);
+                }
+            }
+        }
+        for (i, m) in self.msgs.iter_mut().enumerate() {
+            if let Some(p) = mailbox.position(m.uid) {
+                let e = &mailbox.messages[p];
+                if e.modseq != m.modseq || e.flags != m.flags || e.keywords != m.keywords {
+                    let changed = e.flags != m.flags || e.keywords != m.keywords;
+                    *m = ViewMsg::of(e);
+                    if changed {
+                        ch.flags.push(i as u32 + 1);
+                    }
+                }
+            }
+        }
+        let max = self.max_uid();
+        let start = mailbox.messages.partition_point(|e| e.uid <= max);
+        let mut added = false;
+        for e in &mailbox.messages[start..] {
+            self.msgs.push(ViewMsg::of(e));
+            if e.uid > *recent_floor {
+                self.recent.insert(e.uid);
+            }
+            added = true;
+        }
+        if added {
+            *recent_floor = (*recent_floor).max(self.max_uid());
+            ch.exists = Some(self.len());
+            ch.recent = Some(self.recent.len() as u32);
+        } else if !ch.expunged.is_empty() {
+            // RFC 3501 7.3.1: EXISTS after expunges is optional; clients cope either way.
+        }
+        if mailbox.keywords.len() != self.keywords_told {
+            ch.new_keywords = true;
+            self.keywords_told = mailbox.keywords.len();
+        }
+        ch
+    }
+
+    /// Resolve a sequence set (by sequence number or UID) to view indexes.
+    /// Following RFC 3501 6.4.8, UIDs that don't exist are ignored, and `*`
+    /// means the largest number in use.
+    pub fn resolve(&self, set: &SequenceSet, uid: bool) -> Vec<usize> {
+        if self.msgs.is_empty() {
+            return Vec::new();
+        }
+        let mut out = Vec::new();
+        if uid {
+            let largest = self.max_uid();
+            for (lo, hi) in set.normalized(largest) {
+                let start = self.msgs.partition_point(|m| m.uid < lo);
+                let end = self.msgs.partition_point(|m| m.uid <= hi);
+                out.extend(start..end);
+            }
+        } else {
+            for (lo, hi) in set.normalized(self.len()) {
+                let hi = hi.min(self.len());
+                if lo >= 1 && lo <= hi {
+                    out.extend((lo - 1) as usize..hi as usize);
+                }
+            }
+        }
+        out.sort_unstable();
+        out.dedup();
+        out
+    }
+
+    /// A sequence set must name existing messages (sequence numbers only).
+    pub fn valid_seqs(&self, set: &SequenceSet) -> bool {
+        set.ranges.iter().all(|r| {
+            let (a, b) = r.bounds(self.len().max(1));
+            a >= 1 && b <= self.len().max(1)
+        })
+    }
+}
+
+/// Everything SEARCH may look at for one message.
+pub struct SearchInput<'a> {
+    pub seq: u32,
+    pub view: &'a ViewMsg,
+    pub entry: &'a MessageEntry,
+    pub keyword_names: &'a [String],
+    pub recent: bool,
+    pub max_seq: u32,
+    pub max_uid: u32,
+    pub body: &'a [u8],
+    pub saved: &'a [u32],
+}
+
+/// Lazily parsed message for header and text keys.
+struct Parsed<'a> {
+    raw: &'a [u8],
+    msg: Option<mime::Message<'a>>,
+}
+
+impl<'a> Parsed<'a> {
+    fn get(&mut self) -> &mime::Message<'a> {
+        let raw = self.raw;
+        self.msg.get_or_insert_with(|| mime::Message::parse(raw))
+    }
+    fn header(&self) -> &'a [u8] {
+        mime::split(self.raw).0
+    }
+}
+
+/// Does the message match every key? Case-insensitive substring matching for
+/// strings (RFC 3501 6.4.4), dates compared in UTC days.
+pub fn matches(keys: &[SearchKey<'_>], input: &SearchInput<'_>) -> bool {
+    let mut parsed = Parsed { raw: input.body, msg: None };
+    keys.iter().all(|k| eval(k, input, &mut parsed, 0))
+}
+
+fn str_of(s: &[u8]) -> String {
+    String::from_utf8_lossy(s).into_owned()
+}
+
+fn eval(key: &SearchKey<'_>, m: &SearchInput<'_>, p: &mut Parsed<'_>, depth: usize) -> bool {
+    if depth > crate::protocol::imap::MAX_DEPTH as usize {
+        return false;
+    }
+    let day = |secs: i64| secs.div_euclid(86_400);
+    let flags = m.view.flags;
+    match key {
+        SearchKey::All => true,
+        SearchKey::Sequence(SequenceArg::Set(set)) => set.contains(m.seq, m.max_seq),
+        SearchKey::Sequence(SequenceArg::Saved) => m.saved.contains(&m.view.uid),
+        SearchKey::Uid(SequenceArg::Set(set)) => set.contains(m.view.uid, m.max_uid),
+        SearchKey::Uid(SequenceArg::Saved) => m.saved.contains(&m.view.uid),
+        SearchKey::Answered => flags & flag::ANSWERED != 0,
+        SearchKey::Unanswered => flags & flag::ANSWERED == 0,
+        SearchKey::Deleted => flags & flag::DELETED != 0,
+        SearchKey::Undeleted => flags & flag::DELETED == 0,
+        SearchKey::Draft => flags & flag::DRAFT != 0,
+        SearchKey::Undraft => flags & flag::DRAFT == 0,
+        SearchKey::Flagged => flags & flag::FLAGGED != 0,
+        SearchKey::Unflagged => flags & flag::FLAGGED == 0,
+        SearchKey::Seen => flags & flag::SEEN != 0,
+        SearchKey::Unseen => flags & flag::SEEN == 0,
+        SearchKey::Recent => m.recent,
+        SearchKey::Old => !m.recent,
+        SearchKey::New => m.recent && flags & flag::SEEN == 0,
+        SearchKey::Keyword(k) => m.view.keywords & keyword_mask(m.keyword_names, &[k]) != 0,
+        SearchKey::Unkeyword(k) => m.view.keywords & keyword_mask(m.keyword_names, &[k]) == 0,
+        SearchKey::Larger(n) => u64::from(m.entry.loc.len) > *n,
+        SearchKey::Smaller(n) => u64::from(m.entry.loc.len) < *n,
+        SearchKey::Before(d) => day(m.entry.internal_date) < d.days_since_epoch(),
+        SearchKey::On(d) => day(m.entry.internal_date) == d.days_since_epoch(),
+        SearchKey::Since(d) => day(m.entry.internal_date) >= d.days_since_epoch(),
+        SearchKey::SentBefore(d) => mime::sent_date(p.header()).is_some_and(|s| s.days_since_epoch() < d.days_since_epoch()),
+        SearchKey::SentOn(d) => mime::sent_date(p.header()).is_some_and(|s| s.days_since_epoch() == d.days_since_epoch()),
+        SearchKey::SentSince(d) => mime::sent_date(p.header()).is_some_and(|s| s.days_since_epoch() >= d.days_since_epoch()),
+        SearchKey::From(s) => mime::header_contains(p.header(), b"From", &str_of(s)),
+        SearchKey::To(s) => mime::header_contains(p.header(), b"To", &str_of(s)),
+        SearchKey::Cc(s) => mime::header_contains(p.header(), b"Cc", &str_of(s)),
+        SearchKey::Bcc(s) => mime::header_contains(p.header(), b"Bcc", &str_of(s)),
+        SearchKey::Subject(s) => mime::header_contains(p.header(), b"Subject", &str_of(s)),
+        SearchKey::Header(name, s) => {
+            let needle = str_of(s);
+            if needle.is_empty() {
+                // RFC 3501: an empty string matches every message that has the field.
+                mime::field_value(p.header(), name).is_some()
+            } else {
+                mime::header_contains(p.header(), name, &needle)
+            }
+        }
+        SearchKey::Body(s) => mime::body_contains(p.get(), &str_of(s)),
+        SearchKey::Text(s) => mime::text_contains(p.get(), &str_of(s)),
+        SearchKey::ModSeq { modseq, .. } => m.view.modseq >= *modseq,
+        SearchKey::Not(k) => !eval(k, m, p, depth + 1),
+        SearchKey::Or(a, b) => eval(a, m, p, depth + 1) || eval(b, m, p, depth + 1),
+        SearchKey::And(ks) => ks.iter().all(|k| eval(k, m, p, depth + 1)),
+    }
+}
+
+/// Whether a search needs the message bytes at all (flags-only searches
+/// never touch the mapping).
+pub fn needs_body(keys: &[SearchKey<'_>]) -> bool {
+    keys.iter().any(|k| match k {
+        SearchKey::SentBefore(_)
+        | SearchKey::SentOn(_)
+        | SearchKey::SentSince(_)
+        | SearchKey::From(_)
+        | SearchKey::To(_)
+        | SearchKey::Cc(_)
+        | SearchKey::Bcc(_)
+        | SearchKey::Subject(_)
+        | SearchKey::Header(..)
+        | SearchKey::Body(_)
+        | SearchKey::Text(_) => true,
+        SearchKey::Not(k) => needs_body(std::slice::from_ref(k)),
+        SearchKey::Or(a, b) => needs_body(std::slice::from_ref(a)) || needs_body(std::slice::from_ref(b)),
+        SearchKey::And(ks) => needs_body(ks),
+        _ => false,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::imap::{parse_command, CommandBody};
+    use crate::storage::record::Loc;
+
+    fn entry(uid: u32, flags: u32, modseq: u64) -> MessageEntry {
+        MessageEntry { uid, flags, keywords: 0, internal_date: 1_795_708_800, modseq, loc: Loc { seg: 1, offset: 0, len: 100 } }
+    }
+
+    #[test]
+    fn list_patterns() {
+        assert!(list_match(b"*", b"Sent/2026"));
+        assert!(list_match(b"%", b"Sent"));
+        assert!(!list_match(b"%", b"Sent/2026"));
+        assert!(list_match(b"Sent/%", b"Sent/2026"));
+        assert!(list_match(b"inbox", b"INBOX"));
+        assert!(list_match(b"INBOX*", b"INBOX"));
+        assert!(!list_match(b"Dr", b"Drafts"));
+        assert!(!list_match(b"*%*%*%*%*%*%*%*%*%*%*%*%*%x", b"aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"));
+    }
+
+    #[test]
+    fn view_sync_reports_expunge_exists_and_flags() {
+        let mut mb = Mailbox::new(0, "INBOX", 1, 0);
+        for u in 1..=4 {
+            mb.messages.push(entry(u, 0, u as u64));
+        }
+        let mut v = View::default();
+        let mut floor = 0;
+        let ch = v.sync(&mb, true, &mut floor);
+        assert_eq!(ch.exists, Some(4));
+        assert_eq!(ch.recent, Some(4));
+        assert_eq!(floor, 4);
+        // Another session would see none of them as recent.
+        let mut v2 = View::default();
+        assert_eq!(v2.sync(&mb, true, &mut floor).recent, Some(0));
+        mb.messages.remove(1); // uid 2
+        mb.messages.remove(2); // uid 4
+        mb.messages[0].flags = flag::SEEN;
+        mb.messages[0].modseq = 9;
+        mb.messages.push(entry(7, 0, 10));
+        // Not allowed to expunge: the view keeps 4 + 1 messages, flags still reported.
+        let ch = v.sync(&mb, false, &mut floor);
+        assert!(ch.expunged.is_empty());
+        assert_eq!(ch.flags, vec![1]);
+        assert_eq!(ch.exists, Some(5));
+        let ch = v.sync(&mb, true, &mut floor);
+        assert_eq!(ch.expunged, vec![4, 2]);
+        assert_eq!(v.msgs.iter().map(|m| m.uid).collect::<Vec<_>>(), vec![1, 3, 7]);
+        assert_eq!(v.seq_of(7), Some(3));
+        let set = SequenceSet::parse(b"2:*").unwrap();
+        assert_eq!(v.resolve(&set, false), vec![1, 2]);
+        assert_eq!(v.resolve(&SequenceSet::parse(b"4:*").unwrap(), true), vec![2]);
+        assert_eq!(v.resolve(&SequenceSet::parse(b"100:*").unwrap(), true), vec![2]);
+    }
+
+    #[test]
+    fn search_keys() {
+        let body = b"From: Alice <alice@example.test>\r\nSubject: =?UTF-8?Q?Gr=C3=BC=C3=9Fe?=\r\nDate: Wed, 25 Nov 2026 10:00:00 +0000\r\n\r\nHello World\r\n";
+        let e = entry(5, flag::SEEN, 3);
+        let v = ViewMsg::of(&e);
+        let input = SearchInput { seq: 2, view: &v, entry: &e, keyword_names: &[], recent: false, max_seq: 3, max_uid: 9, body, saved: &[] };
+        let search = |q: &str| {
+            let line = format!("a SEARCH {q}\r\n");
+            let cmd = parse_command(line.as_bytes()).unwrap();
+            let CommandBody::Search { search, .. } = cmd.body else { panic!() };
+            matches(&search.keys, &input)
+        };
+        assert!(search("SEEN"));
+        assert!(!search("UNSEEN"));
+        assert!(search("FROM alice"));
+        assert!(search("FROM ALICE"));
+        assert!(search("CHARSET UTF-8 SUBJECT \"GRÜSSE\"") || search("CHARSET UTF-8 SUBJECT \"grüße\""));
+        assert!(search("BODY world"));
+        assert!(!search("BODY absent"));
+        assert!(search("TEXT alice"));
+        assert!(search("OR UNSEEN FROM alice"));
+        assert!(search("NOT DELETED"));
+        assert!(search("2"));
+        assert!(!search("3:*"));
+        assert!(search("UID 5"));
+        assert!(search("SENTON 25-Nov-2026"));
+        assert!(search("SENTBEFORE 26-Nov-2026"));
+        assert!(search("SINCE 26-Nov-2026"));
+        assert!(!search("BEFORE 26-Nov-2026"));
+        assert!(search("LARGER 99 SMALLER 101"));
+        assert!(search("HEADER Subject \"\""));
+        assert!(!search("HEADER X-Missing \"\""));
+        assert!(search("(SEEN (FROM alice))"));
+    }
+}
