@@ -434,7 +434,6 @@ async fn record(shard: &Shard, jobs: &[Job], results: Vec<Vec<Outcome>>) -> Resu
     let now = unix_now();
     let schedule = shard.relay.schedule;
     let mut updates: Vec<(String, u32, u32, Update)> = Vec::new();
-    let mut finished: HashMap<String, Vec<u32>> = HashMap::new();
     for (j, outcomes) in jobs.iter().zip(results) {
         if outcomes.is_empty() {
             continue;
@@ -442,7 +441,6 @@ async fn record(shard: &Shard, jobs: &[Job], results: Vec<Vec<Outcome>>) -> Resu
         let Some(q) = shard.store.with_account(&j.account, |a| a.queued(j.uid).cloned()).flatten() else { continue };
         let mut failed = Vec::new();
         let mut delayed = Vec::new();
-        let mut new_states: Vec<(u32, u8)> = Vec::new();
         for ((i, address), o) in j.rcpts.iter().zip(outcomes) {
             let Some(r) = q.recipients.get(*i as usize) else { continue };
             let mut u = queue::after_attempt(&schedule, r.state, r.attempts, q.arrival, now, o.attempt);
@@ -461,7 +459,6 @@ async fn record(shard: &Shard, jobs: &[Job], results: Vec<Vec<Outcome>>) -> Resu
                 delayed.push(dsn_rcpt(DsnAction::Delayed, Some(unix_time(q.arrival.saturating_add(schedule.give_up)))));
                 u.state |= queue_state::WARNED;
             }
-            new_states.push((*i, u.state));
             updates.push((j.account.clone(), j.uid, *i, u));
         }
         let body = shard
@@ -491,14 +488,6 @@ async fn record(shard: &Shard, jobs: &[Job], results: Vec<Vec<Outcome>>) -> Resu
             tracing::info!(id = %QueueId { queue: queue::queue_number(&j.account).unwrap_or(0), uid: j.uid }, sender = q.reverse_path, what, "delivery status notification");
             send_dsn(shard, &q.reverse_path, dsn).await?;
         }
-        // Every recipient final after this round?
-        let all_final = q.recipients.iter().enumerate().all(|(i, r)| {
-            let state = new_states.iter().find(|(k, _)| *k as usize == i).map_or(r.state, |(_, s)| *s);
-            queue_state::is_final(state)
-        });
-        if all_final {
-            finished.entry(j.account.clone()).or_default().push(j.uid);
-        }
     }
     if !updates.is_empty() {
         let ops: Vec<Op<'_>> = updates
@@ -515,8 +504,20 @@ async fn record(shard: &Shard, jobs: &[Job], results: Vec<Vec<Outcome>>) -> Resu
             .collect();
         shard.store.commit(&ops).await?;
     }
+    // Messages whose recipients are all final now (other tasks may have
+    // finished their other domains meanwhile): out of the queue.
+    let mut finished: HashMap<&str, Vec<u32>> = HashMap::new();
+    for j in jobs {
+        let done = shard
+            .store
+            .with_account(&j.account, |a| a.queued(j.uid).is_some_and(|q| q.recipients.iter().all(|r| queue_state::is_final(r.state))))
+            .unwrap_or(false);
+        if done {
+            finished.entry(&j.account).or_default().push(j.uid);
+        }
+    }
     for (account, uids) in finished {
-        shard.store.expunge(&account, INBOX, uids).await?;
+        shard.store.expunge(account, INBOX, uids).await?;
     }
     Ok(())
 }
