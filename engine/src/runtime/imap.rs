@@ -793,7 +793,7 @@ impl Session {
         let entries = self
             .shard
             .store
-            .with_account(&account, |a| list_entries(a))
+            .with_account(&account, list_entries)
             .unwrap_or_default();
         let subs: HashSet<String> = self.shard.store.with_account(&account, |a| a.subscriptions.iter().cloned().collect()).unwrap_or_default();
         let mut statuses = Vec::new();

@@ -187,6 +187,9 @@ pub fn compaction_victims(reports: &[Vec<SegmentUsage>], live_percent: u32) -> V
     v
 }
 
+/// An account and its mailboxes: (name, messages, bytes).
+pub type AccountSummary = (String, Vec<(String, usize, u64)>);
+
 /// A message body: a slice of a segment mapping, kept alive by the `Rc`.
 #[derive(Clone)]
 pub struct Body {
@@ -358,7 +361,7 @@ impl Store {
     }
 
     /// Every account this shard holds, with its mailboxes' message counts and sizes.
-    pub fn summary(&self) -> Vec<(String, Vec<(String, usize, u64)>)> {
+    pub fn summary(&self) -> Vec<AccountSummary> {
         let mut out: Vec<_> = self
             .buckets
             .borrow()
