@@ -194,10 +194,9 @@ async fn worker(shard: Rc<Shard>) {
         relay.rung.set(false);
         let now = unix_now();
         let (due, next) = collect(&shard, now);
-        if !due.is_empty() {
-            dispatch(&shard, due).await;
-            // Some may have been left for later (concurrency limit): they
-            // run when a task ends and wakes us.
+        // Recipients held back by the per-domain connection limit start
+        // when a task ends and wakes us.
+        if !due.is_empty() && dispatch(&shard, due).await {
             continue;
         }
         if relay.rung.get() {
@@ -246,7 +245,8 @@ fn collect(shard: &Shard, now: i64) -> (Vec<Due>, Option<i64>) {
 }
 
 /// Resolve the round's domains in one batch and start delivery tasks.
-async fn dispatch(shard: &Rc<Shard>, due: Vec<Due>) {
+/// False when nothing could start (every domain at its connection limit).
+async fn dispatch(shard: &Rc<Shard>, due: Vec<Due>) -> bool {
     let relay = &shard.relay;
     let config = shard.config();
     let limit = config.relay.connections_per_domain.max(1);
@@ -281,7 +281,7 @@ async fn dispatch(shard: &Rc<Shard>, due: Vec<Due>) {
         }
     }
     if batches.is_empty() {
-        return;
+        return false;
     }
     let mut domains: Vec<String> = batches.iter().map(|(d, _)| d.clone()).collect();
     domains.sort();
@@ -294,6 +294,7 @@ async fn dispatch(shard: &Rc<Shard>, due: Vec<Due>) {
         let mx = answers.get(&domain).cloned().unwrap_or_else(|| MxResult::Temporary("not resolved".into()));
         glommio::spawn_local(deliver_batch(shard.clone(), domain, mx, batch)).detach();
     }
+    true
 }
 
 /// A queued body as the client's message body (no copy).
