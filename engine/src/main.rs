@@ -106,13 +106,17 @@ enum AccountAction {
     Remove { address: String },
     /// List accounts.
     List,
-    /// Add many accounts sharing one password (read from standard input), e.g.
-    /// `--pattern '{n}u@example.test' --count 10000` creates 0u@.. to 9999u@..
+    /// Add many accounts sharing one password (read from standard input). The
+    /// pattern's placeholder (the letter n in braces) is replaced by each number:
+    /// the pattern shown in README.md with --count 10000 creates 0u@.. to 9999u@..
     Bulk {
+        /// Address pattern containing the placeholder (n in braces), e.g. the one in README.md.
         #[arg(long)]
         pattern: String,
+        /// How many accounts.
         #[arg(long)]
         count: u64,
+        /// First number.
         #[arg(long, default_value_t = 0)]
         start: u64,
     },

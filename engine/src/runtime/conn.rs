@@ -9,6 +9,11 @@ use glommio::net::TcpStream;
 
 use crate::limits::READ_CHUNK;
 
+/// Read buffer kept by a connection waiting idle (see [`Conn::shrink`]).
+const IDLE_BUFFER: usize = 1024;
+/// Grow the buffer when less than this is free for the next read.
+const READ_MIN: usize = 512;
+
 pub struct Conn {
     pub stream: TcpStream,
     /// Received bytes live in `buf[start..end]`; bytes beyond `end` are
@@ -44,6 +49,17 @@ impl Conn {
 
     pub fn fd(&self) -> i32 {
         self.stream.as_raw_fd()
+    }
+
+    /// Before a long wait with nothing buffered (IMAP IDLE), give the read
+    /// buffer back and keep a small one: thousands of idle sessions then cost
+    /// a few KiB each. It grows again by whole chunks when data flows.
+    pub fn shrink(&mut self) {
+        if self.start == self.end && self.buf.capacity() > IDLE_BUFFER {
+            self.buf = vec![0; IDLE_BUFFER];
+            self.start = 0;
+            self.end = 0;
+        }
     }
 
     /// Let the buffer grow to `max` bytes (IMAP APPEND literals).
@@ -84,7 +100,9 @@ impl Conn {
             // The sessions consume or reject every line long before this.
             return ReadOutcome::Failed(std::io::Error::other("read buffer limit"));
         }
-        if self.buf.len() < self.end + READ_CHUNK {
+        if self.buf.len() < self.end + READ_MIN {
+            // Grow by exactly one chunk (resize would double the capacity).
+            self.buf.reserve_exact(self.end + READ_CHUNK - self.buf.len());
             self.buf.resize(self.end + READ_CHUNK, 0);
         }
         let r = self.stream.read(&mut self.buf[self.end..]).await;

@@ -1347,6 +1347,8 @@ impl Session {
                 let _ = conn.write_all(b"* BYE Server shutting down\r\n").await;
                 return false;
             }
+            conn.shrink();
+            self.out.buf.shrink_to(1024);
             let watch = self.shard.store.watch(self.account());
             let stop = self.shard.on_stop();
             self.shard.set_idle(fd, true);

@@ -52,6 +52,7 @@ const MESH_CHANNEL_SIZE: usize = 1024;
 
 /// Run the server until SIGTERM/SIGINT.
 pub fn serve(mut config: Config) -> Result<(), ServeError> {
+    raise_fd_limit();
     let cores = config.effective_cores();
     let data_err = |source| ServeError::Data { path: config.data_dir.display().to_string(), source };
     let meta = Meta::start_run(&config.data_dir, limits::BUCKETS_DEFAULT).map_err(data_err)?;
@@ -187,6 +188,19 @@ pub fn serve(mut config: Config) -> Result<(), ServeError> {
     match first_error {
         Some(e) => Err(ServeError::Shard(e)),
         None => Ok(()),
+    }
+}
+
+/// Every connection is a descriptor: raise the soft limit to the hard one
+/// (commonly 1024 vs 1M), as a server expecting thousands of clients must.
+fn raise_fd_limit() {
+    let mut l = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit/setrlimit with a valid pointer to a local struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut l) == 0 && l.rlim_cur < l.rlim_max {
+            l.rlim_cur = l.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &l);
+        }
     }
 }
 

@@ -293,7 +293,22 @@ impl Shard {
     }
 }
 
+/// How often the heartbeat task wakes an executor (see [`run`]).
+const HEARTBEAT: Duration = Duration::from_millis(10);
+
 pub async fn run(shared: Arc<Shared>, mesh: MeshBuilder<ShardMsg, Full>) -> Result<(), String> {
+    // glommio 0.9.0 can park an executor although tasks are runnable: when
+    // the preempt flag is already set on entry, run_task_queues reports that
+    // nothing ran and the loop parks, waiting for I/O or a timer. Under CPU
+    // load this hung a core at start-up (seen in CI). A task that sleeps on a
+    // short timer bounds every park, so a stuck executor resumes within
+    // HEARTBEAT; it costs one timer wake-up per HEARTBEAT on an idle core.
+    glommio::spawn_local(async {
+        loop {
+            glommio::timer::sleep(HEARTBEAT).await;
+        }
+    })
+    .detach();
     let (senders, mut receivers) = mesh.join().await.map_err(|_| "joining the channel mesh failed".to_string())?;
     let id = senders.peer_id();
     let fail = |e: String| {
@@ -377,7 +392,11 @@ pub async fn run(shared: Arc<Shared>, mesh: MeshBuilder<ShardMsg, Full>) -> Resu
         t.await;
     }
     let deadline = std::time::Instant::now() + Duration::from_secs(shared.config.timeouts.shutdown_grace_secs);
-    while shard.connections.get() > 0 && std::time::Instant::now() < deadline {
+    // Wait for every session of the process, not only ours: a session on
+    // another shard may still deliver into this shard's store, and its mesh
+    // messages are only handled while this executor runs. (Permits are held
+    // by every admitted connection, wherever it lives now.)
+    while (shard.connections.get() > 0 || shared.limiter.total() > 0) && std::time::Instant::now() < deadline {
         glommio::timer::sleep(Duration::from_millis(20)).await;
     }
     // Other shards may still be delivering to us; give their last mesh
