@@ -545,13 +545,17 @@ fn blast(addr: SocketAddr, senders: usize, count: usize, to: impl Fn(usize) -> S
     });
 }
 
+/// A 4096-byte message (headers included, CRLF lines).
 fn bench_body() -> Vec<u8> {
     let mut m = b"From: alice@a.test\r\nSubject: bench\r\n\r\n".to_vec();
-    while m.len() < 4096 - 80 {
-        m.extend_from_slice(b"0123456789 abcdefghijklmnopqrstuvwxyz ABCDEFGHIJKLMNOPQRSTUVWXYZ 0123456789\r\n");
+    let line = b"0123456789 abcdefghijklmnopqrstuvwxyz ABCDEFGHIJKLMNOPQRSTUVWXYZ 0123456789\r\n";
+    while m.len() + line.len() < 4096 {
+        m.extend_from_slice(line);
     }
-    m.truncate(4096 - 2);
+    let pad = 4096 - m.len();
+    m.extend(std::iter::repeat_n(b'x', pad - 2));
     m.extend_from_slice(b"\r\n");
+    assert_eq!(m.len(), 4096);
     m
 }
 
