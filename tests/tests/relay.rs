@@ -553,7 +553,7 @@ fn bench_body() -> Vec<u8> {
         m.extend_from_slice(line);
     }
     let pad = 4096 - m.len();
-    m.extend(std::iter::repeat_n(b'x', pad - 2));
+    m.resize(m.len() + pad - 2, b'x');
     m.extend_from_slice(b"\r\n");
     assert_eq!(m.len(), 4096);
     m
