@@ -26,7 +26,10 @@
 //! - `crash`: kill -9 during concurrent delivery, twice, then SIGTERM;
 //! - `cores`: restarting the same data with 1 and 2 cores;
 //! - `compaction`: segment compaction keeps live mail;
-//! - `lifecycle`: graceful shutdown, connection limits, timeouts.
+//! - `lifecycle`: graceful shutdown, connection limits, timeouts;
+//! - `imap`: IMAP4rev1 and its extensions with a raw client, imaplib and
+//!   mbsync (login, concurrent sessions, IDLE, APPEND across kill -9,
+//!   COPY/MOVE, FETCH sections, BODYSTRUCTURE, SEARCH, mailboxes, CONDSTORE).
 //!
 //! Client scripts (Python standard library only) live in `py/`.
 use std::io::{BufRead, BufReader, Read, Write};

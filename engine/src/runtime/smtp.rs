@@ -54,17 +54,13 @@ impl SmtpContext for Ctx<'_> {
 pub async fn serve(shard: Rc<Shard>, stream: TcpStream, peer: SocketAddr, permit: Result<Permit, Refusal>, submission: bool) {
     let _count = ConnCount::new(&shard);
     let mut conn = Conn::new(stream, Vec::new());
-    let _permit = match permit {
-        Ok(p) => p,
-        Err(r) => {
-            let text: &[u8] = match r {
-                Refusal::ServerFull => b"421 4.7.0 Too many connections, try again later\r\n",
-                Refusal::AddressFull => b"421 4.7.0 Too many connections from your address\r\n",
-            };
-            let _ = conn.write_all(text).await;
-            return;
+    let refusal = |r| -> &'static [u8] {
+        match r {
+            Refusal::ServerFull => b"421 4.7.0 Too many connections, try again later\r\n",
+            Refusal::AddressFull => b"421 4.7.0 Too many connections from your address\r\n",
         }
     };
+    let Some(_permit) = conn.admit(permit, refusal).await else { return };
     let config = shard.config();
     let mut session = SmtpSession::new(SmtpParams {
         hostname: config.hostname.clone(),

@@ -157,6 +157,9 @@ struct Bucket {
     checkpoint_running: bool,
 }
 
+/// A mailbox in [`Store::summary`]: name, message count, bytes.
+pub type MailboxSummary = (String, usize, u64);
+
 /// What one shard knows about one segment (compaction input).
 #[derive(Debug, Clone, Copy)]
 pub struct SegmentUsage {
@@ -186,9 +189,6 @@ pub fn compaction_victims(reports: &[Vec<SegmentUsage>], live_percent: u32) -> V
     v.sort_unstable();
     v
 }
-
-/// An account and its mailboxes: (name, messages, bytes).
-pub type AccountSummary = (String, Vec<(String, usize, u64)>);
 
 /// A message body: a slice of a segment mapping, kept alive by the `Rc`.
 #[derive(Clone)]
@@ -361,7 +361,7 @@ impl Store {
     }
 
     /// Every account this shard holds, with its mailboxes' message counts and sizes.
-    pub fn summary(&self) -> Vec<AccountSummary> {
+    pub fn summary(&self) -> Vec<(String, Vec<MailboxSummary>)> {
         let mut out: Vec<_> = self
             .buckets
             .borrow()
