@@ -385,6 +385,9 @@ impl Server {
             "127.0.0.1:0",
             "--imap",
             "127.0.0.1:0",
+            // Never the default 127.0.0.1:5870, shared by parallel servers.
+            "--submission",
+            "127.0.0.1:0",
         ]);
         if let Some(c) = &self.config_path {
             cmd.arg("--config").arg(c);

@@ -378,6 +378,15 @@ impl Store {
         out
     }
 
+    /// Accounts of this shard whose names start with `prefix` (relay queue
+    /// accounts), sorted.
+    pub fn accounts_with_prefix(&self, prefix: &str) -> Vec<String> {
+        let mut v: Vec<String> =
+            self.buckets.borrow().values().flat_map(|b| b.accounts.keys()).filter(|a| a.starts_with(prefix)).cloned().collect();
+        v.sort();
+        v
+    }
+
     /// Number of accounts this shard holds.
     pub fn account_count(&self) -> usize {
         self.buckets.borrow().values().map(|b| b.accounts.len()).sum()
@@ -872,7 +881,10 @@ impl Store {
     }
 }
 
-const CHECKPOINT_VERSION: u32 = 1;
+/// Version 2 added `Account::queue` (relay queues). Version 1 files are still
+/// read (`index::v1`); any other version is refused at start, loudly, rather
+/// than replaying from segments that compaction may have deleted.
+const CHECKPOINT_VERSION: u32 = 2;
 const CHECKPOINT_MAGIC: &[u8; 4] = b"RMCK";
 /// Header before the rkyv bytes: magic, version, length, crc32. 16 bytes keeps
 /// the archive 16-byte aligned inside a page-aligned mapping.
@@ -929,13 +941,25 @@ fn load_checkpoint(dir: &Path, bucket: u32) -> std::io::Result<Option<BucketChec
     if crc32fast::hash(archive) != crc {
         return Err(bad("checksum mismatch"));
     }
-    let archived = rkyv::access::<index::ArchivedBucketCheckpoint, rkyv::rancor::Error>(archive)
-        .map_err(|e| bad(&format!("invalid archive: {e}")))?;
-    if archived.bucket != bucket {
+    let version = u32::from_le_bytes(map[4..8].try_into().unwrap());
+    let c: BucketCheckpoint = match version {
+        CHECKPOINT_VERSION => {
+            let archived = rkyv::access::<index::ArchivedBucketCheckpoint, rkyv::rancor::Error>(archive)
+                .map_err(|e| bad(&format!("invalid archive: {e}")))?;
+            rkyv::deserialize::<_, rkyv::rancor::Error>(archived).map_err(|e| bad(&format!("{e}")))?
+        }
+        1 => {
+            let archived = rkyv::access::<index::v1::ArchivedBucketCheckpoint, rkyv::rancor::Error>(archive)
+                .map_err(|e| bad(&format!("invalid archive: {e}")))?;
+            let old: index::v1::BucketCheckpoint =
+                rkyv::deserialize::<_, rkyv::rancor::Error>(archived).map_err(|e| bad(&format!("{e}")))?;
+            old.into()
+        }
+        v => return Err(bad(&format!("checkpoint format {v} is not supported by this version (expected {CHECKPOINT_VERSION})"))),
+    };
+    if c.bucket != bucket {
         return Err(bad("checkpoint of another bucket"));
     }
-    let c: BucketCheckpoint =
-        rkyv::deserialize::<_, rkyv::rancor::Error>(archived).map_err(|e| bad(&format!("{e}")))?;
     Ok(Some(c))
 }
 
