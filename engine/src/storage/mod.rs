@@ -606,7 +606,9 @@ impl Store {
         if self.active_room() >= need {
             return Ok(());
         }
-        let seg = match self.spare.borrow_mut().take() {
+        // Take the spare first: no RefCell borrow may live across the await.
+        let spare = self.spare.borrow_mut().take();
+        let seg = match spare {
             Some(spare) if spare.room() >= need => spare,
             _ => self.create_segment().await?,
         };
