@@ -4,7 +4,7 @@
 //! unprivileged ports, data in `./ringmail-data`, local domain `example.test`
 //! and two demo accounts. A file given with `--config` replaces the defaults
 //! key by key; unknown keys are errors, reported with file, line and column.
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -36,6 +36,7 @@ pub struct Config {
     pub limits: Limits,
     pub timeouts: Timeouts,
     pub storage: Storage,
+    pub relay: Relay,
     /// Accounts created at start-up when missing (the default configuration's
     /// demo accounts live here). Passwords are hashed before they are stored.
     pub demo_accounts: Vec<DemoAccount>,
@@ -54,6 +55,102 @@ pub struct Listen {
     pub smtp: Vec<SocketAddr>,
     pub pop3: Vec<SocketAddr>,
     pub imap: Vec<SocketAddr>,
+    /// Message submission (RFC 6409): AUTH required before MAIL.
+    pub submission: Vec<SocketAddr>,
+}
+
+/// Outbound mail: who may relay, and how the queue delivers.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Relay {
+    /// Recursive DNS resolvers (`"127.0.0.1:53"`); empty: /etc/resolv.conf.
+    pub nameservers: Vec<SocketAddr>,
+    /// TCP port of the receiving MX hosts (25; tests point it elsewhere).
+    pub port: u16,
+    /// First retry after a temporary failure; the delay doubles each time...
+    pub retry_first_secs: u64,
+    /// ...up to this.
+    pub retry_max_secs: u64,
+    /// Bounce what is still undelivered this long after it arrived.
+    pub give_up_secs: u64,
+    /// Warn the sender once when a message is still deferred after this (0: never).
+    pub delay_warning_secs: u64,
+    /// Connections one shard opens to one destination domain at once.
+    pub connections_per_domain: usize,
+    /// Messages sent over one connection before it is closed.
+    pub messages_per_connection: usize,
+    /// Clients in these networks may relay without authenticating.
+    pub relay_networks: Vec<Cidr>,
+    /// Offer SMTP AUTH over plain text connections from any address (not
+    /// only loopback). There is no TLS yet.
+    pub auth_without_tls: bool,
+    /// Timeout of one DNS query attempt.
+    pub dns_timeout_secs: u64,
+}
+
+impl Default for Relay {
+    fn default() -> Self {
+        Relay {
+            nameservers: Vec::new(),
+            port: 25,
+            retry_first_secs: 300,
+            retry_max_secs: 4 * 3600,
+            give_up_secs: 5 * 86_400,
+            delay_warning_secs: 4 * 3600,
+            connections_per_domain: 4,
+            messages_per_connection: 100,
+            relay_networks: Vec::new(),
+            auth_without_tls: false,
+            dns_timeout_secs: 5,
+        }
+    }
+}
+
+/// An IP network, `address/prefix` (`192.0.2.0/24`, `2001:db8::/32`; a bare
+/// address is a single host).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub struct Cidr {
+    pub addr: IpAddr,
+    pub prefix: u8,
+}
+
+impl Cidr {
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let ip = ip.to_canonical();
+        match (self.addr, ip) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                let mask = u32::MAX.checked_shl(32 - u32::from(self.prefix)).unwrap_or(0);
+                u32::from(net) & mask == u32::from(ip) & mask
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                let mask = u128::MAX.checked_shl(128 - u32::from(self.prefix)).unwrap_or(0);
+                u128::from(net) & mask == u128::from(ip) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+impl TryFrom<String> for Cidr {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        s.parse()
+    }
+}
+
+impl std::str::FromStr for Cidr {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (a, p) = s.split_once('/').map_or((s, None), |(a, p)| (a, Some(p)));
+        let addr: IpAddr = a.trim().parse().map_err(|_| format!("{s:?} is not an address/prefix"))?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = match p {
+            Some(p) => p.trim().parse::<u8>().ok().filter(|p| *p <= max).ok_or_else(|| format!("{s:?}: bad prefix length"))?,
+            None => max,
+        };
+        Ok(Cidr { addr, prefix })
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -112,6 +209,7 @@ impl Default for Config {
             limits: Limits::default(),
             timeouts: Timeouts::default(),
             storage: Storage::default(),
+            relay: Relay::default(),
             demo_accounts: DEMO_ACCOUNTS
                 .iter()
                 .map(|(a, p)| DemoAccount { address: (*a).into(), password: (*p).into() })
@@ -126,6 +224,7 @@ impl Default for Listen {
             smtp: vec!["127.0.0.1:2525".parse().unwrap()],
             pop3: vec!["127.0.0.1:1100".parse().unwrap()],
             imap: vec!["127.0.0.1:1430".parse().unwrap()],
+            submission: vec!["127.0.0.1:5870".parse().unwrap()],
         }
     }
 }
@@ -209,6 +308,12 @@ impl Config {
         if self.cores > 256 {
             return Err("cores must be at most 256".into());
         }
+        if self.relay.connections_per_domain == 0 || self.relay.messages_per_connection == 0 {
+            return Err("relay.connections_per_domain and relay.messages_per_connection must be at least 1".into());
+        }
+        if self.relay.retry_first_secs == 0 || self.relay.retry_max_secs < self.relay.retry_first_secs {
+            return Err("relay.retry_first_secs must be at least 1 and at most relay.retry_max_secs".into());
+        }
         for d in &self.local_domains {
             if d.is_empty() || d.contains('@') {
                 return Err(format!("local_domains: {d:?} is not a domain"));
@@ -276,6 +381,9 @@ password = "bob-secret"
 smtp = ["127.0.0.1:2525"]
 pop3 = ["127.0.0.1:1100"]
 imap = ["127.0.0.1:1430"]
+# Message submission (RFC 6409; 587 in production): SMTP AUTH is required
+# before MAIL, and authenticated senders may relay to any domain.
+submission = ["127.0.0.1:5870"]
 
 [limits]
 # SIZE (RFC 1870): advertised in EHLO, checked at MAIL and at end of data. Max 32 MiB.
@@ -309,8 +417,36 @@ compact_interval_secs = 60
 io_memory_kib = 512
 # Busy-poll before an idle executor sleeps, in microseconds (0: sleep at once).
 spin_before_park_us = 0
-# Zero new segments before use (see docs/TUNING.md).
+# Write zeros over a new segment (prepared in the background, before it is
+# needed) so commits sync only data, not block allocation. Costs a full
+# write of every segment; measure it on your disks (docs/TUNING.md).
 zero_segments = false
+
+[relay]
+# Who may send mail to other domains: authenticated clients (SMTP AUTH PLAIN
+# or LOGIN, on any SMTP listener) and clients in relay_networks. Nobody else,
+# loopback included: port 25 never relays for an unauthenticated client.
+relay_networks = []
+# AUTH is offered on plain-text connections only to loopback clients unless
+# this is true. There is no TLS yet: passwords would cross the network in clear.
+auth_without_tls = false
+# DNS resolvers for MX lookups ("127.0.0.1:5353"); empty: /etc/resolv.conf.
+nameservers = []
+# Timeout of one DNS query attempt, in seconds.
+dns_timeout_secs = 5
+# TCP port of the receiving MX hosts.
+port = 25
+# Retries after a temporary failure (4xx, connection failure): the first after
+# retry_first_secs, then doubling up to retry_max_secs; bounce after give_up_secs.
+retry_first_secs = 300
+retry_max_secs = 14400
+give_up_secs = 432000
+# Warn the sender once when a message is still deferred after this (0: never).
+delay_warning_secs = 14400
+# Connections one shard opens to one destination domain at once.
+connections_per_domain = 4
+# Messages sent over one connection (RSET between them) before it closes.
+messages_per_connection = 100
 "#;
 
 fn line_column(text: &str, offset: usize) -> (usize, usize) {
@@ -347,5 +483,22 @@ mod tests {
         assert!(s.contains("bogus"), "{s}");
         let e = Config::parse("[limits]\nmessage_size_max = 0\n", Path::new("y.toml")).unwrap_err();
         assert!(e.to_string().contains("message_size_max"));
+    }
+
+    #[test]
+    fn relay_networks() {
+        let c = Config::parse("[relay]\nrelay_networks = [\"10.0.0.0/8\", \"2001:db8::/32\", \"192.0.2.7\"]\n", Path::new("r.toml")).unwrap();
+        let n = &c.relay.relay_networks;
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert!(n[0].contains(ip("10.200.1.2")));
+        assert!(!n[0].contains(ip("11.0.0.1")));
+        assert!(n[0].contains(ip("::ffff:10.0.0.1")));
+        assert!(n[1].contains(ip("2001:db8:ffff::1")));
+        assert!(!n[1].contains(ip("2001:db9::1")));
+        assert!(n[2].contains(ip("192.0.2.7")) && !n[2].contains(ip("192.0.2.8")));
+        assert!("0.0.0.0/0".parse::<Cidr>().unwrap().contains(ip("8.8.8.8")));
+        let e = Config::parse("[relay]\nrelay_networks = [\"10.0.0.0/33\"]\n", Path::new("r.toml")).unwrap_err();
+        assert!(e.to_string().contains("prefix"), "{e}");
+        assert!(Config::parse("[relay]\nrelay_networks = [\"example\"]\n", Path::new("r.toml")).is_err());
     }
 }

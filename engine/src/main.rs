@@ -10,7 +10,7 @@ use ringmail::config::Config;
 
 #[derive(Parser)]
 #[command(name = "ringmail", version, about = "A thread-per-core mail server: SMTP in, durable mailboxes, POP3 out.",
-    long_about = "ringmail accepts mail over SMTP for its local domains, appends it durably to per-account \
+    long_about = "ringmail accepts mail over SMTP for its local domains (and relays mail from authenticated clients), appends it durably to per-account \
 mailboxes (memory-mapped segment logs with group commit, one executor per core), and serves it over POP3.\n\n\
 With no configuration file it runs on an embedded default: 127.0.0.1, SMTP on 2525, POP3 on 1100, data in \
 ./ringmail-data, local domain example.test, demo accounts alice@example.test (password alice-secret) and \
@@ -38,6 +38,13 @@ enum Command {
         /// Print only the total number of stored messages.
         #[arg(long)]
         count_only: bool,
+    },
+    /// Act on the relay queue of a running server (through DATA/control.sock).
+    Queue {
+        #[command(flatten)]
+        common: Common,
+        #[command(subcommand)]
+        action: QueueAction,
     },
     /// Print the embedded default configuration as a TOML file to start from.
     DefaultConfig,
@@ -74,6 +81,19 @@ struct ServeArgs {
     /// IMAP listen address (repeatable); replaces the configured list.
     #[arg(long)]
     imap: Vec<SocketAddr>,
+    /// SMTP submission listen address (repeatable); replaces the configured list.
+    #[arg(long)]
+    submission: Vec<SocketAddr>,
+}
+
+#[derive(Subcommand)]
+enum QueueAction {
+    /// List queued messages and the state of each recipient.
+    List,
+    /// Retry deferred recipients now (all, or those of one domain).
+    Flush { domain: Option<String> },
+    /// Remove a message from the queue (no bounce is sent). ID as shown by `list`, e.g. q0-12.
+    Remove { id: String },
 }
 
 #[derive(Subcommand)]
@@ -86,13 +106,17 @@ enum AccountAction {
     Remove { address: String },
     /// List accounts.
     List,
-    /// Add many accounts sharing one password (read from standard input), e.g.
-    /// `--pattern '{n}u@example.test' --count 10000` creates 0u@.. to 9999u@..
+    /// Add many accounts sharing one password (read from standard input). The
+    /// pattern's placeholder (the letter n in braces) is replaced by each number:
+    /// the pattern shown in README.md with --count 10000 creates 0u@.. to 9999u@..
     Bulk {
+        /// Address pattern containing the placeholder (n in braces), e.g. the one in README.md.
         #[arg(long)]
         pattern: String,
+        /// How many accounts.
         #[arg(long)]
         count: u64,
+        /// First number.
         #[arg(long, default_value_t = 0)]
         start: u64,
     },
@@ -137,6 +161,9 @@ fn run(cli: Cli) -> Result<(), String> {
             }
             if !args.imap.is_empty() {
                 config.listen.imap = args.imap;
+            }
+            if !args.submission.is_empty() {
+                config.listen.submission = args.submission;
             }
             config.validate()?;
             ringmail::runtime::serve(config).map_err(|e| e.to_string())
@@ -209,6 +236,18 @@ fn run(cli: Cli) -> Result<(), String> {
                     println!("{account}: {}", if parts.is_empty() { "empty".into() } else { parts.join(", ") });
                 }
             }
+            Ok(())
+        }
+        Command::Queue { common, action } => {
+            let config = load_config(&common)?;
+            let request = match action {
+                QueueAction::List => "list".to_string(),
+                QueueAction::Flush { domain: Some(d) } => format!("flush {d}"),
+                QueueAction::Flush { domain: None } => "flush".to_string(),
+                QueueAction::Remove { id } => format!("remove {id}"),
+            };
+            let answer = ringmail::runtime::control::request(&config.data_dir, &request)?;
+            print!("{answer}");
             Ok(())
         }
         Command::DefaultConfig => {

@@ -76,13 +76,13 @@ pub struct AccountArgs {
     /// Number of accounts (recipients / mailboxes) to spread the load over.
     #[arg(long, default_value_t = 100)]
     pub accounts: u32,
-    /// Address pattern; `{n}` is replaced by the account number.
+    /// Address pattern; the placeholder n in braces is replaced by the account number (default shown below).
     #[arg(long, default_value = "{n}u@example.test")]
     pub account_pattern: String,
-    /// Number of the first account (`{n}` runs from this to this + accounts - 1).
+    /// Number of the first account (the placeholder runs from this to this + accounts - 1).
     #[arg(long, default_value_t = 0)]
     pub first_account: u64,
-    /// Login name pattern for POP3/IMAP; `{n}` is the account number (default: the address pattern).
+    /// Login name pattern for POP3/IMAP, with the same placeholder (default: the address pattern).
     #[arg(long)]
     pub login_pattern: Option<String>,
     /// Password for every account (POP3/IMAP and --verify).

@@ -18,6 +18,7 @@
 //!   `default-config`, the account CLI, a running server seeing account changes;
 //! - `smtp`: EHLO, PIPELINING, BDAT, SIZE, recipient verdicts, sequencing,
 //!   limits, long lines, smuggling, SMTPUTF8, trace headers, swaks (if installed);
+//! - `diskfull.rs`: a full disk gets 452 4.3.1, acknowledged mail is unharmed (root only);
 //! - `pop3`: a full poplib session, DELE/QUIT persistence across reconnect,
 //!   SIGTERM and kill -9, locks, AUTH PLAIN, pipelining, malformed commands;
 //! - `delivery`: fan-out across shards, dot-stuffing and 8-bit, 10 MiB,
@@ -25,7 +26,10 @@
 //! - `crash`: kill -9 during concurrent delivery, twice, then SIGTERM;
 //! - `cores`: restarting the same data with 1 and 2 cores;
 //! - `compaction`: segment compaction keeps live mail;
-//! - `lifecycle`: graceful shutdown, connection limits, timeouts.
+//! - `lifecycle`: graceful shutdown, connection limits, timeouts;
+//! - `imap`: IMAP4rev1 and its extensions with a raw client, imaplib and
+//!   mbsync (login, concurrent sessions, IDLE, APPEND across kill -9,
+//!   COPY/MOVE, FETCH sections, BODYSTRUCTURE, SEARCH, mailboxes, CONDSTORE).
 //!
 //! Client scripts (Python standard library only) live in `py/`.
 use std::io::{BufRead, BufReader, Read, Write};
@@ -221,6 +225,9 @@ pub struct Options {
     pub log: String,
     /// `--hostname` (the embedded default says mail.example.test).
     pub hostname: Option<String>,
+    /// Put the data directory on a tmpfs of this many MiB (needs root);
+    /// for disk-full tests. Unmounted when the server is dropped.
+    pub tmpfs_mib: Option<u32>,
 }
 
 impl Default for Options {
@@ -232,6 +239,7 @@ impl Default for Options {
             // RINGMAIL_E2E_LOG=debug shows the servers' debug logs in failures.
             log: std::env::var("RINGMAIL_E2E_LOG").unwrap_or_else(|_| "info".into()),
             hostname: None,
+            tmpfs_mib: None,
         }
     }
 }
@@ -255,9 +263,23 @@ impl Options {
             .extend(list.iter().map(|s| s.as_ref().to_string()));
         self
     }
+    pub fn tmpfs(mut self, mib: u32) -> Self {
+        self.tmpfs_mib = Some(mib);
+        self
+    }
     pub fn start(self) -> Server {
         Server::start(self)
     }
+}
+
+/// Mount a tmpfs of `mib` MiB on `dir`; false when that is not possible here.
+pub fn mount_tmpfs(dir: &Path, mib: u32) -> bool {
+    std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", &format!("size={mib}m"), "tmpfs"])
+        .arg(dir)
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
 }
 
 /// A running (or stopped) `ringmail serve` on its own data directory.
@@ -277,6 +299,8 @@ pub struct Server {
     /// The ready line of the latest start.
     pub ready_line: String,
     stop_elapsed: Option<Duration>,
+    /// The data directory is a tmpfs we mounted.
+    mounted: bool,
 }
 
 impl Server {
@@ -296,6 +320,13 @@ impl Server {
             .expect("tempdir");
         let data = dir.path().join("data");
         std::fs::create_dir_all(&data).unwrap();
+        let mounted = match opts.tmpfs_mib {
+            Some(mib) => {
+                assert!(mount_tmpfs(&data, mib), "cannot mount a tmpfs (not root?)");
+                true
+            }
+            None => false,
+        };
         let config_path = opts.config.as_ref().map(|text| {
             let p = dir.path().join("ringmail.toml");
             std::fs::write(&p, text).unwrap();
@@ -320,6 +351,7 @@ impl Server {
             stderr: Arc::new(Mutex::new(Vec::new())),
             ready_line: String::new(),
             stop_elapsed: None,
+            mounted,
         };
         s.spawn();
         s
@@ -352,6 +384,9 @@ impl Server {
             "--pop3",
             "127.0.0.1:0",
             "--imap",
+            "127.0.0.1:0",
+            // Never the default 127.0.0.1:5870, shared by parallel servers.
+            "--submission",
             "127.0.0.1:0",
         ]);
         if let Some(c) = &self.config_path {
@@ -540,6 +575,9 @@ impl Drop for Server {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
+        }
+        if self.mounted {
+            let _ = std::process::Command::new("umount").arg(&self.data).status();
         }
         if std::thread::panicking() {
             eprintln!(

@@ -7,11 +7,13 @@
 //! - [`dsn`]: delivery status notifications (bounces and delay warnings).
 //! - [`reply`]: SMTP reply parsing, shared by the client and the DSNs.
 //! - [`testdns`]: a scripted DNS responder for tests.
+//! - [`queue`]: the persistent outbound queue (names, ids, retry schedule).
 //!
-//! The persistent queue and the retry schedule live elsewhere; these parts
+//! The worker that drains the queue is `runtime::relay`; these parts
 //! take plain values and return plain outcomes.
 pub mod client;
 pub mod dns;
 pub mod dsn;
+pub mod queue;
 pub mod reply;
 pub mod testdns;

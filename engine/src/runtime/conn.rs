@@ -51,6 +51,18 @@ impl Conn {
         self.stream.as_raw_fd()
     }
 
+    /// Admit a new connection, or tell the client why not (`refusal` gives
+    /// the protocol's words for a full server and a full address) and close.
+    pub async fn admit<P>(&mut self, permit: Result<P, super::limiter::Refusal>, refusal: impl Fn(super::limiter::Refusal) -> &'static [u8]) -> Option<P> {
+        match permit {
+            Ok(p) => Some(p),
+            Err(r) => {
+                let _ = self.write_all(refusal(r)).await;
+                None
+            }
+        }
+    }
+
     /// Before a long wait with nothing buffered (IMAP IDLE), give the read
     /// buffer back and keep a small one: thousands of idle sessions then cost
     /// a few KiB each. It grows again by whole chunks when data flows.

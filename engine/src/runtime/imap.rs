@@ -123,13 +123,7 @@ enum Next {
 pub async fn serve(shard: Rc<Shard>, stream: TcpStream, _peer: SocketAddr, permit: Result<Permit, Refusal>) {
     let count = ConnCount::new(&shard);
     let mut conn = Conn::new(stream, Vec::new());
-    let permit = match permit {
-        Ok(p) => p,
-        Err(_) => {
-            let _ = conn.write_all(b"* BYE Too many connections, try again later\r\n").await;
-            return;
-        }
-    };
+    let Some(permit) = conn.admit(permit, |_| b"* BYE Too many connections, try again later\r\n").await else { return };
     let mut s = Session::new(shard, None);
     s.out.buf.extend_from_slice(b"* OK [CAPABILITY ");
     s.out.buf.extend_from_slice(CAPS_PREAUTH.join(" ").as_bytes());
@@ -384,7 +378,9 @@ impl Session {
                 } else if let Some(ir) = initial_response {
                     return self.sasl_plain(tag, ir).await;
                 } else {
-                    encode::write_continuation(&mut self.out.buf, "");
+                    // PLAIN starts with an empty challenge: "+ " CRLF (RFC 4616,
+                    // RFC 3501 7.5); any text here would be decoded as base64.
+                    encode::write_sasl_challenge(&mut self.out.buf, b"");
                     self.sasl_tag = Some(tag.to_vec());
                 }
             }
@@ -417,7 +413,7 @@ impl Session {
             CommandBody::List(list) => self.list(tag, &list),
             CommandBody::Lsub { reference, pattern } => self.lsub(tag, &reference, &pattern),
             CommandBody::Status { mailbox, items } => {
-                match self.with_mailbox_named(&mailbox, |a, m| status_items(a, m, &items)) {
+                match self.with_mailbox_named(&mailbox, |_, m| status_items(m, &items, self.recent_count(m))) {
                     Some(values) => {
                         encode::write_status_data(&mut self.out.buf, mailbox.as_bytes(), &values);
                         self.ok(tag, "STATUS completed");
@@ -446,26 +442,31 @@ impl Session {
                 self.ok(tag, "UNSELECT completed");
             }
             CommandBody::Expunge => self.expunge_cmd(tag, None).await,
-            CommandBody::UidExpunge { set } => match self.seqset(&set) {
+            CommandBody::UidExpunge { set } => match self.seqset(&set, true) {
                 Some(set) => self.expunge_cmd(tag, Some(set)).await,
-                None => self.out.status(Some(tag), Status::Bad, None, "No saved search"),
+                // `$` names no message (RFC 5182 2.1): nothing to do.
+                None => self.ok(tag, "Completed, no messages"),
             },
             CommandBody::Search { uid, search } => self.search(tag, uid, &search),
-            CommandBody::Fetch { uid, set, attrs, changed_since } => match self.seqset(&set) {
+            CommandBody::Fetch { uid, set, attrs, changed_since } => match self.seqset(&set, uid) {
                 Some(set) => self.fetch(tag, uid, &set, &attrs, changed_since).await,
-                None => self.out.status(Some(tag), Status::Bad, None, "No saved search"),
+                // `$` names no message (RFC 5182 2.1): nothing to do.
+                None => self.ok(tag, "Completed, no messages"),
             },
-            CommandBody::Store { uid, set, mode, silent, flags, unchanged_since } => match self.seqset(&set) {
+            CommandBody::Store { uid, set, mode, silent, flags, unchanged_since } => match self.seqset(&set, uid) {
                 Some(set) => self.store_flags(tag, uid, &set, mode, silent, &flags, unchanged_since).await,
-                None => self.out.status(Some(tag), Status::Bad, None, "No saved search"),
+                // `$` names no message (RFC 5182 2.1): nothing to do.
+                None => self.ok(tag, "Completed, no messages"),
             },
-            CommandBody::Copy { uid, set, mailbox } => match self.seqset(&set) {
+            CommandBody::Copy { uid, set, mailbox } => match self.seqset(&set, uid) {
                 Some(set) => self.copy(tag, uid, &set, &mailbox, false).await,
-                None => self.out.status(Some(tag), Status::Bad, None, "No saved search"),
+                // `$` names no message (RFC 5182 2.1): nothing to do.
+                None => self.ok(tag, "Completed, no messages"),
             },
-            CommandBody::Move { uid, set, mailbox } => match self.seqset(&set) {
+            CommandBody::Move { uid, set, mailbox } => match self.seqset(&set, uid) {
                 Some(set) => self.copy(tag, uid, &set, &mailbox, true).await,
-                None => self.out.status(Some(tag), Status::Bad, None, "No saved search"),
+                // `$` names no message (RFC 5182 2.1): nothing to do.
+                None => self.ok(tag, "Completed, no messages"),
             },
         }
         Next::Continue
@@ -484,18 +485,27 @@ impl Session {
         self.out.status(Some(tag), Status::No, Some(&code), "Temporary storage failure, try again");
     }
 
-    /// `$` (RFC 5182) becomes the saved UIDs.
-    fn seqset(&self, arg: &SequenceArg) -> Option<SequenceSet> {
+    /// `$` (RFC 5182) becomes the saved messages: their UIDs for a UID
+    /// command, their current sequence numbers otherwise (the saved result
+    /// is kept as UIDs so it survives expunges). None when `$` names no
+    /// message that still exists.
+    fn seqset(&self, arg: &SequenceArg, uid: bool) -> Option<SequenceSet> {
         match arg {
             SequenceArg::Set(s) => Some(s.clone()),
+            SequenceArg::Saved if uid => SequenceSet::compress(&self.saved),
             SequenceArg::Saved => {
-                if self.saved.is_empty() {
-                    SequenceSet::parse(b"0").or_else(|| SequenceSet::parse(b"4294967295"))
-                } else {
-                    SequenceSet::compress(&self.saved)
-                }
+                let view = &self.sel.as_ref()?.view;
+                SequenceSet::compress(&logic::saved_seqs(view, &self.saved))
             }
         }
+    }
+
+    /// STATUS RECENT: messages no session has claimed as \Recent yet, plus
+    /// those that are \Recent in this session if it has the mailbox selected.
+    fn recent_count(&self, m: &Mailbox) -> u64 {
+        let floor = self.shard.imap_recent.borrow().get(&(self.account().to_string(), m.id)).copied().unwrap_or(0);
+        let own = self.sel.as_ref().filter(|s| s.id == m.id).map(|s| &s.view.recent);
+        logic::recent_count(m, floor, own)
     }
 
     fn with_mailbox_named<R>(&self, name: &MailboxArg<'_>, f: impl FnOnce(&Account, &Mailbox) -> R) -> Option<R> {
@@ -790,12 +800,23 @@ impl Session {
             return;
         }
         let account = self.account().to_string();
-        let entries = self
+        let mut entries = self
             .shard
             .store
-            .with_account(&account, |a| list_entries(a))
+            .with_account(&account, list_entries)
             .unwrap_or_default();
         let subs: HashSet<String> = self.shard.store.with_account(&account, |a| a.subscriptions.iter().cloned().collect()).unwrap_or_default();
+        if subscribed_only {
+            // RFC 5258 3.1: SUBSCRIBED lists subscriptions whether or not
+            // the mailbox exists (those get \NonExistent).
+            let mut missing: Vec<&String> = subs.iter().filter(|n| !entries.iter().any(|e| &e.name == *n)).collect();
+            missing.sort();
+            for name in missing {
+                let prefix = format!("{name}{}", DELIMITER as char);
+                let children = entries.iter().any(|e| e.name.starts_with(&prefix));
+                entries.push(ListEntry { name: name.clone(), exists: false, children, special: special::NONE });
+            }
+        }
         let mut statuses = Vec::new();
         for e in &entries {
             let full: Vec<u8> = e.name.as_bytes().to_vec();
@@ -827,7 +848,7 @@ impl Session {
             encode::write_list(&mut self.out.buf, false, &attrs, Some(DELIMITER), e.name.as_bytes());
             if let (Some(items), true) = (&ret_status, e.exists) {
                 statuses.push(e.name.clone());
-                let values = self.shard.store.with_account(&account, |a| a.mailbox_by_name(&e.name).map(|m| status_items(a, m, items))).flatten();
+                let values = self.shard.store.with_account(&account, |a| a.mailbox_by_name(&e.name).map(|m| status_items(m, items, self.recent_count(m)))).flatten();
                 if let Some(v) = values {
                     encode::write_status_data(&mut self.out.buf, e.name.as_bytes(), &v);
                 }
@@ -840,12 +861,11 @@ impl Session {
         let account = self.account().to_string();
         let subs: Vec<String> = self.shard.store.with_account(&account, |a| a.subscriptions.clone()).unwrap_or_default();
         let pat = [reference, pattern].concat();
-        for s in subs {
-            if logic::list_match(&pat, s.as_bytes()) {
-                let exists = self.exists(&s);
-                let attrs: &[&str] = if exists { &[] } else { &["\\Noselect"] };
-                encode::write_list(&mut self.out.buf, true, attrs, Some(DELIMITER), s.as_bytes());
-            }
+        for (name, implied) in logic::lsub_matches(&pat, &subs) {
+            // \Noselect: a superior that is not subscribed itself, or a
+            // subscription whose mailbox does not exist.
+            let attrs: &[&str] = if implied || !self.exists(&name) { &["\\Noselect"] } else { &[] };
+            encode::write_list(&mut self.out.buf, true, attrs, Some(DELIMITER), name.as_bytes());
         }
         self.ok(tag, "LSUB completed");
     }
@@ -1264,6 +1284,11 @@ impl Session {
                     self.out.status(Some(tag), Status::Ok, Some(&code), "COPY completed");
                 }
             }
+            // Every message asked for was expunged by another session since
+            // this one last heard (RFC 2180 4.4.1, RFC 5530 EXPUNGEISSUED).
+            Ok(None) if !uids.is_empty() => {
+                self.out.status(Some(tag), Status::No, Some(&Code::Other("EXPUNGEISSUED")), "Messages were expunged meanwhile")
+            }
             Ok(None) => self.ok(tag, if mv { "MOVE completed" } else { "COPY completed" }),
             Err(e) => self.storage_failed(tag, &e),
         }
@@ -1293,7 +1318,7 @@ impl Session {
             }
             let dest_id = d.id;
             let validity = d.uidvalidity;
-            let expunge_modseq = if mv {
+            let expunge_modseq = if mv && !links.is_empty() {
                 a.mailbox_mut(src).map(|m| {
                     m.highest_modseq += 1;
                     m.highest_modseq
@@ -1306,6 +1331,11 @@ impl Session {
         let Some((dest_id, validity, links, new_kw, expunge_modseq)) = plan else {
             return Err(StorageError::NoMailbox);
         };
+        if links.is_empty() {
+            // None of them exists any more: nothing to commit, and no COPYUID
+            // (its sets cannot be empty).
+            return Ok(None);
+        }
         let mut ops: Vec<Op<'_>> = new_kw.iter().map(|(bit, n)| Op::Keyword { account: &account, mailbox: dest_id, bit: *bit, name: n }).collect();
         for (_, new_uid, date, flags, kw, modseq, loc) in &links {
             ops.push(Op::Link { account: &account, mailbox: dest_id, uid: *new_uid, internal_date: *date, flags: *flags, keywords: *kw, modseq: *modseq, loc: *loc });
@@ -1440,14 +1470,13 @@ fn entries_with_keywords(m: &Mailbox, uids: &[u32]) -> Vec<(index::MessageEntry,
         .collect()
 }
 
-fn status_items(_a: &Account, m: &Mailbox, items: &[StatusItem]) -> Vec<(StatusItem, u64)> {
+fn status_items(m: &Mailbox, items: &[StatusItem], recent: u64) -> Vec<(StatusItem, u64)> {
     items
         .iter()
         .map(|i| {
             let v = match i {
                 StatusItem::Messages => m.messages.len() as u64,
-                // \Recent is per session; STATUS reports none claimed yet as 0 (allowed, RFC 9051 drops it).
-                StatusItem::Recent => 0,
+                StatusItem::Recent => recent,
                 StatusItem::UidNext => u64::from(m.uidnext),
                 StatusItem::UidValidity => u64::from(m.uidvalidity),
                 StatusItem::Unseen => m.messages.iter().filter(|e| e.flags & flag::SEEN == 0).count() as u64,

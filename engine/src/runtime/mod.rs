@@ -9,9 +9,11 @@
 //! SIGTERM/SIGINT: every shard stops accepting, lets sessions finish within
 //! the grace period, makes everything durable, checkpoints, and exits 0.
 pub mod conn;
+pub mod control;
 pub mod imap;
 pub mod limiter;
 pub mod pop3;
+pub mod relay;
 pub mod shard;
 pub mod smtp;
 
@@ -85,6 +87,9 @@ pub fn serve(mut config: Config) -> Result<(), ServeError> {
     let smtp = resolve(&config.listen.smtp)?;
     let pop3 = resolve(&config.listen.pop3)?;
     let imap = resolve(&config.listen.imap)?;
+    let submission = resolve(&config.listen.submission)?;
+    // The one DNS thread for every shard, and the control channels.
+    let (relay, control_senders) = relay::RelayShared::start(&config, cores);
 
     let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel(cores);
     let limiter = limiter::Limiter::new(config.limits.connections_max, config.limits.connections_per_address_max);
@@ -106,6 +111,8 @@ pub fn serve(mut config: Config) -> Result<(), ServeError> {
         pop3,
         imap,
         ready: ready_tx,
+        submission,
+        relay,
     });
 
     let shared_sig = shared.clone();
@@ -154,12 +161,16 @@ pub fn serve(mut config: Config) -> Result<(), ServeError> {
         return Err(ServeError::Shard(e));
     }
     drop(reserved);
+    if let Err(e) = control::start(&shared.config.data_dir, control_senders) {
+        tracing::warn!(error = %e, "control socket unavailable: `ringmail queue` will not reach this server");
+    }
     let list = |v: &[SocketAddr]| v.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(",");
     println!(
-        "ringmail: ready smtp={} pop3={} imap={} cores={} data={}",
+        "ringmail: ready smtp={} pop3={} imap={} submission={} cores={} data={}",
         list(&shared.smtp),
         list(&shared.pop3),
         list(&shared.imap),
+        list(&shared.submission),
         cores,
         shared.config.data_dir.display()
     );

@@ -43,13 +43,7 @@ impl Drop for LockGuard {
 pub async fn serve(shard: Rc<Shard>, stream: TcpStream, _peer: SocketAddr, permit: Result<Permit, Refusal>) {
     let count = ConnCount::new(&shard);
     let mut conn = Conn::new(stream, Vec::new());
-    let permit = match permit {
-        Ok(p) => p,
-        Err(_) => {
-            let _ = conn.write_all(b"-ERR [SYS/TEMP] too many connections, try again later\r\n").await;
-            return;
-        }
-    };
+    let Some(permit) = conn.admit(permit, |_| b"-ERR [SYS/TEMP] too many connections, try again later\r\n").await else { return };
     let mut session = Pop3Session::new(Pop3Params {
         hostname: shard.config().hostname.clone(),
         auth_failures_max: shard.config().limits.auth_failures_max,

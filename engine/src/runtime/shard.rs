@@ -38,6 +38,9 @@ pub struct Shared {
     pub pop3: Vec<SocketAddr>,
     pub imap: Vec<SocketAddr>,
     pub ready: std::sync::mpsc::SyncSender<Result<usize, String>>,
+    // --- relay (runtime/relay.rs) ---
+    pub submission: Vec<SocketAddr>,
+    pub relay: super::relay::RelayShared,
 }
 
 /// Messages between shards.
@@ -82,6 +85,8 @@ pub struct Shard {
     stopping: Cell<bool>,
     stop_waiters: RefCell<Vec<oneshot::Sender<()>>>,
     next_session: Cell<u64>,
+    /// The relay queue of this shard (runtime/relay.rs).
+    pub relay: super::relay::Relay,
 }
 
 pub type LocalFuture<T> = Pin<Box<dyn Future<Output = T>>>;
@@ -288,7 +293,22 @@ impl Shard {
     }
 }
 
+/// How often the heartbeat task wakes an executor (see [`run`]).
+const HEARTBEAT: Duration = Duration::from_millis(10);
+
 pub async fn run(shared: Arc<Shared>, mesh: MeshBuilder<ShardMsg, Full>) -> Result<(), String> {
+    // glommio 0.9.0 can park an executor although tasks are runnable: when
+    // the preempt flag is already set on entry, run_task_queues reports that
+    // nothing ran and the loop parks, waiting for I/O or a timer. Under CPU
+    // load this hung a core at start-up (seen in CI). A task that sleeps on a
+    // short timer bounds every park, so a stuck executor resumes within
+    // HEARTBEAT; it costs one timer wake-up per HEARTBEAT on an idle core.
+    glommio::spawn_local(async {
+        loop {
+            glommio::timer::sleep(HEARTBEAT).await;
+        }
+    })
+    .detach();
     let (senders, mut receivers) = mesh.join().await.map_err(|_| "joining the channel mesh failed".to_string())?;
     let id = senders.peer_id();
     let fail = |e: String| {
@@ -322,6 +342,7 @@ pub async fn run(shared: Arc<Shared>, mesh: MeshBuilder<ShardMsg, Full>) -> Resu
         stopping: Cell::new(false),
         stop_waiters: RefCell::default(),
         next_session: Cell::new(0),
+        relay: super::relay::Relay::new(id, shared.cores, shared.meta.buckets, &shared.config),
     });
 
     for (_peer, stream) in receivers.streams() {
@@ -335,12 +356,15 @@ pub async fn run(shared: Arc<Shared>, mesh: MeshBuilder<ShardMsg, Full>) -> Resu
     }
 
     let mut accept_tasks = Vec::new();
-    for (addrs, proto) in [(&shared.smtp, Proto::Smtp), (&shared.pop3, Proto::Pop3), (&shared.imap, Proto::Imap)] {
+    for (addrs, proto) in
+        [(&shared.smtp, Proto::Smtp), (&shared.pop3, Proto::Pop3), (&shared.imap, Proto::Imap), (&shared.submission, Proto::Submission)]
+    {
         for addr in addrs {
             let listener = TcpListener::bind(*addr).map_err(|e| fail(format!("shard {id}: binding {addr}: {e}")))?;
             accept_tasks.push(glommio::spawn_local(accept_loop(shard.clone(), listener, proto)));
         }
     }
+    super::relay::start(&shard);
     let _ = shared.ready.send(Ok(id));
     let interval = shared.config.storage.compact_interval_secs;
     if id == 0 && interval > 0 {
@@ -389,6 +413,8 @@ pub enum Proto {
     Smtp,
     Pop3,
     Imap,
+    /// SMTP submission: AUTH before MAIL.
+    Submission,
 }
 
 async fn accept_loop(shard: Rc<Shard>, listener: TcpListener, proto: Proto) {
@@ -406,7 +432,8 @@ async fn accept_loop(shard: Rc<Shard>, listener: TcpListener, proto: Proto) {
                 let shard2 = shard.clone();
                 glommio::spawn_local(async move {
                     match proto {
-                        Proto::Smtp => super::smtp::serve(shard2, stream, peer, permit).await,
+                        Proto::Smtp => super::smtp::serve(shard2, stream, peer, permit, false).await,
+                        Proto::Submission => super::smtp::serve(shard2, stream, peer, permit, true).await,
                         Proto::Pop3 => super::pop3::serve(shard2, stream, peer, permit).await,
                         Proto::Imap => super::imap::serve(shard2, stream, peer, permit).await,
                     }

@@ -7,7 +7,7 @@ use std::rc::Rc;
 use glommio::net::TcpStream;
 
 use crate::accounts::Lookup;
-use crate::session::smtp::{DeliveryOutcome, RcptVerdict, SmtpContext, SmtpEvent, SmtpParams, SmtpSession};
+use crate::session::smtp::{AuthResult, DeliveryOutcome, RcptVerdict, SmtpContext, SmtpEvent, SmtpParams, SmtpSession};
 
 use super::conn::{Conn, ReadOutcome};
 use super::limiter::{Permit, Refusal};
@@ -49,20 +49,18 @@ impl SmtpContext for Ctx<'_> {
     }
 }
 
-pub async fn serve(shard: Rc<Shard>, stream: TcpStream, peer: SocketAddr, permit: Result<Permit, Refusal>) {
+/// Serve one SMTP connection; `submission`: a submission listener (AUTH
+/// before MAIL).
+pub async fn serve(shard: Rc<Shard>, stream: TcpStream, peer: SocketAddr, permit: Result<Permit, Refusal>, submission: bool) {
     let _count = ConnCount::new(&shard);
     let mut conn = Conn::new(stream, Vec::new());
-    let _permit = match permit {
-        Ok(p) => p,
-        Err(r) => {
-            let text: &[u8] = match r {
-                Refusal::ServerFull => b"421 4.7.0 Too many connections, try again later\r\n",
-                Refusal::AddressFull => b"421 4.7.0 Too many connections from your address\r\n",
-            };
-            let _ = conn.write_all(text).await;
-            return;
+    let refusal = |r| -> &'static [u8] {
+        match r {
+            Refusal::ServerFull => b"421 4.7.0 Too many connections, try again later\r\n",
+            Refusal::AddressFull => b"421 4.7.0 Too many connections from your address\r\n",
         }
     };
+    let Some(_permit) = conn.admit(permit, refusal).await else { return };
     let config = shard.config();
     let mut session = SmtpSession::new(SmtpParams {
         hostname: config.hostname.clone(),
@@ -71,6 +69,11 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, peer: SocketAddr, permit
         recipients_max: config.limits.recipients_max,
         errors_max: config.limits.smtp_errors_max,
         session_id: shard.session_id(),
+        // No TLS yet: passwords only over loopback unless configured otherwise.
+        auth: config.relay.auth_without_tls || peer.ip().to_canonical().is_loopback(),
+        submission,
+        relay_client: config.relay.relay_networks.iter().any(|n| n.contains(peer.ip())),
+        auth_failures_max: config.limits.auth_failures_max,
     });
     let mut out = Vec::with_capacity(1024);
     session.greeting(&mut out);
@@ -114,14 +117,47 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, peer: SocketAddr, permit
                     ReadOutcome::Failed(_) => return,
                 }
             }
+            SmtpEvent::Auth { user, password } => {
+                let result = if user.is_empty() {
+                    AuthResult::Failed
+                } else {
+                    match shard.verify(&user, &password).await {
+                        Some(account) => AuthResult::Ok { account },
+                        None => AuthResult::Failed,
+                    }
+                };
+                if let AuthResult::Ok { account } = &result {
+                    tracing::debug!(%peer, account, "SMTP AUTH");
+                } else {
+                    tracing::info!(%peer, user, "SMTP AUTH failed");
+                }
+                session.auth_result(result, &mut out);
+            }
             SmtpEvent::Deliver(tx) => {
-                let accounts: Vec<String> = tx.recipients.iter().map(|r| r.account.clone()).collect();
-                let mut prefix = Vec::with_capacity(tx.reverse_path.len() + 20);
-                // RFC 5321 4.4: the final delivery server adds Return-Path.
-                prefix.extend_from_slice(b"Return-Path: <");
-                prefix.extend_from_slice(tx.reverse_path.as_bytes());
-                prefix.extend_from_slice(b">\r\n");
-                let (result, body) = shard.deliver(&accounts, prefix, tx.body, unix_now()).await;
+                let now = unix_now();
+                // Relayed recipients first, into this shard's queue; then the
+                // local ones. Both must be durable before the 250.
+                let mut result = Ok(());
+                if !tx.relay.is_empty() {
+                    match super::relay::enqueue(&shard, &tx.reverse_path, &tx.relay, &tx.body, tx.smtputf8, tx.body_8bit).await {
+                        Ok(id) => tracing::debug!(%id, recipients = tx.relay.len(), "queued for relay"),
+                        Err(e) => result = Err(e),
+                    }
+                }
+                let body;
+                if result.is_ok() && !tx.recipients.is_empty() {
+                    let accounts: Vec<String> = tx.recipients.iter().map(|r| r.account.clone()).collect();
+                    let mut prefix = Vec::with_capacity(tx.reverse_path.len() + 20);
+                    // RFC 5321 4.4: the final delivery server adds Return-Path.
+                    prefix.extend_from_slice(b"Return-Path: <");
+                    prefix.extend_from_slice(tx.reverse_path.as_bytes());
+                    prefix.extend_from_slice(b">\r\n");
+                    let (r, b) = shard.deliver(&accounts, prefix, tx.body, now).await;
+                    result = r;
+                    body = b;
+                } else {
+                    body = Some(tx.body);
+                }
                 let outcome = match result {
                     Ok(()) => DeliveryOutcome::Stored,
                     Err(e) => {

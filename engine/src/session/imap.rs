@@ -109,6 +109,31 @@ pub fn list_match(pattern: &[u8], name: &[u8]) -> bool {
     rec(pattern, n, &mut budget)
 }
 
+/// LSUB matching (RFC 3501 6.3.9): subscribed names matching `pattern`,
+/// each with `false`, plus superiors of subscribed names that match
+/// `pattern` themselves without being subscribed (the `%` case: "foo" for a
+/// subscribed "foo/bar"), each with `true` (to be flagged \Noselect). In
+/// subscription order, each name once.
+pub fn lsub_matches(pattern: &[u8], subs: &[String]) -> Vec<(String, bool)> {
+    let mut out: Vec<(String, bool)> = Vec::new();
+    let subscribed = |n: &str| subs.iter().any(|s| s == n);
+    for s in subs {
+        if list_match(pattern, s.as_bytes()) {
+            if !out.iter().any(|(n, _)| n == s) {
+                out.push((s.clone(), false));
+            }
+            continue;
+        }
+        for (i, _) in s.match_indices(DELIMITER as char) {
+            let parent = &s[..i];
+            if !subscribed(parent) && list_match(pattern, parent.as_bytes()) && !out.iter().any(|(n, _)| n == parent) {
+                out.push((parent.to_string(), true));
+            }
+        }
+    }
+    out
+}
+
 /// One message of a session's view.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ViewMsg {
@@ -260,6 +285,25 @@ impl View {
     }
 }
 
+/// The number of messages with \Recent for STATUS (RFC 3501 6.3.10): those
+/// above `floor` (no session has claimed them yet, so the next one to select
+/// the mailbox will) plus, for the session that has the mailbox selected,
+/// its own recent messages that still exist.
+pub fn recent_count(mailbox: &Mailbox, floor: u32, own: Option<&HashSet<u32>>) -> u64 {
+    let unclaimed = mailbox.messages.len() - mailbox.messages.partition_point(|e| e.uid <= floor);
+    let mine = own.map_or(0, |r| r.iter().filter(|u| **u <= floor && mailbox.position(**u).is_some()).count());
+    (unclaimed + mine) as u64
+}
+
+/// The sequence numbers, in this view, of saved UIDs (RFC 5182 `$` in a
+/// non-UID command), ascending; UIDs no longer in the view are dropped.
+pub fn saved_seqs(view: &View, saved: &[u32]) -> Vec<u32> {
+    let mut seqs: Vec<u32> = saved.iter().filter_map(|u| view.seq_of(*u)).collect();
+    seqs.sort_unstable();
+    seqs.dedup();
+    seqs
+}
+
 /// Everything SEARCH may look at for one message.
 pub struct SearchInput<'a> {
     pub seq: u32,
@@ -403,6 +447,20 @@ mod tests {
     }
 
     #[test]
+    fn lsub_percent_returns_unsubscribed_parents() {
+        let subs: Vec<String> = ["INBOX", "foo/bar", "foo/baz", "a/b/c", "x"].iter().map(|s| s.to_string()).collect();
+        assert_eq!(
+            lsub_matches(b"%", &subs),
+            vec![("INBOX".into(), false), ("foo".into(), true), ("a".into(), true), ("x".into(), false)]
+        );
+        assert_eq!(lsub_matches(b"a/%", &subs), vec![("a/b".into(), true)]);
+        assert_eq!(lsub_matches(b"*", &subs).len(), 5);
+        assert!(lsub_matches(b"*", &subs).iter().all(|(_, implied)| !implied));
+        let subs: Vec<String> = ["foo", "foo/bar"].iter().map(|s| s.to_string()).collect();
+        assert_eq!(lsub_matches(b"%", &subs), vec![("foo".into(), false)]);
+    }
+
+    #[test]
     fn view_sync_reports_expunge_exists_and_flags() {
         let mut mb = Mailbox::new(0, "INBOX", 1, 0);
         for u in 1..=4 {
@@ -435,6 +493,33 @@ mod tests {
         assert_eq!(v.resolve(&set, false), vec![1, 2]);
         assert_eq!(v.resolve(&SequenceSet::parse(b"4:*").unwrap(), true), vec![2]);
         assert_eq!(v.resolve(&SequenceSet::parse(b"100:*").unwrap(), true), vec![2]);
+    }
+
+    #[test]
+    fn status_recent_counts_unclaimed_and_own() {
+        let mut mb = Mailbox::new(0, "INBOX", 1, 0);
+        for u in 1..=5 {
+            mb.messages.push(entry(u, 0, u as u64));
+        }
+        // Nobody selected the mailbox yet: everything is recent.
+        assert_eq!(recent_count(&mb, 0, None), 5);
+        // A session claimed 1..=3; another session sees only 4 and 5.
+        assert_eq!(recent_count(&mb, 3, None), 2);
+        let own: HashSet<u32> = [2, 3].into_iter().collect();
+        assert_eq!(recent_count(&mb, 3, Some(&own)), 4);
+        // An expunged recent message no longer counts.
+        mb.messages.remove(1);
+        assert_eq!(recent_count(&mb, 3, Some(&own)), 3);
+    }
+
+    #[test]
+    fn saved_uids_become_sequence_numbers() {
+        let mut v = View::default();
+        for uid in [3, 7, 9, 12] {
+            v.msgs.push(ViewMsg { uid, flags: 0, keywords: 0, modseq: 1 });
+        }
+        assert_eq!(saved_seqs(&v, &[12, 7, 5]), vec![2, 4]);
+        assert!(saved_seqs(&v, &[1, 2]).is_empty());
     }
 
     #[test]

@@ -8,8 +8,11 @@
 //!
 //! Must never: touch sockets, files, timers or the clock (the time comes from
 //! [`SmtpContext::now_unix`]); decide who may receive mail (that is
-//! [`SmtpContext::recipient`]; we only refuse what it does not call local, so
-//! the server is never an open relay); panic on any input; or let message data
+//! [`SmtpContext::recipient`]); accept a recipient outside our domains unless
+//! the client authenticated (AUTH, RFC 4954) or is in `relay_networks`
+//! ([`SmtpParams::relay_client`]), so the server is never an open relay;
+//! check passwords (that is the runtime, answering [`SmtpEvent::Auth`]);
+//! panic on any input; or let message data
 //! be read as commands (DATA ends only at `CRLF . CRLF`, refused BDAT chunks
 //! are still consumed, and a BDAT whose size cannot be read closes the
 //! connection).
@@ -23,6 +26,7 @@
 //!     match s.advance(&buf[pos..], &directory, &mut out) {
 //!         (used, SmtpEvent::NeedInput) => { pos += used; flush out; read more }
 //!         (used, SmtpEvent::Deliver(tx)) => { pos += used; deliver tx; s.delivered(outcome, &mut out) }
+//!         (used, SmtpEvent::Auth { user, password }) => { pos += used; check; s.auth_result(result, &mut out) }
 //!         (used, SmtpEvent::Close) => { pos += used; flush out; close }
 //!     }
 //! }
@@ -56,6 +60,14 @@
 //!   any     --error past errors_max: 421 / timeout(): 421 --> Closed
 //!   Command --BDAT with unreadable size: 421 --------------> Closed
 //! ```
+//!
+//! AUTH (RFC 4954, mechanisms PLAIN and LOGIN, offered when
+//! [`SmtpParams::auth`]): `AUTH` moves to `AuthResponse` while a `334`
+//! challenge waits for its answer line (`*` cancels), then to
+//! `Authenticating` while the runtime checks the password
+//! ([`SmtpEvent::Auth`], answered by [`SmtpSession::auth_result`]): `235` or
+//! `535`. On a submission listener ([`SmtpParams::submission`]) MAIL needs
+//! AUTH first (`530 5.7.0`).
 //!
 //! Within `Command`, the session also tracks whether HELO/EHLO was seen and
 //! the envelope (`MAIL` seen, accepted recipients, whether BDAT started).
@@ -93,6 +105,14 @@ pub struct SmtpParams {
     pub errors_max: usize,
     /// Appears in Received: id.
     pub session_id: u64,
+    /// Offer AUTH PLAIN LOGIN in EHLO and accept the AUTH command.
+    pub auth: bool,
+    /// A submission listener (RFC 6409): MAIL needs AUTH first.
+    pub submission: bool,
+    /// The client is in `relay_networks`: it may relay without AUTH.
+    pub relay_client: bool,
+    /// Failed AUTH attempts before the connection is closed.
+    pub auth_failures_max: usize,
 }
 
 /// What the session asks of the rest of the server while it runs.
@@ -110,7 +130,8 @@ pub enum RcptVerdict {
     Local { account: String },
     /// `550 5.1.1`: one of our domains, no such user.
     UnknownUser,
-    /// `550 5.7.1`: not one of our domains; we never relay.
+    /// Not one of our domains: relayed if the client may relay (authenticated
+    /// or in `relay_networks`), else `550 5.7.1`.
     NotLocal,
     /// `451 4.3.0`: cannot tell right now.
     TempFail,
@@ -128,8 +149,13 @@ pub struct Recipient {
 pub struct Transaction {
     /// "" for the null sender <>.
     pub reverse_path: String,
-    /// Accepted ones, in order (at most one per account).
+    /// Accepted local ones, in order (at most one per account).
     pub recipients: Vec<Recipient>,
+    /// Accepted recipients in other domains, to relay (as given, without
+    /// duplicates ignoring case), in order.
+    pub relay: Vec<String>,
+    /// The account the client authenticated as, if it did.
+    pub authenticated: Option<String>,
     /// What to store: a Received: trace header (RFC 5321 4.4) followed by the unstuffed message.
     pub body: Vec<u8>,
     pub smtputf8: bool,
@@ -145,6 +171,17 @@ pub enum DeliveryOutcome {
     TempFail,
 }
 
+/// The runtime's answer to [`SmtpEvent::Auth`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AuthResult {
+    /// `235 2.7.0`: the client is now this account.
+    Ok { account: String },
+    /// `535 5.7.8`.
+    Failed,
+    /// `454 4.7.0`.
+    TempFail,
+}
+
 /// What the runtime must do after [`SmtpSession::advance`].
 #[derive(Debug)]
 pub enum SmtpEvent {
@@ -152,6 +189,8 @@ pub enum SmtpEvent {
     NeedInput,
     /// Store this message, then call [`SmtpSession::delivered`].
     Deliver(Transaction),
+    /// Check this password (AUTH), then call [`SmtpSession::auth_result`].
+    Auth { user: String, password: String },
     /// Flush the replies and close the connection.
     Close,
 }
@@ -174,7 +213,19 @@ enum Phase {
         refusal: Option<Refusal>,
     },
     Delivering,
+    /// The next line answers a 334 challenge.
+    AuthResponse(AuthStep),
+    /// advance returned Auth; waiting for auth_result.
+    Authenticating,
     Closed,
+}
+
+/// Which SASL answer a 334 asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum AuthStep {
+    Plain,
+    LoginUser,
+    LoginPassword,
 }
 
 /// The transaction being built between MAIL and the end of its data.
@@ -182,6 +233,7 @@ enum Phase {
 struct Envelope {
     reverse_path: String,
     recipients: Vec<Recipient>,
+    relay: Vec<String>,
     smtputf8: bool,
     body_8bit: bool,
     /// A BDAT chunk was accepted: DATA and RCPT are now out of sequence.
@@ -212,6 +264,13 @@ pub struct SmtpSession {
     /// The last BDAT transaction failed: further BDAT chunks already in the
     /// pipeline are refused without counting as errors (RFC 3030 section 2).
     bdat_failed: bool,
+    /// The account AUTH succeeded for.
+    authenticated: Option<String>,
+    /// Credentials to hand to the runtime as the next event.
+    auth_pending: Option<(String, String)>,
+    /// AUTH LOGIN: the user name, while the password is asked for.
+    auth_user: String,
+    auth_failures: usize,
 }
 
 impl SmtpSession {
@@ -224,6 +283,10 @@ impl SmtpSession {
             replies::EHLO_SMTPUTF8.to_owned(),
             replies::EHLO_CHUNKING.to_owned(),
         ];
+        let mut ehlo_keywords = ehlo_keywords;
+        if params.auth {
+            ehlo_keywords.push(replies::EHLO_AUTH.to_owned());
+        }
         SmtpSession {
             params,
             ehlo_keywords,
@@ -239,6 +302,10 @@ impl SmtpSession {
             messages: 0,
             queue_id: String::new(),
             bdat_failed: false,
+            authenticated: None,
+            auth_pending: None,
+            auth_user: String::new(),
+            auth_failures: 0,
         }
     }
 
@@ -270,10 +337,27 @@ impl SmtpSession {
     ) -> (usize, SmtpEvent) {
         let mut pos = 0;
         loop {
+            if let Some((user, password)) = self.auth_pending.take() {
+                return (pos, SmtpEvent::Auth { user, password });
+            }
             match self.phase {
                 Phase::Closed => return (pos, SmtpEvent::Close),
-                // The runtime has not called `delivered` yet: take nothing.
-                Phase::Delivering => return (pos, SmtpEvent::NeedInput),
+                // The runtime has not called `delivered` / `auth_result` yet: take nothing.
+                Phase::Delivering | Phase::Authenticating => return (pos, SmtpEvent::NeedInput),
+                Phase::AuthResponse(step) => match self.splitter.split(&input[pos..]) {
+                    Split::NeedMore => return (pos, SmtpEvent::NeedInput),
+                    Split::TooLong { consumed, ended } => {
+                        pos += consumed;
+                        if ended {
+                            self.phase = Phase::Command;
+                            self.fail(replies::LINE_TOO_LONG, out);
+                        }
+                    }
+                    Split::Line { line, consumed } => {
+                        pos += consumed;
+                        self.auth_response(step, line, out);
+                    }
+                },
                 Phase::Data => {
                     let max = self.params.message_size_max;
                     let (used, progress) = self.data.feed(&input[pos..], &mut self.body, max);
@@ -328,6 +412,34 @@ impl SmtpSession {
             DeliveryOutcome::TempFail => replies::STORAGE_TEMPFAIL.write(out),
         }
         self.phase = Phase::Command;
+    }
+
+    /// The runtime's answer to [`SmtpEvent::Auth`]. Ignored in any other state.
+    pub fn auth_result(&mut self, result: AuthResult, out: &mut Vec<u8>) {
+        if self.phase != Phase::Authenticating {
+            return;
+        }
+        self.phase = Phase::Command;
+        match result {
+            AuthResult::Ok { account } => {
+                self.authenticated = Some(account);
+                replies::AUTH_OK.write(out);
+            }
+            AuthResult::Failed => {
+                self.auth_failures += 1;
+                self.fail(replies::AUTH_FAILED, out);
+                if self.phase != Phase::Closed && self.auth_failures >= self.params.auth_failures_max.max(1) {
+                    replies::AUTH_TOO_MANY.write_with_host(out, &self.params.hostname);
+                    self.phase = Phase::Closed;
+                }
+            }
+            AuthResult::TempFail => replies::AUTH_TEMPFAIL.write(out),
+        }
+    }
+
+    /// The account the client authenticated as.
+    pub fn authenticated(&self) -> Option<&str> {
+        self.authenticated.as_deref()
     }
 
     /// True while message data is being received (DATA or a BDAT chunk): the
@@ -412,11 +524,95 @@ impl SmtpSession {
             Command::Help => replies::HELP.write(out),
             // Not offered (yet): RFC 5321 section 4.2.4, 502 for a command
             // recognized but not implemented.
+            Command::Auth {
+                mechanism,
+                initial_response,
+            } if self.params.auth => self.auth_command(mechanism, initial_response, out),
             Command::Expn | Command::StartTls | Command::Auth { .. } => {
                 self.fail(replies::NOT_IMPLEMENTED, out)
             }
             Command::Unknown => self.fail(replies::UNRECOGNIZED, out),
         }
+    }
+
+    fn auth_command(&mut self, mechanism: &str, initial: Option<&str>, out: &mut Vec<u8>) {
+        // RFC 4954 section 4: AUTH is an ESMTP extension, once per session,
+        // never inside a transaction.
+        if self.helo.is_none() || !self.esmtp {
+            return self.fail(replies::NEED_HELO, out);
+        }
+        if self.authenticated.is_some() {
+            return self.fail(replies::AUTH_ALREADY, out);
+        }
+        if self.envelope.is_some() {
+            return self.fail(replies::AUTH_IN_TRANSACTION, out);
+        }
+        let (step, challenge) = if mechanism.eq_ignore_ascii_case("PLAIN") {
+            (AuthStep::Plain, replies::AUTH_CONTINUE)
+        } else if mechanism.eq_ignore_ascii_case("LOGIN") {
+            (AuthStep::LoginUser, replies::AUTH_LOGIN_USER)
+        } else {
+            return self.fail(replies::AUTH_MECHANISM, out);
+        };
+        match initial {
+            Some(response) => self.auth_response(step, response.as_bytes(), out),
+            None => {
+                challenge.write(out);
+                self.phase = Phase::AuthResponse(step);
+            }
+        }
+    }
+
+    /// One SASL response (initial or after a 334).
+    fn auth_response(&mut self, step: AuthStep, line: &[u8], out: &mut Vec<u8>) {
+        use crate::protocol::pop3::{base64, sasl};
+        self.phase = Phase::Command;
+        let line = line.trim_ascii();
+        if line == sasl::SASL_CANCEL {
+            self.auth_user.clear();
+            return self.fail(replies::AUTH_CANCELLED, out);
+        }
+        let text = |line: &[u8]| -> Option<String> {
+            let raw = base64::decode(line).ok()?;
+            String::from_utf8(raw).ok().filter(|t| !t.is_empty() && !t.contains('\0'))
+        };
+        match step {
+            AuthStep::Plain => match sasl::decode_plain(line) {
+                // We only let clients act as themselves.
+                Ok(c) if !c.authzid.is_empty() && !c.authzid.eq_ignore_ascii_case(&c.authcid) => {
+                    self.auth_pending = Some((String::new(), String::new()));
+                    self.phase = Phase::Authenticating;
+                }
+                Ok(c) => {
+                    self.auth_pending = Some((c.authcid, c.password));
+                    self.phase = Phase::Authenticating;
+                }
+                Err(_) => self.fail(replies::AUTH_BAD_RESPONSE, out),
+            },
+            AuthStep::LoginUser => match text(line) {
+                Some(user) => {
+                    self.auth_user = user;
+                    replies::AUTH_LOGIN_PASSWORD.write(out);
+                    self.phase = Phase::AuthResponse(AuthStep::LoginPassword);
+                }
+                None => self.fail(replies::AUTH_BAD_RESPONSE, out),
+            },
+            AuthStep::LoginPassword => match text(line) {
+                Some(password) => {
+                    self.auth_pending = Some((std::mem::take(&mut self.auth_user), password));
+                    self.phase = Phase::Authenticating;
+                }
+                None => {
+                    self.auth_user.clear();
+                    self.fail(replies::AUTH_BAD_RESPONSE, out)
+                }
+            },
+        }
+    }
+
+    /// Whether recipients outside our domains are accepted.
+    fn may_relay(&self) -> bool {
+        self.authenticated.is_some() || self.params.relay_client
     }
 
     fn syntax_error(&mut self, e: SyntaxError, out: &mut Vec<u8>) {
@@ -454,8 +650,16 @@ impl SmtpSession {
         if self.envelope.is_some() {
             return self.fail(replies::NESTED_MAIL, out);
         }
+        if self.params.submission && self.authenticated.is_none() {
+            return self.fail(replies::AUTH_REQUIRED, out);
+        }
         let (mut size, mut body, mut smtputf8) = (None, None, false);
         for param in params {
+            // RFC 4954 section 5: AUTH= is accepted (and, from us, ignored)
+            // wherever AUTH is offered.
+            if self.params.auth && param.keyword.eq_ignore_ascii_case("AUTH") {
+                continue;
+            }
             let duplicate = match param.mail() {
                 Err(_) => true,
                 Ok(MailParam::Size(n)) => size.replace(n).is_some(),
@@ -483,6 +687,7 @@ impl SmtpSession {
         self.envelope = Some(Envelope {
             reverse_path: reverse_path.to_owned(),
             recipients: Vec::new(),
+            relay: Vec::new(),
             smtputf8,
             body_8bit: body == Some(BodyType::EightBitMime),
             bdat: false,
@@ -504,7 +709,7 @@ impl SmtpSession {
         if !envelope.smtputf8 && !path.is_ascii() {
             return self.fail(replies::NON_ASCII_ADDRESS, out);
         }
-        if envelope.recipients.len() >= self.params.recipients_max {
+        if envelope.recipients.len() + envelope.relay.len() >= self.params.recipients_max {
             // RFC 5321 section 4.5.3.1.10: 452, the client retries the rest
             // in a later transaction. Not counted as an error.
             replies::TOO_MANY_RECIPIENTS.write(out);
@@ -528,6 +733,14 @@ impl SmtpSession {
                 replies::RCPT_OK.write(out);
             }
             RcptVerdict::UnknownUser => self.fail(replies::UNKNOWN_USER, out),
+            RcptVerdict::NotLocal if self.may_relay() => {
+                if let Some(envelope) = &mut self.envelope {
+                    if !envelope.relay.iter().any(|r| r.eq_ignore_ascii_case(address)) {
+                        envelope.relay.push(address.to_owned());
+                    }
+                }
+                replies::RCPT_OK.write(out);
+            }
             RcptVerdict::NotLocal => self.fail(replies::RELAY_DENIED, out),
             RcptVerdict::TempFail => replies::RCPT_TEMPFAIL.write(out),
         }
@@ -538,7 +751,7 @@ impl SmtpSession {
             None => Some(replies::NEED_MAIL),
             Some(e) if e.bdat => Some(replies::DATA_AFTER_BDAT),
             // RFC 5321 section 3.3: 554 when no recipient was accepted.
-            Some(e) if e.recipients.is_empty() => Some(replies::NO_RECIPIENTS),
+            Some(e) if e.recipients.is_empty() && e.relay.is_empty() => Some(replies::NO_RECIPIENTS),
             Some(_) => None,
         };
         if let Some(reply) = refusal {
@@ -553,7 +766,7 @@ impl SmtpSession {
     fn bdat_command(&mut self, size: u64, last: bool, ctx: &dyn SmtpContext) {
         let refusal = match &self.envelope {
             None => Some(replies::NEED_MAIL),
-            Some(e) if e.recipients.is_empty() => Some(replies::NO_RECIPIENTS),
+            Some(e) if e.recipients.is_empty() && e.relay.is_empty() => Some(replies::NO_RECIPIENTS),
             Some(_) => None,
         };
         let refusal = refusal.map(|reply| Refusal {
@@ -594,17 +807,19 @@ impl SmtpSession {
         let Some(envelope) = &self.envelope else {
             return;
         };
-        let protocol = if envelope.smtputf8 {
-            // RFC 6531 section 3.7.3.
-            "UTF8SMTP"
-        } else if self.esmtp {
-            // RFC 3848 section 2.
-            "ESMTP"
-        } else {
-            "SMTP"
+        // RFC 3848 section 2 (an "A" suffix once authenticated), RFC 6531
+        // section 3.7.3.
+        let authenticated = self.authenticated.is_some();
+        let protocol = match (envelope.smtputf8, self.esmtp, authenticated) {
+            (true, _, false) => "UTF8SMTP",
+            (true, _, true) => "UTF8SMTPA",
+            (false, true, false) => "ESMTP",
+            (false, true, true) => "ESMTPA",
+            (false, false, _) => "SMTP",
         };
-        let recipient = match envelope.recipients.as_slice() {
-            [only] => Some(only.address.as_str()),
+        let recipient = match (envelope.recipients.as_slice(), envelope.relay.as_slice()) {
+            ([only], []) => Some(only.address.as_str()),
+            ([], [only]) => Some(only.as_str()),
             _ => None,
         };
         write_received(
@@ -670,6 +885,8 @@ impl SmtpSession {
         Some(Transaction {
             reverse_path: envelope.reverse_path,
             recipients: envelope.recipients,
+            relay: envelope.relay,
+            authenticated: self.authenticated.clone(),
             body: std::mem::take(&mut self.body),
             smtputf8: envelope.smtputf8,
             body_8bit: envelope.body_8bit,
@@ -771,6 +988,10 @@ mod tests {
             recipients_max: 5,
             errors_max: 10,
             session_id: 0xABC,
+            auth: false,
+            submission: false,
+            relay_client: false,
+            auth_failures_max: 3,
         }
     }
 
@@ -804,6 +1025,16 @@ mod tests {
                         delivered.push(tx.clone());
                         s.delivered(outcome, &mut out);
                         s.recycle_body(tx.body);
+                    }
+                    SmtpEvent::Auth { user, password } => {
+                        let result = if (user.as_str(), password.as_str()) == ("bob@example.test", "secret") {
+                            AuthResult::Ok { account: "bob".into() }
+                        } else if user == "temp" {
+                            AuthResult::TempFail
+                        } else {
+                            AuthResult::Failed
+                        };
+                        s.auth_result(result, &mut out);
                     }
                     SmtpEvent::Close => {
                         let out = String::from_utf8_lossy(&out).into_owned();
@@ -927,6 +1158,8 @@ mod tests {
                     address: "Bob@Example.test".into(),
                     account: "bob".into()
                 }],
+                relay: vec![],
+                authenticated: None,
                 body: expected_body.into_bytes(),
                 smtputf8: false,
                 body_8bit: false,
@@ -1472,6 +1705,119 @@ mod tests {
         "\n",
         "QUIT\r\n",
     ];
+
+    fn with(f: impl FnOnce(&mut SmtpParams)) -> SmtpParams {
+        let mut p = params();
+        f(&mut p);
+        p
+    }
+
+    fn run_with(p: SmtpParams, client: &str) -> Run {
+        drive(p, &[client.as_bytes()], DeliveryOutcome::Stored)
+    }
+
+    const AUTH_OK: &str = "235 2.7.0 Authentication successful\r\n";
+    const AUTH_FAILED: &str = "535 5.7.8 Authentication credentials invalid\r\n";
+    const DENIED: &str = "550 5.7.1 Relay access denied\r\n";
+    /// base64 of "\0bob@example.test\0secret".
+    const PLAIN_BOB: &str = "AGJvYkBleGFtcGxlLnRlc3QAc2VjcmV0";
+
+    #[test]
+    fn no_relay_without_auth_even_when_auth_is_offered() {
+        for p in [params(), with(|p| p.auth = true)] {
+            let r = run_with(p, "EHLO c\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<x@elsewhere.test>\r\nDATA\r\n");
+            assert!(r.out.ends_with(&format!("{MAIL_OK}{DENIED}554 5.5.1 Error: no valid recipients\r\n")), "{}", r.out);
+            assert!(r.delivered.is_empty());
+        }
+    }
+
+    #[test]
+    fn auth_plain_then_relay() {
+        let p = with(|p| p.auth = true);
+        let r = run_with(
+            p,
+            &format!(
+                "EHLO client.test\r\nAUTH PLAIN {PLAIN_BOB}\r\nMAIL FROM:<bob@example.test> AUTH=<>\r\n\
+                 RCPT TO:<x@Elsewhere.test>\r\nRCPT TO:<X@elsewhere.test>\r\nRCPT TO:<carol@example.test>\r\n\
+                 DATA\r\nhi\r\n.\r\n"
+            ),
+        );
+        let ehlo = EHLO.replace("250 CHUNKING", "250-CHUNKING\r\n250 AUTH PLAIN LOGIN");
+        assert_eq!(r.out, format!("{GREETING}{ehlo}{AUTH_OK}{MAIL_OK}{RCPT_OK}{RCPT_OK}{RCPT_OK}{GO_AHEAD}{QUEUED_1}"));
+        let tx = &r.delivered[0];
+        assert_eq!(tx.relay, ["x@Elsewhere.test"]);
+        assert_eq!(tx.recipients.len(), 1);
+        assert_eq!(tx.authenticated.as_deref(), Some("bob"));
+        // RFC 3848: ESMTPA once authenticated; two recipients: no "for".
+        assert!(tx.body.starts_with(received(None, "ESMTPA", 1).as_bytes()), "{}", String::from_utf8_lossy(&tx.body));
+    }
+
+    #[test]
+    fn auth_plain_and_login_with_challenges() {
+        let p = with(|p| p.auth = true);
+        // PLAIN without an initial response: 334 with an empty challenge.
+        let r = replies_to_with(p.clone(), &format!("EHLO c\r\nAUTH plain\r\n{PLAIN_BOB}\r\n"));
+        assert!(r.ends_with(&format!("334 \r\n{AUTH_OK}")), "{r}");
+        // LOGIN: Username:, Password: (base64 of bob@example.test, secret).
+        let r = replies_to_with(p.clone(), "EHLO c\r\nAUTH LOGIN\r\nYm9iQGV4YW1wbGUudGVzdA==\r\nc2VjcmV0\r\n");
+        assert!(r.ends_with(&format!("334 VXNlcm5hbWU6\r\n334 UGFzc3dvcmQ6\r\n{AUTH_OK}")), "{r}");
+        // LOGIN with the user name as initial response.
+        let r = replies_to_with(p.clone(), "EHLO c\r\nAUTH LOGIN Ym9iQGV4YW1wbGUudGVzdA==\r\nc2VjcmV0\r\n");
+        assert!(r.ends_with(&format!("334 UGFzc3dvcmQ6\r\n{AUTH_OK}")), "{r}");
+        // Cancel, bad base64, unknown mechanism, wrong password, AUTH twice.
+        let r = replies_to_with(p.clone(), "EHLO c\r\nAUTH LOGIN\r\n*\r\nAUTH PLAIN AAA\r\nAUTH CRAM-MD5\r\n");
+        assert!(
+            r.ends_with(
+                "334 VXNlcm5hbWU6\r\n501 5.0.0 Authentication cancelled\r\n501 5.5.2 Cannot decode response\r\n\
+                 504 5.5.4 Unrecognized authentication type\r\n"
+            ),
+            "{r}"
+        );
+        let r = replies_to_with(p.clone(), &format!("EHLO c\r\nAUTH PLAIN AGJvYgB3cm9uZw==\r\nAUTH PLAIN {PLAIN_BOB}\r\nAUTH PLAIN {PLAIN_BOB}\r\n"));
+        assert!(r.ends_with(&format!("{AUTH_FAILED}{AUTH_OK}503 5.5.1 Error: already authenticated\r\n")), "{r}");
+        // Acting as someone else (authzid) is refused.
+        let r = replies_to_with(p.clone(), "EHLO c\r\nAUTH PLAIN ZXZlAGJvYkBleGFtcGxlLnRlc3QAc2VjcmV0\r\n");
+        assert!(r.ends_with(AUTH_FAILED), "{r}");
+        // Not before EHLO, not in a transaction; temporary failure.
+        let r = replies_to_with(p.clone(), &format!("AUTH PLAIN {PLAIN_BOB}\r\nHELO c\r\nAUTH PLAIN {PLAIN_BOB}\r\n"));
+        assert_eq!(r.matches("503 5.5.1 Error: send HELO/EHLO first").count(), 2, "{r}");
+        let r = replies_to_with(p.clone(), &format!("EHLO c\r\nMAIL FROM:<>\r\nAUTH PLAIN {PLAIN_BOB}\r\n"));
+        assert!(r.ends_with("503 5.5.1 Error: AUTH not permitted during a mail transaction\r\n"), "{r}");
+        let r = replies_to_with(p, "EHLO c\r\nAUTH PLAIN AHRlbXAAeA==\r\n");
+        assert!(r.ends_with("454 4.7.0 Temporary authentication failure\r\n"), "{r}");
+    }
+
+    fn replies_to_with(p: SmtpParams, client: &str) -> String {
+        run_with(p, client).out
+    }
+
+    #[test]
+    fn auth_failures_close_the_connection() {
+        let p = with(|p| p.auth = true);
+        let bad = "AUTH PLAIN AGJvYgB3cm9uZw==\r\n";
+        let r = run_with(p, &format!("EHLO c\r\n{bad}{bad}{bad}{bad}"));
+        assert!(r.closed);
+        assert_eq!(r.out.matches("535 ").count(), 3, "{}", r.out);
+        assert!(r.out.ends_with("421 4.7.0 mx.example.test Error: too many authentication failures\r\n"), "{}", r.out);
+    }
+
+    #[test]
+    fn submission_requires_auth_and_relay_networks_relay_without() {
+        let p = with(|p| {
+            p.auth = true;
+            p.submission = true;
+        });
+        let r = run_with(p.clone(), "EHLO c\r\nMAIL FROM:<bob@example.test>\r\n");
+        assert!(r.out.ends_with("530 5.7.0 Authentication required\r\n"), "{}", r.out);
+        let r = run_with(p, &format!("EHLO c\r\nAUTH PLAIN {PLAIN_BOB}\r\nMAIL FROM:<bob@example.test>\r\nRCPT TO:<z@far.test>\r\n"));
+        assert!(r.out.ends_with(&format!("{AUTH_OK}{MAIL_OK}{RCPT_OK}")), "{}", r.out);
+        // A client in relay_networks relays without AUTH (and AUTH not offered: 502).
+        let p = with(|p| p.relay_client = true);
+        let r = run_with(p, "EHLO client.test\r\nAUTH PLAIN x\r\nMAIL FROM:<>\r\nRCPT TO:<z@far.test>\r\nDATA\r\nx\r\n.\r\n");
+        assert!(r.out.contains("502 5.5.1"), "{}", r.out);
+        assert_eq!(r.delivered[0].relay, ["z@far.test"]);
+        assert!(r.delivered[0].body.starts_with(received(Some("z@far.test"), "ESMTP", 1).as_bytes()));
+    }
 
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(200))]

@@ -96,17 +96,79 @@ impl Mailbox {
     }
 }
 
+/// Delivery state of a queued recipient (`QueuedRecipient::state & STATE_MASK`).
+pub mod queue_state {
+    /// Never tried.
+    pub const PENDING: u8 = 0;
+    /// Tried, temporary failure; retried at `next_attempt`.
+    pub const DEFERRED: u8 = 1;
+    /// Accepted by the receiving server. Final.
+    pub const DELIVERED: u8 = 2;
+    /// Permanent failure or given up; the sender was notified. Final.
+    pub const BOUNCED: u8 = 3;
+    pub const STATE_MASK: u8 = 0x0f;
+    /// Bit: a delay warning was sent for this recipient.
+    pub const WARNED: u8 = 0x10;
+
+    pub fn is_final(state: u8) -> bool {
+        matches!(state & STATE_MASK, DELIVERED | BOUNCED)
+    }
+}
+
+/// `QueuedMessage::flags` bits.
+pub mod queue_flag {
+    /// Sent with SMTPUTF8 (RFC 6531).
+    pub const SMTPUTF8: u8 = 1;
+    /// Sent with BODY=8BITMIME (RFC 6152).
+    pub const EIGHT_BIT: u8 = 2;
+}
+
+/// One recipient of a message in a relay queue account.
+#[derive(Debug, Clone, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct QueuedRecipient {
+    pub address: String,
+    /// [`queue_state`] value, with the `WARNED` bit.
+    pub state: u8,
+    pub attempts: u32,
+    /// Unix seconds; due when `<= now`.
+    pub next_attempt: i64,
+    /// The last reply (or local reason) for this recipient, for DSNs and `queue list`.
+    pub last_reply: String,
+}
+
+/// The envelope and per-recipient state of message `uid` of a relay queue
+/// account's INBOX (see `relay::queue`).
+#[derive(Debug, Clone, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct QueuedMessage {
+    pub uid: u32,
+    /// Unix seconds when the message was accepted.
+    pub arrival: i64,
+    /// [`queue_flag`] bits.
+    pub flags: u8,
+    /// Bare address; empty for the null reverse path.
+    pub reverse_path: String,
+    pub recipients: Vec<QueuedRecipient>,
+}
+
 #[derive(Debug, Clone, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub struct Account {
     pub name: String,
     pub mailboxes: Vec<Mailbox>,
     pub subscriptions: Vec<String>,
     pub next_mailbox_id: u32,
+    /// Relay queue accounts only: envelopes and delivery states, sorted by UID.
+    /// Empty for every mail account.
+    pub queue: Vec<QueuedMessage>,
 }
 
 impl Account {
     pub fn new(name: &str) -> Self {
-        Account { name: name.into(), mailboxes: Vec::new(), subscriptions: Vec::new(), next_mailbox_id: 0 }
+        Account { name: name.into(), mailboxes: Vec::new(), subscriptions: Vec::new(), next_mailbox_id: 0, queue: Vec::new() }
+    }
+
+    /// A queued message's envelope and states.
+    pub fn queued(&self, uid: u32) -> Option<&QueuedMessage> {
+        self.queue.binary_search_by_key(&uid, |q| q.uid).ok().map(|i| &self.queue[i])
     }
 
     pub fn mailbox(&self, id: u32) -> Option<&Mailbox> {
@@ -194,6 +256,42 @@ impl Account {
                     m.highest_modseq = m.highest_modseq.max(*modseq);
                     m.messages.retain(|e| uids.binary_search(&e.uid).is_err());
                 }
+                if *mailbox == INBOX && !self.queue.is_empty() {
+                    self.queue.retain(|q| uids.binary_search(&q.uid).is_err());
+                }
+            }
+            Op::Envelope { uid, arrival, flags, reverse_path, recipients, .. } => {
+                let q = QueuedMessage {
+                    uid: *uid,
+                    arrival: *arrival,
+                    flags: *flags,
+                    reverse_path: (*reverse_path).into(),
+                    recipients: recipients
+                        .iter()
+                        .map(|a| QueuedRecipient {
+                            address: (*a).into(),
+                            state: queue_state::PENDING,
+                            attempts: 0,
+                            next_attempt: *arrival,
+                            last_reply: String::new(),
+                        })
+                        .collect(),
+                };
+                match self.queue.binary_search_by_key(uid, |q| q.uid) {
+                    Ok(i) => self.queue[i] = q,
+                    Err(i) => self.queue.insert(i, q),
+                }
+            }
+            Op::QueueState { uid, rcpt, state, attempts, next_attempt, last_reply, .. } => {
+                if let Ok(i) = self.queue.binary_search_by_key(uid, |q| q.uid) {
+                    if let Some(r) = self.queue[i].recipients.get_mut(*rcpt as usize) {
+                        r.state = *state;
+                        r.attempts = *attempts;
+                        r.next_attempt = *next_attempt;
+                        r.last_reply.clear();
+                        r.last_reply.push_str(last_reply);
+                    }
+                }
             }
             Op::Relocate { old, .. } => {
                 let new = body_loc.expect("relocate record has a body");
@@ -238,6 +336,50 @@ pub struct LogPos {
     pub offset: u32,
 }
 
+/// Checkpoint format 1 (before relay queues): accounts without `queue`.
+/// Read at start-up so that a data directory of an older version keeps its
+/// checkpoints (and never needs segments compaction already deleted).
+pub mod v1 {
+    use super::{LogPos, Mailbox};
+
+    #[derive(Debug, Clone, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+    pub struct Account {
+        pub name: String,
+        pub mailboxes: Vec<Mailbox>,
+        pub subscriptions: Vec<String>,
+        pub next_mailbox_id: u32,
+    }
+
+    #[derive(Debug, Clone, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+    pub struct BucketCheckpoint {
+        pub version: u32,
+        pub bucket: u32,
+        pub applied: LogPos,
+        pub accounts: Vec<Account>,
+    }
+
+    impl From<BucketCheckpoint> for super::BucketCheckpoint {
+        fn from(c: BucketCheckpoint) -> Self {
+            super::BucketCheckpoint {
+                version: c.version,
+                bucket: c.bucket,
+                applied: c.applied,
+                accounts: c
+                    .accounts
+                    .into_iter()
+                    .map(|a| super::Account {
+                        name: a.name,
+                        mailboxes: a.mailboxes,
+                        subscriptions: a.subscriptions,
+                        next_mailbox_id: a.next_mailbox_id,
+                        queue: Vec::new(),
+                    })
+                    .collect(),
+            }
+        }
+    }
+}
+
 /// The checkpoint form of one bucket: every account in it and the log
 /// position up to which records are included.
 #[derive(Debug, Clone, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
@@ -276,6 +418,46 @@ mod tests {
         a.live_bytes(&mut live);
         assert_eq!(live.get(&2), Some(&10));
         assert_eq!(a.mailbox_by_name("inbox").unwrap().id, INBOX);
+    }
+
+    #[test]
+    fn queue_records_build_and_expunge_drops_state() {
+        let q = "\u{1}queue-0";
+        let mut a = Account::new(q);
+        a.apply(&Op::CreateMailbox { account: q, mailbox: INBOX, name: "INBOX", uidvalidity: 1, special_use: 0 }, None);
+        let msg = Op::Message { account: q, mailbox: INBOX, uid: 1, internal_date: 0, flags: 0, keywords: 0, modseq: 2, body: b"" };
+        a.apply(&msg, Some(Loc { seg: 1, offset: 64, len: 0 }));
+        a.apply(&Op::Envelope { account: q, uid: 1, arrival: 100, flags: 0, reverse_path: "s@x", recipients: vec!["a@y", "b@z"] }, None);
+        a.apply(&Op::QueueState { account: q, uid: 1, rcpt: 1, state: queue_state::DEFERRED, attempts: 1, next_attempt: 400, last_reply: "451 x" }, None);
+        // Out-of-range recipient or unknown uid: ignored.
+        a.apply(&Op::QueueState { account: q, uid: 1, rcpt: 9, state: queue_state::DELIVERED, attempts: 1, next_attempt: 0, last_reply: "" }, None);
+        a.apply(&Op::QueueState { account: q, uid: 7, rcpt: 0, state: queue_state::DELIVERED, attempts: 1, next_attempt: 0, last_reply: "" }, None);
+        let m = a.queued(1).unwrap();
+        assert_eq!(m.recipients[0].state, queue_state::PENDING);
+        assert_eq!(m.recipients[0].next_attempt, 100);
+        assert_eq!((m.recipients[1].state, m.recipients[1].attempts, m.recipients[1].next_attempt), (queue_state::DEFERRED, 1, 400));
+        assert_eq!(m.recipients[1].last_reply, "451 x");
+        a.apply(&Op::Expunge { account: q, mailbox: INBOX, uids: vec![1], modseq: 3 }, None);
+        assert!(a.queue.is_empty());
+        assert!(a.mailbox(INBOX).unwrap().messages.is_empty());
+    }
+
+    #[test]
+    fn version_1_checkpoints_still_load() {
+        let mut mb = Mailbox::new(0, "INBOX", 3, 0);
+        mb.uidnext = 5;
+        let old = v1::BucketCheckpoint {
+            version: 1,
+            bucket: 2,
+            applied: LogPos { seg: 1, offset: 8 },
+            accounts: vec![v1::Account { name: "a@x".into(), mailboxes: vec![mb.clone()], subscriptions: vec![], next_mailbox_id: 1 }],
+        };
+        let bytes = rkyv::to_bytes::<rkyv::rancor::Error>(&old).unwrap();
+        let archived = rkyv::access::<v1::ArchivedBucketCheckpoint, rkyv::rancor::Error>(&bytes).unwrap();
+        let back: v1::BucketCheckpoint = rkyv::deserialize::<_, rkyv::rancor::Error>(archived).unwrap();
+        let now: BucketCheckpoint = back.into();
+        assert_eq!(now.accounts[0].mailboxes, vec![mb]);
+        assert!(now.accounts[0].queue.is_empty());
     }
 
     #[test]

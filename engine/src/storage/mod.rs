@@ -157,6 +157,9 @@ struct Bucket {
     checkpoint_running: bool,
 }
 
+/// A mailbox in [`Store::summary`]: name, message count, bytes.
+pub type MailboxSummary = (String, usize, u64);
+
 /// What one shard knows about one segment (compaction input).
 #[derive(Debug, Clone, Copy)]
 pub struct SegmentUsage {
@@ -209,6 +212,9 @@ pub struct Store {
     idx_dir: PathBuf,
     segments: RefCell<HashMap<u64, Rc<Segment>>>,
     active: RefCell<Option<Rc<Segment>>>,
+    /// The next segment, created ahead of need (see `prepare_spare`).
+    spare: RefCell<Option<Rc<Segment>>>,
+    preparing: Cell<bool>,
     next_seq: Cell<u32>,
     roll_lock: glommio::sync::Semaphore,
     buckets: RefCell<HashMap<u32, Bucket>>,
@@ -251,6 +257,8 @@ impl Store {
             idx_dir,
             segments: RefCell::default(),
             active: RefCell::default(),
+            spare: RefCell::default(),
+            preparing: Cell::new(false),
             next_seq: Cell::new(0),
             roll_lock: glommio::sync::Semaphore::new(1),
             buckets: RefCell::default(),
@@ -358,7 +366,7 @@ impl Store {
     }
 
     /// Every account this shard holds, with its mailboxes' message counts and sizes.
-    pub fn summary(&self) -> Vec<(String, Vec<(String, usize, u64)>)> {
+    pub fn summary(&self) -> Vec<(String, Vec<MailboxSummary>)> {
         let mut out: Vec<_> = self
             .buckets
             .borrow()
@@ -368,6 +376,15 @@ impl Store {
             .collect();
         out.sort();
         out
+    }
+
+    /// Accounts of this shard whose names start with `prefix` (relay queue
+    /// accounts), sorted.
+    pub fn accounts_with_prefix(&self, prefix: &str) -> Vec<String> {
+        let mut v: Vec<String> =
+            self.buckets.borrow().values().flat_map(|b| b.accounts.keys()).filter(|a| a.starts_with(prefix)).cloned().collect();
+        v.sort();
+        v
     }
 
     /// Number of accounts this shard holds.
@@ -583,17 +600,52 @@ impl Store {
         if self.active_room() >= need {
             return Ok(());
         }
+        // Holding the roll lock also waits for a spare being prepared: segment
+        // numbers must follow the order in which segments become active.
         let _guard = self.roll_lock.acquire_permit(1).await.map_err(|e| StorageError::Io(e.to_string()))?;
         if self.active_room() >= need {
             return Ok(());
         }
+        // Take the spare first: no RefCell borrow may live across the await.
+        let spare = self.spare.borrow_mut().take();
+        let seg = match spare {
+            Some(spare) if spare.room() >= need => spare,
+            _ => self.create_segment().await?,
+        };
+        self.segments.borrow_mut().insert(seg.id(), seg.clone());
+        *self.active.borrow_mut() = Some(seg);
+        Ok(())
+    }
+
+    /// Create the next segment of this shard's log. Caller holds the roll lock.
+    async fn create_segment(&self) -> Result<Rc<Segment>> {
         let seq = self.next_seq.get();
         let id = segment::segment_id(self.cfg.meta.run, self.cfg.shard as u16, seq);
         let seg = Rc::new(Segment::create(&self.seg_dir, id, self.cfg.segment_size, self.cfg.zero_segments).await?);
         self.next_seq.set(seq + 1);
-        self.segments.borrow_mut().insert(id, seg.clone());
-        *self.active.borrow_mut() = Some(seg);
-        Ok(())
+        Ok(seg)
+    }
+
+    /// Once the active segment is half full, create (and zero, if configured)
+    /// the next one in the background, so rolling over never makes a
+    /// delivery wait for a 64 MiB allocation.
+    fn prepare_spare(self: &Rc<Self>) {
+        let half_full = self.active.borrow().as_ref().is_some_and(|a| a.room() < self.cfg.segment_size / 2);
+        if !half_full || self.preparing.get() || self.spare.borrow().is_some() {
+            return;
+        }
+        self.preparing.set(true);
+        let me = self.clone();
+        glommio::spawn_local(async move {
+            if let Ok(_guard) = me.roll_lock.acquire_permit(1).await {
+                match me.create_segment().await {
+                    Ok(seg) => *me.spare.borrow_mut() = Some(seg),
+                    Err(e) => tracing::warn!(error = %e, "preparing the next segment failed"),
+                }
+            }
+            me.preparing.set(false);
+        })
+        .detach();
     }
 
     fn write_op(&self, op: &Op<'_>, body: &[u8]) -> Result<()> {
@@ -670,6 +722,7 @@ impl Store {
                 continue;
             }
             self.sync_round().await;
+            self.prepare_spare();
         }
     }
 
@@ -830,7 +883,10 @@ impl Store {
     }
 }
 
-const CHECKPOINT_VERSION: u32 = 1;
+/// Version 2 added `Account::queue` (relay queues). Version 1 files are still
+/// read (`index::v1`); any other version is refused at start, loudly, rather
+/// than replaying from segments that compaction may have deleted.
+const CHECKPOINT_VERSION: u32 = 2;
 const CHECKPOINT_MAGIC: &[u8; 4] = b"RMCK";
 /// Header before the rkyv bytes: magic, version, length, crc32. 16 bytes keeps
 /// the archive 16-byte aligned inside a page-aligned mapping.
@@ -887,13 +943,25 @@ fn load_checkpoint(dir: &Path, bucket: u32) -> std::io::Result<Option<BucketChec
     if crc32fast::hash(archive) != crc {
         return Err(bad("checksum mismatch"));
     }
-    let archived = rkyv::access::<index::ArchivedBucketCheckpoint, rkyv::rancor::Error>(archive)
-        .map_err(|e| bad(&format!("invalid archive: {e}")))?;
-    if archived.bucket != bucket {
+    let version = u32::from_le_bytes(map[4..8].try_into().unwrap());
+    let c: BucketCheckpoint = match version {
+        CHECKPOINT_VERSION => {
+            let archived = rkyv::access::<index::ArchivedBucketCheckpoint, rkyv::rancor::Error>(archive)
+                .map_err(|e| bad(&format!("invalid archive: {e}")))?;
+            rkyv::deserialize::<_, rkyv::rancor::Error>(archived).map_err(|e| bad(&format!("{e}")))?
+        }
+        1 => {
+            let archived = rkyv::access::<index::v1::ArchivedBucketCheckpoint, rkyv::rancor::Error>(archive)
+                .map_err(|e| bad(&format!("invalid archive: {e}")))?;
+            let old: index::v1::BucketCheckpoint =
+                rkyv::deserialize::<_, rkyv::rancor::Error>(archived).map_err(|e| bad(&format!("{e}")))?;
+            old.into()
+        }
+        v => return Err(bad(&format!("checkpoint format {v} is not supported by this version (expected {CHECKPOINT_VERSION})"))),
+    };
+    if c.bucket != bucket {
         return Err(bad("checkpoint of another bucket"));
     }
-    let c: BucketCheckpoint =
-        rkyv::deserialize::<_, rkyv::rancor::Error>(archived).map_err(|e| bad(&format!("{e}")))?;
     Ok(Some(c))
 }
 

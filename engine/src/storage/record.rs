@@ -54,6 +54,13 @@ pub enum Op<'a> {
     Expunge { account: &'a str, mailbox: u32, uids: Vec<u32>, modseq: u64 },
     /// Compaction moved a body: every entry of the account at `old` now points at this record's body.
     Relocate { account: &'a str, old: Loc, body: &'a [u8] },
+    /// Relay queue: the envelope of the message `uid` in the queue account's
+    /// INBOX (logged right after its Message record). Every recipient starts
+    /// pending. `flags`: see `index::queue_flag`.
+    Envelope { account: &'a str, uid: u32, arrival: i64, flags: u8, reverse_path: &'a str, recipients: Vec<&'a str> },
+    /// Relay queue: the delivery state of recipient `rcpt` (index into the
+    /// envelope's list) of queued message `uid`. `state`: see `index::queue_state`.
+    QueueState { account: &'a str, uid: u32, rcpt: u32, state: u8, attempts: u32, next_attempt: i64, last_reply: &'a str },
 }
 
 impl<'a> Op<'a> {
@@ -69,6 +76,8 @@ impl<'a> Op<'a> {
             Op::Keyword { .. } => 8,
             Op::Expunge { .. } => 9,
             Op::Relocate { .. } => 10,
+            Op::Envelope { .. } => 11,
+            Op::QueueState { .. } => 12,
         }
     }
 
@@ -83,7 +92,9 @@ impl<'a> Op<'a> {
             | Op::Flags { account, .. }
             | Op::Keyword { account, .. }
             | Op::Expunge { account, .. }
-            | Op::Relocate { account, .. } => account,
+            | Op::Relocate { account, .. }
+            | Op::Envelope { account, .. }
+            | Op::QueueState { account, .. } => account,
         }
     }
 
@@ -157,6 +168,24 @@ impl<'a> Op<'a> {
                 w.loc(old);
                 w.u32(body.len() as u32);
             }
+            Op::Envelope { uid, arrival, flags, reverse_path, recipients, .. } => {
+                w.u32(*uid);
+                w.u64(*arrival as u64);
+                w.0.push(*flags);
+                w.str(reverse_path);
+                w.u32(recipients.len() as u32);
+                for r in recipients {
+                    w.str(r);
+                }
+            }
+            Op::QueueState { uid, rcpt, state, attempts, next_attempt, last_reply, .. } => {
+                w.u32(*uid);
+                w.u32(*rcpt);
+                w.0.push(*state);
+                w.u32(*attempts);
+                w.u64(*next_attempt as u64);
+                w.str(last_reply);
+            }
         }
     }
 
@@ -223,6 +252,30 @@ impl<'a> Op<'a> {
                 let len = r.u32()? as usize;
                 Op::Relocate { account, old, body: r.take(len)? }
             }
+            11 => {
+                let uid = r.u32()?;
+                let arrival = r.u64()? as i64;
+                let flags = r.u8()?;
+                let reverse_path = r.str()?;
+                let n = r.u32()? as usize;
+                if n > r.0.len() / 2 {
+                    return None;
+                }
+                let mut recipients = Vec::with_capacity(n);
+                for _ in 0..n {
+                    recipients.push(r.str()?);
+                }
+                Op::Envelope { account, uid, arrival, flags, reverse_path, recipients }
+            }
+            12 => Op::QueueState {
+                account,
+                uid: r.u32()?,
+                rcpt: r.u32()?,
+                state: r.u8()?,
+                attempts: r.u32()?,
+                next_attempt: r.u64()? as i64,
+                last_reply: r.str()?,
+            },
             _ => return None,
         };
         if !r.0.is_empty() {
@@ -373,6 +426,8 @@ mod tests {
             Op::Flags { account: "a@x", mailbox: 0, uid: 9, flags: 1, keywords: 0, modseq: 13 },
             Op::Keyword { account: "a@x", mailbox: 0, bit: 3, name: "$Junk" },
             Op::Expunge { account: "a@x", mailbox: 0, uids: vec![1, 2, 9], modseq: 14 },
+            Op::Envelope { account: "\u{1}queue-0", uid: 4, arrival: 1_700_000_000, flags: 3, reverse_path: "", recipients: vec!["a@b.test", "c@d.test"] },
+            Op::QueueState { account: "\u{1}queue-0", uid: 4, rcpt: 1, state: 1, attempts: 2, next_attempt: 1_700_000_600, last_reply: "451 4.4.1 later" },
             Op::Relocate { account: "a@x", old: Loc { seg: 2, offset: 3, len: 4 }, body: b"abcd" },
         ];
         let mut log = Vec::new();

@@ -170,3 +170,38 @@ fn compaction_moves_live_bodies_and_frees_segments() {
         assert_eq!(after[0].1, big(9));
     });
 }
+
+#[test]
+fn relay_queue_state_survives_checkpoint_and_replay() {
+    use crate::relay::queue;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_path_buf();
+    run(move || async move {
+        let s = open(&d, 0, 1, 3);
+        let q = queue::queue_account_name(0);
+        let mut uids = Vec::new();
+        for i in 0..4 {
+            uids.push(queue::enqueue(&s, &q, &msg(i), 100 + i as i64, 0, "s@a.test", &["x@b.test", "y@c.test"]).await.unwrap());
+        }
+        assert_eq!(uids, [1, 2, 3, 4]);
+        s.commit(&[Op::QueueState { account: &q, uid: 2, rcpt: 1, state: index::queue_state::DEFERRED, attempts: 1, next_attempt: 999, last_reply: "451 later" }])
+            .await
+            .unwrap();
+        s.expunge(&q, index::INBOX, vec![1]).await.unwrap();
+        // Checkpoints were written along the way (every 3 records); no clean
+        // shutdown: reopen from checkpoint plus log.
+        let s2 = open(&d, 0, 1, 3);
+        assert_eq!(s2.accounts_with_prefix(queue::QUEUE_PREFIX), vec![q.clone()]);
+        let (queue_uids, r) = s2
+            .with_account(&q, |a| (a.queue.iter().map(|m| m.uid).collect::<Vec<_>>(), a.queued(2).unwrap().recipients[1].clone()))
+            .unwrap();
+        assert_eq!(queue_uids, [2, 3, 4]);
+        assert_eq!((r.state, r.attempts, r.next_attempt, r.last_reply.as_str()), (index::queue_state::DEFERRED, 1, 999, "451 later"));
+        assert_eq!(inbox(&s2, &q).iter().map(|m| m.0).collect::<Vec<_>>(), [2, 3, 4]);
+        assert_eq!(inbox(&s2, &q)[0].1, msg(1));
+        s2.checkpoint_all().await.unwrap();
+        let s3 = open(&d, 0, 1, 3);
+        assert_eq!(s3.with_account(&q, |a| a.queue.len()), Some(3));
+        assert!(s3.with_account(&q, queue::orphans).unwrap().is_empty());
+    });
+}

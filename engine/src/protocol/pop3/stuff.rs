@@ -6,23 +6,23 @@
 //! starts with a dot, and finally a static terminator. The runtime can thus
 //! send straight from a memory mapping (vectored writes).
 //!
-//! Line starts. A line starts at byte 0 and after every LF, whether that LF
-//! is part of a CRLF or bare. Stored mail should only contain CRLF, but if a
-//! bare LF slips in, a client that splits lines on LF would otherwise read a
-//! lone `"."` line after it as the end of the response, and take whatever
-//! follows as server replies. Stuffing after every LF rules that out for
-//! every reader; the price is that a strict CRLF-only reader sees an extra
-//! dot in a line that follows a bare LF, in a message that was already
-//! malformed. Bare LFs and bare CRs are otherwise sent unchanged.
+//! Line ends. RFC 1939 3: every line of a multi-line response ends with
+//! CRLF. Stored mail normally has only CRLF, but SMTP keeps a bare LF inside
+//! a message rather than letting it end anything (smuggling defence), so a
+//! bare LF is sent as CRLF here: only the inserted `"\r\n"` is new bytes.
+//! A line starts at byte 0 and after every LF, so every reader, whether it
+//! splits on CRLF or on LF, sees the same lines and the same dot-stuffing.
+//! Bare CRs are sent unchanged.
 //!
 //! Termination. The response ends with `".\r\n"` at the start of a line: when
 //! the (possibly TOP-truncated) message does not end with CRLF, `"\r\n"` is
 //! inserted first. An empty message is sent as the terminator alone (no
 //! lines), not as one empty line.
 
-use memchr::{memchr, memmem};
+use memchr::memchr;
 
 const DOT: &[u8] = b".";
+const CRLF: &[u8] = b"\r\n";
 const END: &[u8] = b".\r\n";
 const CRLF_END: &[u8] = b"\r\n.\r\n";
 
@@ -46,15 +46,31 @@ pub fn write_stuffed(message: &[u8], body_lines: Option<usize>, sink: &mut dyn F
     if message[0] == b'.' {
         sink(DOT);
     }
-    for lf in memmem::find_iter(message, b"\n.") {
-        // Send up to and including the LF, then the extra dot; the message's
-        // own dot starts the next slice.
-        sink(&message[start..=lf]);
-        sink(DOT);
+    for lf in memchr::memchr_iter(b'\n', message) {
+        let bare = lf == 0 || message[lf - 1] != b'\r';
+        let dot_next = message.get(lf + 1) == Some(&b'.');
+        if !bare && !dot_next {
+            continue;
+        }
+        if bare {
+            // Send the line without its LF, then CRLF in its place.
+            if start < lf {
+                sink(&message[start..lf]);
+            }
+            sink(CRLF);
+        } else {
+            sink(&message[start..=lf]);
+        }
+        if dot_next {
+            // The extra dot; the message's own dot starts the next slice.
+            sink(DOT);
+        }
         start = lf + 1;
     }
-    sink(&message[start..]);
-    sink(if message.ends_with(b"\r\n") {
+    if start < message.len() {
+        sink(&message[start..]);
+    }
+    sink(if message.ends_with(b"\n") {
         END
     } else {
         CRLF_END
@@ -117,8 +133,15 @@ mod tests {
     }
 
     /// What the client should get back: the message with a CRLF if missing.
+    /// Bare LFs become CRLF, and a final CRLF is added if missing.
     fn expected(message: &[u8]) -> Vec<u8> {
-        let mut m = message.to_vec();
+        let mut m = Vec::with_capacity(message.len() + 2);
+        for (i, &b) in message.iter().enumerate() {
+            if b == b'\n' && (i == 0 || message[i - 1] != b'\r') {
+                m.push(b'\r');
+            }
+            m.push(b);
+        }
         if !m.is_empty() && !m.ends_with(b"\r\n") {
             m.extend_from_slice(b"\r\n");
         }
@@ -146,9 +169,10 @@ mod tests {
             stuffed(b"a\r\n.\r\n.b\r\n", None),
             b"a\r\n..\r\n..b\r\n.\r\n"
         );
-        assert_eq!(stuffed(b"a\n.\nb", None), b"a\n..\nb\r\n.\r\n");
+        assert_eq!(stuffed(b"a\n.\nb", None), b"a\r\n..\r\nb\r\n.\r\n");
         assert_eq!(stuffed(b"a\r.b\r\n", None), b"a\r.b\r\n.\r\n");
-        assert_eq!(stuffed(b"a\n", None), b"a\n\r\n.\r\n");
+        assert_eq!(stuffed(b"a\n", None), b"a\r\n.\r\n");
+        assert_eq!(stuffed(b"\n\n", None), b"\r\n\r\n.\r\n");
     }
 
     #[test]
@@ -160,7 +184,7 @@ mod tests {
             if range.contains(&s.as_ptr()) {
                 own += s.len();
             } else {
-                assert!(s == DOT || s == END || s == CRLF_END);
+                assert!(s == DOT || s == END || s == CRLF_END || s == CRLF);
             }
         });
         assert_eq!(own, msg.len());
@@ -179,7 +203,7 @@ mod tests {
         // No blank line: the whole message is header.
         assert_eq!(stuffed(b"A: 1\r\nB: 2", Some(0)), b"A: 1\r\nB: 2\r\n.\r\n");
         // Bare LF blank line.
-        assert_eq!(stuffed(b"A: 1\n\nx\ny\n", Some(1)), b"A: 1\n\nx\n\r\n.\r\n");
+        assert_eq!(stuffed(b"A: 1\n\nx\ny\n", Some(1)), b"A: 1\r\n\r\nx\r\n.\r\n");
         assert_eq!(stuffed(b"", Some(3)), b".\r\n");
     }
 
@@ -213,7 +237,7 @@ mod tests {
             let wire = stuffed(&msg, None);
             prop_assert!(wire.ends_with(b".\r\n"));
             // The only ".\r\n" at a line start is the final one.
-            let early = memmem::find_iter(&wire, b"\n.\r\n").any(|i| i + 4 != wire.len());
+            let early = memchr::memmem::find_iter(&wire, b"\n.\r\n").any(|i| i + 4 != wire.len());
             prop_assert!(!early);
             prop_assert!(!wire.starts_with(b".\r\n") || wire.len() == 3);
         }

@@ -180,6 +180,8 @@ pub mod replies {
     pub const EHLO_CHUNKING: &str = "CHUNKING";
     /// Prefix of the SIZE keyword (RFC 1870 section 4): `SIZE <max octets>`.
     pub const EHLO_SIZE_PREFIX: &str = "SIZE ";
+    /// RFC 4954 section 3: the SASL mechanisms offered, when AUTH is offered.
+    pub const EHLO_AUTH: &str = "AUTH PLAIN LOGIN";
 
     // --- 2xx / 3xx ---
     pub const OK: Reply = Reply::new(250, "2.0.0", "Ok");
@@ -199,6 +201,13 @@ pub mod replies {
         "2.5.2",
         "Cannot VRFY user, but will accept message and attempt delivery",
     );
+    /// RFC 4954 section 6.
+    pub const AUTH_OK: Reply = Reply::new(235, "2.7.0", "Authentication successful");
+    /// RFC 4954 section 4: a 334 continuation with an empty challenge (PLAIN).
+    pub const AUTH_CONTINUE: Reply = Reply::plain(334, "");
+    /// AUTH LOGIN challenges: base64 of "Username:" and "Password:".
+    pub const AUTH_LOGIN_USER: Reply = Reply::plain(334, "VXNlcm5hbWU6");
+    pub const AUTH_LOGIN_PASSWORD: Reply = Reply::plain(334, "UGFzc3dvcmQ6");
     /// 354 has no enhanced code: RFC 3463 classes are 2, 4 and 5 only.
     pub const START_DATA: Reply = Reply::plain(354, "End data with <CR><LF>.<CR><LF>");
 
@@ -211,6 +220,10 @@ pub mod replies {
     pub const TOO_MANY_ERRORS: Reply = Reply::new(421, "4.7.0", "Error: too many errors");
     /// Written with the hostname first.
     pub const TIMEOUT: Reply = Reply::new(421, "4.4.2", "Error: timeout exceeded");
+    /// RFC 4954 section 6: the password could not be checked right now.
+    pub const AUTH_TEMPFAIL: Reply = Reply::new(454, "4.7.0", "Temporary authentication failure");
+    /// Written with the hostname first: too many failed AUTH attempts.
+    pub const AUTH_TOO_MANY: Reply = Reply::new(421, "4.7.0", "Error: too many authentication failures");
     /// Written with the hostname first. A BDAT whose size cannot be read leaves
     /// us unable to tell chunk bytes from commands, so we close rather than
     /// interpret message data as commands.
@@ -252,8 +265,23 @@ pub mod replies {
     );
     pub const UNKNOWN_USER: Reply =
         Reply::new(550, "5.1.1", "Recipient address rejected: user unknown");
-    /// We never relay: a recipient outside our domains is refused.
+    /// Unauthenticated clients outside `relay_networks` never relay: a
+    /// recipient outside our domains is refused.
     pub const RELAY_DENIED: Reply = Reply::new(550, "5.7.1", "Relay access denied");
+    /// RFC 4954 section 6: submission needs AUTH before MAIL.
+    pub const AUTH_REQUIRED: Reply = Reply::new(530, "5.7.0", "Authentication required");
+    /// RFC 4954 section 6.
+    pub const AUTH_FAILED: Reply = Reply::new(535, "5.7.8", "Authentication credentials invalid");
+    /// RFC 4954 section 4: unknown mechanism.
+    pub const AUTH_MECHANISM: Reply = Reply::new(504, "5.5.4", "Unrecognized authentication type");
+    /// RFC 4954 section 4: AUTH once per session, never inside a transaction.
+    pub const AUTH_ALREADY: Reply = Reply::new(503, "5.5.1", "Error: already authenticated");
+    pub const AUTH_IN_TRANSACTION: Reply =
+        Reply::new(503, "5.5.1", "Error: AUTH not permitted during a mail transaction");
+    /// RFC 4954 section 4: the client answered a challenge with `*`.
+    pub const AUTH_CANCELLED: Reply = Reply::new(501, "5.0.0", "Authentication cancelled");
+    /// RFC 4954 section 4: a response that is not valid base64 / SASL.
+    pub const AUTH_BAD_RESPONSE: Reply = Reply::new(501, "5.5.2", "Cannot decode response");
 }
 
 #[cfg(test)]

@@ -1,0 +1,48 @@
+//! Feeds arbitrary bytes through the IMAP framer (both limit sets, in chunks
+//! sized by the input), parses every complete command, and renders the
+//! MIME structure of the same bytes taken as a message. Must never panic.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use ringmail::mime;
+use ringmail::protocol::imap::{parse_command, Frame, Framer, FramingLimits};
+
+fuzz_target!(|data: &[u8]| {
+    let (chunk, input) = match data {
+        [c, rest @ ..] => ((*c as usize).max(1), rest),
+        _ => return,
+    };
+    for limits in [FramingLimits::NOT_AUTHENTICATED, FramingLimits::AUTHENTICATED] {
+        let mut framer = Framer::new(limits);
+        let mut buf: Vec<u8> = Vec::new();
+        let mut fed = 0;
+        // Bounded: every round consumes input or buffered bytes.
+        for _ in 0..input.len() * 2 + 16 {
+            match framer.feed(&buf) {
+                Frame::Command(n) => {
+                    let _ = parse_command(&buf[..n]);
+                    buf.drain(..n);
+                }
+                Frame::Discard(n) => {
+                    buf.drain(..n.min(buf.len()));
+                }
+                Frame::Rejected(r) => {
+                    let _ = r.answer();
+                    buf.drain(..r.consume.min(buf.len()));
+                }
+                Frame::Continue { .. } | Frame::NeedMore => {
+                    if fed >= input.len() {
+                        break;
+                    }
+                    let end = (fed + chunk).min(input.len());
+                    buf.extend_from_slice(&input[fed..end]);
+                    fed = end;
+                }
+            }
+        }
+    }
+    let msg = mime::Message::parse(input);
+    let mut out = Vec::new();
+    mime::write_bodystructure(&msg, true, &mut out);
+    mime::write_envelope(&msg, &mut out);
+});

@@ -1,0 +1,178 @@
+//! The control socket: how `ringmail queue list|flush|remove` reaches a
+//! running server.
+//!
+//! `DATA/control.sock` is a Unix stream socket (mode 0600: whoever can read
+//! the data directory's mail may manage its queue) served by one std thread,
+//! `ringmail-control`. A client writes one request line and reads the answer
+//! until the server closes the connection:
+//!
+//! ```text
+//! list                -> one block per queued message (relay::queue::describe)
+//! flush [DOMAIN]      -> "N recipients scheduled now"
+//! remove q<N>-<UID>   -> "removed q<N>-<UID>" (no bounce is sent)
+//! ```
+//!
+//! An answer starting with `error: ` is a failure. The thread forwards each
+//! request to every shard over an unbounded futures channel that the shard
+//! polls from a glommio task (`runtime::relay::start`), waits for every
+//! shard's answer and combines them. Nothing here touches a shard's state.
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use futures::channel::{mpsc, oneshot};
+
+use crate::relay::queue::QueueId;
+
+/// One request, as parsed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    List,
+    /// Retry now: every deferred recipient, or those of one domain.
+    Flush(Option<String>),
+    Remove(QueueId),
+}
+
+/// A request on its way to one shard; it answers on `reply` (an empty
+/// answer to `Remove` means "not mine").
+pub struct ControlRequest {
+    pub command: Command,
+    pub reply: oneshot::Sender<String>,
+}
+
+pub type ControlSender = mpsc::UnboundedSender<ControlRequest>;
+pub type ControlReceiver = mpsc::UnboundedReceiver<ControlRequest>;
+
+/// Bound on a request line.
+const REQUEST_MAX: u64 = 1024;
+/// How long a client may take to send its request.
+const CLIENT_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub fn socket_path(data_dir: &Path) -> PathBuf {
+    data_dir.join("control.sock")
+}
+
+pub fn parse(line: &str) -> Result<Command, String> {
+    let mut words = line.split_ascii_whitespace();
+    let verb = words.next().unwrap_or("").to_ascii_lowercase();
+    let arg = words.next();
+    if words.next().is_some() {
+        return Err("too many arguments".into());
+    }
+    match (verb.as_str(), arg) {
+        ("list", None) => Ok(Command::List),
+        ("flush", d) => Ok(Command::Flush(d.map(str::to_string))),
+        ("remove", Some(id)) => QueueId::parse(id).map(Command::Remove).ok_or_else(|| format!("bad queue id {id:?} (like q0-12)")),
+        _ => Err(format!("unknown request {line:?} (list, flush [DOMAIN], remove ID)")),
+    }
+}
+
+/// Bind the socket and serve it on a thread, forwarding to `shards`.
+pub fn start(data_dir: &Path, shards: Vec<ControlSender>) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let path = socket_path(data_dir);
+    // A socket file left by a killed server.
+    match std::fs::remove_file(&path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
+    let listener = UnixListener::bind(&path)?;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+    std::thread::Builder::new().name("ringmail-control".into()).spawn(move || {
+        for conn in listener.incoming() {
+            match conn {
+                Ok(c) => serve(c, &shards),
+                Err(e) => {
+                    tracing::warn!(error = %e, "control socket accept failed");
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            }
+        }
+    })?;
+    Ok(())
+}
+
+fn serve(conn: UnixStream, shards: &[ControlSender]) {
+    let _ = conn.set_read_timeout(Some(CLIENT_TIMEOUT));
+    let _ = conn.set_write_timeout(Some(CLIENT_TIMEOUT));
+    let mut line = String::new();
+    let Ok(reader) = conn.try_clone() else { return };
+    if BufReader::new(reader.take(REQUEST_MAX)).read_line(&mut line).is_err() {
+        return;
+    }
+    let answer = match parse(line.trim()) {
+        Ok(cmd) => ask(shards, cmd),
+        Err(e) => format!("error: {e}\n"),
+    };
+    let mut conn = conn;
+    let _ = conn.write_all(answer.as_bytes());
+}
+
+/// Ask every shard, combine the answers.
+fn ask(shards: &[ControlSender], command: Command) -> String {
+    let mut waiting = Vec::new();
+    for s in shards {
+        let (tx, rx) = oneshot::channel();
+        if s.unbounded_send(ControlRequest { command: command.clone(), reply: tx }).is_ok() {
+            waiting.push(rx);
+        }
+    }
+    let answers: Vec<String> =
+        futures::executor::block_on(futures::future::join_all(waiting)).into_iter().filter_map(Result::ok).collect();
+    if answers.len() < shards.len() {
+        return "error: a shard did not answer (shutting down?)\n".into();
+    }
+    match command {
+        Command::List => {
+            let all: String = answers.concat();
+            if all.is_empty() {
+                "queue is empty\n".into()
+            } else {
+                all
+            }
+        }
+        Command::Flush(_) => {
+            let n: usize = answers.iter().filter_map(|a| a.trim().parse::<usize>().ok()).sum();
+            format!("{n} recipients scheduled now\n")
+        }
+        Command::Remove(id) => match answers.into_iter().find(|a| !a.is_empty()) {
+            Some(a) => format!("{a}\n"),
+            None => format!("error: no queued message {id}\n"),
+        },
+    }
+}
+
+/// Client side (the CLI): send `request` to the server running on
+/// `data_dir` and return its answer; `Err` for an error answer or no server.
+pub fn request(data_dir: &Path, request: &str) -> Result<String, String> {
+    let path = socket_path(data_dir);
+    let mut conn = UnixStream::connect(&path)
+        .map_err(|e| format!("{}: {e} (is the server running on this data directory?)", path.display()))?;
+    conn.write_all(format!("{request}\n").as_bytes()).map_err(|e| e.to_string())?;
+    let _ = conn.shutdown(std::net::Shutdown::Write);
+    let mut answer = String::new();
+    conn.read_to_string(&mut answer).map_err(|e| e.to_string())?;
+    match answer.strip_prefix("error: ") {
+        Some(e) => Err(e.trim_end().to_string()),
+        None => Ok(answer),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_parse() {
+        assert_eq!(parse("list"), Ok(Command::List));
+        assert_eq!(parse("flush"), Ok(Command::Flush(None)));
+        assert_eq!(parse("FLUSH b.test"), Ok(Command::Flush(Some("b.test".into()))));
+        assert_eq!(parse("remove q2-9"), Ok(Command::Remove(QueueId { queue: 2, uid: 9 })));
+        assert!(parse("remove 9").is_err());
+        assert!(parse("remove").is_err());
+        assert!(parse("list x").is_err());
+        assert!(parse("flush a b").is_err());
+        assert!(parse("").is_err());
+    }
+}

@@ -1,0 +1,657 @@
+//! Relay end to end: two ringmail instances (a.test and b.test/c.test) and a
+//! test DNS server on 127.0.0.1 answering their MX records, everything on
+//! loopback. Instance A relays to B through the MX lookup and `[relay] port`
+//! (B's SMTP port, chosen before either starts).
+//!
+//! The two `bench_*` tests check relaying in bulk (every message delivered;
+//! about one MX query per domain) and print their figures without asserting
+//! on time. In the suite they use a few hundred messages; docs/BENCHMARKS.md
+//! has the commands for the recorded figures (`RELAY_BENCH_MESSAGES`).
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use ringmail::relay::testdns::{QType, TestDns, TestZone};
+
+const PW: &str = "relay-secret";
+const WAIT: Duration = Duration::from_secs(30);
+
+// ---------------------------------------------------------------------------
+// Harness
+// ---------------------------------------------------------------------------
+
+fn bin() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        if let Some(p) = std::env::var_os("RINGMAIL_BIN") {
+            return PathBuf::from(p);
+        }
+        let exe = std::env::current_exe().unwrap();
+        let deps = exe.parent().unwrap();
+        let profile_dir = if deps.ends_with("deps") { deps.parent().unwrap() } else { deps };
+        let target = profile_dir.parent().unwrap();
+        let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+        cmd.args(["build", "--quiet", "-p", "ringmail", "--bin", "ringmail", "--target-dir"])
+            .arg(target)
+            .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap());
+        if profile_dir.file_name().is_some_and(|n| n == "release") {
+            cmd.arg("--release");
+        }
+        assert!(cmd.status().unwrap().success(), "building ringmail failed");
+        profile_dir.join("ringmail")
+    })
+}
+
+/// A port nothing listens on right now (for an instance that starts later).
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn dns_zone(domains: &[&str]) -> TestZone {
+    let mut z = TestZone::new();
+    for d in domains {
+        let mx = format!("mx.{d}");
+        z.mx(d, &[(10, &mx)]);
+        z.a(&mx, &["127.0.0.1".parse().unwrap()]);
+    }
+    z.mx("null.test", &[(0, ".")]);
+    z
+}
+
+struct Instance {
+    _dir: tempfile::TempDir,
+    data: PathBuf,
+    config: PathBuf,
+    smtp_port: u16,
+    child: Option<Child>,
+    smtp: SocketAddr,
+    pop3: SocketAddr,
+    submission: SocketAddr,
+}
+
+struct Setup<'a> {
+    domains: &'a [&'a str],
+    accounts: &'a [&'a str],
+    dns: SocketAddr,
+    relay_port: u16,
+    smtp_port: u16,
+    extra: &'a str,
+}
+
+impl Instance {
+    fn start(s: Setup<'_>) -> Instance {
+        let dir = tempfile::Builder::new().prefix("ringmail-relay-").tempdir().unwrap();
+        let data = dir.path().join("data");
+        let config = dir.path().join("ringmail.toml");
+        let mut text = format!(
+            "hostname = \"mx.{}\"\nlocal_domains = {:?}\ndemo_accounts = [\n{}]\n[aliases]\n[relay]\nnameservers = [\"{}\"]\nport = {}\n\
+             dns_timeout_secs = 1\nretry_first_secs = 1\nretry_max_secs = 2\n{}\n",
+            s.domains[0],
+            s.domains,
+            s.accounts.iter().map(|a| format!("  {{ address = \"{a}\", password = \"{PW}\" }},\n")).collect::<String>(),
+            s.dns,
+            s.relay_port,
+            s.extra,
+        );
+        text.push_str("[storage]\ncompact_interval_secs = 0\n");
+        std::fs::write(&config, text).unwrap();
+        let unset: SocketAddr = "0.0.0.0:0".parse().unwrap();
+        let mut i = Instance { _dir: dir, data, config, smtp_port: s.smtp_port, child: None, smtp: unset, pop3: unset, submission: unset };
+        i.spawn();
+        i
+    }
+
+    fn spawn(&mut self) {
+        let log = self.data.with_file_name("stderr.log");
+        let stderr = std::fs::OpenOptions::new().create(true).append(true).open(&log).unwrap();
+        let mut child = Command::new(bin())
+            .arg("serve")
+            .arg("--data")
+            .arg(&self.data)
+            .arg("--config")
+            .arg(&self.config)
+            .args(["--cores", "2", "--smtp", &format!("127.0.0.1:{}", self.smtp_port), "--pop3", "127.0.0.1:0"])
+            .args(["--imap", "127.0.0.1:0", "--submission", "127.0.0.1:0"])
+            .env("RINGMAIL_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(stderr)
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            let _ = BufReader::new(stdout).read_line(&mut line);
+            let _ = tx.send(line);
+        });
+        let line = rx.recv_timeout(Duration::from_secs(30)).expect("server ready line");
+        assert!(line.starts_with("ringmail: ready "), "{line:?}\n{}", std::fs::read_to_string(&log).unwrap_or_default());
+        let field = |name: &str| -> SocketAddr {
+            line.split_whitespace().find_map(|w| w.strip_prefix(&format!("{name}="))).unwrap().parse().unwrap()
+        };
+        self.smtp = field("smtp");
+        self.pop3 = field("pop3");
+        self.submission = field("submission");
+        self.child = Some(child);
+    }
+
+    fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn queue(&self, args: &[&str]) -> String {
+        let out = Command::new(bin()).arg("queue").args(args).arg("--data").arg(&self.data).output().unwrap();
+        assert!(out.status.success(), "queue {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    }
+}
+
+impl Drop for Instance {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+            let end = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < end {
+                if let Ok(Some(_)) = c.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn b64(data: &[u8]) -> String {
+    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for c in data.chunks(3) {
+        let n = (u32::from(c[0]) << 16) | (u32::from(*c.get(1).unwrap_or(&0)) << 8) | u32::from(*c.get(2).unwrap_or(&0));
+        for i in 0..4 {
+            if i <= c.len() {
+                out.push(T[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+/// A raw line client.
+struct Line {
+    r: BufReader<TcpStream>,
+    w: TcpStream,
+}
+
+impl Line {
+    fn connect(addr: SocketAddr) -> Line {
+        let s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+        Line { r: BufReader::new(s.try_clone().unwrap()), w: s }
+    }
+    fn send(&mut self, data: &[u8]) {
+        self.w.write_all(data).unwrap();
+    }
+    fn line(&mut self) -> String {
+        let mut l = String::new();
+        self.r.read_line(&mut l).unwrap();
+        l
+    }
+    /// One SMTP reply (all lines), the last line returned.
+    fn reply(&mut self) -> String {
+        loop {
+            let l = self.line();
+            if l.len() < 4 || l.as_bytes()[3] != b'-' {
+                return l;
+            }
+        }
+    }
+    fn cmd(&mut self, c: &str) -> String {
+        self.send(format!("{c}\r\n").as_bytes());
+        self.reply()
+    }
+}
+
+/// Send one message; Err(first non-positive reply).
+fn smtp_send(addr: SocketAddr, auth: Option<&str>, from: &str, to: &[&str], data: &[u8]) -> Result<(), String> {
+    let mut c = Line::connect(addr);
+    c.reply();
+    c.cmd("EHLO client.test");
+    let check = |r: String, want: &str| if r.starts_with(want) { Ok(()) } else { Err(r) };
+    if let Some(user) = auth {
+        check(c.cmd(&format!("AUTH PLAIN {}", b64(format!("\0{user}\0{PW}").as_bytes()))), "235")?;
+    }
+    check(c.cmd(&format!("MAIL FROM:<{from}>")), "250")?;
+    for t in to {
+        check(c.cmd(&format!("RCPT TO:<{t}>")), "250")?;
+    }
+    check(c.cmd("DATA"), "354")?;
+    let mut stuffed = Vec::new();
+    for line in data.split_inclusive(|b| *b == b'\n') {
+        if line.starts_with(b".") {
+            stuffed.push(b'.');
+        }
+        stuffed.extend_from_slice(line);
+    }
+    c.send(&stuffed);
+    check(c.cmd("."), "250")?;
+    c.cmd("QUIT");
+    Ok(())
+}
+
+/// Every message of a maildrop, unstuffed (POP3, read only).
+fn pop3_all(addr: SocketAddr, user: &str) -> Vec<Vec<u8>> {
+    let mut c = Line::connect(addr);
+    assert!(c.line().starts_with("+OK"));
+    assert!(c.cmd(&format!("USER {user}")).starts_with("+OK"));
+    let r = c.cmd(&format!("PASS {PW}"));
+    assert!(r.starts_with("+OK"), "{r}");
+    let stat = c.cmd("STAT");
+    let n: usize = stat.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let mut all = Vec::new();
+    for i in 1..=n {
+        assert!(c.cmd(&format!("RETR {i}")).starts_with("+OK"));
+        let mut msg = Vec::new();
+        loop {
+            let mut l = Vec::new();
+            c.r.read_until(b'\n', &mut l).unwrap();
+            if l == b".\r\n" {
+                break;
+            }
+            msg.extend_from_slice(if l.starts_with(b"..") { &l[1..] } else { &l });
+        }
+        all.push(msg);
+    }
+    c.cmd("QUIT");
+    all
+}
+
+fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
+    let end = Instant::now() + WAIT;
+    while Instant::now() < end {
+        if f() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("timed out waiting for {what}");
+}
+
+fn message(subject: &str, size: usize) -> Vec<u8> {
+    let mut m = format!("From: alice@a.test\r\nTo: bob@b.test\r\nSubject: {subject}\r\nMessage-ID: <{subject}@a.test>\r\n\r\n").into_bytes();
+    m.extend_from_slice(b".a line with a leading dot\r\n8-bit: \xc3\xa9t\xc3\xa9\r\n");
+    while m.len() < size {
+        m.extend_from_slice(b"0123456789 abcdefghijklmnopqrstuvwxyz ABCDEFGHIJKLMNOPQRSTUVWXYZ 0123456789\r\n");
+    }
+    m
+}
+
+/// DNS, then B (b.test, c.test), then A (a.test) relaying to B.
+fn pair(extra_a: &str) -> (TestDns, Instance, Instance) {
+    let (dns_addr, dns) = TestDns::start(dns_zone(&["a.test", "b.test", "c.test"]));
+    let (a_port, b_port) = (free_port(), free_port());
+    let b = Instance::start(Setup {
+        domains: &["b.test", "c.test"],
+        accounts: &["bob@b.test", "carol@c.test"],
+        dns: dns_addr,
+        relay_port: a_port,
+        smtp_port: b_port,
+        extra: "",
+    });
+    let a = Instance::start(Setup {
+        domains: &["a.test"],
+        accounts: &["alice@a.test", "al2@a.test"],
+        dns: dns_addr,
+        relay_port: b_port,
+        smtp_port: a_port,
+        extra: extra_a,
+    });
+    (dns, a, b)
+}
+
+// ---------------------------------------------------------------------------
+// Tests
+// ---------------------------------------------------------------------------
+
+#[test]
+fn relay_is_byte_identical_and_one_message_reaches_three_domains() {
+    let (_dns, a, b) = pair("");
+    let m = message("three", 3000);
+    smtp_send(a.smtp, Some("alice@a.test"), "alice@a.test", &["bob@b.test", "carol@c.test", "al2@a.test"], &m).unwrap();
+    wait_for("bob and carol", || pop3_all(b.pop3, "bob@b.test").len() == 1 && pop3_all(b.pop3, "carol@c.test").len() == 1);
+    for user in ["bob@b.test", "carol@c.test"] {
+        let got = &pop3_all(b.pop3, user)[0];
+        assert!(got.ends_with(&m), "{user}: not byte-identical:\n{}", String::from_utf8_lossy(got));
+        let text = String::from_utf8_lossy(got);
+        assert!(text.starts_with("Return-Path: <alice@a.test>\r\nReceived: from mx.a.test"), "{text}");
+        // A's trace header, with ESMTPA (RFC 3848) for the authenticated submission.
+        assert!(text.contains("with ESMTPA id"), "{text}");
+    }
+    let local = &pop3_all(a.pop3, "al2@a.test")[0];
+    assert!(local.ends_with(&m));
+    wait_for("an empty queue", || a.queue(&["list"]) == "queue is empty\n");
+}
+
+#[test]
+fn deferred_while_the_mx_is_down_then_delivered() {
+    let (dns_addr, _dns) = TestDns::start(dns_zone(&["a.test", "b.test"]));
+    let b_port = free_port();
+    let a = Instance::start(Setup {
+        domains: &["a.test"],
+        accounts: &["alice@a.test"],
+        dns: dns_addr,
+        relay_port: b_port,
+        smtp_port: free_port(),
+        extra: "",
+    });
+    let m = message("later", 500);
+    smtp_send(a.submission, Some("alice@a.test"), "alice@a.test", &["bob@b.test"], &m).unwrap();
+    wait_for("a deferral", || a.queue(&["list"]).contains("deferred attempts="));
+    let list = a.queue(&["list"]);
+    assert!(list.contains("from=<alice@a.test>") && list.contains("bob@b.test deferred"), "{list}");
+    let b = Instance::start(Setup {
+        domains: &["b.test"],
+        accounts: &["bob@b.test"],
+        dns: dns_addr,
+        relay_port: 25,
+        smtp_port: b_port,
+        extra: "",
+    });
+    assert!(a.queue(&["flush", "b.test"]).ends_with("recipients scheduled now\n"));
+    wait_for("delivery after the MX came up", || pop3_all(b.pop3, "bob@b.test").len() == 1);
+    assert!(pop3_all(b.pop3, "bob@b.test")[0].ends_with(&m));
+    wait_for("an empty queue", || a.queue(&["list"]) == "queue is empty\n");
+}
+
+#[test]
+fn rejections_and_null_mx_become_bounces_but_never_for_the_null_sender() {
+    let (dns, a, b) = pair("");
+    let m = message("bounce", 800);
+    smtp_send(a.smtp, Some("alice@a.test"), "alice@a.test", &["nobody@b.test", "bob@b.test"], &m).unwrap();
+    smtp_send(a.smtp, Some("alice@a.test"), "alice@a.test", &["x@null.test"], &m).unwrap();
+    // The null sender never gets a notification.
+    smtp_send(a.smtp, Some("alice@a.test"), "", &["nobody@b.test", "y@null.test"], &m).unwrap();
+    wait_for("two notifications", || pop3_all(a.pop3, "alice@a.test").len() >= 2);
+    wait_for("an empty queue", || a.queue(&["list"]) == "queue is empty\n");
+    std::thread::sleep(Duration::from_millis(500));
+    let dsns: Vec<String> = pop3_all(a.pop3, "alice@a.test").iter().map(|d| String::from_utf8_lossy(d).into_owned()).collect();
+    assert_eq!(dsns.len(), 2, "{dsns:#?}");
+    let rejected = dsns.iter().find(|d| d.contains("nobody@b.test")).expect("DSN for the 550");
+    assert!(rejected.starts_with("Return-Path: <>\r\n"), "{rejected}");
+    assert!(rejected.contains("multipart/report; report-type=delivery-status"), "{rejected}");
+    assert!(rejected.contains("Action: failed") && rejected.contains("Status: 5.1.1"), "{rejected}");
+    assert!(rejected.contains("Remote-MTA: dns; mx.b.test"), "{rejected}");
+    assert!(!rejected.contains("Final-Recipient: rfc822; bob@b.test"), "{rejected}");
+    assert!(rejected.contains("Subject: bounce"), "original headers attached: {rejected}");
+    let null = dsns.iter().find(|d| d.contains("x@null.test")).expect("DSN for the null MX");
+    assert!(null.contains("Status: 5.1.10"), "{null}");
+    // bob got his copy; the null MX domain was never connected to.
+    assert_eq!(pop3_all(b.pop3, "bob@b.test").len(), 1);
+    assert_eq!(dns.count("null.test", QType::Mx), 1);
+}
+
+#[test]
+fn kill_9_with_a_full_queue_then_everything_is_delivered() {
+    let (dns_addr, _dns) = TestDns::start(dns_zone(&["a.test", "b.test"]));
+    let b_port = free_port();
+    let mut a = Instance::start(Setup {
+        domains: &["a.test"],
+        accounts: &["alice@a.test"],
+        dns: dns_addr,
+        relay_port: b_port,
+        smtp_port: free_port(),
+        extra: "",
+    });
+    let n = 20;
+    let msgs: Vec<Vec<u8>> = (0..n).map(|i| message(&format!("crash{i}"), 1500)).collect();
+    for m in &msgs {
+        smtp_send(a.smtp, Some("alice@a.test"), "alice@a.test", &["bob@b.test"], m).unwrap();
+    }
+    assert_eq!(a.queue(&["list"]).matches("bob@b.test").count(), n);
+    a.kill9();
+    let b = Instance::start(Setup {
+        domains: &["b.test"],
+        accounts: &["bob@b.test"],
+        dns: dns_addr,
+        relay_port: 25,
+        smtp_port: b_port,
+        extra: "",
+    });
+    a.spawn();
+    wait_for("all queued messages after the restart", || pop3_all(b.pop3, "bob@b.test").len() >= n);
+    let got = pop3_all(b.pop3, "bob@b.test");
+    assert_eq!(got.len(), n, "no duplicates");
+    for m in &msgs {
+        assert!(got.iter().any(|g| g.ends_with(m)));
+    }
+    wait_for("an empty queue", || a.queue(&["list"]) == "queue is empty\n");
+}
+
+#[test]
+fn no_open_relay() {
+    let (_dns, a, b) = pair("");
+    let m = message("spam", 200);
+    // Port 25 style listener, loopback client, no AUTH: local mail only.
+    let e = smtp_send(a.smtp, None, "alice@a.test", &["bob@b.test"], &m).unwrap_err();
+    assert!(e.starts_with("550 5.7.1"), "{e}");
+    smtp_send(a.smtp, None, "someone@elsewhere.test", &["alice@a.test"], &m).unwrap();
+    // Submission: AUTH before MAIL.
+    let e = smtp_send(a.submission, None, "alice@a.test", &["bob@b.test"], &m).unwrap_err();
+    assert!(e.starts_with("530 5.7.0"), "{e}");
+    // A wrong password does not authenticate.
+    let mut c = Line::connect(a.smtp);
+    c.reply();
+    c.cmd("EHLO x");
+    let r = c.cmd(&format!("AUTH PLAIN {}", b64(b"\0alice@a.test\0wrong")));
+    assert!(r.starts_with("535 5.7.8"), "{r}");
+    c.cmd("MAIL FROM:<alice@a.test>");
+    assert!(c.cmd("RCPT TO:<bob@b.test>").starts_with("550 5.7.1"));
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(a.queue(&["list"]), "queue is empty\n");
+    assert!(pop3_all(b.pop3, "bob@b.test").is_empty());
+}
+
+#[test]
+fn auth_plain_and_login_with_smtplib_and_swaks() {
+    let (_dns, a, b) = pair("");
+    let script = r#"
+import smtplib, sys
+port, sub = int(sys.argv[1]), int(sys.argv[2])
+msg = "From: alice@a.test\r\nTo: bob@b.test\r\nSubject: smtplib {}\r\n\r\nhello\r\n"
+with smtplib.SMTP("127.0.0.1", port) as s:
+    s.ehlo()
+    assert "PLAIN" in s.esmtp_features["auth"], s.esmtp_features
+    s.login("alice@a.test", sys.argv[3])          # PLAIN (smtplib's choice)
+    s.sendmail("alice@a.test", ["bob@b.test"], msg.format("plain"))
+with smtplib.SMTP("127.0.0.1", sub) as s:
+    s.ehlo()
+    s.esmtp_features["auth"] = "LOGIN"            # force AUTH LOGIN
+    s.login("alice@a.test", sys.argv[3])
+    s.sendmail("alice@a.test", ["bob@b.test"], msg.format("login"))
+try:
+    with smtplib.SMTP("127.0.0.1", port) as s:
+        s.login("alice@a.test", "wrong")
+    sys.exit("wrong password accepted")
+except smtplib.SMTPAuthenticationError as e:
+    assert e.smtp_code == 535
+print("ok")
+"#;
+    let out = Command::new("python3")
+        .args(["-c", script, &a.smtp.port().to_string(), &a.submission.port().to_string(), PW])
+        .output()
+        .expect("python3");
+    assert!(out.status.success(), "{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let mut want = 2;
+    let swaks = Command::new("swaks").arg("--version").output().is_ok_and(|o| o.status.success());
+    if swaks {
+        for (mech, addr) in [("PLAIN", a.smtp), ("LOGIN", a.submission)] {
+            let out = Command::new("swaks")
+                .args(["--server", &addr.to_string(), "--auth", mech, "--auth-user", "alice@a.test", "--auth-password", PW])
+                .args(["--from", "alice@a.test", "--to", "bob@b.test", "--header", &format!("Subject: swaks {mech}")])
+                .args(["--timeout", "20"])
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "swaks {mech}: {}", String::from_utf8_lossy(&out.stdout));
+            want += 1;
+        }
+    } else {
+        eprintln!("swaks not installed: AUTH checked with smtplib only");
+    }
+    wait_for("every authenticated message", || pop3_all(b.pop3, "bob@b.test").len() == want);
+    let all: Vec<String> = pop3_all(b.pop3, "bob@b.test").iter().map(|m| String::from_utf8_lossy(m).into_owned()).collect();
+    for s in ["Subject: smtplib plain", "Subject: smtplib login"] {
+        assert!(all.iter().any(|m| m.contains(s)), "{s}");
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Benchmarks: RELAY_BENCH_MESSAGES=20000 cargo test --release -p ringmail-tests --test relay bench_ -- --nocapture --test-threads 1
+// ---------------------------------------------------------------------------
+
+/// Send `count` messages from `senders` parallel connections (relay_networks, no AUTH cost).
+fn blast(addr: SocketAddr, senders: usize, count: usize, to: impl Fn(usize) -> String + Sync, body: &[u8]) {
+    std::thread::scope(|s| {
+        for t in 0..senders {
+            let to = &to;
+            s.spawn(move || {
+                let mut c = Line::connect(addr);
+                c.reply();
+                c.cmd("EHLO bench.test");
+                let mut i = t;
+                while i < count {
+                    let mut batch = format!("MAIL FROM:<alice@a.test>\r\nRCPT TO:<{}>\r\nDATA\r\n", to(i)).into_bytes();
+                    c.send(&batch);
+                    for _ in 0..3 {
+                        c.reply();
+                    }
+                    batch.clear();
+                    batch.extend_from_slice(body);
+                    batch.extend_from_slice(b".\r\n");
+                    c.send(&batch);
+                    let r = c.reply();
+                    assert!(r.starts_with("250"), "{r}");
+                    i += senders;
+                }
+                c.cmd("QUIT");
+            });
+        }
+    });
+}
+
+/// A 4096-byte message (headers included, CRLF lines).
+fn bench_body() -> Vec<u8> {
+    let mut m = b"From: alice@a.test\r\nSubject: bench\r\n\r\n".to_vec();
+    let line = b"0123456789 abcdefghijklmnopqrstuvwxyz ABCDEFGHIJKLMNOPQRSTUVWXYZ 0123456789\r\n";
+    while m.len() + line.len() < 4096 {
+        m.extend_from_slice(line);
+    }
+    let pad = 4096 - m.len();
+    m.resize(m.len() + pad - 2, b'x');
+    m.extend_from_slice(b"\r\n");
+    assert_eq!(m.len(), 4096);
+    m
+}
+
+#[test]
+fn bench_relay_throughput_4k() {
+    let count: usize = std::env::var("RELAY_BENCH_MESSAGES").ok().and_then(|v| v.parse().ok()).unwrap_or(300);
+    let (_dns, a, b) = pair("relay_networks = [\"127.0.0.1/32\"]\n");
+    let body = bench_body();
+    let t0 = Instant::now();
+    blast(a.smtp, 8, count, |_| "bob@b.test".into(), &body);
+    let accepted = t0.elapsed();
+    wait_for_empty(&a, Duration::from_secs(600));
+    let total = t0.elapsed();
+    let delivered = pop3_count(b.pop3, "bob@b.test");
+    assert_eq!(delivered, count);
+    println!(
+        "relay A->B: {count} messages of {} bytes: accepted by A in {:.2}s ({:.0}/s), all delivered to B in {:.2}s ({:.0} msg/s end to end)",
+        body.len(),
+        accepted.as_secs_f64(),
+        count as f64 / accepted.as_secs_f64(),
+        total.as_secs_f64(),
+        count as f64 / total.as_secs_f64()
+    );
+}
+
+#[test]
+fn bench_dns_queries_per_1000_messages_to_100_domains() {
+    let domains: Vec<String> = (0..100).map(|i| format!("d{i}.test")).collect();
+    let mut zone = TestZone::new();
+    for d in &domains {
+        zone.mx(d, &[(10, "mx.b.test")]);
+    }
+    zone.a("mx.b.test", &["127.0.0.1".parse().unwrap()]);
+    zone.mx("a.test", &[(10, "mx.a.test")]);
+    zone.a("mx.a.test", &["127.0.0.1".parse().unwrap()]);
+    let (dns_addr, dns) = TestDns::start(zone);
+    let (a_port, b_port) = (free_port(), free_port());
+    let list: Vec<&str> = domains.iter().map(String::as_str).collect();
+    let aliases: String = list.iter().map(|d| format!("\"@{d}\" = \"sink@{d}\"\n")).collect();
+    let b = {
+        let mut all = vec!["b.test"];
+        all.extend(&list);
+        let dir = tempfile::Builder::new().prefix("ringmail-relay-").tempdir().unwrap();
+        let data = dir.path().join("data");
+        let config = dir.path().join("ringmail.toml");
+        let text = format!(
+            "hostname = \"mx.b.test\"\nlocal_domains = {all:?}\ndemo_accounts = [{}]\n[aliases]\n{aliases}",
+            list.iter().map(|d| format!("{{ address = \"sink@{d}\", password = \"{PW}\" }}")).collect::<Vec<_>>().join(", ")
+        );
+        std::fs::write(&config, text).unwrap();
+        let unset: SocketAddr = "0.0.0.0:0".parse().unwrap();
+        let mut i = Instance { _dir: dir, data, config, smtp_port: b_port, child: None, smtp: unset, pop3: unset, submission: unset };
+        i.spawn();
+        i
+    };
+    let a = Instance::start(Setup {
+        domains: &["a.test"],
+        accounts: &["alice@a.test"],
+        dns: dns_addr,
+        relay_port: b_port,
+        smtp_port: a_port,
+        extra: "relay_networks = [\"127.0.0.1/32\"]\n",
+    });
+    dns.reset_counts();
+    let body = bench_body();
+    let t0 = Instant::now();
+    blast(a.smtp, 4, 1000, |i| format!("user{i}@d{}.test", i % 100), &body);
+    wait_for_empty(&a, Duration::from_secs(600));
+    let (mx, aq, aaaa) = (dns.count_type(QType::Mx), dns.count_type(QType::A), dns.count_type(QType::Aaaa));
+    println!(
+        "DNS for 1000 messages to 100 domains: {mx} MX + {aq} A + {aaaa} AAAA queries ({} total) in {:.2}s",
+        dns.total(),
+        t0.elapsed().as_secs_f64()
+    );
+    drop(b);
+}
+
+fn pop3_count(addr: SocketAddr, user: &str) -> usize {
+    let mut c = Line::connect(addr);
+    c.line();
+    c.cmd(&format!("USER {user}"));
+    c.cmd(&format!("PASS {PW}"));
+    let stat = c.cmd("STAT");
+    c.cmd("QUIT");
+    stat.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+fn wait_for_empty(a: &Instance, limit: Duration) {
+    let end = Instant::now() + limit;
+    while Instant::now() < end {
+        if a.queue(&["list"]) == "queue is empty\n" {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("queue not drained");
+}
