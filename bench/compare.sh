@@ -261,6 +261,7 @@ demo_accounts = []
 smtp = ["127.0.0.1:0"]
 pop3 = ["127.0.0.1:0"]
 imap = ["127.0.0.1:0"]
+submission = ["127.0.0.1:0"]
 [limits]
 connections_per_address_max = 2000
 [storage]

@@ -42,7 +42,8 @@ def fmt(x, nd=0):
 def ratio(a, b, invert=False):
     if a is None or b is None or a == 0 or b == 0:
         return "-"
-    return f"{(b / a) if invert else (a / b):.2f}x"
+    r = (b / a) if invert else (a / b)
+    return f"{r:.3g}x"
 
 def rounds(name, f, nd=0):
     return " / ".join(fmt(f(j), nd) for j in legs.get(name, []))

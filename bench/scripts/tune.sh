@@ -44,6 +44,7 @@ for r in $(seq "$ROUNDS"); do
             echo 'smtp = ["127.0.0.1:0"]'
             echo 'pop3 = ["127.0.0.1:0"]'
             echo 'imap = ["127.0.0.1:0"]'
+            echo 'submission = ["127.0.0.1:0"]'
             echo "[limits]"
             echo "connections_per_address_max = 2000"
             echo "[storage]"
