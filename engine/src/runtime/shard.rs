@@ -323,6 +323,7 @@ pub async fn run(shared: Arc<Shared>, mesh: MeshBuilder<ShardMsg, Full>) -> Resu
         segment_size: crate::limits::SEGMENT_SIZE as usize,
         checkpoint_every_records: shared.config.storage.checkpoint_every_records,
         zero_segments: shared.config.storage.zero_segments,
+        append_through_map: shared.config.storage.append_through_map,
     })
     .map_err(|e| fail(format!("shard {id}: opening storage: {e}")))?;
     glommio::spawn_local(store.clone().run_syncer()).detach();
