@@ -406,6 +406,17 @@ pub async fn run(shared: Arc<Shared>, mesh: MeshBuilder<ShardMsg, Full>) -> Resu
     if let Err(e) = shard.store.checkpoint_all().await {
         tracing::error!(shard = id, error = %e, "final checkpoint failed");
     }
+    let st = &shard.store.stats;
+    let syncs = st.syncs.get().max(1);
+    tracing::info!(
+        shard = id,
+        records = st.records.get(),
+        syncs = st.syncs.get(),
+        records_per_sync = format!("{:.1}", st.records.get() as f64 / syncs as f64),
+        mean_sync_us = st.sync_nanos.get() / syncs / 1000,
+        checkpoints = st.checkpoints.get(),
+        "commit statistics"
+    );
     Ok(())
 }
 
