@@ -17,6 +17,7 @@ fn open(dir: &std::path::Path) -> Rc<Store> {
         segment_size: 64 << 20,
         checkpoint_every_records: 1 << 40,
         zero_segments: false,
+        append_through_map: false,
     })
     .unwrap();
     glommio::spawn_local(store.clone().run_syncer()).detach();

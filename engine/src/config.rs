@@ -193,6 +193,9 @@ pub struct Storage {
     /// first write into a preallocated (unwritten) extent makes fdatasync
     /// also write the inode, this moves that cost off the commit path.
     pub zero_segments: bool,
+    /// Append records by copying into the segment mapping instead of with
+    /// pwritev (both end up in the same page cache; see docs/TUNING.md).
+    pub append_through_map: bool,
 }
 
 impl Default for Config {
@@ -255,7 +258,7 @@ impl Default for Timeouts {
 
 impl Default for Storage {
     fn default() -> Self {
-        Storage { checkpoint_every_records: 4096, compact_live_percent: 50, compact_interval_secs: 60, io_memory_kib: 512, spin_before_park_us: 0, zero_segments: false }
+        Storage { checkpoint_every_records: 4096, compact_live_percent: 50, compact_interval_secs: 60, io_memory_kib: 512, spin_before_park_us: 0, zero_segments: false, append_through_map: false }
     }
 }
 

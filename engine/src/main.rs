@@ -222,6 +222,7 @@ fn run(cli: Cli) -> Result<(), String> {
                         segment_size: ringmail::limits::SEGMENT_SIZE as usize,
                         checkpoint_every_records: u64::MAX,
                         zero_segments: false,
+                        append_through_map: false,
                     })
                     .map_err(|e| e.to_string())?;
                     Ok::<_, String>(store.summary())

@@ -11,6 +11,19 @@ pub fn fnv1a64(bytes: &[u8]) -> u64 {
     h
 }
 
+/// Value of a character of the standard base64 alphabet (RFC 4648 section 4).
+/// Shared by the strict SASL decoder and the lenient MIME one.
+pub fn base64_value(b: u8) -> Option<u8> {
+    Some(match b {
+        b'A'..=b'Z' => b - b'A',
+        b'a'..=b'z' => b - b'a' + 26,
+        b'0'..=b'9' => b - b'0' + 52,
+        b'+' => 62,
+        b'/' => 63,
+        _ => return None,
+    })
+}
+
 /// Format a Unix timestamp (seconds, UTC) as an RFC 5322 section 3.3 date-time,
 /// e.g. `Thu, 26 Nov 2026 15:43:52 +0000`.
 pub fn rfc5322_date(unix_secs: i64) -> String {

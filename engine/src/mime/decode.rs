@@ -9,17 +9,6 @@ use super::header::{fields, unfold};
 use super::tree::{Message, Part, PartKind};
 use crate::protocol::imap::{Date, DateTime};
 
-fn b64_value(b: u8) -> Option<u8> {
-    Some(match b {
-        b'A'..=b'Z' => b - b'A',
-        b'a'..=b'z' => b - b'a' + 26,
-        b'0'..=b'9' => b - b'0' + 52,
-        b'+' => 62,
-        b'/' => 63,
-        _ => return None,
-    })
-}
-
 /// Decode base64, skipping characters outside the alphabet (line ends) and
 /// stopping at padding.
 pub fn base64_decode(input: &[u8]) -> Vec<u8> {
@@ -30,7 +19,7 @@ pub fn base64_decode(input: &[u8]) -> Vec<u8> {
         if b == b'=' {
             break;
         }
-        let Some(v) = b64_value(b) else { continue };
+        let Some(v) = crate::util::base64_value(b) else { continue };
         acc = (acc << 6) | u32::from(v);
         bits += 6;
         if bits >= 8 {

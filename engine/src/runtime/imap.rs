@@ -1246,8 +1246,10 @@ impl Session {
             } else {
                 modified.iter().filter_map(|u| self.sel.as_ref().and_then(|s| s.view.seq_of(*u))).collect()
             };
-            let set = SequenceSet::compress(&ids).expect("non-empty");
-            self.out.status(Some(tag), Status::Ok, Some(&Code::Modified(&set)), "Conditional STORE failed for some messages");
+            match SequenceSet::compress(&ids) {
+                Some(set) => self.out.status(Some(tag), Status::Ok, Some(&Code::Modified(&set)), "Conditional STORE failed for some messages"),
+                None => self.ok(tag, "STORE completed"),
+            }
         }
     }
 

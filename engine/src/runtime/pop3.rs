@@ -73,10 +73,10 @@ fn open_maildrop(shard: &Rc<Shard>, account: &str, session: &mut Pop3Session, ou
     }
     let lock = LockGuard { shard: shard.clone(), account: account.to_string() };
     let snapshot = shard.store.with_account(account, |a| {
-        let inbox = a.mailbox(index::INBOX).expect("every account has an INBOX");
-        (inbox.uidvalidity, inbox.messages.iter().map(|m| (m.uid, m.loc)).collect::<Vec<_>>())
+        a.mailbox(index::INBOX).map(|inbox| (inbox.uidvalidity, inbox.messages.iter().map(|m| (m.uid, m.loc)).collect::<Vec<_>>()))
     });
-    let (uidvalidity, list) = snapshot.unwrap_or((0, Vec::new()));
+    // An account that never received mail has no index yet: an empty maildrop.
+    let (uidvalidity, list) = snapshot.flatten().unwrap_or((0, Vec::new()));
     let mut entries = Vec::with_capacity(list.len());
     let mut uids = Vec::with_capacity(list.len());
     let mut bodies = Vec::with_capacity(list.len());

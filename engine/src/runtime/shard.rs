@@ -323,6 +323,7 @@ pub async fn run(shared: Arc<Shared>, mesh: MeshBuilder<ShardMsg, Full>) -> Resu
         segment_size: crate::limits::SEGMENT_SIZE as usize,
         checkpoint_every_records: shared.config.storage.checkpoint_every_records,
         zero_segments: shared.config.storage.zero_segments,
+        append_through_map: shared.config.storage.append_through_map,
     })
     .map_err(|e| fail(format!("shard {id}: opening storage: {e}")))?;
     glommio::spawn_local(store.clone().run_syncer()).detach();
@@ -405,6 +406,17 @@ pub async fn run(shared: Arc<Shared>, mesh: MeshBuilder<ShardMsg, Full>) -> Resu
     if let Err(e) = shard.store.checkpoint_all().await {
         tracing::error!(shard = id, error = %e, "final checkpoint failed");
     }
+    let st = &shard.store.stats;
+    let syncs = st.syncs.get().max(1);
+    tracing::info!(
+        shard = id,
+        records = st.records.get(),
+        syncs = st.syncs.get(),
+        records_per_sync = format!("{:.1}", st.records.get() as f64 / syncs as f64),
+        mean_sync_us = st.sync_nanos.get() / syncs / 1000,
+        checkpoints = st.checkpoints.get(),
+        "commit statistics"
+    );
     Ok(())
 }
 

@@ -147,6 +147,7 @@ pub struct StoreConfig {
     pub segment_size: usize,
     pub checkpoint_every_records: u64,
     pub zero_segments: bool,
+    pub append_through_map: bool,
 }
 
 struct Bucket {
@@ -621,7 +622,7 @@ impl Store {
     async fn create_segment(&self) -> Result<Rc<Segment>> {
         let seq = self.next_seq.get();
         let id = segment::segment_id(self.cfg.meta.run, self.cfg.shard as u16, seq);
-        let seg = Rc::new(Segment::create(&self.seg_dir, id, self.cfg.segment_size, self.cfg.zero_segments).await?);
+        let seg = Rc::new(Segment::create(&self.seg_dir, id, self.cfg.segment_size, self.cfg.zero_segments, self.cfg.append_through_map).await?);
         self.next_seq.set(seq + 1);
         Ok(seg)
     }
@@ -683,7 +684,7 @@ impl Store {
         let mut all: Vec<&[u8]> = Vec::with_capacity(parts.len() + 1);
         all.push(&header);
         all.extend_from_slice(parts);
-        let at = active.append(&all, total);
+        let at = active.append(&all, total)?;
         self.stats.records.set(self.stats.records.get() + 1);
         self.pending.borrow_mut().push((active.clone(), at));
         let mut dirty = self.dirty.borrow_mut();

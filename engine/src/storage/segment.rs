@@ -1,9 +1,13 @@
 //! Segment files: preallocated, memory-mapped, append-only.
 //!
 //! Contract of the mapping: a segment is written by exactly one shard (its
-//! writer), only at offsets at or beyond `write_pos`, through a raw pointer;
-//! readers only ever see bytes below `write_pos`, as `&[u8]` slices of the
-//! mapping. Bytes are readable as soon as they are written (same address
+//! writer), only at offsets at or beyond `write_pos`, either with one
+//! `pwritev` into the file (default) or through a raw pointer into the
+//! mapping (`append_through_map`); both land in the same page cache the
+//! mapping shows. Readers only ever see bytes below `write_pos`, as `&[u8]`
+//! slices of the mapping. Writing with pwritev avoids the page faults of a
+//! first write into each mapped page and the TLB shootdowns that writeback
+//! causes when it write-protects mapped dirty pages again. Bytes are readable as soon as they are written (same address
 //! space) but callers only hand out locations after the group commit made
 //! them durable. The file is fully allocated with fallocate before it is
 //! mapped, so a full disk is an error at creation, never a SIGBUS on write.
@@ -56,11 +60,13 @@ pub struct Segment {
     file: Option<glommio::io::BufferedFile>,
     /// End of the valid records (writer: next append position; reader: end found by scan).
     write_pos: Cell<usize>,
+    /// Append by memcpy into the mapping instead of pwritev.
+    through_map: bool,
 }
 
 impl Segment {
     /// Create a new segment file of `size` bytes, fallocated, mapped read-write.
-    pub async fn create(dir: &Path, id: u64, size: usize, zero: bool) -> std::io::Result<Segment> {
+    pub async fn create(dir: &Path, id: u64, size: usize, zero: bool, through_map: bool) -> std::io::Result<Segment> {
         let path = dir.join(file_name(id));
         let file = glommio::io::OpenOptions::new()
             .read(true)
@@ -87,11 +93,11 @@ impl Segment {
             file.fdatasync().await.map_err(std::io::Error::from)?;
         }
         let map = MmapOptions::new().len(size).map_raw(file.as_raw_fd())?;
-        let seg = Segment { id, path, map, file: Some(file), write_pos: Cell::new(SEGMENT_HEADER_LEN) };
+        let seg = Segment { id, path, map, file: Some(file), write_pos: Cell::new(SEGMENT_HEADER_LEN), through_map };
         let mut header = [0u8; SEGMENT_HEADER_LEN];
         header[..8].copy_from_slice(SEGMENT_MAGIC);
         header[8..16].copy_from_slice(&id.to_le_bytes());
-        seg.write_at(0, &[&header]);
+        seg.write_at(0, &[&header])?;
         // The new directory entry must be durable before any record in the file counts.
         glommio::io::Directory::open(dir).await.map_err(std::io::Error::from)?.sync().await.map_err(std::io::Error::from)?;
         Ok(seg)
@@ -109,7 +115,7 @@ impl Segment {
         let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
         let id = parse_file_name(name)
             .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidData, "bad segment name"))?;
-        let seg = Segment { id, path: path.into(), map, file: None, write_pos: Cell::new(len) };
+        let seg = Segment { id, path: path.into(), map, file: None, write_pos: Cell::new(len), through_map: false };
         if &seg.all()[..8] != SEGMENT_MAGIC {
             return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "bad segment magic"));
         }
@@ -165,29 +171,66 @@ impl Segment {
 
     /// Append `parts` at the current write position, zero-padded to `total`
     /// bytes. Returns the offset written at. Caller checked `room()`.
-    pub fn append(&self, parts: &[&[u8]], total: usize) -> usize {
+    pub fn append(&self, parts: &[&[u8]], total: usize) -> std::io::Result<usize> {
         let at = self.write_pos.get();
         assert!(total <= self.room(), "append beyond segment");
-        let written = self.write_at(at, parts);
+        let written = self.write_at(at, parts)?;
         debug_assert!(written <= total);
         // Padding bytes are already zero: the file was fallocated and never written there.
         self.write_pos.set(at + total);
-        at
+        Ok(at)
     }
 
-    fn write_at(&self, mut at: usize, parts: &[&[u8]]) -> usize {
-        assert!(self.file.is_some(), "write to a read-only segment");
-        let start = at;
-        for p in parts {
-            assert!(at + p.len() <= self.map.len());
-            // SAFETY: the range is inside the mapping and at or beyond write_pos,
-            // so no `&[u8]` handed out by `slice` overlaps it; the mapping is
-            // writable (created by `create`), and `p` cannot alias the mapping's
-            // unwritten tail because nothing ever borrowed it.
-            unsafe { std::ptr::copy_nonoverlapping(p.as_ptr(), self.map.as_mut_ptr().add(at), p.len()) };
-            at += p.len();
+    fn write_at(&self, at: usize, parts: &[&[u8]]) -> std::io::Result<usize> {
+        let file = self.file.as_ref().expect("write to a read-only segment");
+        let len: usize = parts.iter().map(|p| p.len()).sum();
+        assert!(at + len <= self.map.len(), "write beyond the segment");
+        if self.through_map {
+            let mut pos = at;
+            for p in parts {
+                // SAFETY: the range is inside the mapping and at or beyond write_pos,
+                // so no `&[u8]` handed out by `slice` overlaps it; the mapping is
+                // writable (created by `create`), and `p` cannot alias the mapping's
+                // unwritten tail because nothing ever borrowed it.
+                unsafe { std::ptr::copy_nonoverlapping(p.as_ptr(), self.map.as_mut_ptr().add(pos), p.len()) };
+                pos += p.len();
+            }
+            return Ok(len);
         }
-        at - start
+        // One pwritev into the page cache: a short syscall (no I/O happens
+        // here; fdatasync does that), so it does not stall the executor.
+        let mut iov: Vec<libc::iovec> = parts
+            .iter()
+            .filter(|p| !p.is_empty())
+            .map(|p| libc::iovec { iov_base: p.as_ptr() as *mut libc::c_void, iov_len: p.len() })
+            .collect();
+        let mut done = 0usize;
+        let mut first = 0usize;
+        while done < len {
+            // SAFETY: every iovec points into a live slice of `parts` (or its
+            // tail, adjusted below); the fd is this segment's open file.
+            let n = unsafe { libc::pwritev(file.as_raw_fd(), iov[first..].as_ptr(), (iov.len() - first) as libc::c_int, (at + done) as libc::off_t) };
+            if n < 0 {
+                let e = std::io::Error::last_os_error();
+                if e.kind() == std::io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(e);
+            }
+            let mut n = n as usize;
+            done += n;
+            // A short write (rare on regular files): skip what was written.
+            while first < iov.len() && n >= iov[first].iov_len {
+                n -= iov[first].iov_len;
+                first += 1;
+            }
+            if n > 0 {
+                // SAFETY: advancing within the same slice, n < its remaining length.
+                iov[first].iov_base = unsafe { (iov[first].iov_base as *mut u8).add(n) } as *mut libc::c_void;
+                iov[first].iov_len -= n;
+            }
+        }
+        Ok(len)
     }
 
     /// Make everything written so far durable (fdatasync flushes the pages

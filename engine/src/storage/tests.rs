@@ -14,6 +14,10 @@ fn run<F: std::future::Future<Output = ()> + 'static>(f: impl FnOnce() -> F + Se
 }
 
 fn open(dir: &Path, shard: usize, shards: usize, every: u64) -> Rc<Store> {
+    open_with(dir, shard, shards, every, false)
+}
+
+fn open_with(dir: &Path, shard: usize, shards: usize, every: u64, through_map: bool) -> Rc<Store> {
     let meta = Meta::start_run(dir, 16).unwrap();
     let store = Store::open(StoreConfig {
         data_dir: dir.into(),
@@ -23,6 +27,7 @@ fn open(dir: &Path, shard: usize, shards: usize, every: u64) -> Rc<Store> {
         segment_size: 4 * 1024 * 1024,
         checkpoint_every_records: every,
         zero_segments: false,
+        append_through_map: through_map,
     })
     .unwrap();
     glommio::spawn_local(store.clone().run_syncer()).detach();
@@ -204,4 +209,31 @@ fn relay_queue_state_survives_checkpoint_and_replay() {
         assert_eq!(s3.with_account(&q, |a| a.queue.len()), Some(3));
         assert!(s3.with_account(&q, queue::orphans).unwrap().is_empty());
     });
+}
+
+#[test]
+fn both_append_modes_store_and_recover_the_same_bytes() {
+    for through_map in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().to_path_buf();
+        run(move || async move {
+            let s = open_with(&d, 0, 1, 1_000_000, through_map);
+            let mut want = Vec::new();
+            for i in 0..30 {
+                // Bodies of many sizes, so records straddle pages.
+                let mut m = msg(i);
+                m.extend(std::iter::repeat_n(b'x', i * 997));
+                s.deliver(&["a@x".into()], b"Return-Path: <s@y>\r\n", &m, 0).await.unwrap();
+                let mut full = b"Return-Path: <s@y>\r\n".to_vec();
+                full.extend_from_slice(&m);
+                want.push(full);
+            }
+            let live: Vec<Vec<u8>> = inbox(&s, "a@x").into_iter().map(|m| m.1).collect();
+            assert_eq!(live, want, "through_map={through_map}: served bytes");
+            drop(s);
+            let s2 = open_with(&d, 0, 1, 1_000_000, through_map);
+            let recovered: Vec<Vec<u8>> = inbox(&s2, "a@x").into_iter().map(|m| m.1).collect();
+            assert_eq!(recovered, want, "through_map={through_map}: recovered bytes");
+        });
+    }
 }

@@ -13,14 +13,7 @@ use thiserror::Error;
 pub struct Base64Error;
 
 fn value(c: u8) -> Option<u32> {
-    Some(u32::from(match c {
-        b'A'..=b'Z' => c - b'A',
-        b'a'..=b'z' => c - b'a' + 26,
-        b'0'..=b'9' => c - b'0' + 52,
-        b'+' => 62,
-        b'/' => 63,
-        _ => return None,
-    }))
+    crate::util::base64_value(c).map(u32::from)
 }
 
 /// Decode `input`. The empty string decodes to no bytes.
