@@ -14,13 +14,18 @@ use ringmail::protocol::pop3::write_stuffed;
 use ringmail::protocol::smtp::{parse_command, Command, DataReceiver, MailParam, Progress};
 
 fn corpus(name: &str) -> Vec<u8> {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("corpus").join(name);
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("corpus")
+        .join(name);
     std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
 /// CRLF-terminated lines without their terminator.
 fn lines(data: &[u8]) -> Vec<&[u8]> {
-    data.split(|&b| b == b'\n').filter(|l| !l.is_empty()).map(|l| l.strip_suffix(b"\r").unwrap_or(l)).collect()
+    data.split(|&b| b == b'\n')
+        .filter(|l| !l.is_empty())
+        .map(|l| l.strip_suffix(b"\r").unwrap_or(l))
+        .collect()
 }
 
 // ---------------------------------------------------------------- SMTP commands
@@ -42,16 +47,23 @@ fn smtp_expected(lines: &[&[u8]]) -> SmtpTally {
     for l in lines {
         let s = std::str::from_utf8(l).unwrap();
         let verb = s.split(' ').next().unwrap().to_ascii_uppercase();
-        let i = ["EHLO", "MAIL", "RCPT", "DATA", "BDAT", "RSET", "NOOP", "QUIT"]
-            .iter()
-            .position(|v| *v == verb || (verb == "HELO" && *v == "EHLO"))
-            .unwrap_or_else(|| panic!("corpus verb {verb}"));
+        let i = [
+            "EHLO", "MAIL", "RCPT", "DATA", "BDAT", "RSET", "NOOP", "QUIT",
+        ]
+        .iter()
+        .position(|v| *v == verb || (verb == "HELO" && *v == "EHLO"))
+        .unwrap_or_else(|| panic!("corpus verb {verb}"));
         t.counts[i] += 1;
         if verb == "MAIL" || verb == "RCPT" {
             let (a, b) = (s.find('<').unwrap(), s.find('>').unwrap());
             t.path_bytes += (b - a - 1) as u64;
             if let Some(p) = s.find("SIZE=") {
-                t.size_sum += s[p + 5..].split(' ').next().unwrap().parse::<u64>().unwrap();
+                t.size_sum += s[p + 5..]
+                    .split(' ')
+                    .next()
+                    .unwrap()
+                    .parse::<u64>()
+                    .unwrap();
             }
         }
         if verb == "BDAT" {
@@ -68,7 +80,10 @@ fn smtp_parse_all(lines: &[&[u8]]) -> SmtpTally {
     for l in lines {
         match parse_command(black_box(l)).expect("corpus line parses") {
             Command::Ehlo(_) | Command::Helo(_) => t.counts[0] += 1,
-            Command::Mail { reverse_path, params } => {
+            Command::Mail {
+                reverse_path,
+                params,
+            } => {
                 t.counts[1] += 1;
                 t.path_bytes += reverse_path.len() as u64;
                 for p in params.iter() {
@@ -102,9 +117,10 @@ fn smtp_commands(c: &mut Criterion) {
     let expected = smtp_expected(&lines);
     let mut g = c.benchmark_group("smtp_parse_command");
     g.throughput(Throughput::Elements(lines.len() as u64));
-    g.bench_function(BenchmarkId::new("corpus", format!("{}_lines", lines.len())), |b| {
-        b.iter(|| assert_eq!(smtp_parse_all(&lines), expected))
-    });
+    g.bench_function(
+        BenchmarkId::new("corpus", format!("{}_lines", lines.len())),
+        |b| b.iter(|| assert_eq!(smtp_parse_all(&lines), expected)),
+    );
     g.finish();
 }
 
@@ -158,7 +174,11 @@ fn data_receive(wire: &[u8], out: &mut Vec<u8>) -> usize {
 
 fn smtp_data(c: &mut Criterion) {
     let mut g = c.benchmark_group("smtp_data_unstuff");
-    for (label, size) in [("1KiB", 1usize << 10), ("64KiB", 64 << 10), ("1MiB", 1 << 20)] {
+    for (label, size) in [
+        ("1KiB", 1usize << 10),
+        ("64KiB", 64 << 10),
+        ("1MiB", 1 << 20),
+    ] {
         let (body, wire) = data_body(size);
         let mut out = Vec::with_capacity(body.len());
         // Full check once: the unstuffed body is exactly the original.
@@ -193,7 +213,10 @@ fn imap_expected(data: &[u8]) -> (Vec<String>, usize) {
         }
         names.push(verb.to_string());
         rest = &rest[nl + 1..];
-        if let Some(open) = line.strip_suffix('}').and_then(|l| l.rfind('{').map(|i| &l[i + 1..])) {
+        if let Some(open) = line
+            .strip_suffix('}')
+            .and_then(|l| l.rfind('{').map(|i| &l[i + 1..]))
+        {
             let n: usize = open.parse().unwrap();
             literal_bytes += n;
             rest = &rest[n..];
@@ -205,7 +228,7 @@ fn imap_expected(data: &[u8]) -> (Vec<String>, usize) {
 }
 
 /// Frame and parse every command; returns names and APPEND literal bytes.
-fn imap_parse_all<'a>(data: &'a [u8], names: &mut Vec<&'static str>) -> usize {
+fn imap_parse_all(data: &[u8], names: &mut Vec<&'static str>) -> usize {
     let mut framer = Framer::new(FramingLimits::AUTHENTICATED);
     let mut buf = data;
     let mut literal_bytes = 0;
@@ -237,12 +260,15 @@ fn imap_commands(c: &mut Criterion) {
     assert_eq!(names, expected_names);
     let mut g = c.benchmark_group("imap_frame_and_parse");
     g.throughput(Throughput::Elements(expected_names.len() as u64));
-    g.bench_function(BenchmarkId::new("corpus", format!("{}_commands", expected_names.len())), |b| {
-        b.iter(|| {
-            assert_eq!(imap_parse_all(&data, &mut names), expected_literals);
-            assert_eq!(names.len(), expected_names.len());
-        })
-    });
+    g.bench_function(
+        BenchmarkId::new("corpus", format!("{}_commands", expected_names.len())),
+        |b| {
+            b.iter(|| {
+                assert_eq!(imap_parse_all(&data, &mut names), expected_literals);
+                assert_eq!(names.len(), expected_names.len());
+            })
+        },
+    );
     g.finish();
 }
 
@@ -257,10 +283,19 @@ fn expected(name: &str) -> Vec<u8> {
 
 fn bodystructure(c: &mut Criterion) {
     let mut g = c.benchmark_group("imap_bodystructure");
-    let fixture = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../engine/tests/fixtures/mime/nested.eml");
+    let fixture =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../engine/tests/fixtures/mime/nested.eml");
     let cases = [
-        ("nested-multipart.eml", corpus("nested-multipart.eml"), expected("nested-multipart.bodystructure")),
-        ("fixture-nested.eml", std::fs::read(fixture).unwrap(), expected("fixture-nested.bodystructure")),
+        (
+            "nested-multipart.eml",
+            corpus("nested-multipart.eml"),
+            expected("nested-multipart.bodystructure"),
+        ),
+        (
+            "fixture-nested.eml",
+            std::fs::read(fixture).unwrap(),
+            expected("fixture-nested.bodystructure"),
+        ),
     ];
     for (label, raw, expected) in &cases {
         let expected = expected.strip_suffix(b"\n").unwrap_or(expected);
@@ -274,10 +309,20 @@ fn bodystructure(c: &mut Criterion) {
         if std::env::var_os("BENCH_WRITE_EXPECTED").is_some() {
             // Regenerate after a deliberate change; review the diff before committing.
             let name = format!("{}.bodystructure", label.trim_end_matches(".eml"));
-            std::fs::write(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("corpus").join(name), [&out[..], b"\n"].concat()).unwrap();
+            std::fs::write(
+                PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                    .join("corpus")
+                    .join(name),
+                [&out[..], b"\n"].concat(),
+            )
+            .unwrap();
             continue;
         }
-        assert_eq!(String::from_utf8_lossy(&out), String::from_utf8_lossy(expected), "{label}");
+        assert_eq!(
+            String::from_utf8_lossy(&out),
+            String::from_utf8_lossy(expected),
+            "{label}"
+        );
         g.throughput(Throughput::Bytes(raw.len() as u64));
         g.bench_function(*label, |b| {
             b.iter(|| {
@@ -294,7 +339,10 @@ fn bodystructure(c: &mut Criterion) {
 fn pop3_stuffing(c: &mut Criterion) {
     let (message, _) = data_body(1 << 20);
     // Expected output: one extra dot per line starting with a dot, then ".\r\n".
-    let dot_lines = message.split_inclusive(|&b| b == b'\n').filter(|l| l[0] == b'.').count();
+    let dot_lines = message
+        .split_inclusive(|&b| b == b'\n')
+        .filter(|l| l[0] == b'.')
+        .count();
     let expected_len = message.len() + dot_lines + 3;
     let mut g = c.benchmark_group("pop3_write_stuffed");
     g.throughput(Throughput::Bytes(message.len() as u64));
@@ -325,5 +373,12 @@ fn pop3_stuffing(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, smtp_commands, smtp_data, imap_commands, bodystructure, pop3_stuffing);
+criterion_group!(
+    benches,
+    smtp_commands,
+    smtp_data,
+    imap_commands,
+    bodystructure,
+    pop3_stuffing
+);
 criterion_main!(benches);
