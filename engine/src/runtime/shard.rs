@@ -45,15 +45,9 @@ pub struct Shared {
 
 /// Messages between shards.
 pub enum ShardMsg {
-    /// Append one message to the INBOX of these accounts (all owned by the
-    /// receiver) and reply once durable.
-    Deliver {
-        accounts: Vec<String>,
-        prefix: Arc<Vec<u8>>,
-        body: Arc<Vec<u8>>,
-        internal_date: i64,
-        reply: oneshot::Sender<Result<(), StorageError>>,
-    },
+    /// Deliveries for accounts the receiver owns, collected by the sender
+    /// during one turn of its executor; each is answered once durable.
+    Deliver(Vec<Delivery>),
     /// A POP3 connection whose user logged in and whose account this shard
     /// owns: continue the session here.
     AdoptPop3 { fd: OwnedFd, session: Box<Pop3Session>, pending: Vec<u8>, account: String, permit: Permit },
@@ -64,6 +58,15 @@ pub enum ShardMsg {
     CompactStats { reply: oneshot::Sender<Vec<SegmentUsage>> },
     /// Compaction, step 2: move live bodies out of these segments and checkpoint.
     Evacuate { victims: Vec<u64>, reply: oneshot::Sender<Result<(), StorageError>> },
+}
+
+/// One message for some accounts of another shard.
+pub struct Delivery {
+    accounts: Vec<String>,
+    prefix: Arc<Vec<u8>>,
+    body: Arc<Vec<u8>>,
+    internal_date: i64,
+    reply: oneshot::Sender<Result<(), StorageError>>,
 }
 
 pub struct Shard {
@@ -87,6 +90,23 @@ pub struct Shard {
     next_session: Cell<u64>,
     /// The relay queue of this shard (runtime/relay.rs).
     pub relay: super::relay::Relay,
+    /// Deliveries waiting to go to each other shard, and whether a task has
+    /// already promised to send them (see `Shard::deliver`).
+    outbox: RefCell<Vec<Vec<Delivery>>>,
+    flushing: RefCell<Vec<bool>>,
+}
+
+/// Clears a shard's "flushing" mark if the task that set it is dropped
+/// before it sent the outbox, so later deliveries flush it instead.
+struct FlushMark<'a> {
+    shard: &'a Shard,
+    to: usize,
+}
+
+impl Drop for FlushMark<'_> {
+    fn drop(&mut self) {
+        self.shard.flushing.borrow_mut()[self.to] = false;
+    }
 }
 
 pub type LocalFuture<T> = Pin<Box<dyn Future<Output = T>>>;
@@ -212,14 +232,25 @@ impl Shard {
                 let (p, b) = (prefix.clone(), body.clone());
                 futs.push(Box::pin(async move { store.deliver(&accs, &p, &b, now).await.map(|_| ()) }));
             } else {
+                // Batch per owner shard: every session of this executor turn
+                // that delivers to shard `s` joins one mesh message, so the
+                // owner is woken once for all of them (one wake-up each way
+                // instead of one per message). The first to queue sends it,
+                // after yielding once so the others can join.
                 let (tx, rx) = oneshot::channel();
-                let msg = ShardMsg::Deliver { accounts: accs, prefix: prefix.clone(), body: body.clone(), internal_date: now, reply: tx };
-                let sent = self.senders.send_to(s, msg).await;
+                self.outbox.borrow_mut()[s].push(Delivery { accounts: accs, prefix: prefix.clone(), body: body.clone(), internal_date: now, reply: tx });
+                let flusher = !std::mem::replace(&mut self.flushing.borrow_mut()[s], true);
+                if flusher {
+                    let mark = FlushMark { shard: self, to: s };
+                    futures_lite::future::yield_now().await;
+                    let batch = std::mem::take(&mut self.outbox.borrow_mut()[s]);
+                    drop(mark);
+                    // On failure the batch is dropped: every waiter sees its
+                    // reply channel closed and answers 452.
+                    let _ = self.senders.send_to(s, ShardMsg::Deliver(batch)).await;
+                }
                 futs.push(Box::pin(async move {
-                    if sent.is_err() {
-                        return Err(StorageError::Io("shard unavailable".into()));
-                    }
-                    rx.await.unwrap_or_else(|_| Err(StorageError::Io("shard dropped the delivery".into())))
+                    rx.await.unwrap_or_else(|_| Err(StorageError::Io("owner shard unavailable".into())))
                 }));
             }
         }
@@ -230,9 +261,16 @@ impl Shard {
 
     async fn handle(self: Rc<Self>, msg: ShardMsg) {
         match msg {
-            ShardMsg::Deliver { accounts, prefix, body, internal_date, reply } => {
-                let r = self.store.deliver(&accounts, &prefix, &body, internal_date).await.map(|_| ());
-                let _ = reply.send(r);
+            ShardMsg::Deliver(batch) => {
+                // All of them in the same group commit.
+                for d in batch {
+                    let store = self.store.clone();
+                    glommio::spawn_local(async move {
+                        let r = store.deliver(&d.accounts, &d.prefix, &d.body, d.internal_date).await.map(|_| ());
+                        let _ = d.reply.send(r);
+                    })
+                    .detach();
+                }
             }
             ShardMsg::AdoptPop3 { fd, session, pending, account, permit } => {
                 use std::os::fd::IntoRawFd;
@@ -344,6 +382,8 @@ pub async fn run(shared: Arc<Shared>, mesh: MeshBuilder<ShardMsg, Full>) -> Resu
         stop_waiters: RefCell::default(),
         next_session: Cell::new(0),
         relay: super::relay::Relay::new(id, shared.cores, shared.meta.buckets, &shared.config),
+        outbox: RefCell::new((0..shared.cores).map(|_| Vec::new()).collect()),
+        flushing: RefCell::new(vec![false; shared.cores]),
     });
 
     for (_peer, stream) in receivers.streams() {
