@@ -206,8 +206,13 @@ impl Account {
                     self.subscriptions.push((*name).into());
                 }
             }
-            Op::Message { mailbox, uid, internal_date, flags, keywords, modseq, .. } => {
-                let loc = body_loc.expect("message record has a body");
+            // A new message carries its body; a link (COPY/MOVE) points at an existing one.
+            Op::Message { mailbox, uid, internal_date, flags, keywords, modseq, .. }
+            | Op::Link { mailbox, uid, internal_date, flags, keywords, modseq, .. } => {
+                let loc = match op {
+                    Op::Link { loc, .. } => *loc,
+                    _ => body_loc.expect("message record has a body"),
+                };
                 if let Some(m) = self.mailbox_mut(*mailbox) {
                     m.insert(MessageEntry {
                         uid: *uid,
@@ -216,18 +221,6 @@ impl Account {
                         internal_date: *internal_date,
                         modseq: *modseq,
                         loc,
-                    });
-                }
-            }
-            Op::Link { mailbox, uid, internal_date, flags, keywords, modseq, loc, .. } => {
-                if let Some(m) = self.mailbox_mut(*mailbox) {
-                    m.insert(MessageEntry {
-                        uid: *uid,
-                        flags: *flags,
-                        keywords: *keywords,
-                        internal_date: *internal_date,
-                        modseq: *modseq,
-                        loc: *loc,
                     });
                 }
             }

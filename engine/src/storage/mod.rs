@@ -515,15 +515,11 @@ impl Store {
 
     /// Allocate the next modification sequence number of a mailbox (RFC 7162).
     pub fn next_modseq(&self, account: &str, mailbox: u32) -> Result<u64> {
-        let b = self.bucket_of(account);
-        let mut buckets = self.buckets.borrow_mut();
-        let acc = buckets
-            .get_mut(&b)
-            .and_then(|bk| bk.accounts.get_mut(account))
-            .ok_or_else(|| StorageError::NoAccount(account.into()))?;
-        let m = acc.mailbox_mut(mailbox).ok_or(StorageError::NoMailbox)?;
-        m.highest_modseq += 1;
-        Ok(m.highest_modseq)
+        self.with_account_counters(account, |a| {
+            let m = a.mailbox_mut(mailbox).ok_or(StorageError::NoMailbox)?;
+            m.highest_modseq += 1;
+            Ok(m.highest_modseq)
+        })?
     }
 
     /// Usage of every segment this shard knows: bytes written, live body
