@@ -762,7 +762,7 @@ impl Store {
     fn apply_pending(&self, pending: &[(Rc<Segment>, usize)]) {
         let mut buckets = self.buckets.borrow_mut();
         for (seg, at) in pending {
-            let rec = record::scan_at(seg.slice(0, seg.write_pos()), *at).expect("record we just wrote scans");
+            let rec = record::frame_at(seg.slice(0, seg.write_pos()), *at).expect("record we just wrote frames");
             let op = Op::decode(rec.kind, rec.payload).expect("record we just wrote decodes");
             let bucket = buckets.get_mut(&rec.bucket).expect("owned bucket");
             bucket.since_checkpoint += 1;

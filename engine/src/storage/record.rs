@@ -324,20 +324,26 @@ pub struct Scanned<'a> {
 /// Read the record at `offset` of `data`, checking magic, bounds and checksum.
 /// `None` marks the end of the valid log.
 pub fn scan_at(data: &[u8], offset: usize) -> Option<Scanned<'_>> {
+    let rec = frame_at(data, offset)?;
+    let h = &data[offset..offset + HEADER_LEN];
+    let crc = u32::from_le_bytes(h[4..8].try_into().ok()?);
+    let mut hasher = crc32fast::Hasher::new();
+    hasher.update(&h[8..HEADER_LEN]);
+    hasher.update(rec.payload);
+    (hasher.finalize() == crc).then_some(rec)
+}
+
+/// Read the record at `offset` checking magic and bounds only: for records
+/// this process has just written (their checksum was computed from the same
+/// bytes), where [`scan_at`] would only checksum them a second time.
+pub fn frame_at(data: &[u8], offset: usize) -> Option<Scanned<'_>> {
     let h = data.get(offset..offset.checked_add(HEADER_LEN)?)?;
     if u32::from_le_bytes(h[0..4].try_into().ok()?) != MAGIC {
         return None;
     }
-    let crc = u32::from_le_bytes(h[4..8].try_into().ok()?);
     let len = u32::from_le_bytes(h[8..12].try_into().ok()?) as usize;
     let payload_offset = offset + HEADER_LEN;
     let payload = data.get(payload_offset..payload_offset.checked_add(len)?)?;
-    let mut hasher = crc32fast::Hasher::new();
-    hasher.update(&h[8..HEADER_LEN]);
-    hasher.update(payload);
-    if hasher.finalize() != crc {
-        return None;
-    }
     Some(Scanned {
         offset,
         bucket: u32::from_le_bytes(h[16..20].try_into().ok()?),
