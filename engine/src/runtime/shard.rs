@@ -331,10 +331,29 @@ impl Shard {
     }
 }
 
+/// Put the calling thread (an executor) under SCHED_BATCH. Under CFS/EEVDF a
+/// normal thread that wakes up preempts the task running on its CPU at once;
+/// an executor sharing its CPU with a busy client then wakes for every single
+/// packet, handles one event and parks again (two context switches per
+/// event). A batch thread waits for the running task to block or use up its
+/// slice, and then finds a batch of events. Nice level and CPU share are
+/// unchanged. The io_uring workers the executor creates inherit the policy.
+fn set_batch_policy() {
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: plain syscall on the calling thread with a valid parameter block.
+    let r = unsafe { libc::sched_setscheduler(0, libc::SCHED_BATCH, &param) };
+    if r != 0 {
+        tracing::warn!(error = %std::io::Error::last_os_error(), "SCHED_BATCH refused; executors keep the normal policy");
+    }
+}
+
 /// How often the heartbeat task wakes an executor (see [`run`]).
 const HEARTBEAT: Duration = Duration::from_millis(10);
 
 pub async fn run(shared: Arc<Shared>, mesh: MeshBuilder<ShardMsg, Full>) -> Result<(), String> {
+    if shared.config.batch_scheduling {
+        set_batch_policy();
+    }
     // glommio 0.9.0 can park an executor although tasks are runnable: when
     // the preempt flag is already set on entry, run_task_queues reports that
     // nothing ran and the loop parks, waiting for I/O or a timer. Under CPU
