@@ -680,7 +680,17 @@ impl Store {
         let mut all: Vec<&[u8]> = Vec::with_capacity(parts.len() + 1);
         all.push(&header);
         all.extend_from_slice(parts);
-        let at = active.append(&all, total)?;
+        let at = match active.append(&all, total) {
+            Ok(at) => at,
+            Err(e) => {
+                if active.has_failed() {
+                    // Retire it: the next commit rolls to a new segment, and
+                    // the next sync fails every commit staged in this one.
+                    *self.active.borrow_mut() = None;
+                }
+                return Err(e.into());
+            }
+        };
         self.stats.records.set(self.stats.records.get() + 1);
         self.pending.borrow_mut().push((active.clone(), at));
         let mut dirty = self.dirty.borrow_mut();

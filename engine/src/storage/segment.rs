@@ -14,7 +14,7 @@
 //!
 //! A segment file is named by its id in hex: `run << 40 | writer << 32 | seq`,
 //! so file names sort in log order within a writer.
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
@@ -62,7 +62,24 @@ pub struct Segment {
     write_pos: Cell<usize>,
     /// Append by memcpy into the mapping instead of pwritev.
     through_map: bool,
+    /// Records appended but not yet written to the file: they start at file
+    /// offset `staged_at` and end at `write_pos`. `flush` (and so `sync`)
+    /// writes them with one pwritev, so a group commit of many small records
+    /// costs one write system call instead of one per record. Nothing reads
+    /// them before that: locations are handed out only after the sync.
+    staged: RefCell<Vec<u8>>,
+    staged_at: Cell<usize>,
+    /// A write failed: staged records of other commits may be lost, so every
+    /// later append and sync of this segment fails too (its commits get a
+    /// temporary failure, and the store moves to a new segment).
+    failed: Cell<bool>,
 }
+
+/// Records up to this size are staged; larger ones are written at once
+/// (together with what is staged), never copied.
+const STAGE_RECORD_MAX: usize = 64 * 1024;
+/// Flush the staging buffer when it would grow beyond this.
+const STAGE_CAP: usize = 256 * 1024;
 
 impl Segment {
     /// Create a new segment file of `size` bytes, fallocated, mapped read-write.
@@ -93,7 +110,17 @@ impl Segment {
             file.fdatasync().await.map_err(std::io::Error::from)?;
         }
         let map = MmapOptions::new().len(size).map_raw(file.as_raw_fd())?;
-        let seg = Segment { id, path, map, file: Some(file), write_pos: Cell::new(SEGMENT_HEADER_LEN), through_map };
+        let seg = Segment {
+            id,
+            path,
+            map,
+            file: Some(file),
+            write_pos: Cell::new(SEGMENT_HEADER_LEN),
+            through_map,
+            staged: RefCell::new(Vec::new()),
+            staged_at: Cell::new(SEGMENT_HEADER_LEN),
+            failed: Cell::new(false),
+        };
         let mut header = [0u8; SEGMENT_HEADER_LEN];
         header[..8].copy_from_slice(SEGMENT_MAGIC);
         header[8..16].copy_from_slice(&id.to_le_bytes());
@@ -115,11 +142,26 @@ impl Segment {
         let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
         let id = parse_file_name(name)
             .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidData, "bad segment name"))?;
-        let seg = Segment { id, path: path.into(), map, file: None, write_pos: Cell::new(len), through_map: false };
+        let seg = Segment {
+            id,
+            path: path.into(),
+            map,
+            file: None,
+            write_pos: Cell::new(len),
+            through_map: false,
+            staged: RefCell::new(Vec::new()),
+            staged_at: Cell::new(len),
+            failed: Cell::new(false),
+        };
         if &seg.all()[..8] != SEGMENT_MAGIC {
             return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "bad segment magic"));
         }
         Ok(seg)
+    }
+
+    /// A write into this segment failed; it takes no more records.
+    pub fn has_failed(&self) -> bool {
+        self.failed.get()
     }
 
     pub fn is_writable(&self) -> bool {
@@ -145,7 +187,9 @@ impl Segment {
     /// Mark the end of valid data (after a recovery scan).
     pub fn set_end(&self, end: usize) {
         assert!(end <= self.map.len());
+        assert!(self.staged.borrow().is_empty(), "set_end with staged records");
         self.write_pos.set(end);
+        self.staged_at.set(end);
     }
 
     pub fn room(&self) -> usize {
@@ -174,11 +218,63 @@ impl Segment {
     pub fn append(&self, parts: &[&[u8]], total: usize) -> std::io::Result<usize> {
         let at = self.write_pos.get();
         assert!(total <= self.room(), "append beyond segment");
-        let written = self.write_at(at, parts)?;
-        debug_assert!(written <= total);
-        // Padding bytes are already zero: the file was fallocated and never written there.
+        let len: usize = parts.iter().map(|p| p.len()).sum();
+        debug_assert!(len <= total);
+        if self.failed.get() {
+            return Err(std::io::Error::other("an earlier write to this segment failed"));
+        }
+        if self.through_map {
+            self.write_at(at, parts)?;
+            // Padding bytes are already zero: the file was fallocated and never written there.
+        } else if total <= STAGE_RECORD_MAX {
+            if self.staged.borrow().len() + total > STAGE_CAP {
+                self.flush()?;
+            }
+            let mut staged = self.staged.borrow_mut();
+            debug_assert_eq!(self.staged_at.get() + staged.len(), at);
+            for p in parts {
+                staged.extend_from_slice(p);
+            }
+            // The padding goes out with the next records, so write it as zeros.
+            let padded = staged.len() + (total - len);
+            staged.resize(padded, 0);
+        } else {
+            // A large record: one pwritev with whatever is staged before it.
+            let staged = std::mem::take(&mut *self.staged.borrow_mut());
+            let start = self.staged_at.get();
+            let mut all: Vec<&[u8]> = Vec::with_capacity(parts.len() + 1);
+            all.push(&staged);
+            all.extend_from_slice(parts);
+            if let Err(e) = self.write_at(start, &all) {
+                self.failed.set(true);
+                return Err(e);
+            }
+            self.staged_at.set(at + total);
+            let mut buf = staged;
+            buf.clear();
+            *self.staged.borrow_mut() = buf;
+        }
         self.write_pos.set(at + total);
+        if self.staged.borrow().is_empty() {
+            self.staged_at.set(at + total);
+        }
         Ok(at)
+    }
+
+    /// Write the staged records into the file (page cache).
+    pub fn flush(&self) -> std::io::Result<()> {
+        let mut staged = self.staged.borrow_mut();
+        if staged.is_empty() {
+            return Ok(());
+        }
+        let start = self.staged_at.get();
+        let r = self.write_at(start, &[&staged]);
+        self.staged_at.set(start + staged.len());
+        staged.clear();
+        if r.is_err() {
+            self.failed.set(true);
+        }
+        r.map(|_| ())
     }
 
     fn write_at(&self, at: usize, parts: &[&[u8]]) -> std::io::Result<usize> {
@@ -236,6 +332,10 @@ impl Segment {
     /// Make everything written so far durable (fdatasync flushes the pages
     /// dirtied through the shared mapping).
     pub async fn sync(&self) -> std::io::Result<()> {
+        self.flush()?;
+        if self.failed.get() {
+            return Err(std::io::Error::other("an earlier write to this segment failed"));
+        }
         match &self.file {
             Some(f) => f.fdatasync().await.map_err(std::io::Error::from),
             None => Ok(()),

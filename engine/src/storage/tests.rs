@@ -237,3 +237,45 @@ fn both_append_modes_store_and_recover_the_same_bytes() {
         });
     }
 }
+
+#[test]
+fn staged_small_records_and_large_records_interleave_in_one_commit() {
+    // Many concurrent deliveries land in one group commit: small records are
+    // staged (beyond the staging cap they are flushed early), large ones are
+    // written at once together with what was staged before them.
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_path_buf();
+    run(move || async move {
+        let s = open(&d, 0, 1, 1_000_000);
+        let bodies: Vec<Vec<u8>> = (0..120)
+            .map(|i| {
+                let mut m = msg(i);
+                let extra = match i % 10 {
+                    0 => 100 * 1024, // beyond the staging limit
+                    3 => 60 * 1024,
+                    _ => i * 131,
+                };
+                m.extend(std::iter::repeat_n(b'a' + (i % 26) as u8, extra));
+                m
+            })
+            .collect();
+        let futs = bodies.iter().enumerate().map(|(i, b)| {
+            let s = s.clone();
+            let account = format!("u{}@x", i % 7);
+            async move { s.deliver(&[account], b"", b, 0).await.unwrap() }
+        });
+        futures::future::join_all(futs).await;
+        let check = |s: &Store| {
+            let mut got: Vec<Vec<u8>> = (0..7).flat_map(|a| inbox(s, &format!("u{a}@x"))).map(|m| m.1).collect();
+            let mut want = bodies.clone();
+            got.sort();
+            want.sort();
+            assert_eq!(got, want);
+        };
+        check(&s);
+        assert!(s.stats.syncs.get() < 120, "deliveries shared group commits");
+        drop(s);
+        let s2 = open(&d, 0, 1, 1_000_000);
+        check(&s2);
+    });
+}
