@@ -32,6 +32,9 @@ pub struct Config {
     /// the task running on its CPU, so it wakes less often and handles more
     /// events per wake-up (see docs/TUNING.md).
     pub batch_scheduling: bool,
+    /// With pinned executors, hand each new connection to the executor on
+    /// the CPU that received it (a BPF program on the listening sockets).
+    pub cpu_steering: bool,
     /// Domains whose mail is delivered into local mailboxes.
     pub local_domains: Vec<String>,
     /// Aliases: `"alias@domain" = "account@domain"`; `"@domain" = "account@domain"` is a catch-all.
@@ -210,6 +213,7 @@ impl Default for Config {
             cores: 0,
             pin_cores: true,
             batch_scheduling: true,
+            cpu_steering: false,
             local_domains: vec!["example.test".into()],
             // RFC 5321 4.5.1: every domain needs a postmaster.
             aliases: [("postmaster@example.test".to_string(), "alice@example.test".to_string())].into(),
@@ -370,6 +374,10 @@ pin_cores = true
 # Run executors under the SCHED_BATCH policy: a waking executor does not
 # preempt whatever runs on its CPU, and handles more work per wake-up.
 batch_scheduling = true
+# With pinned executors, give each new connection to the executor on the CPU
+# that received it (network interrupt, or a local client's CPU); connections
+# from other CPUs are spread by the kernel's hash. Off: the kernel's hash.
+cpu_steering = false
 # Mail for these domains is delivered into local mailboxes.
 local_domains = ["example.test"]
 

@@ -163,3 +163,55 @@ fn restart_with_other_core_counts() {
     check_same_uidls(&ids, &after, "1 -> 2 cores again");
     server.terminate();
 }
+
+/// Pin the calling thread to one CPU.
+fn pin_to(cpu: usize) {
+    // SAFETY: a zeroed cpu_set_t with one bit set, for the calling thread.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        assert_eq!(libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set), 0, "pinning to CPU {cpu}");
+    }
+}
+
+/// With `cpu_steering = true`, a client on CPU c is served by the executor
+/// pinned to CPU c. The 250 after DATA names the queue id, whose first byte
+/// is the shard that received the message.
+#[test]
+fn connections_are_steered_to_the_executor_on_their_cpu() {
+    if std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) < 2 {
+        eprintln!("skipped: needs two CPUs");
+        return;
+    }
+    let server = Server::options().config("cpu_steering = true\n").accounts(&["steer@example.test"]).start();
+    // "connections steered to the executor on their CPU cpus=Some([0, 1])"
+    // Logged before the ready line, but stderr is read by another thread.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let log = loop {
+        let log = server.stderr_text();
+        if log.contains("connections steered") || std::time::Instant::now() > deadline {
+            break log;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let line = log.lines().find(|l| l.contains("connections steered")).unwrap_or_else(|| panic!("no steering line in:\n{log}"));
+    let list = line.split("cpus=Some([").nth(1).and_then(|r| r.split("])").next()).expect("cpu list");
+    let cpus: Vec<usize> = list.split(", ").map(|c| c.parse().unwrap()).collect();
+    assert_eq!(cpus.len(), 2);
+    for round in 0..3 {
+        for (shard, cpu) in cpus.iter().enumerate() {
+            let (addr, cpu) = (server.smtp, *cpu);
+            let reply = std::thread::spawn(move || {
+                pin_to(cpu);
+                let (mut c, _) = smtp_connect(addr);
+                let r = smtp_transaction(&mut c, "s@example.test", &["steer@example.test"], &message("steer@example.test", round), Transfer::Data).unwrap();
+                c.cmd("QUIT").expect(221, None);
+                r.text()
+            })
+            .join()
+            .unwrap();
+            let id = reply.rsplit(' ').next().unwrap();
+            assert_eq!(&id[..2], format!("{shard:02X}"), "client on CPU {cpu}: {reply}");
+        }
+    }
+}

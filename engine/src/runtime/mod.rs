@@ -2,16 +2,18 @@
 //! timers. The only layer that touches glommio, sockets and signals.
 //!
 //! Start-up: read the meta file (a new run), load accounts, bind every
-//! configured address once (so port 0 resolves to one port for all shards),
-//! start one executor per core; each joins the channel mesh, recovers its
-//! buckets, binds its own SO_REUSEPORT listener on each address, and reports
-//! ready. Then the process prints one `ringmail: ready ...` line on stdout.
+//! SO_REUSEPORT socket per shard on every configured address, in shard order
+//! (port 0 resolves to one port for all; see listen.rs), start one executor
+//! per core; each joins the channel mesh, recovers its buckets, takes its
+//! listeners and reports ready with its CPU. With pinned executors, a BPF
+//! program then steers each new connection to the shard on its CPU. Then the process prints one `ringmail: ready ...` line on stdout.
 //! SIGTERM/SIGINT: every shard stops accepting, lets sessions finish within
 //! the grace period, makes everything durable, checkpoints, and exits 0.
 pub mod conn;
 pub mod control;
 pub mod imap;
 pub mod limiter;
+pub mod listen;
 pub mod pop3;
 pub mod relay;
 pub mod shard;
@@ -72,22 +74,15 @@ pub fn serve(mut config: Config) -> Result<(), ServeError> {
     let directory = Arc::new(ArcSwap::from_pointee(Directory::new(account_file.read()?, &config.aliases)));
     watch_accounts(account_file, config.aliases.clone(), directory.clone());
 
-    // Bind each address once here, so that port 0 becomes one concrete port
-    // that every shard then binds again with SO_REUSEPORT.
-    let mut reserved = Vec::new();
-    let mut resolve = |addrs: &[SocketAddr]| -> Result<Vec<SocketAddr>, ServeError> {
-        let mut out = Vec::new();
-        for addr in addrs {
-            let s = reserve(*addr).map_err(|source| ServeError::Bind { addr: *addr, source })?;
-            out.push(s.local_addr().ok().and_then(|a| a.as_socket()).unwrap_or(*addr));
-            reserved.push(s);
-        }
-        Ok(out)
-    };
-    let smtp = resolve(&config.listen.smtp)?;
-    let pop3 = resolve(&config.listen.pop3)?;
-    let imap = resolve(&config.listen.imap)?;
-    let submission = resolve(&config.listen.submission)?;
+    // Every listening socket of every shard, bound here in shard order.
+    let protos: [(shard::Proto, &[SocketAddr]); 4] = [
+        (shard::Proto::Smtp, &config.listen.smtp),
+        (shard::Proto::Pop3, &config.listen.pop3),
+        (shard::Proto::Imap, &config.listen.imap),
+        (shard::Proto::Submission, &config.listen.submission),
+    ];
+    let (listeners, bound) = listen::Listeners::bind(&protos, cores).map_err(|(addr, source)| ServeError::Bind { addr, source })?;
+    let [smtp, pop3, imap, submission]: [Vec<SocketAddr>; 4] = bound.try_into().expect("four protocols");
     // The one DNS thread for every shard, and the control channels.
     let (relay, control_senders) = relay::RelayShared::start(&config, cores);
 
@@ -113,6 +108,7 @@ pub fn serve(mut config: Config) -> Result<(), ServeError> {
         ready: ready_tx,
         submission,
         relay,
+        listeners,
     });
 
     let shared_sig = shared.clone();
@@ -142,9 +138,10 @@ pub fn serve(mut config: Config) -> Result<(), ServeError> {
         .map_err(|e| ServeError::Executors(e.to_string()))?;
 
     let mut failed = None;
+    let mut cpus = vec![None; cores];
     for _ in 0..cores {
         match ready_rx.recv() {
-            Ok(Ok(_)) => {}
+            Ok(Ok((id, cpu))) => cpus[id] = cpu,
             Ok(Err(e)) => {
                 failed = Some(e);
                 break;
@@ -160,7 +157,14 @@ pub fn serve(mut config: Config) -> Result<(), ServeError> {
         let _ = handles.join_all();
         return Err(ServeError::Shard(e));
     }
-    drop(reserved);
+    // CPU steering needs every shard pinned to its own CPU.
+    let steer: Option<Vec<usize>> = cpus.into_iter().collect();
+    let steer = steer.filter(|c| shared.config.cpu_steering && c.iter().collect::<std::collections::HashSet<_>>().len() == c.len());
+    match shared.listeners.finish(steer.as_deref()) {
+        Ok(()) if steer.is_some() => tracing::info!(cpus = ?steer, "connections steered to the executor on their CPU"),
+        Ok(()) => {}
+        Err(e) => tracing::warn!(error = %e, "CPU steering unavailable; the kernel spreads connections by hash"),
+    }
     if let Err(e) = control::start(&shared.config.data_dir, control_senders) {
         tracing::warn!(error = %e, "control socket unavailable: `ringmail queue` will not reach this server");
     }
@@ -202,19 +206,6 @@ fn raise_fd_limit() {
             libc::setrlimit(libc::RLIMIT_NOFILE, &l);
         }
     }
-}
-
-/// Bind (not listen) a socket with SO_REUSEPORT to fix the port.
-fn reserve(addr: SocketAddr) -> std::io::Result<socket2::Socket> {
-    let domain = if addr.is_ipv4() { socket2::Domain::IPV4 } else { socket2::Domain::IPV6 };
-    let s = socket2::Socket::new(domain, socket2::Type::STREAM, None)?;
-    s.set_reuse_address(true)?;
-    s.set_reuse_port(true)?;
-    if addr.is_ipv6() {
-        s.set_only_v6(true)?;
-    }
-    s.bind(&addr.into())?;
-    Ok(s)
 }
 
 /// Reload the account file when it changes (checked twice a second) and

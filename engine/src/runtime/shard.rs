@@ -37,10 +37,12 @@ pub struct Shared {
     pub smtp: Vec<SocketAddr>,
     pub pop3: Vec<SocketAddr>,
     pub imap: Vec<SocketAddr>,
-    pub ready: std::sync::mpsc::SyncSender<Result<usize, String>>,
+    /// Each shard reports once: its id and the CPU it is pinned to, or why it failed.
+    pub ready: std::sync::mpsc::SyncSender<Result<(usize, Option<usize>), String>>,
     // --- relay (runtime/relay.rs) ---
     pub submission: Vec<SocketAddr>,
     pub relay: super::relay::RelayShared,
+    pub listeners: super::listen::Listeners,
 }
 
 /// Messages between shards.
@@ -416,16 +418,14 @@ pub async fn run(shared: Arc<Shared>, mesh: MeshBuilder<ShardMsg, Full>) -> Resu
     }
 
     let mut accept_tasks = Vec::new();
-    for (addrs, proto) in
-        [(&shared.smtp, Proto::Smtp), (&shared.pop3, Proto::Pop3), (&shared.imap, Proto::Imap), (&shared.submission, Proto::Submission)]
-    {
-        for addr in addrs {
-            let listener = TcpListener::bind(*addr).map_err(|e| fail(format!("shard {id}: binding {addr}: {e}")))?;
-            accept_tasks.push(glommio::spawn_local(accept_loop(shard.clone(), listener, proto)));
-        }
+    for (proto, _addr, fd) in shared.listeners.take(id) {
+        use std::os::fd::IntoRawFd;
+        // SAFETY: a listening TCP socket bound for this shard, handed over once.
+        let listener = unsafe { TcpListener::from_raw_fd(fd.into_raw_fd()) };
+        accept_tasks.push(glommio::spawn_local(accept_loop(shard.clone(), listener, proto)));
     }
     super::relay::start(&shard);
-    let _ = shared.ready.send(Ok(id));
+    let _ = shared.ready.send(Ok((id, super::listen::pinned_cpu())));
     let interval = shared.config.storage.compact_interval_secs;
     if id == 0 && interval > 0 {
         let shard = shard.clone();
