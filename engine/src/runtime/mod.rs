@@ -126,12 +126,7 @@ pub fn serve(mut config: Config) -> Result<(), ServeError> {
 
     let mesh = MeshBuilder::full(cores, MESH_CHANNEL_SIZE);
     let shared_exec = shared.clone();
-    // Each executor's blocking thread (argon2 password checks) floats: the
-    // pool builder's default would pin every shard's one to the first CPU.
-    let mut builder = LocalExecutorPoolBuilder::new(placement)
-        .name("ringmail")
-        .io_memory(io_memory)
-        .blocking_thread_pool_placement(PoolPlacement::Unbound(1));
+    let mut builder = LocalExecutorPoolBuilder::new(placement).name("ringmail").io_memory(io_memory);
     if shared.config.storage.spin_before_park_us > 0 {
         builder = builder.spin_before_park(Duration::from_micros(shared.config.storage.spin_before_park_us));
     }
