@@ -53,6 +53,8 @@ if ! command -v postfix >/dev/null || ! command -v dovecot >/dev/null \
     [ "$(id -u)" = 0 ] || die "Postfix/Dovecot missing and not root"
     log "installing postfix dovecot-imapd dovecot-pop3d"
     echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections
+    # A fresh machine's package lists may be stale (old versions give 404).
+    apt-get update -q >/dev/null || log "apt-get update failed; trying the install anyway"
     DEBIAN_FRONTEND=noninteractive apt-get install -y -q postfix dovecot-imapd dovecot-pop3d >/dev/null
     # The packages may start system instances on the default ports: leave
     # them alone, we use our own instances on high ports.
