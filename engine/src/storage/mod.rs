@@ -610,7 +610,10 @@ impl Store {
             _ => self.create_segment().await?,
         };
         self.segments.borrow_mut().insert(seg.id(), seg.clone());
-        *self.active.borrow_mut() = Some(seg);
+        let old = self.active.borrow_mut().replace(seg);
+        if let Some(old) = old {
+            old.retire();
+        }
         Ok(())
     }
 
@@ -686,7 +689,9 @@ impl Store {
                 if active.has_failed() {
                     // Retire it: the next commit rolls to a new segment, and
                     // the next sync fails every commit staged in this one.
-                    *self.active.borrow_mut() = None;
+                    if let Some(old) = self.active.borrow_mut().take() {
+                        old.retire();
+                    }
                 }
                 return Err(e.into());
             }
@@ -752,7 +757,9 @@ impl Store {
             self.apply_pending(&pending);
         } else {
             // Pages we cannot prove durable: stop writing into this segment.
-            *self.active.borrow_mut() = None;
+            if let Some(old) = self.active.borrow_mut().take() {
+                old.retire();
+            }
         }
         self.synced_epoch.set(target);
         let mut waiters = self.waiters.borrow_mut();

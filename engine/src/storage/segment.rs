@@ -277,6 +277,14 @@ impl Segment {
         r.map(|_| ())
     }
 
+    /// The store stopped appending here (a new active segment): write what
+    /// is staged now and give the buffer back. A failure marks the segment
+    /// failed, so the sync that covers it reports the error.
+    pub fn retire(&self) {
+        let _ = self.flush();
+        *self.staged.borrow_mut() = Vec::new();
+    }
+
     fn write_at(&self, at: usize, parts: &[&[u8]]) -> std::io::Result<usize> {
         let file = self.file.as_ref().expect("write to a read-only segment");
         let len: usize = parts.iter().map(|p| p.len()).sum();
