@@ -1616,7 +1616,7 @@ fn copy_and_move_with_uidplus() {
         .split("UIDVALIDITY ")
         .nth(1)
         .unwrap()
-        .split(|c| c == ' ' || c == ')')
+        .split([' ', ')'])
         .next()
         .unwrap()
         .parse()
@@ -2970,7 +2970,7 @@ fn mailbox_management() {
     let r = c.ok("ID (\"name\" \"e2e\" \"version\" \"1\")");
     let id = r.with_prefix("ID ");
     assert_eq!(id.len(), 1, "{r:?}");
-    let v = parse_value(id[0]["* ID ".len()..].as_bytes());
+    let v = parse_value(&id[0].as_bytes()["* ID ".len()..]);
     assert!(matches!(v, V::Nil) || v.list().len() % 2 == 0, "{v:?}");
     c.ok("ID NIL");
     let r = c.ok("ENABLE CONDSTORE");

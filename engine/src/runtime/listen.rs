@@ -34,10 +34,13 @@ pub struct Listeners {
     groups: Vec<Group>,
 }
 
+/// The listeners and each protocol's bound addresses, or the address that failed.
+type Bound = Result<(Listeners, Vec<Vec<SocketAddr>>), (SocketAddr, std::io::Error)>;
+
 impl Listeners {
     /// Bind `shards` listening sockets on every address of every protocol.
     /// Returns them with each protocol's addresses as bound (port 0 resolved).
-    pub fn bind(protos: &[(Proto, &[SocketAddr])], shards: usize) -> Result<(Listeners, Vec<Vec<SocketAddr>>), (SocketAddr, std::io::Error)> {
+    pub fn bind(protos: &[(Proto, &[SocketAddr])], shards: usize) -> Bound {
         let mut groups = Vec::new();
         let mut bound = Vec::new();
         for (proto, addrs) in protos {

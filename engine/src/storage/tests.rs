@@ -134,7 +134,7 @@ fn checkpoints_then_replay_and_a_new_shard_count() {
         let a = &accounts[1];
         let owner = if s0.owns(a) { &s0 } else { &s1 };
         let next = before[1].last().unwrap().0 + 1;
-        assert_eq!(owner.deliver(&[a.clone()], b"", b"z\r\n", 0).await.unwrap(), vec![next]);
+        assert_eq!(owner.deliver(std::slice::from_ref(a), b"", b"z\r\n", 0).await.unwrap(), vec![next]);
     });
 }
 
