@@ -331,6 +331,18 @@ impl Config {
                 return Err(format!("local_domains: {d:?} is not a domain"));
             }
         }
+        // One address, one protocol: two lists naming the same address would
+        // share one SO_REUSEPORT group, and the kernel would hand each
+        // connection to either protocol. (Port 0 picks a fresh port each.)
+        let mut seen: std::collections::HashMap<SocketAddr, &str> = std::collections::HashMap::new();
+        let l = &self.listen;
+        for (proto, addrs) in [("smtp", &l.smtp), ("pop3", &l.pop3), ("imap", &l.imap), ("submission", &l.submission)] {
+            for a in addrs.iter().filter(|a| a.port() != 0) {
+                if let Some(first) = seen.insert(*a, proto) {
+                    return Err(format!("listen: {a} is given for both {first} and {proto}"));
+                }
+            }
+        }
         Ok(())
     }
 
@@ -482,6 +494,17 @@ mod tests {
     #[test]
     fn default_is_valid_and_documented() {
         Config::default().validate().unwrap();
+        let mut dup = Config::default();
+        dup.listen.submission = dup.listen.smtp.clone();
+        let e = dup.validate().unwrap_err();
+        assert!(e.contains("both smtp and submission"), "{e}");
+        let mut twice = Config::default();
+        twice.listen.smtp.push(twice.listen.smtp[0]);
+        assert!(twice.validate().is_err());
+        let mut zero = Config::default();
+        zero.listen.smtp = vec!["127.0.0.1:0".parse().unwrap()];
+        zero.listen.pop3 = zero.listen.smtp.clone();
+        zero.validate().unwrap();
         let parsed = Config::parse(DEFAULT_CONFIG_TOML, Path::new("default.toml")).unwrap();
         assert_eq!(format!("{parsed:?}"), format!("{:?}", Config::default()));
     }
