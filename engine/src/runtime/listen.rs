@@ -21,7 +21,6 @@ const BACKLOG: i32 = 1024;
 
 struct Group {
     proto: Proto,
-    addr: SocketAddr,
     /// Socket *i* for shard *i*; each shard takes its own when it starts.
     socks: Vec<Mutex<Option<OwnedFd>>>,
     /// A second descriptor of socket 0, to attach the steering program once
@@ -56,20 +55,20 @@ impl Listeners {
                 }
                 resolved.push(at);
                 let handle = socks[0].lock().ok().and_then(|g| g.as_ref().and_then(|fd| fd.try_clone().ok()));
-                groups.push(Group { proto: *proto, addr: at, socks, handle: Mutex::new(handle) });
+                groups.push(Group { proto: *proto, socks, handle: Mutex::new(handle) });
             }
             bound.push(resolved);
         }
         Ok((Listeners { groups }, bound))
     }
 
-    /// Shard `shard`'s sockets, with their protocol and address (once).
-    pub fn take(&self, shard: usize) -> Vec<(Proto, SocketAddr, OwnedFd)> {
+    /// Shard `shard`'s sockets, with their protocol (once).
+    pub fn take(&self, shard: usize) -> Vec<(Proto, OwnedFd)> {
         self.groups
             .iter()
             .filter_map(|g| {
                 let fd = g.socks.get(shard)?.lock().ok()?.take()?;
-                Some((g.proto, g.addr, fd))
+                Some((g.proto, fd))
             })
             .collect()
     }
@@ -192,7 +191,7 @@ mod tests {
         let mine: Vec<_> = (0..3).map(|s| l.take(s)).collect();
         for (s, socks) in mine.iter().enumerate() {
             assert_eq!(socks.len(), 1, "shard {s}");
-            let local = socket2::SockRef::from(&socks[0].2).local_addr().unwrap().as_socket().unwrap();
+            let local = socket2::SockRef::from(&socks[0].1).local_addr().unwrap().as_socket().unwrap();
             assert_eq!(local, bound[0][0]);
         }
         assert!(l.take(0).is_empty(), "taken once");

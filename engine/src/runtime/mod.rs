@@ -5,8 +5,9 @@
 //! SO_REUSEPORT socket per shard on every configured address, in shard order
 //! (port 0 resolves to one port for all; see listen.rs), start one executor
 //! per core; each joins the channel mesh, recovers its buckets, takes its
-//! listeners and reports ready with its CPU. With pinned executors, a BPF
-//! program then steers each new connection to the shard on its CPU. Then the process prints one `ringmail: ready ...` line on stdout.
+//! listeners and reports ready with its CPU. With `cpu_steering` and pinned
+//! executors, a BPF program then steers each new connection to the shard on
+//! its CPU. Then the process prints one `ringmail: ready ...` line on stdout.
 //! SIGTERM/SIGINT: every shard stops accepting, lets sessions finish within
 //! the grace period, makes everything durable, checkpoints, and exits 0.
 pub mod conn;

@@ -418,7 +418,7 @@ pub async fn run(shared: Arc<Shared>, mesh: MeshBuilder<ShardMsg, Full>) -> Resu
     }
 
     let mut accept_tasks = Vec::new();
-    for (proto, _addr, fd) in shared.listeners.take(id) {
+    for (proto, fd) in shared.listeners.take(id) {
         use std::os::fd::IntoRawFd;
         // SAFETY: a listening TCP socket bound for this shard, handed over once.
         let listener = unsafe { TcpListener::from_raw_fd(fd.into_raw_fd()) };
