@@ -610,11 +610,17 @@ impl Store {
             _ => self.create_segment().await?,
         };
         self.segments.borrow_mut().insert(seg.id(), seg.clone());
-        let old = self.active.borrow_mut().replace(seg);
+        self.set_active(Some(seg));
+        Ok(())
+    }
+
+    /// Make `seg` the segment appends go to (`None`: roll on the next
+    /// append); the previous one writes out what it staged.
+    fn set_active(&self, seg: Option<Rc<Segment>>) {
+        let old = std::mem::replace(&mut *self.active.borrow_mut(), seg);
         if let Some(old) = old {
             old.retire();
         }
-        Ok(())
     }
 
     /// Create the next segment of this shard's log. Caller holds the roll lock.
@@ -689,9 +695,7 @@ impl Store {
                 if active.has_failed() {
                     // Retire it: the next commit rolls to a new segment, and
                     // the next sync fails every commit staged in this one.
-                    if let Some(old) = self.active.borrow_mut().take() {
-                        old.retire();
-                    }
+                    self.set_active(None);
                 }
                 return Err(e.into());
             }
@@ -757,9 +761,7 @@ impl Store {
             self.apply_pending(&pending);
         } else {
             // Pages we cannot prove durable: stop writing into this segment.
-            if let Some(old) = self.active.borrow_mut().take() {
-                old.retire();
-            }
+            self.set_active(None);
         }
         self.synced_epoch.set(target);
         let mut waiters = self.waiters.borrow_mut();

@@ -62,13 +62,12 @@ pub struct Segment {
     write_pos: Cell<usize>,
     /// Append by memcpy into the mapping instead of pwritev.
     through_map: bool,
-    /// Records appended but not yet written to the file: they start at file
-    /// offset `staged_at` and end at `write_pos`. `flush` (and so `sync`)
-    /// writes them with one pwritev, so a group commit of many small records
-    /// costs one write system call instead of one per record. Nothing reads
-    /// them before that: locations are handed out only after the sync.
+    /// Records appended but not yet written to the file: the bytes just
+    /// below `write_pos` (see `staged_at`). `flush` (and so `sync`) writes
+    /// them with one pwritev, so a group commit of many small records costs
+    /// one write system call instead of one per record. Nothing reads them
+    /// before that: locations are handed out only after the sync.
     staged: RefCell<Vec<u8>>,
-    staged_at: Cell<usize>,
     /// A write failed: staged records of other commits may be lost, so every
     /// later append and sync of this segment fails too (its commits get a
     /// temporary failure, and the store moves to a new segment).
@@ -118,7 +117,6 @@ impl Segment {
             write_pos: Cell::new(SEGMENT_HEADER_LEN),
             through_map,
             staged: RefCell::new(Vec::new()),
-            staged_at: Cell::new(SEGMENT_HEADER_LEN),
             failed: Cell::new(false),
         };
         let mut header = [0u8; SEGMENT_HEADER_LEN];
@@ -150,7 +148,6 @@ impl Segment {
             write_pos: Cell::new(len),
             through_map: false,
             staged: RefCell::new(Vec::new()),
-            staged_at: Cell::new(len),
             failed: Cell::new(false),
         };
         if &seg.all()[..8] != SEGMENT_MAGIC {
@@ -189,7 +186,6 @@ impl Segment {
         assert!(end <= self.map.len());
         assert!(self.staged.borrow().is_empty(), "set_end with staged records");
         self.write_pos.set(end);
-        self.staged_at.set(end);
     }
 
     pub fn room(&self) -> usize {
@@ -231,7 +227,6 @@ impl Segment {
                 self.flush()?;
             }
             let mut staged = self.staged.borrow_mut();
-            debug_assert_eq!(self.staged_at.get() + staged.len(), at);
             for p in parts {
                 staged.extend_from_slice(p);
             }
@@ -240,8 +235,8 @@ impl Segment {
             staged.resize(padded, 0);
         } else {
             // A large record: one pwritev with whatever is staged before it.
+            let start = self.staged_at();
             let staged = std::mem::take(&mut *self.staged.borrow_mut());
-            let start = self.staged_at.get();
             let mut all: Vec<&[u8]> = Vec::with_capacity(parts.len() + 1);
             all.push(&staged);
             all.extend_from_slice(parts);
@@ -249,27 +244,28 @@ impl Segment {
                 self.failed.set(true);
                 return Err(e);
             }
-            self.staged_at.set(at + total);
             let mut buf = staged;
             buf.clear();
             *self.staged.borrow_mut() = buf;
         }
         self.write_pos.set(at + total);
-        if self.staged.borrow().is_empty() {
-            self.staged_at.set(at + total);
-        }
         Ok(at)
+    }
+
+    /// File offset of the first staged byte: staged records always end at
+    /// `write_pos`.
+    fn staged_at(&self) -> usize {
+        self.write_pos.get() - self.staged.borrow().len()
     }
 
     /// Write the staged records into the file (page cache).
     pub fn flush(&self) -> std::io::Result<()> {
+        let start = self.staged_at();
         let mut staged = self.staged.borrow_mut();
         if staged.is_empty() {
             return Ok(());
         }
-        let start = self.staged_at.get();
         let r = self.write_at(start, &[&staged]);
-        self.staged_at.set(start + staged.len());
         staged.clear();
         if r.is_err() {
             self.failed.set(true);
