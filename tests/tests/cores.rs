@@ -186,15 +186,10 @@ fn connections_are_steered_to_the_executor_on_their_cpu() {
     let server = Server::options().config("cpu_steering = true\n").accounts(&["steer@example.test"]).start();
     // "connections steered to the executor on their CPU cpus=Some([0, 1])"
     // Logged before the ready line, but stderr is read by another thread.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    let log = loop {
-        let log = server.stderr_text();
-        if log.contains("connections steered") || std::time::Instant::now() > deadline {
-            break log;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    };
-    let line = log.lines().find(|l| l.contains("connections steered")).unwrap_or_else(|| panic!("no steering line in:\n{log}"));
+    let line = wait_for(std::time::Duration::from_secs(10), || {
+        server.stderr_text().lines().find(|l| l.contains("connections steered")).map(str::to_string)
+    })
+    .unwrap_or_else(|| panic!("no steering line in:\n{}", server.stderr_text()));
     let list = line.split("cpus=Some([").nth(1).and_then(|r| r.split("])").next()).expect("cpu list");
     let cpus: Vec<usize> = list.split(", ").map(|c| c.parse().unwrap()).collect();
     assert_eq!(cpus.len(), 2);
