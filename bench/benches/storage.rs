@@ -18,6 +18,7 @@ fn open(dir: &std::path::Path) -> Rc<Store> {
         checkpoint_every_records: 1 << 40,
         zero_segments: false,
         append_through_map: false,
+        sync_inline_max_us: 0,
     })
     .unwrap();
     glommio::spawn_local(store.clone().run_syncer()).detach();

@@ -8,7 +8,7 @@ fn main() {
     let path = dir.path().to_path_buf();
     glommio::LocalExecutorBuilder::default().io_memory(256 << 10).make().unwrap().run(async move {
         let meta = Meta::start_run(&path, 256).unwrap();
-        let store = Store::open(StoreConfig { data_dir: path.clone(), shard: 0, shards: 1, meta, segment_size: 64 << 20, checkpoint_every_records: 1 << 40, zero_segments: std::env::var("ZERO").is_ok(), append_through_map: std::env::var("MAP").is_ok() }).unwrap();
+        let store = Store::open(StoreConfig { data_dir: path.clone(), shard: 0, shards: 1, meta, segment_size: 64 << 20, checkpoint_every_records: 1 << 40, zero_segments: std::env::var("ZERO").is_ok(), append_through_map: std::env::var("MAP").is_ok(), sync_inline_max_us: if std::env::var("INLINE").is_ok() { 2000 } else { 0 } }).unwrap();
         glommio::spawn_local(store.clone().run_syncer()).detach();
         let body = vec![b'x'; 4096];
         let t = Instant::now();

@@ -196,13 +196,18 @@ pub struct Storage {
     /// Busy-poll this long before an idle executor sleeps, in microseconds:
     /// cheaper cross-core wake-ups for CPU burned while idle.
     pub spin_before_park_us: u64,
-    /// Write zeros over a new segment before use. On file systems where the
-    /// first write into a preallocated (unwritten) extent makes fdatasync
-    /// also write the inode, this moves that cost off the commit path.
+    /// Keep the active segment zero-filled a few MiB ahead of its write
+    /// position. The first write into a preallocated (unwritten) extent
+    /// makes fdatasync also write the extent change (inode or journal);
+    /// zero-filling ahead moves that cost off the commit path.
     pub zero_segments: bool,
     /// Append records by copying into the segment mapping instead of with
     /// pwritev (both end up in the same page cache; see docs/TUNING.md).
     pub append_through_map: bool,
+    /// A group commit calls fdatasync on the executor thread while the
+    /// moving average of recent syncs is at most this many microseconds;
+    /// slower, it goes through io_uring's worker threads (0: always).
+    pub sync_inline_max_us: u64,
 }
 
 impl Default for Config {
@@ -267,7 +272,7 @@ impl Default for Timeouts {
 
 impl Default for Storage {
     fn default() -> Self {
-        Storage { checkpoint_every_records: 4096, compact_live_percent: 50, compact_interval_secs: 60, io_memory_kib: 512, spin_before_park_us: 0, zero_segments: false, append_through_map: false }
+        Storage { checkpoint_every_records: 4096, compact_live_percent: 50, compact_interval_secs: 60, io_memory_kib: 512, spin_before_park_us: 0, zero_segments: true, append_through_map: false, sync_inline_max_us: 2000 }
     }
 }
 
@@ -448,10 +453,14 @@ compact_interval_secs = 60
 io_memory_kib = 512
 # Busy-poll before an idle executor sleeps, in microseconds (0: sleep at once).
 spin_before_park_us = 0
-# Write zeros over a new segment (prepared in the background, before it is
-# needed) so commits sync only data, not block allocation. Costs a full
-# write of every segment; measure it on your disks (docs/TUNING.md).
-zero_segments = false
+# Keep the segment being written zero-filled a few MiB ahead of the log, so
+# a commit's fdatasync writes only data, not extent changes. Every segment
+# byte is written twice (zeros, then records); see docs/TUNING.md.
+zero_segments = true
+# Group commits block the executor in fdatasync while the recent average
+# sync takes at most this many microseconds (fast disks: cheaper than a
+# hand-off to io_uring's worker threads); slower disks, or 0: io_uring.
+sync_inline_max_us = 2000
 
 [relay]
 # Who may send mail to other domains: authenticated clients (SMTP AUTH PLAIN

@@ -223,6 +223,7 @@ fn run(cli: Cli) -> Result<(), String> {
                         checkpoint_every_records: u64::MAX,
                         zero_segments: false,
                         append_through_map: false,
+                        sync_inline_max_us: 0,
                     })
                     .map_err(|e| e.to_string())?;
                     Ok::<_, String>(store.summary())

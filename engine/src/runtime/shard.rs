@@ -383,6 +383,7 @@ pub async fn run(shared: Arc<Shared>, mesh: MeshBuilder<ShardMsg, Full>) -> Resu
         checkpoint_every_records: shared.config.storage.checkpoint_every_records,
         zero_segments: shared.config.storage.zero_segments,
         append_through_map: shared.config.storage.append_through_map,
+        sync_inline_max_us: shared.config.storage.sync_inline_max_us,
     })
     .map_err(|e| fail(format!("shard {id}: opening storage: {e}")))?;
     glommio::spawn_local(store.clone().run_syncer()).detach();
@@ -473,6 +474,7 @@ pub async fn run(shared: Arc<Shared>, mesh: MeshBuilder<ShardMsg, Full>) -> Resu
         syncs = st.syncs.get(),
         records_per_sync = format!("{:.1}", st.records.get() as f64 / syncs as f64),
         mean_sync_us = st.sync_nanos.get() / syncs / 1000,
+        inline_syncs = st.inline_syncs.get(),
         checkpoints = st.checkpoints.get(),
         "commit statistics"
     );

@@ -72,6 +72,9 @@ pub struct Segment {
     /// later append and sync of this segment fails too (its commits get a
     /// temporary failure, and the store moves to a new segment).
     failed: Cell<bool>,
+    /// Bytes below this offset were zero-filled by `zero_ahead` (or written
+    /// by records): their extents no longer need converting at a commit.
+    zeroed: Cell<usize>,
 }
 
 /// Records up to this size are staged; larger ones are written at once
@@ -79,9 +82,14 @@ pub struct Segment {
 const STAGE_RECORD_MAX: usize = 64 * 1024;
 /// Flush the staging buffer when it would grow beyond this.
 const STAGE_CAP: usize = 256 * 1024;
+/// `zero_ahead` writes zeros in chunks of this size.
+pub const ZERO_CHUNK: usize = 1 << 20;
+static ZEROS: [u8; ZERO_CHUNK] = [0; ZERO_CHUNK];
 
 impl Segment {
-    /// Create a new segment file of `size` bytes, fallocated, mapped read-write.
+    /// Create a new segment file of `size` bytes, fallocated, mapped
+    /// read-write. With `zero`, its first chunk is zero-filled and synced
+    /// (see `zero_ahead`).
     pub async fn create(dir: &Path, id: u64, size: usize, zero: bool, through_map: bool) -> std::io::Result<Segment> {
         let path = dir.join(file_name(id));
         let file = glommio::io::OpenOptions::new()
@@ -96,18 +104,6 @@ impl Segment {
             let _ = file.remove().await;
             return Err(e.into());
         }
-        if zero {
-            // Turn the unwritten extents into written ones now, so a later
-            // fdatasync has only data pages to write.
-            const CHUNK: usize = 1 << 20;
-            let mut at = 0;
-            while at < size {
-                let n = CHUNK.min(size - at);
-                file.write_at(vec![0u8; n], at as u64).await.map_err(std::io::Error::from)?;
-                at += n;
-            }
-            file.fdatasync().await.map_err(std::io::Error::from)?;
-        }
         let map = MmapOptions::new().len(size).map_raw(file.as_raw_fd())?;
         let seg = Segment {
             id,
@@ -118,7 +114,13 @@ impl Segment {
             through_map,
             staged: RefCell::new(Vec::new()),
             failed: Cell::new(false),
+            zeroed: Cell::new(if zero { 0 } else { size }),
         };
+        if zero {
+            // The first chunk is zeroed (and its extents made durable) before
+            // the first record; the store keeps zeroing ahead from there.
+            seg.zero_ahead(ZERO_CHUNK).await?;
+        }
         let mut header = [0u8; SEGMENT_HEADER_LEN];
         header[..8].copy_from_slice(SEGMENT_MAGIC);
         header[8..16].copy_from_slice(&id.to_le_bytes());
@@ -149,6 +151,7 @@ impl Segment {
             through_map: false,
             staged: RefCell::new(Vec::new()),
             failed: Cell::new(false),
+            zeroed: Cell::new(len),
         };
         if &seg.all()[..8] != SEGMENT_MAGIC {
             return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "bad segment magic"));
@@ -334,15 +337,75 @@ impl Segment {
     }
 
     /// Make everything written so far durable (fdatasync flushes the pages
-    /// dirtied through the shared mapping).
-    pub async fn sync(&self) -> std::io::Result<()> {
+    /// dirtied through the shared mapping). `inline`: call fdatasync on this
+    /// thread, blocking the executor until the disk answers; otherwise hand
+    /// it to io_uring, whose worker threads block instead.
+    pub async fn sync(&self, inline: bool) -> std::io::Result<()> {
         self.flush()?;
         if self.failed.get() {
             return Err(std::io::Error::other("an earlier write to this segment failed"));
         }
         match &self.file {
+            Some(f) if inline => loop {
+                // SAFETY: fdatasync on the open descriptor of this segment.
+                if unsafe { libc::fdatasync(f.as_raw_fd()) } == 0 {
+                    return Ok(());
+                }
+                let e = std::io::Error::last_os_error();
+                if e.kind() != std::io::ErrorKind::Interrupted {
+                    return Err(e);
+                }
+            },
             Some(f) => f.fdatasync().await.map_err(std::io::Error::from),
             None => Ok(()),
         }
+    }
+
+    /// End of the part `zero_ahead` has zero-filled (or records covered).
+    pub fn zeroed_to(&self) -> usize {
+        self.zeroed.get()
+    }
+
+    /// Does `zero_ahead(ahead)` have work to do?
+    pub fn wants_zeroing(&self, ahead: usize) -> bool {
+        self.file.is_some() && !self.failed.get() && self.zeroed.get() < (self.write_pos.get() + ahead).min(self.map.len())
+    }
+
+    /// Zero-fill the file from the write position (or the end of what was
+    /// zeroed before) up to `ahead` bytes past the write position, then
+    /// fdatasync. fallocate leaves unwritten extents: the first commit that
+    /// writes into one must also write the extent change (the inode, or a
+    /// journal commit), one more disk round trip in the commit path. Done
+    /// here, ahead of the records, a commit only writes its data.
+    ///
+    /// The zeros are written synchronously, without an await between reading
+    /// `write_pos` and writing, so they can never land on a record: every
+    /// append (staged or not) lies below `write_pos`. Later records
+    /// overwrite the zeros in the page cache.
+    pub async fn zero_ahead(&self, ahead: usize) -> std::io::Result<()> {
+        let Some(file) = &self.file else { return Ok(()) };
+        let mut wrote = false;
+        while self.wants_zeroing(ahead) {
+            let from = self.zeroed.get().max(self.write_pos.get());
+            let to = (from + ZERO_CHUNK).min(self.map.len());
+            // SAFETY: ZEROS is a static buffer of at least `to - from` bytes;
+            // the fd is this segment's open file.
+            let n = unsafe { libc::pwrite(file.as_raw_fd(), ZEROS.as_ptr().cast(), to - from, from as libc::off_t) };
+            if n < 0 {
+                let e = std::io::Error::last_os_error();
+                if e.kind() == std::io::ErrorKind::Interrupted {
+                    continue;
+                }
+                // Nothing depends on the zeros: stop zeroing this segment.
+                self.zeroed.set(self.map.len());
+                return Err(e);
+            }
+            self.zeroed.set(from + n as usize);
+            wrote = true;
+        }
+        if wrote {
+            file.fdatasync().await.map_err(std::io::Error::from)?;
+        }
+        Ok(())
     }
 }

@@ -14,22 +14,26 @@ fn run<F: std::future::Future<Output = ()> + 'static>(f: impl FnOnce() -> F + Se
 }
 
 fn open(dir: &Path, shard: usize, shards: usize, every: u64) -> Rc<Store> {
-    open_with(dir, shard, shards, every, false)
+    open_with(dir, shard, shards, every, |_| {})
 }
 
-fn open_with(dir: &Path, shard: usize, shards: usize, every: u64, through_map: bool) -> Rc<Store> {
+/// A store with the default storage settings and 4 MiB segments, changed by `tune`.
+fn open_with(dir: &Path, shard: usize, shards: usize, every: u64, tune: impl FnOnce(&mut StoreConfig)) -> Rc<Store> {
     let meta = Meta::start_run(dir, 16).unwrap();
-    let store = Store::open(StoreConfig {
+    let defaults = crate::config::Storage::default();
+    let mut cfg = StoreConfig {
         data_dir: dir.into(),
         shard,
         shards,
         meta,
         segment_size: 4 * 1024 * 1024,
         checkpoint_every_records: every,
-        zero_segments: false,
-        append_through_map: through_map,
-    })
-    .unwrap();
+        zero_segments: defaults.zero_segments,
+        append_through_map: defaults.append_through_map,
+        sync_inline_max_us: defaults.sync_inline_max_us,
+    };
+    tune(&mut cfg);
+    let store = Store::open(cfg).unwrap();
     glommio::spawn_local(store.clone().run_syncer()).detach();
     store
 }
@@ -217,7 +221,16 @@ fn both_append_modes_store_and_recover_the_same_bytes() {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path().to_path_buf();
         run(move || async move {
-            let s = open_with(&d, 0, 1, 1_000_000, through_map);
+            // The memcpy variant also covers the other non-default paths: no
+            // zero-filling, every sync through io_uring.
+            let tune = move |c: &mut StoreConfig| {
+                c.append_through_map = through_map;
+                if through_map {
+                    c.zero_segments = false;
+                    c.sync_inline_max_us = 0;
+                }
+            };
+            let s = open_with(&d, 0, 1, 1_000_000, tune);
             let mut want = Vec::new();
             for i in 0..30 {
                 // Bodies of many sizes, so records straddle pages.
@@ -231,7 +244,7 @@ fn both_append_modes_store_and_recover_the_same_bytes() {
             let live: Vec<Vec<u8>> = inbox(&s, "a@x").into_iter().map(|m| m.1).collect();
             assert_eq!(live, want, "through_map={through_map}: served bytes");
             drop(s);
-            let s2 = open_with(&d, 0, 1, 1_000_000, through_map);
+            let s2 = open_with(&d, 0, 1, 1_000_000, tune);
             let recovered: Vec<Vec<u8>> = inbox(&s2, "a@x").into_iter().map(|m| m.1).collect();
             assert_eq!(recovered, want, "through_map={through_map}: recovered bytes");
         });
@@ -310,5 +323,69 @@ fn staged_records_survive_segment_rolls() {
         let s2 = open(&d, 0, 1, 1_000_000);
         let got: Vec<Vec<u8>> = inbox(&s2, "roll@x").into_iter().map(|m| m.1).collect();
         assert_eq!(sorted(got), want);
+    });
+}
+
+#[test]
+fn zero_filling_ahead_never_touches_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().join("segments");
+    std::fs::create_dir_all(&d).unwrap();
+    run(move || async move {
+        let seg = segment::Segment::create(&d, 1, 8 << 20, true, false).await.unwrap();
+        assert!(seg.zeroed_to() > segment::ZERO_CHUNK, "the first chunk is zeroed at creation");
+        let mut written: Vec<(usize, Vec<u8>)> = Vec::new();
+        let mut put = |seg: &segment::Segment, b: Vec<u8>| written.push((seg.append(&[&b], b.len()).unwrap(), b));
+        for i in 0..50 {
+            put(&seg, vec![b'a' + (i % 26) as u8; 1000]);
+        }
+        // Written at once, with the staged records before it, and past the
+        // zeroed part: zeroing must restart at the write position.
+        put(&seg, vec![b'B'; 3 << 20]);
+        for i in 0..50 {
+            put(&seg, vec![b'A' + (i % 26) as u8; 1000]);
+        }
+        assert!(seg.zeroed_to() < seg.write_pos());
+        assert!(seg.wants_zeroing(2 << 20));
+        // Staged records are still in memory while the zeros are written.
+        seg.zero_ahead(2 << 20).await.unwrap();
+        assert!(seg.zeroed_to() >= seg.write_pos() + (2 << 20));
+        assert!(!seg.wants_zeroing(2 << 20));
+        seg.sync(true).await.unwrap();
+        // The rest of the file is zeroed by a later call, up to the end.
+        seg.zero_ahead(16 << 20).await.unwrap();
+        assert_eq!(seg.zeroed_to(), seg.capacity());
+        put(&seg, b"the last one".to_vec());
+        seg.sync(false).await.unwrap();
+        let file = std::fs::read(seg.path()).unwrap();
+        assert_eq!(&file[..8], segment::SEGMENT_MAGIC);
+        for (at, b) in &written {
+            assert_eq!(&file[*at..*at + b.len()], &b[..], "record at {at}");
+            assert_eq!(seg.slice(*at, b.len()), &b[..]);
+        }
+        assert!(file[seg.write_pos()..].iter().all(|&x| x == 0));
+    });
+}
+
+#[test]
+fn commits_leave_the_executor_when_syncs_are_slow() {
+    // A 1 µs limit: the first commit has no history and syncs inline; after
+    // it the average is above the limit, so every later one uses io_uring.
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_path_buf();
+    run(move || async move {
+        let s = open_with(&d, 0, 1, 1_000_000, |c| c.sync_inline_max_us = 1);
+        for i in 0..5 {
+            s.deliver(&["slow@x".into()], b"", &msg(i), 0).await.unwrap();
+        }
+        assert_eq!(s.stats.inline_syncs.get(), 1);
+        assert!(s.stats.syncs.get() >= 5);
+        let fast = open_with(&d.join("fast"), 0, 1, 1_000_000, |c| c.sync_inline_max_us = 10_000_000);
+        for i in 0..5 {
+            fast.deliver(&["fast@x".into()], b"", &msg(i), 0).await.unwrap();
+        }
+        assert_eq!(fast.stats.inline_syncs.get(), fast.stats.syncs.get());
+        assert_eq!(inbox(&s, "slow@x").len(), 5);
+        assert_eq!(inbox(&fast, "fast@x").len(), 5);
     });
 }
