@@ -400,6 +400,11 @@ impl Segment {
                 self.zeroed.set(self.map.len());
                 return Err(e);
             }
+            if n == 0 {
+                // Only at the end of the file: nothing left to zero.
+                self.zeroed.set(self.map.len());
+                break;
+            }
             self.zeroed.set(from + n as usize);
             wrote = true;
         }

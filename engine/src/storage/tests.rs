@@ -369,23 +369,35 @@ fn zero_filling_ahead_never_touches_records() {
 
 #[test]
 fn commits_leave_the_executor_when_syncs_are_slow() {
-    // A 1 µs limit: the first commit has no history and syncs inline; after
-    // it the average is above the limit, so every later one uses io_uring.
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path().to_path_buf();
     run(move || async move {
-        let s = open_with(&d, 0, 1, 1_000_000, |c| c.sync_inline_max_us = 1);
+        let s = open_with(&d, 0, 1, 1_000_000, |c| c.sync_inline_max_us = 2000);
+        // As after a run of slow syncs (a spinning disk): far above the limit.
+        s.sync_avg_ns.set(1 << 40);
         for i in 0..5 {
-            s.deliver(&["slow@x".into()], b"", &msg(i), 0).await.unwrap();
+            s.deliver(&["a@x".into()], b"", &msg(i), 0).await.unwrap();
         }
-        assert_eq!(s.stats.inline_syncs.get(), 1);
+        assert_eq!(s.stats.inline_syncs.get(), 0, "slow disk: every sync through io_uring");
         assert!(s.stats.syncs.get() >= 5);
-        let fast = open_with(&d.join("fast"), 0, 1, 1_000_000, |c| c.sync_inline_max_us = 10_000_000);
-        for i in 0..5 {
-            fast.deliver(&["fast@x".into()], b"", &msg(i), 0).await.unwrap();
+        assert!(s.sync_avg_ns.get() < 1 << 40, "the average follows the measured syncs");
+        // A fast disk again: the next commit syncs on the executor.
+        s.sync_avg_ns.set(0);
+        for i in 5..10 {
+            s.deliver(&["a@x".into()], b"", &msg(i), 0).await.unwrap();
         }
-        assert_eq!(fast.stats.inline_syncs.get(), fast.stats.syncs.get());
-        assert_eq!(inbox(&s, "slow@x").len(), 5);
-        assert_eq!(inbox(&fast, "fast@x").len(), 5);
+        assert!(s.stats.inline_syncs.get() >= 1);
+        // Limit 0: never inline, whatever the average.
+        let never = open_with(&d.join("never"), 0, 1, 1_000_000, |c| c.sync_inline_max_us = 0);
+        for i in 0..5 {
+            never.deliver(&["b@x".into()], b"", &msg(i), 0).await.unwrap();
+        }
+        assert_eq!(never.stats.inline_syncs.get(), 0);
+        assert_eq!(inbox(&s, "a@x").len(), 10);
+        assert_eq!(inbox(&never, "b@x").len(), 5);
+        drop(s);
+        let again = open(&d, 0, 1, 1_000_000);
+        let want: Vec<Vec<u8>> = (0..10).map(msg).collect();
+        assert_eq!(inbox(&again, "a@x").into_iter().map(|m| m.1).collect::<Vec<_>>(), want);
     });
 }
