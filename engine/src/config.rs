@@ -206,7 +206,8 @@ pub struct Storage {
     pub append_through_map: bool,
     /// A group commit calls fdatasync on the executor thread while the
     /// moving average of recent syncs is at most this many microseconds;
-    /// slower, it goes through io_uring's worker threads (0: always).
+    /// slower, it goes through io_uring's worker threads (0: always
+    /// through io_uring).
     pub sync_inline_max_us: u64,
 }
 

@@ -638,12 +638,13 @@ impl Store {
     }
 
     /// Create the next segment of this shard's log. Caller holds the roll lock.
+    /// A failed attempt still uses up its number (gaps are harmless: only
+    /// the order of segment numbers matters).
     async fn create_segment(&self) -> Result<Rc<Segment>> {
         let seq = self.next_seq.get();
-        let id = segment::segment_id(self.cfg.meta.run, self.cfg.shard as u16, seq);
-        let seg = Rc::new(Segment::create(&self.seg_dir, id, self.cfg.segment_size, self.cfg.zero_segments, self.cfg.append_through_map).await?);
         self.next_seq.set(seq + 1);
-        Ok(seg)
+        let id = segment::segment_id(self.cfg.meta.run, self.cfg.shard as u16, seq);
+        Ok(Rc::new(Segment::create(&self.seg_dir, id, self.cfg.segment_size, self.cfg.zero_segments, self.cfg.append_through_map).await?))
     }
 
     /// Once the active segment is half full, create (and zero, if configured)
@@ -791,7 +792,7 @@ impl Store {
         // meanwhile are handled in one batch afterwards. A slow disk (the
         // average above the limit) would stall every session of the shard
         // for that long, so its syncs go through io_uring.
-        let inline = self.cfg.sync_inline_max_us > 0 && self.sync_avg_ns.get() <= self.cfg.sync_inline_max_us * 1000;
+        let inline = self.cfg.sync_inline_max_us > 0 && self.sync_avg_ns.get() <= self.cfg.sync_inline_max_us.saturating_mul(1000);
         let started = std::time::Instant::now();
         for seg in &dirty {
             if let Err(e) = seg.sync(inline).await {

@@ -12,11 +12,16 @@
 //! them durable. The file is fully allocated with fallocate before it is
 //! mapped, so a full disk is an error at creation, never a SIGBUS on write.
 //!
+//! Every append writes (or stages) its bytes and advances `write_pos` in one
+//! synchronous step, with no await in between: `zero_ahead` relies on it to
+//! write zeros only where no record is or will be until the next append.
+//!
 //! A segment file is named by its id in hex: `run << 40 | writer << 32 | seq`,
 //! so file names sort in log order within a writer.
 use std::cell::{Cell, RefCell};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 
 use memmap2::{MmapOptions, MmapRaw};
 
@@ -58,6 +63,9 @@ pub struct Segment {
     map: MmapRaw,
     /// The file handle used for fdatasync; `None` for segments opened read-only.
     file: Option<glommio::io::BufferedFile>,
+    /// A second open of the same file for `zero_ahead` (with
+    /// `zero_segments`), closed when the segment is retired.
+    zero_file: RefCell<Option<Rc<glommio::io::BufferedFile>>>,
     /// End of the valid records (writer: next append position; reader: end found by scan).
     write_pos: Cell<usize>,
     /// Append by memcpy into the mapping instead of pwritev.
@@ -72,8 +80,9 @@ pub struct Segment {
     /// later append and sync of this segment fails too (its commits get a
     /// temporary failure, and the store moves to a new segment).
     failed: Cell<bool>,
-    /// Bytes below this offset were zero-filled by `zero_ahead` (or written
-    /// by records): their extents no longer need converting at a commit.
+    /// `zero_ahead` has zero-filled up to here (from wherever the write
+    /// position was at the time). Records may already lie beyond it after
+    /// a large append; zeroing then resumes at the write position.
     zeroed: Cell<usize>,
 }
 
@@ -99,17 +108,35 @@ impl Segment {
             .buffered_open(&path)
             .await
             .map_err(std::io::Error::from)?;
-        // Allocate every block now: ENOSPC surfaces here, not as SIGBUS later.
-        if let Err(e) = file.pre_allocate(size as u64, false).await {
-            let _ = file.remove().await;
-            return Err(e.into());
+        match Self::init(dir, id, path.clone(), file, size, zero, through_map).await {
+            Ok(seg) => Ok(seg),
+            Err(e) => {
+                // Leave no half-made segment behind for recovery to trip on.
+                let _ = std::fs::remove_file(&path);
+                Err(e)
+            }
         }
+    }
+
+    async fn init(dir: &Path, id: u64, path: PathBuf, file: glommio::io::BufferedFile, size: usize, zero: bool, through_map: bool) -> std::io::Result<Segment> {
+        // Allocate every block now: ENOSPC surfaces here, not as SIGBUS later.
+        file.pre_allocate(size as u64, false).await.map_err(std::io::Error::from)?;
+        // Zeros go through a file description of their own: a writeback
+        // error is reported once per description, so the zeroing task's
+        // fdatasync must not be the one that consumes an error belonging
+        // to a commit's records.
+        let zero_file = if zero {
+            Some(Rc::new(glommio::io::OpenOptions::new().write(true).buffered_open(&path).await.map_err(std::io::Error::from)?))
+        } else {
+            None
+        };
         let map = MmapOptions::new().len(size).map_raw(file.as_raw_fd())?;
         let seg = Segment {
             id,
             path,
             map,
             file: Some(file),
+            zero_file: RefCell::new(zero_file),
             write_pos: Cell::new(SEGMENT_HEADER_LEN),
             through_map,
             staged: RefCell::new(Vec::new()),
@@ -147,6 +174,7 @@ impl Segment {
             path: path.into(),
             map,
             file: None,
+            zero_file: RefCell::new(None),
             write_pos: Cell::new(len),
             through_map: false,
             staged: RefCell::new(Vec::new()),
@@ -224,7 +252,8 @@ impl Segment {
         }
         if self.through_map {
             self.write_at(at, parts)?;
-            // Padding bytes are already zero: the file was fallocated and never written there.
+            // Padding bytes are already zero: fallocated, or zero-filled
+            // ahead, and never written since.
         } else if total <= STAGE_RECORD_MAX {
             if self.staged.borrow().len() + total > STAGE_CAP {
                 self.flush()?;
@@ -282,6 +311,8 @@ impl Segment {
     pub fn retire(&self) {
         let _ = self.flush();
         *self.staged.borrow_mut() = Vec::new();
+        // No more zeroing here (a running `zero_ahead` keeps its own handle).
+        self.zero_file.borrow_mut().take();
     }
 
     fn write_at(&self, at: usize, parts: &[&[u8]]) -> std::io::Result<usize> {
@@ -368,7 +399,8 @@ impl Segment {
 
     /// Does `zero_ahead(ahead)` have work to do?
     pub fn wants_zeroing(&self, ahead: usize) -> bool {
-        self.file.is_some() && !self.failed.get() && self.zeroed.get() < (self.write_pos.get() + ahead).min(self.map.len())
+        let pos = self.write_pos.get();
+        self.zero_file.borrow().is_some() && !self.failed.get() && self.zeroed.get().max(pos) < (pos + ahead).min(self.map.len())
     }
 
     /// Zero-fill the file from the write position (or the end of what was
@@ -380,36 +412,43 @@ impl Segment {
     ///
     /// The zeros are written synchronously, without an await between reading
     /// `write_pos` and writing, so they can never land on a record: every
-    /// append (staged or not) lies below `write_pos`. Later records
-    /// overwrite the zeros in the page cache.
+    /// append writes (or stages) its bytes and advances `write_pos` in one
+    /// synchronous step, and staged bytes lie below `write_pos`. Later
+    /// records overwrite the zeros in the page cache.
+    ///
+    /// Any error marks the segment failed, like a failed record write: the
+    /// pages of this file can no longer be trusted, so its pending commits
+    /// fail and the store moves to a new segment.
     pub async fn zero_ahead(&self, ahead: usize) -> std::io::Result<()> {
-        let Some(file) = &self.file else { return Ok(()) };
+        let Some(file) = self.zero_file.borrow().clone() else { return Ok(()) };
         let mut wrote = false;
         while self.wants_zeroing(ahead) {
             let from = self.zeroed.get().max(self.write_pos.get());
             let to = (from + ZERO_CHUNK).min(self.map.len());
+            if from >= to {
+                // The segment is full: nothing left to zero.
+                self.zeroed.set(self.map.len());
+                break;
+            }
             // SAFETY: ZEROS is a static buffer of at least `to - from` bytes;
-            // the fd is this segment's open file.
+            // the fd is an open description of this segment's file.
             let n = unsafe { libc::pwrite(file.as_raw_fd(), ZEROS.as_ptr().cast(), to - from, from as libc::off_t) };
-            if n < 0 {
-                let e = std::io::Error::last_os_error();
+            if n <= 0 {
+                let e = if n < 0 { std::io::Error::last_os_error() } else { std::io::Error::from(std::io::ErrorKind::WriteZero) };
                 if e.kind() == std::io::ErrorKind::Interrupted {
                     continue;
                 }
-                // Nothing depends on the zeros: stop zeroing this segment.
-                self.zeroed.set(self.map.len());
+                self.failed.set(true);
                 return Err(e);
-            }
-            if n == 0 {
-                // Only at the end of the file: nothing left to zero.
-                self.zeroed.set(self.map.len());
-                break;
             }
             self.zeroed.set(from + n as usize);
             wrote = true;
         }
         if wrote {
-            file.fdatasync().await.map_err(std::io::Error::from)?;
+            if let Err(e) = file.fdatasync().await {
+                self.failed.set(true);
+                return Err(e.into());
+            }
         }
         Ok(())
     }

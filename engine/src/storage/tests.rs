@@ -328,42 +328,69 @@ fn staged_records_survive_segment_rolls() {
 
 #[test]
 fn zero_filling_ahead_never_touches_records() {
+    for through_map in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().join("segments");
+        std::fs::create_dir_all(&d).unwrap();
+        run(move || async move {
+            let seg = segment::Segment::create(&d, 1, 8 << 20, true, through_map).await.unwrap();
+            assert!(seg.zeroed_to() > segment::ZERO_CHUNK, "the first chunk is zeroed at creation");
+            let mut written: Vec<(usize, Vec<u8>)> = Vec::new();
+            let mut put = |seg: &segment::Segment, b: Vec<u8>| written.push((seg.append(&[&b], b.len()).unwrap(), b));
+            for i in 0..50 {
+                put(&seg, vec![b'a' + (i % 26) as u8; 1000]);
+            }
+            // Written at once, with the staged records before it, and past the
+            // zeroed part: zeroing must restart at the write position.
+            put(&seg, vec![b'B'; 3 << 20]);
+            for i in 0..50 {
+                put(&seg, vec![b'A' + (i % 26) as u8; 1000]);
+            }
+            assert!(seg.zeroed_to() < seg.write_pos());
+            assert!(seg.wants_zeroing(2 << 20));
+            // Staged records are still in memory while the zeros are written.
+            seg.zero_ahead(2 << 20).await.unwrap();
+            assert!(seg.zeroed_to() >= seg.write_pos() + (2 << 20));
+            assert!(!seg.wants_zeroing(2 << 20));
+            seg.sync(true).await.unwrap();
+            // The rest of the file is zeroed by a later call, up to the end.
+            seg.zero_ahead(16 << 20).await.unwrap();
+            assert_eq!(seg.zeroed_to(), seg.capacity());
+            put(&seg, b"the last one".to_vec());
+            seg.sync(false).await.unwrap();
+            let file = std::fs::read(seg.path()).unwrap();
+            assert_eq!(&file[..8], segment::SEGMENT_MAGIC);
+            for (at, b) in &written {
+                assert_eq!(&file[*at..*at + b.len()], &b[..], "through_map={through_map}: record at {at}");
+                assert_eq!(seg.slice(*at, b.len()), &b[..]);
+            }
+            assert!(file[seg.write_pos()..].iter().all(|&x| x == 0));
+        });
+    }
+}
+
+#[test]
+fn zero_filling_stops_at_a_full_segment_and_after_retire() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path().join("segments");
     std::fs::create_dir_all(&d).unwrap();
     run(move || async move {
-        let seg = segment::Segment::create(&d, 1, 8 << 20, true, false).await.unwrap();
-        assert!(seg.zeroed_to() > segment::ZERO_CHUNK, "the first chunk is zeroed at creation");
-        let mut written: Vec<(usize, Vec<u8>)> = Vec::new();
-        let mut put = |seg: &segment::Segment, b: Vec<u8>| written.push((seg.append(&[&b], b.len()).unwrap(), b));
-        for i in 0..50 {
-            put(&seg, vec![b'a' + (i % 26) as u8; 1000]);
-        }
-        // Written at once, with the staged records before it, and past the
-        // zeroed part: zeroing must restart at the write position.
-        put(&seg, vec![b'B'; 3 << 20]);
-        for i in 0..50 {
-            put(&seg, vec![b'A' + (i % 26) as u8; 1000]);
-        }
-        assert!(seg.zeroed_to() < seg.write_pos());
-        assert!(seg.wants_zeroing(2 << 20));
-        // Staged records are still in memory while the zeros are written.
-        seg.zero_ahead(2 << 20).await.unwrap();
-        assert!(seg.zeroed_to() >= seg.write_pos() + (2 << 20));
-        assert!(!seg.wants_zeroing(2 << 20));
+        // Filled to the last byte by records alone, never zeroed past the first chunk.
+        let seg = segment::Segment::create(&d, 1, 2 << 20, true, false).await.unwrap();
+        let rest = seg.room();
+        let at = seg.append(&[&vec![b'x'; rest]], rest).unwrap();
+        assert_eq!(seg.room(), 0);
+        assert!(!seg.wants_zeroing(4 << 20), "nothing left to zero");
+        seg.zero_ahead(4 << 20).await.unwrap();
         seg.sync(true).await.unwrap();
-        // The rest of the file is zeroed by a later call, up to the end.
-        seg.zero_ahead(16 << 20).await.unwrap();
-        assert_eq!(seg.zeroed_to(), seg.capacity());
-        put(&seg, b"the last one".to_vec());
-        seg.sync(false).await.unwrap();
-        let file = std::fs::read(seg.path()).unwrap();
-        assert_eq!(&file[..8], segment::SEGMENT_MAGIC);
-        for (at, b) in &written {
-            assert_eq!(&file[*at..*at + b.len()], &b[..], "record at {at}");
-            assert_eq!(seg.slice(*at, b.len()), &b[..]);
-        }
-        assert!(file[seg.write_pos()..].iter().all(|&x| x == 0));
+        assert_eq!(seg.slice(at, rest), &vec![b'x'; rest][..]);
+        // A retired segment is not zeroed any more.
+        let seg2 = segment::Segment::create(&d, 2, 8 << 20, true, false).await.unwrap();
+        assert!(seg2.wants_zeroing(4 << 20));
+        seg2.retire();
+        assert!(!seg2.wants_zeroing(4 << 20));
+        seg2.zero_ahead(4 << 20).await.unwrap();
+        assert!(seg2.zeroed_to() <= segment::ZERO_CHUNK + segment::SEGMENT_HEADER_LEN);
     });
 }
 
