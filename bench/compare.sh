@@ -37,6 +37,8 @@ PATTERN='{n}u@example.test'
 VMAIL_UID=5000
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
+# rm_config, rm_start, rm_stop
+. "$ROOT/bench/scripts/ringmail-bench.sh"
 TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 BIN=$TARGET_DIR/release
 STAMP=$(date -u +%Y%m%dT%H%M%SZ)
@@ -255,31 +257,9 @@ start_ringmail() {
     echo "$PASSWORD" > "$WORK/password"
     "$RINGMAIL" account bulk --data "$data" --pattern "$PATTERN" --count "$ACCOUNTS" < "$WORK/password" >/dev/null \
         || die "ringmail account bulk failed"
-    cat > "$WORK/ringmail.toml" <<EOF
-data_dir = "$data"
-cores = $CORES
-demo_accounts = []
-[listen]
-smtp = ["127.0.0.1:0"]
-pop3 = ["127.0.0.1:0"]
-imap = ["127.0.0.1:0"]
-submission = ["127.0.0.1:0"]
-[limits]
-connections_per_address_max = 2000
-[storage]
-$STORAGE_TOML
-EOF
-    : > "$WORK/ringmail.ready"
-    "$RINGMAIL" serve --config "$WORK/ringmail.toml" > "$WORK/ringmail.ready" 2>> "$WORK/ringmail.log" &
-    RM_PID=$!
-    for _ in $(seq 200); do grep -q '^ringmail: ready' "$WORK/ringmail.ready" && break; sleep 0.05; done
-    grep -q '^ringmail: ready' "$WORK/ringmail.ready" || die "ringmail did not start (see $WORK/ringmail.log)"
-    RM_SMTP=$(grep -o 'smtp=[^ ]*' "$WORK/ringmail.ready" | cut -d= -f2 | cut -d, -f1)
-    RM_POP3=$(grep -o 'pop3=[^ ]*' "$WORK/ringmail.ready" | cut -d= -f2 | cut -d, -f1)
-    RM_IMAP=$(grep -o 'imap=[^ ]*' "$WORK/ringmail.ready" | cut -d= -f2 | cut -d, -f1)
-}
-stop_ringmail() {
-    kill -TERM "$RM_PID"; wait "$RM_PID" 2>/dev/null || true; RM_PID=
+    rm_config "$WORK/ringmail.toml" "$data" "cores = $CORES" "$STORAGE_TOML"
+    rm_start "$RINGMAIL" "$WORK/ringmail.toml" "$WORK/ringmail.ready" "$WORK/ringmail.log" \
+        || die "ringmail did not start (see $WORK/ringmail.log)"
 }
 # Does ringmail answer IMAP yet? (CAPABILITY with a tagged OK within 2 s.)
 ringmail_has_imap() {

@@ -16,8 +16,10 @@ BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release/ringmail
 [ -x "$BIN" ] || cargo build --release -p ringmail --manifest-path "$ROOT/Cargo.toml"
 command -v smtp-source >/dev/null || PATH=$PATH:/usr/sbin
 WORK=$(mktemp -d /var/tmp/ringmail-bench.XXXXXX)
-trap 'kill $SINK $RM 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$WORK"' EXIT
-SINK=; RM=
+# rm_config, rm_start, rm_stop
+. "$ROOT/bench/scripts/ringmail-bench.sh"
+trap 'kill $SINK 2>/dev/null || true; rm_stop; wait 2>/dev/null || true; rm -rf "$WORK"' EXIT
+SINK=; RM_PID=
 
 rate() { python3 -c "import sys; print(f'{int(sys.argv[1])/float(sys.argv[2]):.0f}')" "$1" "$2"; }
 timeit() { local s=$(date +%s.%N); "$@"; local e=$(date +%s.%N); python3 -c "print(f'{$e-$s:.3f}')"; }
@@ -32,25 +34,10 @@ kill $SINK; wait $SINK 2>/dev/null || true; SINK=
 
 # 2. ringmail: accounts 0u..Nu, durable delivery
 echo bench | "$BIN" account bulk --data "$WORK/data" --pattern '{n}u@example.test' --count $((MESSAGES + 1)) >/dev/null
-cat > "$WORK/ringmail.toml" <<TOML
-data_dir = "$WORK/data"
-cores = $CORES
-demo_accounts = []
-[listen]
-smtp = ["127.0.0.1:0"]
-pop3 = ["127.0.0.1:0"]
-imap = ["127.0.0.1:0"]
-submission = ["127.0.0.1:0"]
-[limits]
-connections_per_address_max = 1000
-[storage]
-${STORAGE_TOML:-}
-TOML
-"$BIN" serve --config "$WORK/ringmail.toml" > "$WORK/ready" 2> "$WORK/log" & RM=$!
-for _ in $(seq 100); do grep -q ready "$WORK/ready" 2>/dev/null && break; sleep 0.1; done
-PORT_RM=$(grep -o 'smtp=[0-9.:]*' "$WORK/ready" | cut -d: -f2)
-T_RM=$(timeit smtp-source -s "$SESSIONS" -m "$MESSAGES" -l "$SIZE" -N -f bench@example.test -t u@example.test 127.0.0.1:$PORT_RM)
-kill -TERM $RM; wait $RM || true; RM=
+rm_config "$WORK/ringmail.toml" "$WORK/data" "cores = $CORES" "$STORAGE_TOML"
+rm_start "$BIN" "$WORK/ringmail.toml" "$WORK/ready" "$WORK/log" || { cat "$WORK/log" >&2; exit 1; }
+T_RM=$(timeit smtp-source -s "$SESSIONS" -m "$MESSAGES" -l "$SIZE" -N -f bench@example.test -t u@example.test "$RM_SMTP")
+rm_stop
 STORED=$("$BIN" inspect --data "$WORK/data" --count-only)
 
 R_SINK=$(rate "$MESSAGES" "$T_SINK"); R_RM=$(rate "$MESSAGES" "$T_RM")

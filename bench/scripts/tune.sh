@@ -19,8 +19,10 @@ ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release
 LOADGEN=$BIN/loadgen
 WORK=$(mktemp -d /var/tmp/ringmail-tune.XXXXXX)
-RM=
-trap '[ -n "$RM" ] && kill -TERM $RM 2>/dev/null; wait 2>/dev/null; rm -rf "$WORK"' EXIT
+# rm_config, rm_start, rm_stop
+. "$ROOT/bench/scripts/ringmail-bench.sh"
+RM_PID=
+trap 'rm_stop; wait 2>/dev/null; rm -rf "$WORK"' EXIT
 
 echo "machine: $(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), kernel $(uname -r)"
 echo "loadgen smtp --connections $CONNS --size $SIZE --duration $SECS --warmup 1 --accounts $ACCOUNTS; rounds=$ROUNDS"
@@ -36,25 +38,10 @@ for r in $(seq "$ROUNDS"); do
         echo bench > "$WORK/pw"
         "$bin" account bulk --data "$d" --pattern '{n}u@example.test' --count "$ACCOUNTS" < "$WORK/pw" >/dev/null \
             || { echo "account bulk failed" >&2; exit 1; }
-        {
-            echo "data_dir = \"$d\""
-            echo "demo_accounts = []"
-            echo "${top//;/$'\n'}"
-            echo "[listen]"
-            echo 'smtp = ["127.0.0.1:0"]'
-            echo 'pop3 = ["127.0.0.1:0"]'
-            echo 'imap = ["127.0.0.1:0"]'
-            echo 'submission = ["127.0.0.1:0"]'
-            echo "[limits]"
-            echo "connections_per_address_max = 2000"
-            echo "[storage]"
-            echo "${storage//;/$'\n'}"
-        } > "$WORK/rm.toml"
-        "$bin" serve --config "$WORK/rm.toml" > "$WORK/ready" 2> "$WORK/log" & RM=$!
-        for _ in $(seq 200); do grep -q ready "$WORK/ready" 2>/dev/null && break; sleep 0.05; done
-        grep -q ready "$WORK/ready" || { cat "$WORK/log" >&2; exit 1; }
-        smtp=$(grep -o 'smtp=[^ ]*' "$WORK/ready" | cut -d= -f2)
-        pop3=$(grep -o 'pop3=[^ ]*' "$WORK/ready" | cut -d= -f2)
+        rm_config "$WORK/rm.toml" "$d" "${top//;/$'\n'}" "${storage//;/$'\n'}"
+        : > "$WORK/log"
+        rm_start "$bin" "$WORK/rm.toml" "$WORK/ready" "$WORK/log" || { cat "$WORK/log" >&2; exit 1; }
+        smtp=$RM_SMTP pop3=$RM_POP3
         load=$(cut -d' ' -f1 /proc/loadavg)
         "$LOADGEN" smtp --target "$smtp" --connections "$CONNS" --size "$SIZE" --duration "$SECS" --warmup 1 \
             --messages 10000000 --accounts "$ACCOUNTS" --json --no-progress > "$WORK/v$i-r$r.smtp.json" 2>"$WORK/lg.err" \
@@ -68,7 +55,7 @@ for r in $(seq "$ROUNDS"); do
             "$LOADGEN" pop3 --target "$pop3" --connections "$CONNS" --delete --accounts "$ACCOUNTS" \
                 --password bench --json --no-progress > "$WORK/v$i-r$r.pop3.json" 2>/dev/null
         fi
-        kill -TERM $RM; wait $RM 2>/dev/null || true; RM=
+        rm_stop
         i=$((i + 1))
     done
 done
