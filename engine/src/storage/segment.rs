@@ -392,7 +392,7 @@ impl Segment {
         }
     }
 
-    /// End of the part `zero_ahead` has zero-filled (or records covered).
+    /// End of the part `zero_ahead` has zero-filled (records may lie beyond it).
     pub fn zeroed_to(&self) -> usize {
         self.zeroed.get()
     }
@@ -423,13 +423,9 @@ impl Segment {
         let Some(file) = self.zero_file.borrow().clone() else { return Ok(()) };
         let mut wrote = false;
         while self.wants_zeroing(ahead) {
+            // wants_zeroing guarantees from < map.len(), so from < to.
             let from = self.zeroed.get().max(self.write_pos.get());
             let to = (from + ZERO_CHUNK).min(self.map.len());
-            if from >= to {
-                // The segment is full: nothing left to zero.
-                self.zeroed.set(self.map.len());
-                break;
-            }
             // SAFETY: ZEROS is a static buffer of at least `to - from` bytes;
             // the fd is an open description of this segment's file.
             let n = unsafe { libc::pwrite(file.as_raw_fd(), ZEROS.as_ptr().cast(), to - from, from as libc::off_t) };
