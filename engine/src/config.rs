@@ -44,6 +44,7 @@ pub struct Config {
     pub timeouts: Timeouts,
     pub storage: Storage,
     pub relay: Relay,
+    pub tls: Tls,
     /// Accounts created at start-up when missing (the default configuration's
     /// demo accounts live here). Passwords are hashed before they are stored.
     pub demo_accounts: Vec<DemoAccount>,
@@ -64,6 +65,51 @@ pub struct Listen {
     pub imap: Vec<SocketAddr>,
     /// Message submission (RFC 6409): AUTH required before MAIL.
     pub submission: Vec<SocketAddr>,
+    /// Submission over implicit TLS (RFC 8314, port 465).
+    pub submissions: Vec<SocketAddr>,
+    /// IMAP over implicit TLS (RFC 8314, port 993).
+    pub imaps: Vec<SocketAddr>,
+    /// POP3 over implicit TLS (RFC 8314, port 995).
+    pub pop3s: Vec<SocketAddr>,
+}
+
+/// TLS for every listener (STARTTLS and implicit) with rustls.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Tls {
+    /// PEM certificate chain (leaf first). With neither `cert` nor `key`,
+    /// a self-signed certificate for `hostname` is generated into DATA/tls/.
+    pub cert: Option<PathBuf>,
+    /// PEM private key of `cert` (PKCS#8, PKCS#1 or SEC1).
+    pub key: Option<PathBuf>,
+    /// More certificates, each served to clients asking for one of its
+    /// names (SNI).
+    pub certificates: Vec<CertPair>,
+    /// A TLS handshake (implicit or after STARTTLS) that takes longer is
+    /// abandoned and the connection closed.
+    pub handshake_timeout_secs: u64,
+    /// Handshakes one shard runs at once; beyond, STARTTLS gets a temporary
+    /// failure and an implicit-TLS connection is closed.
+    pub handshakes_max: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertPair {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+impl Default for Tls {
+    fn default() -> Self {
+        Tls {
+            cert: None,
+            key: None,
+            certificates: Vec::new(),
+            handshake_timeout_secs: limits::TLS_HANDSHAKE_TIMEOUT.as_secs(),
+            handshakes_max: limits::TLS_HANDSHAKES_MAX,
+        }
+    }
 }
 
 /// Outbound mail: who may relay, and how the queue delivers.
@@ -228,6 +274,7 @@ impl Default for Config {
             timeouts: Timeouts::default(),
             storage: Storage::default(),
             relay: Relay::default(),
+            tls: Tls::default(),
             demo_accounts: DEMO_ACCOUNTS
                 .iter()
                 .map(|(a, p)| DemoAccount { address: (*a).into(), password: (*p).into() })
@@ -243,6 +290,9 @@ impl Default for Listen {
             pop3: vec!["127.0.0.1:1100".parse().unwrap()],
             imap: vec!["127.0.0.1:1430".parse().unwrap()],
             submission: vec!["127.0.0.1:5870".parse().unwrap()],
+            submissions: vec!["127.0.0.1:4650".parse().unwrap()],
+            imaps: vec!["127.0.0.1:9930".parse().unwrap()],
+            pop3s: vec!["127.0.0.1:9950".parse().unwrap()],
         }
     }
 }
@@ -342,14 +392,29 @@ impl Config {
         // connection to either protocol. (Port 0 picks a fresh port each.)
         let mut seen: std::collections::HashMap<SocketAddr, &str> = std::collections::HashMap::new();
         let l = &self.listen;
-        for (proto, addrs) in [("smtp", &l.smtp), ("pop3", &l.pop3), ("imap", &l.imap), ("submission", &l.submission)] {
+        for (proto, addrs) in [
+            ("smtp", &l.smtp),
+            ("pop3", &l.pop3),
+            ("imap", &l.imap),
+            ("submission", &l.submission),
+            ("submissions", &l.submissions),
+            ("imaps", &l.imaps),
+            ("pop3s", &l.pop3s),
+        ] {
             for a in addrs.iter().filter(|a| a.port() != 0) {
                 if let Some(first) = seen.insert(*a, proto) {
                     return Err(format!("listen: {a} is given for both {first} and {proto}"));
                 }
             }
         }
+        if self.tls.handshake_timeout_secs == 0 || self.tls.handshakes_max == 0 {
+            return Err("tls.handshake_timeout_secs and tls.handshakes_max must be at least 1".into());
+        }
         Ok(())
+    }
+
+    pub fn tls_handshake_timeout(&self) -> Duration {
+        Duration::from_secs(self.tls.handshake_timeout_secs)
     }
 
     /// Number of executors to start.
@@ -421,6 +486,26 @@ imap = ["127.0.0.1:1430"]
 # Message submission (RFC 6409; 587 in production): SMTP AUTH is required
 # before MAIL, and authenticated senders may relay to any domain.
 submission = ["127.0.0.1:5870"]
+# The same services over implicit TLS (RFC 8314; 465, 993, 995 in production).
+submissions = ["127.0.0.1:4650"]
+imaps = ["127.0.0.1:9930"]
+pop3s = ["127.0.0.1:9950"]
+
+[tls]
+# PEM certificate chain and key. Without them a self-signed ECDSA certificate
+# for `hostname` is generated into DATA/tls/ on first start and reused; its
+# SHA-256 fingerprint is printed after the ready line. Reloaded on SIGHUP and
+# when the files change.
+# cert = "/etc/ringmail/fullchain.pem"
+# key = "/etc/ringmail/privkey.pem"
+# More certificates, chosen by the name a client asks for (SNI):
+# [[tls.certificates]]
+# cert = "/etc/ringmail/other.pem"
+# key = "/etc/ringmail/other.key"
+# A handshake that takes longer is abandoned (connection closed).
+handshake_timeout_secs = 10
+# Handshakes one core runs at once; beyond, STARTTLS answers "try later".
+handshakes_max = 512
 
 [limits]
 # SIZE (RFC 1870): advertised in EHLO, checked at MAIL and at end of data. Max 32 MiB.
@@ -468,8 +553,10 @@ sync_inline_max_us = 2000
 # or LOGIN, on any SMTP listener) and clients in relay_networks. Nobody else,
 # loopback included: port 25 never relays for an unauthenticated client.
 relay_networks = []
-# AUTH is offered on plain-text connections only to loopback clients unless
-# this is true. There is no TLS yet: passwords would cross the network in clear.
+# Off loopback, passwords are taken only under TLS (AUTH is advertised after
+# STARTTLS or on the implicit-TLS port; IMAP says LOGINDISABLED, POP3 refuses
+# USER before STLS). true accepts them in clear text from any address: only
+# for trusted networks.
 auth_without_tls = false
 # DNS resolvers for MX lookups ("127.0.0.1:5353"); empty: /etc/resolv.conf.
 nameservers = []

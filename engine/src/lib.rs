@@ -21,4 +21,5 @@ pub mod relay;
 pub mod session;
 pub mod runtime;
 pub mod storage;
+pub mod tls;
 pub mod util;

@@ -37,6 +37,19 @@ pub const POP3_IDLE_TIMEOUT: Duration = Duration::from_secs(600);
 /// Failed logins on one POP3/IMAP connection before it is closed.
 pub const AUTH_FAILURES_MAX: usize = 3;
 
+/// A TLS handshake that is not done after this is abandoned: a client that
+/// connects and never finishes (or trickles bytes) holds a connection slot
+/// for no longer than a slow honest one needs.
+pub const TLS_HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// TLS handshakes one shard runs at once. Each costs an ECDHE key exchange
+/// and a signature (tens of microseconds of CPU) plus buffers; beyond this,
+/// STARTTLS gets `454 4.7.0` and an implicit-TLS connection is closed.
+pub const TLS_HANDSHAKES_MAX: usize = 512;
+/// Ciphertext read from the socket at once on a TLS connection. rustls
+/// refuses more input while 16 KiB of decrypted data wait to be read; one
+/// read of at most this much never produces more than that.
+pub const TLS_READ_CHUNK: usize = 16 * 1024;
+
 /// Size of the per-connection read buffer chunk.
 pub const READ_CHUNK: usize = 16 * 1024;
 

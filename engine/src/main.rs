@@ -84,6 +84,15 @@ struct ServeArgs {
     /// SMTP submission listen address (repeatable); replaces the configured list.
     #[arg(long)]
     submission: Vec<SocketAddr>,
+    /// Submission over implicit TLS (repeatable); replaces the configured list.
+    #[arg(long)]
+    submissions: Vec<SocketAddr>,
+    /// IMAP over implicit TLS (repeatable); replaces the configured list.
+    #[arg(long)]
+    imaps: Vec<SocketAddr>,
+    /// POP3 over implicit TLS (repeatable); replaces the configured list.
+    #[arg(long)]
+    pop3s: Vec<SocketAddr>,
 }
 
 #[derive(Subcommand)]
@@ -164,6 +173,15 @@ fn run(cli: Cli) -> Result<(), String> {
             }
             if !args.submission.is_empty() {
                 config.listen.submission = args.submission;
+            }
+            if !args.submissions.is_empty() {
+                config.listen.submissions = args.submissions;
+            }
+            if !args.imaps.is_empty() {
+                config.listen.imaps = args.imaps;
+            }
+            if !args.pop3s.is_empty() {
+                config.listen.pop3s = args.pop3s;
             }
             config.validate()?;
             ringmail::runtime::serve(config).map_err(|e| e.to_string())
@@ -257,7 +275,10 @@ fn run(cli: Cli) -> Result<(), String> {
             Ok(())
         }
         Command::CheckConfig { file } => {
-            Config::load(&file).map_err(|e| e.to_string())?;
+            let config = Config::load(&file).map_err(|e| e.to_string())?;
+            for line in ringmail::tls::check(&config, ringmail::util::unix_now()).map_err(|e| e.to_string())? {
+                println!("{line}");
+            }
             println!("{}: ok", file.display());
             Ok(())
         }

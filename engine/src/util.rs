@@ -26,6 +26,11 @@ pub fn base64_value(b: u8) -> Option<u8> {
 
 /// Format a Unix timestamp (seconds, UTC) as an RFC 5322 section 3.3 date-time,
 /// e.g. `Thu, 26 Nov 2026 15:43:52 +0000`.
+/// Seconds since the Unix epoch (0 if the clock is before it).
+pub fn unix_now() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+}
+
 pub fn rfc5322_date(unix_secs: i64) -> String {
     const DAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
     const MONTHS: [&str; 12] = [

@@ -6,8 +6,10 @@
 
 use libfuzzer_sys::fuzz_target;
 use ringmail::session::smtp::{
-    DeliveryOutcome, RcptVerdict, SmtpContext, SmtpEvent, SmtpParams, SmtpSession,
+    AuthResult, DeliveryOutcome, RcptVerdict, SmtpContext, SmtpEvent, SmtpParams, SmtpSession,
+    StartTlsResult,
 };
+use ringmail::session::TlsInfo;
 
 struct Stub;
 
@@ -36,6 +38,12 @@ fuzz_target!(|data: &[u8]| {
         recipients_max: 4,
         errors_max: 8,
         session_id: 1,
+        auth: data.len() % 2 == 0,
+        submission: data.len() % 3 == 0,
+        relay_client: false,
+        auth_failures_max: 3,
+        starttls: true,
+        tls: None,
     });
     let mut out = Vec::new();
     session.greeting(&mut out);
@@ -60,6 +68,17 @@ fuzz_target!(|data: &[u8]| {
                     };
                     session.delivered(outcome, &mut out);
                     session.recycle_body(tx.body);
+                }
+                SmtpEvent::Auth { user, .. } => {
+                    let r = if user == "ok" { AuthResult::Ok { account: "ok@fuzz.test".into() } } else { AuthResult::Failed };
+                    session.auth_result(r, &mut out);
+                }
+                SmtpEvent::StartTls => {
+                    // The runtime drops what follows STARTTLS in this read.
+                    session.starttls_result(StartTlsResult::Ready, &mut out);
+                    buf.clear();
+                    session.tls_started(TlsInfo { version: "TLSv1.3", cipher: "TLS_AES_128_GCM_SHA256" });
+                    break;
                 }
                 SmtpEvent::Close => {
                     let before = out.len();

@@ -1,18 +1,54 @@
-//! A connection's bytes: a bounded read buffer over a glommio TcpStream.
-//! Parsers borrow from `pending()`; the driver calls `consume(n)` with what
-//! they used, so a command is never copied out of the buffer.
-use std::os::fd::AsRawFd;
-use std::time::Duration;
+//! A connection's bytes: one transport for every protocol, plain TCP or TLS
+//! (rustls, set up at accept for implicit TLS or upgraded in place by
+//! STARTTLS/STLS), under a bounded read buffer. Parsers borrow from
+//! `pending()`; the driver calls `consume(n)` with what they used, so a
+//! command is never copied out of the buffer. Sessions never know which
+//! transport they run over.
+//!
+//! TLS is driven by hand over rustls' buffered connection rather than through
+//! an async adaptor: ciphertext read from the socket is handed to rustls and
+//! the decrypted bytes land in the same read buffer plain connections use;
+//! writes are encrypted by rustls straight from the caller's slice (for a
+//! message body, the segment mapping) into its record buffer. The whole TLS
+//! state is one `rustls::ServerConnection`, which is `Send`: a connection
+//! moving to the shard that owns its account takes it along ([`Detached`]),
+//! with every byte rustls still buffers in either direction.
+use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::TcpStream;
 
-use crate::limits::READ_CHUNK;
+use crate::limits::{READ_CHUNK, TLS_READ_CHUNK};
 
 /// Read buffer kept by a connection waiting idle (see [`Conn::shrink`]).
 const IDLE_BUFFER: usize = 1024;
 /// Grow the buffer when less than this is free for the next read.
 const READ_MIN: usize = 512;
+
+pub use crate::session::TlsInfo;
+
+/// A connection taken off its glommio stream to move to another shard.
+pub struct Detached {
+    pub fd: OwnedFd,
+    /// Received bytes not yet consumed (plaintext).
+    pub pending: Vec<u8>,
+    /// The TLS state, with whatever rustls still buffers.
+    pub tls: Option<Box<rustls::ServerConnection>>,
+}
+
+/// Why a TLS handshake did not complete.
+#[derive(Debug, thiserror::Error)]
+pub enum HandshakeError {
+    #[error("handshake timed out")]
+    TimedOut,
+    #[error("peer closed during the handshake")]
+    Eof,
+    #[error("{0}")]
+    Failed(std::io::Error),
+}
 
 pub struct Conn {
     pub stream: TcpStream,
@@ -26,6 +62,10 @@ pub struct Conn {
     timeout: Option<Duration>,
     /// Most bytes the buffer may hold (the protocol's largest command).
     max: usize,
+    /// The TLS layer, once started. Boxed: a plain connection pays a pointer.
+    tls: Option<Box<rustls::ServerConnection>>,
+    /// Encrypted records on their way to the socket (empty when plain).
+    tls_out: Vec<u8>,
 }
 
 #[derive(Debug)]
@@ -38,13 +78,96 @@ pub enum ReadOutcome {
 
 impl Conn {
     pub fn new(stream: TcpStream, initial: Vec<u8>) -> Conn {
+        Self::with_tls(stream, initial, None)
+    }
+
+    /// A connection arriving from another shard: its unconsumed plaintext
+    /// and, on TLS, its rustls state.
+    pub fn with_tls(stream: TcpStream, initial: Vec<u8>, tls: Option<Box<rustls::ServerConnection>>) -> Conn {
         // Without TCP_NODELAY a short request/reply exchange waits for the
         // peer's delayed ACK (tens of milliseconds).
         let _ = stream.set_nodelay(true);
         let end = initial.len();
         let mut buf = initial;
         buf.reserve(READ_CHUNK);
-        Conn { stream, buf, start: 0, end, timeout: None, max: 4 * READ_CHUNK }
+        Conn { stream, buf, start: 0, end, timeout: None, max: 4 * READ_CHUNK, tls, tls_out: Vec::new() }
+    }
+
+    pub fn is_tls(&self) -> bool {
+        self.tls.is_some()
+    }
+
+    /// Version and cipher suite, once a TLS handshake completed.
+    pub fn tls_info(&self) -> Option<TlsInfo> {
+        let tls = self.tls.as_ref()?;
+        if tls.is_handshaking() {
+            return None;
+        }
+        let version = match tls.protocol_version() {
+            Some(rustls::ProtocolVersion::TLSv1_3) => "TLSv1.3",
+            Some(rustls::ProtocolVersion::TLSv1_2) => "TLSv1.2",
+            _ => "TLS",
+        };
+        let cipher = tls.negotiated_cipher_suite().and_then(|s| s.suite().as_str()).unwrap_or("unknown");
+        Some(TlsInfo { version, cipher })
+    }
+
+    /// Start TLS on this connection (implicit TLS at accept, or after the
+    /// reply to STARTTLS/STLS was flushed). Every received byte not yet
+    /// consumed is discarded: the client sent it before it could have seen
+    /// our go-ahead, so it must never be executed inside TLS (the
+    /// CVE-2011-0411 class of command injection). Returns how many bytes
+    /// were dropped; then call [`Conn::handshake`].
+    pub fn start_tls(&mut self, config: Arc<rustls::ServerConfig>) -> std::io::Result<usize> {
+        assert!(self.tls.is_none(), "TLS started twice");
+        let dropped = self.end - self.start;
+        self.start = self.end;
+        let tls = rustls::ServerConnection::new(config).map_err(std::io::Error::other)?;
+        self.tls = Some(Box::new(tls));
+        Ok(dropped)
+    }
+
+    /// Run the TLS handshake to its end, within `timeout` in all (a client
+    /// trickling bytes cannot stretch it). A failure has already sent the
+    /// alert rustls chose; the caller closes the connection.
+    pub async fn handshake(&mut self, timeout: Duration) -> Result<(), HandshakeError> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let Some(tls) = self.tls.as_ref() else { return Ok(()) };
+            if !tls.is_handshaking() {
+                // Our last flight (TLS 1.2 Finished, TLS 1.3 tickets).
+                return self.flush_tls().await.map_err(HandshakeError::Failed);
+            }
+            self.flush_tls().await.map_err(HandshakeError::Failed)?;
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(HandshakeError::TimedOut);
+            }
+            self.set_timeout(left.max(Duration::from_millis(1)));
+            self.make_room();
+            match self.read_tls().await {
+                ReadOutcome::Data => {}
+                ReadOutcome::Eof => return Err(HandshakeError::Eof),
+                ReadOutcome::TimedOut => return Err(HandshakeError::TimedOut),
+                ReadOutcome::Failed(e) => return Err(HandshakeError::Failed(e)),
+            }
+        }
+    }
+
+    /// Take the connection off this shard: the socket (duplicated; the
+    /// glommio stream closes its own descriptor), the unconsumed plaintext,
+    /// and the TLS state. Call after flushing every reply.
+    pub fn detach(mut self) -> std::io::Result<Detached> {
+        let pending = self.take_pending();
+        let tls = self.tls.take();
+        // SAFETY: dup of an open descriptor we own; the result is owned by OwnedFd.
+        let fd = unsafe { libc::fcntl(self.stream.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 0) };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: `fd` is a fresh descriptor nobody else owns.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        Ok(Detached { fd, pending, tls })
     }
 
     pub fn fd(&self) -> i32 {
@@ -72,6 +195,7 @@ impl Conn {
             self.start = 0;
             self.end = 0;
         }
+        self.tls_out = Vec::new();
     }
 
     /// Let the buffer grow to `max` bytes (IMAP APPEND literals).
@@ -96,49 +220,140 @@ impl Conn {
         v
     }
 
-    /// Read more bytes. Fails the read (as `TimedOut`) after `timeout` without data.
-    pub async fn fill(&mut self, timeout: Duration) -> ReadOutcome {
+    fn set_timeout(&mut self, timeout: Duration) {
         if self.timeout != Some(timeout) {
             let _ = self.stream.set_read_timeout(Some(timeout));
             self.timeout = Some(timeout);
         }
-        // Keep the buffer bounded: move unconsumed bytes to the front.
+    }
+
+    /// Move unconsumed bytes to the front and make sure a read has room.
+    fn make_room(&mut self) {
+        self.compact();
+        self.grow();
+    }
+
+    fn compact(&mut self) {
         if self.start > 0 {
             self.buf.copy_within(self.start..self.end, 0);
             self.end -= self.start;
             self.start = 0;
         }
-        if self.end > self.max {
-            // The sessions consume or reject every line long before this.
-            return ReadOutcome::Failed(std::io::Error::other("read buffer limit"));
-        }
+    }
+
+    fn grow(&mut self) {
         if self.buf.len() < self.end + READ_MIN {
             // Grow by exactly one chunk (resize would double the capacity).
             self.buf.reserve_exact(self.end + READ_CHUNK - self.buf.len());
             self.buf.resize(self.end + READ_CHUNK, 0);
         }
-        let r = self.stream.read(&mut self.buf[self.end..]).await;
-        match r {
-            Ok(0) => ReadOutcome::Eof,
-            Ok(n) => {
-                self.end += n;
-                ReadOutcome::Data
-            }
-            Err(e) => {
-                if e.kind() == std::io::ErrorKind::TimedOut || e.kind() == std::io::ErrorKind::WouldBlock {
-                    ReadOutcome::TimedOut
-                } else {
-                    ReadOutcome::Failed(e)
+    }
+
+    /// Read more bytes. Fails the read (as `TimedOut`) after `timeout` without data.
+    pub async fn fill(&mut self, timeout: Duration) -> ReadOutcome {
+        self.set_timeout(timeout);
+        // Keep the buffer bounded: move unconsumed bytes to the front.
+        self.compact();
+        if self.end > self.max {
+            // The sessions consume or reject every line long before this.
+            return ReadOutcome::Failed(std::io::Error::other("read buffer limit"));
+        }
+        self.grow();
+        if self.tls.is_none() {
+            let r = self.stream.read(&mut self.buf[self.end..]).await;
+            return match r {
+                Ok(0) => ReadOutcome::Eof,
+                Ok(n) => {
+                    self.end += n;
+                    ReadOutcome::Data
                 }
+                Err(e) => io_outcome(e),
+            };
+        }
+        loop {
+            let tls = self.tls.as_mut().expect("TLS connection");
+            match tls.reader().read(&mut self.buf[self.end..]) {
+                // close_notify: the peer is done.
+                Ok(0) => return ReadOutcome::Eof,
+                Ok(n) => {
+                    self.end += n;
+                    return ReadOutcome::Data;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                // Closed without close_notify (truncation is the
+                // application's problem: every protocol here has its own end).
+                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return ReadOutcome::Eof,
+                Err(e) => return ReadOutcome::Failed(e),
+            }
+            // Key updates and alerts rustls wants to send.
+            if let Err(e) = self.flush_tls().await {
+                return ReadOutcome::Failed(e);
+            }
+            match self.read_tls().await {
+                ReadOutcome::Data => {}
+                other => return other,
             }
         }
+    }
+
+    /// One socket read of ciphertext, handed to rustls and processed. The
+    /// free part of the read buffer is the scratch space: rustls copies what
+    /// it is given, and decrypted bytes are read into the same place after.
+    /// At most [`TLS_READ_CHUNK`] per read, so rustls never has more than
+    /// 16 KiB of decrypted data waiting and always takes the whole read.
+    async fn read_tls(&mut self) -> ReadOutcome {
+        let at = self.end;
+        let room = (self.buf.len() - at).min(TLS_READ_CHUNK);
+        let n = match self.stream.read(&mut self.buf[at..at + room]).await {
+            Ok(0) => return ReadOutcome::Eof,
+            Ok(n) => n,
+            Err(e) => return io_outcome(e),
+        };
+        let tls = self.tls.as_mut().expect("TLS connection");
+        let mut input = &self.buf[at..at + n];
+        while !input.is_empty() {
+            match tls.read_tls(&mut input) {
+                // Nothing more is taken after close_notify.
+                Ok(0) => break,
+                Ok(_) => {}
+                Err(e) => return ReadOutcome::Failed(e),
+            }
+            if let Err(e) = tls.process_new_packets() {
+                // Tell the peer why (rustls queued the alert), then fail.
+                let _ = self.flush_tls().await;
+                return ReadOutcome::Failed(std::io::Error::new(std::io::ErrorKind::InvalidData, e));
+            }
+        }
+        ReadOutcome::Data
+    }
+
+    /// Send every record rustls has ready.
+    async fn flush_tls(&mut self) -> std::io::Result<()> {
+        let Some(tls) = self.tls.as_mut() else { return Ok(()) };
+        while tls.wants_write() {
+            self.tls_out.clear();
+            tls.write_tls(&mut self.tls_out)?;
+            self.stream.write_all(&self.tls_out).await?;
+        }
+        Ok(())
     }
 
     pub async fn write_all(&mut self, data: &[u8]) -> std::io::Result<()> {
         if data.is_empty() {
             return Ok(());
         }
-        self.stream.write_all(data).await
+        if self.tls.is_none() {
+            return self.stream.write_all(data).await;
+        }
+        let mut rest = data;
+        while !rest.is_empty() {
+            // rustls encrypts from `rest` into its record buffer, up to its
+            // buffer limit (64 KiB) at a time.
+            let n = self.tls.as_mut().expect("TLS connection").writer().write(rest)?;
+            rest = &rest[n..];
+            self.flush_tls().await?;
+        }
+        Ok(())
     }
 
     /// Write and clear `out`.
@@ -161,6 +376,35 @@ impl Conn {
                 &v as *const _ as *const libc::c_void,
                 std::mem::size_of::<libc::c_int>() as libc::socklen_t,
             );
+        }
+    }
+}
+
+fn io_outcome(e: std::io::Error) -> ReadOutcome {
+    if e.kind() == std::io::ErrorKind::TimedOut || e.kind() == std::io::ErrorKind::WouldBlock {
+        ReadOutcome::TimedOut
+    } else {
+        ReadOutcome::Failed(e)
+    }
+}
+
+impl Drop for Conn {
+    /// A TLS connection says close_notify on its way out, best effort: one
+    /// non-blocking send, never a wait.
+    fn drop(&mut self) {
+        let Some(tls) = self.tls.as_mut() else { return };
+        tls.send_close_notify();
+        let mut out = Vec::new();
+        while tls.wants_write() {
+            if tls.write_tls(&mut out).is_err() {
+                break;
+            }
+        }
+        if !out.is_empty() {
+            // SAFETY: send on our own open socket from a valid buffer.
+            unsafe {
+                libc::send(self.stream.as_raw_fd(), out.as_ptr().cast(), out.len(), libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL);
+            }
         }
     }
 }

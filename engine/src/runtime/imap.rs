@@ -32,7 +32,7 @@ use crate::storage::{Body, StorageError};
 
 use super::conn::{Conn, ReadOutcome};
 use super::limiter::{Permit, Refusal};
-use super::shard::{detach_fd, unix_now, ConnCount, Shard, ShardMsg};
+use super::shard::{unix_now, ConnCount, Shard, ShardMsg};
 
 /// RFC 3501 5.4: an autologout timer of at least 30 minutes once logged in.
 pub const IMAP_IDLE_TIMEOUT: Duration = Duration::from_secs(30 * 60 + 60);
@@ -120,10 +120,15 @@ enum Next {
     LoggedIn { account: String, tag: Vec<u8> },
 }
 
-pub async fn serve(shard: Rc<Shard>, stream: TcpStream, _peer: SocketAddr, permit: Result<Permit, Refusal>) {
+/// Serve one IMAP connection; `implicit_tls`: TLS from the first byte (RFC 8314).
+pub async fn serve(shard: Rc<Shard>, stream: TcpStream, peer: SocketAddr, permit: Result<Permit, Refusal>, implicit_tls: bool) {
     let count = ConnCount::new(&shard);
     let mut conn = Conn::new(stream, Vec::new());
-    let Some(permit) = conn.admit(permit, |_| b"* BYE Too many connections, try again later\r\n").await else { return };
+    let refusal: &'static [u8] = if implicit_tls { b"" } else { b"* BYE Too many connections, try again later\r\n" };
+    let Some(permit) = conn.admit(permit, |_| refusal).await else { return };
+    if implicit_tls && shard.accept_tls(&mut conn, peer, "imaps").await.is_none() {
+        return;
+    }
     let mut s = Session::new(shard, None);
     s.out.buf.extend_from_slice(b"* OK [CAPABILITY ");
     s.out.buf.extend_from_slice(CAPS_PREAUTH.join(" ").as_bytes());
@@ -132,9 +137,8 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, _peer: SocketAddr, permi
 }
 
 /// Continue a session moved here after its login.
-pub async fn adopted(shard: Rc<Shard>, stream: TcpStream, pending: Vec<u8>, account: String, tag: Vec<u8>, permit: Permit) {
+pub async fn adopted(shard: Rc<Shard>, mut conn: Conn, account: String, tag: Vec<u8>, permit: Permit) {
     let count = ConnCount::new(&shard);
-    let mut conn = Conn::new(stream, pending);
     conn.set_buffer_max(FramingLimits::AUTHENTICATED.command_max + crate::limits::READ_CHUNK);
     let mut s = Session::new(shard, Some(account));
     s.finish_login(&tag).await;
@@ -232,10 +236,9 @@ async fn run(mut s: Session, mut conn: Conn, permit: Permit, count: ConnCount) {
                 if s.out.flush(&mut conn).await.is_err() {
                     return;
                 }
-                let pending = conn.take_pending();
-                let Ok(fd) = detach_fd(conn.stream) else { return };
+                let Ok(conn) = conn.detach() else { return };
                 drop(count);
-                let msg = ShardMsg::AdoptImap { fd, pending, account, tag, permit };
+                let msg = ShardMsg::AdoptImap { conn, account, tag, permit };
                 if s.shard.senders.send_to(owner, msg).await.is_err() {
                     tracing::error!(owner, "owner shard unavailable; connection dropped");
                 }

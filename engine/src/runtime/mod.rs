@@ -48,6 +48,8 @@ pub enum ServeError {
     Executors(String),
     #[error("shard failed: {0}")]
     Shard(String),
+    #[error("tls: {0}")]
+    Tls(String),
 }
 
 /// Messages in flight between two shards before a sender waits.
@@ -76,14 +78,20 @@ pub fn serve(mut config: Config) -> Result<(), ServeError> {
     watch_accounts(account_file, config.aliases.clone(), directory.clone());
 
     // Every listening socket of every shard, bound here in shard order.
-    let protos: [(shard::Proto, &[SocketAddr]); 4] = [
+    let protos: [(shard::Proto, &[SocketAddr]); 7] = [
         (shard::Proto::Smtp, &config.listen.smtp),
         (shard::Proto::Pop3, &config.listen.pop3),
         (shard::Proto::Imap, &config.listen.imap),
         (shard::Proto::Submission, &config.listen.submission),
+        (shard::Proto::Submissions, &config.listen.submissions),
+        (shard::Proto::Imaps, &config.listen.imaps),
+        (shard::Proto::Pop3s, &config.listen.pop3s),
     ];
+    // Certificates before sockets: a bad certificate fails the start
+    // before any client can connect.
+    let tls = Arc::new(crate::tls::Tls::load(&config).map_err(|e| ServeError::Tls(e.to_string()))?);
     let (listeners, bound) = listen::Listeners::bind(&protos, cores).map_err(|(addr, source)| ServeError::Bind { addr, source })?;
-    let [smtp, pop3, imap, submission]: [Vec<SocketAddr>; 4] = bound.try_into().expect("four protocols");
+    let [smtp, pop3, imap, submission, submissions, imaps, pop3s]: [Vec<SocketAddr>; 7] = bound.try_into().expect("seven protocols");
     // The one DNS thread for every shard, and the control channels.
     let (relay, control_senders) = relay::RelayShared::start(&config, cores);
 
@@ -96,6 +104,7 @@ pub fn serve(mut config: Config) -> Result<(), ServeError> {
     } else {
         PoolPlacement::Unbound(cores)
     };
+    let config_handshake_timeout = config.tls_handshake_timeout();
     let shared = Arc::new(Shared {
         config,
         cores,
@@ -110,17 +119,27 @@ pub fn serve(mut config: Config) -> Result<(), ServeError> {
         submission,
         relay,
         listeners,
+        submissions,
+        imaps,
+        pop3s,
+        tls: tls.clone(),
+        handshake_timeout: config_handshake_timeout,
     });
 
     let shared_sig = shared.clone();
-    let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT])
+    let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT, signal_hook::consts::SIGHUP])
         .map_err(|e| ServeError::Executors(format!("signal handler: {e}")))?;
     std::thread::Builder::new()
         .name("ringmail-signals".into())
         .spawn(move || {
-            if let Some(sig) = signals.forever().next() {
+            for sig in signals.forever() {
+                if sig == signal_hook::consts::SIGHUP {
+                    reload_certificates(&shared_sig.tls, "SIGHUP");
+                    continue;
+                }
                 tracing::info!(signal = sig, "stopping");
                 shared_sig.shutdown.store(true, Ordering::Release);
+                break;
             }
         })
         .map_err(|e| ServeError::Executors(e.to_string()))?;
@@ -169,16 +188,25 @@ pub fn serve(mut config: Config) -> Result<(), ServeError> {
     if let Err(e) = control::start(&shared.config.data_dir, control_senders) {
         tracing::warn!(error = %e, "control socket unavailable: `ringmail queue` will not reach this server");
     }
+    watch_certificates(shared.tls.clone());
     let list = |v: &[SocketAddr]| v.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(",");
     println!(
-        "ringmail: ready smtp={} pop3={} imap={} submission={} cores={} data={}",
+        "ringmail: ready smtp={} pop3={} imap={} submission={} submissions={} imaps={} pop3s={} cores={} data={}",
         list(&shared.smtp),
         list(&shared.pop3),
         list(&shared.imap),
         list(&shared.submission),
+        list(&shared.submissions),
+        list(&shared.imaps),
+        list(&shared.pop3s),
         cores,
         shared.config.data_dir.display()
     );
+    // The certificate a client may pin, right after the ready line.
+    for c in shared.tls.certificates() {
+        let kind = if c.generated { "self-signed, generated" } else { "configured" };
+        println!("ringmail: tls certificate {} ({kind}) names={} sha256={}", c.cert_path.display(), c.names.join(","), c.fingerprint);
+    }
     use std::io::Write;
     let _ = std::io::stdout().flush();
 
@@ -207,6 +235,35 @@ fn raise_fd_limit() {
             libc::setrlimit(libc::RLIMIT_NOFILE, &l);
         }
     }
+}
+
+/// Swap in the certificate files' current contents; on error keep the old ones.
+fn reload_certificates(tls: &crate::tls::Tls, why: &str) {
+    match tls.reload() {
+        Ok(certs) => {
+            for c in certs {
+                tracing::info!(reason = why, cert = %c.cert_path.display(), sha256 = c.fingerprint, "TLS certificate loaded");
+            }
+        }
+        Err(e) => tracing::error!(reason = why, error = %e, "TLS certificates not reloaded; the previous ones stay in use"),
+    }
+}
+
+/// Reload the certificates when one of their files changes (checked every
+/// second; a renewal tool writing cert and key one after the other may see
+/// one failed attempt in between, which keeps the old pair).
+fn watch_certificates(tls: Arc<crate::tls::Tls>) {
+    let files = tls.watched_files();
+    let stamp = move || files.iter().map(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok()).collect::<Vec<_>>();
+    let mut last = stamp();
+    let _ = std::thread::Builder::new().name("ringmail-certs".into()).spawn(move || loop {
+        std::thread::sleep(Duration::from_secs(1));
+        let now = stamp();
+        if now != last {
+            last = now;
+            reload_certificates(&tls, "file changed");
+        }
+    });
 }
 
 /// Reload the account file when it changes (checked twice a second) and

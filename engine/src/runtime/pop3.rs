@@ -16,7 +16,7 @@ use crate::storage::{index, Body};
 
 use super::conn::{Conn, ReadOutcome};
 use super::limiter::{Permit, Refusal};
-use super::shard::{detach_fd, ConnCount, Shard, ShardMsg};
+use super::shard::{ConnCount, Shard, ShardMsg};
 
 /// Delay before answering a failed login: slows password guessing.
 const LOGIN_FAILURE_DELAY: Duration = Duration::from_millis(500);
@@ -40,10 +40,15 @@ impl Drop for LockGuard {
     }
 }
 
-pub async fn serve(shard: Rc<Shard>, stream: TcpStream, _peer: SocketAddr, permit: Result<Permit, Refusal>) {
+/// Serve one POP3 connection; `implicit_tls`: TLS from the first byte (RFC 8314).
+pub async fn serve(shard: Rc<Shard>, stream: TcpStream, peer: SocketAddr, permit: Result<Permit, Refusal>, implicit_tls: bool) {
     let count = ConnCount::new(&shard);
     let mut conn = Conn::new(stream, Vec::new());
-    let Some(permit) = conn.admit(permit, |_| b"-ERR [SYS/TEMP] too many connections, try again later\r\n").await else { return };
+    let refusal: &'static [u8] = if implicit_tls { b"" } else { b"-ERR [SYS/TEMP] too many connections, try again later\r\n" };
+    let Some(permit) = conn.admit(permit, |_| refusal).await else { return };
+    if implicit_tls && shard.accept_tls(&mut conn, peer, "pop3s").await.is_none() {
+        return;
+    }
     let mut session = Pop3Session::new(Pop3Params {
         hostname: shard.config().hostname.clone(),
         auth_failures_max: shard.config().limits.auth_failures_max,
@@ -57,9 +62,8 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, _peer: SocketAddr, permi
 }
 
 /// Continue a session moved here after its login.
-pub async fn adopted(shard: Rc<Shard>, stream: TcpStream, mut session: Pop3Session, pending: Vec<u8>, account: String, permit: Permit) {
+pub async fn adopted(shard: Rc<Shard>, conn: Conn, mut session: Pop3Session, account: String, permit: Permit) {
     let count = ConnCount::new(&shard);
-    let conn = Conn::new(stream, pending);
     let mut out = Vec::with_capacity(512);
     let maildrop = open_maildrop(&shard, &account, &mut session, &mut out);
     run(shard, conn, session, maildrop, permit, out, count).await;
@@ -150,16 +154,15 @@ async fn run(
                 if conn.flush(&mut out).await.is_err() {
                     return;
                 }
-                let pending = conn.take_pending();
-                let fd = match detach_fd(conn.stream) {
-                    Ok(fd) => fd,
+                let conn = match conn.detach() {
+                    Ok(d) => d,
                     Err(e) => {
                         tracing::warn!(error = %e, "cannot move connection");
                         return;
                     }
                 };
                 drop(count);
-                let msg = ShardMsg::AdoptPop3 { fd, session: Box::new(session), pending, account, permit };
+                let msg = ShardMsg::AdoptPop3 { conn, session: Box::new(session), account, permit };
                 if shard.senders.send_to(owner, msg).await.is_err() {
                     tracing::error!(owner, "owner shard unavailable; connection dropped");
                 }

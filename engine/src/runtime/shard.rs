@@ -7,7 +7,7 @@ use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::hash::{BuildHasher, Hasher};
 use std::net::SocketAddr;
-use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::fd::FromRawFd;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -24,6 +24,7 @@ use crate::config::Config;
 use crate::session::pop3::Pop3Session;
 use crate::storage::{self, Meta, SegmentUsage, Store, StoreConfig, StorageError};
 
+use super::conn::{Conn, Detached};
 use super::limiter::{Limiter, Permit};
 
 /// What every shard shares, read-only (the directory swaps atomically).
@@ -43,6 +44,12 @@ pub struct Shared {
     pub submission: Vec<SocketAddr>,
     pub relay: super::relay::RelayShared,
     pub listeners: super::listen::Listeners,
+    // --- implicit TLS listeners, and the TLS set-up of every listener ---
+    pub submissions: Vec<SocketAddr>,
+    pub imaps: Vec<SocketAddr>,
+    pub pop3s: Vec<SocketAddr>,
+    pub tls: Arc<crate::tls::Tls>,
+    pub handshake_timeout: Duration,
 }
 
 /// Messages between shards.
@@ -52,10 +59,10 @@ pub enum ShardMsg {
     Deliver(Vec<Delivery>),
     /// A POP3 connection whose user logged in and whose account this shard
     /// owns: continue the session here.
-    AdoptPop3 { fd: OwnedFd, session: Box<Pop3Session>, pending: Vec<u8>, account: String, permit: Permit },
+    AdoptPop3 { conn: Detached, session: Box<Pop3Session>, account: String, permit: Permit },
     /// An IMAP connection whose user logged in and whose account this shard
     /// owns: answer the login command (`tag`) and continue here.
-    AdoptImap { fd: OwnedFd, pending: Vec<u8>, account: String, tag: Vec<u8>, permit: Permit },
+    AdoptImap { conn: Detached, account: String, tag: Vec<u8>, permit: Permit },
     /// Compaction, step 1: report segment usage.
     CompactStats { reply: oneshot::Sender<Vec<SegmentUsage>> },
     /// Compaction, step 2: move live bodies out of these segments and checkpoint.
@@ -96,6 +103,17 @@ pub struct Shard {
     /// already promised to send them (see `Shard::deliver`).
     outbox: RefCell<Vec<Vec<Delivery>>>,
     flushing: RefCell<Vec<bool>>,
+    /// TLS handshakes running on this shard (bounded by `tls.handshakes_max`).
+    handshakes: Cell<usize>,
+}
+
+/// One of the shard's handshake places, held while a handshake runs.
+pub struct HandshakeSlot<'a>(&'a Shard);
+
+impl Drop for HandshakeSlot<'_> {
+    fn drop(&mut self) {
+        self.0.handshakes.set(self.0.handshakes.get() - 1);
+    }
 }
 
 /// Clears a shard's "flushing" mark if the task that set it is dropped
@@ -167,6 +185,54 @@ impl Shard {
             // tasks of this shard (removed before they are closed).
             unsafe { libc::shutdown(fd, libc::SHUT_RD) };
         }
+    }
+
+    /// A place for one more TLS handshake, unless `tls.handshakes_max` run.
+    pub fn handshake_slot(&self) -> Option<HandshakeSlot<'_>> {
+        let n = self.handshakes.get();
+        if n >= self.config().tls.handshakes_max {
+            return None;
+        }
+        self.handshakes.set(n + 1);
+        Some(HandshakeSlot(self))
+    }
+
+    /// Start TLS on `conn` and run the handshake (bounded by the configured
+    /// timeout). Unconsumed plaintext is dropped first (see
+    /// [`Conn::start_tls`]). None: the handshake failed and the connection
+    /// is to be closed; the reason is logged.
+    pub async fn tls_handshake(&self, _slot: HandshakeSlot<'_>, conn: &mut Conn, peer: SocketAddr, proto: &str) -> Option<crate::session::TlsInfo> {
+        match conn.start_tls(self.shared.tls.server_config()) {
+            Ok(0) => {}
+            Ok(dropped) => tracing::warn!(%peer, proto, bytes = dropped, "discarded plaintext pipelined before the TLS handshake"),
+            Err(e) => {
+                tracing::warn!(%peer, proto, error = %e, "TLS set-up failed");
+                return None;
+            }
+        }
+        match conn.handshake(self.shared.handshake_timeout).await {
+            Ok(()) => {
+                let info = conn.tls_info();
+                if let Some(i) = &info {
+                    tracing::debug!(%peer, proto, version = i.version, cipher = i.cipher, "TLS established");
+                }
+                info
+            }
+            Err(e) => {
+                tracing::info!(%peer, proto, error = %e, "TLS handshake failed");
+                None
+            }
+        }
+    }
+
+    /// Implicit TLS (RFC 8314): the handshake comes before the greeting. A
+    /// full shard closes the connection at once.
+    pub async fn accept_tls(&self, conn: &mut Conn, peer: SocketAddr, proto: &str) -> Option<crate::session::TlsInfo> {
+        let Some(slot) = self.handshake_slot() else {
+            tracing::warn!(%peer, proto, "too many TLS handshakes in progress; connection closed");
+            return None;
+        };
+        self.tls_handshake(slot, conn, peer, proto).await
     }
 
     /// Map a user name given at login to an account: a bare local part gets
@@ -274,18 +340,13 @@ impl Shard {
                     .detach();
                 }
             }
-            ShardMsg::AdoptPop3 { fd, session, pending, account, permit } => {
-                use std::os::fd::IntoRawFd;
-                // SAFETY: `fd` is a connected TCP socket handed over by its
-                // previous owner, which closed its own descriptor for it.
-                let stream = unsafe { glommio::net::TcpStream::from_raw_fd(fd.into_raw_fd()) };
-                super::pop3::adopted(self, stream, *session, pending, account, permit).await;
+            ShardMsg::AdoptPop3 { conn, session, account, permit } => {
+                let conn = adopt(conn);
+                super::pop3::adopted(self, conn, *session, account, permit).await;
             }
-            ShardMsg::AdoptImap { fd, pending, account, tag, permit } => {
-                use std::os::fd::IntoRawFd;
-                // SAFETY: as for AdoptPop3.
-                let stream = unsafe { glommio::net::TcpStream::from_raw_fd(fd.into_raw_fd()) };
-                super::imap::adopted(self, stream, pending, account, tag, permit).await;
+            ShardMsg::AdoptImap { conn, account, tag, permit } => {
+                let conn = adopt(conn);
+                super::imap::adopted(self, conn, account, tag, permit).await;
             }
             ShardMsg::CompactStats { reply } => {
                 let _ = reply.send(self.store.segment_usage());
@@ -406,6 +467,7 @@ pub async fn run(shared: Arc<Shared>, mesh: MeshBuilder<ShardMsg, Full>) -> Resu
         relay: super::relay::Relay::new(id, shared.cores, shared.meta.buckets, &shared.config),
         outbox: RefCell::new((0..shared.cores).map(|_| Vec::new()).collect()),
         flushing: RefCell::new(vec![false; shared.cores]),
+        handshakes: Cell::new(0),
     });
 
     for (_peer, stream) in receivers.streams() {
@@ -488,6 +550,12 @@ pub enum Proto {
     Imap,
     /// SMTP submission: AUTH before MAIL.
     Submission,
+    /// Submission over implicit TLS (RFC 8314).
+    Submissions,
+    /// IMAP over implicit TLS.
+    Imaps,
+    /// POP3 over implicit TLS.
+    Pop3s,
 }
 
 async fn accept_loop(shard: Rc<Shard>, listener: TcpListener, proto: Proto) {
@@ -505,10 +573,13 @@ async fn accept_loop(shard: Rc<Shard>, listener: TcpListener, proto: Proto) {
                 let shard2 = shard.clone();
                 glommio::spawn_local(async move {
                     match proto {
-                        Proto::Smtp => super::smtp::serve(shard2, stream, peer, permit, false).await,
-                        Proto::Submission => super::smtp::serve(shard2, stream, peer, permit, true).await,
-                        Proto::Pop3 => super::pop3::serve(shard2, stream, peer, permit).await,
-                        Proto::Imap => super::imap::serve(shard2, stream, peer, permit).await,
+                        Proto::Smtp => super::smtp::serve(shard2, stream, peer, permit, false, false).await,
+                        Proto::Submission => super::smtp::serve(shard2, stream, peer, permit, true, false).await,
+                        Proto::Submissions => super::smtp::serve(shard2, stream, peer, permit, true, true).await,
+                        Proto::Pop3 => super::pop3::serve(shard2, stream, peer, permit, false).await,
+                        Proto::Pop3s => super::pop3::serve(shard2, stream, peer, permit, true).await,
+                        Proto::Imap => super::imap::serve(shard2, stream, peer, permit, false).await,
+                        Proto::Imaps => super::imap::serve(shard2, stream, peer, permit, true).await,
                     }
                 })
                 .detach();
@@ -539,20 +610,13 @@ impl Drop for ConnCount {
     }
 }
 
-pub fn unix_now() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
-}
+pub use crate::util::unix_now;
 
-/// Take a socket's descriptor away from its glommio stream (to move it to
-/// another shard): duplicate it, then let the stream close the original.
-pub fn detach_fd(stream: glommio::net::TcpStream) -> std::io::Result<OwnedFd> {
-    use std::os::fd::AsRawFd;
-    // SAFETY: dup of an open descriptor we own; the result is owned by OwnedFd.
-    let fd = unsafe { libc::fcntl(stream.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 0) };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    drop(stream);
-    // SAFETY: `fd` is a fresh descriptor nobody else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+/// Rebuild a connection handed over by another shard ([`Conn::detach`]).
+fn adopt(d: Detached) -> Conn {
+    use std::os::fd::IntoRawFd;
+    // SAFETY: `d.fd` is a connected TCP socket handed over by its previous
+    // owner, which closed its own descriptor for it.
+    let stream = unsafe { glommio::net::TcpStream::from_raw_fd(d.fd.into_raw_fd()) };
+    Conn::with_tls(stream, d.pending, d.tls)
 }

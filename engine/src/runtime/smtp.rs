@@ -7,7 +7,7 @@ use std::rc::Rc;
 use glommio::net::TcpStream;
 
 use crate::accounts::Lookup;
-use crate::session::smtp::{AuthResult, DeliveryOutcome, RcptVerdict, SmtpContext, SmtpEvent, SmtpParams, SmtpSession};
+use crate::session::smtp::{AuthResult, DeliveryOutcome, RcptVerdict, SmtpContext, SmtpEvent, SmtpParams, SmtpSession, StartTlsResult};
 
 use super::conn::{Conn, ReadOutcome};
 use super::limiter::{Permit, Refusal};
@@ -50,17 +50,27 @@ impl SmtpContext for Ctx<'_> {
 }
 
 /// Serve one SMTP connection; `submission`: a submission listener (AUTH
-/// before MAIL).
-pub async fn serve(shard: Rc<Shard>, stream: TcpStream, peer: SocketAddr, permit: Result<Permit, Refusal>, submission: bool) {
+/// before MAIL); `implicit_tls`: TLS from the first byte (RFC 8314).
+pub async fn serve(shard: Rc<Shard>, stream: TcpStream, peer: SocketAddr, permit: Result<Permit, Refusal>, submission: bool, implicit_tls: bool) {
     let _count = ConnCount::new(&shard);
     let mut conn = Conn::new(stream, Vec::new());
     let refusal = |r| -> &'static [u8] {
         match r {
+            // Nothing in clear on a TLS port: just close.
+            _ if implicit_tls => b"",
             Refusal::ServerFull => b"421 4.7.0 Too many connections, try again later\r\n",
             Refusal::AddressFull => b"421 4.7.0 Too many connections from your address\r\n",
         }
     };
+    // Connection limits apply before any handshake work.
     let Some(_permit) = conn.admit(permit, refusal).await else { return };
+    let mut tls = None;
+    if implicit_tls {
+        tls = shard.accept_tls(&mut conn, peer, "submissions").await;
+        if tls.is_none() {
+            return;
+        }
+    }
     let config = shard.config();
     let mut session = SmtpSession::new(SmtpParams {
         hostname: config.hostname.clone(),
@@ -69,8 +79,11 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, peer: SocketAddr, permit
         recipients_max: config.limits.recipients_max,
         errors_max: config.limits.smtp_errors_max,
         session_id: shard.session_id(),
-        // No TLS yet: passwords only over loopback unless configured otherwise.
+        // Passwords in clear only over loopback unless configured otherwise;
+        // under TLS the session always offers AUTH.
         auth: config.relay.auth_without_tls || peer.ip().to_canonical().is_loopback(),
+        starttls: true,
+        tls,
         submission,
         relay_client: config.relay.relay_networks.iter().any(|n| n.contains(peer.ip())),
         auth_failures_max: config.limits.auth_failures_max,
@@ -169,6 +182,21 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, peer: SocketAddr, permit
                 if let Some(mut b) = body {
                     b.clear();
                     session.recycle_body(b);
+                }
+            }
+            SmtpEvent::StartTls => {
+                let Some(slot) = shard.handshake_slot() else {
+                    tracing::warn!(%peer, "too many TLS handshakes in progress; STARTTLS refused");
+                    session.starttls_result(StartTlsResult::TempFail, &mut out);
+                    continue;
+                };
+                session.starttls_result(StartTlsResult::Ready, &mut out);
+                if conn.flush(&mut out).await.is_err() {
+                    return;
+                }
+                match shard.tls_handshake(slot, &mut conn, peer, "smtp").await {
+                    Some(info) => session.tls_started(info),
+                    None => return,
                 }
             }
             SmtpEvent::Close => {

@@ -3,3 +3,13 @@
 pub mod imap;
 pub mod pop3;
 pub mod smtp;
+
+/// The TLS parameters of a connection, as the sessions see them (trace
+/// headers, logs). The runtime fills it in once a handshake completed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsInfo {
+    /// `TLSv1.3` or `TLSv1.2`.
+    pub version: &'static str,
+    /// IANA name of the cipher suite, e.g. `TLS_AES_256_GCM_SHA384`.
+    pub cipher: &'static str,
+}

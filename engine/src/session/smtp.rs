@@ -88,6 +88,7 @@ use std::io::Write as _;
 use std::net::{IpAddr, SocketAddr};
 
 use crate::protocol::smtp::reply::{self, replies, Reply};
+use crate::session::TlsInfo;
 use crate::protocol::smtp::{
     parse_command, BdatReader, BodyType, Command, DataReceiver, LineSplitter, MailParam, Params,
     Progress, Split, SyntaxError,
@@ -105,8 +106,14 @@ pub struct SmtpParams {
     pub errors_max: usize,
     /// Appears in Received: id.
     pub session_id: u64,
-    /// Offer AUTH PLAIN LOGIN in EHLO and accept the AUTH command.
+    /// Offer AUTH PLAIN LOGIN in EHLO and accept the AUTH command without
+    /// TLS (loopback clients, or `auth_without_tls`). Under TLS AUTH is
+    /// always offered.
     pub auth: bool,
+    /// Offer STARTTLS (RFC 3207) while the connection is plain.
+    pub starttls: bool,
+    /// The connection is TLS from its first byte (implicit TLS, RFC 8314).
+    pub tls: Option<TlsInfo>,
     /// A submission listener (RFC 6409): MAIL needs AUTH first.
     pub submission: bool,
     /// The client is in `relay_networks`: it may relay without AUTH.
@@ -191,6 +198,11 @@ pub enum SmtpEvent {
     Deliver(Transaction),
     /// Check this password (AUTH), then call [`SmtpSession::auth_result`].
     Auth { user: String, password: String },
+    /// The client asked for STARTTLS: call [`SmtpSession::starttls_result`]
+    /// (which writes `220` or `454`), flush, and on `220` drop every
+    /// unconsumed byte, run the handshake and call
+    /// [`SmtpSession::tls_started`] (or close if it fails).
+    StartTls,
     /// Flush the replies and close the connection.
     Close,
 }
@@ -217,6 +229,8 @@ enum Phase {
     AuthResponse(AuthStep),
     /// advance returned Auth; waiting for auth_result.
     Authenticating,
+    /// advance returned StartTls; waiting for starttls_result / tls_started.
+    Handshake,
     Closed,
 }
 
@@ -271,6 +285,19 @@ pub struct SmtpSession {
     /// AUTH LOGIN: the user name, while the password is asked for.
     auth_user: String,
     auth_failures: usize,
+    /// Set while TLS is active (implicit, or after STARTTLS).
+    tls: Option<TlsInfo>,
+    /// STARTTLS was accepted: hand the runtime the StartTls event next.
+    starttls_pending: bool,
+}
+
+/// The runtime's answer to [`SmtpEvent::StartTls`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartTlsResult {
+    /// `220 2.0.0 Ready to start TLS`.
+    Ready,
+    /// `454 4.7.0`: no handshake slot right now; the session goes on in clear.
+    TempFail,
 }
 
 impl SmtpSession {
@@ -284,9 +311,13 @@ impl SmtpSession {
             replies::EHLO_CHUNKING.to_owned(),
         ];
         let mut ehlo_keywords = ehlo_keywords;
-        if params.auth {
+        if params.starttls && params.tls.is_none() {
+            ehlo_keywords.push(replies::EHLO_STARTTLS.to_owned());
+        }
+        if params.auth || params.tls.is_some() {
             ehlo_keywords.push(replies::EHLO_AUTH.to_owned());
         }
+        let tls = params.tls.clone();
         SmtpSession {
             params,
             ehlo_keywords,
@@ -306,7 +337,55 @@ impl SmtpSession {
             auth_pending: None,
             auth_user: String::new(),
             auth_failures: 0,
+            tls,
+            starttls_pending: false,
         }
+    }
+
+    /// AUTH is offered: under TLS, or in clear where the parameters allow.
+    fn auth_offered(&self) -> bool {
+        self.params.auth || self.tls.is_some()
+    }
+
+    /// The runtime's answer to [`SmtpEvent::StartTls`].
+    pub fn starttls_result(&mut self, result: StartTlsResult, out: &mut Vec<u8>) {
+        if self.phase != Phase::Handshake {
+            return;
+        }
+        match result {
+            StartTlsResult::Ready => replies::STARTTLS_READY.write(out),
+            StartTlsResult::TempFail => {
+                replies::STARTTLS_TEMPFAIL.write(out);
+                self.phase = Phase::Command;
+            }
+        }
+    }
+
+    /// The TLS handshake after STARTTLS completed. RFC 3207 section 4.2: the
+    /// server "MUST discard any knowledge obtained from the client, such as
+    /// the argument to the EHLO command, which was not obtained from the TLS
+    /// negotiation itself": the client starts again with EHLO, STARTTLS is
+    /// no longer offered, and AUTH now is.
+    pub fn tls_started(&mut self, info: TlsInfo) {
+        if self.phase != Phase::Handshake {
+            return;
+        }
+        self.phase = Phase::Command;
+        self.reset_transaction();
+        self.helo = None;
+        self.esmtp = false;
+        self.authenticated = None;
+        self.bdat_failed = false;
+        self.tls = Some(info);
+        self.ehlo_keywords.retain(|k| k != replies::EHLO_STARTTLS);
+        if !self.ehlo_keywords.iter().any(|k| k == replies::EHLO_AUTH) {
+            self.ehlo_keywords.push(replies::EHLO_AUTH.to_owned());
+        }
+    }
+
+    /// TLS is active on this session.
+    pub fn tls(&self) -> Option<&TlsInfo> {
+        self.tls.as_ref()
     }
 
     /// Advertise one more EHLO extension (e.g. `STARTTLS`, `AUTH PLAIN`), after
@@ -340,10 +419,19 @@ impl SmtpSession {
             if let Some((user, password)) = self.auth_pending.take() {
                 return (pos, SmtpEvent::Auth { user, password });
             }
+            if std::mem::take(&mut self.starttls_pending) {
+                // Nothing after the STARTTLS line is consumed: the runtime
+                // throws it away (RFC 3207 section 4: a client waits for the
+                // 220 before it starts TLS, so such bytes are an injection).
+                return (pos, SmtpEvent::StartTls);
+            }
             match self.phase {
                 Phase::Closed => return (pos, SmtpEvent::Close),
-                // The runtime has not called `delivered` / `auth_result` yet: take nothing.
-                Phase::Delivering | Phase::Authenticating => return (pos, SmtpEvent::NeedInput),
+                // The runtime has not called `delivered` / `auth_result` /
+                // `tls_started` yet: take nothing.
+                Phase::Delivering | Phase::Authenticating | Phase::Handshake => {
+                    return (pos, SmtpEvent::NeedInput)
+                }
                 Phase::AuthResponse(step) => match self.splitter.split(&input[pos..]) {
                     Split::NeedMore => return (pos, SmtpEvent::NeedInput),
                     Split::TooLong { consumed, ended } => {
@@ -527,12 +615,27 @@ impl SmtpSession {
             Command::Auth {
                 mechanism,
                 initial_response,
-            } if self.params.auth => self.auth_command(mechanism, initial_response, out),
+            } if self.auth_offered() => self.auth_command(mechanism, initial_response, out),
+            Command::StartTls if self.params.starttls => self.starttls_command(out),
             Command::Expn | Command::StartTls | Command::Auth { .. } => {
                 self.fail(replies::NOT_IMPLEMENTED, out)
             }
             Command::Unknown => self.fail(replies::UNRECOGNIZED, out),
         }
+    }
+
+    fn starttls_command(&mut self, out: &mut Vec<u8>) {
+        // RFC 3207 section 4.2: a second STARTTLS inside TLS is refused.
+        if self.tls.is_some() {
+            return self.fail(replies::TLS_ALREADY, out);
+        }
+        // A transaction does not survive the handshake (the state is reset),
+        // so it is refused inside one, as Postfix does.
+        if self.envelope.is_some() {
+            return self.fail(replies::TLS_IN_TRANSACTION, out);
+        }
+        self.phase = Phase::Handshake;
+        self.starttls_pending = true;
     }
 
     fn auth_command(&mut self, mechanism: &str, initial: Option<&str>, out: &mut Vec<u8>) {
@@ -651,13 +754,18 @@ impl SmtpSession {
             return self.fail(replies::NESTED_MAIL, out);
         }
         if self.params.submission && self.authenticated.is_none() {
+            // RFC 3207 section 4: "530 Must issue a STARTTLS command first"
+            // where AUTH is only offered under TLS.
+            if !self.auth_offered() {
+                return self.fail(replies::TLS_REQUIRED, out);
+            }
             return self.fail(replies::AUTH_REQUIRED, out);
         }
         let (mut size, mut body, mut smtputf8) = (None, None, false);
         for param in params {
             // RFC 4954 section 5: AUTH= is accepted (and, from us, ignored)
             // wherever AUTH is offered.
-            if self.params.auth && param.keyword.eq_ignore_ascii_case("AUTH") {
+            if self.auth_offered() && param.keyword.eq_ignore_ascii_case("AUTH") {
                 continue;
             }
             let duplicate = match param.mail() {
@@ -807,15 +915,20 @@ impl SmtpSession {
         let Some(envelope) = &self.envelope else {
             return;
         };
-        // RFC 3848 section 2 (an "A" suffix once authenticated), RFC 6531
-        // section 3.7.3.
+        // RFC 3848 section 2 ("S" under TLS, "A" once authenticated),
+        // RFC 6531 section 3.7.3.
         let authenticated = self.authenticated.is_some();
-        let protocol = match (envelope.smtputf8, self.esmtp, authenticated) {
-            (true, _, false) => "UTF8SMTP",
-            (true, _, true) => "UTF8SMTPA",
-            (false, true, false) => "ESMTP",
-            (false, true, true) => "ESMTPA",
-            (false, false, _) => "SMTP",
+        let tls = self.tls.is_some();
+        let protocol = match (envelope.smtputf8, self.esmtp, tls, authenticated) {
+            (true, _, false, false) => "UTF8SMTP",
+            (true, _, false, true) => "UTF8SMTPA",
+            (true, _, true, false) => "UTF8SMTPS",
+            (true, _, true, true) => "UTF8SMTPSA",
+            (false, true, false, false) => "ESMTP",
+            (false, true, false, true) => "ESMTPA",
+            (false, true, true, false) => "ESMTPS",
+            (false, true, true, true) => "ESMTPSA",
+            (false, false, _, _) => "SMTP",
         };
         let recipient = match (envelope.recipients.as_slice(), envelope.relay.as_slice()) {
             ([only], []) => Some(only.address.as_str()),
@@ -829,6 +942,7 @@ impl SmtpSession {
                 peer: self.params.peer.ip(),
                 hostname: &self.params.hostname,
                 protocol,
+                tls: self.tls.as_ref(),
                 id: &self.queue_id,
                 recipient,
                 date: &crate::util::rfc5322_date(ctx.now_unix()),
@@ -899,6 +1013,7 @@ struct ReceivedInfo<'a> {
     peer: IpAddr,
     hostname: &'a str,
     protocol: &'a str,
+    tls: Option<&'a TlsInfo>,
     id: &'a str,
     recipient: Option<&'a str>,
     date: &'a str,
@@ -914,9 +1029,14 @@ fn write_received(body: &mut Vec<u8>, r: &ReceivedInfo<'_>) {
         IpAddr::V4(ip) => write!(body, "[{ip}]"),
         IpAddr::V6(ip) => write!(body, "[IPv6:{ip}]"),
     };
+    body.extend_from_slice(b")\r\n");
+    // The TLS comment as Postfix writes it, before "by".
+    if let Some(t) = r.tls {
+        let _ = write!(body, "\t(using {} with cipher {})\r\n", t.version, t.cipher);
+    }
     let _ = write!(
         body,
-        ")\r\n\tby {} (ringmail) with {} id {}",
+        "\tby {} (ringmail) with {} id {}",
         r.hostname, r.protocol, r.id
     );
     let _ = match r.recipient {
@@ -992,8 +1112,12 @@ mod tests {
             submission: false,
             relay_client: false,
             auth_failures_max: 3,
+            starttls: false,
+            tls: None,
         }
     }
+
+    const TLS: TlsInfo = TlsInfo { version: "TLSv1.3", cipher: "TLS_AES_256_GCM_SHA384" };
 
     #[derive(Debug, Clone, PartialEq, Eq)]
     struct Run {
@@ -1035,6 +1159,14 @@ mod tests {
                             AuthResult::Failed
                         };
                         s.auth_result(result, &mut out);
+                    }
+                    SmtpEvent::StartTls => {
+                        // As the runtime does: go ahead, drop what the client
+                        // pipelined after STARTTLS, "handshake".
+                        s.starttls_result(StartTlsResult::Ready, &mut out);
+                        buf.clear();
+                        s.tls_started(TLS);
+                        break;
                     }
                     SmtpEvent::Close => {
                         let out = String::from_utf8_lossy(&out).into_owned();
@@ -1789,6 +1921,77 @@ mod tests {
 
     fn replies_to_with(p: SmtpParams, client: &str) -> String {
         run_with(p, client).out
+    }
+
+    /// Each piece is one read; a STARTTLS drops the rest of its piece.
+    fn tls_run(p: SmtpParams, pieces: &[&str]) -> Run {
+        let pieces: Vec<&[u8]> = pieces.iter().map(|p| p.as_bytes()).collect();
+        drive(p, &pieces, DeliveryOutcome::Stored)
+    }
+
+    #[test]
+    fn starttls_resets_the_session_and_offers_auth_only_after() {
+        let p = with(|p| p.starttls = true);
+        let r = tls_run(p, &["EHLO c\r\nSTARTTLS\r\n", "EHLO c\r\nQUIT\r\n"]);
+        let (before, after) = r.out.split_once("220 2.0.0 Ready to start TLS\r\n").expect("220 to STARTTLS");
+        assert!(before.contains("250 STARTTLS\r\n") && !before.contains("AUTH"), "{before}");
+        assert!(after.contains("AUTH PLAIN LOGIN") && !after.contains("STARTTLS"), "{after}");
+        assert!(after.ends_with(BYE));
+    }
+
+    #[test]
+    fn commands_pipelined_after_starttls_are_never_run() {
+        // CVE-2011-0411: "RSET" and a whole transaction ride in the same
+        // read as STARTTLS; none of it may be answered or delivered.
+        let p = with(|p| p.starttls = true);
+        let inject = "EHLO c\r\nSTARTTLS\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<bob@example.test>\r\nDATA\r\nx\r\n.\r\n";
+        let r = tls_run(p, &[inject, "MAIL FROM:<a@b.test>\r\nQUIT\r\n"]);
+        let after = r.out.split_once("220 2.0.0 Ready to start TLS\r\n").unwrap().1;
+        assert!(r.delivered.is_empty());
+        // The session was reset: MAIL needs a new EHLO.
+        assert_eq!(after, format!("503 5.5.1 Error: send HELO/EHLO first\r\n{BYE}"));
+    }
+
+    #[test]
+    fn starttls_is_refused_twice_and_inside_a_transaction() {
+        let p = with(|p| p.starttls = true);
+        let r = tls_run(p.clone(), &["EHLO c\r\nSTARTTLS\r\n", "EHLO c\r\nSTARTTLS\r\nQUIT\r\n"]);
+        assert!(r.out.contains("503 5.5.1 Error: TLS already active\r\n"), "{}", r.out);
+        let r = tls_run(p, &["EHLO c\r\nMAIL FROM:<a@b.test>\r\nSTARTTLS\r\nQUIT\r\n"]);
+        assert!(r.out.contains("503 5.5.1 Error: MAIL transaction in progress\r\n"), "{}", r.out);
+        assert!(!r.out.contains("220 2.0.0"));
+        // Not offered: not implemented.
+        let r = replies_to("EHLO c\r\nSTARTTLS\r\n");
+        assert!(r.ends_with("502 5.5.1 Error: command not implemented\r\n"), "{r}");
+    }
+
+    #[test]
+    fn submission_without_tls_asks_for_starttls() {
+        let p = with(|p| {
+            p.starttls = true;
+            p.submission = true;
+        });
+        let r = tls_run(p, &["EHLO c\r\nMAIL FROM:<a@b.test>\r\nAUTH PLAIN AGJvYkBleGFtcGxlLnRlc3QAc2VjcmV0\r\nSTARTTLS\r\n", "EHLO c\r\nAUTH PLAIN AGJvYkBleGFtcGxlLnRlc3QAc2VjcmV0\r\nMAIL FROM:<bob@example.test>\r\n"]);
+        assert!(r.out.contains("530 5.7.0 Must issue a STARTTLS command first\r\n"), "{}", r.out);
+        // AUTH before TLS is not implemented here (not offered).
+        assert!(r.out.contains("502 5.5.1"), "{}", r.out);
+        assert!(r.out.ends_with("235 2.7.0 Authentication successful\r\n250 2.1.0 Ok\r\n"), "{}", r.out);
+    }
+
+    #[test]
+    fn received_says_esmtps_and_the_cipher_under_tls() {
+        let p = with(|p| p.tls = Some(TLS));
+        let r = run_with(p.clone(), "EHLO client.test\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<bob@example.test>\r\nDATA\r\nx\r\n.\r\n");
+        let body = String::from_utf8(r.delivered[0].body.clone()).unwrap();
+        assert!(
+            body.starts_with("Received: from client.test ([192.0.2.10])\r\n\t(using TLSv1.3 with cipher TLS_AES_256_GCM_SHA384)\r\n\tby mx.example.test (ringmail) with ESMTPS id "),
+            "{body}"
+        );
+        // Implicit TLS offers AUTH and never STARTTLS; authenticated: ESMTPSA.
+        let r = run_with(p, "EHLO client.test\r\nAUTH PLAIN AGJvYkBleGFtcGxlLnRlc3QAc2VjcmV0\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<bob@example.test>\r\nDATA\r\nx\r\n.\r\n");
+        assert!(r.out.contains("250 AUTH PLAIN LOGIN") && !r.out.contains("STARTTLS"), "{}", r.out);
+        let body = String::from_utf8(r.delivered[0].body.clone()).unwrap();
+        assert!(body.contains(" with ESMTPSA id "), "{body}");
     }
 
     #[test]

@@ -182,6 +182,15 @@ pub mod replies {
     pub const EHLO_SIZE_PREFIX: &str = "SIZE ";
     /// RFC 4954 section 3: the SASL mechanisms offered, when AUTH is offered.
     pub const EHLO_AUTH: &str = "AUTH PLAIN LOGIN";
+    /// RFC 3207.
+    pub const EHLO_STARTTLS: &str = "STARTTLS";
+    pub const STARTTLS_READY: Reply = Reply::new(220, "2.0.0", "Ready to start TLS");
+    /// RFC 3207 section 4.
+    pub const STARTTLS_TEMPFAIL: Reply = Reply::new(454, "4.7.0", "TLS not available due to temporary reason");
+    pub const TLS_ALREADY: Reply = Reply::new(503, "5.5.1", "Error: TLS already active");
+    pub const TLS_IN_TRANSACTION: Reply = Reply::new(503, "5.5.1", "Error: MAIL transaction in progress");
+    /// RFC 3207 section 4.
+    pub const TLS_REQUIRED: Reply = Reply::new(530, "5.7.0", "Must issue a STARTTLS command first");
 
     // --- 2xx / 3xx ---
     pub const OK: Reply = Reply::new(250, "2.0.0", "Ok");
