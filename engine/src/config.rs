@@ -91,6 +91,10 @@ pub struct Tls {
     /// Handshakes one shard runs at once; beyond, STARTTLS gets a temporary
     /// failure and an implicit-TLS connection is closed.
     pub handshakes_max: usize,
+    /// Loopback clients may log in without TLS (off-loopback clients only
+    /// with `relay.auth_without_tls`). false: passwords only under TLS,
+    /// loopback included.
+    pub loopback_auth_without_tls: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -108,6 +112,7 @@ impl Default for Tls {
             certificates: Vec::new(),
             handshake_timeout_secs: limits::TLS_HANDSHAKE_TIMEOUT.as_secs(),
             handshakes_max: limits::TLS_HANDSHAKES_MAX,
+            loopback_auth_without_tls: true,
         }
     }
 }
@@ -413,6 +418,11 @@ impl Config {
         Ok(())
     }
 
+    /// May this client send a password without TLS?
+    pub fn auth_without_tls_for(&self, peer: IpAddr) -> bool {
+        self.relay.auth_without_tls || (self.tls.loopback_auth_without_tls && peer.to_canonical().is_loopback())
+    }
+
     pub fn tls_handshake_timeout(&self) -> Duration {
         Duration::from_secs(self.tls.handshake_timeout_secs)
     }
@@ -506,6 +516,8 @@ pop3s = ["127.0.0.1:9950"]
 handshake_timeout_secs = 10
 # Handshakes one core runs at once; beyond, STARTTLS answers "try later".
 handshakes_max = 512
+# Loopback clients may log in without TLS; false: only under TLS, even there.
+loopback_auth_without_tls = true
 
 [limits]
 # SIZE (RFC 1870): advertised in EHLO, checked at MAIL and at end of data. Max 32 MiB.

@@ -294,6 +294,10 @@ pub struct Server {
     pub smtp: SocketAddr,
     pub pop3: SocketAddr,
     pub imap: SocketAddr,
+    /// Implicit-TLS listeners (RFC 8314).
+    pub submissions: SocketAddr,
+    pub imaps: SocketAddr,
+    pub pop3s: SocketAddr,
     /// Everything the server wrote on stderr, across restarts.
     stderr: Arc<Mutex<Vec<u8>>>,
     /// The ready line of the latest start.
@@ -348,6 +352,9 @@ impl Server {
             smtp: unset,
             pop3: unset,
             imap: unset,
+            submissions: unset,
+            imaps: unset,
+            pop3s: unset,
             stderr: Arc::new(Mutex::new(Vec::new())),
             ready_line: String::new(),
             stop_elapsed: None,
@@ -355,6 +362,17 @@ impl Server {
         };
         s.spawn();
         s
+    }
+
+    /// The server's own certificate (the embedded default's self-signed
+    /// one, for `hostname`): clients trust it as their CA.
+    pub fn tls_cert(&self) -> PathBuf {
+        let dir = self.data.join("tls");
+        std::fs::read_dir(&dir)
+            .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .find(|p| p.extension().is_some_and(|x| x == "pem"))
+            .expect("no certificate in DATA/tls")
     }
 
     pub fn root(&self) -> &Path {
@@ -387,6 +405,12 @@ impl Server {
             "127.0.0.1:0",
             // Never the default 127.0.0.1:5870, shared by parallel servers.
             "--submission",
+            "127.0.0.1:0",
+            "--submissions",
+            "127.0.0.1:0",
+            "--imaps",
+            "127.0.0.1:0",
+            "--pop3s",
             "127.0.0.1:0",
         ]);
         if let Some(c) = &self.config_path {
@@ -468,6 +492,9 @@ impl Server {
         self.smtp = field("smtp");
         self.pop3 = field("pop3");
         self.imap = field("imap");
+        self.submissions = field("submissions");
+        self.imaps = field("imaps");
+        self.pop3s = field("pop3s");
         assert!(
             ready.contains(&format!(" cores={} ", self.cores)),
             "ready line {ready:?} lacks cores={}",

@@ -108,7 +108,14 @@ impl Conn {
             Some(rustls::ProtocolVersion::TLSv1_2) => "TLSv1.2",
             _ => "TLS",
         };
-        let cipher = tls.negotiated_cipher_suite().and_then(|s| s.suite().as_str()).unwrap_or("unknown");
+        // rustls spells the TLS 1.3 suites TLS13_*; logs and Received
+        // headers use the IANA names.
+        let cipher = match tls.negotiated_cipher_suite().and_then(|s| s.suite().as_str()).unwrap_or("unknown") {
+            "TLS13_AES_128_GCM_SHA256" => "TLS_AES_128_GCM_SHA256",
+            "TLS13_AES_256_GCM_SHA384" => "TLS_AES_256_GCM_SHA384",
+            "TLS13_CHACHA20_POLY1305_SHA256" => "TLS_CHACHA20_POLY1305_SHA256",
+            other => other,
+        };
         Some(TlsInfo { version, cipher })
     }
 

@@ -81,7 +81,7 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, peer: SocketAddr, permit
         session_id: shard.session_id(),
         // Passwords in clear only over loopback unless configured otherwise;
         // under TLS the session always offers AUTH.
-        auth: config.relay.auth_without_tls || peer.ip().to_canonical().is_loopback(),
+        auth: config.auth_without_tls_for(peer.ip()),
         starttls: true,
         tls,
         submission,
