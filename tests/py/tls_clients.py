@@ -99,6 +99,40 @@ def readers(cafile, imap_port, imaps_port, pop3_port, pop3s_port, users, passwor
     print("ok")
 
 
+def starttls_readers(cafile, imap_port, pop3_port, user, password, want):
+    """IMAP STARTTLS and POP3 STLS with credentials refused before TLS."""
+    c = ctx(cafile)
+    want = int(want)
+    m = imaplib.IMAP4(HOST, int(imap_port), timeout=20)
+    caps = m.capabilities
+    check("STARTTLS" in caps and "LOGINDISABLED" in caps and "AUTH=PLAIN" not in caps, "IMAP caps before TLS: %r" % (caps,))
+    typ, data = m._simple_command("LOGIN", user, password)
+    check(typ == "NO" and b"PRIVACYREQUIRED" in data[0], "LOGIN before TLS: %r %r" % (typ, data))
+    m.starttls(ssl_context=c)
+    caps = m.capabilities
+    check("STARTTLS" not in caps and "LOGINDISABLED" not in caps and "AUTH=PLAIN" in caps, "IMAP caps inside TLS: %r" % (caps,))
+    m.login(user, password)
+    typ, data = m.select("INBOX")
+    eq(int(data[0]), want, "messages over IMAP STARTTLS")
+    m.logout()
+
+    p = poplib.POP3(HOST, int(pop3_port), timeout=20)
+    caps = p.capa()
+    check("STLS" in caps and "USER" not in caps, "POP3 CAPA before TLS: %r" % caps)
+    try:
+        p.user(user)
+        raise AssertionError("USER accepted before STLS")
+    except poplib.error_proto as e:
+        check(b"[AUTH]" in e.args[0], "USER before STLS: %r" % e.args[0])
+    p.stls(context=c)
+    caps = p.capa()
+    check("STLS" not in caps and "USER" in caps, "POP3 CAPA inside TLS: %r" % caps)
+    p.user(user)
+    p.pass_(password)
+    eq(p.stat()[0], want, "messages over POP3 STLS")
+    p.quit()
+
+
 def handshakes(cafile, port, n):
     """n implicit-TLS handshakes at once (threads), each followed by EHLO."""
     import concurrent.futures
@@ -247,6 +281,7 @@ def hold(cafile, port, n, flag_file, done_file):
 MODES = {
     "smtp": smtp,
     "readers": readers,
+    "starttls_readers": starttls_readers,
     "handshakes": handshakes,
     "old_versions": old_versions,
     "injection": injection,

@@ -98,9 +98,19 @@ fn tls_logins_move_between_shards_with_their_tls_state() {
 }
 
 #[test]
+fn imap_starttls_and_pop3_stls_refuse_credentials_before_tls() {
+    let server = Server::options().config(TLS_ONLY).start();
+    smtp_send(server.smtp, "a@example.org", &["bob@example.test"], b"Subject: one\r\n\r\nbody\r\n");
+    let ca = server.tls_cert();
+    py(&["starttls_readers", ca.to_str().unwrap(), &port(server.imap), &port(server.pop3), "bob@example.test", "bob-secret", "1"]);
+}
+
+#[test]
 fn commands_pipelined_after_starttls_are_discarded() {
     let server = Server::new();
     let ca = server.tls_cert();
+    py(&["injection", ca.to_str().unwrap(), &port(server.imap), "imap"]);
+    py(&["injection", ca.to_str().unwrap(), &port(server.pop3), "pop3"]);
     py(&["injection", ca.to_str().unwrap(), &port(server.smtp), "smtp"]);
     assert!(server.stderr_text().contains("discarded plaintext pipelined before the TLS handshake"), "{}", server.stderr_tail(20));
 }

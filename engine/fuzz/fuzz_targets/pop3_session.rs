@@ -36,6 +36,9 @@ fuzz_target!(|data: &[u8]| {
     let mut session = Pop3Session::new(Pop3Params {
         hostname: "fuzz.example".into(),
         auth_failures_max: 3,
+        stls: true,
+        tls: false,
+        auth_plaintext: input.len() % 2 == 0,
     });
     let mut out = Vec::new();
     session.greeting(&mut out);
@@ -73,6 +76,13 @@ fuzz_target!(|data: &[u8]| {
                 Pop3Event::Update { deleted } => {
                     assert!(deleted.iter().all(|&i| i < MESSAGES.len()));
                     session.update_result(mode & 1 == 0, &mut out);
+                }
+                Pop3Event::StartTls => {
+                    // The runtime drops the rest of the read.
+                    session.starttls_result(mode & 2 == 0, &mut out);
+                    buf.clear();
+                    session.tls_started();
+                    break;
                 }
                 Pop3Event::Close => break 'feed,
             }

@@ -93,6 +93,11 @@ impl Conn {
         Conn { stream, buf, start: 0, end, timeout: None, max: 4 * READ_CHUNK, tls, tls_out: Vec::new() }
     }
 
+    /// The client's address (unspecified if the socket cannot tell).
+    pub fn peer(&self) -> std::net::SocketAddr {
+        self.stream.peer_addr().unwrap_or_else(|_| std::net::SocketAddr::from(([0, 0, 0, 0], 0)))
+    }
+
     pub fn is_tls(&self) -> bool {
         self.tls.is_some()
     }

@@ -45,7 +45,8 @@ const SPLICE_MIN: usize = 4096;
 /// Delay before answering a failed login.
 const LOGIN_FAILURE_DELAY: Duration = Duration::from_millis(500);
 
-const CAPS_PREAUTH: &[&str] = &["IMAP4rev1", "LITERAL+", "SASL-IR", "AUTH=PLAIN", "ID", "ENABLE", "IDLE", "NAMESPACE"];
+/// Before login, after IMAP4rev1 and the login words of [`Session::caps_preauth`].
+const CAPS_PREAUTH_BASE: &[&str] = &["LITERAL+", "SASL-IR", "ID", "ENABLE", "IDLE", "NAMESPACE"];
 const CAPS: &[&str] = &[
     "IMAP4rev1", "LITERAL+", "SASL-IR", "AUTH=PLAIN", "ID", "ENABLE", "IDLE", "NAMESPACE", "UIDPLUS", "MOVE", "UNSELECT",
     "SPECIAL-USE", "CHILDREN", "LIST-EXTENDED", "LIST-STATUS", "CONDSTORE", "ESEARCH", "SEARCHRES",
@@ -110,6 +111,11 @@ struct Session {
     saved: Vec<u32>,
     /// AUTHENTICATE waiting for the client's continuation line: the tag.
     sasl_tag: Option<Vec<u8>>,
+    /// TLS is active (implicit, or after STARTTLS).
+    tls: bool,
+    /// LOGIN/AUTHENTICATE are accepted without TLS (loopback or the
+    /// operator's `auth_without_tls`).
+    auth_plaintext: bool,
 }
 
 enum Next {
@@ -118,6 +124,8 @@ enum Next {
     Idle(Vec<u8>),
     /// Logged in as this account; answer `tag OK` once on the owner shard.
     LoggedIn { account: String, tag: Vec<u8> },
+    /// STARTTLS accepted (RFC 3501 6.2.1): answer, then the handshake.
+    StartTls(Vec<u8>),
 }
 
 /// Serve one IMAP connection; `implicit_tls`: TLS from the first byte (RFC 8314).
@@ -130,8 +138,10 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, peer: SocketAddr, permit
         return;
     }
     let mut s = Session::new(shard, None);
+    s.tls = implicit_tls;
+    s.auth_plaintext = s.shard.config().auth_without_tls_for(peer.ip());
     s.out.buf.extend_from_slice(b"* OK [CAPABILITY ");
-    s.out.buf.extend_from_slice(CAPS_PREAUTH.join(" ").as_bytes());
+    s.out.buf.extend_from_slice(s.caps_preauth().join(" ").as_bytes());
     s.out.buf.extend_from_slice(b"] ringmail IMAP4rev1 ready\r\n");
     run(s, conn, permit, count).await;
 }
@@ -224,6 +234,24 @@ async fn run(mut s: Session, mut conn: Conn, permit: Permit, count: ConnCount) {
                     return;
                 }
             }
+            Next::StartTls(tag) => {
+                let peer = conn.peer();
+                let Some(slot) = s.shard.handshake_slot() else {
+                    s.out.status(Some(&tag), Status::No, Some(&Code::Unavailable), "TLS not available now, try again later");
+                    continue;
+                };
+                s.out.status(Some(&tag), Status::Ok, None, "Begin TLS negotiation now");
+                if s.out.flush(&mut conn).await.is_err() {
+                    return;
+                }
+                // Whatever was pipelined behind STARTTLS is dropped with the
+                // buffer (command injection); the framer starts afresh.
+                s.framer.reset();
+                if s.shard.tls_handshake(slot, &mut conn, peer, "imap").await.is_none() {
+                    return;
+                }
+                s.tls = true;
+            }
             Next::LoggedIn { account, tag } => {
                 let owner = s.shard.owner_of(&account);
                 if owner == s.shard.id {
@@ -289,7 +317,31 @@ impl Session {
             condstore: false,
             saved: Vec::new(),
             sasl_tag: None,
+            tls: false,
+            auth_plaintext: false,
         }
+    }
+
+    /// Credentials may be sent now: under TLS, or where plain text is allowed.
+    fn credentials_allowed(&self) -> bool {
+        self.tls || self.auth_plaintext
+    }
+
+    /// Capabilities before login. RFC 3501 6.2.1 / 7.2.1: STARTTLS while
+    /// plain; LOGINDISABLED (and no AUTH=) where credentials would be
+    /// refused in clear; re-announced only when the client asks again.
+    fn caps_preauth(&self) -> Vec<&'static str> {
+        let mut caps = vec!["IMAP4rev1"];
+        if !self.tls {
+            caps.push("STARTTLS");
+        }
+        if self.credentials_allowed() {
+            caps.push("AUTH=PLAIN");
+        } else {
+            caps.push("LOGINDISABLED");
+        }
+        caps.extend_from_slice(CAPS_PREAUTH_BASE);
+        caps
     }
 
     fn account(&self) -> &str {
@@ -354,7 +406,8 @@ impl Session {
         let authed = self.account.is_some();
         match cmd.body {
             CommandBody::Capability => {
-                encode::write_capability(&mut self.out.buf, if authed { CAPS } else { CAPS_PREAUTH });
+                let pre = if authed { Vec::new() } else { self.caps_preauth() };
+                encode::write_capability(&mut self.out.buf, if authed { CAPS } else { &pre });
                 self.ok(tag, "CAPABILITY completed");
             }
             CommandBody::Noop | CommandBody::Check => {
@@ -370,7 +423,15 @@ impl Session {
                 encode::write_id(&mut self.out.buf, Some(&[("name", Some("ringmail")), ("version", Some(env!("CARGO_PKG_VERSION")))]));
                 self.ok(tag, "ID completed");
             }
-            CommandBody::StartTls => self.out.status(Some(tag), Status::Bad, None, "STARTTLS is not available"),
+            CommandBody::StartTls if self.tls => self.out.status(Some(tag), Status::Bad, None, "TLS already active"),
+            // RFC 3501 6.2.1: only in the not-authenticated state.
+            CommandBody::StartTls if authed => self.out.status(Some(tag), Status::Bad, None, "STARTTLS only before login"),
+            CommandBody::StartTls => return Next::StartTls(tag.to_vec()),
+            CommandBody::Login { .. } | CommandBody::Authenticate { .. } if !authed && !self.credentials_allowed() => {
+                // RFC 3501 6.2.3 (LOGINDISABLED) and RFC 5530 PRIVACYREQUIRED;
+                // not counted as a failed login.
+                self.out.status(Some(tag), Status::No, Some(&Code::PrivacyRequired), "Plaintext authentication disallowed on non-secure connections; use STARTTLS");
+            }
             CommandBody::Login { username, password } if !authed => {
                 let (u, p) = (String::from_utf8_lossy(&username).into_owned(), String::from_utf8_lossy(&password).into_owned());
                 return self.login(tag, &u, &p).await;

@@ -52,13 +52,16 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, peer: SocketAddr, permit
     let mut session = Pop3Session::new(Pop3Params {
         hostname: shard.config().hostname.clone(),
         auth_failures_max: shard.config().limits.auth_failures_max,
+        stls: true,
+        tls: implicit_tls,
+        auth_plaintext: shard.config().auth_without_tls_for(peer.ip()),
     });
     let mut out = Vec::with_capacity(512);
     session.greeting(&mut out);
     if conn.flush(&mut out).await.is_err() {
         return;
     }
-    run(shard, conn, session, None, permit, out, count).await;
+    run(shard, conn, session, None, permit, out, count, peer).await;
 }
 
 /// Continue a session moved here after its login.
@@ -66,7 +69,8 @@ pub async fn adopted(shard: Rc<Shard>, conn: Conn, mut session: Pop3Session, acc
     let count = ConnCount::new(&shard);
     let mut out = Vec::with_capacity(512);
     let maildrop = open_maildrop(&shard, &account, &mut session, &mut out);
-    run(shard, conn, session, maildrop, permit, out, count).await;
+    let peer = conn.peer();
+    run(shard, conn, session, maildrop, permit, out, count, peer).await;
 }
 
 fn open_maildrop(shard: &Rc<Shard>, account: &str, session: &mut Pop3Session, out: &mut Vec<u8>) -> Option<Drop_> {
@@ -106,6 +110,7 @@ async fn run(
     permit: Permit,
     mut out: Vec<u8>,
     count: ConnCount,
+    peer: SocketAddr,
 ) {
     let fd = conn.fd();
     let idle_timeout = shard.config().pop3_idle_timeout();
@@ -167,6 +172,20 @@ async fn run(
                     tracing::error!(owner, "owner shard unavailable; connection dropped");
                 }
                 return;
+            }
+            Pop3Event::StartTls => {
+                let Some(slot) = shard.handshake_slot() else {
+                    session.starttls_result(false, &mut out);
+                    continue;
+                };
+                session.starttls_result(true, &mut out);
+                if conn.flush(&mut out).await.is_err() {
+                    return;
+                }
+                if shard.tls_handshake(slot, &mut conn, peer, "pop3").await.is_none() {
+                    return;
+                }
+                session.tls_started();
             }
             Pop3Event::SendMessage { index, body_lines } => {
                 let Some(drop_) = maildrop.as_ref() else { return };

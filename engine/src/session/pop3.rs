@@ -84,6 +84,13 @@ pub struct Pop3Params {
     pub hostname: String,
     /// Failed logins before the connection is closed; 0 behaves as 1.
     pub auth_failures_max: usize,
+    /// Offer STLS (RFC 2595 section 4) while the connection is plain.
+    pub stls: bool,
+    /// The connection is TLS from its first byte (implicit TLS, RFC 8314).
+    pub tls: bool,
+    /// Accept USER/PASS and AUTH without TLS (loopback, or the operator's
+    /// `auth_without_tls`). Under TLS credentials are always accepted.
+    pub auth_plaintext: bool,
 }
 
 impl Pop3Params {
@@ -92,6 +99,9 @@ impl Pop3Params {
         Self {
             hostname: hostname.into(),
             auth_failures_max: AUTH_FAILURES_MAX,
+            stls: false,
+            tls: false,
+            auth_plaintext: true,
         }
     }
 }
@@ -142,6 +152,10 @@ pub enum Pop3Event {
         index: usize,
         body_lines: Option<usize>,
     },
+    /// STLS was accepted in AUTHORIZATION: call `starttls_result` (it writes
+    /// `+OK` or `-ERR`); after `+OK`, flush, drop every unconsumed byte,
+    /// run the handshake and call `tls_started` (or close on failure).
+    StartTls,
     /// QUIT in TRANSACTION state: the runtime removes these (0-based) messages, then calls `update_result`.
     Update {
         deleted: Vec<usize>,
@@ -159,6 +173,8 @@ enum State {
     SaslResponse,
     /// A `Login` event is out.
     LoginPending { user: String },
+    /// A `StartTls` event is out.
+    TlsPending,
     /// RFC 1939 section 5.
     Transaction,
     /// RFC 1939 section 6: an `Update` event is out.
@@ -181,6 +197,8 @@ pub struct Pop3Session {
     /// section 5: deleted messages are not counted).
     live_count: usize,
     live_size: u64,
+    /// TLS is active (implicit, or after STLS).
+    tls: bool,
 }
 
 // The runtime moves the session to another core after login.
@@ -191,6 +209,7 @@ const _: fn() = || {
 
 impl Pop3Session {
     pub fn new(params: Pop3Params) -> Self {
+        let tls = params.tls;
         Self {
             params,
             state: State::Authorization { user: None },
@@ -201,6 +220,53 @@ impl Pop3Session {
             deleted: Vec::new(),
             live_count: 0,
             live_size: 0,
+            tls,
+        }
+    }
+
+    /// Credentials may be given on this connection now.
+    fn credentials_allowed(&self) -> bool {
+        self.tls || self.params.auth_plaintext
+    }
+
+    /// RFC 2449 capabilities for the current state. RFC 2595 section 4:
+    /// STLS only while plain and in AUTHORIZATION; the login mechanisms
+    /// only where credentials would be accepted.
+    fn capabilities(&self) -> Vec<&'static str> {
+        let authorization = !matches!(self.state, State::Transaction);
+        let mut caps = Vec::with_capacity(10);
+        for cap in reply::CAPABILITIES {
+            let login = *cap == "USER" || cap.starts_with("SASL ");
+            if !login || self.credentials_allowed() {
+                caps.push(*cap);
+            }
+        }
+        if authorization && self.params.stls && !self.tls {
+            caps.push(reply::CAPA_STLS);
+        }
+        caps
+    }
+
+    /// The runtime's answer to a `StartTls` event: true to go ahead (`+OK`),
+    /// false when no handshake can start now (`-ERR [SYS/TEMP]`).
+    pub fn starttls_result(&mut self, ready: bool, out: &mut Vec<u8>) {
+        if self.state != State::TlsPending {
+            return;
+        }
+        if ready {
+            reply::ok(out, reply::OK_STLS);
+        } else {
+            reply::err(out, Some(RespCode::SysTemp), reply::ERR_TEMP_FAIL);
+            self.state = State::Authorization { user: None };
+        }
+    }
+
+    /// The TLS handshake after STLS completed: back to AUTHORIZATION with
+    /// nothing remembered from before (RFC 2595 section 4).
+    pub fn tls_started(&mut self) {
+        if self.state == State::TlsPending {
+            self.tls = true;
+            self.state = State::Authorization { user: None };
         }
     }
 
@@ -230,7 +296,7 @@ impl Pop3Session {
         loop {
             let max = match self.state {
                 State::Closed => return (pos, Pop3Event::Close),
-                State::LoginPending { .. } | State::UpdatePending => {
+                State::LoginPending { .. } | State::UpdatePending | State::TlsPending => {
                     return (pos, Pop3Event::NeedInput)
                 }
                 State::SaslResponse => POP3_SASL_LINE_MAX,
@@ -316,7 +382,7 @@ impl Pop3Session {
             }
             State::Transaction => self.transaction(line, out),
             // `advance` never reads a line in these states.
-            State::LoginPending { .. } | State::UpdatePending | State::Closed => None,
+            State::LoginPending { .. } | State::UpdatePending | State::TlsPending | State::Closed => None,
         }
     }
 
@@ -334,6 +400,13 @@ impl Pop3Session {
                 return None;
             }
         };
+        let login = matches!(command, Command::User(_) | Command::Pass(_) | Command::Auth { mechanism: Some(_), .. });
+        if login && !self.credentials_allowed() {
+            // Not a failed login: the password never reached us in a form
+            // we would check (as Dovecot answers).
+            reply::err(out, Some(RespCode::Auth), reply::ERR_NEED_TLS);
+            return None;
+        }
         match command {
             Command::User(name) => match valid_name(name) {
                 Some(name) => {
@@ -366,7 +439,7 @@ impl Pop3Session {
                     reply::sasl_continue(out);
                 }
             }
-            Command::Capa => reply::capa(out),
+            Command::Capa => reply::capa(out, &self.capabilities()),
             Command::Quit => {
                 // RFC 1939 section 4: QUIT here ends the session without UPDATE.
                 reply::ok(out, reply::OK_QUIT);
@@ -374,6 +447,11 @@ impl Pop3Session {
                 return Some(Pop3Event::Close);
             }
             Command::Apop => reply::err(out, None, reply::ERR_APOP),
+            Command::Stls if self.tls => reply::err(out, None, reply::ERR_TLS_ACTIVE),
+            Command::Stls if self.params.stls => {
+                self.state = State::TlsPending;
+                return Some(Pop3Event::StartTls);
+            }
             Command::Stls => reply::err(out, None, reply::ERR_STLS),
             Command::Unknown(_) => reply::err(out, None, reply::ERR_UNKNOWN),
             Command::Stat
@@ -511,8 +589,9 @@ impl Pop3Session {
                     .collect();
                 return Some(Pop3Event::Update { deleted });
             }
-            Command::Capa => reply::capa(out),
-            Command::Stls => reply::err(out, None, reply::ERR_STLS),
+            Command::Capa => reply::capa(out, &self.capabilities()),
+            // RFC 2595 section 4: STLS only in AUTHORIZATION.
+            Command::Stls => reply::err(out, None, reply::ERR_WRONG_STATE),
             Command::Unknown(_) => reply::err(out, None, reply::ERR_UNKNOWN),
             Command::User(_) | Command::Pass(_) | Command::Apop | Command::Auth { .. } => {
                 reply::err(out, None, reply::ERR_WRONG_STATE)
@@ -689,11 +768,55 @@ mod tests {
                         })
                     }
                     Pop3Event::Update { .. } => s.update_result(rt.update_ok, &mut out),
+                    Pop3Event::StartTls => {
+                        // As the runtime: go ahead, drop the rest of the read.
+                        s.starttls_result(true, &mut out);
+                        buf.clear();
+                        s.tls_started();
+                        break;
+                    }
                     Pop3Event::Close => return (out, events),
                 }
             }
         }
         (out, events)
+    }
+
+    fn tls_params() -> Pop3Params {
+        Pop3Params { stls: true, auth_plaintext: false, ..params() }
+    }
+
+    fn run_pieces(p: Pop3Params, pieces: &[&str]) -> String {
+        let pieces: Vec<&[u8]> = pieces.iter().map(|p| p.as_bytes()).collect();
+        String::from_utf8(drive(&Rt::rfc(), p, &pieces).0).unwrap()
+    }
+
+    #[test]
+    fn credentials_wait_for_stls() {
+        let out = run_pieces(tls_params(), &["CAPA\r\nUSER mrose\r\nPASS tanstaaf\r\nAUTH PLAIN AG1yb3NlAHRhbnN0YWFm\r\nSTLS\r\n", "CAPA\r\nUSER mrose\r\nPASS tanstaaf\r\nSTLS\r\nQUIT\r\n"]);
+        let (before, after) = out.split_once("+OK Begin TLS negotiation\r\n").expect("STLS accepted");
+        // Before TLS: STLS offered, no login mechanism, logins refused
+        // with [AUTH] and not counted as failures.
+        assert!(before.contains("\r\nSTLS\r\n") && !before.contains("\r\nUSER\r\n") && !before.contains("SASL"), "{before}");
+        assert_eq!(before.matches("-ERR [AUTH] Plaintext authentication disallowed").count(), 3, "{before}");
+        // After: USER and SASL offered, STLS not; login works; a second STLS
+        // (in TRANSACTION) is refused.
+        let (capa, rest) = after.split_once(".\r\n").unwrap();
+        assert!(capa.contains("\r\nUSER\r\n") && capa.contains("SASL PLAIN") && !capa.contains("STLS"), "{capa}");
+        assert!(rest.starts_with("+OK send PASS\r\n+OK maildrop has"), "{rest}");
+        assert!(rest.contains("-ERR command not valid in this state\r\n"), "{rest}");
+    }
+
+    #[test]
+    fn commands_pipelined_after_stls_are_dropped_and_stls_twice_refused() {
+        let out = run_pieces(tls_params(), &["STLS\r\nUSER mrose\r\nPASS tanstaaf\r\n", "PASS tanstaaf\r\nSTLS\r\nQUIT\r\n"]);
+        let after = out.split_once("+OK Begin TLS negotiation\r\n").unwrap().1;
+        // The injected USER was never run: PASS has no USER before it.
+        assert!(after.starts_with("-ERR PASS must follow a successful USER\r\n-ERR TLS already active\r\n"), "{after}");
+        // Implicit TLS: no STLS at all, logins accepted.
+        let p = Pop3Params { tls: true, ..tls_params() };
+        let out = run_pieces(p, &["CAPA\r\nSTLS\r\nUSER mrose\r\nPASS tanstaaf\r\n"]);
+        assert!(!out.contains("\r\nSTLS\r\n") && out.contains("-ERR TLS already active") && out.contains("+OK maildrop has"), "{out}");
     }
 
     /// Whole input at once, default runtime and params; output as text.
@@ -858,7 +981,7 @@ mod tests {
         assert_eq!(
             out,
             format!(
-                "{GREETING}{LOGGED_IN}{wrong}{wrong}{wrong}{wrong}-ERR STLS not available\r\n\
+                "{GREETING}{LOGGED_IN}{wrong}{wrong}{wrong}{wrong}{wrong}\
                  -ERR missing argument\r\n\
                  +OK capability list follows\r\nTOP\r\nUIDL\r\nUSER\r\nRESP-CODES\r\n\
                  AUTH-RESP-CODE\r\nPIPELINING\r\nSASL PLAIN\r\nIMPLEMENTATION ringmail\r\n.\r\n\

@@ -47,6 +47,10 @@ pub const ERR_PASS_WITHOUT_USER: &str = "PASS must follow a successful USER";
 pub const ERR_BAD_USER: &str = "invalid user name";
 pub const ERR_APOP: &str = "APOP not supported";
 pub const ERR_STLS: &str = "STLS not available";
+pub const OK_STLS: &str = "Begin TLS negotiation";
+pub const CAPA_STLS: &str = "STLS";
+pub const ERR_TLS_ACTIVE: &str = "TLS already active";
+pub const ERR_NEED_TLS: &str = "Plaintext authentication disallowed on non-secure connections; use STLS";
 pub const ERR_AUTH_MECHANISM: &str = "unsupported authentication mechanism";
 pub const ERR_AUTH_CANCELLED: &str = "authentication cancelled";
 pub const ERR_AUTH_BASE64: &str = "invalid base64 in authentication response";
@@ -144,9 +148,9 @@ pub fn greeting(out: &mut Vec<u8>, hostname: &str) {
 }
 
 /// The full CAPA response (RFC 2449 section 5).
-pub fn capa(out: &mut Vec<u8>) {
+pub fn capa(out: &mut Vec<u8>, caps: &[&str]) {
     ok(out, OK_CAPA);
-    for cap in CAPABILITIES {
+    for cap in caps {
         line_fmt(out, format_args!("{cap}"));
     }
     end_multiline(out);
@@ -195,7 +199,7 @@ mod tests {
     #[test]
     fn capa_is_terminated() {
         let mut out = Vec::new();
-        capa(&mut out);
+        capa(&mut out, CAPABILITIES);
         assert_eq!(
             out,
             b"+OK capability list follows\r\nTOP\r\nUIDL\r\nUSER\r\nRESP-CODES\r\n\
