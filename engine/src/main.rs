@@ -293,7 +293,16 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    match run(Cli::parse()) {
+    let cli = Cli::parse();
+    if !matches!(cli.command, Command::Serve(_)) {
+        // A command whose output is cut short (`ringmail account list |
+        // head`) ends quietly by SIGPIPE, as Unix tools do, instead of
+        // panicking in println!. The server keeps SIGPIPE ignored: a client
+        // closing its socket must never kill it.
+        // SAFETY: setting a signal disposition to the default, before any thread starts.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
+    match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("ringmail: {e}");

@@ -301,3 +301,31 @@ fn running_server_sees_account_changes() {
     assert!(p.cmd("PASS frank-pw").starts_with("-ERR [AUTH]"));
     server.terminate();
 }
+
+/// Regression (issue 18): `ringmail account list | head -3` panicked with a
+/// broken-pipe backtrace. A reader that closes early must end the command
+/// quietly.
+#[test]
+fn account_list_into_a_closed_pipe_exits_quietly() {
+    use std::io::Read;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    let out = ringmail(&["account", "bulk", "--data", d, "--pattern", "{n}pipe@example.test", "--count", "5000"], "pw\n");
+    assert_ok(&out, "account bulk");
+    let mut child = std::process::Command::new(ringmail_bin())
+        .args(["account", "list", "--data", d])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Read a little, then close our end, like `head -3`.
+    let mut first = [0u8; 64];
+    let mut stdout = child.stdout.take().unwrap();
+    let _ = stdout.read(&mut first).unwrap();
+    drop(stdout);
+    let out = wait_output(child, std::time::Duration::from_secs(30));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked") && !stderr.contains("Broken pipe"), "{stderr}");
+    use std::os::unix::process::ExitStatusExt;
+    assert!(out.status.success() || out.status.signal() == Some(libc::SIGPIPE), "{:?}", out.status);
+}

@@ -115,6 +115,7 @@ impl Instance {
             .arg(&self.config)
             .args(["--cores", "2", "--smtp", &format!("127.0.0.1:{}", self.smtp_port), "--pop3", "127.0.0.1:0"])
             .args(["--imap", "127.0.0.1:0", "--submission", "127.0.0.1:0"])
+            .args(["--submissions", "127.0.0.1:0", "--imaps", "127.0.0.1:0", "--pop3s", "127.0.0.1:0"])
             .env("RINGMAIL_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

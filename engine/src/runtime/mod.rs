@@ -190,7 +190,13 @@ pub fn serve(mut config: Config) -> Result<(), ServeError> {
     }
     watch_certificates(shared.tls.clone());
     let list = |v: &[SocketAddr]| v.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(",");
-    println!(
+    // Written with errors ignored: a supervisor that reads only the ready
+    // line and closes the pipe must not bring the server down (println!
+    // would panic on EPIPE).
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    let _ = writeln!(
+        stdout,
         "ringmail: ready smtp={} pop3={} imap={} submission={} submissions={} imaps={} pop3s={} cores={} data={}",
         list(&shared.smtp),
         list(&shared.pop3),
@@ -205,10 +211,10 @@ pub fn serve(mut config: Config) -> Result<(), ServeError> {
     // The certificate a client may pin, right after the ready line.
     for c in shared.tls.certificates() {
         let kind = if c.generated { "self-signed, generated" } else { "configured" };
-        println!("ringmail: tls certificate {} ({kind}) names={} sha256={}", c.cert_path.display(), c.names.join(","), c.fingerprint);
+        let _ = writeln!(stdout, "ringmail: tls certificate {} ({kind}) names={} sha256={}", c.cert_path.display(), c.names.join(","), c.fingerprint);
     }
-    use std::io::Write;
-    let _ = std::io::stdout().flush();
+    let _ = stdout.flush();
+    drop(stdout);
 
     let mut first_error = None;
     for r in handles.join_all() {
