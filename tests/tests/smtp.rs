@@ -68,11 +68,10 @@ fn greeting_and_ehlo_keywords() {
         keywords.iter().any(|k| k == "SIZE 33554432"),
         "EHLO should say SIZE 33554432 (the default limit): {ehlo:?}"
     );
-    // No AUTH without TLS on a local-delivery-only server is fine; STARTTLS must
-    // not be offered when it is not implemented.
+    // STARTTLS (RFC 3207) is offered on every plain SMTP connection.
     assert!(
-        !keywords.iter().any(|k| k == "STARTTLS"),
-        "STARTTLS offered: {ehlo:?}"
+        keywords.iter().any(|k| k == "STARTTLS"),
+        "STARTTLS not offered: {ehlo:?}"
     );
 
     // EHLO again resets and answers the same; HELO is accepted too.
