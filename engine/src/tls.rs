@@ -349,9 +349,7 @@ mod tests {
     #[test]
     fn self_signed_is_generated_once_and_loads() {
         let dir = tempfile::tempdir().unwrap();
-        let mut config = Config::default();
-        config.data_dir = dir.path().to_path_buf();
-        config.hostname = "mx.test".into();
+        let config = Config { data_dir: dir.path().to_path_buf(), hostname: "mx.test".into(), ..Config::default() };
         let a = Tls::load(&config).unwrap();
         let first = a.certificates()[0].clone();
         assert!(first.generated);
@@ -367,8 +365,7 @@ mod tests {
     fn a_bad_reload_keeps_the_old_certificate() {
         let dir = tempfile::tempdir().unwrap();
         let (c, k) = self_signed(dir.path(), "one.test").unwrap();
-        let mut config = Config::default();
-        config.data_dir = dir.path().to_path_buf();
+        let mut config = Config { data_dir: dir.path().to_path_buf(), ..Config::default() };
         config.tls.cert = Some(c.clone());
         config.tls.key = Some(k.clone());
         let tls = Tls::load(&config).unwrap();
@@ -391,8 +388,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (c, _) = self_signed(dir.path(), "one.test").unwrap();
         let (_, k2) = self_signed(dir.path(), "two.test").unwrap();
-        let mut config = Config::default();
-        config.data_dir = dir.path().to_path_buf();
+        let mut config = Config { data_dir: dir.path().to_path_buf(), ..Config::default() };
         config.tls.cert = Some(c);
         config.tls.key = Some(k2);
         let err = Tls::load(&config).err().expect("mismatched key accepted").to_string();
@@ -403,8 +399,7 @@ mod tests {
     fn check_reports_names_that_miss_the_hostname() {
         let dir = tempfile::tempdir().unwrap();
         let (c, k) = self_signed(dir.path(), "other.test").unwrap();
-        let mut config = Config::default();
-        config.hostname = "mail.example.test".into();
+        let mut config = Config { hostname: "mail.example.test".into(), ..Config::default() };
         config.tls.cert = Some(c);
         config.tls.key = Some(k);
         let err = check(&config, crate::util::unix_now()).unwrap_err().to_string();

@@ -61,7 +61,7 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, peer: SocketAddr, permit
     if conn.flush(&mut out).await.is_err() {
         return;
     }
-    run(shard, conn, session, None, permit, out, count, peer).await;
+    run(shard, conn, session, None, permit, out, count).await;
 }
 
 /// Continue a session moved here after its login.
@@ -69,8 +69,7 @@ pub async fn adopted(shard: Rc<Shard>, conn: Conn, mut session: Pop3Session, acc
     let count = ConnCount::new(&shard);
     let mut out = Vec::with_capacity(512);
     let maildrop = open_maildrop(&shard, &account, &mut session, &mut out);
-    let peer = conn.peer();
-    run(shard, conn, session, maildrop, permit, out, count, peer).await;
+    run(shard, conn, session, maildrop, permit, out, count).await;
 }
 
 fn open_maildrop(shard: &Rc<Shard>, account: &str, session: &mut Pop3Session, out: &mut Vec<u8>) -> Option<Drop_> {
@@ -110,8 +109,8 @@ async fn run(
     permit: Permit,
     mut out: Vec<u8>,
     count: ConnCount,
-    peer: SocketAddr,
 ) {
+    let peer = conn.peer();
     let fd = conn.fd();
     let idle_timeout = shard.config().pop3_idle_timeout();
     loop {
