@@ -4,6 +4,7 @@
 //! unprivileged ports, data in `./ringmail-data`, local domain `example.test`
 //! and two demo accounts. A file given with `--config` replaces the defaults
 //! key by key; unknown keys are errors, reported with file, line and column.
+use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -144,6 +145,45 @@ pub struct Relay {
     pub auth_without_tls: bool,
     /// Timeout of one DNS query attempt.
     pub dns_timeout_secs: u64,
+    /// TLS towards destinations not named in `tls`.
+    pub tls_default: RelayTls,
+    /// Per destination domain (lowercase), the TLS policy (`[relay.tls]`).
+    pub tls: BTreeMap<String, RelayTls>,
+    /// CA certificates (PEM) that verify MX certificates for
+    /// `require-verified`; unset: the system's bundle
+    /// ([`SYSTEM_CA_FILE`]).
+    pub tls_ca_file: Option<PathBuf>,
+}
+
+/// The system's CA bundle on Debian and derivatives.
+pub const SYSTEM_CA_FILE: &str = "/etc/ssl/certs/ca-certificates.crt";
+
+/// How the relay uses TLS towards one destination (RFC 3207, RFC 7435).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum RelayTls {
+    /// Never STARTTLS (a destination whose TLS is known to be broken).
+    None,
+    /// STARTTLS when offered, any certificate; plaintext when the MX does
+    /// not offer it or the handshake fails (RFC 7435 opportunistic security).
+    #[default]
+    Opportunistic,
+    /// Never in the clear: STARTTLS or defer; any certificate.
+    Require,
+    /// Never in the clear, and the MX's certificate must chain to a trusted
+    /// CA and name the MX host: otherwise defer.
+    RequireVerified,
+}
+
+impl Relay {
+    /// The policy for mail to `domain`.
+    pub fn tls_for(&self, domain: &str) -> RelayTls {
+        if self.tls.is_empty() {
+            return self.tls_default;
+        }
+        let d = domain.trim_end_matches('.').to_ascii_lowercase();
+        self.tls.get(&d).copied().unwrap_or(self.tls_default)
+    }
 }
 
 impl Default for Relay {
@@ -160,6 +200,9 @@ impl Default for Relay {
             relay_networks: Vec::new(),
             auth_without_tls: false,
             dns_timeout_secs: 5,
+            tls_default: RelayTls::Opportunistic,
+            tls: BTreeMap::new(),
+            tls_ca_file: None,
         }
     }
 }
@@ -367,6 +410,11 @@ impl Config {
     pub fn validate(&self) -> Result<(), String> {
         if self.hostname.is_empty() {
             return Err("hostname must not be empty".into());
+        }
+        for domain in self.relay.tls.keys() {
+            if domain.is_empty() || domain.ends_with('.') || *domain != domain.to_ascii_lowercase() {
+                return Err(format!("relay.tls: write the domain {domain:?} in lowercase, without a trailing dot"));
+            }
         }
         if self.limits.message_size_max == 0 || self.limits.message_size_max > limits::MESSAGE_SIZE_MAX
         {
@@ -587,6 +635,18 @@ delay_warning_secs = 14400
 connections_per_domain = 4
 # Messages sent over one connection (RSET between them) before it closes.
 messages_per_connection = 100
+# TLS towards the receiving MX hosts: "opportunistic" uses STARTTLS whenever
+# the MX offers it (any certificate; plaintext if it is not offered or the
+# handshake fails), "require" never sends in the clear (defers instead),
+# "require-verified" also needs a certificate that chains to a CA in
+# tls_ca_file (unset: the system's bundle, /etc/ssl/certs) and names the MX
+# host, "none" never starts TLS.
+tls_default = "opportunistic"
+# tls_ca_file = "/etc/ringmail/relay-ca.pem"
+
+# Per destination domain, a policy other than tls_default, e.g.
+# "example.org" = "require-verified"
+[relay.tls]
 "#;
 
 fn line_column(text: &str, offset: usize) -> (usize, usize) {

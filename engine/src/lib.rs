@@ -22,4 +22,5 @@ pub mod session;
 pub mod runtime;
 pub mod storage;
 pub mod tls;
+pub mod transport;
 pub mod util;

@@ -279,6 +279,8 @@ fn run(cli: Cli) -> Result<(), String> {
             for line in ringmail::tls::check(&config, ringmail::util::unix_now()).map_err(|e| e.to_string())? {
                 println!("{line}");
             }
+            let relay = ringmail::tls::ClientTls::load(&config).map_err(|e| format!("{}: relay.tls_ca_file: {e}", file.display()))?;
+            println!("relay tls: {} trusted CA certificates from {}", relay.roots, relay.ca_file.display());
             println!("{}: ok", file.display());
             Ok(())
         }

@@ -156,6 +156,110 @@ impl Tls {
     }
 }
 
+/// The relay's TLS client side: one configuration that verifies the MX's
+/// certificate (`require-verified`), one that takes any certificate
+/// (`opportunistic` and `require`: encryption without authentication, RFC
+/// 7435). Both keep rustls' in-memory session cache, so repeated deliveries
+/// to one MX resume their sessions.
+pub struct ClientTls {
+    /// `None` when no trusted CA certificate could be loaded: verified
+    /// destinations then defer.
+    pub verified: Option<Arc<rustls::ClientConfig>>,
+    pub unverified: Arc<rustls::ClientConfig>,
+    /// The CA file read, and how many certificates it gave.
+    pub ca_file: PathBuf,
+    pub roots: usize,
+}
+
+impl ClientTls {
+    /// Read the relay's trust anchors (`[relay] tls_ca_file`, else the
+    /// system bundle). A configured file that cannot be read is an error; a
+    /// missing system bundle only leaves verified destinations without
+    /// anchors.
+    pub fn load(config: &Config) -> Result<ClientTls, TlsError> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let versions: &[&rustls::SupportedProtocolVersion] = &[&rustls::version::TLS13, &rustls::version::TLS12];
+        let (ca_file, configured) = match &config.relay.tls_ca_file {
+            Some(p) => (p.clone(), true),
+            None => (PathBuf::from(crate::config::SYSTEM_CA_FILE), false),
+        };
+        let mut roots = rustls::RootCertStore::empty();
+        match CertificateDer::pem_file_iter(&ca_file) {
+            Ok(certs) => {
+                let certs: Vec<_> = certs.collect::<Result<_, _>>().map_err(|e| file_err(&ca_file, e))?;
+                roots.add_parsable_certificates(certs);
+                if configured && roots.is_empty() {
+                    return Err(file_err(&ca_file, "no usable CA certificate in the file"));
+                }
+            }
+            Err(e) if configured => return Err(file_err(&ca_file, e)),
+            Err(_) => {}
+        }
+        let count = roots.len();
+        let verified = if roots.is_empty() {
+            None
+        } else {
+            let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+                .build()
+                .map_err(|e| TlsError::Setup(e.to_string()))?;
+            let c = rustls::ClientConfig::builder_with_provider(provider.clone())
+                .with_protocol_versions(versions)
+                .map_err(|e| TlsError::Setup(e.to_string()))?
+                .with_webpki_verifier(verifier)
+                .with_no_client_auth();
+            Some(Arc::new(c))
+        };
+        let unverified = rustls::ClientConfig::builder_with_provider(provider.clone())
+            .with_protocol_versions(versions)
+            .map_err(|e| TlsError::Setup(e.to_string()))?
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider)))
+            .with_no_client_auth();
+        Ok(ClientTls { verified, unverified: Arc::new(unverified), ca_file, roots: count })
+    }
+}
+
+/// Opportunistic TLS (RFC 7435 2.2): any certificate is taken, but the
+/// handshake's signatures are still checked by the provider, so the session
+/// keys belong to whoever holds the certificate's key.
+#[derive(Debug)]
+struct AnyCertificate(Arc<CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for AnyCertificate {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &rustls_pki_types::ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: rustls_pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
 /// (cert, key, generated) of every configured certificate; with none
 /// configured, the self-signed one in `DATA/tls/`, created if missing.
 fn sources(config: &Config) -> Result<Vec<(PathBuf, PathBuf, bool)>, TlsError> {

@@ -110,6 +110,9 @@ fn check_config_accepts_good_files_and_rejects_bad_values() {
         ("type.toml", "cores = \"two\"\n", ":1:"),
         ("syntax.toml", "hostname = \n", ":1:"),
         ("section.toml", "[nonsense]\nx = 1\n", ":1:"),
+        ("policy.toml", "[relay.tls]\n\"example.org\" = \"sometimes\"\n", ":2:"),
+        ("upper.toml", "[relay.tls]\n\"Example.org\" = \"require\"\n", "lowercase"),
+        ("ca.toml", "[relay]\ntls_ca_file = \"/nonexistent/ca.pem\"\n", "/nonexistent/ca.pem"),
     ] {
         let p = dir.path().join(name);
         std::fs::write(&p, text).unwrap();

@@ -336,6 +336,10 @@ fn relay_is_byte_identical_and_one_message_reaches_three_domains() {
         assert!(text.starts_with("Return-Path: <alice@a.test>\r\nReceived: from mx.a.test"), "{text}");
         // A's trace header, with ESMTPA (RFC 3848) for the authenticated submission.
         assert!(text.contains("with ESMTPA id"), "{text}");
+        // B's, on top: A used STARTTLS, opportunistically, to B's
+        // self-signed certificate.
+        let b_received = text.split("\r\nReceived: ").nth(1).unwrap_or("");
+        assert!(b_received.starts_with("from mx.a.test") && b_received.contains("with ESMTPS id"), "{text}");
     }
     let local = &pop3_all(a.pop3, "al2@a.test")[0];
     assert!(local.ends_with(&m));
@@ -659,4 +663,182 @@ fn wait_for_empty(a: &Instance, limit: Duration) {
         std::thread::sleep(Duration::from_millis(20));
     }
     panic!("queue not drained");
+}
+
+// ---------------------------------------------------------------------------
+// TLS towards the MX (STARTTLS, RFC 3207; policies from [relay.tls])
+// ---------------------------------------------------------------------------
+
+fn openssl(args: &[&str]) {
+    let out = Command::new("openssl").args(args).output().expect("openssl (.ci/run installs it)");
+    assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// A test CA and a certificate it signs for `names`: (ca.pem, cert, key).
+fn test_ca(dir: &Path, names: &[&str]) -> (PathBuf, PathBuf, PathBuf) {
+    let p = |f: &str| dir.join(f).to_str().unwrap().to_string();
+    openssl(&[
+        "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-keyout", &p("ca.key"),
+        "-out", &p("ca.pem"), "-subj", "/CN=ringmail test CA", "-days", "2", "-addext",
+        "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign",
+    ]);
+    openssl(&[
+        "req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-keyout", &p("mx.key"), "-out",
+        &p("mx.csr"), "-subj", &format!("/CN={}", names[0]),
+    ]);
+    let san = names.iter().map(|n| format!("DNS:{n}")).collect::<Vec<_>>().join(",");
+    std::fs::write(dir.join("ext.cnf"), format!("subjectAltName={san}\nextendedKeyUsage=serverAuth\n")).unwrap();
+    openssl(&[
+        "x509", "-req", "-in", &p("mx.csr"), "-CA", &p("ca.pem"), "-CAkey", &p("ca.key"), "-CAcreateserial", "-out",
+        &p("mx.pem"), "-days", "2", "-extfile", &p("ext.cnf"),
+    ]);
+    (dir.join("ca.pem"), dir.join("mx.pem"), dir.join("mx.key"))
+}
+
+fn stderr_log(i: &Instance) -> String {
+    std::fs::read_to_string(i.data.with_file_name("stderr.log")).unwrap_or_default()
+}
+
+#[test]
+fn require_verified_relays_over_starttls_and_defers_on_a_wrong_certificate() {
+    let certs = tempfile::tempdir().unwrap();
+    // B's certificate names mx.b.test only: valid for b.test, wrong for
+    // c.test (whose MX is mx.c.test, the same instance).
+    let (ca, cert, key) = test_ca(certs.path(), &["mx.b.test"]);
+    let (dns_addr, _dns) = TestDns::start(dns_zone(&["a.test", "b.test", "c.test"]));
+    let (a_port, b_port) = (free_port(), free_port());
+    let b_tls = format!("[tls]\ncert = {:?}\nkey = {:?}\n", cert, key);
+    let b = Instance::start(Setup {
+        domains: &["b.test", "c.test"],
+        accounts: &["bob@b.test", "carol@c.test"],
+        dns: dns_addr,
+        relay_port: a_port,
+        smtp_port: b_port,
+        extra: &b_tls,
+    });
+    let a_tls = format!("tls_ca_file = {ca:?}\n[relay.tls]\n\"b.test\" = \"require-verified\"\n\"c.test\" = \"require-verified\"\n");
+    let a = Instance::start(Setup {
+        domains: &["a.test"],
+        accounts: &["alice@a.test"],
+        dns: dns_addr,
+        relay_port: b_port,
+        smtp_port: a_port,
+        extra: &a_tls,
+    });
+    let m = message("verified", 2000);
+    smtp_send(a.submission, Some("alice@a.test"), "alice@a.test", &["bob@b.test", "carol@c.test"], &m).unwrap();
+    wait_for("bob's copy", || pop3_all(b.pop3, "bob@b.test").len() == 1);
+    let got = String::from_utf8_lossy(&pop3_all(b.pop3, "bob@b.test")[0]).into_owned();
+    assert!(got.ends_with(&String::from_utf8_lossy(&m).into_owned()), "not byte-identical");
+    let top = got.split("\r\nReceived: ").nth(1).unwrap_or("");
+    assert!(top.starts_with("from mx.a.test") && top.contains("with ESMTPS id") && top.contains("TLSv1.3"), "{got}");
+    wait_for("carol deferred for the certificate", || {
+        let l = a.queue(&["list"]);
+        l.contains("carol@c.test deferred") && l.contains("4.7.5")
+    });
+    let list = a.queue(&["list"]);
+    assert!(list.contains("bob@b.test delivered"), "{list}");
+    assert!(list.contains("TLS handshake failed") && list.to_lowercase().contains("certificate"), "{list}");
+    // A retry (retry_first_secs = 1) does no better, and carol never got the
+    // message in the clear.
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(a.queue(&["list"]).contains("carol@c.test deferred"));
+    assert_eq!(pop3_all(b.pop3, "carol@c.test").len(), 0);
+    assert!(stderr_log(&a).contains("relay session over TLS"), "{}", stderr_log(&a));
+}
+
+/// A fake MX from py/fake_mx.py; its stdout gives the port, then one JSON
+/// line per message it took.
+struct FakeMx {
+    child: Child,
+    port: u16,
+    lines: std::sync::mpsc::Receiver<String>,
+    _dir: tempfile::TempDir,
+}
+
+impl FakeMx {
+    fn start(mode: &str) -> FakeMx {
+        let dir = tempfile::tempdir().unwrap();
+        let (_, cert, key) = test_ca(dir.path(), &["mx.d.test", "mx.e.test"]);
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("py/fake_mx.py");
+        let mut child = Command::new("python3")
+            .arg(script)
+            .args([mode, cert.to_str().unwrap(), key.to_str().unwrap()])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("python3");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let first = lines.recv_timeout(WAIT).expect("fake MX port");
+        let v: serde_json::Value = serde_json::from_str(&first).unwrap();
+        FakeMx { child, port: v["port"].as_u64().unwrap() as u16, lines, _dir: dir }
+    }
+
+    fn message(&self) -> serde_json::Value {
+        serde_json::from_str(&self.lines.recv_timeout(WAIT).expect("a message at the fake MX")).unwrap()
+    }
+}
+
+impl Drop for FakeMx {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A alone, relaying d.test (opportunistic, the default) and e.test
+/// ("require") to `mx`.
+fn sender_for(mx: &FakeMx) -> (TestDns, Instance) {
+    let (dns_addr, dns) = TestDns::start(dns_zone(&["a.test", "d.test", "e.test"]));
+    let a = Instance::start(Setup {
+        domains: &["a.test"],
+        accounts: &["alice@a.test"],
+        dns: dns_addr,
+        relay_port: mx.port,
+        smtp_port: free_port(),
+        extra: "[relay.tls]\n\"e.test\" = \"require\"\n",
+    });
+    (dns, a)
+}
+
+#[test]
+fn failed_handshake_falls_back_to_plaintext_only_where_opportunistic() {
+    let mx = FakeMx::start("garbage");
+    let (_dns, a) = sender_for(&mx);
+    let m = message("fallback", 700);
+    smtp_send(a.submission, Some("alice@a.test"), "alice@a.test", &["x@d.test"], &m).unwrap();
+    smtp_send(a.submission, Some("alice@a.test"), "alice@a.test", &["y@e.test"], &m).unwrap();
+    let got = mx.message();
+    assert_eq!(got["rcpt"], serde_json::json!(["x@d.test"]), "{got}");
+    assert_eq!(got["tls"], false);
+    wait_for("y deferred", || {
+        let l = a.queue(&["list"]);
+        l.contains("y@e.test deferred") && l.contains("4.7.5")
+    });
+    assert!(!a.queue(&["list"]).contains("x@d.test"));
+    assert!(stderr_log(&a).contains("TLS handshake failed; delivering in plaintext"), "{}", stderr_log(&a));
+    // Retries of the required destination never go out in the clear.
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(mx.lines.try_recv().is_err(), "a message reached the MX in the clear");
+}
+
+#[test]
+fn replies_injected_before_the_handshake_are_dropped() {
+    let mx = FakeMx::start("inject");
+    let (_dns, a) = sender_for(&mx);
+    let m = message("inject", 700);
+    // The forged "250 SIZE 10" would make A refuse the message as too large.
+    smtp_send(a.submission, Some("alice@a.test"), "alice@a.test", &["y@e.test"], &m).unwrap();
+    let got = mx.message();
+    assert_eq!(got["rcpt"], serde_json::json!(["y@e.test"]), "{got}");
+    assert_eq!(got["tls"], true);
+    wait_for("an empty queue", || a.queue(&["list"]) == "queue is empty\n");
 }

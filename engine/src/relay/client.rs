@@ -31,19 +31,24 @@
 //! path) and are refused (permanently, per recipient) if they contain angle
 //! brackets, spaces or control characters, so they can never inject commands.
 //!
-//! STARTTLS hook: [`Capabilities::starttls`] records the offer. When TLS lands
-//! it goes between the EHLO reply and the first transaction: send `STARTTLS`,
-//! upgrade the stream in the driver, reset the capabilities and send EHLO
-//! again (RFC 3207 section 4.2); the state machine's `Expect::Ehlo` handling
-//! is the place, and [`ClientParams`] the place for the policy.
+//! - **STARTTLS** (RFC 3207), with [`ClientParams::tls`] set: between the
+//!   EHLO reply and the first transaction the client sends `STARTTLS`, the
+//!   driver upgrades the connection on the 220 ([`Action::StartTls`]), and
+//!   the client forgets the capabilities and sends EHLO again (RFC 3207 4.2).
+//!   Opportunistic (RFC 7435): an MX that does not offer it, or refuses it,
+//!   gets the mail in plaintext (a failed handshake is the caller's to
+//!   retry without TLS). Required: no STARTTLS, a refusal or a failed
+//!   handshake is a [`ConnectError`] and nothing is sent in the clear.
 use std::collections::VecDeque;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::TcpStream;
+
+use crate::session::TlsInfo;
+use crate::transport::{Conn, ReadOutcome};
 
 pub use super::reply::{parse_reply, Reply, ReplyError};
 
@@ -64,6 +69,9 @@ pub const DATA_INIT_TIMEOUT: Duration = Duration::from_secs(120);
 pub const DATA_BLOCK_TIMEOUT: Duration = Duration::from_secs(180);
 /// RFC 5321 4.5.3.2.6: reply to the final `.`, 10 minutes.
 pub const DATA_END_TIMEOUT: Duration = Duration::from_secs(600);
+/// TLS handshake after the 220 to STARTTLS (RFC 3207 gives none; Postfix
+/// waits 300 s too).
+pub const TLS_TIMEOUT: Duration = Duration::from_secs(300);
 /// RSET reply; RFC 5321 gives none, we use the MAIL value.
 pub const RSET_TIMEOUT: Duration = Duration::from_secs(300);
 /// QUIT reply; nothing depends on it, so do not wait long.
@@ -85,6 +93,8 @@ pub struct Timeouts {
     pub data_end: Duration,
     pub rset: Duration,
     pub quit: Duration,
+    /// The STARTTLS reply and the handshake after it, each.
+    pub tls: Duration,
 }
 
 impl Default for Timeouts {
@@ -100,6 +110,7 @@ impl Default for Timeouts {
             data_end: DATA_END_TIMEOUT,
             rset: RSET_TIMEOUT,
             quit: QUIT_TIMEOUT,
+            tls: TLS_TIMEOUT,
         }
     }
 }
@@ -118,6 +129,7 @@ impl Timeouts {
             data_end: d,
             rset: d,
             quit: d,
+            tls: d,
         }
     }
 }
@@ -132,6 +144,20 @@ pub struct ClientParams {
     pub require_8bitmime: bool,
     /// Bound on one reply; a longer one breaks the session (temporary).
     pub max_reply_bytes: usize,
+    /// STARTTLS: `None` never.
+    pub tls: Option<ClientTls>,
+}
+
+/// How one session uses STARTTLS.
+#[derive(Debug, Clone)]
+pub struct ClientTls {
+    /// Verifying or not: the caller chose by policy.
+    pub config: Arc<rustls::ClientConfig>,
+    /// The MX host's name (SNI, and what a verifying config checks).
+    pub name: rustls_pki_types::ServerName<'static>,
+    /// Never send in the clear: no STARTTLS offered or a refused or failed
+    /// upgrade ends the session with a [`ConnectError`].
+    pub required: bool,
 }
 
 impl ClientParams {
@@ -141,6 +167,7 @@ impl ClientParams {
             timeouts: Timeouts::default(),
             require_8bitmime: false,
             max_reply_bytes: REPLY_BYTES_MAX,
+            tls: None,
         }
     }
 }
@@ -235,6 +262,12 @@ pub enum ConnectError {
     /// EHLO failed and HELO too (or EHLO got a 4xx).
     #[error("EHLO/HELO refused: {0}")]
     Helo(Reply),
+    /// TLS is required and the server does not offer STARTTLS, or refused it.
+    #[error("TLS required: {0}")]
+    TlsUnavailable(String),
+    /// The TLS handshake failed (certificate, protocol, timeout).
+    #[error("TLS handshake failed: {0}")]
+    Tls(String),
 }
 
 impl ConnectError {
@@ -243,6 +276,10 @@ impl ConnectError {
     pub fn reply(&self) -> Reply {
         match self {
             ConnectError::Greeting(r) | ConnectError::Helo(r) => r.clone(),
+            // RFC 3463: 4.7.4 security features not supported, 4.7.5
+            // cryptographic failure.
+            ConnectError::TlsUnavailable(_) => Reply::local(451, format!("4.7.4 {self}")),
+            ConnectError::Tls(_) => Reply::local(451, format!("4.7.5 {self}")),
             other => Reply::local(451, format!("4.4.1 {other}")),
         }
     }
@@ -262,7 +299,6 @@ pub struct Capabilities {
     pub smtputf8: bool,
     pub enhanced_status_codes: bool,
     pub chunking: bool,
-    /// Recorded for the STARTTLS hook; not used yet.
     pub starttls: bool,
 }
 
@@ -326,6 +362,10 @@ pub enum Action {
     /// Read; pass the bytes to [`Client::receive`]. No reply within `timeout`:
     /// call [`Client::fail`] with [`Failure::Timeout`].
     Receive { timeout: Duration },
+    /// The server said 220 to STARTTLS: run the TLS handshake (dropping any
+    /// byte received before it) within `timeout`, then call
+    /// [`Client::tls_started`], or [`Client::fail`] with [`Failure::Tls`].
+    StartTls { timeout: Duration },
     /// Close the connection; take the result with [`Client::finish`].
     Close,
 }
@@ -337,6 +377,8 @@ pub enum Failure {
     Closed,
     Io(String),
     Protocol(String),
+    /// The TLS handshake failed.
+    Tls(String),
 }
 
 impl Failure {
@@ -358,6 +400,7 @@ enum Expect {
     Greeting,
     Ehlo,
     Helo,
+    StartTls,
     Rset,
     Mail,
     Rcpt(usize),
@@ -374,6 +417,7 @@ impl Expect {
             Expect::Greeting => "greeting",
             Expect::Ehlo => "EHLO reply",
             Expect::Helo => "HELO reply",
+            Expect::StartTls => "STARTTLS reply",
             Expect::Rset => "RSET reply",
             Expect::Mail => "MAIL FROM reply",
             Expect::Rcpt(_) => "RCPT TO reply",
@@ -418,6 +462,10 @@ pub struct Client {
     ready: bool,
     error: Option<ConnectError>,
     done: bool,
+    /// The 220 to STARTTLS came; the driver is to upgrade.
+    upgrade: bool,
+    /// TLS is on (EHLO was sent again inside it).
+    tls_active: bool,
 }
 
 fn valid_address(a: &str) -> bool {
@@ -450,6 +498,8 @@ impl Client {
             ready: false,
             error: None,
             done: false,
+            upgrade: false,
+            tls_active: false,
         };
         c.expect.push_back(Expect::Greeting);
         c
@@ -466,6 +516,8 @@ impl Client {
             Action::Close
         } else if !self.out.is_empty() {
             Action::Send { timeout: self.out_timeout }
+        } else if self.upgrade {
+            Action::StartTls { timeout: self.params.timeouts.tls }
         } else if let Some(message) = self.body {
             Action::SendBody { message, timeout: self.params.timeouts.data_block }
         } else if let Some(e) = self.expect.front() {
@@ -473,6 +525,24 @@ impl Client {
         } else {
             Action::Close
         }
+    }
+
+    /// The session runs inside TLS.
+    pub fn tls_active(&self) -> bool {
+        self.tls_active
+    }
+
+    /// The handshake asked for by [`Action::StartTls`] completed: forget
+    /// what the server said in plaintext and greet it again (RFC 3207 4.2).
+    pub fn tls_started(&mut self) {
+        if !self.upgrade {
+            return;
+        }
+        self.upgrade = false;
+        self.tls_active = true;
+        self.caps = Capabilities::default();
+        let ehlo = format!("EHLO {}", self.params.helo_name);
+        self.command(&[&ehlo], Expect::Ehlo);
     }
 
     /// Bytes to write for [`Action::Send`].
@@ -529,7 +599,9 @@ impl Client {
                 Failure::Closed => ConnectError::Closed(phase),
                 Failure::Io(reason) => ConnectError::Io { phase, reason },
                 Failure::Protocol(reason) => ConnectError::Protocol(reason),
+                Failure::Tls(reason) => ConnectError::Tls(reason),
             });
+            self.upgrade = false;
             self.close();
             return;
         }
@@ -538,6 +610,7 @@ impl Client {
             Failure::Closed => format!("connection lost during the {phase}"),
             Failure::Io(reason) => format!("I/O error during the {phase}: {reason}"),
             Failure::Protocol(reason) => format!("protocol error during the {phase}: {reason}"),
+            Failure::Tls(reason) => format!("TLS failure during the {phase}: {reason}"),
         };
         self.abort(Reply::local(451, format!("4.4.2 {what}")));
     }
@@ -573,6 +646,7 @@ impl Client {
         match e {
             Expect::Greeting => t.greeting,
             Expect::Ehlo | Expect::Helo => t.helo,
+            Expect::StartTls => t.tls,
             Expect::Rset => t.rset,
             Expect::Mail => t.mail,
             Expect::Rcpt(_) => t.rcpt,
@@ -650,6 +724,19 @@ impl Client {
             Expect::Ehlo => {
                 if reply.is_positive() {
                     self.caps = Capabilities::from_ehlo(&reply);
+                    if let Some(tls) = self.params.tls.as_ref().filter(|_| !self.tls_active) {
+                        if self.caps.starttls {
+                            // RFC 3207 4: STARTTLS ends a pipelined group; it
+                            // goes alone and waits for its reply.
+                            self.command(&["STARTTLS"], Expect::StartTls);
+                            return;
+                        }
+                        if tls.required {
+                            self.error = Some(ConnectError::TlsUnavailable("the server does not offer STARTTLS".into()));
+                            self.close();
+                            return;
+                        }
+                    }
                     self.ready = true;
                     self.start_next();
                 } else if reply.is_permanent() {
@@ -662,13 +749,31 @@ impl Client {
                 return;
             }
             Expect::Helo => {
-                if reply.is_positive() {
+                if reply.is_positive() && !self.tls_active && self.params.tls.as_ref().is_some_and(|t| t.required) {
+                    self.error = Some(ConnectError::TlsUnavailable("the server does not speak ESMTP (no STARTTLS)".into()));
+                    self.close();
+                } else if reply.is_positive() {
                     self.caps = Capabilities::default();
                     self.ready = true;
                     self.start_next();
                 } else {
                     self.error = Some(ConnectError::Helo(reply));
                     self.close();
+                }
+                return;
+            }
+            Expect::StartTls => {
+                let required = self.params.tls.as_ref().is_some_and(|t| t.required);
+                if reply.code == 220 {
+                    self.upgrade = true;
+                } else if required || reply.code == 421 {
+                    self.error = Some(ConnectError::TlsUnavailable(format!("STARTTLS refused: {reply}")));
+                    self.close();
+                } else {
+                    // RFC 3207 4: a refusal leaves the session as it was;
+                    // an opportunistic client goes on in plaintext.
+                    self.ready = true;
+                    self.start_next();
                 }
                 return;
             }
@@ -950,16 +1055,16 @@ impl<'a> Iterator for DotStuffed<'a> {
 /// are written directly.
 const GATHER_MAX: usize = 16 * 1024;
 
+/// The session's transport: the server side's [`Conn`] (plain, or TLS once
+/// STARTTLS succeeded), with a write timeout per write.
 struct Io {
-    stream: TcpStream,
-    buf: Vec<u8>,
-    start: usize,
+    conn: Conn,
 }
 
 impl Io {
     async fn write(&mut self, data: &[u8], timeout: Duration) -> io::Result<()> {
-        self.stream.set_write_timeout(Some(timeout.max(Duration::from_millis(1))))?;
-        self.stream.write_all(data).await
+        self.conn.stream.set_write_timeout(Some(timeout.max(Duration::from_millis(1))))?;
+        self.conn.write_all(data).await
     }
 
     async fn write_body(&mut self, body: &[u8], timeout: Duration) -> io::Result<()> {
@@ -984,61 +1089,37 @@ impl Io {
         }
         Ok(())
     }
+}
 
-    fn pending(&self) -> &[u8] {
-        &self.buf[self.start..]
-    }
-
-    fn consume(&mut self, n: usize) {
-        self.start += n;
-        if self.start >= self.buf.len() {
-            self.buf.clear();
-            self.start = 0;
-        }
-    }
-
-    /// Read more; `Ok(false)` at end of stream.
-    async fn fill(&mut self, timeout: Duration) -> io::Result<bool> {
-        if self.start > 0 {
-            self.buf.drain(..self.start);
-            self.start = 0;
-        }
-        self.stream.set_read_timeout(Some(timeout.max(Duration::from_millis(1))))?;
-        let len = self.buf.len();
-        self.buf.resize(len + 4096, 0);
-        let r = self.stream.read(&mut self.buf[len..]).await;
-        match r {
-            Ok(n) => {
-                self.buf.truncate(len + n);
-                Ok(n > 0)
-            }
-            Err(e) => {
-                self.buf.truncate(len);
-                Err(e)
-            }
-        }
-    }
+/// What one session did: per-message outcomes and, when it ran over TLS,
+/// the protocol version and cipher.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivery {
+    pub outcomes: Vec<MessageOutcome>,
+    pub tls: Option<TlsInfo>,
 }
 
 /// Deliver `batch` to the SMTP server at `target` over one connection. All
 /// messages should be for recipients this host handles (one MX host).
 ///
 /// `Err` when no session could be established (connect, greeting,
-/// EHLO/HELO): nothing was sent, try the next MX. Otherwise one
-/// [`MessageOutcome`] per message, in order.
+/// EHLO/HELO, a required or failed STARTTLS): nothing was sent, try the
+/// next MX. Otherwise one [`MessageOutcome`] per message, in order.
 pub async fn deliver<B: AsRef<[u8]>>(
     target: SocketAddr,
     params: ClientParams,
     batch: &[OutboundMessage<B>],
-) -> Result<Vec<MessageOutcome>, ConnectError> {
+) -> Result<Delivery, ConnectError> {
     let connect_timeout = params.timeouts.connect.max(Duration::from_millis(1));
+    let tls = params.tls.clone();
+    let max_reply = params.max_reply_bytes;
     let mut client = Client::new(params, batch.iter().map(Envelope::of).collect());
     let stream = TcpStream::connect_timeout(target, connect_timeout)
         .await
         .map_err(|e| ConnectError::Connect { addr: target, reason: e.to_string() })?;
-    // Commands are small and each waits for its reply: no Nagle delay.
-    let _ = stream.set_nodelay(true);
-    let mut io = Io { stream, buf: Vec::with_capacity(4096), start: 0 };
+    // Conn sets TCP_NODELAY: commands are small and each waits for its reply.
+    let mut io = Io { conn: Conn::new(stream, Vec::new()) };
+    io.conn.set_buffer_max(max_reply + crate::limits::READ_CHUNK);
     loop {
         match client.action() {
             Action::Close => break,
@@ -1050,22 +1131,38 @@ pub async fn deliver<B: AsRef<[u8]>>(
                 Ok(()) => client.sent(),
                 Err(e) => client.fail(Failure::from_io(&e)),
             },
+            Action::StartTls { timeout } => {
+                let Some(tls) = tls.as_ref() else {
+                    client.fail(Failure::Protocol("STARTTLS without a TLS configuration".into()));
+                    continue;
+                };
+                let started = match io.conn.start_tls_client(tls.config.clone(), tls.name.clone()) {
+                    Ok(_dropped) => io.conn.handshake(timeout).await.map_err(|e| e.to_string()),
+                    Err(e) => Err(e.to_string()),
+                };
+                match started {
+                    Ok(()) => client.tls_started(),
+                    Err(e) => client.fail(Failure::Tls(e)),
+                }
+            }
             Action::Receive { timeout } => {
-                let used = client.receive(io.pending());
+                let used = client.receive(io.conn.pending());
                 if used > 0 {
-                    io.consume(used);
+                    io.conn.consume(used);
                     continue;
                 }
-                match io.fill(timeout).await {
-                    Ok(true) => {}
-                    Ok(false) => client.fail(Failure::Closed),
-                    Err(e) => client.fail(Failure::from_io(&e)),
+                match io.conn.fill(timeout).await {
+                    ReadOutcome::Data => {}
+                    ReadOutcome::Eof => client.fail(Failure::Closed),
+                    ReadOutcome::TimedOut => client.fail(Failure::Timeout),
+                    ReadOutcome::Failed(e) => client.fail(Failure::from_io(&e)),
                 }
             }
         }
     }
-    let _ = io.stream.close().await;
-    client.finish()
+    let info = if client.tls_active() { io.conn.tls_info() } else { None };
+    drop(io);
+    client.finish().map(|outcomes| Delivery { outcomes, tls: info })
 }
 
 #[cfg(test)]

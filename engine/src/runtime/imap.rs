@@ -30,7 +30,7 @@ use crate::storage::index::{self, flag, special, Account, Mailbox};
 use crate::storage::record::Op;
 use crate::storage::{Body, StorageError};
 
-use super::conn::{Conn, ReadOutcome};
+use crate::transport::{Conn, ReadOutcome};
 use super::limiter::{Permit, Refusal};
 use super::shard::{unix_now, ConnCount, Shard, ShardMsg};
 

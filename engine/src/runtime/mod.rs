@@ -10,7 +10,6 @@
 //! its CPU. Then the process prints one `ringmail: ready ...` line on stdout.
 //! SIGTERM/SIGINT: every shard stops accepting, lets sessions finish within
 //! the grace period, makes everything durable, checkpoints, and exits 0.
-pub mod conn;
 pub mod control;
 pub mod imap;
 pub mod limiter;
@@ -93,7 +92,11 @@ pub fn serve(mut config: Config) -> Result<(), ServeError> {
     let (listeners, bound) = listen::Listeners::bind(&protos, cores).map_err(|(addr, source)| ServeError::Bind { addr, source })?;
     let [smtp, pop3, imap, submission, submissions, imaps, pop3s]: [Vec<SocketAddr>; 7] = bound.try_into().expect("seven protocols");
     // The one DNS thread for every shard, and the control channels.
-    let (relay, control_senders) = relay::RelayShared::start(&config, cores);
+    let client_tls = crate::tls::ClientTls::load(&config).map_err(|e| ServeError::Tls(e.to_string()))?;
+    if client_tls.verified.is_none() {
+        tracing::warn!(ca_file = %client_tls.ca_file.display(), "no trusted CA certificates: relay destinations with require-verified will defer");
+    }
+    let (relay, control_senders) = relay::RelayShared::start(&config, cores, Arc::new(client_tls));
 
     let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel(cores);
     let limiter = limiter::Limiter::new(config.limits.connections_max, config.limits.connections_per_address_max);

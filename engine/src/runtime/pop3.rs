@@ -14,7 +14,7 @@ use crate::protocol::pop3::write_stuffed;
 use crate::session::pop3::{LoginResult, Maildrop, MaildropEntry, Pop3Event, Pop3Params, Pop3Session};
 use crate::storage::{index, Body};
 
-use super::conn::{Conn, ReadOutcome};
+use crate::transport::{Conn, ReadOutcome};
 use super::limiter::{Permit, Refusal};
 use super::shard::{ConnCount, Shard, ShardMsg};
 

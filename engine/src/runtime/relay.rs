@@ -18,13 +18,15 @@ use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures::channel::oneshot;
 
 use crate::accounts::Lookup;
 use crate::config::Config;
-use crate::relay::client::{self, ClientParams, OutboundMessage, RcptOutcome, Reply};
+use crate::config::RelayTls;
+use crate::relay::client::{self, ClientParams, ConnectError, OutboundMessage, RcptOutcome, Reply};
 use crate::relay::dns::{DnsConfig, DnsResolver, MxResult};
 use crate::relay::dsn::{self, DsnAction, DsnParams, DsnRecipient};
 use crate::relay::queue::{self, Attempt, QueueId, Schedule, Update};
@@ -45,12 +47,15 @@ pub struct RelayShared {
     pub dns: Option<DnsResolver>,
     /// Each shard takes its control-socket receiver once, at start.
     pub control: std::sync::Mutex<Vec<Option<ControlReceiver>>>,
+    /// STARTTLS client configurations (shared: rustls' session cache lets
+    /// any shard resume a session with an MX).
+    pub tls: Arc<crate::tls::ClientTls>,
 }
 
 impl RelayShared {
     /// Start the DNS thread (blocking, at start-up) and make one control
     /// channel per shard; returns the senders for the control thread.
-    pub fn start(config: &Config, cores: usize) -> (RelayShared, Vec<super::control::ControlSender>) {
+    pub fn start(config: &Config, cores: usize, tls: Arc<crate::tls::ClientTls>) -> (RelayShared, Vec<super::control::ControlSender>) {
         let dns = match DnsResolver::start(DnsConfig {
             nameservers: config.relay.nameservers.clone(),
             timeout: Duration::from_secs(config.relay.dns_timeout_secs.max(1)),
@@ -64,7 +69,7 @@ impl RelayShared {
         };
         let (senders, receivers): (Vec<_>, Vec<_>) =
             (0..cores).map(|_| futures::channel::mpsc::unbounded()).map(|(tx, rx)| (tx, Some(rx))).unzip();
-        (RelayShared { dns, control: std::sync::Mutex::new(receivers) }, senders)
+        (RelayShared { dns, control: std::sync::Mutex::new(receivers), tls }, senders)
     }
 }
 
@@ -362,15 +367,39 @@ async fn deliver_batch(shard: Rc<Shard>, domain: String, mx: MxResult, jobs: Vec
                 }
             }
             let port = shard.config().relay.port;
-            let params = ClientParams::new(shard.config().hostname.clone());
+            let policy = shard.config().relay.tls_for(&domain);
+            let base = ClientParams::new(shard.config().hostname.clone());
             let mut sent: Option<(Vec<client::MessageOutcome>, String)> = None;
             let mut last_error = Reply::local(451, "4.4.1 no MX host answered");
             'hosts: for host in hosts {
                 for ip in &host.addrs {
                     let target = SocketAddr::new(*ip, port);
-                    match client::deliver(target, params.clone(), &messages).await {
-                        Ok(outcomes) => {
-                            sent = Some((outcomes, host.name.clone()));
+                    let mut params = base.clone();
+                    match session_tls(&shard, policy, &host.name, *ip) {
+                        Ok(tls) => params.tls = tls,
+                        Err(e) => {
+                            tracing::warn!(domain, mx = host.name, %target, error = %e, "MX host unusable");
+                            last_error = e.reply();
+                            continue;
+                        }
+                    }
+                    let mut result = client::deliver(target, params.clone(), &messages).await;
+                    if let Err(ConnectError::Tls(why)) = &result {
+                        if policy == RelayTls::Opportunistic {
+                            // RFC 7435 opportunistic security: a failed
+                            // handshake is no reason to keep the mail back.
+                            tracing::warn!(domain, mx = host.name, %target, error = %why, "TLS handshake failed; delivering in plaintext");
+                            params.tls = None;
+                            result = client::deliver(target, params, &messages).await;
+                        }
+                    }
+                    match result {
+                        Ok(d) => {
+                            match &d.tls {
+                                Some(t) => tracing::info!(domain, mx = host.name, %target, tls = t.version, cipher = t.cipher, verified = policy == RelayTls::RequireVerified, "relay session over TLS"),
+                                None => tracing::info!(domain, mx = host.name, %target, tls = "none", "relay session in plaintext"),
+                            }
+                            sent = Some((d.outcomes, host.name.clone()));
                             break 'hosts;
                         }
                         Err(e) => {
@@ -427,6 +456,33 @@ async fn deliver_batch(shard: Rc<Shard>, domain: String, mx: MxResult, jobs: Vec
     }
     relay.active.borrow_mut().retain(|_, n| *n > 0);
     relay.wake();
+}
+
+/// The STARTTLS set-up of one session to MX `host` at `ip` under `policy`:
+/// which client configuration (verifying for `require-verified`), the name
+/// to send as SNI and to verify, and whether plaintext is allowed. `Err`
+/// when a verified session cannot even be attempted.
+fn session_tls(shard: &Shard, policy: RelayTls, host: &str, ip: std::net::IpAddr) -> Result<Option<client::ClientTls>, ConnectError> {
+    use rustls_pki_types::ServerName;
+    let tls = &shard.shared.relay.tls;
+    let name = ServerName::try_from(host.trim_end_matches('.').to_ascii_lowercase()).ok();
+    Ok(Some(match policy {
+        RelayTls::None => return Ok(None),
+        RelayTls::Opportunistic | RelayTls::Require => client::ClientTls {
+            config: tls.unverified.clone(),
+            name: name.unwrap_or(ServerName::IpAddress(ip.into())),
+            required: policy == RelayTls::Require,
+        },
+        RelayTls::RequireVerified => {
+            let Some(config) = tls.verified.clone() else {
+                return Err(ConnectError::Tls(format!("no trusted CA certificate loaded from {}", tls.ca_file.display())));
+            };
+            let Some(name) = name.filter(|n| matches!(n, ServerName::DnsName(_))) else {
+                return Err(ConnectError::Tls(format!("MX name {host:?} cannot be verified")));
+            };
+            client::ClientTls { config, name, required: true }
+        }
+    }))
 }
 
 /// Persist a task's outcomes: DSNs first, then the states, then expunge what

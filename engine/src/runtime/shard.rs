@@ -24,7 +24,7 @@ use crate::config::Config;
 use crate::session::pop3::Pop3Session;
 use crate::storage::{self, Meta, SegmentUsage, Store, StoreConfig, StorageError};
 
-use super::conn::{Conn, Detached};
+use crate::transport::{Conn, Detached};
 use super::limiter::{Limiter, Permit};
 
 /// What every shard shares, read-only (the directory swaps atomically).

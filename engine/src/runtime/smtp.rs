@@ -9,7 +9,7 @@ use glommio::net::TcpStream;
 use crate::accounts::Lookup;
 use crate::session::smtp::{AuthResult, DeliveryOutcome, RcptVerdict, SmtpContext, SmtpEvent, SmtpParams, SmtpSession, StartTlsResult};
 
-use super::conn::{Conn, ReadOutcome};
+use crate::transport::{Conn, ReadOutcome};
 use super::limiter::{Permit, Refusal};
 use super::shard::{unix_now, ConnCount, Shard};
 

@@ -77,6 +77,10 @@ fn script(c: &mut Client, replies: &[&str]) -> String {
                 wrote.push_str(&format!("<body {message}>"));
                 c.sent();
             }
+            Action::StartTls { .. } => {
+                wrote.push_str("<tls>");
+                c.tls_started();
+            }
             Action::Receive { .. } => match replies.next() {
                 Some(r) => {
                     let r = format!("{r}\r\n");
@@ -147,6 +151,96 @@ fn state_machine_rejects_injection_and_empty_batches() {
     assert!(out[0].recipients[1].is_delivered());
     assert!(matches!(&out[1].recipients[0], RcptOutcome::Permanent { reply } if reply.enhanced() == Some("5.1.7")));
     assert!(out[2].recipients.is_empty());
+}
+
+fn with_tls(required: bool) -> ClientParams {
+    let mut p = params();
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(rustls::RootCertStore::empty())
+        .with_no_client_auth();
+    p.tls = Some(ClientTls {
+        config: Arc::new(config),
+        name: rustls_pki_types::ServerName::try_from("mx.y.test").unwrap(),
+        required,
+    });
+    p
+}
+
+#[test]
+fn starttls_when_offered_then_ehlo_again() {
+    for required in [false, true] {
+        let mut c = Client::new(with_tls(required), vec![env("a@x.test", &["b@y.test"], 10)]);
+        let wrote = script(
+            &mut c,
+            &[
+                "220 hi",
+                "250-y.test\r\n250-PIPELINING\r\n250 STARTTLS",
+                "220 2.0.0 ready",
+                // Inside TLS: capabilities come from this EHLO only.
+                "250-y.test\r\n250 SIZE 5",
+                "250 ok",
+            ],
+        );
+        // RFC 3207 4.2: EHLO again, no STARTTLS twice; SIZE 5 < 10 refuses
+        // the message locally: the capabilities are the new ones.
+        assert_eq!(wrote, "EHLO relay.test\r\nSTARTTLS\r\n<tls>EHLO relay.test\r\nQUIT\r\n", "required {required}");
+        assert!(c.tls_active());
+        let out = c.finish().unwrap();
+        assert_eq!(out[0].recipients[0].reply().code, 552);
+    }
+}
+
+#[test]
+fn starttls_not_offered_or_refused() {
+    // Opportunistic: on in plaintext, pipelined as offered.
+    for ehlo in ["250-y.test\r\n250 PIPELINING", "250-y.test\r\n250-PIPELINING\r\n250 STARTTLS"] {
+        let refused = ehlo.contains("STARTTLS");
+        let mut replies = vec!["220 hi", ehlo];
+        if refused {
+            replies.push("454 4.7.0 TLS not available");
+        }
+        replies.extend(["250 ok", "250 ok", "354 go", "250 queued", "221 bye"]);
+        let mut c = Client::new(with_tls(false), vec![env("a@x.test", &["b@y.test"], 10)]);
+        let wrote = script(&mut c, &replies);
+        assert!(wrote.ends_with("MAIL FROM:<a@x.test>\r\nRCPT TO:<b@y.test>\r\nDATA\r\n<body 0>QUIT\r\n"), "{wrote}");
+        assert!(!c.tls_active());
+        assert!(c.finish().unwrap()[0].recipients[0].is_delivered());
+        // Required: nothing is sent in the clear.
+        let mut c = Client::new(with_tls(true), vec![env("a@x.test", &["b@y.test"], 10)]);
+        let replies: &[&str] = if refused { &["220 hi", ehlo, "454 4.7.0 TLS not available"] } else { &["220 hi", ehlo] };
+        let wrote = script(&mut c, replies);
+        assert!(!wrote.contains("MAIL"), "{wrote}");
+        let e = c.finish().unwrap_err();
+        assert!(matches!(e, ConnectError::TlsUnavailable(_)), "{e:?}");
+        assert_eq!(e.reply().enhanced(), Some("4.7.4"));
+    }
+    // HELO servers cannot do STARTTLS.
+    let mut c = Client::new(with_tls(true), vec![env("a@x.test", &["b@y.test"], 10)]);
+    script(&mut c, &["220 hi", "502 no EHLO", "250 y.test"]);
+    assert!(matches!(c.finish(), Err(ConnectError::TlsUnavailable(_))));
+}
+
+#[test]
+fn failed_handshake_is_a_connect_error() {
+    let mut c = Client::new(with_tls(false), vec![env("a@x.test", &["b@y.test"], 10)]);
+    for r in ["220 hi\r\n", "250-y.test\r\n250 STARTTLS\r\n"] {
+        while !matches!(c.action(), Action::Receive { .. }) {
+            c.sent();
+        }
+        assert_eq!(c.receive(r.as_bytes()), r.len());
+    }
+    c.sent();
+    // A 220 followed by injected bytes: only the 220 is taken; the driver
+    // drops the rest when it starts TLS.
+    let injected = b"220 go\r\n250 2.0.0 injected\r\n";
+    assert_eq!(c.receive(injected), 8);
+    assert!(matches!(c.action(), Action::StartTls { .. }));
+    c.fail(Failure::Tls("bad record".into()));
+    let e = c.finish().unwrap_err();
+    assert!(matches!(&e, ConnectError::Tls(r) if r == "bad record"), "{e:?}");
+    assert_eq!(e.reply().enhanced(), Some("4.7.5"));
 }
 
 #[test]
@@ -399,7 +493,7 @@ fn run(
     batch: Vec<OutboundMessage<Vec<u8>>>,
 ) -> Result<Vec<MessageOutcome>, ConnectError> {
     glommio::LocalExecutorBuilder::default()
-        .spawn(move || async move { deliver(addr, p, &batch).await })
+        .spawn(move || async move { deliver(addr, p, &batch).await.map(|d| d.outcomes) })
         .unwrap()
         .join()
         .unwrap()

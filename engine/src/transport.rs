@@ -10,9 +10,13 @@
 //! the decrypted bytes land in the same read buffer plain connections use;
 //! writes are encrypted by rustls straight from the caller's slice (for a
 //! message body, the segment mapping) into its record buffer. The whole TLS
-//! state is one `rustls::ServerConnection`, which is `Send`: a connection
-//! moving to the shard that owns its account takes it along ([`Detached`]),
-//! with every byte rustls still buffers in either direction.
+//! state is one `rustls::Connection`, which is `Send`: a connection moving
+//! to the shard that owns its account takes it along ([`Detached`]), with
+//! every byte rustls still buffers in either direction.
+//!
+//! The same type carries the relay's outbound sessions: there the TLS side
+//! is a `rustls::ClientConnection` started after the MX's 220 to STARTTLS
+//! ([`Conn::start_tls_client`]).
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::Arc;
@@ -36,7 +40,7 @@ pub struct Detached {
     /// Received bytes not yet consumed (plaintext).
     pub pending: Vec<u8>,
     /// The TLS state, with whatever rustls still buffers.
-    pub tls: Option<Box<rustls::ServerConnection>>,
+    pub tls: Option<Box<rustls::Connection>>,
 }
 
 /// Why a TLS handshake did not complete.
@@ -63,7 +67,7 @@ pub struct Conn {
     /// Most bytes the buffer may hold (the protocol's largest command).
     max: usize,
     /// The TLS layer, once started. Boxed: a plain connection pays a pointer.
-    tls: Option<Box<rustls::ServerConnection>>,
+    tls: Option<Box<rustls::Connection>>,
     /// Encrypted records on their way to the socket (empty when plain).
     tls_out: Vec<u8>,
 }
@@ -83,7 +87,7 @@ impl Conn {
 
     /// A connection arriving from another shard: its unconsumed plaintext
     /// and, on TLS, its rustls state.
-    pub fn with_tls(stream: TcpStream, initial: Vec<u8>, tls: Option<Box<rustls::ServerConnection>>) -> Conn {
+    pub fn with_tls(stream: TcpStream, initial: Vec<u8>, tls: Option<Box<rustls::Connection>>) -> Conn {
         // Without TCP_NODELAY a short request/reply exchange waits for the
         // peer's delayed ACK (tens of milliseconds).
         let _ = stream.set_nodelay(true);
@@ -135,7 +139,26 @@ impl Conn {
         let dropped = self.end - self.start;
         self.start = self.end;
         let tls = rustls::ServerConnection::new(config).map_err(std::io::Error::other)?;
-        self.tls = Some(Box::new(tls));
+        self.tls = Some(Box::new(rustls::Connection::Server(tls)));
+        Ok(dropped)
+    }
+
+    /// Start the client side of TLS towards `name` (the relay, after the
+    /// server's 220 to STARTTLS). As on the server side, every received byte
+    /// not yet consumed is dropped: a server must not get to inject replies
+    /// that were sent before the handshake (RFC 3207 4.2: the client discards
+    /// any knowledge obtained before TLS). Returns how many bytes were
+    /// dropped; then call [`Conn::handshake`].
+    pub fn start_tls_client(
+        &mut self,
+        config: Arc<rustls::ClientConfig>,
+        name: rustls_pki_types::ServerName<'static>,
+    ) -> std::io::Result<usize> {
+        assert!(self.tls.is_none(), "TLS started twice");
+        let dropped = self.end - self.start;
+        self.start = self.end;
+        let tls = rustls::ClientConnection::new(config, name).map_err(std::io::Error::other)?;
+        self.tls = Some(Box::new(rustls::Connection::Client(tls)));
         Ok(dropped)
     }
 
@@ -188,7 +211,7 @@ impl Conn {
 
     /// Admit a new connection, or tell the client why not (`refusal` gives
     /// the protocol's words for a full server and a full address) and close.
-    pub async fn admit<P>(&mut self, permit: Result<P, super::limiter::Refusal>, refusal: impl Fn(super::limiter::Refusal) -> &'static [u8]) -> Option<P> {
+    pub async fn admit<P, R>(&mut self, permit: Result<P, R>, refusal: impl Fn(R) -> &'static [u8]) -> Option<P> {
         match permit {
             Ok(p) => Some(p),
             Err(r) => {
