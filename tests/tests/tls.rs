@@ -353,3 +353,109 @@ fn swaks_and_openssl_speak_starttls_and_implicit_tls() {
     assert!(text.contains("250 2.0.0 Ok: queued as"), "{text}\n{}", String::from_utf8_lossy(&out.stderr));
     assert!(text.contains("221 2.0.0"), "{text}");
 }
+
+/// A short message with CRLF line ends.
+fn note(subject: &str) -> Vec<u8> {
+    format!("From: carol@example.test\r\nTo: bob@example.test\r\nSubject: {subject}\r\n\r\nbody of {subject}\r\n").into_bytes()
+}
+
+fn run_tool(mut cmd: Command, what: &str) -> String {
+    let child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap_or_else(|e| panic!("{what}: {e}"));
+    let out = wait_output(child, Duration::from_secs(60));
+    let log = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{what} failed ({}):\n{log}", out.status);
+    log
+}
+
+#[test]
+fn mbsync_over_imaps_and_starttls_verifying_the_certificate() {
+    assert!(on_path("mbsync"), "mbsync (isync) missing: .ci/run installs it");
+    // hostname localhost: the certificate names the host mbsync connects to,
+    // so its verification is the real one.
+    let server = Server::options().hostname("localhost").config(TLS_ONLY).start();
+    let ca = server.tls_cert();
+    for (i, (ssl_type, port)) in [("IMAPS", server.imaps.port()), ("STARTTLS", server.imap.port())].into_iter().enumerate() {
+        let subject = format!("over {ssl_type}");
+        smtp_send(server.smtp, "carol@example.test", &["bob@example.test"], &note(&subject));
+        let local = server.root().join(format!("maildir-{i}"));
+        std::fs::create_dir_all(&local).unwrap();
+        let cfg = server.root().join(format!("mbsyncrc-{i}"));
+        std::fs::write(
+            &cfg,
+            format!(
+                "IMAPAccount ringmail\nHost localhost\nPort {port}\nUser bob@example.test\nPass bob-secret\n\
+                 SSLType {ssl_type}\nSSLVersions TLSv1.2 TLSv1.3\nCertificateFile {ca}\nAuthMechs PLAIN LOGIN\n\n\
+                 IMAPStore remote\nAccount ringmail\n\nMaildirStore local\nPath {dir}/\nInbox {dir}/INBOX\n\n\
+                 Channel sync\nFar :remote:\nNear :local:\nPatterns INBOX\nCreate Near\nSyncState *\n",
+                ca = ca.display(),
+                dir = local.display()
+            ),
+        )
+        .unwrap();
+        let mut cmd = Command::new("mbsync");
+        cmd.arg("-c").arg(&cfg).arg("-a").env("HOME", server.root());
+        let log = run_tool(cmd, &format!("mbsync {ssl_type}"));
+        let mut bodies = Vec::new();
+        for sub in ["new", "cur"] {
+            for e in std::fs::read_dir(local.join("INBOX").join(sub)).unwrap() {
+                bodies.push(String::from_utf8_lossy(&std::fs::read(e.unwrap().path()).unwrap()).into_owned());
+            }
+        }
+        assert_eq!(bodies.len(), i + 1, "{ssl_type}: {bodies:?}\n{log}");
+        assert!(bodies.iter().any(|b| b.contains(&format!("Subject: {subject}"))), "{bodies:?}");
+    }
+    // The certificate is really checked: a CA file that does not hold it fails.
+    let (other, _) = openssl_cert(server.root(), "other", "localhost");
+    let cfg = server.root().join("mbsyncrc-bad");
+    std::fs::write(
+        &cfg,
+        format!(
+            "IMAPAccount ringmail\nHost localhost\nPort {}\nUser bob@example.test\nPass bob-secret\nSSLType IMAPS\n\
+             CertificateFile {}\nSystemCertificates no\n\nIMAPStore remote\nAccount ringmail\n\nMaildirStore local\n\
+             Path {dir}/\nInbox {dir}/INBOX\n\nChannel sync\nFar :remote:\nNear :local:\nPatterns INBOX\nCreate Near\n",
+            server.imaps.port(),
+            other.display(),
+            dir = server.root().join("maildir-bad").display()
+        ),
+    )
+    .unwrap();
+    let out = wait_output(
+        Command::new("mbsync").arg("-c").arg(&cfg).arg("-a").env("HOME", server.root()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap(),
+        Duration::from_secs(60),
+    );
+    assert!(!out.status.success(), "mbsync took a certificate it does not trust");
+}
+
+#[test]
+fn fetchmail_over_pop3s_and_stls_verifying_the_certificate() {
+    assert!(on_path("fetchmail"), "fetchmail missing: .ci/run installs it");
+    let server = Server::options().hostname("localhost").config(TLS_ONLY).start();
+    let ca = server.tls_cert();
+    for (i, (mode, port)) in [("--ssl", server.pop3s.port()), ("--sslproto=TLS1.2+", server.pop3.port())].into_iter().enumerate() {
+        let subject = format!("fetched {i}");
+        smtp_send(server.smtp, "carol@example.test", &["bob@example.test"], &note(&subject));
+        let rc = server.root().join(format!("fetchmailrc-{i}"));
+        let mbox = server.root().join(format!("mbox-{i}"));
+        // Implicit TLS with --ssl; STLS (RFC 2595) with sslproto alone on
+        // the plain port, which fetchmail then insists on.
+        std::fs::write(
+            &rc,
+            format!(
+                "poll localhost protocol POP3 port {port} user \"bob@example.test\" password \"bob-secret\" \
+                 {ssl} sslcertck sslcertfile \"{ca}\" mda \"/bin/sh -c 'cat >> {mbox}'\" fetchall\n",
+                ssl = if mode == "--ssl" { "ssl" } else { "sslproto TLS1.2+" },
+                ca = ca.display(),
+                mbox = mbox.display()
+            ),
+        )
+        .unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&rc, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let mut cmd = Command::new("fetchmail");
+        cmd.arg("-f").arg(&rc).args(["--nodetach", "--nosyslog", "-v"]).env("HOME", server.root()).env("FETCHMAILHOME", server.root());
+        let log = run_tool(cmd, &format!("fetchmail {mode}"));
+        let got = std::fs::read_to_string(&mbox).unwrap_or_default();
+        assert!(got.contains(&format!("Subject: {subject}")), "{mode}: {got}\n{log}");
+        assert!(log.contains("STLS") || mode == "--ssl", "{log}");
+    }
+}
