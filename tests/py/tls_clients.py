@@ -242,6 +242,79 @@ def injection(cafile, port, proto):
     print("ok")
 
 
+def boundaries(cafile, port, proto, user, password):
+    """The transport's buffering across STARTTLS at every byte boundary.
+
+    The pipelined input (commands, the upgrade command, then a command a
+    man in the middle would inject) is sent as two writes split at every
+    byte position, 30 ms apart. Whatever the split, the commands before the
+    upgrade are answered in order, the upgrade is accepted, and the injected
+    command never runs: either it arrived with the upgrade and was
+    discarded (the handshake then succeeds and a probe inside TLS shows the
+    state is fresh), or it arrived after the go-ahead, where it is no TLS
+    record and the handshake fails.
+    """
+    c = ctx(cafile)
+    if proto == "smtp":
+        before, upgrade = b"EHLO c\r\nNOOP\r\n", b"STARTTLS\r\n"
+        injected = b"MAIL FROM:<evil@example.org>\r\n"
+        # RCPT without MAIL: 503 unless the injected MAIL ran.
+        probe, want = b"EHLO d\r\nRCPT TO:<%s>\r\n" % user.encode(), b"503 "
+    elif proto == "imap":
+        before, upgrade = b"a NOOP\r\nb CAPABILITY\r\n", b"c STARTTLS\r\n"
+        injected = b"x LOGIN %s %s\r\n" % (user.encode(), password.encode())
+        probe, want = b"d SELECT INBOX\r\n", b"d BAD"
+    else:
+        before, upgrade = b"CAPA\r\nNOOP\r\n", b"STLS\r\n"
+        injected = b"USER %s\r\n" % user.encode()
+        probe, want = b"PASS %s\r\n" % password.encode(), b"-ERR"
+    data = before + upgrade + injected
+    outcomes = {"fresh": 0, "refused": 0}
+    for k in range(len(data) + 1):
+        sock = socket.create_connection((HOST, int(port)), timeout=20)
+        f = sock.makefile("rb")
+        f.readline()  # greeting
+        sock.sendall(data[:k])
+        time.sleep(0.03)
+        sock.sendall(data[k:])
+        # Replies up to and including the go-ahead.
+        go = None
+        for _ in range(100):
+            line = f.readline()
+            check(line, "split %d: closed before the go-ahead" % k)
+            if proto == "smtp" and line.startswith(b"220 "):
+                go = line
+            elif proto == "imap" and line.startswith(b"c "):
+                check(line.startswith(b"c OK"), "split %d: STARTTLS reply %r" % (k, line))
+                go = line
+            elif proto == "pop3" and line.startswith(b"+OK Begin TLS"):
+                go = line
+            if go:
+                break
+        check(go, "split %d: no go-ahead" % k)
+        try:
+            t = c.wrap_socket(sock, server_hostname=HOST)
+        except (ssl.SSLError, OSError):
+            # The injected bytes came after the go-ahead: not TLS.
+            check(k > len(before) + len(upgrade) - 1, "split %d: handshake failed although nothing followed" % k)
+            outcomes["refused"] += 1
+            sock.close()
+            continue
+        tf = t.makefile("rb")
+        t.sendall(probe)
+        if proto == "smtp":
+            while not tf.readline().startswith(b"250 "):
+                pass
+        line = tf.readline()
+        while proto == "imap" and line.startswith(b"* "):
+            line = tf.readline()
+        check(line.startswith(want), "split %d: probe inside TLS got %r, want %r (the injected command ran)" % (k, line, want))
+        outcomes["fresh"] += 1
+        t.close()
+    check(outcomes["fresh"] > 0, "no split ended in a working TLS session: %r" % outcomes)
+    print("ok", outcomes)
+
+
 def hold(cafile, port, n, flag_file, done_file):
     """Open n implicit-TLS SMTP sessions, print the certificate fingerprint,
     wait until flag_file exists, then check every session still answers NOOP
@@ -285,6 +358,7 @@ MODES = {
     "handshakes": handshakes,
     "old_versions": old_versions,
     "injection": injection,
+    "boundaries": boundaries,
     "hold": hold,
 }
 

@@ -115,6 +115,21 @@ fn commands_pipelined_after_starttls_are_discarded() {
     assert!(server.stderr_text().contains("discarded plaintext pipelined before the TLS handshake"), "{}", server.stderr_tail(20));
 }
 
+/// Property over the transport's buffering: the pipelined input around
+/// STARTTLS/STLS split into two writes at every byte position (see
+/// `boundaries` in py/tls_clients.py).
+#[test]
+fn starttls_at_every_byte_boundary_of_pipelined_input() {
+    let server = Server::new();
+    let ca = server.tls_cert();
+    for (proto, addr) in [("smtp", server.smtp), ("imap", server.imap), ("pop3", server.pop3)] {
+        let out = py(&["boundaries", ca.to_str().unwrap(), &port(addr), proto, "bob@example.test", "bob-secret"]);
+        assert!(out.contains("ok {"), "{proto}: {out}");
+    }
+    // Still serving after every variant.
+    smtp_send(server.smtp, "a@example.org", &["bob@example.test"], b"Subject: after\r\n\r\nbody\r\n");
+}
+
 #[test]
 fn tls_1_0_and_1_1_are_refused() {
     let server = Server::new();
