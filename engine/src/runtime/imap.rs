@@ -612,7 +612,11 @@ impl Session {
             }
             Some(())
         });
-        self.shard.imap_recent.borrow_mut().insert(key, floor);
+        // A read-only session claims nothing (RFC 3501 6.3.2): new messages
+        // are \Recent for it and stay so for the next read-write session.
+        if !sel.read_only {
+            self.shard.imap_recent.borrow_mut().insert(key, floor);
+        }
         if found.flatten().is_none() {
             // The selected mailbox was deleted elsewhere (RFC 3501 allows BYE; we deselect).
             self.out.buf.extend_from_slice(b"* OK [CLOSED] Mailbox no longer exists\r\n");
@@ -640,7 +644,11 @@ impl Session {
             let key = (account.clone(), mb.id);
             let floor = floor_map.entry(key).or_insert(0);
             let mut view = View::default();
-            view.sync(mb, true, floor);
+            // RFC 3501 6.3.2: EXAMINE MUST NOT cause messages to lose \Recent.
+            // The session still sees them as recent, but the floor (which
+            // messages a later SELECT or STATUS counts) stays where it was.
+            let mut examined = *floor;
+            view.sync(mb, true, if read_only { &mut examined } else { floor });
             write_flags_lines(out, &mb.keywords, read_only);
             encode::write_exists(out, view.len());
             encode::write_recent(out, view.recent.len() as u32);

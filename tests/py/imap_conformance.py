@@ -1,0 +1,57 @@
+"""Issue 17 IMAP conformance cases with imaplib.
+
+usage: imap_conformance.py CASE HOST IMAP_PORT USER PASSWORD
+
+Each case logs in, works in mailboxes of its own and checks every answer.
+"""
+import imaplib
+import re
+import sys
+
+from common import check, eq, run
+
+CASE, HOST, IMAP_PORT, USER, PASSWORD = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4], sys.argv[5]
+
+
+def ok(res, what):
+    typ, data = res
+    eq(typ, "OK", "%s (data %r)" % (what, data))
+    return data
+
+
+def message(subject, headers=""):
+    return ("From: <a@example.test>\r\nTo: <%s>\r\n%sSubject: %s\r\n\r\nbody\r\n" % (USER, headers, subject)).encode()
+
+
+def connect():
+    m = imaplib.IMAP4(HOST, IMAP_PORT, timeout=15)
+    ok(m.login(USER, PASSWORD), "LOGIN")
+    return m
+
+
+def status(m, box, item):
+    data = ok(m.status(box, "(%s)" % item), "STATUS")
+    return int(re.search(rb"%s (\d+)" % item.encode(), data[0]).group(1))
+
+
+def examine_recent():
+    m = connect()
+    ok(m.create("PyBox"), "CREATE")
+    for i in (1, 2):
+        ok(m.append("PyBox", None, None, message("py %d" % i)), "APPEND")
+    eq(ok(m.select("PyBox", readonly=True), "EXAMINE"), [b"2"], "EXISTS")
+    eq(m.response("RECENT"), ("RECENT", [b"2"]), "RECENT after EXAMINE")
+    ok(m.close(), "CLOSE")
+    eq(status(m, "PyBox", "RECENT"), 2, "STATUS RECENT after EXAMINE")
+    ok(m.select("PyBox"), "SELECT")
+    eq(m.response("RECENT"), ("RECENT", [b"2"]), "RECENT of the first SELECT")
+    ok(m.close(), "CLOSE")
+    eq(status(m, "PyBox", "RECENT"), 0, "STATUS RECENT after SELECT")
+    m.logout()
+
+
+CASES = {f.__name__: f for f in [examine_recent]}
+
+
+if __name__ == "__main__":
+    run(CASES[CASE])

