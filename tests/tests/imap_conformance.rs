@@ -274,3 +274,75 @@ fn examine_does_not_clear_recent() {
     // The same through imaplib: select(readonly=True) is EXAMINE.
     py("examine_recent", &server);
 }
+
+// ---------------------------------------------------------------------------
+// 2. UIDVALIDITY of a mailbox deleted and created again
+// ---------------------------------------------------------------------------
+
+/// (UIDVALIDITY, UIDNEXT) of a mailbox through STATUS.
+#[track_caller]
+fn validity(c: &mut Imap, mailbox: &str) -> (u64, u64) {
+    let r = c.ok(&format!("STATUS {mailbox} (UIDNEXT UIDVALIDITY)"));
+    (r.status_item("UIDVALIDITY"), r.status_item("UIDNEXT"))
+}
+
+#[test]
+fn recreated_mailbox_gets_a_new_uidvalidity() {
+    let mut server = server();
+    let mut a = Imap::login(server.imap);
+    let mut b = Imap::login(server.imap);
+    a.ok("CREATE Cache");
+    a.append("Cache", "", &message("old"));
+    let (v0, next0) = validity(&mut a, "Cache");
+    assert_eq!(next0, 2);
+    let r = a.ok("SELECT Cache");
+    assert!(r.untagged.iter().any(|l| l.contains(&format!("[UIDVALIDITY {v0}]"))), "{r:#?}");
+    // Another session deletes it, creates it again and appends, all within
+    // the same second: a client caching UID 1 must see another UIDVALIDITY.
+    b.ok("DELETE Cache");
+    b.ok("CREATE Cache");
+    b.append("Cache", "", &message("new"));
+    let (v1, next1) = validity(&mut b, "Cache");
+    assert!(v1 > v0, "UIDVALIDITY {v1} after delete and create, was {v0}");
+    assert_eq!(next1, 2);
+    // The session that had it selected hears that it is gone, then sees the new one.
+    let r = a.cmd("NOOP");
+    assert!(r.ok(), "{r:#?}");
+    assert_eq!(validity(&mut a, "Cache").0, v1);
+    let r = a.ok("SELECT Cache");
+    assert!(r.untagged.iter().any(|l| l.contains(&format!("[UIDVALIDITY {v1}]"))), "{r:#?}");
+    let r = a.ok("APPEND Cache {1+}\r\nx");
+    assert!(r.status.contains(&format!("[APPENDUID {v1} 2]")), "{r:?}");
+
+    // RENAME takes the UIDVALIDITY along; a new mailbox of the old name gets another.
+    b.ok("RENAME Cache Moved");
+    assert_eq!(validity(&mut b, "Moved").0, v1);
+    b.ok("CREATE Cache");
+    let v2 = validity(&mut b, "Cache").0;
+    assert!(v2 > v1, "{v2} after RENAME and CREATE, was {v1}");
+    b.ok("DELETE Cache");
+    a.ok("LOGOUT");
+    b.ok("LOGOUT");
+
+    // Across restarts: replayed from the log (kill -9), then from the
+    // checkpoint a clean shutdown writes, the deleted mailboxes' values stay used.
+    let mut seen = vec![v0, v1, v2];
+    for clean in [false, true, false] {
+        if clean {
+            server.terminate();
+        } else {
+            server.kill9();
+        }
+        server.restart();
+        let mut c = Imap::login(server.imap);
+        assert_eq!(validity(&mut c, "Moved").0, v1);
+        c.ok("CREATE Cache");
+        c.append("Cache", "", &message("after restart"));
+        let (v, next) = validity(&mut c, "Cache");
+        assert!(v > *seen.iter().max().unwrap(), "UIDVALIDITY {v} after restart, earlier {seen:?}");
+        assert_eq!(next, 2);
+        seen.push(v);
+        c.ok("DELETE Cache");
+        c.ok("LOGOUT");
+    }
+}

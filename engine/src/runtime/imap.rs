@@ -718,15 +718,15 @@ impl Session {
         let account = self.account().to_string();
         let now = unix_now();
         let ids = self.shard.store.with_account_counters(&account, |a| {
-            let base_validity = a.mailboxes.iter().map(|m| m.uidvalidity).max().unwrap_or(0);
-            names
-                .iter()
-                .enumerate()
-                .map(|(i, _)| {
+            // RFC 3501 2.3.1.1: a name created again (after DELETE or RENAME)
+            // must not get the UIDVALIDITY of an earlier mailbox of that name;
+            // the account's counter remembers deleted ones too.
+            let validities = a.reserve_uidvalidity(now, names.len());
+            validities
+                .into_iter()
+                .map(|validity| {
                     let id = a.next_mailbox_id;
                     a.next_mailbox_id += 1;
-                    // UIDVALIDITY must differ from any earlier mailbox of this name.
-                    let validity = (now.clamp(1, u32::MAX as i64) as u32).max(base_validity + 1 + i as u32);
                     (id, validity)
                 })
                 .collect::<Vec<_>>()
