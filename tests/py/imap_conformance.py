@@ -50,7 +50,19 @@ def examine_recent():
     m.logout()
 
 
-CASES = {f.__name__: f for f in [examine_recent]}
+def id_maximal():
+    imaplib.Commands.setdefault("ID", ("NONAUTH", "AUTH", "SELECTED", "LOGOUT"))
+    m = imaplib.IMAP4(HOST, IMAP_PORT, timeout=15)
+    pairs = " ".join('"%s%02d" "%s"' % ("f" * 28, i, "v" * 1024) for i in range(30))
+    typ, data = m._simple_command("ID", "(%s)" % pairs)
+    eq(typ, "OK", "maximal ID before login")
+    typ, data = m._untagged_response(typ, data, "ID")
+    check(data and b'"name" "ringmail"' in data[0], "ID answer %r" % data)
+    ok(m.login(USER, PASSWORD), "LOGIN after ID")
+    m.logout()
+
+
+CASES = {f.__name__: f for f in [examine_recent, id_maximal]}
 
 
 if __name__ == "__main__":

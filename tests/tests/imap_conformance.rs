@@ -346,3 +346,57 @@ fn recreated_mailbox_gets_a_new_uidvalidity() {
         c.ok("LOGOUT");
     }
 }
+
+// ---------------------------------------------------------------------------
+// 3. ID (RFC 2971) at its maximum, before login
+// ---------------------------------------------------------------------------
+
+/// `ID (...)` with `pairs` pairs of 30-octet fields and `value`-octet values.
+fn id_args(pairs: usize, value: usize) -> String {
+    let list: Vec<String> = (0..pairs).map(|i| format!("\"{}{i:02}\" \"{}\"", "f".repeat(28), "v".repeat(value))).collect();
+    format!("ID ({})", list.join(" "))
+}
+
+#[test]
+fn maximal_id_before_login() {
+    let server = server();
+    let mut c = Imap::connect(server.imap);
+    // 30 pairs, 30-octet fields, 1024-octet values: about 32 KiB on one line.
+    let r = c.ok(&id_args(30, 1024));
+    assert_eq!(r.with_prefix("ID (").len(), 1, "{r:#?}");
+    // Values as synchronizing literals (the client waits for each "+").
+    let t = c.tag();
+    let mut line = format!("{t} ID (");
+    for i in 0..30 {
+        line.push_str(&format!("\"field{i}\" {{1024}}\r\n"));
+        c.send(line.as_bytes());
+        let cont = c.response();
+        assert!(cont.starts_with("+ "), "{cont:?}");
+        line = "v".repeat(1024);
+        if i < 29 {
+            line.push(' ');
+        }
+    }
+    line.push_str(")\r\n");
+    c.send(line.as_bytes());
+    assert!(c.until(&t).ok());
+    // Beyond the RFC's bounds: BAD, and the session goes on.
+    c.bad(&id_args(31, 10));
+    c.bad(&id_args(1, 1025));
+    c.bad(&format!("ID (\"{}\" NIL)", "f".repeat(31)));
+    let t = c.tag();
+    c.send(format!("{t} ID (\"k\" {{1025+}}\r\n{}\r\n", "v".repeat(1025)).as_bytes());
+    assert!(c.until(&t).status.starts_with("BAD"));
+    // Longer than the largest ID, and any other command of a few KiB: refused.
+    let t = c.tag();
+    c.send(format!("{t} ID (\"k\" \"{}\")\r\n", "v".repeat(100_000)).as_bytes());
+    assert!(c.until(&t).status.starts_with("BAD"));
+    c.bad(&format!("LOGIN {U} \"{}\"", "p".repeat(5000)));
+    c.ok("NOOP");
+    c.ok(&format!("LOGIN {U} {PASSWORD}"));
+    // The same after login.
+    assert_eq!(c.ok(&id_args(30, 1024)).with_prefix("ID (").len(), 1);
+    c.bad(&id_args(31, 10));
+    c.ok("LOGOUT");
+    py("id_maximal", &server);
+}

@@ -5,7 +5,8 @@
 //! The framer (`protocol::imap::Framer`) finds complete commands in the read
 //! buffer (asking for `+` continuations for synchronizing literals) and the
 //! parser borrows from it; nothing is copied out of the buffer, APPEND
-//! literals included. Before login the framer's limits are a few KiB. After
+//! literals included. Before login the framer's limits are a few KiB (an ID
+//! command may be as large as RFC 2971 allows, about 63 KiB). After
 //! LOGIN/AUTHENTICATE the connection moves to the shard owning the account
 //! (like POP3), so every mailbox operation is a local call into the store.
 //! Message bytes go out as slices of the segment mappings (`Out` splices
@@ -132,6 +133,8 @@ enum Next {
 pub async fn serve(shard: Rc<Shard>, stream: TcpStream, peer: SocketAddr, permit: Result<Permit, Refusal>, implicit_tls: bool) {
     let count = ConnCount::new(&shard);
     let mut conn = Conn::new(stream, Vec::new());
+    // Before login the framer holds at most one maximal ID command (RFC 2971).
+    conn.set_buffer_max(FramingLimits::ID.command_max + crate::limits::READ_CHUNK);
     let refusal: &'static [u8] = if implicit_tls { b"" } else { b"* BYE Too many connections, try again later\r\n" };
     let Some(permit) = conn.admit(permit, |_| refusal).await else { return };
     if implicit_tls && shard.accept_tls(&mut conn, peer, "imaps").await.is_none() {

@@ -517,9 +517,21 @@ fn command_body<'a>(c: &mut Cur<'a>) -> R<CommandBody<'a>> {
                 let mut params = Vec::new();
                 if !c.eat(b')') {
                     loop {
+                        // RFC 2971 3.3: at most 30 pairs, fields of at most
+                        // 30 octets, values of at most 1024.
+                        use crate::limits::{IMAP_ID_FIELD_MAX, IMAP_ID_PAIRS_MAX, IMAP_ID_VALUE_MAX};
+                        if params.len() == IMAP_ID_PAIRS_MAX {
+                            return Err("ID has more than 30 field-value pairs");
+                        }
                         let k = c.string()?;
+                        if k.len() > IMAP_ID_FIELD_MAX {
+                            return Err("ID field longer than 30 octets");
+                        }
                         c.sp()?;
                         let v = c.nstring()?;
+                        if v.as_ref().is_some_and(|v| v.len() > IMAP_ID_VALUE_MAX) {
+                            return Err("ID value longer than 1024 octets");
+                        }
                         params.push((k, v));
                         if c.eat(b')') {
                             break;

@@ -210,6 +210,16 @@ fn rfc3501_authenticated_state() {
             (b("os"), None)
         ]))
     );
+    // RFC 2971 3.3 bounds: 30 pairs, 30-octet fields, 1024-octet values.
+    let id = |pairs: usize, field: usize, value: usize| {
+        let list: Vec<String> = (0..pairs).map(|i| format!("\"{}{i:02}\" \"{}\"", "f".repeat(field - 2), "v".repeat(value))).collect();
+        format!("a ID ({})\r\n", list.join(" "))
+    };
+    let ok = id(30, 30, 1024);
+    assert!(matches!(parsed(&ok), CommandBody::Id(Some(p)) if p.len() == 30));
+    assert!(rejected(&id(31, 30, 1024)).reason.contains("30 field-value pairs"));
+    assert!(rejected(&id(1, 31, 10)).reason.contains("field"));
+    assert!(rejected(&id(1, 10, 1025)).reason.contains("value"));
 }
 
 #[test]
