@@ -62,7 +62,33 @@ def id_maximal():
     m.logout()
 
 
-CASES = {f.__name__: f for f in [examine_recent, id_maximal]}
+def command(m, name, *args):
+    """Send a command imaplib has no method for; (status, untagged data)."""
+    typ, data = m._simple_command(name, *args)
+    return m._untagged_response(typ, data, name)
+
+
+def list_extended():
+    m = connect()
+    for box in ("PyFoo", "PyFoo/Bar", "PyFoo/Baz", "PyMoo"):
+        ok(m.create(box), "CREATE " + box)
+    ok(m.subscribe("PyFoo/Baz"), "SUBSCRIBE")
+    for args in (("(bogus)", '""', '""'), ("(RECURSIVEMATCH)", '""', '"Py%"'),
+                 ("(REMOTE RECURSIVEMATCH)", '""', '"Py%"'), ('""', '"Py%"', "RETURN", "(bogus)")):
+        try:
+            command(m, "LIST", *args)
+            raise AssertionError("LIST %r accepted" % (args,))
+        except imaplib.IMAP4.error as e:
+            check("BAD" in str(e) or "rror" in str(e), "LIST %r: %s" % (args, e))
+    typ, data = command(m, "LIST", "(SUBSCRIBED RECURSIVEMATCH)", '""', '"Py%"')
+    eq(typ, "OK", "LIST RECURSIVEMATCH")
+    eq(data, [b'(\\HasChildren) "/" PyFoo ("CHILDINFO" ("SUBSCRIBED"))'], "CHILDINFO of PyFoo")
+    typ, data = command(m, "LIST", '""', '(PyMoo "PyFoo/%")')
+    eq(sorted(d.split(b" ")[-1] for d in data), [b"PyFoo/Bar", b"PyFoo/Baz", b"PyMoo"], "several patterns")
+    m.logout()
+
+
+CASES = {f.__name__: f for f in [examine_recent, id_maximal, list_extended]}
 
 
 if __name__ == "__main__":

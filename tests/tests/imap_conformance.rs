@@ -400,3 +400,132 @@ fn maximal_id_before_login() {
     c.ok("LOGOUT");
     py("id_maximal", &server);
 }
+
+// ---------------------------------------------------------------------------
+// 4. LIST-EXTENDED (RFC 5258)
+// ---------------------------------------------------------------------------
+
+/// The LIST responses of a command, as (attributes, name, extended data).
+#[track_caller]
+fn list(c: &mut Imap, cmd: &str) -> Vec<(String, String, String)> {
+    let r = c.ok(cmd);
+    r.with_prefix("LIST ")
+        .iter()
+        .map(|l| {
+            let open = l.find('(').unwrap();
+            let close = l[open..].find(')').unwrap() + open;
+            let attrs = l[open + 1..close].to_string();
+            // `) "/" NAME [EXTENDED]`
+            let rest = &l[close + 6..];
+            let (name, ext) = if let Some(q) = rest.strip_prefix('"') {
+                let end = q.find('"').unwrap();
+                (q[..end].to_string(), q[end + 1..].trim().to_string())
+            } else {
+                let end = rest.find(' ').unwrap_or(rest.len());
+                (rest[..end].to_string(), rest[end..].trim().to_string())
+            };
+            (attrs, name, ext)
+        })
+        .collect()
+}
+
+fn names(l: &[(String, String, String)]) -> Vec<&str> {
+    l.iter().map(|e| e.1.as_str()).collect()
+}
+
+#[test]
+fn list_extended_options_and_recursivematch() {
+    let server = server();
+    let mut c = Imap::login(server.imap);
+    // RFC 5258 section 5, example 8: Foo, Foo/Bar, Foo/Baz, Moo; only Foo/Baz subscribed.
+    for m in ["Foo", "Foo/Bar", "Foo/Baz", "Moo"] {
+        c.ok(&format!("CREATE {m}"));
+    }
+    c.ok("SUBSCRIBE Foo/Baz");
+
+    // Selection and return options the server must refuse.
+    for bad in [
+        "LIST (unknownoption) \"\" \"\"",
+        "LIST (RECURSIVEMATCH) \"\" \"\"",
+        "LIST (RECURSIVEMATCH) \"\" \"%\"",
+        "LIST (REMOTE RECURSIVEMATCH) \"\" \"%\"",
+        "LIST (RECURSIVEMATCH REMOTE) \"\" \"*\"",
+        "LIST (SUBSCRIBED unknown) \"\" \"*\"",
+        "LIST \"\" \"%\" RETURN (unknown)",
+        "LIST (SUBSCRIBED) \"\" \"%\" RETURN (CHILDREN unknown)",
+        "LIST () \"\" \"%\" RETURN (STATUS (MESSAGES) x-unknown)",
+    ] {
+        c.bad(bad);
+    }
+    c.ok("LIST (REMOTE) \"\" \"%\"");
+    c.ok("LIST () \"\" \"%\" RETURN ()");
+
+    let l = list(&mut c, "LIST (SUBSCRIBED) \"\" \"*\"");
+    assert_eq!(names(&l), ["Foo/Baz"], "{l:?}");
+    assert!(list(&mut c, "LIST (SUBSCRIBED) \"\" \"%\"").is_empty());
+    // Foo is not subscribed but has a subscribed child that `%` does not return.
+    let l = list(&mut c, "LIST (SUBSCRIBED RECURSIVEMATCH) \"\" \"%\"");
+    assert_eq!(names(&l), ["Foo"], "{l:?}");
+    assert!(!l[0].0.contains("\\Subscribed"), "{l:?}");
+    assert_eq!(l[0].2, "(\"CHILDINFO\" (\"SUBSCRIBED\"))", "{l:?}");
+    // Same with the options in the other order and RETURN (CHILDREN).
+    let l = list(&mut c, "LIST (RECURSIVEMATCH SUBSCRIBED) \"\" \"%\" RETURN (CHILDREN)");
+    assert_eq!(names(&l), ["Foo"], "{l:?}");
+    assert!(l[0].0.contains("\\HasChildren") && l[0].2.contains("CHILDINFO"), "{l:?}");
+    // With `*` the child is returned itself: no redundant parent (RFC 5258 3.5).
+    let l = list(&mut c, "LIST (SUBSCRIBED RECURSIVEMATCH) \"\" \"*\"");
+    assert_eq!(names(&l), ["Foo/Baz"], "{l:?}");
+    assert_eq!(l[0].2, "", "{l:?}");
+
+    // A1: Foo subscribed as well.
+    c.ok("SUBSCRIBE Foo");
+    let l = list(&mut c, "LIST (SUBSCRIBED RECURSIVEMATCH) \"\" \"%\"");
+    assert_eq!(names(&l), ["Foo"], "{l:?}");
+    assert!(l[0].0.contains("\\Subscribed"), "{l:?}");
+    assert_eq!(l[0].2, "(\"CHILDINFO\" (\"SUBSCRIBED\"))", "{l:?}");
+    // Without RECURSIVEMATCH there is never CHILDINFO.
+    let l = list(&mut c, "LIST (SUBSCRIBED) \"\" \"%\"");
+    assert_eq!(names(&l), ["Foo"], "{l:?}");
+    assert_eq!(l[0].2, "", "{l:?}");
+    c.ok("UNSUBSCRIBE Foo");
+
+    // A2: the parent does not exist (only its children do).
+    c.ok("CREATE Par/Kid");
+    c.ok("SUBSCRIBE Par/Kid");
+    c.ok("UNSUBSCRIBE Foo/Baz");
+    let l = list(&mut c, "LIST (SUBSCRIBED RECURSIVEMATCH) \"\" \"%\"");
+    assert_eq!(names(&l), ["Par"], "{l:?}");
+    assert_eq!(l[0].2, "(\"CHILDINFO\" (\"SUBSCRIBED\"))", "{l:?}");
+    // A subscription to a mailbox that does not exist counts too.
+    c.ok("SUBSCRIBE Ghost/Sub");
+    let l = list(&mut c, "LIST (SUBSCRIBED RECURSIVEMATCH) \"\" \"%\"");
+    assert_eq!(names(&l), ["Ghost", "Par"], "{l:?}");
+    assert!(l[0].0.contains("\\NonExistent"), "{l:?}");
+    let l = list(&mut c, "LIST (SUBSCRIBED RECURSIVEMATCH) \"\" \"G*\"");
+    assert_eq!(names(&l), ["Ghost/Sub"], "{l:?}");
+    assert!(l[0].0.contains("\\NonExistent") && l[0].0.contains("\\Subscribed"), "{l:?}");
+    // Deeper descendants count (RECURSIVEMATCH is recursive).
+    c.ok("CREATE Deep/A/B");
+    c.ok("SUBSCRIBE Deep/A/B");
+    let l = list(&mut c, "LIST (SUBSCRIBED RECURSIVEMATCH) \"\" \"D%\"");
+    assert_eq!(names(&l), ["Deep"], "{l:?}");
+    let l = list(&mut c, "LIST (SUBSCRIBED RECURSIVEMATCH) \"Deep/\" \"%\"");
+    assert_eq!(names(&l), ["Deep/A"], "{l:?}");
+    assert!(l[0].2.contains("CHILDINFO"), "{l:?}");
+
+    // Several patterns: each is matched, every mailbox listed once.
+    let l = list(&mut c, "LIST \"\" (\"INBOX\" Moo \"Foo/%\")");
+    assert_eq!(names(&l), ["INBOX", "Foo/Bar", "Foo/Baz", "Moo"], "{l:?}");
+    let l = list(&mut c, "LIST () \"\" (Moo \"M*\" \"Foo\") RETURN (CHILDREN)");
+    assert_eq!(names(&l), ["Foo", "Moo"], "{l:?}");
+    let l = list(&mut c, "LIST (SUBSCRIBED RECURSIVEMATCH) \"\" (\"Par\" \"Deep/%\")");
+    assert_eq!(names(&l), ["Deep/A", "Par"], "{l:?}");
+    let l = list(&mut c, "LIST \"Foo/\" (Bar Baz nothing)");
+    assert_eq!(names(&l), ["Foo/Bar", "Foo/Baz"], "{l:?}");
+    let l = list(&mut c, "LIST (SPECIAL-USE) \"\" (\"Sent\" \"Drafts\" Moo) RETURN (SPECIAL-USE)");
+    assert_eq!(names(&l), ["Drafts", "Sent"], "{l:?}");
+    let l = list(&mut c, "LIST \"\" (Moo) RETURN (STATUS (MESSAGES))");
+    assert_eq!(names(&l), ["Moo"], "{l:?}");
+    c.ok("LOGOUT");
+    py("list_extended", &server);
+}

@@ -847,16 +847,24 @@ impl Session {
     fn list(&mut self, tag: &[u8], list: &crate::protocol::imap::ListCommand<'_>) {
         let mut subscribed_only = false;
         let mut special_only = false;
+        let mut recursive = false;
         for s in &list.selection {
             match s {
                 ListSelect::Subscribed => subscribed_only = true,
                 ListSelect::SpecialUse => special_only = true,
-                ListSelect::Remote | ListSelect::RecursiveMatch => {}
+                ListSelect::RecursiveMatch => recursive = true,
+                ListSelect::Remote => {}
+                // RFC 5258 3.1: an unrecognized selection option is BAD.
                 ListSelect::Other(_) => {
                     self.out.status(Some(tag), Status::Bad, None, "Unknown LIST selection option");
                     return;
                 }
             }
+        }
+        // RFC 5258 3.1: RECURSIVEMATCH alone (or with REMOTE only) is BAD.
+        if recursive && !subscribed_only && !special_only {
+            self.out.status(Some(tag), Status::Bad, None, "RECURSIVEMATCH needs another selection option");
+            return;
         }
         let mut ret_subscribed = subscribed_only;
         let mut ret_status: Option<Vec<StatusItem>> = None;
@@ -865,7 +873,11 @@ impl Session {
                 ListReturn::Subscribed => ret_subscribed = true,
                 ListReturn::Children | ListReturn::SpecialUse => {}
                 ListReturn::Status(items) => ret_status = Some(items.clone()),
-                ListReturn::Other(_) => {}
+                // RFC 5258 3.2: an unrecognized return option is BAD as well.
+                ListReturn::Other(_) => {
+                    self.out.status(Some(tag), Status::Bad, None, "Unknown LIST return option");
+                    return;
+                }
             }
         }
         if list.patterns.len() == 1 && list.patterns[0].is_empty() && !list.extended {
@@ -875,40 +887,40 @@ impl Session {
             return;
         }
         let account = self.account().to_string();
-        let mut entries = self
-            .shard
-            .store
-            .with_account(&account, list_entries)
-            .unwrap_or_default();
+        let mut entries = self.shard.store.with_account(&account, list_entries).unwrap_or_default();
         let subs: HashSet<String> = self.shard.store.with_account(&account, |a| a.subscriptions.iter().cloned().collect()).unwrap_or_default();
         if subscribed_only {
             // RFC 5258 3.1: SUBSCRIBED lists subscriptions whether or not
-            // the mailbox exists (those get \NonExistent).
-            let mut missing: Vec<&String> = subs.iter().filter(|n| !entries.iter().any(|e| &e.name == *n)).collect();
-            missing.sort();
-            for name in missing {
-                let prefix = format!("{name}{}", DELIMITER as char);
-                let children = entries.iter().any(|e| e.name.starts_with(&prefix));
-                entries.push(ListEntry { name: name.clone(), exists: false, children, special: special::NONE });
-            }
+            // the mailbox exists (those get \NonExistent), and RECURSIVEMATCH
+            // may name their superiors, which need not exist either.
+            add_subscribed_entries(&mut entries, &subs);
         }
+        // A mailbox is returned when it matches one of the patterns (each
+        // pattern on its own, RFC 5258 3) and every selection criterion.
+        let matched = |name: &str| {
+            list.patterns.iter().any(|p| {
+                let pat = [&list.reference[..], &p[..]].concat();
+                logic::list_match(&pat, name.as_bytes())
+            })
+        };
+        let selected = |e: &ListEntry| (!subscribed_only || subs.contains(&e.name)) && (!special_only || e.special != special::NONE);
         let mut statuses = Vec::new();
         for e in &entries {
-            let full: Vec<u8> = e.name.as_bytes().to_vec();
-            let matched = list.patterns.iter().any(|p| {
-                let pat = [&list.reference[..], &p[..]].concat();
-                logic::list_match(&pat, &full)
-            });
-            if !matched {
+            if !matched(&e.name) {
+                continue;
+            }
+            // RFC 5258 3.5 (RECURSIVEMATCH): a mailbox matching the pattern
+            // whose descendants match the selection criteria gets CHILDINFO,
+            // returned even if it does not match them itself; not when all
+            // of those descendants are returned anyway (redundant).
+            let childinfo = recursive && subscribed_only && {
+                let prefix = format!("{}{}", e.name, DELIMITER as char);
+                entries.iter().any(|d| d.name.starts_with(&prefix) && selected(d) && !matched(&d.name))
+            };
+            if !selected(e) && !childinfo {
                 continue;
             }
             let is_sub = subs.contains(&e.name);
-            if subscribed_only && !is_sub {
-                continue;
-            }
-            if special_only && e.special == special::NONE {
-                continue;
-            }
             let mut attrs: Vec<&str> = Vec::new();
             if !e.exists {
                 attrs.push(if list.extended { "\\NonExistent" } else { "\\Noselect" });
@@ -920,7 +932,8 @@ impl Session {
             if ret_subscribed && is_sub {
                 attrs.push("\\Subscribed");
             }
-            encode::write_list(&mut self.out.buf, false, &attrs, Some(DELIMITER), e.name.as_bytes());
+            let info: &[&str] = if childinfo { &["SUBSCRIBED"] } else { &[] };
+            encode::write_list_extended(&mut self.out.buf, &attrs, Some(DELIMITER), e.name.as_bytes(), info);
             if let (Some(items), true) = (&ret_status, e.exists) {
                 statuses.push(e.name.clone());
                 let values = self.shard.store.with_account(&account, |a| a.mailbox_by_name(&e.name).map(|m| status_items(m, items, self.recent_count(m)))).flatten();
@@ -1563,6 +1576,31 @@ fn status_items(m: &Mailbox, items: &[StatusItem], recent: u64) -> Vec<(StatusIt
             (*i, v)
         })
         .collect()
+}
+
+/// Subscriptions whose mailbox does not exist, and the superiors of those
+/// that exist nowhere either, as entries that do not exist; all entries
+/// sorted again (INBOX first).
+fn add_subscribed_entries(entries: &mut Vec<ListEntry>, subs: &HashSet<String>) {
+    let mut missing: Vec<String> = Vec::new();
+    for s in subs {
+        let mut name = s.as_str();
+        loop {
+            if !entries.iter().any(|e| e.name == name) && !missing.iter().any(|m| m == name) {
+                missing.push(name.to_string());
+            }
+            match name.rfind(DELIMITER as char) {
+                Some(i) => name = &name[..i],
+                None => break,
+            }
+        }
+    }
+    for name in missing {
+        let prefix = format!("{name}{}", DELIMITER as char);
+        let children = entries.iter().any(|e| e.exists && e.name.starts_with(&prefix));
+        entries.push(ListEntry { name, exists: false, children, special: special::NONE });
+    }
+    entries.sort_by(|a, b| (!a.name.eq_ignore_ascii_case("INBOX"), &a.name).cmp(&(!b.name.eq_ignore_ascii_case("INBOX"), &b.name)));
 }
 
 struct ListEntry {
