@@ -88,7 +88,21 @@ def list_extended():
     m.logout()
 
 
-CASES = {f.__name__: f for f in [examine_recent, id_maximal, list_extended]}
+def condstore():
+    m = connect()
+    ok(m.select("Cond"), "SELECT")
+    typ, data = m.fetch("1", "(MODSEQ)")
+    eq(typ, "OK", "FETCH MODSEQ")
+    check(b"MODSEQ (" in data[0], "FETCH data %r" % data)
+    highest = m.untagged_responses.get("HIGHESTMODSEQ")
+    check(highest is not None, "no HIGHESTMODSEQ code after the first FETCH MODSEQ: %r" % m.untagged_responses)
+    typ, data = m.search(None, r'2:3 MODSEQ "/flags/\\seen" all 1')
+    eq(typ, "OK", "SEARCH MODSEQ with entry")
+    check(data[0].startswith(b"2 3 (MODSEQ "), "SEARCH data %r" % data)
+    m.logout()
+
+
+CASES = {f.__name__: f for f in [examine_recent, id_maximal, list_extended, condstore]}
 
 
 if __name__ == "__main__":

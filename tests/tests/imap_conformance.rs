@@ -529,3 +529,126 @@ fn list_extended_options_and_recursivematch() {
     c.ok("LOGOUT");
     py("list_extended", &server);
 }
+
+// ---------------------------------------------------------------------------
+// 5. CONDSTORE enabling commands and the MODSEQ search key (RFC 7162)
+// ---------------------------------------------------------------------------
+
+/// `MODSEQ (n)` of a FETCH response line.
+#[track_caller]
+fn modseq_of(line: &str) -> u64 {
+    let i = line.find("MODSEQ (").unwrap_or_else(|| panic!("no MODSEQ in {line:?}"));
+    let rest = &line[i + 8..];
+    rest[..rest.find(')').unwrap()].parse().unwrap()
+}
+
+/// A session with `Cond` selected without CONDSTORE.
+fn selected_plain(server: &Server) -> Imap {
+    let mut c = Imap::login(server.imap);
+    let r = c.ok("SELECT Cond");
+    assert!(r.ok());
+    let r = c.ok("FETCH 1:* FLAGS");
+    assert!(r.untagged.iter().all(|l| !l.contains("MODSEQ")), "{r:#?}");
+    c
+}
+
+#[test]
+fn condstore_enabling_commands_and_modseq_search() {
+    let server = server();
+    let mut a = Imap::login(server.imap);
+    a.ok("CREATE Cond");
+    for i in 1..=4 {
+        a.append("Cond", if i == 3 { "\\Seen" } else { "" }, &message(&format!("m{i}")));
+    }
+    a.ok("SELECT Cond");
+    a.ok("STORE 1 +FLAGS (\\Flagged)");
+    a.ok("CLOSE");
+    let highest = a.ok("STATUS Cond (HIGHESTMODSEQ)").status_item("HIGHESTMODSEQ");
+    let want = format!("OK [HIGHESTMODSEQ {highest}]");
+
+    // Each enabling command, first in a session with the mailbox selected.
+    for cmd in [
+        "FETCH 1 MODSEQ",
+        "FETCH 1:2 (FLAGS) (CHANGEDSINCE 1)",
+        "UID FETCH 1:* (UID MODSEQ)",
+        "SEARCH MODSEQ 1",
+        "UID SEARCH RETURN (COUNT) MODSEQ 1",
+        "STATUS Cond (HIGHESTMODSEQ)",
+        "STATUS INBOX (MESSAGES HIGHESTMODSEQ)",
+        "ENABLE CONDSTORE",
+    ] {
+        let mut c = selected_plain(&server);
+        let r = c.ok(cmd);
+        assert!(r.status.starts_with(&want), "{cmd}: {r:#?}");
+        // Only the first one says it; from now on FETCH carries MODSEQ.
+        let r = c.ok(cmd);
+        assert!(!r.status.contains("HIGHESTMODSEQ"), "{cmd} again: {r:?}");
+        let r = c.ok("FETCH 2 FLAGS");
+        assert!(r.untagged[0].contains("MODSEQ ("), "{cmd}, then FETCH: {r:#?}");
+        c.ok("LOGOUT");
+    }
+    // STORE UNCHANGEDSINCE changes the mailbox: the value after the change.
+    let mut c = selected_plain(&server);
+    let r = c.ok("STORE 4 (UNCHANGEDSINCE 1000000) +FLAGS (\\Answered)");
+    let now = c.ok("STATUS Cond (HIGHESTMODSEQ)").status_item("HIGHESTMODSEQ");
+    assert!(now > highest && r.status.starts_with(&format!("OK [HIGHESTMODSEQ {now}]")), "{r:#?}");
+    // A conditional STORE that fails for some messages keeps [MODIFIED] in
+    // the tagged OK; HIGHESTMODSEQ comes untagged.
+    let mut c = selected_plain(&server);
+    let r = c.ok("STORE 1:2 (UNCHANGEDSINCE 1) +FLAGS (\\Draft)");
+    assert!(r.status.starts_with("OK [MODIFIED 1:2]"), "{r:#?}");
+    assert!(r.untagged.iter().any(|l| l.starts_with(&format!("* OK [HIGHESTMODSEQ {now}]"))), "{r:#?}");
+    // SELECT (CONDSTORE) and ENABLE before SELECT report it at SELECT already.
+    for first in ["SELECT Cond (CONDSTORE)", "ENABLE CONDSTORE"] {
+        let mut c = Imap::login(server.imap);
+        let r = c.ok(first);
+        let r = if first.starts_with("ENABLE") {
+            assert!(!r.status.contains("HIGHESTMODSEQ"), "{r:?}");
+            c.ok("SELECT Cond")
+        } else {
+            r
+        };
+        assert!(r.untagged.iter().any(|l| l.contains(&format!("[HIGHESTMODSEQ {now}]"))), "{r:#?}");
+        let r = c.ok("FETCH 1 MODSEQ");
+        assert!(!r.status.contains("HIGHESTMODSEQ"), "{r:?}");
+    }
+    // Not selected: nothing to report.
+    let mut c = Imap::login(server.imap);
+    let r = c.ok("STATUS Cond (HIGHESTMODSEQ)");
+    assert!(!r.status.contains("["), "{r:?}");
+
+    // The MODSEQ key with an entry name and type (RFC 7162 3.1.5).
+    let mut c = Imap::login(server.imap);
+    c.ok("SELECT Cond");
+    let ms: Vec<u64> = c.ok("FETCH 1:4 MODSEQ").untagged.iter().map(|l| modseq_of(l)).collect();
+    let m23 = ms[1].max(ms[2]);
+    for cmd in [
+        "SEARCH RETURN (ALL) 2:3 MODSEQ \"/flags/\\\\seen\" all 1",
+        "SEARCH RETURN (ALL) 2:3 MODSEQ \"/flags/\\seen\" all 1",
+        "SEARCH RETURN (ALL) 2:3 MODSEQ \"/flags/\\\\seen\" all",
+        "SEARCH RETURN (ALL) 2:3 MODSEQ \"/flags/\\\\Seen\" shared 1",
+        "SEARCH RETURN (ALL) 2:3 MODSEQ \"/flags/$Label1\" priv 0",
+    ] {
+        let r = c.ok(cmd);
+        let e = r.with_prefix("ESEARCH");
+        assert_eq!(e.len(), 1, "{cmd}: {r:#?}");
+        assert!(e[0].ends_with(&format!(") ALL 2:3 MODSEQ {m23}")), "{cmd}: {e:?}");
+    }
+    let r = c.ok("UID SEARCH RETURN (ALL) 2:3 MODSEQ \"/flags/\\\\seen\" all 1");
+    assert!(r.with_prefix("ESEARCH")[0].ends_with(&format!(") UID ALL 2:3 MODSEQ {m23}")), "{r:#?}");
+    // SEARCH without RETURN: `(MODSEQ n)` after the numbers.
+    let r = c.ok("SEARCH 2:3 MODSEQ \"/flags/\\\\seen\" all 1");
+    assert_eq!(r.with_prefix("SEARCH")[0], &format!("* SEARCH 2 3 (MODSEQ {m23})"));
+    // MIN/MAX only: the mod-sequence of the messages returned.
+    let r = c.ok("SEARCH RETURN (MIN) 2:3 MODSEQ 1");
+    assert!(r.with_prefix("ESEARCH")[0].ends_with(&format!(") MIN 2 MODSEQ {}", ms[1])), "{r:#?}");
+    // A MODSEQ key inside OR or NOT counts as well; no match: no MODSEQ.
+    let r = c.ok("SEARCH RETURN (COUNT) OR MODSEQ 1 SEEN");
+    assert!(r.with_prefix("ESEARCH")[0].contains(" COUNT 4 MODSEQ "), "{r:#?}");
+    let r = c.ok("SEARCH MODSEQ 999999999");
+    assert_eq!(r.with_prefix("SEARCH")[0], "* SEARCH");
+    c.bad("SEARCH MODSEQ \"/flags/\\\\seen\" bogus 1");
+    c.bad("SEARCH MODSEQ");
+    c.ok("LOGOUT");
+    py("condstore", &server);
+}

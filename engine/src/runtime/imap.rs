@@ -109,6 +109,9 @@ struct Session {
     sel: Option<Selected>,
     auth_failures: usize,
     condstore: bool,
+    /// CONDSTORE was just enabled while a mailbox is selected: the next
+    /// tagged OK carries `[HIGHESTMODSEQ n]` (RFC 7162 3.1).
+    modseq_pending: bool,
     saved: Vec<u32>,
     /// AUTHENTICATE waiting for the client's continuation line: the tag.
     sasl_tag: Option<Vec<u8>>,
@@ -318,6 +321,7 @@ impl Session {
             sel: None,
             auth_failures: 0,
             condstore: false,
+            modseq_pending: false,
             saved: Vec::new(),
             sasl_tag: None,
             tls: false,
@@ -459,7 +463,7 @@ impl Session {
                 let mut enabled: Vec<&[u8]> = Vec::new();
                 for c in caps {
                     if c.eq_ignore_ascii_case(b"CONDSTORE") && !self.condstore {
-                        self.condstore = true;
+                        self.enable_condstore();
                         enabled.push(b"CONDSTORE");
                     }
                 }
@@ -480,6 +484,9 @@ impl Session {
             CommandBody::List(list) => self.list(tag, &list),
             CommandBody::Lsub { reference, pattern } => self.lsub(tag, &reference, &pattern),
             CommandBody::Status { mailbox, items } => {
+                if items.contains(&StatusItem::HighestModSeq) {
+                    self.enable_condstore();
+                }
                 match self.with_mailbox_named(&mailbox, |_, m| status_items(m, &items, self.recent_count(m))) {
                     Some(values) => {
                         encode::write_status_data(&mut self.out.buf, mailbox.as_bytes(), &values);
@@ -540,7 +547,33 @@ impl Session {
     }
 
     fn ok(&mut self, tag: &[u8], text: &str) {
+        if let Some(n) = self.take_modseq_pending() {
+            self.out.status(Some(tag), Status::Ok, Some(&Code::HighestModSeq(n)), text);
+            return;
+        }
         self.out.status(Some(tag), Status::Ok, None, text);
+    }
+
+    /// A CONDSTORE-enabling command (RFC 7162 3.1: ENABLE CONDSTORE, SELECT
+    /// (CONDSTORE), STATUS HIGHESTMODSEQ, FETCH MODSEQ or CHANGEDSINCE,
+    /// STORE UNCHANGEDSINCE, SEARCH MODSEQ). From now on untagged FETCH
+    /// responses carry MODSEQ; if this is the first one and a mailbox is
+    /// selected, its tagged OK reports HIGHESTMODSEQ (RFC 7162 3.1.2.1),
+    /// which the client did not get from a plain SELECT.
+    fn enable_condstore(&mut self) {
+        if !self.condstore {
+            self.condstore = true;
+            self.modseq_pending = self.sel.is_some();
+        }
+    }
+
+    /// The selected mailbox's HIGHESTMODSEQ, if it is still owed to the client.
+    fn take_modseq_pending(&mut self) -> Option<u64> {
+        if !std::mem::take(&mut self.modseq_pending) {
+            return None;
+        }
+        let id = self.sel.as_ref()?.id;
+        self.shard.store.with_account(self.account(), |a| a.mailbox(id).map(|m| m.highest_modseq)).flatten()
     }
 
     fn storage_failed(&mut self, tag: &[u8], e: &StorageError) {
@@ -1048,6 +1081,10 @@ impl Session {
                 return;
             }
         }
+        let modseq_key = logic::has_modseq_key(&search.keys);
+        if modseq_key {
+            self.enable_condstore();
+        }
         self.sync(uid);
         let sel = self.sel.as_ref().expect("selected");
         let account = self.account().to_string();
@@ -1080,11 +1117,10 @@ impl Session {
             }
         });
         let ids: Vec<u32> = hits.iter().map(|h| if uid { h.1 } else { h.0 }).collect();
-        let max_modseq = if search.keys.iter().any(|k| matches!(k, crate::protocol::imap::SearchKey::ModSeq { .. })) {
-            hits.iter().map(|h| h.2).max()
-        } else {
-            None
-        };
+        // RFC 7162 3.1.5: with a MODSEQ key (anywhere in the search) the
+        // result carries the highest mod-sequence of the messages returned;
+        // none when nothing matched.
+        let max_modseq = if modseq_key { hits.iter().map(|h| h.2).max() } else { None };
         match &search.returns {
             None => encode::write_search(&mut self.out.buf, &ids, max_modseq),
             Some(returns) => {
@@ -1095,6 +1131,17 @@ impl Session {
                 let only_save = returns.iter().all(|r| *r == SearchReturn::Save);
                 if !only_save {
                     let all = returns.contains(&SearchReturn::All).then_some(&ids[..]);
+                    // RFC 7162 3.2 (ESEARCH): with only MIN and/or MAX the
+                    // messages returned are those two; otherwise all matches.
+                    let whole = returns.iter().any(|r| matches!(r, SearchReturn::All | SearchReturn::Count | SearchReturn::Save));
+                    let max_modseq = if whole || hits.is_empty() {
+                        max_modseq
+                    } else {
+                        let (first, last) = (hits.first().map(|h| h.2), hits.last().map(|h| h.2));
+                        let min = returns.contains(&SearchReturn::Min).then_some(first).flatten();
+                        let max = returns.contains(&SearchReturn::Max).then_some(last).flatten();
+                        max_modseq.and(min.max(max))
+                    };
                     let data = encode::Esearch {
                         min: returns.contains(&SearchReturn::Min).then(|| ids.first().copied()).flatten(),
                         max: returns.contains(&SearchReturn::Max).then(|| ids.last().copied()).flatten(),
@@ -1116,7 +1163,9 @@ impl Session {
             self.out.status(Some(tag), Status::Bad, None, "Invalid message sequence number");
             return;
         }
-        if changed_since.is_some() {
+        if changed_since.is_some() || attrs.contains(&FetchAttr::ModSeq) {
+            // enable_condstore() with a mailbox selected (`sel` is borrowed).
+            self.modseq_pending |= !self.condstore;
             self.condstore = true;
         }
         let idx = sel.view.resolve(set, uid);
@@ -1220,13 +1269,15 @@ impl Session {
                         }
                     }
                 }
-                if uid && !wrote_uid {
+                // RFC 7162 3.1: once CONDSTORE is enabled every untagged
+                // FETCH carries UID and MODSEQ.
+                if (uid || condstore) && !wrote_uid {
                     w.uid(e.uid);
                 }
                 if sets_seen && flags_changed && !wrote_flags {
                     w.flags(&logic::flag_list(e.flags, e.keywords, &mb.keywords, recent));
                 }
-                if condstore && changed_since.is_some() && !attrs.contains(&FetchAttr::ModSeq) {
+                if condstore && !attrs.contains(&FetchAttr::ModSeq) {
                     w.modseq(e.modseq);
                 }
                 w.finish();
@@ -1248,6 +1299,8 @@ impl Session {
             return;
         }
         if unchanged_since.is_some() {
+            // enable_condstore() with a mailbox selected (`sel` is borrowed).
+            self.modseq_pending |= !self.condstore;
             self.condstore = true;
         }
         let idx = sel.view.resolve(set, uid);
@@ -1317,7 +1370,7 @@ impl Session {
                 }
                 let mut w = FetchWriter::new(out, i as u32 + 1);
                 w.flags(&logic::flag_list(e.flags, e.keywords, &mb.keywords, sel.view.recent.contains(&e.uid)));
-                if uid {
+                if uid || condstore {
                     w.uid(e.uid);
                 }
                 if condstore {
@@ -1335,7 +1388,13 @@ impl Session {
                 modified.iter().filter_map(|u| self.sel.as_ref().and_then(|s| s.view.seq_of(*u))).collect()
             };
             match SequenceSet::compress(&ids) {
-                Some(set) => self.out.status(Some(tag), Status::Ok, Some(&Code::Modified(&set)), "Conditional STORE failed for some messages"),
+                Some(set) => {
+                    // The tagged OK has room for one code: HIGHESTMODSEQ, if owed, goes untagged.
+                    if let Some(n) = self.take_modseq_pending() {
+                        self.out.status(None, Status::Ok, Some(&Code::HighestModSeq(n)), "Highest");
+                    }
+                    self.out.status(Some(tag), Status::Ok, Some(&Code::Modified(&set)), "Conditional STORE failed for some messages")
+                }
                 None => self.ok(tag, "STORE completed"),
             }
         }

@@ -402,6 +402,18 @@ fn eval(key: &SearchKey<'_>, m: &SearchInput<'_>, p: &mut Parsed<'_>, depth: usi
     }
 }
 
+/// Whether a search has a MODSEQ key anywhere (RFC 7162 3.1.5): it enables
+/// CONDSTORE and makes the result carry the highest mod-sequence.
+pub fn has_modseq_key(keys: &[SearchKey<'_>]) -> bool {
+    keys.iter().any(|k| match k {
+        SearchKey::ModSeq { .. } => true,
+        SearchKey::Not(k) => has_modseq_key(std::slice::from_ref(k)),
+        SearchKey::Or(a, b) => has_modseq_key(std::slice::from_ref(a)) || has_modseq_key(std::slice::from_ref(b)),
+        SearchKey::And(ks) => has_modseq_key(ks),
+        _ => false,
+    })
+}
+
 /// Whether a search needs the message bytes at all (flags-only searches
 /// never touch the mapping).
 pub fn needs_body(keys: &[SearchKey<'_>]) -> bool {
