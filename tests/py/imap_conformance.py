@@ -102,7 +102,18 @@ def condstore():
     m.logout()
 
 
-CASES = {f.__name__: f for f in [examine_recent, id_maximal, list_extended, condstore]}
+def search_cfws():
+    m = connect()
+    ok(m.select("Addr"), "SELECT")
+    typ, data = m.search(None, "FROM", "user-from@domain.org")
+    eq(typ, "OK", "SEARCH FROM")
+    eq(data, [b"1 2 3 4 5"], "SEARCH FROM over every address form")
+    typ, data = m.uid("SEARCH", "CC", '"user-cc@domain.org"')
+    eq(len(data[0].split()), 5, "UID SEARCH CC")
+    m.logout()
+
+
+CASES = {f.__name__: f for f in [examine_recent, id_maximal, list_extended, condstore, search_cfws]}
 
 
 if __name__ == "__main__":

@@ -652,3 +652,46 @@ fn condstore_enabling_commands_and_modseq_search() {
     c.ok("LOGOUT");
     py("condstore", &server);
 }
+
+// ---------------------------------------------------------------------------
+// 6. SEARCH FROM/TO/CC/BCC over addresses with comments (RFC 5322 3.4)
+// ---------------------------------------------------------------------------
+
+#[test]
+fn search_address_with_comments() {
+    let server = server();
+    let mut c = Imap::login(server.imap);
+    c.ok("CREATE Addr");
+    let forms = [
+        "user-from@domain.org",
+        "User From <user-from@domain.org>",
+        "user-from@domain.org (User From)",
+        "<user-from (comment)@ (comment) domain.org>",
+        "(lead) user-from (x) @ (y)\r\n domain (z) . org",
+    ];
+    for form in forms {
+        let msg = format!(
+            "From: {form}\r\nTo: {}\r\nCc: {}\r\nBcc: {}\r\nSubject: cfws\r\n\r\nbody\r\n",
+            form.replace("from", "to"),
+            form.replace("from", "cc"),
+            form.replace("from", "bcc")
+        );
+        c.append("Addr", "", &msg);
+    }
+    c.append("Addr", "", "From: <someone (a comment)@else.org>\r\nSubject: no\r\n\r\nx\r\n");
+    c.ok("SELECT Addr");
+    let all: Vec<u32> = (1..=forms.len() as u32).collect();
+    for (key, addr) in [("FROM", "user-from@domain.org"), ("TO", "user-to@domain.org"), ("CC", "user-cc@domain.org"), ("BCC", "user-bcc@domain.org")] {
+        assert_eq!(c.ok(&format!("SEARCH {key} {addr}")).search(), all, "{key}");
+        assert_eq!(c.ok(&format!("SEARCH {key} \"{}\"", addr.to_uppercase())).search(), all, "{key}");
+        // The UID form, and through NOT / OR.
+        assert_eq!(c.ok(&format!("UID SEARCH {key} {addr}")).search(), all, "UID {key}");
+        assert_eq!(c.ok(&format!("SEARCH NOT {key} {addr}")).search().len(), 1, "NOT {key}");
+        assert_eq!(c.ok(&format!("SEARCH OR {key} {addr} SUBJECT nothing")).search(), all, "OR {key}");
+    }
+    assert!(c.ok("SEARCH FROM user-from@domain.org.uk").search().is_empty());
+    assert_eq!(c.ok("SEARCH FROM someone@else.org").search(), vec![6]);
+    assert!(c.ok("SEARCH FROM \"a comment\"").search() == vec![6], "the field text still matches as well");
+    c.ok("LOGOUT");
+    py("search_cfws", &server);
+}
