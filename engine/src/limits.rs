@@ -50,6 +50,19 @@ pub const TLS_HANDSHAKES_MAX: usize = 512;
 /// read of at most this much never produces more than that.
 pub const TLS_READ_CHUNK: usize = 16 * 1024;
 
+/// RFC 2971 3.3: an IMAP ID list has at most 30 field-value pairs, fields
+/// of at most 30 octets and values of at most 1024. ID is allowed before
+/// login, so the pre-login framing bound makes room for the largest one.
+pub const IMAP_ID_PAIRS_MAX: usize = 30;
+pub const IMAP_ID_FIELD_MAX: usize = 30;
+pub const IMAP_ID_VALUE_MAX: usize = 1024;
+/// The largest ID command RFC 2971 allows, written the longest way: a tag
+/// of up to 1 KiB, then every field and value a quoted string with every
+/// octet escaped (a literal, `{1024}` CRLF and the data, is shorter). About
+/// 63 KiB; every other command before login stays within 4 KiB.
+pub const IMAP_ID_COMMAND_MAX: usize =
+    1024 + b" ID ()\r\n".len() + IMAP_ID_PAIRS_MAX * ((2 + 2 * IMAP_ID_FIELD_MAX) + 1 + (2 + 2 * IMAP_ID_VALUE_MAX) + 1);
+
 /// Size of the per-connection read buffer chunk.
 pub const READ_CHUNK: usize = 16 * 1024;
 

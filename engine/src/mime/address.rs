@@ -143,8 +143,19 @@ fn addr_spec(toks: &[Tok<'_>]) -> Option<(Vec<u8>, Vec<u8>)> {
 }
 
 fn mailbox(seg: &[Tok<'_>]) -> Option<Address> {
+    // A comment may stand in for the display name, but not one inside the
+    // angle brackets (CFWS within the address, RFC 5322 3.4).
+    let mut inside = false;
     let first_comment = seg.iter().find_map(|t| match t {
-        Tok::Comment(c) => Some(unfold_comment(c)),
+        Tok::Special(b'<') => {
+            inside = true;
+            None
+        }
+        Tok::Special(b'>') => {
+            inside = false;
+            None
+        }
+        Tok::Comment(c) if !inside => Some(unfold_comment(c)),
         _ => None,
     });
     let words: Vec<Tok<'_>> = seg
@@ -260,6 +271,19 @@ mod tests {
         assert_eq!(
             parse_address_list(b"localonly"),
             vec![mb(None, "localonly", ".MISSING-HOST-NAME.")]
+        );
+        // Comments and folding white space inside the address (RFC 5322 3.4).
+        assert_eq!(
+            parse_address_list(b"<user-from (comment)@ (comment) domain.org>"),
+            vec![mb(None, "user-from", "domain.org")]
+        );
+        assert_eq!(
+            parse_address_list(b"Name (c1) <u (c2) . v @ (c3)\r\n example . org> (trailing)"),
+            vec![mb(Some("Name"), "u.v", "example.org")]
+        );
+        assert_eq!(
+            parse_address_list(b"<u(x)@d.org> (Real Name)"),
+            vec![mb(Some("Real Name"), "u", "d.org")]
         );
         assert_eq!(parse_address_list(b" , ,"), vec![]);
         for junk in [

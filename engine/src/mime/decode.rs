@@ -188,6 +188,37 @@ pub fn header_contains(header: &[u8], name: &[u8], needle: &str) -> bool {
         .any(|f| contains_ci(&decode_header(f.value), needle))
 }
 
+/// SEARCH FROM / TO / CC / BCC (RFC 3501 6.4.4): [`header_contains`], and
+/// also each address of the field as parsed (RFC 5322 3.4), rendered as
+/// `name <local@domain>` without the comments and folding white space
+/// (CFWS) the syntax allows inside it, so `<user (x)@ (y) example.org>`
+/// matches `user@example.org` like `<user@example.org>` does.
+pub fn address_header_contains(header: &[u8], name: &[u8], needle: &str) -> bool {
+    use super::address::{parse_address_list, Address, MISSING_HOST};
+    fields(header).filter(|f| f.name.eq_ignore_ascii_case(name)).any(|f| {
+        contains_ci(&decode_header(f.value), needle)
+            || parse_address_list(f.value).iter().any(|a| match a {
+                Address::Mailbox { name, mailbox, host, .. } => {
+                    let mut s = String::new();
+                    if let Some(n) = name {
+                        s.push_str(&decode_header(n));
+                        s.push(' ');
+                    }
+                    s.push('<');
+                    s.push_str(&String::from_utf8_lossy(mailbox));
+                    if host != MISSING_HOST {
+                        s.push('@');
+                        s.push_str(&String::from_utf8_lossy(host));
+                    }
+                    s.push('>');
+                    contains_ci(&s, needle)
+                }
+                Address::GroupStart(n) => contains_ci(&decode_header(n), needle),
+                Address::GroupEnd => false,
+            })
+    })
+}
+
 /// The decoded text of a leaf: transfer encoding removed, charset converted.
 pub fn decoded_text<'a>(part: &Part<'a>) -> Cow<'a, str> {
     let enc = &part.encoding;

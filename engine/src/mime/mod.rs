@@ -40,7 +40,7 @@ mod tests;
 pub use address::{parse_address_list, Address};
 pub use content::{ContentType, Disposition, Param};
 pub use decode::{
-    base64_decode, body_contains, contains_ci, decode_header, decoded_text, header_contains,
+    address_header_contains, base64_decode, body_contains, contains_ci, decode_header, decoded_text, header_contains,
     parse_rfc5322_date, qp_decode, sent_date, text_contains, to_utf8,
 };
 pub use header::{field_value, field_values, fields, split, unfold, Field};

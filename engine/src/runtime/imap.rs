@@ -5,7 +5,8 @@
 //! The framer (`protocol::imap::Framer`) finds complete commands in the read
 //! buffer (asking for `+` continuations for synchronizing literals) and the
 //! parser borrows from it; nothing is copied out of the buffer, APPEND
-//! literals included. Before login the framer's limits are a few KiB. After
+//! literals included. Before login the framer's limits are a few KiB (an ID
+//! command may be as large as RFC 2971 allows, about 63 KiB). After
 //! LOGIN/AUTHENTICATE the connection moves to the shard owning the account
 //! (like POP3), so every mailbox operation is a local call into the store.
 //! Message bytes go out as slices of the segment mappings (`Out` splices
@@ -108,6 +109,9 @@ struct Session {
     sel: Option<Selected>,
     auth_failures: usize,
     condstore: bool,
+    /// CONDSTORE was just enabled while a mailbox is selected: the next
+    /// tagged OK carries `[HIGHESTMODSEQ n]` (RFC 7162 3.1).
+    modseq_pending: bool,
     saved: Vec<u32>,
     /// AUTHENTICATE waiting for the client's continuation line: the tag.
     sasl_tag: Option<Vec<u8>>,
@@ -132,6 +136,8 @@ enum Next {
 pub async fn serve(shard: Rc<Shard>, stream: TcpStream, peer: SocketAddr, permit: Result<Permit, Refusal>, implicit_tls: bool) {
     let count = ConnCount::new(&shard);
     let mut conn = Conn::new(stream, Vec::new());
+    // Before login the framer holds at most one maximal ID command (RFC 2971).
+    conn.set_buffer_max(FramingLimits::ID.command_max + crate::limits::READ_CHUNK);
     let refusal: &'static [u8] = if implicit_tls { b"" } else { b"* BYE Too many connections, try again later\r\n" };
     let Some(permit) = conn.admit(permit, |_| refusal).await else { return };
     if implicit_tls && shard.accept_tls(&mut conn, peer, "imaps").await.is_none() {
@@ -315,6 +321,7 @@ impl Session {
             sel: None,
             auth_failures: 0,
             condstore: false,
+            modseq_pending: false,
             saved: Vec::new(),
             sasl_tag: None,
             tls: false,
@@ -456,7 +463,7 @@ impl Session {
                 let mut enabled: Vec<&[u8]> = Vec::new();
                 for c in caps {
                     if c.eq_ignore_ascii_case(b"CONDSTORE") && !self.condstore {
-                        self.condstore = true;
+                        self.enable_condstore();
                         enabled.push(b"CONDSTORE");
                     }
                 }
@@ -477,6 +484,9 @@ impl Session {
             CommandBody::List(list) => self.list(tag, &list),
             CommandBody::Lsub { reference, pattern } => self.lsub(tag, &reference, &pattern),
             CommandBody::Status { mailbox, items } => {
+                if items.contains(&StatusItem::HighestModSeq) {
+                    self.enable_condstore();
+                }
                 match self.with_mailbox_named(&mailbox, |_, m| status_items(m, &items, self.recent_count(m))) {
                     Some(values) => {
                         encode::write_status_data(&mut self.out.buf, mailbox.as_bytes(), &values);
@@ -537,7 +547,33 @@ impl Session {
     }
 
     fn ok(&mut self, tag: &[u8], text: &str) {
+        if let Some(n) = self.take_modseq_pending() {
+            self.out.status(Some(tag), Status::Ok, Some(&Code::HighestModSeq(n)), text);
+            return;
+        }
         self.out.status(Some(tag), Status::Ok, None, text);
+    }
+
+    /// A CONDSTORE-enabling command (RFC 7162 3.1: ENABLE CONDSTORE, SELECT
+    /// (CONDSTORE), STATUS HIGHESTMODSEQ, FETCH MODSEQ or CHANGEDSINCE,
+    /// STORE UNCHANGEDSINCE, SEARCH MODSEQ). From now on untagged FETCH
+    /// responses carry MODSEQ; if this is the first one and a mailbox is
+    /// selected, its tagged OK reports HIGHESTMODSEQ (RFC 7162 3.1.2.1),
+    /// which the client did not get from a plain SELECT.
+    fn enable_condstore(&mut self) {
+        if !self.condstore {
+            self.condstore = true;
+            self.modseq_pending = self.sel.is_some();
+        }
+    }
+
+    /// The selected mailbox's HIGHESTMODSEQ, if it is still owed to the client.
+    fn take_modseq_pending(&mut self) -> Option<u64> {
+        if !std::mem::take(&mut self.modseq_pending) {
+            return None;
+        }
+        let id = self.sel.as_ref()?.id;
+        self.shard.store.with_account(self.account(), |a| a.mailbox(id).map(|m| m.highest_modseq)).flatten()
     }
 
     fn storage_failed(&mut self, tag: &[u8], e: &StorageError) {
@@ -612,7 +648,11 @@ impl Session {
             }
             Some(())
         });
-        self.shard.imap_recent.borrow_mut().insert(key, floor);
+        // A read-only session claims nothing (RFC 3501 6.3.2): new messages
+        // are \Recent for it and stay so for the next read-write session.
+        if !sel.read_only {
+            self.shard.imap_recent.borrow_mut().insert(key, floor);
+        }
         if found.flatten().is_none() {
             // The selected mailbox was deleted elsewhere (RFC 3501 allows BYE; we deselect).
             self.out.buf.extend_from_slice(b"* OK [CLOSED] Mailbox no longer exists\r\n");
@@ -640,7 +680,11 @@ impl Session {
             let key = (account.clone(), mb.id);
             let floor = floor_map.entry(key).or_insert(0);
             let mut view = View::default();
-            view.sync(mb, true, floor);
+            // RFC 3501 6.3.2: EXAMINE MUST NOT cause messages to lose \Recent.
+            // The session still sees them as recent, but the floor (which
+            // messages a later SELECT or STATUS counts) stays where it was.
+            let mut examined = *floor;
+            view.sync(mb, true, if read_only { &mut examined } else { floor });
             write_flags_lines(out, &mb.keywords, read_only);
             encode::write_exists(out, view.len());
             encode::write_recent(out, view.recent.len() as u32);
@@ -710,15 +754,15 @@ impl Session {
         let account = self.account().to_string();
         let now = unix_now();
         let ids = self.shard.store.with_account_counters(&account, |a| {
-            let base_validity = a.mailboxes.iter().map(|m| m.uidvalidity).max().unwrap_or(0);
-            names
-                .iter()
-                .enumerate()
-                .map(|(i, _)| {
+            // RFC 3501 2.3.1.1: a name created again (after DELETE or RENAME)
+            // must not get the UIDVALIDITY of an earlier mailbox of that name;
+            // the account's counter remembers deleted ones too.
+            let validities = a.reserve_uidvalidity(now, names.len());
+            validities
+                .into_iter()
+                .map(|validity| {
                     let id = a.next_mailbox_id;
                     a.next_mailbox_id += 1;
-                    // UIDVALIDITY must differ from any earlier mailbox of this name.
-                    let validity = (now.clamp(1, u32::MAX as i64) as u32).max(base_validity + 1 + i as u32);
                     (id, validity)
                 })
                 .collect::<Vec<_>>()
@@ -836,16 +880,24 @@ impl Session {
     fn list(&mut self, tag: &[u8], list: &crate::protocol::imap::ListCommand<'_>) {
         let mut subscribed_only = false;
         let mut special_only = false;
+        let mut recursive = false;
         for s in &list.selection {
             match s {
                 ListSelect::Subscribed => subscribed_only = true,
                 ListSelect::SpecialUse => special_only = true,
-                ListSelect::Remote | ListSelect::RecursiveMatch => {}
+                ListSelect::RecursiveMatch => recursive = true,
+                ListSelect::Remote => {}
+                // RFC 5258 3.1: an unrecognized selection option is BAD.
                 ListSelect::Other(_) => {
                     self.out.status(Some(tag), Status::Bad, None, "Unknown LIST selection option");
                     return;
                 }
             }
+        }
+        // RFC 5258 3.1: RECURSIVEMATCH alone (or with REMOTE only) is BAD.
+        if recursive && !subscribed_only && !special_only {
+            self.out.status(Some(tag), Status::Bad, None, "RECURSIVEMATCH needs another selection option");
+            return;
         }
         let mut ret_subscribed = subscribed_only;
         let mut ret_status: Option<Vec<StatusItem>> = None;
@@ -854,7 +906,11 @@ impl Session {
                 ListReturn::Subscribed => ret_subscribed = true,
                 ListReturn::Children | ListReturn::SpecialUse => {}
                 ListReturn::Status(items) => ret_status = Some(items.clone()),
-                ListReturn::Other(_) => {}
+                // RFC 5258 3.2: an unrecognized return option is BAD as well.
+                ListReturn::Other(_) => {
+                    self.out.status(Some(tag), Status::Bad, None, "Unknown LIST return option");
+                    return;
+                }
             }
         }
         if list.patterns.len() == 1 && list.patterns[0].is_empty() && !list.extended {
@@ -864,40 +920,40 @@ impl Session {
             return;
         }
         let account = self.account().to_string();
-        let mut entries = self
-            .shard
-            .store
-            .with_account(&account, list_entries)
-            .unwrap_or_default();
+        let mut entries = self.shard.store.with_account(&account, list_entries).unwrap_or_default();
         let subs: HashSet<String> = self.shard.store.with_account(&account, |a| a.subscriptions.iter().cloned().collect()).unwrap_or_default();
         if subscribed_only {
             // RFC 5258 3.1: SUBSCRIBED lists subscriptions whether or not
-            // the mailbox exists (those get \NonExistent).
-            let mut missing: Vec<&String> = subs.iter().filter(|n| !entries.iter().any(|e| &e.name == *n)).collect();
-            missing.sort();
-            for name in missing {
-                let prefix = format!("{name}{}", DELIMITER as char);
-                let children = entries.iter().any(|e| e.name.starts_with(&prefix));
-                entries.push(ListEntry { name: name.clone(), exists: false, children, special: special::NONE });
-            }
+            // the mailbox exists (those get \NonExistent), and RECURSIVEMATCH
+            // may name their superiors, which need not exist either.
+            add_subscribed_entries(&mut entries, &subs);
         }
+        // A mailbox is returned when it matches one of the patterns (each
+        // pattern on its own, RFC 5258 3) and every selection criterion.
+        let matched = |name: &str| {
+            list.patterns.iter().any(|p| {
+                let pat = [&list.reference[..], &p[..]].concat();
+                logic::list_match(&pat, name.as_bytes())
+            })
+        };
+        let selected = |e: &ListEntry| (!subscribed_only || subs.contains(&e.name)) && (!special_only || e.special != special::NONE);
         let mut statuses = Vec::new();
         for e in &entries {
-            let full: Vec<u8> = e.name.as_bytes().to_vec();
-            let matched = list.patterns.iter().any(|p| {
-                let pat = [&list.reference[..], &p[..]].concat();
-                logic::list_match(&pat, &full)
-            });
-            if !matched {
+            if !matched(&e.name) {
+                continue;
+            }
+            // RFC 5258 3.5 (RECURSIVEMATCH): a mailbox matching the pattern
+            // whose descendants match the selection criteria gets CHILDINFO,
+            // returned even if it does not match them itself; not when all
+            // of those descendants are returned anyway (redundant).
+            let childinfo = recursive && subscribed_only && {
+                let prefix = format!("{}{}", e.name, DELIMITER as char);
+                entries.iter().any(|d| d.name.starts_with(&prefix) && selected(d) && !matched(&d.name))
+            };
+            if !selected(e) && !childinfo {
                 continue;
             }
             let is_sub = subs.contains(&e.name);
-            if subscribed_only && !is_sub {
-                continue;
-            }
-            if special_only && e.special == special::NONE {
-                continue;
-            }
             let mut attrs: Vec<&str> = Vec::new();
             if !e.exists {
                 attrs.push(if list.extended { "\\NonExistent" } else { "\\Noselect" });
@@ -909,7 +965,8 @@ impl Session {
             if ret_subscribed && is_sub {
                 attrs.push("\\Subscribed");
             }
-            encode::write_list(&mut self.out.buf, false, &attrs, Some(DELIMITER), e.name.as_bytes());
+            let info: &[&str] = if childinfo { &["SUBSCRIBED"] } else { &[] };
+            encode::write_list_extended(&mut self.out.buf, &attrs, Some(DELIMITER), e.name.as_bytes(), info);
             if let (Some(items), true) = (&ret_status, e.exists) {
                 statuses.push(e.name.clone());
                 let values = self.shard.store.with_account(&account, |a| a.mailbox_by_name(&e.name).map(|m| status_items(m, items, self.recent_count(m)))).flatten();
@@ -1024,6 +1081,10 @@ impl Session {
                 return;
             }
         }
+        let modseq_key = logic::has_modseq_key(&search.keys);
+        if modseq_key {
+            self.enable_condstore();
+        }
         self.sync(uid);
         let sel = self.sel.as_ref().expect("selected");
         let account = self.account().to_string();
@@ -1056,11 +1117,10 @@ impl Session {
             }
         });
         let ids: Vec<u32> = hits.iter().map(|h| if uid { h.1 } else { h.0 }).collect();
-        let max_modseq = if search.keys.iter().any(|k| matches!(k, crate::protocol::imap::SearchKey::ModSeq { .. })) {
-            hits.iter().map(|h| h.2).max()
-        } else {
-            None
-        };
+        // RFC 7162 3.1.5: with a MODSEQ key (anywhere in the search) the
+        // result carries the highest mod-sequence of the messages returned;
+        // none when nothing matched.
+        let max_modseq = if modseq_key { hits.iter().map(|h| h.2).max() } else { None };
         match &search.returns {
             None => encode::write_search(&mut self.out.buf, &ids, max_modseq),
             Some(returns) => {
@@ -1071,6 +1131,17 @@ impl Session {
                 let only_save = returns.iter().all(|r| *r == SearchReturn::Save);
                 if !only_save {
                     let all = returns.contains(&SearchReturn::All).then_some(&ids[..]);
+                    // RFC 7162 3.2 (ESEARCH): with only MIN and/or MAX the
+                    // messages returned are those two; otherwise all matches.
+                    let whole = returns.iter().any(|r| matches!(r, SearchReturn::All | SearchReturn::Count | SearchReturn::Save));
+                    let max_modseq = if whole || hits.is_empty() {
+                        max_modseq
+                    } else {
+                        let (first, last) = (hits.first().map(|h| h.2), hits.last().map(|h| h.2));
+                        let min = returns.contains(&SearchReturn::Min).then_some(first).flatten();
+                        let max = returns.contains(&SearchReturn::Max).then_some(last).flatten();
+                        max_modseq.and(min.max(max))
+                    };
                     let data = encode::Esearch {
                         min: returns.contains(&SearchReturn::Min).then(|| ids.first().copied()).flatten(),
                         max: returns.contains(&SearchReturn::Max).then(|| ids.last().copied()).flatten(),
@@ -1092,7 +1163,9 @@ impl Session {
             self.out.status(Some(tag), Status::Bad, None, "Invalid message sequence number");
             return;
         }
-        if changed_since.is_some() {
+        if changed_since.is_some() || attrs.contains(&FetchAttr::ModSeq) {
+            // enable_condstore() with a mailbox selected (`sel` is borrowed).
+            self.modseq_pending |= !self.condstore;
             self.condstore = true;
         }
         let idx = sel.view.resolve(set, uid);
@@ -1196,13 +1269,15 @@ impl Session {
                         }
                     }
                 }
-                if uid && !wrote_uid {
+                // RFC 7162 3.1: once CONDSTORE is enabled every untagged
+                // FETCH carries UID and MODSEQ.
+                if (uid || condstore) && !wrote_uid {
                     w.uid(e.uid);
                 }
                 if sets_seen && flags_changed && !wrote_flags {
                     w.flags(&logic::flag_list(e.flags, e.keywords, &mb.keywords, recent));
                 }
-                if condstore && changed_since.is_some() && !attrs.contains(&FetchAttr::ModSeq) {
+                if condstore && !attrs.contains(&FetchAttr::ModSeq) {
                     w.modseq(e.modseq);
                 }
                 w.finish();
@@ -1224,6 +1299,8 @@ impl Session {
             return;
         }
         if unchanged_since.is_some() {
+            // enable_condstore() with a mailbox selected (`sel` is borrowed).
+            self.modseq_pending |= !self.condstore;
             self.condstore = true;
         }
         let idx = sel.view.resolve(set, uid);
@@ -1293,7 +1370,7 @@ impl Session {
                 }
                 let mut w = FetchWriter::new(out, i as u32 + 1);
                 w.flags(&logic::flag_list(e.flags, e.keywords, &mb.keywords, sel.view.recent.contains(&e.uid)));
-                if uid {
+                if uid || condstore {
                     w.uid(e.uid);
                 }
                 if condstore {
@@ -1311,7 +1388,13 @@ impl Session {
                 modified.iter().filter_map(|u| self.sel.as_ref().and_then(|s| s.view.seq_of(*u))).collect()
             };
             match SequenceSet::compress(&ids) {
-                Some(set) => self.out.status(Some(tag), Status::Ok, Some(&Code::Modified(&set)), "Conditional STORE failed for some messages"),
+                Some(set) => {
+                    // The tagged OK has room for one code: HIGHESTMODSEQ, if owed, goes untagged.
+                    if let Some(n) = self.take_modseq_pending() {
+                        self.out.status(None, Status::Ok, Some(&Code::HighestModSeq(n)), "Highest");
+                    }
+                    self.out.status(Some(tag), Status::Ok, Some(&Code::Modified(&set)), "Conditional STORE failed for some messages")
+                }
                 None => self.ok(tag, "STORE completed"),
             }
         }
@@ -1552,6 +1635,31 @@ fn status_items(m: &Mailbox, items: &[StatusItem], recent: u64) -> Vec<(StatusIt
             (*i, v)
         })
         .collect()
+}
+
+/// Subscriptions whose mailbox does not exist, and the superiors of those
+/// that exist nowhere either, as entries that do not exist; all entries
+/// sorted again (INBOX first).
+fn add_subscribed_entries(entries: &mut Vec<ListEntry>, subs: &HashSet<String>) {
+    let mut missing: Vec<String> = Vec::new();
+    for s in subs {
+        let mut name = s.as_str();
+        loop {
+            if !entries.iter().any(|e| e.name == name) && !missing.iter().any(|m| m == name) {
+                missing.push(name.to_string());
+            }
+            match name.rfind(DELIMITER as char) {
+                Some(i) => name = &name[..i],
+                None => break,
+            }
+        }
+    }
+    for name in missing {
+        let prefix = format!("{name}{}", DELIMITER as char);
+        let children = entries.iter().any(|e| e.exists && e.name.starts_with(&prefix));
+        entries.push(ListEntry { name, exists: false, children, special: special::NONE });
+    }
+    entries.sort_by(|a, b| (!a.name.eq_ignore_ascii_case("INBOX"), &a.name).cmp(&(!b.name.eq_ignore_ascii_case("INBOX"), &b.name)));
 }
 
 struct ListEntry {

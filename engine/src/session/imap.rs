@@ -379,10 +379,10 @@ fn eval(key: &SearchKey<'_>, m: &SearchInput<'_>, p: &mut Parsed<'_>, depth: usi
         SearchKey::SentBefore(d) => mime::sent_date(p.header()).is_some_and(|s| s.days_since_epoch() < d.days_since_epoch()),
         SearchKey::SentOn(d) => mime::sent_date(p.header()).is_some_and(|s| s.days_since_epoch() == d.days_since_epoch()),
         SearchKey::SentSince(d) => mime::sent_date(p.header()).is_some_and(|s| s.days_since_epoch() >= d.days_since_epoch()),
-        SearchKey::From(s) => mime::header_contains(p.header(), b"From", &str_of(s)),
-        SearchKey::To(s) => mime::header_contains(p.header(), b"To", &str_of(s)),
-        SearchKey::Cc(s) => mime::header_contains(p.header(), b"Cc", &str_of(s)),
-        SearchKey::Bcc(s) => mime::header_contains(p.header(), b"Bcc", &str_of(s)),
+        SearchKey::From(s) => mime::address_header_contains(p.header(), b"From", &str_of(s)),
+        SearchKey::To(s) => mime::address_header_contains(p.header(), b"To", &str_of(s)),
+        SearchKey::Cc(s) => mime::address_header_contains(p.header(), b"Cc", &str_of(s)),
+        SearchKey::Bcc(s) => mime::address_header_contains(p.header(), b"Bcc", &str_of(s)),
         SearchKey::Subject(s) => mime::header_contains(p.header(), b"Subject", &str_of(s)),
         SearchKey::Header(name, s) => {
             let needle = str_of(s);
@@ -400,6 +400,18 @@ fn eval(key: &SearchKey<'_>, m: &SearchInput<'_>, p: &mut Parsed<'_>, depth: usi
         SearchKey::Or(a, b) => eval(a, m, p, depth + 1) || eval(b, m, p, depth + 1),
         SearchKey::And(ks) => ks.iter().all(|k| eval(k, m, p, depth + 1)),
     }
+}
+
+/// Whether a search has a MODSEQ key anywhere (RFC 7162 3.1.5): it enables
+/// CONDSTORE and makes the result carry the highest mod-sequence.
+pub fn has_modseq_key(keys: &[SearchKey<'_>]) -> bool {
+    keys.iter().any(|k| match k {
+        SearchKey::ModSeq { .. } => true,
+        SearchKey::Not(k) => has_modseq_key(std::slice::from_ref(k)),
+        SearchKey::Or(a, b) => has_modseq_key(std::slice::from_ref(a)) || has_modseq_key(std::slice::from_ref(b)),
+        SearchKey::And(ks) => has_modseq_key(ks),
+        _ => false,
+    })
 }
 
 /// Whether a search needs the message bytes at all (flags-only searches
@@ -555,5 +567,42 @@ mod tests {
         assert!(search("HEADER Subject \"\""));
         assert!(!search("HEADER X-Missing \"\""));
         assert!(search("(SEEN (FROM alice))"));
+    }
+
+    #[test]
+    fn address_keys_see_through_comments() {
+        let e = entry(1, 0, 1);
+        let v = ViewMsg::of(&e);
+        let forms = [
+            "user-from@domain.org",
+            "<user-from@domain.org>",
+            "User From <user-from@domain.org>",
+            "user-from@domain.org (User From)",
+            "<user-from (comment)@ (comment) domain.org>",
+            "User (a) From <user-from(b)@(c)domain.org>",
+            "(lead) user-from (x) @ (y) domain (z) . org (trail)",
+            "=?utf-8?q?J=C3=B6rg?= <user-from (c)@domain.org>",
+        ];
+        for form in forms {
+            for field in ["From", "To", "Cc", "Bcc"] {
+                let body = format!("{field}: {form}\r\nSubject: x\r\n\r\nbody\r\n");
+                let input = SearchInput { seq: 1, view: &v, entry: &e, keyword_names: &[], recent: false, max_seq: 1, max_uid: 1, body: body.as_bytes(), saved: &[] };
+                let search = |q: &str| {
+                    let line = format!("a SEARCH {q}\r\n");
+                    let cmd = parse_command(line.as_bytes()).unwrap();
+                    let CommandBody::Search { search, .. } = cmd.body else { panic!() };
+                    matches(&search.keys, &input)
+                };
+                let key = field.to_ascii_uppercase();
+                assert!(search(&format!("{key} user-from@domain.org")), "{field}: {form}");
+                assert!(search(&format!("{key} USER-FROM@DOMAIN.ORG")), "{field}: {form}");
+                assert!(search(&format!("{key} user-from")), "{field}: {form}");
+                assert!(search(&format!("{key} domain.org")), "{field}: {form}");
+                assert!(!search(&format!("{key} other@domain.org")), "{field}: {form}");
+                assert!(!search(&format!("{key} user-from@domain.org.uk")), "{field}: {form}");
+                let other = if field == "From" { "TO" } else { "FROM" };
+                assert!(!search(&format!("{other} user-from@domain.org")), "{field}: {form}");
+            }
+        }
     }
 }

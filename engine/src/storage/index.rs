@@ -159,11 +159,34 @@ pub struct Account {
     /// Relay queue accounts only: envelopes and delivery states, sorted by UID.
     /// Empty for every mail account.
     pub queue: Vec<QueuedMessage>,
+    /// The highest UIDVALIDITY any mailbox of this account was ever given,
+    /// deleted mailboxes included. A new mailbox gets a larger one, so a name
+    /// deleted and created again never shows a client its old UIDVALIDITY
+    /// with new messages behind it (RFC 3501 2.3.1.1). Raised by every
+    /// CreateMailbox record (replay included) and kept in checkpoints.
+    pub uidvalidity_max: u32,
 }
 
 impl Account {
     pub fn new(name: &str) -> Self {
-        Account { name: name.into(), mailboxes: Vec::new(), subscriptions: Vec::new(), next_mailbox_id: 0, queue: Vec::new() }
+        Account { name: name.into(), mailboxes: Vec::new(), subscriptions: Vec::new(), next_mailbox_id: 0, queue: Vec::new(), uidvalidity_max: 0 }
+    }
+
+    /// UIDVALIDITY values for `n` new mailboxes, reserved at once (so two
+    /// creations waiting for the same group commit cannot share one): each
+    /// above every value used before in this account, and no lower than the
+    /// clock in seconds, which also keeps them above values of mailboxes
+    /// that older checkpoints (format 2 and before) no longer remember.
+    pub fn reserve_uidvalidity(&mut self, now: i64, n: usize) -> Vec<u32> {
+        let mut last = self.mailboxes.iter().map(|m| m.uidvalidity).fold(self.uidvalidity_max, u32::max);
+        let clock = now.clamp(1, i64::from(u32::MAX)) as u32;
+        (0..n)
+            .map(|_| {
+                last = clock.max(last.saturating_add(1));
+                self.uidvalidity_max = last;
+                last
+            })
+            .collect()
     }
 
     /// A queued message's envelope and states.
@@ -190,6 +213,7 @@ impl Account {
         match op {
             Op::CreateMailbox { mailbox, name, uidvalidity, special_use, .. } => {
                 self.next_mailbox_id = self.next_mailbox_id.max(mailbox + 1);
+                self.uidvalidity_max = self.uidvalidity_max.max(*uidvalidity);
                 if self.mailbox(*mailbox).is_none() {
                     self.mailboxes.push(Mailbox::new(*mailbox, name, *uidvalidity, *special_use));
                 }
@@ -361,11 +385,59 @@ pub mod v1 {
                     .accounts
                     .into_iter()
                     .map(|a| super::Account {
+                        uidvalidity_max: a.mailboxes.iter().map(|m| m.uidvalidity).max().unwrap_or(0),
                         name: a.name,
                         mailboxes: a.mailboxes,
                         subscriptions: a.subscriptions,
                         next_mailbox_id: a.next_mailbox_id,
                         queue: Vec::new(),
+                    })
+                    .collect(),
+            }
+        }
+    }
+}
+
+/// Checkpoint format 2 (relay queues, before `Account::uidvalidity_max`).
+/// Read at start-up like format 1; the UIDVALIDITY of mailboxes deleted
+/// before it was written is not known any more, so the counter starts at the
+/// highest one still there (new values are also never below the clock).
+pub mod v2 {
+    use super::{LogPos, Mailbox, QueuedMessage};
+
+    #[derive(Debug, Clone, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+    pub struct Account {
+        pub name: String,
+        pub mailboxes: Vec<Mailbox>,
+        pub subscriptions: Vec<String>,
+        pub next_mailbox_id: u32,
+        pub queue: Vec<QueuedMessage>,
+    }
+
+    #[derive(Debug, Clone, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+    pub struct BucketCheckpoint {
+        pub version: u32,
+        pub bucket: u32,
+        pub applied: LogPos,
+        pub accounts: Vec<Account>,
+    }
+
+    impl From<BucketCheckpoint> for super::BucketCheckpoint {
+        fn from(c: BucketCheckpoint) -> Self {
+            super::BucketCheckpoint {
+                version: c.version,
+                bucket: c.bucket,
+                applied: c.applied,
+                accounts: c
+                    .accounts
+                    .into_iter()
+                    .map(|a| super::Account {
+                        uidvalidity_max: a.mailboxes.iter().map(|m| m.uidvalidity).max().unwrap_or(0),
+                        name: a.name,
+                        mailboxes: a.mailboxes,
+                        subscriptions: a.subscriptions,
+                        next_mailbox_id: a.next_mailbox_id,
+                        queue: a.queue,
                     })
                     .collect(),
             }
@@ -451,6 +523,49 @@ mod tests {
         let now: BucketCheckpoint = back.into();
         assert_eq!(now.accounts[0].mailboxes, vec![mb]);
         assert!(now.accounts[0].queue.is_empty());
+    }
+
+    #[test]
+    fn uidvalidity_is_never_reused_after_delete() {
+        let mut a = Account::new("a@x");
+        let now = 1_800_000_000;
+        for (id, name, su) in DEFAULT_MAILBOXES {
+            a.apply(&Op::CreateMailbox { account: "a@x", mailbox: id, name, uidvalidity: now as u32, special_use: su }, None);
+        }
+        let v = a.reserve_uidvalidity(now, 2);
+        assert_eq!(v, vec![now as u32 + 1, now as u32 + 2]);
+        a.apply(&Op::CreateMailbox { account: "a@x", mailbox: 6, name: "box", uidvalidity: v[1], special_use: 0 }, None);
+        a.apply(&Op::DeleteMailbox { account: "a@x", mailbox: 6 }, None);
+        // Same second, the mailbox with the highest value is gone: still higher.
+        assert_eq!(a.reserve_uidvalidity(now, 1), vec![now as u32 + 3]);
+        // The clock wins when it is ahead; a clock gone backwards does not matter.
+        assert_eq!(a.reserve_uidvalidity(now + 100, 1), vec![now as u32 + 100]);
+        assert_eq!(a.reserve_uidvalidity(now - 1000, 1), vec![now as u32 + 101]);
+        // Replay of a creation record raises the counter as well.
+        let mut b = Account::new("a@x");
+        b.apply(&Op::CreateMailbox { account: "a@x", mailbox: 3, name: "x", uidvalidity: 77, special_use: 0 }, None);
+        b.apply(&Op::DeleteMailbox { account: "a@x", mailbox: 3 }, None);
+        assert_eq!(b.uidvalidity_max, 77);
+        assert_eq!(b.reserve_uidvalidity(5, 1), vec![78]);
+    }
+
+    #[test]
+    fn version_2_checkpoints_still_load() {
+        let mut mb = Mailbox::new(0, "INBOX", 9, 0);
+        mb.uidnext = 3;
+        let old = v2::BucketCheckpoint {
+            version: 2,
+            bucket: 1,
+            applied: LogPos { seg: 1, offset: 8 },
+            accounts: vec![v2::Account { name: "a@x".into(), mailboxes: vec![mb.clone()], subscriptions: vec!["INBOX".into()], next_mailbox_id: 4, queue: vec![] }],
+        };
+        let bytes = rkyv::to_bytes::<rkyv::rancor::Error>(&old).unwrap();
+        let archived = rkyv::access::<v2::ArchivedBucketCheckpoint, rkyv::rancor::Error>(&bytes).unwrap();
+        let back: v2::BucketCheckpoint = rkyv::deserialize::<_, rkyv::rancor::Error>(archived).unwrap();
+        let now: BucketCheckpoint = back.into();
+        assert_eq!(now.accounts[0].mailboxes, vec![mb]);
+        assert_eq!(now.accounts[0].next_mailbox_id, 4);
+        assert_eq!(now.accounts[0].uidvalidity_max, 9);
     }
 
     #[test]

@@ -949,10 +949,11 @@ impl Store {
     }
 }
 
-/// Version 2 added `Account::queue` (relay queues). Version 1 files are still
-/// read (`index::v1`); any other version is refused at start, loudly, rather
-/// than replaying from segments that compaction may have deleted.
-const CHECKPOINT_VERSION: u32 = 2;
+/// Version 2 added `Account::queue` (relay queues), version 3
+/// `Account::uidvalidity_max`. Versions 1 and 2 are still read (`index::v1`,
+/// `index::v2`); any other version is refused at start, loudly, rather than
+/// replaying from segments that compaction may have deleted.
+const CHECKPOINT_VERSION: u32 = 3;
 const CHECKPOINT_MAGIC: &[u8; 4] = b"RMCK";
 /// Header before the rkyv bytes: magic, version, length, crc32. 16 bytes keeps
 /// the archive 16-byte aligned inside a page-aligned mapping.
@@ -1015,6 +1016,13 @@ fn load_checkpoint(dir: &Path, bucket: u32) -> std::io::Result<Option<BucketChec
             let archived = rkyv::access::<index::ArchivedBucketCheckpoint, rkyv::rancor::Error>(archive)
                 .map_err(|e| bad(&format!("invalid archive: {e}")))?;
             rkyv::deserialize::<_, rkyv::rancor::Error>(archived).map_err(|e| bad(&format!("{e}")))?
+        }
+        2 => {
+            let archived = rkyv::access::<index::v2::ArchivedBucketCheckpoint, rkyv::rancor::Error>(archive)
+                .map_err(|e| bad(&format!("invalid archive: {e}")))?;
+            let old: index::v2::BucketCheckpoint =
+                rkyv::deserialize::<_, rkyv::rancor::Error>(archived).map_err(|e| bad(&format!("{e}")))?;
+            old.into()
         }
         1 => {
             let archived = rkyv::access::<index::v1::ArchivedBucketCheckpoint, rkyv::rancor::Error>(archive)

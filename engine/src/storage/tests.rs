@@ -428,3 +428,30 @@ fn commits_leave_the_executor_when_syncs_are_slow() {
         assert_eq!(inbox(&again, "a@x").into_iter().map(|m| m.1).collect::<Vec<_>>(), want);
     });
 }
+
+#[test]
+fn deleted_mailbox_uidvalidity_survives_checkpoint_and_replay() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_path_buf();
+    run(move || async move {
+        let a = "v@x.test";
+        let s = open(&d, 0, 1, 1_000_000);
+        s.ensure_account(a).await.unwrap();
+        let create = |s: &Store, now| s.with_account_counters(a, |acc| (acc.next_mailbox_id, acc.reserve_uidvalidity(now, 1)[0])).unwrap();
+        let (id, v1) = create(&s, 5);
+        s.commit(&[Op::CreateMailbox { account: a, mailbox: id, name: "box", uidvalidity: v1, special_use: 0 }]).await.unwrap();
+        s.commit(&[Op::DeleteMailbox { account: a, mailbox: id }]).await.unwrap();
+        // Replay only (no checkpoint): the creation record raises the counter.
+        let s2 = open(&d, 0, 1, 1_000_000);
+        assert_eq!(s2.with_account(a, |acc| acc.uidvalidity_max), Some(v1));
+        let (id, v2) = create(&s2, 5);
+        assert!(v2 > v1);
+        s2.commit(&[Op::CreateMailbox { account: a, mailbox: id, name: "box", uidvalidity: v2, special_use: 0 }]).await.unwrap();
+        s2.commit(&[Op::DeleteMailbox { account: a, mailbox: id }]).await.unwrap();
+        s2.checkpoint_all().await.unwrap();
+        // From the checkpoint: the record of the deleted mailbox is not replayed.
+        let s3 = open(&d, 0, 1, 1_000_000);
+        assert_eq!(s3.with_account(a, |acc| (acc.uidvalidity_max, acc.mailbox_by_name("box").is_none())), Some((v2, true)));
+        assert!(create(&s3, 5).1 > v2);
+    });
+}

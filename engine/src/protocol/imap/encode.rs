@@ -373,6 +373,41 @@ pub fn write_list(
     delimiter: Option<u8>,
     name: &[u8],
 ) {
+    write_list_head(out, lsub, attrs, delimiter, name);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// `* LIST (attrs) "/" name ("CHILDINFO" (criteria))` (RFC 5258 3.5): the
+/// selection criteria some descendant of the mailbox matches; no extended
+/// data when `childinfo` is empty.
+pub fn write_list_extended(
+    out: &mut Vec<u8>,
+    attrs: &[&str],
+    delimiter: Option<u8>,
+    name: &[u8],
+    childinfo: &[&str],
+) {
+    write_list_head(out, false, attrs, delimiter, name);
+    if !childinfo.is_empty() {
+        out.extend_from_slice(b" (\"CHILDINFO\" (");
+        for (i, c) in childinfo.iter().enumerate() {
+            if i > 0 {
+                out.push(b' ');
+            }
+            write_quoted(out, c.as_bytes());
+        }
+        out.extend_from_slice(b"))");
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+fn write_list_head(
+    out: &mut Vec<u8>,
+    lsub: bool,
+    attrs: &[&str],
+    delimiter: Option<u8>,
+    name: &[u8],
+) {
     out.extend_from_slice(if lsub { b"* LSUB (" } else { b"* LIST (" });
     for (i, a) in attrs.iter().enumerate() {
         if i > 0 {
@@ -387,7 +422,6 @@ pub fn write_list(
     }
     out.push(b' ');
     write_astring(out, name);
-    out.extend_from_slice(b"\r\n");
 }
 
 /// `* STATUS name (ITEM n ...)`

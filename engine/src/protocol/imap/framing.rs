@@ -50,6 +50,14 @@ impl FramingLimits {
         literal_max: 1024,
         command_max: 4096,
     };
+    /// An ID command (RFC 2971) in any state: the largest the RFC allows,
+    /// values as literals too, and nothing more (see
+    /// [`crate::limits::IMAP_ID_COMMAND_MAX`]).
+    pub const ID: FramingLimits = FramingLimits {
+        line_max: crate::limits::IMAP_ID_COMMAND_MAX,
+        literal_max: crate::limits::IMAP_ID_VALUE_MAX,
+        command_max: crate::limits::IMAP_ID_COMMAND_MAX,
+    };
     /// After authentication: APPEND of a maximal message plus its command line.
     pub const AUTHENTICATED: FramingLimits = FramingLimits {
         line_max: 64 * 1024,
@@ -258,6 +266,31 @@ impl Framer {
         self.state == State::Line && self.pos == 0
     }
 
+    /// The bounds for the command at the front of `buf`: the configured
+    /// ones, raised to [`FramingLimits::ID`] for an ID command (known as soon
+    /// as `tag SP "ID" SP` has arrived), so a maximal ID fits before login.
+    fn limits_for(&self, buf: &[u8]) -> FramingLimits {
+        let id = FramingLimits::ID;
+        if self.limits.line_max >= id.line_max && self.limits.command_max >= id.command_max {
+            return self.limits;
+        }
+        let head = &buf[..buf.len().min(self.limits.line_max + 4)];
+        let Some(sp) = memchr::memchr(b' ', head) else {
+            return self.limits;
+        };
+        let is_id = sp > 0
+            && head[..sp].iter().all(|&b| super::parse::is_tag_char(b))
+            && head.get(sp + 1..sp + 4).is_some_and(|w| w.eq_ignore_ascii_case(b"ID "));
+        if !is_id {
+            return self.limits;
+        }
+        FramingLimits {
+            line_max: self.limits.line_max.max(id.line_max),
+            literal_max: self.limits.literal_max.max(id.literal_max),
+            command_max: self.limits.command_max.max(id.command_max),
+        }
+    }
+
     fn finish(&mut self, n: usize) -> Frame {
         self.reset();
         Frame::Command(n)
@@ -281,6 +314,7 @@ impl Framer {
                         // A rejected command just ended inside this buffer.
                         return Frame::Discard(discarded);
                     }
+                    let limits = self.limits_for(buf);
                     let rest = &buf[self.pos..];
                     match memchr::memchr(b'\n', rest) {
                         Some(i) => {
@@ -288,10 +322,10 @@ impl Framer {
                             let line = &buf[self.line_start..lf];
                             let line = line.strip_suffix(b"\r").unwrap_or(line);
                             let announce = literal_suffix(line);
-                            if line.len() > self.limits.line_max {
+                            if line.len() > limits.line_max {
                                 return self.reject(buf, lf + 1, LimitExceeded::Line, announce);
                             }
-                            if lf + 1 > self.limits.command_max {
+                            if lf + 1 > limits.command_max {
                                 return self.reject(buf, lf + 1, LimitExceeded::Command, announce);
                             }
                             let Some(a) = announce else {
@@ -305,11 +339,11 @@ impl Framer {
                                     announce,
                                 );
                             }
-                            if a.len > self.limits.literal_max as u64 {
+                            if a.len > limits.literal_max as u64 {
                                 return self.reject(buf, lf + 1, LimitExceeded::Literal, announce);
                             }
                             if (lf as u64 + 1).saturating_add(a.len)
-                                > self.limits.command_max as u64
+                                > limits.command_max as u64
                             {
                                 return self.reject(buf, lf + 1, LimitExceeded::Command, announce);
                             }
@@ -328,10 +362,10 @@ impl Framer {
                             } else {
                                 line_len
                             };
-                            if line_len > self.limits.line_max {
+                            if line_len > limits.line_max {
                                 return self.reject_partial_line(buf, LimitExceeded::Line);
                             }
-                            if buf.len() > self.limits.command_max {
+                            if buf.len() > limits.command_max {
                                 return self.reject_partial_line(buf, LimitExceeded::Command);
                             }
                             self.pos = buf.len();
@@ -653,6 +687,58 @@ mod tests {
         }
         assert_eq!(f.feed(b"\r\nb NOOP\r\n"), Frame::Discard(2));
         assert_eq!(f.feed(b"b NOOP\r\n"), Frame::Command(8));
+    }
+
+    /// `tag ID (...)` with `pairs` pairs, each field and value given by `f`.
+    fn id_command(tag: &str, pairs: usize, f: impl Fn(usize) -> (String, String)) -> Vec<u8> {
+        let list: Vec<String> = (0..pairs)
+            .map(|i| {
+                let (k, v) = f(i);
+                format!("{k} {v}")
+            })
+            .collect();
+        format!("{tag} ID ({})\r\n", list.join(" ")).into_bytes()
+    }
+
+    #[test]
+    fn a_maximal_id_fits_before_login_and_nothing_larger() {
+        use crate::protocol::imap::{parse_command, CommandBody};
+        // RFC 2971 3.3 maxima, every octet escaped: the longest way to write it.
+        let field = |_: usize| format!("\"{}\"", "\\\\".repeat(30));
+        let value = format!("\"{}\"", "\\\"".repeat(1024));
+        let tag = "t".repeat(1024);
+        let max = id_command(&tag, 30, |i| (field(i), value.clone()));
+        assert!(max.len() <= FramingLimits::ID.command_max, "{}", max.len());
+        let mut f = Framer::new(FramingLimits::NOT_AUTHENTICATED);
+        for cut in [0, 3, 1030, 1031, 2000, max.len() - 1] {
+            f.reset();
+            assert_eq!(f.feed(&max[..cut]), Frame::NeedMore, "cut {cut}");
+        }
+        assert_eq!(f.feed(&max), Frame::Command(max.len()));
+        let cmd = parse_command(&max).unwrap();
+        let CommandBody::Id(Some(params)) = cmd.body else { panic!() };
+        assert_eq!(params.len(), 30);
+        assert!(params.iter().all(|(k, v)| k.len() == 30 && v.as_ref().unwrap().len() == 1024));
+        // Values as literals (synchronizing or not) fit as well.
+        let lit = id_command("a", 30, |i| (format!("\"field{i}\""), format!("{{1024+}}\r\n{}", "v".repeat(1024))));
+        let mut f = Framer::new(FramingLimits::NOT_AUTHENTICATED);
+        assert_eq!(f.feed(&lit), Frame::Command(lit.len()));
+        assert!(matches!(parse_command(&lit).unwrap().body, CommandBody::Id(Some(p)) if p.len() == 30));
+        // One pair more does not frame; any other command that long is refused at 4 KiB.
+        let over = id_command(&tag, 31, |i| (field(i % 30), value.clone()));
+        let mut f = Framer::new(FramingLimits::NOT_AUTHENTICATED);
+        assert!(matches!(f.feed(&over), Frame::Rejected(Rejection { reason: LimitExceeded::Line, .. })));
+        let mut login = b"a LOGIN ".to_vec();
+        login.extend_from_slice(&max[8..]);
+        let mut f = Framer::new(FramingLimits::NOT_AUTHENTICATED);
+        assert!(matches!(f.feed(&login), Frame::Rejected(_)));
+        // "ID" must be the whole command name.
+        let mut f = Framer::new(FramingLimits::NOT_AUTHENTICATED);
+        let idx = [b"a IDX ".to_vec(), vec![b'x'; 5000], b"\r\n".to_vec()].concat();
+        assert!(matches!(f.feed(&idx), Frame::Rejected(_)));
+        // A literal larger than a value is refused.
+        let mut f = Framer::new(FramingLimits::NOT_AUTHENTICATED);
+        assert!(matches!(f.feed(b"a ID (\"k\" {1025}\r\n"), Frame::Rejected(Rejection { reason: LimitExceeded::Literal, .. })));
     }
 
     fn command_strategy() -> impl Strategy<Value = Vec<u8>> {

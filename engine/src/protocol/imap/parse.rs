@@ -224,6 +224,43 @@ impl<'a> Cur<'a> {
         Ok(data)
     }
 
+    /// The entry name of a MODSEQ search key (RFC 7162 3.1.5), e.g.
+    /// `"/flags/\\Seen"`: a string, except that a backslash before
+    /// anything but `"` or `\` is kept as written: clients often send the
+    /// flag's backslash unescaped (`"/flags/\Seen"`), and no other
+    /// reading of it makes sense.
+    fn entry_name(&mut self) -> R<Str<'a>> {
+        if self.peek() != Some(b'"') {
+            return self.string();
+        }
+        self.p += 1;
+        let mut v = Vec::new();
+        loop {
+            match self.peek() {
+                None => return Err("unterminated quoted string"),
+                Some(b'"') => {
+                    self.p += 1;
+                    return Ok(Cow::Owned(v));
+                }
+                Some(b'\\') => match self.b.get(self.p + 1) {
+                    Some(&c @ (b'"' | b'\\')) => {
+                        v.push(c);
+                        self.p += 2;
+                    }
+                    _ => {
+                        v.push(b'\\');
+                        self.p += 1;
+                    }
+                },
+                Some(b'\r' | b'\n' | 0) => return Err("invalid character in quoted string"),
+                Some(c) => {
+                    v.push(c);
+                    self.p += 1;
+                }
+            }
+        }
+    }
+
     fn string(&mut self) -> R<Str<'a>> {
         match self.peek() {
             Some(b'"') => self.quoted(),
@@ -517,9 +554,21 @@ fn command_body<'a>(c: &mut Cur<'a>) -> R<CommandBody<'a>> {
                 let mut params = Vec::new();
                 if !c.eat(b')') {
                     loop {
+                        // RFC 2971 3.3: at most 30 pairs, fields of at most
+                        // 30 octets, values of at most 1024.
+                        use crate::limits::{IMAP_ID_FIELD_MAX, IMAP_ID_PAIRS_MAX, IMAP_ID_VALUE_MAX};
+                        if params.len() == IMAP_ID_PAIRS_MAX {
+                            return Err("ID has more than 30 field-value pairs");
+                        }
                         let k = c.string()?;
+                        if k.len() > IMAP_ID_FIELD_MAX {
+                            return Err("ID field longer than 30 octets");
+                        }
                         c.sp()?;
                         let v = c.nstring()?;
+                        if v.as_ref().is_some_and(|v| v.len() > IMAP_ID_VALUE_MAX) {
+                            return Err("ID value longer than 1024 octets");
+                        }
                         params.push((k, v));
                         if c.eat(b')') {
                             break;
@@ -816,8 +865,8 @@ fn search_key_inner<'a>(c: &mut Cur<'a>) -> R<SearchKey<'a>> {
         b"MODSEQ" => {
             c.sp()?;
             let mut entry = None;
-            if c.peek() == Some(b'"') {
-                let name = c.quoted()?;
+            if matches!(c.peek(), Some(b'"' | b'{')) {
+                let name = c.entry_name()?;
                 c.sp()?;
                 let kind = c.atom()?;
                 if !(kind.eq_ignore_ascii_case(b"priv")
@@ -827,6 +876,12 @@ fn search_key_inner<'a>(c: &mut Cur<'a>) -> R<SearchKey<'a>> {
                     return Err("invalid MODSEQ entry type");
                 }
                 entry = Some((name, kind));
+                // Some clients end the key after the entry type; the value
+                // is then 0 (every message matches, as mod-sequences are
+                // at least 1), the key still asks for MODSEQ in the result.
+                if !matches!(c.b.get(c.p..c.p + 2), Some([b' ', b'0'..=b'9'])) {
+                    return Ok(SearchKey::ModSeq { entry, modseq: 0 });
+                }
                 c.sp()?;
             }
             SearchKey::ModSeq {
