@@ -113,7 +113,21 @@ def search_cfws():
     m.logout()
 
 
-CASES = {f.__name__: f for f in [examine_recent, id_maximal, list_extended, condstore, search_cfws]}
+def keywords_announced():
+    a, b = connect(), connect()
+    ok(a.select("Kw"), "SELECT a")
+    ok(b.select("Kw"), "SELECT b")
+    ok(b.store("7", "+FLAGS", "($PyLabel)"), "STORE b")
+    typ, data = a.fetch("7", "(FLAGS)")
+    eq(typ, "OK", "FETCH a")
+    check(b"$PyLabel" in data[0], "FETCH data %r" % data)
+    flags = a.untagged_responses.get("FLAGS") or []
+    check(any(b"$PyLabel" in f for f in flags), "no FLAGS naming $PyLabel before the FETCH: %r" % (flags,))
+    a.logout()
+    b.logout()
+
+
+CASES = {f.__name__: f for f in [examine_recent, id_maximal, list_extended, condstore, search_cfws, keywords_announced]}
 
 
 if __name__ == "__main__":

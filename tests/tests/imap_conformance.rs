@@ -15,7 +15,7 @@
 //!   7.2.6), with many concurrent sessions.
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use ringmail_tests::*;
 
@@ -694,4 +694,138 @@ fn search_address_with_comments() {
     assert!(c.ok("SEARCH FROM \"a comment\"").search() == vec![6], "the field text still matches as well");
     c.ok("LOGOUT");
     py("search_cfws", &server);
+}
+
+// ---------------------------------------------------------------------------
+// 7. Keywords are announced in FLAGS before FETCH uses them (RFC 3501 7.2.6)
+// ---------------------------------------------------------------------------
+
+/// Follows one session's FLAGS announcements and checks every FETCH FLAGS
+/// against them.
+#[derive(Default)]
+struct FlagsWatch {
+    known: Vec<String>,
+    fetches: usize,
+}
+
+impl FlagsWatch {
+    #[track_caller]
+    fn see(&mut self, line: &str, who: &str) {
+        if let Some(rest) = line.strip_prefix("* FLAGS (") {
+            self.known = rest.trim_end_matches(')').split(' ').map(str::to_string).collect();
+            return;
+        }
+        let Some(i) = line.find(" FETCH (") else { return };
+        let Some(f) = line[i..].find("FLAGS (") else { return };
+        let list = &line[i + f + 7..];
+        let list = &list[..list.find(')').unwrap()];
+        self.fetches += 1;
+        for flag in list.split(' ').filter(|f| !f.is_empty() && !f.starts_with('\\')) {
+            assert!(self.known.iter().any(|k| k.eq_ignore_ascii_case(flag)), "{who}: {flag} in {line:?} before any FLAGS naming it (FLAGS was {:?})", self.known);
+        }
+    }
+
+    #[track_caller]
+    fn resp(&mut self, r: &Resp, who: &str) {
+        for l in &r.untagged {
+            self.see(l, who);
+        }
+    }
+}
+
+#[test]
+fn keywords_announced_before_fetch_uses_them() {
+    let server = server();
+    let mut setup = Imap::login(server.imap);
+    setup.ok("CREATE Kw");
+    for i in 0..20 {
+        setup.append("Kw", "", &message(&format!("k{i}")));
+    }
+
+    // The plain cases, one by one: another session's STORE, APPEND with a
+    // keyword, COPY of a message with one, seen by NOOP, FETCH, STORE and IDLE.
+    let mut a = Imap::login(server.imap);
+    let mut wa = FlagsWatch::default();
+    wa.resp(&a.ok("SELECT Kw"), "a");
+    let mut b = Imap::login(server.imap);
+    b.ok("SELECT Kw");
+    b.ok("STORE 1 +FLAGS ($Label1)");
+    let r = a.ok("NOOP");
+    wa.resp(&r, "a");
+    assert!(wa.known.contains(&"$Label1".to_string()), "{r:#?}");
+    b.ok("STORE 2 +FLAGS ($Label2)");
+    wa.resp(&a.ok("FETCH 1:3 FLAGS"), "a");
+    b.ok("STORE 3 +FLAGS ($Label3)");
+    let r = a.ok("STORE 3 +FLAGS (\\Flagged)");
+    wa.resp(&r, "a");
+    assert!(wa.known.contains(&"$Label3".to_string()), "{r:#?}");
+    b.ok("STORE 4 +FLAGS ($Label4)");
+    wa.resp(&a.ok("UID FETCH 1:* (FLAGS)"), "a");
+    b.ok("STORE 5 +FLAGS ($Label5)");
+    wa.resp(&a.ok("UID STORE 5 +FLAGS.SILENT (\\Seen)"), "a");
+    wa.resp(&a.ok("FETCH 5 (FLAGS BODY[TEXT])"), "a");
+    // APPEND and COPY into the selected mailbox by the other session.
+    b.append("Kw", "$Appended", &message("with keyword"));
+    b.ok("CREATE Other");
+    b.append("Other", "$Copied", &message("to copy"));
+    b.ok("SELECT Other");
+    b.ok("COPY 1 Kw");
+    let r = a.ok("NOOP");
+    wa.resp(&r, "a");
+    for k in ["$Appended", "$Copied"] {
+        assert!(wa.known.contains(&k.to_string()), "{k}: {r:#?}");
+    }
+    // IDLE: the FLAGS comes before the FETCH within the idle updates.
+    let t = a.tag();
+    a.send(format!("{t} IDLE\r\n").as_bytes());
+    assert!(a.response().starts_with("+ "));
+    b.ok("SELECT Kw");
+    b.ok("STORE 6 +FLAGS ($Idle)");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let l = a.response();
+        wa.see(&l, "a (IDLE)");
+        if l.contains(" FETCH (") && l.contains("$Idle") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no FETCH with $Idle during IDLE");
+    }
+    a.send(b"DONE\r\n");
+    let r = a.until(&t);
+    assert!(r.ok());
+    wa.resp(&r, "a");
+    a.ok("LOGOUT");
+    b.ok("LOGOUT");
+
+    // 50 concurrent sessions storing new keywords on shared messages and
+    // fetching flags; every session checks what it is told.
+    let addr = server.imap;
+    let threads: Vec<_> = (0..50)
+        .map(|n| {
+            std::thread::spawn(move || {
+                let who = format!("client {n}");
+                let mut c = Imap::login(addr);
+                let mut w = FlagsWatch::default();
+                w.resp(&c.ok("SELECT Kw"), &who);
+                for round in 0..12u32 {
+                    let msg = (n * 7 + round as usize * 3) % 20 + 1;
+                    let kw = format!("$Stress{}", (n + round as usize) % 30);
+                    let cmd = match round % 4 {
+                        0 => format!("STORE {msg} +FLAGS ({kw})"),
+                        1 => format!("FETCH 1:* FLAGS"),
+                        2 => format!("UID STORE {msg} FLAGS ({kw} $Label1 \\Seen)"),
+                        _ => "NOOP".to_string(),
+                    };
+                    let r = c.cmd(&cmd);
+                    assert!(r.ok(), "{who}: {cmd} -> {r:?}");
+                    w.resp(&r, &who);
+                }
+                c.ok("LOGOUT");
+                w.fetches
+            })
+        })
+        .collect();
+    let fetches: usize = threads.into_iter().map(|t| t.join().expect("a stress session failed")).sum();
+    assert!(fetches > 500, "only {fetches} FETCH FLAGS responses checked");
+    py("keywords_announced", &server);
 }

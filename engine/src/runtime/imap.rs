@@ -1206,6 +1206,11 @@ impl Session {
         let needs_parse = attrs.iter().any(|a| matches!(a, FetchAttr::Envelope | FetchAttr::Body | FetchAttr::BodyStructure | FetchAttr::BodySection { .. } | FetchAttr::Rfc822Header | FetchAttr::Rfc822Text));
         store.with_account(&account, |a| {
             let Some(mb) = a.mailbox(sel.id) else { return };
+            // Keywords another session created since our sync (we may have
+            // waited for the \Seen commit) are announced before any FETCH.
+            if sel.view.take_new_keywords(mb) {
+                write_flags_lines(&mut out.buf, &mb.keywords, sel.read_only);
+            }
             for &i in &idx {
                 let seq = i as u32 + 1;
                 let Some(p) = mb.position(sel.view.msgs[i].uid) else { continue };
@@ -1342,13 +1347,6 @@ impl Session {
         if let Err(e) = self.shard.store.commit(&ops).await {
             return self.storage_failed(tag, &e);
         }
-        if !new_kw.is_empty() {
-            if let Some(sel) = self.sel.as_mut() {
-                let kw = self.shard.store.with_account(&account, |a| a.mailbox(id).map(|m| m.keywords.clone())).flatten().unwrap_or_default();
-                sel.view.keywords_told = kw.len();
-                write_flags_lines(&mut self.out.buf, &kw, false);
-            }
-        }
         // Answer with the new flags; the view takes them so the next sync
         // does not report our own change again.
         let condstore = self.condstore;
@@ -1356,6 +1354,12 @@ impl Session {
         let out = &mut self.out.buf;
         self.shard.store.with_account(&account, |a| {
             let Some(mb) = a.mailbox(id) else { return };
+            // Our own new keywords, and any another session created while
+            // we waited for the commit (it may have set one of them on these
+            // very messages), are announced before the FETCH responses.
+            if sel.view.take_new_keywords(mb) {
+                write_flags_lines(out, &mb.keywords, sel.read_only);
+            }
             for &i in &idx {
                 let Some(p) = mb.position(sel.view.msgs[i].uid) else { continue };
                 let e = &mb.messages[p];

@@ -241,11 +241,24 @@ impl View {
         } else if !ch.expunged.is_empty() {
             // RFC 3501 7.3.1: EXISTS after expunges is optional; clients cope either way.
         }
-        if mailbox.keywords.len() != self.keywords_told {
-            ch.new_keywords = true;
-            self.keywords_told = mailbox.keywords.len();
-        }
+        ch.new_keywords = self.take_new_keywords(mailbox);
         ch
+    }
+
+    /// Whether the mailbox has keywords this client was not sent in FLAGS
+    /// yet; they count as sent from now on, so the caller must send FLAGS
+    /// (and PERMANENTFLAGS) now, before any FETCH FLAGS that could carry
+    /// one (RFC 3501 7.2.6: the FLAGS response names every flag in use).
+    /// Keywords get their bit when another session's STORE, APPEND or COPY
+    /// is written, so one may appear while this session waits for its own
+    /// commit; every path that writes FETCH FLAGS asks here first.
+    pub fn take_new_keywords(&mut self, mailbox: &Mailbox) -> bool {
+        if mailbox.keywords.len() > self.keywords_told {
+            self.keywords_told = mailbox.keywords.len();
+            true
+        } else {
+            false
+        }
     }
 
     /// Resolve a sequence set (by sequence number or UID) to view indexes.
