@@ -812,7 +812,7 @@ fn keywords_announced_before_fetch_uses_them() {
                     let kw = format!("$Stress{}", (n + round as usize) % 30);
                     let cmd = match round % 4 {
                         0 => format!("STORE {msg} +FLAGS ({kw})"),
-                        1 => format!("FETCH 1:* FLAGS"),
+                        1 => "FETCH 1:* FLAGS".to_string(),
                         2 => format!("UID STORE {msg} FLAGS ({kw} $Label1 \\Seen)"),
                         _ => "NOOP".to_string(),
                     };
