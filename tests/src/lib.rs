@@ -30,6 +30,11 @@
 //! - `imap`: IMAP4rev1 and its extensions with a raw client, imaplib and
 //!   mbsync (login, concurrent sessions, IDLE, APPEND across kill -9,
 //!   COPY/MOVE, FETCH sections, BODYSTRUCTURE, SEARCH, mailboxes, CONDSTORE).
+//! - `imap_conformance`: RFC details found by an outside suite (EXAMINE and \Recent,
+//!   UIDVALIDITY of re-created mailboxes across restarts, a maximal ID before
+//!   login, LIST-EXTENDED RECURSIVEMATCH, CONDSTORE enabling and the MODSEQ
+//!   search key, addresses with comments in SEARCH, keywords announced in
+//!   FLAGS under 50 concurrent sessions), raw and with imaplib.
 //!
 //! Client scripts (Python standard library only) live in `py/`.
 use std::io::{BufRead, BufReader, Read, Write};
