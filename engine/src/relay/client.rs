@@ -145,12 +145,12 @@ pub struct ClientParams {
     /// Bound on one reply; a longer one breaks the session (temporary).
     pub max_reply_bytes: usize,
     /// STARTTLS: `None` never.
-    pub tls: Option<ClientTls>,
+    pub tls: Option<SessionTls>,
 }
 
 /// How one session uses STARTTLS.
 #[derive(Debug, Clone)]
-pub struct ClientTls {
+pub struct SessionTls {
     /// Verifying or not: the caller chose by policy.
     pub config: Arc<rustls::ClientConfig>,
     /// The MX host's name (SNI, and what a verifying config checks).

@@ -462,13 +462,13 @@ async fn deliver_batch(shard: Rc<Shard>, domain: String, mx: MxResult, jobs: Vec
 /// which client configuration (verifying for `require-verified`), the name
 /// to send as SNI and to verify, and whether plaintext is allowed. `Err`
 /// when a verified session cannot even be attempted.
-fn session_tls(shard: &Shard, policy: RelayTls, host: &str, ip: std::net::IpAddr) -> Result<Option<client::ClientTls>, ConnectError> {
+fn session_tls(shard: &Shard, policy: RelayTls, host: &str, ip: std::net::IpAddr) -> Result<Option<client::SessionTls>, ConnectError> {
     use rustls_pki_types::ServerName;
     let tls = &shard.shared.relay.tls;
     let name = ServerName::try_from(host.trim_end_matches('.').to_ascii_lowercase()).ok();
     Ok(Some(match policy {
         RelayTls::None => return Ok(None),
-        RelayTls::Opportunistic | RelayTls::Require => client::ClientTls {
+        RelayTls::Opportunistic | RelayTls::Require => client::SessionTls {
             config: tls.unverified.clone(),
             name: name.unwrap_or(ServerName::IpAddress(ip.into())),
             required: policy == RelayTls::Require,
@@ -480,7 +480,7 @@ fn session_tls(shard: &Shard, policy: RelayTls, host: &str, ip: std::net::IpAddr
             let Some(name) = name.filter(|n| matches!(n, ServerName::DnsName(_))) else {
                 return Err(ConnectError::Tls(format!("MX name {host:?} cannot be verified")));
             };
-            client::ClientTls { config, name, required: true }
+            client::SessionTls { config, name, required: true }
         }
     }))
 }

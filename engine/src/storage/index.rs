@@ -375,17 +375,18 @@ pub mod v1 {
         pub accounts: Vec<Account>,
     }
 
+    /// Format 1 is format 2 without queues; the rest of the upgrade is
+    /// format 2's.
     impl From<BucketCheckpoint> for super::BucketCheckpoint {
         fn from(c: BucketCheckpoint) -> Self {
-            super::BucketCheckpoint {
+            super::v2::BucketCheckpoint {
                 version: c.version,
                 bucket: c.bucket,
                 applied: c.applied,
                 accounts: c
                     .accounts
                     .into_iter()
-                    .map(|a| super::Account {
-                        uidvalidity_max: a.mailboxes.iter().map(|m| m.uidvalidity).max().unwrap_or(0),
+                    .map(|a| super::v2::Account {
                         name: a.name,
                         mailboxes: a.mailboxes,
                         subscriptions: a.subscriptions,
@@ -394,6 +395,7 @@ pub mod v1 {
                     })
                     .collect(),
             }
+            .into()
         }
     }
 }

@@ -160,7 +160,7 @@ fn with_tls(required: bool) -> ClientParams {
         .unwrap()
         .with_root_certificates(rustls::RootCertStore::empty())
         .with_no_client_auth();
-    p.tls = Some(ClientTls {
+    p.tls = Some(SessionTls {
         config: Arc::new(config),
         name: rustls_pki_types::ServerName::try_from("mx.y.test").unwrap(),
         required,
