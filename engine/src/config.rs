@@ -44,6 +44,7 @@ pub struct Config {
     pub limits: Limits,
     pub timeouts: Timeouts,
     pub storage: Storage,
+    pub memory: Memory,
     pub relay: Relay,
     pub tls: Tls,
     /// Accounts created at start-up when missing (the default configuration's
@@ -265,6 +266,45 @@ pub struct Limits {
     pub auth_failures_max: usize,
 }
 
+/// Memory (and spool disk) a shard lets sessions hold for message data in
+/// flight: SMTP DATA/BDAT and IMAP APPEND literals. A message stays in RAM up
+/// to `spool_threshold`, then goes on into an unnamed spool file (O_TMPFILE in
+/// DATA/spool/, gone when closed or after a crash); budgets are per shard.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Memory {
+    /// RAM one shard's sessions may hold in message data; beyond it messages
+    /// spool from their first bytes. 0: an eighth of the machine's memory,
+    /// divided among the shards (at least 64 MiB each, at most 1 GiB).
+    pub session_ram_max: u64,
+    /// Message bytes kept in RAM before the message moves to a spool file.
+    pub spool_threshold: usize,
+    /// Spool disk one shard may use. 0: a quarter of the data directory's
+    /// free space at start-up, divided among the shards (at most 16 GiB each).
+    /// A message that would pass it is read to its end and refused with a
+    /// temporary failure (SMTP 451 4.3.1, IMAP NO [UNAVAILABLE]).
+    pub spool_max: u64,
+    /// Spool bytes the unauthenticated sessions of one client address may
+    /// hold at once, per shard (port 25 and not in relay_networks); clients
+    /// that authenticated or relay for us are bound by `spool_max` only.
+    pub spool_per_address_max: u64,
+    /// After sessions on a shard freed this much memory, return free heap
+    /// pages to the system (malloc_trim). 0: never trim.
+    pub trim_after_bytes: u64,
+}
+
+impl Default for Memory {
+    fn default() -> Self {
+        Memory {
+            session_ram_max: 0,
+            spool_threshold: limits::SPOOL_THRESHOLD,
+            spool_max: 0,
+            spool_per_address_max: limits::SPOOL_PER_ADDRESS_MAX,
+            trim_after_bytes: limits::TRIM_AFTER_BYTES,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Timeouts {
@@ -321,6 +361,7 @@ impl Default for Config {
             limits: Limits::default(),
             timeouts: Timeouts::default(),
             storage: Storage::default(),
+            memory: Memory::default(),
             relay: Relay::default(),
             tls: Tls::default(),
             demo_accounts: DEMO_ACCOUNTS
@@ -459,6 +500,12 @@ impl Config {
                     return Err(format!("listen: {a} is given for both {first} and {proto}"));
                 }
             }
+        }
+        if self.memory.spool_threshold == 0 || self.memory.spool_threshold > limits::MESSAGE_SIZE_MAX {
+            return Err(format!("memory.spool_threshold must be between 1 and {}", limits::MESSAGE_SIZE_MAX));
+        }
+        if self.memory.spool_per_address_max == 0 {
+            return Err("memory.spool_per_address_max must be at least 1".into());
         }
         if self.tls.handshake_timeout_secs == 0 || self.tls.handshakes_max == 0 {
             return Err("tls.handshake_timeout_secs and tls.handshakes_max must be at least 1".into());
@@ -607,6 +654,23 @@ zero_segments = true
 # sync takes at most this many microseconds (fast disks: cheaper than a
 # hand-off to io_uring's worker threads); slower disks, or 0: io_uring.
 sync_inline_max_us = 2000
+
+[memory]
+# Message data in flight (SMTP DATA/BDAT, IMAP APPEND) stays in RAM up to
+# spool_threshold bytes per message, then continues in an unnamed spool file
+# under DATA/spool/ (nothing is left behind by a crash).
+spool_threshold = 131072
+# RAM one core's sessions may hold in message data; beyond it, messages spool
+# from their first byte. 0: an eighth of the machine's memory over the cores.
+session_ram_max = 0
+# Spool disk one core may use; a message that would pass it is refused with a
+# temporary failure. 0: a quarter of the data directory's free space at start.
+spool_max = 0
+# Spool bytes the unauthenticated sessions of one client address may hold on
+# one core (port 25 senders outside relay_networks).
+spool_per_address_max = 67108864
+# Return freed heap memory to the system after this many bytes were released.
+trim_after_bytes = 67108864
 
 [relay]
 # Who may send mail to other domains: authenticated clients (SMTP AUTH PLAIN

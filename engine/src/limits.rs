@@ -63,6 +63,14 @@ pub const IMAP_ID_VALUE_MAX: usize = 1024;
 pub const IMAP_ID_COMMAND_MAX: usize =
     1024 + b" ID ()\r\n".len() + IMAP_ID_PAIRS_MAX * ((2 + 2 * IMAP_ID_FIELD_MAX) + 1 + (2 + 2 * IMAP_ID_VALUE_MAX) + 1);
 
+/// Message bytes a session keeps in RAM before it spools the message to disk.
+pub const SPOOL_THRESHOLD: usize = 128 * 1024;
+/// Spool bytes the unauthenticated sessions of one client address may hold
+/// at once on one shard: two messages of the default maximal size.
+pub const SPOOL_PER_ADDRESS_MAX: u64 = 2 * MESSAGE_SIZE_MAX as u64;
+/// Freed session memory after which a shard trims the heap.
+pub const TRIM_AFTER_BYTES: u64 = 64 * 1024 * 1024;
+
 /// Size of the per-connection read buffer chunk.
 pub const READ_CHUNK: usize = 16 * 1024;
 

@@ -18,6 +18,7 @@ pub mod pop3;
 pub mod relay;
 pub mod shard;
 pub mod smtp;
+pub mod spool;
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
@@ -108,6 +109,11 @@ pub fn serve(mut config: Config) -> Result<(), ServeError> {
         PoolPlacement::Unbound(cores)
     };
     let config_handshake_timeout = config.tls_handshake_timeout();
+    spool::tune_malloc(cores);
+    let spool_dir = spool::prepare_dir(&config.data_dir)
+        .map_err(|source| ServeError::Data { path: config.data_dir.join("spool").display().to_string(), source })?;
+    let (session_ram_max, spool_max) = spool::resolve(&config.memory, &config.data_dir, cores);
+    tracing::info!(session_ram_max, spool_max, "message data budgets per core");
     let shared = Arc::new(Shared {
         config,
         cores,
@@ -127,6 +133,9 @@ pub fn serve(mut config: Config) -> Result<(), ServeError> {
         pop3s,
         tls: tls.clone(),
         handshake_timeout: config_handshake_timeout,
+        spool_dir,
+        session_ram_max,
+        spool_max,
     });
 
     let shared_sig = shared.clone();

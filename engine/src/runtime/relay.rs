@@ -591,7 +591,7 @@ async fn send_dsn(shard: &Shard, sender: &str, dsn: Vec<u8>) -> Result<(), Stora
     if shard.config().is_local_domain(&domain) {
         match shard.directory().resolve(sender) {
             Lookup::Account(account) => {
-                let (r, _) = shard.deliver(&[account], b"Return-Path: <>\r\n".to_vec(), dsn, unix_now()).await;
+                let (r, _) = shard.deliver(&[account], b"Return-Path: <>\r\n".to_vec(), super::spool::MessageBody::Heap(dsn), unix_now()).await;
                 r
             }
             Lookup::Unknown => {

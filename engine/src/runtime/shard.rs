@@ -26,6 +26,7 @@ use crate::storage::{self, Meta, SegmentUsage, Store, StoreConfig, StorageError}
 
 use crate::transport::{Conn, Detached};
 use super::limiter::{Limiter, Permit};
+use super::spool::{Budget, MessageBody};
 
 /// What every shard shares, read-only (the directory swaps atomically).
 pub struct Shared {
@@ -50,6 +51,10 @@ pub struct Shared {
     pub pop3s: Vec<SocketAddr>,
     pub tls: Arc<crate::tls::Tls>,
     pub handshake_timeout: Duration,
+    // --- message data in flight (runtime/spool.rs) ---
+    pub spool_dir: std::path::PathBuf,
+    pub session_ram_max: u64,
+    pub spool_max: u64,
 }
 
 /// Messages between shards.
@@ -73,7 +78,7 @@ pub enum ShardMsg {
 pub struct Delivery {
     accounts: Vec<String>,
     prefix: Arc<Vec<u8>>,
-    body: Arc<Vec<u8>>,
+    body: Arc<MessageBody>,
     internal_date: i64,
     reply: oneshot::Sender<Result<(), StorageError>>,
 }
@@ -105,6 +110,8 @@ pub struct Shard {
     flushing: RefCell<Vec<bool>>,
     /// TLS handshakes running on this shard (bounded by `tls.handshakes_max`).
     handshakes: Cell<usize>,
+    /// Message data in flight on this shard: RAM and spool budgets.
+    pub budget: Rc<Budget>,
 }
 
 /// One of the shard's handshake places, held while a handshake runs.
@@ -280,7 +287,7 @@ impl Shard {
     }
 
     /// Deliver one message to accounts on any shards; Ok once every copy is durable.
-    pub async fn deliver(&self, accounts: &[String], prefix: Vec<u8>, body: Vec<u8>, now: i64) -> (Result<(), StorageError>, Option<Vec<u8>>) {
+    pub async fn deliver(&self, accounts: &[String], prefix: Vec<u8>, body: MessageBody, now: i64) -> (Result<(), StorageError>, Option<MessageBody>) {
         let mut by_shard: Vec<Vec<String>> = vec![Vec::new(); self.shared.cores];
         for a in accounts {
             let s = self.owner_of(a);
@@ -468,6 +475,7 @@ pub async fn run(shared: Arc<Shared>, mesh: MeshBuilder<ShardMsg, Full>) -> Resu
         outbox: RefCell::new((0..shared.cores).map(|_| Vec::new()).collect()),
         flushing: RefCell::new(vec![false; shared.cores]),
         handshakes: Cell::new(0),
+        budget: Rc::new(Budget::new(&shared.config.memory, shared.spool_dir.clone(), shared.session_ram_max, shared.spool_max)),
     });
 
     for (_peer, stream) in receivers.streams() {

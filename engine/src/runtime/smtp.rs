@@ -12,6 +12,7 @@ use crate::session::smtp::{AuthResult, DeliveryOutcome, RcptVerdict, SmtpContext
 use crate::transport::{Conn, ReadOutcome};
 use super::limiter::{Permit, Refusal};
 use super::shard::{unix_now, ConnCount, Shard};
+use super::spool::{MessageBody, Spooler, Track};
 
 struct Ctx<'a> {
     shard: &'a Shard,
@@ -94,6 +95,12 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, peer: SocketAddr, permit
         return;
     }
     let fd = conn.fd();
+    let relay_client = config.relay.relay_networks.iter().any(|n| n.contains(peer.ip()));
+    // Unauthenticated senders on port 25 share a spool budget per address.
+    let charge_to = |s: &SmtpSession| (s.authenticated().is_none() && !relay_client).then(|| peer.ip().to_canonical());
+    let mut spooler = Spooler::new(shard.budget.clone(), charge_to(&session));
+    // Which message the spooler holds bytes of (`SmtpSession::message_serial`).
+    let mut spooled_serial = None;
     loop {
         let (used, event) = {
             let ctx = Ctx { shard: &shard };
@@ -102,6 +109,26 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, peer: SocketAddr, permit
         conn.consume(used);
         match event {
             SmtpEvent::NeedInput => {
+                if session.message_in_progress() && !session.body_buffer().is_empty() {
+                    if spooled_serial != Some(session.message_serial()) {
+                        spooler.reset();
+                        spooler.set_address(charge_to(&session));
+                        spooled_serial = Some(session.message_serial());
+                    }
+                    match spooler.track(session.body_buffer()).await {
+                        Ok(Track::Held) => {}
+                        Ok(Track::Refused) => {
+                            tracing::info!(%peer, spool = shard.budget.spool_used(), "no room for the message in flight; it is refused with 451");
+                            session.refuse_message();
+                        }
+                        Err(e) => {
+                            tracing::warn!(%peer, error = %e, "spooling failed; the message is refused with 451");
+                            session.refuse_message();
+                        }
+                    }
+                } else if !session.message_in_progress() && spooled_serial.take().is_some() {
+                    spooler.reset();
+                }
                 if conn.flush(&mut out).await.is_err() {
                     return;
                 }
@@ -146,18 +173,29 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, peer: SocketAddr, permit
                 }
                 session.auth_result(result, &mut out);
             }
-            SmtpEvent::Deliver(tx) => {
+            SmtpEvent::Deliver(mut tx) => {
                 let now = unix_now();
+                if spooled_serial.take() != Some(session.message_serial()) {
+                    spooler.reset();
+                }
+                let body = match spooler.finish(std::mem::take(&mut tx.body)).await {
+                    Ok(b) => b,
+                    Err(e) => {
+                        tracing::warn!(%peer, error = %e, "spooled message unreadable");
+                        session.delivered(DeliveryOutcome::TempFail, &mut out);
+                        continue;
+                    }
+                };
                 // Relayed recipients first, into this shard's queue; then the
                 // local ones. Both must be durable before the 250.
                 let mut result = Ok(());
                 if !tx.relay.is_empty() {
-                    match super::relay::enqueue(&shard, &tx.reverse_path, &tx.relay, &tx.body, tx.smtputf8, tx.body_8bit).await {
+                    match super::relay::enqueue(&shard, &tx.reverse_path, &tx.relay, &body, tx.smtputf8, tx.body_8bit).await {
                         Ok(id) => tracing::debug!(%id, recipients = tx.relay.len(), "queued for relay"),
                         Err(e) => result = Err(e),
                     }
                 }
-                let body;
+                let left;
                 if result.is_ok() && !tx.recipients.is_empty() {
                     let accounts: Vec<String> = tx.recipients.iter().map(|r| r.account.clone()).collect();
                     let mut prefix = Vec::with_capacity(tx.reverse_path.len() + 20);
@@ -165,11 +203,11 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, peer: SocketAddr, permit
                     prefix.extend_from_slice(b"Return-Path: <");
                     prefix.extend_from_slice(tx.reverse_path.as_bytes());
                     prefix.extend_from_slice(b">\r\n");
-                    let (r, b) = shard.deliver(&accounts, prefix, tx.body, now).await;
+                    let (r, b) = shard.deliver(&accounts, prefix, body, now).await;
                     result = r;
-                    body = b;
+                    left = b;
                 } else {
-                    body = Some(tx.body);
+                    left = Some(body);
                 }
                 let outcome = match result {
                     Ok(()) => DeliveryOutcome::Stored,
@@ -179,9 +217,15 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, peer: SocketAddr, permit
                     }
                 };
                 session.delivered(outcome, &mut out);
-                if let Some(mut b) = body {
-                    b.clear();
-                    session.recycle_body(b);
+                // Reuse a small buffer for the next message; a large one goes
+                // back to the allocator (idle sessions must not hold it).
+                match left.and_then(MessageBody::into_heap) {
+                    Some(mut b) if b.capacity() <= shard.budget.threshold() => {
+                        b.clear();
+                        session.recycle_body(b);
+                    }
+                    Some(b) => shard.budget.freed(b.capacity() as u64),
+                    None => {}
                 }
             }
             SmtpEvent::StartTls => {

@@ -289,6 +289,9 @@ pub struct SmtpSession {
     tls: Option<TlsInfo>,
     /// STARTTLS was accepted: hand the runtime the StartTls event next.
     starttls_pending: bool,
+    /// The runtime had no room for the message in flight: its bytes are
+    /// thrown away and its end answered 451 (see [`SmtpSession::refuse_message`]).
+    refused: bool,
 }
 
 /// The runtime's answer to [`SmtpEvent::StartTls`].
@@ -339,6 +342,7 @@ impl SmtpSession {
             auth_failures: 0,
             tls,
             starttls_pending: false,
+            refused: false,
         }
     }
 
@@ -447,7 +451,7 @@ impl SmtpSession {
                     }
                 },
                 Phase::Data => {
-                    let max = self.params.message_size_max;
+                    let max = if self.refused { 0 } else { self.params.message_size_max };
                     let (used, progress) = self.data.feed(&input[pos..], &mut self.body, max);
                     pos += used;
                     if progress == Progress::NeedMore {
@@ -462,7 +466,7 @@ impl SmtpSession {
                     last,
                     refusal,
                 } => {
-                    let max = self.params.message_size_max;
+                    let max = if self.refused { 0 } else { self.params.message_size_max };
                     let (used, progress) = self.bdat.feed(&input[pos..], &mut self.body, max);
                     pos += used;
                     if progress == Progress::NeedMore {
@@ -536,6 +540,35 @@ impl SmtpSession {
         matches!(self.phase, Phase::Data | Phase::Bdat { .. })
     }
 
+    /// A message is being received: from DATA's 354, or from the first
+    /// BDAT chunk, to its end (or until it is given up).
+    pub fn message_in_progress(&self) -> bool {
+        self.in_data() || self.envelope.as_ref().is_some_and(|e| e.bdat)
+    }
+
+    /// Counts the messages begun in this session: changes when a new one starts.
+    pub fn message_serial(&self) -> u32 {
+        self.messages
+    }
+
+    /// The buffer of the message in progress (the Received header, then the
+    /// data received so far). The runtime may move its bytes elsewhere (a
+    /// spool file) and leave it empty: the message then continues from
+    /// where it was, and [`Transaction::body`] holds only what came after.
+    pub fn body_buffer(&mut self) -> &mut Vec<u8> {
+        &mut self.body
+    }
+
+    /// The runtime cannot hold the message in progress: throw away what was
+    /// received and what still comes, and answer its end (end of data, or
+    /// the next BDAT chunk) with `451 4.3.1`. Not counted as a client error.
+    pub fn refuse_message(&mut self) {
+        if self.message_in_progress() {
+            self.refused = true;
+            self.body = Vec::new();
+        }
+    }
+
     /// The runtime's timer fired: `421 4.4.2`, then close.
     pub fn timeout(&mut self, out: &mut Vec<u8>) {
         if self.phase != Phase::Closed {
@@ -566,6 +599,7 @@ impl SmtpSession {
     fn reset_transaction(&mut self) {
         self.envelope = None;
         self.body.clear();
+        self.refused = false;
     }
 
     fn command(&mut self, line: &[u8], ctx: &dyn SmtpContext, out: &mut Vec<u8>) {
@@ -912,6 +946,7 @@ impl SmtpSession {
             self.params.session_id, self.messages
         );
         self.body.clear();
+        self.refused = false;
         let Some(envelope) = &self.envelope else {
             return;
         };
@@ -952,6 +987,11 @@ impl SmtpSession {
 
     fn end_of_data(&mut self, out: &mut Vec<u8>) -> Option<Transaction> {
         self.phase = Phase::Command;
+        if self.refused {
+            self.reset_transaction();
+            replies::BUSY_TEMPFAIL.write(out);
+            return None;
+        }
         if self.data.overflowed() {
             // RFC 5321 section 4.5.3.1.10 / RFC 1870 section 6.3.
             self.reset_transaction();
@@ -978,6 +1018,14 @@ impl SmtpSession {
             } else {
                 reply.write(out);
             }
+            return None;
+        }
+        if self.refused {
+            // RFC 3030 section 2: the transaction fails; chunks already in
+            // the pipeline are refused without counting as errors.
+            self.reset_transaction();
+            self.bdat_failed = true;
+            replies::BUSY_TEMPFAIL.write(out);
             return None;
         }
         if self.bdat.overflowed() {

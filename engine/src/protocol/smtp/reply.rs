@@ -225,6 +225,9 @@ pub mod replies {
     pub const RCPT_TEMPFAIL: Reply =
         Reply::new(451, "4.3.0", "Error: temporary recipient lookup failure");
     pub const STORAGE_TEMPFAIL: Reply = Reply::new(452, "4.3.1", "Insufficient system storage");
+    /// The shard's budget for messages in flight had no room for this one
+    /// (it was read to its end and thrown away).
+    pub const BUSY_TEMPFAIL: Reply = Reply::new(451, "4.3.1", "Insufficient system resources, try again later");
     /// Written with the hostname first (see [`Reply::write_with_host`]).
     pub const TOO_MANY_ERRORS: Reply = Reply::new(421, "4.7.0", "Error: too many errors");
     /// Written with the hostname first.

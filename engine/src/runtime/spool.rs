@@ -1,0 +1,403 @@
+//! Message data in flight: how much of it a shard holds, and where.
+//!
+//! A message being received (SMTP DATA/BDAT, IMAP APPEND literal) stays in
+//! the session's RAM buffer up to `memory.spool_threshold` bytes; beyond, its
+//! bytes go on into a spool file and the message is served to storage from a
+//! read-only mapping of that file. Spool files are unnamed (O_TMPFILE in
+//! DATA/spool/): the kernel frees one when its last descriptor and mapping
+//! are gone, so an abandoned message costs nothing after its connection
+//! ends, and a crash leaves no orphan behind.
+//!
+//! [`Budget`] is one shard's account of that data: RAM held in message
+//! buffers (over `session_ram_max`, messages spool from their first byte),
+//! spool bytes (over `spool_max`, a message is read to its end and refused
+//! with a temporary failure), and spool bytes per client address for
+//! unauthenticated senders (`spool_per_address_max`). Everything is
+//! shard-local (`Cell`s): the shard is one thread and nothing is shared.
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::ops::Deref;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+
+use glommio::io::BufferedFile;
+
+use crate::config::Memory;
+
+/// A complete message body: in RAM, or a mapping of its spool file.
+#[derive(Debug)]
+pub enum MessageBody {
+    Heap(Vec<u8>),
+    Mapped(memmap2::Mmap),
+}
+
+impl Deref for MessageBody {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        match self {
+            MessageBody::Heap(v) => v,
+            MessageBody::Mapped(m) => m,
+        }
+    }
+}
+
+impl MessageBody {
+    /// The RAM buffer, to be reused for the next message.
+    pub fn into_heap(self) -> Option<Vec<u8>> {
+        match self {
+            MessageBody::Heap(v) => Some(v),
+            MessageBody::Mapped(_) => None,
+        }
+    }
+}
+
+/// One shard's budget for message data in flight.
+#[derive(Debug)]
+pub struct Budget {
+    dir: PathBuf,
+    threshold: usize,
+    ram_max: u64,
+    spool_max: u64,
+    per_address_max: u64,
+    trim_after: u64,
+    ram_used: Cell<u64>,
+    spool_used: Cell<u64>,
+    per_address: RefCell<HashMap<IpAddr, u64>>,
+    /// Bytes released since the heap was last trimmed.
+    freed: Cell<u64>,
+}
+
+/// The machine's memory, from /proc/meminfo (`None` if unreadable).
+fn machine_memory() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+/// Free bytes on the file system holding `dir` (`None` if unknown).
+fn free_space(dir: &Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+    // SAFETY: statvfs fills the zeroed struct; the path is NUL-terminated.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        return None;
+    }
+    Some(st.f_bavail as u64 * st.f_frsize as u64)
+}
+
+const MIB: u64 = 1024 * 1024;
+
+/// Per-shard RAM and spool budgets, with the defaults of [`Memory`] resolved.
+pub fn resolve(memory: &Memory, data_dir: &Path, cores: usize) -> (u64, u64) {
+    let cores = cores.max(1) as u64;
+    let ram = if memory.session_ram_max > 0 {
+        memory.session_ram_max
+    } else {
+        let total = machine_memory().unwrap_or(4 * 1024 * MIB);
+        (total / 8 / cores).clamp(64 * MIB, 1024 * MIB)
+    };
+    let spool = if memory.spool_max > 0 {
+        memory.spool_max
+    } else {
+        let free = free_space(data_dir).unwrap_or(4 * 1024 * MIB);
+        (free / 4 / cores).min(16 * 1024 * MIB)
+    };
+    (ram, spool)
+}
+
+impl Budget {
+    /// The budget of one shard; spool files go to `dir` (created if missing).
+    pub fn new(memory: &Memory, dir: PathBuf, ram_max: u64, spool_max: u64) -> Budget {
+        Budget {
+            dir,
+            threshold: memory.spool_threshold,
+            ram_max,
+            spool_max,
+            per_address_max: memory.spool_per_address_max,
+            trim_after: memory.trim_after_bytes,
+            ram_used: Cell::new(0),
+            spool_used: Cell::new(0),
+            per_address: RefCell::new(HashMap::new()),
+            freed: Cell::new(0),
+        }
+    }
+
+    /// RAM currently held in message buffers on this shard.
+    pub fn ram_used(&self) -> u64 {
+        self.ram_used.get()
+    }
+
+    /// Spool bytes currently held on this shard.
+    pub fn spool_used(&self) -> u64 {
+        self.spool_used.get()
+    }
+
+    /// Largest literal an APPEND may keep in RAM now.
+    pub fn threshold(&self) -> usize {
+        self.threshold
+    }
+
+    /// Take `n` more bytes of RAM if the shard's budget has room.
+    pub fn take_ram(&self, n: u64) -> bool {
+        let used = self.ram_used.get();
+        if used.saturating_add(n) > self.ram_max {
+            return false;
+        }
+        self.ram_used.set(used + n);
+        true
+    }
+
+    pub fn release_ram(&self, n: u64) {
+        self.ram_used.set(self.ram_used.get().saturating_sub(n));
+        self.freed(n);
+    }
+
+    /// Take `n` spool bytes, charged to `address` when given.
+    fn take_spool(&self, n: u64, address: Option<IpAddr>) -> bool {
+        let used = self.spool_used.get();
+        if used.saturating_add(n) > self.spool_max {
+            return false;
+        }
+        if let Some(a) = address {
+            let mut map = self.per_address.borrow_mut();
+            let held = map.entry(a).or_insert(0);
+            if held.saturating_add(n) > self.per_address_max {
+                if *held == 0 {
+                    map.remove(&a);
+                }
+                return false;
+            }
+            *held += n;
+        }
+        self.spool_used.set(used + n);
+        true
+    }
+
+    fn release_spool(&self, n: u64, address: Option<IpAddr>) {
+        self.spool_used.set(self.spool_used.get().saturating_sub(n));
+        if let Some(a) = address {
+            let mut map = self.per_address.borrow_mut();
+            if let Some(held) = map.get_mut(&a) {
+                *held = held.saturating_sub(n);
+                if *held == 0 {
+                    map.remove(&a);
+                }
+            }
+        }
+    }
+
+    /// Count memory given back by a session; past `trim_after_bytes`, hand
+    /// the allocator's free pages back to the system.
+    pub fn freed(&self, n: u64) {
+        if self.trim_after == 0 {
+            return;
+        }
+        let f = self.freed.get().saturating_add(n);
+        if f >= self.trim_after {
+            self.freed.set(0);
+            trim_heap();
+        } else {
+            self.freed.set(f);
+        }
+    }
+
+    async fn create_file(&self) -> std::io::Result<BufferedFile> {
+        glommio::io::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .tmpfile(true)
+            .mode(0o600)
+            .buffered_open(&self.dir)
+            .await
+            .map_err(std::io::Error::from)
+    }
+}
+
+/// Return free memory at the top of every malloc arena to the system.
+pub fn trim_heap() {
+    // SAFETY: malloc_trim only walks the allocator's own free lists.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+/// Tune glibc malloc for a long-running server, once at start-up: a fixed
+/// mmap threshold (otherwise glibc raises it after the first large free, and
+/// every later buffer of that size, such as argon2's 19 MiB, is carved from
+/// an arena that never shrinks) and few arenas (one per executor thread is
+/// plenty; blocking threads share them).
+pub fn tune_malloc(cores: usize) {
+    // SAFETY: mallopt only changes allocator parameters.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 1024 * 1024);
+        libc::mallopt(libc::M_ARENA_MAX, (2 * cores.max(1) + 2) as libc::c_int);
+    }
+}
+
+/// What became of the bytes of a message in flight.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Track {
+    /// Held (in RAM or spooled); go on reading.
+    Held,
+    /// The budget has no room: refuse the message (temporary failure) and
+    /// throw its further bytes away.
+    Refused,
+}
+
+/// The spool state of one session's message in flight.
+pub struct Spooler {
+    budget: Rc<Budget>,
+    /// Charged per address (unauthenticated senders), or to the shard only.
+    address: Option<IpAddr>,
+    file: Option<BufferedFile>,
+    /// Bytes written to `file`.
+    len: u64,
+    /// RAM this message's buffer is charged with.
+    ram: u64,
+}
+
+impl Spooler {
+    pub fn new(budget: Rc<Budget>, address: Option<IpAddr>) -> Spooler {
+        Spooler { budget, address, file: None, len: 0, ram: 0 }
+    }
+
+    /// Charge per address from now on (`Some`) or not (the client
+    /// authenticated). Only between messages.
+    pub fn set_address(&mut self, address: Option<IpAddr>) {
+        if self.file.is_none() && self.len == 0 {
+            self.address = address;
+        }
+    }
+
+    /// Is part of the message in a spool file?
+    pub fn spooling(&self) -> bool {
+        self.file.is_some()
+    }
+
+    /// Account for the message buffer `buf` (holding every byte received
+    /// since the last call that moved bytes out). Moves its content to the
+    /// spool file when it passed the threshold or when the shard's RAM
+    /// budget is spent; `buf` is then emptied. A spooling message thus
+    /// writes in pieces of about the threshold.
+    pub async fn track(&mut self, buf: &mut Vec<u8>) -> std::io::Result<Track> {
+        let held = buf.capacity() as u64;
+        if buf.len() <= self.budget.threshold {
+            if held > self.ram {
+                if self.budget.take_ram(held - self.ram) {
+                    self.ram = held;
+                    return Ok(Track::Held);
+                }
+            } else {
+                self.budget.release_ram(self.ram - held);
+                self.ram = held;
+                return Ok(Track::Held);
+            }
+        }
+        if buf.is_empty() {
+            return Ok(Track::Held);
+        }
+        let n = buf.len() as u64;
+        if !self.budget.take_spool(n, self.address) {
+            self.reset();
+            return Ok(Track::Refused);
+        }
+        if self.file.is_none() {
+            match self.budget.create_file().await {
+                Ok(f) => self.file = Some(f),
+                Err(e) => {
+                    self.budget.release_spool(n, self.address);
+                    return Err(e);
+                }
+            }
+        }
+        let data = std::mem::take(buf);
+        let written = self.write(data).await;
+        // The buffer went to the kernel; the next bytes start a fresh one.
+        self.budget.release_ram(self.ram);
+        self.ram = 0;
+        if let Err(e) = written {
+            self.budget.release_spool(n, self.address);
+            self.reset();
+            return Err(e);
+        }
+        self.len += n;
+        Ok(Track::Held)
+    }
+
+    async fn write(&mut self, data: Vec<u8>) -> std::io::Result<()> {
+        let file = self.file.as_ref().expect("spool file");
+        let total = data.len();
+        let w = file.write_at(data, self.len).await.map_err(std::io::Error::from)?;
+        if w != total {
+            // A buffered write to a regular file is short only when the
+            // disk is full: treat it as the failure it is.
+            return Err(std::io::Error::new(std::io::ErrorKind::WriteZero, "short spool write"));
+        }
+        Ok(())
+    }
+
+    /// The complete message: `tail` (the bytes received since the last
+    /// [`Spooler::track`]) alone in RAM, or appended to the spool file,
+    /// which is then mapped. The spooler is ready for the next message.
+    pub async fn finish(&mut self, mut tail: Vec<u8>) -> std::io::Result<MessageBody> {
+        if self.file.is_none() {
+            self.budget.release_ram(self.ram);
+            self.ram = 0;
+            return Ok(MessageBody::Heap(tail));
+        }
+        self.budget.release_ram(self.ram);
+        self.ram = 0;
+        if !tail.is_empty() {
+            let n = tail.len() as u64;
+            if !self.budget.take_spool(n, self.address) {
+                self.reset();
+                return Err(std::io::Error::other("spool budget exhausted"));
+            }
+            if let Err(e) = self.write(std::mem::take(&mut tail)).await {
+                self.budget.release_spool(n, self.address);
+                self.reset();
+                return Err(e);
+            }
+            self.len += n;
+        }
+        let file = self.file.take().expect("spool file");
+        let len = self.len;
+        // SAFETY: the file is unnamed and written only through this spooler,
+        // which stops writing to it here; the mapping is read-only.
+        let map = unsafe { memmap2::MmapOptions::new().len(len as usize).map(&file) };
+        self.release_spool();
+        let _ = file.close().await;
+        Ok(MessageBody::Mapped(map?))
+    }
+
+    fn release_spool(&mut self) {
+        self.budget.release_spool(self.len, self.address);
+        self.len = 0;
+    }
+
+    /// Drop the message in flight (aborted, refused, or the connection ends).
+    pub fn reset(&mut self) {
+        self.release_spool();
+        self.budget.release_ram(self.ram);
+        self.ram = 0;
+        // Dropping the descriptor frees the unnamed file.
+        self.file = None;
+    }
+}
+
+impl Drop for Spooler {
+    fn drop(&mut self) {
+        self.reset();
+    }
+}
+
+/// Create DATA/spool/ (spool files are unnamed; nothing in it survives).
+pub fn prepare_dir(data_dir: &Path) -> std::io::Result<PathBuf> {
+    let dir = data_dir.join("spool");
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
+}
