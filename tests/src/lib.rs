@@ -683,6 +683,14 @@ impl Client {
         }
     }
 
+    /// A client over a connection made elsewhere (e.g. from a chosen source address).
+    pub fn from_stream(stream: TcpStream) -> Client {
+        stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+        stream.set_write_timeout(Some(IO_TIMEOUT)).unwrap();
+        let _ = stream.set_nodelay(true);
+        Client { stream, buf: Vec::new() }
+    }
+
     pub fn try_connect(addr: SocketAddr) -> std::io::Result<Client> {
         let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
         stream.set_read_timeout(Some(IO_TIMEOUT))?;
