@@ -35,6 +35,8 @@
 //!   login, LIST-EXTENDED RECURSIVEMATCH, CONDSTORE enabling and the MODSEQ
 //!   search key, addresses with comments in SEARCH, keywords announced in
 //!   FLAGS under 50 concurrent sessions), raw and with imaplib.
+//! - `memory`: unfinished DATA from many connections and addresses is spooled
+//!   (RSS stays flat), the per-address spool budget answers 451 4.3.1;
 //!
 //! Client scripts (Python standard library only) live in `py/`.
 use std::io::{BufRead, BufReader, Read, Write};
