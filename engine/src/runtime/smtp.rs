@@ -73,6 +73,7 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, peer: SocketAddr, permit
         }
     }
     let config = shard.config();
+    let relay_client = config.relay.relay_networks.iter().any(|n| n.contains(peer.ip()));
     let mut session = SmtpSession::new(SmtpParams {
         hostname: config.hostname.clone(),
         peer,
@@ -86,7 +87,7 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, peer: SocketAddr, permit
         starttls: true,
         tls,
         submission,
-        relay_client: config.relay.relay_networks.iter().any(|n| n.contains(peer.ip())),
+        relay_client,
         auth_failures_max: config.limits.auth_failures_max,
     });
     let mut out = Vec::with_capacity(1024);
@@ -95,7 +96,6 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, peer: SocketAddr, permit
         return;
     }
     let fd = conn.fd();
-    let relay_client = config.relay.relay_networks.iter().any(|n| n.contains(peer.ip()));
     // Unauthenticated senders on port 25 share a spool budget per address.
     let charge_to = |s: &SmtpSession| (s.authenticated().is_none() && !relay_client).then(|| peer.ip().to_canonical());
     let mut spooler = Spooler::new(shard.budget.clone(), charge_to(&session));

@@ -126,23 +126,19 @@ impl Budget {
         }
     }
 
-    /// RAM currently held in message buffers on this shard.
-    pub fn ram_used(&self) -> u64 {
-        self.ram_used.get()
-    }
-
     /// Spool bytes currently held on this shard.
     pub fn spool_used(&self) -> u64 {
         self.spool_used.get()
     }
 
-    /// Largest literal an APPEND may keep in RAM now.
+    /// Message bytes a session keeps in RAM before the message spools
+    /// (`memory.spool_threshold`).
     pub fn threshold(&self) -> usize {
         self.threshold
     }
 
     /// Take `n` more bytes of RAM if the shard's budget has room.
-    pub fn take_ram(&self, n: u64) -> bool {
+    fn take_ram(&self, n: u64) -> bool {
         let used = self.ram_used.get();
         if used.saturating_add(n) > self.ram_max {
             return false;
@@ -151,7 +147,7 @@ impl Budget {
         true
     }
 
-    pub fn release_ram(&self, n: u64) {
+    fn release_ram(&self, n: u64) {
         self.ram_used.set(self.ram_used.get().saturating_sub(n));
         self.freed(n);
     }
@@ -273,11 +269,6 @@ impl Spooler {
         }
     }
 
-    /// Is part of the message in a spool file?
-    pub fn spooling(&self) -> bool {
-        self.file.is_some()
-    }
-
     /// Account for the message buffer `buf` (holding every byte received
     /// since the last call that moved bytes out). Moves its content to the
     /// spool file when it passed the threshold or when the shard's RAM
@@ -300,10 +291,20 @@ impl Spooler {
         if buf.is_empty() {
             return Ok(Track::Held);
         }
-        let n = buf.len() as u64;
+        // The buffer goes to the kernel; the next bytes start a fresh one.
+        let data = std::mem::take(buf);
+        self.budget.release_ram(self.ram);
+        self.ram = 0;
+        Ok(if self.spill(data).await? { Track::Held } else { Track::Refused })
+    }
+
+    /// Append `data` to the spool file, created on first use. `Ok(false)`:
+    /// the budget has no room, and the message in flight is dropped.
+    async fn spill(&mut self, data: Vec<u8>) -> std::io::Result<bool> {
+        let n = data.len() as u64;
         if !self.budget.take_spool(n, self.address) {
             self.reset();
-            return Ok(Track::Refused);
+            return Ok(false);
         }
         if self.file.is_none() {
             match self.budget.create_file().await {
@@ -314,18 +315,13 @@ impl Spooler {
                 }
             }
         }
-        let data = std::mem::take(buf);
-        let written = self.write(data).await;
-        // The buffer went to the kernel; the next bytes start a fresh one.
-        self.budget.release_ram(self.ram);
-        self.ram = 0;
-        if let Err(e) = written {
+        if let Err(e) = self.write(data).await {
             self.budget.release_spool(n, self.address);
             self.reset();
             return Err(e);
         }
         self.len += n;
-        Ok(Track::Held)
+        Ok(true)
     }
 
     async fn write(&mut self, data: Vec<u8>) -> std::io::Result<()> {
@@ -343,26 +339,16 @@ impl Spooler {
     /// The complete message: `tail` (the bytes received since the last
     /// [`Spooler::track`]) alone in RAM, or appended to the spool file,
     /// which is then mapped. The spooler is ready for the next message.
-    pub async fn finish(&mut self, mut tail: Vec<u8>) -> std::io::Result<MessageBody> {
-        if self.file.is_none() {
-            self.budget.release_ram(self.ram);
-            self.ram = 0;
-            return Ok(MessageBody::Heap(tail));
-        }
+    /// The spool budget stops counting the file here: from now on it is a
+    /// message being stored, held only until its delivery returns.
+    pub async fn finish(&mut self, tail: Vec<u8>) -> std::io::Result<MessageBody> {
         self.budget.release_ram(self.ram);
         self.ram = 0;
-        if !tail.is_empty() {
-            let n = tail.len() as u64;
-            if !self.budget.take_spool(n, self.address) {
-                self.reset();
-                return Err(std::io::Error::other("spool budget exhausted"));
-            }
-            if let Err(e) = self.write(std::mem::take(&mut tail)).await {
-                self.budget.release_spool(n, self.address);
-                self.reset();
-                return Err(e);
-            }
-            self.len += n;
+        if self.file.is_none() {
+            return Ok(MessageBody::Heap(tail));
+        }
+        if !tail.is_empty() && !self.spill(tail).await? {
+            return Err(std::io::Error::other("spool budget exhausted"));
         }
         let file = self.file.take().expect("spool file");
         let len = self.len;
