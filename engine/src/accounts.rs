@@ -244,6 +244,38 @@ pub fn verify_password(hash: &str, password: &str) -> bool {
     }
 }
 
+/// A hash of a random password, made once per process with the same
+/// parameters as `hash_password`. A login for an account that does not
+/// exist is checked against it, so that it costs what a wrong password for
+/// an existing account costs and the time taken does not tell an attacker
+/// which accounts exist. CPU-heavy on first use: call off the executor (the
+/// runtime makes it on a thread at start).
+pub fn dummy_hash() -> &'static str {
+    static DUMMY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    DUMMY.get_or_init(|| {
+        let mut secret = [0u8; 32];
+        use argon2::password_hash::rand_core::RngCore;
+        OsRng.fill_bytes(&mut secret);
+        let pw: String = secret.iter().map(|b| format!("{b:02x}")).collect();
+        // Argon2 with default parameters cannot fail on a 64-byte password;
+        // should it, a malformed hash still makes verification fail (it is
+        // only ever used to fail), just faster.
+        hash_password(&pw).unwrap_or_default()
+    })
+}
+
+/// Verify `password` against `hash` when there is one, else against the
+/// dummy hash (always false, same cost). CPU-heavy: call off the executor.
+pub fn verify_or_dummy(hash: Option<&str>, password: &str) -> bool {
+    match hash {
+        Some(h) => verify_password(h, password),
+        None => {
+            verify_password(dummy_hash(), password);
+            false
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -283,5 +315,21 @@ mod tests {
         std::fs::write(f.path(), "bad line\n").unwrap();
         let e = f.read().unwrap_err().to_string();
         assert!(e.contains(":1:"), "{e}");
+    }
+
+    #[test]
+    fn dummy_hash_has_the_real_parameters_and_never_matches() {
+        let real = hash_password("pw").unwrap();
+        let dummy = dummy_hash();
+        let params = |h: &str| {
+            let p = PasswordHash::new(h).unwrap();
+            (p.algorithm.to_string(), p.version, p.params.to_string())
+        };
+        assert_eq!(params(&real), params(dummy));
+        assert!(!verify_or_dummy(None, "pw"));
+        assert!(!verify_or_dummy(None, ""));
+        assert!(verify_or_dummy(Some(&real), "pw"));
+        assert!(!verify_or_dummy(Some(&real), "px"));
+        assert_eq!(dummy_hash(), dummy, "made once");
     }
 }

@@ -36,6 +36,12 @@ pub const POP3_COMMAND_LINE_MAX: usize = 255;
 pub const POP3_IDLE_TIMEOUT: Duration = Duration::from_secs(600);
 /// Failed logins on one POP3/IMAP connection before it is closed.
 pub const AUTH_FAILURES_MAX: usize = 3;
+/// argon2 password checks one shard runs at once. Each takes about 19 MiB
+/// (the argon2id default memory cost) and tens of milliseconds of a CPU;
+/// more at once only adds memory, not throughput, so logins beyond this wait
+/// their turn and a burst of failed logins cannot grow the process by
+/// hundreds of megabytes.
+pub const ARGON2_VERIFY_PER_SHARD: u64 = 2;
 
 /// A TLS handshake that is not done after this is abandoned: a client that
 /// connects and never finishes (or trickles bytes) holds a connection slot

@@ -40,7 +40,8 @@
 //!
 //! Client scripts (Python standard library only) live in `py/`.
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::os::fd::FromRawFd;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::mpsc;
@@ -301,6 +302,8 @@ pub struct Server {
     pub smtp: SocketAddr,
     pub pop3: SocketAddr,
     pub imap: SocketAddr,
+    /// Message submission with STARTTLS (RFC 6409).
+    pub submission: SocketAddr,
     /// Implicit-TLS listeners (RFC 8314).
     pub submissions: SocketAddr,
     pub imaps: SocketAddr,
@@ -359,6 +362,7 @@ impl Server {
             smtp: unset,
             pop3: unset,
             imap: unset,
+            submission: unset,
             submissions: unset,
             imaps: unset,
             pop3s: unset,
@@ -499,6 +503,7 @@ impl Server {
         self.smtp = field("smtp");
         self.pop3 = field("pop3");
         self.imap = field("imap");
+        self.submission = field("submission");
         self.submissions = field("submissions");
         self.imaps = field("imaps");
         self.pop3s = field("pop3s");
@@ -1299,4 +1304,33 @@ pub fn normalize_bare_lf(b: &[u8]) -> Vec<u8> {
         out.push(c);
     }
     out
+}
+
+/// A TCP connection to `to` from the loopback address `from`.
+pub fn connect_from(from: Ipv4Addr, to: SocketAddr) -> TcpStream {
+    let SocketAddr::V4(to) = to else { panic!("IPv4 listener expected") };
+    // SAFETY: plain socket calls on a descriptor we own; addresses are
+    // valid sockaddr_in structures.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        assert!(fd >= 0, "socket");
+        let mut local: libc::sockaddr_in = std::mem::zeroed();
+        local.sin_family = libc::AF_INET as libc::sa_family_t;
+        local.sin_addr.s_addr = u32::from(from).to_be();
+        let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+        assert_eq!(libc::bind(fd, &local as *const _ as *const libc::sockaddr, len), 0, "bind {from}");
+        let mut remote: libc::sockaddr_in = std::mem::zeroed();
+        remote.sin_family = libc::AF_INET as libc::sa_family_t;
+        remote.sin_port = to.port().to_be();
+        remote.sin_addr.s_addr = u32::from(*to.ip()).to_be();
+        assert_eq!(libc::connect(fd, &remote as *const _ as *const libc::sockaddr, len), 0, "connect from {from}");
+        TcpStream::from_raw_fd(fd)
+    }
+}
+
+/// Resident memory of a process, in bytes.
+pub fn rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).expect("VmRSS");
+    line.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap() * 1024
 }

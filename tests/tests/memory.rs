@@ -4,42 +4,12 @@
 //! server's resident memory with the data, legitimate clients keep being
 //! served, and a sender over its address budget gets 451 4.3.1.
 use std::io::Write;
-use std::net::{Ipv4Addr, SocketAddr, TcpStream};
-use std::os::fd::FromRawFd;
+use std::net::{Ipv4Addr, TcpStream};
 use std::time::Duration;
 
 use ringmail_tests::*;
 
 const ALICE: (&str, &str) = ("alice@example.test", "alice-secret");
-
-/// A TCP connection to `to` from the loopback address `from`.
-fn connect_from(from: Ipv4Addr, to: SocketAddr) -> TcpStream {
-    let SocketAddr::V4(to) = to else { panic!("IPv4 listener expected") };
-    // SAFETY: plain socket calls on a descriptor we own; addresses are
-    // valid sockaddr_in structures.
-    unsafe {
-        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
-        assert!(fd >= 0, "socket");
-        let mut local: libc::sockaddr_in = std::mem::zeroed();
-        local.sin_family = libc::AF_INET as libc::sa_family_t;
-        local.sin_addr.s_addr = u32::from(from).to_be();
-        let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
-        assert_eq!(libc::bind(fd, &local as *const _ as *const libc::sockaddr, len), 0, "bind {from}");
-        let mut remote: libc::sockaddr_in = std::mem::zeroed();
-        remote.sin_family = libc::AF_INET as libc::sa_family_t;
-        remote.sin_port = to.port().to_be();
-        remote.sin_addr.s_addr = u32::from(*to.ip()).to_be();
-        assert_eq!(libc::connect(fd, &remote as *const _ as *const libc::sockaddr, len), 0, "connect from {from}");
-        TcpStream::from_raw_fd(fd)
-    }
-}
-
-/// Resident memory of a process, in bytes.
-fn rss(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
-    let line = status.lines().find(|l| l.starts_with("VmRSS:")).expect("VmRSS");
-    line.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap() * 1024
-}
 
 /// A session that got as far as 354 on `conn`.
 fn open_data(conn: TcpStream) -> Client {
@@ -137,4 +107,52 @@ fn unfinished_data_costs_disk_not_memory_and_is_budgeted_per_address() {
     // Spool files are unnamed: nothing is left in the directory.
     let left: Vec<_> = std::fs::read_dir(server.data.join("spool")).unwrap().collect();
     assert!(left.is_empty(), "spool directory not empty: {left:?}");
+}
+
+/// A burst of parallel failed logins: argon2 takes 19 MiB per check, and a
+/// shard runs at most two at once, so the burst raises resident memory by a
+/// bounded amount and the memory goes back to the system afterwards.
+#[test]
+fn parallel_failed_logins_are_bounded_and_memory_returns() {
+    let server = Server::options().accounts(&["alice@example.test"]).start();
+    let pid = server.pid().expect("pid");
+    // One login first, so one-time allocations are in the baseline.
+    let mut c = Client::connect(server.imap);
+    c.read_line();
+    c.send(b"a LOGIN alice@example.test wrong\r\n");
+    assert!(c.line().starts_with("a NO"));
+    drop(c);
+    std::thread::sleep(Duration::from_millis(500));
+    let before = rss(pid);
+
+    let imap = server.imap;
+    let workers: Vec<_> = (0..80)
+        .map(|i| {
+            std::thread::spawn(move || {
+                let mut c = Client::connect(imap);
+                c.set_read_timeout(Duration::from_secs(120));
+                c.read_line();
+                for j in 0..2 {
+                    let user = if i % 2 == 0 { "alice@example.test".to_string() } else { format!("nobody{i}@example.test") };
+                    c.send(format!("a{j} LOGIN {user} wrong-{j}\r\n").as_bytes());
+                    let line = c.line();
+                    assert!(line.starts_with(&format!("a{j} NO")), "{line}");
+                }
+            })
+        })
+        .collect();
+    let mut peak = before;
+    while workers.iter().any(|w| !w.is_finished()) {
+        peak = peak.max(rss(pid));
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    for w in workers {
+        w.join().unwrap();
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    let after = rss(pid);
+    eprintln!("RSS before {before}, peak during 160 failed logins {peak}, 2 s after {after}");
+    // Two shards x two checks x 19 MiB, plus the sessions' own memory.
+    assert!(peak - before < 120 << 20, "burst raised RSS by {} bytes", peak - before);
+    assert!(after < before + (16 << 20), "RSS stayed {} bytes above the baseline", after - before);
 }

@@ -109,6 +109,11 @@ pub fn serve(mut config: Config) -> Result<(), ServeError> {
         PoolPlacement::Unbound(cores)
     };
     let config_handshake_timeout = config.tls_handshake_timeout();
+    // Made now, off the shards, so that the first login for an unknown name
+    // does not pay for making it (which would itself tell the name apart).
+    let _ = std::thread::Builder::new().name("ringmail-dummy-hash".into()).spawn(|| {
+        crate::accounts::dummy_hash();
+    });
     spool::tune_malloc(cores);
     let spool_dir = spool::prepare_dir(&config.data_dir)
         .map_err(|source| ServeError::Data { path: config.data_dir.join("spool").display().to_string(), source })?;

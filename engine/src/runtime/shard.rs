@@ -96,6 +96,8 @@ pub struct Shard {
     /// Successful password checks: account -> (keyed digest of the password, hash it matched).
     auth_cache: RefCell<HashMap<String, (u64, String)>>,
     auth_key: std::collections::hash_map::RandomState,
+    /// Places for argon2 checks running at once (`limits::ARGON2_VERIFY_PER_SHARD`).
+    argon2_slots: glommio::sync::Semaphore,
     /// Connections waiting for a client command, interrupted at shutdown.
     idle: RefCell<HashSet<i32>>,
     pub connections: Cell<usize>,
@@ -256,33 +258,44 @@ impl Shard {
         accounts::canonical(&full).ok()
     }
 
-    /// Check a password. argon2 runs on a blocking thread; a success is
+    /// Check a password. argon2 runs on a blocking thread, at most
+    /// `limits::ARGON2_VERIFY_PER_SHARD` at once per shard; a success is
     /// remembered (keyed digest, per shard) so a client that logs in often
-    /// pays the hash once, like Dovecot's auth cache.
+    /// pays the hash once, like Dovecot's auth cache. A name that is no
+    /// account is checked against `accounts::dummy_hash`, so it takes as
+    /// long as a wrong password for a real account.
     pub async fn verify(&self, user: &str, password: &str) -> Option<String> {
-        let account = self.login_account(user)?;
-        let hash = self.directory().password_hash(&account)?.to_string();
-        let mut h = self.auth_key.build_hasher();
-        h.write(password.as_bytes());
-        let digest = h.finish();
-        if let Some((d, cached_hash)) = self.auth_cache.borrow().get(&account) {
-            if *d == digest && *cached_hash == hash {
-                return Some(account);
+        let account = self.login_account(user);
+        let hash = account.as_deref().and_then(|a| self.directory().password_hash(a).map(str::to_string));
+        let digest = {
+            let mut h = self.auth_key.build_hasher();
+            h.write(password.as_bytes());
+            h.finish()
+        };
+        if let (Some(account), Some(hash)) = (&account, &hash) {
+            if let Some((d, cached_hash)) = self.auth_cache.borrow().get(account) {
+                if *d == digest && cached_hash == hash {
+                    return Some(account.clone());
+                }
             }
         }
         let pw = password.to_string();
         let h2 = hash.clone();
+        // The semaphore is never closed, so acquire cannot fail; were it to,
+        // the check runs without a place rather than refusing the login.
+        let _slot = self.argon2_slots.acquire_permit(1).await.ok();
         let ok = glommio::executor()
             .spawn_blocking(move || {
                 // glommio hangs the caller if a blocking closure panics: never let it.
-                std::panic::catch_unwind(|| accounts::verify_password(&h2, &pw)).unwrap_or(false)
+                std::panic::catch_unwind(|| accounts::verify_or_dummy(h2.as_deref(), &pw)).unwrap_or(false)
             })
             .await;
-        if ok {
-            self.auth_cache.borrow_mut().insert(account.clone(), (digest, hash));
-            Some(account)
-        } else {
-            None
+        match (ok, account, hash) {
+            (true, Some(account), Some(hash)) => {
+                self.auth_cache.borrow_mut().insert(account.clone(), (digest, hash));
+                Some(account)
+            }
+            _ => None,
         }
     }
 
@@ -466,6 +479,7 @@ pub async fn run(shared: Arc<Shared>, mesh: MeshBuilder<ShardMsg, Full>) -> Resu
         pop3_locks: RefCell::default(),
         auth_cache: RefCell::default(),
         auth_key: Default::default(),
+        argon2_slots: glommio::sync::Semaphore::new(crate::limits::ARGON2_VERIFY_PER_SHARD),
         idle: RefCell::default(),
         connections: Cell::new(0),
         stopping: Cell::new(false),

@@ -998,6 +998,11 @@ impl SmtpSession {
             self.fail(replies::SIZE_EXCEEDED, out);
             return None;
         }
+        if self.data.has_nul() {
+            self.reset_transaction();
+            replies::NUL_REFUSED.write(out);
+            return None;
+        }
         self.take_transaction()
     }
 
@@ -1036,6 +1041,12 @@ impl SmtpSession {
         }
         if !last {
             reply::write_chunk_received(out, size);
+            return None;
+        }
+        if self.bdat.has_nul() {
+            self.reset_transaction();
+            self.bdat_failed = true;
+            replies::NUL_REFUSED.write(out);
             return None;
         }
         self.take_transaction()
@@ -1676,6 +1687,22 @@ mod tests {
                 "503 5.5.1 Error: need MAIL command\r\n".repeat(2)
             )
         );
+    }
+
+    #[test]
+    fn nul_octets_refuse_the_message_and_the_session_goes_on() {
+        let tx = "MAIL FROM:<a@b.test>\r\nRCPT TO:<bob@example.test>\r\n";
+        const NUL: &str = "550 5.6.0 Message contains NUL octets\r\n";
+        let r = run(&format!("EHLO client.test\r\n{tx}DATA\r\nSubject: a\0b\r\n\r\nx\r\n.\r\nNOOP\r\n"));
+        assert_eq!(r.out, format!("{GREETING}{EHLO}{MAIL_OK}{RCPT_OK}{GO_AHEAD}{NUL}{OK}"));
+        assert!(r.delivered.is_empty());
+        // BDAT: the NUL may be in an early chunk; the refusal comes with LAST.
+        let r = run(&format!("EHLO client.test\r\n{tx}BDAT 3\r\na\0bBDAT 1 LAST\r\nc{tx}BDAT 1 LAST\r\nd"));
+        assert_eq!(
+            r.out,
+            format!("{GREETING}{EHLO}{MAIL_OK}{RCPT_OK}250 2.0.0 3 octets received\r\n{NUL}{MAIL_OK}{RCPT_OK}{QUEUED_2}")
+        );
+        assert_eq!(r.delivered.len(), 1);
     }
 
     #[test]

@@ -54,6 +54,8 @@ enum State {
 struct Budget {
     size: usize,
     overflow: bool,
+    /// A NUL octet was among the stored ones (the session refuses the message).
+    nul: bool,
 }
 
 impl Budget {
@@ -62,6 +64,9 @@ impl Budget {
         self.size = self.size.saturating_add(bytes.len());
         if self.overflow {
             return;
+        }
+        if !self.nul && memchr::memchr(0, bytes).is_some() {
+            self.nul = true;
         }
         if bytes.len() > room {
             // Keep the prefix that fits so the stored bytes do not depend on
@@ -96,6 +101,7 @@ impl DataReceiver {
             budget: Budget {
                 size: 0,
                 overflow: false,
+                nul: false,
             },
         }
     }
@@ -108,6 +114,11 @@ impl DataReceiver {
     /// True if the message grew beyond `size_max` (the session answers 552).
     pub fn overflowed(&self) -> bool {
         self.budget.overflow
+    }
+
+    /// True if the stored octets contain a NUL (the session answers 550 5.6.0).
+    pub fn has_nul(&self) -> bool {
+        self.budget.nul
     }
 
     /// Unstuffed message octets seen so far, stored or not (saturating).
@@ -211,6 +222,7 @@ impl BdatReader {
             budget: Budget {
                 size: 0,
                 overflow: false,
+                nul: false,
             },
         }
     }
@@ -237,6 +249,11 @@ impl BdatReader {
     /// True if the message (all kept chunks together) grew beyond `size_max`.
     pub fn overflowed(&self) -> bool {
         self.budget.overflow
+    }
+
+    /// True if a kept chunk contained a NUL octet.
+    pub fn has_nul(&self) -> bool {
+        self.budget.nul
     }
 
     /// Message octets received over all kept chunks (saturating).

@@ -228,6 +228,10 @@ pub mod replies {
     /// The shard's budget for messages in flight had no room for this one
     /// (it was read to its end and thrown away).
     pub const BUSY_TEMPFAIL: Reply = Reply::new(451, "4.3.1", "Insufficient system resources, try again later");
+    /// RFC 5321 section 2.3.8 / RFC 5322 section 2.3: NUL is not allowed in
+    /// a message; IMAP could not serve it without BINARY (RFC 3501 4.3).
+    /// RFC 3463 5.6.0: other or undefined media error.
+    pub const NUL_REFUSED: Reply = Reply::new(550, "5.6.0", "Message contains NUL octets");
     /// Written with the hostname first (see [`Reply::write_with_host`]).
     pub const TOO_MANY_ERRORS: Reply = Reply::new(421, "4.7.0", "Error: too many errors");
     /// Written with the hostname first.
