@@ -979,23 +979,20 @@ impl Client {
     }
 }
 
-/// A body as sent after DATA: dot-stuffed (RFC 5321 4.5.2), bare LF turned
-/// into CRLF, ending with `CRLF.CRLF`. Yields slices of the body between the
-/// points where something is inserted, so the body is never copied; the
-/// inserted pieces are static.
+/// A body as sent after DATA: dot-stuffed (RFC 5321 4.5.2), bare LF and
+/// bare CR turned into CRLF, lines longer than 998 octets broken with
+/// CRLF SP (RFC 5321 4.5.3.1.6), ending with `CRLF.CRLF`
+/// (`protocol::pop3::stuff::stuff_lines`, shared with POP3 RETR). Yields
+/// slices of the body between the points where something is inserted, so
+/// the body is never copied; the inserted pieces are static.
 #[derive(Debug, Clone)]
-pub struct DotStuffed<'a> {
-    body: &'a [u8],
-    pos: usize,
-    line_start: bool,
-    queued: Option<&'static [u8]>,
-    ends_crlf: bool,
-    finished: bool,
-}
+pub struct DotStuffed<'a>(std::vec::IntoIter<&'a [u8]>);
 
 impl<'a> DotStuffed<'a> {
     pub fn new(body: &'a [u8]) -> DotStuffed<'a> {
-        DotStuffed { body, pos: 0, line_start: true, queued: None, ends_crlf: true, finished: false }
+        let mut pieces = Vec::new();
+        crate::protocol::pop3::stuff::stuff_lines(body, Some(crate::protocol::pop3::stuff::SMTP_LINE_MAX), &mut |p| pieces.push(p));
+        DotStuffed(pieces.into_iter())
     }
 }
 
@@ -1003,51 +1000,7 @@ impl<'a> Iterator for DotStuffed<'a> {
     type Item = &'a [u8];
 
     fn next(&mut self) -> Option<&'a [u8]> {
-        if let Some(q) = self.queued.take() {
-            return Some(q);
-        }
-        if self.finished {
-            return None;
-        }
-        let body = self.body;
-        let len = body.len();
-        if self.pos >= len {
-            self.finished = true;
-            return Some(if self.ends_crlf { b".\r\n" } else { b"\r\n.\r\n" });
-        }
-        if self.line_start && body[self.pos] == b'.' {
-            self.line_start = false;
-            return Some(b".");
-        }
-        self.line_start = false;
-        let start = self.pos;
-        let mut search = start;
-        loop {
-            let Some(off) = memchr::memchr(b'\n', &body[search..]) else {
-                self.pos = len;
-                self.ends_crlf = false;
-                return Some(&body[start..]);
-            };
-            let nl = search + off;
-            if nl == 0 || body[nl - 1] != b'\r' {
-                // Bare LF: the text before it, then CRLF.
-                self.pos = nl + 1;
-                self.line_start = true;
-                self.ends_crlf = true;
-                if nl == start {
-                    return Some(b"\r\n");
-                }
-                self.queued = Some(b"\r\n");
-                return Some(&body[start..nl]);
-            }
-            if nl + 1 == len || body[nl + 1] == b'.' {
-                self.pos = nl + 1;
-                self.line_start = true;
-                self.ends_crlf = true;
-                return Some(&body[start..=nl]);
-            }
-            search = nl + 1;
-        }
+        self.0.next()
     }
 }
 

@@ -996,6 +996,12 @@ impl Session {
             self.out.status(Some(tag), Status::No, Some(&Code::TooBig), "Message too large");
             return;
         }
+        // RFC 3501 section 4.3 (and 9, CHAR8): a literal has no NUL; a
+        // message with one needs BINARY (RFC 3516), which is not offered.
+        if memchr::memchr(0, message).is_some() {
+            self.out.status(Some(tag), Status::No, Some(&Code::Parse), "Message contains NUL octets");
+            return;
+        }
         let Ok(name) = std::str::from_utf8(name.as_bytes()) else {
             self.out.status(Some(tag), Status::No, Some(&Code::TryCreate), "No such mailbox");
             return;
@@ -1569,7 +1575,9 @@ fn literal(w: &mut FetchWriter<'_>, splices: &mut Vec<(usize, Body, usize, usize
     if let (Cow::Borrowed(d), Some(body)) = (&data, body) {
         let base = raw.as_ptr() as usize;
         let p = d.as_ptr() as usize;
-        if d.len() >= SPLICE_MIN && p >= base && p + d.len() <= base + raw.len() {
+        // A slice with a NUL is copied instead, so that write_literal can
+        // replace it (RFC 3501 4.3); stored mail almost never has one.
+        if d.len() >= SPLICE_MIN && p >= base && p + d.len() <= base + raw.len() && memchr::memchr(0, d).is_none() {
             out.extend_from_slice(format!("{{{}}}\r\n", d.len()).as_bytes());
             splices.push((out.len(), body.clone(), p - base, d.len()));
             return;

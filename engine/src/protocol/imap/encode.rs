@@ -282,11 +282,25 @@ fn write_quoted(out: &mut Vec<u8>, s: &[u8]) {
 }
 
 /// Write a synchronizing literal `{n}CRLF` followed by the data.
+///
+/// RFC 3501 section 4.3: a literal (without BINARY, RFC 3516) must not
+/// contain NUL. The server refuses NUL in new mail, but a message stored
+/// before that rule, or imported, may hold some: each NUL is sent as a
+/// space, which keeps the literal's length (and every offset a client
+/// computed from RFC822.SIZE or a partial fetch) unchanged.
 pub fn write_literal(out: &mut Vec<u8>, s: &[u8]) {
     out.push(b'{');
     num(out, s.len());
     out.extend_from_slice(b"}\r\n");
+    let start = out.len();
     out.extend_from_slice(s);
+    if memchr::memchr(0, s).is_some() {
+        for b in &mut out[start..] {
+            if *b == 0 {
+                *b = b' ';
+            }
+        }
+    }
 }
 
 /// `string`: quoted when every byte allows it, a literal otherwise.

@@ -33,48 +33,91 @@ const CRLF_END: &[u8] = b"\r\n.\r\n";
 ///
 /// `sink` is called with non-empty slices, in order; concatenated, they are
 /// the exact bytes to send after the `+OK` line.
-pub fn write_stuffed(message: &[u8], body_lines: Option<usize>, sink: &mut dyn FnMut(&[u8])) {
+pub fn write_stuffed<'a>(message: &'a [u8], body_lines: Option<usize>, sink: &mut dyn FnMut(&'a [u8])) {
     let message = match body_lines {
         Some(n) => &message[..top_end(message, n)],
         None => message,
     };
+    stuff_lines(message, None, sink);
+}
+
+/// The longest line SMTP allows, without its CRLF (RFC 5321 4.5.3.1.6).
+pub const SMTP_LINE_MAX: usize = 998;
+
+/// Dot-stuff `message` for a multi-line POP3 response or SMTP DATA (the
+/// two use the same transparency, RFC 1939 3 and RFC 5321 4.5.2) and end it
+/// with `.CRLF` at a line start. Every line end on the wire is CRLF: a bare
+/// LF or a bare CR in the message is sent as CRLF, and a line starts after
+/// it, so a dot there is stuffed too (no reader can see `CR . CR` or
+/// `LF . LF` as an end). With `wrap = Some(n)`, a line longer than `n`
+/// octets is broken after `n` octets by inserting CRLF SP (the relay does
+/// this with `SMTP_LINE_MAX`, as Postfix does, so that the next hop gets
+/// RFC-sized lines; the stored message keeps its lines whole).
+///
+/// Only the inserted pieces are not slices of `message`, and they are static.
+pub fn stuff_lines<'a>(message: &'a [u8], wrap: Option<usize>, sink: &mut dyn FnMut(&'a [u8])) {
     if message.is_empty() {
         sink(END);
         return;
     }
+    // `start`: first byte not yet handed to the sink; `line`: where the
+    // current line starts.
     let mut start = 0;
+    let mut line = 0;
     if message[0] == b'.' {
         sink(DOT);
     }
-    for lf in memchr::memchr_iter(b'\n', message) {
-        let bare = lf == 0 || message[lf - 1] != b'\r';
-        let dot_next = message.get(lf + 1) == Some(&b'.');
-        if !bare && !dot_next {
-            continue;
+    let mut ended_line = false;
+    for p in memchr::memchr2_iter(b'\r', b'\n', message) {
+        let (content_end, bare) = match message[p] {
+            b'\r' if message.get(p + 1) == Some(&b'\n') => continue,
+            b'\n' if p > 0 && message[p - 1] == b'\r' => (p - 1, false),
+            // A bare LF or bare CR.
+            _ => (p, true),
+        };
+        let next = p + 1;
+        if let Some(n) = wrap {
+            wrap_long(message, &mut start, line, content_end, n, sink);
         }
         if bare {
-            // Send the line without its LF, then CRLF in its place.
-            if start < lf {
-                sink(&message[start..lf]);
+            if start < p {
+                sink(&message[start..p]);
             }
             sink(CRLF);
-        } else {
-            sink(&message[start..=lf]);
+            start = next;
         }
-        if dot_next {
+        line = next;
+        ended_line = next == message.len();
+        if message.get(next) == Some(&b'.') {
+            if start < next {
+                sink(&message[start..next]);
+            }
             // The extra dot; the message's own dot starts the next slice.
             sink(DOT);
+            start = next;
         }
-        start = lf + 1;
+    }
+    if let Some(n) = wrap {
+        wrap_long(message, &mut start, line, message.len(), n, sink);
     }
     if start < message.len() {
         sink(&message[start..]);
     }
-    sink(if message.ends_with(b"\n") {
-        END
-    } else {
-        CRLF_END
-    });
+    sink(if ended_line { END } else { CRLF_END });
+}
+
+/// Break the line `message[line..end]` after every `n` octets with CRLF SP
+/// (each continuation line holds the SP and `n - 1` octets).
+fn wrap_long<'a>(message: &'a [u8], start: &mut usize, line: usize, end: usize, n: usize, sink: &mut dyn FnMut(&'a [u8])) {
+    const BREAK: &[u8] = b"\r\n ";
+    let n = n.max(2);
+    let mut cut = line + n;
+    while cut < end {
+        sink(&message[*start..cut]);
+        sink(BREAK);
+        *start = cut;
+        cut += n - 1;
+    }
 }
 
 /// Length of the TOP prefix of `message`: lines up to and including the first
@@ -137,10 +180,11 @@ mod tests {
     fn expected(message: &[u8]) -> Vec<u8> {
         let mut m = Vec::with_capacity(message.len() + 2);
         for (i, &b) in message.iter().enumerate() {
-            if b == b'\n' && (i == 0 || message[i - 1] != b'\r') {
-                m.push(b'\r');
+            match b {
+                b'\n' if i == 0 || message[i - 1] != b'\r' => m.extend_from_slice(b"\r\n"),
+                b'\r' if message.get(i + 1) != Some(&b'\n') => m.extend_from_slice(b"\r\n"),
+                _ => m.push(b),
             }
-            m.push(b);
         }
         if !m.is_empty() && !m.ends_with(b"\r\n") {
             m.extend_from_slice(b"\r\n");
@@ -170,9 +214,33 @@ mod tests {
             b"a\r\n..\r\n..b\r\n.\r\n"
         );
         assert_eq!(stuffed(b"a\n.\nb", None), b"a\r\n..\r\nb\r\n.\r\n");
-        assert_eq!(stuffed(b"a\r.b\r\n", None), b"a\r.b\r\n.\r\n");
+        // A bare CR ends a line as a bare LF does: the dot after it is stuffed.
+        assert_eq!(stuffed(b"a\r.b\r\n", None), b"a\r\n..b\r\n.\r\n");
+        assert_eq!(stuffed(b"a\r.\r", None), b"a\r\n..\r\n.\r\n");
+        assert_eq!(stuffed(b"a\r\r\n", None), b"a\r\n\r\n.\r\n");
         assert_eq!(stuffed(b"a\n", None), b"a\r\n.\r\n");
         assert_eq!(stuffed(b"\n\n", None), b"\r\n\r\n.\r\n");
+    }
+
+    fn wrapped(message: &[u8], n: usize) -> Vec<u8> {
+        let mut out = Vec::new();
+        stuff_lines(message, Some(n), &mut |s: &[u8]| {
+            assert!(!s.is_empty(), "sink got an empty slice");
+            out.extend_from_slice(s);
+        });
+        out
+    }
+
+    #[test]
+    fn long_lines_are_wrapped_with_crlf_space() {
+        assert_eq!(wrapped(b"abcdefghij\r\n", 4), b"abcd\r\n efg\r\n hij\r\n.\r\n");
+        assert_eq!(wrapped(b"abcd\r\nab", 4), b"abcd\r\nab\r\n.\r\n");
+        assert_eq!(wrapped(b"abcde", 4), b"abcd\r\n e\r\n.\r\n");
+        // The limit counts the line as stored (the stuffing dot is removed again).
+        assert_eq!(wrapped(b".abcde\nxy", 4), b"..abc\r\n de\r\nxy\r\n.\r\n");
+        let long = vec![b'x'; 10 * 1024 * 1024];
+        let wire = wrapped(&long, SMTP_LINE_MAX);
+        assert!(wire.split(|&b| b == b'\n').all(|l| l.len() <= SMTP_LINE_MAX + 1));
     }
 
     #[test]

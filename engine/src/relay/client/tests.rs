@@ -23,7 +23,14 @@ fn dot_stuffing_and_terminator() {
     // Bare LF becomes CRLF, and a dot after it is stuffed too.
     assert_eq!(stuffed(b"a\nb\n.c\n"), b"a\r\nb\r\n..c\r\n.\r\n");
     assert_eq!(stuffed(b"\n\n"), b"\r\n\r\n.\r\n");
-    assert_eq!(stuffed(b"a\r\r\n"), b"a\r\r\n.\r\n");
+    // Bare CR ends a line too (never `CR . CR` on the wire).
+    assert_eq!(stuffed(b"a\r\r\n"), b"a\r\n\r\n.\r\n");
+    assert_eq!(stuffed(b"a\r.\rb"), b"a\r\n..\r\nb\r\n.\r\n");
+    // Lines beyond 998 octets are wrapped with CRLF SP.
+    let long = [b"s: ".as_slice(), &[b'y'; 2000], b"\r\n"].concat();
+    let wire = stuffed(&long);
+    assert!(wire.split(|&b| b == b'\n').all(|l| l.len() <= 999), "a line over 998 octets");
+    assert!(wire.starts_with(&long[..998]) && wire[998..].starts_with(b"\r\n y"));
     // Dots not at a line start are left alone.
     assert_eq!(stuffed(b"a.b\r\nc .d\r\n"), b"a.b\r\nc .d\r\n.\r\n");
 }
