@@ -391,3 +391,185 @@ impl Conn {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cli::{OnOff, TlsArgs};
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+    use tokio::io::{AsyncBufReadExt, BufReader};
+
+    /// A self-signed certificate for `localhost`, written as a CA file.
+    struct Pki {
+        dir: std::path::PathBuf,
+        server: Arc<rustls::ServerConfig>,
+    }
+
+    impl Pki {
+        fn new(tag: &str) -> Pki {
+            let dir = std::env::temp_dir().join(format!("loadgen-conn-{tag}-{}", std::process::id()));
+            std::fs::create_dir_all(&dir).unwrap();
+            let ck = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+            std::fs::write(dir.join("ca.pem"), ck.cert.pem()).unwrap();
+            let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(ck.signing_key.serialize_der()));
+            let provider = Arc::new(rustls::crypto::ring::default_provider());
+            let server = rustls::ServerConfig::builder_with_provider(provider)
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_no_client_auth()
+                .with_single_cert(vec![CertificateDer::from(ck.cert.der().to_vec())], key)
+                .unwrap();
+            Pki { dir, server: Arc::new(server) }
+        }
+
+        fn ctx(&self, starttls: bool, name: &str, resume: OnOff) -> Arc<TlsCtx> {
+            TlsCtx::from_args(&TlsArgs {
+                tls: !starttls,
+                starttls,
+                tls_ca: Some(self.dir.join("ca.pem")),
+                tls_insecure: false,
+                tls_server_name: Some(name.into()),
+                tls_resume: resume,
+            })
+            .unwrap()
+            .unwrap()
+        }
+    }
+
+    impl Drop for Pki {
+        fn drop(&mut self) {
+            std::fs::remove_dir_all(&self.dir).ok();
+        }
+    }
+
+    /// Serves `n` connections one after another: optionally a plain
+    /// `220` greeting and STARTTLS exchange (with `inject` appended to the
+    /// go-ahead), then TLS: `hello`, and waits for `bye`.
+    async fn serve(
+        l: tokio::net::TcpListener,
+        cfg: Arc<rustls::ServerConfig>,
+        n: usize,
+        starttls: bool,
+        inject: &'static [u8],
+    ) {
+        let acceptor = tokio_rustls::TlsAcceptor::from(cfg);
+        for _ in 0..n {
+            let Ok((mut s, _)) = l.accept().await else { return };
+            if starttls {
+                s.write_all(b"220 ready\r\n").await.unwrap();
+                let mut r = BufReader::new(&mut s);
+                let mut line = String::new();
+                r.read_line(&mut line).await.unwrap();
+                assert_eq!(line, "STARTTLS\r\n");
+                let mut go = b"220 go ahead\r\n".to_vec();
+                go.extend_from_slice(inject);
+                s.write_all(&go).await.unwrap();
+            }
+            let Ok(tls) = acceptor.accept(s).await else { continue };
+            let mut r = BufReader::new(tls);
+            r.get_mut().write_all(b"hello\r\n").await.unwrap();
+            r.get_mut().flush().await.unwrap();
+            let mut line = String::new();
+            let _ = r.read_line(&mut line).await;
+        }
+    }
+
+    /// Connect (and STARTTLS if asked), read `hello`, say `bye`.
+    async fn client(addr: &str, ctx: &Arc<TlsCtx>, st: &mut Stats) -> io::Result<()> {
+        let mut c = Conn::open(addr, Duration::from_secs(5), 256, Some(ctx), st).await?;
+        if c.wants_starttls() {
+            assert_eq!(c.read_line().await?, b"220 ready");
+            let t = Instant::now();
+            c.write_all(b"STARTTLS\r\n").await?;
+            assert_eq!(c.read_line().await?, b"220 go ahead");
+            // whatever the server sent along has arrived
+            c.wait_data(Duration::from_millis(200)).await?;
+            c.upgrade(st, t).await?;
+            assert!(!c.wants_starttls());
+        }
+        assert_eq!(c.read_line().await?, b"hello");
+        c.write_all(b"bye\r\n").await?;
+        Ok(())
+    }
+
+    fn run(
+        pki: &Pki,
+        ctx: Arc<TlsCtx>,
+        n: usize,
+        inject: &'static [u8],
+    ) -> (Stats, Vec<io::Result<()>>) {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let cfg = pki.server.clone();
+        rt.block_on(async move {
+            let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = l.local_addr().unwrap().to_string();
+            let srv = tokio::spawn(serve(l, cfg, n, ctx.mode == TlsMode::StartTls, inject));
+            let mut st = Stats::new(Instant::now());
+            let mut results = Vec::new();
+            for _ in 0..n {
+                results.push(client(&addr, &ctx, &mut st).await);
+            }
+            let _ = tokio::time::timeout(Duration::from_secs(5), srv).await;
+            (st, results)
+        })
+    }
+
+    #[test]
+    fn implicit_tls_resumes_sessions() {
+        let pki = Pki::new("resume");
+        let (st, res) = run(&pki, pki.ctx(false, "localhost", OnOff::On), 3, b"");
+        assert!(res.iter().all(|r| r.is_ok()), "{res:?}");
+        assert_eq!(st.hists["tls_handshake"].len(), 3);
+        assert_eq!(st.hists["connect"].len(), 3);
+        assert_eq!(st.counter("tls_full"), 1);
+        assert_eq!(st.counter("tls_resumed"), 2);
+        assert_eq!(st.tls_version, Some("TLSv1.3"));
+        assert!(st.tls_cipher.is_some_and(|c| c.starts_with("TLS13_")));
+
+        let (st, res) = run(&pki, pki.ctx(false, "localhost", OnOff::Off), 3, b"");
+        assert!(res.iter().all(|r| r.is_ok()), "{res:?}");
+        assert_eq!(st.counter("tls_full"), 3);
+        assert_eq!(st.counter("tls_resumed"), 0);
+    }
+
+    #[test]
+    fn starttls_upgrade_and_injection() {
+        let pki = Pki::new("starttls");
+        let (st, res) = run(&pki, pki.ctx(true, "localhost", OnOff::On), 2, b"");
+        assert!(res.iter().all(|r| r.is_ok()), "{res:?}");
+        assert_eq!(st.hists["tls_handshake"].len(), 2);
+        assert_eq!(st.counter("tls_full") + st.counter("tls_resumed"), 2);
+
+        // plaintext sent behind the go-ahead must not be taken as TLS data
+        let (st, res) = run(&pki, pki.ctx(true, "localhost", OnOff::On), 1, b"250 injected\r\n");
+        let e = res.into_iter().next().unwrap().unwrap_err();
+        assert_eq!(io_error_key(&e), "tls_plaintext_before_handshake");
+        assert!(!st.hists.contains_key("tls_handshake"));
+    }
+
+    #[test]
+    fn certificate_name_is_verified() {
+        let pki = Pki::new("name");
+        let (st, res) = run(&pki, pki.ctx(false, "other.example.test", OnOff::On), 1, b"");
+        let e = res.into_iter().next().unwrap().unwrap_err();
+        assert_eq!(io_error_key(&e), "tls_certificate");
+        assert_eq!(st.counter("tls_full"), 0);
+        // --tls-insecure takes it
+        let ctx = TlsCtx::from_args(&TlsArgs {
+            tls: true,
+            starttls: false,
+            tls_ca: None,
+            tls_insecure: true,
+            tls_server_name: None,
+            tls_resume: OnOff::On,
+        })
+        .unwrap()
+        .unwrap();
+        let (st, res) = run(&pki, ctx, 1, b"");
+        assert!(res.iter().all(|r| r.is_ok()), "{res:?}");
+        assert_eq!(st.counter("tls_full"), 1);
+    }
+}
