@@ -72,7 +72,10 @@ fn timed_out() -> io::Error {
 }
 
 fn not_connected() -> io::Error {
-    io::Error::new(io::ErrorKind::NotConnected, "connection unusable after a failed TLS handshake")
+    io::Error::new(
+        io::ErrorKind::NotConnected,
+        "connection unusable after a failed TLS handshake",
+    )
 }
 
 /// Short stable name for an I/O error, used as the error-count key.
@@ -142,7 +145,9 @@ impl Conn {
 
     /// True when `--starttls` asks the protocol client to upgrade.
     pub fn wants_starttls(&self) -> bool {
-        self.tls.as_ref().is_some_and(|t| t.mode == TlsMode::StartTls)
+        self.tls
+            .as_ref()
+            .is_some_and(|t| t.mode == TlsMode::StartTls)
             && matches!(self.stream, Stream::Plain(_))
     }
 
@@ -407,11 +412,13 @@ mod tests {
 
     impl Pki {
         fn new(tag: &str) -> Pki {
-            let dir = std::env::temp_dir().join(format!("loadgen-conn-{tag}-{}", std::process::id()));
+            let dir =
+                std::env::temp_dir().join(format!("loadgen-conn-{tag}-{}", std::process::id()));
             std::fs::create_dir_all(&dir).unwrap();
             let ck = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
             std::fs::write(dir.join("ca.pem"), ck.cert.pem()).unwrap();
-            let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(ck.signing_key.serialize_der()));
+            let key =
+                PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(ck.signing_key.serialize_der()));
             let provider = Arc::new(rustls::crypto::ring::default_provider());
             let server = rustls::ServerConfig::builder_with_provider(provider)
                 .with_safe_default_protocol_versions()
@@ -419,7 +426,10 @@ mod tests {
                 .with_no_client_auth()
                 .with_single_cert(vec![CertificateDer::from(ck.cert.der().to_vec())], key)
                 .unwrap();
-            Pki { dir, server: Arc::new(server) }
+            Pki {
+                dir,
+                server: Arc::new(server),
+            }
         }
 
         fn ctx(&self, starttls: bool, name: &str, resume: OnOff) -> Arc<TlsCtx> {
@@ -454,7 +464,9 @@ mod tests {
     ) {
         let acceptor = tokio_rustls::TlsAcceptor::from(cfg);
         for _ in 0..n {
-            let Ok((mut s, _)) = l.accept().await else { return };
+            let Ok((mut s, _)) = l.accept().await else {
+                return;
+            };
             if starttls {
                 s.write_all(b"220 ready\r\n").await.unwrap();
                 let mut r = BufReader::new(&mut s);
@@ -465,7 +477,9 @@ mod tests {
                 go.extend_from_slice(inject);
                 s.write_all(&go).await.unwrap();
             }
-            let Ok(tls) = acceptor.accept(s).await else { continue };
+            let Ok(tls) = acceptor.accept(s).await else {
+                continue;
+            };
             let mut r = BufReader::new(tls);
             r.get_mut().write_all(b"hello\r\n").await.unwrap();
             r.get_mut().flush().await.unwrap();
@@ -544,7 +558,12 @@ mod tests {
         assert_eq!(st.counter("tls_full") + st.counter("tls_resumed"), 2);
 
         // plaintext sent behind the go-ahead must not be taken as TLS data
-        let (st, res) = run(&pki, pki.ctx(true, "localhost", OnOff::On), 1, b"250 injected\r\n");
+        let (st, res) = run(
+            &pki,
+            pki.ctx(true, "localhost", OnOff::On),
+            1,
+            b"250 injected\r\n",
+        );
         let e = res.into_iter().next().unwrap().unwrap_err();
         assert_eq!(io_error_key(&e), "tls_plaintext_before_handshake");
         assert!(!st.hists.contains_key("tls_handshake"));
@@ -553,7 +572,12 @@ mod tests {
     #[test]
     fn certificate_name_is_verified() {
         let pki = Pki::new("name");
-        let (st, res) = run(&pki, pki.ctx(false, "other.example.test", OnOff::On), 1, b"");
+        let (st, res) = run(
+            &pki,
+            pki.ctx(false, "other.example.test", OnOff::On),
+            1,
+            b"",
+        );
         let e = res.into_iter().next().unwrap().unwrap_err();
         assert_eq!(io_error_key(&e), "tls_certificate");
         assert_eq!(st.counter("tls_full"), 0);

@@ -495,8 +495,14 @@ fn outcome(st: &mut Stats, live: &Live, op: &'static str, s: Status, t0: Instant
 }
 
 async fn open(sh: &Shared, st: &mut Stats) -> io::Result<Option<Sess>> {
-    let mut c =
-        ImapClient::connect(&sh.target, sh.env.timeout, 16 * 1024, sh.env.tls.as_ref(), st).await?;
+    let mut c = ImapClient::connect(
+        &sh.target,
+        sh.env.timeout,
+        16 * 1024,
+        sh.env.tls.as_ref(),
+        st,
+    )
+    .await?;
     let a = (sh.next_account.fetch_add(1, Ordering::Relaxed) % sh.accounts.len() as u64) as usize;
     let t = Instant::now();
     let s = c

@@ -61,7 +61,11 @@ impl Pop3Client {
         if c.conn.wants_starttls() {
             let t = Instant::now();
             if !c.cmd("STLS").await? {
-                return Err(keyed(io::ErrorKind::InvalidData, "-ERR STLS", "STLS refused"));
+                return Err(keyed(
+                    io::ErrorKind::InvalidData,
+                    "-ERR STLS",
+                    "STLS refused",
+                ));
             }
             c.conn.upgrade(st, t).await?;
         }

@@ -700,7 +700,10 @@ mod tests {
         assert!(v["counters"].get("tls_full").is_none());
         assert_eq!(v["ops"]["tls_handshake"]["count"], 1);
         let h = r.human();
-        assert!(h.contains("tls: implicit, TLSv1.3; handshakes: 2 full, 8 resumed"), "{h}");
+        assert!(
+            h.contains("tls: implicit, TLSv1.3; handshakes: 2 full, 8 resumed"),
+            "{h}"
+        );
         assert!(h.contains("tls_handshake"), "{h}");
     }
 

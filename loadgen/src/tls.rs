@@ -107,9 +107,7 @@ impl TlsCtx {
                 Some(p) => roots_from_file(p)?,
                 None => system_roots()?,
             };
-            builder
-                .with_root_certificates(roots)
-                .with_no_client_auth()
+            builder.with_root_certificates(roots).with_no_client_auth()
         };
         if a.tls_resume == OnOff::Off {
             config.resumption = rustls::client::Resumption::disabled();
@@ -287,7 +285,10 @@ mod tests {
         a.tls_ca = Some(good.clone());
         assert!(TlsCtx::from_args(&a).unwrap().is_some());
         a.tls_insecure = true;
-        assert!(TlsCtx::from_args(&a).is_err(), "--tls-ca with --tls-insecure");
+        assert!(
+            TlsCtx::from_args(&a).is_err(),
+            "--tls-ca with --tls-insecure"
+        );
         std::fs::remove_dir_all(&dir).ok();
     }
 }
