@@ -68,6 +68,38 @@ pub struct Common {
     /// Never print the progress line, even on a terminal.
     #[arg(long, conflicts_with = "progress")]
     pub no_progress: bool,
+    #[command(flatten)]
+    pub tls: TlsArgs,
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnOff {
+    On,
+    Off,
+}
+
+/// TLS for every connection of the run (--verify's included).
+#[derive(Args, Debug, Clone)]
+#[command(next_help_heading = "TLS")]
+pub struct TlsArgs {
+    /// Implicit TLS from the first byte (submissions 465, IMAPS 993, POP3S 995).
+    #[arg(long, conflicts_with = "starttls")]
+    pub tls: bool,
+    /// Plain connect, then TLS: SMTP STARTTLS after EHLO (and EHLO again), IMAP STARTTLS after the greeting, POP3 STLS.
+    #[arg(long)]
+    pub starttls: bool,
+    /// PEM file of the CA certificates to verify the server against (default: the system's roots).
+    #[arg(long, value_name = "FILE", conflicts_with = "tls_insecure")]
+    pub tls_ca: Option<PathBuf>,
+    /// Accept any server certificate (self-signed lab servers); handshake signatures are still checked.
+    #[arg(long)]
+    pub tls_insecure: bool,
+    /// Name sent in SNI and verified in the certificate (default: the host part of the target).
+    #[arg(long, value_name = "NAME")]
+    pub tls_server_name: Option<String>,
+    /// Resume TLS sessions on reconnect (one shared client config and session cache); off: every handshake is full.
+    #[arg(long, value_enum, default_value_t = OnOff::On, value_name = "on|off")]
+    pub tls_resume: OnOff,
 }
 
 /// Which accounts exist on the server and how to log into them.

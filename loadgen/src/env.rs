@@ -51,6 +51,8 @@ pub struct Env {
     pub seed: u64,
     pub run_id: String,
     pub progress: bool,
+    /// `--tls` / `--starttls`: the shared client configuration.
+    pub tls: Option<std::sync::Arc<crate::tls::TlsCtx>>,
 }
 
 pub fn secs(name: &str, v: f64) -> Result<Duration, String> {
@@ -61,6 +63,11 @@ pub fn secs(name: &str, v: f64) -> Result<Duration, String> {
 }
 
 impl Env {
+    /// `"implicit"` / `"starttls"`, or None without TLS.
+    pub fn tls_mode(&self) -> Option<&'static str> {
+        self.tls.as_ref().map(|t| t.mode.name())
+    }
+
     pub fn from_common(c: &Common) -> Result<Env, String> {
         let run_id = match &c.run_id {
             Some(r) => {
@@ -94,6 +101,7 @@ impl Env {
             seed: c.seed,
             run_id,
             progress: !c.no_progress && crate::stats::progress_enabled(c.progress),
+            tls: crate::tls::TlsCtx::from_args(&c.tls)?,
         })
     }
 }

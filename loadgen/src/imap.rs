@@ -6,7 +6,8 @@
 //! and literals (`{n}` or `{n+}` at the end of a line, followed by n bytes and
 //! the rest of the line).
 //!
-//! Ops of `imap` mode: `connect`, `greeting`, `login`, `select`,
+//! Ops of `imap` mode: `connect`, `tls_handshake` (--tls; --starttls:
+//! STARTTLS sent until the handshake is done), `greeting`, `login`, `select`,
 //! `fetch_headers`, `fetch_body`, `store`, `search`, `idle` (IDLE until the
 //! `+` continuation), `idle_done` (DONE until the tagged OK), `logout`.
 //! Failed commands are counted as `NO <OP>` / `BAD <OP>`.
@@ -21,9 +22,10 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use crate::cli::{ImapArgs, ImapIdleArgs, ImapOpts};
-use crate::conn::{io_error_key, protocol_error, Conn};
+use crate::conn::{io_error_key, keyed, protocol_error, Conn};
 use crate::env::{Accounts, Env};
 use crate::stats::{Live, Report, ReportMeta, SharedHists, Stats};
+use crate::tls::TlsCtx;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Status {
@@ -136,12 +138,11 @@ impl ImapClient {
         addr: &str,
         timeout: Duration,
         buf: usize,
+        tls: Option<&Arc<TlsCtx>>,
         st: &mut Stats,
     ) -> io::Result<ImapClient> {
-        let t0 = Instant::now();
-        let conn = Conn::connect_with(addr, timeout, buf).await?;
+        let conn = Conn::open(addr, timeout, buf, tls, st).await?;
         let t1 = Instant::now();
-        st.record("connect", t0, t1);
         let mut c = ImapClient {
             conn,
             tagn: 0,
@@ -158,6 +159,18 @@ impl ImapClient {
             )));
         }
         st.record("greeting", t1, Instant::now());
+        if c.conn.wants_starttls() {
+            let t = Instant::now();
+            let s = c.command("STARTTLS", false, |_, _| {}).await?;
+            if s != Status::Ok {
+                return Err(keyed(
+                    io::ErrorKind::InvalidData,
+                    format!("{} STARTTLS", s.word()),
+                    "STARTTLS refused",
+                ));
+            }
+            c.conn.upgrade(st, t).await?;
+        }
         Ok(c)
     }
 
@@ -302,10 +315,11 @@ pub async fn fetch_all(
     pass: &str,
     mailbox: &str,
     timeout: Duration,
+    tls: Option<&Arc<TlsCtx>>,
     mut each: impl FnMut(&[u8]),
 ) -> Result<u64, String> {
     let mut st = Stats::new(Instant::now());
-    let mut c = ImapClient::connect(addr, timeout, 64 * 1024, &mut st)
+    let mut c = ImapClient::connect(addr, timeout, 64 * 1024, tls, &mut st)
         .await
         .map_err(|e| format!("connect: {e}"))?;
     if c.login(user, pass).await.map_err(|e| e.to_string())? != Status::Ok {
@@ -481,7 +495,14 @@ fn outcome(st: &mut Stats, live: &Live, op: &'static str, s: Status, t0: Instant
 }
 
 async fn open(sh: &Shared, st: &mut Stats) -> io::Result<Option<Sess>> {
-    let mut c = ImapClient::connect(&sh.target, sh.env.timeout, 16 * 1024, st).await?;
+    let mut c = ImapClient::connect(
+        &sh.target,
+        sh.env.timeout,
+        16 * 1024,
+        sh.env.tls.as_ref(),
+        st,
+    )
+    .await?;
     let a = (sh.next_account.fetch_add(1, Ordering::Relaxed) % sh.accounts.len() as u64) as usize;
     let t = Instant::now();
     let s = c
@@ -817,6 +838,7 @@ pub async fn cmd_imap(a: ImapArgs, env: Env) -> Result<ExitCode, String> {
         threads: env.threads as u64,
         warmup: Duration::from_secs_f64(a.opts.warmup),
         rate: None,
+        tls: env.tls_mode(),
     };
     let report = Report::build(meta, &st, measured);
     let json = serde_json::to_value(&report).map_err(|e| e.to_string())?;
@@ -871,7 +893,8 @@ async fn idle_session(
     let mut st = Stats::with_sink(*t0, sink.clone());
     let permit = sem.clone().acquire_owned().await;
     let ramp = async {
-        let mut c = ImapClient::connect(&a.target, env.timeout, 2048, &mut st).await?;
+        let mut c =
+            ImapClient::connect(&a.target, env.timeout, 2048, env.tls.as_ref(), &mut st).await?;
         let acct = i as usize % accounts.addrs.len();
         let t = Instant::now();
         let s = c.login(&accounts.logins[acct], &accounts.password).await?;
@@ -1068,6 +1091,7 @@ pub async fn cmd_imap_idle(a: ImapIdleArgs, env: Env) -> Result<ExitCode, String
         threads: env.threads as u64,
         warmup: Duration::ZERO,
         rate: None,
+        tls: env.tls_mode(),
     };
     let measured = end.duration_since(t0);
     let report = Report::build(meta, &stats, measured);
@@ -1220,7 +1244,7 @@ mod tests {
             .unwrap();
         rt.block_on(async {
             let mut st = Stats::new(Instant::now());
-            let mut c = ImapClient::connect(&addr, Duration::from_secs(5), 256, &mut st)
+            let mut c = ImapClient::connect(&addr, Duration::from_secs(5), 256, None, &mut st)
                 .await
                 .unwrap();
             assert_eq!(c.login("u", "p").await.unwrap(), Status::Ok);

@@ -11,6 +11,7 @@ mod reply;
 mod sched;
 mod smtp;
 mod stats;
+mod tls;
 mod verify;
 
 use std::process::ExitCode;
@@ -162,6 +163,7 @@ async fn cmd_smtp(a: cli::SmtpArgs, env: Env) -> Result<ExitCode, String> {
         threads: env.threads as u64,
         warmup: Duration::from_secs_f64(a.opts.warmup),
         rate: a.opts.rate,
+        tls: env.tls_mode(),
     };
     let mut report = Report::build(meta, &out.stats, out.measured);
     if let Some(expected) = &out.expected {
@@ -211,6 +213,7 @@ async fn run_verify(
         let addr = addr.clone();
         let run_id = run_id.clone();
         let timeout = env.timeout;
+        let tls = env.tls.clone();
         handles.push(tokio::spawn(async move {
             let mut found = Vec::new();
             let mut errors = Vec::new();
@@ -223,9 +226,9 @@ async fn run_verify(
                 let pass = &accounts.password;
                 let each = |m: &[u8]| found.push((acct, verify::parse_retrieved(&run_id, m)));
                 let r = if method == "pop3" {
-                    pop3::fetch_all(&addr, user, pass, timeout, each).await
+                    pop3::fetch_all(&addr, user, pass, timeout, tls.as_ref(), each).await
                 } else {
-                    imap::fetch_all(&addr, user, pass, "INBOX", timeout, each).await
+                    imap::fetch_all(&addr, user, pass, "INBOX", timeout, tls.as_ref(), each).await
                 };
                 if let Err(e) = r {
                     errors.push(format!("account {user}: {e}"));
@@ -297,6 +300,7 @@ async fn cmd_pop3(a: cli::Pop3Args, env: Env) -> Result<ExitCode, String> {
         threads: env.threads as u64,
         warmup: Duration::from_secs_f64(a.opts.warmup),
         rate: None,
+        tls: env.tls_mode(),
     };
     let report = Report::build(meta, &st, measured);
     let json = serde_json::to_value(&report).map_err(|e| e.to_string())?;
@@ -414,6 +418,7 @@ async fn cmd_mixed(a: cli::MixedArgs, env: Env) -> Result<ExitCode, String> {
         threads: env.threads as u64,
         warmup: Duration::from_secs_f64(a.warmup),
         rate,
+        tls: env.tls_mode(),
     };
     let mut parts_json = serde_json::Map::new();
     let mut human = String::new();

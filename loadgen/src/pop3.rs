@@ -1,7 +1,8 @@
 //! POP3 reader (RFC 1939): per session USER/PASS, STAT, LIST, UIDL, RETR
 //! each message (up to --max-retr), DELE if asked, QUIT.
 //!
-//! Ops: `connect`, `greeting`, `login` (USER+PASS), `stat`, `list`, `uidl`,
+//! Ops: `connect`, `tls_handshake` (--tls; --starttls: STLS sent until the
+//! handshake is done), `greeting`, `login` (USER+PASS), `stat`, `list`, `uidl`,
 //! `retr` (each), `dele` (each), `quit`, `session` (connect to QUIT reply).
 //! Failed commands are counted as `-ERR <COMMAND>`.
 
@@ -11,9 +12,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::cli::Pop3Opts;
-use crate::conn::{io_error_key, protocol_error, Conn};
+use crate::conn::{io_error_key, keyed, protocol_error, Conn};
 use crate::env::{Accounts, Env};
 use crate::stats::{Live, SharedHists, Stats};
+use crate::tls::TlsCtx;
 
 pub struct Pop3Client {
     pub conn: Conn,
@@ -43,16 +45,30 @@ pub fn parse_scan_line(line: &[u8]) -> Option<(u64, &[u8])> {
 }
 
 impl Pop3Client {
-    pub async fn connect(addr: &str, timeout: Duration, st: &mut Stats) -> io::Result<Pop3Client> {
-        let t0 = Instant::now();
-        let conn = Conn::connect(addr, timeout).await?;
+    pub async fn connect(
+        addr: &str,
+        timeout: Duration,
+        tls: Option<&Arc<TlsCtx>>,
+        st: &mut Stats,
+    ) -> io::Result<Pop3Client> {
+        let conn = Conn::open(addr, timeout, 0, tls, st).await?;
         let t1 = Instant::now();
-        st.record("connect", t0, t1);
         let mut c = Pop3Client { conn };
         if !c.status().await? {
             return Err(protocol_error("greeting was -ERR"));
         }
         st.record("greeting", t1, Instant::now());
+        if c.conn.wants_starttls() {
+            let t = Instant::now();
+            if !c.cmd("STLS").await? {
+                return Err(keyed(
+                    io::ErrorKind::InvalidData,
+                    "-ERR STLS",
+                    "STLS refused",
+                ));
+            }
+            c.conn.upgrade(st, t).await?;
+        }
         Ok(c)
     }
 
@@ -140,7 +156,7 @@ struct Shared {
 
 async fn session(sh: &Shared, st: &mut Stats, account: usize) -> io::Result<bool> {
     let t0 = Instant::now();
-    let mut c = Pop3Client::connect(&sh.target, sh.env.timeout, st).await?;
+    let mut c = Pop3Client::connect(&sh.target, sh.env.timeout, sh.env.tls.as_ref(), st).await?;
     let t = Instant::now();
     match c
         .login(&sh.accounts.logins[account], &sh.accounts.password)
@@ -303,10 +319,11 @@ pub async fn fetch_all(
     user: &str,
     pass: &str,
     timeout: Duration,
+    tls: Option<&Arc<TlsCtx>>,
     mut each: impl FnMut(&[u8]),
 ) -> Result<u64, String> {
     let mut st = Stats::new(Instant::now());
-    let mut c = Pop3Client::connect(addr, timeout, &mut st)
+    let mut c = Pop3Client::connect(addr, timeout, tls, &mut st)
         .await
         .map_err(|e| format!("connect: {e}"))?;
     match c.login(user, pass).await.map_err(|e| e.to_string())? {

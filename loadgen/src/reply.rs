@@ -100,6 +100,7 @@ pub struct Caps {
     pub chunking: bool,
     pub size: bool,
     pub eightbit: bool,
+    pub starttls: bool,
 }
 
 impl Caps {
@@ -117,6 +118,7 @@ impl Caps {
                 "CHUNKING" => c.chunking = true,
                 "SIZE" => c.size = true,
                 "8BITMIME" => c.eightbit = true,
+                "STARTTLS" => c.starttls = true,
                 _ => {}
             }
         }
@@ -186,12 +188,13 @@ mod tests {
             "chunking",
             "8BITMIME",
             "ENHANCEDSTATUSCODES",
+            "STARTTLS",
         ]
         .iter()
         .map(|s| s.to_string())
         .collect();
         let c = Caps::from_ehlo(&lines);
-        assert!(c.pipelining && c.chunking && c.size && c.eightbit);
+        assert!(c.pipelining && c.chunking && c.size && c.eightbit && c.starttls);
         // the greeting line is not a capability
         let c = Caps::from_ehlo(&["PIPELINING".to_string()]);
         assert!(!c.pipelining);

@@ -2,7 +2,9 @@
 //! (pipelined per RFC 2920 when advertised) or BDAT (RFC 3030).
 //!
 //! Ops recorded (microseconds):
-//! - `connect`: TCP handshake; `greeting`: wait for the 220 banner; `ehlo`.
+//! - `connect`: TCP handshake; `tls_handshake` (--tls: the handshake;
+//!   --starttls: STARTTLS sent until the handshake is done); `greeting`:
+//!   wait for the 220 banner; `ehlo` (twice with --starttls).
 //! - pipelined: `envelope` = one write of MAIL+RCPT..+DATA until the 354
 //!   (with BDAT: one write of MAIL+RCPT.. until the last RCPT reply; the
 //!   chunk follows in its own write).
@@ -84,32 +86,44 @@ fn note_code(st: &mut Stats, live: &Live, closing: &mut bool, code: u16) {
 
 impl Session {
     async fn open(sh: &Shared, st: &mut Stats) -> Result<Session, String> {
-        let t0 = Instant::now();
-        let mut conn = Conn::connect(&sh.target, sh.env.timeout)
+        let mut conn = Conn::open(&sh.target, sh.env.timeout, 0, sh.env.tls.as_ref(), st)
             .await
-            .map_err(|e| format!("connect_{}", io_error_key(&e)))?;
+            .map_err(|e| {
+                let k = io_error_key(&e);
+                if k.starts_with("tls_") {
+                    k
+                } else {
+                    format!("connect_{k}")
+                }
+            })?;
         let t1 = Instant::now();
-        st.record("connect", t0, t1);
         let code = read_reply(&mut conn, None)
             .await
             .map_err(|e| io_error_key(&e))?;
-        let t2 = Instant::now();
-        st.record("greeting", t1, t2);
+        st.record("greeting", t1, Instant::now());
         if code != 220 {
             return Err(code.to_string());
         }
-        let mut cmd = Vec::with_capacity(64);
-        let _ = write!(cmd, "EHLO {}\r\n", sh.opts.helo);
-        conn.write_all(&cmd).await.map_err(|e| io_error_key(&e))?;
-        let mut lines = Vec::new();
-        let code = read_reply(&mut conn, Some(&mut lines))
-            .await
-            .map_err(|e| io_error_key(&e))?;
-        st.record("ehlo", t2, Instant::now());
-        if code != 250 {
-            return Err(code.to_string());
+        let mut caps = ehlo(&mut conn, &sh.opts.helo, st).await?;
+        if conn.wants_starttls() {
+            if !caps.starttls {
+                return Err(
+                    "fatal: server does not advertise STARTTLS (needed by --starttls)".into(),
+                );
+            }
+            let t = Instant::now();
+            conn.write_all(b"STARTTLS\r\n")
+                .await
+                .map_err(|e| io_error_key(&e))?;
+            let code = read_reply(&mut conn, None)
+                .await
+                .map_err(|e| io_error_key(&e))?;
+            if code != 220 {
+                return Err(code.to_string());
+            }
+            conn.upgrade(st, t).await.map_err(|e| io_error_key(&e))?;
+            caps = ehlo(&mut conn, &sh.opts.helo, st).await?;
         }
-        let caps = Caps::from_ehlo(&lines);
         if sh.opts.bdat && !caps.chunking {
             return Err("fatal: server does not advertise CHUNKING (needed by --bdat)".into());
         }
@@ -317,6 +331,24 @@ impl Session {
             Ok(Tx::Rejected)
         }
     }
+}
+
+/// EHLO and its capabilities (op `ehlo`; with --starttls once before and
+/// once after the handshake).
+async fn ehlo(conn: &mut Conn, helo: &str, st: &mut Stats) -> Result<Caps, String> {
+    let t = Instant::now();
+    let mut cmd = Vec::with_capacity(64);
+    let _ = write!(cmd, "EHLO {helo}\r\n");
+    conn.write_all(&cmd).await.map_err(|e| io_error_key(&e))?;
+    let mut lines = Vec::new();
+    let code = read_reply(conn, Some(&mut lines))
+        .await
+        .map_err(|e| io_error_key(&e))?;
+    st.record("ehlo", t, Instant::now());
+    if code != 250 {
+        return Err(code.to_string());
+    }
+    Ok(Caps::from_ehlo(&lines))
 }
 
 /// Accounts (indexes) receiving message `n`.

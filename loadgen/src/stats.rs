@@ -36,6 +36,9 @@ pub struct Stats {
     /// Operations completing before this instant (warm-up) are not recorded.
     pub measure_from: Instant,
     pub clamped: u64,
+    /// Negotiated TLS version and cipher suite of the first handshake.
+    pub tls_version: Option<&'static str>,
+    pub tls_cipher: Option<&'static str>,
     pending: Vec<(&'static str, u64)>,
     sink: Option<SharedHists>,
 }
@@ -48,6 +51,8 @@ impl Stats {
             counters: BTreeMap::new(),
             measure_from,
             clamped: 0,
+            tls_version: None,
+            tls_cipher: None,
             pending: Vec::new(),
             sink: None,
         }
@@ -149,6 +154,26 @@ impl Stats {
             *self.counters.entry(k).or_insert(0) += v;
         }
         self.clamped += other.clamped;
+        self.tls_version = self.tls_version.or(other.tls_version);
+        self.tls_cipher = self.tls_cipher.or(other.tls_cipher);
+    }
+
+    /// Remember the negotiated version and suite (the first one seen).
+    pub fn note_tls(
+        &mut self,
+        version: Option<rustls::ProtocolVersion>,
+        suite: Option<rustls::SupportedCipherSuite>,
+    ) {
+        if self.tls_version.is_none() {
+            self.tls_version = version.map(|v| match v {
+                rustls::ProtocolVersion::TLSv1_3 => "TLSv1.3",
+                rustls::ProtocolVersion::TLSv1_2 => "TLSv1.2",
+                other => other.as_str().unwrap_or("unknown"),
+            });
+        }
+        if self.tls_cipher.is_none() {
+            self.tls_cipher = suite.map(|s| s.suite().as_str().unwrap_or("unknown"));
+        }
     }
 }
 
@@ -275,6 +300,24 @@ pub struct Report {
     pub ops: BTreeMap<String, OpSummary>,
     pub latency_clamped: u64,
     pub verify: Option<crate::verify::VerifyReport>,
+    /// With `--tls` / `--starttls`; null otherwise.
+    pub tls: Option<TlsReport>,
+}
+
+/// TLS part of a report. Handshake counts cover the measured window; the
+/// version and cipher are those of the first handshake.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct TlsReport {
+    /// `implicit` or `starttls`.
+    pub mode: String,
+    pub version: Option<String>,
+    pub cipher: Option<String>,
+    /// Full handshakes (with or without a HelloRetryRequest).
+    pub handshakes_full: u64,
+    /// Abbreviated handshakes resuming an earlier session.
+    pub handshakes_resumed: u64,
+    /// Full handshakes that needed a HelloRetryRequest (included in `handshakes_full`).
+    pub hello_retries: u64,
 }
 
 pub struct ReportMeta {
@@ -286,6 +329,8 @@ pub struct ReportMeta {
     pub threads: u64,
     pub warmup: Duration,
     pub rate: Option<f64>,
+    /// TLS mode name (`implicit`, `starttls`), None without TLS.
+    pub tls: Option<&'static str>,
 }
 
 impl Report {
@@ -305,6 +350,14 @@ impl Report {
         let bytes = take("bytes");
         let sessions_ok = take("sessions_ok");
         let sessions_failed = take("sessions_failed");
+        let tls = meta.tls.map(|mode| TlsReport {
+            mode: mode.to_string(),
+            version: stats.tls_version.map(str::to_string),
+            cipher: stats.tls_cipher.map(str::to_string),
+            handshakes_full: take("tls_full"),
+            handshakes_resumed: take("tls_resumed"),
+            hello_retries: take("tls_hello_retry"),
+        });
         let r3 = |x: f64| (x * 1000.0).round() / 1000.0;
         Report {
             mode: meta.mode.to_string(),
@@ -339,6 +392,7 @@ impl Report {
                 .collect(),
             latency_clamped: stats.clamped,
             verify: None,
+            tls,
         }
     }
 
@@ -380,6 +434,29 @@ impl Report {
                 s,
                 "sessions: {} ok, {} failed; {:.1} sessions/s",
                 self.sessions_ok, self.sessions_failed, self.sessions_per_s
+            );
+        }
+        if let Some(t) = &self.tls {
+            let negotiated: Vec<&str> = [t.version.as_deref(), t.cipher.as_deref()]
+                .into_iter()
+                .flatten()
+                .collect();
+            let _ = writeln!(
+                s,
+                "tls: {}, {}; handshakes: {} full, {} resumed{}",
+                t.mode,
+                if negotiated.is_empty() {
+                    "no handshake completed".to_string()
+                } else {
+                    negotiated.join(" ")
+                },
+                t.handshakes_full,
+                t.handshakes_resumed,
+                if t.hello_retries > 0 {
+                    format!(" ({} with HelloRetryRequest)", t.hello_retries)
+                } else {
+                    String::new()
+                }
             );
         }
         for (k, v) in &self.counters {
@@ -527,6 +604,7 @@ mod tests {
             threads: 1,
             warmup: Duration::ZERO,
             rate: None,
+            tls: None,
         };
         let r = Report::build(meta, &stats, Duration::from_secs(2));
         let v: serde_json::Value = serde_json::to_value(&r).unwrap();
@@ -556,12 +634,13 @@ mod tests {
             "ops",
             "latency_clamped",
             "verify",
+            "tls",
         ] {
             assert!(obj.contains_key(k), "missing field {k}");
         }
         assert_eq!(
             obj.len(),
-            24,
+            25,
             "unexpected extra fields: {:?}",
             obj.keys().collect::<Vec<_>>()
         );
@@ -584,6 +663,48 @@ mod tests {
         assert_eq!(m["p50_us"], 500);
         assert_eq!(m["max_us"], 1000);
         assert!(r.human().contains("errors (3): 452: 2, timeout: 1"));
+        assert!(v["tls"].is_null());
+        assert!(!r.human().contains("tls:"));
+    }
+
+    #[test]
+    fn tls_part_of_the_report() {
+        let t0 = Instant::now();
+        let mut stats = sample_stats();
+        let mut other = Stats::new(t0);
+        other.record_dur("tls_handshake", t0, Duration::from_micros(900));
+        other.count("tls_full", t0, 2);
+        other.count("tls_resumed", t0, 8);
+        other.note_tls(Some(rustls::ProtocolVersion::TLSv1_3), None);
+        other.note_tls(Some(rustls::ProtocolVersion::TLSv1_2), None);
+        stats.merge(&other);
+        let meta = ReportMeta {
+            mode: "pop3",
+            target: "127.0.0.1:9950".into(),
+            run_id: "abc".into(),
+            started: UNIX_EPOCH,
+            connections: 1,
+            threads: 1,
+            warmup: Duration::ZERO,
+            rate: None,
+            tls: Some("implicit"),
+        };
+        let r = Report::build(meta, &stats, Duration::from_secs(1));
+        let v = serde_json::to_value(&r).unwrap();
+        assert_eq!(v["tls"]["mode"], "implicit");
+        assert_eq!(v["tls"]["version"], "TLSv1.3");
+        assert!(v["tls"]["cipher"].is_null());
+        assert_eq!(v["tls"]["handshakes_full"], 2);
+        assert_eq!(v["tls"]["handshakes_resumed"], 8);
+        assert_eq!(v["tls"]["hello_retries"], 0);
+        assert!(v["counters"].get("tls_full").is_none());
+        assert_eq!(v["ops"]["tls_handshake"]["count"], 1);
+        let h = r.human();
+        assert!(
+            h.contains("tls: implicit, TLSv1.3; handshakes: 2 full, 8 resumed"),
+            "{h}"
+        );
+        assert!(h.contains("tls_handshake"), "{h}");
     }
 
     #[test]

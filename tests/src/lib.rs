@@ -1,7 +1,7 @@
 //! End-to-end harness: runs the real `ringmail` binary and talks to it over
 //! loopback with real clients.
 //!
-//! - [`ringmail_bin`] builds the binary once per test process (same target
+//! - [`ringmail_bin`] (and [`loadgen_bin`]) builds the binary once per test process (same target
 //!   directory and profile as the test itself) and returns its path.
 //! - [`Server`] owns a temporary data directory, starts `ringmail serve` on
 //!   ephemeral ports, waits (bounded) for the ready line, and can be killed
@@ -37,6 +37,9 @@
 //!   FLAGS under 50 concurrent sessions), raw and with imaplib.
 //! - `memory`: unfinished DATA from many connections and addresses is spooled
 //!   (RSS stays flat), the per-address spool budget answers 451 4.3.1;
+//! - `loadgen_tls`: the real `loadgen` binary against the server over
+//!   STARTTLS/STLS and implicit TLS (SMTP, POP3, IMAP), verifying the
+//!   server's certificate, no errors, resumed handshakes on reconnect;
 //!
 //! Client scripts (Python standard library only) live in `py/`.
 use std::io::{BufRead, BufReader, Read, Write};
@@ -68,68 +71,80 @@ pub const IO_TIMEOUT: Duration = Duration::from_secs(15);
 /// and profile and found in `<profile>/`.
 pub fn ringmail_bin() -> &'static Path {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        if let Some(p) = std::env::var_os("RINGMAIL_BIN") {
-            return PathBuf::from(p);
-        }
-        let exe = std::env::current_exe().expect("current_exe");
-        let deps = exe.parent().expect("test executable has a directory");
-        let profile_dir = if deps.file_name().is_some_and(|n| n == "deps") {
-            deps.parent().expect("deps has a parent")
-        } else {
-            deps
-        };
-        let profile = profile_dir
-            .file_name()
-            .unwrap()
-            .to_string_lossy()
-            .into_owned();
-        let mut target_dir = profile_dir
-            .parent()
-            .expect("profile dir has a parent")
-            .to_path_buf();
-        let mut triple = None;
-        // `<target>/<triple>/<profile>`: the target directory holds .rustc_info.json.
-        if !target_dir.join(".rustc_info.json").exists() {
-            if let Some(up) = target_dir.parent() {
-                if up.join(".rustc_info.json").exists() {
-                    triple = Some(
-                        target_dir
-                            .file_name()
-                            .unwrap()
-                            .to_string_lossy()
-                            .into_owned(),
-                    );
-                    target_dir = up.to_path_buf();
-                }
+    BIN.get_or_init(|| workspace_bin("ringmail", "ringmail", "RINGMAIL_BIN"))
+}
+
+/// Path of the `loadgen` binary, built on first use like [`ringmail_bin`]
+/// (`LOADGEN_BIN` overrides).
+pub fn loadgen_bin() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| workspace_bin("loadgen", "loadgen", "LOADGEN_BIN"))
+}
+
+/// Build `bin` of workspace package `package` into the test's own target
+/// directory and profile (unless the environment variable `env_override`
+/// names a binary) and return its path.
+fn workspace_bin(package: &str, bin: &str, env_override: &str) -> PathBuf {
+    if let Some(p) = std::env::var_os(env_override) {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().expect("current_exe");
+    let deps = exe.parent().expect("test executable has a directory");
+    let profile_dir = if deps.file_name().is_some_and(|n| n == "deps") {
+        deps.parent().expect("deps has a parent")
+    } else {
+        deps
+    };
+    let profile = profile_dir
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .into_owned();
+    let mut target_dir = profile_dir
+        .parent()
+        .expect("profile dir has a parent")
+        .to_path_buf();
+    let mut triple = None;
+    // `<target>/<triple>/<profile>`: the target directory holds .rustc_info.json.
+    if !target_dir.join(".rustc_info.json").exists() {
+        if let Some(up) = target_dir.parent() {
+            if up.join(".rustc_info.json").exists() {
+                triple = Some(
+                    target_dir
+                        .file_name()
+                        .unwrap()
+                        .to_string_lossy()
+                        .into_owned(),
+                );
+                target_dir = up.to_path_buf();
             }
         }
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| env!("CARGO").to_string());
-        let mut cmd = Command::new(cargo);
-        cmd.args(["build", "--quiet", "-p", "ringmail", "--bin", "ringmail"])
-            .arg("--target-dir")
-            .arg(&target_dir)
-            .current_dir(workspace_root());
-        match profile.as_str() {
-            "debug" => {}
-            "release" => {
-                cmd.arg("--release");
-            }
-            other => {
-                cmd.args(["--profile", other]);
-            }
+    }
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| env!("CARGO").to_string());
+    let mut cmd = Command::new(cargo);
+    cmd.args(["build", "--quiet", "-p", package, "--bin", bin])
+        .arg("--target-dir")
+        .arg(&target_dir)
+        .current_dir(workspace_root());
+    match profile.as_str() {
+        "debug" => {}
+        "release" => {
+            cmd.arg("--release");
         }
-        if let Some(t) = &triple {
-            cmd.args(["--target", t]);
+        other => {
+            cmd.args(["--profile", other]);
         }
-        let status = cmd
-            .status()
-            .expect("running cargo build for the ringmail binary");
-        assert!(status.success(), "cargo build -p ringmail failed: {status}");
-        let bin = profile_dir.join(format!("ringmail{}", std::env::consts::EXE_SUFFIX));
-        assert!(bin.exists(), "built, but {} is missing", bin.display());
-        bin
-    })
+    }
+    if let Some(t) = &triple {
+        cmd.args(["--target", t]);
+    }
+    let status = cmd
+        .status()
+        .unwrap_or_else(|e| panic!("running cargo build for the {bin} binary: {e}"));
+    assert!(status.success(), "cargo build -p {package} failed: {status}");
+    let path = profile_dir.join(format!("{bin}{}", std::env::consts::EXE_SUFFIX));
+    assert!(path.exists(), "built, but {} is missing", path.display());
+    path
 }
 
 /// The workspace root (parent of this crate).
