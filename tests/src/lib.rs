@@ -36,7 +36,11 @@
 //!   search key, addresses with comments in SEARCH, keywords announced in
 //!   FLAGS under 50 concurrent sessions), raw and with imaplib.
 //! - `memory`: unfinished DATA from many connections and addresses is spooled
-//!   (RSS stays flat), the per-address spool budget answers 451 4.3.1;
+//!   (RSS stays flat), the per-address spool budget answers 451 4.3.1; a
+//!   burst of parallel failed logins raises RSS by a bounded amount, which
+//!   goes back afterwards;
+//! - `probes`: a failed login for an unknown account takes as long as one
+//!   for an existing account (lettre SMTP AUTH);
 //! - `loadgen_tls`: the real `loadgen` binary against the server over
 //!   STARTTLS/STLS and implicit TLS (SMTP, POP3, IMAP), verifying the
 //!   server's certificate, no errors, resumed handshakes on reconnect;

@@ -67,7 +67,6 @@ pub fn stuff_lines<'a>(message: &'a [u8], wrap: Option<usize>, sink: &mut dyn Fn
     if message[0] == b'.' {
         sink(DOT);
     }
-    let mut ended_line = false;
     for p in memchr::memchr2_iter(b'\r', b'\n', message) {
         let (content_end, bare) = match message[p] {
             b'\r' if message.get(p + 1) == Some(&b'\n') => continue,
@@ -87,7 +86,6 @@ pub fn stuff_lines<'a>(message: &'a [u8], wrap: Option<usize>, sink: &mut dyn Fn
             start = next;
         }
         line = next;
-        ended_line = next == message.len();
         if message.get(next) == Some(&b'.') {
             if start < next {
                 sink(&message[start..next]);
@@ -103,7 +101,8 @@ pub fn stuff_lines<'a>(message: &'a [u8], wrap: Option<usize>, sink: &mut dyn Fn
     if start < message.len() {
         sink(&message[start..]);
     }
-    sink(if ended_line { END } else { CRLF_END });
+    // A last LF or CR (a CR at the very end is bare) has already ended the last line.
+    sink(if matches!(message.last(), Some(b'\n' | b'\r')) { END } else { CRLF_END });
 }
 
 /// Break the line `message[line..end]` after every `n` octets with CRLF SP
