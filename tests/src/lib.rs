@@ -1313,14 +1313,15 @@ pub fn wait_for<T>(limit: Duration, mut f: impl FnMut() -> Option<T>) -> Option<
     }
 }
 
-/// Every LF not preceded by CR becomes CRLF.
-pub fn normalize_bare_lf(b: &[u8]) -> Vec<u8> {
+/// Every bare LF and every bare CR becomes CRLF, as POP3 and the relay send them.
+pub fn normalize_line_ends(b: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(b.len() + 8);
     for (i, &c) in b.iter().enumerate() {
-        if c == b'\n' && (i == 0 || b[i - 1] != b'\r') {
-            out.push(b'\r');
+        match c {
+            b'\n' if i == 0 || b[i - 1] != b'\r' => out.extend_from_slice(b"\r\n"),
+            b'\r' if b.get(i + 1) != Some(&b'\n') => out.extend_from_slice(b"\r\n"),
+            _ => out.push(c),
         }
-        out.push(c);
     }
     out
 }

@@ -3245,7 +3245,7 @@ fn keywords_persist_across_restart() {
 /// line ends locally and adds an `X-TUID:` header to messages it transfers
 /// (its own bookkeeping); undo both.
 fn unmbsync(b: &[u8]) -> Vec<u8> {
-    let crlf = normalize_bare_lf(b);
+    let crlf = normalize_line_ends(b);
     let mut out = Vec::with_capacity(crlf.len());
     let mut in_header = true;
     for line in crlf.split_inclusive(|c| *c == b'\n') {

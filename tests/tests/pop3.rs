@@ -263,7 +263,7 @@ fn bare_lf_in_a_stored_message_goes_out_as_crlf_lines() {
     let got = join_lines(lines);
     assert_bytes_eq(
         strip_trace(&got).1,
-        &normalize_bare_lf(body),
+        &normalize_line_ends(body),
         "bare-LF message over POP3",
     );
     p.quit();
