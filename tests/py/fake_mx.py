@@ -1,7 +1,9 @@
 """A receiving MX with broken or hostile STARTTLS, for the relay's TLS tests.
 
 Usage: fake_mx.py MODE CERT KEY  (prints "port=N" once listening, then one
-JSON line per received message: {"tls": bool, "rcpt": [...], "size": n}).
+JSON line per received message: {"tls": bool, "rcpt": [...], "size": n,
+"raw": hex of the DATA octets as they came over the wire, before the
+final CRLF.CRLF, still dot-stuffed}).
 
 MODE
   garbage   offers STARTTLS, answers 220, then sends bytes that are no TLS
@@ -10,6 +12,7 @@ MODE
             reply (SIZE 10) in the same write, then does a real handshake: a
             client that kept the injected bytes would take SIZE 10 for the
             capabilities and refuse the message.
+  plain     offers no STARTTLS: a plain MX that shows what arrives.
 Accepts many connections, one thread each; exits when stdin closes.
 """
 import json
@@ -62,7 +65,7 @@ def serve(conn):
         verb = line.split(b" ")[0].split(b":")[0].upper()
         if verb == b"EHLO":
             caps = [b"fake-mx", b"PIPELINING", b"8BITMIME"]
-            if not tls:
+            if not tls and MODE != "plain":
                 caps.append(b"STARTTLS")
             sock.sendall(b"".join(b"250%s%s\r\n" % (b" " if i == len(caps) - 1 else b"-", c) for i, c in enumerate(caps)))
         elif verb == b"STARTTLS" and not tls:
@@ -86,7 +89,7 @@ def serve(conn):
         elif verb == b"DATA":
             sock.sendall(b"354 go\r\n")
             body = io.data()
-            emit({"tls": tls, "rcpt": rcpts, "size": len(body)})
+            emit({"tls": tls, "rcpt": rcpts, "size": len(body), "raw": body.hex()})
             sock.sendall(b"250 2.0.0 queued\r\n")
         elif verb == b"RSET":
             sock.sendall(b"250 2.0.0 ok\r\n")

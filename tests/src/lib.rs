@@ -917,6 +917,24 @@ pub fn dot_stuff(message: &[u8]) -> Vec<u8> {
     out
 }
 
+/// Receiver-side transparency (RFC 5321 4.5.2) on CRLF-delimited lines.
+pub fn rfc_unstuff(wire: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(wire.len());
+    let mut at_line_start = true;
+    let mut i = 0;
+    while i < wire.len() {
+        if at_line_start && wire[i] == b'.' {
+            i += 1;
+            at_line_start = false;
+            continue;
+        }
+        at_line_start = wire[i] == b'\n' && i > 0 && wire[i - 1] == b'\r';
+        out.push(wire[i]);
+        i += 1;
+    }
+    out
+}
+
 /// How a message body is transferred.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Transfer {

@@ -156,3 +156,120 @@ fn parallel_failed_logins_are_bounded_and_memory_returns() {
     assert!(peak - before < 120 << 20, "burst raised RSS by {} bytes", peak - before);
     assert!(after < before + (16 << 20), "RSS stayed {} bytes above the baseline", after - before);
 }
+
+/// Log in over IMAP on a raw connection.
+fn imap_login(server: &Server) -> Client {
+    let mut c = Client::connect(server.imap);
+    c.set_read_timeout(Duration::from_secs(30));
+    assert!(c.line().starts_with("* OK"));
+    c.send(format!("l LOGIN {} {}\r\n", ALICE.0, ALICE.1).as_bytes());
+    loop {
+        let l = c.line();
+        if l.starts_with("l ") {
+            assert!(l.starts_with("l OK"), "{l}");
+            break;
+        }
+    }
+    c
+}
+
+/// Read lines up to the tagged response for `tag`.
+fn tagged(c: &mut Client, tag: &str) -> String {
+    loop {
+        let l = c.line();
+        if l.starts_with(&format!("{tag} ")) {
+            return l;
+        }
+        assert!(l.starts_with('*'), "unexpected line {l:?}");
+    }
+}
+
+/// The text of APPEND message `i` of `size` octets: a header naming it,
+/// then lines of a pattern.
+fn append_message(i: usize, size: usize) -> Vec<u8> {
+    let mut m = format!("From: a@b.test\r\nSubject: append {i}\r\n\r\n").into_bytes();
+    let line = format!("{i:04} {}\r\n", "y".repeat(72));
+    while m.len() + line.len() <= size {
+        m.extend_from_slice(line.as_bytes());
+    }
+    m.resize(size - 2, b'z');
+    m.extend_from_slice(b"\r\n");
+    m
+}
+
+/// APPEND literals over the spool threshold go to disk, not RAM, and are
+/// charged to the shard's spool budget until the command completes: over
+/// it, a LITERAL+ APPEND gets NO [UNAVAILABLE] after its octets, and a
+/// synchronizing one is refused before the client sends them.
+#[test]
+fn append_literals_spool_to_disk_and_are_budgeted() {
+    const MIB: usize = 1 << 20;
+    let size = 4 * MIB;
+    // 32 MiB of spool per shard: eight held APPENDs fill it.
+    let config = "local_domains = [\"example.test\"]\n[[demo_accounts]]\naddress = \"alice@example.test\"\npassword = \"alice-secret\"\n[memory]\nspool_max = 33554432\n";
+    let server = Server::options().config(config).start();
+    let pid = server.pid().expect("pid");
+    std::thread::sleep(Duration::from_millis(300));
+    let before = rss(pid);
+
+    // Twelve LITERAL+ APPENDs of 4 MiB, all octets sent, the final CRLF not.
+    let mut open = Vec::new();
+    for i in 0..12 {
+        let mut c = imap_login(&server);
+        c.send(format!("a{i} APPEND INBOX {{{size}+}}\r\n").as_bytes());
+        c.stream().write_all(&append_message(i, size)).unwrap();
+        open.push(c);
+    }
+    // Let the server read and spool the last pieces.
+    std::thread::sleep(Duration::from_millis(800));
+    let during = rss(pid);
+    let grew = during.saturating_sub(before);
+    eprintln!("RSS before {before}, with 12 x {size} octets of APPEND literals held {during} (+{grew})");
+    // In RAM that would be 48 MiB.
+    assert!(grew < 20 << 20, "resident memory grew by {grew} bytes");
+
+    // The budget is spent: a synchronizing literal is refused at once, with
+    // no continuation request, and the session goes on.
+    let mut sync = imap_login(&server);
+    sync.send(format!("s APPEND INBOX {{{size}}}\r\n").as_bytes());
+    let l = sync.line();
+    assert!(l.starts_with("s NO [UNAVAILABLE]"), "{l}");
+    sync.send(b"n NOOP\r\n");
+    assert!(tagged(&mut sync, "n").starts_with("n OK"));
+
+    // Complete the commands: eight fitted the budget, four did not.
+    let (mut ok, mut busy) = (Vec::new(), 0);
+    for (i, c) in open.iter_mut().enumerate() {
+        c.send(b"\r\n");
+        let l = tagged(c, &format!("a{i}"));
+        if l.starts_with(&format!("a{i} OK [APPENDUID")) {
+            ok.push(i);
+        } else {
+            assert!(l.starts_with(&format!("a{i} NO [UNAVAILABLE]")), "{l}");
+            busy += 1;
+        }
+        c.send(b"n NOOP\r\n");
+        assert!(tagged(c, "n").starts_with("n OK"));
+    }
+    eprintln!("appended {}, refused over budget {busy}", ok.len());
+    assert_eq!((ok.len(), busy), (8, 4));
+
+    // With the budget free again, Python's imaplib (synchronizing literals)
+    // appends one more.
+    let out = run_python("imaplib_append.py", &[server.imap.port().to_string(), ALICE.0.into(), ALICE.1.into(), (2 * MIB).to_string()]);
+    assert!(out.contains("ok"), "{out}");
+
+    // Every appended message is stored whole, as an IMAP client reads it.
+    let dump = server.root().join("dump");
+    std::fs::create_dir_all(&dump).unwrap();
+    let out = run_python("imap_dump.py", &[server.imap.port().to_string(), ALICE.0.into(), ALICE.1.into(), dump.display().to_string()]);
+    assert_eq!(out.trim(), (ok.len() + 1).to_string());
+    let stored: Vec<Vec<u8>> = std::fs::read_dir(&dump).unwrap().map(|e| std::fs::read(e.unwrap().path()).unwrap()).collect();
+    for i in ok {
+        let want = append_message(i, size);
+        let got = stored.iter().find(|m| m.starts_with(&want[..40])).expect("appended message");
+        assert_bytes_eq(got, &want, &format!("APPEND {i}"));
+    }
+    let left: Vec<_> = std::fs::read_dir(server.data.join("spool")).unwrap().collect();
+    assert!(left.is_empty(), "spool directory not empty: {left:?}");
+}

@@ -65,3 +65,52 @@ fn failed_login_takes_as_long_for_unknown_accounts_as_for_known_ones() {
     let ratio = unknown.as_secs_f64() / known.as_secs_f64();
     assert!((0.6..1.6).contains(&ratio), "unknown/known = {ratio:.2} ({unknown:?} vs {known:?})");
 }
+
+/// NUL octets are refused by SMTP DATA (550 5.6.0) and IMAP APPEND
+/// (NO [PARSE]) with the session going on; a 100,000-octet line is stored
+/// whole and served intact over IMAP and POP3 (smtplib, imaplib, poplib).
+#[test]
+fn nul_is_refused_and_long_lines_are_kept_whole() {
+    let server = Server::new();
+    let out = run_python(
+        "forbidden_octets.py",
+        &[
+            "127.0.0.1".into(),
+            server.smtp.port().to_string(),
+            server.imap.port().to_string(),
+            server.pop3.port().to_string(),
+            "alice@example.test".into(),
+            "alice-secret".into(),
+        ],
+    );
+    assert!(out.contains("ok"), "{out}");
+}
+
+/// BDAT (RFC 3030) with a NUL in its last chunk: 550 5.6.0 for the whole
+/// message, and the next transaction on the connection is accepted.
+#[test]
+fn bdat_with_nul_is_refused_and_the_session_goes_on() {
+    let server = Server::new();
+    let (mut c, _) = smtp_connect(server.smtp);
+    c.cmd("EHLO probe.test").expect(250, None);
+    c.cmd("MAIL FROM:<probe@example.test>").expect(250, None);
+    c.cmd("RCPT TO:<alice@example.test>").expect(250, None);
+    let first = b"Subject: bdat nul\r\n\r\n";
+    c.send(format!("BDAT {}\r\n", first.len()).as_bytes());
+    c.send(first);
+    c.reply().expect(250, None);
+    let last = b"one\x00two\r\n";
+    c.send(format!("BDAT {} LAST\r\n", last.len()).as_bytes());
+    c.send(last);
+    c.reply().expect(550, Some("5.6.0"));
+    c.cmd("MAIL FROM:<probe@example.test>").expect(250, None);
+    c.cmd("RCPT TO:<alice@example.test>").expect(250, None);
+    let clean = b"Subject: bdat clean\r\n\r\nclean\r\n";
+    c.send(format!("BDAT {} LAST\r\n", clean.len()).as_bytes());
+    c.send(clean);
+    c.reply().expect(250, None);
+    c.cmd("QUIT").expect(221, None);
+    let stored = fetch_all(server.pop3, "alice@example.test", "alice-secret");
+    assert_eq!(stored.len(), 1);
+    assert!(strip_trace(&stored[0].1).1 == clean, "{:?}", String::from_utf8_lossy(&stored[0].1));
+}

@@ -235,7 +235,6 @@ fn smtp_send(addr: SocketAddr, auth: Option<&str>, from: &str, to: &[&str], data
     for t in to {
         check(c.cmd(&format!("RCPT TO:<{t}>")), "250")?;
     }
-    check(c.cmd("DATA"), "354")?;
     let mut stuffed = Vec::new();
     for line in data.split_inclusive(|b| *b == b'\n') {
         if line.starts_with(b".") {
@@ -243,7 +242,25 @@ fn smtp_send(addr: SocketAddr, auth: Option<&str>, from: &str, to: &[&str], data
         }
         stuffed.extend_from_slice(line);
     }
+    check(c.cmd("DATA"), "354")?;
     c.send(&stuffed);
+    check(c.cmd("."), "250")?;
+    c.cmd("QUIT");
+    Ok(())
+}
+
+/// Submit `wire` as DATA octets exactly as given (already stuffed, without
+/// the final dot line) as an authenticated sender.
+fn submit_raw(addr: SocketAddr, user: &str, to: &str, wire: &[u8]) -> Result<(), String> {
+    let mut c = Line::connect(addr);
+    c.reply();
+    c.cmd("EHLO client.test");
+    let check = |r: String, want: &str| if r.starts_with(want) { Ok(()) } else { Err(r) };
+    check(c.cmd(&format!("AUTH PLAIN {}", b64(format!("\0{user}\0{PW}").as_bytes()))), "235")?;
+    check(c.cmd(&format!("MAIL FROM:<{user}>")), "250")?;
+    check(c.cmd(&format!("RCPT TO:<{to}>")), "250")?;
+    check(c.cmd("DATA"), "354")?;
+    c.send(wire);
     check(c.cmd("."), "250")?;
     c.cmd("QUIT");
     Ok(())
@@ -841,4 +858,55 @@ fn replies_injected_before_the_handshake_are_dropped() {
     assert_eq!(got["rcpt"], serde_json::json!(["y@e.test"]), "{got}");
     assert_eq!(got["tls"], true);
     wait_for("an empty queue", || a.queue(&["list"]) == "queue is empty\n");
+}
+
+/// What went over the wire in a DATA the fake MX received.
+fn raw_data(got: &serde_json::Value) -> Vec<u8> {
+    let hex = got["raw"].as_str().expect("raw");
+    (0..hex.len()).step_by(2).map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap()).collect()
+}
+
+/// A submitted message with a bare CR before a dot (`\r.\r\n`), bare LFs
+/// around dots (`\n.\n`, `\r\n.\n`, `\n.\r\n`) and a 5,000-octet line
+/// reaches the next hop as RFC 5321 text: CRLF line ends only, every line
+/// at most 998 octets (long lines broken with CRLF SP), every line
+/// starting with a dot stuffed, so nothing in the body can end the data
+/// early. Undoing the stuffing and the breaks gives the message with its
+/// bare CRs and LFs made CRLF.
+#[test]
+fn relayed_data_has_crlf_lines_of_at_most_998_octets_all_dots_stuffed() {
+    let mx = FakeMx::start("plain");
+    let (_dns, a) = sender_for(&mx);
+    // The DATA octets as the client sends them: the CRLF-delimited dot
+    // lines are stuffed; what the server stores is their RFC 5321 4.5.2
+    // unstuffing (only CRLF-delimited lines lose a leading dot).
+    let mut wire = b"From: alice@a.test\r\nTo: x@d.test\r\nSubject: next hop\r\n\r\nbare cr\r.\r\nbare lf\n.\nmixed\r\n..\nother\n.\r\n".to_vec();
+    wire.extend_from_slice(&[b'x'; 5000]);
+    wire.extend_from_slice(b"\r\n..leading dot\r\nend\r\n");
+    let stored = ringmail_tests::rfc_unstuff(&wire);
+    submit_raw(a.submission, "alice@a.test", "x@d.test", &wire).unwrap();
+    let got = mx.message();
+    // The fake MX split the data at CRLF.CRLF: give back the last CRLF.
+    let mut next_hop = raw_data(&got);
+    next_hop.extend_from_slice(b"\r\n");
+    let mut unstuffed = Vec::new();
+    for line in next_hop.split_inclusive(|b| *b == b'\n') {
+        assert!(line.ends_with(b"\r\n") && !line[..line.len() - 2].contains(&b'\r'), "not a CRLF line: {:?}", String::from_utf8_lossy(line));
+        assert!(line.len() <= 1000, "a line of {} octets", line.len());
+        assert_ne!(line, b".\r\n", "a lone dot line in the data");
+        unstuffed.extend_from_slice(line.strip_prefix(b".").unwrap_or(line));
+    }
+    // The body has no line starting with SP: every CRLF SP is a break.
+    let mut unbroken = Vec::new();
+    let mut i = 0;
+    while i < unstuffed.len() {
+        if unstuffed[i..].starts_with(b"\r\n ") {
+            i += 3;
+            continue;
+        }
+        unbroken.push(unstuffed[i]);
+        i += 1;
+    }
+    let want = ringmail_tests::normalize_line_ends(&stored);
+    assert!(unbroken.ends_with(&want), "next hop got:\n{}", String::from_utf8_lossy(&unstuffed));
 }

@@ -655,24 +655,6 @@ fn swaks_pipelining_when_installed() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("550"));
 }
 
-/// Receiver-side transparency (RFC 5321 4.5.2) on CRLF-delimited lines.
-fn rfc_unstuff(wire: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(wire.len());
-    let mut at_line_start = true;
-    let mut i = 0;
-    while i < wire.len() {
-        if at_line_start && wire[i] == b'.' {
-            i += 1;
-            at_line_start = false;
-            continue;
-        }
-        at_line_start = wire[i] == b'\n' && i > 0 && wire[i - 1] == b'\r';
-        out.push(wire[i]);
-        i += 1;
-    }
-    out
-}
-
 #[test]
 fn hostname_flag_and_trace_headers() {
     let server = Server::options().hostname("mx.e2e.test").start();

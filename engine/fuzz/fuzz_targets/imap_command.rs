@@ -5,7 +5,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use ringmail::mime;
-use ringmail::protocol::imap::{parse_command, Frame, Framer, FramingLimits};
+use ringmail::protocol::imap::{parse_command, rejoin_diverted, Frame, Framer, FramingLimits};
 
 fuzz_target!(|data: &[u8]| {
     let (chunk, input) = match data {
@@ -14,19 +14,50 @@ fuzz_target!(|data: &[u8]| {
     };
     for limits in [FramingLimits::NOT_AUTHENTICATED, FramingLimits::AUTHENTICATED] {
         let mut framer = Framer::new(limits);
+        // Large APPEND literals are diverted, as the server does after login.
+        framer.set_divert(64);
         let mut buf: Vec<u8> = Vec::new();
         let mut fed = 0;
+        // Literal octets of a diverted APPEND still to drop, and its head.
+        let mut skip = 0u64;
+        let mut head: Option<Vec<u8>> = None;
         // Bounded: every round consumes input or buffered bytes.
         for _ in 0..input.len() * 2 + 16 {
+            if skip > 0 {
+                if buf.is_empty() {
+                    if fed >= input.len() {
+                        break;
+                    }
+                    let end = (fed + chunk).min(input.len());
+                    buf.extend_from_slice(&input[fed..end]);
+                    fed = end;
+                }
+                let n = skip.min(buf.len() as u64);
+                buf.drain(..n as usize);
+                skip -= n;
+                continue;
+            }
             match framer.feed(&buf) {
                 Frame::Command(n) => {
-                    let _ = parse_command(&buf[..n]);
+                    match head.take() {
+                        Some(h) => {
+                            let _ = parse_command(&rejoin_diverted(&h, &buf[..n]));
+                        }
+                        None => {
+                            let _ = parse_command(&buf[..n]);
+                        }
+                    }
                     buf.drain(..n);
+                }
+                Frame::Divert { head: h, len, .. } => {
+                    head = Some(buf.drain(..h).collect());
+                    skip = len;
                 }
                 Frame::Discard(n) => {
                     buf.drain(..n.min(buf.len()));
                 }
                 Frame::Rejected(r) => {
+                    head = None;
                     let _ = r.answer();
                     buf.drain(..r.consume.min(buf.len()));
                 }

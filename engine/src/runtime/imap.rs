@@ -4,8 +4,11 @@
 //!
 //! The framer (`protocol::imap::Framer`) finds complete commands in the read
 //! buffer (asking for `+` continuations for synchronizing literals) and the
-//! parser borrows from it; nothing is copied out of the buffer, APPEND
-//! literals included. Before login the framer's limits are a few KiB (an ID
+//! parser borrows from it; nothing is copied out of the buffer, except APPEND
+//! literals of `memory.spool_threshold` octets or more: the framer diverts
+//! those, and they go through the shard's spool budget like SMTP DATA (RAM
+//! up to the threshold, then an unnamed spool file; over budget, the APPEND
+//! gets `NO [UNAVAILABLE]`). Before login the framer's limits are a few KiB (an ID
 //! command may be as large as RFC 2971 allows, about 63 KiB). After
 //! LOGIN/AUTHENTICATE the connection moves to the shard owning the account
 //! (like POP3), so every mailbox operation is a local call into the store.
@@ -22,7 +25,7 @@ use glommio::net::TcpStream;
 use crate::mime;
 use crate::protocol::imap::encode::{self, FetchWriter};
 use crate::protocol::imap::{
-    parse_command, parse_sasl_response, Code, Command, CommandBody, FetchAttr, Flag, Frame, Framer, FramingLimits,
+    parse_command, parse_sasl_response, rejoin_diverted, Code, Command, CommandBody, FetchAttr, Flag, Frame, Framer, FramingLimits,
     ListReturn, ListSelect, Mailbox as MailboxArg, SaslResponse, SearchReturn, SequenceArg, SequenceSet, Status, StatusItem,
     StoreMode,
 };
@@ -33,6 +36,7 @@ use crate::storage::{Body, StorageError};
 
 use crate::transport::{Conn, ReadOutcome};
 use super::limiter::{Permit, Refusal};
+use super::spool::{Spooler, Track};
 use super::shard::{unix_now, ConnCount, Shard, ShardMsg};
 
 /// RFC 3501 5.4: an autologout timer of at least 30 minutes once logged in.
@@ -120,6 +124,23 @@ struct Session {
     /// LOGIN/AUTHENTICATE are accepted without TLS (loopback or the
     /// operator's `auth_without_tls`).
     auth_plaintext: bool,
+    /// A diverted APPEND literal: the command's head and the literal
+    /// received, until the rest of the command arrives.
+    diverted: Option<(Vec<u8>, Literal)>,
+}
+
+/// The literal of a diverted APPEND.
+enum Literal {
+    /// A synchronizing literal refused before the client sent it (no
+    /// continuation request went out; the client abandons the command,
+    /// RFC 3501 7.5).
+    Refused,
+    /// Refused while arriving (over budget, or the spool failed); its
+    /// octets were read and dropped.
+    Dropped,
+    /// Received whole: still charged to the shard's spool budget until the
+    /// command completes and the message is stored.
+    Held(Spooler, Vec<u8>),
 }
 
 enum Next {
@@ -204,7 +225,20 @@ async fn run(mut s: Session, mut conn: Conn, permit: Permit, count: ConnCount) {
                     conn.consume(n);
                     continue;
                 }
+                Frame::Divert { head, len, sync } => {
+                    let head_bytes = conn.pending()[..head].to_vec();
+                    conn.consume(head);
+                    let Some(literal) = receive_literal(&mut s, &mut conn, fd, len, sync).await else { return };
+                    if let Literal::Refused = literal {
+                        let tag = head_bytes.split(|b| *b == b' ').next().unwrap_or(b"*").to_vec();
+                        s.out.status(Some(&tag), Status::No, Some(&Code::Unavailable), "Server busy; try again later");
+                    } else {
+                        s.diverted = Some((head_bytes, literal));
+                    }
+                    continue;
+                }
                 Frame::Rejected(r) => {
+                    s.diverted = None;
                     let tag = r.tag.clone().map(|t| conn.pending()[t].to_vec());
                     let (status, code, text) = r.answer();
                     s.out.status(Some(tag.as_deref().unwrap_or(b"*")), status, code.as_ref(), text);
@@ -213,9 +247,31 @@ async fn run(mut s: Session, mut conn: Conn, permit: Permit, count: ConnCount) {
                 }
                 Frame::Command(n) => {
                     let next = {
-                        let bytes = &conn.pending()[..n];
+                        let diverted = match s.diverted.take() {
+                            Some((head, Literal::Held(mut spooler, tail))) => match spooler.finish(tail).await {
+                                Ok(body) => Some((head, Some(body))),
+                                Err(e) => {
+                                    tracing::warn!(error = %e, "spooling an APPEND literal failed");
+                                    Some((head, None))
+                                }
+                            },
+                            Some((head, _)) => Some((head, None)),
+                            None => None,
+                        };
+                        let rejoined;
+                        let (bytes, external) = match &diverted {
+                            Some((head, body)) => {
+                                rejoined = rejoin_diverted(head, &conn.pending()[..n]);
+                                (&rejoined[..], Some(body.as_deref()))
+                            }
+                            None => (&conn.pending()[..n], None),
+                        };
                         match parse_command(bytes) {
-                            Ok(cmd) => s.execute(cmd).await,
+                            Ok(cmd) if external == Some(None) => {
+                                s.out.status(Some(cmd.tag), Status::No, Some(&Code::Unavailable), "Server busy; try again later");
+                                Next::Continue
+                            }
+                            Ok(cmd) => s.execute(cmd, external.flatten()).await,
                             Err(e) => {
                                 let tag = e.tag_or_star().to_vec();
                                 let text = format!("Syntax error: {}", e.reason);
@@ -282,6 +338,51 @@ async fn run(mut s: Session, mut conn: Conn, permit: Permit, count: ConnCount) {
     }
 }
 
+/// Receive the `len` octets of a diverted APPEND literal from `conn`
+/// through a spooler on the shard's budget. `None`: the connection is over.
+async fn receive_literal(s: &mut Session, conn: &mut Conn, fd: i32, len: u64, sync: bool) -> Option<Literal> {
+    let budget = s.shard.budget.clone();
+    if sync {
+        if !budget.spool_room(len) {
+            return Some(Literal::Refused);
+        }
+        encode::write_continuation(&mut s.out.buf, "Ready for literal data");
+    }
+    // Authenticated: charged to the shard's budget, not to an address.
+    let mut spooler = Spooler::new(budget, None);
+    let mut buf = Vec::new();
+    let mut remaining = len;
+    let mut refused = false;
+    while remaining > 0 {
+        if conn.pending().is_empty() && !read_more(s, conn, fd).await {
+            return None;
+        }
+        let pending = conn.pending();
+        let n = (pending.len() as u64).min(remaining) as usize;
+        if !refused {
+            buf.extend_from_slice(&pending[..n]);
+        }
+        conn.consume(n);
+        remaining -= n as u64;
+        if refused {
+            continue;
+        }
+        match spooler.track(&mut buf).await {
+            Ok(Track::Held) => {}
+            Ok(Track::Refused) => refused = true,
+            Err(e) => {
+                tracing::warn!(error = %e, "spooling an APPEND literal failed");
+                spooler.reset();
+                refused = true;
+            }
+        }
+        if refused {
+            buf = Vec::new();
+        }
+    }
+    Some(if refused { Literal::Dropped } else { Literal::Held(spooler, buf) })
+}
+
 /// Flush, then read more input. False when the connection is over.
 async fn read_more(s: &mut Session, conn: &mut Conn, fd: i32) -> bool {
     if s.out.flush(conn).await.is_err() {
@@ -326,6 +427,7 @@ impl Session {
             sasl_tag: None,
             tls: false,
             auth_plaintext: false,
+            diverted: None,
         }
     }
 
@@ -357,6 +459,7 @@ impl Session {
 
     async fn finish_login(&mut self, tag: &[u8]) {
         self.framer.set_limits(FramingLimits::AUTHENTICATED);
+        self.framer.set_divert(self.shard.budget.threshold().max(1));
         let account = self.account().to_string();
         if let Err(e) = self.shard.store.ensure_account(&account).await {
             tracing::warn!(error = %e, "creating account mailboxes failed");
@@ -408,7 +511,9 @@ impl Session {
         }
     }
 
-    async fn execute(&mut self, cmd: Command<'_>) -> Next {
+    /// Run one command; `external`: the literal of a diverted APPEND, which
+    /// stands for the command's (empty) message literal.
+    async fn execute(&mut self, cmd: Command<'_>, external: Option<&[u8]>) -> Next {
         let tag = cmd.tag;
         let authed = self.account.is_some();
         match cmd.body {
@@ -495,7 +600,10 @@ impl Session {
                     None => self.out.status(Some(tag), Status::No, Some(&Code::NonExistent), "No such mailbox"),
                 }
             }
-            CommandBody::Append { mailbox, flags, date, message } => self.append(tag, &mailbox, &flags, date.map(|d| d.unix_secs()), message).await,
+            CommandBody::Append { mailbox, flags, date, message } => {
+                let message = external.unwrap_or(message);
+                self.append(tag, &mailbox, &flags, date.map(|d| d.unix_secs()), message).await
+            }
             CommandBody::Idle => {
                 if self.sel.is_none() {
                     // IDLE in the authenticated state is allowed; nothing to watch but BYE.

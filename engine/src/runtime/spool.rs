@@ -137,6 +137,11 @@ impl Budget {
         self.threshold
     }
 
+    /// Whether `n` more spool bytes would fit the shard's budget now.
+    pub fn spool_room(&self, n: u64) -> bool {
+        self.spool_used.get().saturating_add(n) <= self.spool_max
+    }
+
     /// Take `n` more bytes of RAM if the shard's budget has room.
     fn take_ram(&self, n: u64) -> bool {
         let used = self.ram_used.get();

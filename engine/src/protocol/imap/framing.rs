@@ -84,6 +84,20 @@ pub enum Frame {
     /// Drop this many bytes from the front of the buffer (they belong to a
     /// command already rejected).
     Discard(usize),
+    /// An APPEND announced a literal of at least the divert size (see
+    /// [`Framer::set_divert`]): `buf[..head]` is the command up to and
+    /// including the announcing line. The caller takes those bytes out,
+    /// receives the `len` literal octets itself (after a continuation
+    /// request if `sync`), and feeds the rest of the command as usual; the
+    /// framer starts that rest as a fresh line.
+    Divert {
+        /// Bytes of the command before the literal data.
+        head: usize,
+        /// The announced literal size.
+        len: u64,
+        /// A synchronizing literal: the client waits for `+`.
+        sync: bool,
+    },
 }
 
 /// Which bound a rejected command broke.
@@ -228,6 +242,8 @@ pub struct Framer {
     pos: usize,
     /// Start of the line being scanned.
     line_start: usize,
+    /// APPEND literals at least this large are diverted (0: never).
+    divert_min: u64,
 }
 
 impl Framer {
@@ -238,7 +254,14 @@ impl Framer {
             state: State::Line,
             pos: 0,
             line_start: 0,
+            divert_min: 0,
         }
+    }
+
+    /// Hand APPEND literals of `min` octets or more to the caller as
+    /// [`Frame::Divert`] instead of framing them in the buffer (0: never).
+    pub fn set_divert(&mut self, min: usize) {
+        self.divert_min = min as u64;
     }
 
     /// Change limits (e.g. after LOGIN). Takes effect for the data not yet
@@ -346,6 +369,10 @@ impl Framer {
                                 > limits.command_max as u64
                             {
                                 return self.reject(buf, lf + 1, LimitExceeded::Command, announce);
+                            }
+                            if self.divert_min > 0 && a.len >= self.divert_min && command_prefix(buf).1 {
+                                self.reset();
+                                return Frame::Divert { head: lf + 1, len: a.len, sync: a.sync };
                             }
                             self.pos = lf + 1;
                             self.line_start = self.pos;
@@ -488,6 +515,21 @@ impl Framer {
     }
 }
 
+/// A diverted command put back together for the parser: `head` (as
+/// [`Frame::Divert`] gave it) with its literal announcement turned into an
+/// empty literal (`{0}`), followed by `tail` (the rest of the command). The
+/// caller substitutes the literal it received for the empty one.
+pub fn rejoin_diverted(head: &[u8], tail: &[u8]) -> Vec<u8> {
+    let line = head.strip_suffix(b"\n").unwrap_or(head);
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    let open = memchr::memrchr(b'{', line).unwrap_or(line.len());
+    let mut out = Vec::with_capacity(open + 5 + tail.len());
+    out.extend_from_slice(&line[..open]);
+    out.extend_from_slice(b"{0}\r\n");
+    out.extend_from_slice(tail);
+    out
+}
+
 /// Tag range and whether the command is APPEND, from the first line.
 fn command_prefix(buf: &[u8]) -> (Option<Range<usize>>, bool) {
     let first = &buf[..memchr::memchr(b'\n', buf).unwrap_or(buf.len())];
@@ -545,6 +587,7 @@ mod tests {
                     }
                     // The test client sends literal data without waiting.
                     ev @ Frame::Continue { .. } => events.push((ev, Vec::new())),
+                    ev @ Frame::Divert { .. } => panic!("no divert configured: {ev:?}"),
                 }
             }
         }
@@ -564,6 +607,58 @@ mod tests {
             out.push((f, bytes));
         }
         out
+    }
+
+    /// An APPEND literal at or over the divert size comes out as `Divert`,
+    /// at every split of the input; the caller takes the literal bytes and
+    /// the framer frames the rest of the command and what follows.
+    #[test]
+    fn append_literals_divert_at_every_boundary() {
+        let input: &[u8] = b"a APPEND INBOX (\\Seen) {12+}\r\nhello world!\r\nb LOGIN {3}\r\nxyz pw\r\nc APPEND INBOX {4}\r\nabcd\r\n";
+        for cut in 0..=input.len() {
+            let mut f = Framer::new(SMALL);
+            f.set_divert(5);
+            let mut buf: Vec<u8> = Vec::new();
+            let mut events: Vec<(String, Vec<u8>)> = Vec::new();
+            let mut literal: Option<u64> = None;
+            for piece in [&input[..cut], &input[cut..]] {
+                buf.extend_from_slice(piece);
+                loop {
+                    if let Some(rest) = literal {
+                        let n = rest.min(buf.len() as u64) as usize;
+                        events.last_mut().unwrap().1.extend(buf.drain(..n));
+                        literal = (rest > n as u64).then_some(rest - n as u64);
+                        if literal.is_some() {
+                            break;
+                        }
+                        continue;
+                    }
+                    match f.feed(&buf) {
+                        Frame::NeedMore => break,
+                        Frame::Command(n) => events.push(("command".into(), buf.drain(..n).collect())),
+                        Frame::Continue { .. } => {}
+                        Frame::Divert { head, len, sync } => {
+                            events.push((format!("head sync={sync}"), buf.drain(..head).collect()));
+                            events.push(("literal".into(), Vec::new()));
+                            literal = Some(len);
+                        }
+                        other => panic!("cut {cut}: {other:?}"),
+                    }
+                }
+            }
+            let want: Vec<(String, Vec<u8>)> = vec![
+                ("head sync=false".into(), b"a APPEND INBOX (\\Seen) {12+}\r\n".to_vec()),
+                ("literal".into(), b"hello world!".to_vec()),
+                ("command".into(), b"\r\n".to_vec()),
+                // Not an APPEND: framed whole.
+                ("command".into(), b"b LOGIN {3}\r\nxyz pw\r\n".to_vec()),
+                // Under the divert size: framed whole.
+                ("command".into(), b"c APPEND INBOX {4}\r\nabcd\r\n".to_vec()),
+            ];
+            assert_eq!(events, want, "cut {cut}");
+        }
+        assert_eq!(rejoin_diverted(b"a APPEND INBOX (\\Seen) {12+}\r\n", b"\r\n"), b"a APPEND INBOX (\\Seen) {0}\r\n\r\n");
+        assert_eq!(rejoin_diverted(b"a APPEND x {5}\n", b"\n"), b"a APPEND x {0}\r\n\n");
     }
 
     #[test]

@@ -36,7 +36,7 @@ mod tests;
 pub use command::*;
 pub use date::{write_date_time, Date, DateTime};
 pub use encode::{Code, Status};
-pub use framing::{Frame, Framer, FramingLimits, LimitExceeded, Rejection};
+pub use framing::{rejoin_diverted, Frame, Framer, FramingLimits, LimitExceeded, Rejection};
 pub use parse::{
     is_idle_done, parse_command, parse_sasl_response, ParseError, SaslResponse, MAX_DEPTH,
 };
