@@ -1,4 +1,4 @@
-"""Issue 17 IMAP conformance cases with imaplib.
+"""IMAP conformance cases with imaplib.
 
 usage: imap_conformance.py CASE HOST IMAP_PORT USER PASSWORD
 

@@ -305,7 +305,7 @@ fn running_server_sees_account_changes() {
     server.terminate();
 }
 
-/// Regression (issue 18): `ringmail account list | head -3` panicked with a
+/// Regression: `ringmail account list | head -3` panicked with a
 /// broken-pipe backtrace. A reader that closes early must end the command
 /// quietly.
 #[test]

@@ -1,4 +1,4 @@
-//! IMAP conformance cases of issue 17, each end to end against the real
+//! IMAP conformance cases, each end to end against the real
 //! server with a raw client (exact responses) and, where it can say it,
 //! Python's imaplib (py/imap_conformance.py):
 //!

@@ -273,3 +273,172 @@ fn append_literals_spool_to_disk_and_are_budgeted() {
     let left: Vec<_> = std::fs::read_dir(server.data.join("spool")).unwrap().collect();
     assert!(left.is_empty(), "spool directory not empty: {left:?}");
 }
+
+/// Write exactly `n` octets of text lines (CRLF every 80 octets).
+fn send_exact(c: &mut Client, n: usize) {
+    let mut chunk = Vec::with_capacity(CHUNK);
+    while chunk.len() + 80 <= CHUNK {
+        chunk.extend_from_slice(&[b'x'; 78]);
+        chunk.extend_from_slice(b"\r\n");
+    }
+    let mut left = n;
+    while left > 0 {
+        let k = left.min(chunk.len());
+        c.stream().write_all(&chunk[..k]).expect("write");
+        left -= k;
+    }
+}
+
+/// Messages in alice's INBOX, by IMAP STATUS.
+fn inbox_count(server: &Server) -> usize {
+    let mut c = imap_login(server);
+    c.send(b"s STATUS INBOX (MESSAGES)\r\n");
+    let l = c.line();
+    let n = l.split("MESSAGES ").nth(1).and_then(|r| r.trim_end_matches(|ch: char| !ch.is_ascii_digit()).parse().ok());
+    assert!(tagged(&mut c, "s").starts_with("s OK"));
+    n.unwrap_or_else(|| panic!("STATUS: {l}"))
+}
+
+/// Hostile load at scale: 500 unauthenticated connections from ten
+/// addresses, each with an unfinished DATA, and 100 authenticated APPENDs
+/// held open before their final CRLF. Resident memory stays under a fixed
+/// bound while the attack runs, a legitimate client is served throughout,
+/// and every message the server acknowledged at the end survives kill -9.
+///
+/// CI sends 1 MiB per connection and 2 MiB per APPEND; with
+/// `RINGMAIL_ATTACK_MIB=30` (and a release build) it is the full 30 MiB of
+/// each (docs/BENCHMARKS.md has the figures).
+#[test]
+fn hostile_load_holds_memory_to_a_bound_and_loses_nothing_acknowledged() {
+    const MIB: usize = 1 << 20;
+    let full: Option<usize> = std::env::var("RINGMAIL_ATTACK_MIB").ok().and_then(|v| v.parse().ok());
+    let (smtp_size, append_size) = match full {
+        Some(m) => (m * MIB, m * MIB),
+        None => (MIB, 2 * MIB),
+    };
+    let (conns, appends, addresses) = (500usize, 100usize, 10u8);
+    let config = "local_domains = [\"example.test\"]\n[[demo_accounts]]\naddress = \"alice@example.test\"\npassword = \"alice-secret\"\n[[demo_accounts]]\naddress = \"bob@example.test\"\npassword = \"bob-secret\"\n";
+    let mut server = Server::options().config(config).start();
+    let pid = server.pid().expect("pid");
+    std::thread::sleep(Duration::from_millis(300));
+    let before = rss(pid);
+
+    // Resident memory, sampled every 50 ms until told to stop.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let monitor = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut peak = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                peak = peak.max(rss(pid));
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            peak
+        })
+    };
+
+    // The attack, from eight threads: each opens its share of connections
+    // and sends every byte but the end.
+    let started = std::time::Instant::now();
+    let workers: Vec<_> = (0..8)
+        .map(|w| {
+            let server_smtp = server.smtp;
+            let server_imap = server.imap;
+            std::thread::spawn(move || {
+                let mut smtp = Vec::new();
+                for i in (w..conns).step_by(8) {
+                    let from = Ipv4Addr::new(127, 0, 0, 20 + (i % addresses as usize) as u8);
+                    let mut c = open_data(connect_from(from, server_smtp));
+                    c.set_read_timeout(Duration::from_secs(120));
+                    send_exact(&mut c, smtp_size);
+                    smtp.push(c);
+                }
+                let mut imap = Vec::new();
+                for i in (w..appends).step_by(8) {
+                    let mut c = Client::connect(server_imap);
+                    c.set_read_timeout(Duration::from_secs(120));
+                    assert!(c.line().starts_with("* OK"));
+                    c.send(format!("l LOGIN {} {}\r\n", ALICE.0, ALICE.1).as_bytes());
+                    assert!(tagged(&mut c, "l").starts_with("l OK"));
+                    c.send(format!("a{i} APPEND INBOX {{{append_size}+}}\r\n").as_bytes());
+                    send_exact(&mut c, append_size);
+                    imap.push((i, c));
+                }
+                (smtp, imap)
+            })
+        })
+        .collect();
+
+    // A legitimate client meanwhile: a message to bob and bob's mailbox read
+    // back, again and again, each round within a few seconds.
+    let mut rounds = 0;
+    let mut slowest = Duration::ZERO;
+    while rounds < 3 || !workers.iter().all(|w| w.is_finished()) {
+        let t = std::time::Instant::now();
+        let body = format!("From: a@b.test\r\nSubject: legit {rounds}\r\n\r\nserved during the attack\r\n");
+        smtp_send(server.smtp, "a@b.test", &["bob@example.test"], body.as_bytes());
+        let mut p = Pop3::login(server.pop3, "bob@example.test", "bob-secret");
+        assert_eq!(p.stat().0, rounds + 1);
+        p.quit();
+        slowest = slowest.max(t.elapsed());
+        rounds += 1;
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let mut smtp = Vec::new();
+    let mut imap = Vec::new();
+    for w in workers {
+        let (s, i) = w.join().expect("attack worker");
+        smtp.extend(s);
+        imap.extend(i);
+    }
+    let sent_in = started.elapsed();
+    std::thread::sleep(Duration::from_millis(500));
+    let held = rss(pid);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let peak = monitor.join().unwrap();
+    let total = conns * smtp_size + appends * append_size;
+    eprintln!(
+        "attack: {conns} DATA x {smtp_size} + {appends} APPEND x {append_size} = {total} octets in {sent_in:?}; \
+         RSS before {before}, held {held}, peak {peak} (+{}); legit rounds {rounds}, slowest {slowest:?}",
+        peak.saturating_sub(before)
+    );
+    // The bound: 600 sessions each holding at most the spool threshold
+    // (128 KiB) plus a read buffer, over the idle server's footprint.
+    let bound = before + 200 * MIB as u64;
+    assert!(peak < bound, "peak RSS {peak} over the bound {bound} (before {before})");
+    assert!(slowest < Duration::from_secs(10), "a legitimate round took {slowest:?}");
+
+    // End everything; count what the server acknowledged.
+    let mut acked = 0;
+    let mut refused = 0;
+    for c in &mut smtp {
+        c.stream().write_all(b"\r\n.\r\n").unwrap();
+        match c.reply().code {
+            250 => acked += 1,
+            451 => refused += 1,
+            other => panic!("end of DATA answered {other}"),
+        }
+    }
+    for (i, c) in &mut imap {
+        c.send(b"\r\n");
+        let l = tagged(c, &format!("a{i}"));
+        if l.contains("OK [APPENDUID") {
+            acked += 1;
+        } else {
+            assert!(l.contains("NO [UNAVAILABLE]"), "{l}");
+            refused += 1;
+        }
+    }
+    drop(smtp);
+    drop(imap);
+    eprintln!("acknowledged {acked}, refused over budget {refused}");
+    assert!(acked > 0);
+    assert_eq!(inbox_count(&server), acked);
+
+    // Every acknowledged message survives kill -9.
+    server.kill9();
+    server.restart();
+    assert_eq!(inbox_count(&server), acked);
+    let left: Vec<_> = std::fs::read_dir(server.data.join("spool")).unwrap().collect();
+    assert!(left.is_empty(), "spool directory not empty: {left:?}");
+}
