@@ -442,3 +442,47 @@ fn hostile_load_holds_memory_to_a_bound_and_loses_nothing_acknowledged() {
     let left: Vec<_> = std::fs::read_dir(server.data.join("spool")).unwrap().collect();
     assert!(left.is_empty(), "spool directory not empty: {left:?}");
 }
+
+/// Raise this process's open-file limit to its hard limit (the test holds
+/// thousands of sockets).
+fn raise_fd_limit() {
+    // SAFETY: getrlimit/setrlimit on a zeroed struct we own.
+    unsafe {
+        let mut l: libc::rlimit = std::mem::zeroed();
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut l) == 0 && l.rlim_cur < l.rlim_max {
+            l.rlim_cur = l.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &l);
+        }
+    }
+}
+
+/// 2,000 connections, each with 100 KiB of a message in flight (under the
+/// spool threshold, so held in RAM), then all closed: the server gives the
+/// memory back to the system within two seconds.
+#[test]
+fn memory_returns_after_two_thousand_connections_close() {
+    raise_fd_limit();
+    let server = Server::new();
+    let pid = server.pid().expect("pid");
+    std::thread::sleep(Duration::from_millis(300));
+    let before = rss(pid);
+    let mut open = Vec::new();
+    for i in 0..2000usize {
+        // 250 per address: under the per-address connection limit (256).
+        let from = Ipv4Addr::new(127, 0, 1, 1 + (i / 250) as u8);
+        let mut c = open_data(connect_from(from, server.smtp));
+        send_exact(&mut c, 100 * 1024);
+        open.push(c);
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let during = rss(pid);
+    drop(open);
+    let after = wait_for(Duration::from_secs(2), || {
+        let now = rss(pid);
+        (now < before + (24 << 20)).then_some(now)
+    });
+    let now = rss(pid);
+    eprintln!("RSS before {before}, with 2,000 sessions holding 100 KiB each {during}, 2 s after they closed {now}");
+    assert!(during > before + (150 << 20), "the sessions did not hold their data in RAM ({before} -> {during})");
+    assert!(after.is_some(), "RSS {now} is not back near {before} after the connections closed");
+}

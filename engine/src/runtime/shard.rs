@@ -492,6 +492,15 @@ pub async fn run(shared: Arc<Shared>, mesh: MeshBuilder<ShardMsg, Full>) -> Resu
         budget: Rc::new(Budget::new(&shared.config.memory, shared.spool_dir.clone(), shared.session_ram_max, shared.spool_max)),
     });
 
+    let budget = shard.budget.clone();
+    glommio::spawn_local(async move {
+        loop {
+            glommio::timer::sleep(Duration::from_secs(1)).await;
+            budget.tick();
+        }
+    })
+    .detach();
+
     for (_peer, stream) in receivers.streams() {
         let shard = shard.clone();
         glommio::spawn_local(async move {
@@ -629,6 +638,9 @@ impl ConnCount {
 impl Drop for ConnCount {
     fn drop(&mut self) {
         self.0.connections.set(self.0.connections.get() - 1);
+        // The connection's read buffer and session state go back to the
+        // allocator: count them toward the next trim.
+        self.0.budget.freed(crate::limits::READ_CHUNK as u64);
     }
 }
 

@@ -67,6 +67,8 @@ pub struct Budget {
     per_address: RefCell<HashMap<IpAddr, u64>>,
     /// Bytes released since the heap was last trimmed.
     freed: Cell<u64>,
+    /// `freed` as the last [`Budget::tick`] saw it.
+    freed_at_tick: Cell<u64>,
 }
 
 /// The machine's memory, from /proc/meminfo (`None` if unreadable).
@@ -123,6 +125,7 @@ impl Budget {
             spool_used: Cell::new(0),
             per_address: RefCell::new(HashMap::new()),
             freed: Cell::new(0),
+            freed_at_tick: Cell::new(0),
         }
     }
 
@@ -204,6 +207,20 @@ impl Budget {
         } else {
             self.freed.set(f);
         }
+    }
+
+    /// Called about once a second: memory released earlier and nothing
+    /// released since the last tick (a burst has ended) is returned to the
+    /// system now rather than when `trim_after_bytes` fills up, so the
+    /// footprint after a burst comes back down. Under steady load the count
+    /// keeps moving and only the `trim_after_bytes` trims run.
+    pub fn tick(&self) {
+        let f = self.freed.get();
+        if self.trim_after > 0 && f > 0 && f == self.freed_at_tick.get() {
+            self.freed.set(0);
+            trim_heap();
+        }
+        self.freed_at_tick.set(self.freed.get());
     }
 
     async fn create_file(&self) -> std::io::Result<BufferedFile> {
