@@ -36,11 +36,17 @@
 //!   search key, addresses with comments in SEARCH, keywords announced in
 //!   FLAGS under 50 concurrent sessions), raw and with imaplib.
 //! - `memory`: unfinished DATA from many connections and addresses is spooled
-//!   (RSS stays flat), the per-address spool budget answers 451 4.3.1; a
-//!   burst of parallel failed logins raises RSS by a bounded amount, which
-//!   goes back afterwards;
+//!   (RSS stays flat), the per-address spool budget answers 451 4.3.1; APPEND
+//!   literals spool too and get NO [UNAVAILABLE] over the budget (raw and
+//!   imaplib); the attack at scale (500 unfinished DATA, 100 held APPENDs:
+//!   peak RSS bounded, a legitimate client served, nothing acknowledged lost
+//!   to kill -9); a burst of parallel failed logins and 2,000 closed
+//!   connections raise RSS by a bounded amount, which goes back afterwards;
 //! - `probes`: a failed login for an unknown account takes as long as one
-//!   for an existing account (lettre SMTP AUTH);
+//!   for an existing account (lettre SMTP AUTH); NUL refused by DATA, BDAT
+//!   and APPEND, 100,000-octet lines kept whole (smtplib, imaplib, poplib);
+//! - `relay`: also the next hop's view of bare CR/LF, dot lines and long
+//!   lines (a fake MX records the DATA octets);
 //! - `loadgen_tls`: the real `loadgen` binary against the server over
 //!   STARTTLS/STLS and implicit TLS (SMTP, POP3, IMAP), verifying the
 //!   server's certificate, no errors, resumed handshakes on reconnect;
