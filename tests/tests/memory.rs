@@ -22,6 +22,16 @@ fn open_data(conn: TcpStream) -> Client {
     c
 }
 
+/// A session that got as far as an accepted RCPT on `conn`, for BDAT.
+fn open_bdat(conn: TcpStream) -> Client {
+    let mut c = Client::from_stream(conn);
+    c.reply().expect(220, None);
+    c.cmd("EHLO attacker.test").expect(250, None);
+    c.cmd("MAIL FROM:<x@attacker.test>").expect(250, None);
+    c.cmd("RCPT TO:<alice@example.test>").expect(250, None);
+    c
+}
+
 const CHUNK: usize = 1 << 20;
 
 fn send_body(c: &mut Client, bytes: usize) {
@@ -300,7 +310,8 @@ fn inbox_count(server: &Server) -> usize {
 }
 
 /// Hostile load at scale: 500 unauthenticated connections from ten
-/// addresses, each with an unfinished DATA, and 100 authenticated APPENDs
+/// addresses, each with an unfinished DATA (a fifth of them BDAT without
+/// its LAST chunk), and 100 authenticated APPENDs
 /// held open before their final CRLF. Resident memory stays under a fixed
 /// bound while the attack runs, a legitimate client is served throughout,
 /// and every message the server acknowledged at the end survives kill -9.
@@ -348,10 +359,19 @@ fn hostile_load_holds_memory_to_a_bound_and_loses_nothing_acknowledged() {
                 let mut smtp = Vec::new();
                 for i in (w..conns).step_by(8) {
                     let from = Ipv4Addr::new(127, 0, 0, 20 + (i % addresses as usize) as u8);
-                    let mut c = open_data(connect_from(from, server_smtp));
+                    // Every fifth sends its message as one BDAT chunk (RFC
+                    // 3030) and holds back the LAST.
+                    let bdat = i % 5 == 0;
+                    let mut c = if bdat { open_bdat(connect_from(from, server_smtp)) } else { open_data(connect_from(from, server_smtp)) };
                     c.set_read_timeout(Duration::from_secs(120));
+                    if bdat {
+                        c.send(format!("BDAT {smtp_size}\r\n").as_bytes());
+                    }
                     send_exact(&mut c, smtp_size);
-                    smtp.push(c);
+                    if bdat {
+                        c.reply().expect(250, None);
+                    }
+                    smtp.push((bdat, c));
                 }
                 let mut imap = Vec::new();
                 for i in (w..appends).step_by(8) {
@@ -411,8 +431,9 @@ fn hostile_load_holds_memory_to_a_bound_and_loses_nothing_acknowledged() {
     // End everything; count what the server acknowledged.
     let mut acked = 0;
     let mut refused = 0;
-    for c in &mut smtp {
-        c.stream().write_all(b"\r\n.\r\n").unwrap();
+    for (bdat, c) in &mut smtp {
+        let end: &[u8] = if *bdat { b"BDAT 0 LAST\r\n" } else { b"\r\n.\r\n" };
+        c.stream().write_all(end).unwrap();
         match c.reply().code {
             250 => acked += 1,
             451 => refused += 1,
