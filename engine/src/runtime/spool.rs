@@ -409,3 +409,117 @@ pub fn prepare_dir(data_dir: &Path) -> std::io::Result<PathBuf> {
     std::fs::create_dir_all(&dir)?;
     Ok(dir)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn memory(threshold: usize, per_address: u64) -> Memory {
+        Memory { spool_threshold: threshold, spool_per_address_max: per_address, ..Memory::default() }
+    }
+
+    fn run<F: std::future::Future<Output = ()> + 'static>(f: impl FnOnce() -> F + Send + 'static) {
+        glommio::LocalExecutorBuilder::default().spawn(move || async move { f().await }).unwrap().join().unwrap();
+    }
+
+    #[test]
+    fn budgets_take_and_release() {
+        let b = Budget::new(&memory(16, 100), PathBuf::from("/nonexistent"), 64, 300);
+        assert!(b.take_ram(40));
+        assert!(!b.take_ram(30), "over the RAM budget");
+        b.release_ram(40);
+        assert!(b.take_ram(64));
+        let a: IpAddr = "192.0.2.1".parse().unwrap();
+        let other: IpAddr = "192.0.2.2".parse().unwrap();
+        assert!(b.take_spool(100, Some(a)));
+        assert!(!b.take_spool(1, Some(a)), "over the address's budget");
+        assert!(b.take_spool(100, Some(other)));
+        assert!(b.take_spool(100, None));
+        assert!(!b.spool_room(1));
+        assert!(!b.take_spool(1, None), "over the shard's budget");
+        b.release_spool(100, Some(a));
+        assert!(b.per_address.borrow().get(&a).is_none(), "an address at zero is forgotten");
+        assert!(b.take_spool(50, Some(a)));
+        assert_eq!(b.spool_used(), 250);
+        // Releasing more than was taken never wraps.
+        b.release_spool(1000, Some(a));
+        assert_eq!(b.spool_used(), 0);
+    }
+
+    #[test]
+    fn tick_trims_only_after_a_quiet_second() {
+        let b = Budget::new(&memory(16, 100), PathBuf::from("/nonexistent"), 64, 300);
+        b.freed(10);
+        b.tick();
+        assert_eq!(b.freed.get(), 10, "memory was freed since the last tick: wait");
+        b.tick();
+        assert_eq!(b.freed.get(), 0, "nothing freed since: trimmed");
+        let off = Budget::new(&Memory { trim_after_bytes: 0, ..memory(16, 100) }, PathBuf::from("/nonexistent"), 64, 300);
+        off.freed(10);
+        off.tick();
+        off.tick();
+        assert_eq!(off.freed.get(), 0, "trimming off: nothing counted");
+    }
+
+    /// A message under the threshold stays in RAM; a larger one moves to
+    /// an unnamed spool file in pieces and comes back whole as a mapping;
+    /// the budget is charged while it arrives and released at the end.
+    #[test]
+    fn spooler_keeps_small_messages_in_ram_and_spools_large_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().to_path_buf();
+        run(move || async move {
+            let budget = Rc::new(Budget::new(&memory(1024, 1 << 20), path.clone(), 1 << 20, 1 << 20));
+            let mut s = Spooler::new(budget.clone(), None);
+            let mut buf = b"small".to_vec();
+            assert_eq!(s.track(&mut buf).await.unwrap(), Track::Held);
+            let body = s.finish(buf).await.unwrap();
+            assert!(matches!(body, MessageBody::Heap(_)));
+            assert_eq!(&*body, b"small");
+
+            let mut want = Vec::new();
+            let mut buf = Vec::new();
+            for i in 0..40u8 {
+                let piece = vec![b'a' + i % 26; 100];
+                want.extend_from_slice(&piece);
+                buf.extend_from_slice(&piece);
+                assert_eq!(s.track(&mut buf).await.unwrap(), Track::Held);
+            }
+            assert!(budget.spool_used() > 0, "the spooled part is charged");
+            assert!(std::fs::read_dir(&path).unwrap().next().is_none(), "spool files have no name");
+            let body = s.finish(buf).await.unwrap();
+            assert!(matches!(body, MessageBody::Mapped(_)));
+            assert_eq!(&*body, &want[..]);
+            assert_eq!(budget.spool_used(), 0, "released once the message is complete");
+        });
+    }
+
+    /// Over the per-address budget the message is refused and everything
+    /// it held is released; a reset does the same for an abandoned one.
+    #[test]
+    fn spooler_refuses_over_budget_and_releases_on_reset() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().to_path_buf();
+        run(move || async move {
+            let a: IpAddr = "192.0.2.7".parse().unwrap();
+            let budget = Rc::new(Budget::new(&memory(64, 1000), path, 1 << 20, 1 << 20));
+            let mut s = Spooler::new(budget.clone(), Some(a));
+            let mut refused = false;
+            for _ in 0..20 {
+                let mut buf = vec![b'x'; 100];
+                if s.track(&mut buf).await.unwrap() == Track::Refused {
+                    refused = true;
+                    break;
+                }
+            }
+            assert!(refused, "1,000 bytes per address, 2,000 sent");
+            assert_eq!(budget.spool_used(), 0);
+            let mut buf = vec![b'y'; 500];
+            assert_eq!(s.track(&mut buf).await.unwrap(), Track::Held);
+            assert_eq!(budget.spool_used(), 500);
+            s.reset();
+            assert_eq!(budget.spool_used(), 0);
+            assert_eq!(budget.ram_used.get(), 0);
+        });
+    }
+}
