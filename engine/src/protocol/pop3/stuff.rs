@@ -12,7 +12,8 @@
 //! bare LF is sent as CRLF here: only the inserted `"\r\n"` is new bytes.
 //! A line starts at byte 0 and after every LF, so every reader, whether it
 //! splits on CRLF or on LF, sees the same lines and the same dot-stuffing.
-//! Bare CRs are sent unchanged.
+//! A bare CR is treated the same way (sent as CRLF, a line starts after it),
+//! so `CR . CR` never reaches a client that splits on CR.
 //!
 //! Termination. The response ends with `".\r\n"` at the start of a line: when
 //! the (possibly TOP-truncated) message does not end with CRLF, `"\r\n"` is
@@ -120,8 +121,9 @@ fn wrap_long<'a>(message: &'a [u8], start: &mut usize, line: usize, end: usize, 
 }
 
 /// Length of the TOP prefix of `message`: lines up to and including the first
-/// empty line (`"\r\n"` or bare `"\n"`), then `n` more lines. Lines end after
-/// each LF; an unterminated last line counts as a line.
+/// empty line, then `n` more lines. A line ends after CRLF, a bare LF or a
+/// bare CR (the line ends [`stuff_lines`] sends as CRLF); an unterminated
+/// last line counts as a line.
 fn top_end(message: &[u8], n: usize) -> usize {
     let mut start = 0;
     let mut in_header = true;
@@ -130,16 +132,17 @@ fn top_end(message: &[u8], n: usize) -> usize {
         if !in_header && remaining == 0 {
             return start;
         }
-        let Some(off) = memchr(b'\n', &message[start..]) else {
+        let Some(off) = memchr::memchr2(b'\r', b'\n', &message[start..]) else {
             return message.len();
         };
-        let content = &message[start..start + off];
+        let p = start + off;
+        let crlf = message[p] == b'\r' && message.get(p + 1) == Some(&b'\n');
         if in_header {
-            in_header = !(content.is_empty() || content == b"\r");
+            in_header = off != 0;
         } else {
             remaining -= 1;
         }
-        start += off + 1;
+        start = p + if crlf { 2 } else { 1 };
     }
 }
 
@@ -191,10 +194,35 @@ mod tests {
         m
     }
 
+    /// The lines of `message`, each with its end: CRLF, bare LF or bare CR.
+    fn lines_any_end(message: &[u8]) -> Vec<&[u8]> {
+        let mut lines = Vec::new();
+        let (mut start, mut i) = (0, 0);
+        while i < message.len() {
+            let end = match message[i] {
+                b'\r' if message.get(i + 1) == Some(&b'\n') => Some(i + 2),
+                b'\r' | b'\n' => Some(i + 1),
+                _ => None,
+            };
+            match end {
+                Some(e) => {
+                    lines.push(&message[start..e]);
+                    start = e;
+                    i = e;
+                }
+                None => i += 1,
+            }
+        }
+        if start < message.len() {
+            lines.push(&message[start..]);
+        }
+        lines
+    }
+
     /// Reference TOP: header lines through the first blank one, then n more.
     fn expected_top(message: &[u8], n: usize) -> Vec<u8> {
-        let lines: Vec<&[u8]> = message.split_inclusive(|&b| b == b'\n').collect();
-        let blank = lines.iter().position(|l| *l == b"\n" || *l == b"\r\n");
+        let lines = lines_any_end(message);
+        let blank = lines.iter().position(|l| *l == b"\n" || *l == b"\r\n" || *l == b"\r");
         let take = match blank {
             Some(i) => (i + 1 + n).min(lines.len()),
             None => lines.len(),
@@ -271,6 +299,9 @@ mod tests {
         assert_eq!(stuffed(b"A: 1\r\nB: 2", Some(0)), b"A: 1\r\nB: 2\r\n.\r\n");
         // Bare LF blank line.
         assert_eq!(stuffed(b"A: 1\n\nx\ny\n", Some(1)), b"A: 1\r\n\r\nx\r\n.\r\n");
+        // A bare CR ends a line for TOP too, as it does on the wire.
+        assert_eq!(stuffed(b"A: 1\r\n\r\nx\ry\r\nz\r\n", Some(1)), b"A: 1\r\n\r\nx\r\n.\r\n");
+        assert_eq!(stuffed(b"A: 1\r\rx\ry", Some(1)), b"A: 1\r\n\r\nx\r\n.\r\n");
         assert_eq!(stuffed(b"", Some(3)), b".\r\n");
     }
 
