@@ -20,7 +20,6 @@
 //! inserted first. An empty message is sent as the terminator alone (no
 //! lines), not as one empty line.
 
-use memchr::memchr;
 
 const DOT: &[u8] = b".";
 const CRLF: &[u8] = b"\r\n";
