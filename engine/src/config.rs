@@ -47,6 +47,7 @@ pub struct Config {
     pub memory: Memory,
     pub relay: Relay,
     pub tls: Tls,
+    pub auth_throttle: AuthThrottle,
     /// Accounts created at start-up when missing (the default configuration's
     /// demo accounts live here). Passwords are hashed before they are stored.
     pub demo_accounts: Vec<DemoAccount>,
@@ -266,6 +267,61 @@ pub struct Limits {
     pub auth_failures_max: usize,
 }
 
+/// Login throttling, shared by every core and protocol (see
+/// `runtime::throttle`): failed logins per client address (IPv6 by /64) and
+/// per account.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthThrottle {
+    /// Delay before answering an address's first failed login; it doubles
+    /// with each further failure. 0: no delay.
+    pub failure_delay_ms: u64,
+    /// The longest delay.
+    pub failure_delay_max_ms: u64,
+    /// Failures of one address (within `window_secs`) that ban it. 0: never.
+    pub ban_after_failures: u32,
+    /// How long a ban lasts: logins from the address are refused before any
+    /// password check.
+    pub ban_secs: u64,
+    /// How long failures are remembered, from the first one counted.
+    pub window_secs: u64,
+    /// Failures of one account (within `window_secs`, from any address)
+    /// after which it refuses logins from addresses that have failed too;
+    /// an address without failures can always log in. 0: never.
+    pub account_lock_after_failures: u32,
+    /// Password checks (argon2) one core queues at most; beyond, a login
+    /// gets a temporary failure.
+    pub password_checks_queued_max: usize,
+}
+
+impl Default for AuthThrottle {
+    fn default() -> Self {
+        AuthThrottle {
+            failure_delay_ms: 500,
+            failure_delay_max_ms: 15_000,
+            ban_after_failures: 10,
+            ban_secs: 900,
+            window_secs: 3600,
+            account_lock_after_failures: 100,
+            password_checks_queued_max: 64,
+        }
+    }
+}
+
+impl AuthThrottle {
+    pub fn policy(&self) -> crate::runtime::throttle::Policy {
+        use std::time::Duration;
+        crate::runtime::throttle::Policy {
+            delay_base: Duration::from_millis(self.failure_delay_ms),
+            delay_max: Duration::from_millis(self.failure_delay_max_ms.max(self.failure_delay_ms)),
+            ban_after: if self.ban_after_failures == 0 { u32::MAX } else { self.ban_after_failures },
+            ban: Duration::from_secs(self.ban_secs),
+            window: Duration::from_secs(self.window_secs.max(1)),
+            account_lock_after: if self.account_lock_after_failures == 0 { u32::MAX } else { self.account_lock_after_failures },
+        }
+    }
+}
+
 /// Memory (and spool disk) a shard lets sessions hold for message data in
 /// flight: SMTP DATA/BDAT and IMAP APPEND literals. A message stays in RAM up
 /// to `spool_threshold`, then goes on into an unnamed spool file (O_TMPFILE in
@@ -364,6 +420,7 @@ impl Default for Config {
             memory: Memory::default(),
             relay: Relay::default(),
             tls: Tls::default(),
+            auth_throttle: AuthThrottle::default(),
             demo_accounts: DEMO_ACCOUNTS
                 .iter()
                 .map(|(a, p)| DemoAccount { address: (*a).into(), password: (*p).into() })
@@ -625,6 +682,23 @@ connections_per_address_max = 256
 smtp_errors_max = 20
 # Failed logins on one POP3/IMAP connection before it is closed.
 auth_failures_max = 3
+
+[auth_throttle]
+# Failed logins (SMTP AUTH, IMAP, POP3) counted per client address (IPv6 by
+# /64) and per account, across connections, protocols and cores. Each failure
+# is answered after a delay that doubles with the address's failures.
+failure_delay_ms = 500
+failure_delay_max_ms = 15000
+# This many failures within window_secs ban the address for ban_secs: its
+# logins are refused before any password check (0: never ban).
+ban_after_failures = 10
+ban_secs = 900
+window_secs = 3600
+# An account with this many failures refuses logins from addresses that have
+# failed too, never from one that has not (0: never).
+account_lock_after_failures = 100
+# Password checks one core queues at most; beyond, "try again later".
+password_checks_queued_max = 64
 
 [timeouts]
 # RFC 5321 4.5.3.2: 5 minutes for a command, 10 minutes for data.

@@ -46,6 +46,13 @@ enum Command {
         #[command(subcommand)]
         action: QueueAction,
     },
+    /// Client addresses banned after failed logins, on the running server.
+    Ban {
+        #[command(flatten)]
+        common: Common,
+        #[command(subcommand)]
+        action: BanAction,
+    },
     /// Print the embedded default configuration as a TOML file to start from.
     DefaultConfig,
     /// Check a configuration file and exit.
@@ -103,6 +110,14 @@ enum QueueAction {
     Flush { domain: Option<String> },
     /// Remove a message from the queue (no bounce is sent). ID as shown by `list`, e.g. q0-12.
     Remove { id: String },
+}
+
+#[derive(Subcommand)]
+enum BanAction {
+    /// List banned addresses (an IPv6 ban covers the address's /64) and when each ban ends.
+    List,
+    /// Lift the ban of an address and forget its failed logins.
+    Remove { address: String },
 }
 
 #[derive(Subcommand)]
@@ -265,6 +280,16 @@ fn run(cli: Cli) -> Result<(), String> {
                 QueueAction::Flush { domain: Some(d) } => format!("flush {d}"),
                 QueueAction::Flush { domain: None } => "flush".to_string(),
                 QueueAction::Remove { id } => format!("remove {id}"),
+            };
+            let answer = ringmail::runtime::control::request(&config.data_dir, &request)?;
+            print!("{answer}");
+            Ok(())
+        }
+        Command::Ban { common, action } => {
+            let config = load_config(&common)?;
+            let request = match action {
+                BanAction::List => "bans".to_string(),
+                BanAction::Remove { address } => format!("unban {address}"),
             };
             let answer = ringmail::runtime::control::request(&config.data_dir, &request)?;
             print!("{answer}");

@@ -61,6 +61,10 @@ use std::sync::mpsc;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+/// Configuration text that turns login throttling off (no failure delay,
+/// no bans), for tests that time or repeat failed logins on purpose.
+pub const NO_THROTTLE: &str = "[auth_throttle]\nfailure_delay_ms = 0\nban_after_failures = 0\naccount_lock_after_failures = 0\n";
+
 /// Default password given to accounts created by tests.
 pub const PASSWORD: &str = "test-secret";
 

@@ -10,6 +10,8 @@
 //! list                -> one block per queued message (relay::queue::describe)
 //! flush [DOMAIN]      -> "N recipients scheduled now"
 //! remove q<N>-<UID>   -> "removed q<N>-<UID>" (no bounce is sent)
+//! bans                -> one line per banned address: "ADDRESS until UNIX-TIME (in N s)"
+//! unban ADDRESS       -> "unbanned ADDRESS" (its failed logins are forgotten)
 //! ```
 //!
 //! An answer starting with `error: ` is a failure. The thread forwards each
@@ -32,6 +34,10 @@ pub enum Command {
     /// Retry now: every deferred recipient, or those of one domain.
     Flush(Option<String>),
     Remove(QueueId),
+    /// Addresses banned by the login throttle.
+    Bans,
+    /// Lift a ban (and forget the address's failures).
+    Unban(std::net::IpAddr),
 }
 
 /// A request on its way to one shard; it answers on `reply` (an empty
@@ -64,7 +70,12 @@ pub fn parse(line: &str) -> Result<Command, String> {
         ("list", None) => Ok(Command::List),
         ("flush", d) => Ok(Command::Flush(d.map(str::to_string))),
         ("remove", Some(id)) => QueueId::parse(id).map(Command::Remove).ok_or_else(|| format!("bad queue id {id:?} (like q0-12)")),
-        _ => Err(format!("unknown request {line:?} (list, flush [DOMAIN], remove ID)")),
+        ("bans", None) => Ok(Command::Bans),
+        ("unban", Some(a)) => {
+            let a = a.strip_suffix("/64").unwrap_or(a);
+            a.parse().map(Command::Unban).map_err(|_| format!("bad address {a:?}"))
+        }
+        _ => Err(format!("unknown request {line:?} (list, flush [DOMAIN], remove ID, bans, unban ADDRESS)")),
     }
 }
 
@@ -140,6 +151,18 @@ fn ask(shards: &[ControlSender], command: Command) -> String {
             Some(a) => format!("{a}\n"),
             None => format!("error: no queued message {id}\n"),
         },
+        Command::Bans => {
+            let all: String = answers.concat();
+            if all.is_empty() {
+                "no banned addresses\n".into()
+            } else {
+                all
+            }
+        }
+        Command::Unban(a) => match answers.into_iter().find(|x| !x.is_empty()) {
+            Some(x) => format!("{x}\n"),
+            None => format!("error: {a} is not banned\n"),
+        },
     }
 }
 
@@ -174,5 +197,9 @@ mod tests {
         assert!(parse("list x").is_err());
         assert!(parse("flush a b").is_err());
         assert!(parse("").is_err());
+        assert_eq!(parse("bans"), Ok(Command::Bans));
+        assert_eq!(parse("unban 192.0.2.1"), Ok(Command::Unban("192.0.2.1".parse().unwrap())));
+        assert_eq!(parse("unban 2001:db8::/64"), Ok(Command::Unban("2001:db8::".parse().unwrap())));
+        assert!(parse("unban nonsense").is_err());
     }
 }

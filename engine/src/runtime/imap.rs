@@ -37,7 +37,7 @@ use crate::storage::{Body, StorageError};
 use crate::transport::{Conn, ReadOutcome};
 use super::limiter::{Permit, Refusal};
 use super::spool::{Spooler, Track};
-use super::shard::{unix_now, ConnCount, Shard, ShardMsg};
+use super::shard::{unix_now, ConnCount, Login, Shard, ShardMsg};
 
 /// RFC 3501 5.4: an autologout timer of at least 30 minutes once logged in.
 pub const IMAP_IDLE_TIMEOUT: Duration = Duration::from_secs(30 * 60 + 60);
@@ -47,8 +47,6 @@ pub const IMAP_PREAUTH_TIMEOUT: Duration = Duration::from_secs(120);
 const SASL_LINE_MAX: usize = 8 * 1024;
 /// Message bodies at least this large are spliced from the mapping instead of copied.
 const SPLICE_MIN: usize = 4096;
-/// Delay before answering a failed login.
-const LOGIN_FAILURE_DELAY: Duration = Duration::from_millis(500);
 
 /// Before login, after IMAP4rev1 and the login words of [`Session::caps_preauth`].
 const CAPS_PREAUTH_BASE: &[&str] = &["LITERAL+", "SASL-IR", "ID", "ENABLE", "IDLE", "NAMESPACE"];
@@ -127,6 +125,8 @@ struct Session {
     /// A diverted APPEND literal: the command's head and the literal
     /// received, until the rest of the command arrives.
     diverted: Option<(Vec<u8>, Literal)>,
+    /// The client's address (login throttling).
+    peer: std::net::IpAddr,
 }
 
 /// The literal of a diverted APPEND.
@@ -166,6 +166,7 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, peer: SocketAddr, permit
     }
     let mut s = Session::new(shard, None);
     s.tls = implicit_tls;
+    s.peer = peer.ip();
     s.auth_plaintext = s.shard.config().auth_without_tls_for(peer.ip());
     s.out.buf.extend_from_slice(b"* OK [CAPABILITY ");
     s.out.buf.extend_from_slice(s.caps_preauth().join(" ").as_bytes());
@@ -428,6 +429,7 @@ impl Session {
             tls: false,
             auth_plaintext: false,
             diverted: None,
+            peer: std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
         }
     }
 
@@ -468,11 +470,19 @@ impl Session {
     }
 
     async fn login(&mut self, tag: &[u8], user: &str, password: &str) -> Next {
-        match self.shard.verify(user, password).await {
-            Some(account) => Next::LoggedIn { account, tag: tag.to_vec() },
-            None => {
+        match self.shard.login(self.peer, "imap", user, password).await {
+            Login::Ok(account) => Next::LoggedIn { account, tag: tag.to_vec() },
+            Login::Banned => {
+                self.out.status(Some(tag), Status::No, Some(&Code::Unavailable), "Too many failed logins from your address, try again later");
+                self.out.buf.extend_from_slice(b"* BYE Too many failed logins\r\n");
+                Next::Close
+            }
+            Login::Busy => {
+                self.out.status(Some(tag), Status::No, Some(&Code::Unavailable), "Temporary authentication failure, try again later");
+                Next::Continue
+            }
+            Login::Failed => {
                 self.auth_failures += 1;
-                glommio::timer::sleep(LOGIN_FAILURE_DELAY).await;
                 self.out.status(Some(tag), Status::No, Some(&Code::AuthenticationFailed), "Authentication failed");
                 if self.auth_failures >= self.shard.config().limits.auth_failures_max.max(1) {
                     self.out.buf.extend_from_slice(b"* BYE Too many failed logins\r\n");

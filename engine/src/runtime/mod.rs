@@ -19,6 +19,7 @@ pub mod relay;
 pub mod shard;
 pub mod smtp;
 pub mod spool;
+pub mod throttle;
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;

@@ -6,7 +6,6 @@
 use std::net::SocketAddr;
 use std::ops::Range;
 use std::rc::Rc;
-use std::time::Duration;
 
 use glommio::net::TcpStream;
 
@@ -16,10 +15,7 @@ use crate::storage::{index, Body};
 
 use crate::transport::{Conn, ReadOutcome};
 use super::limiter::{Permit, Refusal};
-use super::shard::{ConnCount, Shard, ShardMsg};
-
-/// Delay before answering a failed login: slows password guessing.
-const LOGIN_FAILURE_DELAY: Duration = Duration::from_millis(500);
+use super::shard::{ConnCount, Login, Shard, ShardMsg};
 
 /// The frozen maildrop of a logged-in session, and its lock.
 struct Drop_ {
@@ -144,10 +140,20 @@ async fn run(
                 }
             }
             Pop3Event::Login { user, password } => {
-                let Some(account) = shard.verify(&user, &password).await else {
-                    glommio::timer::sleep(LOGIN_FAILURE_DELAY).await;
-                    session.login_result(LoginResult::BadCredentials, &mut out);
-                    continue;
+                let account = match shard.login(conn.peer().ip(), "pop3", &user, &password).await {
+                    Login::Ok(account) => account,
+                    Login::Failed => {
+                        session.login_result(LoginResult::BadCredentials, &mut out);
+                        continue;
+                    }
+                    Login::Banned => {
+                        session.login_result(LoginResult::Banned, &mut out);
+                        continue;
+                    }
+                    Login::Busy => {
+                        session.login_result(LoginResult::TempFail, &mut out);
+                        continue;
+                    }
                 };
                 let owner = shard.owner_of(&account);
                 if owner == shard.id {

@@ -645,6 +645,24 @@ async fn control(shard: Rc<Shard>, req: ControlRequest) {
             relay.wake();
             n.to_string()
         }
+        Command::Bans => {
+            let mut out = String::new();
+            let now = now.max(0) as u64;
+            for (key, until) in shard.throttle.borrow().bans(now) {
+                out.push_str(&format!("{key} until {until} (in {} s)\n", until - now));
+            }
+            out
+        }
+        Command::Unban(ip) => {
+            let key = super::throttle::Key::addr(*ip);
+            if shard.throttle.borrow().bans(now.max(0) as u64).iter().any(|(k, _)| *k == key) {
+                shard.throttle.borrow_mut().apply(&key, super::throttle::Op::Clear, 0, &shard.config().auth_throttle.policy());
+                tracing::warn!(address = %key, "ban lifted by the operator");
+                format!("unbanned {key}")
+            } else {
+                String::new()
+            }
+        }
         Command::Remove(id) => {
             let account = id.account();
             let mine = relay.accounts.borrow().contains(&account)

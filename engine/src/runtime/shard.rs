@@ -27,6 +27,7 @@ use crate::storage::{self, Meta, SegmentUsage, Store, StoreConfig, StorageError}
 use crate::transport::{Conn, Detached};
 use super::limiter::{Limiter, Permit};
 use super::spool::{Budget, MessageBody};
+use super::throttle;
 
 /// What every shard shares, read-only (the directory swaps atomically).
 pub struct Shared {
@@ -72,6 +73,29 @@ pub enum ShardMsg {
     CompactStats { reply: oneshot::Sender<Vec<SegmentUsage>> },
     /// Compaction, step 2: move live bodies out of these segments and checkpoint.
     Evacuate { victims: Vec<u64>, reply: oneshot::Sender<Result<(), StorageError>> },
+    /// Login throttling: apply `op` to `key`, which this shard owns.
+    Throttle { key: throttle::Key, op: throttle::Op, reply: oneshot::Sender<throttle::Status> },
+}
+
+/// What a password check found.
+enum Verify {
+    Ok(String),
+    Wrong,
+    Busy,
+}
+
+/// How a login attempt ended ([`Shard::login`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Login {
+    /// The password is right: the canonical account.
+    Ok(String),
+    /// Wrong name or password; the failure delay has already passed.
+    Failed,
+    /// The client address is banned (or the account refuses this address
+    /// after too many failures): refused before any password check.
+    Banned,
+    /// Too many password checks queued on this core: try again later.
+    Busy,
 }
 
 /// One message for some accounts of another shard.
@@ -114,6 +138,11 @@ pub struct Shard {
     handshakes: Cell<usize>,
     /// Message data in flight on this shard: RAM and spool budgets.
     pub budget: Rc<Budget>,
+    /// Failed-login counts for the keys this shard owns.
+    pub throttle: RefCell<throttle::Table>,
+    throttle_policy: throttle::Policy,
+    /// Password checks waiting for an argon2 place.
+    argon2_waiting: Cell<usize>,
 }
 
 /// One of the shard's handshake places, held while a handshake runs.
@@ -264,7 +293,7 @@ impl Shard {
     /// pays the hash once, like Dovecot's auth cache. A name that is no
     /// account is checked against `accounts::dummy_hash`, so it takes as
     /// long as a wrong password for a real account.
-    pub async fn verify(&self, user: &str, password: &str) -> Option<String> {
+    async fn verify(&self, user: &str, password: &str) -> Verify {
         let account = self.login_account(user);
         let hash = account.as_deref().and_then(|a| self.directory().password_hash(a).map(str::to_string));
         let digest = {
@@ -275,7 +304,7 @@ impl Shard {
         if let (Some(account), Some(hash)) = (&account, &hash) {
             if let Some((d, cached_hash)) = self.auth_cache.borrow().get(account) {
                 if *d == digest && cached_hash == hash {
-                    return Some(account.clone());
+                    return Verify::Ok(account.clone());
                 }
             }
         }
@@ -283,7 +312,13 @@ impl Shard {
         let h2 = hash.clone();
         // The semaphore is never closed, so acquire cannot fail; were it to,
         // the check runs without a place rather than refusing the login.
-        let _slot = self.argon2_slots.acquire_permit(1).await.ok();
+        if self.argon2_waiting.get() >= self.config().auth_throttle.password_checks_queued_max.max(1) {
+            return Verify::Busy;
+        }
+        self.argon2_waiting.set(self.argon2_waiting.get() + 1);
+        let slot = self.argon2_slots.acquire_permit(1).await.ok();
+        self.argon2_waiting.set(self.argon2_waiting.get() - 1);
+        let _slot = slot;
         let ok = glommio::executor()
             .spawn_blocking(move || {
                 // glommio hangs the caller if a blocking closure panics: never let it.
@@ -293,9 +328,9 @@ impl Shard {
         match (ok, account, hash) {
             (true, Some(account), Some(hash)) => {
                 self.auth_cache.borrow_mut().insert(account.clone(), (digest, hash));
-                Some(account)
+                Verify::Ok(account)
             }
-            _ => None,
+            _ => Verify::Wrong,
         }
     }
 
@@ -374,6 +409,77 @@ impl Shard {
             ShardMsg::Evacuate { victims, reply } => {
                 let set = victims.into_iter().collect();
                 let _ = reply.send(self.store.evacuate(&set).await);
+            }
+            ShardMsg::Throttle { key, op, reply } => {
+                let _ = reply.send(self.throttle_local(&key, op));
+            }
+        }
+    }
+
+    fn throttle_local(&self, key: &throttle::Key, op: throttle::Op) -> throttle::Status {
+        self.throttle.borrow_mut().apply(key, op, unix_now().max(0) as u64, &self.throttle_policy)
+    }
+
+    /// Apply `op` to `key` on the shard that owns it.
+    async fn throttle_op(&self, key: throttle::Key, op: throttle::Op) -> throttle::Status {
+        let owner = match &key {
+            throttle::Key::Account(a) => self.owner_of(a),
+            addr => addr.addr_owner(self.shared.cores),
+        };
+        if owner == self.id {
+            return self.throttle_local(&key, op);
+        }
+        let (reply, rx) = oneshot::channel();
+        if self.senders.send_to(owner, ShardMsg::Throttle { key, op, reply }).await.is_err() {
+            return throttle::Status::default();
+        }
+        rx.await.unwrap_or_default()
+    }
+
+    /// A login attempt from `peer` over `proto`, throttled across every
+    /// shard and protocol (see `runtime::throttle`): a banned address is
+    /// refused before the password is checked; a failure is counted for
+    /// the address and the account and answered after the failure delay;
+    /// a success forgets the address's failures. Every decision is logged.
+    pub async fn login(&self, peer: std::net::IpAddr, proto: &'static str, user: &str, password: &str) -> Login {
+        let addr = throttle::Key::addr(peer);
+        let account = throttle::Key::account(&self.login_account(user).unwrap_or_else(|| user.trim().to_string()));
+        let seen = self.throttle_op(addr.clone(), throttle::Op::Peek).await;
+        if let Some(until) = seen.banned_until {
+            tracing::warn!(%peer, proto, user, until, "login refused: address banned after failed logins");
+            return Login::Banned;
+        }
+        if seen.failures > 0 {
+            let acct = self.throttle_op(account.clone(), throttle::Op::Peek).await;
+            if acct.failures >= self.throttle_policy.account_lock_after {
+                tracing::warn!(%peer, proto, user, failures = acct.failures, "login refused: account locked for addresses that failed");
+                return Login::Banned;
+            }
+        }
+        match self.verify(user, password).await {
+            Verify::Ok(name) => {
+                if seen.failures > 0 {
+                    self.throttle_op(addr, throttle::Op::Clear).await;
+                    tracing::info!(%peer, proto, account = name, "login after failures; the address's count is cleared");
+                }
+                Login::Ok(name)
+            }
+            Verify::Busy => {
+                tracing::warn!(%peer, proto, user, "login refused for now: too many password checks queued");
+                Login::Busy
+            }
+            Verify::Wrong => {
+                let a = self.throttle_op(addr, throttle::Op::Fail).await;
+                let c = self.throttle_op(account, throttle::Op::Fail).await;
+                let delay = self.throttle_policy.delay(a.failures.max(c.failures));
+                match a.banned_until {
+                    Some(until) if a.failures == self.throttle_policy.ban_after => {
+                        tracing::warn!(%peer, proto, user, failures = a.failures, until, "address banned after failed logins")
+                    }
+                    _ => tracing::info!(%peer, proto, user, address_failures = a.failures, account_failures = c.failures, delay_ms = delay.as_millis() as u64, "login failed"),
+                }
+                glommio::timer::sleep(delay).await;
+                Login::Failed
             }
         }
     }
@@ -490,6 +596,9 @@ pub async fn run(shared: Arc<Shared>, mesh: MeshBuilder<ShardMsg, Full>) -> Resu
         flushing: RefCell::new(vec![false; shared.cores]),
         handshakes: Cell::new(0),
         budget: Rc::new(Budget::new(&shared.config.memory, shared.spool_dir.clone(), shared.session_ram_max, shared.spool_max)),
+        throttle: RefCell::default(),
+        throttle_policy: shared.config.auth_throttle.policy(),
+        argon2_waiting: Cell::new(0),
     });
 
     let budget = shard.budget.clone();

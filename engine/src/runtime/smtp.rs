@@ -11,7 +11,7 @@ use crate::session::smtp::{AuthResult, DeliveryOutcome, RcptVerdict, SmtpContext
 
 use crate::transport::{Conn, ReadOutcome};
 use super::limiter::{Permit, Refusal};
-use super::shard::{unix_now, ConnCount, Shard};
+use super::shard::{unix_now, ConnCount, Login, Shard};
 use super::spool::{MessageBody, Spooler, Track};
 
 struct Ctx<'a> {
@@ -121,6 +121,10 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, peer: SocketAddr, permit
                             tracing::info!(%peer, spool = shard.budget.spool_used(), "no room for the message in flight; it is refused with 451");
                             session.refuse_message();
                         }
+                        Err(e) if super::spool::is_disk_full(&e) => {
+                            tracing::warn!(%peer, error = %e, "no disk space for the message in flight; it is refused with 452");
+                            session.refuse_message_disk_full();
+                        }
                         Err(e) => {
                             tracing::warn!(%peer, error = %e, "spooling failed; the message is refused with 451");
                             session.refuse_message();
@@ -158,18 +162,14 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, peer: SocketAddr, permit
                 }
             }
             SmtpEvent::Auth { user, password } => {
-                let result = if user.is_empty() {
-                    AuthResult::Failed
-                } else {
-                    match shard.verify(&user, &password).await {
-                        Some(account) => AuthResult::Ok { account },
-                        None => AuthResult::Failed,
-                    }
+                let result = match shard.login(peer.ip(), "smtp", &user, &password).await {
+                    Login::Ok(account) => AuthResult::Ok { account },
+                    Login::Failed => AuthResult::Failed,
+                    Login::Banned => AuthResult::Banned,
+                    Login::Busy => AuthResult::TempFail,
                 };
                 if let AuthResult::Ok { account } = &result {
                     tracing::debug!(%peer, account, "SMTP AUTH");
-                } else {
-                    tracing::info!(%peer, user, "SMTP AUTH failed");
                 }
                 session.auth_result(result, &mut out);
             }
@@ -180,6 +180,11 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, peer: SocketAddr, permit
                 }
                 let body = match spooler.finish(std::mem::take(&mut tx.body)).await {
                     Ok(b) => b,
+                    Err(e) if super::spool::is_over_budget(&e) => {
+                        tracing::info!(%peer, spool = shard.budget.spool_used(), "no room for the end of the message in flight; it is refused with 451");
+                        session.delivered(DeliveryOutcome::Busy, &mut out);
+                        continue;
+                    }
                     Err(e) => {
                         tracing::warn!(%peer, error = %e, "spooled message unreadable");
                         session.delivered(DeliveryOutcome::TempFail, &mut out);

@@ -256,6 +256,30 @@ pub fn tune_malloc(cores: usize) {
     }
 }
 
+/// The error [`Spooler::finish`] gives when the message's last bytes do
+/// not fit the budget (a temporary refusal, like [`Track::Refused`]).
+#[derive(Debug)]
+struct OverBudget;
+
+impl std::fmt::Display for OverBudget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("spool budget exhausted")
+    }
+}
+
+impl std::error::Error for OverBudget {}
+
+/// Whether `e` is [`Spooler::finish`]'s over-budget refusal.
+pub fn is_over_budget(e: &std::io::Error) -> bool {
+    e.get_ref().is_some_and(|inner| inner.is::<OverBudget>())
+}
+
+/// Whether a spool error means the disk is full (ENOSPC, or the short
+/// write a full disk gives).
+pub fn is_disk_full(e: &std::io::Error) -> bool {
+    e.raw_os_error() == Some(libc::ENOSPC) || matches!(e.kind(), std::io::ErrorKind::StorageFull | std::io::ErrorKind::WriteZero)
+}
+
 /// What became of the bytes of a message in flight.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Track {
@@ -370,7 +394,7 @@ impl Spooler {
             return Ok(MessageBody::Heap(tail));
         }
         if !tail.is_empty() && !self.spill(tail).await? {
-            return Err(std::io::Error::other("spool budget exhausted"));
+            return Err(std::io::Error::other(OverBudget));
         }
         let file = self.file.take().expect("spool file");
         let len = self.len;
@@ -520,6 +544,13 @@ mod tests {
             s.reset();
             assert_eq!(budget.spool_used(), 0);
             assert_eq!(budget.ram_used.get(), 0);
+            // The last bytes over the budget: finish refuses, releasing all.
+            let mut buf = vec![b'z'; 900];
+            assert_eq!(s.track(&mut buf).await.unwrap(), Track::Held);
+            let e = s.finish(vec![b'z'; 200]).await.unwrap_err();
+            assert!(is_over_budget(&e), "{e}");
+            assert!(!is_disk_full(&e));
+            assert_eq!(budget.spool_used(), 0);
         });
     }
 }

@@ -135,6 +135,9 @@ pub enum LoginResult {
     InUse,
     /// Storage or authentication backend unavailable (RFC 3206 SYS/TEMP).
     TempFail,
+    /// The client address is banned after failed logins: `-ERR [SYS/TEMP]`,
+    /// then close.
+    Banned,
 }
 
 /// What the runtime must do next.
@@ -345,6 +348,10 @@ impl Pop3Session {
             LoginResult::BadCredentials => self.auth_failure(out, reply::ERR_AUTH_FAILED),
             LoginResult::InUse => reply::err(out, Some(RespCode::InUse), reply::ERR_IN_USE),
             LoginResult::TempFail => reply::err(out, Some(RespCode::SysTemp), reply::ERR_TEMP_FAIL),
+            LoginResult::Banned => {
+                reply::err(out, Some(RespCode::SysTemp), reply::ERR_BANNED);
+                self.state = State::Closed;
+            }
         }
     }
 

@@ -176,6 +176,9 @@ pub enum DeliveryOutcome {
     Stored,
     /// `452 4.3.1 Insufficient system storage`.
     TempFail,
+    /// `451 4.3.1`: the message did not fit the budget for data in flight
+    /// (its last bytes arrived over it).
+    Busy,
 }
 
 /// The runtime's answer to [`SmtpEvent::Auth`].
@@ -187,6 +190,9 @@ pub enum AuthResult {
     Failed,
     /// `454 4.7.0`.
     TempFail,
+    /// The client address is banned after failed logins: `421 4.7.0`,
+    /// then close.
+    Banned,
 }
 
 /// What the runtime must do after [`SmtpSession::advance`].
@@ -292,6 +298,8 @@ pub struct SmtpSession {
     /// The runtime had no room for the message in flight: its bytes are
     /// thrown away and its end answered 451 (see [`SmtpSession::refuse_message`]).
     refused: bool,
+    /// The refusal is for want of disk: 452 4.3.1 instead of 451 4.3.1.
+    refused_disk_full: bool,
 }
 
 /// The runtime's answer to [`SmtpEvent::StartTls`].
@@ -343,6 +351,7 @@ impl SmtpSession {
             tls,
             starttls_pending: false,
             refused: false,
+            refused_disk_full: false,
         }
     }
 
@@ -502,6 +511,7 @@ impl SmtpSession {
         match outcome {
             DeliveryOutcome::Stored => reply::write_queued(out, &self.queue_id),
             DeliveryOutcome::TempFail => replies::STORAGE_TEMPFAIL.write(out),
+            DeliveryOutcome::Busy => replies::BUSY_TEMPFAIL.write(out),
         }
         self.phase = Phase::Command;
     }
@@ -526,6 +536,10 @@ impl SmtpSession {
                 }
             }
             AuthResult::TempFail => replies::AUTH_TEMPFAIL.write(out),
+            AuthResult::Banned => {
+                replies::AUTH_BANNED.write_with_host(out, &self.params.hostname);
+                self.phase = Phase::Closed;
+            }
         }
     }
 
@@ -569,6 +583,16 @@ impl SmtpSession {
         }
     }
 
+    /// Like [`SmtpSession::refuse_message`], for a message the disk has no
+    /// room for (its spool file could not grow): `452 4.3.1 Insufficient
+    /// system storage`, as when storing it fails.
+    pub fn refuse_message_disk_full(&mut self) {
+        if self.message_in_progress() {
+            self.refused_disk_full = true;
+            self.refuse_message();
+        }
+    }
+
     /// The runtime's timer fired: `421 4.4.2`, then close.
     pub fn timeout(&mut self, out: &mut Vec<u8>) {
         if self.phase != Phase::Closed {
@@ -600,6 +624,7 @@ impl SmtpSession {
         self.envelope = None;
         self.body.clear();
         self.refused = false;
+        self.refused_disk_full = false;
     }
 
     fn command(&mut self, line: &[u8], ctx: &dyn SmtpContext, out: &mut Vec<u8>) {
@@ -988,8 +1013,9 @@ impl SmtpSession {
     fn end_of_data(&mut self, out: &mut Vec<u8>) -> Option<Transaction> {
         self.phase = Phase::Command;
         if self.refused {
+            let reply = if self.refused_disk_full { replies::STORAGE_TEMPFAIL } else { replies::BUSY_TEMPFAIL };
             self.reset_transaction();
-            replies::BUSY_TEMPFAIL.write(out);
+            reply.write(out);
             return None;
         }
         if self.data.overflowed() {
@@ -1028,9 +1054,10 @@ impl SmtpSession {
         if self.refused {
             // RFC 3030 section 2: the transaction fails; chunks already in
             // the pipeline are refused without counting as errors.
+            let reply = if self.refused_disk_full { replies::STORAGE_TEMPFAIL } else { replies::BUSY_TEMPFAIL };
             self.reset_transaction();
             self.bdat_failed = true;
-            replies::BUSY_TEMPFAIL.write(out);
+            reply.write(out);
             return None;
         }
         if self.bdat.overflowed() {

@@ -60,6 +60,7 @@ pub const ERR_AUTH_TOO_MANY: &str = "too many authentication failures, closing c
 pub const ERR_AUTHZ: &str = "not authorized to act as that user";
 pub const ERR_IN_USE: &str = "maildrop already locked, try again later";
 pub const ERR_TEMP_FAIL: &str = "temporary failure, try again later";
+pub const ERR_BANNED: &str = "too many failed logins from your address, try again later";
 pub const ERR_UPDATE_FAILED: &str = "some deleted messages not removed";
 pub const ERR_NO_SUCH_MESSAGE: &str = "no such message";
 

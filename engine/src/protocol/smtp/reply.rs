@@ -240,6 +240,7 @@ pub mod replies {
     pub const AUTH_TEMPFAIL: Reply = Reply::new(454, "4.7.0", "Temporary authentication failure");
     /// Written with the hostname first: too many failed AUTH attempts.
     pub const AUTH_TOO_MANY: Reply = Reply::new(421, "4.7.0", "Error: too many authentication failures");
+    pub const AUTH_BANNED: Reply = Reply::new(421, "4.7.0", "Error: too many failed logins from your address, try again later");
     /// Written with the hostname first. A BDAT whose size cannot be read leaves
     /// us unable to tell chunk bytes from commands, so we close rather than
     /// interpret message data as commands.

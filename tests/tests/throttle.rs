@@ -1,0 +1,196 @@
+//! Login throttling across connections, protocols and cores: a password
+//! guessing loop is slowed, then its address is banned (refused before any
+//! password check), while the account's owner logs in from an address that
+//! has not failed; `ringmail ban list|remove` on the running server.
+use std::net::Ipv4Addr;
+use std::time::{Duration, Instant};
+
+use ringmail_tests::*;
+
+/// Short delays and a small ban threshold, so the test runs in seconds.
+const CONFIG: &str = "[auth_throttle]\nfailure_delay_ms = 100\nfailure_delay_max_ms = 400\nban_after_failures = 10\nban_secs = 300\naccount_lock_after_failures = 30\n";
+const ALICE: (&str, &str) = ("alice@example.test", "alice-secret");
+
+fn b64(data: &[u8]) -> String {
+    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for c in data.chunks(3) {
+        let n = (u32::from(c[0]) << 16) | (u32::from(*c.get(1).unwrap_or(&0)) << 8) | u32::from(*c.get(2).unwrap_or(&0));
+        for i in 0..4 {
+            if i <= c.len() {
+                out.push(T[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    LoggedIn,
+    /// The password was checked and was wrong.
+    Failed,
+    /// Refused before any password check (the address is banned).
+    Banned,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Proto {
+    Smtp,
+    Imap,
+    Pop3,
+}
+
+/// One login attempt on a new connection from `from`.
+fn attempt(server: &Server, proto: Proto, from: Ipv4Addr, user: &str, password: &str) -> Outcome {
+    match proto {
+        Proto::Smtp => {
+            let mut c = Client::from_stream(connect_from(from, server.smtp));
+            c.set_read_timeout(Duration::from_secs(30));
+            c.reply().expect(220, None);
+            c.cmd("EHLO guesser.test").expect(250, None);
+            let r = c.cmd(&format!("AUTH PLAIN {}", b64(format!("\0{user}\0{password}").as_bytes())));
+            match r.code {
+                235 => Outcome::LoggedIn,
+                535 => Outcome::Failed,
+                421 => {
+                    assert_eq!(r.enhanced(), Some("4.7.0"), "{r:?}");
+                    assert!(c.closed_within(Duration::from_secs(5)), "the connection stays open after 421");
+                    Outcome::Banned
+                }
+                _ => panic!("AUTH answered {r:?}"),
+            }
+        }
+        Proto::Imap => {
+            let mut c = Client::from_stream(connect_from(from, server.imap));
+            c.set_read_timeout(Duration::from_secs(30));
+            assert!(c.line().starts_with("* OK"));
+            c.send(format!("a LOGIN \"{user}\" \"{password}\"\r\n").as_bytes());
+            loop {
+                let l = c.line();
+                if l.starts_with("a OK") {
+                    return Outcome::LoggedIn;
+                }
+                if l.starts_with("a NO [AUTHENTICATIONFAILED]") {
+                    return Outcome::Failed;
+                }
+                if l.starts_with("a NO [UNAVAILABLE]") {
+                    assert!(c.line().starts_with("* BYE"));
+                    return Outcome::Banned;
+                }
+                assert!(l.starts_with('*'), "LOGIN answered {l:?}");
+            }
+        }
+        Proto::Pop3 => {
+            let mut c = Client::from_stream(connect_from(from, server.pop3));
+            c.set_read_timeout(Duration::from_secs(30));
+            assert!(c.line().starts_with("+OK"));
+            c.send(format!("USER {user}\r\n").as_bytes());
+            assert!(c.line().starts_with("+OK"));
+            c.send(format!("PASS {password}\r\n").as_bytes());
+            let l = c.line();
+            if l.starts_with("+OK") {
+                Outcome::LoggedIn
+            } else if l.starts_with("-ERR [AUTH]") {
+                Outcome::Failed
+            } else if l.starts_with("-ERR [SYS/TEMP]") {
+                assert!(c.closed_within(Duration::from_secs(5)), "the connection stays open after the ban");
+                Outcome::Banned
+            } else {
+                panic!("PASS answered {l:?}");
+            }
+        }
+    }
+}
+
+/// 1,000 guesses at alice's password from one address, by 100 parallel
+/// clients over SMTP, IMAP and POP3 (one connection per guess): the first
+/// failures are slowed, then the address is banned and every further guess
+/// is refused before its password is checked. Meanwhile alice logs in from
+/// another address over all three protocols.
+#[test]
+fn password_guessing_is_slowed_then_banned_and_the_owner_still_logs_in() {
+    let server = Server::options().config(CONFIG).start();
+    let attacker = Ipv4Addr::new(127, 0, 0, 66);
+    let owner = Ipv4Addr::new(127, 0, 0, 7);
+    let started = Instant::now();
+    let results: Vec<(Outcome, Duration)> = std::thread::scope(|s| {
+        let workers: Vec<_> = (0..100)
+            .map(|w| {
+                let server = &server;
+                s.spawn(move || {
+                    (0..10)
+                        .map(|i| {
+                            let proto = [Proto::Smtp, Proto::Imap, Proto::Pop3][(w + i) % 3];
+                            let t = Instant::now();
+                            let o = attempt(server, proto, attacker, ALICE.0, &format!("guess-{w}-{i}"));
+                            (o, t.elapsed())
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        // The owner, from an address that never failed, during the attack.
+        for proto in [Proto::Smtp, Proto::Imap, Proto::Pop3] {
+            assert_eq!(attempt(&server, proto, owner, ALICE.0, ALICE.1), Outcome::LoggedIn, "{proto:?} from the owner's address");
+        }
+        workers.into_iter().flat_map(|w| w.join().unwrap()).collect()
+    });
+    let elapsed = started.elapsed();
+    let failed: Vec<Duration> = results.iter().filter(|(o, _)| *o == Outcome::Failed).map(|(_, t)| *t).collect();
+    let banned = results.iter().filter(|(o, _)| *o == Outcome::Banned).count();
+    eprintln!("1,000 guesses in {elapsed:?}: {} checked and failed, {banned} refused as banned", failed.len());
+    assert!(results.iter().all(|(o, _)| *o != Outcome::LoggedIn));
+    // Ten failures ban the address; guesses already past the ban check when
+    // the tenth failed (at most one per parallel client) still count.
+    assert!(failed.len() >= 10 && failed.len() <= 10 + 100, "{} guesses were checked", failed.len());
+    assert_eq!(failed.len() + banned, 1000);
+    // Every checked guess was answered after the failure delay.
+    assert!(failed.iter().all(|t| *t >= Duration::from_millis(100)), "a failure was answered without delay: {failed:?}");
+
+    // The ban is logged, listed, and lifted by the operator.
+    assert!(server.stderr_text().contains("address banned after failed logins"), "{}", server.stderr_tail(3000));
+    let data = server.data.to_str().unwrap().to_string();
+    let out = ringmail(&["ban", "list", "--data", &data], "");
+    assert_ok(&out, "ban list");
+    let list = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(list.contains("127.0.0.66 until"), "{list}");
+    assert_eq!(attempt(&server, Proto::Imap, attacker, ALICE.0, ALICE.1), Outcome::Banned, "banned even with the right password");
+    let out = ringmail(&["ban", "remove", "127.0.0.66", "--data", &data], "");
+    assert_ok(&out, "ban remove");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("unbanned 127.0.0.66"));
+    assert_eq!(attempt(&server, Proto::Pop3, attacker, ALICE.0, ALICE.1), Outcome::LoggedIn);
+    let out = ringmail(&["ban", "list", "--data", &data], "");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("no banned addresses"));
+}
+
+/// Guessing spread over many addresses, each under the ban threshold: the
+/// account's failures lock it for every address that has failed, and never
+/// for the owner's address, which has not.
+#[test]
+fn an_account_under_attack_refuses_failing_addresses_but_not_its_owner() {
+    let server = Server::options().config(CONFIG).start();
+    // 10 addresses x 3 failures: no address reaches 10, the account has 30.
+    for round in 0..3 {
+        std::thread::scope(|s| {
+            for a in 0..10u8 {
+                let server = &server;
+                s.spawn(move || {
+                    let from = Ipv4Addr::new(127, 0, 2, 1 + a);
+                    let proto = [Proto::Smtp, Proto::Imap, Proto::Pop3][(a as usize + round) % 3];
+                    assert_eq!(attempt(server, proto, from, ALICE.0, "nope"), Outcome::Failed);
+                });
+            }
+        });
+    }
+    // A failing address is refused now, even with the right password.
+    assert_eq!(attempt(&server, Proto::Imap, Ipv4Addr::new(127, 0, 2, 1), ALICE.0, ALICE.1), Outcome::Banned);
+    // The owner's address never failed: in.
+    for proto in [Proto::Smtp, Proto::Imap, Proto::Pop3] {
+        assert_eq!(attempt(&server, proto, Ipv4Addr::new(127, 0, 3, 1), ALICE.0, ALICE.1), Outcome::LoggedIn, "{proto:?}");
+    }
+    // Other accounts are not affected from the failing addresses.
+    assert_eq!(attempt(&server, Proto::Pop3, Ipv4Addr::new(127, 0, 2, 2), "bob@example.test", "bob-secret"), Outcome::LoggedIn);
+}
