@@ -47,6 +47,10 @@
 //!   and APPEND, 100,000-octet lines kept whole (smtplib, imaplib, poplib);
 //! - `relay`: also the next hop's view of bare CR/LF, dot lines and long
 //!   lines (a fake MX records the DATA octets);
+//! - `throttle`: 1,000 password guesses from 100 parallel clients over SMTP,
+//!   IMAP and POP3 are slowed and then banned while the owner logs in from
+//!   another address; an account attacked from many addresses refuses only
+//!   those; `ringmail ban list|remove`;
 //! - `loadgen_tls`: the real `loadgen` binary against the server over
 //!   STARTTLS/STLS and implicit TLS (SMTP, POP3, IMAP), verifying the
 //!   server's certificate, no errors, resumed handshakes on reconnect;
