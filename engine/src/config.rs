@@ -48,6 +48,7 @@ pub struct Config {
     pub relay: Relay,
     pub tls: Tls,
     pub auth_throttle: AuthThrottle,
+    pub senders: Senders,
     /// Accounts created at start-up when missing (the default configuration's
     /// demo accounts live here). Passwords are hashed before they are stored.
     pub demo_accounts: Vec<DemoAccount>,
@@ -267,6 +268,24 @@ pub struct Limits {
     pub auth_failures_max: usize,
 }
 
+/// Who an authenticated client may send as.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Senders {
+    /// An authenticated session's MAIL FROM and From: header addresses must
+    /// belong to its account (the account itself, a `+detail` of it, or an
+    /// alias that leads to it); otherwise 553 5.7.1.
+    pub check_ownership: bool,
+    /// Accounts exempt from the check (they may send as anyone).
+    pub send_as_anyone: Vec<String>,
+}
+
+impl Default for Senders {
+    fn default() -> Self {
+        Senders { check_ownership: true, send_as_anyone: Vec::new() }
+    }
+}
+
 /// Login throttling, shared by every core and protocol (see
 /// `runtime::throttle`): failed logins per client address (IPv6 by /64) and
 /// per account.
@@ -421,6 +440,7 @@ impl Default for Config {
             relay: Relay::default(),
             tls: Tls::default(),
             auth_throttle: AuthThrottle::default(),
+            senders: Senders::default(),
             demo_accounts: DEMO_ACCOUNTS
                 .iter()
                 .map(|(a, p)| DemoAccount { address: (*a).into(), password: (*p).into() })
@@ -699,6 +719,14 @@ window_secs = 3600
 account_lock_after_failures = 100
 # Password checks one core queues at most; beyond, "try again later".
 password_checks_queued_max = 64
+
+[senders]
+# An authenticated client's MAIL FROM and From: header addresses must belong
+# to its account (the account, a +detail of it, or an alias leading to it);
+# otherwise 553 5.7.1.
+check_ownership = true
+# Accounts that may send as anyone.
+send_as_anyone = []
 
 [timeouts]
 # RFC 5321 4.5.3.2: 5 minutes for a command, 10 minutes for data.

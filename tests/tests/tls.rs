@@ -331,7 +331,7 @@ fn swaks_and_openssl_speak_starttls_and_implicit_tls() {
     if on_path("swaks") {
         for (addr, flag) in [(server.smtp, "--tls"), (server.submissions, "--tlsc")] {
             let child = Command::new("swaks")
-                .args(["--to", "bob@example.test", "--from", "swaks@example.test", "--server", "127.0.0.1"])
+                .args(["--to", "bob@example.test", "--from", "alice@example.test", "--server", "127.0.0.1"])
                 .args(["--port", &port(addr), flag, "--timeout", "15"])
                 .args(["--auth", "PLAIN", "--auth-user", "alice@example.test", "--auth-password", "alice-secret"])
                 .stdin(Stdio::null())

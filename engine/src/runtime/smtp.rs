@@ -48,6 +48,30 @@ impl SmtpContext for Ctx<'_> {
     fn now_unix(&self) -> i64 {
         unix_now()
     }
+
+    fn may_send_as(&self, account: &str, address: &str) -> bool {
+        let senders = &self.shard.config().senders;
+        if !senders.check_ownership || senders.send_as_anyone.iter().any(|a| a.eq_ignore_ascii_case(account)) {
+            return true;
+        }
+        matches!(self.recipient(address), RcptVerdict::Local { account: owner } if owner.eq_ignore_ascii_case(account))
+    }
+}
+
+/// Whether every address in the From: field(s) of `message` may be used by
+/// `account` (RFC 5322 3.6.2; a message without From: is left alone).
+fn from_header_allowed(ctx: &Ctx<'_>, account: &str, message: &[u8]) -> bool {
+    use crate::mime::address::{parse_address_list, Address};
+    let (header, _) = crate::mime::header::split(message);
+    crate::mime::header::field_values(header, b"From").all(|value| {
+        parse_address_list(&crate::mime::header::unfold(value)).iter().all(|a| match a {
+            Address::Mailbox { mailbox, host, .. } => {
+                let address = format!("{}@{}", String::from_utf8_lossy(mailbox), String::from_utf8_lossy(host));
+                ctx.may_send_as(account, &address)
+            }
+            Address::GroupStart(_) | Address::GroupEnd => true,
+        })
+    })
 }
 
 /// Serve one SMTP connection; `submission`: a submission listener (AUTH
@@ -191,6 +215,13 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, peer: SocketAddr, permit
                         continue;
                     }
                 };
+                if let Some(account) = session.authenticated().map(str::to_string) {
+                    if !from_header_allowed(&Ctx { shard: &shard }, &account, &body) {
+                        tracing::info!(%peer, account, "From: address not owned by the authenticated account; refused with 553");
+                        session.delivered(DeliveryOutcome::SenderNotOwned, &mut out);
+                        continue;
+                    }
+                }
                 // Relayed recipients first, into this shard's queue; then the
                 // local ones. Both must be durable before the 250.
                 let mut result = Ok(());

@@ -79,18 +79,6 @@ fn machine_memory() -> Option<u64> {
     Some(kib * 1024)
 }
 
-/// Free bytes on the file system holding `dir` (`None` if unknown).
-fn free_space(dir: &Path) -> Option<u64> {
-    use std::os::unix::ffi::OsStrExt;
-    let c = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
-    // SAFETY: statvfs fills the zeroed struct; the path is NUL-terminated.
-    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
-        return None;
-    }
-    Some(st.f_bavail as u64 * st.f_frsize as u64)
-}
-
 const MIB: u64 = 1024 * 1024;
 
 /// Per-shard RAM and spool budgets, with the defaults of [`Memory`] resolved.
@@ -105,7 +93,7 @@ pub fn resolve(memory: &Memory, data_dir: &Path, cores: usize) -> (u64, u64) {
     let spool = if memory.spool_max > 0 {
         memory.spool_max
     } else {
-        let free = free_space(data_dir).unwrap_or(4 * 1024 * MIB);
+        let free = crate::util::free_space(data_dir).unwrap_or(4 * 1024 * MIB);
         (free / 4 / cores).min(16 * 1024 * MIB)
     };
     (ram, spool)

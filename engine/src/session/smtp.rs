@@ -128,6 +128,12 @@ pub trait SmtpContext {
     fn recipient(&self, address: &str) -> RcptVerdict;
     /// Current time, seconds since the Unix epoch (for the Received header). Tests pass a fixed clock.
     fn now_unix(&self) -> i64;
+    /// May the authenticated `account` use `address` as its sender (MAIL
+    /// FROM, From:)? The null reverse path is always allowed.
+    fn may_send_as(&self, account: &str, address: &str) -> bool {
+        let _ = (account, address);
+        true
+    }
 }
 
 /// Answer of [`SmtpContext::recipient`].
@@ -179,6 +185,8 @@ pub enum DeliveryOutcome {
     /// `451 4.3.1`: the message did not fit the budget for data in flight
     /// (its last bytes arrived over it).
     Busy,
+    /// `553 5.7.1`: a From: address is not the authenticated account's.
+    SenderNotOwned,
 }
 
 /// The runtime's answer to [`SmtpEvent::Auth`].
@@ -512,6 +520,7 @@ impl SmtpSession {
             DeliveryOutcome::Stored => reply::write_queued(out, &self.queue_id),
             DeliveryOutcome::TempFail => replies::STORAGE_TEMPFAIL.write(out),
             DeliveryOutcome::Busy => replies::BUSY_TEMPFAIL.write(out),
+            DeliveryOutcome::SenderNotOwned => replies::FROM_NOT_OWNED.write(out),
         }
         self.phase = Phase::Command;
     }
@@ -650,7 +659,7 @@ impl SmtpSession {
             Command::Mail {
                 reverse_path,
                 params,
-            } => self.mail(reverse_path, params, out),
+            } => self.mail(reverse_path, params, ctx, out),
             Command::Rcpt {
                 forward_path,
                 params,
@@ -805,7 +814,7 @@ impl SmtpSession {
         self.fail(reply, out);
     }
 
-    fn mail(&mut self, reverse_path: &str, params: Params<'_>, out: &mut Vec<u8>) {
+    fn mail(&mut self, reverse_path: &str, params: Params<'_>, ctx: &dyn SmtpContext, out: &mut Vec<u8>) {
         if self.helo.is_none() {
             return self.fail(replies::NEED_HELO, out);
         }
@@ -849,6 +858,13 @@ impl SmtpSession {
         // RFC 6531 section 3.5: UTF-8 addresses only under SMTPUTF8.
         if !smtputf8 && !reverse_path.is_ascii() {
             return self.fail(replies::NON_ASCII_ADDRESS, out);
+        }
+        // An authenticated client sends as its own account (RFC 6409
+        // section 8.1 lets a submission server check the sender).
+        if let Some(account) = &self.authenticated {
+            if !reverse_path.is_empty() && !ctx.may_send_as(account, reverse_path) {
+                return self.fail(replies::SENDER_NOT_OWNED, out);
+            }
         }
         self.bdat_failed = false;
         self.envelope = Some(Envelope {
@@ -1169,6 +1185,10 @@ mod tests {
 
         fn now_unix(&self) -> i64 {
             1_795_708_800 // Thu, 26 Nov 2026 16:00:00 +0000
+        }
+
+        fn may_send_as(&self, account: &str, address: &str) -> bool {
+            matches!(self.recipient(address), RcptVerdict::Local { account: a } if a == account)
         }
     }
 
@@ -2090,7 +2110,7 @@ mod tests {
             "{body}"
         );
         // Implicit TLS offers AUTH and never STARTTLS; authenticated: ESMTPSA.
-        let r = run_with(p, "EHLO client.test\r\nAUTH PLAIN AGJvYkBleGFtcGxlLnRlc3QAc2VjcmV0\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<bob@example.test>\r\nDATA\r\nx\r\n.\r\n");
+        let r = run_with(p, "EHLO client.test\r\nAUTH PLAIN AGJvYkBleGFtcGxlLnRlc3QAc2VjcmV0\r\nMAIL FROM:<bob@example.test>\r\nRCPT TO:<bob@example.test>\r\nDATA\r\nx\r\n.\r\n");
         assert!(r.out.contains("250 AUTH PLAIN LOGIN") && !r.out.contains("STARTTLS"), "{}", r.out);
         let body = String::from_utf8(r.delivered[0].body.clone()).unwrap();
         assert!(body.contains(" with ESMTPSA id "), "{body}");
@@ -2104,6 +2124,24 @@ mod tests {
         assert!(r.closed);
         assert_eq!(r.out.matches("535 ").count(), 3, "{}", r.out);
         assert!(r.out.ends_with("421 4.7.0 mx.example.test Error: too many authentication failures\r\n"), "{}", r.out);
+    }
+
+    /// RFC 6409 8.1: an authenticated client's MAIL FROM must be its own
+    /// (here: bob, or an alias of bob); another gets 553 5.7.1 and the
+    /// session goes on; the null reverse path is always allowed.
+    #[test]
+    fn authenticated_mail_from_must_be_the_accounts_own() {
+        let p = with(|p| {
+            p.auth = true;
+            p.submission = true;
+        });
+        let r = run_with(
+            p,
+            &format!("EHLO c\r\nAUTH PLAIN {PLAIN_BOB}\r\nMAIL FROM:<carol@example.test>\r\nMAIL FROM:<x@far.test>\r\nMAIL FROM:<bob.alias@example.test>\r\nRSET\r\nMAIL FROM:<>\r\n"),
+        );
+        let refused = "553 5.7.1 Sender address rejected: not owned by the authenticated user\r\n";
+        assert!(r.out.ends_with(&format!("{AUTH_OK}{refused}{refused}{MAIL_OK}{OK}{MAIL_OK}")), "{}", r.out);
+        assert!(!r.closed);
     }
 
     #[test]

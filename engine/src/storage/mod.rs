@@ -155,6 +155,8 @@ pub struct StoreConfig {
 
 /// How far ahead of the write position `zero_segments` keeps the active segment zeroed.
 const ZERO_AHEAD: usize = 4 * segment::ZERO_CHUNK;
+/// Free disk beyond a segment's size needed to prepare the next segment early.
+const SPARE_HEADROOM: u64 = 16 * 1024 * 1024;
 
 struct Bucket {
     accounts: HashMap<String, Account>,
@@ -222,6 +224,8 @@ pub struct Store {
     /// The next segment, created ahead of need (see `prepare_spare`).
     spare: RefCell<Option<Rc<Segment>>>,
     preparing: Cell<bool>,
+    /// The last spare was skipped for want of disk (warned once).
+    spare_skipped: Cell<bool>,
     /// A `zero_ahead` task is running.
     zeroing: Cell<bool>,
     /// Moving average of the group commits' sync time, in nanoseconds.
@@ -272,6 +276,7 @@ impl Store {
             active: RefCell::default(),
             spare: RefCell::default(),
             preparing: Cell::new(false),
+            spare_skipped: Cell::new(false),
             zeroing: Cell::new(false),
             sync_avg_ns: Cell::new(0),
             next_seq: Cell::new(0),
@@ -655,6 +660,18 @@ impl Store {
         if !half_full || self.preparing.get() || self.spare.borrow().is_some() {
             return;
         }
+        // Not without room for it and some to spare: on a nearly full disk
+        // the attempt would fill it for a moment and make other writes
+        // (spool files, the active segment's zero fill) fail with ENOSPC.
+        // The roll-over then tries again, and a full disk answers 452.
+        let need = self.cfg.segment_size as u64 + SPARE_HEADROOM;
+        if crate::util::free_space(&self.seg_dir).is_some_and(|free| free < need) {
+            if !self.spare_skipped.replace(true) {
+                tracing::warn!(need, "not preparing the next segment: the disk is nearly full");
+            }
+            return;
+        }
+        self.spare_skipped.set(false);
         self.preparing.set(true);
         let me = self.clone();
         glommio::spawn_local(async move {

@@ -285,6 +285,8 @@ pub mod replies {
     /// Unauthenticated clients outside `relay_networks` never relay: a
     /// recipient outside our domains is refused.
     pub const RELAY_DENIED: Reply = Reply::new(550, "5.7.1", "Relay access denied");
+    pub const SENDER_NOT_OWNED: Reply = Reply::new(553, "5.7.1", "Sender address rejected: not owned by the authenticated user");
+    pub const FROM_NOT_OWNED: Reply = Reply::new(553, "5.7.1", "From: address rejected: not owned by the authenticated user");
     /// RFC 4954 section 6: submission needs AUTH before MAIL.
     pub const AUTH_REQUIRED: Reply = Reply::new(530, "5.7.0", "Authentication required");
     /// RFC 4954 section 6.
