@@ -266,6 +266,15 @@ pub struct Limits {
     pub connections_per_address_max: usize,
     pub smtp_errors_max: usize,
     pub auth_failures_max: usize,
+    /// New connections one client address may open per minute, over all
+    /// listeners and cores (0: no limit).
+    pub connections_per_address_per_minute: u32,
+    /// SMTP commands the sessions of one client address may send per
+    /// minute (0: no limit).
+    pub smtp_commands_per_address_per_minute: u32,
+    /// Loopback clients and `relay_networks` are exempt from the per-minute
+    /// rates (as Postfix exempts mynetworks).
+    pub rate_limits_exempt_trusted: bool,
 }
 
 /// Who an authenticated client may send as.
@@ -278,11 +287,17 @@ pub struct Senders {
     pub check_ownership: bool,
     /// Accounts exempt from the check (they may send as anyone).
     pub send_as_anyone: Vec<String>,
+    /// Messages one authenticated account may send per hour, over every
+    /// core (0: no limit); beyond, 452 4.7.0.
+    pub messages_per_hour: u32,
+    /// Recipients (summed over its messages) one authenticated account may
+    /// send to per hour (0: no limit).
+    pub recipients_per_hour: u32,
 }
 
 impl Default for Senders {
     fn default() -> Self {
-        Senders { check_ownership: true, send_as_anyone: Vec::new() }
+        Senders { check_ownership: true, send_as_anyone: Vec::new(), messages_per_hour: 1000, recipients_per_hour: 5000 }
     }
 }
 
@@ -472,6 +487,9 @@ impl Default for Limits {
             connections_per_address_max: limits::CONNECTIONS_PER_ADDRESS_MAX,
             smtp_errors_max: limits::SMTP_ERRORS_MAX,
             auth_failures_max: limits::AUTH_FAILURES_MAX,
+            connections_per_address_per_minute: 600,
+            smtp_commands_per_address_per_minute: 6000,
+            rate_limits_exempt_trusted: true,
         }
     }
 }
@@ -590,6 +608,13 @@ impl Config {
         Ok(())
     }
 
+    /// Is this client exempt from the per-minute rates (loopback or
+    /// relay_networks, with `limits.rate_limits_exempt_trusted`)?
+    pub fn rate_exempt(&self, peer: IpAddr) -> bool {
+        let peer = peer.to_canonical();
+        self.limits.rate_limits_exempt_trusted && (peer.is_loopback() || self.relay.relay_networks.iter().any(|n| n.contains(peer)))
+    }
+
     /// May this client send a password without TLS?
     pub fn auth_without_tls_for(&self, peer: IpAddr) -> bool {
         self.relay.auth_without_tls || (self.tls.loopback_auth_without_tls && peer.to_canonical().is_loopback())
@@ -702,6 +727,12 @@ connections_per_address_max = 256
 smtp_errors_max = 20
 # Failed logins on one POP3/IMAP connection before it is closed.
 auth_failures_max = 3
+# New connections per client address per minute, all listeners (0: no limit).
+connections_per_address_per_minute = 600
+# SMTP commands per client address per minute (0: no limit); beyond, 421.
+smtp_commands_per_address_per_minute = 6000
+# Loopback and relay_networks are exempt from the two rates above.
+rate_limits_exempt_trusted = true
 
 [auth_throttle]
 # Failed logins (SMTP AUTH, IMAP, POP3) counted per client address (IPv6 by
@@ -727,6 +758,10 @@ password_checks_queued_max = 64
 check_ownership = true
 # Accounts that may send as anyone.
 send_as_anyone = []
+# Per authenticated account and hour, over all cores (0: no limit); beyond,
+# 452 4.7.0 and the message is not taken.
+messages_per_hour = 1000
+recipients_per_hour = 5000
 
 [timeouts]
 # RFC 5321 4.5.3.2: 5 minutes for a command, 10 minutes for data.

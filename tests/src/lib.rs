@@ -50,7 +50,8 @@
 //! - `throttle`: 1,000 password guesses from 100 parallel clients over SMTP,
 //!   IMAP and POP3 are slowed and then banned while the owner logs in from
 //!   another address; an account attacked from many addresses refuses only
-//!   those; `ringmail ban list|remove`;
+//!   those; `ringmail ban list|remove`; messages and recipients per account
+//!   and hour, connections and SMTP commands per address and minute;
 //! - `loadgen_tls`: the real `loadgen` binary against the server over
 //!   STARTTLS/STLS and implicit TLS (SMTP, POP3, IMAP), verifying the
 //!   server's certificate, no errors, resumed handshakes on reconnect;

@@ -194,3 +194,123 @@ fn an_account_under_attack_refuses_failing_addresses_but_not_its_owner() {
     // Other accounts are not affected from the failing addresses.
     assert_eq!(attempt(&server, Proto::Pop3, Ipv4Addr::new(127, 0, 2, 2), "bob@example.test", "bob-secret"), Outcome::LoggedIn);
 }
+
+/// An authenticated SMTP session on the submission port from `from`.
+fn submit_session(server: &Server, user: &str, password: &str) -> Client {
+    let mut c = Client::connect(server.submission);
+    c.set_read_timeout(Duration::from_secs(30));
+    c.reply().expect(220, None);
+    c.cmd("EHLO client.test").expect(250, None);
+    c.cmd(&format!("AUTH PLAIN {}", b64(format!("\0{user}\0{password}").as_bytes()))).expect(235, None);
+    c
+}
+
+/// One transaction; the reply to the end of data.
+fn send(c: &mut Client, from: &str, to: &[&str]) -> Reply {
+    c.cmd(&format!("MAIL FROM:<{from}>")).expect(250, None);
+    for t in to {
+        c.cmd(&format!("RCPT TO:<{t}>")).expect(250, None);
+    }
+    c.cmd("DATA").expect(354, None);
+    c.send(format!("From: {from}\r\nSubject: rate\r\n\r\nbody\r\n").as_bytes());
+    c.cmd(".")
+}
+
+/// Messages and recipients per authenticated account and hour, counted on
+/// the account's owner shard whatever shard the session runs on: beyond,
+/// 452 4.7.0 and nothing is stored.
+#[test]
+fn sending_rates_per_account_and_hour() {
+    let server = Server::options()
+        .config("[senders]\nmessages_per_hour = 3\nrecipients_per_hour = 5\n")
+        .start();
+    // alice: three messages, then the fourth is refused, in a new session too.
+    let mut c = submit_session(&server, ALICE.0, ALICE.1);
+    for _ in 0..3 {
+        send(&mut c, ALICE.0, &["bob@example.test"]).expect(250, None);
+    }
+    send(&mut c, ALICE.0, &["bob@example.test"]).expect(452, Some("4.7.0"));
+    c.cmd("QUIT").expect(221, None);
+    let mut c = submit_session(&server, ALICE.0, ALICE.1);
+    send(&mut c, ALICE.0, &["bob@example.test"]).expect(452, Some("4.7.0"));
+    // bob: four recipients fit, two more do not.
+    let mut c = submit_session(&server, "bob@example.test", "bob-secret");
+    send(&mut c, "bob@example.test", &["alice@example.test", "a@far.test", "b@far.test", "c@far.test"]).expect(250, None);
+    send(&mut c, "bob@example.test", &["alice@example.test", "d@far.test"]).expect(452, Some("4.7.0"));
+    send(&mut c, "bob@example.test", &["alice@example.test"]).expect(250, None);
+    // bob got alice's three messages (and, maybe, bounces for far.test).
+    let stored = fetch_all(server.pop3, "bob@example.test", "bob-secret");
+    assert_eq!(stored.iter().filter(|(_, m)| return_path(m) == ALICE.0).count(), 3);
+}
+
+/// Wait until at least `margin` is left in the current minute (the rates
+/// count in fixed minutes).
+fn early_in_a_minute(margin: u64) {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    if now % 60 > 60 - margin {
+        std::thread::sleep(Duration::from_secs(60 - now % 60 + 1));
+    }
+}
+
+/// New connections per address per minute, over all listeners and cores:
+/// beyond, 421 4.7.0 (SMTP) or * BYE (IMAP) and the connection is closed;
+/// another address is not affected.
+#[test]
+fn connections_per_address_and_minute() {
+    let server = Server::options()
+        .config("[limits]\nconnections_per_address_per_minute = 6\nrate_limits_exempt_trusted = false\n")
+        .start();
+    early_in_a_minute(20);
+    let from = Ipv4Addr::new(127, 0, 0, 9);
+    for i in 0..6 {
+        let addr = if i % 2 == 0 { server.smtp } else { server.imap };
+        let mut c = Client::from_stream(connect_from(from, addr));
+        let l = c.line();
+        assert!(l.starts_with("220 ") || l.starts_with("* OK"), "connection {i}: {l}");
+    }
+    let mut c = Client::from_stream(connect_from(from, server.smtp));
+    let r = c.reply();
+    assert_eq!((r.code, r.enhanced()), (421, Some("4.7.0")), "{r:?}");
+    assert!(c.closed_within(Duration::from_secs(5)));
+    let mut c = Client::from_stream(connect_from(from, server.imap));
+    assert!(c.line().starts_with("* BYE"));
+    let mut c = Client::from_stream(connect_from(Ipv4Addr::new(127, 0, 0, 10), server.smtp));
+    c.reply().expect(220, None);
+}
+
+/// SMTP commands per address per minute, summed over its sessions: a client
+/// that pipelines past the limit gets 421 4.7.0 and is disconnected.
+#[test]
+fn smtp_commands_per_address_and_minute() {
+    let server = Server::options()
+        .config("[limits]\nsmtp_commands_per_address_per_minute = 40\nrate_limits_exempt_trusted = false\n")
+        .start();
+    early_in_a_minute(20);
+    let mut c = Client::from_stream(connect_from(Ipv4Addr::new(127, 0, 0, 11), server.smtp));
+    c.set_read_timeout(Duration::from_secs(10));
+    c.reply().expect(220, None);
+    let mut noops = 0;
+    for _ in 0..100 {
+        let r = c.cmd("NOOP");
+        if r.code == 250 {
+            noops += 1;
+            continue;
+        }
+        assert_eq!((r.code, r.enhanced()), (421, Some("4.7.0")), "{r:?}");
+        break;
+    }
+    // Charged in batches of 16: the batch that passes 40 ends the session.
+    assert!((40..=64).contains(&noops), "{noops} NOOPs answered");
+    assert!(c.closed_within(Duration::from_secs(5)));
+    // The address stays refused for the rest of the minute, in a new session.
+    let mut c = Client::from_stream(connect_from(Ipv4Addr::new(127, 0, 0, 11), server.smtp));
+    c.reply().expect(220, None);
+    let mut refused = false;
+    for _ in 0..20 {
+        if c.cmd("NOOP").code == 421 {
+            refused = true;
+            break;
+        }
+    }
+    assert!(refused, "a new session of the address was not refused");
+}

@@ -2,19 +2,72 @@
 //! count per client address. Lock-free: atomics in a fixed table; addresses
 //! hash into slots, so two addresses may share a slot (then they share the
 //! limit, which errs on the safe side) but memory stays bounded.
+//!
+//! [`Rate`] counts events per client address in fixed one-minute windows
+//! the same way (one `AtomicU64` per slot: the minute and its count), for
+//! connections per minute and SMTP commands per minute.
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use crate::util::fnv1a64;
 
 const SLOTS: usize = 4096;
 
+fn slot_of(ip: IpAddr) -> usize {
+    (match ip.to_canonical() {
+        IpAddr::V4(a) => fnv1a64(&a.octets()),
+        IpAddr::V6(a) => fnv1a64(&a.octets()[..8]),
+    } % SLOTS as u64) as usize
+}
+
+/// Events per client address per minute, shared by every shard.
+pub struct Rate {
+    per_minute_max: u32,
+    slots: Box<[AtomicU64]>,
+}
+
+impl Rate {
+    /// `per_minute_max == 0`: no limit.
+    pub fn new(per_minute_max: u32) -> Rate {
+        Rate { per_minute_max, slots: (0..SLOTS).map(|_| AtomicU64::new(0)).collect() }
+    }
+
+    /// Count `n` events for `ip` in minute `minute`; false when the count
+    /// passes the limit. Refused events count too, so a client that keeps
+    /// trying stays refused for the rest of the minute.
+    pub fn charge(&self, ip: IpAddr, n: u32, minute: u32) -> bool {
+        if self.per_minute_max == 0 {
+            return true;
+        }
+        let slot = &self.slots[slot_of(ip)];
+        let mut cur = slot.load(Ordering::Acquire);
+        loop {
+            let (m, count) = ((cur >> 32) as u32, cur as u32);
+            let count = if m == minute { count } else { 0 };
+            let next = count.saturating_add(n);
+            match slot.compare_exchange_weak(cur, (u64::from(minute) << 32) | u64::from(next), Ordering::AcqRel, Ordering::Acquire) {
+                Ok(_) => return next <= self.per_minute_max,
+                Err(v) => cur = v,
+            }
+        }
+    }
+}
+
+/// The current minute for [`Rate::charge`].
+pub fn minute_now() -> u32 {
+    (crate::util::unix_now().max(0) / 60) as u32
+}
+
 pub struct Limiter {
     total: AtomicUsize,
     total_max: usize,
     per_address_max: u32,
     slots: Box<[AtomicU32]>,
+    /// New connections per address per minute.
+    pub connection_rate: Rate,
+    /// SMTP commands per address per minute.
+    pub command_rate: Rate,
 }
 
 /// A connection's place in the limits; released when dropped. `Send`, so it
@@ -28,19 +81,32 @@ pub struct Permit {
 pub enum Refusal {
     ServerFull,
     AddressFull,
+    /// The address opened too many connections this minute.
+    AddressRate,
 }
 
 impl Limiter {
     pub fn new(total_max: usize, per_address_max: usize) -> Arc<Limiter> {
+        Limiter::with_rates(total_max, per_address_max, 0, 0)
+    }
+
+    pub fn with_rates(total_max: usize, per_address_max: usize, connections_per_minute: u32, commands_per_minute: u32) -> Arc<Limiter> {
         Arc::new(Limiter {
             total: AtomicUsize::new(0),
             total_max,
             per_address_max: per_address_max.min(u32::MAX as usize) as u32,
             slots: (0..SLOTS).map(|_| AtomicU32::new(0)).collect(),
+            connection_rate: Rate::new(connections_per_minute),
+            command_rate: Rate::new(commands_per_minute),
         })
     }
 
-    pub fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<Permit, Refusal> {
+    /// Admit a new connection from `ip`; `rate_exempt`: not subject to the
+    /// per-minute connection rate.
+    pub fn admit(self: &Arc<Self>, ip: IpAddr, rate_exempt: bool) -> Result<Permit, Refusal> {
+        if !rate_exempt && !self.connection_rate.charge(ip, 1, minute_now()) {
+            return Err(Refusal::AddressRate);
+        }
         let slot = match ip {
             IpAddr::V4(a) => fnv1a64(&a.octets()),
             IpAddr::V6(a) => fnv1a64(&a.octets()),
@@ -79,13 +145,34 @@ mod tests {
         let l = Limiter::new(3, 2);
         let a: IpAddr = "10.0.0.1".parse().unwrap();
         let b: IpAddr = "10.0.0.2".parse().unwrap();
-        let p1 = l.admit(a).unwrap();
-        let _p2 = l.admit(a).unwrap();
-        assert_eq!(l.admit(a).err(), Some(Refusal::AddressFull));
-        let _p3 = l.admit(b).unwrap();
-        assert_eq!(l.admit(b).err(), Some(Refusal::ServerFull));
+        let p1 = l.admit(a, false).unwrap();
+        let _p2 = l.admit(a, false).unwrap();
+        assert_eq!(l.admit(a, false).err(), Some(Refusal::AddressFull));
+        let _p3 = l.admit(b, false).unwrap();
+        assert_eq!(l.admit(b, false).err(), Some(Refusal::ServerFull));
         drop(p1);
-        let _p4 = l.admit(a).unwrap();
+        let _p4 = l.admit(a, false).unwrap();
         assert_eq!(l.total(), 3);
+    }
+
+    #[test]
+    fn rates_count_per_address_and_minute() {
+        let r = Rate::new(5);
+        let a: IpAddr = "10.0.0.1".parse().unwrap();
+        let v6: IpAddr = "2001:db8::1".parse().unwrap();
+        let v6_same_64: IpAddr = "2001:db8::ffff".parse().unwrap();
+        assert!(r.charge(a, 3, 100));
+        assert!(r.charge(a, 2, 100));
+        assert!(!r.charge(a, 1, 100), "over five in minute 100");
+        assert!(!r.charge(a, 1, 100), "and it stays refused");
+        assert!(r.charge(a, 5, 101), "a new minute starts afresh");
+        assert!(r.charge(v6, 5, 100));
+        assert!(!r.charge(v6_same_64, 1, 100), "an IPv6 /64 shares its count");
+        assert!(Rate::new(0).charge(a, u32::MAX, 1), "0: no limit");
+        let l = Limiter::with_rates(100, 100, 2, 0);
+        let _p1 = l.admit(a, false).unwrap();
+        let _p2 = l.admit(a, false).unwrap();
+        assert_eq!(l.admit(a, false).err(), Some(Refusal::AddressRate));
+        assert!(l.admit(a, true).is_ok(), "exempt clients are not rate-limited");
     }
 }

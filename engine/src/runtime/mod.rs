@@ -101,7 +101,12 @@ pub fn serve(mut config: Config) -> Result<(), ServeError> {
     let (relay, control_senders) = relay::RelayShared::start(&config, cores, Arc::new(client_tls));
 
     let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel(cores);
-    let limiter = limiter::Limiter::new(config.limits.connections_max, config.limits.connections_per_address_max);
+    let limiter = limiter::Limiter::with_rates(
+        config.limits.connections_max,
+        config.limits.connections_per_address_max,
+        config.limits.connections_per_address_per_minute,
+        config.limits.smtp_commands_per_address_per_minute,
+    );
     let io_memory = config.storage.io_memory_kib * 1024;
     let online = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     let placement = if config.pin_cores && cores <= online {

@@ -73,6 +73,10 @@ pub enum ShardMsg {
     CompactStats { reply: oneshot::Sender<Vec<SegmentUsage>> },
     /// Compaction, step 2: move live bodies out of these segments and checkpoint.
     Evacuate { victims: Vec<u64>, reply: oneshot::Sender<Result<(), StorageError>> },
+    /// Sending rate: charge one message to `recipients` recipients to
+    /// `account`, which this shard owns; answers whether it was within the
+    /// hour's limits (nothing is charged otherwise).
+    SendQuota { account: String, recipients: u32, reply: oneshot::Sender<bool> },
     /// Login throttling: apply `op` to `key`, which this shard owns.
     Throttle { key: throttle::Key, op: throttle::Op, reply: oneshot::Sender<throttle::Status> },
 }
@@ -143,6 +147,9 @@ pub struct Shard {
     throttle_policy: throttle::Policy,
     /// Password checks waiting for an argon2 place.
     argon2_waiting: Cell<usize>,
+    /// Messages and recipients sent this hour by the authenticated accounts
+    /// this shard owns: account -> (hour, messages, recipients).
+    sent: RefCell<HashMap<String, (i64, u32, u32)>>,
 }
 
 /// One of the shard's handshake places, held while a handshake runs.
@@ -413,7 +420,45 @@ impl Shard {
             ShardMsg::Throttle { key, op, reply } => {
                 let _ = reply.send(self.throttle_local(&key, op));
             }
+            ShardMsg::SendQuota { account, recipients, reply } => {
+                let _ = reply.send(self.charge_sending_local(&account, recipients));
+            }
         }
+    }
+
+    fn charge_sending_local(&self, account: &str, recipients: u32) -> bool {
+        let senders = &self.config().senders;
+        let hour = unix_now() / 3600;
+        let mut sent = self.sent.borrow_mut();
+        if sent.len() > 4 * self.directory().len().max(1024) {
+            sent.retain(|_, e| e.0 == hour);
+        }
+        let e = sent.entry(account.to_ascii_lowercase()).or_insert((hour, 0, 0));
+        if e.0 != hour {
+            *e = (hour, 0, 0);
+        }
+        let over = |limit: u32, n: u32| limit > 0 && n > limit;
+        if over(senders.messages_per_hour, e.1 + 1) || over(senders.recipients_per_hour, e.2.saturating_add(recipients)) {
+            return false;
+        }
+        e.1 += 1;
+        e.2 = e.2.saturating_add(recipients);
+        true
+    }
+
+    /// Charge one message to `recipients` recipients to the authenticated
+    /// `account`'s hourly sending limits, on the shard that owns it.
+    pub async fn charge_sending(&self, account: &str, recipients: u32) -> bool {
+        let owner = self.owner_of(account);
+        if owner == self.id {
+            return self.charge_sending_local(account, recipients);
+        }
+        let (reply, rx) = oneshot::channel();
+        let msg = ShardMsg::SendQuota { account: account.to_string(), recipients, reply };
+        if self.senders.send_to(owner, msg).await.is_err() {
+            return true;
+        }
+        rx.await.unwrap_or(true)
     }
 
     fn throttle_local(&self, key: &throttle::Key, op: throttle::Op) -> throttle::Status {
@@ -599,6 +644,7 @@ pub async fn run(shared: Arc<Shared>, mesh: MeshBuilder<ShardMsg, Full>) -> Resu
         throttle: RefCell::default(),
         throttle_policy: shared.config.auth_throttle.policy(),
         argon2_waiting: Cell::new(0),
+        sent: RefCell::default(),
     });
 
     let budget = shard.budget.clone();
@@ -709,7 +755,10 @@ async fn accept_loop(shard: Rc<Shard>, listener: TcpListener, proto: Proto) {
                     Ok(p) => p,
                     Err(_) => continue,
                 };
-                let permit = shard.shared.limiter.admit(peer.ip());
+                let permit = shard.shared.limiter.admit(peer.ip(), shard.config().rate_exempt(peer.ip()));
+                if let Err(super::limiter::Refusal::AddressRate) = &permit {
+                    tracing::info!(%peer, "connection refused: too many new connections from this address this minute");
+                }
                 let shard2 = shard.clone();
                 glommio::spawn_local(async move {
                     match proto {

@@ -85,6 +85,7 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, peer: SocketAddr, permit
             _ if implicit_tls => b"",
             Refusal::ServerFull => b"421 4.7.0 Too many connections, try again later\r\n",
             Refusal::AddressFull => b"421 4.7.0 Too many connections from your address\r\n",
+            Refusal::AddressRate => b"421 4.7.0 Too many connections from your address this minute, try again later\r\n",
         }
     };
     // Connection limits apply before any handshake work.
@@ -116,6 +117,11 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, peer: SocketAddr, permit
     });
     let mut out = Vec::with_capacity(1024);
     session.greeting(&mut out);
+    // Commands are charged to the address's per-minute rate in batches, so
+    // the shared counter is touched once per COMMAND_BATCH commands.
+    const COMMAND_BATCH: u64 = 16;
+    let command_rate_exempt = config.rate_exempt(peer.ip());
+    let mut commands_charged = 0u64;
     if conn.flush(&mut out).await.is_err() {
         return;
     }
@@ -131,6 +137,17 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, peer: SocketAddr, permit
             session.advance(conn.pending(), &ctx, &mut out)
         };
         conn.consume(used);
+        let seen = session.commands_seen();
+        if !command_rate_exempt && seen - commands_charged >= COMMAND_BATCH {
+            let n = (seen - commands_charged).min(u64::from(u32::MAX)) as u32;
+            commands_charged = seen;
+            if !shard.shared.limiter.command_rate.charge(peer.ip(), n, super::limiter::minute_now()) {
+                tracing::info!(%peer, "session closed: too many SMTP commands from this address this minute");
+                crate::protocol::smtp::replies::COMMAND_RATE.write_with_host(&mut out, &config.hostname);
+                let _ = conn.flush(&mut out).await;
+                return;
+            }
+        }
         match event {
             SmtpEvent::NeedInput => {
                 if session.message_in_progress() && !session.body_buffer().is_empty() {
@@ -219,6 +236,12 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, peer: SocketAddr, permit
                     if !from_header_allowed(&Ctx { shard: &shard }, &account, &body) {
                         tracing::info!(%peer, account, "From: address not owned by the authenticated account; refused with 553");
                         session.delivered(DeliveryOutcome::SenderNotOwned, &mut out);
+                        continue;
+                    }
+                    let recipients = (tx.recipients.len() + tx.relay.len()) as u32;
+                    if !shard.charge_sending(&account, recipients).await {
+                        tracing::info!(%peer, account, recipients, "sending rate of the account reached; refused with 452");
+                        session.delivered(DeliveryOutcome::RateLimited, &mut out);
                         continue;
                     }
                 }

@@ -187,6 +187,9 @@ pub enum DeliveryOutcome {
     Busy,
     /// `553 5.7.1`: a From: address is not the authenticated account's.
     SenderNotOwned,
+    /// `452 4.7.0`: the account sent its messages or recipients for this
+    /// hour.
+    RateLimited,
 }
 
 /// The runtime's answer to [`SmtpEvent::Auth`].
@@ -306,6 +309,8 @@ pub struct SmtpSession {
     /// The runtime had no room for the message in flight: its bytes are
     /// thrown away and its end answered 451 (see [`SmtpSession::refuse_message`]).
     refused: bool,
+    /// Command lines received (for the runtime's per-address command rate).
+    commands_seen: u64,
     /// The refusal is for want of disk: 452 4.3.1 instead of 451 4.3.1.
     refused_disk_full: bool,
 }
@@ -359,6 +364,7 @@ impl SmtpSession {
             tls,
             starttls_pending: false,
             refused: false,
+            commands_seen: 0,
             refused_disk_full: false,
         }
     }
@@ -521,6 +527,7 @@ impl SmtpSession {
             DeliveryOutcome::TempFail => replies::STORAGE_TEMPFAIL.write(out),
             DeliveryOutcome::Busy => replies::BUSY_TEMPFAIL.write(out),
             DeliveryOutcome::SenderNotOwned => replies::FROM_NOT_OWNED.write(out),
+            DeliveryOutcome::RateLimited => replies::SEND_RATE_LIMITED.write(out),
         }
         self.phase = Phase::Command;
     }
@@ -550,6 +557,11 @@ impl SmtpSession {
                 self.phase = Phase::Closed;
             }
         }
+    }
+
+    /// Command lines received so far in this session.
+    pub fn commands_seen(&self) -> u64 {
+        self.commands_seen
     }
 
     /// The account the client authenticated as.
@@ -637,6 +649,7 @@ impl SmtpSession {
     }
 
     fn command(&mut self, line: &[u8], ctx: &dyn SmtpContext, out: &mut Vec<u8>) {
+        self.commands_seen += 1;
         let command = match parse_command(line) {
             Ok(command) => command,
             Err(e) => return self.syntax_error(e, out),

@@ -286,6 +286,8 @@ pub mod replies {
     /// recipient outside our domains is refused.
     pub const RELAY_DENIED: Reply = Reply::new(550, "5.7.1", "Relay access denied");
     pub const SENDER_NOT_OWNED: Reply = Reply::new(553, "5.7.1", "Sender address rejected: not owned by the authenticated user");
+    pub const SEND_RATE_LIMITED: Reply = Reply::new(452, "4.7.0", "Too many messages or recipients from this account this hour, try again later");
+    pub const COMMAND_RATE: Reply = Reply::new(421, "4.7.0", "Error: too many commands from your address, slow down");
     pub const FROM_NOT_OWNED: Reply = Reply::new(553, "5.7.1", "From: address rejected: not owned by the authenticated user");
     /// RFC 4954 section 6: submission needs AUTH before MAIL.
     pub const AUTH_REQUIRED: Reply = Reply::new(530, "5.7.0", "Authentication required");
