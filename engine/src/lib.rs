@@ -14,6 +14,7 @@
 
 pub mod accounts;
 pub mod config;
+pub mod dkim;
 pub mod limits;
 pub mod mime;
 pub mod protocol;

@@ -53,6 +53,20 @@ enum Command {
         #[command(subcommand)]
         action: BanAction,
     },
+    /// DKIM signing keys (in DATA/dkim/; the server loads them at start).
+    Dkim {
+        #[command(flatten)]
+        common: Common,
+        #[command(subcommand)]
+        action: DkimAction,
+    },
+    /// Print the DNS records a mail domain needs (MX, SPF, DKIM, DMARC,
+    /// MTA-STS, TLS-RPT and RFC 6186 client SRV records).
+    DnsRecords {
+        #[command(flatten)]
+        common: Common,
+        domain: String,
+    },
     /// Print the embedded default configuration as a TOML file to start from.
     DefaultConfig,
     /// Check a configuration file and exit.
@@ -110,6 +124,21 @@ enum QueueAction {
     Flush { domain: Option<String> },
     /// Remove a message from the queue (no bounce is sent). ID as shown by `list`, e.g. q0-12.
     Remove { id: String },
+}
+
+#[derive(Subcommand)]
+enum DkimAction {
+    /// Make a signing key for DOMAIN and print the TXT record to publish.
+    Generate {
+        domain: String,
+        #[arg(long, default_value = "ringmail")]
+        selector: String,
+        /// ed25519 (RFC 8463) or rsa (2048 bits)
+        #[arg(long, default_value = "ed25519")]
+        algorithm: String,
+    },
+    /// List the keys and their TXT records.
+    List,
 }
 
 #[derive(Subcommand)]
@@ -293,6 +322,30 @@ fn run(cli: Cli) -> Result<(), String> {
             };
             let answer = ringmail::runtime::control::request(&config.data_dir, &request)?;
             print!("{answer}");
+            Ok(())
+        }
+        Command::Dkim { common, action } => {
+            let config = load_config(&common)?;
+            match action {
+                DkimAction::Generate { domain, selector, algorithm } => {
+                    let alg = ringmail::dkim::Algorithm::parse(&algorithm).ok_or_else(|| format!("unknown algorithm {algorithm:?} (ed25519 or rsa)"))?;
+                    let (path, txt) = ringmail::dkim::generate(&config.data_dir, &domain, &selector, alg)?;
+                    println!("key written to {} (restart the server to sign with it)", path.display());
+                    println!("publish: {selector}._domainkey.{}. IN TXT \"{txt}\"", domain.trim_end_matches('.').to_ascii_lowercase());
+                }
+                DkimAction::List => {
+                    let keys = ringmail::dkim::Keys::load(&config.data_dir)?;
+                    for (domain, key) in keys.iter() {
+                        println!("{}._domainkey.{domain}. IN TXT \"{}\"", key.selector, ringmail::dkim::record_of(key)?);
+                    }
+                }
+            }
+            Ok(())
+        }
+        Command::DnsRecords { common, domain } => {
+            let config = load_config(&common)?;
+            let keys = ringmail::dkim::Keys::load(&config.data_dir)?;
+            print!("{}", ringmail::dkim::dns_records(&config.hostname, &domain, &keys)?);
             Ok(())
         }
         Command::DefaultConfig => {

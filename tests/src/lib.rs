@@ -46,7 +46,8 @@
 //!   for an existing account (lettre SMTP AUTH); NUL refused by DATA, BDAT
 //!   and APPEND, 100,000-octet lines kept whole (smtplib, imaplib, poplib);
 //! - `relay`: also the next hop's view of bare CR/LF, dot lines and long
-//!   lines (a fake MX records the DATA octets);
+//!   lines (a fake MX records the DATA octets), and DKIM signatures checked
+//!   there by dkimpy (ed25519 and rsa; a changed body fails);
 //! - `throttle`: 1,000 password guesses from 100 parallel clients over SMTP,
 //!   IMAP and POP3 are slowed and then banned while the owner logs in from
 //!   another address; an account attacked from many addresses refuses only

@@ -910,3 +910,77 @@ fn relayed_data_has_crlf_lines_of_at_most_998_octets_all_dots_stuffed() {
     let want = ringmail_tests::normalize_line_ends(&stored);
     assert!(unbroken.ends_with(&want), "next hop got:\n{}", String::from_utf8_lossy(&unstuffed));
 }
+
+/// `ringmail dkim generate` for a.test; the TXT record it says to publish
+/// (name, value).
+fn dkim_generate(a: &Instance, selector: &str, algorithm: &str) -> (String, String) {
+    let out = Command::new(bin())
+        .args(["dkim", "generate", "a.test", "--selector", selector, "--algorithm", algorithm, "--data"])
+        .arg(&a.data)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    let line = text.lines().find(|l| l.starts_with("publish: ")).unwrap_or_else(|| panic!("{text}"));
+    let rest = line.strip_prefix("publish: ").unwrap();
+    let (name, value) = rest.split_once(" IN TXT ").unwrap();
+    (name.to_string(), value.trim_matches('"').to_string())
+}
+
+/// Mail relayed for an authenticated sender is DKIM-signed for its From:
+/// domain with each of the domain's keys (ed25519-sha256 and rsa-sha256,
+/// relaxed/relaxed), and an independent verifier (dkimpy) accepts both
+/// signatures as the next hop received them; `ringmail dns-records` lists
+/// the keys with the domain's other records.
+#[test]
+fn relayed_mail_is_dkim_signed_and_verifies_elsewhere() {
+    let mx = FakeMx::start("plain");
+    let (_dns, mut a) = sender_for(&mx);
+    let ed = dkim_generate(&a, "ed", "ed25519");
+    let rsa = dkim_generate(&a, "rs", "rsa");
+    assert!(ed.1.starts_with("v=DKIM1; k=ed25519; p=") && rsa.1.starts_with("v=DKIM1; k=rsa; p="), "{ed:?} {rsa:?}");
+    // The server loads keys at start.
+    a.kill9();
+    a.spawn();
+    let m = message("signed", 3000);
+    let sent = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| smtp_send(a.submission, Some("alice@a.test"), "alice@a.test", &["x@d.test"], &m)));
+    if !matches!(sent, Ok(Ok(()))) {
+        panic!("submission failed: {sent:?}\n{}", stderr_log(&a));
+    }
+    let got = mx.message();
+    let mut wire = raw_data(&got);
+    wire.extend_from_slice(b"\r\n");
+    let received = ringmail_tests::rfc_unstuff(&wire);
+    assert!(received.starts_with(b"DKIM-Signature: "), "{}", String::from_utf8_lossy(&received[..200]));
+    assert!(received.ends_with(&m));
+    let file = a.data.with_file_name("received.eml");
+    std::fs::write(&file, &received).unwrap();
+    let python = if Path::new("/usr/bin/python3").exists() { "/usr/bin/python3" } else { "python3" };
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("py/dkim_verify.py");
+    let out = Command::new(python)
+        .arg(&script)
+        .arg(&file)
+        .arg(format!("{}={}", ed.0, ed.1))
+        .arg(format!("{}={}", rsa.0, rsa.1))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "dkimpy: {text}{}", String::from_utf8_lossy(&out.stderr));
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 2, "{text}");
+    assert!(lines.iter().any(|l| l.ends_with("ed25519-sha256 ed pass")), "{text}");
+    assert!(lines.iter().any(|l| l.ends_with("rsa-sha256 rs pass")), "{text}");
+    // A changed body no longer verifies.
+    let tampered = String::from_utf8_lossy(&received).replacen("0123456789 abcdef", "0123456789 ABCDEF", 1);
+    std::fs::write(&file, tampered.as_bytes()).unwrap();
+    let out = Command::new(python).arg(&script).arg(&file).arg(format!("{}={}", ed.0, ed.1)).arg(format!("{}={}", rsa.0, rsa.1)).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(text.matches(" fail").count(), 2, "{text}{}", String::from_utf8_lossy(&out.stderr));
+    // The domain's DNS records, with both keys.
+    let out = Command::new(bin()).args(["dns-records", "a.test", "--data"]).arg(&a.data).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success());
+    for want in ["a.test. IN MX 10 ", "v=spf1 mx -all", &format!("{} IN TXT \"{}\"", ed.0, ed.1), "_dmarc.a.test. IN TXT", "_mta-sts.a.test.", "_smtp._tls.a.test.", "_submissions._tcp.a.test. IN SRV 0 1 465 ", "_imaps._tcp.a.test. IN SRV"] {
+        assert!(text.contains(want), "{want:?} missing from:\n{text}");
+    }
+}

@@ -41,6 +41,8 @@ use shard::Shared;
 pub enum ServeError {
     #[error("data directory {path}: {source}")]
     Data { path: String, source: std::io::Error },
+    #[error("DKIM keys: {0}")]
+    Dkim(String),
     #[error("accounts: {0}")]
     Accounts(#[from] crate::accounts::AccountError),
     #[error("cannot listen on {addr}: {source}")]
@@ -125,6 +127,10 @@ pub fn serve(mut config: Config) -> Result<(), ServeError> {
         .map_err(|source| ServeError::Data { path: config.data_dir.join("spool").display().to_string(), source })?;
     let (session_ram_max, spool_max) = spool::resolve(&config.memory, &config.data_dir, cores);
     tracing::info!(session_ram_max, spool_max, "message data budgets per core");
+    let dkim = crate::dkim::Keys::load(&config.data_dir).map_err(ServeError::Dkim)?;
+    if !dkim.is_empty() {
+        tracing::info!(keys = dkim.count(), "DKIM signing keys loaded");
+    }
     let shared = Arc::new(Shared {
         config,
         cores,
@@ -147,6 +153,7 @@ pub fn serve(mut config: Config) -> Result<(), ServeError> {
         spool_dir,
         session_ram_max,
         spool_max,
+        dkim: Arc::new(dkim),
     });
 
     let shared_sig = shared.clone();

@@ -56,6 +56,8 @@ pub struct Shared {
     pub spool_dir: std::path::PathBuf,
     pub session_ram_max: u64,
     pub spool_max: u64,
+    /// DKIM signing keys (`DATA/dkim/`).
+    pub dkim: Arc<crate::dkim::Keys>,
 }
 
 /// Messages between shards.

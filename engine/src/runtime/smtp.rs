@@ -58,6 +58,51 @@ impl SmtpContext for Ctx<'_> {
     }
 }
 
+/// The domain a message is signed for: its From: address's (the one the
+/// sender was checked against), else the reverse path's.
+fn signing_domain(message: &[u8], reverse_path: &str) -> Option<String> {
+    use crate::mime::address::{parse_address_list, Address};
+    let (header, _) = crate::mime::header::split(message);
+    let from = crate::mime::header::field_value(header, b"From").and_then(|v| {
+        parse_address_list(&crate::mime::header::unfold(v)).into_iter().find_map(|a| match a {
+            Address::Mailbox { host, .. } if !host.is_empty() => Some(String::from_utf8_lossy(&host).into_owned()),
+            _ => None,
+        })
+    });
+    from.or_else(|| reverse_path.rsplit_once('@').map(|(_, d)| d.to_string())).map(|d| d.to_ascii_lowercase())
+}
+
+/// DKIM-sign `body` with the keys of its domain, on a blocking thread (a
+/// large message's hash must not hold up the shard). Returns the body and,
+/// when signed, the signatures followed by a copy of the body.
+async fn dkim_sign(shard: &Shard, body: MessageBody, reverse_path: &str) -> (MessageBody, Option<Vec<u8>>) {
+    let Some(domain) = signing_domain(&body, reverse_path) else { return (body, None) };
+    let keys = shard.shared.dkim.clone();
+    if keys.for_domain(&domain).is_empty() {
+        return (body, None);
+    }
+    let (body, signed) = glommio::executor()
+        .spawn_blocking(move || {
+            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| keys.sign(&domain, &body)));
+            let signed = match r {
+                Ok(Ok(headers)) => {
+                    let mut v = Vec::with_capacity(headers.len() + body.len());
+                    v.extend_from_slice(&headers);
+                    v.extend_from_slice(&body);
+                    Some(v)
+                }
+                Ok(Err(e)) => {
+                    tracing::warn!(domain, error = %e, "DKIM signing failed; relaying unsigned");
+                    None
+                }
+                Err(_) => None,
+            };
+            (body, signed)
+        })
+        .await;
+    (body, signed)
+}
+
 /// Whether every address in the From: field(s) of `message` may be used by
 /// `account` (RFC 5322 3.6.2; a message without From: is left alone).
 fn from_header_allowed(ctx: &Ctx<'_>, account: &str, message: &[u8]) -> bool {
@@ -219,7 +264,7 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, peer: SocketAddr, permit
                 if spooled_serial.take() != Some(session.message_serial()) {
                     spooler.reset();
                 }
-                let body = match spooler.finish(std::mem::take(&mut tx.body)).await {
+                let mut body = match spooler.finish(std::mem::take(&mut tx.body)).await {
                     Ok(b) => b,
                     Err(e) if super::spool::is_over_budget(&e) => {
                         tracing::info!(%peer, spool = shard.budget.spool_used(), "no room for the end of the message in flight; it is refused with 451");
@@ -248,8 +293,17 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, peer: SocketAddr, permit
                 // Relayed recipients first, into this shard's queue; then the
                 // local ones. Both must be durable before the 250.
                 let mut result = Ok(());
+                // Mail relayed for an authenticated sender is DKIM-signed for
+                // its From: domain once, here, and queued with its signatures.
+                let mut signed = None;
+                if !tx.relay.is_empty() && session.authenticated().is_some() {
+                    let (b, s) = dkim_sign(&shard, body, &tx.reverse_path).await;
+                    body = b;
+                    signed = s;
+                }
                 if !tx.relay.is_empty() {
-                    match super::relay::enqueue(&shard, &tx.reverse_path, &tx.relay, &body, tx.smtputf8, tx.body_8bit).await {
+                    let queued: &[u8] = signed.as_deref().unwrap_or(&body);
+                    match super::relay::enqueue(&shard, &tx.reverse_path, &tx.relay, queued, tx.smtputf8, tx.body_8bit).await {
                         Ok(id) => tracing::debug!(%id, recipients = tx.relay.len(), "queued for relay"),
                         Err(e) => result = Err(e),
                     }
