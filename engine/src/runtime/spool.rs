@@ -223,11 +223,31 @@ impl Budget {
     }
 }
 
-/// Return free memory at the top of every malloc arena to the system.
+/// Return free heap memory of every malloc arena to the system. The trim
+/// itself runs on one background thread (`ringmail-trim`): on a large,
+/// fragmented heap it walks every arena under its lock and can take long,
+/// and no shard may wait for it. A request while one is pending is merged.
 pub fn trim_heap() {
-    // SAFETY: malloc_trim only walks the allocator's own free lists.
-    unsafe {
-        libc::malloc_trim(0);
+    use std::sync::mpsc::{sync_channel, SyncSender};
+    use std::sync::OnceLock;
+    static TRIMMER: OnceLock<Option<SyncSender<()>>> = OnceLock::new();
+    let tx = TRIMMER.get_or_init(|| {
+        let (tx, rx) = sync_channel::<()>(1);
+        std::thread::Builder::new()
+            .name("ringmail-trim".into())
+            .spawn(move || {
+                while rx.recv().is_ok() {
+                    // SAFETY: malloc_trim only walks the allocator's own free lists.
+                    unsafe {
+                        libc::malloc_trim(0);
+                    }
+                }
+            })
+            .ok()
+            .map(|_| tx)
+    });
+    if let Some(tx) = tx {
+        let _ = tx.try_send(());
     }
 }
 
