@@ -397,7 +397,7 @@ lg() {
         if [ -s "$out.cpu" ]; then cpu=$(cat "$out.cpu"); fi
         rm -f "$out.cpu"
     fi
-    echo "{\"leg\":\"$name\",\"load1\":$(cut -d' ' -f1 /proc/loadavg),\"exit\":$rc,\"server_cpus\":$cpu}" > "$out.meta.json"
+    echo "{\"leg\":\"$name\",\"load1\":$(cut -d' ' -f1 /proc/loadavg),\"exit\":$rc,\"server_cpus\":$cpu,$(psi_json)}" > "$out.meta.json"
     if [ $rc != 0 ]; then
         log "  $name: loadgen exit $rc (see $out.stderr)"
         [ $rc = 1 ] || return $rc
@@ -415,6 +415,14 @@ print(f"         msgs/s={j['messages_per_s']:.0f} sessions/s={j['sessions_per_s'
 EOF
     return 0
 }
+# psi_json: the kernel's pressure stall figures (share of the last 10 s in
+# which some task waited for IO / for a CPU), as JSON members.
+psi_json() {
+    local io cpu
+    io=$(sed -n 's/^some avg10=\([0-9.]*\).*/\1/p' /proc/pressure/io 2>/dev/null)
+    cpu=$(sed -n 's/^some avg10=\([0-9.]*\).*/\1/p' /proc/pressure/cpu 2>/dev/null)
+    printf '"io_pressure":%s,"cpu_pressure":%s' "${io:-null}" "${cpu:-null}"
+}
 # window DURATION: loadgen's measured window, "WARMUP DURATION-WARMUP" (its
 # --duration includes the warm-up).
 window() { awk -v w="$WARMUP" -v d="$1" 'BEGIN { print w, d - w }'; }
@@ -426,6 +434,10 @@ SMTP_LOAD=(--connections $SMTP_CONNS --size $SIZE --duration "$SMTP_SECS" --warm
 POP3_LOAD=(--connections $POP3_CONNS --delete "${ACCTS[@]}" --password "$PASSWORD")
 IMAP_LOAD=(--connections $IMAP_CONNS --duration "$IMAP_SECS" --warmup "$WARMUP" "${ACCTS[@]}" --password "$PASSWORD"
            --mix 'login=1,select=5,fetch_headers=10,fetch_body=5,store=5,search=3,idle=1,logout=1')
+# The same mix without login and logout: every connection keeps its session
+# for the whole leg (the default mix reconnects every 15 commands or so).
+IMAP_HELD_LOAD=(--connections $IMAP_CONNS --duration "$IMAP_SECS" --warmup "$WARMUP" "${ACCTS[@]}" --password "$PASSWORD"
+           --mix 'select=5,fetch_headers=10,fetch_body=5,store=5,search=3,idle=1')
 
 # -------------------------------------------------------------------- start
 {
@@ -438,7 +450,7 @@ IMAP_LOAD=(--connections $IMAP_CONNS --duration "$IMAP_SECS" --warmup "$WARMUP" 
     echo "smtp: ${SMTP_LOAD[*]}"
     echo "pop3: ${POP3_LOAD[*]}"
     echo "imap: ${IMAP_LOAD[*]}"
-    echo "uptime at start: $(uptime)"
+    echo "uptime at start: $(uptime); pressure: {$(psi_json)}"
 } > "$RESULTS/machine.txt"
 cat "$RESULTS/machine.txt" >&2
 
@@ -572,6 +584,10 @@ for r in $(seq "$ROUNDS"); do
         if [ -n "$RM_IMAP_OK" ]; then
             log " round $r: ringmail IMAPS (load $(cut -d' ' -f1 /proc/loadavg))"
             CPU_PID=$RM_PID CPU_WINDOW=$(window "$IMAP_SECS") lg ringmail-imaps-r$r imap --target "$RM_IMAPS" --tls "${TLS_ARGS[@]}" "${IMAP_LOAD[@]}"
+            # TLS against plain with sessions held (no reconnects).
+            log " round $r: ringmail, sessions held, IMAP then IMAPS (load $(cut -d' ' -f1 /proc/loadavg))"
+            CPU_PID=$RM_PID CPU_WINDOW=$(window "$IMAP_SECS") lg ringmail-imap-held-r$r imap --target "$RM_IMAP" "${IMAP_HELD_LOAD[@]}"
+            CPU_PID=$RM_PID CPU_WINDOW=$(window "$IMAP_SECS") lg ringmail-imaps-held-r$r imap --target "$RM_IMAPS" --tls "${TLS_ARGS[@]}" "${IMAP_HELD_LOAD[@]}"
         fi
     fi
 done
@@ -609,6 +625,6 @@ if [ "$TLS" = 1 ]; then
     done
 fi
 
-echo "uptime at end: $(uptime)" >> "$RESULTS/machine.txt"
+echo "uptime at end: $(uptime); pressure: {$(psi_json)}" >> "$RESULTS/machine.txt"
 log "done in $(( $(date +%s) - START_TS )) s; summary:"
 python3 "$ROOT/bench/scripts/summarize.py" "$RESULTS" | tee "$RESULTS/summary.txt"
