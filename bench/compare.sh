@@ -5,6 +5,15 @@
 #          default durability), ringmail       -- 4 KiB messages, 32 connections
 #   POP3 : Dovecot (Maildir), ringmail         -- retrieve-and-delete
 #   IMAP : Dovecot (Maildir), ringmail         -- loadgen's default mix, 100 sessions
+# With TLS=1 (the default) the same run adds, on one test CA and server
+# certificate made with openssl in the work directory (TLS_KEY: ec = ECDSA
+# P-256, rsa = RSA 2048; the same key and chain for every server):
+#   SMTP : Postfix and ringmail with STARTTLS, connection reuse; and Postfix
+#          and ringmail with a connection per message, plain and STARTTLS
+#   POP3S, IMAPS (implicit TLS): Dovecot, ringmail -- the POP3/IMAP loads above
+#   TLS handshakes per core: a second ringmail with cores = 1, POP3 sessions
+#          with a new connection each (plain, POP3S full handshakes, POP3S
+#          resumed), the server's CPU time sampled over the measured window
 # Each leg runs ROUNDS times, alternating servers (sink, postfix, ringmail,
 # sink, ...); the table shows medians and ringmail's ratio to each peer.
 # Raw JSON, loadgen plots and logs go to bench/results/<timestamp>/.
@@ -13,6 +22,7 @@
 # Environment (defaults in brackets):
 #   ACCOUNTS [1000]  ROUNDS [3]  CORES [2]  SMTP_SECS [5]  IMAP_SECS [8]
 #   POP3_PER_ACCOUNT [10]  IMAP_PER_ACCOUNT [20]  WARMUP [1]
+#   TLS [1] (0: plain legs only)  TLS_KEY [ec]  HS_SECS [5]  HS_ACCOUNTS [400]
 #   STORAGE_TOML (extra lines for ringmail's [storage] section)
 #   SKIP_BUILD=1 (use the existing release binaries)
 #   RESULTS (output directory)
@@ -28,6 +38,11 @@ WARMUP=${WARMUP:-1}
 POP3_PER_ACCOUNT=${POP3_PER_ACCOUNT:-10}
 IMAP_PER_ACCOUNT=${IMAP_PER_ACCOUNT:-20}
 STORAGE_TOML=${STORAGE_TOML:-}
+TLS=${TLS:-1}
+TLS_KEY=${TLS_KEY:-ec}
+HS_SECS=${HS_SECS:-5}
+HS_ACCOUNTS=${HS_ACCOUNTS:-400}
+HS_CONNS=16
 SIZE=4096
 SMTP_CONNS=32
 POP3_CONNS=32
@@ -77,6 +92,15 @@ RINGMAIL=$BIN/ringmail
 WORK=$(mktemp -d /var/tmp/ringmail-compare.XXXXXX)
 chmod 755 "$WORK"
 mkdir -p "$RESULTS"
+PKI=$WORK/pki
+if [ "$TLS" = 1 ]; then
+    tls_pki "$PKI" "$TLS_KEY" || die "openssl could not make the test certificates"
+    cp "$PKI/ca.pem" "$RESULTS/tls-ca.pem"
+    { openssl x509 -in "$PKI/server.pem" -noout -subject -issuer -ext subjectAltName -fingerprint -sha256
+      openssl x509 -in "$PKI/server.pem" -noout -text | grep -E 'Public Key Algorithm|Public-Key|NIST CURVE' | sed 's/^ *//'
+    } > "$RESULTS/tls-server-cert.txt" 2>&1
+fi
+TLS_ARGS=(--tls-ca "$PKI/ca.pem" --tls-server-name "$TLS_NAME")
 SINK_PID=; RM_PID=; PF_UP=; DC_UP=
 cleanup() {
     local rc=$?
@@ -102,10 +126,10 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 # Free loopback TCP ports, all at once so they differ.
-read -r P_SINK P_PF P_DC_IMAP P_DC_POP3 < <(python3 - <<'EOF'
+read -r P_SINK P_PF P_DC_IMAP P_DC_POP3 P_DC_IMAPS P_DC_POP3S < <(python3 - <<'EOF'
 import socket
 socks = []
-for _ in range(4):
+for _ in range(6):
     s = socket.socket(); s.bind(("127.0.0.1", 0)); socks.append(s)
 print(" ".join(str(s.getsockname()[1]) for s in socks))
 EOF
@@ -153,6 +177,17 @@ smtpd_client_connection_count_limit = 0
 smtpd_client_message_rate_limit = 0
 message_size_limit = 33554432
 EOF
+    if [ "$TLS" = 1 ]; then
+        # STARTTLS offered (not required) with the test certificate; session
+        # resumption through tlsmgr's cache and tickets (Postfix's defaults
+        # otherwise).
+        cat >> "$etc/main.cf" <<EOF
+smtpd_tls_security_level = may
+smtpd_tls_chain_files = $PKI/server.key, $PKI/fullchain.pem
+smtpd_tls_loglevel = 0
+smtpd_tls_session_cache_database = btree:$WORK/postfix/data/smtpd_scache
+EOF
+    fi
     # Only the services this setup uses; no chroot, no system paths.
     cat > "$etc/master.cf" <<EOF
 127.0.0.1:$P_PF inet n - n - - smtpd
@@ -175,6 +210,7 @@ anvil     unix  - - n - 1 anvil
 scache    unix  - - n - 1 scache
 postlog   unix-dgram n - n - 1 postlogd
 EOF
+    if [ "$TLS" = 1 ]; then echo "tlsmgr    unix  - - n 1000? 1 tlsmgr" >> "$etc/master.cf"; fi
     postfix -c "$etc" check >/dev/null 2>&1 || true
     postfix -c "$etc" start >/dev/null 2>&1 || { cat "$WORK/postfix/maillog" >&2 2>/dev/null; die "postfix start"; }
     PF_UP=1
@@ -200,6 +236,15 @@ wait_postfix_drained() {
 setup_dovecot() {
     local d=$WORK/dovecot
     mkdir -p "$d/run"
+    local ssl="ssl = no" imaps_port=0 pop3s_port=0 listener_ssl=
+    if [ "$TLS" = 1 ]; then
+        # The test certificate; IMAPS/POP3S listeners, STARTTLS/STLS offered
+        # on the plain ports (the plain legs do not use it).
+        ssl="ssl = yes
+ssl_cert = <$PKI/fullchain.pem
+ssl_key = <$PKI/server.key"
+        imaps_port=$P_DC_IMAPS pop3s_port=$P_DC_POP3S listener_ssl="ssl = yes"
+    fi
     cat > "$d/dovecot.conf" <<EOF
 instance_name = ringmail-bench
 base_dir = $d/run
@@ -207,7 +252,7 @@ state_dir = $d/state
 log_path = $d/dovecot.log
 protocols = imap pop3
 listen = 127.0.0.1
-ssl = no
+$ssl
 disable_plaintext_auth = no
 auth_mechanisms = plain login
 mail_location = maildir:$WORK/mail/%n
@@ -226,7 +271,9 @@ service imap-login {
     port = $P_DC_IMAP
   }
   inet_listener imaps {
-    port = 0
+    address = 127.0.0.1
+    port = $imaps_port
+    $listener_ssl
   }
   service_count = 0
   process_min_avail = $CORES
@@ -237,7 +284,9 @@ service pop3-login {
     port = $P_DC_POP3
   }
   inet_listener pop3s {
-    port = 0
+    address = 127.0.0.1
+    port = $pop3s_port
+    $listener_ssl
   }
   service_count = 0
   process_min_avail = $CORES
@@ -257,7 +306,9 @@ start_ringmail() {
     echo "$PASSWORD" > "$WORK/password"
     "$RINGMAIL" account bulk --data "$data" --pattern "$PATTERN" --count "$ACCOUNTS" < "$WORK/password" >/dev/null \
         || die "ringmail account bulk failed"
-    rm_config "$WORK/ringmail.toml" "$data" "cores = $CORES" "$STORAGE_TOML"
+    local top="cores = $CORES"
+    if [ "$TLS" = 1 ]; then top+=$'\n'$(tls_toml "$PKI"); fi
+    rm_config "$WORK/ringmail.toml" "$data" "$top" "$STORAGE_TOML"
     rm_start "$RINGMAIL" "$WORK/ringmail.toml" "$WORK/ringmail.ready" "$WORK/ringmail.log" \
         || die "ringmail did not start (see $WORK/ringmail.log)"
 }
@@ -326,13 +377,27 @@ clear_maildirs() { find "$WORK/mail" -mindepth 1 -delete; }
 
 # ------------------------------------------------------------------ loadgen
 # lg NAME ARGS... : run loadgen with --json, keep JSON, plot and stderr.
+# With CPU_PID=PID CPU_WINDOW="DELAY LEN", the CPUs that process used from
+# DELAY to DELAY+LEN seconds after the start (loadgen's measured window: its
+# warm-up, then its duration) go into the leg's meta.json as server_cpus.
 lg() {
     local name=$1; shift
     local out=$RESULTS/$name
-    local rc=0
+    local rc=0 cpu_job= cpu=null delay len
+    if [ -n "${CPU_PID:-}" ]; then
+        read -r delay len <<< "$CPU_WINDOW"
+        ( sleep "$delay"; a=$(proc_cpu "$CPU_PID"); sleep "$len"; b=$(proc_cpu "$CPU_PID")
+          python3 -c "print(round(($b - $a) / $len, 4))" > "$out.cpu" ) &
+        cpu_job=$!
+    fi
     timeout 300 "$LOADGEN" "$@" --json --plot "$out.svg" --no-progress --max-time 240 \
         > "$out.json" 2> "$out.stderr" || rc=$?
-    echo "{\"leg\":\"$name\",\"load1\":$(cut -d' ' -f1 /proc/loadavg),\"exit\":$rc}" > "$out.meta.json"
+    if [ -n "$cpu_job" ]; then
+        wait "$cpu_job" 2>/dev/null || true
+        if [ -s "$out.cpu" ]; then cpu=$(cat "$out.cpu"); fi
+        rm -f "$out.cpu"
+    fi
+    echo "{\"leg\":\"$name\",\"load1\":$(cut -d' ' -f1 /proc/loadavg),\"exit\":$rc,\"server_cpus\":$cpu,$(psi_json)}" > "$out.meta.json"
     if [ $rc != 0 ]; then
         log "  $name: loadgen exit $rc (see $out.stderr)"
         [ $rc = 1 ] || return $rc
@@ -344,10 +409,23 @@ v = j.get("verify")
 ver = "" if not v else f" verify: ok={v['ok']} found={v['found_ok']}/{v['expected']} missing={v['missing']} corrupted={v['corrupted']} duplicated={v['duplicated']}"
 c = j.get("counters", {})
 cmd = f" commands/s={c['commands_ok']/j['duration_s']:.0f}" if "commands_ok" in c else ""
-print(f"         msgs/s={j['messages_per_s']:.0f} sessions/s={j['sessions_per_s']:.0f}{cmd} errors={j['errors_total']}{ver}")
+t = j.get("tls")
+hs = f" tls: full={t['handshakes_full']} resumed={t['handshakes_resumed']} {t['version']}" if t else ""
+print(f"         msgs/s={j['messages_per_s']:.0f} sessions/s={j['sessions_per_s']:.0f}{cmd} errors={j['errors_total']}{ver}{hs}")
 EOF
     return 0
 }
+# psi_json: the kernel's pressure stall figures (share of the last 10 s in
+# which some task waited for IO / for a CPU), as JSON members.
+psi_json() {
+    local io cpu
+    io=$(sed -n 's/^some avg10=\([0-9.]*\).*/\1/p' /proc/pressure/io 2>/dev/null)
+    cpu=$(sed -n 's/^some avg10=\([0-9.]*\).*/\1/p' /proc/pressure/cpu 2>/dev/null)
+    printf '"io_pressure":%s,"cpu_pressure":%s' "${io:-null}" "${cpu:-null}"
+}
+# window DURATION: loadgen's measured window, "WARMUP DURATION-WARMUP" (its
+# --duration includes the warm-up).
+window() { awk -v w="$WARMUP" -v d="$1" 'BEGIN { print w, d - w }'; }
 # Unmeasured helper runs (fill, drain, warm-up).
 lg_quiet() { timeout 300 "$LOADGEN" "$@" --json --no-progress --max-time 240 > /dev/null 2>> "$RESULTS/helpers.stderr"; }
 
@@ -356,25 +434,31 @@ SMTP_LOAD=(--connections $SMTP_CONNS --size $SIZE --duration "$SMTP_SECS" --warm
 POP3_LOAD=(--connections $POP3_CONNS --delete "${ACCTS[@]}" --password "$PASSWORD")
 IMAP_LOAD=(--connections $IMAP_CONNS --duration "$IMAP_SECS" --warmup "$WARMUP" "${ACCTS[@]}" --password "$PASSWORD"
            --mix 'login=1,select=5,fetch_headers=10,fetch_body=5,store=5,search=3,idle=1,logout=1')
+# The same mix without login and logout: every connection keeps its session
+# for the whole leg (the default mix reconnects every 15 commands or so).
+IMAP_HELD_LOAD=(--connections $IMAP_CONNS --duration "$IMAP_SECS" --warmup "$WARMUP" "${ACCTS[@]}" --password "$PASSWORD"
+           --mix 'select=5,fetch_headers=10,fetch_body=5,store=5,search=3,idle=1')
 
 # -------------------------------------------------------------------- start
 {
     echo "date: $(date -u +%FT%TZ)"
     echo "host: $(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), kernel $(uname -r)"
     echo "versions: $(postconf -d mail_version 2>/dev/null), dovecot $(dovecot --version), ringmail $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null)"
+    echo "cpu: $(lscpu | grep -E '^(Model name|Thread\(s\) per core|Core\(s\) per socket|Socket\(s\)|Hypervisor vendor|L3 cache):' | sed 's/  */ /g' | paste -sd';' -)"
     echo "params: ACCOUNTS=$ACCOUNTS ROUNDS=$ROUNDS CORES=$CORES SMTP_SECS=$SMTP_SECS IMAP_SECS=$IMAP_SECS WARMUP=$WARMUP POP3_PER_ACCOUNT=$POP3_PER_ACCOUNT IMAP_PER_ACCOUNT=$IMAP_PER_ACCOUNT SIZE=$SIZE STORAGE_TOML=${STORAGE_TOML//$'\n'/; }"
+    echo "tls: TLS=$TLS TLS_KEY=$TLS_KEY ($([ "$TLS_KEY" = rsa ] && echo RSA 2048 || echo ECDSA P-256) CA and server key, the same files for ringmail, Postfix and Dovecot) HS_SECS=$HS_SECS HS_ACCOUNTS=$HS_ACCOUNTS HS_CONNS=$HS_CONNS; $(openssl version)"
     echo "smtp: ${SMTP_LOAD[*]}"
     echo "pop3: ${POP3_LOAD[*]}"
     echo "imap: ${IMAP_LOAD[*]}"
-    echo "uptime at start: $(uptime)"
+    echo "uptime at start: $(uptime); pressure: {$(psi_json)}"
 } > "$RESULTS/machine.txt"
 cat "$RESULTS/machine.txt" >&2
 
-log "starting smtp-sink :$P_SINK, Postfix :$P_PF, Dovecot imap :$P_DC_IMAP pop3 :$P_DC_POP3, ringmail"
+log "starting smtp-sink :$P_SINK, Postfix :$P_PF, Dovecot imap :$P_DC_IMAP pop3 :$P_DC_POP3$([ "$TLS" = 1 ] && echo " imaps :$P_DC_IMAPS pop3s :$P_DC_POP3S"), ringmail"
 setup_postfix
 setup_dovecot
 start_ringmail
-log "ringmail: smtp=$RM_SMTP pop3=$RM_POP3 imap=$RM_IMAP"
+log "ringmail: smtp=$RM_SMTP pop3=$RM_POP3 imap=$RM_IMAP imaps=$RM_IMAPS pop3s=$RM_POP3S"
 # ringmail checks a password with argon2 (tens of ms) the first time an
 # account logs in on a shard, then caches it in that shard (Dovecot's static
 # passdb checks nothing). Log in to every account until the caches of all
@@ -390,7 +474,25 @@ for pass in 1 2 3 4 5 6 7 8; do
 done
 
 # --------------------------------------------------------------------- SMTP
-log "SMTP: ${ROUNDS} rounds of smtp-sink, Postfix, ringmail (${SMTP_SECS}s each, +${WARMUP}s warm-up)"
+# postfix_leg NAME LABEL [LOADGEN ARGS...] / ringmail_smtp_leg NAME LABEL [ARGS...]:
+# one SMTP leg of round $r with the shared load plus ARGS, verified; ringmail's
+# CPU is sampled over the measured window, and its mailboxes are emptied after.
+postfix_leg() {
+    local name=$1 label=$2; shift 2
+    log " round $r: Postfix $label (load $(cut -d' ' -f1 /proc/loadavg))"
+    clear_maildirs
+    lg "$name-r$r" smtp --target 127.0.0.1:$P_PF "${SMTP_LOAD[@]}" "$@" \
+        --verify --verify-pop3 127.0.0.1:$P_DC_POP3 --password "$PASSWORD" --verify-wait 3
+    wait_postfix_drained
+}
+ringmail_smtp_leg() {
+    local name=$1 label=$2; shift 2
+    log " round $r: ringmail $label (load $(cut -d' ' -f1 /proc/loadavg))"
+    CPU_PID=$RM_PID CPU_WINDOW=$(window "$SMTP_SECS") lg "$name-r$r" smtp --target "$RM_SMTP" "${SMTP_LOAD[@]}" "$@" \
+        --verify --verify-pop3 "$RM_POP3" --password "$PASSWORD"
+    lg_quiet pop3 --target "$RM_POP3" "${POP3_LOAD[@]}"
+}
+log "SMTP: ${ROUNDS} rounds of smtp-sink, Postfix, ringmail$([ "$TLS" = 1 ] && echo ", then Postfix and ringmail with STARTTLS, and both with a connection per message, plain and STARTTLS") (${SMTP_SECS}s each, +${WARMUP}s warm-up)"
 for r in $(seq "$ROUNDS"); do
     log " round $r: smtp-sink"
     start_sink; sleep 0.3
@@ -404,11 +506,25 @@ for r in $(seq "$ROUNDS"); do
     wait_postfix_drained
 
     log " round $r: ringmail (load $(cut -d' ' -f1 /proc/loadavg))"
-    lg ringmail-smtp-r$r smtp --target "$RM_SMTP" "${SMTP_LOAD[@]}" \
+    CPU_PID=$RM_PID CPU_WINDOW=$(window "$SMTP_SECS") lg ringmail-smtp-r$r smtp --target "$RM_SMTP" "${SMTP_LOAD[@]}" \
         --verify --verify-pop3 "$RM_POP3" --password "$PASSWORD"
     # Empty ringmail's mailboxes again (unmeasured) so later verifications
     # only read their own round.
     lg_quiet pop3 --target "$RM_POP3" "${POP3_LOAD[@]}"
+
+    if [ "$TLS" = 1 ]; then
+        # STARTTLS on the same connections (EHLO, STARTTLS, EHLO, then every
+        # message on it); --verify reads back over POP3 with STLS.
+        postfix_leg postfix-tls STARTTLS --starttls "${TLS_ARGS[@]}"
+        ringmail_smtp_leg ringmail-smtp-tls STARTTLS --starttls "${TLS_ARGS[@]}"
+        # A connection per message (--reuse 1), plain, then STARTTLS (each
+        # handshake resumes the session of an earlier one when the server
+        # allows it).
+        postfix_leg postfix-1c "connection per message" --reuse 1
+        ringmail_smtp_leg ringmail-smtp-1c "connection per message" --reuse 1
+        postfix_leg postfix-tls-1c "STARTTLS, connection per message" --reuse 1 --starttls "${TLS_ARGS[@]}"
+        ringmail_smtp_leg ringmail-smtp-tls-1c "STARTTLS, connection per message" --reuse 1 --starttls "${TLS_ARGS[@]}"
+    fi
 done
 clear_maildirs
 
@@ -424,6 +540,19 @@ for r in $(seq "$ROUNDS"); do
         --messages $((ACCOUNTS * POP3_PER_ACCOUNT)) "${ACCTS[@]}"
     log " round $r: ringmail (load $(cut -d' ' -f1 /proc/loadavg))"
     lg ringmail-pop3-r$r pop3 --target "$RM_POP3" "${POP3_LOAD[@]}"
+
+    if [ "$TLS" = 1 ]; then
+        # The same over POP3S (implicit TLS), a connection per session.
+        fill_maildirs "$POP3_PER_ACCOUNT"
+        log " round $r: dovecot POP3S (load $(cut -d' ' -f1 /proc/loadavg))"
+        lg dovecot-pop3s-r$r pop3 --target 127.0.0.1:$P_DC_POP3S --tls "${TLS_ARGS[@]}" "${POP3_LOAD[@]}"
+        clear_maildirs
+
+        lg_quiet smtp --target "$RM_SMTP" --connections $SMTP_CONNS --size $SIZE \
+            --messages $((ACCOUNTS * POP3_PER_ACCOUNT)) "${ACCTS[@]}"
+        log " round $r: ringmail POP3S (load $(cut -d' ' -f1 /proc/loadavg))"
+        lg ringmail-pop3s-r$r pop3 --target "$RM_POP3S" --tls "${TLS_ARGS[@]}" "${POP3_LOAD[@]}"
+    fi
 done
 
 # --------------------------------------------------------------------- IMAP
@@ -446,10 +575,56 @@ for r in $(seq "$ROUNDS"); do
     lg dovecot-imap-r$r imap --target 127.0.0.1:$P_DC_IMAP "${IMAP_LOAD[@]}"
     if [ -n "$RM_IMAP_OK" ]; then
         log " round $r: ringmail (load $(cut -d' ' -f1 /proc/loadavg))"
-        lg ringmail-imap-r$r imap --target "$RM_IMAP" "${IMAP_LOAD[@]}"
+        CPU_PID=$RM_PID CPU_WINDOW=$(window "$IMAP_SECS") lg ringmail-imap-r$r imap --target "$RM_IMAP" "${IMAP_LOAD[@]}"
+    fi
+    if [ "$TLS" = 1 ]; then
+        # The same mix over IMAPS (implicit TLS; LOGOUT and LOGIN reconnect).
+        log " round $r: dovecot IMAPS (load $(cut -d' ' -f1 /proc/loadavg))"
+        lg dovecot-imaps-r$r imap --target 127.0.0.1:$P_DC_IMAPS --tls "${TLS_ARGS[@]}" "${IMAP_LOAD[@]}"
+        if [ -n "$RM_IMAP_OK" ]; then
+            log " round $r: ringmail IMAPS (load $(cut -d' ' -f1 /proc/loadavg))"
+            CPU_PID=$RM_PID CPU_WINDOW=$(window "$IMAP_SECS") lg ringmail-imaps-r$r imap --target "$RM_IMAPS" --tls "${TLS_ARGS[@]}" "${IMAP_LOAD[@]}"
+            # TLS against plain with sessions held (no reconnects).
+            log " round $r: ringmail, sessions held, IMAP then IMAPS (load $(cut -d' ' -f1 /proc/loadavg))"
+            CPU_PID=$RM_PID CPU_WINDOW=$(window "$IMAP_SECS") lg ringmail-imap-held-r$r imap --target "$RM_IMAP" "${IMAP_HELD_LOAD[@]}"
+            CPU_PID=$RM_PID CPU_WINDOW=$(window "$IMAP_SECS") lg ringmail-imaps-held-r$r imap --target "$RM_IMAPS" --tls "${TLS_ARGS[@]}" "${IMAP_HELD_LOAD[@]}"
+        fi
     fi
 done
 
-echo "uptime at end: $(uptime)" >> "$RESULTS/machine.txt"
+# ------------------------------------------------------ TLS handshakes/core
+# A second ringmail with one executor (cores = 1), the same certificate and
+# HS_ACCOUNTS accounts (their passwords checked once, unmeasured). POP3
+# sessions with a connection each (USER/PASS, STAT, LIST, UIDL, QUIT on an
+# empty mailbox, --max-retr 0), HS_CONNS at a time for HS_SECS: plain POP3,
+# POP3S with every handshake full (--tls-resume off), POP3S resuming
+# (--tls-resume on). The server's CPU time over the measured window gives
+# sessions per CPU-second; the TLS legs minus the plain one give the
+# handshake's own cost.
+if [ "$TLS" = 1 ]; then
+    rm_stop
+    data1=$WORK/ringmail-1core-data
+    "$RINGMAIL" account bulk --data "$data1" --pattern "$PATTERN" --count "$HS_ACCOUNTS" < "$WORK/password" >/dev/null \
+        || die "ringmail account bulk (1 core) failed"
+    rm_config "$WORK/ringmail-1core.toml" "$data1" "cores = 1"$'\n'"$(tls_toml "$PKI")" "$STORAGE_TOML"
+    echo "--- ringmail, cores = 1 (handshake legs)" >> "$WORK/ringmail.log"
+    rm_start "$RINGMAIL" "$WORK/ringmail-1core.toml" "$WORK/ringmail-1core.ready" "$WORK/ringmail.log" \
+        || die "ringmail (cores = 1) did not start (see $WORK/ringmail.log)"
+    HS_ACCTS=(--accounts "$HS_ACCOUNTS" --account-pattern "$PATTERN" --password "$PASSWORD")
+    lg_quiet pop3 --target "$RM_POP3" --connections "$HS_CONNS" --max-retr 0 "${HS_ACCTS[@]}" \
+        || die "ringmail (cores = 1) POP3 warm-up failed"
+    HS_LOAD=(--connections "$HS_CONNS" --max-retr 0 --duration "$HS_SECS" --warmup "$WARMUP" "${HS_ACCTS[@]}")
+    log "TLS handshakes: ${ROUNDS} rounds of plain POP3, POP3S full, POP3S resumed on ringmail with cores = 1 (${HS_SECS}s each)"
+    for r in $(seq "$ROUNDS"); do
+        log " round $r: plain, full, resumed (load $(cut -d' ' -f1 /proc/loadavg))"
+        CPU_PID=$RM_PID CPU_WINDOW=$(window "$HS_SECS") lg hs-plain-r$r pop3 --target "$RM_POP3" "${HS_LOAD[@]}"
+        CPU_PID=$RM_PID CPU_WINDOW=$(window "$HS_SECS") lg hs-full-r$r pop3 --target "$RM_POP3S" --tls "${TLS_ARGS[@]}" \
+            --tls-resume off "${HS_LOAD[@]}"
+        CPU_PID=$RM_PID CPU_WINDOW=$(window "$HS_SECS") lg hs-resumed-r$r pop3 --target "$RM_POP3S" --tls "${TLS_ARGS[@]}" \
+            --tls-resume on "${HS_LOAD[@]}"
+    done
+fi
+
+echo "uptime at end: $(uptime); pressure: {$(psi_json)}" >> "$RESULTS/machine.txt"
 log "done in $(( $(date +%s) - START_TS )) s; summary:"
 python3 "$ROOT/bench/scripts/summarize.py" "$RESULTS" | tee "$RESULTS/summary.txt"

@@ -70,6 +70,10 @@ pub struct Conn {
     tls: Option<Box<rustls::Connection>>,
     /// Encrypted records on their way to the socket (empty when plain).
     tls_out: Vec<u8>,
+    /// Bytes rustls wrote into `tls_out` so far (feature `write-stats`, for
+    /// the copy-count test in bench/).
+    #[cfg(feature = "write-stats")]
+    tls_out_total: u64,
 }
 
 #[derive(Debug)]
@@ -94,7 +98,24 @@ impl Conn {
         let end = initial.len();
         let mut buf = initial;
         buf.reserve(READ_CHUNK);
-        Conn { stream, buf, start: 0, end, timeout: None, max: 4 * READ_CHUNK, tls, tls_out: Vec::new() }
+        Conn {
+            stream,
+            buf,
+            start: 0,
+            end,
+            timeout: None,
+            max: 4 * READ_CHUNK,
+            tls,
+            tls_out: Vec::new(),
+            #[cfg(feature = "write-stats")]
+            tls_out_total: 0,
+        }
+    }
+
+    /// Bytes copied into `tls_out` (records for the socket) so far.
+    #[cfg(feature = "write-stats")]
+    pub fn tls_out_total(&self) -> u64 {
+        self.tls_out_total
     }
 
     /// The client's address (unspecified if the socket cannot tell).
@@ -367,7 +388,11 @@ impl Conn {
         let Some(tls) = self.tls.as_mut() else { return Ok(()) };
         while tls.wants_write() {
             self.tls_out.clear();
-            tls.write_tls(&mut self.tls_out)?;
+            let _n = tls.write_tls(&mut self.tls_out)?;
+            #[cfg(feature = "write-stats")]
+            {
+                self.tls_out_total += _n as u64;
+            }
             self.stream.write_all(&self.tls_out).await?;
         }
         Ok(())
