@@ -12,7 +12,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use mail_auth::common::crypto::{Ed25519Key, RsaKey, Sha256};
+use mail_auth::common::crypto::{Ed25519Key, RsaKey, Sha256, SigningKey};
 use mail_auth::common::headers::HeaderWriter;
 use mail_auth::dkim::{Canonicalization, DkimSigner};
 
@@ -131,29 +131,22 @@ impl Key {
     fn sign(&self, domain: &str, message: &[u8]) -> Result<String, String> {
         let domain = domain.trim_end_matches('.').to_ascii_lowercase();
         let signature = match self.algorithm {
-            Algorithm::Ed25519 => {
-                let k = Ed25519Key::from_pkcs8_der(&self.der).map_err(|e| e.to_string())?;
-                DkimSigner::from_key(k)
-                    .domain(domain)
-                    .selector(self.selector.clone())
-                    .headers(SIGNED_HEADERS.iter().copied())
-                    .header_canonicalization(Canonicalization::Relaxed)
-                    .body_canonicalization(Canonicalization::Relaxed)
-                    .sign(message)
-            }
-            Algorithm::Rsa => {
-                let k = rsa_key(&self.der).map_err(|e| e.to_string())?;
-                DkimSigner::from_key(k)
-                    .domain(domain)
-                    .selector(self.selector.clone())
-                    .headers(SIGNED_HEADERS.iter().copied())
-                    .header_canonicalization(Canonicalization::Relaxed)
-                    .body_canonicalization(Canonicalization::Relaxed)
-                    .sign(message)
-            }
+            Algorithm::Ed25519 => signature(Ed25519Key::from_pkcs8_der(&self.der).map_err(|e| e.to_string())?, domain, &self.selector, message),
+            Algorithm::Rsa => signature(rsa_key(&self.der).map_err(|e| e.to_string())?, domain, &self.selector, message),
         };
         signature.map(|s| s.to_header()).map_err(|e| e.to_string())
     }
+}
+
+/// Sign `message` with `key` for `domain` and `selector`, relaxed/relaxed.
+fn signature<K: SigningKey>(key: K, domain: String, selector: &str, message: &[u8]) -> mail_auth::Result<mail_auth::dkim::Signature> {
+    DkimSigner::from_key(key)
+        .domain(domain)
+        .selector(selector)
+        .headers(SIGNED_HEADERS.iter().copied())
+        .header_canonicalization(Canonicalization::Relaxed)
+        .body_canonicalization(Canonicalization::Relaxed)
+        .sign(message)
 }
 
 fn rsa_key(pkcs1_der: &[u8]) -> mail_auth::Result<RsaKey<Sha256>> {
@@ -167,21 +160,9 @@ pub fn txt_record(algorithm: Algorithm, public_key: &[u8]) -> String {
         Algorithm::Ed25519 => "ed25519",
         Algorithm::Rsa => "rsa",
     };
-    format!("v=DKIM1; k={k}; p={}", base64(public_key))
+    format!("v=DKIM1; k={k}; p={}", crate::util::base64_encode(public_key))
 }
 
-/// Standard base64 with padding, unbroken (a TXT record's `p=` value).
-fn base64(data: &[u8]) -> String {
-    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
-    for c in data.chunks(3) {
-        let n = (u32::from(c[0]) << 16) | (u32::from(*c.get(1).unwrap_or(&0)) << 8) | u32::from(*c.get(2).unwrap_or(&0));
-        for i in 0..4 {
-            out.push(if i <= c.len() { T[(n >> (18 - 6 * i) & 63) as usize] as char } else { '=' });
-        }
-    }
-    out
-}
 
 /// Make a key for `domain` under `selector` in the data directory; returns
 /// its path and the TXT record to publish. An existing key is kept (error).

@@ -5,27 +5,13 @@
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
+use ringmail::util::base64_encode as b64;
 use ringmail_tests::*;
 
 /// Short delays and a small ban threshold, so the test runs in seconds.
 const CONFIG: &str = "[auth_throttle]\nfailure_delay_ms = 100\nfailure_delay_max_ms = 400\nban_after_failures = 10\nban_secs = 300\naccount_lock_after_failures = 30\n";
 const ALICE: (&str, &str) = ("alice@example.test", "alice-secret");
 
-fn b64(data: &[u8]) -> String {
-    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::new();
-    for c in data.chunks(3) {
-        let n = (u32::from(c[0]) << 16) | (u32::from(*c.get(1).unwrap_or(&0)) << 8) | u32::from(*c.get(2).unwrap_or(&0));
-        for i in 0..4 {
-            if i <= c.len() {
-                out.push(T[(n >> (18 - 6 * i) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
-}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Outcome {
