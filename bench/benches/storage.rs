@@ -26,7 +26,11 @@ fn open(dir: &std::path::Path) -> Rc<Store> {
 }
 
 fn executor<T: 'static>(f: impl std::future::Future<Output = T> + 'static) -> T {
-    glommio::LocalExecutorBuilder::default().io_memory(256 << 10).make().unwrap().run(f)
+    glommio::LocalExecutorBuilder::default()
+        .io_memory(256 << 10)
+        .make()
+        .unwrap()
+        .run(f)
 }
 
 /// `appenders` concurrent deliveries of 4 KiB messages; every round of the
@@ -37,42 +41,54 @@ fn append_group_commit(c: &mut Criterion) {
     g.sample_size(10).measurement_time(Duration::from_secs(5));
     for appenders in [1usize, 16, 64] {
         g.throughput(Throughput::Elements(1));
-        g.bench_with_input(BenchmarkId::from_parameter(appenders), &appenders, |b, &appenders| {
-            b.iter_custom(|iters| {
-                let dir = tempfile::tempdir().unwrap();
-                let path = dir.path().to_path_buf();
-                let body = body.clone();
-                executor(async move {
-                    let store = open(&path);
-                    // Create the first segment (fallocate + directory sync) before timing.
-                    store.deliver(&["warmup@bench.test".to_string()], b"", &body, 0).await.unwrap();
-                    let per = (iters as usize).div_ceil(appenders);
-                    let start = Instant::now();
-                    let tasks: Vec<_> = (0..appenders)
-                        .map(|t| {
-                            let store = store.clone();
-                            let body = body.clone();
-                            glommio::spawn_local(async move {
-                                for i in 0..per {
-                                    let account = format!("u{}@bench.test", (t * 7919 + i) % 1000);
-                                    store.deliver(&[account], b"", &body, 0).await.unwrap();
-                                }
+        g.bench_with_input(
+            BenchmarkId::from_parameter(appenders),
+            &appenders,
+            |b, &appenders| {
+                b.iter_custom(|iters| {
+                    let dir = tempfile::tempdir().unwrap();
+                    let path = dir.path().to_path_buf();
+                    let body = body.clone();
+                    executor(async move {
+                        let store = open(&path);
+                        // Create the first segment (fallocate + directory sync) before timing.
+                        store
+                            .deliver(&["warmup@bench.test".to_string()], b"", &body, 0)
+                            .await
+                            .unwrap();
+                        let per = (iters as usize).div_ceil(appenders);
+                        let start = Instant::now();
+                        let tasks: Vec<_> = (0..appenders)
+                            .map(|t| {
+                                let store = store.clone();
+                                let body = body.clone();
+                                glommio::spawn_local(async move {
+                                    for i in 0..per {
+                                        let account =
+                                            format!("u{}@bench.test", (t * 7919 + i) % 1000);
+                                        store.deliver(&[account], b"", &body, 0).await.unwrap();
+                                    }
+                                })
                             })
-                        })
-                        .collect();
-                    for t in tasks {
-                        t.await;
-                    }
-                    let elapsed = start.elapsed();
-                    // Result check: every delivery is in the index.
-                    let total: usize = (0..1000)
-                        .filter_map(|a| store.with_account(&format!("u{a}@bench.test"), |acc| acc.mailbox(index::INBOX).unwrap().messages.len()))
-                        .sum();
-                    assert_eq!(total, per * appenders);
-                    elapsed.mul_f64(iters as f64 / (per * appenders) as f64)
+                            .collect();
+                        for t in tasks {
+                            t.await;
+                        }
+                        let elapsed = start.elapsed();
+                        // Result check: every delivery is in the index.
+                        let total: usize = (0..1000)
+                            .filter_map(|a| {
+                                store.with_account(&format!("u{a}@bench.test"), |acc| {
+                                    acc.mailbox(index::INBOX).unwrap().messages.len()
+                                })
+                            })
+                            .sum();
+                        assert_eq!(total, per * appenders);
+                        elapsed.mul_f64(iters as f64 / (per * appenders) as f64)
+                    })
                 })
-            })
-        });
+            },
+        );
     }
     g.finish();
 }
@@ -87,7 +103,10 @@ fn checkpoint_load(c: &mut Criterion) {
         let accounts: Vec<String> = (0..1000).map(|a| format!("u{a}@bench.test")).collect();
         for i in 0..100 {
             // 1000 accounts x 100 messages; one commit per 1000 copies.
-            store.deliver(&accounts, b"", format!("m{i}\r\n").as_bytes(), i).await.unwrap();
+            store
+                .deliver(&accounts, b"", format!("m{i}\r\n").as_bytes(), i)
+                .await
+                .unwrap();
         }
         store.checkpoint_all().await.unwrap();
     });
@@ -99,7 +118,11 @@ fn checkpoint_load(c: &mut Criterion) {
             executor(async move {
                 let store = open(&p);
                 let n: usize = (0..1000)
-                    .filter_map(|a| store.with_account(&format!("u{a}@bench.test"), |acc| acc.mailbox(index::INBOX).unwrap().messages.len()))
+                    .filter_map(|a| {
+                        store.with_account(&format!("u{a}@bench.test"), |acc| {
+                            acc.mailbox(index::INBOX).unwrap().messages.len()
+                        })
+                    })
                     .sum();
                 assert_eq!(n, 100_000);
             })

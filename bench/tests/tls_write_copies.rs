@@ -112,7 +112,11 @@ fn body_file(dir: &std::path::Path) -> (PathBuf, Vec<u8>) {
 
 /// Reads everything until the server closes, counting ciphertext bytes;
 /// returns (ciphertext bytes received, plaintext received).
-fn client(addr: SocketAddr, ca: PathBuf, versions: &'static [&'static rustls::SupportedProtocolVersion]) -> (u64, Vec<u8>) {
+fn client(
+    addr: SocketAddr,
+    ca: PathBuf,
+    versions: &'static [&'static rustls::SupportedProtocolVersion],
+) -> (u64, Vec<u8>) {
     struct CountingStream(std::net::TcpStream, u64);
     impl Read for CountingStream {
         fn read(&mut self, b: &mut [u8]) -> std::io::Result<usize> {
@@ -142,7 +146,8 @@ fn client(addr: SocketAddr, ca: PathBuf, versions: &'static [&'static rustls::Su
     let name = ServerName::try_from("mail.bench.test").unwrap();
     let conn = rustls::ClientConnection::new(Arc::new(cfg), name).unwrap();
     let sock = std::net::TcpStream::connect(addr).unwrap();
-    sock.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
     let mut tls = rustls::StreamOwned::new(conn, CountingStream(sock, 0));
     let mut plain = Vec::with_capacity(2 * BODY + 64);
     let mut buf = vec![0u8; 1 << 16];
@@ -172,7 +177,11 @@ struct Measured {
 
 fn measure(versions: &'static [&'static rustls::SupportedProtocolVersion]) -> Measured {
     let dir = tempfile::tempdir().unwrap();
-    let config = Config { data_dir: dir.path().join("data"), hostname: "mail.bench.test".into(), ..Config::default() };
+    let config = Config {
+        data_dir: dir.path().join("data"),
+        hostname: "mail.bench.test".into(),
+        ..Config::default()
+    };
     let tls = Tls::load(&config).unwrap();
     let server_cfg = tls.server_config();
     let ca = tls.certificates()[0].cert_path.clone();
@@ -258,18 +267,44 @@ fn check(m: &Measured, overhead: u64) {
     report(m);
     // Copy into tls_out: each body byte exactly once, plus each record's
     // header, content type and tag.
-    assert_eq!(m.tls_out, m.body + m.records * overhead, "bytes through tls_out");
+    assert_eq!(
+        m.tls_out,
+        m.body + m.records * overhead,
+        "bytes through tls_out"
+    );
     // Copy into the records: one fresh buffer per record holding the body
     // once (and its overhead), nothing that holds it a second time.
-    assert!(m.allocated >= m.body, "records are not new buffers? {} < {}", m.allocated, m.body);
-    assert!(m.allocated < m.body + m.body / 50, "more than one buffer per body byte: {}", m.allocated);
+    assert!(
+        m.allocated >= m.body,
+        "records are not new buffers? {} < {}",
+        m.allocated,
+        m.body
+    );
+    assert!(
+        m.allocated < m.body + m.body / 50,
+        "more than one buffer per body byte: {}",
+        m.allocated
+    );
     // ... the largest a record: 16 KiB of plaintext and its overhead.
-    assert!(m.largest > 16384 && m.largest <= 16384 + 64, "largest allocation {}", m.largest);
-    assert!(m.reallocated < m.body / 100, "buffers grew (and moved) while writing: {}", m.reallocated);
+    assert!(
+        m.largest > 16384 && m.largest <= 16384 + 64,
+        "largest allocation {}",
+        m.largest
+    );
+    assert!(
+        m.reallocated < m.body / 100,
+        "buffers grew (and moved) while writing: {}",
+        m.reallocated
+    );
     // The socket carried what tls_out held: the handshake, both writes,
     // and the close_notify record sent on drop (24 bytes under TLS 1.3, 31
     // under TLS 1.2 with AES-GCM).
-    assert!(m.socket >= m.tls_out_total && m.socket <= m.tls_out_total + 31, "socket {} vs tls_out {}", m.socket, m.tls_out_total);
+    assert!(
+        m.socket >= m.tls_out_total && m.socket <= m.tls_out_total + 31,
+        "socket {} vs tls_out {}",
+        m.socket,
+        m.tls_out_total
+    );
 }
 
 #[test]
@@ -288,7 +323,11 @@ fn tls12_body_bytes_are_copied_twice_in_user_space() {
     assert_eq!(m.version, "TLSv1.2");
     // 5-byte header, then AES-GCM: 8-byte explicit nonce and 16-byte tag;
     // ChaCha20-Poly1305: the tag only.
-    let overhead = if m.cipher.contains("CHACHA20") { 21 } else { 29 };
+    let overhead = if m.cipher.contains("CHACHA20") {
+        21
+    } else {
+        29
+    };
     check(&m, overhead);
 }
 
@@ -328,5 +367,8 @@ fn plain_body_bytes_are_not_copied_in_user_space() {
     assert!(got.len() == 2 * BODY && got[..BODY] == expected[..] && got[BODY..] == expected[..]);
     // Only the reactor's bookkeeping while the socket is full, never a
     // buffer for the data.
-    assert!(allocated < 64 * 1024 && largest < 4096, "plain writes allocated {allocated} bytes (largest {largest})");
+    assert!(
+        allocated < 64 * 1024 && largest < 4096,
+        "plain writes allocated {allocated} bytes (largest {largest})"
+    );
 }

@@ -1,8 +1,11 @@
 //! Probe group commit: N concurrent appenders, report syncs and sync time.
-use std::time::Instant;
 use ringmail::storage::{Meta, Store, StoreConfig};
+use std::time::Instant;
 fn main() {
-    let n: usize = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(64);
+    let n: usize = std::env::args()
+        .nth(1)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(64);
     let total: usize = 20000;
     let dir = tempfile::tempdir_in(".").unwrap();
     let path = dir.path().to_path_buf();

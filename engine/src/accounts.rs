@@ -13,7 +13,9 @@ use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use argon2::password_hash::{rand_core::OsRng, PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::password_hash::{
+    rand_core::OsRng, PasswordHash, PasswordHasher, PasswordVerifier, SaltString,
+};
 use argon2::Argon2;
 
 pub const ACCOUNT_FILE: &str = "accounts";
@@ -27,11 +29,18 @@ pub enum AccountError {
     #[error("no account {0}")]
     Missing(String),
     #[error("{path}:{line}: {message}")]
-    Corrupt { path: PathBuf, line: usize, message: String },
+    Corrupt {
+        path: PathBuf,
+        line: usize,
+        message: String,
+    },
     #[error("password hashing failed: {0}")]
     Hash(String),
     #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 /// Canonical form of an address: the domain lower-cased, the local part too
@@ -39,7 +48,9 @@ pub enum AccountError {
 /// mailboxes, and every user coming from Postfix or Dovecot expects it).
 pub fn canonical(address: &str) -> Result<String, AccountError> {
     let a = address.trim();
-    let (local, domain) = a.rsplit_once('@').ok_or_else(|| AccountError::BadAddress(a.into()))?;
+    let (local, domain) = a
+        .rsplit_once('@')
+        .ok_or_else(|| AccountError::BadAddress(a.into()))?;
     if local.is_empty()
         || domain.is_empty()
         || a.bytes().any(|b| b <= b' ' || b == b':' || b == 0x7f)
@@ -68,7 +79,10 @@ pub enum Lookup {
 
 impl Directory {
     pub fn new(accounts: HashMap<String, String>, aliases: &BTreeMap<String, String>) -> Self {
-        let aliases = aliases.iter().map(|(k, v)| (k.to_lowercase(), v.to_lowercase())).collect();
+        let aliases = aliases
+            .iter()
+            .map(|(k, v)| (k.to_lowercase(), v.to_lowercase()))
+            .collect();
         Directory { accounts, aliases }
     }
 
@@ -92,7 +106,9 @@ impl Directory {
     /// exact alias, `local+detail` stripped of its detail, then the domain's
     /// catch-all alias.
     pub fn resolve(&self, address: &str) -> Lookup {
-        let Ok(a) = canonical(address) else { return Lookup::Unknown };
+        let Ok(a) = canonical(address) else {
+            return Lookup::Unknown;
+        };
         if let Some(found) = self.resolve_exact(&a) {
             return Lookup::Account(found);
         }
@@ -115,7 +131,10 @@ impl Directory {
             return Some(a.to_string());
         }
         // One level of alias only: alias chains are a configuration mistake.
-        self.aliases.get(a).filter(|t| self.accounts.contains_key(*t)).cloned()
+        self.aliases
+            .get(a)
+            .filter(|t| self.accounts.contains_key(*t))
+            .cloned()
     }
 }
 
@@ -126,7 +145,9 @@ pub struct AccountFile {
 
 impl AccountFile {
     pub fn in_dir(data_dir: &Path) -> Self {
-        AccountFile { path: data_dir.join(ACCOUNT_FILE) }
+        AccountFile {
+            path: data_dir.join(ACCOUNT_FILE),
+        }
     }
 
     pub fn path(&self) -> &Path {
@@ -138,7 +159,12 @@ impl AccountFile {
         let text = match std::fs::read_to_string(&self.path) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(HashMap::new()),
-            Err(source) => return Err(AccountError::Io { path: self.path.clone(), source }),
+            Err(source) => {
+                return Err(AccountError::Io {
+                    path: self.path.clone(),
+                    source,
+                })
+            }
         };
         let mut out = HashMap::new();
         for (i, line) in text.lines().enumerate() {
@@ -151,7 +177,9 @@ impl AccountFile {
                 line: i + 1,
                 message: message.into(),
             };
-            let (addr, hash) = line.split_once(':').ok_or_else(|| corrupt("expected address:hash"))?;
+            let (addr, hash) = line
+                .split_once(':')
+                .ok_or_else(|| corrupt("expected address:hash"))?;
             let addr = canonical(addr).map_err(|_| corrupt("bad address"))?;
             PasswordHash::new(hash).map_err(|_| corrupt("bad password hash"))?;
             out.insert(addr, hash.to_string());
@@ -161,7 +189,10 @@ impl AccountFile {
 
     /// Replace the file atomically with `accounts`.
     pub fn write(&self, accounts: &HashMap<String, String>) -> Result<(), AccountError> {
-        let io = |source| AccountError::Io { path: self.path.clone(), source };
+        let io = |source| AccountError::Io {
+            path: self.path.clone(),
+            source,
+        };
         let dir = self.path.parent().unwrap_or(Path::new("."));
         std::fs::create_dir_all(dir).map_err(io)?;
         let tmp = self.path.with_extension("tmp");
@@ -177,7 +208,9 @@ impl AccountFile {
         f.write_all(text.as_bytes()).map_err(io)?;
         f.sync_all().map_err(io)?;
         std::fs::rename(&tmp, &self.path).map_err(io)?;
-        std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io)?;
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io)?;
         Ok(())
     }
 
@@ -221,7 +254,9 @@ impl AccountFile {
     pub fn set_password(&self, address: &str, password: &str) -> Result<(), AccountError> {
         let a = canonical(address)?;
         let mut all = self.read()?;
-        let slot = all.get_mut(&a).ok_or_else(|| AccountError::Missing(a.clone()))?;
+        let slot = all
+            .get_mut(&a)
+            .ok_or_else(|| AccountError::Missing(a.clone()))?;
         *slot = hash_password(password)?;
         self.write(&all)
     }
@@ -239,7 +274,9 @@ pub fn hash_password(password: &str) -> Result<String, AccountError> {
 /// Check a password against a PHC hash string. CPU-heavy: call off the executor.
 pub fn verify_password(hash: &str, password: &str) -> bool {
     match PasswordHash::new(hash) {
-        Ok(parsed) => Argon2::default().verify_password(password.as_bytes(), &parsed).is_ok(),
+        Ok(parsed) => Argon2::default()
+            .verify_password(password.as_bytes(), &parsed)
+            .is_ok(),
         Err(_) => false,
     }
 }
@@ -286,13 +323,28 @@ mod tests {
         acc.insert("bob@example.test".to_string(), "h".to_string());
         acc.insert("alice@example.test".to_string(), "h".to_string());
         let mut al = BTreeMap::new();
-        al.insert("Postmaster@example.test".to_string(), "alice@example.test".to_string());
+        al.insert(
+            "Postmaster@example.test".to_string(),
+            "alice@example.test".to_string(),
+        );
         al.insert("@other.test".to_string(), "bob@example.test".to_string());
         let d = Directory::new(acc, &al);
-        assert_eq!(d.resolve("BOB@Example.TEST"), Lookup::Account("bob@example.test".into()));
-        assert_eq!(d.resolve("postmaster@example.test"), Lookup::Account("alice@example.test".into()));
-        assert_eq!(d.resolve("bob+lists@example.test"), Lookup::Account("bob@example.test".into()));
-        assert_eq!(d.resolve("anyone@other.test"), Lookup::Account("bob@example.test".into()));
+        assert_eq!(
+            d.resolve("BOB@Example.TEST"),
+            Lookup::Account("bob@example.test".into())
+        );
+        assert_eq!(
+            d.resolve("postmaster@example.test"),
+            Lookup::Account("alice@example.test".into())
+        );
+        assert_eq!(
+            d.resolve("bob+lists@example.test"),
+            Lookup::Account("bob@example.test".into())
+        );
+        assert_eq!(
+            d.resolve("anyone@other.test"),
+            Lookup::Account("bob@example.test".into())
+        );
         assert_eq!(d.resolve("carol@example.test"), Lookup::Unknown);
         assert_eq!(d.resolve("not-an-address"), Lookup::Unknown);
     }
@@ -303,15 +355,22 @@ mod tests {
         let f = AccountFile::in_dir(dir.path());
         assert!(f.read().unwrap().is_empty());
         f.add("Carol@Example.test", "pw").unwrap();
-        assert!(matches!(f.add("carol@example.test", "x"), Err(AccountError::Exists(_))));
+        assert!(matches!(
+            f.add("carol@example.test", "x"),
+            Err(AccountError::Exists(_))
+        ));
         let all = f.read().unwrap();
         let h = all.get("carol@example.test").unwrap();
         assert!(verify_password(h, "pw"));
         assert!(!verify_password(h, "wrong"));
-        f.add_many(&["1u@example.test".into(), "2u@example.test".into()], "pw").unwrap();
+        f.add_many(&["1u@example.test".into(), "2u@example.test".into()], "pw")
+            .unwrap();
         assert_eq!(f.read().unwrap().len(), 3);
         f.remove("carol@example.test").unwrap();
-        assert!(matches!(f.remove("carol@example.test"), Err(AccountError::Missing(_))));
+        assert!(matches!(
+            f.remove("carol@example.test"),
+            Err(AccountError::Missing(_))
+        ));
         std::fs::write(f.path(), "bad line\n").unwrap();
         let e = f.read().unwrap_err().to_string();
         assert!(e.contains(":1:"), "{e}");

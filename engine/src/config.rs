@@ -15,8 +15,10 @@ use crate::limits;
 
 /// Demo accounts of the embedded default configuration, with their passwords.
 /// Documented in README.md; only used when no `--config` file is given.
-pub const DEMO_ACCOUNTS: [(&str, &str); 2] =
-    [("alice@example.test", "alice-secret"), ("bob@example.test", "bob-secret")];
+pub const DEMO_ACCOUNTS: [(&str, &str); 2] = [
+    ("alice@example.test", "alice-secret"),
+    ("bob@example.test", "bob-secret"),
+];
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -224,11 +226,15 @@ impl Cidr {
         let ip = ip.to_canonical();
         match (self.addr, ip) {
             (IpAddr::V4(net), IpAddr::V4(ip)) => {
-                let mask = u32::MAX.checked_shl(32 - u32::from(self.prefix)).unwrap_or(0);
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(self.prefix))
+                    .unwrap_or(0);
                 u32::from(net) & mask == u32::from(ip) & mask
             }
             (IpAddr::V6(net), IpAddr::V6(ip)) => {
-                let mask = u128::MAX.checked_shl(128 - u32::from(self.prefix)).unwrap_or(0);
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.prefix))
+                    .unwrap_or(0);
                 u128::from(net) & mask == u128::from(ip) & mask
             }
             _ => false,
@@ -247,10 +253,18 @@ impl std::str::FromStr for Cidr {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
         let (a, p) = s.split_once('/').map_or((s, None), |(a, p)| (a, Some(p)));
-        let addr: IpAddr = a.trim().parse().map_err(|_| format!("{s:?} is not an address/prefix"))?;
+        let addr: IpAddr = a
+            .trim()
+            .parse()
+            .map_err(|_| format!("{s:?} is not an address/prefix"))?;
         let max = if addr.is_ipv4() { 32 } else { 128 };
         let prefix = match p {
-            Some(p) => p.trim().parse::<u8>().ok().filter(|p| *p <= max).ok_or_else(|| format!("{s:?}: bad prefix length"))?,
+            Some(p) => p
+                .trim()
+                .parse::<u8>()
+                .ok()
+                .filter(|p| *p <= max)
+                .ok_or_else(|| format!("{s:?}: bad prefix length"))?,
             None => max,
         };
         Ok(Cidr { addr, prefix })
@@ -297,7 +311,12 @@ pub struct Senders {
 
 impl Default for Senders {
     fn default() -> Self {
-        Senders { check_ownership: true, send_as_anyone: Vec::new(), messages_per_hour: 1000, recipients_per_hour: 5000 }
+        Senders {
+            check_ownership: true,
+            send_as_anyone: Vec::new(),
+            messages_per_hour: 1000,
+            recipients_per_hour: 5000,
+        }
     }
 }
 
@@ -348,10 +367,18 @@ impl AuthThrottle {
         crate::runtime::throttle::Policy {
             delay_base: Duration::from_millis(self.failure_delay_ms),
             delay_max: Duration::from_millis(self.failure_delay_max_ms.max(self.failure_delay_ms)),
-            ban_after: if self.ban_after_failures == 0 { u32::MAX } else { self.ban_after_failures },
+            ban_after: if self.ban_after_failures == 0 {
+                u32::MAX
+            } else {
+                self.ban_after_failures
+            },
             ban: Duration::from_secs(self.ban_secs),
             window: Duration::from_secs(self.window_secs.max(1)),
-            account_lock_after: if self.account_lock_after_failures == 0 { u32::MAX } else { self.account_lock_after_failures },
+            account_lock_after: if self.account_lock_after_failures == 0 {
+                u32::MAX
+            } else {
+                self.account_lock_after_failures
+            },
         }
     }
 }
@@ -446,7 +473,11 @@ impl Default for Config {
             cpu_steering: false,
             local_domains: vec!["example.test".into()],
             // RFC 5321 4.5.1: every domain needs a postmaster.
-            aliases: [("postmaster@example.test".to_string(), "alice@example.test".to_string())].into(),
+            aliases: [(
+                "postmaster@example.test".to_string(),
+                "alice@example.test".to_string(),
+            )]
+            .into(),
             listen: Listen::default(),
             limits: Limits::default(),
             timeouts: Timeouts::default(),
@@ -458,7 +489,10 @@ impl Default for Config {
             senders: Senders::default(),
             demo_accounts: DEMO_ACCOUNTS
                 .iter()
-                .map(|(a, p)| DemoAccount { address: (*a).into(), password: (*p).into() })
+                .map(|(a, p)| DemoAccount {
+                    address: (*a).into(),
+                    password: (*p).into(),
+                })
                 .collect(),
         }
     }
@@ -507,16 +541,33 @@ impl Default for Timeouts {
 
 impl Default for Storage {
     fn default() -> Self {
-        Storage { checkpoint_every_records: 4096, compact_live_percent: 50, compact_interval_secs: 60, io_memory_kib: 512, spin_before_park_us: 0, zero_segments: true, append_through_map: false, sync_inline_max_us: 2000 }
+        Storage {
+            checkpoint_every_records: 4096,
+            compact_live_percent: 50,
+            compact_interval_secs: 60,
+            io_memory_kib: 512,
+            spin_before_park_us: 0,
+            zero_segments: true,
+            append_through_map: false,
+            sync_inline_max_us: 2000,
+        }
     }
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{path}:{line}:{column}: {message}")]
-    Parse { path: PathBuf, line: usize, column: usize, message: String },
+    Parse {
+        path: PathBuf,
+        line: usize,
+        column: usize,
+        message: String,
+    },
     #[error("{path}: {message}")]
     Invalid { path: PathBuf, message: String },
 }
@@ -524,8 +575,10 @@ pub enum ConfigError {
 impl Config {
     /// Read and validate a TOML configuration file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::Read { path: path.into(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.into(),
+            source,
+        })?;
         Self::parse(&text, path)
     }
 
@@ -536,9 +589,17 @@ impl Config {
                 .span()
                 .map(|s| line_column(text, s.start))
                 .unwrap_or((0, 0));
-            ConfigError::Parse { path: path.into(), line, column, message: e.message().to_string() }
+            ConfigError::Parse {
+                path: path.into(),
+                line,
+                column,
+                message: e.message().to_string(),
+            }
         })?;
-        config.validate().map_err(|message| ConfigError::Invalid { path: path.into(), message })?;
+        config.validate().map_err(|message| ConfigError::Invalid {
+            path: path.into(),
+            message,
+        })?;
         Ok(config)
     }
 
@@ -548,11 +609,15 @@ impl Config {
             return Err("hostname must not be empty".into());
         }
         for domain in self.relay.tls.keys() {
-            if domain.is_empty() || domain.ends_with('.') || *domain != domain.to_ascii_lowercase() {
-                return Err(format!("relay.tls: write the domain {domain:?} in lowercase, without a trailing dot"));
+            if domain.is_empty() || domain.ends_with('.') || *domain != domain.to_ascii_lowercase()
+            {
+                return Err(format!(
+                    "relay.tls: write the domain {domain:?} in lowercase, without a trailing dot"
+                ));
             }
         }
-        if self.limits.message_size_max == 0 || self.limits.message_size_max > limits::MESSAGE_SIZE_MAX
+        if self.limits.message_size_max == 0
+            || self.limits.message_size_max > limits::MESSAGE_SIZE_MAX
         {
             return Err(format!(
                 "limits.message_size_max must be between 1 and {}",
@@ -566,10 +631,17 @@ impl Config {
             return Err("cores must be at most 256".into());
         }
         if self.relay.connections_per_domain == 0 || self.relay.messages_per_connection == 0 {
-            return Err("relay.connections_per_domain and relay.messages_per_connection must be at least 1".into());
+            return Err(
+                "relay.connections_per_domain and relay.messages_per_connection must be at least 1"
+                    .into(),
+            );
         }
-        if self.relay.retry_first_secs == 0 || self.relay.retry_max_secs < self.relay.retry_first_secs {
-            return Err("relay.retry_first_secs must be at least 1 and at most relay.retry_max_secs".into());
+        if self.relay.retry_first_secs == 0
+            || self.relay.retry_max_secs < self.relay.retry_first_secs
+        {
+            return Err(
+                "relay.retry_first_secs must be at least 1 and at most relay.retry_max_secs".into(),
+            );
         }
         for d in &self.local_domains {
             if d.is_empty() || d.contains('@') {
@@ -579,7 +651,8 @@ impl Config {
         // One address, one protocol: two lists naming the same address would
         // share one SO_REUSEPORT group, and the kernel would hand each
         // connection to either protocol. (Port 0 picks a fresh port each.)
-        let mut seen: std::collections::HashMap<SocketAddr, &str> = std::collections::HashMap::new();
+        let mut seen: std::collections::HashMap<SocketAddr, &str> =
+            std::collections::HashMap::new();
         let l = &self.listen;
         for (proto, addrs) in [
             ("smtp", &l.smtp),
@@ -596,14 +669,21 @@ impl Config {
                 }
             }
         }
-        if self.memory.spool_threshold == 0 || self.memory.spool_threshold > limits::MESSAGE_SIZE_MAX {
-            return Err(format!("memory.spool_threshold must be between 1 and {}", limits::MESSAGE_SIZE_MAX));
+        if self.memory.spool_threshold == 0
+            || self.memory.spool_threshold > limits::MESSAGE_SIZE_MAX
+        {
+            return Err(format!(
+                "memory.spool_threshold must be between 1 and {}",
+                limits::MESSAGE_SIZE_MAX
+            ));
         }
         if self.memory.spool_per_address_max == 0 {
             return Err("memory.spool_per_address_max must be at least 1".into());
         }
         if self.tls.handshake_timeout_secs == 0 || self.tls.handshakes_max == 0 {
-            return Err("tls.handshake_timeout_secs and tls.handshakes_max must be at least 1".into());
+            return Err(
+                "tls.handshake_timeout_secs and tls.handshakes_max must be at least 1".into(),
+            );
         }
         Ok(())
     }
@@ -612,12 +692,14 @@ impl Config {
     /// relay_networks, with `limits.rate_limits_exempt_trusted`)?
     pub fn rate_exempt(&self, peer: IpAddr) -> bool {
         let peer = peer.to_canonical();
-        self.limits.rate_limits_exempt_trusted && (peer.is_loopback() || self.relay.relay_networks.iter().any(|n| n.contains(peer)))
+        self.limits.rate_limits_exempt_trusted
+            && (peer.is_loopback() || self.relay.relay_networks.iter().any(|n| n.contains(peer)))
     }
 
     /// May this client send a password without TLS?
     pub fn auth_without_tls_for(&self, peer: IpAddr) -> bool {
-        self.relay.auth_without_tls || (self.tls.loopback_auth_without_tls && peer.to_canonical().is_loopback())
+        self.relay.auth_without_tls
+            || (self.tls.loopback_auth_without_tls && peer.to_canonical().is_loopback())
     }
 
     pub fn tls_handshake_timeout(&self) -> Duration {
@@ -629,7 +711,9 @@ impl Config {
         if self.cores > 0 {
             self.cores
         } else {
-            std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
         }
     }
 
@@ -645,7 +729,9 @@ impl Config {
 
     /// True when `domain` (any case) is one of ours.
     pub fn is_local_domain(&self, domain: &str) -> bool {
-        self.local_domains.iter().any(|d| d.eq_ignore_ascii_case(domain))
+        self.local_domains
+            .iter()
+            .any(|d| d.eq_ignore_ascii_case(domain))
     }
 }
 
@@ -899,7 +985,11 @@ mod tests {
 
     #[test]
     fn relay_networks() {
-        let c = Config::parse("[relay]\nrelay_networks = [\"10.0.0.0/8\", \"2001:db8::/32\", \"192.0.2.7\"]\n", Path::new("r.toml")).unwrap();
+        let c = Config::parse(
+            "[relay]\nrelay_networks = [\"10.0.0.0/8\", \"2001:db8::/32\", \"192.0.2.7\"]\n",
+            Path::new("r.toml"),
+        )
+        .unwrap();
         let n = &c.relay.relay_networks;
         let ip = |s: &str| s.parse::<IpAddr>().unwrap();
         assert!(n[0].contains(ip("10.200.1.2")));
@@ -909,8 +999,16 @@ mod tests {
         assert!(!n[1].contains(ip("2001:db9::1")));
         assert!(n[2].contains(ip("192.0.2.7")) && !n[2].contains(ip("192.0.2.8")));
         assert!("0.0.0.0/0".parse::<Cidr>().unwrap().contains(ip("8.8.8.8")));
-        let e = Config::parse("[relay]\nrelay_networks = [\"10.0.0.0/33\"]\n", Path::new("r.toml")).unwrap_err();
+        let e = Config::parse(
+            "[relay]\nrelay_networks = [\"10.0.0.0/33\"]\n",
+            Path::new("r.toml"),
+        )
+        .unwrap_err();
         assert!(e.to_string().contains("prefix"), "{e}");
-        assert!(Config::parse("[relay]\nrelay_networks = [\"example\"]\n", Path::new("r.toml")).is_err());
+        assert!(Config::parse(
+            "[relay]\nrelay_networks = [\"example\"]\n",
+            Path::new("r.toml")
+        )
+        .is_err());
     }
 }

@@ -19,8 +19,20 @@ use mail_auth::dkim::{Canonicalization, DkimSigner};
 /// Headers signed when present; the ones absent are signed as absent (so
 /// they cannot be added later), and From is listed twice to oversign it.
 pub const SIGNED_HEADERS: &[&str] = &[
-    "From", "From", "Reply-To", "Subject", "Date", "To", "Cc", "Message-ID", "In-Reply-To", "References", "MIME-Version",
-    "Content-Type", "Content-Transfer-Encoding", "Content-Disposition",
+    "From",
+    "From",
+    "Reply-To",
+    "Subject",
+    "Date",
+    "To",
+    "Cc",
+    "Message-ID",
+    "In-Reply-To",
+    "References",
+    "MIME-Version",
+    "Content-Type",
+    "Content-Transfer-Encoding",
+    "Content-Disposition",
 ];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,19 +79,35 @@ impl Keys {
     /// Load `DATA/dkim/*/*.der`; a missing directory is no keys.
     pub fn load(data_dir: &Path) -> Result<Keys, String> {
         let mut keys = Keys::default();
-        let Ok(domains) = std::fs::read_dir(dir(data_dir)) else { return Ok(keys) };
+        let Ok(domains) = std::fs::read_dir(dir(data_dir)) else {
+            return Ok(keys);
+        };
         for d in domains.flatten() {
             let domain = d.file_name().to_string_lossy().to_ascii_lowercase();
-            let Ok(files) = std::fs::read_dir(d.path()) else { continue };
+            let Ok(files) = std::fs::read_dir(d.path()) else {
+                continue;
+            };
             for f in files.flatten() {
                 let name = f.file_name().to_string_lossy().into_owned();
-                let Some(stem) = name.strip_suffix(".der") else { continue };
-                let Some((selector, alg)) = stem.rsplit_once('.') else { continue };
-                let Some(algorithm) = Algorithm::parse(alg) else { continue };
-                let der = std::fs::read(f.path()).map_err(|e| format!("{}: {e}", f.path().display()))?;
-                let key = Key { selector: selector.to_string(), algorithm, der };
+                let Some(stem) = name.strip_suffix(".der") else {
+                    continue;
+                };
+                let Some((selector, alg)) = stem.rsplit_once('.') else {
+                    continue;
+                };
+                let Some(algorithm) = Algorithm::parse(alg) else {
+                    continue;
+                };
+                let der =
+                    std::fs::read(f.path()).map_err(|e| format!("{}: {e}", f.path().display()))?;
+                let key = Key {
+                    selector: selector.to_string(),
+                    algorithm,
+                    der,
+                };
                 // Refuse a key that does not load now rather than at the first message.
-                key.check().map_err(|e| format!("{}: {e}", f.path().display()))?;
+                key.check()
+                    .map_err(|e| format!("{}: {e}", f.path().display()))?;
                 keys.by_domain.entry(domain.clone()).or_default().push(key);
             }
         }
@@ -101,11 +129,16 @@ impl Keys {
     pub fn iter(&self) -> impl Iterator<Item = (&str, &Key)> {
         let mut domains: Vec<&String> = self.by_domain.keys().collect();
         domains.sort();
-        domains.into_iter().flat_map(move |d| self.by_domain[d].iter().map(move |k| (d.as_str(), k)))
+        domains
+            .into_iter()
+            .flat_map(move |d| self.by_domain[d].iter().map(move |k| (d.as_str(), k)))
     }
 
     pub fn for_domain(&self, domain: &str) -> &[Key] {
-        self.by_domain.get(&domain.trim_end_matches('.').to_ascii_lowercase()).map(Vec::as_slice).unwrap_or(&[])
+        self.by_domain
+            .get(&domain.trim_end_matches('.').to_ascii_lowercase())
+            .map(Vec::as_slice)
+            .unwrap_or(&[])
     }
 
     /// `DKIM-Signature:` header fields for `message`, one per key of
@@ -131,15 +164,30 @@ impl Key {
     fn sign(&self, domain: &str, message: &[u8]) -> Result<String, String> {
         let domain = domain.trim_end_matches('.').to_ascii_lowercase();
         let signature = match self.algorithm {
-            Algorithm::Ed25519 => signature(Ed25519Key::from_pkcs8_der(&self.der).map_err(|e| e.to_string())?, domain, &self.selector, message),
-            Algorithm::Rsa => signature(rsa_key(&self.der).map_err(|e| e.to_string())?, domain, &self.selector, message),
+            Algorithm::Ed25519 => signature(
+                Ed25519Key::from_pkcs8_der(&self.der).map_err(|e| e.to_string())?,
+                domain,
+                &self.selector,
+                message,
+            ),
+            Algorithm::Rsa => signature(
+                rsa_key(&self.der).map_err(|e| e.to_string())?,
+                domain,
+                &self.selector,
+                message,
+            ),
         };
         signature.map(|s| s.to_header()).map_err(|e| e.to_string())
     }
 }
 
 /// Sign `message` with `key` for `domain` and `selector`, relaxed/relaxed.
-fn signature<K: SigningKey>(key: K, domain: String, selector: &str, message: &[u8]) -> mail_auth::Result<mail_auth::dkim::Signature> {
+fn signature<K: SigningKey>(
+    key: K,
+    domain: String,
+    selector: &str,
+    message: &[u8],
+) -> mail_auth::Result<mail_auth::dkim::Signature> {
     DkimSigner::from_key(key)
         .domain(domain)
         .selector(selector)
@@ -160,18 +208,30 @@ pub fn txt_record(algorithm: Algorithm, public_key: &[u8]) -> String {
         Algorithm::Ed25519 => "ed25519",
         Algorithm::Rsa => "rsa",
     };
-    format!("v=DKIM1; k={k}; p={}", crate::util::base64_encode(public_key))
+    format!(
+        "v=DKIM1; k={k}; p={}",
+        crate::util::base64_encode(public_key)
+    )
 }
-
 
 /// Make a key for `domain` under `selector` in the data directory; returns
 /// its path and the TXT record to publish. An existing key is kept (error).
-pub fn generate(data_dir: &Path, domain: &str, selector: &str, algorithm: Algorithm) -> Result<(PathBuf, String), String> {
+pub fn generate(
+    data_dir: &Path,
+    domain: &str,
+    selector: &str,
+    algorithm: Algorithm,
+) -> Result<(PathBuf, String), String> {
     use mail_auth::dkim::generate::DkimKeyPair;
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let domain = domain.trim_end_matches('.').to_ascii_lowercase();
-    let valid = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.') && !s.starts_with('.');
+    let valid = |s: &str| {
+        !s.is_empty()
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+            && !s.starts_with('.')
+    };
     if !valid(&domain) || !valid(selector) {
         return Err("domain and selector may hold letters, digits, '-' and '.' only".into());
     }
@@ -189,7 +249,9 @@ pub fn generate(data_dir: &Path, domain: &str, selector: &str, algorithm: Algori
         .mode(0o600)
         .open(&path)
         .map_err(|e| format!("{}: {e}", path.display()))?;
-    f.write_all(pair.private_key()).and_then(|_| f.sync_all()).map_err(|e| format!("{}: {e}", path.display()))?;
+    f.write_all(pair.private_key())
+        .and_then(|_| f.sync_all())
+        .map_err(|e| format!("{}: {e}", path.display()))?;
     Ok((path, txt_record(algorithm, pair.public_key())))
 }
 
@@ -210,27 +272,59 @@ pub fn dns_records(hostname: &str, domain: &str, keys: &Keys) -> Result<String, 
     let d = domain.trim_end_matches('.').to_ascii_lowercase();
     let h = hostname.trim_end_matches('.').to_ascii_lowercase();
     let mut o = String::new();
-    let _ = writeln!(o, "; Mail for {d}, served by {h} (add A/AAAA records for {h} too).");
+    let _ = writeln!(
+        o,
+        "; Mail for {d}, served by {h} (add A/AAAA records for {h} too)."
+    );
     let _ = writeln!(o, "{d}. IN MX 10 {h}.");
     let _ = writeln!(o, "; SPF (RFC 7208): only the MX sends for the domain.");
     let _ = writeln!(o, "{d}. IN TXT \"v=spf1 mx -all\"");
     let mine = keys.for_domain(&d);
     if mine.is_empty() {
-        let _ = writeln!(o, "; DKIM: no key yet; make one with `ringmail dkim generate {d}` and run this again.");
+        let _ = writeln!(
+            o,
+            "; DKIM: no key yet; make one with `ringmail dkim generate {d}` and run this again."
+        );
     } else {
-        let _ = writeln!(o, "; DKIM (RFC 6376, RFC 8463): the keys ringmail signs with.");
+        let _ = writeln!(
+            o,
+            "; DKIM (RFC 6376, RFC 8463): the keys ringmail signs with."
+        );
         for k in mine {
-            let _ = writeln!(o, "{}._domainkey.{d}. IN TXT \"{}\"", k.selector, record_of(k)?);
+            let _ = writeln!(
+                o,
+                "{}._domainkey.{d}. IN TXT \"{}\"",
+                k.selector,
+                record_of(k)?
+            );
         }
     }
-    let _ = writeln!(o, "; DMARC (RFC 7489): start with p=none and a report address, then quarantine or reject.");
-    let _ = writeln!(o, "_dmarc.{d}. IN TXT \"v=DMARC1; p=none; rua=mailto:postmaster@{d}\"");
-    let _ = writeln!(o, "; MTA-STS (RFC 8461): also serve https://mta-sts.{d}/.well-known/mta-sts.txt with");
-    let _ = writeln!(o, ";   version: STSv1 / mode: testing / mx: {h} / max_age: 604800");
+    let _ = writeln!(
+        o,
+        "; DMARC (RFC 7489): start with p=none and a report address, then quarantine or reject."
+    );
+    let _ = writeln!(
+        o,
+        "_dmarc.{d}. IN TXT \"v=DMARC1; p=none; rua=mailto:postmaster@{d}\""
+    );
+    let _ = writeln!(
+        o,
+        "; MTA-STS (RFC 8461): also serve https://mta-sts.{d}/.well-known/mta-sts.txt with"
+    );
+    let _ = writeln!(
+        o,
+        ";   version: STSv1 / mode: testing / mx: {h} / max_age: 604800"
+    );
     let _ = writeln!(o, "_mta-sts.{d}. IN TXT \"v=STSv1; id=1\"");
     let _ = writeln!(o, "; TLS reporting (RFC 8460).");
-    let _ = writeln!(o, "_smtp._tls.{d}. IN TXT \"v=TLSRPTv1; rua=mailto:postmaster@{d}\"");
-    let _ = writeln!(o, "; Client configuration (RFC 6186, RFC 8314): implicit TLS first.");
+    let _ = writeln!(
+        o,
+        "_smtp._tls.{d}. IN TXT \"v=TLSRPTv1; rua=mailto:postmaster@{d}\""
+    );
+    let _ = writeln!(
+        o,
+        "; Client configuration (RFC 6186, RFC 8314): implicit TLS first."
+    );
     let _ = writeln!(o, "_submissions._tcp.{d}. IN SRV 0 1 465 {h}.");
     let _ = writeln!(o, "_submission._tcp.{d}. IN SRV 10 1 587 {h}.");
     let _ = writeln!(o, "_imaps._tcp.{d}. IN SRV 0 1 993 {h}.");
@@ -250,7 +344,10 @@ mod tests {
         let (path, txt) = generate(dir.path(), "Example.TEST", "s1", Algorithm::Ed25519).unwrap();
         assert!(path.ends_with("dkim/example.test/s1.ed25519.der"));
         assert!(txt.starts_with("v=DKIM1; k=ed25519; p="));
-        assert!(generate(dir.path(), "example.test", "s1", Algorithm::Ed25519).is_err(), "an existing key is kept");
+        assert!(
+            generate(dir.path(), "example.test", "s1", Algorithm::Ed25519).is_err(),
+            "an existing key is kept"
+        );
         assert!(generate(dir.path(), "../x", "s1", Algorithm::Ed25519).is_err());
         let keys = Keys::load(dir.path()).unwrap();
         assert_eq!(keys.count(), 1);
@@ -258,7 +355,13 @@ mod tests {
         let msg = b"From: a@example.test\r\nTo: b@far.test\r\nSubject: hi\r\n\r\nbody\r\n";
         let h = String::from_utf8(keys.sign("example.test.", msg).unwrap()).unwrap();
         assert!(h.starts_with("DKIM-Signature: "), "{h}");
-        assert!(h.contains("a=ed25519-sha256") && h.contains("d=example.test") && h.contains("s=s1") && h.contains("c=relaxed/relaxed"), "{h}");
+        assert!(
+            h.contains("a=ed25519-sha256")
+                && h.contains("d=example.test")
+                && h.contains("s=s1")
+                && h.contains("c=relaxed/relaxed"),
+            "{h}"
+        );
         assert!(h.ends_with("\r\n"));
         assert!(keys.sign("other.test", msg).unwrap().is_empty());
     }

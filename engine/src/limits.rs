@@ -66,8 +66,9 @@ pub const IMAP_ID_VALUE_MAX: usize = 1024;
 /// of up to 1 KiB, then every field and value a quoted string with every
 /// octet escaped (a literal, `{1024}` CRLF and the data, is shorter). About
 /// 63 KiB; every other command before login stays within 4 KiB.
-pub const IMAP_ID_COMMAND_MAX: usize =
-    1024 + b" ID ()\r\n".len() + IMAP_ID_PAIRS_MAX * ((2 + 2 * IMAP_ID_FIELD_MAX) + 1 + (2 + 2 * IMAP_ID_VALUE_MAX) + 1);
+pub const IMAP_ID_COMMAND_MAX: usize = 1024
+    + b" ID ()\r\n".len()
+    + IMAP_ID_PAIRS_MAX * ((2 + 2 * IMAP_ID_FIELD_MAX) + 1 + (2 + 2 * IMAP_ID_VALUE_MAX) + 1);
 
 /// Message bytes a session keeps in RAM before it spools the message to disk.
 pub const SPOOL_THRESHOLD: usize = 128 * 1024;

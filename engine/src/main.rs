@@ -9,12 +9,16 @@ use ringmail::accounts::AccountFile;
 use ringmail::config::Config;
 
 #[derive(Parser)]
-#[command(name = "ringmail", version, about = "A thread-per-core mail server: SMTP in, durable mailboxes, POP3 out.",
+#[command(
+    name = "ringmail",
+    version,
+    about = "A thread-per-core mail server: SMTP in, durable mailboxes, POP3 out.",
     long_about = "ringmail accepts mail over SMTP for its local domains (and relays mail from authenticated clients), appends it durably to per-account \
 mailboxes (memory-mapped segment logs with group commit, one executor per core), and serves it over POP3.\n\n\
 With no configuration file it runs on an embedded default: 127.0.0.1, SMTP on 2525, POP3 on 1100, data in \
 ./ringmail-data, local domain example.test, demo accounts alice@example.test (password alice-secret) and \
-bob@example.test (password bob-secret).")]
+bob@example.test (password bob-secret)."
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -188,7 +192,10 @@ fn load_config(common: &Common) -> Result<Config, String> {
 
 fn read_password() -> Result<String, String> {
     let mut line = String::new();
-    std::io::stdin().lock().read_line(&mut line).map_err(|e| format!("reading password: {e}"))?;
+    std::io::stdin()
+        .lock()
+        .read_line(&mut line)
+        .map_err(|e| format!("reading password: {e}"))?;
     let pw = line.trim_end_matches(['\r', '\n']).to_string();
     if pw.is_empty() {
         return Err("empty password (give it on standard input)".into());
@@ -241,7 +248,8 @@ fn run(cli: Cli) -> Result<(), String> {
                 }
                 AccountAction::Passwd { address } => {
                     let pw = read_password()?;
-                    file.set_password(&address, &pw).map_err(|e| e.to_string())?;
+                    file.set_password(&address, &pw)
+                        .map_err(|e| e.to_string())?;
                     println!("password changed for {address}");
                 }
                 AccountAction::Remove { address } => {
@@ -249,18 +257,28 @@ fn run(cli: Cli) -> Result<(), String> {
                     println!("removed {address}");
                 }
                 AccountAction::List => {
-                    let mut all: Vec<String> = file.read().map_err(|e| e.to_string())?.into_keys().collect();
+                    let mut all: Vec<String> = file
+                        .read()
+                        .map_err(|e| e.to_string())?
+                        .into_keys()
+                        .collect();
                     all.sort();
                     for a in all {
                         println!("{a}");
                     }
                 }
-                AccountAction::Bulk { pattern, count, start } => {
+                AccountAction::Bulk {
+                    pattern,
+                    count,
+                    start,
+                } => {
                     if !pattern.contains("{n}") {
                         return Err("--pattern must contain {n}".into());
                     }
                     let pw = read_password()?;
-                    let list: Vec<String> = (start..start + count).map(|n| pattern.replace("{n}", &n.to_string())).collect();
+                    let list: Vec<String> = (start..start + count)
+                        .map(|n| pattern.replace("{n}", &n.to_string()))
+                        .collect();
                     let added = file.add_many(&list, &pw).map_err(|e| e.to_string())?;
                     println!("added {added} accounts");
                 }
@@ -269,8 +287,10 @@ fn run(cli: Cli) -> Result<(), String> {
         }
         Command::Inspect { common, count_only } => {
             let config = load_config(&common)?;
-            let dir = std::fs::canonicalize(&config.data_dir).map_err(|e| format!("{}: {e}", config.data_dir.display()))?;
-            let meta = ringmail::storage::Meta::read(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+            let dir = std::fs::canonicalize(&config.data_dir)
+                .map_err(|e| format!("{}: {e}", config.data_dir.display()))?;
+            let meta = ringmail::storage::Meta::read(&dir)
+                .map_err(|e| format!("{}: {e}", dir.display()))?;
             let summary = glommio::LocalExecutorBuilder::default()
                 .io_memory(256 << 10)
                 .make()
@@ -290,14 +310,33 @@ fn run(cli: Cli) -> Result<(), String> {
                     .map_err(|e| e.to_string())?;
                     Ok::<_, String>(store.summary())
                 })?;
-            let total: usize = summary.iter().flat_map(|(_, m)| m.iter().map(|x| x.1)).sum();
+            let total: usize = summary
+                .iter()
+                .flat_map(|(_, m)| m.iter().map(|x| x.1))
+                .sum();
             if count_only {
                 println!("{total}");
             } else {
-                println!("buckets {} run {} accounts {} messages {total}", meta.buckets, meta.run, summary.len());
+                println!(
+                    "buckets {} run {} accounts {} messages {total}",
+                    meta.buckets,
+                    meta.run,
+                    summary.len()
+                );
                 for (account, mailboxes) in summary {
-                    let parts: Vec<String> = mailboxes.iter().filter(|m| m.1 > 0).map(|(n, c, sz)| format!("{n}={c} ({sz} bytes)")).collect();
-                    println!("{account}: {}", if parts.is_empty() { "empty".into() } else { parts.join(", ") });
+                    let parts: Vec<String> = mailboxes
+                        .iter()
+                        .filter(|m| m.1 > 0)
+                        .map(|(n, c, sz)| format!("{n}={c} ({sz} bytes)"))
+                        .collect();
+                    println!(
+                        "{account}: {}",
+                        if parts.is_empty() {
+                            "empty".into()
+                        } else {
+                            parts.join(", ")
+                        }
+                    );
                 }
             }
             Ok(())
@@ -327,16 +366,33 @@ fn run(cli: Cli) -> Result<(), String> {
         Command::Dkim { common, action } => {
             let config = load_config(&common)?;
             match action {
-                DkimAction::Generate { domain, selector, algorithm } => {
-                    let alg = ringmail::dkim::Algorithm::parse(&algorithm).ok_or_else(|| format!("unknown algorithm {algorithm:?} (ed25519 or rsa)"))?;
-                    let (path, txt) = ringmail::dkim::generate(&config.data_dir, &domain, &selector, alg)?;
-                    println!("key written to {} (restart the server to sign with it)", path.display());
-                    println!("publish: {selector}._domainkey.{}. IN TXT \"{txt}\"", domain.trim_end_matches('.').to_ascii_lowercase());
+                DkimAction::Generate {
+                    domain,
+                    selector,
+                    algorithm,
+                } => {
+                    let alg = ringmail::dkim::Algorithm::parse(&algorithm).ok_or_else(|| {
+                        format!("unknown algorithm {algorithm:?} (ed25519 or rsa)")
+                    })?;
+                    let (path, txt) =
+                        ringmail::dkim::generate(&config.data_dir, &domain, &selector, alg)?;
+                    println!(
+                        "key written to {} (restart the server to sign with it)",
+                        path.display()
+                    );
+                    println!(
+                        "publish: {selector}._domainkey.{}. IN TXT \"{txt}\"",
+                        domain.trim_end_matches('.').to_ascii_lowercase()
+                    );
                 }
                 DkimAction::List => {
                     let keys = ringmail::dkim::Keys::load(&config.data_dir)?;
                     for (domain, key) in keys.iter() {
-                        println!("{}._domainkey.{domain}. IN TXT \"{}\"", key.selector, ringmail::dkim::record_of(key)?);
+                        println!(
+                            "{}._domainkey.{domain}. IN TXT \"{}\"",
+                            key.selector,
+                            ringmail::dkim::record_of(key)?
+                        );
                     }
                 }
             }
@@ -345,7 +401,10 @@ fn run(cli: Cli) -> Result<(), String> {
         Command::DnsRecords { common, domain } => {
             let config = load_config(&common)?;
             let keys = ringmail::dkim::Keys::load(&config.data_dir)?;
-            print!("{}", ringmail::dkim::dns_records(&config.hostname, &domain, &keys)?);
+            print!(
+                "{}",
+                ringmail::dkim::dns_records(&config.hostname, &domain, &keys)?
+            );
             Ok(())
         }
         Command::DefaultConfig => {
@@ -354,11 +413,18 @@ fn run(cli: Cli) -> Result<(), String> {
         }
         Command::CheckConfig { file } => {
             let config = Config::load(&file).map_err(|e| e.to_string())?;
-            for line in ringmail::tls::check(&config, ringmail::util::unix_now()).map_err(|e| e.to_string())? {
+            for line in ringmail::tls::check(&config, ringmail::util::unix_now())
+                .map_err(|e| e.to_string())?
+            {
                 println!("{line}");
             }
-            let relay = ringmail::tls::ClientTls::load(&config).map_err(|e| format!("{}: relay.tls_ca_file: {e}", file.display()))?;
-            println!("relay tls: {} trusted CA certificates from {}", relay.roots, relay.ca_file.display());
+            let relay = ringmail::tls::ClientTls::load(&config)
+                .map_err(|e| format!("{}: relay.tls_ca_file: {e}", file.display()))?;
+            println!(
+                "relay tls: {} trusted CA certificates from {}",
+                relay.roots,
+                relay.ca_file.display()
+            );
             println!("{}: ok", file.display());
             Ok(())
         }
@@ -368,7 +434,8 @@ fn run(cli: Cli) -> Result<(), String> {
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("RINGMAIL_LOG").unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_env("RINGMAIL_LOG")
+                .unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))

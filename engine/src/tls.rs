@@ -38,7 +38,10 @@ pub enum TlsError {
 }
 
 fn file_err(path: &Path, reason: impl fmt::Display) -> TlsError {
-    TlsError::File { path: path.display().to_string(), reason: reason.to_string() }
+    TlsError::File {
+        path: path.display().to_string(),
+        reason: reason.to_string(),
+    }
 }
 
 /// One certificate as configured (or generated) and what it says of itself.
@@ -79,7 +82,9 @@ struct Resolver {
 
 impl fmt::Debug for Resolver {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Resolver").field("certificates", &self.certs.load().infos.len()).finish()
+        f.debug_struct("Resolver")
+            .field("certificates", &self.certs.load().infos.len())
+            .finish()
     }
 }
 
@@ -117,7 +122,9 @@ impl Tls {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let sources = sources(config)?;
         let set = load_set(&sources, &provider)?;
-        let resolver = Arc::new(Resolver { certs: ArcSwap::from_pointee(set) });
+        let resolver = Arc::new(Resolver {
+            certs: ArcSwap::from_pointee(set),
+        });
         let mut server = ServerConfig::builder_with_provider(provider.clone())
             .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
             .map_err(|e| TlsError::Setup(e.to_string()))?
@@ -127,8 +134,14 @@ impl Tls {
         server.ignore_client_order = true;
         // Stateless tickets: a client resuming on another shard (another
         // core got the connection) still resumes.
-        server.ticketer = rustls::crypto::ring::Ticketer::new().map_err(|e| TlsError::Setup(e.to_string()))?;
-        Ok(Tls { server: Arc::new(server), resolver, provider, sources })
+        server.ticketer =
+            rustls::crypto::ring::Ticketer::new().map_err(|e| TlsError::Setup(e.to_string()))?;
+        Ok(Tls {
+            server: Arc::new(server),
+            resolver,
+            provider,
+            sources,
+        })
     }
 
     pub fn server_config(&self) -> Arc<ServerConfig> {
@@ -142,7 +155,10 @@ impl Tls {
 
     /// Files whose change should trigger [`Tls::reload`].
     pub fn watched_files(&self) -> Vec<PathBuf> {
-        self.sources.iter().flat_map(|(c, k, _)| [c.clone(), k.clone()]).collect()
+        self.sources
+            .iter()
+            .flat_map(|(c, k, _)| [c.clone(), k.clone()])
+            .collect()
     }
 
     /// Read the certificate files again. On any error the certificates in
@@ -178,7 +194,8 @@ impl ClientTls {
     /// anchors.
     pub fn load(config: &Config) -> Result<ClientTls, TlsError> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let versions: &[&rustls::SupportedProtocolVersion] = &[&rustls::version::TLS13, &rustls::version::TLS12];
+        let versions: &[&rustls::SupportedProtocolVersion] =
+            &[&rustls::version::TLS13, &rustls::version::TLS12];
         let (ca_file, configured) = match &config.relay.tls_ca_file {
             Some(p) => (p.clone(), true),
             None => (PathBuf::from(crate::config::SYSTEM_CA_FILE), false),
@@ -186,7 +203,9 @@ impl ClientTls {
         let mut roots = rustls::RootCertStore::empty();
         match CertificateDer::pem_file_iter(&ca_file) {
             Ok(certs) => {
-                let certs: Vec<_> = certs.collect::<Result<_, _>>().map_err(|e| file_err(&ca_file, e))?;
+                let certs: Vec<_> = certs
+                    .collect::<Result<_, _>>()
+                    .map_err(|e| file_err(&ca_file, e))?;
                 roots.add_parsable_certificates(certs);
                 if configured && roots.is_empty() {
                     return Err(file_err(&ca_file, "no usable CA certificate in the file"));
@@ -199,9 +218,12 @@ impl ClientTls {
         let verified = if roots.is_empty() {
             None
         } else {
-            let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-                .build()
-                .map_err(|e| TlsError::Setup(e.to_string()))?;
+            let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider.clone(),
+            )
+            .build()
+            .map_err(|e| TlsError::Setup(e.to_string()))?;
             let c = rustls::ClientConfig::builder_with_provider(provider.clone())
                 .with_protocol_versions(versions)
                 .map_err(|e| TlsError::Setup(e.to_string()))?
@@ -215,7 +237,12 @@ impl ClientTls {
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider)))
             .with_no_client_auth();
-        Ok(ClientTls { verified, unverified: Arc::new(unverified), ca_file, roots: count })
+        Ok(ClientTls {
+            verified,
+            unverified: Arc::new(unverified),
+            ca_file,
+            roots: count,
+        })
     }
 }
 
@@ -243,7 +270,12 @@ impl rustls::client::danger::ServerCertVerifier for AnyCertificate {
         cert: &CertificateDer<'_>,
         dss: &rustls::DigitallySignedStruct,
     ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
     }
 
     fn verify_tls13_signature(
@@ -252,7 +284,12 @@ impl rustls::client::danger::ServerCertVerifier for AnyCertificate {
         cert: &CertificateDer<'_>,
         dss: &rustls::DigitallySignedStruct,
     ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
     }
 
     fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
@@ -270,7 +307,11 @@ fn sources(config: &Config) -> Result<Vec<(PathBuf, PathBuf, bool)>, TlsError> {
             let (c, k) = self_signed(&config.data_dir, &config.hostname)?;
             v.push((c, k, true));
         }
-        _ => return Err(TlsError::Setup("[tls] needs both cert and key (or neither, for a self-signed certificate)".into())),
+        _ => {
+            return Err(TlsError::Setup(
+                "[tls] needs both cert and key (or neither, for a self-signed certificate)".into(),
+            ))
+        }
     }
     for extra in &config.tls.certificates {
         v.push((extra.cert.clone(), extra.key.clone(), false));
@@ -284,7 +325,16 @@ fn sources(config: &Config) -> Result<Vec<(PathBuf, PathBuf, bool)>, TlsError> {
 /// hostname gets a new certificate.
 pub fn self_signed(data_dir: &Path, hostname: &str) -> Result<(PathBuf, PathBuf), TlsError> {
     let dir = data_dir.join("tls");
-    let safe: String = hostname.chars().map(|c| if c.is_ascii_alphanumeric() || c == '.' || c == '-' { c } else { '_' }).collect();
+    let safe: String = hostname
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '.' || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
     let cert = dir.join(format!("self-signed-{safe}.pem"));
     let key = dir.join(format!("self-signed-{safe}.key"));
     if cert.exists() && key.exists() {
@@ -295,7 +345,8 @@ pub fn self_signed(data_dir: &Path, hostname: &str) -> Result<(PathBuf, PathBuf)
     if hostname != "localhost" {
         names.push("localhost".into());
     }
-    let generated = rcgen::generate_simple_self_signed(names).map_err(|e| TlsError::Setup(format!("generating a certificate: {e}")))?;
+    let generated = rcgen::generate_simple_self_signed(names)
+        .map_err(|e| TlsError::Setup(format!("generating a certificate: {e}")))?;
     write_private(&key, generated.signing_key.serialize_pem().as_bytes())?;
     // The certificate last: a crash between the two leaves no certificate,
     // so the next start generates a matching pair again.
@@ -309,11 +360,22 @@ pub fn self_signed(data_dir: &Path, hostname: &str) -> Result<(PathBuf, PathBuf)
 fn write_private(path: &Path, bytes: &[u8]) -> Result<(), TlsError> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path).map_err(|e| file_err(path, e))?;
-    f.write_all(bytes).and_then(|_| f.sync_all()).map_err(|e| file_err(path, e))
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| file_err(path, e))?;
+    f.write_all(bytes)
+        .and_then(|_| f.sync_all())
+        .map_err(|e| file_err(path, e))
 }
 
-fn load_set(sources: &[(PathBuf, PathBuf, bool)], provider: &CryptoProvider) -> Result<CertSet, TlsError> {
+fn load_set(
+    sources: &[(PathBuf, PathBuf, bool)],
+    provider: &CryptoProvider,
+) -> Result<CertSet, TlsError> {
     let mut loaded = Vec::new();
     for (c, k, generated) in sources {
         loaded.push(load_one(c, k, *generated, provider)?);
@@ -327,10 +389,19 @@ fn load_set(sources: &[(PathBuf, PathBuf, bool)], provider: &CryptoProvider) -> 
             by_name.entry(key).or_insert_with(|| l.key.clone());
         }
     }
-    Ok(CertSet { default, by_name, infos: loaded.into_iter().map(|l| l.info).collect() })
+    Ok(CertSet {
+        default,
+        by_name,
+        infos: loaded.into_iter().map(|l| l.info).collect(),
+    })
 }
 
-fn load_one(cert_path: &Path, key_path: &Path, generated: bool, provider: &CryptoProvider) -> Result<Loaded, TlsError> {
+fn load_one(
+    cert_path: &Path,
+    key_path: &Path,
+    generated: bool,
+    provider: &CryptoProvider,
+) -> Result<Loaded, TlsError> {
     let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert_path)
         .map_err(|e| file_err(cert_path, e))?
         .collect::<Result<_, _>>()
@@ -340,16 +411,36 @@ fn load_one(cert_path: &Path, key_path: &Path, generated: bool, provider: &Crypt
     }
     let key = PrivateKeyDer::from_pem_file(key_path).map_err(|e| file_err(key_path, e))?;
     let info = describe(&chain[0], cert_path, key_path, generated)?;
-    let signing = provider.key_provider.load_private_key(key).map_err(|e| file_err(key_path, e))?;
+    let signing = provider
+        .key_provider
+        .load_private_key(key)
+        .map_err(|e| file_err(key_path, e))?;
     let certified = CertifiedKey::new(chain, signing);
     // A key that cannot sign for the certificate would fail every handshake.
-    certified.keys_match().map_err(|e| file_err(key_path, format!("key does not match the certificate {}: {e}", cert_path.display())))?;
-    Ok(Loaded { key: Arc::new(certified), info })
+    certified.keys_match().map_err(|e| {
+        file_err(
+            key_path,
+            format!(
+                "key does not match the certificate {}: {e}",
+                cert_path.display()
+            ),
+        )
+    })?;
+    Ok(Loaded {
+        key: Arc::new(certified),
+        info,
+    })
 }
 
-fn describe(leaf: &CertificateDer<'_>, cert_path: &Path, key_path: &Path, generated: bool) -> Result<CertInfo, TlsError> {
+fn describe(
+    leaf: &CertificateDer<'_>,
+    cert_path: &Path,
+    key_path: &Path,
+    generated: bool,
+) -> Result<CertInfo, TlsError> {
     use x509_parser::prelude::*;
-    let (_, cert) = X509Certificate::from_der(leaf.as_ref()).map_err(|e| file_err(cert_path, format!("not an X.509 certificate: {e}")))?;
+    let (_, cert) = X509Certificate::from_der(leaf.as_ref())
+        .map_err(|e| file_err(cert_path, format!("not an X.509 certificate: {e}")))?;
     let mut names = Vec::new();
     if let Ok(Some(san)) = cert.subject_alternative_name() {
         for n in &san.value.general_names {
@@ -380,7 +471,11 @@ fn describe(leaf: &CertificateDer<'_>, cert_path: &Path, key_path: &Path, genera
 /// `openssl x509 -fingerprint -sha256` prints).
 pub fn fingerprint(der: &[u8]) -> String {
     let d = ring::digest::digest(&ring::digest::SHA256, der);
-    d.as_ref().iter().map(|b| format!("{b:02X}")).collect::<Vec<_>>().join(":")
+    d.as_ref()
+        .iter()
+        .map(|b| format!("{b:02X}"))
+        .collect::<Vec<_>>()
+        .join(":")
 }
 
 /// Whether a certificate name (`mail.example.org` or `*.example.org`)
@@ -389,7 +484,9 @@ pub fn name_covers(name: &str, host: &str) -> bool {
     let host = host.trim_end_matches('.').to_ascii_lowercase();
     let name = name.trim_end_matches('.').to_ascii_lowercase();
     match name.strip_prefix("*.") {
-        Some(suffix) => host.split_once('.').is_some_and(|(label, rest)| !label.is_empty() && rest == suffix),
+        Some(suffix) => host
+            .split_once('.')
+            .is_some_and(|(label, rest)| !label.is_empty() && rest == suffix),
         None => name == host,
     }
 }
@@ -407,7 +504,10 @@ pub fn check(config: &Config, now_unix: i64) -> Result<Vec<String>, TlsError> {
                 v.push((extra.cert.clone(), extra.key.clone(), false));
             }
             if v.is_empty() {
-                return Ok(vec!["tls: no certificate configured; `serve` uses a self-signed one in DATA/tls/".into()]);
+                return Ok(vec![
+                    "tls: no certificate configured; `serve` uses a self-signed one in DATA/tls/"
+                        .into(),
+                ]);
             }
             v
         }
@@ -418,13 +518,28 @@ pub fn check(config: &Config, now_unix: i64) -> Result<Vec<String>, TlsError> {
         let l = load_one(c, k, *g, &provider)?;
         let info = &l.info;
         if info.not_after < now_unix {
-            return Err(file_err(c, format!("certificate expired ({} days ago)", (now_unix - info.not_after) / 86400)));
+            return Err(file_err(
+                c,
+                format!(
+                    "certificate expired ({} days ago)",
+                    (now_unix - info.not_after) / 86400
+                ),
+            ));
         }
         if info.not_before > now_unix {
             return Err(file_err(c, "certificate is not valid yet"));
         }
-        if i == 0 && (config.tls.cert.is_some()) && !info.names.iter().any(|n| name_covers(n, &config.hostname)) {
-            return Err(file_err(c, format!("certificate names {:?} do not cover hostname {}", info.names, config.hostname)));
+        if i == 0
+            && (config.tls.cert.is_some())
+            && !info.names.iter().any(|n| name_covers(n, &config.hostname))
+        {
+            return Err(file_err(
+                c,
+                format!(
+                    "certificate names {:?} do not cover hostname {}",
+                    info.names, config.hostname
+                ),
+            ));
         }
         report.push(format!(
             "tls: {} names={} expires in {} days sha256={}",
@@ -453,15 +568,26 @@ mod tests {
     #[test]
     fn self_signed_is_generated_once_and_loads() {
         let dir = tempfile::tempdir().unwrap();
-        let config = Config { data_dir: dir.path().to_path_buf(), hostname: "mx.test".into(), ..Config::default() };
+        let config = Config {
+            data_dir: dir.path().to_path_buf(),
+            hostname: "mx.test".into(),
+            ..Config::default()
+        };
         let a = Tls::load(&config).unwrap();
         let first = a.certificates()[0].clone();
         assert!(first.generated);
         assert!(first.names.contains(&"mx.test".to_string()));
         let b = Tls::load(&config).unwrap();
-        assert_eq!(b.certificates()[0].fingerprint, first.fingerprint, "reused, not regenerated");
+        assert_eq!(
+            b.certificates()[0].fingerprint,
+            first.fingerprint,
+            "reused, not regenerated"
+        );
         use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(&first.key_path).unwrap().permissions().mode();
+        let mode = std::fs::metadata(&first.key_path)
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o077, 0, "private key readable by others: {mode:o}");
     }
 
@@ -469,7 +595,10 @@ mod tests {
     fn a_bad_reload_keeps_the_old_certificate() {
         let dir = tempfile::tempdir().unwrap();
         let (c, k) = self_signed(dir.path(), "one.test").unwrap();
-        let mut config = Config { data_dir: dir.path().to_path_buf(), ..Config::default() };
+        let mut config = Config {
+            data_dir: dir.path().to_path_buf(),
+            ..Config::default()
+        };
         config.tls.cert = Some(c.clone());
         config.tls.key = Some(k.clone());
         let tls = Tls::load(&config).unwrap();
@@ -492,10 +621,16 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (c, _) = self_signed(dir.path(), "one.test").unwrap();
         let (_, k2) = self_signed(dir.path(), "two.test").unwrap();
-        let mut config = Config { data_dir: dir.path().to_path_buf(), ..Config::default() };
+        let mut config = Config {
+            data_dir: dir.path().to_path_buf(),
+            ..Config::default()
+        };
         config.tls.cert = Some(c);
         config.tls.key = Some(k2);
-        let err = Tls::load(&config).err().expect("mismatched key accepted").to_string();
+        let err = Tls::load(&config)
+            .err()
+            .expect("mismatched key accepted")
+            .to_string();
         assert!(err.contains("does not match"), "{err}");
     }
 
@@ -503,16 +638,23 @@ mod tests {
     fn check_reports_names_that_miss_the_hostname() {
         let dir = tempfile::tempdir().unwrap();
         let (c, k) = self_signed(dir.path(), "other.test").unwrap();
-        let mut config = Config { hostname: "mail.example.test".into(), ..Config::default() };
+        let mut config = Config {
+            hostname: "mail.example.test".into(),
+            ..Config::default()
+        };
         config.tls.cert = Some(c);
         config.tls.key = Some(k);
-        let err = check(&config, crate::util::unix_now()).unwrap_err().to_string();
+        let err = check(&config, crate::util::unix_now())
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("do not cover hostname"), "{err}");
         config.hostname = "other.test".into();
         let ok = check(&config, crate::util::unix_now()).unwrap();
         assert!(ok[0].contains("other.test"), "{ok:?}");
         // Past its end (rcgen certificates run to the year 4096) it has expired.
-        let err = check(&config, crate::util::unix_now() + 800_000 * 86400).unwrap_err().to_string();
+        let err = check(&config, crate::util::unix_now() + 800_000 * 86400)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("expired"), "{err}");
     }
 }

@@ -91,7 +91,11 @@ impl Conn {
 
     /// A connection arriving from another shard: its unconsumed plaintext
     /// and, on TLS, its rustls state.
-    pub fn with_tls(stream: TcpStream, initial: Vec<u8>, tls: Option<Box<rustls::Connection>>) -> Conn {
+    pub fn with_tls(
+        stream: TcpStream,
+        initial: Vec<u8>,
+        tls: Option<Box<rustls::Connection>>,
+    ) -> Conn {
         // Without TCP_NODELAY a short request/reply exchange waits for the
         // peer's delayed ACK (tens of milliseconds).
         let _ = stream.set_nodelay(true);
@@ -120,7 +124,9 @@ impl Conn {
 
     /// The client's address (unspecified if the socket cannot tell).
     pub fn peer(&self) -> std::net::SocketAddr {
-        self.stream.peer_addr().unwrap_or_else(|_| std::net::SocketAddr::from(([0, 0, 0, 0], 0)))
+        self.stream
+            .peer_addr()
+            .unwrap_or_else(|_| std::net::SocketAddr::from(([0, 0, 0, 0], 0)))
     }
 
     pub fn is_tls(&self) -> bool {
@@ -140,7 +146,11 @@ impl Conn {
         };
         // rustls spells the TLS 1.3 suites TLS13_*; logs and Received
         // headers use the IANA names.
-        let cipher = match tls.negotiated_cipher_suite().and_then(|s| s.suite().as_str()).unwrap_or("unknown") {
+        let cipher = match tls
+            .negotiated_cipher_suite()
+            .and_then(|s| s.suite().as_str())
+            .unwrap_or("unknown")
+        {
             "TLS13_AES_128_GCM_SHA256" => "TLS_AES_128_GCM_SHA256",
             "TLS13_AES_256_GCM_SHA384" => "TLS_AES_256_GCM_SHA384",
             "TLS13_CHACHA20_POLY1305_SHA256" => "TLS_CHACHA20_POLY1305_SHA256",
@@ -189,7 +199,9 @@ impl Conn {
     pub async fn handshake(&mut self, timeout: Duration) -> Result<(), HandshakeError> {
         let deadline = Instant::now() + timeout;
         loop {
-            let Some(tls) = self.tls.as_ref() else { return Ok(()) };
+            let Some(tls) = self.tls.as_ref() else {
+                return Ok(());
+            };
             if !tls.is_handshaking() {
                 // Our last flight (TLS 1.2 Finished, TLS 1.3 tickets).
                 return self.flush_tls().await.map_err(HandshakeError::Failed);
@@ -232,7 +244,11 @@ impl Conn {
 
     /// Admit a new connection, or tell the client why not (`refusal` gives
     /// the protocol's words for a full server and a full address) and close.
-    pub async fn admit<P, R>(&mut self, permit: Result<P, R>, refusal: impl Fn(R) -> &'static [u8]) -> Option<P> {
+    pub async fn admit<P, R>(
+        &mut self,
+        permit: Result<P, R>,
+        refusal: impl Fn(R) -> &'static [u8],
+    ) -> Option<P> {
         match permit {
             Ok(p) => Some(p),
             Err(r) => {
@@ -300,7 +316,8 @@ impl Conn {
     fn grow(&mut self) {
         if self.buf.len() < self.end + READ_MIN {
             // Grow by exactly one chunk (resize would double the capacity).
-            self.buf.reserve_exact(self.end + READ_CHUNK - self.buf.len());
+            self.buf
+                .reserve_exact(self.end + READ_CHUNK - self.buf.len());
             self.buf.resize(self.end + READ_CHUNK, 0);
         }
     }
@@ -377,7 +394,10 @@ impl Conn {
             if let Err(e) = tls.process_new_packets() {
                 // Tell the peer why (rustls queued the alert), then fail.
                 let _ = self.flush_tls().await;
-                return ReadOutcome::Failed(std::io::Error::new(std::io::ErrorKind::InvalidData, e));
+                return ReadOutcome::Failed(std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    e,
+                ));
             }
         }
         ReadOutcome::Data
@@ -385,7 +405,9 @@ impl Conn {
 
     /// Send every record rustls has ready.
     async fn flush_tls(&mut self) -> std::io::Result<()> {
-        let Some(tls) = self.tls.as_mut() else { return Ok(()) };
+        let Some(tls) = self.tls.as_mut() else {
+            return Ok(());
+        };
         while tls.wants_write() {
             self.tls_out.clear();
             let _n = tls.write_tls(&mut self.tls_out)?;
@@ -409,7 +431,12 @@ impl Conn {
         while !rest.is_empty() {
             // rustls encrypts from `rest` into its record buffer, up to its
             // buffer limit (64 KiB) at a time.
-            let n = self.tls.as_mut().expect("TLS connection").writer().write(rest)?;
+            let n = self
+                .tls
+                .as_mut()
+                .expect("TLS connection")
+                .writer()
+                .write(rest)?;
             rest = &rest[n..];
             self.flush_tls().await?;
         }
@@ -463,7 +490,12 @@ impl Drop for Conn {
         if !out.is_empty() {
             // SAFETY: send on our own open socket from a valid buffer.
             unsafe {
-                libc::send(self.stream.as_raw_fd(), out.as_ptr().cast(), out.len(), libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL);
+                libc::send(
+                    self.stream.as_raw_fd(),
+                    out.as_ptr().cast(),
+                    out.len(),
+                    libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+                );
             }
         }
     }

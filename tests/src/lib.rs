@@ -161,7 +161,10 @@ fn workspace_bin(package: &str, bin: &str, env_override: &str) -> PathBuf {
     let status = cmd
         .status()
         .unwrap_or_else(|e| panic!("running cargo build for the {bin} binary: {e}"));
-    assert!(status.success(), "cargo build -p {package} failed: {status}");
+    assert!(
+        status.success(),
+        "cargo build -p {package} failed: {status}"
+    );
     let path = profile_dir.join(format!("{bin}{}", std::env::consts::EXE_SUFFIX));
     assert!(path.exists(), "built, but {} is missing", path.display());
     path
@@ -651,7 +654,9 @@ impl Drop for Server {
             let _ = c.wait();
         }
         if self.mounted {
-            let _ = std::process::Command::new("umount").arg(&self.data).status();
+            let _ = std::process::Command::new("umount")
+                .arg(&self.data)
+                .status();
         }
         if std::thread::panicking() {
             eprintln!(
@@ -730,7 +735,10 @@ impl Client {
         stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
         stream.set_write_timeout(Some(IO_TIMEOUT)).unwrap();
         let _ = stream.set_nodelay(true);
-        Client { stream, buf: Vec::new() }
+        Client {
+            stream,
+            buf: Vec::new(),
+        }
     }
 
     pub fn try_connect(addr: SocketAddr) -> std::io::Result<Client> {
@@ -1362,7 +1370,9 @@ pub fn normalize_line_ends(b: &[u8]) -> Vec<u8> {
 
 /// A TCP connection to `to` from the loopback address `from`.
 pub fn connect_from(from: Ipv4Addr, to: SocketAddr) -> TcpStream {
-    let SocketAddr::V4(to) = to else { panic!("IPv4 listener expected") };
+    let SocketAddr::V4(to) = to else {
+        panic!("IPv4 listener expected")
+    };
     // SAFETY: plain socket calls on a descriptor we own; addresses are
     // valid sockaddr_in structures.
     unsafe {
@@ -1372,12 +1382,20 @@ pub fn connect_from(from: Ipv4Addr, to: SocketAddr) -> TcpStream {
         local.sin_family = libc::AF_INET as libc::sa_family_t;
         local.sin_addr.s_addr = u32::from(from).to_be();
         let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
-        assert_eq!(libc::bind(fd, &local as *const _ as *const libc::sockaddr, len), 0, "bind {from}");
+        assert_eq!(
+            libc::bind(fd, &local as *const _ as *const libc::sockaddr, len),
+            0,
+            "bind {from}"
+        );
         let mut remote: libc::sockaddr_in = std::mem::zeroed();
         remote.sin_family = libc::AF_INET as libc::sa_family_t;
         remote.sin_port = to.port().to_be();
         remote.sin_addr.s_addr = u32::from(*to.ip()).to_be();
-        assert_eq!(libc::connect(fd, &remote as *const _ as *const libc::sockaddr, len), 0, "connect from {from}");
+        assert_eq!(
+            libc::connect(fd, &remote as *const _ as *const libc::sockaddr, len),
+            0,
+            "connect from {from}"
+        );
         TcpStream::from_raw_fd(fd)
     }
 }
@@ -1385,6 +1403,14 @@ pub fn connect_from(from: Ipv4Addr, to: SocketAddr) -> TcpStream {
 /// Resident memory of a process, in bytes.
 pub fn rss(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
-    let line = status.lines().find(|l| l.starts_with("VmRSS:")).expect("VmRSS");
-    line.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap() * 1024
+    let line = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .expect("VmRSS");
+    line.split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse::<u64>()
+        .unwrap()
+        * 1024
 }

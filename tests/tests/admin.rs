@@ -110,9 +110,21 @@ fn check_config_accepts_good_files_and_rejects_bad_values() {
         ("type.toml", "cores = \"two\"\n", ":1:"),
         ("syntax.toml", "hostname = \n", ":1:"),
         ("section.toml", "[nonsense]\nx = 1\n", ":1:"),
-        ("policy.toml", "[relay.tls]\n\"example.org\" = \"sometimes\"\n", ":2:"),
-        ("upper.toml", "[relay.tls]\n\"Example.org\" = \"require\"\n", "lowercase"),
-        ("ca.toml", "[relay]\ntls_ca_file = \"/nonexistent/ca.pem\"\n", "/nonexistent/ca.pem"),
+        (
+            "policy.toml",
+            "[relay.tls]\n\"example.org\" = \"sometimes\"\n",
+            ":2:",
+        ),
+        (
+            "upper.toml",
+            "[relay.tls]\n\"Example.org\" = \"require\"\n",
+            "lowercase",
+        ),
+        (
+            "ca.toml",
+            "[relay]\ntls_ca_file = \"/nonexistent/ca.pem\"\n",
+            "/nonexistent/ca.pem",
+        ),
     ] {
         let p = dir.path().join(name);
         std::fs::write(&p, text).unwrap();
@@ -313,7 +325,19 @@ fn account_list_into_a_closed_pipe_exits_quietly() {
     use std::io::Read;
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path().to_str().unwrap();
-    let out = ringmail(&["account", "bulk", "--data", d, "--pattern", "{n}pipe@example.test", "--count", "5000"], "pw\n");
+    let out = ringmail(
+        &[
+            "account",
+            "bulk",
+            "--data",
+            d,
+            "--pattern",
+            "{n}pipe@example.test",
+            "--count",
+            "5000",
+        ],
+        "pw\n",
+    );
     assert_ok(&out, "account bulk");
     let mut child = std::process::Command::new(ringmail_bin())
         .args(["account", "list", "--data", d])
@@ -328,7 +352,14 @@ fn account_list_into_a_closed_pipe_exits_quietly() {
     drop(stdout);
     let out = wait_output(child, std::time::Duration::from_secs(30));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!stderr.contains("panicked") && !stderr.contains("Broken pipe"), "{stderr}");
+    assert!(
+        !stderr.contains("panicked") && !stderr.contains("Broken pipe"),
+        "{stderr}"
+    );
     use std::os::unix::process::ExitStatusExt;
-    assert!(out.status.success() || out.status.signal() == Some(libc::SIGPIPE), "{:?}", out.status);
+    assert!(
+        out.status.success() || out.status.signal() == Some(libc::SIGPIPE),
+        "{:?}",
+        out.status
+    );
 }

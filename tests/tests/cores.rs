@@ -170,7 +170,11 @@ fn pin_to(cpu: usize) {
     unsafe {
         let mut set: libc::cpu_set_t = std::mem::zeroed();
         libc::CPU_SET(cpu, &mut set);
-        assert_eq!(libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set), 0, "pinning to CPU {cpu}");
+        assert_eq!(
+            libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set),
+            0,
+            "pinning to CPU {cpu}"
+        );
     }
 }
 
@@ -179,18 +183,33 @@ fn pin_to(cpu: usize) {
 /// is the shard that received the message.
 #[test]
 fn connections_are_steered_to_the_executor_on_their_cpu() {
-    if std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) < 2 {
+    if std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+        < 2
+    {
         eprintln!("skipped: needs two CPUs");
         return;
     }
-    let server = Server::options().config("cpu_steering = true\n").accounts(&["steer@example.test"]).start();
+    let server = Server::options()
+        .config("cpu_steering = true\n")
+        .accounts(&["steer@example.test"])
+        .start();
     // "connections steered to the executor on their CPU cpus=Some([0, 1])"
     // Logged before the ready line, but stderr is read by another thread.
     let line = wait_for(std::time::Duration::from_secs(10), || {
-        server.stderr_text().lines().find(|l| l.contains("connections steered")).map(str::to_string)
+        server
+            .stderr_text()
+            .lines()
+            .find(|l| l.contains("connections steered"))
+            .map(str::to_string)
     })
     .unwrap_or_else(|| panic!("no steering line in:\n{}", server.stderr_text()));
-    let list = line.split("cpus=Some([").nth(1).and_then(|r| r.split("])").next()).expect("cpu list");
+    let list = line
+        .split("cpus=Some([")
+        .nth(1)
+        .and_then(|r| r.split("])").next())
+        .expect("cpu list");
     let cpus: Vec<usize> = list.split(", ").map(|c| c.parse().unwrap()).collect();
     assert_eq!(cpus.len(), 2);
     for round in 0..3 {
@@ -199,14 +218,25 @@ fn connections_are_steered_to_the_executor_on_their_cpu() {
             let reply = std::thread::spawn(move || {
                 pin_to(cpu);
                 let (mut c, _) = smtp_connect(addr);
-                let r = smtp_transaction(&mut c, "s@example.test", &["steer@example.test"], &message("steer@example.test", round), Transfer::Data).unwrap();
+                let r = smtp_transaction(
+                    &mut c,
+                    "s@example.test",
+                    &["steer@example.test"],
+                    &message("steer@example.test", round),
+                    Transfer::Data,
+                )
+                .unwrap();
                 c.cmd("QUIT").expect(221, None);
                 r.text()
             })
             .join()
             .unwrap();
             let id = reply.rsplit(' ').next().unwrap();
-            assert_eq!(&id[..2], format!("{shard:02X}"), "client on CPU {cpu}: {reply}");
+            assert_eq!(
+                &id[..2],
+                format!("{shard:02X}"),
+                "client on CPU {cpu}: {reply}"
+            );
         }
     }
 }

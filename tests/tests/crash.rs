@@ -268,7 +268,14 @@ fn kill9_during_concurrent_delivery_loses_nothing_acknowledged() {
     let data = server.data.to_str().expect("utf-8 path").to_string();
     let out = ringmail(&["inspect", "--data", &data, "--count-only"], "");
     assert_ok(&out, "ringmail inspect");
-    let offline: usize = String::from_utf8_lossy(&out.stdout).trim().parse().expect("a count");
-    assert_eq!(offline, present.len(), "offline index count vs messages served over POP3");
+    let offline: usize = String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .expect("a count");
+    assert_eq!(
+        offline,
+        present.len(),
+        "offline index count vs messages served over POP3"
+    );
     eprintln!("crash test took {:?}", t0.elapsed());
 }

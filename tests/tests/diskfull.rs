@@ -17,14 +17,17 @@ fn disk_full_gets_452_and_nothing_stored_is_harmed() {
         eprintln!("diskfull: skipped, this machine refuses a tmpfs mount");
         return;
     }
-    let _ = std::process::Command::new("umount").arg(probe.path()).status();
+    let _ = std::process::Command::new("umount")
+        .arg(probe.path())
+        .status();
     // One core: one 64 MiB segment fits in 100 MiB, the second does not.
     let server = Server::options().cores(1).tmpfs(100).start();
     let (mut c, _) = smtp_connect(server.smtp);
     let mut accepted = Vec::new();
     let mut refused = None;
     for i in 0..200 {
-        let mut msg = format!("Subject: fill {i}\r\nMessage-ID: <fill{i}@e2e.test>\r\n\r\n").into_bytes();
+        let mut msg =
+            format!("Subject: fill {i}\r\nMessage-ID: <fill{i}@e2e.test>\r\n\r\n").into_bytes();
         for _ in 0..(1 << 20) / 78 {
             msg.extend_from_slice(format!("{:076}\r\n", i).as_bytes());
         }
@@ -42,7 +45,11 @@ fn disk_full_gets_452_and_nothing_stored_is_harmed() {
     }
     let r = refused.expect("the disk never filled up");
     r.expect(452, Some("4.3.1"));
-    assert!(accepted.len() >= 40, "only {} messages fit before the disk filled", accepted.len());
+    assert!(
+        accepted.len() >= 40,
+        "only {} messages fit before the disk filled",
+        accepted.len()
+    );
     // The session goes on.
     c.cmd("RSET").expect(250, None);
     c.cmd("NOOP").expect(250, None);

@@ -63,7 +63,10 @@ impl Resp {
         assert_eq!(s.len(), 1, "{self:#?}");
         let inner = &s[0][s[0].rfind('(').unwrap() + 1..s[0].rfind(')').unwrap()];
         let w: Vec<&str> = inner.split(' ').collect();
-        let i = w.iter().position(|x| x.eq_ignore_ascii_case(item)).unwrap_or_else(|| panic!("{item} in {s:?}"));
+        let i = w
+            .iter()
+            .position(|x| x.eq_ignore_ascii_case(item))
+            .unwrap_or_else(|| panic!("{item} in {s:?}"));
         w[i + 1].parse().unwrap()
     }
 
@@ -72,7 +75,10 @@ impl Resp {
     fn search(&self) -> Vec<u32> {
         let s = self.with_prefix("SEARCH");
         assert_eq!(s.len(), 1, "expected one SEARCH response: {self:#?}");
-        s[0]["* SEARCH".len()..].split_whitespace().map(|n| n.parse().unwrap()).collect()
+        s[0]["* SEARCH".len()..]
+            .split_whitespace()
+            .map(|n| n.parse().unwrap())
+            .collect()
     }
 }
 
@@ -82,7 +88,11 @@ impl Imap {
         let s = TcpStream::connect_timeout(&addr, Duration::from_secs(10)).unwrap();
         s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
         s.set_nodelay(true).unwrap();
-        let mut c = Imap { s, buf: Vec::new(), next: 0 };
+        let mut c = Imap {
+            s,
+            buf: Vec::new(),
+            next: 0,
+        };
         let g = c.response();
         assert!(g.starts_with("* OK"), "greeting {g:?}");
         c
@@ -99,7 +109,10 @@ impl Imap {
         let mut chunk = [0u8; 65536];
         let n = self.s.read(&mut chunk)?;
         if n == 0 {
-            return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "connection closed"));
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "connection closed",
+            ));
         }
         self.buf.extend_from_slice(&chunk[..n]);
         Ok(())
@@ -134,7 +147,8 @@ impl Imap {
 
     #[track_caller]
     fn response(&mut self) -> String {
-        self.try_response().unwrap_or_else(|e| panic!("reading a response: {e}"))
+        self.try_response()
+            .unwrap_or_else(|e| panic!("reading a response: {e}"))
     }
 
     fn tag(&mut self) -> String {
@@ -153,16 +167,23 @@ impl Imap {
         loop {
             let r = self.try_response()?;
             if let Some(s) = r.strip_prefix(&prefix) {
-                return Ok(Resp { untagged, status: s.to_string() });
+                return Ok(Resp {
+                    untagged,
+                    status: s.to_string(),
+                });
             }
-            assert!(r.starts_with("* ") || r.starts_with("+ "), "unexpected {r:?} waiting for {tag}");
+            assert!(
+                r.starts_with("* ") || r.starts_with("+ "),
+                "unexpected {r:?} waiting for {tag}"
+            );
             untagged.push(r);
         }
     }
 
     #[track_caller]
     fn until(&mut self, tag: &str) -> Resp {
-        self.try_until(tag).unwrap_or_else(|e| panic!("waiting for {tag}: {e}"))
+        self.try_until(tag)
+            .unwrap_or_else(|e| panic!("waiting for {tag}: {e}"))
     }
 
     #[track_caller]
@@ -190,8 +211,18 @@ impl Imap {
     #[track_caller]
     fn append(&mut self, mailbox: &str, flags: &str, msg: &str) -> Resp {
         let t = self.tag();
-        let fl = if flags.is_empty() { String::new() } else { format!(" ({flags})") };
-        self.send(format!("{t} APPEND \"{mailbox}\"{fl} {{{}+}}\r\n{msg}\r\n", msg.len()).as_bytes());
+        let fl = if flags.is_empty() {
+            String::new()
+        } else {
+            format!(" ({flags})")
+        };
+        self.send(
+            format!(
+                "{t} APPEND \"{mailbox}\"{fl} {{{}+}}\r\n{msg}\r\n",
+                msg.len()
+            )
+            .as_bytes(),
+        );
         let r = self.until(&t);
         assert!(r.ok(), "APPEND -> {r:#?}");
         r
@@ -218,7 +249,13 @@ fn server() -> Server {
 fn py(case: &str, server: &Server) {
     run_python(
         "imap_conformance.py",
-        &[case.to_string(), server.imap.ip().to_string(), server.imap.port().to_string(), U.to_string(), PASSWORD.to_string()],
+        &[
+            case.to_string(),
+            server.imap.ip().to_string(),
+            server.imap.port().to_string(),
+            U.to_string(),
+            PASSWORD.to_string(),
+        ],
     );
 }
 
@@ -242,7 +279,10 @@ fn examine_does_not_clear_recent() {
     let r = a.ok("SEARCH RECENT");
     assert_eq!(r.search(), vec![1, 2]);
     a.ok("CLOSE");
-    assert_eq!(a.ok("STATUS Box (RECENT MESSAGES)").status_item("RECENT"), 2);
+    assert_eq!(
+        a.ok("STATUS Box (RECENT MESSAGES)").status_item("RECENT"),
+        2
+    );
     // Examined again (and UNSELECTed): still nothing claimed.
     assert_eq!(a.ok("EXAMINE Box").count("RECENT"), Some(2));
     a.ok("UNSELECT");
@@ -262,7 +302,11 @@ fn examine_does_not_clear_recent() {
     let r = b.ok("SELECT Box");
     assert_eq!(r.count("RECENT"), Some(3), "{r:#?}");
     assert!(r.status.starts_with("OK [READ-WRITE]"), "{r:?}");
-    assert_eq!(b.ok("STATUS Box (RECENT)").status_item("RECENT"), 3, "own \\Recent messages count in STATUS");
+    assert_eq!(
+        b.ok("STATUS Box (RECENT)").status_item("RECENT"),
+        3,
+        "own \\Recent messages count in STATUS"
+    );
     a.ok("CLOSE");
     assert_eq!(a.ok("STATUS Box (RECENT)").status_item("RECENT"), 0);
     assert_eq!(a.ok("EXAMINE Box").count("RECENT"), Some(0));
@@ -296,21 +340,34 @@ fn recreated_mailbox_gets_a_new_uidvalidity() {
     let (v0, next0) = validity(&mut a, "Cache");
     assert_eq!(next0, 2);
     let r = a.ok("SELECT Cache");
-    assert!(r.untagged.iter().any(|l| l.contains(&format!("[UIDVALIDITY {v0}]"))), "{r:#?}");
+    assert!(
+        r.untagged
+            .iter()
+            .any(|l| l.contains(&format!("[UIDVALIDITY {v0}]"))),
+        "{r:#?}"
+    );
     // Another session deletes it, creates it again and appends, all within
     // the same second: a client caching UID 1 must see another UIDVALIDITY.
     b.ok("DELETE Cache");
     b.ok("CREATE Cache");
     b.append("Cache", "", &message("new"));
     let (v1, next1) = validity(&mut b, "Cache");
-    assert!(v1 > v0, "UIDVALIDITY {v1} after delete and create, was {v0}");
+    assert!(
+        v1 > v0,
+        "UIDVALIDITY {v1} after delete and create, was {v0}"
+    );
     assert_eq!(next1, 2);
     // The session that had it selected hears that it is gone, then sees the new one.
     let r = a.cmd("NOOP");
     assert!(r.ok(), "{r:#?}");
     assert_eq!(validity(&mut a, "Cache").0, v1);
     let r = a.ok("SELECT Cache");
-    assert!(r.untagged.iter().any(|l| l.contains(&format!("[UIDVALIDITY {v1}]"))), "{r:#?}");
+    assert!(
+        r.untagged
+            .iter()
+            .any(|l| l.contains(&format!("[UIDVALIDITY {v1}]"))),
+        "{r:#?}"
+    );
     let r = a.ok("APPEND Cache {1+}\r\nx");
     assert!(r.status.contains(&format!("[APPENDUID {v1} 2]")), "{r:?}");
 
@@ -339,7 +396,10 @@ fn recreated_mailbox_gets_a_new_uidvalidity() {
         c.ok("CREATE Cache");
         c.append("Cache", "", &message("after restart"));
         let (v, next) = validity(&mut c, "Cache");
-        assert!(v > *seen.iter().max().unwrap(), "UIDVALIDITY {v} after restart, earlier {seen:?}");
+        assert!(
+            v > *seen.iter().max().unwrap(),
+            "UIDVALIDITY {v} after restart, earlier {seen:?}"
+        );
         assert_eq!(next, 2);
         seen.push(v);
         c.ok("DELETE Cache");
@@ -353,7 +413,9 @@ fn recreated_mailbox_gets_a_new_uidvalidity() {
 
 /// `ID (...)` with `pairs` pairs of 30-octet fields and `value`-octet values.
 fn id_args(pairs: usize, value: usize) -> String {
-    let list: Vec<String> = (0..pairs).map(|i| format!("\"{}{i:02}\" \"{}\"", "f".repeat(28), "v".repeat(value))).collect();
+    let list: Vec<String> = (0..pairs)
+        .map(|i| format!("\"{}{i:02}\" \"{}\"", "f".repeat(28), "v".repeat(value)))
+        .collect();
     format!("ID ({})", list.join(" "))
 }
 
@@ -469,9 +531,15 @@ fn list_extended_options_and_recursivematch() {
     assert!(!l[0].0.contains("\\Subscribed"), "{l:?}");
     assert_eq!(l[0].2, "(\"CHILDINFO\" (\"SUBSCRIBED\"))", "{l:?}");
     // Same with the options in the other order and RETURN (CHILDREN).
-    let l = list(&mut c, "LIST (RECURSIVEMATCH SUBSCRIBED) \"\" \"%\" RETURN (CHILDREN)");
+    let l = list(
+        &mut c,
+        "LIST (RECURSIVEMATCH SUBSCRIBED) \"\" \"%\" RETURN (CHILDREN)",
+    );
     assert_eq!(names(&l), ["Foo"], "{l:?}");
-    assert!(l[0].0.contains("\\HasChildren") && l[0].2.contains("CHILDINFO"), "{l:?}");
+    assert!(
+        l[0].0.contains("\\HasChildren") && l[0].2.contains("CHILDINFO"),
+        "{l:?}"
+    );
     // With `*` the child is returned itself: no redundant parent (RFC 5258 3.5).
     let l = list(&mut c, "LIST (SUBSCRIBED RECURSIVEMATCH) \"\" \"*\"");
     assert_eq!(names(&l), ["Foo/Baz"], "{l:?}");
@@ -503,7 +571,10 @@ fn list_extended_options_and_recursivematch() {
     assert!(l[0].0.contains("\\NonExistent"), "{l:?}");
     let l = list(&mut c, "LIST (SUBSCRIBED RECURSIVEMATCH) \"\" \"G*\"");
     assert_eq!(names(&l), ["Ghost/Sub"], "{l:?}");
-    assert!(l[0].0.contains("\\NonExistent") && l[0].0.contains("\\Subscribed"), "{l:?}");
+    assert!(
+        l[0].0.contains("\\NonExistent") && l[0].0.contains("\\Subscribed"),
+        "{l:?}"
+    );
     // Deeper descendants count (RECURSIVEMATCH is recursive).
     c.ok("CREATE Deep/A/B");
     c.ok("SUBSCRIBE Deep/A/B");
@@ -516,13 +587,22 @@ fn list_extended_options_and_recursivematch() {
     // Several patterns: each is matched, every mailbox listed once.
     let l = list(&mut c, "LIST \"\" (\"INBOX\" Moo \"Foo/%\")");
     assert_eq!(names(&l), ["INBOX", "Foo/Bar", "Foo/Baz", "Moo"], "{l:?}");
-    let l = list(&mut c, "LIST () \"\" (Moo \"M*\" \"Foo\") RETURN (CHILDREN)");
+    let l = list(
+        &mut c,
+        "LIST () \"\" (Moo \"M*\" \"Foo\") RETURN (CHILDREN)",
+    );
     assert_eq!(names(&l), ["Foo", "Moo"], "{l:?}");
-    let l = list(&mut c, "LIST (SUBSCRIBED RECURSIVEMATCH) \"\" (\"Par\" \"Deep/%\")");
+    let l = list(
+        &mut c,
+        "LIST (SUBSCRIBED RECURSIVEMATCH) \"\" (\"Par\" \"Deep/%\")",
+    );
     assert_eq!(names(&l), ["Deep/A", "Par"], "{l:?}");
     let l = list(&mut c, "LIST \"Foo/\" (Bar Baz nothing)");
     assert_eq!(names(&l), ["Foo/Bar", "Foo/Baz"], "{l:?}");
-    let l = list(&mut c, "LIST (SPECIAL-USE) \"\" (\"Sent\" \"Drafts\" Moo) RETURN (SPECIAL-USE)");
+    let l = list(
+        &mut c,
+        "LIST (SPECIAL-USE) \"\" (\"Sent\" \"Drafts\" Moo) RETURN (SPECIAL-USE)",
+    );
     assert_eq!(names(&l), ["Drafts", "Sent"], "{l:?}");
     let l = list(&mut c, "LIST \"\" (Moo) RETURN (STATUS (MESSAGES))");
     assert_eq!(names(&l), ["Moo"], "{l:?}");
@@ -537,7 +617,9 @@ fn list_extended_options_and_recursivematch() {
 /// `MODSEQ (n)` of a FETCH response line.
 #[track_caller]
 fn modseq_of(line: &str) -> u64 {
-    let i = line.find("MODSEQ (").unwrap_or_else(|| panic!("no MODSEQ in {line:?}"));
+    let i = line
+        .find("MODSEQ (")
+        .unwrap_or_else(|| panic!("no MODSEQ in {line:?}"));
     let rest = &line[i + 8..];
     rest[..rest.find(')').unwrap()].parse().unwrap()
 }
@@ -558,12 +640,18 @@ fn condstore_enabling_commands_and_modseq_search() {
     let mut a = Imap::login(server.imap);
     a.ok("CREATE Cond");
     for i in 1..=4 {
-        a.append("Cond", if i == 3 { "\\Seen" } else { "" }, &message(&format!("m{i}")));
+        a.append(
+            "Cond",
+            if i == 3 { "\\Seen" } else { "" },
+            &message(&format!("m{i}")),
+        );
     }
     a.ok("SELECT Cond");
     a.ok("STORE 1 +FLAGS (\\Flagged)");
     a.ok("CLOSE");
-    let highest = a.ok("STATUS Cond (HIGHESTMODSEQ)").status_item("HIGHESTMODSEQ");
+    let highest = a
+        .ok("STATUS Cond (HIGHESTMODSEQ)")
+        .status_item("HIGHESTMODSEQ");
     let want = format!("OK [HIGHESTMODSEQ {highest}]");
 
     // Each enabling command, first in a session with the mailbox selected.
@@ -584,20 +672,33 @@ fn condstore_enabling_commands_and_modseq_search() {
         let r = c.ok(cmd);
         assert!(!r.status.contains("HIGHESTMODSEQ"), "{cmd} again: {r:?}");
         let r = c.ok("FETCH 2 FLAGS");
-        assert!(r.untagged[0].contains("MODSEQ ("), "{cmd}, then FETCH: {r:#?}");
+        assert!(
+            r.untagged[0].contains("MODSEQ ("),
+            "{cmd}, then FETCH: {r:#?}"
+        );
         c.ok("LOGOUT");
     }
     // STORE UNCHANGEDSINCE changes the mailbox: the value after the change.
     let mut c = selected_plain(&server);
     let r = c.ok("STORE 4 (UNCHANGEDSINCE 1000000) +FLAGS (\\Answered)");
-    let now = c.ok("STATUS Cond (HIGHESTMODSEQ)").status_item("HIGHESTMODSEQ");
-    assert!(now > highest && r.status.starts_with(&format!("OK [HIGHESTMODSEQ {now}]")), "{r:#?}");
+    let now = c
+        .ok("STATUS Cond (HIGHESTMODSEQ)")
+        .status_item("HIGHESTMODSEQ");
+    assert!(
+        now > highest && r.status.starts_with(&format!("OK [HIGHESTMODSEQ {now}]")),
+        "{r:#?}"
+    );
     // A conditional STORE that fails for some messages keeps [MODIFIED] in
     // the tagged OK; HIGHESTMODSEQ comes untagged.
     let mut c = selected_plain(&server);
     let r = c.ok("STORE 1:2 (UNCHANGEDSINCE 1) +FLAGS (\\Draft)");
     assert!(r.status.starts_with("OK [MODIFIED 1:2]"), "{r:#?}");
-    assert!(r.untagged.iter().any(|l| l.starts_with(&format!("* OK [HIGHESTMODSEQ {now}]"))), "{r:#?}");
+    assert!(
+        r.untagged
+            .iter()
+            .any(|l| l.starts_with(&format!("* OK [HIGHESTMODSEQ {now}]"))),
+        "{r:#?}"
+    );
     // SELECT (CONDSTORE) and ENABLE before SELECT report it at SELECT already.
     for first in ["SELECT Cond (CONDSTORE)", "ENABLE CONDSTORE"] {
         let mut c = Imap::login(server.imap);
@@ -608,7 +709,12 @@ fn condstore_enabling_commands_and_modseq_search() {
         } else {
             r
         };
-        assert!(r.untagged.iter().any(|l| l.contains(&format!("[HIGHESTMODSEQ {now}]"))), "{r:#?}");
+        assert!(
+            r.untagged
+                .iter()
+                .any(|l| l.contains(&format!("[HIGHESTMODSEQ {now}]"))),
+            "{r:#?}"
+        );
         let r = c.ok("FETCH 1 MODSEQ");
         assert!(!r.status.contains("HIGHESTMODSEQ"), "{r:?}");
     }
@@ -620,7 +726,12 @@ fn condstore_enabling_commands_and_modseq_search() {
     // The MODSEQ key with an entry name and type (RFC 7162 3.1.5).
     let mut c = Imap::login(server.imap);
     c.ok("SELECT Cond");
-    let ms: Vec<u64> = c.ok("FETCH 1:4 MODSEQ").untagged.iter().map(|l| modseq_of(l)).collect();
+    let ms: Vec<u64> = c
+        .ok("FETCH 1:4 MODSEQ")
+        .untagged
+        .iter()
+        .map(|l| modseq_of(l))
+        .collect();
     let m23 = ms[1].max(ms[2]);
     for cmd in [
         "SEARCH RETURN (ALL) 2:3 MODSEQ \"/flags/\\\\seen\" all 1",
@@ -632,19 +743,34 @@ fn condstore_enabling_commands_and_modseq_search() {
         let r = c.ok(cmd);
         let e = r.with_prefix("ESEARCH");
         assert_eq!(e.len(), 1, "{cmd}: {r:#?}");
-        assert!(e[0].ends_with(&format!(") ALL 2:3 MODSEQ {m23}")), "{cmd}: {e:?}");
+        assert!(
+            e[0].ends_with(&format!(") ALL 2:3 MODSEQ {m23}")),
+            "{cmd}: {e:?}"
+        );
     }
     let r = c.ok("UID SEARCH RETURN (ALL) 2:3 MODSEQ \"/flags/\\\\seen\" all 1");
-    assert!(r.with_prefix("ESEARCH")[0].ends_with(&format!(") UID ALL 2:3 MODSEQ {m23}")), "{r:#?}");
+    assert!(
+        r.with_prefix("ESEARCH")[0].ends_with(&format!(") UID ALL 2:3 MODSEQ {m23}")),
+        "{r:#?}"
+    );
     // SEARCH without RETURN: `(MODSEQ n)` after the numbers.
     let r = c.ok("SEARCH 2:3 MODSEQ \"/flags/\\\\seen\" all 1");
-    assert_eq!(r.with_prefix("SEARCH")[0], &format!("* SEARCH 2 3 (MODSEQ {m23})"));
+    assert_eq!(
+        r.with_prefix("SEARCH")[0],
+        &format!("* SEARCH 2 3 (MODSEQ {m23})")
+    );
     // MIN/MAX only: the mod-sequence of the messages returned.
     let r = c.ok("SEARCH RETURN (MIN) 2:3 MODSEQ 1");
-    assert!(r.with_prefix("ESEARCH")[0].ends_with(&format!(") MIN 2 MODSEQ {}", ms[1])), "{r:#?}");
+    assert!(
+        r.with_prefix("ESEARCH")[0].ends_with(&format!(") MIN 2 MODSEQ {}", ms[1])),
+        "{r:#?}"
+    );
     // A MODSEQ key inside OR or NOT counts as well; no match: no MODSEQ.
     let r = c.ok("SEARCH RETURN (COUNT) OR MODSEQ 1 SEEN");
-    assert!(r.with_prefix("ESEARCH")[0].contains(" COUNT 4 MODSEQ "), "{r:#?}");
+    assert!(
+        r.with_prefix("ESEARCH")[0].contains(" COUNT 4 MODSEQ "),
+        "{r:#?}"
+    );
     let r = c.ok("SEARCH MODSEQ 999999999");
     assert_eq!(r.with_prefix("SEARCH")[0], "* SEARCH");
     c.bad("SEARCH MODSEQ \"/flags/\\\\seen\" bogus 1");
@@ -678,20 +804,53 @@ fn search_address_with_comments() {
         );
         c.append("Addr", "", &msg);
     }
-    c.append("Addr", "", "From: <someone (a comment)@else.org>\r\nSubject: no\r\n\r\nx\r\n");
+    c.append(
+        "Addr",
+        "",
+        "From: <someone (a comment)@else.org>\r\nSubject: no\r\n\r\nx\r\n",
+    );
     c.ok("SELECT Addr");
     let all: Vec<u32> = (1..=forms.len() as u32).collect();
-    for (key, addr) in [("FROM", "user-from@domain.org"), ("TO", "user-to@domain.org"), ("CC", "user-cc@domain.org"), ("BCC", "user-bcc@domain.org")] {
+    for (key, addr) in [
+        ("FROM", "user-from@domain.org"),
+        ("TO", "user-to@domain.org"),
+        ("CC", "user-cc@domain.org"),
+        ("BCC", "user-bcc@domain.org"),
+    ] {
         assert_eq!(c.ok(&format!("SEARCH {key} {addr}")).search(), all, "{key}");
-        assert_eq!(c.ok(&format!("SEARCH {key} \"{}\"", addr.to_uppercase())).search(), all, "{key}");
+        assert_eq!(
+            c.ok(&format!("SEARCH {key} \"{}\"", addr.to_uppercase()))
+                .search(),
+            all,
+            "{key}"
+        );
         // The UID form, and through NOT / OR.
-        assert_eq!(c.ok(&format!("UID SEARCH {key} {addr}")).search(), all, "UID {key}");
-        assert_eq!(c.ok(&format!("SEARCH NOT {key} {addr}")).search().len(), 1, "NOT {key}");
-        assert_eq!(c.ok(&format!("SEARCH OR {key} {addr} SUBJECT nothing")).search(), all, "OR {key}");
+        assert_eq!(
+            c.ok(&format!("UID SEARCH {key} {addr}")).search(),
+            all,
+            "UID {key}"
+        );
+        assert_eq!(
+            c.ok(&format!("SEARCH NOT {key} {addr}")).search().len(),
+            1,
+            "NOT {key}"
+        );
+        assert_eq!(
+            c.ok(&format!("SEARCH OR {key} {addr} SUBJECT nothing"))
+                .search(),
+            all,
+            "OR {key}"
+        );
     }
-    assert!(c.ok("SEARCH FROM user-from@domain.org.uk").search().is_empty());
+    assert!(c
+        .ok("SEARCH FROM user-from@domain.org.uk")
+        .search()
+        .is_empty());
     assert_eq!(c.ok("SEARCH FROM someone@else.org").search(), vec![6]);
-    assert!(c.ok("SEARCH FROM \"a comment\"").search() == vec![6], "the field text still matches as well");
+    assert!(
+        c.ok("SEARCH FROM \"a comment\"").search() == vec![6],
+        "the field text still matches as well"
+    );
     c.ok("LOGOUT");
     py("search_cfws", &server);
 }
@@ -712,16 +871,31 @@ impl FlagsWatch {
     #[track_caller]
     fn see(&mut self, line: &str, who: &str) {
         if let Some(rest) = line.strip_prefix("* FLAGS (") {
-            self.known = rest.trim_end_matches(')').split(' ').map(str::to_string).collect();
+            self.known = rest
+                .trim_end_matches(')')
+                .split(' ')
+                .map(str::to_string)
+                .collect();
             return;
         }
-        let Some(i) = line.find(" FETCH (") else { return };
-        let Some(f) = line[i..].find("FLAGS (") else { return };
+        let Some(i) = line.find(" FETCH (") else {
+            return;
+        };
+        let Some(f) = line[i..].find("FLAGS (") else {
+            return;
+        };
         let list = &line[i + f + 7..];
         let list = &list[..list.find(')').unwrap()];
         self.fetches += 1;
-        for flag in list.split(' ').filter(|f| !f.is_empty() && !f.starts_with('\\')) {
-            assert!(self.known.iter().any(|k| k.eq_ignore_ascii_case(flag)), "{who}: {flag} in {line:?} before any FLAGS naming it (FLAGS was {:?})", self.known);
+        for flag in list
+            .split(' ')
+            .filter(|f| !f.is_empty() && !f.starts_with('\\'))
+        {
+            assert!(
+                self.known.iter().any(|k| k.eq_ignore_ascii_case(flag)),
+                "{who}: {flag} in {line:?} before any FLAGS naming it (FLAGS was {:?})",
+                self.known
+            );
         }
     }
 
@@ -825,7 +999,13 @@ fn keywords_announced_before_fetch_uses_them() {
             })
         })
         .collect();
-    let fetches: usize = threads.into_iter().map(|t| t.join().expect("a stress session failed")).sum();
-    assert!(fetches > 500, "only {fetches} FETCH FLAGS responses checked");
+    let fetches: usize = threads
+        .into_iter()
+        .map(|t| t.join().expect("a stress session failed"))
+        .sum();
+    assert!(
+        fetches > 500,
+        "only {fetches} FETCH FLAGS responses checked"
+    );
     py("keywords_announced", &server);
 }

@@ -30,8 +30,22 @@ fn server() -> Server {
 fn loadgen(args: &[&str]) -> serde_json::Value {
     let child = Command::new(loadgen_bin())
         .args(args)
-        .args(["--accounts", "2", "--account-pattern", PATTERN, "--password", PASSWORD])
-        .args(["--json", "--no-progress", "--timeout", "20", "--max-time", "60"])
+        .args([
+            "--accounts",
+            "2",
+            "--account-pattern",
+            PATTERN,
+            "--password",
+            PASSWORD,
+        ])
+        .args([
+            "--json",
+            "--no-progress",
+            "--timeout",
+            "20",
+            "--max-time",
+            "60",
+        ])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -57,14 +71,22 @@ fn check_tls(r: &serde_json::Value, mode: &str, resumed: u64) -> (u64, u64) {
     let t = &r["tls"];
     assert_eq!(t["mode"], mode, "{what}: {t}");
     assert_eq!(t["version"], "TLSv1.3", "{what}: {t}");
-    assert!(t["cipher"].as_str().is_some_and(|c| c.starts_with("TLS13_")), "{what}: {t}");
+    assert!(
+        t["cipher"]
+            .as_str()
+            .is_some_and(|c| c.starts_with("TLS13_")),
+        "{what}: {t}"
+    );
     let full = t["handshakes_full"].as_u64().unwrap();
     let res = t["handshakes_resumed"].as_u64().unwrap();
     let timed = r["ops"]["tls_handshake"]["count"].as_u64().unwrap_or(0);
     assert!(timed > 0, "{what}: no tls_handshake op: {}", r["ops"]);
     assert_eq!(timed, full + res, "{what}: every handshake is timed: {t}");
     assert!(full >= 1, "{what}: {t}");
-    assert!(res >= resumed, "{what}: want at least {resumed} resumed: {t}");
+    assert!(
+        res >= resumed,
+        "{what}: want at least {resumed} resumed: {t}"
+    );
     (full, res)
 }
 
@@ -79,9 +101,20 @@ fn loadgen_smtp_starttls_delivers_and_resumes() {
     // 4 connections one after another (3 messages each): 1 full handshake,
     // then resumptions.
     let r = loadgen(&[
-        "smtp", "--target", &addr(server.smtp), "--starttls",
-        "--tls-ca", ca.to_str().unwrap(), "--tls-server-name", NAME,
-        "--connections", "1", "--messages", "12", "--reuse", "3",
+        "smtp",
+        "--target",
+        &addr(server.smtp),
+        "--starttls",
+        "--tls-ca",
+        ca.to_str().unwrap(),
+        "--tls-server-name",
+        NAME,
+        "--connections",
+        "1",
+        "--messages",
+        "12",
+        "--reuse",
+        "3",
     ]);
     check_tls(&r, "starttls", 1);
     assert_eq!(r["messages_ok"], 12, "{r}");
@@ -100,7 +133,12 @@ fn loadgen_pop3_and_imap_over_implicit_tls_and_starttls() {
     let server = server();
     for a in ACCOUNTS {
         for i in 0..3 {
-            smtp_send(server.smtp, "s@example.org", &[a], format!("Subject: {i}\r\n\r\nbody {i}\r\n").as_bytes());
+            smtp_send(
+                server.smtp,
+                "s@example.org",
+                &[a],
+                format!("Subject: {i}\r\n\r\nbody {i}\r\n").as_bytes(),
+            );
         }
     }
     let ca = server.tls_cert();
@@ -129,8 +167,12 @@ fn loadgen_pop3_and_imap_over_implicit_tls_and_starttls() {
         let mut args = vec!["imap", "--target", &t, flag];
         args.extend(tls);
         args.extend([
-            "--connections", "1", "--duration", "2",
-            "--mix", "login=2,select=2,fetch_headers=2,fetch_body=2,search=1,logout=1",
+            "--connections",
+            "1",
+            "--duration",
+            "2",
+            "--mix",
+            "login=2,select=2,fetch_headers=2,fetch_body=2,search=1,logout=1",
         ]);
         let r = loadgen(&args);
         check_tls(&r, mode, 1);
@@ -147,20 +189,49 @@ fn loadgen_verifies_the_certificate_and_can_turn_resumption_off() {
     let pop3s = addr(server.pop3s);
     // --tls-resume off: every handshake is full
     let r = loadgen(&[
-        "pop3", "--target", &pop3s, "--tls", "--tls-ca", ca, "--tls-server-name", NAME,
-        "--tls-resume", "off", "--connections", "1", "--sessions", "3",
+        "pop3",
+        "--target",
+        &pop3s,
+        "--tls",
+        "--tls-ca",
+        ca,
+        "--tls-server-name",
+        NAME,
+        "--tls-resume",
+        "off",
+        "--connections",
+        "1",
+        "--sessions",
+        "3",
     ]);
     assert_eq!(check_tls(&r, "implicit", 0), (3, 0), "{}", r["tls"]);
     // Without --tls-server-name the name checked is 127.0.0.1, which the
     // certificate does not carry: every session fails verification.
     let r = loadgen(&[
-        "pop3", "--target", &pop3s, "--tls", "--tls-ca", ca, "--connections", "1", "--sessions", "2",
+        "pop3",
+        "--target",
+        &pop3s,
+        "--tls",
+        "--tls-ca",
+        ca,
+        "--connections",
+        "1",
+        "--sessions",
+        "2",
     ]);
     assert_eq!(r["errors"]["tls_certificate"], 2, "{}", r["errors"]);
     assert_eq!(r["sessions_ok"], 0);
     // --tls-insecure takes the self-signed certificate as it is
     let r = loadgen(&[
-        "pop3", "--target", &pop3s, "--tls", "--tls-insecure", "--connections", "1", "--sessions", "2",
+        "pop3",
+        "--target",
+        &pop3s,
+        "--tls",
+        "--tls-insecure",
+        "--connections",
+        "1",
+        "--sessions",
+        "2",
     ]);
     check_tls(&r, "implicit", 1);
 }

@@ -76,12 +76,17 @@ fn unfinished_data_costs_disk_not_memory_and_is_budgeted_per_address() {
     eprintln!("RSS before {before}, with {held} bytes of unfinished DATA {during} (+{grew})");
     // In RAM each would be 3 MiB: 144 MiB in all. Spooled, each session
     // holds at most the threshold (128 KiB) plus its read buffer.
-    assert!(grew < 40 << 20, "resident memory grew by {grew} bytes for {held} bytes of unfinished DATA");
+    assert!(
+        grew < 40 << 20,
+        "resident memory grew by {grew} bytes for {held} bytes of unfinished DATA"
+    );
 
     // A legitimate client is served meanwhile, with a message above the threshold.
     let mut message = b"From: a@b.test\r\nSubject: legit\r\n\r\n".to_vec();
     while message.len() < 600_000 {
-        message.extend_from_slice(b"legitimate line of text, long enough to matter ......................\r\n");
+        message.extend_from_slice(
+            b"legitimate line of text, long enough to matter ......................\r\n",
+        );
     }
     smtp_send(server.smtp, "a@b.test", &[ALICE.0], &message);
 
@@ -109,13 +114,21 @@ fn unfinished_data_costs_disk_not_memory_and_is_budgeted_per_address() {
     // Every accepted message (and the legitimate one) is stored whole.
     let stored = fetch_all(server.pop3, ALICE.0, ALICE.1);
     assert_eq!(stored.len(), ok + 1);
-    let legit = stored.iter().find(|(_, m)| m.windows(15).any(|w| w == b"Subject: legit\r")).expect("legit message");
+    let legit = stored
+        .iter()
+        .find(|(_, m)| m.windows(15).any(|w| w == b"Subject: legit\r"))
+        .expect("legit message");
     assert!(legit.1.ends_with(&message[message.len() - 200..]));
-    for (_, m) in stored.iter().filter(|(_, m)| !m.windows(15).any(|w| w == b"Subject: legit\r")) {
+    for (_, m) in stored
+        .iter()
+        .filter(|(_, m)| !m.windows(15).any(|w| w == b"Subject: legit\r"))
+    {
         assert!(m.len() > per_conn, "spooled message of {} bytes", m.len());
     }
     // Spool files are unnamed: nothing is left in the directory.
-    let left: Vec<_> = std::fs::read_dir(server.data.join("spool")).unwrap().collect();
+    let left: Vec<_> = std::fs::read_dir(server.data.join("spool"))
+        .unwrap()
+        .collect();
     assert!(left.is_empty(), "spool directory not empty: {left:?}");
 }
 
@@ -126,7 +139,10 @@ fn unfinished_data_costs_disk_not_memory_and_is_budgeted_per_address() {
 fn parallel_failed_logins_are_bounded_and_memory_returns() {
     // Throttling off: every attempt reaches argon2 (the throttle would ban
     // 127.0.0.1 after ten).
-    let server = Server::options().config(NO_THROTTLE).accounts(&["alice@example.test"]).start();
+    let server = Server::options()
+        .config(NO_THROTTLE)
+        .accounts(&["alice@example.test"])
+        .start();
     let pid = server.pid().expect("pid");
     // One login first, so one-time allocations are in the baseline.
     let mut c = Client::connect(server.imap);
@@ -145,7 +161,11 @@ fn parallel_failed_logins_are_bounded_and_memory_returns() {
                 c.set_read_timeout(Duration::from_secs(120));
                 c.read_line();
                 for j in 0..2 {
-                    let user = if i % 2 == 0 { "alice@example.test".to_string() } else { format!("nobody{i}@example.test") };
+                    let user = if i % 2 == 0 {
+                        "alice@example.test".to_string()
+                    } else {
+                        format!("nobody{i}@example.test")
+                    };
                     c.send(format!("a{j} LOGIN {user} wrong-{j}\r\n").as_bytes());
                     let line = c.line();
                     assert!(line.starts_with(&format!("a{j} NO")), "{line}");
@@ -165,8 +185,16 @@ fn parallel_failed_logins_are_bounded_and_memory_returns() {
     let after = rss(pid);
     eprintln!("RSS before {before}, peak during 160 failed logins {peak}, 2 s after {after}");
     // Two shards x two checks x 19 MiB, plus the sessions' own memory.
-    assert!(peak - before < 120 << 20, "burst raised RSS by {} bytes", peak - before);
-    assert!(after < before + (16 << 20), "RSS stayed {} bytes above the baseline", after - before);
+    assert!(
+        peak - before < 120 << 20,
+        "burst raised RSS by {} bytes",
+        peak - before
+    );
+    assert!(
+        after < before + (16 << 20),
+        "RSS stayed {} bytes above the baseline",
+        after - before
+    );
 }
 
 /// Log in over IMAP on a raw connection.
@@ -236,7 +264,9 @@ fn append_literals_spool_to_disk_and_are_budgeted() {
     std::thread::sleep(Duration::from_millis(800));
     let during = rss(pid);
     let grew = during.saturating_sub(before);
-    eprintln!("RSS before {before}, with 12 x {size} octets of APPEND literals held {during} (+{grew})");
+    eprintln!(
+        "RSS before {before}, with 12 x {size} octets of APPEND literals held {during} (+{grew})"
+    );
     // In RAM that would be 48 MiB.
     assert!(grew < 20 << 20, "resident memory grew by {grew} bytes");
 
@@ -268,21 +298,45 @@ fn append_literals_spool_to_disk_and_are_budgeted() {
 
     // With the budget free again, Python's imaplib (synchronizing literals)
     // appends one more.
-    let out = run_python("imaplib_append.py", &[server.imap.port().to_string(), ALICE.0.into(), ALICE.1.into(), (2 * MIB).to_string()]);
+    let out = run_python(
+        "imaplib_append.py",
+        &[
+            server.imap.port().to_string(),
+            ALICE.0.into(),
+            ALICE.1.into(),
+            (2 * MIB).to_string(),
+        ],
+    );
     assert!(out.contains("ok"), "{out}");
 
     // Every appended message is stored whole, as an IMAP client reads it.
     let dump = server.root().join("dump");
     std::fs::create_dir_all(&dump).unwrap();
-    let out = run_python("imap_dump.py", &[server.imap.port().to_string(), ALICE.0.into(), ALICE.1.into(), dump.display().to_string()]);
+    let out = run_python(
+        "imap_dump.py",
+        &[
+            server.imap.port().to_string(),
+            ALICE.0.into(),
+            ALICE.1.into(),
+            dump.display().to_string(),
+        ],
+    );
     assert_eq!(out.trim(), (ok.len() + 1).to_string());
-    let stored: Vec<Vec<u8>> = std::fs::read_dir(&dump).unwrap().map(|e| std::fs::read(e.unwrap().path()).unwrap()).collect();
+    let stored: Vec<Vec<u8>> = std::fs::read_dir(&dump)
+        .unwrap()
+        .map(|e| std::fs::read(e.unwrap().path()).unwrap())
+        .collect();
     for i in ok {
         let want = append_message(i, size);
-        let got = stored.iter().find(|m| m.starts_with(&want[..40])).expect("appended message");
+        let got = stored
+            .iter()
+            .find(|m| m.starts_with(&want[..40]))
+            .expect("appended message");
         assert_bytes_eq(got, &want, &format!("APPEND {i}"));
     }
-    let left: Vec<_> = std::fs::read_dir(server.data.join("spool")).unwrap().collect();
+    let left: Vec<_> = std::fs::read_dir(server.data.join("spool"))
+        .unwrap()
+        .collect();
     assert!(left.is_empty(), "spool directory not empty: {left:?}");
 }
 
@@ -306,7 +360,11 @@ fn inbox_count(server: &Server) -> usize {
     let mut c = imap_login(server);
     c.send(b"s STATUS INBOX (MESSAGES)\r\n");
     let l = c.line();
-    let n = l.split("MESSAGES ").nth(1).and_then(|r| r.trim_end_matches(|ch: char| !ch.is_ascii_digit()).parse().ok());
+    let n = l.split("MESSAGES ").nth(1).and_then(|r| {
+        r.trim_end_matches(|ch: char| !ch.is_ascii_digit())
+            .parse()
+            .ok()
+    });
     assert!(tagged(&mut c, "s").starts_with("s OK"));
     n.unwrap_or_else(|| panic!("STATUS: {l}"))
 }
@@ -324,7 +382,9 @@ fn inbox_count(server: &Server) -> usize {
 #[test]
 fn hostile_load_holds_memory_to_a_bound_and_loses_nothing_acknowledged() {
     const MIB: usize = 1 << 20;
-    let full: Option<usize> = std::env::var("RINGMAIL_ATTACK_MIB").ok().and_then(|v| v.parse().ok());
+    let full: Option<usize> = std::env::var("RINGMAIL_ATTACK_MIB")
+        .ok()
+        .and_then(|v| v.parse().ok());
     let (smtp_size, append_size) = match full {
         Some(m) => (m * MIB, m * MIB),
         None => (MIB, 2 * MIB),
@@ -364,7 +424,11 @@ fn hostile_load_holds_memory_to_a_bound_and_loses_nothing_acknowledged() {
                     // Every fifth sends its message as one BDAT chunk (RFC
                     // 3030) and holds back the LAST.
                     let bdat = i % 5 == 0;
-                    let mut c = if bdat { open_bdat(connect_from(from, server_smtp)) } else { open_data(connect_from(from, server_smtp)) };
+                    let mut c = if bdat {
+                        open_bdat(connect_from(from, server_smtp))
+                    } else {
+                        open_data(connect_from(from, server_smtp))
+                    };
                     c.set_read_timeout(Duration::from_secs(120));
                     if bdat {
                         c.send(format!("BDAT {smtp_size}\r\n").as_bytes());
@@ -374,7 +438,10 @@ fn hostile_load_holds_memory_to_a_bound_and_loses_nothing_acknowledged() {
                     // 2: the client then sends no more chunks).
                     let refused = bdat && {
                         let r = c.reply();
-                        assert!(r.code == 250 || (r.code == 451 && r.enhanced() == Some("4.3.1")), "BDAT chunk: {r:?}");
+                        assert!(
+                            r.code == 250 || (r.code == 451 && r.enhanced() == Some("4.3.1")),
+                            "BDAT chunk: {r:?}"
+                        );
                         r.code == 451
                     };
                     smtp.push((bdat, refused, c));
@@ -401,8 +468,15 @@ fn hostile_load_holds_memory_to_a_bound_and_loses_nothing_acknowledged() {
     let mut slowest = Duration::ZERO;
     while rounds < 3 || !workers.iter().all(|w| w.is_finished()) {
         let t = std::time::Instant::now();
-        let body = format!("From: a@b.test\r\nSubject: legit {rounds}\r\n\r\nserved during the attack\r\n");
-        smtp_send(server.smtp, "a@b.test", &["bob@example.test"], body.as_bytes());
+        let body = format!(
+            "From: a@b.test\r\nSubject: legit {rounds}\r\n\r\nserved during the attack\r\n"
+        );
+        smtp_send(
+            server.smtp,
+            "a@b.test",
+            &["bob@example.test"],
+            body.as_bytes(),
+        );
         let mut p = Pop3::login(server.pop3, "bob@example.test", "bob-secret");
         assert_eq!(p.stat().0, rounds + 1);
         p.quit();
@@ -431,8 +505,14 @@ fn hostile_load_holds_memory_to_a_bound_and_loses_nothing_acknowledged() {
     // The bound: 600 sessions each holding at most the spool threshold
     // (128 KiB) plus a read buffer, over the idle server's footprint.
     let bound = before + 200 * MIB as u64;
-    assert!(peak < bound, "peak RSS {peak} over the bound {bound} (before {before})");
-    assert!(slowest < Duration::from_secs(10), "a legitimate round took {slowest:?}");
+    assert!(
+        peak < bound,
+        "peak RSS {peak} over the bound {bound} (before {before})"
+    );
+    assert!(
+        slowest < Duration::from_secs(10),
+        "a legitimate round took {slowest:?}"
+    );
 
     // End everything; count what the server acknowledged.
     let mut acked = 0;
@@ -443,7 +523,11 @@ fn hostile_load_holds_memory_to_a_bound_and_loses_nothing_acknowledged() {
             refused += 1;
             continue;
         }
-        let end: &[u8] = if *bdat { b"BDAT 0 LAST\r\n" } else { b"\r\n.\r\n" };
+        let end: &[u8] = if *bdat {
+            b"BDAT 0 LAST\r\n"
+        } else {
+            b"\r\n.\r\n"
+        };
         c.stream().write_all(end).unwrap();
         match c.reply().code {
             250 => acked += 1,
@@ -471,7 +555,9 @@ fn hostile_load_holds_memory_to_a_bound_and_loses_nothing_acknowledged() {
     server.kill9();
     server.restart();
     assert_eq!(inbox_count(&server), acked);
-    let left: Vec<_> = std::fs::read_dir(server.data.join("spool")).unwrap().collect();
+    let left: Vec<_> = std::fs::read_dir(server.data.join("spool"))
+        .unwrap()
+        .collect();
     assert!(left.is_empty(), "spool directory not empty: {left:?}");
 }
 
@@ -515,6 +601,12 @@ fn memory_returns_after_two_thousand_connections_close() {
     });
     let now = rss(pid);
     eprintln!("RSS before {before}, with 2,000 sessions holding 100 KiB each {during}, 2 s after they closed {now}");
-    assert!(during > before + (150 << 20), "the sessions did not hold their data in RAM ({before} -> {during})");
-    assert!(after.is_some(), "RSS {now} is not back near {before} after the connections closed");
+    assert!(
+        during > before + (150 << 20),
+        "the sessions did not hold their data in RAM ({before} -> {during})"
+    );
+    assert!(
+        after.is_some(),
+        "RSS {now} is not back near {before} after the connections closed"
+    );
 }

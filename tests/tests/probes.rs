@@ -41,7 +41,10 @@ fn median(mut v: Vec<Duration>) -> Duration {
 #[test]
 fn failed_login_takes_as_long_for_unknown_accounts_as_for_known_ones() {
     // Throttling off: this measures the password check alone.
-    let server = Server::options().config(NO_THROTTLE).accounts(&["alice@example.test", "bob@example.test"]).start();
+    let server = Server::options()
+        .config(NO_THROTTLE)
+        .accounts(&["alice@example.test", "bob@example.test"])
+        .start();
     // Warm up: the first connection of each kind pays one-time costs.
     let (_, ok) = auth_attempt(&server, "bob@example.test", PASSWORD);
     assert!(ok, "the right password is accepted");
@@ -53,7 +56,11 @@ fn failed_login_takes_as_long_for_unknown_accounts_as_for_known_ones() {
         let (t, ok) = auth_attempt(&server, "alice@example.test", &format!("wrong-{i}"));
         assert!(!ok);
         known.push(t);
-        let (t, ok) = auth_attempt(&server, &format!("nobody-{i}@example.test"), &format!("wrong-{i}"));
+        let (t, ok) = auth_attempt(
+            &server,
+            &format!("nobody-{i}@example.test"),
+            &format!("wrong-{i}"),
+        );
         assert!(!ok);
         unknown.push(t);
     }
@@ -62,9 +69,15 @@ fn failed_login_takes_as_long_for_unknown_accounts_as_for_known_ones() {
     // A password check is an argon2id verification with 19 MiB of memory:
     // milliseconds even optimised. Without the dummy hash the unknown name
     // answered in well under a millisecond plus the connection.
-    assert!(unknown >= Duration::from_millis(5), "unknown account answered in {unknown:?}: no password check");
+    assert!(
+        unknown >= Duration::from_millis(5),
+        "unknown account answered in {unknown:?}: no password check"
+    );
     let ratio = unknown.as_secs_f64() / known.as_secs_f64();
-    assert!((0.6..1.6).contains(&ratio), "unknown/known = {ratio:.2} ({unknown:?} vs {known:?})");
+    assert!(
+        (0.6..1.6).contains(&ratio),
+        "unknown/known = {ratio:.2} ({unknown:?} vs {known:?})"
+    );
 }
 
 /// NUL octets are refused by SMTP DATA (550 5.6.0) and IMAP APPEND
@@ -113,5 +126,9 @@ fn bdat_with_nul_is_refused_and_the_session_goes_on() {
     c.cmd("QUIT").expect(221, None);
     let stored = fetch_all(server.pop3, "alice@example.test", "alice-secret");
     assert_eq!(stored.len(), 1);
-    assert!(strip_trace(&stored[0].1).1 == clean, "{:?}", String::from_utf8_lossy(&stored[0].1));
+    assert!(
+        strip_trace(&stored[0].1).1 == clean,
+        "{:?}",
+        String::from_utf8_lossy(&stored[0].1)
+    );
 }

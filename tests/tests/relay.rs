@@ -14,8 +14,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use ringmail::util::base64_encode as b64;
 use ringmail::relay::testdns::{QType, TestDns, TestZone};
+use ringmail::util::base64_encode as b64;
 
 const PW: &str = "relay-secret";
 const WAIT: Duration = Duration::from_secs(30);
@@ -32,12 +32,24 @@ fn bin() -> &'static Path {
         }
         let exe = std::env::current_exe().unwrap();
         let deps = exe.parent().unwrap();
-        let profile_dir = if deps.ends_with("deps") { deps.parent().unwrap() } else { deps };
+        let profile_dir = if deps.ends_with("deps") {
+            deps.parent().unwrap()
+        } else {
+            deps
+        };
         let target = profile_dir.parent().unwrap();
         let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-        cmd.args(["build", "--quiet", "-p", "ringmail", "--bin", "ringmail", "--target-dir"])
-            .arg(target)
-            .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap());
+        cmd.args([
+            "build",
+            "--quiet",
+            "-p",
+            "ringmail",
+            "--bin",
+            "ringmail",
+            "--target-dir",
+        ])
+        .arg(target)
+        .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap());
         if profile_dir.file_name().is_some_and(|n| n == "release") {
             cmd.arg("--release");
         }
@@ -48,7 +60,11 @@ fn bin() -> &'static Path {
 
 /// A port nothing listens on right now (for an instance that starts later).
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn dns_zone(domains: &[&str]) -> TestZone {
@@ -84,7 +100,10 @@ struct Setup<'a> {
 
 impl Instance {
     fn start(s: Setup<'_>) -> Instance {
-        let dir = tempfile::Builder::new().prefix("ringmail-relay-").tempdir().unwrap();
+        let dir = tempfile::Builder::new()
+            .prefix("ringmail-relay-")
+            .tempdir()
+            .unwrap();
         let data = dir.path().join("data");
         let config = dir.path().join("ringmail.toml");
         let mut text = format!(
@@ -100,23 +119,50 @@ impl Instance {
         text.push_str("[storage]\ncompact_interval_secs = 0\n");
         std::fs::write(&config, text).unwrap();
         let unset: SocketAddr = "0.0.0.0:0".parse().unwrap();
-        let mut i = Instance { _dir: dir, data, config, smtp_port: s.smtp_port, child: None, smtp: unset, pop3: unset, submission: unset };
+        let mut i = Instance {
+            _dir: dir,
+            data,
+            config,
+            smtp_port: s.smtp_port,
+            child: None,
+            smtp: unset,
+            pop3: unset,
+            submission: unset,
+        };
         i.spawn();
         i
     }
 
     fn spawn(&mut self) {
         let log = self.data.with_file_name("stderr.log");
-        let stderr = std::fs::OpenOptions::new().create(true).append(true).open(&log).unwrap();
+        let stderr = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .unwrap();
         let mut child = Command::new(bin())
             .arg("serve")
             .arg("--data")
             .arg(&self.data)
             .arg("--config")
             .arg(&self.config)
-            .args(["--cores", "2", "--smtp", &format!("127.0.0.1:{}", self.smtp_port), "--pop3", "127.0.0.1:0"])
+            .args([
+                "--cores",
+                "2",
+                "--smtp",
+                &format!("127.0.0.1:{}", self.smtp_port),
+                "--pop3",
+                "127.0.0.1:0",
+            ])
             .args(["--imap", "127.0.0.1:0", "--submission", "127.0.0.1:0"])
-            .args(["--submissions", "127.0.0.1:0", "--imaps", "127.0.0.1:0", "--pop3s", "127.0.0.1:0"])
+            .args([
+                "--submissions",
+                "127.0.0.1:0",
+                "--imaps",
+                "127.0.0.1:0",
+                "--pop3s",
+                "127.0.0.1:0",
+            ])
             .env("RINGMAIL_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -130,10 +176,20 @@ impl Instance {
             let _ = BufReader::new(stdout).read_line(&mut line);
             let _ = tx.send(line);
         });
-        let line = rx.recv_timeout(Duration::from_secs(30)).expect("server ready line");
-        assert!(line.starts_with("ringmail: ready "), "{line:?}\n{}", std::fs::read_to_string(&log).unwrap_or_default());
+        let line = rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("server ready line");
+        assert!(
+            line.starts_with("ringmail: ready "),
+            "{line:?}\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
         let field = |name: &str| -> SocketAddr {
-            line.split_whitespace().find_map(|w| w.strip_prefix(&format!("{name}="))).unwrap().parse().unwrap()
+            line.split_whitespace()
+                .find_map(|w| w.strip_prefix(&format!("{name}=")))
+                .unwrap()
+                .parse()
+                .unwrap()
         };
         self.smtp = field("smtp");
         self.pop3 = field("pop3");
@@ -149,8 +205,18 @@ impl Instance {
     }
 
     fn queue(&self, args: &[&str]) -> String {
-        let out = Command::new(bin()).arg("queue").args(args).arg("--data").arg(&self.data).output().unwrap();
-        assert!(out.status.success(), "queue {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        let out = Command::new(bin())
+            .arg("queue")
+            .args(args)
+            .arg("--data")
+            .arg(&self.data)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "queue {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8(out.stdout).unwrap()
     }
 }
@@ -172,7 +238,6 @@ impl Drop for Instance {
     }
 }
 
-
 /// A raw line client.
 struct Line {
     r: BufReader<TcpStream>,
@@ -183,7 +248,10 @@ impl Line {
     fn connect(addr: SocketAddr) -> Line {
         let s = TcpStream::connect(addr).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
-        Line { r: BufReader::new(s.try_clone().unwrap()), w: s }
+        Line {
+            r: BufReader::new(s.try_clone().unwrap()),
+            w: s,
+        }
     }
     fn send(&mut self, data: &[u8]) {
         self.w.write_all(data).unwrap();
@@ -209,13 +277,25 @@ impl Line {
 }
 
 /// Send one message; Err(first non-positive reply).
-fn smtp_send(addr: SocketAddr, auth: Option<&str>, from: &str, to: &[&str], data: &[u8]) -> Result<(), String> {
+fn smtp_send(
+    addr: SocketAddr,
+    auth: Option<&str>,
+    from: &str,
+    to: &[&str],
+    data: &[u8],
+) -> Result<(), String> {
     let mut c = Line::connect(addr);
     c.reply();
     c.cmd("EHLO client.test");
     let check = |r: String, want: &str| if r.starts_with(want) { Ok(()) } else { Err(r) };
     if let Some(user) = auth {
-        check(c.cmd(&format!("AUTH PLAIN {}", b64(format!("\0{user}\0{PW}").as_bytes()))), "235")?;
+        check(
+            c.cmd(&format!(
+                "AUTH PLAIN {}",
+                b64(format!("\0{user}\0{PW}").as_bytes())
+            )),
+            "235",
+        )?;
     }
     check(c.cmd(&format!("MAIL FROM:<{from}>")), "250")?;
     for t in to {
@@ -242,7 +322,13 @@ fn submit_raw(addr: SocketAddr, user: &str, to: &str, wire: &[u8]) -> Result<(),
     c.reply();
     c.cmd("EHLO client.test");
     let check = |r: String, want: &str| if r.starts_with(want) { Ok(()) } else { Err(r) };
-    check(c.cmd(&format!("AUTH PLAIN {}", b64(format!("\0{user}\0{PW}").as_bytes()))), "235")?;
+    check(
+        c.cmd(&format!(
+            "AUTH PLAIN {}",
+            b64(format!("\0{user}\0{PW}").as_bytes())
+        )),
+        "235",
+    )?;
     check(c.cmd(&format!("MAIL FROM:<{user}>")), "250")?;
     check(c.cmd(&format!("RCPT TO:<{to}>")), "250")?;
     check(c.cmd("DATA"), "354")?;
@@ -294,7 +380,9 @@ fn message(subject: &str, size: usize) -> Vec<u8> {
     let mut m = format!("From: alice@a.test\r\nTo: bob@b.test\r\nSubject: {subject}\r\nMessage-ID: <{subject}@a.test>\r\n\r\n").into_bytes();
     m.extend_from_slice(b".a line with a leading dot\r\n8-bit: \xc3\xa9t\xc3\xa9\r\n");
     while m.len() < size {
-        m.extend_from_slice(b"0123456789 abcdefghijklmnopqrstuvwxyz ABCDEFGHIJKLMNOPQRSTUVWXYZ 0123456789\r\n");
+        m.extend_from_slice(
+            b"0123456789 abcdefghijklmnopqrstuvwxyz ABCDEFGHIJKLMNOPQRSTUVWXYZ 0123456789\r\n",
+        );
     }
     m
 }
@@ -330,23 +418,44 @@ fn pair(extra_a: &str) -> (TestDns, Instance, Instance) {
 fn relay_is_byte_identical_and_one_message_reaches_three_domains() {
     let (_dns, a, b) = pair("");
     let m = message("three", 3000);
-    smtp_send(a.smtp, Some("alice@a.test"), "alice@a.test", &["bob@b.test", "carol@c.test", "al2@a.test"], &m).unwrap();
-    wait_for("bob and carol", || pop3_all(b.pop3, "bob@b.test").len() == 1 && pop3_all(b.pop3, "carol@c.test").len() == 1);
+    smtp_send(
+        a.smtp,
+        Some("alice@a.test"),
+        "alice@a.test",
+        &["bob@b.test", "carol@c.test", "al2@a.test"],
+        &m,
+    )
+    .unwrap();
+    wait_for("bob and carol", || {
+        pop3_all(b.pop3, "bob@b.test").len() == 1 && pop3_all(b.pop3, "carol@c.test").len() == 1
+    });
     for user in ["bob@b.test", "carol@c.test"] {
         let got = &pop3_all(b.pop3, user)[0];
-        assert!(got.ends_with(&m), "{user}: not byte-identical:\n{}", String::from_utf8_lossy(got));
+        assert!(
+            got.ends_with(&m),
+            "{user}: not byte-identical:\n{}",
+            String::from_utf8_lossy(got)
+        );
         let text = String::from_utf8_lossy(got);
-        assert!(text.starts_with("Return-Path: <alice@a.test>\r\nReceived: from mx.a.test"), "{text}");
+        assert!(
+            text.starts_with("Return-Path: <alice@a.test>\r\nReceived: from mx.a.test"),
+            "{text}"
+        );
         // A's trace header, with ESMTPA (RFC 3848) for the authenticated submission.
         assert!(text.contains("with ESMTPA id"), "{text}");
         // B's, on top: A used STARTTLS, opportunistically, to B's
         // self-signed certificate.
         let b_received = text.split("\r\nReceived: ").nth(1).unwrap_or("");
-        assert!(b_received.starts_with("from mx.a.test") && b_received.contains("with ESMTPS id"), "{text}");
+        assert!(
+            b_received.starts_with("from mx.a.test") && b_received.contains("with ESMTPS id"),
+            "{text}"
+        );
     }
     let local = &pop3_all(a.pop3, "al2@a.test")[0];
     assert!(local.ends_with(&m));
-    wait_for("an empty queue", || a.queue(&["list"]) == "queue is empty\n");
+    wait_for("an empty queue", || {
+        a.queue(&["list"]) == "queue is empty\n"
+    });
 }
 
 #[test]
@@ -362,10 +471,22 @@ fn deferred_while_the_mx_is_down_then_delivered() {
         extra: "",
     });
     let m = message("later", 500);
-    smtp_send(a.submission, Some("alice@a.test"), "alice@a.test", &["bob@b.test"], &m).unwrap();
-    wait_for("a deferral", || a.queue(&["list"]).contains("deferred attempts="));
+    smtp_send(
+        a.submission,
+        Some("alice@a.test"),
+        "alice@a.test",
+        &["bob@b.test"],
+        &m,
+    )
+    .unwrap();
+    wait_for("a deferral", || {
+        a.queue(&["list"]).contains("deferred attempts=")
+    });
     let list = a.queue(&["list"]);
-    assert!(list.contains("from=<alice@a.test>") && list.contains("bob@b.test deferred"), "{list}");
+    assert!(
+        list.contains("from=<alice@a.test>") && list.contains("bob@b.test deferred"),
+        "{list}"
+    );
     let b = Instance::start(Setup {
         domains: &["b.test"],
         accounts: &["bob@b.test"],
@@ -374,33 +495,88 @@ fn deferred_while_the_mx_is_down_then_delivered() {
         smtp_port: b_port,
         extra: "",
     });
-    assert!(a.queue(&["flush", "b.test"]).ends_with("recipients scheduled now\n"));
-    wait_for("delivery after the MX came up", || pop3_all(b.pop3, "bob@b.test").len() == 1);
+    assert!(a
+        .queue(&["flush", "b.test"])
+        .ends_with("recipients scheduled now\n"));
+    wait_for("delivery after the MX came up", || {
+        pop3_all(b.pop3, "bob@b.test").len() == 1
+    });
     assert!(pop3_all(b.pop3, "bob@b.test")[0].ends_with(&m));
-    wait_for("an empty queue", || a.queue(&["list"]) == "queue is empty\n");
+    wait_for("an empty queue", || {
+        a.queue(&["list"]) == "queue is empty\n"
+    });
 }
 
 #[test]
 fn rejections_and_null_mx_become_bounces_but_never_for_the_null_sender() {
     let (dns, a, b) = pair("");
     let m = message("bounce", 800);
-    smtp_send(a.smtp, Some("alice@a.test"), "alice@a.test", &["nobody@b.test", "bob@b.test"], &m).unwrap();
-    smtp_send(a.smtp, Some("alice@a.test"), "alice@a.test", &["x@null.test"], &m).unwrap();
+    smtp_send(
+        a.smtp,
+        Some("alice@a.test"),
+        "alice@a.test",
+        &["nobody@b.test", "bob@b.test"],
+        &m,
+    )
+    .unwrap();
+    smtp_send(
+        a.smtp,
+        Some("alice@a.test"),
+        "alice@a.test",
+        &["x@null.test"],
+        &m,
+    )
+    .unwrap();
     // The null sender never gets a notification.
-    smtp_send(a.smtp, Some("alice@a.test"), "", &["nobody@b.test", "y@null.test"], &m).unwrap();
-    wait_for("two notifications", || pop3_all(a.pop3, "alice@a.test").len() >= 2);
-    wait_for("an empty queue", || a.queue(&["list"]) == "queue is empty\n");
+    smtp_send(
+        a.smtp,
+        Some("alice@a.test"),
+        "",
+        &["nobody@b.test", "y@null.test"],
+        &m,
+    )
+    .unwrap();
+    wait_for("two notifications", || {
+        pop3_all(a.pop3, "alice@a.test").len() >= 2
+    });
+    wait_for("an empty queue", || {
+        a.queue(&["list"]) == "queue is empty\n"
+    });
     std::thread::sleep(Duration::from_millis(500));
-    let dsns: Vec<String> = pop3_all(a.pop3, "alice@a.test").iter().map(|d| String::from_utf8_lossy(d).into_owned()).collect();
+    let dsns: Vec<String> = pop3_all(a.pop3, "alice@a.test")
+        .iter()
+        .map(|d| String::from_utf8_lossy(d).into_owned())
+        .collect();
     assert_eq!(dsns.len(), 2, "{dsns:#?}");
-    let rejected = dsns.iter().find(|d| d.contains("nobody@b.test")).expect("DSN for the 550");
+    let rejected = dsns
+        .iter()
+        .find(|d| d.contains("nobody@b.test"))
+        .expect("DSN for the 550");
     assert!(rejected.starts_with("Return-Path: <>\r\n"), "{rejected}");
-    assert!(rejected.contains("multipart/report; report-type=delivery-status"), "{rejected}");
-    assert!(rejected.contains("Action: failed") && rejected.contains("Status: 5.1.1"), "{rejected}");
-    assert!(rejected.contains("Remote-MTA: dns; mx.b.test"), "{rejected}");
-    assert!(!rejected.contains("Final-Recipient: rfc822; bob@b.test"), "{rejected}");
-    assert!(rejected.contains("Subject: bounce"), "original headers attached: {rejected}");
-    let null = dsns.iter().find(|d| d.contains("x@null.test")).expect("DSN for the null MX");
+    assert!(
+        rejected.contains("multipart/report; report-type=delivery-status"),
+        "{rejected}"
+    );
+    assert!(
+        rejected.contains("Action: failed") && rejected.contains("Status: 5.1.1"),
+        "{rejected}"
+    );
+    assert!(
+        rejected.contains("Remote-MTA: dns; mx.b.test"),
+        "{rejected}"
+    );
+    assert!(
+        !rejected.contains("Final-Recipient: rfc822; bob@b.test"),
+        "{rejected}"
+    );
+    assert!(
+        rejected.contains("Subject: bounce"),
+        "original headers attached: {rejected}"
+    );
+    let null = dsns
+        .iter()
+        .find(|d| d.contains("x@null.test"))
+        .expect("DSN for the null MX");
     assert!(null.contains("Status: 5.1.10"), "{null}");
     // bob got his copy; the null MX domain was never connected to.
     assert_eq!(pop3_all(b.pop3, "bob@b.test").len(), 1);
@@ -420,9 +596,18 @@ fn kill_9_with_a_full_queue_then_everything_is_delivered() {
         extra: "",
     });
     let n = 20;
-    let msgs: Vec<Vec<u8>> = (0..n).map(|i| message(&format!("crash{i}"), 1500)).collect();
+    let msgs: Vec<Vec<u8>> = (0..n)
+        .map(|i| message(&format!("crash{i}"), 1500))
+        .collect();
     for m in &msgs {
-        smtp_send(a.smtp, Some("alice@a.test"), "alice@a.test", &["bob@b.test"], m).unwrap();
+        smtp_send(
+            a.smtp,
+            Some("alice@a.test"),
+            "alice@a.test",
+            &["bob@b.test"],
+            m,
+        )
+        .unwrap();
     }
     assert_eq!(a.queue(&["list"]).matches("bob@b.test").count(), n);
     a.kill9();
@@ -435,13 +620,17 @@ fn kill_9_with_a_full_queue_then_everything_is_delivered() {
         extra: "",
     });
     a.spawn();
-    wait_for("all queued messages after the restart", || pop3_all(b.pop3, "bob@b.test").len() >= n);
+    wait_for("all queued messages after the restart", || {
+        pop3_all(b.pop3, "bob@b.test").len() >= n
+    });
     let got = pop3_all(b.pop3, "bob@b.test");
     assert_eq!(got.len(), n, "no duplicates");
     for m in &msgs {
         assert!(got.iter().any(|g| g.ends_with(m)));
     }
-    wait_for("an empty queue", || a.queue(&["list"]) == "queue is empty\n");
+    wait_for("an empty queue", || {
+        a.queue(&["list"]) == "queue is empty\n"
+    });
 }
 
 #[test]
@@ -451,7 +640,14 @@ fn no_open_relay() {
     // Port 25 style listener, loopback client, no AUTH: local mail only.
     let e = smtp_send(a.smtp, None, "alice@a.test", &["bob@b.test"], &m).unwrap_err();
     assert!(e.starts_with("550 5.7.1"), "{e}");
-    smtp_send(a.smtp, None, "someone@elsewhere.test", &["alice@a.test"], &m).unwrap();
+    smtp_send(
+        a.smtp,
+        None,
+        "someone@elsewhere.test",
+        &["alice@a.test"],
+        &m,
+    )
+    .unwrap();
     // Submission: AUTH before MAIL.
     let e = smtp_send(a.submission, None, "alice@a.test", &["bob@b.test"], &m).unwrap_err();
     assert!(e.starts_with("530 5.7.0"), "{e}");
@@ -494,28 +690,67 @@ except smtplib.SMTPAuthenticationError as e:
 print("ok")
 "#;
     let out = Command::new("python3")
-        .args(["-c", script, &a.smtp.port().to_string(), &a.submission.port().to_string(), PW])
+        .args([
+            "-c",
+            script,
+            &a.smtp.port().to_string(),
+            &a.submission.port().to_string(),
+            PW,
+        ])
         .output()
         .expect("python3");
-    assert!(out.status.success(), "{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     let mut want = 2;
-    let swaks = Command::new("swaks").arg("--version").output().is_ok_and(|o| o.status.success());
+    let swaks = Command::new("swaks")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
     if swaks {
         for (mech, addr) in [("PLAIN", a.smtp), ("LOGIN", a.submission)] {
             let out = Command::new("swaks")
-                .args(["--server", &addr.to_string(), "--auth", mech, "--auth-user", "alice@a.test", "--auth-password", PW])
-                .args(["--from", "alice@a.test", "--to", "bob@b.test", "--header", &format!("Subject: swaks {mech}")])
+                .args([
+                    "--server",
+                    &addr.to_string(),
+                    "--auth",
+                    mech,
+                    "--auth-user",
+                    "alice@a.test",
+                    "--auth-password",
+                    PW,
+                ])
+                .args([
+                    "--from",
+                    "alice@a.test",
+                    "--to",
+                    "bob@b.test",
+                    "--header",
+                    &format!("Subject: swaks {mech}"),
+                ])
                 .args(["--timeout", "20"])
                 .output()
                 .unwrap();
-            assert!(out.status.success(), "swaks {mech}: {}", String::from_utf8_lossy(&out.stdout));
+            assert!(
+                out.status.success(),
+                "swaks {mech}: {}",
+                String::from_utf8_lossy(&out.stdout)
+            );
             want += 1;
         }
     } else {
         eprintln!("swaks not installed: AUTH checked with smtplib only");
     }
-    wait_for("every authenticated message", || pop3_all(b.pop3, "bob@b.test").len() == want);
-    let all: Vec<String> = pop3_all(b.pop3, "bob@b.test").iter().map(|m| String::from_utf8_lossy(m).into_owned()).collect();
+    wait_for("every authenticated message", || {
+        pop3_all(b.pop3, "bob@b.test").len() == want
+    });
+    let all: Vec<String> = pop3_all(b.pop3, "bob@b.test")
+        .iter()
+        .map(|m| String::from_utf8_lossy(m).into_owned())
+        .collect();
     for s in ["Subject: smtplib plain", "Subject: smtplib login"] {
         assert!(all.iter().any(|m| m.contains(s)), "{s}");
     }
@@ -526,7 +761,13 @@ print("ok")
 // ---------------------------------------------------------------------------
 
 /// Send `count` messages from `senders` parallel connections (relay_networks, no AUTH cost).
-fn blast(addr: SocketAddr, senders: usize, count: usize, to: impl Fn(usize) -> String + Sync, body: &[u8]) {
+fn blast(
+    addr: SocketAddr,
+    senders: usize,
+    count: usize,
+    to: impl Fn(usize) -> String + Sync,
+    body: &[u8],
+) {
     std::thread::scope(|s| {
         for t in 0..senders {
             let to = &to;
@@ -536,7 +777,11 @@ fn blast(addr: SocketAddr, senders: usize, count: usize, to: impl Fn(usize) -> S
                 c.cmd("EHLO bench.test");
                 let mut i = t;
                 while i < count {
-                    let mut batch = format!("MAIL FROM:<alice@a.test>\r\nRCPT TO:<{}>\r\nDATA\r\n", to(i)).into_bytes();
+                    let mut batch = format!(
+                        "MAIL FROM:<alice@a.test>\r\nRCPT TO:<{}>\r\nDATA\r\n",
+                        to(i)
+                    )
+                    .into_bytes();
                     c.send(&batch);
                     for _ in 0..3 {
                         c.reply();
@@ -571,7 +816,10 @@ fn bench_body() -> Vec<u8> {
 
 #[test]
 fn bench_relay_throughput_4k() {
-    let count: usize = std::env::var("RELAY_BENCH_MESSAGES").ok().and_then(|v| v.parse().ok()).unwrap_or(300);
+    let count: usize = std::env::var("RELAY_BENCH_MESSAGES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(300);
     let (_dns, a, b) = pair("relay_networks = [\"127.0.0.1/32\"]\n");
     let body = bench_body();
     let t0 = Instant::now();
@@ -604,11 +852,17 @@ fn bench_dns_queries_per_1000_messages_to_100_domains() {
     let (dns_addr, dns) = TestDns::start(zone);
     let (a_port, b_port) = (free_port(), free_port());
     let list: Vec<&str> = domains.iter().map(String::as_str).collect();
-    let aliases: String = list.iter().map(|d| format!("\"@{d}\" = \"sink@{d}\"\n")).collect();
+    let aliases: String = list
+        .iter()
+        .map(|d| format!("\"@{d}\" = \"sink@{d}\"\n"))
+        .collect();
     let b = {
         let mut all = vec!["b.test"];
         all.extend(&list);
-        let dir = tempfile::Builder::new().prefix("ringmail-relay-").tempdir().unwrap();
+        let dir = tempfile::Builder::new()
+            .prefix("ringmail-relay-")
+            .tempdir()
+            .unwrap();
         let data = dir.path().join("data");
         let config = dir.path().join("ringmail.toml");
         let text = format!(
@@ -617,7 +871,16 @@ fn bench_dns_queries_per_1000_messages_to_100_domains() {
         );
         std::fs::write(&config, text).unwrap();
         let unset: SocketAddr = "0.0.0.0:0".parse().unwrap();
-        let mut i = Instance { _dir: dir, data, config, smtp_port: b_port, child: None, smtp: unset, pop3: unset, submission: unset };
+        let mut i = Instance {
+            _dir: dir,
+            data,
+            config,
+            smtp_port: b_port,
+            child: None,
+            smtp: unset,
+            pop3: unset,
+            submission: unset,
+        };
         i.spawn();
         i
     };
@@ -632,9 +895,19 @@ fn bench_dns_queries_per_1000_messages_to_100_domains() {
     dns.reset_counts();
     let body = bench_body();
     let t0 = Instant::now();
-    blast(a.smtp, 4, 1000, |i| format!("user{i}@d{}.test", i % 100), &body);
+    blast(
+        a.smtp,
+        4,
+        1000,
+        |i| format!("user{i}@d{}.test", i % 100),
+        &body,
+    );
     wait_for_empty(&a, Duration::from_secs(600));
-    let (mx, aq, aaaa) = (dns.count_type(QType::Mx), dns.count_type(QType::A), dns.count_type(QType::Aaaa));
+    let (mx, aq, aaaa) = (
+        dns.count_type(QType::Mx),
+        dns.count_type(QType::A),
+        dns.count_type(QType::Aaaa),
+    );
     println!(
         "DNS for 1000 messages to 100 domains: {mx} MX + {aq} A + {aaaa} AAAA queries ({} total) in {:.2}s",
         dns.total(),
@@ -643,7 +916,10 @@ fn bench_dns_queries_per_1000_messages_to_100_domains() {
     // Batching and the TTL cache: one MX query per domain, the shared
     // exchanger's addresses once, never one lookup per message.
     assert_eq!(mx, 100, "MX queries for 100 domains");
-    assert!(aq + aaaa <= 4, "address queries for one exchanger: {aq} A + {aaaa} AAAA");
+    assert!(
+        aq + aaaa <= 4,
+        "address queries for one exchanger: {aq} A + {aaaa} AAAA"
+    );
     drop(b);
 }
 
@@ -673,27 +949,81 @@ fn wait_for_empty(a: &Instance, limit: Duration) {
 // ---------------------------------------------------------------------------
 
 fn openssl(args: &[&str]) {
-    let out = Command::new("openssl").args(args).output().expect("openssl (.ci/run installs it)");
-    assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new("openssl")
+        .args(args)
+        .output()
+        .expect("openssl (.ci/run installs it)");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// A test CA and a certificate it signs for `names`: (ca.pem, cert, key).
 fn test_ca(dir: &Path, names: &[&str]) -> (PathBuf, PathBuf, PathBuf) {
     let p = |f: &str| dir.join(f).to_str().unwrap().to_string();
     openssl(&[
-        "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-keyout", &p("ca.key"),
-        "-out", &p("ca.pem"), "-subj", "/CN=ringmail test CA", "-days", "2", "-addext",
-        "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign",
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-keyout",
+        &p("ca.key"),
+        "-out",
+        &p("ca.pem"),
+        "-subj",
+        "/CN=ringmail test CA",
+        "-days",
+        "2",
+        "-addext",
+        "basicConstraints=critical,CA:TRUE",
+        "-addext",
+        "keyUsage=critical,keyCertSign,cRLSign",
     ]);
     openssl(&[
-        "req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-keyout", &p("mx.key"), "-out",
-        &p("mx.csr"), "-subj", &format!("/CN={}", names[0]),
+        "req",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-keyout",
+        &p("mx.key"),
+        "-out",
+        &p("mx.csr"),
+        "-subj",
+        &format!("/CN={}", names[0]),
     ]);
-    let san = names.iter().map(|n| format!("DNS:{n}")).collect::<Vec<_>>().join(",");
-    std::fs::write(dir.join("ext.cnf"), format!("subjectAltName={san}\nextendedKeyUsage=serverAuth\n")).unwrap();
+    let san = names
+        .iter()
+        .map(|n| format!("DNS:{n}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    std::fs::write(
+        dir.join("ext.cnf"),
+        format!("subjectAltName={san}\nextendedKeyUsage=serverAuth\n"),
+    )
+    .unwrap();
     openssl(&[
-        "x509", "-req", "-in", &p("mx.csr"), "-CA", &p("ca.pem"), "-CAkey", &p("ca.key"), "-CAcreateserial", "-out",
-        &p("mx.pem"), "-days", "2", "-extfile", &p("ext.cnf"),
+        "x509",
+        "-req",
+        "-in",
+        &p("mx.csr"),
+        "-CA",
+        &p("ca.pem"),
+        "-CAkey",
+        &p("ca.key"),
+        "-CAcreateserial",
+        "-out",
+        &p("mx.pem"),
+        "-days",
+        "2",
+        "-extfile",
+        &p("ext.cnf"),
     ]);
     (dir.join("ca.pem"), dir.join("mx.pem"), dir.join("mx.key"))
 }
@@ -729,25 +1059,47 @@ fn require_verified_relays_over_starttls_and_defers_on_a_wrong_certificate() {
         extra: &a_tls,
     });
     let m = message("verified", 2000);
-    smtp_send(a.submission, Some("alice@a.test"), "alice@a.test", &["bob@b.test", "carol@c.test"], &m).unwrap();
+    smtp_send(
+        a.submission,
+        Some("alice@a.test"),
+        "alice@a.test",
+        &["bob@b.test", "carol@c.test"],
+        &m,
+    )
+    .unwrap();
     wait_for("bob's copy", || pop3_all(b.pop3, "bob@b.test").len() == 1);
     let got = String::from_utf8_lossy(&pop3_all(b.pop3, "bob@b.test")[0]).into_owned();
-    assert!(got.ends_with(&String::from_utf8_lossy(&m).into_owned()), "not byte-identical");
+    assert!(
+        got.ends_with(&String::from_utf8_lossy(&m).into_owned()),
+        "not byte-identical"
+    );
     let top = got.split("\r\nReceived: ").nth(1).unwrap_or("");
-    assert!(top.starts_with("from mx.a.test") && top.contains("with ESMTPS id") && top.contains("TLSv1.3"), "{got}");
+    assert!(
+        top.starts_with("from mx.a.test")
+            && top.contains("with ESMTPS id")
+            && top.contains("TLSv1.3"),
+        "{got}"
+    );
     wait_for("carol deferred for the certificate", || {
         let l = a.queue(&["list"]);
         l.contains("carol@c.test deferred") && l.contains("4.7.5")
     });
     let list = a.queue(&["list"]);
     assert!(list.contains("bob@b.test delivered"), "{list}");
-    assert!(list.contains("TLS handshake failed") && list.to_lowercase().contains("certificate"), "{list}");
+    assert!(
+        list.contains("TLS handshake failed") && list.to_lowercase().contains("certificate"),
+        "{list}"
+    );
     // A retry (retry_first_secs = 1) does no better, and carol never got the
     // message in the clear.
     std::thread::sleep(Duration::from_secs(3));
     assert!(a.queue(&["list"]).contains("carol@c.test deferred"));
     assert_eq!(pop3_all(b.pop3, "carol@c.test").len(), 0);
-    assert!(stderr_log(&a).contains("relay session over TLS"), "{}", stderr_log(&a));
+    assert!(
+        stderr_log(&a).contains("relay session over TLS"),
+        "{}",
+        stderr_log(&a)
+    );
 }
 
 /// A fake MX from py/fake_mx.py; its stdout gives the port, then one JSON
@@ -782,11 +1134,22 @@ impl FakeMx {
         });
         let first = lines.recv_timeout(WAIT).expect("fake MX port");
         let v: serde_json::Value = serde_json::from_str(&first).unwrap();
-        FakeMx { child, port: v["port"].as_u64().unwrap() as u16, lines, _dir: dir }
+        FakeMx {
+            child,
+            port: v["port"].as_u64().unwrap() as u16,
+            lines,
+            _dir: dir,
+        }
     }
 
     fn message(&self) -> serde_json::Value {
-        serde_json::from_str(&self.lines.recv_timeout(WAIT).expect("a message at the fake MX")).unwrap()
+        serde_json::from_str(
+            &self
+                .lines
+                .recv_timeout(WAIT)
+                .expect("a message at the fake MX"),
+        )
+        .unwrap()
     }
 }
 
@@ -817,8 +1180,22 @@ fn failed_handshake_falls_back_to_plaintext_only_where_opportunistic() {
     let mx = FakeMx::start("garbage");
     let (_dns, a) = sender_for(&mx);
     let m = message("fallback", 700);
-    smtp_send(a.submission, Some("alice@a.test"), "alice@a.test", &["x@d.test"], &m).unwrap();
-    smtp_send(a.submission, Some("alice@a.test"), "alice@a.test", &["y@e.test"], &m).unwrap();
+    smtp_send(
+        a.submission,
+        Some("alice@a.test"),
+        "alice@a.test",
+        &["x@d.test"],
+        &m,
+    )
+    .unwrap();
+    smtp_send(
+        a.submission,
+        Some("alice@a.test"),
+        "alice@a.test",
+        &["y@e.test"],
+        &m,
+    )
+    .unwrap();
     let got = mx.message();
     assert_eq!(got["rcpt"], serde_json::json!(["x@d.test"]), "{got}");
     assert_eq!(got["tls"], false);
@@ -827,10 +1204,17 @@ fn failed_handshake_falls_back_to_plaintext_only_where_opportunistic() {
         l.contains("y@e.test deferred") && l.contains("4.7.5")
     });
     assert!(!a.queue(&["list"]).contains("x@d.test"));
-    assert!(stderr_log(&a).contains("TLS handshake failed; delivering in plaintext"), "{}", stderr_log(&a));
+    assert!(
+        stderr_log(&a).contains("TLS handshake failed; delivering in plaintext"),
+        "{}",
+        stderr_log(&a)
+    );
     // Retries of the required destination never go out in the clear.
     std::thread::sleep(Duration::from_secs(3));
-    assert!(mx.lines.try_recv().is_err(), "a message reached the MX in the clear");
+    assert!(
+        mx.lines.try_recv().is_err(),
+        "a message reached the MX in the clear"
+    );
 }
 
 #[test]
@@ -839,17 +1223,29 @@ fn replies_injected_before_the_handshake_are_dropped() {
     let (_dns, a) = sender_for(&mx);
     let m = message("inject", 700);
     // The forged "250 SIZE 10" would make A refuse the message as too large.
-    smtp_send(a.submission, Some("alice@a.test"), "alice@a.test", &["y@e.test"], &m).unwrap();
+    smtp_send(
+        a.submission,
+        Some("alice@a.test"),
+        "alice@a.test",
+        &["y@e.test"],
+        &m,
+    )
+    .unwrap();
     let got = mx.message();
     assert_eq!(got["rcpt"], serde_json::json!(["y@e.test"]), "{got}");
     assert_eq!(got["tls"], true);
-    wait_for("an empty queue", || a.queue(&["list"]) == "queue is empty\n");
+    wait_for("an empty queue", || {
+        a.queue(&["list"]) == "queue is empty\n"
+    });
 }
 
 /// What went over the wire in a DATA the fake MX received.
 fn raw_data(got: &serde_json::Value) -> Vec<u8> {
     let hex = got["raw"].as_str().expect("raw");
-    (0..hex.len()).step_by(2).map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap()).collect()
+    (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
+        .collect()
 }
 
 /// A submitted message with a bare CR before a dot (`\r.\r\n`), bare LFs
@@ -877,7 +1273,11 @@ fn relayed_data_has_crlf_lines_of_at_most_998_octets_all_dots_stuffed() {
     next_hop.extend_from_slice(b"\r\n");
     let mut unstuffed = Vec::new();
     for line in next_hop.split_inclusive(|b| *b == b'\n') {
-        assert!(line.ends_with(b"\r\n") && !line[..line.len() - 2].contains(&b'\r'), "not a CRLF line: {:?}", String::from_utf8_lossy(line));
+        assert!(
+            line.ends_with(b"\r\n") && !line[..line.len() - 2].contains(&b'\r'),
+            "not a CRLF line: {:?}",
+            String::from_utf8_lossy(line)
+        );
         assert!(line.len() <= 1000, "a line of {} octets", line.len());
         assert_ne!(line, b".\r\n", "a lone dot line in the data");
         unstuffed.extend_from_slice(line.strip_prefix(b".").unwrap_or(line));
@@ -894,20 +1294,40 @@ fn relayed_data_has_crlf_lines_of_at_most_998_octets_all_dots_stuffed() {
         i += 1;
     }
     let want = ringmail_tests::normalize_line_ends(&stored);
-    assert!(unbroken.ends_with(&want), "next hop got:\n{}", String::from_utf8_lossy(&unstuffed));
+    assert!(
+        unbroken.ends_with(&want),
+        "next hop got:\n{}",
+        String::from_utf8_lossy(&unstuffed)
+    );
 }
 
 /// `ringmail dkim generate` for a.test; the TXT record it says to publish
 /// (name, value).
 fn dkim_generate(a: &Instance, selector: &str, algorithm: &str) -> (String, String) {
     let out = Command::new(bin())
-        .args(["dkim", "generate", "a.test", "--selector", selector, "--algorithm", algorithm, "--data"])
+        .args([
+            "dkim",
+            "generate",
+            "a.test",
+            "--selector",
+            selector,
+            "--algorithm",
+            algorithm,
+            "--data",
+        ])
         .arg(&a.data)
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
-    let line = text.lines().find(|l| l.starts_with("publish: ")).unwrap_or_else(|| panic!("{text}"));
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("publish: "))
+        .unwrap_or_else(|| panic!("{text}"));
     let rest = line.strip_prefix("publish: ").unwrap();
     let (name, value) = rest.split_once(" IN TXT ").unwrap();
     (name.to_string(), value.trim_matches('"').to_string())
@@ -924,12 +1344,23 @@ fn relayed_mail_is_dkim_signed_and_verifies_elsewhere() {
     let (_dns, mut a) = sender_for(&mx);
     let ed = dkim_generate(&a, "ed", "ed25519");
     let rsa = dkim_generate(&a, "rs", "rsa");
-    assert!(ed.1.starts_with("v=DKIM1; k=ed25519; p=") && rsa.1.starts_with("v=DKIM1; k=rsa; p="), "{ed:?} {rsa:?}");
+    assert!(
+        ed.1.starts_with("v=DKIM1; k=ed25519; p=") && rsa.1.starts_with("v=DKIM1; k=rsa; p="),
+        "{ed:?} {rsa:?}"
+    );
     // The server loads keys at start.
     a.kill9();
     a.spawn();
     let m = message("signed", 3000);
-    let sent = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| smtp_send(a.submission, Some("alice@a.test"), "alice@a.test", &["x@d.test"], &m)));
+    let sent = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        smtp_send(
+            a.submission,
+            Some("alice@a.test"),
+            "alice@a.test",
+            &["x@d.test"],
+            &m,
+        )
+    }));
     if !matches!(sent, Ok(Ok(()))) {
         panic!("submission failed: {sent:?}\n{}", stderr_log(&a));
     }
@@ -937,11 +1368,19 @@ fn relayed_mail_is_dkim_signed_and_verifies_elsewhere() {
     let mut wire = raw_data(&got);
     wire.extend_from_slice(b"\r\n");
     let received = ringmail_tests::rfc_unstuff(&wire);
-    assert!(received.starts_with(b"DKIM-Signature: "), "{}", String::from_utf8_lossy(&received[..200]));
+    assert!(
+        received.starts_with(b"DKIM-Signature: "),
+        "{}",
+        String::from_utf8_lossy(&received[..200])
+    );
     assert!(received.ends_with(&m));
     let file = a.data.with_file_name("received.eml");
     std::fs::write(&file, &received).unwrap();
-    let python = if Path::new("/usr/bin/python3").exists() { "/usr/bin/python3" } else { "python3" };
+    let python = if Path::new("/usr/bin/python3").exists() {
+        "/usr/bin/python3"
+    } else {
+        "python3"
+    };
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("py/dkim_verify.py");
     let out = Command::new(python)
         .arg(&script)
@@ -951,22 +1390,57 @@ fn relayed_mail_is_dkim_signed_and_verifies_elsewhere() {
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(out.status.success(), "dkimpy: {text}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "dkimpy: {text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let lines: Vec<&str> = text.lines().collect();
     assert_eq!(lines.len(), 2, "{text}");
-    assert!(lines.iter().any(|l| l.ends_with("ed25519-sha256 ed pass")), "{text}");
-    assert!(lines.iter().any(|l| l.ends_with("rsa-sha256 rs pass")), "{text}");
+    assert!(
+        lines.iter().any(|l| l.ends_with("ed25519-sha256 ed pass")),
+        "{text}"
+    );
+    assert!(
+        lines.iter().any(|l| l.ends_with("rsa-sha256 rs pass")),
+        "{text}"
+    );
     // A changed body no longer verifies.
-    let tampered = String::from_utf8_lossy(&received).replacen("0123456789 abcdef", "0123456789 ABCDEF", 1);
+    let tampered =
+        String::from_utf8_lossy(&received).replacen("0123456789 abcdef", "0123456789 ABCDEF", 1);
     std::fs::write(&file, tampered.as_bytes()).unwrap();
-    let out = Command::new(python).arg(&script).arg(&file).arg(format!("{}={}", ed.0, ed.1)).arg(format!("{}={}", rsa.0, rsa.1)).output().unwrap();
+    let out = Command::new(python)
+        .arg(&script)
+        .arg(&file)
+        .arg(format!("{}={}", ed.0, ed.1))
+        .arg(format!("{}={}", rsa.0, rsa.1))
+        .output()
+        .unwrap();
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert_eq!(text.matches(" fail").count(), 2, "{text}{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        text.matches(" fail").count(),
+        2,
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     // The domain's DNS records, with both keys.
-    let out = Command::new(bin()).args(["dns-records", "a.test", "--data"]).arg(&a.data).output().unwrap();
+    let out = Command::new(bin())
+        .args(["dns-records", "a.test", "--data"])
+        .arg(&a.data)
+        .output()
+        .unwrap();
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(out.status.success());
-    for want in ["a.test. IN MX 10 ", "v=spf1 mx -all", &format!("{} IN TXT \"{}\"", ed.0, ed.1), "_dmarc.a.test. IN TXT", "_mta-sts.a.test.", "_smtp._tls.a.test.", "_submissions._tcp.a.test. IN SRV 0 1 465 ", "_imaps._tcp.a.test. IN SRV"] {
+    for want in [
+        "a.test. IN MX 10 ",
+        "v=spf1 mx -all",
+        &format!("{} IN TXT \"{}\"", ed.0, ed.1),
+        "_dmarc.a.test. IN TXT",
+        "_mta-sts.a.test.",
+        "_smtp._tls.a.test.",
+        "_submissions._tcp.a.test. IN SRV 0 1 465 ",
+        "_imaps._tcp.a.test. IN SRV",
+    ] {
         assert!(text.contains(want), "{want:?} missing from:\n{text}");
     }
 }

@@ -732,7 +732,10 @@ fn smtputf8_addresses() {
 fn authenticated_senders_send_as_their_own_account() {
     let config = "local_domains = [\"example.test\"]\n[[demo_accounts]]\naddress = \"alice@example.test\"\npassword = \"alice-secret\"\n[[demo_accounts]]\naddress = \"bob@example.test\"\npassword = \"bob-secret\"\n[[demo_accounts]]\naddress = \"boss@example.test\"\npassword = \"boss-secret\"\n[aliases]\n\"postmaster@example.test\" = \"alice@example.test\"\n[senders]\nsend_as_anyone = [\"boss@example.test\"]\n";
     let server = Server::options().config(config).start();
-    let out = run_python("sender_ownership.py", &["127.0.0.1".into(), server.submission.port().to_string()]);
+    let out = run_python(
+        "sender_ownership.py",
+        &["127.0.0.1".into(), server.submission.port().to_string()],
+    );
     assert!(out.contains("ok"), "{out}");
     // Five accepted (four from alice, one from boss), none of the refused.
     assert_eq!(count(&server, BOB), 5);

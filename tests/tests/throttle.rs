@@ -12,7 +12,6 @@ use ringmail_tests::*;
 const CONFIG: &str = "[auth_throttle]\nfailure_delay_ms = 100\nfailure_delay_max_ms = 400\nban_after_failures = 10\nban_secs = 300\naccount_lock_after_failures = 30\n";
 const ALICE: (&str, &str) = ("alice@example.test", "alice-secret");
 
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Outcome {
     LoggedIn,
@@ -37,13 +36,19 @@ fn attempt(server: &Server, proto: Proto, from: Ipv4Addr, user: &str, password: 
             c.set_read_timeout(Duration::from_secs(30));
             c.reply().expect(220, None);
             c.cmd("EHLO guesser.test").expect(250, None);
-            let r = c.cmd(&format!("AUTH PLAIN {}", b64(format!("\0{user}\0{password}").as_bytes())));
+            let r = c.cmd(&format!(
+                "AUTH PLAIN {}",
+                b64(format!("\0{user}\0{password}").as_bytes())
+            ));
             match r.code {
                 235 => Outcome::LoggedIn,
                 535 => Outcome::Failed,
                 421 => {
                     assert_eq!(r.enhanced(), Some("4.7.0"), "{r:?}");
-                    assert!(c.closed_within(Duration::from_secs(5)), "the connection stays open after 421");
+                    assert!(
+                        c.closed_within(Duration::from_secs(5)),
+                        "the connection stays open after 421"
+                    );
                     Outcome::Banned
                 }
                 _ => panic!("AUTH answered {r:?}"),
@@ -82,7 +87,10 @@ fn attempt(server: &Server, proto: Proto, from: Ipv4Addr, user: &str, password: 
             } else if l.starts_with("-ERR [AUTH]") {
                 Outcome::Failed
             } else if l.starts_with("-ERR [SYS/TEMP]") {
-                assert!(c.closed_within(Duration::from_secs(5)), "the connection stays open after the ban");
+                assert!(
+                    c.closed_within(Duration::from_secs(5)),
+                    "the connection stays open after the ban"
+                );
                 Outcome::Banned
             } else {
                 panic!("PASS answered {l:?}");
@@ -111,7 +119,13 @@ fn password_guessing_is_slowed_then_banned_and_the_owner_still_logs_in() {
                         .map(|i| {
                             let proto = [Proto::Smtp, Proto::Imap, Proto::Pop3][(w + i) % 3];
                             let t = Instant::now();
-                            let o = attempt(server, proto, attacker, ALICE.0, &format!("guess-{w}-{i}"));
+                            let o = attempt(
+                                server,
+                                proto,
+                                attacker,
+                                ALICE.0,
+                                &format!("guess-{w}-{i}"),
+                            );
                             (o, t.elapsed())
                         })
                         .collect::<Vec<_>>()
@@ -120,34 +134,71 @@ fn password_guessing_is_slowed_then_banned_and_the_owner_still_logs_in() {
             .collect();
         // The owner, from an address that never failed, during the attack.
         for proto in [Proto::Smtp, Proto::Imap, Proto::Pop3] {
-            assert_eq!(attempt(&server, proto, owner, ALICE.0, ALICE.1), Outcome::LoggedIn, "{proto:?} from the owner's address");
+            assert_eq!(
+                attempt(&server, proto, owner, ALICE.0, ALICE.1),
+                Outcome::LoggedIn,
+                "{proto:?} from the owner's address"
+            );
         }
-        workers.into_iter().flat_map(|w| w.join().unwrap()).collect()
+        workers
+            .into_iter()
+            .flat_map(|w| w.join().unwrap())
+            .collect()
     });
     let elapsed = started.elapsed();
-    let failed: Vec<Duration> = results.iter().filter(|(o, _)| *o == Outcome::Failed).map(|(_, t)| *t).collect();
-    let banned = results.iter().filter(|(o, _)| *o == Outcome::Banned).count();
-    eprintln!("1,000 guesses in {elapsed:?}: {} checked and failed, {banned} refused as banned", failed.len());
+    let failed: Vec<Duration> = results
+        .iter()
+        .filter(|(o, _)| *o == Outcome::Failed)
+        .map(|(_, t)| *t)
+        .collect();
+    let banned = results
+        .iter()
+        .filter(|(o, _)| *o == Outcome::Banned)
+        .count();
+    eprintln!(
+        "1,000 guesses in {elapsed:?}: {} checked and failed, {banned} refused as banned",
+        failed.len()
+    );
     assert!(results.iter().all(|(o, _)| *o != Outcome::LoggedIn));
     // Ten failures ban the address; guesses already past the ban check when
     // the tenth failed (at most one per parallel client) still count.
-    assert!(failed.len() >= 10 && failed.len() <= 10 + 100, "{} guesses were checked", failed.len());
+    assert!(
+        failed.len() >= 10 && failed.len() <= 10 + 100,
+        "{} guesses were checked",
+        failed.len()
+    );
     assert_eq!(failed.len() + banned, 1000);
     // Every checked guess was answered after the failure delay.
-    assert!(failed.iter().all(|t| *t >= Duration::from_millis(100)), "a failure was answered without delay: {failed:?}");
+    assert!(
+        failed.iter().all(|t| *t >= Duration::from_millis(100)),
+        "a failure was answered without delay: {failed:?}"
+    );
 
     // The ban is logged, listed, and lifted by the operator.
-    assert!(server.stderr_text().contains("address banned after failed logins"), "{}", server.stderr_tail(3000));
+    assert!(
+        server
+            .stderr_text()
+            .contains("address banned after failed logins"),
+        "{}",
+        server.stderr_tail(3000)
+    );
     let data = server.data.to_str().unwrap().to_string();
     let out = ringmail(&["ban", "list", "--data", &data], "");
     assert_ok(&out, "ban list");
     let list = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(list.contains("127.0.0.66 until"), "{list}");
-    assert_eq!(attempt(&server, Proto::Imap, attacker, ALICE.0, ALICE.1), Outcome::Banned, "banned even with the right password");
+    assert_eq!(
+        attempt(&server, Proto::Imap, attacker, ALICE.0, ALICE.1),
+        Outcome::Banned,
+        "banned even with the right password"
+    );
     let out = ringmail(&["ban", "remove", "127.0.0.66", "--data", &data], "");
     assert_ok(&out, "ban remove");
     assert!(String::from_utf8_lossy(&out.stdout).contains("unbanned 127.0.0.66"));
-    assert_eq!(attempt(&server, Proto::Pop3, attacker, ALICE.0, ALICE.1), Outcome::LoggedIn);
+    assert_eq!(
+        attempt(&server, Proto::Pop3, attacker, ALICE.0, ALICE.1),
+        Outcome::LoggedIn
+    );
     let out = ringmail(&["ban", "list", "--data", &data], "");
     assert!(String::from_utf8_lossy(&out.stdout).contains("no banned addresses"));
 }
@@ -166,19 +217,50 @@ fn an_account_under_attack_refuses_failing_addresses_but_not_its_owner() {
                 s.spawn(move || {
                     let from = Ipv4Addr::new(127, 0, 2, 1 + a);
                     let proto = [Proto::Smtp, Proto::Imap, Proto::Pop3][(a as usize + round) % 3];
-                    assert_eq!(attempt(server, proto, from, ALICE.0, "nope"), Outcome::Failed);
+                    assert_eq!(
+                        attempt(server, proto, from, ALICE.0, "nope"),
+                        Outcome::Failed
+                    );
                 });
             }
         });
     }
     // A failing address is refused now, even with the right password.
-    assert_eq!(attempt(&server, Proto::Imap, Ipv4Addr::new(127, 0, 2, 1), ALICE.0, ALICE.1), Outcome::Banned);
+    assert_eq!(
+        attempt(
+            &server,
+            Proto::Imap,
+            Ipv4Addr::new(127, 0, 2, 1),
+            ALICE.0,
+            ALICE.1
+        ),
+        Outcome::Banned
+    );
     // The owner's address never failed: in.
     for proto in [Proto::Smtp, Proto::Imap, Proto::Pop3] {
-        assert_eq!(attempt(&server, proto, Ipv4Addr::new(127, 0, 3, 1), ALICE.0, ALICE.1), Outcome::LoggedIn, "{proto:?}");
+        assert_eq!(
+            attempt(
+                &server,
+                proto,
+                Ipv4Addr::new(127, 0, 3, 1),
+                ALICE.0,
+                ALICE.1
+            ),
+            Outcome::LoggedIn,
+            "{proto:?}"
+        );
     }
     // Other accounts are not affected from the failing addresses.
-    assert_eq!(attempt(&server, Proto::Pop3, Ipv4Addr::new(127, 0, 2, 2), "bob@example.test", "bob-secret"), Outcome::LoggedIn);
+    assert_eq!(
+        attempt(
+            &server,
+            Proto::Pop3,
+            Ipv4Addr::new(127, 0, 2, 2),
+            "bob@example.test",
+            "bob-secret"
+        ),
+        Outcome::LoggedIn
+    );
 }
 
 /// An authenticated SMTP session on the submission port from `from`.
@@ -187,7 +269,11 @@ fn submit_session(server: &Server, user: &str, password: &str) -> Client {
     c.set_read_timeout(Duration::from_secs(30));
     c.reply().expect(220, None);
     c.cmd("EHLO client.test").expect(250, None);
-    c.cmd(&format!("AUTH PLAIN {}", b64(format!("\0{user}\0{password}").as_bytes()))).expect(235, None);
+    c.cmd(&format!(
+        "AUTH PLAIN {}",
+        b64(format!("\0{user}\0{password}").as_bytes())
+    ))
+    .expect(235, None);
     c
 }
 
@@ -221,18 +307,42 @@ fn sending_rates_per_account_and_hour() {
     send(&mut c, ALICE.0, &["bob@example.test"]).expect(452, Some("4.7.0"));
     // bob: four recipients fit, two more do not.
     let mut c = submit_session(&server, "bob@example.test", "bob-secret");
-    send(&mut c, "bob@example.test", &["alice@example.test", "a@far.test", "b@far.test", "c@far.test"]).expect(250, None);
-    send(&mut c, "bob@example.test", &["alice@example.test", "d@far.test"]).expect(452, Some("4.7.0"));
+    send(
+        &mut c,
+        "bob@example.test",
+        &[
+            "alice@example.test",
+            "a@far.test",
+            "b@far.test",
+            "c@far.test",
+        ],
+    )
+    .expect(250, None);
+    send(
+        &mut c,
+        "bob@example.test",
+        &["alice@example.test", "d@far.test"],
+    )
+    .expect(452, Some("4.7.0"));
     send(&mut c, "bob@example.test", &["alice@example.test"]).expect(250, None);
     // bob got alice's three messages (and, maybe, bounces for far.test).
     let stored = fetch_all(server.pop3, "bob@example.test", "bob-secret");
-    assert_eq!(stored.iter().filter(|(_, m)| return_path(m) == ALICE.0).count(), 3);
+    assert_eq!(
+        stored
+            .iter()
+            .filter(|(_, m)| return_path(m) == ALICE.0)
+            .count(),
+        3
+    );
 }
 
 /// Wait until at least `margin` is left in the current minute (the rates
 /// count in fixed minutes).
 fn early_in_a_minute(margin: u64) {
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
     if now % 60 > 60 - margin {
         std::thread::sleep(Duration::from_secs(60 - now % 60 + 1));
     }
@@ -252,7 +362,10 @@ fn connections_per_address_and_minute() {
         let addr = if i % 2 == 0 { server.smtp } else { server.imap };
         let mut c = Client::from_stream(connect_from(from, addr));
         let l = c.line();
-        assert!(l.starts_with("220 ") || l.starts_with("* OK"), "connection {i}: {l}");
+        assert!(
+            l.starts_with("220 ") || l.starts_with("* OK"),
+            "connection {i}: {l}"
+        );
     }
     let mut c = Client::from_stream(connect_from(from, server.smtp));
     let r = c.reply();

@@ -15,7 +15,10 @@ use ringmail_tests::*;
 const TLS_ONLY: &str = "[tls]\nloopback_auth_without_tls = false\n";
 
 fn py(args: &[&str]) -> String {
-    run_python("tls_clients.py", &args.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+    run_python(
+        "tls_clients.py",
+        &args.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
+    )
 }
 
 fn port(a: std::net::SocketAddr) -> String {
@@ -68,7 +71,13 @@ fn python_clients_over_starttls_and_implicit_tls() {
         assert!(r.contains("(using TLSv1.3 with cipher TLS_"), "{r}");
     }
     // The ready line's neighbour names the certificate and its fingerprint.
-    assert!(server.stderr_text().contains("generated a self-signed TLS certificate"), "{}", server.stderr_tail(20));
+    assert!(
+        server
+            .stderr_text()
+            .contains("generated a self-signed TLS certificate"),
+        "{}",
+        server.stderr_tail(20)
+    );
 }
 
 #[test]
@@ -80,7 +89,12 @@ fn tls_logins_move_between_shards_with_their_tls_state() {
     let server = Server::options().accounts(&users).start();
     for u in &users {
         for i in 0..2 {
-            smtp_send(server.smtp, "a@example.org", &[u.as_str()], format!("Subject: {i}\r\n\r\nbody {i} for {u}\r\n").as_bytes());
+            smtp_send(
+                server.smtp,
+                "a@example.org",
+                &[u.as_str()],
+                format!("Subject: {i}\r\n\r\nbody {i} for {u}\r\n").as_bytes(),
+            );
         }
     }
     let ca = server.tls_cert();
@@ -100,19 +114,53 @@ fn tls_logins_move_between_shards_with_their_tls_state() {
 #[test]
 fn imap_starttls_and_pop3_stls_refuse_credentials_before_tls() {
     let server = Server::options().config(TLS_ONLY).start();
-    smtp_send(server.smtp, "a@example.org", &["bob@example.test"], b"Subject: one\r\n\r\nbody\r\n");
+    smtp_send(
+        server.smtp,
+        "a@example.org",
+        &["bob@example.test"],
+        b"Subject: one\r\n\r\nbody\r\n",
+    );
     let ca = server.tls_cert();
-    py(&["starttls_readers", ca.to_str().unwrap(), &port(server.imap), &port(server.pop3), "bob@example.test", "bob-secret", "1"]);
+    py(&[
+        "starttls_readers",
+        ca.to_str().unwrap(),
+        &port(server.imap),
+        &port(server.pop3),
+        "bob@example.test",
+        "bob-secret",
+        "1",
+    ]);
 }
 
 #[test]
 fn commands_pipelined_after_starttls_are_discarded() {
     let server = Server::new();
     let ca = server.tls_cert();
-    py(&["injection", ca.to_str().unwrap(), &port(server.imap), "imap"]);
-    py(&["injection", ca.to_str().unwrap(), &port(server.pop3), "pop3"]);
-    py(&["injection", ca.to_str().unwrap(), &port(server.smtp), "smtp"]);
-    assert!(server.stderr_text().contains("discarded plaintext pipelined before the TLS handshake"), "{}", server.stderr_tail(20));
+    py(&[
+        "injection",
+        ca.to_str().unwrap(),
+        &port(server.imap),
+        "imap",
+    ]);
+    py(&[
+        "injection",
+        ca.to_str().unwrap(),
+        &port(server.pop3),
+        "pop3",
+    ]);
+    py(&[
+        "injection",
+        ca.to_str().unwrap(),
+        &port(server.smtp),
+        "smtp",
+    ]);
+    assert!(
+        server
+            .stderr_text()
+            .contains("discarded plaintext pipelined before the TLS handshake"),
+        "{}",
+        server.stderr_tail(20)
+    );
 }
 
 /// Property over the transport's buffering: the pipelined input around
@@ -122,12 +170,28 @@ fn commands_pipelined_after_starttls_are_discarded() {
 fn starttls_at_every_byte_boundary_of_pipelined_input() {
     let server = Server::new();
     let ca = server.tls_cert();
-    for (proto, addr) in [("smtp", server.smtp), ("imap", server.imap), ("pop3", server.pop3)] {
-        let out = py(&["boundaries", ca.to_str().unwrap(), &port(addr), proto, "bob@example.test", "bob-secret"]);
+    for (proto, addr) in [
+        ("smtp", server.smtp),
+        ("imap", server.imap),
+        ("pop3", server.pop3),
+    ] {
+        let out = py(&[
+            "boundaries",
+            ca.to_str().unwrap(),
+            &port(addr),
+            proto,
+            "bob@example.test",
+            "bob-secret",
+        ]);
         assert!(out.contains("ok {"), "{proto}: {out}");
     }
     // Still serving after every variant.
-    smtp_send(server.smtp, "a@example.org", &["bob@example.test"], b"Subject: after\r\n\r\nbody\r\n");
+    smtp_send(
+        server.smtp,
+        "a@example.org",
+        &["bob@example.test"],
+        b"Subject: after\r\n\r\nbody\r\n",
+    );
 }
 
 #[test]
@@ -137,7 +201,12 @@ fn tls_1_0_and_1_1_are_refused() {
     assert!(out.contains("refused") || out.contains("skip"), "{out}");
     // Still serving.
     let ca = server.tls_cert();
-    py(&["handshakes", ca.to_str().unwrap(), &port(server.submissions), "3"]);
+    py(&[
+        "handshakes",
+        ca.to_str().unwrap(),
+        &port(server.submissions),
+        "3",
+    ]);
 }
 
 /// Read until the peer closes (true) or `within` passes (false).
@@ -145,11 +214,17 @@ fn closed_within(stream: &mut TcpStream, within: Duration) -> bool {
     let end = Instant::now() + within;
     let mut buf = [0u8; 4096];
     while Instant::now() < end {
-        stream.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
         match stream.read(&mut buf) {
             Ok(0) => return true,
             Ok(_) => {}
-            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
             Err(_) => return true,
         }
     }
@@ -158,7 +233,9 @@ fn closed_within(stream: &mut TcpStream, within: Duration) -> bool {
 
 #[test]
 fn unfinished_and_garbage_handshakes_close_only_their_connection() {
-    let server = Server::options().config("[tls]\nhandshake_timeout_secs = 1\n").start();
+    let server = Server::options()
+        .config("[tls]\nhandshake_timeout_secs = 1\n")
+        .start();
     // Connects and never says a word: closed after the handshake timeout.
     let mut silent = TcpStream::connect(server.submissions).unwrap();
     // Trickles a plausible record header, one byte at a time: the timeout
@@ -172,21 +249,40 @@ fn unfinished_and_garbage_handshakes_close_only_their_connection() {
     // Garbage instead of a ClientHello: closed at once.
     let mut garbage = TcpStream::connect(server.pop3s).unwrap();
     garbage.write_all(b"USER bob\r\nPASS x\r\n").unwrap();
-    assert!(closed_within(&mut garbage, Duration::from_secs(2)), "garbage ClientHello not closed");
-    assert!(closed_within(&mut trickle, Duration::from_secs(3)), "trickled handshake outlived the timeout");
-    assert!(closed_within(&mut silent, Duration::from_secs(3)), "silent handshake not closed");
+    assert!(
+        closed_within(&mut garbage, Duration::from_secs(2)),
+        "garbage ClientHello not closed"
+    );
+    assert!(
+        closed_within(&mut trickle, Duration::from_secs(3)),
+        "trickled handshake outlived the timeout"
+    );
+    assert!(
+        closed_within(&mut silent, Duration::from_secs(3)),
+        "silent handshake not closed"
+    );
     assert!(start.elapsed() < Duration::from_secs(5));
     // Nothing else was disturbed.
     let ca = server.tls_cert();
-    py(&["handshakes", ca.to_str().unwrap(), &port(server.submissions), "5"]);
+    py(&[
+        "handshakes",
+        ca.to_str().unwrap(),
+        &port(server.submissions),
+        "5",
+    ]);
     let (mut c, _) = smtp_connect(server.smtp);
     c.cmd("EHLO x").expect(250, None);
 }
 
 #[test]
 fn the_handshake_cap_answers_454_and_closes_implicit_tls() {
-    let server = Server::options().cores(1).config("[tls]\nhandshakes_max = 2\n").start();
-    let held: Vec<TcpStream> = (0..2).map(|_| TcpStream::connect(server.submissions).unwrap()).collect();
+    let server = Server::options()
+        .cores(1)
+        .config("[tls]\nhandshakes_max = 2\n")
+        .start();
+    let held: Vec<TcpStream> = (0..2)
+        .map(|_| TcpStream::connect(server.submissions).unwrap())
+        .collect();
     std::thread::sleep(Duration::from_millis(300));
     let (mut c, _) = smtp_connect(server.smtp);
     c.cmd("EHLO x").expect(250, None);
@@ -194,7 +290,10 @@ fn the_handshake_cap_answers_454_and_closes_implicit_tls() {
     // The session goes on in clear.
     c.cmd("NOOP").expect(250, None);
     let mut third = TcpStream::connect(server.submissions).unwrap();
-    assert!(closed_within(&mut third, Duration::from_secs(2)), "implicit TLS beyond the cap not closed");
+    assert!(
+        closed_within(&mut third, Duration::from_secs(2)),
+        "implicit TLS beyond the cap not closed"
+    );
     drop(held);
     // Places come back when those connections end.
     let ok = wait_for(Duration::from_secs(5), || {
@@ -207,9 +306,16 @@ fn the_handshake_cap_answers_454_and_closes_implicit_tls() {
 
 #[test]
 fn a_thousand_concurrent_handshakes() {
-    let server = Server::options().config("[tls]\nhandshakes_max = 1000\n[limits]\nconnections_per_address_max = 2000\n").start();
+    let server = Server::options()
+        .config("[tls]\nhandshakes_max = 1000\n[limits]\nconnections_per_address_max = 2000\n")
+        .start();
     let ca = server.tls_cert();
-    let out = py(&["handshakes", ca.to_str().unwrap(), &port(server.submissions), "1000"]);
+    let out = py(&[
+        "handshakes",
+        ca.to_str().unwrap(),
+        &port(server.submissions),
+        "1000",
+    ]);
     assert!(out.contains("ok 1000 handshakes"), "{out}");
     let (mut c, _) = smtp_connect(server.smtp);
     c.cmd("EHLO x").expect(250, None);
@@ -219,10 +325,27 @@ fn a_thousand_concurrent_handshakes() {
 fn openssl_cert(dir: &Path, stem: &str, names: &str) -> (std::path::PathBuf, std::path::PathBuf) {
     let cert = dir.join(format!("{stem}.pem"));
     let key = dir.join(format!("{stem}.key"));
-    let san = names.split(',').map(|n| format!("DNS:{n}")).collect::<Vec<_>>().join(",");
+    let san = names
+        .split(',')
+        .map(|n| format!("DNS:{n}"))
+        .collect::<Vec<_>>()
+        .join(",");
     let out = Command::new("openssl")
-        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-days", "30"])
-        .args(["-subj", &format!("/CN={}", names.split(',').next().unwrap())])
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-days",
+            "30",
+        ])
+        .args([
+            "-subj",
+            &format!("/CN={}", names.split(',').next().unwrap()),
+        ])
         .args(["-addext", &format!("subjectAltName={san}")])
         .arg("-keyout")
         .arg(&key)
@@ -231,7 +354,11 @@ fn openssl_cert(dir: &Path, stem: &str, names: &str) -> (std::path::PathBuf, std
         .stdin(Stdio::null())
         .output()
         .expect("openssl");
-    assert!(out.status.success(), "openssl req: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "openssl req: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     (cert, key)
 }
 
@@ -242,7 +369,12 @@ fn sha256_of_pem(pem: &Path) -> String {
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
-    text.trim().rsplit('=').next().unwrap().replace(':', "").to_ascii_lowercase()
+    text.trim()
+        .rsplit('=')
+        .next()
+        .unwrap()
+        .replace(':', "")
+        .to_ascii_lowercase()
 }
 
 #[test]
@@ -254,16 +386,27 @@ fn certificates_reload_on_change_and_sighup_without_dropping_sessions() {
     let live_k = dir.path().join("live.key");
     std::fs::copy(&c1, &live_c).unwrap();
     std::fs::copy(&k1, &live_k).unwrap();
-    let config = format!("[tls]\ncert = {:?}\nkey = {:?}\n", live_c.display().to_string(), live_k.display().to_string());
+    let config = format!(
+        "[tls]\ncert = {:?}\nkey = {:?}\n",
+        live_c.display().to_string(),
+        live_k.display().to_string()
+    );
     let server = Server::options().config(&config).start();
 
     // 100 sessions open over the first certificate.
     let flag = dir.path().join("go");
     let done = dir.path().join("done");
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("py").join("tls_clients.py");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("py")
+        .join("tls_clients.py");
     let mut holder = Command::new("python3")
         .arg(&script)
-        .args(["hold", c1.to_str().unwrap(), &port(server.submissions), "100"])
+        .args([
+            "hold",
+            c1.to_str().unwrap(),
+            &port(server.submissions),
+            "100",
+        ])
         .arg(&flag)
         .arg(&done)
         .stdout(Stdio::piped())
@@ -276,26 +419,58 @@ fn certificates_reload_on_change_and_sighup_without_dropping_sessions() {
         let mut r = std::io::BufReader::new(holder.stdout.as_mut().unwrap());
         r.read_line(&mut line).unwrap();
     }
-    assert_eq!(line.trim(), format!("fingerprint {}", sha256_of_pem(&c1)), "first certificate");
+    assert_eq!(
+        line.trim(),
+        format!("fingerprint {}", sha256_of_pem(&c1)),
+        "first certificate"
+    );
 
     // A changed file is picked up by itself (no signal).
     std::fs::copy(&k2, &live_k).unwrap();
     std::fs::copy(&c2, &live_c).unwrap();
-    let loaded = wait_for(Duration::from_secs(10), || server.stderr_text().contains("TLS certificate loaded").then_some(()));
-    assert!(loaded.is_some(), "no reload after the files changed:\n{}", server.stderr_tail(20));
+    let loaded = wait_for(Duration::from_secs(10), || {
+        server
+            .stderr_text()
+            .contains("TLS certificate loaded")
+            .then_some(())
+    });
+    assert!(
+        loaded.is_some(),
+        "no reload after the files changed:\n{}",
+        server.stderr_tail(20)
+    );
     std::fs::write(&flag, "go").unwrap();
     let out = wait_output(holder, Duration::from_secs(60));
-    assert!(out.status.success(), "holder: {}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert_eq!(std::fs::read_to_string(&done).unwrap(), sha256_of_pem(&c2), "new sessions see the new certificate");
+    assert!(
+        out.status.success(),
+        "holder: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        std::fs::read_to_string(&done).unwrap(),
+        sha256_of_pem(&c2),
+        "new sessions see the new certificate"
+    );
 
     // A bad file on SIGHUP: logged, the certificate in force stays.
     std::fs::write(&live_c, "not a certificate").unwrap();
     let pid = server.pid().unwrap();
     // SAFETY: kill(2) on our own child.
     unsafe { libc::kill(pid as i32, libc::SIGHUP) };
-    let failed = wait_for(Duration::from_secs(10), || server.stderr_text().contains("TLS certificates not reloaded").then_some(()));
+    let failed = wait_for(Duration::from_secs(10), || {
+        server
+            .stderr_text()
+            .contains("TLS certificates not reloaded")
+            .then_some(())
+    });
     assert!(failed.is_some(), "{}", server.stderr_tail(20));
-    let out = py(&["handshakes", c2.to_str().unwrap(), &port(server.submissions), "2"]);
+    let out = py(&[
+        "handshakes",
+        c2.to_str().unwrap(),
+        &port(server.submissions),
+        "2",
+    ]);
     assert!(out.contains("ok 2 handshakes"), "{out}");
 }
 
@@ -309,19 +484,55 @@ fn check_config_validates_the_certificate() {
         std::fs::write(&p, body).unwrap();
         p
     };
-    let good = write("good.toml", format!("hostname = \"mail.example.test\"\n[tls]\ncert = {:?}\nkey = {:?}\n", c.to_str().unwrap(), k.to_str().unwrap()));
+    let good = write(
+        "good.toml",
+        format!(
+            "hostname = \"mail.example.test\"\n[tls]\ncert = {:?}\nkey = {:?}\n",
+            c.to_str().unwrap(),
+            k.to_str().unwrap()
+        ),
+    );
     let out = ringmail(&["check-config", good.to_str().unwrap()], "");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("names=mail.example.test") && text.contains("sha256="), "{text}");
-    let wrong_name = write("name.toml", format!("hostname = \"mx.other.test\"\n[tls]\ncert = {:?}\nkey = {:?}\n", c.to_str().unwrap(), k.to_str().unwrap()));
+    assert!(
+        text.contains("names=mail.example.test") && text.contains("sha256="),
+        "{text}"
+    );
+    let wrong_name = write(
+        "name.toml",
+        format!(
+            "hostname = \"mx.other.test\"\n[tls]\ncert = {:?}\nkey = {:?}\n",
+            c.to_str().unwrap(),
+            k.to_str().unwrap()
+        ),
+    );
     let out = ringmail(&["check-config", wrong_name.to_str().unwrap()], "");
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("do not cover hostname mx.other.test"), "{}", String::from_utf8_lossy(&out.stderr));
-    let wrong_key = write("key.toml", format!("hostname = \"mail.example.test\"\n[tls]\ncert = {:?}\nkey = {:?}\n", c.to_str().unwrap(), other_key.to_str().unwrap()));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("do not cover hostname mx.other.test"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let wrong_key = write(
+        "key.toml",
+        format!(
+            "hostname = \"mail.example.test\"\n[tls]\ncert = {:?}\nkey = {:?}\n",
+            c.to_str().unwrap(),
+            other_key.to_str().unwrap()
+        ),
+    );
     let out = ringmail(&["check-config", wrong_key.to_str().unwrap()], "");
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("does not match"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("does not match"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]
@@ -331,25 +542,50 @@ fn swaks_and_openssl_speak_starttls_and_implicit_tls() {
     if on_path("swaks") {
         for (addr, flag) in [(server.smtp, "--tls"), (server.submissions, "--tlsc")] {
             let child = Command::new("swaks")
-                .args(["--to", "bob@example.test", "--from", "alice@example.test", "--server", "127.0.0.1"])
+                .args([
+                    "--to",
+                    "bob@example.test",
+                    "--from",
+                    "alice@example.test",
+                    "--server",
+                    "127.0.0.1",
+                ])
                 .args(["--port", &port(addr), flag, "--timeout", "15"])
-                .args(["--auth", "PLAIN", "--auth-user", "alice@example.test", "--auth-password", "alice-secret"])
+                .args([
+                    "--auth",
+                    "PLAIN",
+                    "--auth-user",
+                    "alice@example.test",
+                    "--auth-password",
+                    "alice-secret",
+                ])
                 .stdin(Stdio::null())
                 .stdout(Stdio::piped())
                 .stderr(Stdio::piped())
                 .spawn()
                 .expect("swaks");
             let out = wait_output(child, Duration::from_secs(30));
-            let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+            let text = String::from_utf8_lossy(&out.stdout).into_owned()
+                + &String::from_utf8_lossy(&out.stderr);
             assert!(out.status.success(), "swaks {flag} failed:\n{text}");
-            assert!(text.contains("TLS started") || text.contains("TLS"), "{text}");
+            assert!(
+                text.contains("TLS started") || text.contains("TLS"),
+                "{text}"
+            );
         }
     } else {
         eprintln!("note: swaks not on PATH, skipping it (.ci/run installs it)");
     }
     // openssl s_client -starttls smtp, verifying our certificate.
     let mut child = Command::new("openssl")
-        .args(["s_client", "-quiet", "-verify_return_error", "-verify_hostname", "localhost", "-CAfile"])
+        .args([
+            "s_client",
+            "-quiet",
+            "-verify_return_error",
+            "-verify_hostname",
+            "localhost",
+            "-CAfile",
+        ])
         .arg(&ca)
         .args(["-starttls", "smtp", "-connect", &server.smtp.to_string()])
         .stdin(Stdio::piped())
@@ -365,7 +601,11 @@ fn swaks_and_openssl_speak_starttls_and_implicit_tls() {
         .unwrap();
     let out = wait_output(child, Duration::from_secs(30));
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("250 2.0.0 Ok: queued as"), "{text}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        text.contains("250 2.0.0 Ok: queued as"),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(text.contains("221 2.0.0"), "{text}");
 }
 
@@ -375,23 +615,52 @@ fn note(subject: &str) -> Vec<u8> {
 }
 
 fn run_tool(mut cmd: Command, what: &str) -> String {
-    let child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap_or_else(|e| panic!("{what}: {e}"));
+    let child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{what}: {e}"));
     let out = wait_output(child, Duration::from_secs(60));
-    let log = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success(), "{what} failed ({}):\n{log}", out.status);
+    let log = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success(),
+        "{what} failed ({}):\n{log}",
+        out.status
+    );
     log
 }
 
 #[test]
 fn mbsync_over_imaps_and_starttls_verifying_the_certificate() {
-    assert!(on_path("mbsync"), "mbsync (isync) missing: .ci/run installs it");
+    assert!(
+        on_path("mbsync"),
+        "mbsync (isync) missing: .ci/run installs it"
+    );
     // hostname localhost: the certificate names the host mbsync connects to,
     // so its verification is the real one.
-    let server = Server::options().hostname("localhost").config(TLS_ONLY).start();
+    let server = Server::options()
+        .hostname("localhost")
+        .config(TLS_ONLY)
+        .start();
     let ca = server.tls_cert();
-    for (i, (ssl_type, port)) in [("IMAPS", server.imaps.port()), ("STARTTLS", server.imap.port())].into_iter().enumerate() {
+    for (i, (ssl_type, port)) in [
+        ("IMAPS", server.imaps.port()),
+        ("STARTTLS", server.imap.port()),
+    ]
+    .into_iter()
+    .enumerate()
+    {
         let subject = format!("over {ssl_type}");
-        smtp_send(server.smtp, "carol@example.test", &["bob@example.test"], &note(&subject));
+        smtp_send(
+            server.smtp,
+            "carol@example.test",
+            &["bob@example.test"],
+            &note(&subject),
+        );
         let local = server.root().join(format!("maildir-{i}"));
         std::fs::create_dir_all(&local).unwrap();
         let cfg = server.root().join(format!("mbsyncrc-{i}"));
@@ -413,11 +682,19 @@ fn mbsync_over_imaps_and_starttls_verifying_the_certificate() {
         let mut bodies = Vec::new();
         for sub in ["new", "cur"] {
             for e in std::fs::read_dir(local.join("INBOX").join(sub)).unwrap() {
-                bodies.push(String::from_utf8_lossy(&std::fs::read(e.unwrap().path()).unwrap()).into_owned());
+                bodies.push(
+                    String::from_utf8_lossy(&std::fs::read(e.unwrap().path()).unwrap())
+                        .into_owned(),
+                );
             }
         }
         assert_eq!(bodies.len(), i + 1, "{ssl_type}: {bodies:?}\n{log}");
-        assert!(bodies.iter().any(|b| b.contains(&format!("Subject: {subject}"))), "{bodies:?}");
+        assert!(
+            bodies
+                .iter()
+                .any(|b| b.contains(&format!("Subject: {subject}"))),
+            "{bodies:?}"
+        );
     }
     // The certificate is really checked: a CA file that does not hold it fails.
     let (other, _) = openssl_cert(server.root(), "other", "localhost");
@@ -435,20 +712,48 @@ fn mbsync_over_imaps_and_starttls_verifying_the_certificate() {
     )
     .unwrap();
     let out = wait_output(
-        Command::new("mbsync").arg("-c").arg(&cfg).arg("-a").env("HOME", server.root()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap(),
+        Command::new("mbsync")
+            .arg("-c")
+            .arg(&cfg)
+            .arg("-a")
+            .env("HOME", server.root())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
         Duration::from_secs(60),
     );
-    assert!(!out.status.success(), "mbsync took a certificate it does not trust");
+    assert!(
+        !out.status.success(),
+        "mbsync took a certificate it does not trust"
+    );
 }
 
 #[test]
 fn fetchmail_over_pop3s_and_stls_verifying_the_certificate() {
-    assert!(on_path("fetchmail"), "fetchmail missing: .ci/run installs it");
-    let server = Server::options().hostname("localhost").config(TLS_ONLY).start();
+    assert!(
+        on_path("fetchmail"),
+        "fetchmail missing: .ci/run installs it"
+    );
+    let server = Server::options()
+        .hostname("localhost")
+        .config(TLS_ONLY)
+        .start();
     let ca = server.tls_cert();
-    for (i, (mode, port)) in [("--ssl", server.pop3s.port()), ("--sslproto=TLS1.2+", server.pop3.port())].into_iter().enumerate() {
+    for (i, (mode, port)) in [
+        ("--ssl", server.pop3s.port()),
+        ("--sslproto=TLS1.2+", server.pop3.port()),
+    ]
+    .into_iter()
+    .enumerate()
+    {
         let subject = format!("fetched {i}");
-        smtp_send(server.smtp, "carol@example.test", &["bob@example.test"], &note(&subject));
+        smtp_send(
+            server.smtp,
+            "carol@example.test",
+            &["bob@example.test"],
+            &note(&subject),
+        );
         let rc = server.root().join(format!("fetchmailrc-{i}"));
         let mbox = server.root().join(format!("mbox-{i}"));
         // Implicit TLS with --ssl; STLS (RFC 2595) with sslproto alone on
@@ -467,10 +772,17 @@ fn fetchmail_over_pop3s_and_stls_verifying_the_certificate() {
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&rc, std::fs::Permissions::from_mode(0o600)).unwrap();
         let mut cmd = Command::new("fetchmail");
-        cmd.arg("-f").arg(&rc).args(["--nodetach", "--nosyslog", "-v"]).env("HOME", server.root()).env("FETCHMAILHOME", server.root());
+        cmd.arg("-f")
+            .arg(&rc)
+            .args(["--nodetach", "--nosyslog", "-v"])
+            .env("HOME", server.root())
+            .env("FETCHMAILHOME", server.root());
         let log = run_tool(cmd, &format!("fetchmail {mode}"));
         let got = std::fs::read_to_string(&mbox).unwrap_or_default();
-        assert!(got.contains(&format!("Subject: {subject}")), "{mode}: {got}\n{log}");
+        assert!(
+            got.contains(&format!("Subject: {subject}")),
+            "{mode}: {got}\n{log}"
+        );
         assert!(log.contains("STLS") || mode == "--ssl", "{log}");
     }
 }

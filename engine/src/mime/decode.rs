@@ -19,7 +19,9 @@ pub fn base64_decode(input: &[u8]) -> Vec<u8> {
         if b == b'=' {
             break;
         }
-        let Some(v) = crate::util::base64_value(b) else { continue };
+        let Some(v) = crate::util::base64_value(b) else {
+            continue;
+        };
         acc = (acc << 6) | u32::from(v);
         bits += 6;
         if bits >= 8 {
@@ -195,28 +197,35 @@ pub fn header_contains(header: &[u8], name: &[u8], needle: &str) -> bool {
 /// matches `user@example.org` like `<user@example.org>` does.
 pub fn address_header_contains(header: &[u8], name: &[u8], needle: &str) -> bool {
     use super::address::{parse_address_list, Address, MISSING_HOST};
-    fields(header).filter(|f| f.name.eq_ignore_ascii_case(name)).any(|f| {
-        contains_ci(&decode_header(f.value), needle)
-            || parse_address_list(f.value).iter().any(|a| match a {
-                Address::Mailbox { name, mailbox, host, .. } => {
-                    let mut s = String::new();
-                    if let Some(n) = name {
-                        s.push_str(&decode_header(n));
-                        s.push(' ');
+    fields(header)
+        .filter(|f| f.name.eq_ignore_ascii_case(name))
+        .any(|f| {
+            contains_ci(&decode_header(f.value), needle)
+                || parse_address_list(f.value).iter().any(|a| match a {
+                    Address::Mailbox {
+                        name,
+                        mailbox,
+                        host,
+                        ..
+                    } => {
+                        let mut s = String::new();
+                        if let Some(n) = name {
+                            s.push_str(&decode_header(n));
+                            s.push(' ');
+                        }
+                        s.push('<');
+                        s.push_str(&String::from_utf8_lossy(mailbox));
+                        if host != MISSING_HOST {
+                            s.push('@');
+                            s.push_str(&String::from_utf8_lossy(host));
+                        }
+                        s.push('>');
+                        contains_ci(&s, needle)
                     }
-                    s.push('<');
-                    s.push_str(&String::from_utf8_lossy(mailbox));
-                    if host != MISSING_HOST {
-                        s.push('@');
-                        s.push_str(&String::from_utf8_lossy(host));
-                    }
-                    s.push('>');
-                    contains_ci(&s, needle)
-                }
-                Address::GroupStart(n) => contains_ci(&decode_header(n), needle),
-                Address::GroupEnd => false,
-            })
-    })
+                    Address::GroupStart(n) => contains_ci(&decode_header(n), needle),
+                    Address::GroupEnd => false,
+                })
+        })
 }
 
 /// The decoded text of a leaf: transfer encoding removed, charset converted.

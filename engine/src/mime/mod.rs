@@ -40,8 +40,9 @@ mod tests;
 pub use address::{parse_address_list, Address};
 pub use content::{ContentType, Disposition, Param};
 pub use decode::{
-    address_header_contains, base64_decode, body_contains, contains_ci, decode_header, decoded_text, header_contains,
-    parse_rfc5322_date, qp_decode, sent_date, text_contains, to_utf8,
+    address_header_contains, base64_decode, body_contains, contains_ci, decode_header,
+    decoded_text, header_contains, parse_rfc5322_date, qp_decode, sent_date, text_contains,
+    to_utf8,
 };
 pub use header::{field_value, field_values, fields, split, unfold, Field};
 pub use render::{partial, section_bytes, write_bodystructure, write_envelope, write_envelope_of};

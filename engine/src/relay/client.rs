@@ -213,9 +213,9 @@ impl RcptOutcome {
 
     pub fn reply(&self) -> &Reply {
         match self {
-            RcptOutcome::Delivered { reply } | RcptOutcome::Temporary { reply } | RcptOutcome::Permanent { reply } => {
-                reply
-            }
+            RcptOutcome::Delivered { reply }
+            | RcptOutcome::Temporary { reply }
+            | RcptOutcome::Permanent { reply } => reply,
         }
     }
 
@@ -306,10 +306,15 @@ impl Capabilities {
     /// Read the keywords of a positive EHLO reply (the first line is the
     /// greeting).
     pub fn from_ehlo(reply: &Reply) -> Capabilities {
-        let mut caps = Capabilities { esmtp: true, ..Capabilities::default() };
+        let mut caps = Capabilities {
+            esmtp: true,
+            ..Capabilities::default()
+        };
         for line in reply.lines.iter().skip(1) {
             let mut words = line.split_ascii_whitespace();
-            let Some(keyword) = words.next() else { continue };
+            let Some(keyword) = words.next() else {
+                continue;
+            };
             match keyword.to_ascii_uppercase().as_str() {
                 "PIPELINING" => caps.pipelining = true,
                 "SIZE" => {
@@ -469,18 +474,25 @@ pub struct Client {
 }
 
 fn valid_address(a: &str) -> bool {
-    a.len() <= 512 && a.bytes().all(|b| b > b' ' && b != 0x7f && b != b'<' && b != b'>')
+    a.len() <= 512
+        && a.bytes()
+            .all(|b| b > b' ' && b != 0x7f && b != b'<' && b != b'>')
 }
 
 fn bare(a: &str) -> &str {
-    a.strip_prefix('<').and_then(|x| x.strip_suffix('>')).unwrap_or(a)
+    a.strip_prefix('<')
+        .and_then(|x| x.strip_suffix('>'))
+        .unwrap_or(a)
 }
 
 impl Client {
     /// A session that will send `envelopes` in order, starting by waiting for
     /// the greeting.
     pub fn new(params: ClientParams, envelopes: Vec<Envelope>) -> Client {
-        let results = envelopes.iter().map(|e| vec![None; e.recipients.len()]).collect();
+        let results = envelopes
+            .iter()
+            .map(|e| vec![None; e.recipients.len()])
+            .collect();
         let n = envelopes.len();
         let mut c = Client {
             params,
@@ -515,13 +527,22 @@ impl Client {
         if self.done {
             Action::Close
         } else if !self.out.is_empty() {
-            Action::Send { timeout: self.out_timeout }
+            Action::Send {
+                timeout: self.out_timeout,
+            }
         } else if self.upgrade {
-            Action::StartTls { timeout: self.params.timeouts.tls }
+            Action::StartTls {
+                timeout: self.params.timeouts.tls,
+            }
         } else if let Some(message) = self.body {
-            Action::SendBody { message, timeout: self.params.timeouts.data_block }
+            Action::SendBody {
+                message,
+                timeout: self.params.timeouts.data_block,
+            }
         } else if let Some(e) = self.expect.front() {
-            Action::Receive { timeout: self.timeout(*e) }
+            Action::Receive {
+                timeout: self.timeout(*e),
+            }
         } else {
             Action::Close
         }
@@ -681,7 +702,11 @@ impl Client {
     /// End the session: the current message's undecided recipients and every
     /// message not started get `reply` (made temporary if it is not a 5xx).
     fn abort(&mut self, reply: Reply) {
-        let reply = if reply.is_permanent() || reply.is_transient() { reply } else { Reply { code: 451, ..reply } };
+        let reply = if reply.is_permanent() || reply.is_transient() {
+            reply
+        } else {
+            Reply { code: 451, ..reply }
+        };
         if let Some(txn) = self.txn.take() {
             for i in 0..self.results[txn.msg].len() {
                 if let Some(mail) = &txn.mail_failure {
@@ -694,8 +719,14 @@ impl Client {
                 }
             }
         }
-        let not_attempted =
-            Reply { lines: reply.lines.iter().map(|l| format!("{l} (not attempted)")).collect(), ..reply.clone() };
+        let not_attempted = Reply {
+            lines: reply
+                .lines
+                .iter()
+                .map(|l| format!("{l} (not attempted)"))
+                .collect(),
+            ..reply.clone()
+        };
         for m in self.next_msg..self.envelopes.len() {
             for i in 0..self.results[m].len() {
                 self.set(m, i, &not_attempted);
@@ -707,7 +738,9 @@ impl Client {
 
     fn on_reply(&mut self, reply: Reply) {
         let Some(expect) = self.expect.pop_front() else {
-            self.fail(Failure::Protocol("reply with no command outstanding".into()));
+            self.fail(Failure::Protocol(
+                "reply with no command outstanding".into(),
+            ));
             return;
         };
         match expect {
@@ -732,7 +765,9 @@ impl Client {
                             return;
                         }
                         if tls.required {
-                            self.error = Some(ConnectError::TlsUnavailable("the server does not offer STARTTLS".into()));
+                            self.error = Some(ConnectError::TlsUnavailable(
+                                "the server does not offer STARTTLS".into(),
+                            ));
                             self.close();
                             return;
                         }
@@ -749,8 +784,13 @@ impl Client {
                 return;
             }
             Expect::Helo => {
-                if reply.is_positive() && !self.tls_active && self.params.tls.as_ref().is_some_and(|t| t.required) {
-                    self.error = Some(ConnectError::TlsUnavailable("the server does not speak ESMTP (no STARTTLS)".into()));
+                if reply.is_positive()
+                    && !self.tls_active
+                    && self.params.tls.as_ref().is_some_and(|t| t.required)
+                {
+                    self.error = Some(ConnectError::TlsUnavailable(
+                        "the server does not speak ESMTP (no STARTTLS)".into(),
+                    ));
                     self.close();
                 } else if reply.is_positive() {
                     self.caps = Capabilities::default();
@@ -767,7 +807,9 @@ impl Client {
                 if reply.code == 220 {
                     self.upgrade = true;
                 } else if required || reply.code == 421 {
-                    self.error = Some(ConnectError::TlsUnavailable(format!("STARTTLS refused: {reply}")));
+                    self.error = Some(ConnectError::TlsUnavailable(format!(
+                        "STARTTLS refused: {reply}"
+                    )));
                     self.close();
                 } else {
                     // RFC 3207 4: a refusal leaves the session as it was;
@@ -793,7 +835,9 @@ impl Client {
                 }
             }
             Expect::Mail => {
-                let Some(t) = self.txn.as_mut() else { return self.fail(Failure::Protocol("no transaction".into())) };
+                let Some(t) = self.txn.as_mut() else {
+                    return self.fail(Failure::Protocol("no transaction".into()));
+                };
                 t.mail_ok = reply.is_positive();
                 if !t.mail_ok {
                     t.mail_failure = Some(reply.clone());
@@ -807,7 +851,9 @@ impl Client {
                 }
             }
             Expect::Rcpt(i) => {
-                let Some(t) = self.txn.as_mut() else { return self.fail(Failure::Protocol("no transaction".into())) };
+                let Some(t) = self.txn.as_mut() else {
+                    return self.fail(Failure::Protocol("no transaction".into()));
+                };
                 let msg = t.msg;
                 if reply.is_positive() {
                     t.accepted.push(i);
@@ -819,7 +865,9 @@ impl Client {
                 }
             }
             Expect::Data => {
-                let Some(t) = self.txn.as_ref() else { return self.fail(Failure::Protocol("no transaction".into())) };
+                let Some(t) = self.txn.as_ref() else {
+                    return self.fail(Failure::Protocol("no transaction".into()));
+                };
                 let (msg, ok) = (t.msg, t.mail_ok && !t.accepted.is_empty());
                 if reply.code == 354 {
                     if ok {
@@ -899,7 +947,9 @@ impl Client {
 
     fn finish_txn(&mut self) {
         if let Some(t) = self.txn.take() {
-            let fallback = t.mail_failure.unwrap_or_else(|| Reply::local(451, "4.4.2 no reply for this recipient"));
+            let fallback = t
+                .mail_failure
+                .unwrap_or_else(|| Reply::local(451, "4.4.2 no reply for this recipient"));
             for i in 0..self.results[t.msg].len() {
                 if self.results[t.msg][i].is_none() || (!t.mail_ok && t.to_send.contains(&i)) {
                     self.set(t.msg, i, &fallback);
@@ -916,9 +966,14 @@ impl Client {
             let m = self.next_msg;
             self.next_msg += 1;
             let env = &self.envelopes[m];
-            let refusal = if !env.reverse_path.is_empty() && !valid_address(bare(&env.reverse_path)) {
+            let refusal = if !env.reverse_path.is_empty() && !valid_address(bare(&env.reverse_path))
+            {
                 Some(Reply::local(553, "5.1.7 invalid sender address syntax"))
-            } else if self.caps.size_limit.is_some_and(|max| max > 0 && env.size > max) {
+            } else if self
+                .caps
+                .size_limit
+                .is_some_and(|max| max > 0 && env.size > max)
+            {
                 Some(Reply::local(
                     552,
                     format!(
@@ -928,9 +983,15 @@ impl Client {
                     ),
                 ))
             } else if env.needs_smtputf8 && !self.caps.smtputf8 {
-                Some(Reply::local(553, "5.6.7 the message needs SMTPUTF8, which the server does not support"))
+                Some(Reply::local(
+                    553,
+                    "5.6.7 the message needs SMTPUTF8, which the server does not support",
+                ))
             } else if env.is_8bit && !self.caps.eight_bit_mime && self.params.require_8bitmime {
-                Some(Reply::local(554, "5.6.3 8-bit message and the server does not support 8BITMIME"))
+                Some(Reply::local(
+                    554,
+                    "5.6.3 8-bit message and the server does not support 8BITMIME",
+                ))
             } else {
                 None
             };
@@ -991,7 +1052,11 @@ pub struct DotStuffed<'a>(std::vec::IntoIter<&'a [u8]>);
 impl<'a> DotStuffed<'a> {
     pub fn new(body: &'a [u8]) -> DotStuffed<'a> {
         let mut pieces = Vec::new();
-        crate::protocol::pop3::stuff::stuff_lines(body, Some(crate::protocol::pop3::stuff::SMTP_LINE_MAX), &mut |p| pieces.push(p));
+        crate::protocol::pop3::stuff::stuff_lines(
+            body,
+            Some(crate::protocol::pop3::stuff::SMTP_LINE_MAX),
+            &mut |p| pieces.push(p),
+        );
         DotStuffed(pieces.into_iter())
     }
 }
@@ -1016,7 +1081,9 @@ struct Io {
 
 impl Io {
     async fn write(&mut self, data: &[u8], timeout: Duration) -> io::Result<()> {
-        self.conn.stream.set_write_timeout(Some(timeout.max(Duration::from_millis(1))))?;
+        self.conn
+            .stream
+            .set_write_timeout(Some(timeout.max(Duration::from_millis(1))))?;
         self.conn.write_all(data).await
     }
 
@@ -1069,10 +1136,16 @@ pub async fn deliver<B: AsRef<[u8]>>(
     let mut client = Client::new(params, batch.iter().map(Envelope::of).collect());
     let stream = TcpStream::connect_timeout(target, connect_timeout)
         .await
-        .map_err(|e| ConnectError::Connect { addr: target, reason: e.to_string() })?;
+        .map_err(|e| ConnectError::Connect {
+            addr: target,
+            reason: e.to_string(),
+        })?;
     // Conn sets TCP_NODELAY: commands are small and each waits for its reply.
-    let mut io = Io { conn: Conn::new(stream, Vec::new()) };
-    io.conn.set_buffer_max(max_reply + crate::limits::READ_CHUNK);
+    let mut io = Io {
+        conn: Conn::new(stream, Vec::new()),
+    };
+    io.conn
+        .set_buffer_max(max_reply + crate::limits::READ_CHUNK);
     loop {
         match client.action() {
             Action::Close => break,
@@ -1080,16 +1153,23 @@ pub async fn deliver<B: AsRef<[u8]>>(
                 Ok(()) => client.sent(),
                 Err(e) => client.fail(Failure::from_io(&e)),
             },
-            Action::SendBody { message, timeout } => match io.write_body(batch[message].body.as_ref(), timeout).await {
-                Ok(()) => client.sent(),
-                Err(e) => client.fail(Failure::from_io(&e)),
-            },
+            Action::SendBody { message, timeout } => {
+                match io.write_body(batch[message].body.as_ref(), timeout).await {
+                    Ok(()) => client.sent(),
+                    Err(e) => client.fail(Failure::from_io(&e)),
+                }
+            }
             Action::StartTls { timeout } => {
                 let Some(tls) = tls.as_ref() else {
-                    client.fail(Failure::Protocol("STARTTLS without a TLS configuration".into()));
+                    client.fail(Failure::Protocol(
+                        "STARTTLS without a TLS configuration".into(),
+                    ));
                     continue;
                 };
-                let started = match io.conn.start_tls_client(tls.config.clone(), tls.name.clone()) {
+                let started = match io
+                    .conn
+                    .start_tls_client(tls.config.clone(), tls.name.clone())
+                {
                     Ok(_dropped) => io.conn.handshake(timeout).await.map_err(|e| e.to_string()),
                     Err(e) => Err(e.to_string()),
                 };
@@ -1113,9 +1193,16 @@ pub async fn deliver<B: AsRef<[u8]>>(
             }
         }
     }
-    let info = if client.tls_active() { io.conn.tls_info() } else { None };
+    let info = if client.tls_active() {
+        io.conn.tls_info()
+    } else {
+        None
+    };
     drop(io);
-    client.finish().map(|outcomes| Delivery { outcomes, tls: info })
+    client.finish().map(|outcomes| Delivery {
+        outcomes,
+        tls: info,
+    })
 }
 
 #[cfg(test)]

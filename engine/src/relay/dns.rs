@@ -45,7 +45,9 @@ use std::time::{Duration, Instant};
 use futures::channel::oneshot;
 use futures::future::{self, Either, FutureExt, Shared};
 use futures::stream::{FuturesUnordered, StreamExt};
-use hickory_resolver::config::{ConnectionConfig, NameServerConfig, ResolveHosts, ResolverConfig, ResolverOpts};
+use hickory_resolver::config::{
+    ConnectionConfig, NameServerConfig, ResolveHosts, ResolverConfig, ResolverOpts,
+};
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::net::{DnsError, NetError};
 use hickory_resolver::proto::op::ResponseCode;
@@ -214,7 +216,9 @@ pub struct DnsResolver {
 
 impl std::fmt::Debug for DnsResolver {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("DnsResolver").field("stats", &self.stats()).finish()
+        f.debug_struct("DnsResolver")
+            .field("stats", &self.stats())
+            .finish()
     }
 }
 
@@ -229,30 +233,39 @@ impl DnsResolver {
         let counters = Arc::new(Counters::default());
         let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel(1);
         let thread_counters = counters.clone();
-        std::thread::Builder::new().name("ringmail-dns".into()).spawn(move || {
-            let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-                Ok(rt) => rt,
-                Err(e) => {
-                    let _ = ready_tx.send(Err(DnsStartError::Io(e)));
-                    return;
-                }
-            };
-            rt.block_on(async move {
-                let resolver = match build_resolver(&config) {
-                    Ok(r) => r,
+        std::thread::Builder::new()
+            .name("ringmail-dns".into())
+            .spawn(move || {
+                let rt = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => rt,
                     Err(e) => {
-                        let _ = ready_tx.send(Err(e));
+                        let _ = ready_tx.send(Err(DnsStartError::Io(e)));
                         return;
                     }
                 };
-                let _ = ready_tx.send(Ok(()));
-                serve(resolver, config, rx, thread_counters).await;
-            });
-        })?;
+                rt.block_on(async move {
+                    let resolver = match build_resolver(&config) {
+                        Ok(r) => r,
+                        Err(e) => {
+                            let _ = ready_tx.send(Err(e));
+                            return;
+                        }
+                    };
+                    let _ = ready_tx.send(Ok(()));
+                    serve(resolver, config, rx, thread_counters).await;
+                });
+            })?;
         match ready_rx.recv() {
-            Ok(Ok(())) => Ok(DnsResolver { inner: Arc::new(Handle { tx, counters }) }),
+            Ok(Ok(())) => Ok(DnsResolver {
+                inner: Arc::new(Handle { tx, counters }),
+            }),
             Ok(Err(e)) => Err(e),
-            Err(_) => Err(DnsStartError::Config("resolver thread exited during start".into())),
+            Err(_) => Err(DnsStartError::Config(
+                "resolver thread exited during start".into(),
+            )),
         }
     }
 
@@ -285,18 +298,25 @@ impl DnsResolver {
         if !asked.is_empty() {
             let (reply, answer) = oneshot::channel();
             let n = asked.len();
-            let answers = match self.inner.tx.send(Request { domains: asked, reply }) {
+            let answers = match self.inner.tx.send(Request {
+                domains: asked,
+                reply,
+            }) {
                 Ok(()) => answer.await.ok(),
                 Err(_) => None,
             };
-            let answers = answers
-                .filter(|a| a.len() == n)
-                .unwrap_or_else(|| vec![MxResult::Temporary("DNS resolver thread is not running".into()); n]);
+            let answers = answers.filter(|a| a.len() == n).unwrap_or_else(|| {
+                vec![MxResult::Temporary("DNS resolver thread is not running".into()); n]
+            });
             for (slot, r) in slots.into_iter().zip(answers) {
                 results[slot] = Some(r);
             }
         }
-        domains.into_iter().zip(results).map(|(d, r)| (d, r.expect("every slot filled"))).collect()
+        domains
+            .into_iter()
+            .zip(results)
+            .map(|(d, r)| (d, r.expect("every slot filled")))
+            .collect()
     }
 
     /// Counters since start.
@@ -326,7 +346,9 @@ fn classify(domain: &str) -> Classified {
     let d = domain.trim();
     if let Some(inner) = d.strip_prefix('[') {
         let Some(inner) = inner.strip_suffix(']') else {
-            return Classified::Done(MxResult::Permanent(format!("malformed address literal {d}")));
+            return Classified::Done(MxResult::Permanent(format!(
+                "malformed address literal {d}"
+            )));
         };
         let ip: Option<IpAddr> = if inner.len() > 5 && inner[..5].eq_ignore_ascii_case("IPv6:") {
             inner[5..].parse::<Ipv6Addr>().ok().map(IpAddr::V6)
@@ -334,7 +356,11 @@ fn classify(domain: &str) -> Classified {
             inner.parse::<Ipv4Addr>().ok().map(IpAddr::V4)
         };
         return Classified::Done(match ip {
-            Some(ip) => MxResult::Ok(vec![MxHost { preference: 0, name: d.to_string(), addrs: vec![ip] }]),
+            Some(ip) => MxResult::Ok(vec![MxHost {
+                preference: 0,
+                name: d.to_string(),
+                addrs: vec![ip],
+            }]),
             None => MxResult::Permanent(format!("unsupported address literal {d}")),
         });
     }
@@ -355,7 +381,9 @@ fn classify(domain: &str) -> Classified {
             }
             Classified::Lookup(key, name)
         }
-        Err(e) => Classified::Done(MxResult::Permanent(format!("invalid domain {domain:?}: {e}"))),
+        Err(e) => Classified::Done(MxResult::Permanent(format!(
+            "invalid domain {domain:?}: {e}"
+        ))),
     }
 }
 
@@ -387,7 +415,9 @@ fn build_resolver(config: &DnsConfig) -> Result<TokioResolver, DnsStartError> {
     opts.use_hosts_file = ResolveHosts::Never;
     // TTL caps are applied by our cache (hickory rounds them to seconds).
     opts.max_active_requests = opts.max_active_requests.max(config.max_concurrent_queries);
-    builder.build().map_err(|e| DnsStartError::Config(e.to_string()))
+    builder
+        .build()
+        .map_err(|e| DnsStartError::Config(e.to_string()))
 }
 
 /// The answer to one (name, type) query, as cached.
@@ -472,7 +502,10 @@ async fn serve(
     let ctx = Rc::new(Ctx {
         resolver,
         counters: counters.clone(),
-        cache: RefCell::new(Cache { map: HashMap::new(), max: config.cache_max_entries }),
+        cache: RefCell::new(Cache {
+            map: HashMap::new(),
+            max: config.cache_max_entries,
+        }),
         in_flight: RefCell::new(HashMap::new()),
         permits: tokio::sync::Semaphore::new(config.max_concurrent_queries.max(1)),
         config,
@@ -502,8 +535,11 @@ async fn serve(
                 }
                 for req in batch {
                     let n = req.domains.len();
-                    let w =
-                        Rc::new(RefCell::new(Waiting { results: vec![None; n], missing: n, reply: Some(req.reply) }));
+                    let w = Rc::new(RefCell::new(Waiting {
+                        results: vec![None; n],
+                        missing: n,
+                        reply: Some(req.reply),
+                    }));
                     for (slot, (key, name)) in req.domains.into_iter().enumerate() {
                         bump(&counters.domains);
                         let entry = waiters.entry(key.clone()).or_default();
@@ -545,11 +581,17 @@ async fn resolve_domain(ctx: &Rc<Ctx>, key: &str, name: Name) -> MxResult {
         Answer::Temporary(why) => MxResult::Temporary(format!("MX lookup for {key} failed: {why}")),
         Answer::NxDomain => MxResult::Permanent(format!("domain {key} does not exist (NXDOMAIN)")),
         Answer::NoData | Answer::Addrs(_) => match addresses(ctx, name).await {
-            Ok(addrs) => MxResult::Ok(vec![MxHost { preference: 0, name: key.to_string(), addrs }]),
+            Ok(addrs) => MxResult::Ok(vec![MxHost {
+                preference: 0,
+                name: key.to_string(),
+                addrs,
+            }]),
             Err(Missing::Temporary(why)) => {
                 MxResult::Temporary(format!("no MX for {key}, address lookup failed: {why}"))
             }
-            Err(Missing::None) => MxResult::Permanent(format!("domain {key} has no MX and no address")),
+            Err(Missing::None) => {
+                MxResult::Permanent(format!("domain {key} has no MX and no address"))
+            }
         },
         Answer::Mx(records) => {
             let mut records: Vec<(u16, Name)> = records.to_vec();
@@ -564,12 +606,17 @@ async fn resolve_domain(ctx: &Rc<Ctx>, key: &str, name: Name) -> MxResult {
             records.shuffle(&mut rand::thread_rng());
             records.sort_by_key(|(p, _)| *p);
             records.truncate(MAX_MX_HOSTS);
-            let found = future::join_all(records.iter().map(|(_, n)| addresses(ctx, n.clone()))).await;
+            let found =
+                future::join_all(records.iter().map(|(_, n)| addresses(ctx, n.clone()))).await;
             let mut hosts = Vec::with_capacity(records.len());
             let mut temporary = None;
             for ((preference, exchange), addrs) in records.into_iter().zip(found) {
                 match addrs {
-                    Ok(addrs) => hosts.push(MxHost { preference, name: host_name(&exchange), addrs }),
+                    Ok(addrs) => hosts.push(MxHost {
+                        preference,
+                        name: host_name(&exchange),
+                        addrs,
+                    }),
                     Err(Missing::Temporary(why)) => {
                         temporary.get_or_insert_with(|| format!("{}: {why}", host_name(&exchange)));
                     }
@@ -604,7 +651,11 @@ enum Missing {
 /// A and AAAA of one name, concurrently. IPv4 first: many receiving MTAs
 /// still check the sender's reverse DNS, which is more often set for IPv4.
 async fn addresses(ctx: &Rc<Ctx>, name: Name) -> Result<Vec<IpAddr>, Missing> {
-    let (v4, v6) = future::join(lookup(ctx, name.clone(), RecordType::A), lookup(ctx, name, RecordType::AAAA)).await;
+    let (v4, v6) = future::join(
+        lookup(ctx, name.clone(), RecordType::A),
+        lookup(ctx, name, RecordType::AAAA),
+    )
+    .await;
     let mut addrs = Vec::new();
     let mut temporary = None;
     for answer in [v4, v6] {
@@ -637,7 +688,8 @@ async fn lookup(ctx: &Rc<Ctx>, name: Name, rtype: RecordType) -> Answer {
             f
         }
         None => {
-            let fut: Pin<Box<dyn Future<Output = Answer>>> = Box::pin(query(ctx.clone(), key.clone(), name));
+            let fut: Pin<Box<dyn Future<Output = Answer>>> =
+                Box::pin(query(ctx.clone(), key.clone(), name));
             let fut = fut.shared();
             ctx.in_flight.borrow_mut().insert(key, fut.clone());
             fut
@@ -659,7 +711,9 @@ async fn query(ctx: Rc<Ctx>, key: Key, name: Name) -> Answer {
         let result = ctx.resolver.lookup(name, rtype).await;
         let now = Instant::now();
         let negative_until = |ttl: Option<u32>| {
-            let ttl = ttl.map(|s| Duration::from_secs(s as u64)).unwrap_or(ctx.config.negative_ttl_max);
+            let ttl = ttl
+                .map(|s| Duration::from_secs(s as u64))
+                .unwrap_or(ctx.config.negative_ttl_max);
             now + ttl.min(ctx.config.negative_ttl_max)
         };
         match result {
@@ -682,7 +736,9 @@ async fn query(ctx: Rc<Ctx>, key: Key, name: Name) -> Answer {
                             .iter()
                             .filter_map(|r| match &r.data {
                                 RData::A(a) if rtype == RecordType::A => Some(IpAddr::V4(a.0)),
-                                RData::AAAA(a) if rtype == RecordType::AAAA => Some(IpAddr::V6(a.0)),
+                                RData::AAAA(a) if rtype == RecordType::AAAA => {
+                                    Some(IpAddr::V6(a.0))
+                                }
                                 _ => None,
                             })
                             .collect();
@@ -690,7 +746,10 @@ async fn query(ctx: Rc<Ctx>, key: Key, name: Name) -> Answer {
                     }
                 };
                 match answer {
-                    Some(a) => (a, lookup.valid_until().min(now + ctx.config.positive_ttl_max)),
+                    Some(a) => (
+                        a,
+                        lookup.valid_until().min(now + ctx.config.positive_ttl_max),
+                    ),
                     None => (Answer::NoData, negative_until(None)),
                 }
             }
@@ -702,14 +761,17 @@ async fn query(ctx: Rc<Ctx>, key: Key, name: Name) -> Answer {
                     (Answer::NoData, until)
                 }
             }
-            Err(NetError::Dns(DnsError::ResponseCode(code))) => {
-                (Answer::Temporary(format!("DNS server answered {code}")), now)
-            }
+            Err(NetError::Dns(DnsError::ResponseCode(code))) => (
+                Answer::Temporary(format!("DNS server answered {code}")),
+                now,
+            ),
             Err(e) => (Answer::Temporary(e.to_string()), now),
         }
     };
     let now = Instant::now();
-    ctx.cache.borrow_mut().insert(key.clone(), answer.clone(), until, now);
+    ctx.cache
+        .borrow_mut()
+        .insert(key.clone(), answer.clone(), until, now);
     ctx.in_flight.borrow_mut().remove(&key);
     answer
 }

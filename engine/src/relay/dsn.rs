@@ -95,7 +95,9 @@ pub fn rfc5322_date(t: SystemTime) -> String {
     let rem = secs.rem_euclid(86_400);
     let (y, m, d) = civil_from_days(days);
     const WD: [&str; 7] = ["Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat"];
-    const MON: [&str; 12] = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
+    const MON: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
     format!(
         "{}, {:02} {} {:04} {:02}:{:02}:{:02} +0000",
         WD[(days + 4).rem_euclid(7) as usize],
@@ -139,7 +141,15 @@ pub fn status_for(action: DsnAction, reply: &Reply) -> String {
 
 /// Printable ASCII only (header fields of the report are 7-bit).
 fn ascii(s: &str) -> String {
-    s.chars().map(|c| if c == '\t' || (' '..='~').contains(&c) { c } else { '?' }).collect()
+    s.chars()
+        .map(|c| {
+            if c == '\t' || (' '..='~').contains(&c) {
+                c
+            } else {
+                '?'
+            }
+        })
+        .collect()
 }
 
 /// An address for `Final-Recipient` / `Original-Recipient`: `rfc822;` when
@@ -223,9 +233,15 @@ fn header_section(message: &[u8], max: usize) -> Vec<u8> {
 
 /// Build the notification. See the module documentation for how to send it.
 pub fn build_dsn(params: DsnParams<'_>) -> Vec<u8> {
-    debug_assert!(should_notify(&params.original_sender), "no DSN for a null reverse path");
+    debug_assert!(
+        should_notify(&params.original_sender),
+        "no DSN for a null reverse path"
+    );
     let host = ascii(&params.hostname);
-    let any_failed = params.recipients.iter().any(|r| r.action == DsnAction::Failed);
+    let any_failed = params
+        .recipients
+        .iter()
+        .any(|r| r.action == DsnAction::Failed);
     let headers = header_section(params.original, params.max_header_bytes);
     let mut rng = rand::thread_rng();
     // A boundary that cannot occur in the included headers (bounded retries;
@@ -237,17 +253,39 @@ pub fn build_dsn(params: DsnParams<'_>) -> Vec<u8> {
             break;
         }
     }
-    let message_id = params
-        .message_id
-        .clone()
-        .unwrap_or_else(|| format!("<dsn.{:016x}.{:08x}@{host}>", rng.gen::<u64>(), rng.gen::<u32>()));
+    let message_id = params.message_id.clone().unwrap_or_else(|| {
+        format!(
+            "<dsn.{:016x}.{:08x}@{host}>",
+            rng.gen::<u64>(),
+            rng.gen::<u32>()
+        )
+    });
     let date = rfc5322_date(params.date);
 
     let mut m = String::with_capacity(4096 + headers.len());
     // Top-level header.
-    field(&mut m, "From", &format!("Mail Delivery System <MAILER-DAEMON@{host}>"));
-    field(&mut m, "To", &format!("<{}>", params.original_sender.trim().trim_start_matches('<').trim_end_matches('>')));
-    let subject = if any_failed { "Undelivered Mail Returned to Sender" } else { "Delayed Mail (still being retried)" };
+    field(
+        &mut m,
+        "From",
+        &format!("Mail Delivery System <MAILER-DAEMON@{host}>"),
+    );
+    field(
+        &mut m,
+        "To",
+        &format!(
+            "<{}>",
+            params
+                .original_sender
+                .trim()
+                .trim_start_matches('<')
+                .trim_end_matches('>')
+        ),
+    );
+    let subject = if any_failed {
+        "Undelivered Mail Returned to Sender"
+    } else {
+        "Delayed Mail (still being retried)"
+    };
     field(&mut m, "Subject", subject);
     field(&mut m, "Date", &date);
     field(&mut m, "Message-ID", &message_id);
@@ -261,15 +299,30 @@ pub fn build_dsn(params: DsnParams<'_>) -> Vec<u8> {
     // 1. For people.
     let mut text = String::new();
     let _ = write!(text, "This is the mail system at {host}.\r\n\r\n");
-    let failed: Vec<&DsnRecipient> = params.recipients.iter().filter(|r| r.action == DsnAction::Failed).collect();
-    let delayed: Vec<&DsnRecipient> = params.recipients.iter().filter(|r| r.action == DsnAction::Delayed).collect();
+    let failed: Vec<&DsnRecipient> = params
+        .recipients
+        .iter()
+        .filter(|r| r.action == DsnAction::Failed)
+        .collect();
+    let delayed: Vec<&DsnRecipient> = params
+        .recipients
+        .iter()
+        .filter(|r| r.action == DsnAction::Delayed)
+        .collect();
     let describe = |m: &mut String, r: &DsnRecipient| {
         let who = match &r.remote_mta {
             Some(mta) if !r.reply.local => format!("host {} said: {}", ascii(mta), r.reply),
             _ if r.reply.local => r.reply.text(),
             _ => r.reply.to_string(),
         };
-        let _ = write!(m, "<{}>:\r\n", r.final_recipient.trim().trim_start_matches('<').trim_end_matches('>'));
+        let _ = write!(
+            m,
+            "<{}>:\r\n",
+            r.final_recipient
+                .trim()
+                .trim_start_matches('<')
+                .trim_end_matches('>')
+        );
         wrap(m, "    ", &who);
         m.push_str("\r\n");
     };
@@ -292,7 +345,11 @@ pub fn build_dsn(params: DsnParams<'_>) -> Vec<u8> {
              you do not need to send the message again.",
         );
         if let Some(u) = until {
-            let _ = write!(intro, " The mail system will keep trying until {}.", rfc5322_date(u));
+            let _ = write!(
+                intro,
+                " The mail system will keep trying until {}.",
+                rfc5322_date(u)
+            );
         }
         wrap(&mut text, "", &intro);
         text.push_str("\r\n");
@@ -310,7 +367,9 @@ pub fn build_dsn(params: DsnParams<'_>) -> Vec<u8> {
 
     // 2. For programs (RFC 3464 section 2.1).
     let _ = write!(m, "--{boundary}\r\n");
-    m.push_str("Content-Description: Delivery report\r\nContent-Type: message/delivery-status\r\n\r\n");
+    m.push_str(
+        "Content-Description: Delivery report\r\nContent-Type: message/delivery-status\r\n\r\n",
+    );
     field(&mut m, "Reporting-MTA", &format!("dns; {host}"));
     if let Some(envid) = &params.original_envelope_id {
         field(&mut m, "Original-Envelope-Id", &ascii(envid));
@@ -325,7 +384,11 @@ pub fn build_dsn(params: DsnParams<'_>) -> Vec<u8> {
             };
             field(&mut m, "Original-Recipient", &value);
         }
-        field(&mut m, "Final-Recipient", &address_field(&r.final_recipient));
+        field(
+            &mut m,
+            "Final-Recipient",
+            &address_field(&r.final_recipient),
+        );
         field(
             &mut m,
             "Action",
@@ -339,9 +402,17 @@ pub fn build_dsn(params: DsnParams<'_>) -> Vec<u8> {
             field(&mut m, "Remote-MTA", &format!("dns; {}", ascii(mta)));
         }
         if r.reply.local {
-            field(&mut m, "Diagnostic-Code", &format!("X-ringmail; {}", ascii(&r.reply.text())));
+            field(
+                &mut m,
+                "Diagnostic-Code",
+                &format!("X-ringmail; {}", ascii(&r.reply.text())),
+            );
         } else {
-            field(&mut m, "Diagnostic-Code", &format!("smtp; {}", ascii(&r.reply.to_string())));
+            field(
+                &mut m,
+                "Diagnostic-Code",
+                &format!("smtp; {}", ascii(&r.reply.to_string())),
+            );
         }
         field(&mut m, "Last-Attempt-Date", &rfc5322_date(r.last_attempt));
         if r.action == DsnAction::Delayed {
@@ -354,7 +425,9 @@ pub fn build_dsn(params: DsnParams<'_>) -> Vec<u8> {
 
     // 3. The original headers (RFC 6522 section 3: text/rfc822-headers).
     let _ = write!(m, "--{boundary}\r\n");
-    m.push_str("Content-Description: Undelivered Message Headers\r\nContent-Type: text/rfc822-headers\r\n");
+    m.push_str(
+        "Content-Description: Undelivered Message Headers\r\nContent-Type: text/rfc822-headers\r\n",
+    );
     if !headers.is_ascii() {
         m.push_str("Content-Transfer-Encoding: 8bit\r\n");
     }

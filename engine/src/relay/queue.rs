@@ -65,7 +65,10 @@ impl QueueId {
 
     pub fn parse(s: &str) -> Option<QueueId> {
         let (q, uid) = s.trim().strip_prefix('q')?.split_once('-')?;
-        Some(QueueId { queue: q.parse().ok()?, uid: uid.parse().ok()? })
+        Some(QueueId {
+            queue: q.parse().ok()?,
+            uid: uid.parse().ok()?,
+        })
     }
 }
 
@@ -94,7 +97,9 @@ impl Schedule {
     pub fn backoff(&self, attempts: u32) -> i64 {
         let first = self.retry_first.max(1);
         let shift = attempts.saturating_sub(1).min(40);
-        first.saturating_mul(1i64 << shift).min(self.retry_max.max(first))
+        first
+            .saturating_mul(1i64 << shift)
+            .min(self.retry_max.max(first))
     }
 }
 
@@ -120,19 +125,50 @@ pub struct Update {
 /// Apply an attempt's result to a recipient currently in `state` with
 /// `attempts` earlier attempts, for a message that arrived at `arrival`.
 /// A temporary failure past the give-up time bounces.
-pub fn after_attempt(schedule: &Schedule, state: u8, attempts: u32, arrival: i64, now: i64, attempt: Attempt) -> Update {
+pub fn after_attempt(
+    schedule: &Schedule,
+    state: u8,
+    attempts: u32,
+    arrival: i64,
+    now: i64,
+    attempt: Attempt,
+) -> Update {
     let attempts = attempts.saturating_add(1);
     let keep = state & queue_state::WARNED;
     match attempt {
-        Attempt::Delivered(reply) => Update { state: queue_state::DELIVERED | keep, attempts, next_attempt: 0, last_reply: reply, bounce: false },
-        Attempt::Permanent(reply) => Update { state: queue_state::BOUNCED | keep, attempts, next_attempt: 0, last_reply: reply, bounce: true },
+        Attempt::Delivered(reply) => Update {
+            state: queue_state::DELIVERED | keep,
+            attempts,
+            next_attempt: 0,
+            last_reply: reply,
+            bounce: false,
+        },
+        Attempt::Permanent(reply) => Update {
+            state: queue_state::BOUNCED | keep,
+            attempts,
+            next_attempt: 0,
+            last_reply: reply,
+            bounce: true,
+        },
         Attempt::Temporary(reply) => {
             let next = now.saturating_add(schedule.backoff(attempts));
             if now >= arrival.saturating_add(schedule.give_up) {
                 let reply = format!("{reply} (gave up after {attempts} attempts)");
-                Update { state: queue_state::BOUNCED | keep, attempts, next_attempt: 0, last_reply: reply, bounce: true }
+                Update {
+                    state: queue_state::BOUNCED | keep,
+                    attempts,
+                    next_attempt: 0,
+                    last_reply: reply,
+                    bounce: true,
+                }
             } else {
-                Update { state: queue_state::DEFERRED | keep, attempts, next_attempt: next, last_reply: reply, bounce: false }
+                Update {
+                    state: queue_state::DEFERRED | keep,
+                    attempts,
+                    next_attempt: next,
+                    last_reply: reply,
+                    bounce: false,
+                }
             }
         }
     }
@@ -148,12 +184,16 @@ pub fn wants_delay_warning(schedule: &Schedule, state: u8, arrival: i64, now: i6
 
 /// The domain of an address, lower case (`""` if there is none).
 pub fn domain_of(address: &str) -> String {
-    address.rsplit_once('@').map(|(_, d)| d.trim_end_matches('.').to_ascii_lowercase()).unwrap_or_default()
+    address
+        .rsplit_once('@')
+        .map(|(_, d)| d.trim_end_matches('.').to_ascii_lowercase())
+        .unwrap_or_default()
 }
 
 /// Flags for a message's envelope.
 pub fn flags(smtputf8: bool, body_8bit: bool) -> u8 {
-    (if smtputf8 { queue_flag::SMTPUTF8 } else { 0 }) | (if body_8bit { queue_flag::EIGHT_BIT } else { 0 })
+    (if smtputf8 { queue_flag::SMTPUTF8 } else { 0 })
+        | (if body_8bit { queue_flag::EIGHT_BIT } else { 0 })
 }
 
 /// Put a message in a queue account (created on first use): its body and
@@ -177,8 +217,24 @@ pub async fn enqueue(
     })?;
     store
         .commit(&[
-            Op::Message { account, mailbox: INBOX, uid, internal_date: arrival, flags: 0, keywords: 0, modseq, body },
-            Op::Envelope { account, uid, arrival, flags, reverse_path, recipients: recipients.to_vec() },
+            Op::Message {
+                account,
+                mailbox: INBOX,
+                uid,
+                internal_date: arrival,
+                flags: 0,
+                keywords: 0,
+                modseq,
+                body,
+            },
+            Op::Envelope {
+                account,
+                uid,
+                arrival,
+                flags,
+                reverse_path,
+                recipients: recipients.to_vec(),
+            },
         ])
         .await?;
     Ok(uid)
@@ -187,13 +243,25 @@ pub async fn enqueue(
 /// UIDs of INBOX messages of a queue account that have no envelope (torn
 /// enqueues that were never acknowledged).
 pub fn orphans(account: &Account) -> Vec<u32> {
-    let Some(inbox) = account.mailbox(INBOX) else { return Vec::new() };
-    inbox.messages.iter().map(|m| m.uid).filter(|uid| account.queued(*uid).is_none()).collect()
+    let Some(inbox) = account.mailbox(INBOX) else {
+        return Vec::new();
+    };
+    inbox
+        .messages
+        .iter()
+        .map(|m| m.uid)
+        .filter(|uid| account.queued(*uid).is_none())
+        .collect()
 }
 
 /// UIDs of queued messages whose recipients are all final.
 pub fn finished(account: &Account) -> Vec<u32> {
-    account.queue.iter().filter(|q| q.recipients.iter().all(|r| queue_state::is_final(r.state))).map(|q| q.uid).collect()
+    account
+        .queue
+        .iter()
+        .filter(|q| q.recipients.iter().all(|r| queue_state::is_final(r.state)))
+        .map(|q| q.uid)
+        .collect()
 }
 
 /// Human name of a state.
@@ -211,14 +279,28 @@ pub fn state_name(state: u8) -> &'static str {
 /// `q0-7 arrived=<unix> from=<sender> size=<n>` then one indented line per
 /// recipient: `<addr> <state> attempts=<n> [next=+<secs>s] [last="<reply>"]`.
 pub fn describe(id: QueueId, q: &QueuedMessage, size: u64, now: i64, out: &mut String) {
-    let _ = writeln!(out, "{id} arrived={} from=<{}> size={size}", q.arrival, q.reverse_path);
+    let _ = writeln!(
+        out,
+        "{id} arrived={} from=<{}> size={size}",
+        q.arrival, q.reverse_path
+    );
     for r in &q.recipients {
-        let _ = write!(out, "  {} {} attempts={}", r.address, state_name(r.state), r.attempts);
+        let _ = write!(
+            out,
+            "  {} {} attempts={}",
+            r.address,
+            state_name(r.state),
+            r.attempts
+        );
         if !queue_state::is_final(r.state) {
             let _ = write!(out, " next=+{}s", (r.next_attempt - now).max(0));
         }
         if !r.last_reply.is_empty() {
-            let reply: String = r.last_reply.chars().map(|c| if c.is_control() { ' ' } else { c }).collect();
+            let reply: String = r
+                .last_reply
+                .chars()
+                .map(|c| if c.is_control() { ' ' } else { c })
+                .collect();
             let _ = write!(out, " last=\"{reply}\"");
         }
         out.push('\n');
@@ -229,7 +311,12 @@ pub fn describe(id: QueueId, q: &QueuedMessage, size: u64, now: i64, out: &mut S
 mod tests {
     use super::*;
 
-    const S: Schedule = Schedule { retry_first: 300, retry_max: 14_400, give_up: 432_000, delay_warning: 14_400 };
+    const S: Schedule = Schedule {
+        retry_first: 300,
+        retry_max: 14_400,
+        give_up: 432_000,
+        delay_warning: 14_400,
+    };
 
     #[test]
     fn names_and_ids() {
@@ -238,7 +325,10 @@ mod tests {
         for shards in 1..6 {
             for shard in 0..shards {
                 let a = queue_account_for(shard, shards, 256);
-                assert_eq!(storage::shard_of_bucket(storage::bucket_of(&a, 256), shards), shard);
+                assert_eq!(
+                    storage::shard_of_bucket(storage::bucket_of(&a, 256), shards),
+                    shard
+                );
             }
         }
         let id = QueueId { queue: 3, uid: 17 };
@@ -253,23 +343,75 @@ mod tests {
         let d: Vec<i64> = (1..=8).map(|a| S.backoff(a)).collect();
         assert_eq!(d, [300, 600, 1200, 2400, 4800, 9600, 14_400, 14_400]);
         assert_eq!(S.backoff(1000), 14_400);
-        let tiny = Schedule { retry_first: 1, retry_max: 4, give_up: 10, delay_warning: 0 };
-        assert_eq!((1..=4).map(|a| tiny.backoff(a)).collect::<Vec<_>>(), [1, 2, 4, 4]);
+        let tiny = Schedule {
+            retry_first: 1,
+            retry_max: 4,
+            give_up: 10,
+            delay_warning: 0,
+        };
+        assert_eq!(
+            (1..=4).map(|a| tiny.backoff(a)).collect::<Vec<_>>(),
+            [1, 2, 4, 4]
+        );
     }
 
     #[test]
     fn outcomes_change_states() {
         let t = 1_000_000;
-        let u = after_attempt(&S, queue_state::PENDING, 0, t, t, Attempt::Temporary("451 later".into()));
-        assert_eq!((u.state, u.attempts, u.next_attempt, u.bounce), (queue_state::DEFERRED, 1, t + 300, false));
-        let u = after_attempt(&S, queue_state::DEFERRED | queue_state::WARNED, 1, t, t + 300, Attempt::Temporary("451".into()));
-        assert_eq!((u.state, u.next_attempt), (queue_state::DEFERRED | queue_state::WARNED, t + 900));
-        let u = after_attempt(&S, queue_state::DEFERRED, 5, t, t + 432_000, Attempt::Temporary("451 x".into()));
+        let u = after_attempt(
+            &S,
+            queue_state::PENDING,
+            0,
+            t,
+            t,
+            Attempt::Temporary("451 later".into()),
+        );
+        assert_eq!(
+            (u.state, u.attempts, u.next_attempt, u.bounce),
+            (queue_state::DEFERRED, 1, t + 300, false)
+        );
+        let u = after_attempt(
+            &S,
+            queue_state::DEFERRED | queue_state::WARNED,
+            1,
+            t,
+            t + 300,
+            Attempt::Temporary("451".into()),
+        );
+        assert_eq!(
+            (u.state, u.next_attempt),
+            (queue_state::DEFERRED | queue_state::WARNED, t + 900)
+        );
+        let u = after_attempt(
+            &S,
+            queue_state::DEFERRED,
+            5,
+            t,
+            t + 432_000,
+            Attempt::Temporary("451 x".into()),
+        );
         assert_eq!((u.state, u.bounce), (queue_state::BOUNCED, true));
         assert!(u.last_reply.starts_with("451 x (gave up"));
-        let u = after_attempt(&S, queue_state::PENDING, 0, t, t, Attempt::Permanent("550 no".into()));
-        assert_eq!((u.state, u.bounce, u.last_reply.as_str()), (queue_state::BOUNCED, true, "550 no"));
-        let u = after_attempt(&S, queue_state::DEFERRED, 2, t, t, Attempt::Delivered("250 ok".into()));
+        let u = after_attempt(
+            &S,
+            queue_state::PENDING,
+            0,
+            t,
+            t,
+            Attempt::Permanent("550 no".into()),
+        );
+        assert_eq!(
+            (u.state, u.bounce, u.last_reply.as_str()),
+            (queue_state::BOUNCED, true, "550 no")
+        );
+        let u = after_attempt(
+            &S,
+            queue_state::DEFERRED,
+            2,
+            t,
+            t,
+            Attempt::Delivered("250 ok".into()),
+        );
         assert_eq!((u.state, u.bounce), (queue_state::DELIVERED, false));
         assert!(queue_state::is_final(u.state));
     }
@@ -278,11 +420,34 @@ mod tests {
     fn delay_warning_once() {
         let t = 1_000;
         assert!(!wants_delay_warning(&S, queue_state::DEFERRED, t, t + 100));
-        assert!(wants_delay_warning(&S, queue_state::DEFERRED, t, t + 14_400));
-        assert!(!wants_delay_warning(&S, queue_state::DEFERRED | queue_state::WARNED, t, t + 14_400));
-        assert!(!wants_delay_warning(&S, queue_state::PENDING, t, t + 14_400));
-        let off = Schedule { delay_warning: 0, ..S };
-        assert!(!wants_delay_warning(&off, queue_state::DEFERRED, t, t + 1_000_000));
+        assert!(wants_delay_warning(
+            &S,
+            queue_state::DEFERRED,
+            t,
+            t + 14_400
+        ));
+        assert!(!wants_delay_warning(
+            &S,
+            queue_state::DEFERRED | queue_state::WARNED,
+            t,
+            t + 14_400
+        ));
+        assert!(!wants_delay_warning(
+            &S,
+            queue_state::PENDING,
+            t,
+            t + 14_400
+        ));
+        let off = Schedule {
+            delay_warning: 0,
+            ..S
+        };
+        assert!(!wants_delay_warning(
+            &off,
+            queue_state::DEFERRED,
+            t,
+            t + 1_000_000
+        ));
     }
 
     #[test]
@@ -295,8 +460,20 @@ mod tests {
             flags: 0,
             reverse_path: "a@a.test".into(),
             recipients: vec![
-                crate::storage::index::QueuedRecipient { address: "b@b.test".into(), state: queue_state::DEFERRED, attempts: 2, next_attempt: 160, last_reply: "451 4.4.1 refused\r\n".into() },
-                crate::storage::index::QueuedRecipient { address: "c@c.test".into(), state: queue_state::DELIVERED, attempts: 1, next_attempt: 0, last_reply: String::new() },
+                crate::storage::index::QueuedRecipient {
+                    address: "b@b.test".into(),
+                    state: queue_state::DEFERRED,
+                    attempts: 2,
+                    next_attempt: 160,
+                    last_reply: "451 4.4.1 refused\r\n".into(),
+                },
+                crate::storage::index::QueuedRecipient {
+                    address: "c@c.test".into(),
+                    state: queue_state::DELIVERED,
+                    attempts: 1,
+                    next_attempt: 0,
+                    last_reply: String::new(),
+                },
             ],
         };
         let mut out = String::new();

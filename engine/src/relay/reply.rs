@@ -25,7 +25,11 @@ impl Reply {
     /// A reply made up locally, for failures that have no server reply.
     /// `text` should start with an enhanced status code, e.g. `"4.4.2 timeout"`.
     pub fn local(code: u16, text: impl Into<String>) -> Reply {
-        Reply { code, lines: vec![text.into()], local: true }
+        Reply {
+            code,
+            lines: vec![text.into()],
+            local: true,
+        }
     }
 
     /// First digit of the code.
@@ -57,7 +61,9 @@ impl Reply {
         let class = parts.next()?;
         let subject = parts.next()?;
         let detail = parts.next()?;
-        let digits = |s: &str, max: usize| !s.is_empty() && s.len() <= max && s.bytes().all(|b| b.is_ascii_digit());
+        let digits = |s: &str, max: usize| {
+            !s.is_empty() && s.len() <= max && s.bytes().all(|b| b.is_ascii_digit())
+        };
         let ok = parts.next().is_none()
             && matches!(class, "2" | "4" | "5")
             && u16::from(class.as_bytes()[0] - b'0') == self.class()
@@ -68,7 +74,12 @@ impl Reply {
 
     /// The texts of all lines joined by a space: one line for logs and DSNs.
     pub fn text(&self) -> String {
-        self.lines.iter().map(|l| l.trim()).filter(|l| !l.is_empty()).collect::<Vec<_>>().join(" ")
+        self.lines
+            .iter()
+            .map(|l| l.trim())
+            .filter(|l| !l.is_empty())
+            .collect::<Vec<_>>()
+            .join(" ")
     }
 }
 
@@ -125,7 +136,8 @@ pub fn parse_reply(buf: &[u8], max_bytes: usize) -> Result<Option<(Reply, usize)
         if line.len() < 3 || !line[..3].iter().all(u8::is_ascii_digit) {
             return Err(ReplyError::Malformed);
         }
-        let this = (line[0] - b'0') as u16 * 100 + (line[1] - b'0') as u16 * 10 + (line[2] - b'0') as u16;
+        let this =
+            (line[0] - b'0') as u16 * 100 + (line[1] - b'0') as u16 * 10 + (line[2] - b'0') as u16;
         if !(200..=599).contains(&this) && !(100..200).contains(&this) {
             return Err(ReplyError::Malformed);
         }
@@ -139,7 +151,14 @@ pub fn parse_reply(buf: &[u8], max_bytes: usize) -> Result<Option<(Reply, usize)
         };
         lines.push(String::from_utf8_lossy(text).into_owned());
         if last {
-            return Ok(Some((Reply { code, lines, local: false }, pos)));
+            return Ok(Some((
+                Reply {
+                    code,
+                    lines,
+                    local: false,
+                },
+                pos,
+            )));
         }
         if lines.len() >= REPLY_LINES_MAX {
             return Err(ReplyError::TooLong);
@@ -154,11 +173,23 @@ mod tests {
     #[test]
     fn single_and_multi_line() {
         let (r, n) = parse_reply(b"250 ok\r\nrest", 4096).unwrap().unwrap();
-        assert_eq!((r.code, r.lines.clone(), n), (250, vec!["ok".to_string()], 8));
-        let buf = b"250-mx.example greets you\r\n250-PIPELINING\r\n250-SIZE 1000\r\n250 8BITMIME\r\n";
+        assert_eq!(
+            (r.code, r.lines.clone(), n),
+            (250, vec!["ok".to_string()], 8)
+        );
+        let buf =
+            b"250-mx.example greets you\r\n250-PIPELINING\r\n250-SIZE 1000\r\n250 8BITMIME\r\n";
         let (r, n) = parse_reply(buf, 4096).unwrap().unwrap();
         assert_eq!(n, buf.len());
-        assert_eq!(r.lines, ["mx.example greets you", "PIPELINING", "SIZE 1000", "8BITMIME"]);
+        assert_eq!(
+            r.lines,
+            [
+                "mx.example greets you",
+                "PIPELINING",
+                "SIZE 1000",
+                "8BITMIME"
+            ]
+        );
         assert_eq!(parse_reply(b"250-a\r\n250 b", 4096).unwrap(), None);
         assert_eq!(parse_reply(b"250-a\r\n", 4096).unwrap(), None);
         let (r, _) = parse_reply(b"354\r\n", 4096).unwrap().unwrap();
@@ -169,16 +200,22 @@ mod tests {
 
     #[test]
     fn enhanced_codes() {
-        let (r, _) = parse_reply(b"550-5.1.1 no such user\r\n550 5.1.1 really\r\n", 4096).unwrap().unwrap();
+        let (r, _) = parse_reply(b"550-5.1.1 no such user\r\n550 5.1.1 really\r\n", 4096)
+            .unwrap()
+            .unwrap();
         assert_eq!(r.enhanced(), Some("5.1.1"));
         assert_eq!(r.to_string(), "550 5.1.1 no such user 5.1.1 really");
         assert!(r.is_permanent());
-        let (r, _) = parse_reply(b"451 4.3.0 try later\r\n", 4096).unwrap().unwrap();
+        let (r, _) = parse_reply(b"451 4.3.0 try later\r\n", 4096)
+            .unwrap()
+            .unwrap();
         assert_eq!(r.enhanced(), Some("4.3.0"));
         // Class mismatch and free text are not enhanced codes.
         let (r, _) = parse_reply(b"550 4.1.1 odd\r\n", 4096).unwrap().unwrap();
         assert_eq!(r.enhanced(), None);
-        let (r, _) = parse_reply(b"550 mailbox unavailable\r\n", 4096).unwrap().unwrap();
+        let (r, _) = parse_reply(b"550 mailbox unavailable\r\n", 4096)
+            .unwrap()
+            .unwrap();
         assert_eq!(r.enhanced(), None);
         assert_eq!(Reply::local(451, "4.4.2 timeout").enhanced(), Some("4.4.2"));
     }
@@ -187,7 +224,10 @@ mod tests {
     fn bounds_and_garbage() {
         assert_eq!(parse_reply(b"hello\r\n", 4096), Err(ReplyError::Malformed));
         assert_eq!(parse_reply(b"250xok\r\n", 4096), Err(ReplyError::Malformed));
-        assert_eq!(parse_reply(b"999 what\r\n", 4096), Err(ReplyError::Malformed));
+        assert_eq!(
+            parse_reply(b"999 what\r\n", 4096),
+            Err(ReplyError::Malformed)
+        );
         let long = vec![b'2'; REPLY_LINE_MAX + 10];
         assert_eq!(parse_reply(&long, 1 << 20), Err(ReplyError::LineTooLong));
         let many: Vec<u8> = (0..100).flat_map(|_| b"250-x\r\n".to_vec()).collect();

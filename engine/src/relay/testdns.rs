@@ -44,7 +44,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use hickory_resolver::proto::op::{Message, MessageType, OpCode, ResponseCode};
-use hickory_resolver::proto::rr::rdata::{A, AAAA, MX, SOA};
+use hickory_resolver::proto::rr::rdata::{A, AAAA, MX, PTR, SOA, TXT};
 use hickory_resolver::proto::rr::{Name, RData, Record, RecordType};
 
 /// Query types the responder knows.
@@ -53,6 +53,8 @@ pub enum QType {
     Mx,
     A,
     Aaaa,
+    Txt,
+    Ptr,
     /// Any other type, by number (answered NODATA or NXDOMAIN).
     Other(u16),
 }
@@ -63,6 +65,8 @@ impl From<RecordType> for QType {
             RecordType::MX => QType::Mx,
             RecordType::A => QType::A,
             RecordType::AAAA => QType::Aaaa,
+            RecordType::TXT => QType::Txt,
+            RecordType::PTR => QType::Ptr,
             other => QType::Other(u16::from(other)),
         }
     }
@@ -73,6 +77,9 @@ enum Data {
     Mx(Vec<(u16, String)>),
     A(Vec<Ipv4Addr>),
     Aaaa(Vec<Ipv6Addr>),
+    /// One entry per TXT record; each is cut into 255-octet strings on the wire.
+    Txt(Vec<String>),
+    Ptr(Vec<String>),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -97,7 +104,13 @@ pub struct TestZone {
 
 impl Default for TestZone {
     fn default() -> Self {
-        TestZone { records: HashMap::new(), modes: HashMap::new(), delays: HashMap::new(), ttl: 300, negative_ttl: 60 }
+        TestZone {
+            records: HashMap::new(),
+            modes: HashMap::new(),
+            delays: HashMap::new(),
+            ttl: 300,
+            negative_ttl: 60,
+        }
     }
 }
 
@@ -121,13 +134,31 @@ impl TestZone {
 
     /// A records of `name`.
     pub fn a(&mut self, name: &str, addrs: &[Ipv4Addr]) -> &mut Self {
-        self.records.insert((norm(name), QType::A), Data::A(addrs.to_vec()));
+        self.records
+            .insert((norm(name), QType::A), Data::A(addrs.to_vec()));
         self
     }
 
     /// AAAA records of `name`.
     pub fn aaaa(&mut self, name: &str, addrs: &[Ipv6Addr]) -> &mut Self {
-        self.records.insert((norm(name), QType::Aaaa), Data::Aaaa(addrs.to_vec()));
+        self.records
+            .insert((norm(name), QType::Aaaa), Data::Aaaa(addrs.to_vec()));
+        self
+    }
+
+    /// TXT records of `name`, one per entry (SPF, DKIM keys, DMARC, MTA-STS).
+    /// An entry longer than 255 octets goes out as several character-strings
+    /// of one record, as zone files split long DKIM keys (RFC 7208 3.3).
+    pub fn txt(&mut self, name: &str, records: &[&str]) -> &mut Self {
+        let v = records.iter().map(|r| r.to_string()).collect();
+        self.records.insert((norm(name), QType::Txt), Data::Txt(v));
+        self
+    }
+
+    /// PTR records of a reverse name (`1.0.0.127.in-addr.arpa`).
+    pub fn ptr(&mut self, name: &str, hosts: &[&str]) -> &mut Self {
+        let v = hosts.iter().map(|h| h.to_string()).collect();
+        self.records.insert((norm(name), QType::Ptr), Data::Ptr(v));
         self
     }
 
@@ -193,9 +224,23 @@ impl TestZone {
                 Some(data) => {
                     let owner = q.name.clone();
                     let rdatas: Vec<RData> = match data {
-                        Data::Mx(v) => v.iter().map(|(p, h)| RData::MX(MX::new(*p, fqdn(h)))).collect(),
+                        Data::Mx(v) => v
+                            .iter()
+                            .map(|(p, h)| RData::MX(MX::new(*p, fqdn(h))))
+                            .collect(),
                         Data::A(v) => v.iter().map(|a| RData::A(A(*a))).collect(),
                         Data::Aaaa(v) => v.iter().map(|a| RData::AAAA(AAAA(*a))).collect(),
+                        Data::Txt(v) => v
+                            .iter()
+                            .map(|t| {
+                                let parts = t
+                                    .as_bytes()
+                                    .chunks(255)
+                                    .map(|c| String::from_utf8_lossy(c).into_owned());
+                                RData::TXT(TXT::new(parts.collect()))
+                            })
+                            .collect(),
+                        Data::Ptr(v) => v.iter().map(|h| RData::PTR(PTR(fqdn(h)))).collect(),
                     };
                     for rd in rdatas {
                         reply.add_answer(Record::from_rdata(owner.clone(), self.ttl, rd));
@@ -207,7 +252,15 @@ impl TestZone {
             },
         };
         reply.metadata.response_code = code;
-        let soa = SOA::new(fqdn("ns.test"), fqdn("hostmaster.test"), 1, 3600, 600, 86400, self.negative_ttl);
+        let soa = SOA::new(
+            fqdn("ns.test"),
+            fqdn("hostmaster.test"),
+            1,
+            3600,
+            600,
+            86400,
+            self.negative_ttl,
+        );
         let zone = Name::from_ascii(parent_of(&name)).unwrap_or_else(|_| Name::root());
         reply.add_authority(Record::from_rdata(zone, self.negative_ttl, RData::SOA(soa)));
         Some((reply, delay))
@@ -245,7 +298,9 @@ impl TestDns {
     /// Returns the address to put in `DnsConfig::nameservers` and the handle.
     pub fn start(zone: TestZone) -> (SocketAddr, TestDns) {
         let socket = UdpSocket::bind("127.0.0.1:0").expect("bind test DNS socket");
-        socket.set_read_timeout(Some(Duration::from_millis(50))).expect("read timeout");
+        socket
+            .set_read_timeout(Some(Duration::from_millis(50)))
+            .expect("read timeout");
         let addr = socket.local_addr().expect("local addr");
         let shared = Arc::new(Shared {
             zone: Mutex::new(zone),
@@ -257,7 +312,14 @@ impl TestDns {
             .name("test-dns".into())
             .spawn(move || serve(socket, s))
             .expect("spawn test DNS thread");
-        (addr, TestDns { addr, shared, thread: Some(thread) })
+        (
+            addr,
+            TestDns {
+                addr,
+                shared,
+                thread: Some(thread),
+            },
+        )
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -271,12 +333,25 @@ impl TestDns {
 
     /// Queries received for (name, type).
     pub fn count(&self, name: &str, qtype: QType) -> u64 {
-        self.shared.counts.lock().unwrap().get(&(norm(name), qtype)).copied().unwrap_or(0)
+        self.shared
+            .counts
+            .lock()
+            .unwrap()
+            .get(&(norm(name), qtype))
+            .copied()
+            .unwrap_or(0)
     }
 
     /// Queries received of one type, all names.
     pub fn count_type(&self, qtype: QType) -> u64 {
-        self.shared.counts.lock().unwrap().iter().filter(|((_, t), _)| *t == qtype).map(|(_, n)| n).sum()
+        self.shared
+            .counts
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|((_, t), _)| *t == qtype)
+            .map(|(_, n)| n)
+            .sum()
     }
 
     /// Queries received, all names and types.
@@ -301,18 +376,24 @@ impl Drop for TestDns {
 
 fn serve(socket: UdpSocket, shared: Arc<Shared>) {
     let mut buf = [0u8; 4096];
+    // Answers may exceed 512 octets (2048-bit DKIM keys); the responder never
+    // truncates, and the resolver reads whatever UDP datagram arrives.
     while !shared.stop.load(Ordering::Relaxed) {
         let (n, peer) = match socket.recv_from(&mut buf) {
             Ok(x) => x,
             Err(_) => continue, // read timeout: check the stop flag
         };
-        let Ok(query) = Message::from_vec(&buf[..n]) else { continue };
+        let Ok(query) = Message::from_vec(&buf[..n]) else {
+            continue;
+        };
         if let Some(q) = query.queries.first() {
             let key = (norm(&q.name.to_ascii()), QType::from(q.query_type));
             *shared.counts.lock().unwrap().entry(key).or_default() += 1;
         }
         let answer = shared.zone.lock().unwrap().answer(&query);
-        let Some((reply, delay)) = answer else { continue };
+        let Some((reply, delay)) = answer else {
+            continue;
+        };
         let Ok(bytes) = reply.to_vec() else { continue };
         if delay.is_zero() {
             let _ = socket.send_to(&bytes, peer);

@@ -69,13 +69,19 @@ pub fn parse(line: &str) -> Result<Command, String> {
     match (verb.as_str(), arg) {
         ("list", None) => Ok(Command::List),
         ("flush", d) => Ok(Command::Flush(d.map(str::to_string))),
-        ("remove", Some(id)) => QueueId::parse(id).map(Command::Remove).ok_or_else(|| format!("bad queue id {id:?} (like q0-12)")),
+        ("remove", Some(id)) => QueueId::parse(id)
+            .map(Command::Remove)
+            .ok_or_else(|| format!("bad queue id {id:?} (like q0-12)")),
         ("bans", None) => Ok(Command::Bans),
         ("unban", Some(a)) => {
             let a = a.strip_suffix("/64").unwrap_or(a);
-            a.parse().map(Command::Unban).map_err(|_| format!("bad address {a:?}"))
+            a.parse()
+                .map(Command::Unban)
+                .map_err(|_| format!("bad address {a:?}"))
         }
-        _ => Err(format!("unknown request {line:?} (list, flush [DOMAIN], remove ID, bans, unban ADDRESS)")),
+        _ => Err(format!(
+            "unknown request {line:?} (list, flush [DOMAIN], remove ID, bans, unban ADDRESS)"
+        )),
     }
 }
 
@@ -90,17 +96,19 @@ pub fn start(data_dir: &Path, shards: Vec<ControlSender>) -> std::io::Result<()>
     }
     let listener = UnixListener::bind(&path)?;
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
-    std::thread::Builder::new().name("ringmail-control".into()).spawn(move || {
-        for conn in listener.incoming() {
-            match conn {
-                Ok(c) => serve(c, &shards),
-                Err(e) => {
-                    tracing::warn!(error = %e, "control socket accept failed");
-                    std::thread::sleep(Duration::from_millis(100));
+    std::thread::Builder::new()
+        .name("ringmail-control".into())
+        .spawn(move || {
+            for conn in listener.incoming() {
+                match conn {
+                    Ok(c) => serve(c, &shards),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "control socket accept failed");
+                        std::thread::sleep(Duration::from_millis(100));
+                    }
                 }
             }
-        }
-    })?;
+        })?;
     Ok(())
 }
 
@@ -109,7 +117,10 @@ fn serve(conn: UnixStream, shards: &[ControlSender]) {
     let _ = conn.set_write_timeout(Some(CLIENT_TIMEOUT));
     let mut line = String::new();
     let Ok(reader) = conn.try_clone() else { return };
-    if BufReader::new(reader.take(REQUEST_MAX)).read_line(&mut line).is_err() {
+    if BufReader::new(reader.take(REQUEST_MAX))
+        .read_line(&mut line)
+        .is_err()
+    {
         return;
     }
     let answer = match parse(line.trim()) {
@@ -125,12 +136,19 @@ fn ask(shards: &[ControlSender], command: Command) -> String {
     let mut waiting = Vec::new();
     for s in shards {
         let (tx, rx) = oneshot::channel();
-        if s.unbounded_send(ControlRequest { command: command.clone(), reply: tx }).is_ok() {
+        if s.unbounded_send(ControlRequest {
+            command: command.clone(),
+            reply: tx,
+        })
+        .is_ok()
+        {
             waiting.push(rx);
         }
     }
-    let answers: Vec<String> =
-        futures::executor::block_on(futures::future::join_all(waiting)).into_iter().filter_map(Result::ok).collect();
+    let answers: Vec<String> = futures::executor::block_on(futures::future::join_all(waiting))
+        .into_iter()
+        .filter_map(Result::ok)
+        .collect();
     if answers.len() < shards.len() {
         return "error: a shard did not answer (shutting down?)\n".into();
     }
@@ -144,7 +162,10 @@ fn ask(shards: &[ControlSender], command: Command) -> String {
             }
         }
         Command::Flush(_) => {
-            let n: usize = answers.iter().filter_map(|a| a.trim().parse::<usize>().ok()).sum();
+            let n: usize = answers
+                .iter()
+                .filter_map(|a| a.trim().parse::<usize>().ok())
+                .sum();
             format!("{n} recipients scheduled now\n")
         }
         Command::Remove(id) => match answers.into_iter().find(|a| !a.is_empty()) {
@@ -170,12 +191,18 @@ fn ask(shards: &[ControlSender], command: Command) -> String {
 /// `data_dir` and return its answer; `Err` for an error answer or no server.
 pub fn request(data_dir: &Path, request: &str) -> Result<String, String> {
     let path = socket_path(data_dir);
-    let mut conn = UnixStream::connect(&path)
-        .map_err(|e| format!("{}: {e} (is the server running on this data directory?)", path.display()))?;
-    conn.write_all(format!("{request}\n").as_bytes()).map_err(|e| e.to_string())?;
+    let mut conn = UnixStream::connect(&path).map_err(|e| {
+        format!(
+            "{}: {e} (is the server running on this data directory?)",
+            path.display()
+        )
+    })?;
+    conn.write_all(format!("{request}\n").as_bytes())
+        .map_err(|e| e.to_string())?;
     let _ = conn.shutdown(std::net::Shutdown::Write);
     let mut answer = String::new();
-    conn.read_to_string(&mut answer).map_err(|e| e.to_string())?;
+    conn.read_to_string(&mut answer)
+        .map_err(|e| e.to_string())?;
     match answer.strip_prefix("error: ") {
         Some(e) => Err(e.trim_end().to_string()),
         None => Ok(answer),
@@ -190,16 +217,28 @@ mod tests {
     fn requests_parse() {
         assert_eq!(parse("list"), Ok(Command::List));
         assert_eq!(parse("flush"), Ok(Command::Flush(None)));
-        assert_eq!(parse("FLUSH b.test"), Ok(Command::Flush(Some("b.test".into()))));
-        assert_eq!(parse("remove q2-9"), Ok(Command::Remove(QueueId { queue: 2, uid: 9 })));
+        assert_eq!(
+            parse("FLUSH b.test"),
+            Ok(Command::Flush(Some("b.test".into())))
+        );
+        assert_eq!(
+            parse("remove q2-9"),
+            Ok(Command::Remove(QueueId { queue: 2, uid: 9 }))
+        );
         assert!(parse("remove 9").is_err());
         assert!(parse("remove").is_err());
         assert!(parse("list x").is_err());
         assert!(parse("flush a b").is_err());
         assert!(parse("").is_err());
         assert_eq!(parse("bans"), Ok(Command::Bans));
-        assert_eq!(parse("unban 192.0.2.1"), Ok(Command::Unban("192.0.2.1".parse().unwrap())));
-        assert_eq!(parse("unban 2001:db8::/64"), Ok(Command::Unban("2001:db8::".parse().unwrap())));
+        assert_eq!(
+            parse("unban 192.0.2.1"),
+            Ok(Command::Unban("192.0.2.1".parse().unwrap()))
+        );
+        assert_eq!(
+            parse("unban 2001:db8::/64"),
+            Ok(Command::Unban("2001:db8::".parse().unwrap()))
+        );
         assert!(parse("unban nonsense").is_err());
     }
 }

@@ -25,19 +25,19 @@ use glommio::net::TcpStream;
 use crate::mime;
 use crate::protocol::imap::encode::{self, FetchWriter};
 use crate::protocol::imap::{
-    parse_command, parse_sasl_response, rejoin_diverted, Code, Command, CommandBody, FetchAttr, Flag, Frame, Framer, FramingLimits,
-    ListReturn, ListSelect, Mailbox as MailboxArg, SaslResponse, SearchReturn, SequenceArg, SequenceSet, Status, StatusItem,
-    StoreMode,
+    parse_command, parse_sasl_response, rejoin_diverted, Code, Command, CommandBody, FetchAttr,
+    Flag, Frame, Framer, FramingLimits, ListReturn, ListSelect, Mailbox as MailboxArg,
+    SaslResponse, SearchReturn, SequenceArg, SequenceSet, Status, StatusItem, StoreMode,
 };
 use crate::session::imap::{self as logic, View, ViewMsg, DELIMITER, KEYWORDS_MAX};
 use crate::storage::index::{self, flag, special, Account, Mailbox};
 use crate::storage::record::Op;
 use crate::storage::{Body, StorageError};
 
-use crate::transport::{Conn, ReadOutcome};
 use super::limiter::{Permit, Refusal};
-use super::spool::{Spooler, Track};
 use super::shard::{unix_now, ConnCount, Login, Shard, ShardMsg};
+use super::spool::{Spooler, Track};
+use crate::transport::{Conn, ReadOutcome};
 
 /// RFC 3501 5.4: an autologout timer of at least 30 minutes once logged in.
 pub const IMAP_IDLE_TIMEOUT: Duration = Duration::from_secs(30 * 60 + 60);
@@ -51,8 +51,24 @@ const SPLICE_MIN: usize = 4096;
 /// Before login, after IMAP4rev1 and the login words of [`Session::caps_preauth`].
 const CAPS_PREAUTH_BASE: &[&str] = &["LITERAL+", "SASL-IR", "ID", "ENABLE", "IDLE", "NAMESPACE"];
 const CAPS: &[&str] = &[
-    "IMAP4rev1", "LITERAL+", "SASL-IR", "AUTH=PLAIN", "ID", "ENABLE", "IDLE", "NAMESPACE", "UIDPLUS", "MOVE", "UNSELECT",
-    "SPECIAL-USE", "CHILDREN", "LIST-EXTENDED", "LIST-STATUS", "CONDSTORE", "ESEARCH", "SEARCHRES",
+    "IMAP4rev1",
+    "LITERAL+",
+    "SASL-IR",
+    "AUTH=PLAIN",
+    "ID",
+    "ENABLE",
+    "IDLE",
+    "NAMESPACE",
+    "UIDPLUS",
+    "MOVE",
+    "UNSELECT",
+    "SPECIAL-USE",
+    "CHILDREN",
+    "LIST-EXTENDED",
+    "LIST-STATUS",
+    "CONDSTORE",
+    "ESEARCH",
+    "SEARCHRES",
 ];
 
 /// Response bytes plus message slices to splice in at given offsets.
@@ -63,7 +79,10 @@ struct Out {
 
 impl Out {
     fn new() -> Out {
-        Out { buf: Vec::with_capacity(4096), splices: Vec::new() }
+        Out {
+            buf: Vec::with_capacity(4096),
+            splices: Vec::new(),
+        }
     }
 
     fn status(&mut self, tag: Option<&[u8]>, status: Status, code: Option<&Code<'_>>, text: &str) {
@@ -148,19 +167,34 @@ enum Next {
     Close,
     Idle(Vec<u8>),
     /// Logged in as this account; answer `tag OK` once on the owner shard.
-    LoggedIn { account: String, tag: Vec<u8> },
+    LoggedIn {
+        account: String,
+        tag: Vec<u8>,
+    },
     /// STARTTLS accepted (RFC 3501 6.2.1): answer, then the handshake.
     StartTls(Vec<u8>),
 }
 
 /// Serve one IMAP connection; `implicit_tls`: TLS from the first byte (RFC 8314).
-pub async fn serve(shard: Rc<Shard>, stream: TcpStream, peer: SocketAddr, permit: Result<Permit, Refusal>, implicit_tls: bool) {
+pub async fn serve(
+    shard: Rc<Shard>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    permit: Result<Permit, Refusal>,
+    implicit_tls: bool,
+) {
     let count = ConnCount::new(&shard);
     let mut conn = Conn::new(stream, Vec::new());
     // Before login the framer holds at most one maximal ID command (RFC 2971).
     conn.set_buffer_max(FramingLimits::ID.command_max + crate::limits::READ_CHUNK);
-    let refusal: &'static [u8] = if implicit_tls { b"" } else { b"* BYE Too many connections, try again later\r\n" };
-    let Some(permit) = conn.admit(permit, |_| refusal).await else { return };
+    let refusal: &'static [u8] = if implicit_tls {
+        b""
+    } else {
+        b"* BYE Too many connections, try again later\r\n"
+    };
+    let Some(permit) = conn.admit(permit, |_| refusal).await else {
+        return;
+    };
     if implicit_tls && shard.accept_tls(&mut conn, peer, "imaps").await.is_none() {
         return;
     }
@@ -169,13 +203,23 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, peer: SocketAddr, permit
     s.peer = peer.ip();
     s.auth_plaintext = s.shard.config().auth_without_tls_for(peer.ip());
     s.out.buf.extend_from_slice(b"* OK [CAPABILITY ");
-    s.out.buf.extend_from_slice(s.caps_preauth().join(" ").as_bytes());
-    s.out.buf.extend_from_slice(b"] ringmail IMAP4rev1 ready\r\n");
+    s.out
+        .buf
+        .extend_from_slice(s.caps_preauth().join(" ").as_bytes());
+    s.out
+        .buf
+        .extend_from_slice(b"] ringmail IMAP4rev1 ready\r\n");
     run(s, conn, permit, count).await;
 }
 
 /// Continue a session moved here after its login.
-pub async fn adopted(shard: Rc<Shard>, mut conn: Conn, account: String, tag: Vec<u8>, permit: Permit) {
+pub async fn adopted(
+    shard: Rc<Shard>,
+    mut conn: Conn,
+    account: String,
+    tag: Vec<u8>,
+    permit: Permit,
+) {
     let count = ConnCount::new(&shard);
     conn.set_buffer_max(FramingLimits::AUTHENTICATED.command_max + crate::limits::READ_CHUNK);
     let mut s = Session::new(shard, Some(account));
@@ -195,7 +239,12 @@ async fn run(mut s: Session, mut conn: Conn, permit: Permit, count: ConnCount) {
                     next
                 }
                 None if pending.len() > SASL_LINE_MAX => {
-                    s.out.status(Some(&tag), Status::Bad, None, "Authentication line too long");
+                    s.out.status(
+                        Some(&tag),
+                        Status::Bad,
+                        None,
+                        "Authentication line too long",
+                    );
                     let _ = s.out.flush(&mut conn).await;
                     return;
                 }
@@ -229,10 +278,22 @@ async fn run(mut s: Session, mut conn: Conn, permit: Permit, count: ConnCount) {
                 Frame::Divert { head, len, sync } => {
                     let head_bytes = conn.pending()[..head].to_vec();
                     conn.consume(head);
-                    let Some(literal) = receive_literal(&mut s, &mut conn, fd, len, sync).await else { return };
+                    let Some(literal) = receive_literal(&mut s, &mut conn, fd, len, sync).await
+                    else {
+                        return;
+                    };
                     if let Literal::Refused = literal {
-                        let tag = head_bytes.split(|b| *b == b' ').next().unwrap_or(b"*").to_vec();
-                        s.out.status(Some(&tag), Status::No, Some(&Code::Unavailable), "Server busy; try again later");
+                        let tag = head_bytes
+                            .split(|b| *b == b' ')
+                            .next()
+                            .unwrap_or(b"*")
+                            .to_vec();
+                        s.out.status(
+                            Some(&tag),
+                            Status::No,
+                            Some(&Code::Unavailable),
+                            "Server busy; try again later",
+                        );
                     } else {
                         s.diverted = Some((head_bytes, literal));
                     }
@@ -242,20 +303,27 @@ async fn run(mut s: Session, mut conn: Conn, permit: Permit, count: ConnCount) {
                     s.diverted = None;
                     let tag = r.tag.clone().map(|t| conn.pending()[t].to_vec());
                     let (status, code, text) = r.answer();
-                    s.out.status(Some(tag.as_deref().unwrap_or(b"*")), status, code.as_ref(), text);
+                    s.out.status(
+                        Some(tag.as_deref().unwrap_or(b"*")),
+                        status,
+                        code.as_ref(),
+                        text,
+                    );
                     conn.consume(r.consume);
                     continue;
                 }
                 Frame::Command(n) => {
                     let next = {
                         let diverted = match s.diverted.take() {
-                            Some((head, Literal::Held(mut spooler, tail))) => match spooler.finish(tail).await {
-                                Ok(body) => Some((head, Some(body))),
-                                Err(e) => {
-                                    tracing::warn!(error = %e, "spooling an APPEND literal failed");
-                                    Some((head, None))
+                            Some((head, Literal::Held(mut spooler, tail))) => {
+                                match spooler.finish(tail).await {
+                                    Ok(body) => Some((head, Some(body))),
+                                    Err(e) => {
+                                        tracing::warn!(error = %e, "spooling an APPEND literal failed");
+                                        Some((head, None))
+                                    }
                                 }
-                            },
+                            }
                             Some((head, _)) => Some((head, None)),
                             None => None,
                         };
@@ -269,7 +337,12 @@ async fn run(mut s: Session, mut conn: Conn, permit: Permit, count: ConnCount) {
                         };
                         match parse_command(bytes) {
                             Ok(cmd) if external == Some(None) => {
-                                s.out.status(Some(cmd.tag), Status::No, Some(&Code::Unavailable), "Server busy; try again later");
+                                s.out.status(
+                                    Some(cmd.tag),
+                                    Status::No,
+                                    Some(&Code::Unavailable),
+                                    "Server busy; try again later",
+                                );
                                 Next::Continue
                             }
                             Ok(cmd) => s.execute(cmd, external.flatten()).await,
@@ -300,17 +373,27 @@ async fn run(mut s: Session, mut conn: Conn, permit: Permit, count: ConnCount) {
             Next::StartTls(tag) => {
                 let peer = conn.peer();
                 let Some(slot) = s.shard.handshake_slot() else {
-                    s.out.status(Some(&tag), Status::No, Some(&Code::Unavailable), "TLS not available now, try again later");
+                    s.out.status(
+                        Some(&tag),
+                        Status::No,
+                        Some(&Code::Unavailable),
+                        "TLS not available now, try again later",
+                    );
                     continue;
                 };
-                s.out.status(Some(&tag), Status::Ok, None, "Begin TLS negotiation now");
+                s.out
+                    .status(Some(&tag), Status::Ok, None, "Begin TLS negotiation now");
                 if s.out.flush(&mut conn).await.is_err() {
                     return;
                 }
                 // Whatever was pipelined behind STARTTLS is dropped with the
                 // buffer (command injection); the framer starts afresh.
                 s.framer.reset();
-                if s.shard.tls_handshake(slot, &mut conn, peer, "imap").await.is_none() {
+                if s.shard
+                    .tls_handshake(slot, &mut conn, peer, "imap")
+                    .await
+                    .is_none()
+                {
                     return;
                 }
                 s.tls = true;
@@ -319,7 +402,9 @@ async fn run(mut s: Session, mut conn: Conn, permit: Permit, count: ConnCount) {
                 let owner = s.shard.owner_of(&account);
                 if owner == s.shard.id {
                     s.account = Some(account);
-                    conn.set_buffer_max(FramingLimits::AUTHENTICATED.command_max + crate::limits::READ_CHUNK);
+                    conn.set_buffer_max(
+                        FramingLimits::AUTHENTICATED.command_max + crate::limits::READ_CHUNK,
+                    );
                     s.finish_login(&tag).await;
                     continue;
                 }
@@ -329,7 +414,12 @@ async fn run(mut s: Session, mut conn: Conn, permit: Permit, count: ConnCount) {
                 }
                 let Ok(conn) = conn.detach() else { return };
                 drop(count);
-                let msg = ShardMsg::AdoptImap { conn, account, tag, permit };
+                let msg = ShardMsg::AdoptImap {
+                    conn,
+                    account,
+                    tag,
+                    permit,
+                };
                 if s.shard.senders.send_to(owner, msg).await.is_err() {
                     tracing::error!(owner, "owner shard unavailable; connection dropped");
                 }
@@ -341,7 +431,13 @@ async fn run(mut s: Session, mut conn: Conn, permit: Permit, count: ConnCount) {
 
 /// Receive the `len` octets of a diverted APPEND literal from `conn`
 /// through a spooler on the shard's budget. `None`: the connection is over.
-async fn receive_literal(s: &mut Session, conn: &mut Conn, fd: i32, len: u64, sync: bool) -> Option<Literal> {
+async fn receive_literal(
+    s: &mut Session,
+    conn: &mut Conn,
+    fd: i32,
+    len: u64,
+    sync: bool,
+) -> Option<Literal> {
     let budget = s.shard.budget.clone();
     if sync {
         if !budget.spool_room(len) {
@@ -381,7 +477,11 @@ async fn receive_literal(s: &mut Session, conn: &mut Conn, fd: i32, len: u64, sy
             buf = Vec::new();
         }
     }
-    Some(if refused { Literal::Dropped } else { Literal::Held(spooler, buf) })
+    Some(if refused {
+        Literal::Dropped
+    } else {
+        Literal::Held(spooler, buf)
+    })
 }
 
 /// Flush, then read more input. False when the connection is over.
@@ -393,14 +493,20 @@ async fn read_more(s: &mut Session, conn: &mut Conn, fd: i32) -> bool {
         let _ = conn.write_all(b"* BYE Server shutting down\r\n").await;
         return false;
     }
-    let timeout = if s.account.is_some() { IMAP_IDLE_TIMEOUT } else { IMAP_PREAUTH_TIMEOUT };
+    let timeout = if s.account.is_some() {
+        IMAP_IDLE_TIMEOUT
+    } else {
+        IMAP_PREAUTH_TIMEOUT
+    };
     s.shard.set_idle(fd, true);
     let r = conn.fill(timeout).await;
     s.shard.set_idle(fd, false);
     match r {
         ReadOutcome::Data => true,
         ReadOutcome::TimedOut => {
-            let _ = conn.write_all(b"* BYE Autologout; idle for too long\r\n").await;
+            let _ = conn
+                .write_all(b"* BYE Autologout; idle for too long\r\n")
+                .await;
             false
         }
         ReadOutcome::Eof | ReadOutcome::Failed(_) => {
@@ -414,7 +520,11 @@ async fn read_more(s: &mut Session, conn: &mut Conn, fd: i32) -> bool {
 
 impl Session {
     fn new(shard: Rc<Shard>, account: Option<String>) -> Session {
-        let limits = if account.is_some() { FramingLimits::AUTHENTICATED } else { FramingLimits::NOT_AUTHENTICATED };
+        let limits = if account.is_some() {
+            FramingLimits::AUTHENTICATED
+        } else {
+            FramingLimits::NOT_AUTHENTICATED
+        };
         Session {
             shard,
             out: Out::new(),
@@ -456,7 +566,9 @@ impl Session {
     }
 
     fn account(&self) -> &str {
-        self.account.as_deref().expect("authenticated state has an account")
+        self.account
+            .as_deref()
+            .expect("authenticated state has an account")
     }
 
     async fn finish_login(&mut self, tag: &[u8]) {
@@ -466,26 +578,53 @@ impl Session {
         if let Err(e) = self.shard.store.ensure_account(&account).await {
             tracing::warn!(error = %e, "creating account mailboxes failed");
         }
-        self.out.status(Some(tag), Status::Ok, Some(&Code::Capability(CAPS)), "Logged in");
+        self.out.status(
+            Some(tag),
+            Status::Ok,
+            Some(&Code::Capability(CAPS)),
+            "Logged in",
+        );
     }
 
     async fn login(&mut self, tag: &[u8], user: &str, password: &str) -> Next {
         match self.shard.login(self.peer, "imap", user, password).await {
-            Login::Ok(account) => Next::LoggedIn { account, tag: tag.to_vec() },
+            Login::Ok(account) => Next::LoggedIn {
+                account,
+                tag: tag.to_vec(),
+            },
             Login::Banned => {
-                self.out.status(Some(tag), Status::No, Some(&Code::Unavailable), "Too many failed logins from your address, try again later");
-                self.out.buf.extend_from_slice(b"* BYE Too many failed logins\r\n");
+                self.out.status(
+                    Some(tag),
+                    Status::No,
+                    Some(&Code::Unavailable),
+                    "Too many failed logins from your address, try again later",
+                );
+                self.out
+                    .buf
+                    .extend_from_slice(b"* BYE Too many failed logins\r\n");
                 Next::Close
             }
             Login::Busy => {
-                self.out.status(Some(tag), Status::No, Some(&Code::Unavailable), "Temporary authentication failure, try again later");
+                self.out.status(
+                    Some(tag),
+                    Status::No,
+                    Some(&Code::Unavailable),
+                    "Temporary authentication failure, try again later",
+                );
                 Next::Continue
             }
             Login::Failed => {
                 self.auth_failures += 1;
-                self.out.status(Some(tag), Status::No, Some(&Code::AuthenticationFailed), "Authentication failed");
+                self.out.status(
+                    Some(tag),
+                    Status::No,
+                    Some(&Code::AuthenticationFailed),
+                    "Authentication failed",
+                );
                 if self.auth_failures >= self.shard.config().limits.auth_failures_max.max(1) {
-                    self.out.buf.extend_from_slice(b"* BYE Too many failed logins\r\n");
+                    self.out
+                        .buf
+                        .extend_from_slice(b"* BYE Too many failed logins\r\n");
                     return Next::Close;
                 }
                 Next::Continue
@@ -495,13 +634,21 @@ impl Session {
 
     async fn sasl_plain(&mut self, tag: &[u8], response: &[u8]) -> Next {
         match crate::protocol::pop3::decode_plain(response) {
-            Ok(c) if c.authzid.is_empty() || c.authzid == c.authcid => self.login(tag, &c.authcid, &c.password).await,
+            Ok(c) if c.authzid.is_empty() || c.authzid == c.authcid => {
+                self.login(tag, &c.authcid, &c.password).await
+            }
             Ok(_) => {
-                self.out.status(Some(tag), Status::No, Some(&Code::AuthenticationFailed), "Cannot act as another user");
+                self.out.status(
+                    Some(tag),
+                    Status::No,
+                    Some(&Code::AuthenticationFailed),
+                    "Cannot act as another user",
+                );
                 Next::Continue
             }
             Err(_) => {
-                self.out.status(Some(tag), Status::Bad, None, "Invalid SASL PLAIN response");
+                self.out
+                    .status(Some(tag), Status::Bad, None, "Invalid SASL PLAIN response");
                 Next::Continue
             }
         }
@@ -511,11 +658,13 @@ impl Session {
         match parse_sasl_response(line) {
             Some(SaslResponse::Data(d)) => self.sasl_plain(&tag, d).await,
             Some(SaslResponse::Cancel) => {
-                self.out.status(Some(&tag), Status::Bad, None, "Authentication cancelled");
+                self.out
+                    .status(Some(&tag), Status::Bad, None, "Authentication cancelled");
                 Next::Continue
             }
             None => {
-                self.out.status(Some(&tag), Status::Bad, None, "Invalid base64");
+                self.out
+                    .status(Some(&tag), Status::Bad, None, "Invalid base64");
                 Next::Continue
             }
         }
@@ -528,7 +677,11 @@ impl Session {
         let authed = self.account.is_some();
         match cmd.body {
             CommandBody::Capability => {
-                let pre = if authed { Vec::new() } else { self.caps_preauth() };
+                let pre = if authed {
+                    Vec::new()
+                } else {
+                    self.caps_preauth()
+                };
                 encode::write_capability(&mut self.out.buf, if authed { CAPS } else { &pre });
                 self.ok(tag, "CAPABILITY completed");
             }
@@ -542,25 +695,55 @@ impl Session {
                 return Next::Close;
             }
             CommandBody::Id(_) => {
-                encode::write_id(&mut self.out.buf, Some(&[("name", Some("ringmail")), ("version", Some(env!("CARGO_PKG_VERSION")))]));
+                encode::write_id(
+                    &mut self.out.buf,
+                    Some(&[
+                        ("name", Some("ringmail")),
+                        ("version", Some(env!("CARGO_PKG_VERSION"))),
+                    ]),
+                );
                 self.ok(tag, "ID completed");
             }
-            CommandBody::StartTls if self.tls => self.out.status(Some(tag), Status::Bad, None, "TLS already active"),
+            CommandBody::StartTls if self.tls => {
+                self.out
+                    .status(Some(tag), Status::Bad, None, "TLS already active")
+            }
             // RFC 3501 6.2.1: only in the not-authenticated state.
-            CommandBody::StartTls if authed => self.out.status(Some(tag), Status::Bad, None, "STARTTLS only before login"),
+            CommandBody::StartTls if authed => {
+                self.out
+                    .status(Some(tag), Status::Bad, None, "STARTTLS only before login")
+            }
             CommandBody::StartTls => return Next::StartTls(tag.to_vec()),
-            CommandBody::Login { .. } | CommandBody::Authenticate { .. } if !authed && !self.credentials_allowed() => {
+            CommandBody::Login { .. } | CommandBody::Authenticate { .. }
+                if !authed && !self.credentials_allowed() =>
+            {
                 // RFC 3501 6.2.3 (LOGINDISABLED) and RFC 5530 PRIVACYREQUIRED;
                 // not counted as a failed login.
-                self.out.status(Some(tag), Status::No, Some(&Code::PrivacyRequired), "Plaintext authentication disallowed on non-secure connections; use STARTTLS");
+                self.out.status(
+                    Some(tag),
+                    Status::No,
+                    Some(&Code::PrivacyRequired),
+                    "Plaintext authentication disallowed on non-secure connections; use STARTTLS",
+                );
             }
             CommandBody::Login { username, password } if !authed => {
-                let (u, p) = (String::from_utf8_lossy(&username).into_owned(), String::from_utf8_lossy(&password).into_owned());
+                let (u, p) = (
+                    String::from_utf8_lossy(&username).into_owned(),
+                    String::from_utf8_lossy(&password).into_owned(),
+                );
                 return self.login(tag, &u, &p).await;
             }
-            CommandBody::Authenticate { mechanism, initial_response } if !authed => {
+            CommandBody::Authenticate {
+                mechanism,
+                initial_response,
+            } if !authed => {
                 if !mechanism.eq_ignore_ascii_case(b"PLAIN") {
-                    self.out.status(Some(tag), Status::No, None, "Unsupported authentication mechanism");
+                    self.out.status(
+                        Some(tag),
+                        Status::No,
+                        None,
+                        "Unsupported authentication mechanism",
+                    );
                 } else if let Some(ir) = initial_response {
                     return self.sasl_plain(tag, ir).await;
                 } else {
@@ -571,9 +754,12 @@ impl Session {
                 }
             }
             CommandBody::Login { .. } | CommandBody::Authenticate { .. } => {
-                self.out.status(Some(tag), Status::Bad, None, "Already authenticated");
+                self.out
+                    .status(Some(tag), Status::Bad, None, "Already authenticated");
             }
-            _ if !authed => self.out.status(Some(tag), Status::Bad, None, "Log in first"),
+            _ if !authed => self
+                .out
+                .status(Some(tag), Status::Bad, None, "Log in first"),
             CommandBody::Enable(caps) => {
                 let mut enabled: Vec<&[u8]> = Vec::new();
                 for c in caps {
@@ -589,9 +775,16 @@ impl Session {
                 encode::write_namespace(&mut self.out.buf, b"", DELIMITER);
                 self.ok(tag, "NAMESPACE completed");
             }
-            CommandBody::Select { mailbox, condstore } => self.select(tag, &mailbox, false, condstore),
-            CommandBody::Examine { mailbox, condstore } => self.select(tag, &mailbox, true, condstore),
-            CommandBody::Create { mailbox, special_use } => self.create(tag, &mailbox, &special_use).await,
+            CommandBody::Select { mailbox, condstore } => {
+                self.select(tag, &mailbox, false, condstore)
+            }
+            CommandBody::Examine { mailbox, condstore } => {
+                self.select(tag, &mailbox, true, condstore)
+            }
+            CommandBody::Create {
+                mailbox,
+                special_use,
+            } => self.create(tag, &mailbox, &special_use).await,
             CommandBody::Delete { mailbox } => self.delete(tag, &mailbox).await,
             CommandBody::Rename { from, to } => self.rename(tag, &from, &to).await,
             CommandBody::Subscribe { mailbox } => self.subscribe(tag, &mailbox, true).await,
@@ -602,17 +795,30 @@ impl Session {
                 if items.contains(&StatusItem::HighestModSeq) {
                     self.enable_condstore();
                 }
-                match self.with_mailbox_named(&mailbox, |_, m| status_items(m, &items, self.recent_count(m))) {
+                match self.with_mailbox_named(&mailbox, |_, m| {
+                    status_items(m, &items, self.recent_count(m))
+                }) {
                     Some(values) => {
                         encode::write_status_data(&mut self.out.buf, mailbox.as_bytes(), &values);
                         self.ok(tag, "STATUS completed");
                     }
-                    None => self.out.status(Some(tag), Status::No, Some(&Code::NonExistent), "No such mailbox"),
+                    None => self.out.status(
+                        Some(tag),
+                        Status::No,
+                        Some(&Code::NonExistent),
+                        "No such mailbox",
+                    ),
                 }
             }
-            CommandBody::Append { mailbox, flags, date, message } => {
+            CommandBody::Append {
+                mailbox,
+                flags,
+                date,
+                message,
+            } => {
                 let message = external.unwrap_or(message);
-                self.append(tag, &mailbox, &flags, date.map(|d| d.unix_secs()), message).await
+                self.append(tag, &mailbox, &flags, date.map(|d| d.unix_secs()), message)
+                    .await
             }
             CommandBody::Idle => {
                 if self.sel.is_none() {
@@ -621,7 +827,10 @@ impl Session {
                 encode::write_continuation(&mut self.out.buf, "idling");
                 return Next::Idle(tag.to_vec());
             }
-            _ if self.sel.is_none() => self.out.status(Some(tag), Status::Bad, None, "No mailbox selected"),
+            _ if self.sel.is_none() => {
+                self.out
+                    .status(Some(tag), Status::Bad, None, "No mailbox selected")
+            }
             CommandBody::Close => {
                 if !self.sel.as_ref().expect("selected").read_only {
                     let _ = self.expunge_deleted(None).await;
@@ -640,13 +849,28 @@ impl Session {
                 None => self.ok(tag, "Completed, no messages"),
             },
             CommandBody::Search { uid, search } => self.search(tag, uid, &search),
-            CommandBody::Fetch { uid, set, attrs, changed_since } => match self.seqset(&set, uid) {
+            CommandBody::Fetch {
+                uid,
+                set,
+                attrs,
+                changed_since,
+            } => match self.seqset(&set, uid) {
                 Some(set) => self.fetch(tag, uid, &set, &attrs, changed_since).await,
                 // `$` names no message (RFC 5182 2.1): nothing to do.
                 None => self.ok(tag, "Completed, no messages"),
             },
-            CommandBody::Store { uid, set, mode, silent, flags, unchanged_since } => match self.seqset(&set, uid) {
-                Some(set) => self.store_flags(tag, uid, &set, mode, silent, &flags, unchanged_since).await,
+            CommandBody::Store {
+                uid,
+                set,
+                mode,
+                silent,
+                flags,
+                unchanged_since,
+            } => match self.seqset(&set, uid) {
+                Some(set) => {
+                    self.store_flags(tag, uid, &set, mode, silent, &flags, unchanged_since)
+                        .await
+                }
                 // `$` names no message (RFC 5182 2.1): nothing to do.
                 None => self.ok(tag, "Completed, no messages"),
             },
@@ -666,7 +890,8 @@ impl Session {
 
     fn ok(&mut self, tag: &[u8], text: &str) {
         if let Some(n) = self.take_modseq_pending() {
-            self.out.status(Some(tag), Status::Ok, Some(&Code::HighestModSeq(n)), text);
+            self.out
+                .status(Some(tag), Status::Ok, Some(&Code::HighestModSeq(n)), text);
             return;
         }
         self.out.status(Some(tag), Status::Ok, None, text);
@@ -691,7 +916,10 @@ impl Session {
             return None;
         }
         let id = self.sel.as_ref()?.id;
-        self.shard.store.with_account(self.account(), |a| a.mailbox(id).map(|m| m.highest_modseq)).flatten()
+        self.shard
+            .store
+            .with_account(self.account(), |a| a.mailbox(id).map(|m| m.highest_modseq))
+            .flatten()
     }
 
     fn storage_failed(&mut self, tag: &[u8], e: &StorageError) {
@@ -700,7 +928,12 @@ impl Session {
             StorageError::Full => Code::OverQuota,
             _ => Code::ServerBug,
         };
-        self.out.status(Some(tag), Status::No, Some(&code), "Temporary storage failure, try again");
+        self.out.status(
+            Some(tag),
+            Status::No,
+            Some(&code),
+            "Temporary storage failure, try again",
+        );
     }
 
     /// `$` (RFC 5182) becomes the saved messages: their UIDs for a UID
@@ -721,22 +954,47 @@ impl Session {
     /// STATUS RECENT: messages no session has claimed as \Recent yet, plus
     /// those that are \Recent in this session if it has the mailbox selected.
     fn recent_count(&self, m: &Mailbox) -> u64 {
-        let floor = self.shard.imap_recent.borrow().get(&(self.account().to_string(), m.id)).copied().unwrap_or(0);
-        let own = self.sel.as_ref().filter(|s| s.id == m.id).map(|s| &s.view.recent);
+        let floor = self
+            .shard
+            .imap_recent
+            .borrow()
+            .get(&(self.account().to_string(), m.id))
+            .copied()
+            .unwrap_or(0);
+        let own = self
+            .sel
+            .as_ref()
+            .filter(|s| s.id == m.id)
+            .map(|s| &s.view.recent);
         logic::recent_count(m, floor, own)
     }
 
-    fn with_mailbox_named<R>(&self, name: &MailboxArg<'_>, f: impl FnOnce(&Account, &Mailbox) -> R) -> Option<R> {
+    fn with_mailbox_named<R>(
+        &self,
+        name: &MailboxArg<'_>,
+        f: impl FnOnce(&Account, &Mailbox) -> R,
+    ) -> Option<R> {
         let name = std::str::from_utf8(name.as_bytes()).ok()?;
-        self.shard.store.with_account(self.account(), |a| a.mailbox_by_name(name).map(|m| f(a, m)))?
+        self.shard
+            .store
+            .with_account(self.account(), |a| a.mailbox_by_name(name).map(|m| f(a, m)))?
     }
 
     /// Report changes made by others (and by our own durable commits).
     fn sync(&mut self, allow_expunge: bool) {
         let Some(sel) = self.sel.as_mut() else { return };
-        let account = self.account.as_deref().expect("selected implies authenticated");
+        let account = self
+            .account
+            .as_deref()
+            .expect("selected implies authenticated");
         let key = (account.to_string(), sel.id);
-        let mut floor = self.shard.imap_recent.borrow().get(&key).copied().unwrap_or(0);
+        let mut floor = self
+            .shard
+            .imap_recent
+            .borrow()
+            .get(&key)
+            .copied()
+            .unwrap_or(0);
         let out = &mut self.out.buf;
         let condstore = self.condstore;
         let found = self.shard.store.with_account(account, |a| {
@@ -757,7 +1015,12 @@ impl Session {
             for seq in &ch.flags {
                 let m = sel.view.msgs[*seq as usize - 1];
                 let mut w = FetchWriter::new(out, *seq);
-                w.flags(&logic::flag_list(m.flags, m.keywords, &mb.keywords, sel.view.recent.contains(&m.uid)));
+                w.flags(&logic::flag_list(
+                    m.flags,
+                    m.keywords,
+                    &mb.keywords,
+                    sel.view.recent.contains(&m.uid),
+                ));
                 w.uid(m.uid);
                 if condstore {
                     w.modseq(m.modseq);
@@ -773,22 +1036,37 @@ impl Session {
         }
         if found.flatten().is_none() {
             // The selected mailbox was deleted elsewhere (RFC 3501 allows BYE; we deselect).
-            self.out.buf.extend_from_slice(b"* OK [CLOSED] Mailbox no longer exists\r\n");
+            self.out
+                .buf
+                .extend_from_slice(b"* OK [CLOSED] Mailbox no longer exists\r\n");
             self.sel = None;
         }
     }
 
-    fn select(&mut self, tag: &[u8], name: &MailboxArg<'_>, read_only: bool, condstore_param: bool) {
+    fn select(
+        &mut self,
+        tag: &[u8],
+        name: &MailboxArg<'_>,
+        read_only: bool,
+        condstore_param: bool,
+    ) {
         if condstore_param {
             self.condstore = true;
         }
         let had = self.sel.take().is_some();
         if had && self.condstore {
-            self.out.buf.extend_from_slice(b"* OK [CLOSED] Previous mailbox closed\r\n");
+            self.out
+                .buf
+                .extend_from_slice(b"* OK [CLOSED] Previous mailbox closed\r\n");
         }
         let account = self.account().to_string();
         let Ok(name) = std::str::from_utf8(name.as_bytes()) else {
-            self.out.status(Some(tag), Status::No, Some(&Code::NonExistent), "No such mailbox");
+            self.out.status(
+                Some(tag),
+                Status::No,
+                Some(&Code::NonExistent),
+                "No such mailbox",
+            );
             return;
         };
         let mut floor_map = self.shard.imap_recent.borrow_mut();
@@ -807,32 +1085,88 @@ impl Session {
             encode::write_exists(out, view.len());
             encode::write_recent(out, view.recent.len() as u32);
             if let Some(i) = view.msgs.iter().position(|m| m.flags & flag::SEEN == 0) {
-                encode::write_status(out, None, Status::Ok, Some(&Code::Unseen(i as u32 + 1)), "First unseen");
+                encode::write_status(
+                    out,
+                    None,
+                    Status::Ok,
+                    Some(&Code::Unseen(i as u32 + 1)),
+                    "First unseen",
+                );
             }
-            encode::write_status(out, None, Status::Ok, Some(&Code::UidValidity(mb.uidvalidity)), "UIDs valid");
-            encode::write_status(out, None, Status::Ok, Some(&Code::UidNext(mb.uidnext)), "Predicted next UID");
-            encode::write_status(out, None, Status::Ok, Some(&Code::HighestModSeq(mb.highest_modseq)), "Highest");
-            Some(Selected { id: mb.id, read_only, view })
+            encode::write_status(
+                out,
+                None,
+                Status::Ok,
+                Some(&Code::UidValidity(mb.uidvalidity)),
+                "UIDs valid",
+            );
+            encode::write_status(
+                out,
+                None,
+                Status::Ok,
+                Some(&Code::UidNext(mb.uidnext)),
+                "Predicted next UID",
+            );
+            encode::write_status(
+                out,
+                None,
+                Status::Ok,
+                Some(&Code::HighestModSeq(mb.highest_modseq)),
+                "Highest",
+            );
+            Some(Selected {
+                id: mb.id,
+                read_only,
+                view,
+            })
         });
         drop(floor_map);
         match sel.flatten() {
             Some(s) => {
-                let code = if read_only { Code::ReadOnly } else { Code::ReadWrite };
+                let code = if read_only {
+                    Code::ReadOnly
+                } else {
+                    Code::ReadWrite
+                };
                 self.sel = Some(s);
-                self.out.status(Some(tag), Status::Ok, Some(&code), if read_only { "EXAMINE completed" } else { "SELECT completed" });
+                self.out.status(
+                    Some(tag),
+                    Status::Ok,
+                    Some(&code),
+                    if read_only {
+                        "EXAMINE completed"
+                    } else {
+                        "SELECT completed"
+                    },
+                );
             }
-            None => self.out.status(Some(tag), Status::No, Some(&Code::NonExistent), "No such mailbox"),
+            None => self.out.status(
+                Some(tag),
+                Status::No,
+                Some(&Code::NonExistent),
+                "No such mailbox",
+            ),
         }
     }
 
     async fn create(&mut self, tag: &[u8], name: &MailboxArg<'_>, special_use: &[&[u8]]) {
         let Some(name) = valid_name(name.as_bytes()) else {
-            self.out.status(Some(tag), Status::No, Some(&Code::Cannot), "Invalid mailbox name");
+            self.out.status(
+                Some(tag),
+                Status::No,
+                Some(&Code::Cannot),
+                "Invalid mailbox name",
+            );
             return;
         };
         let name = name.trim_end_matches(DELIMITER as char).to_string();
         if name.eq_ignore_ascii_case("INBOX") || self.exists(&name) {
-            self.out.status(Some(tag), Status::No, Some(&Code::AlreadyExists), "Mailbox already exists");
+            self.out.status(
+                Some(tag),
+                Status::No,
+                Some(&Code::AlreadyExists),
+                "Mailbox already exists",
+            );
             return;
         }
         let mut su = special::NONE;
@@ -840,7 +1174,12 @@ impl Session {
             match special_use_code(attr) {
                 Some(c) => su = c,
                 None => {
-                    self.out.status(Some(tag), Status::No, Some(&Code::Other("USEATTR")), "Unsupported special-use attribute");
+                    self.out.status(
+                        Some(tag),
+                        Status::No,
+                        Some(&Code::Other("USEATTR")),
+                        "Unsupported special-use attribute",
+                    );
                     return;
                 }
             }
@@ -864,7 +1203,10 @@ impl Session {
     }
 
     fn exists(&self, name: &str) -> bool {
-        self.shard.store.with_account(self.account(), |a| a.mailbox_by_name(name).is_some()).unwrap_or(false)
+        self.shard
+            .store
+            .with_account(self.account(), |a| a.mailbox_by_name(name).is_some())
+            .unwrap_or(false)
     }
 
     /// Create mailboxes (the last one gets `su`), durably.
@@ -894,7 +1236,11 @@ impl Session {
                 mailbox: *id,
                 name: n,
                 uidvalidity: *v,
-                special_use: if i + 1 == names.len() { su } else { special::NONE },
+                special_use: if i + 1 == names.len() {
+                    su
+                } else {
+                    special::NONE
+                },
             })
             .collect();
         self.shard.store.commit(&ops).await
@@ -902,27 +1248,60 @@ impl Session {
 
     async fn delete(&mut self, tag: &[u8], name: &MailboxArg<'_>) {
         let Ok(name) = std::str::from_utf8(name.as_bytes()) else {
-            self.out.status(Some(tag), Status::No, Some(&Code::NonExistent), "No such mailbox");
+            self.out.status(
+                Some(tag),
+                Status::No,
+                Some(&Code::NonExistent),
+                "No such mailbox",
+            );
             return;
         };
         if name.eq_ignore_ascii_case("INBOX") {
-            self.out.status(Some(tag), Status::No, Some(&Code::Cannot), "INBOX cannot be deleted");
+            self.out.status(
+                Some(tag),
+                Status::No,
+                Some(&Code::Cannot),
+                "INBOX cannot be deleted",
+            );
             return;
         }
         let account = self.account().to_string();
         let info = self.shard.store.with_account(&account, |a| {
             let m = a.mailbox_by_name(name)?;
             let child_prefix = format!("{}{}", m.name, DELIMITER as char);
-            Some((m.id, a.mailboxes.iter().any(|c| c.name.starts_with(&child_prefix))))
+            Some((
+                m.id,
+                a.mailboxes
+                    .iter()
+                    .any(|c| c.name.starts_with(&child_prefix)),
+            ))
         });
         match info.flatten() {
-            None => self.out.status(Some(tag), Status::No, Some(&Code::NonExistent), "No such mailbox"),
-            Some((_, true)) => self.out.status(Some(tag), Status::No, Some(&Code::Other("HASCHILDREN")), "Mailbox has children, delete them first"),
+            None => self.out.status(
+                Some(tag),
+                Status::No,
+                Some(&Code::NonExistent),
+                "No such mailbox",
+            ),
+            Some((_, true)) => self.out.status(
+                Some(tag),
+                Status::No,
+                Some(&Code::Other("HASCHILDREN")),
+                "Mailbox has children, delete them first",
+            ),
             Some((id, false)) => {
                 if self.sel.as_ref().is_some_and(|s| s.id == id) {
                     self.sel = None;
                 }
-                match self.shard.store.commit(&[Op::DeleteMailbox { account: &account, mailbox: id }]).await {
+                match self
+                    .shard
+                    .store
+                    .commit(&[Op::DeleteMailbox {
+                        account: &account,
+                        mailbox: id,
+                    }])
+                    .await
+                {
                     Ok(()) => self.ok(tag, "DELETE completed"),
                     Err(e) => self.storage_failed(tag, &e),
                 }
@@ -931,27 +1310,56 @@ impl Session {
     }
 
     async fn rename(&mut self, tag: &[u8], from: &MailboxArg<'_>, to: &MailboxArg<'_>) {
-        let (Ok(from), Some(to)) = (std::str::from_utf8(from.as_bytes()), valid_name(to.as_bytes())) else {
-            self.out.status(Some(tag), Status::No, Some(&Code::Cannot), "Invalid mailbox name");
+        let (Ok(from), Some(to)) = (
+            std::str::from_utf8(from.as_bytes()),
+            valid_name(to.as_bytes()),
+        ) else {
+            self.out.status(
+                Some(tag),
+                Status::No,
+                Some(&Code::Cannot),
+                "Invalid mailbox name",
+            );
             return;
         };
         let to = to.trim_end_matches(DELIMITER as char).to_string();
         if !self.exists(from) {
-            self.out.status(Some(tag), Status::No, Some(&Code::NonExistent), "No such mailbox");
+            self.out.status(
+                Some(tag),
+                Status::No,
+                Some(&Code::NonExistent),
+                "No such mailbox",
+            );
             return;
         }
         if self.exists(&to) || to.eq_ignore_ascii_case("INBOX") {
-            self.out.status(Some(tag), Status::No, Some(&Code::AlreadyExists), "Target mailbox exists");
+            self.out.status(
+                Some(tag),
+                Status::No,
+                Some(&Code::AlreadyExists),
+                "Target mailbox exists",
+            );
             return;
         }
         let account = self.account().to_string();
         if from.eq_ignore_ascii_case("INBOX") {
             // RFC 3501 6.3.5: renaming INBOX moves its messages to a new
             // mailbox and leaves INBOX empty.
-            if let Err(e) = self.create_mailboxes(std::slice::from_ref(&to), special::NONE).await {
+            if let Err(e) = self
+                .create_mailboxes(std::slice::from_ref(&to), special::NONE)
+                .await
+            {
                 return self.storage_failed(tag, &e);
             }
-            let uids: Vec<u32> = self.shard.store.with_account(&account, |a| a.mailbox(index::INBOX).map(|m| m.messages.iter().map(|e| e.uid).collect())).flatten().unwrap_or_default();
+            let uids: Vec<u32> = self
+                .shard
+                .store
+                .with_account(&account, |a| {
+                    a.mailbox(index::INBOX)
+                        .map(|m| m.messages.iter().map(|e| e.uid).collect())
+                })
+                .flatten()
+                .unwrap_or_default();
             if let Err(e) = self.transfer(index::INBOX, &uids, &to, true).await {
                 return self.storage_failed(tag, &e);
             }
@@ -969,13 +1377,22 @@ impl Session {
                         if m.name == from {
                             Some((m.id, to.clone()))
                         } else {
-                            m.name.strip_prefix(&prefix).map(|rest| (m.id, format!("{to}{}{rest}", DELIMITER as char)))
+                            m.name
+                                .strip_prefix(&prefix)
+                                .map(|rest| (m.id, format!("{to}{}{rest}", DELIMITER as char)))
                         }
                     })
                     .collect()
             })
             .unwrap_or_default();
-        let ops: Vec<Op<'_>> = renames.iter().map(|(id, n)| Op::RenameMailbox { account: &account, mailbox: *id, name: n }).collect();
+        let ops: Vec<Op<'_>> = renames
+            .iter()
+            .map(|(id, n)| Op::RenameMailbox {
+                account: &account,
+                mailbox: *id,
+                name: n,
+            })
+            .collect();
         match self.shard.store.commit(&ops).await {
             Ok(()) => self.ok(tag, "RENAME completed"),
             Err(e) => self.storage_failed(tag, &e),
@@ -984,13 +1401,34 @@ impl Session {
 
     async fn subscribe(&mut self, tag: &[u8], name: &MailboxArg<'_>, on: bool) {
         let Ok(name) = std::str::from_utf8(name.as_bytes()) else {
-            self.out.status(Some(tag), Status::No, None, "Invalid mailbox name");
+            self.out
+                .status(Some(tag), Status::No, None, "Invalid mailbox name");
             return;
         };
-        let name = if name.eq_ignore_ascii_case("INBOX") { "INBOX" } else { name };
+        let name = if name.eq_ignore_ascii_case("INBOX") {
+            "INBOX"
+        } else {
+            name
+        };
         let account = self.account().to_string();
-        match self.shard.store.commit(&[Op::Subscribe { account: &account, name, on }]).await {
-            Ok(()) => self.ok(tag, if on { "SUBSCRIBE completed" } else { "UNSUBSCRIBE completed" }),
+        match self
+            .shard
+            .store
+            .commit(&[Op::Subscribe {
+                account: &account,
+                name,
+                on,
+            }])
+            .await
+        {
+            Ok(()) => self.ok(
+                tag,
+                if on {
+                    "SUBSCRIBE completed"
+                } else {
+                    "UNSUBSCRIBE completed"
+                },
+            ),
             Err(e) => self.storage_failed(tag, &e),
         }
     }
@@ -1007,14 +1445,24 @@ impl Session {
                 ListSelect::Remote => {}
                 // RFC 5258 3.1: an unrecognized selection option is BAD.
                 ListSelect::Other(_) => {
-                    self.out.status(Some(tag), Status::Bad, None, "Unknown LIST selection option");
+                    self.out.status(
+                        Some(tag),
+                        Status::Bad,
+                        None,
+                        "Unknown LIST selection option",
+                    );
                     return;
                 }
             }
         }
         // RFC 5258 3.1: RECURSIVEMATCH alone (or with REMOTE only) is BAD.
         if recursive && !subscribed_only && !special_only {
-            self.out.status(Some(tag), Status::Bad, None, "RECURSIVEMATCH needs another selection option");
+            self.out.status(
+                Some(tag),
+                Status::Bad,
+                None,
+                "RECURSIVEMATCH needs another selection option",
+            );
             return;
         }
         let mut ret_subscribed = subscribed_only;
@@ -1026,20 +1474,35 @@ impl Session {
                 ListReturn::Status(items) => ret_status = Some(items.clone()),
                 // RFC 5258 3.2: an unrecognized return option is BAD as well.
                 ListReturn::Other(_) => {
-                    self.out.status(Some(tag), Status::Bad, None, "Unknown LIST return option");
+                    self.out
+                        .status(Some(tag), Status::Bad, None, "Unknown LIST return option");
                     return;
                 }
             }
         }
         if list.patterns.len() == 1 && list.patterns[0].is_empty() && !list.extended {
             // RFC 3501 6.3.8: an empty pattern asks for the delimiter.
-            encode::write_list(&mut self.out.buf, false, &["\\Noselect"], Some(DELIMITER), b"");
+            encode::write_list(
+                &mut self.out.buf,
+                false,
+                &["\\Noselect"],
+                Some(DELIMITER),
+                b"",
+            );
             self.ok(tag, "LIST completed");
             return;
         }
         let account = self.account().to_string();
-        let mut entries = self.shard.store.with_account(&account, list_entries).unwrap_or_default();
-        let subs: HashSet<String> = self.shard.store.with_account(&account, |a| a.subscriptions.iter().cloned().collect()).unwrap_or_default();
+        let mut entries = self
+            .shard
+            .store
+            .with_account(&account, list_entries)
+            .unwrap_or_default();
+        let subs: HashSet<String> = self
+            .shard
+            .store
+            .with_account(&account, |a| a.subscriptions.iter().cloned().collect())
+            .unwrap_or_default();
         if subscribed_only {
             // RFC 5258 3.1: SUBSCRIBED lists subscriptions whether or not
             // the mailbox exists (those get \NonExistent), and RECURSIVEMATCH
@@ -1054,7 +1517,10 @@ impl Session {
                 logic::list_match(&pat, name.as_bytes())
             })
         };
-        let selected = |e: &ListEntry| (!subscribed_only || subs.contains(&e.name)) && (!special_only || e.special != special::NONE);
+        let selected = |e: &ListEntry| {
+            (!subscribed_only || subs.contains(&e.name))
+                && (!special_only || e.special != special::NONE)
+        };
         let mut statuses = Vec::new();
         for e in &entries {
             if !matched(&e.name) {
@@ -1066,7 +1532,9 @@ impl Session {
             // of those descendants are returned anyway (redundant).
             let childinfo = recursive && subscribed_only && {
                 let prefix = format!("{}{}", e.name, DELIMITER as char);
-                entries.iter().any(|d| d.name.starts_with(&prefix) && selected(d) && !matched(&d.name))
+                entries
+                    .iter()
+                    .any(|d| d.name.starts_with(&prefix) && selected(d) && !matched(&d.name))
             };
             if !selected(e) && !childinfo {
                 continue;
@@ -1074,9 +1542,17 @@ impl Session {
             let is_sub = subs.contains(&e.name);
             let mut attrs: Vec<&str> = Vec::new();
             if !e.exists {
-                attrs.push(if list.extended { "\\NonExistent" } else { "\\Noselect" });
+                attrs.push(if list.extended {
+                    "\\NonExistent"
+                } else {
+                    "\\Noselect"
+                });
             }
-            attrs.push(if e.children { "\\HasChildren" } else { "\\HasNoChildren" });
+            attrs.push(if e.children {
+                "\\HasChildren"
+            } else {
+                "\\HasNoChildren"
+            });
             if let Some(s) = special_use_name(e.special) {
                 attrs.push(s);
             }
@@ -1084,10 +1560,23 @@ impl Session {
                 attrs.push("\\Subscribed");
             }
             let info: &[&str] = if childinfo { &["SUBSCRIBED"] } else { &[] };
-            encode::write_list_extended(&mut self.out.buf, &attrs, Some(DELIMITER), e.name.as_bytes(), info);
+            encode::write_list_extended(
+                &mut self.out.buf,
+                &attrs,
+                Some(DELIMITER),
+                e.name.as_bytes(),
+                info,
+            );
             if let (Some(items), true) = (&ret_status, e.exists) {
                 statuses.push(e.name.clone());
-                let values = self.shard.store.with_account(&account, |a| a.mailbox_by_name(&e.name).map(|m| status_items(m, items, self.recent_count(m)))).flatten();
+                let values = self
+                    .shard
+                    .store
+                    .with_account(&account, |a| {
+                        a.mailbox_by_name(&e.name)
+                            .map(|m| status_items(m, items, self.recent_count(m)))
+                    })
+                    .flatten();
                 if let Some(v) = values {
                     encode::write_status_data(&mut self.out.buf, e.name.as_bytes(), &v);
                 }
@@ -1098,36 +1587,75 @@ impl Session {
 
     fn lsub(&mut self, tag: &[u8], reference: &[u8], pattern: &[u8]) {
         let account = self.account().to_string();
-        let subs: Vec<String> = self.shard.store.with_account(&account, |a| a.subscriptions.clone()).unwrap_or_default();
+        let subs: Vec<String> = self
+            .shard
+            .store
+            .with_account(&account, |a| a.subscriptions.clone())
+            .unwrap_or_default();
         let pat = [reference, pattern].concat();
         for (name, implied) in logic::lsub_matches(&pat, &subs) {
             // \Noselect: a superior that is not subscribed itself, or a
             // subscription whose mailbox does not exist.
-            let attrs: &[&str] = if implied || !self.exists(&name) { &["\\Noselect"] } else { &[] };
-            encode::write_list(&mut self.out.buf, true, attrs, Some(DELIMITER), name.as_bytes());
+            let attrs: &[&str] = if implied || !self.exists(&name) {
+                &["\\Noselect"]
+            } else {
+                &[]
+            };
+            encode::write_list(
+                &mut self.out.buf,
+                true,
+                attrs,
+                Some(DELIMITER),
+                name.as_bytes(),
+            );
         }
         self.ok(tag, "LSUB completed");
     }
 
-    async fn append(&mut self, tag: &[u8], name: &MailboxArg<'_>, flags: &[Flag<'_>], date: Option<i64>, message: &[u8]) {
+    async fn append(
+        &mut self,
+        tag: &[u8],
+        name: &MailboxArg<'_>,
+        flags: &[Flag<'_>],
+        date: Option<i64>,
+        message: &[u8],
+    ) {
         if message.len() > self.shard.config().limits.message_size_max {
-            self.out.status(Some(tag), Status::No, Some(&Code::TooBig), "Message too large");
+            self.out.status(
+                Some(tag),
+                Status::No,
+                Some(&Code::TooBig),
+                "Message too large",
+            );
             return;
         }
         // RFC 3501 section 4.3 (and 9, CHAR8): a literal has no NUL; a
         // message with one needs BINARY (RFC 3516), which is not offered.
         if memchr::memchr(0, message).is_some() {
-            self.out.status(Some(tag), Status::No, Some(&Code::Parse), "Message contains NUL octets");
+            self.out.status(
+                Some(tag),
+                Status::No,
+                Some(&Code::Parse),
+                "Message contains NUL octets",
+            );
             return;
         }
         let Ok(name) = std::str::from_utf8(name.as_bytes()) else {
-            self.out.status(Some(tag), Status::No, Some(&Code::TryCreate), "No such mailbox");
+            self.out.status(
+                Some(tag),
+                Status::No,
+                Some(&Code::TryCreate),
+                "No such mailbox",
+            );
             return;
         };
         let account = self.account().to_string();
         let (sys, kws) = logic::split_flags(flags);
         let alloc = self.shard.store.with_account_counters(&account, |a| {
-            let m = a.mailboxes.iter_mut().find(|m| index::mailbox_name_eq(&m.name, name))?;
+            let m = a
+                .mailboxes
+                .iter_mut()
+                .find(|m| index::mailbox_name_eq(&m.name, name))?;
             let new_kw = allocate_keywords(m, &kws)?;
             let kwmask = logic::keyword_mask(&m.keywords, &kws);
             let uid = m.uidnext;
@@ -1136,10 +1664,23 @@ impl Session {
             Some((m.id, m.uidvalidity, uid, m.highest_modseq, kwmask, new_kw))
         });
         let Ok(Some((mbox, validity, uid, modseq, kwmask, new_kw))) = alloc else {
-            self.out.status(Some(tag), Status::No, Some(&Code::TryCreate), "No such mailbox (or too many keywords)");
+            self.out.status(
+                Some(tag),
+                Status::No,
+                Some(&Code::TryCreate),
+                "No such mailbox (or too many keywords)",
+            );
             return;
         };
-        let mut ops: Vec<Op<'_>> = new_kw.iter().map(|(bit, n)| Op::Keyword { account: &account, mailbox: mbox, bit: *bit, name: n }).collect();
+        let mut ops: Vec<Op<'_>> = new_kw
+            .iter()
+            .map(|(bit, n)| Op::Keyword {
+                account: &account,
+                mailbox: mbox,
+                bit: *bit,
+                name: n,
+            })
+            .collect();
         ops.push(Op::Message {
             account: &account,
             mailbox: mbox,
@@ -1153,7 +1694,12 @@ impl Session {
         match self.shard.store.commit(&ops).await {
             Ok(()) => {
                 self.sync(true);
-                self.out.status(Some(tag), Status::Ok, Some(&Code::AppendUid { validity, uid }), "APPEND completed");
+                self.out.status(
+                    Some(tag),
+                    Status::Ok,
+                    Some(&Code::AppendUid { validity, uid }),
+                    "APPEND completed",
+                );
             }
             Err(e) => self.storage_failed(tag, &e),
         }
@@ -1172,7 +1718,10 @@ impl Session {
                     let max = m.messages.last().map_or(0, |e| e.uid);
                     m.messages
                         .iter()
-                        .filter(|e| e.flags & flag::DELETED != 0 && set.is_none_or(|s| s.contains(e.uid, max)))
+                        .filter(|e| {
+                            e.flags & flag::DELETED != 0
+                                && set.is_none_or(|s| s.contains(e.uid, max))
+                        })
                         .map(|e| e.uid)
                         .collect()
                 })
@@ -1186,7 +1735,12 @@ impl Session {
 
     async fn expunge_cmd(&mut self, tag: &[u8], set: Option<SequenceSet>) {
         if self.sel.as_ref().is_some_and(|s| s.read_only) {
-            self.out.status(Some(tag), Status::No, Some(&Code::ReadOnly), "Mailbox is read-only");
+            self.out.status(
+                Some(tag),
+                Status::No,
+                Some(&Code::ReadOnly),
+                "Mailbox is read-only",
+            );
             return;
         }
         match self.expunge_deleted(set.as_ref()).await {
@@ -1201,7 +1755,12 @@ impl Session {
     fn search(&mut self, tag: &[u8], uid: bool, search: &crate::protocol::imap::Search<'_>) {
         if let Some(cs) = &search.charset {
             if !(cs.eq_ignore_ascii_case(b"UTF-8") || cs.eq_ignore_ascii_case(b"US-ASCII")) {
-                self.out.status(Some(tag), Status::No, Some(&Code::BadCharset(&["UTF-8", "US-ASCII"])), "Unsupported charset");
+                self.out.status(
+                    Some(tag),
+                    Status::No,
+                    Some(&Code::BadCharset(&["UTF-8", "US-ASCII"])),
+                    "Unsupported charset",
+                );
                 return;
             }
         }
@@ -1220,9 +1779,15 @@ impl Session {
             let Some(mb) = a.mailbox(sel.id) else { return };
             let max_uid = sel.view.max_uid();
             for (i, v) in sel.view.msgs.iter().enumerate() {
-                let Some(p) = mb.position(v.uid) else { continue };
+                let Some(p) = mb.position(v.uid) else {
+                    continue;
+                };
                 let entry = &mb.messages[p];
-                let body_handle = if need_body { store.body(entry.loc) } else { None };
+                let body_handle = if need_body {
+                    store.body(entry.loc)
+                } else {
+                    None
+                };
                 let body = body_handle.as_ref().map_or(&[][..], |b| b.bytes());
                 let input = logic::SearchInput {
                     seq: i as u32 + 1,
@@ -1244,7 +1809,11 @@ impl Session {
         // RFC 7162 3.1.5: with a MODSEQ key (anywhere in the search) the
         // result carries the highest mod-sequence of the messages returned;
         // none when nothing matched.
-        let max_modseq = if modseq_key { hits.iter().map(|h| h.2).max() } else { None };
+        let max_modseq = if modseq_key {
+            hits.iter().map(|h| h.2).max()
+        } else {
+            None
+        };
         match &search.returns {
             None => encode::write_search(&mut self.out.buf, &ids, max_modseq),
             Some(returns) => {
@@ -1257,19 +1826,38 @@ impl Session {
                     let all = returns.contains(&SearchReturn::All).then_some(&ids[..]);
                     // RFC 7162 3.2 (ESEARCH): with only MIN and/or MAX the
                     // messages returned are those two; otherwise all matches.
-                    let whole = returns.iter().any(|r| matches!(r, SearchReturn::All | SearchReturn::Count | SearchReturn::Save));
+                    let whole = returns.iter().any(|r| {
+                        matches!(
+                            r,
+                            SearchReturn::All | SearchReturn::Count | SearchReturn::Save
+                        )
+                    });
                     let max_modseq = if whole || hits.is_empty() {
                         max_modseq
                     } else {
                         let (first, last) = (hits.first().map(|h| h.2), hits.last().map(|h| h.2));
-                        let min = returns.contains(&SearchReturn::Min).then_some(first).flatten();
-                        let max = returns.contains(&SearchReturn::Max).then_some(last).flatten();
+                        let min = returns
+                            .contains(&SearchReturn::Min)
+                            .then_some(first)
+                            .flatten();
+                        let max = returns
+                            .contains(&SearchReturn::Max)
+                            .then_some(last)
+                            .flatten();
                         max_modseq.and(min.max(max))
                     };
                     let data = encode::Esearch {
-                        min: returns.contains(&SearchReturn::Min).then(|| ids.first().copied()).flatten(),
-                        max: returns.contains(&SearchReturn::Max).then(|| ids.last().copied()).flatten(),
-                        count: returns.contains(&SearchReturn::Count).then_some(ids.len() as u32),
+                        min: returns
+                            .contains(&SearchReturn::Min)
+                            .then(|| ids.first().copied())
+                            .flatten(),
+                        max: returns
+                            .contains(&SearchReturn::Max)
+                            .then(|| ids.last().copied())
+                            .flatten(),
+                        count: returns
+                            .contains(&SearchReturn::Count)
+                            .then_some(ids.len() as u32),
                         all,
                         modseq: max_modseq,
                     };
@@ -1280,11 +1868,23 @@ impl Session {
         self.ok(tag, "SEARCH completed");
     }
 
-    async fn fetch(&mut self, tag: &[u8], uid: bool, set: &SequenceSet, attrs: &[FetchAttr<'_>], changed_since: Option<u64>) {
+    async fn fetch(
+        &mut self,
+        tag: &[u8],
+        uid: bool,
+        set: &SequenceSet,
+        attrs: &[FetchAttr<'_>],
+        changed_since: Option<u64>,
+    ) {
         self.sync(uid);
         let sel = self.sel.as_ref().expect("selected");
         if !uid && !sel.view.valid_seqs(set) {
-            self.out.status(Some(tag), Status::Bad, None, "Invalid message sequence number");
+            self.out.status(
+                Some(tag),
+                Status::Bad,
+                None,
+                "Invalid message sequence number",
+            );
             return;
         }
         if changed_since.is_some() || attrs.contains(&FetchAttr::ModSeq) {
@@ -1296,11 +1896,23 @@ impl Session {
         let account = self.account().to_string();
         let read_only = sel.read_only;
         let sets_seen = !read_only
-            && attrs.iter().any(|a| matches!(a, FetchAttr::Rfc822 | FetchAttr::Rfc822Text | FetchAttr::BodySection { peek: false, .. }));
+            && attrs.iter().any(|a| {
+                matches!(
+                    a,
+                    FetchAttr::Rfc822
+                        | FetchAttr::Rfc822Text
+                        | FetchAttr::BodySection { peek: false, .. }
+                )
+            });
         // \Seen is set first (durably), so the FETCH shows the new flags (RFC 3501 6.4.5).
         if sets_seen {
             let id = sel.id;
-            let to_mark: Vec<u32> = idx.iter().map(|&i| sel.view.msgs[i]).filter(|m| m.flags & flag::SEEN == 0).map(|m| m.uid).collect();
+            let to_mark: Vec<u32> = idx
+                .iter()
+                .map(|&i| sel.view.msgs[i])
+                .filter(|m| m.flags & flag::SEEN == 0)
+                .map(|m| m.uid)
+                .collect();
             if !to_mark.is_empty() {
                 let changes = self.shard.store.with_account_counters(&account, |a| {
                     let mut ch = Vec::new();
@@ -1316,7 +1928,17 @@ impl Session {
                     ch
                 });
                 if let Ok(ch) = changes {
-                    let ops: Vec<Op<'_>> = ch.iter().map(|(u, f, k, ms)| Op::Flags { account: &account, mailbox: id, uid: *u, flags: *f, keywords: *k, modseq: *ms }).collect();
+                    let ops: Vec<Op<'_>> = ch
+                        .iter()
+                        .map(|(u, f, k, ms)| Op::Flags {
+                            account: &account,
+                            mailbox: id,
+                            uid: *u,
+                            flags: *f,
+                            keywords: *k,
+                            modseq: *ms,
+                        })
+                        .collect();
                     if let Err(e) = self.shard.store.commit(&ops).await {
                         return self.storage_failed(tag, &e);
                     }
@@ -1327,7 +1949,17 @@ impl Session {
         let condstore = self.condstore;
         let store = self.shard.store.clone();
         let out = &mut self.out;
-        let needs_parse = attrs.iter().any(|a| matches!(a, FetchAttr::Envelope | FetchAttr::Body | FetchAttr::BodyStructure | FetchAttr::BodySection { .. } | FetchAttr::Rfc822Header | FetchAttr::Rfc822Text));
+        let needs_parse = attrs.iter().any(|a| {
+            matches!(
+                a,
+                FetchAttr::Envelope
+                    | FetchAttr::Body
+                    | FetchAttr::BodyStructure
+                    | FetchAttr::BodySection { .. }
+                    | FetchAttr::Rfc822Header
+                    | FetchAttr::Rfc822Text
+            )
+        });
         store.with_account(&account, |a| {
             let Some(mb) = a.mailbox(sel.id) else { return };
             // Keywords another session created since our sync (we may have
@@ -1337,7 +1969,9 @@ impl Session {
             }
             for &i in &idx {
                 let seq = i as u32 + 1;
-                let Some(p) = mb.position(sel.view.msgs[i].uid) else { continue };
+                let Some(p) = mb.position(sel.view.msgs[i].uid) else {
+                    continue;
+                };
                 let e = &mb.messages[p];
                 if changed_since.is_some_and(|cs| e.modseq <= cs) {
                     continue;
@@ -1365,20 +1999,55 @@ impl Session {
                         FetchAttr::InternalDate => w.internal_date(e.internal_date, 0),
                         FetchAttr::Rfc822Size => w.rfc822_size(u64::from(e.loc.len)),
                         FetchAttr::ModSeq => w.modseq(e.modseq),
-                        FetchAttr::Envelope => mime::write_envelope(parsed.as_ref().expect("parsed"), w.item("ENVELOPE")),
-                        FetchAttr::Body => mime::write_bodystructure(parsed.as_ref().expect("parsed"), false, w.item("BODY")),
-                        FetchAttr::BodyStructure => mime::write_bodystructure(parsed.as_ref().expect("parsed"), true, w.item("BODYSTRUCTURE")),
-                        FetchAttr::Rfc822 => literal(&mut w, splices, "RFC822", body.as_ref(), raw, Cow::Borrowed(raw)),
+                        FetchAttr::Envelope => mime::write_envelope(
+                            parsed.as_ref().expect("parsed"),
+                            w.item("ENVELOPE"),
+                        ),
+                        FetchAttr::Body => mime::write_bodystructure(
+                            parsed.as_ref().expect("parsed"),
+                            false,
+                            w.item("BODY"),
+                        ),
+                        FetchAttr::BodyStructure => mime::write_bodystructure(
+                            parsed.as_ref().expect("parsed"),
+                            true,
+                            w.item("BODYSTRUCTURE"),
+                        ),
+                        FetchAttr::Rfc822 => literal(
+                            &mut w,
+                            splices,
+                            "RFC822",
+                            body.as_ref(),
+                            raw,
+                            Cow::Borrowed(raw),
+                        ),
                         FetchAttr::Rfc822Header => {
                             let h = mime::split(raw).0;
-                            literal(&mut w, splices, "RFC822.HEADER", body.as_ref(), raw, Cow::Borrowed(h));
+                            literal(
+                                &mut w,
+                                splices,
+                                "RFC822.HEADER",
+                                body.as_ref(),
+                                raw,
+                                Cow::Borrowed(h),
+                            );
                         }
                         FetchAttr::Rfc822Text => {
                             let t = mime::split(raw).1;
-                            literal(&mut w, splices, "RFC822.TEXT", body.as_ref(), raw, Cow::Borrowed(t));
+                            literal(
+                                &mut w,
+                                splices,
+                                "RFC822.TEXT",
+                                body.as_ref(),
+                                raw,
+                                Cow::Borrowed(t),
+                            );
                         }
-                        FetchAttr::BodySection { section, partial, .. } => {
-                            let data = mime::section_bytes(parsed.as_ref().expect("parsed"), section);
+                        FetchAttr::BodySection {
+                            section, partial, ..
+                        } => {
+                            let data =
+                                mime::section_bytes(parsed.as_ref().expect("parsed"), section);
                             let mut name = b"BODY[".to_vec();
                             section.write(&mut name);
                             name.push(b']');
@@ -1393,7 +2062,14 @@ impl Session {
                             match data {
                                 Some(d) => literal(&mut w, splices, &name, body.as_ref(), raw, d),
                                 // A part that doesn't exist is empty (RFC 3501 6.4.5), not NIL.
-                                None => literal(&mut w, splices, &name, body.as_ref(), raw, Cow::Borrowed(&[])),
+                                None => literal(
+                                    &mut w,
+                                    splices,
+                                    &name,
+                                    body.as_ref(),
+                                    raw,
+                                    Cow::Borrowed(&[]),
+                                ),
                             }
                         }
                     }
@@ -1416,15 +2092,34 @@ impl Session {
     }
 
     #[allow(clippy::too_many_arguments)]
-    async fn store_flags(&mut self, tag: &[u8], uid: bool, set: &SequenceSet, mode: StoreMode, silent: bool, flags: &[Flag<'_>], unchanged_since: Option<u64>) {
+    async fn store_flags(
+        &mut self,
+        tag: &[u8],
+        uid: bool,
+        set: &SequenceSet,
+        mode: StoreMode,
+        silent: bool,
+        flags: &[Flag<'_>],
+        unchanged_since: Option<u64>,
+    ) {
         self.sync(uid);
         let sel = self.sel.as_ref().expect("selected");
         if sel.read_only {
-            self.out.status(Some(tag), Status::No, Some(&Code::ReadOnly), "Mailbox is read-only");
+            self.out.status(
+                Some(tag),
+                Status::No,
+                Some(&Code::ReadOnly),
+                "Mailbox is read-only",
+            );
             return;
         }
         if !uid && !sel.view.valid_seqs(set) {
-            self.out.status(Some(tag), Status::Bad, None, "Invalid message sequence number");
+            self.out.status(
+                Some(tag),
+                Status::Bad,
+                None,
+                "Invalid message sequence number",
+            );
             return;
         }
         if unchanged_since.is_some() {
@@ -1439,7 +2134,11 @@ impl Session {
         let (sys, kws) = logic::split_flags(flags);
         let plan = self.shard.store.with_account_counters(&account, |a| {
             let m = a.mailbox_mut(id)?;
-            let new_kw = if mode == StoreMode::Remove { Vec::new() } else { allocate_keywords(m, &kws)? };
+            let new_kw = if mode == StoreMode::Remove {
+                Vec::new()
+            } else {
+                allocate_keywords(m, &kws)?
+            };
             let kwmask = logic::keyword_mask(&m.keywords, &kws);
             let mut changes = Vec::new();
             let mut modified = Vec::new();
@@ -1463,11 +2162,31 @@ impl Session {
             Some((new_kw, changes, modified))
         });
         let Ok(Some((new_kw, changes, modified))) = plan else {
-            self.out.status(Some(tag), Status::No, Some(&Code::Limit), "Too many keywords in this mailbox");
+            self.out.status(
+                Some(tag),
+                Status::No,
+                Some(&Code::Limit),
+                "Too many keywords in this mailbox",
+            );
             return;
         };
-        let mut ops: Vec<Op<'_>> = new_kw.iter().map(|(bit, n)| Op::Keyword { account: &account, mailbox: id, bit: *bit, name: n }).collect();
-        ops.extend(changes.iter().map(|(u, f, k, ms)| Op::Flags { account: &account, mailbox: id, uid: *u, flags: *f, keywords: *k, modseq: *ms }));
+        let mut ops: Vec<Op<'_>> = new_kw
+            .iter()
+            .map(|(bit, n)| Op::Keyword {
+                account: &account,
+                mailbox: id,
+                bit: *bit,
+                name: n,
+            })
+            .collect();
+        ops.extend(changes.iter().map(|(u, f, k, ms)| Op::Flags {
+            account: &account,
+            mailbox: id,
+            uid: *u,
+            flags: *f,
+            keywords: *k,
+            modseq: *ms,
+        }));
         if let Err(e) = self.shard.store.commit(&ops).await {
             return self.storage_failed(tag, &e);
         }
@@ -1485,7 +2204,9 @@ impl Session {
                 write_flags_lines(out, &mb.keywords, sel.read_only);
             }
             for &i in &idx {
-                let Some(p) = mb.position(sel.view.msgs[i].uid) else { continue };
+                let Some(p) = mb.position(sel.view.msgs[i].uid) else {
+                    continue;
+                };
                 let e = &mb.messages[p];
                 sel.view.msgs[i] = ViewMsg::of(e);
                 if modified.contains(&e.uid) {
@@ -1497,7 +2218,12 @@ impl Session {
                     continue;
                 }
                 let mut w = FetchWriter::new(out, i as u32 + 1);
-                w.flags(&logic::flag_list(e.flags, e.keywords, &mb.keywords, sel.view.recent.contains(&e.uid)));
+                w.flags(&logic::flag_list(
+                    e.flags,
+                    e.keywords,
+                    &mb.keywords,
+                    sel.view.recent.contains(&e.uid),
+                ));
                 if uid || condstore {
                     w.uid(e.uid);
                 }
@@ -1513,60 +2239,116 @@ impl Session {
             let ids: Vec<u32> = if uid {
                 modified.clone()
             } else {
-                modified.iter().filter_map(|u| self.sel.as_ref().and_then(|s| s.view.seq_of(*u))).collect()
+                modified
+                    .iter()
+                    .filter_map(|u| self.sel.as_ref().and_then(|s| s.view.seq_of(*u)))
+                    .collect()
             };
             match SequenceSet::compress(&ids) {
                 Some(set) => {
                     // The tagged OK has room for one code: HIGHESTMODSEQ, if owed, goes untagged.
                     if let Some(n) = self.take_modseq_pending() {
-                        self.out.status(None, Status::Ok, Some(&Code::HighestModSeq(n)), "Highest");
+                        self.out
+                            .status(None, Status::Ok, Some(&Code::HighestModSeq(n)), "Highest");
                     }
-                    self.out.status(Some(tag), Status::Ok, Some(&Code::Modified(&set)), "Conditional STORE failed for some messages")
+                    self.out.status(
+                        Some(tag),
+                        Status::Ok,
+                        Some(&Code::Modified(&set)),
+                        "Conditional STORE failed for some messages",
+                    )
                 }
                 None => self.ok(tag, "STORE completed"),
             }
         }
     }
 
-    async fn copy(&mut self, tag: &[u8], uid: bool, set: &SequenceSet, dest: &MailboxArg<'_>, mv: bool) {
+    async fn copy(
+        &mut self,
+        tag: &[u8],
+        uid: bool,
+        set: &SequenceSet,
+        dest: &MailboxArg<'_>,
+        mv: bool,
+    ) {
         self.sync(uid);
         let sel = self.sel.as_ref().expect("selected");
         if mv && sel.read_only {
-            self.out.status(Some(tag), Status::No, Some(&Code::ReadOnly), "Mailbox is read-only");
+            self.out.status(
+                Some(tag),
+                Status::No,
+                Some(&Code::ReadOnly),
+                "Mailbox is read-only",
+            );
             return;
         }
         if !uid && !sel.view.valid_seqs(set) {
-            self.out.status(Some(tag), Status::Bad, None, "Invalid message sequence number");
+            self.out.status(
+                Some(tag),
+                Status::Bad,
+                None,
+                "Invalid message sequence number",
+            );
             return;
         }
         let Ok(dest) = std::str::from_utf8(dest.as_bytes()) else {
-            self.out.status(Some(tag), Status::No, Some(&Code::TryCreate), "No such mailbox");
+            self.out.status(
+                Some(tag),
+                Status::No,
+                Some(&Code::TryCreate),
+                "No such mailbox",
+            );
             return;
         };
         if !self.exists(dest) {
-            self.out.status(Some(tag), Status::No, Some(&Code::TryCreate), "No such mailbox");
+            self.out.status(
+                Some(tag),
+                Status::No,
+                Some(&Code::TryCreate),
+                "No such mailbox",
+            );
             return;
         }
-        let uids: Vec<u32> = sel.view.resolve(set, uid).iter().map(|&i| sel.view.msgs[i].uid).collect();
+        let uids: Vec<u32> = sel
+            .view
+            .resolve(set, uid)
+            .iter()
+            .map(|&i| sel.view.msgs[i].uid)
+            .collect();
         let src = sel.id;
         match self.transfer(src, &uids, dest, mv).await {
             Ok(Some((validity, from, to))) => {
-                let code = Code::CopyUid { validity, source: &from, dest: &to };
+                let code = Code::CopyUid {
+                    validity,
+                    source: &from,
+                    dest: &to,
+                };
                 if mv {
                     // RFC 6851 4.3: COPYUID goes in an untagged OK before the EXPUNGEs.
                     self.out.status(None, Status::Ok, Some(&code), "Moved");
                     self.sync(true);
                     self.ok(tag, "MOVE completed");
                 } else {
-                    self.out.status(Some(tag), Status::Ok, Some(&code), "COPY completed");
+                    self.out
+                        .status(Some(tag), Status::Ok, Some(&code), "COPY completed");
                 }
             }
             // Every message asked for was expunged by another session since
             // this one last heard (RFC 2180 4.4.1, RFC 5530 EXPUNGEISSUED).
-            Ok(None) if !uids.is_empty() => {
-                self.out.status(Some(tag), Status::No, Some(&Code::Other("EXPUNGEISSUED")), "Messages were expunged meanwhile")
-            }
-            Ok(None) => self.ok(tag, if mv { "MOVE completed" } else { "COPY completed" }),
+            Ok(None) if !uids.is_empty() => self.out.status(
+                Some(tag),
+                Status::No,
+                Some(&Code::Other("EXPUNGEISSUED")),
+                "Messages were expunged meanwhile",
+            ),
+            Ok(None) => self.ok(
+                tag,
+                if mv {
+                    "MOVE completed"
+                } else {
+                    "COPY completed"
+                },
+            ),
             Err(e) => self.storage_failed(tag, &e),
         }
     }
@@ -1574,14 +2356,23 @@ impl Session {
     /// Link messages into another mailbox (sharing their bodies) and, for a
     /// move, expunge them from the source, in one durable commit. Returns
     /// (destination UIDVALIDITY, source UIDs, destination UIDs).
-    async fn transfer(&mut self, src: u32, uids: &[u32], dest: &str, mv: bool) -> Result<Option<(u32, Vec<u32>, Vec<u32>)>, StorageError> {
+    async fn transfer(
+        &mut self,
+        src: u32,
+        uids: &[u32],
+        dest: &str,
+        mv: bool,
+    ) -> Result<Option<(u32, Vec<u32>, Vec<u32>)>, StorageError> {
         if uids.is_empty() {
             return Ok(None);
         }
         let account = self.account().to_string();
         let plan = self.shard.store.with_account_counters(&account, |a| {
             let source = entries_with_keywords(a.mailbox(src)?, uids);
-            let d = a.mailboxes.iter_mut().find(|m| index::mailbox_name_eq(&m.name, dest))?;
+            let d = a
+                .mailboxes
+                .iter_mut()
+                .find(|m| index::mailbox_name_eq(&m.name, dest))?;
             let mut links = Vec::new();
             let mut new_kw = Vec::new();
             for (e, names) in source {
@@ -1591,7 +2382,15 @@ impl Session {
                 let new_uid = d.uidnext;
                 d.uidnext += 1;
                 d.highest_modseq += 1;
-                links.push((e.uid, new_uid, e.internal_date, e.flags, mask, d.highest_modseq, e.loc));
+                links.push((
+                    e.uid,
+                    new_uid,
+                    e.internal_date,
+                    e.flags,
+                    mask,
+                    d.highest_modseq,
+                    e.loc,
+                ));
             }
             let dest_id = d.id;
             let validity = d.uidvalidity;
@@ -1613,17 +2412,43 @@ impl Session {
             // (its sets cannot be empty).
             return Ok(None);
         }
-        let mut ops: Vec<Op<'_>> = new_kw.iter().map(|(bit, n)| Op::Keyword { account: &account, mailbox: dest_id, bit: *bit, name: n }).collect();
+        let mut ops: Vec<Op<'_>> = new_kw
+            .iter()
+            .map(|(bit, n)| Op::Keyword {
+                account: &account,
+                mailbox: dest_id,
+                bit: *bit,
+                name: n,
+            })
+            .collect();
         for (_, new_uid, date, flags, kw, modseq, loc) in &links {
-            ops.push(Op::Link { account: &account, mailbox: dest_id, uid: *new_uid, internal_date: *date, flags: *flags, keywords: *kw, modseq: *modseq, loc: *loc });
+            ops.push(Op::Link {
+                account: &account,
+                mailbox: dest_id,
+                uid: *new_uid,
+                internal_date: *date,
+                flags: *flags,
+                keywords: *kw,
+                modseq: *modseq,
+                loc: *loc,
+            });
         }
         if let Some(modseq) = expunge_modseq {
             let mut moved: Vec<u32> = links.iter().map(|l| l.0).collect();
             moved.sort_unstable();
-            ops.push(Op::Expunge { account: &account, mailbox: src, uids: moved, modseq });
+            ops.push(Op::Expunge {
+                account: &account,
+                mailbox: src,
+                uids: moved,
+                modseq,
+            });
         }
         self.shard.store.commit(&ops).await?;
-        Ok(Some((validity, links.iter().map(|l| l.0).collect(), links.iter().map(|l| l.1).collect())))
+        Ok(Some((
+            validity,
+            links.iter().map(|l| l.0).collect(),
+            links.iter().map(|l| l.1).collect(),
+        )))
     }
 
     /// IDLE (RFC 2177): report changes as they happen until the client sends DONE.
@@ -1637,17 +2462,22 @@ impl Session {
             // A complete line already buffered?
             if let Some(i) = memchr::memchr(b'\n', conn.pending()) {
                 let line = &conn.pending()[..i];
-                let done = line.strip_suffix(b"\r").unwrap_or(line).eq_ignore_ascii_case(b"DONE");
+                let done = line
+                    .strip_suffix(b"\r")
+                    .unwrap_or(line)
+                    .eq_ignore_ascii_case(b"DONE");
                 conn.consume(i + 1);
                 if done {
                     self.ok(&tag, "IDLE terminated");
                 } else {
-                    self.out.status(Some(&tag), Status::Bad, None, "Expected DONE");
+                    self.out
+                        .status(Some(&tag), Status::Bad, None, "Expected DONE");
                 }
                 return true;
             }
             if conn.pending().len() > 1024 {
-                self.out.status(Some(&tag), Status::Bad, None, "Expected DONE");
+                self.out
+                    .status(Some(&tag), Status::Bad, None, "Expected DONE");
                 return false;
             }
             if self.shard.stopping() {
@@ -1673,7 +2503,9 @@ impl Session {
                 None => continue,
                 Some(ReadOutcome::Data) => continue,
                 Some(ReadOutcome::TimedOut) => {
-                    let _ = conn.write_all(b"* BYE Autologout; idle for too long\r\n").await;
+                    let _ = conn
+                        .write_all(b"* BYE Autologout; idle for too long\r\n")
+                        .await;
                     return false;
                 }
                 Some(_) => {
@@ -1688,14 +2520,25 @@ impl Session {
 }
 
 /// Write a literal item, splicing large borrowed data from the mapping.
-fn literal(w: &mut FetchWriter<'_>, splices: &mut Vec<(usize, Body, usize, usize)>, name: &str, body: Option<&Body>, raw: &[u8], data: Cow<'_, [u8]>) {
+fn literal(
+    w: &mut FetchWriter<'_>,
+    splices: &mut Vec<(usize, Body, usize, usize)>,
+    name: &str,
+    body: Option<&Body>,
+    raw: &[u8],
+    data: Cow<'_, [u8]>,
+) {
     let out = w.item(name);
     if let (Cow::Borrowed(d), Some(body)) = (&data, body) {
         let base = raw.as_ptr() as usize;
         let p = d.as_ptr() as usize;
         // A slice with a NUL is copied instead, so that write_literal can
         // replace it (RFC 3501 4.3); stored mail almost never has one.
-        if d.len() >= SPLICE_MIN && p >= base && p + d.len() <= base + raw.len() && memchr::memchr(0, d).is_none() {
+        if d.len() >= SPLICE_MIN
+            && p >= base
+            && p + d.len() <= base + raw.len()
+            && memchr::memchr(0, d).is_none()
+        {
             out.extend_from_slice(format!("{{{}}}\r\n", d.len()).as_bytes());
             splices.push((out.len(), body.clone(), p - base, d.len()));
             return;
@@ -1705,8 +2548,19 @@ fn literal(w: &mut FetchWriter<'_>, splices: &mut Vec<(usize, Body, usize, usize
 }
 
 fn write_flags_lines(out: &mut Vec<u8>, keywords: &[String], read_only: bool) {
-    let mut flags = vec![Flag::Answered, Flag::Flagged, Flag::Deleted, Flag::Seen, Flag::Draft];
-    flags.extend(keywords.iter().filter(|k| !k.is_empty()).map(|k| Flag::Keyword(k.as_bytes())));
+    let mut flags = vec![
+        Flag::Answered,
+        Flag::Flagged,
+        Flag::Deleted,
+        Flag::Seen,
+        Flag::Draft,
+    ];
+    flags.extend(
+        keywords
+            .iter()
+            .filter(|k| !k.is_empty())
+            .map(|k| Flag::Keyword(k.as_bytes())),
+    );
     encode::write_flags(out, &flags);
     let perm: Vec<Flag<'_>> = if read_only {
         Vec::new()
@@ -1715,7 +2569,13 @@ fn write_flags_lines(out: &mut Vec<u8>, keywords: &[String], read_only: bool) {
         p.push(Flag::MayCreate);
         p
     };
-    encode::write_status(out, None, Status::Ok, Some(&Code::PermanentFlags(&perm)), "Flags permitted");
+    encode::write_status(
+        out,
+        None,
+        Status::Ok,
+        Some(&Code::PermanentFlags(&perm)),
+        "Flags permitted",
+    );
 }
 
 /// Give keywords not yet known in this mailbox a bit. Returns the new
@@ -1723,7 +2583,10 @@ fn write_flags_lines(out: &mut Vec<u8>, keywords: &[String], read_only: bool) {
 fn allocate_keywords(m: &mut Mailbox, kws: &[&[u8]]) -> Option<Vec<(u8, String)>> {
     let mut new = Vec::new();
     for k in kws {
-        if m.keywords.iter().any(|n| n.as_bytes().eq_ignore_ascii_case(k)) {
+        if m.keywords
+            .iter()
+            .any(|n| n.as_bytes().eq_ignore_ascii_case(k))
+        {
             continue;
         }
         if m.keywords.len() >= KEYWORDS_MAX {
@@ -1743,7 +2606,13 @@ fn entries_with_keywords(m: &Mailbox, uids: &[u32]) -> Vec<(index::MessageEntry,
         .filter_map(|u| m.position(*u))
         .map(|p| {
             let e = m.messages[p].clone();
-            let names = m.keywords.iter().enumerate().filter(|(i, _)| e.keywords & (1 << i) != 0).map(|(_, n)| n.clone()).collect();
+            let names = m
+                .keywords
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| e.keywords & (1 << i) != 0)
+                .map(|(_, n)| n.clone())
+                .collect();
             (e, names)
         })
         .collect()
@@ -1758,7 +2627,11 @@ fn status_items(m: &Mailbox, items: &[StatusItem], recent: u64) -> Vec<(StatusIt
                 StatusItem::Recent => recent,
                 StatusItem::UidNext => u64::from(m.uidnext),
                 StatusItem::UidValidity => u64::from(m.uidvalidity),
-                StatusItem::Unseen => m.messages.iter().filter(|e| e.flags & flag::SEEN == 0).count() as u64,
+                StatusItem::Unseen => m
+                    .messages
+                    .iter()
+                    .filter(|e| e.flags & flag::SEEN == 0)
+                    .count() as u64,
                 StatusItem::HighestModSeq => m.highest_modseq,
                 StatusItem::Size => m.size_octets(),
             };
@@ -1786,10 +2659,20 @@ fn add_subscribed_entries(entries: &mut Vec<ListEntry>, subs: &HashSet<String>) 
     }
     for name in missing {
         let prefix = format!("{name}{}", DELIMITER as char);
-        let children = entries.iter().any(|e| e.exists && e.name.starts_with(&prefix));
-        entries.push(ListEntry { name, exists: false, children, special: special::NONE });
+        let children = entries
+            .iter()
+            .any(|e| e.exists && e.name.starts_with(&prefix));
+        entries.push(ListEntry {
+            name,
+            exists: false,
+            children,
+            special: special::NONE,
+        });
     }
-    entries.sort_by(|a, b| (!a.name.eq_ignore_ascii_case("INBOX"), &a.name).cmp(&(!b.name.eq_ignore_ascii_case("INBOX"), &b.name)));
+    entries.sort_by(|a, b| {
+        (!a.name.eq_ignore_ascii_case("INBOX"), &a.name)
+            .cmp(&(!b.name.eq_ignore_ascii_case("INBOX"), &b.name))
+    });
 }
 
 struct ListEntry {
@@ -1801,7 +2684,11 @@ struct ListEntry {
 
 /// Every mailbox plus implied parents ("a" for "a/b"), sorted, INBOX first.
 fn list_entries(a: &Account) -> Vec<ListEntry> {
-    let mut names: Vec<(String, bool, u8)> = a.mailboxes.iter().map(|m| (m.name.clone(), true, m.special_use)).collect();
+    let mut names: Vec<(String, bool, u8)> = a
+        .mailboxes
+        .iter()
+        .map(|m| (m.name.clone(), true, m.special_use))
+        .collect();
     let existing: HashSet<String> = names.iter().map(|n| n.0.clone()).collect();
     let mut implied = HashSet::new();
     for (n, _, _) in &names {
@@ -1818,14 +2705,21 @@ fn list_entries(a: &Account) -> Vec<ListEntry> {
         }
     }
     names.extend(implied.into_iter().map(|n| (n, false, special::NONE)));
-    names.sort_by(|a, b| (!a.0.eq_ignore_ascii_case("INBOX"), &a.0).cmp(&(!b.0.eq_ignore_ascii_case("INBOX"), &b.0)));
+    names.sort_by(|a, b| {
+        (!a.0.eq_ignore_ascii_case("INBOX"), &a.0).cmp(&(!b.0.eq_ignore_ascii_case("INBOX"), &b.0))
+    });
     let all: Vec<String> = names.iter().map(|n| n.0.clone()).collect();
     names
         .into_iter()
         .map(|(name, exists, special)| {
             let prefix = format!("{name}{}", DELIMITER as char);
             let children = all.iter().any(|o| o.starts_with(&prefix));
-            ListEntry { name, exists, children, special }
+            ListEntry {
+                name,
+                exists,
+                children,
+                special,
+            }
         })
         .collect()
 }

@@ -30,7 +30,10 @@ pub struct Rate {
 impl Rate {
     /// `per_minute_max == 0`: no limit.
     pub fn new(per_minute_max: u32) -> Rate {
-        Rate { per_minute_max, slots: (0..SLOTS).map(|_| AtomicU64::new(0)).collect() }
+        Rate {
+            per_minute_max,
+            slots: (0..SLOTS).map(|_| AtomicU64::new(0)).collect(),
+        }
     }
 
     /// Count `n` events for `ip` in minute `minute`; false when the count
@@ -46,7 +49,12 @@ impl Rate {
             let (m, count) = ((cur >> 32) as u32, cur as u32);
             let count = if m == minute { count } else { 0 };
             let next = count.saturating_add(n);
-            match slot.compare_exchange_weak(cur, (u64::from(minute) << 32) | u64::from(next), Ordering::AcqRel, Ordering::Acquire) {
+            match slot.compare_exchange_weak(
+                cur,
+                (u64::from(minute) << 32) | u64::from(next),
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
                 Ok(_) => return next <= self.per_minute_max,
                 Err(v) => cur = v,
             }
@@ -90,7 +98,12 @@ impl Limiter {
         Limiter::with_rates(total_max, per_address_max, 0, 0)
     }
 
-    pub fn with_rates(total_max: usize, per_address_max: usize, connections_per_minute: u32, commands_per_minute: u32) -> Arc<Limiter> {
+    pub fn with_rates(
+        total_max: usize,
+        per_address_max: usize,
+        connections_per_minute: u32,
+        commands_per_minute: u32,
+    ) -> Arc<Limiter> {
         Arc::new(Limiter {
             total: AtomicUsize::new(0),
             total_max,
@@ -121,7 +134,10 @@ impl Limiter {
             self.total.fetch_sub(1, Ordering::AcqRel);
             return Err(Refusal::AddressFull);
         }
-        Ok(Permit { limiter: self.clone(), slot })
+        Ok(Permit {
+            limiter: self.clone(),
+            slot,
+        })
     }
 
     pub fn total(&self) -> usize {
@@ -167,12 +183,18 @@ mod tests {
         assert!(!r.charge(a, 1, 100), "and it stays refused");
         assert!(r.charge(a, 5, 101), "a new minute starts afresh");
         assert!(r.charge(v6, 5, 100));
-        assert!(!r.charge(v6_same_64, 1, 100), "an IPv6 /64 shares its count");
+        assert!(
+            !r.charge(v6_same_64, 1, 100),
+            "an IPv6 /64 shares its count"
+        );
         assert!(Rate::new(0).charge(a, u32::MAX, 1), "0: no limit");
         let l = Limiter::with_rates(100, 100, 2, 0);
         let _p1 = l.admit(a, false).unwrap();
         let _p2 = l.admit(a, false).unwrap();
         assert_eq!(l.admit(a, false).err(), Some(Refusal::AddressRate));
-        assert!(l.admit(a, true).is_ok(), "exempt clients are not rate-limited");
+        assert!(
+            l.admit(a, true).is_ok(),
+            "exempt clients are not rate-limited"
+        );
     }
 }

@@ -50,12 +50,23 @@ impl Listeners {
                 for _ in 0..shards {
                     let s = listen_socket(at).map_err(|e| (*addr, e))?;
                     // The first socket fixes the port; the others join its group.
-                    at = s.local_addr().ok().and_then(|a| a.as_socket()).unwrap_or(at);
+                    at = s
+                        .local_addr()
+                        .ok()
+                        .and_then(|a| a.as_socket())
+                        .unwrap_or(at);
                     socks.push(Mutex::new(Some(OwnedFd::from(s))));
                 }
                 resolved.push(at);
-                let handle = socks[0].lock().ok().and_then(|g| g.as_ref().and_then(|fd| fd.try_clone().ok()));
-                groups.push(Group { proto: *proto, socks, handle: Mutex::new(handle) });
+                let handle = socks[0]
+                    .lock()
+                    .ok()
+                    .and_then(|g| g.as_ref().and_then(|fd| fd.try_clone().ok()));
+                groups.push(Group {
+                    proto: *proto,
+                    socks,
+                    handle: Mutex::new(handle),
+                });
             }
             bound.push(resolved);
         }
@@ -80,9 +91,14 @@ impl Listeners {
         let prog = cpus.map(steering_program);
         let mut result = Ok(());
         for g in &self.groups {
-            let Some(fd) = g.handle.lock().ok().and_then(|mut h| h.take()) else { continue };
+            let Some(fd) = g.handle.lock().ok().and_then(|mut h| h.take()) else {
+                continue;
+            };
             let Some(prog) = &prog else { continue };
-            let fprog = libc::sock_fprog { len: prog.len() as u16, filter: prog.as_ptr() as *mut libc::sock_filter };
+            let fprog = libc::sock_fprog {
+                len: prog.len() as u16,
+                filter: prog.as_ptr() as *mut libc::sock_filter,
+            };
             // SAFETY: setsockopt on a socket we own, with a program that lives
             // across the call; the kernel copies it.
             let r = unsafe {
@@ -105,7 +121,11 @@ impl Listeners {
 /// A listening, SO_REUSEPORT socket on `addr` (IPv6 sockets are IPv6-only,
 /// so `[::]` and `0.0.0.0` can both be configured).
 fn listen_socket(addr: SocketAddr) -> std::io::Result<socket2::Socket> {
-    let domain = if addr.is_ipv4() { socket2::Domain::IPV4 } else { socket2::Domain::IPV6 };
+    let domain = if addr.is_ipv4() {
+        socket2::Domain::IPV4
+    } else {
+        socket2::Domain::IPV6
+    };
     let s = socket2::Socket::new(domain, socket2::Type::STREAM, None)?;
     s.set_reuse_address(true)?;
     s.set_reuse_port(true)?;
@@ -120,11 +140,24 @@ fn listen_socket(addr: SocketAddr) -> std::io::Result<socket2::Socket> {
 /// The classic BPF steering program: `A = cpu; if A == cpus[i] return i;
 /// return past-the-end` (past the end means: kernel hash).
 fn steering_program(cpus: &[usize]) -> Vec<libc::sock_filter> {
-    let stmt = |code: u32, k: u32| libc::sock_filter { code: code as u16, jt: 0, jf: 0, k };
-    let mut p = vec![stmt(libc::BPF_LD | libc::BPF_W | libc::BPF_ABS, (libc::SKF_AD_OFF + libc::SKF_AD_CPU) as u32)];
+    let stmt = |code: u32, k: u32| libc::sock_filter {
+        code: code as u16,
+        jt: 0,
+        jf: 0,
+        k,
+    };
+    let mut p = vec![stmt(
+        libc::BPF_LD | libc::BPF_W | libc::BPF_ABS,
+        (libc::SKF_AD_OFF + libc::SKF_AD_CPU) as u32,
+    )];
     for (shard, cpu) in cpus.iter().enumerate() {
         // If equal, fall into the next instruction (return shard); else skip it.
-        p.push(libc::sock_filter { code: (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16, jt: 0, jf: 1, k: *cpu as u32 });
+        p.push(libc::sock_filter {
+            code: (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16,
+            jt: 0,
+            jf: 1,
+            k: *cpu as u32,
+        });
         p.push(stmt(libc::BPF_RET | libc::BPF_K, shard as u32));
     }
     p.push(stmt(libc::BPF_RET | libc::BPF_K, u32::MAX));
@@ -164,7 +197,11 @@ mod tests {
                 a = cpu;
                 pc += 1;
             } else if code == libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K {
-                pc += 1 + if a == i.k { i.jt as usize } else { i.jf as usize };
+                pc += 1 + if a == i.k {
+                    i.jt as usize
+                } else {
+                    i.jf as usize
+                };
             } else if code == libc::BPF_RET | libc::BPF_K {
                 return i.k;
             } else {
@@ -191,7 +228,11 @@ mod tests {
         let mine: Vec<_> = (0..3).map(|s| l.take(s)).collect();
         for (s, socks) in mine.iter().enumerate() {
             assert_eq!(socks.len(), 1, "shard {s}");
-            let local = socket2::SockRef::from(&socks[0].1).local_addr().unwrap().as_socket().unwrap();
+            let local = socket2::SockRef::from(&socks[0].1)
+                .local_addr()
+                .unwrap()
+                .as_socket()
+                .unwrap();
             assert_eq!(local, bound[0][0]);
         }
         assert!(l.take(0).is_empty(), "taken once");

@@ -40,13 +40,19 @@ use shard::Shared;
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
     #[error("data directory {path}: {source}")]
-    Data { path: String, source: std::io::Error },
+    Data {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("DKIM keys: {0}")]
     Dkim(String),
     #[error("accounts: {0}")]
     Accounts(#[from] crate::accounts::AccountError),
     #[error("cannot listen on {addr}: {source}")]
-    Bind { addr: SocketAddr, source: std::io::Error },
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     #[error("starting executors: {0}")]
     Executors(String),
     #[error("shard failed: {0}")]
@@ -62,7 +68,10 @@ const MESH_CHANNEL_SIZE: usize = 1024;
 pub fn serve(mut config: Config) -> Result<(), ServeError> {
     raise_fd_limit();
     let cores = config.effective_cores();
-    let data_err = |source| ServeError::Data { path: config.data_dir.display().to_string(), source };
+    let data_err = |source| ServeError::Data {
+        path: config.data_dir.display().to_string(),
+        source,
+    };
     let meta = Meta::start_run(&config.data_dir, limits::BUCKETS_DEFAULT).map_err(data_err)?;
     // glommio opens directories relative to nothing (a relative path fails
     // with EBADF): work with the absolute path from here on.
@@ -77,7 +86,10 @@ pub fn serve(mut config: Config) -> Result<(), ServeError> {
             tracing::info!(account = a, "created demo account");
         }
     }
-    let directory = Arc::new(ArcSwap::from_pointee(Directory::new(account_file.read()?, &config.aliases)));
+    let directory = Arc::new(ArcSwap::from_pointee(Directory::new(
+        account_file.read()?,
+        &config.aliases,
+    )));
     watch_accounts(account_file, config.aliases.clone(), directory.clone());
 
     // Every listening socket of every shard, bound here in shard order.
@@ -93,10 +105,13 @@ pub fn serve(mut config: Config) -> Result<(), ServeError> {
     // Certificates before sockets: a bad certificate fails the start
     // before any client can connect.
     let tls = Arc::new(crate::tls::Tls::load(&config).map_err(|e| ServeError::Tls(e.to_string()))?);
-    let (listeners, bound) = listen::Listeners::bind(&protos, cores).map_err(|(addr, source)| ServeError::Bind { addr, source })?;
-    let [smtp, pop3, imap, submission, submissions, imaps, pop3s]: [Vec<SocketAddr>; 7] = bound.try_into().expect("seven protocols");
+    let (listeners, bound) = listen::Listeners::bind(&protos, cores)
+        .map_err(|(addr, source)| ServeError::Bind { addr, source })?;
+    let [smtp, pop3, imap, submission, submissions, imaps, pop3s]: [Vec<SocketAddr>; 7] =
+        bound.try_into().expect("seven protocols");
     // The one DNS thread for every shard, and the control channels.
-    let client_tls = crate::tls::ClientTls::load(&config).map_err(|e| ServeError::Tls(e.to_string()))?;
+    let client_tls =
+        crate::tls::ClientTls::load(&config).map_err(|e| ServeError::Tls(e.to_string()))?;
     if client_tls.verified.is_none() {
         tracing::warn!(ca_file = %client_tls.ca_file.display(), "no trusted CA certificates: relay destinations with require-verified will defer");
     }
@@ -110,7 +125,9 @@ pub fn serve(mut config: Config) -> Result<(), ServeError> {
         config.limits.smtp_commands_per_address_per_minute,
     );
     let io_memory = config.storage.io_memory_kib * 1024;
-    let online = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let online = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
     let placement = if config.pin_cores && cores <= online {
         PoolPlacement::MaxSpread(cores, CpuSet::online().ok())
     } else {
@@ -119,12 +136,16 @@ pub fn serve(mut config: Config) -> Result<(), ServeError> {
     let config_handshake_timeout = config.tls_handshake_timeout();
     // Made now, off the shards, so that the first login for an unknown name
     // does not pay for making it (which would itself tell the name apart).
-    let _ = std::thread::Builder::new().name("ringmail-dummy-hash".into()).spawn(|| {
-        crate::accounts::dummy_hash();
-    });
+    let _ = std::thread::Builder::new()
+        .name("ringmail-dummy-hash".into())
+        .spawn(|| {
+            crate::accounts::dummy_hash();
+        });
     spool::tune_malloc(cores);
-    let spool_dir = spool::prepare_dir(&config.data_dir)
-        .map_err(|source| ServeError::Data { path: config.data_dir.join("spool").display().to_string(), source })?;
+    let spool_dir = spool::prepare_dir(&config.data_dir).map_err(|source| ServeError::Data {
+        path: config.data_dir.join("spool").display().to_string(),
+        source,
+    })?;
     let (session_ram_max, spool_max) = spool::resolve(&config.memory, &config.data_dir, cores);
     tracing::info!(session_ram_max, spool_max, "message data budgets per core");
     let dkim = crate::dkim::Keys::load(&config.data_dir).map_err(ServeError::Dkim)?;
@@ -157,8 +178,12 @@ pub fn serve(mut config: Config) -> Result<(), ServeError> {
     });
 
     let shared_sig = shared.clone();
-    let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT, signal_hook::consts::SIGHUP])
-        .map_err(|e| ServeError::Executors(format!("signal handler: {e}")))?;
+    let mut signals = signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGHUP,
+    ])
+    .map_err(|e| ServeError::Executors(format!("signal handler: {e}")))?;
     std::thread::Builder::new()
         .name("ringmail-signals".into())
         .spawn(move || {
@@ -176,9 +201,13 @@ pub fn serve(mut config: Config) -> Result<(), ServeError> {
 
     let mesh = MeshBuilder::full(cores, MESH_CHANNEL_SIZE);
     let shared_exec = shared.clone();
-    let mut builder = LocalExecutorPoolBuilder::new(placement).name("ringmail").io_memory(io_memory);
+    let mut builder = LocalExecutorPoolBuilder::new(placement)
+        .name("ringmail")
+        .io_memory(io_memory);
     if shared.config.storage.spin_before_park_us > 0 {
-        builder = builder.spin_before_park(Duration::from_micros(shared.config.storage.spin_before_park_us));
+        builder = builder.spin_before_park(Duration::from_micros(
+            shared.config.storage.spin_before_park_us,
+        ));
     }
     let handles = builder
         .on_all_shards(move || {
@@ -209,17 +238,29 @@ pub fn serve(mut config: Config) -> Result<(), ServeError> {
     }
     // CPU steering needs every shard pinned to its own CPU.
     let steer: Option<Vec<usize>> = cpus.into_iter().collect();
-    let steer = steer.filter(|c| shared.config.cpu_steering && c.iter().collect::<std::collections::HashSet<_>>().len() == c.len());
+    let steer = steer.filter(|c| {
+        shared.config.cpu_steering
+            && c.iter().collect::<std::collections::HashSet<_>>().len() == c.len()
+    });
     match shared.listeners.finish(steer.as_deref()) {
-        Ok(()) if steer.is_some() => tracing::info!(cpus = ?steer, "connections steered to the executor on their CPU"),
+        Ok(()) if steer.is_some() => {
+            tracing::info!(cpus = ?steer, "connections steered to the executor on their CPU")
+        }
         Ok(()) => {}
-        Err(e) => tracing::warn!(error = %e, "CPU steering unavailable; the kernel spreads connections by hash"),
+        Err(e) => {
+            tracing::warn!(error = %e, "CPU steering unavailable; the kernel spreads connections by hash")
+        }
     }
     if let Err(e) = control::start(&shared.config.data_dir, control_senders) {
         tracing::warn!(error = %e, "control socket unavailable: `ringmail queue` will not reach this server");
     }
     watch_certificates(shared.tls.clone());
-    let list = |v: &[SocketAddr]| v.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(",");
+    let list = |v: &[SocketAddr]| {
+        v.iter()
+            .map(|a| a.to_string())
+            .collect::<Vec<_>>()
+            .join(",")
+    };
     // Written with errors ignored: a supervisor that reads only the ready
     // line and closes the pipe must not bring the server down (println!
     // would panic on EPIPE).
@@ -240,8 +281,18 @@ pub fn serve(mut config: Config) -> Result<(), ServeError> {
     );
     // The certificate a client may pin, right after the ready line.
     for c in shared.tls.certificates() {
-        let kind = if c.generated { "self-signed, generated" } else { "configured" };
-        let _ = writeln!(stdout, "ringmail: tls certificate {} ({kind}) names={} sha256={}", c.cert_path.display(), c.names.join(","), c.fingerprint);
+        let kind = if c.generated {
+            "self-signed, generated"
+        } else {
+            "configured"
+        };
+        let _ = writeln!(
+            stdout,
+            "ringmail: tls certificate {} ({kind}) names={} sha256={}",
+            c.cert_path.display(),
+            c.names.join(","),
+            c.fingerprint
+        );
     }
     let _ = stdout.flush();
     drop(stdout);
@@ -263,7 +314,10 @@ pub fn serve(mut config: Config) -> Result<(), ServeError> {
 /// Every connection is a descriptor: raise the soft limit to the hard one
 /// (commonly 1024 vs 1M), as a server expecting thousands of clients must.
 fn raise_fd_limit() {
-    let mut l = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    let mut l = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
     // SAFETY: getrlimit/setrlimit with a valid pointer to a local struct.
     unsafe {
         if libc::getrlimit(libc::RLIMIT_NOFILE, &mut l) == 0 && l.rlim_cur < l.rlim_max {
@@ -281,7 +335,9 @@ fn reload_certificates(tls: &crate::tls::Tls, why: &str) {
                 tracing::info!(reason = why, cert = %c.cert_path.display(), sha256 = c.fingerprint, "TLS certificate loaded");
             }
         }
-        Err(e) => tracing::error!(reason = why, error = %e, "TLS certificates not reloaded; the previous ones stay in use"),
+        Err(e) => {
+            tracing::error!(reason = why, error = %e, "TLS certificates not reloaded; the previous ones stay in use")
+        }
     }
 }
 
@@ -290,35 +346,48 @@ fn reload_certificates(tls: &crate::tls::Tls, why: &str) {
 /// one failed attempt in between, which keeps the old pair).
 fn watch_certificates(tls: Arc<crate::tls::Tls>) {
     let files = tls.watched_files();
-    let stamp = move || files.iter().map(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok()).collect::<Vec<_>>();
+    let stamp = move || {
+        files
+            .iter()
+            .map(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok())
+            .collect::<Vec<_>>()
+    };
     let mut last = stamp();
-    let _ = std::thread::Builder::new().name("ringmail-certs".into()).spawn(move || loop {
-        std::thread::sleep(Duration::from_secs(1));
-        let now = stamp();
-        if now != last {
-            last = now;
-            reload_certificates(&tls, "file changed");
-        }
-    });
+    let _ = std::thread::Builder::new()
+        .name("ringmail-certs".into())
+        .spawn(move || loop {
+            std::thread::sleep(Duration::from_secs(1));
+            let now = stamp();
+            if now != last {
+                last = now;
+                reload_certificates(&tls, "file changed");
+            }
+        });
 }
 
 /// Reload the account file when it changes (checked twice a second) and
 /// publish a new directory snapshot; shards pick it up on their next lookup.
-fn watch_accounts(file: AccountFile, aliases: std::collections::BTreeMap<String, String>, directory: Arc<ArcSwap<Directory>>) {
+fn watch_accounts(
+    file: AccountFile,
+    aliases: std::collections::BTreeMap<String, String>,
+    directory: Arc<ArcSwap<Directory>>,
+) {
     let stamp = |p: &std::path::Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
     let mut last = stamp(file.path());
-    let _ = std::thread::Builder::new().name("ringmail-accounts".into()).spawn(move || loop {
-        std::thread::sleep(Duration::from_millis(500));
-        let now = stamp(file.path());
-        if now != last {
-            last = now;
-            match file.read() {
-                Ok(accounts) => {
-                    tracing::info!(accounts = accounts.len(), "account file reloaded");
-                    directory.store(Arc::new(Directory::new(accounts, &aliases)));
+    let _ = std::thread::Builder::new()
+        .name("ringmail-accounts".into())
+        .spawn(move || loop {
+            std::thread::sleep(Duration::from_millis(500));
+            let now = stamp(file.path());
+            if now != last {
+                last = now;
+                match file.read() {
+                    Ok(accounts) => {
+                        tracing::info!(accounts = accounts.len(), "account file reloaded");
+                        directory.store(Arc::new(Directory::new(accounts, &aliases)));
+                    }
+                    Err(e) => tracing::error!(error = %e, "account file not reloaded"),
                 }
-                Err(e) => tracing::error!(error = %e, "account file not reloaded"),
             }
-        }
-    });
+        });
 }

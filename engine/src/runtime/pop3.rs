@@ -10,12 +10,14 @@ use std::rc::Rc;
 use glommio::net::TcpStream;
 
 use crate::protocol::pop3::write_stuffed;
-use crate::session::pop3::{LoginResult, Maildrop, MaildropEntry, Pop3Event, Pop3Params, Pop3Session};
+use crate::session::pop3::{
+    LoginResult, Maildrop, MaildropEntry, Pop3Event, Pop3Params, Pop3Session,
+};
 use crate::storage::{index, Body};
 
-use crate::transport::{Conn, ReadOutcome};
 use super::limiter::{Permit, Refusal};
 use super::shard::{ConnCount, Login, Shard, ShardMsg};
+use crate::transport::{Conn, ReadOutcome};
 
 /// The frozen maildrop of a logged-in session, and its lock.
 struct Drop_ {
@@ -37,11 +39,23 @@ impl Drop for LockGuard {
 }
 
 /// Serve one POP3 connection; `implicit_tls`: TLS from the first byte (RFC 8314).
-pub async fn serve(shard: Rc<Shard>, stream: TcpStream, peer: SocketAddr, permit: Result<Permit, Refusal>, implicit_tls: bool) {
+pub async fn serve(
+    shard: Rc<Shard>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    permit: Result<Permit, Refusal>,
+    implicit_tls: bool,
+) {
     let count = ConnCount::new(&shard);
     let mut conn = Conn::new(stream, Vec::new());
-    let refusal: &'static [u8] = if implicit_tls { b"" } else { b"-ERR [SYS/TEMP] too many connections, try again later\r\n" };
-    let Some(permit) = conn.admit(permit, |_| refusal).await else { return };
+    let refusal: &'static [u8] = if implicit_tls {
+        b""
+    } else {
+        b"-ERR [SYS/TEMP] too many connections, try again later\r\n"
+    };
+    let Some(permit) = conn.admit(permit, |_| refusal).await else {
+        return;
+    };
     if implicit_tls && shard.accept_tls(&mut conn, peer, "pop3s").await.is_none() {
         return;
     }
@@ -61,22 +75,45 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, peer: SocketAddr, permit
 }
 
 /// Continue a session moved here after its login.
-pub async fn adopted(shard: Rc<Shard>, conn: Conn, mut session: Pop3Session, account: String, permit: Permit) {
+pub async fn adopted(
+    shard: Rc<Shard>,
+    conn: Conn,
+    mut session: Pop3Session,
+    account: String,
+    permit: Permit,
+) {
     let count = ConnCount::new(&shard);
     let mut out = Vec::with_capacity(512);
     let maildrop = open_maildrop(&shard, &account, &mut session, &mut out);
     run(shard, conn, session, maildrop, permit, out, count).await;
 }
 
-fn open_maildrop(shard: &Rc<Shard>, account: &str, session: &mut Pop3Session, out: &mut Vec<u8>) -> Option<Drop_> {
+fn open_maildrop(
+    shard: &Rc<Shard>,
+    account: &str,
+    session: &mut Pop3Session,
+    out: &mut Vec<u8>,
+) -> Option<Drop_> {
     debug_assert_eq!(shard.owner_of(account), shard.id);
     if !shard.pop3_locks.borrow_mut().insert(account.to_string()) {
         session.login_result(LoginResult::InUse, out);
         return None;
     }
-    let lock = LockGuard { shard: shard.clone(), account: account.to_string() };
+    let lock = LockGuard {
+        shard: shard.clone(),
+        account: account.to_string(),
+    };
     let snapshot = shard.store.with_account(account, |a| {
-        a.mailbox(index::INBOX).map(|inbox| (inbox.uidvalidity, inbox.messages.iter().map(|m| (m.uid, m.loc)).collect::<Vec<_>>()))
+        a.mailbox(index::INBOX).map(|inbox| {
+            (
+                inbox.uidvalidity,
+                inbox
+                    .messages
+                    .iter()
+                    .map(|m| (m.uid, m.loc))
+                    .collect::<Vec<_>>(),
+            )
+        })
     });
     // An account that never received mail has no index yet: an empty maildrop.
     let (uidvalidity, list) = snapshot.flatten().unwrap_or((0, Vec::new()));
@@ -89,12 +126,20 @@ fn open_maildrop(shard: &Rc<Shard>, account: &str, session: &mut Pop3Session, ou
             continue;
         };
         // RFC 1939 7: a unique-id is 1-70 printable characters, stable across sessions.
-        entries.push(MaildropEntry { size: u64::from(loc.len), uidl: format!("{uidvalidity}.{uid}") });
+        entries.push(MaildropEntry {
+            size: u64::from(loc.len),
+            uidl: format!("{uidvalidity}.{uid}"),
+        });
         uids.push(uid);
         bodies.push(body);
     }
     session.login_result(LoginResult::Ok(Maildrop { entries }), out);
-    Some(Drop_ { account: account.to_string(), uids, bodies, _lock: lock })
+    Some(Drop_ {
+        account: account.to_string(),
+        uids,
+        bodies,
+        _lock: lock,
+    })
 }
 
 async fn run(
@@ -118,7 +163,9 @@ async fn run(
                     return;
                 }
                 if shard.stopping() {
-                    let _ = conn.write_all(b"-ERR [SYS/TEMP] server shutting down\r\n").await;
+                    let _ = conn
+                        .write_all(b"-ERR [SYS/TEMP] server shutting down\r\n")
+                        .await;
                     return;
                 }
                 shard.set_idle(fd, true);
@@ -129,7 +176,9 @@ async fn run(
                     // RFC 1939 3: a session ended other than by QUIT never enters UPDATE.
                     ReadOutcome::Eof | ReadOutcome::Failed(_) => {
                         if shard.stopping() {
-                            let _ = conn.write_all(b"-ERR [SYS/TEMP] server shutting down\r\n").await;
+                            let _ = conn
+                                .write_all(b"-ERR [SYS/TEMP] server shutting down\r\n")
+                                .await;
                         }
                         return;
                     }
@@ -140,7 +189,10 @@ async fn run(
                 }
             }
             Pop3Event::Login { user, password } => {
-                let account = match shard.login(conn.peer().ip(), "pop3", &user, &password).await {
+                let account = match shard
+                    .login(conn.peer().ip(), "pop3", &user, &password)
+                    .await
+                {
                     Login::Ok(account) => account,
                     Login::Failed => {
                         session.login_result(LoginResult::BadCredentials, &mut out);
@@ -172,7 +224,12 @@ async fn run(
                     }
                 };
                 drop(count);
-                let msg = ShardMsg::AdoptPop3 { conn, session: Box::new(session), account, permit };
+                let msg = ShardMsg::AdoptPop3 {
+                    conn,
+                    session: Box::new(session),
+                    account,
+                    permit,
+                };
                 if shard.senders.send_to(owner, msg).await.is_err() {
                     tracing::error!(owner, "owner shard unavailable; connection dropped");
                 }
@@ -187,22 +244,36 @@ async fn run(
                 if conn.flush(&mut out).await.is_err() {
                     return;
                 }
-                if shard.tls_handshake(slot, &mut conn, peer, "pop3").await.is_none() {
+                if shard
+                    .tls_handshake(slot, &mut conn, peer, "pop3")
+                    .await
+                    .is_none()
+                {
                     return;
                 }
                 session.tls_started();
             }
             Pop3Event::SendMessage { index, body_lines } => {
-                let Some(drop_) = maildrop.as_ref() else { return };
-                let Some(body) = drop_.bodies.get(index) else { return };
-                if send_message(&mut conn, &mut out, body.bytes(), body_lines).await.is_err() {
+                let Some(drop_) = maildrop.as_ref() else {
+                    return;
+                };
+                let Some(body) = drop_.bodies.get(index) else {
+                    return;
+                };
+                if send_message(&mut conn, &mut out, body.bytes(), body_lines)
+                    .await
+                    .is_err()
+                {
                     return;
                 }
             }
             Pop3Event::Update { deleted } => {
                 let ok = match maildrop.as_ref() {
                     Some(d) if !deleted.is_empty() => {
-                        let uids: Vec<u32> = deleted.iter().filter_map(|i| d.uids.get(*i).copied()).collect();
+                        let uids: Vec<u32> = deleted
+                            .iter()
+                            .filter_map(|i| d.uids.get(*i).copied())
+                            .collect();
                         match shard.store.expunge(&d.account, index::INBOX, uids).await {
                             Ok(()) => true,
                             Err(e) => {
@@ -226,7 +297,12 @@ async fn run(
 /// Write `+OK` (already in `out`), then the byte-stuffed message straight from
 /// the segment mapping: slices of the message go to the socket as they are,
 /// only the few inserted bytes are copied. TCP_CORK packs it into full segments.
-async fn send_message(conn: &mut Conn, out: &mut Vec<u8>, message: &[u8], body_lines: Option<usize>) -> std::io::Result<()> {
+async fn send_message(
+    conn: &mut Conn,
+    out: &mut Vec<u8>,
+    message: &[u8],
+    body_lines: Option<usize>,
+) -> std::io::Result<()> {
     enum Piece {
         Message(Range<usize>),
         Inserted(Range<usize>),

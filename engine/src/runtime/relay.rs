@@ -55,7 +55,11 @@ pub struct RelayShared {
 impl RelayShared {
     /// Start the DNS thread (blocking, at start-up) and make one control
     /// channel per shard; returns the senders for the control thread.
-    pub fn start(config: &Config, cores: usize, tls: Arc<crate::tls::ClientTls>) -> (RelayShared, Vec<super::control::ControlSender>) {
+    pub fn start(
+        config: &Config,
+        cores: usize,
+        tls: Arc<crate::tls::ClientTls>,
+    ) -> (RelayShared, Vec<super::control::ControlSender>) {
         let dns = match DnsResolver::start(DnsConfig {
             nameservers: config.relay.nameservers.clone(),
             timeout: Duration::from_secs(config.relay.dns_timeout_secs.max(1)),
@@ -67,9 +71,18 @@ impl RelayShared {
                 None
             }
         };
-        let (senders, receivers): (Vec<_>, Vec<_>) =
-            (0..cores).map(|_| futures::channel::mpsc::unbounded()).map(|(tx, rx)| (tx, Some(rx))).unzip();
-        (RelayShared { dns, control: std::sync::Mutex::new(receivers), tls }, senders)
+        let (senders, receivers): (Vec<_>, Vec<_>) = (0..cores)
+            .map(|_| futures::channel::mpsc::unbounded())
+            .map(|(tx, rx)| (tx, Some(rx)))
+            .unzip();
+        (
+            RelayShared {
+                dns,
+                control: std::sync::Mutex::new(receivers),
+                tls,
+            },
+            senders,
+        )
     }
 }
 
@@ -134,9 +147,21 @@ pub async fn enqueue(
     let relay = &shard.relay;
     let rcpts: Vec<&str> = recipients.iter().map(String::as_str).collect();
     let flags = queue::flags(smtputf8, body_8bit);
-    let uid = queue::enqueue(&shard.store, &relay.account, body, unix_now(), flags, reverse_path, &rcpts).await?;
+    let uid = queue::enqueue(
+        &shard.store,
+        &relay.account,
+        body,
+        unix_now(),
+        flags,
+        reverse_path,
+        &rcpts,
+    )
+    .await?;
     relay.wake();
-    Ok(QueueId { queue: queue::queue_number(&relay.account).unwrap_or(0), uid })
+    Ok(QueueId {
+        queue: queue::queue_number(&relay.account).unwrap_or(0),
+        uid,
+    })
 }
 
 /// Start the worker and the control-request handler of this shard.
@@ -147,7 +172,13 @@ pub fn start(shard: &Rc<Shard>) {
     }
     *shard.relay.accounts.borrow_mut() = accounts;
     glommio::spawn_local(worker(shard.clone())).detach();
-    let rx = shard.shared.relay.control.lock().ok().and_then(|mut v| v.get_mut(shard.id).and_then(Option::take));
+    let rx = shard
+        .shared
+        .relay
+        .control
+        .lock()
+        .ok()
+        .and_then(|mut v| v.get_mut(shard.id).and_then(Option::take));
     if let Some(mut rx) = rx {
         let shard = shard.clone();
         glommio::spawn_local(async move {
@@ -207,7 +238,9 @@ async fn worker(shard: Rc<Shard>) {
         if relay.rung.get() {
             continue;
         }
-        let wait = next.map_or(IDLE_ROUND, |t| Duration::from_secs((t - now).clamp(0, IDLE_ROUND.as_secs() as i64) as u64));
+        let wait = next.map_or(IDLE_ROUND, |t| {
+            Duration::from_secs((t - now).clamp(0, IDLE_ROUND.as_secs() as i64) as u64)
+        });
         let (tx, rx) = oneshot::channel();
         *relay.doorbell.borrow_mut() = Some(tx);
         let stop = shard.on_stop();
@@ -236,9 +269,17 @@ fn collect(shard: &Shard, now: i64) -> (Vec<Due>, Option<i64>) {
                     if in_flight.contains(&key) {
                         continue;
                     }
-                    let flushed = flush.iter().any(|f| f.as_ref().is_none_or(|d| *d == queue::domain_of(&r.address)));
+                    let flushed = flush.iter().any(|f| {
+                        f.as_ref()
+                            .is_none_or(|d| *d == queue::domain_of(&r.address))
+                    });
                     if r.next_attempt <= now || flushed {
-                        due.push(Due { account: account.clone(), uid: q.uid, rcpt: i as u32, address: r.address.clone() });
+                        due.push(Due {
+                            account: account.clone(),
+                            uid: q.uid,
+                            rcpt: i as u32,
+                            address: r.address.clone(),
+                        });
                     } else {
                         next = Some(next.map_or(r.next_attempt, |n: i64| n.min(r.next_attempt)));
                     }
@@ -261,8 +302,14 @@ async fn dispatch(shard: &Rc<Shard>, due: Vec<Due>) -> bool {
     for d in due {
         let jobs = by_domain.entry(queue::domain_of(&d.address)).or_default();
         match jobs.last_mut() {
-            Some(j) if j.account == d.account && j.uid == d.uid => j.rcpts.push((d.rcpt, d.address)),
-            _ => jobs.push(Job { account: d.account, uid: d.uid, rcpts: vec![(d.rcpt, d.address)] }),
+            Some(j) if j.account == d.account && j.uid == d.uid => {
+                j.rcpts.push((d.rcpt, d.address))
+            }
+            _ => jobs.push(Job {
+                account: d.account,
+                uid: d.uid,
+                rcpts: vec![(d.rcpt, d.address)],
+            }),
         }
     }
     // Keep only what may start now; mark it in flight.
@@ -293,10 +340,16 @@ async fn dispatch(shard: &Rc<Shard>, due: Vec<Due>) -> bool {
     domains.dedup();
     let answers: HashMap<String, MxResult> = match &shard.shared.relay.dns {
         Some(dns) => dns.resolve_many(domains).await.into_iter().collect(),
-        None => domains.into_iter().map(|d| (d, MxResult::Temporary("no DNS resolver".into()))).collect(),
+        None => domains
+            .into_iter()
+            .map(|d| (d, MxResult::Temporary("no DNS resolver".into())))
+            .collect(),
     };
     for (domain, batch) in batches {
-        let mx = answers.get(&domain).cloned().unwrap_or_else(|| MxResult::Temporary("not resolved".into()));
+        let mx = answers
+            .get(&domain)
+            .cloned()
+            .unwrap_or_else(|| MxResult::Temporary("not resolved".into()));
         glommio::spawn_local(deliver_batch(shard.clone(), domain, mx, batch)).detach();
     }
     true
@@ -325,7 +378,11 @@ fn outcome(reply: Reply, remote_mta: Option<String>) -> Outcome {
         5 => Attempt::Permanent(text),
         _ => Attempt::Temporary(text),
     };
-    Outcome { attempt, reply, remote_mta }
+    Outcome {
+        attempt,
+        reply,
+        remote_mta,
+    }
 }
 
 async fn deliver_batch(shard: Rc<Shard>, domain: String, mx: MxResult, jobs: Vec<Job>) {
@@ -333,13 +390,25 @@ async fn deliver_batch(shard: Rc<Shard>, domain: String, mx: MxResult, jobs: Vec
     let mut results: Vec<Vec<Outcome>> = Vec::with_capacity(jobs.len());
     let everyone = |reply: Reply, results: &mut Vec<Vec<Outcome>>| {
         for j in &jobs {
-            results.push(j.rcpts.iter().map(|_| outcome(reply.clone(), None)).collect());
+            results.push(
+                j.rcpts
+                    .iter()
+                    .map(|_| outcome(reply.clone(), None))
+                    .collect(),
+            );
         }
     };
     match &mx {
-        MxResult::NullMx => everyone(Reply::local(556, "5.1.10 Recipient address has null MX"), &mut results),
-        MxResult::Permanent(why) => everyone(Reply::local(550, format!("5.1.2 {why}")), &mut results),
-        MxResult::Temporary(why) => everyone(Reply::local(451, format!("4.4.3 {why}")), &mut results),
+        MxResult::NullMx => everyone(
+            Reply::local(556, "5.1.10 Recipient address has null MX"),
+            &mut results,
+        ),
+        MxResult::Permanent(why) => {
+            everyone(Reply::local(550, format!("5.1.2 {why}")), &mut results)
+        }
+        MxResult::Temporary(why) => {
+            everyone(Reply::local(451, format!("4.4.3 {why}")), &mut results)
+        }
         MxResult::Ok(hosts) => {
             // Messages still in the queue (a `queue remove` may have taken some).
             let mut messages = Vec::new();
@@ -351,9 +420,13 @@ async fn deliver_batch(shard: Rc<Shard>, domain: String, mx: MxResult, jobs: Vec
                     let loc = inbox.messages.get(inbox.position(j.uid)?)?.loc;
                     Some((q.reverse_path.clone(), q.flags, loc))
                 });
-                match found.flatten().and_then(|(rp, flags, loc)| Some((rp, flags, shard.store.body(loc)?))) {
+                match found
+                    .flatten()
+                    .and_then(|(rp, flags, loc)| Some((rp, flags, shard.store.body(loc)?)))
+                {
                     Some((reverse_path, flags, body)) => {
-                        let is_8bit = flags & queue_flag::EIGHT_BIT != 0 || body.bytes().iter().any(|b| *b >= 0x80);
+                        let is_8bit = flags & queue_flag::EIGHT_BIT != 0
+                            || body.bytes().iter().any(|b| *b >= 0x80);
                         messages.push(OutboundMessage {
                             reverse_path,
                             recipients: j.rcpts.iter().map(|(_, a)| a.clone()).collect(),
@@ -396,8 +469,12 @@ async fn deliver_batch(shard: Rc<Shard>, domain: String, mx: MxResult, jobs: Vec
                     match result {
                         Ok(d) => {
                             match &d.tls {
-                                Some(t) => tracing::info!(domain, mx = host.name, %target, tls = t.version, cipher = t.cipher, verified = policy == RelayTls::RequireVerified, "relay session over TLS"),
-                                None => tracing::info!(domain, mx = host.name, %target, tls = "none", "relay session in plaintext"),
+                                Some(t) => {
+                                    tracing::info!(domain, mx = host.name, %target, tls = t.version, cipher = t.cipher, verified = policy == RelayTls::RequireVerified, "relay session over TLS")
+                                }
+                                None => {
+                                    tracing::info!(domain, mx = host.name, %target, tls = "none", "relay session in plaintext")
+                                }
                             }
                             sent = Some((d.outcomes, host.name.clone()));
                             break 'hosts;
@@ -429,12 +506,21 @@ async fn deliver_batch(shard: Rc<Shard>, domain: String, mx: MxResult, jobs: Vec
                                         RcptOutcome::Temporary { .. } => Attempt::Temporary(text),
                                         RcptOutcome::Permanent { .. } => Attempt::Permanent(text),
                                     };
-                                    Outcome { attempt, reply, remote_mta: mta.clone() }
+                                    Outcome {
+                                        attempt,
+                                        reply,
+                                        remote_mta: mta.clone(),
+                                    }
                                 })
                                 .collect(),
                         );
                     }
-                    None => results.push(j.rcpts.iter().map(|_| outcome(last_error.clone(), None)).collect()),
+                    None => results.push(
+                        j.rcpts
+                            .iter()
+                            .map(|_| outcome(last_error.clone(), None))
+                            .collect(),
+                    ),
                 }
             }
         }
@@ -462,7 +548,12 @@ async fn deliver_batch(shard: Rc<Shard>, domain: String, mx: MxResult, jobs: Vec
 /// which client configuration (verifying for `require-verified`), the name
 /// to send as SNI and to verify, and whether plaintext is allowed. `Err`
 /// when a verified session cannot even be attempted.
-fn session_tls(shard: &Shard, policy: RelayTls, host: &str, ip: std::net::IpAddr) -> Result<Option<client::SessionTls>, ConnectError> {
+fn session_tls(
+    shard: &Shard,
+    policy: RelayTls,
+    host: &str,
+    ip: std::net::IpAddr,
+) -> Result<Option<client::SessionTls>, ConnectError> {
     use rustls_pki_types::ServerName;
     let tls = &shard.shared.relay.tls;
     let name = ServerName::try_from(host.trim_end_matches('.').to_ascii_lowercase()).ok();
@@ -475,19 +566,32 @@ fn session_tls(shard: &Shard, policy: RelayTls, host: &str, ip: std::net::IpAddr
         },
         RelayTls::RequireVerified => {
             let Some(config) = tls.verified.clone() else {
-                return Err(ConnectError::Tls(format!("no trusted CA certificate loaded from {}", tls.ca_file.display())));
+                return Err(ConnectError::Tls(format!(
+                    "no trusted CA certificate loaded from {}",
+                    tls.ca_file.display()
+                )));
             };
             let Some(name) = name.filter(|n| matches!(n, ServerName::DnsName(_))) else {
-                return Err(ConnectError::Tls(format!("MX name {host:?} cannot be verified")));
+                return Err(ConnectError::Tls(format!(
+                    "MX name {host:?} cannot be verified"
+                )));
             };
-            client::SessionTls { config, name, required: true }
+            client::SessionTls {
+                config,
+                name,
+                required: true,
+            }
         }
     }))
 }
 
 /// Persist a task's outcomes: DSNs first, then the states, then expunge what
 /// is finished.
-async fn record(shard: &Shard, jobs: &[Job], results: Vec<Vec<Outcome>>) -> Result<(), StorageError> {
+async fn record(
+    shard: &Shard,
+    jobs: &[Job],
+    results: Vec<Vec<Outcome>>,
+) -> Result<(), StorageError> {
     let now = unix_now();
     let schedule = shard.relay.schedule;
     let mut updates: Vec<(String, u32, u32, Update)> = Vec::new();
@@ -495,12 +599,21 @@ async fn record(shard: &Shard, jobs: &[Job], results: Vec<Vec<Outcome>>) -> Resu
         if outcomes.is_empty() {
             continue;
         }
-        let Some(q) = shard.store.with_account(&j.account, |a| a.queued(j.uid).cloned()).flatten() else { continue };
+        let Some(q) = shard
+            .store
+            .with_account(&j.account, |a| a.queued(j.uid).cloned())
+            .flatten()
+        else {
+            continue;
+        };
         let mut failed = Vec::new();
         let mut delayed = Vec::new();
         for ((i, address), o) in j.rcpts.iter().zip(outcomes) {
-            let Some(r) = q.recipients.get(*i as usize) else { continue };
-            let mut u = queue::after_attempt(&schedule, r.state, r.attempts, q.arrival, now, o.attempt);
+            let Some(r) = q.recipients.get(*i as usize) else {
+                continue;
+            };
+            let mut u =
+                queue::after_attempt(&schedule, r.state, r.attempts, q.arrival, now, o.attempt);
             let dsn_rcpt = |action, will_retry_until| DsnRecipient {
                 final_recipient: address.clone(),
                 original_recipient: None,
@@ -513,7 +626,10 @@ async fn record(shard: &Shard, jobs: &[Job], results: Vec<Vec<Outcome>>) -> Resu
             if u.bounce {
                 failed.push(dsn_rcpt(DsnAction::Failed, None));
             } else if queue::wants_delay_warning(&schedule, u.state, q.arrival, now) {
-                delayed.push(dsn_rcpt(DsnAction::Delayed, Some(unix_time(q.arrival.saturating_add(schedule.give_up)))));
+                delayed.push(dsn_rcpt(
+                    DsnAction::Delayed,
+                    Some(unix_time(q.arrival.saturating_add(schedule.give_up))),
+                ));
                 u.state |= queue_state::WARNED;
             }
             updates.push((j.account.clone(), j.uid, *i, u));
@@ -567,7 +683,10 @@ async fn record(shard: &Shard, jobs: &[Job], results: Vec<Vec<Outcome>>) -> Resu
     for j in jobs {
         let done = shard
             .store
-            .with_account(&j.account, |a| a.queued(j.uid).is_some_and(|q| q.recipients.iter().all(|r| queue_state::is_final(r.state))))
+            .with_account(&j.account, |a| {
+                a.queued(j.uid)
+                    .is_some_and(|q| q.recipients.iter().all(|r| queue_state::is_final(r.state)))
+            })
             .unwrap_or(false);
         if done {
             finished.entry(&j.account).or_default().push(j.uid);
@@ -591,7 +710,14 @@ async fn send_dsn(shard: &Shard, sender: &str, dsn: Vec<u8>) -> Result<(), Stora
     if shard.config().is_local_domain(&domain) {
         match shard.directory().resolve(sender) {
             Lookup::Account(account) => {
-                let (r, _) = shard.deliver(&[account], b"Return-Path: <>\r\n".to_vec(), super::spool::MessageBody::Heap(dsn), unix_now()).await;
+                let (r, _) = shard
+                    .deliver(
+                        &[account],
+                        b"Return-Path: <>\r\n".to_vec(),
+                        super::spool::MessageBody::Heap(dsn),
+                        unix_now(),
+                    )
+                    .await;
                 r
             }
             Lookup::Unknown => {
@@ -600,7 +726,16 @@ async fn send_dsn(shard: &Shard, sender: &str, dsn: Vec<u8>) -> Result<(), Stora
             }
         }
     } else {
-        enqueue(shard, dsn::DSN_REVERSE_PATH, &[sender.to_string()], &dsn, smtputf8, smtputf8).await.map(|_| ())
+        enqueue(
+            shard,
+            dsn::DSN_REVERSE_PATH,
+            &[sender.to_string()],
+            &dsn,
+            smtputf8,
+            smtputf8,
+        )
+        .await
+        .map(|_| ())
     }
 }
 
@@ -618,16 +753,29 @@ async fn control(shard: Rc<Shard>, req: ControlRequest) {
                     let inbox = a.mailbox(INBOX);
                     for q in &a.queue {
                         let size = inbox
-                            .and_then(|m| m.position(q.uid).map(|p| u64::from(m.messages[p].loc.len)))
+                            .and_then(|m| {
+                                m.position(q.uid).map(|p| u64::from(m.messages[p].loc.len))
+                            })
                             .unwrap_or(0);
-                        queue::describe(QueueId { queue: n, uid: q.uid }, q, size, now, &mut out);
+                        queue::describe(
+                            QueueId {
+                                queue: n,
+                                uid: q.uid,
+                            },
+                            q,
+                            size,
+                            now,
+                            &mut out,
+                        );
                     }
                 });
             }
             out
         }
         Command::Flush(domain) => {
-            let domain = domain.as_ref().map(|d| d.trim_end_matches('.').to_ascii_lowercase());
+            let domain = domain
+                .as_ref()
+                .map(|d| d.trim_end_matches('.').to_ascii_lowercase());
             let mut n = 0usize;
             for account in relay.accounts.borrow().iter() {
                 shard.store.with_account(account, |a| {
@@ -636,7 +784,11 @@ async fn control(shard: Rc<Shard>, req: ControlRequest) {
                             .recipients
                             .iter()
                             .filter(|r| !queue_state::is_final(r.state))
-                            .filter(|r| domain.as_ref().is_none_or(|d| *d == queue::domain_of(&r.address)))
+                            .filter(|r| {
+                                domain
+                                    .as_ref()
+                                    .is_none_or(|d| *d == queue::domain_of(&r.address))
+                            })
                             .count();
                     }
                 });
@@ -655,8 +807,19 @@ async fn control(shard: Rc<Shard>, req: ControlRequest) {
         }
         Command::Unban(ip) => {
             let key = super::throttle::Key::addr(*ip);
-            if shard.throttle.borrow().bans(now.max(0) as u64).iter().any(|(k, _)| *k == key) {
-                shard.throttle.borrow_mut().apply(&key, super::throttle::Op::Clear, 0, &shard.config().auth_throttle.policy());
+            if shard
+                .throttle
+                .borrow()
+                .bans(now.max(0) as u64)
+                .iter()
+                .any(|(k, _)| *k == key)
+            {
+                shard.throttle.borrow_mut().apply(
+                    &key,
+                    super::throttle::Op::Clear,
+                    0,
+                    &shard.config().auth_throttle.policy(),
+                );
                 tracing::warn!(address = %key, "ban lifted by the operator");
                 format!("unbanned {key}")
             } else {
@@ -666,7 +829,10 @@ async fn control(shard: Rc<Shard>, req: ControlRequest) {
         Command::Remove(id) => {
             let account = id.account();
             let mine = relay.accounts.borrow().contains(&account)
-                && shard.store.with_account(&account, |a| a.queued(id.uid).is_some()).unwrap_or(false);
+                && shard
+                    .store
+                    .with_account(&account, |a| a.queued(id.uid).is_some())
+                    .unwrap_or(false);
             if mine {
                 match shard.store.expunge(&account, INBOX, vec![id.uid]).await {
                     Ok(()) => format!("removed {id}"),

@@ -22,12 +22,12 @@ use glommio::net::TcpListener;
 use crate::accounts::{self, Directory};
 use crate::config::Config;
 use crate::session::pop3::Pop3Session;
-use crate::storage::{self, Meta, SegmentUsage, Store, StoreConfig, StorageError};
+use crate::storage::{self, Meta, SegmentUsage, StorageError, Store, StoreConfig};
 
-use crate::transport::{Conn, Detached};
 use super::limiter::{Limiter, Permit};
 use super::spool::{Budget, MessageBody};
 use super::throttle;
+use crate::transport::{Conn, Detached};
 
 /// What every shard shares, read-only (the directory swaps atomically).
 pub struct Shared {
@@ -67,20 +67,43 @@ pub enum ShardMsg {
     Deliver(Vec<Delivery>),
     /// A POP3 connection whose user logged in and whose account this shard
     /// owns: continue the session here.
-    AdoptPop3 { conn: Detached, session: Box<Pop3Session>, account: String, permit: Permit },
+    AdoptPop3 {
+        conn: Detached,
+        session: Box<Pop3Session>,
+        account: String,
+        permit: Permit,
+    },
     /// An IMAP connection whose user logged in and whose account this shard
     /// owns: answer the login command (`tag`) and continue here.
-    AdoptImap { conn: Detached, account: String, tag: Vec<u8>, permit: Permit },
+    AdoptImap {
+        conn: Detached,
+        account: String,
+        tag: Vec<u8>,
+        permit: Permit,
+    },
     /// Compaction, step 1: report segment usage.
-    CompactStats { reply: oneshot::Sender<Vec<SegmentUsage>> },
+    CompactStats {
+        reply: oneshot::Sender<Vec<SegmentUsage>>,
+    },
     /// Compaction, step 2: move live bodies out of these segments and checkpoint.
-    Evacuate { victims: Vec<u64>, reply: oneshot::Sender<Result<(), StorageError>> },
+    Evacuate {
+        victims: Vec<u64>,
+        reply: oneshot::Sender<Result<(), StorageError>>,
+    },
     /// Sending rate: charge one message to `recipients` recipients to
     /// `account`, which this shard owns; answers whether it was within the
     /// hour's limits (nothing is charged otherwise).
-    SendQuota { account: String, recipients: u32, reply: oneshot::Sender<bool> },
+    SendQuota {
+        account: String,
+        recipients: u32,
+        reply: oneshot::Sender<bool>,
+    },
     /// Login throttling: apply `op` to `key`, which this shard owns.
-    Throttle { key: throttle::Key, op: throttle::Op, reply: oneshot::Sender<throttle::Status> },
+    Throttle {
+        key: throttle::Key,
+        op: throttle::Op,
+        reply: oneshot::Sender<throttle::Status>,
+    },
 }
 
 /// What a password check found.
@@ -184,7 +207,10 @@ impl Shard {
     }
 
     pub fn owner_of(&self, account: &str) -> usize {
-        storage::shard_of_bucket(storage::bucket_of(account, self.shared.meta.buckets), self.shared.cores)
+        storage::shard_of_bucket(
+            storage::bucket_of(account, self.shared.meta.buckets),
+            self.shared.cores,
+        )
     }
 
     pub fn directory(&self) -> arc_swap::Guard<Arc<Directory>> {
@@ -248,10 +274,18 @@ impl Shard {
     /// timeout). Unconsumed plaintext is dropped first (see
     /// [`Conn::start_tls`]). None: the handshake failed and the connection
     /// is to be closed; the reason is logged.
-    pub async fn tls_handshake(&self, _slot: HandshakeSlot<'_>, conn: &mut Conn, peer: SocketAddr, proto: &str) -> Option<crate::session::TlsInfo> {
+    pub async fn tls_handshake(
+        &self,
+        _slot: HandshakeSlot<'_>,
+        conn: &mut Conn,
+        peer: SocketAddr,
+        proto: &str,
+    ) -> Option<crate::session::TlsInfo> {
         match conn.start_tls(self.shared.tls.server_config()) {
             Ok(0) => {}
-            Ok(dropped) => tracing::warn!(%peer, proto, bytes = dropped, "discarded plaintext pipelined before the TLS handshake"),
+            Ok(dropped) => {
+                tracing::warn!(%peer, proto, bytes = dropped, "discarded plaintext pipelined before the TLS handshake")
+            }
             Err(e) => {
                 tracing::warn!(%peer, proto, error = %e, "TLS set-up failed");
                 return None;
@@ -274,7 +308,12 @@ impl Shard {
 
     /// Implicit TLS (RFC 8314): the handshake comes before the greeting. A
     /// full shard closes the connection at once.
-    pub async fn accept_tls(&self, conn: &mut Conn, peer: SocketAddr, proto: &str) -> Option<crate::session::TlsInfo> {
+    pub async fn accept_tls(
+        &self,
+        conn: &mut Conn,
+        peer: SocketAddr,
+        proto: &str,
+    ) -> Option<crate::session::TlsInfo> {
         let Some(slot) = self.handshake_slot() else {
             tracing::warn!(%peer, proto, "too many TLS handshakes in progress; connection closed");
             return None;
@@ -304,7 +343,9 @@ impl Shard {
     /// long as a wrong password for a real account.
     async fn verify(&self, user: &str, password: &str) -> Verify {
         let account = self.login_account(user);
-        let hash = account.as_deref().and_then(|a| self.directory().password_hash(a).map(str::to_string));
+        let hash = account
+            .as_deref()
+            .and_then(|a| self.directory().password_hash(a).map(str::to_string));
         let digest = {
             let mut h = self.auth_key.build_hasher();
             h.write(password.as_bytes());
@@ -321,7 +362,13 @@ impl Shard {
         let h2 = hash.clone();
         // The semaphore is never closed, so acquire cannot fail; were it to,
         // the check runs without a place rather than refusing the login.
-        if self.argon2_waiting.get() >= self.config().auth_throttle.password_checks_queued_max.max(1) {
+        if self.argon2_waiting.get()
+            >= self
+                .config()
+                .auth_throttle
+                .password_checks_queued_max
+                .max(1)
+        {
             return Verify::Busy;
         }
         self.argon2_waiting.set(self.argon2_waiting.get() + 1);
@@ -331,12 +378,15 @@ impl Shard {
         let ok = glommio::executor()
             .spawn_blocking(move || {
                 // glommio hangs the caller if a blocking closure panics: never let it.
-                std::panic::catch_unwind(|| accounts::verify_or_dummy(h2.as_deref(), &pw)).unwrap_or(false)
+                std::panic::catch_unwind(|| accounts::verify_or_dummy(h2.as_deref(), &pw))
+                    .unwrap_or(false)
             })
             .await;
         match (ok, account, hash) {
             (true, Some(account), Some(hash)) => {
-                self.auth_cache.borrow_mut().insert(account.clone(), (digest, hash));
+                self.auth_cache
+                    .borrow_mut()
+                    .insert(account.clone(), (digest, hash));
                 Verify::Ok(account)
             }
             _ => Verify::Wrong,
@@ -344,7 +394,13 @@ impl Shard {
     }
 
     /// Deliver one message to accounts on any shards; Ok once every copy is durable.
-    pub async fn deliver(&self, accounts: &[String], prefix: Vec<u8>, body: MessageBody, now: i64) -> (Result<(), StorageError>, Option<MessageBody>) {
+    pub async fn deliver(
+        &self,
+        accounts: &[String],
+        prefix: Vec<u8>,
+        body: MessageBody,
+        now: i64,
+    ) -> (Result<(), StorageError>, Option<MessageBody>) {
         let mut by_shard: Vec<Vec<String>> = vec![Vec::new(); self.shared.cores];
         for a in accounts {
             let s = self.owner_of(a);
@@ -362,7 +418,9 @@ impl Shard {
             if s == self.id {
                 let store = self.store.clone();
                 let (p, b) = (prefix.clone(), body.clone());
-                futs.push(Box::pin(async move { store.deliver(&accs, &p, &b, now).await.map(|_| ()) }));
+                futs.push(Box::pin(async move {
+                    store.deliver(&accs, &p, &b, now).await.map(|_| ())
+                }));
             } else {
                 // Batch per owner shard: every session of this executor turn
                 // that delivers to shard `s` joins one mesh message, so the
@@ -370,7 +428,13 @@ impl Shard {
                 // instead of one per message). The first to queue sends it,
                 // after yielding once so the others can join.
                 let (tx, rx) = oneshot::channel();
-                self.outbox.borrow_mut()[s].push(Delivery { accounts: accs, prefix: prefix.clone(), body: body.clone(), internal_date: now, reply: tx });
+                self.outbox.borrow_mut()[s].push(Delivery {
+                    accounts: accs,
+                    prefix: prefix.clone(),
+                    body: body.clone(),
+                    internal_date: now,
+                    reply: tx,
+                });
                 let flusher = !std::mem::replace(&mut self.flushing.borrow_mut()[s], true);
                 if flusher {
                     let mark = FlushMark { shard: self, to: s };
@@ -382,7 +446,8 @@ impl Shard {
                     let _ = self.senders.send_to(s, ShardMsg::Deliver(batch)).await;
                 }
                 futs.push(Box::pin(async move {
-                    rx.await.unwrap_or_else(|_| Err(StorageError::Io("owner shard unavailable".into())))
+                    rx.await
+                        .unwrap_or_else(|_| Err(StorageError::Io("owner shard unavailable".into())))
                 }));
             }
         }
@@ -398,17 +463,30 @@ impl Shard {
                 for d in batch {
                     let store = self.store.clone();
                     glommio::spawn_local(async move {
-                        let r = store.deliver(&d.accounts, &d.prefix, &d.body, d.internal_date).await.map(|_| ());
+                        let r = store
+                            .deliver(&d.accounts, &d.prefix, &d.body, d.internal_date)
+                            .await
+                            .map(|_| ());
                         let _ = d.reply.send(r);
                     })
                     .detach();
                 }
             }
-            ShardMsg::AdoptPop3 { conn, session, account, permit } => {
+            ShardMsg::AdoptPop3 {
+                conn,
+                session,
+                account,
+                permit,
+            } => {
                 let conn = adopt(conn);
                 super::pop3::adopted(self, conn, *session, account, permit).await;
             }
-            ShardMsg::AdoptImap { conn, account, tag, permit } => {
+            ShardMsg::AdoptImap {
+                conn,
+                account,
+                tag,
+                permit,
+            } => {
                 let conn = adopt(conn);
                 super::imap::adopted(self, conn, account, tag, permit).await;
             }
@@ -422,7 +500,11 @@ impl Shard {
             ShardMsg::Throttle { key, op, reply } => {
                 let _ = reply.send(self.throttle_local(&key, op));
             }
-            ShardMsg::SendQuota { account, recipients, reply } => {
+            ShardMsg::SendQuota {
+                account,
+                recipients,
+                reply,
+            } => {
                 let _ = reply.send(self.charge_sending_local(&account, recipients));
             }
         }
@@ -435,12 +517,16 @@ impl Shard {
         if sent.len() > 4 * self.directory().len().max(1024) {
             sent.retain(|_, e| e.0 == hour);
         }
-        let e = sent.entry(account.to_ascii_lowercase()).or_insert((hour, 0, 0));
+        let e = sent
+            .entry(account.to_ascii_lowercase())
+            .or_insert((hour, 0, 0));
         if e.0 != hour {
             *e = (hour, 0, 0);
         }
         let over = |limit: u32, n: u32| limit > 0 && n > limit;
-        if over(senders.messages_per_hour, e.1 + 1) || over(senders.recipients_per_hour, e.2.saturating_add(recipients)) {
+        if over(senders.messages_per_hour, e.1 + 1)
+            || over(senders.recipients_per_hour, e.2.saturating_add(recipients))
+        {
             return false;
         }
         e.1 += 1;
@@ -456,7 +542,11 @@ impl Shard {
             return self.charge_sending_local(account, recipients);
         }
         let (reply, rx) = oneshot::channel();
-        let msg = ShardMsg::SendQuota { account: account.to_string(), recipients, reply };
+        let msg = ShardMsg::SendQuota {
+            account: account.to_string(),
+            recipients,
+            reply,
+        };
         if self.senders.send_to(owner, msg).await.is_err() {
             return true;
         }
@@ -464,7 +554,9 @@ impl Shard {
     }
 
     fn throttle_local(&self, key: &throttle::Key, op: throttle::Op) -> throttle::Status {
-        self.throttle.borrow_mut().apply(key, op, unix_now().max(0) as u64, &self.throttle_policy)
+        self.throttle
+            .borrow_mut()
+            .apply(key, op, unix_now().max(0) as u64, &self.throttle_policy)
     }
 
     /// Apply `op` to `key` on the shard that owns it.
@@ -477,7 +569,12 @@ impl Shard {
             return self.throttle_local(&key, op);
         }
         let (reply, rx) = oneshot::channel();
-        if self.senders.send_to(owner, ShardMsg::Throttle { key, op, reply }).await.is_err() {
+        if self
+            .senders
+            .send_to(owner, ShardMsg::Throttle { key, op, reply })
+            .await
+            .is_err()
+        {
             return throttle::Status::default();
         }
         rx.await.unwrap_or_default()
@@ -488,9 +585,19 @@ impl Shard {
     /// refused before the password is checked; a failure is counted for
     /// the address and the account and answered after the failure delay;
     /// a success forgets the address's failures. Every decision is logged.
-    pub async fn login(&self, peer: std::net::IpAddr, proto: &'static str, user: &str, password: &str) -> Login {
+    pub async fn login(
+        &self,
+        peer: std::net::IpAddr,
+        proto: &'static str,
+        user: &str,
+        password: &str,
+    ) -> Login {
         let addr = throttle::Key::addr(peer);
-        let account = throttle::Key::account(&self.login_account(user).unwrap_or_else(|| user.trim().to_string()));
+        let account = throttle::Key::account(
+            &self
+                .login_account(user)
+                .unwrap_or_else(|| user.trim().to_string()),
+        );
         let seen = self.throttle_op(addr.clone(), throttle::Op::Peek).await;
         if let Some(until) = seen.banned_until {
             tracing::warn!(%peer, proto, user, until, "login refused: address banned after failed logins");
@@ -523,7 +630,9 @@ impl Shard {
                     Some(until) if a.failures == self.throttle_policy.ban_after => {
                         tracing::warn!(%peer, proto, user, failures = a.failures, until, "address banned after failed logins")
                     }
-                    _ => tracing::info!(%peer, proto, user, address_failures = a.failures, account_failures = c.failures, delay_ms = delay.as_millis() as u64, "login failed"),
+                    _ => {
+                        tracing::info!(%peer, proto, user, address_failures = a.failures, account_failures = c.failures, delay_ms = delay.as_millis() as u64, "login failed")
+                    }
                 }
                 glommio::timer::sleep(delay).await;
                 Login::Failed
@@ -538,12 +647,21 @@ impl Shard {
         let mut reports = vec![self.store.segment_usage()];
         for s in (0..self.shared.cores).filter(|s| *s != self.id) {
             let (tx, rx) = oneshot::channel();
-            if self.senders.send_to(s, ShardMsg::CompactStats { reply: tx }).await.is_err() {
+            if self
+                .senders
+                .send_to(s, ShardMsg::CompactStats { reply: tx })
+                .await
+                .is_err()
+            {
                 return Err(StorageError::Io("shard unavailable".into()));
             }
-            reports.push(rx.await.map_err(|_| StorageError::Io("shard dropped request".into()))?);
+            reports.push(
+                rx.await
+                    .map_err(|_| StorageError::Io("shard dropped request".into()))?,
+            );
         }
-        let victims = storage::compaction_victims(&reports, self.shared.config.storage.compact_live_percent);
+        let victims =
+            storage::compaction_victims(&reports, self.shared.config.storage.compact_live_percent);
         if victims.is_empty() {
             return Ok(0);
         }
@@ -551,17 +669,36 @@ impl Shard {
         self.store.evacuate(&set).await?;
         for s in (0..self.shared.cores).filter(|s| *s != self.id) {
             let (tx, rx) = oneshot::channel();
-            if self.senders.send_to(s, ShardMsg::Evacuate { victims: victims.clone(), reply: tx }).await.is_err() {
+            if self
+                .senders
+                .send_to(
+                    s,
+                    ShardMsg::Evacuate {
+                        victims: victims.clone(),
+                        reply: tx,
+                    },
+                )
+                .await
+                .is_err()
+            {
                 return Err(StorageError::Io("shard unavailable".into()));
             }
-            rx.await.map_err(|_| StorageError::Io("shard dropped request".into()))??;
+            rx.await
+                .map_err(|_| StorageError::Io("shard dropped request".into()))??;
         }
         let dir = self.shared.config.data_dir.join("segments");
         for v in &victims {
             let path = dir.join(storage::segment::file_name(*v));
-            glommio::io::remove(&path).await.map_err(|e| StorageError::Io(e.to_string()))?;
+            glommio::io::remove(&path)
+                .await
+                .map_err(|e| StorageError::Io(e.to_string()))?;
         }
-        glommio::io::Directory::open(&dir).await.map_err(|e| StorageError::Io(e.to_string()))?.sync().await.map_err(|e| StorageError::Io(e.to_string()))?;
+        glommio::io::Directory::open(&dir)
+            .await
+            .map_err(|e| StorageError::Io(e.to_string()))?
+            .sync()
+            .await
+            .map_err(|e| StorageError::Io(e.to_string()))?;
         tracing::info!(segments = victims.len(), "compacted");
         Ok(victims.len())
     }
@@ -602,7 +739,10 @@ pub async fn run(shared: Arc<Shared>, mesh: MeshBuilder<ShardMsg, Full>) -> Resu
         }
     })
     .detach();
-    let (senders, mut receivers) = mesh.join().await.map_err(|_| "joining the channel mesh failed".to_string())?;
+    let (senders, mut receivers) = mesh
+        .join()
+        .await
+        .map_err(|_| "joining the channel mesh failed".to_string())?;
     let id = senders.peer_id();
     let fail = |e: String| {
         let _ = shared.ready.send(Err(e.clone()));
@@ -621,7 +761,11 @@ pub async fn run(shared: Arc<Shared>, mesh: MeshBuilder<ShardMsg, Full>) -> Resu
     })
     .map_err(|e| fail(format!("shard {id}: opening storage: {e}")))?;
     glommio::spawn_local(store.clone().run_syncer()).detach();
-    tracing::info!(shard = id, accounts = store.account_count(), "storage recovered");
+    tracing::info!(
+        shard = id,
+        accounts = store.account_count(),
+        "storage recovered"
+    );
 
     let shard = Rc::new(Shard {
         id,
@@ -642,7 +786,12 @@ pub async fn run(shared: Arc<Shared>, mesh: MeshBuilder<ShardMsg, Full>) -> Resu
         outbox: RefCell::new((0..shared.cores).map(|_| Vec::new()).collect()),
         flushing: RefCell::new(vec![false; shared.cores]),
         handshakes: Cell::new(0),
-        budget: Rc::new(Budget::new(&shared.config.memory, shared.spool_dir.clone(), shared.session_ram_max, shared.spool_max)),
+        budget: Rc::new(Budget::new(
+            &shared.config.memory,
+            shared.spool_dir.clone(),
+            shared.session_ram_max,
+            shared.spool_max,
+        )),
         throttle: RefCell::default(),
         throttle_policy: shared.config.auth_throttle.policy(),
         argon2_waiting: Cell::new(0),
@@ -673,7 +822,11 @@ pub async fn run(shared: Arc<Shared>, mesh: MeshBuilder<ShardMsg, Full>) -> Resu
         use std::os::fd::IntoRawFd;
         // SAFETY: a listening TCP socket bound for this shard, handed over once.
         let listener = unsafe { TcpListener::from_raw_fd(fd.into_raw_fd()) };
-        accept_tasks.push(glommio::spawn_local(accept_loop(shard.clone(), listener, proto)));
+        accept_tasks.push(glommio::spawn_local(accept_loop(
+            shard.clone(),
+            listener,
+            proto,
+        )));
     }
     super::relay::start(&shard);
     let _ = shared.ready.send(Ok((id, super::listen::pinned_cpu())));
@@ -697,17 +850,24 @@ pub async fn run(shared: Arc<Shared>, mesh: MeshBuilder<ShardMsg, Full>) -> Resu
     while !shared.shutdown.load(Ordering::Acquire) {
         glommio::timer::sleep(Duration::from_millis(50)).await;
     }
-    tracing::info!(shard = id, connections = shard.connections.get(), "shutting down");
+    tracing::info!(
+        shard = id,
+        connections = shard.connections.get(),
+        "shutting down"
+    );
     shard.begin_stop();
     for t in accept_tasks {
         t.await;
     }
-    let deadline = std::time::Instant::now() + Duration::from_secs(shared.config.timeouts.shutdown_grace_secs);
+    let deadline =
+        std::time::Instant::now() + Duration::from_secs(shared.config.timeouts.shutdown_grace_secs);
     // Wait for every session of the process, not only ours: a session on
     // another shard may still deliver into this shard's store, and its mesh
     // messages are only handled while this executor runs. (Permits are held
     // by every admitted connection, wherever it lives now.)
-    while (shard.connections.get() > 0 || shared.limiter.total() > 0) && std::time::Instant::now() < deadline {
+    while (shard.connections.get() > 0 || shared.limiter.total() > 0)
+        && std::time::Instant::now() < deadline
+    {
         glommio::timer::sleep(Duration::from_millis(20)).await;
     }
     // Other shards may still be delivering to us; give their last mesh
@@ -757,20 +917,37 @@ async fn accept_loop(shard: Rc<Shard>, listener: TcpListener, proto: Proto) {
                     Ok(p) => p,
                     Err(_) => continue,
                 };
-                let permit = shard.shared.limiter.admit(peer.ip(), shard.config().rate_exempt(peer.ip()));
+                let permit = shard
+                    .shared
+                    .limiter
+                    .admit(peer.ip(), shard.config().rate_exempt(peer.ip()));
                 if let Err(super::limiter::Refusal::AddressRate) = &permit {
                     tracing::info!(%peer, "connection refused: too many new connections from this address this minute");
                 }
                 let shard2 = shard.clone();
                 glommio::spawn_local(async move {
                     match proto {
-                        Proto::Smtp => super::smtp::serve(shard2, stream, peer, permit, false, false).await,
-                        Proto::Submission => super::smtp::serve(shard2, stream, peer, permit, true, false).await,
-                        Proto::Submissions => super::smtp::serve(shard2, stream, peer, permit, true, true).await,
-                        Proto::Pop3 => super::pop3::serve(shard2, stream, peer, permit, false).await,
-                        Proto::Pop3s => super::pop3::serve(shard2, stream, peer, permit, true).await,
-                        Proto::Imap => super::imap::serve(shard2, stream, peer, permit, false).await,
-                        Proto::Imaps => super::imap::serve(shard2, stream, peer, permit, true).await,
+                        Proto::Smtp => {
+                            super::smtp::serve(shard2, stream, peer, permit, false, false).await
+                        }
+                        Proto::Submission => {
+                            super::smtp::serve(shard2, stream, peer, permit, true, false).await
+                        }
+                        Proto::Submissions => {
+                            super::smtp::serve(shard2, stream, peer, permit, true, true).await
+                        }
+                        Proto::Pop3 => {
+                            super::pop3::serve(shard2, stream, peer, permit, false).await
+                        }
+                        Proto::Pop3s => {
+                            super::pop3::serve(shard2, stream, peer, permit, true).await
+                        }
+                        Proto::Imap => {
+                            super::imap::serve(shard2, stream, peer, permit, false).await
+                        }
+                        Proto::Imaps => {
+                            super::imap::serve(shard2, stream, peer, permit, true).await
+                        }
                     }
                 })
                 .detach();

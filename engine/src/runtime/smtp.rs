@@ -7,12 +7,15 @@ use std::rc::Rc;
 use glommio::net::TcpStream;
 
 use crate::accounts::Lookup;
-use crate::session::smtp::{AuthResult, DeliveryOutcome, RcptVerdict, SmtpContext, SmtpEvent, SmtpParams, SmtpSession, StartTlsResult};
+use crate::session::smtp::{
+    AuthResult, DeliveryOutcome, RcptVerdict, SmtpContext, SmtpEvent, SmtpParams, SmtpSession,
+    StartTlsResult,
+};
 
-use crate::transport::{Conn, ReadOutcome};
 use super::limiter::{Permit, Refusal};
 use super::shard::{unix_now, ConnCount, Login, Shard};
 use super::spool::{MessageBody, Spooler, Track};
+use crate::transport::{Conn, ReadOutcome};
 
 struct Ctx<'a> {
     shard: &'a Shard,
@@ -34,7 +37,9 @@ impl SmtpContext for Ctx<'_> {
         } else {
             address
         };
-        let Some((_, domain)) = address.rsplit_once('@') else { return RcptVerdict::UnknownUser };
+        let Some((_, domain)) = address.rsplit_once('@') else {
+            return RcptVerdict::UnknownUser;
+        };
         let domain = domain.trim_end_matches('.');
         if !config.is_local_domain(domain) {
             return RcptVerdict::NotLocal;
@@ -51,7 +56,12 @@ impl SmtpContext for Ctx<'_> {
 
     fn may_send_as(&self, account: &str, address: &str) -> bool {
         let senders = &self.shard.config().senders;
-        if !senders.check_ownership || senders.send_as_anyone.iter().any(|a| a.eq_ignore_ascii_case(account)) {
+        if !senders.check_ownership
+            || senders
+                .send_as_anyone
+                .iter()
+                .any(|a| a.eq_ignore_ascii_case(account))
+        {
             return true;
         }
         matches!(self.recipient(address), RcptVerdict::Local { account: owner } if owner.eq_ignore_ascii_case(account))
@@ -64,26 +74,39 @@ fn signing_domain(message: &[u8], reverse_path: &str) -> Option<String> {
     use crate::mime::address::{parse_address_list, Address};
     let (header, _) = crate::mime::header::split(message);
     let from = crate::mime::header::field_value(header, b"From").and_then(|v| {
-        parse_address_list(&crate::mime::header::unfold(v)).into_iter().find_map(|a| match a {
-            Address::Mailbox { host, .. } if !host.is_empty() => Some(String::from_utf8_lossy(&host).into_owned()),
-            _ => None,
-        })
+        parse_address_list(&crate::mime::header::unfold(v))
+            .into_iter()
+            .find_map(|a| match a {
+                Address::Mailbox { host, .. } if !host.is_empty() => {
+                    Some(String::from_utf8_lossy(&host).into_owned())
+                }
+                _ => None,
+            })
     });
-    from.or_else(|| reverse_path.rsplit_once('@').map(|(_, d)| d.to_string())).map(|d| d.to_ascii_lowercase())
+    from.or_else(|| reverse_path.rsplit_once('@').map(|(_, d)| d.to_string()))
+        .map(|d| d.to_ascii_lowercase())
 }
 
 /// DKIM-sign `body` with the keys of its domain, on a blocking thread (a
 /// large message's hash must not hold up the shard). Returns the body and,
 /// when signed, the signatures followed by a copy of the body.
-async fn dkim_sign(shard: &Shard, body: MessageBody, reverse_path: &str) -> (MessageBody, Option<Vec<u8>>) {
-    let Some(domain) = signing_domain(&body, reverse_path) else { return (body, None) };
+async fn dkim_sign(
+    shard: &Shard,
+    body: MessageBody,
+    reverse_path: &str,
+) -> (MessageBody, Option<Vec<u8>>) {
+    let Some(domain) = signing_domain(&body, reverse_path) else {
+        return (body, None);
+    };
     let keys = shard.shared.dkim.clone();
     if keys.for_domain(&domain).is_empty() {
         return (body, None);
     }
     let (body, signed) = glommio::executor()
         .spawn_blocking(move || {
-            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| keys.sign(&domain, &body)));
+            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                keys.sign(&domain, &body)
+            }));
             let signed = match r {
                 Ok(Ok(headers)) => {
                     let mut v = Vec::with_capacity(headers.len() + body.len());
@@ -109,19 +132,32 @@ fn from_header_allowed(ctx: &Ctx<'_>, account: &str, message: &[u8]) -> bool {
     use crate::mime::address::{parse_address_list, Address};
     let (header, _) = crate::mime::header::split(message);
     crate::mime::header::field_values(header, b"From").all(|value| {
-        parse_address_list(&crate::mime::header::unfold(value)).iter().all(|a| match a {
-            Address::Mailbox { mailbox, host, .. } => {
-                let address = format!("{}@{}", String::from_utf8_lossy(mailbox), String::from_utf8_lossy(host));
-                ctx.may_send_as(account, &address)
-            }
-            Address::GroupStart(_) | Address::GroupEnd => true,
-        })
+        parse_address_list(&crate::mime::header::unfold(value))
+            .iter()
+            .all(|a| match a {
+                Address::Mailbox { mailbox, host, .. } => {
+                    let address = format!(
+                        "{}@{}",
+                        String::from_utf8_lossy(mailbox),
+                        String::from_utf8_lossy(host)
+                    );
+                    ctx.may_send_as(account, &address)
+                }
+                Address::GroupStart(_) | Address::GroupEnd => true,
+            })
     })
 }
 
 /// Serve one SMTP connection; `submission`: a submission listener (AUTH
 /// before MAIL); `implicit_tls`: TLS from the first byte (RFC 8314).
-pub async fn serve(shard: Rc<Shard>, stream: TcpStream, peer: SocketAddr, permit: Result<Permit, Refusal>, submission: bool, implicit_tls: bool) {
+pub async fn serve(
+    shard: Rc<Shard>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    permit: Result<Permit, Refusal>,
+    submission: bool,
+    implicit_tls: bool,
+) {
     let _count = ConnCount::new(&shard);
     let mut conn = Conn::new(stream, Vec::new());
     let refusal = |r| -> &'static [u8] {
@@ -130,11 +166,15 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, peer: SocketAddr, permit
             _ if implicit_tls => b"",
             Refusal::ServerFull => b"421 4.7.0 Too many connections, try again later\r\n",
             Refusal::AddressFull => b"421 4.7.0 Too many connections from your address\r\n",
-            Refusal::AddressRate => b"421 4.7.0 Too many connections from your address this minute, try again later\r\n",
+            Refusal::AddressRate => {
+                b"421 4.7.0 Too many connections from your address this minute, try again later\r\n"
+            }
         }
     };
     // Connection limits apply before any handshake work.
-    let Some(_permit) = conn.admit(permit, refusal).await else { return };
+    let Some(_permit) = conn.admit(permit, refusal).await else {
+        return;
+    };
     let mut tls = None;
     if implicit_tls {
         tls = shard.accept_tls(&mut conn, peer, "submissions").await;
@@ -143,7 +183,11 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, peer: SocketAddr, permit
         }
     }
     let config = shard.config();
-    let relay_client = config.relay.relay_networks.iter().any(|n| n.contains(peer.ip()));
+    let relay_client = config
+        .relay
+        .relay_networks
+        .iter()
+        .any(|n| n.contains(peer.ip()));
     let mut session = SmtpSession::new(SmtpParams {
         hostname: config.hostname.clone(),
         peer,
@@ -172,7 +216,9 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, peer: SocketAddr, permit
     }
     let fd = conn.fd();
     // Unauthenticated senders on port 25 share a spool budget per address.
-    let charge_to = |s: &SmtpSession| (s.authenticated().is_none() && !relay_client).then(|| peer.ip().to_canonical());
+    let charge_to = |s: &SmtpSession| {
+        (s.authenticated().is_none() && !relay_client).then(|| peer.ip().to_canonical())
+    };
     let mut spooler = Spooler::new(shard.budget.clone(), charge_to(&session));
     // Which message the spooler holds bytes of (`SmtpSession::message_serial`).
     let mut spooled_serial = None;
@@ -186,9 +232,15 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, peer: SocketAddr, permit
         if !command_rate_exempt && seen - commands_charged >= COMMAND_BATCH {
             let n = (seen - commands_charged).min(u64::from(u32::MAX)) as u32;
             commands_charged = seen;
-            if !shard.shared.limiter.command_rate.charge(peer.ip(), n, super::limiter::minute_now()) {
+            if !shard
+                .shared
+                .limiter
+                .command_rate
+                .charge(peer.ip(), n, super::limiter::minute_now())
+            {
                 tracing::info!(%peer, "session closed: too many SMTP commands from this address this minute");
-                crate::protocol::smtp::replies::COMMAND_RATE.write_with_host(&mut out, &config.hostname);
+                crate::protocol::smtp::replies::COMMAND_RATE
+                    .write_with_host(&mut out, &config.hostname);
                 let _ = conn.flush(&mut out).await;
                 return;
             }
@@ -227,7 +279,11 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, peer: SocketAddr, permit
                     let _ = conn.write_all(b"421 4.3.2 Service shutting down\r\n").await;
                     return;
                 }
-                let timeout = if session.in_data() { config.smtp_data_timeout() } else { config.smtp_command_timeout() };
+                let timeout = if session.in_data() {
+                    config.smtp_data_timeout()
+                } else {
+                    config.smtp_command_timeout()
+                };
                 shard.set_idle(fd, idle);
                 let r = conn.fill(timeout).await;
                 shard.set_idle(fd, false);
@@ -303,14 +359,26 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, peer: SocketAddr, permit
                 }
                 if !tx.relay.is_empty() {
                     let queued: &[u8] = signed.as_deref().unwrap_or(&body);
-                    match super::relay::enqueue(&shard, &tx.reverse_path, &tx.relay, queued, tx.smtputf8, tx.body_8bit).await {
-                        Ok(id) => tracing::debug!(%id, recipients = tx.relay.len(), "queued for relay"),
+                    match super::relay::enqueue(
+                        &shard,
+                        &tx.reverse_path,
+                        &tx.relay,
+                        queued,
+                        tx.smtputf8,
+                        tx.body_8bit,
+                    )
+                    .await
+                    {
+                        Ok(id) => {
+                            tracing::debug!(%id, recipients = tx.relay.len(), "queued for relay")
+                        }
                         Err(e) => result = Err(e),
                     }
                 }
                 let left;
                 if result.is_ok() && !tx.recipients.is_empty() {
-                    let accounts: Vec<String> = tx.recipients.iter().map(|r| r.account.clone()).collect();
+                    let accounts: Vec<String> =
+                        tx.recipients.iter().map(|r| r.account.clone()).collect();
                     let mut prefix = Vec::with_capacity(tx.reverse_path.len() + 20);
                     // RFC 5321 4.4: the final delivery server adds Return-Path.
                     prefix.extend_from_slice(b"Return-Path: <");

@@ -285,7 +285,11 @@ pub fn is_over_budget(e: &std::io::Error) -> bool {
 /// Whether a spool error means the disk is full (ENOSPC, or the short
 /// write a full disk gives).
 pub fn is_disk_full(e: &std::io::Error) -> bool {
-    e.raw_os_error() == Some(libc::ENOSPC) || matches!(e.kind(), std::io::ErrorKind::StorageFull | std::io::ErrorKind::WriteZero)
+    e.raw_os_error() == Some(libc::ENOSPC)
+        || matches!(
+            e.kind(),
+            std::io::ErrorKind::StorageFull | std::io::ErrorKind::WriteZero
+        )
 }
 
 /// What became of the bytes of a message in flight.
@@ -312,7 +316,13 @@ pub struct Spooler {
 
 impl Spooler {
     pub fn new(budget: Rc<Budget>, address: Option<IpAddr>) -> Spooler {
-        Spooler { budget, address, file: None, len: 0, ram: 0 }
+        Spooler {
+            budget,
+            address,
+            file: None,
+            len: 0,
+            ram: 0,
+        }
     }
 
     /// Charge per address from now on (`Some`) or not (the client
@@ -349,7 +359,11 @@ impl Spooler {
         let data = std::mem::take(buf);
         self.budget.release_ram(self.ram);
         self.ram = 0;
-        Ok(if self.spill(data).await? { Track::Held } else { Track::Refused })
+        Ok(if self.spill(data).await? {
+            Track::Held
+        } else {
+            Track::Refused
+        })
     }
 
     /// Append `data` to the spool file, created on first use. `Ok(false)`:
@@ -381,11 +395,17 @@ impl Spooler {
     async fn write(&mut self, data: Vec<u8>) -> std::io::Result<()> {
         let file = self.file.as_ref().expect("spool file");
         let total = data.len();
-        let w = file.write_at(data, self.len).await.map_err(std::io::Error::from)?;
+        let w = file
+            .write_at(data, self.len)
+            .await
+            .map_err(std::io::Error::from)?;
         if w != total {
             // A buffered write to a regular file is short only when the
             // disk is full: treat it as the failure it is.
-            return Err(std::io::Error::new(std::io::ErrorKind::WriteZero, "short spool write"));
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::WriteZero,
+                "short spool write",
+            ));
         }
         Ok(())
     }
@@ -447,11 +467,19 @@ mod tests {
     use super::*;
 
     fn memory(threshold: usize, per_address: u64) -> Memory {
-        Memory { spool_threshold: threshold, spool_per_address_max: per_address, ..Memory::default() }
+        Memory {
+            spool_threshold: threshold,
+            spool_per_address_max: per_address,
+            ..Memory::default()
+        }
     }
 
     fn run<F: std::future::Future<Output = ()> + 'static>(f: impl FnOnce() -> F + Send + 'static) {
-        glommio::LocalExecutorBuilder::default().spawn(move || async move { f().await }).unwrap().join().unwrap();
+        glommio::LocalExecutorBuilder::default()
+            .spawn(move || async move { f().await })
+            .unwrap()
+            .join()
+            .unwrap();
     }
 
     #[test]
@@ -470,7 +498,10 @@ mod tests {
         assert!(!b.spool_room(1));
         assert!(!b.take_spool(1, None), "over the shard's budget");
         b.release_spool(100, Some(a));
-        assert!(b.per_address.borrow().get(&a).is_none(), "an address at zero is forgotten");
+        assert!(
+            b.per_address.borrow().get(&a).is_none(),
+            "an address at zero is forgotten"
+        );
         assert!(b.take_spool(50, Some(a)));
         assert_eq!(b.spool_used(), 250);
         // Releasing more than was taken never wraps.
@@ -483,10 +514,22 @@ mod tests {
         let b = Budget::new(&memory(16, 100), PathBuf::from("/nonexistent"), 64, 300);
         b.freed(10);
         b.tick();
-        assert_eq!(b.freed.get(), 10, "memory was freed since the last tick: wait");
+        assert_eq!(
+            b.freed.get(),
+            10,
+            "memory was freed since the last tick: wait"
+        );
         b.tick();
         assert_eq!(b.freed.get(), 0, "nothing freed since: trimmed");
-        let off = Budget::new(&Memory { trim_after_bytes: 0, ..memory(16, 100) }, PathBuf::from("/nonexistent"), 64, 300);
+        let off = Budget::new(
+            &Memory {
+                trim_after_bytes: 0,
+                ..memory(16, 100)
+            },
+            PathBuf::from("/nonexistent"),
+            64,
+            300,
+        );
         off.freed(10);
         off.tick();
         off.tick();
@@ -501,7 +544,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().to_path_buf();
         run(move || async move {
-            let budget = Rc::new(Budget::new(&memory(1024, 1 << 20), path.clone(), 1 << 20, 1 << 20));
+            let budget = Rc::new(Budget::new(
+                &memory(1024, 1 << 20),
+                path.clone(),
+                1 << 20,
+                1 << 20,
+            ));
             let mut s = Spooler::new(budget.clone(), None);
             let mut buf = b"small".to_vec();
             assert_eq!(s.track(&mut buf).await.unwrap(), Track::Held);
@@ -518,11 +566,18 @@ mod tests {
                 assert_eq!(s.track(&mut buf).await.unwrap(), Track::Held);
             }
             assert!(budget.spool_used() > 0, "the spooled part is charged");
-            assert!(std::fs::read_dir(&path).unwrap().next().is_none(), "spool files have no name");
+            assert!(
+                std::fs::read_dir(&path).unwrap().next().is_none(),
+                "spool files have no name"
+            );
             let body = s.finish(buf).await.unwrap();
             assert!(matches!(body, MessageBody::Mapped(_)));
             assert_eq!(&*body, &want[..]);
-            assert_eq!(budget.spool_used(), 0, "released once the message is complete");
+            assert_eq!(
+                budget.spool_used(),
+                0,
+                "released once the message is complete"
+            );
         });
     }
 

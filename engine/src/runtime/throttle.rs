@@ -44,7 +44,9 @@ impl Key {
         match ip.to_canonical() {
             IpAddr::V6(v6) => {
                 let s = v6.segments();
-                Key::Addr(IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0)))
+                Key::Addr(IpAddr::V6(std::net::Ipv6Addr::new(
+                    s[0], s[1], s[2], s[3], 0, 0, 0, 0,
+                )))
             }
             v4 => Key::Addr(v4),
         }
@@ -145,42 +147,67 @@ impl Table {
     }
 
     fn status(&mut self, key: &Key, now: u64, policy: &Policy) -> Status {
-        let Some(e) = self.entries.get(key) else { return Status::default() };
+        let Some(e) = self.entries.get(key) else {
+            return Status::default();
+        };
         let banned = (e.banned_until > now).then_some(e.banned_until);
         if banned.is_none() && now.saturating_sub(e.since) >= policy.window.as_secs() {
             self.entries.remove(key);
             return Status::default();
         }
-        Status { failures: e.failures, banned_until: banned }
+        Status {
+            failures: e.failures,
+            banned_until: banned,
+        }
     }
 
     fn fail(&mut self, key: &Key, now: u64, policy: &Policy) -> Status {
         let current = self.status(key, now, policy);
-        if current.failures == 0 && !self.entries.contains_key(key) && self.entries.len() >= TABLE_MAX {
+        if current.failures == 0
+            && !self.entries.contains_key(key)
+            && self.entries.len() >= TABLE_MAX
+        {
             self.evict();
         }
-        let e = self.entries.entry(key.clone()).or_insert(Entry { failures: 0, since: now, last: now, banned_until: 0 });
+        let e = self.entries.entry(key.clone()).or_insert(Entry {
+            failures: 0,
+            since: now,
+            last: now,
+            banned_until: 0,
+        });
         e.failures = e.failures.saturating_add(1);
         e.last = now;
         if matches!(key, Key::Addr(_)) && e.failures >= policy.ban_after && e.banned_until <= now {
             e.banned_until = now + policy.ban.as_secs();
         }
-        Status { failures: e.failures, banned_until: (e.banned_until > now).then_some(e.banned_until) }
+        Status {
+            failures: e.failures,
+            banned_until: (e.banned_until > now).then_some(e.banned_until),
+        }
     }
 
     /// Drop the tenth of the keys that failed longest ago (none banned
     /// unless everything is).
     fn evict(&mut self) {
-        let mut lasts: Vec<(bool, u64)> = self.entries.values().map(|e| (e.banned_until > 0, e.last)).collect();
+        let mut lasts: Vec<(bool, u64)> = self
+            .entries
+            .values()
+            .map(|e| (e.banned_until > 0, e.last))
+            .collect();
         lasts.sort_unstable();
         let cut = lasts[lasts.len() / 10];
-        self.entries.retain(|_, e| (e.banned_until > 0, e.last) > cut);
+        self.entries
+            .retain(|_, e| (e.banned_until > 0, e.last) > cut);
     }
 
     /// Addresses banned now, with the unix time each ban ends.
     pub fn bans(&self, now: u64) -> Vec<(Key, u64)> {
-        let mut v: Vec<(Key, u64)> =
-            self.entries.iter().filter(|(_, e)| e.banned_until > now).map(|(k, e)| (k.clone(), e.banned_until)).collect();
+        let mut v: Vec<(Key, u64)> = self
+            .entries
+            .iter()
+            .filter(|(_, e)| e.banned_until > now)
+            .map(|(k, e)| (k.clone(), e.banned_until))
+            .collect();
         v.sort();
         v
     }
@@ -225,13 +252,25 @@ mod tests {
         let p = policy();
         let mut t = Table::default();
         let a = Key::addr("192.0.2.1".parse().unwrap());
-        assert_eq!(t.apply(&a, Op::Fail, 100, &p), Status { failures: 1, banned_until: None });
+        assert_eq!(
+            t.apply(&a, Op::Fail, 100, &p),
+            Status {
+                failures: 1,
+                banned_until: None
+            }
+        );
         t.apply(&a, Op::Fail, 101, &p);
         assert_eq!(t.apply(&a, Op::Fail, 102, &p).banned_until, Some(702));
         assert_eq!(t.apply(&a, Op::Peek, 500, &p).banned_until, Some(702));
         assert_eq!(t.bans(500), vec![(a.clone(), 702)]);
         // The ban is over; the failures stay counted within the window.
-        assert_eq!(t.apply(&a, Op::Peek, 702, &p), Status { failures: 3, banned_until: None });
+        assert_eq!(
+            t.apply(&a, Op::Peek, 702, &p),
+            Status {
+                failures: 3,
+                banned_until: None
+            }
+        );
         // The window is over: forgotten.
         assert_eq!(t.apply(&a, Op::Peek, 100 + 3600, &p), Status::default());
         assert!(t.is_empty());
@@ -246,7 +285,13 @@ mod tests {
         for i in 0..10 {
             t.apply(&acct, Op::Fail, 100 + i, &p);
         }
-        assert_eq!(t.apply(&acct, Op::Peek, 200, &p), Status { failures: 10, banned_until: None });
+        assert_eq!(
+            t.apply(&acct, Op::Peek, 200, &p),
+            Status {
+                failures: 10,
+                banned_until: None
+            }
+        );
         t.apply(&acct, Op::Clear, 200, &p);
         assert_eq!(t.apply(&acct, Op::Peek, 200, &p), Status::default());
     }
@@ -259,7 +304,10 @@ mod tests {
         assert_eq!(a, b);
         assert_ne!(a, c);
         assert_eq!(a.to_string(), "2001:db8:1:2::/64");
-        assert_eq!(Key::addr("::ffff:192.0.2.9".parse().unwrap()), Key::addr("192.0.2.9".parse().unwrap()));
+        assert_eq!(
+            Key::addr("::ffff:192.0.2.9".parse().unwrap()),
+            Key::addr("192.0.2.9".parse().unwrap())
+        );
     }
 
     #[test]
@@ -268,7 +316,12 @@ mod tests {
         let mut t = Table::default();
         for i in 0..(TABLE_MAX as u32 + 5000) {
             let ip = std::net::Ipv4Addr::from(0x0a00_0000 + i);
-            t.apply(&Key::addr(IpAddr::V4(ip)), Op::Fail, 1000 + u64::from(i / 1000), &p);
+            t.apply(
+                &Key::addr(IpAddr::V4(ip)),
+                Op::Fail,
+                1000 + u64::from(i / 1000),
+                &p,
+            );
         }
         assert!(t.len() <= TABLE_MAX, "{} keys", t.len());
     }

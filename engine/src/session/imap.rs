@@ -41,7 +41,12 @@ pub fn split_flags<'a>(flags: &'a [Flag<'a>]) -> (u32, Vec<&'a [u8]>) {
 }
 
 /// The flag list of a message as IMAP flags.
-pub fn flag_list<'a>(flags: u32, keywords: u64, names: &'a [String], recent: bool) -> Vec<Flag<'a>> {
+pub fn flag_list<'a>(
+    flags: u32,
+    keywords: u64,
+    names: &'a [String],
+    recent: bool,
+) -> Vec<Flag<'a>> {
     let mut out = Vec::new();
     for (bit, f) in [
         (flag::SEEN, Flag::Seen),
@@ -69,7 +74,10 @@ pub fn flag_list<'a>(flags: u32, keywords: u64, names: &'a [String], recent: boo
 pub fn keyword_mask(names: &[String], wanted: &[&[u8]]) -> u64 {
     let mut m = 0;
     for w in wanted {
-        if let Some(i) = names.iter().position(|n| n.as_bytes().eq_ignore_ascii_case(w)) {
+        if let Some(i) = names
+            .iter()
+            .position(|n| n.as_bytes().eq_ignore_ascii_case(w))
+        {
             m |= 1 << i;
         }
     }
@@ -100,7 +108,11 @@ pub fn list_match(pattern: &[u8], name: &[u8]) -> bool {
     // Bounded work: pathological patterns ("*%*%*...") cannot spin.
     let mut budget = 100_000;
     let name_cmp: Vec<u8>;
-    let n = if name.len() >= 5 && name[..5].eq_ignore_ascii_case(b"INBOX") && pattern.len() >= 5 && pattern[..5].eq_ignore_ascii_case(b"INBOX") {
+    let n = if name.len() >= 5
+        && name[..5].eq_ignore_ascii_case(b"INBOX")
+        && pattern.len() >= 5
+        && pattern[..5].eq_ignore_ascii_case(b"INBOX")
+    {
         name_cmp = [&pattern[..5], &name[5..]].concat();
         &name_cmp[..]
     } else {
@@ -126,7 +138,10 @@ pub fn lsub_matches(pattern: &[u8], subs: &[String]) -> Vec<(String, bool)> {
         }
         for (i, _) in s.match_indices(DELIMITER as char) {
             let parent = &s[..i];
-            if !subscribed(parent) && list_match(pattern, parent.as_bytes()) && !out.iter().any(|(n, _)| n == parent) {
+            if !subscribed(parent)
+                && list_match(pattern, parent.as_bytes())
+                && !out.iter().any(|(n, _)| n == parent)
+            {
                 out.push((parent.to_string(), true));
             }
         }
@@ -145,7 +160,12 @@ pub struct ViewMsg {
 
 impl ViewMsg {
     pub fn of(e: &MessageEntry) -> Self {
-        ViewMsg { uid: e.uid, flags: e.flags, keywords: e.keywords, modseq: e.modseq }
+        ViewMsg {
+            uid: e.uid,
+            flags: e.flags,
+            keywords: e.keywords,
+            modseq: e.modseq,
+        }
     }
 }
 
@@ -177,7 +197,10 @@ pub struct Changes {
 
 impl View {
     pub fn seq_of(&self, uid: u32) -> Option<u32> {
-        self.msgs.binary_search_by_key(&uid, |m| m.uid).ok().map(|i| i as u32 + 1)
+        self.msgs
+            .binary_search_by_key(&uid, |m| m.uid)
+            .ok()
+            .map(|i| i as u32 + 1)
     }
 
     pub fn len(&self) -> u32 {
@@ -197,7 +220,12 @@ impl View {
     /// STORE or SEARCH); new messages are claimed as recent when above
     /// `recent_floor` (the highest UID another session already saw as recent),
     /// and the new floor is returned in `recent_floor`.
-    pub fn sync(&mut self, mailbox: &Mailbox, allow_expunge: bool, recent_floor: &mut u32) -> Changes {
+    pub fn sync(
+        &mut self,
+        mailbox: &Mailbox,
+        allow_expunge: bool,
+        recent_floor: &mut u32,
+    ) -> Changes {
         let mut ch = Changes::default();
         if allow_expunge {
             let mut i = self.msgs.len();
@@ -304,7 +332,11 @@ impl View {
 /// its own recent messages that still exist.
 pub fn recent_count(mailbox: &Mailbox, floor: u32, own: Option<&HashSet<u32>>) -> u64 {
     let unclaimed = mailbox.messages.len() - mailbox.messages.partition_point(|e| e.uid <= floor);
-    let mine = own.map_or(0, |r| r.iter().filter(|u| **u <= floor && mailbox.position(**u).is_some()).count());
+    let mine = own.map_or(0, |r| {
+        r.iter()
+            .filter(|u| **u <= floor && mailbox.position(**u).is_some())
+            .count()
+    });
     (unclaimed + mine) as u64
 }
 
@@ -349,7 +381,10 @@ impl<'a> Parsed<'a> {
 /// Does the message match every key? Case-insensitive substring matching for
 /// strings (RFC 3501 6.4.4), dates compared in UTC days.
 pub fn matches(keys: &[SearchKey<'_>], input: &SearchInput<'_>) -> bool {
-    let mut parsed = Parsed { raw: input.body, msg: None };
+    let mut parsed = Parsed {
+        raw: input.body,
+        msg: None,
+    };
     keys.iter().all(|k| eval(k, input, &mut parsed, 0))
 }
 
@@ -389,9 +424,13 @@ fn eval(key: &SearchKey<'_>, m: &SearchInput<'_>, p: &mut Parsed<'_>, depth: usi
         SearchKey::Before(d) => day(m.entry.internal_date) < d.days_since_epoch(),
         SearchKey::On(d) => day(m.entry.internal_date) == d.days_since_epoch(),
         SearchKey::Since(d) => day(m.entry.internal_date) >= d.days_since_epoch(),
-        SearchKey::SentBefore(d) => mime::sent_date(p.header()).is_some_and(|s| s.days_since_epoch() < d.days_since_epoch()),
-        SearchKey::SentOn(d) => mime::sent_date(p.header()).is_some_and(|s| s.days_since_epoch() == d.days_since_epoch()),
-        SearchKey::SentSince(d) => mime::sent_date(p.header()).is_some_and(|s| s.days_since_epoch() >= d.days_since_epoch()),
+        SearchKey::SentBefore(d) => {
+            mime::sent_date(p.header()).is_some_and(|s| s.days_since_epoch() < d.days_since_epoch())
+        }
+        SearchKey::SentOn(d) => mime::sent_date(p.header())
+            .is_some_and(|s| s.days_since_epoch() == d.days_since_epoch()),
+        SearchKey::SentSince(d) => mime::sent_date(p.header())
+            .is_some_and(|s| s.days_since_epoch() >= d.days_since_epoch()),
         SearchKey::From(s) => mime::address_header_contains(p.header(), b"From", &str_of(s)),
         SearchKey::To(s) => mime::address_header_contains(p.header(), b"To", &str_of(s)),
         SearchKey::Cc(s) => mime::address_header_contains(p.header(), b"Cc", &str_of(s)),
@@ -421,7 +460,9 @@ pub fn has_modseq_key(keys: &[SearchKey<'_>]) -> bool {
     keys.iter().any(|k| match k {
         SearchKey::ModSeq { .. } => true,
         SearchKey::Not(k) => has_modseq_key(std::slice::from_ref(k)),
-        SearchKey::Or(a, b) => has_modseq_key(std::slice::from_ref(a)) || has_modseq_key(std::slice::from_ref(b)),
+        SearchKey::Or(a, b) => {
+            has_modseq_key(std::slice::from_ref(a)) || has_modseq_key(std::slice::from_ref(b))
+        }
         SearchKey::And(ks) => has_modseq_key(ks),
         _ => false,
     })
@@ -443,7 +484,9 @@ pub fn needs_body(keys: &[SearchKey<'_>]) -> bool {
         | SearchKey::Body(_)
         | SearchKey::Text(_) => true,
         SearchKey::Not(k) => needs_body(std::slice::from_ref(k)),
-        SearchKey::Or(a, b) => needs_body(std::slice::from_ref(a)) || needs_body(std::slice::from_ref(b)),
+        SearchKey::Or(a, b) => {
+            needs_body(std::slice::from_ref(a)) || needs_body(std::slice::from_ref(b))
+        }
         SearchKey::And(ks) => needs_body(ks),
         _ => false,
     })
@@ -456,7 +499,18 @@ mod tests {
     use crate::storage::record::Loc;
 
     fn entry(uid: u32, flags: u32, modseq: u64) -> MessageEntry {
-        MessageEntry { uid, flags, keywords: 0, internal_date: 1_795_708_800, modseq, loc: Loc { seg: 1, offset: 0, len: 100 } }
+        MessageEntry {
+            uid,
+            flags,
+            keywords: 0,
+            internal_date: 1_795_708_800,
+            modseq,
+            loc: Loc {
+                seg: 1,
+                offset: 0,
+                len: 100,
+            },
+        }
     }
 
     #[test]
@@ -468,19 +522,32 @@ mod tests {
         assert!(list_match(b"inbox", b"INBOX"));
         assert!(list_match(b"INBOX*", b"INBOX"));
         assert!(!list_match(b"Dr", b"Drafts"));
-        assert!(!list_match(b"*%*%*%*%*%*%*%*%*%*%*%*%*%x", b"aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"));
+        assert!(!list_match(
+            b"*%*%*%*%*%*%*%*%*%*%*%*%*%x",
+            b"aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
+        ));
     }
 
     #[test]
     fn lsub_percent_returns_unsubscribed_parents() {
-        let subs: Vec<String> = ["INBOX", "foo/bar", "foo/baz", "a/b/c", "x"].iter().map(|s| s.to_string()).collect();
+        let subs: Vec<String> = ["INBOX", "foo/bar", "foo/baz", "a/b/c", "x"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
         assert_eq!(
             lsub_matches(b"%", &subs),
-            vec![("INBOX".into(), false), ("foo".into(), true), ("a".into(), true), ("x".into(), false)]
+            vec![
+                ("INBOX".into(), false),
+                ("foo".into(), true),
+                ("a".into(), true),
+                ("x".into(), false)
+            ]
         );
         assert_eq!(lsub_matches(b"a/%", &subs), vec![("a/b".into(), true)]);
         assert_eq!(lsub_matches(b"*", &subs).len(), 5);
-        assert!(lsub_matches(b"*", &subs).iter().all(|(_, implied)| !implied));
+        assert!(lsub_matches(b"*", &subs)
+            .iter()
+            .all(|(_, implied)| !implied));
         let subs: Vec<String> = ["foo", "foo/bar"].iter().map(|s| s.to_string()).collect();
         assert_eq!(lsub_matches(b"%", &subs), vec![("foo".into(), false)]);
     }
@@ -512,12 +579,21 @@ mod tests {
         assert_eq!(ch.exists, Some(5));
         let ch = v.sync(&mb, true, &mut floor);
         assert_eq!(ch.expunged, vec![4, 2]);
-        assert_eq!(v.msgs.iter().map(|m| m.uid).collect::<Vec<_>>(), vec![1, 3, 7]);
+        assert_eq!(
+            v.msgs.iter().map(|m| m.uid).collect::<Vec<_>>(),
+            vec![1, 3, 7]
+        );
         assert_eq!(v.seq_of(7), Some(3));
         let set = SequenceSet::parse(b"2:*").unwrap();
         assert_eq!(v.resolve(&set, false), vec![1, 2]);
-        assert_eq!(v.resolve(&SequenceSet::parse(b"4:*").unwrap(), true), vec![2]);
-        assert_eq!(v.resolve(&SequenceSet::parse(b"100:*").unwrap(), true), vec![2]);
+        assert_eq!(
+            v.resolve(&SequenceSet::parse(b"4:*").unwrap(), true),
+            vec![2]
+        );
+        assert_eq!(
+            v.resolve(&SequenceSet::parse(b"100:*").unwrap(), true),
+            vec![2]
+        );
     }
 
     #[test]
@@ -541,7 +617,12 @@ mod tests {
     fn saved_uids_become_sequence_numbers() {
         let mut v = View::default();
         for uid in [3, 7, 9, 12] {
-            v.msgs.push(ViewMsg { uid, flags: 0, keywords: 0, modseq: 1 });
+            v.msgs.push(ViewMsg {
+                uid,
+                flags: 0,
+                keywords: 0,
+                modseq: 1,
+            });
         }
         assert_eq!(saved_seqs(&v, &[12, 7, 5]), vec![2, 4]);
         assert!(saved_seqs(&v, &[1, 2]).is_empty());
@@ -552,18 +633,32 @@ mod tests {
         let body = b"From: Alice <alice@example.test>\r\nSubject: =?UTF-8?Q?Gr=C3=BC=C3=9Fe?=\r\nDate: Wed, 25 Nov 2026 10:00:00 +0000\r\n\r\nHello World\r\n";
         let e = entry(5, flag::SEEN, 3);
         let v = ViewMsg::of(&e);
-        let input = SearchInput { seq: 2, view: &v, entry: &e, keyword_names: &[], recent: false, max_seq: 3, max_uid: 9, body, saved: &[] };
+        let input = SearchInput {
+            seq: 2,
+            view: &v,
+            entry: &e,
+            keyword_names: &[],
+            recent: false,
+            max_seq: 3,
+            max_uid: 9,
+            body,
+            saved: &[],
+        };
         let search = |q: &str| {
             let line = format!("a SEARCH {q}\r\n");
             let cmd = parse_command(line.as_bytes()).unwrap();
-            let CommandBody::Search { search, .. } = cmd.body else { panic!() };
+            let CommandBody::Search { search, .. } = cmd.body else {
+                panic!()
+            };
             matches(&search.keys, &input)
         };
         assert!(search("SEEN"));
         assert!(!search("UNSEEN"));
         assert!(search("FROM alice"));
         assert!(search("FROM ALICE"));
-        assert!(search("CHARSET UTF-8 SUBJECT \"GRÜSSE\"") || search("CHARSET UTF-8 SUBJECT \"grüße\""));
+        assert!(
+            search("CHARSET UTF-8 SUBJECT \"GRÜSSE\"") || search("CHARSET UTF-8 SUBJECT \"grüße\"")
+        );
         assert!(search("BODY world"));
         assert!(!search("BODY absent"));
         assert!(search("TEXT alice"));
@@ -599,22 +694,49 @@ mod tests {
         for form in forms {
             for field in ["From", "To", "Cc", "Bcc"] {
                 let body = format!("{field}: {form}\r\nSubject: x\r\n\r\nbody\r\n");
-                let input = SearchInput { seq: 1, view: &v, entry: &e, keyword_names: &[], recent: false, max_seq: 1, max_uid: 1, body: body.as_bytes(), saved: &[] };
+                let input = SearchInput {
+                    seq: 1,
+                    view: &v,
+                    entry: &e,
+                    keyword_names: &[],
+                    recent: false,
+                    max_seq: 1,
+                    max_uid: 1,
+                    body: body.as_bytes(),
+                    saved: &[],
+                };
                 let search = |q: &str| {
                     let line = format!("a SEARCH {q}\r\n");
                     let cmd = parse_command(line.as_bytes()).unwrap();
-                    let CommandBody::Search { search, .. } = cmd.body else { panic!() };
+                    let CommandBody::Search { search, .. } = cmd.body else {
+                        panic!()
+                    };
                     matches(&search.keys, &input)
                 };
                 let key = field.to_ascii_uppercase();
-                assert!(search(&format!("{key} user-from@domain.org")), "{field}: {form}");
-                assert!(search(&format!("{key} USER-FROM@DOMAIN.ORG")), "{field}: {form}");
+                assert!(
+                    search(&format!("{key} user-from@domain.org")),
+                    "{field}: {form}"
+                );
+                assert!(
+                    search(&format!("{key} USER-FROM@DOMAIN.ORG")),
+                    "{field}: {form}"
+                );
                 assert!(search(&format!("{key} user-from")), "{field}: {form}");
                 assert!(search(&format!("{key} domain.org")), "{field}: {form}");
-                assert!(!search(&format!("{key} other@domain.org")), "{field}: {form}");
-                assert!(!search(&format!("{key} user-from@domain.org.uk")), "{field}: {form}");
+                assert!(
+                    !search(&format!("{key} other@domain.org")),
+                    "{field}: {form}"
+                );
+                assert!(
+                    !search(&format!("{key} user-from@domain.org.uk")),
+                    "{field}: {form}"
+                );
                 let other = if field == "From" { "TO" } else { "FROM" };
-                assert!(!search(&format!("{other} user-from@domain.org")), "{field}: {form}");
+                assert!(
+                    !search(&format!("{other} user-from@domain.org")),
+                    "{field}: {form}"
+                );
             }
         }
     }

@@ -389,7 +389,10 @@ impl Pop3Session {
             }
             State::Transaction => self.transaction(line, out),
             // `advance` never reads a line in these states.
-            State::LoginPending { .. } | State::UpdatePending | State::TlsPending | State::Closed => None,
+            State::LoginPending { .. }
+            | State::UpdatePending
+            | State::TlsPending
+            | State::Closed => None,
         }
     }
 
@@ -407,7 +410,15 @@ impl Pop3Session {
                 return None;
             }
         };
-        let login = matches!(command, Command::User(_) | Command::Pass(_) | Command::Auth { mechanism: Some(_), .. });
+        let login = matches!(
+            command,
+            Command::User(_)
+                | Command::Pass(_)
+                | Command::Auth {
+                    mechanism: Some(_),
+                    ..
+                }
+        );
         if login && !self.credentials_allowed() {
             // Not a failed login: the password never reached us in a form
             // we would check (as Dovecot answers).
@@ -790,7 +801,11 @@ mod tests {
     }
 
     fn tls_params() -> Pop3Params {
-        Pop3Params { stls: true, auth_plaintext: false, ..params() }
+        Pop3Params {
+            stls: true,
+            auth_plaintext: false,
+            ..params()
+        }
     }
 
     fn run_pieces(p: Pop3Params, pieces: &[&str]) -> String {
@@ -801,29 +816,70 @@ mod tests {
     #[test]
     fn credentials_wait_for_stls() {
         let out = run_pieces(tls_params(), &["CAPA\r\nUSER mrose\r\nPASS tanstaaf\r\nAUTH PLAIN AG1yb3NlAHRhbnN0YWFm\r\nSTLS\r\n", "CAPA\r\nUSER mrose\r\nPASS tanstaaf\r\nSTLS\r\nQUIT\r\n"]);
-        let (before, after) = out.split_once("+OK Begin TLS negotiation\r\n").expect("STLS accepted");
+        let (before, after) = out
+            .split_once("+OK Begin TLS negotiation\r\n")
+            .expect("STLS accepted");
         // Before TLS: STLS offered, no login mechanism, logins refused
         // with [AUTH] and not counted as failures.
-        assert!(before.contains("\r\nSTLS\r\n") && !before.contains("\r\nUSER\r\n") && !before.contains("SASL"), "{before}");
-        assert_eq!(before.matches("-ERR [AUTH] Plaintext authentication disallowed").count(), 3, "{before}");
+        assert!(
+            before.contains("\r\nSTLS\r\n")
+                && !before.contains("\r\nUSER\r\n")
+                && !before.contains("SASL"),
+            "{before}"
+        );
+        assert_eq!(
+            before
+                .matches("-ERR [AUTH] Plaintext authentication disallowed")
+                .count(),
+            3,
+            "{before}"
+        );
         // After: USER and SASL offered, STLS not; login works; a second STLS
         // (in TRANSACTION) is refused.
         let (capa, rest) = after.split_once(".\r\n").unwrap();
-        assert!(capa.contains("\r\nUSER\r\n") && capa.contains("SASL PLAIN") && !capa.contains("STLS"), "{capa}");
-        assert!(rest.starts_with("+OK send PASS\r\n+OK maildrop has"), "{rest}");
-        assert!(rest.contains("-ERR command not valid in this state\r\n"), "{rest}");
+        assert!(
+            capa.contains("\r\nUSER\r\n") && capa.contains("SASL PLAIN") && !capa.contains("STLS"),
+            "{capa}"
+        );
+        assert!(
+            rest.starts_with("+OK send PASS\r\n+OK maildrop has"),
+            "{rest}"
+        );
+        assert!(
+            rest.contains("-ERR command not valid in this state\r\n"),
+            "{rest}"
+        );
     }
 
     #[test]
     fn commands_pipelined_after_stls_are_dropped_and_stls_twice_refused() {
-        let out = run_pieces(tls_params(), &["STLS\r\nUSER mrose\r\nPASS tanstaaf\r\n", "PASS tanstaaf\r\nSTLS\r\nQUIT\r\n"]);
+        let out = run_pieces(
+            tls_params(),
+            &[
+                "STLS\r\nUSER mrose\r\nPASS tanstaaf\r\n",
+                "PASS tanstaaf\r\nSTLS\r\nQUIT\r\n",
+            ],
+        );
         let after = out.split_once("+OK Begin TLS negotiation\r\n").unwrap().1;
         // The injected USER was never run: PASS has no USER before it.
-        assert!(after.starts_with("-ERR PASS must follow a successful USER\r\n-ERR TLS already active\r\n"), "{after}");
+        assert!(
+            after.starts_with(
+                "-ERR PASS must follow a successful USER\r\n-ERR TLS already active\r\n"
+            ),
+            "{after}"
+        );
         // Implicit TLS: no STLS at all, logins accepted.
-        let p = Pop3Params { tls: true, ..tls_params() };
+        let p = Pop3Params {
+            tls: true,
+            ..tls_params()
+        };
         let out = run_pieces(p, &["CAPA\r\nSTLS\r\nUSER mrose\r\nPASS tanstaaf\r\n"]);
-        assert!(!out.contains("\r\nSTLS\r\n") && out.contains("-ERR TLS already active") && out.contains("+OK maildrop has"), "{out}");
+        assert!(
+            !out.contains("\r\nSTLS\r\n")
+                && out.contains("-ERR TLS already active")
+                && out.contains("+OK maildrop has"),
+            "{out}"
+        );
     }
 
     /// Whole input at once, default runtime and params; output as text.

@@ -88,11 +88,11 @@ use std::io::Write as _;
 use std::net::{IpAddr, SocketAddr};
 
 use crate::protocol::smtp::reply::{self, replies, Reply};
-use crate::session::TlsInfo;
 use crate::protocol::smtp::{
     parse_command, BdatReader, BodyType, Command, DataReceiver, LineSplitter, MailParam, Params,
     Progress, Split, SyntaxError,
 };
+use crate::session::TlsInfo;
 
 /// Per-connection settings, fixed when the connection is accepted.
 #[derive(Debug, Clone)]
@@ -474,7 +474,11 @@ impl SmtpSession {
                     }
                 },
                 Phase::Data => {
-                    let max = if self.refused { 0 } else { self.params.message_size_max };
+                    let max = if self.refused {
+                        0
+                    } else {
+                        self.params.message_size_max
+                    };
                     let (used, progress) = self.data.feed(&input[pos..], &mut self.body, max);
                     pos += used;
                     if progress == Progress::NeedMore {
@@ -489,7 +493,11 @@ impl SmtpSession {
                     last,
                     refusal,
                 } => {
-                    let max = if self.refused { 0 } else { self.params.message_size_max };
+                    let max = if self.refused {
+                        0
+                    } else {
+                        self.params.message_size_max
+                    };
                     let (used, progress) = self.bdat.feed(&input[pos..], &mut self.body, max);
                     pos += used;
                     if progress == Progress::NeedMore {
@@ -546,7 +554,9 @@ impl SmtpSession {
             AuthResult::Failed => {
                 self.auth_failures += 1;
                 self.fail(replies::AUTH_FAILED, out);
-                if self.phase != Phase::Closed && self.auth_failures >= self.params.auth_failures_max.max(1) {
+                if self.phase != Phase::Closed
+                    && self.auth_failures >= self.params.auth_failures_max.max(1)
+                {
                     replies::AUTH_TOO_MANY.write_with_host(out, &self.params.hostname);
                     self.phase = Phase::Closed;
                 }
@@ -758,7 +768,9 @@ impl SmtpSession {
         }
         let text = |line: &[u8]| -> Option<String> {
             let raw = base64::decode(line).ok()?;
-            String::from_utf8(raw).ok().filter(|t| !t.is_empty() && !t.contains('\0'))
+            String::from_utf8(raw)
+                .ok()
+                .filter(|t| !t.is_empty() && !t.contains('\0'))
         };
         match step {
             AuthStep::Plain => match sasl::decode_plain(line) {
@@ -827,7 +839,13 @@ impl SmtpSession {
         self.fail(reply, out);
     }
 
-    fn mail(&mut self, reverse_path: &str, params: Params<'_>, ctx: &dyn SmtpContext, out: &mut Vec<u8>) {
+    fn mail(
+        &mut self,
+        reverse_path: &str,
+        params: Params<'_>,
+        ctx: &dyn SmtpContext,
+        out: &mut Vec<u8>,
+    ) {
         if self.helo.is_none() {
             return self.fail(replies::NEED_HELO, out);
         }
@@ -931,7 +949,11 @@ impl SmtpSession {
             RcptVerdict::UnknownUser => self.fail(replies::UNKNOWN_USER, out),
             RcptVerdict::NotLocal if self.may_relay() => {
                 if let Some(envelope) = &mut self.envelope {
-                    if !envelope.relay.iter().any(|r| r.eq_ignore_ascii_case(address)) {
+                    if !envelope
+                        .relay
+                        .iter()
+                        .any(|r| r.eq_ignore_ascii_case(address))
+                    {
                         envelope.relay.push(address.to_owned());
                     }
                 }
@@ -947,7 +969,9 @@ impl SmtpSession {
             None => Some(replies::NEED_MAIL),
             Some(e) if e.bdat => Some(replies::DATA_AFTER_BDAT),
             // RFC 5321 section 3.3: 554 when no recipient was accepted.
-            Some(e) if e.recipients.is_empty() && e.relay.is_empty() => Some(replies::NO_RECIPIENTS),
+            Some(e) if e.recipients.is_empty() && e.relay.is_empty() => {
+                Some(replies::NO_RECIPIENTS)
+            }
             Some(_) => None,
         };
         if let Some(reply) = refusal {
@@ -962,7 +986,9 @@ impl SmtpSession {
     fn bdat_command(&mut self, size: u64, last: bool, ctx: &dyn SmtpContext) {
         let refusal = match &self.envelope {
             None => Some(replies::NEED_MAIL),
-            Some(e) if e.recipients.is_empty() && e.relay.is_empty() => Some(replies::NO_RECIPIENTS),
+            Some(e) if e.recipients.is_empty() && e.relay.is_empty() => {
+                Some(replies::NO_RECIPIENTS)
+            }
             Some(_) => None,
         };
         let refusal = refusal.map(|reply| Refusal {
@@ -1042,7 +1068,11 @@ impl SmtpSession {
     fn end_of_data(&mut self, out: &mut Vec<u8>) -> Option<Transaction> {
         self.phase = Phase::Command;
         if self.refused {
-            let reply = if self.refused_disk_full { replies::STORAGE_TEMPFAIL } else { replies::BUSY_TEMPFAIL };
+            let reply = if self.refused_disk_full {
+                replies::STORAGE_TEMPFAIL
+            } else {
+                replies::BUSY_TEMPFAIL
+            };
             self.reset_transaction();
             reply.write(out);
             return None;
@@ -1083,7 +1113,11 @@ impl SmtpSession {
         if self.refused {
             // RFC 3030 section 2: the transaction fails; chunks already in
             // the pipeline are refused without counting as errors.
-            let reply = if self.refused_disk_full { replies::STORAGE_TEMPFAIL } else { replies::BUSY_TEMPFAIL };
+            let reply = if self.refused_disk_full {
+                replies::STORAGE_TEMPFAIL
+            } else {
+                replies::BUSY_TEMPFAIL
+            };
             self.reset_transaction();
             self.bdat_failed = true;
             reply.write(out);
@@ -1236,7 +1270,10 @@ mod tests {
         }
     }
 
-    const TLS: TlsInfo = TlsInfo { version: "TLSv1.3", cipher: "TLS_AES_256_GCM_SHA384" };
+    const TLS: TlsInfo = TlsInfo {
+        version: "TLSv1.3",
+        cipher: "TLS_AES_256_GCM_SHA384",
+    };
 
     #[derive(Debug, Clone, PartialEq, Eq)]
     struct Run {
@@ -1270,8 +1307,12 @@ mod tests {
                         s.recycle_body(tx.body);
                     }
                     SmtpEvent::Auth { user, password } => {
-                        let result = if (user.as_str(), password.as_str()) == ("bob@example.test", "secret") {
-                            AuthResult::Ok { account: "bob".into() }
+                        let result = if (user.as_str(), password.as_str())
+                            == ("bob@example.test", "secret")
+                        {
+                            AuthResult::Ok {
+                                account: "bob".into(),
+                            }
                         } else if user == "temp" {
                             AuthResult::TempFail
                         } else {
@@ -1753,11 +1794,18 @@ mod tests {
     fn nul_octets_refuse_the_message_and_the_session_goes_on() {
         let tx = "MAIL FROM:<a@b.test>\r\nRCPT TO:<bob@example.test>\r\n";
         const NUL: &str = "550 5.6.0 Message contains NUL octets\r\n";
-        let r = run(&format!("EHLO client.test\r\n{tx}DATA\r\nSubject: a\0b\r\n\r\nx\r\n.\r\nNOOP\r\n"));
-        assert_eq!(r.out, format!("{GREETING}{EHLO}{MAIL_OK}{RCPT_OK}{GO_AHEAD}{NUL}{OK}"));
+        let r = run(&format!(
+            "EHLO client.test\r\n{tx}DATA\r\nSubject: a\0b\r\n\r\nx\r\n.\r\nNOOP\r\n"
+        ));
+        assert_eq!(
+            r.out,
+            format!("{GREETING}{EHLO}{MAIL_OK}{RCPT_OK}{GO_AHEAD}{NUL}{OK}")
+        );
         assert!(r.delivered.is_empty());
         // BDAT: the NUL may be in an early chunk; the refusal comes with LAST.
-        let r = run(&format!("EHLO client.test\r\n{tx}BDAT 3\r\na\0bBDAT 1 LAST\r\nc{tx}BDAT 1 LAST\r\nd"));
+        let r = run(&format!(
+            "EHLO client.test\r\n{tx}BDAT 3\r\na\0bBDAT 1 LAST\r\nc{tx}BDAT 1 LAST\r\nd"
+        ));
         assert_eq!(
             r.out,
             format!("{GREETING}{EHLO}{MAIL_OK}{RCPT_OK}250 2.0.0 3 octets received\r\n{NUL}{MAIL_OK}{RCPT_OK}{QUEUED_2}")
@@ -1992,8 +2040,17 @@ mod tests {
     #[test]
     fn no_relay_without_auth_even_when_auth_is_offered() {
         for p in [params(), with(|p| p.auth = true)] {
-            let r = run_with(p, "EHLO c\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<x@elsewhere.test>\r\nDATA\r\n");
-            assert!(r.out.ends_with(&format!("{MAIL_OK}{DENIED}554 5.5.1 Error: no valid recipients\r\n")), "{}", r.out);
+            let r = run_with(
+                p,
+                "EHLO c\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<x@elsewhere.test>\r\nDATA\r\n",
+            );
+            assert!(
+                r.out.ends_with(&format!(
+                    "{MAIL_OK}{DENIED}554 5.5.1 Error: no valid recipients\r\n"
+                )),
+                "{}",
+                r.out
+            );
             assert!(r.delivered.is_empty());
         }
     }
@@ -2010,29 +2067,58 @@ mod tests {
             ),
         );
         let ehlo = EHLO.replace("250 CHUNKING", "250-CHUNKING\r\n250 AUTH PLAIN LOGIN");
-        assert_eq!(r.out, format!("{GREETING}{ehlo}{AUTH_OK}{MAIL_OK}{RCPT_OK}{RCPT_OK}{RCPT_OK}{GO_AHEAD}{QUEUED_1}"));
+        assert_eq!(
+            r.out,
+            format!(
+                "{GREETING}{ehlo}{AUTH_OK}{MAIL_OK}{RCPT_OK}{RCPT_OK}{RCPT_OK}{GO_AHEAD}{QUEUED_1}"
+            )
+        );
         let tx = &r.delivered[0];
         assert_eq!(tx.relay, ["x@Elsewhere.test"]);
         assert_eq!(tx.recipients.len(), 1);
         assert_eq!(tx.authenticated.as_deref(), Some("bob"));
         // RFC 3848: ESMTPA once authenticated; two recipients: no "for".
-        assert!(tx.body.starts_with(received(None, "ESMTPA", 1).as_bytes()), "{}", String::from_utf8_lossy(&tx.body));
+        assert!(
+            tx.body.starts_with(received(None, "ESMTPA", 1).as_bytes()),
+            "{}",
+            String::from_utf8_lossy(&tx.body)
+        );
     }
 
     #[test]
     fn auth_plain_and_login_with_challenges() {
         let p = with(|p| p.auth = true);
         // PLAIN without an initial response: 334 with an empty challenge.
-        let r = replies_to_with(p.clone(), &format!("EHLO c\r\nAUTH plain\r\n{PLAIN_BOB}\r\n"));
+        let r = replies_to_with(
+            p.clone(),
+            &format!("EHLO c\r\nAUTH plain\r\n{PLAIN_BOB}\r\n"),
+        );
         assert!(r.ends_with(&format!("334 \r\n{AUTH_OK}")), "{r}");
         // LOGIN: Username:, Password: (base64 of bob@example.test, secret).
-        let r = replies_to_with(p.clone(), "EHLO c\r\nAUTH LOGIN\r\nYm9iQGV4YW1wbGUudGVzdA==\r\nc2VjcmV0\r\n");
-        assert!(r.ends_with(&format!("334 VXNlcm5hbWU6\r\n334 UGFzc3dvcmQ6\r\n{AUTH_OK}")), "{r}");
+        let r = replies_to_with(
+            p.clone(),
+            "EHLO c\r\nAUTH LOGIN\r\nYm9iQGV4YW1wbGUudGVzdA==\r\nc2VjcmV0\r\n",
+        );
+        assert!(
+            r.ends_with(&format!(
+                "334 VXNlcm5hbWU6\r\n334 UGFzc3dvcmQ6\r\n{AUTH_OK}"
+            )),
+            "{r}"
+        );
         // LOGIN with the user name as initial response.
-        let r = replies_to_with(p.clone(), "EHLO c\r\nAUTH LOGIN Ym9iQGV4YW1wbGUudGVzdA==\r\nc2VjcmV0\r\n");
-        assert!(r.ends_with(&format!("334 UGFzc3dvcmQ6\r\n{AUTH_OK}")), "{r}");
+        let r = replies_to_with(
+            p.clone(),
+            "EHLO c\r\nAUTH LOGIN Ym9iQGV4YW1wbGUudGVzdA==\r\nc2VjcmV0\r\n",
+        );
+        assert!(
+            r.ends_with(&format!("334 UGFzc3dvcmQ6\r\n{AUTH_OK}")),
+            "{r}"
+        );
         // Cancel, bad base64, unknown mechanism, wrong password, AUTH twice.
-        let r = replies_to_with(p.clone(), "EHLO c\r\nAUTH LOGIN\r\n*\r\nAUTH PLAIN AAA\r\nAUTH CRAM-MD5\r\n");
+        let r = replies_to_with(
+            p.clone(),
+            "EHLO c\r\nAUTH LOGIN\r\n*\r\nAUTH PLAIN AAA\r\nAUTH CRAM-MD5\r\n",
+        );
         assert!(
             r.ends_with(
                 "334 VXNlcm5hbWU6\r\n501 5.0.0 Authentication cancelled\r\n501 5.5.2 Cannot decode response\r\n\
@@ -2041,17 +2127,41 @@ mod tests {
             "{r}"
         );
         let r = replies_to_with(p.clone(), &format!("EHLO c\r\nAUTH PLAIN AGJvYgB3cm9uZw==\r\nAUTH PLAIN {PLAIN_BOB}\r\nAUTH PLAIN {PLAIN_BOB}\r\n"));
-        assert!(r.ends_with(&format!("{AUTH_FAILED}{AUTH_OK}503 5.5.1 Error: already authenticated\r\n")), "{r}");
+        assert!(
+            r.ends_with(&format!(
+                "{AUTH_FAILED}{AUTH_OK}503 5.5.1 Error: already authenticated\r\n"
+            )),
+            "{r}"
+        );
         // Acting as someone else (authzid) is refused.
-        let r = replies_to_with(p.clone(), "EHLO c\r\nAUTH PLAIN ZXZlAGJvYkBleGFtcGxlLnRlc3QAc2VjcmV0\r\n");
+        let r = replies_to_with(
+            p.clone(),
+            "EHLO c\r\nAUTH PLAIN ZXZlAGJvYkBleGFtcGxlLnRlc3QAc2VjcmV0\r\n",
+        );
         assert!(r.ends_with(AUTH_FAILED), "{r}");
         // Not before EHLO, not in a transaction; temporary failure.
-        let r = replies_to_with(p.clone(), &format!("AUTH PLAIN {PLAIN_BOB}\r\nHELO c\r\nAUTH PLAIN {PLAIN_BOB}\r\n"));
-        assert_eq!(r.matches("503 5.5.1 Error: send HELO/EHLO first").count(), 2, "{r}");
-        let r = replies_to_with(p.clone(), &format!("EHLO c\r\nMAIL FROM:<>\r\nAUTH PLAIN {PLAIN_BOB}\r\n"));
-        assert!(r.ends_with("503 5.5.1 Error: AUTH not permitted during a mail transaction\r\n"), "{r}");
+        let r = replies_to_with(
+            p.clone(),
+            &format!("AUTH PLAIN {PLAIN_BOB}\r\nHELO c\r\nAUTH PLAIN {PLAIN_BOB}\r\n"),
+        );
+        assert_eq!(
+            r.matches("503 5.5.1 Error: send HELO/EHLO first").count(),
+            2,
+            "{r}"
+        );
+        let r = replies_to_with(
+            p.clone(),
+            &format!("EHLO c\r\nMAIL FROM:<>\r\nAUTH PLAIN {PLAIN_BOB}\r\n"),
+        );
+        assert!(
+            r.ends_with("503 5.5.1 Error: AUTH not permitted during a mail transaction\r\n"),
+            "{r}"
+        );
         let r = replies_to_with(p, "EHLO c\r\nAUTH PLAIN AHRlbXAAeA==\r\n");
-        assert!(r.ends_with("454 4.7.0 Temporary authentication failure\r\n"), "{r}");
+        assert!(
+            r.ends_with("454 4.7.0 Temporary authentication failure\r\n"),
+            "{r}"
+        );
     }
 
     fn replies_to_with(p: SmtpParams, client: &str) -> String {
@@ -2068,9 +2178,18 @@ mod tests {
     fn starttls_resets_the_session_and_offers_auth_only_after() {
         let p = with(|p| p.starttls = true);
         let r = tls_run(p, &["EHLO c\r\nSTARTTLS\r\n", "EHLO c\r\nQUIT\r\n"]);
-        let (before, after) = r.out.split_once("220 2.0.0 Ready to start TLS\r\n").expect("220 to STARTTLS");
-        assert!(before.contains("250 STARTTLS\r\n") && !before.contains("AUTH"), "{before}");
-        assert!(after.contains("AUTH PLAIN LOGIN") && !after.contains("STARTTLS"), "{after}");
+        let (before, after) = r
+            .out
+            .split_once("220 2.0.0 Ready to start TLS\r\n")
+            .expect("220 to STARTTLS");
+        assert!(
+            before.contains("250 STARTTLS\r\n") && !before.contains("AUTH"),
+            "{before}"
+        );
+        assert!(
+            after.contains("AUTH PLAIN LOGIN") && !after.contains("STARTTLS"),
+            "{after}"
+        );
         assert!(after.ends_with(BYE));
     }
 
@@ -2081,23 +2200,48 @@ mod tests {
         let p = with(|p| p.starttls = true);
         let inject = "EHLO c\r\nSTARTTLS\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<bob@example.test>\r\nDATA\r\nx\r\n.\r\n";
         let r = tls_run(p, &[inject, "MAIL FROM:<a@b.test>\r\nQUIT\r\n"]);
-        let after = r.out.split_once("220 2.0.0 Ready to start TLS\r\n").unwrap().1;
+        let after = r
+            .out
+            .split_once("220 2.0.0 Ready to start TLS\r\n")
+            .unwrap()
+            .1;
         assert!(r.delivered.is_empty());
         // The session was reset: MAIL needs a new EHLO.
-        assert_eq!(after, format!("503 5.5.1 Error: send HELO/EHLO first\r\n{BYE}"));
+        assert_eq!(
+            after,
+            format!("503 5.5.1 Error: send HELO/EHLO first\r\n{BYE}")
+        );
     }
 
     #[test]
     fn starttls_is_refused_twice_and_inside_a_transaction() {
         let p = with(|p| p.starttls = true);
-        let r = tls_run(p.clone(), &["EHLO c\r\nSTARTTLS\r\n", "EHLO c\r\nSTARTTLS\r\nQUIT\r\n"]);
-        assert!(r.out.contains("503 5.5.1 Error: TLS already active\r\n"), "{}", r.out);
-        let r = tls_run(p, &["EHLO c\r\nMAIL FROM:<a@b.test>\r\nSTARTTLS\r\nQUIT\r\n"]);
-        assert!(r.out.contains("503 5.5.1 Error: MAIL transaction in progress\r\n"), "{}", r.out);
+        let r = tls_run(
+            p.clone(),
+            &["EHLO c\r\nSTARTTLS\r\n", "EHLO c\r\nSTARTTLS\r\nQUIT\r\n"],
+        );
+        assert!(
+            r.out.contains("503 5.5.1 Error: TLS already active\r\n"),
+            "{}",
+            r.out
+        );
+        let r = tls_run(
+            p,
+            &["EHLO c\r\nMAIL FROM:<a@b.test>\r\nSTARTTLS\r\nQUIT\r\n"],
+        );
+        assert!(
+            r.out
+                .contains("503 5.5.1 Error: MAIL transaction in progress\r\n"),
+            "{}",
+            r.out
+        );
         assert!(!r.out.contains("220 2.0.0"));
         // Not offered: not implemented.
         let r = replies_to("EHLO c\r\nSTARTTLS\r\n");
-        assert!(r.ends_with("502 5.5.1 Error: command not implemented\r\n"), "{r}");
+        assert!(
+            r.ends_with("502 5.5.1 Error: command not implemented\r\n"),
+            "{r}"
+        );
     }
 
     #[test]
@@ -2107,10 +2251,20 @@ mod tests {
             p.submission = true;
         });
         let r = tls_run(p, &["EHLO c\r\nMAIL FROM:<a@b.test>\r\nAUTH PLAIN AGJvYkBleGFtcGxlLnRlc3QAc2VjcmV0\r\nSTARTTLS\r\n", "EHLO c\r\nAUTH PLAIN AGJvYkBleGFtcGxlLnRlc3QAc2VjcmV0\r\nMAIL FROM:<bob@example.test>\r\n"]);
-        assert!(r.out.contains("530 5.7.0 Must issue a STARTTLS command first\r\n"), "{}", r.out);
+        assert!(
+            r.out
+                .contains("530 5.7.0 Must issue a STARTTLS command first\r\n"),
+            "{}",
+            r.out
+        );
         // AUTH before TLS is not implemented here (not offered).
         assert!(r.out.contains("502 5.5.1"), "{}", r.out);
-        assert!(r.out.ends_with("235 2.7.0 Authentication successful\r\n250 2.1.0 Ok\r\n"), "{}", r.out);
+        assert!(
+            r.out
+                .ends_with("235 2.7.0 Authentication successful\r\n250 2.1.0 Ok\r\n"),
+            "{}",
+            r.out
+        );
     }
 
     #[test]
@@ -2124,7 +2278,11 @@ mod tests {
         );
         // Implicit TLS offers AUTH and never STARTTLS; authenticated: ESMTPSA.
         let r = run_with(p, "EHLO client.test\r\nAUTH PLAIN AGJvYkBleGFtcGxlLnRlc3QAc2VjcmV0\r\nMAIL FROM:<bob@example.test>\r\nRCPT TO:<bob@example.test>\r\nDATA\r\nx\r\n.\r\n");
-        assert!(r.out.contains("250 AUTH PLAIN LOGIN") && !r.out.contains("STARTTLS"), "{}", r.out);
+        assert!(
+            r.out.contains("250 AUTH PLAIN LOGIN") && !r.out.contains("STARTTLS"),
+            "{}",
+            r.out
+        );
         let body = String::from_utf8(r.delivered[0].body.clone()).unwrap();
         assert!(body.contains(" with ESMTPSA id "), "{body}");
     }
@@ -2136,7 +2294,12 @@ mod tests {
         let r = run_with(p, &format!("EHLO c\r\n{bad}{bad}{bad}{bad}"));
         assert!(r.closed);
         assert_eq!(r.out.matches("535 ").count(), 3, "{}", r.out);
-        assert!(r.out.ends_with("421 4.7.0 mx.example.test Error: too many authentication failures\r\n"), "{}", r.out);
+        assert!(
+            r.out
+                .ends_with("421 4.7.0 mx.example.test Error: too many authentication failures\r\n"),
+            "{}",
+            r.out
+        );
     }
 
     /// RFC 6409 8.1: an authenticated client's MAIL FROM must be its own
@@ -2153,7 +2316,13 @@ mod tests {
             &format!("EHLO c\r\nAUTH PLAIN {PLAIN_BOB}\r\nMAIL FROM:<carol@example.test>\r\nMAIL FROM:<x@far.test>\r\nMAIL FROM:<bob.alias@example.test>\r\nRSET\r\nMAIL FROM:<>\r\n"),
         );
         let refused = "553 5.7.1 Sender address rejected: not owned by the authenticated user\r\n";
-        assert!(r.out.ends_with(&format!("{AUTH_OK}{refused}{refused}{MAIL_OK}{OK}{MAIL_OK}")), "{}", r.out);
+        assert!(
+            r.out.ends_with(&format!(
+                "{AUTH_OK}{refused}{refused}{MAIL_OK}{OK}{MAIL_OK}"
+            )),
+            "{}",
+            r.out
+        );
         assert!(!r.closed);
     }
 
@@ -2164,15 +2333,25 @@ mod tests {
             p.submission = true;
         });
         let r = run_with(p.clone(), "EHLO c\r\nMAIL FROM:<bob@example.test>\r\n");
-        assert!(r.out.ends_with("530 5.7.0 Authentication required\r\n"), "{}", r.out);
+        assert!(
+            r.out.ends_with("530 5.7.0 Authentication required\r\n"),
+            "{}",
+            r.out
+        );
         let r = run_with(p, &format!("EHLO c\r\nAUTH PLAIN {PLAIN_BOB}\r\nMAIL FROM:<bob@example.test>\r\nRCPT TO:<z@far.test>\r\n"));
-        assert!(r.out.ends_with(&format!("{AUTH_OK}{MAIL_OK}{RCPT_OK}")), "{}", r.out);
+        assert!(
+            r.out.ends_with(&format!("{AUTH_OK}{MAIL_OK}{RCPT_OK}")),
+            "{}",
+            r.out
+        );
         // A client in relay_networks relays without AUTH (and AUTH not offered: 502).
         let p = with(|p| p.relay_client = true);
         let r = run_with(p, "EHLO client.test\r\nAUTH PLAIN x\r\nMAIL FROM:<>\r\nRCPT TO:<z@far.test>\r\nDATA\r\nx\r\n.\r\n");
         assert!(r.out.contains("502 5.5.1"), "{}", r.out);
         assert_eq!(r.delivered[0].relay, ["z@far.test"]);
-        assert!(r.delivered[0].body.starts_with(received(Some("z@far.test"), "ESMTP", 1).as_bytes()));
+        assert!(r.delivered[0]
+            .body
+            .starts_with(received(Some("z@far.test"), "ESMTP", 1).as_bytes()));
     }
 
     proptest! {

@@ -169,7 +169,14 @@ pub struct Account {
 
 impl Account {
     pub fn new(name: &str) -> Self {
-        Account { name: name.into(), mailboxes: Vec::new(), subscriptions: Vec::new(), next_mailbox_id: 0, queue: Vec::new(), uidvalidity_max: 0 }
+        Account {
+            name: name.into(),
+            mailboxes: Vec::new(),
+            subscriptions: Vec::new(),
+            next_mailbox_id: 0,
+            queue: Vec::new(),
+            uidvalidity_max: 0,
+        }
     }
 
     /// UIDVALIDITY values for `n` new mailboxes, reserved at once (so two
@@ -178,7 +185,11 @@ impl Account {
     /// clock in seconds, which also keeps them above values of mailboxes
     /// that older checkpoints (format 2 and before) no longer remember.
     pub fn reserve_uidvalidity(&mut self, now: i64, n: usize) -> Vec<u32> {
-        let mut last = self.mailboxes.iter().map(|m| m.uidvalidity).fold(self.uidvalidity_max, u32::max);
+        let mut last = self
+            .mailboxes
+            .iter()
+            .map(|m| m.uidvalidity)
+            .fold(self.uidvalidity_max, u32::max);
         let clock = now.clamp(1, i64::from(u32::MAX)) as u32;
         (0..n)
             .map(|_| {
@@ -191,7 +202,10 @@ impl Account {
 
     /// A queued message's envelope and states.
     pub fn queued(&self, uid: u32) -> Option<&QueuedMessage> {
-        self.queue.binary_search_by_key(&uid, |q| q.uid).ok().map(|i| &self.queue[i])
+        self.queue
+            .binary_search_by_key(&uid, |q| q.uid)
+            .ok()
+            .map(|i| &self.queue[i])
     }
 
     pub fn mailbox(&self, id: u32) -> Option<&Mailbox> {
@@ -203,7 +217,9 @@ impl Account {
     }
 
     pub fn mailbox_by_name(&self, name: &str) -> Option<&Mailbox> {
-        self.mailboxes.iter().find(|m| mailbox_name_eq(&m.name, name))
+        self.mailboxes
+            .iter()
+            .find(|m| mailbox_name_eq(&m.name, name))
     }
 
     /// Apply one durable record. Idempotent where replay may repeat work
@@ -211,11 +227,18 @@ impl Account {
     /// `body_loc` is where the record's body landed (Message, Relocate).
     pub fn apply(&mut self, op: &Op<'_>, body_loc: Option<Loc>) {
         match op {
-            Op::CreateMailbox { mailbox, name, uidvalidity, special_use, .. } => {
+            Op::CreateMailbox {
+                mailbox,
+                name,
+                uidvalidity,
+                special_use,
+                ..
+            } => {
                 self.next_mailbox_id = self.next_mailbox_id.max(mailbox + 1);
                 self.uidvalidity_max = self.uidvalidity_max.max(*uidvalidity);
                 if self.mailbox(*mailbox).is_none() {
-                    self.mailboxes.push(Mailbox::new(*mailbox, name, *uidvalidity, *special_use));
+                    self.mailboxes
+                        .push(Mailbox::new(*mailbox, name, *uidvalidity, *special_use));
                 }
             }
             Op::DeleteMailbox { mailbox, .. } => self.mailboxes.retain(|m| m.id != *mailbox),
@@ -231,8 +254,24 @@ impl Account {
                 }
             }
             // A new message carries its body; a link (COPY/MOVE) points at an existing one.
-            Op::Message { mailbox, uid, internal_date, flags, keywords, modseq, .. }
-            | Op::Link { mailbox, uid, internal_date, flags, keywords, modseq, .. } => {
+            Op::Message {
+                mailbox,
+                uid,
+                internal_date,
+                flags,
+                keywords,
+                modseq,
+                ..
+            }
+            | Op::Link {
+                mailbox,
+                uid,
+                internal_date,
+                flags,
+                keywords,
+                modseq,
+                ..
+            } => {
                 let loc = match op {
                     Op::Link { loc, .. } => *loc,
                     _ => body_loc.expect("message record has a body"),
@@ -248,7 +287,14 @@ impl Account {
                     });
                 }
             }
-            Op::Flags { mailbox, uid, flags, keywords, modseq, .. } => {
+            Op::Flags {
+                mailbox,
+                uid,
+                flags,
+                keywords,
+                modseq,
+                ..
+            } => {
                 if let Some(m) = self.mailbox_mut(*mailbox) {
                     m.highest_modseq = m.highest_modseq.max(*modseq);
                     if let Some(i) = m.position(*uid) {
@@ -259,7 +305,9 @@ impl Account {
                     }
                 }
             }
-            Op::Keyword { mailbox, bit, name, .. } => {
+            Op::Keyword {
+                mailbox, bit, name, ..
+            } => {
                 if let Some(m) = self.mailbox_mut(*mailbox) {
                     let bit = usize::from(*bit);
                     if m.keywords.len() <= bit {
@@ -268,7 +316,12 @@ impl Account {
                     m.keywords[bit] = (*name).into();
                 }
             }
-            Op::Expunge { mailbox, uids, modseq, .. } => {
+            Op::Expunge {
+                mailbox,
+                uids,
+                modseq,
+                ..
+            } => {
                 if let Some(m) = self.mailbox_mut(*mailbox) {
                     m.highest_modseq = m.highest_modseq.max(*modseq);
                     m.messages.retain(|e| uids.binary_search(&e.uid).is_err());
@@ -277,7 +330,14 @@ impl Account {
                     self.queue.retain(|q| uids.binary_search(&q.uid).is_err());
                 }
             }
-            Op::Envelope { uid, arrival, flags, reverse_path, recipients, .. } => {
+            Op::Envelope {
+                uid,
+                arrival,
+                flags,
+                reverse_path,
+                recipients,
+                ..
+            } => {
                 let q = QueuedMessage {
                     uid: *uid,
                     arrival: *arrival,
@@ -299,7 +359,15 @@ impl Account {
                     Err(i) => self.queue.insert(i, q),
                 }
             }
-            Op::QueueState { uid, rcpt, state, attempts, next_attempt, last_reply, .. } => {
+            Op::QueueState {
+                uid,
+                rcpt,
+                state,
+                attempts,
+                next_attempt,
+                last_reply,
+                ..
+            } => {
                 if let Ok(i) = self.queue.binary_search_by_key(uid, |q| q.uid) {
                     if let Some(r) = self.queue[i].recipients.get_mut(*rcpt as usize) {
                         r.state = *state;
@@ -347,7 +415,9 @@ pub fn mailbox_name_eq(a: &str, b: &str) -> bool {
 
 /// A position in a writer's log: the record starting at or after `offset`
 /// in segment `seg` comes after this position.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Default, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize,
+)]
 pub struct LogPos {
     pub seg: u64,
     pub offset: u32,
@@ -434,7 +504,12 @@ pub mod v2 {
                     .accounts
                     .into_iter()
                     .map(|a| super::Account {
-                        uidvalidity_max: a.mailboxes.iter().map(|m| m.uidvalidity).max().unwrap_or(0),
+                        uidvalidity_max: a
+                            .mailboxes
+                            .iter()
+                            .map(|m| m.uidvalidity)
+                            .max()
+                            .unwrap_or(0),
                         name: a.name,
                         mailboxes: a.mailboxes,
                         subscriptions: a.subscriptions,
@@ -465,21 +540,72 @@ mod tests {
     fn apply_builds_and_expunges() {
         let mut a = Account::new("a@x");
         for (id, name, su) in DEFAULT_MAILBOXES {
-            a.apply(&Op::CreateMailbox { account: "a@x", mailbox: id, name, uidvalidity: 5, special_use: su }, None);
+            a.apply(
+                &Op::CreateMailbox {
+                    account: "a@x",
+                    mailbox: id,
+                    name,
+                    uidvalidity: 5,
+                    special_use: su,
+                },
+                None,
+            );
         }
-        let loc = |o| Loc { seg: 1, offset: o, len: 10 };
+        let loc = |o| Loc {
+            seg: 1,
+            offset: o,
+            len: 10,
+        };
         for uid in 1..=3 {
-            let op = Op::Message { account: "a@x", mailbox: INBOX, uid, internal_date: 0, flags: 0, keywords: 0, modseq: uid as u64 + 1, body: b"" };
+            let op = Op::Message {
+                account: "a@x",
+                mailbox: INBOX,
+                uid,
+                internal_date: 0,
+                flags: 0,
+                keywords: 0,
+                modseq: uid as u64 + 1,
+                body: b"",
+            };
             a.apply(&op, Some(loc(uid * 100)));
         }
-        a.apply(&Op::Flags { account: "a@x", mailbox: INBOX, uid: 2, flags: flag::SEEN, keywords: 0, modseq: 9 }, None);
-        a.apply(&Op::Expunge { account: "a@x", mailbox: INBOX, uids: vec![1, 3], modseq: 10 }, None);
+        a.apply(
+            &Op::Flags {
+                account: "a@x",
+                mailbox: INBOX,
+                uid: 2,
+                flags: flag::SEEN,
+                keywords: 0,
+                modseq: 9,
+            },
+            None,
+        );
+        a.apply(
+            &Op::Expunge {
+                account: "a@x",
+                mailbox: INBOX,
+                uids: vec![1, 3],
+                modseq: 10,
+            },
+            None,
+        );
         let inbox = a.mailbox(INBOX).unwrap();
         assert_eq!(inbox.messages.len(), 1);
         assert_eq!(inbox.messages[0].flags, flag::SEEN);
         assert_eq!(inbox.uidnext, 4);
         assert_eq!(inbox.highest_modseq, 10);
-        a.apply(&Op::Relocate { account: "a@x", old: loc(200), body: b"" }, Some(Loc { seg: 2, offset: 64, len: 10 }));
+        a.apply(
+            &Op::Relocate {
+                account: "a@x",
+                old: loc(200),
+                body: b"",
+            },
+            Some(Loc {
+                seg: 2,
+                offset: 64,
+                len: 10,
+            }),
+        );
         assert_eq!(a.mailbox(INBOX).unwrap().messages[0].loc.seg, 2);
         let mut live = HashMap::new();
         a.live_bytes(&mut live);
@@ -491,20 +617,103 @@ mod tests {
     fn queue_records_build_and_expunge_drops_state() {
         let q = "\u{1}queue-0";
         let mut a = Account::new(q);
-        a.apply(&Op::CreateMailbox { account: q, mailbox: INBOX, name: "INBOX", uidvalidity: 1, special_use: 0 }, None);
-        let msg = Op::Message { account: q, mailbox: INBOX, uid: 1, internal_date: 0, flags: 0, keywords: 0, modseq: 2, body: b"" };
-        a.apply(&msg, Some(Loc { seg: 1, offset: 64, len: 0 }));
-        a.apply(&Op::Envelope { account: q, uid: 1, arrival: 100, flags: 0, reverse_path: "s@x", recipients: vec!["a@y", "b@z"] }, None);
-        a.apply(&Op::QueueState { account: q, uid: 1, rcpt: 1, state: queue_state::DEFERRED, attempts: 1, next_attempt: 400, last_reply: "451 x" }, None);
+        a.apply(
+            &Op::CreateMailbox {
+                account: q,
+                mailbox: INBOX,
+                name: "INBOX",
+                uidvalidity: 1,
+                special_use: 0,
+            },
+            None,
+        );
+        let msg = Op::Message {
+            account: q,
+            mailbox: INBOX,
+            uid: 1,
+            internal_date: 0,
+            flags: 0,
+            keywords: 0,
+            modseq: 2,
+            body: b"",
+        };
+        a.apply(
+            &msg,
+            Some(Loc {
+                seg: 1,
+                offset: 64,
+                len: 0,
+            }),
+        );
+        a.apply(
+            &Op::Envelope {
+                account: q,
+                uid: 1,
+                arrival: 100,
+                flags: 0,
+                reverse_path: "s@x",
+                recipients: vec!["a@y", "b@z"],
+            },
+            None,
+        );
+        a.apply(
+            &Op::QueueState {
+                account: q,
+                uid: 1,
+                rcpt: 1,
+                state: queue_state::DEFERRED,
+                attempts: 1,
+                next_attempt: 400,
+                last_reply: "451 x",
+            },
+            None,
+        );
         // Out-of-range recipient or unknown uid: ignored.
-        a.apply(&Op::QueueState { account: q, uid: 1, rcpt: 9, state: queue_state::DELIVERED, attempts: 1, next_attempt: 0, last_reply: "" }, None);
-        a.apply(&Op::QueueState { account: q, uid: 7, rcpt: 0, state: queue_state::DELIVERED, attempts: 1, next_attempt: 0, last_reply: "" }, None);
+        a.apply(
+            &Op::QueueState {
+                account: q,
+                uid: 1,
+                rcpt: 9,
+                state: queue_state::DELIVERED,
+                attempts: 1,
+                next_attempt: 0,
+                last_reply: "",
+            },
+            None,
+        );
+        a.apply(
+            &Op::QueueState {
+                account: q,
+                uid: 7,
+                rcpt: 0,
+                state: queue_state::DELIVERED,
+                attempts: 1,
+                next_attempt: 0,
+                last_reply: "",
+            },
+            None,
+        );
         let m = a.queued(1).unwrap();
         assert_eq!(m.recipients[0].state, queue_state::PENDING);
         assert_eq!(m.recipients[0].next_attempt, 100);
-        assert_eq!((m.recipients[1].state, m.recipients[1].attempts, m.recipients[1].next_attempt), (queue_state::DEFERRED, 1, 400));
+        assert_eq!(
+            (
+                m.recipients[1].state,
+                m.recipients[1].attempts,
+                m.recipients[1].next_attempt
+            ),
+            (queue_state::DEFERRED, 1, 400)
+        );
         assert_eq!(m.recipients[1].last_reply, "451 x");
-        a.apply(&Op::Expunge { account: q, mailbox: INBOX, uids: vec![1], modseq: 3 }, None);
+        a.apply(
+            &Op::Expunge {
+                account: q,
+                mailbox: INBOX,
+                uids: vec![1],
+                modseq: 3,
+            },
+            None,
+        );
         assert!(a.queue.is_empty());
         assert!(a.mailbox(INBOX).unwrap().messages.is_empty());
     }
@@ -517,11 +726,18 @@ mod tests {
             version: 1,
             bucket: 2,
             applied: LogPos { seg: 1, offset: 8 },
-            accounts: vec![v1::Account { name: "a@x".into(), mailboxes: vec![mb.clone()], subscriptions: vec![], next_mailbox_id: 1 }],
+            accounts: vec![v1::Account {
+                name: "a@x".into(),
+                mailboxes: vec![mb.clone()],
+                subscriptions: vec![],
+                next_mailbox_id: 1,
+            }],
         };
         let bytes = rkyv::to_bytes::<rkyv::rancor::Error>(&old).unwrap();
-        let archived = rkyv::access::<v1::ArchivedBucketCheckpoint, rkyv::rancor::Error>(&bytes).unwrap();
-        let back: v1::BucketCheckpoint = rkyv::deserialize::<_, rkyv::rancor::Error>(archived).unwrap();
+        let archived =
+            rkyv::access::<v1::ArchivedBucketCheckpoint, rkyv::rancor::Error>(&bytes).unwrap();
+        let back: v1::BucketCheckpoint =
+            rkyv::deserialize::<_, rkyv::rancor::Error>(archived).unwrap();
         let now: BucketCheckpoint = back.into();
         assert_eq!(now.accounts[0].mailboxes, vec![mb]);
         assert!(now.accounts[0].queue.is_empty());
@@ -532,12 +748,36 @@ mod tests {
         let mut a = Account::new("a@x");
         let now = 1_800_000_000;
         for (id, name, su) in DEFAULT_MAILBOXES {
-            a.apply(&Op::CreateMailbox { account: "a@x", mailbox: id, name, uidvalidity: now as u32, special_use: su }, None);
+            a.apply(
+                &Op::CreateMailbox {
+                    account: "a@x",
+                    mailbox: id,
+                    name,
+                    uidvalidity: now as u32,
+                    special_use: su,
+                },
+                None,
+            );
         }
         let v = a.reserve_uidvalidity(now, 2);
         assert_eq!(v, vec![now as u32 + 1, now as u32 + 2]);
-        a.apply(&Op::CreateMailbox { account: "a@x", mailbox: 6, name: "box", uidvalidity: v[1], special_use: 0 }, None);
-        a.apply(&Op::DeleteMailbox { account: "a@x", mailbox: 6 }, None);
+        a.apply(
+            &Op::CreateMailbox {
+                account: "a@x",
+                mailbox: 6,
+                name: "box",
+                uidvalidity: v[1],
+                special_use: 0,
+            },
+            None,
+        );
+        a.apply(
+            &Op::DeleteMailbox {
+                account: "a@x",
+                mailbox: 6,
+            },
+            None,
+        );
         // Same second, the mailbox with the highest value is gone: still higher.
         assert_eq!(a.reserve_uidvalidity(now, 1), vec![now as u32 + 3]);
         // The clock wins when it is ahead; a clock gone backwards does not matter.
@@ -545,8 +785,23 @@ mod tests {
         assert_eq!(a.reserve_uidvalidity(now - 1000, 1), vec![now as u32 + 101]);
         // Replay of a creation record raises the counter as well.
         let mut b = Account::new("a@x");
-        b.apply(&Op::CreateMailbox { account: "a@x", mailbox: 3, name: "x", uidvalidity: 77, special_use: 0 }, None);
-        b.apply(&Op::DeleteMailbox { account: "a@x", mailbox: 3 }, None);
+        b.apply(
+            &Op::CreateMailbox {
+                account: "a@x",
+                mailbox: 3,
+                name: "x",
+                uidvalidity: 77,
+                special_use: 0,
+            },
+            None,
+        );
+        b.apply(
+            &Op::DeleteMailbox {
+                account: "a@x",
+                mailbox: 3,
+            },
+            None,
+        );
         assert_eq!(b.uidvalidity_max, 77);
         assert_eq!(b.reserve_uidvalidity(5, 1), vec![78]);
     }
@@ -559,11 +814,19 @@ mod tests {
             version: 2,
             bucket: 1,
             applied: LogPos { seg: 1, offset: 8 },
-            accounts: vec![v2::Account { name: "a@x".into(), mailboxes: vec![mb.clone()], subscriptions: vec!["INBOX".into()], next_mailbox_id: 4, queue: vec![] }],
+            accounts: vec![v2::Account {
+                name: "a@x".into(),
+                mailboxes: vec![mb.clone()],
+                subscriptions: vec!["INBOX".into()],
+                next_mailbox_id: 4,
+                queue: vec![],
+            }],
         };
         let bytes = rkyv::to_bytes::<rkyv::rancor::Error>(&old).unwrap();
-        let archived = rkyv::access::<v2::ArchivedBucketCheckpoint, rkyv::rancor::Error>(&bytes).unwrap();
-        let back: v2::BucketCheckpoint = rkyv::deserialize::<_, rkyv::rancor::Error>(archived).unwrap();
+        let archived =
+            rkyv::access::<v2::ArchivedBucketCheckpoint, rkyv::rancor::Error>(&bytes).unwrap();
+        let back: v2::BucketCheckpoint =
+            rkyv::deserialize::<_, rkyv::rancor::Error>(archived).unwrap();
         let now: BucketCheckpoint = back.into();
         assert_eq!(now.accounts[0].mailboxes, vec![mb]);
         assert_eq!(now.accounts[0].next_mailbox_id, 4);
@@ -574,9 +837,15 @@ mod tests {
     fn checkpoint_archive_round_trips() {
         let mut a = Account::new("a@x");
         a.mailboxes.push(Mailbox::new(0, "INBOX", 3, 0));
-        let c = BucketCheckpoint { version: 1, bucket: 7, applied: LogPos { seg: 9, offset: 64 }, accounts: vec![a] };
+        let c = BucketCheckpoint {
+            version: 1,
+            bucket: 7,
+            applied: LogPos { seg: 9, offset: 64 },
+            accounts: vec![a],
+        };
         let bytes = rkyv::to_bytes::<rkyv::rancor::Error>(&c).unwrap();
-        let archived = rkyv::access::<ArchivedBucketCheckpoint, rkyv::rancor::Error>(&bytes).unwrap();
+        let archived =
+            rkyv::access::<ArchivedBucketCheckpoint, rkyv::rancor::Error>(&bytes).unwrap();
         assert_eq!(archived.bucket, 7);
         let back: BucketCheckpoint = rkyv::deserialize::<_, rkyv::rancor::Error>(archived).unwrap();
         assert_eq!(back, c);

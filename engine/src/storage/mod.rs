@@ -83,8 +83,12 @@ impl Meta {
         let text = std::fs::read_to_string(data_dir.join("meta"))?;
         let mut meta = Meta { buckets: 0, run: 0 };
         for line in text.lines() {
-            let Some((k, v)) = line.split_once('=') else { continue };
-            let v: u32 = v.trim().parse().map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidData, "bad meta file"))?;
+            let Some((k, v)) = line.split_once('=') else {
+                continue;
+            };
+            let v: u32 = v.trim().parse().map_err(|_| {
+                std::io::Error::new(std::io::ErrorKind::InvalidData, "bad meta file")
+            })?;
             match k.trim() {
                 "buckets" => meta.buckets = v,
                 "run" => meta.run = v,
@@ -92,7 +96,10 @@ impl Meta {
             }
         }
         if meta.buckets == 0 {
-            return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "meta file without buckets"));
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "meta file without buckets",
+            ));
         }
         Ok(meta)
     }
@@ -104,13 +111,21 @@ impl Meta {
         std::fs::create_dir_all(data_dir.join("segments"))?;
         std::fs::create_dir_all(data_dir.join("index"))?;
         let path = data_dir.join("meta");
-        let mut meta = Meta { buckets: default_buckets, run: 0 };
+        let mut meta = Meta {
+            buckets: default_buckets,
+            run: 0,
+        };
         match std::fs::read_to_string(&path) {
             Ok(text) => {
                 for line in text.lines() {
-                    let Some((k, v)) = line.split_once('=') else { continue };
+                    let Some((k, v)) = line.split_once('=') else {
+                        continue;
+                    };
                     let v: u32 = v.trim().parse().map_err(|_| {
-                        std::io::Error::new(std::io::ErrorKind::InvalidData, format!("{}: bad value for {k}", path.display()))
+                        std::io::Error::new(
+                            std::io::ErrorKind::InvalidData,
+                            format!("{}: bad value for {k}", path.display()),
+                        )
                     })?;
                     match k.trim() {
                         "buckets" => meta.buckets = v,
@@ -123,14 +138,23 @@ impl Meta {
             Err(e) => return Err(e),
         }
         if meta.buckets == 0 {
-            return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "buckets must be > 0"));
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "buckets must be > 0",
+            ));
         }
         meta.run += 1;
         if meta.run >= 1 << 24 {
-            return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "run counter exhausted"));
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "run counter exhausted",
+            ));
         }
         let tmp = data_dir.join("meta.tmp");
-        std::fs::write(&tmp, format!("buckets = {}\nrun = {}\n", meta.buckets, meta.run))?;
+        std::fs::write(
+            &tmp,
+            format!("buckets = {}\nrun = {}\n", meta.buckets, meta.run),
+        )?;
         std::fs::File::open(&tmp)?.sync_all()?;
         std::fs::rename(&tmp, &path)?;
         std::fs::File::open(data_dir)?.sync_all()?;
@@ -192,7 +216,9 @@ pub fn compaction_victims(reports: &[Vec<SegmentUsage>], live_percent: u32) -> V
     }
     let mut v: Vec<u64> = by_id
         .into_iter()
-        .filter(|(_, (used, live, writing))| !writing && *live * 100 < *used * u64::from(live_percent))
+        .filter(|(_, (used, live, writing))| {
+            !writing && *live * 100 < *used * u64::from(live_percent)
+        })
         .map(|(id, _)| id)
         .collect();
     v.sort_unstable();
@@ -208,7 +234,8 @@ pub struct Body {
 
 impl Body {
     pub fn bytes(&self) -> &[u8] {
-        self.seg.slice(self.loc.offset as usize, self.loc.len as usize)
+        self.seg
+            .slice(self.loc.offset as usize, self.loc.len as usize)
     }
     pub fn loc(&self) -> Loc {
         self.loc
@@ -312,7 +339,8 @@ impl Store {
     }
 
     fn my_buckets(&self) -> impl Iterator<Item = u32> + '_ {
-        (0..self.cfg.meta.buckets).filter(|b| shard_of_bucket(*b, self.cfg.shards) == self.cfg.shard)
+        (0..self.cfg.meta.buckets)
+            .filter(|b| shard_of_bucket(*b, self.cfg.shards) == self.cfg.shard)
     }
 
     fn recover(&self) -> std::io::Result<()> {
@@ -320,12 +348,21 @@ impl Store {
         for b in self.my_buckets() {
             let bucket = match load_checkpoint(&self.idx_dir, b)? {
                 Some(c) => Bucket {
-                    accounts: c.accounts.into_iter().map(|a| (a.name.clone(), a)).collect(),
+                    accounts: c
+                        .accounts
+                        .into_iter()
+                        .map(|a| (a.name.clone(), a))
+                        .collect(),
                     applied: c.applied,
                     since_checkpoint: 0,
                     checkpoint_running: false,
                 },
-                None => Bucket { accounts: HashMap::new(), applied: LogPos::default(), since_checkpoint: 0, checkpoint_running: false },
+                None => Bucket {
+                    accounts: HashMap::new(),
+                    applied: LogPos::default(),
+                    since_checkpoint: 0,
+                    checkpoint_running: false,
+                },
             };
             buckets.insert(b, bucket);
         }
@@ -356,16 +393,27 @@ impl Store {
                     if after(bucket.applied, id, off) {
                         match Op::decode(rec.kind, rec.payload) {
                             Some(op) => {
-                                let body_loc = body_loc_of(&op, id, rec.payload_offset, rec.payload.len());
+                                let body_loc =
+                                    body_loc_of(&op, id, rec.payload_offset, rec.payload.len());
                                 let account = op.account();
                                 if !bucket.accounts.contains_key(account) {
-                                    bucket.accounts.insert(account.into(), Account::new(account));
+                                    bucket
+                                        .accounts
+                                        .insert(account.into(), Account::new(account));
                                 }
-                                bucket.accounts.get_mut(account).expect("inserted").apply(&op, body_loc);
+                                bucket
+                                    .accounts
+                                    .get_mut(account)
+                                    .expect("inserted")
+                                    .apply(&op, body_loc);
                                 bucket.since_checkpoint += 1;
                             }
                             None => {
-                                tracing::warn!(segment = id, offset = off, "undecodable record ends this segment");
+                                tracing::warn!(
+                                    segment = id,
+                                    offset = off,
+                                    "undecodable record ends this segment"
+                                );
                                 break;
                             }
                         }
@@ -377,7 +425,10 @@ impl Store {
             segments.insert(id, seg);
         }
         // Everything of earlier runs is now applied: this run's log starts here.
-        let start = LogPos { seg: segment::segment_id(self.cfg.meta.run, self.cfg.shard as u16, 0), offset: 0 };
+        let start = LogPos {
+            seg: segment::segment_id(self.cfg.meta.run, self.cfg.shard as u16, 0),
+            offset: 0,
+        };
         for bucket in buckets.values_mut() {
             bucket.applied = start;
         }
@@ -392,7 +443,15 @@ impl Store {
             .borrow()
             .values()
             .flat_map(|b| b.accounts.values())
-            .map(|a| (a.name.clone(), a.mailboxes.iter().map(|m| (m.name.clone(), m.messages.len(), m.size_octets())).collect()))
+            .map(|a| {
+                (
+                    a.name.clone(),
+                    a.mailboxes
+                        .iter()
+                        .map(|m| (m.name.clone(), m.messages.len(), m.size_octets()))
+                        .collect(),
+                )
+            })
             .collect();
         out.sort();
         out
@@ -401,15 +460,25 @@ impl Store {
     /// Accounts of this shard whose names start with `prefix` (relay queue
     /// accounts), sorted.
     pub fn accounts_with_prefix(&self, prefix: &str) -> Vec<String> {
-        let mut v: Vec<String> =
-            self.buckets.borrow().values().flat_map(|b| b.accounts.keys()).filter(|a| a.starts_with(prefix)).cloned().collect();
+        let mut v: Vec<String> = self
+            .buckets
+            .borrow()
+            .values()
+            .flat_map(|b| b.accounts.keys())
+            .filter(|a| a.starts_with(prefix))
+            .cloned()
+            .collect();
         v.sort();
         v
     }
 
     /// Number of accounts this shard holds.
     pub fn account_count(&self) -> usize {
-        self.buckets.borrow().values().map(|b| b.accounts.len()).sum()
+        self.buckets
+            .borrow()
+            .values()
+            .map(|b| b.accounts.len())
+            .sum()
     }
 
     /// Run `f` on an account's index, if the account has any mail state.
@@ -421,20 +490,41 @@ impl Store {
 
     /// Mutable access for eager counters (UIDs, modseqs). Creates the account
     /// with its default mailboxes if needed, pushing the creation ops to `ops_out`.
-    fn with_account_mut<R>(&self, account: &str, now: i64, creation: &mut Vec<(String, u32, u32, u8)>, f: impl FnOnce(&mut Account) -> R) -> R {
+    fn with_account_mut<R>(
+        &self,
+        account: &str,
+        now: i64,
+        creation: &mut Vec<(String, u32, u32, u8)>,
+        f: impl FnOnce(&mut Account) -> R,
+    ) -> R {
         let b = self.bucket_of(account);
-        assert!(self.owns(account), "account {account} routed to the wrong shard");
+        assert!(
+            self.owns(account),
+            "account {account} routed to the wrong shard"
+        );
         let mut buckets = self.buckets.borrow_mut();
         let bucket = buckets.get_mut(&b).expect("owned bucket exists");
-        let acc = bucket.accounts.entry(account.to_string()).or_insert_with(|| {
-            let mut a = Account::new(account);
-            let uidvalidity = now.clamp(1, u32::MAX as i64) as u32;
-            for (id, name, su) in DEFAULT_MAILBOXES {
-                a.apply(&Op::CreateMailbox { account, mailbox: id, name, uidvalidity, special_use: su }, None);
-            }
-            self.creating.borrow_mut().insert(account.to_string());
-            a
-        });
+        let acc = bucket
+            .accounts
+            .entry(account.to_string())
+            .or_insert_with(|| {
+                let mut a = Account::new(account);
+                let uidvalidity = now.clamp(1, u32::MAX as i64) as u32;
+                for (id, name, su) in DEFAULT_MAILBOXES {
+                    a.apply(
+                        &Op::CreateMailbox {
+                            account,
+                            mailbox: id,
+                            name,
+                            uidvalidity,
+                            special_use: su,
+                        },
+                        None,
+                    );
+                }
+                self.creating.borrow_mut().insert(account.to_string());
+                a
+            });
         if self.creating.borrow().contains(account) {
             for m in &acc.mailboxes {
                 creation.push((m.name.clone(), m.id, m.uidvalidity, m.special_use));
@@ -446,35 +536,65 @@ impl Store {
     /// Deliver one message to the INBOX of each account (all owned by this
     /// shard). The message is `prefix` followed by `body`. Returns the UIDs
     /// once every copy is durable.
-    pub async fn deliver(&self, accounts: &[String], prefix: &[u8], body: &[u8], internal_date: i64) -> Result<Vec<u32>> {
+    pub async fn deliver(
+        &self,
+        accounts: &[String],
+        prefix: &[u8],
+        body: &[u8],
+        internal_date: i64,
+    ) -> Result<Vec<u32>> {
         let size = prefix.len() + body.len();
-        if size + crate::limits::RECORD_OVERHEAD_MAX > self.cfg.segment_size - segment::SEGMENT_HEADER_LEN {
+        if size + crate::limits::RECORD_OVERHEAD_MAX
+            > self.cfg.segment_size - segment::SEGMENT_HEADER_LEN
+        {
             return Err(StorageError::TooLarge(size));
         }
         // Reserve room for all copies first, so the writes below happen
         // without an await between them (a commit is atomic within the shard).
         let need: usize = accounts.len() * (size + crate::limits::RECORD_OVERHEAD_MAX) + 64 * 1024;
-        self.ensure_room(need.min(self.cfg.segment_size - segment::SEGMENT_HEADER_LEN)).await?;
+        self.ensure_room(need.min(self.cfg.segment_size - segment::SEGMENT_HEADER_LEN))
+            .await?;
         let mut uids = Vec::with_capacity(accounts.len());
         let mut epoch_ops = 0;
         for account in accounts {
             if self.active_room() < size + crate::limits::RECORD_OVERHEAD_MAX {
                 // A multi-recipient message larger than one segment's room: commit
                 // what we have, roll, continue.
-                self.ensure_room(size + crate::limits::RECORD_OVERHEAD_MAX).await?;
+                self.ensure_room(size + crate::limits::RECORD_OVERHEAD_MAX)
+                    .await?;
             }
             let mut creation = Vec::new();
             let (uid, modseq) = self.with_account_mut(account, internal_date, &mut creation, |a| {
-                let inbox = a.mailbox_mut(index::INBOX).expect("every account has an INBOX");
+                let inbox = a
+                    .mailbox_mut(index::INBOX)
+                    .expect("every account has an INBOX");
                 let uid = inbox.uidnext;
                 inbox.uidnext += 1;
                 inbox.highest_modseq += 1;
                 (uid, inbox.highest_modseq)
             });
             for (name, id, uidvalidity, su) in &creation {
-                self.write_op(&Op::CreateMailbox { account, mailbox: *id, name, uidvalidity: *uidvalidity, special_use: *su }, &[])?;
+                self.write_op(
+                    &Op::CreateMailbox {
+                        account,
+                        mailbox: *id,
+                        name,
+                        uidvalidity: *uidvalidity,
+                        special_use: *su,
+                    },
+                    &[],
+                )?;
             }
-            let op = Op::Message { account, mailbox: index::INBOX, uid, internal_date, flags: 0, keywords: 0, modseq, body: &[] };
+            let op = Op::Message {
+                account,
+                mailbox: index::INBOX,
+                uid,
+                internal_date,
+                flags: 0,
+                keywords: 0,
+                modseq,
+                body: &[],
+            };
             self.write_message(&op, prefix, body)?;
             uids.push(uid);
             epoch_ops += 1;
@@ -493,10 +613,16 @@ impl Store {
     /// are applied at once, so the next command computes from them; ops that
     /// add or remove messages become visible when durable.
     pub async fn commit(&self, ops: &[Op<'_>]) -> Result<()> {
-        let need: usize = ops.iter().map(|o| o.body().map_or(0, |b| b.len()) + crate::limits::RECORD_OVERHEAD_MAX).sum();
-        self.ensure_room(need.min(self.cfg.segment_size - segment::SEGMENT_HEADER_LEN)).await?;
+        let need: usize = ops
+            .iter()
+            .map(|o| o.body().map_or(0, |b| b.len()) + crate::limits::RECORD_OVERHEAD_MAX)
+            .sum();
+        self.ensure_room(need.min(self.cfg.segment_size - segment::SEGMENT_HEADER_LEN))
+            .await?;
         for op in ops {
-            if self.active_room() < op.body().map_or(0, |b| b.len()) + crate::limits::RECORD_OVERHEAD_MAX {
+            if self.active_room()
+                < op.body().map_or(0, |b| b.len()) + crate::limits::RECORD_OVERHEAD_MAX
+            {
                 return Err(StorageError::TooLarge(need));
             }
             match op {
@@ -511,7 +637,11 @@ impl Store {
                         let b = self.bucket_of(account);
                         let mut buckets = self.buckets.borrow_mut();
                         let bucket = buckets.get_mut(&b).expect("owned bucket");
-                        bucket.accounts.entry(account.into()).or_insert_with(|| Account::new(account)).apply(op, None);
+                        bucket
+                            .accounts
+                            .entry(account.into())
+                            .or_insert_with(|| Account::new(account))
+                            .apply(op, None);
                         drop(buckets);
                         self.notify(account);
                     }
@@ -529,7 +659,13 @@ impl Store {
             return Ok(());
         }
         let modseq = self.next_modseq(account, mailbox)?;
-        self.commit(&[Op::Expunge { account, mailbox, uids, modseq }]).await
+        self.commit(&[Op::Expunge {
+            account,
+            mailbox,
+            uids,
+            modseq,
+        }])
+        .await
     }
 
     /// Allocate the next modification sequence number of a mailbox (RFC 7162).
@@ -591,10 +727,17 @@ impl Store {
             }
             for (account, old) in moves {
                 let Some(body) = self.body(old) else { continue };
-                self.commit(&[Op::Relocate { account: &account, old, body: body.bytes() }]).await?;
+                self.commit(&[Op::Relocate {
+                    account: &account,
+                    old,
+                    body: body.bytes(),
+                }])
+                .await?;
             }
         }
-        Err(StorageError::Io("segment still referenced after evacuation".into()))
+        Err(StorageError::Io(
+            "segment still referenced after evacuation".into(),
+        ))
     }
 
     /// A message body by location.
@@ -618,7 +761,11 @@ impl Store {
         }
         // Holding the roll lock also waits for a spare being prepared: segment
         // numbers must follow the order in which segments become active.
-        let _guard = self.roll_lock.acquire_permit(1).await.map_err(|e| StorageError::Io(e.to_string()))?;
+        let _guard = self
+            .roll_lock
+            .acquire_permit(1)
+            .await
+            .map_err(|e| StorageError::Io(e.to_string()))?;
         if self.active_room() >= need {
             return Ok(());
         }
@@ -649,14 +796,27 @@ impl Store {
         let seq = self.next_seq.get();
         self.next_seq.set(seq + 1);
         let id = segment::segment_id(self.cfg.meta.run, self.cfg.shard as u16, seq);
-        Ok(Rc::new(Segment::create(&self.seg_dir, id, self.cfg.segment_size, self.cfg.zero_segments, self.cfg.append_through_map).await?))
+        Ok(Rc::new(
+            Segment::create(
+                &self.seg_dir,
+                id,
+                self.cfg.segment_size,
+                self.cfg.zero_segments,
+                self.cfg.append_through_map,
+            )
+            .await?,
+        ))
     }
 
     /// Once the active segment is half full, create (and zero, if configured)
     /// the next one in the background, so rolling over never makes a
     /// delivery wait for a 64 MiB allocation.
     fn prepare_spare(self: &Rc<Self>) {
-        let half_full = self.active.borrow().as_ref().is_some_and(|a| a.room() < self.cfg.segment_size / 2);
+        let half_full = self
+            .active
+            .borrow()
+            .as_ref()
+            .is_some_and(|a| a.room() < self.cfg.segment_size / 2);
         if !half_full || self.preparing.get() || self.spare.borrow().is_some() {
             return;
         }
@@ -667,7 +827,10 @@ impl Store {
         let need = self.cfg.segment_size as u64 + SPARE_HEADROOM;
         if crate::util::free_space(&self.seg_dir).is_some_and(|free| free < need) {
             if !self.spare_skipped.replace(true) {
-                tracing::warn!(need, "not preparing the next segment: the disk is nearly full");
+                tracing::warn!(
+                    need,
+                    "not preparing the next segment: the disk is nearly full"
+                );
             }
             return;
         }
@@ -692,7 +855,9 @@ impl Store {
         if !self.cfg.zero_segments || self.zeroing.get() {
             return;
         }
-        let Some(seg) = self.active.borrow().clone() else { return };
+        let Some(seg) = self.active.borrow().clone() else {
+            return;
+        };
         if !seg.wants_zeroing(ZERO_AHEAD) {
             return;
         }
@@ -716,14 +881,33 @@ impl Store {
 
     /// A Message record whose body is `prefix ++ body` (the op's own body is ignored).
     fn write_message(&self, op: &Op<'_>, prefix: &[u8], body: &[u8]) -> Result<()> {
-        let Op::Message { account, mailbox, uid, internal_date, flags, keywords, modseq, .. } = *op else {
+        let Op::Message {
+            account,
+            mailbox,
+            uid,
+            internal_date,
+            flags,
+            keywords,
+            modseq,
+            ..
+        } = *op
+        else {
             unreachable!("write_message takes Message ops")
         };
         let len = prefix.len() + body.len();
         let mut meta = self.meta_buf.borrow_mut();
         meta.clear();
         // Encode metadata with a placeholder body of the right length.
-        let shadow = Op::Message { account, mailbox, uid, internal_date, flags, keywords, modseq, body: &[] };
+        let shadow = Op::Message {
+            account,
+            mailbox,
+            uid,
+            internal_date,
+            flags,
+            keywords,
+            modseq,
+            body: &[],
+        };
         shadow.encode_meta(&mut meta);
         let n = meta.len();
         meta[n - 4..].copy_from_slice(&(len as u32).to_le_bytes());
@@ -733,7 +917,11 @@ impl Store {
     fn write_parts(&self, op: &Op<'_>, parts: &[&[u8]]) -> Result<()> {
         let payload_len: usize = parts.iter().map(|p| p.len()).sum();
         let total = record::record_len(payload_len);
-        let active = self.active.borrow().clone().ok_or(StorageError::Io("no active segment".into()))?;
+        let active = self
+            .active
+            .borrow()
+            .clone()
+            .ok_or(StorageError::Io("no active segment".into()))?;
         if active.room() < total {
             return Err(StorageError::TooLarge(total));
         }
@@ -774,7 +962,8 @@ impl Store {
         if let Some(bell) = self.doorbell.borrow_mut().take() {
             let _ = bell.send(());
         }
-        rx.await.unwrap_or_else(|_| Err(StorageError::Io("store shut down".into())))
+        rx.await
+            .unwrap_or_else(|_| Err(StorageError::Io("store shut down".into())))
     }
 
     /// The group-commit loop: one task per shard. Each round syncs every
@@ -782,7 +971,9 @@ impl Store {
     /// just the active one), then applies the records and wakes the waiters.
     pub async fn run_syncer(self: Rc<Self>) {
         loop {
-            if self.synced_epoch.get() >= self.written_epoch.get() || self.waiters.borrow().is_empty() {
+            if self.synced_epoch.get() >= self.written_epoch.get()
+                || self.waiters.borrow().is_empty()
+            {
                 let (tx, rx) = oneshot::channel();
                 *self.doorbell.borrow_mut() = Some(tx);
                 if rx.await.is_err() {
@@ -809,7 +1000,8 @@ impl Store {
         // meanwhile are handled in one batch afterwards. A slow disk (the
         // average above the limit) would stall every session of the shard
         // for that long, so its syncs go through io_uring.
-        let inline = self.cfg.sync_inline_max_us > 0 && self.sync_avg_ns.get() <= self.cfg.sync_inline_max_us.saturating_mul(1000);
+        let inline = self.cfg.sync_inline_max_us > 0
+            && self.sync_avg_ns.get() <= self.cfg.sync_inline_max_us.saturating_mul(1000);
         let started = std::time::Instant::now();
         for seg in &dirty {
             if let Err(e) = seg.sync(inline).await {
@@ -822,8 +1014,12 @@ impl Store {
         let avg = self.sync_avg_ns.get();
         self.sync_avg_ns.set(avg - avg / 8 + took / 8);
         self.stats.syncs.set(self.stats.syncs.get() + 1);
-        self.stats.inline_syncs.set(self.stats.inline_syncs.get() + u64::from(inline));
-        self.stats.sync_nanos.set(self.stats.sync_nanos.get() + took);
+        self.stats
+            .inline_syncs
+            .set(self.stats.inline_syncs.get() + u64::from(inline));
+        self.stats
+            .sync_nanos
+            .set(self.stats.sync_nanos.get() + took);
         if result.is_ok() {
             self.apply_pending(&pending);
         } else {
@@ -848,11 +1044,15 @@ impl Store {
     fn apply_pending(&self, pending: &[(Rc<Segment>, usize)]) {
         let mut buckets = self.buckets.borrow_mut();
         for (seg, at) in pending {
-            let rec = record::frame_at(seg.slice(0, seg.write_pos()), *at).expect("record we just wrote frames");
+            let rec = record::frame_at(seg.slice(0, seg.write_pos()), *at)
+                .expect("record we just wrote frames");
             let op = Op::decode(rec.kind, rec.payload).expect("record we just wrote decodes");
             let bucket = buckets.get_mut(&rec.bucket).expect("owned bucket");
             bucket.since_checkpoint += 1;
-            self.synced_pos.set(LogPos { seg: seg.id(), offset: rec.next as u32 });
+            self.synced_pos.set(LogPos {
+                seg: seg.id(),
+                offset: rec.next as u32,
+            });
             if is_eager(&op) {
                 continue;
             }
@@ -885,14 +1085,28 @@ impl Store {
     /// Make sure an account exists with its default mailboxes, durably.
     pub async fn ensure_account(&self, account: &str) -> Result<()> {
         let mut creation = Vec::new();
-        self.with_account_mut(account, crate::runtime::shard::unix_now(), &mut creation, |_| ());
+        self.with_account_mut(
+            account,
+            crate::runtime::shard::unix_now(),
+            &mut creation,
+            |_| (),
+        );
         if creation.is_empty() {
             return Ok(());
         }
         let need = creation.len() * 512;
         self.ensure_room(need).await?;
         for (name, id, uidvalidity, su) in &creation {
-            self.write_op(&Op::CreateMailbox { account, mailbox: *id, name, uidvalidity: *uidvalidity, special_use: *su }, &[])?;
+            self.write_op(
+                &Op::CreateMailbox {
+                    account,
+                    mailbox: *id,
+                    name,
+                    uidvalidity: *uidvalidity,
+                    special_use: *su,
+                },
+                &[],
+            )?;
         }
         self.wait_durable().await?;
         self.creating.borrow_mut().remove(account);
@@ -901,7 +1115,11 @@ impl Store {
 
     /// Run `f` on an existing account's index mutably: for counters that
     /// advance when a record is written (UIDs, modseqs, mailbox ids, keyword bits).
-    pub fn with_account_counters<R>(&self, account: &str, f: impl FnOnce(&mut Account) -> R) -> Result<R> {
+    pub fn with_account_counters<R>(
+        &self,
+        account: &str,
+        f: impl FnOnce(&mut Account) -> R,
+    ) -> Result<R> {
         let b = self.bucket_of(account);
         let mut buckets = self.buckets.borrow_mut();
         let acc = buckets
@@ -941,7 +1159,12 @@ impl Store {
         let pos = self.synced_pos.get();
         let mut accounts: Vec<Account> = bucket.accounts.values().cloned().collect();
         accounts.sort_by(|a, b| a.name.cmp(&b.name));
-        let c = BucketCheckpoint { version: CHECKPOINT_VERSION, bucket: b, applied: pos, accounts };
+        let c = BucketCheckpoint {
+            version: CHECKPOINT_VERSION,
+            bucket: b,
+            applied: pos,
+            accounts,
+        };
         let bytes = rkyv::to_bytes::<rkyv::rancor::Error>(&c).ok()?;
         Some((bytes.into_vec(), pos))
     }
@@ -952,7 +1175,13 @@ impl Store {
         // Only the syncer task runs sync rounds (two concurrent rounds could
         // acknowledge records before their own fdatasync): wait for it.
         self.wait_durable().await?;
-        let due: Vec<u32> = self.buckets.borrow().iter().filter(|(_, b)| b.since_checkpoint > 0).map(|(k, _)| *k).collect();
+        let due: Vec<u32> = self
+            .buckets
+            .borrow()
+            .iter()
+            .filter(|(_, b)| b.since_checkpoint > 0)
+            .map(|(k, _)| *k)
+            .collect();
         for b in due {
             if let Some((bytes, pos)) = self.checkpoint_bytes(b) {
                 write_checkpoint(&self.idx_dir, b, &bytes).await?;
@@ -996,12 +1225,23 @@ async fn write_checkpoint(dir: &Path, bucket: u32, archive: &[u8]) -> Result<()>
     data.extend_from_slice(archive);
     let tmp = dir.join(format!("b{bucket:05}.ckpt.tmp.{}", rand::random::<u32>()));
     let io = |e: glommio::GlommioError<()>| StorageError::from(std::io::Error::from(e));
-    let mut f = glommio::io::OpenOptions::new().write(true).create(true).truncate(true).buffered_open(&tmp).await.map_err(io)?;
+    let mut f = glommio::io::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .buffered_open(&tmp)
+        .await
+        .map_err(io)?;
     f.write_at(data, 0).await.map_err(io)?;
     f.fdatasync().await.map_err(io)?;
     f.rename(checkpoint_path(dir, bucket)).await.map_err(io)?;
     f.close().await.map_err(io)?;
-    glommio::io::Directory::open(dir).await.map_err(io)?.sync().await.map_err(io)?;
+    glommio::io::Directory::open(dir)
+        .await
+        .map_err(io)?
+        .sync()
+        .await
+        .map_err(io)?;
     Ok(())
 }
 
@@ -1014,7 +1254,12 @@ fn load_checkpoint(dir: &Path, bucket: u32) -> std::io::Result<Option<BucketChec
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(e),
     };
-    let bad = |m: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, format!("{}: {m}", path.display()));
+    let bad = |m: &str| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("{}: {m}", path.display()),
+        )
+    };
     // SAFETY: checkpoint files are written once under a temporary name and
     // renamed into place; nothing modifies them while mapped.
     let map = unsafe { memmap2::Mmap::map(&file)? };
@@ -1023,7 +1268,9 @@ fn load_checkpoint(dir: &Path, bucket: u32) -> std::io::Result<Option<BucketChec
     }
     let len = u32::from_le_bytes(map[8..12].try_into().unwrap()) as usize;
     let crc = u32::from_le_bytes(map[12..16].try_into().unwrap());
-    let archive = map.get(CHECKPOINT_HEADER..CHECKPOINT_HEADER + len).ok_or_else(|| bad("truncated"))?;
+    let archive = map
+        .get(CHECKPOINT_HEADER..CHECKPOINT_HEADER + len)
+        .ok_or_else(|| bad("truncated"))?;
     if crc32fast::hash(archive) != crc {
         return Err(bad("checksum mismatch"));
     }
@@ -1060,14 +1307,23 @@ fn load_checkpoint(dir: &Path, bucket: u32) -> std::io::Result<Option<BucketChec
 fn is_eager(op: &Op<'_>) -> bool {
     matches!(
         op,
-        Op::CreateMailbox { .. } | Op::DeleteMailbox { .. } | Op::RenameMailbox { .. } | Op::Subscribe { .. } | Op::Flags { .. } | Op::Keyword { .. }
+        Op::CreateMailbox { .. }
+            | Op::DeleteMailbox { .. }
+            | Op::RenameMailbox { .. }
+            | Op::Subscribe { .. }
+            | Op::Flags { .. }
+            | Op::Keyword { .. }
     )
 }
 
 /// Where the body of a Message/Relocate record sits: the payload's tail.
 fn body_loc_of(op: &Op<'_>, seg: u64, payload_offset: usize, payload_len: usize) -> Option<Loc> {
     let body = op.body()?;
-    Some(Loc { seg, offset: (payload_offset + payload_len - body.len()) as u32, len: body.len() as u32 })
+    Some(Loc {
+        seg,
+        offset: (payload_offset + payload_len - body.len()) as u32,
+        len: body.len() as u32,
+    })
 }
 
 /// Is the record at (`seg`, `offset`) after the checkpoint position `applied`?

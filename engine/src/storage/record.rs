@@ -27,7 +27,9 @@ pub const ALIGN: usize = 8;
 
 /// Where a message body lives: segment id, byte offset of the body in the
 /// segment, body length.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize,
+)]
 pub struct Loc {
     pub seg: u64,
     pub offset: u32,
@@ -38,29 +40,100 @@ pub struct Loc {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Op<'a> {
     /// A mailbox was created (also the implicit INBOX and special folders of a new account).
-    CreateMailbox { account: &'a str, mailbox: u32, name: &'a str, uidvalidity: u32, special_use: u8 },
-    DeleteMailbox { account: &'a str, mailbox: u32 },
-    RenameMailbox { account: &'a str, mailbox: u32, name: &'a str },
-    Subscribe { account: &'a str, name: &'a str, on: bool },
+    CreateMailbox {
+        account: &'a str,
+        mailbox: u32,
+        name: &'a str,
+        uidvalidity: u32,
+        special_use: u8,
+    },
+    DeleteMailbox {
+        account: &'a str,
+        mailbox: u32,
+    },
+    RenameMailbox {
+        account: &'a str,
+        mailbox: u32,
+        name: &'a str,
+    },
+    Subscribe {
+        account: &'a str,
+        name: &'a str,
+        on: bool,
+    },
     /// A new message; `body` is the message exactly as served to clients.
-    Message { account: &'a str, mailbox: u32, uid: u32, internal_date: i64, flags: u32, keywords: u64, modseq: u64, body: &'a [u8] },
+    Message {
+        account: &'a str,
+        mailbox: u32,
+        uid: u32,
+        internal_date: i64,
+        flags: u32,
+        keywords: u64,
+        modseq: u64,
+        body: &'a [u8],
+    },
     /// A copy of an existing body into another mailbox (IMAP COPY/MOVE), sharing its bytes.
-    Link { account: &'a str, mailbox: u32, uid: u32, internal_date: i64, flags: u32, keywords: u64, modseq: u64, loc: Loc },
+    Link {
+        account: &'a str,
+        mailbox: u32,
+        uid: u32,
+        internal_date: i64,
+        flags: u32,
+        keywords: u64,
+        modseq: u64,
+        loc: Loc,
+    },
     /// New flags of a message.
-    Flags { account: &'a str, mailbox: u32, uid: u32, flags: u32, keywords: u64, modseq: u64 },
+    Flags {
+        account: &'a str,
+        mailbox: u32,
+        uid: u32,
+        flags: u32,
+        keywords: u64,
+        modseq: u64,
+    },
     /// A keyword name was given a bit position in a mailbox.
-    Keyword { account: &'a str, mailbox: u32, bit: u8, name: &'a str },
+    Keyword {
+        account: &'a str,
+        mailbox: u32,
+        bit: u8,
+        name: &'a str,
+    },
     /// Messages removed from a mailbox.
-    Expunge { account: &'a str, mailbox: u32, uids: Vec<u32>, modseq: u64 },
+    Expunge {
+        account: &'a str,
+        mailbox: u32,
+        uids: Vec<u32>,
+        modseq: u64,
+    },
     /// Compaction moved a body: every entry of the account at `old` now points at this record's body.
-    Relocate { account: &'a str, old: Loc, body: &'a [u8] },
+    Relocate {
+        account: &'a str,
+        old: Loc,
+        body: &'a [u8],
+    },
     /// Relay queue: the envelope of the message `uid` in the queue account's
     /// INBOX (logged right after its Message record). Every recipient starts
     /// pending. `flags`: see `index::queue_flag`.
-    Envelope { account: &'a str, uid: u32, arrival: i64, flags: u8, reverse_path: &'a str, recipients: Vec<&'a str> },
+    Envelope {
+        account: &'a str,
+        uid: u32,
+        arrival: i64,
+        flags: u8,
+        reverse_path: &'a str,
+        recipients: Vec<&'a str>,
+    },
     /// Relay queue: the delivery state of recipient `rcpt` (index into the
     /// envelope's list) of queued message `uid`. `state`: see `index::queue_state`.
-    QueueState { account: &'a str, uid: u32, rcpt: u32, state: u8, attempts: u32, next_attempt: i64, last_reply: &'a str },
+    QueueState {
+        account: &'a str,
+        uid: u32,
+        rcpt: u32,
+        state: u8,
+        attempts: u32,
+        next_attempt: i64,
+        last_reply: &'a str,
+    },
 }
 
 impl<'a> Op<'a> {
@@ -111,7 +184,13 @@ impl<'a> Op<'a> {
         let mut w = Writer(out);
         w.str(self.account());
         match self {
-            Op::CreateMailbox { mailbox, name, uidvalidity, special_use, .. } => {
+            Op::CreateMailbox {
+                mailbox,
+                name,
+                uidvalidity,
+                special_use,
+                ..
+            } => {
                 w.u32(*mailbox);
                 w.str(name);
                 w.u32(*uidvalidity);
@@ -126,7 +205,16 @@ impl<'a> Op<'a> {
                 w.str(name);
                 w.0.push(u8::from(*on));
             }
-            Op::Message { mailbox, uid, internal_date, flags, keywords, modseq, body, .. } => {
+            Op::Message {
+                mailbox,
+                uid,
+                internal_date,
+                flags,
+                keywords,
+                modseq,
+                body,
+                ..
+            } => {
                 w.u32(*mailbox);
                 w.u32(*uid);
                 w.u64(*internal_date as u64);
@@ -135,7 +223,16 @@ impl<'a> Op<'a> {
                 w.u64(*modseq);
                 w.u32(body.len() as u32);
             }
-            Op::Link { mailbox, uid, internal_date, flags, keywords, modseq, loc, .. } => {
+            Op::Link {
+                mailbox,
+                uid,
+                internal_date,
+                flags,
+                keywords,
+                modseq,
+                loc,
+                ..
+            } => {
                 w.u32(*mailbox);
                 w.u32(*uid);
                 w.u64(*internal_date as u64);
@@ -144,19 +241,33 @@ impl<'a> Op<'a> {
                 w.u64(*modseq);
                 w.loc(loc);
             }
-            Op::Flags { mailbox, uid, flags, keywords, modseq, .. } => {
+            Op::Flags {
+                mailbox,
+                uid,
+                flags,
+                keywords,
+                modseq,
+                ..
+            } => {
                 w.u32(*mailbox);
                 w.u32(*uid);
                 w.u32(*flags);
                 w.u64(*keywords);
                 w.u64(*modseq);
             }
-            Op::Keyword { mailbox, bit, name, .. } => {
+            Op::Keyword {
+                mailbox, bit, name, ..
+            } => {
                 w.u32(*mailbox);
                 w.0.push(*bit);
                 w.str(name);
             }
-            Op::Expunge { mailbox, uids, modseq, .. } => {
+            Op::Expunge {
+                mailbox,
+                uids,
+                modseq,
+                ..
+            } => {
                 w.u32(*mailbox);
                 w.u64(*modseq);
                 w.u32(uids.len() as u32);
@@ -168,7 +279,14 @@ impl<'a> Op<'a> {
                 w.loc(old);
                 w.u32(body.len() as u32);
             }
-            Op::Envelope { uid, arrival, flags, reverse_path, recipients, .. } => {
+            Op::Envelope {
+                uid,
+                arrival,
+                flags,
+                reverse_path,
+                recipients,
+                ..
+            } => {
                 w.u32(*uid);
                 w.u64(*arrival as u64);
                 w.0.push(*flags);
@@ -178,7 +296,15 @@ impl<'a> Op<'a> {
                     w.str(r);
                 }
             }
-            Op::QueueState { uid, rcpt, state, attempts, next_attempt, last_reply, .. } => {
+            Op::QueueState {
+                uid,
+                rcpt,
+                state,
+                attempts,
+                next_attempt,
+                last_reply,
+                ..
+            } => {
                 w.u32(*uid);
                 w.u32(*rcpt);
                 w.0.push(*state);
@@ -202,9 +328,20 @@ impl<'a> Op<'a> {
                 uidvalidity: r.u32()?,
                 special_use: r.u8()?,
             },
-            2 => Op::DeleteMailbox { account, mailbox: r.u32()? },
-            3 => Op::RenameMailbox { account, mailbox: r.u32()?, name: r.str()? },
-            4 => Op::Subscribe { account, name: r.str()?, on: r.u8()? != 0 },
+            2 => Op::DeleteMailbox {
+                account,
+                mailbox: r.u32()?,
+            },
+            3 => Op::RenameMailbox {
+                account,
+                mailbox: r.u32()?,
+                name: r.str()?,
+            },
+            4 => Op::Subscribe {
+                account,
+                name: r.str()?,
+                on: r.u8()? != 0,
+            },
             5 => {
                 let mailbox = r.u32()?;
                 let uid = r.u32()?;
@@ -213,7 +350,16 @@ impl<'a> Op<'a> {
                 let keywords = r.u64()?;
                 let modseq = r.u64()?;
                 let len = r.u32()? as usize;
-                Op::Message { account, mailbox, uid, internal_date, flags, keywords, modseq, body: r.take(len)? }
+                Op::Message {
+                    account,
+                    mailbox,
+                    uid,
+                    internal_date,
+                    flags,
+                    keywords,
+                    modseq,
+                    body: r.take(len)?,
+                }
             }
             6 => Op::Link {
                 account,
@@ -233,7 +379,12 @@ impl<'a> Op<'a> {
                 keywords: r.u64()?,
                 modseq: r.u64()?,
             },
-            8 => Op::Keyword { account, mailbox: r.u32()?, bit: r.u8()?, name: r.str()? },
+            8 => Op::Keyword {
+                account,
+                mailbox: r.u32()?,
+                bit: r.u8()?,
+                name: r.str()?,
+            },
             9 => {
                 let mailbox = r.u32()?;
                 let modseq = r.u64()?;
@@ -245,12 +396,21 @@ impl<'a> Op<'a> {
                 for _ in 0..n {
                     uids.push(r.u32()?);
                 }
-                Op::Expunge { account, mailbox, uids, modseq }
+                Op::Expunge {
+                    account,
+                    mailbox,
+                    uids,
+                    modseq,
+                }
             }
             10 => {
                 let old = r.loc()?;
                 let len = r.u32()? as usize;
-                Op::Relocate { account, old, body: r.take(len)? }
+                Op::Relocate {
+                    account,
+                    old,
+                    body: r.take(len)?,
+                }
             }
             11 => {
                 let uid = r.u32()?;
@@ -265,7 +425,14 @@ impl<'a> Op<'a> {
                 for _ in 0..n {
                     recipients.push(r.str()?);
                 }
-                Op::Envelope { account, uid, arrival, flags, reverse_path, recipients }
+                Op::Envelope {
+                    account,
+                    uid,
+                    arrival,
+                    flags,
+                    reverse_path,
+                    recipients,
+                }
             }
             12 => Op::QueueState {
                 account,
@@ -400,7 +567,11 @@ impl<'a> Reader<'a> {
         std::str::from_utf8(self.take(n)?).ok()
     }
     fn loc(&mut self) -> Option<Loc> {
-        Some(Loc { seg: self.u64()?, offset: self.u32()?, len: self.u32()? })
+        Some(Loc {
+            seg: self.u64()?,
+            offset: self.u32()?,
+            len: self.u32()?,
+        })
     }
 }
 
@@ -423,18 +594,97 @@ mod tests {
     #[test]
     fn every_op_round_trips_and_torn_records_end_the_log() {
         let ops = vec![
-            Op::CreateMailbox { account: "a@x", mailbox: 1, name: "Sent", uidvalidity: 7, special_use: 2 },
-            Op::DeleteMailbox { account: "a@x", mailbox: 1 },
-            Op::RenameMailbox { account: "a@x", mailbox: 1, name: "Old" },
-            Op::Subscribe { account: "a@x", name: "Old", on: true },
-            Op::Message { account: "a@x", mailbox: 0, uid: 9, internal_date: -5, flags: 3, keywords: 1 << 40, modseq: 11, body: b"hello\r\n" },
-            Op::Link { account: "a@x", mailbox: 2, uid: 1, internal_date: 5, flags: 0, keywords: 0, modseq: 12, loc: Loc { seg: 1 << 40, offset: 64, len: 7 } },
-            Op::Flags { account: "a@x", mailbox: 0, uid: 9, flags: 1, keywords: 0, modseq: 13 },
-            Op::Keyword { account: "a@x", mailbox: 0, bit: 3, name: "$Junk" },
-            Op::Expunge { account: "a@x", mailbox: 0, uids: vec![1, 2, 9], modseq: 14 },
-            Op::Envelope { account: "\u{1}queue-0", uid: 4, arrival: 1_700_000_000, flags: 3, reverse_path: "", recipients: vec!["a@b.test", "c@d.test"] },
-            Op::QueueState { account: "\u{1}queue-0", uid: 4, rcpt: 1, state: 1, attempts: 2, next_attempt: 1_700_000_600, last_reply: "451 4.4.1 later" },
-            Op::Relocate { account: "a@x", old: Loc { seg: 2, offset: 3, len: 4 }, body: b"abcd" },
+            Op::CreateMailbox {
+                account: "a@x",
+                mailbox: 1,
+                name: "Sent",
+                uidvalidity: 7,
+                special_use: 2,
+            },
+            Op::DeleteMailbox {
+                account: "a@x",
+                mailbox: 1,
+            },
+            Op::RenameMailbox {
+                account: "a@x",
+                mailbox: 1,
+                name: "Old",
+            },
+            Op::Subscribe {
+                account: "a@x",
+                name: "Old",
+                on: true,
+            },
+            Op::Message {
+                account: "a@x",
+                mailbox: 0,
+                uid: 9,
+                internal_date: -5,
+                flags: 3,
+                keywords: 1 << 40,
+                modseq: 11,
+                body: b"hello\r\n",
+            },
+            Op::Link {
+                account: "a@x",
+                mailbox: 2,
+                uid: 1,
+                internal_date: 5,
+                flags: 0,
+                keywords: 0,
+                modseq: 12,
+                loc: Loc {
+                    seg: 1 << 40,
+                    offset: 64,
+                    len: 7,
+                },
+            },
+            Op::Flags {
+                account: "a@x",
+                mailbox: 0,
+                uid: 9,
+                flags: 1,
+                keywords: 0,
+                modseq: 13,
+            },
+            Op::Keyword {
+                account: "a@x",
+                mailbox: 0,
+                bit: 3,
+                name: "$Junk",
+            },
+            Op::Expunge {
+                account: "a@x",
+                mailbox: 0,
+                uids: vec![1, 2, 9],
+                modseq: 14,
+            },
+            Op::Envelope {
+                account: "\u{1}queue-0",
+                uid: 4,
+                arrival: 1_700_000_000,
+                flags: 3,
+                reverse_path: "",
+                recipients: vec!["a@b.test", "c@d.test"],
+            },
+            Op::QueueState {
+                account: "\u{1}queue-0",
+                uid: 4,
+                rcpt: 1,
+                state: 1,
+                attempts: 2,
+                next_attempt: 1_700_000_600,
+                last_reply: "451 4.4.1 later",
+            },
+            Op::Relocate {
+                account: "a@x",
+                old: Loc {
+                    seg: 2,
+                    offset: 3,
+                    len: 4,
+                },
+                body: b"abcd",
+            },
         ];
         let mut log = Vec::new();
         for op in &ops {

@@ -99,7 +99,13 @@ impl Segment {
     /// Create a new segment file of `size` bytes, fallocated, mapped
     /// read-write. With `zero`, its first chunk is zero-filled and synced
     /// (see `zero_ahead`).
-    pub async fn create(dir: &Path, id: u64, size: usize, zero: bool, through_map: bool) -> std::io::Result<Segment> {
+    pub async fn create(
+        dir: &Path,
+        id: u64,
+        size: usize,
+        zero: bool,
+        through_map: bool,
+    ) -> std::io::Result<Segment> {
         let path = dir.join(file_name(id));
         let file = glommio::io::OpenOptions::new()
             .read(true)
@@ -118,15 +124,31 @@ impl Segment {
         }
     }
 
-    async fn init(dir: &Path, id: u64, path: PathBuf, file: glommio::io::BufferedFile, size: usize, zero: bool, through_map: bool) -> std::io::Result<Segment> {
+    async fn init(
+        dir: &Path,
+        id: u64,
+        path: PathBuf,
+        file: glommio::io::BufferedFile,
+        size: usize,
+        zero: bool,
+        through_map: bool,
+    ) -> std::io::Result<Segment> {
         // Allocate every block now: ENOSPC surfaces here, not as SIGBUS later.
-        file.pre_allocate(size as u64, false).await.map_err(std::io::Error::from)?;
+        file.pre_allocate(size as u64, false)
+            .await
+            .map_err(std::io::Error::from)?;
         // Zeros go through a file description of their own: a writeback
         // error is reported once per description, so the zeroing task's
         // fdatasync must not be the one that consumes an error belonging
         // to a commit's records.
         let zero_file = if zero {
-            Some(Rc::new(glommio::io::OpenOptions::new().write(true).buffered_open(&path).await.map_err(std::io::Error::from)?))
+            Some(Rc::new(
+                glommio::io::OpenOptions::new()
+                    .write(true)
+                    .buffered_open(&path)
+                    .await
+                    .map_err(std::io::Error::from)?,
+            ))
         } else {
             None
         };
@@ -153,7 +175,12 @@ impl Segment {
         header[8..16].copy_from_slice(&id.to_le_bytes());
         seg.write_at(0, &[&header])?;
         // The new directory entry must be durable before any record in the file counts.
-        glommio::io::Directory::open(dir).await.map_err(std::io::Error::from)?.sync().await.map_err(std::io::Error::from)?;
+        glommio::io::Directory::open(dir)
+            .await
+            .map_err(std::io::Error::from)?
+            .sync()
+            .await
+            .map_err(std::io::Error::from)?;
         Ok(seg)
     }
 
@@ -163,12 +190,19 @@ impl Segment {
         let file = std::fs::File::open(path)?;
         let len = file.metadata()?.len() as usize;
         if len < SEGMENT_HEADER_LEN {
-            return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "segment too short"));
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "segment too short",
+            ));
         }
         let map = MmapOptions::new().len(len).map_raw_read_only(&file)?;
-        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
-        let id = parse_file_name(name)
-            .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidData, "bad segment name"))?;
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default();
+        let id = parse_file_name(name).ok_or_else(|| {
+            std::io::Error::new(std::io::ErrorKind::InvalidData, "bad segment name")
+        })?;
         let seg = Segment {
             id,
             path: path.into(),
@@ -182,7 +216,10 @@ impl Segment {
             zeroed: Cell::new(len),
         };
         if &seg.all()[..8] != SEGMENT_MAGIC {
-            return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "bad segment magic"));
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "bad segment magic",
+            ));
         }
         Ok(seg)
     }
@@ -215,7 +252,10 @@ impl Segment {
     /// Mark the end of valid data (after a recovery scan).
     pub fn set_end(&self, end: usize) {
         assert!(end <= self.map.len());
-        assert!(self.staged.borrow().is_empty(), "set_end with staged records");
+        assert!(
+            self.staged.borrow().is_empty(),
+            "set_end with staged records"
+        );
         self.write_pos.set(end);
     }
 
@@ -248,7 +288,9 @@ impl Segment {
         let len: usize = parts.iter().map(|p| p.len()).sum();
         debug_assert!(len <= total);
         if self.failed.get() {
-            return Err(std::io::Error::other("an earlier write to this segment failed"));
+            return Err(std::io::Error::other(
+                "an earlier write to this segment failed",
+            ));
         }
         if self.through_map {
             self.write_at(at, parts)?;
@@ -326,7 +368,13 @@ impl Segment {
                 // so no `&[u8]` handed out by `slice` overlaps it; the mapping is
                 // writable (created by `create`), and `p` cannot alias the mapping's
                 // unwritten tail because nothing ever borrowed it.
-                unsafe { std::ptr::copy_nonoverlapping(p.as_ptr(), self.map.as_mut_ptr().add(pos), p.len()) };
+                unsafe {
+                    std::ptr::copy_nonoverlapping(
+                        p.as_ptr(),
+                        self.map.as_mut_ptr().add(pos),
+                        p.len(),
+                    )
+                };
                 pos += p.len();
             }
             return Ok(len);
@@ -336,14 +384,24 @@ impl Segment {
         let mut iov: Vec<libc::iovec> = parts
             .iter()
             .filter(|p| !p.is_empty())
-            .map(|p| libc::iovec { iov_base: p.as_ptr() as *mut libc::c_void, iov_len: p.len() })
+            .map(|p| libc::iovec {
+                iov_base: p.as_ptr() as *mut libc::c_void,
+                iov_len: p.len(),
+            })
             .collect();
         let mut done = 0usize;
         let mut first = 0usize;
         while done < len {
             // SAFETY: every iovec points into a live slice of `parts` (or its
             // tail, adjusted below); the fd is this segment's open file.
-            let n = unsafe { libc::pwritev(file.as_raw_fd(), iov[first..].as_ptr(), (iov.len() - first) as libc::c_int, (at + done) as libc::off_t) };
+            let n = unsafe {
+                libc::pwritev(
+                    file.as_raw_fd(),
+                    iov[first..].as_ptr(),
+                    (iov.len() - first) as libc::c_int,
+                    (at + done) as libc::off_t,
+                )
+            };
             if n < 0 {
                 let e = std::io::Error::last_os_error();
                 if e.kind() == std::io::ErrorKind::Interrupted {
@@ -360,7 +418,8 @@ impl Segment {
             }
             if n > 0 {
                 // SAFETY: advancing within the same slice, n < its remaining length.
-                iov[first].iov_base = unsafe { (iov[first].iov_base as *mut u8).add(n) } as *mut libc::c_void;
+                iov[first].iov_base =
+                    unsafe { (iov[first].iov_base as *mut u8).add(n) } as *mut libc::c_void;
                 iov[first].iov_len -= n;
             }
         }
@@ -374,7 +433,9 @@ impl Segment {
     pub async fn sync(&self, inline: bool) -> std::io::Result<()> {
         self.flush()?;
         if self.failed.get() {
-            return Err(std::io::Error::other("an earlier write to this segment failed"));
+            return Err(std::io::Error::other(
+                "an earlier write to this segment failed",
+            ));
         }
         match &self.file {
             Some(f) if inline => loop {
@@ -400,7 +461,9 @@ impl Segment {
     /// Does `zero_ahead(ahead)` have work to do?
     pub fn wants_zeroing(&self, ahead: usize) -> bool {
         let pos = self.write_pos.get();
-        self.zero_file.borrow().is_some() && !self.failed.get() && self.zeroed.get().max(pos) < (pos + ahead).min(self.map.len())
+        self.zero_file.borrow().is_some()
+            && !self.failed.get()
+            && self.zeroed.get().max(pos) < (pos + ahead).min(self.map.len())
     }
 
     /// Zero-fill the file from the write position (or the end of what was
@@ -420,7 +483,9 @@ impl Segment {
     /// pages of this file can no longer be trusted, so its pending commits
     /// fail and the store moves to a new segment.
     pub async fn zero_ahead(&self, ahead: usize) -> std::io::Result<()> {
-        let Some(file) = self.zero_file.borrow().clone() else { return Ok(()) };
+        let Some(file) = self.zero_file.borrow().clone() else {
+            return Ok(());
+        };
         let mut wrote = false;
         while self.wants_zeroing(ahead) {
             // wants_zeroing guarantees from < map.len(), so from < to.
@@ -428,9 +493,20 @@ impl Segment {
             let to = (from + ZERO_CHUNK).min(self.map.len());
             // SAFETY: ZEROS is a static buffer of at least `to - from` bytes;
             // the fd is an open description of this segment's file.
-            let n = unsafe { libc::pwrite(file.as_raw_fd(), ZEROS.as_ptr().cast(), to - from, from as libc::off_t) };
+            let n = unsafe {
+                libc::pwrite(
+                    file.as_raw_fd(),
+                    ZEROS.as_ptr().cast(),
+                    to - from,
+                    from as libc::off_t,
+                )
+            };
             if n <= 0 {
-                let e = if n < 0 { std::io::Error::last_os_error() } else { std::io::Error::from(std::io::ErrorKind::WriteZero) };
+                let e = if n < 0 {
+                    std::io::Error::last_os_error()
+                } else {
+                    std::io::Error::from(std::io::ErrorKind::WriteZero)
+                };
                 if e.kind() == std::io::ErrorKind::Interrupted {
                     continue;
                 }

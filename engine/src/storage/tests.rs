@@ -18,7 +18,13 @@ fn open(dir: &Path, shard: usize, shards: usize, every: u64) -> Rc<Store> {
 }
 
 /// A store with the default storage settings and 4 MiB segments, changed by `tune`.
-fn open_with(dir: &Path, shard: usize, shards: usize, every: u64, tune: impl FnOnce(&mut StoreConfig)) -> Rc<Store> {
+fn open_with(
+    dir: &Path,
+    shard: usize,
+    shards: usize,
+    every: u64,
+    tune: impl FnOnce(&mut StoreConfig),
+) -> Rc<Store> {
     let meta = Meta::start_run(dir, 16).unwrap();
     let defaults = crate::config::Storage::default();
     let mut cfg = StoreConfig {
@@ -40,7 +46,9 @@ fn open_with(dir: &Path, shard: usize, shards: usize, every: u64, tune: impl FnO
 
 fn inbox(store: &Store, account: &str) -> Vec<(u32, Vec<u8>)> {
     store
-        .with_account(account, |a| a.mailbox(index::INBOX).unwrap().messages.clone())
+        .with_account(account, |a| {
+            a.mailbox(index::INBOX).unwrap().messages.clone()
+        })
         .unwrap_or_default()
         .into_iter()
         .map(|m| (m.uid, store.body(m.loc).unwrap().bytes().to_vec()))
@@ -58,7 +66,15 @@ fn messages_survive_reopen_and_expunge_persists() {
     run(move || async move {
         let s = open(&d, 0, 1, 1_000_000);
         for i in 0..50 {
-            let uids = s.deliver(&["a@x".into(), "b@x".into()], b"Return-Path: <s@y>\r\n", &msg(i), 1000 + i as i64).await.unwrap();
+            let uids = s
+                .deliver(
+                    &["a@x".into(), "b@x".into()],
+                    b"Return-Path: <s@y>\r\n",
+                    &msg(i),
+                    1000 + i as i64,
+                )
+                .await
+                .unwrap();
             assert_eq!(uids, vec![i as u32 + 1, i as u32 + 1]);
         }
         s.expunge("a@x", index::INBOX, vec![1, 2, 3]).await.unwrap();
@@ -87,7 +103,11 @@ fn torn_tail_is_cut_and_earlier_messages_survive() {
         for i in 0..10 {
             s.deliver(&["a@x".into()], b"", &msg(i), 0).await.unwrap();
         }
-        let last = s.with_account("a@x", |a| a.mailbox(0).unwrap().messages.last().unwrap().loc).unwrap();
+        let last = s
+            .with_account("a@x", |a| {
+                a.mailbox(0).unwrap().messages.last().unwrap().loc
+            })
+            .unwrap();
         drop(s);
         // Tear the last record: flip one byte of its body on disk.
         let path = d.join("segments").join(segment::file_name(last.seg));
@@ -110,14 +130,20 @@ fn checkpoints_then_replay_and_a_new_shard_count() {
         {
             let s = open(&d, 0, 1, 7);
             for i in 0..30 {
-                s.deliver(&accounts[i % 40..i % 40 + 1], b"", &msg(i), 0).await.unwrap();
-                s.deliver(&[accounts[(i * 7) % 40].clone()], b"", &msg(i + 100), 0).await.unwrap();
+                s.deliver(&accounts[i % 40..i % 40 + 1], b"", &msg(i), 0)
+                    .await
+                    .unwrap();
+                s.deliver(&[accounts[(i * 7) % 40].clone()], b"", &msg(i + 100), 0)
+                    .await
+                    .unwrap();
             }
             s.expunge(&accounts[0], 0, vec![1]).await.unwrap();
             s.checkpoint_all().await.unwrap();
             // More after the checkpoint: recovered by replay.
             for i in 0..5 {
-                s.deliver(&[accounts[1].clone()], b"", &msg(i + 200), 0).await.unwrap();
+                s.deliver(&[accounts[1].clone()], b"", &msg(i + 200), 0)
+                    .await
+                    .unwrap();
             }
             assert!(s.stats.checkpoints.get() > 0);
         }
@@ -125,7 +151,10 @@ fn checkpoints_then_replay_and_a_new_shard_count() {
             let s = open(&d, 0, 1, 7);
             accounts.iter().map(|a| inbox(&s, a)).collect()
         };
-        assert_eq!(before[1].len(), 1 + 5 + usize::from((0..30).any(|i| (i * 7) % 40 == 1)));
+        assert_eq!(
+            before[1].len(),
+            1 + 5 + usize::from((0..30).any(|i| (i * 7) % 40 == 1))
+        );
         // Same data, two shards: each account appears on exactly its owner, unchanged.
         let s0 = open(&d, 0, 2, 7);
         let s1 = open(&d, 1, 2, 7);
@@ -138,7 +167,13 @@ fn checkpoints_then_replay_and_a_new_shard_count() {
         let a = &accounts[1];
         let owner = if s0.owns(a) { &s0 } else { &s1 };
         let next = before[1].last().unwrap().0 + 1;
-        assert_eq!(owner.deliver(std::slice::from_ref(a), b"", b"z\r\n", 0).await.unwrap(), vec![next]);
+        assert_eq!(
+            owner
+                .deliver(std::slice::from_ref(a), b"", b"z\r\n", 0)
+                .await
+                .unwrap(),
+            vec![next]
+        );
     });
 }
 
@@ -170,7 +205,14 @@ fn compaction_moves_live_bodies_and_frees_segments() {
         }
         // Same mail, now served from the new segment.
         assert_eq!(inbox(&s, "a@x"), before);
-        assert!(s.with_account("a@x", |a| a.mailbox(0).unwrap().messages.iter().all(|m| !victims.contains(&m.loc.seg))).unwrap());
+        assert!(s
+            .with_account("a@x", |a| a
+                .mailbox(0)
+                .unwrap()
+                .messages
+                .iter()
+                .all(|m| !victims.contains(&m.loc.seg)))
+            .unwrap());
         drop(s);
         let s2 = open(&d, 0, 1, 1_000_000);
         let after = inbox(&s2, "a@x");
@@ -190,23 +232,57 @@ fn relay_queue_state_survives_checkpoint_and_replay() {
         let q = queue::queue_account_name(0);
         let mut uids = Vec::new();
         for i in 0..4 {
-            uids.push(queue::enqueue(&s, &q, &msg(i), 100 + i as i64, 0, "s@a.test", &["x@b.test", "y@c.test"]).await.unwrap());
+            uids.push(
+                queue::enqueue(
+                    &s,
+                    &q,
+                    &msg(i),
+                    100 + i as i64,
+                    0,
+                    "s@a.test",
+                    &["x@b.test", "y@c.test"],
+                )
+                .await
+                .unwrap(),
+            );
         }
         assert_eq!(uids, [1, 2, 3, 4]);
-        s.commit(&[Op::QueueState { account: &q, uid: 2, rcpt: 1, state: index::queue_state::DEFERRED, attempts: 1, next_attempt: 999, last_reply: "451 later" }])
-            .await
-            .unwrap();
+        s.commit(&[Op::QueueState {
+            account: &q,
+            uid: 2,
+            rcpt: 1,
+            state: index::queue_state::DEFERRED,
+            attempts: 1,
+            next_attempt: 999,
+            last_reply: "451 later",
+        }])
+        .await
+        .unwrap();
         s.expunge(&q, index::INBOX, vec![1]).await.unwrap();
         // Checkpoints were written along the way (every 3 records); no clean
         // shutdown: reopen from checkpoint plus log.
         let s2 = open(&d, 0, 1, 3);
-        assert_eq!(s2.accounts_with_prefix(queue::QUEUE_PREFIX), vec![q.clone()]);
+        assert_eq!(
+            s2.accounts_with_prefix(queue::QUEUE_PREFIX),
+            vec![q.clone()]
+        );
         let (queue_uids, r) = s2
-            .with_account(&q, |a| (a.queue.iter().map(|m| m.uid).collect::<Vec<_>>(), a.queued(2).unwrap().recipients[1].clone()))
+            .with_account(&q, |a| {
+                (
+                    a.queue.iter().map(|m| m.uid).collect::<Vec<_>>(),
+                    a.queued(2).unwrap().recipients[1].clone(),
+                )
+            })
             .unwrap();
         assert_eq!(queue_uids, [2, 3, 4]);
-        assert_eq!((r.state, r.attempts, r.next_attempt, r.last_reply.as_str()), (index::queue_state::DEFERRED, 1, 999, "451 later"));
-        assert_eq!(inbox(&s2, &q).iter().map(|m| m.0).collect::<Vec<_>>(), [2, 3, 4]);
+        assert_eq!(
+            (r.state, r.attempts, r.next_attempt, r.last_reply.as_str()),
+            (index::queue_state::DEFERRED, 1, 999, "451 later")
+        );
+        assert_eq!(
+            inbox(&s2, &q).iter().map(|m| m.0).collect::<Vec<_>>(),
+            [2, 3, 4]
+        );
         assert_eq!(inbox(&s2, &q)[0].1, msg(1));
         s2.checkpoint_all().await.unwrap();
         let s3 = open(&d, 0, 1, 3);
@@ -236,7 +312,9 @@ fn both_append_modes_store_and_recover_the_same_bytes() {
                 // Bodies of many sizes, so records straddle pages.
                 let mut m = msg(i);
                 m.extend(std::iter::repeat_n(b'x', i * 997));
-                s.deliver(&["a@x".into()], b"Return-Path: <s@y>\r\n", &m, 0).await.unwrap();
+                s.deliver(&["a@x".into()], b"Return-Path: <s@y>\r\n", &m, 0)
+                    .await
+                    .unwrap();
                 let mut full = b"Return-Path: <s@y>\r\n".to_vec();
                 full.extend_from_slice(&m);
                 want.push(full);
@@ -246,7 +324,10 @@ fn both_append_modes_store_and_recover_the_same_bytes() {
             drop(s);
             let s2 = open_with(&d, 0, 1, 1_000_000, tune);
             let recovered: Vec<Vec<u8>> = inbox(&s2, "a@x").into_iter().map(|m| m.1).collect();
-            assert_eq!(recovered, want, "through_map={through_map}: recovered bytes");
+            assert_eq!(
+                recovered, want,
+                "through_map={through_map}: recovered bytes"
+            );
         });
     }
 }
@@ -279,7 +360,10 @@ fn staged_small_records_and_large_records_interleave_in_one_commit() {
         });
         futures::future::join_all(futs).await;
         let check = |s: &Store| {
-            let mut got: Vec<Vec<u8>> = (0..7).flat_map(|a| inbox(s, &format!("u{a}@x"))).map(|m| m.1).collect();
+            let mut got: Vec<Vec<u8>> = (0..7)
+                .flat_map(|a| inbox(s, &format!("u{a}@x")))
+                .map(|m| m.1)
+                .collect();
             let mut want = bodies.clone();
             got.sort();
             want.sort();
@@ -301,7 +385,9 @@ fn staged_records_survive_segment_rolls() {
     let d = dir.path().to_path_buf();
     run(move || async move {
         let s = open(&d, 0, 1, 1_000_000);
-        let bodies: Vec<Vec<u8>> = (0..300).map(|i| vec![b'a' + (i % 26) as u8; 40 * 1024 + i]).collect();
+        let bodies: Vec<Vec<u8>> = (0..300)
+            .map(|i| vec![b'a' + (i % 26) as u8; 40 * 1024 + i])
+            .collect();
         for chunk in bodies.chunks(10) {
             let futs = chunk.iter().map(|b| {
                 let s = s.clone();
@@ -333,10 +419,17 @@ fn zero_filling_ahead_never_touches_records() {
         let d = dir.path().join("segments");
         std::fs::create_dir_all(&d).unwrap();
         run(move || async move {
-            let seg = segment::Segment::create(&d, 1, 8 << 20, true, through_map).await.unwrap();
-            assert!(seg.zeroed_to() > segment::ZERO_CHUNK, "the first chunk is zeroed at creation");
+            let seg = segment::Segment::create(&d, 1, 8 << 20, true, through_map)
+                .await
+                .unwrap();
+            assert!(
+                seg.zeroed_to() > segment::ZERO_CHUNK,
+                "the first chunk is zeroed at creation"
+            );
             let mut written: Vec<(usize, Vec<u8>)> = Vec::new();
-            let mut put = |seg: &segment::Segment, b: Vec<u8>| written.push((seg.append(&[&b], b.len()).unwrap(), b));
+            let mut put = |seg: &segment::Segment, b: Vec<u8>| {
+                written.push((seg.append(&[&b], b.len()).unwrap(), b))
+            };
             for i in 0..50 {
                 put(&seg, vec![b'a' + (i % 26) as u8; 1000]);
             }
@@ -361,7 +454,11 @@ fn zero_filling_ahead_never_touches_records() {
             let file = std::fs::read(seg.path()).unwrap();
             assert_eq!(&file[..8], segment::SEGMENT_MAGIC);
             for (at, b) in &written {
-                assert_eq!(&file[*at..*at + b.len()], &b[..], "through_map={through_map}: record at {at}");
+                assert_eq!(
+                    &file[*at..*at + b.len()],
+                    &b[..],
+                    "through_map={through_map}: record at {at}"
+                );
                 assert_eq!(seg.slice(*at, b.len()), &b[..]);
             }
             assert!(file[seg.write_pos()..].iter().all(|&x| x == 0));
@@ -376,7 +473,9 @@ fn zero_filling_stops_at_a_full_segment_and_after_retire() {
     std::fs::create_dir_all(&d).unwrap();
     run(move || async move {
         // Filled to the last byte by records alone, never zeroed past the first chunk.
-        let seg = segment::Segment::create(&d, 1, 2 << 20, true, false).await.unwrap();
+        let seg = segment::Segment::create(&d, 1, 2 << 20, true, false)
+            .await
+            .unwrap();
         let rest = seg.room();
         let at = seg.append(&[&vec![b'x'; rest]], rest).unwrap();
         assert_eq!(seg.room(), 0);
@@ -385,7 +484,9 @@ fn zero_filling_stops_at_a_full_segment_and_after_retire() {
         seg.sync(true).await.unwrap();
         assert_eq!(seg.slice(at, rest), &vec![b'x'; rest][..]);
         // A retired segment is not zeroed any more.
-        let seg2 = segment::Segment::create(&d, 2, 8 << 20, true, false).await.unwrap();
+        let seg2 = segment::Segment::create(&d, 2, 8 << 20, true, false)
+            .await
+            .unwrap();
         assert!(seg2.wants_zeroing(4 << 20));
         seg2.retire();
         assert!(!seg2.wants_zeroing(4 << 20));
@@ -405,9 +506,16 @@ fn commits_leave_the_executor_when_syncs_are_slow() {
         for i in 0..5 {
             s.deliver(&["a@x".into()], b"", &msg(i), 0).await.unwrap();
         }
-        assert_eq!(s.stats.inline_syncs.get(), 0, "slow disk: every sync through io_uring");
+        assert_eq!(
+            s.stats.inline_syncs.get(),
+            0,
+            "slow disk: every sync through io_uring"
+        );
         assert!(s.stats.syncs.get() >= 5);
-        assert!(s.sync_avg_ns.get() < 1 << 40, "the average follows the measured syncs");
+        assert!(
+            s.sync_avg_ns.get() < 1 << 40,
+            "the average follows the measured syncs"
+        );
         // A fast disk again: the next commit syncs on the executor.
         s.sync_avg_ns.set(0);
         for i in 5..10 {
@@ -415,9 +523,14 @@ fn commits_leave_the_executor_when_syncs_are_slow() {
         }
         assert!(s.stats.inline_syncs.get() >= 1);
         // Limit 0: never inline, whatever the average.
-        let never = open_with(&d.join("never"), 0, 1, 1_000_000, |c| c.sync_inline_max_us = 0);
+        let never = open_with(&d.join("never"), 0, 1, 1_000_000, |c| {
+            c.sync_inline_max_us = 0
+        });
         for i in 0..5 {
-            never.deliver(&["b@x".into()], b"", &msg(i), 0).await.unwrap();
+            never
+                .deliver(&["b@x".into()], b"", &msg(i), 0)
+                .await
+                .unwrap();
         }
         assert_eq!(never.stats.inline_syncs.get(), 0);
         assert_eq!(inbox(&s, "a@x").len(), 10);
@@ -425,7 +538,13 @@ fn commits_leave_the_executor_when_syncs_are_slow() {
         drop(s);
         let again = open(&d, 0, 1, 1_000_000);
         let want: Vec<Vec<u8>> = (0..10).map(msg).collect();
-        assert_eq!(inbox(&again, "a@x").into_iter().map(|m| m.1).collect::<Vec<_>>(), want);
+        assert_eq!(
+            inbox(&again, "a@x")
+                .into_iter()
+                .map(|m| m.1)
+                .collect::<Vec<_>>(),
+            want
+        );
     });
 }
 
@@ -437,21 +556,58 @@ fn deleted_mailbox_uidvalidity_survives_checkpoint_and_replay() {
         let a = "v@x.test";
         let s = open(&d, 0, 1, 1_000_000);
         s.ensure_account(a).await.unwrap();
-        let create = |s: &Store, now| s.with_account_counters(a, |acc| (acc.next_mailbox_id, acc.reserve_uidvalidity(now, 1)[0])).unwrap();
+        let create = |s: &Store, now| {
+            s.with_account_counters(a, |acc| {
+                (acc.next_mailbox_id, acc.reserve_uidvalidity(now, 1)[0])
+            })
+            .unwrap()
+        };
         let (id, v1) = create(&s, 5);
-        s.commit(&[Op::CreateMailbox { account: a, mailbox: id, name: "box", uidvalidity: v1, special_use: 0 }]).await.unwrap();
-        s.commit(&[Op::DeleteMailbox { account: a, mailbox: id }]).await.unwrap();
+        s.commit(&[Op::CreateMailbox {
+            account: a,
+            mailbox: id,
+            name: "box",
+            uidvalidity: v1,
+            special_use: 0,
+        }])
+        .await
+        .unwrap();
+        s.commit(&[Op::DeleteMailbox {
+            account: a,
+            mailbox: id,
+        }])
+        .await
+        .unwrap();
         // Replay only (no checkpoint): the creation record raises the counter.
         let s2 = open(&d, 0, 1, 1_000_000);
         assert_eq!(s2.with_account(a, |acc| acc.uidvalidity_max), Some(v1));
         let (id, v2) = create(&s2, 5);
         assert!(v2 > v1);
-        s2.commit(&[Op::CreateMailbox { account: a, mailbox: id, name: "box", uidvalidity: v2, special_use: 0 }]).await.unwrap();
-        s2.commit(&[Op::DeleteMailbox { account: a, mailbox: id }]).await.unwrap();
+        s2.commit(&[Op::CreateMailbox {
+            account: a,
+            mailbox: id,
+            name: "box",
+            uidvalidity: v2,
+            special_use: 0,
+        }])
+        .await
+        .unwrap();
+        s2.commit(&[Op::DeleteMailbox {
+            account: a,
+            mailbox: id,
+        }])
+        .await
+        .unwrap();
         s2.checkpoint_all().await.unwrap();
         // From the checkpoint: the record of the deleted mailbox is not replayed.
         let s3 = open(&d, 0, 1, 1_000_000);
-        assert_eq!(s3.with_account(a, |acc| (acc.uidvalidity_max, acc.mailbox_by_name("box").is_none())), Some((v2, true)));
+        assert_eq!(
+            s3.with_account(a, |acc| (
+                acc.uidvalidity_max,
+                acc.mailbox_by_name("box").is_none()
+            )),
+            Some((v2, true))
+        );
         assert!(create(&s3, 5).1 > v2);
     });
 }

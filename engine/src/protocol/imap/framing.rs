@@ -303,7 +303,9 @@ impl Framer {
         };
         let is_id = sp > 0
             && head[..sp].iter().all(|&b| super::parse::is_tag_char(b))
-            && head.get(sp + 1..sp + 4).is_some_and(|w| w.eq_ignore_ascii_case(b"ID "));
+            && head
+                .get(sp + 1..sp + 4)
+                .is_some_and(|w| w.eq_ignore_ascii_case(b"ID "));
         if !is_id {
             return self.limits;
         }
@@ -365,14 +367,19 @@ impl Framer {
                             if a.len > limits.literal_max as u64 {
                                 return self.reject(buf, lf + 1, LimitExceeded::Literal, announce);
                             }
-                            if (lf as u64 + 1).saturating_add(a.len)
-                                > limits.command_max as u64
-                            {
+                            if (lf as u64 + 1).saturating_add(a.len) > limits.command_max as u64 {
                                 return self.reject(buf, lf + 1, LimitExceeded::Command, announce);
                             }
-                            if self.divert_min > 0 && a.len >= self.divert_min && command_prefix(buf).1 {
+                            if self.divert_min > 0
+                                && a.len >= self.divert_min
+                                && command_prefix(buf).1
+                            {
                                 self.reset();
-                                return Frame::Divert { head: lf + 1, len: a.len, sync: a.sync };
+                                return Frame::Divert {
+                                    head: lf + 1,
+                                    len: a.len,
+                                    sync: a.sync,
+                                };
                             }
                             self.pos = lf + 1;
                             self.line_start = self.pos;
@@ -635,7 +642,9 @@ mod tests {
                     }
                     match f.feed(&buf) {
                         Frame::NeedMore => break,
-                        Frame::Command(n) => events.push(("command".into(), buf.drain(..n).collect())),
+                        Frame::Command(n) => {
+                            events.push(("command".into(), buf.drain(..n).collect()))
+                        }
                         Frame::Continue { .. } => {}
                         Frame::Divert { head, len, sync } => {
                             events.push((format!("head sync={sync}"), buf.drain(..head).collect()));
@@ -647,7 +656,10 @@ mod tests {
                 }
             }
             let want: Vec<(String, Vec<u8>)> = vec![
-                ("head sync=false".into(), b"a APPEND INBOX (\\Seen) {12+}\r\n".to_vec()),
+                (
+                    "head sync=false".into(),
+                    b"a APPEND INBOX (\\Seen) {12+}\r\n".to_vec(),
+                ),
                 ("literal".into(), b"hello world!".to_vec()),
                 ("command".into(), b"\r\n".to_vec()),
                 // Not an APPEND: framed whole.
@@ -657,8 +669,14 @@ mod tests {
             ];
             assert_eq!(events, want, "cut {cut}");
         }
-        assert_eq!(rejoin_diverted(b"a APPEND INBOX (\\Seen) {12+}\r\n", b"\r\n"), b"a APPEND INBOX (\\Seen) {0}\r\n\r\n");
-        assert_eq!(rejoin_diverted(b"a APPEND x {5}\n", b"\n"), b"a APPEND x {0}\r\n\n");
+        assert_eq!(
+            rejoin_diverted(b"a APPEND INBOX (\\Seen) {12+}\r\n", b"\r\n"),
+            b"a APPEND INBOX (\\Seen) {0}\r\n\r\n"
+        );
+        assert_eq!(
+            rejoin_diverted(b"a APPEND x {5}\n", b"\n"),
+            b"a APPEND x {0}\r\n\n"
+        );
     }
 
     #[test]
@@ -811,18 +829,35 @@ mod tests {
         }
         assert_eq!(f.feed(&max), Frame::Command(max.len()));
         let cmd = parse_command(&max).unwrap();
-        let CommandBody::Id(Some(params)) = cmd.body else { panic!() };
+        let CommandBody::Id(Some(params)) = cmd.body else {
+            panic!()
+        };
         assert_eq!(params.len(), 30);
-        assert!(params.iter().all(|(k, v)| k.len() == 30 && v.as_ref().unwrap().len() == 1024));
+        assert!(params
+            .iter()
+            .all(|(k, v)| k.len() == 30 && v.as_ref().unwrap().len() == 1024));
         // Values as literals (synchronizing or not) fit as well.
-        let lit = id_command("a", 30, |i| (format!("\"field{i}\""), format!("{{1024+}}\r\n{}", "v".repeat(1024))));
+        let lit = id_command("a", 30, |i| {
+            (
+                format!("\"field{i}\""),
+                format!("{{1024+}}\r\n{}", "v".repeat(1024)),
+            )
+        });
         let mut f = Framer::new(FramingLimits::NOT_AUTHENTICATED);
         assert_eq!(f.feed(&lit), Frame::Command(lit.len()));
-        assert!(matches!(parse_command(&lit).unwrap().body, CommandBody::Id(Some(p)) if p.len() == 30));
+        assert!(
+            matches!(parse_command(&lit).unwrap().body, CommandBody::Id(Some(p)) if p.len() == 30)
+        );
         // One pair more does not frame; any other command that long is refused at 4 KiB.
         let over = id_command(&tag, 31, |i| (field(i % 30), value.clone()));
         let mut f = Framer::new(FramingLimits::NOT_AUTHENTICATED);
-        assert!(matches!(f.feed(&over), Frame::Rejected(Rejection { reason: LimitExceeded::Line, .. })));
+        assert!(matches!(
+            f.feed(&over),
+            Frame::Rejected(Rejection {
+                reason: LimitExceeded::Line,
+                ..
+            })
+        ));
         let mut login = b"a LOGIN ".to_vec();
         login.extend_from_slice(&max[8..]);
         let mut f = Framer::new(FramingLimits::NOT_AUTHENTICATED);
@@ -833,7 +868,13 @@ mod tests {
         assert!(matches!(f.feed(&idx), Frame::Rejected(_)));
         // A literal larger than a value is refused.
         let mut f = Framer::new(FramingLimits::NOT_AUTHENTICATED);
-        assert!(matches!(f.feed(b"a ID (\"k\" {1025}\r\n"), Frame::Rejected(Rejection { reason: LimitExceeded::Literal, .. })));
+        assert!(matches!(
+            f.feed(b"a ID (\"k\" {1025}\r\n"),
+            Frame::Rejected(Rejection {
+                reason: LimitExceeded::Literal,
+                ..
+            })
+        ));
     }
 
     fn command_strategy() -> impl Strategy<Value = Vec<u8>> {

@@ -556,7 +556,9 @@ fn command_body<'a>(c: &mut Cur<'a>) -> R<CommandBody<'a>> {
                     loop {
                         // RFC 2971 3.3: at most 30 pairs, fields of at most
                         // 30 octets, values of at most 1024.
-                        use crate::limits::{IMAP_ID_FIELD_MAX, IMAP_ID_PAIRS_MAX, IMAP_ID_VALUE_MAX};
+                        use crate::limits::{
+                            IMAP_ID_FIELD_MAX, IMAP_ID_PAIRS_MAX, IMAP_ID_VALUE_MAX,
+                        };
                         if params.len() == IMAP_ID_PAIRS_MAX {
                             return Err("ID has more than 30 field-value pairs");
                         }

@@ -212,12 +212,22 @@ fn rfc3501_authenticated_state() {
     );
     // RFC 2971 3.3 bounds: 30 pairs, 30-octet fields, 1024-octet values.
     let id = |pairs: usize, field: usize, value: usize| {
-        let list: Vec<String> = (0..pairs).map(|i| format!("\"{}{i:02}\" \"{}\"", "f".repeat(field - 2), "v".repeat(value))).collect();
+        let list: Vec<String> = (0..pairs)
+            .map(|i| {
+                format!(
+                    "\"{}{i:02}\" \"{}\"",
+                    "f".repeat(field - 2),
+                    "v".repeat(value)
+                )
+            })
+            .collect();
         format!("a ID ({})\r\n", list.join(" "))
     };
     let ok = id(30, 30, 1024);
     assert!(matches!(parsed(&ok), CommandBody::Id(Some(p)) if p.len() == 30));
-    assert!(rejected(&id(31, 30, 1024)).reason.contains("30 field-value pairs"));
+    assert!(rejected(&id(31, 30, 1024))
+        .reason
+        .contains("30 field-value pairs"));
     assert!(rejected(&id(1, 31, 10)).reason.contains("field"));
     assert!(rejected(&id(1, 10, 1025)).reason.contains("value"));
 }
@@ -605,10 +615,28 @@ UNANSWERED UNDELETED UNDRAFT UNFLAGGED UNKEYWORD $X UNSEEN 2,4:* $ MODSEQ 5\r\n"
     // The flag's backslash unescaped, and no value after the entry type.
     let (_, s) = search("a SEARCH RETURN (ALL) 2:3 MODSEQ \"/flags/\\seen\" all\r\n");
     assert_eq!(s.returns, Some(vec![SearchReturn::All]));
-    assert_eq!(s.keys[1], ModSeq { entry: Some((Cow::Owned(b"/flags/\\seen".to_vec()), b"all")), modseq: 0 });
+    assert_eq!(
+        s.keys[1],
+        ModSeq {
+            entry: Some((Cow::Owned(b"/flags/\\seen".to_vec()), b"all")),
+            modseq: 0
+        }
+    );
     let (_, s) = search("a SEARCH MODSEQ \"/flags/\\Seen\" shared 7 UNSEEN\r\n");
-    assert_eq!(s.keys, vec![ModSeq { entry: Some((Cow::Owned(b"/flags/\\Seen".to_vec()), b"shared")), modseq: 7 }, Unseen]);
-    assert_eq!(rejected("a SEARCH MODSEQ \"/flags/x\" bogus 5\r\n").reason, "invalid MODSEQ entry type");
+    assert_eq!(
+        s.keys,
+        vec![
+            ModSeq {
+                entry: Some((Cow::Owned(b"/flags/\\Seen".to_vec()), b"shared")),
+                modseq: 7
+            },
+            Unseen
+        ]
+    );
+    assert_eq!(
+        rejected("a SEARCH MODSEQ \"/flags/x\" bogus 5\r\n").reason,
+        "invalid MODSEQ entry type"
+    );
     assert_eq!(rejected("a SEARCH MODSEQ\r\n").reason, "expected a space");
     assert!(rejected("a SEARCH MODSEQ x\r\n").reason.contains("number"));
 }

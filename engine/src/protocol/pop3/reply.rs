@@ -50,7 +50,8 @@ pub const ERR_STLS: &str = "STLS not available";
 pub const OK_STLS: &str = "Begin TLS negotiation";
 pub const CAPA_STLS: &str = "STLS";
 pub const ERR_TLS_ACTIVE: &str = "TLS already active";
-pub const ERR_NEED_TLS: &str = "Plaintext authentication disallowed on non-secure connections; use STLS";
+pub const ERR_NEED_TLS: &str =
+    "Plaintext authentication disallowed on non-secure connections; use STLS";
 pub const ERR_AUTH_MECHANISM: &str = "unsupported authentication mechanism";
 pub const ERR_AUTH_CANCELLED: &str = "authentication cancelled";
 pub const ERR_AUTH_BASE64: &str = "invalid base64 in authentication response";

@@ -20,7 +20,6 @@
 //! inserted first. An empty message is sent as the terminator alone (no
 //! lines), not as one empty line.
 
-
 const DOT: &[u8] = b".";
 const CRLF: &[u8] = b"\r\n";
 const END: &[u8] = b".\r\n";
@@ -33,7 +32,11 @@ const CRLF_END: &[u8] = b"\r\n.\r\n";
 ///
 /// `sink` is called with non-empty slices, in order; concatenated, they are
 /// the exact bytes to send after the `+OK` line.
-pub fn write_stuffed<'a>(message: &'a [u8], body_lines: Option<usize>, sink: &mut dyn FnMut(&'a [u8])) {
+pub fn write_stuffed<'a>(
+    message: &'a [u8],
+    body_lines: Option<usize>,
+    sink: &mut dyn FnMut(&'a [u8]),
+) {
     let message = match body_lines {
         Some(n) => &message[..top_end(message, n)],
         None => message,
@@ -102,12 +105,23 @@ pub fn stuff_lines<'a>(message: &'a [u8], wrap: Option<usize>, sink: &mut dyn Fn
         sink(&message[start..]);
     }
     // A last LF or CR (a CR at the very end is bare) has already ended the last line.
-    sink(if matches!(message.last(), Some(b'\n' | b'\r')) { END } else { CRLF_END });
+    sink(if matches!(message.last(), Some(b'\n' | b'\r')) {
+        END
+    } else {
+        CRLF_END
+    });
 }
 
 /// Break the line `message[line..end]` after every `n` octets with CRLF SP
 /// (each continuation line holds the SP and `n - 1` octets).
-fn wrap_long<'a>(message: &'a [u8], start: &mut usize, line: usize, end: usize, n: usize, sink: &mut dyn FnMut(&'a [u8])) {
+fn wrap_long<'a>(
+    message: &'a [u8],
+    start: &mut usize,
+    line: usize,
+    end: usize,
+    n: usize,
+    sink: &mut dyn FnMut(&'a [u8]),
+) {
     const BREAK: &[u8] = b"\r\n ";
     let n = n.max(2);
     let mut cut = line + n;
@@ -221,7 +235,9 @@ mod tests {
     /// Reference TOP: header lines through the first blank one, then n more.
     fn expected_top(message: &[u8], n: usize) -> Vec<u8> {
         let lines = lines_any_end(message);
-        let blank = lines.iter().position(|l| *l == b"\n" || *l == b"\r\n" || *l == b"\r");
+        let blank = lines
+            .iter()
+            .position(|l| *l == b"\n" || *l == b"\r\n" || *l == b"\r");
         let take = match blank {
             Some(i) => (i + 1 + n).min(lines.len()),
             None => lines.len(),
@@ -259,14 +275,19 @@ mod tests {
 
     #[test]
     fn long_lines_are_wrapped_with_crlf_space() {
-        assert_eq!(wrapped(b"abcdefghij\r\n", 4), b"abcd\r\n efg\r\n hij\r\n.\r\n");
+        assert_eq!(
+            wrapped(b"abcdefghij\r\n", 4),
+            b"abcd\r\n efg\r\n hij\r\n.\r\n"
+        );
         assert_eq!(wrapped(b"abcd\r\nab", 4), b"abcd\r\nab\r\n.\r\n");
         assert_eq!(wrapped(b"abcde", 4), b"abcd\r\n e\r\n.\r\n");
         // The limit counts the line as stored (the stuffing dot is removed again).
         assert_eq!(wrapped(b".abcde\nxy", 4), b"..abc\r\n de\r\nxy\r\n.\r\n");
         let long = vec![b'x'; 10 * 1024 * 1024];
         let wire = wrapped(&long, SMTP_LINE_MAX);
-        assert!(wire.split(|&b| b == b'\n').all(|l| l.len() <= SMTP_LINE_MAX + 1));
+        assert!(wire
+            .split(|&b| b == b'\n')
+            .all(|l| l.len() <= SMTP_LINE_MAX + 1));
     }
 
     #[test]
@@ -297,9 +318,15 @@ mod tests {
         // No blank line: the whole message is header.
         assert_eq!(stuffed(b"A: 1\r\nB: 2", Some(0)), b"A: 1\r\nB: 2\r\n.\r\n");
         // Bare LF blank line.
-        assert_eq!(stuffed(b"A: 1\n\nx\ny\n", Some(1)), b"A: 1\r\n\r\nx\r\n.\r\n");
+        assert_eq!(
+            stuffed(b"A: 1\n\nx\ny\n", Some(1)),
+            b"A: 1\r\n\r\nx\r\n.\r\n"
+        );
         // A bare CR ends a line for TOP too, as it does on the wire.
-        assert_eq!(stuffed(b"A: 1\r\n\r\nx\ry\r\nz\r\n", Some(1)), b"A: 1\r\n\r\nx\r\n.\r\n");
+        assert_eq!(
+            stuffed(b"A: 1\r\n\r\nx\ry\r\nz\r\n", Some(1)),
+            b"A: 1\r\n\r\nx\r\n.\r\n"
+        );
         assert_eq!(stuffed(b"A: 1\r\rx\ry", Some(1)), b"A: 1\r\n\r\nx\r\n.\r\n");
         assert_eq!(stuffed(b"", Some(3)), b".\r\n");
     }

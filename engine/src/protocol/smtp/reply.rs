@@ -186,9 +186,11 @@ pub mod replies {
     pub const EHLO_STARTTLS: &str = "STARTTLS";
     pub const STARTTLS_READY: Reply = Reply::new(220, "2.0.0", "Ready to start TLS");
     /// RFC 3207 section 4.
-    pub const STARTTLS_TEMPFAIL: Reply = Reply::new(454, "4.7.0", "TLS not available due to temporary reason");
+    pub const STARTTLS_TEMPFAIL: Reply =
+        Reply::new(454, "4.7.0", "TLS not available due to temporary reason");
     pub const TLS_ALREADY: Reply = Reply::new(503, "5.5.1", "Error: TLS already active");
-    pub const TLS_IN_TRANSACTION: Reply = Reply::new(503, "5.5.1", "Error: MAIL transaction in progress");
+    pub const TLS_IN_TRANSACTION: Reply =
+        Reply::new(503, "5.5.1", "Error: MAIL transaction in progress");
     /// RFC 3207 section 4.
     pub const TLS_REQUIRED: Reply = Reply::new(530, "5.7.0", "Must issue a STARTTLS command first");
 
@@ -227,7 +229,11 @@ pub mod replies {
     pub const STORAGE_TEMPFAIL: Reply = Reply::new(452, "4.3.1", "Insufficient system storage");
     /// The shard's budget for messages in flight had no room for this one
     /// (it was read to its end and thrown away).
-    pub const BUSY_TEMPFAIL: Reply = Reply::new(451, "4.3.1", "Insufficient system resources, try again later");
+    pub const BUSY_TEMPFAIL: Reply = Reply::new(
+        451,
+        "4.3.1",
+        "Insufficient system resources, try again later",
+    );
     /// RFC 5321 section 2.3.8 / RFC 5322 section 2.3: NUL is not allowed in
     /// a message; IMAP could not serve it without BINARY (RFC 3501 4.3).
     /// RFC 3463 5.6.0: other or undefined media error.
@@ -239,8 +245,13 @@ pub mod replies {
     /// RFC 4954 section 6: the password could not be checked right now.
     pub const AUTH_TEMPFAIL: Reply = Reply::new(454, "4.7.0", "Temporary authentication failure");
     /// Written with the hostname first: too many failed AUTH attempts.
-    pub const AUTH_TOO_MANY: Reply = Reply::new(421, "4.7.0", "Error: too many authentication failures");
-    pub const AUTH_BANNED: Reply = Reply::new(421, "4.7.0", "Error: too many failed logins from your address, try again later");
+    pub const AUTH_TOO_MANY: Reply =
+        Reply::new(421, "4.7.0", "Error: too many authentication failures");
+    pub const AUTH_BANNED: Reply = Reply::new(
+        421,
+        "4.7.0",
+        "Error: too many failed logins from your address, try again later",
+    );
     /// Written with the hostname first. A BDAT whose size cannot be read leaves
     /// us unable to tell chunk bytes from commands, so we close rather than
     /// interpret message data as commands.
@@ -285,10 +296,26 @@ pub mod replies {
     /// Unauthenticated clients outside `relay_networks` never relay: a
     /// recipient outside our domains is refused.
     pub const RELAY_DENIED: Reply = Reply::new(550, "5.7.1", "Relay access denied");
-    pub const SENDER_NOT_OWNED: Reply = Reply::new(553, "5.7.1", "Sender address rejected: not owned by the authenticated user");
-    pub const SEND_RATE_LIMITED: Reply = Reply::new(452, "4.7.0", "Too many messages or recipients from this account this hour, try again later");
-    pub const COMMAND_RATE: Reply = Reply::new(421, "4.7.0", "Error: too many commands from your address, slow down");
-    pub const FROM_NOT_OWNED: Reply = Reply::new(553, "5.7.1", "From: address rejected: not owned by the authenticated user");
+    pub const SENDER_NOT_OWNED: Reply = Reply::new(
+        553,
+        "5.7.1",
+        "Sender address rejected: not owned by the authenticated user",
+    );
+    pub const SEND_RATE_LIMITED: Reply = Reply::new(
+        452,
+        "4.7.0",
+        "Too many messages or recipients from this account this hour, try again later",
+    );
+    pub const COMMAND_RATE: Reply = Reply::new(
+        421,
+        "4.7.0",
+        "Error: too many commands from your address, slow down",
+    );
+    pub const FROM_NOT_OWNED: Reply = Reply::new(
+        553,
+        "5.7.1",
+        "From: address rejected: not owned by the authenticated user",
+    );
     /// RFC 4954 section 6: submission needs AUTH before MAIL.
     pub const AUTH_REQUIRED: Reply = Reply::new(530, "5.7.0", "Authentication required");
     /// RFC 4954 section 6.
@@ -297,8 +324,11 @@ pub mod replies {
     pub const AUTH_MECHANISM: Reply = Reply::new(504, "5.5.4", "Unrecognized authentication type");
     /// RFC 4954 section 4: AUTH once per session, never inside a transaction.
     pub const AUTH_ALREADY: Reply = Reply::new(503, "5.5.1", "Error: already authenticated");
-    pub const AUTH_IN_TRANSACTION: Reply =
-        Reply::new(503, "5.5.1", "Error: AUTH not permitted during a mail transaction");
+    pub const AUTH_IN_TRANSACTION: Reply = Reply::new(
+        503,
+        "5.5.1",
+        "Error: AUTH not permitted during a mail transaction",
+    );
     /// RFC 4954 section 4: the client answered a challenge with `*`.
     pub const AUTH_CANCELLED: Reply = Reply::new(501, "5.0.0", "Authentication cancelled");
     /// RFC 4954 section 4: a response that is not valid base64 / SASL.

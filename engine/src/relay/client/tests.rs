@@ -19,7 +19,10 @@ fn dot_stuffing_and_terminator() {
     assert_eq!(stuffed(b"abc"), b"abc\r\n.\r\n");
     assert_eq!(stuffed(b"abc\r\n"), b"abc\r\n.\r\n");
     assert_eq!(stuffed(b".\r\n"), b"..\r\n.\r\n");
-    assert_eq!(stuffed(b"a\r\n.b\r\n..c\r\n.\r\nend"), b"a\r\n..b\r\n...c\r\n..\r\nend\r\n.\r\n");
+    assert_eq!(
+        stuffed(b"a\r\n.b\r\n..c\r\n.\r\nend"),
+        b"a\r\n..b\r\n...c\r\n..\r\nend\r\n.\r\n"
+    );
     // Bare LF becomes CRLF, and a dot after it is stuffed too.
     assert_eq!(stuffed(b"a\nb\n.c\n"), b"a\r\nb\r\n..c\r\n.\r\n");
     assert_eq!(stuffed(b"\n\n"), b"\r\n\r\n.\r\n");
@@ -29,7 +32,10 @@ fn dot_stuffing_and_terminator() {
     // Lines beyond 998 octets are wrapped with CRLF SP.
     let long = [b"s: ".as_slice(), &[b'y'; 2000], b"\r\n"].concat();
     let wire = stuffed(&long);
-    assert!(wire.split(|&b| b == b'\n').all(|l| l.len() <= 999), "a line over 998 octets");
+    assert!(
+        wire.split(|&b| b == b'\n').all(|l| l.len() <= 999),
+        "a line over 998 octets"
+    );
     assert!(wire.starts_with(&long[..998]) && wire[998..].starts_with(b"\r\n y"));
     // Dots not at a line start are left alone.
     assert_eq!(stuffed(b"a.b\r\nc .d\r\n"), b"a.b\r\nc .d\r\n.\r\n");
@@ -48,8 +54,16 @@ fn dot_stuffing_borrows_the_body() {
     let pieces: Vec<&[u8]> = DotStuffed::new(&body).collect();
     // 10 dotted lines: each splits a run and inserts one dot; plus the end.
     assert_eq!(pieces.len(), 10 * 2 + 1 + 1);
-    let borrowed: usize = pieces.iter().filter(|p| range.contains(&p.as_ptr())).map(|p| p.len()).sum();
-    assert_eq!(borrowed, body.len(), "every body byte is written from the body itself");
+    let borrowed: usize = pieces
+        .iter()
+        .filter(|p| range.contains(&p.as_ptr()))
+        .map(|p| p.len())
+        .sum();
+    assert_eq!(
+        borrowed,
+        body.len(),
+        "every body byte is written from the body itself"
+    );
 }
 
 // ----------------------------------------------------------- state machine only
@@ -103,7 +117,10 @@ fn script(c: &mut Client, replies: &[&str]) -> String {
 
 #[test]
 fn state_machine_without_io() {
-    let mut c = Client::new(params(), vec![env("a@x.test", &["b@y.test", "c@y.test"], 10)]);
+    let mut c = Client::new(
+        params(),
+        vec![env("a@x.test", &["b@y.test", "c@y.test"], 10)],
+    );
     let wrote = script(
         &mut c,
         &[
@@ -132,9 +149,20 @@ fn state_machine_354_without_recipients_sends_empty_message() {
     let mut c = Client::new(params(), vec![env("", &["b@y.test"], 10)]);
     let wrote = script(
         &mut c,
-        &["220 hi", "250-y.test\r\n250 PIPELINING", "250 ok", "550 5.1.1 no", "354 go", "554 5.5.1 empty", "221 bye"],
+        &[
+            "220 hi",
+            "250-y.test\r\n250 PIPELINING",
+            "250 ok",
+            "550 5.1.1 no",
+            "354 go",
+            "554 5.5.1 empty",
+            "221 bye",
+        ],
     );
-    assert_eq!(wrote, "EHLO relay.test\r\nMAIL FROM:<>\r\nRCPT TO:<b@y.test>\r\nDATA\r\n.\r\nQUIT\r\n");
+    assert_eq!(
+        wrote,
+        "EHLO relay.test\r\nMAIL FROM:<>\r\nRCPT TO:<b@y.test>\r\nDATA\r\n.\r\nQUIT\r\n"
+    );
     let out = c.finish().unwrap();
     assert_eq!(out[0].recipients[0].reply().code, 550);
 }
@@ -149,24 +177,39 @@ fn state_machine_rejects_injection_and_empty_batches() {
             env("a@x.test", &[], 10),
         ],
     );
-    let wrote = script(&mut c, &["220 hi", "250 y.test", "250 ok", "250 ok", "354 go", "250 queued", "221 bye"]);
+    let wrote = script(
+        &mut c,
+        &[
+            "220 hi",
+            "250 y.test",
+            "250 ok",
+            "250 ok",
+            "354 go",
+            "250 queued",
+            "221 bye",
+        ],
+    );
     assert_eq!(wrote, "EHLO relay.test\r\nMAIL FROM:<a@x.test>\r\nRCPT TO:<ok@y.test>\r\nDATA\r\n<body 0>QUIT\r\n");
     let out = c.finish().unwrap();
     assert!(
         matches!(&out[0].recipients[0], RcptOutcome::Permanent { reply } if reply.local && reply.enhanced() == Some("5.1.3"))
     );
     assert!(out[0].recipients[1].is_delivered());
-    assert!(matches!(&out[1].recipients[0], RcptOutcome::Permanent { reply } if reply.enhanced() == Some("5.1.7")));
+    assert!(
+        matches!(&out[1].recipients[0], RcptOutcome::Permanent { reply } if reply.enhanced() == Some("5.1.7"))
+    );
     assert!(out[2].recipients.is_empty());
 }
 
 fn with_tls(required: bool) -> ClientParams {
     let mut p = params();
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(rustls::RootCertStore::empty())
-        .with_no_client_auth();
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(rustls::RootCertStore::empty())
+    .with_no_client_auth();
     p.tls = Some(SessionTls {
         config: Arc::new(config),
         name: rustls_pki_types::ServerName::try_from("mx.y.test").unwrap(),
@@ -192,7 +235,10 @@ fn starttls_when_offered_then_ehlo_again() {
         );
         // RFC 3207 4.2: EHLO again, no STARTTLS twice; SIZE 5 < 10 refuses
         // the message locally: the capabilities are the new ones.
-        assert_eq!(wrote, "EHLO relay.test\r\nSTARTTLS\r\n<tls>EHLO relay.test\r\nQUIT\r\n", "required {required}");
+        assert_eq!(
+            wrote, "EHLO relay.test\r\nSTARTTLS\r\n<tls>EHLO relay.test\r\nQUIT\r\n",
+            "required {required}"
+        );
         assert!(c.tls_active());
         let out = c.finish().unwrap();
         assert_eq!(out[0].recipients[0].reply().code, 552);
@@ -202,7 +248,10 @@ fn starttls_when_offered_then_ehlo_again() {
 #[test]
 fn starttls_not_offered_or_refused() {
     // Opportunistic: on in plaintext, pipelined as offered.
-    for ehlo in ["250-y.test\r\n250 PIPELINING", "250-y.test\r\n250-PIPELINING\r\n250 STARTTLS"] {
+    for ehlo in [
+        "250-y.test\r\n250 PIPELINING",
+        "250-y.test\r\n250-PIPELINING\r\n250 STARTTLS",
+    ] {
         let refused = ehlo.contains("STARTTLS");
         let mut replies = vec!["220 hi", ehlo];
         if refused {
@@ -211,12 +260,21 @@ fn starttls_not_offered_or_refused() {
         replies.extend(["250 ok", "250 ok", "354 go", "250 queued", "221 bye"]);
         let mut c = Client::new(with_tls(false), vec![env("a@x.test", &["b@y.test"], 10)]);
         let wrote = script(&mut c, &replies);
-        assert!(wrote.ends_with("MAIL FROM:<a@x.test>\r\nRCPT TO:<b@y.test>\r\nDATA\r\n<body 0>QUIT\r\n"), "{wrote}");
+        assert!(
+            wrote.ends_with(
+                "MAIL FROM:<a@x.test>\r\nRCPT TO:<b@y.test>\r\nDATA\r\n<body 0>QUIT\r\n"
+            ),
+            "{wrote}"
+        );
         assert!(!c.tls_active());
         assert!(c.finish().unwrap()[0].recipients[0].is_delivered());
         // Required: nothing is sent in the clear.
         let mut c = Client::new(with_tls(true), vec![env("a@x.test", &["b@y.test"], 10)]);
-        let replies: &[&str] = if refused { &["220 hi", ehlo, "454 4.7.0 TLS not available"] } else { &["220 hi", ehlo] };
+        let replies: &[&str] = if refused {
+            &["220 hi", ehlo, "454 4.7.0 TLS not available"]
+        } else {
+            &["220 hi", ehlo]
+        };
         let wrote = script(&mut c, replies);
         assert!(!wrote.contains("MAIL"), "{wrote}");
         let e = c.finish().unwrap_err();
@@ -246,7 +304,10 @@ fn failed_handshake_is_a_connect_error() {
     assert!(matches!(c.action(), Action::StartTls { .. }));
     c.fail(Failure::Tls("bad record".into()));
     let e = c.finish().unwrap_err();
-    assert!(matches!(&e, ConnectError::Tls(r) if r == "bad record"), "{e:?}");
+    assert!(
+        matches!(&e, ConnectError::Tls(r) if r == "bad record"),
+        "{e:?}"
+    );
     assert_eq!(e.reply().enhanced(), Some("4.7.5"));
 }
 
@@ -262,7 +323,9 @@ fn capabilities_from_ehlo() {
     assert!(c.esmtp && c.pipelining && c.size && c.eight_bit_mime && c.smtputf8 && c.starttls);
     assert!(c.enhanced_status_codes && c.chunking);
     assert_eq!(c.size_limit, Some(35882577));
-    let (r, _) = parse_reply(b"250-mx.test\r\n250 SIZE\r\n", 4096).unwrap().unwrap();
+    let (r, _) = parse_reply(b"250-mx.test\r\n250 SIZE\r\n", 4096)
+        .unwrap()
+        .unwrap();
     let c = Capabilities::from_ehlo(&r);
     assert!(c.size && !c.pipelining);
     assert_eq!(c.size_limit, None);
@@ -311,7 +374,13 @@ impl Fake {
     }
     fn chunks(&self) -> Vec<String> {
         self.wait();
-        self.log.lock().unwrap().chunks.iter().map(|c| String::from_utf8_lossy(c).into_owned()).collect()
+        self.log
+            .lock()
+            .unwrap()
+            .chunks
+            .iter()
+            .map(|c| String::from_utf8_lossy(c).into_owned())
+            .collect()
     }
     fn bodies(&self) -> Vec<Vec<u8>> {
         self.wait();
@@ -424,10 +493,16 @@ fn serve_fake(mut conn: StdStream, caps: Option<Vec<String>>, mut hook: Hook, lo
                 }
                 continue;
             }
-            let Some(nl) = memchr::memmem::find(&buf, b"\r\n") else { break };
+            let Some(nl) = memchr::memmem::find(&buf, b"\r\n") else {
+                break;
+            };
             let line = String::from_utf8_lossy(&buf[..nl]).into_owned();
             buf.drain(..nl + 2);
-            let verb = line.split([' ', ':']).next().unwrap_or("").to_ascii_uppercase();
+            let verb = line
+                .split([' ', ':'])
+                .next()
+                .unwrap_or("")
+                .to_ascii_uppercase();
             let default = match verb.as_str() {
                 "EHLO" => match &caps {
                     Some(c) => {
@@ -482,7 +557,13 @@ fn serve_fake(mut conn: StdStream, caps: Option<Vec<String>>, mut hook: Hook, lo
     }
 }
 
-const FULL: &[&str] = &["PIPELINING", "SIZE 100000", "8BITMIME", "SMTPUTF8", "ENHANCEDSTATUSCODES"];
+const FULL: &[&str] = &[
+    "PIPELINING",
+    "SIZE 100000",
+    "8BITMIME",
+    "SMTPUTF8",
+    "ENHANCEDSTATUSCODES",
+];
 
 fn msg(from: &str, to: &[&str], body: &[u8]) -> OutboundMessage<Vec<u8>> {
     OutboundMessage {
@@ -518,9 +599,19 @@ fn pipelined_session_with_two_messages() {
     ];
     let out = run(fake.addr, params(), batch).unwrap();
     assert_eq!(out.len(), 2);
-    assert!(out.iter().all(|m| m.recipients.iter().all(RcptOutcome::is_delivered)), "{out:?}");
-    assert_eq!(out[0].recipients[0].reply().to_string(), "250 2.0.0 Ok: queued as Q1");
-    assert_eq!(out[1].recipients[0].reply().text(), "2.0.0 Ok: queued as Q2");
+    assert!(
+        out.iter()
+            .all(|m| m.recipients.iter().all(RcptOutcome::is_delivered)),
+        "{out:?}"
+    );
+    assert_eq!(
+        out[0].recipients[0].reply().to_string(),
+        "250 2.0.0 Ok: queued as Q1"
+    );
+    assert_eq!(
+        out[1].recipients[0].reply().text(),
+        "2.0.0 Ok: queued as Q2"
+    );
     let expected = format!(
         "EHLO relay.test\r\n\
          MAIL FROM:<a@src.test> SIZE={}\r\nRCPT TO:<b@dst.test>\r\nRCPT TO:<c@dst.test>\r\nDATA\r\n\
@@ -537,28 +628,43 @@ fn pipelined_session_with_two_messages() {
         "MAIL FROM:<a@src.test> SIZE={}\r\nRCPT TO:<b@dst.test>\r\nRCPT TO:<c@dst.test>\r\nDATA\r\n",
         BODY1.len()
     )));
-    assert!(chunks.contains(&"RSET\r\nMAIL FROM:<> SIZE=21\r\nRCPT TO:<d@dst.test>\r\nDATA\r\n".to_string()));
+    assert!(chunks
+        .contains(&"RSET\r\nMAIL FROM:<> SIZE=21\r\nRCPT TO:<d@dst.test>\r\nDATA\r\n".to_string()));
     assert_eq!(fake.bodies()[0], BODY1_WIRE.as_bytes());
 }
 
 #[test]
 fn one_recipient_rejected() {
     let fake = fake_server(Some(FULL), |e| match e {
-        Event::Command(c) if c.contains("nobody@") => {
-            Act::Reply("550-5.1.1 <nobody@dst.test>: Recipient address rejected:\r\n550 5.1.1 User unknown".into())
-        }
+        Event::Command(c) if c.contains("nobody@") => Act::Reply(
+            "550-5.1.1 <nobody@dst.test>: Recipient address rejected:\r\n550 5.1.1 User unknown"
+                .into(),
+        ),
         _ => Act::Default,
     });
-    let out =
-        run(fake.addr, params(), vec![msg("a@src.test", &["b@dst.test", "nobody@dst.test", "c@dst.test"], BODY1)])
-            .unwrap();
+    let out = run(
+        fake.addr,
+        params(),
+        vec![msg(
+            "a@src.test",
+            &["b@dst.test", "nobody@dst.test", "c@dst.test"],
+            BODY1,
+        )],
+    )
+    .unwrap();
     let r = &out[0].recipients;
     assert!(r[0].is_delivered() && r[2].is_delivered());
     match &r[1] {
         RcptOutcome::Permanent { reply } => {
             assert_eq!(reply.code, 550);
             assert_eq!(reply.enhanced(), Some("5.1.1"));
-            assert_eq!(reply.lines, ["5.1.1 <nobody@dst.test>: Recipient address rejected:", "5.1.1 User unknown"]);
+            assert_eq!(
+                reply.lines,
+                [
+                    "5.1.1 <nobody@dst.test>: Recipient address rejected:",
+                    "5.1.1 User unknown"
+                ]
+            );
             assert!(!reply.local);
         }
         other => panic!("{other:?}"),
@@ -582,7 +688,10 @@ fn temporary_failure_at_mail_then_next_message() {
     let out = run(
         fake.addr,
         params(),
-        vec![msg("a@src.test", &["b@dst.test", "c@dst.test"], BODY1), msg("a@src.test", &["e@dst.test"], b"x\r\n")],
+        vec![
+            msg("a@src.test", &["b@dst.test", "c@dst.test"], BODY1),
+            msg("a@src.test", &["e@dst.test"], b"x\r\n"),
+        ],
     )
     .unwrap();
     for r in &out[0].recipients {
@@ -601,12 +710,21 @@ fn temporary_failure_at_mail_then_next_message() {
 fn permanent_failure_at_end_of_data_keeps_earlier_rejections() {
     let fake = fake_server(Some(FULL), |e| match e {
         Event::Command(c) if c.contains("nobody@") => Act::Reply("550 5.1.1 User unknown".into()),
-        Event::EndOfData => Act::Reply("552-5.3.4 Message size exceeds\r\n552 5.3.4 fixed maximum message size".into()),
+        Event::EndOfData => Act::Reply(
+            "552-5.3.4 Message size exceeds\r\n552 5.3.4 fixed maximum message size".into(),
+        ),
         _ => Act::Default,
     });
-    let out = run(fake.addr, params(), vec![msg("a@src.test", &["b@dst.test", "nobody@dst.test"], BODY1)]).unwrap();
+    let out = run(
+        fake.addr,
+        params(),
+        vec![msg("a@src.test", &["b@dst.test", "nobody@dst.test"], BODY1)],
+    )
+    .unwrap();
     let r = &out[0].recipients;
-    assert!(matches!(&r[0], RcptOutcome::Permanent { reply } if reply.code == 552 && reply.lines.len() == 2));
+    assert!(
+        matches!(&r[0], RcptOutcome::Permanent { reply } if reply.code == 552 && reply.lines.len() == 2)
+    );
     assert!(matches!(&r[1], RcptOutcome::Permanent { reply } if reply.code == 550));
 }
 
@@ -665,19 +783,30 @@ fn helo_fallback_and_extension_checks() {
     let mut p = params();
     p.require_8bitmime = true;
     let out = run(fake.addr, p, vec![eight]).unwrap();
-    assert!(matches!(&out[0].recipients[0], RcptOutcome::Permanent { reply } if reply.enhanced() == Some("5.6.3")));
-    assert_eq!(fake.received(), "EHLO relay.test\r\nHELO relay.test\r\nQUIT\r\n");
+    assert!(
+        matches!(&out[0].recipients[0], RcptOutcome::Permanent { reply } if reply.enhanced() == Some("5.6.3"))
+    );
+    assert_eq!(
+        fake.received(),
+        "EHLO relay.test\r\nHELO relay.test\r\nQUIT\r\n"
+    );
 }
 
 #[test]
 fn extensions_announced_in_mail_from() {
     let fake = fake_server(Some(FULL), |_| Act::Default);
-    let mut m = msg("j\u{f6}rg@src.test", &["b@dst.test"], "caf\u{e9}\r\n".as_bytes());
+    let mut m = msg(
+        "j\u{f6}rg@src.test",
+        &["b@dst.test"],
+        "caf\u{e9}\r\n".as_bytes(),
+    );
     m.is_8bit = true;
     m.needs_smtputf8 = true;
     let out = run(fake.addr, params(), vec![m]).unwrap();
     assert!(out[0].recipients[0].is_delivered() && !out[0].sent_8bit_unannounced);
-    assert!(fake.received().contains("MAIL FROM:<j\u{f6}rg@src.test> SIZE=7 BODY=8BITMIME SMTPUTF8\r\n"));
+    assert!(fake
+        .received()
+        .contains("MAIL FROM:<j\u{f6}rg@src.test> SIZE=7 BODY=8BITMIME SMTPUTF8\r\n"));
 }
 
 #[test]
@@ -687,7 +816,10 @@ fn message_over_the_size_limit_is_not_sent() {
     let out = run(
         fake.addr,
         params(),
-        vec![msg("a@src.test", &["b@dst.test"], &big), msg("a@src.test", &["c@dst.test"], b"small")],
+        vec![
+            msg("a@src.test", &["b@dst.test"], &big),
+            msg("a@src.test", &["c@dst.test"], b"small"),
+        ],
     )
     .unwrap();
     assert!(
@@ -712,15 +844,24 @@ fn connection_dropped_mid_data() {
     let out = run(
         fake.addr,
         params(),
-        vec![msg("a@src.test", &["b@dst.test", "c@dst.test"], &big), msg("a@src.test", &["d@dst.test"], b"x")],
+        vec![
+            msg("a@src.test", &["b@dst.test", "c@dst.test"], &big),
+            msg("a@src.test", &["d@dst.test"], b"x"),
+        ],
     )
     .unwrap();
     for m in &out {
         for r in &m.recipients {
-            assert!(matches!(r, RcptOutcome::Temporary { reply } if reply.local && reply.code == 451), "{r:?}");
+            assert!(
+                matches!(r, RcptOutcome::Temporary { reply } if reply.local && reply.code == 451),
+                "{r:?}"
+            );
         }
     }
-    assert!(out[1].recipients[0].reply().text().contains("not attempted"));
+    assert!(out[1].recipients[0]
+        .reply()
+        .text()
+        .contains("not attempted"));
 }
 
 #[test]
@@ -733,7 +874,12 @@ fn slow_server_times_out() {
         _ => Act::Default,
     });
     let t0 = Instant::now();
-    let err = run(fake1.addr, p.clone(), vec![msg("a@src.test", &["b@dst.test"], b"x")]).unwrap_err();
+    let err = run(
+        fake1.addr,
+        p.clone(),
+        vec![msg("a@src.test", &["b@dst.test"], b"x")],
+    )
+    .unwrap_err();
     assert_eq!(err, ConnectError::Timeout("greeting"));
     assert!(t0.elapsed() < Duration::from_secs(3));
     assert!(err.reply().local && err.reply().is_transient());
@@ -744,7 +890,12 @@ fn slow_server_times_out() {
         _ => Act::Default,
     });
     let t0 = Instant::now();
-    let out = run(fake2.addr, p, vec![msg("a@src.test", &["b@dst.test"], b"x")]).unwrap();
+    let out = run(
+        fake2.addr,
+        p,
+        vec![msg("a@src.test", &["b@dst.test"], b"x")],
+    )
+    .unwrap();
     assert!(
         matches!(&out[0].recipients[0], RcptOutcome::Temporary { reply } if reply.text().contains("timed out waiting for the reply to end of data")),
         "{out:?}"
@@ -755,18 +906,26 @@ fn slow_server_times_out() {
 #[test]
 fn server_closing_with_421() {
     let fake = fake_server(Some(FULL), |e| match e {
-        Event::Command(c) if c.contains("c@") => Act::Reply("421 4.7.0 Too many errors, closing".into()),
+        Event::Command(c) if c.contains("c@") => {
+            Act::Reply("421 4.7.0 Too many errors, closing".into())
+        }
         _ => Act::Default,
     });
     let out = run(
         fake.addr,
         params(),
-        vec![msg("a@src.test", &["b@dst.test", "c@dst.test"], BODY1), msg("a@src.test", &["d@dst.test"], b"x")],
+        vec![
+            msg("a@src.test", &["b@dst.test", "c@dst.test"], BODY1),
+            msg("a@src.test", &["d@dst.test"], b"x"),
+        ],
     )
     .unwrap();
     for m in &out {
         for r in &m.recipients {
-            assert!(matches!(r, RcptOutcome::Temporary { reply } if reply.code == 421), "{r:?}");
+            assert!(
+                matches!(r, RcptOutcome::Temporary { reply } if reply.code == 421),
+                "{r:?}"
+            );
         }
     }
     assert!(!fake.received().contains("QUIT"));
@@ -775,15 +934,28 @@ fn server_closing_with_421() {
 #[test]
 fn connect_errors() {
     // Nothing listens on a port we just released.
-    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
-    let err = run(port, params(), vec![msg("a@src.test", &["b@dst.test"], b"x")]).unwrap_err();
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let err = run(
+        port,
+        params(),
+        vec![msg("a@src.test", &["b@dst.test"], b"x")],
+    )
+    .unwrap_err();
     assert!(matches!(err, ConnectError::Connect { .. }), "{err:?}");
 
     let fake = fake_server(Some(FULL), |e| match e {
         Event::Greeting => Act::Reply("554 5.7.1 No SMTP service here".into()),
         _ => Act::Default,
     });
-    let err = run(fake.addr, params(), vec![msg("a@src.test", &["b@dst.test"], b"x")]).unwrap_err();
+    let err = run(
+        fake.addr,
+        params(),
+        vec![msg("a@src.test", &["b@dst.test"], b"x")],
+    )
+    .unwrap_err();
     assert!(matches!(&err, ConnectError::Greeting(r) if r.code == 554));
     assert_eq!(err.reply().code, 554);
 
@@ -791,6 +963,11 @@ fn connect_errors() {
         Event::Command(c) if c.starts_with("EHLO") => Act::Reply("421 4.3.2 busy".into()),
         _ => Act::Default,
     });
-    let err = run(fake.addr, params(), vec![msg("a@src.test", &["b@dst.test"], b"x")]).unwrap_err();
+    let err = run(
+        fake.addr,
+        params(),
+        vec![msg("a@src.test", &["b@dst.test"], b"x")],
+    )
+    .unwrap_err();
     assert!(matches!(&err, ConnectError::Helo(r) if r.code == 421));
 }

@@ -65,7 +65,9 @@ fn fields(block: &str) -> Vec<(String, String)> {
 }
 
 fn get<'a>(f: &'a [(String, String)], name: &str) -> Option<&'a str> {
-    f.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    f.iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.as_str())
 }
 
 struct Parsed {
@@ -82,8 +84,15 @@ fn parse(dsn: &[u8]) -> Parsed {
     let (head, body) = text.split_once("\r\n\r\n").unwrap();
     let top = fields(head);
     let ctype = get(&top, "Content-Type").unwrap();
-    assert!(ctype.starts_with("multipart/report; report-type=delivery-status;"), "{ctype}");
-    let boundary = ctype.split("boundary=\"").nth(1).unwrap().trim_end_matches('"');
+    assert!(
+        ctype.starts_with("multipart/report; report-type=delivery-status;"),
+        "{ctype}"
+    );
+    let boundary = ctype
+        .split("boundary=\"")
+        .nth(1)
+        .unwrap()
+        .trim_end_matches('"');
     let delimiter = format!("\r\n--{boundary}");
     assert!(body.ends_with(&format!("--{boundary}--\r\n")));
     let body = format!("\r\n{body}");
@@ -94,7 +103,9 @@ fn parse(dsn: &[u8]) -> Parsed {
     let parts = chunks
         .iter()
         .map(|c| {
-            let c = c.strip_prefix("\r\n").expect("delimiter line ends with CRLF");
+            let c = c
+                .strip_prefix("\r\n")
+                .expect("delimiter line ends with CRLF");
             let (h, content) = c.split_once("\r\n\r\n").unwrap();
             (fields(h), content.to_string())
         })
@@ -104,7 +115,11 @@ fn parse(dsn: &[u8]) -> Parsed {
 
 /// The blocks of a message/delivery-status body: per-message, then per-recipient.
 fn status_blocks(content: &str) -> Vec<Vec<(String, String)>> {
-    content.split("\r\n\r\n").filter(|b| !b.trim().is_empty()).map(fields).collect()
+    content
+        .split("\r\n\r\n")
+        .filter(|b| !b.trim().is_empty())
+        .map(fields)
+        .collect()
 }
 
 #[test]
@@ -126,14 +141,23 @@ fn failed_notification_structure_and_fields() {
     ]));
     assert!(dsn.is_ascii());
     let p = parse(&dsn);
-    assert_eq!(get(&p.top, "From"), Some("Mail Delivery System <MAILER-DAEMON@mail.src.test>"));
+    assert_eq!(
+        get(&p.top, "From"),
+        Some("Mail Delivery System <MAILER-DAEMON@mail.src.test>")
+    );
     assert_eq!(get(&p.top, "To"), Some("<alice@src.test>"));
-    assert_eq!(get(&p.top, "Subject"), Some("Undelivered Mail Returned to Sender"));
+    assert_eq!(
+        get(&p.top, "Subject"),
+        Some("Undelivered Mail Returned to Sender")
+    );
     assert_eq!(get(&p.top, "Date"), Some("Tue, 14 Nov 2023 22:16:40 +0000"));
     assert_eq!(get(&p.top, "Auto-Submitted"), Some("auto-replied"));
     assert_eq!(get(&p.top, "MIME-Version"), Some("1.0"));
     let mid = get(&p.top, "Message-ID").unwrap();
-    assert!(mid.starts_with('<') && mid.ends_with("@mail.src.test>"), "{mid}");
+    assert!(
+        mid.starts_with('<') && mid.ends_with("@mail.src.test>"),
+        "{mid}"
+    );
 
     assert_eq!(p.parts.len(), 3);
     let (h0, human) = &p.parts[0];
@@ -149,7 +173,10 @@ fn failed_notification_structure_and_fields() {
     let blocks = status_blocks(report);
     assert_eq!(blocks.len(), 4);
     assert_eq!(get(&blocks[0], "Reporting-MTA"), Some("dns; mail.src.test"));
-    assert_eq!(get(&blocks[0], "Arrival-Date"), Some("Tue, 14 Nov 2023 22:13:20 +0000"));
+    assert_eq!(
+        get(&blocks[0], "Arrival-Date"),
+        Some("Tue, 14 Nov 2023 22:13:20 +0000")
+    );
     let bob = &blocks[1];
     assert_eq!(get(bob, "Final-Recipient"), Some("rfc822; bob@dst.test"));
     assert_eq!(get(bob, "Action"), Some("failed"));
@@ -159,12 +186,18 @@ fn failed_notification_structure_and_fields() {
         get(bob, "Diagnostic-Code"),
         Some("smtp; 550 5.1.1 <bob@dst.test>: Recipient address rejected: 5.1.1 User unknown")
     );
-    assert_eq!(get(bob, "Last-Attempt-Date"), Some("Tue, 14 Nov 2023 22:15:00 +0000"));
+    assert_eq!(
+        get(bob, "Last-Attempt-Date"),
+        Some("Tue, 14 Nov 2023 22:15:00 +0000")
+    );
     assert_eq!(get(bob, "Will-Retry-Until"), None);
     let carol = &blocks[2];
     // A temporary reply on a recipient given up on: class 5, same detail.
     assert_eq!(get(carol, "Status"), Some("5.4.2"));
-    assert_eq!(get(carol, "Diagnostic-Code"), Some("X-ringmail; 4.4.2 timed out waiting for the reply to end of data"));
+    assert_eq!(
+        get(carol, "Diagnostic-Code"),
+        Some("X-ringmail; 4.4.2 timed out waiting for the reply to end of data")
+    );
     let dave = &blocks[3];
     assert_eq!(get(dave, "Status"), Some("5.0.0"));
     assert_eq!(get(dave, "Remote-MTA"), None);
@@ -187,32 +220,64 @@ fn delayed_notification() {
         Some("mx.dst.test"),
     );
     r.original_recipient = Some("rfc822;Bob@dst.test".into());
-    let mut p = params(vec![r, recipient("eve@dst.test", DsnAction::Delayed, reply("421 busy\r\n"), None)]);
+    let mut p = params(vec![
+        r,
+        recipient(
+            "eve@dst.test",
+            DsnAction::Delayed,
+            reply("421 busy\r\n"),
+            None,
+        ),
+    ]);
     p.original_envelope_id = Some("QQ314159".into());
     p.message_id = Some("<fixed@mail.src.test>".into());
     let dsn = build_dsn(p);
     let p = parse(&dsn);
-    assert_eq!(get(&p.top, "Subject"), Some("Delayed Mail (still being retried)"));
+    assert_eq!(
+        get(&p.top, "Subject"),
+        Some("Delayed Mail (still being retried)")
+    );
     assert_eq!(get(&p.top, "Message-ID"), Some("<fixed@mail.src.test>"));
-    assert!(p.parts[0].1.contains("keep trying until Sun, 19 Nov 2023 22:13:20 +0000"));
+    assert!(p.parts[0]
+        .1
+        .contains("keep trying until Sun, 19 Nov 2023 22:13:20 +0000"));
     assert!(p.parts[0].1.contains("delayed"));
     let blocks = status_blocks(&p.parts[1].1);
     assert_eq!(get(&blocks[0], "Original-Envelope-Id"), Some("QQ314159"));
-    assert_eq!(get(&blocks[1], "Original-Recipient"), Some("rfc822; Bob@dst.test"));
+    assert_eq!(
+        get(&blocks[1], "Original-Recipient"),
+        Some("rfc822; Bob@dst.test")
+    );
     assert_eq!(get(&blocks[1], "Action"), Some("delayed"));
     assert_eq!(get(&blocks[1], "Status"), Some("4.7.1"));
-    assert_eq!(get(&blocks[1], "Will-Retry-Until"), Some("Sun, 19 Nov 2023 22:13:20 +0000"));
+    assert_eq!(
+        get(&blocks[1], "Will-Retry-Until"),
+        Some("Sun, 19 Nov 2023 22:13:20 +0000")
+    );
     assert_eq!(get(&blocks[2], "Status"), Some("4.0.0"));
 }
 
 #[test]
 fn mixed_failed_and_delayed_reads_as_a_bounce() {
     let dsn = build_dsn(params(vec![
-        recipient("a@dst.test", DsnAction::Delayed, reply("451 4.3.0 later\r\n"), None),
-        recipient("b@dst.test", DsnAction::Failed, reply("550 5.1.1 unknown\r\n"), None),
+        recipient(
+            "a@dst.test",
+            DsnAction::Delayed,
+            reply("451 4.3.0 later\r\n"),
+            None,
+        ),
+        recipient(
+            "b@dst.test",
+            DsnAction::Failed,
+            reply("550 5.1.1 unknown\r\n"),
+            None,
+        ),
     ]));
     let p = parse(&dsn);
-    assert_eq!(get(&p.top, "Subject"), Some("Undelivered Mail Returned to Sender"));
+    assert_eq!(
+        get(&p.top, "Subject"),
+        Some("Undelivered Mail Returned to Sender")
+    );
     let blocks = status_blocks(&p.parts[1].1);
     assert_eq!(get(&blocks[1], "Action"), Some("delayed"));
     assert_eq!(get(&blocks[2], "Action"), Some("failed"));
@@ -225,7 +290,12 @@ fn original_headers_are_bounded_and_normalized() {
         original.extend_from_slice(format!("X-Filler-{i}: some header value here\n").as_bytes());
     }
     original.extend_from_slice(b"\nbody\n");
-    let mut p = params(vec![recipient("b@dst.test", DsnAction::Failed, reply("550 no\r\n"), None)]);
+    let mut p = params(vec![recipient(
+        "b@dst.test",
+        DsnAction::Failed,
+        reply("550 no\r\n"),
+        None,
+    )]);
     p.original = &original;
     p.max_header_bytes = 1000;
     let dsn = build_dsn(p);
@@ -238,7 +308,12 @@ fn original_headers_are_bounded_and_normalized() {
     assert!(!included.contains("body"));
 
     // A message without a body: all of it is the header section.
-    let mut p = params(vec![recipient("b@dst.test", DsnAction::Failed, reply("550 no\r\n"), None)]);
+    let mut p = params(vec![recipient(
+        "b@dst.test",
+        DsnAction::Failed,
+        reply("550 no\r\n"),
+        None,
+    )]);
     p.original = b"Subject: only headers";
     let parsed = parse(&build_dsn(p));
     assert!(parsed.parts[2].1.starts_with("Subject: only headers\r\n"));
@@ -247,43 +322,92 @@ fn original_headers_are_bounded_and_normalized() {
 #[test]
 fn long_diagnostics_are_folded() {
     let long = format!("550 5.7.1 {}\r\n", "word ".repeat(80).trim_end());
-    let dsn = build_dsn(params(vec![recipient("b@dst.test", DsnAction::Failed, reply(&long), Some("mx.dst.test"))]));
+    let dsn = build_dsn(params(vec![recipient(
+        "b@dst.test",
+        DsnAction::Failed,
+        reply(&long),
+        Some("mx.dst.test"),
+    )]));
     let text = String::from_utf8(dsn.clone()).unwrap();
     assert!(text.split("\r\n").all(|l| l.len() <= 78), "folded");
     let p = parse(&dsn);
     let blocks = status_blocks(&p.parts[1].1);
-    assert_eq!(get(&blocks[1], "Diagnostic-Code").unwrap(), format!("smtp; {}", long.trim_end()));
+    assert_eq!(
+        get(&blocks[1], "Diagnostic-Code").unwrap(),
+        format!("smtp; {}", long.trim_end())
+    );
 }
 
 #[test]
 fn utf8_addresses() {
-    let mut p = params(vec![recipient("j\u{f6}rg@dst.test", DsnAction::Failed, reply("550 5.1.1 unknown\r\n"), None)]);
+    let mut p = params(vec![recipient(
+        "j\u{f6}rg@dst.test",
+        DsnAction::Failed,
+        reply("550 5.1.1 unknown\r\n"),
+        None,
+    )]);
     p.original = "Subject: gr\u{fc}\u{df}e\r\n\r\nbody".as_bytes();
     let dsn = build_dsn(p);
     assert!(!dsn.is_ascii(), "the caller must send this one as 8-bit");
     let p = parse(&dsn);
     let blocks = status_blocks(&p.parts[1].1);
-    assert_eq!(get(&blocks[1], "Final-Recipient"), Some("utf-8; j\\x{F6}rg@dst.test"));
-    assert_eq!(get(&p.parts[2].0, "Content-Transfer-Encoding"), Some("8bit"));
-    assert_eq!(get(&p.parts[0].0, "Content-Transfer-Encoding"), Some("8bit"));
+    assert_eq!(
+        get(&blocks[1], "Final-Recipient"),
+        Some("utf-8; j\\x{F6}rg@dst.test")
+    );
+    assert_eq!(
+        get(&p.parts[2].0, "Content-Transfer-Encoding"),
+        Some("8bit")
+    );
+    assert_eq!(
+        get(&p.parts[0].0, "Content-Transfer-Encoding"),
+        Some("8bit")
+    );
 }
 
 #[test]
 fn status_derivation() {
-    assert_eq!(status_for(DsnAction::Failed, &reply("550 5.1.1 x\r\n")), "5.1.1");
-    assert_eq!(status_for(DsnAction::Failed, &reply("452 4.2.2 full\r\n")), "5.2.2");
-    assert_eq!(status_for(DsnAction::Failed, &reply("550 nope\r\n")), "5.0.0");
-    assert_eq!(status_for(DsnAction::Delayed, &reply("451 4.7.1 grey\r\n")), "4.7.1");
-    assert_eq!(status_for(DsnAction::Delayed, &reply("421 busy\r\n")), "4.0.0");
-    assert_eq!(status_for(DsnAction::Delayed, &reply("550 5.1.1 odd\r\n")), "4.1.1");
+    assert_eq!(
+        status_for(DsnAction::Failed, &reply("550 5.1.1 x\r\n")),
+        "5.1.1"
+    );
+    assert_eq!(
+        status_for(DsnAction::Failed, &reply("452 4.2.2 full\r\n")),
+        "5.2.2"
+    );
+    assert_eq!(
+        status_for(DsnAction::Failed, &reply("550 nope\r\n")),
+        "5.0.0"
+    );
+    assert_eq!(
+        status_for(DsnAction::Delayed, &reply("451 4.7.1 grey\r\n")),
+        "4.7.1"
+    );
+    assert_eq!(
+        status_for(DsnAction::Delayed, &reply("421 busy\r\n")),
+        "4.0.0"
+    );
+    assert_eq!(
+        status_for(DsnAction::Delayed, &reply("550 5.1.1 odd\r\n")),
+        "4.1.1"
+    );
 }
 
 #[test]
 fn dates_and_null_senders() {
     assert_eq!(rfc5322_date(UNIX_EPOCH), "Thu, 01 Jan 1970 00:00:00 +0000");
-    assert_eq!(rfc5322_date(at(1_700_000_000)), "Tue, 14 Nov 2023 22:13:20 +0000");
-    assert_eq!(rfc5322_date(at(951_782_400)), "Tue, 29 Feb 2000 00:00:00 +0000");
-    assert_eq!(rfc5322_date(at(4_102_444_799)), "Thu, 31 Dec 2099 23:59:59 +0000");
+    assert_eq!(
+        rfc5322_date(at(1_700_000_000)),
+        "Tue, 14 Nov 2023 22:13:20 +0000"
+    );
+    assert_eq!(
+        rfc5322_date(at(951_782_400)),
+        "Tue, 29 Feb 2000 00:00:00 +0000"
+    );
+    assert_eq!(
+        rfc5322_date(at(4_102_444_799)),
+        "Thu, 31 Dec 2099 23:59:59 +0000"
+    );
     assert!(should_notify("alice@src.test"));
     assert!(!should_notify(""));
     assert!(!should_notify("<>"));
