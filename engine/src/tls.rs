@@ -15,6 +15,10 @@
 //! Protocol policy: TLS 1.2 and 1.3 only (rustls has nothing older and never
 //! renegotiates), the server's cipher-suite preference, stateless session
 //! tickets shared by all shards so a resumed session may land on any core.
+//! The preference puts AES-128-GCM first ([`provider`]): it is TLS 1.3's
+//! mandatory suite (RFC 8446 section 9.1), and its SHA-256 key schedule runs
+//! on the CPU's SHA instructions where ring's SHA-384 has only generic code;
+//! one TLS 1.3 ticket per handshake ([`TLS13_TICKETS`]).
 use std::collections::HashMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -106,6 +110,42 @@ impl ResolvesServerCert for Resolver {
     }
 }
 
+/// TLS 1.3 session tickets sent after each handshake. rustls' default is
+/// two (so a client may open two resumed connections at once); a mail client
+/// or load generator resumes one connection at a time and gets a fresh ticket
+/// from every resumed handshake, so the second ticket (an encryption and a
+/// record per handshake) buys nothing here.
+pub const TLS13_TICKETS: usize = 1;
+
+/// ring's provider with ringmail's cipher-suite order: AES-128-GCM, then
+/// AES-256-GCM, then ChaCha20-Poly1305, TLS 1.3 suites before TLS 1.2 ones
+/// (ring's default puts AES-256 first). Every suite rustls offers stays
+/// available; only the order changes, for the server (which picks by its
+/// own order) and for the relay client (whose order a server may follow).
+pub fn provider() -> CryptoProvider {
+    use rustls::CipherSuite as S;
+    const ORDER: [S; 9] = [
+        S::TLS13_AES_128_GCM_SHA256,
+        S::TLS13_AES_256_GCM_SHA384,
+        S::TLS13_CHACHA20_POLY1305_SHA256,
+        S::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+        S::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
+        S::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+        S::TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,
+        S::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
+        S::TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256,
+    ];
+    let mut p = rustls::crypto::ring::default_provider();
+    // A suite missing from the list (a future rustls) goes last, in ring's order.
+    p.cipher_suites.sort_by_key(|s| {
+        ORDER
+            .iter()
+            .position(|o| *o == s.suite())
+            .unwrap_or(ORDER.len())
+    });
+    p
+}
+
 /// The TLS side of a running server: one rustls configuration for every
 /// listener and STARTTLS, and what it needs to reload its certificates.
 pub struct Tls {
@@ -119,7 +159,7 @@ pub struct Tls {
 impl Tls {
     /// Load the configured certificates, or create/reuse the self-signed one.
     pub fn load(config: &Config) -> Result<Tls, TlsError> {
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let provider = Arc::new(provider());
         let sources = sources(config)?;
         let set = load_set(&sources, &provider)?;
         let resolver = Arc::new(Resolver {
@@ -136,6 +176,7 @@ impl Tls {
         // core got the connection) still resumes.
         server.ticketer =
             rustls::crypto::ring::Ticketer::new().map_err(|e| TlsError::Setup(e.to_string()))?;
+        server.send_tls13_tickets = TLS13_TICKETS;
         Ok(Tls {
             server: Arc::new(server),
             resolver,
@@ -193,7 +234,7 @@ impl ClientTls {
     /// missing system bundle only leaves verified destinations without
     /// anchors.
     pub fn load(config: &Config) -> Result<ClientTls, TlsError> {
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let provider = Arc::new(provider());
         let versions: &[&rustls::SupportedProtocolVersion] =
             &[&rustls::version::TLS13, &rustls::version::TLS12];
         let (ca_file, configured) = match &config.relay.tls_ca_file {
@@ -563,6 +604,84 @@ mod tests {
         assert!(!name_covers("*.example.org", "a.mail.example.org"));
         assert!(!name_covers("*.example.org", "example.org"));
         assert!(!name_covers("mail.example.org", "mx.example.org"));
+    }
+
+    /// Runs a handshake between `server` and a client offering `suites`
+    /// (in the client's order) in memory; returns the negotiated suite.
+    fn negotiate(
+        server: Arc<ServerConfig>,
+        cert: &Path,
+        suites: &[rustls::SupportedCipherSuite],
+    ) -> rustls::CipherSuite {
+        let mut provider = rustls::crypto::ring::default_provider();
+        provider.cipher_suites = suites.to_vec();
+        let mut roots = rustls::RootCertStore::empty();
+        for c in CertificateDer::pem_file_iter(cert).unwrap() {
+            roots.add(c.unwrap()).unwrap();
+        }
+        let client = rustls::ClientConfig::builder_with_provider(Arc::new(provider))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let name = rustls_pki_types::ServerName::try_from("mx.test").unwrap();
+        let mut c = rustls::ClientConnection::new(Arc::new(client), name).unwrap();
+        let mut s = rustls::ServerConnection::new(server).unwrap();
+        for _ in 0..10 {
+            let mut buf = Vec::new();
+            while c.wants_write() {
+                c.write_tls(&mut buf).unwrap();
+            }
+            s.read_tls(&mut &buf[..]).unwrap();
+            s.process_new_packets().unwrap();
+            let mut buf = Vec::new();
+            while s.wants_write() {
+                s.write_tls(&mut buf).unwrap();
+            }
+            c.read_tls(&mut &buf[..]).unwrap();
+            c.process_new_packets().unwrap();
+            if !c.is_handshaking() && !s.is_handshaking() {
+                break;
+            }
+        }
+        assert!(!s.is_handshaking());
+        s.negotiated_cipher_suite().unwrap().suite()
+    }
+
+    #[test]
+    fn server_prefers_aes128_and_keeps_every_suite() {
+        use rustls::crypto::ring::cipher_suite as cs;
+        let dir = tempfile::tempdir().unwrap();
+        let config = Config {
+            data_dir: dir.path().to_path_buf(),
+            hostname: "mx.test".into(),
+            ..Config::default()
+        };
+        let tls = Tls::load(&config).unwrap();
+        let cert = tls.certificates()[0].cert_path.clone();
+        let server = tls.server_config();
+        assert_eq!(server.send_tls13_tickets, TLS13_TICKETS);
+        // The client's order (AES-256 first, as ring's default) is ignored.
+        let s = negotiate(
+            server.clone(),
+            &cert,
+            rustls::crypto::ring::DEFAULT_CIPHER_SUITES,
+        );
+        assert_eq!(s, rustls::CipherSuite::TLS13_AES_128_GCM_SHA256);
+        // Clients that offer only one suite still get it.
+        for only in [
+            cs::TLS13_AES_256_GCM_SHA384,
+            cs::TLS13_CHACHA20_POLY1305_SHA256,
+            cs::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+        ] {
+            assert_eq!(negotiate(server.clone(), &cert, &[only]), only.suite());
+        }
+        let order: Vec<_> = provider().cipher_suites.iter().map(|s| s.suite()).collect();
+        assert_eq!(
+            order.len(),
+            rustls::crypto::ring::DEFAULT_CIPHER_SUITES.len()
+        );
+        assert_eq!(order[0], rustls::CipherSuite::TLS13_AES_128_GCM_SHA256);
     }
 
     #[test]
