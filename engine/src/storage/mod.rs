@@ -70,78 +70,114 @@ pub fn shard_of_bucket(bucket: u32, shards: usize) -> usize {
     bucket as usize % shards
 }
 
+/// Version of the data directory's on-disk format: the meta file, segment
+/// and record layout, record kinds, checkpoint archives. Any change that an
+/// older binary would misread (a new record kind, a new segment header)
+/// raises it, and [`Meta::start_run`] then refuses to let an older binary
+/// open the directory. Checkpoints carry their own version as well
+/// (`CHECKPOINT_VERSION`): a newer binary still reads older checkpoints.
+///
+/// Format 1 is the layout of every data directory written before the meta
+/// file recorded a format; such a meta file (no `format` line) is format 1.
+pub const DATA_FORMAT: u32 = 1;
+
 /// Persistent facts of a data directory, in `<data>/meta` as `key = value` lines.
 #[derive(Debug, Clone, Copy)]
 pub struct Meta {
     pub buckets: u32,
     pub run: u32,
+    /// [`DATA_FORMAT`] of the binary that last started on the directory.
+    pub format: u32,
+}
+
+fn invalid(msg: String) -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::InvalidData, msg)
 }
 
 impl Meta {
-    /// Read the meta file without starting a run (offline inspection).
-    pub fn read(data_dir: &Path) -> std::io::Result<Meta> {
-        let text = std::fs::read_to_string(data_dir.join("meta"))?;
-        let mut meta = Meta { buckets: 0, run: 0 };
+    /// Parse the meta file's text; unknown keys are ignored.
+    fn parse(text: &str, path: &Path) -> std::io::Result<Meta> {
+        let mut meta = Meta {
+            buckets: 0,
+            run: 0,
+            format: 1,
+        };
         for line in text.lines() {
             let Some((k, v)) = line.split_once('=') else {
                 continue;
             };
-            let v: u32 = v.trim().parse().map_err(|_| {
-                std::io::Error::new(std::io::ErrorKind::InvalidData, "bad meta file")
-            })?;
+            let v: u32 = v
+                .trim()
+                .parse()
+                .map_err(|_| invalid(format!("{}: bad value for {}", path.display(), k.trim())))?;
             match k.trim() {
                 "buckets" => meta.buckets = v,
                 "run" => meta.run = v,
+                "format" => meta.format = v,
                 _ => {}
             }
         }
+        Ok(meta)
+    }
+
+    /// Refuse a directory written by a newer format than this binary knows:
+    /// reading it could skip or cut records it does not understand.
+    fn check_format(&self, data_dir: &Path) -> std::io::Result<()> {
+        if self.format > DATA_FORMAT {
+            return Err(invalid(format!(
+                "data directory {} has format {}, newer than this ringmail {} reads (format {}); \
+                 run the newer ringmail again, or restore a backup made for this version",
+                data_dir.display(),
+                self.format,
+                env!("CARGO_PKG_VERSION"),
+                DATA_FORMAT
+            )));
+        }
+        Ok(())
+    }
+
+    /// Read the meta file without starting a run (offline inspection).
+    pub fn read(data_dir: &Path) -> std::io::Result<Meta> {
+        let path = data_dir.join("meta");
+        let meta = Meta::parse(&std::fs::read_to_string(&path)?, &path)?;
+        meta.check_format(data_dir)?;
         if meta.buckets == 0 {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::InvalidData,
-                "meta file without buckets",
-            ));
+            return Err(invalid("meta file without buckets".into()));
         }
         Ok(meta)
     }
 
     /// Read the meta file (creating the data directory layout on first use),
-    /// increment the run counter and write it back durably. Blocking: called
-    /// once at start-up before the executors start.
+    /// increment the run counter and write it back durably, with this
+    /// binary's [`DATA_FORMAT`]. Blocking: called once at start-up before
+    /// the executors start.
     pub fn start_run(data_dir: &Path, default_buckets: u32) -> std::io::Result<Meta> {
+        let path = data_dir.join("meta");
+        let mut meta = match std::fs::read_to_string(&path) {
+            Ok(text) => Meta::parse(&text, &path)?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Meta {
+                buckets: default_buckets,
+                run: 0,
+                format: DATA_FORMAT,
+            },
+            Err(e) => return Err(e),
+        };
+        // Before anything is created or written.
+        meta.check_format(data_dir)?;
         std::fs::create_dir_all(data_dir.join("segments"))?;
         std::fs::create_dir_all(data_dir.join("index"))?;
-        let path = data_dir.join("meta");
-        let mut meta = Meta {
-            buckets: default_buckets,
-            run: 0,
-        };
-        match std::fs::read_to_string(&path) {
-            Ok(text) => {
-                for line in text.lines() {
-                    let Some((k, v)) = line.split_once('=') else {
-                        continue;
-                    };
-                    let v: u32 = v.trim().parse().map_err(|_| {
-                        std::io::Error::new(
-                            std::io::ErrorKind::InvalidData,
-                            format!("{}: bad value for {k}", path.display()),
-                        )
-                    })?;
-                    match k.trim() {
-                        "buckets" => meta.buckets = v,
-                        "run" => meta.run = v,
-                        _ => {}
-                    }
-                }
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e),
-        }
         if meta.buckets == 0 {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::InvalidData,
-                "buckets must be > 0",
-            ));
+            return Err(invalid("buckets must be > 0".into()));
+        }
+        if meta.format < DATA_FORMAT {
+            // No migration exists yet (format 1 is the first); one would run
+            // here, before the format line is raised.
+            tracing::info!(
+                from = meta.format,
+                to = DATA_FORMAT,
+                "data directory format upgraded"
+            );
+            meta.format = DATA_FORMAT;
         }
         meta.run += 1;
         if meta.run >= 1 << 24 {
@@ -153,7 +189,10 @@ impl Meta {
         let tmp = data_dir.join("meta.tmp");
         std::fs::write(
             &tmp,
-            format!("buckets = {}\nrun = {}\n", meta.buckets, meta.run),
+            format!(
+                "format = {}\nbuckets = {}\nrun = {}\n",
+                meta.format, meta.buckets, meta.run
+            ),
         )?;
         std::fs::File::open(&tmp)?.sync_all()?;
         std::fs::rename(&tmp, &path)?;
@@ -375,6 +414,7 @@ impl Store {
         for id in ids {
             let seg = match Segment::open_read_only(&self.seg_dir.join(segment::file_name(id))) {
                 Ok(s) => Rc::new(s),
+                Err(e) if e.kind() == std::io::ErrorKind::Unsupported => return Err(e),
                 Err(e) => {
                     tracing::warn!(segment = id, error = %e, "skipping unreadable segment");
                     continue;

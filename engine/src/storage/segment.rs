@@ -26,6 +26,17 @@ use std::rc::Rc;
 use memmap2::{MmapOptions, MmapRaw};
 
 pub const SEGMENT_MAGIC: &[u8; 8] = b"RMSEG001";
+/// The version in [`SEGMENT_MAGIC`]'s last three digits.
+pub const SEGMENT_VERSION: u32 = 1;
+
+/// The version of a segment header `RMSEGnnn`, if it is one.
+pub fn magic_version(header: &[u8]) -> Option<u32> {
+    let digits = header.strip_prefix(b"RMSEG")?;
+    if digits.len() != 3 || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(digits).ok()?.parse().ok()
+}
 /// The segment header; records start right after it.
 pub const SEGMENT_HEADER_LEN: usize = 64;
 
@@ -215,7 +226,20 @@ impl Segment {
             failed: Cell::new(false),
             zeroed: Cell::new(len),
         };
-        if &seg.all()[..8] != SEGMENT_MAGIC {
+        let header = &seg.all()[..8];
+        if header != SEGMENT_MAGIC {
+            // A segment of a newer layout must stop the start-up (its records
+            // would be misread or skipped); anything else that is not our
+            // magic is a file this binary never finished (or not ours).
+            if let Some(v) = magic_version(header).filter(|v| *v > SEGMENT_VERSION) {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::Unsupported,
+                    format!(
+                        "{}: segment format {v} is newer than this ringmail reads (format {SEGMENT_VERSION})",
+                        path.display()
+                    ),
+                ));
+            }
             return Err(std::io::Error::new(
                 std::io::ErrorKind::InvalidData,
                 "bad segment magic",
