@@ -274,6 +274,9 @@ pub struct Options {
     /// Put the data directory on a tmpfs of this many MiB (needs root);
     /// for disk-full tests. Unmounted when the server is dropped.
     pub tmpfs_mib: Option<u32>,
+    /// A `.tar.gz` of a data directory unpacked into the data directory
+    /// before the first start (accounts are added after it).
+    pub seed: Option<PathBuf>,
 }
 
 impl Default for Options {
@@ -286,6 +289,7 @@ impl Default for Options {
             log: std::env::var("RINGMAIL_E2E_LOG").unwrap_or_else(|_| "info".into()),
             hostname: None,
             tmpfs_mib: None,
+            seed: None,
         }
     }
 }
@@ -307,6 +311,10 @@ impl Options {
     pub fn accounts<S: AsRef<str>>(mut self, list: &[S]) -> Self {
         self.accounts
             .extend(list.iter().map(|s| s.as_ref().to_string()));
+        self
+    }
+    pub fn seed(mut self, archive: &Path) -> Self {
+        self.seed = Some(archive.to_path_buf());
         self
     }
     pub fn tmpfs(mut self, mib: u32) -> Self {
@@ -384,6 +392,16 @@ impl Server {
             std::fs::write(&p, text).unwrap();
             p
         });
+        if let Some(archive) = &opts.seed {
+            let st = Command::new("tar")
+                .arg("-xzf")
+                .arg(archive)
+                .arg("-C")
+                .arg(&data)
+                .status()
+                .expect("running tar");
+            assert!(st.success(), "unpacking {} failed", archive.display());
+        }
         if !opts.accounts.is_empty() {
             let list: Vec<&str> = opts.accounts.iter().map(|s| s.as_str()).collect();
             add_accounts(&data, &list, PASSWORD);

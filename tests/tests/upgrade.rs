@@ -1,0 +1,299 @@
+//! Upgrades: a data directory written by today's format must stay readable by
+//! every later build, and an older build must refuse a newer directory.
+//!
+//! `tests/fixtures/data-format-1.tar.gz` is a data directory written by the
+//! build that introduced format 1's version line (two accounts, folders,
+//! flags, keywords, an expunge, a rename, a move, an APPEND; a clean stop
+//! with checkpoints, then more records after them and a kill -9), and
+//! `data-format-1.json` is what Python's imaplib read from it then. Any
+//! change to the on-disk format must keep `a_format_1_directory_opens_...`
+//! passing (by reading the old layout or migrating it).
+//!
+//! To write the fixture again (only when a new format gets its own fixture):
+//! `RINGMAIL_WRITE_FIXTURE=1 cargo test -p ringmail-tests --test upgrade writer`.
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ringmail_tests::*;
+use serde_json::Value;
+
+const ACCOUNTS: [&str; 2] = ["alice@example.test", "bob@example.test"];
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures")
+}
+
+fn populate(server: &Server, phase: u8) {
+    run_python(
+        "data_fixture.py",
+        &[
+            "populate".into(),
+            phase.to_string(),
+            server.smtp.port().to_string(),
+            server.imap.port().to_string(),
+            PASSWORD.into(),
+        ],
+    );
+}
+
+/// What imaplib reads from the server, without `\Recent` (a per-session
+/// claim kept in memory, so every message is recent after a restart).
+fn dump(server: &Server) -> Value {
+    let out = run_python(
+        "data_fixture.py",
+        &[
+            "dump".into(),
+            server.imap.port().to_string(),
+            PASSWORD.into(),
+        ],
+    );
+    let mut v: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+    for boxes in v.as_object_mut().unwrap().values_mut() {
+        for b in boxes.as_object_mut().unwrap().values_mut() {
+            for m in b["messages"].as_array_mut().unwrap() {
+                m["flags"]
+                    .as_array_mut()
+                    .unwrap()
+                    .retain(|f| f != "\\Recent");
+            }
+        }
+    }
+    v
+}
+
+/// The parts of a dump that do not depend on when it was written: mailbox
+/// names, UIDs, flags, and bodies without the server's trace headers.
+fn shape(v: &Value) -> Value {
+    let mut v = v.clone();
+    for boxes in v.as_object_mut().unwrap().values_mut() {
+        for b in boxes.as_object_mut().unwrap().values_mut() {
+            b.as_object_mut().unwrap().remove("uidvalidity");
+            for m in b["messages"].as_array_mut().unwrap() {
+                let raw = hex(m["hex"].as_str().unwrap());
+                let body = if raw.starts_with(b"Return-Path:") {
+                    strip_trace(&raw).1.to_vec()
+                } else {
+                    raw
+                };
+                m["hex"] = Value::String(String::from_utf8_lossy(&body).into_owned());
+                let appended = m["internaldate"] == "06-Dec-2026 12:30:00 +0000";
+                if !appended {
+                    m.as_object_mut().unwrap().remove("internaldate");
+                }
+            }
+        }
+    }
+    v
+}
+
+fn hex(s: &str) -> Vec<u8> {
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+        .collect()
+}
+
+/// Today's build writes what the fixture describes (so the fixture stays a
+/// fair sample of the format); with RINGMAIL_WRITE_FIXTURE=1 it also writes
+/// the fixture.
+#[test]
+fn writer_produces_the_fixture_layout() {
+    let mut server = Server::options().accounts(&ACCOUNTS).start();
+    populate(&server, 1);
+    // A clean stop writes checkpoints; phase 2's records come after them,
+    // and kill -9 leaves them to be replayed from the segments.
+    server.terminate();
+    server.restart();
+    populate(&server, 2);
+    server.kill9();
+    let copy = tempfile::tempdir().unwrap();
+    let archive = copy.path().join("data.tar.gz");
+    // -S: the preallocated, never-written tails of segments stay holes.
+    let st = std::process::Command::new("tar")
+        .arg("-cSzf")
+        .arg(&archive)
+        .arg("-C")
+        .arg(&server.data)
+        .arg(".")
+        .status()
+        .unwrap();
+    assert!(st.success());
+    server.restart();
+    let got = dump(&server);
+    if std::env::var_os("RINGMAIL_WRITE_FIXTURE").is_some() {
+        std::fs::create_dir_all(fixtures()).unwrap();
+        std::fs::copy(&archive, fixtures().join("data-format-1.tar.gz")).unwrap();
+        std::fs::write(
+            fixtures().join("data-format-1.json"),
+            serde_json::to_string_pretty(&got).unwrap() + "\n",
+        )
+        .unwrap();
+        eprintln!("fixture written to {}", fixtures().display());
+    }
+    let want: Value = serde_json::from_str(
+        &std::fs::read_to_string(fixtures().join("data-format-1.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(shape(&got), shape(&want));
+    // Sanity of the sample itself: folders, flags and keywords made it.
+    let alice = &got["alice@example.test"];
+    assert_eq!(
+        alice["Old mail 2025"]["messages"].as_array().unwrap().len(),
+        2
+    );
+    assert_eq!(
+        alice["Projects/2026"]["messages"].as_array().unwrap().len(),
+        2
+    );
+    let inbox: Vec<&Value> = alice["INBOX"]["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .collect();
+    assert_eq!(
+        inbox
+            .iter()
+            .map(|m| m["uid"].as_u64().unwrap())
+            .collect::<Vec<_>>(),
+        vec![1, 2, 4, 6]
+    );
+    assert_eq!(
+        inbox[2]["flags"],
+        serde_json::json!(["$Fixture", "\\Answered"])
+    );
+}
+
+#[test]
+fn a_format_1_directory_opens_with_every_message_flag_and_uid() {
+    let fixture = fixtures().join("data-format-1.tar.gz");
+    let mut server = Server::options().seed(&fixture).start();
+    let want: Value = serde_json::from_str(
+        &std::fs::read_to_string(fixtures().join("data-format-1.json")).unwrap(),
+    )
+    .unwrap();
+    // Byte for byte, UIDVALIDITY and internal dates included.
+    assert_eq!(dump(&server), want);
+    let meta = std::fs::read_to_string(server.data.join("meta")).unwrap();
+    assert!(meta.contains("format = 1"), "{meta}");
+    // The directory goes on taking mail: a new message gets the next UID,
+    // and a clean stop and start keep old and new.
+    smtp_send(
+        server.smtp,
+        "carol@remote.test",
+        &["bob@example.test"],
+        b"Subject: after the upgrade\r\n\r\nnew\r\n",
+    );
+    server.terminate();
+    server.restart();
+    let after = dump(&server);
+    let bob_before = want["bob@example.test"]["INBOX"]["messages"]
+        .as_array()
+        .unwrap();
+    let bob_after = after["bob@example.test"]["INBOX"]["messages"]
+        .as_array()
+        .unwrap();
+    assert_eq!(bob_after.len(), bob_before.len() + 1);
+    assert_eq!(&bob_after[..bob_before.len()], &bob_before[..]);
+    assert_eq!(
+        bob_after.last().unwrap()["uid"].as_u64().unwrap(),
+        want["bob@example.test"]["INBOX"]["uidnext"]
+            .as_u64()
+            .unwrap()
+    );
+    assert_eq!(after["alice@example.test"], want["alice@example.test"]);
+}
+
+/// `ringmail serve` on `data`, expected to fail: its exit status and stderr.
+fn serve_fails(data: &Path) -> String {
+    let child = std::process::Command::new(ringmail_bin())
+        .args(["serve", "--cores", "2", "--data"])
+        .arg(data)
+        .args([
+            "--smtp",
+            "127.0.0.1:0",
+            "--pop3",
+            "127.0.0.1:0",
+            "--imap",
+            "127.0.0.1:0",
+        ])
+        .args([
+            "--submission",
+            "127.0.0.1:0",
+            "--submissions",
+            "127.0.0.1:0",
+        ])
+        .args(["--imaps", "127.0.0.1:0", "--pop3s", "127.0.0.1:0"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = wait_output(child, Duration::from_secs(30));
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        !out.status.success(),
+        "serve started on a newer data directory:\n{err}"
+    );
+    assert_eq!(out.status.code(), Some(1), "not a clean error exit:\n{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    err
+}
+
+#[test]
+fn an_older_build_refuses_a_newer_data_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    let st = std::process::Command::new("tar")
+        .arg("-xzf")
+        .arg(fixtures().join("data-format-1.tar.gz"))
+        .arg("-C")
+        .arg(&data)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    // A newer data format in the meta file: refused before anything is
+    // written, and `inspect` refuses too.
+    let meta = std::fs::read_to_string(data.join("meta")).unwrap();
+    let newer = meta.replace("format = 1", "format = 2");
+    assert_ne!(meta, newer);
+    std::fs::write(data.join("meta"), &newer).unwrap();
+    let err = serve_fails(&data);
+    assert!(
+        err.contains("has format 2, newer than this ringmail"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read_to_string(data.join("meta")).unwrap(), newer);
+    let out = ringmail(&["inspect", "--data", data.to_str().unwrap()], "");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("newer than this ringmail"));
+    std::fs::write(data.join("meta"), &meta).unwrap();
+    // A checkpoint of a newer version (its header's version word).
+    let ckpt = std::fs::read_dir(data.join("index"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|e| e == "ckpt"))
+        .expect("the fixture has checkpoints");
+    let original = std::fs::read(&ckpt).unwrap();
+    let mut bytes = original.clone();
+    bytes[4..8].copy_from_slice(&99u32.to_le_bytes());
+    std::fs::write(&ckpt, &bytes).unwrap();
+    let err = serve_fails(&data);
+    assert!(
+        err.contains("checkpoint format 99 is not supported"),
+        "{err}"
+    );
+    std::fs::write(&ckpt, &original).unwrap();
+    // A segment of a newer layout.
+    let seg = std::fs::read_dir(data.join("segments"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .min()
+        .unwrap();
+    let original = std::fs::read(&seg).unwrap();
+    let mut bytes = original.clone();
+    bytes[..8].copy_from_slice(b"RMSEG002");
+    std::fs::write(&seg, &bytes).unwrap();
+    let err = serve_fails(&data);
+    assert!(err.contains("segment format 2 is newer"), "{err}");
+}
