@@ -38,6 +38,13 @@ pub struct Config {
     /// With pinned executors, hand each new connection to the executor on
     /// the CPU that received it (a BPF program on the listening sockets).
     pub cpu_steering: bool,
+    /// Started as root: bind the listeners, then run as this user
+    /// (runtime/privileges.rs).
+    pub user: Option<String>,
+    /// Group to run as with `user` (default: the user's primary group).
+    pub group: Option<String>,
+    /// Stay root without `user` even with listeners off loopback.
+    pub allow_root: bool,
     /// Domains whose mail is delivered into local mailboxes.
     pub local_domains: Vec<String>,
     /// Aliases: `"alias@domain" = "account@domain"`; `"@domain" = "account@domain"` is a catch-all.
@@ -471,6 +478,9 @@ impl Default for Config {
             pin_cores: true,
             batch_scheduling: true,
             cpu_steering: false,
+            user: None,
+            group: None,
+            allow_root: false,
             local_domains: vec!["example.test".into()],
             // RFC 5321 4.5.1: every domain needs a postmaster.
             aliases: [(
@@ -754,6 +764,13 @@ batch_scheduling = true
 # that received it (network interrupt, or a local client's CPU); connections
 # from other CPUs are spread by the kernel's hash. Off: the kernel's hash.
 cpu_steering = false
+# Started as root, the server binds its listeners, then runs as this user
+# (and group; default: the user's primary group) before it opens the data
+# directory. Root without `user` is refused when any listener is off
+# loopback, unless allow_root = true.
+# user = "ringmail"
+# group = "ringmail"
+allow_root = false
 # Mail for these domains is delivered into local mailboxes.
 local_domains = ["example.test"]
 

@@ -1,9 +1,10 @@
 //! Runtime: glommio executors (one per core), listeners, shard routing,
 //! timers. The only layer that touches glommio, sockets and signals.
 //!
-//! Start-up: read the meta file (a new run), load accounts, bind every
-//! SO_REUSEPORT socket per shard on every configured address, in shard order
-//! (port 0 resolves to one port for all; see listen.rs), start one executor
+//! Start-up: bind every SO_REUSEPORT socket per shard on every configured
+//! address, in shard order (port 0 resolves to one port for all; see
+//! listen.rs), give up root (privileges.rs), read the meta file (a new run),
+//! load accounts and certificates, start one executor
 //! per core; each joins the channel mesh, recovers its buckets, takes its
 //! listeners and reports ready with its CPU. With `cpu_steering` and pinned
 //! executors, a BPF program then steers each new connection to the shard on
@@ -15,6 +16,7 @@ pub mod imap;
 pub mod limiter;
 pub mod listen;
 pub mod pop3;
+pub mod privileges;
 pub mod relay;
 pub mod shard;
 pub mod smtp;
@@ -53,6 +55,8 @@ pub enum ServeError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error("privileges: {0}")]
+    Privileges(String),
     #[error("starting executors: {0}")]
     Executors(String),
     #[error("shard failed: {0}")]
@@ -72,6 +76,31 @@ pub fn serve(mut config: Config) -> Result<(), ServeError> {
         path: config.data_dir.display().to_string(),
         source,
     };
+    // Every listening socket of every shard, bound here in shard order.
+    let protos: [(shard::Proto, &[SocketAddr]); 7] = [
+        (shard::Proto::Smtp, &config.listen.smtp),
+        (shard::Proto::Pop3, &config.listen.pop3),
+        (shard::Proto::Imap, &config.listen.imap),
+        (shard::Proto::Submission, &config.listen.submission),
+        (shard::Proto::Submissions, &config.listen.submissions),
+        (shard::Proto::Imaps, &config.listen.imaps),
+        (shard::Proto::Pop3s, &config.listen.pop3s),
+    ];
+    privileges::preflight(&config).map_err(ServeError::Privileges)?;
+    let (listeners, bound) = listen::Listeners::bind(&protos, cores)
+        .map_err(|(addr, source)| ServeError::Bind { addr, source })?;
+    // Root only as long as binding needs it: everything after this line
+    // (data directory, certificates, sessions) runs as `user`.
+    let io_memory_total = config.storage.io_memory_kib * 1024 * cores;
+    match privileges::drop_to(&config, io_memory_total).map_err(ServeError::Privileges)? {
+        privileges::Outcome::Dropped { user, uid, gid } => {
+            tracing::info!(user, uid, gid, "listeners bound; running unprivileged")
+        }
+        privileges::Outcome::StayedRoot => {
+            tracing::debug!("running as root (loopback listeners only)")
+        }
+        privileges::Outcome::Unprivileged => {}
+    }
     let meta = Meta::start_run(&config.data_dir, limits::BUCKETS_DEFAULT).map_err(data_err)?;
     // glommio opens directories relative to nothing (a relative path fails
     // with EBADF): work with the absolute path from here on.
@@ -92,21 +121,10 @@ pub fn serve(mut config: Config) -> Result<(), ServeError> {
     )));
     watch_accounts(account_file, config.aliases.clone(), directory.clone());
 
-    // Every listening socket of every shard, bound here in shard order.
-    let protos: [(shard::Proto, &[SocketAddr]); 7] = [
-        (shard::Proto::Smtp, &config.listen.smtp),
-        (shard::Proto::Pop3, &config.listen.pop3),
-        (shard::Proto::Imap, &config.listen.imap),
-        (shard::Proto::Submission, &config.listen.submission),
-        (shard::Proto::Submissions, &config.listen.submissions),
-        (shard::Proto::Imaps, &config.listen.imaps),
-        (shard::Proto::Pop3s, &config.listen.pop3s),
-    ];
-    // Certificates before sockets: a bad certificate fails the start
-    // before any client can connect.
+    // Certificates before any connection is accepted: a bad certificate
+    // fails the start. Read as `user`: key files must be readable by it
+    // (reloads read them again).
     let tls = Arc::new(crate::tls::Tls::load(&config).map_err(|e| ServeError::Tls(e.to_string()))?);
-    let (listeners, bound) = listen::Listeners::bind(&protos, cores)
-        .map_err(|(addr, source)| ServeError::Bind { addr, source })?;
     let [smtp, pop3, imap, submission, submissions, imaps, pop3s]: [Vec<SocketAddr>; 7] =
         bound.try_into().expect("seven protocols");
     // The one DNS thread for every shard, and the control channels.
@@ -193,6 +211,7 @@ pub fn serve(mut config: Config) -> Result<(), ServeError> {
                     continue;
                 }
                 tracing::info!(signal = sig, "stopping");
+                notify_systemd(&[sd_notify::NotifyState::Stopping]);
                 shared_sig.shutdown.store(true, Ordering::Release);
                 break;
             }
@@ -296,6 +315,10 @@ pub fn serve(mut config: Config) -> Result<(), ServeError> {
     }
     let _ = stdout.flush();
     drop(stdout);
+    notify_systemd(&[
+        sd_notify::NotifyState::Ready,
+        sd_notify::NotifyState::Status(&format!("serving on {cores} cores")),
+    ]);
 
     let mut first_error = None;
     for r in handles.join_all() {
@@ -324,6 +347,17 @@ fn raise_fd_limit() {
             l.rlim_cur = l.rlim_max;
             libc::setrlimit(libc::RLIMIT_NOFILE, &l);
         }
+    }
+}
+
+/// Tell systemd (Type=notify, `NOTIFY_SOCKET` set) about a state change;
+/// nothing without systemd. A failed send is logged, never fatal.
+fn notify_systemd(states: &[sd_notify::NotifyState]) {
+    if std::env::var_os("NOTIFY_SOCKET").is_none() {
+        return;
+    }
+    if let Err(e) = sd_notify::notify(states) {
+        tracing::warn!(error = %e, "sd_notify failed");
     }
 }
 
