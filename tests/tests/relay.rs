@@ -1304,11 +1304,20 @@ fn relayed_data_has_crlf_lines_of_at_most_998_octets_all_dots_stuffed() {
 /// `ringmail dkim generate` for a.test; the TXT record it says to publish
 /// (name, value).
 fn dkim_generate(a: &Instance, selector: &str, algorithm: &str) -> (String, String) {
+    dkim_generate_for(a, "a.test", selector, algorithm)
+}
+
+fn dkim_generate_for(
+    a: &Instance,
+    domain: &str,
+    selector: &str,
+    algorithm: &str,
+) -> (String, String) {
     let out = Command::new(bin())
         .args([
             "dkim",
             "generate",
-            "a.test",
+            domain,
             "--selector",
             selector,
             "--algorithm",
@@ -1443,4 +1452,70 @@ fn relayed_mail_is_dkim_signed_and_verifies_elsewhere() {
     ] {
         assert!(text.contains(want), "{want:?} missing from:\n{text}");
     }
+}
+
+/// dkimpy's verdicts on every signature of `message` (one line each).
+fn dkimpy(dir: &Path, message: &[u8], records: &[&(String, String)]) -> String {
+    let file = dir.join("dkimpy.eml");
+    std::fs::write(&file, message).unwrap();
+    let python = if Path::new("/usr/bin/python3").exists() {
+        "/usr/bin/python3"
+    } else {
+        "python3"
+    };
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("py/dkim_verify.py");
+    let out = Command::new(python)
+        .arg(&script)
+        .arg(&file)
+        .args(records.iter().map(|(n, v)| format!("{n}={v}")))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "dkimpy: {text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    text
+}
+
+/// A bounce that A sends back to a sender on B (queued with MAIL FROM:<>,
+/// relayed through B's MX) carries a DKIM signature for A's hostname, the
+/// domain of its From: (MAILER-DAEMON@mx.a.test), which dkimpy accepts as
+/// B stored it.
+#[test]
+fn notifications_are_dkim_signed_for_the_hostname_and_verify_elsewhere() {
+    let (_dns, mut a, b) = pair("relay_networks = [\"127.0.0.1\"]\n");
+    let key = dkim_generate_for(&a, "mx.a.test", "dsn", "ed25519");
+    let rsa = dkim_generate_for(&a, "mx.a.test", "dsnr", "rsa");
+    a.kill9();
+    a.spawn();
+    let m = message("bounced", 900);
+    // bob@b.test relays through A (relay_networks) to a domain with a null
+    // MX: A bounces it to bob, over SMTP to B.
+    smtp_send(a.smtp, None, "bob@b.test", &["x@null.test"], &m).unwrap();
+    wait_for("the notification at bob's", || {
+        pop3_all(b.pop3, "bob@b.test").len() == 1
+    });
+    let dsn = pop3_all(b.pop3, "bob@b.test").remove(0);
+    let text = String::from_utf8_lossy(&dsn).into_owned();
+    assert!(
+        text.contains("From: Mail Delivery System <MAILER-DAEMON@mx.a.test>"),
+        "{text}"
+    );
+    assert!(text.contains("Status: 5.1.10"), "{text}");
+    assert!(text.contains("DKIM-Signature: "), "{text}");
+    let verdicts = dkimpy(&a.data.with_file_name(""), &dsn, &[&key, &rsa]);
+    let lines: Vec<&str> = verdicts.lines().collect();
+    assert_eq!(lines.len(), 2, "{verdicts}\n{text}");
+    assert!(
+        lines.iter().any(|l| l.ends_with("ed25519-sha256 dsn pass")),
+        "{verdicts}"
+    );
+    assert!(
+        lines.iter().any(|l| l.ends_with("rsa-sha256 dsnr pass")),
+        "{verdicts}"
+    );
+    assert!(text.contains("d=mx.a.test"), "{text}");
+    wait_for_empty(&a, WAIT);
 }

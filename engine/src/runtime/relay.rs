@@ -702,9 +702,48 @@ fn unix_time(secs: i64) -> SystemTime {
     UNIX_EPOCH + Duration::from_secs(secs.max(0) as u64)
 }
 
+/// DKIM-sign a notification for the domain of its From: address
+/// (`MAILER-DAEMON@<hostname>`, see `dsn::build_dsn`) when that domain has
+/// a key, on a blocking thread like the relay's own signing. The signature
+/// is made once: the signed bytes are what is delivered or queued, so
+/// retries resend them unchanged. Unsigned (with a warning) if signing fails.
+async fn sign_dsn(shard: &Shard, dsn: Vec<u8>) -> Vec<u8> {
+    let domain = shard
+        .config()
+        .hostname
+        .trim_end_matches('.')
+        .to_ascii_lowercase();
+    let keys = shard.shared.dkim.clone();
+    if keys.for_domain(&domain).is_empty() {
+        return dsn;
+    }
+    glommio::executor()
+        .spawn_blocking(move || {
+            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                keys.sign(&domain, &dsn)
+            }));
+            match r {
+                Ok(Ok(headers)) => {
+                    let mut v = Vec::with_capacity(headers.len() + dsn.len());
+                    v.extend_from_slice(&headers);
+                    v.extend_from_slice(&dsn);
+                    v
+                }
+                Ok(Err(e)) => {
+                    tracing::warn!(domain, error = %e, "DKIM signing of a notification failed; sending it unsigned");
+                    dsn
+                }
+                Err(_) => dsn,
+            }
+        })
+        .await
+}
+
 /// Hand a notification to its recipient (the original sender): into a
 /// local mailbox, or into this shard's queue with the null reverse path.
+/// It is DKIM-signed first (`sign_dsn`).
 async fn send_dsn(shard: &Shard, sender: &str, dsn: Vec<u8>) -> Result<(), StorageError> {
+    let dsn = sign_dsn(shard, dsn).await;
     let domain = queue::domain_of(sender);
     let smtputf8 = !dsn.is_ascii();
     if shard.config().is_local_domain(&domain) {
