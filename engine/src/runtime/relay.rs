@@ -29,6 +29,7 @@ use crate::config::RelayTls;
 use crate::relay::client::{self, ClientParams, ConnectError, OutboundMessage, RcptOutcome, Reply};
 use crate::relay::dns::{DnsConfig, DnsResolver, MxResult};
 use crate::relay::dsn::{self, DsnAction, DsnParams, DsnRecipient};
+use crate::relay::mta_sts::{self, MtaSts, MtaStsConfig};
 use crate::relay::queue::{self, Attempt, QueueId, Schedule, Update};
 use crate::storage::index::{queue_flag, queue_state, INBOX};
 use crate::storage::record::Op;
@@ -45,6 +46,9 @@ pub struct RelayShared {
     /// The one DNS side thread; `None` if it could not start (every lookup
     /// is then a temporary failure).
     pub dns: Option<DnsResolver>,
+    /// The MTA-STS side thread (`[relay] mta_sts`); `None` when off or it
+    /// could not start (no domain then has a policy).
+    pub mta_sts: Option<MtaSts>,
     /// Each shard takes its control-socket receiver once, at start.
     pub control: std::sync::Mutex<Vec<Option<ControlReceiver>>>,
     /// STARTTLS client configurations (shared: rustls' session cache lets
@@ -60,11 +64,27 @@ impl RelayShared {
         cores: usize,
         tls: Arc<crate::tls::ClientTls>,
     ) -> (RelayShared, Vec<super::control::ControlSender>) {
-        let dns = match DnsResolver::start(DnsConfig {
+        let dns_config = DnsConfig {
             nameservers: config.relay.nameservers.clone(),
             timeout: Duration::from_secs(config.relay.dns_timeout_secs.max(1)),
             ..DnsConfig::default()
-        }) {
+        };
+        let mta_sts = if config.relay.mta_sts {
+            match MtaSts::start(MtaStsConfig {
+                dns: dns_config.clone(),
+                https: tls.https.clone(),
+                port: config.relay.mta_sts_port,
+            }) {
+                Ok(m) => Some(m),
+                Err(e) => {
+                    tracing::error!(error = %e, "MTA-STS thread not started: no destination policy will be applied");
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        let dns = match DnsResolver::start(dns_config) {
             Ok(r) => Some(r),
             Err(e) => {
                 tracing::error!(error = %e, "DNS resolver not started: relayed mail will wait");
@@ -78,6 +98,7 @@ impl RelayShared {
         (
             RelayShared {
                 dns,
+                mta_sts,
                 control: std::sync::Mutex::new(receivers),
                 tls,
             },
@@ -338,19 +359,45 @@ async fn dispatch(shard: &Rc<Shard>, due: Vec<Due>) -> bool {
     let mut domains: Vec<String> = batches.iter().map(|(d, _)| d.clone()).collect();
     domains.sort();
     domains.dedup();
-    let answers: HashMap<String, MxResult> = match &shard.shared.relay.dns {
-        Some(dns) => dns.resolve_many(domains).await.into_iter().collect(),
-        None => domains
-            .into_iter()
-            .map(|d| (d, MxResult::Temporary("no DNS resolver".into())))
+    // MTA-STS only where the operator set no policy of their own
+    // (`[relay.tls]` takes precedence), asked alongside the MX lookups.
+    let sts_domains: Vec<String> = match &shard.shared.relay.mta_sts {
+        Some(_) => domains
+            .iter()
+            .filter(|d| !config.relay.tls.contains_key(d.trim_end_matches('.')))
+            .filter(|d| !d.starts_with('['))
+            .cloned()
             .collect(),
+        None => Vec::new(),
     };
+    let mx_lookup = async {
+        match &shard.shared.relay.dns {
+            Some(dns) => dns.resolve_many(domains).await.into_iter().collect(),
+            None => domains
+                .into_iter()
+                .map(|d| (d, MxResult::Temporary("no DNS resolver".into())))
+                .collect(),
+        }
+    };
+    let sts_lookup = async {
+        match (&shard.shared.relay.mta_sts, sts_domains.is_empty()) {
+            (Some(sts), false) => sts_domains
+                .clone()
+                .into_iter()
+                .zip(sts.policies(sts_domains.clone()).await)
+                .collect(),
+            _ => HashMap::new(),
+        }
+    };
+    let (answers, policies): (HashMap<String, MxResult>, HashMap<String, StsPolicy>) =
+        futures::future::join(mx_lookup, sts_lookup).await;
     for (domain, batch) in batches {
         let mx = answers
             .get(&domain)
             .cloned()
             .unwrap_or_else(|| MxResult::Temporary("not resolved".into()));
-        glommio::spawn_local(deliver_batch(shard.clone(), domain, mx, batch)).detach();
+        let sts = policies.get(&domain).cloned().flatten();
+        glommio::spawn_local(deliver_batch(shard.clone(), domain, mx, sts, batch)).detach();
     }
     true
 }
@@ -385,7 +432,15 @@ fn outcome(reply: Reply, remote_mta: Option<String>) -> Outcome {
     }
 }
 
-async fn deliver_batch(shard: Rc<Shard>, domain: String, mx: MxResult, jobs: Vec<Job>) {
+type StsPolicy = Option<Arc<mta_sts::Policy>>;
+
+async fn deliver_batch(
+    shard: Rc<Shard>,
+    domain: String,
+    mx: MxResult,
+    sts: StsPolicy,
+    jobs: Vec<Job>,
+) {
     // Per job, per carried recipient.
     let mut results: Vec<Vec<Outcome>> = Vec::with_capacity(jobs.len());
     let everyone = |reply: Reply, results: &mut Vec<Vec<Outcome>>| {
@@ -440,15 +495,51 @@ async fn deliver_batch(shard: Rc<Shard>, domain: String, mx: MxResult, jobs: Vec
                 }
             }
             let port = shard.config().relay.port;
-            let policy = shard.config().relay.tls_for(&domain);
+            let configured = shard.config().relay.tls_for(&domain);
             let base = ClientParams::new(shard.config().hostname.clone());
             let mut sent: Option<(Vec<client::MessageOutcome>, String)> = None;
             let mut last_error = Reply::local(451, "4.4.1 no MX host answered");
+            // RFC 8461 section 5: under an MTA-STS policy in mode enforce,
+            // only the MX hosts it names (4.1), each over TLS verified for
+            // the MX name (4.2), else defer; in mode testing, the same
+            // checks only log what enforce would have refused.
+            let mode = sts.as_ref().map_or(mta_sts::Mode::None, |p| p.mode);
+            let mut hosts: Vec<&crate::relay::dns::MxHost> = hosts.iter().collect();
+            if let Some(p) = sts.as_ref().filter(|_| mode != mta_sts::Mode::None) {
+                let (named, other): (Vec<_>, Vec<_>) =
+                    hosts.iter().copied().partition(|h| p.allows(&h.name));
+                for h in &other {
+                    tracing::warn!(domain, mx = h.name, mode = ?mode, "MTA-STS: MX host not named by the policy");
+                }
+                if mode == mta_sts::Mode::Enforce {
+                    if named.is_empty() {
+                        last_error = Reply::local(
+                            451,
+                            format!(
+                                "4.7.5 MTA-STS policy of {domain}: no MX host matches the policy"
+                            ),
+                        );
+                    }
+                    hosts = named;
+                }
+            }
             'hosts: for host in hosts {
                 for ip in &host.addrs {
                     let target = SocketAddr::new(*ip, port);
                     let mut params = base.clone();
-                    match session_tls(&shard, policy, &host.name, *ip) {
+                    let mut policy = match mode {
+                        mta_sts::Mode::Enforce | mta_sts::Mode::Testing => {
+                            RelayTls::RequireVerified
+                        }
+                        mta_sts::Mode::None => configured,
+                    };
+                    let mut tls = session_tls(&shard, policy, &host.name, *ip);
+                    if let (Err(e), mta_sts::Mode::Testing) = (&tls, mode) {
+                        tracing::warn!(domain, mx = host.name, %target, error = %e, "MTA-STS testing: enforce would defer this MX; delivering as usual");
+                        policy = configured;
+                        tls = session_tls(&shard, policy, &host.name, *ip);
+                    }
+                    match tls {
                         Ok(tls) => params.tls = tls,
                         Err(e) => {
                             tracing::warn!(domain, mx = host.name, %target, error = %e, "MX host unusable");
@@ -457,6 +548,22 @@ async fn deliver_batch(shard: Rc<Shard>, domain: String, mx: MxResult, jobs: Vec
                         }
                     }
                     let mut result = client::deliver(target, params.clone(), &messages).await;
+                    if mode == mta_sts::Mode::Testing
+                        && policy == RelayTls::RequireVerified
+                        && configured != RelayTls::RequireVerified
+                    {
+                        if let Err(e @ (ConnectError::Tls(_) | ConnectError::TlsUnavailable(_))) =
+                            &result
+                        {
+                            // Testing mode: report, then deliver under the
+                            // configured policy as if there were none.
+                            tracing::warn!(domain, mx = host.name, %target, error = %e, "MTA-STS testing: enforce would defer this MX (no verified TLS); delivering as usual");
+                            policy = configured;
+                            params.tls =
+                                session_tls(&shard, policy, &host.name, *ip).unwrap_or(None);
+                            result = client::deliver(target, params.clone(), &messages).await;
+                        }
+                    }
                     if let Err(ConnectError::Tls(why)) = &result {
                         if policy == RelayTls::Opportunistic {
                             // RFC 7435 opportunistic security: a failed
@@ -470,7 +577,7 @@ async fn deliver_batch(shard: Rc<Shard>, domain: String, mx: MxResult, jobs: Vec
                         Ok(d) => {
                             match &d.tls {
                                 Some(t) => {
-                                    tracing::info!(domain, mx = host.name, %target, tls = t.version, cipher = t.cipher, verified = policy == RelayTls::RequireVerified, "relay session over TLS")
+                                    tracing::info!(domain, mx = host.name, %target, tls = t.version, cipher = t.cipher, verified = policy == RelayTls::RequireVerified, mta_sts = ?mode, "relay session over TLS")
                                 }
                                 None => {
                                     tracing::info!(domain, mx = host.name, %target, tls = "none", "relay session in plaintext")
