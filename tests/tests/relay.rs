@@ -1642,6 +1642,13 @@ impl PolicyServer {
             .insert(host.to_string(), (200, "text/plain; charset=utf-8", body));
     }
 
+    fn serve_raw(&self, host: &str, status: u16, media: &'static str, body: String) {
+        self.policies
+            .lock()
+            .unwrap()
+            .insert(host.to_string(), (status, media, body));
+    }
+
     fn hits(&self, host: &str) -> usize {
         self.hits.lock().unwrap().get(host).copied().unwrap_or(0)
     }
@@ -1664,15 +1671,27 @@ impl Drop for PolicyServer {
 /// - f.test: TXT record but the policy host answers 404: no policy,
 ///   delivered (opportunistic);
 /// - g.test: testing with `*.g.test`, delivered; then the TXT id changes and
-///   the new policy (enforce, another host) is fetched and applied.
+///   the new policy (enforce, another host) is fetched and applied;
+/// - h.test (a redirect), i.test (text/html), j.test (a body over 64 KiB),
+///   k.test (a policy host whose certificate does not name it): each
+///   serves an enforce policy naming another host, each fetch fails
+///   (RFC 8461 section 3.3), so there is no policy and mail is delivered.
 ///
 /// Retries do not fetch a policy again while the id stays the same.
 #[test]
 fn mta_sts_policies_are_fetched_cached_and_enforced() {
     let certs = tempfile::tempdir().unwrap();
-    let domains = ["b.test", "c.test", "d.test", "e.test", "f.test", "g.test"];
+    let domains = [
+        "b.test", "c.test", "d.test", "e.test", "f.test", "g.test", "h.test", "i.test", "j.test",
+        "k.test",
+    ];
     let mut names = vec!["mx.b.test".to_string()];
-    names.extend(domains.iter().map(|d| format!("mta-sts.{d}")));
+    names.extend(
+        domains
+            .iter()
+            .filter(|d| **d != "k.test")
+            .map(|d| format!("mta-sts.{d}")),
+    );
     let names: Vec<&str> = names.iter().map(String::as_str).collect();
     let (ca, cert, key) = test_ca(certs.path(), &names);
     let web = PolicyServer::start(&cert, &key);
@@ -1681,6 +1700,16 @@ fn mta_sts_policies_are_fetched_cached_and_enforced() {
     web.serve("mta-sts.d.test", "enforce", &["mx.elsewhere.test"]);
     web.serve("mta-sts.e.test", "testing", &["mx.e.test"]);
     web.serve("mta-sts.g.test", "testing", &["*.g.test"]);
+    let elsewhere =
+        "version: STSv1\r\nmode: enforce\r\nmx: mx.elsewhere.test\r\nmax_age: 86400\r\n";
+    web.serve_raw("mta-sts.h.test", 302, "text/plain", elsewhere.into());
+    web.serve_raw("mta-sts.i.test", 200, "text/html", elsewhere.into());
+    let mut big = elsewhere.to_string();
+    while big.len() <= 64 * 1024 {
+        big.push_str("# padding padding padding padding padding padding padding\r\n");
+    }
+    web.serve_raw("mta-sts.j.test", 200, "text/plain", big);
+    web.serve_raw("mta-sts.k.test", 200, "text/plain", elsewhere.into());
     let mut all = vec!["a.test"];
     all.extend(domains);
     let mut zone = dns_zone(&all);
@@ -1700,6 +1729,10 @@ fn mta_sts_policies_are_fetched_cached_and_enforced() {
         "eve@e.test",
         "fred@f.test",
         "gina@g.test",
+        "hal@h.test",
+        "ivy@i.test",
+        "jo@j.test",
+        "kim@k.test",
     ];
     let b = Instance::start(Setup {
         domains: &domains,
@@ -1726,7 +1759,16 @@ fn mta_sts_policies_are_fetched_cached_and_enforced() {
         &m,
     )
     .unwrap();
-    for u in ["bob@b.test", "eve@e.test", "fred@f.test", "gina@g.test"] {
+    for u in [
+        "bob@b.test",
+        "eve@e.test",
+        "fred@f.test",
+        "gina@g.test",
+        "hal@h.test",
+        "ivy@i.test",
+        "jo@j.test",
+        "kim@k.test",
+    ] {
         wait_for(u, || pop3_all(b.pop3, u).len() == 1);
     }
     let got = String::from_utf8_lossy(&pop3_all(b.pop3, "bob@b.test")[0]).into_owned();
@@ -1763,7 +1805,17 @@ fn mta_sts_policies_are_fetched_cached_and_enforced() {
     assert_eq!(pop3_all(b.pop3, "carol@c.test").len(), 0);
     assert_eq!(pop3_all(b.pop3, "dave@d.test").len(), 0);
     for d in domains {
-        assert_eq!(web.hits(&format!("mta-sts.{d}")), 1, "{d}");
+        // k.test's policy host fails the handshake before any request.
+        let want = usize::from(d != "k.test");
+        assert_eq!(web.hits(&format!("mta-sts.{d}")), want, "{d}");
+    }
+    for why in [
+        "mta-sts.h.test answered HTTP 302",
+        "not text/plain",
+        "length limit exceeded",
+        "TLS with mta-sts.k.test",
+    ] {
+        assert!(log.contains(why), "{why:?} not in:\n{log}");
     }
     assert!(dns.count("_mta-sts.c.test", QType::Txt) >= 2);
     // A new policy id: fetched again, and the new policy (enforce, another

@@ -359,45 +359,19 @@ async fn dispatch(shard: &Rc<Shard>, due: Vec<Due>) -> bool {
     let mut domains: Vec<String> = batches.iter().map(|(d, _)| d.clone()).collect();
     domains.sort();
     domains.dedup();
-    // MTA-STS only where the operator set no policy of their own
-    // (`[relay.tls]` takes precedence), asked alongside the MX lookups.
-    let sts_domains: Vec<String> = match &shard.shared.relay.mta_sts {
-        Some(_) => domains
-            .iter()
-            .filter(|d| !config.relay.tls.contains_key(d.trim_end_matches('.')))
-            .filter(|d| !d.starts_with('['))
-            .cloned()
+    let answers: HashMap<String, MxResult> = match &shard.shared.relay.dns {
+        Some(dns) => dns.resolve_many(domains).await.into_iter().collect(),
+        None => domains
+            .into_iter()
+            .map(|d| (d, MxResult::Temporary("no DNS resolver".into())))
             .collect(),
-        None => Vec::new(),
     };
-    let mx_lookup = async {
-        match &shard.shared.relay.dns {
-            Some(dns) => dns.resolve_many(domains).await.into_iter().collect(),
-            None => domains
-                .into_iter()
-                .map(|d| (d, MxResult::Temporary("no DNS resolver".into())))
-                .collect(),
-        }
-    };
-    let sts_lookup = async {
-        match (&shard.shared.relay.mta_sts, sts_domains.is_empty()) {
-            (Some(sts), false) => sts_domains
-                .clone()
-                .into_iter()
-                .zip(sts.policies(sts_domains.clone()).await)
-                .collect(),
-            _ => HashMap::new(),
-        }
-    };
-    let (answers, policies): (HashMap<String, MxResult>, HashMap<String, StsPolicy>) =
-        futures::future::join(mx_lookup, sts_lookup).await;
     for (domain, batch) in batches {
         let mx = answers
             .get(&domain)
             .cloned()
             .unwrap_or_else(|| MxResult::Temporary("not resolved".into()));
-        let sts = policies.get(&domain).cloned().flatten();
-        glommio::spawn_local(deliver_batch(shard.clone(), domain, mx, sts, batch)).detach();
+        glommio::spawn_local(deliver_batch(shard.clone(), domain, mx, batch)).detach();
     }
     true
 }
@@ -432,15 +406,20 @@ fn outcome(reply: Reply, remote_mta: Option<String>) -> Outcome {
     }
 }
 
-type StsPolicy = Option<Arc<mta_sts::Policy>>;
+/// The MTA-STS policy for `domain`, when the operator set no policy of
+/// their own for it (`[relay.tls]` takes precedence) and MTA-STS is on.
+/// Asked per delivery task, so a slow policy host holds up only its own
+/// domain.
+async fn sts_policy(shard: &Shard, domain: &str) -> Option<Arc<mta_sts::Policy>> {
+    let sts = shard.shared.relay.mta_sts.as_ref()?;
+    let key = domain.trim_end_matches('.').to_ascii_lowercase();
+    if key.starts_with('[') || shard.config().relay.tls.contains_key(&key) {
+        return None;
+    }
+    sts.policies(vec![key]).await.pop().flatten()
+}
 
-async fn deliver_batch(
-    shard: Rc<Shard>,
-    domain: String,
-    mx: MxResult,
-    sts: StsPolicy,
-    jobs: Vec<Job>,
-) {
+async fn deliver_batch(shard: Rc<Shard>, domain: String, mx: MxResult, jobs: Vec<Job>) {
     // Per job, per carried recipient.
     let mut results: Vec<Vec<Outcome>> = Vec::with_capacity(jobs.len());
     let everyone = |reply: Reply, results: &mut Vec<Vec<Outcome>>| {
@@ -503,6 +482,7 @@ async fn deliver_batch(
             // only the MX hosts it names (4.1), each over TLS verified for
             // the MX name (4.2), else defer; in mode testing, the same
             // checks only log what enforce would have refused.
+            let sts = sts_policy(&shard, &domain).await;
             let mode = sts.as_ref().map_or(mta_sts::Mode::None, |p| p.mode);
             let mut hosts: Vec<&crate::relay::dns::MxHost> = hosts.iter().collect();
             if let Some(p) = sts.as_ref().filter(|_| mode != mta_sts::Mode::None) {
