@@ -1838,4 +1838,21 @@ fn mta_sts_policies_are_fetched_cached_and_enforced() {
     });
     assert_eq!(web.hits("mta-sts.g.test"), 2);
     assert_eq!(pop3_all(b.pop3, "gina@g.test").len(), 1);
+    // Yet another id whose policy cannot be fetched (HTTP 500): the cached
+    // enforce policy still applies until its max_age.
+    web.serve_raw("mta-sts.g.test", 500, "text/plain", "oops\n".into());
+    dns.update(|z| {
+        z.txt("_mta-sts.g.test", &["v=STSv1; id=3"]);
+    });
+    std::thread::sleep(Duration::from_millis(1500));
+    a.queue(&["flush", "g.test"]);
+    wait_for("the fetch of id 3", || web.hits("mta-sts.g.test") == 3);
+    std::thread::sleep(Duration::from_secs(2));
+    let list = a.queue(&["list"]);
+    assert!(
+        list.contains("gina@g.test deferred") && list.contains("no MX host matches the policy"),
+        "{list}"
+    );
+    assert_eq!(pop3_all(b.pop3, "gina@g.test").len(), 1);
+    assert!(stderr_log(&a).contains("answered HTTP 500"));
 }

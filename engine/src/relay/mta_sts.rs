@@ -513,6 +513,16 @@ async fn policy_of(ctx: &Rc<Ctx>, domain: String) -> Answer {
     if domain.is_empty() || domain.starts_with('[') || domain.contains("..") {
         return None;
     }
+    // Internationalized names as A-labels: the TXT name, the policy host's
+    // name and its certificate's names are all in ASCII.
+    let domain = match hickory_resolver::proto::rr::Name::from_utf8(&domain) {
+        Ok(name) => {
+            let mut d = name.to_ascii();
+            d.make_ascii_lowercase();
+            d.trim_end_matches('.').to_string()
+        }
+        Err(_) => return None,
+    };
     if let Step::Done(a) = ctx.cache.borrow().step(&domain, Instant::now()) {
         return a;
     }
