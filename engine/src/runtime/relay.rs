@@ -795,15 +795,10 @@ fn unix_time(secs: i64) -> SystemTime {
 /// is made once: the signed bytes are what is delivered or queued, so
 /// retries resend them unchanged. Unsigned (with a warning) if signing fails.
 async fn sign_dsn(shard: &Shard, dsn: Vec<u8>) -> Vec<u8> {
-    let domain = shard
-        .config()
-        .hostname
-        .trim_end_matches('.')
-        .to_ascii_lowercase();
     let keys = shard.shared.dkim.clone();
-    if keys.for_domain(&domain).is_empty() {
+    let Some(domain) = dsn_signing_domain(&shard.config().hostname, &keys) else {
         return dsn;
-    }
+    };
     glommio::executor()
         .spawn_blocking(move || {
             let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
@@ -824,6 +819,25 @@ async fn sign_dsn(shard: &Shard, dsn: Vec<u8>) -> Vec<u8> {
             }
         })
         .await
+}
+
+/// The domain whose keys sign a notification from `MAILER-DAEMON@hostname`:
+/// the hostname itself when it has a key, else the nearest parent domain
+/// (of two labels or more) that has one, e.g. `example.org` for
+/// `mail.example.org`: a signature for a parent domain is still aligned
+/// with the From: domain under DMARC's relaxed alignment (RFC 7489 3.1.1).
+fn dsn_signing_domain(hostname: &str, keys: &crate::dkim::Keys) -> Option<String> {
+    let mut domain = hostname.trim_end_matches('.').to_ascii_lowercase();
+    loop {
+        if !keys.for_domain(&domain).is_empty() {
+            return Some(domain);
+        }
+        let (_, parent) = domain.split_once('.')?;
+        if !parent.contains('.') {
+            return None;
+        }
+        domain = parent.to_string();
+    }
 }
 
 /// Hand a notification to its recipient (the original sender): into a
@@ -970,4 +984,42 @@ async fn control(shard: Rc<Shard>, req: ControlRequest) {
         }
     };
     let _ = req.reply.send(answer);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn notifications_are_signed_for_the_hostname_or_its_nearest_parent_with_a_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let none = crate::dkim::Keys::load(dir.path()).unwrap();
+        assert_eq!(dsn_signing_domain("mx.example.org", &none), None);
+        crate::dkim::generate(
+            dir.path(),
+            "example.org",
+            "s",
+            crate::dkim::Algorithm::Ed25519,
+        )
+        .unwrap();
+        let parent = crate::dkim::Keys::load(dir.path()).unwrap();
+        assert_eq!(
+            dsn_signing_domain("mx.mail.Example.org.", &parent).as_deref(),
+            Some("example.org")
+        );
+        // Never a bare top-level domain, never an unrelated domain.
+        assert_eq!(dsn_signing_domain("mx.example.net", &parent), None);
+        crate::dkim::generate(
+            dir.path(),
+            "mx.example.org",
+            "s",
+            crate::dkim::Algorithm::Ed25519,
+        )
+        .unwrap();
+        let own = crate::dkim::Keys::load(dir.path()).unwrap();
+        assert_eq!(
+            dsn_signing_domain("mx.example.org", &own).as_deref(),
+            Some("mx.example.org")
+        );
+    }
 }
