@@ -908,8 +908,9 @@ fn bench_dns_queries_per_1000_messages_to_100_domains() {
         dns.count_type(QType::A),
         dns.count_type(QType::Aaaa),
     );
+    let txt = dns.count_type(QType::Txt);
     println!(
-        "DNS for 1000 messages to 100 domains: {mx} MX + {aq} A + {aaaa} AAAA queries ({} total) in {:.2}s",
+        "DNS for 1000 messages to 100 domains: {mx} MX + {aq} A + {aaaa} AAAA + {txt} TXT (_mta-sts) queries ({} total) in {:.2}s",
         dns.total(),
         t0.elapsed().as_secs_f64()
     );
