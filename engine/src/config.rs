@@ -165,6 +165,12 @@ pub struct Relay {
     /// `require-verified`; unset: the system's bundle
     /// ([`SYSTEM_CA_FILE`]).
     pub tls_ca_file: Option<PathBuf>,
+    /// Look up and apply the MTA-STS policies (RFC 8461) of destination
+    /// domains that have no entry in `tls`.
+    pub mta_sts: bool,
+    /// TCP port of the MTA-STS policy hosts. 443 (RFC 8461 section 3.3);
+    /// only tests, which cannot listen on 443, set another.
+    pub mta_sts_port: u16,
 }
 
 /// The system's CA bundle on Debian and derivatives.
@@ -215,6 +221,8 @@ impl Default for Relay {
             tls_default: RelayTls::Opportunistic,
             tls: BTreeMap::new(),
             tls_ca_file: None,
+            mta_sts: true,
+            mta_sts_port: 443,
         }
     }
 }
@@ -947,6 +955,14 @@ messages_per_connection = 100
 # host, "none" never starts TLS.
 tls_default = "opportunistic"
 # tls_ca_file = "/etc/ringmail/relay-ca.pem"
+# MTA-STS (RFC 8461): fetch each destination's published policy (TXT
+# _mta-sts.DOMAIN, then https://mta-sts.DOMAIN/.well-known/mta-sts.txt,
+# verified with the CAs above) and, in mode "enforce", deliver only to the MX
+# hosts it names, over verified TLS, deferring otherwise. A domain in
+# [relay.tls] keeps its own policy.
+mta_sts = true
+# Port of the policy hosts: 443. Only for tests.
+mta_sts_port = 443
 
 # Per destination domain, a policy other than tls_default, e.g.
 # "example.org" = "require-verified"

@@ -99,3 +99,25 @@ const _: () = assert!(
 );
 const _: () = assert!(POP3_COMMAND_LINE_MAX < SMTP_COMMAND_LINE_MAX);
 const _: () = assert!(SMTP_COMMAND_LINE_MAX <= READ_CHUNK);
+
+/// RFC 8461 section 3.3: "a reasonable maximum" for the policy body, with
+/// 64 KiB as the suggestion. A longer body fails the fetch.
+pub const MTA_STS_POLICY_BYTES_MAX: usize = 64 * 1024;
+/// RFC 8461 section 3.3 asks for a timeout on the policy fetch; this covers
+/// the whole fetch (address lookup, connect, handshake, request, body).
+pub const MTA_STS_FETCH_TIMEOUT: Duration = Duration::from_secs(20);
+/// RFC 8461 section 3.2: `max_age` is at most 31557600 seconds (a year).
+pub const MTA_STS_MAX_AGE_MAX: u64 = 31_557_600;
+/// `mx` patterns kept from one policy (RFC 8461 sets no bound; real policies
+/// list a handful). More fail the policy as invalid.
+pub const MTA_STS_MX_PATTERNS_MAX: usize = 64;
+/// Destination domains whose MTA-STS state is cached.
+pub const MTA_STS_CACHE_ENTRIES_MAX: usize = 16_384;
+/// Policy fetches (HTTPS connections) in flight at once.
+pub const MTA_STS_FETCHES_MAX: usize = 32;
+/// After a failed fetch, the same policy id is not fetched again before this
+/// (a cached policy, if any, is used meanwhile; a new id is fetched at once).
+pub const MTA_STS_FETCH_RETRY: Duration = Duration::from_secs(300);
+/// Longest time the `_mta-sts` TXT answer is trusted before it is asked
+/// again (RFC 8461 section 5.1: the id is checked to notice policy updates).
+pub const MTA_STS_TXT_TTL_MAX: Duration = Duration::from_secs(3600);

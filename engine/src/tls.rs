@@ -223,6 +223,9 @@ pub struct ClientTls {
     /// destinations then defer.
     pub verified: Option<Arc<rustls::ClientConfig>>,
     pub unverified: Arc<rustls::ClientConfig>,
+    /// The same trust anchors for HTTPS (ALPN `http/1.1`): the MTA-STS
+    /// policy fetch (RFC 8461 section 3.3).
+    pub https: Option<Arc<rustls::ClientConfig>>,
     /// The CA file read, and how many certificates it gave.
     pub ca_file: PathBuf,
     pub roots: usize,
@@ -256,8 +259,8 @@ impl ClientTls {
             Err(_) => {}
         }
         let count = roots.len();
-        let verified = if roots.is_empty() {
-            None
+        let (verified, https) = if roots.is_empty() {
+            (None, None)
         } else {
             let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(
                 Arc::new(roots),
@@ -268,9 +271,15 @@ impl ClientTls {
             let c = rustls::ClientConfig::builder_with_provider(provider.clone())
                 .with_protocol_versions(versions)
                 .map_err(|e| TlsError::Setup(e.to_string()))?
+                .with_webpki_verifier(verifier.clone())
+                .with_no_client_auth();
+            let mut h = rustls::ClientConfig::builder_with_provider(provider.clone())
+                .with_protocol_versions(versions)
+                .map_err(|e| TlsError::Setup(e.to_string()))?
                 .with_webpki_verifier(verifier)
                 .with_no_client_auth();
-            Some(Arc::new(c))
+            h.alpn_protocols = vec![b"http/1.1".to_vec()];
+            (Some(Arc::new(c)), Some(Arc::new(h)))
         };
         let unverified = rustls::ClientConfig::builder_with_provider(provider.clone())
             .with_protocol_versions(versions)
@@ -281,6 +290,7 @@ impl ClientTls {
         Ok(ClientTls {
             verified,
             unverified: Arc::new(unverified),
+            https,
             ca_file,
             roots: count,
         })

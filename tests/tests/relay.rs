@@ -908,8 +908,9 @@ fn bench_dns_queries_per_1000_messages_to_100_domains() {
         dns.count_type(QType::A),
         dns.count_type(QType::Aaaa),
     );
+    let txt = dns.count_type(QType::Txt);
     println!(
-        "DNS for 1000 messages to 100 domains: {mx} MX + {aq} A + {aaaa} AAAA queries ({} total) in {:.2}s",
+        "DNS for 1000 messages to 100 domains: {mx} MX + {aq} A + {aaaa} AAAA + {txt} TXT (_mta-sts) queries ({} total) in {:.2}s",
         dns.total(),
         t0.elapsed().as_secs_f64()
     );
@@ -1304,11 +1305,20 @@ fn relayed_data_has_crlf_lines_of_at_most_998_octets_all_dots_stuffed() {
 /// `ringmail dkim generate` for a.test; the TXT record it says to publish
 /// (name, value).
 fn dkim_generate(a: &Instance, selector: &str, algorithm: &str) -> (String, String) {
+    dkim_generate_for(a, "a.test", selector, algorithm)
+}
+
+fn dkim_generate_for(
+    a: &Instance,
+    domain: &str,
+    selector: &str,
+    algorithm: &str,
+) -> (String, String) {
     let out = Command::new(bin())
         .args([
             "dkim",
             "generate",
-            "a.test",
+            domain,
             "--selector",
             selector,
             "--algorithm",
@@ -1443,4 +1453,407 @@ fn relayed_mail_is_dkim_signed_and_verifies_elsewhere() {
     ] {
         assert!(text.contains(want), "{want:?} missing from:\n{text}");
     }
+}
+
+/// dkimpy's verdicts on every signature of `message` (one line each).
+fn dkimpy(dir: &Path, message: &[u8], records: &[&(String, String)]) -> String {
+    let file = dir.join("dkimpy.eml");
+    std::fs::write(&file, message).unwrap();
+    let python = if Path::new("/usr/bin/python3").exists() {
+        "/usr/bin/python3"
+    } else {
+        "python3"
+    };
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("py/dkim_verify.py");
+    let out = Command::new(python)
+        .arg(&script)
+        .arg(&file)
+        .args(records.iter().map(|(n, v)| format!("{n}={v}")))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "dkimpy: {text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    text
+}
+
+/// A bounce that A sends back to a sender on B (queued with MAIL FROM:<>,
+/// relayed through B's MX) carries a DKIM signature for A's hostname, the
+/// domain of its From: (MAILER-DAEMON@mx.a.test), which dkimpy accepts as
+/// B stored it.
+#[test]
+fn notifications_are_dkim_signed_for_the_hostname_and_verify_elsewhere() {
+    let (_dns, mut a, b) = pair("relay_networks = [\"127.0.0.1\"]\n");
+    let key = dkim_generate_for(&a, "mx.a.test", "dsn", "ed25519");
+    let rsa = dkim_generate_for(&a, "mx.a.test", "dsnr", "rsa");
+    a.kill9();
+    a.spawn();
+    let m = message("bounced", 900);
+    // bob@b.test relays through A (relay_networks) to a domain with a null
+    // MX: A bounces it to bob, over SMTP to B.
+    smtp_send(a.smtp, None, "bob@b.test", &["x@null.test"], &m).unwrap();
+    wait_for("the notification at bob's", || {
+        pop3_all(b.pop3, "bob@b.test").len() == 1
+    });
+    let dsn = pop3_all(b.pop3, "bob@b.test").remove(0);
+    let text = String::from_utf8_lossy(&dsn).into_owned();
+    assert!(
+        text.contains("From: Mail Delivery System <MAILER-DAEMON@mx.a.test>"),
+        "{text}"
+    );
+    assert!(text.contains("Status: 5.1.10"), "{text}");
+    assert!(text.contains("DKIM-Signature: "), "{text}");
+    let verdicts = dkimpy(&a.data.with_file_name(""), &dsn, &[&key, &rsa]);
+    let lines: Vec<&str> = verdicts.lines().collect();
+    assert_eq!(lines.len(), 2, "{verdicts}\n{text}");
+    assert!(
+        lines.iter().any(|l| l.ends_with("ed25519-sha256 dsn pass")),
+        "{verdicts}"
+    );
+    assert!(
+        lines.iter().any(|l| l.ends_with("rsa-sha256 dsnr pass")),
+        "{verdicts}"
+    );
+    assert!(text.contains("d=mx.a.test"), "{text}");
+    wait_for_empty(&a, WAIT);
+}
+
+// ---------------------------------------------------------------------------
+// MTA-STS (RFC 8461): policies served over HTTPS by a test server
+// ---------------------------------------------------------------------------
+
+/// What the policy server answers for one host: HTTP status, media type,
+/// body.
+type Served = (u16, &'static str, String);
+
+/// A small HTTPS server (std threads + rustls) answering
+/// `GET /.well-known/mta-sts.txt` per Host header, with a certificate from
+/// the test CA; counts requests per host. Stops when dropped.
+struct PolicyServer {
+    port: u16,
+    policies: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, Served>>>,
+    hits: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, usize>>>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl PolicyServer {
+    fn start(cert: &Path, key: &Path) -> PolicyServer {
+        use rustls_pki_types::pem::PemObject;
+        use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+        use std::sync::atomic::Ordering;
+        use std::sync::{Arc, Mutex};
+        let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        let key = PrivateKeyDer::from_pem_file(key).unwrap();
+        let config = Arc::new(
+            rustls::ServerConfig::builder_with_provider(Arc::new(
+                rustls::crypto::ring::default_provider(),
+            ))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(chain, key)
+            .unwrap(),
+        );
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let server = PolicyServer {
+            port,
+            policies: Arc::new(Mutex::new(Default::default())),
+            hits: Arc::new(Mutex::new(Default::default())),
+            stop: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+        };
+        let (policies, hits, stop) = (
+            server.policies.clone(),
+            server.hits.clone(),
+            server.stop.clone(),
+        );
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                let (tcp, _) = match listener.accept() {
+                    Ok(c) => c,
+                    Err(_) => {
+                        std::thread::sleep(Duration::from_millis(10));
+                        continue;
+                    }
+                };
+                let (config, policies, hits) = (config.clone(), policies.clone(), hits.clone());
+                std::thread::spawn(move || {
+                    tcp.set_nonblocking(false).unwrap();
+                    tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+                    let conn = rustls::ServerConnection::new(config).unwrap();
+                    let mut tls = rustls::StreamOwned::new(conn, tcp);
+                    let mut request = Vec::new();
+                    let mut buf = [0u8; 1024];
+                    while !request.windows(4).any(|w| w == b"\r\n\r\n") && request.len() < 8192 {
+                        match std::io::Read::read(&mut tls, &mut buf) {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => request.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    let text = String::from_utf8_lossy(&request).into_owned();
+                    let host = text
+                        .lines()
+                        .find_map(|l| {
+                            let (k, v) = l.split_once(':')?;
+                            k.eq_ignore_ascii_case("host").then(|| v.trim().to_string())
+                        })
+                        .unwrap_or_default();
+                    let host = host.split(':').next().unwrap_or("").to_string();
+                    *hits.lock().unwrap().entry(host.clone()).or_default() += 1;
+                    let (status, media, body) = if text.starts_with("GET /.well-known/mta-sts.txt ")
+                    {
+                        policies.lock().unwrap().get(&host).cloned().unwrap_or((
+                            404,
+                            "text/plain",
+                            "not here\n".into(),
+                        ))
+                    } else {
+                        (404, "text/plain", "not here\n".into())
+                    };
+                    let head = format!(
+                        "HTTP/1.1 {status} X\r\nContent-Type: {media}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                        body.len()
+                    );
+                    let _ = tls.write_all(head.as_bytes());
+                    let _ = tls.write_all(body.as_bytes());
+                    tls.conn.send_close_notify();
+                    let _ = tls.flush();
+                });
+            }
+        });
+        server
+    }
+
+    fn serve(&self, host: &str, mode: &str, mx: &[&str]) {
+        let mut body = format!("version: STSv1\r\nmode: {mode}\r\n");
+        for m in mx {
+            body.push_str(&format!("mx: {m}\r\n"));
+        }
+        body.push_str("max_age: 86400\r\n");
+        self.policies
+            .lock()
+            .unwrap()
+            .insert(host.to_string(), (200, "text/plain; charset=utf-8", body));
+    }
+
+    fn serve_raw(&self, host: &str, status: u16, media: &'static str, body: String) {
+        self.policies
+            .lock()
+            .unwrap()
+            .insert(host.to_string(), (status, media, body));
+    }
+
+    fn hits(&self, host: &str) -> usize {
+        self.hits.lock().unwrap().get(host).copied().unwrap_or(0)
+    }
+}
+
+impl Drop for PolicyServer {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// A (a.test) relays to B, which hosts b.test ... g.test. B's certificate
+/// names mx.b.test only (and the policy hosts), so B is a valid MX for
+/// b.test and a wrong one for the others. Each domain publishes
+/// `_mta-sts` TXT and a policy:
+/// - b.test: enforce, mx.b.test: delivered, over verified TLS;
+/// - c.test: enforce, mx.c.test, certificate wrong: deferred, never sent;
+/// - d.test: enforce, naming another host than its MX: deferred, never sent;
+/// - e.test: testing, certificate wrong: delivered, and logged;
+/// - f.test: TXT record but the policy host answers 404: no policy,
+///   delivered (opportunistic);
+/// - g.test: testing with `*.g.test`, delivered; then the TXT id changes and
+///   the new policy (enforce, another host) is fetched and applied;
+/// - h.test (a redirect), i.test (text/html), j.test (a body over 64 KiB),
+///   k.test (a policy host whose certificate does not name it): each
+///   serves an enforce policy naming another host, each fetch fails
+///   (RFC 8461 section 3.3), so there is no policy and mail is delivered.
+///
+/// Retries do not fetch a policy again while the id stays the same.
+#[test]
+fn mta_sts_policies_are_fetched_cached_and_enforced() {
+    let certs = tempfile::tempdir().unwrap();
+    let domains = [
+        "b.test", "c.test", "d.test", "e.test", "f.test", "g.test", "h.test", "i.test", "j.test",
+        "k.test",
+    ];
+    let mut names = vec!["mx.b.test".to_string()];
+    names.extend(
+        domains
+            .iter()
+            .filter(|d| **d != "k.test")
+            .map(|d| format!("mta-sts.{d}")),
+    );
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    let (ca, cert, key) = test_ca(certs.path(), &names);
+    let web = PolicyServer::start(&cert, &key);
+    web.serve("mta-sts.b.test", "enforce", &["mx.b.test"]);
+    web.serve("mta-sts.c.test", "enforce", &["mx.c.test"]);
+    web.serve("mta-sts.d.test", "enforce", &["mx.elsewhere.test"]);
+    web.serve("mta-sts.e.test", "testing", &["mx.e.test"]);
+    web.serve("mta-sts.g.test", "testing", &["*.g.test"]);
+    let elsewhere =
+        "version: STSv1\r\nmode: enforce\r\nmx: mx.elsewhere.test\r\nmax_age: 86400\r\n";
+    web.serve_raw("mta-sts.h.test", 302, "text/plain", elsewhere.into());
+    web.serve_raw("mta-sts.i.test", 200, "text/html", elsewhere.into());
+    let mut big = elsewhere.to_string();
+    while big.len() <= 64 * 1024 {
+        big.push_str("# padding padding padding padding padding padding padding\r\n");
+    }
+    web.serve_raw("mta-sts.j.test", 200, "text/plain", big);
+    web.serve_raw("mta-sts.k.test", 200, "text/plain", elsewhere.into());
+    let mut all = vec!["a.test"];
+    all.extend(domains);
+    let mut zone = dns_zone(&all);
+    // Short TTLs: the changed id at the end is seen at the next attempt.
+    zone.ttl = 1;
+    for d in domains {
+        zone.a(&format!("mta-sts.{d}"), &["127.0.0.1".parse().unwrap()]);
+        zone.txt(&format!("_mta-sts.{d}"), &["v=STSv1; id=1"]);
+    }
+    let (dns_addr, dns) = TestDns::start(zone);
+    let (a_port, b_port) = (free_port(), free_port());
+    let b_tls = format!("[tls]\ncert = {:?}\nkey = {:?}\n", cert, key);
+    let users = [
+        "bob@b.test",
+        "carol@c.test",
+        "dave@d.test",
+        "eve@e.test",
+        "fred@f.test",
+        "gina@g.test",
+        "hal@h.test",
+        "ivy@i.test",
+        "jo@j.test",
+        "kim@k.test",
+    ];
+    let b = Instance::start(Setup {
+        domains: &domains,
+        accounts: &users,
+        dns: dns_addr,
+        relay_port: a_port,
+        smtp_port: b_port,
+        extra: &b_tls,
+    });
+    let a = Instance::start(Setup {
+        domains: &["a.test"],
+        accounts: &["alice@a.test"],
+        dns: dns_addr,
+        relay_port: b_port,
+        smtp_port: a_port,
+        extra: &format!("tls_ca_file = {ca:?}\nmta_sts_port = {}\n", web.port),
+    });
+    let m = message("sts", 1500);
+    smtp_send(
+        a.submission,
+        Some("alice@a.test"),
+        "alice@a.test",
+        &users,
+        &m,
+    )
+    .unwrap();
+    for u in [
+        "bob@b.test",
+        "eve@e.test",
+        "fred@f.test",
+        "gina@g.test",
+        "hal@h.test",
+        "ivy@i.test",
+        "jo@j.test",
+        "kim@k.test",
+    ] {
+        wait_for(u, || pop3_all(b.pop3, u).len() == 1);
+    }
+    let got = String::from_utf8_lossy(&pop3_all(b.pop3, "bob@b.test")[0]).into_owned();
+    assert!(got.contains("with ESMTPS id"), "{got}");
+    wait_for("carol and dave deferred", || {
+        let l = a.queue(&["list"]);
+        l.contains("carol@c.test deferred") && l.contains("dave@d.test deferred")
+    });
+    let list = a.queue(&["list"]);
+    assert!(list.contains("4.7.5"), "{list}");
+    assert!(list.contains("no MX host matches the policy"), "{list}");
+    let log = stderr_log(&a);
+    assert!(log.contains("MTA-STS policy fetched"), "{log}");
+    assert!(
+        log.contains("MTA-STS testing: enforce would defer this MX"),
+        "{log}"
+    );
+    assert!(log.contains("MTA-STS policy fetch failed"), "{log}");
+    let verified_b = log.lines().any(|l| {
+        l.contains("relay session over TLS")
+            && l.contains("domain=\"b.test\"")
+            && l.contains("verified=true")
+            && l.contains("mta_sts=Enforce")
+    });
+    assert!(verified_b, "{log}");
+    // Retries (retry_first_secs = 1) keep deferring, use the cached
+    // policies (one fetch per host) and never send in the clear.
+    std::thread::sleep(Duration::from_secs(4));
+    let list = a.queue(&["list"]);
+    assert!(
+        list.contains("carol@c.test deferred") && list.contains("dave@d.test deferred"),
+        "{list}"
+    );
+    assert_eq!(pop3_all(b.pop3, "carol@c.test").len(), 0);
+    assert_eq!(pop3_all(b.pop3, "dave@d.test").len(), 0);
+    for d in domains {
+        // k.test's policy host fails the handshake before any request.
+        let want = usize::from(d != "k.test");
+        assert_eq!(web.hits(&format!("mta-sts.{d}")), want, "{d}");
+    }
+    for why in [
+        "mta-sts.h.test answered HTTP 302",
+        "not text/plain",
+        "length limit exceeded",
+        "TLS with mta-sts.k.test",
+    ] {
+        assert!(log.contains(why), "{why:?} not in:\n{log}");
+    }
+    assert!(dns.count("_mta-sts.c.test", QType::Txt) >= 2);
+    // A new policy id: fetched again, and the new policy (enforce, another
+    // host) applies to the next message for g.test.
+    web.serve("mta-sts.g.test", "enforce", &["mx.elsewhere.test"]);
+    dns.update(|z| {
+        z.txt("_mta-sts.g.test", &["v=STSv1; id=2"]);
+    });
+    std::thread::sleep(Duration::from_millis(1500));
+    smtp_send(
+        a.submission,
+        Some("alice@a.test"),
+        "alice@a.test",
+        &["gina@g.test"],
+        &m,
+    )
+    .unwrap();
+    wait_for("gina's second message deferred", || {
+        a.queue(&["list"]).contains("gina@g.test deferred")
+    });
+    assert_eq!(web.hits("mta-sts.g.test"), 2);
+    assert_eq!(pop3_all(b.pop3, "gina@g.test").len(), 1);
+    // Yet another id whose policy cannot be fetched (HTTP 500): the cached
+    // enforce policy still applies until its max_age.
+    web.serve_raw("mta-sts.g.test", 500, "text/plain", "oops\n".into());
+    dns.update(|z| {
+        z.txt("_mta-sts.g.test", &["v=STSv1; id=3"]);
+    });
+    std::thread::sleep(Duration::from_millis(1500));
+    a.queue(&["flush", "g.test"]);
+    wait_for("the fetch of id 3", || web.hits("mta-sts.g.test") == 3);
+    std::thread::sleep(Duration::from_secs(2));
+    let list = a.queue(&["list"]);
+    assert!(
+        list.contains("gina@g.test deferred") && list.contains("no MX host matches the policy"),
+        "{list}"
+    );
+    assert_eq!(pop3_all(b.pop3, "gina@g.test").len(), 1);
+    assert!(stderr_log(&a).contains("answered HTTP 500"));
 }

@@ -387,7 +387,7 @@ fn classify(domain: &str) -> Classified {
     }
 }
 
-fn build_resolver(config: &DnsConfig) -> Result<TokioResolver, DnsStartError> {
+pub(crate) fn build_resolver(config: &DnsConfig) -> Result<TokioResolver, DnsStartError> {
     let provider = TokioRuntimeProvider::default();
     let mut builder = if config.nameservers.is_empty() {
         TokioResolver::builder(provider).map_err(|e| DnsStartError::Config(e.to_string()))?

@@ -29,6 +29,7 @@ use crate::config::RelayTls;
 use crate::relay::client::{self, ClientParams, ConnectError, OutboundMessage, RcptOutcome, Reply};
 use crate::relay::dns::{DnsConfig, DnsResolver, MxResult};
 use crate::relay::dsn::{self, DsnAction, DsnParams, DsnRecipient};
+use crate::relay::mta_sts::{self, MtaSts, MtaStsConfig};
 use crate::relay::queue::{self, Attempt, QueueId, Schedule, Update};
 use crate::storage::index::{queue_flag, queue_state, INBOX};
 use crate::storage::record::Op;
@@ -45,6 +46,9 @@ pub struct RelayShared {
     /// The one DNS side thread; `None` if it could not start (every lookup
     /// is then a temporary failure).
     pub dns: Option<DnsResolver>,
+    /// The MTA-STS side thread (`[relay] mta_sts`); `None` when off or it
+    /// could not start (no domain then has a policy).
+    pub mta_sts: Option<MtaSts>,
     /// Each shard takes its control-socket receiver once, at start.
     pub control: std::sync::Mutex<Vec<Option<ControlReceiver>>>,
     /// STARTTLS client configurations (shared: rustls' session cache lets
@@ -60,11 +64,27 @@ impl RelayShared {
         cores: usize,
         tls: Arc<crate::tls::ClientTls>,
     ) -> (RelayShared, Vec<super::control::ControlSender>) {
-        let dns = match DnsResolver::start(DnsConfig {
+        let dns_config = DnsConfig {
             nameservers: config.relay.nameservers.clone(),
             timeout: Duration::from_secs(config.relay.dns_timeout_secs.max(1)),
             ..DnsConfig::default()
-        }) {
+        };
+        let mta_sts = if config.relay.mta_sts {
+            match MtaSts::start(MtaStsConfig {
+                dns: dns_config.clone(),
+                https: tls.https.clone(),
+                port: config.relay.mta_sts_port,
+            }) {
+                Ok(m) => Some(m),
+                Err(e) => {
+                    tracing::error!(error = %e, "MTA-STS thread not started: no destination policy will be applied");
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        let dns = match DnsResolver::start(dns_config) {
             Ok(r) => Some(r),
             Err(e) => {
                 tracing::error!(error = %e, "DNS resolver not started: relayed mail will wait");
@@ -78,6 +98,7 @@ impl RelayShared {
         (
             RelayShared {
                 dns,
+                mta_sts,
                 control: std::sync::Mutex::new(receivers),
                 tls,
             },
@@ -385,6 +406,19 @@ fn outcome(reply: Reply, remote_mta: Option<String>) -> Outcome {
     }
 }
 
+/// The MTA-STS policy for `domain`, when the operator set no policy of
+/// their own for it (`[relay.tls]` takes precedence) and MTA-STS is on.
+/// Asked per delivery task, so a slow policy host holds up only its own
+/// domain.
+async fn sts_policy(shard: &Shard, domain: &str) -> Option<Arc<mta_sts::Policy>> {
+    let sts = shard.shared.relay.mta_sts.as_ref()?;
+    let key = domain.trim_end_matches('.').to_ascii_lowercase();
+    if key.starts_with('[') || shard.config().relay.tls.contains_key(&key) {
+        return None;
+    }
+    sts.policies(vec![key]).await.pop().flatten()
+}
+
 async fn deliver_batch(shard: Rc<Shard>, domain: String, mx: MxResult, jobs: Vec<Job>) {
     // Per job, per carried recipient.
     let mut results: Vec<Vec<Outcome>> = Vec::with_capacity(jobs.len());
@@ -440,15 +474,52 @@ async fn deliver_batch(shard: Rc<Shard>, domain: String, mx: MxResult, jobs: Vec
                 }
             }
             let port = shard.config().relay.port;
-            let policy = shard.config().relay.tls_for(&domain);
+            let configured = shard.config().relay.tls_for(&domain);
             let base = ClientParams::new(shard.config().hostname.clone());
             let mut sent: Option<(Vec<client::MessageOutcome>, String)> = None;
             let mut last_error = Reply::local(451, "4.4.1 no MX host answered");
+            // RFC 8461 section 5: under an MTA-STS policy in mode enforce,
+            // only the MX hosts it names (4.1), each over TLS verified for
+            // the MX name (4.2), else defer; in mode testing, the same
+            // checks only log what enforce would have refused.
+            let sts = sts_policy(&shard, &domain).await;
+            let mode = sts.as_ref().map_or(mta_sts::Mode::None, |p| p.mode);
+            let mut hosts: Vec<&crate::relay::dns::MxHost> = hosts.iter().collect();
+            if let Some(p) = sts.as_ref().filter(|_| mode != mta_sts::Mode::None) {
+                let (named, other): (Vec<_>, Vec<_>) =
+                    hosts.iter().copied().partition(|h| p.allows(&h.name));
+                for h in &other {
+                    tracing::warn!(domain, mx = h.name, mode = ?mode, "MTA-STS: MX host not named by the policy");
+                }
+                if mode == mta_sts::Mode::Enforce {
+                    if named.is_empty() {
+                        last_error = Reply::local(
+                            451,
+                            format!(
+                                "4.7.5 MTA-STS policy of {domain}: no MX host matches the policy"
+                            ),
+                        );
+                    }
+                    hosts = named;
+                }
+            }
             'hosts: for host in hosts {
                 for ip in &host.addrs {
                     let target = SocketAddr::new(*ip, port);
                     let mut params = base.clone();
-                    match session_tls(&shard, policy, &host.name, *ip) {
+                    let mut policy = match mode {
+                        mta_sts::Mode::Enforce | mta_sts::Mode::Testing => {
+                            RelayTls::RequireVerified
+                        }
+                        mta_sts::Mode::None => configured,
+                    };
+                    let mut tls = session_tls(&shard, policy, &host.name, *ip);
+                    if let (Err(e), mta_sts::Mode::Testing) = (&tls, mode) {
+                        tracing::warn!(domain, mx = host.name, %target, error = %e, "MTA-STS testing: enforce would defer this MX; delivering as usual");
+                        policy = configured;
+                        tls = session_tls(&shard, policy, &host.name, *ip);
+                    }
+                    match tls {
                         Ok(tls) => params.tls = tls,
                         Err(e) => {
                             tracing::warn!(domain, mx = host.name, %target, error = %e, "MX host unusable");
@@ -457,6 +528,22 @@ async fn deliver_batch(shard: Rc<Shard>, domain: String, mx: MxResult, jobs: Vec
                         }
                     }
                     let mut result = client::deliver(target, params.clone(), &messages).await;
+                    if mode == mta_sts::Mode::Testing
+                        && policy == RelayTls::RequireVerified
+                        && configured != RelayTls::RequireVerified
+                    {
+                        if let Err(e @ (ConnectError::Tls(_) | ConnectError::TlsUnavailable(_))) =
+                            &result
+                        {
+                            // Testing mode: report, then deliver under the
+                            // configured policy as if there were none.
+                            tracing::warn!(domain, mx = host.name, %target, error = %e, "MTA-STS testing: enforce would defer this MX (no verified TLS); delivering as usual");
+                            policy = configured;
+                            params.tls =
+                                session_tls(&shard, policy, &host.name, *ip).unwrap_or(None);
+                            result = client::deliver(target, params.clone(), &messages).await;
+                        }
+                    }
                     if let Err(ConnectError::Tls(why)) = &result {
                         if policy == RelayTls::Opportunistic {
                             // RFC 7435 opportunistic security: a failed
@@ -470,7 +557,7 @@ async fn deliver_batch(shard: Rc<Shard>, domain: String, mx: MxResult, jobs: Vec
                         Ok(d) => {
                             match &d.tls {
                                 Some(t) => {
-                                    tracing::info!(domain, mx = host.name, %target, tls = t.version, cipher = t.cipher, verified = policy == RelayTls::RequireVerified, "relay session over TLS")
+                                    tracing::info!(domain, mx = host.name, %target, tls = t.version, cipher = t.cipher, verified = policy == RelayTls::RequireVerified, mta_sts = ?mode, "relay session over TLS")
                                 }
                                 None => {
                                     tracing::info!(domain, mx = host.name, %target, tls = "none", "relay session in plaintext")
@@ -702,9 +789,62 @@ fn unix_time(secs: i64) -> SystemTime {
     UNIX_EPOCH + Duration::from_secs(secs.max(0) as u64)
 }
 
+/// DKIM-sign a notification for the domain of its From: address
+/// (`MAILER-DAEMON@<hostname>`, see `dsn::build_dsn`) when that domain has
+/// a key, on a blocking thread like the relay's own signing. The signature
+/// is made once: the signed bytes are what is delivered or queued, so
+/// retries resend them unchanged. Unsigned (with a warning) if signing fails.
+async fn sign_dsn(shard: &Shard, dsn: Vec<u8>) -> Vec<u8> {
+    let keys = shard.shared.dkim.clone();
+    let Some(domain) = dsn_signing_domain(&shard.config().hostname, &keys) else {
+        return dsn;
+    };
+    glommio::executor()
+        .spawn_blocking(move || {
+            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                keys.sign(&domain, &dsn)
+            }));
+            match r {
+                Ok(Ok(headers)) => {
+                    let mut v = Vec::with_capacity(headers.len() + dsn.len());
+                    v.extend_from_slice(&headers);
+                    v.extend_from_slice(&dsn);
+                    v
+                }
+                Ok(Err(e)) => {
+                    tracing::warn!(domain, error = %e, "DKIM signing of a notification failed; sending it unsigned");
+                    dsn
+                }
+                Err(_) => dsn,
+            }
+        })
+        .await
+}
+
+/// The domain whose keys sign a notification from `MAILER-DAEMON@hostname`:
+/// the hostname itself when it has a key, else the nearest parent domain
+/// (of two labels or more) that has one, e.g. `example.org` for
+/// `mail.example.org`: a signature for a parent domain is still aligned
+/// with the From: domain under DMARC's relaxed alignment (RFC 7489 3.1.1).
+fn dsn_signing_domain(hostname: &str, keys: &crate::dkim::Keys) -> Option<String> {
+    let mut domain = hostname.trim_end_matches('.').to_ascii_lowercase();
+    loop {
+        if !keys.for_domain(&domain).is_empty() {
+            return Some(domain);
+        }
+        let (_, parent) = domain.split_once('.')?;
+        if !parent.contains('.') {
+            return None;
+        }
+        domain = parent.to_string();
+    }
+}
+
 /// Hand a notification to its recipient (the original sender): into a
 /// local mailbox, or into this shard's queue with the null reverse path.
+/// It is DKIM-signed first (`sign_dsn`).
 async fn send_dsn(shard: &Shard, sender: &str, dsn: Vec<u8>) -> Result<(), StorageError> {
+    let dsn = sign_dsn(shard, dsn).await;
     let domain = queue::domain_of(sender);
     let smtputf8 = !dsn.is_ascii();
     if shard.config().is_local_domain(&domain) {
@@ -844,4 +984,42 @@ async fn control(shard: Rc<Shard>, req: ControlRequest) {
         }
     };
     let _ = req.reply.send(answer);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn notifications_are_signed_for_the_hostname_or_its_nearest_parent_with_a_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let none = crate::dkim::Keys::load(dir.path()).unwrap();
+        assert_eq!(dsn_signing_domain("mx.example.org", &none), None);
+        crate::dkim::generate(
+            dir.path(),
+            "example.org",
+            "s",
+            crate::dkim::Algorithm::Ed25519,
+        )
+        .unwrap();
+        let parent = crate::dkim::Keys::load(dir.path()).unwrap();
+        assert_eq!(
+            dsn_signing_domain("mx.mail.Example.org.", &parent).as_deref(),
+            Some("example.org")
+        );
+        // Never a bare top-level domain, never an unrelated domain.
+        assert_eq!(dsn_signing_domain("mx.example.net", &parent), None);
+        crate::dkim::generate(
+            dir.path(),
+            "mx.example.org",
+            "s",
+            crate::dkim::Algorithm::Ed25519,
+        )
+        .unwrap();
+        let own = crate::dkim::Keys::load(dir.path()).unwrap();
+        assert_eq!(
+            dsn_signing_domain("mx.example.org", &own).as_deref(),
+            Some("mx.example.org")
+        );
+    }
 }
