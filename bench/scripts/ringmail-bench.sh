@@ -18,6 +18,7 @@ submission = ["127.0.0.1:0"]
 submissions = ["127.0.0.1:0"]
 imaps = ["127.0.0.1:0"]
 pop3s = ["127.0.0.1:0"]
+http = ["127.0.0.1:0"]
 [limits]
 connections_per_address_max = 2000
 [storage]

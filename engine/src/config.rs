@@ -84,6 +84,8 @@ pub struct Listen {
     pub imaps: Vec<SocketAddr>,
     /// POP3 over implicit TLS (RFC 8314, port 995).
     pub pop3s: Vec<SocketAddr>,
+    /// HTTP: `/metrics` (Prometheus) and `/healthz` (runtime/http.rs).
+    pub http: Vec<SocketAddr>,
 }
 
 /// TLS for every listener (STARTTLS and implicit) with rustls.
@@ -526,6 +528,7 @@ impl Default for Listen {
             submissions: vec!["127.0.0.1:4650".parse().unwrap()],
             imaps: vec!["127.0.0.1:9930".parse().unwrap()],
             pop3s: vec!["127.0.0.1:9950".parse().unwrap()],
+            http: vec!["127.0.0.1:9180".parse().unwrap()],
         }
     }
 }
@@ -680,6 +683,7 @@ impl Config {
             ("submissions", &l.submissions),
             ("imaps", &l.imaps),
             ("pop3s", &l.pop3s),
+            ("http", &l.http),
         ] {
             for a in addrs.iter().filter(|a| a.port() != 0) {
                 if let Some(first) = seen.insert(*a, proto) {
@@ -808,6 +812,9 @@ submission = ["127.0.0.1:5870"]
 submissions = ["127.0.0.1:4650"]
 imaps = ["127.0.0.1:9930"]
 pop3s = ["127.0.0.1:9950"]
+# Metrics (/metrics, Prometheus text format) and health (/healthz) over HTTP.
+# Keep it on loopback or a private network: it has no authentication.
+http = ["127.0.0.1:9180"]
 
 [tls]
 # PEM certificate chain and key. Without them a self-signed ECDSA certificate

@@ -16,6 +16,7 @@ pub mod accounts;
 pub mod config;
 pub mod dkim;
 pub mod limits;
+pub mod metrics;
 pub mod mime;
 pub mod protocol;
 pub mod relay;

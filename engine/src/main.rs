@@ -118,6 +118,9 @@ struct ServeArgs {
     /// POP3 over implicit TLS (repeatable); replaces the configured list.
     #[arg(long)]
     pop3s: Vec<SocketAddr>,
+    /// HTTP metrics and health listener (repeatable); replaces the configured list.
+    #[arg(long)]
+    http: Vec<SocketAddr>,
 }
 
 #[derive(Subcommand)]
@@ -233,6 +236,9 @@ fn run(cli: Cli) -> Result<(), String> {
             }
             if !args.pop3s.is_empty() {
                 config.listen.pop3s = args.pop3s;
+            }
+            if !args.http.is_empty() {
+                config.listen.http = args.http;
             }
             config.validate()?;
             ringmail::runtime::serve(config).map_err(|e| e.to_string())

@@ -354,6 +354,8 @@ pub struct Server {
     pub submissions: SocketAddr,
     pub imaps: SocketAddr,
     pub pop3s: SocketAddr,
+    /// `/metrics` and `/healthz`.
+    pub http: SocketAddr,
     /// Everything the server wrote on stderr, across restarts.
     stderr: Arc<Mutex<Vec<u8>>>,
     /// The ready line of the latest start.
@@ -422,6 +424,7 @@ impl Server {
             submissions: unset,
             imaps: unset,
             pop3s: unset,
+            http: unset,
             stderr: Arc::new(Mutex::new(Vec::new())),
             ready_line: String::new(),
             stop_elapsed: None,
@@ -478,6 +481,8 @@ impl Server {
             "--imaps",
             "127.0.0.1:0",
             "--pop3s",
+            "127.0.0.1:0",
+            "--http",
             "127.0.0.1:0",
         ]);
         if let Some(c) = &self.config_path {
@@ -563,6 +568,7 @@ impl Server {
         self.submissions = field("submissions");
         self.imaps = field("imaps");
         self.pop3s = field("pop3s");
+        self.http = field("http");
         assert!(
             ready.contains(&format!(" cores={} ", self.cores)),
             "ready line {ready:?} lacks cores={}",

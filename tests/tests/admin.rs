@@ -34,6 +34,8 @@ fn unknown_config_key_refuses_to_start() {
             "127.0.0.1:0",
             "--imap",
             "127.0.0.1:0",
+            "--http",
+            "127.0.0.1:0",
         ])
         .arg("--config")
         .arg(&cfg)

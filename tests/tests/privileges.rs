@@ -115,6 +115,8 @@ fn binds_a_privileged_port_as_root_then_serves_as_nobody() {
             "127.0.0.1:0",
             "--pop3s",
             "127.0.0.1:0",
+            "--http",
+            "127.0.0.1:0",
         ],
         &[],
     );
@@ -214,7 +216,14 @@ fn root_without_user_is_refused_off_loopback_before_binding() {
             "--submissions",
             "127.0.0.1:0",
         ])
-        .args(["--imaps", "127.0.0.1:0", "--pop3s", "127.0.0.1:0"])
+        .args([
+            "--imaps",
+            "127.0.0.1:0",
+            "--pop3s",
+            "127.0.0.1:0",
+            "--http",
+            "127.0.0.1:0",
+        ])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -257,6 +266,8 @@ fn tells_systemd_when_ready_and_when_stopping() {
             "--imaps",
             "127.0.0.1:0",
             "--pop3s",
+            "127.0.0.1:0",
+            "--http",
             "127.0.0.1:0",
         ],
         &[("NOTIFY_SOCKET", &sock_path)],

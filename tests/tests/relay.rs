@@ -162,6 +162,8 @@ impl Instance {
                 "127.0.0.1:0",
                 "--pop3s",
                 "127.0.0.1:0",
+                "--http",
+                "127.0.0.1:0",
             ])
             .env("RINGMAIL_LOG", "info")
             .stdin(Stdio::null())

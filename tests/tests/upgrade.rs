@@ -222,7 +222,14 @@ fn serve_fails(data: &Path) -> String {
             "--submissions",
             "127.0.0.1:0",
         ])
-        .args(["--imaps", "127.0.0.1:0", "--pop3s", "127.0.0.1:0"])
+        .args([
+            "--imaps",
+            "127.0.0.1:0",
+            "--pop3s",
+            "127.0.0.1:0",
+            "--http",
+            "127.0.0.1:0",
+        ])
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())

@@ -12,6 +12,7 @@
 //! SIGTERM/SIGINT: every shard stops accepting, lets sessions finish within
 //! the grace period, makes everything durable, checkpoints, and exits 0.
 pub mod control;
+pub mod http;
 pub mod imap;
 pub mod limiter;
 pub mod listen;
@@ -89,6 +90,19 @@ pub fn serve(mut config: Config) -> Result<(), ServeError> {
     privileges::preflight(&config).map_err(ServeError::Privileges)?;
     let (listeners, bound) = listen::Listeners::bind(&protos, cores)
         .map_err(|(addr, source)| ServeError::Bind { addr, source })?;
+    let http_listeners = config
+        .listen
+        .http
+        .iter()
+        .map(|a| {
+            std::net::TcpListener::bind(a).map_err(|source| ServeError::Bind { addr: *a, source })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let http_addrs: Vec<SocketAddr> = http_listeners
+        .iter()
+        .filter_map(|l| l.local_addr().ok())
+        .collect();
+    let started = std::time::Instant::now();
     // Root only as long as binding needs it: everything after this line
     // (data directory, certificates, sessions) runs as `user`.
     let io_memory_total = config.storage.io_memory_kib * 1024 * cores;
@@ -193,7 +207,11 @@ pub fn serve(mut config: Config) -> Result<(), ServeError> {
         session_ram_max,
         spool_max,
         dkim: Arc::new(dkim),
+        published: Arc::new(crate::metrics::Published::new(cores)),
+        serving: Default::default(),
     });
+    http::start(http_listeners, shared.clone(), started)
+        .map_err(|e| ServeError::Executors(format!("HTTP listener: {e}")))?;
 
     let shared_sig = shared.clone();
     let mut signals = signal_hook::iterator::Signals::new([
@@ -287,7 +305,7 @@ pub fn serve(mut config: Config) -> Result<(), ServeError> {
     let mut stdout = std::io::stdout().lock();
     let _ = writeln!(
         stdout,
-        "ringmail: ready smtp={} pop3={} imap={} submission={} submissions={} imaps={} pop3s={} cores={} data={}",
+        "ringmail: ready smtp={} pop3={} imap={} submission={} submissions={} imaps={} pop3s={} http={} cores={} data={}",
         list(&shared.smtp),
         list(&shared.pop3),
         list(&shared.imap),
@@ -295,6 +313,7 @@ pub fn serve(mut config: Config) -> Result<(), ServeError> {
         list(&shared.submissions),
         list(&shared.imaps),
         list(&shared.pop3s),
+        list(&http_addrs),
         cores,
         shared.config.data_dir.display()
     );
@@ -315,6 +334,7 @@ pub fn serve(mut config: Config) -> Result<(), ServeError> {
     }
     let _ = stdout.flush();
     drop(stdout);
+    shared.serving.store(true, Ordering::Release);
     notify_systemd(&[
         sd_notify::NotifyState::Ready,
         sd_notify::NotifyState::Status(&format!("serving on {cores} cores")),

@@ -146,6 +146,23 @@ impl Relay {
         }
     }
 
+    /// Messages in the queue accounts this shard drains.
+    pub fn queued_messages(&self, store: &crate::storage::Store) -> usize {
+        let mut names = self.accounts.borrow().clone();
+        if !names.contains(&self.account) {
+            names.push(self.account.clone());
+        }
+        names
+            .iter()
+            .filter_map(|a| {
+                store.with_account(a, |acc| {
+                    acc.mailbox(crate::storage::index::INBOX)
+                        .map_or(0, |m| m.messages.len())
+                })
+            })
+            .sum()
+    }
+
     /// Wake the worker for a new round.
     pub fn wake(&self) {
         self.rung.set(true);
@@ -699,8 +716,17 @@ async fn record(
             let Some(r) = q.recipients.get(*i as usize) else {
                 continue;
             };
+            let delivered = matches!(o.attempt, queue::Attempt::Delivered(_));
             let mut u =
                 queue::after_attempt(&schedule, r.state, r.attempts, q.arrival, now, o.attempt);
+            // ringmail_relay_attempts_total: delivered, deferred, bounced.
+            shard.metrics.relay_attempt(if delivered {
+                0
+            } else if u.bounce {
+                2
+            } else {
+                1
+            });
             let dsn_rcpt = |action, will_retry_until| DsnRecipient {
                 final_recipient: address.clone(),
                 original_recipient: None,

@@ -58,6 +58,10 @@ pub struct Shared {
     pub spool_max: u64,
     /// DKIM signing keys (`DATA/dkim/`).
     pub dkim: Arc<crate::dkim::Keys>,
+    // --- metrics (metrics.rs): each shard's latest snapshot ---
+    pub published: Arc<crate::metrics::Published>,
+    /// Every shard is serving (set after the ready line; `/healthz`).
+    pub serving: AtomicBool,
 }
 
 /// Messages between shards.
@@ -175,6 +179,8 @@ pub struct Shard {
     /// Messages and recipients sent this hour by the authenticated accounts
     /// this shard owns: account -> (hour, messages, recipients).
     sent: RefCell<HashMap<String, (i64, u32, u32)>>,
+    /// What this shard counts (published once a second by `publish_metrics`).
+    pub metrics: crate::metrics::ShardMetrics,
 }
 
 /// One of the shard's handshake places, held while a handshake runs.
@@ -296,11 +302,14 @@ impl Shard {
                 let info = conn.tls_info();
                 if let Some(i) = &info {
                     tracing::debug!(%peer, proto, version = i.version, cipher = i.cipher, "TLS established");
+                    self.metrics.tls_handshake(Ok(i.version));
                 }
                 info
             }
             Err(e) => {
                 tracing::info!(%peer, proto, error = %e, "TLS handshake failed");
+                let timeout = matches!(e, crate::transport::HandshakeError::TimedOut);
+                self.metrics.tls_handshake(Err(if timeout { 2 } else { 1 }));
                 None
             }
         }
@@ -479,6 +488,8 @@ impl Shard {
                 permit,
             } => {
                 let conn = adopt(conn);
+                self.metrics.accepted_handoff(Proto::Pop3.index());
+                let _open = SessionGauge(self.clone(), Proto::Pop3.index());
                 super::pop3::adopted(self, conn, *session, account, permit).await;
             }
             ShardMsg::AdoptImap {
@@ -488,6 +499,8 @@ impl Shard {
                 permit,
             } => {
                 let conn = adopt(conn);
+                self.metrics.accepted_handoff(Proto::Imap.index());
+                let _open = SessionGauge(self.clone(), Proto::Imap.index());
                 super::imap::adopted(self, conn, account, tag, permit).await;
             }
             ShardMsg::CompactStats { reply } => {
@@ -586,6 +599,27 @@ impl Shard {
     /// the address and the account and answered after the failure delay;
     /// a success forgets the address's failures. Every decision is logged.
     pub async fn login(
+        &self,
+        peer: std::net::IpAddr,
+        proto: &'static str,
+        user: &str,
+        password: &str,
+    ) -> Login {
+        let out = self.login_throttled(peer, proto, user, password).await;
+        let result = match out {
+            Login::Ok(_) => 0,
+            Login::Failed => 1,
+            Login::Banned | Login::Busy => 2,
+        };
+        let p = crate::metrics::LOGIN_PROTOS
+            .iter()
+            .position(|p| *p == proto)
+            .unwrap_or(0);
+        self.metrics.login(p, result);
+        out
+    }
+
+    async fn login_throttled(
         &self,
         peer: std::net::IpAddr,
         proto: &'static str,
@@ -700,6 +734,8 @@ impl Shard {
             .await
             .map_err(|e| StorageError::Io(e.to_string()))?;
         tracing::info!(segments = victims.len(), "compacted");
+        let c = &self.store.stats.compacted_segments;
+        c.set(c.get() + victims.len() as u64);
         Ok(victims.len())
     }
 }
@@ -796,6 +832,7 @@ pub async fn run(shared: Arc<Shared>, mesh: MeshBuilder<ShardMsg, Full>) -> Resu
         throttle_policy: shared.config.auth_throttle.policy(),
         argon2_waiting: Cell::new(0),
         sent: RefCell::default(),
+        metrics: Default::default(),
     });
 
     let budget = shard.budget.clone();
@@ -829,6 +866,7 @@ pub async fn run(shared: Arc<Shared>, mesh: MeshBuilder<ShardMsg, Full>) -> Resu
         )));
     }
     super::relay::start(&shard);
+    glommio::spawn_local(publish_metrics(shard.clone())).detach();
     let _ = shared.ready.send(Ok((id, super::listen::pinned_cpu())));
     let interval = shared.config.storage.compact_interval_secs;
     if id == 0 && interval > 0 {
@@ -891,7 +929,7 @@ pub async fn run(shared: Arc<Shared>, mesh: MeshBuilder<ShardMsg, Full>) -> Resu
     Ok(())
 }
 
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Proto {
     Smtp,
     Pop3,
@@ -904,6 +942,21 @@ pub enum Proto {
     Imaps,
     /// POP3 over implicit TLS.
     Pop3s,
+}
+
+impl Proto {
+    /// Index in [`crate::metrics::PROTOS`].
+    pub fn index(self) -> usize {
+        match self {
+            Proto::Smtp => 0,
+            Proto::Submission => 1,
+            Proto::Submissions => 2,
+            Proto::Pop3 => 3,
+            Proto::Pop3s => 4,
+            Proto::Imap => 5,
+            Proto::Imaps => 6,
+        }
+    }
 }
 
 async fn accept_loop(shard: Rc<Shard>, listener: TcpListener, proto: Proto) {
@@ -924,8 +977,13 @@ async fn accept_loop(shard: Rc<Shard>, listener: TcpListener, proto: Proto) {
                 if let Err(super::limiter::Refusal::AddressRate) = &permit {
                     tracing::info!(%peer, "connection refused: too many new connections from this address this minute");
                 }
+                if permit.is_err() {
+                    shard.metrics.refused(proto.index());
+                }
+                shard.metrics.accepted(proto.index());
                 let shard2 = shard.clone();
                 glommio::spawn_local(async move {
+                    let _open = SessionGauge(shard2.clone(), proto.index());
                     match proto {
                         Proto::Smtp => {
                             super::smtp::serve(shard2, stream, peer, permit, false, false).await
@@ -958,6 +1016,51 @@ async fn accept_loop(shard: Rc<Shard>, listener: TcpListener, proto: Proto) {
                 glommio::timer::sleep(Duration::from_millis(20)).await;
             }
             futures::future::Either::Right(_) => return,
+        }
+    }
+}
+
+/// Counts a session in `ringmail_sessions_open` until its task ends.
+struct SessionGauge(Rc<Shard>, usize);
+
+impl Drop for SessionGauge {
+    fn drop(&mut self) {
+        self.0.metrics.closed(self.1);
+    }
+}
+
+/// Every second, copy this shard's counters into its slot of the shared
+/// [`crate::metrics::Published`] (the scrape reads the slots, never the
+/// shard). Live bytes need a walk of every message, so they are refreshed
+/// every tenth round only.
+pub async fn publish_metrics(shard: Rc<Shard>) {
+    let mut live = 0u64;
+    for round in 0u64.. {
+        if round % 10 == 0 {
+            live = shard.store.segment_usage().iter().map(|s| s.live).sum();
+        }
+        let st = &shard.store.stats;
+        let storage = crate::metrics::StorageFigures {
+            records: st.records.get(),
+            syncs: st.syncs.get(),
+            checkpoints: st.checkpoints.get(),
+            compactions: st.compacted_segments.get(),
+            segment_bytes: shard.store.segment_bytes(),
+            live_bytes: live,
+            accounts: shard.store.account_count() as u64,
+            queue_messages: shard.relay.queued_messages(&shard.store) as u64,
+            sync_seconds: Some(st.sync_seconds.snapshot()),
+            commit_batch_records: Some(st.commit_batch.snapshot()),
+        };
+        shard
+            .shared
+            .published
+            .publish(shard.id, shard.metrics.snapshot(storage));
+        let stop = shard.on_stop();
+        let tick = glommio::timer::sleep(Duration::from_secs(1));
+        futures::pin_mut!(tick);
+        if let futures::future::Either::Right(_) = futures::future::select(tick, stop).await {
+            return;
         }
     }
 }

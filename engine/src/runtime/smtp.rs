@@ -150,6 +150,31 @@ fn from_header_allowed(ctx: &Ctx<'_>, account: &str, message: &[u8]) -> bool {
 
 /// Serve one SMTP connection; `submission`: a submission listener (AUTH
 /// before MAIL); `implicit_tls`: TLS from the first byte (RFC 8314).
+/// `ringmail_smtp_transactions_total`, `ringmail_delivery_seconds` and, for
+/// an acknowledged message, its recipients and size.
+fn count_transaction(
+    shard: &Shard,
+    submission: bool,
+    end_of_data: std::time::Instant,
+    size: u64,
+    rcpts: (u64, u64),
+    code: u16,
+) {
+    if code == 0 {
+        return;
+    }
+    let m = &shard.metrics;
+    m.smtp_transaction(submission, code);
+    m.delivery_seconds
+        .observe(end_of_data.elapsed().as_secs_f64());
+    if code / 100 == 2 {
+        m.recipients_local.set(m.recipients_local.get() + rcpts.0);
+        m.recipients_queued.set(m.recipients_queued.get() + rcpts.1);
+        m.message_bytes_received
+            .set(m.message_bytes_received.get() + size);
+    }
+}
+
 pub async fn serve(
     shard: Rc<Shard>,
     stream: TcpStream,
@@ -228,6 +253,13 @@ pub async fn serve(
             session.advance(conn.pending(), &ctx, &mut out)
         };
         conn.consume(used);
+        let (t4, t5) = session.take_refused_transactions();
+        for _ in 0..t4 {
+            shard.metrics.smtp_transaction(submission, 451);
+        }
+        for _ in 0..t5 {
+            shard.metrics.smtp_transaction(submission, 550);
+        }
         let seen = session.commands_seen();
         if !command_rate_exempt && seen - commands_charged >= COMMAND_BATCH {
             let n = (seen - commands_charged).min(u64::from(u32::MAX)) as u32;
@@ -317,6 +349,9 @@ pub async fn serve(
             }
             SmtpEvent::Deliver(mut tx) => {
                 let now = unix_now();
+                let end_of_data = std::time::Instant::now();
+                let mut size = 0;
+                let rcpts = (tx.recipients.len() as u64, tx.relay.len() as u64);
                 if spooled_serial.take() != Some(session.message_serial()) {
                     spooler.reset();
                 }
@@ -324,25 +359,54 @@ pub async fn serve(
                     Ok(b) => b,
                     Err(e) if super::spool::is_over_budget(&e) => {
                         tracing::info!(%peer, spool = shard.budget.spool_used(), "no room for the end of the message in flight; it is refused with 451");
-                        session.delivered(DeliveryOutcome::Busy, &mut out);
+                        count_transaction(
+                            &shard,
+                            submission,
+                            end_of_data,
+                            size,
+                            rcpts,
+                            session.delivered(DeliveryOutcome::Busy, &mut out),
+                        );
                         continue;
                     }
                     Err(e) => {
                         tracing::warn!(%peer, error = %e, "spooled message unreadable");
-                        session.delivered(DeliveryOutcome::TempFail, &mut out);
+                        count_transaction(
+                            &shard,
+                            submission,
+                            end_of_data,
+                            size,
+                            rcpts,
+                            session.delivered(DeliveryOutcome::TempFail, &mut out),
+                        );
                         continue;
                     }
                 };
+                size = body.len() as u64;
                 if let Some(account) = session.authenticated().map(str::to_string) {
                     if !from_header_allowed(&Ctx { shard: &shard }, &account, &body) {
                         tracing::info!(%peer, account, "From: address not owned by the authenticated account; refused with 553");
-                        session.delivered(DeliveryOutcome::SenderNotOwned, &mut out);
+                        count_transaction(
+                            &shard,
+                            submission,
+                            end_of_data,
+                            size,
+                            rcpts,
+                            session.delivered(DeliveryOutcome::SenderNotOwned, &mut out),
+                        );
                         continue;
                     }
                     let recipients = (tx.recipients.len() + tx.relay.len()) as u32;
                     if !shard.charge_sending(&account, recipients).await {
                         tracing::info!(%peer, account, recipients, "sending rate of the account reached; refused with 452");
-                        session.delivered(DeliveryOutcome::RateLimited, &mut out);
+                        count_transaction(
+                            &shard,
+                            submission,
+                            end_of_data,
+                            size,
+                            rcpts,
+                            session.delivered(DeliveryOutcome::RateLimited, &mut out),
+                        );
                         continue;
                     }
                 }
@@ -397,7 +461,14 @@ pub async fn serve(
                         DeliveryOutcome::TempFail
                     }
                 };
-                session.delivered(outcome, &mut out);
+                count_transaction(
+                    &shard,
+                    submission,
+                    end_of_data,
+                    size,
+                    rcpts,
+                    session.delivered(outcome, &mut out),
+                );
                 // Reuse a small buffer for the next message; a large one goes
                 // back to the allocator (idle sessions must not hold it).
                 match left.and_then(MessageBody::into_heap) {

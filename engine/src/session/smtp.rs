@@ -286,6 +286,8 @@ pub struct SmtpSession {
     bdat: BdatReader,
     /// Body buffer of the message in progress (Received header, then data).
     body: Vec<u8>,
+    /// (4xx, 5xx) transactions refused at the end of their data, not yet taken.
+    refused_at_end: (u32, u32),
     errors: usize,
     /// Messages started in this session; with the session id it makes the
     /// queue id.
@@ -353,6 +355,7 @@ impl SmtpSession {
             data: DataReceiver::new(),
             bdat: BdatReader::new(),
             body: Vec::new(),
+            refused_at_end: (0, 0),
             errors: 0,
             messages: 0,
             queue_id: String::new(),
@@ -526,18 +529,41 @@ impl SmtpSession {
     }
 
     /// Report how storing the last delivered transaction went.
-    pub fn delivered(&mut self, outcome: DeliveryOutcome, out: &mut Vec<u8>) {
+    /// Transactions the session itself refused at the end of their data
+    /// (over the size limit, NUL octets, no room for data in flight), as
+    /// (4xx, 5xx) counts since the last call; the runtime counts them with
+    /// the ones it answers through [`SmtpSession::delivered`].
+    pub fn take_refused_transactions(&mut self) -> (u32, u32) {
+        std::mem::take(&mut self.refused_at_end)
+    }
+
+    fn ended_refused(&mut self, code: u16) {
+        if code / 100 == 4 {
+            self.refused_at_end.0 += 1;
+        } else {
+            self.refused_at_end.1 += 1;
+        }
+    }
+
+    /// Returns the code of the reply written (0: not waiting for one).
+    pub fn delivered(&mut self, outcome: DeliveryOutcome, out: &mut Vec<u8>) -> u16 {
         if self.phase != Phase::Delivering {
-            return;
+            return 0;
         }
-        match outcome {
-            DeliveryOutcome::Stored => reply::write_queued(out, &self.queue_id),
-            DeliveryOutcome::TempFail => replies::STORAGE_TEMPFAIL.write(out),
-            DeliveryOutcome::Busy => replies::BUSY_TEMPFAIL.write(out),
-            DeliveryOutcome::SenderNotOwned => replies::FROM_NOT_OWNED.write(out),
-            DeliveryOutcome::RateLimited => replies::SEND_RATE_LIMITED.write(out),
-        }
+        let r = match outcome {
+            DeliveryOutcome::Stored => {
+                reply::write_queued(out, &self.queue_id);
+                self.phase = Phase::Command;
+                return 250;
+            }
+            DeliveryOutcome::TempFail => replies::STORAGE_TEMPFAIL,
+            DeliveryOutcome::Busy => replies::BUSY_TEMPFAIL,
+            DeliveryOutcome::SenderNotOwned => replies::FROM_NOT_OWNED,
+            DeliveryOutcome::RateLimited => replies::SEND_RATE_LIMITED,
+        };
+        r.write(out);
         self.phase = Phase::Command;
+        r.code
     }
 
     /// The runtime's answer to [`SmtpEvent::Auth`]. Ignored in any other state.
@@ -1075,17 +1101,20 @@ impl SmtpSession {
             };
             self.reset_transaction();
             reply.write(out);
+            self.ended_refused(reply.code);
             return None;
         }
         if self.data.overflowed() {
             // RFC 5321 section 4.5.3.1.10 / RFC 1870 section 6.3.
             self.reset_transaction();
             self.fail(replies::SIZE_EXCEEDED, out);
+            self.ended_refused(replies::SIZE_EXCEEDED.code);
             return None;
         }
         if self.data.has_nul() {
             self.reset_transaction();
             replies::NUL_REFUSED.write(out);
+            self.ended_refused(replies::NUL_REFUSED.code);
             return None;
         }
         self.take_transaction()
@@ -1121,12 +1150,14 @@ impl SmtpSession {
             self.reset_transaction();
             self.bdat_failed = true;
             reply.write(out);
+            self.ended_refused(reply.code);
             return None;
         }
         if self.bdat.overflowed() {
             self.reset_transaction();
             self.bdat_failed = true;
             self.fail(replies::SIZE_EXCEEDED, out);
+            self.ended_refused(replies::SIZE_EXCEEDED.code);
             return None;
         }
         if !last {
@@ -1137,6 +1168,7 @@ impl SmtpSession {
             self.reset_transaction();
             self.bdat_failed = true;
             replies::NUL_REFUSED.write(out);
+            self.ended_refused(replies::NUL_REFUSED.code);
             return None;
         }
         self.take_transaction()

@@ -318,7 +318,6 @@ pub struct Store {
     pub stats: StoreStats,
 }
 
-#[derive(Default)]
 pub struct StoreStats {
     pub syncs: Cell<u64>,
     pub records: Cell<u64>,
@@ -327,6 +326,27 @@ pub struct StoreStats {
     pub sync_nanos: Cell<u64>,
     /// Rounds whose fdatasync ran on the executor thread.
     pub inline_syncs: Cell<u64>,
+    /// Segments deleted by compaction.
+    pub compacted_segments: Cell<u64>,
+    /// One group commit's fdatasync time, seconds.
+    pub sync_seconds: crate::metrics::Hist,
+    /// Records made durable by one group commit.
+    pub commit_batch: crate::metrics::Hist,
+}
+
+impl Default for StoreStats {
+    fn default() -> Self {
+        StoreStats {
+            syncs: Cell::new(0),
+            records: Cell::new(0),
+            checkpoints: Cell::new(0),
+            sync_nanos: Cell::new(0),
+            inline_syncs: Cell::new(0),
+            compacted_segments: Cell::new(0),
+            sync_seconds: crate::metrics::Hist::new(&crate::metrics::LATENCY_BOUNDS),
+            commit_batch: crate::metrics::Hist::new(&crate::metrics::BATCH_BOUNDS),
+        }
+    }
 }
 
 impl Store {
@@ -719,6 +739,15 @@ impl Store {
 
     /// Usage of every segment this shard knows: bytes written, live body
     /// bytes referenced by this shard's accounts, and whether it is being written.
+    /// Bytes written into this shard's segments (cheap: no walk of the index).
+    pub fn segment_bytes(&self) -> u64 {
+        self.segments
+            .borrow()
+            .values()
+            .map(|s| s.write_pos() as u64)
+            .sum()
+    }
+
     pub fn segment_usage(&self) -> Vec<SegmentUsage> {
         let mut live = HashMap::new();
         for bucket in self.buckets.borrow().values() {
@@ -1060,6 +1089,8 @@ impl Store {
         self.stats
             .sync_nanos
             .set(self.stats.sync_nanos.get() + took);
+        self.stats.sync_seconds.observe(took as f64 / 1e9);
+        self.stats.commit_batch.observe(pending.len() as f64);
         if result.is_ok() {
             self.apply_pending(&pending);
         } else {

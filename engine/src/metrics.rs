@@ -1,0 +1,689 @@
+//! Metrics: what each shard counts, and the Prometheus text a scrape gets.
+//!
+//! Owns: the per-shard counters and histograms ([`ShardMetrics`]: plain
+//! `Cell`s in the shard's own memory, so counting on the hot path is an
+//! increment with no atomic and no cache line shared between cores), the
+//! copy each shard publishes once a second ([`Snapshot`], into its slot of
+//! [`Published`]), and the rendering of every slot with `prometheus-client`
+//! (a [`Collector`] that encodes constant values; no text format written
+//! here by hand).
+//!
+//! Must never: take a lock on the hot path (only the once-a-second publish
+//! and the scrape touch the slot mutex), or know about sockets and glommio.
+//!
+//! Names follow Prometheus conventions: `ringmail_` prefix, units in the
+//! name (`_seconds`, `_bytes`), counters end in `_total` (added by the
+//! encoder), every series labelled with its `shard`.
+use std::cell::Cell;
+use std::sync::Mutex;
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::MetricType;
+
+/// Listener kinds, as the `proto` label spells them.
+pub const PROTOS: [&str; 7] = [
+    "smtp",
+    "submission",
+    "submissions",
+    "pop3",
+    "pop3s",
+    "imap",
+    "imaps",
+];
+/// Login protocols (`proto` of `ringmail_logins_total`).
+pub const LOGIN_PROTOS: [&str; 3] = ["smtp", "pop3", "imap"];
+/// Login outcomes: a good password, a bad one, refused before any check
+/// (address banned, too many checks queued).
+pub const LOGIN_RESULTS: [&str; 3] = ["success", "failure", "refused"];
+/// Reply classes of the reply that ended an SMTP transaction.
+pub const REPLY_CLASSES: [&str; 3] = ["2xx", "4xx", "5xx"];
+/// TLS handshake outcomes.
+pub const TLS_RESULTS: [&str; 3] = ["ok", "failed", "timeout"];
+/// TLS versions (`version` label of successful handshakes).
+pub const TLS_VERSIONS: [&str; 2] = ["TLSv1.2", "TLSv1.3"];
+/// Relay delivery attempt outcomes, per recipient.
+pub const RELAY_RESULTS: [&str; 3] = ["delivered", "deferred", "bounced"];
+
+/// Histogram bounds of latencies, seconds (100 µs to 10 s).
+pub const LATENCY_BOUNDS: [f64; 12] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 1.0, 10.0,
+];
+/// Histogram bounds of group-commit batch sizes, records.
+pub const BATCH_BOUNDS: [f64; 9] = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0];
+
+/// A histogram with fixed bounds, counted in `Cell`s.
+#[derive(Debug)]
+pub struct Hist {
+    bounds: &'static [f64],
+    /// Observations per bucket (not cumulative); the last is +Inf.
+    counts: Vec<Cell<u64>>,
+    sum: Cell<f64>,
+}
+
+impl Hist {
+    pub fn new(bounds: &'static [f64]) -> Hist {
+        Hist {
+            bounds,
+            counts: (0..=bounds.len()).map(|_| Cell::new(0)).collect(),
+            sum: Cell::new(0.0),
+        }
+    }
+
+    pub fn observe(&self, v: f64) {
+        let i = self
+            .bounds
+            .iter()
+            .position(|b| v <= *b)
+            .unwrap_or(self.bounds.len());
+        let c = &self.counts[i];
+        c.set(c.get() + 1);
+        self.sum.set(self.sum.get() + v);
+    }
+
+    pub fn snapshot(&self) -> HistSnapshot {
+        HistSnapshot {
+            bounds: self.bounds,
+            counts: self.counts.iter().map(Cell::get).collect(),
+            sum: self.sum.get(),
+        }
+    }
+}
+
+/// A histogram's values at one moment.
+#[derive(Debug, Clone)]
+pub struct HistSnapshot {
+    bounds: &'static [f64],
+    counts: Vec<u64>,
+    sum: f64,
+}
+
+impl HistSnapshot {
+    /// (upper bound, count in that bucket alone) pairs, +Inf last, and the
+    /// total: the form prometheus-client's encoder takes (it writes the
+    /// cumulative `_bucket` series itself).
+    fn buckets(&self) -> (Vec<(f64, u64)>, u64) {
+        let out = self
+            .counts
+            .iter()
+            .enumerate()
+            .map(|(i, c)| (self.bounds.get(i).copied().unwrap_or(f64::INFINITY), *c))
+            .collect();
+        (out, self.count())
+    }
+
+    pub fn count(&self) -> u64 {
+        self.counts.iter().sum()
+    }
+}
+
+fn inc(c: &Cell<u64>) {
+    c.set(c.get() + 1);
+}
+
+fn cells<const N: usize>() -> [Cell<u64>; N] {
+    std::array::from_fn(|_| Cell::new(0))
+}
+
+fn values<const N: usize>(c: &[Cell<u64>; N]) -> [u64; N] {
+    std::array::from_fn(|i| c[i].get())
+}
+
+/// What one shard counts. Single-threaded: only its executor touches it.
+#[derive(Debug)]
+pub struct ShardMetrics {
+    pub connections_accepted: [Cell<u64>; 7],
+    /// Refused at accept: connection limits, per-address rate.
+    pub connections_refused: [Cell<u64>; 7],
+    pub sessions_open: [Cell<u64>; 7],
+    /// [proto][reply class]
+    pub smtp_transactions: [[Cell<u64>; 3]; 2],
+    /// Recipients delivered into local mailboxes / queued for relay.
+    pub recipients_local: Cell<u64>,
+    pub recipients_queued: Cell<u64>,
+    pub message_bytes_received: Cell<u64>,
+    /// [proto][result]
+    pub logins: [[Cell<u64>; 3]; 3],
+    pub tls_handshakes: [Cell<u64>; 3],
+    pub tls_versions: [Cell<u64>; 2],
+    pub relay_attempts: [Cell<u64>; 3],
+    /// End of message data to the final reply being sent, seconds.
+    pub delivery_seconds: Hist,
+}
+
+impl Default for ShardMetrics {
+    fn default() -> Self {
+        ShardMetrics {
+            connections_accepted: cells(),
+            connections_refused: cells(),
+            sessions_open: cells(),
+            smtp_transactions: [cells(), cells()],
+            recipients_local: Cell::new(0),
+            recipients_queued: Cell::new(0),
+            message_bytes_received: Cell::new(0),
+            logins: [cells(), cells(), cells()],
+            tls_handshakes: cells(),
+            tls_versions: cells(),
+            relay_attempts: cells(),
+            delivery_seconds: Hist::new(&LATENCY_BOUNDS),
+        }
+    }
+}
+
+impl ShardMetrics {
+    /// A connection accepted (admitted or not; see [`ShardMetrics::refused`]).
+    pub fn accepted(&self, proto: usize) {
+        inc(&self.connections_accepted[proto]);
+        inc(&self.sessions_open[proto]);
+    }
+
+    /// A session handed over by another shard after login (counted open
+    /// here; the accepting shard counted it closed).
+    pub fn accepted_handoff(&self, proto: usize) {
+        inc(&self.sessions_open[proto]);
+    }
+
+    pub fn closed(&self, proto: usize) {
+        let c = &self.sessions_open[proto];
+        c.set(c.get().saturating_sub(1));
+    }
+
+    pub fn refused(&self, proto: usize) {
+        inc(&self.connections_refused[proto]);
+    }
+
+    /// An SMTP transaction ended (after DATA/BDAT) with `code`; `submission`
+    /// for the submission listeners.
+    pub fn smtp_transaction(&self, submission: bool, code: u16) {
+        let class = match code / 100 {
+            2 => 0,
+            4 => 1,
+            _ => 2,
+        };
+        inc(&self.smtp_transactions[usize::from(submission)][class]);
+    }
+
+    /// `proto`: index in [`LOGIN_PROTOS`]; `result`: index in [`LOGIN_RESULTS`].
+    pub fn login(&self, proto: usize, result: usize) {
+        inc(&self.logins[proto][result]);
+    }
+
+    /// A finished handshake: `Ok(version)` or the failure's index in [`TLS_RESULTS`].
+    pub fn tls_handshake(&self, outcome: Result<&str, usize>) {
+        match outcome {
+            Ok(version) => {
+                inc(&self.tls_handshakes[0]);
+                if let Some(v) = TLS_VERSIONS.iter().position(|v| *v == version) {
+                    inc(&self.tls_versions[v]);
+                }
+            }
+            Err(i) => inc(&self.tls_handshakes[i]),
+        }
+    }
+
+    pub fn relay_attempt(&self, result: usize) {
+        inc(&self.relay_attempts[result]);
+    }
+}
+
+/// Storage figures a shard adds to its snapshot (from `storage::StoreStats`
+/// and its segment usage).
+#[derive(Debug, Clone, Default)]
+pub struct StorageFigures {
+    pub records: u64,
+    pub syncs: u64,
+    pub checkpoints: u64,
+    pub compactions: u64,
+    pub segment_bytes: u64,
+    pub live_bytes: u64,
+    pub accounts: u64,
+    pub queue_messages: u64,
+    pub sync_seconds: Option<HistSnapshot>,
+    pub commit_batch_records: Option<HistSnapshot>,
+}
+
+/// One shard's figures at one moment, published into its slot.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    connections_accepted: [u64; 7],
+    connections_refused: [u64; 7],
+    sessions_open: [u64; 7],
+    smtp_transactions: [[u64; 3]; 2],
+    recipients_local: u64,
+    recipients_queued: u64,
+    message_bytes_received: u64,
+    logins: [[u64; 3]; 3],
+    tls_handshakes: [u64; 3],
+    tls_versions: [u64; 2],
+    relay_attempts: [u64; 3],
+    delivery_seconds: HistSnapshot,
+    pub storage: StorageFigures,
+}
+
+impl ShardMetrics {
+    pub fn snapshot(&self, storage: StorageFigures) -> Snapshot {
+        Snapshot {
+            connections_accepted: values(&self.connections_accepted),
+            connections_refused: values(&self.connections_refused),
+            sessions_open: values(&self.sessions_open),
+            smtp_transactions: [
+                values(&self.smtp_transactions[0]),
+                values(&self.smtp_transactions[1]),
+            ],
+            recipients_local: self.recipients_local.get(),
+            recipients_queued: self.recipients_queued.get(),
+            message_bytes_received: self.message_bytes_received.get(),
+            logins: std::array::from_fn(|i| values(&self.logins[i])),
+            tls_handshakes: values(&self.tls_handshakes),
+            tls_versions: values(&self.tls_versions),
+            relay_attempts: values(&self.relay_attempts),
+            delivery_seconds: self.delivery_seconds.snapshot(),
+            storage,
+        }
+    }
+}
+
+/// Process-wide figures that live outside the shards.
+#[derive(Debug, Clone, Default)]
+pub struct ProcessFigures {
+    pub dns_queries: u64,
+    pub dns_cache_hits: u64,
+    pub uptime_seconds: u64,
+}
+
+/// Every shard's latest snapshot; shared by the shards (which publish) and
+/// the HTTP thread (which renders).
+#[derive(Debug)]
+pub struct Published {
+    slots: Mutex<Vec<Option<Snapshot>>>,
+}
+
+impl Published {
+    pub fn new(shards: usize) -> Published {
+        Published {
+            slots: Mutex::new(vec![None; shards]),
+        }
+    }
+
+    pub fn publish(&self, shard: usize, s: Snapshot) {
+        if let Some(slot) = self
+            .slots
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get_mut(shard)
+        {
+            *slot = Some(s);
+        }
+    }
+
+    /// Content-Type of [`Published::render`]'s text.
+    pub const CONTENT_TYPE: &'static str =
+        prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
+
+    /// The Prometheus text exposition (format 0.0.4) of every slot.
+    pub fn render(&self, process: ProcessFigures) -> String {
+        let slots = self.slots.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let mut registry = prometheus_client::registry::Registry::default();
+        registry.register_collector(Box::new(Render { slots, process }));
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::prometheus_text::encode(&mut out, &registry);
+        out
+    }
+}
+
+#[derive(Debug)]
+struct Render {
+    slots: Vec<Option<Snapshot>>,
+    process: ProcessFigures,
+}
+
+type Labels = Vec<(&'static str, String)>;
+
+impl Render {
+    fn shards(&self) -> impl Iterator<Item = (String, &Snapshot)> {
+        self.slots
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| Some((i.to_string(), s.as_ref()?)))
+    }
+
+    fn family(
+        &self,
+        e: &mut DescriptorEncoder,
+        name: &str,
+        help: &str,
+        kind: MetricType,
+        series: Vec<(Labels, u64)>,
+    ) -> std::fmt::Result {
+        let mut m = e.encode_descriptor(name, help, None, kind)?;
+        for (labels, v) in series {
+            let f = m.encode_family(&labels)?;
+            match kind {
+                MetricType::Counter => ConstCounter::new(v).encode(f)?,
+                _ => ConstGauge::new(v as i64).encode(f)?,
+            }
+        }
+        Ok(())
+    }
+
+    fn per_shard(&self, f: impl Fn(&Snapshot) -> u64) -> Vec<(Labels, u64)> {
+        self.shards()
+            .map(|(id, s)| (vec![("shard", id)], f(s)))
+            .collect()
+    }
+
+    fn histogram(
+        &self,
+        e: &mut DescriptorEncoder,
+        name: &str,
+        help: &str,
+        get: impl Fn(&Snapshot) -> Option<&HistSnapshot>,
+    ) -> std::fmt::Result {
+        let mut m = e.encode_descriptor(name, help, None, MetricType::Histogram)?;
+        for (id, s) in self.shards() {
+            let Some(h) = get(s) else { continue };
+            let labels: Labels = vec![("shard", id)];
+            let mut f = m.encode_family(&labels)?;
+            let (buckets, count) = h.buckets();
+            f.encode_histogram::<Labels>(h.sum, count, &buckets, None)?;
+        }
+        Ok(())
+    }
+}
+
+impl Collector for Render {
+    fn encode(&self, mut e: DescriptorEncoder) -> std::fmt::Result {
+        use MetricType::{Counter, Gauge};
+        let by_proto = |f: &dyn Fn(&Snapshot, usize) -> u64| -> Vec<(Labels, u64)> {
+            let mut v = Vec::new();
+            for (id, s) in self.shards() {
+                for (p, name) in PROTOS.iter().enumerate() {
+                    v.push((
+                        vec![("shard", id.clone()), ("proto", name.to_string())],
+                        f(s, p),
+                    ));
+                }
+            }
+            v
+        };
+        self.family(
+            &mut e,
+            "ringmail_connections_accepted",
+            "Connections accepted.",
+            Counter,
+            by_proto(&|s, p| s.connections_accepted[p]),
+        )?;
+        self.family(
+            &mut e,
+            "ringmail_connections_refused",
+            "Connections refused at accept (connection limits and rates).",
+            Counter,
+            by_proto(&|s, p| s.connections_refused[p]),
+        )?;
+        self.family(
+            &mut e,
+            "ringmail_sessions_open",
+            "Sessions open now, by the listener that accepted them.",
+            Gauge,
+            by_proto(&|s, p| s.sessions_open[p]),
+        )?;
+        let mut tx = Vec::new();
+        for (id, s) in self.shards() {
+            for (p, proto) in ["smtp", "submission"].iter().enumerate() {
+                for (c, class) in REPLY_CLASSES.iter().enumerate() {
+                    tx.push((
+                        vec![
+                            ("shard", id.clone()),
+                            ("proto", proto.to_string()),
+                            ("reply", class.to_string()),
+                        ],
+                        s.smtp_transactions[p][c],
+                    ));
+                }
+            }
+        }
+        self.family(&mut e, "ringmail_smtp_transactions", "SMTP transactions that reached the end of message data, by the class of the final reply.", Counter, tx)?;
+        let mut rcpt = Vec::new();
+        for (id, s) in self.shards() {
+            rcpt.push((
+                vec![("shard", id.clone()), ("destination", "local".to_string())],
+                s.recipients_local,
+            ));
+            rcpt.push((
+                vec![("shard", id), ("destination", "queued".to_string())],
+                s.recipients_queued,
+            ));
+        }
+        self.family(&mut e, "ringmail_recipients_accepted", "Recipients of acknowledged messages: delivered into a local mailbox or queued for relay.", Counter, rcpt)?;
+        self.family(
+            &mut e,
+            "ringmail_message_received_bytes",
+            "Bytes of acknowledged messages received over SMTP.",
+            Counter,
+            self.per_shard(|s| s.message_bytes_received),
+        )?;
+        let mut logins = Vec::new();
+        for (id, s) in self.shards() {
+            for (p, proto) in LOGIN_PROTOS.iter().enumerate() {
+                for (r, result) in LOGIN_RESULTS.iter().enumerate() {
+                    logins.push((
+                        vec![
+                            ("shard", id.clone()),
+                            ("proto", proto.to_string()),
+                            ("result", result.to_string()),
+                        ],
+                        s.logins[p][r],
+                    ));
+                }
+            }
+        }
+        self.family(&mut e, "ringmail_logins", "Logins (SMTP AUTH, IMAP, POP3) by result; refused: banned address or too many checks queued.", Counter, logins)?;
+        let mut hs = Vec::new();
+        for (id, s) in self.shards() {
+            for (i, result) in TLS_RESULTS.iter().enumerate() {
+                if i == 0 {
+                    for (v, version) in TLS_VERSIONS.iter().enumerate() {
+                        hs.push((
+                            vec![
+                                ("shard", id.clone()),
+                                ("result", "ok".to_string()),
+                                ("version", version.to_string()),
+                            ],
+                            s.tls_versions[v],
+                        ));
+                    }
+                } else {
+                    hs.push((
+                        vec![
+                            ("shard", id.clone()),
+                            ("result", result.to_string()),
+                            ("version", String::new()),
+                        ],
+                        s.tls_handshakes[i],
+                    ));
+                }
+            }
+        }
+        self.family(
+            &mut e,
+            "ringmail_tls_handshakes",
+            "TLS handshakes (implicit TLS and STARTTLS) by result and version.",
+            Counter,
+            hs,
+        )?;
+        let mut relay = Vec::new();
+        for (id, s) in self.shards() {
+            for (i, result) in RELAY_RESULTS.iter().enumerate() {
+                relay.push((
+                    vec![("shard", id.clone()), ("result", result.to_string())],
+                    s.relay_attempts[i],
+                ));
+            }
+        }
+        self.family(
+            &mut e,
+            "ringmail_relay_attempts",
+            "Relay delivery attempts per recipient, by outcome.",
+            Counter,
+            relay,
+        )?;
+        self.family(
+            &mut e,
+            "ringmail_queue_messages",
+            "Messages in the relay queue.",
+            Gauge,
+            self.per_shard(|s| s.storage.queue_messages),
+        )?;
+        self.histogram(
+            &mut e,
+            "ringmail_delivery_seconds",
+            "End of message data to the final SMTP reply.",
+            |s| Some(&s.delivery_seconds),
+        )?;
+        self.family(
+            &mut e,
+            "ringmail_storage_records",
+            "Records appended to the log.",
+            Counter,
+            self.per_shard(|s| s.storage.records),
+        )?;
+        self.family(
+            &mut e,
+            "ringmail_storage_syncs",
+            "Group commits (fdatasync rounds).",
+            Counter,
+            self.per_shard(|s| s.storage.syncs),
+        )?;
+        self.histogram(
+            &mut e,
+            "ringmail_storage_sync_seconds",
+            "Time of one group commit's fdatasync calls.",
+            |s| s.storage.sync_seconds.as_ref(),
+        )?;
+        self.histogram(
+            &mut e,
+            "ringmail_storage_commit_batch_records",
+            "Records made durable by one group commit.",
+            |s| s.storage.commit_batch_records.as_ref(),
+        )?;
+        self.family(
+            &mut e,
+            "ringmail_storage_checkpoints",
+            "Index checkpoints written.",
+            Counter,
+            self.per_shard(|s| s.storage.checkpoints),
+        )?;
+        self.family(
+            &mut e,
+            "ringmail_storage_compactions",
+            "Segments reclaimed by compaction.",
+            Counter,
+            self.per_shard(|s| s.storage.compactions),
+        )?;
+        self.family(
+            &mut e,
+            "ringmail_storage_segment_bytes",
+            "Bytes written into segments.",
+            Gauge,
+            self.per_shard(|s| s.storage.segment_bytes),
+        )?;
+        self.family(
+            &mut e,
+            "ringmail_storage_live_bytes",
+            "Bytes of segments still referenced by a message (refreshed every ten seconds).",
+            Gauge,
+            self.per_shard(|s| s.storage.live_bytes),
+        )?;
+        self.family(
+            &mut e,
+            "ringmail_accounts",
+            "Accounts with a mailbox on this shard.",
+            Gauge,
+            self.per_shard(|s| s.storage.accounts),
+        )?;
+        self.family(
+            &mut e,
+            "ringmail_dns_queries",
+            "DNS queries sent by the relay's resolver.",
+            Counter,
+            vec![(vec![], self.process.dns_queries)],
+        )?;
+        self.family(
+            &mut e,
+            "ringmail_dns_cache_hits",
+            "DNS lookups answered from the resolver's cache.",
+            Counter,
+            vec![(vec![], self.process.dns_cache_hits)],
+        )?;
+        self.family(
+            &mut e,
+            "ringmail_uptime_seconds",
+            "Seconds since the server started.",
+            Gauge,
+            vec![(vec![], self.process.uptime_seconds)],
+        )?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_buckets_count_each_observation_once_and_end_at_inf() {
+        let h = Hist::new(&BATCH_BOUNDS);
+        for v in [1.0, 1.0, 3.0, 1000.0] {
+            h.observe(v);
+        }
+        let (b, n) = h.snapshot().buckets();
+        assert_eq!(n, 4);
+        assert_eq!(b[0], (1.0, 2));
+        assert_eq!(b[2], (4.0, 1));
+        assert_eq!(*b.last().unwrap(), (f64::INFINITY, 1));
+    }
+
+    #[test]
+    fn render_names_units_and_shards() {
+        let p = Published::new(2);
+        let m = ShardMetrics::default();
+        m.accepted(0);
+        m.smtp_transaction(false, 250);
+        m.smtp_transaction(false, 550);
+        m.login(1, 1);
+        m.tls_handshake(Ok("TLSv1.3"));
+        m.delivery_seconds.observe(0.002);
+        p.publish(
+            1,
+            m.snapshot(StorageFigures {
+                records: 7,
+                ..Default::default()
+            }),
+        );
+        let text = p.render(ProcessFigures {
+            uptime_seconds: 3,
+            ..Default::default()
+        });
+        for want in [
+            "ringmail_connections_accepted_total{shard=\"1\",proto=\"smtp\"} 1",
+            "ringmail_sessions_open{shard=\"1\",proto=\"smtp\"} 1",
+            "ringmail_smtp_transactions_total{shard=\"1\",proto=\"smtp\",reply=\"2xx\"} 1",
+            "ringmail_smtp_transactions_total{shard=\"1\",proto=\"smtp\",reply=\"5xx\"} 1",
+            "ringmail_logins_total{shard=\"1\",proto=\"pop3\",result=\"failure\"} 1",
+            "ringmail_tls_handshakes_total{shard=\"1\",result=\"ok\",version=\"TLSv1.3\"} 1",
+            "ringmail_delivery_seconds_bucket{shard=\"1\",le=\"0.0025\"} 1",
+            "ringmail_delivery_seconds_bucket{shard=\"1\",le=\"+Inf\"} 1",
+            "ringmail_delivery_seconds_count{shard=\"1\"} 1",
+            "ringmail_storage_records_total{shard=\"1\"} 7",
+            "ringmail_uptime_seconds 3",
+            "# TYPE ringmail_delivery_seconds histogram",
+        ] {
+            assert!(text.contains(want), "missing {want:?} in\n{text}");
+        }
+        // A shard that has not published yet has no series.
+        assert!(!text.contains("shard=\"0\""), "{text}");
+    }
+}

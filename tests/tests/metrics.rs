@@ -1,0 +1,246 @@
+//! The HTTP listener: `/metrics` in the Prometheus text format, counting
+//! what clients did, and `/healthz` following the server's life.
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::Duration;
+
+use ringmail_tests::*;
+
+/// A GET with Python's urllib (an independent HTTP client): status and body.
+fn get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let script = format!(
+        "import urllib.request, urllib.error\n\
+         try:\n    r = urllib.request.urlopen('http://{addr}{path}', timeout=10)\n    print(r.status); print(r.headers.get('Content-Type')); print(r.read().decode(), end='')\n\
+         except urllib.error.HTTPError as e:\n    print(e.code); print(e.headers.get('Content-Type')); print(e.read().decode(), end='')\n"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("get.py");
+    std::fs::write(&f, script).unwrap();
+    let out = std::process::Command::new("python3")
+        .arg(&f)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    let mut lines = text.splitn(3, '\n');
+    let status = lines.next().unwrap().parse().unwrap();
+    let ctype = lines.next().unwrap().to_string();
+    if path == "/metrics" && status == 200 {
+        assert!(ctype.starts_with("text/plain; version=0.0.4"), "{ctype}");
+    }
+    (status, lines.next().unwrap_or("").to_string())
+}
+
+/// Sum of a metric's samples whose labels contain every `want` pair.
+fn sum(text: &str, name: &str, want: &[(&str, &str)]) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            let (n, labels) = match series.split_once('{') {
+                Some((n, rest)) => (n, rest.trim_end_matches('}')),
+                None => (series, ""),
+            };
+            if n != name
+                || !want
+                    .iter()
+                    .all(|(k, v)| labels.contains(&format!("{k}=\"{v}\"")))
+            {
+                return None;
+            }
+            value.parse::<f64>().ok()
+        })
+        .sum()
+}
+
+fn scrape_until(server: &Server, what: impl Fn(&str) -> bool) -> String {
+    let mut last = String::new();
+    for _ in 0..50 {
+        let (status, body) = get(server.http, "/metrics");
+        assert_eq!(status, 200);
+        if what(&body) {
+            return body;
+        }
+        last = body;
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    panic!("metrics never showed it:\n{last}");
+}
+
+#[test]
+fn metrics_count_what_clients_did() {
+    let server = Server::new();
+    assert_eq!(get(server.http, "/healthz"), (200, "ok\n".into()));
+    for i in 0..3 {
+        smtp_send(
+            server.smtp,
+            "carol@remote.test",
+            &["bob@example.test"],
+            format!("Subject: {i}\r\n\r\nx\r\n").as_bytes(),
+        );
+    }
+    // A refused message (5xx at end of data): NUL octets are refused.
+    let (mut c, _) = smtp_connect(server.smtp);
+    c.cmd("EHLO client.test").expect(250, None);
+    c.cmd("MAIL FROM:<carol@remote.test>").expect(250, None);
+    c.cmd("RCPT TO:<bob@example.test>").expect(250, None);
+    c.cmd("DATA").expect(354, None);
+    c.send(b"Subject: nul\r\n\r\na\0b\r\n.\r\n");
+    c.reply().expect(550, None);
+    c.cmd("QUIT");
+    // A failed and a good POP3 login; an implicit-TLS handshake.
+    let mut p = Pop3::connect(server.pop3);
+    p.ok("USER bob@example.test");
+    assert!(p.cmd("PASS wrong").starts_with("-ERR"));
+    drop(p);
+    fetch_all(server.pop3, "bob@example.test", "bob-secret");
+    let script = format!(
+        "import imaplib, ssl\n\
+         c = ssl.create_default_context(cafile='{}')\n\
+         m = imaplib.IMAP4_SSL('localhost', {}, ssl_context=c)\n\
+         m.login('bob@example.test', 'bob-secret'); m.logout()\n",
+        server.tls_cert().display(),
+        server.imaps.port()
+    );
+    let out = std::process::Command::new("python3")
+        .args(["-c", &script])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = scrape_until(&server, |t| {
+        sum(t, "ringmail_smtp_transactions_total", &[("reply", "2xx")]) >= 3.0
+            && sum(
+                t,
+                "ringmail_logins_total",
+                &[("proto", "pop3"), ("result", "success")],
+            ) >= 1.0
+            && sum(
+                t,
+                "ringmail_logins_total",
+                &[("proto", "imap"), ("result", "success")],
+            ) >= 1.0
+            && sum(t, "ringmail_tls_handshakes_total", &[("result", "ok")]) >= 1.0
+            && sum(t, "ringmail_storage_segment_bytes", &[]) > 0.0
+    });
+    assert_eq!(
+        sum(
+            &text,
+            "ringmail_smtp_transactions_total",
+            &[("proto", "smtp"), ("reply", "2xx")]
+        ),
+        3.0
+    );
+    assert_eq!(
+        sum(
+            &text,
+            "ringmail_smtp_transactions_total",
+            &[("reply", "5xx")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        sum(
+            &text,
+            "ringmail_recipients_accepted_total",
+            &[("destination", "local")]
+        ),
+        3.0
+    );
+    assert_eq!(
+        sum(
+            &text,
+            "ringmail_logins_total",
+            &[("proto", "pop3"), ("result", "failure")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        sum(
+            &text,
+            "ringmail_tls_handshakes_total",
+            &[("result", "ok"), ("version", "TLSv1.3")]
+        ),
+        1.0
+    );
+    assert!(
+        sum(
+            &text,
+            "ringmail_connections_accepted_total",
+            &[("proto", "smtp")]
+        ) >= 4.0
+    );
+    // The NUL refusal is the session's own: no delivery, no delivery time.
+    assert_eq!(sum(&text, "ringmail_delivery_seconds_count", &[]), 3.0);
+    assert!(sum(&text, "ringmail_storage_syncs_total", &[]) >= 1.0);
+    assert!(sum(&text, "ringmail_storage_sync_seconds_count", &[]) >= 1.0);
+    assert!(
+        sum(&text, "ringmail_storage_segment_bytes", &[]) > 0.0,
+        "{text}"
+    );
+    assert!(text.contains("# TYPE ringmail_delivery_seconds histogram"));
+    // Every shard reports.
+    for shard in 0..server.cores {
+        assert!(
+            text.contains(&format!("ringmail_accounts{{shard=\"{shard}\"}}")),
+            "{text}"
+        );
+    }
+}
+
+#[test]
+fn the_http_listener_is_bounded_and_answers_only_its_paths() {
+    let mut server = Server::new();
+    assert_eq!(get(server.http, "/nope").0, 404);
+    // Idle connections that never send a request do not stop a scrape.
+    let idle: Vec<TcpStream> = (0..20)
+        .map(|_| TcpStream::connect(server.http).unwrap())
+        .collect();
+    assert_eq!(get(server.http, "/healthz").0, 200);
+    // A request with a method other than GET/HEAD, and a huge header.
+    let mut s = TcpStream::connect(server.http).unwrap();
+    s.write_all(b"POST /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n")
+        .unwrap();
+    let mut buf = [0u8; 256];
+    let n = s.read(&mut buf).unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 405"));
+    let mut s = TcpStream::connect(server.http).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+    let big = format!(
+        "GET /metrics HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(64 * 1024)
+    );
+    let _ = s.write_all(big.as_bytes());
+    let mut resp = Vec::new();
+    let _ = s.read_to_end(&mut resp);
+    assert!(
+        !String::from_utf8_lossy(&resp).starts_with("HTTP/1.1 200"),
+        "an oversized head was served"
+    );
+    drop(idle);
+    // While stopping (a message in the middle of its data holds the grace
+    // period open), /healthz is 503.
+    let (mut held, _) = smtp_connect(server.smtp);
+    held.cmd("EHLO client.test").expect(250, None);
+    held.cmd("MAIL FROM:<carol@remote.test>").expect(250, None);
+    held.cmd("RCPT TO:<bob@example.test>").expect(250, None);
+    held.cmd("DATA").expect(354, None);
+    held.send(b"Subject: unfinished\r\n\r\n");
+    let pid = server.pid().unwrap();
+    // SAFETY: kill(2) on the server we started.
+    unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+    let status = wait_for(Duration::from_secs(5), || {
+        let (s, _) = get(server.http, "/healthz");
+        (s == 503).then_some(s)
+    });
+    assert_eq!(status, Some(503));
+    drop(held);
+    server.wait_exit(Duration::from_secs(30));
+}
