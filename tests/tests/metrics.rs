@@ -186,6 +186,29 @@ fn metrics_count_what_clients_did() {
         "{text}"
     );
     assert!(text.contains("# TYPE ringmail_delivery_seconds histogram"));
+    // The Grafana dashboard only plots series the server exports.
+    let dash =
+        std::fs::read_to_string(workspace_root().join("contrib/grafana/ringmail.json")).unwrap();
+    let mut names: Vec<&str> = dash
+        .match_indices("ringmail_")
+        .map(|(i, _)| {
+            let rest = &dash[i..];
+            let end = rest
+                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .unwrap_or(rest.len());
+            &rest[..end]
+        })
+        .collect();
+    names.sort_unstable();
+    names.dedup();
+    assert!(names.len() > 10, "{names:?}");
+    for n in names {
+        assert!(
+            text.lines()
+                .any(|l| l.starts_with(n) && !l.starts_with('#')),
+            "the dashboard plots {n}, which /metrics lacks"
+        );
+    }
     // Every shard reports.
     for shard in 0..server.cores {
         assert!(
