@@ -45,6 +45,8 @@ pub struct Config {
     pub group: Option<String>,
     /// Stay root without `user` even with listeners off loopback.
     pub allow_root: bool,
+    /// Log lines as text, or one JSON object per line.
+    pub log_format: LogFormat,
     /// Domains whose mail is delivered into local mailboxes.
     pub local_domains: Vec<String>,
     /// Aliases: `"alias@domain" = "account@domain"`; `"@domain" = "account@domain"` is a catch-all.
@@ -61,6 +63,15 @@ pub struct Config {
     /// Accounts created at start-up when missing (the default configuration's
     /// demo accounts live here). Passwords are hashed before they are stored.
     pub demo_accounts: Vec<DemoAccount>,
+}
+
+/// `log_format`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -491,6 +502,7 @@ impl Default for Config {
             user: None,
             group: None,
             allow_root: false,
+            log_format: LogFormat::Text,
             local_domains: vec!["example.test".into()],
             // RFC 5321 4.5.1: every domain needs a postmaster.
             aliases: [(
@@ -783,6 +795,9 @@ cpu_steering = false
 # user = "ringmail"
 # group = "ringmail"
 allow_root = false
+# Logs on stderr: "text", or "json" (one object per line, stable field names).
+# RINGMAIL_LOG filters them (default "info").
+log_format = "text"
 # Mail for these domains is delivered into local mailboxes.
 local_domains = ["example.test"]
 

@@ -209,7 +209,9 @@ fn read_password() -> Result<String, String> {
 fn run(cli: Cli) -> Result<(), String> {
     match cli.command {
         Command::Serve(args) => {
-            let mut config = load_config(&args.common)?;
+            let config = load_config(&args.common);
+            init_logs(config.as_ref().map(|c| c.log_format).unwrap_or_default());
+            let mut config = config?;
             if let Some(c) = args.cores {
                 config.cores = c;
             }
@@ -437,16 +439,32 @@ fn run(cli: Cli) -> Result<(), String> {
     }
 }
 
+/// Logs go to stderr, filtered by `RINGMAIL_LOG` (default `info`), as text
+/// or as one JSON object per line (`log_format = "json"`).
+fn init_logs(format: ringmail::config::LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("RINGMAIL_LOG")
+        .unwrap_or_else(|_| "info".into());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        ringmail::config::LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .init(),
+        ringmail::config::LogFormat::Text => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+    }
+}
+
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("RINGMAIL_LOG")
-                .unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
     let cli = Cli::parse();
+    // `serve` starts its logs once its configuration says which format.
+    if !matches!(cli.command, Command::Serve(_)) {
+        init_logs(ringmail::config::LogFormat::Text);
+    }
     if !matches!(cli.command, Command::Serve(_)) {
         // A command whose output is cut short (`ringmail account list |
         // head`) ends quietly by SIGPIPE, as Unix tools do, instead of

@@ -267,3 +267,53 @@ fn the_http_listener_is_bounded_and_answers_only_its_paths() {
     drop(held);
     server.wait_exit(Duration::from_secs(30));
 }
+
+#[test]
+fn json_logs_have_one_object_per_line_and_an_event_per_transaction() {
+    let mut server = Server::options().config("log_format = \"json\"\n").start();
+    smtp_send(
+        server.smtp,
+        "carol@remote.test",
+        &["bob@example.test"],
+        b"Subject: logged\r\n\r\nx\r\n",
+    );
+    let mut p = Pop3::connect(server.pop3);
+    p.ok("USER bob@example.test");
+    assert!(p.cmd("PASS wrong").starts_with("-ERR"));
+    drop(p);
+    server.terminate();
+    let text = server.stderr_text();
+    let mut tx = None;
+    let mut login = None;
+    for line in text.lines().filter(|l| !l.is_empty()) {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        assert!(
+            v["timestamp"].is_string() && v["level"].is_string(),
+            "{line}"
+        );
+        if v["event"] == "smtp_transaction" {
+            tx = Some(v.clone());
+        }
+        if v["message"] == "login failed" {
+            login = Some(v);
+        }
+    }
+    let tx = tx.unwrap_or_else(|| panic!("no smtp_transaction event in\n{text}"));
+    assert_eq!(tx["reply"], 250);
+    assert_eq!(tx["sender"], "carol@remote.test");
+    assert_eq!(tx["recipients"], 1);
+    assert_eq!(tx["client"], "127.0.0.1");
+    assert!(
+        tx["queue_id"].as_str().is_some_and(|q| !q.is_empty()),
+        "{tx}"
+    );
+    assert!(
+        tx["size"].as_u64().unwrap() > 20 && tx["latency_us"].is_u64(),
+        "{tx}"
+    );
+    let login = login.unwrap_or_else(|| panic!("no login event in\n{text}"));
+    assert_eq!(login["proto"], "pop3");
+    // Never a password in the logs.
+    assert!(!text.contains("wrong"), "{text}");
+}

@@ -150,29 +150,59 @@ fn from_header_allowed(ctx: &Ctx<'_>, account: &str, message: &[u8]) -> bool {
 
 /// Serve one SMTP connection; `submission`: a submission listener (AUTH
 /// before MAIL); `implicit_tls`: TLS from the first byte (RFC 8314).
-/// `ringmail_smtp_transactions_total`, `ringmail_delivery_seconds` and, for
-/// an acknowledged message, its recipients and size.
-fn count_transaction(
-    shard: &Shard,
-    submission: bool,
+/// What the per-transaction log event and the metrics need, taken at the
+/// end of data.
+struct TxRecord {
     end_of_data: std::time::Instant,
     size: u64,
+    /// (local, relayed) recipients.
     rcpts: (u64, u64),
+    sender: String,
+}
+
+/// One log event per SMTP transaction (stable field names: `queue_id`,
+/// `client`, `helo`, `tls`, `account`, `sender`, `recipients`, `size`,
+/// `reply`, `latency_us`) plus `ringmail_smtp_transactions_total`,
+/// `ringmail_delivery_seconds` and, for an acknowledged message, its
+/// recipients and size.
+fn count_transaction(
+    shard: &Shard,
+    session: &SmtpSession,
+    peer: SocketAddr,
+    submission: bool,
+    tx: &TxRecord,
     code: u16,
 ) {
     if code == 0 {
         return;
     }
+    let latency = tx.end_of_data.elapsed();
     let m = &shard.metrics;
     m.smtp_transaction(submission, code);
-    m.delivery_seconds
-        .observe(end_of_data.elapsed().as_secs_f64());
+    m.delivery_seconds.observe(latency.as_secs_f64());
     if code / 100 == 2 {
-        m.recipients_local.set(m.recipients_local.get() + rcpts.0);
-        m.recipients_queued.set(m.recipients_queued.get() + rcpts.1);
+        m.recipients_local
+            .set(m.recipients_local.get() + tx.rcpts.0);
+        m.recipients_queued
+            .set(m.recipients_queued.get() + tx.rcpts.1);
         m.message_bytes_received
-            .set(m.message_bytes_received.get() + size);
+            .set(m.message_bytes_received.get() + tx.size);
     }
+    tracing::info!(
+        event = "smtp_transaction",
+        queue_id = session.queue_id(),
+        client = %peer.ip(),
+        helo = session.helo().unwrap_or(""),
+        tls = session.tls().map(|t| t.version).unwrap_or(""),
+        account = session.authenticated().unwrap_or(""),
+        sender = tx.sender.as_str(),
+        recipients = tx.rcpts.0 + tx.rcpts.1,
+        size = tx.size,
+        reply = code,
+        latency_us = latency.as_micros() as u64,
+        "message {}",
+        if code / 100 == 2 { "accepted" } else { "refused" }
+    );
 }
 
 pub async fn serve(
@@ -349,9 +379,12 @@ pub async fn serve(
             }
             SmtpEvent::Deliver(mut tx) => {
                 let now = unix_now();
-                let end_of_data = std::time::Instant::now();
-                let mut size = 0;
-                let rcpts = (tx.recipients.len() as u64, tx.relay.len() as u64);
+                let mut rec = TxRecord {
+                    end_of_data: std::time::Instant::now(),
+                    size: 0,
+                    rcpts: (tx.recipients.len() as u64, tx.relay.len() as u64),
+                    sender: tx.reverse_path.clone(),
+                };
                 if spooled_serial.take() != Some(session.message_serial()) {
                     spooler.reset();
                 }
@@ -359,54 +392,30 @@ pub async fn serve(
                     Ok(b) => b,
                     Err(e) if super::spool::is_over_budget(&e) => {
                         tracing::info!(%peer, spool = shard.budget.spool_used(), "no room for the end of the message in flight; it is refused with 451");
-                        count_transaction(
-                            &shard,
-                            submission,
-                            end_of_data,
-                            size,
-                            rcpts,
-                            session.delivered(DeliveryOutcome::Busy, &mut out),
-                        );
+                        let code = session.delivered(DeliveryOutcome::Busy, &mut out);
+                        count_transaction(&shard, &session, peer, submission, &rec, code);
                         continue;
                     }
                     Err(e) => {
                         tracing::warn!(%peer, error = %e, "spooled message unreadable");
-                        count_transaction(
-                            &shard,
-                            submission,
-                            end_of_data,
-                            size,
-                            rcpts,
-                            session.delivered(DeliveryOutcome::TempFail, &mut out),
-                        );
+                        let code = session.delivered(DeliveryOutcome::TempFail, &mut out);
+                        count_transaction(&shard, &session, peer, submission, &rec, code);
                         continue;
                     }
                 };
-                size = body.len() as u64;
+                rec.size = body.len() as u64;
                 if let Some(account) = session.authenticated().map(str::to_string) {
                     if !from_header_allowed(&Ctx { shard: &shard }, &account, &body) {
                         tracing::info!(%peer, account, "From: address not owned by the authenticated account; refused with 553");
-                        count_transaction(
-                            &shard,
-                            submission,
-                            end_of_data,
-                            size,
-                            rcpts,
-                            session.delivered(DeliveryOutcome::SenderNotOwned, &mut out),
-                        );
+                        let code = session.delivered(DeliveryOutcome::SenderNotOwned, &mut out);
+                        count_transaction(&shard, &session, peer, submission, &rec, code);
                         continue;
                     }
                     let recipients = (tx.recipients.len() + tx.relay.len()) as u32;
                     if !shard.charge_sending(&account, recipients).await {
                         tracing::info!(%peer, account, recipients, "sending rate of the account reached; refused with 452");
-                        count_transaction(
-                            &shard,
-                            submission,
-                            end_of_data,
-                            size,
-                            rcpts,
-                            session.delivered(DeliveryOutcome::RateLimited, &mut out),
-                        );
+                        let code = session.delivered(DeliveryOutcome::RateLimited, &mut out);
+                        count_transaction(&shard, &session, peer, submission, &rec, code);
                         continue;
                     }
                 }
@@ -461,14 +470,8 @@ pub async fn serve(
                         DeliveryOutcome::TempFail
                     }
                 };
-                count_transaction(
-                    &shard,
-                    submission,
-                    end_of_data,
-                    size,
-                    rcpts,
-                    session.delivered(outcome, &mut out),
-                );
+                let code = session.delivered(outcome, &mut out);
+                count_transaction(&shard, &session, peer, submission, &rec, code);
                 // Reuse a small buffer for the next message; a large one goes
                 // back to the allocator (idle sessions must not hold it).
                 match left.and_then(MessageBody::into_heap) {

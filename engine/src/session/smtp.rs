@@ -596,6 +596,16 @@ impl SmtpSession {
     }
 
     /// Command lines received so far in this session.
+    /// The name the client gave in HELO/EHLO, if any.
+    pub fn helo(&self) -> Option<&str> {
+        self.helo.as_deref()
+    }
+
+    /// The id of the last transaction (Received header, 250 reply, logs).
+    pub fn queue_id(&self) -> &str {
+        &self.queue_id
+    }
+
     pub fn commands_seen(&self) -> u64 {
         self.commands_seen
     }
