@@ -62,7 +62,9 @@ fuzz_target!(|data: &[u8]| {
             match event {
                 SmtpEvent::NeedInput => break,
                 SmtpEvent::Deliver(tx) => {
-                    assert!(!tx.recipients.is_empty());
+                    // Local recipients, or (authenticated) relayed ones.
+                    assert!(!tx.recipients.is_empty() || !tx.relay.is_empty());
+                    assert!(tx.relay.is_empty() || tx.authenticated.is_some());
                     assert!(tx.body.starts_with(b"Received: "));
                     deliveries += 1;
                     let outcome = if deliveries % 3 == 0 {
