@@ -126,7 +126,15 @@ fn walk<'a>(
             }
         }
         PartKind::Message(inner) => {
+            // In a message context (the root, or an encapsulated message),
+            // a non-multipart body is part 1 (RFC 3501 6.4.5).
+            if !numbered {
+                path.push(1);
+            }
             deepest = deepest.max(walk(msg, inner, path, depth + 1, parts, false));
+            if !numbered {
+                path.pop();
+            }
         }
     }
     deepest
