@@ -30,7 +30,7 @@ for t in "${targets[@]}"; do
     echo "== fuzz $t for ${secs}s"
     if ! cargo fuzz run "${build[@]}" "$t" "$work" "fuzz/corpus/$t" -- \
         -max_total_time="$secs" -timeout=10 -rss_limit_mb=2048 -max_len=65536 \
-        -print_final_stats=1 2>&1 | grep -v '^#[0-9]'; then
+        -print_final_stats=1 2>&1 | { grep -v '^#[0-9]' || true; }; then
         failed+=("$t")
     fi
 done
