@@ -12,7 +12,10 @@ fuzz_target!(|data: &[u8]| {
         [c, rest @ ..] => ((*c as usize).max(1), rest),
         _ => return,
     };
-    for limits in [FramingLimits::NOT_AUTHENTICATED, FramingLimits::AUTHENTICATED] {
+    for limits in [
+        FramingLimits::NOT_AUTHENTICATED,
+        FramingLimits::AUTHENTICATED,
+    ] {
         let mut framer = Framer::new(limits);
         // Large APPEND literals are diverted, as the server does after login.
         framer.set_divert(64);

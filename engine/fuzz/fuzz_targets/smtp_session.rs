@@ -16,7 +16,9 @@ struct Stub;
 impl SmtpContext for Stub {
     fn recipient(&self, address: &str) -> RcptVerdict {
         match address.len() % 4 {
-            0 => RcptVerdict::Local { account: address.to_ascii_lowercase() },
+            0 => RcptVerdict::Local {
+                account: address.to_ascii_lowercase(),
+            },
             1 => RcptVerdict::UnknownUser,
             2 => RcptVerdict::NotLocal,
             _ => RcptVerdict::TempFail,
@@ -29,7 +31,9 @@ impl SmtpContext for Stub {
 }
 
 fuzz_target!(|data: &[u8]| {
-    let Some((&first, input)) = data.split_first() else { return };
+    let Some((&first, input)) = data.split_first() else {
+        return;
+    };
     let read_size = usize::from(first % 64) + 1;
     let mut session = SmtpSession::new(SmtpParams {
         hostname: "mx.fuzz.test".into(),
@@ -58,7 +62,9 @@ fuzz_target!(|data: &[u8]| {
             match event {
                 SmtpEvent::NeedInput => break,
                 SmtpEvent::Deliver(tx) => {
-                    assert!(!tx.recipients.is_empty());
+                    // Local recipients, or (authenticated) relayed ones.
+                    assert!(!tx.recipients.is_empty() || !tx.relay.is_empty());
+                    assert!(tx.relay.is_empty() || tx.authenticated.is_some());
                     assert!(tx.body.starts_with(b"Received: "));
                     deliveries += 1;
                     let outcome = if deliveries % 3 == 0 {
@@ -70,19 +76,31 @@ fuzz_target!(|data: &[u8]| {
                     session.recycle_body(tx.body);
                 }
                 SmtpEvent::Auth { user, .. } => {
-                    let r = if user == "ok" { AuthResult::Ok { account: "ok@fuzz.test".into() } } else { AuthResult::Failed };
+                    let r = if user == "ok" {
+                        AuthResult::Ok {
+                            account: "ok@fuzz.test".into(),
+                        }
+                    } else {
+                        AuthResult::Failed
+                    };
                     session.auth_result(r, &mut out);
                 }
                 SmtpEvent::StartTls => {
                     // The runtime drops what follows STARTTLS in this read.
                     session.starttls_result(StartTlsResult::Ready, &mut out);
                     buf.clear();
-                    session.tls_started(TlsInfo { version: "TLSv1.3", cipher: "TLS_AES_128_GCM_SHA256" });
+                    session.tls_started(TlsInfo {
+                        version: "TLSv1.3",
+                        cipher: "TLS_AES_128_GCM_SHA256",
+                    });
                     break;
                 }
                 SmtpEvent::Close => {
                     let before = out.len();
-                    assert!(matches!(session.advance(b"NOOP\r\n", &Stub, &mut out), (0, SmtpEvent::Close)));
+                    assert!(matches!(
+                        session.advance(b"NOOP\r\n", &Stub, &mut out),
+                        (0, SmtpEvent::Close)
+                    ));
                     assert_eq!(out.len(), before);
                     break 'reads;
                 }

@@ -377,3 +377,68 @@ fn exercise(raw: &[u8]) {
     let _ = body_contains(&msg, "x");
     let _ = text_contains(&msg, "é");
 }
+
+/// Header-like bytes: field names, folding, encoded words, address syntax.
+fn header_bytes() -> impl Strategy<Value = Vec<u8>> {
+    let piece = prop_oneof![
+        Just(&b"From: "[..]),
+        Just(&b"To:"[..]),
+        Just(&b"Subject: "[..]),
+        Just(&b"\r\n"[..]),
+        Just(&b"\n"[..]),
+        Just(&b"\r\n "[..]),
+        Just(&b"\t"[..]),
+        Just(&b"=?utf-8?B?w6k=?="[..]),
+        Just(&b"=?iso-8859-1?Q?a_b=E9?="[..]),
+        Just(&b"<a@b.test>"[..]),
+        Just(&b"\"q,\\\" n\""[..]),
+        Just(&b"g: x@y;"[..]),
+        Just(&b"(c (d))"[..]),
+        Just(&b", "[..]),
+        Just(&b"no colon"[..]),
+        Just(&b"\xc3\xa9\xff"[..]),
+    ];
+    proptest::collection::vec(piece, 0..24).prop_map(|p| p.concat())
+}
+
+proptest! {
+    // The properties the mime_message fuzz target checks, on a bounded
+    // number of header-shaped inputs in the normal suite.
+    #[test]
+    fn header_split_fields_and_selection(raw in header_bytes()) {
+        let (h, b) = crate::mime::header::split(&raw);
+        prop_assert_eq!([h, b].concat(), raw.clone());
+        let names: Vec<Vec<u8>> = fields(h).map(|f| f.name.to_ascii_lowercase()).collect();
+        for f in fields(h) {
+            let u = f.unfolded();
+            prop_assert!(!u.contains(&b'\r') && !u.contains(&b'\n'));
+            if !f.value.windows(2).any(|w| w == b"=?") {
+                prop_assert_eq!(decode_header(f.value), String::from_utf8_lossy(&u).into_owned());
+            }
+            let mut in_group = false;
+            for a in parse_address_list(&u) {
+                match a {
+                    Address::Mailbox { mailbox, host, .. } => {
+                        prop_assert!(!mailbox.is_empty() && !host.is_empty())
+                    }
+                    Address::GroupStart(_) => { prop_assert!(!in_group); in_group = true }
+                    Address::GroupEnd => { prop_assert!(in_group); in_group = false }
+                }
+            }
+            prop_assert!(!in_group);
+        }
+        for not in [false, true] {
+            let subset = crate::mime::header::select_fields(h, &["from"], not);
+            let got: Vec<Vec<u8>> = fields(&subset).map(|f| f.name.to_ascii_lowercase()).collect();
+            let want: Vec<Vec<u8>> = names.iter().filter(|n| (n.as_slice() == b"from") != not).cloned().collect();
+            prop_assert_eq!(got, want);
+        }
+    }
+
+    #[test]
+    fn encoded_word_and_base64_round_trip(text in ".{0,40}", bytes in proptest::collection::vec(any::<u8>(), 0..64)) {
+        let word = format!("=?utf-8?B?{}?=", crate::util::base64_encode(text.as_bytes()));
+        prop_assert_eq!(decode_header(word.as_bytes()), text);
+        prop_assert_eq!(base64_decode(crate::util::base64_encode(&bytes).as_bytes()), bytes);
+    }
+}

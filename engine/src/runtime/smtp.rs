@@ -70,7 +70,7 @@ impl SmtpContext for Ctx<'_> {
 
 /// The domain a message is signed for: its From: address's (the one the
 /// sender was checked against), else the reverse path's.
-fn signing_domain(message: &[u8], reverse_path: &str) -> Option<String> {
+pub fn signing_domain(message: &[u8], reverse_path: &str) -> Option<String> {
     use crate::mime::address::{parse_address_list, Address};
     let (header, _) = crate::mime::header::split(message);
     let from = crate::mime::header::field_value(header, b"From").and_then(|v| {
@@ -128,24 +128,54 @@ async fn dkim_sign(
 
 /// Whether every address in the From: field(s) of `message` may be used by
 /// `account` (RFC 5322 3.6.2; a message without From: is left alone).
-fn from_header_allowed(ctx: &Ctx<'_>, account: &str, message: &[u8]) -> bool {
+///
+/// Checked twice: as ringmail reads the header (lenient, built for IMAP
+/// ENVELOPE) and as mail-auth reads it, which is what a DMARC verifier
+/// downstream aligns with the DKIM signature. The two disagree on malformed
+/// headers (a line that is no field ends ringmail's header but not
+/// mail-auth's; `<a@x> <b@x>` is one address to ringmail and another to
+/// mail-parser), and each disagreement would let a sender put a From: the
+/// check never saw under our signature. Found by the from_header fuzz target.
+/// Public, with any context, for the fuzz target (`engine/fuzz`).
+pub fn from_header_allowed(ctx: &impl SmtpContext, account: &str, message: &[u8]) -> bool {
     use crate::mime::address::{parse_address_list, Address};
     let (header, _) = crate::mime::header::split(message);
     crate::mime::header::field_values(header, b"From").all(|value| {
-        parse_address_list(&crate::mime::header::unfold(value))
-            .iter()
-            .all(|a| match a {
-                Address::Mailbox { mailbox, host, .. } => {
-                    let address = format!(
-                        "{}@{}",
-                        String::from_utf8_lossy(mailbox),
-                        String::from_utf8_lossy(host)
-                    );
-                    ctx.may_send_as(account, &address)
-                }
-                Address::GroupStart(_) | Address::GroupEnd => true,
-            })
-    })
+        let value = crate::mime::header::unfold(value);
+        // RFC 5322 3.2.3/3.4.1: no control character belongs in an address
+        // outside obsolete syntax. The lenient ENVELOPE parser drops them,
+        // so "ali\x13ce@" would be checked as "alice@" while the recipient
+        // (and a DMARC verifier) sees another address: refuse such a field.
+        if value.iter().any(|&b| (b < 0x20 && b != b'\t') || b == 0x7f) {
+            return false;
+        }
+        parse_address_list(&value).iter().all(|a| match a {
+            Address::Mailbox { mailbox, host, .. } => {
+                let address = format!(
+                    "{}@{}",
+                    String::from_utf8_lossy(mailbox),
+                    String::from_utf8_lossy(host)
+                );
+                ctx.may_send_as(account, &address)
+            }
+            Address::GroupStart(_) | Address::GroupEnd => true,
+        })
+    }) && dmarc_from(message)
+        .iter()
+        .all(|address| ctx.may_send_as(account, address))
+}
+
+/// The From: addresses mail-auth finds in `message` (lower-cased). Only the
+/// part up to the first empty line is given to it: its header section never
+/// reaches past one, and its parser would otherwise hash the body for every
+/// DKIM-Signature field it meets, on this executor.
+fn dmarc_from(message: &[u8]) -> Vec<String> {
+    let end = [&b"\n\n"[..], b"\n\r\n"]
+        .iter()
+        .filter_map(|blank| memchr::memmem::find(message, blank))
+        .min()
+        .map_or(message.len(), |i| i + 1);
+    mail_auth::AuthenticatedMessage::parse(&message[..end]).map_or_else(Vec::new, |m| m.from)
 }
 
 /// Serve one SMTP connection; `submission`: a submission listener (AUTH
@@ -503,5 +533,47 @@ pub async fn serve(
                 return;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Owns only alice@example.test.
+    struct Alice;
+
+    impl SmtpContext for Alice {
+        fn recipient(&self, _: &str) -> RcptVerdict {
+            RcptVerdict::NotLocal
+        }
+        fn now_unix(&self) -> i64 {
+            0
+        }
+        fn may_send_as(&self, _: &str, address: &str) -> bool {
+            address.eq_ignore_ascii_case("alice@example.test")
+        }
+    }
+
+    #[test]
+    fn from_header_check_sees_what_the_recipient_sees() {
+        let ok = b"From: Alice <alice@example.test>\r\n\r\nx\r\n";
+        assert!(from_header_allowed(&Alice, "alice@example.test", ok));
+        // Found by the from_header fuzz target: the control character was
+        // dropped before the ownership check, not in the sent message.
+        let ctl = b"Subject: hi\r\nFrom: ali\x13ce@example.test\r\nHello there\r\n";
+        assert!(!from_header_allowed(&Alice, "alice@example.test", ctl));
+        let del = b"From: <alice\x7f@example.test>\r\n\r\n";
+        assert!(!from_header_allowed(&Alice, "alice@example.test", del));
+        // Found by the from_header fuzz target: a line that is no field ends
+        // ringmail's header, not mail-auth's (a DMARC verifier's).
+        let hidden = b"Subject: hi\nnot a field\nFrom: bob@example.test\n\nx\n";
+        assert!(!from_header_allowed(&Alice, "alice@example.test", hidden));
+        // Two angle addresses without a comma: ringmail reads the first only.
+        let two = b"From: <alice@example.test> <bob@example.test>\r\n\r\n";
+        assert!(!from_header_allowed(&Alice, "alice@example.test", two));
+        // Folding whitespace (tab) is no control character here.
+        let tab = b"From: Alice\r\n\t<alice@example.test>\r\n\r\n";
+        assert!(from_header_allowed(&Alice, "alice@example.test", tab));
     }
 }
