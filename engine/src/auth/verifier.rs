@@ -357,6 +357,10 @@ impl Inner {
                 })
         };
         let (spf_helo, spf_mail, dkim, arc) = futures::join!(spf_helo, spf_mail, dkim, arc);
+        let dkim = match &parsed {
+            Some(m) => body_hash_mismatch_fails(m, dkim),
+            None => dkim,
+        };
 
         // Stage 2: DMARC. The SPF identity that counts is MAIL FROM, or HELO
         // for the null reverse path (RFC 7489 section 3.1.1, RFC 7208 2.4).
@@ -393,10 +397,7 @@ impl Inner {
         // RFC 7489 section 6.6.4: the policy applies to pct percent of the
         // failing messages.
         let sampled = if dmarc_verdict == Dmarc::Fail && requested != Requested::None {
-            let pct = match timeout(limit, self.pct(&from_domain)).await {
-                Ok(p) => p,
-                Err(_) => 100,
-            };
+            let pct = timeout(limit, self.pct(&from_domain)).await.unwrap_or(100);
             pct >= 100 || rand::thread_rng().gen_range(0..100u8) < pct
         } else {
             true
@@ -487,6 +488,39 @@ impl Inner {
         }
         100
     }
+}
+
+/// RFC 6376 section 6.1.3: a body hash that does not match is a PERMFAIL
+/// of the signature, which RFC 8601 section 2.7.1 reports as `dkim=fail`;
+/// mail-auth reports it as neutral, so it is turned into a failure here
+/// (the signature stays attached for header.d/header.s).
+fn body_hash_mismatch_fails<'x>(
+    message: &'x AuthenticatedMessage<'x>,
+    outputs: Vec<DkimOutput<'x>>,
+) -> Vec<DkimOutput<'x>> {
+    use mail_auth::dkim::DkimError;
+    outputs
+        .into_iter()
+        .map(|o| match (o.result(), o.signature()) {
+            (
+                DkimResult::Neutral(mail_auth::Error::Dkim(DkimError::FailedBodyHashMatch)),
+                Some(sig),
+            ) => {
+                match message
+                    .dkim_headers
+                    .iter()
+                    .find(|h| std::ptr::eq(&h.header, sig))
+                {
+                    Some(h) => {
+                        DkimOutput::fail(mail_auth::Error::Dkim(DkimError::FailedBodyHashMatch))
+                            .with_signature(&h.header)
+                    }
+                    None => o,
+                }
+            }
+            _ => o,
+        })
+        .collect()
 }
 
 fn spf_verdict(r: SpfResult) -> Spf {

@@ -444,8 +444,10 @@ pub(crate) fn build_resolver_cached(
     opts.attempts = config.attempts.max(1);
     // Our own cache sits in front; see the module documentation.
     opts.cache_size = cache_size as u64;
-    opts.positive_max_ttl = Some(config.positive_ttl_max);
-    opts.negative_max_ttl = Some(config.negative_ttl_max);
+    if cache_size > 0 {
+        opts.positive_max_ttl = Some(config.positive_ttl_max);
+        opts.negative_max_ttl = Some(config.negative_ttl_max);
+    }
     opts.use_hosts_file = ResolveHosts::Never;
     // TTL caps are applied by our cache (hickory rounds them to seconds).
     opts.max_active_requests = opts.max_active_requests.max(config.max_concurrent_queries);
