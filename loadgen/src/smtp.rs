@@ -536,13 +536,11 @@ pub async fn run(cfg: SmtpCfg, accounts: Arc<Accounts>, env: Env, live: Arc<Live
             cfg.connections as usize,
         )
     });
-    let fixed = match &o.message_file {
-        // Checked readable when the options were validated.
-        Some(path) => {
-            Some(std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display())))
-        }
-        None => None,
-    };
+    // Checked readable when the options were validated.
+    let fixed = o
+        .message_file
+        .as_ref()
+        .map(|path| std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display())));
     let sh = Arc::new(Shared {
         target: cfg.target.clone(),
         opts: o.clone(),
