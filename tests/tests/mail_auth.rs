@@ -421,6 +421,25 @@ fn forged_results_removed_and_bad_input_bounded() {
         0,
         "lookups past the limit"
     );
+
+    // Malformed signatures alone: a clear result, the message accepted.
+    let bad = "DKIM-Signature: v=1; a=rsa-sha999; d=; s=\r\n\t=;=;;\r\n\
+               DKIM-Signature: \x7f\r\n";
+    send(
+        b.smtp,
+        "client.test",
+        None,
+        "x@none.test",
+        "bob@b.test",
+        &message("x@none.test", "malformed", bad),
+    )
+    .expect(250, None);
+    let stored = wait_for("malformed", || {
+        let all = pop3_all(b.pop3);
+        (all.len() == 4).then(|| all[3].clone())
+    });
+    let ar = &results(&stored)[0];
+    assert!(ar.contains("dkim=") && !ar.contains("dkim=pass"), "{ar}");
 }
 
 /// A DNS timeout: SPF temperror defers with 451 4.7.24 by default and is

@@ -583,6 +583,16 @@ mod tests {
         let p = prepare(&arc, 10);
         assert!(p.arc_too_long);
         assert_eq!(&p.bytes[..], b"X: y\r\n\r\n");
+        let mut huge = b"DKIM-Signature: v=1\r\n".to_vec();
+        while huge.len() <= limits::AUTH_HEADER_MAX {
+            huge.extend_from_slice(b"X-Filler: 0123456789012345678901234567890123456789\r\n");
+        }
+        huge.extend_from_slice(b"\r\nbody\r\n");
+        let p = prepare(&huge, 10);
+        assert!(p.header_too_large);
+        let long_sig = format!("DKIM-Signature: v=1; h={}\r\n\r\n", "from:".repeat(1000));
+        let p = prepare(long_sig.as_bytes(), 10);
+        assert_eq!((p.skipped, &p.bytes[..]), (1, &b"\r\n"[..]));
         let small = b"From: a@b\r\n\r\n";
         assert!(matches!(
             prepare(small, 10).bytes,
