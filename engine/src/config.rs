@@ -60,6 +60,8 @@ pub struct Config {
     pub tls: Tls,
     pub auth_throttle: AuthThrottle,
     pub senders: Senders,
+    /// Inbound mail authentication: SPF, DKIM, DMARC, ARC (`auth/`).
+    pub mail_auth: MailAuth,
     /// Accounts created at start-up when missing (the default configuration's
     /// demo accounts live here). Passwords are hashed before they are stored.
     pub demo_accounts: Vec<DemoAccount>,
@@ -237,6 +239,97 @@ impl Default for Relay {
             mta_sts: true,
             mta_sts_port: 443,
         }
+    }
+}
+
+/// Inbound mail authentication of mail from the Internet: SPF (RFC 7208),
+/// DKIM (RFC 6376, RFC 8463), DMARC (RFC 7489), ARC (RFC 8617), recorded in
+/// an Authentication-Results field (RFC 8601), and what to do with failures.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MailAuth {
+    /// Verify mail from clients that did not authenticate and are neither in
+    /// `relay.relay_networks` nor in `trusted_networks`.
+    pub verify: bool,
+    /// Clients whose mail is not verified (local submitters, content filters).
+    pub trusted_networks: Vec<Cidr>,
+    /// A message failing DMARC whose domain publishes p=reject is refused at
+    /// the end of data with 550 5.7.1 (RFC 7489 section 6.6.3). false: it is
+    /// handled as p=quarantine.
+    pub dmarc_reject: bool,
+    /// A message failing DMARC under p=quarantine.
+    pub dmarc_quarantine: Quarantine,
+    /// An SPF `fail` of the MAIL FROM (or HELO) domain when the From: domain
+    /// has no DMARC policy.
+    pub spf_fail: SpfFail,
+    /// An SPF `temperror` (DNS trouble) when DMARC does not pass: "defer"
+    /// answers 451 4.7.24 so the sender retries (RFC 7208 section 8.6, RFC
+    /// 7372 section 3.2); "accept" stores the message with the temperror
+    /// recorded. Other DNS failures never defer.
+    pub spf_temperror: SpfTempError,
+    /// DKIM signatures verified per message (the topmost ones).
+    pub dkim_signatures_max: usize,
+    /// Time for the whole verification of one message.
+    pub timeout_secs: u64,
+    /// Entries of each of the verifier's DNS caches.
+    pub cache_max_entries: usize,
+}
+
+/// What happens to a message that fails DMARC under p=quarantine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Quarantine {
+    /// Delivered into the account's \Junk folder (RFC 6154).
+    Junk,
+    /// Delivered into the INBOX; only the Authentication-Results field says so.
+    Tag,
+}
+
+/// What happens to a message whose SPF result is `fail` and whose From:
+/// domain has no DMARC policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SpfFail {
+    /// Stored; the Authentication-Results field says spf=fail.
+    Tag,
+    /// Refused with 550 5.7.23 (RFC 7372 section 3.2).
+    Reject,
+}
+
+/// What happens when SPF could not be evaluated for a DNS failure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SpfTempError {
+    /// 451 4.7.24: the sender tries again later.
+    Defer,
+    /// Stored with spf=temperror recorded.
+    Accept,
+}
+
+impl Default for MailAuth {
+    fn default() -> Self {
+        MailAuth {
+            verify: true,
+            trusted_networks: vec![
+                "127.0.0.0/8".parse().expect("valid network"),
+                "::1".parse().expect("valid network"),
+            ],
+            dmarc_reject: true,
+            dmarc_quarantine: Quarantine::Junk,
+            spf_fail: SpfFail::Tag,
+            spf_temperror: SpfTempError::Defer,
+            dkim_signatures_max: limits::DKIM_SIGNATURES_MAX,
+            timeout_secs: limits::AUTH_VERIFY_TIMEOUT.as_secs(),
+            cache_max_entries: limits::AUTH_CACHE_ENTRIES,
+        }
+    }
+}
+
+impl MailAuth {
+    /// Whether mail from `ip` (a client that did not authenticate and is not
+    /// in relay_networks) is verified.
+    pub fn verifies(&self, ip: IpAddr) -> bool {
+        self.verify && !self.trusted_networks.iter().any(|n| n.contains(ip))
     }
 }
 
@@ -519,6 +612,7 @@ impl Default for Config {
             tls: Tls::default(),
             auth_throttle: AuthThrottle::default(),
             senders: Senders::default(),
+            mail_auth: MailAuth::default(),
             demo_accounts: DEMO_ACCOUNTS
                 .iter()
                 .map(|(a, p)| DemoAccount {
@@ -662,6 +756,12 @@ impl Config {
         }
         if self.cores > 256 {
             return Err("cores must be at most 256".into());
+        }
+        if self.mail_auth.timeout_secs == 0 || self.mail_auth.timeout_secs > 300 {
+            return Err("mail_auth.timeout_secs must be between 1 and 300".into());
+        }
+        if self.mail_auth.dkim_signatures_max > 100 {
+            return Err("mail_auth.dkim_signatures_max must be at most 100".into());
         }
         if self.relay.connections_per_domain == 0 || self.relay.messages_per_connection == 0 {
             return Err(
@@ -989,6 +1089,35 @@ mta_sts_port = 443
 # Per destination domain, a policy other than tls_default, e.g.
 # "example.org" = "require-verified"
 [relay.tls]
+
+[mail_auth]
+# Mail from the Internet (SMTP clients that did not authenticate, outside
+# relay_networks and trusted_networks) is checked before the 250: SPF for the
+# MAIL FROM and HELO domains, every DKIM signature, DMARC for the From:
+# domain, the ARC chain. The results go into one Authentication-Results field
+# naming `hostname`; such fields the message brought for our hostname are
+# removed as forgeries.
+verify = true
+# Clients whose mail is not checked (local scripts, content filters).
+trusted_networks = ["127.0.0.0/8", "::1"]
+# DMARC failure under p=reject: refuse with 550 5.7.1 (false: as quarantine).
+dmarc_reject = true
+# DMARC failure under p=quarantine: "junk" delivers into the Junk folder,
+# "tag" into the INBOX (the Authentication-Results field says dmarc=fail).
+dmarc_quarantine = "junk"
+# SPF fail when the From: domain publishes no DMARC policy: "tag" or "reject"
+# (550 5.7.23).
+spf_fail = "tag"
+# SPF could not be checked for DNS trouble and DMARC does not pass: "defer"
+# (451 4.7.24, the sender retries) or "accept" (spf=temperror recorded).
+# Other DNS trouble (DKIM keys, DMARC records) is recorded, never deferred.
+spf_temperror = "defer"
+# DKIM signatures checked per message (the topmost); the rest are ignored.
+dkim_signatures_max = 10
+# Time for all DNS lookups of one message's checks, in seconds.
+timeout_secs = 20
+# Entries of each DNS cache of the verifier.
+cache_max_entries = 16384
 "#;
 
 fn line_column(text: &str, offset: usize) -> (usize, usize) {

@@ -13,6 +13,7 @@
 #![forbid(unsafe_op_in_unsafe_fn)]
 
 pub mod accounts;
+pub mod auth;
 pub mod config;
 pub mod dkim;
 pub mod limits;

@@ -88,13 +88,45 @@ pub const RECORD_OVERHEAD_MAX: usize = 4096;
 /// Trace headers (Return-Path, Received) prepended to a message, at most.
 pub const TRACE_HEADERS_MAX: usize = 2048;
 
+/// Inbound mail authentication (`auth/`): DKIM signatures verified per
+/// message. A message may carry any number of DKIM-Signature fields (RFC
+/// 6376 section 4 lets a verifier ignore some); each costs a key lookup, a
+/// body hash when its `l=` differs and a public-key operation, so only the
+/// first (topmost, newest) ones are verified and the rest are reported as
+/// not checked.
+pub const DKIM_SIGNATURES_MAX: usize = 10;
+/// A DKIM-Signature or ARC field longer than this is not verified (it
+/// could not be honest: a typical one is under 1 KiB). It bounds the `h=`
+/// list, whose every name the verifier looks up among the header fields.
+pub const AUTH_SIGNATURE_FIELD_MAX: usize = 4096;
+/// A header section larger than this is not DKIM/ARC-verified (dkim and arc
+/// are `permerror`); SPF and DMARC are still evaluated.
+pub const AUTH_HEADER_MAX: usize = 1024 * 1024;
+/// RFC 8617 section 4.2.1: ARC instance numbers run from 1 to 50; a message
+/// with more ARC sets fails ARC without being verified.
+pub const ARC_SETS_MAX: usize = 50;
+/// The whole verification of one message (every DNS lookup of SPF, DKIM,
+/// DMARC and ARC) ends after this; what is unfinished is a `temperror`.
+/// RFC 7208 section 4.6.4 caps SPF at 10 DNS-querying terms and suggests a
+/// 20-second limit for the whole check.
+pub const AUTH_VERIFY_TIMEOUT: Duration = Duration::from_secs(20);
+/// Verifications in flight on the DNS thread at once; more wait their turn.
+pub const AUTH_VERIFICATIONS_MAX: usize = 1024;
+/// Entries of each of the verifier's parsed-record caches (TXT, MX, A,
+/// AAAA, PTR) and of its resolver's record cache.
+pub const AUTH_CACHE_ENTRIES: usize = 16_384;
+/// The Authentication-Results field ringmail prepends, at most; results
+/// beyond it are left out of the field (never the DMARC or SPF ones).
+pub const AUTH_RESULTS_MAX: usize = 4096;
+
 /// Virtual buckets accounts are hashed into. Fixed when the data directory is
 /// created and stored there: bucket -> shard is `bucket % cores`, so the
 /// layout survives a restart with a different number of cores.
 pub const BUCKETS_DEFAULT: u32 = 256;
 
 const _: () = assert!(
-    (MESSAGE_SIZE_MAX + RECORD_OVERHEAD_MAX + TRACE_HEADERS_MAX) as u64 <= SEGMENT_SIZE,
+    (MESSAGE_SIZE_MAX + RECORD_OVERHEAD_MAX + TRACE_HEADERS_MAX + AUTH_RESULTS_MAX) as u64
+        <= SEGMENT_SIZE,
     "a maximal message must fit in one segment"
 );
 const _: () = assert!(POP3_COMMAND_LINE_MAX < SMTP_COMMAND_LINE_MAX);

@@ -153,6 +153,11 @@ pub struct SmtpOpts {
     /// Envelope and header sender.
     #[arg(long, default_value = "sender@example.test")]
     pub from: String,
+    /// Send this file (an RFC 5322 message with CRLF line ends, e.g. one
+    /// DKIM-signed for a verification benchmark) as every message instead
+    /// of generated ones; --size is ignored. Not with --verify.
+    #[arg(long, value_name = "FILE", conflicts_with = "verify")]
+    pub message_file: Option<std::path::PathBuf>,
     /// Name sent in EHLO.
     #[arg(long, default_value = "loadgen.example.test")]
     pub helo: String,

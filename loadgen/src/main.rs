@@ -129,6 +129,9 @@ fn check_smtp_opts(o: &cli::SmtpOpts, connections: u32) -> Result<(), String> {
     if o.verify && o.verify_pop3.is_none() && o.verify_imap.is_none() {
         return Err("--verify needs --verify-pop3 ADDR or --verify-imap ADDR".into());
     }
+    if let Some(p) = &o.message_file {
+        std::fs::File::open(p).map_err(|e| format!("--message-file {}: {e}", p.display()))?;
+    }
     Ok(())
 }
 
@@ -338,6 +341,7 @@ async fn cmd_mixed(a: cli::MixedArgs, env: Env) -> Result<ExitCode, String> {
         recipients_per_message: a.recipients_per_message,
         recipient_order: cli::RcptOrder::RoundRobin,
         from: a.from.clone(),
+        message_file: None,
         helo: "loadgen.example.test".into(),
         no_pipelining: a.no_pipelining,
         bdat: false,

@@ -48,6 +48,8 @@ struct Shared {
     pacer: Option<Pacer>,
     live: Arc<Live>,
     filler: Filler,
+    /// `--message-file`: the fixed message sent every time.
+    fixed: Option<Vec<u8>>,
     date: String,
     measure_from: Instant,
     hists: SharedHists,
@@ -453,7 +455,13 @@ async fn worker(sh: Arc<Shared>) -> (Stats, Vec<(u64, u32, u64, u64)>, Option<St
             date: &sh.date,
             size: sh.opts.size.size_for(sh.env.seed, i),
         };
-        build_message(&spec, &sh.filler, &mut msg);
+        match &sh.fixed {
+            Some(m) => {
+                msg.clear();
+                msg.extend_from_slice(m);
+            }
+            None => build_message(&spec, &sh.filler, &mut msg),
+        }
         let res = sess
             .send(&sh, &mut st, &rcpts, &msg, &mut cmd, &mut wire)
             .await;
@@ -528,6 +536,11 @@ pub async fn run(cfg: SmtpCfg, accounts: Arc<Accounts>, env: Env, live: Arc<Live
             cfg.connections as usize,
         )
     });
+    // Checked readable when the options were validated.
+    let fixed = o
+        .message_file
+        .as_ref()
+        .map(|path| std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display())));
     let sh = Arc::new(Shared {
         target: cfg.target.clone(),
         opts: o.clone(),
@@ -540,6 +553,7 @@ pub async fn run(cfg: SmtpCfg, accounts: Arc<Accounts>, env: Env, live: Arc<Live
         pacer,
         live,
         filler: Filler::new(o.size.max()),
+        fixed,
         date: crate::msggen::rfc5322_date(std::time::SystemTime::now()),
         measure_from,
         hists: SharedHists::default(),

@@ -204,6 +204,10 @@ struct Request {
 struct Handle {
     tx: tokio::sync::mpsc::UnboundedSender<Request>,
     counters: Arc<Counters>,
+    /// The side thread's runtime, for other DNS work that shares the thread
+    /// (inbound mail authentication, `auth::Verifier`).
+    runtime: tokio::runtime::Handle,
+    config: DnsConfig,
 }
 
 /// Handle to the resolver thread. Cheap to clone; `Send + Sync`, so one can be
@@ -233,6 +237,7 @@ impl DnsResolver {
         let counters = Arc::new(Counters::default());
         let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel(1);
         let thread_counters = counters.clone();
+        let kept = config.clone();
         std::thread::Builder::new()
             .name("ringmail-dns".into())
             .spawn(move || {
@@ -254,13 +259,18 @@ impl DnsResolver {
                             return;
                         }
                     };
-                    let _ = ready_tx.send(Ok(()));
+                    let _ = ready_tx.send(Ok(tokio::runtime::Handle::current()));
                     serve(resolver, config, rx, thread_counters).await;
                 });
             })?;
         match ready_rx.recv() {
-            Ok(Ok(())) => Ok(DnsResolver {
-                inner: Arc::new(Handle { tx, counters }),
+            Ok(Ok(runtime)) => Ok(DnsResolver {
+                inner: Arc::new(Handle {
+                    tx,
+                    counters,
+                    runtime,
+                    config: kept,
+                }),
             }),
             Ok(Err(e)) => Err(e),
             Err(_) => Err(DnsStartError::Config(
@@ -317,6 +327,17 @@ impl DnsResolver {
             .zip(results)
             .map(|(d, r)| (d, r.expect("every slot filled")))
             .collect()
+    }
+
+    /// The side thread's tokio runtime: tasks spawned on it run on the DNS
+    /// thread (while the thread lives; see [`DnsResolver`]).
+    pub fn runtime(&self) -> &tokio::runtime::Handle {
+        &self.inner.runtime
+    }
+
+    /// The configuration the thread was started with.
+    pub fn config(&self) -> &DnsConfig {
+        &self.inner.config
     }
 
     /// Counters since start.
@@ -388,6 +409,17 @@ fn classify(domain: &str) -> Classified {
 }
 
 pub(crate) fn build_resolver(config: &DnsConfig) -> Result<TokioResolver, DnsStartError> {
+    build_resolver_cached(config, 0)
+}
+
+/// A resolver with the settings of `config` (nameservers, timeout,
+/// attempts) and hickory's own record cache of `cache_size` entries (0: none;
+/// it keeps answers for their TTL, negative ones for the SOA minimum).
+/// Call it within the side thread's runtime ([`DnsResolver::runtime`]).
+pub(crate) fn build_resolver_cached(
+    config: &DnsConfig,
+    cache_size: usize,
+) -> Result<TokioResolver, DnsStartError> {
     let provider = TokioRuntimeProvider::default();
     let mut builder = if config.nameservers.is_empty() {
         TokioResolver::builder(provider).map_err(|e| DnsStartError::Config(e.to_string()))?
@@ -411,7 +443,11 @@ pub(crate) fn build_resolver(config: &DnsConfig) -> Result<TokioResolver, DnsSta
     opts.timeout = config.timeout;
     opts.attempts = config.attempts.max(1);
     // Our own cache sits in front; see the module documentation.
-    opts.cache_size = 0;
+    opts.cache_size = cache_size as u64;
+    if cache_size > 0 {
+        opts.positive_max_ttl = Some(config.positive_ttl_max);
+        opts.negative_max_ttl = Some(config.negative_ttl_max);
+    }
     opts.use_hosts_file = ResolveHosts::Never;
     // TTL caps are applied by our cache (hickory rounds them to seconds).
     opts.max_active_requests = opts.max_active_requests.max(config.max_concurrent_queries);

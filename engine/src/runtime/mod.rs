@@ -184,6 +184,23 @@ pub fn serve(mut config: Config) -> Result<(), ServeError> {
     if !dkim.is_empty() {
         tracing::info!(keys = dkim.count(), "DKIM signing keys loaded");
     }
+    // Inbound mail authentication shares the DNS thread.
+    let verifier = match (&relay.dns, config.mail_auth.verify) {
+        (Some(dns), true) => {
+            match crate::auth::Verifier::start(dns, &config.mail_auth, &config.hostname) {
+                Ok(v) => Some(v),
+                Err(e) => {
+                    tracing::error!(error = %e, "mail authentication not started: inbound mail is stored unverified");
+                    None
+                }
+            }
+        }
+        (None, true) => {
+            tracing::error!("no DNS thread: inbound mail is stored unverified");
+            None
+        }
+        _ => None,
+    };
     let shared = Arc::new(Shared {
         config,
         cores,
@@ -209,6 +226,7 @@ pub fn serve(mut config: Config) -> Result<(), ServeError> {
         dkim: Arc::new(dkim),
         published: Arc::new(crate::metrics::Published::new(cores)),
         serving: Default::default(),
+        verifier,
     });
     http::start(http_listeners, shared.clone(), started)
         .map_err(|e| ServeError::Executors(format!("HTTP listener: {e}")))?;

@@ -22,7 +22,7 @@ use glommio::net::TcpListener;
 use crate::accounts::{self, Directory};
 use crate::config::Config;
 use crate::session::pop3::Pop3Session;
-use crate::storage::{self, Meta, SegmentUsage, StorageError, Store, StoreConfig};
+use crate::storage::{self, Folder, Meta, SegmentUsage, StorageError, Store, StoreConfig};
 
 use super::limiter::{Limiter, Permit};
 use super::spool::{Budget, MessageBody};
@@ -62,6 +62,9 @@ pub struct Shared {
     pub published: Arc<crate::metrics::Published>,
     /// Every shard is serving (set after the ready line; `/healthz`).
     pub serving: AtomicBool,
+    /// Inbound mail authentication on the DNS thread (`auth/`); `None` when
+    /// `[mail_auth] verify` is off or the DNS thread did not start.
+    pub verifier: Option<crate::auth::Verifier>,
 }
 
 /// Messages between shards.
@@ -134,6 +137,7 @@ pub enum Login {
 /// One message for some accounts of another shard.
 pub struct Delivery {
     accounts: Vec<String>,
+    folder: Folder,
     prefix: Arc<Vec<u8>>,
     body: Arc<MessageBody>,
     internal_date: i64,
@@ -410,6 +414,19 @@ impl Shard {
         body: MessageBody,
         now: i64,
     ) -> (Result<(), StorageError>, Option<MessageBody>) {
+        self.deliver_to(accounts, Folder::Inbox, prefix, body, now)
+            .await
+    }
+
+    /// [`Shard::deliver`] into `folder` of every account (`Store::deliver_to`).
+    pub async fn deliver_to(
+        &self,
+        accounts: &[String],
+        folder: Folder,
+        prefix: Vec<u8>,
+        body: MessageBody,
+        now: i64,
+    ) -> (Result<(), StorageError>, Option<MessageBody>) {
         let mut by_shard: Vec<Vec<String>> = vec![Vec::new(); self.shared.cores];
         for a in accounts {
             let s = self.owner_of(a);
@@ -428,7 +445,10 @@ impl Shard {
                 let store = self.store.clone();
                 let (p, b) = (prefix.clone(), body.clone());
                 futs.push(Box::pin(async move {
-                    store.deliver(&accs, &p, &b, now).await.map(|_| ())
+                    store
+                        .deliver_to(&accs, folder, &p, &b, now)
+                        .await
+                        .map(|_| ())
                 }));
             } else {
                 // Batch per owner shard: every session of this executor turn
@@ -439,6 +459,7 @@ impl Shard {
                 let (tx, rx) = oneshot::channel();
                 self.outbox.borrow_mut()[s].push(Delivery {
                     accounts: accs,
+                    folder,
                     prefix: prefix.clone(),
                     body: body.clone(),
                     internal_date: now,
@@ -473,7 +494,7 @@ impl Shard {
                     let store = self.store.clone();
                     glommio::spawn_local(async move {
                         let r = store
-                            .deliver(&d.accounts, &d.prefix, &d.body, d.internal_date)
+                            .deliver_to(&d.accounts, d.folder, &d.prefix, &d.body, d.internal_date)
                             .await
                             .map(|_| ());
                         let _ = d.reply.send(r);

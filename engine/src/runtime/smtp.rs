@@ -3,14 +3,17 @@
 //! writes its replies (once per batch of pipelined commands).
 use std::net::SocketAddr;
 use std::rc::Rc;
+use std::sync::Arc;
 
 use glommio::net::TcpStream;
 
 use crate::accounts::Lookup;
+use crate::auth::policy::{self, Decision, Refusal as AuthRefusal};
 use crate::session::smtp::{
     AuthResult, DeliveryOutcome, RcptVerdict, SmtpContext, SmtpEvent, SmtpParams, SmtpSession,
     StartTlsResult,
 };
+use crate::storage::Folder;
 
 use super::limiter::{Permit, Refusal};
 use super::shard::{unix_now, ConnCount, Login, Shard};
@@ -124,6 +127,57 @@ async fn dkim_sign(
         })
         .await;
     (body, signed)
+}
+
+/// Verify a message from the Internet on the DNS thread. The body travels
+/// in an `Arc` and comes back (the DNS thread drops its reference before it
+/// answers; should it not have, the bytes are copied). `None`: the DNS
+/// thread is gone, the message is stored unverified.
+async fn authenticate(
+    verifier: &crate::auth::Verifier,
+    body: MessageBody,
+    peer: SocketAddr,
+    helo: String,
+    reverse_path: &str,
+) -> (MessageBody, Option<crate::auth::Outcome>) {
+    // The session's own Received: field is not part of what was received.
+    let skip = crate::auth::header::first_field_len(&body);
+    let shared = Arc::new(body);
+    let outcome = verifier
+        .verify(
+            shared.clone(),
+            skip,
+            crate::auth::Envelope {
+                ip: peer.ip().to_canonical(),
+                helo,
+                mail_from: reverse_path.to_string(),
+            },
+        )
+        .await;
+    let body = Arc::try_unwrap(shared).unwrap_or_else(|a| MessageBody::Heap(a.to_vec()));
+    (body, outcome)
+}
+
+/// Remove the Authentication-Results fields that claim our authserv-id
+/// (RFC 8601 section 5): in place for a body in RAM, into a new buffer for
+/// a spooled one (only when there is one to remove).
+fn strip_forged_results(body: MessageBody, hostname: &str) -> MessageBody {
+    use crate::auth::header::{forged_results, remove_ranges, without_ranges};
+    let forged = forged_results(&body, hostname);
+    if forged.is_empty() {
+        return body;
+    }
+    tracing::info!(
+        fields = forged.len(),
+        "removed Authentication-Results fields forged for our host name"
+    );
+    match body {
+        MessageBody::Heap(mut v) => {
+            remove_ranges(&mut v, &forged);
+            MessageBody::Heap(v)
+        }
+        MessageBody::Mapped(m) => MessageBody::Heap(without_ranges(&m, &forged)),
+    }
 }
 
 /// Whether every address in the From: field(s) of `message` may be used by
@@ -449,6 +503,48 @@ pub async fn serve(
                         continue;
                     }
                 }
+                // Mail from the Internet: SPF, DKIM, DMARC, ARC on the DNS
+                // thread, then the policy; forged Authentication-Results for
+                // our authserv-id go (RFC 8601 section 5).
+                let mut folder = Folder::Inbox;
+                let mut results_field = None;
+                if session.authenticated().is_none()
+                    && !relay_client
+                    && config.mail_auth.verifies(peer.ip())
+                {
+                    if let Some(verifier) = &shard.shared.verifier {
+                        let helo = session.helo().unwrap_or_default().to_string();
+                        let (b, outcome) =
+                            authenticate(verifier, body, peer, helo, &tx.reverse_path).await;
+                        body = b;
+                        if let Some(outcome) = outcome {
+                            let decision = policy::decide(&config.mail_auth, &outcome.facts);
+                            tracing::debug!(%peer, ?decision, facts = ?outcome.facts, domain = outcome.from_domain, "mail authentication");
+                            let refused = match decision {
+                                Decision::Inbox => None,
+                                Decision::Junk => {
+                                    folder = Folder::Junk;
+                                    None
+                                }
+                                Decision::Reject(AuthRefusal::DmarcReject) => {
+                                    Some(DeliveryOutcome::DmarcRejected)
+                                }
+                                Decision::Reject(AuthRefusal::SpfFail) => {
+                                    Some(DeliveryOutcome::SpfRejected)
+                                }
+                                Decision::Defer => Some(DeliveryOutcome::SpfDeferred),
+                            };
+                            if let Some(refused) = refused {
+                                tracing::info!(%peer, ?decision, domain = outcome.from_domain, "message refused by mail authentication policy");
+                                let code = session.delivered(refused, &mut out);
+                                count_transaction(&shard, &session, peer, submission, &rec, code);
+                                continue;
+                            }
+                            results_field = Some(outcome.header);
+                        }
+                    }
+                    body = strip_forged_results(body, &config.hostname);
+                }
                 // Relayed recipients first, into this shard's queue; then the
                 // local ones. Both must be durable before the 250.
                 let mut result = Ok(());
@@ -487,7 +583,13 @@ pub async fn serve(
                     prefix.extend_from_slice(b"Return-Path: <");
                     prefix.extend_from_slice(tx.reverse_path.as_bytes());
                     prefix.extend_from_slice(b">\r\n");
-                    let (r, b) = shard.deliver(&accounts, prefix, body, now).await;
+                    // RFC 8601 section 5: our results go above the fields
+                    // already present (after Return-Path, which is added at
+                    // final delivery).
+                    if let Some(field) = &results_field {
+                        prefix.extend_from_slice(field.as_bytes());
+                    }
+                    let (r, b) = shard.deliver_to(&accounts, folder, prefix, body, now).await;
                     result = r;
                     left = b;
                 } else {

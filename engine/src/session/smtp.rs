@@ -190,6 +190,12 @@ pub enum DeliveryOutcome {
     /// `452 4.7.0`: the account sent its messages or recipients for this
     /// hour.
     RateLimited,
+    /// `550 5.7.1`: the message fails DMARC under p=reject (`auth`).
+    DmarcRejected,
+    /// `550 5.7.23`: SPF fail without DMARC, refused by configuration.
+    SpfRejected,
+    /// `451 4.7.24`: SPF temperror (DNS), deferred by configuration.
+    SpfDeferred,
 }
 
 /// The runtime's answer to [`SmtpEvent::Auth`].
@@ -560,6 +566,9 @@ impl SmtpSession {
             DeliveryOutcome::Busy => replies::BUSY_TEMPFAIL,
             DeliveryOutcome::SenderNotOwned => replies::FROM_NOT_OWNED,
             DeliveryOutcome::RateLimited => replies::SEND_RATE_LIMITED,
+            DeliveryOutcome::DmarcRejected => replies::DMARC_REJECT,
+            DeliveryOutcome::SpfRejected => replies::SPF_REJECT,
+            DeliveryOutcome::SpfDeferred => replies::SPF_TEMPFAIL,
         };
         r.write(out);
         self.phase = Phase::Command;
@@ -595,19 +604,19 @@ impl SmtpSession {
         }
     }
 
-    /// Command lines received so far in this session.
-    /// The name the client gave in HELO/EHLO, if any.
-    pub fn helo(&self) -> Option<&str> {
-        self.helo.as_deref()
-    }
-
     /// The id of the last transaction (Received header, 250 reply, logs).
     pub fn queue_id(&self) -> &str {
         &self.queue_id
     }
 
+    /// Command lines received so far in this session.
     pub fn commands_seen(&self) -> u64 {
         self.commands_seen
+    }
+
+    /// The HELO/EHLO argument of the session (SPF's HELO identity).
+    pub fn helo(&self) -> Option<&str> {
+        self.helo.as_deref()
     }
 
     /// The account the client authenticated as.
@@ -1742,6 +1751,40 @@ mod tests {
                  452 4.3.1 Insufficient system storage\r\n{OK}"
             )
         );
+    }
+
+    /// The mail authentication outcomes (auth::policy) map to their replies,
+    /// and the session goes on with the next transaction.
+    #[test]
+    fn delivery_auth_outcomes() {
+        let client = "EHLO client.test\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<bob@example.test>\r\n\
+                      DATA\r\nx\r\n.\r\nNOOP\r\n";
+        for (outcome, reply) in [
+            (
+                DeliveryOutcome::DmarcRejected,
+                "550 5.7.1 Message rejected: it fails the DMARC policy of its From: domain\r\n",
+            ),
+            (
+                DeliveryOutcome::SpfRejected,
+                "550 5.7.23 Message rejected: SPF does not permit your address to send for this domain\r\n",
+            ),
+            (
+                DeliveryOutcome::SpfDeferred,
+                "451 4.7.24 SPF check failed temporarily (DNS), try again later\r\n",
+            ),
+        ] {
+            let r = drive(params(), &[client.as_bytes()], outcome);
+            assert_eq!(
+                r.out,
+                format!("{GREETING}{EHLO}{MAIL_OK}{RCPT_OK}{GO_AHEAD}{reply}{OK}")
+            );
+        }
+        let mut s = SmtpSession::new(params());
+        let mut out = Vec::new();
+        s.greeting(&mut out);
+        assert_eq!(s.helo(), None);
+        let _ = s.advance(b"EHLO relay.example.org\r\n", &Stub, &mut out);
+        assert_eq!(s.helo(), Some("relay.example.org"));
     }
 
     #[test]

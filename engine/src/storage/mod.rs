@@ -201,6 +201,16 @@ impl Meta {
     }
 }
 
+/// Which mailbox of an account a delivery goes into.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Folder {
+    #[default]
+    Inbox,
+    /// The mailbox with the \Junk special use (mail that failed DMARC under
+    /// p=quarantine).
+    Junk,
+}
+
 #[derive(Debug, Clone)]
 pub struct StoreConfig {
     pub data_dir: PathBuf,
@@ -603,6 +613,22 @@ impl Store {
         body: &[u8],
         internal_date: i64,
     ) -> Result<Vec<u32>> {
+        self.deliver_to(accounts, Folder::Inbox, prefix, body, internal_date)
+            .await
+    }
+
+    /// [`Store::deliver`] into `folder` of each account: for
+    /// [`Folder::Junk`], the account's first mailbox with the \Junk
+    /// special use (RFC 6154), or its INBOX when it has none (deleted by the
+    /// user). The same Message record and group commit as INBOX delivery.
+    pub async fn deliver_to(
+        &self,
+        accounts: &[String],
+        folder: Folder,
+        prefix: &[u8],
+        body: &[u8],
+        internal_date: i64,
+    ) -> Result<Vec<u32>> {
         let size = prefix.len() + body.len();
         if size + crate::limits::RECORD_OVERHEAD_MAX
             > self.cfg.segment_size - segment::SEGMENT_HEADER_LEN
@@ -624,15 +650,22 @@ impl Store {
                     .await?;
             }
             let mut creation = Vec::new();
-            let (uid, modseq) = self.with_account_mut(account, internal_date, &mut creation, |a| {
-                let inbox = a
-                    .mailbox_mut(index::INBOX)
-                    .expect("every account has an INBOX");
-                let uid = inbox.uidnext;
-                inbox.uidnext += 1;
-                inbox.highest_modseq += 1;
-                (uid, inbox.highest_modseq)
-            });
+            let (mailbox, uid, modseq) =
+                self.with_account_mut(account, internal_date, &mut creation, |a| {
+                    let id = match folder {
+                        Folder::Inbox => index::INBOX,
+                        Folder::Junk => a
+                            .mailboxes
+                            .iter()
+                            .find(|m| m.special_use == index::special::JUNK)
+                            .map_or(index::INBOX, |m| m.id),
+                    };
+                    let target = a.mailbox_mut(id).expect("every account has an INBOX");
+                    let uid = target.uidnext;
+                    target.uidnext += 1;
+                    target.highest_modseq += 1;
+                    (id, uid, target.highest_modseq)
+                });
             for (name, id, uidvalidity, su) in &creation {
                 self.write_op(
                     &Op::CreateMailbox {
@@ -647,7 +680,7 @@ impl Store {
             }
             let op = Op::Message {
                 account,
-                mailbox: index::INBOX,
+                mailbox,
                 uid,
                 internal_date,
                 flags: 0,

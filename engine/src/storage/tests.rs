@@ -691,3 +691,49 @@ fn a_segment_of_a_newer_layout_stops_recovery() {
         assert!(e.to_string().contains("segment format 2 is newer"), "{e}");
     });
 }
+
+/// Mail quarantined by DMARC goes into the \Junk mailbox with the same
+/// durable Message record as INBOX delivery (it survives a crash), and into
+/// the INBOX when the user deleted the Junk mailbox.
+#[test]
+fn junk_delivery_survives_reopen_and_falls_back_to_the_inbox() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_path_buf();
+    run(move || async move {
+        let s = open(&d, 0, 1, 1_000_000);
+        let uids = s
+            .deliver_to(&["a@x".into()], Folder::Junk, b"", &msg(1), 1000)
+            .await
+            .unwrap();
+        assert_eq!(uids, vec![1]);
+        s.deliver(&["a@x".into()], b"", &msg(2), 1001)
+            .await
+            .unwrap();
+        drop(s);
+        let s = open(&d, 0, 1, 1_000_000);
+        let junk = |s: &Store| {
+            s.with_account("a@x", |a| {
+                a.mailboxes
+                    .iter()
+                    .find(|m| m.special_use == index::special::JUNK)
+                    .map(|m| (m.id, m.messages.len()))
+            })
+            .flatten()
+        };
+        let (junk_id, n) = junk(&s).unwrap();
+        assert_eq!(n, 1);
+        assert_eq!(inbox(&s, "a@x").len(), 1);
+        assert_eq!(inbox(&s, "a@x")[0].1, msg(2));
+        s.commit(&[Op::DeleteMailbox {
+            account: "a@x",
+            mailbox: junk_id,
+        }])
+        .await
+        .unwrap();
+        assert_eq!(junk(&s), None);
+        s.deliver_to(&["a@x".into()], Folder::Junk, b"", &msg(3), 1002)
+            .await
+            .unwrap();
+        assert_eq!(inbox(&s, "a@x").len(), 2);
+    });
+}

@@ -311,6 +311,25 @@ pub mod replies {
         "4.7.0",
         "Error: too many commands from your address, slow down",
     );
+    /// RFC 7489 section 6.6.3 and 10.3: DMARC failed under p=reject.
+    pub const DMARC_REJECT: Reply = Reply::new(
+        550,
+        "5.7.1",
+        "Message rejected: it fails the DMARC policy of its From: domain",
+    );
+    /// RFC 7372 section 3.2: SPF fail (X.7.23), with `spf_fail = "reject"`.
+    pub const SPF_REJECT: Reply = Reply::new(
+        550,
+        "5.7.23",
+        "Message rejected: SPF does not permit your address to send for this domain",
+    );
+    /// RFC 7208 section 8.6 and RFC 7372 section 3.2 (X.7.24): SPF could
+    /// not be evaluated for a DNS failure; try again later.
+    pub const SPF_TEMPFAIL: Reply = Reply::new(
+        451,
+        "4.7.24",
+        "SPF check failed temporarily (DNS), try again later",
+    );
     pub const FROM_NOT_OWNED: Reply = Reply::new(
         553,
         "5.7.1",
