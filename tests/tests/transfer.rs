@@ -392,16 +392,19 @@ fn dovecot_maildir_keeps_uids_keywords_and_reports_bad_files() {
 fn backup_under_load_serves_every_acknowledged_message() {
     let s = Server::new();
     deliver(&s, "alice@example.test", 20);
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    let stop = std::sync::Arc::new(AtomicBool::new(false));
+    let acked = std::sync::Arc::new(AtomicUsize::new(0));
     let smtp = s.smtp;
     let sender = {
-        let stop = stop.clone();
+        let (stop, acked) = (stop.clone(), acked.clone());
         std::thread::spawn(move || {
             let mut n = 0;
-            while !stop.load(std::sync::atomic::Ordering::SeqCst) && n < 2000 {
+            while !stop.load(Ordering::SeqCst) && n < 5000 {
                 let msg = format!("Subject: load {n}\r\n\r\nload body {n}\r\n");
                 smtp_send(smtp, "a@b.test", &["bob@example.test"], msg.as_bytes());
                 n += 1;
+                acked.store(n, Ordering::SeqCst);
             }
             n
         })
@@ -412,11 +415,21 @@ fn backup_under_load_serves_every_acknowledged_message() {
     let before_bob = dump(&s, "bob@example.test", "bob-secret");
     let dir = tempfile::tempdir().unwrap();
     let copy = dir.path().join("copy");
+    let acked_before = acked.load(Ordering::SeqCst);
     let o = cli(&s, &["backup", copy.to_str().unwrap()]);
     assert_ok(&o, "backup");
+    let acked_after = acked.load(Ordering::SeqCst);
+    eprintln!(
+        "backup: {} ({acked_before} load messages acknowledged before, {acked_after} after)",
+        text(&o).trim()
+    );
+    assert!(
+        acked_after > acked_before,
+        "mail kept being accepted during the backup"
+    );
     assert!(text(&o).contains("backup of"), "{}", text(&o));
     std::thread::sleep(std::time::Duration::from_millis(200));
-    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    stop.store(true, Ordering::SeqCst);
     let sent = sender.join().unwrap();
     assert!(sent > 0);
     assert!(std::fs::read_to_string(copy.join("meta"))

@@ -12,7 +12,13 @@
 //! remove q<N>-<UID>   -> "removed q<N>-<UID>" (no bounce is sent)
 //! bans                -> one line per banned address: "ADDRESS until UNIX-TIME (in N s)"
 //! unban ADDRESS       -> "unbanned ADDRESS" (its failed logins are forgotten)
+//! accounts            -> one line per account with stored mail
+//! export ACCOUNT      -> the account's snapshot stream (see `crate::transfer`)
+//! import ACCOUNT      -> "ready MAX", then framed messages (see `runtime::transfer`)
+//! backup DIR          -> progress lines, then "backup of ... done ..."
 //! ```
+//!
+//! The last four run on a thread of their own (`runtime::transfer`).
 //!
 //! An answer starting with `error: ` is a failure. The thread forwards each
 //! request to every shard over an unbounded futures channel that the shard
