@@ -171,6 +171,21 @@ fn maildir_and_mbox_round_trip_keep_bodies_flags_keywords_folders() {
 fn python_written_maildir_and_mbox_import() {
     let s = Server::new();
     let dir = tempfile::tempdir().unwrap();
+    let o = cli(
+        &s,
+        &[
+            "export",
+            "nobody@example.test",
+            "--format",
+            "maildir",
+            dir.path().to_str().unwrap(),
+        ],
+    );
+    assert!(
+        !o.status.success() && text(&o).contains("no account nobody@example.test"),
+        "{}",
+        text(&o)
+    );
     let md = dir.path().join("Maildir");
     py(&["write-maildir", md.to_str().unwrap()]);
     let o = cli(

@@ -267,6 +267,12 @@ async fn export(shard: &Rc<Shard>, account: &str, mut out: mpsc::Sender<Vec<u8>>
             });
             boxes
         });
+    if snapshot.is_none() && !shard.directory().contains(account) {
+        let _ = out
+            .send(format!("error: no account {account}\n").into_bytes())
+            .await;
+        return;
+    }
     let mut buf: Vec<u8> = Vec::with_capacity(CHUNK + 1024);
     buf.extend_from_slice(format!("account {account}\n").as_bytes());
     for (m, bodies) in snapshot.unwrap_or_default() {
@@ -629,6 +635,9 @@ fn serve(
             )?;
             let mut ended = false;
             for chunk in futures::executor::block_on_stream(rx) {
+                if chunk.starts_with(b"error: ") {
+                    return conn.write_all(&chunk).map_err(io);
+                }
                 ended = chunk.ends_with(b"end\n");
                 conn.write_all(&chunk).map_err(io)?;
             }

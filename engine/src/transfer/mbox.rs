@@ -323,6 +323,46 @@ mod tests {
     }
 
     #[test]
+    fn reader_unquotes_and_skips_oversized_messages() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("box");
+        let big = "y".repeat(5000);
+        std::fs::write(
+            &path,
+            format!(
+                "From a@b.test Thu Jan  1 00:00:00 1970\nSubject: one\nStatus: RO\nX-Keywords: $Work, other\n\n>From x\n>>From y\n\n\
+                 From c@d.test Fri Jan  2 00:00:00 1970\nSubject: big\n\n{big}\n\n\
+                 From e@f.test Sat Jan  3 00:00:01 1970\nSubject: three\n\nlast\n"
+            ),
+        )
+        .unwrap();
+        let items: Vec<Item> = Reader::open(&path, 1000).unwrap().collect();
+        assert_eq!(items.len(), 3);
+        match &items[0].source {
+            Source::Memory(b) => assert_eq!(
+                b,
+                b"Subject: one\r\nStatus: RO\r\nX-Keywords: $Work, other\r\n\r\nFrom x\r\n>From y\r\n"
+            ),
+            _ => panic!("first message not read"),
+        }
+        assert_eq!(items[0].flags, flag::SEEN);
+        assert_eq!(items[0].keywords, ["$Work", "other"]);
+        assert_eq!(items[0].internal_date, 0);
+        match &items[1].source {
+            Source::Failed(why) => assert!(
+                why.contains("message 2 (line 9)") && why.contains("over"),
+                "{why}"
+            ),
+            _ => panic!("the oversized message must be refused"),
+        }
+        match &items[2].source {
+            Source::Memory(b) => assert_eq!(b, b"Subject: three\r\n\r\nlast\r\n"),
+            _ => panic!("third message not read"),
+        }
+        assert_eq!(items[2].internal_date, 2 * 86400 + 1);
+    }
+
+    #[test]
     fn quoting() {
         let mut out = Vec::new();
         write_message(
