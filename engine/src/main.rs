@@ -431,25 +431,32 @@ fn run(cli: Cli) -> Result<(), String> {
             let config = load_config(&common)?;
             let format = ringmail::transfer::Format::parse(&format)
                 .ok_or_else(|| format!("unknown format {format:?} (maildir or mbox)"))?;
+            // SIGPIPE is ignored here (see main): write without panicking.
+            use std::io::Write;
             let s = ringmail::transfer::import(
                 &config.data_dir,
                 format,
                 &src,
                 &account,
-                &mut |line| eprintln!("{line}"),
+                &mut |line| {
+                    let _ = writeln!(std::io::stderr(), "{line}");
+                },
             )?;
-            println!(
+            let mut out = std::io::stdout();
+            let _ = writeln!(
+                out,
                 "imported into {account}: {} added, {} already present, {} refused",
                 s.added, s.present, s.refused
             );
             if !s.mailboxes_created.is_empty() {
-                println!("mailboxes created: {}", s.mailboxes_created.join(", "));
+                let _ = writeln!(out, "mailboxes created: {}", s.mailboxes_created.join(", "));
             }
             if !s.uids_kept.is_empty() {
-                println!("UIDs kept (new mailboxes): {}", s.uids_kept.join(", "));
+                let _ = writeln!(out, "UIDs kept (new mailboxes): {}", s.uids_kept.join(", "));
             }
             if !s.uids_new.is_empty() {
-                println!(
+                let _ = writeln!(
+                    out,
                     "new UIDs given (mailboxes already in use): {}",
                     s.uids_new.join(", ")
                 );
@@ -549,6 +556,12 @@ fn main() -> ExitCode {
         // closing its socket must never kill it.
         // SAFETY: setting a signal disposition to the default, before any thread starts.
         unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
+    if matches!(cli.command, Command::Import { .. }) {
+        // An import that the server ends early (an error answer) must
+        // report why instead of dying on its next write.
+        // SAFETY: as above.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
     }
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
