@@ -430,6 +430,28 @@ fn backup_under_load_serves_every_acknowledged_message() {
     let before_bob = dump(&s, "bob@example.test", "bob-secret");
     let dir = tempfile::tempdir().unwrap();
     let copy = dir.path().join("copy");
+    // An export while mail arrives: a snapshot holding at least what was
+    // acknowledged before it began, every file whole (Python reads them all).
+    let exp = tempfile::tempdir().unwrap();
+    let acked_export = acked.load(Ordering::SeqCst);
+    let o = cli(
+        &s,
+        &[
+            "export",
+            "bob@example.test",
+            "--format",
+            "maildir",
+            exp.path().to_str().unwrap(),
+        ],
+    );
+    assert_ok(&o, "export under load");
+    let md = exp.path().join("bob@example.test");
+    let seen: serde_json::Value =
+        serde_json::from_str(&py(&["read-maildir", md.to_str().unwrap()])).unwrap();
+    let exported = seen["INBOX"].as_array().unwrap().len();
+    assert!(exported >= acked_export, "{exported} < {acked_export}");
+    let uidlist = std::fs::read_to_string(md.join("dovecot-uidlist")).unwrap();
+    assert_eq!(uidlist.lines().count(), exported + 1, "{uidlist}");
     let acked_before = acked.load(Ordering::SeqCst);
     let o = cli(&s, &["backup", copy.to_str().unwrap()]);
     assert_ok(&o, "backup");

@@ -1027,3 +1027,42 @@ fn copy_tree(from: &Path, to: &Path, depth: u32) -> Result<(), String> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backup_and_compaction_exclude_each_other() {
+        let mark = BackupMark::enter().unwrap();
+        assert!(
+            CompactionGuard::enter().is_none(),
+            "no compaction during a backup"
+        );
+        drop(mark);
+        let guard = CompactionGuard::enter().expect("compaction once the backup ended");
+        assert!(
+            CompactionGuard::enter().is_none(),
+            "one compaction pass at a time"
+        );
+        let waiter = std::thread::spawn(|| {
+            let t = std::time::Instant::now();
+            let _m = BackupMark::enter().unwrap();
+            t.elapsed()
+        });
+        std::thread::sleep(Duration::from_millis(100));
+        drop(guard);
+        assert!(
+            waiter.join().unwrap() >= Duration::from_millis(80),
+            "the backup waited"
+        );
+    }
+
+    #[test]
+    fn digests_tell_bodies_apart() {
+        assert_eq!(digest(b"a"), digest(b"a"));
+        assert_ne!(digest(b"a"), digest(b"b"));
+        assert!(is_transfer("export a@b.test") && is_transfer("BACKUP /x"));
+        assert!(!is_transfer("list") && !is_transfer("bans"));
+    }
+}
