@@ -127,6 +127,18 @@ fn maildir_and_mbox_round_trip_keep_bodies_flags_keywords_folders() {
     );
     assert_eq!(dump(&s, "carol@example.test", PASSWORD), a);
     // mbox: bodies, folders and dates survive (flags are not carried).
+    // Exporting again over the Maildir export is refused.
+    let o = cli(
+        &s,
+        &["export", "alice@example.test", "--format", "mbox", dir],
+    );
+    assert!(
+        !o.status.success() && text(&o).contains("not empty"),
+        "{}",
+        text(&o)
+    );
+    let out = tempfile::tempdir().unwrap();
+    let dir = out.path().to_str().unwrap();
     let o = cli(&s, &["export", "--all", "--format", "mbox", dir]);
     assert_ok(&o, "export mbox --all");
     assert!(

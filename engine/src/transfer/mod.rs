@@ -143,6 +143,11 @@ pub fn export(
         return Err(format!("unsafe account name {name:?}"));
     }
     let root = out.join(name);
+    // Into a new place only: an older export there would leave files
+    // whose flags have changed since beside the new ones.
+    if std::fs::read_dir(&root).is_ok_and(|mut d| d.next().is_some()) {
+        return Err(format!("{} exists and is not empty", root.display()));
+    }
     std::fs::create_dir_all(&root).map_err(|e| format!("{}: {e}", root.display()))?;
     let io = |e: std::io::Error| e.to_string();
     let mut md = maildir::Writer::new(&root);
@@ -385,6 +390,13 @@ pub fn import(
     let mut local_refused = 0u64;
     let mut result = Ok(());
     'outer: for (name, uidvalidity, items) in boxes {
+        if name.chars().any(char::is_control) {
+            local_refused += 1;
+            progress(&format!(
+                "refused mailbox {name:?}: control characters in its name"
+            ));
+            continue;
+        }
         let line = format!("mailbox {uidvalidity} {name}\n");
         if w.write_all(line.as_bytes()).is_err() {
             break;
