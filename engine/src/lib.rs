@@ -25,5 +25,6 @@ pub mod runtime;
 pub mod session;
 pub mod storage;
 pub mod tls;
+pub mod transfer;
 pub mod transport;
 pub mod util;

@@ -57,6 +57,40 @@ enum Command {
         #[command(subcommand)]
         action: BanAction,
     },
+    /// Export accounts of the running server as Maildir++ trees or mbox files
+    /// (a consistent snapshot per account; the server keeps serving).
+    Export {
+        #[command(flatten)]
+        common: Common,
+        /// Every account with stored mail.
+        #[arg(long)]
+        all: bool,
+        /// maildir (Dovecot's Maildir++ with dovecot-uidlist and dovecot-keywords) or mbox (mboxrd).
+        #[arg(long)]
+        format: String,
+        /// ACCOUNT DIR, or with --all just DIR (one subdirectory per account is written in DIR).
+        #[arg(required = true, num_args = 1..=2, value_names = ["ACCOUNT", "DIR"])]
+        args: Vec<String>,
+    },
+    /// Import a Maildir (Maildir++, Dovecot's included) or mbox files into an
+    /// account of the running server; a rerun adds nothing twice.
+    Import {
+        #[command(flatten)]
+        common: Common,
+        /// maildir or mbox (mboxrd and mboxo are both read).
+        #[arg(long)]
+        format: String,
+        /// A Maildir++ root, an mbox file (into INBOX) or a directory of mbox files.
+        src: PathBuf,
+        account: String,
+    },
+    /// Copy the data directory of the running server to DIR (a new or empty
+    /// directory) while it keeps serving; `ringmail serve --data DIR` starts on the copy.
+    Backup {
+        #[command(flatten)]
+        common: Common,
+        dir: PathBuf,
+    },
     /// DKIM signing keys (in DATA/dkim/; the server loads them at start).
     Dkim {
         #[command(flatten)]
@@ -371,6 +405,80 @@ fn run(cli: Cli) -> Result<(), String> {
             print!("{answer}");
             Ok(())
         }
+        Command::Export {
+            common,
+            all,
+            format,
+            args,
+        } => {
+            let (account, dir) = match (all, &args[..]) {
+                (true, [dir]) => (None, PathBuf::from(dir)),
+                (false, [account, dir]) => (Some(account.clone()), PathBuf::from(dir)),
+                _ => return Err("give ACCOUNT DIR, or --all DIR".into()),
+            };
+            let config = load_config(&common)?;
+            let format = ringmail::transfer::Format::parse(&format)
+                .ok_or_else(|| format!("unknown format {format:?} (maildir or mbox)"))?;
+            let accounts = match account {
+                Some(a) => vec![a],
+                None => ringmail::transfer::accounts(&config.data_dir)?,
+            };
+            for a in accounts {
+                let (boxes, messages) =
+                    ringmail::transfer::export(&config.data_dir, &a, format, &dir)?;
+                println!("exported {a}: {boxes} mailboxes, {messages} messages");
+            }
+            Ok(())
+        }
+        Command::Import {
+            common,
+            format,
+            src,
+            account,
+        } => {
+            let config = load_config(&common)?;
+            let format = ringmail::transfer::Format::parse(&format)
+                .ok_or_else(|| format!("unknown format {format:?} (maildir or mbox)"))?;
+            // SIGPIPE is ignored here (see main): write without panicking.
+            use std::io::Write;
+            let s = ringmail::transfer::import(
+                &config.data_dir,
+                format,
+                &src,
+                &account,
+                &mut |line| {
+                    let _ = writeln!(std::io::stderr(), "{line}");
+                },
+            )?;
+            let mut out = std::io::stdout();
+            let _ = writeln!(
+                out,
+                "imported into {account}: {} added, {} already present, {} refused",
+                s.added, s.present, s.refused
+            );
+            if !s.mailboxes_created.is_empty() {
+                let _ = writeln!(out, "mailboxes created: {}", s.mailboxes_created.join(", "));
+            }
+            if !s.uids_kept.is_empty() {
+                let _ = writeln!(out, "UIDs kept (new mailboxes): {}", s.uids_kept.join(", "));
+            }
+            if !s.uids_new.is_empty() {
+                let _ = writeln!(
+                    out,
+                    "new UIDs given (mailboxes already in use): {}",
+                    s.uids_new.join(", ")
+                );
+            }
+            if s.refused > 0 {
+                return Err(format!("{} messages refused (named above)", s.refused));
+            }
+            Ok(())
+        }
+        Command::Backup { common, dir } => {
+            let config = load_config(&common)?;
+            print!("{}", ringmail::transfer::backup(&config.data_dir, &dir)?);
+            Ok(())
+        }
         Command::Dkim { common, action } => {
             let config = load_config(&common)?;
             match action {
@@ -472,6 +580,12 @@ fn main() -> ExitCode {
         // closing its socket must never kill it.
         // SAFETY: setting a signal disposition to the default, before any thread starts.
         unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
+    if matches!(cli.command, Command::Import { .. }) {
+        // An import that the server ends early (an error answer) must
+        // report why instead of dying on its next write.
+        // SAFETY: as above.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
     }
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,

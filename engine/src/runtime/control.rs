@@ -12,7 +12,13 @@
 //! remove q<N>-<UID>   -> "removed q<N>-<UID>" (no bounce is sent)
 //! bans                -> one line per banned address: "ADDRESS until UNIX-TIME (in N s)"
 //! unban ADDRESS       -> "unbanned ADDRESS" (its failed logins are forgotten)
+//! accounts            -> one line per account with stored mail
+//! export ACCOUNT      -> the account's snapshot stream (see `crate::transfer`)
+//! import ACCOUNT      -> "ready MAX", then framed messages (see `runtime::transfer`)
+//! backup DIR          -> progress lines, then "backup of ... done ..."
 //! ```
+//!
+//! The last four run on a thread of their own (`runtime::transfer`).
 //!
 //! An answer starting with `error: ` is a failure. The thread forwards each
 //! request to every shard over an unbounded futures channel that the shard
@@ -38,6 +44,8 @@ pub enum Command {
     Bans,
     /// Lift a ban (and forget the address's failures).
     Unban(std::net::IpAddr),
+    /// Export, import, backup: work for one shard (see `runtime::transfer`).
+    Transfer(super::transfer::Request),
 }
 
 /// A request on its way to one shard; it answers on `reply` (an empty
@@ -95,13 +103,14 @@ pub fn start(data_dir: &Path, shards: Vec<ControlSender>) -> std::io::Result<()>
         _ => {}
     }
     let listener = UnixListener::bind(&path)?;
+    let data_dir = data_dir.to_path_buf();
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
     std::thread::Builder::new()
         .name("ringmail-control".into())
         .spawn(move || {
             for conn in listener.incoming() {
                 match conn {
-                    Ok(c) => serve(c, &shards),
+                    Ok(c) => serve(c, &shards, &data_dir),
                     Err(e) => {
                         tracing::warn!(error = %e, "control socket accept failed");
                         std::thread::sleep(Duration::from_millis(100));
@@ -112,15 +121,27 @@ pub fn start(data_dir: &Path, shards: Vec<ControlSender>) -> std::io::Result<()>
     Ok(())
 }
 
-fn serve(conn: UnixStream, shards: &[ControlSender]) {
+fn serve(conn: UnixStream, shards: &[ControlSender], data_dir: &Path) {
     let _ = conn.set_read_timeout(Some(CLIENT_TIMEOUT));
     let _ = conn.set_write_timeout(Some(CLIENT_TIMEOUT));
     let mut line = String::new();
     let Ok(reader) = conn.try_clone() else { return };
-    if BufReader::new(reader.take(REQUEST_MAX))
+    let mut reader = BufReader::new(reader);
+    if reader
+        .by_ref()
+        .take(REQUEST_MAX)
         .read_line(&mut line)
         .is_err()
     {
+        return;
+    }
+    // Export, import and backup run long: on a thread of their own.
+    if super::transfer::is_transfer(&line) {
+        let ctx = super::transfer::Context {
+            data_dir: data_dir.to_path_buf(),
+            shards: shards.to_vec(),
+        };
+        super::transfer::spawn(conn, reader, line, ctx);
         return;
     }
     let answer = match parse(line.trim()) {
@@ -184,6 +205,7 @@ fn ask(shards: &[ControlSender], command: Command) -> String {
             Some(x) => format!("{x}\n"),
             None => format!("error: {a} is not banned\n"),
         },
+        Command::Transfer(_) => answers.concat(),
     }
 }
 

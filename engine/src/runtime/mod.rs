@@ -23,6 +23,7 @@ pub mod shard;
 pub mod smtp;
 pub mod spool;
 pub mod throttle;
+pub mod transfer;
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
@@ -306,6 +307,7 @@ pub fn serve(mut config: Config) -> Result<(), ServeError> {
             tracing::warn!(error = %e, "CPU steering unavailable; the kernel spreads connections by hash")
         }
     }
+    transfer::configure(shared.config.limits.message_size_max);
     if let Err(e) = control::start(&shared.config.data_dir, control_senders) {
         tracing::warn!(error = %e, "control socket unavailable: `ringmail queue` will not reach this server");
     }

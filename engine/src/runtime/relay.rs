@@ -911,6 +911,7 @@ async fn control(shard: Rc<Shard>, req: ControlRequest) {
     let relay = &shard.relay;
     let now = unix_now();
     let answer = match &req.command {
+        Command::Transfer(t) => super::transfer::handle(shard.clone(), t.clone()).await,
         Command::List => {
             let mut out = String::new();
             for account in relay.accounts.borrow().iter() {

@@ -699,6 +699,10 @@ impl Shard {
     /// pick victims, have every shard evacuate them, then delete the files.
     /// A failure anywhere leaves the files in place (they are only garbage).
     pub async fn compact(&self) -> Result<usize, StorageError> {
+        // Not while a backup copies segments (runtime::transfer::backup).
+        let Some(_guard) = super::transfer::CompactionGuard::enter() else {
+            return Ok(0);
+        };
         let mut reports = vec![self.store.segment_usage()];
         for s in (0..self.shared.cores).filter(|s| *s != self.id) {
             let (tx, rx) = oneshot::channel();

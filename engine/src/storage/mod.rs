@@ -1168,6 +1168,12 @@ impl Store {
         }
     }
 
+    /// The position just after this shard's last durable record: every
+    /// acknowledged change lies before it (a backup's cut).
+    pub fn durable_pos(&self) -> LogPos {
+        self.synced_pos.get()
+    }
+
     /// Resolves after the next change to `account` becomes visible.
     pub fn watch(&self, account: &str) -> oneshot::Receiver<()> {
         let (tx, rx) = oneshot::channel();

@@ -1,0 +1,379 @@
+//! mbox files. Written as mboxrd: each message starts with a line
+//! `From SENDER DATE` (DATE in asctime form, UTC), every body line matching
+//! `>*From ` gets one more `>`, and an empty line follows the message.
+//! Read as mboxrd, which also reads mboxo: a line `From ` starts a message,
+//! and one `>` is taken off every line matching `>+From ` (an mboxo writer
+//! only quoted `From `, so its files come back right except for lines that
+//! started with `>From ` already, which mboxo itself cannot tell apart).
+//! Our export carries no flags; on import, `Status:` and `X-Status:` and
+//! Dovecot's `X-Keywords:` headers are read for flags and keywords.
+use std::io::{BufRead, BufReader, Write};
+use std::path::Path;
+
+use super::{lf_to_crlf, Item, Source};
+use crate::storage::index::flag;
+
+const WEEKDAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
+const MONTHS: [&str; 12] = [
+    "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+];
+
+/// Days since 1970-01-01 of a proleptic Gregorian date.
+fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (i64::from(m) + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + i64::from(d) - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146097 + doe - 719468
+}
+
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719468;
+    let era = z.div_euclid(146097);
+    let doe = z - era * 146097;
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (
+        if m <= 2 {
+            yoe + era * 400 + 1
+        } else {
+            yoe + era * 400
+        },
+        m,
+        d,
+    )
+}
+
+/// `Sun Dec  6 16:21:39 2026` (asctime, UTC).
+pub fn asctime(t: i64) -> String {
+    let days = t.div_euclid(86400);
+    let secs = t.rem_euclid(86400);
+    let (y, m, d) = civil_from_days(days);
+    format!(
+        "{} {} {:2} {:02}:{:02}:{:02} {}",
+        WEEKDAYS[days.rem_euclid(7) as usize],
+        MONTHS[(m - 1) as usize],
+        d,
+        secs / 3600,
+        secs / 60 % 60,
+        secs % 60,
+        y
+    )
+}
+
+/// Parse the asctime date at the end of a `From ` line (`Www Mmm dd hh:mm:ss yyyy`).
+pub fn parse_asctime(s: &str) -> Option<i64> {
+    let w: Vec<&str> = s.split_ascii_whitespace().collect();
+    // The last five words: weekday, month, day, time, year.
+    let n = w.len();
+    if n < 5 {
+        return None;
+    }
+    let (mon, day, time, year) = (w[n - 4], w[n - 3], w[n - 2], w[n - 1]);
+    let m = MONTHS.iter().position(|x| x.eq_ignore_ascii_case(mon))? as u32 + 1;
+    let d: u32 = day.parse().ok()?;
+    let y: i64 = year.parse().ok()?;
+    let mut hms = time.split(':').map(|x| x.parse::<i64>());
+    let (h, mi, se) = (
+        hms.next()?.ok()?,
+        hms.next()?.ok()?,
+        hms.next().unwrap_or(Ok(0)).ok()?,
+    );
+    Some(days_from_civil(y, m, d) * 86400 + h * 3600 + mi * 60 + se)
+}
+
+/// The sender for the `From ` line: the message's Return-Path, else MAILER-DAEMON.
+fn sender_of(body: &[u8]) -> String {
+    let end = memchr::memmem::find(body, b"\r\n\r\n").unwrap_or(body.len());
+    for line in body[..end].split(|b| *b == b'\n') {
+        if line.len() > 12 && line[..12].eq_ignore_ascii_case(b"return-path:") {
+            let v = String::from_utf8_lossy(&line[12..]);
+            let v = v
+                .trim()
+                .trim_start_matches('<')
+                .trim_end_matches('>')
+                .trim();
+            if !v.is_empty() && !v.contains(char::is_whitespace) {
+                return v.to_string();
+            }
+        }
+    }
+    "MAILER-DAEMON".into()
+}
+
+/// Append one message to an mbox file (mboxrd quoting, LF line ends).
+pub fn write_message(out: &mut impl Write, body: &[u8], internal_date: i64) -> std::io::Result<()> {
+    writeln!(out, "From {} {}", sender_of(body), asctime(internal_date))?;
+    let data = super::crlf_to_lf(body);
+    for line in data.split_inclusive(|b| *b == b'\n') {
+        let quotes = line.iter().take_while(|b| **b == b'>').count();
+        if line[quotes..].starts_with(b"From ") {
+            out.write_all(b">")?;
+        }
+        out.write_all(line)?;
+    }
+    if !data.ends_with(b"\n") {
+        out.write_all(b"\n")?;
+    }
+    out.write_all(b"\n")
+}
+
+/// Reads the messages of one mbox file, one at a time; a message over
+/// `max` bytes is skipped as it is read (never held whole).
+pub struct Reader {
+    input: BufReader<std::fs::File>,
+    label: String,
+    max: usize,
+    /// The `From ` line of the next message, once read.
+    next_from: Option<(String, u64)>,
+    line_no: u64,
+    count: u64,
+    done: bool,
+}
+
+impl Reader {
+    pub fn open(path: &Path, max: usize) -> Result<Reader, String> {
+        let f = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        Ok(Reader {
+            input: BufReader::new(f),
+            label: path.display().to_string(),
+            max,
+            next_from: None,
+            line_no: 0,
+            count: 0,
+            done: false,
+        })
+    }
+
+    /// One line, at most `limit` bytes of it kept (the rest read and dropped).
+    fn line(&mut self, buf: &mut Vec<u8>, limit: usize) -> std::io::Result<bool> {
+        buf.clear();
+        let mut any = false;
+        loop {
+            let avail = self.input.fill_buf()?;
+            if avail.is_empty() {
+                return Ok(any);
+            }
+            any = true;
+            let (take, end) = match memchr::memchr(b'\n', avail) {
+                Some(i) => (i + 1, true),
+                None => (avail.len(), false),
+            };
+            let room = limit.saturating_sub(buf.len());
+            buf.extend_from_slice(&avail[..take.min(room)]);
+            self.input.consume(take);
+            if end {
+                self.line_no += 1;
+                return Ok(true);
+            }
+        }
+    }
+}
+
+impl Iterator for Reader {
+    type Item = Item;
+
+    fn next(&mut self) -> Option<Item> {
+        if self.done {
+            return None;
+        }
+        let mut line = Vec::new();
+        // Find the first `From ` line.
+        while self.next_from.is_none() {
+            match self.line(&mut line, 4096) {
+                Ok(true) if line.starts_with(b"From ") => {
+                    let text = String::from_utf8_lossy(&line).trim_end().to_string();
+                    self.next_from = Some((text, self.line_no));
+                }
+                Ok(true) => continue,
+                Ok(false) => {
+                    self.done = true;
+                    return None;
+                }
+                Err(e) => {
+                    self.done = true;
+                    return Some(Item::failed(format!("{}: {e}", self.label)));
+                }
+            }
+        }
+        let (from, at) = self.next_from.take().expect("set above");
+        self.count += 1;
+        let label = format!("{}: message {} (line {at})", self.label, self.count);
+        let mut body = Vec::new();
+        let mut over = false;
+        let mut failed = None;
+        loop {
+            match self.line(&mut line, self.max + 2) {
+                Ok(true) if line.starts_with(b"From ") => {
+                    let text = String::from_utf8_lossy(&line).trim_end().to_string();
+                    self.next_from = Some((text, self.line_no));
+                    break;
+                }
+                Ok(true) => {
+                    let quotes = line.iter().take_while(|b| **b == b'>').count();
+                    let start = usize::from(quotes > 0 && line[quotes..].starts_with(b"From "));
+                    if !over && body.len() + line.len() <= self.max + 2 {
+                        body.extend_from_slice(&line[start..]);
+                    } else {
+                        over = true;
+                        body = Vec::new();
+                    }
+                }
+                Ok(false) => {
+                    self.done = true;
+                    break;
+                }
+                Err(e) => {
+                    failed = Some(format!("{label}: {e}"));
+                    self.done = true;
+                    break;
+                }
+            }
+        }
+        if let Some(e) = failed {
+            return Some(Item::failed(e));
+        }
+        if over {
+            return Some(Item::failed(format!(
+                "{label}: over message_size_max ({} bytes)",
+                self.max
+            )));
+        }
+        // The empty line before the next `From ` belongs to the format.
+        if body.ends_with(b"\r\n\r\n") {
+            body.truncate(body.len() - 2);
+        } else if body.ends_with(b"\n\n") {
+            body.truncate(body.len() - 1);
+        }
+        let body = lf_to_crlf(&body);
+        let date = from.split_once(' ').and_then(|(_, rest)| {
+            rest.trim()
+                .split_once(' ')
+                .and_then(|(_, d)| parse_asctime(d))
+        });
+        let (flags, keywords) = status_of(&body);
+        Some(Item {
+            label,
+            uid: 0,
+            flags,
+            keywords,
+            internal_date: date.unwrap_or_else(crate::util::unix_now),
+            size: body.len() as u64,
+            source: Source::Memory(body),
+        })
+    }
+}
+
+/// Flags from `Status:` (R: seen) and `X-Status:` (A answered, F flagged,
+/// T draft, D deleted), keywords from `X-Keywords:`, as mutt and Dovecot write them.
+fn status_of(body: &[u8]) -> (u32, Vec<String>) {
+    let end = memchr::memmem::find(body, b"\r\n\r\n").unwrap_or(body.len());
+    let mut flags = 0;
+    let mut keywords = Vec::new();
+    for line in body[..end].split(|b| *b == b'\n') {
+        let text = String::from_utf8_lossy(line);
+        let Some((name, value)) = text.split_once(':') else {
+            continue;
+        };
+        let value = value.trim();
+        match name.to_ascii_lowercase().as_str() {
+            "status" if value.contains('R') => flags |= flag::SEEN,
+            "x-status" => {
+                for (c, bit) in [
+                    ('A', flag::ANSWERED),
+                    ('F', flag::FLAGGED),
+                    ('T', flag::DRAFT),
+                    ('D', flag::DELETED),
+                ] {
+                    if value.contains(c) {
+                        flags |= bit;
+                    }
+                }
+            }
+            "x-keywords" => keywords.extend(
+                value
+                    .split([',', ' '])
+                    .filter(|k| !k.is_empty())
+                    .map(str::to_string),
+            ),
+            _ => {}
+        }
+    }
+    (flags, keywords)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dates() {
+        assert_eq!(asctime(0), "Thu Jan  1 00:00:00 1970");
+        assert_eq!(asctime(1_796_574_099), "Sun Dec  6 16:21:39 2026");
+        assert_eq!(
+            parse_asctime("Sun Dec  6 16:21:39 2026"),
+            Some(1_796_574_099)
+        );
+        assert_eq!(parse_asctime("Thu Jan  1 00:00:00 1970"), Some(0));
+    }
+
+    #[test]
+    fn reader_unquotes_and_skips_oversized_messages() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("box");
+        let big = "y".repeat(5000);
+        std::fs::write(
+            &path,
+            format!(
+                "From a@b.test Thu Jan  1 00:00:00 1970\nSubject: one\nStatus: RO\nX-Keywords: $Work, other\n\n>From x\n>>From y\n\n\
+                 From c@d.test Fri Jan  2 00:00:00 1970\nSubject: big\n\n{big}\n\n\
+                 From e@f.test Sat Jan  3 00:00:01 1970\nSubject: three\n\nlast\n"
+            ),
+        )
+        .unwrap();
+        let items: Vec<Item> = Reader::open(&path, 1000).unwrap().collect();
+        assert_eq!(items.len(), 3);
+        match &items[0].source {
+            Source::Memory(b) => assert_eq!(
+                b,
+                b"Subject: one\r\nStatus: RO\r\nX-Keywords: $Work, other\r\n\r\nFrom x\r\n>From y\r\n"
+            ),
+            _ => panic!("first message not read"),
+        }
+        assert_eq!(items[0].flags, flag::SEEN);
+        assert_eq!(items[0].keywords, ["$Work", "other"]);
+        assert_eq!(items[0].internal_date, 0);
+        match &items[1].source {
+            Source::Failed(why) => assert!(
+                why.contains("message 2 (line 9)") && why.contains("over"),
+                "{why}"
+            ),
+            _ => panic!("the oversized message must be refused"),
+        }
+        match &items[2].source {
+            Source::Memory(b) => assert_eq!(b, b"Subject: three\r\n\r\nlast\r\n"),
+            _ => panic!("third message not read"),
+        }
+        assert_eq!(items[2].internal_date, 2 * 86400 + 1);
+    }
+
+    #[test]
+    fn quoting() {
+        let mut out = Vec::new();
+        write_message(
+            &mut out,
+            b"Return-Path: <a@b.test>\r\nS: x\r\n\r\nFrom here\r\n>From there\r\n",
+            0,
+        )
+        .unwrap();
+        assert_eq!(
+            out,
+            b"From a@b.test Thu Jan  1 00:00:00 1970\nReturn-Path: <a@b.test>\nS: x\n\n>From here\n>>From there\n\n"
+        );
+    }
+}

@@ -1,0 +1,516 @@
+//! `ringmail export`, `import` and `backup` against a running server, with
+//! Python's `mailbox` module writing and reading the archives
+//! (py/mail_archives.py) independently of ringmail's code.
+use std::path::Path;
+use std::process::Command;
+
+use ringmail_tests::*;
+
+fn py(args: &[&str]) -> String {
+    let script = workspace_root().join("tests/py/mail_archives.py");
+    let out = Command::new("python3")
+        .arg(script)
+        .args(args)
+        .output()
+        .expect("python3");
+    assert_ok(&out, &format!("mail_archives.py {args:?}"));
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .next()
+        .unwrap_or("")
+        .to_string()
+}
+
+fn cli(s: &Server, args: &[&str]) -> std::process::Output {
+    let mut all: Vec<&str> = args.to_vec();
+    let data = s.data.to_str().unwrap().to_string();
+    all.push("--data");
+    all.push(&data);
+    ringmail(&all, "")
+}
+
+fn dump(s: &Server, user: &str, pw: &str) -> serde_json::Value {
+    serde_json::from_str(&py(&["dump", &s.imap.port().to_string(), user, pw])).unwrap()
+}
+
+fn text(o: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+fn deliver(s: &Server, to: &str, n: usize) {
+    for i in 0..n {
+        let msg = format!(
+            "Subject: delivered {i}\r\nFrom: a@b.test\r\n\r\nFrom the top {i}\r\n>From quoted\r\n"
+        );
+        smtp_send(s.smtp, "a@b.test", &[to], msg.as_bytes());
+    }
+}
+
+#[test]
+fn maildir_and_mbox_round_trip_keep_bodies_flags_keywords_folders() {
+    let s = Server::options()
+        .accounts(&["carol@example.test", "dave@example.test"])
+        .start();
+    deliver(&s, "alice@example.test", 4);
+    py(&[
+        "seed",
+        &s.imap.port().to_string(),
+        "alice@example.test",
+        "alice-secret",
+    ]);
+    let out = tempfile::tempdir().unwrap();
+    let dir = out.path().to_str().unwrap();
+    let o = cli(
+        &s,
+        &["export", "alice@example.test", "--format", "maildir", dir],
+    );
+    assert_ok(&o, "export maildir");
+    assert!(
+        text(&o).contains("exported alice@example.test"),
+        "{}",
+        text(&o)
+    );
+    // Python reads what we wrote: folders and flags as Maildir letters.
+    let md = out.path().join("alice@example.test");
+    let seen: serde_json::Value =
+        serde_json::from_str(&py(&["read-maildir", md.to_str().unwrap()])).unwrap();
+    assert_eq!(seen["INBOX"].as_array().unwrap().len(), 5, "{seen}");
+    assert_eq!(seen["Work.Sub"][0][0], "FSab", "{seen}");
+    assert_eq!(seen["Work"][0][0], "D", "{seen}");
+    let uidlist = std::fs::read_to_string(md.join("dovecot-uidlist")).unwrap();
+    assert!(uidlist.starts_with("3 V"), "{uidlist}");
+    let kw = std::fs::read_to_string(md.join(".Work.Sub/dovecot-keywords")).unwrap();
+    assert_eq!(kw, "0 $Label1\n1 custom\n");
+    // Import into another account: the same mailboxes, flags, keywords,
+    // internal dates and bytes.
+    let o = cli(
+        &s,
+        &[
+            "import",
+            "--format",
+            "maildir",
+            md.to_str().unwrap(),
+            "carol@example.test",
+        ],
+    );
+    assert_ok(&o, "import maildir");
+    assert!(
+        text(&o).contains("7 added, 0 already present, 0 refused"),
+        "{}",
+        text(&o)
+    );
+    assert!(text(&o).contains("UIDs kept"), "{}", text(&o));
+    let a = dump(&s, "alice@example.test", "alice-secret");
+    let c = dump(&s, "carol@example.test", PASSWORD);
+    assert_eq!(a, c, "alice and her copy differ");
+    // A rerun adds nothing.
+    let o = cli(
+        &s,
+        &[
+            "import",
+            "--format",
+            "maildir",
+            md.to_str().unwrap(),
+            "carol@example.test",
+        ],
+    );
+    assert_ok(&o, "import maildir again");
+    assert!(
+        text(&o).contains("0 added, 7 already present"),
+        "{}",
+        text(&o)
+    );
+    assert_eq!(dump(&s, "carol@example.test", PASSWORD), a);
+    // mbox: bodies, folders and dates survive (flags are not carried).
+    // Exporting again over the Maildir export is refused.
+    let o = cli(
+        &s,
+        &["export", "alice@example.test", "--format", "mbox", dir],
+    );
+    assert!(
+        !o.status.success() && text(&o).contains("not empty"),
+        "{}",
+        text(&o)
+    );
+    let out = tempfile::tempdir().unwrap();
+    let dir = out.path().to_str().unwrap();
+    let o = cli(&s, &["export", "--all", "--format", "mbox", dir]);
+    assert_ok(&o, "export mbox --all");
+    assert!(
+        text(&o).contains("exported carol@example.test"),
+        "{}",
+        text(&o)
+    );
+    let inbox = out.path().join("alice@example.test/INBOX");
+    let hashes: serde_json::Value =
+        serde_json::from_str(&py(&["read-mbox", inbox.to_str().unwrap()])).unwrap();
+    assert_eq!(hashes.as_array().unwrap().len(), 5);
+    let raw = std::fs::read_to_string(&inbox).unwrap();
+    assert!(
+        raw.contains("\n>From the top 0\n>>From quoted\n"),
+        "mboxrd quoting: {raw}"
+    );
+    let o = cli(
+        &s,
+        &[
+            "import",
+            "--format",
+            "mbox",
+            out.path().join("alice@example.test").to_str().unwrap(),
+            "dave@example.test",
+        ],
+    );
+    assert_ok(&o, "import mbox dir");
+    let d = dump(&s, "dave@example.test", PASSWORD);
+    for (name, msgs) in a.as_object().unwrap() {
+        let strip = |v: &serde_json::Value| -> Vec<(String, String)> {
+            v.as_array()
+                .unwrap()
+                .iter()
+                .map(|m| (m[1].as_str().unwrap().into(), m[2].as_str().unwrap().into()))
+                .collect()
+        };
+        assert_eq!(strip(msgs), strip(&d[name]), "mailbox {name} after mbox");
+    }
+}
+
+#[test]
+fn python_written_maildir_and_mbox_import() {
+    let s = Server::new();
+    let dir = tempfile::tempdir().unwrap();
+    let o = cli(
+        &s,
+        &[
+            "export",
+            "nobody@example.test",
+            "--format",
+            "maildir",
+            dir.path().to_str().unwrap(),
+        ],
+    );
+    assert!(
+        !o.status.success() && text(&o).contains("no account nobody@example.test"),
+        "{}",
+        text(&o)
+    );
+    let md = dir.path().join("Maildir");
+    py(&["write-maildir", md.to_str().unwrap()]);
+    let o = cli(
+        &s,
+        &[
+            "import",
+            "--format",
+            "maildir",
+            md.to_str().unwrap(),
+            "bob@example.test",
+        ],
+    );
+    assert_ok(&o, "import python maildir");
+    assert!(text(&o).contains("5 added"), "{}", text(&o));
+    let b = dump(&s, "bob@example.test", "bob-secret");
+    assert_eq!(b["INBOX"].as_array().unwrap().len(), 3, "{b}");
+    let work = b["Work"].as_array().unwrap();
+    assert_eq!(work.len(), 2);
+    assert!(
+        work.iter()
+            .all(|m| m[0] == serde_json::json!(["\\Flagged"])),
+        "{b}"
+    );
+    let flagged: Vec<_> = b["INBOX"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m[0].clone())
+        .collect();
+    assert!(
+        flagged.contains(&serde_json::json!(["\\Answered", "\\Seen"])),
+        "{b}"
+    );
+    // Python's mbox (mboxo quoting) into INBOX.
+    let mb = dir.path().join("in.mbox");
+    py(&["write-mbox", mb.to_str().unwrap()]);
+    let o = cli(
+        &s,
+        &[
+            "import",
+            "--format",
+            "mbox",
+            mb.to_str().unwrap(),
+            "alice@example.test",
+        ],
+    );
+    assert_ok(&o, "import python mbox");
+    assert!(text(&o).contains("3 added"), "{}", text(&o));
+    // Exported again and read by Python: the bodies Python wrote (CRLF as LF).
+    let out = tempfile::tempdir().unwrap();
+    assert_ok(
+        &cli(
+            &s,
+            &[
+                "export",
+                "alice@example.test",
+                "--format",
+                "mbox",
+                out.path().to_str().unwrap(),
+            ],
+        ),
+        "export",
+    );
+    let before: serde_json::Value =
+        serde_json::from_str(&py(&["read-mbox", mb.to_str().unwrap()])).unwrap();
+    let after: serde_json::Value = serde_json::from_str(&py(&[
+        "read-mbox",
+        out.path()
+            .join("alice@example.test/INBOX")
+            .to_str()
+            .unwrap(),
+    ]))
+    .unwrap();
+    assert_eq!(before, after, "mbox bodies changed on the way through");
+    let a = dump(&s, "alice@example.test", "alice-secret");
+    let dates: Vec<_> = a["INBOX"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m[2].clone())
+        .collect();
+    assert!(
+        dates.contains(&serde_json::json!(" 2-Jan-2024 03:04:05 +0000")),
+        "{a}"
+    );
+}
+
+fn write(path: &Path, data: &[u8]) {
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(path, data).unwrap();
+}
+
+#[test]
+fn dovecot_maildir_keeps_uids_keywords_and_reports_bad_files() {
+    let s = Server::options()
+        .config("local_domains = [\"example.test\"]\n[limits]\nmessage_size_max = 4096\n")
+        .accounts(&["erin@example.test"])
+        .start();
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("Maildir");
+    // Dovecot's layout (wiki: Maildir format, dovecot-uidlist version 3,
+    // dovecot-keywords), written by hand.
+    let msg = |n: u32| format!("Subject: dovecot {n}\nMessage-ID: <{n}@x>\n\nbody {n}\n");
+    write(&root.join("dovecot-uidlist"), b"3 V1600000000 N40 G0123456789abcdef\n10 :1600000001.M1P1.host,S=40,W=44\n20 :1600000002.M2P1.host,S=40,W=44\n30 W44 :1600000003.M3P1.host,S=40\n");
+    write(
+        &root.join("dovecot-keywords"),
+        b"0 $Forwarded\n1 Work\n3 project-x\n",
+    );
+    write(
+        &root.join("cur/1600000001.M1P1.host,S=40,W=44:2,Sa"),
+        msg(1).as_bytes(),
+    );
+    write(
+        &root.join("cur/1600000002.M2P1.host,S=40,W=44:2,FRbd"),
+        msg(2).as_bytes(),
+    );
+    write(
+        &root.join("new/1600000003.M3P1.host,S=40"),
+        msg(3).as_bytes(),
+    );
+    // A corrupt file, and one over message_size_max (4096).
+    write(
+        &root.join("cur/1600000004.M4P1.host:2,S"),
+        b"\x00\x01\x02garbage\xff",
+    );
+    write(
+        &root.join("cur/1600000005.M5P1.host:2,S"),
+        format!("Subject: big\n\n{}\n", "x".repeat(10_000)).as_bytes(),
+    );
+    write(
+        &root.join(".Lists.Rust/dovecot-uidlist"),
+        b"3 V1700000000 N3\n2 :1700000002.M9P9.host,S=30\n",
+    );
+    write(
+        &root.join(".Lists.Rust/cur/1700000002.M9P9.host,S=30:2,T"),
+        msg(9).as_bytes(),
+    );
+    let o = cli(
+        &s,
+        &[
+            "import",
+            "--format",
+            "maildir",
+            root.to_str().unwrap(),
+            "erin@example.test",
+        ],
+    );
+    let t = text(&o);
+    assert!(
+        !o.status.success(),
+        "refusals make the exit status fail: {t}"
+    );
+    assert!(t.contains("1600000004.M4P1.host:2,S: not a message"), "{t}");
+    assert!(
+        t.contains("1600000005.M5P1.host:2,S") && t.contains("over message_size_max"),
+        "{t}"
+    );
+    assert!(t.contains("4 added, 0 already present, 2 refused"), "{t}");
+    assert!(t.contains("mailboxes created: Lists/Rust"), "{t}");
+    // UIDs and keywords, seen over IMAP.
+    let mut c = Client::connect(s.imap);
+    c.line();
+    c.send(format!("a LOGIN erin@example.test {PASSWORD}\r\n").as_bytes());
+    c.line();
+    c.send(b"b SELECT INBOX\r\nc UID FETCH 1:* (FLAGS)\r\n");
+    let mut lines = Vec::new();
+    loop {
+        let l = c.line();
+        let done = l.starts_with("c ");
+        lines.push(l);
+        if done {
+            break;
+        }
+    }
+    let all = lines.join("\n");
+    assert!(
+        all.contains("FLAGS (\\Seen \\Recent $Forwarded) UID 10)"),
+        "{all}"
+    );
+    assert!(
+        all.contains("FLAGS (\\Answered \\Flagged \\Recent Work project-x) UID 20)"),
+        "{all}"
+    );
+    assert!(all.contains("FLAGS (\\Recent) UID 30)"), "{all}");
+    c.send(b"d SELECT Lists/Rust\r\n");
+    let mut sel = String::new();
+    loop {
+        let l = c.line();
+        sel.push_str(&l);
+        if l.starts_with("d ") {
+            break;
+        }
+    }
+    // The UID is kept; the UIDVALIDITY only when above every value the
+    // account used (RFC 3501 2.3.1.1), which an old one is not.
+    assert!(sel.contains("[UIDNEXT 3]"), "{sel}");
+    // Rerun: nothing twice.
+    let o = cli(
+        &s,
+        &[
+            "import",
+            "--format",
+            "maildir",
+            root.to_str().unwrap(),
+            "erin@example.test",
+        ],
+    );
+    assert!(
+        text(&o).contains("0 added, 4 already present, 2 refused"),
+        "{}",
+        text(&o)
+    );
+}
+
+/// A backup taken while a thread keeps sending mail: a server started on
+/// the copy serves every message acknowledged before the backup began,
+/// byte for byte, and nothing torn.
+#[test]
+fn backup_under_load_serves_every_acknowledged_message() {
+    let s = Server::new();
+    deliver(&s, "alice@example.test", 20);
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    let stop = std::sync::Arc::new(AtomicBool::new(false));
+    let acked = std::sync::Arc::new(AtomicUsize::new(0));
+    let smtp = s.smtp;
+    let sender = {
+        let (stop, acked) = (stop.clone(), acked.clone());
+        std::thread::spawn(move || {
+            let mut n = 0;
+            while !stop.load(Ordering::SeqCst) && n < 5000 {
+                let msg = format!("Subject: load {n}\r\n\r\nload body {n}\r\n");
+                smtp_send(smtp, "a@b.test", &["bob@example.test"], msg.as_bytes());
+                n += 1;
+                acked.store(n, Ordering::SeqCst);
+            }
+            n
+        })
+    };
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    // Everything acknowledged before the backup starts.
+    let before_alice = dump(&s, "alice@example.test", "alice-secret");
+    let before_bob = dump(&s, "bob@example.test", "bob-secret");
+    let dir = tempfile::tempdir().unwrap();
+    let copy = dir.path().join("copy");
+    // An export while mail arrives: a snapshot holding at least what was
+    // acknowledged before it began, every file whole (Python reads them all).
+    let exp = tempfile::tempdir().unwrap();
+    let acked_export = acked.load(Ordering::SeqCst);
+    let o = cli(
+        &s,
+        &[
+            "export",
+            "bob@example.test",
+            "--format",
+            "maildir",
+            exp.path().to_str().unwrap(),
+        ],
+    );
+    assert_ok(&o, "export under load");
+    let md = exp.path().join("bob@example.test");
+    let seen: serde_json::Value =
+        serde_json::from_str(&py(&["read-maildir", md.to_str().unwrap()])).unwrap();
+    let exported = seen["INBOX"].as_array().unwrap().len();
+    assert!(exported >= acked_export, "{exported} < {acked_export}");
+    let uidlist = std::fs::read_to_string(md.join("dovecot-uidlist")).unwrap();
+    assert_eq!(uidlist.lines().count(), exported + 1, "{uidlist}");
+    let acked_before = acked.load(Ordering::SeqCst);
+    let o = cli(&s, &["backup", copy.to_str().unwrap()]);
+    assert_ok(&o, "backup");
+    let acked_after = acked.load(Ordering::SeqCst);
+    eprintln!(
+        "backup: {} ({acked_before} load messages acknowledged before, {acked_after} after)",
+        text(&o).trim()
+    );
+    assert!(
+        acked_after > acked_before,
+        "mail kept being accepted during the backup"
+    );
+    assert!(text(&o).contains("backup of"), "{}", text(&o));
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    stop.store(true, Ordering::SeqCst);
+    let sent = sender.join().unwrap();
+    assert!(sent > 0);
+    assert!(std::fs::read_to_string(copy.join("meta"))
+        .unwrap()
+        .contains("format"));
+    // The copy as a server of its own.
+    let out = ringmail(&["inspect", "--data", copy.to_str().unwrap()], "");
+    assert_ok(&out, "inspect the copy");
+    let archive = dir.path().join("copy.tgz");
+    let st = Command::new("tar")
+        .arg("-czf")
+        .arg(&archive)
+        .arg("-C")
+        .arg(&copy)
+        .arg(".")
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let c = Server::options().seed(&archive).start();
+    let after_alice = dump(&c, "alice@example.test", "alice-secret");
+    assert_eq!(after_alice, before_alice);
+    let after_bob = dump(&c, "bob@example.test", "bob-secret");
+    let have: std::collections::HashSet<String> = after_bob["INBOX"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m[1].as_str().unwrap().to_string())
+        .collect();
+    for m in before_bob["INBOX"].as_array().unwrap() {
+        assert!(
+            have.contains(m[1].as_str().unwrap()),
+            "message {m} missing from the copy"
+        );
+    }
+}
