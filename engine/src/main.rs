@@ -12,12 +12,18 @@ use ringmail::config::Config;
 #[command(
     name = "ringmail",
     version,
-    about = "A thread-per-core mail server: SMTP in, durable mailboxes, POP3 out.",
-    long_about = "ringmail accepts mail over SMTP for its local domains (and relays mail from authenticated clients), appends it durably to per-account \
-mailboxes (memory-mapped segment logs with group commit, one executor per core), and serves it over POP3.\n\n\
-With no configuration file it runs on an embedded default: 127.0.0.1, SMTP on 2525, POP3 on 1100, data in \
-./ringmail-data, local domain example.test, demo accounts alice@example.test (password alice-secret) and \
-bob@example.test (password bob-secret)."
+    about = "A thread-per-core mail server: SMTP in (MX and submission), durable mailboxes, IMAP and POP3 out, relay with DKIM.",
+    long_about = "ringmail accepts mail over SMTP for its local domains (checking SPF, DKIM, DMARC and ARC of mail from the Internet), \
+takes mail from authenticated users on submission and relays it to other domains (MX lookups, STARTTLS with MTA-STS, DKIM \
+signing, retries and bounces), appends it durably to per-account mailboxes (memory-mapped segment logs with group commit, one \
+executor per core) and serves it over IMAP4rev1 and POP3, all with TLS (STARTTLS and implicit).\n\n\
+With no configuration file it runs on an embedded default: 127.0.0.1 only, SMTP 2525, submission 5870, submissions 4650, \
+IMAP 1430, IMAPS 9930, POP3 1100, POP3S 9950, metrics and health on HTTP 9180, data in ./ringmail-data, local domain \
+example.test, demo accounts alice@example.test (password alice-secret) and bob@example.test (password bob-secret).",
+    after_help = "Examples:\n  ringmail serve                                  # the embedded default\n  \
+ringmail serve --config /etc/ringmail/ringmail.toml\n  ringmail default-config > ringmail.toml\n  \
+echo 's3cret' | ringmail account add carol@example.test\n  ringmail status\n\n\
+Every command takes --config FILE and --data DIR; `ringmail COMMAND --help` shows its own examples."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -27,8 +33,14 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the server (embedded default configuration unless --config is given).
+    #[command(
+        after_help = "Examples:\n  ringmail serve\n  ringmail serve --config /etc/ringmail/ringmail.toml\n  ringmail serve --data /var/lib/ringmail --cores 4 --smtp 0.0.0.0:25 --imaps 0.0.0.0:993"
+    )]
     Serve(ServeArgs),
     /// Manage accounts in the data directory (a running server picks changes up within a second).
+    #[command(
+        after_help = "Examples:\n  echo \'s3cret\' | ringmail account add carol@example.test\n  ringmail account list\n  echo \'n3w\' | ringmail account passwd carol@example.test\n  ringmail account remove carol@example.test"
+    )]
     Account {
         #[command(flatten)]
         common: Common,
@@ -36,6 +48,9 @@ enum Command {
         action: AccountAction,
     },
     /// Show what the data directory holds (offline: reads it, changes nothing).
+    #[command(
+        after_help = "Examples:\n  ringmail inspect --data /var/lib/ringmail\n  ringmail inspect --count-only"
+    )]
     Inspect {
         #[command(flatten)]
         common: Common,
@@ -44,13 +59,30 @@ enum Command {
         count_only: bool,
     },
     /// Act on the relay queue of a running server (through DATA/control.sock).
+    #[command(
+        after_help = "Examples:\n  ringmail queue list\n  ringmail queue flush example.org\n  ringmail queue remove q0-12"
+    )]
     Queue {
         #[command(flatten)]
         common: Common,
         #[command(subcommand)]
         action: QueueAction,
     },
+    /// Show a running server's state: uptime, version and per core the open
+    /// sessions, accounts, messages, segment and live bytes, queue depth and
+    /// commits per second over the last minute.
+    #[command(
+        after_help = "Examples:\n  ringmail status\n  ringmail status --json | jq '.shards[].commits_per_second'"
+    )]
+    Status {
+        #[command(flatten)]
+        common: Common,
+        /// One JSON object, for scripts.
+        #[arg(long)]
+        json: bool,
+    },
     /// Client addresses banned after failed logins, on the running server.
+    #[command(after_help = "Examples:\n  ringmail ban list\n  ringmail ban remove 192.0.2.7")]
     Ban {
         #[command(flatten)]
         common: Common,
@@ -59,6 +91,9 @@ enum Command {
     },
     /// Export accounts of the running server as Maildir++ trees or mbox files
     /// (a consistent snapshot per account; the server keeps serving).
+    #[command(
+        after_help = "Examples:\n  ringmail export carol@example.test /srv/export\n  ringmail export --all --format mbox /srv/export"
+    )]
     Export {
         #[command(flatten)]
         common: Common,
@@ -74,6 +109,9 @@ enum Command {
     },
     /// Import a Maildir (Maildir++, Dovecot's included) or mbox files into an
     /// account of the running server; a rerun adds nothing twice.
+    #[command(
+        after_help = "Examples:\n  ringmail import /home/carol/Maildir carol@example.test\n  ringmail import --format mbox /var/mail/carol carol@example.test"
+    )]
     Import {
         #[command(flatten)]
         common: Common,
@@ -86,12 +124,18 @@ enum Command {
     },
     /// Copy the data directory of the running server to DIR (a new or empty
     /// directory) while it keeps serving; `ringmail serve --data DIR` starts on the copy.
+    #[command(
+        after_help = "Examples:\n  ringmail backup /srv/backup/ringmail-$(date +%F)\n  ringmail serve --data /srv/backup/ringmail-2026-12-06   # start on the copy"
+    )]
     Backup {
         #[command(flatten)]
         common: Common,
         dir: PathBuf,
     },
     /// DKIM signing keys (in DATA/dkim/; the server loads them at start).
+    #[command(
+        after_help = "Examples:\n  ringmail dkim generate example.org\n  ringmail dkim generate example.org --selector rsa1 --algorithm rsa\n  ringmail dkim list"
+    )]
     Dkim {
         #[command(flatten)]
         common: Common,
@@ -100,14 +144,17 @@ enum Command {
     },
     /// Print the DNS records a mail domain needs (MX, SPF, DKIM, DMARC,
     /// MTA-STS, TLS-RPT and RFC 6186 client SRV records).
+    #[command(after_help = "Examples:\n  ringmail dns-records example.org")]
     DnsRecords {
         #[command(flatten)]
         common: Common,
         domain: String,
     },
     /// Print the embedded default configuration as a TOML file to start from.
+    #[command(after_help = "Examples:\n  ringmail default-config > /etc/ringmail/ringmail.toml")]
     DefaultConfig,
     /// Check a configuration file and exit.
+    #[command(after_help = "Examples:\n  ringmail check-config /etc/ringmail/ringmail.toml")]
     CheckConfig { file: PathBuf },
 }
 
@@ -392,6 +439,13 @@ fn run(cli: Cli) -> Result<(), String> {
                 QueueAction::Remove { id } => format!("remove {id}"),
             };
             let answer = ringmail::runtime::control::request(&config.data_dir, &request)?;
+            print!("{answer}");
+            Ok(())
+        }
+        Command::Status { common, json } => {
+            let config = load_config(&common)?;
+            let request = if json { "status json" } else { "status" };
+            let answer = ringmail::runtime::control::request(&config.data_dir, request)?;
             print!("{answer}");
             Ok(())
         }

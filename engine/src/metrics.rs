@@ -239,6 +239,8 @@ pub struct StorageFigures {
     pub segment_bytes: u64,
     pub live_bytes: u64,
     pub accounts: u64,
+    /// Messages in the accounts' mailboxes (refreshed with `live_bytes`).
+    pub messages: u64,
     pub queue_messages: u64,
     pub sync_seconds: Option<HistSnapshot>,
     pub commit_batch_records: Option<HistSnapshot>,
@@ -293,21 +295,62 @@ pub struct ProcessFigures {
     pub uptime_seconds: u64,
 }
 
-/// Every shard's latest snapshot; shared by the shards (which publish) and
-/// the HTTP thread (which renders).
+/// Seconds of history kept per shard for rates (`ringmail status`).
+pub const RATE_WINDOW: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Per shard: (when, records, group commits), oldest first.
+type History = std::collections::VecDeque<(std::time::Instant, u64, u64)>;
+
+/// Every shard's latest snapshot, and a minute of its commit counters;
+/// shared by the shards (which publish), the HTTP thread (which renders) and
+/// the control thread (`ringmail status`).
 #[derive(Debug)]
 pub struct Published {
     slots: Mutex<Vec<Option<Snapshot>>>,
+    /// Within [`RATE_WINDOW`].
+    history: Mutex<Vec<History>>,
+}
+
+/// One shard in `ringmail status`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ShardStatus {
+    pub shard: usize,
+    /// Open sessions by listener (the names of [`PROTOS`]).
+    pub sessions: std::collections::BTreeMap<&'static str, u64>,
+    pub accounts: u64,
+    pub messages: u64,
+    pub segment_bytes: u64,
+    pub live_bytes: u64,
+    pub queue_messages: u64,
+    /// Over the last minute (or since start).
+    pub records_per_second: f64,
+    pub commits_per_second: f64,
 }
 
 impl Published {
     pub fn new(shards: usize) -> Published {
         Published {
             slots: Mutex::new(vec![None; shards]),
+            history: Mutex::new(vec![History::new(); shards]),
         }
     }
 
     pub fn publish(&self, shard: usize, s: Snapshot) {
+        let now = std::time::Instant::now();
+        if let Some(h) = self
+            .history
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get_mut(shard)
+        {
+            h.push_back((now, s.storage.records, s.storage.syncs));
+            while h
+                .front()
+                .is_some_and(|(t, _, _)| now.duration_since(*t) > RATE_WINDOW)
+            {
+                h.pop_front();
+            }
+        }
         if let Some(slot) = self
             .slots
             .lock()
@@ -316,6 +359,46 @@ impl Published {
         {
             *slot = Some(s);
         }
+    }
+
+    /// Every shard that has published, for `ringmail status`.
+    pub fn status(&self) -> Vec<ShardStatus> {
+        let slots = self.slots.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let history = self
+            .history
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        slots
+            .iter()
+            .zip(history.iter())
+            .enumerate()
+            .filter_map(|(i, (s, h))| {
+                let s = s.as_ref()?;
+                let (records, commits) = match (h.front(), h.back()) {
+                    (Some(a), Some(b)) if b.0 > a.0 => {
+                        let secs = b.0.duration_since(a.0).as_secs_f64();
+                        ((b.1 - a.1) as f64 / secs, (b.2 - a.2) as f64 / secs)
+                    }
+                    _ => (0.0, 0.0),
+                };
+                Some(ShardStatus {
+                    shard: i,
+                    sessions: PROTOS
+                        .iter()
+                        .enumerate()
+                        .map(|(p, n)| (*n, s.sessions_open[p]))
+                        .collect(),
+                    accounts: s.storage.accounts,
+                    messages: s.storage.messages,
+                    segment_bytes: s.storage.segment_bytes,
+                    live_bytes: s.storage.live_bytes,
+                    queue_messages: s.storage.queue_messages,
+                    records_per_second: records,
+                    commits_per_second: commits,
+                })
+            })
+            .collect()
     }
 
     /// Content-Type of [`Published::render`]'s text.

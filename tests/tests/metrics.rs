@@ -317,3 +317,103 @@ fn json_logs_have_one_object_per_line_and_an_event_per_transaction() {
     // Never a password in the logs.
     assert!(!text.contains("wrong"), "{text}");
 }
+
+#[test]
+fn status_reports_every_shard_and_autoconfig_describes_the_listeners() {
+    let server = Server::new();
+    for i in 0..4 {
+        smtp_send(
+            server.smtp,
+            "carol@remote.test",
+            &["bob@example.test", "alice@example.test"],
+            format!("Subject: {i}\r\n\r\nx\r\n").as_bytes(),
+        );
+    }
+    let _idle = Client::connect(server.imap);
+    let json = wait_for(Duration::from_secs(15), || {
+        let out = ringmail(
+            &["status", "--json", "--data", server.data.to_str().unwrap()],
+            "",
+        );
+        assert_ok(&out, "ringmail status --json");
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let shards = v["shards"].as_array().unwrap();
+        let messages: u64 = shards.iter().map(|s| s["messages"].as_u64().unwrap()).sum();
+        let imap: u64 = shards
+            .iter()
+            .map(|s| s["sessions"]["imap"].as_u64().unwrap())
+            .sum();
+        (shards.len() == server.cores && messages >= 8 && imap >= 1).then_some(v)
+    })
+    .expect("status never showed the 8 stored messages and the IMAP session");
+    assert_eq!(json["cores"], server.cores);
+    assert!(json["version"].is_string() && json["uptime_seconds"].is_u64());
+    let shards = json["shards"].as_array().unwrap();
+    assert!(
+        shards
+            .iter()
+            .map(|s| s["records_per_second"].as_f64().unwrap())
+            .sum::<f64>()
+            > 0.0,
+        "{json}"
+    );
+    assert!(
+        shards
+            .iter()
+            .all(|s| s["segment_bytes"].as_u64().unwrap() > 0),
+        "{json}"
+    );
+    let out = ringmail(&["status", "--data", server.data.to_str().unwrap()], "");
+    assert_ok(&out, "ringmail status");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.starts_with("ringmail ") && text.contains("commits/s"),
+        "{text}"
+    );
+    assert_eq!(text.lines().count(), 2 + server.cores, "{text}");
+
+    // Thunderbird's autoconfig file, read with Python's XML parser.
+    let script = format!(
+        "import urllib.request, xml.etree.ElementTree as ET\n\
+         x = ET.fromstring(urllib.request.urlopen('http://{}/.well-known/autoconfig/mail/config-v1.1.xml', timeout=10).read())\n\
+         p = x.find('emailProvider')\n\
+         print(','.join(d.text for d in p.findall('domain')))\n\
+         for s in list(p.findall('incomingServer')) + list(p.findall('outgoingServer')):\n\
+         \x20   print(s.get('type'), s.find('hostname').text, s.find('port').text, s.find('socketType').text, s.find('username').text)\n",
+        server.http
+    );
+    let out = std::process::Command::new("python3")
+        .args(["-c", &script])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    let mut lines = text.lines();
+    assert_eq!(lines.next(), Some("example.test"));
+    let servers: Vec<&str> = lines.collect();
+    let host = "mail.example.test";
+    for want in [
+        format!("imap {host} {} SSL %EMAILADDRESS%", server.imaps.port()),
+        format!("imap {host} {} STARTTLS %EMAILADDRESS%", server.imap.port()),
+        format!("pop3 {host} {} SSL %EMAILADDRESS%", server.pop3s.port()),
+        format!("pop3 {host} {} STARTTLS %EMAILADDRESS%", server.pop3.port()),
+        format!(
+            "smtp {host} {} SSL %EMAILADDRESS%",
+            server.submissions.port()
+        ),
+        format!(
+            "smtp {host} {} STARTTLS %EMAILADDRESS%",
+            server.submission.port()
+        ),
+    ] {
+        assert!(
+            servers.contains(&want.as_str()),
+            "missing {want:?} in {servers:?}"
+        );
+    }
+    assert_eq!(get(server.http, "/mail/config-v1.1.xml").0, 200);
+}

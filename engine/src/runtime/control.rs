@@ -13,6 +13,8 @@
 //! bans                -> one line per banned address: "ADDRESS until UNIX-TIME (in N s)"
 //! unban ADDRESS       -> "unbanned ADDRESS" (its failed logins are forgotten)
 //! accounts            -> one line per account with stored mail
+//! status [json]       -> uptime, version and per shard: sessions, accounts,
+//!                        messages, segment/live bytes, queue, commits/s
 //! export ACCOUNT      -> the account's snapshot stream (see `crate::transfer`)
 //! import ACCOUNT      -> "ready MAX", then framed messages (see `runtime::transfer`)
 //! backup DIR          -> progress lines, then "backup of ... done ..."
@@ -94,7 +96,19 @@ pub fn parse(line: &str) -> Result<Command, String> {
 }
 
 /// Bind the socket and serve it on a thread, forwarding to `shards`.
-pub fn start(data_dir: &Path, shards: Vec<ControlSender>) -> std::io::Result<()> {
+/// What `status` reports besides the shards' snapshots.
+#[derive(Clone)]
+pub struct StatusSource {
+    pub published: std::sync::Arc<crate::metrics::Published>,
+    pub started: std::time::Instant,
+    pub cores: usize,
+}
+
+pub fn start(
+    data_dir: &Path,
+    shards: Vec<ControlSender>,
+    status: StatusSource,
+) -> std::io::Result<()> {
     use std::os::unix::fs::PermissionsExt;
     let path = socket_path(data_dir);
     // A socket file left by a killed server.
@@ -110,7 +124,7 @@ pub fn start(data_dir: &Path, shards: Vec<ControlSender>) -> std::io::Result<()>
         .spawn(move || {
             for conn in listener.incoming() {
                 match conn {
-                    Ok(c) => serve(c, &shards, &data_dir),
+                    Ok(c) => serve(c, &shards, &data_dir, &status),
                     Err(e) => {
                         tracing::warn!(error = %e, "control socket accept failed");
                         std::thread::sleep(Duration::from_millis(100));
@@ -121,7 +135,7 @@ pub fn start(data_dir: &Path, shards: Vec<ControlSender>) -> std::io::Result<()>
     Ok(())
 }
 
-fn serve(conn: UnixStream, shards: &[ControlSender], data_dir: &Path) {
+fn serve(conn: UnixStream, shards: &[ControlSender], data_dir: &Path, status: &StatusSource) {
     let _ = conn.set_read_timeout(Some(CLIENT_TIMEOUT));
     let _ = conn.set_write_timeout(Some(CLIENT_TIMEOUT));
     let mut line = String::new();
@@ -144,12 +158,83 @@ fn serve(conn: UnixStream, shards: &[ControlSender], data_dir: &Path) {
         super::transfer::spawn(conn, reader, line, ctx);
         return;
     }
+    // Status is read from the published snapshots: no shard is asked.
+    if let Some(rest) = line.trim().strip_prefix("status") {
+        let answer = match rest.trim() {
+            "" => status_text(status),
+            "json" => status_json(status),
+            other => format!("error: unknown status format {other:?}\n"),
+        };
+        let mut conn = conn;
+        let _ = conn.write_all(answer.as_bytes());
+        return;
+    }
     let answer = match parse(line.trim()) {
         Ok(cmd) => ask(shards, cmd),
         Err(e) => format!("error: {e}\n"),
     };
     let mut conn = conn;
     let _ = conn.write_all(answer.as_bytes());
+}
+
+fn status_json(s: &StatusSource) -> String {
+    let v = serde_json::json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "uptime_seconds": s.started.elapsed().as_secs(),
+        "cores": s.cores,
+        "shards": s.published.status(),
+    });
+    format!("{v}\n")
+}
+
+fn status_text(s: &StatusSource) -> String {
+    use std::fmt::Write as _;
+    let up = s.started.elapsed().as_secs();
+    let mut out = format!(
+        "ringmail {} up {}d {:02}:{:02}:{:02}, {} cores\n",
+        env!("CARGO_PKG_VERSION"),
+        up / 86_400,
+        up / 3600 % 24,
+        up / 60 % 60,
+        up % 60,
+        s.cores
+    );
+    let _ = writeln!(
+        out,
+        "{:>5} {:>6} {:>6} {:>6} {:>6} {:>9} {:>9} {:>14} {:>14} {:>6} {:>10} {:>10}",
+        "shard",
+        "smtp",
+        "subm",
+        "pop3",
+        "imap",
+        "accounts",
+        "messages",
+        "segment_bytes",
+        "live_bytes",
+        "queue",
+        "records/s",
+        "commits/s"
+    );
+    for sh in s.published.status() {
+        let n = |k: &str| sh.sessions.get(k).copied().unwrap_or(0);
+        let _ = writeln!(
+            out,
+            "{:>5} {:>6} {:>6} {:>6} {:>6} {:>9} {:>9} {:>14} {:>14} {:>6} {:>10.1} {:>10.1}",
+            sh.shard,
+            n("smtp"),
+            n("submission") + n("submissions"),
+            n("pop3") + n("pop3s"),
+            n("imap") + n("imaps"),
+            sh.accounts,
+            sh.messages,
+            sh.segment_bytes,
+            sh.live_bytes,
+            sh.queue_messages,
+            sh.records_per_second,
+            sh.commits_per_second
+        );
+    }
+    out
 }
 
 /// Ask every shard, combine the answers.

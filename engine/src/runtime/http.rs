@@ -1,5 +1,7 @@
-//! The HTTP listener (`[listen] http`): `/metrics` (Prometheus text) and
-//! `/healthz` (200 once every shard serves, 503 while starting or stopping).
+//! The HTTP listener (`[listen] http`): `/metrics` (Prometheus text),
+//! `/healthz` (200 once every shard serves, 503 while starting or stopping)
+//! and the client autoconfiguration file Thunderbird and others ask for
+//! (`/.well-known/autoconfig/mail/config-v1.1.xml`, `/mail/config-v1.1.xml`).
 //!
 //! Runs on one side thread (`ringmail-http`) with a tokio current-thread
 //! runtime and hyper's HTTP/1.1 server; the shards never see a request. A
@@ -160,6 +162,99 @@ fn answer<B>(
                 )
             }
         }
+        "/.well-known/autoconfig/mail/config-v1.1.xml" | "/mail/config-v1.1.xml" => {
+            // The bound addresses (a configured port 0 is a real port now).
+            let mut config = shared.config.clone();
+            let l = &mut config.listen;
+            (l.imap, l.imaps, l.pop3, l.pop3s) = (
+                shared.imap.clone(),
+                shared.imaps.clone(),
+                shared.pop3.clone(),
+                shared.pop3s.clone(),
+            );
+            (l.submission, l.submissions) = (shared.submission.clone(), shared.submissions.clone());
+            text(
+                StatusCode::OK,
+                "text/xml; charset=utf-8",
+                autoconfig(&config),
+            )
+        }
         _ => text(StatusCode::NOT_FOUND, "text/plain", "not found\n".into()),
+    }
+}
+
+fn xml_escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+/// Thunderbird's autoconfig file (clientConfig version 1.1) describing the
+/// listeners this server has, implicit TLS first, by their configured ports
+/// and `hostname`. Every login is the full address, over TLS.
+pub fn autoconfig(config: &crate::config::Config) -> String {
+    use std::fmt::Write as _;
+    let host = xml_escape(&config.hostname);
+    let l = &config.listen;
+    let mut out = String::from(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<clientConfig version=\"1.1\">\n",
+    );
+    let id = config
+        .local_domains
+        .first()
+        .map(|d| xml_escape(d))
+        .unwrap_or_else(|| host.clone());
+    let _ = writeln!(out, "  <emailProvider id=\"{id}\">");
+    for d in &config.local_domains {
+        let _ = writeln!(out, "    <domain>{}</domain>", xml_escape(d));
+    }
+    let _ = writeln!(
+        out,
+        "    <displayName>{host}</displayName>\n    <displayShortName>{host}</displayShortName>"
+    );
+    let servers: [(&str, &str, &[std::net::SocketAddr], &str); 6] = [
+        ("incomingServer", "imap", &l.imaps, "SSL"),
+        ("incomingServer", "imap", &l.imap, "STARTTLS"),
+        ("incomingServer", "pop3", &l.pop3s, "SSL"),
+        ("incomingServer", "pop3", &l.pop3, "STARTTLS"),
+        ("outgoingServer", "smtp", &l.submissions, "SSL"),
+        ("outgoingServer", "smtp", &l.submission, "STARTTLS"),
+    ];
+    for (tag, kind, addrs, socket) in servers {
+        let Some(a) = addrs.first() else { continue };
+        let _ = write!(
+            out,
+            "    <{tag} type=\"{kind}\">\n      <hostname>{host}</hostname>\n      <port>{}</port>\n      \
+             <socketType>{socket}</socketType>\n      <username>%EMAILADDRESS%</username>\n      \
+             <authentication>password-cleartext</authentication>\n    </{tag}>\n",
+            a.port()
+        );
+    }
+    out.push_str("  </emailProvider>\n</clientConfig>\n");
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn autoconfig_lists_the_listeners_with_their_ports() {
+        let mut c = crate::config::Config::default();
+        c.hostname = "mail.example.org".into();
+        c.local_domains = vec!["example.org".into(), "a&b.test".into()];
+        c.listen.pop3.clear();
+        let x = super::autoconfig(&c);
+        assert!(
+            x.contains("<domain>example.org</domain>")
+                && x.contains("<domain>a&amp;b.test</domain>"),
+            "{x}"
+        );
+        assert!(x.contains("<incomingServer type=\"imap\">\n      <hostname>mail.example.org</hostname>\n      <port>9930</port>\n      <socketType>SSL</socketType>"), "{x}");
+        assert!(
+            x.contains("<port>5870</port>\n      <socketType>STARTTLS</socketType>"),
+            "{x}"
+        );
+        // No POP3 listener in clear: only POP3S is offered.
+        assert_eq!(x.matches("type=\"pop3\"").count(), 1, "{x}");
     }
 }

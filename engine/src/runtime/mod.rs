@@ -308,7 +308,12 @@ pub fn serve(mut config: Config) -> Result<(), ServeError> {
         }
     }
     transfer::configure(shared.config.limits.message_size_max);
-    if let Err(e) = control::start(&shared.config.data_dir, control_senders) {
+    let status = control::StatusSource {
+        published: shared.published.clone(),
+        started,
+        cores,
+    };
+    if let Err(e) = control::start(&shared.config.data_dir, control_senders, status) {
         tracing::warn!(error = %e, "control socket unavailable: `ringmail queue` will not reach this server");
     }
     watch_certificates(shared.tls.clone());

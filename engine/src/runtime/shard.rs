@@ -1059,10 +1059,11 @@ impl Drop for SessionGauge {
 /// shard). Live bytes need a walk of every message, so they are refreshed
 /// every tenth round only.
 pub async fn publish_metrics(shard: Rc<Shard>) {
-    let mut live = 0u64;
+    let (mut live, mut messages) = (0u64, 0u64);
     for round in 0u64.. {
         if round % 10 == 0 {
             live = shard.store.segment_usage().iter().map(|s| s.live).sum();
+            messages = shard.store.message_count();
         }
         let st = &shard.store.stats;
         let storage = crate::metrics::StorageFigures {
@@ -1073,6 +1074,7 @@ pub async fn publish_metrics(shard: Rc<Shard>) {
             segment_bytes: shard.store.segment_bytes(),
             live_bytes: live,
             accounts: shard.store.account_count() as u64,
+            messages,
             queue_messages: shard.relay.queued_messages(&shard.store) as u64,
             sync_seconds: Some(st.sync_seconds.snapshot()),
             commit_batch_records: Some(st.commit_batch.snapshot()),

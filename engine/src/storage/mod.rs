@@ -772,6 +772,17 @@ impl Store {
 
     /// Usage of every segment this shard knows: bytes written, live body
     /// bytes referenced by this shard's accounts, and whether it is being written.
+    /// Messages in every mailbox of this shard's accounts (walks the index).
+    pub fn message_count(&self) -> u64 {
+        self.buckets
+            .borrow()
+            .values()
+            .flat_map(|b| b.accounts.values())
+            .flat_map(|a| a.mailboxes.iter())
+            .map(|m| m.messages.len() as u64)
+            .sum()
+    }
+
     /// Bytes written into this shard's segments (cheap: no walk of the index).
     pub fn segment_bytes(&self) -> u64 {
         self.segments
