@@ -239,9 +239,11 @@ pub fn autoconfig(config: &crate::config::Config) -> String {
 mod tests {
     #[test]
     fn autoconfig_lists_the_listeners_with_their_ports() {
-        let mut c = crate::config::Config::default();
-        c.hostname = "mail.example.org".into();
-        c.local_domains = vec!["example.org".into(), "a&b.test".into()];
+        let mut c = crate::config::Config {
+            hostname: "mail.example.org".into(),
+            local_domains: vec!["example.org".into(), "a&b.test".into()],
+            ..Default::default()
+        };
         c.listen.pop3.clear();
         let x = super::autoconfig(&c);
         assert!(
