@@ -550,15 +550,17 @@ async fn discover(ctx: Rc<Ctx>, domain: String) -> Answer {
         Step::Done(a) => a,
         Step::LookUpTxt => None,
         Step::Fetch(id) => {
-            let result = {
+            // The wait for a fetch place counts against the same time limit:
+            // slow (or tarpitting) policy hosts holding every place must not
+            // hold up other domains' deliveries for longer than one fetch.
+            let bounded = async {
                 let _permit = ctx.fetches.acquire().await.expect("never closed");
                 ctx.counters.fetches.fetch_add(1, Ordering::Relaxed);
-                match tokio::time::timeout(limits::MTA_STS_FETCH_TIMEOUT, fetch(&ctx, &domain))
-                    .await
-                {
-                    Ok(r) => r,
-                    Err(_) => Err("timed out".into()),
-                }
+                fetch(&ctx, &domain).await
+            };
+            let result = match tokio::time::timeout(limits::MTA_STS_FETCH_TIMEOUT, bounded).await {
+                Ok(r) => r,
+                Err(_) => Err("timed out (fetch or wait for a fetch place)".into()),
             };
             match &result {
                 Ok(p) => {

@@ -8,8 +8,9 @@
 //! scrape renders the snapshots the shards published (metrics.rs), so it
 //! costs the shards nothing. Bounded: at most [`HTTP_CONNECTIONS_MAX`]
 //! connections at once (more wait in the kernel's backlog), each closed
-//! after [`HTTP_CONNECTION_TIMEOUT`] whatever it is doing, requests with a
-//! body are refused, and hyper bounds the request head.
+//! after [`HTTP_CONNECTION_TIMEOUT`] whatever it is doing, a request body
+//! is never read (only GET and HEAD are answered), and hyper bounds the
+//! request head (`max_buf_size`).
 use std::convert::Infallible;
 use std::net::TcpListener;
 use std::sync::atomic::Ordering;
