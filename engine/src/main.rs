@@ -81,6 +81,26 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// The mailboxes of an account on the running server.
+    #[command(
+        after_help = "Examples:\n  ringmail mailbox list carol@example.test\n  ringmail mailbox stats carol@example.test"
+    )]
+    Mailbox {
+        #[command(flatten)]
+        common: Common,
+        #[command(subcommand)]
+        action: MailboxAction,
+    },
+    /// Reclaim segments whose bytes are mostly deleted mail now, on the
+    /// running server (it also does so every storage.compact_interval_secs).
+    #[command(after_help = "Examples:\n  ringmail compact\n  ringmail compact --shard 1")]
+    Compact {
+        #[command(flatten)]
+        common: Common,
+        /// Only segments written by this shard (core).
+        #[arg(long)]
+        shard: Option<usize>,
+    },
     /// Client addresses banned after failed logins, on the running server.
     #[command(after_help = "Examples:\n  ringmail ban list\n  ringmail ban remove 192.0.2.7")]
     Ban {
@@ -212,6 +232,14 @@ enum QueueAction {
     Flush { domain: Option<String> },
     /// Remove a message from the queue (no bounce is sent). ID as shown by `list`, e.g. q0-12.
     Remove { id: String },
+}
+
+#[derive(Subcommand)]
+enum MailboxAction {
+    /// Mailbox names with their message counts.
+    List { account: String },
+    /// Per mailbox: messages, unseen, bytes, UIDVALIDITY, UIDNEXT, special use; and the totals.
+    Stats { account: String },
 }
 
 #[derive(Subcommand)]
@@ -447,6 +475,54 @@ fn run(cli: Cli) -> Result<(), String> {
             let request = if json { "status json" } else { "status" };
             let answer = ringmail::runtime::control::request(&config.data_dir, request)?;
             print!("{answer}");
+            Ok(())
+        }
+        Command::Mailbox { common, action } => {
+            let config = load_config(&common)?;
+            let (account, stats) = match &action {
+                MailboxAction::List { account } => (account, false),
+                MailboxAction::Stats { account } => (account, true),
+            };
+            let answer = ringmail::runtime::control::request(
+                &config.data_dir,
+                &format!("mailboxes {account}"),
+            )?;
+            let (mut messages, mut bytes) = (0u64, 0u64);
+            for line in answer.lines() {
+                let field = |k: &str| {
+                    line.split_whitespace()
+                        .find_map(|w| w.strip_prefix(k))
+                        .and_then(|v| v.parse::<u64>().ok())
+                        .unwrap_or(0)
+                };
+                messages += field("messages=");
+                bytes += field("bytes=");
+                if stats {
+                    println!("{line}");
+                } else {
+                    // The name (quoted) and its count.
+                    let name = line
+                        .rsplit_once("\" messages=")
+                        .map(|(n, _)| format!("{n}\""))
+                        .unwrap_or_default();
+                    println!("{name} {}", field("messages="));
+                }
+            }
+            if stats {
+                println!("total messages={messages} bytes={bytes}");
+            }
+            Ok(())
+        }
+        Command::Compact { common, shard } => {
+            let config = load_config(&common)?;
+            let request = match shard {
+                Some(n) => format!("compact {n}"),
+                None => "compact".to_string(),
+            };
+            print!(
+                "{}",
+                ringmail::runtime::control::request(&config.data_dir, &request)?
+            );
             Ok(())
         }
         Command::Ban { common, action } => {

@@ -365,3 +365,66 @@ fn account_list_into_a_closed_pipe_exits_quietly() {
         out.status
     );
 }
+
+#[test]
+fn mailbox_list_and_stats_and_compact_on_the_running_server() {
+    let server = Server::new();
+    for i in 0..3 {
+        smtp_send(
+            server.smtp,
+            "carol@remote.test",
+            &["bob@example.test"],
+            format!("Subject: {i}\r\n\r\nbody {i}\r\n").as_bytes(),
+        );
+    }
+    let data = server.data.to_str().unwrap();
+    let out = ringmail(&["mailbox", "list", "bob@example.test", "--data", data], "");
+    assert_ok(&out, "mailbox list");
+    let list = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(list.lines().any(|l| l == "\"INBOX\" 3"), "{list}");
+    assert!(list.lines().any(|l| l == "\"Junk\" 0"), "{list}");
+    let out = ringmail(
+        &["mailbox", "stats", "bob@example.test", "--data", data],
+        "",
+    );
+    assert_ok(&out, "mailbox stats");
+    let stats = String::from_utf8_lossy(&out.stdout).into_owned();
+    let inbox = stats
+        .lines()
+        .find(|l| l.starts_with("\"INBOX\""))
+        .unwrap_or_else(|| panic!("{stats}"));
+    assert!(
+        inbox.contains(" messages=3 unseen=3 ") && inbox.contains(" uidnext=4"),
+        "{inbox}"
+    );
+    assert!(
+        stats
+            .lines()
+            .any(|l| l.starts_with("\"Junk\"") && l.ends_with("special=\\Junk")),
+        "{stats}"
+    );
+    assert!(
+        stats
+            .lines()
+            .last()
+            .unwrap()
+            .starts_with("total messages=3 bytes="),
+        "{stats}"
+    );
+    let out = ringmail(
+        &["mailbox", "list", "nobody@example.test", "--data", data],
+        "",
+    );
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no account nobody@example.test"));
+    for args in [vec!["compact"], vec!["compact", "--shard", "1"]] {
+        let mut a = args.clone();
+        a.extend(["--data", data]);
+        let out = ringmail(&a, "");
+        assert_ok(&out, "compact");
+        assert!(
+            String::from_utf8_lossy(&out.stdout).starts_with("compacted "),
+            "{out:?}"
+        );
+    }
+}

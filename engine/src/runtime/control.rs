@@ -13,6 +13,9 @@
 //! bans                -> one line per banned address: "ADDRESS until UNIX-TIME (in N s)"
 //! unban ADDRESS       -> "unbanned ADDRESS" (its failed logins are forgotten)
 //! accounts            -> one line per account with stored mail
+//! mailboxes ACCOUNT   -> one line per mailbox: name, messages, unseen, bytes,
+//!                        UIDVALIDITY, UIDNEXT, special use (the owner answers)
+//! compact [SHARD]     -> "compacted N segments" (shard 0 coordinates)
 //! status [json]       -> uptime, version and per shard: sessions, accounts,
 //!                        messages, segment/live bytes, queue, commits/s
 //! export ACCOUNT      -> the account's snapshot stream (see `crate::transfer`)
@@ -46,6 +49,10 @@ pub enum Command {
     Bans,
     /// Lift a ban (and forget the address's failures).
     Unban(std::net::IpAddr),
+    /// The mailboxes of one account.
+    Mailboxes(String),
+    /// Compact now, all segments or those one shard wrote.
+    Compact(Option<usize>),
     /// Export, import, backup: work for one shard (see `runtime::transfer`).
     Transfer(super::transfer::Request),
 }
@@ -83,6 +90,12 @@ pub fn parse(line: &str) -> Result<Command, String> {
             .map(Command::Remove)
             .ok_or_else(|| format!("bad queue id {id:?} (like q0-12)")),
         ("bans", None) => Ok(Command::Bans),
+        ("mailboxes", Some(a)) => Ok(Command::Mailboxes(a.to_string())),
+        ("compact", None) => Ok(Command::Compact(None)),
+        ("compact", Some(n)) => n
+            .parse()
+            .map(|n| Command::Compact(Some(n)))
+            .map_err(|_| format!("bad shard number {n:?}")),
         ("unban", Some(a)) => {
             let a = a.strip_suffix("/64").unwrap_or(a);
             a.parse()
@@ -90,7 +103,7 @@ pub fn parse(line: &str) -> Result<Command, String> {
                 .map_err(|_| format!("bad address {a:?}"))
         }
         _ => Err(format!(
-            "unknown request {line:?} (list, flush [DOMAIN], remove ID, bans, unban ADDRESS)"
+            "unknown request {line:?} (list, flush [DOMAIN], remove ID, bans, unban ADDRESS, mailboxes ACCOUNT, compact [SHARD], status [json])"
         )),
     }
 }
@@ -291,6 +304,11 @@ fn ask(shards: &[ControlSender], command: Command) -> String {
             None => format!("error: {a} is not banned\n"),
         },
         Command::Transfer(_) => answers.concat(),
+        Command::Mailboxes(a) => match answers.into_iter().find(|x| !x.is_empty()) {
+            Some(x) => x,
+            None => format!("error: no account {a} with stored mail\n"),
+        },
+        Command::Compact(_) => answers.concat(),
     }
 }
 

@@ -2736,14 +2736,7 @@ fn special_use_code(attr: &[u8]) -> Option<u8> {
 }
 
 fn special_use_name(code: u8) -> Option<&'static str> {
-    Some(match code {
-        special::SENT => "\\Sent",
-        special::DRAFTS => "\\Drafts",
-        special::TRASH => "\\Trash",
-        special::JUNK => "\\Junk",
-        special::ARCHIVE => "\\Archive",
-        _ => return None,
-    })
+    Some(special::name(code)).filter(|n| !n.is_empty())
 }
 
 /// A mailbox name we accept: UTF-8 (modified UTF-7 is ASCII), no control

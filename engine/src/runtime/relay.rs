@@ -964,6 +964,42 @@ async fn control(shard: Rc<Shard>, req: ControlRequest) {
             relay.wake();
             n.to_string()
         }
+        Command::Mailboxes(account) => {
+            let account = crate::accounts::canonical(account)
+                .unwrap_or_else(|_| account.to_ascii_lowercase());
+            shard
+                .store
+                .with_account(&account, |a| {
+                    let mut out = String::new();
+                    for m in &a.mailboxes {
+                        let unseen = m.messages.iter().filter(|e| e.flags & crate::storage::index::flag::SEEN == 0).count();
+                        let bytes: u64 = m.messages.iter().map(|e| u64::from(e.loc.len)).sum();
+                        let special = crate::storage::index::special::name(m.special_use);
+                        out.push_str(&format!(
+                            "{:?} messages={} unseen={unseen} bytes={bytes} uidvalidity={} uidnext={}{}{}\n",
+                            m.name,
+                            m.messages.len(),
+                            m.uidvalidity,
+                            m.uidnext,
+                            if special.is_empty() { "" } else { " special=" },
+                            special
+                        ));
+                    }
+                    out
+                })
+                .unwrap_or_default()
+        }
+        Command::Compact(only) => {
+            // Shard 0 coordinates a compaction of every shard.
+            if shard.id != 0 {
+                String::new()
+            } else {
+                match shard.compact(*only).await {
+                    Ok(n) => format!("compacted {n} segments\n"),
+                    Err(e) => format!("error: compaction failed: {e}\n"),
+                }
+            }
+        }
         Command::Bans => {
             let mut out = String::new();
             let now = now.max(0) as u64;

@@ -698,7 +698,9 @@ impl Shard {
     /// One compaction pass, run by shard 0: gather usage from every shard,
     /// pick victims, have every shard evacuate them, then delete the files.
     /// A failure anywhere leaves the files in place (they are only garbage).
-    pub async fn compact(&self) -> Result<usize, StorageError> {
+    /// `only_writer`: reclaim only segments written by that shard
+    /// (`ringmail compact --shard N`).
+    pub async fn compact(&self, only_writer: Option<usize>) -> Result<usize, StorageError> {
         // Not while a backup copies segments (runtime::transfer::backup).
         let Some(_guard) = super::transfer::CompactionGuard::enter() else {
             return Ok(0);
@@ -719,8 +721,12 @@ impl Shard {
                     .map_err(|_| StorageError::Io("shard dropped request".into()))?,
             );
         }
-        let victims =
+        let mut victims =
             storage::compaction_victims(&reports, self.shared.config.storage.compact_live_percent);
+        if let Some(w) = only_writer {
+            // Segment ids are `run << 40 | writer << 32 | seq` (storage::segment).
+            victims.retain(|id| ((id >> 32) & 0xffff) as usize == w);
+        }
         if victims.is_empty() {
             return Ok(0);
         }
@@ -902,7 +908,7 @@ pub async fn run(shared: Arc<Shared>, mesh: MeshBuilder<ShardMsg, Full>) -> Resu
                 if shard.stopping() {
                     return;
                 }
-                if let Err(e) = shard.compact().await {
+                if let Err(e) = shard.compact(None).await {
                     tracing::warn!(error = %e, "compaction pass failed");
                 }
             }

@@ -26,6 +26,18 @@ pub mod special {
     pub const TRASH: u8 = 3;
     pub const JUNK: u8 = 4;
     pub const ARCHIVE: u8 = 5;
+
+    /// The attribute's IMAP name (`\Junk`), "" for none.
+    pub fn name(v: u8) -> &'static str {
+        match v {
+            SENT => "\\Sent",
+            DRAFTS => "\\Drafts",
+            TRASH => "\\Trash",
+            JUNK => "\\Junk",
+            ARCHIVE => "\\Archive",
+            _ => "",
+        }
+    }
 }
 
 /// Mailboxes every new account starts with: id, name, special use.
