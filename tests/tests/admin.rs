@@ -428,3 +428,63 @@ fn mailbox_list_and_stats_and_compact_on_the_running_server() {
         );
     }
 }
+
+#[test]
+fn a_second_server_on_the_same_data_directory_is_refused() {
+    let mut server = Server::new();
+    let out = wait_output(
+        Command::new(ringmail_bin())
+            .args([
+                "serve",
+                "--cores",
+                "1",
+                "--data",
+                server.data.to_str().unwrap(),
+            ])
+            .args([
+                "--smtp",
+                "127.0.0.1:0",
+                "--pop3",
+                "127.0.0.1:0",
+                "--imap",
+                "127.0.0.1:0",
+            ])
+            .args([
+                "--submission",
+                "127.0.0.1:0",
+                "--submissions",
+                "127.0.0.1:0",
+                "--imaps",
+                "127.0.0.1:0",
+            ])
+            .args(["--pop3s", "127.0.0.1:0", "--http", "127.0.0.1:0"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+        Duration::from_secs(30),
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(&format!(
+            "in use by another ringmail (pid {})",
+            server.pid().unwrap()
+        )),
+        "{err}"
+    );
+    // The first one is unharmed, and after kill -9 a new start takes the lock.
+    smtp_send(
+        server.smtp,
+        "carol@remote.test",
+        &["bob@example.test"],
+        b"Subject: x\r\n\r\ny\r\n",
+    );
+    server.kill9();
+    server.restart();
+    assert_eq!(
+        fetch_all(server.pop3, "bob@example.test", "bob-secret").len(),
+        1
+    );
+}

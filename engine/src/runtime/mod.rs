@@ -116,6 +116,10 @@ pub fn serve(mut config: Config) -> Result<(), ServeError> {
         }
         privileges::Outcome::Unprivileged => {}
     }
+    // One server per data directory: a second one appending to the same
+    // segments would corrupt them. The lock goes with the process (kill -9
+    // included), so a restart after a crash is never refused.
+    let _data_lock = lock_data_dir(&config.data_dir).map_err(data_err)?;
     let meta = Meta::start_run(&config.data_dir, limits::BUCKETS_DEFAULT).map_err(data_err)?;
     // glommio opens directories relative to nothing (a relative path fails
     // with EBADF): work with the absolute path from here on.
@@ -393,6 +397,38 @@ fn raise_fd_limit() {
             libc::setrlimit(libc::RLIMIT_NOFILE, &l);
         }
     }
+}
+
+/// Take `DATA/lock` (flock, exclusive, not waiting) for the life of the
+/// returned file, and write our pid into it for the next one's message.
+fn lock_data_dir(dir: &std::path::Path) -> std::io::Result<std::fs::File> {
+    use std::io::{Read, Seek, Write};
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::create_dir_all(dir)?;
+    let path = dir.join("lock");
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(&path)?;
+    if nix::fcntl::flock(f.as_raw_fd(), nix::fcntl::FlockArg::LockExclusiveNonblock).is_err() {
+        let mut pid = String::new();
+        let _ = f.read_to_string(&mut pid);
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::AddrInUse,
+            format!(
+                "in use by another ringmail (pid {}); one server per data directory",
+                pid.trim()
+            ),
+        ));
+    }
+    f.set_len(0)?;
+    f.rewind()?;
+    writeln!(f, "{}", std::process::id())?;
+    Ok(f)
 }
 
 /// Tell systemd (Type=notify, `NOTIFY_SOCKET` set) about a state change;
