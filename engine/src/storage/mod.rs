@@ -1208,7 +1208,7 @@ impl Store {
         let mut creation = Vec::new();
         self.with_account_mut(
             account,
-            crate::runtime::shard::unix_now(),
+            crate::util::unix_now(),
             &mut creation,
             |_| (),
         );
