@@ -295,7 +295,7 @@ fn json_logs_have_one_object_per_line_and_an_event_per_transaction() {
         if v["event"] == "smtp_transaction" {
             tx = Some(v.clone());
         }
-        if v["message"] == "login failed" {
+        if v["event"] == "login" {
             login = Some(v);
         }
     }
@@ -314,6 +314,9 @@ fn json_logs_have_one_object_per_line_and_an_event_per_transaction() {
     );
     let login = login.unwrap_or_else(|| panic!("no login event in\n{text}"));
     assert_eq!(login["proto"], "pop3");
+    assert_eq!(login["result"], "failure");
+    assert_eq!(login["user"], "bob@example.test");
+    assert_eq!(login["client"], "127.0.0.1");
     // Never a password in the logs.
     assert!(!text.contains("wrong"), "{text}");
 }

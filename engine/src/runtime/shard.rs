@@ -637,6 +637,16 @@ impl Shard {
             .position(|p| *p == proto)
             .unwrap_or(0);
         self.metrics.login(p, result);
+        // One event per login (never the password).
+        tracing::info!(
+            event = "login",
+            proto,
+            user = user.trim(),
+            client = %peer,
+            result = crate::metrics::LOGIN_RESULTS[result],
+            "login {}",
+            crate::metrics::LOGIN_RESULTS[result]
+        );
         out
     }
 

@@ -1206,12 +1206,7 @@ impl Store {
     /// Make sure an account exists with its default mailboxes, durably.
     pub async fn ensure_account(&self, account: &str) -> Result<()> {
         let mut creation = Vec::new();
-        self.with_account_mut(
-            account,
-            crate::util::unix_now(),
-            &mut creation,
-            |_| (),
-        );
+        self.with_account_mut(account, crate::util::unix_now(), &mut creation, |_| ());
         if creation.is_empty() {
             return Ok(());
         }
