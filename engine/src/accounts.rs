@@ -204,7 +204,19 @@ impl AccountFile {
             text.push_str(h);
             text.push('\n');
         }
-        let mut f = std::fs::File::create(&tmp).map_err(io)?;
+        // Password hashes: readable by the server's user only, whatever the
+        // umask (an offline guesser needs only the hash).
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(io)?;
+        // A temporary file left by an older build may have a wider mode.
+        f.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .map_err(io)?;
         f.write_all(text.as_bytes()).map_err(io)?;
         f.sync_all().map_err(io)?;
         std::fs::rename(&tmp, &self.path).map_err(io)?;
@@ -366,6 +378,10 @@ mod tests {
         f.add_many(&["1u@example.test".into(), "2u@example.test".into()], "pw")
             .unwrap();
         assert_eq!(f.read().unwrap().len(), 3);
+        // Password hashes are for the server's user only.
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(f.path()).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "{mode:o}");
         f.remove("carol@example.test").unwrap();
         assert!(matches!(
             f.remove("carol@example.test"),
