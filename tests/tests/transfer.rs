@@ -477,6 +477,9 @@ fn backup_under_load_serves_every_acknowledged_message() {
         "mail kept being accepted during the backup"
     );
     assert!(text(&o).contains("backup of"), "{}", text(&o));
+    // Mail and password hashes: nothing in the copy is open to others,
+    // except hard links, which share the live file's mode.
+    assert_private(&copy);
     std::thread::sleep(std::time::Duration::from_millis(200));
     stop.store(true, Ordering::SeqCst);
     let sent = sender.join().unwrap();
@@ -512,5 +515,162 @@ fn backup_under_load_serves_every_acknowledged_message() {
             have.contains(m[1].as_str().unwrap()),
             "message {m} missing from the copy"
         );
+    }
+}
+
+/// Speak the import protocol on the control socket directly (raw frames,
+/// as a hostile or broken client could); returns the server's answers.
+fn raw_import(s: &Server, account: &str, frames: &[u8]) -> String {
+    use std::io::{Read, Write};
+    let mut c = std::os::unix::net::UnixStream::connect(s.data.join("control.sock")).unwrap();
+    c.set_read_timeout(Some(std::time::Duration::from_secs(60)))
+        .unwrap();
+    c.write_all(format!("import {account}\n").as_bytes())
+        .unwrap();
+    c.write_all(frames).unwrap();
+    c.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut out = String::new();
+    c.read_to_string(&mut out).unwrap();
+    out
+}
+
+fn frame(uid: u32, body: &[u8]) -> Vec<u8> {
+    let mut f = format!("message {uid} 0 1700000000 {}\n", body.len()).into_bytes();
+    f.extend_from_slice(body);
+    f
+}
+
+#[test]
+fn import_refuses_uid_max_and_keeps_uids_ascending() {
+    let s = Server::new();
+    let mut frames = b"mailbox 0 Hostile\n".to_vec();
+    frames.extend(frame(u32::MAX, b"Subject: max\r\n\r\none\r\n"));
+    frames.extend(frame(7, b"Subject: seven\r\n\r\ntwo\r\n"));
+    frames.extend(frame(3, b"Subject: three\r\n\r\nthree\r\n"));
+    frames.extend(frame(0, b"Subject: zero\r\n\r\nfour\r\n"));
+    frames.extend(frame(u32::MAX - 1, b"Subject: last\r\n\r\nfive\r\n"));
+    frames.extend_from_slice(b"end\n");
+    let answers = raw_import(&s, "alice@example.test", &frames);
+    let added: Vec<&str> = answers
+        .lines()
+        .filter(|l| l.starts_with("added "))
+        .collect();
+    // 4294967295 and 0 are not kept; 3 after 7 would descend: renumbered.
+    assert_eq!(
+        added,
+        [
+            "added 1",
+            "added 7",
+            "added 8",
+            "added 9",
+            "added 4294967294"
+        ],
+        "{answers}"
+    );
+    assert!(answers.ends_with("done\n"), "{answers}");
+    // UIDNEXT is now 4294967295: one more message has no UID to take, and
+    // is refused without harm to the shard.
+    let mut more = b"mailbox 0 Hostile\n".to_vec();
+    more.extend(frame(0, b"Subject: over\r\n\r\nsix\r\n"));
+    more.extend_from_slice(b"end\n");
+    let answers = raw_import(&s, "alice@example.test", &more);
+    assert!(answers.contains("no UIDs left"), "{answers}");
+    let d = dump(&s, "alice@example.test", "alice-secret");
+    assert_eq!(d["Hostile"].as_array().unwrap().len(), 5, "{d}");
+}
+
+#[test]
+fn export_carries_bodies_that_look_like_errors_and_end_markers() {
+    let s = Server::new();
+    // 7 * 320000 bytes span over eight 256 KiB chunks; a chunk holds
+    // 262144 = 7 * 37449 + 1 bytes, so some chunk starts on `error: `.
+    let mut body = b"Subject: errors\r\n\r\n".to_vec();
+    body.extend(b"error: ".repeat(320_000));
+    body.extend_from_slice(b"\r\nend\r\n");
+    let mut frames = b"mailbox 0 INBOX\n".to_vec();
+    frames.extend(frame(0, &body));
+    frames.extend(frame(0, b"Subject: e2\r\n\r\nend\n"));
+    frames.extend_from_slice(b"end\n");
+    let answers = raw_import(&s, "alice@example.test", &frames);
+    assert_eq!(answers.matches("added ").count(), 2, "{answers}");
+    for format in ["maildir", "mbox"] {
+        let out = tempfile::tempdir().unwrap();
+        let o = cli(
+            &s,
+            &[
+                "export",
+                "alice@example.test",
+                "--format",
+                format,
+                out.path().to_str().unwrap(),
+            ],
+        );
+        assert_ok(&o, "export of error-looking bodies");
+        assert!(text(&o).contains("2 messages"), "{}", text(&o));
+    }
+}
+
+#[test]
+fn reimport_of_an_export_adds_nothing_even_with_odd_line_ends() {
+    let s = Server::new();
+    // Stored as sent: a bare LF, a CR CR LF and no final line end, which
+    // the LF files of Maildir and mbox cannot give back byte for byte.
+    let mut frames = b"mailbox 0 INBOX\n".to_vec();
+    frames.extend(frame(0, b"Subject: odd\r\n\r\nbare\nlf and\r\r\nend"));
+    frames.extend(frame(0, b"Subject: plain\r\n\r\nplain\r\n"));
+    frames.extend_from_slice(b"end\n");
+    let answers = raw_import(&s, "alice@example.test", &frames);
+    assert_eq!(answers.matches("added ").count(), 2, "{answers}");
+    let before = dump(&s, "alice@example.test", "alice-secret");
+    for format in ["maildir", "mbox"] {
+        let out = tempfile::tempdir().unwrap();
+        let o = cli(
+            &s,
+            &[
+                "export",
+                "alice@example.test",
+                "--format",
+                format,
+                out.path().to_str().unwrap(),
+            ],
+        );
+        assert_ok(&o, "export");
+        let src = out.path().join("alice@example.test");
+        let o = cli(
+            &s,
+            &[
+                "import",
+                "--format",
+                format,
+                src.to_str().unwrap(),
+                "alice@example.test",
+            ],
+        );
+        assert_ok(&o, "re-import");
+        assert!(text(&o).contains(" 0 added, "), "{format}: {}", text(&o));
+        assert_eq!(dump(&s, "alice@example.test", "alice-secret"), before);
+    }
+}
+
+/// Every directory under `dir` is 0700 and every file of its own 0600;
+/// files hard-linked to the live data directory are reported.
+fn assert_private(dir: &Path) {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(dir).unwrap();
+    assert_eq!(meta.mode() & 0o777, 0o700, "{}", dir.display());
+    for e in std::fs::read_dir(dir).unwrap() {
+        let e = e.unwrap();
+        let m = e.metadata().unwrap();
+        if m.is_dir() {
+            assert_private(&e.path());
+        } else if m.nlink() > 1 {
+            eprintln!(
+                "hard link {} mode {:o}",
+                e.path().display(),
+                m.mode() & 0o777
+            );
+        } else {
+            assert_eq!(m.mode() & 0o777, 0o600, "{}", e.path().display());
+        }
     }
 }

@@ -49,6 +49,10 @@ pub const CONNECTIONS_MAX: usize = 4;
 /// An import batch ends at this many messages or bytes (one group commit each).
 const BATCH_MESSAGES_MAX: usize = 64;
 const BATCH_BYTES_MAX: usize = 4 << 20;
+/// Import answers held before they are written (with the batch so far):
+/// messages found present or refused do not fill a batch, and must not
+/// pile up answers without bound either.
+const ANSWERS_MAX: usize = 256;
 /// Bound on a frame header line (a message line carries its keywords).
 const FRAME_LINE_MAX: u64 = 8 * 1024;
 /// How long a transfer client may stay silent.
@@ -150,7 +154,7 @@ pub enum Work {
     Accounts(oneshot::Sender<Vec<String>>),
     Export {
         account: String,
-        out: mpsc::Sender<Vec<u8>>,
+        out: mpsc::Sender<Piece>,
     },
     Open {
         account: String,
@@ -168,6 +172,16 @@ pub enum Work {
     },
     /// The position just after this shard's last durable record.
     Cut(oneshot::Sender<LogPos>),
+}
+
+/// What the owner shard sends an export's connection thread. The end and
+/// errors travel beside the data, never inside it: no message body can
+/// pass for either, and a stream that stops without [`Piece::End`] is known
+/// to be cut short.
+pub enum Piece {
+    Data(Vec<u8>),
+    Error(String),
+    End,
 }
 
 /// [`Work`] inside a [`Command`] (which must be `Clone` and comparable):
@@ -197,13 +211,92 @@ impl PartialEq for Request {
 }
 impl Eq for Request {}
 
-/// First 128 bits of the SHA-256 of a message body: how an import
-/// recognises a message the mailbox already holds.
+/// First 128 bits of the SHA-256 of a message body with its line ends
+/// made uniform ([`Digester`]): how an import recognises a message the
+/// mailbox already holds.
 pub fn digest(body: &[u8]) -> [u8; 16] {
-    let d = ring::digest::digest(&ring::digest::SHA256, body);
-    let mut out = [0u8; 16];
-    out.copy_from_slice(&d.as_ref()[..16]);
-    out
+    let mut d = Digester::new();
+    d.update(body);
+    d.finish()
+}
+
+/// Bytes hashed between two yields to the shard's executor.
+const DIGEST_STEP: usize = 64 * 1024;
+
+/// An incremental [`digest`], fed in pieces of any size. It hashes the
+/// body with every run of CRs just before an LF removed (CRLF, a bare LF
+/// and CR CR LF all count as one line end) and without trailing CRs and
+/// LFs, because that is what an export to Maildir or mbox and an import
+/// back change (transfer/mod.rs): a re-import of an export must find
+/// every message present. Bare CRs inside a line are kept.
+pub struct Digester {
+    ctx: ring::digest::Context,
+    /// LFs, then CRs after the last LF, held until a byte that is neither
+    /// (then they are hashed, the CRs only if no LF followed them).
+    lfs: usize,
+    crs: usize,
+}
+
+impl Digester {
+    pub fn new() -> Self {
+        Digester {
+            ctx: ring::digest::Context::new(&ring::digest::SHA256),
+            lfs: 0,
+            crs: 0,
+        }
+    }
+
+    pub fn update(&mut self, data: &[u8]) {
+        let mut start = 0;
+        for (i, b) in data.iter().enumerate() {
+            match b {
+                b'\r' | b'\n' => {
+                    if start < i {
+                        self.release();
+                        self.ctx.update(&data[start..i]);
+                    }
+                    start = i + 1;
+                    if *b == b'\r' {
+                        self.crs += 1;
+                    } else {
+                        self.crs = 0;
+                        self.lfs += 1;
+                    }
+                }
+                _ => {}
+            }
+        }
+        if start < data.len() {
+            self.release();
+            self.ctx.update(&data[start..]);
+        }
+    }
+
+    /// Hash the held line ends (a byte of text follows them).
+    fn release(&mut self) {
+        const LFS: [u8; 64] = [b'\n'; 64];
+        const CRS: [u8; 64] = [b'\r'; 64];
+        for (n, fill) in [(&mut self.lfs, &LFS), (&mut self.crs, &CRS)] {
+            while *n > 0 {
+                let k = (*n).min(fill.len());
+                self.ctx.update(&fill[..k]);
+                *n -= k;
+            }
+        }
+    }
+
+    pub fn finish(self) -> [u8; 16] {
+        let d = self.ctx.finish();
+        let mut out = [0u8; 16];
+        out.copy_from_slice(&d.as_ref()[..16]);
+        out
+    }
+}
+
+impl Default for Digester {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 // ---------------------------------------------------------------- shard side
@@ -249,7 +342,7 @@ pub async fn handle(shard: Rc<Shard>, req: Request) -> String {
     String::new()
 }
 
-async fn export(shard: &Rc<Shard>, account: &str, mut out: mpsc::Sender<Vec<u8>>) {
+async fn export(shard: &Rc<Shard>, account: &str, mut out: mpsc::Sender<Piece>) {
     // The snapshot: index and body mappings together, no await in between.
     let snapshot: Option<Vec<(index::Mailbox, Vec<Option<Body>>)>> =
         shard.store.with_account(account, |a| {
@@ -269,7 +362,7 @@ async fn export(shard: &Rc<Shard>, account: &str, mut out: mpsc::Sender<Vec<u8>>
         });
     if snapshot.is_none() && !shard.directory().contains(account) {
         let _ = out
-            .send(format!("error: no account {account}\n").into_bytes())
+            .send(Piece::Error(format!("no account {account}")))
             .await;
         return;
     }
@@ -319,15 +412,16 @@ async fn export(shard: &Rc<Shard>, account: &str, mut out: mpsc::Sender<Vec<u8>>
                 rest = &rest[n..];
                 if buf.len() >= CHUNK {
                     let full = std::mem::replace(&mut buf, Vec::with_capacity(CHUNK + 1024));
-                    if out.send(full).await.is_err() {
+                    if out.send(Piece::Data(full)).await.is_err() {
                         return; // the client went away
                     }
                 }
             }
         }
     }
-    buf.extend_from_slice(b"end\n");
-    let _ = out.send(buf).await;
+    if out.send(Piece::Data(buf)).await.is_ok() {
+        let _ = out.send(Piece::End).await;
+    }
 }
 
 /// A mailbox name an import may create: the IMAP rules of `CREATE`.
@@ -428,8 +522,9 @@ async fn open(
             (ids.last().map(|x| x.0).ok_or("no mailbox created")?, true)
         }
     };
-    // Digests of the stored bodies (a snapshot of the handles, then hashing
-    // with a yield now and then: a big mailbox must not stall the shard).
+    // Digests of the stored bodies: a snapshot of the handles, then hashing
+    // in steps of DIGEST_STEP bytes with a yield between them, so neither a
+    // big mailbox nor a big message stalls the shard.
     let (fresh, bodies) = store
         .with_account(account, |a| {
             a.mailbox(id).map(|m| {
@@ -446,8 +541,12 @@ async fn open(
         .ok_or("mailbox vanished")?;
     let mut digests = HashMap::new();
     for b in bodies {
-        *digests.entry(digest(b.bytes())).or_insert(0) += 1;
-        glommio::yield_if_needed().await;
+        let mut d = Digester::new();
+        for step in b.bytes().chunks(DIGEST_STEP) {
+            d.update(step);
+            glommio::yield_if_needed().await;
+        }
+        *digests.entry(d.finish()).or_insert(0) += 1;
     }
     Ok(Opened {
         id,
@@ -468,9 +567,22 @@ async fn append(
     let planned = store
         .with_account_counters(account, |a| {
             let m = a.mailbox_mut(mailbox).ok_or("mailbox vanished")?;
+            // UIDs first, without touching the mailbox: a batch that runs
+            // out of UIDs changes nothing.
+            let mut next = m.uidnext;
+            let mut uids = Vec::with_capacity(messages.len());
+            for msg in &messages {
+                let uid = kept_uid(keep_uids, msg.uid, next).unwrap_or(next);
+                // RFC 3501 2.3.1.1: UIDs ascend and are 32-bit; a mailbox
+                // whose UIDNEXT cannot go higher takes no more messages.
+                next = uid
+                    .checked_add(1)
+                    .ok_or("the mailbox has no UIDs left (UIDNEXT at 4294967295)")?;
+                uids.push(uid);
+            }
             let mut new_keywords: Vec<(u8, String)> = Vec::new();
             let mut plan = Vec::with_capacity(messages.len());
-            for msg in &messages {
+            for (msg, uid) in messages.iter().zip(uids) {
                 let mut mask = 0u64;
                 for k in &msg.keywords {
                     let bit = match m.keywords.iter().position(|n| n.eq_ignore_ascii_case(k)) {
@@ -485,12 +597,7 @@ async fn append(
                     };
                     mask |= 1 << bit;
                 }
-                let uid = if keep_uids && msg.uid >= m.uidnext {
-                    msg.uid
-                } else {
-                    m.uidnext
-                };
-                m.uidnext = uid + 1;
+                m.uidnext = uid + 1; // cannot wrap: checked above
                 m.highest_modseq += 1;
                 plan.push((uid, mask, m.highest_modseq));
             }
@@ -521,6 +628,14 @@ async fn append(
     }
     store.commit(&ops).await.map_err(|e| e.to_string())?;
     Ok(plan.into_iter().map(|p| p.0).collect())
+}
+
+/// The source's UID if it may be kept: a fresh mailbox, a valid UID
+/// (1..4294967294: 4294967295 would leave no UIDNEXT, RFC 3501 2.3.1.1)
+/// and above every UID given so far, so kept UIDs strictly ascend whatever
+/// order the source lists them in. `None`: take `next`.
+fn kept_uid(keep_uids: bool, uid: u32, next: u32) -> Option<u32> {
+    (keep_uids && uid != 0 && uid != u32::MAX && uid >= next).then_some(uid)
 }
 
 // ------------------------------------------------------- connection threads
@@ -633,18 +748,20 @@ fn serve(
                     out: tx,
                 },
             )?;
-            let mut ended = false;
-            for chunk in futures::executor::block_on_stream(rx) {
-                if chunk.starts_with(b"error: ") {
-                    return conn.write_all(&chunk).map_err(io);
+            // The `end` line is written only on [`Piece::End`]; on the
+            // socket it stands where a frame header is due, which the
+            // client reads by length, so no body can imitate it.
+            for piece in futures::executor::block_on_stream(rx) {
+                match piece {
+                    Piece::Data(chunk) => conn.write_all(&chunk).map_err(io)?,
+                    Piece::Error(e) => return Err(e),
+                    Piece::End => return conn.write_all(b"end\n").map_err(io),
                 }
-                ended = chunk.ends_with(b"end\n");
-                conn.write_all(&chunk).map_err(io)?;
             }
-            if !ended {
-                return Err("the export stopped early".into());
-            }
-            Ok(())
+            // Cut short: shut the socket without `end` (an error line here
+            // could fall inside a body); the client reports the stream cut.
+            let _ = conn.shutdown(std::net::Shutdown::Both);
+            Err("the export stopped early".into())
         }
         ("import", Some(account)) => {
             let account = crate::accounts::canonical(account).map_err(|e| e.to_string())?;
@@ -743,6 +860,9 @@ fn import(
         out.flush().map_err(|e| e.to_string())
     };
     loop {
+        if answers.len() >= ANSWERS_MAX {
+            flush(&mut batch, &mut answers, &current, &mut out)?;
+        }
         let Some(line) = frame_line(&mut reader)? else {
             return Err("the client went away before `end`".into());
         };
@@ -890,8 +1010,12 @@ fn backup(conn: &mut UnixStream, dir: &Path, ctx: &Context) -> Result<(), String
     let _mark = BackupMark::enter()?;
     let started = std::time::Instant::now();
     let src = &ctx.data_dir;
-    std::fs::create_dir_all(dir.join("segments")).map_err(io(dir))?;
-    std::fs::create_dir_all(dir.join("index")).map_err(io(dir))?;
+    // The copy holds mail and password hashes: directories 0700, files 0600
+    // (the umask would leave them readable by others). An existing empty
+    // directory is narrowed as well.
+    for d in [dir.to_path_buf(), dir.join("segments"), dir.join("index")] {
+        private_dir(&d)?;
+    }
     // 2. checkpoints.
     let mut checkpoints = 0;
     for e in std::fs::read_dir(src.join("index")).map_err(io(src))? {
@@ -945,12 +1069,10 @@ fn backup(conn: &mut UnixStream, dir: &Path, ctx: &Context) -> Result<(), String
             }
             _ => match std::fs::hard_link(e.path(), &to) {
                 Ok(()) => linked += 1,
+                // Another file system: a private copy.
                 Err(_) => {
-                    let bytes_copied = std::fs::copy(e.path(), &to).map_err(io(&to))?;
-                    std::fs::File::open(&to)
-                        .and_then(|f| f.sync_all())
-                        .map_err(io(&to))?;
-                    let _ = bytes_copied;
+                    let len = e.metadata().map_err(io(&e.path()))?.len();
+                    copy_prefix(&e.path(), &to, len)?;
                     copied += 1;
                 }
             },
@@ -981,8 +1103,30 @@ fn backup(conn: &mut UnixStream, dir: &Path, ctx: &Context) -> Result<(), String
     .map_err(|e| e.to_string())
 }
 
+/// Create a directory (and its parents) readable by the owner only.
+fn private_dir(d: &Path) -> Result<(), String> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    let err = |e: std::io::Error| format!("{}: {e}", d.display());
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(d)
+        .map_err(err)?;
+    std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o700)).map_err(err)
+}
+
+/// A new file of the backup, readable by the owner only.
+fn private_file(to: &Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(to)
+}
+
 fn write_durable(to: &Path, bytes: &[u8]) -> Result<(), String> {
-    let mut f = std::fs::File::create(to).map_err(|e| format!("{}: {e}", to.display()))?;
+    let mut f = private_file(to).map_err(|e| format!("{}: {e}", to.display()))?;
     f.write_all(bytes)
         .and_then(|()| f.sync_all())
         .map_err(|e| format!("{}: {e}", to.display()))
@@ -994,13 +1138,14 @@ fn copy_prefix(from: &Path, to: &Path, len: u64) -> Result<(), String> {
     let err = |e: std::io::Error| format!("{}: {e}", from.display());
     let src = std::fs::File::open(from).map_err(err)?;
     let full = src.metadata().map_err(err)?.len();
-    let mut dst = std::fs::File::create(to).map_err(err)?;
+    let mut dst = private_file(to).map_err(|e| format!("{}: {e}", to.display()))?;
     std::io::copy(&mut (&src).take(len), &mut dst).map_err(err)?;
     dst.set_len(full).map_err(err)?;
     dst.sync_all().map_err(err)
 }
 
-/// Copy a small directory tree (tls/, dkim/), keeping file modes.
+/// Copy a small directory tree (tls/, dkim/): private keys, so the copy is
+/// owner-only (directories 0700, files 0600) whatever the source's modes.
 fn copy_tree(from: &Path, to: &Path, depth: u32) -> Result<(), String> {
     if depth > 4 || !from.is_dir() {
         return Ok(());
@@ -1009,12 +1154,7 @@ fn copy_tree(from: &Path, to: &Path, depth: u32) -> Result<(), String> {
         let p = p.display().to_string();
         move |e: std::io::Error| format!("{p}: {e}")
     };
-    std::fs::create_dir_all(to).map_err(err(to))?;
-    std::fs::set_permissions(
-        to,
-        std::fs::metadata(from).map_err(err(from))?.permissions(),
-    )
-    .map_err(err(to))?;
+    private_dir(to)?;
     for e in std::fs::read_dir(from).map_err(err(from))? {
         let e = e.map_err(err(from))?;
         let t = e.file_type().map_err(err(from))?;
@@ -1022,7 +1162,11 @@ fn copy_tree(from: &Path, to: &Path, depth: u32) -> Result<(), String> {
         if t.is_dir() {
             copy_tree(&e.path(), &dest, depth + 1)?;
         } else if t.is_file() {
-            std::fs::copy(e.path(), &dest).map_err(err(&dest))?;
+            let mut src = std::fs::File::open(e.path()).map_err(err(&e.path()))?;
+            let mut dst = private_file(&dest).map_err(err(&dest))?;
+            std::io::copy(&mut src, &mut dst)
+                .and_then(|_| dst.sync_all())
+                .map_err(err(&dest))?;
         }
     }
     Ok(())
@@ -1059,9 +1203,36 @@ mod tests {
     }
 
     #[test]
+    fn kept_uids_are_valid_and_ascend() {
+        assert_eq!(kept_uid(true, 5, 1), Some(5));
+        assert_eq!(kept_uid(false, 5, 1), None);
+        assert_eq!(kept_uid(true, 0, 1), None);
+        assert_eq!(kept_uid(true, u32::MAX, 1), None);
+        assert_eq!(kept_uid(true, u32::MAX - 1, 1), Some(u32::MAX - 1));
+        // Out of order: a lower UID than one already given is renumbered.
+        assert_eq!(kept_uid(true, 3, 6), None);
+        assert_eq!(kept_uid(true, 6, 6), Some(6));
+    }
+
+    #[test]
     fn digests_tell_bodies_apart() {
         assert_eq!(digest(b"a"), digest(b"a"));
         assert_ne!(digest(b"a"), digest(b"b"));
+        // Line ends as an export and import change them count as one.
+        let stored = b"S: x\r\n\r\na\nb\r\r\nc\rd\r\n";
+        let back = b"S: x\r\n\r\na\r\nb\r\nc\rd\r\n\r\n";
+        assert_eq!(digest(stored), digest(back));
+        assert_ne!(digest(b"a\rb"), digest(b"a\nb"), "a bare CR is text");
+        assert_ne!(digest(b"a\n\nb"), digest(b"a\nb"), "blank lines count");
+        assert_ne!(digest(b"ab"), digest(b"a\nb"));
+        // Fed in pieces of any size: the same digest.
+        for step in [1, 2, 3, 7] {
+            let mut d = Digester::new();
+            for p in stored.chunks(step) {
+                d.update(p);
+            }
+            assert_eq!(d.finish(), digest(stored), "step {step}");
+        }
         assert!(is_transfer("export a@b.test") && is_transfer("BACKUP /x"));
         assert!(!is_transfer("list") && !is_transfer("bans"));
     }

@@ -14,9 +14,18 @@
 //! end
 //! ```
 //!
-//! Stored messages have CRLF line ends (as IMAP serves them); the files
-//! written have LF (as Maildir and mbox on Unix do), and import turns LF
-//! back into CRLF, so a round trip gives back the stored bytes.
+//! The stream is framed by lengths: `end` (or `error: ...` before any data)
+//! is read only where a header line is due, so no body can imitate it, and
+//! a stream that stops before `end` is an error.
+//!
+//! Stored messages normally have CRLF line ends (as IMAP serves them); the
+//! files written have LF (as Maildir and mbox on Unix do), and import turns
+//! bare LF back into CRLF. So a round trip gives back the stored bytes for a
+//! message with CRLF line ends only, ending in CRLF. It does not for one
+//! stored with a bare LF (it comes back as CRLF), with CR CR LF (comes back
+//! as CRLF), or, through mbox, without a final line end (one is added).
+//! Import's duplicate check ([`crate::runtime::transfer::digest`]) treats
+//! those line ends as equal, so re-importing an export adds nothing.
 pub mod maildir;
 pub mod mbox;
 
@@ -134,7 +143,14 @@ pub fn export(
     let mut c = connect(data_dir)?;
     c.write_all(format!("export {account}\n").as_bytes())
         .map_err(|e| e.to_string())?;
-    let mut r = BufReader::with_capacity(256 * 1024, c);
+    export_from(BufReader::with_capacity(256 * 1024, c), format, out)
+}
+
+/// Write the export stream read from `r` under `out`. The stream is
+/// framed by lengths: a header line (or `end`, or `error: ...`) is looked
+/// for only where one is due, never inside a body, and a stream that stops
+/// before `end` (even at a frame boundary) is an error.
+fn export_from(mut r: impl BufRead, format: Format, out: &Path) -> Result<(usize, usize), String> {
     let first = read_line(&mut r)?;
     let name = first
         .strip_prefix("account ")
@@ -213,8 +229,13 @@ pub fn export(
                 let [uid, flags, keywords, date, len] = n[..] else {
                     return Err(format!("bad message line {line:?}"));
                 };
-                let mut body = vec![0u8; usize::try_from(len).map_err(|_| "bad length")?];
-                r.read_exact(&mut body).map_err(io)?;
+                let len = usize::try_from(len).map_err(|_| "bad length")?;
+                if len > crate::limits::MESSAGE_SIZE_MAX.max(1 << 30) {
+                    return Err(format!("message length {len} out of range"));
+                }
+                let mut body = vec![0u8; len];
+                r.read_exact(&mut body)
+                    .map_err(|e| format!("the export stopped inside a message: {e}"))?;
                 let m = ExportMessage {
                     uid: uid as u32,
                     flags: flags as u32,
@@ -560,6 +581,39 @@ mod tests {
             lf_to_crlf(&crlf_to_lf(b"x\r\n\r\ny\r\n")),
             b"x\r\n\r\ny\r\n"
         );
+    }
+
+    /// An export stream of one message whose body looks like an error and
+    /// an end marker, then `end`.
+    fn stream() -> Vec<u8> {
+        let body = b"Subject: x\r\n\r\nerror: error: \r\nend\n";
+        let mut s = b"account a@b.test\nmailbox 7 3 0 0 INBOX\n".to_vec();
+        s.extend(format!("message 2 0 0 1700000000 {}\n", body.len()).bytes());
+        s.extend_from_slice(body);
+        s.extend_from_slice(b"end\n");
+        s
+    }
+
+    #[test]
+    fn export_stream_framed_by_length_and_cut_detected() {
+        let full = stream();
+        let dir = tempfile::tempdir().unwrap();
+        let got = export_from(&full[..], Format::Maildir, dir.path()).unwrap();
+        assert_eq!(got, (1, 1));
+        let out = tempfile::tempdir().unwrap();
+        assert_eq!(
+            export_from(&full[..], Format::Mbox, out.path()).unwrap(),
+            (1, 1)
+        );
+        // Cut anywhere before the final `end` line: an error, never a
+        // short export taken for a whole one.
+        for cut in 0..full.len() {
+            let dir = tempfile::tempdir().unwrap();
+            assert!(
+                export_from(&full[..cut], Format::Maildir, dir.path()).is_err(),
+                "cut at {cut} accepted"
+            );
+        }
     }
 
     #[test]
