@@ -329,7 +329,13 @@ impl MailAuth {
     /// Whether mail from `ip` (a client that did not authenticate and is not
     /// in relay_networks) is verified.
     pub fn verifies(&self, ip: IpAddr) -> bool {
-        self.verify && !self.trusted_networks.iter().any(|n| n.contains(ip))
+        self.verify && !self.trusted(ip)
+    }
+
+    /// Whether `ip` is in `trusted_networks` (its mail is neither verified
+    /// nor stripped of Authentication-Results).
+    pub fn trusted(&self, ip: IpAddr) -> bool {
+        self.trusted_networks.iter().any(|n| n.contains(ip))
     }
 }
 

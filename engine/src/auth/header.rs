@@ -3,6 +3,7 @@
 //! first field (our own `Received:`), counting signature fields, and the
 //! `pct` tag of a DMARC record (RFC 7489 section 6.3). No I/O, no allocation
 //! beyond the returned ranges; every function accepts any bytes (fuzzed).
+use std::borrow::Cow;
 use std::ops::Range;
 
 /// Where the header section ends: the offset of the empty line that ends
@@ -70,8 +71,10 @@ pub fn first_field_len(message: &[u8]) -> usize {
 
 /// The authserv-id of an Authentication-Results field value (RFC 8601
 /// section 2.2: `[CFWS] authserv-id`, a token or a quoted string), with
-/// comments and folding skipped. `None` when the value starts with none.
-pub fn authserv_id(value: &[u8]) -> Option<&[u8]> {
+/// comments and folding skipped, and a quoted string's quoted-pairs undone
+/// (RFC 5322 section 3.2.4: `"mx\.test"` is `mx.test`). `None` when the
+/// value starts with none.
+pub fn authserv_id(value: &[u8]) -> Option<Cow<'_, [u8]>> {
     let mut i = 0;
     let mut depth = 0usize;
     // Leading CFWS: whitespace, line ends and (possibly nested) comments.
@@ -89,13 +92,27 @@ pub fn authserv_id(value: &[u8]) -> Option<&[u8]> {
     let rest = value.get(i..)?;
     if let Some(quoted) = rest.strip_prefix(b"\"") {
         let close = memchr::memchr(b'"', quoted)?;
-        return Some(&quoted[..close]);
+        if memchr::memchr(b'\\', &quoted[..close]).is_none() {
+            return Some(Cow::Borrowed(&quoted[..close]));
+        }
+        // quoted-pair = "\" (VCHAR / WSP): the next byte stands for itself,
+        // a quote included; the closing quote is the first unescaped one.
+        let mut id = Vec::new();
+        let mut bytes = quoted.iter();
+        while let Some(&b) = bytes.next() {
+            match b {
+                b'"' => return Some(Cow::Owned(id)),
+                b'\\' => id.push(*bytes.next()?),
+                _ => id.push(b),
+            }
+        }
+        return None;
     }
     let end = rest
         .iter()
         .position(|b| matches!(b, b';' | b'(' | b' ' | b'\t' | b'\r' | b'\n'))
         .unwrap_or(rest.len());
-    (end > 0).then(|| &rest[..end])
+    (end > 0).then(|| Cow::Borrowed(&rest[..end]))
 }
 
 /// The byte ranges of the Authentication-Results fields in the header of
@@ -110,7 +127,7 @@ pub fn forged_results(message: &[u8], authserv_id_ours: &str) -> Vec<Range<usize
                 let field = &message[range.clone()];
                 let colon = memchr::memchr(b':', field).unwrap_or(field.len());
                 authserv_id(&field[(colon + 1).min(field.len())..]).is_some_and(|id| {
-                    let id = id.strip_suffix(b".").unwrap_or(id);
+                    let id = id.strip_suffix(b".").unwrap_or(&id);
                     id.eq_ignore_ascii_case(ours)
                 })
             }
@@ -144,6 +161,21 @@ pub fn remove_ranges(message: &mut Vec<u8>, ranges: &[Range<usize>]) {
 pub fn without_ranges(message: &[u8], ranges: &[Range<usize>]) -> Vec<u8> {
     let mut v = message.to_vec();
     remove_ranges(&mut v, ranges);
+    v
+}
+
+/// The header fields of `message` named `name` (without case), in order,
+/// followed by the empty line that ends a header: a message of only those
+/// fields, no longer than the header.
+pub fn only_fields(message: &[u8], name: &[u8]) -> Vec<u8> {
+    let mut v = Vec::new();
+    for (_, r) in fields(message).filter(|(n, _)| n.eq_ignore_ascii_case(name)) {
+        v.extend_from_slice(&message[r.clone()]);
+        if !v.ends_with(b"\n") {
+            v.extend_from_slice(b"\r\n");
+        }
+    }
+    v.extend_from_slice(b"\r\n");
     v
 }
 
@@ -186,6 +218,7 @@ Authentication-Results: mx.test; spf=pass smtp.mailfrom=a@b\r\n\
 authentication-results:  (comment (nested)) MX.TEST.;\r\n dkim=pass\r\n\
 Authentication-Results: other.example; dkim=pass\r\n\
 Authentication-Results: \"mx.test\"; none\r\n\
+Authentication-Results: \"M\\X\\.test\"; none\r\n\
 Authentication-Results: mx.test.evil; none\r\n\
 Subject: hi\r\n\
 \r\n\
@@ -194,7 +227,7 @@ Authentication-Results: mx.test; in the body, kept\r\n";
     #[test]
     fn forged_results_for_our_id_only_in_the_header() {
         let r = forged_results(MSG, "mx.test");
-        assert_eq!(r.len(), 3, "{r:?}");
+        assert_eq!(r.len(), 4, "{r:?}");
         let mut v = MSG.to_vec();
         remove_ranges(&mut v, &r);
         let s = String::from_utf8(v).unwrap();
@@ -204,6 +237,7 @@ Authentication-Results: mx.test; in the body, kept\r\n";
         assert!(!s.contains("spf=pass"));
         assert!(!s.contains("nested"));
         assert!(!s.contains("\"mx.test\""));
+        assert!(!s.contains("X\\.test"));
         assert!(s.starts_with("Received: from x (y)\r\n\tby mx.test;"));
         assert_eq!(without_ranges(MSG, &r), s.as_bytes());
     }
@@ -214,8 +248,8 @@ Authentication-Results: mx.test; in the body, kept\r\n";
             &MSG[..first_field_len(MSG)],
             b"Received: from x (y)\r\n\tby mx.test; Sun, 6 Dec 2026 10:00:00 +0000\r\n"
         );
-        assert_eq!(count_fields(MSG, b"AUTHENTICATION-RESULTS"), 5);
-        assert_eq!(fields_after(MSG, b"authentication-results", 4).len(), 1);
+        assert_eq!(count_fields(MSG, b"AUTHENTICATION-RESULTS"), 6);
+        assert_eq!(fields_after(MSG, b"authentication-results", 4).len(), 2);
         assert_eq!(header_len(b"A: b\nC: d\n\nbody"), 10);
         assert_eq!(header_len(b"A: b\r\n"), 6);
         assert_eq!(first_field_len(b""), 0);
@@ -223,9 +257,14 @@ Authentication-Results: mx.test; in the body, kept\r\n";
 
     #[test]
     fn authserv_ids() {
-        assert_eq!(authserv_id(b" mx.test; none"), Some(&b"mx.test"[..]));
-        assert_eq!(authserv_id(b" (a \\) b) mx 1; none"), Some(&b"mx"[..]));
-        assert_eq!(authserv_id(b" \"q\"; x"), Some(&b"q"[..]));
+        let id = |v: &[u8]| authserv_id(v).map(|c| c.into_owned());
+        assert_eq!(id(b" mx.test; none"), Some(b"mx.test".to_vec()));
+        assert_eq!(id(b" (a \\) b) mx 1; none"), Some(b"mx".to_vec()));
+        assert_eq!(id(b" \"q\"; x"), Some(b"q".to_vec()));
+        // RFC 5322 quoted-pairs are undone, an escaped quote included.
+        assert_eq!(id(b" \"mx\\.test\"; x"), Some(b"mx.test".to_vec()));
+        assert_eq!(id(b" \"\\m\\x.t\\\"\"; x"), Some(b"mx.t\"".to_vec()));
+        assert_eq!(id(b" \"mx\\"), None);
         assert_eq!(authserv_id(b"   "), None);
         assert_eq!(authserv_id(b" (unclosed"), None);
         assert_eq!(authserv_id(b" \"unclosed"), None);
