@@ -13,7 +13,8 @@
 //! serving its other sessions meanwhile. Requests arriving together run
 //! concurrently on that one thread; their lookups share the caches.
 //!
-//! Per message, in two stages, each bounded by `mail_auth.timeout_secs`:
+//! Per message, in two stages, all within one deadline of
+//! `mail_auth.timeout_secs` that starts before the wait for a permit:
 //! 1. SPF of the HELO and MAIL FROM identities (RFC 7208: at most 10
 //!    DNS-querying terms and 2 void lookups, mail-auth enforces it), every
 //!    DKIM signature up to `dkim_signatures_max` (RFC 6376, RFC 8463), and
