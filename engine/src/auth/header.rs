@@ -200,13 +200,81 @@ pub fn fields_after(message: &[u8], name: &[u8], keep: usize) -> Vec<Range<usize
 /// that is no number in range is ignored (section 6.3: unknown or malformed
 /// tags are ignored), giving the default.
 pub fn dmarc_pct(record: &str) -> u8 {
+    dmarc_tag(record, "pct")
+        .and_then(|v| v.parse::<u8>().ok())
+        .filter(|p| *p <= 100)
+        .unwrap_or(100)
+}
+
+/// The value of tag `name` of a DMARC record (trimmed), if present.
+fn dmarc_tag<'a>(record: &'a str, name: &str) -> Option<&'a str> {
     record
         .split(';')
         .filter_map(|tag| tag.split_once('='))
-        .find(|(k, _)| k.trim().eq_ignore_ascii_case("pct"))
-        .and_then(|(_, v)| v.trim().parse::<u8>().ok())
-        .filter(|p| *p <= 100)
-        .unwrap_or(100)
+        .find(|(k, _)| k.trim().eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.trim())
+}
+
+/// The names whose `_dmarc` records the policy discovery of `domain` reads,
+/// longest first, as mail-auth walks them (RFC 9989 section 4.10.1): the
+/// domain itself, then from at most 7 labels down one label at a time to
+/// the top-level name; at most 8 names. Empty under 2 labels.
+pub fn dmarc_walk(domain: &str) -> Vec<&str> {
+    let domain = domain.trim_end_matches('.');
+    let labels: Vec<usize> = std::iter::once(0)
+        .chain(memchr::memchr_iter(b'.', domain.as_bytes()).map(|i| i + 1))
+        .collect();
+    let total = labels.len();
+    let mut names = Vec::new();
+    if total < 2 || domain.is_empty() {
+        return names;
+    }
+    let mut count = total;
+    loop {
+        names.push(&domain[labels[total - count]..]);
+        if count == 1 {
+            break;
+        }
+        count = if count >= 8 { 7 } else { count - 1 };
+    }
+    names
+}
+
+/// Of the DMARC records found along [`dmarc_walk`] (name and record text,
+/// longest name first, the walk stopping after a record with `psd=y` or
+/// `psd=n`), the one whose policy applies to `domain`, chosen as mail-auth
+/// chooses it: the domain's own record, else the organizational domain's
+/// (the first name with `psd=n`, or one label below the first with
+/// `psd=y`, else the shortest name with a record), else the last found.
+pub fn dmarc_selected<'a>(domain: &str, found: &'a [(&str, String)]) -> Option<&'a str> {
+    let domain = domain.trim_end_matches('.');
+    if let Some((_, r)) = found.iter().find(|(n, _)| *n == domain) {
+        return Some(r);
+    }
+    let psd = |r: &str| dmarc_tag(r, "psd").map(str::to_ascii_lowercase);
+    let org = found
+        .iter()
+        .find_map(|(name, r)| match psd(r).as_deref() {
+            Some("n") => Some(name.to_string()),
+            Some("y") if *name != domain => {
+                let depth = name.split('.').count() + 1;
+                let labels = domain.split('.').count();
+                Some(
+                    domain
+                        .splitn(labels.saturating_sub(depth) + 1, '.')
+                        .last()
+                        .unwrap_or(domain)
+                        .to_string(),
+                )
+            }
+            _ => None,
+        })
+        .or_else(|| found.last().map(|(n, _)| n.to_string()));
+    found
+        .iter()
+        .find(|(n, _)| Some(*n) == org.as_deref())
+        .or_else(|| found.last())
+        .map(|(_, r)| r.as_str())
 }
 
 #[cfg(test)]
@@ -279,6 +347,50 @@ Authentication-Results: mx.test; in the body, kept\r\n";
         assert_eq!(dmarc_pct("v=DMARC1; pct=-3"), 100);
     }
 
+    #[test]
+    fn dmarc_record_selection() {
+        assert_eq!(
+            dmarc_walk("a.b.example.org."),
+            ["a.b.example.org", "b.example.org", "example.org", "org"]
+        );
+        assert!(dmarc_walk("localhost").is_empty());
+        let long = dmarc_walk("1.2.3.4.5.6.7.8.9.example");
+        assert_eq!(long.len(), 8);
+        assert_eq!(long[1], "4.5.6.7.8.9.example");
+        let r = |s: &str| s.to_string();
+        // The From: domain's own record wins.
+        let found = [
+            ("x.example.org", r("v=DMARC1; p=reject; pct=10")),
+            ("example.org", r("v=DMARC1; p=none; pct=90")),
+        ];
+        assert_eq!(
+            dmarc_selected("x.example.org", &found),
+            Some("v=DMARC1; p=reject; pct=10")
+        );
+        // Else the organizational domain's, not a nearer one's.
+        let found = [
+            ("b.example.org", r("v=DMARC1; p=reject; pct=10")),
+            ("example.org", r("v=DMARC1; p=quarantine; pct=30")),
+        ];
+        assert_eq!(
+            dmarc_selected("a.b.example.org", &found),
+            Some("v=DMARC1; p=quarantine; pct=30")
+        );
+        // psd=n marks the organizational domain.
+        let found = [("b.example.org", r("v=DMARC1; p=reject; pct=10; psd=n"))];
+        assert_eq!(
+            dmarc_selected("a.b.example.org", &found),
+            Some("v=DMARC1; p=reject; pct=10; psd=n")
+        );
+        // psd=y: one label below; without a record there, the last found.
+        let found = [("example.org", r("v=DMARC1; p=reject; pct=20; psd=y"))];
+        assert_eq!(
+            dmarc_selected("a.b.example.org", &found),
+            Some("v=DMARC1; p=reject; pct=20; psd=y")
+        );
+        assert_eq!(dmarc_selected("a.example.org", &[]), None);
+    }
+
     proptest::proptest! {
         /// Any bytes: no panic, ranges inside the message, sorted and
         /// disjoint, and removing them leaves every other byte in order.
@@ -295,6 +407,11 @@ Authentication-Results: mx.test; in the body, kept\r\n";
             proptest::prop_assert_eq!(out.len(), msg.len() - r.iter().map(|x| x.len()).sum::<usize>());
             let _ = first_field_len(&msg);
             let _ = authserv_id(&msg);
+            let text = String::from_utf8_lossy(&msg);
+            let walk = dmarc_walk(&text);
+            proptest::prop_assert!(walk.len() <= 8);
+            let found: Vec<(&str, String)> = walk.iter().map(|n| (*n, text.to_string())).collect();
+            let _ = dmarc_selected(&text, &found);
         }
     }
 }

@@ -541,33 +541,46 @@ impl Inner {
         }
     }
 
-    /// The `pct` of the DMARC record that applies to `domain`: the first
-    /// `_dmarc` record found walking up from the domain (as the policy
-    /// discovery does), at most 8 names; 100 when none says otherwise.
+    /// The `pct` of the DMARC record that applies to `domain`: the same
+    /// names mail-auth's policy discovery read (at most 8, answered from the
+    /// resolver's cache, which that discovery just filled), and the same
+    /// choice among the records found (`header::dmarc_selected`); 100 when
+    /// none says otherwise.
     async fn pct(&self, domain: &str) -> u8 {
-        let mut d = domain.trim_end_matches('.');
-        for _ in 0..8 {
-            if let Ok(lookup) = self.auth.0.txt_lookup(format!("_dmarc.{d}.")).await {
-                for record in lookup.answers() {
-                    if let hickory_resolver::proto::rr::RData::TXT(txt) = &record.data {
-                        let text: Vec<u8> = txt
-                            .txt_data
-                            .iter()
-                            .flat_map(|s| s.iter().copied())
-                            .collect();
-                        let text = String::from_utf8_lossy(&text);
-                        if text.trim_start().starts_with("v=DMARC1") {
-                            return header::dmarc_pct(&text);
-                        }
-                    }
+        let mut found: Vec<(&str, String)> = Vec::new();
+        for name in header::dmarc_walk(domain) {
+            let Ok(lookup) = self.auth.0.txt_lookup(format!("_dmarc.{name}.")).await else {
+                continue;
+            };
+            let record = lookup.answers().iter().find_map(|record| {
+                let hickory_resolver::proto::rr::RData::TXT(txt) = &record.data else {
+                    return None;
+                };
+                let text: Vec<u8> = txt
+                    .txt_data
+                    .iter()
+                    .flat_map(|s| s.iter().copied())
+                    .collect();
+                let text = String::from_utf8_lossy(&text).into_owned();
+                text.trim_start().starts_with("v=DMARC1").then_some(text)
+            });
+            if let Some(text) = record {
+                // The discovery stops at a record that says where the
+                // public suffix is (RFC 9989 section 4.10.1).
+                let stop = text
+                    .split(';')
+                    .filter_map(|t| t.split_once('='))
+                    .any(|(k, v)| {
+                        k.trim().eq_ignore_ascii_case("psd")
+                            && matches!(v.trim(), "y" | "n" | "Y" | "N")
+                    });
+                found.push((name, text));
+                if stop {
+                    break;
                 }
             }
-            match d.split_once('.') {
-                Some((_, rest)) if rest.contains('.') => d = rest,
-                _ => break,
-            }
         }
-        100
+        header::dmarc_selected(domain, &found).map_or(100, header::dmarc_pct)
     }
 }
 
