@@ -26,6 +26,11 @@ fn zone() -> TestZone {
     z.txt("q.test", &["v=spf1 -all"]);
     z.txt("_dmarc.q.test", &["v=DMARC1; p=quarantine"]);
     z.txt("none.test", &["v=spf1 -all"]);
+    // pct: the organizational domain's record (pct=100) applies to
+    // a.mid.pct.test, not the nearer one of mid.pct.test (pct=0).
+    z.txt("_dmarc.pct.test", &["v=DMARC1; p=reject; pct=100"]);
+    z.txt("_dmarc.mid.pct.test", &["v=DMARC1; p=reject; pct=0"]);
+    z.txt("_dmarc.zero.test", &["v=DMARC1; p=reject; pct=0"]);
     // RFC 7208 4.6.4: an include loop and a chain of more than 10 lookups.
     z.txt("loop.test", &["v=spf1 include:loop.test -all"]);
     for i in 0..12 {
@@ -928,4 +933,36 @@ fn forged_results_removed_without_verification() {
         );
         assert_eq!(ar.len(), if extra.is_empty() { 2 } else { 1 }, "{ar:?}");
     }
+}
+
+/// RFC 7489 section 6.6.4: `pct` is read from the record the policy came
+/// from. pct=0 lowers p=reject to quarantine (Junk); for a subdomain
+/// without a record of its own, the organizational domain's record applies
+/// (pct=100: refused), not that of a domain in between.
+#[test]
+fn pct_of_the_selected_record() {
+    let (dns_addr, _dns) = TestDns::start(zone());
+    let b = receiver(dns_addr, "");
+    send(
+        b.smtp,
+        "client.test",
+        None,
+        "x@other.test",
+        "bob@b.test",
+        &message("x@zero.test", "pct0", ""),
+    )
+    .expect(250, None);
+    assert_eq!(
+        wait_for("junk", || (imap_count(b.imap, "Junk") == 1).then_some(1)),
+        1
+    );
+    send(
+        b.smtp,
+        "client.test",
+        None,
+        "x@other.test",
+        "bob@b.test",
+        &message("x@a.mid.pct.test", "pct-org", ""),
+    )
+    .expect(550, Some("5.7.1"));
 }
