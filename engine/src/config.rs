@@ -251,7 +251,8 @@ pub struct MailAuth {
     /// Verify mail from clients that did not authenticate and are neither in
     /// `relay.relay_networks` nor in `trusted_networks`.
     pub verify: bool,
-    /// Clients whose mail is not verified (local submitters, content filters).
+    /// Clients whose mail is not verified and keeps the Authentication-Results
+    /// fields it brings (local submitters, content filters).
     pub trusted_networks: Vec<Cidr>,
     /// A message failing DMARC whose domain publishes p=reject is refused at
     /// the end of data with 550 5.7.1 (RFC 7489 section 6.6.3). false: it is
@@ -329,7 +330,13 @@ impl MailAuth {
     /// Whether mail from `ip` (a client that did not authenticate and is not
     /// in relay_networks) is verified.
     pub fn verifies(&self, ip: IpAddr) -> bool {
-        self.verify && !self.trusted_networks.iter().any(|n| n.contains(ip))
+        self.verify && !self.trusted(ip)
+    }
+
+    /// Whether `ip` is in `trusted_networks` (its mail is neither verified
+    /// nor stripped of Authentication-Results).
+    pub fn trusted(&self, ip: IpAddr) -> bool {
+        self.trusted_networks.iter().any(|n| n.contains(ip))
     }
 }
 

@@ -100,13 +100,14 @@ pub const DKIM_SIGNATURES_MAX: usize = 10;
 /// list, whose every name the verifier looks up among the header fields.
 pub const AUTH_SIGNATURE_FIELD_MAX: usize = 4096;
 /// A header section larger than this is not DKIM/ARC-verified (dkim and arc
-/// are `permerror`); SPF and DMARC are still evaluated.
+/// are `permerror`); SPF and DMARC are still evaluated, DMARC from the
+/// From: fields alone with no DKIM result.
 pub const AUTH_HEADER_MAX: usize = 1024 * 1024;
 /// RFC 8617 section 4.2.1: ARC instance numbers run from 1 to 50; a message
 /// with more ARC sets fails ARC without being verified.
 pub const ARC_SETS_MAX: usize = 50;
-/// The whole verification of one message (every DNS lookup of SPF, DKIM,
-/// DMARC and ARC) ends after this; what is unfinished is a `temperror`.
+/// The whole verification of one message (the wait for a permit and every
+/// DNS lookup of SPF, DKIM, DMARC and ARC) ends after this; what is unfinished is a `temperror`.
 /// RFC 7208 section 4.6.4 caps SPF at 10 DNS-querying terms and suggests a
 /// 20-second limit for the whole check.
 pub const AUTH_VERIFY_TIMEOUT: Duration = Duration::from_secs(20);

@@ -26,6 +26,11 @@ fn zone() -> TestZone {
     z.txt("q.test", &["v=spf1 -all"]);
     z.txt("_dmarc.q.test", &["v=DMARC1; p=quarantine"]);
     z.txt("none.test", &["v=spf1 -all"]);
+    // pct: the organizational domain's record (pct=100) applies to
+    // a.mid.pct.test, not the nearer one of mid.pct.test (pct=0).
+    z.txt("_dmarc.pct.test", &["v=DMARC1; p=reject; pct=100"]);
+    z.txt("_dmarc.mid.pct.test", &["v=DMARC1; p=reject; pct=0"]);
+    z.txt("_dmarc.zero.test", &["v=DMARC1; p=reject; pct=0"]);
     // RFC 7208 4.6.4: an include loop and a chain of more than 10 lookups.
     z.txt("loop.test", &["v=spf1 include:loop.test -all"]);
     for i in 0..12 {
@@ -811,4 +816,153 @@ fn arc_sealed_message_verifies() {
     });
     let ar = &results(&stored)[0];
     assert!(!ar.contains("arc=pass") && ar.contains("arc="), "{ar}");
+}
+
+/// Ways around the From: domain's DMARC policy are closed: a header padded
+/// past 1 MiB (DMARC is evaluated from its From: fields, without DKIM), a
+/// From: with addresses of two domains (refused, RFC 7489 section 6.6.1),
+/// and an envelope domain in capitals with a final dot or not (aligned
+/// after lowercasing).
+#[test]
+fn dmarc_cannot_be_escaped() {
+    let (dns_addr, _dns) = TestDns::start(zone());
+    let b = receiver(dns_addr, "");
+    let mut padding = String::new();
+    while padding.len() <= 1024 * 1024 {
+        padding.push_str("X-Filler: 0123456789012345678901234567890123456789012345678\r\n");
+    }
+    // A spoof of p=reject a.test: no aligned SPF, DKIM never checked.
+    send(
+        b.smtp,
+        "client.test",
+        None,
+        "x@other.test",
+        "bob@b.test",
+        &message("x@a.test", "padded", &padding),
+    )
+    .expect(550, Some("5.7.1"));
+    // The same size from a.test's own address: SPF aligns, DMARC passes.
+    send(
+        b.smtp,
+        "client.test",
+        None,
+        "x@a.test",
+        "bob@b.test",
+        &message("x@a.test", "padded-honest", &padding),
+    )
+    .expect(250, None);
+    let stored = wait_for("padded", || pop3_all(b.pop3).pop());
+    let ar = &results(&stored)[0];
+    assert!(
+        ar.contains("dmarc=pass") && ar.contains("dkim=permerror (header too large"),
+        "{ar}"
+    );
+
+    // Two From: domains, the first one with no policy at all.
+    let r = send(
+        b.smtp,
+        "client.test",
+        None,
+        "x@none.test",
+        "bob@b.test",
+        &message("x@none.test, y@a.test", "two-domains", ""),
+    );
+    r.expect(550, Some("5.7.1"));
+    assert!(r.text().contains("more than one domain"), "{r:?}");
+    // Two From: fields count as well.
+    send(
+        b.smtp,
+        "client.test",
+        None,
+        "x@none.test",
+        "bob@b.test",
+        &message("x@none.test", "two-fields", "From: y@A.test\r\n"),
+    )
+    .expect(550, Some("5.7.1"));
+    // Several addresses of one domain, in any case: no refusal.
+    send(
+        b.smtp,
+        "Client.TEST.",
+        None,
+        "x@A.Test",
+        "bob@b.test",
+        &message("x@a.test, y@A.TEST", "one-domain", ""),
+    )
+    .expect(250, None);
+    let stored = wait_for("one-domain", || {
+        let all = pop3_all(b.pop3);
+        (all.len() == 2).then(|| all[1].clone())
+    });
+    let ar = &results(&stored)[0];
+    assert!(
+        ar.contains("spf=pass")
+            && ar.contains("dmarc=pass")
+            && ar.contains("smtp.mailfrom=x@a.test"),
+        "{ar}"
+    );
+}
+
+/// Authentication-Results claiming our authserv-id are removed from every
+/// client outside the trust boundary, with verification off too, and in
+/// their quoted form with quoted-pairs (RFC 5322 section 3.2.4).
+#[test]
+fn forged_results_removed_without_verification() {
+    let (dns_addr, _dns) = TestDns::start(zone());
+    let forged = "Authentication-Results: mx.b.test; dmarc=pass header.from=a.test\r\n\
+                  Authentication-Results: \"mx\\.b\\.TEST\"; dkim=pass header.d=a.test\r\n\
+                  Authentication-Results: other.example; none\r\n";
+    for extra in ["verify = false", ""] {
+        let b = receiver(dns_addr, extra);
+        send(
+            b.smtp,
+            "client.test",
+            None,
+            "x@a.test",
+            "bob@b.test",
+            &message("x@a.test", "forged", forged),
+        )
+        .expect(250, None);
+        let stored = wait_for("forged", || pop3_all(b.pop3).pop());
+        let ar = results(&stored);
+        assert!(!stored.contains("mx\\.b"), "{stored}");
+        assert!(!stored.contains("dkim=pass header.d=a.test"), "{stored}");
+        assert_eq!(
+            ar.last().unwrap(),
+            "Authentication-Results: other.example; none",
+            "{extra}: {ar:?}"
+        );
+        assert_eq!(ar.len(), if extra.is_empty() { 2 } else { 1 }, "{ar:?}");
+    }
+}
+
+/// RFC 7489 section 6.6.4: `pct` is read from the record the policy came
+/// from. pct=0 lowers p=reject to quarantine (Junk); for a subdomain
+/// without a record of its own, the organizational domain's record applies
+/// (pct=100: refused), not that of a domain in between.
+#[test]
+fn pct_of_the_selected_record() {
+    let (dns_addr, _dns) = TestDns::start(zone());
+    let b = receiver(dns_addr, "");
+    send(
+        b.smtp,
+        "client.test",
+        None,
+        "x@other.test",
+        "bob@b.test",
+        &message("x@zero.test", "pct0", ""),
+    )
+    .expect(250, None);
+    assert_eq!(
+        wait_for("junk", || (imap_count(b.imap, "Junk") == 1).then_some(1)),
+        1
+    );
+    send(
+        b.smtp,
+        "client.test",
+        None,
+        "x@other.test",
+        "bob@b.test",
+        &message("x@a.mid.pct.test", "pct-org", ""),
+    )
+    .expect(550, Some("5.7.1"));
 }

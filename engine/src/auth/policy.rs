@@ -30,6 +30,9 @@ pub enum Dmarc {
     TempError,
     /// The policy record is broken.
     PermError,
+    /// The From: addresses name more than one domain: no single policy
+    /// applies (RFC 7489 section 6.6.1).
+    SeveralDomains,
 }
 
 /// The policy the From: domain asks for (RFC 7489 section 6.3 `p`/`sp`).
@@ -58,6 +61,8 @@ pub enum Refusal {
     DmarcReject,
     /// `550 5.7.23`: SPF fail, no DMARC policy, `spf_fail = "reject"`.
     SpfFail,
+    /// `550 5.7.1`: From: addresses of several domains.
+    SeveralFromDomains,
 }
 
 /// What happens to the message.
@@ -74,6 +79,10 @@ pub enum Decision {
 }
 
 /// Decide. In order:
+/// 0. From: addresses of several domains: refused. RFC 7489 section 6.6.1
+///    lets a receiver reject such a message or apply the strictest of the
+///    domains' policies; refusing cannot be got around by choosing the
+///    domains and is what large receivers do.
 /// 1. DMARC pass: the INBOX, whatever SPF said (RFC 7489 section 6.6.2: an
 ///    aligned pass is enough).
 /// 2. SPF temperror with `spf_temperror = "defer"`: 451 (RFC 7208 section
@@ -86,6 +95,9 @@ pub enum Decision {
 /// 5. Everything else (including DMARC temperror/permerror): the INBOX with
 ///    the results recorded.
 pub fn decide(settings: &MailAuth, facts: &Facts) -> Decision {
+    if facts.dmarc == Dmarc::SeveralDomains {
+        return Decision::Reject(Refusal::SeveralFromDomains);
+    }
     if facts.dmarc == Dmarc::Pass {
         return Decision::Inbox;
     }
@@ -175,6 +187,24 @@ mod tests {
             d(facts(Spf::PermError, Dmarc::PermError, Requested::None)),
             Decision::Inbox
         );
+    }
+
+    #[test]
+    fn several_from_domains_are_refused_whatever_the_settings() {
+        let lax = MailAuth {
+            dmarc_reject: false,
+            dmarc_quarantine: Quarantine::Tag,
+            spf_temperror: SpfTempError::Accept,
+            ..MailAuth::default()
+        };
+        for s in [MailAuth::default(), lax] {
+            for spf in [Spf::Pass, Spf::TempError, Spf::None] {
+                assert_eq!(
+                    decide(&s, &facts(spf, Dmarc::SeveralDomains, Requested::None)),
+                    Decision::Reject(Refusal::SeveralFromDomains)
+                );
+            }
+        }
     }
 
     #[test]

@@ -13,7 +13,8 @@
 //! serving its other sessions meanwhile. Requests arriving together run
 //! concurrently on that one thread; their lookups share the caches.
 //!
-//! Per message, in two stages, each bounded by `mail_auth.timeout_secs`:
+//! Per message, in two stages, all within one deadline of
+//! `mail_auth.timeout_secs` that starts before the wait for a permit:
 //! 1. SPF of the HELO and MAIL FROM identities (RFC 7208: at most 10
 //!    DNS-querying terms and 2 void lookups, mail-auth enforces it), every
 //!    DKIM signature up to `dkim_signatures_max` (RFC 6376, RFC 8463), and
@@ -29,6 +30,8 @@ use std::ops::Deref;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
+
+use tokio::time::Instant;
 
 use mail_auth::arc::ArcError;
 use mail_auth::common::headers::HeaderWriter;
@@ -162,7 +165,8 @@ impl Verifier {
     /// Verify `message[skip..]` (skip: the trace field we added in front).
     /// The DNS thread drops its reference to `message` before the answer is
     /// ready, so the caller can take the body back with `Arc::try_unwrap`.
-    /// `None` when the DNS thread is gone.
+    /// `None` when the DNS thread is gone or the task panicked: the caller
+    /// must not deliver the message as if it had been verified.
     pub async fn verify<B>(
         &self,
         message: Arc<B>,
@@ -174,15 +178,30 @@ impl Verifier {
     {
         let inner = self.inner.clone();
         let task = self.runtime.spawn(async move {
-            let _permit = inner.permits.acquire().await.ok();
+            // One deadline covers the wait for a permit and every stage
+            // (`mail_auth.timeout_secs`, RFC 7208 section 4.6.4's 20 seconds
+            // for the whole check). A message still waiting when it passes
+            // is not verified at all: every result is a temperror.
+            let limit = Duration::from_secs(inner.settings.timeout_secs.max(1));
+            let deadline = tokio::time::Instant::now() + limit;
+            let _permit = tokio::time::timeout_at(deadline, inner.permits.acquire())
+                .await
+                .ok()
+                .and_then(Result::ok);
             let bytes: &[u8] = &message;
             let out = inner
-                .run(bytes.get(skip..).unwrap_or_default(), &envelope)
+                .run(bytes.get(skip..).unwrap_or_default(), &envelope, deadline)
                 .await;
             drop(message);
             out
         });
-        task.await.ok()
+        match task.await {
+            Ok(out) => Some(out),
+            Err(e) => {
+                tracing::error!(error = %e, "mail authentication task failed");
+                None
+            }
+        }
     }
 
     pub fn stats(&self) -> VerifyStats {
@@ -257,6 +276,38 @@ fn prepare(message: &[u8], dkim_max: usize) -> Prepared<'_> {
     }
 }
 
+/// `fut`'s output if it finishes before `deadline`; `None` when the
+/// deadline passes first, without starting `fut` when it already has.
+async fn before<F: std::future::Future>(deadline: Instant, fut: F) -> Option<F::Output> {
+    if Instant::now() >= deadline {
+        return None;
+    }
+    tokio::time::timeout_at(deadline, fut).await.ok()
+}
+
+/// A domain name as compared: lowercase, without the final dot.
+fn domain_name(name: &str) -> String {
+    name.trim_end_matches('.').to_ascii_lowercase()
+}
+
+/// How many different domains the From: addresses name, counted up to 2
+/// (compared as [`domain_name`] does); addresses without a domain do not
+/// count. Linear in the number of addresses.
+fn distinct_domains(from: &[String]) -> usize {
+    let mut first: Option<String> = None;
+    for address in from {
+        if let Some((_, d)) = address.rsplit_once('@') {
+            let d = domain_name(d);
+            match &first {
+                None => first = Some(d),
+                Some(f) if *f != d => return 2,
+                Some(_) => {}
+            }
+        }
+    }
+    usize::from(first.is_some())
+}
+
 fn timed_out() -> mail_auth::Error {
     mail_auth::Error::Dns(mail_auth::DnsError::Resolver(
         "verification timed out".into(),
@@ -274,12 +325,21 @@ impl Inner {
             .with_ptr_cache(ptr)
     }
 
-    async fn run(&self, message: &[u8], env: &Envelope) -> Outcome {
+    async fn run(&self, message: &[u8], env: &Envelope, deadline: Instant) -> Outcome {
         self.messages.fetch_add(1, Ordering::Relaxed);
-        let limit = Duration::from_secs(self.settings.timeout_secs.max(1));
         let host = self.hostname.as_str();
-        let helo = env.helo.trim_end_matches('.');
-        let mail_from = env.mail_from.as_str();
+        // Domain names compare without case and without a final dot (RFC
+        // 1035 section 2.3.3, RFC 7489 section 3.1): `MAIL FROM:<b@Example.COM>`
+        // aligns with `From: x@example.com`. mail-auth compares the names
+        // as given and lowercases only the From: addresses, so the
+        // envelope identities are normalized here, before SPF and DMARC.
+        let helo = domain_name(&env.helo);
+        let helo = helo.as_str();
+        let mail_from = match env.mail_from.rsplit_once('@') {
+            Some((local, domain)) => format!("{local}@{}", domain_name(domain)),
+            None => env.mail_from.clone(),
+        };
+        let mail_from = mail_from.as_str();
         let mail_domain = mail_from.rsplit_once('@').map_or(helo, |(_, d)| d);
 
         let prepared = prepare(message, self.settings.dkim_signatures_max);
@@ -291,21 +351,36 @@ impl Inner {
         } else {
             AuthenticatedMessage::parse(&prepared.bytes)
         };
-        let from = parsed
-            .as_ref()
+        // A header section over AUTH_HEADER_MAX is not DKIM/ARC-verified,
+        // but its From: domain's policy still applies: otherwise padding
+        // the header would be a way around p=reject. RFC 7489 section 6.6.2
+        // evaluates DMARC from whatever authenticated identifiers there are;
+        // with no DKIM result only an aligned SPF pass can pass, which is
+        // the conservative outcome. So the From: fields alone (a linear
+        // scan of the header, which the message size bounds) are parsed
+        // and DMARC runs on them with no DKIM results.
+        let from_only = prepared
+            .header_too_large
+            .then(|| header::only_fields(message, b"From"));
+        let from_parsed = from_only.as_deref().and_then(AuthenticatedMessage::parse);
+        let author = parsed.as_ref().or(from_parsed.as_ref());
+        let from = author
             .and_then(|m| m.from.first().cloned())
             .unwrap_or_default();
+        // RFC 7489 section 6.6.1: a message whose From: names several
+        // domains may be rejected; mail-auth exempts it from DMARC, which
+        // would let a spoof of a p=reject domain in with a second address.
+        let from_domains = author.map_or(0, |m| distinct_domains(&m.from));
 
         // Stage 1: SPF (both identities), DKIM, ARC, concurrently.
-        use tokio::time::timeout;
         let spf_helo = async {
-            timeout(
-                limit,
+            before(
+                deadline,
                 self.auth
                     .verify_spf(self.params(SpfParameters::verify_ehlo(env.ip, helo, host))),
             )
             .await
-            .unwrap_or_else(|_| {
+            .unwrap_or_else(|| {
                 self.timeouts.fetch_add(1, Ordering::Relaxed);
                 SpfOutput::new(helo.to_string()).with_result(SpfResult::TempError)
             })
@@ -315,15 +390,15 @@ impl Inner {
                 return None;
             }
             Some(
-                timeout(
-                    limit,
+                before(
+                    deadline,
                     self.auth
                         .verify_spf(self.params(SpfParameters::verify_mail_from(
                             env.ip, helo, host, mail_from,
                         ))),
                 )
                 .await
-                .unwrap_or_else(|_| {
+                .unwrap_or_else(|| {
                     self.timeouts.fetch_add(1, Ordering::Relaxed);
                     SpfOutput::new(mail_domain.to_string()).with_result(SpfResult::TempError)
                 }),
@@ -333,9 +408,9 @@ impl Inner {
             let Some(m) = &parsed else {
                 return Vec::new();
             };
-            timeout(limit, self.auth.verify_dkim(self.params(m)))
+            before(deadline, self.auth.verify_dkim(self.params(m)))
                 .await
-                .unwrap_or_else(|_| {
+                .unwrap_or_else(|| {
                     self.timeouts.fetch_add(1, Ordering::Relaxed);
                     vec![DkimOutput::temp_err(timed_out())]
                 })
@@ -349,9 +424,9 @@ impl Inner {
             let Some(m) = &parsed else {
                 return ArcOutput::default();
             };
-            timeout(limit, self.auth.verify_arc(self.params(m)))
+            before(deadline, self.auth.verify_arc(self.params(m)))
                 .await
-                .unwrap_or_else(|_| {
+                .unwrap_or_else(|| {
                     self.timeouts.fetch_add(1, Ordering::Relaxed);
                     ArcOutput::default().with_result(DkimResult::TempError(timed_out()))
                 })
@@ -365,10 +440,10 @@ impl Inner {
         // Stage 2: DMARC. The SPF identity that counts is MAIL FROM, or HELO
         // for the null reverse path (RFC 7489 section 3.1.1, RFC 7208 2.4).
         let spf_counted = spf_mail.as_ref().unwrap_or(&spf_helo);
-        let dmarc = match &parsed {
-            Some(m) => Some(
-                timeout(
-                    limit,
+        let dmarc = match author {
+            Some(m) if from_domains <= 1 => Some(
+                before(
+                    deadline,
                     self.auth.verify_dmarc(self.params(DmarcParameters::new(
                         m,
                         &dkim,
@@ -377,7 +452,7 @@ impl Inner {
                     ))),
                 )
                 .await
-                .unwrap_or_else(|_| {
+                .unwrap_or_else(|| {
                     self.timeouts.fetch_add(1, Ordering::Relaxed);
                     let domain = from.rsplit_once('@').map_or("", |(_, d)| d);
                     DmarcOutput::new(domain.to_string())
@@ -385,11 +460,15 @@ impl Inner {
                         .with_dkim_result(DmarcResult::TempError(timed_out()))
                 }),
             ),
-            None => None,
+            _ => None,
         };
-        let (dmarc_verdict, requested) = dmarc
-            .as_ref()
-            .map_or((Dmarc::None, Requested::None), dmarc_facts);
+        let (dmarc_verdict, requested) = if from_domains > 1 {
+            (Dmarc::SeveralDomains, Requested::None)
+        } else {
+            dmarc
+                .as_ref()
+                .map_or((Dmarc::None, Requested::None), dmarc_facts)
+        };
         let from_domain = dmarc
             .as_ref()
             .map(|d| d.domain().to_string())
@@ -397,7 +476,9 @@ impl Inner {
         // RFC 7489 section 6.6.4: the policy applies to pct percent of the
         // failing messages.
         let sampled = if dmarc_verdict == Dmarc::Fail && requested != Requested::None {
-            let pct = timeout(limit, self.pct(&from_domain)).await.unwrap_or(100);
+            let pct = before(deadline, self.pct(&from_domain))
+                .await
+                .unwrap_or(100);
             pct >= 100 || rand::thread_rng().gen_range(0..100u8) < pct
         } else {
             true
@@ -460,33 +541,46 @@ impl Inner {
         }
     }
 
-    /// The `pct` of the DMARC record that applies to `domain`: the first
-    /// `_dmarc` record found walking up from the domain (as the policy
-    /// discovery does), at most 8 names; 100 when none says otherwise.
+    /// The `pct` of the DMARC record that applies to `domain`: the same
+    /// names mail-auth's policy discovery read (at most 8, answered from the
+    /// resolver's cache, which that discovery just filled), and the same
+    /// choice among the records found (`header::dmarc_selected`); 100 when
+    /// none says otherwise.
     async fn pct(&self, domain: &str) -> u8 {
-        let mut d = domain.trim_end_matches('.');
-        for _ in 0..8 {
-            if let Ok(lookup) = self.auth.0.txt_lookup(format!("_dmarc.{d}.")).await {
-                for record in lookup.answers() {
-                    if let hickory_resolver::proto::rr::RData::TXT(txt) = &record.data {
-                        let text: Vec<u8> = txt
-                            .txt_data
-                            .iter()
-                            .flat_map(|s| s.iter().copied())
-                            .collect();
-                        let text = String::from_utf8_lossy(&text);
-                        if text.trim_start().starts_with("v=DMARC1") {
-                            return header::dmarc_pct(&text);
-                        }
-                    }
+        let mut found: Vec<(&str, String)> = Vec::new();
+        for name in header::dmarc_walk(domain) {
+            let Ok(lookup) = self.auth.0.txt_lookup(format!("_dmarc.{name}.")).await else {
+                continue;
+            };
+            let record = lookup.answers().iter().find_map(|record| {
+                let hickory_resolver::proto::rr::RData::TXT(txt) = &record.data else {
+                    return None;
+                };
+                let text: Vec<u8> = txt
+                    .txt_data
+                    .iter()
+                    .flat_map(|s| s.iter().copied())
+                    .collect();
+                let text = String::from_utf8_lossy(&text).into_owned();
+                text.trim_start().starts_with("v=DMARC1").then_some(text)
+            });
+            if let Some(text) = record {
+                // The discovery stops at a record that says where the
+                // public suffix is (RFC 9989 section 4.10.1).
+                let stop = text
+                    .split(';')
+                    .filter_map(|t| t.split_once('='))
+                    .any(|(k, v)| {
+                        k.trim().eq_ignore_ascii_case("psd")
+                            && matches!(v.trim(), "y" | "n" | "Y" | "N")
+                    });
+                found.push((name, text));
+                if stop {
+                    break;
                 }
             }
-            match d.split_once('.') {
-                Some((_, rest)) if rest.contains('.') => d = rest,
-                _ => break,
-            }
         }
-        100
+        header::dmarc_selected(domain, &found).map_or(100, header::dmarc_pct)
     }
 }
 
@@ -563,6 +657,47 @@ fn dmarc_facts(d: &DmarcOutput) -> (Dmarc, Requested) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn envelope_names_and_from_domains() {
+        assert_eq!(domain_name("Example.COM."), "example.com");
+        assert_eq!(domain_name("[127.0.0.1]"), "[127.0.0.1]");
+        let v = |a: &[&str]| distinct_domains(&a.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+        assert_eq!(v(&[]), 0);
+        assert_eq!(v(&["nodomain"]), 0);
+        assert_eq!(v(&["a@x.test", "b@X.test.", "c"]), 1);
+        assert_eq!(v(&["a@x.test", "b@y.test", "c@z.test"]), 2);
+    }
+
+    #[test]
+    fn from_fields_of_a_large_header() {
+        let mut m = b"Received: x\r\nfrom: a@x.test,\r\n b@y.test\r\n".to_vec();
+        while m.len() <= limits::AUTH_HEADER_MAX {
+            m.extend_from_slice(b"X-Filler: 0123456789012345678901234567890123456789\r\n");
+        }
+        m.extend_from_slice(b"From: c@z.test\r\n\r\nFrom: body@w.test\r\n");
+        let only = header::only_fields(&m, b"From");
+        assert_eq!(
+            &only[..],
+            b"from: a@x.test,\r\n b@y.test\r\nFrom: c@z.test\r\n\r\n"
+        );
+        let parsed = AuthenticatedMessage::parse(&only).unwrap();
+        assert_eq!(parsed.from, ["a@x.test", "b@y.test", "c@z.test"]);
+        assert_eq!(header::only_fields(b"Subject: s\r\n\r\n", b"From"), b"\r\n");
+    }
+
+    /// A deadline already passed: the work is not even started.
+    #[tokio::test]
+    async fn deadline_passed_starts_nothing() {
+        let started = std::cell::Cell::new(false);
+        let past = Instant::now() - Duration::from_millis(1);
+        assert_eq!(before(past, async { started.set(true) }).await, None);
+        assert!(!started.get());
+        let soon = Instant::now() + Duration::from_millis(50);
+        assert_eq!(before(soon, std::future::pending::<()>()).await, None);
+        let later = Instant::now() + Duration::from_secs(5);
+        assert_eq!(before(later, async { 7 }).await, Some(7));
+    }
 
     #[test]
     fn prepare_bounds_signatures() {

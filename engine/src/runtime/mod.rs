@@ -195,13 +195,13 @@ pub fn serve(mut config: Config) -> Result<(), ServeError> {
             match crate::auth::Verifier::start(dns, &config.mail_auth, &config.hostname) {
                 Ok(v) => Some(v),
                 Err(e) => {
-                    tracing::error!(error = %e, "mail authentication not started: inbound mail is stored unverified");
+                    tracing::error!(error = %e, "mail authentication not started: mail from the Internet is deferred (451 4.7.0)");
                     None
                 }
             }
         }
         (None, true) => {
-            tracing::error!("no DNS thread: inbound mail is stored unverified");
+            tracing::error!("no DNS thread: mail authentication not started, mail from the Internet is deferred (451 4.7.0)");
             None
         }
         _ => None,

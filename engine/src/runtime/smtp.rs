@@ -132,7 +132,7 @@ async fn dkim_sign(
 /// Verify a message from the Internet on the DNS thread. The body travels
 /// in an `Arc` and comes back (the DNS thread drops its reference before it
 /// answers; should it not have, the bytes are copied). `None`: the DNS
-/// thread is gone, the message is stored unverified.
+/// thread is gone or the verification failed; the caller defers.
 async fn authenticate(
     verifier: &crate::auth::Verifier,
     body: MessageBody,
@@ -504,23 +504,38 @@ pub async fn serve(
                     }
                 }
                 // Mail from the Internet: SPF, DKIM, DMARC, ARC on the DNS
-                // thread, then the policy; forged Authentication-Results for
-                // our authserv-id go (RFC 8601 section 5).
+                // thread, then the policy. Forged Authentication-Results for
+                // our authserv-id go from every message that crosses our
+                // trust boundary (RFC 8601 section 5), whether or not it is
+                // verified: a client neither authenticated, nor in
+                // relay_networks, nor in trusted_networks.
                 let mut folder = Folder::Inbox;
                 let mut results_field = None;
-                if session.authenticated().is_none()
+                let from_outside = session.authenticated().is_none()
                     && !relay_client
-                    && config.mail_auth.verifies(peer.ip())
-                {
-                    if let Some(verifier) = &shard.shared.verifier {
-                        let helo = session.helo().unwrap_or_default().to_string();
-                        let (b, outcome) =
-                            authenticate(verifier, body, peer, helo, &tx.reverse_path).await;
-                        body = b;
-                        if let Some(outcome) = outcome {
+                    && !config.mail_auth.trusted(peer.ip());
+                if from_outside && config.mail_auth.verify {
+                    // Verification is on: a message it could not look at is
+                    // deferred, never stored as if it had passed.
+                    let outcome = match &shard.shared.verifier {
+                        Some(verifier) => {
+                            let helo = session.helo().unwrap_or_default().to_string();
+                            let (b, outcome) =
+                                authenticate(verifier, body, peer, helo, &tx.reverse_path).await;
+                            body = b;
+                            outcome
+                        }
+                        None => None,
+                    };
+                    let refused = match &outcome {
+                        None => {
+                            tracing::error!(%peer, "mail authentication unavailable; message deferred with 451");
+                            Some(DeliveryOutcome::AuthUnavailable)
+                        }
+                        Some(outcome) => {
                             let decision = policy::decide(&config.mail_auth, &outcome.facts);
                             tracing::debug!(%peer, ?decision, facts = ?outcome.facts, domain = outcome.from_domain, "mail authentication");
-                            let refused = match decision {
+                            match decision {
                                 Decision::Inbox => None,
                                 Decision::Junk => {
                                     folder = Folder::Junk;
@@ -532,17 +547,24 @@ pub async fn serve(
                                 Decision::Reject(AuthRefusal::SpfFail) => {
                                     Some(DeliveryOutcome::SpfRejected)
                                 }
+                                Decision::Reject(AuthRefusal::SeveralFromDomains) => {
+                                    Some(DeliveryOutcome::SeveralFromDomains)
+                                }
                                 Decision::Defer => Some(DeliveryOutcome::SpfDeferred),
-                            };
-                            if let Some(refused) = refused {
-                                tracing::info!(%peer, ?decision, domain = outcome.from_domain, "message refused by mail authentication policy");
-                                let code = session.delivered(refused, &mut out);
-                                count_transaction(&shard, &session, peer, submission, &rec, code);
-                                continue;
                             }
-                            results_field = Some(outcome.header);
                         }
+                    };
+                    if let Some(refused) = refused {
+                        if let Some(outcome) = &outcome {
+                            tracing::info!(%peer, facts = ?outcome.facts, domain = outcome.from_domain, "message refused by mail authentication policy");
+                        }
+                        let code = session.delivered(refused, &mut out);
+                        count_transaction(&shard, &session, peer, submission, &rec, code);
+                        continue;
                     }
+                    results_field = outcome.map(|o| o.header);
+                }
+                if from_outside {
                     body = strip_forged_results(body, &config.hostname);
                 }
                 // Relayed recipients first, into this shard's queue; then the

@@ -196,6 +196,10 @@ pub enum DeliveryOutcome {
     SpfRejected,
     /// `451 4.7.24`: SPF temperror (DNS), deferred by configuration.
     SpfDeferred,
+    /// `550 5.7.1`: From: addresses of several domains (RFC 7489 6.6.1).
+    SeveralFromDomains,
+    /// `451 4.7.0`: verification is configured but could not run.
+    AuthUnavailable,
 }
 
 /// The runtime's answer to [`SmtpEvent::Auth`].
@@ -569,6 +573,8 @@ impl SmtpSession {
             DeliveryOutcome::DmarcRejected => replies::DMARC_REJECT,
             DeliveryOutcome::SpfRejected => replies::SPF_REJECT,
             DeliveryOutcome::SpfDeferred => replies::SPF_TEMPFAIL,
+            DeliveryOutcome::SeveralFromDomains => replies::SEVERAL_FROM_DOMAINS,
+            DeliveryOutcome::AuthUnavailable => replies::AUTH_UNAVAILABLE,
         };
         r.write(out);
         self.phase = Phase::Command;
@@ -1771,6 +1777,14 @@ mod tests {
             (
                 DeliveryOutcome::SpfDeferred,
                 "451 4.7.24 SPF check failed temporarily (DNS), try again later\r\n",
+            ),
+            (
+                DeliveryOutcome::SeveralFromDomains,
+                "550 5.7.1 Message rejected: From: addresses of more than one domain\r\n",
+            ),
+            (
+                DeliveryOutcome::AuthUnavailable,
+                "451 4.7.0 Sender authentication unavailable, try again later\r\n",
             ),
         ] {
             let r = drive(params(), &[client.as_bytes()], outcome);

@@ -317,6 +317,21 @@ pub mod replies {
         "5.7.1",
         "Message rejected: it fails the DMARC policy of its From: domain",
     );
+    /// RFC 7489 section 6.6.1: the From: field names several domains, so no
+    /// single DMARC policy applies; refused rather than let through.
+    pub const SEVERAL_FROM_DOMAINS: Reply = Reply::new(
+        550,
+        "5.7.1",
+        "Message rejected: From: addresses of more than one domain",
+    );
+    /// Mail authentication is configured but could not be carried out
+    /// (the verifier is not running or failed): try again later rather
+    /// than store the message unverified.
+    pub const AUTH_UNAVAILABLE: Reply = Reply::new(
+        451,
+        "4.7.0",
+        "Sender authentication unavailable, try again later",
+    );
     /// RFC 7372 section 3.2: SPF fail (X.7.23), with `spf_fail = "reject"`.
     pub const SPF_REJECT: Reply = Reply::new(
         550,
