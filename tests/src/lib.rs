@@ -336,6 +336,27 @@ pub fn mount_tmpfs(dir: &Path, mib: u32) -> bool {
         .unwrap_or(false)
 }
 
+/// `ringmail serve` arguments that put every listener (and the HTTP one) on
+/// a free loopback port, so parallel servers never collide.
+pub const LOOPBACK_LISTENERS: [&str; 16] = [
+    "--smtp",
+    "127.0.0.1:0",
+    "--pop3",
+    "127.0.0.1:0",
+    "--imap",
+    "127.0.0.1:0",
+    "--submission",
+    "127.0.0.1:0",
+    "--submissions",
+    "127.0.0.1:0",
+    "--imaps",
+    "127.0.0.1:0",
+    "--pop3s",
+    "127.0.0.1:0",
+    "--http",
+    "127.0.0.1:0",
+];
+
 /// A running (or stopped) `ringmail serve` on its own data directory.
 pub struct Server {
     dir: tempfile::TempDir,
@@ -466,25 +487,7 @@ impl Server {
             .arg(&self.data)
             .arg("--cores")
             .arg(self.cores.to_string());
-        cmd.args([
-            "--smtp",
-            "127.0.0.1:0",
-            "--pop3",
-            "127.0.0.1:0",
-            "--imap",
-            "127.0.0.1:0",
-            // Never the default 127.0.0.1:5870, shared by parallel servers.
-            "--submission",
-            "127.0.0.1:0",
-            "--submissions",
-            "127.0.0.1:0",
-            "--imaps",
-            "127.0.0.1:0",
-            "--pop3s",
-            "127.0.0.1:0",
-            "--http",
-            "127.0.0.1:0",
-        ]);
+        cmd.args(LOOPBACK_LISTENERS);
         if let Some(c) = &self.config_path {
             cmd.arg("--config").arg(c);
         }

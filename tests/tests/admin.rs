@@ -441,23 +441,7 @@ fn a_second_server_on_the_same_data_directory_is_refused() {
                 "--data",
                 server.data.to_str().unwrap(),
             ])
-            .args([
-                "--smtp",
-                "127.0.0.1:0",
-                "--pop3",
-                "127.0.0.1:0",
-                "--imap",
-                "127.0.0.1:0",
-            ])
-            .args([
-                "--submission",
-                "127.0.0.1:0",
-                "--submissions",
-                "127.0.0.1:0",
-                "--imaps",
-                "127.0.0.1:0",
-            ])
-            .args(["--pop3s", "127.0.0.1:0", "--http", "127.0.0.1:0"])
+            .args(LOOPBACK_LISTENERS)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

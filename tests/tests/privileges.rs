@@ -22,12 +22,18 @@ fn privileged_port() -> u16 {
         .expect("no free port below 1024")
 }
 
-/// `ringmail serve` with `args`; returns the child and its ready line.
-fn serve(config: &Path, args: &[&str], env: &[(&str, &Path)]) -> (Child, String) {
+/// `ringmail serve` on `data` with every listener on a free loopback port
+/// but SMTP on `smtp`; returns the child and its ready line.
+fn serve(config: &Path, data: &Path, smtp: &str, env: &[(&str, &Path)]) -> (Child, String) {
     let mut cmd = Command::new(ringmail_bin());
     cmd.args(["serve", "--cores", "2", "--config"])
         .arg(config)
-        .args(args);
+        .arg("--data")
+        .arg(data);
+    for pair in LOOPBACK_LISTENERS.chunks(2) {
+        cmd.arg(pair[0])
+            .arg(if pair[0] == "--smtp" { smtp } else { pair[1] });
+    }
     for (k, v) in env {
         cmd.env(k, v);
     }
@@ -96,30 +102,7 @@ fn binds_a_privileged_port_as_root_then_serves_as_nobody() {
     std::fs::write(&config, "user = \"nobody\"\ngroup = \"nogroup\"\n").unwrap();
     let port = privileged_port();
     let smtp = format!("127.0.0.1:{port}");
-    let (child, ready) = serve(
-        &config,
-        &[
-            "--data",
-            data.to_str().unwrap(),
-            "--smtp",
-            &smtp,
-            "--pop3",
-            "127.0.0.1:0",
-            "--imap",
-            "127.0.0.1:0",
-            "--submission",
-            "127.0.0.1:0",
-            "--submissions",
-            "127.0.0.1:0",
-            "--imaps",
-            "127.0.0.1:0",
-            "--pop3s",
-            "127.0.0.1:0",
-            "--http",
-            "127.0.0.1:0",
-        ],
-        &[],
-    );
+    let (child, ready) = serve(&config, &data, &smtp, &[]);
     assert_eq!(addr_of(&ready, "smtp").port(), port);
     let nobody = 65534;
     for which in ["Uid", "Gid"] {
@@ -200,30 +183,8 @@ fn root_without_user_is_refused_off_loopback_before_binding() {
     let child = Command::new(ringmail_bin())
         .args(["serve", "--config"])
         .arg(&config)
-        .args([
-            "--data",
-            data.to_str().unwrap(),
-            "--smtp",
-            "127.0.0.1:0",
-            "--pop3",
-            "127.0.0.1:0",
-        ])
-        .args([
-            "--imap",
-            "127.0.0.1:0",
-            "--submission",
-            "127.0.0.1:0",
-            "--submissions",
-            "127.0.0.1:0",
-        ])
-        .args([
-            "--imaps",
-            "127.0.0.1:0",
-            "--pop3s",
-            "127.0.0.1:0",
-            "--http",
-            "127.0.0.1:0",
-        ])
+        .args(["--data", data.to_str().unwrap()])
+        .args(LOOPBACK_LISTENERS)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -250,26 +211,8 @@ fn tells_systemd_when_ready_and_when_stopping() {
     let data = dir.path().join("data");
     let (child, _ready) = serve(
         &config,
-        &[
-            "--data",
-            data.to_str().unwrap(),
-            "--smtp",
-            "127.0.0.1:0",
-            "--pop3",
-            "127.0.0.1:0",
-            "--imap",
-            "127.0.0.1:0",
-            "--submission",
-            "127.0.0.1:0",
-            "--submissions",
-            "127.0.0.1:0",
-            "--imaps",
-            "127.0.0.1:0",
-            "--pop3s",
-            "127.0.0.1:0",
-            "--http",
-            "127.0.0.1:0",
-        ],
+        &data,
+        "127.0.0.1:0",
         &[("NOTIFY_SOCKET", &sock_path)],
     );
     let mut buf = [0u8; 512];

@@ -208,28 +208,7 @@ fn serve_fails(data: &Path) -> String {
     let child = std::process::Command::new(ringmail_bin())
         .args(["serve", "--cores", "2", "--data"])
         .arg(data)
-        .args([
-            "--smtp",
-            "127.0.0.1:0",
-            "--pop3",
-            "127.0.0.1:0",
-            "--imap",
-            "127.0.0.1:0",
-        ])
-        .args([
-            "--submission",
-            "127.0.0.1:0",
-            "--submissions",
-            "127.0.0.1:0",
-        ])
-        .args([
-            "--imaps",
-            "127.0.0.1:0",
-            "--pop3s",
-            "127.0.0.1:0",
-            "--http",
-            "127.0.0.1:0",
-        ])
+        .args(LOOPBACK_LISTENERS)
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
