@@ -215,6 +215,11 @@ fn tells_systemd_when_ready_and_when_stopping() {
         "127.0.0.1:0",
         &[("NOTIFY_SOCKET", &sock_path)],
     );
+    // A data directory the server made is its user's alone.
+    assert_eq!(
+        std::fs::metadata(&data).unwrap().permissions().mode() & 0o777,
+        0o700
+    );
     let mut buf = [0u8; 512];
     let n = sock.recv(&mut buf).expect("READY=1 after the ready line");
     let msg = String::from_utf8_lossy(&buf[..n]).into_owned();

@@ -405,7 +405,20 @@ fn lock_data_dir(dir: &std::path::Path) -> std::io::Result<std::fs::File> {
     use std::io::{Read, Seek, Write};
     use std::os::fd::AsRawFd;
     use std::os::unix::fs::OpenOptionsExt;
-    std::fs::create_dir_all(dir)?;
+    if !dir.exists() {
+        // Mail and password hashes live here: a new data directory is the
+        // server's user's alone, whatever the umask.
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)?;
+    } else if let Ok(m) = std::fs::metadata(dir) {
+        use std::os::unix::fs::PermissionsExt;
+        if m.permissions().mode() & 0o007 != 0 {
+            tracing::warn!(dir = %dir.display(), mode = format!("{:o}", m.permissions().mode() & 0o777), "the data directory is open to other users (mail and password hashes are inside); chmod o-rwx it");
+        }
+    }
     let path = dir.join("lock");
     let mut f = std::fs::OpenOptions::new()
         .read(true)
