@@ -1361,6 +1361,43 @@ pub fn run_python(script: &str, args: &[String]) -> String {
     stdout
 }
 
+/// Run Python code given inline (`python3 -c`); its stdout. Panics, with
+/// stderr, when it fails.
+pub fn python_code(code: &str) -> String {
+    let child = Command::new("python3")
+        .args(["-c", code])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run python3: {e}"));
+    let out = wait_output(child, Duration::from_secs(120));
+    assert!(
+        out.status.success(),
+        "python3 -c failed ({}):\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// `ringmail serve ARGS` that must refuse to start: checks a clean error
+/// exit (status 1, no panic) within 30 s and returns its stderr.
+pub fn serve_refused<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> String {
+    let child = Command::new(ringmail_bin())
+        .arg("serve")
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawning ringmail serve");
+    let out = wait_output(child, Duration::from_secs(30));
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(1), "not a clean error exit:\n{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    err
+}
+
 /// True when `program` is found on PATH.
 pub fn on_path(program: &str) -> bool {
     std::env::var_os("PATH")

@@ -432,25 +432,9 @@ fn mailbox_list_and_stats_and_compact_on_the_running_server() {
 #[test]
 fn a_second_server_on_the_same_data_directory_is_refused() {
     let mut server = Server::new();
-    let out = wait_output(
-        Command::new(ringmail_bin())
-            .args([
-                "serve",
-                "--cores",
-                "1",
-                "--data",
-                server.data.to_str().unwrap(),
-            ])
-            .args(LOOPBACK_LISTENERS)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap(),
-        Duration::from_secs(30),
-    );
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{err}");
+    let mut args = vec!["--cores", "1", "--data", server.data.to_str().unwrap()];
+    args.extend(LOOPBACK_LISTENERS);
+    let err = serve_refused(&args);
     assert!(
         err.contains(&format!(
             "in use by another ringmail (pid {})",

@@ -13,19 +13,7 @@ fn get(addr: SocketAddr, path: &str) -> (u16, String) {
          try:\n    r = urllib.request.urlopen('http://{addr}{path}', timeout=10)\n    print(r.status); print(r.headers.get('Content-Type')); print(r.read().decode(), end='')\n\
          except urllib.error.HTTPError as e:\n    print(e.code); print(e.headers.get('Content-Type')); print(e.read().decode(), end='')\n"
     );
-    let dir = tempfile::tempdir().unwrap();
-    let f = dir.path().join("get.py");
-    std::fs::write(&f, script).unwrap();
-    let out = std::process::Command::new("python3")
-        .arg(&f)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8(out.stdout).unwrap();
+    let text = python_code(&script);
     let mut lines = text.splitn(3, '\n');
     let status = lines.next().unwrap().parse().unwrap();
     let ctype = lines.next().unwrap().to_string();
@@ -106,15 +94,7 @@ fn metrics_count_what_clients_did() {
         server.tls_cert().display(),
         server.imaps.port()
     );
-    let out = std::process::Command::new("python3")
-        .args(["-c", &script])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    python_code(&script);
     let text = scrape_until(&server, |t| {
         sum(t, "ringmail_smtp_transactions_total", &[("reply", "2xx")]) >= 3.0
             && sum(
@@ -385,16 +365,7 @@ fn status_reports_every_shard_and_autoconfig_describes_the_listeners() {
          \x20   print(s.get('type'), s.find('hostname').text, s.find('port').text, s.find('socketType').text, s.find('username').text)\n",
         server.http
     );
-    let out = std::process::Command::new("python3")
-        .args(["-c", &script])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8(out.stdout).unwrap();
+    let text = python_code(&script);
     let mut lines = text.lines();
     assert_eq!(lines.next(), Some("example.test"));
     let servers: Vec<&str> = lines.collect();

@@ -161,18 +161,15 @@ fn root_without_user_is_refused_off_loopback_before_binding() {
     std::fs::write(&config, "").unwrap();
     let data = dir.path().join("data");
     // Refused before any socket is bound, so no traffic can reach it.
-    let child = Command::new(ringmail_bin())
-        .args(["serve", "--config"])
-        .arg(&config)
-        .args(["--data", data.to_str().unwrap(), "--smtp", "0.0.0.0:0"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let out = wait_output(child, Duration::from_secs(20));
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{err}");
+    let data_arg = data.to_str().unwrap();
+    let err = serve_refused(&[
+        "--config",
+        config.to_str().unwrap(),
+        "--data",
+        data_arg,
+        "--smtp",
+        "0.0.0.0:0",
+    ]);
     assert!(
         err.contains("refusing to run as root with listeners off loopback"),
         "{err}"
@@ -180,19 +177,9 @@ fn root_without_user_is_refused_off_loopback_before_binding() {
     assert!(!data.exists(), "nothing may be created by a refused start");
     // A user that does not exist is an error, not a silent root.
     std::fs::write(&config, "user = \"no-such-user-ringmail\"\n").unwrap();
-    let child = Command::new(ringmail_bin())
-        .args(["serve", "--config"])
-        .arg(&config)
-        .args(["--data", data.to_str().unwrap()])
-        .args(LOOPBACK_LISTENERS)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let out = wait_output(child, Duration::from_secs(20));
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{err}");
+    let mut args = vec!["--config", config.to_str().unwrap(), "--data", data_arg];
+    args.extend(LOOPBACK_LISTENERS);
+    let err = serve_refused(&args);
     assert!(
         err.contains("user \"no-such-user-ringmail\" does not exist"),
         "{err}"
