@@ -241,7 +241,6 @@ struct TxRecord {
     size: u64,
     /// (local, relayed) recipients.
     rcpts: (u64, u64),
-    sender: String,
 }
 
 /// One log event per SMTP transaction (stable field names: `queue_id`,
@@ -255,6 +254,7 @@ fn count_transaction(
     peer: SocketAddr,
     submission: bool,
     tx: &TxRecord,
+    sender: &str,
     code: u16,
 ) {
     if code == 0 {
@@ -279,7 +279,7 @@ fn count_transaction(
         helo = session.helo().unwrap_or(""),
         tls = session.tls().map(|t| t.version).unwrap_or(""),
         account = session.authenticated().unwrap_or(""),
-        sender = tx.sender.as_str(),
+        sender,
         recipients = tx.rcpts.0 + tx.rcpts.1,
         size = tx.size,
         reply = code,
@@ -467,7 +467,6 @@ pub async fn serve(
                     end_of_data: std::time::Instant::now(),
                     size: 0,
                     rcpts: (tx.recipients.len() as u64, tx.relay.len() as u64),
-                    sender: tx.reverse_path.clone(),
                 };
                 if spooled_serial.take() != Some(session.message_serial()) {
                     spooler.reset();
@@ -477,13 +476,29 @@ pub async fn serve(
                     Err(e) if super::spool::is_over_budget(&e) => {
                         tracing::info!(%peer, spool = shard.budget.spool_used(), "no room for the end of the message in flight; it is refused with 451");
                         let code = session.delivered(DeliveryOutcome::Busy, &mut out);
-                        count_transaction(&shard, &session, peer, submission, &rec, code);
+                        count_transaction(
+                            &shard,
+                            &session,
+                            peer,
+                            submission,
+                            &rec,
+                            &tx.reverse_path,
+                            code,
+                        );
                         continue;
                     }
                     Err(e) => {
                         tracing::warn!(%peer, error = %e, "spooled message unreadable");
                         let code = session.delivered(DeliveryOutcome::TempFail, &mut out);
-                        count_transaction(&shard, &session, peer, submission, &rec, code);
+                        count_transaction(
+                            &shard,
+                            &session,
+                            peer,
+                            submission,
+                            &rec,
+                            &tx.reverse_path,
+                            code,
+                        );
                         continue;
                     }
                 };
@@ -492,14 +507,30 @@ pub async fn serve(
                     if !from_header_allowed(&Ctx { shard: &shard }, &account, &body) {
                         tracing::info!(%peer, account, "From: address not owned by the authenticated account; refused with 553");
                         let code = session.delivered(DeliveryOutcome::SenderNotOwned, &mut out);
-                        count_transaction(&shard, &session, peer, submission, &rec, code);
+                        count_transaction(
+                            &shard,
+                            &session,
+                            peer,
+                            submission,
+                            &rec,
+                            &tx.reverse_path,
+                            code,
+                        );
                         continue;
                     }
                     let recipients = (tx.recipients.len() + tx.relay.len()) as u32;
                     if !shard.charge_sending(&account, recipients).await {
                         tracing::info!(%peer, account, recipients, "sending rate of the account reached; refused with 452");
                         let code = session.delivered(DeliveryOutcome::RateLimited, &mut out);
-                        count_transaction(&shard, &session, peer, submission, &rec, code);
+                        count_transaction(
+                            &shard,
+                            &session,
+                            peer,
+                            submission,
+                            &rec,
+                            &tx.reverse_path,
+                            code,
+                        );
                         continue;
                     }
                 }
@@ -559,7 +590,15 @@ pub async fn serve(
                             tracing::info!(%peer, facts = ?outcome.facts, domain = outcome.from_domain, "message refused by mail authentication policy");
                         }
                         let code = session.delivered(refused, &mut out);
-                        count_transaction(&shard, &session, peer, submission, &rec, code);
+                        count_transaction(
+                            &shard,
+                            &session,
+                            peer,
+                            submission,
+                            &rec,
+                            &tx.reverse_path,
+                            code,
+                        );
                         continue;
                     }
                     results_field = outcome.map(|o| o.header);
@@ -625,7 +664,15 @@ pub async fn serve(
                     }
                 };
                 let code = session.delivered(outcome, &mut out);
-                count_transaction(&shard, &session, peer, submission, &rec, code);
+                count_transaction(
+                    &shard,
+                    &session,
+                    peer,
+                    submission,
+                    &rec,
+                    &tx.reverse_path,
+                    code,
+                );
                 // Reuse a small buffer for the next message; a large one goes
                 // back to the allocator (idle sessions must not hold it).
                 match left.and_then(MessageBody::into_heap) {
