@@ -139,6 +139,7 @@ impl Directory {
 }
 
 /// The account file on disk.
+#[derive(Clone)]
 pub struct AccountFile {
     path: PathBuf,
 }

@@ -9,7 +9,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::limits;
 
@@ -20,7 +20,7 @@ pub const DEMO_ACCOUNTS: [(&str, &str); 2] = [
     ("bob@example.test", "bob-secret"),
 ];
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     /// Our host name: SMTP banner, EHLO reply, Received headers.
@@ -64,11 +64,14 @@ pub struct Config {
     pub mail_auth: MailAuth,
     /// Accounts created at start-up when missing (the default configuration's
     /// demo accounts live here). Passwords are hashed before they are stored.
+    /// A configuration file has none unless it lists them: the demo
+    /// passwords are public, so they never come with a file by default.
+    #[serde(default)]
     pub demo_accounts: Vec<DemoAccount>,
 }
 
 /// `log_format`.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     #[default]
@@ -76,14 +79,14 @@ pub enum LogFormat {
     Json,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct DemoAccount {
     pub address: String,
     pub password: String,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Listen {
     pub smtp: Vec<SocketAddr>,
@@ -102,7 +105,7 @@ pub struct Listen {
 }
 
 /// TLS for every listener (STARTTLS and implicit) with rustls.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Tls {
     /// PEM certificate chain (leaf first). With neither `cert` nor `key`,
@@ -125,7 +128,7 @@ pub struct Tls {
     pub loopback_auth_without_tls: bool,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct CertPair {
     pub cert: PathBuf,
@@ -146,7 +149,7 @@ impl Default for Tls {
 }
 
 /// Outbound mail: who may relay, and how the queue delivers.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Relay {
     /// Recursive DNS resolvers (`"127.0.0.1:53"`); empty: /etc/resolv.conf.
@@ -192,7 +195,7 @@ pub struct Relay {
 pub const SYSTEM_CA_FILE: &str = "/etc/ssl/certs/ca-certificates.crt";
 
 /// How the relay uses TLS towards one destination (RFC 3207, RFC 7435).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
 #[serde(rename_all = "kebab-case")]
 pub enum RelayTls {
     /// Never STARTTLS (a destination whose TLS is known to be broken).
@@ -245,7 +248,7 @@ impl Default for Relay {
 /// Inbound mail authentication of mail from the Internet: SPF (RFC 7208),
 /// DKIM (RFC 6376, RFC 8463), DMARC (RFC 7489), ARC (RFC 8617), recorded in
 /// an Authentication-Results field (RFC 8601), and what to do with failures.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MailAuth {
     /// Verify mail from clients that did not authenticate and are neither in
@@ -277,7 +280,7 @@ pub struct MailAuth {
 }
 
 /// What happens to a message that fails DMARC under p=quarantine.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Quarantine {
     /// Delivered into the account's \Junk folder (RFC 6154).
@@ -288,7 +291,7 @@ pub enum Quarantine {
 
 /// What happens to a message whose SPF result is `fail` and whose From:
 /// domain has no DMARC policy.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum SpfFail {
     /// Stored; the Authentication-Results field says spf=fail.
@@ -298,7 +301,7 @@ pub enum SpfFail {
 }
 
 /// What happens when SPF could not be evaluated for a DNS failure.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum SpfTempError {
     /// 451 4.7.24: the sender tries again later.
@@ -342,8 +345,8 @@ impl MailAuth {
 
 /// An IP network, `address/prefix` (`192.0.2.0/24`, `2001:db8::/32`; a bare
 /// address is a single host).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(try_from = "String")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(try_from = "String", into = "String")]
 pub struct Cidr {
     pub addr: IpAddr,
     pub prefix: u8,
@@ -367,6 +370,12 @@ impl Cidr {
             }
             _ => false,
         }
+    }
+}
+
+impl From<Cidr> for String {
+    fn from(c: Cidr) -> String {
+        format!("{}/{}", c.addr, c.prefix)
     }
 }
 
@@ -399,7 +408,7 @@ impl std::str::FromStr for Cidr {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Limits {
     pub message_size_max: usize,
@@ -420,7 +429,7 @@ pub struct Limits {
 }
 
 /// Who an authenticated client may send as.
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default)]
 pub struct Senders {
     /// An authenticated session's MAIL FROM and From: header addresses must
@@ -451,7 +460,7 @@ impl Default for Senders {
 /// Login throttling, shared by every core and protocol (see
 /// `runtime::throttle`): failed logins per client address (IPv6 by /64) and
 /// per account.
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuthThrottle {
     /// Delay before answering an address's first failed login; it doubles
@@ -515,7 +524,7 @@ impl AuthThrottle {
 /// flight: SMTP DATA/BDAT and IMAP APPEND literals. A message stays in RAM up
 /// to `spool_threshold`, then goes on into an unnamed spool file (O_TMPFILE in
 /// DATA/spool/, gone when closed or after a crash); budgets are per shard.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Memory {
     /// RAM one shard's sessions may hold in message data; beyond it messages
@@ -550,7 +559,7 @@ impl Default for Memory {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Timeouts {
     pub smtp_command_secs: u64,
@@ -560,7 +569,7 @@ pub struct Timeouts {
     pub shutdown_grace_secs: u64,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Storage {
     /// Checkpoint a bucket's index after this many records were logged for it.
@@ -695,11 +704,14 @@ pub enum ConfigError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("{path}:{line}:{column}: {message}")]
+    #[error("{path}:{line}:{column}: {}{message}", key_prefix(.key))]
     Parse {
         path: PathBuf,
         line: usize,
         column: usize,
+        /// The dotted key at the error (`limits.recipients_max`), when the
+        /// error is on a `key = value` line.
+        key: Option<String>,
         message: String,
     },
     #[error("{path}: {message}")]
@@ -727,6 +739,7 @@ impl Config {
                 path: path.into(),
                 line,
                 column,
+                key: e.span().and_then(|s| key_at(text, s.start)),
                 message: e.message().to_string(),
             }
         })?;
@@ -1127,6 +1140,107 @@ timeout_secs = 20
 cache_max_entries = 16384
 "#;
 
+fn key_prefix(key: &Option<String>) -> String {
+    key.as_ref()
+        .map(|k| format!("key {k}: "))
+        .unwrap_or_default()
+}
+
+/// The dotted key of the `key = value` line holding `offset`, prefixed with
+/// the table header above it (`[limits]` + `recipients_max = "x"` gives
+/// `limits.recipients_max`), for error messages.
+fn key_at(text: &str, offset: usize) -> Option<String> {
+    let offset = offset.min(text.len());
+    let start = text[..offset].rfind('\n').map_or(0, |i| i + 1);
+    let end = text[offset..].find('\n').map_or(text.len(), |i| offset + i);
+    let (key, _) = text[start..end].split_once('=')?;
+    let key = key.trim().trim_matches('"');
+    if key.is_empty() || key.starts_with('#') || key.starts_with('[') {
+        return None;
+    }
+    let table = text[..start].lines().rev().find_map(|l| {
+        let l = l.trim();
+        let l = l.strip_prefix("[[").or_else(|| l.strip_prefix('['))?;
+        let end = l.find(']')?;
+        Some(l[..end].trim().to_string())
+    });
+    Some(match table {
+        Some(t) if !t.is_empty() => format!("{t}.{key}"),
+        _ => key.to_string(),
+    })
+}
+
+/// What a configuration reload may change in a running server; everything
+/// else needs a restart (new sockets, executors, a different data directory
+/// or settings read once at start-up).
+impl Config {
+    /// `new` with every setting that needs a restart taken from `running`:
+    /// the configuration a reload puts in force.
+    pub fn reloadable_from(running: &Config, new: &Config) -> Config {
+        let mut m = new.clone();
+        m.data_dir.clone_from(&running.data_dir);
+        m.cores = running.cores;
+        m.pin_cores = running.pin_cores;
+        m.batch_scheduling = running.batch_scheduling;
+        m.cpu_steering = running.cpu_steering;
+        m.user.clone_from(&running.user);
+        m.group.clone_from(&running.group);
+        m.allow_root = running.allow_root;
+        m.log_format = running.log_format;
+        m.listen = running.listen.clone();
+        m.storage = running.storage.clone();
+        m.memory = running.memory.clone();
+        m.demo_accounts.clone_from(&running.demo_accounts);
+        // The DNS thread, the MTA-STS fetcher and the relay's CA roots are
+        // built once.
+        m.relay.nameservers.clone_from(&running.relay.nameservers);
+        m.relay.dns_timeout_secs = running.relay.dns_timeout_secs;
+        m.relay.mta_sts = running.relay.mta_sts;
+        m.relay.mta_sts_port = running.relay.mta_sts_port;
+        m.relay.tls_ca_file.clone_from(&running.relay.tls_ca_file);
+        // The verifier is started (or not) once, with its caches and limits;
+        // the policy and the trusted networks apply per message.
+        m.mail_auth.verify = running.mail_auth.verify;
+        m.mail_auth.dkim_signatures_max = running.mail_auth.dkim_signatures_max;
+        m.mail_auth.timeout_secs = running.mail_auth.timeout_secs;
+        m.mail_auth.cache_max_entries = running.mail_auth.cache_max_entries;
+        m
+    }
+
+    /// The dotted keys whose values differ between `a` and `b`
+    /// (`limits.recipients_max`, `aliases.x@example.org`, `listen.smtp`).
+    pub fn changed_keys(a: &Config, b: &Config) -> Vec<String> {
+        fn walk(prefix: &str, a: &serde_json::Value, b: &serde_json::Value, out: &mut Vec<String>) {
+            use serde_json::Value;
+            match (a, b) {
+                (Value::Object(x), Value::Object(y)) => {
+                    let keys: std::collections::BTreeSet<&String> =
+                        x.keys().chain(y.keys()).collect();
+                    for k in keys {
+                        let path = if prefix.is_empty() {
+                            k.clone()
+                        } else {
+                            format!("{prefix}.{k}")
+                        };
+                        match (x.get(k), y.get(k)) {
+                            (Some(v), Some(w)) => walk(&path, v, w, out),
+                            _ => out.push(path),
+                        }
+                    }
+                }
+                _ if a != b => out.push(prefix.to_string()),
+                _ => {}
+            }
+        }
+        let (Ok(a), Ok(b)) = (serde_json::to_value(a), serde_json::to_value(b)) else {
+            return vec!["(configuration)".into()];
+        };
+        let mut out = Vec::new();
+        walk("", &a, &b, &mut out);
+        out
+    }
+}
+
 fn line_column(text: &str, offset: usize) -> (usize, usize) {
     let before = &text[..offset.min(text.len())];
     let line = before.matches('\n').count() + 1;
@@ -1172,6 +1286,83 @@ mod tests {
         assert!(s.contains("bogus"), "{s}");
         let e = Config::parse("[limits]\nmessage_size_max = 0\n", Path::new("y.toml")).unwrap_err();
         assert!(e.to_string().contains("message_size_max"));
+    }
+
+    #[test]
+    fn a_file_has_no_demo_accounts_unless_it_lists_them() {
+        let c = Config::parse("hostname = \"mx.test\"\n", Path::new("d.toml")).unwrap();
+        assert!(c.demo_accounts.is_empty());
+        assert_eq!(Config::default().demo_accounts.len(), 2);
+    }
+
+    #[test]
+    fn parse_errors_name_the_key() {
+        let e = Config::parse(
+            "hostname = \"a\"\n\n[limits]\n# comment\nrecipients_max = \"many\"\n",
+            Path::new("k.toml"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.starts_with("k.toml:5:"), "{e}");
+        assert!(e.contains("key limits.recipients_max: "), "{e}");
+        let e = Config::parse(
+            "[relay.tls]\n\"b.test\" = \"sometimes\"\n",
+            Path::new("k.toml"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("key relay.tls.b.test: "), "{e}");
+        // Not on a key line: no key, still file, line and column.
+        let e = Config::parse("[limits\n", Path::new("k.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("k.toml:1:") && !e.contains("key "), "{e}");
+    }
+
+    #[test]
+    fn reload_keeps_what_needs_a_restart() {
+        let running = Config::default();
+        let new = Config::parse(
+            "hostname = \"mx2.test\"\ncores = 7\n[listen]\nsmtp = [\"127.0.0.1:2626\"]\n\
+             [limits]\nrecipients_max = 3\n[aliases]\n\"x@example.test\" = \"alice@example.test\"\n\
+             [relay]\nnameservers = [\"127.0.0.1:5353\"]\nretry_first_secs = 5\n\
+             [mail_auth]\nverify = false\nspf_fail = \"reject\"\n[storage]\nzero_segments = false\n",
+            Path::new("n.toml"),
+        )
+        .unwrap();
+        let merged = Config::reloadable_from(&running, &new);
+        assert_eq!(merged.hostname, "mx2.test");
+        assert_eq!(merged.limits.recipients_max, 3);
+        assert_eq!(merged.cores, running.cores);
+        assert_eq!(merged.listen.smtp, running.listen.smtp);
+        assert_eq!(merged.relay.nameservers, running.relay.nameservers);
+        assert_eq!(merged.relay.retry_first_secs, 5);
+        assert!(merged.mail_auth.verify);
+        assert_eq!(merged.mail_auth.spf_fail, SpfFail::Reject);
+        let applied = Config::changed_keys(&running, &merged);
+        assert_eq!(
+            applied,
+            [
+                "aliases.postmaster@example.test",
+                "aliases.x@example.test",
+                "hostname",
+                "limits.recipients_max",
+                "mail_auth.spf_fail",
+                "relay.retry_first_secs"
+            ]
+        );
+        let restart = Config::changed_keys(&merged, &new);
+        assert_eq!(
+            restart,
+            [
+                "cores",
+                "listen.smtp",
+                "mail_auth.verify",
+                "relay.nameservers",
+                "storage.zero_segments"
+            ]
+        );
+        assert!(Config::changed_keys(&running, &running.clone()).is_empty());
     }
 
     #[test]

@@ -81,6 +81,18 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Make the running server read its configuration again (as SIGHUP does):
+    /// local domains, aliases, limits, timeouts, relay and login-throttle
+    /// settings, mail-authentication policy, certificates. Settings that need
+    /// new sockets or executors are listed as needing a restart. A file that
+    /// does not parse changes nothing, and the error names file, line and key.
+    #[command(
+        after_help = "Examples:\n  ringmail reload --data /var/lib/ringmail\n  kill -HUP $(pidof ringmail)    # the same, by signal (see the log)"
+    )]
+    Reload {
+        #[command(flatten)]
+        common: Common,
+    },
     /// The mailboxes of an account on the running server.
     #[command(
         after_help = "Examples:\n  ringmail mailbox list carol@example.test\n  ringmail mailbox stats carol@example.test"
@@ -302,6 +314,35 @@ fn load_config(common: &Common) -> Result<Config, String> {
     Ok(config)
 }
 
+/// The configuration `serve` runs with: the file (or the embedded default)
+/// with the command line's overrides, validated.
+fn serve_config(args: &ServeArgs) -> Result<Config, String> {
+    let mut config = load_config(&args.common)?;
+    if let Some(c) = args.cores {
+        config.cores = c;
+    }
+    if let Some(h) = &args.hostname {
+        config.hostname.clone_from(h);
+    }
+    let listen = &mut config.listen;
+    for (list, given) in [
+        (&mut listen.smtp, &args.smtp),
+        (&mut listen.pop3, &args.pop3),
+        (&mut listen.imap, &args.imap),
+        (&mut listen.submission, &args.submission),
+        (&mut listen.submissions, &args.submissions),
+        (&mut listen.imaps, &args.imaps),
+        (&mut listen.pop3s, &args.pop3s),
+        (&mut listen.http, &args.http),
+    ] {
+        if !given.is_empty() {
+            list.clone_from(given);
+        }
+    }
+    config.validate()?;
+    Ok(config)
+}
+
 fn read_password() -> Result<String, String> {
     let mut line = String::new();
     std::io::stdin()
@@ -318,41 +359,13 @@ fn read_password() -> Result<String, String> {
 fn run(cli: Cli) -> Result<(), String> {
     match cli.command {
         Command::Serve(args) => {
-            let config = load_config(&args.common);
+            let config = serve_config(&args);
             init_logs(config.as_ref().map(|c| c.log_format).unwrap_or_default());
-            let mut config = config?;
-            if let Some(c) = args.cores {
-                config.cores = c;
-            }
-            if let Some(h) = args.hostname {
-                config.hostname = h;
-            }
-            if !args.smtp.is_empty() {
-                config.listen.smtp = args.smtp;
-            }
-            if !args.pop3.is_empty() {
-                config.listen.pop3 = args.pop3;
-            }
-            if !args.imap.is_empty() {
-                config.listen.imap = args.imap;
-            }
-            if !args.submission.is_empty() {
-                config.listen.submission = args.submission;
-            }
-            if !args.submissions.is_empty() {
-                config.listen.submissions = args.submissions;
-            }
-            if !args.imaps.is_empty() {
-                config.listen.imaps = args.imaps;
-            }
-            if !args.pop3s.is_empty() {
-                config.listen.pop3s = args.pop3s;
-            }
-            if !args.http.is_empty() {
-                config.listen.http = args.http;
-            }
-            config.validate()?;
-            ringmail::runtime::serve(config).map_err(|e| e.to_string())
+            let config = config?;
+            // SIGHUP and `ringmail reload` read the file again with the same
+            // command-line overrides.
+            let loader: ringmail::runtime::reload::Loader = Box::new(move || serve_config(&args));
+            ringmail::runtime::serve(config, Some(loader)).map_err(|e| e.to_string())
         }
         Command::Account { common, action } => {
             let config = load_config(&common)?;
@@ -475,6 +488,14 @@ fn run(cli: Cli) -> Result<(), String> {
             let request = if json { "status json" } else { "status" };
             let answer = ringmail::runtime::control::request(&config.data_dir, request)?;
             print!("{answer}");
+            Ok(())
+        }
+        Command::Reload { common } => {
+            let config = load_config(&common)?;
+            print!(
+                "{}",
+                ringmail::runtime::control::request(&config.data_dir, "reload")?
+            );
             Ok(())
         }
         Command::Mailbox { common, action } => {

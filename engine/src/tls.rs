@@ -153,7 +153,8 @@ pub struct Tls {
     resolver: Arc<Resolver>,
     provider: Arc<CryptoProvider>,
     /// (cert, key) paths in configuration order; the first is the default.
-    sources: Vec<(PathBuf, PathBuf, bool)>,
+    /// Replaced by a configuration reload that names other files.
+    sources: std::sync::Mutex<Vec<(PathBuf, PathBuf, bool)>>,
 }
 
 impl Tls {
@@ -181,7 +182,7 @@ impl Tls {
             server: Arc::new(server),
             resolver,
             provider,
-            sources,
+            sources: std::sync::Mutex::new(sources),
         })
     }
 
@@ -197,6 +198,8 @@ impl Tls {
     /// Files whose change should trigger [`Tls::reload`].
     pub fn watched_files(&self) -> Vec<PathBuf> {
         self.sources
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
             .iter()
             .flat_map(|(c, k, _)| [c.clone(), k.clone()])
             .collect()
@@ -206,9 +209,23 @@ impl Tls {
     /// force stay, and the error says which file is wrong. Sessions already
     /// open keep their keys; new handshakes get the new certificates.
     pub fn reload(&self) -> Result<Vec<CertInfo>, TlsError> {
-        let set = load_set(&self.sources, &self.provider)?;
+        let sources = self.sources.lock().unwrap_or_else(|e| e.into_inner());
+        let set = load_set(&sources, &self.provider)?;
         let infos = set.infos.clone();
         self.resolver.certs.store(Arc::new(set));
+        Ok(infos)
+    }
+
+    /// Load the certificates `config` names (a configuration reload): on
+    /// success they replace the ones in force, and later reloads and the
+    /// file watcher follow the new files; on any error nothing changes.
+    pub fn reload_from(&self, config: &Config) -> Result<Vec<CertInfo>, TlsError> {
+        let new = sources(config)?;
+        let set = load_set(&new, &self.provider)?;
+        let infos = set.infos.clone();
+        let mut sources = self.sources.lock().unwrap_or_else(|e| e.into_inner());
+        self.resolver.certs.store(Arc::new(set));
+        *sources = new;
         Ok(infos)
     }
 }

@@ -73,6 +73,11 @@ pub const NO_THROTTLE: &str = "[auth_throttle]\nfailure_delay_ms = 0\nban_after_
 
 /// Default password given to accounts created by tests.
 pub const PASSWORD: &str = "test-secret";
+/// The embedded default configuration's demo accounts and passwords.
+pub const DEMO_ACCOUNTS: [(&str, &str); 2] = [
+    ("alice@example.test", "alice-secret"),
+    ("bob@example.test", "bob-secret"),
+];
 
 /// How long a server may take to print its ready line.
 const READY_TIMEOUT: Duration = Duration::from_secs(20);
@@ -428,6 +433,16 @@ impl Server {
         if !opts.accounts.is_empty() {
             let list: Vec<&str> = opts.accounts.iter().map(|s| s.as_str()).collect();
             add_accounts(&data, &list, PASSWORD);
+        }
+        // A configuration file brings no demo accounts (their passwords are
+        // public); the tests written against the embedded default's alice
+        // and bob get them with the CLI, unless they made them themselves.
+        if opts.config.is_some() {
+            for (address, password) in DEMO_ACCOUNTS {
+                if !opts.accounts.iter().any(|a| a == address) && opts.seed.is_none() {
+                    add_accounts(&data, &[address], password);
+                }
+            }
         }
         let unset: SocketAddr = "0.0.0.0:0".parse().unwrap();
         let mut s = Server {

@@ -297,6 +297,7 @@ fn json_logs_have_one_object_per_line_and_an_event_per_transaction() {
     assert_eq!(login["result"], "failure");
     assert_eq!(login["user"], "bob@example.test");
     assert_eq!(login["client"], "127.0.0.1");
+    assert_eq!(login["tls"], "", "a plain POP3 login");
     // Never a password in the logs.
     assert!(!text.contains("wrong"), "{text}");
 }

@@ -507,6 +507,33 @@ fn deferred_while_the_mx_is_down_then_delivered() {
     wait_for("an empty queue", || {
         a.queue(&["list"]) == "queue is empty\n"
     });
+    // One relay_attempt event per attempt, with stable fields.
+    let log = stderr_log(&a);
+    let attempts: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("event=\"relay_attempt\""))
+        .collect();
+    let deferred = attempts
+        .iter()
+        .find(|l| l.contains("result=\"deferred\""))
+        .unwrap_or_else(|| panic!("no deferred relay_attempt in\n{log}"));
+    assert!(
+        deferred.contains("recipient=\"bob@b.test\"")
+            && deferred.contains("domain=\"b.test\"")
+            && deferred.contains("attempts=1")
+            && !deferred.contains("next_retry=0"),
+        "{deferred}"
+    );
+    let delivered = attempts
+        .iter()
+        .find(|l| l.contains("result=\"delivered\""))
+        .unwrap_or_else(|| panic!("no delivered relay_attempt in\n{log}"));
+    assert!(
+        delivered.contains("mx=\"")
+            && !delivered.contains("mx=\"\"")
+            && delivered.contains("reply=250"),
+        "{delivered}"
+    );
 }
 
 #[test]

@@ -95,7 +95,8 @@ struct Inner {
     auth: MessageAuthenticator,
     caches: Caches,
     settings: MailAuth,
-    hostname: String,
+    /// The authserv-id (our hostname); a configuration reload may change it.
+    hostname: arc_swap::ArcSwap<String>,
     permits: tokio::sync::Semaphore,
     messages: AtomicU64,
     timeouts: AtomicU64,
@@ -153,7 +154,9 @@ impl Verifier {
                     TtlCache::new(n, ttl),
                 ),
                 settings: settings.clone(),
-                hostname: hostname.trim_end_matches('.').to_string(),
+                hostname: arc_swap::ArcSwap::from_pointee(
+                    hostname.trim_end_matches('.').to_string(),
+                ),
                 permits: tokio::sync::Semaphore::new(limits::AUTH_VERIFICATIONS_MAX),
                 messages: AtomicU64::new(0),
                 timeouts: AtomicU64::new(0),
@@ -202,6 +205,14 @@ impl Verifier {
                 None
             }
         }
+    }
+
+    /// A new hostname (configuration reload): the authserv-id of the
+    /// Authentication-Results fields written from now on.
+    pub fn set_hostname(&self, hostname: &str) {
+        self.inner
+            .hostname
+            .store(Arc::new(hostname.trim_end_matches('.').to_string()));
     }
 
     pub fn stats(&self) -> VerifyStats {
@@ -327,7 +338,8 @@ impl Inner {
 
     async fn run(&self, message: &[u8], env: &Envelope, deadline: Instant) -> Outcome {
         self.messages.fetch_add(1, Ordering::Relaxed);
-        let host = self.hostname.as_str();
+        let host = self.hostname.load_full();
+        let host = host.as_str();
         // Domain names compare without case and without a final dot (RFC
         // 1035 section 2.3.3, RFC 7489 section 3.1): `MAIL FROM:<b@Example.COM>`
         // aligns with `From: x@example.com`. mail-auth compares the names

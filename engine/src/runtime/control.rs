@@ -18,6 +18,8 @@
 //! compact [SHARD]     -> "compacted N segments" (shard 0 coordinates)
 //! status [json]       -> uptime, version and per shard: sessions, accounts,
 //!                        messages, segment/live bytes, queue, commits/s
+//! reload              -> "reloaded", the keys applied and those needing a
+//!                        restart (`runtime::reload`), or "error: ..."
 //! export ACCOUNT      -> the account's snapshot stream (see `crate::transfer`)
 //! import ACCOUNT      -> "ready MAX", then framed messages (see `runtime::transfer`)
 //! backup DIR          -> progress lines, then "backup of ... done ..."
@@ -103,7 +105,7 @@ pub fn parse(line: &str) -> Result<Command, String> {
                 .map_err(|_| format!("bad address {a:?}"))
         }
         _ => Err(format!(
-            "unknown request {line:?} (list, flush [DOMAIN], remove ID, bans, unban ADDRESS, mailboxes ACCOUNT, compact [SHARD], status [json])"
+            "unknown request {line:?} (list, flush [DOMAIN], remove ID, bans, unban ADDRESS, mailboxes ACCOUNT, compact [SHARD], status [json], reload)"
         )),
     }
 }
@@ -115,6 +117,8 @@ pub struct StatusSource {
     pub published: std::sync::Arc<crate::metrics::Published>,
     pub started: std::time::Instant,
     pub cores: usize,
+    /// Reload the configuration (`runtime::reload`); answers its report.
+    pub reload: std::sync::Arc<dyn Fn() -> String + Send + Sync>,
 }
 
 pub fn start(
@@ -180,6 +184,12 @@ fn serve(conn: UnixStream, shards: &[ControlSender], data_dir: &Path, status: &S
         };
         let mut conn = conn;
         let _ = conn.write_all(answer.as_bytes());
+        return;
+    }
+    // A reload runs here, on the control thread, like one from SIGHUP.
+    if line.trim().eq_ignore_ascii_case("reload") {
+        let mut conn = conn;
+        let _ = conn.write_all((status.reload)().as_bytes());
         return;
     }
     let answer = match parse(line.trim()) {

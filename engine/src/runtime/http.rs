@@ -165,7 +165,7 @@ fn answer<B>(
         }
         "/.well-known/autoconfig/mail/config-v1.1.xml" | "/mail/config-v1.1.xml" => {
             // The bound addresses (a configured port 0 is a real port now).
-            let mut config = shared.config.clone();
+            let mut config = crate::config::Config::clone(&shared.live.load());
             let l = &mut config.listen;
             (l.imap, l.imaps, l.pop3, l.pop3s) = (
                 shared.imap.clone(),

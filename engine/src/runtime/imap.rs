@@ -138,6 +138,8 @@ struct Session {
     sasl_tag: Option<Vec<u8>>,
     /// TLS is active (implicit, or after STARTTLS).
     tls: bool,
+    /// Its version, for the login event ("" without TLS).
+    tls_version: &'static str,
     /// LOGIN/AUTHENTICATE are accepted without TLS (loopback or the
     /// operator's `auth_without_tls`).
     auth_plaintext: bool,
@@ -200,6 +202,7 @@ pub async fn serve(
     }
     let mut s = Session::new(shard, None);
     s.tls = implicit_tls;
+    s.tls_version = conn.tls_info().map_or("", |i| i.version);
     s.peer = peer.ip();
     s.auth_plaintext = s.shard.config().auth_without_tls_for(peer.ip());
     s.out.buf.extend_from_slice(b"* OK [CAPABILITY ");
@@ -397,6 +400,7 @@ async fn run(mut s: Session, mut conn: Conn, permit: Permit, count: ConnCount) {
                     return;
                 }
                 s.tls = true;
+                s.tls_version = conn.tls_info().map_or("TLS", |i| i.version);
             }
             Next::LoggedIn { account, tag } => {
                 let owner = s.shard.owner_of(&account);
@@ -537,6 +541,7 @@ impl Session {
             saved: Vec::new(),
             sasl_tag: None,
             tls: false,
+            tls_version: "",
             auth_plaintext: false,
             diverted: None,
             peer: std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
@@ -587,7 +592,11 @@ impl Session {
     }
 
     async fn login(&mut self, tag: &[u8], user: &str, password: &str) -> Next {
-        match self.shard.login(self.peer, "imap", user, password).await {
+        match self
+            .shard
+            .login(self.peer, "imap", self.tls_version, user, password)
+            .await
+        {
             Login::Ok(account) => Next::LoggedIn {
                 account,
                 tag: tag.to_vec(),

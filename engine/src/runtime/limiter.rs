@@ -23,7 +23,7 @@ fn slot_of(ip: IpAddr) -> usize {
 
 /// Events per client address per minute, shared by every shard.
 pub struct Rate {
-    per_minute_max: u32,
+    per_minute_max: AtomicU32,
     slots: Box<[AtomicU64]>,
 }
 
@@ -31,16 +31,21 @@ impl Rate {
     /// `per_minute_max == 0`: no limit.
     pub fn new(per_minute_max: u32) -> Rate {
         Rate {
-            per_minute_max,
+            per_minute_max: AtomicU32::new(per_minute_max),
             slots: (0..SLOTS).map(|_| AtomicU64::new(0)).collect(),
         }
+    }
+
+    pub fn set_max(&self, per_minute_max: u32) {
+        self.per_minute_max.store(per_minute_max, Ordering::Relaxed);
     }
 
     /// Count `n` events for `ip` in minute `minute`; false when the count
     /// passes the limit. Refused events count too, so a client that keeps
     /// trying stays refused for the rest of the minute.
     pub fn charge(&self, ip: IpAddr, n: u32, minute: u32) -> bool {
-        if self.per_minute_max == 0 {
+        let max = self.per_minute_max.load(Ordering::Relaxed);
+        if max == 0 {
             return true;
         }
         let slot = &self.slots[slot_of(ip)];
@@ -55,7 +60,7 @@ impl Rate {
                 Ordering::AcqRel,
                 Ordering::Acquire,
             ) {
-                Ok(_) => return next <= self.per_minute_max,
+                Ok(_) => return next <= max,
                 Err(v) => cur = v,
             }
         }
@@ -69,8 +74,9 @@ pub fn minute_now() -> u32 {
 
 pub struct Limiter {
     total: AtomicUsize,
-    total_max: usize,
-    per_address_max: u32,
+    /// The limits, changed by a configuration reload (`set_limits`).
+    total_max: AtomicUsize,
+    per_address_max: AtomicU32,
     slots: Box<[AtomicU32]>,
     /// New connections per address per minute.
     pub connection_rate: Rate,
@@ -106,8 +112,8 @@ impl Limiter {
     ) -> Arc<Limiter> {
         Arc::new(Limiter {
             total: AtomicUsize::new(0),
-            total_max,
-            per_address_max: per_address_max.min(u32::MAX as usize) as u32,
+            total_max: AtomicUsize::new(total_max),
+            per_address_max: AtomicU32::new(per_address_max.min(u32::MAX as usize) as u32),
             slots: (0..SLOTS).map(|_| AtomicU32::new(0)).collect(),
             connection_rate: Rate::new(connections_per_minute),
             command_rate: Rate::new(commands_per_minute),
@@ -125,11 +131,13 @@ impl Limiter {
             IpAddr::V6(a) => fnv1a64(&a.octets()),
         } as usize
             % SLOTS;
-        if self.total.fetch_add(1, Ordering::AcqRel) >= self.total_max {
+        if self.total.fetch_add(1, Ordering::AcqRel) >= self.total_max.load(Ordering::Relaxed) {
             self.total.fetch_sub(1, Ordering::AcqRel);
             return Err(Refusal::ServerFull);
         }
-        if self.slots[slot].fetch_add(1, Ordering::AcqRel) >= self.per_address_max {
+        if self.slots[slot].fetch_add(1, Ordering::AcqRel)
+            >= self.per_address_max.load(Ordering::Relaxed)
+        {
             self.slots[slot].fetch_sub(1, Ordering::AcqRel);
             self.total.fetch_sub(1, Ordering::AcqRel);
             return Err(Refusal::AddressFull);
@@ -142,6 +150,24 @@ impl Limiter {
 
     pub fn total(&self) -> usize {
         self.total.load(Ordering::Acquire)
+    }
+
+    /// New limits for connections admitted from now on (a reload); open
+    /// connections are never closed because of them.
+    pub fn set_limits(
+        &self,
+        total_max: usize,
+        per_address_max: usize,
+        connections_per_minute: u32,
+        commands_per_minute: u32,
+    ) {
+        self.total_max.store(total_max, Ordering::Relaxed);
+        self.per_address_max.store(
+            per_address_max.min(u32::MAX as usize) as u32,
+            Ordering::Relaxed,
+        );
+        self.connection_rate.set_max(connections_per_minute);
+        self.command_rate.set_max(commands_per_minute);
     }
 }
 

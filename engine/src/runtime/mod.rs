@@ -19,6 +19,7 @@ pub mod listen;
 pub mod pop3;
 pub mod privileges;
 pub mod relay;
+pub mod reload;
 pub mod shard;
 pub mod smtp;
 pub mod spool;
@@ -70,8 +71,10 @@ pub enum ServeError {
 /// Messages in flight between two shards before a sender waits.
 const MESH_CHANNEL_SIZE: usize = 1024;
 
-/// Run the server until SIGTERM/SIGINT.
-pub fn serve(mut config: Config) -> Result<(), ServeError> {
+/// Run the server until SIGTERM/SIGINT. `loader` reads the configuration
+/// again on SIGHUP and `ringmail reload` (`runtime::reload`); without one a
+/// reload only reads the certificates again.
+pub fn serve(mut config: Config, loader: Option<reload::Loader>) -> Result<(), ServeError> {
     raise_fd_limit();
     let cores = config.effective_cores();
     let data_err = |source| ServeError::Data {
@@ -138,7 +141,17 @@ pub fn serve(mut config: Config) -> Result<(), ServeError> {
         account_file.read()?,
         &config.aliases,
     )));
-    watch_accounts(account_file, config.aliases.clone(), directory.clone());
+    // The configuration in force (replaced by reloads), and the lock that
+    // keeps a reload and the account watcher from rebuilding the directory
+    // at once.
+    let live = Arc::new(ArcSwap::from_pointee(config.clone()));
+    let directory_lock = Arc::new(std::sync::Mutex::new(()));
+    watch_accounts(
+        account_file.clone(),
+        live.clone(),
+        directory.clone(),
+        directory_lock.clone(),
+    );
 
     // Certificates before any connection is accepted: a bad certificate
     // fails the start. Read as `user`: key files must be readable by it
@@ -170,7 +183,6 @@ pub fn serve(mut config: Config) -> Result<(), ServeError> {
     } else {
         PoolPlacement::Unbound(cores)
     };
-    let config_handshake_timeout = config.tls_handshake_timeout();
     // Made now, off the shards, so that the first login for an unknown name
     // does not pay for making it (which would itself tell the name apart).
     let _ = std::thread::Builder::new()
@@ -208,6 +220,8 @@ pub fn serve(mut config: Config) -> Result<(), ServeError> {
     };
     let shared = Arc::new(Shared {
         config,
+        live,
+        config_epoch: Default::default(),
         cores,
         meta,
         directory,
@@ -224,7 +238,6 @@ pub fn serve(mut config: Config) -> Result<(), ServeError> {
         imaps,
         pop3s,
         tls: tls.clone(),
-        handshake_timeout: config_handshake_timeout,
         spool_dir,
         session_ram_max,
         spool_max,
@@ -236,7 +249,18 @@ pub fn serve(mut config: Config) -> Result<(), ServeError> {
     http::start(http_listeners, shared.clone(), started)
         .map_err(|e| ServeError::Executors(format!("HTTP listener: {e}")))?;
 
+    let loader = loader.unwrap_or_else(|| {
+        let start = shared.config.clone();
+        Box::new(move || Ok(start.clone()))
+    });
+    let reloader = Arc::new(reload::Reloader::new(
+        loader,
+        shared.clone(),
+        account_file,
+        directory_lock,
+    ));
     let shared_sig = shared.clone();
+    let reloader_sig = reloader.clone();
     let mut signals = signal_hook::iterator::Signals::new([
         signal_hook::consts::SIGTERM,
         signal_hook::consts::SIGINT,
@@ -248,7 +272,7 @@ pub fn serve(mut config: Config) -> Result<(), ServeError> {
         .spawn(move || {
             for sig in signals.forever() {
                 if sig == signal_hook::consts::SIGHUP {
-                    reload_certificates(&shared_sig.tls, "SIGHUP");
+                    let _ = reloader_sig.reload("SIGHUP");
                     continue;
                 }
                 tracing::info!(signal = sig, "stopping");
@@ -316,6 +340,10 @@ pub fn serve(mut config: Config) -> Result<(), ServeError> {
         published: shared.published.clone(),
         started,
         cores,
+        reload: Arc::new(move || match reloader.reload("control socket") {
+            Ok(report) => report.text(),
+            Err(e) => format!("error: {e}\n"),
+        }),
     };
     if let Err(e) = control::start(&shared.config.data_dir, control_senders, status) {
         tracing::warn!(error = %e, "control socket unavailable: `ringmail queue` will not reach this server");
@@ -473,22 +501,32 @@ fn reload_certificates(tls: &crate::tls::Tls, why: &str) {
 /// second; a renewal tool writing cert and key one after the other may see
 /// one failed attempt in between, which keeps the old pair).
 fn watch_certificates(tls: Arc<crate::tls::Tls>) {
-    let files = tls.watched_files();
-    let stamp = move || {
-        files
+    // The files are asked for each time: a configuration reload may name
+    // others.
+    let stamp = |tls: &crate::tls::Tls| {
+        tls.watched_files()
             .iter()
-            .map(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok())
+            .map(|p| {
+                (
+                    p.clone(),
+                    std::fs::metadata(p).and_then(|m| m.modified()).ok(),
+                )
+            })
             .collect::<Vec<_>>()
     };
-    let mut last = stamp();
+    let mut last = stamp(&tls);
     let _ = std::thread::Builder::new()
         .name("ringmail-certs".into())
         .spawn(move || loop {
             std::thread::sleep(Duration::from_secs(1));
-            let now = stamp();
+            let now = stamp(&tls);
             if now != last {
+                // A reload that switched files already loaded the new ones.
+                let same_files = now.iter().map(|f| &f.0).eq(last.iter().map(|f| &f.0));
                 last = now;
-                reload_certificates(&tls, "file changed");
+                if same_files {
+                    reload_certificates(&tls, "file changed");
+                }
             }
         });
 }
@@ -497,8 +535,9 @@ fn watch_certificates(tls: Arc<crate::tls::Tls>) {
 /// publish a new directory snapshot; shards pick it up on their next lookup.
 fn watch_accounts(
     file: AccountFile,
-    aliases: std::collections::BTreeMap<String, String>,
+    live: Arc<ArcSwap<Config>>,
     directory: Arc<ArcSwap<Directory>>,
+    lock: Arc<std::sync::Mutex<()>>,
 ) {
     let stamp = |p: &std::path::Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
     let mut last = stamp(file.path());
@@ -509,10 +548,12 @@ fn watch_accounts(
             let now = stamp(file.path());
             if now != last {
                 last = now;
+                let _serial = lock.lock().unwrap_or_else(|e| e.into_inner());
                 match file.read() {
                     Ok(accounts) => {
                         tracing::info!(accounts = accounts.len(), "account file reloaded");
-                        directory.store(Arc::new(Directory::new(accounts, &aliases)));
+                        let aliases = &live.load().aliases;
+                        directory.store(Arc::new(Directory::new(accounts, aliases)));
                     }
                     Err(e) => tracing::error!(error = %e, "account file not reloaded"),
                 }

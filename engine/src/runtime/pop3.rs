@@ -190,7 +190,13 @@ async fn run(
             }
             Pop3Event::Login { user, password } => {
                 let account = match shard
-                    .login(conn.peer().ip(), "pop3", &user, &password)
+                    .login(
+                        conn.peer().ip(),
+                        "pop3",
+                        conn.tls_info().map_or("", |i| i.version),
+                        &user,
+                        &password,
+                    )
                     .await
                 {
                     Login::Ok(account) => account,

@@ -107,6 +107,18 @@ impl RelayShared {
     }
 }
 
+/// The retry policy of `[relay]` (read per round, so a reload applies to
+/// the next one).
+fn schedule(r: &crate::config::Relay) -> Schedule {
+    let secs = |s: u64| s.min(i64::MAX as u64) as i64;
+    Schedule {
+        retry_first: secs(r.retry_first_secs),
+        retry_max: secs(r.retry_max_secs),
+        give_up: secs(r.give_up_secs),
+        delay_warning: secs(r.delay_warning_secs),
+    }
+}
+
 /// A shard's relay state (part of `Shard`).
 pub struct Relay {
     /// The queue account this shard enqueues into.
@@ -114,7 +126,6 @@ pub struct Relay {
     /// Queue accounts this shard drains: its own and any left in its buckets
     /// by a run with another core count.
     accounts: RefCell<Vec<String>>,
-    schedule: Schedule,
     doorbell: RefCell<Option<oneshot::Sender<()>>>,
     rung: Cell<bool>,
     /// (queue account, uid, recipient index) being delivered now.
@@ -126,18 +137,10 @@ pub struct Relay {
 }
 
 impl Relay {
-    pub fn new(shard: usize, cores: usize, buckets: u32, config: &Config) -> Relay {
-        let r = &config.relay;
-        let secs = |s: u64| s.min(i64::MAX as u64) as i64;
+    pub fn new(shard: usize, cores: usize, buckets: u32) -> Relay {
         Relay {
             account: queue::queue_account_for(shard, cores, buckets),
             accounts: RefCell::default(),
-            schedule: Schedule {
-                retry_first: secs(r.retry_first_secs),
-                retry_max: secs(r.retry_max_secs),
-                give_up: secs(r.give_up_secs),
-                delay_warning: secs(r.delay_warning_secs),
-            },
             doorbell: RefCell::default(),
             rung: Cell::new(false),
             in_flight: RefCell::default(),
@@ -407,6 +410,9 @@ struct Outcome {
     attempt: Attempt,
     reply: Reply,
     remote_mta: Option<String>,
+    /// TLS version of the session that carried the attempt ("" without TLS
+    /// or without a session), for the `relay_attempt` event.
+    tls: &'static str,
 }
 
 fn outcome(reply: Reply, remote_mta: Option<String>) -> Outcome {
@@ -420,6 +426,7 @@ fn outcome(reply: Reply, remote_mta: Option<String>) -> Outcome {
         attempt,
         reply,
         remote_mta,
+        tls: "",
     }
 }
 
@@ -493,7 +500,7 @@ async fn deliver_batch(shard: Rc<Shard>, domain: String, mx: MxResult, jobs: Vec
             let port = shard.config().relay.port;
             let configured = shard.config().relay.tls_for(&domain);
             let base = ClientParams::new(shard.config().hostname.clone());
-            let mut sent: Option<(Vec<client::MessageOutcome>, String)> = None;
+            let mut sent: Option<(Vec<client::MessageOutcome>, String, &'static str)> = None;
             let mut last_error = Reply::local(451, "4.4.1 no MX host answered");
             // RFC 8461 section 5: under an MTA-STS policy in mode enforce,
             // only the MX hosts it names (4.1), each over TLS verified for
@@ -580,7 +587,8 @@ async fn deliver_batch(shard: Rc<Shard>, domain: String, mx: MxResult, jobs: Vec
                                     tracing::info!(domain, mx = host.name, %target, tls = "none", "relay session in plaintext")
                                 }
                             }
-                            sent = Some((d.outcomes, host.name.clone()));
+                            let tls = d.tls.as_ref().map_or("", |t| t.version);
+                            sent = Some((d.outcomes, host.name.clone(), tls));
                             break 'hosts;
                         }
                         Err(e) => {
@@ -590,7 +598,7 @@ async fn deliver_batch(shard: Rc<Shard>, domain: String, mx: MxResult, jobs: Vec
                     }
                 }
             }
-            let mut outcomes = sent.as_ref().map(|(o, _)| o.iter());
+            let mut outcomes = sent.as_ref().map(|(o, _, _)| o.iter());
             for (j, ok) in jobs.iter().zip(&present) {
                 if !*ok {
                     results.push(Vec::new());
@@ -598,7 +606,8 @@ async fn deliver_batch(shard: Rc<Shard>, domain: String, mx: MxResult, jobs: Vec
                 }
                 match outcomes.as_mut().and_then(|o| o.next()) {
                     Some(m) => {
-                        let mta = sent.as_ref().map(|(_, h)| h.clone());
+                        let mta = sent.as_ref().map(|(_, h, _)| h.clone());
+                        let tls = sent.as_ref().map_or("", |(_, _, t)| *t);
                         results.push(
                             m.recipients
                                 .iter()
@@ -614,6 +623,7 @@ async fn deliver_batch(shard: Rc<Shard>, domain: String, mx: MxResult, jobs: Vec
                                         attempt,
                                         reply,
                                         remote_mta: mta.clone(),
+                                        tls,
                                     }
                                 })
                                 .collect(),
@@ -697,7 +707,7 @@ async fn record(
     results: Vec<Vec<Outcome>>,
 ) -> Result<(), StorageError> {
     let now = unix_now();
-    let schedule = shard.relay.schedule;
+    let schedule = schedule(&shard.config().relay);
     let mut updates: Vec<(String, u32, u32, Update)> = Vec::new();
     for (j, outcomes) in jobs.iter().zip(results) {
         if outcomes.is_empty() {
@@ -720,13 +730,28 @@ async fn record(
             let mut u =
                 queue::after_attempt(&schedule, r.state, r.attempts, q.arrival, now, o.attempt);
             // ringmail_relay_attempts_total: delivered, deferred, bounced.
-            shard.metrics.relay_attempt(if delivered {
+            let result = if delivered {
                 0
             } else if u.bounce {
                 2
             } else {
                 1
-            });
+            };
+            shard.metrics.relay_attempt(result);
+            // One event per recipient and attempt (stable field names).
+            tracing::info!(
+                event = "relay_attempt",
+                id = %QueueId { queue: queue::queue_number(&j.account).unwrap_or(0), uid: j.uid },
+                recipient = address.as_str(),
+                domain = address.rsplit_once('@').map_or("", |(_, d)| d),
+                mx = o.remote_mta.as_deref().unwrap_or(""),
+                tls = o.tls,
+                result = ["delivered", "deferred", "bounced"][result],
+                reply = %o.reply,
+                attempts = u.attempts,
+                next_retry = if delivered || u.bounce { 0 } else { u.next_attempt },
+                "relay attempt"
+            );
             let dsn_rcpt = |action, will_retry_until| DsnRecipient {
                 final_recipient: address.clone(),
                 original_recipient: None,

@@ -31,7 +31,14 @@ use crate::transport::{Conn, Detached};
 
 /// What every shard shares, read-only (the directory swaps atomically).
 pub struct Shared {
+    /// The configuration the server started with: what a reload cannot
+    /// change (listeners, cores, data directory, storage, memory) is read
+    /// here. Everything else is read through [`Shard::config`].
     pub config: Config,
+    /// The configuration in force, replaced by a reload (`runtime::reload`).
+    pub live: Arc<ArcSwap<Config>>,
+    /// Bumped after each `live` store; shards compare it to refresh their copy.
+    pub config_epoch: std::sync::atomic::AtomicU64,
     pub cores: usize,
     pub meta: Meta,
     pub directory: Arc<ArcSwap<Directory>>,
@@ -51,7 +58,6 @@ pub struct Shared {
     pub imaps: Vec<SocketAddr>,
     pub pop3s: Vec<SocketAddr>,
     pub tls: Arc<crate::tls::Tls>,
-    pub handshake_timeout: Duration,
     // --- message data in flight (runtime/spool.rs) ---
     pub spool_dir: std::path::PathBuf,
     pub session_ram_max: u64,
@@ -177,7 +183,11 @@ pub struct Shard {
     pub budget: Rc<Budget>,
     /// Failed-login counts for the keys this shard owns.
     pub throttle: RefCell<throttle::Table>,
-    throttle_policy: throttle::Policy,
+    /// This shard's copy of the configuration in force, and the
+    /// `Shared::config_epoch` it was copied at: reading it costs one
+    /// acquire load of a line written only by a reload, and no atomic
+    /// reference count is shared between cores.
+    config: RefCell<(u64, Rc<Config>)>,
     /// Password checks waiting for an argon2 place.
     argon2_waiting: Cell<usize>,
     /// Messages and recipients sent this hour by the authenticated accounts
@@ -212,8 +222,19 @@ impl Drop for FlushMark<'_> {
 pub type LocalFuture<T> = Pin<Box<dyn Future<Output = T>>>;
 
 impl Shard {
-    pub fn config(&self) -> &Config {
-        &self.shared.config
+    /// The configuration in force. A session that keeps the returned handle
+    /// keeps the settings it started with; a reload applies to what starts
+    /// after it.
+    pub fn config(&self) -> Rc<Config> {
+        let epoch = self
+            .shared
+            .config_epoch
+            .load(std::sync::atomic::Ordering::Acquire);
+        let mut c = self.config.borrow_mut();
+        if c.0 != epoch {
+            *c = (epoch, Rc::new(Config::clone(&self.shared.live.load())));
+        }
+        c.1.clone()
     }
 
     pub fn owner_of(&self, account: &str) -> usize {
@@ -301,7 +322,7 @@ impl Shard {
                 return None;
             }
         }
-        match conn.handshake(self.shared.handshake_timeout).await {
+        match conn.handshake(self.config().tls_handshake_timeout()).await {
             Ok(()) => {
                 let info = conn.tls_info();
                 if let Some(i) = &info {
@@ -588,9 +609,12 @@ impl Shard {
     }
 
     fn throttle_local(&self, key: &throttle::Key, op: throttle::Op) -> throttle::Status {
-        self.throttle
-            .borrow_mut()
-            .apply(key, op, unix_now().max(0) as u64, &self.throttle_policy)
+        self.throttle.borrow_mut().apply(
+            key,
+            op,
+            unix_now().max(0) as u64,
+            &self.config().auth_throttle.policy(),
+        )
     }
 
     /// Apply `op` to `key` on the shard that owns it.
@@ -623,6 +647,7 @@ impl Shard {
         &self,
         peer: std::net::IpAddr,
         proto: &'static str,
+        tls: &'static str,
         user: &str,
         password: &str,
     ) -> Login {
@@ -643,6 +668,7 @@ impl Shard {
             proto,
             user = user.trim(),
             client = %peer,
+            tls,
             result = crate::metrics::LOGIN_RESULTS[result],
             "login {}",
             crate::metrics::LOGIN_RESULTS[result]
@@ -665,13 +691,13 @@ impl Shard {
         );
         let seen = self.throttle_op(addr.clone(), throttle::Op::Peek).await;
         if let Some(until) = seen.banned_until {
-            tracing::warn!(%peer, proto, user, until, "login refused: address banned after failed logins");
+            tracing::warn!(event = "throttle", decision = "refuse_banned_address", %peer, proto, user, until, "login refused: address banned after failed logins");
             return Login::Banned;
         }
         if seen.failures > 0 {
             let acct = self.throttle_op(account.clone(), throttle::Op::Peek).await;
-            if acct.failures >= self.throttle_policy.account_lock_after {
-                tracing::warn!(%peer, proto, user, failures = acct.failures, "login refused: account locked for addresses that failed");
+            if acct.failures >= self.config().auth_throttle.policy().account_lock_after {
+                tracing::warn!(event = "throttle", decision = "refuse_locked_account", %peer, proto, user, failures = acct.failures, "login refused: account locked for addresses that failed");
                 return Login::Banned;
             }
         }
@@ -684,16 +710,17 @@ impl Shard {
                 Login::Ok(name)
             }
             Verify::Busy => {
-                tracing::warn!(%peer, proto, user, "login refused for now: too many password checks queued");
+                tracing::warn!(event = "throttle", decision = "refuse_busy", %peer, proto, user, "login refused for now: too many password checks queued");
                 Login::Busy
             }
             Verify::Wrong => {
                 let a = self.throttle_op(addr, throttle::Op::Fail).await;
                 let c = self.throttle_op(account, throttle::Op::Fail).await;
-                let delay = self.throttle_policy.delay(a.failures.max(c.failures));
+                let policy = self.config().auth_throttle.policy();
+                let delay = policy.delay(a.failures.max(c.failures));
                 match a.banned_until {
-                    Some(until) if a.failures == self.throttle_policy.ban_after => {
-                        tracing::warn!(%peer, proto, user, failures = a.failures, until, "address banned after failed logins")
+                    Some(until) if a.failures == policy.ban_after => {
+                        tracing::warn!(event = "throttle", decision = "ban_address", %peer, proto, user, failures = a.failures, until, "address banned after failed logins")
                     }
                     _ => {
                         tracing::info!(%peer, proto, user, address_failures = a.failures, account_failures = c.failures, delay_ms = delay.as_millis() as u64, "login failed")
@@ -859,7 +886,7 @@ pub async fn run(shared: Arc<Shared>, mesh: MeshBuilder<ShardMsg, Full>) -> Resu
         stopping: Cell::new(false),
         stop_waiters: RefCell::default(),
         next_session: Cell::new(0),
-        relay: super::relay::Relay::new(id, shared.cores, shared.meta.buckets, &shared.config),
+        relay: super::relay::Relay::new(id, shared.cores, shared.meta.buckets),
         outbox: RefCell::new((0..shared.cores).map(|_| Vec::new()).collect()),
         flushing: RefCell::new(vec![false; shared.cores]),
         handshakes: Cell::new(0),
@@ -870,7 +897,12 @@ pub async fn run(shared: Arc<Shared>, mesh: MeshBuilder<ShardMsg, Full>) -> Resu
             shared.spool_max,
         )),
         throttle: RefCell::default(),
-        throttle_policy: shared.config.auth_throttle.policy(),
+        config: RefCell::new((
+            shared
+                .config_epoch
+                .load(std::sync::atomic::Ordering::Acquire),
+            Rc::new(Config::clone(&shared.live.load())),
+        )),
         argon2_waiting: Cell::new(0),
         sent: RefCell::default(),
         metrics: Default::default(),
@@ -938,8 +970,8 @@ pub async fn run(shared: Arc<Shared>, mesh: MeshBuilder<ShardMsg, Full>) -> Resu
     for t in accept_tasks {
         t.await;
     }
-    let deadline =
-        std::time::Instant::now() + Duration::from_secs(shared.config.timeouts.shutdown_grace_secs);
+    let deadline = std::time::Instant::now()
+        + Duration::from_secs(shard.config().timeouts.shutdown_grace_secs);
     // Wait for every session of the process, not only ours: a session on
     // another shard may still deliver into this shard's store, and its mesh
     // messages are only handled while this executor runs. (Permits are held
@@ -1015,8 +1047,22 @@ async fn accept_loop(shard: Rc<Shard>, listener: TcpListener, proto: Proto) {
                     .shared
                     .limiter
                     .admit(peer.ip(), shard.config().rate_exempt(peer.ip()));
-                if let Err(super::limiter::Refusal::AddressRate) = &permit {
-                    tracing::info!(%peer, "connection refused: too many new connections from this address this minute");
+                if let Err(refusal) = &permit {
+                    use super::limiter::Refusal;
+                    let (decision, why) = match refusal {
+                        Refusal::AddressRate => (
+                            "refuse_connection_rate",
+                            "too many new connections from this address this minute",
+                        ),
+                        Refusal::AddressFull => (
+                            "refuse_connections_address",
+                            "too many connections from this address",
+                        ),
+                        Refusal::ServerFull => {
+                            ("refuse_connections_server", "connections_max reached")
+                        }
+                    };
+                    tracing::info!(event = "throttle", decision, %peer, proto = crate::metrics::PROTOS[proto.index()], "connection refused: {why}");
                 }
                 if permit.is_err() {
                     shard.metrics.refused(proto.index());

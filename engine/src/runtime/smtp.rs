@@ -384,7 +384,7 @@ pub async fn serve(
                 .command_rate
                 .charge(peer.ip(), n, super::limiter::minute_now())
             {
-                tracing::info!(%peer, "session closed: too many SMTP commands from this address this minute");
+                tracing::info!(event = "throttle", decision = "refuse_command_rate", %peer, "session closed: too many SMTP commands from this address this minute");
                 crate::protocol::smtp::replies::COMMAND_RATE
                     .write_with_host(&mut out, &config.hostname);
                 let _ = conn.flush(&mut out).await;
@@ -450,7 +450,16 @@ pub async fn serve(
                 }
             }
             SmtpEvent::Auth { user, password } => {
-                let result = match shard.login(peer.ip(), "smtp", &user, &password).await {
+                let result = match shard
+                    .login(
+                        peer.ip(),
+                        "smtp",
+                        session.tls().map_or("", |t| t.version),
+                        &user,
+                        &password,
+                    )
+                    .await
+                {
                     Login::Ok(account) => AuthResult::Ok { account },
                     Login::Failed => AuthResult::Failed,
                     Login::Banned => AuthResult::Banned,
@@ -520,7 +529,7 @@ pub async fn serve(
                     }
                     let recipients = (tx.recipients.len() + tx.relay.len()) as u32;
                     if !shard.charge_sending(&account, recipients).await {
-                        tracing::info!(%peer, account, recipients, "sending rate of the account reached; refused with 452");
+                        tracing::info!(event = "throttle", decision = "refuse_send_rate", %peer, account, recipients, "sending rate of the account reached; refused with 452");
                         let code = session.delivered(DeliveryOutcome::RateLimited, &mut out);
                         count_transaction(
                             &shard,

@@ -27,7 +27,7 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::channel::{mpsc, oneshot};
@@ -62,22 +62,23 @@ const MAILBOX_NAME_MAX: usize = 512;
 /// How long a backup waits for a running compaction to finish.
 const COMPACTION_WAIT_MAX: Duration = Duration::from_secs(600);
 
-/// Limits the connection threads need, set once by `runtime::serve`.
-static MESSAGE_SIZE_MAX: OnceLock<usize> = OnceLock::new();
+/// Limits the connection threads need, set by `runtime::serve` and by a
+/// configuration reload (0: not set).
+static MESSAGE_SIZE_MAX: AtomicUsize = AtomicUsize::new(0);
 static CONNECTIONS: AtomicUsize = AtomicUsize::new(0);
 /// Backups running, and whether a compaction pass is (see [`CompactionGuard`]).
 static BACKUPS: AtomicUsize = AtomicUsize::new(0);
 static COMPACTING: AtomicBool = AtomicBool::new(false);
 
 pub fn configure(message_size_max: usize) {
-    let _ = MESSAGE_SIZE_MAX.set(message_size_max);
+    MESSAGE_SIZE_MAX.store(message_size_max, Ordering::Relaxed);
 }
 
 fn message_size_max() -> usize {
-    MESSAGE_SIZE_MAX
-        .get()
-        .copied()
-        .unwrap_or(crate::limits::MESSAGE_SIZE_MAX)
+    match MESSAGE_SIZE_MAX.load(Ordering::Relaxed) {
+        0 => crate::limits::MESSAGE_SIZE_MAX,
+        n => n,
+    }
 }
 
 /// Held by a compaction pass; none starts while a backup runs (it would
