@@ -1356,6 +1356,7 @@ mod tests {
             restart,
             [
                 "cores",
+                "demo_accounts",
                 "listen.smtp",
                 "mail_auth.verify",
                 "relay.nameservers",

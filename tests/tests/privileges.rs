@@ -99,7 +99,14 @@ fn binds_a_privileged_port_as_root_then_serves_as_nobody() {
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     let data = dir.path().join("data");
     let config = dir.path().join("ringmail.toml");
-    std::fs::write(&config, "user = \"nobody\"\ngroup = \"nogroup\"\n").unwrap();
+    // The server creates the data directory as nobody, so its account
+    // comes from the file (a file has no demo accounts unless it lists them).
+    std::fs::write(
+        &config,
+        "user = \"nobody\"\ngroup = \"nogroup\"\n\
+         [[demo_accounts]]\naddress = \"bob@example.test\"\npassword = \"bob-secret\"\n",
+    )
+    .unwrap();
     let port = privileged_port();
     let smtp = format!("127.0.0.1:{port}");
     let (child, ready) = serve(&config, &data, &smtp, &[]);

@@ -674,3 +674,209 @@ fn assert_private(dir: &Path) {
         }
     }
 }
+
+/// A Dovecot (`dovecot -c FILE`) of its own, with no protocols: the auth
+/// service that dovecot-lda and doveadm look users up through. Stopped when
+/// dropped.
+struct Dovecot {
+    conf: std::path::PathBuf,
+}
+
+impl Dovecot {
+    fn run(&self, program: &str, args: &[&str], stdin: &[u8]) {
+        use std::io::Write;
+        let mut child = Command::new(program)
+            .arg("-c")
+            .arg(&self.conf)
+            .args(args)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("{program}: {e}"));
+        child.stdin.take().unwrap().write_all(stdin).unwrap();
+        let out = wait_output(child, std::time::Duration::from_secs(60));
+        assert_ok(&out, &format!("{program} {args:?}"));
+    }
+}
+
+impl Drop for Dovecot {
+    fn drop(&mut self) {
+        let _ = Command::new("dovecot")
+            .arg("-c")
+            .arg(&self.conf)
+            .arg("stop")
+            .output();
+    }
+}
+
+/// A Maildir written by Dovecot itself (the LDA that Postfix hands local
+/// mail to, and doveadm for folders and flags), imported with its UIDs,
+/// flags, keywords, folders and bodies; a rerun adds nothing.
+#[test]
+fn maildir_written_by_dovecot_imports_exactly() {
+    use std::os::unix::fs::PermissionsExt;
+    let lda = Path::new("/usr/lib/dovecot/dovecot-lda");
+    assert!(
+        lda.exists(),
+        "dovecot-lda missing: install dovecot-core (.ci/run does)"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    std::fs::set_permissions(root, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let home = root.join("home");
+    std::fs::create_dir(&home).unwrap();
+    // Dovecot never delivers as root: the mail user is nobody.
+    std::os::unix::fs::chown(&home, Some(65534), Some(65534)).unwrap();
+    let conf = root.join("dovecot.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "base_dir = {r}/run\nstate_dir = {r}/state\nlog_path = {r}/dovecot.log\n\
+             ssl = no\nprotocols =\nfirst_valid_uid = 1\n\
+             mail_location = maildir:{r}/home/Maildir\n\
+             namespace inbox {{\n  inbox = yes\n  separator = /\n}}\n\
+             userdb {{\n  driver = static\n  args = uid=65534 gid=65534 home={r}/home\n}}\n\
+             passdb {{\n  driver = static\n  args = nopassword=y\n}}\n",
+            r = root.display()
+        ),
+    )
+    .unwrap();
+    let st = Command::new("dovecot")
+        .arg("-c")
+        .arg(&conf)
+        .status()
+        .unwrap();
+    assert!(st.success(), "dovecot did not start");
+    let dovecot = Dovecot { conf };
+    let lda = lda.to_str().unwrap();
+    let m1 = b"From: a@b.test\r\nTo: carol@example.test\r\nSubject: one\r\nDate: Mon, 02 Jan 2023 10:00:00 +0000\r\n\r\nhello one\r\n.leading dot\r\n";
+    let m2 = b"From: a@b.test\r\nSubject: two\r\n\r\nhello two\r\n";
+    let m3 = b"From: carol@example.test\r\nSubject: sent\r\n\r\nI sent this\r\n";
+    let m4 = b"From: a@b.test\r\nSubject: archived\r\n\r\nold\r\n";
+    dovecot.run(lda, &["-d", "carol", "-f", "a@b.test"], m1);
+    dovecot.run(lda, &["-d", "carol", "-f", "a@b.test"], m2);
+    dovecot.run(
+        "doveadm",
+        &["mailbox", "create", "-u", "carol", "Sent", "Archive"],
+        b"",
+    );
+    dovecot.run(lda, &["-d", "carol", "-m", "Sent"], m3);
+    dovecot.run("doveadm", &["save", "-u", "carol", "-m", "Archive"], m4);
+    dovecot.run(
+        "doveadm",
+        &[
+            "flags",
+            "add",
+            "-u",
+            "carol",
+            "\\Seen $Important",
+            "mailbox",
+            "INBOX",
+            "uid",
+            "1",
+        ],
+        b"",
+    );
+    dovecot.run(
+        "doveadm",
+        &[
+            "flags",
+            "add",
+            "-u",
+            "carol",
+            "\\Flagged \\Answered",
+            "mailbox",
+            "INBOX",
+            "uid",
+            "2",
+        ],
+        b"",
+    );
+    drop(dovecot);
+    let maildir = home.join("Maildir");
+    let uidlist = std::fs::read_to_string(maildir.join("dovecot-uidlist")).unwrap();
+    let uidvalidity: u32 = uidlist
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix('V'))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no UIDVALIDITY in {uidlist}"));
+
+    let s = Server::options().accounts(&["carol@example.test"]).start();
+    let import = || {
+        cli(
+            &s,
+            &[
+                "import",
+                "--format",
+                "maildir",
+                maildir.to_str().unwrap(),
+                "carol@example.test",
+            ],
+        )
+    };
+    let o = import();
+    assert_ok(&o, "import of Dovecot's Maildir");
+    assert!(text(&o).contains("4 added"), "{}", text(&o));
+    let o = import();
+    assert_ok(&o, "second import");
+    assert!(text(&o).contains("0 added"), "{}", text(&o));
+
+    // Python's imaplib reads it back: UIDs, UIDVALIDITY, flags, keywords,
+    // folders, and the bodies Dovecot was given.
+    let script = r#"
+import imaplib, json, re, sys
+m = imaplib.IMAP4('127.0.0.1', int(sys.argv[1]))
+m.login('carol@example.test', sys.argv[2])
+out = {}
+for box in ['INBOX', 'Sent', 'Archive']:
+    typ, _ = m.select(box, readonly=True)
+    assert typ == 'OK', box
+    uv = int(m.response('UIDVALIDITY')[1][0])
+    typ, data = m.uid('FETCH', '1:*', '(UID FLAGS BODY.PEEK[])')
+    msgs = []
+    for i, part in enumerate(data):
+        if isinstance(part, tuple):
+            tail = data[i + 1] if i + 1 < len(data) and isinstance(data[i + 1], bytes) else b''
+            meta = part[0] + b' ' + tail
+            uid = int(re.search(rb'UID (\d+)', meta).group(1))
+            flags = sorted(f.decode() for f in imaplib.ParseFlags(meta) if f != b'\\Recent')
+            msgs.append([uid, flags, part[1].decode()])
+    out[box] = [uv, msgs]
+m.logout()
+print(json.dumps(out))
+"#;
+    let got = python_code(&format!(
+        "import sys\nsys.argv = ['x', '{}', '{}']\n{script}",
+        s.imap.port(),
+        PASSWORD
+    ));
+    let got: serde_json::Value = serde_json::from_str(got.trim()).unwrap();
+    let body = |b: &[u8]| String::from_utf8(b.to_vec()).unwrap();
+    // Dovecot's UIDVALIDITY (its mailbox's creation time) is below the one
+    // the account's INBOX already has, so ours stays (RFC 3501 2.3.1.1:
+    // a value at or below one the account used might name other messages);
+    // the UIDs are Dovecot's.
+    assert!(
+        got["INBOX"][0].as_u64().unwrap() >= u64::from(uidvalidity),
+        "{got}"
+    );
+    assert_eq!(
+        got["INBOX"][1],
+        serde_json::json!([
+            [1, ["$Important", "\\Seen"], body(m1)],
+            [2, ["\\Answered", "\\Flagged"], body(m2)]
+        ]),
+        "{got}"
+    );
+    assert_eq!(
+        got["Sent"][1],
+        serde_json::json!([[1, [], body(m3)]]),
+        "{got}"
+    );
+    assert_eq!(
+        got["Archive"][1],
+        serde_json::json!([[1, [], body(m4)]]),
+        "{got}"
+    );
+}
