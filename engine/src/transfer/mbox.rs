@@ -5,8 +5,14 @@
 //! and one `>` is taken off every line matching `>+From ` (an mboxo writer
 //! only quoted `From `, so its files come back right except for lines that
 //! started with `>From ` already, which mboxo itself cannot tell apart).
-//! Our export carries no flags; on import, `Status:` and `X-Status:` and
-//! Dovecot's `X-Keywords:` headers are read for flags and keywords.
+//! Flags travel the way mutt and Dovecot write them: `Status: RO` for a
+//! seen message, `X-Status:` with A (answered), F (flagged), T (draft), D
+//! (deleted), and `X-Keywords:` with the keywords, space-separated. The
+//! export puts these lines first in a message's header, and only the ones
+//! that say something, so a message without flags comes out byte for byte.
+//! The import reads them and takes them out of the message (they describe
+//! the mailbox entry, not the message), so an export imported again gives
+//! the same bytes.
 use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
 
@@ -106,9 +112,36 @@ fn sender_of(body: &[u8]) -> String {
     "MAILER-DAEMON".into()
 }
 
-/// Append one message to an mbox file (mboxrd quoting, LF line ends).
-pub fn write_message(out: &mut impl Write, body: &[u8], internal_date: i64) -> std::io::Result<()> {
+/// Append one message to an mbox file (mboxrd quoting, LF line ends), its
+/// flags and keywords in status lines first.
+pub fn write_message(
+    out: &mut impl Write,
+    body: &[u8],
+    internal_date: i64,
+    flags: u32,
+    keywords: &[&str],
+) -> std::io::Result<()> {
     writeln!(out, "From {} {}", sender_of(body), asctime(internal_date))?;
+    if flags & flag::SEEN != 0 {
+        out.write_all(b"Status: RO\n")?;
+    }
+    let x: String = X_STATUS
+        .iter()
+        .filter(|(_, bit)| flags & bit != 0)
+        .map(|(c, _)| *c)
+        .collect();
+    if !x.is_empty() {
+        writeln!(out, "X-Status: {x}")?;
+    }
+    // A keyword is an IMAP atom (no spaces), so space separates them.
+    let kw: Vec<&str> = keywords
+        .iter()
+        .copied()
+        .filter(|k| !k.is_empty() && !k.contains(char::is_whitespace))
+        .collect();
+    if !kw.is_empty() {
+        writeln!(out, "X-Keywords: {}", kw.join(" "))?;
+    }
     let data = super::crlf_to_lf(body);
     for line in data.split_inclusive(|b| *b == b'\n') {
         let quotes = line.iter().take_while(|b| **b == b'>').count();
@@ -256,7 +289,7 @@ impl Iterator for Reader {
                 .split_once(' ')
                 .and_then(|(_, d)| parse_asctime(d))
         });
-        let (flags, keywords) = status_of(&body);
+        let (flags, keywords, body) = status_of(body);
         Some(Item {
             label,
             uid: 0,
@@ -269,27 +302,40 @@ impl Iterator for Reader {
     }
 }
 
+/// `X-Status:` letters.
+const X_STATUS: [(char, u32); 4] = [
+    ('A', flag::ANSWERED),
+    ('F', flag::FLAGGED),
+    ('T', flag::DRAFT),
+    ('D', flag::DELETED),
+];
+
 /// Flags from `Status:` (R: seen) and `X-Status:` (A answered, F flagged,
-/// T draft, D deleted), keywords from `X-Keywords:`, as mutt and Dovecot write them.
-fn status_of(body: &[u8]) -> (u32, Vec<String>) {
-    let end = memchr::memmem::find(body, b"\r\n\r\n").unwrap_or(body.len());
+/// T draft, D deleted), keywords from `X-Keywords:` (space- or
+/// comma-separated), as mutt and Dovecot write them; and the message
+/// without those header lines (`body` has CRLF line ends).
+fn status_of(body: Vec<u8>) -> (u32, Vec<String>, Vec<u8>) {
+    let end = memchr::memmem::find(&body, b"\r\n\r\n").map_or(body.len(), |i| i + 2);
     let mut flags = 0;
     let mut keywords = Vec::new();
-    for line in body[..end].split(|b| *b == b'\n') {
+    let mut status_lines = Vec::new();
+    let mut at = 0;
+    for line in body[..end].split_inclusive(|b| *b == b'\n') {
+        let start = at;
+        at += line.len();
         let text = String::from_utf8_lossy(line);
         let Some((name, value)) = text.split_once(':') else {
             continue;
         };
         let value = value.trim();
         match name.to_ascii_lowercase().as_str() {
-            "status" if value.contains('R') => flags |= flag::SEEN,
+            "status" => {
+                if value.contains('R') {
+                    flags |= flag::SEEN;
+                }
+            }
             "x-status" => {
-                for (c, bit) in [
-                    ('A', flag::ANSWERED),
-                    ('F', flag::FLAGGED),
-                    ('T', flag::DRAFT),
-                    ('D', flag::DELETED),
-                ] {
+                for (c, bit) in X_STATUS {
                     if value.contains(c) {
                         flags |= bit;
                     }
@@ -301,10 +347,21 @@ fn status_of(body: &[u8]) -> (u32, Vec<String>) {
                     .filter(|k| !k.is_empty())
                     .map(str::to_string),
             ),
-            _ => {}
+            _ => continue,
         }
+        status_lines.push(start..at);
     }
-    (flags, keywords)
+    if status_lines.is_empty() {
+        return (flags, keywords, body);
+    }
+    let mut kept = Vec::with_capacity(body.len());
+    let mut from = 0;
+    for r in status_lines {
+        kept.extend_from_slice(&body[from..r.start]);
+        from = r.end;
+    }
+    kept.extend_from_slice(&body[from..]);
+    (flags, keywords, kept)
 }
 
 #[cfg(test)]
@@ -339,10 +396,7 @@ mod tests {
         let items: Vec<Item> = Reader::open(&path, 1000).unwrap().collect();
         assert_eq!(items.len(), 3);
         match &items[0].source {
-            Source::Memory(b) => assert_eq!(
-                b,
-                b"Subject: one\r\nStatus: RO\r\nX-Keywords: $Work, other\r\n\r\nFrom x\r\n>From y\r\n"
-            ),
+            Source::Memory(b) => assert_eq!(b, b"Subject: one\r\n\r\nFrom x\r\n>From y\r\n"),
             _ => panic!("first message not read"),
         }
         assert_eq!(items[0].flags, flag::SEEN);
@@ -369,11 +423,64 @@ mod tests {
             &mut out,
             b"Return-Path: <a@b.test>\r\nS: x\r\n\r\nFrom here\r\n>From there\r\n",
             0,
+            0,
+            &[],
         )
         .unwrap();
         assert_eq!(
             out,
             b"From a@b.test Thu Jan  1 00:00:00 1970\nReturn-Path: <a@b.test>\nS: x\n\n>From here\n>>From there\n\n"
         );
+    }
+
+    #[test]
+    fn flags_travel_in_status_lines_and_leave_the_bytes_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("box");
+        let bodies: [&[u8]; 3] = [
+            b"Subject: a\r\nStatus: kept? no, ours\r\n\r\nStatus: in the body stays\r\n",
+            b"Subject: b\r\n\r\nplain\r\n",
+            b"Subject: c\r\n",
+        ];
+        let cases = [
+            (
+                flag::SEEN | flag::FLAGGED | flag::DELETED,
+                vec!["$Label1", "work"],
+            ),
+            (0, vec![]),
+            (flag::ANSWERED | flag::DRAFT, vec![]),
+        ];
+        let mut out = Vec::new();
+        for (body, (flags, kw)) in bodies.iter().zip(&cases) {
+            write_message(&mut out, body, 86_400, *flags, kw).unwrap();
+        }
+        let text = String::from_utf8_lossy(&out).to_string();
+        assert!(
+            text.starts_with("From MAILER-DAEMON Fri Jan  2 00:00:00 1970\nStatus: RO\nX-Status: FD\nX-Keywords: $Label1 work\nSubject: a\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("\nSubject: b\n\nplain\n"),
+            "no lines without flags: {text}"
+        );
+        std::fs::write(&path, &out).unwrap();
+        let items: Vec<Item> = Reader::open(&path, 1000).unwrap().collect();
+        assert_eq!(items.len(), 3);
+        // The first message's own Status: line is taken as ours and dropped
+        // (as Dovecot does); the others come back byte for byte.
+        let expect: [&[u8]; 3] = [
+            b"Subject: a\r\n\r\nStatus: in the body stays\r\n",
+            bodies[1],
+            bodies[2],
+        ];
+        for ((item, (flags, kw)), body) in items.iter().zip(&cases).zip(expect) {
+            match &item.source {
+                Source::Memory(b) => assert_eq!(b.as_slice(), body),
+                _ => panic!("not read"),
+            }
+            assert_eq!(item.flags, *flags);
+            assert_eq!(&item.keywords, kw);
+            assert_eq!(item.internal_date, 86_400);
+        }
     }
 }

@@ -246,7 +246,11 @@ fn export_from(mut r: impl BufRead, format: Format, out: &Path) -> Result<(usize
                     Format::Maildir => md.message(&m, &body).map_err(io)?,
                     Format::Mbox => {
                         let f = mb.as_mut().ok_or("message before any mailbox")?;
-                        mbox::write_message(f, &body, date).map_err(io)?;
+                        let names: Vec<&str> = (0..kw_names.len().min(64))
+                            .filter(|i| m.keywords & (1u64 << i) != 0)
+                            .map(|i| kw_names[i].as_str())
+                            .collect();
+                        mbox::write_message(f, &body, date, m.flags, &names).map_err(io)?;
                     }
                 }
                 messages += 1;
