@@ -477,6 +477,22 @@ pub async fn serve(
                     size: 0,
                     rcpts: (tx.recipients.len() as u64, tx.relay.len() as u64),
                 };
+                // Answer the transaction and record it (metrics, the
+                // smtp_transaction event).
+                macro_rules! finish {
+                    ($outcome:expr) => {{
+                        let code = session.delivered($outcome, &mut out);
+                        count_transaction(
+                            &shard,
+                            &session,
+                            peer,
+                            submission,
+                            &rec,
+                            &tx.reverse_path,
+                            code,
+                        );
+                    }};
+                }
                 if spooled_serial.take() != Some(session.message_serial()) {
                     spooler.reset();
                 }
@@ -484,30 +500,12 @@ pub async fn serve(
                     Ok(b) => b,
                     Err(e) if super::spool::is_over_budget(&e) => {
                         tracing::info!(%peer, spool = shard.budget.spool_used(), "no room for the end of the message in flight; it is refused with 451");
-                        let code = session.delivered(DeliveryOutcome::Busy, &mut out);
-                        count_transaction(
-                            &shard,
-                            &session,
-                            peer,
-                            submission,
-                            &rec,
-                            &tx.reverse_path,
-                            code,
-                        );
+                        finish!(DeliveryOutcome::Busy);
                         continue;
                     }
                     Err(e) => {
                         tracing::warn!(%peer, error = %e, "spooled message unreadable");
-                        let code = session.delivered(DeliveryOutcome::TempFail, &mut out);
-                        count_transaction(
-                            &shard,
-                            &session,
-                            peer,
-                            submission,
-                            &rec,
-                            &tx.reverse_path,
-                            code,
-                        );
+                        finish!(DeliveryOutcome::TempFail);
                         continue;
                     }
                 };
@@ -515,31 +513,13 @@ pub async fn serve(
                 if let Some(account) = session.authenticated().map(str::to_string) {
                     if !from_header_allowed(&Ctx { shard: &shard }, &account, &body) {
                         tracing::info!(%peer, account, "From: address not owned by the authenticated account; refused with 553");
-                        let code = session.delivered(DeliveryOutcome::SenderNotOwned, &mut out);
-                        count_transaction(
-                            &shard,
-                            &session,
-                            peer,
-                            submission,
-                            &rec,
-                            &tx.reverse_path,
-                            code,
-                        );
+                        finish!(DeliveryOutcome::SenderNotOwned);
                         continue;
                     }
                     let recipients = (tx.recipients.len() + tx.relay.len()) as u32;
                     if !shard.charge_sending(&account, recipients).await {
                         tracing::info!(event = "throttle", decision = "refuse_send_rate", %peer, account, recipients, "sending rate of the account reached; refused with 452");
-                        let code = session.delivered(DeliveryOutcome::RateLimited, &mut out);
-                        count_transaction(
-                            &shard,
-                            &session,
-                            peer,
-                            submission,
-                            &rec,
-                            &tx.reverse_path,
-                            code,
-                        );
+                        finish!(DeliveryOutcome::RateLimited);
                         continue;
                     }
                 }
@@ -598,16 +578,7 @@ pub async fn serve(
                         if let Some(outcome) = &outcome {
                             tracing::info!(%peer, facts = ?outcome.facts, domain = outcome.from_domain, "message refused by mail authentication policy");
                         }
-                        let code = session.delivered(refused, &mut out);
-                        count_transaction(
-                            &shard,
-                            &session,
-                            peer,
-                            submission,
-                            &rec,
-                            &tx.reverse_path,
-                            code,
-                        );
+                        finish!(refused);
                         continue;
                     }
                     results_field = outcome.map(|o| o.header);
@@ -672,16 +643,7 @@ pub async fn serve(
                         DeliveryOutcome::TempFail
                     }
                 };
-                let code = session.delivered(outcome, &mut out);
-                count_transaction(
-                    &shard,
-                    &session,
-                    peer,
-                    submission,
-                    &rec,
-                    &tx.reverse_path,
-                    code,
-                );
+                finish!(outcome);
                 // Reuse a small buffer for the next message; a large one goes
                 // back to the allocator (idle sessions must not hold it).
                 match left.and_then(MessageBody::into_heap) {
