@@ -90,7 +90,8 @@ sink_start() {
 sink_stop() { kill $SINK; wait $SINK 2>/dev/null || true; SINK=; }
 
 ringmail_start() {
-    local cores=$1 data=$WORK/data-$cores-$2
+    local cores=$1
+    local data=$WORK/data-$1-$2
     echo bench | "$BIN" account bulk --data "$data" --pattern '{n}u@example.test' \
         --count $((MESSAGES + 1)) >/dev/null
     rm_config "$WORK/ringmail.toml" "$data" "cores = $cores" "${STORAGE_TOML:-}"
@@ -105,7 +106,7 @@ ringmail_stop() {
     [ "$stored" -eq "$MESSAGES" ] || { echo "ERROR: $stored stored, expected $MESSAGES" >&2; exit 1; }
 }
 
-ratio() { python3 -c "import sys; a,b=float(sys.argv[1]),float(sys.argv[2]); print(f'{b/a:.2f}')" "$1" "$2"; }
+ratio() { python3 -c "import sys; a,b=float(sys.argv[1]),float(sys.argv[2]); print(f'{a/b:.2f}')" "$1" "$2"; }  # throughput ratio ringmail/sink = sink time / ringmail time
 rate() { python3 -c "import sys; print(f'{int(sys.argv[1])/float(sys.argv[2]):.0f}')" "$MESSAGES" "$1"; }
 
 echo "machine: $(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), kernel $(uname -r)"
