@@ -347,42 +347,6 @@ pub enum SectionText<'a> {
     Mime,
 }
 
-impl Section<'_> {
-    /// Write the specifier between the brackets, e.g. `1.2.HEADER.FIELDS (TO)`,
-    /// as it must be echoed in the FETCH response.
-    pub fn write(&self, out: &mut Vec<u8>) {
-        for (i, p) in self.part.iter().enumerate() {
-            if i > 0 {
-                out.push(b'.');
-            }
-            out.extend_from_slice(p.to_string().as_bytes());
-        }
-        let Some(text) = &self.text else { return };
-        if !self.part.is_empty() {
-            out.push(b'.');
-        }
-        match text {
-            SectionText::Header => out.extend_from_slice(b"HEADER"),
-            SectionText::Text => out.extend_from_slice(b"TEXT"),
-            SectionText::Mime => out.extend_from_slice(b"MIME"),
-            SectionText::HeaderFields { not, fields } => {
-                out.extend_from_slice(if *not {
-                    b"HEADER.FIELDS.NOT ("
-                } else {
-                    b"HEADER.FIELDS ("
-                });
-                for (i, f) in fields.iter().enumerate() {
-                    if i > 0 {
-                        out.push(b' ');
-                    }
-                    super::encode::write_astring(out, f);
-                }
-                out.push(b')');
-            }
-        }
-    }
-}
-
 /// `<start.length>` of a FETCH BODY[...] request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Partial {

@@ -5,7 +5,7 @@
 //! Human-readable texts are sanitized: CR, LF and NUL become spaces so a text
 //! can never end a response early or smuggle a second one.
 
-use super::command::{Flag, Section, StatusItem};
+use super::command::{Flag, Section, SectionText, StatusItem};
 use super::date::write_date_time;
 use super::parse::{is_astring_char, is_atom_char};
 use super::seqset::{write_compressed, SequenceSet};
@@ -653,5 +653,43 @@ impl<'o> FetchWriter<'o> {
     /// Close the response: `)CRLF`.
     pub fn finish(self) {
         self.out.extend_from_slice(b")\r\n");
+    }
+}
+
+// Written here, not in `command`, so that `command` (the types) imports
+// neither `parse` nor `encode`: parse -> command <- encode.
+impl Section<'_> {
+    /// Write the specifier between the brackets, e.g. `1.2.HEADER.FIELDS (TO)`,
+    /// as it must be echoed in the FETCH response.
+    pub fn write(&self, out: &mut Vec<u8>) {
+        for (i, p) in self.part.iter().enumerate() {
+            if i > 0 {
+                out.push(b'.');
+            }
+            out.extend_from_slice(p.to_string().as_bytes());
+        }
+        let Some(text) = &self.text else { return };
+        if !self.part.is_empty() {
+            out.push(b'.');
+        }
+        match text {
+            SectionText::Header => out.extend_from_slice(b"HEADER"),
+            SectionText::Text => out.extend_from_slice(b"TEXT"),
+            SectionText::Mime => out.extend_from_slice(b"MIME"),
+            SectionText::HeaderFields { not, fields } => {
+                out.extend_from_slice(if *not {
+                    b"HEADER.FIELDS.NOT ("
+                } else {
+                    b"HEADER.FIELDS ("
+                });
+                for (i, f) in fields.iter().enumerate() {
+                    if i > 0 {
+                        out.push(b' ');
+                    }
+                    write_astring(out, f);
+                }
+                out.push(b')');
+            }
+        }
     }
 }
