@@ -291,3 +291,47 @@ fn a_bad_file_changes_nothing_and_names_file_line_and_key() {
     }
     s.terminate();
 }
+
+/// A session that began before the hostname changed still removes
+/// Authentication-Results fields forged for the new name (RFC 8601 section
+/// 5), which the verifier writes from the reload on.
+#[test]
+fn forged_results_for_the_new_hostname_are_removed_across_a_reload() {
+    let config = |host: &str| {
+        format!(
+            "hostname = \"{host}\"\nlocal_domains = [\"example.test\"]\n\
+             [mail_auth]\nverify = false\ntrusted_networks = []\n"
+        )
+    };
+    let s = Server::options()
+        .config(&config("mx1.example.test"))
+        .accounts(&["carol@example.test"])
+        .start();
+    let (mut c, _) = smtp_connect(s.smtp);
+    c.cmd("EHLO client.test").expect(250, None);
+    c.cmd("MAIL FROM:<sender@client.test>").expect(250, None);
+    c.cmd("RCPT TO:<carol@example.test>").expect(250, None);
+    write_config(&s, &config("mx2.example.test"));
+    assert_ok(&reload(&s), "reload");
+    c.cmd("DATA").expect(354, None);
+    c.send(
+        b"Authentication-Results: mx2.example.test; dmarc=pass\r\n\
+          Authentication-Results: mx1.example.test; spf=pass\r\n\
+          Authentication-Results: other.example; dkim=pass\r\n\
+          Subject: forged\r\n\r\nbody\r\n.\r\n",
+    );
+    c.reply().expect(250, None);
+    c.cmd("QUIT");
+    let got = fetch_all(s.pop3, "carol@example.test", PASSWORD);
+    assert_eq!(got.len(), 1);
+    let text = String::from_utf8_lossy(&got[0].1).to_string();
+    assert!(
+        !text.contains("Authentication-Results: mx2.example.test")
+            && !text.contains("Authentication-Results: mx1.example.test"),
+        "forged fields for our names must go: {text}"
+    );
+    assert!(
+        text.contains("Authentication-Results: other.example; dkim=pass"),
+        "{text}"
+    );
+}

@@ -130,6 +130,11 @@ pub fn serve(mut config: Config, loader: Option<reload::Loader>) -> Result<(), S
 
     let account_file = AccountFile::in_dir(&config.data_dir);
     let existing = account_file.read()?;
+    if !config.demo_accounts.is_empty() && !privileges::all_loopback(&config) {
+        tracing::warn!(
+            "demo accounts with public passwords are configured and a listener is off loopback: remove [[demo_accounts]] from the configuration"
+        );
+    }
     for demo in &config.demo_accounts {
         let a = crate::accounts::canonical(&demo.address)?;
         if !existing.contains_key(&a) {
@@ -259,6 +264,8 @@ pub fn serve(mut config: Config, loader: Option<reload::Loader>) -> Result<(), S
         account_file,
         directory_lock,
     ));
+    // Before the signal thread: a reload from then on may change it.
+    transfer::configure(shared.config.limits.message_size_max);
     let shared_sig = shared.clone();
     let reloader_sig = reloader.clone();
     let mut signals = signal_hook::iterator::Signals::new([
@@ -335,7 +342,6 @@ pub fn serve(mut config: Config, loader: Option<reload::Loader>) -> Result<(), S
             tracing::warn!(error = %e, "CPU steering unavailable; the kernel spreads connections by hash")
         }
     }
-    transfer::configure(shared.config.limits.message_size_max);
     let status = control::StatusSource {
         published: shared.published.clone(),
         started,

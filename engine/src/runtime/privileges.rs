@@ -52,7 +52,12 @@ fn listen_addrs(config: &Config) -> impl Iterator<Item = &SocketAddr> {
 
 /// Whether a root process may keep running as root with this configuration.
 pub fn root_allowed(config: &Config) -> bool {
-    config.allow_root || listen_addrs(config).all(|a| a.ip().is_loopback())
+    config.allow_root || all_loopback(config)
+}
+
+/// Every listener is on a loopback address.
+pub fn all_loopback(config: &Config) -> bool {
+    listen_addrs(config).all(|a| a.ip().is_loopback())
 }
 
 /// Before any socket is bound: refuse root without `user` off loopback, so

@@ -195,6 +195,9 @@ pub struct Shard {
     sent: RefCell<HashMap<String, (i64, u32, u32)>>,
     /// What this shard counts (published once a second by `publish_metrics`).
     pub metrics: crate::metrics::ShardMetrics,
+    /// Per kind of refused connection (rate, address, server): the second
+    /// of the last log line and the refusals not logged since.
+    refusals_logged: [Cell<(i64, u32)>; 3],
 }
 
 /// One of the shard's handshake places, held while a handshake runs.
@@ -718,8 +721,10 @@ impl Shard {
                 let c = self.throttle_op(account, throttle::Op::Fail).await;
                 let policy = self.config().auth_throttle.policy();
                 let delay = policy.delay(a.failures.max(c.failures));
+                // The address was not banned when this login began (a banned
+                // one is refused above), so a ban now is this failure's.
                 match a.banned_until {
-                    Some(until) if a.failures == policy.ban_after => {
+                    Some(until) => {
                         tracing::warn!(event = "throttle", decision = "ban_address", %peer, proto, user, failures = a.failures, until, "address banned after failed logins")
                     }
                     _ => {
@@ -906,6 +911,7 @@ pub async fn run(shared: Arc<Shared>, mesh: MeshBuilder<ShardMsg, Full>) -> Resu
         argon2_waiting: Cell::new(0),
         sent: RefCell::default(),
         metrics: Default::default(),
+        refusals_logged: Default::default(),
     });
 
     let budget = shard.budget.clone();
@@ -1049,20 +1055,31 @@ async fn accept_loop(shard: Rc<Shard>, listener: TcpListener, proto: Proto) {
                     .admit(peer.ip(), shard.config().rate_exempt(peer.ip()));
                 if let Err(refusal) = &permit {
                     use super::limiter::Refusal;
-                    let (decision, why) = match refusal {
+                    let (k, decision, why) = match refusal {
                         Refusal::AddressRate => (
+                            0,
                             "refuse_connection_rate",
                             "too many new connections from this address this minute",
                         ),
                         Refusal::AddressFull => (
+                            1,
                             "refuse_connections_address",
                             "too many connections from this address",
                         ),
                         Refusal::ServerFull => {
-                            ("refuse_connections_server", "connections_max reached")
+                            (2, "refuse_connections_server", "connections_max reached")
                         }
                     };
-                    tracing::info!(event = "throttle", decision, %peer, proto = crate::metrics::PROTOS[proto.index()], "connection refused: {why}");
+                    // A flood of refused connections makes at most one line
+                    // per kind, shard and second, counting the ones it hides.
+                    let now = unix_now();
+                    let (last, hidden) = shard.refusals_logged[k].get();
+                    if now != last {
+                        shard.refusals_logged[k].set((now, 0));
+                        tracing::info!(event = "throttle", decision, %peer, proto = crate::metrics::PROTOS[proto.index()], refusals_not_logged = hidden, "connection refused: {why}");
+                    } else {
+                        shard.refusals_logged[k].set((last, hidden.saturating_add(1)));
+                    }
                 }
                 if permit.is_err() {
                     shard.metrics.refused(proto.index());

@@ -585,6 +585,13 @@ pub async fn serve(
                 }
                 if from_outside {
                     body = strip_forged_results(body, &config.hostname);
+                    // A reload may have changed the hostname since this
+                    // session began; the verifier already writes the new
+                    // one, so fields forged for it go too.
+                    let current = shard.config();
+                    if !current.hostname.eq_ignore_ascii_case(&config.hostname) {
+                        body = strip_forged_results(body, &current.hostname);
+                    }
                 }
                 // Relayed recipients first, into this shard's queue; then the
                 // local ones. Both must be durable before the 250.

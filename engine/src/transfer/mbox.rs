@@ -122,15 +122,23 @@ pub fn write_message(
     keywords: &[&str],
 ) -> std::io::Result<()> {
     writeln!(out, "From {} {}", sender_of(body), asctime(internal_date))?;
+    // A message that carries such a field itself gets all three of ours in
+    // front of it, so the import's first-of-each-name rule reads ours.
+    let crlf = super::lf_to_crlf(body);
+    let own = header_fields(&crlf)
+        .iter()
+        .any(|(_, name)| STATUS_FIELDS.contains(&name.as_str()));
     if flags & flag::SEEN != 0 {
         out.write_all(b"Status: RO\n")?;
+    } else if own {
+        out.write_all(b"Status: O\n")?;
     }
     let x: String = X_STATUS
         .iter()
         .filter(|(_, bit)| flags & bit != 0)
         .map(|(c, _)| *c)
         .collect();
-    if !x.is_empty() {
+    if !x.is_empty() || own {
         writeln!(out, "X-Status: {x}")?;
     }
     // A keyword is an IMAP atom (no spaces), so space separates them.
@@ -139,7 +147,7 @@ pub fn write_message(
         .copied()
         .filter(|k| !k.is_empty() && !k.contains(char::is_whitespace))
         .collect();
-    if !kw.is_empty() {
+    if !kw.is_empty() || own {
         writeln!(out, "X-Keywords: {}", kw.join(" "))?;
     }
     let data = super::crlf_to_lf(body);
@@ -310,53 +318,95 @@ const X_STATUS: [(char, u32); 4] = [
     ('D', flag::DELETED),
 ];
 
-/// Flags from `Status:` (R: seen) and `X-Status:` (A answered, F flagged,
-/// T draft, D deleted), keywords from `X-Keywords:` (space- or
-/// comma-separated), as mutt and Dovecot write them; and the message
-/// without those header lines (`body` has CRLF line ends).
-fn status_of(body: Vec<u8>) -> (u32, Vec<String>, Vec<u8>) {
-    let end = memchr::memmem::find(&body, b"\r\n\r\n").map_or(body.len(), |i| i + 2);
-    let mut flags = 0;
-    let mut keywords = Vec::new();
-    let mut status_lines = Vec::new();
+/// The header fields that carry flags in an mbox, lowercase.
+const STATUS_FIELDS: [&str; 3] = ["status", "x-status", "x-keywords"];
+
+/// The header of `body` (CRLF line ends) as fields: each field's byte range
+/// (with its continuation lines) and its lowercase name. A message whose
+/// first line is empty has an empty header.
+fn header_fields(body: &[u8]) -> Vec<(std::ops::Range<usize>, String)> {
+    let end = if body.starts_with(b"\r\n") {
+        0
+    } else {
+        memchr::memmem::find(body, b"\r\n\r\n").map_or(body.len(), |i| i + 2)
+    };
+    let mut fields: Vec<(std::ops::Range<usize>, String)> = Vec::new();
     let mut at = 0;
     for line in body[..end].split_inclusive(|b| *b == b'\n') {
-        let start = at;
+        let range = at..at + line.len();
         at += line.len();
-        let text = String::from_utf8_lossy(line);
-        let Some((name, value)) = text.split_once(':') else {
+        if matches!(line.first(), Some(b' ' | b'\t')) {
+            // A continuation line (RFC 5322 2.2.3) belongs to the field above.
+            if let Some(last) = fields.last_mut() {
+                last.0.end = range.end;
+            }
+            continue;
+        }
+        let name = line
+            .iter()
+            .position(|b| *b == b':')
+            .map(|i| {
+                String::from_utf8_lossy(&line[..i])
+                    .trim()
+                    .to_ascii_lowercase()
+            })
+            .unwrap_or_default();
+        fields.push((range, name));
+    }
+    fields
+}
+
+/// Flags from `Status:` (R: seen) and `X-Status:` (A answered, F flagged,
+/// T draft, D deleted), keywords from `X-Keywords:` (separated by white
+/// space; a comma ending a keyword is dropped), as mutt and Dovecot write
+/// them; and the message without those fields. Only the first field of
+/// each name counts and is taken out: our export writes its own first
+/// whenever the message carries such a field itself, and the message's own
+/// fields stay in it, uninterpreted.
+fn status_of(body: Vec<u8>) -> (u32, Vec<String>, Vec<u8>) {
+    let mut flags = 0;
+    let mut keywords = Vec::new();
+    let mut taken: Vec<std::ops::Range<usize>> = Vec::new();
+    let mut seen = [false; 3];
+    for (range, name) in header_fields(&body) {
+        let Some(k) = STATUS_FIELDS.iter().position(|f| *f == name) else {
             continue;
         };
-        let value = value.trim();
-        match name.to_ascii_lowercase().as_str() {
-            "status" => {
+        if std::mem::replace(&mut seen[k], true) {
+            continue;
+        }
+        let text = String::from_utf8_lossy(&body[range.clone()]).into_owned();
+        let value = text.split_once(':').map_or("", |(_, v)| v).trim();
+        match k {
+            0 => {
                 if value.contains('R') {
                     flags |= flag::SEEN;
                 }
             }
-            "x-status" => {
+            1 => {
                 for (c, bit) in X_STATUS {
                     if value.contains(c) {
                         flags |= bit;
                     }
                 }
             }
-            "x-keywords" => keywords.extend(
+            _ => keywords.extend(
                 value
-                    .split([',', ' '])
+                    .split_ascii_whitespace()
+                    .map(|k| k.trim_end_matches(','))
                     .filter(|k| !k.is_empty())
                     .map(str::to_string),
             ),
-            _ => continue,
         }
-        status_lines.push(start..at);
+        taken.push(range);
     }
-    if status_lines.is_empty() {
+    if taken.is_empty() {
         return (flags, keywords, body);
     }
+    taken.sort_by_key(|r| r.start);
     let mut kept = Vec::with_capacity(body.len());
     let mut from = 0;
-    for r in status_lines {
+    for r in taken {
         kept.extend_from_slice(&body[from..r.start]);
         from = r.end;
     }
@@ -437,18 +487,27 @@ mod tests {
     fn flags_travel_in_status_lines_and_leave_the_bytes_alone() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("box");
-        let bodies: [&[u8]; 3] = [
-            b"Subject: a\r\nStatus: kept? no, ours\r\n\r\nStatus: in the body stays\r\n",
+        let bodies: [&[u8]; 6] = [
+            // A sender's own status fields: kept as they are, not read.
+            b"Subject: a\r\nStatus: RO\r\nX-Status: D\r\n\r\nStatus: in the body stays\r\n",
             b"Subject: b\r\n\r\nplain\r\n",
             b"Subject: c\r\n",
+            // An empty header: nothing in the body is a field.
+            b"\r\nHello\r\nX-Status: D\r\nStatus: R\r\n",
+            // A folded field of the sender's.
+            b"Subject: d\r\nX-Keywords: one\r\n two\r\n\r\nx\r\n",
+            b"Subject: e\r\n\r\ny\r\n",
         ];
         let cases = [
-            (
-                flag::SEEN | flag::FLAGGED | flag::DELETED,
-                vec!["$Label1", "work"],
-            ),
+            (0, vec![]),
             (0, vec![]),
             (flag::ANSWERED | flag::DRAFT, vec![]),
+            (0, vec![]),
+            (flag::SEEN, vec!["k1"]),
+            (
+                flag::SEEN | flag::FLAGGED | flag::DELETED,
+                vec!["$Label1", "work", "a,b"],
+            ),
         ];
         let mut out = Vec::new();
         for (body, (flags, kw)) in bodies.iter().zip(&cases) {
@@ -456,31 +515,43 @@ mod tests {
         }
         let text = String::from_utf8_lossy(&out).to_string();
         assert!(
-            text.starts_with("From MAILER-DAEMON Fri Jan  2 00:00:00 1970\nStatus: RO\nX-Status: FD\nX-Keywords: $Label1 work\nSubject: a\n"),
-            "{text}"
+            text.contains("Status: O\nX-Status: \nX-Keywords: \nSubject: a\n"),
+            "ours first when the message has its own: {text}"
         );
         assert!(
             text.contains("\nSubject: b\n\nplain\n"),
             "no lines without flags: {text}"
         );
+        assert!(
+            text.contains("Status: RO\nX-Status: FD\nX-Keywords: $Label1 work a,b\nSubject: e\n"),
+            "{text}"
+        );
         std::fs::write(&path, &out).unwrap();
         let items: Vec<Item> = Reader::open(&path, 1000).unwrap().collect();
-        assert_eq!(items.len(), 3);
-        // The first message's own Status: line is taken as ours and dropped
-        // (as Dovecot does); the others come back byte for byte.
-        let expect: [&[u8]; 3] = [
-            b"Subject: a\r\n\r\nStatus: in the body stays\r\n",
-            bodies[1],
-            bodies[2],
-        ];
-        for ((item, (flags, kw)), body) in items.iter().zip(&cases).zip(expect) {
+        assert_eq!(items.len(), bodies.len());
+        for ((item, (flags, kw)), body) in items.iter().zip(&cases).zip(bodies) {
             match &item.source {
-                Source::Memory(b) => assert_eq!(b.as_slice(), body),
+                Source::Memory(b) => assert_eq!(
+                    String::from_utf8_lossy(b),
+                    String::from_utf8_lossy(body),
+                    "byte for byte"
+                ),
                 _ => panic!("not read"),
             }
-            assert_eq!(item.flags, *flags);
+            assert_eq!(item.flags, *flags, "{}", String::from_utf8_lossy(body));
             assert_eq!(&item.keywords, kw);
             assert_eq!(item.internal_date, 86_400);
         }
+    }
+
+    #[test]
+    fn foreign_status_fields_first_of_each_name() {
+        let (flags, kw, body) = status_of(
+            b"Subject: s\r\nStatus: RO\r\nX-Keywords: $Work, other\r\n  more\r\nStatus: D\r\n\r\nb\r\n"
+                .to_vec(),
+        );
+        assert_eq!(flags, flag::SEEN);
+        assert_eq!(kw, ["$Work", "other", "more"]);
+        assert_eq!(body, b"Subject: s\r\nStatus: D\r\n\r\nb\r\n");
     }
 }
