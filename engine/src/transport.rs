@@ -85,8 +85,18 @@ pub enum ReadOutcome {
 }
 
 impl Conn {
+    /// An outgoing connection (the relay client). Without TCP_NODELAY a
+    /// short request/reply exchange waits for the peer's delayed ACK (tens
+    /// of milliseconds).
     pub fn new(stream: TcpStream, initial: Vec<u8>) -> Conn {
+        let _ = stream.set_nodelay(true);
         Self::with_tls(stream, initial, None)
+    }
+
+    /// An accepted connection: TCP_NODELAY comes with it from the listening
+    /// socket (`runtime::listen`), so no setsockopt per connection.
+    pub fn accepted(stream: TcpStream) -> Conn {
+        Self::with_tls(stream, Vec::new(), None)
     }
 
     /// A connection arriving from another shard: its unconsumed plaintext
@@ -96,9 +106,6 @@ impl Conn {
         initial: Vec<u8>,
         tls: Option<Box<rustls::Connection>>,
     ) -> Conn {
-        // Without TCP_NODELAY a short request/reply exchange waits for the
-        // peer's delayed ACK (tens of milliseconds).
-        let _ = stream.set_nodelay(true);
         let end = initial.len();
         let mut buf = initial;
         buf.reserve(READ_CHUNK);

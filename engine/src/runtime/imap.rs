@@ -186,7 +186,7 @@ pub async fn serve(
     implicit_tls: bool,
 ) {
     let count = ConnCount::new(&shard);
-    let mut conn = Conn::new(stream, Vec::new());
+    let mut conn = Conn::accepted(stream);
     // Before login the framer holds at most one maximal ID command (RFC 2971).
     conn.set_buffer_max(FramingLimits::ID.command_max + crate::limits::READ_CHUNK);
     let refusal: &'static [u8] = if implicit_tls {

@@ -47,7 +47,7 @@ pub async fn serve(
     implicit_tls: bool,
 ) {
     let count = ConnCount::new(&shard);
-    let mut conn = Conn::new(stream, Vec::new());
+    let mut conn = Conn::accepted(stream);
     let refusal: &'static [u8] = if implicit_tls {
         b""
     } else {

@@ -298,7 +298,7 @@ pub async fn serve(
     implicit_tls: bool,
 ) {
     let _count = ConnCount::new(&shard);
-    let mut conn = Conn::new(stream, Vec::new());
+    let mut conn = Conn::accepted(stream);
     let refusal = |r| -> &'static [u8] {
         match r {
             // Nothing in clear on a TLS port: just close.
