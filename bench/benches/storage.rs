@@ -131,5 +131,50 @@ fn checkpoint_load(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, append_group_commit, checkpoint_load);
+/// The walks `publish_metrics` makes every ten seconds on each shard (live
+/// bytes per segment, message count) over 100,000 messages in one account,
+/// and the same over 1,000 accounts of 100: each runs on the executor, so
+/// its time is a stall every session of the shard sees.
+fn metrics_walks(c: &mut Criterion) {
+    let mut g = c.benchmark_group("metrics_walk_100k_messages");
+    g.sample_size(10);
+    for (label, accounts) in [("1_account", 1usize), ("1000_accounts", 1000)] {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().to_path_buf();
+        let names: Vec<String> = (0..accounts).map(|a| format!("u{a}@bench.test")).collect();
+        let per = 100_000 / accounts;
+        g.bench_function(label, |b| {
+            let p = path.clone();
+            let names = names.clone();
+            b.iter_custom(move |iters| {
+                let p = p.clone();
+                let names = names.clone();
+                executor(async move {
+                    let store = open(&p);
+                    if store.message_count() == 0 {
+                        for i in 0..per {
+                            store
+                                .deliver(&names, b"", format!("m{i}\r\n").as_bytes(), i as i64)
+                                .await
+                                .unwrap();
+                        }
+                    }
+                    let start = Instant::now();
+                    for _ in 0..iters {
+                        let live: u64 = store.segment_usage().iter().map(|s| s.live).sum();
+                        let n = store.message_count();
+                        assert_eq!(n, 100_000);
+                        assert!(live > 0);
+                    }
+                    let t = start.elapsed();
+                    store.checkpoint_all().await.unwrap();
+                    t
+                })
+            })
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, append_group_commit, checkpoint_load, metrics_walks);
 criterion_main!(benches);

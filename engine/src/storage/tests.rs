@@ -737,3 +737,28 @@ fn junk_delivery_survives_reopen_and_falls_back_to_the_inbox() {
         assert_eq!(inbox(&s, "a@x").len(), 2);
     });
 }
+
+#[test]
+fn bucket_walks_add_up_to_the_whole_walk() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_path_buf();
+    run(move || async move {
+        let s = open(&d, 0, 1, 1_000_000);
+        let accounts: Vec<String> = (0..40).map(|a| format!("u{a}@x")).collect();
+        for i in 0..5 {
+            s.deliver(&accounts, b"", &msg(i), 0).await.unwrap();
+        }
+        s.expunge("u3@x", index::INBOX, vec![1, 2]).await.unwrap();
+        let (mut live, mut messages) = (0, 0);
+        for b in s.bucket_ids() {
+            let (l, m) = s.bucket_live_and_messages(b);
+            live += l;
+            messages += m;
+        }
+        assert_eq!(messages, s.message_count());
+        assert_eq!(messages, 40 * 5 - 2);
+        let whole: u64 = s.segment_usage().iter().map(|u| u.live).sum();
+        assert_eq!(live, whole);
+        assert_eq!(s.bucket_live_and_messages(u32::MAX), (0, 0));
+    });
+}
