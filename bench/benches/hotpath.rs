@@ -13,14 +13,13 @@
 //! Each checks its result, so a fast wrong answer fails instead of looking
 //! good.
 use std::net::SocketAddr;
-use std::rc::Rc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use ringmail::session::smtp::{
     DeliveryOutcome, RcptVerdict, SmtpContext, SmtpEvent, SmtpParams, SmtpSession,
 };
-use ringmail::storage::{index, Meta, Store, StoreConfig};
+use ringmail_bench::{executor, open_store, timed_appends};
 
 struct Ctx;
 
@@ -118,14 +117,6 @@ fn smtp_session(c: &mut Criterion) {
     g.finish();
 }
 
-fn executor<T: 'static>(f: impl std::future::Future<Output = T> + 'static) -> T {
-    glommio::LocalExecutorBuilder::default()
-        .io_memory(256 << 10)
-        .make()
-        .unwrap()
-        .run(f)
-}
-
 fn store_tmpfs(c: &mut Criterion) {
     let shm = std::path::Path::new("/dev/shm");
     if !shm.is_dir() {
@@ -146,53 +137,8 @@ fn store_tmpfs(c: &mut Criterion) {
                     let path = dir.path().to_path_buf();
                     let body = body.clone();
                     executor(async move {
-                        let meta = Meta::start_run(&path, 256).unwrap();
-                        let store = Store::open(StoreConfig {
-                            data_dir: path.clone(),
-                            shard: 0,
-                            shards: 1,
-                            meta,
-                            segment_size: 64 << 20,
-                            checkpoint_every_records: 1 << 40,
-                            zero_segments: false,
-                            append_through_map: false,
-                            sync_inline_max_us: 2000,
-                        })
-                        .unwrap();
-                        glommio::spawn_local(store.clone().run_syncer()).detach();
-                        let store: Rc<Store> = store;
-                        store
-                            .deliver(&["warmup@bench.test".to_string()], b"", &body, 0)
-                            .await
-                            .unwrap();
-                        let per = (iters as usize).div_ceil(appenders);
-                        let start = Instant::now();
-                        let tasks: Vec<_> = (0..appenders)
-                            .map(|t| {
-                                let store = store.clone();
-                                let body = body.clone();
-                                glommio::spawn_local(async move {
-                                    for i in 0..per {
-                                        let account =
-                                            format!("u{}@bench.test", (t * 7919 + i) % 1000);
-                                        store.deliver(&[account], b"", &body, 0).await.unwrap();
-                                    }
-                                })
-                            })
-                            .collect();
-                        for t in tasks {
-                            t.await;
-                        }
-                        let elapsed = start.elapsed();
-                        let total: usize = (0..1000)
-                            .filter_map(|a| {
-                                store.with_account(&format!("u{a}@bench.test"), |acc| {
-                                    acc.mailbox(index::INBOX).unwrap().messages.len()
-                                })
-                            })
-                            .sum();
-                        assert_eq!(total, per * appenders);
-                        elapsed.mul_f64(iters as f64 / (per * appenders) as f64)
+                        // fdatasync on the executor, as the server does on a fast disk.
+                        timed_appends(open_store(&path, 2000), body, appenders, iters).await
                     })
                 })
             },

@@ -4,33 +4,13 @@
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
+use ringmail_bench::{executor, open_store, timed_appends};
+
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use ringmail::storage::{index, Meta, Store, StoreConfig};
+use ringmail::storage::{index, Store};
 
 fn open(dir: &std::path::Path) -> Rc<Store> {
-    let meta = Meta::start_run(dir, 256).unwrap();
-    let store = Store::open(StoreConfig {
-        data_dir: dir.into(),
-        shard: 0,
-        shards: 1,
-        meta,
-        segment_size: 64 << 20,
-        checkpoint_every_records: 1 << 40,
-        zero_segments: false,
-        append_through_map: false,
-        sync_inline_max_us: 0,
-    })
-    .unwrap();
-    glommio::spawn_local(store.clone().run_syncer()).detach();
-    store
-}
-
-fn executor<T: 'static>(f: impl std::future::Future<Output = T> + 'static) -> T {
-    glommio::LocalExecutorBuilder::default()
-        .io_memory(256 << 10)
-        .make()
-        .unwrap()
-        .run(f)
+    open_store(dir, 0)
 }
 
 /// `appenders` concurrent deliveries of 4 KiB messages; every round of the
@@ -49,43 +29,9 @@ fn append_group_commit(c: &mut Criterion) {
                     let dir = tempfile::tempdir().unwrap();
                     let path = dir.path().to_path_buf();
                     let body = body.clone();
-                    executor(async move {
-                        let store = open(&path);
-                        // Create the first segment (fallocate + directory sync) before timing.
-                        store
-                            .deliver(&["warmup@bench.test".to_string()], b"", &body, 0)
-                            .await
-                            .unwrap();
-                        let per = (iters as usize).div_ceil(appenders);
-                        let start = Instant::now();
-                        let tasks: Vec<_> = (0..appenders)
-                            .map(|t| {
-                                let store = store.clone();
-                                let body = body.clone();
-                                glommio::spawn_local(async move {
-                                    for i in 0..per {
-                                        let account =
-                                            format!("u{}@bench.test", (t * 7919 + i) % 1000);
-                                        store.deliver(&[account], b"", &body, 0).await.unwrap();
-                                    }
-                                })
-                            })
-                            .collect();
-                        for t in tasks {
-                            t.await;
-                        }
-                        let elapsed = start.elapsed();
-                        // Result check: every delivery is in the index.
-                        let total: usize = (0..1000)
-                            .filter_map(|a| {
-                                store.with_account(&format!("u{a}@bench.test"), |acc| {
-                                    acc.mailbox(index::INBOX).unwrap().messages.len()
-                                })
-                            })
-                            .sum();
-                        assert_eq!(total, per * appenders);
-                        elapsed.mul_f64(iters as f64 / (per * appenders) as f64)
-                    })
+                    executor(
+                        async move { timed_appends(open(&path), body, appenders, iters).await },
+                    )
                 })
             },
         );
