@@ -34,6 +34,14 @@ fn dump(s: &Server, user: &str, pw: &str) -> serde_json::Value {
     serde_json::from_str(&py(&["dump", &s.imap.port().to_string(), user, pw])).unwrap()
 }
 
+/// `ringmail import --format FORMAT SRC ACCOUNT` against the running server.
+fn import(s: &Server, format: &str, src: &Path, account: &str) -> std::process::Output {
+    cli(
+        s,
+        &["import", "--format", format, src.to_str().unwrap(), account],
+    )
+}
+
 fn text(o: &std::process::Output) -> String {
     format!(
         "{}{}",
@@ -88,16 +96,7 @@ fn maildir_and_mbox_round_trip_keep_bodies_flags_keywords_folders() {
     assert_eq!(kw, "0 $Label1\n1 custom\n");
     // Import into another account: the same mailboxes, flags, keywords,
     // internal dates and bytes.
-    let o = cli(
-        &s,
-        &[
-            "import",
-            "--format",
-            "maildir",
-            md.to_str().unwrap(),
-            "carol@example.test",
-        ],
-    );
+    let o = import(&s, "maildir", &md, "carol@example.test");
     assert_ok(&o, "import maildir");
     assert!(
         text(&o).contains("7 added, 0 already present, 0 refused"),
@@ -109,16 +108,7 @@ fn maildir_and_mbox_round_trip_keep_bodies_flags_keywords_folders() {
     let c = dump(&s, "carol@example.test", PASSWORD);
     assert_eq!(a, c, "alice and her copy differ");
     // A rerun adds nothing.
-    let o = cli(
-        &s,
-        &[
-            "import",
-            "--format",
-            "maildir",
-            md.to_str().unwrap(),
-            "carol@example.test",
-        ],
-    );
+    let o = import(&s, "maildir", &md, "carol@example.test");
     assert_ok(&o, "import maildir again");
     assert!(
         text(&o).contains("0 added, 7 already present"),
@@ -155,15 +145,11 @@ fn maildir_and_mbox_round_trip_keep_bodies_flags_keywords_folders() {
         raw.contains("\n>From the top 0\n>>From quoted\n"),
         "mboxrd quoting: {raw}"
     );
-    let o = cli(
+    let o = import(
         &s,
-        &[
-            "import",
-            "--format",
-            "mbox",
-            out.path().join("alice@example.test").to_str().unwrap(),
-            "dave@example.test",
-        ],
+        "mbox",
+        &out.path().join("alice@example.test"),
+        "dave@example.test",
     );
     assert_ok(&o, "import mbox dir");
     // Flags and keywords (in Status:, X-Status:, X-Keywords: lines),
@@ -171,15 +157,11 @@ fn maildir_and_mbox_round_trip_keep_bodies_flags_keywords_folders() {
     let d = dump(&s, "dave@example.test", PASSWORD);
     assert_eq!(a, d, "alice and her copy through mbox differ");
     // A rerun adds nothing: the status lines were taken out again.
-    let o = cli(
+    let o = import(
         &s,
-        &[
-            "import",
-            "--format",
-            "mbox",
-            out.path().join("alice@example.test").to_str().unwrap(),
-            "dave@example.test",
-        ],
+        "mbox",
+        &out.path().join("alice@example.test"),
+        "dave@example.test",
     );
     assert!(text(&o).contains(" 0 added"), "{}", text(&o));
 }
@@ -205,16 +187,7 @@ fn python_written_maildir_and_mbox_import() {
     );
     let md = dir.path().join("Maildir");
     py(&["write-maildir", md.to_str().unwrap()]);
-    let o = cli(
-        &s,
-        &[
-            "import",
-            "--format",
-            "maildir",
-            md.to_str().unwrap(),
-            "bob@example.test",
-        ],
-    );
+    let o = import(&s, "maildir", &md, "bob@example.test");
     assert_ok(&o, "import python maildir");
     assert!(text(&o).contains("5 added"), "{}", text(&o));
     let b = dump(&s, "bob@example.test", "bob-secret");
@@ -239,16 +212,7 @@ fn python_written_maildir_and_mbox_import() {
     // Python's mbox (mboxo quoting) into INBOX.
     let mb = dir.path().join("in.mbox");
     py(&["write-mbox", mb.to_str().unwrap()]);
-    let o = cli(
-        &s,
-        &[
-            "import",
-            "--format",
-            "mbox",
-            mb.to_str().unwrap(),
-            "alice@example.test",
-        ],
-    );
+    let o = import(&s, "mbox", &mb, "alice@example.test");
     assert_ok(&o, "import python mbox");
     assert!(text(&o).contains("3 added"), "{}", text(&o));
     // Exported again and read by Python: the bodies Python wrote (CRLF as LF).
@@ -340,16 +304,7 @@ fn dovecot_maildir_keeps_uids_keywords_and_reports_bad_files() {
         &root.join(".Lists.Rust/cur/1700000002.M9P9.host,S=30:2,T"),
         msg(9).as_bytes(),
     );
-    let o = cli(
-        &s,
-        &[
-            "import",
-            "--format",
-            "maildir",
-            root.to_str().unwrap(),
-            "erin@example.test",
-        ],
-    );
+    let o = import(&s, "maildir", &root, "erin@example.test");
     let t = text(&o);
     assert!(
         !o.status.success(),
@@ -400,16 +355,7 @@ fn dovecot_maildir_keeps_uids_keywords_and_reports_bad_files() {
     // account used (RFC 3501 2.3.1.1), which an old one is not.
     assert!(sel.contains("[UIDNEXT 3]"), "{sel}");
     // Rerun: nothing twice.
-    let o = cli(
-        &s,
-        &[
-            "import",
-            "--format",
-            "maildir",
-            root.to_str().unwrap(),
-            "erin@example.test",
-        ],
-    );
+    let o = import(&s, "maildir", &root, "erin@example.test");
     assert!(
         text(&o).contains("0 added, 4 already present, 2 refused"),
         "{}",
@@ -641,16 +587,7 @@ fn reimport_of_an_export_adds_nothing_even_with_odd_line_ends() {
         );
         assert_ok(&o, "export");
         let src = out.path().join("alice@example.test");
-        let o = cli(
-            &s,
-            &[
-                "import",
-                "--format",
-                format,
-                src.to_str().unwrap(),
-                "alice@example.test",
-            ],
-        );
+        let o = import(&s, format, &src, "alice@example.test");
         assert_ok(&o, "re-import");
         assert!(text(&o).contains(" 0 added, "), "{format}: {}", text(&o));
         assert_eq!(dump(&s, "alice@example.test", "alice-secret"), before);
@@ -808,22 +745,10 @@ fn maildir_written_by_dovecot_imports_exactly() {
         .unwrap_or_else(|| panic!("no UIDVALIDITY in {uidlist}"));
 
     let s = Server::options().accounts(&["carol@example.test"]).start();
-    let import = || {
-        cli(
-            &s,
-            &[
-                "import",
-                "--format",
-                "maildir",
-                maildir.to_str().unwrap(),
-                "carol@example.test",
-            ],
-        )
-    };
-    let o = import();
+    let o = import(&s, "maildir", &maildir, "carol@example.test");
     assert_ok(&o, "import of Dovecot's Maildir");
     assert!(text(&o).contains("4 added"), "{}", text(&o));
-    let o = import();
+    let o = import(&s, "maildir", &maildir, "carol@example.test");
     assert_ok(&o, "second import");
     assert!(text(&o).contains("0 added"), "{}", text(&o));
 
