@@ -124,7 +124,19 @@ pub fn write_message(
     writeln!(out, "From {} {}", sender_of(body), asctime(internal_date))?;
     // A message that carries such a field itself gets all three of ours in
     // front of it, so the import's first-of-each-name rule reads ours.
-    let crlf = super::lf_to_crlf(body);
+    // Only the header is looked at (in the CRLF form the import sees), not
+    // a copy of the whole message.
+    let head_end = [&b"\n\n"[..], b"\n\r\n"]
+        .iter()
+        .filter_map(|sep| memchr::memmem::find(body, sep).map(|i| i + 1))
+        .min()
+        .unwrap_or(body.len());
+    let head = if body.starts_with(b"\n") {
+        &[][..]
+    } else {
+        &body[..head_end]
+    };
+    let crlf = super::lf_to_crlf(head);
     let own = header_fields(&crlf)
         .iter()
         .any(|(_, name)| STATUS_FIELDS.contains(&name.as_str()));
