@@ -1,7 +1,9 @@
 //! Accounts: the account file, password hashes, recipient lookup.
 //!
 //! The account file `<data_dir>/accounts` holds one account a line,
-//! `address:argon2-phc-hash`, like a Dovecot passwd-file. `ringmail account`
+//! `address:argon2-phc-hash`, like a Dovecot passwd-file, optionally followed
+//! by `:quota=OCTETS` (the account's storage limit, RFC 9208; 0 for none),
+//! which overrides `[limits] quota_octets`. `ringmail account`
 //! edits it atomically (write a temporary file, fsync, rename); a running
 //! server notices the change within a second and swaps in a new immutable
 //! [`Directory`] snapshot, so shards read it without any lock.
@@ -19,6 +21,11 @@ use argon2::password_hash::{
 use argon2::Argon2;
 
 pub const ACCOUNT_FILE: &str = "accounts";
+
+/// canonical address -> PHC password hash.
+pub type Hashes = HashMap<String, String>;
+/// canonical address -> the account's own storage limit in octets.
+pub type Quotas = HashMap<String, u64>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AccountError {
@@ -68,6 +75,8 @@ pub struct Directory {
     accounts: HashMap<String, String>,
     /// canonical alias -> canonical account; `@domain` keys are catch-alls.
     aliases: HashMap<String, String>,
+    /// Per-account storage limits from the account file (0: unlimited).
+    quotas: HashMap<String, u64>,
 }
 
 /// What a recipient address is to us.
@@ -83,7 +92,24 @@ impl Directory {
             .iter()
             .map(|(k, v)| (k.to_lowercase(), v.to_lowercase()))
             .collect();
-        Directory { accounts, aliases }
+        Directory {
+            accounts,
+            aliases,
+            quotas: HashMap::new(),
+        }
+    }
+
+    /// The same directory with the account file's own storage limits.
+    pub fn with_quotas(mut self, quotas: HashMap<String, u64>) -> Self {
+        self.quotas = quotas;
+        self
+    }
+
+    /// The account's storage limit in octets: its own from the account
+    /// file, else `default` (0 in either place: none).
+    pub fn quota(&self, account: &str, default: u64) -> Option<u64> {
+        let q = self.quotas.get(account).copied().unwrap_or(default);
+        (q > 0).then_some(q)
     }
 
     pub fn len(&self) -> usize {
@@ -155,11 +181,19 @@ impl AccountFile {
         &self.path
     }
 
-    /// Read every account. A missing file is an empty directory.
+    /// Read every account's password hash. A missing file is an empty
+    /// directory.
     pub fn read(&self) -> Result<HashMap<String, String>, AccountError> {
+        Ok(self.read_all()?.0)
+    }
+
+    /// Read the password hashes and the accounts' own storage limits.
+    pub fn read_all(&self) -> Result<(Hashes, Quotas), AccountError> {
         let text = match std::fs::read_to_string(&self.path) {
             Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(HashMap::new()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Ok((HashMap::new(), HashMap::new()))
+            }
             Err(source) => {
                 return Err(AccountError::Io {
                     path: self.path.clone(),
@@ -168,6 +202,7 @@ impl AccountFile {
             }
         };
         let mut out = HashMap::new();
+        let mut quotas = HashMap::new();
         for (i, line) in text.lines().enumerate() {
             let line = line.trim();
             if line.is_empty() || line.starts_with('#') {
@@ -178,18 +213,56 @@ impl AccountFile {
                 line: i + 1,
                 message: message.into(),
             };
-            let (addr, hash) = line
-                .split_once(':')
-                .ok_or_else(|| corrupt("expected address:hash"))?;
+            let mut parts = line.split(':');
+            let (Some(addr), Some(hash)) = (parts.next(), parts.next()) else {
+                return Err(corrupt("expected address:hash"));
+            };
             let addr = canonical(addr).map_err(|_| corrupt("bad address"))?;
             PasswordHash::new(hash).map_err(|_| corrupt("bad password hash"))?;
+            for field in parts {
+                match field.split_once('=') {
+                    Some(("quota", v)) => {
+                        let q = v.parse::<u64>().map_err(|_| corrupt("bad quota"))?;
+                        if q > 0 {
+                            quotas.insert(addr.clone(), q);
+                        }
+                    }
+                    _ => return Err(corrupt("unknown field after the hash")),
+                }
+            }
             out.insert(addr, hash.to_string());
         }
-        Ok(out)
+        Ok((out, quotas))
     }
 
-    /// Replace the file atomically with `accounts`.
+    /// Replace the file atomically with `accounts`, keeping the storage
+    /// limits of those that stay.
     pub fn write(&self, accounts: &HashMap<String, String>) -> Result<(), AccountError> {
+        let quotas = self.read_all()?.1;
+        self.write_all(accounts, &quotas)
+    }
+
+    /// Set (or with 0 remove) an account's own storage limit.
+    pub fn set_quota(&self, address: &str, octets: u64) -> Result<(), AccountError> {
+        let a = canonical(address)?;
+        let (all, mut quotas) = self.read_all()?;
+        if !all.contains_key(&a) {
+            return Err(AccountError::Missing(a));
+        }
+        if octets == 0 {
+            quotas.remove(&a);
+        } else {
+            quotas.insert(a, octets);
+        }
+        self.write_all(&all, &quotas)
+    }
+
+    /// Replace the file atomically.
+    pub fn write_all(
+        &self,
+        accounts: &HashMap<String, String>,
+        quotas: &HashMap<String, u64>,
+    ) -> Result<(), AccountError> {
         let io = |source| AccountError::Io {
             path: self.path.clone(),
             source,
@@ -203,6 +276,9 @@ impl AccountFile {
             text.push_str(a);
             text.push(':');
             text.push_str(h);
+            if let Some(q) = quotas.get(a) {
+                text.push_str(&format!(":quota={q}"));
+            }
             text.push('\n');
         }
         // Password hashes: readable by the server's user only, whatever the

@@ -426,6 +426,10 @@ pub struct Limits {
     /// Loopback clients and `relay_networks` are exempt from the per-minute
     /// rates (as Postfix exempts mynetworks).
     pub rate_limits_exempt_trusted: bool,
+    /// Storage each account may use, in octets (RFC 9208 STORAGE; 0: no
+    /// limit). `ringmail account quota` sets an account's own. Over it,
+    /// RCPT gets 452 4.2.2 and APPEND/COPY/MOVE NO [OVERQUOTA].
+    pub quota_octets: u64,
 }
 
 /// Who an authenticated client may send as.
@@ -667,6 +671,7 @@ impl Default for Limits {
             connections_per_address_per_minute: 600,
             smtp_commands_per_address_per_minute: 6000,
             rate_limits_exempt_trusted: true,
+            quota_octets: 0,
         }
     }
 }
@@ -984,6 +989,9 @@ connections_per_address_per_minute = 600
 smtp_commands_per_address_per_minute = 6000
 # Loopback and relay_networks are exempt from the two rates above.
 rate_limits_exempt_trusted = true
+# Storage per account in octets (0: no limit); `ringmail account quota`
+# sets an account's own. Full: RCPT 452 4.2.2, APPEND NO [OVERQUOTA].
+quota_octets = 0
 
 [auth_throttle]
 # Failed logins (SMTP AUTH, IMAP, POP3) counted per client address (IPv6 by

@@ -62,6 +62,9 @@ pub const TLS_READ_CHUNK: usize = 16 * 1024;
 pub const IMAP_ID_PAIRS_MAX: usize = 30;
 pub const IMAP_ID_FIELD_MAX: usize = 30;
 pub const IMAP_ID_VALUE_MAX: usize = 1024;
+/// Sort criteria in one SORT command (RFC 5256 has seven keys; a client has
+/// no reason to repeat them many times).
+pub const IMAP_SORT_KEYS_MAX: usize = 16;
 /// The largest ID command RFC 2971 allows, written the longest way: a tag
 /// of up to 1 KiB, then every field and value a quoted string with every
 /// octet escaped (a literal, `{1024}` CRLF and the data, is shorter). About

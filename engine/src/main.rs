@@ -287,6 +287,14 @@ enum AccountAction {
     Remove { address: String },
     /// List accounts.
     List,
+    /// Show or set an account's storage limit (IMAP QUOTA, RFC 9208). LIMIT is
+    /// octets, with an optional K, M or G suffix (powers of 1024); 0 removes
+    /// the account's own limit, so `[limits] quota_octets` applies again.
+    Quota {
+        address: String,
+        /// The new limit; without it, the limit in force is shown.
+        limit: Option<String>,
+    },
     /// Add many accounts sharing one password (read from standard input). The
     /// pattern's placeholder (the letter n in braces) is replaced by each number:
     /// the pattern shown in README.md with --count 10000 creates 0u@.. to 9999u@..
@@ -301,6 +309,18 @@ enum AccountAction {
         #[arg(long, default_value_t = 0)]
         start: u64,
     },
+}
+
+/// `1048576`, `512K`, `100M`, `2G` (powers of 1024).
+fn parse_octets(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let (digits, unit) = match s.char_indices().last()? {
+        (i, 'k' | 'K') => (&s[..i], 1u64 << 10),
+        (i, 'm' | 'M') => (&s[..i], 1 << 20),
+        (i, 'g' | 'G') => (&s[..i], 1 << 30),
+        _ => (s, 1),
+    };
+    digits.parse::<u64>().ok()?.checked_mul(unit)
 }
 
 fn load_config(common: &Common) -> Result<Config, String> {
@@ -386,6 +406,35 @@ fn run(cli: Cli) -> Result<(), String> {
                     file.remove(&address).map_err(|e| e.to_string())?;
                     println!("removed {address}");
                 }
+                AccountAction::Quota { address, limit } => match limit {
+                    Some(limit) => {
+                        let octets = parse_octets(&limit).ok_or_else(|| {
+                            format!("{limit:?} is not a size (e.g. 1073741824, 512M, 2G)")
+                        })?;
+                        file.set_quota(&address, octets)
+                            .map_err(|e| e.to_string())?;
+                        if octets == 0 {
+                            println!("{address}: own quota removed");
+                        } else {
+                            println!("{address}: quota {octets} octets");
+                        }
+                    }
+                    None => {
+                        let (hashes, quotas) = file.read_all().map_err(|e| e.to_string())?;
+                        let a =
+                            ringmail::accounts::canonical(&address).map_err(|e| e.to_string())?;
+                        if !hashes.contains_key(&a) {
+                            return Err(format!("no account {a}"));
+                        }
+                        let q = ringmail::accounts::Directory::default()
+                            .with_quotas(quotas)
+                            .quota(&a, config.limits.quota_octets);
+                        match q {
+                            Some(q) => println!("{a}: quota {q} octets"),
+                            None => println!("{a}: no quota"),
+                        }
+                    }
+                },
                 AccountAction::List => {
                     let mut all: Vec<String> = file
                         .read()

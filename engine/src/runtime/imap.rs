@@ -27,9 +27,10 @@ use crate::protocol::imap::encode::{self, FetchWriter};
 use crate::protocol::imap::{
     parse_command, parse_sasl_response, rejoin_diverted, Code, Command, CommandBody, FetchAttr,
     Flag, Frame, Framer, FramingLimits, ListReturn, ListSelect, Mailbox as MailboxArg,
-    SaslResponse, SearchReturn, SequenceArg, SequenceSet, Status, StatusItem, StoreMode,
+    SaslResponse, SearchKey, SearchReturn, SequenceArg, SequenceSet, Status, StatusItem, StoreMode,
 };
 use crate::session::imap::{self as logic, View, ViewMsg, DELIMITER, KEYWORDS_MAX};
+use crate::session::order;
 use crate::storage::index::{self, flag, special, Account, Mailbox};
 use crate::storage::record::Op;
 use crate::storage::{Body, StorageError};
@@ -69,7 +70,17 @@ const CAPS: &[&str] = &[
     "CONDSTORE",
     "ESEARCH",
     "SEARCHRES",
+    "STATUS=SIZE",
+    "QUOTA",
+    "QUOTA=RES-STORAGE",
+    "SORT",
+    "ESORT",
+    "THREAD=ORDEREDSUBJECT",
+    "THREAD=REFERENCES",
 ];
+
+/// The one quota root of every account (RFC 9208 section 3.2).
+const QUOTA_ROOT: &[u8] = b"";
 
 /// Response bytes plus message slices to splice in at given offsets.
 struct Out {
@@ -114,6 +125,21 @@ impl Out {
         conn.cork(false);
         result
     }
+}
+
+/// One message a search matched.
+struct Hit {
+    seq: u32,
+    uid: u32,
+    modseq: u64,
+    internal_date: i64,
+    loc: crate::storage::record::Loc,
+}
+
+/// What SORT or THREAD asked for.
+enum Order<'a> {
+    Sort(&'a [order::SortCriterion]),
+    Thread(order::Algorithm),
 }
 
 struct Selected {
@@ -819,6 +845,42 @@ impl Session {
                     ),
                 }
             }
+            CommandBody::GetQuotaRoot { mailbox } => {
+                if self.with_mailbox_named(&mailbox, |_, _| ()).is_none() {
+                    self.out.status(
+                        Some(tag),
+                        Status::No,
+                        Some(&Code::NonExistent),
+                        "No such mailbox",
+                    );
+                } else {
+                    // RFC 9208 5.2: one root, "", for all of an account's
+                    // mailboxes; none when the account has no limit.
+                    let limit = self.shard.quota(self.account());
+                    let roots: &[&[u8]] = if limit.is_some() { &[QUOTA_ROOT] } else { &[] };
+                    encode::write_quotaroot(&mut self.out.buf, mailbox.as_bytes(), roots);
+                    self.write_quota();
+                    self.ok(tag, "GETQUOTAROOT completed");
+                }
+            }
+            CommandBody::GetQuota { root } => {
+                if &root[..] == QUOTA_ROOT && self.write_quota() {
+                    self.ok(tag, "GETQUOTA completed");
+                } else {
+                    self.out.status(
+                        Some(tag),
+                        Status::No,
+                        Some(&Code::NonExistent),
+                        "No such quota root",
+                    );
+                }
+            }
+            CommandBody::SetQuota => self.out.status(
+                Some(tag),
+                Status::No,
+                Some(&Code::Other("NOPERM")),
+                "Quotas are set by the administrator",
+            ),
             CommandBody::Append {
                 mailbox,
                 flags,
@@ -858,6 +920,16 @@ impl Session {
                 None => self.ok(tag, "Completed, no messages"),
             },
             CommandBody::Search { uid, search } => self.search(tag, uid, &search),
+            CommandBody::Sort {
+                uid,
+                criteria,
+                search,
+            } => self.sort_or_thread(tag, uid, &search, Order::Sort(&criteria)),
+            CommandBody::Thread {
+                uid,
+                algorithm,
+                search,
+            } => self.sort_or_thread(tag, uid, &search, Order::Thread(algorithm)),
             CommandBody::Fetch {
                 uid,
                 set,
@@ -895,6 +967,39 @@ impl Session {
             },
         }
         Next::Continue
+    }
+
+    /// `* QUOTA "" (STORAGE used limit)` for the account, if it has a
+    /// limit; false if not.
+    fn write_quota(&mut self) -> bool {
+        let account = self.account().to_string();
+        let Some(limit) = self.shard.quota(&account) else {
+            return false;
+        };
+        // This session runs on the account's owner: its own count is exact.
+        let used = self.shard.store.used_octets(&account);
+        encode::write_quota_storage(&mut self.out.buf, QUOTA_ROOT, used / 1024, limit / 1024);
+        true
+    }
+
+    /// Would `adding` octets take the account over its limit? Then the
+    /// command is answered NO [OVERQUOTA] (RFC 9208 section 4.4).
+    fn refuse_over_quota(&mut self, tag: &[u8], adding: u64) -> bool {
+        let account = self.account().to_string();
+        let Some(limit) = self.shard.quota(&account) else {
+            return false;
+        };
+        let used = self.shard.store.used_octets(&account);
+        if used.saturating_add(adding) <= limit {
+            return false;
+        }
+        self.out.status(
+            Some(tag),
+            Status::No,
+            Some(&Code::OverQuota),
+            "Quota exceeded (mailbox full)",
+        );
+        true
     }
 
     fn ok(&mut self, tag: &[u8], text: &str) {
@@ -1658,6 +1763,9 @@ impl Session {
             );
             return;
         };
+        if self.exists(name) && self.refuse_over_quota(tag, message.len() as u64) {
+            return;
+        }
         let account = self.account().to_string();
         let (sys, kws) = logic::split_flags(flags);
         let alloc = self.shard.store.with_account_counters(&account, |a| {
@@ -1761,7 +1869,10 @@ impl Session {
         }
     }
 
-    fn search(&mut self, tag: &[u8], uid: bool, search: &crate::protocol::imap::Search<'_>) {
+    /// The charset of SEARCH, SORT and THREAD: UTF-8 and US-ASCII (RFC 3501
+    /// 6.4.4; RFC 5256 section 3 requires both). Answers NO
+    /// [BADCHARSET] and returns false for any other.
+    fn charset_ok(&mut self, tag: &[u8], search: &crate::protocol::imap::Search<'_>) -> bool {
         if let Some(cs) = &search.charset {
             if !(cs.eq_ignore_ascii_case(b"UTF-8") || cs.eq_ignore_ascii_case(b"US-ASCII")) {
                 self.out.status(
@@ -1770,19 +1881,21 @@ impl Session {
                     Some(&Code::BadCharset(&["UTF-8", "US-ASCII"])),
                     "Unsupported charset",
                 );
-                return;
+                return false;
             }
         }
-        let modseq_key = logic::has_modseq_key(&search.keys);
-        if modseq_key {
-            self.enable_condstore();
-        }
+        true
+    }
+
+    /// The selected mailbox's messages that match every key, in sequence
+    /// order, after the sync that SEARCH, SORT and THREAD start with.
+    fn search_hits(&mut self, uid: bool, keys: &[SearchKey<'_>]) -> Vec<Hit> {
         self.sync(uid);
         let sel = self.sel.as_ref().expect("selected");
         let account = self.account().to_string();
-        let need_body = logic::needs_body(&search.keys);
-        let saved = self.saved.clone();
-        let mut hits: Vec<(u32, u32, u64)> = Vec::new();
+        let need_body = logic::needs_body(keys);
+        let saved = &self.saved;
+        let mut hits = Vec::new();
         let store = &self.shard.store;
         store.with_account(&account, |a| {
             let Some(mb) = a.mailbox(sel.id) else { return };
@@ -1807,13 +1920,35 @@ impl Session {
                     max_seq: sel.view.len(),
                     max_uid,
                     body,
-                    saved: &saved,
+                    saved,
                 };
-                if logic::matches(&search.keys, &input) {
-                    hits.push((i as u32 + 1, v.uid, v.modseq));
+                if logic::matches(keys, &input) {
+                    hits.push(Hit {
+                        seq: i as u32 + 1,
+                        uid: v.uid,
+                        modseq: v.modseq,
+                        internal_date: entry.internal_date,
+                        loc: entry.loc,
+                    });
                 }
             }
         });
+        hits
+    }
+
+    fn search(&mut self, tag: &[u8], uid: bool, search: &crate::protocol::imap::Search<'_>) {
+        if !self.charset_ok(tag, search) {
+            return;
+        }
+        let modseq_key = logic::has_modseq_key(&search.keys);
+        if modseq_key {
+            self.enable_condstore();
+        }
+        let hits: Vec<(u32, u32, u64)> = self
+            .search_hits(uid, &search.keys)
+            .iter()
+            .map(|h| (h.seq, h.uid, h.modseq))
+            .collect();
         let ids: Vec<u32> = hits.iter().map(|h| if uid { h.1 } else { h.0 }).collect();
         // RFC 7162 3.1.5: with a MODSEQ key (anywhere in the search) the
         // result carries the highest mod-sequence of the messages returned;
@@ -1869,12 +2004,106 @@ impl Session {
                             .then_some(ids.len() as u32),
                         all,
                         modseq: max_modseq,
+                        in_order: false,
                     };
                     encode::write_esearch(&mut self.out.buf, tag, uid, &data);
                 }
             }
         }
         self.ok(tag, "SEARCH completed");
+    }
+
+    /// SORT and THREAD (RFC 5256): the search, then the order computed by
+    /// `session::order` over the header sections of the matches.
+    fn sort_or_thread(
+        &mut self,
+        tag: &[u8],
+        uid: bool,
+        search: &crate::protocol::imap::Search<'_>,
+        how: Order<'_>,
+    ) {
+        if !self.charset_ok(tag, search) {
+            return;
+        }
+        let modseq_key = logic::has_modseq_key(&search.keys);
+        if modseq_key {
+            self.enable_condstore();
+        }
+        let hits = self.search_hits(uid, &search.keys);
+        let bodies: Vec<Option<Body>> = hits.iter().map(|h| self.shard.store.body(h.loc)).collect();
+        let infos: Vec<order::MsgInfo<'_>> = hits
+            .iter()
+            .zip(&bodies)
+            .map(|(h, b)| order::MsgInfo {
+                seq: h.seq,
+                internal_date: h.internal_date,
+                size: u64::from(h.loc.len),
+                header: b.as_ref().map_or(&[][..], |b| mime::split(b.bytes()).0),
+            })
+            .collect();
+        let id = |i: usize| if uid { hits[i].uid } else { hits[i].seq };
+        // RFC 7162 3.1.5: a MODSEQ search key adds the highest mod-sequence
+        // of the messages returned to the SORT response.
+        let max_modseq = modseq_key
+            .then(|| hits.iter().map(|h| h.modseq).max())
+            .flatten();
+        match how {
+            Order::Sort(criteria) => {
+                let sorted = order::sort(&infos, criteria);
+                let ids: Vec<u32> = sorted.iter().map(|&i| id(i)).collect();
+                match &search.returns {
+                    None => encode::write_sort(&mut self.out.buf, &ids, max_modseq),
+                    Some(returns) => {
+                        if returns.contains(&SearchReturn::Save) {
+                            self.saved = hits.iter().map(|h| h.uid).collect();
+                        }
+                        if !returns.iter().all(|r| *r == SearchReturn::Save) {
+                            // RFC 5267 3.1: MIN and MAX are the first and
+                            // last in sort order; ALL keeps that order.
+                            let want = |r| returns.contains(&r);
+                            // RFC 7162 3.1.5 as for ESEARCH: with only MIN
+                            // and/or MAX, the mod-sequence of those two.
+                            let whole = want(SearchReturn::All) || want(SearchReturn::Count);
+                            let max_modseq = match (whole, sorted.first(), sorted.last()) {
+                                (false, Some(&f), Some(&l)) => max_modseq.map(|_| {
+                                    let m = |i: usize| hits[i].modseq;
+                                    match (want(SearchReturn::Min), want(SearchReturn::Max)) {
+                                        (true, true) => m(f).max(m(l)),
+                                        (true, false) => m(f),
+                                        _ => m(l),
+                                    }
+                                }),
+                                _ => max_modseq,
+                            };
+                            let data = encode::Esearch {
+                                min: want(SearchReturn::Min)
+                                    .then(|| ids.first().copied())
+                                    .flatten(),
+                                max: want(SearchReturn::Max)
+                                    .then(|| ids.last().copied())
+                                    .flatten(),
+                                count: want(SearchReturn::Count).then_some(ids.len() as u32),
+                                all: want(SearchReturn::All).then_some(&ids[..]),
+                                modseq: max_modseq,
+                                in_order: true,
+                            };
+                            encode::write_esearch(&mut self.out.buf, tag, uid, &data);
+                        }
+                    }
+                }
+                self.ok(tag, "SORT completed");
+            }
+            Order::Thread(algorithm) => {
+                let roots = order::thread(&infos, algorithm);
+                self.out.buf.extend_from_slice(b"* THREAD");
+                if !roots.is_empty() {
+                    self.out.buf.push(b' ');
+                    order::write_threads(&mut self.out.buf, &roots, id);
+                }
+                self.out.buf.extend_from_slice(b"\r\n");
+                self.ok(tag, "THREAD completed");
+            }
+        }
     }
 
     async fn fetch(
@@ -2325,6 +2554,25 @@ impl Session {
             .map(|&i| sel.view.msgs[i].uid)
             .collect();
         let src = sel.id;
+        // RFC 9208 4.4: a COPY that would pass the limit fails whole. A MOVE
+        // stays under the account's one quota root, so it never does.
+        if !mv {
+            let adding = self
+                .shard
+                .store
+                .with_account(self.account(), |a| {
+                    a.mailbox(src).map_or(0, |m| {
+                        uids.iter()
+                            .filter_map(|u| m.position(*u))
+                            .map(|p| u64::from(m.messages[p].loc.len))
+                            .sum()
+                    })
+                })
+                .unwrap_or(0);
+            if adding > 0 && self.refuse_over_quota(tag, adding) {
+                return;
+            }
+        }
         match self.transfer(src, &uids, dest, mv).await {
             Ok(Some((validity, from, to))) => {
                 let code = Code::CopyUid {
@@ -2643,6 +2891,17 @@ fn status_items(m: &Mailbox, items: &[StatusItem], recent: u64) -> Vec<(StatusIt
                     .count() as u64,
                 StatusItem::HighestModSeq => m.highest_modseq,
                 StatusItem::Size => m.size_octets(),
+                StatusItem::Deleted => m
+                    .messages
+                    .iter()
+                    .filter(|e| e.flags & flag::DELETED != 0)
+                    .count() as u64,
+                StatusItem::DeletedStorage => m
+                    .messages
+                    .iter()
+                    .filter(|e| e.flags & flag::DELETED != 0)
+                    .map(|e| u64::from(e.loc.len))
+                    .sum(),
             };
             (*i, v)
         })

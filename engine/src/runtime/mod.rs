@@ -142,10 +142,10 @@ pub fn serve(mut config: Config, loader: Option<reload::Loader>) -> Result<(), S
             tracing::info!(account = a, "created demo account");
         }
     }
-    let directory = Arc::new(ArcSwap::from_pointee(Directory::new(
-        account_file.read()?,
-        &config.aliases,
-    )));
+    let (hashes, quotas) = account_file.read_all()?;
+    let directory = Arc::new(ArcSwap::from_pointee(
+        Directory::new(hashes, &config.aliases).with_quotas(quotas),
+    ));
     // The configuration in force (replaced by reloads), and the lock that
     // keeps a reload and the account watcher from rebuilding the directory
     // at once.
@@ -231,6 +231,7 @@ pub fn serve(mut config: Config, loader: Option<reload::Loader>) -> Result<(), S
         meta,
         directory,
         limiter,
+        usage: Default::default(),
         shutdown: Default::default(),
         smtp,
         pop3,
@@ -555,11 +556,13 @@ fn watch_accounts(
             if now != last {
                 last = now;
                 let _serial = lock.lock().unwrap_or_else(|e| e.into_inner());
-                match file.read() {
-                    Ok(accounts) => {
+                match file.read_all() {
+                    Ok((accounts, quotas)) => {
                         tracing::info!(accounts = accounts.len(), "account file reloaded");
                         let aliases = &live.load().aliases;
-                        directory.store(Arc::new(Directory::new(accounts, aliases)));
+                        directory.store(Arc::new(
+                            Directory::new(accounts, aliases).with_quotas(quotas),
+                        ));
                     }
                     Err(e) => tracing::error!(error = %e, "account file not reloaded"),
                 }

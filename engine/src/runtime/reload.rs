@@ -125,9 +125,9 @@ impl Reloader {
         let restart = Config::changed_keys(&merged, &new);
         let applied = Config::changed_keys(&running, &merged);
         // Everything that can fail comes first, so a failure changes nothing.
-        let accounts = self
+        let (accounts, quotas) = self
             .accounts
-            .read()
+            .read_all()
             .map_err(|e| format!("account file: {e}"))?;
         let certificates = self
             .shared
@@ -145,9 +145,9 @@ impl Reloader {
         if let Some(v) = &self.shared.verifier {
             v.set_hostname(&merged.hostname);
         }
-        self.shared
-            .directory
-            .store(Arc::new(Directory::new(accounts, &merged.aliases)));
+        self.shared.directory.store(Arc::new(
+            Directory::new(accounts, &merged.aliases).with_quotas(quotas),
+        ));
         self.shared.live.store(Arc::new(merged));
         self.shared.config_epoch.fetch_add(1, Ordering::AcqRel);
         Ok(Report {

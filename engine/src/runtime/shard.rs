@@ -43,6 +43,8 @@ pub struct Shared {
     pub meta: Meta,
     pub directory: Arc<ArcSwap<Directory>>,
     pub limiter: Arc<Limiter>,
+    /// Storage use per account, kept by the owner shards (quota checks).
+    pub usage: Arc<crate::storage::UsageTable>,
     pub shutdown: AtomicBool,
     pub smtp: Vec<SocketAddr>,
     pub pop3: Vec<SocketAddr>,
@@ -249,6 +251,27 @@ impl Shard {
 
     pub fn directory(&self) -> arc_swap::Guard<Arc<Directory>> {
         self.shared.directory.load()
+    }
+
+    /// The account's storage limit (its own, else `[limits] quota_octets`).
+    pub fn quota(&self, account: &str) -> Option<u64> {
+        let default = self.config().limits.quota_octets;
+        self.directory().quota(account, default)
+    }
+
+    /// Would `adding` more octets take the account past its limit? With 0,
+    /// is it at or past it already (the RCPT check)? Any shard may ask: the
+    /// use is the one the owner published.
+    pub fn over_quota(&self, account: &str, adding: u64) -> bool {
+        let Some(limit) = self.quota(account) else {
+            return false;
+        };
+        let used = self.shared.usage.get(account);
+        if adding == 0 {
+            used >= limit
+        } else {
+            used.saturating_add(adding) > limit
+        }
     }
 
     pub fn session_id(&self) -> u64 {
@@ -869,6 +892,7 @@ pub async fn run(shared: Arc<Shared>, mesh: MeshBuilder<ShardMsg, Full>) -> Resu
         sync_inline_max_us: shared.config.storage.sync_inline_max_us,
     })
     .map_err(|e| fail(format!("shard {id}: opening storage: {e}")))?;
+    store.publish_usage(shared.usage.clone());
     glommio::spawn_local(store.clone().run_syncer()).detach();
     tracing::info!(
         shard = id,

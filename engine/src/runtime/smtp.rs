@@ -48,6 +48,9 @@ impl SmtpContext for Ctx<'_> {
             return RcptVerdict::NotLocal;
         }
         match self.shard.directory().resolve(address) {
+            Lookup::Account(account) if self.shard.over_quota(&account, 0) => {
+                RcptVerdict::OverQuota
+            }
             Lookup::Account(account) => RcptVerdict::Local { account },
             Lookup::Unknown => RcptVerdict::UnknownUser,
         }

@@ -148,6 +148,8 @@ pub enum RcptVerdict {
     NotLocal,
     /// `451 4.3.0`: cannot tell right now.
     TempFail,
+    /// `452 4.2.2`: a local account at its storage limit (RFC 9208 5.1).
+    OverQuota,
 }
 
 /// One accepted recipient.
@@ -1012,6 +1014,7 @@ impl SmtpSession {
             }
             RcptVerdict::NotLocal => self.fail(replies::RELAY_DENIED, out),
             RcptVerdict::TempFail => replies::RCPT_TEMPFAIL.write(out),
+            RcptVerdict::OverQuota => replies::MAILBOX_FULL.write(out),
         }
     }
 

@@ -98,12 +98,18 @@ impl Mailbox {
         self.messages.iter().map(|m| u64::from(m.loc.len)).sum()
     }
 
-    fn insert(&mut self, e: MessageEntry) {
+    /// Insert or replace; returns the size of the entry replaced, if any.
+    fn insert(&mut self, e: MessageEntry) -> Option<u64> {
         self.uidnext = self.uidnext.max(e.uid + 1);
         self.highest_modseq = self.highest_modseq.max(e.modseq);
         match self.messages.binary_search_by_key(&e.uid, |m| m.uid) {
-            Ok(i) => self.messages[i] = e,
-            Err(i) => self.messages.insert(i, e),
+            Ok(i) => Some(u64::from(
+                std::mem::replace(&mut self.messages[i], e).loc.len,
+            )),
+            Err(i) => {
+                self.messages.insert(i, e);
+                None
+            }
         }
     }
 }
@@ -177,6 +183,11 @@ pub struct Account {
     /// with new messages behind it (RFC 3501 2.3.1.1). Raised by every
     /// CreateMailbox record (replay included) and kept in checkpoints.
     pub uidvalidity_max: u32,
+    /// Octets of all messages in all mailboxes (each copy counted), what
+    /// QUOTA's STORAGE resource (RFC 9208 5.1) measures. Not in checkpoints:
+    /// [`Account::recount`] sets it at load, [`Account::apply`] keeps it.
+    #[rkyv(with = rkyv::with::Skip)]
+    pub used_octets: u64,
 }
 
 impl Account {
@@ -188,7 +199,13 @@ impl Account {
             next_mailbox_id: 0,
             queue: Vec::new(),
             uidvalidity_max: 0,
+            used_octets: 0,
         }
+    }
+
+    /// Count [`Account::used_octets`] from the messages (after a load).
+    pub fn recount(&mut self) {
+        self.used_octets = self.mailboxes.iter().map(Mailbox::size_octets).sum();
     }
 
     /// UIDVALIDITY values for `n` new mailboxes, reserved at once (so two
@@ -253,7 +270,12 @@ impl Account {
                         .push(Mailbox::new(*mailbox, name, *uidvalidity, *special_use));
                 }
             }
-            Op::DeleteMailbox { mailbox, .. } => self.mailboxes.retain(|m| m.id != *mailbox),
+            Op::DeleteMailbox { mailbox, .. } => {
+                if let Some(m) = self.mailbox(*mailbox) {
+                    self.used_octets = self.used_octets.saturating_sub(m.size_octets());
+                }
+                self.mailboxes.retain(|m| m.id != *mailbox);
+            }
             Op::RenameMailbox { mailbox, name, .. } => {
                 if let Some(m) = self.mailbox_mut(*mailbox) {
                     m.name = (*name).into();
@@ -289,7 +311,7 @@ impl Account {
                     _ => body_loc.expect("message record has a body"),
                 };
                 if let Some(m) = self.mailbox_mut(*mailbox) {
-                    m.insert(MessageEntry {
+                    let replaced = m.insert(MessageEntry {
                         uid: *uid,
                         flags: *flags,
                         keywords: *keywords,
@@ -297,6 +319,8 @@ impl Account {
                         modseq: *modseq,
                         loc,
                     });
+                    self.used_octets = (self.used_octets + u64::from(loc.len))
+                        .saturating_sub(replaced.unwrap_or(0));
                 }
             }
             Op::Flags {
@@ -336,7 +360,15 @@ impl Account {
             } => {
                 if let Some(m) = self.mailbox_mut(*mailbox) {
                     m.highest_modseq = m.highest_modseq.max(*modseq);
-                    m.messages.retain(|e| uids.binary_search(&e.uid).is_err());
+                    let mut freed = 0;
+                    m.messages.retain(|e| {
+                        let keep = uids.binary_search(&e.uid).is_err();
+                        if !keep {
+                            freed += u64::from(e.loc.len);
+                        }
+                        keep
+                    });
+                    self.used_octets = self.used_octets.saturating_sub(freed);
                 }
                 if *mailbox == INBOX && !self.queue.is_empty() {
                     self.queue.retain(|q| uids.binary_search(&q.uid).is_err());
@@ -392,13 +424,16 @@ impl Account {
             }
             Op::Relocate { old, .. } => {
                 let new = body_loc.expect("relocate record has a body");
+                let mut used = self.used_octets;
                 for m in &mut self.mailboxes {
                     for e in &mut m.messages {
                         if e.loc == *old {
+                            used = (used + u64::from(new.len)).saturating_sub(u64::from(old.len));
                             e.loc = new;
                         }
                     }
                 }
+                self.used_octets = used;
             }
         }
     }
@@ -527,6 +562,7 @@ pub mod v2 {
                         subscriptions: a.subscriptions,
                         next_mailbox_id: a.next_mailbox_id,
                         queue: a.queue,
+                        used_octets: 0,
                     })
                     .collect(),
             }
@@ -623,6 +659,99 @@ mod tests {
         a.live_bytes(&mut live);
         assert_eq!(live.get(&2), Some(&10));
         assert_eq!(a.mailbox_by_name("inbox").unwrap().id, INBOX);
+    }
+
+    /// The quota's usage follows every change and equals a recount.
+    #[test]
+    fn used_octets_follow_every_change() {
+        let mut a = Account::new("a@x");
+        for (id, name, su) in DEFAULT_MAILBOXES {
+            a.apply(
+                &Op::CreateMailbox {
+                    account: "a@x",
+                    mailbox: id,
+                    name,
+                    uidvalidity: 5,
+                    special_use: su,
+                },
+                None,
+            );
+        }
+        let loc = |o, len| Loc {
+            seg: 1,
+            offset: o,
+            len,
+        };
+        let msg = |mailbox, uid| Op::Message {
+            account: "a@x",
+            mailbox,
+            uid,
+            internal_date: 0,
+            flags: 0,
+            keywords: 0,
+            modseq: 2,
+            body: b"",
+        };
+        let check = |a: &Account, want: u64| {
+            assert_eq!(a.used_octets, want);
+            let mut b = a.clone();
+            b.recount();
+            assert_eq!(b.used_octets, want, "recount agrees");
+        };
+        a.apply(&msg(INBOX, 1), Some(loc(0, 100)));
+        a.apply(&msg(INBOX, 2), Some(loc(100, 50)));
+        check(&a, 150);
+        // Replay of the same record replaces, never double counts.
+        a.apply(&msg(INBOX, 2), Some(loc(100, 50)));
+        check(&a, 150);
+        // A copy counts again; a message into a missing mailbox does not.
+        a.apply(
+            &Op::Link {
+                account: "a@x",
+                mailbox: 5,
+                uid: 1,
+                internal_date: 0,
+                flags: 0,
+                keywords: 0,
+                modseq: 3,
+                loc: loc(0, 100),
+            },
+            None,
+        );
+        a.apply(&msg(77, 1), Some(loc(200, 1000)));
+        check(&a, 250);
+        a.apply(
+            &Op::Expunge {
+                account: "a@x",
+                mailbox: INBOX,
+                uids: vec![2, 9],
+                modseq: 4,
+            },
+            None,
+        );
+        check(&a, 200);
+        // Compaction moves bodies: same size.
+        a.apply(
+            &Op::Relocate {
+                account: "a@x",
+                old: loc(0, 100),
+                body: b"",
+            },
+            Some(Loc {
+                seg: 3,
+                offset: 0,
+                len: 100,
+            }),
+        );
+        check(&a, 200);
+        a.apply(
+            &Op::DeleteMailbox {
+                account: "a@x",
+                mailbox: 5,
+            },
+            None,
+        );
+        check(&a, 100);
     }
 
     #[test]

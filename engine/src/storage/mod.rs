@@ -325,7 +325,36 @@ pub struct Store {
     /// Sessions waiting for the next change to an account (IMAP IDLE and
     /// friends): fired when a change to that account is applied.
     watchers: RefCell<HashMap<String, Vec<oneshot::Sender<()>>>>,
+    /// Where this shard publishes its accounts' storage use, once set.
+    usage: RefCell<Option<std::sync::Arc<UsageTable>>>,
     pub stats: StoreStats,
+}
+
+/// Octets each account uses ([`Account::used_octets`]), written by the
+/// account's owner shard whenever a change to its size is applied and read
+/// by every shard: an SMTP session checks a recipient's quota at RCPT on
+/// whatever core accepted it (RFC 9208 section 5.1).
+#[derive(Debug, Default)]
+pub struct UsageTable {
+    map: std::sync::RwLock<HashMap<String, u64>>,
+}
+
+impl UsageTable {
+    /// The account's published use (0 for an account never written to).
+    pub fn get(&self, account: &str) -> u64 {
+        let map = self.map.read().unwrap_or_else(|e| e.into_inner());
+        map.get(account).copied().unwrap_or(0)
+    }
+
+    fn set(&self, account: &str, octets: u64) {
+        let mut map = self.map.write().unwrap_or_else(|e| e.into_inner());
+        match map.get_mut(account) {
+            Some(v) => *v = octets,
+            None => {
+                map.insert(account.to_string(), octets);
+            }
+        }
+    }
 }
 
 pub struct StoreStats {
@@ -388,6 +417,7 @@ impl Store {
             synced_pos: Cell::new(LogPos::default()),
             meta_buf: RefCell::new(Vec::with_capacity(256)),
             watchers: RefCell::default(),
+            usage: RefCell::default(),
             stats: StoreStats::default(),
             cfg,
         });
@@ -397,6 +427,22 @@ impl Store {
 
     pub fn shard(&self) -> usize {
         self.cfg.shard
+    }
+
+    /// Publish every account's storage use into `table` now and after every
+    /// change from here on.
+    pub fn publish_usage(&self, table: std::sync::Arc<UsageTable>) {
+        for b in self.buckets.borrow().values() {
+            for a in b.accounts.values() {
+                table.set(&a.name, a.used_octets);
+            }
+        }
+        *self.usage.borrow_mut() = Some(table);
+    }
+
+    /// Octets the account uses now (its applied changes).
+    pub fn used_octets(&self, account: &str) -> u64 {
+        self.with_account(account, |a| a.used_octets).unwrap_or(0)
     }
 
     pub fn bucket_of(&self, account: &str) -> u32 {
@@ -420,7 +466,10 @@ impl Store {
                     accounts: c
                         .accounts
                         .into_iter()
-                        .map(|a| (a.name.clone(), a))
+                        .map(|mut a| {
+                            a.recount();
+                            (a.name.clone(), a)
+                        })
                         .collect(),
                     applied: c.applied,
                     since_checkpoint: 0,
@@ -1202,7 +1251,13 @@ impl Store {
             }
             let body_loc = body_loc_of(&op, seg.id(), rec.payload_offset, rec.payload.len());
             if let Some(a) = bucket.accounts.get_mut(op.account()) {
+                let before = a.used_octets;
                 a.apply(&op, body_loc);
+                if a.used_octets != before {
+                    if let Some(t) = self.usage.borrow().as_ref() {
+                        t.set(&a.name, a.used_octets);
+                    }
+                }
             }
             self.notify(op.account());
         }

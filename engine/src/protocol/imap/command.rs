@@ -127,8 +127,12 @@ pub enum StatusItem {
     Unseen,
     /// `HIGHESTMODSEQ`
     HighestModSeq,
-    /// `SIZE`
+    /// `SIZE` (RFC 8438)
     Size,
+    /// `DELETED`: messages with \Deleted (RFC 9208 section 4.3)
+    Deleted,
+    /// `DELETED-STORAGE`: octets of those messages (RFC 9208 section 4.3)
+    DeletedStorage,
 }
 
 impl StatusItem {
@@ -142,6 +146,8 @@ impl StatusItem {
             StatusItem::Unseen => "UNSEEN",
             StatusItem::HighestModSeq => "HIGHESTMODSEQ",
             StatusItem::Size => "SIZE",
+            StatusItem::Deleted => "DELETED",
+            StatusItem::DeletedStorage => "DELETED-STORAGE",
         }
     }
 
@@ -154,6 +160,8 @@ impl StatusItem {
             b"UNSEEN" => StatusItem::Unseen,
             b"HIGHESTMODSEQ" => StatusItem::HighestModSeq,
             b"SIZE" => StatusItem::Size,
+            b"DELETED" => StatusItem::Deleted,
+            b"DELETED-STORAGE" => StatusItem::DeletedStorage,
             _ => return None,
         })
     }
@@ -520,6 +528,24 @@ pub enum CommandBody<'a> {
         /// Arguments.
         search: Search<'a>,
     },
+    /// `[UID] SORT [RETURN (...)] (criteria) charset keys` (RFC 5256, 5267).
+    Sort {
+        /// UID SORT.
+        uid: bool,
+        /// Sort criteria, at least one.
+        criteria: Vec<SortCriterion>,
+        /// Charset (always given), keys and ESORT return options.
+        search: Search<'a>,
+    },
+    /// `[UID] THREAD algorithm charset keys` (RFC 5256).
+    Thread {
+        /// UID THREAD.
+        uid: bool,
+        /// The threading algorithm.
+        algorithm: Algorithm,
+        /// Charset (always given) and keys.
+        search: Search<'a>,
+    },
     /// `[UID] FETCH set items [(CHANGEDSINCE n)]`. For UID FETCH the reply
     /// must include UID even if not asked (RFC 3501 section 6.4.8); the
     /// parser does not add it.
@@ -573,6 +599,20 @@ pub enum CommandBody<'a> {
     Namespace,
     /// `ID NIL` or `ID (field value ...)` (RFC 2971).
     Id(Option<Vec<(Str<'a>, Option<Str<'a>>)>>),
+    /// `GETQUOTA root` (RFC 9208 section 4.2)
+    GetQuota {
+        /// The quota root.
+        root: Str<'a>,
+    },
+    /// `GETQUOTAROOT mailbox` (RFC 9208 section 4.3)
+    GetQuotaRoot {
+        /// The mailbox.
+        mailbox: Mailbox<'a>,
+    },
+    /// `SETQUOTA root (resource limit ...)` (RFC 9208 section 4.1); the
+    /// arguments are checked for syntax only: limits are the
+    /// administrator's (no QUOTASET).
+    SetQuota,
     /// `ENABLE cap...` (RFC 5161)
     Enable(Vec<&'a [u8]>),
 }
@@ -604,6 +644,8 @@ impl CommandBody<'_> {
             CommandBody::Expunge => "EXPUNGE",
             CommandBody::UidExpunge { .. } => "UID EXPUNGE",
             CommandBody::Search { .. } => "SEARCH",
+            CommandBody::Sort { .. } => "SORT",
+            CommandBody::Thread { .. } => "THREAD",
             CommandBody::Fetch { .. } => "FETCH",
             CommandBody::Store { .. } => "STORE",
             CommandBody::Copy { .. } => "COPY",
@@ -612,6 +654,46 @@ impl CommandBody<'_> {
             CommandBody::Namespace => "NAMESPACE",
             CommandBody::Id(_) => "ID",
             CommandBody::Enable(_) => "ENABLE",
+            CommandBody::GetQuota { .. } => "GETQUOTA",
+            CommandBody::GetQuotaRoot { .. } => "GETQUOTAROOT",
+            CommandBody::SetQuota => "SETQUOTA",
         }
     }
+}
+
+/// A sort key (RFC 5256 section 3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SortKey {
+    /// Internal date.
+    Arrival,
+    /// addr-mailbox of the first Cc address.
+    Cc,
+    /// Sent date (Date: in UTC, the internal date when Date: is unusable).
+    Date,
+    /// addr-mailbox of the first From address.
+    From,
+    /// RFC822.SIZE.
+    Size,
+    /// Base subject (section 2.1).
+    Subject,
+    /// addr-mailbox of the first To address.
+    To,
+}
+
+/// One sort criterion: a key, possibly reversed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SortCriterion {
+    /// REVERSE before the key.
+    pub reverse: bool,
+    /// The key.
+    pub key: SortKey,
+}
+
+/// A threading algorithm (RFC 5256 section 3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Algorithm {
+    /// THREAD=ORDEREDSUBJECT.
+    OrderedSubject,
+    /// THREAD=REFERENCES.
+    References,
 }

@@ -456,7 +456,17 @@ pub fn write_status_data(out: &mut Vec<u8>, mailbox: &[u8], items: &[(StatusItem
 
 /// `* SEARCH n...` with an optional RFC 7162 `(MODSEQ n)`.
 pub fn write_search(out: &mut Vec<u8>, ids: &[u32], modseq: Option<u64>) {
-    out.extend_from_slice(b"* SEARCH");
+    write_id_list(out, b"* SEARCH", ids, modseq);
+}
+
+/// `* SORT n...` in the given order (RFC 5256 section 4), with `(MODSEQ
+/// n)` after a MODSEQ search key (RFC 7162 section 3.1.5).
+pub fn write_sort(out: &mut Vec<u8>, ids: &[u32], modseq: Option<u64>) {
+    write_id_list(out, b"* SORT", ids, modseq);
+}
+
+fn write_id_list(out: &mut Vec<u8>, head: &[u8], ids: &[u32], modseq: Option<u64>) {
+    out.extend_from_slice(head);
     for id in ids {
         out.push(b' ');
         num(out, id);
@@ -482,6 +492,29 @@ pub struct Esearch<'a> {
     pub count: Option<u32>,
     /// `MODSEQ n` (RFC 7162 section 3.1.5)
     pub modseq: Option<u64>,
+    /// ALL is a sort result (RFC 5267 section 3.1): written in the given
+    /// order, ranges only over ascending runs.
+    pub in_order: bool,
+}
+
+/// `a:b` for every run of consecutive ascending numbers, in the given order.
+fn write_runs(ids: &[u32], out: &mut Vec<u8>) {
+    let mut i = 0;
+    while i < ids.len() {
+        let mut j = i;
+        while j + 1 < ids.len() && ids[j + 1] == ids[j].wrapping_add(1) {
+            j += 1;
+        }
+        if i > 0 {
+            out.push(b',');
+        }
+        num(out, ids[i]);
+        if j > i {
+            out.push(b':');
+            num(out, ids[j]);
+        }
+        i = j + 1;
+    }
 }
 
 /// `* ESEARCH (TAG "tag") [UID] ...`
@@ -506,10 +539,14 @@ pub fn write_esearch(out: &mut Vec<u8>, tag: &[u8], uid: bool, data: &Esearch<'_
     }
     if let Some(all) = data.all.filter(|a| !a.is_empty()) {
         out.extend_from_slice(b" ALL ");
-        let mut sorted = all.to_vec();
-        sorted.sort_unstable();
-        sorted.dedup();
-        write_compressed(&sorted, out);
+        if data.in_order {
+            write_runs(all, out);
+        } else {
+            let mut sorted = all.to_vec();
+            sorted.sort_unstable();
+            sorted.dedup();
+            write_compressed(&sorted, out);
+        }
     }
     if let Some(n) = data.count {
         out.extend_from_slice(b" COUNT ");
@@ -529,6 +566,29 @@ pub fn write_namespace(out: &mut Vec<u8>, prefix: &[u8], delimiter: u8) {
     out.push(b' ');
     write_quoted(out, &[delimiter]);
     out.extend_from_slice(b")) NIL NIL\r\n");
+}
+
+/// `* QUOTAROOT mailbox root...` (RFC 9208 section 5.2)
+pub fn write_quotaroot(out: &mut Vec<u8>, mailbox: &[u8], roots: &[&[u8]]) {
+    out.extend_from_slice(b"* QUOTAROOT ");
+    write_astring(out, mailbox);
+    for r in roots {
+        out.push(b' ');
+        write_string(out, r);
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// `* QUOTA root (STORAGE used limit)`, in units of 1024 octets (RFC 9208
+/// sections 5.1 and 5.3).
+pub fn write_quota_storage(out: &mut Vec<u8>, root: &[u8], used_kib: u64, limit_kib: u64) {
+    out.extend_from_slice(b"* QUOTA ");
+    write_string(out, root);
+    out.extend_from_slice(b" (STORAGE ");
+    num(out, used_kib);
+    out.push(b' ');
+    num(out, limit_kib);
+    out.extend_from_slice(b")\r\n");
 }
 
 /// `* ENABLED cap...` (RFC 5161)

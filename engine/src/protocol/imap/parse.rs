@@ -524,6 +524,40 @@ fn command_body<'a>(c: &mut Cur<'a>) -> R<CommandBody<'a>> {
             uid: false,
             search: search(c)?,
         },
+        b"SORT" => sort(c, false)?,
+        b"THREAD" => thread(c, false)?,
+        b"GETQUOTA" => {
+            c.sp()?;
+            CommandBody::GetQuota { root: c.astring()? }
+        }
+        b"GETQUOTAROOT" => {
+            c.sp()?;
+            CommandBody::GetQuotaRoot {
+                mailbox: c.mailbox()?,
+            }
+        }
+        b"SETQUOTA" => {
+            // RFC 9208 section 4.1: setquota-list = "(" [setquota-resource
+            // *(SP setquota-resource)] ")", resource = atom SP number64.
+            c.sp()?;
+            c.astring()?;
+            c.sp()?;
+            c.open()?;
+            if !c.eat(b')') {
+                loop {
+                    c.atom()?;
+                    c.sp()?;
+                    if c.take_while(|b| b.is_ascii_digit()).is_empty() {
+                        return Err("expected a number");
+                    }
+                    if c.eat(b')') {
+                        break;
+                    }
+                    c.sp()?;
+                }
+            }
+            CommandBody::SetQuota
+        }
         b"FETCH" => fetch(c, false)?,
         b"STORE" => store(c, false)?,
         b"COPY" | b"MOVE" => copy_move(c, false, name == b"MOVE")?,
@@ -537,6 +571,8 @@ fn command_body<'a>(c: &mut Cur<'a>) -> R<CommandBody<'a>> {
                     uid: true,
                     search: search(c)?,
                 },
+                b"SORT" => sort(c, true)?,
+                b"THREAD" => thread(c, true)?,
                 b"COPY" | b"MOVE" => copy_move(c, true, sub == b"MOVE")?,
                 b"EXPUNGE" => {
                     c.sp()?;
@@ -726,39 +762,52 @@ fn copy_move<'a>(c: &mut Cur<'a>, uid: bool, is_move: bool) -> R<CommandBody<'a>
 
 fn search<'a>(c: &mut Cur<'a>) -> R<Search<'a>> {
     c.sp()?;
-    let mut returns = None;
-    if c.keyword(b"RETURN") {
-        c.sp()?;
-        c.open()?;
-        let mut v = Vec::new();
-        if !c.eat(b')') {
-            loop {
-                v.push(match upper(c.atom()?).as_slice() {
-                    b"MIN" => SearchReturn::Min,
-                    b"MAX" => SearchReturn::Max,
-                    b"ALL" => SearchReturn::All,
-                    b"COUNT" => SearchReturn::Count,
-                    b"SAVE" => SearchReturn::Save,
-                    _ => return Err("unknown SEARCH return option"),
-                });
-                if c.eat(b')') {
-                    break;
-                }
-                c.sp()?;
-            }
-        }
-        if v.is_empty() {
-            v.push(SearchReturn::All);
-        }
-        returns = Some(v);
-        c.sp()?;
-    }
+    let returns = search_returns(c)?;
     let mut charset = None;
     if c.keyword(b"CHARSET") {
         c.sp()?;
         charset = Some(c.astring()?);
         c.sp()?;
     }
+    search_keys(c, charset, returns)
+}
+
+/// `[RETURN (opts) SP]` of SEARCH (RFC 4731) and SORT (RFC 5267 ESORT).
+fn search_returns(c: &mut Cur<'_>) -> R<Option<Vec<SearchReturn>>> {
+    if !c.keyword(b"RETURN") {
+        return Ok(None);
+    }
+    c.sp()?;
+    c.open()?;
+    let mut v = Vec::new();
+    if !c.eat(b')') {
+        loop {
+            v.push(match upper(c.atom()?).as_slice() {
+                b"MIN" => SearchReturn::Min,
+                b"MAX" => SearchReturn::Max,
+                b"ALL" => SearchReturn::All,
+                b"COUNT" => SearchReturn::Count,
+                b"SAVE" => SearchReturn::Save,
+                _ => return Err("unknown SEARCH return option"),
+            });
+            if c.eat(b')') {
+                break;
+            }
+            c.sp()?;
+        }
+    }
+    if v.is_empty() {
+        v.push(SearchReturn::All);
+    }
+    c.sp()?;
+    Ok(Some(v))
+}
+
+fn search_keys<'a>(
+    c: &mut Cur<'a>,
+    charset: Option<Str<'a>>,
+    returns: Option<Vec<SearchReturn>>,
+) -> R<Search<'a>> {
     let mut keys = vec![search_key(c)?];
     while c.eat(b' ') {
         keys.push(search_key(c)?);
@@ -767,6 +816,73 @@ fn search<'a>(c: &mut Cur<'a>) -> R<Search<'a>> {
         charset,
         keys,
         returns,
+    })
+}
+
+/// `SORT [RETURN (...)] (criteria) charset keys` (RFC 5256 section 5,
+/// RFC 5267 section 3). The charset is not optional here.
+fn sort<'a>(c: &mut Cur<'a>, uid: bool) -> R<CommandBody<'a>> {
+    c.sp()?;
+    let returns = search_returns(c)?;
+    c.open()?;
+    let mut criteria = Vec::new();
+    let mut reverse = false;
+    loop {
+        let key = match upper(c.atom()?).as_slice() {
+            b"REVERSE" => {
+                if reverse {
+                    return Err("REVERSE twice");
+                }
+                reverse = true;
+                c.sp()?;
+                continue;
+            }
+            b"ARRIVAL" => SortKey::Arrival,
+            b"CC" => SortKey::Cc,
+            b"DATE" => SortKey::Date,
+            b"FROM" => SortKey::From,
+            b"SIZE" => SortKey::Size,
+            b"SUBJECT" => SortKey::Subject,
+            b"TO" => SortKey::To,
+            _ => return Err("unknown sort key"),
+        };
+        if criteria.len() >= crate::limits::IMAP_SORT_KEYS_MAX {
+            return Err("too many sort keys");
+        }
+        criteria.push(SortCriterion { reverse, key });
+        reverse = false;
+        if c.eat(b')') {
+            break;
+        }
+        c.sp()?;
+    }
+    c.sp()?;
+    let charset = Some(c.astring()?);
+    c.sp()?;
+    let search = search_keys(c, charset, returns)?;
+    Ok(CommandBody::Sort {
+        uid,
+        criteria,
+        search,
+    })
+}
+
+/// `THREAD algorithm charset keys` (RFC 5256 section 5).
+fn thread<'a>(c: &mut Cur<'a>, uid: bool) -> R<CommandBody<'a>> {
+    c.sp()?;
+    let algorithm = match upper(c.atom()?).as_slice() {
+        b"ORDEREDSUBJECT" => Algorithm::OrderedSubject,
+        b"REFERENCES" => Algorithm::References,
+        _ => return Err("unknown threading algorithm"),
+    };
+    c.sp()?;
+    let charset = Some(c.astring()?);
+    c.sp()?;
+    let search = search_keys(c, charset, None)?;
+    Ok(CommandBody::Thread {
+        uid,
+        algorithm,
+        search,
     })
 }
 

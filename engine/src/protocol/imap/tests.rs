@@ -1101,3 +1101,131 @@ proptest! {
         let _ = parse_command(&v);
     }
 }
+
+#[test]
+fn rfc5256_sort_and_thread() {
+    // RFC 5256 section 4 examples.
+    match parsed("A282 SORT (SUBJECT) UTF-8 SINCE 1-Feb-1994\r\n") {
+        CommandBody::Sort {
+            uid,
+            criteria,
+            search,
+        } => {
+            assert!(!uid);
+            assert_eq!(
+                criteria,
+                vec![SortCriterion {
+                    reverse: false,
+                    key: SortKey::Subject
+                }]
+            );
+            assert_eq!(search.charset, Some(b("UTF-8")));
+            assert_eq!(
+                search.keys,
+                vec![SearchKey::Since(Date::parse(b"1-Feb-1994").unwrap())]
+            );
+            assert_eq!(search.returns, None);
+        }
+        other => panic!("{other:?}"),
+    }
+    match parsed("A283 UID SORT (REVERSE DATE from) us-ascii ALL\r\n") {
+        CommandBody::Sort { uid, criteria, .. } => {
+            assert!(uid);
+            assert_eq!(
+                criteria,
+                vec![
+                    SortCriterion {
+                        reverse: true,
+                        key: SortKey::Date
+                    },
+                    SortCriterion {
+                        reverse: false,
+                        key: SortKey::From
+                    }
+                ]
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    // RFC 5267 ESORT.
+    match parsed("A301 SORT RETURN (MIN COUNT) (ARRIVAL) UTF-8 UNDELETED\r\n") {
+        CommandBody::Sort { search, .. } => assert_eq!(
+            search.returns,
+            Some(vec![SearchReturn::Min, SearchReturn::Count])
+        ),
+        other => panic!("{other:?}"),
+    }
+    match parsed("A283 THREAD ORDEREDSUBJECT UTF-8 SINCE 5-MAR-2000\r\n") {
+        CommandBody::Thread { uid, algorithm, .. } => {
+            assert!(!uid);
+            assert_eq!(algorithm, Algorithm::OrderedSubject);
+        }
+        other => panic!("{other:?}"),
+    }
+    match parsed("A284 UID THREAD REFERENCES US-ASCII TEXT \"gewp\"\r\n") {
+        CommandBody::Thread { uid, algorithm, .. } => {
+            assert!(uid);
+            assert_eq!(algorithm, Algorithm::References);
+        }
+        other => panic!("{other:?}"),
+    }
+    for bad in [
+        "a SORT SUBJECT UTF-8 ALL\r\n",            // criteria need parentheses
+        "a SORT () UTF-8 ALL\r\n",                 // at least one key
+        "a SORT (SUBJECT) ALL\r\n",                // the charset is required
+        "a SORT (REVERSE) UTF-8 ALL\r\n",          // REVERSE needs a key
+        "a SORT (REVERSE REVERSE DATE) UTF-8 ALL\r\n",
+        "a SORT (COLOUR) UTF-8 ALL\r\n",
+        "a SORT (DATE) UTF-8\r\n",                 // at least one search key
+        "a THREAD GUESS UTF-8 ALL\r\n",
+        "a THREAD REFERENCES ALL\r\n",
+        "a SORT (DATE DATE DATE DATE DATE DATE DATE DATE DATE DATE DATE DATE DATE DATE DATE DATE DATE) UTF-8 ALL\r\n",
+    ] {
+        assert!(parse_command(bad.as_bytes()).is_err(), "{bad}");
+    }
+}
+
+#[test]
+fn rfc9208_quota_commands() {
+    assert_eq!(
+        parsed("G0001 GETQUOTA \"!partition.sda4\"\r\n"),
+        CommandBody::GetQuota {
+            root: b("!partition.sda4")
+        }
+    );
+    assert_eq!(
+        parsed("G0002 GETQUOTAROOT INBOX\r\n"),
+        CommandBody::GetQuotaRoot {
+            mailbox: Mailbox::Inbox
+        }
+    );
+    assert_eq!(
+        parsed("S0000 SETQUOTA \"User.Fred\" (STORAGE 510 MESSAGE 100)\r\n"),
+        CommandBody::SetQuota
+    );
+    assert_eq!(parsed("S0001 SETQUOTA \"\" ()\r\n"), CommandBody::SetQuota);
+    for bad in ["a SETQUOTA \"\" (STORAGE)\r\n", "a GETQUOTAROOT\r\n"] {
+        assert!(parse_command(bad.as_bytes()).is_err(), "{bad}");
+    }
+    assert_eq!(
+        out(|o| write_quotaroot(o, b"INBOX", &[b"" as &[u8]])),
+        "* QUOTAROOT INBOX \"\"\r\n"
+    );
+    assert_eq!(
+        out(|o| write_quota_storage(o, b"", 10, 512)),
+        "* QUOTA \"\" (STORAGE 10 512)\r\n"
+    );
+    assert_eq!(
+        out(|o| write_esearch(
+            o,
+            b"A1",
+            true,
+            &Esearch {
+                all: Some(&[5, 6, 7, 2, 3, 9]),
+                in_order: true,
+                ..Default::default()
+            }
+        )),
+        "* ESEARCH (TAG \"A1\") UID ALL 5:7,2:3,9\r\n"
+    );
+}

@@ -227,6 +227,10 @@ pub mod replies {
     pub const RCPT_TEMPFAIL: Reply =
         Reply::new(451, "4.3.0", "Error: temporary recipient lookup failure");
     pub const STORAGE_TEMPFAIL: Reply = Reply::new(452, "4.3.1", "Insufficient system storage");
+    /// The recipient's account is at its storage limit. RFC 5321 4.5.3.1.10:
+    /// a full mailbox at RCPT is best a 452 (a 552 there is treated as
+    /// temporary by clients anyway); RFC 3463 X.2.2 "mailbox full".
+    pub const MAILBOX_FULL: Reply = Reply::new(452, "4.2.2", "Mailbox full, try again later");
     /// The shard's budget for messages in flight had no room for this one
     /// (it was read to its end and thrown away).
     pub const BUSY_TEMPFAIL: Reply = Reply::new(

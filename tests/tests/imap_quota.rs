@@ -1,0 +1,158 @@
+//! Storage quotas (RFC 9208): the limit from `[limits] quota_octets` and
+//! from `ringmail account quota`, GETQUOTA/GETQUOTAROOT, enforcement at
+//! SMTP RCPT (452 4.2.2), APPEND and COPY (NO [OVERQUOTA]), and usage that
+//! stays exact across expunge and restart (shared client in support/imap.rs).
+#![allow(dead_code)] // each file uses part of the shared helpers
+
+include!("support/imap.rs");
+
+const CONFIG: &str = "local_domains = [\"example.test\"]\n[limits]\nquota_octets = 1048576\n";
+
+fn quota_cli(s: &Server, args: &[&str]) -> String {
+    let data = s.data.to_str().unwrap().to_string();
+    let mut all = vec!["account", "quota"];
+    all.extend_from_slice(args);
+    all.extend_from_slice(&["--data", &data]);
+    let out = ringmail(&all, "");
+    assert_ok(&out, &format!("account quota {args:?}"));
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// The `* QUOTA` line of GETQUOTA "" once it reports `limit_kib`, within 10 s.
+fn wait_quota(s: &Server, user: &str, limit_kib: u64) -> String {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut c = Imap::login(s.imap, user, PASSWORD);
+        let r = c.cmd("GETQUOTA \"\"");
+        let line = r.with_prefix("QUOTA ").first().cloned().unwrap_or_default();
+        c.ok("LOGOUT");
+        if line.ends_with(&format!(" {limit_kib})")) {
+            return line;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "GETQUOTA never showed {limit_kib}: {line:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn quota_limits_delivery_append_copy_and_survives_restart() {
+    const U: &str = "quota@example.test";
+    const LIMIT: u64 = 8192;
+    let mut s = Server::options()
+        .config(CONFIG)
+        .accounts(&[U, "other@example.test"])
+        .start();
+    // The account file's own limit replaces the configured one, picked up
+    // by the running server.
+    assert_eq!(
+        quota_cli(&s, &["quota@example.test", "8K"]),
+        "quota@example.test: quota 8192 octets"
+    );
+    assert_eq!(
+        quota_cli(&s, &["quota@example.test"]),
+        "quota@example.test: quota 8192 octets"
+    );
+    wait_quota(&s, U, LIMIT / 1024);
+    // Everyone else has the configured 1 MiB.
+    assert_eq!(
+        wait_quota(&s, "other@example.test", 1024),
+        "* QUOTA \"\" (STORAGE 0 1024)"
+    );
+    let out = run_python(
+        "quota.py",
+        &[
+            "127.0.0.1".into(),
+            s.smtp.port().to_string(),
+            s.imap.port().to_string(),
+            U.into(),
+            PASSWORD.into(),
+            LIMIT.to_string(),
+            "fill".into(),
+        ],
+    );
+    let used: u64 = out
+        .lines()
+        .rev()
+        .nth(1)
+        .and_then(|l| l.trim().parse().ok())
+        .unwrap_or_else(|| panic!("quota.py output: {out:?}"));
+    assert!(used > 0 && used <= LIMIT / 1024 + 2, "used {used} KiB");
+    // The same usage after kill -9 and a restart (counted again from the
+    // checkpoint and the records replayed after it).
+    s.kill9();
+    s.restart();
+    run_python(
+        "quota.py",
+        &[
+            "127.0.0.1".into(),
+            s.smtp.port().to_string(),
+            s.imap.port().to_string(),
+            U.into(),
+            PASSWORD.into(),
+            LIMIT.to_string(),
+            format!("check:{used}"),
+        ],
+    );
+    // RCPT still refused for a full account after the restart, while
+    // another recipient of the same transaction is accepted.
+    let (mut c, _) = smtp_connect(s.smtp);
+    c.cmd("EHLO client.test").expect(250, None);
+    c.cmd("MAIL FROM:<sender@example.test>").expect(250, None);
+    for i in 0..20 {
+        let r = c.cmd(&format!("RCPT TO:<{U}>"));
+        if r.code == 452 {
+            r.expect(452, Some("4.2.2"));
+            break;
+        }
+        r.expect(250, Some("2.1.5"));
+        c.cmd("RSET").expect(250, None);
+        c.cmd("MAIL FROM:<sender@example.test>").expect(250, None);
+        assert!(i < 19, "never full");
+        // Below the limit still: fill it up.
+        smtp_send(
+            s.smtp,
+            "sender@example.test",
+            &[U],
+            &simple_message("top up", &"y".repeat(1000)),
+        );
+    }
+    c.cmd("RCPT TO:<other@example.test>")
+        .expect(250, Some("2.1.5"));
+    c.cmd("QUIT").expect(221, None);
+    // 0 removes the account's own limit: the configured one applies again.
+    assert_eq!(
+        quota_cli(&s, &["quota@example.test", "0"]),
+        "quota@example.test: own quota removed"
+    );
+    wait_quota(&s, U, 1024);
+}
+
+#[test]
+fn no_quota_means_no_root() {
+    let s = Server::new();
+    let mut c = Imap::login(s.imap, ALICE, ALICE_PW);
+    let caps = c.cmd("CAPABILITY");
+    assert!(caps.lines()[0].contains(" QUOTA "), "{:?}", caps.lines());
+    // RFC 9208 4.3: no quota root applies to the mailbox.
+    let r = c.ok("GETQUOTAROOT INBOX");
+    assert_eq!(r.lines(), vec!["* QUOTAROOT INBOX".to_string()]);
+    let r = c.cmd("GETQUOTA \"\"");
+    assert!(r.status.starts_with("NO [NONEXISTENT]"), "{}", r.status);
+    let r = c.cmd("GETQUOTAROOT Nowhere");
+    assert!(r.status.starts_with("NO [NONEXISTENT]"), "{}", r.status);
+    let r = c.cmd("SETQUOTA \"\" (STORAGE 10)");
+    assert!(r.status.starts_with("NO [NOPERM]"), "{}", r.status);
+    let r = c.cmd("SETQUOTA \"\" (STORAGE)");
+    assert!(r.status.starts_with("BAD"), "{}", r.status);
+    // STATUS's new items on an empty mailbox.
+    let r = c.ok("STATUS INBOX (DELETED DELETED-STORAGE SIZE)");
+    assert!(
+        r.lines()[0].ends_with("(DELETED 0 DELETED-STORAGE 0 SIZE 0)"),
+        "{:?}",
+        r.lines()
+    );
+    c.ok("LOGOUT");
+}
