@@ -157,3 +157,8 @@ pub const MTA_STS_FETCH_RETRY: Duration = Duration::from_secs(300);
 /// Longest time the `_mta-sts` TXT answer is trusted before it is asked
 /// again (RFC 8461 section 5.1: the id is checked to notice policy updates).
 pub const MTA_STS_TXT_TTL_MAX: Duration = Duration::from_secs(3600);
+
+/// Runs of expunged UIDs a mailbox remembers for QRESYNC (RFC 7162 3.2.5),
+/// 16 octets each. Beyond, the oldest are forgotten and a resync from before
+/// them reports every UID the client may know that is gone.
+pub const VANISHED_RUNS_MAX: usize = 4096;

@@ -26,7 +26,7 @@ use crate::mime;
 use crate::protocol::imap::encode::{self, FetchWriter};
 use crate::protocol::imap::{
     parse_command, parse_sasl_response, rejoin_diverted, Code, Command, CommandBody, FetchAttr,
-    Flag, Frame, Framer, FramingLimits, ListReturn, ListSelect, Mailbox as MailboxArg,
+    Flag, Frame, Framer, FramingLimits, ListReturn, ListSelect, Mailbox as MailboxArg, Qresync,
     SaslResponse, SearchKey, SearchReturn, SequenceArg, SequenceSet, Status, StatusItem, StoreMode,
 };
 use crate::session::imap::{self as logic, View, ViewMsg, DELIMITER, KEYWORDS_MAX};
@@ -68,6 +68,7 @@ const CAPS: &[&str] = &[
     "LIST-EXTENDED",
     "LIST-STATUS",
     "CONDSTORE",
+    "QRESYNC",
     "ESEARCH",
     "SEARCHRES",
     "STATUS=SIZE",
@@ -156,6 +157,9 @@ struct Session {
     sel: Option<Selected>,
     auth_failures: usize,
     condstore: bool,
+    /// ENABLE QRESYNC was given (RFC 7162 3.2.3): expunges are announced as
+    /// VANISHED, and SELECT and UID FETCH accept their QRESYNC forms.
+    qresync: bool,
     /// CONDSTORE was just enabled while a mailbox is selected: the next
     /// tagged OK carries `[HIGHESTMODSEQ n]` (RFC 7162 3.1).
     modseq_pending: bool,
@@ -563,6 +567,7 @@ impl Session {
             sel: None,
             auth_failures: 0,
             condstore: false,
+            qresync: false,
             modseq_pending: false,
             saved: Vec::new(),
             sasl_tag: None,
@@ -801,6 +806,12 @@ impl Session {
                     if c.eq_ignore_ascii_case(b"CONDSTORE") && !self.condstore {
                         self.enable_condstore();
                         enabled.push(b"CONDSTORE");
+                    } else if c.eq_ignore_ascii_case(b"QRESYNC") && !self.qresync {
+                        // RFC 7162 3.2.3: QRESYNC implies CONDSTORE (which
+                        // is listed only when asked for).
+                        self.qresync = true;
+                        self.enable_condstore();
+                        enabled.push(b"QRESYNC");
                     }
                 }
                 encode::write_enabled(&mut self.out.buf, &enabled);
@@ -810,12 +821,26 @@ impl Session {
                 encode::write_namespace(&mut self.out.buf, b"", DELIMITER);
                 self.ok(tag, "NAMESPACE completed");
             }
-            CommandBody::Select { mailbox, condstore } => {
-                self.select(tag, &mailbox, false, condstore)
+            // RFC 7162 3.2.5: the QRESYNC parameter before ENABLE QRESYNC is BAD.
+            CommandBody::Select {
+                qresync: Some(_), ..
             }
-            CommandBody::Examine { mailbox, condstore } => {
-                self.select(tag, &mailbox, true, condstore)
+            | CommandBody::Examine {
+                qresync: Some(_), ..
+            } if !self.qresync => {
+                self.out
+                    .status(Some(tag), Status::Bad, None, "ENABLE QRESYNC first")
             }
+            CommandBody::Select {
+                mailbox,
+                condstore,
+                qresync,
+            } => self.select(tag, &mailbox, false, condstore, qresync.as_ref()),
+            CommandBody::Examine {
+                mailbox,
+                condstore,
+                qresync,
+            } => self.select(tag, &mailbox, true, condstore, qresync.as_ref()),
             CommandBody::Create {
                 mailbox,
                 special_use,
@@ -930,13 +955,24 @@ impl Session {
                 algorithm,
                 search,
             } => self.sort_or_thread(tag, uid, &search, Order::Thread(algorithm)),
+            // RFC 7162 3.2.6: VANISHED before ENABLE QRESYNC is BAD.
+            CommandBody::Fetch { vanished: true, .. } if !self.qresync => {
+                self.out
+                    .status(Some(tag), Status::Bad, None, "ENABLE QRESYNC first")
+            }
             CommandBody::Fetch {
                 uid,
                 set,
                 attrs,
                 changed_since,
+                vanished,
             } => match self.seqset(&set, uid) {
-                Some(set) => self.fetch(tag, uid, &set, &attrs, changed_since).await,
+                Some(set) => {
+                    if vanished {
+                        self.write_vanished_earlier(&set, changed_since.unwrap_or(0));
+                    }
+                    self.fetch(tag, uid, &set, &attrs, changed_since).await
+                }
                 // `$` names no message (RFC 5182 2.1): nothing to do.
                 None => self.ok(tag, "Completed, no messages"),
             },
@@ -967,6 +1003,25 @@ impl Session {
             },
         }
         Next::Continue
+    }
+
+    /// UID FETCH (CHANGEDSINCE m VANISHED), RFC 7162 3.2.6: the UIDs of
+    /// `set` expunged since `m`, before the FETCH responses.
+    fn write_vanished_earlier(&mut self, set: &SequenceSet, modseq: u64) {
+        self.sync(true);
+        let Some(id) = self.sel.as_ref().map(|s| s.id) else {
+            return;
+        };
+        let out = &mut self.out.buf;
+        self.shard
+            .store
+            .with_account(self.account.as_deref().unwrap_or(""), |a| {
+                if let Some(mb) = a.mailbox(id) {
+                    // `*` is the highest UID ever given out.
+                    let known = set.normalized(mb.uidnext.saturating_sub(1));
+                    encode::write_vanished(out, true, &logic::vanished_earlier(mb, modseq, &known));
+                }
+            });
     }
 
     /// `* QUOTA "" (STORAGE used limit)` for the account, if it has a
@@ -1111,14 +1166,25 @@ impl Session {
             .unwrap_or(0);
         let out = &mut self.out.buf;
         let condstore = self.condstore;
+        let qresync = self.qresync;
         let found = self.shard.store.with_account(account, |a| {
             let mb = a.mailbox(sel.id)?;
             let ch = sel.view.sync(mb, allow_expunge, &mut floor);
             if ch.new_keywords {
                 write_flags_lines(out, &mb.keywords, sel.read_only);
             }
-            for seq in &ch.expunged {
-                encode::write_expunge(out, *seq);
+            if qresync {
+                // RFC 7162 3.2.10: VANISHED replaces EXPUNGE once enabled.
+                let mut uids = ch.expunged_uids.clone();
+                uids.sort_unstable();
+                let ranges = SequenceSet::compress(&uids)
+                    .map(|s| s.normalized(u32::MAX))
+                    .unwrap_or_default();
+                encode::write_vanished(out, false, &ranges);
+            } else {
+                for seq in &ch.expunged {
+                    encode::write_expunge(out, *seq);
+                }
             }
             if let Some(n) = ch.exists {
                 encode::write_exists(out, n);
@@ -1163,6 +1229,7 @@ impl Session {
         name: &MailboxArg<'_>,
         read_only: bool,
         condstore_param: bool,
+        qresync: Option<&Qresync>,
     ) {
         if condstore_param {
             self.condstore = true;
@@ -1228,6 +1295,31 @@ impl Session {
                 Some(&Code::HighestModSeq(mb.highest_modseq)),
                 "Highest",
             );
+            // RFC 7162 3.2.5: with the client's UIDVALIDITY, what vanished
+            // since its mod-sequence (among the UIDs it knows), then the
+            // flags of every message changed since.
+            if let Some(q) = qresync.filter(|q| q.uidvalidity == mb.uidvalidity) {
+                let known = match &q.known_uids {
+                    Some(set) => set.normalized(u32::MAX),
+                    None => vec![(1, u32::MAX)],
+                };
+                let gone = logic::vanished_earlier(mb, q.modseq, &known);
+                encode::write_vanished(out, true, &gone);
+                for (i, m) in view.msgs.iter().enumerate() {
+                    if m.modseq > q.modseq {
+                        let mut w = FetchWriter::new(out, i as u32 + 1);
+                        w.uid(m.uid);
+                        w.flags(&logic::flag_list(
+                            m.flags,
+                            m.keywords,
+                            &mb.keywords,
+                            view.recent.contains(&m.uid),
+                        ));
+                        w.modseq(m.modseq);
+                        w.finish();
+                    }
+                }
+            }
             Some(Selected {
                 id: mb.id,
                 read_only,

@@ -185,6 +185,8 @@ pub struct View {
 pub struct Changes {
     /// Sequence numbers to announce as EXPUNGE, in the order to send them.
     pub expunged: Vec<u32>,
+    /// The UIDs of those messages (for QRESYNC's VANISHED, RFC 7162 3.2.10).
+    pub expunged_uids: Vec<u32>,
     /// New EXISTS count, if it changed.
     pub exists: Option<u32>,
     /// New RECENT count, if new messages arrived.
@@ -235,6 +237,7 @@ impl View {
                 i -= 1;
                 if mailbox.position(self.msgs[i].uid).is_none() {
                     self.recent.remove(&self.msgs[i].uid);
+                    ch.expunged_uids.push(self.msgs[i].uid);
                     self.msgs.remove(i);
                     ch.expunged.push(i as u32 + 1);
                 }
@@ -347,6 +350,66 @@ pub fn saved_seqs(view: &View, saved: &[u32]) -> Vec<u32> {
     seqs.sort_unstable();
     seqs.dedup();
     seqs
+}
+
+/// Inclusive ranges in both `a` and `b` (each sorted and merged).
+pub fn intersect(a: &[(u32, u32)], b: &[(u32, u32)]) -> Vec<(u32, u32)> {
+    let (mut i, mut j) = (0, 0);
+    let mut out = Vec::new();
+    while i < a.len() && j < b.len() {
+        let lo = a[i].0.max(b[j].0);
+        let hi = a[i].1.min(b[j].1);
+        if lo <= hi {
+            out.push((lo, hi));
+        }
+        if a[i].1 < b[j].1 {
+            i += 1;
+        } else {
+            j += 1;
+        }
+    }
+    out
+}
+
+/// The UIDs of `within` (sorted, merged ranges) that are not in `present`
+/// (ascending), as ranges.
+pub fn absent(present: &[u32], within: &[(u32, u32)]) -> Vec<(u32, u32)> {
+    let mut out = Vec::new();
+    let mut p = 0;
+    for &(lo, hi) in within {
+        // u64: the next candidate after u32::MAX is past every range.
+        let mut next = u64::from(lo);
+        p += present[p..].partition_point(|&u| u < lo);
+        while p < present.len() && present[p] <= hi {
+            if u64::from(present[p]) > next {
+                out.push((next as u32, present[p] - 1));
+            }
+            next = u64::from(present[p]) + 1;
+            p += 1;
+        }
+        if next <= u64::from(hi) {
+            out.push((next as u32, hi));
+        }
+    }
+    out
+}
+
+/// UIDs of `known` (sorted, merged ranges) expunged from the mailbox after
+/// `modseq`: what `VANISHED (EARLIER)` reports (RFC 7162 3.2.5, 3.2.6).
+/// Exact while the mailbox remembers expunges that old; otherwise every
+/// known UID that is not in the mailbox now, which RFC 7162 section 6
+/// allows a server with bounded expunge memory to send (a client just
+/// removes UIDs it did not have).
+pub fn vanished_earlier(mailbox: &Mailbox, modseq: u64, known: &[(u32, u32)]) -> Vec<(u32, u32)> {
+    match mailbox.vanished_since(modseq) {
+        Some(runs) => intersect(&runs, known),
+        None => {
+            let present: Vec<u32> = mailbox.messages.iter().map(|e| e.uid).collect();
+            // Only UIDs ever given out can have vanished.
+            let given = [(1, mailbox.uidnext.saturating_sub(1))];
+            absent(&present, &intersect(known, &given))
+        }
+    }
 }
 
 /// Everything SEARCH may look at for one message.
@@ -511,6 +574,32 @@ mod tests {
                 len: 100,
             },
         }
+    }
+
+    #[test]
+    fn vanished_ranges() {
+        assert_eq!(
+            intersect(&[(1, 5), (8, 9)], &[(3, 8)]),
+            vec![(3, 5), (8, 8)]
+        );
+        assert_eq!(intersect(&[(1, 5)], &[]), vec![]);
+        assert_eq!(absent(&[2, 3, 7], &[(1, 8)]), vec![(1, 1), (4, 6), (8, 8)]);
+        assert_eq!(absent(&[2, 3, 7], &[(2, 3), (5, 9)]), vec![(5, 6), (8, 9)]);
+        assert_eq!(absent(&[], &[(1, u32::MAX)]), vec![(1, u32::MAX)]);
+        assert_eq!(
+            absent(&[u32::MAX], &[(u32::MAX - 1, u32::MAX)]),
+            vec![(u32::MAX - 1, u32::MAX - 1)]
+        );
+        let mut mb = Mailbox::new(0, "INBOX", 1, 0);
+        mb.uidnext = 11;
+        mb.messages = vec![entry(2, 0, 3), entry(7, 0, 3)];
+        // Forgotten expunges: every known UID ever given out and absent now.
+        mb.vanished_floor = 50;
+        assert_eq!(
+            vanished_earlier(&mb, 10, &[(1, u32::MAX)]),
+            vec![(1, 1), (3, 6), (8, 10)]
+        );
+        assert_eq!(vanished_earlier(&mb, 60, &[(1, u32::MAX)]), vec![]);
     }
 
     #[test]

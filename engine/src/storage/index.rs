@@ -74,6 +74,22 @@ pub struct Mailbox {
     pub keywords: Vec<String>,
     /// Sorted by UID.
     pub messages: Vec<MessageEntry>,
+    /// Expunged UIDs with the mod-sequence of their expunge, in runs, in
+    /// the order they were expunged (QRESYNC's VANISHED (EARLIER), RFC 7162
+    /// 3.2.5). At most `VANISHED_RUNS_MAX`: the oldest are then forgotten
+    /// and `vanished_floor` raised to their mod-sequence.
+    pub vanished: Vec<VanishedRun>,
+    /// Expunges with a mod-sequence at or below this are not known one by
+    /// one any more (0: every expunge is known).
+    pub vanished_floor: u64,
+}
+
+/// UIDs `first..=last`, expunged at mod-sequence `modseq`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct VanishedRun {
+    pub first: u32,
+    pub last: u32,
+    pub modseq: u64,
 }
 
 impl Mailbox {
@@ -87,6 +103,60 @@ impl Mailbox {
             special_use,
             keywords: Vec::new(),
             messages: Vec::new(),
+            vanished: Vec::new(),
+            vanished_floor: 0,
+        }
+    }
+
+    /// UID runs expunged after `modseq`, ascending and merged; `None` when
+    /// expunges that old are no longer known one by one.
+    pub fn vanished_since(&self, modseq: u64) -> Option<Vec<(u32, u32)>> {
+        if modseq < self.vanished_floor {
+            return None;
+        }
+        let mut runs: Vec<(u32, u32)> = self
+            .vanished
+            .iter()
+            .filter(|r| r.modseq > modseq)
+            .map(|r| (r.first, r.last))
+            .collect();
+        runs.sort_unstable();
+        let mut merged: Vec<(u32, u32)> = Vec::with_capacity(runs.len());
+        for (a, b) in runs {
+            match merged.last_mut() {
+                Some(last) if a <= last.1.saturating_add(1) => last.1 = last.1.max(b),
+                _ => merged.push((a, b)),
+            }
+        }
+        Some(merged)
+    }
+
+    /// Remember `uids` (ascending) as expunged at `modseq`.
+    fn record_vanished(&mut self, uids: &[u32], modseq: u64) {
+        let mut i = 0;
+        while i < uids.len() {
+            let mut j = i;
+            while j + 1 < uids.len() && uids[j + 1] == uids[j] + 1 {
+                j += 1;
+            }
+            self.vanished.push(VanishedRun {
+                first: uids[i],
+                last: uids[j],
+                modseq,
+            });
+            i = j + 1;
+        }
+        let max = crate::limits::VANISHED_RUNS_MAX;
+        if self.vanished.len() > max {
+            // Forget a quarter at once, so the front is not shifted per expunge.
+            let cut = self.vanished.len() - max + max / 4;
+            let floor = self.vanished[..cut]
+                .iter()
+                .map(|r| r.modseq)
+                .max()
+                .unwrap_or(0);
+            self.vanished.drain(..cut);
+            self.vanished_floor = self.vanished_floor.max(floor);
         }
     }
 
@@ -361,13 +431,16 @@ impl Account {
                 if let Some(m) = self.mailbox_mut(*mailbox) {
                     m.highest_modseq = m.highest_modseq.max(*modseq);
                     let mut freed = 0;
+                    let mut gone = Vec::new();
                     m.messages.retain(|e| {
                         let keep = uids.binary_search(&e.uid).is_err();
                         if !keep {
                             freed += u64::from(e.loc.len);
+                            gone.push(e.uid);
                         }
                         keep
                     });
+                    m.record_vanished(&gone, *modseq);
                     self.used_octets = self.used_octets.saturating_sub(freed);
                 }
                 if *mailbox == INBOX && !self.queue.is_empty() {
@@ -474,7 +547,8 @@ pub struct LogPos {
 /// Read at start-up so that a data directory of an older version keeps its
 /// checkpoints (and never needs segments compaction already deleted).
 pub mod v1 {
-    use super::{LogPos, Mailbox};
+    use super::v3::Mailbox;
+    use super::LogPos;
 
     #[derive(Debug, Clone, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
     pub struct Account {
@@ -522,7 +596,8 @@ pub mod v1 {
 /// before it was written is not known any more, so the counter starts at the
 /// highest one still there (new values are also never below the clock).
 pub mod v2 {
-    use super::{LogPos, Mailbox, QueuedMessage};
+    use super::v3::Mailbox;
+    use super::{LogPos, QueuedMessage};
 
     #[derive(Debug, Clone, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
     pub struct Account {
@@ -543,14 +618,14 @@ pub mod v2 {
 
     impl From<BucketCheckpoint> for super::BucketCheckpoint {
         fn from(c: BucketCheckpoint) -> Self {
-            super::BucketCheckpoint {
+            super::v3::BucketCheckpoint {
                 version: c.version,
                 bucket: c.bucket,
                 applied: c.applied,
                 accounts: c
                     .accounts
                     .into_iter()
-                    .map(|a| super::Account {
+                    .map(|a| super::v3::Account {
                         uidvalidity_max: a
                             .mailboxes
                             .iter()
@@ -562,6 +637,83 @@ pub mod v2 {
                         subscriptions: a.subscriptions,
                         next_mailbox_id: a.next_mailbox_id,
                         queue: a.queue,
+                    })
+                    .collect(),
+            }
+            .into()
+        }
+    }
+}
+
+/// Checkpoint format 3 (before QRESYNC's expunged UIDs): mailboxes without
+/// `vanished`. Their earlier expunges are not known one by one, so each
+/// mailbox's `vanished_floor` starts at its highest mod-sequence.
+pub mod v3 {
+    use super::{LogPos, MessageEntry, QueuedMessage};
+
+    #[derive(Debug, Clone, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+    pub struct Mailbox {
+        pub id: u32,
+        pub name: String,
+        pub uidvalidity: u32,
+        pub uidnext: u32,
+        pub highest_modseq: u64,
+        pub special_use: u8,
+        pub keywords: Vec<String>,
+        pub messages: Vec<MessageEntry>,
+    }
+
+    #[derive(Debug, Clone, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+    pub struct Account {
+        pub name: String,
+        pub mailboxes: Vec<Mailbox>,
+        pub subscriptions: Vec<String>,
+        pub next_mailbox_id: u32,
+        pub queue: Vec<QueuedMessage>,
+        pub uidvalidity_max: u32,
+    }
+
+    #[derive(Debug, Clone, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+    pub struct BucketCheckpoint {
+        pub version: u32,
+        pub bucket: u32,
+        pub applied: LogPos,
+        pub accounts: Vec<Account>,
+    }
+
+    impl From<Mailbox> for super::Mailbox {
+        fn from(m: Mailbox) -> Self {
+            super::Mailbox {
+                vanished: Vec::new(),
+                vanished_floor: m.highest_modseq,
+                id: m.id,
+                name: m.name,
+                uidvalidity: m.uidvalidity,
+                uidnext: m.uidnext,
+                highest_modseq: m.highest_modseq,
+                special_use: m.special_use,
+                keywords: m.keywords,
+                messages: m.messages,
+            }
+        }
+    }
+
+    impl From<BucketCheckpoint> for super::BucketCheckpoint {
+        fn from(c: BucketCheckpoint) -> Self {
+            super::BucketCheckpoint {
+                version: c.version,
+                bucket: c.bucket,
+                applied: c.applied,
+                accounts: c
+                    .accounts
+                    .into_iter()
+                    .map(|a| super::Account {
+                        name: a.name,
+                        mailboxes: a.mailboxes.into_iter().map(Into::into).collect(),
+                        subscriptions: a.subscriptions,
+                        next_mailbox_id: a.next_mailbox_id,
+                        queue: a.queue,
+                        uidvalidity_max: a.uidvalidity_max,
                         used_octets: 0,
                     })
                     .collect(),
@@ -859,10 +1011,23 @@ mod tests {
         assert!(a.mailbox(INBOX).unwrap().messages.is_empty());
     }
 
+    /// A mailbox as format 3 and before stored it.
+    fn old_mailbox(uidvalidity: u32, uidnext: u32) -> v3::Mailbox {
+        v3::Mailbox {
+            id: 0,
+            name: "INBOX".into(),
+            uidvalidity,
+            uidnext,
+            highest_modseq: 7,
+            special_use: 0,
+            keywords: vec![],
+            messages: vec![],
+        }
+    }
+
     #[test]
     fn version_1_checkpoints_still_load() {
-        let mut mb = Mailbox::new(0, "INBOX", 3, 0);
-        mb.uidnext = 5;
+        let mb = old_mailbox(3, 5);
         let old = v1::BucketCheckpoint {
             version: 1,
             bucket: 2,
@@ -880,7 +1045,7 @@ mod tests {
         let back: v1::BucketCheckpoint =
             rkyv::deserialize::<_, rkyv::rancor::Error>(archived).unwrap();
         let now: BucketCheckpoint = back.into();
-        assert_eq!(now.accounts[0].mailboxes, vec![mb]);
+        assert_eq!(now.accounts[0].mailboxes, vec![Mailbox::from(mb)]);
         assert!(now.accounts[0].queue.is_empty());
     }
 
@@ -949,8 +1114,7 @@ mod tests {
 
     #[test]
     fn version_2_checkpoints_still_load() {
-        let mut mb = Mailbox::new(0, "INBOX", 9, 0);
-        mb.uidnext = 3;
+        let mb = old_mailbox(9, 3);
         let old = v2::BucketCheckpoint {
             version: 2,
             bucket: 1,
@@ -969,9 +1133,117 @@ mod tests {
         let back: v2::BucketCheckpoint =
             rkyv::deserialize::<_, rkyv::rancor::Error>(archived).unwrap();
         let now: BucketCheckpoint = back.into();
-        assert_eq!(now.accounts[0].mailboxes, vec![mb]);
+        assert_eq!(now.accounts[0].mailboxes, vec![Mailbox::from(mb)]);
         assert_eq!(now.accounts[0].next_mailbox_id, 4);
         assert_eq!(now.accounts[0].uidvalidity_max, 9);
+    }
+
+    #[test]
+    fn version_3_checkpoints_still_load() {
+        let old = v3::BucketCheckpoint {
+            version: 3,
+            bucket: 1,
+            applied: LogPos { seg: 1, offset: 8 },
+            accounts: vec![v3::Account {
+                name: "a@x".into(),
+                mailboxes: vec![old_mailbox(9, 3)],
+                subscriptions: vec![],
+                next_mailbox_id: 1,
+                queue: vec![],
+                uidvalidity_max: 11,
+            }],
+        };
+        let bytes = rkyv::to_bytes::<rkyv::rancor::Error>(&old).unwrap();
+        let archived =
+            rkyv::access::<v3::ArchivedBucketCheckpoint, rkyv::rancor::Error>(&bytes).unwrap();
+        let back: v3::BucketCheckpoint =
+            rkyv::deserialize::<_, rkyv::rancor::Error>(archived).unwrap();
+        let now: BucketCheckpoint = back.into();
+        let mb = &now.accounts[0].mailboxes[0];
+        assert_eq!((mb.uidvalidity, mb.uidnext, mb.highest_modseq), (9, 3, 7));
+        assert_eq!(now.accounts[0].uidvalidity_max, 11);
+        // Expunges before the upgrade are unknown: a resync from before
+        // modseq 7 cannot be answered exactly, one from 7 on can.
+        assert_eq!(mb.vanished_since(6), None);
+        assert_eq!(mb.vanished_since(7), Some(vec![]));
+    }
+
+    /// Expunges are remembered in runs with their mod-sequence, survive a
+    /// checkpoint round trip, and the oldest are forgotten past the cap.
+    #[test]
+    fn vanished_uids_are_remembered() {
+        let mut a = Account::new("a@x");
+        a.apply(
+            &Op::CreateMailbox {
+                account: "a@x",
+                mailbox: 0,
+                name: "INBOX",
+                uidvalidity: 5,
+                special_use: 0,
+            },
+            None,
+        );
+        for uid in 1..=10 {
+            let op = Op::Message {
+                account: "a@x",
+                mailbox: 0,
+                uid,
+                internal_date: 0,
+                flags: 0,
+                keywords: 0,
+                modseq: u64::from(uid) + 1,
+                body: b"",
+            };
+            a.apply(
+                &op,
+                Some(Loc {
+                    seg: 1,
+                    offset: uid * 10,
+                    len: 10,
+                }),
+            );
+        }
+        let expunge = |a: &mut Account, uids: Vec<u32>, modseq| {
+            a.apply(
+                &Op::Expunge {
+                    account: "a@x",
+                    mailbox: 0,
+                    uids,
+                    modseq,
+                },
+                None,
+            )
+        };
+        expunge(&mut a, vec![2, 3, 4, 8, 99], 20);
+        expunge(&mut a, vec![5], 21);
+        // Replay of the same expunge adds nothing.
+        expunge(&mut a, vec![5], 21);
+        let mb = a.mailbox(0).unwrap();
+        assert_eq!(mb.vanished_since(0), Some(vec![(2, 5), (8, 8)]));
+        assert_eq!(mb.vanished_since(20), Some(vec![(5, 5)]));
+        assert_eq!(mb.vanished_since(21), Some(vec![]));
+        let c = BucketCheckpoint {
+            version: 4,
+            bucket: 0,
+            applied: LogPos::default(),
+            accounts: vec![a.clone()],
+        };
+        let bytes = rkyv::to_bytes::<rkyv::rancor::Error>(&c).unwrap();
+        let archived =
+            rkyv::access::<ArchivedBucketCheckpoint, rkyv::rancor::Error>(&bytes).unwrap();
+        let back: BucketCheckpoint = rkyv::deserialize::<_, rkyv::rancor::Error>(archived).unwrap();
+        assert_eq!(back.accounts[0].mailboxes[0].vanished, mb.vanished);
+        // Past the cap the oldest runs go and the floor rises.
+        let mut m = Mailbox::new(1, "x", 1, 0);
+        let max = crate::limits::VANISHED_RUNS_MAX as u32;
+        for i in 0..max + 10 {
+            m.record_vanished(&[i * 2 + 1], u64::from(i) + 100);
+        }
+        assert!(m.vanished.len() <= max as usize);
+        assert!(m.vanished_floor > 100);
+        assert_eq!(m.vanished_since(99), None);
+        let recent = m.vanished_since(u64::from(max) + 100 + 8).unwrap();
+        assert_eq!(recent, vec![((max + 9) * 2 + 1, (max + 9) * 2 + 1)]);
     }
 
     #[test]

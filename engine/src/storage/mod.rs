@@ -1399,7 +1399,7 @@ impl Store {
 /// `Account::uidvalidity_max`. Versions 1 and 2 are still read (`index::v1`,
 /// `index::v2`); any other version is refused at start, loudly, rather than
 /// replaying from segments that compaction may have deleted.
-const CHECKPOINT_VERSION: u32 = 3;
+const CHECKPOINT_VERSION: u32 = 4;
 const CHECKPOINT_MAGIC: &[u8; 4] = b"RMCK";
 /// Header before the rkyv bytes: magic, version, length, crc32. 16 bytes keeps
 /// the archive 16-byte aligned inside a page-aligned mapping.
@@ -1480,6 +1480,13 @@ fn load_checkpoint(dir: &Path, bucket: u32) -> std::io::Result<Option<BucketChec
             let archived = rkyv::access::<index::ArchivedBucketCheckpoint, rkyv::rancor::Error>(archive)
                 .map_err(|e| bad(&format!("invalid archive: {e}")))?;
             rkyv::deserialize::<_, rkyv::rancor::Error>(archived).map_err(|e| bad(&format!("{e}")))?
+        }
+        3 => {
+            let archived = rkyv::access::<index::v3::ArchivedBucketCheckpoint, rkyv::rancor::Error>(archive)
+                .map_err(|e| bad(&format!("invalid archive: {e}")))?;
+            let old: index::v3::BucketCheckpoint =
+                rkyv::deserialize::<_, rkyv::rancor::Error>(archived).map_err(|e| bad(&format!("{e}")))?;
+            old.into()
         }
         2 => {
             let archived = rkyv::access::<index::v2::ArchivedBucketCheckpoint, rkyv::rancor::Error>(archive)

@@ -5,7 +5,7 @@
 use std::borrow::Cow;
 
 use super::date::{Date, DateTime};
-use super::seqset::SequenceArg;
+use super::seqset::{SequenceArg, SequenceSet};
 
 /// An IMAP string value (atom, quoted or literal) with quoting removed.
 pub type Str<'a> = Cow<'a, [u8]>;
@@ -444,6 +444,8 @@ pub enum CommandBody<'a> {
         mailbox: Mailbox<'a>,
         /// RFC 7162 CONDSTORE parameter present.
         condstore: bool,
+        /// RFC 7162 QRESYNC parameter.
+        qresync: Option<Qresync>,
     },
     /// `EXAMINE mailbox [(CONDSTORE)]`
     Examine {
@@ -451,6 +453,8 @@ pub enum CommandBody<'a> {
         mailbox: Mailbox<'a>,
         /// RFC 7162 CONDSTORE parameter present.
         condstore: bool,
+        /// RFC 7162 QRESYNC parameter.
+        qresync: Option<Qresync>,
     },
     /// `CREATE mailbox [(USE (attrs))]` (RFC 6154 section 3)
     Create {
@@ -558,6 +562,8 @@ pub enum CommandBody<'a> {
         attrs: Vec<FetchAttr<'a>>,
         /// RFC 7162 CHANGEDSINCE modifier.
         changed_since: Option<u64>,
+        /// RFC 7162 3.2.6 VANISHED modifier (UID FETCH with CHANGEDSINCE only).
+        vanished: bool,
     },
     /// `[UID] STORE set [(UNCHANGEDSINCE n)] [+-]FLAGS[.SILENT] flags`
     Store {
@@ -696,4 +702,19 @@ pub enum Algorithm {
     OrderedSubject,
     /// THREAD=REFERENCES.
     References,
+}
+
+/// The QRESYNC parameter of SELECT/EXAMINE (RFC 7162 section 3.2.5):
+/// what the client remembers of the mailbox.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Qresync {
+    /// The UIDVALIDITY the client's cache belongs to.
+    pub uidvalidity: u32,
+    /// The last HIGHESTMODSEQ the client saw.
+    pub modseq: u64,
+    /// UIDs the client knows (all up to the highest when absent).
+    pub known_uids: Option<SequenceSet>,
+    /// Pairs of sequence numbers and UIDs the client knows, to narrow the
+    /// answer when the server cannot be exact.
+    pub seq_match: Option<(SequenceSet, SequenceSet)>,
 }

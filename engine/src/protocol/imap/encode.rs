@@ -568,6 +568,30 @@ pub fn write_namespace(out: &mut Vec<u8>, prefix: &[u8], delimiter: u8) {
     out.extend_from_slice(b")) NIL NIL\r\n");
 }
 
+/// `* VANISHED [(EARLIER)] uid-set` (RFC 7162 section 3.2.10), from sorted,
+/// merged ranges; nothing when they are empty.
+pub fn write_vanished(out: &mut Vec<u8>, earlier: bool, ranges: &[(u32, u32)]) {
+    if ranges.is_empty() {
+        return;
+    }
+    out.extend_from_slice(if earlier {
+        b"* VANISHED (EARLIER) "
+    } else {
+        b"* VANISHED "
+    });
+    for (i, &(lo, hi)) in ranges.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        num(out, lo);
+        if hi > lo {
+            out.push(b':');
+            num(out, hi);
+        }
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
 /// `* QUOTAROOT mailbox root...` (RFC 9208 section 5.2)
 pub fn write_quotaroot(out: &mut Vec<u8>, mailbox: &[u8], roots: &[&[u8]]) {
     out.extend_from_slice(b"* QUOTAROOT ");

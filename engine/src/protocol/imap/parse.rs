@@ -436,13 +436,18 @@ fn command_body<'a>(c: &mut Cur<'a>) -> R<CommandBody<'a>> {
             c.sp()?;
             let mailbox = c.mailbox()?;
             let mut condstore = false;
+            let mut qresync = None;
             if c.eat(b' ') {
                 c.open()?;
                 loop {
-                    if !c.keyword(b"CONDSTORE") {
+                    if c.keyword(b"CONDSTORE") {
+                        condstore = true;
+                    } else if c.keyword(b"QRESYNC") && qresync.is_none() {
+                        c.sp()?;
+                        qresync = Some(qresync_param(c)?);
+                    } else {
                         return Err("unsupported SELECT parameter");
                     }
-                    condstore = true;
                     if c.eat(b')') {
                         break;
                     }
@@ -450,9 +455,17 @@ fn command_body<'a>(c: &mut Cur<'a>) -> R<CommandBody<'a>> {
                 }
             }
             if name == b"SELECT" {
-                CommandBody::Select { mailbox, condstore }
+                CommandBody::Select {
+                    mailbox,
+                    condstore,
+                    qresync,
+                }
             } else {
-                CommandBody::Examine { mailbox, condstore }
+                CommandBody::Examine {
+                    mailbox,
+                    condstore,
+                    qresync,
+                }
             }
         }
         b"CREATE" => {
@@ -1028,21 +1041,79 @@ fn fetch<'a>(c: &mut Cur<'a>, uid: bool) -> R<CommandBody<'a>> {
         fetch_attr(c, &mut attrs, true)?;
     }
     let mut changed_since = None;
+    let mut vanished = false;
     if c.eat(b' ') {
         c.open()?;
-        if !c.keyword(b"CHANGEDSINCE") {
-            return Err("unsupported FETCH modifier");
+        loop {
+            if c.keyword(b"CHANGEDSINCE") && changed_since.is_none() {
+                c.sp()?;
+                changed_since = Some(c.number64()?);
+            } else if c.keyword(b"VANISHED") && !vanished {
+                vanished = true;
+            } else {
+                return Err("unsupported FETCH modifier");
+            }
+            if c.eat(b')') {
+                break;
+            }
+            c.sp()?;
         }
-        c.sp()?;
-        changed_since = Some(c.number64()?);
-        c.close()?;
+    }
+    // RFC 7162 3.2.6: VANISHED only in UID FETCH, and only with CHANGEDSINCE.
+    if vanished && !(uid && changed_since.is_some()) {
+        return Err("VANISHED needs UID FETCH with CHANGEDSINCE");
     }
     Ok(CommandBody::Fetch {
         uid,
         set,
         attrs,
         changed_since,
+        vanished,
     })
+}
+
+/// `(uidvalidity modseq [known-uids [(known-sequence-set known-uid-set)]])`
+/// (RFC 7162 section 3.2.5 and its section 7 grammar: UID sets without `*`).
+fn qresync_param(c: &mut Cur<'_>) -> R<Qresync> {
+    c.open()?;
+    let uidvalidity = c.nz_number()?;
+    c.sp()?;
+    let modseq = c.number64()?;
+    let mut known_uids = None;
+    let mut seq_match = None;
+    if c.eat(b' ') {
+        if c.peek() != Some(b'(') {
+            known_uids = Some(plain_set(c)?);
+            if c.eat(b' ') {
+                c.open()?;
+                let seqs = plain_set(c)?;
+                c.sp()?;
+                let uids = plain_set(c)?;
+                c.close()?;
+                seq_match = Some((seqs, uids));
+            }
+        } else {
+            c.open()?;
+            let seqs = plain_set(c)?;
+            c.sp()?;
+            let uids = plain_set(c)?;
+            c.close()?;
+            seq_match = Some((seqs, uids));
+        }
+    }
+    c.close()?;
+    Ok(Qresync {
+        uidvalidity,
+        modseq,
+        known_uids,
+        seq_match,
+    })
+}
+
+/// A sequence set of numbers only (no `*`, no `$`).
+fn plain_set(c: &mut Cur<'_>) -> R<SequenceSet> {
+    let s = c.take_while(|b| b.is_ascii_digit() || matches!(b, b':' | b','));
+    SequenceSet::parse(s).ok_or("invalid sequence set")
 }
 
 fn fetch_attr<'a>(c: &mut Cur<'a>, out: &mut Vec<FetchAttr<'a>>, macros: bool) -> R<()> {

@@ -102,21 +102,24 @@ fn rfc3501_authenticated_state() {
         parsed("A142 SELECT INBOX\r\n"),
         CommandBody::Select {
             mailbox: Mailbox::Inbox,
-            condstore: false
+            condstore: false,
+            qresync: None,
         }
     );
     assert_eq!(
         parsed("A142 SELECT \"inBox\"\r\n"),
         CommandBody::Select {
             mailbox: Mailbox::Inbox,
-            condstore: false
+            condstore: false,
+            qresync: None,
         }
     );
     assert_eq!(
         parsed("A932 EXAMINE blurdybloop\r\n"),
         CommandBody::Examine {
             mailbox: mb("blurdybloop"),
-            condstore: false
+            condstore: false,
+            qresync: None,
         }
     );
     // RFC 7162 section 3.1.8.
@@ -124,7 +127,8 @@ fn rfc3501_authenticated_state() {
         parsed("a103 SELECT Mailbox (CONDSTORE)\r\n"),
         CommandBody::Select {
             mailbox: mb("Mailbox"),
-            condstore: true
+            condstore: true,
+            qresync: None,
         }
     );
     assert_eq!(
@@ -417,6 +421,7 @@ fn rfc3501_fetch() {
             set,
             attrs,
             changed_since,
+            ..
         } => (uid, set, attrs, changed_since),
         other => panic!("{other:?}"),
     };
@@ -663,7 +668,7 @@ fn parse_errors_carry_the_tag() {
         "literal data missing"
     );
     assert_eq!(
-        rejected("a6 SELECT INBOX (QRESYNC (1 2))\r\n").reason,
+        rejected("a6 SELECT INBOX (UTF8)\r\n").reason,
         "unsupported SELECT parameter"
     );
     assert!(rejected("a7 LOGIN a \"b\\n\"\r\n")
@@ -1228,4 +1233,73 @@ fn rfc9208_quota_commands() {
         )),
         "* ESEARCH (TAG \"A1\") UID ALL 5:7,2:3,9\r\n"
     );
+}
+
+#[test]
+fn rfc7162_qresync_forms() {
+    // RFC 7162 3.2.5 examples.
+    match parsed("A02 SELECT INBOX (QRESYNC (67890007 20050715194045000 41,43:211,214:541))\r\n") {
+        CommandBody::Select {
+            qresync: Some(q), ..
+        } => {
+            assert_eq!(q.uidvalidity, 67890007);
+            assert_eq!(q.modseq, 20050715194045000);
+            assert_eq!(
+                q.known_uids.unwrap().normalized(u32::MAX),
+                vec![(41, 41), (43, 211), (214, 541)]
+            );
+            assert_eq!(q.seq_match, None);
+        }
+        other => panic!("{other:?}"),
+    }
+    match parsed(
+        "B02 EXAMINE INBOX (QRESYNC (67890007 90060115194045000 41:211,214:541 (1:10 41:50)))\r\n",
+    ) {
+        CommandBody::Examine {
+            qresync: Some(q), ..
+        } => {
+            let (seqs, uids) = q.seq_match.unwrap();
+            assert_eq!(seqs.normalized(u32::MAX), vec![(1, 10)]);
+            assert_eq!(uids.normalized(u32::MAX), vec![(41, 50)]);
+        }
+        other => panic!("{other:?}"),
+    }
+    // The sequence-match data without known UIDs, and CONDSTORE beside.
+    match parsed("C SELECT INBOX (CONDSTORE QRESYNC (666 111 (3 7)))\r\n") {
+        CommandBody::Select {
+            condstore: true,
+            qresync: Some(q),
+            ..
+        } => assert!(q.known_uids.is_none() && q.seq_match.is_some()),
+        other => panic!("{other:?}"),
+    }
+    match parsed("s100 UID FETCH 300:500 (FLAGS) (CHANGEDSINCE 12345 VANISHED)\r\n") {
+        CommandBody::Fetch {
+            uid: true,
+            changed_since: Some(12345),
+            vanished: true,
+            ..
+        } => {}
+        other => panic!("{other:?}"),
+    }
+    for bad in [
+        "a FETCH 1:* (FLAGS) (CHANGEDSINCE 1 VANISHED)\r\n",
+        "a UID FETCH 1:* (FLAGS) (VANISHED)\r\n",
+        "a UID FETCH 1:* (FLAGS) (VANISHED VANISHED CHANGEDSINCE 1)\r\n",
+        "a SELECT INBOX (QRESYNC (0 1))\r\n",
+        "a SELECT INBOX (QRESYNC (1))\r\n",
+        "a SELECT INBOX (QRESYNC (1 2 1:*))\r\n",
+        "a SELECT INBOX (QRESYNC (1 2) QRESYNC (1 2))\r\n",
+    ] {
+        assert!(parse_command(bad.as_bytes()).is_err(), "{bad}");
+    }
+    assert_eq!(
+        out(|o| write_vanished(o, true, &[(41, 41), (43, 116)])),
+        "* VANISHED (EARLIER) 41,43:116\r\n"
+    );
+    assert_eq!(
+        out(|o| write_vanished(o, false, &[(5, 5)])),
+        "* VANISHED 5\r\n"
+    );
+    assert_eq!(out(|o| write_vanished(o, false, &[])), "");
 }
