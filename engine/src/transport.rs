@@ -14,6 +14,14 @@
 //! to the shard that owns its account takes it along ([`Detached`]), with
 //! every byte rustls still buffers in either direction.
 //!
+//! IMAP's COMPRESS=DEFLATE (RFC 4978) is a third layer, between the
+//! session and TLS (compression before encryption, as section 4 orders):
+//! once [`Conn::start_deflate`] ran, what `fill` reads from the socket or
+//! from rustls is raw deflate, inflated into the read buffer no faster than
+//! the buffer has room (a small input that inflates to gigabytes only ever
+//! fills the bounded buffer), and every `write_all` is deflated and sync
+//! flushed, so each burst of replies reaches the client whole.
+//!
 //! The same type carries the relay's outbound sessions: there the TLS side
 //! is a `rustls::ClientConnection` started after the MX's 220 to STARTTLS
 //! ([`Conn::start_tls_client`]).
@@ -74,7 +82,36 @@ pub struct Conn {
     /// the copy-count test in bench/).
     #[cfg(feature = "write-stats")]
     tls_out_total: u64,
+    /// COMPRESS=DEFLATE, once started. Boxed: its state is large.
+    deflate: Option<Box<Deflate>>,
 }
+
+/// Both directions of a raw deflate stream (RFC 1951, no zlib header:
+/// RFC 4978 section 3).
+struct Deflate {
+    inflate: flate2::Decompress,
+    deflate: flate2::Compress,
+    /// Compressed bytes received and not inflated yet.
+    input: Vec<u8>,
+    /// Compressed bytes of the write in progress.
+    output: Vec<u8>,
+    /// Octets before and after compression, both directions (for tests
+    /// and benchmarks).
+    stats: DeflateStats,
+}
+
+/// What COMPRESS saved on one connection.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct DeflateStats {
+    pub written_plain: u64,
+    pub written_compressed: u64,
+    pub read_compressed: u64,
+    pub read_plain: u64,
+}
+
+/// Deflate level for COMPRESS: 1 is the fastest, and on mail text loses
+/// little ratio against 6 (docs/BENCHMARKS.md, "COMPRESS=DEFLATE").
+const DEFLATE_LEVEL: u32 = 1;
 
 #[derive(Debug)]
 pub enum ReadOutcome {
@@ -120,7 +157,35 @@ impl Conn {
             tls_out: Vec::new(),
             #[cfg(feature = "write-stats")]
             tls_out_total: 0,
+            deflate: None,
         }
+    }
+
+    /// Start COMPRESS=DEFLATE in both directions (after the tagged OK went
+    /// out uncompressed). Bytes already received and not consumed were sent
+    /// after the client started compressing, so they are compressed input.
+    pub fn start_deflate(&mut self) {
+        let input = self.take_pending();
+        self.deflate = Some(Box::new(Deflate {
+            inflate: flate2::Decompress::new(false),
+            deflate: flate2::Compress::new(flate2::Compression::new(DEFLATE_LEVEL), false),
+            stats: DeflateStats {
+                read_compressed: input.len() as u64,
+                ..Default::default()
+            },
+            input,
+            output: Vec::new(),
+        }));
+    }
+
+    /// Whether COMPRESS=DEFLATE is on.
+    pub fn is_deflating(&self) -> bool {
+        self.deflate.is_some()
+    }
+
+    /// Octets in and out of the compressor so far (zero without COMPRESS).
+    pub fn deflate_stats(&self) -> DeflateStats {
+        self.deflate.as_ref().map(|d| d.stats).unwrap_or_default()
     }
 
     /// Bytes copied into `tls_out` (records for the socket) so far.
@@ -233,6 +298,10 @@ impl Conn {
     /// glommio stream closes its own descriptor), the unconsumed plaintext,
     /// and the TLS state. Call after flushing every reply.
     pub fn detach(mut self) -> std::io::Result<Detached> {
+        if self.deflate.is_some() {
+            // COMPRESS comes after login, and so after any hand-off.
+            return Err(std::io::Error::other("cannot move a compressed connection"));
+        }
         let pending = self.take_pending();
         let tls = self.tls.take();
         // SAFETY: dup of an open descriptor we own; the result is owned by OwnedFd.
@@ -331,6 +400,69 @@ impl Conn {
 
     /// Read more bytes. Fails the read (as `TimedOut`) after `timeout` without data.
     pub async fn fill(&mut self, timeout: Duration) -> ReadOutcome {
+        if self.deflate.is_none() {
+            return self.fill_wire(timeout).await;
+        }
+        loop {
+            // Inflate what is there into the free part of the buffer. No
+            // await while `deflate` is borrowed, so a dropped read (IDLE)
+            // loses nothing.
+            self.compact();
+            if self.end > self.max {
+                return ReadOutcome::Failed(std::io::Error::other("read buffer limit"));
+            }
+            self.grow();
+            let room = (self.buf.len() - self.end).min(self.max + READ_CHUNK - self.end);
+            let z = self.deflate.as_mut().expect("deflating");
+            if !z.input.is_empty() {
+                let (in0, out0) = (z.inflate.total_in(), z.inflate.total_out());
+                let r = z.inflate.decompress(
+                    &z.input,
+                    &mut self.buf[self.end..self.end + room],
+                    flate2::FlushDecompress::None,
+                );
+                let used = (z.inflate.total_in() - in0) as usize;
+                let made = (z.inflate.total_out() - out0) as usize;
+                z.input.drain(..used);
+                match r {
+                    Ok(flate2::Status::StreamEnd) if made == 0 => return ReadOutcome::Eof,
+                    Ok(_) => {}
+                    Err(e) => {
+                        return ReadOutcome::Failed(std::io::Error::new(
+                            std::io::ErrorKind::InvalidData,
+                            e,
+                        ))
+                    }
+                }
+                z.stats.read_plain += made as u64;
+                if made > 0 {
+                    self.end += made;
+                    return ReadOutcome::Data;
+                }
+                if used == 0 && !z.input.is_empty() {
+                    // No progress with input left: a corrupt stream.
+                    return ReadOutcome::Failed(std::io::Error::new(
+                        std::io::ErrorKind::InvalidData,
+                        "deflate stream stalled",
+                    ));
+                }
+            }
+            // More compressed bytes: read them where plaintext would go,
+            // then move them to the inflater's input.
+            let mark = self.end;
+            match self.fill_wire(timeout).await {
+                ReadOutcome::Data => {}
+                other => return other,
+            }
+            let z = self.deflate.as_mut().expect("deflating");
+            z.input.extend_from_slice(&self.buf[mark..self.end]);
+            z.stats.read_compressed += (self.end - mark) as u64;
+            self.end = mark;
+        }
+    }
+
+    /// Read more bytes off the socket (through TLS when on).
+    async fn fill_wire(&mut self, timeout: Duration) -> ReadOutcome {
         self.set_timeout(timeout);
         // Keep the buffer bounded: move unconsumed bytes to the front.
         self.compact();
@@ -431,6 +563,42 @@ impl Conn {
         if data.is_empty() {
             return Ok(());
         }
+        if let Some(z) = self.deflate.as_mut() {
+            // Deflate all of it, sync-flushed (RFC 4978 section 4: the
+            // client must be able to decode every response it is sent).
+            let mut out = std::mem::take(&mut z.output);
+            out.clear();
+            out.reserve(data.len() / 2 + 64);
+            let mut rest = data;
+            loop {
+                let before = z.deflate.total_in();
+                out.reserve(4096);
+                z.deflate
+                    .compress_vec(rest, &mut out, flate2::FlushCompress::Sync)
+                    .map_err(std::io::Error::other)?;
+                rest = &rest[(z.deflate.total_in() - before) as usize..];
+                // Done when all input is taken and the flush had room to
+                // finish (it leaves spare capacity behind).
+                if rest.is_empty() && out.len() < out.capacity() {
+                    break;
+                }
+            }
+            z.stats.written_plain += data.len() as u64;
+            z.stats.written_compressed += out.len() as u64;
+            let r = self.write_wire(&out).await;
+            if let Some(z) = self.deflate.as_mut() {
+                z.output = out;
+                if z.output.capacity() > 64 * 1024 {
+                    z.output = Vec::new();
+                }
+            }
+            return r;
+        }
+        self.write_wire(data).await
+    }
+
+    /// Write bytes to the socket (through TLS when on).
+    async fn write_wire(&mut self, data: &[u8]) -> std::io::Result<()> {
         if self.tls.is_none() {
             return self.stream.write_all(data).await;
         }

@@ -69,6 +69,7 @@ const CAPS: &[&str] = &[
     "LIST-STATUS",
     "CONDSTORE",
     "QRESYNC",
+    "COMPRESS=DEFLATE",
     "ESEARCH",
     "SEARCHRES",
     "STATUS=SIZE",
@@ -160,6 +161,8 @@ struct Session {
     /// ENABLE QRESYNC was given (RFC 7162 3.2.3): expunges are announced as
     /// VANISHED, and SELECT and UID FETCH accept their QRESYNC forms.
     qresync: bool,
+    /// COMPRESS=DEFLATE is on (RFC 4978).
+    compressed: bool,
     /// CONDSTORE was just enabled while a mailbox is selected: the next
     /// tagged OK carries `[HIGHESTMODSEQ n]` (RFC 7162 3.1).
     modseq_pending: bool,
@@ -198,6 +201,8 @@ enum Next {
     Continue,
     Close,
     Idle(Vec<u8>),
+    /// COMPRESS DEFLATE accepted: answer `tag OK` plainly, then deflate.
+    Compress(Vec<u8>),
     /// Logged in as this account; answer `tag OK` once on the owner shard.
     LoggedIn {
         account: String,
@@ -403,6 +408,18 @@ async fn run(mut s: Session, mut conn: Conn, permit: Permit, count: ConnCount) {
                     return;
                 }
             }
+            Next::Compress(tag) => {
+                s.out.status(Some(&tag), Status::Ok, None, "DEFLATE active");
+                if s.out.flush(&mut conn).await.is_err() {
+                    return;
+                }
+                // RFC 4978 section 3: everything after the tagged OK is
+                // compressed, both ways; bytes already received are the
+                // start of the client's compressed stream.
+                s.framer.reset();
+                conn.start_deflate();
+                s.compressed = true;
+            }
             Next::StartTls(tag) => {
                 let peer = conn.peer();
                 let Some(slot) = s.shard.handshake_slot() else {
@@ -568,6 +585,7 @@ impl Session {
             auth_failures: 0,
             condstore: false,
             qresync: false,
+            compressed: false,
             modseq_pending: false,
             saved: Vec::new(),
             sasl_tag: None,
@@ -816,6 +834,21 @@ impl Session {
                 }
                 encode::write_enabled(&mut self.out.buf, &enabled);
                 self.ok(tag, "ENABLE completed");
+            }
+            CommandBody::Compress { mechanism } => {
+                if self.compressed {
+                    self.out.status(
+                        Some(tag),
+                        Status::No,
+                        Some(&Code::Other("COMPRESSIONACTIVE")),
+                        "DEFLATE active already",
+                    );
+                } else if !mechanism.eq_ignore_ascii_case(b"DEFLATE") {
+                    self.out
+                        .status(Some(tag), Status::No, None, "Unknown compression mechanism");
+                } else {
+                    return Next::Compress(tag.to_vec());
+                }
             }
             CommandBody::Namespace => {
                 encode::write_namespace(&mut self.out.buf, b"", DELIMITER);

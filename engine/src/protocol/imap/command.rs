@@ -601,6 +601,11 @@ pub enum CommandBody<'a> {
     /// `IDLE` (RFC 2177); the session then waits for `DONE`, see
     /// [`super::is_idle_done`].
     Idle,
+    /// `COMPRESS mechanism` (RFC 4978)
+    Compress {
+        /// The algorithm; DEFLATE is the one defined.
+        mechanism: &'a [u8],
+    },
     /// `NAMESPACE` (RFC 2342)
     Namespace,
     /// `ID NIL` or `ID (field value ...)` (RFC 2971).
@@ -657,6 +662,7 @@ impl CommandBody<'_> {
             CommandBody::Copy { .. } => "COPY",
             CommandBody::Move { .. } => "MOVE",
             CommandBody::Idle => "IDLE",
+            CommandBody::Compress { .. } => "COMPRESS",
             CommandBody::Namespace => "NAMESPACE",
             CommandBody::Id(_) => "ID",
             CommandBody::Enable(_) => "ENABLE",

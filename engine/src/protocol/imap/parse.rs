@@ -407,6 +407,12 @@ fn command_body<'a>(c: &mut Cur<'a>) -> R<CommandBody<'a>> {
         b"UNSELECT" => CommandBody::Unselect,
         b"EXPUNGE" => CommandBody::Expunge,
         b"IDLE" => CommandBody::Idle,
+        b"COMPRESS" => {
+            c.sp()?;
+            CommandBody::Compress {
+                mechanism: c.atom()?,
+            }
+        }
         b"NAMESPACE" => CommandBody::Namespace,
         b"LOGIN" => {
             c.sp()?;
