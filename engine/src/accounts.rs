@@ -2,8 +2,9 @@
 //!
 //! The account file `<data_dir>/accounts` holds one account a line,
 //! `address:argon2-phc-hash`, like a Dovecot passwd-file, optionally followed
-//! by `:quota=OCTETS` (the account's storage limit, RFC 9208; 0 for none),
-//! which overrides `[limits] quota_octets`. `ringmail account`
+//! by `:quota=SIZE` (the account's own storage limit, RFC 9208: octets, or
+//! with a K, M or G suffix; 0 for no limit at all), which overrides
+//! `[limits] quota_octets`. `ringmail account`
 //! edits it atomically (write a temporary file, fsync, rename); a running
 //! server notices the change within a second and swaps in a new immutable
 //! [`Directory`] snapshot, so shards read it without any lock.
@@ -75,7 +76,8 @@ pub struct Directory {
     accounts: HashMap<String, String>,
     /// canonical alias -> canonical account; `@domain` keys are catch-alls.
     aliases: HashMap<String, String>,
-    /// Per-account storage limits from the account file (0: unlimited).
+    /// Accounts' own storage limits from the account file (0: unlimited,
+    /// whatever the default).
     quotas: HashMap<String, u64>,
 }
 
@@ -110,6 +112,11 @@ impl Directory {
     pub fn quota(&self, account: &str, default: u64) -> Option<u64> {
         let q = self.quotas.get(account).copied().unwrap_or(default);
         (q > 0).then_some(q)
+    }
+
+    /// The account's own limit, if the account file gives one (0: none).
+    pub fn own_quota(&self, account: &str) -> Option<u64> {
+        self.quotas.get(account).copied()
     }
 
     pub fn len(&self) -> usize {
@@ -222,10 +229,8 @@ impl AccountFile {
             for field in parts {
                 match field.split_once('=') {
                     Some(("quota", v)) => {
-                        let q = v.parse::<u64>().map_err(|_| corrupt("bad quota"))?;
-                        if q > 0 {
-                            quotas.insert(addr.clone(), q);
-                        }
+                        let q = parse_octets(v).ok_or_else(|| corrupt("bad quota"))?;
+                        quotas.insert(addr.clone(), q);
                     }
                     _ => return Err(corrupt("unknown field after the hash")),
                 }
@@ -242,19 +247,20 @@ impl AccountFile {
         self.write_all(accounts, &quotas)
     }
 
-    /// Set (or with 0 remove) an account's own storage limit.
-    pub fn set_quota(&self, address: &str, octets: u64) -> Result<(), AccountError> {
+    /// Set an account's own storage limit (`Some(0)`: no limit), or with
+    /// `None` remove it so that `[limits] quota_octets` applies.
+    pub fn set_quota(&self, address: &str, octets: Option<u64>) -> Result<String, AccountError> {
         let a = canonical(address)?;
         let (all, mut quotas) = self.read_all()?;
         if !all.contains_key(&a) {
             return Err(AccountError::Missing(a));
         }
-        if octets == 0 {
-            quotas.remove(&a);
-        } else {
-            quotas.insert(a, octets);
-        }
-        self.write_all(&all, &quotas)
+        match octets {
+            None => quotas.remove(&a),
+            Some(q) => quotas.insert(a.clone(), q),
+        };
+        self.write_all(&all, &quotas)?;
+        Ok(a)
     }
 
     /// Replace the file atomically.
@@ -349,6 +355,21 @@ impl AccountFile {
         *slot = hash_password(password)?;
         self.write(&all)
     }
+}
+
+/// A size: `1048576`, `512K`, `100M`, `2G` (powers of 1024).
+pub fn parse_octets(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let (digits, unit) = match s.char_indices().last()? {
+        (i, 'k' | 'K') => (&s[..i], 1u64 << 10),
+        (i, 'm' | 'M') => (&s[..i], 1 << 20),
+        (i, 'g' | 'G') => (&s[..i], 1 << 30),
+        _ => (s, 1),
+    };
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse::<u64>().ok()?.checked_mul(unit)
 }
 
 /// Hash a password with argon2id and the crate's default (OWASP) parameters.

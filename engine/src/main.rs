@@ -311,18 +311,6 @@ enum AccountAction {
     },
 }
 
-/// `1048576`, `512K`, `100M`, `2G` (powers of 1024).
-fn parse_octets(s: &str) -> Option<u64> {
-    let s = s.trim();
-    let (digits, unit) = match s.char_indices().last()? {
-        (i, 'k' | 'K') => (&s[..i], 1u64 << 10),
-        (i, 'm' | 'M') => (&s[..i], 1 << 20),
-        (i, 'g' | 'G') => (&s[..i], 1 << 30),
-        _ => (s, 1),
-    };
-    digits.parse::<u64>().ok()?.checked_mul(unit)
-}
-
 fn load_config(common: &Common) -> Result<Config, String> {
     let mut config = match &common.config {
         Some(path) => Config::load(path).map_err(|e| e.to_string())?,
@@ -406,35 +394,33 @@ fn run(cli: Cli) -> Result<(), String> {
                     file.remove(&address).map_err(|e| e.to_string())?;
                     println!("removed {address}");
                 }
-                AccountAction::Quota { address, limit } => match limit {
-                    Some(limit) => {
-                        let octets = parse_octets(&limit).ok_or_else(|| {
-                            format!("{limit:?} is not a size (e.g. 1073741824, 512M, 2G)")
-                        })?;
-                        file.set_quota(&address, octets)
-                            .map_err(|e| e.to_string())?;
-                        if octets == 0 {
-                            println!("{address}: own quota removed");
-                        } else {
-                            println!("{address}: quota {octets} octets");
-                        }
+                AccountAction::Quota { address, limit } => {
+                    if let Some(limit) = limit {
+                        let own = match limit.to_ascii_lowercase().as_str() {
+                            "default" => None,
+                            "none" | "unlimited" => Some(0),
+                            _ => Some(ringmail::accounts::parse_octets(&limit).ok_or_else(|| {
+                                format!("{limit:?} is not a size (e.g. 1073741824, 512M, 2G), none or default")
+                            })?),
+                        };
+                        file.set_quota(&address, own).map_err(|e| e.to_string())?;
                     }
-                    None => {
-                        let (hashes, quotas) = file.read_all().map_err(|e| e.to_string())?;
-                        let a =
-                            ringmail::accounts::canonical(&address).map_err(|e| e.to_string())?;
-                        if !hashes.contains_key(&a) {
-                            return Err(format!("no account {a}"));
-                        }
-                        let q = ringmail::accounts::Directory::default()
-                            .with_quotas(quotas)
-                            .quota(&a, config.limits.quota_octets);
-                        match q {
-                            Some(q) => println!("{a}: quota {q} octets"),
-                            None => println!("{a}: no quota"),
-                        }
+                    let (hashes, quotas) = file.read_all().map_err(|e| e.to_string())?;
+                    let a = ringmail::accounts::canonical(&address).map_err(|e| e.to_string())?;
+                    if !hashes.contains_key(&a) {
+                        return Err(format!("no account {a}"));
                     }
-                },
+                    let d = ringmail::accounts::Directory::default().with_quotas(quotas);
+                    let whose = if d.own_quota(&a).is_some() {
+                        "its own"
+                    } else {
+                        "the default, [limits] quota_octets"
+                    };
+                    match d.quota(&a, config.limits.quota_octets) {
+                        Some(q) => println!("{a}: quota {q} octets ({whose})"),
+                        None => println!("{a}: no quota ({whose})"),
+                    }
+                }
                 AccountAction::List => {
                     let mut all: Vec<String> = file
                         .read()

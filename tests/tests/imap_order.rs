@@ -169,6 +169,16 @@ fn sort_and_thread_raw() {
             "* ESEARCH (TAG \"{t}\") MIN 3 MAX 7 ALL 3,1:2,4:7 COUNT 7"
         )]
     );
+    // RFC 5182 2.4: SAVE with MIN saves only that message; a SAVE that
+    // fails with NO empties `$` (2.1).
+    c.ok("SORT RETURN (SAVE MIN) (DATE) UTF-8 ALL");
+    let f = c.fetch("FETCH $ (UID)");
+    assert_eq!(f.iter().map(|f| f.seq).collect::<Vec<_>>(), vec![3]);
+    c.ok("SORT RETURN (SAVE) (SUBJECT) UTF-8 ALL");
+    assert_eq!(c.fetch("FETCH $ (UID)").len(), 7);
+    let r = c.cmd("SORT RETURN (SAVE) (DATE) KOI8-R ALL");
+    assert!(r.status.starts_with("NO [BADCHARSET"), "{}", r.status);
+    assert_eq!(c.fetch("FETCH $ (UID)").len(), 0);
     // THREAD=REFERENCES (RFC 5256 section 3): 1 <- 2 <- 4 by References;
     // 7 replies to 3 by In-Reply-To; 5's parent is missing (its dummy has
     // one child and is dropped); 5 and 6 are replies with 3's base subject,

@@ -12,7 +12,14 @@ fn quota_cli(s: &Server, args: &[&str]) -> String {
     let data = s.data.to_str().unwrap().to_string();
     let mut all = vec!["account", "quota"];
     all.extend_from_slice(args);
+    let config = s
+        .config_path
+        .as_ref()
+        .map(|p| p.to_str().unwrap().to_string());
     all.extend_from_slice(&["--data", &data]);
+    if let Some(c) = &config {
+        all.extend_from_slice(&["--config", c]);
+    }
     let out = ringmail(&all, "");
     assert_ok(&out, &format!("account quota {args:?}"));
     String::from_utf8_lossy(&out.stdout).trim().to_string()
@@ -49,11 +56,11 @@ fn quota_limits_delivery_append_copy_and_survives_restart() {
     // by the running server.
     assert_eq!(
         quota_cli(&s, &["quota@example.test", "8K"]),
-        "quota@example.test: quota 8192 octets"
+        "quota@example.test: quota 8192 octets (its own)"
     );
     assert_eq!(
         quota_cli(&s, &["quota@example.test"]),
-        "quota@example.test: quota 8192 octets"
+        "quota@example.test: quota 8192 octets (its own)"
     );
     wait_quota(&s, U, LIMIT / 1024);
     // Everyone else has the configured 1 MiB.
@@ -122,12 +129,92 @@ fn quota_limits_delivery_append_copy_and_survives_restart() {
     c.cmd("RCPT TO:<other@example.test>")
         .expect(250, Some("2.1.5"));
     c.cmd("QUIT").expect(221, None);
-    // 0 removes the account's own limit: the configured one applies again.
+    // `default` removes the account's own limit: the configured one
+    // applies again; `none` exempts the account from any limit.
     assert_eq!(
-        quota_cli(&s, &["quota@example.test", "0"]),
-        "quota@example.test: own quota removed"
+        quota_cli(&s, &["quota@example.test", "default"]),
+        "quota@example.test: quota 1048576 octets (the default, [limits] quota_octets)"
     );
     wait_quota(&s, U, 1024);
+    assert_eq!(
+        quota_cli(&s, &["other@example.test", "none"]),
+        "other@example.test: no quota (its own)"
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut c = Imap::login(s.imap, "other@example.test", PASSWORD);
+        let r = c.ok("GETQUOTAROOT INBOX");
+        c.ok("LOGOUT");
+        if r.lines() == vec!["* QUOTAROOT INBOX".to_string()] {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{:?}", r.lines());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Parallel APPENDs cannot all pass the check against the same usage;
+/// deleting a full mailbox makes room for SMTP at once.
+#[test]
+fn quota_holds_parallel_appends_and_frees_on_delete() {
+    const V: &str = "racer@example.test";
+    let s = Server::options().config(CONFIG).accounts(&[V]).start();
+    quota_cli(&s, &[V, "8K"]);
+    wait_quota(&s, V, 8);
+    let mut setup = Imap::login(s.imap, V, PASSWORD);
+    setup.ok("CREATE Big");
+    setup.ok("LOGOUT");
+    let msg = simple_message("race", &"z".repeat(3000));
+    let accepted: usize = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..12)
+            .map(|_| {
+                let msg = msg.clone();
+                let addr = s.imap;
+                scope.spawn(move || {
+                    let mut c = Imap::login(addr, V, PASSWORD);
+                    let r = c.append("Big", "", None, &msg);
+                    c.ok("LOGOUT");
+                    if r.ok() {
+                        1
+                    } else {
+                        assert!(r.status.starts_with("NO [OVERQUOTA]"), "{}", r.status);
+                        0
+                    }
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).sum()
+    });
+    let each = msg.len();
+    assert_eq!(
+        accepted,
+        8192 / each,
+        "{accepted} appends of {each} octets under 8 KiB"
+    );
+    // Top up over SMTP until RCPT refuses (the last one may pass the limit).
+    for _ in 0..10 {
+        let (mut c, _) = smtp_connect(s.smtp);
+        c.cmd("EHLO client.test").expect(250, None);
+        c.cmd("MAIL FROM:<sender@example.test>").expect(250, None);
+        let r = c.cmd(&format!("RCPT TO:<{V}>"));
+        if r.code == 452 {
+            break;
+        }
+        c.cmd("DATA").expect(354, None);
+        c.cmd("Subject: top\r\n\r\nup\r\n.").expect(250, None);
+    }
+    let rcpt = |s: &Server| {
+        let (mut c, _) = smtp_connect(s.smtp);
+        c.cmd("EHLO client.test").expect(250, None);
+        c.cmd("MAIL FROM:<sender@example.test>").expect(250, None);
+        c.cmd(&format!("RCPT TO:<{V}>")).code
+    };
+    assert_eq!(rcpt(&s), 452);
+    // DELETE frees the room at once, for RCPT on any core too.
+    let mut c = Imap::login(s.imap, V, PASSWORD);
+    c.ok("DELETE Big");
+    c.ok("LOGOUT");
+    assert_eq!(rcpt(&s), 250);
 }
 
 #[test]

@@ -129,6 +129,28 @@ impl Out {
     }
 }
 
+/// Octets of quota held by a command in flight (see `Session::hold_quota`).
+struct QuotaHold {
+    shard: Rc<Shard>,
+    account: String,
+    octets: u64,
+}
+
+impl Drop for QuotaHold {
+    fn drop(&mut self) {
+        if self.octets == 0 {
+            return;
+        }
+        let mut held = self.shard.quota_reserved.borrow_mut();
+        if let Some(v) = held.get_mut(&self.account) {
+            *v = v.saturating_sub(self.octets);
+            if *v == 0 {
+                held.remove(&self.account);
+            }
+        }
+    }
+}
+
 /// One message a search matched.
 struct Hit {
     seq: u32,
@@ -1066,20 +1088,48 @@ impl Session {
         };
         // This session runs on the account's owner: its own count is exact.
         let used = self.shard.store.used_octets(&account);
-        encode::write_quota_storage(&mut self.out.buf, QUOTA_ROOT, used / 1024, limit / 1024);
+        // Units of 1024 octets (RFC 9208 5.1): usage rounded up, so a full
+        // account never shows room it does not have.
+        encode::write_quota_storage(
+            &mut self.out.buf,
+            QUOTA_ROOT,
+            used.div_ceil(1024),
+            limit / 1024,
+        );
         true
     }
 
-    /// Would `adding` octets take the account over its limit? Then the
-    /// command is answered NO [OVERQUOTA] (RFC 9208 section 4.4).
-    fn refuse_over_quota(&mut self, tag: &[u8], adding: u64) -> bool {
+    /// Room for `adding` more octets under the account's limit, counting
+    /// what other commands hold and have not committed yet: a hold to keep
+    /// until the command's records are durable (it is given back when
+    /// dropped). None: the command is answered NO [OVERQUOTA] (RFC 9208
+    /// section 4.3.1).
+    fn hold_quota(&mut self, tag: &[u8], adding: u64) -> Option<QuotaHold> {
         let account = self.account().to_string();
+        let hold = |octets| QuotaHold {
+            shard: self.shard.clone(),
+            account: account.clone(),
+            octets,
+        };
         let Some(limit) = self.shard.quota(&account) else {
-            return false;
+            return Some(hold(0));
         };
         let used = self.shard.store.used_octets(&account);
-        if used.saturating_add(adding) <= limit {
-            return false;
+        let held = self
+            .shard
+            .quota_reserved
+            .borrow()
+            .get(&account)
+            .copied()
+            .unwrap_or(0);
+        if used.saturating_add(held).saturating_add(adding) <= limit {
+            *self
+                .shard
+                .quota_reserved
+                .borrow_mut()
+                .entry(account.clone())
+                .or_default() += adding;
+            return Some(hold(adding));
         }
         self.out.status(
             Some(tag),
@@ -1087,7 +1137,7 @@ impl Session {
             Some(&Code::OverQuota),
             "Quota exceeded (mailbox full)",
         );
-        true
+        None
     }
 
     fn ok(&mut self, tag: &[u8], text: &str) {
@@ -1888,9 +1938,14 @@ impl Session {
             );
             return;
         };
-        if self.exists(name) && self.refuse_over_quota(tag, message.len() as u64) {
-            return;
-        }
+        let _quota = if self.exists(name) {
+            match self.hold_quota(tag, message.len() as u64) {
+                Some(h) => Some(h),
+                None => return,
+            }
+        } else {
+            None
+        };
         let account = self.account().to_string();
         let (sys, kws) = logic::split_flags(flags);
         let alloc = self.shard.store.with_account_counters(&account, |a| {
@@ -2006,6 +2061,14 @@ impl Session {
                     Some(&Code::BadCharset(&["UTF-8", "US-ASCII"])),
                     "Unsupported charset",
                 );
+                // RFC 5182 2.1: a SAVE command answered NO empties `$`.
+                if search
+                    .returns
+                    .as_ref()
+                    .is_some_and(|r| r.contains(&SearchReturn::Save))
+                {
+                    self.saved.clear();
+                }
                 return false;
             }
         }
@@ -2086,21 +2149,18 @@ impl Session {
         match &search.returns {
             None => encode::write_search(&mut self.out.buf, &ids, max_modseq),
             Some(returns) => {
-                let save = returns.contains(&SearchReturn::Save);
-                if save {
-                    self.saved = hits.iter().map(|h| h.1).collect();
+                if returns.contains(&SearchReturn::Save) {
+                    let uids: Vec<u32> = hits.iter().map(|h| h.1).collect();
+                    self.saved = logic::saved_result(returns, &uids);
                 }
                 let only_save = returns.iter().all(|r| *r == SearchReturn::Save);
                 if !only_save {
                     let all = returns.contains(&SearchReturn::All).then_some(&ids[..]);
                     // RFC 7162 3.2 (ESEARCH): with only MIN and/or MAX the
                     // messages returned are those two; otherwise all matches.
-                    let whole = returns.iter().any(|r| {
-                        matches!(
-                            r,
-                            SearchReturn::All | SearchReturn::Count | SearchReturn::Save
-                        )
-                    });
+                    let whole = returns
+                        .iter()
+                        .any(|r| matches!(r, SearchReturn::All | SearchReturn::Count));
                     let max_modseq = if whole || hits.is_empty() {
                         max_modseq
                     } else {
@@ -2180,7 +2240,8 @@ impl Session {
                     None => encode::write_sort(&mut self.out.buf, &ids, max_modseq),
                     Some(returns) => {
                         if returns.contains(&SearchReturn::Save) {
-                            self.saved = hits.iter().map(|h| h.uid).collect();
+                            let uids: Vec<u32> = sorted.iter().map(|&i| hits[i].uid).collect();
+                            self.saved = logic::saved_result(returns, &uids);
                         }
                         if !returns.iter().all(|r| *r == SearchReturn::Save) {
                             // RFC 5267 3.1: MIN and MAX are the first and
@@ -2679,11 +2740,12 @@ impl Session {
             .map(|&i| sel.view.msgs[i].uid)
             .collect();
         let src = sel.id;
-        // RFC 9208 4.4: a COPY that would pass the limit fails whole. A MOVE
-        // stays under the account's one quota root, so it never does.
-        if !mv {
-            let adding = self
-                .shard
+        // RFC 9208 4.3.1: a COPY that would pass the limit fails whole. A
+        // MOVE stays under the account's one quota root, so it never does.
+        let adding = if mv {
+            0
+        } else {
+            self.shard
                 .store
                 .with_account(self.account(), |a| {
                     a.mailbox(src).map_or(0, |m| {
@@ -2693,11 +2755,15 @@ impl Session {
                             .sum()
                     })
                 })
-                .unwrap_or(0);
-            if adding > 0 && self.refuse_over_quota(tag, adding) {
-                return;
-            }
-        }
+                .unwrap_or(0)
+        };
+        let _quota = match adding {
+            0 => None,
+            n => match self.hold_quota(tag, n) {
+                Some(h) => Some(h),
+                None => return,
+            },
+        };
         match self.transfer(src, &uids, dest, mv).await {
             Ok(Some((validity, from, to))) => {
                 let code = Code::CopyUid {

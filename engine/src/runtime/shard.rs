@@ -160,6 +160,10 @@ pub struct Shard {
     /// IMAP \\Recent bookkeeping: (account, mailbox) -> highest UID some
     /// session has already seen as recent (RFC 3501 2.3.2).
     pub imap_recent: RefCell<HashMap<(String, u32), u32>>,
+    /// Octets IMAP APPEND and COPY on this shard (the account's owner) have
+    /// passed the quota check for and not made durable yet: checks count
+    /// them, so parallel commands cannot all pass against the same usage.
+    pub quota_reserved: RefCell<HashMap<String, u64>>,
     /// POP3 maildrop locks (RFC 1939 section 8: exclusive access).
     pub pop3_locks: RefCell<HashSet<String>>,
     /// Successful password checks: account -> (keyed digest of the password, hash it matched).
@@ -906,6 +910,7 @@ pub async fn run(shared: Arc<Shared>, mesh: MeshBuilder<ShardMsg, Full>) -> Resu
         store,
         senders,
         imap_recent: RefCell::default(),
+        quota_reserved: RefCell::default(),
         pop3_locks: RefCell::default(),
         auth_cache: RefCell::default(),
         auth_key: Default::default(),

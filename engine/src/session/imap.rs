@@ -13,7 +13,7 @@
 use std::collections::HashSet;
 
 use crate::mime;
-use crate::protocol::imap::{Flag, SearchKey, SequenceArg, SequenceSet};
+use crate::protocol::imap::{Flag, SearchKey, SearchReturn, SequenceArg, SequenceSet};
 use crate::storage::index::{flag, Mailbox, MessageEntry};
 
 /// Hierarchy delimiter of mailbox names.
@@ -230,17 +230,21 @@ impl View {
     ) -> Changes {
         let mut ch = Changes::default();
         if allow_expunge {
-            let mut i = self.msgs.len();
             // Highest sequence numbers first: each EXPUNGE then refers to the
-            // numbering the client has right before it.
-            while i > 0 {
-                i -= 1;
-                if mailbox.position(self.msgs[i].uid).is_none() {
-                    self.recent.remove(&self.msgs[i].uid);
-                    ch.expunged_uids.push(self.msgs[i].uid);
-                    self.msgs.remove(i);
+            // numbering the client has right before it, which for a message
+            // above every other one removed is its index + 1. One pass, so a
+            // mass expunge costs O(n) per session, not O(n^2).
+            for (i, m) in self.msgs.iter().enumerate().rev() {
+                if mailbox.position(m.uid).is_none() {
+                    ch.expunged_uids.push(m.uid);
                     ch.expunged.push(i as u32 + 1);
                 }
+            }
+            if !ch.expunged.is_empty() {
+                for uid in &ch.expunged_uids {
+                    self.recent.remove(uid);
+                }
+                self.msgs.retain(|m| mailbox.position(m.uid).is_some());
             }
         }
         for (i, m) in self.msgs.iter_mut().enumerate() {
@@ -412,6 +416,34 @@ pub fn vanished_earlier(mailbox: &Mailbox, modseq: u64, known: &[(u32, u32)]) ->
     }
 }
 
+/// What `RETURN (SAVE ...)` puts in `$` (RFC 5182 section 2.4): with SAVE
+/// and only MIN and/or MAX beside it, just those messages (the first and
+/// last of `uids`, which are in the order the command returns them: UID
+/// order for SEARCH, sort order for SORT); otherwise all of them.
+pub fn saved_result(returns: &[SearchReturn], uids: &[u32]) -> Vec<u32> {
+    let only_min_max = returns.iter().all(|r| {
+        matches!(
+            r,
+            SearchReturn::Save | SearchReturn::Min | SearchReturn::Max
+        )
+    }) && returns
+        .iter()
+        .any(|r| matches!(r, SearchReturn::Min | SearchReturn::Max));
+    if !only_min_max {
+        return uids.to_vec();
+    }
+    let mut out = Vec::new();
+    if returns.contains(&SearchReturn::Min) {
+        out.extend(uids.first());
+    }
+    if returns.contains(&SearchReturn::Max) {
+        out.extend(uids.last());
+    }
+    out.sort_unstable();
+    out.dedup();
+    out
+}
+
 /// Everything SEARCH may look at for one message.
 pub struct SearchInput<'a> {
     pub seq: u32,
@@ -574,6 +606,18 @@ mod tests {
                 len: 100,
             },
         }
+    }
+
+    #[test]
+    fn saved_results() {
+        use SearchReturn::*;
+        let uids = [7, 3, 9];
+        assert_eq!(saved_result(&[Save], &uids), vec![7, 3, 9]);
+        assert_eq!(saved_result(&[Save, Min], &uids), vec![7]);
+        assert_eq!(saved_result(&[Max, Save], &uids), vec![9]);
+        assert_eq!(saved_result(&[Save, Min, Max], &uids), vec![7, 9]);
+        assert_eq!(saved_result(&[Save, Min, Count], &uids), vec![7, 3, 9]);
+        assert_eq!(saved_result(&[Save, Min], &[]), Vec::<u32>::new());
     }
 
     #[test]

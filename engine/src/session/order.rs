@@ -49,6 +49,19 @@ const THREAD_REFERENCES_MAX: usize = 1000;
 /// create a loop, so a crafted mailbox costs bounded time.
 const THREAD_LOOP_CHECK_BUDGET: u64 = 1 << 25;
 
+/// References one THREAD=REFERENCES run keeps in all, beyond one per
+/// message: each unknown id costs a dummy container, so a mailbox of mail
+/// crafted with thousands of distinct references must not cost memory
+/// without bound. Past it, a message keeps only its last reference (its
+/// parent), which is what threads it.
+const THREAD_REFERENCES_PER_MESSAGE: usize = 4;
+const THREAD_REFERENCES_EXTRA: usize = 1000;
+
+/// Octets of a Subject or address field that SORT and THREAD look at: keys
+/// are compared on their start, and a 30 MiB Subject must not be decoded
+/// and copied per sort key.
+const KEY_FIELD_MAX: usize = 1024;
+
 /// Steps every loop check may take even once the budget is spent.
 const THREAD_LOOP_CHECK_STEPS_MIN: u64 = 64;
 
@@ -208,7 +221,12 @@ fn refwd(s: &[u8], brackets: &[usize], pos: usize, end: usize) -> Option<usize> 
 }
 
 fn subject_of(m: &MsgInfo<'_>) -> (String, bool) {
-    base_subject(field_value(m.header, b"Subject").unwrap_or(b""))
+    base_subject(capped(field_value(m.header, b"Subject").unwrap_or(b"")))
+}
+
+/// The first [`KEY_FIELD_MAX`] octets of a field value.
+fn capped(v: &[u8]) -> &[u8] {
+    &v[..v.len().min(KEY_FIELD_MAX)]
 }
 
 /// Sent date (RFC 5256 section 2.2): the Date: field in UTC, seconds since
@@ -239,7 +257,7 @@ fn first_mailbox(header: &[u8], name: &[u8]) -> Vec<u8> {
     let Some(value) = field_value(header, name) else {
         return Vec::new();
     };
-    let mailbox = match parse_address_list(value).into_iter().next() {
+    let mailbox = match parse_address_list(capped(value)).into_iter().next() {
         Some(Address::Mailbox { mailbox, .. }) => mailbox,
         Some(Address::GroupStart(group)) => group,
         _ => return Vec::new(),
@@ -532,6 +550,7 @@ fn references(msgs: &[MsgInfo<'_>]) -> Vec<Node> {
         budget: THREAD_LOOP_CHECK_BUDGET,
     };
     let mut ids: HashMap<Cow<'_, [u8]>, usize> = HashMap::with_capacity(msgs.len());
+    let mut refs_left = msgs.len() * THREAD_REFERENCES_PER_MESSAGE + THREAD_REFERENCES_EXTRA;
     for (i, m) in msgs.iter().enumerate() {
         // A message without a valid Message-ID, or with the id of an earlier
         // message, gets a container nothing can refer to (a unique id).
@@ -549,7 +568,12 @@ fn references(msgs: &[MsgInfo<'_>]) -> Vec<Node> {
         // already has a parent (References may have been truncated) or the
         // link would make a loop. Unknown ids get a dummy.
         let mut prev = NONE;
-        for r in message_references(m.header) {
+        let mut refs = message_references(m.header);
+        if refs.len() > refs_left {
+            refs.drain(..refs.len() - 1);
+        }
+        refs_left = refs_left.saturating_sub(refs.len());
+        for r in refs {
             let c = *ids.entry(r).or_insert_with(|| links.add(None));
             if prev != NONE && links.c[c].parent == NONE && !links.would_loop(prev, c) {
                 links.link(prev, c);
@@ -1049,6 +1073,42 @@ mod tests {
             &msg("d@x", "<a@x> <b@x>", "Re: hello", 4),
         ]);
         assert_eq!(m.threads(Algorithm::References), "(1 2 (3)(4))");
+    }
+
+    /// Mail crafted with thousands of distinct references: past the run's
+    /// budget a message keeps only its parent, so the chain still threads,
+    /// and huge subjects are compared on their first octets only.
+    #[test]
+    fn reference_budget_keeps_parents() {
+        let n = 200;
+        let headers: Vec<String> = (0..n)
+            .map(|i| {
+                let junk: String = (0..1000).map(|j| format!("<junk{i}-{j}@x> ")).collect();
+                let parent = if i == 0 {
+                    String::new()
+                } else {
+                    format!("<m{}@x>", i - 1)
+                };
+                msg(
+                    &format!("m{i}@x"),
+                    &format!("{junk}{parent}"),
+                    "Re: chain",
+                    1,
+                )
+            })
+            .collect();
+        let refs: Vec<&str> = headers.iter().map(String::as_str).collect();
+        let m = Mailbox::new(&refs);
+        let want: Vec<String> = (1..=n).map(|i| i.to_string()).collect();
+        assert_eq!(
+            m.threads(Algorithm::References),
+            format!("({})", want.join(" "))
+        );
+        let big = format!("Subject: Re: {}b", "a".repeat(4 << 20));
+        let small = format!("Subject: {}a", "a".repeat(4 << 20));
+        let m = Mailbox::new(&[&big, &small]);
+        // Equal on their first KEY_FIELD_MAX octets: sequence order.
+        assert_eq!(m.sorted(&[(false, SortKey::Subject)]), vec![1, 2]);
     }
 
     #[test]

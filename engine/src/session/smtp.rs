@@ -148,7 +148,8 @@ pub enum RcptVerdict {
     NotLocal,
     /// `451 4.3.0`: cannot tell right now.
     TempFail,
-    /// `452 4.2.2`: a local account at its storage limit (RFC 9208 5.1).
+    /// `452 4.2.2`: a local account at its storage limit (`[limits]
+    /// quota_octets` or its own).
     OverQuota,
 }
 

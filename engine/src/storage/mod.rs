@@ -440,6 +440,18 @@ impl Store {
         *self.usage.borrow_mut() = Some(table);
     }
 
+    /// Apply a record to an account and publish its storage use when the
+    /// record changed it (eager DeleteMailbox as well as durable records).
+    fn apply_and_publish(&self, a: &mut Account, op: &Op<'_>, body_loc: Option<Loc>) {
+        let before = a.used_octets;
+        a.apply(op, body_loc);
+        if a.used_octets != before {
+            if let Some(t) = self.usage.borrow().as_ref() {
+                t.set(&a.name, a.used_octets);
+            }
+        }
+    }
+
     /// Octets the account uses now (its applied changes).
     pub fn used_octets(&self, account: &str) -> u64 {
         self.with_account(account, |a| a.used_octets).unwrap_or(0)
@@ -779,11 +791,11 @@ impl Store {
                         let b = self.bucket_of(account);
                         let mut buckets = self.buckets.borrow_mut();
                         let bucket = buckets.get_mut(&b).expect("owned bucket");
-                        bucket
+                        let a = bucket
                             .accounts
                             .entry(account.into())
-                            .or_insert_with(|| Account::new(account))
-                            .apply(op, None);
+                            .or_insert_with(|| Account::new(account));
+                        self.apply_and_publish(a, op, None);
                         drop(buckets);
                         self.notify(account);
                     }
@@ -1251,13 +1263,7 @@ impl Store {
             }
             let body_loc = body_loc_of(&op, seg.id(), rec.payload_offset, rec.payload.len());
             if let Some(a) = bucket.accounts.get_mut(op.account()) {
-                let before = a.used_octets;
-                a.apply(&op, body_loc);
-                if a.used_octets != before {
-                    if let Some(t) = self.usage.borrow().as_ref() {
-                        t.set(&a.name, a.used_octets);
-                    }
-                }
+                self.apply_and_publish(a, &op, body_loc);
             }
             self.notify(op.account());
         }

@@ -845,6 +845,7 @@ fn sort<'a>(c: &mut Cur<'a>, uid: bool) -> R<CommandBody<'a>> {
     let returns = search_returns(c)?;
     c.open()?;
     let mut criteria = Vec::new();
+    let mut given = 0;
     let mut reverse = false;
     loop {
         let key = match upper(c.atom()?).as_slice() {
@@ -865,10 +866,15 @@ fn sort<'a>(c: &mut Cur<'a>, uid: bool) -> R<CommandBody<'a>> {
             b"TO" => SortKey::To,
             _ => return Err("unknown sort key"),
         };
-        if criteria.len() >= crate::limits::IMAP_SORT_KEYS_MAX {
+        given += 1;
+        if given > crate::limits::IMAP_SORT_KEYS_MAX {
             return Err("too many sort keys");
         }
-        criteria.push(SortCriterion { reverse, key });
+        // A key given again can never break a tie the first one left, so
+        // it is dropped (and costs no second key per message).
+        if !criteria.iter().any(|c: &SortCriterion| c.key == key) {
+            criteria.push(SortCriterion { reverse, key });
+        }
         reverse = false;
         if c.eat(b')') {
             break;

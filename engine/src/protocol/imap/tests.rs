@@ -1133,6 +1133,14 @@ fn rfc5256_sort_and_thread() {
         }
         other => panic!("{other:?}"),
     }
+    // A key given twice counts once.
+    match parsed("A1 SORT (SUBJECT REVERSE SUBJECT DATE SUBJECT) UTF-8 ALL\r\n") {
+        CommandBody::Sort { criteria, .. } => assert_eq!(
+            criteria.iter().map(|c| c.key).collect::<Vec<_>>(),
+            vec![SortKey::Subject, SortKey::Date]
+        ),
+        other => panic!("{other:?}"),
+    }
     match parsed("A283 UID SORT (REVERSE DATE from) us-ascii ALL\r\n") {
         CommandBody::Sort { uid, criteria, .. } => {
             assert!(uid);

@@ -227,9 +227,10 @@ pub mod replies {
     pub const RCPT_TEMPFAIL: Reply =
         Reply::new(451, "4.3.0", "Error: temporary recipient lookup failure");
     pub const STORAGE_TEMPFAIL: Reply = Reply::new(452, "4.3.1", "Insufficient system storage");
-    /// The recipient's account is at its storage limit. RFC 5321 4.5.3.1.10:
-    /// a full mailbox at RCPT is best a 452 (a 552 there is treated as
-    /// temporary by clients anyway); RFC 3463 X.2.2 "mailbox full".
+    /// The recipient's account is at its storage limit: RFC 3463 X.2.2
+    /// "mailbox full", as a temporary failure at RCPT (RFC 5321 4.2.2's 452,
+    /// "insufficient system storage"), so the sender's server retries and
+    /// the mail arrives once the user made room; nothing is refused later.
     pub const MAILBOX_FULL: Reply = Reply::new(452, "4.2.2", "Mailbox full, try again later");
     /// The shard's budget for messages in flight had no room for this one
     /// (it was read to its end and thrown away).
