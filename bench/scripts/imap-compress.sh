@@ -8,13 +8,13 @@
 #
 # Usage: bench/scripts/imap-compress.sh
 # Environment (defaults in brackets):
-#   MESSAGES [2000]  ROUNDS [4]  FETCHES [3]  CORES [1]
+#   MESSAGES [2000]  ROUNDS [4]  FETCHES [5]  CORES [1]
 #   RESULTS [bench/results/imap-compress-<UTC timestamp>]
 # Needs a release build of ringmail (CARGO_TARGET_DIR or ./target).
 set -euo pipefail
 MESSAGES=${MESSAGES:-2000}
 ROUNDS=${ROUNDS:-4}
-FETCHES=${FETCHES:-3}
+FETCHES=${FETCHES:-5}
 CORES=${CORES:-1}
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release
@@ -42,5 +42,5 @@ python3 "$ROOT/bench/scripts/imap_compress_bench.py" "$RM_IMAP" "$RM_IMAPS" "$RM
     --messages "$MESSAGES" --rounds "$ROUNDS" --fetches "$FETCHES" --json "$RESULTS/result.json" \
     2> "$RESULTS/legs.txt" | tee "$RESULTS/summary.txt"
 rm_stop
-grep -E ' (WARN|ERROR) ' "$WORK/ringmail.log" | head -5 || true
+grep -E ' (WARN|ERROR) ' "$WORK/ringmail.log" | grep -v 'open to other users' | head -5 || true
 echo "load at end: $(cut -d' ' -f1-3 /proc/loadavg)" | tee -a "$RESULTS/machine.txt"

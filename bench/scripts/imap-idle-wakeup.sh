@@ -4,15 +4,16 @@
 # every INTERVAL seconds; per delivery and session, the time from the SMTP
 # server's 250 to the session's `* n EXISTS` (imap_idle_wakeup.py, kernel
 # receive timestamps on the client's sockets). A fresh ringmail per value of
-# CORES; p50/p99/max over all sessions and deliveries.
+# CORES, each value of SESSIONS in turn (1 shows the delivery alone);
+# p50/p99/max over all sessions and deliveries.
 #
 # Usage: bench/scripts/imap-idle-wakeup.sh
 # Environment (defaults in brackets):
-#   SESSIONS [1000]  DELIVERIES [20]  INTERVAL [1.0]  CORES ["2 1"]
+#   SESSIONS ["1 1000"]  DELIVERIES [20]  INTERVAL [1.0]  CORES ["2 1"]
 #   RESULTS [bench/results/imap-idle-wakeup-<UTC timestamp>]
 # Needs a release build of ringmail (CARGO_TARGET_DIR or ./target).
 set -euo pipefail
-SESSIONS=${SESSIONS:-1000}
+SESSIONS=${SESSIONS:-1 1000}
 DELIVERIES=${DELIVERIES:-20}
 INTERVAL=${INTERVAL:-1.0}
 CORES=${CORES:-2 1}
@@ -21,7 +22,7 @@ BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release
 RESULTS=${RESULTS:-$ROOT/bench/results/imap-idle-wakeup-$(date -u +%Y%m%dT%H%M%SZ)}
 . "$ROOT/bench/scripts/ringmail-bench.sh"   # rm_config, rm_start, rm_stop
 [ -x "$BIN/ringmail" ] || { echo "release ringmail missing in $BIN" >&2; exit 1; }
-need=$((SESSIONS + 200))
+need=$(( $(tr ' ' '\n' <<< "$SESSIONS" | sort -n | tail -1) + 200 ))
 [ "$(ulimit -n)" = unlimited ] || [ "$(ulimit -n)" -ge "$need" ] || ulimit -n "$need"
 
 WORK=$(mktemp -d /tmp/ringmail-wakeup.XXXXXX)
@@ -44,11 +45,13 @@ for cores in $CORES; do
     sed -i "s/^connections_per_address_max = .*/connections_per_address_max = $need\nconnections_max = $need\nconnections_per_address_per_minute = 0/" "$WORK/$cores.toml"
     rm_start "$BIN/ringmail" "$WORK/$cores.toml" "$WORK/$cores.ready" "$WORK/ringmail-cores$cores.log" \
         || { cat "$WORK/ringmail-cores$cores.log" >&2; exit 1; }
-    echo "cores = $cores:"
-    python3 "$ROOT/bench/scripts/imap_idle_wakeup.py" "$RM_IMAP" "$RM_SMTP" idle@example.test password \
-        --sessions "$SESSIONS" --deliveries "$DELIVERIES" --interval "$INTERVAL" \
-        --json "$RESULTS/cores$cores.json" 2> "$RESULTS/cores$cores.txt" | tee -a "$RESULTS/summary.txt"
+    for n in $SESSIONS; do
+        echo "cores = $cores, $n sessions:" | tee -a "$RESULTS/summary.txt"
+        python3 "$ROOT/bench/scripts/imap_idle_wakeup.py" "$RM_IMAP" "$RM_SMTP" idle@example.test password \
+            --sessions "$n" --deliveries "$DELIVERIES" --interval "$INTERVAL" \
+            --json "$RESULTS/cores$cores-$n.json" 2> "$RESULTS/cores$cores-$n.txt" | tee -a "$RESULTS/summary.txt"
+    done
     rm_stop
-    grep -E ' (WARN|ERROR) ' "$WORK/ringmail-cores$cores.log" | head -5 || true
+    grep -E ' (WARN|ERROR) ' "$WORK/ringmail-cores$cores.log" | grep -v 'open to other users' | head -5 || true
 done
 echo "load at end: $(cut -d' ' -f1-3 /proc/loadavg)" | tee -a "$RESULTS/machine.txt"
