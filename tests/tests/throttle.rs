@@ -88,7 +88,7 @@ fn attempt(server: &Server, proto: Proto, from: Ipv4Addr, user: &str, password: 
                 Outcome::Failed
             } else if l.starts_with("-ERR [SYS/TEMP]") {
                 assert!(
-                    c.closed_within(Duration::from_secs(5)),
+                    c.closed_within(Duration::from_secs(15)),
                     "the connection stays open after the ban"
                 );
                 Outcome::Banned
