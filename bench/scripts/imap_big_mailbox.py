@@ -59,17 +59,17 @@ class Session:
         self.s.close()
 
 
-def rss_kib(pid):
+def rss_kib(pid, field="VmRSS"):
     with open("/proc/%d/status" % pid) as f:
-        return int(re.search(r"VmRSS:\s+(\d+)", f.read()).group(1))
+        return int(re.search(field + r":\s+(\d+)", f.read()).group(1))
 
 
-def settle(pid):
-    """VmRSS after the server had a moment to give back freed memory."""
+def settle(pid, field="VmRSS"):
+    """VmRSS (or RssAnon) after the server had a moment to give back freed memory."""
     time.sleep(2)
     samples = []
     for _ in range(3):
-        samples.append(rss_kib(pid))
+        samples.append(rss_kib(pid, field))
         time.sleep(0.2)
     return min(samples)
 
@@ -84,7 +84,8 @@ def main():
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--json")
     o = ap.parse_args()
-    res = {"rss_idle_kib": settle(o.pid), "memory": [], "times": {}}
+    res = {"rss_idle_kib": settle(o.pid), "anon_idle_kib": rss_kib(o.pid, "RssAnon"),
+           "file_idle_kib": rss_kib(o.pid, "RssFile"), "memory": [], "times": {}}
 
     probe = Session(o.imap, o.user, o.password)
     out, took = probe.cmd("EXAMINE INBOX")
@@ -95,15 +96,18 @@ def main():
 
     for n in [int(x) for x in o.sessions.split(",")]:
         sessions = [Session(o.imap, o.user, o.password) for _ in range(n)]
-        logged_in = settle(o.pid)
+        logged_in, anon_in = settle(o.pid), rss_kib(o.pid, "RssAnon")
         for s in sessions:
             s.cmd("SELECT INBOX")
-        selected = settle(o.pid)
+        selected, anon_sel = settle(o.pid), rss_kib(o.pid, "RssAnon")
         per = (selected - logged_in) * 1024 / n / messages
-        res["memory"].append({"sessions": n, "rss_logged_in_kib": logged_in,
-                              "rss_selected_kib": selected, "bytes_per_session_message": per})
+        per_anon = (anon_sel - anon_in) * 1024 / n / messages
+        res["memory"].append({"sessions": n, "rss_logged_in_kib": logged_in, "rss_selected_kib": selected,
+                              "anon_logged_in_kib": anon_in, "anon_selected_kib": anon_sel,
+                              "bytes_per_session_message": per, "anon_bytes_per_session_message": per_anon})
         print("%3d sessions: VmRSS logged in %d KiB, selected %d KiB: %.1f bytes per session and message"
-              % (n, logged_in, selected, per), file=sys.stderr)
+              " (RssAnon %d -> %d KiB: %.1f)" % (n, logged_in, selected, per, anon_in, anon_sel, per_anon),
+              file=sys.stderr)
         for s in sessions:
             s.close()
 
@@ -118,10 +122,13 @@ def main():
         print("%-28s median %8.2f ms  min %8.2f  max %8.2f  (%d bytes)"
               % (label, statistics.median(ms), min(ms), max(ms), len(runs[-1][0])), file=sys.stderr)
 
+    timed("NOOP (round trip)", "NOOP")
     timed("SELECT", "SELECT INBOX")
     timed("FETCH 1:* (UID FLAGS)", "FETCH 1:* (UID FLAGS)")
     timed("UID SEARCH UNSEEN (all)", "UID SEARCH UNSEEN")
     timed("UID FETCH last:* (FLAGS)", "UID FETCH %d:* (FLAGS)" % last)
+    timed("FETCH last:* (FLAGS)", "FETCH %d:* (FLAGS)" % last)
+    timed("UID FETCH last:max (FLAGS)", "UID FETCH %d:%d (FLAGS)" % (last, messages))
     _, took = s.cmd("STORE 1:%d +FLAGS.SILENT (\\Seen)" % (messages - messages // 100))
     res["store_seen_ms"] = took * 1000
     print("STORE 1:%d +FLAGS.SILENT (\\Seen): %.1f ms" % (messages - messages // 100, took * 1000),

@@ -215,6 +215,16 @@ fn quota_holds_parallel_appends_and_frees_on_delete() {
     c.ok("DELETE Big");
     c.ok("LOGOUT");
     assert_eq!(rcpt(&s), 250);
+    // RFC 1870 SIZE: a message declared larger than the room left is
+    // refused at RCPT like a full mailbox; a small one is welcome.
+    for (size, code) in [(100_000, 452), (100, 250)] {
+        let (mut c, _) = smtp_connect(s.smtp);
+        c.cmd("EHLO client.test").expect(250, None);
+        c.cmd(&format!("MAIL FROM:<sender@example.test> SIZE={size}"))
+            .expect(250, None);
+        let r = c.cmd(&format!("RCPT TO:<{V}>"));
+        assert_eq!(r.code, code, "SIZE={size}: {}", r.text());
+    }
 }
 
 #[test]

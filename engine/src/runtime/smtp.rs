@@ -60,6 +60,10 @@ impl SmtpContext for Ctx<'_> {
         unix_now()
     }
 
+    fn has_room(&self, account: &str, size: u64) -> bool {
+        !self.shard.over_quota(account, size)
+    }
+
     fn may_send_as(&self, account: &str, address: &str) -> bool {
         let senders = &self.shard.config().senders;
         if !senders.check_ownership

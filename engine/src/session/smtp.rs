@@ -134,6 +134,12 @@ pub trait SmtpContext {
         let _ = (account, address);
         true
     }
+    /// Is there room for a message of `size` octets (MAIL FROM's SIZE=,
+    /// RFC 1870) in the account, under its storage limit?
+    fn has_room(&self, account: &str, size: u64) -> bool {
+        let _ = (account, size);
+        true
+    }
 }
 
 /// Answer of [`SmtpContext::recipient`].
@@ -282,6 +288,8 @@ struct Envelope {
     body_8bit: bool,
     /// A BDAT chunk was accepted: DATA and RCPT are now out of sequence.
     bdat: bool,
+    /// MAIL FROM's SIZE= (RFC 1870), if given.
+    declared_size: Option<u64>,
 }
 
 /// One SMTP server connection.
@@ -959,6 +967,7 @@ impl SmtpSession {
             smtputf8,
             body_8bit: body == Some(BodyType::EightBitMime),
             bdat: false,
+            declared_size: size,
         });
         replies::MAIL_OK.write(out);
     }
@@ -989,7 +998,15 @@ impl SmtpSession {
         } else {
             path
         };
+        let declared = envelope.declared_size;
         match ctx.recipient(address) {
+            // A declared size that would take the account past its limit:
+            // the same temporary refusal as a full mailbox.
+            RcptVerdict::Local { account }
+                if declared.is_some_and(|n| !ctx.has_room(&account, n)) =>
+            {
+                replies::MAILBOX_FULL.write(out)
+            }
             RcptVerdict::Local { account } => {
                 if let Some(envelope) = &mut self.envelope {
                     // Two addresses of one account get one copy.
