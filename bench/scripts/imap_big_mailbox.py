@@ -2,7 +2,8 @@
 """A large INBOX: the server's VmRSS with N sessions that SELECTed it minus
 the same N sessions only logged in (bytes per selected session and
 message), then the times of SELECT, FETCH 1:* (UID FLAGS), UID SEARCH
-UNSEEN and UID FETCH <last 11 UIDs>:* (FLAGS), before and after
+UNSEEN, UID FETCH <last 11 UIDs>:* (FLAGS) and a few more (each with the
+server's CPU time, from /proc/PID/task/*/schedstat), before and after
 STORE 1:<all but the last 1%> +FLAGS.SILENT (\\Seen).
 
 usage: imap_big_mailbox.py HOST:PORT SERVER_PID USER PASSWORD
@@ -10,6 +11,7 @@ usage: imap_big_mailbox.py HOST:PORT SERVER_PID USER PASSWORD
 """
 import argparse
 import json
+import os
 import re
 import socket
 import statistics
@@ -64,6 +66,18 @@ def rss_kib(pid, field="VmRSS"):
         return int(re.search(field + r":\s+(\d+)", f.read()).group(1))
 
 
+def cpu_ns(pid):
+    """Run time of all the server's threads so far (/proc/PID/task/*/schedstat)."""
+    total = 0
+    for task in os.listdir("/proc/%d/task" % pid):
+        try:
+            with open("/proc/%d/task/%s/schedstat" % (pid, task)) as f:
+                total += int(f.read().split()[0])
+        except OSError:
+            pass
+    return total
+
+
 def settle(pid, field="VmRSS"):
     """VmRSS (or RssAnon) after the server had a moment to give back freed memory."""
     time.sleep(2)
@@ -115,24 +129,32 @@ def main():
     last = messages - 10
 
     def timed(label, command):
-        runs = [s.cmd(command) for _ in range(o.repeat)]
+        runs, cpu = [], []
+        for _ in range(o.repeat):
+            c0 = cpu_ns(o.pid)
+            runs.append(s.cmd(command))
+            cpu.append((cpu_ns(o.pid) - c0) / 1e6)
         ms = [t * 1000 for _, t in runs]
         res["times"][label] = {"command": command, "median_ms": statistics.median(ms), "min_ms": min(ms),
-                               "max_ms": max(ms), "response_bytes": len(runs[-1][0])}
-        print("%-28s median %8.2f ms  min %8.2f  max %8.2f  (%d bytes)"
-              % (label, statistics.median(ms), min(ms), max(ms), len(runs[-1][0])), file=sys.stderr)
+                               "max_ms": max(ms), "server_cpu_ms": statistics.median(cpu),
+                               "response_bytes": len(runs[-1][0])}
+        print("%-30s median %8.2f ms  min %8.2f  max %8.2f  server CPU %8.2f ms  (%d bytes)"
+              % (label, statistics.median(ms), min(ms), max(ms), statistics.median(cpu), len(runs[-1][0])),
+              file=sys.stderr)
 
-    timed("NOOP (round trip)", "NOOP")
+    timed("NOOP, nothing selected", "NOOP")
     timed("SELECT", "SELECT INBOX")
+    timed("NOOP, INBOX selected", "NOOP")
     timed("FETCH 1:* (UID FLAGS)", "FETCH 1:* (UID FLAGS)")
     timed("UID SEARCH UNSEEN (all)", "UID SEARCH UNSEEN")
     timed("UID FETCH last:* (FLAGS)", "UID FETCH %d:* (FLAGS)" % last)
     timed("FETCH last:* (FLAGS)", "FETCH %d:* (FLAGS)" % last)
-    timed("UID FETCH last:max (FLAGS)", "UID FETCH %d:%d (FLAGS)" % (last, messages))
+    timed("STATUS INBOX (MESSAGES UNSEEN)", "STATUS INBOX (MESSAGES UNSEEN)")
+    c0 = cpu_ns(o.pid)
     _, took = s.cmd("STORE 1:%d +FLAGS.SILENT (\\Seen)" % (messages - messages // 100))
-    res["store_seen_ms"] = took * 1000
-    print("STORE 1:%d +FLAGS.SILENT (\\Seen): %.1f ms" % (messages - messages // 100, took * 1000),
-          file=sys.stderr)
+    res["store_seen_ms"], res["store_seen_cpu_ms"] = took * 1000, (cpu_ns(o.pid) - c0) / 1e6
+    print("STORE 1:%d +FLAGS.SILENT (\\Seen): %.1f ms, server CPU %.1f ms"
+          % (messages - messages // 100, took * 1000, res["store_seen_cpu_ms"]), file=sys.stderr)
     timed("UID SEARCH UNSEEN (1%)", "UID SEARCH UNSEEN")
     timed("SELECT (after STORE)", "SELECT INBOX")
     timed("FETCH 1:* (after STORE)", "FETCH 1:* (UID FLAGS)")

@@ -273,4 +273,5 @@ def main():
                  r["wall_ms_none"], r["wall_ms_compress"]))
 
 
-main()
+if __name__ == "__main__":
+    main()

@@ -29,7 +29,7 @@ use crate::protocol::imap::{
     Flag, Frame, Framer, FramingLimits, ListReturn, ListSelect, Mailbox as MailboxArg, Qresync,
     SaslResponse, SearchKey, SearchReturn, SequenceArg, SequenceSet, Status, StatusItem, StoreMode,
 };
-use crate::session::imap::{self as logic, View, ViewMsg, DELIMITER, KEYWORDS_MAX};
+use crate::session::imap::{self as logic, View, DELIMITER, KEYWORDS_MAX};
 use crate::session::order;
 use crate::storage::index::{self, flag, special, Account, Mailbox};
 use crate::storage::record::Op;
@@ -1276,7 +1276,10 @@ impl Session {
                 encode::write_recent(out, n);
             }
             for seq in &ch.flags {
-                let m = sel.view.msgs[*seq as usize - 1];
+                let uid = sel.view.uids[*seq as usize - 1];
+                let Some(m) = mb.position(uid).map(|p| &mb.messages[p]) else {
+                    continue;
+                };
                 let mut w = FetchWriter::new(out, *seq);
                 w.flags(&logic::flag_list(
                     m.flags,
@@ -1348,7 +1351,8 @@ impl Session {
             write_flags_lines(out, &mb.keywords, read_only);
             encode::write_exists(out, view.len());
             encode::write_recent(out, view.recent.len() as u32);
-            if let Some(i) = view.msgs.iter().position(|m| m.flags & flag::SEEN == 0) {
+            // The view is the mailbox itself right after this first sync.
+            if let Some(i) = mb.messages.iter().position(|m| m.flags & flag::SEEN == 0) {
                 encode::write_status(
                     out,
                     None,
@@ -1388,7 +1392,7 @@ impl Session {
                 };
                 let gone = logic::vanished_earlier(mb, q.modseq, &known);
                 encode::write_vanished(out, true, &gone);
-                for (i, m) in view.msgs.iter().enumerate() {
+                for (i, m) in mb.messages.iter().enumerate() {
                     if m.modseq > q.modseq {
                         let mut w = FetchWriter::new(out, i as u32 + 1);
                         w.uid(m.uid);
@@ -2088,8 +2092,8 @@ impl Session {
         store.with_account(&account, |a| {
             let Some(mb) = a.mailbox(sel.id) else { return };
             let max_uid = sel.view.max_uid();
-            for (i, v) in sel.view.msgs.iter().enumerate() {
-                let Some(p) = mb.position(v.uid) else {
+            for (i, &uid) in sel.view.uids.iter().enumerate() {
+                let Some(p) = mb.position(uid) else {
                     continue;
                 };
                 let entry = &mb.messages[p];
@@ -2101,10 +2105,9 @@ impl Session {
                 let body = body_handle.as_ref().map_or(&[][..], |b| b.bytes());
                 let input = logic::SearchInput {
                     seq: i as u32 + 1,
-                    view: v,
                     entry,
                     keyword_names: &mb.keywords,
-                    recent: sel.view.recent.contains(&v.uid),
+                    recent: sel.view.recent.contains(&uid),
                     max_seq: sel.view.len(),
                     max_uid,
                     body,
@@ -2113,8 +2116,8 @@ impl Session {
                 if logic::matches(keys, &input) {
                     hits.push(Hit {
                         seq: i as u32 + 1,
-                        uid: v.uid,
-                        modseq: v.modseq,
+                        uid,
+                        modseq: entry.modseq,
                         internal_date: entry.internal_date,
                         loc: entry.loc,
                     });
@@ -2331,18 +2334,16 @@ impl Session {
         // \Seen is set first (durably), so the FETCH shows the new flags (RFC 3501 6.4.5).
         if sets_seen {
             let id = sel.id;
-            let to_mark: Vec<u32> = idx
-                .iter()
-                .map(|&i| sel.view.msgs[i])
-                .filter(|m| m.flags & flag::SEEN == 0)
-                .map(|m| m.uid)
-                .collect();
+            let to_mark: Vec<u32> = idx.iter().map(|&i| sel.view.uids[i]).collect();
             if !to_mark.is_empty() {
                 let changes = self.shard.store.with_account_counters(&account, |a| {
                     let mut ch = Vec::new();
                     if let Some(m) = a.mailbox_mut(id) {
                         for u in &to_mark {
                             if let Some(p) = m.position(*u) {
+                                if m.messages[p].flags & flag::SEEN != 0 {
+                                    continue;
+                                }
                                 m.highest_modseq += 1;
                                 let e = &m.messages[p];
                                 ch.push((*u, e.flags | flag::SEEN, e.keywords, m.highest_modseq));
@@ -2393,15 +2394,15 @@ impl Session {
             }
             for &i in &idx {
                 let seq = i as u32 + 1;
-                let Some(p) = mb.position(sel.view.msgs[i].uid) else {
+                let Some(p) = mb.position(sel.view.uids[i]) else {
                     continue;
                 };
                 let e = &mb.messages[p];
                 if changed_since.is_some_and(|cs| e.modseq <= cs) {
                     continue;
                 }
-                let flags_changed = ViewMsg::of(e) != sel.view.msgs[i];
-                sel.view.msgs[i] = ViewMsg::of(e);
+                let flags_changed = sel.view.untold(e);
+                sel.view.told_now(e);
                 let body = store.body(e.loc);
                 let raw: &[u8] = body.as_ref().map_or(&[], |b| b.bytes());
                 let parsed = needs_parse.then(|| mime::Message::parse(raw));
@@ -2552,7 +2553,7 @@ impl Session {
             self.condstore = true;
         }
         let idx = sel.view.resolve(set, uid);
-        let uids: Vec<u32> = idx.iter().map(|&i| sel.view.msgs[i].uid).collect();
+        let uids: Vec<u32> = idx.iter().map(|&i| sel.view.uids[i]).collect();
         let id = sel.id;
         let account = self.account().to_string();
         let (sys, kws) = logic::split_flags(flags);
@@ -2628,16 +2629,18 @@ impl Session {
                 write_flags_lines(out, &mb.keywords, sel.read_only);
             }
             for &i in &idx {
-                let Some(p) = mb.position(sel.view.msgs[i].uid) else {
+                let Some(p) = mb.position(sel.view.uids[i]) else {
                     continue;
                 };
                 let e = &mb.messages[p];
-                sel.view.msgs[i] = ViewMsg::of(e);
-                if modified.contains(&e.uid) {
+                sel.view.told_now(e);
+                // Both lists are in UID order (the view's): binary search,
+                // so a STORE over 100,000 messages stays linear.
+                if modified.binary_search(&e.uid).is_ok() {
                     continue;
                 }
                 // RFC 7162 3.2: with UNCHANGEDSINCE, changed messages are reported even with .SILENT.
-                let changed = changes.iter().any(|c| c.0 == e.uid);
+                let changed = changes.binary_search_by_key(&e.uid, |c| c.0).is_ok();
                 if silent && !(condstore && unchanged_since.is_some() && changed) {
                     continue;
                 }
@@ -2737,7 +2740,7 @@ impl Session {
             .view
             .resolve(set, uid)
             .iter()
-            .map(|&i| sel.view.msgs[i].uid)
+            .map(|&i| sel.view.uids[i])
             .collect();
         let src = sel.id;
         // RFC 9208 4.3.1: a COPY that would pass the limit fails whole. A

@@ -149,36 +149,38 @@ pub fn lsub_matches(pattern: &[u8], subs: &[String]) -> Vec<(String, bool)> {
     out
 }
 
-/// One message of a session's view.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ViewMsg {
-    pub uid: u32,
-    pub flags: u32,
-    pub keywords: u64,
-    pub modseq: u64,
-}
-
-impl ViewMsg {
-    pub fn of(e: &MessageEntry) -> Self {
-        ViewMsg {
-            uid: e.uid,
-            flags: e.flags,
-            keywords: e.keywords,
-            modseq: e.modseq,
-        }
-    }
-}
-
-/// What a session has told its client about the selected mailbox.
+/// What a session has told its client about the selected mailbox: the
+/// UIDs in sequence order (4 octets per message) and how far its flag
+/// changes were reported. Flags themselves are read from the index: a
+/// message's FETCH FLAGS is owed when its mod-sequence is above the
+/// watermark and the session did not report that change itself.
 #[derive(Debug, Default)]
 pub struct View {
-    /// In sequence-number order (sequence number = index + 1).
-    pub msgs: Vec<ViewMsg>,
+    /// UIDs in sequence-number order (sequence number = index + 1).
+    pub uids: Vec<u32>,
+    /// Every change with a mod-sequence up to this was reported (the
+    /// highest mod-sequence of the mailbox's entries at the last sync; flag
+    /// changes are applied when written, in mod-sequence order, so nothing
+    /// at or below it can still appear).
+    told_modseq: u64,
+    /// Changes above `told_modseq` the session reported itself (its STORE,
+    /// a FETCH that set \Seen): UID -> the mod-sequence reported.
+    told: std::collections::HashMap<u32, u64>,
     /// UIDs that are \Recent in this session.
     pub recent: HashSet<u32>,
     /// Keyword names the client has been sent in FLAGS.
     pub keywords_told: usize,
+    /// The mailbox as the last sync saw it (see [`View::sync`]), and
+    /// whether that sync applied expunges.
+    seen: Option<Fingerprint>,
+    seen_full: bool,
 }
+
+/// What changes when anything a sync reports changes: HIGHESTMODSEQ (every
+/// flag change, expunge and new message takes a mod-sequence when written),
+/// the number of entries and the last UID (messages and expunges become
+/// entries when durable, later), and the keyword count.
+type Fingerprint = (u64, usize, u32, usize);
 
 /// Untagged updates produced by [`View::sync`].
 #[derive(Debug, Default, PartialEq)]
@@ -199,29 +201,40 @@ pub struct Changes {
 
 impl View {
     pub fn seq_of(&self, uid: u32) -> Option<u32> {
-        self.msgs
-            .binary_search_by_key(&uid, |m| m.uid)
-            .ok()
-            .map(|i| i as u32 + 1)
+        self.uids.binary_search(&uid).ok().map(|i| i as u32 + 1)
     }
 
     pub fn len(&self) -> u32 {
-        self.msgs.len() as u32
+        self.uids.len() as u32
     }
 
     pub fn is_empty(&self) -> bool {
-        self.msgs.is_empty()
+        self.uids.is_empty()
     }
 
     pub fn max_uid(&self) -> u32 {
-        self.msgs.last().map_or(0, |m| m.uid)
+        self.uids.last().copied().unwrap_or(0)
+    }
+
+    /// Is a FETCH FLAGS for this message owed to the client?
+    pub fn untold(&self, e: &MessageEntry) -> bool {
+        e.modseq > self.told_modseq && self.told.get(&e.uid) != Some(&e.modseq)
+    }
+
+    /// The client was just sent this message's flags (or asked not to be,
+    /// with .SILENT): the next sync owes nothing for this change.
+    pub fn told_now(&mut self, e: &MessageEntry) {
+        if e.modseq > self.told_modseq {
+            self.told.insert(e.uid, e.modseq);
+        }
     }
 
     /// Bring the view up to date with the mailbox. Expunges are only applied
     /// when `allow_expunge` (RFC 3501 7.4.1: never while answering FETCH,
     /// STORE or SEARCH); new messages are claimed as recent when above
     /// `recent_floor` (the highest UID another session already saw as recent),
-    /// and the new floor is returned in `recent_floor`.
+    /// and the new floor is returned in `recent_floor`. One merge pass over
+    /// the view and the mailbox (both in UID order).
     pub fn sync(
         &mut self,
         mailbox: &Mailbox,
@@ -229,52 +242,74 @@ impl View {
         recent_floor: &mut u32,
     ) -> Changes {
         let mut ch = Changes::default();
+        let msgs = &mailbox.messages;
+        // Nothing changed since the last sync (and nothing it held back is
+        // now allowed): no work, whatever the mailbox's size. NOOP, IDLE
+        // and every command start with a sync.
+        let fingerprint = (
+            mailbox.highest_modseq,
+            msgs.len(),
+            msgs.last().map_or(0, |e| e.uid),
+            mailbox.keywords.len(),
+        );
+        if self.seen == Some(fingerprint) && (self.seen_full || !allow_expunge) {
+            return ch;
+        }
+        self.seen = Some(fingerprint);
+        self.seen_full = allow_expunge;
         if allow_expunge {
             // Highest sequence numbers first: each EXPUNGE then refers to the
             // numbering the client has right before it, which for a message
-            // above every other one removed is its index + 1. One pass, so a
-            // mass expunge costs O(n) per session, not O(n^2).
-            for (i, m) in self.msgs.iter().enumerate().rev() {
-                if mailbox.position(m.uid).is_none() {
-                    ch.expunged_uids.push(m.uid);
-                    ch.expunged.push(i as u32 + 1);
+            // above every other one removed is its index + 1.
+            let mut gone = Vec::new();
+            let mut p = 0;
+            for (i, &uid) in self.uids.iter().enumerate() {
+                p += msgs[p..].partition_point(|e| e.uid < uid);
+                if msgs.get(p).is_none_or(|e| e.uid != uid) {
+                    gone.push(i);
                 }
             }
-            if !ch.expunged.is_empty() {
-                for uid in &ch.expunged_uids {
-                    self.recent.remove(uid);
-                }
-                self.msgs.retain(|m| mailbox.position(m.uid).is_some());
+            for &i in gone.iter().rev() {
+                let uid = self.uids[i];
+                ch.expunged_uids.push(uid);
+                ch.expunged.push(i as u32 + 1);
+                self.recent.remove(&uid);
+            }
+            if !gone.is_empty() {
+                let mut k = 0;
+                self.uids.retain(|_| {
+                    let keep = gone.binary_search(&k).is_err();
+                    k += 1;
+                    keep
+                });
             }
         }
-        for (i, m) in self.msgs.iter_mut().enumerate() {
-            if let Some(p) = mailbox.position(m.uid) {
-                let e = &mailbox.messages[p];
-                if e.modseq != m.modseq || e.flags != m.flags || e.keywords != m.keywords {
-                    let changed = e.flags != m.flags || e.keywords != m.keywords;
-                    *m = ViewMsg::of(e);
-                    if changed {
-                        ch.flags.push(i as u32 + 1);
-                    }
+        let mut p = 0;
+        for (i, &uid) in self.uids.iter().enumerate() {
+            p += msgs[p..].partition_point(|e| e.uid < uid);
+            if let Some(e) = msgs.get(p).filter(|e| e.uid == uid) {
+                if self.untold(e) {
+                    ch.flags.push(i as u32 + 1);
                 }
             }
         }
         let max = self.max_uid();
-        let start = mailbox.messages.partition_point(|e| e.uid <= max);
+        let start = msgs.partition_point(|e| e.uid <= max);
         let mut added = false;
-        for e in &mailbox.messages[start..] {
-            self.msgs.push(ViewMsg::of(e));
+        for e in &msgs[start..] {
+            self.uids.push(e.uid);
             if e.uid > *recent_floor {
                 self.recent.insert(e.uid);
             }
             added = true;
         }
+        let watermark = msgs.iter().map(|e| e.modseq).max().unwrap_or(0);
+        self.told_modseq = self.told_modseq.max(watermark);
+        self.told.clear();
         if added {
             *recent_floor = (*recent_floor).max(self.max_uid());
             ch.exists = Some(self.len());
             ch.recent = Some(self.recent.len() as u32);
-        } else if !ch.expunged.is_empty() {
-            // RFC 3501 7.3.1: EXISTS after expunges is optional; clients cope either way.
         }
         ch.new_keywords = self.take_new_keywords(mailbox);
         ch
@@ -300,15 +335,15 @@ impl View {
     /// Following RFC 3501 6.4.8, UIDs that don't exist are ignored, and `*`
     /// means the largest number in use.
     pub fn resolve(&self, set: &SequenceSet, uid: bool) -> Vec<usize> {
-        if self.msgs.is_empty() {
+        if self.uids.is_empty() {
             return Vec::new();
         }
         let mut out = Vec::new();
         if uid {
             let largest = self.max_uid();
             for (lo, hi) in set.normalized(largest) {
-                let start = self.msgs.partition_point(|m| m.uid < lo);
-                let end = self.msgs.partition_point(|m| m.uid <= hi);
+                let start = self.uids.partition_point(|&u| u < lo);
+                let end = self.uids.partition_point(|&u| u <= hi);
                 out.extend(start..end);
             }
         } else {
@@ -447,7 +482,6 @@ pub fn saved_result(returns: &[SearchReturn], uids: &[u32]) -> Vec<u32> {
 /// Everything SEARCH may look at for one message.
 pub struct SearchInput<'a> {
     pub seq: u32,
-    pub view: &'a ViewMsg,
     pub entry: &'a MessageEntry,
     pub keyword_names: &'a [String],
     pub recent: bool,
@@ -492,13 +526,13 @@ fn eval(key: &SearchKey<'_>, m: &SearchInput<'_>, p: &mut Parsed<'_>, depth: usi
         return false;
     }
     let day = |secs: i64| secs.div_euclid(86_400);
-    let flags = m.view.flags;
+    let flags = m.entry.flags;
     match key {
         SearchKey::All => true,
         SearchKey::Sequence(SequenceArg::Set(set)) => set.contains(m.seq, m.max_seq),
-        SearchKey::Sequence(SequenceArg::Saved) => m.saved.contains(&m.view.uid),
-        SearchKey::Uid(SequenceArg::Set(set)) => set.contains(m.view.uid, m.max_uid),
-        SearchKey::Uid(SequenceArg::Saved) => m.saved.contains(&m.view.uid),
+        SearchKey::Sequence(SequenceArg::Saved) => m.saved.contains(&m.entry.uid),
+        SearchKey::Uid(SequenceArg::Set(set)) => set.contains(m.entry.uid, m.max_uid),
+        SearchKey::Uid(SequenceArg::Saved) => m.saved.contains(&m.entry.uid),
         SearchKey::Answered => flags & flag::ANSWERED != 0,
         SearchKey::Unanswered => flags & flag::ANSWERED == 0,
         SearchKey::Deleted => flags & flag::DELETED != 0,
@@ -512,8 +546,8 @@ fn eval(key: &SearchKey<'_>, m: &SearchInput<'_>, p: &mut Parsed<'_>, depth: usi
         SearchKey::Recent => m.recent,
         SearchKey::Old => !m.recent,
         SearchKey::New => m.recent && flags & flag::SEEN == 0,
-        SearchKey::Keyword(k) => m.view.keywords & keyword_mask(m.keyword_names, &[k]) != 0,
-        SearchKey::Unkeyword(k) => m.view.keywords & keyword_mask(m.keyword_names, &[k]) == 0,
+        SearchKey::Keyword(k) => m.entry.keywords & keyword_mask(m.keyword_names, &[k]) != 0,
+        SearchKey::Unkeyword(k) => m.entry.keywords & keyword_mask(m.keyword_names, &[k]) == 0,
         SearchKey::Larger(n) => u64::from(m.entry.loc.len) > *n,
         SearchKey::Smaller(n) => u64::from(m.entry.loc.len) < *n,
         SearchKey::Before(d) => day(m.entry.internal_date) < d.days_since_epoch(),
@@ -542,7 +576,7 @@ fn eval(key: &SearchKey<'_>, m: &SearchInput<'_>, p: &mut Parsed<'_>, depth: usi
         }
         SearchKey::Body(s) => mime::body_contains(p.get(), &str_of(s)),
         SearchKey::Text(s) => mime::text_contains(p.get(), &str_of(s)),
-        SearchKey::ModSeq { modseq, .. } => m.view.modseq >= *modseq,
+        SearchKey::ModSeq { modseq, .. } => m.entry.modseq >= *modseq,
         SearchKey::Not(k) => !eval(k, m, p, depth + 1),
         SearchKey::Or(a, b) => eval(a, m, p, depth + 1) || eval(b, m, p, depth + 1),
         SearchKey::And(ks) => ks.iter().all(|k| eval(k, m, p, depth + 1)),
@@ -712,10 +746,7 @@ mod tests {
         assert_eq!(ch.exists, Some(5));
         let ch = v.sync(&mb, true, &mut floor);
         assert_eq!(ch.expunged, vec![4, 2]);
-        assert_eq!(
-            v.msgs.iter().map(|m| m.uid).collect::<Vec<_>>(),
-            vec![1, 3, 7]
-        );
+        assert_eq!(v.uids, vec![1, 3, 7]);
         assert_eq!(v.seq_of(7), Some(3));
         let set = SequenceSet::parse(b"2:*").unwrap();
         assert_eq!(v.resolve(&set, false), vec![1, 2]);
@@ -746,17 +777,45 @@ mod tests {
         assert_eq!(recent_count(&mb, 3, Some(&own)), 3);
     }
 
+    /// Changes the session reported itself are not reported again; others
+    /// are; an unchanged mailbox costs no pass; a held-back expunge comes
+    /// with the next sync that may send it. (Every change raises
+    /// HIGHESTMODSEQ, as the store does.)
+    #[test]
+    fn view_sync_reports_each_change_once() {
+        let mut mb = Mailbox::new(0, "INBOX", 1, 0);
+        for u in 1..=3 {
+            mb.messages.push(entry(u, 0, 2));
+        }
+        mb.highest_modseq = 2;
+        let mut v = View::default();
+        let mut floor = 0;
+        let _ = v.sync(&mb, true, &mut floor);
+        mb.messages[1].flags = flag::FLAGGED;
+        mb.messages[1].modseq = 11;
+        mb.highest_modseq = 11;
+        v.told_now(&mb.messages[1]);
+        assert!(v.sync(&mb, true, &mut floor).flags.is_empty());
+        mb.messages[1].modseq = 12;
+        mb.highest_modseq = 12;
+        assert_eq!(v.sync(&mb, true, &mut floor).flags, vec![2]);
+        assert_eq!(v.sync(&mb, true, &mut floor), Changes::default());
+        mb.messages.remove(0);
+        mb.highest_modseq = 13;
+        assert!(v.sync(&mb, false, &mut floor).expunged.is_empty());
+        assert_eq!(v.sync(&mb, false, &mut floor), Changes::default());
+        let ch = v.sync(&mb, true, &mut floor);
+        assert_eq!((ch.expunged, ch.expunged_uids), (vec![1], vec![1]));
+        assert_eq!(v.uids, vec![2, 3]);
+        assert_eq!(v.sync(&mb, true, &mut floor), Changes::default());
+    }
+
     #[test]
     fn saved_uids_become_sequence_numbers() {
-        let mut v = View::default();
-        for uid in [3, 7, 9, 12] {
-            v.msgs.push(ViewMsg {
-                uid,
-                flags: 0,
-                keywords: 0,
-                modseq: 1,
-            });
-        }
+        let v = View {
+            uids: vec![3, 7, 9, 12],
+            ..View::default()
+        };
         assert_eq!(saved_seqs(&v, &[12, 7, 5]), vec![2, 4]);
         assert!(saved_seqs(&v, &[1, 2]).is_empty());
     }
@@ -765,10 +824,8 @@ mod tests {
     fn search_keys() {
         let body = b"From: Alice <alice@example.test>\r\nSubject: =?UTF-8?Q?Gr=C3=BC=C3=9Fe?=\r\nDate: Wed, 25 Nov 2026 10:00:00 +0000\r\n\r\nHello World\r\n";
         let e = entry(5, flag::SEEN, 3);
-        let v = ViewMsg::of(&e);
         let input = SearchInput {
             seq: 2,
-            view: &v,
             entry: &e,
             keyword_names: &[],
             recent: false,
@@ -813,7 +870,6 @@ mod tests {
     #[test]
     fn address_keys_see_through_comments() {
         let e = entry(1, 0, 1);
-        let v = ViewMsg::of(&e);
         let forms = [
             "user-from@domain.org",
             "<user-from@domain.org>",
@@ -829,7 +885,6 @@ mod tests {
                 let body = format!("{field}: {form}\r\nSubject: x\r\n\r\nbody\r\n");
                 let input = SearchInput {
                     seq: 1,
-                    view: &v,
                     entry: &e,
                     keyword_names: &[],
                     recent: false,
