@@ -90,7 +90,11 @@ pub struct Conn {
 /// RFC 4978 section 3).
 struct Deflate {
     inflate: flate2::Decompress,
-    deflate: flate2::Compress,
+    /// None while idle (see [`Conn::shrink`]): its state is most of a
+    /// compressed connection's memory.
+    deflate: Option<flate2::Compress>,
+    /// The client ended its stream (a final block): end of input.
+    ended: bool,
     /// Compressed bytes received and not inflated yet.
     input: Vec<u8>,
     /// Compressed bytes of the write in progress.
@@ -114,6 +118,8 @@ pub struct DeflateStats {
 /// 103 MB/s; level 2 reaches 0.37 at 98 MB/s and level 6 0.29 at 27 MB/s
 /// (docs/BENCHMARKS.md, "COMPRESS=DEFLATE").
 const DEFLATE_LEVEL: u32 = 2;
+/// Plaintext deflated and sent at a time.
+const DEFLATE_PIECE: usize = 64 * 1024;
 
 #[derive(Debug)]
 pub enum ReadOutcome {
@@ -170,7 +176,8 @@ impl Conn {
         let input = self.take_pending();
         self.deflate = Some(Box::new(Deflate {
             inflate: flate2::Decompress::new(false),
-            deflate: flate2::Compress::new(flate2::Compression::new(DEFLATE_LEVEL), false),
+            deflate: None,
+            ended: false,
             stats: DeflateStats {
                 read_compressed: input.len() as u64,
                 ..Default::default()
@@ -346,6 +353,15 @@ impl Conn {
             self.end = 0;
         }
         self.tls_out = Vec::new();
+        if let Some(z) = self.deflate.as_mut() {
+            // The compressor is about 300 KiB; the inflater must stay (the
+            // client's stream goes on), the buffers need not.
+            z.deflate = None;
+            z.output = Vec::new();
+            if z.input.is_empty() {
+                z.input = Vec::new();
+            }
+        }
     }
 
     /// Let the buffer grow to `max` bytes (IMAP APPEND literals).
@@ -416,6 +432,17 @@ impl Conn {
             self.grow();
             let room = (self.buf.len() - self.end).min(self.max + READ_CHUNK - self.end);
             let z = self.deflate.as_mut().expect("deflating");
+            if z.ended {
+                // Nothing may follow the client's final block.
+                return if z.input.is_empty() {
+                    ReadOutcome::Eof
+                } else {
+                    ReadOutcome::Failed(std::io::Error::new(
+                        std::io::ErrorKind::InvalidData,
+                        "data after the end of the deflate stream",
+                    ))
+                };
+            }
             if !z.input.is_empty() {
                 let (in0, out0) = (z.inflate.total_in(), z.inflate.total_out());
                 let r = z.inflate.decompress(
@@ -427,7 +454,12 @@ impl Conn {
                 let made = (z.inflate.total_out() - out0) as usize;
                 z.input.drain(..used);
                 match r {
-                    Ok(flate2::Status::StreamEnd) if made == 0 => return ReadOutcome::Eof,
+                    Ok(flate2::Status::StreamEnd) => {
+                        z.ended = true;
+                        if made == 0 {
+                            continue;
+                        }
+                    }
                     Ok(_) => {}
                     Err(e) => {
                         return ReadOutcome::Failed(std::io::Error::new(
@@ -565,38 +597,63 @@ impl Conn {
         if data.is_empty() {
             return Ok(());
         }
-        if let Some(z) = self.deflate.as_mut() {
-            // Deflate all of it, sync-flushed (RFC 4978 section 4: the
-            // client must be able to decode every response it is sent).
-            let mut out = std::mem::take(&mut z.output);
-            out.clear();
-            out.reserve(data.len() / 2 + 64);
+        if self.deflate.is_some() {
+            // Deflate in bounded pieces, sending each before the next: a
+            // 30 MB body costs one piece of memory, and the shard runs
+            // other sessions between pieces. The last piece is sync-flushed
+            // (RFC 4978 section 4: the client must be able to decode every
+            // response it is sent).
             let mut rest = data;
             loop {
-                let before = z.deflate.total_in();
-                out.reserve(4096);
-                z.deflate
-                    .compress_vec(rest, &mut out, flate2::FlushCompress::Sync)
-                    .map_err(std::io::Error::other)?;
-                rest = &rest[(z.deflate.total_in() - before) as usize..];
-                // Done when all input is taken and the flush had room to
-                // finish (it leaves spare capacity behind).
-                if rest.is_empty() && out.len() < out.capacity() {
-                    break;
+                let last = rest.len() <= DEFLATE_PIECE;
+                let (piece, tail) = rest.split_at(rest.len().min(DEFLATE_PIECE));
+                let out = self.deflate_piece(piece, last)?;
+                let r = self.write_wire(&out).await;
+                if let Some(z) = self.deflate.as_mut() {
+                    z.output = out;
+                }
+                r?;
+                rest = tail;
+                if last {
+                    return Ok(());
                 }
             }
-            z.stats.written_plain += data.len() as u64;
-            z.stats.written_compressed += out.len() as u64;
-            let r = self.write_wire(&out).await;
-            if let Some(z) = self.deflate.as_mut() {
-                z.output = out;
-                if z.output.capacity() > 64 * 1024 {
-                    z.output = Vec::new();
-                }
-            }
-            return r;
         }
         self.write_wire(data).await
+    }
+
+    /// Deflate one piece into the connection's output buffer (taken out of
+    /// it; the caller puts it back), sync-flushed when `flush`.
+    fn deflate_piece(&mut self, piece: &[u8], flush: bool) -> std::io::Result<Vec<u8>> {
+        let z = self.deflate.as_mut().expect("deflating");
+        // Dropped by `shrink` while idle: a fresh raw deflater continues
+        // the stream, as the last write ended on a sync flush.
+        let c = z.deflate.get_or_insert_with(|| {
+            flate2::Compress::new(flate2::Compression::new(DEFLATE_LEVEL), false)
+        });
+        let mode = if flush {
+            flate2::FlushCompress::Sync
+        } else {
+            flate2::FlushCompress::None
+        };
+        let mut out = std::mem::take(&mut z.output);
+        out.clear();
+        let mut rest = piece;
+        loop {
+            out.reserve(rest.len() / 2 + 4096);
+            let before = c.total_in();
+            c.compress_vec(rest, &mut out, mode)
+                .map_err(std::io::Error::other)?;
+            rest = &rest[(c.total_in() - before) as usize..];
+            // Done when all input is taken and, for a flush, it had room
+            // to finish (it leaves spare capacity behind).
+            if rest.is_empty() && (!flush || out.len() < out.capacity()) {
+                break;
+            }
+        }
+        z.stats.written_plain += piece.len() as u64;
+        z.stats.written_compressed += out.len() as u64;
+        Ok(out)
     }
 
     /// Write bytes to the socket (through TLS when on).

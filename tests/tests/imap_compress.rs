@@ -79,6 +79,15 @@ fn corrupt_deflate_stream_closes_the_connection() {
         c.closed_within(Duration::from_secs(10)),
         "the server keeps a connection whose stream cannot be inflated"
     );
+    // A client that ends its stream (a final block) has closed its side.
+    let mut e = Imap::login(s.imap, ALICE, ALICE_PW);
+    e.ok("COMPRESS DEFLATE");
+    // BFINAL=1, BTYPE=01 (fixed Huffman), then the end-of-block code.
+    e.send(&[0x03, 0x00]);
+    assert!(
+        e.closed_within(Duration::from_secs(10)),
+        "the server waits on after the client's final deflate block"
+    );
     // The server is fine.
     let mut d = Imap::login(s.imap, ALICE, ALICE_PW);
     d.ok("NOOP");

@@ -87,6 +87,8 @@ fn qresync_resynchronises_exactly_across_restarts() {
     q.ok("UID STORE 6 +FLAGS (\\Deleted)");
     let r = q.ok("EXPUNGE");
     assert_eq!(r.with_prefix("VANISHED"), vec!["* VANISHED 6".to_string()]);
+    // RFC 7162 3.2.7: the tagged OK carries the new HIGHESTMODSEQ.
+    assert!(r.status.starts_with("OK [HIGHESTMODSEQ "), "{}", r.status);
     q.ok("LOGOUT");
     let want_full = vec![
         "* VANISHED (EARLIER) 3:4,6".to_string(),
@@ -129,6 +131,12 @@ fn qresync_resynchronises_exactly_across_restarts() {
             "UID FETCH 1:* (FLAGS) (CHANGEDSINCE {h0} VANISHED)"
         ));
         assert_eq!(resync_lines(&r), want_full, "{what}: {:?}", r.lines());
+        // RFC 7162 3.2.6: VANISHED (EARLIER) before any FETCH.
+        assert!(
+            r.lines()[0].starts_with("* VANISHED (EARLIER)"),
+            "{what}: {:?}",
+            r.lines()
+        );
         let r = c.ok(&format!(
             "UID FETCH 4:5 (FLAGS) (CHANGEDSINCE {h0} VANISHED)"
         ));
@@ -199,4 +207,44 @@ fn qresync_forms_need_enable() {
     let r = c.cmd("SELECT INBOX (QRESYNC (0 1))");
     assert!(r.status.starts_with("BAD"), "uidvalidity 0: {}", r.status);
     c.ok("LOGOUT");
+}
+
+/// RFC 7162 3.2: a session that gets flag updates (with MODSEQ) while an
+/// expunge is held back from it (during FETCH) is also told a HIGHESTMODSEQ
+/// below that expunge; the expunge comes with the next command that may.
+#[test]
+fn held_back_expunge_lowers_highestmodseq() {
+    let s = Server::options().accounts(&[U]).start();
+    let mut a = Imap::login(s.imap, U, PASSWORD);
+    for i in 1..=3 {
+        a.append_ok("INBOX", "", None, &simple_message(&format!("m{i}"), "x"));
+    }
+    let mut q = qresync_client(s.imap);
+    q.ok("SELECT INBOX");
+    a.ok("SELECT INBOX");
+    a.ok("UID STORE 2 +FLAGS (\\Deleted)");
+    a.ok("UID EXPUNGE 2");
+    a.ok("UID STORE 3 +FLAGS (\\Flagged)");
+    let r = q.ok("FETCH 1 (UID)");
+    let lines = r.lines();
+    let modseq_of = |l: &str| -> u64 {
+        let i = l.find("MODSEQ (").expect("MODSEQ") + 8;
+        l[i..].split(')').next().unwrap().parse().unwrap()
+    };
+    let flag_line = lines
+        .iter()
+        .find(|l| l.contains("\\Flagged"))
+        .unwrap_or_else(|| panic!("{lines:?}"));
+    let hms = lines
+        .iter()
+        .find_map(|l| l.strip_prefix("* OK [HIGHESTMODSEQ "))
+        .unwrap_or_else(|| panic!("no HIGHESTMODSEQ while an expunge is held: {lines:?}"));
+    let hms: u64 = hms.split(']').next().unwrap().parse().unwrap();
+    assert!(hms < modseq_of(flag_line), "{lines:?}");
+    assert!(
+        !lines.iter().any(|l| l.starts_with("* VANISHED")),
+        "{lines:?}"
+    );
+    let r = q.ok("NOOP");
+    assert_eq!(r.with_prefix("VANISHED"), vec!["* VANISHED 2".to_string()]);
 }

@@ -857,17 +857,23 @@ impl Session {
                 encode::write_enabled(&mut self.out.buf, &enabled);
                 self.ok(tag, "ENABLE completed");
             }
+            // RFC 4978 section 3: BAD for an unknown argument or when
+            // COMPRESS is already active.
             CommandBody::Compress { mechanism } => {
                 if self.compressed {
                     self.out.status(
                         Some(tag),
-                        Status::No,
+                        Status::Bad,
                         Some(&Code::Other("COMPRESSIONACTIVE")),
                         "DEFLATE active already",
                     );
                 } else if !mechanism.eq_ignore_ascii_case(b"DEFLATE") {
-                    self.out
-                        .status(Some(tag), Status::No, None, "Unknown compression mechanism");
+                    self.out.status(
+                        Some(tag),
+                        Status::Bad,
+                        None,
+                        "Unknown compression mechanism",
+                    );
                 } else {
                     return Next::Compress(tag.to_vec());
                 }
@@ -1061,9 +1067,9 @@ impl Session {
     }
 
     /// UID FETCH (CHANGEDSINCE m VANISHED), RFC 7162 3.2.6: the UIDs of
-    /// `set` expunged since `m`, before the FETCH responses.
+    /// `set` expunged since `m`. Written before the command's sync, so that
+    /// it precedes every FETCH response, the sync's flag updates included.
     fn write_vanished_earlier(&mut self, set: &SequenceSet, modseq: u64) {
-        self.sync(true);
         let Some(id) = self.sel.as_ref().map(|s| s.id) else {
             return;
         };
@@ -1140,6 +1146,16 @@ impl Session {
         None
     }
 
+    /// The tagged OK of a command that expunged messages: with QRESYNC on,
+    /// it carries the mailbox's new HIGHESTMODSEQ (RFC 7162 3.2.7 EXPUNGE,
+    /// 3.2.9 UID EXPUNGE; RFC 6851 4.4 MOVE).
+    fn ok_expunged(&mut self, tag: &[u8], expunged: bool, text: &str) {
+        if self.qresync && expunged {
+            self.modseq_pending = self.sel.is_some();
+        }
+        self.ok(tag, text);
+    }
+
     fn ok(&mut self, tag: &[u8], text: &str) {
         if let Some(n) = self.take_modseq_pending() {
             self.out
@@ -1170,7 +1186,9 @@ impl Session {
         let id = self.sel.as_ref()?.id;
         self.shard
             .store
-            .with_account(self.account(), |a| a.mailbox(id).map(|m| m.highest_modseq))
+            .with_account(self.account(), |a| {
+                a.mailbox(id).map(|m| m.reported_modseq())
+            })
             .flatten()
     }
 
@@ -1275,6 +1293,26 @@ impl Session {
             if let Some(n) = ch.recent {
                 encode::write_recent(out, n);
             }
+            // RFC 7162 3.2: flag updates with MODSEQ while expunges are held
+            // back must come with a HIGHESTMODSEQ below those expunges, so
+            // a client that stores it still resynchronises them later.
+            if condstore && !ch.flags.is_empty() && !ch.held.is_empty() {
+                let below = mb
+                    .vanished
+                    .iter()
+                    .filter(|r| ch.held.iter().any(|u| (r.first..=r.last).contains(u)))
+                    .map(|r| r.modseq)
+                    .min();
+                if let Some(m) = below {
+                    encode::write_status(
+                        out,
+                        None,
+                        Status::Ok,
+                        Some(&Code::HighestModSeq(m - 1)),
+                        "Expunges pending",
+                    );
+                }
+            }
             for seq in &ch.flags {
                 let uid = sel.view.uids[*seq as usize - 1];
                 let Some(m) = mb.position(uid).map(|p| &mb.messages[p]) else {
@@ -1321,7 +1359,10 @@ impl Session {
             self.condstore = true;
         }
         let had = self.sel.take().is_some();
-        if had && self.condstore {
+        // RFC 7162 3.2.11 (and RFC 9051 7.1): the implicit close of the
+        // selected mailbox is announced, so the client knows where the
+        // responses of the old one end. Harmless to any other client.
+        if had {
             self.out
                 .buf
                 .extend_from_slice(b"* OK [CLOSED] Previous mailbox closed\r\n");
@@ -1379,7 +1420,7 @@ impl Session {
                 out,
                 None,
                 Status::Ok,
-                Some(&Code::HighestModSeq(mb.highest_modseq)),
+                Some(&Code::HighestModSeq(mb.reported_modseq())),
                 "Highest",
             );
             // RFC 7162 3.2.5: with the client's UIDVALIDITY, what vanished
@@ -1961,8 +2002,8 @@ impl Session {
             let kwmask = logic::keyword_mask(&m.keywords, &kws);
             let uid = m.uidnext;
             m.uidnext += 1;
-            m.highest_modseq += 1;
-            Some((m.id, m.uidvalidity, uid, m.highest_modseq, kwmask, new_kw))
+            let modseq = m.allocate_pending_modseq();
+            Some((m.id, m.uidvalidity, uid, modseq, kwmask, new_kw))
         });
         let Ok(Some((mbox, validity, uid, modseq, kwmask, new_kw))) = alloc else {
             self.out.status(
@@ -2045,9 +2086,9 @@ impl Session {
             return;
         }
         match self.expunge_deleted(set.as_ref()).await {
-            Ok(_) => {
+            Ok(n) => {
                 self.sync(true);
-                self.ok(tag, "EXPUNGE completed");
+                self.ok_expunged(tag, n > 0, "EXPUNGE completed");
             }
             Err(e) => self.storage_failed(tag, &e),
         }
@@ -2778,7 +2819,7 @@ impl Session {
                     // RFC 6851 4.3: COPYUID goes in an untagged OK before the EXPUNGEs.
                     self.out.status(None, Status::Ok, Some(&code), "Moved");
                     self.sync(true);
-                    self.ok(tag, "MOVE completed");
+                    self.ok_expunged(tag, true, "MOVE completed");
                 } else {
                     self.out
                         .status(Some(tag), Status::Ok, Some(&code), "COPY completed");
@@ -2832,24 +2873,21 @@ impl Session {
                 let mask = logic::keyword_mask(&d.keywords, &kws);
                 let new_uid = d.uidnext;
                 d.uidnext += 1;
-                d.highest_modseq += 1;
+                let modseq = d.allocate_pending_modseq();
                 links.push((
                     e.uid,
                     new_uid,
                     e.internal_date,
                     e.flags,
                     mask,
-                    d.highest_modseq,
+                    modseq,
                     e.loc,
                 ));
             }
             let dest_id = d.id;
             let validity = d.uidvalidity;
             let expunge_modseq = if mv && !links.is_empty() {
-                a.mailbox_mut(src).map(|m| {
-                    m.highest_modseq += 1;
-                    m.highest_modseq
-                })
+                a.mailbox_mut(src).map(|m| m.allocate_pending_modseq())
             } else {
                 None
             };
@@ -3083,7 +3121,7 @@ fn status_items(m: &Mailbox, items: &[StatusItem], recent: u64) -> Vec<(StatusIt
                     .iter()
                     .filter(|e| e.flags & flag::SEEN == 0)
                     .count() as u64,
-                StatusItem::HighestModSeq => m.highest_modseq,
+                StatusItem::HighestModSeq => m.reported_modseq(),
                 StatusItem::Size => m.size_octets(),
                 StatusItem::Deleted => m
                     .messages

@@ -599,8 +599,7 @@ async fn append(
                     mask |= 1 << bit;
                 }
                 m.uidnext = uid + 1; // cannot wrap: checked above
-                m.highest_modseq += 1;
-                plan.push((uid, mask, m.highest_modseq));
+                plan.push((uid, mask, m.allocate_pending_modseq()));
             }
             Ok::<_, &str>((new_keywords, plan))
         })

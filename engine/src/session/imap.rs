@@ -197,6 +197,9 @@ pub struct Changes {
     pub flags: Vec<u32>,
     /// The mailbox has keywords the client hasn't seen in FLAGS.
     pub new_keywords: bool,
+    /// UIDs expunged from the mailbox that the view keeps because
+    /// expunges may not be sent now.
+    pub held: Vec<u32>,
 }
 
 impl View {
@@ -287,10 +290,10 @@ impl View {
         let mut p = 0;
         for (i, &uid) in self.uids.iter().enumerate() {
             p += msgs[p..].partition_point(|e| e.uid < uid);
-            if let Some(e) = msgs.get(p).filter(|e| e.uid == uid) {
-                if self.untold(e) {
-                    ch.flags.push(i as u32 + 1);
-                }
+            match msgs.get(p).filter(|e| e.uid == uid) {
+                Some(e) if self.untold(e) => ch.flags.push(i as u32 + 1),
+                Some(_) => {}
+                None => ch.held.push(uid),
             }
         }
         let max = self.max_uid();

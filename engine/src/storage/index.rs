@@ -82,6 +82,15 @@ pub struct Mailbox {
     /// Expunges with a mod-sequence at or below this are not known one by
     /// one any more (0: every expunge is known).
     pub vanished_floor: u64,
+    /// Mod-sequences given to new messages, links and expunges that are not
+    /// applied yet (they become entries or runs when durable). While one is
+    /// pending, HIGHESTMODSEQ is reported just below it
+    /// ([`Mailbox::reported_modseq`]): a client must never hold a value
+    /// that covers a change it cannot see yet (RFC 7162 3.2). Not in
+    /// checkpoints; a commit that failed leaves its entry here, which only
+    /// keeps the reported value lower (safe) until the next start.
+    #[rkyv(with = rkyv::with::Skip)]
+    pub pending_modseqs: Vec<u64>,
 }
 
 /// UIDs `first..=last`, expunged at mod-sequence `modseq`.
@@ -105,6 +114,30 @@ impl Mailbox {
             messages: Vec::new(),
             vanished: Vec::new(),
             vanished_floor: 0,
+            pending_modseqs: Vec::new(),
+        }
+    }
+
+    /// The next mod-sequence, for a record applied only when durable
+    /// (Message, Link, Expunge).
+    pub fn allocate_pending_modseq(&mut self) -> u64 {
+        self.highest_modseq += 1;
+        self.pending_modseqs.push(self.highest_modseq);
+        self.highest_modseq
+    }
+
+    /// HIGHESTMODSEQ as clients may be told it: every change at or below it
+    /// is visible in the index.
+    pub fn reported_modseq(&self) -> u64 {
+        self.pending_modseqs
+            .iter()
+            .min()
+            .map_or(self.highest_modseq, |m| m - 1)
+    }
+
+    fn applied_modseq(&mut self, modseq: u64) {
+        if !self.pending_modseqs.is_empty() {
+            self.pending_modseqs.retain(|&p| p != modseq);
         }
     }
 
@@ -139,11 +172,21 @@ impl Mailbox {
             while j + 1 < uids.len() && uids[j + 1] == uids[j] + 1 {
                 j += 1;
             }
-            self.vanished.push(VanishedRun {
-                first: uids[i],
-                last: uids[j],
-                modseq,
-            });
+            match self.vanished.last_mut() {
+                // Adjacent to the last run (messages deleted one by one, in
+                // order): one run, with the later mod-sequence. A resync
+                // from between the two then also hears of the older UIDs,
+                // which RFC 7162 3.2.5 allows (they are gone either way).
+                Some(r) if r.last.checked_add(1) == Some(uids[i]) => {
+                    r.last = uids[j];
+                    r.modseq = r.modseq.max(modseq);
+                }
+                _ => self.vanished.push(VanishedRun {
+                    first: uids[i],
+                    last: uids[j],
+                    modseq,
+                }),
+            }
             i = j + 1;
         }
         let max = crate::limits::VANISHED_RUNS_MAX;
@@ -156,6 +199,7 @@ impl Mailbox {
                 .max()
                 .unwrap_or(0);
             self.vanished.drain(..cut);
+            self.vanished.shrink_to(max);
             self.vanished_floor = self.vanished_floor.max(floor);
         }
     }
@@ -381,6 +425,7 @@ impl Account {
                     _ => body_loc.expect("message record has a body"),
                 };
                 if let Some(m) = self.mailbox_mut(*mailbox) {
+                    m.applied_modseq(*modseq);
                     let replaced = m.insert(MessageEntry {
                         uid: *uid,
                         flags: *flags,
@@ -430,6 +475,7 @@ impl Account {
             } => {
                 if let Some(m) = self.mailbox_mut(*mailbox) {
                     m.highest_modseq = m.highest_modseq.max(*modseq);
+                    m.applied_modseq(*modseq);
                     let mut freed = 0;
                     let mut gone = Vec::new();
                     m.messages.retain(|e| {
@@ -686,6 +732,7 @@ pub mod v3 {
             super::Mailbox {
                 vanished: Vec::new(),
                 vanished_floor: m.highest_modseq,
+                pending_modseqs: Vec::new(),
                 id: m.id,
                 name: m.name,
                 uidvalidity: m.uidvalidity,
@@ -1220,6 +1267,21 @@ mod tests {
         expunge(&mut a, vec![5], 21);
         let mb = a.mailbox(0).unwrap();
         assert_eq!(mb.vanished_since(0), Some(vec![(2, 5), (8, 8)]));
+        // Modseqs of records not applied yet hold HIGHESTMODSEQ below them.
+        let mut m = mb.clone();
+        let h = m.highest_modseq;
+        let e1 = m.allocate_pending_modseq();
+        m.highest_modseq += 1; // an eager flag change after it
+        assert_eq!(m.reported_modseq(), e1 - 1);
+        m.applied_modseq(e1);
+        assert_eq!(m.reported_modseq(), h + 2);
+        // One by one deletions in UID order stay one run.
+        let mut m = Mailbox::new(1, "x", 1, 0);
+        m.record_vanished(&[10], 5);
+        m.record_vanished(&[11, 12], 6);
+        m.record_vanished(&[20], 7);
+        assert_eq!(m.vanished.len(), 2);
+        assert_eq!(m.vanished_since(5), Some(vec![(10, 12), (20, 20)]));
         assert_eq!(mb.vanished_since(20), Some(vec![(5, 5)]));
         assert_eq!(mb.vanished_since(21), Some(vec![]));
         let c = BucketCheckpoint {

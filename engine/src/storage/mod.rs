@@ -724,8 +724,7 @@ impl Store {
                     let target = a.mailbox_mut(id).expect("every account has an INBOX");
                     let uid = target.uidnext;
                     target.uidnext += 1;
-                    target.highest_modseq += 1;
-                    (id, uid, target.highest_modseq)
+                    (id, uid, target.allocate_pending_modseq())
                 });
             for (name, id, uidvalidity, su) in &creation {
                 self.write_op(
@@ -826,8 +825,7 @@ impl Store {
     pub fn next_modseq(&self, account: &str, mailbox: u32) -> Result<u64> {
         self.with_account_counters(account, |a| {
             let m = a.mailbox_mut(mailbox).ok_or(StorageError::NoMailbox)?;
-            m.highest_modseq += 1;
-            Ok(m.highest_modseq)
+            Ok(m.allocate_pending_modseq())
         })?
     }
 
@@ -1402,9 +1400,13 @@ impl Store {
 }
 
 /// Version 2 added `Account::queue` (relay queues), version 3
-/// `Account::uidvalidity_max`. Versions 1 and 2 are still read (`index::v1`,
-/// `index::v2`); any other version is refused at start, loudly, rather than
-/// replaying from segments that compaction may have deleted.
+/// `Account::uidvalidity_max`, version 4 each mailbox's expunged UIDs
+/// (`Mailbox::vanished`, QRESYNC). Versions 1 to 3 are still read
+/// (`index::v1`, `index::v2`, `index::v3`); any other version is refused at
+/// start, loudly, rather than replaying from segments that compaction may
+/// have deleted. So a binary older than version 4 cannot start on a data
+/// directory a newer one has checkpointed: downgrade with `ringmail export`
+/// and `import`.
 const CHECKPOINT_VERSION: u32 = 4;
 const CHECKPOINT_MAGIC: &[u8; 4] = b"RMCK";
 /// Header before the rkyv bytes: magic, version, length, crc32. 16 bytes keeps
