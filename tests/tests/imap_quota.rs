@@ -68,18 +68,21 @@ fn quota_limits_delivery_append_copy_and_survives_restart() {
         wait_quota(&s, "other@example.test", 1024),
         "* QUOTA \"\" (STORAGE 0 1024)"
     );
-    let out = run_python(
-        "quota.py",
-        &[
-            "127.0.0.1".into(),
-            s.smtp.port().to_string(),
-            s.imap.port().to_string(),
-            U.into(),
-            PASSWORD.into(),
-            LIMIT.to_string(),
-            "fill".into(),
-        ],
-    );
+    let quota_py = |s: &Server, phase: String| {
+        run_python(
+            "quota.py",
+            &[
+                "127.0.0.1".into(),
+                s.smtp.port().to_string(),
+                s.imap.port().to_string(),
+                U.into(),
+                PASSWORD.into(),
+                LIMIT.to_string(),
+                phase,
+            ],
+        )
+    };
+    let out = quota_py(&s, "fill".into());
     let used: u64 = out
         .lines()
         .rev()
@@ -91,18 +94,7 @@ fn quota_limits_delivery_append_copy_and_survives_restart() {
     // checkpoint and the records replayed after it).
     s.kill9();
     s.restart();
-    run_python(
-        "quota.py",
-        &[
-            "127.0.0.1".into(),
-            s.smtp.port().to_string(),
-            s.imap.port().to_string(),
-            U.into(),
-            PASSWORD.into(),
-            LIMIT.to_string(),
-            format!("check:{used}"),
-        ],
-    );
+    quota_py(&s, format!("check:{used}"));
     // RCPT still refused for a full account after the restart, while
     // another recipient of the same transaction is accepted.
     let (mut c, _) = smtp_connect(s.smtp);

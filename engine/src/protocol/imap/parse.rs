@@ -1097,20 +1097,10 @@ fn qresync_param(c: &mut Cur<'_>) -> R<Qresync> {
         if c.peek() != Some(b'(') {
             known_uids = Some(plain_set(c)?);
             if c.eat(b' ') {
-                c.open()?;
-                let seqs = plain_set(c)?;
-                c.sp()?;
-                let uids = plain_set(c)?;
-                c.close()?;
-                seq_match = Some((seqs, uids));
+                seq_match = Some(seq_match_data(c)?);
             }
         } else {
-            c.open()?;
-            let seqs = plain_set(c)?;
-            c.sp()?;
-            let uids = plain_set(c)?;
-            c.close()?;
-            seq_match = Some((seqs, uids));
+            seq_match = Some(seq_match_data(c)?);
         }
     }
     c.close()?;
@@ -1120,6 +1110,16 @@ fn qresync_param(c: &mut Cur<'_>) -> R<Qresync> {
         known_uids,
         seq_match,
     })
+}
+
+/// `(known-sequence-set known-uid-set)` of QRESYNC.
+fn seq_match_data(c: &mut Cur<'_>) -> R<(SequenceSet, SequenceSet)> {
+    c.open()?;
+    let seqs = plain_set(c)?;
+    c.sp()?;
+    let uids = plain_set(c)?;
+    c.close()?;
+    Ok((seqs, uids))
 }
 
 /// A sequence set of numbers only (no `*`, no `$`).
