@@ -2873,16 +2873,12 @@ impl Session {
                 let mask = logic::keyword_mask(&d.keywords, &kws);
                 let new_uid = d.uidnext;
                 d.uidnext += 1;
-                let modseq = d.allocate_pending_modseq();
-                links.push((
-                    e.uid,
-                    new_uid,
-                    e.internal_date,
-                    e.flags,
-                    mask,
-                    modseq,
-                    e.loc,
-                ));
+                links.push((e.uid, new_uid, e.internal_date, e.flags, mask, 0, e.loc));
+            }
+            // Mod-sequences only once nothing can fail any more: an
+            // allocated one holds HIGHESTMODSEQ back until applied.
+            for l in &mut links {
+                l.5 = d.allocate_pending_modseq();
             }
             let dest_id = d.id;
             let validity = d.uidvalidity;

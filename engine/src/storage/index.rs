@@ -135,7 +135,8 @@ impl Mailbox {
             .map_or(self.highest_modseq, |m| m - 1)
     }
 
-    fn applied_modseq(&mut self, modseq: u64) {
+    /// The record with this mod-sequence was applied, or its commit failed.
+    pub fn applied_modseq(&mut self, modseq: u64) {
         if !self.pending_modseqs.is_empty() {
             self.pending_modseqs.retain(|&p| p != modseq);
         }

@@ -334,20 +334,42 @@ pub struct Store {
 /// account's owner shard whenever a change to its size is applied and read
 /// by every shard: an SMTP session checks a recipient's quota at RCPT on
 /// whatever core accepted it (RFC 9208 section 5.1).
-#[derive(Debug, Default)]
+/// Striped by account, so that shards writing different accounts rarely
+/// meet on one lock.
+#[derive(Debug)]
 pub struct UsageTable {
-    map: std::sync::RwLock<HashMap<String, u64>>,
+    stripes: Vec<std::sync::RwLock<HashMap<String, u64>>>,
+}
+
+const USAGE_STRIPES: usize = 64;
+
+impl Default for UsageTable {
+    fn default() -> Self {
+        UsageTable {
+            stripes: (0..USAGE_STRIPES).map(|_| Default::default()).collect(),
+        }
+    }
 }
 
 impl UsageTable {
+    fn stripe(&self, account: &str) -> &std::sync::RwLock<HashMap<String, u64>> {
+        &self.stripes[(fnv1a64(account.as_bytes()) % USAGE_STRIPES as u64) as usize]
+    }
+
     /// The account's published use (0 for an account never written to).
     pub fn get(&self, account: &str) -> u64 {
-        let map = self.map.read().unwrap_or_else(|e| e.into_inner());
+        let map = self
+            .stripe(account)
+            .read()
+            .unwrap_or_else(|e| e.into_inner());
         map.get(account).copied().unwrap_or(0)
     }
 
     fn set(&self, account: &str, octets: u64) {
-        let mut map = self.map.write().unwrap_or_else(|e| e.into_inner());
+        let mut map = self
+            .stripe(account)
+            .write()
+            .unwrap_or_else(|e| e.into_inner());
         match map.get_mut(account) {
             Some(v) => *v = octets,
             None => {
@@ -702,58 +724,67 @@ impl Store {
         self.ensure_room(need.min(self.cfg.segment_size - segment::SEGMENT_HEADER_LEN))
             .await?;
         let mut uids = Vec::with_capacity(accounts.len());
-        let mut epoch_ops = 0;
-        for account in accounts {
-            if self.active_room() < size + crate::limits::RECORD_OVERHEAD_MAX {
-                // A multi-recipient message larger than one segment's room: commit
-                // what we have, roll, continue.
-                self.ensure_room(size + crate::limits::RECORD_OVERHEAD_MAX)
-                    .await?;
+        let mut allocated: Vec<(&str, u32, u64)> = Vec::with_capacity(accounts.len());
+        let written: Result<()> = async {
+            let mut epoch_ops = 0;
+            for account in accounts {
+                if self.active_room() < size + crate::limits::RECORD_OVERHEAD_MAX {
+                    // A multi-recipient message larger than one segment's room: commit
+                    // what we have, roll, continue.
+                    self.ensure_room(size + crate::limits::RECORD_OVERHEAD_MAX)
+                        .await?;
+                }
+                let mut creation = Vec::new();
+                let (mailbox, uid, modseq) =
+                    self.with_account_mut(account, internal_date, &mut creation, |a| {
+                        let id = match folder {
+                            Folder::Inbox => index::INBOX,
+                            Folder::Junk => a
+                                .mailboxes
+                                .iter()
+                                .find(|m| m.special_use == index::special::JUNK)
+                                .map_or(index::INBOX, |m| m.id),
+                        };
+                        let target = a.mailbox_mut(id).expect("every account has an INBOX");
+                        let uid = target.uidnext;
+                        target.uidnext += 1;
+                        (id, uid, target.allocate_pending_modseq())
+                    });
+                allocated.push((account, mailbox, modseq));
+                for (name, id, uidvalidity, su) in &creation {
+                    self.write_op(
+                        &Op::CreateMailbox {
+                            account,
+                            mailbox: *id,
+                            name,
+                            uidvalidity: *uidvalidity,
+                            special_use: *su,
+                        },
+                        &[],
+                    )?;
+                }
+                let op = Op::Message {
+                    account,
+                    mailbox,
+                    uid,
+                    internal_date,
+                    flags: 0,
+                    keywords: 0,
+                    modseq,
+                    body: &[],
+                };
+                self.write_message(&op, prefix, body)?;
+                uids.push(uid);
+                epoch_ops += 1;
             }
-            let mut creation = Vec::new();
-            let (mailbox, uid, modseq) =
-                self.with_account_mut(account, internal_date, &mut creation, |a| {
-                    let id = match folder {
-                        Folder::Inbox => index::INBOX,
-                        Folder::Junk => a
-                            .mailboxes
-                            .iter()
-                            .find(|m| m.special_use == index::special::JUNK)
-                            .map_or(index::INBOX, |m| m.id),
-                    };
-                    let target = a.mailbox_mut(id).expect("every account has an INBOX");
-                    let uid = target.uidnext;
-                    target.uidnext += 1;
-                    (id, uid, target.allocate_pending_modseq())
-                });
-            for (name, id, uidvalidity, su) in &creation {
-                self.write_op(
-                    &Op::CreateMailbox {
-                        account,
-                        mailbox: *id,
-                        name,
-                        uidvalidity: *uidvalidity,
-                        special_use: *su,
-                    },
-                    &[],
-                )?;
-            }
-            let op = Op::Message {
-                account,
-                mailbox,
-                uid,
-                internal_date,
-                flags: 0,
-                keywords: 0,
-                modseq,
-                body: &[],
-            };
-            self.write_message(&op, prefix, body)?;
-            uids.push(uid);
-            epoch_ops += 1;
+            debug_assert!(epoch_ops > 0 || accounts.is_empty());
+            self.wait_durable().await
         }
-        debug_assert!(epoch_ops > 0 || accounts.is_empty());
-        self.wait_durable().await?;
+        .await;
+        if let Err(e) = written {
+            self.forget_pending(allocated.iter().copied());
+            return Err(e);
+        }
         let mut creating = self.creating.borrow_mut();
         for a in accounts {
             creating.remove(a);
@@ -766,6 +797,51 @@ impl Store {
     /// are applied at once, so the next command computes from them; ops that
     /// add or remove messages become visible when durable.
     pub async fn commit(&self, ops: &[Op<'_>]) -> Result<()> {
+        let r = self.commit_inner(ops).await;
+        if r.is_err() {
+            self.forget_pending(ops.iter().filter_map(|op| match op {
+                Op::Message {
+                    account,
+                    mailbox,
+                    modseq,
+                    ..
+                }
+                | Op::Link {
+                    account,
+                    mailbox,
+                    modseq,
+                    ..
+                }
+                | Op::Expunge {
+                    account,
+                    mailbox,
+                    modseq,
+                    ..
+                } => Some((*account, *mailbox, *modseq)),
+                _ => None,
+            }));
+        }
+        r
+    }
+
+    /// A commit failed: its records' mod-sequences no longer hold
+    /// HIGHESTMODSEQ back (`Mailbox::reported_modseq`), or a client that
+    /// watches HIGHESTMODSEQ for changes would wait for them forever.
+    fn forget_pending<'a>(&self, pending: impl Iterator<Item = (&'a str, u32, u64)>) {
+        let mut buckets = self.buckets.borrow_mut();
+        for (account, mailbox, modseq) in pending {
+            let b = self.bucket_of(account);
+            if let Some(m) = buckets
+                .get_mut(&b)
+                .and_then(|bk| bk.accounts.get_mut(account))
+                .and_then(|a| a.mailbox_mut(mailbox))
+            {
+                m.applied_modseq(modseq);
+            }
+        }
+    }
+
+    async fn commit_inner(&self, ops: &[Op<'_>]) -> Result<()> {
         let need: usize = ops
             .iter()
             .map(|o| o.body().map_or(0, |b| b.len()) + crate::limits::RECORD_OVERHEAD_MAX)
