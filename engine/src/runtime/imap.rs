@@ -27,7 +27,7 @@ use crate::protocol::imap::encode::{self, FetchWriter};
 use crate::protocol::imap::{
     parse_command, parse_sasl_response, rejoin_diverted, Code, Command, CommandBody, FetchAttr,
     Flag, Frame, Framer, FramingLimits, ListReturn, ListSelect, Mailbox as MailboxArg, Qresync,
-    SaslResponse, SearchKey, SearchReturn, SequenceArg, SequenceSet, Status, StatusItem, StoreMode,
+    SaslResponse, SearchReturn, SequenceArg, SequenceSet, Status, StatusItem, StoreMode,
 };
 use crate::session::imap::{self as logic, View, DELIMITER, KEYWORDS_MAX};
 use crate::session::order;
@@ -158,6 +158,18 @@ struct Hit {
     modseq: u64,
     internal_date: i64,
     loc: crate::storage::record::Loc,
+}
+
+impl Hit {
+    /// What the command answers with: the UID for a UID command, else the
+    /// sequence number.
+    fn id(&self, uid: bool) -> u32 {
+        if uid {
+            self.uid
+        } else {
+            self.seq
+        }
+    }
 }
 
 /// What SORT or THREAD asked for.
@@ -2121,8 +2133,23 @@ impl Session {
     }
 
     /// The selected mailbox's messages that match every key, in sequence
-    /// order, after the sync that SEARCH, SORT and THREAD start with.
-    fn search_hits(&mut self, uid: bool, keys: &[SearchKey<'_>]) -> Vec<Hit> {
+    /// order, after the sync that SEARCH, SORT and THREAD start with, and
+    /// whether a MODSEQ key (which enables CONDSTORE) is among the keys.
+    /// None: the charset was refused (answered).
+    fn search_hits(
+        &mut self,
+        tag: &[u8],
+        uid: bool,
+        search: &crate::protocol::imap::Search<'_>,
+    ) -> Option<(Vec<Hit>, bool)> {
+        if !self.charset_ok(tag, search) {
+            return None;
+        }
+        let keys = &search.keys[..];
+        let modseq_key = logic::has_modseq_key(keys);
+        if modseq_key {
+            self.enable_condstore();
+        }
         self.sync(uid);
         let sel = self.sel.as_ref().expect("selected");
         let account = self.account().to_string();
@@ -2165,81 +2192,73 @@ impl Session {
                 }
             }
         });
-        hits
+        Some((hits, modseq_key))
     }
 
     fn search(&mut self, tag: &[u8], uid: bool, search: &crate::protocol::imap::Search<'_>) {
-        if !self.charset_ok(tag, search) {
+        let Some((hits, modseq_key)) = self.search_hits(tag, uid, search) else {
             return;
-        }
-        let modseq_key = logic::has_modseq_key(&search.keys);
-        if modseq_key {
-            self.enable_condstore();
-        }
-        let hits: Vec<(u32, u32, u64)> = self
-            .search_hits(uid, &search.keys)
-            .iter()
-            .map(|h| (h.seq, h.uid, h.modseq))
-            .collect();
-        let ids: Vec<u32> = hits.iter().map(|h| if uid { h.1 } else { h.0 }).collect();
-        // RFC 7162 3.1.5: with a MODSEQ key (anywhere in the search) the
-        // result carries the highest mod-sequence of the messages returned;
-        // none when nothing matched.
-        let max_modseq = if modseq_key {
-            hits.iter().map(|h| h.2).max()
-        } else {
-            None
         };
         match &search.returns {
-            None => encode::write_search(&mut self.out.buf, &ids, max_modseq),
+            None => {
+                let ids: Vec<u32> = hits.iter().map(|h| h.id(uid)).collect();
+                // RFC 7162 3.1.5: with a MODSEQ key (anywhere in the search)
+                // the result carries the highest mod-sequence of the
+                // messages returned; none when nothing matched.
+                let max_modseq = modseq_key.then(|| hits.iter().map(|h| h.modseq).max());
+                encode::write_search(&mut self.out.buf, &ids, max_modseq.flatten());
+            }
             Some(returns) => {
-                if returns.contains(&SearchReturn::Save) {
-                    let uids: Vec<u32> = hits.iter().map(|h| h.1).collect();
-                    self.saved = logic::saved_result(returns, &uids);
-                }
-                let only_save = returns.iter().all(|r| *r == SearchReturn::Save);
-                if !only_save {
-                    let all = returns.contains(&SearchReturn::All).then_some(&ids[..]);
-                    // RFC 7162 3.2 (ESEARCH): with only MIN and/or MAX the
-                    // messages returned are those two; otherwise all matches.
-                    let whole = returns
-                        .iter()
-                        .any(|r| matches!(r, SearchReturn::All | SearchReturn::Count));
-                    let max_modseq = if whole || hits.is_empty() {
-                        max_modseq
-                    } else {
-                        let (first, last) = (hits.first().map(|h| h.2), hits.last().map(|h| h.2));
-                        let min = returns
-                            .contains(&SearchReturn::Min)
-                            .then_some(first)
-                            .flatten();
-                        let max = returns
-                            .contains(&SearchReturn::Max)
-                            .then_some(last)
-                            .flatten();
-                        max_modseq.and(min.max(max))
-                    };
-                    let data = encode::Esearch {
-                        min: returns
-                            .contains(&SearchReturn::Min)
-                            .then(|| ids.first().copied())
-                            .flatten(),
-                        max: returns
-                            .contains(&SearchReturn::Max)
-                            .then(|| ids.last().copied())
-                            .flatten(),
-                        count: returns
-                            .contains(&SearchReturn::Count)
-                            .then_some(ids.len() as u32),
-                        all,
-                        modseq: max_modseq,
-                        in_order: false,
-                    };
-                    encode::write_esearch(&mut self.out.buf, tag, uid, &data);
-                }
+                let ordered: Vec<&Hit> = hits.iter().collect();
+                self.write_extended(tag, uid, returns, &ordered, modseq_key, false);
             }
         }
         self.ok(tag, "SEARCH completed");
+    }
+
+    /// The `RETURN (...)` answer of SEARCH (RFC 4731) and SORT (RFC 5267):
+    /// `ordered` holds the matches in the order the command returns them
+    /// (UID order for SEARCH, sort order for SORT, where ALL keeps that
+    /// order: `in_order`). SAVE follows RFC 5182 2.4; a MODSEQ key adds the
+    /// highest mod-sequence of the messages returned (RFC 7162 3.1.5): all
+    /// of them, or with only MIN and/or MAX just those.
+    fn write_extended(
+        &mut self,
+        tag: &[u8],
+        uid: bool,
+        returns: &[SearchReturn],
+        ordered: &[&Hit],
+        modseq_key: bool,
+        in_order: bool,
+    ) {
+        let want = |r| returns.contains(&r);
+        if want(SearchReturn::Save) {
+            let uids: Vec<u32> = ordered.iter().map(|h| h.uid).collect();
+            self.saved = logic::saved_result(returns, &uids);
+        }
+        if returns.iter().all(|r| *r == SearchReturn::Save) {
+            return;
+        }
+        let ids: Vec<u32> = ordered.iter().map(|h| h.id(uid)).collect();
+        let (first, last) = (ordered.first(), ordered.last());
+        let modseq = if !modseq_key {
+            None
+        } else if want(SearchReturn::All) || want(SearchReturn::Count) {
+            ordered.iter().map(|h| h.modseq).max()
+        } else {
+            let min = first.filter(|_| want(SearchReturn::Min)).map(|h| h.modseq);
+            let max = last.filter(|_| want(SearchReturn::Max)).map(|h| h.modseq);
+            min.max(max)
+        };
+        let data = encode::Esearch {
+            min: first.filter(|_| want(SearchReturn::Min)).map(|h| h.id(uid)),
+            max: last.filter(|_| want(SearchReturn::Max)).map(|h| h.id(uid)),
+            count: want(SearchReturn::Count).then_some(ids.len() as u32),
+            all: want(SearchReturn::All).then_some(&ids[..]),
+            modseq,
+            in_order,
+        };
+        encode::write_esearch(&mut self.out.buf, tag, uid, &data);
     }
 
     /// SORT and THREAD (RFC 5256): the search, then the order computed by
@@ -2251,14 +2270,9 @@ impl Session {
         search: &crate::protocol::imap::Search<'_>,
         how: Order<'_>,
     ) {
-        if !self.charset_ok(tag, search) {
+        let Some((hits, modseq_key)) = self.search_hits(tag, uid, search) else {
             return;
-        }
-        let modseq_key = logic::has_modseq_key(&search.keys);
-        if modseq_key {
-            self.enable_condstore();
-        }
-        let hits = self.search_hits(uid, &search.keys);
+        };
         let bodies: Vec<Option<Body>> = hits.iter().map(|h| self.shard.store.body(h.loc)).collect();
         let infos: Vec<order::MsgInfo<'_>> = hits
             .iter()
@@ -2270,55 +2284,23 @@ impl Session {
                 header: b.as_ref().map_or(&[][..], |b| mime::split(b.bytes()).0),
             })
             .collect();
-        let id = |i: usize| if uid { hits[i].uid } else { hits[i].seq };
-        // RFC 7162 3.1.5: a MODSEQ search key adds the highest mod-sequence
-        // of the messages returned to the SORT response.
-        let max_modseq = modseq_key
-            .then(|| hits.iter().map(|h| h.modseq).max())
-            .flatten();
+        let id = |i: usize| hits[i].id(uid);
         match how {
             Order::Sort(criteria) => {
                 let sorted = order::sort(&infos, criteria);
-                let ids: Vec<u32> = sorted.iter().map(|&i| id(i)).collect();
                 match &search.returns {
-                    None => encode::write_sort(&mut self.out.buf, &ids, max_modseq),
+                    None => {
+                        let ids: Vec<u32> = sorted.iter().map(|&i| id(i)).collect();
+                        // RFC 7162 3.1.5: a MODSEQ search key adds the
+                        // highest mod-sequence of the messages returned.
+                        let max_modseq = modseq_key.then(|| hits.iter().map(|h| h.modseq).max());
+                        encode::write_sort(&mut self.out.buf, &ids, max_modseq.flatten());
+                    }
                     Some(returns) => {
-                        if returns.contains(&SearchReturn::Save) {
-                            let uids: Vec<u32> = sorted.iter().map(|&i| hits[i].uid).collect();
-                            self.saved = logic::saved_result(returns, &uids);
-                        }
-                        if !returns.iter().all(|r| *r == SearchReturn::Save) {
-                            // RFC 5267 3.1: MIN and MAX are the first and
-                            // last in sort order; ALL keeps that order.
-                            let want = |r| returns.contains(&r);
-                            // RFC 7162 3.1.5 as for ESEARCH: with only MIN
-                            // and/or MAX, the mod-sequence of those two.
-                            let whole = want(SearchReturn::All) || want(SearchReturn::Count);
-                            let max_modseq = match (whole, sorted.first(), sorted.last()) {
-                                (false, Some(&f), Some(&l)) => max_modseq.map(|_| {
-                                    let m = |i: usize| hits[i].modseq;
-                                    match (want(SearchReturn::Min), want(SearchReturn::Max)) {
-                                        (true, true) => m(f).max(m(l)),
-                                        (true, false) => m(f),
-                                        _ => m(l),
-                                    }
-                                }),
-                                _ => max_modseq,
-                            };
-                            let data = encode::Esearch {
-                                min: want(SearchReturn::Min)
-                                    .then(|| ids.first().copied())
-                                    .flatten(),
-                                max: want(SearchReturn::Max)
-                                    .then(|| ids.last().copied())
-                                    .flatten(),
-                                count: want(SearchReturn::Count).then_some(ids.len() as u32),
-                                all: want(SearchReturn::All).then_some(&ids[..]),
-                                modseq: max_modseq,
-                                in_order: true,
-                            };
-                            encode::write_esearch(&mut self.out.buf, tag, uid, &data);
-                        }
+                        // RFC 5267 3.1: MIN and MAX are the first and last
+                        // in sort order; ALL keeps that order.
+                        let ordered: Vec<&Hit> = sorted.iter().map(|&i| &hits[i]).collect();
+                        self.write_extended(tag, uid, returns, &ordered, modseq_key, true);
                     }
                 }
                 self.ok(tag, "SORT completed");
