@@ -751,18 +751,7 @@ impl Store {
                         (id, uid, target.allocate_pending_modseq())
                     });
                 allocated.push((account, mailbox, modseq));
-                for (name, id, uidvalidity, su) in &creation {
-                    self.write_op(
-                        &Op::CreateMailbox {
-                            account,
-                            mailbox: *id,
-                            name,
-                            uidvalidity: *uidvalidity,
-                            special_use: *su,
-                        },
-                        &[],
-                    )?;
-                }
+                self.write_creation(account, &creation)?;
                 let op = Op::Message {
                     account,
                     mailbox,
@@ -790,6 +779,24 @@ impl Store {
             creating.remove(a);
         }
         Ok(uids)
+    }
+
+    /// Write the CreateMailbox records of an account's default mailboxes
+    /// (as `with_account_mut` listed them when it created the account).
+    fn write_creation(&self, account: &str, creation: &[(String, u32, u32, u8)]) -> Result<()> {
+        for (name, id, uidvalidity, su) in creation {
+            self.write_op(
+                &Op::CreateMailbox {
+                    account,
+                    mailbox: *id,
+                    name,
+                    uidvalidity: *uidvalidity,
+                    special_use: *su,
+                },
+                &[],
+            )?;
+        }
+        Ok(())
     }
 
     /// Log arbitrary ops (IMAP/POP3 changes) and wait until they are durable
@@ -1376,18 +1383,7 @@ impl Store {
         }
         let need = creation.len() * 512;
         self.ensure_room(need).await?;
-        for (name, id, uidvalidity, su) in &creation {
-            self.write_op(
-                &Op::CreateMailbox {
-                    account,
-                    mailbox: *id,
-                    name,
-                    uidvalidity: *uidvalidity,
-                    special_use: *su,
-                },
-                &[],
-            )?;
-        }
+        self.write_creation(account, &creation)?;
         self.wait_durable().await?;
         self.creating.borrow_mut().remove(account);
         Ok(())
