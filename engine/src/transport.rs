@@ -99,18 +99,6 @@ struct Deflate {
     input: Vec<u8>,
     /// Compressed bytes of the write in progress.
     output: Vec<u8>,
-    /// Octets before and after compression, both directions (for tests
-    /// and benchmarks).
-    stats: DeflateStats,
-}
-
-/// What COMPRESS saved on one connection.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct DeflateStats {
-    pub written_plain: u64,
-    pub written_compressed: u64,
-    pub read_compressed: u64,
-    pub read_plain: u64,
 }
 
 /// Deflate level for COMPRESS. With flate2's miniz_oxide backend, level 1
@@ -178,23 +166,9 @@ impl Conn {
             inflate: flate2::Decompress::new(false),
             deflate: None,
             ended: false,
-            stats: DeflateStats {
-                read_compressed: input.len() as u64,
-                ..Default::default()
-            },
             input,
             output: Vec::new(),
         }));
-    }
-
-    /// Whether COMPRESS=DEFLATE is on.
-    pub fn is_deflating(&self) -> bool {
-        self.deflate.is_some()
-    }
-
-    /// Octets in and out of the compressor so far (zero without COMPRESS).
-    pub fn deflate_stats(&self) -> DeflateStats {
-        self.deflate.as_ref().map(|d| d.stats).unwrap_or_default()
     }
 
     /// Bytes copied into `tls_out` (records for the socket) so far.
@@ -468,7 +442,6 @@ impl Conn {
                         ))
                     }
                 }
-                z.stats.read_plain += made as u64;
                 if made > 0 {
                     self.end += made;
                     return ReadOutcome::Data;
@@ -490,7 +463,6 @@ impl Conn {
             }
             let z = self.deflate.as_mut().expect("deflating");
             z.input.extend_from_slice(&self.buf[mark..self.end]);
-            z.stats.read_compressed += (self.end - mark) as u64;
             self.end = mark;
         }
     }
@@ -651,8 +623,6 @@ impl Conn {
                 break;
             }
         }
-        z.stats.written_plain += piece.len() as u64;
-        z.stats.written_compressed += out.len() as u64;
         Ok(out)
     }
 
