@@ -497,26 +497,6 @@ pub struct Esearch<'a> {
     pub in_order: bool,
 }
 
-/// `a:b` for every run of consecutive ascending numbers, in the given order.
-fn write_runs(ids: &[u32], out: &mut Vec<u8>) {
-    let mut i = 0;
-    while i < ids.len() {
-        let mut j = i;
-        while j + 1 < ids.len() && ids[j + 1] == ids[j].wrapping_add(1) {
-            j += 1;
-        }
-        if i > 0 {
-            out.push(b',');
-        }
-        num(out, ids[i]);
-        if j > i {
-            out.push(b':');
-            num(out, ids[j]);
-        }
-        i = j + 1;
-    }
-}
-
 /// `* ESEARCH (TAG "tag") [UID] ...`
 pub fn write_esearch(out: &mut Vec<u8>, tag: &[u8], uid: bool, data: &Esearch<'_>) {
     out.extend_from_slice(b"* ESEARCH (TAG ");
@@ -540,7 +520,8 @@ pub fn write_esearch(out: &mut Vec<u8>, tag: &[u8], uid: bool, data: &Esearch<'_
     if let Some(all) = data.all.filter(|a| !a.is_empty()) {
         out.extend_from_slice(b" ALL ");
         if data.in_order {
-            write_runs(all, out);
+            // Ranges over ascending runs only, in the given order.
+            write_compressed(all, out);
         } else {
             let mut sorted = all.to_vec();
             sorted.sort_unstable();
