@@ -240,13 +240,6 @@ impl AccountFile {
         Ok((out, quotas))
     }
 
-    /// Replace the file atomically with `accounts`, keeping the storage
-    /// limits of those that stay.
-    pub fn write(&self, accounts: &HashMap<String, String>) -> Result<(), AccountError> {
-        let quotas = self.read_all()?.1;
-        self.write_all(accounts, &quotas)
-    }
-
     /// Set an account's own storage limit (`Some(0)`: no limit), or with
     /// `None` remove it so that `[limits] quota_octets` applies.
     pub fn set_quota(&self, address: &str, octets: Option<u64>) -> Result<String, AccountError> {
@@ -311,19 +304,19 @@ impl AccountFile {
 
     pub fn add(&self, address: &str, password: &str) -> Result<String, AccountError> {
         let a = canonical(address)?;
-        let mut all = self.read()?;
+        let (mut all, quotas) = self.read_all()?;
         if all.contains_key(&a) {
             return Err(AccountError::Exists(a));
         }
         all.insert(a.clone(), hash_password(password)?);
-        self.write(&all)?;
+        self.write_all(&all, &quotas)?;
         Ok(a)
     }
 
     /// Add many accounts sharing one password. The hash is computed once and
     /// shared (same salt): fine for load tests, documented as such.
     pub fn add_many(&self, addresses: &[String], password: &str) -> Result<usize, AccountError> {
-        let mut all = self.read()?;
+        let (mut all, quotas) = self.read_all()?;
         let hash = hash_password(password)?;
         let mut added = 0;
         for address in addresses {
@@ -333,27 +326,27 @@ impl AccountFile {
                 added += 1;
             }
         }
-        self.write(&all)?;
+        self.write_all(&all, &quotas)?;
         Ok(added)
     }
 
     pub fn remove(&self, address: &str) -> Result<(), AccountError> {
         let a = canonical(address)?;
-        let mut all = self.read()?;
+        let (mut all, quotas) = self.read_all()?;
         if all.remove(&a).is_none() {
             return Err(AccountError::Missing(a));
         }
-        self.write(&all)
+        self.write_all(&all, &quotas)
     }
 
     pub fn set_password(&self, address: &str, password: &str) -> Result<(), AccountError> {
         let a = canonical(address)?;
-        let mut all = self.read()?;
+        let (mut all, quotas) = self.read_all()?;
         let slot = all
             .get_mut(&a)
             .ok_or_else(|| AccountError::Missing(a.clone()))?;
         *slot = hash_password(password)?;
-        self.write(&all)
+        self.write_all(&all, &quotas)
     }
 }
 
