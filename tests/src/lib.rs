@@ -1349,6 +1349,29 @@ pub fn accounts_on_all_shards(
     list
 }
 
+/// Run an outside tool (mbsync, fetchmail, ...) for at most 60 s; panics
+/// with its output unless it exits 0. Returns stdout followed by stderr.
+#[track_caller]
+pub fn run_tool(mut cmd: Command, what: &str) -> String {
+    let child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{what}: {e}"));
+    let out = wait_output(child, Duration::from_secs(60));
+    let log = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success(),
+        "{what} failed ({}):\n{log}",
+        out.status
+    );
+    log
+}
+
 /// Run `python3 py/<script> ARGS...`; panics with its output unless it exits 0.
 /// Returns its standard output.
 #[track_caller]

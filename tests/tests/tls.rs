@@ -614,26 +614,6 @@ fn note(subject: &str) -> Vec<u8> {
     format!("From: carol@example.test\r\nTo: bob@example.test\r\nSubject: {subject}\r\n\r\nbody of {subject}\r\n").into_bytes()
 }
 
-fn run_tool(mut cmd: Command, what: &str) -> String {
-    let child = cmd
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("{what}: {e}"));
-    let out = wait_output(child, Duration::from_secs(60));
-    let log = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        out.status.success(),
-        "{what} failed ({}):\n{log}",
-        out.status
-    );
-    log
-}
-
 #[test]
 fn mbsync_over_imaps_and_starttls_verifying_the_certificate() {
     assert!(

@@ -1086,25 +1086,7 @@ fn maildir_files(folder: &std::path::Path) -> Vec<std::path::PathBuf> {
 }
 
 fn run_mbsync(cfg: &std::path::Path, home: &std::path::Path) -> String {
-    let child = std::process::Command::new("mbsync")
-        .arg("-c")
-        .arg(cfg)
-        .arg("-a")
-        .env("HOME", home)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("spawning mbsync");
-    let out = wait_output(child, Duration::from_secs(60));
-    let log = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        out.status.success(),
-        "mbsync failed ({}):\n{log}",
-        out.status
-    );
-    log
+    let mut cmd = std::process::Command::new("mbsync");
+    cmd.arg("-c").arg(cfg).arg("-a").env("HOME", home);
+    run_tool(cmd, "mbsync")
 }
