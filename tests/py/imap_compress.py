@@ -5,7 +5,9 @@ usage: imap_compress.py HOST PORT USER PASSWORD TLS(0|1) SMTP_PORT N
 USER's INBOX holds N messages appended by the caller, message i being
 message(i) below. Logs in, checks the capability, turns compression on,
 then SELECT, FETCH 1:* BODY.PEEK[] (every body compared), a second
-COMPRESS (NO [COMPRESSIONACTIVE]), IDLE woken by an SMTP delivery, and
+COMPRESS (BAD [COMPRESSIONACTIVE]), a deflate bomb (32 MiB of one octet
+without a line end, about 32 KiB compressed: refused as too long, the
+session goes on), IDLE woken by an SMTP delivery, and
 LOGOUT, all compressed. Prints "plain=<octets> wire=<octets>" for the
 server's output after COMPRESS.
 """
@@ -123,6 +125,15 @@ def main():
         eq(body, message(i), "body of message %d" % i)
     _, st = c.cmd("COMPRESS DEFLATE")
     check(st.startswith(b"BAD [COMPRESSIONACTIVE]"), "second COMPRESS %r" % st)
+    # A deflate bomb: the server inflates no more than its bounded command
+    # buffer holds, refuses the line and goes on.
+    for _ in range(32):
+        c.send(b"A" * (1 << 20))
+    c.send(b"\r\n")
+    l = c.line()
+    check(l.startswith(b"* BAD") or b" BAD " in l, "bomb answer %r" % l[:200])
+    _, st = c.cmd("NOOP")
+    check(st.startswith(b"OK"), "NOOP after the bomb %r" % st)
     # IDLE: a delivery's EXISTS arrives through the compressed stream.
     c.n += 1
     tag = b"c%d" % c.n
