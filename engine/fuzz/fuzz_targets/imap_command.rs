@@ -1,11 +1,15 @@
 //! Feeds arbitrary bytes through the IMAP framer (both limit sets, in chunks
 //! sized by the input), parses every complete command, and renders the
-//! MIME structure of the same bytes taken as a message. Must never panic.
+//! MIME structure of the same bytes taken as a message, with BINARY's
+//! decoding of each part; the bytes as a mailbox name go through modified
+//! UTF-7 both ways, which must round-trip. Must never panic.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 use ringmail::mime;
-use ringmail::protocol::imap::{parse_command, rejoin_diverted, Frame, Framer, FramingLimits};
+use ringmail::protocol::imap::{
+    mutf7, parse_command, rejoin_diverted, Frame, Framer, FramingLimits,
+};
 
 fuzz_target!(|data: &[u8]| {
     let (chunk, input) = match data {
@@ -79,4 +83,12 @@ fuzz_target!(|data: &[u8]| {
     let mut out = Vec::new();
     mime::write_bodystructure(&msg, true, &mut out);
     mime::write_envelope(&msg, &mut out);
+    for part in [&[][..], &[1], &[1, 2], &[2, 1, 1]] {
+        let _ = mime::binary_bytes(&msg, part);
+    }
+    if let Some(name) = mutf7::decode(input) {
+        assert_eq!(mutf7::encode(&name).as_bytes(), input);
+    }
+    let text = String::from_utf8_lossy(input);
+    assert_eq!(mutf7::decode(mutf7::encode(&text).as_bytes()).as_deref(), Some(&*text));
 });

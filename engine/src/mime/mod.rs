@@ -45,5 +45,8 @@ pub use decode::{
     to_utf8,
 };
 pub use header::{field_value, field_values, fields, split, unfold, Field};
-pub use render::{partial, section_bytes, write_bodystructure, write_envelope, write_envelope_of};
+pub use render::{
+    binary_bytes, partial, section_bytes, write_bodystructure, write_envelope, write_envelope_of,
+    UnknownCte,
+};
 pub use tree::{count_lines, resolve, Limits, Message, Part, PartKind};

@@ -249,6 +249,32 @@ pub fn section_bytes<'a>(msg: &Message<'a>, section: &Section<'_>) -> Option<Cow
     })
 }
 
+/// A transfer encoding BINARY cannot undo (answered `NO [UNKNOWN-CTE]`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct UnknownCte;
+
+/// `BINARY[part]` (RFC 3516 section 4.1, RFC 9051 6.4.5): the content of a
+/// part with its Content-Transfer-Encoding undone; with no part numbers the
+/// whole message, as it is. None: no such part.
+pub fn binary_bytes<'a>(
+    msg: &Message<'a>,
+    part: &[u32],
+) -> Result<Option<Cow<'a, [u8]>>, UnknownCte> {
+    if part.is_empty() {
+        return Ok(Some(Cow::Borrowed(msg.raw)));
+    }
+    let Some(p) = resolve(&msg.root, part) else {
+        return Ok(None);
+    };
+    let cte = p.encoding.to_ascii_lowercase();
+    Ok(Some(match cte.as_slice() {
+        b"7bit" | b"8bit" | b"binary" => Cow::Borrowed(p.body),
+        b"base64" => Cow::Owned(super::decode::base64_decode(p.body)),
+        b"quoted-printable" => Cow::Owned(super::decode::qp_decode(p.body, false)),
+        _ => return Err(UnknownCte),
+    }))
+}
+
 /// Apply `<start.len>`: octets `start..start+len`, empty if `start` is past
 /// the end (RFC 3501 section 6.4.5). The response names only the origin:
 /// `BODY[...]<start>`.

@@ -24,6 +24,7 @@ use glommio::net::TcpStream;
 
 use crate::mime;
 use crate::protocol::imap::encode::{self, FetchWriter};
+use crate::protocol::imap::mutf7;
 use crate::protocol::imap::{
     parse_command, parse_sasl_response, rejoin_diverted, Code, Command, CommandBody, FetchAttr,
     Flag, Frame, Framer, FramingLimits, ListReturn, ListSelect, Mailbox as MailboxArg, Qresync,
@@ -49,10 +50,11 @@ const SASL_LINE_MAX: usize = 8 * 1024;
 /// Message bodies at least this large are spliced from the mapping instead of copied.
 const SPLICE_MIN: usize = 4096;
 
-/// Before login, after IMAP4rev1 and the login words of [`Session::caps_preauth`].
+/// Before login, after IMAP4rev1, IMAP4rev2 and the login words of [`Session::caps_preauth`].
 const CAPS_PREAUTH_BASE: &[&str] = &["LITERAL+", "SASL-IR", "ID", "ENABLE", "IDLE", "NAMESPACE"];
 const CAPS: &[&str] = &[
     "IMAP4rev1",
+    "IMAP4rev2",
     "LITERAL+",
     "SASL-IR",
     "AUTH=PLAIN",
@@ -67,6 +69,7 @@ const CAPS: &[&str] = &[
     "CHILDREN",
     "LIST-EXTENDED",
     "LIST-STATUS",
+    "BINARY",
     "CONDSTORE",
     "QRESYNC",
     "COMPRESS=DEFLATE",
@@ -197,6 +200,10 @@ struct Session {
     qresync: bool,
     /// COMPRESS=DEFLATE is on (RFC 4978).
     compressed: bool,
+    /// ENABLE IMAP4rev2 was given (RFC 9051): mailbox names are UTF-8,
+    /// SEARCH answers ESEARCH, \Recent and RECENT are gone, and SELECT
+    /// names the mailbox in a LIST response.
+    rev2: bool,
     /// CONDSTORE was just enabled while a mailbox is selected: the next
     /// tagged OK carries `[HIGHESTMODSEQ n]` (RFC 7162 3.1).
     modseq_pending: bool,
@@ -620,6 +627,7 @@ impl Session {
             condstore: false,
             qresync: false,
             compressed: false,
+            rev2: false,
             modseq_pending: false,
             saved: Vec::new(),
             sasl_tag: None,
@@ -640,7 +648,7 @@ impl Session {
     /// plain; LOGINDISABLED (and no AUTH=) where credentials would be
     /// refused in clear; re-announced only when the client asks again.
     fn caps_preauth(&self) -> Vec<&'static str> {
-        let mut caps = vec!["IMAP4rev1"];
+        let mut caps = vec!["IMAP4rev1", "IMAP4rev2"];
         if !self.tls {
             caps.push("STARTTLS");
         }
@@ -858,6 +866,9 @@ impl Session {
                     if c.eq_ignore_ascii_case(b"CONDSTORE") && !self.condstore {
                         self.enable_condstore();
                         enabled.push(b"CONDSTORE");
+                    } else if c.eq_ignore_ascii_case(b"IMAP4rev2") && !self.rev2 {
+                        self.rev2 = true;
+                        enabled.push(b"IMAP4rev2");
                     } else if c.eq_ignore_ascii_case(b"QRESYNC") && !self.qresync {
                         // RFC 7162 3.2.3: QRESYNC implies CONDSTORE (which
                         // is listed only when asked for).
@@ -984,9 +995,11 @@ impl Session {
                 flags,
                 date,
                 message,
+                binary,
             } => {
                 let message = external.unwrap_or(message);
-                self.append(tag, &mailbox, &flags, date.map(|d| d.unix_secs()), message)
+                let date = date.map(|d| d.unix_secs());
+                self.append(tag, &mailbox, &flags, date, message, binary)
                     .await
             }
             CommandBody::Idle => {
@@ -1256,10 +1269,34 @@ impl Session {
         name: &MailboxArg<'_>,
         f: impl FnOnce(&Account, &Mailbox) -> R,
     ) -> Option<R> {
-        let name = std::str::from_utf8(name.as_bytes()).ok()?;
-        self.shard
-            .store
-            .with_account(self.account(), |a| a.mailbox_by_name(name).map(|m| f(a, m)))?
+        let name = self.stored_name(name)?;
+        self.shard.store.with_account(self.account(), |a| {
+            a.mailbox_by_name(&name).map(|m| f(a, m))
+        })?
+    }
+
+    /// The stored form of a mailbox name the client gave: an IMAP4rev1
+    /// session names mailboxes in modified UTF-7 already (RFC 3501 5.1.3),
+    /// the form the store keeps; an IMAP4rev2 session in UTF-8 (RFC 9051
+    /// 5.1), which is encoded. None: not UTF-8.
+    fn stored_name<'n>(&self, name: &'n MailboxArg<'_>) -> Option<Cow<'n, str>> {
+        let s = std::str::from_utf8(name.as_bytes()).ok()?;
+        Some(if self.rev2 && (s.contains('&') || !s.is_ascii()) {
+            Cow::Owned(mutf7::encode(s))
+        } else {
+            Cow::Borrowed(s)
+        })
+    }
+
+    /// The stored form of a name for a new mailbox (CREATE, RENAME's
+    /// target), without trailing delimiters; None when it is not a name we
+    /// accept. From an IMAP4rev1 session it must be valid modified UTF-7
+    /// (RFC 3501 5.1.3), so every name has one UTF-8 form for IMAP4rev2.
+    fn new_name(&self, name: &MailboxArg<'_>) -> Option<String> {
+        let stored = self.stored_name(name)?;
+        let valid = valid_name(stored.as_bytes())?;
+        mutf7::decode(valid.as_bytes())?;
+        Some(valid.trim_end_matches(DELIMITER as char).to_string())
     }
 
     /// Report changes made by others (and by our own durable commits).
@@ -1279,6 +1316,7 @@ impl Session {
             .unwrap_or(0);
         let out = &mut self.out.buf;
         let condstore = self.condstore;
+        let rev2 = self.rev2;
         let qresync = self.qresync;
         let found = self.shard.store.with_account(account, |a| {
             let mb = a.mailbox(sel.id)?;
@@ -1302,7 +1340,8 @@ impl Session {
             if let Some(n) = ch.exists {
                 encode::write_exists(out, n);
             }
-            if let Some(n) = ch.recent {
+            // RFC 9051: IMAP4rev2 has no RECENT response.
+            if let Some(n) = ch.recent.filter(|_| !rev2) {
                 encode::write_recent(out, n);
             }
             // RFC 7162 3.2: flag updates with MODSEQ while expunges are held
@@ -1335,7 +1374,7 @@ impl Session {
                     m.flags,
                     m.keywords,
                     &mb.keywords,
-                    sel.view.recent.contains(&m.uid),
+                    !rev2 && sel.view.recent.contains(&m.uid),
                 ));
                 w.uid(m.uid);
                 if condstore {
@@ -1380,7 +1419,7 @@ impl Session {
                 .extend_from_slice(b"* OK [CLOSED] Previous mailbox closed\r\n");
         }
         let account = self.account().to_string();
-        let Ok(name) = std::str::from_utf8(name.as_bytes()) else {
+        let Some(name) = self.stored_name(name) else {
             self.out.status(
                 Some(tag),
                 Status::No,
@@ -1389,10 +1428,11 @@ impl Session {
             );
             return;
         };
+        let rev2 = self.rev2;
         let mut floor_map = self.shard.imap_recent.borrow_mut();
         let out = &mut self.out.buf;
         let sel = self.shard.store.with_account(&account, |a| {
-            let mb = a.mailbox_by_name(name)?;
+            let mb = a.mailbox_by_name(&name)?;
             let key = (account.clone(), mb.id);
             let floor = floor_map.entry(key).or_insert(0);
             let mut view = View::default();
@@ -1403,9 +1443,17 @@ impl Session {
             view.sync(mb, true, if read_only { &mut examined } else { floor });
             write_flags_lines(out, &mb.keywords, read_only);
             encode::write_exists(out, view.len());
-            encode::write_recent(out, view.recent.len() as u32);
+            // RFC 9051 6.3.2: IMAP4rev2 has neither RECENT nor [UNSEEN]; it
+            // names the mailbox in a LIST response instead.
+            if rev2 {
+                let shown_name = shown(true, &mb.name);
+                encode::write_list(out, false, &[], Some(DELIMITER), shown_name.as_bytes());
+            } else {
+                encode::write_recent(out, view.recent.len() as u32);
+            }
             // The view is the mailbox itself right after this first sync.
-            if let Some(i) = mb.messages.iter().position(|m| m.flags & flag::SEEN == 0) {
+            let first_unseen = || mb.messages.iter().position(|m| m.flags & flag::SEEN == 0);
+            if let Some(i) = first_unseen().filter(|_| !rev2) {
                 encode::write_status(
                     out,
                     None,
@@ -1453,7 +1501,7 @@ impl Session {
                             m.flags,
                             m.keywords,
                             &mb.keywords,
-                            view.recent.contains(&m.uid),
+                            !rev2 && view.recent.contains(&m.uid),
                         ));
                         w.modseq(m.modseq);
                         w.finish();
@@ -1496,7 +1544,7 @@ impl Session {
     }
 
     async fn create(&mut self, tag: &[u8], name: &MailboxArg<'_>, special_use: &[&[u8]]) {
-        let Some(name) = valid_name(name.as_bytes()) else {
+        let Some(name) = self.new_name(name) else {
             self.out.status(
                 Some(tag),
                 Status::No,
@@ -1505,7 +1553,6 @@ impl Session {
             );
             return;
         };
-        let name = name.trim_end_matches(DELIMITER as char).to_string();
         if name.eq_ignore_ascii_case("INBOX") || self.exists(&name) {
             self.out.status(
                 Some(tag),
@@ -1593,7 +1640,7 @@ impl Session {
     }
 
     async fn delete(&mut self, tag: &[u8], name: &MailboxArg<'_>) {
-        let Ok(name) = std::str::from_utf8(name.as_bytes()) else {
+        let Some(name) = self.stored_name(name) else {
             self.out.status(
                 Some(tag),
                 Status::No,
@@ -1613,7 +1660,7 @@ impl Session {
         }
         let account = self.account().to_string();
         let info = self.shard.store.with_account(&account, |a| {
-            let m = a.mailbox_by_name(name)?;
+            let m = a.mailbox_by_name(&name)?;
             let child_prefix = format!("{}{}", m.name, DELIMITER as char);
             Some((
                 m.id,
@@ -1656,10 +1703,7 @@ impl Session {
     }
 
     async fn rename(&mut self, tag: &[u8], from: &MailboxArg<'_>, to: &MailboxArg<'_>) {
-        let (Ok(from), Some(to)) = (
-            std::str::from_utf8(from.as_bytes()),
-            valid_name(to.as_bytes()),
-        ) else {
+        let (Some(from), Some(to)) = (self.stored_name(from), self.new_name(to)) else {
             self.out.status(
                 Some(tag),
                 Status::No,
@@ -1668,8 +1712,7 @@ impl Session {
             );
             return;
         };
-        let to = to.trim_end_matches(DELIMITER as char).to_string();
-        if !self.exists(from) {
+        if !self.exists(&from) {
             self.out.status(
                 Some(tag),
                 Status::No,
@@ -1746,7 +1789,7 @@ impl Session {
     }
 
     async fn subscribe(&mut self, tag: &[u8], name: &MailboxArg<'_>, on: bool) {
-        let Ok(name) = std::str::from_utf8(name.as_bytes()) else {
+        let Some(name) = self.stored_name(name) else {
             self.out
                 .status(Some(tag), Status::No, None, "Invalid mailbox name");
             return;
@@ -1754,7 +1797,7 @@ impl Session {
         let name = if name.eq_ignore_ascii_case("INBOX") {
             "INBOX"
         } else {
-            name
+            &name
         };
         let account = self.account().to_string();
         match self
@@ -1857,7 +1900,10 @@ impl Session {
         }
         // A mailbox is returned when it matches one of the patterns (each
         // pattern on its own, RFC 5258 3) and every selection criterion.
+        // Patterns are in the session's form of names (UTF-8 for IMAP4rev2).
+        let rev2 = self.rev2;
         let matched = |name: &str| {
+            let name = shown(rev2, name);
             list.patterns.iter().any(|p| {
                 let pat = [&list.reference[..], &p[..]].concat();
                 logic::list_match(&pat, name.as_bytes())
@@ -1906,11 +1952,12 @@ impl Session {
                 attrs.push("\\Subscribed");
             }
             let info: &[&str] = if childinfo { &["SUBSCRIBED"] } else { &[] };
+            let name = shown(rev2, &e.name);
             encode::write_list_extended(
                 &mut self.out.buf,
                 &attrs,
                 Some(DELIMITER),
-                e.name.as_bytes(),
+                name.as_bytes(),
                 info,
             );
             if let (Some(items), true) = (&ret_status, e.exists) {
@@ -1924,7 +1971,7 @@ impl Session {
                     })
                     .flatten();
                 if let Some(v) = values {
-                    encode::write_status_data(&mut self.out.buf, e.name.as_bytes(), &v);
+                    encode::write_status_data(&mut self.out.buf, name.as_bytes(), &v);
                 }
             }
         }
@@ -1939,10 +1986,18 @@ impl Session {
             .with_account(&account, |a| a.subscriptions.clone())
             .unwrap_or_default();
         let pat = [reference, pattern].concat();
+        let subs: Vec<String> = subs
+            .iter()
+            .map(|n| shown(self.rev2, n).into_owned())
+            .collect();
         for (name, implied) in logic::lsub_matches(&pat, &subs) {
+            let stored = match self.rev2 {
+                true => mutf7::encode(&name),
+                false => name.clone(),
+            };
             // \Noselect: a superior that is not subscribed itself, or a
             // subscription whose mailbox does not exist.
-            let attrs: &[&str] = if implied || !self.exists(&name) {
+            let attrs: &[&str] = if implied || !self.exists(&stored) {
                 &["\\Noselect"]
             } else {
                 &[]
@@ -1965,6 +2020,7 @@ impl Session {
         flags: &[Flag<'_>],
         date: Option<i64>,
         message: &[u8],
+        binary: bool,
     ) {
         if message.len() > self.shard.config().limits.message_size_max {
             self.out.status(
@@ -1976,8 +2032,9 @@ impl Session {
             return;
         }
         // RFC 3501 section 4.3 (and 9, CHAR8): a literal has no NUL; a
-        // message with one needs BINARY (RFC 3516), which is not offered.
-        if memchr::memchr(0, message).is_some() {
+        // message with one comes as a literal8 (RFC 3516 section 4.4),
+        // which is stored as it is.
+        if !binary && memchr::memchr(0, message).is_some() {
             self.out.status(
                 Some(tag),
                 Status::No,
@@ -1986,7 +2043,7 @@ impl Session {
             );
             return;
         }
-        let Ok(name) = std::str::from_utf8(name.as_bytes()) else {
+        let Some(name) = self.stored_name(name) else {
             self.out.status(
                 Some(tag),
                 Status::No,
@@ -1995,6 +2052,7 @@ impl Session {
             );
             return;
         };
+        let name = &name[..];
         let _quota = if self.exists(name) {
             match self.hold_quota(tag, message.len() as u64) {
                 Some(h) => Some(h),
@@ -2200,6 +2258,12 @@ impl Session {
             return;
         };
         match &search.returns {
+            // RFC 9051 6.4.4: IMAP4rev2 answers every SEARCH with ESEARCH;
+            // without RETURN that is RETURN (ALL).
+            None if self.rev2 => {
+                let ordered: Vec<&Hit> = hits.iter().collect();
+                self.write_extended(tag, uid, &[SearchReturn::All], &ordered, modseq_key, false);
+            }
             None => {
                 let ids: Vec<u32> = hits.iter().map(|h| h.id(uid)).collect();
                 // RFC 7162 3.1.5: with a MODSEQ key (anywhere in the search)
@@ -2352,6 +2416,7 @@ impl Session {
                     FetchAttr::Rfc822
                         | FetchAttr::Rfc822Text
                         | FetchAttr::BodySection { peek: false, .. }
+                        | FetchAttr::Binary { peek: false, .. }
                 )
             });
         // \Seen is set first (durably), so the FETCH shows the new flags (RFC 3501 6.4.5).
@@ -2404,10 +2469,14 @@ impl Session {
                     | FetchAttr::Body
                     | FetchAttr::BodyStructure
                     | FetchAttr::BodySection { .. }
+                    | FetchAttr::Binary { .. }
+                    | FetchAttr::BinarySize { .. }
                     | FetchAttr::Rfc822Header
                     | FetchAttr::Rfc822Text
             )
         });
+        let rev2 = self.rev2;
+        let mut unknown_cte = false;
         store.with_account(&account, |a| {
             let Some(mb) = a.mailbox(sel.id) else { return };
             // Keywords another session created since our sync (we may have
@@ -2429,7 +2498,8 @@ impl Session {
                 let body = store.body(e.loc);
                 let raw: &[u8] = body.as_ref().map_or(&[], |b| b.bytes());
                 let parsed = needs_parse.then(|| mime::Message::parse(raw));
-                let recent = sel.view.recent.contains(&e.uid);
+                // RFC 9051: no \Recent for IMAP4rev2.
+                let recent = !rev2 && sel.view.recent.contains(&e.uid);
                 let Out { buf, splices } = &mut *out;
                 let mut w = FetchWriter::new(buf, seq);
                 let mut wrote_flags = false;
@@ -2520,6 +2590,35 @@ impl Session {
                                 ),
                             }
                         }
+                        FetchAttr::Binary { part, partial, .. } => {
+                            let parsed = parsed.as_ref().expect("parsed");
+                            let Ok(data) = mime::binary_bytes(parsed, part) else {
+                                unknown_cte = true;
+                                continue;
+                            };
+                            // A part that doesn't exist is empty, as for BODY.
+                            let mut data = data.unwrap_or(Cow::Borrowed(&[]));
+                            let mut name = binary_name("BINARY", part);
+                            if let Some(p) = partial {
+                                name.push_str(&format!("<{}>", p.start));
+                                data = mime::partial(data, *p);
+                            }
+                            if memchr::memchr(0, &data).is_some() {
+                                encode::write_literal8(w.item(&name), &data);
+                            } else {
+                                literal(&mut w, splices, &name, body.as_ref(), raw, data);
+                            }
+                        }
+                        FetchAttr::BinarySize { part } => {
+                            let parsed = parsed.as_ref().expect("parsed");
+                            let Ok(data) = mime::binary_bytes(parsed, part) else {
+                                unknown_cte = true;
+                                continue;
+                            };
+                            let size = data.map_or(0, |d| d.len());
+                            let name = binary_name("BINARY.SIZE", part);
+                            w.item(&name).extend_from_slice(size.to_string().as_bytes());
+                        }
                     }
                 }
                 // RFC 7162 3.1: once CONDSTORE is enabled every untagged
@@ -2536,6 +2635,16 @@ impl Session {
                 w.finish();
             }
         });
+        // RFC 3516 section 4.1: a transfer encoding BINARY cannot undo.
+        if unknown_cte {
+            self.out.status(
+                Some(tag),
+                Status::No,
+                Some(&Code::Other("UNKNOWN-CTE")),
+                "Unknown Content-Transfer-Encoding",
+            );
+            return;
+        }
         self.ok(tag, "FETCH completed");
     }
 
@@ -2641,6 +2750,7 @@ impl Session {
         // Answer with the new flags; the view takes them so the next sync
         // does not report our own change again.
         let condstore = self.condstore;
+        let rev2 = self.rev2;
         let sel = self.sel.as_mut().expect("selected");
         let out = &mut self.out.buf;
         self.shard.store.with_account(&account, |a| {
@@ -2672,7 +2782,7 @@ impl Session {
                     e.flags,
                     e.keywords,
                     &mb.keywords,
-                    sel.view.recent.contains(&e.uid),
+                    !rev2 && sel.view.recent.contains(&e.uid),
                 ));
                 if uid || condstore {
                     w.uid(e.uid);
@@ -2741,7 +2851,7 @@ impl Session {
             );
             return;
         }
-        let Ok(dest) = std::str::from_utf8(dest.as_bytes()) else {
+        let Some(dest) = self.stored_name(dest) else {
             self.out.status(
                 Some(tag),
                 Status::No,
@@ -2750,6 +2860,7 @@ impl Session {
             );
             return;
         };
+        let dest = &dest[..];
         if !self.exists(dest) {
             self.out.status(
                 Some(tag),
@@ -2986,6 +3097,12 @@ impl Session {
     }
 }
 
+/// `BINARY[1.2]` / `BINARY.SIZE[1.2]`: the item's name in a FETCH response.
+fn binary_name(item: &str, part: &[u32]) -> String {
+    let parts: Vec<String> = part.iter().map(u32::to_string).collect();
+    format!("{item}[{}]", parts.join("."))
+}
+
 /// Write a literal item, splicing large borrowed data from the mapping.
 fn literal(
     w: &mut FetchWriter<'_>,
@@ -3215,6 +3332,18 @@ fn special_use_code(attr: &[u8]) -> Option<u8> {
 
 fn special_use_name(code: u8) -> Option<&'static str> {
     Some(special::name(code)).filter(|n| !n.is_empty())
+}
+
+/// A stored (modified UTF-7) mailbox name as a session shows it: UTF-8 to
+/// an IMAP4rev2 session (RFC 9051 section 5.1); a name that is not valid
+/// modified UTF-7 (created before names were checked) is shown as stored.
+fn shown(rev2: bool, stored: &str) -> Cow<'_, str> {
+    if rev2 && stored.contains('&') {
+        if let Some(s) = mutf7::decode(stored.as_bytes()) {
+            return Cow::Owned(s);
+        }
+    }
+    Cow::Borrowed(stored)
 }
 
 /// A mailbox name we accept: UTF-8 (modified UTF-7 is ASCII), no control

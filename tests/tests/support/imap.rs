@@ -566,6 +566,11 @@ impl P<'_> {
                     }
                 }
             }
+            // A literal8 (RFC 3516) reads like a literal.
+            b'~' if self.b.get(self.i + 1) == Some(&b'{') => {
+                self.i += 1;
+                self.value()
+            }
             b'{' => {
                 let close = self.b[self.i..]
                     .iter()

@@ -399,6 +399,22 @@ pub enum FetchAttr<'a> {
         /// Optional byte range.
         partial: Option<Partial>,
     },
+    /// `BINARY[part]<partial>` or `BINARY.PEEK[...]` (RFC 3516, RFC 9051
+    /// 6.4.5): a part's content with its transfer encoding undone. An empty
+    /// part list is the whole message.
+    Binary {
+        /// `.PEEK`: do not set \Seen.
+        peek: bool,
+        /// Part numbers, as in `BODY[1.2]`.
+        part: Vec<u32>,
+        /// Optional byte range of the decoded content.
+        partial: Option<Partial>,
+    },
+    /// `BINARY.SIZE[part]` (RFC 3516): the decoded content's size.
+    BinarySize {
+        /// Part numbers.
+        part: Vec<u32>,
+    },
 }
 
 /// How STORE changes flags.
@@ -511,6 +527,8 @@ pub enum CommandBody<'a> {
         date: Option<DateTime>,
         /// The message, borrowed from the command buffer.
         message: &'a [u8],
+        /// Sent as a literal8 (RFC 3516 `~{n}`): NUL octets are allowed.
+        binary: bool,
     },
     /// `CHECK`
     Check,

@@ -303,6 +303,15 @@ pub fn write_literal(out: &mut Vec<u8>, s: &[u8]) {
     }
 }
 
+/// Write a literal8, `~{n}CRLF` and the data as it is (RFC 3516 section
+/// 4.2): BINARY content that holds NUL.
+pub fn write_literal8(out: &mut Vec<u8>, s: &[u8]) {
+    out.extend_from_slice(b"~{");
+    num(out, s.len());
+    out.extend_from_slice(b"}\r\n");
+    out.extend_from_slice(s);
+}
+
 /// `string`: quoted when every byte allows it, a literal otherwise.
 pub fn write_string(out: &mut Vec<u8>, s: &[u8]) {
     if quotable(s) {
@@ -318,6 +327,21 @@ pub fn write_astring(out: &mut Vec<u8>, s: &[u8]) {
         out.extend_from_slice(s);
     } else {
         write_string(out, s);
+    }
+}
+
+/// A mailbox name: an atom, or a quoted string, which may carry UTF-8
+/// (RFC 9051 section 9, `QUOTED-CHAR`; only an IMAP4rev2 session is shown
+/// names that are not ASCII), or a literal.
+pub fn write_mailbox(out: &mut Vec<u8>, s: &[u8]) {
+    let utf8_quotable = s.len() <= QUOTED_MAX
+        && !s.is_ascii()
+        && std::str::from_utf8(s).is_ok()
+        && !s.iter().any(|&b| b == 0 || b == b'\r' || b == b'\n');
+    if utf8_quotable {
+        write_quoted(out, s);
+    } else {
+        write_astring(out, s);
     }
 }
 
@@ -435,13 +459,13 @@ fn write_list_head(
         None => out.extend_from_slice(b"NIL"),
     }
     out.push(b' ');
-    write_astring(out, name);
+    write_mailbox(out, name);
 }
 
 /// `* STATUS name (ITEM n ...)`
 pub fn write_status_data(out: &mut Vec<u8>, mailbox: &[u8], items: &[(StatusItem, u64)]) {
     out.extend_from_slice(b"* STATUS ");
-    write_astring(out, mailbox);
+    write_mailbox(out, mailbox);
     out.extend_from_slice(b" (");
     for (i, (item, n)) in items.iter().enumerate() {
         if i > 0 {
@@ -576,7 +600,7 @@ pub fn write_vanished(out: &mut Vec<u8>, earlier: bool, ranges: &[(u32, u32)]) {
 /// `* QUOTAROOT mailbox root...` (RFC 9208 section 5.2)
 pub fn write_quotaroot(out: &mut Vec<u8>, mailbox: &[u8], roots: &[&[u8]]) {
     out.extend_from_slice(b"* QUOTAROOT ");
-    write_astring(out, mailbox);
+    write_mailbox(out, mailbox);
     for r in roots {
         out.push(b' ');
         write_string(out, r);

@@ -109,7 +109,7 @@ pub enum LimitExceeded {
     Literal,
     /// The command as a whole is larger than `command_max`.
     Command,
-    /// A `~{n}` binary literal (RFC 3516), which this server does not accept.
+    /// A `~{n}` binary literal (RFC 3516) outside APPEND.
     BinaryLiteral,
 }
 
@@ -142,7 +142,7 @@ impl Rejection {
             LimitExceeded::Line => (Status::Bad, None, "Command line too long"),
             LimitExceeded::Literal => (Status::Bad, Some(Code::TooBig), "Literal too large"),
             LimitExceeded::Command => (Status::Bad, Some(Code::TooBig), "Command too large"),
-            LimitExceeded::BinaryLiteral => (Status::Bad, None, "Binary literals not supported"),
+            LimitExceeded::BinaryLiteral => (Status::Bad, None, "Binary literals only in APPEND"),
         }
     }
 }
@@ -356,7 +356,9 @@ impl Framer {
                             let Some(a) = announce else {
                                 return self.finish(lf + 1);
                             };
-                            if a.binary {
+                            // RFC 3516: a literal8 is the message of an
+                            // APPEND, nowhere else.
+                            if a.binary && !command_prefix(buf).1 {
                                 return self.reject(
                                     buf,
                                     lf + 1,
@@ -773,10 +775,13 @@ mod tests {
     }
 
     #[test]
-    fn binary_literal_rejected() {
-        let ev = run(SMALL, b"A APPEND x ~{3+}\r\nabc\r\nB NOOP\r\n", &[]);
+    fn binary_literal_only_in_append() {
+        let ev = run(SMALL, b"A APPEND x ~{3+}\r\na\0c\r\nB NOOP\r\n", &[]);
+        assert_eq!(ev[0].1, b"A APPEND x ~{3+}\r\na\0c\r\n");
+        assert_eq!(ev.last().unwrap().1, b"B NOOP\r\n");
+        let ev = run(SMALL, b"A LOGIN ~{3+}\r\nabc x\r\nB NOOP\r\n", &[]);
         let Frame::Rejected(r) = &ev[0].0 else {
-            panic!()
+            panic!("{ev:?}")
         };
         assert_eq!(r.reason, LimitExceeded::BinaryLiteral);
         assert_eq!(ev.last().unwrap().1, b"B NOOP\r\n");

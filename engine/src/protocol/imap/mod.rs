@@ -9,6 +9,7 @@
 //! * [`encode`]: status responses with response codes, untagged data, FETCH
 //!   responses, and the string forms (atom / quoted / literal) they need.
 //! * [`seqset`] and [`date`]: sequence sets and IMAP dates.
+//! * [`mutf7`]: modified UTF-7 mailbox names, for IMAP4rev2's UTF-8 names.
 //!
 //! It must never: perform I/O, read the clock, look at mailbox state, decide
 //! which commands are allowed in which session state, or allocate in
@@ -27,6 +28,7 @@ pub mod command;
 pub mod date;
 pub mod encode;
 pub mod framing;
+pub mod mutf7;
 pub mod parse;
 pub mod seqset;
 

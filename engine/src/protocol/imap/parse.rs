@@ -752,9 +752,9 @@ fn append<'a>(c: &mut Cur<'a>) -> R<CommandBody<'a>> {
         date = Some(DateTime::parse(&text).ok_or("invalid date-time")?);
         c.sp()?;
     }
-    if c.peek() == Some(b'~') {
-        return Err("binary literals not supported");
-    }
+    // RFC 3516 section 4.4 / RFC 9051: the message may be a literal8,
+    // `~{n}`, whose content may hold NUL.
+    let binary = c.eat(b'~');
     let message = c.literal()?;
     if c.peek() == Some(b' ') {
         return Err("MULTIAPPEND not supported");
@@ -764,6 +764,7 @@ fn append<'a>(c: &mut Cur<'a>) -> R<CommandBody<'a>> {
         flags,
         date,
         message,
+        binary,
     })
 }
 
@@ -1158,25 +1159,58 @@ fn fetch_attr<'a>(c: &mut Cur<'a>, out: &mut Vec<FetchAttr<'a>>, macros: bool) -
         b"BODY" if c.peek() != Some(b'[') => FetchAttr::Body,
         b"BODY" | b"BODY.PEEK" => {
             let section = section(c)?;
-            let mut partial = None;
-            if c.eat(b'<') {
-                let start = c.number()?;
-                c.expect(b'.', "invalid partial")?;
-                let len = c.nz_number()?;
-                c.expect(b'>', "invalid partial")?;
-                partial = Some(Partial { start, len });
-            }
             FetchAttr::BodySection {
                 peek: name != b"BODY",
                 section,
-                partial,
+                partial: partial(c)?,
             }
         }
-        b"BINARY" | b"BINARY.PEEK" | b"BINARY.SIZE" => return Err("BINARY not supported"),
+        b"BINARY" | b"BINARY.PEEK" => {
+            let part = section_binary(c)?;
+            FetchAttr::Binary {
+                peek: name != b"BINARY",
+                part,
+                partial: partial(c)?,
+            }
+        }
+        b"BINARY.SIZE" => FetchAttr::BinarySize {
+            part: section_binary(c)?,
+        },
         _ => return Err("unknown FETCH item"),
     };
     out.push(attr);
     Ok(())
+}
+
+/// `[<start.len>]` after a section.
+fn partial(c: &mut Cur<'_>) -> R<Option<Partial>> {
+    if !c.eat(b'<') {
+        return Ok(None);
+    }
+    let start = c.number()?;
+    c.expect(b'.', "invalid partial")?;
+    let len = c.nz_number()?;
+    c.expect(b'>', "invalid partial")?;
+    Ok(Some(Partial { start, len }))
+}
+
+/// RFC 3516 `section-binary = "[" [section-part] "]"`: part numbers only.
+fn section_binary(c: &mut Cur<'_>) -> R<Vec<u32>> {
+    c.expect(b'[', "expected '['")?;
+    let mut part = Vec::new();
+    if c.peek() != Some(b']') {
+        loop {
+            part.push(c.nz_number()?);
+            if part.len() > MAX_SECTION_PARTS {
+                return Err("section nested too deeply");
+            }
+            if !c.eat(b'.') {
+                break;
+            }
+        }
+    }
+    c.expect(b']', "expected ']'")?;
+    Ok(part)
 }
 
 fn section<'a>(c: &mut Cur<'a>) -> R<Section<'a>> {

@@ -311,7 +311,19 @@ Hello Joe, do you think we can meet at 3:30 tomorrow?\r\n";
             mailbox: mb("saved-messages"),
             flags: vec![Flag::Seen],
             date: None,
-            message: msg.as_bytes()
+            message: msg.as_bytes(),
+            binary: false,
+        }
+    );
+    // RFC 3516 section 4.4: a literal8 message.
+    assert_eq!(
+        parsed("A5 APPEND x ~{3}\r\na\0c\r\n"),
+        CommandBody::Append {
+            mailbox: mb("x"),
+            flags: vec![],
+            date: None,
+            message: b"a\0c",
+            binary: true,
         }
     );
     let cmd = format!(
@@ -322,6 +334,7 @@ Hello Joe, do you think we can meet at 3:30 tomorrow?\r\n";
         flags,
         date,
         message,
+        ..
     } = parsed(&cmd)
     else {
         panic!()
@@ -496,6 +509,33 @@ fn rfc3501_fetch() {
             (false, b"4".to_vec(), None),
         ]
     );
+    // RFC 3516 section 4.1 / RFC 9051 6.4.5: BINARY items take part
+    // numbers only.
+    assert_eq!(
+        fetch("a FETCH 1 (BINARY[] BINARY.PEEK[1.2]<0.10> BINARY.SIZE[3])\r\n").2,
+        vec![
+            Binary {
+                peek: false,
+                part: vec![],
+                partial: None
+            },
+            Binary {
+                peek: true,
+                part: vec![1, 2],
+                partial: Some(Partial { start: 0, len: 10 })
+            },
+            BinarySize { part: vec![3] },
+        ]
+    );
+    for bad in [
+        "a FETCH 1 BINARY[HEADER]\r\n",
+        "a FETCH 1 BINARY[1.TEXT]\r\n",
+        "a FETCH 1 BINARY[1.]\r\n",
+        "a FETCH 1 BINARY.SIZE[1]<0.5>\r\n",
+        "a FETCH 1 BINARY\r\n",
+    ] {
+        assert!(parse_command(bad.as_bytes()).is_err(), "{bad}");
+    }
     // RFC 7162 section 3.1.4.1.
     let (uid, _, attrs, cs) = fetch("s100 UID FETCH 1:* (FLAGS) (CHANGEDSINCE 12345)\r\n");
     assert!(uid);
