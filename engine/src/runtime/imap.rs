@@ -15,7 +15,6 @@
 //! Message bytes go out as slices of the segment mappings (`Out` splices
 //! them between the response text).
 use std::borrow::Cow;
-use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::Duration;
@@ -24,13 +23,13 @@ use glommio::net::TcpStream;
 
 use crate::mime;
 use crate::protocol::imap::encode::{self, FetchWriter};
-use crate::protocol::imap::mutf7;
 use crate::protocol::imap::{
     parse_command, parse_sasl_response, rejoin_diverted, Code, Command, CommandBody, FetchAttr,
-    Flag, Frame, Framer, FramingLimits, ListReturn, ListSelect, Mailbox as MailboxArg, Qresync,
-    SaslResponse, SearchReturn, SequenceArg, SequenceSet, Status, StatusItem, StoreMode,
+    Flag, Frame, Framer, FramingLimits, Mailbox as MailboxArg, Qresync, SaslResponse, SearchReturn,
+    SequenceArg, SequenceSet, Status, StatusItem, StoreMode,
 };
 use crate::session::imap::{self as logic, View, DELIMITER, KEYWORDS_MAX};
+use crate::session::mailboxes::{self, shown, special_use_code, status_items};
 use crate::session::order;
 use crate::storage::index::{self, flag, special, Account, Mailbox};
 use crate::storage::record::Op;
@@ -1280,12 +1279,7 @@ impl Session {
     /// the form the store keeps; an IMAP4rev2 session in UTF-8 (RFC 9051
     /// 5.1), which is encoded. None: not UTF-8.
     fn stored_name<'n>(&self, name: &'n MailboxArg<'_>) -> Option<Cow<'n, str>> {
-        let s = std::str::from_utf8(name.as_bytes()).ok()?;
-        Some(if self.rev2 && (s.contains('&') || !s.is_ascii()) {
-            Cow::Owned(mutf7::encode(s))
-        } else {
-            Cow::Borrowed(s)
-        })
+        mailboxes::stored_name(self.rev2, name.as_bytes())
     }
 
     /// The stored form of a name for a new mailbox (CREATE, RENAME's
@@ -1293,10 +1287,7 @@ impl Session {
     /// accept. From an IMAP4rev1 session it must be valid modified UTF-7
     /// (RFC 3501 5.1.3), so every name has one UTF-8 form for IMAP4rev2.
     fn new_name(&self, name: &MailboxArg<'_>) -> Option<String> {
-        let stored = self.stored_name(name)?;
-        let valid = valid_name(stored.as_bytes())?;
-        mutf7::decode(valid.as_bytes())?;
-        Some(valid.trim_end_matches(DELIMITER as char).to_string())
+        mailboxes::new_name(&self.stored_name(name)?)
     }
 
     /// Report changes made by others (and by our own durable commits).
@@ -1823,193 +1814,28 @@ impl Session {
     }
 
     fn list(&mut self, tag: &[u8], list: &crate::protocol::imap::ListCommand<'_>) {
-        let mut subscribed_only = false;
-        let mut special_only = false;
-        let mut recursive = false;
-        for s in &list.selection {
-            match s {
-                ListSelect::Subscribed => subscribed_only = true,
-                ListSelect::SpecialUse => special_only = true,
-                ListSelect::RecursiveMatch => recursive = true,
-                ListSelect::Remote => {}
-                // RFC 5258 3.1: an unrecognized selection option is BAD.
-                ListSelect::Other(_) => {
-                    self.out.status(
-                        Some(tag),
-                        Status::Bad,
-                        None,
-                        "Unknown LIST selection option",
-                    );
-                    return;
-                }
-            }
-        }
-        // RFC 5258 3.1: RECURSIVEMATCH alone (or with REMOTE only) is BAD.
-        if recursive && !subscribed_only && !special_only {
-            self.out.status(
-                Some(tag),
-                Status::Bad,
-                None,
-                "RECURSIVEMATCH needs another selection option",
-            );
-            return;
-        }
-        let mut ret_subscribed = subscribed_only;
-        let mut ret_status: Option<Vec<StatusItem>> = None;
-        for r in &list.returns {
-            match r {
-                ListReturn::Subscribed => ret_subscribed = true,
-                ListReturn::Children | ListReturn::SpecialUse => {}
-                ListReturn::Status(items) => ret_status = Some(items.clone()),
-                // RFC 5258 3.2: an unrecognized return option is BAD as well.
-                ListReturn::Other(_) => {
-                    self.out
-                        .status(Some(tag), Status::Bad, None, "Unknown LIST return option");
-                    return;
-                }
-            }
-        }
-        if list.patterns.len() == 1 && list.patterns[0].is_empty() && !list.extended {
-            // RFC 3501 6.3.8: an empty pattern asks for the delimiter.
-            encode::write_list(
-                &mut self.out.buf,
-                false,
-                &["\\Noselect"],
-                Some(DELIMITER),
-                b"",
-            );
-            self.ok(tag, "LIST completed");
-            return;
-        }
-        let account = self.account().to_string();
-        let mut entries = self
+        let mut out = Vec::new();
+        let result = self
             .shard
             .store
-            .with_account(&account, list_entries)
-            .unwrap_or_default();
-        let subs: HashSet<String> = self
-            .shard
-            .store
-            .with_account(&account, |a| a.subscriptions.iter().cloned().collect())
-            .unwrap_or_default();
-        if subscribed_only {
-            // RFC 5258 3.1: SUBSCRIBED lists subscriptions whether or not
-            // the mailbox exists (those get \NonExistent), and RECURSIVEMATCH
-            // may name their superiors, which need not exist either.
-            add_subscribed_entries(&mut entries, &subs);
-        }
-        // A mailbox is returned when it matches one of the patterns (each
-        // pattern on its own, RFC 5258 3) and every selection criterion.
-        // Patterns are in the session's form of names (UTF-8 for IMAP4rev2).
-        let rev2 = self.rev2;
-        let matched = |name: &str| {
-            let name = shown(rev2, name);
-            list.patterns.iter().any(|p| {
-                let pat = [&list.reference[..], &p[..]].concat();
-                logic::list_match(&pat, name.as_bytes())
+            .with_account(self.account(), |a| {
+                mailboxes::list(list, a, self.rev2, &|m| self.recent_count(m), &mut out)
             })
-        };
-        let selected = |e: &ListEntry| {
-            (!subscribed_only || subs.contains(&e.name))
-                && (!special_only || e.special != special::NONE)
-        };
-        let mut statuses = Vec::new();
-        for e in &entries {
-            if !matched(&e.name) {
-                continue;
-            }
-            // RFC 5258 3.5 (RECURSIVEMATCH): a mailbox matching the pattern
-            // whose descendants match the selection criteria gets CHILDINFO,
-            // returned even if it does not match them itself; not when all
-            // of those descendants are returned anyway (redundant).
-            let childinfo = recursive && subscribed_only && {
-                let prefix = format!("{}{}", e.name, DELIMITER as char);
-                entries
-                    .iter()
-                    .any(|d| d.name.starts_with(&prefix) && selected(d) && !matched(&d.name))
-            };
-            if !selected(e) && !childinfo {
-                continue;
-            }
-            let is_sub = subs.contains(&e.name);
-            let mut attrs: Vec<&str> = Vec::new();
-            if !e.exists {
-                attrs.push(if list.extended {
-                    "\\NonExistent"
-                } else {
-                    "\\Noselect"
-                });
-            }
-            attrs.push(if e.children {
-                "\\HasChildren"
-            } else {
-                "\\HasNoChildren"
-            });
-            if let Some(s) = special_use_name(e.special) {
-                attrs.push(s);
-            }
-            if ret_subscribed && is_sub {
-                attrs.push("\\Subscribed");
-            }
-            let info: &[&str] = if childinfo { &["SUBSCRIBED"] } else { &[] };
-            let name = shown(rev2, &e.name);
-            encode::write_list_extended(
-                &mut self.out.buf,
-                &attrs,
-                Some(DELIMITER),
-                name.as_bytes(),
-                info,
-            );
-            if let (Some(items), true) = (&ret_status, e.exists) {
-                statuses.push(e.name.clone());
-                let values = self
-                    .shard
-                    .store
-                    .with_account(&account, |a| {
-                        a.mailbox_by_name(&e.name)
-                            .map(|m| status_items(m, items, self.recent_count(m)))
-                    })
-                    .flatten();
-                if let Some(v) = values {
-                    encode::write_status_data(&mut self.out.buf, name.as_bytes(), &v);
-                }
-            }
+            .unwrap_or(Ok(()));
+        self.out.buf.extend_from_slice(&out);
+        match result {
+            Ok(()) => self.ok(tag, "LIST completed"),
+            Err(text) => self.out.status(Some(tag), Status::Bad, None, text),
         }
-        self.ok(tag, "LIST completed");
     }
 
     fn lsub(&mut self, tag: &[u8], reference: &[u8], pattern: &[u8]) {
-        let account = self.account().to_string();
-        let subs: Vec<String> = self
-            .shard
-            .store
-            .with_account(&account, |a| a.subscriptions.clone())
-            .unwrap_or_default();
-        let pat = [reference, pattern].concat();
-        let subs: Vec<String> = subs
-            .iter()
-            .map(|n| shown(self.rev2, n).into_owned())
-            .collect();
-        for (name, implied) in logic::lsub_matches(&pat, &subs) {
-            let stored = match self.rev2 {
-                true => mutf7::encode(&name),
-                false => name.clone(),
-            };
-            // \Noselect: a superior that is not subscribed itself, or a
-            // subscription whose mailbox does not exist.
-            let attrs: &[&str] = if implied || !self.exists(&stored) {
-                &["\\Noselect"]
-            } else {
-                &[]
-            };
-            encode::write_list(
-                &mut self.out.buf,
-                true,
-                attrs,
-                Some(DELIMITER),
-                name.as_bytes(),
-            );
-        }
+        let out = &mut self.out.buf;
+        let rev2 = self.rev2;
+        let account = self.account.as_deref().expect("authenticated");
+        let _ = self.shard.store.with_account(account, |a| {
+            mailboxes::lsub(reference, pattern, a, rev2, out);
+        });
         self.ok(tag, "LSUB completed");
     }
 
@@ -3200,164 +3026,4 @@ fn entries_with_keywords(m: &Mailbox, uids: &[u32]) -> Vec<(index::MessageEntry,
             (e, names)
         })
         .collect()
-}
-
-fn status_items(m: &Mailbox, items: &[StatusItem], recent: u64) -> Vec<(StatusItem, u64)> {
-    items
-        .iter()
-        .map(|i| {
-            let v = match i {
-                StatusItem::Messages => m.messages.len() as u64,
-                StatusItem::Recent => recent,
-                StatusItem::UidNext => u64::from(m.uidnext),
-                StatusItem::UidValidity => u64::from(m.uidvalidity),
-                StatusItem::Unseen => m
-                    .messages
-                    .iter()
-                    .filter(|e| e.flags & flag::SEEN == 0)
-                    .count() as u64,
-                StatusItem::HighestModSeq => m.reported_modseq(),
-                StatusItem::Size => m.size_octets(),
-                StatusItem::Deleted => m
-                    .messages
-                    .iter()
-                    .filter(|e| e.flags & flag::DELETED != 0)
-                    .count() as u64,
-                StatusItem::DeletedStorage => m
-                    .messages
-                    .iter()
-                    .filter(|e| e.flags & flag::DELETED != 0)
-                    .map(|e| u64::from(e.loc.len))
-                    .sum(),
-            };
-            (*i, v)
-        })
-        .collect()
-}
-
-/// Subscriptions whose mailbox does not exist, and the superiors of those
-/// that exist nowhere either, as entries that do not exist; all entries
-/// sorted again (INBOX first).
-fn add_subscribed_entries(entries: &mut Vec<ListEntry>, subs: &HashSet<String>) {
-    let mut missing: Vec<String> = Vec::new();
-    for s in subs {
-        let mut name = s.as_str();
-        loop {
-            if !entries.iter().any(|e| e.name == name) && !missing.iter().any(|m| m == name) {
-                missing.push(name.to_string());
-            }
-            match name.rfind(DELIMITER as char) {
-                Some(i) => name = &name[..i],
-                None => break,
-            }
-        }
-    }
-    for name in missing {
-        let prefix = format!("{name}{}", DELIMITER as char);
-        let children = entries
-            .iter()
-            .any(|e| e.exists && e.name.starts_with(&prefix));
-        entries.push(ListEntry {
-            name,
-            exists: false,
-            children,
-            special: special::NONE,
-        });
-    }
-    entries.sort_by(|a, b| {
-        (!a.name.eq_ignore_ascii_case("INBOX"), &a.name)
-            .cmp(&(!b.name.eq_ignore_ascii_case("INBOX"), &b.name))
-    });
-}
-
-struct ListEntry {
-    name: String,
-    exists: bool,
-    children: bool,
-    special: u8,
-}
-
-/// Every mailbox plus implied parents ("a" for "a/b"), sorted, INBOX first.
-fn list_entries(a: &Account) -> Vec<ListEntry> {
-    let mut names: Vec<(String, bool, u8)> = a
-        .mailboxes
-        .iter()
-        .map(|m| (m.name.clone(), true, m.special_use))
-        .collect();
-    let existing: HashSet<String> = names.iter().map(|n| n.0.clone()).collect();
-    let mut implied = HashSet::new();
-    for (n, _, _) in &names {
-        let mut prefix = String::new();
-        let parts: Vec<&str> = n.split(DELIMITER as char).collect();
-        for p in &parts[..parts.len().saturating_sub(1)] {
-            if !prefix.is_empty() {
-                prefix.push(DELIMITER as char);
-            }
-            prefix.push_str(p);
-            if !existing.contains(&prefix) {
-                implied.insert(prefix.clone());
-            }
-        }
-    }
-    names.extend(implied.into_iter().map(|n| (n, false, special::NONE)));
-    names.sort_by(|a, b| {
-        (!a.0.eq_ignore_ascii_case("INBOX"), &a.0).cmp(&(!b.0.eq_ignore_ascii_case("INBOX"), &b.0))
-    });
-    let all: Vec<String> = names.iter().map(|n| n.0.clone()).collect();
-    names
-        .into_iter()
-        .map(|(name, exists, special)| {
-            let prefix = format!("{name}{}", DELIMITER as char);
-            let children = all.iter().any(|o| o.starts_with(&prefix));
-            ListEntry {
-                name,
-                exists,
-                children,
-                special,
-            }
-        })
-        .collect()
-}
-
-fn special_use_code(attr: &[u8]) -> Option<u8> {
-    Some(match attr.to_ascii_lowercase().as_slice() {
-        b"\\sent" => special::SENT,
-        b"\\drafts" => special::DRAFTS,
-        b"\\trash" => special::TRASH,
-        b"\\junk" => special::JUNK,
-        b"\\archive" => special::ARCHIVE,
-        _ => return None,
-    })
-}
-
-fn special_use_name(code: u8) -> Option<&'static str> {
-    Some(special::name(code)).filter(|n| !n.is_empty())
-}
-
-/// A stored (modified UTF-7) mailbox name as a session shows it: UTF-8 to
-/// an IMAP4rev2 session (RFC 9051 section 5.1); a name that is not valid
-/// modified UTF-7 (created before names were checked) is shown as stored.
-fn shown(rev2: bool, stored: &str) -> Cow<'_, str> {
-    if rev2 && stored.contains('&') {
-        if let Some(s) = mutf7::decode(stored.as_bytes()) {
-            return Cow::Owned(s);
-        }
-    }
-    Cow::Borrowed(stored)
-}
-
-/// A mailbox name we accept: UTF-8 (modified UTF-7 is ASCII), no control
-/// characters, no empty hierarchy levels, not too long.
-fn valid_name(raw: &[u8]) -> Option<&str> {
-    let s = std::str::from_utf8(raw).ok()?;
-    let trimmed = s.trim_end_matches(DELIMITER as char);
-    if trimmed.is_empty()
-        || s.len() > 255
-        || s.chars().any(|c| c.is_control() || c == '*' || c == '%')
-        || trimmed.split(DELIMITER as char).any(|p| p.is_empty())
-        || s.starts_with(DELIMITER as char)
-    {
-        return None;
-    }
-    Some(s)
 }
