@@ -1,22 +1,27 @@
 //! Upgrades: a data directory written by today's format must stay readable by
 //! every later build, and an older build must refuse a newer directory.
 //!
-//! `tests/fixtures/data-format-1.tar.gz` is a data directory written by the
-//! build that introduced format 1's version line (two accounts, folders,
-//! flags, keywords, an expunge, a rename, a move, an APPEND; a clean stop
-//! with checkpoints, then more records after them and a kill -9), and
-//! `data-format-1.json` is what Python's imaplib read from it then. Any
-//! change to the on-disk format must keep `a_format_1_directory_opens_...`
-//! passing (by reading the old layout or migrating it).
+//! `tests/fixtures/data-format-N.tar.gz` is a data directory written by the
+//! first build of format N (two accounts, folders, flags, keywords, an
+//! expunge, a rename, a move, an APPEND; a clean stop with checkpoints,
+//! then more records after them and a kill -9), and `data-format-N.json`
+//! is what Python's imaplib read from it then. Format 1 is the first with
+//! a version line; format 2 added Link records with the EMAILID (and
+//! checkpoints of format 5). Any change to the on-disk format must keep
+//! every `a_format_N_directory_opens_...` passing (by reading the old
+//! layout or migrating it).
 //!
-//! To write the fixture again (only when a new format gets its own fixture):
-//! `RINGMAIL_WRITE_FIXTURE=1 cargo test -p ringmail-tests --test upgrade writer`.
+//! To write the current format's fixture (only when a new format gets its
+//! own fixture): `RINGMAIL_WRITE_FIXTURE=1 cargo test -p ringmail-tests
+//! --test upgrade writer`.
 use std::path::{Path, PathBuf};
 
 use ringmail_tests::*;
 use serde_json::Value;
 
 const ACCOUNTS: [&str; 2] = ["alice@example.test", "bob@example.test"];
+/// The data directory format today's build writes (`storage::DATA_FORMAT`).
+const FORMAT: u32 = 2;
 
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures")
@@ -121,9 +126,13 @@ fn writer_produces_the_fixture_layout() {
     let got = dump(&server);
     if std::env::var_os("RINGMAIL_WRITE_FIXTURE").is_some() {
         std::fs::create_dir_all(fixtures()).unwrap();
-        std::fs::copy(&archive, fixtures().join("data-format-1.tar.gz")).unwrap();
+        std::fs::copy(
+            &archive,
+            fixtures().join(format!("data-format-{FORMAT}.tar.gz")),
+        )
+        .unwrap();
         std::fs::write(
-            fixtures().join("data-format-1.json"),
+            fixtures().join(format!("data-format-{FORMAT}.json")),
             serde_json::to_string_pretty(&got).unwrap() + "\n",
         )
         .unwrap();
@@ -164,16 +173,26 @@ fn writer_produces_the_fixture_layout() {
 
 #[test]
 fn a_format_1_directory_opens_with_every_message_flag_and_uid() {
-    let fixture = fixtures().join("data-format-1.tar.gz");
+    opens_with_every_message_flag_and_uid(1);
+}
+
+#[test]
+fn a_format_2_directory_opens_with_every_message_flag_and_uid() {
+    opens_with_every_message_flag_and_uid(2);
+}
+
+fn opens_with_every_message_flag_and_uid(format: u32) {
+    let fixture = fixtures().join(format!("data-format-{format}.tar.gz"));
     let mut server = Server::options().seed(&fixture).start();
     let want: Value = serde_json::from_str(
-        &std::fs::read_to_string(fixtures().join("data-format-1.json")).unwrap(),
+        &std::fs::read_to_string(fixtures().join(format!("data-format-{format}.json"))).unwrap(),
     )
     .unwrap();
     // Byte for byte, UIDVALIDITY and internal dates included.
     assert_eq!(dump(&server), want);
+    // The start raised the directory to today's format.
     let meta = std::fs::read_to_string(server.data.join("meta")).unwrap();
-    assert!(meta.contains("format = 1"), "{meta}");
+    assert!(meta.contains(&format!("format = {FORMAT}")), "{meta}");
     // The directory goes on taking mail: a new message gets the next UID,
     // and a clean stop and start keep old and new.
     smtp_send(
@@ -225,12 +244,15 @@ fn an_older_build_refuses_a_newer_data_directory() {
     // A newer data format in the meta file: refused before anything is
     // written, and `inspect` refuses too.
     let meta = std::fs::read_to_string(data.join("meta")).unwrap();
-    let newer = meta.replace("format = 1", "format = 2");
+    let newer = meta.replace("format = 1", &format!("format = {}", FORMAT + 1));
     assert_ne!(meta, newer);
     std::fs::write(data.join("meta"), &newer).unwrap();
     let err = serve_fails(&data);
     assert!(
-        err.contains("has format 2, newer than this ringmail"),
+        err.contains(&format!(
+            "has format {}, newer than this ringmail",
+            FORMAT + 1
+        )),
         "{err}"
     );
     assert_eq!(std::fs::read_to_string(data.join("meta")).unwrap(), newer);

@@ -34,6 +34,7 @@ fn entry(uid: u32, modseq: u64) -> MessageEntry {
             offset: uid,
             len: 10,
         },
+        email_id: u64::from(uid),
     }
 }
 

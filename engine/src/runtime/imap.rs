@@ -81,6 +81,7 @@ const CAPS: &[&str] = &[
     "ESORT",
     "THREAD=ORDEREDSUBJECT",
     "THREAD=REFERENCES",
+    "OBJECTID",
 ];
 
 /// The one quota root of every account (RFC 9208 section 3.2).
@@ -1474,6 +1475,17 @@ impl Session {
                 Some(&Code::HighestModSeq(mb.reported_modseq())),
                 "Highest",
             );
+            // RFC 8474 4.1.
+            encode::write_status(
+                out,
+                None,
+                Status::Ok,
+                Some(&Code::MailboxId(encode::mailbox_objectid(
+                    mb.uidvalidity,
+                    mb.id,
+                ))),
+                "Ok",
+            );
             // RFC 7162 3.2.5: with the client's UIDVALIDITY, what vanished
             // since its mod-sequence (among the UIDs it knows), then the
             // flags of every message changed since.
@@ -1581,9 +1593,26 @@ impl Session {
             }
         }
         match self.create_mailboxes(&names, su).await {
-            Ok(()) => self.ok(tag, "CREATE completed"),
+            // RFC 8474 4.1: the new mailbox's MAILBOXID in the tagged OK.
+            Ok(()) => match self.with_mailbox_id(&name) {
+                Some(id) => self.out.status(
+                    Some(tag),
+                    Status::Ok,
+                    Some(&Code::MailboxId(id)),
+                    "CREATE completed",
+                ),
+                None => self.ok(tag, "CREATE completed"),
+            },
             Err(e) => self.storage_failed(tag, &e),
         }
+    }
+
+    /// The MAILBOXID (RFC 8474) of a mailbox, by stored name.
+    fn with_mailbox_id(&self, name: &str) -> Option<u64> {
+        self.shard.store.with_account(self.account(), |a| {
+            let m = a.mailbox_by_name(name)?;
+            Some(encode::mailbox_objectid(m.uidvalidity, m.id))
+        })?
     }
 
     fn exists(&self, name: &str) -> bool {
@@ -2343,6 +2372,14 @@ impl Session {
                         FetchAttr::InternalDate => w.internal_date(e.internal_date, 0),
                         FetchAttr::Rfc822Size => w.rfc822_size(u64::from(e.loc.len)),
                         FetchAttr::ModSeq => w.modseq(e.modseq),
+                        // RFC 8474 5.1 and 5.2: threads have no id (NIL).
+                        FetchAttr::EmailId => {
+                            let out = w.item("EMAILID");
+                            out.push(b'(');
+                            encode::write_email_objectid(out, e.email_id);
+                            out.push(b')');
+                        }
+                        FetchAttr::ThreadId => w.item("THREADID").extend_from_slice(b"NIL"),
                         FetchAttr::Envelope => mime::write_envelope(
                             parsed.as_ref().expect("parsed"),
                             w.item("ENVELOPE"),
@@ -2792,7 +2829,16 @@ impl Session {
                 let mask = logic::keyword_mask(&d.keywords, &kws);
                 let new_uid = d.uidnext;
                 d.uidnext += 1;
-                links.push((e.uid, new_uid, e.internal_date, e.flags, mask, 0, e.loc));
+                links.push((
+                    e.uid,
+                    new_uid,
+                    e.internal_date,
+                    e.flags,
+                    mask,
+                    0,
+                    e.loc,
+                    e.email_id,
+                ));
             }
             // Mod-sequences only once nothing can fail any more: an
             // allocated one holds HIGHESTMODSEQ back until applied.
@@ -2825,7 +2871,8 @@ impl Session {
                 name: n,
             })
             .collect();
-        for (_, new_uid, date, flags, kw, modseq, loc) in &links {
+        // RFC 8474 5.1: a copy keeps the EMAILID of its source.
+        for (_, new_uid, date, flags, kw, modseq, loc, email_id) in &links {
             ops.push(Op::Link {
                 account: &account,
                 mailbox: dest_id,
@@ -2835,6 +2882,7 @@ impl Session {
                 keywords: *kw,
                 modseq: *modseq,
                 loc: *loc,
+                email_id: *email_id,
             });
         }
         if let Some(modseq) = expunge_modseq {

@@ -580,6 +580,8 @@ fn eval(key: &SearchKey<'_>, m: &SearchInput<'_>, p: &mut Parsed<'_>, depth: usi
         SearchKey::Body(s) => mime::body_contains(p.get(), &str_of(s)),
         SearchKey::Text(s) => mime::text_contains(p.get(), &str_of(s)),
         SearchKey::ModSeq { modseq, .. } => m.entry.modseq >= *modseq,
+        SearchKey::EmailId(id) => *id == Some(m.entry.email_id),
+        SearchKey::ThreadId => false,
         SearchKey::Not(k) => !eval(k, m, p, depth + 1),
         SearchKey::Or(a, b) => eval(a, m, p, depth + 1) || eval(b, m, p, depth + 1),
         SearchKey::And(ks) => ks.iter().all(|k| eval(k, m, p, depth + 1)),
@@ -642,6 +644,7 @@ mod tests {
                 offset: 0,
                 len: 100,
             },
+            email_id: u64::from(uid),
         }
     }
 

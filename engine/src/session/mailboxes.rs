@@ -95,6 +95,7 @@ pub fn status_items(m: &Mailbox, items: &[StatusItem], recent: u64) -> Vec<(Stat
                 StatusItem::Size => m.size_octets(),
                 StatusItem::Deleted => deleted().count() as u64,
                 StatusItem::DeletedStorage => deleted().map(|e| u64::from(e.loc.len)).sum(),
+                StatusItem::MailboxId => encode::mailbox_objectid(m.uidvalidity, m.id),
             };
             (*i, v)
         })

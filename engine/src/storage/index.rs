@@ -59,6 +59,10 @@ pub struct MessageEntry {
     pub internal_date: i64,
     pub modseq: u64,
     pub loc: Loc,
+    /// The message's EMAILID (RFC 8474): given from
+    /// [`Account::next_email_id`] when a Message record is applied, carried
+    /// over by a COPY or MOVE (Link), kept by compaction (Relocate).
+    pub email_id: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
@@ -289,6 +293,9 @@ pub struct Account {
     pub mailboxes: Vec<Mailbox>,
     pub subscriptions: Vec<String>,
     pub next_mailbox_id: u32,
+    /// The next EMAILID (RFC 8474) to give a new message; applying records
+    /// in log order gives every message the same one again after a restart.
+    pub next_email_id: u64,
     /// Relay queue accounts only: envelopes and delivery states, sorted by UID.
     /// Empty for every mail account.
     pub queue: Vec<QueuedMessage>,
@@ -312,6 +319,7 @@ impl Account {
             mailboxes: Vec::new(),
             subscriptions: Vec::new(),
             next_mailbox_id: 0,
+            next_email_id: 1,
             queue: Vec::new(),
             uidvalidity_max: 0,
             used_octets: 0,
@@ -421,9 +429,17 @@ impl Account {
                 modseq,
                 ..
             } => {
-                let loc = match op {
-                    Op::Link { loc, .. } => *loc,
-                    _ => body_loc.expect("message record has a body"),
+                let (loc, email_id) = match op {
+                    // A link of an older format (0) gets an id of its own.
+                    Op::Link { loc, email_id, .. } => (*loc, *email_id),
+                    _ => (body_loc.expect("message record has a body"), 0),
+                };
+                let email_id = match email_id {
+                    0 => {
+                        self.next_email_id += 1;
+                        self.next_email_id - 1
+                    }
+                    id => id,
                 };
                 if let Some(m) = self.mailbox_mut(*mailbox) {
                     m.applied_modseq(*modseq);
@@ -434,6 +450,7 @@ impl Account {
                         internal_date: *internal_date,
                         modseq: *modseq,
                         loc,
+                        email_id,
                     });
                     self.used_octets = (self.used_octets + u64::from(loc.len))
                         .saturating_sub(replaced.unwrap_or(0));
@@ -696,7 +713,8 @@ pub mod v2 {
 /// `vanished`. Their earlier expunges are not known one by one, so each
 /// mailbox's `vanished_floor` starts at its highest mod-sequence.
 pub mod v3 {
-    use super::{LogPos, MessageEntry, QueuedMessage};
+    use super::v4::MessageEntry;
+    use super::{LogPos, QueuedMessage};
 
     #[derive(Debug, Clone, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
     pub struct Mailbox {
@@ -728,12 +746,11 @@ pub mod v3 {
         pub accounts: Vec<Account>,
     }
 
-    impl From<Mailbox> for super::Mailbox {
+    impl From<Mailbox> for super::v4::Mailbox {
         fn from(m: Mailbox) -> Self {
-            super::Mailbox {
+            super::v4::Mailbox {
                 vanished: Vec::new(),
                 vanished_floor: m.highest_modseq,
-                pending_modseqs: Vec::new(),
                 id: m.id,
                 name: m.name,
                 uidvalidity: m.uidvalidity,
@@ -748,23 +765,132 @@ pub mod v3 {
 
     impl From<BucketCheckpoint> for super::BucketCheckpoint {
         fn from(c: BucketCheckpoint) -> Self {
-            super::BucketCheckpoint {
+            super::v4::BucketCheckpoint {
                 version: c.version,
                 bucket: c.bucket,
                 applied: c.applied,
                 accounts: c
                     .accounts
                     .into_iter()
-                    .map(|a| super::Account {
+                    .map(|a| super::v4::Account {
                         name: a.name,
                         mailboxes: a.mailboxes.into_iter().map(Into::into).collect(),
                         subscriptions: a.subscriptions,
                         next_mailbox_id: a.next_mailbox_id,
                         queue: a.queue,
                         uidvalidity_max: a.uidvalidity_max,
-                        used_octets: 0,
                     })
                     .collect(),
+            }
+            .into()
+        }
+    }
+}
+
+/// Checkpoint format 4 (QRESYNC's expunged UIDs, before EMAILIDs): message
+/// entries without `email_id`. The upgrade numbers each account's messages
+/// in mailbox and UID order; copies (entries sharing a body) share a number,
+/// as a COPY or MOVE made from now on does (RFC 8474 5.1).
+pub mod v4 {
+    use super::{Loc, LogPos, QueuedMessage, VanishedRun};
+    use std::collections::HashMap;
+
+    #[derive(Debug, Clone, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+    pub struct MessageEntry {
+        pub uid: u32,
+        pub flags: u32,
+        pub keywords: u64,
+        pub internal_date: i64,
+        pub modseq: u64,
+        pub loc: Loc,
+    }
+
+    #[derive(Debug, Clone, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+    pub struct Mailbox {
+        pub id: u32,
+        pub name: String,
+        pub uidvalidity: u32,
+        pub uidnext: u32,
+        pub highest_modseq: u64,
+        pub special_use: u8,
+        pub keywords: Vec<String>,
+        pub messages: Vec<MessageEntry>,
+        pub vanished: Vec<VanishedRun>,
+        pub vanished_floor: u64,
+    }
+
+    #[derive(Debug, Clone, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+    pub struct Account {
+        pub name: String,
+        pub mailboxes: Vec<Mailbox>,
+        pub subscriptions: Vec<String>,
+        pub next_mailbox_id: u32,
+        pub queue: Vec<QueuedMessage>,
+        pub uidvalidity_max: u32,
+    }
+
+    #[derive(Debug, Clone, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+    pub struct BucketCheckpoint {
+        pub version: u32,
+        pub bucket: u32,
+        pub applied: LogPos,
+        pub accounts: Vec<Account>,
+    }
+
+    fn upgrade(a: Account) -> super::Account {
+        let mut next = 1u64;
+        let mut ids: HashMap<Loc, u64> = HashMap::new();
+        let mailboxes = a
+            .mailboxes
+            .into_iter()
+            .map(|m| super::Mailbox {
+                messages: m
+                    .messages
+                    .into_iter()
+                    .map(|e| super::MessageEntry {
+                        email_id: *ids.entry(e.loc).or_insert_with(|| {
+                            next += 1;
+                            next - 1
+                        }),
+                        uid: e.uid,
+                        flags: e.flags,
+                        keywords: e.keywords,
+                        internal_date: e.internal_date,
+                        modseq: e.modseq,
+                        loc: e.loc,
+                    })
+                    .collect(),
+                pending_modseqs: Vec::new(),
+                id: m.id,
+                name: m.name,
+                uidvalidity: m.uidvalidity,
+                uidnext: m.uidnext,
+                highest_modseq: m.highest_modseq,
+                special_use: m.special_use,
+                keywords: m.keywords,
+                vanished: m.vanished,
+                vanished_floor: m.vanished_floor,
+            })
+            .collect();
+        super::Account {
+            name: a.name,
+            mailboxes,
+            subscriptions: a.subscriptions,
+            next_mailbox_id: a.next_mailbox_id,
+            next_email_id: next,
+            queue: a.queue,
+            uidvalidity_max: a.uidvalidity_max,
+            used_octets: 0,
+        }
+    }
+
+    impl From<BucketCheckpoint> for super::BucketCheckpoint {
+        fn from(c: BucketCheckpoint) -> Self {
+            super::BucketCheckpoint {
+                version: c.version,
+                bucket: c.bucket,
+                applied: c.applied,
+                accounts: c.accounts.into_iter().map(upgrade).collect(),
             }
         }
     }
@@ -854,7 +980,38 @@ mod tests {
                 len: 10,
             }),
         );
-        assert_eq!(a.mailbox(INBOX).unwrap().messages[0].loc.seg, 2);
+        let kept = a.mailbox(INBOX).unwrap().messages[0].clone();
+        assert_eq!(kept.loc.seg, 2);
+        // Messages are numbered in the order they arrived; compaction
+        // moving a body keeps its EMAILID.
+        assert_eq!((kept.uid, kept.email_id), (2, 2));
+        assert_eq!(a.next_email_id, 4);
+        // A link (COPY) carries its source's EMAILID; one of the older
+        // record kind (0) gets a new one.
+        for (uid, carried) in [(1, 2), (2, 0)] {
+            a.apply(
+                &Op::Link {
+                    account: "a@x",
+                    mailbox: 1,
+                    uid,
+                    internal_date: 0,
+                    flags: 0,
+                    keywords: 0,
+                    modseq: 11,
+                    loc: kept.loc,
+                    email_id: carried,
+                },
+                None,
+            );
+        }
+        let ids: Vec<u64> = a
+            .mailbox(1)
+            .unwrap()
+            .messages
+            .iter()
+            .map(|e| e.email_id)
+            .collect();
+        assert_eq!(ids, vec![2, 4]);
         let mut live = HashMap::new();
         a.live_bytes(&mut live);
         assert_eq!(live.get(&2), Some(&10));
@@ -915,6 +1072,7 @@ mod tests {
                 keywords: 0,
                 modseq: 3,
                 loc: loc(0, 100),
+                email_id: 1,
             },
             None,
         );
@@ -1059,6 +1217,89 @@ mod tests {
         assert!(a.mailbox(INBOX).unwrap().messages.is_empty());
     }
 
+    /// What a format 3 mailbox (without messages) becomes.
+    fn upgraded(m: v3::Mailbox) -> Mailbox {
+        let m = v4::Mailbox::from(m);
+        Mailbox {
+            id: m.id,
+            name: m.name,
+            uidvalidity: m.uidvalidity,
+            uidnext: m.uidnext,
+            highest_modseq: m.highest_modseq,
+            special_use: m.special_use,
+            keywords: m.keywords,
+            messages: vec![],
+            vanished: m.vanished,
+            vanished_floor: m.vanished_floor,
+            pending_modseqs: vec![],
+        }
+    }
+
+    #[test]
+    fn version_4_checkpoints_number_their_messages() {
+        let entry = |uid, seg| v4::MessageEntry {
+            uid,
+            flags: 0,
+            keywords: 0,
+            internal_date: 0,
+            modseq: 1,
+            loc: Loc {
+                seg,
+                offset: 64,
+                len: 10,
+            },
+        };
+        let mailbox = |id, messages| v4::Mailbox {
+            id,
+            name: format!("m{id}"),
+            uidvalidity: 5 + id,
+            uidnext: 9,
+            highest_modseq: 3,
+            special_use: 0,
+            keywords: vec![],
+            messages,
+            vanished: vec![VanishedRun {
+                first: 1,
+                last: 2,
+                modseq: 2,
+            }],
+            vanished_floor: 0,
+        };
+        let old = v4::BucketCheckpoint {
+            version: 4,
+            bucket: 1,
+            applied: LogPos { seg: 1, offset: 8 },
+            accounts: vec![v4::Account {
+                name: "a@x".into(),
+                // m1's second message is a copy of m0's first (same body).
+                mailboxes: vec![
+                    mailbox(0, vec![entry(3, 7), entry(4, 8)]),
+                    mailbox(1, vec![entry(1, 9), entry(2, 7)]),
+                ],
+                subscriptions: vec![],
+                next_mailbox_id: 2,
+                queue: vec![],
+                uidvalidity_max: 6,
+            }],
+        };
+        let bytes = rkyv::to_bytes::<rkyv::rancor::Error>(&old).unwrap();
+        let archived =
+            rkyv::access::<v4::ArchivedBucketCheckpoint, rkyv::rancor::Error>(&bytes).unwrap();
+        let back: v4::BucketCheckpoint =
+            rkyv::deserialize::<_, rkyv::rancor::Error>(archived).unwrap();
+        let now: BucketCheckpoint = back.into();
+        let a = &now.accounts[0];
+        let ids: Vec<Vec<u64>> = a
+            .mailboxes
+            .iter()
+            .map(|m| m.messages.iter().map(|e| e.email_id).collect())
+            .collect();
+        assert_eq!(ids, vec![vec![1, 2], vec![3, 1]]);
+        assert_eq!(a.next_email_id, 4);
+        assert_eq!(a.mailboxes[1].vanished.len(), 1);
+        assert_eq!(a.mailboxes[1].uidvalidity, 6);
+    }
+
     /// A mailbox as format 3 and before stored it.
     fn old_mailbox(uidvalidity: u32, uidnext: u32) -> v3::Mailbox {
         v3::Mailbox {
@@ -1093,7 +1334,7 @@ mod tests {
         let back: v1::BucketCheckpoint =
             rkyv::deserialize::<_, rkyv::rancor::Error>(archived).unwrap();
         let now: BucketCheckpoint = back.into();
-        assert_eq!(now.accounts[0].mailboxes, vec![Mailbox::from(mb)]);
+        assert_eq!(now.accounts[0].mailboxes, vec![upgraded(mb)]);
         assert!(now.accounts[0].queue.is_empty());
     }
 
@@ -1181,7 +1422,7 @@ mod tests {
         let back: v2::BucketCheckpoint =
             rkyv::deserialize::<_, rkyv::rancor::Error>(archived).unwrap();
         let now: BucketCheckpoint = back.into();
-        assert_eq!(now.accounts[0].mailboxes, vec![Mailbox::from(mb)]);
+        assert_eq!(now.accounts[0].mailboxes, vec![upgraded(mb)]);
         assert_eq!(now.accounts[0].next_mailbox_id, 4);
         assert_eq!(now.accounts[0].uidvalidity_max, 9);
     }

@@ -79,7 +79,8 @@ pub fn shard_of_bucket(bucket: u32, shards: usize) -> usize {
 ///
 /// Format 1 is the layout of every data directory written before the meta
 /// file recorded a format; such a meta file (no `format` line) is format 1.
-pub const DATA_FORMAT: u32 = 1;
+/// Format 2: Link records of kind 13 (with the EMAILID).
+pub const DATA_FORMAT: u32 = 2;
 
 /// Persistent facts of a data directory, in `<data>/meta` as `key = value` lines.
 #[derive(Debug, Clone, Copy)]
@@ -170,8 +171,9 @@ impl Meta {
             return Err(invalid("buckets must be > 0".into()));
         }
         if meta.format < DATA_FORMAT {
-            // No migration exists yet (format 1 is the first); one would run
-            // here, before the format line is raised.
+            // Format 1 to 2 needs no migration: old Link records and older
+            // checkpoints are read as they are. One would run here, before
+            // the format line is raised.
             tracing::info!(
                 from = meta.format,
                 to = DATA_FORMAT,
@@ -1479,7 +1481,7 @@ impl Store {
 /// have deleted. So a binary older than version 4 cannot start on a data
 /// directory a newer one has checkpointed: downgrade with `ringmail export`
 /// and `import`.
-const CHECKPOINT_VERSION: u32 = 4;
+const CHECKPOINT_VERSION: u32 = 5;
 const CHECKPOINT_MAGIC: &[u8; 4] = b"RMCK";
 /// Header before the rkyv bytes: magic, version, length, crc32. 16 bytes keeps
 /// the archive 16-byte aligned inside a page-aligned mapping.
@@ -1560,6 +1562,13 @@ fn load_checkpoint(dir: &Path, bucket: u32) -> std::io::Result<Option<BucketChec
             let archived = rkyv::access::<index::ArchivedBucketCheckpoint, rkyv::rancor::Error>(archive)
                 .map_err(|e| bad(&format!("invalid archive: {e}")))?;
             rkyv::deserialize::<_, rkyv::rancor::Error>(archived).map_err(|e| bad(&format!("{e}")))?
+        }
+        4 => {
+            let archived = rkyv::access::<index::v4::ArchivedBucketCheckpoint, rkyv::rancor::Error>(archive)
+                .map_err(|e| bad(&format!("invalid archive: {e}")))?;
+            let old: index::v4::BucketCheckpoint =
+                rkyv::deserialize::<_, rkyv::rancor::Error>(archived).map_err(|e| bad(&format!("{e}")))?;
+            old.into()
         }
         3 => {
             let archived = rkyv::access::<index::v3::ArchivedBucketCheckpoint, rkyv::rancor::Error>(archive)

@@ -72,7 +72,9 @@ pub enum Op<'a> {
         modseq: u64,
         body: &'a [u8],
     },
-    /// A copy of an existing body into another mailbox (IMAP COPY/MOVE), sharing its bytes.
+    /// A copy of an existing body into another mailbox (IMAP COPY/MOVE),
+    /// sharing its bytes and its EMAILID (0 in records written before
+    /// EMAILIDs, kind 6: the copy then gets one of its own). Kind 13.
     Link {
         account: &'a str,
         mailbox: u32,
@@ -82,6 +84,7 @@ pub enum Op<'a> {
         keywords: u64,
         modseq: u64,
         loc: Loc,
+        email_id: u64,
     },
     /// New flags of a message.
     Flags {
@@ -144,7 +147,7 @@ impl<'a> Op<'a> {
             Op::RenameMailbox { .. } => 3,
             Op::Subscribe { .. } => 4,
             Op::Message { .. } => 5,
-            Op::Link { .. } => 6,
+            Op::Link { .. } => 13,
             Op::Flags { .. } => 7,
             Op::Keyword { .. } => 8,
             Op::Expunge { .. } => 9,
@@ -231,6 +234,7 @@ impl<'a> Op<'a> {
                 keywords,
                 modseq,
                 loc,
+                email_id,
                 ..
             } => {
                 w.u32(*mailbox);
@@ -240,6 +244,7 @@ impl<'a> Op<'a> {
                 w.u64(*keywords);
                 w.u64(*modseq);
                 w.loc(loc);
+                w.u64(*email_id);
             }
             Op::Flags {
                 mailbox,
@@ -361,7 +366,7 @@ impl<'a> Op<'a> {
                     body: r.take(len)?,
                 }
             }
-            6 => Op::Link {
+            6 | 13 => Op::Link {
                 account,
                 mailbox: r.u32()?,
                 uid: r.u32()?,
@@ -370,6 +375,7 @@ impl<'a> Op<'a> {
                 keywords: r.u64()?,
                 modseq: r.u64()?,
                 loc: r.loc()?,
+                email_id: if kind == 13 { r.u64()? } else { 0 },
             },
             7 => Op::Flags {
                 account,
@@ -638,6 +644,7 @@ mod tests {
                     offset: 64,
                     len: 7,
                 },
+                email_id: 77,
             },
             Op::Flags {
                 account: "a@x",

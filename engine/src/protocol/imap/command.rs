@@ -133,6 +133,9 @@ pub enum StatusItem {
     Deleted,
     /// `DELETED-STORAGE`: octets of those messages (RFC 9208 section 4.3)
     DeletedStorage,
+    /// `MAILBOXID` (RFC 8474 section 4.4); its value is the packed id of
+    /// [`crate::protocol::imap::encode::mailbox_objectid`].
+    MailboxId,
 }
 
 impl StatusItem {
@@ -148,6 +151,7 @@ impl StatusItem {
             StatusItem::Size => "SIZE",
             StatusItem::Deleted => "DELETED",
             StatusItem::DeletedStorage => "DELETED-STORAGE",
+            StatusItem::MailboxId => "MAILBOXID",
         }
     }
 
@@ -162,6 +166,7 @@ impl StatusItem {
             b"SIZE" => StatusItem::Size,
             b"DELETED" => StatusItem::Deleted,
             b"DELETED-STORAGE" => StatusItem::DeletedStorage,
+            b"MAILBOXID" => StatusItem::MailboxId,
             _ => return None,
         })
     }
@@ -298,6 +303,12 @@ pub enum SearchKey<'a> {
         /// Messages with a mod-sequence at least this large match.
         modseq: u64,
     },
+    /// `EMAILID objectid` (RFC 8474 section 6): the id as a number, None
+    /// when it is not one this server gives (nothing matches).
+    EmailId(Option<u64>),
+    /// `THREADID objectid` (RFC 8474 section 6): threads have no id here
+    /// (THREADID is NIL), so nothing matches.
+    ThreadId,
 }
 
 /// ESEARCH return options (RFC 4731, RFC 5182 SAVE).
@@ -390,6 +401,10 @@ pub enum FetchAttr<'a> {
     Uid,
     /// `MODSEQ` (RFC 7162)
     ModSeq,
+    /// `EMAILID` (RFC 8474 section 5.1)
+    EmailId,
+    /// `THREADID` (RFC 8474 section 5.2)
+    ThreadId,
     /// `BODY[section]<partial>` or `BODY.PEEK[...]`.
     BodySection {
         /// `.PEEK`: do not set \Seen.

@@ -110,6 +110,8 @@ pub enum Code<'a> {
     Unavailable,
     /// `UNSEEN n`
     Unseen(u32),
+    /// `MAILBOXID (id)` (RFC 8474 section 4.1), from [`mailbox_objectid`].
+    MailboxId(u64),
     /// Any other atom code without arguments.
     Other(&'a str),
 }
@@ -139,6 +141,12 @@ pub fn write_code(out: &mut Vec<u8>, code: &Code<'_>) {
         Code::TryCreate => b"TRYCREATE",
         Code::Unavailable => b"UNAVAILABLE",
         Code::Other(s) => s.as_bytes(),
+        Code::MailboxId(id) => {
+            out.extend_from_slice(b"MAILBOXID (");
+            write_mailbox_objectid(out, *id);
+            out.push(b')');
+            return;
+        }
         Code::AppendUid { validity, uid } => {
             out.extend_from_slice(b"APPENDUID ");
             num(out, validity);
@@ -462,6 +470,31 @@ fn write_list_head(
     write_mailbox(out, name);
 }
 
+/// A mailbox's MAILBOXID (RFC 8474 section 4) as a number: its UIDVALIDITY
+/// (never given twice in an account) and its internal id, neither of which
+/// a RENAME changes. Written as `F` and 16 hex digits.
+pub fn mailbox_objectid(uidvalidity: u32, id: u32) -> u64 {
+    u64::from(uidvalidity) << 32 | u64::from(id)
+}
+
+fn write_mailbox_objectid(out: &mut Vec<u8>, id: u64) {
+    out.extend_from_slice(format!("F{id:016x}").as_bytes());
+}
+
+/// A message's EMAILID (RFC 8474 section 5.1): `M` and its number in hex.
+pub fn write_email_objectid(out: &mut Vec<u8>, id: u64) {
+    out.extend_from_slice(format!("M{id:x}").as_bytes());
+}
+
+/// The number of an EMAILID this server gives; None for any other objectid.
+pub fn parse_email_objectid(id: &[u8]) -> Option<u64> {
+    let hex = id.strip_prefix(b"M")?;
+    if hex.is_empty() || hex.len() > 16 || hex[0] == b'0' {
+        return None;
+    }
+    u64::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok()
+}
+
 /// `* STATUS name (ITEM n ...)`
 pub fn write_status_data(out: &mut Vec<u8>, mailbox: &[u8], items: &[(StatusItem, u64)]) {
     out.extend_from_slice(b"* STATUS ");
@@ -473,7 +506,13 @@ pub fn write_status_data(out: &mut Vec<u8>, mailbox: &[u8], items: &[(StatusItem
         }
         out.extend_from_slice(item.name().as_bytes());
         out.push(b' ');
-        num(out, n);
+        if *item == StatusItem::MailboxId {
+            out.push(b'(');
+            write_mailbox_objectid(out, *n);
+            out.push(b')');
+        } else {
+            num(out, n);
+        }
     }
     out.extend_from_slice(b")\r\n");
 }

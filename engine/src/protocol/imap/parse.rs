@@ -1006,6 +1006,23 @@ fn search_key_inner<'a>(c: &mut Cur<'a>) -> R<SearchKey<'a>> {
             c.sp()?;
             SearchKey::Uid(c.seq_set()?)
         }
+        b"EMAILID" | b"THREADID" => {
+            c.sp()?;
+            let id = c.atom()?;
+            // RFC 8474 section 7: objectid = 1*255(ALPHA / DIGIT / "_" / "-")
+            if id.len() > 255
+                || !id
+                    .iter()
+                    .all(|&b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+            {
+                return Err("invalid objectid");
+            }
+            if name.as_slice() == b"THREADID" {
+                SearchKey::ThreadId
+            } else {
+                SearchKey::EmailId(super::encode::parse_email_objectid(id))
+            }
+        }
         b"MODSEQ" => {
             c.sp()?;
             let mut entry = None;
@@ -1156,6 +1173,8 @@ fn fetch_attr<'a>(c: &mut Cur<'a>, out: &mut Vec<FetchAttr<'a>>, macros: bool) -
         b"BODYSTRUCTURE" => FetchAttr::BodyStructure,
         b"UID" => FetchAttr::Uid,
         b"MODSEQ" => FetchAttr::ModSeq,
+        b"EMAILID" => FetchAttr::EmailId,
+        b"THREADID" => FetchAttr::ThreadId,
         b"BODY" if c.peek() != Some(b'[') => FetchAttr::Body,
         b"BODY" | b"BODY.PEEK" => {
             let section = section(c)?;

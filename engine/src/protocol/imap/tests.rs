@@ -1351,3 +1351,58 @@ fn rfc7162_qresync_forms() {
     );
     assert_eq!(out(|o| write_vanished(o, false, &[])), "");
 }
+
+#[test]
+fn rfc8474_objectid_forms() {
+    // Section 5: FETCH items; section 6: SEARCH keys; section 4: STATUS.
+    let CommandBody::Fetch { attrs, .. } = parsed("a FETCH 1:* (EMAILID THREADID)\r\n") else {
+        panic!()
+    };
+    assert_eq!(attrs, vec![FetchAttr::EmailId, FetchAttr::ThreadId]);
+    let keys = |input| match parsed(input) {
+        CommandBody::Search { search, .. } => search.keys,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(
+        keys("a SEARCH EMAILID M6ed\r\n"),
+        vec![SearchKey::EmailId(Some(0x6ed))]
+    );
+    assert_eq!(
+        keys("a SEARCH EMAILID x-1_y\r\n"),
+        vec![SearchKey::EmailId(None)]
+    );
+    // Not the canonical form of a number: no message has it.
+    assert_eq!(
+        keys("a SEARCH EMAILID M06ed\r\n"),
+        vec![SearchKey::EmailId(None)]
+    );
+    assert_eq!(keys("a SEARCH THREADID T64\r\n"), vec![SearchKey::ThreadId]);
+    for bad in ["a SEARCH EMAILID M1.2\r\n", "a SEARCH EMAILID\r\n"] {
+        assert!(parse_command(bad.as_bytes()).is_err(), "{bad}");
+    }
+    let long = format!("a SEARCH EMAILID {}\r\n", "a".repeat(256));
+    assert!(parse_command(long.as_bytes()).is_err());
+    let CommandBody::Status { items, .. } = parsed("a STATUS x (MAILBOXID MESSAGES)\r\n") else {
+        panic!()
+    };
+    assert_eq!(items, vec![StatusItem::MailboxId, StatusItem::Messages]);
+    let id = encode::mailbox_objectid(0x5f00_0001, 7);
+    assert_eq!(
+        out(|o| encode::write_status_data(o, b"x", &[(StatusItem::MailboxId, id)])),
+        "* STATUS x (MAILBOXID (F5f00000100000007))\r\n"
+    );
+    assert_eq!(
+        out(|o| write_status(
+            o,
+            Some(b"a"),
+            Status::Ok,
+            Some(&Code::MailboxId(id)),
+            "done"
+        )),
+        "a OK [MAILBOXID (F5f00000100000007)] done\r\n"
+    );
+    let mut o = Vec::new();
+    encode::write_email_objectid(&mut o, 0x6ed);
+    assert_eq!(o, b"M6ed");
+    assert_eq!(encode::parse_email_objectid(b"M6ed"), Some(0x6ed));
+}
