@@ -98,6 +98,19 @@ fn rev2_session_semantics_beside_a_rev1_session() {
         r.lines()[0].ends_with(")"),
         "no ALL when nothing matched: {r:?}"
     );
+    // RECENT and NEW match nothing (RFC 9051 has no \Recent); OLD all.
+    for key in ["RECENT", "NEW"] {
+        let r = c.ok(&format!("SEARCH {key}"));
+        assert!(r.lines()[0].ends_with(")"), "{r:?}");
+    }
+    let r = c.ok("SEARCH OLD");
+    assert!(r.lines()[0].ends_with(") ALL 1:3"), "{r:?}");
+    // ... and STATUS has no RECENT item (RFC 9051 section 9).
+    assert!(c.cmd("STATUS INBOX (RECENT)").status.starts_with("BAD"));
+    assert!(c
+        .cmd("LIST \"\" INBOX RETURN (STATUS (RECENT))")
+        .status
+        .starts_with("BAD"));
     // A delivery is announced without RECENT.
     old.append_ok("INBOX", "", None, &msg_plain("m4"));
     let r = c.ok("NOOP");
@@ -187,6 +200,25 @@ fn utf8_mailbox_names_meet_modified_utf7() {
     }
     let r = v1.cmd("RENAME Entw&APw-rfe \"Entwürfe3\"");
     assert!(r.status.starts_with("NO"), "{r:?}");
+    // Names must be Net-Unicode (RFC 9051 5.1, RFC 5198): no control
+    // characters hidden in modified UTF-7 or sent as UTF-8, only NFC.
+    for bad in ["a&AAA-b", "c&AA0ACg-d", "R&AH8-D"] {
+        let r = v1.cmd(&format!("CREATE {bad}"));
+        assert!(r.status.starts_with("NO"), "{bad}: {r:?}");
+    }
+    for bad in ["\"é\x01x\"", "\"Entwu\u{308}rfe\"", "\"a\u{2028}b\""] {
+        let r = v2.cmd(&format!("CREATE {bad}"));
+        assert!(r.status.starts_with("NO"), "{bad}: {r:?}");
+    }
+    // An existing name is ALREADYEXISTS, in either form.
+    assert!(v2
+        .cmd("CREATE \"Entwürfe\"")
+        .status
+        .starts_with("NO [ALREADYEXISTS]"));
+    assert!(v1
+        .cmd("CREATE Entw&APw-rfe")
+        .status
+        .starts_with("NO [ALREADYEXISTS]"));
 }
 
 /// A multipart message with a quoted-printable part, a base64 part holding
@@ -248,9 +280,17 @@ fn fetch_binary_decodes_parts() {
     assert_eq!(f[0].get("BINARY[]").unwrap().bytes(), &msg[..]);
     assert_eq!(f[0].get("BINARY[9]").unwrap().bytes(), b"");
     assert_eq!(f[0].get("BINARY.SIZE[]").unwrap().num(), msg.len() as u64);
-    // An encoding that cannot be undone: NO [UNKNOWN-CTE] (RFC 3516 4.1).
-    let r = c.cmd("FETCH 1 (BINARY.PEEK[3])");
-    assert!(r.status.starts_with("NO [UNKNOWN-CTE]"), "{r:?}");
+    // An encoding that cannot be undone: NO [UNKNOWN-CTE] (RFC 3516 4.1),
+    // with no FETCH response and, without .PEEK, no \Seen either.
+    for cmd in [
+        "FETCH 1 (BINARY.PEEK[3])",
+        "FETCH 1 (FLAGS BINARY[3])",
+        "FETCH 1 BINARY.SIZE[3]",
+    ] {
+        let r = c.cmd(cmd);
+        assert!(r.status.starts_with("NO [UNKNOWN-CTE]"), "{r:?}");
+        assert!(r.untagged.is_empty(), "{r:?}");
+    }
     assert!(!c.ok("FETCH 1 FLAGS").lines()[0].contains("\\Seen"));
     // BINARY without .PEEK sets \Seen, like BODY[].
     let f = c.fetch("FETCH 1 (BINARY[1])");
@@ -353,6 +393,96 @@ print("rev2 ok")
         password = PASSWORD,
     ));
     assert!(out.contains("rev2 ok"), "{out}");
+}
+
+/// Anonymous resident memory of a process (not the mapped segments).
+fn rss_anon(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("RssAnon:")).unwrap();
+    line.split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse::<u64>()
+        .unwrap()
+        * 1024
+}
+
+/// A message whose second part is `size` octets of binary data (NULs
+/// included) in base64.
+fn attachment(i: usize, size: usize) -> (Vec<u8>, Vec<u8>) {
+    let data: Vec<u8> = (0..size).map(|j| ((j * 7 + i) % 251) as u8).collect();
+    let b64 = b64(&data);
+    let lines: Vec<&str> = b64
+        .as_bytes()
+        .chunks(76)
+        .map(|c| std::str::from_utf8(c).unwrap())
+        .collect();
+    let msg = format!(
+        "From: <a@example.test>\r\nSubject: big {i}\r\nMIME-Version: 1.0\r\n\
+         Content-Type: multipart/mixed; boundary=\"b\"\r\n\r\n\
+         --b\r\nContent-Type: text/plain\r\n\r\nsee attached\r\n\
+         --b\r\nContent-Type: application/octet-stream\r\n\
+         Content-Transfer-Encoding: base64\r\n\r\n{}\r\n--b--\r\n",
+        lines.join("\r\n")
+    );
+    (msg.into_bytes(), data)
+}
+
+/// Attack test: a FETCH of many large BINARY parts must not hold them all
+/// decoded in memory; each is decoded while it is written.
+#[test]
+fn binary_fetch_of_a_large_mailbox_stays_bounded() {
+    let user = "binbig@example.test";
+    let s = Server::options().accounts(&[user]).start();
+    let mut c = Imap::login(s.imap, user, PASSWORD);
+    const N: usize = 12;
+    const SIZE: usize = 1536 * 1024;
+    for i in 0..N {
+        c.append_ok("INBOX", "", None, &attachment(i, SIZE).0);
+    }
+    // A large message with NULs, APPENDed as a literal8.
+    let nul: Vec<u8> = [&b"Subject: nul\r\n\r\n"[..], &vec![0u8; 100_000], b"\r\n"].concat();
+    let mut cmd = format!("APPEND INBOX ~{{{}+}}\r\n", nul.len()).into_bytes();
+    cmd.extend_from_slice(&nul);
+    assert!(c.cmd_bytes(&cmd).status.starts_with("OK"));
+    c.select("INBOX");
+    let pid = s.pid().expect("server pid");
+    let before = rss_anon(pid);
+    let t = c.tag();
+    c.send(format!("{t} FETCH 1:{N} (BINARY.PEEK[2])\r\n").as_bytes());
+    let mut seen = 0;
+    loop {
+        let r = c.response();
+        if r.starts_with(t.as_bytes()) {
+            assert!(
+                r.starts_with(format!("{t} OK").as_bytes()),
+                "{}",
+                text_of(&r)
+            );
+            break;
+        }
+        let head = format!("* {} FETCH (BINARY[2] ~{{{SIZE}}}\r\n", seen + 1);
+        assert!(r.starts_with(head.as_bytes()), "{}", text_of(&r));
+        assert_eq!(
+            &r[head.len()..head.len() + SIZE],
+            &attachment(seen, SIZE).1[..]
+        );
+        seen += 1;
+    }
+    assert_eq!(seen, N);
+    let grown = rss_anon(pid).saturating_sub(before);
+    // All of them decoded at once would be 18 MiB.
+    assert!(grown < 8 << 20, "anonymous memory grew by {grown} octets");
+    // A partial range of a decoded part, and the NUL message both ways.
+    let f = c.fetch("FETCH 3 (BINARY.PEEK[2]<1000000.5000>)");
+    assert_eq!(
+        f[0].get("BINARY[2]<1000000>").unwrap().bytes(),
+        &attachment(2, SIZE).1[1_000_000..1_005_000]
+    );
+    let f = c.fetch(&format!("FETCH {} (BINARY.PEEK[] BODY.PEEK[])", N + 1));
+    assert_eq!(f[0].get("BINARY[]").unwrap().bytes(), &nul[..]);
+    let spaced: Vec<u8> = nul.iter().map(|&b| if b == 0 { b' ' } else { b }).collect();
+    assert_eq!(f[0].get("BODY[]").unwrap().bytes(), &spaced[..]);
 }
 
 fn text_of(b: &[u8]) -> String {

@@ -40,6 +40,7 @@ fn hex(b: u8) -> Option<u8> {
 /// Decode quoted-printable (RFC 2045 section 6.7). With `header` set, this is
 /// the RFC 2047 "Q" encoding, where `_` is a space.
 pub fn qp_decode(input: &[u8], header: bool) -> Vec<u8> {
+    let blank = |b: &u8| *b == b' ' || *b == b'\t';
     let mut out = Vec::with_capacity(input.len());
     let mut i = 0;
     while i < input.len() {
@@ -51,17 +52,33 @@ pub fn qp_decode(input: &[u8], header: bool) -> Vec<u8> {
                     i += 3;
                     continue;
                 }
-                // Soft line break, possibly after trailing whitespace.
-                (Some(b'\r'), Some(b'\n')) => {
-                    i += 3;
-                    continue;
+                _ => {
+                    // A soft line break: `=`, transport padding (rule 3),
+                    // then the line end.
+                    let pad = input[i + 1..].iter().take_while(|b| blank(b)).count();
+                    let after = &input[i + 1 + pad..];
+                    let end = match after {
+                        [b'\r', b'\n', ..] => Some(2),
+                        [b'\n', ..] => Some(1),
+                        _ => None,
+                    };
+                    if let Some(n) = end {
+                        i += 1 + pad + n;
+                        continue;
+                    }
+                    out.push(b'=');
                 }
-                (Some(b'\n'), _) => {
-                    i += 2;
-                    continue;
-                }
-                _ => out.push(b'='),
             }
+        } else if !header && blank(&b) {
+            // Rule 3: whitespace at the end of an encoded line was added in
+            // transport and is deleted.
+            let run = input[i..].iter().take_while(|b| blank(b)).count();
+            let rest = &input[i + run..];
+            if !(rest.is_empty() || rest.starts_with(b"\r\n") || rest.starts_with(b"\n")) {
+                out.extend_from_slice(&input[i..i + run]);
+            }
+            i += run;
+            continue;
         } else if b == b'_' && header {
             out.push(b' ');
         } else {

@@ -46,7 +46,7 @@ pub use decode::{
 };
 pub use header::{field_value, field_values, fields, split, unfold, Field};
 pub use render::{
-    binary_bytes, partial, section_bytes, write_bodystructure, write_envelope, write_envelope_of,
-    UnknownCte,
+    binary_bytes, binary_part, partial, section_bytes, write_bodystructure, write_envelope,
+    write_envelope_of, Cte, UnknownCte,
 };
 pub use tree::{count_lines, resolve, Limits, Message, Part, PartKind};

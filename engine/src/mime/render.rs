@@ -253,26 +253,56 @@ pub fn section_bytes<'a>(msg: &Message<'a>, section: &Section<'_>) -> Option<Cow
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct UnknownCte;
 
-/// `BINARY[part]` (RFC 3516 section 4.1, RFC 9051 6.4.5): the content of a
-/// part with its Content-Transfer-Encoding undone; with no part numbers the
-/// whole message, as it is. None: no such part.
-pub fn binary_bytes<'a>(
+/// A Content-Transfer-Encoding BINARY can undo (RFC 2045 section 6).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Cte {
+    /// 7bit, 8bit, binary: the octets as they are.
+    Identity,
+    /// base64
+    Base64,
+    /// quoted-printable
+    QuotedPrintable,
+}
+
+impl Cte {
+    /// Undo the encoding of `body`.
+    pub fn decode(self, body: &[u8]) -> Cow<'_, [u8]> {
+        match self {
+            Cte::Identity => Cow::Borrowed(body),
+            Cte::Base64 => Cow::Owned(super::decode::base64_decode(body)),
+            Cte::QuotedPrintable => Cow::Owned(super::decode::qp_decode(body, false)),
+        }
+    }
+}
+
+/// `BINARY[part]` (RFC 3516 section 4.1, RFC 9051 6.4.5): the encoded
+/// content of a part and its encoding; with no part numbers the whole
+/// message, as it is. None: no such part.
+pub fn binary_part<'a>(
     msg: &Message<'a>,
     part: &[u32],
-) -> Result<Option<Cow<'a, [u8]>>, UnknownCte> {
+) -> Result<Option<(&'a [u8], Cte)>, UnknownCte> {
     if part.is_empty() {
-        return Ok(Some(Cow::Borrowed(msg.raw)));
+        return Ok(Some((msg.raw, Cte::Identity)));
     }
     let Some(p) = resolve(&msg.root, part) else {
         return Ok(None);
     };
-    let cte = p.encoding.to_ascii_lowercase();
-    Ok(Some(match cte.as_slice() {
-        b"7bit" | b"8bit" | b"binary" => Cow::Borrowed(p.body),
-        b"base64" => Cow::Owned(super::decode::base64_decode(p.body)),
-        b"quoted-printable" => Cow::Owned(super::decode::qp_decode(p.body, false)),
+    let cte = match p.encoding.to_ascii_lowercase().as_slice() {
+        b"7bit" | b"8bit" | b"binary" => Cte::Identity,
+        b"base64" => Cte::Base64,
+        b"quoted-printable" => Cte::QuotedPrintable,
         _ => return Err(UnknownCte),
-    }))
+    };
+    Ok(Some((p.body, cte)))
+}
+
+/// The decoded content of [`binary_part`].
+pub fn binary_bytes<'a>(
+    msg: &Message<'a>,
+    part: &[u32],
+) -> Result<Option<Cow<'a, [u8]>>, UnknownCte> {
+    Ok(binary_part(msg, part)?.map(|(body, cte)| cte.decode(body)))
 }
 
 /// Apply `<start.len>`: octets `start..start+len`, empty if `start` is past

@@ -442,3 +442,20 @@ proptest! {
         prop_assert_eq!(base64_decode(crate::util::base64_encode(&bytes).as_bytes()), bytes);
     }
 }
+
+#[test]
+fn quoted_printable_rules() {
+    use super::decode::qp_decode;
+    // RFC 2045 6.7: soft breaks, also after transport padding; padding at
+    // the end of a line is deleted, inner whitespace kept.
+    assert_eq!(
+        qp_decode(b"Gr=C3=BC=C3=9Fe, a =  \r\nline\r\n", false),
+        "Grüße, a line\r\n".as_bytes()
+    );
+    assert_eq!(qp_decode(b"a b \t\r\nc  \nd=\ne", false), b"a b\r\nc\nde");
+    assert_eq!(qp_decode(b"trailing  ", false), b"trailing");
+    assert_eq!(qp_decode(b"x=", false), b"x=");
+    assert_eq!(qp_decode(b"=ZZ =4", false), b"=ZZ =4");
+    // The RFC 2047 Q form keeps its spaces and turns `_` into one.
+    assert_eq!(qp_decode(b"a_b =3D ", true), b"a b = ");
+}

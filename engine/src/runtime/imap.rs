@@ -12,8 +12,8 @@
 //! command may be as large as RFC 2971 allows, about 63 KiB). After
 //! LOGIN/AUTHENTICATE the connection moves to the shard owning the account
 //! (like POP3), so every mailbox operation is a local call into the store.
-//! Message bytes go out as slices of the segment mappings (`Out` splices
-//! them between the response text).
+//! Message bytes go out as slices of the segment mappings (`Out` writes
+//! them, or decodes a BINARY part, between the response text at flush).
 use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::rc::Rc;
@@ -25,8 +25,8 @@ use crate::mime;
 use crate::protocol::imap::encode::{self, FetchWriter};
 use crate::protocol::imap::{
     parse_command, parse_sasl_response, rejoin_diverted, Code, Command, CommandBody, FetchAttr,
-    Flag, Frame, Framer, FramingLimits, Mailbox as MailboxArg, Qresync, SaslResponse, SearchReturn,
-    SequenceArg, SequenceSet, Status, StatusItem, StoreMode,
+    Flag, Frame, Framer, FramingLimits, ListReturn, Mailbox as MailboxArg, Partial, Qresync,
+    SaslResponse, SearchReturn, SequenceArg, SequenceSet, Status, StatusItem, StoreMode,
 };
 use crate::session::imap::{self as logic, View, DELIMITER, KEYWORDS_MAX};
 use crate::session::mailboxes::{self, shown, special_use_code, status_items};
@@ -87,10 +87,76 @@ const CAPS: &[&str] = &[
 /// The one quota root of every account (RFC 9208 section 3.2).
 const QUOTA_ROOT: &[u8] = b"";
 
-/// Response bytes plus message slices to splice in at given offsets.
+/// Response bytes plus pieces of messages written in at given offsets of
+/// `buf` when it is flushed, so that a FETCH of many large messages holds
+/// references to the mappings, not copies.
 struct Out {
     buf: Vec<u8>,
-    splices: Vec<(usize, Body, usize, usize)>,
+    splices: Vec<(usize, Piece)>,
+}
+
+/// Octets `start..start + len` of a message body, as they go out.
+enum Piece {
+    /// As they are.
+    Slice {
+        body: Body,
+        start: usize,
+        len: usize,
+    },
+    /// Each NUL sent as a space (a literal cannot carry NUL, RFC 3501 4.3),
+    /// a chunk at a time.
+    NulAsSpace {
+        body: Body,
+        start: usize,
+        len: usize,
+    },
+    /// A part's content with its transfer encoding undone (BINARY, RFC
+    /// 3516), and the partial range of the decoded octets: decoded only
+    /// while it is written, so one part at a time is ever in memory.
+    Decoded {
+        body: Body,
+        start: usize,
+        len: usize,
+        cte: mime::Cte,
+        partial: Option<Partial>,
+    },
+}
+
+/// NUL-to-space copies are made this many octets at a time.
+const NUL_CHUNK: usize = 64 * 1024;
+
+impl Piece {
+    async fn write(&self, conn: &mut Conn) -> std::io::Result<()> {
+        match self {
+            Piece::Slice { body, start, len } => {
+                conn.write_all(&body.bytes()[*start..start + len]).await
+            }
+            Piece::NulAsSpace { body, start, len } => {
+                for chunk in body.bytes()[*start..start + len].chunks(NUL_CHUNK) {
+                    let spaced: Vec<u8> = chunk
+                        .iter()
+                        .map(|&b| if b == 0 { b' ' } else { b })
+                        .collect();
+                    conn.write_all(&spaced).await?;
+                }
+                Ok(())
+            }
+            Piece::Decoded {
+                body,
+                start,
+                len,
+                cte,
+                partial,
+            } => {
+                let decoded = cte.decode(&body.bytes()[*start..start + len]);
+                let data = match partial {
+                    Some(p) => mime::partial(decoded, *p),
+                    None => decoded,
+                };
+                conn.write_all(&data).await
+            }
+        }
+    }
 }
 
 impl Out {
@@ -112,12 +178,12 @@ impl Out {
         conn.cork(true);
         let mut at = 0;
         let mut result = Ok(());
-        for (pos, body, start, len) in self.splices.drain(..) {
+        for (pos, piece) in self.splices.drain(..) {
             if let Err(e) = conn.write_all(&self.buf[at..pos]).await {
                 result = Err(e);
                 break;
             }
-            if let Err(e) = conn.write_all(&body.bytes()[start..start + len]).await {
+            if let Err(e) = piece.write(conn).await {
                 result = Err(e);
                 break;
             }
@@ -935,6 +1001,13 @@ impl Session {
             CommandBody::Unsubscribe { mailbox } => self.subscribe(tag, &mailbox, false).await,
             CommandBody::List(list) => self.list(tag, &list),
             CommandBody::Lsub { reference, pattern } => self.lsub(tag, &reference, &pattern),
+            // RFC 9051 section 9: RECENT is not a status-att of IMAP4rev2.
+            CommandBody::Status { items, .. }
+                if self.rev2 && items.contains(&StatusItem::Recent) =>
+            {
+                self.out
+                    .status(Some(tag), Status::Bad, None, "No RECENT in IMAP4rev2")
+            }
             CommandBody::Status { mailbox, items } => {
                 if items.contains(&StatusItem::HighestModSeq) {
                     self.enable_condstore();
@@ -1280,7 +1353,16 @@ impl Session {
     /// the form the store keeps; an IMAP4rev2 session in UTF-8 (RFC 9051
     /// 5.1), which is encoded. None: not UTF-8.
     fn stored_name<'n>(&self, name: &'n MailboxArg<'_>) -> Option<Cow<'n, str>> {
-        mailboxes::stored_name(self.rev2, name.as_bytes())
+        let stored = mailboxes::stored_name(self.rev2, name.as_bytes())?;
+        // A mailbox stored before names were checked (`mailboxes::shown`).
+        if !self.exists(&stored) {
+            if let Some(old) = mailboxes::legacy_name(self.rev2, name.as_bytes()) {
+                if self.exists(&old) {
+                    return Some(Cow::Owned(old));
+                }
+            }
+        }
+        Some(stored)
     }
 
     /// The stored form of a name for a new mailbox (CREATE, RENAME's
@@ -1288,7 +1370,13 @@ impl Session {
     /// accept. From an IMAP4rev1 session it must be valid modified UTF-7
     /// (RFC 3501 5.1.3), so every name has one UTF-8 form for IMAP4rev2.
     fn new_name(&self, name: &MailboxArg<'_>) -> Option<String> {
-        mailboxes::new_name(&self.stored_name(name)?)
+        let stored = self.stored_name(name)?;
+        // An existing mailbox (maybe one stored before names were checked)
+        // is answered as existing, not as an invalid name.
+        if self.exists(&stored) {
+            return Some(stored.into_owned());
+        }
+        mailboxes::new_name(&stored)
     }
 
     /// Report changes made by others (and by our own durable commits).
@@ -1843,6 +1931,15 @@ impl Session {
     }
 
     fn list(&mut self, tag: &[u8], list: &crate::protocol::imap::ListCommand<'_>) {
+        let recent_asked = list
+            .returns
+            .iter()
+            .any(|r| matches!(r, ListReturn::Status(items) if items.contains(&StatusItem::Recent)));
+        if self.rev2 && recent_asked {
+            return self
+                .out
+                .status(Some(tag), Status::Bad, None, "No RECENT in IMAP4rev2");
+        }
         let mut out = Vec::new();
         let result = self
             .shard
@@ -2067,6 +2164,7 @@ impl Session {
         let sel = self.sel.as_ref().expect("selected");
         let account = self.account().to_string();
         let need_body = logic::needs_body(keys);
+        let rev2 = self.rev2;
         let saved = &self.saved;
         let mut hits = Vec::new();
         let store = &self.shard.store;
@@ -2088,7 +2186,9 @@ impl Session {
                     seq: i as u32 + 1,
                     entry,
                     keyword_names: &mb.keywords,
-                    recent: sel.view.recent.contains(&uid),
+                    // RFC 9051: IMAP4rev2 has no \Recent (RECENT and NEW
+                    // match nothing, OLD everything).
+                    recent: !rev2 && sel.view.recent.contains(&uid),
                     max_seq: sel.view.len(),
                     max_uid,
                     body,
@@ -2263,6 +2363,18 @@ impl Session {
         }
         let idx = sel.view.resolve(set, uid);
         let account = self.account().to_string();
+        // RFC 3516 section 4.1: a transfer encoding BINARY cannot undo fails
+        // the command, before any response or \Seen.
+        if !self.binary_decodable(&idx, attrs) {
+            self.out.status(
+                Some(tag),
+                Status::No,
+                Some(&Code::Other("UNKNOWN-CTE")),
+                "Unknown Content-Transfer-Encoding",
+            );
+            return;
+        }
+        let sel = self.sel.as_ref().expect("selected");
         let read_only = sel.read_only;
         let sets_seen = !read_only
             && attrs.iter().any(|a| {
@@ -2331,7 +2443,6 @@ impl Session {
             )
         });
         let rev2 = self.rev2;
-        let mut unknown_cte = false;
         store.with_account(&account, |a| {
             let Some(mb) = a.mailbox(sel.id) else { return };
             // Keywords another session created since our sync (we may have
@@ -2455,29 +2566,28 @@ impl Session {
                         }
                         FetchAttr::Binary { part, partial, .. } => {
                             let parsed = parsed.as_ref().expect("parsed");
-                            let Ok(data) = mime::binary_bytes(parsed, part) else {
-                                unknown_cte = true;
-                                continue;
-                            };
+                            // Checked before anything was written.
+                            let found = mime::binary_part(parsed, part).unwrap_or(None);
                             // A part that doesn't exist is empty, as for BODY.
-                            let mut data = data.unwrap_or(Cow::Borrowed(&[]));
+                            let (encoded, cte) = found.unwrap_or((&[], mime::Cte::Identity));
                             let mut name = binary_name("BINARY", part);
                             if let Some(p) = partial {
                                 name.push_str(&format!("<{}>", p.start));
-                                data = mime::partial(data, *p);
                             }
-                            if memchr::memchr(0, &data).is_some() {
-                                encode::write_literal8(w.item(&name), &data);
-                            } else {
-                                literal(&mut w, splices, &name, body.as_ref(), raw, data);
-                            }
+                            binary_literal(
+                                &mut w,
+                                splices,
+                                &name,
+                                body.as_ref(),
+                                raw,
+                                encoded,
+                                cte,
+                                *partial,
+                            );
                         }
                         FetchAttr::BinarySize { part } => {
                             let parsed = parsed.as_ref().expect("parsed");
-                            let Ok(data) = mime::binary_bytes(parsed, part) else {
-                                unknown_cte = true;
-                                continue;
-                            };
+                            let data = mime::binary_bytes(parsed, part).unwrap_or(None);
                             let size = data.map_or(0, |d| d.len());
                             let name = binary_name("BINARY.SIZE", part);
                             w.item(&name).extend_from_slice(size.to_string().as_bytes());
@@ -2498,17 +2608,41 @@ impl Session {
                 w.finish();
             }
         });
-        // RFC 3516 section 4.1: a transfer encoding BINARY cannot undo.
-        if unknown_cte {
-            self.out.status(
-                Some(tag),
-                Status::No,
-                Some(&Code::Other("UNKNOWN-CTE")),
-                "Unknown Content-Transfer-Encoding",
-            );
-            return;
-        }
         self.ok(tag, "FETCH completed");
+    }
+
+    /// Can every BINARY / BINARY.SIZE item of `attrs` be answered for the
+    /// messages at view positions `idx` (their encodings are known)?
+    fn binary_decodable(&self, idx: &[usize], attrs: &[FetchAttr<'_>]) -> bool {
+        let parts: Vec<&[u32]> = attrs
+            .iter()
+            .filter_map(|a| match a {
+                FetchAttr::Binary { part, .. } | FetchAttr::BinarySize { part } => Some(&part[..]),
+                _ => None,
+            })
+            .filter(|p| !p.is_empty())
+            .collect();
+        let Some(sel) = self.sel.as_ref().filter(|_| !parts.is_empty()) else {
+            return true;
+        };
+        let store = &self.shard.store;
+        store
+            .with_account(self.account(), |a| {
+                let Some(mb) = a.mailbox(sel.id) else {
+                    return true;
+                };
+                idx.iter().all(|&i| {
+                    let Some(p) = mb.position(sel.view.uids[i]) else {
+                        return true;
+                    };
+                    let body = store.body(mb.messages[p].loc);
+                    let msg = mime::Message::parse(body.as_ref().map_or(&[], |b| b.bytes()));
+                    parts
+                        .iter()
+                        .all(|part| mime::binary_part(&msg, part).is_ok())
+                })
+            })
+            .unwrap_or(true)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -2977,10 +3111,18 @@ fn binary_name(item: &str, part: &[u32]) -> String {
     format!("{item}[{}]", parts.join("."))
 }
 
-/// Write a literal item, splicing large borrowed data from the mapping.
+/// Where `d` lies in `raw`, if it is a large enough slice of it to splice.
+fn spliceable(raw: &[u8], d: &[u8]) -> Option<usize> {
+    let base = raw.as_ptr() as usize;
+    let p = d.as_ptr() as usize;
+    (d.len() >= SPLICE_MIN && p >= base && p + d.len() <= base + raw.len()).then(|| p - base)
+}
+
+/// Write a literal item, splicing large borrowed data from the mapping
+/// (with each NUL as a space, RFC 3501 4.3, as `write_literal` does).
 fn literal(
     w: &mut FetchWriter<'_>,
-    splices: &mut Vec<(usize, Body, usize, usize)>,
+    splices: &mut Vec<(usize, Piece)>,
     name: &str,
     body: Option<&Body>,
     raw: &[u8],
@@ -2988,21 +3130,79 @@ fn literal(
 ) {
     let out = w.item(name);
     if let (Cow::Borrowed(d), Some(body)) = (&data, body) {
-        let base = raw.as_ptr() as usize;
-        let p = d.as_ptr() as usize;
-        // A slice with a NUL is copied instead, so that write_literal can
-        // replace it (RFC 3501 4.3); stored mail almost never has one.
-        if d.len() >= SPLICE_MIN
-            && p >= base
-            && p + d.len() <= base + raw.len()
-            && memchr::memchr(0, d).is_none()
-        {
+        if let Some(start) = spliceable(raw, d) {
             out.extend_from_slice(format!("{{{}}}\r\n", d.len()).as_bytes());
-            splices.push((out.len(), body.clone(), p - base, d.len()));
+            let (body, len) = (body.clone(), d.len());
+            let piece = match memchr::memchr(0, d) {
+                None => Piece::Slice { body, start, len },
+                Some(_) => Piece::NulAsSpace { body, start, len },
+            };
+            splices.push((out.len(), piece));
             return;
         }
     }
     encode::write_literal(out, &data);
+}
+
+/// Write `BINARY[...]` (RFC 3516 4.2): a literal, or a literal8 when the
+/// content holds NUL. Large content is spliced from the mapping, or, when
+/// it has to be decoded, decoded again while it is written.
+#[allow(clippy::too_many_arguments)]
+fn binary_literal(
+    w: &mut FetchWriter<'_>,
+    splices: &mut Vec<(usize, Piece)>,
+    name: &str,
+    body: Option<&Body>,
+    raw: &[u8],
+    encoded: &[u8],
+    cte: mime::Cte,
+    partial: Option<Partial>,
+) {
+    let decoded = cte.decode(encoded);
+    let data = match partial {
+        Some(p) => mime::partial(decoded, p),
+        None => decoded,
+    };
+    let nul = memchr::memchr(0, &data).is_some();
+    if !nul && matches!(data, Cow::Borrowed(_)) {
+        return literal(w, splices, name, body, raw, data);
+    }
+    let out = w.item(name);
+    let place = body.zip(spliceable(raw, encoded));
+    let Some((body, start)) = place.filter(|_| data.len() >= SPLICE_MIN) else {
+        return match nul {
+            true => encode::write_literal8(out, &data),
+            false => encode::write_literal(out, &data),
+        };
+    };
+    let tilde = if nul { "~" } else { "" };
+    out.extend_from_slice(format!("{tilde}{{{}}}\r\n", data.len()).as_bytes());
+    let (body, len) = (body.clone(), encoded.len());
+    let piece = match (cte, partial) {
+        (mime::Cte::Identity, Some(p)) => {
+            let (from, n) = partial_range(len, p);
+            Piece::Slice {
+                body,
+                start: start + from,
+                len: n,
+            }
+        }
+        (mime::Cte::Identity, None) => Piece::Slice { body, start, len },
+        (cte, partial) => Piece::Decoded {
+            body,
+            start,
+            len,
+            cte,
+            partial,
+        },
+    };
+    splices.push((out.len(), piece));
+}
+
+/// `<start.len>` of `len` octets as (first, count), as `mime::partial` cuts.
+fn partial_range(len: usize, p: Partial) -> (usize, usize) {
+    let start = (p.start as usize).min(len);
+    (start, (p.len as usize).min(len - start))
 }
 
 fn write_flags_lines(out: &mut Vec<u8>, keywords: &[String], read_only: bool) {

@@ -425,12 +425,15 @@ async fn export(shard: &Rc<Shard>, account: &str, mut out: mpsc::Sender<Piece>) 
     }
 }
 
-/// A mailbox name an import may create: the IMAP rules of `CREATE`.
-fn valid_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= MAILBOX_NAME_MAX
-        && !name.chars().any(|c| c.is_control() || c == '*' || c == '%')
-        && !name.split(DELIMITER as char).any(str::is_empty)
+/// The stored form of a folder name an import may create: the IMAP rules
+/// of `CREATE`. A name that is not modified UTF-7 already (a store that
+/// keeps UTF-8 names) is encoded.
+fn import_name(name: &str) -> Option<String> {
+    let stored = match crate::protocol::imap::mutf7::decode(name.as_bytes()) {
+        Some(_) => name.to_string(),
+        None => crate::protocol::imap::mutf7::encode(name),
+    };
+    crate::session::mailboxes::new_name(&stored).filter(|n| n.len() <= MAILBOX_NAME_MAX)
 }
 
 async fn open(
@@ -453,9 +456,10 @@ async fn open(
     } else {
         name
     };
-    if !valid_name(name) {
+    let Some(name) = import_name(name) else {
         return Err(format!("invalid mailbox name {name:?}"));
-    }
+    };
+    let name = name.as_str();
     store
         .ensure_account(account)
         .await

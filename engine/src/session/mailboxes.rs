@@ -14,15 +14,30 @@ use crate::protocol::imap::{mutf7, ListCommand, ListReturn, ListSelect, StatusIt
 use crate::storage::index::{flag, special, Account, Mailbox};
 
 /// A stored (modified UTF-7) mailbox name as a session shows it: UTF-8 to
-/// an IMAP4rev2 session (RFC 9051 section 5.1); a name that is not valid
-/// modified UTF-7 (created before names were checked) is shown as stored.
+/// an IMAP4rev2 session (RFC 9051 section 5.1), as stored to IMAP4rev1.
+/// A name stored before names were checked may not be modified UTF-7: one
+/// in UTF-8 is shown as it is to rev2 and encoded for rev1, anything else
+/// as it is ([`legacy_name`] finds them again).
 pub fn shown(rev2: bool, stored: &str) -> Cow<'_, str> {
-    if rev2 && stored.contains('&') {
-        if let Some(s) = mutf7::decode(stored.as_bytes()) {
-            return Cow::Owned(s);
-        }
+    if !stored.contains('&') && stored.is_ascii() {
+        return Cow::Borrowed(stored);
     }
-    Cow::Borrowed(stored)
+    match (rev2, mutf7::decode(stored.as_bytes())) {
+        (true, Some(s)) => Cow::Owned(s),
+        (false, None) if !stored.is_ascii() => Cow::Owned(mutf7::encode(stored)),
+        _ => Cow::Borrowed(stored),
+    }
+}
+
+/// The other stored name a client's `name` may mean, for a mailbox
+/// stored before names were checked (see [`shown`]): for rev2 the name as
+/// given, for rev1 the UTF-8 it decodes to.
+pub fn legacy_name(rev2: bool, raw: &[u8]) -> Option<String> {
+    let s = std::str::from_utf8(raw).ok()?;
+    match rev2 {
+        true => (s.contains('&') || !s.is_ascii()).then(|| s.to_string()),
+        false => mutf7::decode(raw).filter(|u| u != s),
+    }
 }
 
 /// The stored form of a mailbox name a client gave: an IMAP4rev1 session
@@ -39,22 +54,24 @@ pub fn stored_name(rev2: bool, raw: &[u8]) -> Option<Cow<'_, str>> {
 }
 
 /// A stored name we accept for a new mailbox (CREATE, RENAME's target),
-/// without trailing delimiters: no control characters or wildcards, no
-/// empty hierarchy levels, not too long, and canonical modified UTF-7
-/// (RFC 3501 5.1.3), so that every name has exactly one UTF-8 form.
+/// without trailing delimiters: canonical modified UTF-7 (RFC 3501 5.1.3),
+/// so that every name has exactly one UTF-8 form, and that form Net-Unicode
+/// (RFC 9051 5.1, RFC 5198: NFC, no control characters, no line or
+/// paragraph separators), without wildcards, empty hierarchy levels, or
+/// more than 255 octets.
 pub fn new_name(stored: &str) -> Option<String> {
     let trimmed = stored.trim_end_matches(DELIMITER as char);
     if trimmed.is_empty()
         || stored.len() > 255
-        || stored
-            .chars()
-            .any(|c| c.is_control() || c == '*' || c == '%')
         || trimmed.split(DELIMITER as char).any(|p| p.is_empty())
-        || stored.starts_with(DELIMITER as char)
     {
         return None;
     }
-    mutf7::decode(trimmed.as_bytes())?;
+    let utf8 = mutf7::decode(trimmed.as_bytes())?;
+    let refused = |c: char| c.is_control() || matches!(c, '*' | '%' | '\u{2028}' | '\u{2029}');
+    if utf8.chars().any(refused) || !unicode_normalization::is_nfc(&utf8) {
+        return None;
+    }
     Some(trimmed.to_string())
 }
 
@@ -312,13 +329,14 @@ pub fn lsub(reference: &[u8], pattern: &[u8], a: &Account, rev2: bool, out: &mut
         .map(|n| shown(rev2, n).into_owned())
         .collect();
     for (name, implied) in lsub_matches(&pat, &subs) {
-        let stored = match rev2 {
-            true => Cow::Owned(mutf7::encode(&name)),
-            false => Cow::Borrowed(name.as_str()),
-        };
+        let stored = a
+            .subscriptions
+            .iter()
+            .find(|s| shown(rev2, s) == name.as_str());
         // \Noselect: a superior that is not subscribed itself, or a
         // subscription whose mailbox does not exist.
-        let attrs: &[&str] = if implied || a.mailbox_by_name(&stored).is_none() {
+        let exists = stored.is_some_and(|s| a.mailbox_by_name(s).is_some());
+        let attrs: &[&str] = if implied || !exists {
             &["\\Noselect"]
         } else {
             &[]
@@ -506,9 +524,24 @@ mod tests {
         assert_eq!(stored_name(true, b"\xff"), None);
         assert_eq!(shown(true, "R&-D"), "R&D");
         assert_eq!(shown(false, "R&-D"), "R&-D");
-        // Not modified UTF-7 (stored before names were checked): as stored.
+        // Not modified UTF-7 (stored before names were checked): UTF-8 to
+        // rev2, modified UTF-7 to rev1, and found again from either.
         assert_eq!(shown(true, "a&b"), "a&b");
+        assert_eq!(shown(false, "a&b"), "a&b");
+        assert_eq!(shown(true, "Entwürfe"), "Entwürfe");
+        assert_eq!(shown(false, "Entwürfe"), "Entw&APw-rfe");
+        assert_eq!(
+            legacy_name(false, b"Entw&APw-rfe").as_deref(),
+            Some("Entwürfe")
+        );
+        assert_eq!(
+            legacy_name(true, "Entwürfe".as_bytes()).as_deref(),
+            Some("Entwürfe")
+        );
+        assert_eq!(legacy_name(true, b"a&b").as_deref(), Some("a&b"));
+        assert_eq!(legacy_name(false, b"INBOX"), None);
         assert_eq!(new_name("a/b//").as_deref(), Some("a/b"));
+        assert_eq!(new_name("Entw&APw-rfe").as_deref(), Some("Entw&APw-rfe"));
         for bad in [
             "",
             "/a",
