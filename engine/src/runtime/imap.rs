@@ -30,7 +30,7 @@ use crate::protocol::imap::{
 };
 use crate::session::imap::{self as logic, View, DELIMITER, KEYWORDS_MAX};
 use crate::session::mailboxes::{self, shown, special_use_code, status_items};
-use crate::session::order;
+use crate::session::search::{self, Hit};
 use crate::storage::index::{self, flag, special, Account, Mailbox};
 use crate::storage::record::Op;
 use crate::storage::{Body, StorageError};
@@ -218,33 +218,6 @@ impl Drop for QuotaHold {
             }
         }
     }
-}
-
-/// One message a search matched.
-struct Hit {
-    seq: u32,
-    uid: u32,
-    modseq: u64,
-    internal_date: i64,
-    loc: crate::storage::record::Loc,
-}
-
-impl Hit {
-    /// What the command answers with: the UID for a UID command, else the
-    /// sequence number.
-    fn id(&self, uid: bool) -> u32 {
-        if uid {
-            self.uid
-        } else {
-            self.seq
-        }
-    }
-}
-
-/// What SORT or THREAD asked for.
-enum Order<'a> {
-    Sort(&'a [order::SortCriterion]),
-    Thread(order::Algorithm),
 }
 
 struct Selected {
@@ -1108,12 +1081,12 @@ impl Session {
                 uid,
                 criteria,
                 search,
-            } => self.sort_or_thread(tag, uid, &search, Order::Sort(&criteria)),
+            } => self.sort_or_thread(tag, uid, &search, search::Order::Sort(&criteria)),
             CommandBody::Thread {
                 uid,
                 algorithm,
                 search,
-            } => self.sort_or_thread(tag, uid, &search, Order::Thread(algorithm)),
+            } => self.sort_or_thread(tag, uid, &search, search::Order::Thread(algorithm)),
             // RFC 7162 3.2.6: VANISHED before ENABLE QRESYNC is BAD.
             CommandBody::Fetch { vanished: true, .. } if !self.qresync => {
                 self.out
@@ -2120,164 +2093,70 @@ impl Session {
     /// 6.4.4; RFC 5256 section 3 requires both). Answers NO
     /// [BADCHARSET] and returns false for any other.
     fn charset_ok(&mut self, tag: &[u8], search: &crate::protocol::imap::Search<'_>) -> bool {
-        if let Some(cs) = &search.charset {
-            if !(cs.eq_ignore_ascii_case(b"UTF-8") || cs.eq_ignore_ascii_case(b"US-ASCII")) {
-                self.out.status(
-                    Some(tag),
-                    Status::No,
-                    Some(&Code::BadCharset(&["UTF-8", "US-ASCII"])),
-                    "Unsupported charset",
-                );
-                // RFC 5182 2.1: a SAVE command answered NO empties `$`.
-                if search
-                    .returns
-                    .as_ref()
-                    .is_some_and(|r| r.contains(&SearchReturn::Save))
-                {
-                    self.saved.clear();
-                }
-                return false;
-            }
+        if search::charset_ok(search) {
+            return true;
         }
-        true
+        self.out.status(
+            Some(tag),
+            Status::No,
+            Some(&Code::BadCharset(search::CHARSETS)),
+            "Unsupported charset",
+        );
+        // RFC 5182 2.1: a SAVE command answered NO empties `$`.
+        if search
+            .returns
+            .as_ref()
+            .is_some_and(|r| r.contains(&SearchReturn::Save))
+        {
+            self.saved.clear();
+        }
+        false
     }
 
     /// The selected mailbox's messages that match every key, in sequence
-    /// order, after the sync that SEARCH, SORT and THREAD start with, and
-    /// whether a MODSEQ key (which enables CONDSTORE) is among the keys.
-    /// None: the charset was refused (answered).
+    /// order, after the sync that SEARCH, SORT and THREAD start with (a
+    /// MODSEQ key enables CONDSTORE). None: the charset was refused
+    /// (answered).
     fn search_hits(
         &mut self,
         tag: &[u8],
         uid: bool,
         search: &crate::protocol::imap::Search<'_>,
-    ) -> Option<(Vec<Hit>, bool)> {
+    ) -> Option<Vec<Hit>> {
         if !self.charset_ok(tag, search) {
             return None;
         }
-        let keys = &search.keys[..];
-        let modseq_key = logic::has_modseq_key(keys);
-        if modseq_key {
+        if search::modseq_key(search) {
             self.enable_condstore();
         }
         self.sync(uid);
         let sel = self.sel.as_ref().expect("selected");
-        let account = self.account().to_string();
-        let need_body = logic::needs_body(keys);
-        let rev2 = self.rev2;
-        let saved = &self.saved;
-        let mut hits = Vec::new();
         let store = &self.shard.store;
-        store.with_account(&account, |a| {
-            let Some(mb) = a.mailbox(sel.id) else { return };
-            let max_uid = sel.view.max_uid();
-            for (i, &uid) in sel.view.uids.iter().enumerate() {
-                let Some(p) = mb.position(uid) else {
-                    continue;
-                };
-                let entry = &mb.messages[p];
-                let body_handle = if need_body {
-                    store.body(entry.loc)
-                } else {
-                    None
-                };
-                let body = body_handle.as_ref().map_or(&[][..], |b| b.bytes());
-                let input = logic::SearchInput {
-                    seq: i as u32 + 1,
-                    entry,
-                    keyword_names: &mb.keywords,
-                    // RFC 9051: IMAP4rev2 has no \Recent (RECENT and NEW
-                    // match nothing, OLD everything).
-                    recent: !rev2 && sel.view.recent.contains(&uid),
-                    max_seq: sel.view.len(),
-                    max_uid,
-                    body,
-                    saved,
-                };
-                if logic::matches(keys, &input) {
-                    hits.push(Hit {
-                        seq: i as u32 + 1,
-                        uid,
-                        modseq: entry.modseq,
-                        internal_date: entry.internal_date,
-                        loc: entry.loc,
-                    });
-                }
-            }
+        let found = store.with_account(self.account(), |a| {
+            let mb = a.mailbox(sel.id)?;
+            let body = |loc| store.body(loc);
+            Some(search::hits(
+                mb,
+                &sel.view,
+                &self.saved,
+                search,
+                self.rev2,
+                body,
+            ))
         });
-        Some((hits, modseq_key))
+        Some(found.flatten().unwrap_or_default())
     }
 
     fn search(&mut self, tag: &[u8], uid: bool, search: &crate::protocol::imap::Search<'_>) {
-        let Some((hits, modseq_key)) = self.search_hits(tag, uid, search) else {
+        let Some(hits) = self.search_hits(tag, uid, search) else {
             return;
         };
-        match &search.returns {
-            // RFC 9051 6.4.4: IMAP4rev2 answers every SEARCH with ESEARCH;
-            // without RETURN that is RETURN (ALL).
-            None if self.rev2 => {
-                let ordered: Vec<&Hit> = hits.iter().collect();
-                self.write_extended(tag, uid, &[SearchReturn::All], &ordered, modseq_key, false);
-            }
-            None => {
-                let ids: Vec<u32> = hits.iter().map(|h| h.id(uid)).collect();
-                // RFC 7162 3.1.5: with a MODSEQ key (anywhere in the search)
-                // the result carries the highest mod-sequence of the
-                // messages returned; none when nothing matched.
-                let max_modseq = modseq_key.then(|| hits.iter().map(|h| h.modseq).max());
-                encode::write_search(&mut self.out.buf, &ids, max_modseq.flatten());
-            }
-            Some(returns) => {
-                let ordered: Vec<&Hit> = hits.iter().collect();
-                self.write_extended(tag, uid, returns, &ordered, modseq_key, false);
-            }
+        if let Some(saved) =
+            search::write_search(&mut self.out.buf, tag, uid, search, &hits, self.rev2)
+        {
+            self.saved = saved;
         }
         self.ok(tag, "SEARCH completed");
-    }
-
-    /// The `RETURN (...)` answer of SEARCH (RFC 4731) and SORT (RFC 5267):
-    /// `ordered` holds the matches in the order the command returns them
-    /// (UID order for SEARCH, sort order for SORT, where ALL keeps that
-    /// order: `in_order`). SAVE follows RFC 5182 2.4; a MODSEQ key adds the
-    /// highest mod-sequence of the messages returned (RFC 7162 3.1.5): all
-    /// of them, or with only MIN and/or MAX just those.
-    fn write_extended(
-        &mut self,
-        tag: &[u8],
-        uid: bool,
-        returns: &[SearchReturn],
-        ordered: &[&Hit],
-        modseq_key: bool,
-        in_order: bool,
-    ) {
-        let want = |r| returns.contains(&r);
-        if want(SearchReturn::Save) {
-            let uids: Vec<u32> = ordered.iter().map(|h| h.uid).collect();
-            self.saved = logic::saved_result(returns, &uids);
-        }
-        if returns.iter().all(|r| *r == SearchReturn::Save) {
-            return;
-        }
-        let ids: Vec<u32> = ordered.iter().map(|h| h.id(uid)).collect();
-        let (first, last) = (ordered.first(), ordered.last());
-        let modseq = if !modseq_key {
-            None
-        } else if want(SearchReturn::All) || want(SearchReturn::Count) {
-            ordered.iter().map(|h| h.modseq).max()
-        } else {
-            let min = first.filter(|_| want(SearchReturn::Min)).map(|h| h.modseq);
-            let max = last.filter(|_| want(SearchReturn::Max)).map(|h| h.modseq);
-            min.max(max)
-        };
-        let data = encode::Esearch {
-            min: first.filter(|_| want(SearchReturn::Min)).map(|h| h.id(uid)),
-            max: last.filter(|_| want(SearchReturn::Max)).map(|h| h.id(uid)),
-            count: want(SearchReturn::Count).then_some(ids.len() as u32),
-            all: want(SearchReturn::All).then_some(&ids[..]),
-            modseq,
-            in_order,
-        };
-        encode::write_esearch(&mut self.out.buf, tag, uid, &data);
     }
 
     /// SORT and THREAD (RFC 5256): the search, then the order computed by
@@ -2287,54 +2166,26 @@ impl Session {
         tag: &[u8],
         uid: bool,
         search: &crate::protocol::imap::Search<'_>,
-        how: Order<'_>,
+        how: search::Order<'_>,
     ) {
-        let Some((hits, modseq_key)) = self.search_hits(tag, uid, search) else {
+        let Some(hits) = self.search_hits(tag, uid, search) else {
             return;
         };
-        let bodies: Vec<Option<Body>> = hits.iter().map(|h| self.shard.store.body(h.loc)).collect();
-        let infos: Vec<order::MsgInfo<'_>> = hits
-            .iter()
-            .zip(&bodies)
-            .map(|(h, b)| order::MsgInfo {
-                seq: h.seq,
-                internal_date: h.internal_date,
-                size: u64::from(h.loc.len),
-                header: b.as_ref().map_or(&[][..], |b| mime::split(b.bytes()).0),
-            })
-            .collect();
-        let id = |i: usize| hits[i].id(uid);
-        match how {
-            Order::Sort(criteria) => {
-                let sorted = order::sort(&infos, criteria);
-                match &search.returns {
-                    None => {
-                        let ids: Vec<u32> = sorted.iter().map(|&i| id(i)).collect();
-                        // RFC 7162 3.1.5: a MODSEQ search key adds the
-                        // highest mod-sequence of the messages returned.
-                        let max_modseq = modseq_key.then(|| hits.iter().map(|h| h.modseq).max());
-                        encode::write_sort(&mut self.out.buf, &ids, max_modseq.flatten());
-                    }
-                    Some(returns) => {
-                        // RFC 5267 3.1: MIN and MAX are the first and last
-                        // in sort order; ALL keeps that order.
-                        let ordered: Vec<&Hit> = sorted.iter().map(|&i| &hits[i]).collect();
-                        self.write_extended(tag, uid, returns, &ordered, modseq_key, true);
-                    }
-                }
-                self.ok(tag, "SORT completed");
-            }
-            Order::Thread(algorithm) => {
-                let roots = order::thread(&infos, algorithm);
-                self.out.buf.extend_from_slice(b"* THREAD");
-                if !roots.is_empty() {
-                    self.out.buf.push(b' ');
-                    order::write_threads(&mut self.out.buf, &roots, id);
-                }
-                self.out.buf.extend_from_slice(b"\r\n");
-                self.ok(tag, "THREAD completed");
-            }
+        let thread = matches!(how, search::Order::Thread(_));
+        let store = &self.shard.store;
+        let body = |loc| store.body(loc);
+        let saved = search::write_order(&mut self.out.buf, tag, uid, search, &hits, how, body);
+        if let Some(saved) = saved {
+            self.saved = saved;
         }
+        self.ok(
+            tag,
+            if thread {
+                "THREAD completed"
+            } else {
+                "SORT completed"
+            },
+        );
     }
 
     async fn fetch(

@@ -4,6 +4,7 @@ pub mod imap;
 pub mod mailboxes;
 pub mod order;
 pub mod pop3;
+pub mod search;
 pub mod smtp;
 
 /// The TLS parameters of a connection, as the sessions see them (trace

@@ -283,6 +283,13 @@ pub struct Body {
     loc: Loc,
 }
 
+impl std::ops::Deref for Body {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        self.bytes()
+    }
+}
+
 impl Body {
     pub fn bytes(&self) -> &[u8] {
         self.seg
