@@ -101,11 +101,12 @@ def dump(imap_port, pw):
             quoted = '"%s"' % name
             typ, _ = m.select(quoted, readonly=True)
             assert typ == "OK", (name, typ)
-            status = ok(m.status(quoted, "(UIDVALIDITY UIDNEXT MESSAGES)"))[0].decode()
+            status = ok(m.status(quoted, "(UIDVALIDITY UIDNEXT MESSAGES MAILBOXID)"))[0].decode()
             nums = dict(re.findall(r"(UIDVALIDITY|UIDNEXT|MESSAGES) (\d+)", status))
+            mailboxid = re.search(r"MAILBOXID \(([\w-]+)\)", status).group(1)
             msgs = []
             if int(nums["MESSAGES"]) > 0:
-                data = ok(m.uid("FETCH", "1:*", "(UID FLAGS INTERNALDATE BODY.PEEK[])"))
+                data = ok(m.uid("FETCH", "1:*", "(UID FLAGS INTERNALDATE EMAILID BODY.PEEK[])"))
                 for item in data:
                     if not isinstance(item, tuple):
                         continue
@@ -113,10 +114,13 @@ def dump(imap_port, pw):
                     uid = int(re.search(r"UID (\d+)", head).group(1))
                     flags = sorted(re.search(r"FLAGS \(([^)]*)\)", head).group(1).split())
                     date = re.search(r'INTERNALDATE "([^"]*)"', head).group(1)
-                    msgs.append({"uid": uid, "flags": flags, "internaldate": date, "hex": item[1].hex()})
+                    emailid = re.search(r"EMAILID \(([\w-]+)\)", head).group(1)
+                    msgs.append({"uid": uid, "flags": flags, "internaldate": date, "emailid": emailid,
+                                 "hex": item[1].hex()})
             boxes[name] = {
                 "uidvalidity": int(nums["UIDVALIDITY"]),
                 "uidnext": int(nums["UIDNEXT"]),
+                "mailboxid": mailboxid,
                 "messages": sorted(msgs, key=lambda x: x["uid"]),
             }
         m.logout()

@@ -208,12 +208,13 @@ pub async fn enqueue(
     recipients: &[&str],
 ) -> Result<u32> {
     store.ensure_account(account).await?;
-    let (uid, modseq) = store.with_account_counters(account, |a| {
+    let (uid, modseq, email_id) = store.with_account_counters(account, |a| {
         let inbox = a.mailbox_mut(INBOX).expect("queue account has an INBOX");
         let uid = inbox.uidnext;
         inbox.uidnext += 1;
         inbox.highest_modseq += 1;
-        (uid, inbox.highest_modseq)
+        let modseq = inbox.highest_modseq;
+        (uid, modseq, a.allocate_email_id())
     })?;
     store
         .commit(&[
@@ -225,6 +226,7 @@ pub async fn enqueue(
                 flags: 0,
                 keywords: 0,
                 modseq,
+                email_id,
                 body,
             },
             Op::Envelope {

@@ -29,7 +29,7 @@ use crate::protocol::imap::{
     SaslResponse, SearchReturn, SequenceArg, SequenceSet, Status, StatusItem, StoreMode,
 };
 use crate::session::imap::{self as logic, View, DELIMITER, KEYWORDS_MAX};
-use crate::session::mailboxes::{self, shown, special_use_code, status_items};
+use crate::session::mailboxes::{self, special_use_code, status_items};
 use crate::session::search::{self, Hit};
 use crate::storage::index::{self, flag, special, Account, Mailbox};
 use crate::storage::record::Op;
@@ -1375,7 +1375,7 @@ impl Session {
             let mb = a.mailbox(sel.id)?;
             let ch = sel.view.sync(mb, allow_expunge, &mut floor);
             if ch.new_keywords {
-                write_flags_lines(out, &mb.keywords, sel.read_only);
+                logic::write_flags_lines(out, &mb.keywords, sel.read_only);
             }
             if qresync {
                 // RFC 7162 3.2.10: VANISHED replaces EXPUNGE once enabled.
@@ -1488,90 +1488,7 @@ impl Session {
             let mb = a.mailbox_by_name(&name)?;
             let key = (account.clone(), mb.id);
             let floor = floor_map.entry(key).or_insert(0);
-            let mut view = View::default();
-            // RFC 3501 6.3.2: EXAMINE MUST NOT cause messages to lose \Recent.
-            // The session still sees them as recent, but the floor (which
-            // messages a later SELECT or STATUS counts) stays where it was.
-            let mut examined = *floor;
-            view.sync(mb, true, if read_only { &mut examined } else { floor });
-            write_flags_lines(out, &mb.keywords, read_only);
-            encode::write_exists(out, view.len());
-            // RFC 9051 6.3.2: IMAP4rev2 has neither RECENT nor [UNSEEN]; it
-            // names the mailbox in a LIST response instead.
-            if rev2 {
-                let shown_name = shown(true, &mb.name);
-                encode::write_list(out, false, &[], Some(DELIMITER), shown_name.as_bytes());
-            } else {
-                encode::write_recent(out, view.recent.len() as u32);
-            }
-            // The view is the mailbox itself right after this first sync.
-            let first_unseen = || mb.messages.iter().position(|m| m.flags & flag::SEEN == 0);
-            if let Some(i) = first_unseen().filter(|_| !rev2) {
-                encode::write_status(
-                    out,
-                    None,
-                    Status::Ok,
-                    Some(&Code::Unseen(i as u32 + 1)),
-                    "First unseen",
-                );
-            }
-            encode::write_status(
-                out,
-                None,
-                Status::Ok,
-                Some(&Code::UidValidity(mb.uidvalidity)),
-                "UIDs valid",
-            );
-            encode::write_status(
-                out,
-                None,
-                Status::Ok,
-                Some(&Code::UidNext(mb.uidnext)),
-                "Predicted next UID",
-            );
-            encode::write_status(
-                out,
-                None,
-                Status::Ok,
-                Some(&Code::HighestModSeq(mb.reported_modseq())),
-                "Highest",
-            );
-            // RFC 8474 4.1.
-            encode::write_status(
-                out,
-                None,
-                Status::Ok,
-                Some(&Code::MailboxId(encode::mailbox_objectid(
-                    mb.uidvalidity,
-                    mb.id,
-                ))),
-                "Ok",
-            );
-            // RFC 7162 3.2.5: with the client's UIDVALIDITY, what vanished
-            // since its mod-sequence (among the UIDs it knows), then the
-            // flags of every message changed since.
-            if let Some(q) = qresync.filter(|q| q.uidvalidity == mb.uidvalidity) {
-                let known = match &q.known_uids {
-                    Some(set) => set.normalized(u32::MAX),
-                    None => vec![(1, u32::MAX)],
-                };
-                let gone = logic::vanished_earlier(mb, q.modseq, &known);
-                encode::write_vanished(out, true, &gone);
-                for (i, m) in mb.messages.iter().enumerate() {
-                    if m.modseq > q.modseq {
-                        let mut w = FetchWriter::new(out, i as u32 + 1);
-                        w.uid(m.uid);
-                        w.flags(&logic::flag_list(
-                            m.flags,
-                            m.keywords,
-                            &mb.keywords,
-                            !rev2 && view.recent.contains(&m.uid),
-                        ));
-                        w.modseq(m.modseq);
-                        w.finish();
-                    }
-                }
-            }
+            let view = logic::open(out, mb, read_only, floor, rev2, qresync);
             Some(Selected {
                 id: mb.id,
                 read_only,
@@ -1655,7 +1572,7 @@ impl Session {
         }
         match self.create_mailboxes(&names, su).await {
             // RFC 8474 4.1: the new mailbox's MAILBOXID in the tagged OK.
-            Ok(()) => match self.with_mailbox_id(&name) {
+            Ok(created) => match created {
                 Some(id) => self.out.status(
                     Some(tag),
                     Status::Ok,
@@ -1668,14 +1585,6 @@ impl Session {
         }
     }
 
-    /// The MAILBOXID (RFC 8474) of a mailbox, by stored name.
-    fn with_mailbox_id(&self, name: &str) -> Option<u64> {
-        self.shard.store.with_account(self.account(), |a| {
-            let m = a.mailbox_by_name(name)?;
-            Some(encode::mailbox_objectid(m.uidvalidity, m.id))
-        })?
-    }
-
     fn exists(&self, name: &str) -> bool {
         self.shard
             .store
@@ -1684,7 +1593,13 @@ impl Session {
     }
 
     /// Create mailboxes (the last one gets `su`), durably.
-    async fn create_mailboxes(&mut self, names: &[String], su: u8) -> Result<(), StorageError> {
+    /// Create mailboxes (the last one gets `su`), durably; the MAILBOXID
+    /// (RFC 8474) of the last one.
+    async fn create_mailboxes(
+        &mut self,
+        names: &[String],
+        su: u8,
+    ) -> Result<Option<u64>, StorageError> {
         let account = self.account().to_string();
         let now = unix_now();
         let ids = self.shard.store.with_account_counters(&account, |a| {
@@ -1717,7 +1632,8 @@ impl Session {
                 },
             })
             .collect();
-        self.shard.store.commit(&ops).await
+        self.shard.store.commit(&ops).await?;
+        Ok(ids.last().map(|(id, v)| encode::mailbox_objectid(*v, *id)))
     }
 
     async fn delete(&mut self, tag: &[u8], name: &MailboxArg<'_>) {
@@ -1998,9 +1914,10 @@ impl Session {
             let uid = m.uidnext;
             m.uidnext += 1;
             let modseq = m.allocate_pending_modseq();
-            Some((m.id, m.uidvalidity, uid, modseq, kwmask, new_kw))
+            let found = (m.id, m.uidvalidity, uid, modseq, kwmask, new_kw);
+            Some((found, a.allocate_email_id()))
         });
-        let Ok(Some((mbox, validity, uid, modseq, kwmask, new_kw))) = alloc else {
+        let Ok(Some(((mbox, validity, uid, modseq, kwmask, new_kw), email_id))) = alloc else {
             self.out.status(
                 Some(tag),
                 Status::No,
@@ -2026,6 +1943,7 @@ impl Session {
             flags: sys,
             keywords: kwmask,
             modseq,
+            email_id,
             body: message,
         });
         match self.shard.store.commit(&ops).await {
@@ -2299,7 +2217,7 @@ impl Session {
             // Keywords another session created since our sync (we may have
             // waited for the \Seen commit) are announced before any FETCH.
             if sel.view.take_new_keywords(mb) {
-                write_flags_lines(&mut out.buf, &mb.keywords, sel.read_only);
+                logic::write_flags_lines(&mut out.buf, &mb.keywords, sel.read_only);
             }
             for &i in &idx {
                 let seq = i as u32 + 1;
@@ -2607,7 +2525,7 @@ impl Session {
             // we waited for the commit (it may have set one of them on these
             // very messages), are announced before the FETCH responses.
             if sel.view.take_new_keywords(mb) {
-                write_flags_lines(out, &mb.keywords, sel.read_only);
+                logic::write_flags_lines(out, &mb.keywords, sel.read_only);
             }
             for &i in &idx {
                 let Some(p) = mb.position(sel.view.uids[i]) else {
@@ -3054,37 +2972,6 @@ fn binary_literal(
 fn partial_range(len: usize, p: Partial) -> (usize, usize) {
     let start = (p.start as usize).min(len);
     (start, (p.len as usize).min(len - start))
-}
-
-fn write_flags_lines(out: &mut Vec<u8>, keywords: &[String], read_only: bool) {
-    let mut flags = vec![
-        Flag::Answered,
-        Flag::Flagged,
-        Flag::Deleted,
-        Flag::Seen,
-        Flag::Draft,
-    ];
-    flags.extend(
-        keywords
-            .iter()
-            .filter(|k| !k.is_empty())
-            .map(|k| Flag::Keyword(k.as_bytes())),
-    );
-    encode::write_flags(out, &flags);
-    let perm: Vec<Flag<'_>> = if read_only {
-        Vec::new()
-    } else {
-        let mut p = flags.clone();
-        p.push(Flag::MayCreate);
-        p
-    };
-    encode::write_status(
-        out,
-        None,
-        Status::Ok,
-        Some(&Code::PermanentFlags(&perm)),
-        "Flags permitted",
-    );
 }
 
 /// Give keywords not yet known in this mailbox a bit. Returns the new

@@ -571,6 +571,8 @@ async fn append(
     let store = &shard.store;
     let planned = store
         .with_account_counters(account, |a| {
+            let first_id = a.next_email_id;
+            a.next_email_id += messages.len() as u64;
             let m = a.mailbox_mut(mailbox).ok_or("mailbox vanished")?;
             // UIDs first, without touching the mailbox: a batch that runs
             // out of UIDs changes nothing.
@@ -603,7 +605,8 @@ async fn append(
                     mask |= 1 << bit;
                 }
                 m.uidnext = uid + 1; // cannot wrap: checked above
-                plan.push((uid, mask, m.allocate_pending_modseq()));
+                let email_id = first_id + plan.len() as u64;
+                plan.push((uid, mask, m.allocate_pending_modseq(), email_id));
             }
             Ok::<_, &str>((new_keywords, plan))
         })
@@ -618,7 +621,7 @@ async fn append(
             name,
         })
         .collect();
-    for (msg, (uid, mask, modseq)) in messages.iter().zip(&plan) {
+    for (msg, (uid, mask, modseq, email_id)) in messages.iter().zip(&plan) {
         ops.push(Op::Message {
             account,
             mailbox,
@@ -627,6 +630,7 @@ async fn append(
             flags: msg.flags & 0x1f,
             keywords: *mask,
             modseq: *modseq,
+            email_id: *email_id,
             body: &msg.body,
         });
     }

@@ -12,8 +12,12 @@
 //! ```
 use std::collections::HashSet;
 
+use super::mailboxes::shown;
 use crate::mime;
-use crate::protocol::imap::{Flag, SearchKey, SearchReturn, SequenceArg, SequenceSet};
+use crate::protocol::imap::encode::{self, FetchWriter};
+use crate::protocol::imap::{
+    Code, Flag, Qresync, SearchKey, SearchReturn, SequenceArg, SequenceSet, Status,
+};
 use crate::storage::index::{flag, Mailbox, MessageEntry};
 
 /// Hierarchy delimiter of mailbox names.
@@ -626,6 +630,139 @@ pub fn needs_body(keys: &[SearchKey<'_>]) -> bool {
     })
 }
 
+/// SELECT / EXAMINE (RFC 3501 6.3.1, RFC 9051 6.3.2) of `mb`: the untagged
+/// responses into `out` and the session's new view. `floor`: the shard's
+/// \Recent claim for the mailbox (raised by SELECT, not by EXAMINE);
+/// `rev2`: an IMAP4rev2 session; `qresync`: the QRESYNC parameter (RFC 7162
+/// 3.2.5), answered when its UIDVALIDITY matches.
+pub fn open(
+    out: &mut Vec<u8>,
+    mb: &Mailbox,
+    read_only: bool,
+    floor: &mut u32,
+    rev2: bool,
+    qresync: Option<&Qresync>,
+) -> View {
+    let mut view = View::default();
+    // RFC 3501 6.3.2: EXAMINE MUST NOT cause messages to lose \Recent.
+    // The session still sees them as recent, but the floor (which
+    // messages a later SELECT or STATUS counts) stays where it was.
+    let mut examined = *floor;
+    view.sync(mb, true, if read_only { &mut examined } else { floor });
+    write_flags_lines(out, &mb.keywords, read_only);
+    encode::write_exists(out, view.len());
+    // RFC 9051 6.3.2: IMAP4rev2 has neither RECENT nor [UNSEEN]; it
+    // names the mailbox in a LIST response instead.
+    if rev2 {
+        let shown_name = shown(true, &mb.name);
+        encode::write_list(out, false, &[], Some(DELIMITER), shown_name.as_bytes());
+    } else {
+        encode::write_recent(out, view.recent.len() as u32);
+    }
+    // The view is the mailbox itself right after this first sync.
+    let first_unseen = || mb.messages.iter().position(|m| m.flags & flag::SEEN == 0);
+    if let Some(i) = first_unseen().filter(|_| !rev2) {
+        encode::write_status(
+            out,
+            None,
+            Status::Ok,
+            Some(&Code::Unseen(i as u32 + 1)),
+            "First unseen",
+        );
+    }
+    encode::write_status(
+        out,
+        None,
+        Status::Ok,
+        Some(&Code::UidValidity(mb.uidvalidity)),
+        "UIDs valid",
+    );
+    encode::write_status(
+        out,
+        None,
+        Status::Ok,
+        Some(&Code::UidNext(mb.uidnext)),
+        "Predicted next UID",
+    );
+    encode::write_status(
+        out,
+        None,
+        Status::Ok,
+        Some(&Code::HighestModSeq(mb.reported_modseq())),
+        "Highest",
+    );
+    // RFC 8474 4.1.
+    encode::write_status(
+        out,
+        None,
+        Status::Ok,
+        Some(&Code::MailboxId(encode::mailbox_objectid(
+            mb.uidvalidity,
+            mb.id,
+        ))),
+        "Ok",
+    );
+    // RFC 7162 3.2.5: with the client's UIDVALIDITY, what vanished
+    // since its mod-sequence (among the UIDs it knows), then the
+    // flags of every message changed since.
+    if let Some(q) = qresync.filter(|q| q.uidvalidity == mb.uidvalidity) {
+        let known = match &q.known_uids {
+            Some(set) => set.normalized(u32::MAX),
+            None => vec![(1, u32::MAX)],
+        };
+        let gone = vanished_earlier(mb, q.modseq, &known);
+        encode::write_vanished(out, true, &gone);
+        for (i, m) in mb.messages.iter().enumerate() {
+            if m.modseq > q.modseq {
+                let mut w = FetchWriter::new(out, i as u32 + 1);
+                w.uid(m.uid);
+                w.flags(&flag_list(
+                    m.flags,
+                    m.keywords,
+                    &mb.keywords,
+                    !rev2 && view.recent.contains(&m.uid),
+                ));
+                w.modseq(m.modseq);
+                w.finish();
+            }
+        }
+    }
+    view
+}
+
+/// `* FLAGS` and `* OK [PERMANENTFLAGS]` for a mailbox's keywords (RFC 3501
+/// 7.2.6, 7.1); no permanent flags when read-only.
+pub fn write_flags_lines(out: &mut Vec<u8>, keywords: &[String], read_only: bool) {
+    let mut flags = vec![
+        Flag::Answered,
+        Flag::Flagged,
+        Flag::Deleted,
+        Flag::Seen,
+        Flag::Draft,
+    ];
+    flags.extend(
+        keywords
+            .iter()
+            .filter(|k| !k.is_empty())
+            .map(|k| Flag::Keyword(k.as_bytes())),
+    );
+    encode::write_flags(out, &flags);
+    let perm: Vec<Flag<'_>> = if read_only {
+        Vec::new()
+    } else {
+        let mut p = flags.clone();
+        p.push(Flag::MayCreate);
+        p
+    };
+    encode::write_status(
+        out,
+        None,
+        Status::Ok,
+        Some(&Code::PermanentFlags(&perm)),
+        "Flags permitted",
+    );
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -764,6 +901,61 @@ mod tests {
             v.resolve(&SequenceSet::parse(b"100:*").unwrap(), true),
             vec![2]
         );
+    }
+
+    #[test]
+    fn select_and_examine_responses() {
+        let mut mb = Mailbox::new(3, "Entw&APw-rfe", 42, 0);
+        for uid in 1..=3 {
+            mb.messages.push(entry(
+                uid,
+                if uid == 1 { flag::SEEN } else { 0 },
+                u64::from(uid),
+            ));
+        }
+        mb.uidnext = 4;
+        mb.highest_modseq = 3;
+        let text = |out: Vec<u8>| String::from_utf8(out).unwrap();
+        // EXAMINE leaves the \Recent claim alone; SELECT takes it.
+        let (mut floor, mut out) = (0, Vec::new());
+        let view = open(&mut out, &mb, true, &mut floor, false, None);
+        assert_eq!((view.len(), view.recent.len(), floor), (3, 3, 0));
+        let out = text(out);
+        for line in [
+            "* 3 EXISTS\r\n",
+            "* 3 RECENT\r\n",
+            "* OK [UNSEEN 2] First unseen\r\n",
+            "* OK [UIDVALIDITY 42] UIDs valid\r\n",
+            "* OK [UIDNEXT 4] Predicted next UID\r\n",
+            "* OK [HIGHESTMODSEQ 3] Highest\r\n",
+            "* OK [MAILBOXID (F0000002a00000003)] Ok\r\n",
+            "* OK [PERMANENTFLAGS ()] Flags permitted\r\n",
+        ] {
+            assert!(out.contains(line), "{line:?} in {out}");
+        }
+        // IMAP4rev2 (RFC 9051 6.3.2): LIST with the UTF-8 name, no RECENT
+        // or UNSEEN; QRESYNC (RFC 7162 3.2.5) reports changes since 1.
+        let q = Qresync {
+            uidvalidity: 42,
+            modseq: 1,
+            known_uids: None,
+            seq_match: None,
+        };
+        let mut out = Vec::new();
+        let view = open(&mut out, &mb, false, &mut floor, true, Some(&q));
+        assert_eq!((view.recent.len(), floor), (3, 3));
+        let out = text(out);
+        assert!(out.contains("* LIST () \"/\" \"Entwürfe\"\r\n"), "{out}");
+        assert!(!out.contains("RECENT") && !out.contains("UNSEEN"), "{out}");
+        assert!(
+            out.contains("* 2 FETCH (UID 2 FLAGS () MODSEQ (2))\r\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains("* 3 FETCH (UID 3 FLAGS () MODSEQ (3))\r\n"),
+            "{out}"
+        );
+        assert!(!out.contains("* 1 FETCH"), "{out}");
     }
 
     #[test]

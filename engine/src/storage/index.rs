@@ -368,6 +368,12 @@ impl Account {
         self.mailboxes.iter_mut().find(|m| m.id == id)
     }
 
+    /// A new EMAILID (RFC 8474), given when a Message record is written.
+    pub fn allocate_email_id(&mut self) -> u64 {
+        self.next_email_id += 1;
+        self.next_email_id - 1
+    }
+
     pub fn mailbox_by_name(&self, name: &str) -> Option<&Mailbox> {
         self.mailboxes
             .iter()
@@ -430,17 +436,19 @@ impl Account {
                 ..
             } => {
                 let (loc, email_id) = match op {
-                    // A link of an older format (0) gets an id of its own.
                     Op::Link { loc, email_id, .. } => (*loc, *email_id),
-                    _ => (body_loc.expect("message record has a body"), 0),
-                };
-                let email_id = match email_id {
-                    0 => {
-                        self.next_email_id += 1;
-                        self.next_email_id - 1
+                    Op::Message { email_id, .. } => {
+                        (body_loc.expect("message record has a body"), *email_id)
                     }
+                    _ => unreachable!(),
+                };
+                // Records of the older kinds (0) are numbered as they are
+                // applied; a carried id keeps the counter above it.
+                let email_id = match email_id {
+                    0 => self.allocate_email_id(),
                     id => id,
                 };
+                self.next_email_id = self.next_email_id.max(email_id + 1);
                 if let Some(m) = self.mailbox_mut(*mailbox) {
                     m.applied_modseq(*modseq);
                     let replaced = m.insert(MessageEntry {
@@ -939,6 +947,7 @@ mod tests {
                 flags: 0,
                 keywords: 0,
                 modseq: uid as u64 + 1,
+                email_id: 0,
                 body: b"",
             };
             a.apply(&op, Some(loc(uid * 100)));
@@ -1047,6 +1056,7 @@ mod tests {
             flags: 0,
             keywords: 0,
             modseq: 2,
+            email_id: 0,
             body: b"",
         };
         let check = |a: &Account, want: u64| {
@@ -1134,6 +1144,7 @@ mod tests {
             flags: 0,
             keywords: 0,
             modseq: 2,
+            email_id: 0,
             body: b"",
         };
         a.apply(
@@ -1215,6 +1226,56 @@ mod tests {
         );
         assert!(a.queue.is_empty());
         assert!(a.mailbox(INBOX).unwrap().messages.is_empty());
+    }
+
+    /// EMAILIDs come with Message records (given when written): a record
+    /// whose sync failed live but is replayed after a crash keeps its own
+    /// id and shifts no other; the counter stays above every id applied.
+    #[test]
+    fn email_ids_come_from_the_records() {
+        let mut a = Account::new("a@x");
+        a.apply(
+            &Op::CreateMailbox {
+                account: "a@x",
+                mailbox: INBOX,
+                name: "INBOX",
+                uidvalidity: 1,
+                special_use: 0,
+            },
+            None,
+        );
+        let msg = |uid, email_id| Op::Message {
+            account: "a@x",
+            mailbox: INBOX,
+            uid,
+            internal_date: 0,
+            flags: 0,
+            keywords: 0,
+            modseq: u64::from(uid),
+            email_id,
+            body: b"",
+        };
+        let at = |o| {
+            Some(Loc {
+                seg: 1,
+                offset: o,
+                len: 5,
+            })
+        };
+        a.apply(&msg(2, 6), at(100));
+        a.apply(&msg(1, 5), at(50));
+        assert_eq!(a.next_email_id, 7);
+        // A record of the older kind is numbered when applied.
+        a.apply(&msg(3, 0), at(150));
+        let ids: Vec<(u32, u64)> = a
+            .mailbox(INBOX)
+            .unwrap()
+            .messages
+            .iter()
+            .map(|e| (e.uid, e.email_id))
+            .collect();
+        assert_eq!(ids, vec![(1, 5), (2, 6), (3, 7)]);
+        assert_eq!(a.allocate_email_id(), 8);
     }
 
     /// What a format 3 mailbox (without messages) becomes.
@@ -1481,6 +1542,7 @@ mod tests {
                 flags: 0,
                 keywords: 0,
                 modseq: u64::from(uid) + 1,
+                email_id: 0,
                 body: b"",
             };
             a.apply(

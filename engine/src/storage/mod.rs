@@ -79,7 +79,7 @@ pub fn shard_of_bucket(bucket: u32, shards: usize) -> usize {
 ///
 /// Format 1 is the layout of every data directory written before the meta
 /// file recorded a format; such a meta file (no `format` line) is format 1.
-/// Format 2: Link records of kind 13 (with the EMAILID).
+/// Format 2: Message and Link records of kinds 14 and 13 (with the EMAILID).
 pub const DATA_FORMAT: u32 = 2;
 
 /// Persistent facts of a data directory, in `<data>/meta` as `key = value` lines.
@@ -744,7 +744,7 @@ impl Store {
                         .await?;
                 }
                 let mut creation = Vec::new();
-                let (mailbox, uid, modseq) =
+                let (mailbox, uid, modseq, email_id) =
                     self.with_account_mut(account, internal_date, &mut creation, |a| {
                         let id = match folder {
                             Folder::Inbox => index::INBOX,
@@ -757,7 +757,8 @@ impl Store {
                         let target = a.mailbox_mut(id).expect("every account has an INBOX");
                         let uid = target.uidnext;
                         target.uidnext += 1;
-                        (id, uid, target.allocate_pending_modseq())
+                        let modseq = target.allocate_pending_modseq();
+                        (id, uid, modseq, a.allocate_email_id())
                     });
                 allocated.push((account, mailbox, modseq));
                 self.write_creation(account, &creation)?;
@@ -769,6 +770,7 @@ impl Store {
                     flags: 0,
                     keywords: 0,
                     modseq,
+                    email_id,
                     body: &[],
                 };
                 self.write_message(&op, prefix, body)?;
@@ -1182,6 +1184,7 @@ impl Store {
             flags,
             keywords,
             modseq,
+            email_id,
             ..
         } = *op
         else {
@@ -1199,6 +1202,7 @@ impl Store {
             flags,
             keywords,
             modseq,
+            email_id,
             body: &[],
         };
         shadow.encode_meta(&mut meta);

@@ -62,6 +62,10 @@ pub enum Op<'a> {
         on: bool,
     },
     /// A new message; `body` is the message exactly as served to clients.
+    /// `email_id`: its EMAILID, given when the record is written (as UIDs
+    /// are), so a record that is replayed but was never applied live (its
+    /// sync failed) cannot shift the ids of later messages. Kind 14; the
+    /// older kind 5 has none (0), and the message is numbered when applied.
     Message {
         account: &'a str,
         mailbox: u32,
@@ -70,6 +74,7 @@ pub enum Op<'a> {
         flags: u32,
         keywords: u64,
         modseq: u64,
+        email_id: u64,
         body: &'a [u8],
     },
     /// A copy of an existing body into another mailbox (IMAP COPY/MOVE),
@@ -146,7 +151,7 @@ impl<'a> Op<'a> {
             Op::DeleteMailbox { .. } => 2,
             Op::RenameMailbox { .. } => 3,
             Op::Subscribe { .. } => 4,
-            Op::Message { .. } => 5,
+            Op::Message { .. } => 14,
             Op::Link { .. } => 13,
             Op::Flags { .. } => 7,
             Op::Keyword { .. } => 8,
@@ -215,6 +220,7 @@ impl<'a> Op<'a> {
                 flags,
                 keywords,
                 modseq,
+                email_id,
                 body,
                 ..
             } => {
@@ -224,6 +230,8 @@ impl<'a> Op<'a> {
                 w.u32(*flags);
                 w.u64(*keywords);
                 w.u64(*modseq);
+                w.u64(*email_id);
+                // Last: `Store::write_message` patches it.
                 w.u32(body.len() as u32);
             }
             Op::Link {
@@ -347,13 +355,14 @@ impl<'a> Op<'a> {
                 name: r.str()?,
                 on: r.u8()? != 0,
             },
-            5 => {
+            5 | 14 => {
                 let mailbox = r.u32()?;
                 let uid = r.u32()?;
                 let internal_date = r.u64()? as i64;
                 let flags = r.u32()?;
                 let keywords = r.u64()?;
                 let modseq = r.u64()?;
+                let email_id = if kind == 14 { r.u64()? } else { 0 };
                 let len = r.u32()? as usize;
                 Op::Message {
                     account,
@@ -363,6 +372,7 @@ impl<'a> Op<'a> {
                     flags,
                     keywords,
                     modseq,
+                    email_id,
                     body: r.take(len)?,
                 }
             }
@@ -629,6 +639,7 @@ mod tests {
                 flags: 3,
                 keywords: 1 << 40,
                 modseq: 11,
+                email_id: 0,
                 body: b"hello\r\n",
             },
             Op::Link {

@@ -489,7 +489,9 @@ pub fn write_email_objectid(out: &mut Vec<u8>, id: u64) {
 /// The number of an EMAILID this server gives; None for any other objectid.
 pub fn parse_email_objectid(id: &[u8]) -> Option<u64> {
     let hex = id.strip_prefix(b"M")?;
-    if hex.is_empty() || hex.len() > 16 || hex[0] == b'0' {
+    // Object ids are case-sensitive (RFC 8474 section 7): lower-case hex only.
+    let digit = |b: &u8| b.is_ascii_digit() || (b'a'..=b'f').contains(b);
+    if hex.is_empty() || hex.len() > 16 || hex[0] == b'0' || !hex.iter().all(digit) {
         return None;
     }
     u64::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok()

@@ -1376,6 +1376,11 @@ fn rfc8474_objectid_forms() {
         keys("a SEARCH EMAILID M06ed\r\n"),
         vec![SearchKey::EmailId(None)]
     );
+    // Case-sensitive (RFC 8474 section 7).
+    assert_eq!(
+        keys("a SEARCH EMAILID M6ED\r\n"),
+        vec![SearchKey::EmailId(None)]
+    );
     assert_eq!(keys("a SEARCH THREADID T64\r\n"), vec![SearchKey::ThreadId]);
     for bad in ["a SEARCH EMAILID M1.2\r\n", "a SEARCH EMAILID\r\n"] {
         assert!(parse_command(bad.as_bytes()).is_err(), "{bad}");
