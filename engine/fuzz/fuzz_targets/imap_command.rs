@@ -90,5 +90,8 @@ fuzz_target!(|data: &[u8]| {
         assert_eq!(mutf7::encode(&name).as_bytes(), input);
     }
     let text = String::from_utf8_lossy(input);
-    assert_eq!(mutf7::decode(mutf7::encode(&text).as_bytes()).as_deref(), Some(&*text));
+    assert_eq!(
+        mutf7::decode(mutf7::encode(&text).as_bytes()).as_deref(),
+        Some(&*text)
+    );
 });

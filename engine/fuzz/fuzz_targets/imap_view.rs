@@ -18,7 +18,7 @@
 use std::collections::HashSet;
 
 use libfuzzer_sys::fuzz_target;
-use ringmail::session::imap::View;
+use ringmail::session::imap::{report, Modes, View};
 use ringmail::storage::index::{Mailbox, MessageEntry};
 use ringmail::storage::record::Loc;
 
@@ -95,8 +95,45 @@ fuzz_target!(|data: &[u8]| {
             _ => {
                 let allow = arg % 2 == 0;
                 let known: HashSet<u32> = view.uids.iter().copied().collect();
+                // The same sync through the response writer, on a copy.
+                let modes = Modes {
+                    condstore: arg & 2 != 0,
+                    qresync: arg & 4 != 0,
+                    rev2: arg & 8 != 0,
+                };
+                let (mut copy, mut copy_floor, mut out) = (view.clone(), floor, Vec::new());
+                report(
+                    &mut out,
+                    &mb,
+                    &mut copy,
+                    false,
+                    allow,
+                    &mut copy_floor,
+                    modes,
+                );
                 let ch = view.sync(&mb, allow, &mut floor);
-                assert!(view.uids.windows(2).all(|w| w[0] < w[1]), "UIDs not ascending");
+                assert_eq!(copy.uids, view.uids, "the writer's sync is the same sync");
+                let text = String::from_utf8(out).expect("responses are UTF-8");
+                assert!(text.is_empty() || text.ends_with("\r\n"));
+                let expunges = text.lines().filter(|l| l.ends_with(" EXPUNGE")).count();
+                let vanished = text
+                    .lines()
+                    .filter(|l| l.starts_with("* VANISHED "))
+                    .count();
+                if modes.qresync {
+                    assert_eq!(expunges, 0, "EXPUNGE after QRESYNC");
+                    assert_eq!(vanished, usize::from(!ch.expunged.is_empty()));
+                } else {
+                    assert_eq!((expunges, vanished), (ch.expunged.len(), 0));
+                }
+                assert_eq!(text.contains(" EXISTS\r\n"), ch.exists.is_some());
+                if modes.rev2 {
+                    assert!(!text.contains("RECENT") && !text.contains("\\Recent"));
+                }
+                assert!(
+                    view.uids.windows(2).all(|w| w[0] < w[1]),
+                    "UIDs not ascending"
+                );
                 if !allow {
                     assert!(ch.expunged.is_empty(), "EXPUNGE sent while not allowed");
                 }
@@ -134,7 +171,10 @@ fuzz_target!(|data: &[u8]| {
                     }
                 }
                 for u in &told {
-                    assert!(!reported.contains(u), "own change of UID {u} reported again");
+                    assert!(
+                        !reported.contains(u),
+                        "own change of UID {u} reported again"
+                    );
                 }
                 owed.clear();
                 told.clear();

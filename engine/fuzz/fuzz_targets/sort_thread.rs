@@ -39,7 +39,10 @@ fn placed(roots: &[Node], n: usize) {
         }
         stack.extend(node.children.iter());
     }
-    assert!(seen.iter().all(|&s| s), "a message is missing from the threads");
+    assert!(
+        seen.iter().all(|&s| s),
+        "a message is missing from the threads"
+    );
 }
 
 fn written(roots: &[Node], n: usize) {

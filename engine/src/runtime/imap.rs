@@ -1373,68 +1373,20 @@ impl Session {
         let qresync = self.qresync;
         let found = self.shard.store.with_account(account, |a| {
             let mb = a.mailbox(sel.id)?;
-            let ch = sel.view.sync(mb, allow_expunge, &mut floor);
-            if ch.new_keywords {
-                logic::write_flags_lines(out, &mb.keywords, sel.read_only);
-            }
-            if qresync {
-                // RFC 7162 3.2.10: VANISHED replaces EXPUNGE once enabled.
-                let mut uids = ch.expunged_uids.clone();
-                uids.sort_unstable();
-                let ranges = SequenceSet::compress(&uids)
-                    .map(|s| s.normalized(u32::MAX))
-                    .unwrap_or_default();
-                encode::write_vanished(out, false, &ranges);
-            } else {
-                for seq in &ch.expunged {
-                    encode::write_expunge(out, *seq);
-                }
-            }
-            if let Some(n) = ch.exists {
-                encode::write_exists(out, n);
-            }
-            // RFC 9051: IMAP4rev2 has no RECENT response.
-            if let Some(n) = ch.recent.filter(|_| !rev2) {
-                encode::write_recent(out, n);
-            }
-            // RFC 7162 3.2: flag updates with MODSEQ while expunges are held
-            // back must come with a HIGHESTMODSEQ below those expunges, so
-            // a client that stores it still resynchronises them later.
-            if condstore && !ch.flags.is_empty() && !ch.held.is_empty() {
-                let below = mb
-                    .vanished
-                    .iter()
-                    .filter(|r| ch.held.iter().any(|u| (r.first..=r.last).contains(u)))
-                    .map(|r| r.modseq)
-                    .min();
-                if let Some(m) = below {
-                    encode::write_status(
-                        out,
-                        None,
-                        Status::Ok,
-                        Some(&Code::HighestModSeq(m - 1)),
-                        "Expunges pending",
-                    );
-                }
-            }
-            for seq in &ch.flags {
-                let uid = sel.view.uids[*seq as usize - 1];
-                let Some(m) = mb.position(uid).map(|p| &mb.messages[p]) else {
-                    continue;
-                };
-                let mut w = FetchWriter::new(out, *seq);
-                w.flags(&logic::flag_list(
-                    m.flags,
-                    m.keywords,
-                    &mb.keywords,
-                    !rev2 && sel.view.recent.contains(&m.uid),
-                ));
-                w.uid(m.uid);
-                if condstore {
-                    w.modseq(m.modseq);
-                }
-                w.finish();
-            }
+            let modes = logic::Modes {
+                condstore,
+                qresync,
+                rev2,
+            };
+            logic::report(
+                out,
+                mb,
+                &mut sel.view,
+                sel.read_only,
+                allow_expunge,
+                &mut floor,
+                modes,
+            );
             Some(())
         });
         // A read-only session claims nothing (RFC 3501 6.3.2): new messages

@@ -158,7 +158,7 @@ pub fn lsub_matches(pattern: &[u8], subs: &[String]) -> Vec<(String, bool)> {
 /// changes were reported. Flags themselves are read from the index: a
 /// message's FETCH FLAGS is owed when its mod-sequence is above the
 /// watermark and the session did not report that change itself.
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct View {
     /// UIDs in sequence-number order (sequence number = index + 1).
     pub uids: Vec<u32>,
@@ -628,6 +628,100 @@ pub fn needs_body(keys: &[SearchKey<'_>]) -> bool {
         SearchKey::And(ks) => needs_body(ks),
         _ => false,
     })
+}
+
+/// Which extensions shape a session's untagged responses.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Modes {
+    /// CONDSTORE enabled: FETCH updates carry MODSEQ (RFC 7162 3.1).
+    pub condstore: bool,
+    /// QRESYNC enabled: VANISHED instead of EXPUNGE (RFC 7162 3.2.10).
+    pub qresync: bool,
+    /// IMAP4rev2 enabled: no RECENT, no \Recent (RFC 9051).
+    pub rev2: bool,
+}
+
+/// Bring `view` up to `mb` and write what changed as untagged responses
+/// (RFC 3501 5.2 and 7.4.1): new keywords, EXPUNGE or VANISHED (only with
+/// `allow_expunge`; RFC 3501 7.4.1 forbids them during FETCH, STORE and
+/// SEARCH), EXISTS, RECENT and FETCH of flags changed by others.
+/// `floor`: the shard's \Recent claim for the mailbox.
+pub fn report(
+    out: &mut Vec<u8>,
+    mb: &Mailbox,
+    view: &mut View,
+    read_only: bool,
+    allow_expunge: bool,
+    floor: &mut u32,
+    modes: Modes,
+) {
+    let Modes {
+        condstore,
+        qresync,
+        rev2,
+    } = modes;
+    let ch = view.sync(mb, allow_expunge, floor);
+    if ch.new_keywords {
+        write_flags_lines(out, &mb.keywords, read_only);
+    }
+    if qresync {
+        // RFC 7162 3.2.10: VANISHED replaces EXPUNGE once enabled.
+        let mut uids = ch.expunged_uids.clone();
+        uids.sort_unstable();
+        let ranges = SequenceSet::compress(&uids)
+            .map(|s| s.normalized(u32::MAX))
+            .unwrap_or_default();
+        encode::write_vanished(out, false, &ranges);
+    } else {
+        for seq in &ch.expunged {
+            encode::write_expunge(out, *seq);
+        }
+    }
+    if let Some(n) = ch.exists {
+        encode::write_exists(out, n);
+    }
+    // RFC 9051: IMAP4rev2 has no RECENT response.
+    if let Some(n) = ch.recent.filter(|_| !rev2) {
+        encode::write_recent(out, n);
+    }
+    // RFC 7162 3.2: flag updates with MODSEQ while expunges are held
+    // back must come with a HIGHESTMODSEQ below those expunges, so
+    // a client that stores it still resynchronises them later.
+    if condstore && !ch.flags.is_empty() && !ch.held.is_empty() {
+        let below = mb
+            .vanished
+            .iter()
+            .filter(|r| ch.held.iter().any(|u| (r.first..=r.last).contains(u)))
+            .map(|r| r.modseq)
+            .min();
+        if let Some(m) = below {
+            encode::write_status(
+                out,
+                None,
+                Status::Ok,
+                Some(&Code::HighestModSeq(m - 1)),
+                "Expunges pending",
+            );
+        }
+    }
+    for seq in &ch.flags {
+        let uid = view.uids[*seq as usize - 1];
+        let Some(m) = mb.position(uid).map(|p| &mb.messages[p]) else {
+            continue;
+        };
+        let mut w = FetchWriter::new(out, *seq);
+        w.flags(&flag_list(
+            m.flags,
+            m.keywords,
+            &mb.keywords,
+            !rev2 && view.recent.contains(&m.uid),
+        ));
+        w.uid(m.uid);
+        if condstore {
+            w.modseq(m.modseq);
+        }
+        w.finish();
+    }
 }
 
 /// SELECT / EXAMINE (RFC 3501 6.3.1, RFC 9051 6.3.2) of `mb`: the untagged
