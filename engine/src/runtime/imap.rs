@@ -25,9 +25,10 @@ use crate::mime;
 use crate::protocol::imap::encode::{self, FetchWriter};
 use crate::protocol::imap::{
     parse_command, parse_sasl_response, rejoin_diverted, Code, Command, CommandBody, FetchAttr,
-    Flag, Frame, Framer, FramingLimits, ListReturn, Mailbox as MailboxArg, Partial, Qresync,
-    SaslResponse, SearchReturn, SequenceArg, SequenceSet, Status, StatusItem, StoreMode,
+    Flag, Frame, Framer, FramingLimits, ListReturn, Mailbox as MailboxArg, Qresync, SaslResponse,
+    SearchReturn, SequenceArg, SequenceSet, Status, StatusItem, StoreMode,
 };
+use crate::session::fetch::{self, Piece};
 use crate::session::imap::{self as logic, View, DELIMITER, KEYWORDS_MAX};
 use crate::session::mailboxes::{self, special_use_code, status_items};
 use crate::session::search::{self, Hit};
@@ -46,8 +47,6 @@ pub const IMAP_IDLE_TIMEOUT: Duration = Duration::from_secs(30 * 60 + 60);
 pub const IMAP_PREAUTH_TIMEOUT: Duration = Duration::from_secs(120);
 /// Longest AUTHENTICATE continuation line we buffer.
 const SASL_LINE_MAX: usize = 8 * 1024;
-/// Message bodies at least this large are spliced from the mapping instead of copied.
-const SPLICE_MIN: usize = 4096;
 
 /// Before login, after IMAP4rev1, IMAP4rev2 and the login words of [`Session::caps_preauth`].
 const CAPS_PREAUTH_BASE: &[&str] = &["LITERAL+", "SASL-IR", "ID", "ENABLE", "IDLE", "NAMESPACE"];
@@ -92,40 +91,13 @@ const QUOTA_ROOT: &[u8] = b"";
 /// references to the mappings, not copies.
 struct Out {
     buf: Vec<u8>,
-    splices: Vec<(usize, Piece)>,
-}
-
-/// Octets `start..start + len` of a message body, as they go out.
-enum Piece {
-    /// As they are.
-    Slice {
-        body: Body,
-        start: usize,
-        len: usize,
-    },
-    /// Each NUL sent as a space (a literal cannot carry NUL, RFC 3501 4.3),
-    /// a chunk at a time.
-    NulAsSpace {
-        body: Body,
-        start: usize,
-        len: usize,
-    },
-    /// A part's content with its transfer encoding undone (BINARY, RFC
-    /// 3516), and the partial range of the decoded octets: decoded only
-    /// while it is written, so one part at a time is ever in memory.
-    Decoded {
-        body: Body,
-        start: usize,
-        len: usize,
-        cte: mime::Cte,
-        partial: Option<Partial>,
-    },
+    splices: Vec<(usize, Piece<Body>)>,
 }
 
 /// NUL-to-space copies are made this many octets at a time.
 const NUL_CHUNK: usize = 64 * 1024;
 
-impl Piece {
+impl Piece<Body> {
     async fn write(&self, conn: &mut Conn) -> std::io::Result<()> {
         match self {
             Piece::Slice { body, start, len } => {
@@ -2086,7 +2058,14 @@ impl Session {
         let account = self.account().to_string();
         // RFC 3516 section 4.1: a transfer encoding BINARY cannot undo fails
         // the command, before any response or \Seen.
-        if !self.binary_decodable(&idx, attrs) {
+        let sel = self.sel.as_ref().expect("selected");
+        let store = &self.shard.store;
+        let decodable = store.with_account(&account, |a| {
+            a.mailbox(sel.id).is_none_or(|mb| {
+                fetch::binary_decodable(mb, &sel.view, &idx, attrs, |loc| store.body(loc))
+            })
+        });
+        if decodable == Some(false) {
             self.out.status(
                 Some(tag),
                 Status::No,
@@ -2147,223 +2126,23 @@ impl Session {
             }
         }
         let sel = self.sel.as_mut().expect("selected");
-        let condstore = self.condstore;
-        let store = self.shard.store.clone();
-        let out = &mut self.out;
-        let needs_parse = attrs.iter().any(|a| {
-            matches!(
-                a,
-                FetchAttr::Envelope
-                    | FetchAttr::Body
-                    | FetchAttr::BodyStructure
-                    | FetchAttr::BodySection { .. }
-                    | FetchAttr::Binary { .. }
-                    | FetchAttr::BinarySize { .. }
-                    | FetchAttr::Rfc822Header
-                    | FetchAttr::Rfc822Text
-            )
-        });
-        let rev2 = self.rev2;
+        let opts = fetch::Options {
+            uid,
+            condstore: self.condstore,
+            rev2: self.rev2,
+            sets_seen,
+            changed_since,
+            read_only: sel.read_only,
+        };
+        let store = &self.shard.store;
+        let Out { buf, splices } = &mut self.out;
         store.with_account(&account, |a| {
-            let Some(mb) = a.mailbox(sel.id) else { return };
-            // Keywords another session created since our sync (we may have
-            // waited for the \Seen commit) are announced before any FETCH.
-            if sel.view.take_new_keywords(mb) {
-                logic::write_flags_lines(&mut out.buf, &mb.keywords, sel.read_only);
-            }
-            for &i in &idx {
-                let seq = i as u32 + 1;
-                let Some(p) = mb.position(sel.view.uids[i]) else {
-                    continue;
-                };
-                let e = &mb.messages[p];
-                if changed_since.is_some_and(|cs| e.modseq <= cs) {
-                    continue;
-                }
-                let flags_changed = sel.view.untold(e);
-                sel.view.told_now(e);
-                let body = store.body(e.loc);
-                let raw: &[u8] = body.as_ref().map_or(&[], |b| b.bytes());
-                let parsed = needs_parse.then(|| mime::Message::parse(raw));
-                // RFC 9051: no \Recent for IMAP4rev2.
-                let recent = !rev2 && sel.view.recent.contains(&e.uid);
-                let Out { buf, splices } = &mut *out;
-                let mut w = FetchWriter::new(buf, seq);
-                let mut wrote_flags = false;
-                let mut wrote_uid = false;
-                for attr in attrs {
-                    match attr {
-                        FetchAttr::Flags => {
-                            w.flags(&logic::flag_list(e.flags, e.keywords, &mb.keywords, recent));
-                            wrote_flags = true;
-                        }
-                        FetchAttr::Uid => {
-                            w.uid(e.uid);
-                            wrote_uid = true;
-                        }
-                        FetchAttr::InternalDate => w.internal_date(e.internal_date, 0),
-                        FetchAttr::Rfc822Size => w.rfc822_size(u64::from(e.loc.len)),
-                        FetchAttr::ModSeq => w.modseq(e.modseq),
-                        // RFC 8474 5.1 and 5.2: threads have no id (NIL).
-                        FetchAttr::EmailId => {
-                            let out = w.item("EMAILID");
-                            out.push(b'(');
-                            encode::write_email_objectid(out, e.email_id);
-                            out.push(b')');
-                        }
-                        FetchAttr::ThreadId => w.item("THREADID").extend_from_slice(b"NIL"),
-                        FetchAttr::Envelope => mime::write_envelope(
-                            parsed.as_ref().expect("parsed"),
-                            w.item("ENVELOPE"),
-                        ),
-                        FetchAttr::Body => mime::write_bodystructure(
-                            parsed.as_ref().expect("parsed"),
-                            false,
-                            w.item("BODY"),
-                        ),
-                        FetchAttr::BodyStructure => mime::write_bodystructure(
-                            parsed.as_ref().expect("parsed"),
-                            true,
-                            w.item("BODYSTRUCTURE"),
-                        ),
-                        FetchAttr::Rfc822 => literal(
-                            &mut w,
-                            splices,
-                            "RFC822",
-                            body.as_ref(),
-                            raw,
-                            Cow::Borrowed(raw),
-                        ),
-                        FetchAttr::Rfc822Header => {
-                            let h = mime::split(raw).0;
-                            literal(
-                                &mut w,
-                                splices,
-                                "RFC822.HEADER",
-                                body.as_ref(),
-                                raw,
-                                Cow::Borrowed(h),
-                            );
-                        }
-                        FetchAttr::Rfc822Text => {
-                            let t = mime::split(raw).1;
-                            literal(
-                                &mut w,
-                                splices,
-                                "RFC822.TEXT",
-                                body.as_ref(),
-                                raw,
-                                Cow::Borrowed(t),
-                            );
-                        }
-                        FetchAttr::BodySection {
-                            section, partial, ..
-                        } => {
-                            let data =
-                                mime::section_bytes(parsed.as_ref().expect("parsed"), section);
-                            let mut name = b"BODY[".to_vec();
-                            section.write(&mut name);
-                            name.push(b']');
-                            let data = match (data, partial) {
-                                (Some(d), Some(p)) => {
-                                    name.extend_from_slice(format!("<{}>", p.start).as_bytes());
-                                    Some(mime::partial(d, *p))
-                                }
-                                (d, _) => d,
-                            };
-                            let name = String::from_utf8_lossy(&name).into_owned();
-                            match data {
-                                Some(d) => literal(&mut w, splices, &name, body.as_ref(), raw, d),
-                                // A part that doesn't exist is empty (RFC 3501 6.4.5), not NIL.
-                                None => literal(
-                                    &mut w,
-                                    splices,
-                                    &name,
-                                    body.as_ref(),
-                                    raw,
-                                    Cow::Borrowed(&[]),
-                                ),
-                            }
-                        }
-                        FetchAttr::Binary { part, partial, .. } => {
-                            let parsed = parsed.as_ref().expect("parsed");
-                            // Checked before anything was written.
-                            let found = mime::binary_part(parsed, part).unwrap_or(None);
-                            // A part that doesn't exist is empty, as for BODY.
-                            let (encoded, cte) = found.unwrap_or((&[], mime::Cte::Identity));
-                            let mut name = binary_name("BINARY", part);
-                            if let Some(p) = partial {
-                                name.push_str(&format!("<{}>", p.start));
-                            }
-                            binary_literal(
-                                &mut w,
-                                splices,
-                                &name,
-                                body.as_ref(),
-                                raw,
-                                encoded,
-                                cte,
-                                *partial,
-                            );
-                        }
-                        FetchAttr::BinarySize { part } => {
-                            let parsed = parsed.as_ref().expect("parsed");
-                            let data = mime::binary_bytes(parsed, part).unwrap_or(None);
-                            let size = data.map_or(0, |d| d.len());
-                            let name = binary_name("BINARY.SIZE", part);
-                            w.item(&name).extend_from_slice(size.to_string().as_bytes());
-                        }
-                    }
-                }
-                // RFC 7162 3.1: once CONDSTORE is enabled every untagged
-                // FETCH carries UID and MODSEQ.
-                if (uid || condstore) && !wrote_uid {
-                    w.uid(e.uid);
-                }
-                if sets_seen && flags_changed && !wrote_flags {
-                    w.flags(&logic::flag_list(e.flags, e.keywords, &mb.keywords, recent));
-                }
-                if condstore && !attrs.contains(&FetchAttr::ModSeq) {
-                    w.modseq(e.modseq);
-                }
-                w.finish();
+            if let Some(mb) = a.mailbox(sel.id) {
+                let body_of = |loc| store.body(loc);
+                fetch::render(buf, splices, mb, &mut sel.view, &idx, attrs, opts, body_of);
             }
         });
         self.ok(tag, "FETCH completed");
-    }
-
-    /// Can every BINARY / BINARY.SIZE item of `attrs` be answered for the
-    /// messages at view positions `idx` (their encodings are known)?
-    fn binary_decodable(&self, idx: &[usize], attrs: &[FetchAttr<'_>]) -> bool {
-        let parts: Vec<&[u32]> = attrs
-            .iter()
-            .filter_map(|a| match a {
-                FetchAttr::Binary { part, .. } | FetchAttr::BinarySize { part } => Some(&part[..]),
-                _ => None,
-            })
-            .filter(|p| !p.is_empty())
-            .collect();
-        let Some(sel) = self.sel.as_ref().filter(|_| !parts.is_empty()) else {
-            return true;
-        };
-        let store = &self.shard.store;
-        store
-            .with_account(self.account(), |a| {
-                let Some(mb) = a.mailbox(sel.id) else {
-                    return true;
-                };
-                idx.iter().all(|&i| {
-                    let Some(p) = mb.position(sel.view.uids[i]) else {
-                        return true;
-                    };
-                    let body = store.body(mb.messages[p].loc);
-                    let msg = mime::Message::parse(body.as_ref().map_or(&[], |b| b.bytes()));
-                    parts
-                        .iter()
-                        .all(|part| mime::binary_part(&msg, part).is_ok())
-                })
-            })
-            .unwrap_or(true)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -2824,106 +2603,6 @@ impl Session {
             }
         }
     }
-}
-
-/// `BINARY[1.2]` / `BINARY.SIZE[1.2]`: the item's name in a FETCH response.
-fn binary_name(item: &str, part: &[u32]) -> String {
-    let parts: Vec<String> = part.iter().map(u32::to_string).collect();
-    format!("{item}[{}]", parts.join("."))
-}
-
-/// Where `d` lies in `raw`, if it is a large enough slice of it to splice.
-fn spliceable(raw: &[u8], d: &[u8]) -> Option<usize> {
-    let base = raw.as_ptr() as usize;
-    let p = d.as_ptr() as usize;
-    (d.len() >= SPLICE_MIN && p >= base && p + d.len() <= base + raw.len()).then(|| p - base)
-}
-
-/// Write a literal item, splicing large borrowed data from the mapping
-/// (with each NUL as a space, RFC 3501 4.3, as `write_literal` does).
-fn literal(
-    w: &mut FetchWriter<'_>,
-    splices: &mut Vec<(usize, Piece)>,
-    name: &str,
-    body: Option<&Body>,
-    raw: &[u8],
-    data: Cow<'_, [u8]>,
-) {
-    let out = w.item(name);
-    if let (Cow::Borrowed(d), Some(body)) = (&data, body) {
-        if let Some(start) = spliceable(raw, d) {
-            out.extend_from_slice(format!("{{{}}}\r\n", d.len()).as_bytes());
-            let (body, len) = (body.clone(), d.len());
-            let piece = match memchr::memchr(0, d) {
-                None => Piece::Slice { body, start, len },
-                Some(_) => Piece::NulAsSpace { body, start, len },
-            };
-            splices.push((out.len(), piece));
-            return;
-        }
-    }
-    encode::write_literal(out, &data);
-}
-
-/// Write `BINARY[...]` (RFC 3516 4.2): a literal, or a literal8 when the
-/// content holds NUL. Large content is spliced from the mapping, or, when
-/// it has to be decoded, decoded again while it is written.
-#[allow(clippy::too_many_arguments)]
-fn binary_literal(
-    w: &mut FetchWriter<'_>,
-    splices: &mut Vec<(usize, Piece)>,
-    name: &str,
-    body: Option<&Body>,
-    raw: &[u8],
-    encoded: &[u8],
-    cte: mime::Cte,
-    partial: Option<Partial>,
-) {
-    let decoded = cte.decode(encoded);
-    let data = match partial {
-        Some(p) => mime::partial(decoded, p),
-        None => decoded,
-    };
-    let nul = memchr::memchr(0, &data).is_some();
-    if !nul && matches!(data, Cow::Borrowed(_)) {
-        return literal(w, splices, name, body, raw, data);
-    }
-    let out = w.item(name);
-    let place = body.zip(spliceable(raw, encoded));
-    let Some((body, start)) = place.filter(|_| data.len() >= SPLICE_MIN) else {
-        return match nul {
-            true => encode::write_literal8(out, &data),
-            false => encode::write_literal(out, &data),
-        };
-    };
-    let tilde = if nul { "~" } else { "" };
-    out.extend_from_slice(format!("{tilde}{{{}}}\r\n", data.len()).as_bytes());
-    let (body, len) = (body.clone(), encoded.len());
-    let piece = match (cte, partial) {
-        (mime::Cte::Identity, Some(p)) => {
-            let (from, n) = partial_range(len, p);
-            Piece::Slice {
-                body,
-                start: start + from,
-                len: n,
-            }
-        }
-        (mime::Cte::Identity, None) => Piece::Slice { body, start, len },
-        (cte, partial) => Piece::Decoded {
-            body,
-            start,
-            len,
-            cte,
-            partial,
-        },
-    };
-    splices.push((out.len(), piece));
-}
-
-/// `<start.len>` of `len` octets as (first, count), as `mime::partial` cuts.
-fn partial_range(len: usize, p: Partial) -> (usize, usize) {
-    let start = (p.start as usize).min(len);
-    (start, (p.len as usize).min(len - start))
 }
 
 /// Give keywords not yet known in this mailbox a bit. Returns the new

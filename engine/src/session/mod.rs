@@ -1,5 +1,6 @@
 //! Sans-I/O protocol state machines: the runtime feeds bytes in and performs the
 //! requests (delivery, authentication, mailbox commits) they hand back.
+pub mod fetch;
 pub mod imap;
 pub mod mailboxes;
 pub mod order;
