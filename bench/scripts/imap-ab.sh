@@ -7,6 +7,10 @@
 # Usage: bench/scripts/imap-ab.sh BASE_REV [ROUNDS]
 #   A = BASE_REV (built in a git worktree), B = the working tree.
 # Environment: ACCOUNTS [1000] IMAP_PER_ACCOUNT [20] IMAP_SECS [8] CORES [2]
+#   MIX [compare.sh's: login=1,select=5,fetch_headers=10,fetch_body=5,
+#        store=5,search=3,idle=1,logout=1]; HELD=1: the same without login
+#        and logout (sessions kept for the whole leg, so argon2 logins do
+#        not dominate); A_BIN: a ringmail binary to use as A (no build)
 # Prints, per build, commands/s per round and the median, and the median
 # p99 of every command of the mix; then B/A ratios.
 set -euo pipefail
@@ -32,10 +36,14 @@ trap cleanup EXIT
 
 echo "building B (working tree) and A ($BASE)" >&2
 (cd "$ROOT" && cargo build --release -q -p ringmail -p loadgen)
-git -C "$ROOT" worktree add -q --detach "$WORK/base-src" "$BASE"
-(cd "$WORK/base-src" && CARGO_TARGET_DIR=$WORK/base-target cargo build --release -q -p ringmail)
+A_BIN=${A_BIN:-}
+if [ -z "$A_BIN" ]; then
+    git -C "$ROOT" worktree add -q --detach "$WORK/base-src" "$BASE"
+    (cd "$WORK/base-src" && CARGO_TARGET_DIR=$WORK/base-target cargo build --release -q -p ringmail)
+    A_BIN=$WORK/base-target/release/ringmail
+fi
 LOADGEN=$ROOT/target/release/loadgen
-declare -A BIN=([A]=$WORK/base-target/release/ringmail [B]=$ROOT/target/release/ringmail)
+declare -A BIN=([A]=$A_BIN [B]=$ROOT/target/release/ringmail)
 declare -A IMAP
 ACCTS=(--accounts "$ACCOUNTS" --account-pattern "$PATTERN")
 echo "$PASSWORD" > "$WORK/password"
@@ -49,7 +57,8 @@ for s in A B; do
     "$LOADGEN" smtp --target "$RM_SMTP" --connections 32 --size 4096 \
         --messages $((ACCOUNTS * PER)) "${ACCTS[@]}" --no-progress > /dev/null
 done
-MIX='login=1,select=5,fetch_headers=10,fetch_body=5,store=5,search=3,idle=1,logout=1'
+MIX=${MIX:-login=1,select=5,fetch_headers=10,fetch_body=5,store=5,search=3,idle=1,logout=1}
+if [ "${HELD:-0}" = 1 ]; then MIX='select=5,fetch_headers=10,fetch_body=5,store=5,search=3,idle=1'; fi
 for r in $(seq "$ROUNDS"); do
     for s in A B; do
         "$LOADGEN" imap --target "${IMAP[$s]}" --connections 100 --duration "$SECS" --warmup 1 \

@@ -22,16 +22,17 @@ use std::time::Duration;
 use glommio::net::TcpStream;
 
 use crate::mime;
-use crate::protocol::imap::encode::{self, FetchWriter};
+use crate::protocol::imap::encode;
 use crate::protocol::imap::{
     parse_command, parse_sasl_response, rejoin_diverted, Code, Command, CommandBody, FetchAttr,
     Flag, Frame, Framer, FramingLimits, ListReturn, Mailbox as MailboxArg, Qresync, SaslResponse,
     SearchReturn, SequenceArg, SequenceSet, Status, StatusItem, StoreMode,
 };
 use crate::session::fetch::{self, Piece};
-use crate::session::imap::{self as logic, View, DELIMITER, KEYWORDS_MAX};
+use crate::session::imap::{self as logic, View, DELIMITER};
 use crate::session::mailboxes::{self, special_use_code, status_items};
 use crate::session::search::{self, Hit};
+use crate::session::store;
 use crate::storage::index::{self, flag, special, Account, Mailbox};
 use crate::storage::record::Op;
 use crate::storage::{Body, StorageError};
@@ -1833,7 +1834,7 @@ impl Session {
                 .mailboxes
                 .iter_mut()
                 .find(|m| index::mailbox_name_eq(&m.name, name))?;
-            let new_kw = allocate_keywords(m, &kws)?;
+            let new_kw = store::allocate_keywords(m, &kws)?;
             let kwmask = logic::keyword_mask(&m.keywords, &kws);
             let uid = m.uidnext;
             m.uidnext += 1;
@@ -2185,37 +2186,10 @@ impl Session {
         let uids: Vec<u32> = idx.iter().map(|&i| sel.view.uids[i]).collect();
         let id = sel.id;
         let account = self.account().to_string();
-        let (sys, kws) = logic::split_flags(flags);
         let plan = self.shard.store.with_account_counters(&account, |a| {
-            let m = a.mailbox_mut(id)?;
-            let new_kw = if mode == StoreMode::Remove {
-                Vec::new()
-            } else {
-                allocate_keywords(m, &kws)?
-            };
-            let kwmask = logic::keyword_mask(&m.keywords, &kws);
-            let mut changes = Vec::new();
-            let mut modified = Vec::new();
-            for u in &uids {
-                let Some(p) = m.position(*u) else { continue };
-                let e = &m.messages[p];
-                if unchanged_since.is_some_and(|us| e.modseq > us) {
-                    modified.push(*u);
-                    continue;
-                }
-                let (f, k) = match mode {
-                    StoreMode::Replace => (sys, kwmask),
-                    StoreMode::Add => (e.flags | sys, e.keywords | kwmask),
-                    StoreMode::Remove => (e.flags & !sys, e.keywords & !kwmask),
-                };
-                if (f, k) != (e.flags, e.keywords) {
-                    m.highest_modseq += 1;
-                    changes.push((*u, f, k, m.highest_modseq));
-                }
-            }
-            Some((new_kw, changes, modified))
+            store::plan(a.mailbox_mut(id)?, &uids, mode, flags, unchanged_since)
         });
-        let Ok(Some((new_kw, changes, modified))) = plan else {
+        let Ok(Some(plan)) = plan else {
             self.out.status(
                 Some(tag),
                 Status::No,
@@ -2224,99 +2198,45 @@ impl Session {
             );
             return;
         };
-        let mut ops: Vec<Op<'_>> = new_kw
-            .iter()
-            .map(|(bit, n)| Op::Keyword {
-                account: &account,
-                mailbox: id,
-                bit: *bit,
-                name: n,
-            })
-            .collect();
-        ops.extend(changes.iter().map(|(u, f, k, ms)| Op::Flags {
-            account: &account,
-            mailbox: id,
-            uid: *u,
-            flags: *f,
-            keywords: *k,
-            modseq: *ms,
-        }));
-        if let Err(e) = self.shard.store.commit(&ops).await {
+        if let Err(e) = self
+            .shard
+            .store
+            .commit(&store::ops(&account, id, &plan))
+            .await
+        {
             return self.storage_failed(tag, &e);
         }
-        // Answer with the new flags; the view takes them so the next sync
-        // does not report our own change again.
-        let condstore = self.condstore;
-        let rev2 = self.rev2;
         let sel = self.sel.as_mut().expect("selected");
+        let answer = store::Answer {
+            silent,
+            uid,
+            condstore: self.condstore,
+            conditional: unchanged_since.is_some(),
+            rev2: self.rev2,
+            read_only: sel.read_only,
+        };
         let out = &mut self.out.buf;
         self.shard.store.with_account(&account, |a| {
-            let Some(mb) = a.mailbox(id) else { return };
-            // Our own new keywords, and any another session created while
-            // we waited for the commit (it may have set one of them on these
-            // very messages), are announced before the FETCH responses.
-            if sel.view.take_new_keywords(mb) {
-                logic::write_flags_lines(out, &mb.keywords, sel.read_only);
-            }
-            for &i in &idx {
-                let Some(p) = mb.position(sel.view.uids[i]) else {
-                    continue;
-                };
-                let e = &mb.messages[p];
-                sel.view.told_now(e);
-                // Both lists are in UID order (the view's): binary search,
-                // so a STORE over 100,000 messages stays linear.
-                if modified.binary_search(&e.uid).is_ok() {
-                    continue;
-                }
-                // RFC 7162 3.2: with UNCHANGEDSINCE, changed messages are reported even with .SILENT.
-                let changed = changes.binary_search_by_key(&e.uid, |c| c.0).is_ok();
-                if silent && !(condstore && unchanged_since.is_some() && changed) {
-                    continue;
-                }
-                let mut w = FetchWriter::new(out, i as u32 + 1);
-                w.flags(&logic::flag_list(
-                    e.flags,
-                    e.keywords,
-                    &mb.keywords,
-                    !rev2 && sel.view.recent.contains(&e.uid),
-                ));
-                if uid || condstore {
-                    w.uid(e.uid);
-                }
-                if condstore {
-                    w.modseq(e.modseq);
-                }
-                w.finish();
+            if let Some(mb) = a.mailbox(id) {
+                store::answer(out, mb, &mut sel.view, &idx, &plan, answer);
             }
         });
-        if modified.is_empty() {
-            self.ok(tag, "STORE completed");
-        } else {
-            let ids: Vec<u32> = if uid {
-                modified.clone()
-            } else {
-                modified
-                    .iter()
-                    .filter_map(|u| self.sel.as_ref().and_then(|s| s.view.seq_of(*u)))
-                    .collect()
-            };
-            match SequenceSet::compress(&ids) {
-                Some(set) => {
-                    // The tagged OK has room for one code: HIGHESTMODSEQ, if owed, goes untagged.
-                    if let Some(n) = self.take_modseq_pending() {
-                        self.out
-                            .status(None, Status::Ok, Some(&Code::HighestModSeq(n)), "Highest");
-                    }
-                    self.out.status(
-                        Some(tag),
-                        Status::Ok,
-                        Some(&Code::Modified(&set)),
-                        "Conditional STORE failed for some messages",
-                    )
+        let modified = store::modified_set(&sel.view, uid, &plan);
+        match modified {
+            Some(set) => {
+                // The tagged OK has room for one code: HIGHESTMODSEQ, if owed, goes untagged.
+                if let Some(n) = self.take_modseq_pending() {
+                    self.out
+                        .status(None, Status::Ok, Some(&Code::HighestModSeq(n)), "Highest");
                 }
-                None => self.ok(tag, "STORE completed"),
+                self.out.status(
+                    Some(tag),
+                    Status::Ok,
+                    Some(&Code::Modified(&set)),
+                    "Conditional STORE failed for some messages",
+                )
             }
+            None => self.ok(tag, "STORE completed"),
         }
     }
 
@@ -2459,7 +2379,7 @@ impl Session {
             let mut new_kw = Vec::new();
             for (e, names) in source {
                 let kws: Vec<&[u8]> = names.iter().map(|n| n.as_bytes()).collect();
-                new_kw.extend(allocate_keywords(d, &kws)?);
+                new_kw.extend(store::allocate_keywords(d, &kws)?);
                 let mask = logic::keyword_mask(&d.keywords, &kws);
                 let new_uid = d.uidnext;
                 d.uidnext += 1;
@@ -2603,28 +2523,6 @@ impl Session {
             }
         }
     }
-}
-
-/// Give keywords not yet known in this mailbox a bit. Returns the new
-/// (bit, name) pairs, or None when the mailbox has no bits left.
-fn allocate_keywords(m: &mut Mailbox, kws: &[&[u8]]) -> Option<Vec<(u8, String)>> {
-    let mut new = Vec::new();
-    for k in kws {
-        if m.keywords
-            .iter()
-            .any(|n| n.as_bytes().eq_ignore_ascii_case(k))
-        {
-            continue;
-        }
-        if m.keywords.len() >= KEYWORDS_MAX {
-            return None;
-        }
-        let name = String::from_utf8_lossy(k).into_owned();
-        let bit = m.keywords.len() as u8;
-        m.keywords.push(name.clone());
-        new.push((bit, name));
-    }
-    Some(new)
 }
 
 /// Copies of the entries for `uids`, each with its keyword names.
