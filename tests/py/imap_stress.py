@@ -3,8 +3,9 @@ untagged responses against its own model of the mailbox.
 
 usage: imap_stress.py HOST PORT USER PASSWORD CLIENTS OPS SEED
 
-Every client SELECTs INBOX (half of them after ENABLE QRESYNC, so they get
-VANISHED instead of EXPUNGE) and runs OPS random commands: APPEND, STORE
+Every client SELECTs INBOX (a third of them after ENABLE QRESYNC, so they
+get VANISHED instead of EXPUNGE, a third after ENABLE IMAP4rev2, so they
+get ESEARCH and never RECENT or \\Recent) and runs OPS random commands: APPEND, STORE
 and UID STORE of flags and keywords, EXPUNGE, UID EXPUNGE, COPY, UID MOVE
 (to Archive and back), FETCH, UID FETCH, SEARCH, UID SEARCH, NOOP. Its
 model is the list of UIDs in sequence order (None for a message announced
@@ -48,10 +49,11 @@ def uid_set(text):
 
 
 class Client:
-    def __init__(self, n, rng, qresync):
+    def __init__(self, n, rng, qresync, rev2=False):
         self.n = n
         self.rng = rng
         self.qresync = qresync
+        self.rev2 = rev2
         self.sock = socket.create_connection((HOST, PORT), timeout=30)
         self.buf = b""
         self.tagn = 0
@@ -127,6 +129,9 @@ class Client:
     def untagged(self, r):
         text = r.decode("utf-8", errors="replace")
         m = re.match(r"\* (\d+) (EXISTS|EXPUNGE|FETCH|RECENT)\b(.*)", text, re.S)
+        if self.rev2 and (text.startswith("* SEARCH") or (m and m.group(2) == "RECENT")
+                          or (m and "\\Recent" in m.group(3))):
+            self.fail("IMAP4rev1 response after ENABLE IMAP4rev2: %r" % text[:200])
         if m:
             n, what, rest = int(m.group(1)), m.group(2), m.group(3)
             if what == "EXISTS":
@@ -173,6 +178,20 @@ class Client:
                 if not gap:
                     self.fail("VANISHED %d, which the client does not have" % u)
                 del self.uids[gap[0]]
+
+    def search(self, untagged):
+        """The numbers of a SEARCH answer: `* SEARCH n...` or, for IMAP4rev2,
+        `* ESEARCH (TAG "t") [UID] ALL set`."""
+        found = []
+        for r in untagged:
+            t = r.decode()
+            if t.startswith("* SEARCH"):
+                found += [int(x) for x in t.split()[2:]]
+            elif t.startswith("* ESEARCH"):
+                m = re.search(r" ALL ([0-9:,]+)", t)
+                if m:
+                    found += uid_set(m.group(1))
+        return found
 
     def learn(self):
         """FETCH the UIDs not known yet; a message expunged meanwhile has no
@@ -234,15 +253,13 @@ class Client:
                 self.command("UID MOVE %d Archive" % rng.choice(self.uids))
         elif op == 7:
             untagged, _ = self.command("SEARCH UNSEEN")
-            for r in untagged:
-                if r.startswith(b"* SEARCH"):
-                    for x in r.split()[2:]:
-                        if not 1 <= int(x) <= len(self.uids):
-                            self.fail("SEARCH %s of %d" % (x, len(self.uids)))
+            for x in self.search(untagged):
+                if not 1 <= x <= len(self.uids):
+                    self.fail("SEARCH %s of %d" % (x, len(self.uids)))
         elif op == 8:
             self.learn()
             untagged, _ = self.command("UID SEARCH ALL")
-            found = [int(x) for r in untagged if r.startswith(b"* SEARCH") for x in r.split()[2:]]
+            found = self.search(untagged)
             if None not in self.uids:
                 eq(found, self.uids, "client %d: UID SEARCH ALL against the model" % self.n)
         elif op == 9:
@@ -269,11 +286,14 @@ class Client:
         self.command('LOGIN "%s" "%s"' % (USER, PASSWORD))
         if self.qresync:
             self.command("ENABLE QRESYNC")
+        if self.rev2:
+            self.command("ENABLE IMAP4rev2")
         self.select()
 
 
 def main():
-    clients = [Client(i, random.Random(SEED * 100 + i), i % 2 == 1) for i in range(CLIENTS)]
+    clients = [Client(i, random.Random(SEED * 100 + i), i % 3 == 1, i % 3 == 2)
+               for i in range(CLIENTS)]
     for c in clients:
         c.start()
     errors = []

@@ -1,5 +1,5 @@
 //! Concurrent sessions on one mailbox (tests/py/imap_stress.py): six
-//! clients, half of them with QRESYNC, run random APPEND, STORE, EXPUNGE,
+//! clients, two with QRESYNC and two with IMAP4rev2, run random APPEND, STORE, EXPUNGE,
 //! COPY, MOVE, FETCH, SEARCH and NOOP commands against the same INBOX, each
 //! checking every untagged response against its own model of the mailbox
 //! (EXISTS never shrinks, EXPUNGE/VANISHED/FETCH name messages it has, a
