@@ -33,6 +33,7 @@ use crate::session::imap::{self as logic, View, DELIMITER};
 use crate::session::mailboxes::{self, special_use_code, status_items};
 use crate::session::search::{self, Hit};
 use crate::session::store;
+use crate::session::transfer;
 use crate::storage::index::{self, flag, special, Account, Mailbox};
 use crate::storage::record::Op;
 use crate::storage::{Body, StorageError};
@@ -2369,92 +2370,24 @@ impl Session {
             return Ok(None);
         }
         let account = self.account().to_string();
-        let plan = self.shard.store.with_account_counters(&account, |a| {
-            let source = entries_with_keywords(a.mailbox(src)?, uids);
-            let d = a
-                .mailboxes
-                .iter_mut()
-                .find(|m| index::mailbox_name_eq(&m.name, dest))?;
-            let mut links = Vec::new();
-            let mut new_kw = Vec::new();
-            for (e, names) in source {
-                let kws: Vec<&[u8]> = names.iter().map(|n| n.as_bytes()).collect();
-                new_kw.extend(store::allocate_keywords(d, &kws)?);
-                let mask = logic::keyword_mask(&d.keywords, &kws);
-                let new_uid = d.uidnext;
-                d.uidnext += 1;
-                links.push((
-                    e.uid,
-                    new_uid,
-                    e.internal_date,
-                    e.flags,
-                    mask,
-                    0,
-                    e.loc,
-                    e.email_id,
-                ));
-            }
-            // Mod-sequences only once nothing can fail any more: an
-            // allocated one holds HIGHESTMODSEQ back until applied.
-            for l in &mut links {
-                l.5 = d.allocate_pending_modseq();
-            }
-            let dest_id = d.id;
-            let validity = d.uidvalidity;
-            let expunge_modseq = if mv && !links.is_empty() {
-                a.mailbox_mut(src).map(|m| m.allocate_pending_modseq())
-            } else {
-                None
-            };
-            Some((dest_id, validity, links, new_kw, expunge_modseq))
-        })?;
-        let Some((dest_id, validity, links, new_kw, expunge_modseq)) = plan else {
+        let plan = self
+            .shard
+            .store
+            .with_account_counters(&account, |a| transfer::plan(a, src, uids, dest, mv))?;
+        let Some(plan) = plan else {
             return Err(StorageError::NoMailbox);
         };
-        if links.is_empty() {
+        if plan.links.is_empty() {
             // None of them exists any more: nothing to commit, and no COPYUID
             // (its sets cannot be empty).
             return Ok(None);
         }
-        let mut ops: Vec<Op<'_>> = new_kw
-            .iter()
-            .map(|(bit, n)| Op::Keyword {
-                account: &account,
-                mailbox: dest_id,
-                bit: *bit,
-                name: n,
-            })
-            .collect();
-        // RFC 8474 5.1: a copy keeps the EMAILID of its source.
-        for (_, new_uid, date, flags, kw, modseq, loc, email_id) in &links {
-            ops.push(Op::Link {
-                account: &account,
-                mailbox: dest_id,
-                uid: *new_uid,
-                internal_date: *date,
-                flags: *flags,
-                keywords: *kw,
-                modseq: *modseq,
-                loc: *loc,
-                email_id: *email_id,
-            });
-        }
-        if let Some(modseq) = expunge_modseq {
-            let mut moved: Vec<u32> = links.iter().map(|l| l.0).collect();
-            moved.sort_unstable();
-            ops.push(Op::Expunge {
-                account: &account,
-                mailbox: src,
-                uids: moved,
-                modseq,
-            });
-        }
-        self.shard.store.commit(&ops).await?;
-        Ok(Some((
-            validity,
-            links.iter().map(|l| l.0).collect(),
-            links.iter().map(|l| l.1).collect(),
-        )))
+        self.shard
+            .store
+            .commit(&transfer::ops(&account, &plan))
+            .await?;
+        let (from, to) = plan.copyuid();
+        Ok(Some((plan.validity, from, to)))
     }
 
     /// IDLE (RFC 2177): report changes as they happen until the client sends DONE.
@@ -2523,22 +2456,4 @@ impl Session {
             }
         }
     }
-}
-
-/// Copies of the entries for `uids`, each with its keyword names.
-fn entries_with_keywords(m: &Mailbox, uids: &[u32]) -> Vec<(index::MessageEntry, Vec<String>)> {
-    uids.iter()
-        .filter_map(|u| m.position(*u))
-        .map(|p| {
-            let e = m.messages[p].clone();
-            let names = m
-                .keywords
-                .iter()
-                .enumerate()
-                .filter(|(i, _)| e.keywords & (1 << i) != 0)
-                .map(|(_, n)| n.clone())
-                .collect();
-            (e, names)
-        })
-        .collect()
 }

@@ -8,6 +8,7 @@ pub mod pop3;
 pub mod search;
 pub mod smtp;
 pub mod store;
+pub mod transfer;
 
 /// The TLS parameters of a connection, as the sessions see them (trace
 /// headers, logs). The runtime fills it in once a handshake completed.
