@@ -6,7 +6,7 @@
 //! supplies the account and the per-mailbox \Recent count (which depends on
 //! the shard's claims) and writes the tagged status.
 use std::borrow::Cow;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use super::imap::{list_match, lsub_matches, DELIMITER};
 use crate::protocol::imap::encode;
@@ -328,14 +328,18 @@ pub fn lsub(reference: &[u8], pattern: &[u8], a: &Account, rev2: bool, out: &mut
         .iter()
         .map(|n| shown(rev2, n).into_owned())
         .collect();
+    // The stored name behind each shown one (the first, should two show
+    // the same), found once instead of converting every name per match.
+    let mut stored_of: HashMap<&str, &str> = HashMap::with_capacity(subs.len());
+    for (shown_name, stored) in subs.iter().zip(&a.subscriptions) {
+        stored_of.entry(shown_name).or_insert(stored);
+    }
     for (name, implied) in lsub_matches(&pat, &subs) {
-        let stored = a
-            .subscriptions
-            .iter()
-            .find(|s| shown(rev2, s) == name.as_str());
         // \Noselect: a superior that is not subscribed itself, or a
         // subscription whose mailbox does not exist.
-        let exists = stored.is_some_and(|s| a.mailbox_by_name(s).is_some());
+        let exists = stored_of
+            .get(name.as_str())
+            .is_some_and(|s| a.mailbox_by_name(s).is_some());
         let attrs: &[&str] = if implied || !exists {
             &["\\Noselect"]
         } else {
