@@ -430,6 +430,10 @@ pub struct Limits {
     /// limit). `ringmail account quota` sets an account's own. Over it,
     /// RCPT gets 452 4.2.2 and APPEND/COPY/MOVE NO [OVERQUOTA].
     pub quota_octets: u64,
+    /// Mailboxes one account may have; beyond, IMAP CREATE gets NO [LIMIT].
+    pub mailboxes_max: usize,
+    /// Subscriptions one account may keep; beyond, SUBSCRIBE gets NO [LIMIT].
+    pub subscriptions_max: usize,
 }
 
 /// Who an authenticated client may send as.
@@ -672,6 +676,8 @@ impl Default for Limits {
             smtp_commands_per_address_per_minute: 6000,
             rate_limits_exempt_trusted: true,
             quota_octets: 0,
+            mailboxes_max: limits::IMAP_MAILBOXES_MAX,
+            subscriptions_max: limits::IMAP_SUBSCRIPTIONS_MAX,
         }
     }
 }
@@ -992,6 +998,10 @@ rate_limits_exempt_trusted = true
 # Storage per account in octets (0: no limit); `ringmail account quota`
 # sets an account's own. Full: RCPT 452 4.2.2, APPEND NO [OVERQUOTA].
 quota_octets = 0
+# Mailboxes and subscriptions per account; beyond, IMAP CREATE and
+# SUBSCRIBE get NO [LIMIT].
+mailboxes_max = 10000
+subscriptions_max = 10000
 
 [auth_throttle]
 # Failed logins (SMTP AUTH, IMAP, POP3) counted per client address (IPv6 by

@@ -65,6 +65,12 @@ pub const IMAP_ID_VALUE_MAX: usize = 1024;
 /// Sort criteria in one SORT command (RFC 5256 has seven keys; a client has
 /// no reason to repeat them many times).
 pub const IMAP_SORT_KEYS_MAX: usize = 16;
+/// Mailboxes per account (each is kept in the account's index in memory
+/// and in every checkpoint): `[limits] mailboxes_max`.
+pub const IMAP_MAILBOXES_MAX: usize = 10_000;
+/// Subscribed names per account (SUBSCRIBE takes names of mailboxes that
+/// do not exist, so this is its own bound): `[limits] subscriptions_max`.
+pub const IMAP_SUBSCRIPTIONS_MAX: usize = 10_000;
 /// The largest ID command RFC 2971 allows, written the longest way: a tag
 /// of up to 1 KiB, then every field and value a quoted string with every
 /// octet escaped (a literal, `{1024}` CRLF and the data, is shorter). About

@@ -452,3 +452,102 @@ fn mailbox_management() {
     assert!(!r.ok(), "CLOSE with nothing selected: {r:?}");
     c.ok("LOGOUT");
 }
+
+/// Attack: another session deletes the mailbox this one has selected, and
+/// this one goes on with commands of the selected state. Each of them used
+/// to find the selection gone after its sync and panic the shard. Now the
+/// first one says `[CLOSED]` and NO, later ones BAD (not selected), and the
+/// server keeps serving, on this connection and on new ones.
+#[test]
+fn mailbox_deleted_under_a_selecting_session() {
+    const U: &str = "vanishing@example.test";
+    let server = Server::options().accounts(&[U]).start();
+    let commands = [
+        "FETCH 1:* (FLAGS)",
+        "UID SEARCH ALL",
+        "STORE 1 +FLAGS (\\Seen)",
+        "COPY 1 INBOX",
+        "UID SORT (SUBJECT) UTF-8 ALL",
+        "THREAD REFERENCES UTF-8 ALL",
+    ];
+    let mut other = Imap::login(server.imap, U, PASSWORD);
+    for (i, cmd) in commands.iter().enumerate() {
+        let name = format!("Gone{i}");
+        let mut c = Imap::login(server.imap, U, PASSWORD);
+        c.ok(&format!("CREATE {name}"));
+        c.append_ok(&name, "", None, b"Subject: x\r\n\r\nbody\r\n");
+        c.select(&name);
+        other.ok(&format!("DELETE {name}"));
+        let r = c.cmd(cmd);
+        assert!(r.status.starts_with("NO"), "{cmd}: {r:?}");
+        assert!(
+            r.lines().iter().any(|l| l.starts_with("* OK [CLOSED]")),
+            "{cmd}: {r:?}"
+        );
+        let r = c.cmd(cmd);
+        assert!(r.status.starts_with("BAD"), "{cmd} again: {r:?}");
+        c.ok("NOOP");
+        c.ok("SELECT INBOX");
+    }
+    // The shard is alive: a new session logs in and works.
+    let mut fresh = Imap::login(server.imap, U, PASSWORD);
+    fresh.ok("LIST \"\" \"*\"");
+}
+
+/// Attack: an account creates mailboxes and subscribes to names without
+/// end (a subscription need not name a mailbox), each kept in the
+/// account's index in memory and in every checkpoint. `[limits]
+/// mailboxes_max` and `subscriptions_max` bound them: NO [LIMIT]
+/// (RFC 5530) beyond, and a subscription name is at most 255 octets.
+#[test]
+fn mailbox_and_subscription_counts_are_bounded() {
+    const U: &str = "hoarder@example.test";
+    let config =
+        "local_domains = [\"example.test\"]\n[limits]\nmailboxes_max = 10\nsubscriptions_max = 5\n";
+    let mut server = Server::options().config(config).accounts(&[U]).start();
+    let mut c = Imap::login(server.imap, U, PASSWORD);
+    // Six default mailboxes: four more fit.
+    for i in 0..4 {
+        c.ok(&format!("CREATE Box{i}"));
+    }
+    let r = c.cmd("CREATE Box4");
+    assert!(r.status.starts_with("NO [LIMIT]"), "{r:?}");
+    // A hierarchy counts every level it creates, all or nothing.
+    c.ok("DELETE Box3");
+    let r = c.cmd("CREATE Deep/Er");
+    assert!(r.status.starts_with("NO [LIMIT]"), "{r:?}");
+    c.ok("CREATE Box3");
+    // RENAME INBOX makes a mailbox too.
+    let r = c.cmd("RENAME INBOX Old");
+    assert!(r.status.starts_with("NO [LIMIT]"), "{r:?}");
+    // RENAME of another mailbox does not.
+    c.ok("RENAME Box0 Renamed");
+    let r = c.ok("LIST \"\" \"*\"");
+    assert_eq!(r.with_prefix("LIST").len(), 10, "{r:?}");
+
+    for i in 0..5 {
+        c.ok(&format!("SUBSCRIBE Sub{i}"));
+    }
+    let r = c.cmd("SUBSCRIBE Sub5");
+    assert!(r.status.starts_with("NO [LIMIT]"), "{r:?}");
+    // Subscribing again to a name already subscribed is no new entry.
+    c.ok("SUBSCRIBE Sub4");
+    c.ok("UNSUBSCRIBE Sub0");
+    c.ok("SUBSCRIBE Sub5");
+    let r = c.ok("LSUB \"\" \"*\"");
+    assert_eq!(r.with_prefix("LSUB").len(), 5, "{r:?}");
+    c.ok("UNSUBSCRIBE Sub1");
+    let long = "x".repeat(300);
+    let r = c.cmd(&format!("SUBSCRIBE {long}"));
+    assert!(r.status.starts_with("NO"), "{r:?}");
+    // The bounds hold across a restart (they are counts of durable state).
+    drop(c);
+    server.terminate();
+    server.restart();
+    let mut c = Imap::login(server.imap, U, PASSWORD);
+    let r = c.cmd("CREATE Box9");
+    assert!(r.status.starts_with("NO [LIMIT]"), "{r:?}");
+    c.ok("SUBSCRIBE Sub1");
+    let r = c.cmd("SUBSCRIBE Sub6");
+    assert!(r.status.starts_with("NO [LIMIT]"), "{r:?}");
+}

@@ -38,6 +38,35 @@ pub enum Piece<B> {
     },
 }
 
+impl<B: std::ops::Deref<Target = [u8]>> Piece<B> {
+    /// The octets this piece stands for, appended to `out` at once (the
+    /// runtime writes them in chunks instead; see `runtime/imap.rs`).
+    pub fn render(&self, out: &mut Vec<u8>) {
+        match self {
+            Piece::Slice { body, start, len } => out.extend_from_slice(&body[*start..start + len]),
+            Piece::NulAsSpace { body, start, len } => out.extend(
+                body[*start..start + len]
+                    .iter()
+                    .map(|&b| if b == 0 { b' ' } else { b }),
+            ),
+            Piece::Decoded {
+                body,
+                start,
+                len,
+                cte,
+                partial,
+            } => {
+                let decoded = cte.decode(&body[*start..start + len]);
+                let data = match partial {
+                    Some(p) => mime::partial(decoded, *p),
+                    None => decoded,
+                };
+                out.extend_from_slice(&data);
+            }
+        }
+    }
+}
+
 /// How the FETCH is answered.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Options {

@@ -10,6 +10,10 @@
 //!  Authenticated --SELECT/EXAMINE--> Selected --CLOSE/UNSELECT--> Authenticated
 //!  any state --LOGOUT--> Logout (connection closed)
 //! ```
+pub mod exercise;
+pub mod machine;
+pub mod memory;
+
 use std::collections::HashSet;
 
 use super::mailboxes::shown;

@@ -53,6 +53,9 @@ pub fn stored_name(rev2: bool, raw: &[u8]) -> Option<Cow<'_, str>> {
     })
 }
 
+/// Longest mailbox name (stored form) a client may create or subscribe to.
+pub const NAME_MAX: usize = 255;
+
 /// A stored name we accept for a new mailbox (CREATE, RENAME's target),
 /// without trailing delimiters: canonical modified UTF-7 (RFC 3501 5.1.3),
 /// so that every name has exactly one UTF-8 form, and that form Net-Unicode
@@ -62,7 +65,7 @@ pub fn stored_name(rev2: bool, raw: &[u8]) -> Option<Cow<'_, str>> {
 pub fn new_name(stored: &str) -> Option<String> {
     let trimmed = stored.trim_end_matches(DELIMITER as char);
     if trimmed.is_empty()
-        || stored.len() > 255
+        || stored.len() > NAME_MAX
         || trimmed.split(DELIMITER as char).any(|p| p.is_empty())
     {
         return None;

@@ -817,27 +817,7 @@ impl Store {
     pub async fn commit(&self, ops: &[Op<'_>]) -> Result<()> {
         let r = self.commit_inner(ops).await;
         if r.is_err() {
-            self.forget_pending(ops.iter().filter_map(|op| match op {
-                Op::Message {
-                    account,
-                    mailbox,
-                    modseq,
-                    ..
-                }
-                | Op::Link {
-                    account,
-                    mailbox,
-                    modseq,
-                    ..
-                }
-                | Op::Expunge {
-                    account,
-                    mailbox,
-                    modseq,
-                    ..
-                } => Some((*account, *mailbox, *modseq)),
-                _ => None,
-            }));
+            self.forget_pending(ops.iter().filter_map(Op::pending_modseq));
         }
         r
     }
@@ -1611,7 +1591,9 @@ fn load_checkpoint(dir: &Path, bucket: u32) -> std::io::Result<Option<BucketChec
 }
 
 /// Ops applied to the index as soon as they are written (see [`Store::commit`]).
-fn is_eager(op: &Op<'_>) -> bool {
+/// Records applied when written, before they are durable (they only
+/// change existing state); the others are applied once durable.
+pub fn is_eager(op: &Op<'_>) -> bool {
     matches!(
         op,
         Op::CreateMailbox { .. }

@@ -162,6 +162,33 @@ impl<'a> Op<'a> {
         }
     }
 
+    /// The (account, mailbox, mod-sequence) of a record that is applied
+    /// only once durable and holds HIGHESTMODSEQ back until then
+    /// (`Mailbox::reported_modseq`).
+    pub fn pending_modseq(&self) -> Option<(&'a str, u32, u64)> {
+        match self {
+            Op::Message {
+                account,
+                mailbox,
+                modseq,
+                ..
+            }
+            | Op::Link {
+                account,
+                mailbox,
+                modseq,
+                ..
+            }
+            | Op::Expunge {
+                account,
+                mailbox,
+                modseq,
+                ..
+            } => Some((account, *mailbox, *modseq)),
+            _ => None,
+        }
+    }
+
     pub fn account(&self) -> &'a str {
         match self {
             Op::CreateMailbox { account, .. }
