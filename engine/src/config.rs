@@ -434,6 +434,9 @@ pub struct Limits {
     pub mailboxes_max: usize,
     /// Subscriptions one account may keep; beyond, SUBSCRIBE gets NO [LIMIT].
     pub subscriptions_max: usize,
+    /// Messages one account may have for IMAP APPEND and COPY to add more
+    /// (delivery is not refused); beyond, NO [LIMIT].
+    pub messages_max: usize,
 }
 
 /// Who an authenticated client may send as.
@@ -678,6 +681,7 @@ impl Default for Limits {
             quota_octets: 0,
             mailboxes_max: limits::IMAP_MAILBOXES_MAX,
             subscriptions_max: limits::IMAP_SUBSCRIPTIONS_MAX,
+            messages_max: limits::IMAP_MESSAGES_MAX,
         }
     }
 }
@@ -998,10 +1002,12 @@ rate_limits_exempt_trusted = true
 # Storage per account in octets (0: no limit); `ringmail account quota`
 # sets an account's own. Full: RCPT 452 4.2.2, APPEND NO [OVERQUOTA].
 quota_octets = 0
-# Mailboxes and subscriptions per account; beyond, IMAP CREATE and
-# SUBSCRIBE get NO [LIMIT].
+# Mailboxes, subscriptions and messages per account (0: no limit); beyond,
+# IMAP CREATE, SUBSCRIBE, APPEND and COPY get NO [LIMIT]. Delivery is not
+# refused by messages_max.
 mailboxes_max = 10000
 subscriptions_max = 10000
+messages_max = 1000000
 
 [auth_throttle]
 # Failed logins (SMTP AUTH, IMAP, POP3) counted per client address (IPv6 by

@@ -71,6 +71,10 @@ pub const IMAP_MAILBOXES_MAX: usize = 10_000;
 /// Subscribed names per account (SUBSCRIBE takes names of mailboxes that
 /// do not exist, so this is its own bound): `[limits] subscriptions_max`.
 pub const IMAP_SUBSCRIPTIONS_MAX: usize = 10_000;
+/// Messages per account that IMAP APPEND and COPY may reach (an empty
+/// message costs no quota, and COPY 1:* doubles a mailbox for free):
+/// `[limits] messages_max`. Delivery is not refused by it.
+pub const IMAP_MESSAGES_MAX: usize = 1_000_000;
 /// The largest ID command RFC 2971 allows, written the longest way: a tag
 /// of up to 1 KiB, then every field and value a quoted string with every
 /// octet escaped (a literal, `{1024}` CRLF and the data, is shorter). About

@@ -494,16 +494,17 @@ fn mailbox_deleted_under_a_selecting_session() {
     fresh.ok("LIST \"\" \"*\"");
 }
 
-/// Attack: an account creates mailboxes and subscribes to names without
-/// end (a subscription need not name a mailbox), each kept in the
-/// account's index in memory and in every checkpoint. `[limits]
-/// mailboxes_max` and `subscriptions_max` bound them: NO [LIMIT]
-/// (RFC 5530) beyond, and a subscription name is at most 255 octets.
+/// Attack: an account creates mailboxes, subscribes to names (a
+/// subscription need not name a mailbox), appends empty messages and
+/// copies them without end, or makes long keywords and names, each kept
+/// in the account's index in memory and in every checkpoint. `[limits]
+/// mailboxes_max`, `subscriptions_max` and `messages_max` bound the
+/// counts (NO [LIMIT], RFC 5530), and names and keywords have a length.
 #[test]
-fn mailbox_and_subscription_counts_are_bounded() {
+fn account_counts_and_names_are_bounded() {
     const U: &str = "hoarder@example.test";
     let config =
-        "local_domains = [\"example.test\"]\n[limits]\nmailboxes_max = 10\nsubscriptions_max = 5\n";
+        "local_domains = [\"example.test\"]\n[limits]\nmailboxes_max = 10\nsubscriptions_max = 5\nmessages_max = 4\n";
     let mut server = Server::options().config(config).accounts(&[U]).start();
     let mut c = Imap::login(server.imap, U, PASSWORD);
     // Six default mailboxes: four more fit.
@@ -549,5 +550,29 @@ fn mailbox_and_subscription_counts_are_bounded() {
     assert!(r.status.starts_with("NO [LIMIT]"), "{r:?}");
     c.ok("SUBSCRIBE Sub1");
     let r = c.cmd("SUBSCRIBE Sub6");
+    assert!(r.status.starts_with("NO [LIMIT]"), "{r:?}");
+
+    // Messages: an empty one costs no quota, and COPY 1:* doubles a
+    // mailbox for nothing; `messages_max` bounds both (not delivery).
+    for _ in 0..3 {
+        c.append_ok("INBOX", "", None, b"");
+    }
+    c.select("INBOX");
+    c.ok("COPY 1 Trash");
+    let r = c.append("INBOX", "", None, b"");
+    assert!(r.status.starts_with("NO [LIMIT]"), "{r:?}");
+    let r = c.cmd("COPY 1:* Trash");
+    assert!(r.status.starts_with("NO [LIMIT]"), "{r:?}");
+    // MOVE adds nothing.
+    c.ok("MOVE 1 Archive");
+    // Keywords: at most 50 octets each, so every FLAGS response stays small.
+    let r = c.cmd(&format!("STORE 1 +FLAGS ({})", "k".repeat(51)));
+    assert!(r.status.starts_with("NO [LIMIT]"), "{r:?}");
+    c.ok(&format!("STORE 1 +FLAGS ({})", "k".repeat(50)));
+    // RENAME cannot stretch an inferior's name past 255 octets.
+    c.ok("DELETE Box1");
+    c.ok("DELETE Box2");
+    c.ok(&format!("CREATE Box9/{}", "n".repeat(240)));
+    let r = c.cmd(&format!("RENAME Box9 {}", "m".repeat(30)));
     assert!(r.status.starts_with("NO [LIMIT]"), "{r:?}");
 }

@@ -165,6 +165,7 @@ impl Mailstore for Shard {
             message_size_max: l.message_size_max,
             mailboxes_max: l.mailboxes_max,
             subscriptions_max: l.subscriptions_max,
+            messages_max: l.messages_max,
         }
     }
 

@@ -28,6 +28,9 @@ use crate::storage::index::{flag, Mailbox, MessageEntry};
 pub const DELIMITER: u8 = b'/';
 /// Keywords per mailbox (one bit each in the index).
 pub const KEYWORDS_MAX: usize = 64;
+/// Longest keyword a client may create, in octets (Dovecot's default
+/// `mail_max_keyword_length`); every FLAGS response carries them all.
+pub const KEYWORD_LEN_MAX: usize = 50;
 
 /// System flags of a flag list, and the keyword names in it.
 pub fn split_flags<'a>(flags: &'a [Flag<'a>]) -> (u32, Vec<&'a [u8]>) {

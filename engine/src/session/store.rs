@@ -4,7 +4,9 @@
 //! mod-sequences), [`ops`] names the records to commit, and after the
 //! runtime's commit is durable [`answer`] writes the FETCH responses. The
 //! runtime only runs the commit between them.
-use super::imap::{flag_list, keyword_mask, split_flags, write_flags_lines, View, KEYWORDS_MAX};
+use super::imap::{
+    flag_list, keyword_mask, split_flags, write_flags_lines, View, KEYWORDS_MAX, KEYWORD_LEN_MAX,
+};
 use crate::protocol::imap::encode::FetchWriter;
 use crate::protocol::imap::{Flag, SequenceSet, StoreMode};
 use crate::storage::index::Mailbox;
@@ -34,7 +36,7 @@ pub fn allocate_keywords(m: &mut Mailbox, kws: &[&[u8]]) -> Option<Vec<(u8, Stri
         {
             continue;
         }
-        if m.keywords.len() >= KEYWORDS_MAX {
+        if m.keywords.len() >= KEYWORDS_MAX || k.len() > KEYWORD_LEN_MAX {
             return None;
         }
         let name = String::from_utf8_lossy(k).into_owned();
@@ -47,7 +49,8 @@ pub fn allocate_keywords(m: &mut Mailbox, kws: &[&[u8]]) -> Option<Vec<(u8, Stri
 
 /// Decide a STORE of `flags` on `uids` (in UID order) of `m`: keyword bits
 /// and mod-sequences are taken from `m` now, so a concurrent command
-/// cannot get the same. None: the mailbox has no keyword bits left.
+/// cannot get the same. None: the mailbox has no keyword bits left, or a
+/// new keyword is longer than [`KEYWORD_LEN_MAX`].
 pub fn plan(
     m: &mut Mailbox,
     uids: &[u32],

@@ -317,6 +317,8 @@ pub struct Store {
     sync_avg_ns: Cell<u64>,
     next_seq: Cell<u32>,
     roll_lock: glommio::sync::Semaphore,
+    /// Commits waiting in `ensure_room`: later ones wait behind them.
+    room_waiters: Cell<usize>,
     buckets: RefCell<HashMap<u32, Bucket>>,
     /// Accounts whose creation records have not been made durable yet.
     creating: RefCell<HashSet<String>>,
@@ -437,6 +439,7 @@ impl Store {
             sync_avg_ns: Cell::new(0),
             next_seq: Cell::new(0),
             roll_lock: glommio::sync::Semaphore::new(1),
+            room_waiters: Cell::new(0),
             buckets: RefCell::default(),
             creating: RefCell::default(),
             written_epoch: Cell::new(0),
@@ -1031,9 +1034,24 @@ impl Store {
     /// Make sure the active segment has `need` bytes of room, rolling to a new
     /// segment if not.
     async fn ensure_room(&self, need: usize) -> Result<()> {
-        if self.active_room() >= need {
+        // Records are written in the order their commits began, even while
+        // one waits for a new segment: UIDs and mod-sequences are taken
+        // before the commit, and a smaller record that still fits must not
+        // be written (and become durable, and be applied) before a larger
+        // one taken earlier, or a session that saw UID n+1 never reports
+        // UID n (RFC 3501 2.3.1.1: UIDs ascend in the order messages are
+        // added). So while anyone waits here, everyone queues.
+        if self.active_room() >= need && self.room_waiters.get() == 0 {
             return Ok(());
         }
+        self.room_waiters.set(self.room_waiters.get() + 1);
+        let r = self.ensure_room_in_turn(need).await;
+        self.room_waiters.set(self.room_waiters.get() - 1);
+        r
+    }
+
+    /// `ensure_room` in the roll lock's FIFO order.
+    async fn ensure_room_in_turn(&self, need: usize) -> Result<()> {
         // Holding the roll lock also waits for a spare being prepared: segment
         // numbers must follow the order in which segments become active.
         let _guard = self

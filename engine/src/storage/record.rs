@@ -145,7 +145,7 @@ pub enum Op<'a> {
 }
 
 impl<'a> Op<'a> {
-    fn kind(&self) -> u8 {
+    pub fn kind(&self) -> u8 {
         match self {
             Op::CreateMailbox { .. } => 1,
             Op::DeleteMailbox { .. } => 2,

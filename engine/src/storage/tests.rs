@@ -762,3 +762,42 @@ fn bucket_walks_add_up_to_the_whole_walk() {
         assert_eq!(s.bucket_live_and_messages(u32::MAX), (0, 0));
     });
 }
+
+/// A commit that waits for a new segment keeps its place: one that began
+/// later and still fits the old segment waits behind it. UIDs are taken
+/// before a commit is written (APPEND, COPY), so a later, smaller record
+/// written first would become visible first, and a session that saw
+/// UID n+1 would never report UID n.
+#[test]
+fn a_commit_waiting_for_room_keeps_its_place() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_path_buf();
+    run(move || async move {
+        let s = open(&d, 0, 1, 1_000_000);
+        s.deliver(&["a@x".into()], b"", &msg(0), 1000)
+            .await
+            .unwrap();
+        // Someone holds the roll lock (a roll in progress).
+        let held = s.roll_lock.acquire_permit(1).await.unwrap();
+        let order = Rc::new(RefCell::new(Vec::new()));
+        let big = s.active_room() + 1;
+        let (s1, o1) = (s.clone(), order.clone());
+        let a = glommio::spawn_local(async move {
+            s1.ensure_room(big).await.unwrap();
+            o1.borrow_mut().push("big");
+        });
+        glommio::executor().yield_now().await;
+        let (s2, o2) = (s.clone(), order.clone());
+        let b = glommio::spawn_local(async move {
+            s2.ensure_room(100).await.unwrap();
+            o2.borrow_mut().push("small");
+        });
+        glommio::executor().yield_now().await;
+        glommio::executor().yield_now().await;
+        assert!(order.borrow().is_empty(), "{:?} went ahead", order.borrow());
+        drop(held);
+        a.await;
+        b.await;
+        assert_eq!(*order.borrow(), vec!["big", "small"]);
+    });
+}

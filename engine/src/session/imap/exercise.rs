@@ -16,9 +16,14 @@
 //!   it has and a message keeps its UID;
 //! - after the command, the client's messages are the session's view, in
 //!   the same order, with UIDs strictly ascending;
+//! - after NOOP, IDLE or CHECK, the view is exactly the mailbox;
 //! - in the store, every mailbox's UIDs ascend and stay below UIDNEXT, no
 //!   message's mod-sequence passes HIGHESTMODSEQ, and no quota stays held
 //!   once a command is over.
+//!
+//! Now and then a commit fails (both ways `Store::commit` can), and now and
+//! then one waits between writing and durability while another session's
+//! command runs, as it does under a group commit.
 //!
 //! A violation panics, which the fuzzer reports with its input.
 use std::future::Future;
@@ -27,7 +32,7 @@ use std::rc::Rc;
 use std::task::{Context, Poll, Waker};
 
 use super::machine::{Machine, Mailstore, Next};
-use super::memory::MemStore;
+use super::memory::{Failure, MemStore};
 use crate::protocol::imap::{parse_command, Frame, Framer, FramingLimits};
 
 const ACCOUNT: &str = "fuzz@example.test";
@@ -305,6 +310,13 @@ fn framed(inp: &mut Input<'_>, bytes: &[u8]) -> Option<()> {
     panic!("a whole command was not framed: {bytes:?}");
 }
 
+/// With RINGMAIL_EXERCISE_TRACE set, what happens goes to stderr.
+fn trace(what: &str) {
+    if std::env::var_os("RINGMAIL_EXERCISE_TRACE").is_some() {
+        eprint!("{what}");
+    }
+}
+
 /// Split responses into lines, each literal's octets replaced by nothing;
 /// checks that every line ends in CRLF and every literal is whole.
 fn lines(out: &[u8]) -> Vec<Vec<u8>> {
@@ -460,11 +472,18 @@ pub fn run(data: &[u8]) {
         let who = match inp.below(32) {
             0..=1 => {
                 let body = message(&mut inp);
-                store.deliver(ACCOUNT, &body);
+                let uid = store.deliver(ACCOUNT, &body);
+                trace(&format!("delivered: UID {uid:?}\n"));
                 continue;
             }
             2 => {
-                store.fail_next();
+                let how = if inp.byte().is_multiple_of(2) {
+                    Failure::NoRoom
+                } else {
+                    Failure::AfterWrite
+                };
+                store.fail_next(how);
+                trace(&format!("next commit fails: {how:?}\n"));
                 continue;
             }
             3 => {
@@ -473,53 +492,132 @@ pub fn run(data: &[u8]) {
             }
             n => n % SESSIONS,
         };
-        let (m, client) = &mut sessions[who];
-        client.tag += 1;
-        let tag = format!("t{}", client.tag);
-        let bytes = command(&mut inp, &tag, m.sel.is_some());
-        if framed(&mut inp, &bytes).is_none() {
-            continue;
-        }
-        let Ok(cmd) = parse_command(&bytes) else {
+        // One time in eight, another session's command runs while this
+        // one's commit waits for its sync.
+        let other = inp
+            .byte()
+            .is_multiple_of(8)
+            .then(|| (who + 1 + inp.below(SESSIONS - 1)) % SESSIONS);
+        let Some(first) = prepare(&mut inp, &mut sessions[who]) else {
             continue;
         };
-        let selecting = matches!(
-            cmd.body,
-            crate::protocol::imap::CommandBody::Select { .. }
-                | crate::protocol::imap::CommandBody::Examine { .. }
-        );
-        let next = ready(m.execute(cmd, None));
-        match &next {
-            Next::Idle(t) => {
-                m.sync(true);
-                m.ok(t, "IDLE terminated");
+        let second = other.and_then(|o| prepare(&mut inp, &mut sessions[o]).map(|c| (o, c)));
+        let first_cmd = parse_command(&first.bytes).expect("parsed before");
+        match &second {
+            None => {
+                let next = ready(sessions[who].0.execute(first_cmd, None));
+                finish(&store, &mut sessions[who], &first, next);
             }
-            Next::Continue | Next::Close => {}
-            other => panic!("unexpected effect {other:?}"),
+            Some((o, c)) => {
+                let second_cmd = parse_command(&c.bytes).expect("parsed before");
+                trace(&format!("{who} may wait for its commit while {o} runs\n"));
+                let (a, b) = two(&mut sessions, who, *o);
+                store.yield_next();
+                let (next, second_done) = {
+                    let mut waiting = pin!(a.0.execute(first_cmd, None));
+                    let mut cx = Context::from_waker(Waker::noop());
+                    match waiting.as_mut().poll(&mut cx) {
+                        // It did not wait (no commit): it is over before
+                        // the other starts.
+                        Poll::Ready(n) => (n, false),
+                        Poll::Pending => {
+                            store.no_yield();
+                            let second_next = ready(b.0.execute(second_cmd.clone(), None));
+                            finish(&store, b, c, second_next);
+                            (ready(waiting), true)
+                        }
+                    }
+                };
+                store.no_yield();
+                finish(&store, a, &first, next);
+                if !second_done {
+                    let second_next = ready(b.0.execute(second_cmd, None));
+                    finish(&store, b, c, second_next);
+                }
+            }
         }
-        check(m, client, &tag, selecting, &bytes);
-        if next == Next::Close {
-            *m = Machine::new(store.clone(), Some(ACCOUNT.into()));
-            *client = Client::default();
-        }
-        // A held-back failure must not outlive the command it was meant for.
+        // Every quota hold is given back when its command is over.
         assert!(
             store.quota_reserved().borrow().is_empty(),
             "quota left held"
         );
+        check_store(&store);
     }
-    check_store(&store);
 }
 
-fn check(m: &mut Machine<MemStore>, client: &mut Client, tag: &str, selecting: bool, cmd: &[u8]) {
-    let out = m.out.take_bytes();
-    if std::env::var_os("RINGMAIL_EXERCISE_TRACE").is_some() {
-        eprintln!(
-            "C: {}S: {}",
-            String::from_utf8_lossy(cmd),
-            String::from_utf8_lossy(&out)
-        );
+/// A command ready to run: its bytes (framed and parsed once already).
+struct Prepared {
+    bytes: Vec<u8>,
+    tag: String,
+    selecting: bool,
+    noop: bool,
+}
+
+fn prepare(inp: &mut Input<'_>, (m, client): &mut (Machine<MemStore>, Client)) -> Option<Prepared> {
+    client.tag += 1;
+    let tag = format!("t{}", client.tag);
+    let bytes = command(inp, &tag, m.sel.is_some());
+    framed(inp, &bytes)?;
+    let cmd = parse_command(&bytes).ok()?;
+    use crate::protocol::imap::CommandBody as B;
+    let selecting = matches!(cmd.body, B::Select { .. } | B::Examine { .. });
+    let noop = matches!(cmd.body, B::Noop | B::Check | B::Idle);
+    Some(Prepared {
+        tag,
+        selecting,
+        noop,
+        bytes,
+    })
+}
+
+/// Two different elements of a slice, both mutable.
+fn two<T>(v: &mut [T], a: usize, b: usize) -> (&mut T, &mut T) {
+    assert_ne!(a, b);
+    if a < b {
+        let (x, y) = v.split_at_mut(b);
+        (&mut x[a], &mut y[0])
+    } else {
+        let (x, y) = v.split_at_mut(a);
+        (&mut y[0], &mut x[b])
     }
+}
+
+/// Complete a command as the runtime would, and check what its client got.
+fn finish(
+    store: &Rc<MemStore>,
+    (m, client): &mut (Machine<MemStore>, Client),
+    c: &Prepared,
+    next: Next,
+) {
+    match &next {
+        Next::Idle(t) => {
+            m.sync(true);
+            m.ok(t, "IDLE terminated");
+        }
+        // The raw branch can say COMPRESS DEFLATE: the runtime would
+        // answer and start deflating; the session's state is the same.
+        Next::Compress(t) => {
+            m.compressed = true;
+            m.ok(t, "DEFLATE active");
+        }
+        Next::Continue | Next::Close => {}
+        other => panic!("unexpected effect {other:?}"),
+    }
+    check(m, client, c);
+    if next == Next::Close {
+        *m = Machine::new(store.clone(), Some(ACCOUNT.into()));
+        *client = Client::default();
+    }
+}
+
+fn check(m: &mut Machine<MemStore>, client: &mut Client, c: &Prepared) {
+    let (tag, selecting, cmd) = (&c.tag, c.selecting, &c.bytes);
+    let out = m.out.take_bytes();
+    trace(&format!(
+        "C: {}S: {}",
+        String::from_utf8_lossy(cmd),
+        String::from_utf8_lossy(&out)
+    ));
     let lines = lines(&out);
     let last = lines.last().expect("no response");
     let mut words = last.splitn(3, |&b| b == b' ');
@@ -578,6 +676,21 @@ fn check(m: &mut Machine<MemStore>, client: &mut Client, tag: &str, selecting: b
             }
         }
         None => client.seqs.clear(),
+    }
+    // After a NOOP (or IDLE) the client knows the mailbox as it is.
+    if let (true, b"OK", Some(sel)) = (c.noop, status, &m.sel) {
+        let stored = m
+            .store
+            .with_account(ACCOUNT, |a| {
+                a.mailbox(sel.id)
+                    .map(|mb| mb.messages.iter().map(|e| e.uid).collect::<Vec<u32>>())
+            })
+            .flatten();
+        assert_eq!(
+            stored.as_ref(),
+            Some(&sel.view.uids),
+            "view after NOOP is not the mailbox"
+        );
     }
 }
 

@@ -82,6 +82,8 @@ pub struct Limits {
     pub mailboxes_max: usize,
     /// Subscribed names per account.
     pub subscriptions_max: usize,
+    /// Messages per account that APPEND, COPY and MOVE may reach.
+    pub messages_max: usize,
 }
 
 impl Default for Limits {
@@ -90,8 +92,19 @@ impl Default for Limits {
             message_size_max: crate::limits::MESSAGE_SIZE_MAX,
             mailboxes_max: crate::limits::IMAP_MAILBOXES_MAX,
             subscriptions_max: crate::limits::IMAP_SUBSCRIPTIONS_MAX,
+            messages_max: crate::limits::IMAP_MESSAGES_MAX,
         }
     }
+}
+
+/// Messages in all of an account's mailboxes.
+fn account_messages(a: &Account) -> usize {
+    a.mailboxes.iter().map(|m| m.messages.len()).sum()
+}
+
+/// Room under a limit of which 0 means none.
+fn within(max: usize, n: usize) -> bool {
+    max == 0 || n <= max
 }
 
 /// Capabilities once logged in.
@@ -615,10 +628,12 @@ impl<S: Mailstore> Machine<S> {
                     let _ = self.expunge_deleted(None).await;
                 }
                 self.sel = None;
+                self.saved.clear();
                 self.ok(tag, "CLOSE completed");
             }
             CommandBody::Unselect => {
                 self.sel = None;
+                self.saved.clear();
                 self.ok(tag, "UNSELECT completed");
             }
             CommandBody::Expunge => self.expunge_cmd(tag, None).await,
@@ -748,6 +763,9 @@ impl<S: Mailstore> Machine<S> {
             .get(&account)
             .copied()
             .unwrap_or(0);
+        if adding == 0 {
+            return Some(hold(0));
+        }
         if used.saturating_add(held).saturating_add(adding) <= limit {
             *self
                 .store
@@ -998,10 +1016,13 @@ impl<S: Mailstore> Machine<S> {
         });
         // A read-only session claims nothing (RFC 3501 6.3.2): new messages
         // are \Recent for it and stay so for the next read-write session.
-        if !sel.read_only {
+        let found = found.flatten().is_some();
+        if !sel.read_only && found {
             self.store.recent_floors().borrow_mut().insert(key, floor);
         }
-        if found.flatten().is_none() {
+        if !found {
+            // RFC 5182 2.1: `$` belongs to the mailbox it was saved in.
+            self.saved.clear();
             // The selected mailbox was deleted elsewhere (RFC 3501 allows BYE; we deselect).
             self.out
                 .buf
@@ -1022,6 +1043,8 @@ impl<S: Mailstore> Machine<S> {
             self.condstore = true;
         }
         let had = self.sel.take().is_some();
+        // RFC 5182 2.1: SELECT and EXAMINE reset `$`.
+        self.saved.clear();
         // RFC 7162 3.2.11 (and RFC 9051 7.1): the implicit close of the
         // selected mailbox is announced, so the client knows where the
         // responses of the old one end. Harmless to any other client.
@@ -1144,7 +1167,7 @@ impl<S: Mailstore> Machine<S> {
             .store
             .with_account(self.account(), |a| a.mailboxes.len())
             .unwrap_or(0);
-        if have + n <= self.store.limits().mailboxes_max {
+        if within(self.store.limits().mailboxes_max, have + n) {
             return true;
         }
         self.out.status(
@@ -1242,7 +1265,13 @@ impl<S: Mailstore> Machine<S> {
             Some((id, false)) => {
                 if self.sel.as_ref().is_some_and(|s| s.id == id) {
                     self.sel = None;
+                    self.saved.clear();
                 }
+                // Mailbox ids are never reused: its \Recent floor goes too.
+                self.store
+                    .recent_floors()
+                    .borrow_mut()
+                    .remove(&(account.clone(), id));
                 match self
                     .store
                     .commit(&[Op::DeleteMailbox {
@@ -1326,6 +1355,16 @@ impl<S: Mailstore> Machine<S> {
                     .collect()
             })
             .unwrap_or_default();
+        // The target was checked; the names its inferiors get must fit too.
+        if renames.iter().any(|(_, n)| n.len() > mailboxes::NAME_MAX) {
+            self.out.status(
+                Some(tag),
+                Status::No,
+                Some(&Code::Limit),
+                "A mailbox name would be too long",
+            );
+            return;
+        }
         let ops: Vec<Op<'_>> = renames
             .iter()
             .map(|(id, n)| Op::RenameMailbox {
@@ -1353,7 +1392,7 @@ impl<S: Mailstore> Machine<S> {
         };
         // A subscription need not name an existing mailbox (RFC 3501
         // 6.3.6), so its name and number are bounded here.
-        if name.len() > mailboxes::NAME_MAX {
+        if on && name.len() > mailboxes::NAME_MAX {
             self.out
                 .status(Some(tag), Status::No, None, "Invalid mailbox name");
             return;
@@ -1368,7 +1407,7 @@ impl<S: Mailstore> Machine<S> {
                 )
             })
             .unwrap_or((false, 0));
-        if on && !subscribed && count >= self.store.limits().subscriptions_max {
+        if on && !subscribed && !within(self.store.limits().subscriptions_max, count + 1) {
             self.out.status(
                 Some(tag),
                 Status::No,
@@ -1477,27 +1516,31 @@ impl<S: Mailstore> Machine<S> {
         };
         let account = self.account().to_string();
         let (sys, kws) = logic::split_flags(flags);
+        let messages_max = self.store.limits().messages_max;
         let alloc = self.store.with_account_counters(&account, |a| {
+            if messages_max != 0 && account_messages(a) >= messages_max {
+                return Err((Code::Limit, "Too many messages in this account"));
+            }
             let m = a
                 .mailboxes
                 .iter_mut()
-                .find(|m| index::mailbox_name_eq(&m.name, name))?;
-            let new_kw = store::allocate_keywords(m, &kws)?;
+                .find(|m| index::mailbox_name_eq(&m.name, name))
+                .ok_or((Code::TryCreate, "No such mailbox"))?;
+            let new_kw = store::allocate_keywords(m, &kws)
+                .ok_or((Code::Limit, "Too many keywords, or one too long"))?;
             let kwmask = logic::keyword_mask(&m.keywords, &kws);
             let uid = m.uidnext;
             m.uidnext += 1;
             let modseq = m.allocate_pending_modseq();
             let found = (m.id, m.uidvalidity, uid, modseq, kwmask, new_kw);
-            Some((found, a.allocate_email_id()))
+            Ok((found, a.allocate_email_id()))
         });
-        let Ok(Some(((mbox, validity, uid, modseq, kwmask, new_kw), email_id))) = alloc else {
-            self.out.status(
-                Some(tag),
-                Status::No,
-                Some(&Code::TryCreate),
-                "No such mailbox (or too many keywords)",
-            );
-            return;
+        let ((mbox, validity, uid, modseq, kwmask, new_kw), email_id) = match alloc {
+            Ok(Ok(found)) => found,
+            Ok(Err((code, text))) => {
+                return self.out.status(Some(tag), Status::No, Some(&code), text)
+            }
+            Err(_) => return self.no_such_mailbox(tag, Code::TryCreate),
         };
         let mut ops: Vec<Op<'_>> = new_kw
             .iter()
@@ -1582,8 +1625,9 @@ impl<S: Mailstore> Machine<S> {
         }
         match self.expunge_deleted(set.as_ref()).await {
             Ok(n) => {
-                self.sync(true);
-                self.ok_expunged(tag, n > 0, "EXPUNGE completed");
+                if self.sync_selected(tag, true) {
+                    self.ok_expunged(tag, n > 0, "EXPUNGE completed");
+                }
             }
             Err(e) => self.storage_failed(tag, &e),
         }
@@ -1911,6 +1955,20 @@ impl<S: Mailstore> Machine<S> {
                 })
                 .unwrap_or(0)
         };
+        let max = self.store.limits().messages_max;
+        let have = self
+            .store
+            .with_account(self.account(), account_messages)
+            .unwrap_or(0);
+        if !mv && !within(max, have + uids.len()) {
+            self.out.status(
+                Some(tag),
+                Status::No,
+                Some(&Code::Limit),
+                "Too many messages in this account",
+            );
+            return;
+        }
         let _quota = match adding {
             0 => None,
             n => match self.hold_quota(tag, n) {
@@ -1991,7 +2049,7 @@ mod tests {
     use super::*;
     use crate::protocol::imap::parse_command;
     use crate::session::imap::exercise::ready;
-    use crate::session::imap::memory::MemStore;
+    use crate::session::imap::memory::{Failure, MemStore};
 
     const A: &str = "user@example.test";
 
@@ -2049,34 +2107,74 @@ mod tests {
     }
 
     #[test]
-    fn a_failed_commit_answers_no_and_changes_nothing() {
+    fn a_failed_commit_answers_no() {
         let s = store();
         let mut m = Machine::new(s.clone(), Some(A.into()));
         say(&mut m, "a SELECT INBOX");
-        s.fail_next();
-        let out = say(&mut m, "b APPEND INBOX {5+}\r\nhello");
-        assert!(out.starts_with("b NO [SERVERBUG]"), "{out}");
-        assert_eq!(
-            s.with_account(A, |a| a.mailboxes[0].messages.len()),
-            Some(0)
-        );
+        // No message appears, whichever way the commit failed.
+        for how in [Failure::NoRoom, Failure::AfterWrite] {
+            s.fail_next(how);
+            let out = say(&mut m, "b APPEND INBOX {5+}\r\nhello");
+            assert!(
+                out.starts_with("b NO [") && !out.contains("EXISTS"),
+                "{out}"
+            );
+            assert_eq!(
+                s.with_account(A, |a| a.mailboxes[0].messages.len()),
+                Some(0)
+            );
+        }
         let out = say(&mut m, "c APPEND INBOX {5+}\r\nhello");
         assert!(
             out.contains("* 1 EXISTS") && out.contains("c OK [APPENDUID"),
             "{out}"
         );
-        // A failed STORE leaves the flags as they were, for everyone.
-        s.fail_next();
+        // A STORE refused before it was written changes nothing.
+        s.fail_next(Failure::NoRoom);
         let out = say(&mut m, "d STORE 1 +FLAGS (\\Flagged)");
-        assert!(out.contains("d NO"), "{out}");
+        assert!(out.starts_with("d NO [OVERQUOTA]"), "{out}");
         let out = say(&mut m, "e FETCH 1 FLAGS");
-        assert!(out.contains("* 1 FETCH (FLAGS ("), "{out}");
-        // The flag was applied when written (as the store does), so the
-        // client learns it: nothing it was told disagrees with the index.
-        let flagged = s
-            .with_account(A, |a| a.mailboxes[0].messages[0].flags & flag::FLAGGED != 0)
-            .unwrap();
-        assert_eq!(out.contains("\\Flagged"), flagged, "{out}");
+        assert!(
+            out.starts_with("* 1 FETCH (FLAGS (") && !out.contains("Flagged"),
+            "{out}"
+        );
+        // One whose sync failed after it was written was applied, as the
+        // store applies flag records when written: the client is told.
+        s.fail_next(Failure::AfterWrite);
+        let out = say(&mut m, "f STORE 1 +FLAGS (\\Flagged)");
+        assert!(out.contains("f NO [SERVERBUG]"), "{out}");
+        let out = say(&mut m, "g FETCH 1 FLAGS");
+        assert!(out.contains("\\Flagged"), "{out}");
+    }
+
+    /// While one session's commit waits for its sync, another runs: it
+    /// sees flag changes at once and the new message only once durable.
+    #[test]
+    fn a_commit_waiting_for_its_sync_shows_only_what_the_store_shows() {
+        let s = store();
+        let mut a = Machine::new(s.clone(), Some(A.into()));
+        let mut b = Machine::new(s.clone(), Some(A.into()));
+        say(&mut a, "a SELECT INBOX");
+        say(&mut b, "b SELECT INBOX");
+        s.yield_next();
+        let bytes = b"a APPEND INBOX (\\Seen) {5+}\r\nhello\r\n".to_vec();
+        let cmd = parse_command(&bytes).unwrap();
+        let next = {
+            let mut waiting = std::pin::pin!(a.execute(cmd, None));
+            let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+            assert!(waiting.as_mut().poll(&mut cx).is_pending());
+            let out = say(&mut b, "b NOOP");
+            assert_eq!(out, "b OK NOOP completed\r\n");
+            ready(waiting)
+        };
+        assert_eq!(next, Next::Continue);
+        let out = String::from_utf8(a.out.take_bytes()).unwrap();
+        assert!(
+            out.contains("* 1 EXISTS") && out.contains("a OK [APPENDUID"),
+            "{out}"
+        );
+        let out = say(&mut b, "b NOOP");
+        assert!(out.starts_with("* 1 EXISTS"), "{out}");
     }
 
     #[test]
@@ -2132,17 +2230,38 @@ mod tests {
     #[test]
     fn limits_answer_no_limit() {
         let mut st = MemStore::new();
-        st.limits.mailboxes_max = 7;
+        st.limits.mailboxes_max = 8;
         st.limits.subscriptions_max = 1;
         st.add_account(A);
         let s = Rc::new(st);
         let mut m = Machine::new(s.clone(), Some(A.into()));
         assert!(say(&mut m, "a CREATE One").contains("a OK"));
-        assert!(say(&mut m, "a CREATE Two").starts_with("a NO [LIMIT]"));
+        assert!(say(&mut m, "a CREATE Two/Three").starts_with("a NO [LIMIT]"));
+        assert!(say(&mut m, "a CREATE Two").contains("a OK"));
         assert!(say(&mut m, "a SUBSCRIBE One").contains("a OK"));
         assert!(say(&mut m, "a SUBSCRIBE Two").starts_with("a NO [LIMIT]"));
         assert!(say(&mut m, "a SUBSCRIBE One").contains("a OK"));
-        let out = say(&mut m, &format!("a UNSUBSCRIBE {}", "y".repeat(256)));
+        let out = say(&mut m, &format!("a SUBSCRIBE {}", "y".repeat(256)));
         assert!(out.starts_with("a NO"), "{out}");
+        // A name subscribed before the bound can still be removed.
+        let out = say(&mut m, &format!("a UNSUBSCRIBE {}", "y".repeat(256)));
+        assert!(out.starts_with("a OK"), "{out}");
+        // Keywords: at most 50 octets each.
+        say(&mut m, "a SELECT INBOX");
+        say(&mut m, "a APPEND INBOX {5+}\r\nhello");
+        let out = say(&mut m, &format!("a STORE 1 +FLAGS ({})", "k".repeat(51)));
+        assert!(out.starts_with("a NO [LIMIT]"), "{out}");
+        let out = say(
+            &mut m,
+            &format!("a APPEND INBOX ({}) {{5+}}\r\nhello", "k".repeat(51)),
+        );
+        assert!(out.starts_with("a NO [LIMIT]"), "{out}");
+        assert!(say(&mut m, &format!("a STORE 1 +FLAGS ({})", "k".repeat(50))).contains("a OK"));
+        // A rename may not make an inferior's name longer than 255 octets.
+        say(&mut m, "a DELETE One");
+        say(&mut m, "a DELETE Two");
+        say(&mut m, &format!("a CREATE P/{}", "c".repeat(240)));
+        let out = say(&mut m, &format!("a RENAME P {}", "q".repeat(20)));
+        assert!(out.starts_with("a NO [LIMIT]"), "{out}");
     }
 }

@@ -7,8 +7,10 @@
 //! that only change existing state (flags, keywords, mailbox names,
 //! subscriptions) are applied when written, records that add or remove
 //! messages when durable; a failed commit (see [`MemStore::fail_next`])
-//! has applied the first kind only and forgets the mod-sequences of the
-//! second, as `Store::commit` does.
+//! has applied the first kind at most and forgets the mod-sequences of
+//! the second, as `Store::commit` does; and a commit may be made to wait
+//! between the two ([`MemStore::yield_next`]) so that other sessions run
+//! in the window a group commit leaves open.
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::rc::Rc;
@@ -29,6 +31,34 @@ impl std::ops::Deref for MemBody {
     }
 }
 
+/// How an injected commit failure happens (`Store::commit`'s two ways).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Failure {
+    /// Before anything is written (no room in the log): nothing applied.
+    NoRoom,
+    /// The records were written, the sync failed: the records that change
+    /// existing state were applied when written, the others never are.
+    AfterWrite,
+}
+
+/// Pending once, then ready.
+struct YieldOnce(bool);
+
+impl std::future::Future for YieldOnce {
+    type Output = ();
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<()> {
+        if self.0 {
+            return std::task::Poll::Ready(());
+        }
+        self.0 = true;
+        cx.waker().wake_by_ref();
+        std::task::Poll::Pending
+    }
+}
+
 #[derive(Default)]
 pub struct MemStore {
     accounts: RefCell<HashMap<String, Account>>,
@@ -36,7 +66,11 @@ pub struct MemStore {
     quota_limits: RefCell<HashMap<String, u64>>,
     reserved: RefCell<HashMap<String, u64>>,
     floors: RefCell<HashMap<(String, u32), u32>>,
-    fail_next: Cell<bool>,
+    fail_next: Cell<Option<Failure>>,
+    yield_next: Cell<bool>,
+    /// Records written and not yet durable: (sequence, kind, payload).
+    log: RefCell<std::collections::VecDeque<(u64, u8, Vec<u8>)>>,
+    next_seq: Cell<u64>,
     clock: Cell<i64>,
     /// The bounds sessions keep to.
     pub limits: Limits,
@@ -79,9 +113,21 @@ impl MemStore {
         };
     }
 
-    /// The next commit fails (as a failed fdatasync would).
-    pub fn fail_next(&self) {
-        self.fail_next.set(true);
+    /// The next commit fails the way `how` says.
+    pub fn fail_next(&self, how: Failure) {
+        self.fail_next.set(Some(how));
+    }
+
+    /// The next commit waits once (returns Pending to its first poll)
+    /// after its records are written and before they are durable, as a
+    /// group commit does: other sessions run meanwhile.
+    pub fn yield_next(&self) {
+        self.yield_next.set(true);
+    }
+
+    /// Forget a `yield_next` that no commit took.
+    pub fn no_yield(&self) {
+        self.yield_next.set(false);
     }
 
     /// Let time pass (INTERNALDATE, UIDVALIDITY of new mailboxes).
@@ -109,9 +155,61 @@ impl MemStore {
             email_id,
             body,
         };
-        let loc = self.keep(body);
-        a.apply(&op, Some(loc));
+        drop(accounts);
+        // Through the log like every record: after what was written before.
+        let upto = self.write(&[op]);
+        self.durable(upto);
         Some(uid)
+    }
+
+    /// Write records: what only changes existing state is applied now,
+    /// the rest joins the log, to be applied in log order once durable.
+    /// Returns the log position after them.
+    fn write(&self, ops: &[Op<'_>]) -> u64 {
+        for op in ops.iter().filter(|op| is_eager(op)) {
+            self.apply(op);
+        }
+        for op in ops.iter().filter(|op| !is_eager(op)) {
+            let mut payload = Vec::new();
+            op.encode_meta(&mut payload);
+            payload.extend_from_slice(op.body().unwrap_or_default());
+            let seq = self.next_seq.get();
+            self.next_seq.set(seq + 1);
+            self.log.borrow_mut().push_back((seq, op.kind(), payload));
+        }
+        self.next_seq.get()
+    }
+
+    /// The log is durable up to `upto`: apply its records in order.
+    fn durable(&self, upto: u64) {
+        loop {
+            let next = {
+                let mut log = self.log.borrow_mut();
+                match log.front() {
+                    Some((seq, ..)) if *seq < upto => log.pop_front(),
+                    _ => None,
+                }
+            };
+            let Some((_, kind, payload)) = next else {
+                break;
+            };
+            let op = Op::decode(kind, &payload).expect("a record this store encoded");
+            self.apply(&op);
+        }
+    }
+
+    /// A failed commit's records will not be applied: their pending
+    /// mod-sequences no longer hold HIGHESTMODSEQ back.
+    fn forget(&self, ops: &[Op<'_>]) {
+        let mut accounts = self.accounts.borrow_mut();
+        for (account, mailbox, modseq) in ops.iter().filter_map(Op::pending_modseq) {
+            if let Some(m) = accounts
+                .get_mut(account)
+                .and_then(|a| a.mailbox_mut(mailbox))
+            {
+                m.applied_modseq(modseq);
+            }
+        }
     }
 
     fn keep(&self, body: &[u8]) -> Loc {
@@ -157,25 +255,26 @@ impl Mailstore for MemStore {
     }
 
     async fn commit(&self, ops: &[Op<'_>]) -> Result<(), StorageError> {
-        if !self.fail_next.replace(false) {
-            for op in ops {
-                self.apply(op);
-            }
-            return Ok(());
+        let failure = self.fail_next.take();
+        if failure == Some(Failure::NoRoom) {
+            self.forget(ops);
+            return Err(StorageError::Full);
         }
-        for op in ops.iter().filter(|op| is_eager(op)) {
-            self.apply(op);
+        let first = self.next_seq.get();
+        let written = self.write(ops);
+        if failure == Some(Failure::AfterWrite) {
+            // The sync failed: these records are never applied.
+            self.log.borrow_mut().retain(|(seq, ..)| *seq < first);
+            self.forget(ops);
+            return Err(StorageError::Io("injected failure".into()));
         }
-        let mut accounts = self.accounts.borrow_mut();
-        for (account, mailbox, modseq) in ops.iter().filter_map(Op::pending_modseq) {
-            if let Some(m) = accounts
-                .get_mut(account)
-                .and_then(|a| a.mailbox_mut(mailbox))
-            {
-                m.applied_modseq(modseq);
-            }
+        if self.yield_next.replace(false) {
+            YieldOnce(false).await;
         }
-        Err(StorageError::Io("injected failure".into()))
+        // Durable: this commit's records and every one written before them
+        // (a commit that waited may find its records applied already).
+        self.durable(written);
+        Ok(())
     }
 
     fn body(&self, loc: Loc) -> Option<MemBody> {
