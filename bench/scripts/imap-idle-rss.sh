@@ -74,6 +74,10 @@ pop3s = ["127.0.0.1:0"]
 [limits]
 connections_max = $((SESSIONS + 1000))
 connections_per_address_max = $((SESSIONS + 1000))
+# Every session logs in at once: queue their password checks instead of
+# answering the ones beyond the default 64 with a temporary failure.
+[auth_throttle]
+password_checks_queued_max = $SESSIONS
 TOML
     rm_start "$BIN/ringmail" "$WORK/$mode.toml" "$WORK/$mode.ready" "$WORK/ringmail-$mode.log" \
         || { cat "$WORK/ringmail-$mode.log" >&2; exit 1; }
