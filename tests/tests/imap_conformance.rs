@@ -13,233 +13,15 @@
 //! - SEARCH FROM/TO/CC/BCC over addresses with comments (RFC 5322 3.4);
 //! - keywords announced in FLAGS before any FETCH carries them (RFC 3501
 //!   7.2.6), with many concurrent sessions.
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
-use std::time::{Duration, Instant};
+#![allow(dead_code)] // each file uses part of the shared helpers
 
-use ringmail_tests::*;
+include!("support/imap.rs");
 
 const U: &str = "conf@example.test";
 
-// ---------------------------------------------------------------------------
-// A raw IMAP client
-// ---------------------------------------------------------------------------
-
-struct Imap {
-    s: TcpStream,
-    buf: Vec<u8>,
-    next: u32,
-}
-
-/// Untagged responses (literals inline) and the tagged status text.
-#[derive(Debug)]
-struct Resp {
-    untagged: Vec<String>,
-    status: String,
-}
-
-impl Resp {
-    fn ok(&self) -> bool {
-        self.status.starts_with("OK")
-    }
-
-    fn with_prefix(&self, p: &str) -> Vec<&String> {
-        let p = format!("* {p}");
-        self.untagged.iter().filter(|l| l.starts_with(&p)).collect()
-    }
-
-    /// `* n KEYWORD`: the number of the last one.
-    fn count(&self, keyword: &str) -> Option<u32> {
-        self.untagged.iter().rev().find_map(|l| {
-            let w: Vec<&str> = l.split(' ').collect();
-            (w.len() == 3 && w[2] == keyword).then(|| w[1].parse().unwrap())
-        })
-    }
-
-    /// The value of `ITEM n` in the (single) STATUS response.
-    #[track_caller]
-    fn status_item(&self, item: &str) -> u64 {
-        let s = self.with_prefix("STATUS ");
-        assert_eq!(s.len(), 1, "{self:#?}");
-        let inner = &s[0][s[0].rfind('(').unwrap() + 1..s[0].rfind(')').unwrap()];
-        let w: Vec<&str> = inner.split(' ').collect();
-        let i = w
-            .iter()
-            .position(|x| x.eq_ignore_ascii_case(item))
-            .unwrap_or_else(|| panic!("{item} in {s:?}"));
-        w[i + 1].parse().unwrap()
-    }
-
-    /// The numbers of the (single) `* SEARCH` response.
-    #[track_caller]
-    fn search(&self) -> Vec<u32> {
-        let s = self.with_prefix("SEARCH");
-        assert_eq!(s.len(), 1, "expected one SEARCH response: {self:#?}");
-        s[0]["* SEARCH".len()..]
-            .split_whitespace()
-            .map(|n| n.parse().unwrap())
-            .collect()
-    }
-}
-
-impl Imap {
-    #[track_caller]
-    fn connect(addr: SocketAddr) -> Imap {
-        let s = TcpStream::connect_timeout(&addr, Duration::from_secs(10)).unwrap();
-        s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
-        s.set_nodelay(true).unwrap();
-        let mut c = Imap {
-            s,
-            buf: Vec::new(),
-            next: 0,
-        };
-        let g = c.response();
-        assert!(g.starts_with("* OK"), "greeting {g:?}");
-        c
-    }
-
-    #[track_caller]
-    fn login(addr: SocketAddr) -> Imap {
-        let mut c = Imap::connect(addr);
-        c.ok(&format!("LOGIN {U} {PASSWORD}"));
-        c
-    }
-
-    fn fill(&mut self) -> std::io::Result<()> {
-        let mut chunk = [0u8; 65536];
-        let n = self.s.read(&mut chunk)?;
-        if n == 0 {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::UnexpectedEof,
-                "connection closed",
-            ));
-        }
-        self.buf.extend_from_slice(&chunk[..n]);
-        Ok(())
-    }
-
-    fn raw_line(&mut self) -> std::io::Result<Vec<u8>> {
-        loop {
-            if let Some(i) = self.buf.iter().position(|b| *b == b'\n') {
-                let rest = self.buf.split_off(i + 1);
-                return Ok(std::mem::replace(&mut self.buf, rest));
-            }
-            self.fill()?;
-        }
-    }
-
-    /// One response with its literals, as text without the final CRLF.
-    fn try_response(&mut self) -> std::io::Result<String> {
-        let mut r = Vec::new();
-        loop {
-            let l = self.raw_line()?;
-            r.extend_from_slice(&l);
-            let Some(n) = literal_len(&l) else { break };
-            while self.buf.len() < n {
-                self.fill()?;
-            }
-            let rest = self.buf.split_off(n);
-            r.extend_from_slice(&std::mem::replace(&mut self.buf, rest));
-        }
-        let r = r.strip_suffix(b"\r\n").unwrap_or(&r);
-        Ok(String::from_utf8_lossy(r).into_owned())
-    }
-
-    #[track_caller]
-    fn response(&mut self) -> String {
-        self.try_response()
-            .unwrap_or_else(|e| panic!("reading a response: {e}"))
-    }
-
-    fn tag(&mut self) -> String {
-        self.next += 1;
-        format!("c{}", self.next)
-    }
-
-    #[track_caller]
-    fn send(&mut self, b: &[u8]) {
-        self.s.write_all(b).unwrap();
-    }
-
-    fn try_until(&mut self, tag: &str) -> std::io::Result<Resp> {
-        let mut untagged = Vec::new();
-        let prefix = format!("{tag} ");
-        loop {
-            let r = self.try_response()?;
-            if let Some(s) = r.strip_prefix(&prefix) {
-                return Ok(Resp {
-                    untagged,
-                    status: s.to_string(),
-                });
-            }
-            assert!(
-                r.starts_with("* ") || r.starts_with("+ "),
-                "unexpected {r:?} waiting for {tag}"
-            );
-            untagged.push(r);
-        }
-    }
-
-    #[track_caller]
-    fn until(&mut self, tag: &str) -> Resp {
-        self.try_until(tag)
-            .unwrap_or_else(|e| panic!("waiting for {tag}: {e}"))
-    }
-
-    #[track_caller]
-    fn cmd(&mut self, cmd: &str) -> Resp {
-        let t = self.tag();
-        self.send(format!("{t} {cmd}\r\n").as_bytes());
-        self.until(&t)
-    }
-
-    #[track_caller]
-    fn ok(&mut self, cmd: &str) -> Resp {
-        let r = self.cmd(cmd);
-        assert!(r.ok(), "{cmd:?} -> {r:#?}");
-        r
-    }
-
-    #[track_caller]
-    fn bad(&mut self, cmd: &str) -> Resp {
-        let r = self.cmd(cmd);
-        assert!(r.status.starts_with("BAD"), "{cmd:?} should be BAD: {r:#?}");
-        r
-    }
-
-    /// APPEND with a LITERAL+ literal; must succeed.
-    #[track_caller]
-    fn append(&mut self, mailbox: &str, flags: &str, msg: &str) -> Resp {
-        let t = self.tag();
-        let fl = if flags.is_empty() {
-            String::new()
-        } else {
-            format!(" ({flags})")
-        };
-        self.send(
-            format!(
-                "{t} APPEND \"{mailbox}\"{fl} {{{}+}}\r\n{msg}\r\n",
-                msg.len()
-            )
-            .as_bytes(),
-        );
-        let r = self.until(&t);
-        assert!(r.ok(), "APPEND -> {r:#?}");
-        r
-    }
-}
-
-/// `{n}` or `{n+}` at the end of a line.
-fn literal_len(line: &[u8]) -> Option<usize> {
-    let l = line.strip_suffix(b"\r\n")?.strip_suffix(b"}")?;
-    let open = l.iter().rposition(|b| *b == b'{')?;
-    let d = &l[open + 1..];
-    let d = d.strip_suffix(b"+").unwrap_or(d);
-    std::str::from_utf8(d).ok()?.parse().ok()
-}
-
-fn message(subject: &str) -> String {
+fn message(subject: &str) -> Vec<u8> {
     format!("From: <a@example.test>\r\nTo: <{U}>\r\nSubject: {subject}\r\n\r\nbody\r\n")
+        .into_bytes()
 }
 
 fn server() -> Server {
@@ -266,16 +48,16 @@ fn py(case: &str, server: &Server) {
 #[test]
 fn examine_does_not_clear_recent() {
     let server = server();
-    let mut a = Imap::login(server.imap);
+    let mut a = Imap::login(server.imap, U, PASSWORD);
     a.ok("CREATE Box");
-    a.append("Box", "", &message("one"));
-    a.append("Box", "", &message("two"));
+    a.append_ok("Box", "", None, &message("one"));
+    a.append_ok("Box", "", None, &message("two"));
     let r = a.ok("EXAMINE Box");
     assert_eq!(r.count("RECENT"), Some(2), "{r:#?}");
     assert!(r.status.starts_with("OK [READ-ONLY]"), "{r:?}");
     // The examining session sees them as \Recent too.
     let r = a.ok("FETCH 1:* FLAGS");
-    assert!(r.untagged.iter().all(|l| l.contains("\\Recent")), "{r:#?}");
+    assert!(r.lines().iter().all(|l| l.contains("\\Recent")), "{r:#?}");
     let r = a.ok("SEARCH RECENT");
     assert_eq!(r.search(), vec![1, 2]);
     a.ok("CLOSE");
@@ -286,13 +68,13 @@ fn examine_does_not_clear_recent() {
     // Examined again (and UNSELECTed): still nothing claimed.
     assert_eq!(a.ok("EXAMINE Box").count("RECENT"), Some(2));
     a.ok("UNSELECT");
-    let mut b = Imap::login(server.imap);
+    let mut b = Imap::login(server.imap, U, PASSWORD);
     assert_eq!(b.ok("STATUS Box (RECENT)").status_item("RECENT"), 2);
 
     // A message arriving while one session examines the mailbox is \Recent
     // there and still \Recent for the next SELECT.
     a.ok("EXAMINE Box");
-    b.append("Box", "", &message("three"));
+    b.append_ok("Box", "", None, &message("three"));
     let r = a.ok("NOOP");
     assert_eq!(r.count("EXISTS"), Some(3), "{r:#?}");
     assert_eq!(r.count("RECENT"), Some(3), "{r:#?}");
@@ -333,15 +115,15 @@ fn validity(c: &mut Imap, mailbox: &str) -> (u64, u64) {
 #[test]
 fn recreated_mailbox_gets_a_new_uidvalidity() {
     let mut server = server();
-    let mut a = Imap::login(server.imap);
-    let mut b = Imap::login(server.imap);
+    let mut a = Imap::login(server.imap, U, PASSWORD);
+    let mut b = Imap::login(server.imap, U, PASSWORD);
     a.ok("CREATE Cache");
-    a.append("Cache", "", &message("old"));
+    a.append_ok("Cache", "", None, &message("old"));
     let (v0, next0) = validity(&mut a, "Cache");
     assert_eq!(next0, 2);
     let r = a.ok("SELECT Cache");
     assert!(
-        r.untagged
+        r.lines()
             .iter()
             .any(|l| l.contains(&format!("[UIDVALIDITY {v0}]"))),
         "{r:#?}"
@@ -350,7 +132,7 @@ fn recreated_mailbox_gets_a_new_uidvalidity() {
     // the same second: a client caching UID 1 must see another UIDVALIDITY.
     b.ok("DELETE Cache");
     b.ok("CREATE Cache");
-    b.append("Cache", "", &message("new"));
+    b.append_ok("Cache", "", None, &message("new"));
     let (v1, next1) = validity(&mut b, "Cache");
     assert!(
         v1 > v0,
@@ -363,7 +145,7 @@ fn recreated_mailbox_gets_a_new_uidvalidity() {
     assert_eq!(validity(&mut a, "Cache").0, v1);
     let r = a.ok("SELECT Cache");
     assert!(
-        r.untagged
+        r.lines()
             .iter()
             .any(|l| l.contains(&format!("[UIDVALIDITY {v1}]"))),
         "{r:#?}"
@@ -391,10 +173,10 @@ fn recreated_mailbox_gets_a_new_uidvalidity() {
             server.kill9();
         }
         server.restart();
-        let mut c = Imap::login(server.imap);
+        let mut c = Imap::login(server.imap, U, PASSWORD);
         assert_eq!(validity(&mut c, "Moved").0, v1);
         c.ok("CREATE Cache");
-        c.append("Cache", "", &message("after restart"));
+        c.append_ok("Cache", "", None, &message("after restart"));
         let (v, next) = validity(&mut c, "Cache");
         assert!(
             v > *seen.iter().max().unwrap(),
@@ -432,7 +214,7 @@ fn maximal_id_before_login() {
     for i in 0..30 {
         line.push_str(&format!("\"field{i}\" {{1024}}\r\n"));
         c.send(line.as_bytes());
-        let cont = c.response();
+        let cont = c.line();
         assert!(cont.starts_with("+ "), "{cont:?}");
         line = "v".repeat(1024);
         if i < 29 {
@@ -491,14 +273,14 @@ fn list(c: &mut Imap, cmd: &str) -> Vec<(String, String, String)> {
         .collect()
 }
 
-fn names(l: &[(String, String, String)]) -> Vec<&str> {
+fn list_names(l: &[(String, String, String)]) -> Vec<&str> {
     l.iter().map(|e| e.1.as_str()).collect()
 }
 
 #[test]
 fn list_extended_options_and_recursivematch() {
     let server = server();
-    let mut c = Imap::login(server.imap);
+    let mut c = Imap::login(server.imap, U, PASSWORD);
     // RFC 5258 section 5, example 8: Foo, Foo/Bar, Foo/Baz, Moo; only Foo/Baz subscribed.
     for m in ["Foo", "Foo/Bar", "Foo/Baz", "Moo"] {
         c.ok(&format!("CREATE {m}"));
@@ -523,11 +305,11 @@ fn list_extended_options_and_recursivematch() {
     c.ok("LIST () \"\" \"%\" RETURN ()");
 
     let l = list(&mut c, "LIST (SUBSCRIBED) \"\" \"*\"");
-    assert_eq!(names(&l), ["Foo/Baz"], "{l:?}");
+    assert_eq!(list_names(&l), ["Foo/Baz"], "{l:?}");
     assert!(list(&mut c, "LIST (SUBSCRIBED) \"\" \"%\"").is_empty());
     // Foo is not subscribed but has a subscribed child that `%` does not return.
     let l = list(&mut c, "LIST (SUBSCRIBED RECURSIVEMATCH) \"\" \"%\"");
-    assert_eq!(names(&l), ["Foo"], "{l:?}");
+    assert_eq!(list_names(&l), ["Foo"], "{l:?}");
     assert!(!l[0].0.contains("\\Subscribed"), "{l:?}");
     assert_eq!(l[0].2, "(\"CHILDINFO\" (\"SUBSCRIBED\"))", "{l:?}");
     // Same with the options in the other order and RETURN (CHILDREN).
@@ -535,25 +317,25 @@ fn list_extended_options_and_recursivematch() {
         &mut c,
         "LIST (RECURSIVEMATCH SUBSCRIBED) \"\" \"%\" RETURN (CHILDREN)",
     );
-    assert_eq!(names(&l), ["Foo"], "{l:?}");
+    assert_eq!(list_names(&l), ["Foo"], "{l:?}");
     assert!(
         l[0].0.contains("\\HasChildren") && l[0].2.contains("CHILDINFO"),
         "{l:?}"
     );
     // With `*` the child is returned itself: no redundant parent (RFC 5258 3.5).
     let l = list(&mut c, "LIST (SUBSCRIBED RECURSIVEMATCH) \"\" \"*\"");
-    assert_eq!(names(&l), ["Foo/Baz"], "{l:?}");
+    assert_eq!(list_names(&l), ["Foo/Baz"], "{l:?}");
     assert_eq!(l[0].2, "", "{l:?}");
 
     // A1: Foo subscribed as well.
     c.ok("SUBSCRIBE Foo");
     let l = list(&mut c, "LIST (SUBSCRIBED RECURSIVEMATCH) \"\" \"%\"");
-    assert_eq!(names(&l), ["Foo"], "{l:?}");
+    assert_eq!(list_names(&l), ["Foo"], "{l:?}");
     assert!(l[0].0.contains("\\Subscribed"), "{l:?}");
     assert_eq!(l[0].2, "(\"CHILDINFO\" (\"SUBSCRIBED\"))", "{l:?}");
     // Without RECURSIVEMATCH there is never CHILDINFO.
     let l = list(&mut c, "LIST (SUBSCRIBED) \"\" \"%\"");
-    assert_eq!(names(&l), ["Foo"], "{l:?}");
+    assert_eq!(list_names(&l), ["Foo"], "{l:?}");
     assert_eq!(l[0].2, "", "{l:?}");
     c.ok("UNSUBSCRIBE Foo");
 
@@ -562,15 +344,15 @@ fn list_extended_options_and_recursivematch() {
     c.ok("SUBSCRIBE Par/Kid");
     c.ok("UNSUBSCRIBE Foo/Baz");
     let l = list(&mut c, "LIST (SUBSCRIBED RECURSIVEMATCH) \"\" \"%\"");
-    assert_eq!(names(&l), ["Par"], "{l:?}");
+    assert_eq!(list_names(&l), ["Par"], "{l:?}");
     assert_eq!(l[0].2, "(\"CHILDINFO\" (\"SUBSCRIBED\"))", "{l:?}");
     // A subscription to a mailbox that does not exist counts too.
     c.ok("SUBSCRIBE Ghost/Sub");
     let l = list(&mut c, "LIST (SUBSCRIBED RECURSIVEMATCH) \"\" \"%\"");
-    assert_eq!(names(&l), ["Ghost", "Par"], "{l:?}");
+    assert_eq!(list_names(&l), ["Ghost", "Par"], "{l:?}");
     assert!(l[0].0.contains("\\NonExistent"), "{l:?}");
     let l = list(&mut c, "LIST (SUBSCRIBED RECURSIVEMATCH) \"\" \"G*\"");
-    assert_eq!(names(&l), ["Ghost/Sub"], "{l:?}");
+    assert_eq!(list_names(&l), ["Ghost/Sub"], "{l:?}");
     assert!(
         l[0].0.contains("\\NonExistent") && l[0].0.contains("\\Subscribed"),
         "{l:?}"
@@ -579,33 +361,37 @@ fn list_extended_options_and_recursivematch() {
     c.ok("CREATE Deep/A/B");
     c.ok("SUBSCRIBE Deep/A/B");
     let l = list(&mut c, "LIST (SUBSCRIBED RECURSIVEMATCH) \"\" \"D%\"");
-    assert_eq!(names(&l), ["Deep"], "{l:?}");
+    assert_eq!(list_names(&l), ["Deep"], "{l:?}");
     let l = list(&mut c, "LIST (SUBSCRIBED RECURSIVEMATCH) \"Deep/\" \"%\"");
-    assert_eq!(names(&l), ["Deep/A"], "{l:?}");
+    assert_eq!(list_names(&l), ["Deep/A"], "{l:?}");
     assert!(l[0].2.contains("CHILDINFO"), "{l:?}");
 
     // Several patterns: each is matched, every mailbox listed once.
     let l = list(&mut c, "LIST \"\" (\"INBOX\" Moo \"Foo/%\")");
-    assert_eq!(names(&l), ["INBOX", "Foo/Bar", "Foo/Baz", "Moo"], "{l:?}");
+    assert_eq!(
+        list_names(&l),
+        ["INBOX", "Foo/Bar", "Foo/Baz", "Moo"],
+        "{l:?}"
+    );
     let l = list(
         &mut c,
         "LIST () \"\" (Moo \"M*\" \"Foo\") RETURN (CHILDREN)",
     );
-    assert_eq!(names(&l), ["Foo", "Moo"], "{l:?}");
+    assert_eq!(list_names(&l), ["Foo", "Moo"], "{l:?}");
     let l = list(
         &mut c,
         "LIST (SUBSCRIBED RECURSIVEMATCH) \"\" (\"Par\" \"Deep/%\")",
     );
-    assert_eq!(names(&l), ["Deep/A", "Par"], "{l:?}");
+    assert_eq!(list_names(&l), ["Deep/A", "Par"], "{l:?}");
     let l = list(&mut c, "LIST \"Foo/\" (Bar Baz nothing)");
-    assert_eq!(names(&l), ["Foo/Bar", "Foo/Baz"], "{l:?}");
+    assert_eq!(list_names(&l), ["Foo/Bar", "Foo/Baz"], "{l:?}");
     let l = list(
         &mut c,
         "LIST (SPECIAL-USE) \"\" (\"Sent\" \"Drafts\" Moo) RETURN (SPECIAL-USE)",
     );
-    assert_eq!(names(&l), ["Drafts", "Sent"], "{l:?}");
+    assert_eq!(list_names(&l), ["Drafts", "Sent"], "{l:?}");
     let l = list(&mut c, "LIST \"\" (Moo) RETURN (STATUS (MESSAGES))");
-    assert_eq!(names(&l), ["Moo"], "{l:?}");
+    assert_eq!(list_names(&l), ["Moo"], "{l:?}");
     c.ok("LOGOUT");
     py("list_extended", &server);
 }
@@ -614,35 +400,26 @@ fn list_extended_options_and_recursivematch() {
 // 5. CONDSTORE enabling commands and the MODSEQ search key (RFC 7162)
 // ---------------------------------------------------------------------------
 
-/// `MODSEQ (n)` of a FETCH response line.
-#[track_caller]
-fn modseq_of(line: &str) -> u64 {
-    let i = line
-        .find("MODSEQ (")
-        .unwrap_or_else(|| panic!("no MODSEQ in {line:?}"));
-    let rest = &line[i + 8..];
-    rest[..rest.find(')').unwrap()].parse().unwrap()
-}
-
 /// A session with `Cond` selected without CONDSTORE.
 fn selected_plain(server: &Server) -> Imap {
-    let mut c = Imap::login(server.imap);
+    let mut c = Imap::login(server.imap, U, PASSWORD);
     let r = c.ok("SELECT Cond");
     assert!(r.ok());
     let r = c.ok("FETCH 1:* FLAGS");
-    assert!(r.untagged.iter().all(|l| !l.contains("MODSEQ")), "{r:#?}");
+    assert!(r.lines().iter().all(|l| !l.contains("MODSEQ")), "{r:#?}");
     c
 }
 
 #[test]
 fn condstore_enabling_commands_and_modseq_search() {
     let server = server();
-    let mut a = Imap::login(server.imap);
+    let mut a = Imap::login(server.imap, U, PASSWORD);
     a.ok("CREATE Cond");
     for i in 1..=4 {
-        a.append(
+        a.append_ok(
             "Cond",
             if i == 3 { "\\Seen" } else { "" },
+            None,
             &message(&format!("m{i}")),
         );
     }
@@ -673,7 +450,7 @@ fn condstore_enabling_commands_and_modseq_search() {
         assert!(!r.status.contains("HIGHESTMODSEQ"), "{cmd} again: {r:?}");
         let r = c.ok("FETCH 2 FLAGS");
         assert!(
-            r.untagged[0].contains("MODSEQ ("),
+            r.lines()[0].contains("MODSEQ ("),
             "{cmd}, then FETCH: {r:#?}"
         );
         c.ok("LOGOUT");
@@ -694,14 +471,14 @@ fn condstore_enabling_commands_and_modseq_search() {
     let r = c.ok("STORE 1:2 (UNCHANGEDSINCE 1) +FLAGS (\\Draft)");
     assert!(r.status.starts_with("OK [MODIFIED 1:2]"), "{r:#?}");
     assert!(
-        r.untagged
+        r.lines()
             .iter()
             .any(|l| l.starts_with(&format!("* OK [HIGHESTMODSEQ {now}]"))),
         "{r:#?}"
     );
     // SELECT (CONDSTORE) and ENABLE before SELECT report it at SELECT already.
     for first in ["SELECT Cond (CONDSTORE)", "ENABLE CONDSTORE"] {
-        let mut c = Imap::login(server.imap);
+        let mut c = Imap::login(server.imap, U, PASSWORD);
         let r = c.ok(first);
         let r = if first.starts_with("ENABLE") {
             assert!(!r.status.contains("HIGHESTMODSEQ"), "{r:?}");
@@ -710,7 +487,7 @@ fn condstore_enabling_commands_and_modseq_search() {
             r
         };
         assert!(
-            r.untagged
+            r.lines()
                 .iter()
                 .any(|l| l.contains(&format!("[HIGHESTMODSEQ {now}]"))),
             "{r:#?}"
@@ -719,18 +496,17 @@ fn condstore_enabling_commands_and_modseq_search() {
         assert!(!r.status.contains("HIGHESTMODSEQ"), "{r:?}");
     }
     // Not selected: nothing to report.
-    let mut c = Imap::login(server.imap);
+    let mut c = Imap::login(server.imap, U, PASSWORD);
     let r = c.ok("STATUS Cond (HIGHESTMODSEQ)");
     assert!(!r.status.contains("["), "{r:?}");
 
     // The MODSEQ key with an entry name and type (RFC 7162 3.1.5).
-    let mut c = Imap::login(server.imap);
+    let mut c = Imap::login(server.imap, U, PASSWORD);
     c.ok("SELECT Cond");
     let ms: Vec<u64> = c
-        .ok("FETCH 1:4 MODSEQ")
-        .untagged
+        .fetch("FETCH 1:4 MODSEQ")
         .iter()
-        .map(|l| modseq_of(l))
+        .map(Fetch::modseq)
         .collect();
     let m23 = ms[1].max(ms[2]);
     for cmd in [
@@ -757,7 +533,7 @@ fn condstore_enabling_commands_and_modseq_search() {
     let r = c.ok("SEARCH 2:3 MODSEQ \"/flags/\\\\seen\" all 1");
     assert_eq!(
         r.with_prefix("SEARCH")[0],
-        &format!("* SEARCH 2 3 (MODSEQ {m23})")
+        format!("* SEARCH 2 3 (MODSEQ {m23})")
     );
     // MIN/MAX only: the mod-sequence of the messages returned.
     let r = c.ok("SEARCH RETURN (MIN) 2:3 MODSEQ 1");
@@ -786,7 +562,7 @@ fn condstore_enabling_commands_and_modseq_search() {
 #[test]
 fn search_address_with_comments() {
     let server = server();
-    let mut c = Imap::login(server.imap);
+    let mut c = Imap::login(server.imap, U, PASSWORD);
     c.ok("CREATE Addr");
     let forms = [
         "user-from@domain.org",
@@ -802,12 +578,13 @@ fn search_address_with_comments() {
             form.replace("from", "cc"),
             form.replace("from", "bcc")
         );
-        c.append("Addr", "", &msg);
+        c.append_ok("Addr", "", None, msg.as_bytes());
     }
-    c.append(
+    c.append_ok(
         "Addr",
         "",
-        "From: <someone (a comment)@else.org>\r\nSubject: no\r\n\r\nx\r\n",
+        None,
+        b"From: <someone (a comment)@else.org>\r\nSubject: no\r\n\r\nx\r\n",
     );
     c.ok("SELECT Addr");
     let all: Vec<u32> = (1..=forms.len() as u32).collect();
@@ -901,8 +678,8 @@ impl FlagsWatch {
 
     #[track_caller]
     fn resp(&mut self, r: &Resp, who: &str) {
-        for l in &r.untagged {
-            self.see(l, who);
+        for l in r.lines() {
+            self.see(&l, who);
         }
     }
 }
@@ -910,18 +687,18 @@ impl FlagsWatch {
 #[test]
 fn keywords_announced_before_fetch_uses_them() {
     let server = server();
-    let mut setup = Imap::login(server.imap);
+    let mut setup = Imap::login(server.imap, U, PASSWORD);
     setup.ok("CREATE Kw");
     for i in 0..20 {
-        setup.append("Kw", "", &message(&format!("k{i}")));
+        setup.append_ok("Kw", "", None, &message(&format!("k{i}")));
     }
 
     // The plain cases, one by one: another session's STORE, APPEND with a
     // keyword, COPY of a message with one, seen by NOOP, FETCH, STORE and IDLE.
-    let mut a = Imap::login(server.imap);
+    let mut a = Imap::login(server.imap, U, PASSWORD);
     let mut wa = FlagsWatch::default();
     wa.resp(&a.ok("SELECT Kw"), "a");
-    let mut b = Imap::login(server.imap);
+    let mut b = Imap::login(server.imap, U, PASSWORD);
     b.ok("SELECT Kw");
     b.ok("STORE 1 +FLAGS ($Label1)");
     let r = a.ok("NOOP");
@@ -939,9 +716,9 @@ fn keywords_announced_before_fetch_uses_them() {
     wa.resp(&a.ok("UID STORE 5 +FLAGS.SILENT (\\Seen)"), "a");
     wa.resp(&a.ok("FETCH 5 (FLAGS BODY[TEXT])"), "a");
     // APPEND and COPY into the selected mailbox by the other session.
-    b.append("Kw", "$Appended", &message("with keyword"));
+    b.append_ok("Kw", "$Appended", None, &message("with keyword"));
     b.ok("CREATE Other");
-    b.append("Other", "$Copied", &message("to copy"));
+    b.append_ok("Other", "$Copied", None, &message("to copy"));
     b.ok("SELECT Other");
     b.ok("COPY 1 Kw");
     let r = a.ok("NOOP");
@@ -952,12 +729,12 @@ fn keywords_announced_before_fetch_uses_them() {
     // IDLE: the FLAGS comes before the FETCH within the idle updates.
     let t = a.tag();
     a.send(format!("{t} IDLE\r\n").as_bytes());
-    assert!(a.response().starts_with("+ "));
+    assert!(a.response().starts_with(b"+ "));
     b.ok("SELECT Kw");
     b.ok("STORE 6 +FLAGS ($Idle)");
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let l = a.response();
+        let l = text(&a.response());
         wa.see(&l, "a (IDLE)");
         if l.contains(" FETCH (") && l.contains("$Idle") {
             break;
@@ -978,7 +755,7 @@ fn keywords_announced_before_fetch_uses_them() {
         .map(|n| {
             std::thread::spawn(move || {
                 let who = format!("client {n}");
-                let mut c = Imap::login(addr);
+                let mut c = Imap::login(addr, U, PASSWORD);
                 let mut w = FlagsWatch::default();
                 w.resp(&c.ok("SELECT Kw"), &who);
                 for round in 0..12u32 {

@@ -215,6 +215,14 @@ impl Imap {
         r
     }
 
+    /// The command must be refused as malformed (tagged BAD).
+    #[track_caller]
+    fn bad(&mut self, cmd: &str) -> Resp {
+        let r = self.cmd(cmd);
+        assert!(r.status.starts_with("BAD"), "{cmd:?} should be BAD: {r:#?}");
+        r
+    }
+
     /// SELECT a mailbox (must succeed).
     #[track_caller]
     fn select(&mut self, mailbox: &str) -> Resp {
@@ -405,6 +413,18 @@ impl Resp {
             .split_whitespace()
             .map(|n| n.parse().unwrap_or_else(|_| panic!("SEARCH item {n:?}")))
             .collect()
+    }
+
+    /// The value of `item` (any case) in the (single) `* STATUS` response.
+    #[track_caller]
+    fn status_item(&self, item: &str) -> u64 {
+        let n = self.with_prefix("STATUS ").len();
+        assert_eq!(n, 1, "expected one STATUS response: {self:#?}");
+        status_of(self)
+            .into_iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(item))
+            .unwrap_or_else(|| panic!("{item} missing in STATUS: {self:#?}"))
+            .1
     }
 
     /// Parsed `* n FETCH (...)` responses.
