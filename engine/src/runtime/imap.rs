@@ -655,7 +655,8 @@ impl Session {
         let fd = conn.fd();
         loop {
             self.m.sync(true);
-            if self.m.out.flush(conn).await.is_err() {
+            let bye = self.m.take_bye();
+            if self.m.out.flush(conn).await.is_err() || bye {
                 return false;
             }
             // A complete line already buffered?

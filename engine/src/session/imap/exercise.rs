@@ -589,10 +589,15 @@ fn finish(
     c: &Prepared,
     next: Next,
 ) {
+    let mut bye = false;
     match &next {
         Next::Idle(t) => {
             m.sync(true);
-            m.ok(t, "IDLE terminated");
+            if m.take_bye() {
+                bye = true;
+            } else {
+                m.ok(t, "IDLE terminated");
+            }
         }
         // The raw branch can say COMPRESS DEFLATE: the runtime would
         // answer and start deflating; the session's state is the same.
@@ -604,7 +609,7 @@ fn finish(
         other => panic!("unexpected effect {other:?}"),
     }
     check(m, client, c);
-    if next == Next::Close {
+    if next == Next::Close || bye {
         *m = Machine::new(store.clone(), Some(ACCOUNT.into()));
         *client = Client::default();
     }
@@ -620,6 +625,15 @@ fn check(m: &mut Machine<MemStore>, client: &mut Client, c: &Prepared) {
     ));
     let lines = lines(&out);
     let last = lines.last().expect("no response");
+    // The selected mailbox was deleted meanwhile: the session ends with
+    // BYE, and nothing follows it.
+    if last.starts_with(b"* BYE ") {
+        assert!(m.sel.is_none(), "BYE while a mailbox is still selected");
+        for line in &lines[..lines.len() - 1] {
+            client.untagged(line);
+        }
+        return;
+    }
     let mut words = last.splitn(3, |&b| b == b' ');
     assert_eq!(
         words.next(),

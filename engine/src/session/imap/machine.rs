@@ -272,6 +272,9 @@ pub struct Machine<S: Mailstore> {
     saved: Vec<u32>,
     /// AUTHENTICATE waiting for the client's continuation line: the tag.
     pub sasl_tag: Option<Vec<u8>>,
+    /// A sync said BYE (the selected mailbox was deleted): where in `out`
+    /// its line ends.
+    bye: Option<usize>,
     /// TLS is active (implicit, or after STARTTLS).
     pub tls: bool,
     /// LOGIN/AUTHENTICATE are accepted without TLS (loopback or the
@@ -293,6 +296,7 @@ impl<S: Mailstore> Machine<S> {
             modseq_pending: false,
             saved: Vec::new(),
             sasl_tag: None,
+            bye: None,
             tls: false,
             auth_plaintext: false,
         }
@@ -382,6 +386,14 @@ impl<S: Mailstore> Machine<S> {
     /// Run one command; `external`: the literal of a diverted APPEND, which
     /// stands for the command's (empty) message literal.
     pub async fn execute(&mut self, cmd: Command<'_>, external: Option<&[u8]>) -> Next {
+        let next = self.run(cmd, external).await;
+        if self.take_bye() {
+            return Next::Close;
+        }
+        next
+    }
+
+    async fn run(&mut self, cmd: Command<'_>, external: Option<&[u8]>) -> Next {
         let tag = cmd.tag;
         let authed = self.account.is_some();
         match cmd.body {
@@ -920,15 +932,29 @@ impl<S: Mailstore> Machine<S> {
 
     /// The sync a command of the selected state starts with. False when
     /// the mailbox was deleted by another session meanwhile: the sync
-    /// said `[CLOSED]`, and the command is answered NO here.
+    /// said BYE and the command stops (`execute` ends the session).
     fn sync_selected(&mut self, tag: &[u8], allow_expunge: bool) -> bool {
         self.sync(allow_expunge);
         if self.sel.is_some() {
             return true;
         }
-        self.out
-            .status(Some(tag), Status::No, None, "Mailbox no longer exists");
+        if self.bye.is_none() {
+            self.out
+                .status(Some(tag), Status::Bad, None, "No mailbox selected");
+        }
         false
+    }
+
+    /// A sync found the selected mailbox deleted and said BYE: drop what
+    /// was written after it (the command's own answer) and return true;
+    /// the connection is to be closed once the output is flushed.
+    pub fn take_bye(&mut self) -> bool {
+        let Some(at) = self.bye.take() else {
+            return false;
+        };
+        self.out.buf.truncate(at);
+        self.out.splices.retain(|(p, _)| *p <= at);
+        true
     }
 
     /// What a command on messages of the selected mailbox starts with: the
@@ -1023,10 +1049,15 @@ impl<S: Mailstore> Machine<S> {
         if !found {
             // RFC 5182 2.1: `$` belongs to the mailbox it was saved in.
             self.saved.clear();
-            // The selected mailbox was deleted elsewhere (RFC 3501 allows BYE; we deselect).
+            // The selected mailbox was deleted by another session. RFC 2180
+            // 3.3 leaves the choice; like Dovecot, the session ends with
+            // BYE (nothing of the command goes out after it, see
+            // `take_bye`): a client cannot be told of the deletion any
+            // other way it would understand, and every client handles BYE.
             self.out
                 .buf
-                .extend_from_slice(b"* OK [CLOSED] Mailbox no longer exists\r\n");
+                .extend_from_slice(b"* BYE Selected mailbox was deleted, have to disconnect.\r\n");
+            self.bye = Some(self.out.buf.len());
             self.sel = None;
         }
     }
@@ -2201,30 +2232,47 @@ mod tests {
         assert!(out.starts_with("* 1 FETCH (UID 2)"), "{out}");
     }
 
+    /// RFC 2180 3.3, as Dovecot does it: a session whose selected mailbox
+    /// another session deleted is ended with BYE at its next command (or
+    /// sync), and nothing of that command's answer follows the BYE.
     #[test]
-    fn a_mailbox_deleted_under_a_session_closes_its_selection() {
+    fn a_mailbox_deleted_under_a_session_ends_it_with_bye() {
         let s = store();
-        let mut a = Machine::new(s.clone(), Some(A.into()));
         let mut b = Machine::new(s.clone(), Some(A.into()));
-        say(&mut a, "a CREATE X");
-        say(&mut a, "a SELECT X");
-        say(&mut b, "b DELETE X");
         for cmd in [
             "FETCH 1 FLAGS",
             "SEARCH ALL",
             "STORE 1 +FLAGS (\\Seen)",
             "COPY 1 INBOX",
+            "MOVE 1 INBOX",
+            "EXPUNGE",
+            "NOOP",
+            "UID SORT (SUBJECT) UTF-8 ALL",
         ] {
-            let out = say(&mut a, &format!("t {cmd}"));
-            assert!(
-                out.starts_with("* OK [CLOSED]") && out.contains("t NO"),
-                "{out}"
-            );
-            say(&mut a, "a SELECT INBOX");
+            let mut a = Machine::new(s.clone(), Some(A.into()));
             say(&mut a, "a CREATE X");
+            say(&mut a, "a APPEND X {5+}\r\nhello");
             say(&mut a, "a SELECT X");
             say(&mut b, "b DELETE X");
+            let (next, out) = run(&mut a, &format!("t {cmd}"));
+            assert_eq!(next, Next::Close, "{cmd}: {out}");
+            assert_eq!(
+                out, "* BYE Selected mailbox was deleted, have to disconnect.\r\n",
+                "{cmd}"
+            );
         }
+        // During IDLE, the runtime's sync finds it the same way.
+        let mut a = Machine::new(s.clone(), Some(A.into()));
+        say(&mut a, "a CREATE X");
+        say(&mut a, "a SELECT X");
+        let (next, _) = run(&mut a, "a IDLE");
+        assert_eq!(next, Next::Idle(b"a".to_vec()));
+        say(&mut b, "b DELETE X");
+        a.sync(true);
+        assert!(a.take_bye());
+        assert!(String::from_utf8(a.out.take_bytes())
+            .unwrap()
+            .starts_with("* BYE"));
     }
 
     #[test]
