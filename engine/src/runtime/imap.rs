@@ -24,12 +24,11 @@ use std::time::Duration;
 
 use glommio::net::TcpStream;
 
-use crate::mime;
 use crate::protocol::imap::encode;
 use crate::protocol::imap::{
     parse_command, rejoin_diverted, Code, Frame, Framer, FramingLimits, Status,
 };
-use crate::session::fetch::Piece;
+use crate::session::fetch::{self, Piece};
 use crate::session::imap::machine::{Limits, Machine, Mailstore, Next, Out};
 use crate::storage::index::Account;
 use crate::storage::record::{Loc, Op};
@@ -58,10 +57,7 @@ impl Piece<Body> {
             }
             Piece::NulAsSpace { body, start, len } => {
                 for chunk in body.bytes()[*start..start + len].chunks(NUL_CHUNK) {
-                    let spaced: Vec<u8> = chunk
-                        .iter()
-                        .map(|&b| if b == 0 { b' ' } else { b })
-                        .collect();
+                    let spaced: Vec<u8> = chunk.iter().map(|&b| fetch::nul_as_space(b)).collect();
                     conn.write_all(&spaced).await?;
                 }
                 Ok(())
@@ -73,11 +69,7 @@ impl Piece<Body> {
                 cte,
                 partial,
             } => {
-                let decoded = cte.decode(&body.bytes()[*start..start + len]);
-                let data = match partial {
-                    Some(p) => mime::partial(decoded, *p),
-                    None => decoded,
-                };
+                let data = fetch::decoded(&body.bytes()[*start..start + len], *cte, *partial);
                 conn.write_all(&data).await
             }
         }

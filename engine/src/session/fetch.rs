@@ -44,26 +44,35 @@ impl<B: std::ops::Deref<Target = [u8]>> Piece<B> {
     pub fn render(&self, out: &mut Vec<u8>) {
         match self {
             Piece::Slice { body, start, len } => out.extend_from_slice(&body[*start..start + len]),
-            Piece::NulAsSpace { body, start, len } => out.extend(
-                body[*start..start + len]
-                    .iter()
-                    .map(|&b| if b == 0 { b' ' } else { b }),
-            ),
+            Piece::NulAsSpace { body, start, len } => {
+                out.extend(body[*start..start + len].iter().map(|&b| nul_as_space(b)))
+            }
             Piece::Decoded {
                 body,
                 start,
                 len,
                 cte,
                 partial,
-            } => {
-                let decoded = cte.decode(&body[*start..start + len]);
-                let data = match partial {
-                    Some(p) => mime::partial(decoded, *p),
-                    None => decoded,
-                };
-                out.extend_from_slice(&data);
-            }
+            } => out.extend_from_slice(&decoded(&body[*start..start + len], *cte, *partial)),
         }
+    }
+}
+
+/// A literal cannot carry NUL (RFC 3501 4.3): it goes out as a space.
+pub fn nul_as_space(b: u8) -> u8 {
+    if b == 0 {
+        b' '
+    } else {
+        b
+    }
+}
+
+/// A part's content with its transfer encoding undone, cut to `partial`.
+pub fn decoded(content: &[u8], cte: mime::Cte, partial: Option<Partial>) -> Cow<'_, [u8]> {
+    let data = cte.decode(content);
+    match partial {
+        Some(p) => mime::partial(data, p),
+        None => data,
     }
 }
 

@@ -933,16 +933,10 @@ impl<S: Mailstore> Machine<S> {
     /// The sync a command of the selected state starts with. False when
     /// the mailbox was deleted by another session meanwhile: the sync
     /// said BYE and the command stops (`execute` ends the session).
-    fn sync_selected(&mut self, tag: &[u8], allow_expunge: bool) -> bool {
+    fn sync_selected(&mut self, allow_expunge: bool) -> bool {
         self.sync(allow_expunge);
-        if self.sel.is_some() {
-            return true;
-        }
-        if self.bye.is_none() {
-            self.out
-                .status(Some(tag), Status::Bad, None, "No mailbox selected");
-        }
-        false
+        // Only a deleted mailbox (BYE) takes the selection away here.
+        self.sel.is_some()
     }
 
     /// A sync found the selected mailbox deleted and said BYE: drop what
@@ -967,7 +961,7 @@ impl<S: Mailstore> Machine<S> {
         set: &SequenceSet,
         writes: bool,
     ) -> bool {
-        if !self.sync_selected(tag, uid) {
+        if !self.sync_selected(uid) {
             return false;
         }
         let sel = self.sel.as_ref().expect("selected");
@@ -1656,7 +1650,7 @@ impl<S: Mailstore> Machine<S> {
         }
         match self.expunge_deleted(set.as_ref()).await {
             Ok(n) => {
-                if self.sync_selected(tag, true) {
+                if self.sync_selected(true) {
                     self.ok_expunged(tag, n > 0, "EXPUNGE completed");
                 }
             }
@@ -1704,7 +1698,7 @@ impl<S: Mailstore> Machine<S> {
         if search::modseq_key(search) {
             self.enable_condstore();
         }
-        if !self.sync_selected(tag, uid) {
+        if !self.sync_selected(uid) {
             return None;
         }
         let sel = self.sel.as_ref().expect("selected");
@@ -1986,26 +1980,24 @@ impl<S: Mailstore> Machine<S> {
                 })
                 .unwrap_or(0)
         };
-        let max = self.store.limits().messages_max;
-        let have = self
-            .store
-            .with_account(self.account(), account_messages)
-            .unwrap_or(0);
-        if !mv && !within(max, have + uids.len()) {
-            self.out.status(
-                Some(tag),
-                Status::No,
-                Some(&Code::Limit),
-                "Too many messages in this account",
-            );
-            return;
+        // A MOVE adds no message to the account.
+        if !mv {
+            let have = self
+                .store
+                .with_account(self.account(), account_messages)
+                .unwrap_or(0);
+            if !within(self.store.limits().messages_max, have + uids.len()) {
+                self.out.status(
+                    Some(tag),
+                    Status::No,
+                    Some(&Code::Limit),
+                    "Too many messages in this account",
+                );
+                return;
+            }
         }
-        let _quota = match adding {
-            0 => None,
-            n => match self.hold_quota(tag, n) {
-                Some(h) => Some(h),
-                None => return,
-            },
+        let Some(_quota) = self.hold_quota(tag, adding) else {
+            return;
         };
         match self.transfer(src, &uids, dest, mv).await {
             Ok(Some((validity, from, to))) => {
