@@ -68,6 +68,60 @@ pub struct Config {
     /// passwords are public, so they never come with a file by default.
     #[serde(default)]
     pub demo_accounts: Vec<DemoAccount>,
+    /// Cluster mode (ARCHITECTURE.md, "Cluster mode"); absent: a single node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<Cluster>,
+}
+
+/// `[cluster]`: this node's place in a cluster coordinated through etcd.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Cluster {
+    /// The cluster's name: its keys live under `/ringmail/<name>/` in etcd.
+    pub name: String,
+    /// This node's id, unique in the cluster.
+    pub node: String,
+    /// etcd client URLs (`http://host:port`).
+    pub etcd: Vec<String>,
+    /// host:port other nodes reach this node at.
+    pub internal: String,
+    /// Lifetime of the node's etcd lease: a node that has not renewed it
+    /// for this long is taken for gone, and stops acknowledging mail itself.
+    #[serde(default = "cluster_lease_ttl_default")]
+    pub lease_ttl_secs: u64,
+}
+
+fn cluster_lease_ttl_default() -> u64 {
+    5
+}
+
+impl Cluster {
+    fn validate(&self) -> Result<(), String> {
+        let id_ok = |s: &str| {
+            !s.is_empty()
+                && s.len() <= 64
+                && s.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+        };
+        if !id_ok(&self.name) || !id_ok(&self.node) {
+            return Err(
+                "cluster.name and cluster.node: 1 to 64 letters, digits, '.', '_' or '-'".into(),
+            );
+        }
+        if self.etcd.is_empty() {
+            return Err("cluster.etcd: name at least one etcd endpoint".into());
+        }
+        if self.internal.parse::<std::net::SocketAddr>().is_err() {
+            return Err(format!(
+                "cluster.internal: {:?} is not an address:port",
+                self.internal
+            ));
+        }
+        if !(2..=60).contains(&self.lease_ttl_secs) {
+            return Err("cluster.lease_ttl_secs must be between 2 and 60".into());
+        }
+        Ok(())
+    }
 }
 
 /// `log_format`.
@@ -647,6 +701,7 @@ impl Default for Config {
                     password: (*p).into(),
                 })
                 .collect(),
+            cluster: None,
         }
     }
 }
@@ -769,6 +824,9 @@ impl Config {
     pub fn validate(&self) -> Result<(), String> {
         if self.hostname.is_empty() {
             return Err("hostname must not be empty".into());
+        }
+        if let Some(c) = &self.cluster {
+            c.validate()?;
         }
         for domain in self.relay.tls.keys() {
             if domain.is_empty() || domain.ends_with('.') || *domain != domain.to_ascii_lowercase()
@@ -1160,6 +1218,17 @@ dkim_signatures_max = 10
 timeout_secs = 20
 # Entries of each DNS cache of the verifier.
 cache_max_entries = 16384
+
+# Cluster mode (a binary built with `--features cluster`; ARCHITECTURE.md,
+# "Cluster mode"): nodes register in etcd under /ringmail/NAME/ and share
+# one bucket map. Absent: a single node, no etcd. Not yet usable for mail
+# (forwarding, replication and failover are still to come).
+# [cluster]
+# name = "main"
+# node = "node1"
+# etcd = ["http://127.0.0.1:2379"]
+# internal = "10.0.0.1:7025"
+# lease_ttl_secs = 5
 "#;
 
 fn key_prefix(key: &Option<String>) -> String {
@@ -1213,6 +1282,7 @@ impl Config {
         m.storage = running.storage.clone();
         m.memory = running.memory.clone();
         m.demo_accounts.clone_from(&running.demo_accounts);
+        m.cluster.clone_from(&running.cluster);
         // The DNS thread, the MTA-STS fetcher and the relay's CA roots are
         // built once.
         m.relay.nameservers.clone_from(&running.relay.nameservers);
@@ -1295,6 +1365,35 @@ mod tests {
         let mut expected = Config::default();
         expected.demo_accounts.clear();
         assert_eq!(format!("{parsed:?}"), format!("{expected:?}"));
+    }
+
+    #[test]
+    fn cluster_section_is_checked() {
+        let base = "[cluster]\nname = \"main\"\nnode = \"n1\"\netcd = [\"http://127.0.0.1:2379\"]\ninternal = \"127.0.0.1:7025\"\n";
+        let c = Config::parse(base, Path::new("c.toml")).unwrap();
+        let cl = c.cluster.unwrap();
+        assert_eq!((cl.node.as_str(), cl.lease_ttl_secs), ("n1", 5));
+        for (bad, why) in [
+            (
+                base.replace("\"n1\"", "\"n/1\""),
+                "cluster.name and cluster.node",
+            ),
+            (
+                base.replace("[\"http://127.0.0.1:2379\"]", "[]"),
+                "cluster.etcd",
+            ),
+            (
+                base.replace("127.0.0.1:7025", "somewhere"),
+                "cluster.internal",
+            ),
+            (format!("{base}lease_ttl_secs = 1\n"), "lease_ttl_secs"),
+        ] {
+            let e = Config::parse(&bad, Path::new("c.toml"))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(why), "{e}");
+        }
+        assert!(Config::parse("[cluster]\nname = \"x\"\n", Path::new("c.toml")).is_err());
     }
 
     #[test]

@@ -14,6 +14,7 @@
 
 pub mod accounts;
 pub mod auth;
+pub mod cluster;
 pub mod config;
 pub mod dkim;
 pub mod limits;

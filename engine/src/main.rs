@@ -113,6 +113,17 @@ enum Command {
         #[arg(long)]
         shard: Option<usize>,
     },
+    /// Cluster mode: the members and the bucket map in etcd (`[cluster]` of
+    /// the configuration names the cluster and the etcd endpoints).
+    #[command(
+        after_help = "Examples:\n  ringmail cluster status --config /etc/ringmail/ringmail.toml\n  ringmail cluster rebalance --dry-run --config /etc/ringmail/ringmail.toml"
+    )]
+    Cluster {
+        #[command(flatten)]
+        common: Common,
+        #[command(subcommand)]
+        action: ClusterAction,
+    },
     /// Client addresses banned after failed logins, on the running server.
     #[command(after_help = "Examples:\n  ringmail ban list\n  ringmail ban remove 192.0.2.7")]
     Ban {
@@ -267,6 +278,19 @@ enum DkimAction {
     },
     /// List the keys and their TXT records.
     List,
+}
+
+#[derive(Subcommand)]
+enum ClusterAction {
+    /// Live members, and how many buckets each is primary and replica for.
+    Status,
+    /// Spread the buckets evenly over the live members, moving as few as it
+    /// can (the map is written only if nobody changed it meanwhile).
+    Rebalance {
+        /// Show what would change, write nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -580,6 +604,28 @@ fn run(cli: Cli) -> Result<(), String> {
                 ringmail::runtime::control::request(&config.data_dir, &request)?
             );
             Ok(())
+        }
+        Command::Cluster { common, action } => {
+            let config = load_config(&common)?;
+            let Some(cluster) = &config.cluster else {
+                return Err("the configuration has no [cluster] section".into());
+            };
+            #[cfg(feature = "cluster")]
+            {
+                let out = match action {
+                    ClusterAction::Status => ringmail::cluster::etcd::status(cluster)?,
+                    ClusterAction::Rebalance { dry_run } => {
+                        ringmail::cluster::etcd::rebalance(cluster, dry_run)?
+                    }
+                };
+                print!("{out}");
+                Ok(())
+            }
+            #[cfg(not(feature = "cluster"))]
+            {
+                let _ = (cluster, action);
+                Err("this binary was built without cluster support (cargo build --features cluster)".into())
+            }
         }
         Command::Ban { common, action } => {
             let config = load_config(&common)?;

@@ -147,8 +147,12 @@ fn workspace_bin(package: &str, bin: &str, env_override: &str) -> PathBuf {
     }
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| env!("CARGO").to_string());
     let mut cmd = Command::new(cargo);
-    cmd.args(["build", "--quiet", "-p", package, "--bin", bin])
-        .arg("--target-dir")
+    cmd.args(["build", "--quiet", "-p", package, "--bin", bin]);
+    // The tests cover cluster mode (`.ci/run` installs protoc for it).
+    if package == "ringmail" {
+        cmd.args(["--features", "cluster"]);
+    }
+    cmd.arg("--target-dir")
         .arg(&target_dir)
         .current_dir(workspace_root());
     match profile.as_str() {

@@ -66,6 +66,40 @@ pub enum ServeError {
     Shard(String),
     #[error("tls: {0}")]
     Tls(String),
+    #[error("cluster: {0}")]
+    Cluster(String),
+}
+
+/// Join the cluster of `[cluster]` (the membership thread, `cluster::etcd`).
+fn join_cluster(
+    c: &crate::config::Cluster,
+    smtp: &[SocketAddr],
+    imap: &[SocketAddr],
+    pop3: &[SocketAddr],
+    cores: usize,
+    buckets: u32,
+) -> Result<crate::cluster::Shared, ServeError> {
+    #[cfg(feature = "cluster")]
+    {
+        let s = |v: &[SocketAddr]| v.iter().map(ToString::to_string).collect();
+        let record = crate::cluster::NodeRecord {
+            id: c.node.clone(),
+            internal: c.internal.clone(),
+            smtp: s(smtp),
+            imap: s(imap),
+            pop3: s(pop3),
+            cores,
+            buckets,
+        };
+        crate::cluster::etcd::join(c, record).map_err(ServeError::Cluster)
+    }
+    #[cfg(not(feature = "cluster"))]
+    {
+        let _ = (c, smtp, imap, pop3, cores, buckets);
+        Err(ServeError::Cluster(
+            "[cluster] is configured, but this binary was built without cluster support (cargo build --features cluster)".into(),
+        ))
+    }
 }
 
 /// Messages in flight between two shards before a sender waits.
@@ -223,7 +257,12 @@ pub fn serve(mut config: Config, loader: Option<reload::Loader>) -> Result<(), S
         }
         _ => None,
     };
+    let cluster = match &config.cluster {
+        None => None,
+        Some(c) => Some(join_cluster(c, &smtp, &imap, &pop3, cores, meta.buckets)?),
+    };
     let shared = Arc::new(Shared {
+        cluster,
         config,
         live,
         config_epoch: Default::default(),

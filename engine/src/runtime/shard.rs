@@ -31,6 +31,8 @@ use crate::transport::{Conn, Detached};
 
 /// What every shard shares, read-only (the directory swaps atomically).
 pub struct Shared {
+    /// Cluster mode: the membership thread's published view (`[cluster]`).
+    pub cluster: Option<crate::cluster::Shared>,
     /// The configuration the server started with: what a reload cannot
     /// change (listeners, cores, data directory, storage, memory) is read
     /// here. Everything else is read through [`Shard::config`].
@@ -244,6 +246,15 @@ impl Shard {
             *c = (epoch, Rc::new(Config::clone(&self.shared.live.load())));
         }
         c.1.clone()
+    }
+
+    /// Outside cluster mode always; in it, while this node holds its
+    /// lease (`cluster::View::may_acknowledge`).
+    pub fn may_acknowledge(&self) -> bool {
+        self.shared
+            .cluster
+            .as_ref()
+            .is_none_or(|c| c.load().may_acknowledge(std::time::Instant::now()))
     }
 
     pub fn owner_of(&self, account: &str) -> usize {

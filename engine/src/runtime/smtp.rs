@@ -651,6 +651,13 @@ pub async fn serve(
                     left = Some(body);
                 }
                 let outcome = match result {
+                    // Cluster mode: no 250 once the lease may have lapsed
+                    // (another node may own these buckets by now). The
+                    // message may be stored; the client sends it again.
+                    Ok(()) if !shard.may_acknowledge() => {
+                        tracing::warn!("cluster lease lapsed: delivery not acknowledged");
+                        DeliveryOutcome::NotMember
+                    }
                     Ok(()) => DeliveryOutcome::Stored,
                     Err(e) => {
                         tracing::warn!(error = %e, "delivery failed");

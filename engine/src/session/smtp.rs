@@ -191,6 +191,8 @@ pub enum DeliveryOutcome {
     Stored,
     /// `452 4.3.1 Insufficient system storage`.
     TempFail,
+    /// `451 4.3.0`: cluster mode, and this node's lease may have lapsed.
+    NotMember,
     /// `451 4.3.1`: the message did not fit the budget for data in flight
     /// (its last bytes arrived over it).
     Busy,
@@ -578,6 +580,7 @@ impl SmtpSession {
                 return 250;
             }
             DeliveryOutcome::TempFail => replies::STORAGE_TEMPFAIL,
+            DeliveryOutcome::NotMember => replies::NODE_UNAVAILABLE,
             DeliveryOutcome::Busy => replies::BUSY_TEMPFAIL,
             DeliveryOutcome::SenderNotOwned => replies::FROM_NOT_OWNED,
             DeliveryOutcome::RateLimited => replies::SEND_RATE_LIMITED,

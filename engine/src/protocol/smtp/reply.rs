@@ -227,6 +227,11 @@ pub mod replies {
     pub const RCPT_TEMPFAIL: Reply =
         Reply::new(451, "4.3.0", "Error: temporary recipient lookup failure");
     pub const STORAGE_TEMPFAIL: Reply = Reply::new(452, "4.3.1", "Insufficient system storage");
+    /// Cluster mode: this node's lease in etcd may have lapsed, so it may no
+    /// longer own the recipients' buckets (RFC 3463 X.3.0, other or undefined
+    /// mail system status): the client tries again.
+    pub const NODE_UNAVAILABLE: Reply =
+        Reply::new(451, "4.3.0", "Cluster membership lapsed, try again later");
     /// The recipient's account is at its storage limit: RFC 3463 X.2.2
     /// "mailbox full", as a temporary failure at RCPT (RFC 5321 4.2.2's 452,
     /// "insufficient system storage"), so the sender's server retries and

@@ -1,0 +1,381 @@
+//! The etcd side of cluster mode: the membership thread of a running node,
+//! and the `ringmail cluster` commands.
+//!
+//! The thread owns a current-thread tokio runtime and one etcd client. It
+//! joins (checks the cluster's bucket count, takes a lease, creates the
+//! node's key only if no live process holds it), then keeps the lease
+//! alive every third of its TTL and reloads members and map on every watch
+//! event, publishing each new [`View`]. If etcd stops answering, or the
+//! lease turns out expired, it starts over with a new lease; meanwhile the
+//! published lease deadline passes by itself and the node stops
+//! acknowledging (`View::may_acknowledge`).
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use etcd_client::{
+    Client, Compare, CompareOp, ConnectOptions, GetOptions, PutOptions, Txn, TxnOp, WatchOptions,
+};
+
+use super::{placement, Keys, NodeRecord, Placement, Shared, View};
+use crate::config::Cluster;
+
+/// How long `serve` waits for the first join before it gives up.
+const JOIN_TIMEOUT: Duration = Duration::from_secs(20);
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Meta {
+    buckets: u32,
+}
+
+async fn connect(cfg: &Cluster) -> Result<Client, String> {
+    let timeout = Duration::from_secs(cfg.lease_ttl_secs.max(2));
+    Client::connect(
+        &cfg.etcd,
+        Some(
+            ConnectOptions::new()
+                .with_connect_timeout(Duration::from_secs(2))
+                .with_timeout(timeout),
+        ),
+    )
+    .await
+    .map_err(|e| format!("etcd {}: {e}", cfg.etcd.join(",")))
+}
+
+fn err(what: &str) -> impl Fn(etcd_client::Error) -> String + '_ {
+    move |e| format!("etcd {what}: {e}")
+}
+
+/// The cluster's bucket count: written by the first node to join, checked
+/// by every later one (in one transaction, so two first nodes cannot
+/// disagree).
+async fn check_meta(client: &mut Client, keys: &Keys, buckets: u32) -> Result<(), String> {
+    let key = keys.meta();
+    let value = serde_json::to_vec(&Meta { buckets }).expect("meta serializes");
+    let txn = Txn::new()
+        .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
+        .and_then([TxnOp::put(key.clone(), value, None)]);
+    if client.txn(txn).await.map_err(err("meta"))?.succeeded() {
+        return Ok(());
+    }
+    let got = client.get(key, None).await.map_err(err("meta"))?;
+    let kv = got.kvs().first().ok_or("etcd meta: vanished")?;
+    let meta: Meta = serde_json::from_slice(kv.value()).map_err(|e| format!("etcd meta: {e}"))?;
+    if meta.buckets != buckets {
+        return Err(format!(
+            "the cluster has {} buckets, this node's data directory {buckets}: a node cannot join a cluster with another bucket count",
+            meta.buckets
+        ));
+    }
+    Ok(())
+}
+
+/// Members and map as etcd has them now.
+async fn load(client: &mut Client, keys: &Keys) -> Result<View, String> {
+    let nodes = client
+        .get(keys.nodes(), Some(GetOptions::new().with_prefix()))
+        .await
+        .map_err(err("members"))?;
+    let mut view = View::default();
+    for kv in nodes.kvs() {
+        match serde_json::from_slice::<NodeRecord>(kv.value()) {
+            Ok(r) => {
+                view.members.insert(r.id.clone(), r);
+            }
+            Err(e) => {
+                tracing::warn!(key = ?kv.key_str().ok(), error = %e, "cluster: unreadable member record")
+            }
+        }
+    }
+    let p = client
+        .get(keys.placement(), None)
+        .await
+        .map_err(err("placement"))?;
+    if let Some(kv) = p.kvs().first() {
+        match Placement::from_json(kv.value()) {
+            Ok(pl) => view.placement = Some((pl, kv.mod_revision())),
+            Err(e) => tracing::warn!(error = %e, "cluster: unreadable placement"),
+        }
+    }
+    Ok(view)
+}
+
+/// Start the membership thread and wait for the first join.
+pub fn join(cfg: &Cluster, record: NodeRecord) -> Result<Shared, String> {
+    let shared: Shared = Arc::new(arc_swap::ArcSwap::from_pointee(View::default()));
+    let (tx, rx) = std::sync::mpsc::sync_channel(1);
+    let view = shared.clone();
+    let cfg = cfg.clone();
+    std::thread::Builder::new()
+        .name("ringmail-cluster".into())
+        .spawn(move || {
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    let _ = tx.send(Err(format!("cluster runtime: {e}")));
+                    return;
+                }
+            };
+            rt.block_on(run(cfg, record, view, tx));
+        })
+        .map_err(|e| format!("cluster thread: {e}"))?;
+    match rx.recv_timeout(JOIN_TIMEOUT) {
+        Ok(Ok(())) => Ok(shared),
+        Ok(Err(e)) => Err(e),
+        Err(_) => Err(format!(
+            "no answer from etcd within {} s",
+            JOIN_TIMEOUT.as_secs()
+        )),
+    }
+}
+
+async fn run(
+    cfg: Cluster,
+    record: NodeRecord,
+    view: Shared,
+    ready: std::sync::mpsc::SyncSender<Result<(), String>>,
+) {
+    let keys = Keys::new(&cfg.name);
+    let mut ready = Some(ready);
+    loop {
+        let e = member(&cfg, &keys, &record, &view, &mut ready).await;
+        if let Some(r) = ready.take() {
+            // Never joined: `serve` reports it and stops.
+            let _ = r.send(Err(e));
+            return;
+        }
+        tracing::warn!(error = %e, "cluster: membership lost; joining again");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// One membership: join, then keep the lease and the view fresh until
+/// something fails (the error is returned).
+async fn member(
+    cfg: &Cluster,
+    keys: &Keys,
+    record: &NodeRecord,
+    view: &Shared,
+    ready: &mut Option<std::sync::mpsc::SyncSender<Result<(), String>>>,
+) -> String {
+    match member_inner(cfg, keys, record, view, ready).await {
+        Ok(never) => match never {},
+        Err(e) => e,
+    }
+}
+
+enum Never {}
+
+async fn member_inner(
+    cfg: &Cluster,
+    keys: &Keys,
+    record: &NodeRecord,
+    view: &Shared,
+    ready: &mut Option<std::sync::mpsc::SyncSender<Result<(), String>>>,
+) -> Result<Never, String> {
+    let ttl = cfg.lease_ttl_secs as i64;
+    let mut client = connect(cfg).await?;
+    check_meta(&mut client, keys, record.buckets).await?;
+    let asked = Instant::now();
+    let lease = client
+        .lease_grant(ttl, None)
+        .await
+        .map_err(err("lease"))?
+        .id();
+    let node_key = keys.node(&record.id);
+    let value = serde_json::to_vec(record).expect("node record serializes");
+    // Create the key only if nobody holds it: a live node with the same
+    // id, or this node's previous process whose lease has not run out yet
+    // (after a kill -9; wait for it, at most one TTL and a bit).
+    let wait_until = Instant::now() + Duration::from_secs(cfg.lease_ttl_secs + 2);
+    loop {
+        let txn = Txn::new()
+            .when([Compare::create_revision(
+                node_key.clone(),
+                CompareOp::Equal,
+                0,
+            )])
+            .and_then([TxnOp::put(
+                node_key.clone(),
+                value.clone(),
+                Some(PutOptions::new().with_lease(lease)),
+            )]);
+        if client.txn(txn).await.map_err(err("join"))?.succeeded() {
+            break;
+        }
+        if Instant::now() >= wait_until {
+            let _ = client.lease_revoke(lease).await;
+            return Err(format!(
+                "node id {:?} is held by a live member of cluster {:?}",
+                record.id, cfg.name
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let mut lease_until = asked + Duration::from_secs(cfg.lease_ttl_secs);
+    let (mut keeper, mut alive) = client
+        .lease_keep_alive(lease)
+        .await
+        .map_err(err("keep-alive"))?;
+    let mut watch = client
+        .watch(keys.prefix(), Some(WatchOptions::new().with_prefix()))
+        .await
+        .map_err(err("watch"))?;
+    let publish = |mut v: View, until: Instant| {
+        v.lease_until = Some(until);
+        view.store(Arc::new(v));
+    };
+    publish(load(&mut client, keys).await?, lease_until);
+    tracing::info!(cluster = %cfg.name, node = %record.id, lease, "joined the cluster");
+    if let Some(r) = ready.take() {
+        let _ = r.send(Ok(()));
+    }
+    let every = Duration::from_millis(cfg.lease_ttl_secs * 1000 / 3);
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                let sent = Instant::now();
+                let renewed = tokio::time::timeout(every, async {
+                    keeper.keep_alive().await.map_err(err("keep-alive"))?;
+                    alive.message().await.map_err(err("keep-alive"))
+                })
+                .await
+                .map_err(|_| "etcd keep-alive: no answer".to_string())??;
+                match renewed {
+                    Some(r) if r.ttl() > 0 => {
+                        lease_until = sent + Duration::from_secs(r.ttl() as u64);
+                        let mut v = (**view.load()).clone();
+                        v.lease_until = Some(lease_until);
+                        view.store(Arc::new(v));
+                    }
+                    _ => return Err("the lease expired".into()),
+                }
+            }
+            event = watch.message() => {
+                match event.map_err(err("watch"))? {
+                    Some(_) => publish(load(&mut client, keys).await?, lease_until),
+                    None => return Err("etcd watch: closed".into()),
+                }
+            }
+        }
+    }
+}
+
+/// `ringmail cluster status`: the members and the map, as text.
+pub fn status(cfg: &Cluster) -> Result<String, String> {
+    block_on(async {
+        let keys = Keys::new(&cfg.name);
+        let mut client = connect(cfg).await?;
+        let view = load(&mut client, &keys).await?;
+        Ok(describe(&cfg.name, &view))
+    })
+}
+
+fn describe(name: &str, view: &View) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let _ = writeln!(out, "cluster {name}: {} live node(s)", view.members.len());
+    let counts: std::collections::BTreeMap<String, (usize, usize)> = view
+        .placement
+        .as_ref()
+        .map(|(p, _)| {
+            p.counts()
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v))
+                .collect()
+        })
+        .unwrap_or_default();
+    for (id, r) in &view.members {
+        let (p, rep) = counts.get(id).copied().unwrap_or((0, 0));
+        let _ = writeln!(
+            out,
+            "node {id} internal={} cores={} primary={p} replica={rep}",
+            r.internal, r.cores
+        );
+    }
+    match &view.placement {
+        Some((p, version)) => {
+            let _ = writeln!(out, "placement version={version} buckets={}", p.buckets);
+            for (id, (prim, rep)) in &counts {
+                if !view.members.contains_key(id) {
+                    let _ = writeln!(out, "gone {id} primary={prim} replica={rep}");
+                }
+            }
+        }
+        None => {
+            let _ = writeln!(out, "placement none (run `ringmail cluster rebalance`)");
+        }
+    }
+    out
+}
+
+/// `ringmail cluster rebalance`: a balanced map over the live members that
+/// moves as few buckets as it can, written only if the map did not change
+/// meanwhile (compare its version; retried on a conflict).
+pub fn rebalance(cfg: &Cluster, dry_run: bool) -> Result<String, String> {
+    block_on(async {
+        let keys = Keys::new(&cfg.name);
+        let mut client = connect(cfg).await?;
+        let meta = client.get(keys.meta(), None).await.map_err(err("meta"))?;
+        let buckets = match meta.kvs().first() {
+            Some(kv) => {
+                serde_json::from_slice::<Meta>(kv.value())
+                    .map_err(|e| format!("etcd meta: {e}"))?
+                    .buckets
+            }
+            None => return Err(format!("no node has joined cluster {:?} yet", cfg.name)),
+        };
+        for _ in 0..5 {
+            let view = load(&mut client, &keys).await?;
+            let live: Vec<String> = view.members.keys().cloned().collect();
+            let current = view.placement.as_ref().map(|(p, _)| p);
+            let next = placement::plan(current, &live, buckets)?;
+            let moved = |f: fn(&Placement, u32) -> Option<&str>| {
+                (0..buckets)
+                    .filter(|&b| current.and_then(|c| f(c, b)) != f(&next, b))
+                    .count()
+            };
+            let (mp, mr) = (moved(Placement::primary_of), moved(Placement::replica_of));
+            if current == Some(&next) {
+                return Ok(format!("placement unchanged ({} live nodes)\n", live.len()));
+            }
+            let summary = format!(
+                "{} live nodes; {mp} primaries and {mr} replicas change",
+                live.len()
+            );
+            if dry_run {
+                return Ok(format!("{summary} (dry run, nothing written)\n"));
+            }
+            let key = keys.placement();
+            let guard = match &view.placement {
+                Some((_, version)) => {
+                    Compare::mod_revision(key.clone(), CompareOp::Equal, *version)
+                }
+                None => Compare::create_revision(key.clone(), CompareOp::Equal, 0),
+            };
+            let txn =
+                Txn::new()
+                    .when([guard])
+                    .and_then([TxnOp::put(key.clone(), next.to_json(), None)]);
+            let r = client.txn(txn).await.map_err(err("placement"))?;
+            if r.succeeded() {
+                let version = r.header().map(|h| h.revision()).unwrap_or_default();
+                return Ok(format!("{summary}; placement version={version}\n"));
+            }
+            // Someone else changed the map meanwhile: plan again from theirs.
+        }
+        Err("the placement kept changing under rebalance; try again".into())
+    })
+}
+
+fn block_on<T>(f: impl std::future::Future<Output = Result<T, String>>) -> Result<T, String> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("runtime: {e}"))?
+        .block_on(f)
+}

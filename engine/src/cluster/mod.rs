@@ -1,0 +1,69 @@
+//! Cluster mode: membership and the bucket map, kept in etcd (see
+//! ARCHITECTURE.md, "Cluster mode").
+//!
+//! `placement` is pure. With the `cluster` feature, `etcd` holds the side
+//! thread that joins the cluster, keeps the node's lease alive and watches
+//! the map, and the `ringmail cluster` commands. Shards only read the
+//! published [`View`]; they never wait for etcd.
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+#[cfg(feature = "cluster")]
+pub mod etcd;
+pub mod placement;
+
+pub use placement::{NodeRecord, Placement};
+
+/// Keys of a cluster in etcd.
+pub struct Keys {
+    prefix: String,
+}
+
+impl Keys {
+    pub fn new(cluster: &str) -> Keys {
+        Keys {
+            prefix: format!("/ringmail/{cluster}/"),
+        }
+    }
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+    pub fn nodes(&self) -> String {
+        format!("{}nodes/", self.prefix)
+    }
+    pub fn node(&self, id: &str) -> String {
+        format!("{}nodes/{id}", self.prefix)
+    }
+    pub fn placement(&self) -> String {
+        format!("{}placement", self.prefix)
+    }
+    pub fn meta(&self) -> String {
+        format!("{}meta", self.prefix)
+    }
+}
+
+/// What a node knows of its cluster, as of the last etcd answer.
+#[derive(Debug, Clone, Default)]
+pub struct View {
+    /// Live members (their lease-backed keys), by id.
+    pub members: BTreeMap<String, NodeRecord>,
+    /// The bucket map and its version (etcd mod_revision), if one was written.
+    pub placement: Option<(Placement, i64)>,
+    /// Until when this node's lease is certainly alive on etcd: the moment
+    /// the last successful keep-alive was *sent*, plus the TTL etcd granted
+    /// (etcd's own deadline is later). None: not joined.
+    pub lease_until: Option<Instant>,
+}
+
+impl View {
+    /// May this node acknowledge a change now? Only while it holds its
+    /// lease: once the lease may have expired, another node may already
+    /// have been given this node's buckets.
+    pub fn may_acknowledge(&self, now: Instant) -> bool {
+        self.lease_until.is_some_and(|t| now < t)
+    }
+}
+
+/// The published view; the cluster thread swaps it, shards load it.
+pub type Shared = Arc<arc_swap::ArcSwap<View>>;

@@ -1,0 +1,290 @@
+//! The bucket map of a cluster and how `ringmail cluster rebalance` computes
+//! a new one. Pure: no etcd, no I/O.
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// What a node publishes under `nodes/<id>`, attached to its lease.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeRecord {
+    pub id: String,
+    /// Where other nodes reach this one (node-to-node traffic).
+    pub internal: String,
+    pub smtp: Vec<String>,
+    pub imap: Vec<String>,
+    pub pop3: Vec<String>,
+    pub cores: usize,
+    /// The node's bucket count (its data directory's `meta`).
+    pub buckets: u32,
+}
+
+/// `placement`: per bucket, its primary and (with two nodes or more) its
+/// replica, as indexes into `nodes`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Placement {
+    pub buckets: u32,
+    pub nodes: Vec<String>,
+    pub primary: Vec<u16>,
+    pub replica: Vec<Option<u16>>,
+}
+
+impl Placement {
+    /// Parse and check the shape (every index names a node, one entry per bucket).
+    pub fn from_json(bytes: &[u8]) -> Result<Placement, String> {
+        let p: Placement = serde_json::from_slice(bytes).map_err(|e| format!("placement: {e}"))?;
+        let n = p.nodes.len();
+        if p.primary.len() != p.buckets as usize || p.replica.len() != p.buckets as usize {
+            return Err("placement: one primary and one replica entry per bucket".into());
+        }
+        let bad = |i: u16| usize::from(i) >= n;
+        if p.primary.iter().any(|&i| bad(i)) || p.replica.iter().flatten().any(|&i| bad(i)) {
+            return Err("placement: a bucket names a node that is not listed".into());
+        }
+        Ok(p)
+    }
+
+    pub fn to_json(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("placement serializes")
+    }
+
+    pub fn primary_of(&self, bucket: u32) -> Option<&str> {
+        let i = *self.primary.get(bucket as usize)?;
+        self.nodes.get(usize::from(i)).map(String::as_str)
+    }
+
+    pub fn replica_of(&self, bucket: u32) -> Option<&str> {
+        let i = (*self.replica.get(bucket as usize)?)?;
+        self.nodes.get(usize::from(i)).map(String::as_str)
+    }
+
+    /// Per node: (buckets it is primary for, buckets it is replica for).
+    pub fn counts(&self) -> BTreeMap<&str, (usize, usize)> {
+        let mut c: BTreeMap<&str, (usize, usize)> = BTreeMap::new();
+        for b in 0..self.buckets {
+            if let Some(p) = self.primary_of(b) {
+                c.entry(p).or_default().0 += 1;
+            }
+            if let Some(r) = self.replica_of(b) {
+                c.entry(r).or_default().1 += 1;
+            }
+        }
+        c
+    }
+}
+
+/// A balanced map over `live` nodes that keeps as many of `current`'s
+/// assignments as balance allows: every node is primary for `buckets / n`
+/// or one more, the same for replicas, and no bucket's replica is its
+/// primary. Deterministic for the same inputs.
+pub fn plan(
+    current: Option<&Placement>,
+    live: &[String],
+    buckets: u32,
+) -> Result<Placement, String> {
+    if live.is_empty() {
+        return Err("no live node to place buckets on".into());
+    }
+    if live.len() > usize::from(u16::MAX) {
+        return Err("too many nodes".into());
+    }
+    let mut nodes: Vec<String> = live.to_vec();
+    nodes.sort();
+    nodes.dedup();
+    let n = nodes.len();
+    let index: BTreeMap<&str, u16> = nodes
+        .iter()
+        .enumerate()
+        .map(|(i, id)| (id.as_str(), i as u16))
+        .collect();
+    let target = |i: usize| buckets as usize / n + usize::from(i < buckets as usize % n);
+    // The same bucket count is required to keep anything: buckets are the
+    // storage's hash ranges, a different count is a different space.
+    let current = current.filter(|c| c.buckets == buckets);
+    let was = |b: u32, f: fn(&Placement, u32) -> Option<&str>| -> Option<u16> {
+        current
+            .and_then(|c| f(c, b))
+            .and_then(|id| index.get(id).copied())
+    };
+
+    // A bucket whose primary is gone goes to its replica first: that node
+    // holds the bucket's records (promotion, once replication exists).
+    let primary = assign(
+        buckets,
+        n,
+        &target,
+        |b| was(b, Placement::primary_of),
+        |b| was(b, Placement::replica_of),
+        |_, _| true,
+    );
+    let replica = if n < 2 {
+        vec![None; buckets as usize]
+    } else {
+        assign(
+            buckets,
+            n,
+            &target,
+            |b| was(b, Placement::replica_of).filter(|&r| r != primary[b as usize]),
+            |_| None,
+            |b, node| node != primary[b as usize],
+        )
+        .into_iter()
+        .map(Some)
+        .collect()
+    };
+    Ok(Placement {
+        buckets,
+        nodes,
+        primary,
+        replica,
+    })
+}
+
+/// One role (primary or replica) for every bucket: keep `previous` while
+/// that node is under its target, then give the rest, in bucket order, to
+/// `fallback` if it is under its target, else to the allowed node with the
+/// fewest.
+fn assign(
+    buckets: u32,
+    n: usize,
+    target: &dyn Fn(usize) -> usize,
+    previous: impl Fn(u32) -> Option<u16>,
+    fallback: impl Fn(u32) -> Option<u16>,
+    allowed: impl Fn(u32, u16) -> bool,
+) -> Vec<u16> {
+    let mut count = vec![0usize; n];
+    let mut out: Vec<Option<u16>> = vec![None; buckets as usize];
+    for b in 0..buckets {
+        if let Some(p) = previous(b) {
+            if count[usize::from(p)] < target(usize::from(p)) && allowed(b, p) {
+                count[usize::from(p)] += 1;
+                out[b as usize] = Some(p);
+            }
+        }
+    }
+    for b in 0..buckets {
+        if out[b as usize].is_some() {
+            continue;
+        }
+        if let Some(f) = fallback(b) {
+            if count[usize::from(f)] < target(usize::from(f)) && allowed(b, f) {
+                count[usize::from(f)] += 1;
+                out[b as usize] = Some(f);
+                continue;
+            }
+        }
+        // No allowed node is under its target, but one is (the bucket's
+        // other role is on it): hand it a bucket that may take it, and
+        // give this bucket that bucket's node.
+        let under = |i: u16| count[usize::from(i)] < target(usize::from(i));
+        if !(0..n as u16).any(|i| allowed(b, i) && under(i)) {
+            if let Some(u) = (0..n as u16).find(|&i| under(i)) {
+                let swap = (0..buckets).find(|&y| {
+                    out[y as usize].is_some_and(|v| v != u && allowed(b, v) && allowed(y, u))
+                });
+                if let Some(y) = swap {
+                    out[b as usize] = out[y as usize];
+                    out[y as usize] = Some(u);
+                    count[usize::from(u)] += 1;
+                    continue;
+                }
+            }
+        }
+        // Prefer a node under its target; among those, the fewest.
+        let pick = (0..n as u16)
+            .filter(|&i| allowed(b, i))
+            .min_by_key(|&i| {
+                let i = usize::from(i);
+                (count[i] >= target(i), count[i], i)
+            })
+            .expect("with two nodes or more some node is allowed");
+        count[usize::from(pick)] += 1;
+        out[b as usize] = Some(pick);
+    }
+    out.into_iter().map(|o| o.expect("assigned")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ids(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
+    fn check_balanced(p: &Placement) {
+        let n = p.nodes.len();
+        let lo = p.buckets as usize / n;
+        for (node, (prim, rep)) in p.counts() {
+            assert!(prim == lo || prim == lo + 1, "{node}: {prim} primaries");
+            if n > 1 {
+                assert!(rep == lo || rep == lo + 1, "{node}: {rep} replicas");
+            }
+        }
+        for b in 0..p.buckets {
+            assert_ne!(p.primary_of(b), p.replica_of(b), "bucket {b}");
+        }
+    }
+
+    #[test]
+    fn a_first_plan_is_balanced_and_replicas_differ() {
+        for n in 1..=7 {
+            let nodes: Vec<String> = (0..n).map(|i| format!("n{i}")).collect();
+            let p = plan(None, &nodes, 256).unwrap();
+            check_balanced(&p);
+            assert_eq!(p.replica.iter().all(Option::is_none), n == 1);
+            assert_eq!(Placement::from_json(&p.to_json()).unwrap(), p);
+        }
+    }
+
+    #[test]
+    fn a_node_joining_moves_only_its_share() {
+        let before = plan(None, &ids(&["a", "b"]), 256).unwrap();
+        let after = plan(Some(&before), &ids(&["a", "b", "c"]), 256).unwrap();
+        check_balanced(&after);
+        let moved = (0..256)
+            .filter(|&b| before.primary_of(b) != after.primary_of(b))
+            .count();
+        // c takes 85 or 86 buckets; nothing else moves.
+        assert!(moved <= 86, "{moved} primaries moved");
+        assert!((0..256).all(
+            |b| after.primary_of(b) == before.primary_of(b) || after.primary_of(b) == Some("c")
+        ));
+    }
+
+    #[test]
+    fn a_node_leaving_hands_over_only_its_buckets() {
+        let before = plan(None, &ids(&["a", "b", "c"]), 256).unwrap();
+        let after = plan(Some(&before), &ids(&["a", "c"]), 256).unwrap();
+        check_balanced(&after);
+        for b in 0..256 {
+            if before.primary_of(b) != Some("b") {
+                assert_eq!(
+                    before.primary_of(b),
+                    after.primary_of(b),
+                    "bucket {b} moved"
+                );
+            }
+        }
+        // Its buckets went to their replicas where balance allowed.
+        let promoted = (0..256)
+            .filter(|&b| before.primary_of(b) == Some("b"))
+            .filter(|&b| after.primary_of(b) == before.replica_of(b))
+            .count();
+        let gone = (0..256)
+            .filter(|&b| before.primary_of(b) == Some("b"))
+            .count();
+        assert!(promoted * 2 >= gone, "{promoted} of {gone} promoted");
+        // The same live set again changes nothing.
+        assert_eq!(plan(Some(&after), &ids(&["c", "a"]), 256).unwrap(), after);
+    }
+
+    #[test]
+    fn malformed_maps_are_refused() {
+        assert!(Placement::from_json(b"{}").is_err());
+        let bad = br#"{"buckets":2,"nodes":["a"],"primary":[0,1],"replica":[null,null]}"#;
+        assert!(Placement::from_json(bad).is_err());
+        let short = br#"{"buckets":2,"nodes":["a"],"primary":[0],"replica":[null,null]}"#;
+        assert!(Placement::from_json(short).is_err());
+        assert!(plan(None, &[], 256).is_err());
+    }
+}

@@ -1,0 +1,259 @@
+//! Cluster mode, first slice: nodes join through a real etcd (started here
+//! on its own ports), `ringmail cluster rebalance` spreads the buckets, a
+//! node killed with -9 leaves within its lease, comes back, a second
+//! process cannot take a live node's id, and a paused node stops
+//! acknowledging mail once its lease has lapsed.
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use ringmail_tests::*;
+
+struct Etcd {
+    child: Child,
+    _dir: tempfile::TempDir,
+    url: String,
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A single-member etcd on free loopback ports; None (test skipped) when
+/// etcd is not installed outside CI (`.ci/run` installs etcd-server).
+fn etcd() -> Option<Etcd> {
+    let bin = ["/usr/bin/etcd", "/usr/local/bin/etcd"]
+        .into_iter()
+        .find(|p| Path::new(p).exists());
+    let Some(bin) = bin else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "etcd is not installed (Debian: etcd-server)"
+        );
+        eprintln!("skipped: etcd is not installed (Debian: etcd-server)");
+        return None;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (client, peer) = (free_port(), free_port());
+    let url = format!("http://127.0.0.1:{client}");
+    let peer_url = format!("http://127.0.0.1:{peer}");
+    let child = Command::new(bin)
+        .args(["--name", "t", "--data-dir"])
+        .arg(dir.path().join("etcd"))
+        .args([
+            "--listen-client-urls",
+            &url,
+            "--advertise-client-urls",
+            &url,
+        ])
+        .args(["--listen-peer-urls", &peer_url])
+        .args(["--initial-advertise-peer-urls", &peer_url])
+        .args(["--initial-cluster", &format!("t={peer_url}")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("starting etcd");
+    let e = Etcd {
+        child,
+        _dir: dir,
+        url,
+    };
+    let addr: SocketAddr = format!("127.0.0.1:{client}").parse().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while TcpStream::connect(addr).is_err() {
+        assert!(Instant::now() < deadline, "etcd did not start");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Some(e)
+}
+
+fn node_config(etcd: &Etcd, cluster: &str, node: &str) -> String {
+    format!(
+        "[cluster]\nname = \"{cluster}\"\nnode = \"{node}\"\netcd = [\"{}\"]\ninternal = \"127.0.0.1:{}\"\nlease_ttl_secs = 2\n",
+        etcd.url,
+        free_port()
+    )
+}
+
+fn cluster_cmd(server: &Server, args: &[&str]) -> String {
+    let config = server.config_path.as_ref().expect("a config file");
+    let mut all = vec!["cluster"];
+    all.extend_from_slice(args);
+    let config = config.to_str().unwrap();
+    all.extend_from_slice(&["--config", config]);
+    let out = ringmail(&all, "");
+    assert_ok(&out, &format!("ringmail {}", all.join(" ")));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Poll `cluster status` until `want` holds (at most `limit`); the time it took.
+fn wait_status(server: &Server, limit: Duration, want: impl Fn(&str) -> bool) -> Duration {
+    let start = Instant::now();
+    loop {
+        let s = cluster_cmd(server, &["status"]);
+        if want(&s) {
+            return start.elapsed();
+        }
+        assert!(
+            start.elapsed() < limit,
+            "status never became as expected:\n{s}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// (primary, replica) counts of `node` in a status text.
+fn counts(status: &str, node: &str) -> (usize, usize) {
+    let line = status
+        .lines()
+        .find(|l| l.starts_with(&format!("node {node} ")))
+        .unwrap_or_else(|| panic!("no line for {node}:\n{status}"));
+    let num = |key: &str| -> usize {
+        line.split_whitespace()
+            .find_map(|w| w.strip_prefix(key))
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    (num("primary="), num("replica="))
+}
+
+#[test]
+fn nodes_join_rebalance_leave_and_come_back() {
+    let Some(etcd) = etcd() else { return };
+    let name = format!("t{}", std::process::id());
+    let mut nodes: Vec<Server> = ["n1", "n2", "n3"]
+        .iter()
+        .map(|n| {
+            Server::options()
+                .cores(1)
+                .config(&node_config(&etcd, &name, n))
+                .start()
+        })
+        .collect();
+    let s = cluster_cmd(&nodes[0], &["status"]);
+    assert!(s.contains("3 live node(s)"), "{s}");
+    assert!(s.contains("placement none"), "{s}");
+
+    let dry = cluster_cmd(&nodes[0], &["rebalance", "--dry-run"]);
+    assert!(dry.contains("dry run"), "{dry}");
+    assert!(cluster_cmd(&nodes[1], &["status"]).contains("placement none"));
+    let r = cluster_cmd(&nodes[0], &["rebalance"]);
+    assert!(r.contains("256 primaries and 256 replicas change"), "{r}");
+    let s = cluster_cmd(&nodes[2], &["status"]);
+    for n in ["n1", "n2", "n3"] {
+        let (p, rep) = counts(&s, n);
+        assert!((85..=86).contains(&p) && (85..=86).contains(&rep), "{s}");
+    }
+    assert!(cluster_cmd(&nodes[0], &["rebalance"]).contains("placement unchanged"));
+
+    // A second process cannot take a live node's id (it waits out one lease
+    // in case the holder is its own dead predecessor, then gives up).
+    let other = tempfile::tempdir().unwrap();
+    let config = nodes[0].config_path.clone().unwrap();
+    let out = wait_output(
+        Command::new(ringmail_bin())
+            .args(["serve", "--config", config.to_str().unwrap(), "--data"])
+            .arg(other.path())
+            .args(["--cores", "1"])
+            .args(LOOPBACK_LISTENERS)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+        Duration::from_secs(30),
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a second n1 started");
+    assert!(err.contains("is held by a live member"), "{err}");
+
+    // kill -9: the member key goes with the lease (2 s here).
+    nodes[2].kill9();
+    let took = wait_status(&nodes[0], Duration::from_secs(10), |s| {
+        s.contains("2 live node(s)") && s.contains("gone n3")
+    });
+    eprintln!("a killed node left the member list after {took:?} (lease 2 s)");
+    let r = cluster_cmd(&nodes[1], &["rebalance"]);
+    assert!(r.contains("85 primaries"), "{r}");
+    let s = cluster_cmd(&nodes[0], &["status"]);
+    assert_eq!(counts(&s, "n1"), (128, 128), "{s}");
+    assert_eq!(counts(&s, "n2"), (128, 128), "{s}");
+    assert!(!s.contains("gone"), "{s}");
+
+    // It comes back under its id.
+    nodes[2].restart();
+    wait_status(&nodes[0], Duration::from_secs(10), |s| {
+        s.contains("3 live node(s)")
+    });
+    let r = cluster_cmd(&nodes[0], &["rebalance"]);
+    assert!(r.contains("3 live nodes"), "{r}");
+    let s = cluster_cmd(&nodes[0], &["status"]);
+    assert!((85..=86).contains(&counts(&s, "n3").0), "{s}");
+}
+
+#[test]
+fn a_paused_node_stops_acknowledging_once_its_lease_lapsed() {
+    let Some(etcd) = etcd() else { return };
+    let name = format!("p{}", std::process::id());
+    let server = Server::options()
+        .cores(1)
+        .accounts(&["carol@example.test"])
+        .config(&node_config(&etcd, &name, "solo"))
+        .start();
+    smtp_send(
+        server.smtp,
+        "a@example.org",
+        &["carol@example.test"],
+        b"Subject: one\r\n\r\nbefore\r\n",
+    );
+
+    // A transaction up to the last line of data, then the process stops
+    // for longer than its lease; the final dot arrives while it is stopped.
+    let (mut c, _) = smtp_connect(server.smtp);
+    c.cmd("EHLO client.example.org").expect(250, None);
+    c.cmd("MAIL FROM:<a@example.org>").expect(250, None);
+    c.cmd("RCPT TO:<carol@example.test>").expect(250, None);
+    c.cmd("DATA").expect(354, None);
+    c.send(b"Subject: two\r\n\r\nduring the pause\r\n");
+    let pid = server.pid().unwrap() as libc::pid_t;
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    std::thread::sleep(Duration::from_millis(3500));
+    c.send(b".\r\n");
+    // SAFETY: as above.
+    unsafe { libc::kill(pid, libc::SIGCONT) };
+    c.reply().expect(451, Some("4.3.0"));
+
+    // It joins again with a new lease and acknowledges again.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        c.cmd("MAIL FROM:<a@example.org>").expect(250, None);
+        c.cmd("RCPT TO:<carol@example.test>").expect(250, None);
+        c.cmd("DATA").expect(354, None);
+        c.send(b"Subject: three\r\n\r\nafter\r\n.\r\n");
+        let r = c.reply();
+        if r.code == 250 {
+            break;
+        }
+        r.expect(451, Some("4.3.0"));
+        assert!(Instant::now() < deadline, "never acknowledged again");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let s = cluster_cmd(&server, &["status"]);
+    assert!(
+        s.contains("1 live node(s)") && s.contains("node solo"),
+        "{s}"
+    );
+}
