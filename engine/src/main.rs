@@ -291,6 +291,8 @@ enum ClusterAction {
         #[arg(long)]
         dry_run: bool,
     },
+    /// Which bucket an address's account is in, and the nodes that hold it.
+    Locate { address: String },
 }
 
 #[derive(Subcommand)]
@@ -616,6 +618,11 @@ fn run(cli: Cli) -> Result<(), String> {
                     ClusterAction::Status => ringmail::cluster::etcd::status(cluster)?,
                     ClusterAction::Rebalance { dry_run } => {
                         ringmail::cluster::etcd::rebalance(cluster, dry_run)?
+                    }
+                    ClusterAction::Locate { address } => {
+                        let account =
+                            ringmail::accounts::canonical(&address).map_err(|e| e.to_string())?;
+                        ringmail::cluster::etcd::locate(cluster, &account)?
                     }
                 };
                 print!("{out}");

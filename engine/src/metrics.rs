@@ -24,7 +24,7 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::MetricType;
 
 /// Listener kinds, as the `proto` label spells them.
-pub const PROTOS: [&str; 7] = [
+pub const PROTOS: [&str; 8] = [
     "smtp",
     "submission",
     "submissions",
@@ -32,6 +32,8 @@ pub const PROTOS: [&str; 7] = [
     "pop3s",
     "imap",
     "imaps",
+    // Cluster mode: node-to-node SMTP (`[cluster] internal`).
+    "internal",
 ];
 /// Login protocols (`proto` of `ringmail_logins_total`).
 pub const LOGIN_PROTOS: [&str; 3] = ["smtp", "pop3", "imap"];
@@ -134,10 +136,10 @@ fn values<const N: usize>(c: &[Cell<u64>; N]) -> [u64; N] {
 /// What one shard counts. Single-threaded: only its executor touches it.
 #[derive(Debug)]
 pub struct ShardMetrics {
-    pub connections_accepted: [Cell<u64>; 7],
+    pub connections_accepted: [Cell<u64>; PROTOS.len()],
     /// Refused at accept: connection limits, per-address rate.
-    pub connections_refused: [Cell<u64>; 7],
-    pub sessions_open: [Cell<u64>; 7],
+    pub connections_refused: [Cell<u64>; PROTOS.len()],
+    pub sessions_open: [Cell<u64>; PROTOS.len()],
     /// [proto][reply class]
     pub smtp_transactions: [[Cell<u64>; 3]; 2],
     /// Recipients delivered into local mailboxes / queued for relay.
@@ -249,9 +251,9 @@ pub struct StorageFigures {
 /// One shard's figures at one moment, published into its slot.
 #[derive(Debug, Clone)]
 pub struct Snapshot {
-    connections_accepted: [u64; 7],
-    connections_refused: [u64; 7],
-    sessions_open: [u64; 7],
+    connections_accepted: [u64; PROTOS.len()],
+    connections_refused: [u64; PROTOS.len()],
+    sessions_open: [u64; PROTOS.len()],
     smtp_transactions: [[u64; 3]; 2],
     recipients_local: u64,
     recipients_queued: u64,

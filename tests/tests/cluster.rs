@@ -257,3 +257,99 @@ fn a_paused_node_stops_acknowledging_once_its_lease_lapsed() {
         "{s}"
     );
 }
+
+/// Wait until every node logged the bucket map of `version` (from `rebalance`).
+fn wait_map(nodes: &[Server], rebalance_out: &str) {
+    let version = rebalance_out
+        .split("placement version=")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no version in {rebalance_out}"))
+        .trim();
+    let want = format!("version=Some({version})");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for n in nodes {
+        while !n.stderr_text().contains(&want) {
+            assert!(Instant::now() < deadline, "a node never saw map {version}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+#[test]
+fn mail_sent_to_any_node_is_stored_on_the_buckets_primary() {
+    let Some(etcd) = etcd() else { return };
+    let name = format!("m{}", std::process::id());
+    let accounts: Vec<String> = (0..30).map(|i| format!("u{i}@example.test")).collect();
+    let ids = ["n1", "n2", "n3"];
+    let nodes: Vec<Server> = ids
+        .iter()
+        .map(|n| {
+            Server::options()
+                .cores(1)
+                .accounts(&accounts)
+                .config(&node_config(&etcd, &name, n))
+                .start()
+        })
+        .collect();
+    let r = cluster_cmd(&nodes[0], &["rebalance"]);
+    wait_map(&nodes, &r);
+
+    // 300 messages, each to one account, through the three nodes in turn.
+    let message = |i: usize| {
+        format!(
+            "From: <s@example.org>\r\nMessage-ID: <m{i}@example.org>\r\nSubject: m{i}\r\n\r\nmessage {i}\r\n"
+        )
+    };
+    for i in 0..300 {
+        let rcpt = &accounts[i % accounts.len()];
+        smtp_send(
+            nodes[i % 3].smtp,
+            "s@example.org",
+            &[rcpt],
+            message(i).as_bytes(),
+        );
+    }
+
+    // Each account's mail is on its primary, all of it, and nowhere else.
+    let mut per_node = [0usize; 3];
+    for (k, account) in accounts.iter().enumerate() {
+        let loc = cluster_cmd(&nodes[0], &["locate", account]);
+        let primary = loc
+            .lines()
+            .find_map(|l| l.strip_prefix("primary "))
+            .and_then(|l| l.split_whitespace().next())
+            .unwrap_or_else(|| panic!("{loc}"));
+        let at = ids.iter().position(|id| *id == primary).unwrap();
+        per_node[at] += 1;
+        for (j, node) in nodes.iter().enumerate() {
+            let mut p = Pop3::login(node.pop3, account, PASSWORD);
+            let (count, _) = p.stat();
+            if j != at {
+                assert_eq!(count, 0, "{account} has mail on {} too", ids[j]);
+                continue;
+            }
+            assert_eq!(count, 10, "{account} on its primary {primary}");
+            let mut want: Vec<usize> = (0..300).filter(|i| i % 30 == k).collect();
+            let mut got = Vec::new();
+            for n in 1..=count {
+                let m = p.retr(n);
+                let i = want
+                    .iter()
+                    .position(|&i| m.ends_with(message(i).as_bytes()))
+                    .unwrap_or_else(|| panic!("{}", String::from_utf8_lossy(&m)));
+                got.push(want.remove(i));
+                // Every message to account k went through node k % 3: one
+                // Received: when that is its primary, two when handed over.
+                let text = String::from_utf8_lossy(&m);
+                assert!(
+                    text.starts_with("Return-Path: <s@example.org>\r\n"),
+                    "{text}"
+                );
+                let hops = if at == k % 3 { 1 } else { 2 };
+                assert_eq!(text.matches("Received: ").count(), hops, "{text}");
+            }
+            assert!(want.is_empty(), "missing {want:?}");
+        }
+    }
+    assert!(per_node.iter().all(|&n| n > 0), "{per_node:?}");
+}

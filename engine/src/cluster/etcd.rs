@@ -225,6 +225,10 @@ async fn member_inner(
         .map_err(err("watch"))?;
     let publish = |mut v: View, until: Instant| {
         v.lease_until = Some(until);
+        let version = |v: &View| v.placement.as_ref().map(|(_, n)| *n);
+        if version(&v) != version(&view.load()) {
+            tracing::info!(version = ?version(&v), members = v.members.len(), "cluster: bucket map");
+        }
         view.store(Arc::new(v));
     };
     publish(load(&mut client, keys).await?, lease_until);
@@ -369,6 +373,31 @@ pub fn rebalance(cfg: &Cluster, dry_run: bool) -> Result<String, String> {
             // Someone else changed the map meanwhile: plan again from theirs.
         }
         Err("the placement kept changing under rebalance; try again".into())
+    })
+}
+
+/// `ringmail cluster locate`: an account's bucket, its primary and replica.
+pub fn locate(cfg: &Cluster, account: &str) -> Result<String, String> {
+    block_on(async {
+        let keys = Keys::new(&cfg.name);
+        let mut client = connect(cfg).await?;
+        let view = load(&mut client, &keys).await?;
+        let Some((map, version)) = &view.placement else {
+            return Err("no placement yet (run `ringmail cluster rebalance`)".into());
+        };
+        let bucket = crate::storage::bucket_of(account, map.buckets);
+        let node = |id: Option<&str>| match id {
+            None => "none".to_string(),
+            Some(id) => match view.members.get(id) {
+                Some(m) => format!("{id} internal={} imap={}", m.internal, m.imap.join(",")),
+                None => format!("{id} (gone)"),
+            },
+        };
+        Ok(format!(
+            "account {account} bucket={bucket} version={version}\nprimary {}\nreplica {}\n",
+            node(map.primary_of(bucket)),
+            node(map.replica_of(bucket)),
+        ))
     })
 }
 

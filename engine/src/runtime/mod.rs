@@ -11,6 +11,7 @@
 //! its CPU. Then the process prints one `ringmail: ready ...` line on stdout.
 //! SIGTERM/SIGINT: every shard stops accepting, lets sessions finish within
 //! the grace period, makes everything durable, checkpoints, and exits 0.
+pub mod cluster;
 pub mod control;
 pub mod http;
 pub mod imap;
@@ -116,7 +117,12 @@ pub fn serve(mut config: Config, loader: Option<reload::Loader>) -> Result<(), S
         source,
     };
     // Every listening socket of every shard, bound here in shard order.
-    let protos: [(shard::Proto, &[SocketAddr]); 7] = [
+    let internal: Vec<SocketAddr> = config
+        .cluster
+        .iter()
+        .filter_map(|c| c.internal.parse().ok())
+        .collect();
+    let protos: [(shard::Proto, &[SocketAddr]); 8] = [
         (shard::Proto::Smtp, &config.listen.smtp),
         (shard::Proto::Pop3, &config.listen.pop3),
         (shard::Proto::Imap, &config.listen.imap),
@@ -124,6 +130,7 @@ pub fn serve(mut config: Config, loader: Option<reload::Loader>) -> Result<(), S
         (shard::Proto::Submissions, &config.listen.submissions),
         (shard::Proto::Imaps, &config.listen.imaps),
         (shard::Proto::Pop3s, &config.listen.pop3s),
+        (shard::Proto::Internal, &internal),
     ];
     privileges::preflight(&config).map_err(ServeError::Privileges)?;
     let (listeners, bound) = listen::Listeners::bind(&protos, cores)
@@ -196,8 +203,8 @@ pub fn serve(mut config: Config, loader: Option<reload::Loader>) -> Result<(), S
     // fails the start. Read as `user`: key files must be readable by it
     // (reloads read them again).
     let tls = Arc::new(crate::tls::Tls::load(&config).map_err(|e| ServeError::Tls(e.to_string()))?);
-    let [smtp, pop3, imap, submission, submissions, imaps, pop3s]: [Vec<SocketAddr>; 7] =
-        bound.try_into().expect("seven protocols");
+    let [smtp, pop3, imap, submission, submissions, imaps, pop3s, _internal]: [Vec<SocketAddr>; 8] =
+        bound.try_into().expect("eight protocols");
     // The one DNS thread for every shard, and the control channels.
     let client_tls =
         crate::tls::ClientTls::load(&config).map_err(|e| ServeError::Tls(e.to_string()))?;

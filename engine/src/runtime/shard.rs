@@ -1061,6 +1061,8 @@ pub enum Proto {
     Imaps,
     /// POP3 over implicit TLS.
     Pop3s,
+    /// Cluster mode: SMTP from the other nodes (`[cluster] internal`).
+    Internal,
 }
 
 impl Proto {
@@ -1074,9 +1076,12 @@ impl Proto {
             Proto::Pop3s => 4,
             Proto::Imap => 5,
             Proto::Imaps => 6,
+            Proto::Internal => 7,
         }
     }
 }
+
+use super::smtp::Role;
 
 async fn accept_loop(shard: Rc<Shard>, listener: TcpListener, proto: Proto) {
     loop {
@@ -1089,10 +1094,11 @@ async fn accept_loop(shard: Rc<Shard>, listener: TcpListener, proto: Proto) {
                     Ok(p) => p,
                     Err(_) => continue,
                 };
-                let permit = shard
-                    .shared
-                    .limiter
-                    .admit(peer.ip(), shard.config().rate_exempt(peer.ip()));
+                // The other nodes of a cluster hand over all their mail
+                // from a few addresses: no per-address rates for them.
+                let exempt = shard.config().rate_exempt(peer.ip())
+                    || (proto == Proto::Internal && shard.is_cluster_peer(peer.ip()));
+                let permit = shard.shared.limiter.admit(peer.ip(), exempt);
                 if let Err(refusal) = &permit {
                     use super::limiter::Refusal;
                     let (k, decision, why) = match refusal {
@@ -1130,13 +1136,17 @@ async fn accept_loop(shard: Rc<Shard>, listener: TcpListener, proto: Proto) {
                     let _open = SessionGauge(shard2.clone(), proto.index());
                     match proto {
                         Proto::Smtp => {
-                            super::smtp::serve(shard2, stream, peer, permit, false, false).await
+                            super::smtp::serve(shard2, stream, peer, permit, Role::Mx).await
                         }
                         Proto::Submission => {
-                            super::smtp::serve(shard2, stream, peer, permit, true, false).await
+                            super::smtp::serve(shard2, stream, peer, permit, Role::Submission).await
                         }
                         Proto::Submissions => {
-                            super::smtp::serve(shard2, stream, peer, permit, true, true).await
+                            super::smtp::serve(shard2, stream, peer, permit, Role::Submissions)
+                                .await
+                        }
+                        Proto::Internal => {
+                            super::smtp::serve(shard2, stream, peer, permit, Role::Internal).await
                         }
                         Proto::Pop3 => {
                             super::pop3::serve(shard2, stream, peer, permit, false).await

@@ -296,14 +296,32 @@ fn count_transaction(
     );
 }
 
+/// Which listener a session came in on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Port 25: mail from other servers.
+    Mx,
+    /// Submission (AUTH before MAIL), STARTTLS.
+    Submission,
+    /// Submission over implicit TLS (RFC 8314).
+    Submissions,
+    /// Cluster mode: another node hands over mail for accounts this node is
+    /// primary for. Only from the cluster's members; the sending node
+    /// already checked the mail (authentication results, limits), so it is
+    /// stored as received, never forwarded again.
+    Internal,
+}
+
 pub async fn serve(
     shard: Rc<Shard>,
     stream: TcpStream,
     peer: SocketAddr,
     permit: Result<Permit, Refusal>,
-    submission: bool,
-    implicit_tls: bool,
+    role: Role,
 ) {
+    let submission = matches!(role, Role::Submission | Role::Submissions);
+    let implicit_tls = role == Role::Submissions;
+    let internal = role == Role::Internal;
     let _count = ConnCount::new(&shard);
     let mut conn = Conn::accepted(stream);
     let refusal = |r| -> &'static [u8] {
@@ -321,6 +339,13 @@ pub async fn serve(
     let Some(_permit) = conn.admit(permit, refusal).await else {
         return;
     };
+    if internal && !shard.is_cluster_peer(peer.ip()) {
+        tracing::warn!(%peer, "internal listener: not a member of this cluster; closed");
+        let _ = conn
+            .write_all(b"554 5.7.1 Not a member of this cluster\r\n")
+            .await;
+        return;
+    }
     let mut tls = None;
     if implicit_tls {
         tls = shard.accept_tls(&mut conn, peer, "submissions").await;
@@ -363,7 +388,8 @@ pub async fn serve(
     let fd = conn.fd();
     // Unauthenticated senders on port 25 share a spool budget per address.
     let charge_to = |s: &SmtpSession| {
-        (s.authenticated().is_none() && !relay_client).then(|| peer.ip().to_canonical())
+        (s.authenticated().is_none() && !relay_client && !internal)
+            .then(|| peer.ip().to_canonical())
     };
     let mut spooler = Spooler::new(shard.budget.clone(), charge_to(&session));
     // Which message the spooler holds bytes of (`SmtpSession::message_serial`).
@@ -540,6 +566,7 @@ pub async fn serve(
                 let mut results_field = None;
                 let from_outside = session.authenticated().is_none()
                     && !relay_client
+                    && !internal
                     && !config.mail_auth.trusted(peer.ip());
                 if from_outside && config.mail_auth.verify {
                     // Verification is on: a message it could not look at is
@@ -633,6 +660,53 @@ pub async fn serve(
                 if result.is_ok() && !tx.recipients.is_empty() {
                     let accounts: Vec<String> =
                         tx.recipients.iter().map(|r| r.account.clone()).collect();
+                    // Cluster mode: each recipient is stored on the node
+                    // that is its bucket's primary.
+                    let routes = match shard.route(&accounts, internal) {
+                        Ok(r) => r,
+                        Err(why) => {
+                            tracing::warn!(%peer, why, "cluster: recipients' node unavailable; message deferred with 451");
+                            finish!(DeliveryOutcome::OwnerUnavailable);
+                            continue;
+                        }
+                    };
+                    if !routes.away.is_empty() {
+                        // The other node adds its Received: and the
+                        // Return-Path:; our results go with the message.
+                        let joined;
+                        let bytes: &[u8] = match &results_field {
+                            Some(f) => {
+                                joined = [f.as_bytes(), &body].concat();
+                                &joined
+                            }
+                            None => &body,
+                        };
+                        let mut failed = None;
+                        for (to, rcpts) in routes.away {
+                            let n = rcpts.len();
+                            if let Err(e) = super::cluster::forward(
+                                &shard,
+                                to,
+                                &tx.reverse_path,
+                                rcpts,
+                                bytes,
+                                tx.smtputf8,
+                                tx.body_8bit,
+                            )
+                            .await
+                            {
+                                failed = Some(e);
+                                break;
+                            }
+                            tracing::debug!(%to, recipients = n, "handed over to the bucket's node");
+                        }
+                        if let Some(e) = failed {
+                            tracing::warn!(%peer, error = %e, "cluster: hand-over failed; message deferred with 451");
+                            finish!(DeliveryOutcome::OwnerUnavailable);
+                            continue;
+                        }
+                    }
+                    let accounts = routes.here;
                     let mut prefix = Vec::with_capacity(tx.reverse_path.len() + 20);
                     // RFC 5321 4.4: the final delivery server adds Return-Path.
                     prefix.extend_from_slice(b"Return-Path: <");
@@ -644,9 +718,13 @@ pub async fn serve(
                     if let Some(field) = &results_field {
                         prefix.extend_from_slice(field.as_bytes());
                     }
-                    let (r, b) = shard.deliver_to(&accounts, folder, prefix, body, now).await;
-                    result = r;
-                    left = b;
+                    if accounts.is_empty() {
+                        left = Some(body);
+                    } else {
+                        let (r, b) = shard.deliver_to(&accounts, folder, prefix, body, now).await;
+                        result = r;
+                        left = b;
+                    }
                 } else {
                     left = Some(body);
                 }

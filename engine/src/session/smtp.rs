@@ -193,6 +193,9 @@ pub enum DeliveryOutcome {
     TempFail,
     /// `451 4.3.0`: cluster mode, and this node's lease may have lapsed.
     NotMember,
+    /// `451 4.4.0`: cluster mode, and the node that stores a recipient
+    /// did not take the message (or none is known to be live).
+    OwnerUnavailable,
     /// `451 4.3.1`: the message did not fit the budget for data in flight
     /// (its last bytes arrived over it).
     Busy,
@@ -581,6 +584,7 @@ impl SmtpSession {
             }
             DeliveryOutcome::TempFail => replies::STORAGE_TEMPFAIL,
             DeliveryOutcome::NotMember => replies::NODE_UNAVAILABLE,
+            DeliveryOutcome::OwnerUnavailable => replies::OWNER_UNAVAILABLE,
             DeliveryOutcome::Busy => replies::BUSY_TEMPFAIL,
             DeliveryOutcome::SenderNotOwned => replies::FROM_NOT_OWNED,
             DeliveryOutcome::RateLimited => replies::SEND_RATE_LIMITED,

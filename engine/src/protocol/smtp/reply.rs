@@ -232,6 +232,13 @@ pub mod replies {
     /// mail system status): the client tries again.
     pub const NODE_UNAVAILABLE: Reply =
         Reply::new(451, "4.3.0", "Cluster membership lapsed, try again later");
+    /// Cluster mode: the node that stores a recipient's mailbox did not
+    /// take the message (RFC 3463 X.4.0, other routing status).
+    pub const OWNER_UNAVAILABLE: Reply = Reply::new(
+        451,
+        "4.4.0",
+        "The mailbox's node is not reachable, try again later",
+    );
     /// The recipient's account is at its storage limit: RFC 3463 X.2.2
     /// "mailbox full", as a temporary failure at RCPT (RFC 5321 4.2.2's 452,
     /// "insufficient system storage"), so the sender's server retries and

@@ -1,0 +1,113 @@
+//! Cluster mode on a shard: which node holds an account's bucket (from the
+//! published `cluster::View`, never a call to etcd), and handing a message
+//! over to that node's internal listener.
+use std::net::{IpAddr, SocketAddr};
+
+use super::shard::Shard;
+use crate::relay::client::{self, ClientParams, OutboundMessage};
+
+/// Recipients split by the node that stores them.
+pub struct Routes {
+    /// This node is the bucket's primary (or there is no cluster, or no map yet).
+    pub here: Vec<String>,
+    /// Per other node: its internal address and its recipients.
+    pub away: Vec<(SocketAddr, Vec<String>)>,
+}
+
+impl Shard {
+    /// Is `ip` the internal address of a live member of our cluster?
+    pub fn is_cluster_peer(&self, ip: IpAddr) -> bool {
+        let Some(c) = &self.shared.cluster else {
+            return false;
+        };
+        c.load().members.values().any(|m| {
+            m.internal
+                .parse::<SocketAddr>()
+                .is_ok_and(|a| a.ip().to_canonical() == ip.to_canonical())
+        })
+    }
+
+    /// Where each account's bucket lives. `internal`: the message came from
+    /// another node, so every account must be ours (a map that moved in
+    /// between is answered with a temporary failure, never forwarded on:
+    /// no loops). Err: some recipient's node cannot take mail now.
+    pub fn route(&self, accounts: &[String], internal: bool) -> Result<Routes, String> {
+        let all_here = || Routes {
+            here: accounts.to_vec(),
+            away: Vec::new(),
+        };
+        let (Some(c), Some(cfg)) = (&self.shared.cluster, &self.shared.config.cluster) else {
+            return Ok(all_here());
+        };
+        let view = c.load();
+        // No map written yet: every node keeps what it receives.
+        let Some((map, _)) = &view.placement else {
+            return Ok(all_here());
+        };
+        let mut routes = Routes {
+            here: Vec::new(),
+            away: Vec::new(),
+        };
+        for a in accounts {
+            let bucket = crate::storage::bucket_of(a, self.shared.meta.buckets);
+            let owner = map
+                .primary_of(bucket)
+                .ok_or_else(|| format!("bucket {bucket} has no primary"))?;
+            if owner == cfg.node {
+                routes.here.push(a.clone());
+                continue;
+            }
+            if internal {
+                return Err(format!(
+                    "bucket {bucket} of {a} belongs to {owner}, not to this node"
+                ));
+            }
+            let member = view
+                .members
+                .get(owner)
+                .ok_or_else(|| format!("node {owner}, primary of bucket {bucket}, is not live"))?;
+            let addr: SocketAddr = member
+                .internal
+                .parse()
+                .map_err(|_| format!("node {owner}: bad internal address {:?}", member.internal))?;
+            match routes.away.iter_mut().find(|(to, _)| *to == addr) {
+                Some((_, list)) => list.push(a.clone()),
+                None => routes.away.push((addr, vec![a.clone()])),
+            }
+        }
+        Ok(routes)
+    }
+}
+
+/// Hand a message to another node's internal listener; Ok once that node
+/// answered 250 for it (after its own durable commit).
+pub async fn forward(
+    shard: &Shard,
+    to: SocketAddr,
+    reverse_path: &str,
+    recipients: Vec<String>,
+    body: &[u8],
+    smtputf8: bool,
+    eight_bit: bool,
+) -> Result<(), String> {
+    let params = ClientParams::new(shard.config().hostname.clone());
+    let message = OutboundMessage {
+        reverse_path: reverse_path.to_string(),
+        recipients,
+        body,
+        needs_smtputf8: smtputf8,
+        is_8bit: eight_bit,
+    };
+    let delivery = client::deliver(to, params, std::slice::from_ref(&message))
+        .await
+        .map_err(|e| format!("{to}: {e}"))?;
+    let outcome = delivery
+        .outcomes
+        .first()
+        .ok_or_else(|| format!("{to}: no outcome"))?;
+    match outcome.recipients.iter().find(|r| !r.is_delivered()) {
+        None if outcome.recipients.len() == message.recipients.len() => Ok(()),
+        None => Err(format!("{to}: not every recipient answered")),
+        Some(r) => Err(format!("{to}: {}", r.reply())),
+    }
+}
