@@ -302,7 +302,10 @@ impl ClientTls {
             .with_protocol_versions(versions)
             .map_err(|e| TlsError::Setup(e.to_string()))?
             .dangerous()
-            .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider)))
+            .with_custom_certificate_verifier(Arc::new(Pinned {
+                provider,
+                pins: None,
+            }))
             .with_no_client_auth();
         Ok(ClientTls {
             verified,
@@ -314,22 +317,55 @@ impl ClientTls {
     }
 }
 
-/// Opportunistic TLS (RFC 7435 2.2): any certificate is taken, but the
-/// handshake's signatures are still checked by the provider, so the session
-/// keys belong to whoever holds the certificate's key.
-#[derive(Debug)]
-struct AnyCertificate(Arc<CryptoProvider>);
+/// A client configuration that accepts only certificates whose SHA-256
+/// fingerprint (as [`fingerprint`] writes it) is in `pins`, whoever signed
+/// them: cluster nodes reach each other's self-signed listeners this way,
+/// with the fingerprints each node publishes. The handshake's signatures
+/// are checked by the provider as usual.
+pub fn pinned_client_config(pins: Vec<String>) -> Result<Arc<rustls::ClientConfig>, TlsError> {
+    let provider = Arc::new(provider());
+    let c = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| TlsError::Setup(e.to_string()))?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(Pinned {
+            provider,
+            pins: Some(pins),
+        }))
+        .with_no_client_auth();
+    Ok(Arc::new(c))
+}
 
-impl rustls::client::danger::ServerCertVerifier for AnyCertificate {
+/// The relay's opportunistic TLS (RFC 7435 2.2, `pins: None`) takes any
+/// certificate; cluster nodes take only the pinned ones. Either way the
+/// handshake's signatures are checked by the provider, so the session keys
+/// belong to whoever holds the certificate's key.
+#[derive(Debug)]
+struct Pinned {
+    provider: Arc<CryptoProvider>,
+    pins: Option<Vec<String>>,
+}
+
+impl rustls::client::danger::ServerCertVerifier for Pinned {
     fn verify_server_cert(
         &self,
-        _end_entity: &CertificateDer<'_>,
+        end_entity: &CertificateDer<'_>,
         _intermediates: &[CertificateDer<'_>],
         _server_name: &rustls_pki_types::ServerName<'_>,
         _ocsp_response: &[u8],
         _now: rustls_pki_types::UnixTime,
     ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-        Ok(rustls::client::danger::ServerCertVerified::assertion())
+        let Some(pins) = &self.pins else {
+            return Ok(rustls::client::danger::ServerCertVerified::assertion());
+        };
+        let got = fingerprint(end_entity.as_ref());
+        if pins.iter().any(|p| p.eq_ignore_ascii_case(&got)) {
+            Ok(rustls::client::danger::ServerCertVerified::assertion())
+        } else {
+            Err(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::ApplicationVerificationFailure,
+            ))
+        }
     }
 
     fn verify_tls12_signature(
@@ -342,7 +378,7 @@ impl rustls::client::danger::ServerCertVerifier for AnyCertificate {
             message,
             cert,
             dss,
-            &self.0.signature_verification_algorithms,
+            &self.provider.signature_verification_algorithms,
         )
     }
 
@@ -356,12 +392,14 @@ impl rustls::client::danger::ServerCertVerifier for AnyCertificate {
             message,
             cert,
             dss,
-            &self.0.signature_verification_algorithms,
+            &self.provider.signature_verification_algorithms,
         )
     }
 
     fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
     }
 }
 
@@ -654,37 +692,81 @@ mod tests {
         let name = rustls_pki_types::ServerName::try_from("mx.test").unwrap();
         let mut c = rustls::ClientConnection::new(Arc::new(client), name).unwrap();
         let mut s = rustls::ServerConnection::new(server).unwrap();
+        pump(&mut c, &mut s).unwrap();
+        assert!(!s.is_handshaking());
+        s.negotiated_cipher_suite().unwrap().suite()
+    }
+
+    /// Move handshake bytes between an in-memory client and server until
+    /// both are done; the client's error, if it refuses.
+    fn pump(
+        c: &mut rustls::ClientConnection,
+        s: &mut rustls::ServerConnection,
+    ) -> Result<(), rustls::Error> {
         for _ in 0..10 {
             let mut buf = Vec::new();
             while c.wants_write() {
                 c.write_tls(&mut buf).unwrap();
             }
             s.read_tls(&mut &buf[..]).unwrap();
-            s.process_new_packets().unwrap();
+            // A client that refused sent an alert: the server's error then
+            // is not the point.
+            let _ = s.process_new_packets();
             let mut buf = Vec::new();
             while s.wants_write() {
                 s.write_tls(&mut buf).unwrap();
             }
             c.read_tls(&mut &buf[..]).unwrap();
-            c.process_new_packets().unwrap();
+            c.process_new_packets()?;
             if !c.is_handshaking() && !s.is_handshaking() {
-                break;
+                return Ok(());
             }
         }
-        assert!(!s.is_handshaking());
-        s.negotiated_cipher_suite().unwrap().suite()
+        panic!("handshake did not finish");
+    }
+
+    /// An in-memory handshake of `client` with `server`; the client's error, if any.
+    fn handshake_with(
+        server: Arc<ServerConfig>,
+        client: Arc<rustls::ClientConfig>,
+    ) -> Result<(), rustls::Error> {
+        let name =
+            rustls_pki_types::ServerName::IpAddress(std::net::IpAddr::from([127, 0, 0, 1]).into());
+        let mut c = rustls::ClientConnection::new(client, name).unwrap();
+        let mut s = rustls::ServerConnection::new(server).unwrap();
+        pump(&mut c, &mut s)
+    }
+
+    /// The generated self-signed certificate for mx.test in `dir`.
+    fn loaded_for_mx_test(dir: &Path) -> Tls {
+        let config = Config {
+            data_dir: dir.to_path_buf(),
+            hostname: "mx.test".into(),
+            ..Config::default()
+        };
+        Tls::load(&config).unwrap()
+    }
+
+    #[test]
+    fn pinned_clients_take_only_the_published_certificate() {
+        let dir = tempfile::tempdir().unwrap();
+        let tls = loaded_for_mx_test(dir.path());
+        let pin = tls.certificates()[0].fingerprint.clone();
+        let right = pinned_client_config(vec![pin.to_ascii_lowercase()]).unwrap();
+        handshake_with(tls.server_config(), right).unwrap();
+        let other = pin.replace(&pin[..2], if &pin[..2] == "00" { "01" } else { "00" });
+        let wrong = pinned_client_config(vec![other]).unwrap();
+        let e = handshake_with(tls.server_config(), wrong).unwrap_err();
+        assert!(matches!(e, rustls::Error::InvalidCertificate(_)), "{e:?}");
+        let none = pinned_client_config(Vec::new()).unwrap();
+        assert!(handshake_with(tls.server_config(), none).is_err());
     }
 
     #[test]
     fn server_prefers_aes128_and_keeps_every_suite() {
         use rustls::crypto::ring::cipher_suite as cs;
         let dir = tempfile::tempdir().unwrap();
-        let config = Config {
-            data_dir: dir.path().to_path_buf(),
-            hostname: "mx.test".into(),
-            ..Config::default()
-        };
-        let tls = Tls::load(&config).unwrap();
+        let tls = loaded_for_mx_test(dir.path());
         let cert = tls.certificates()[0].cert_path.clone();
         let server = tls.server_config();
         assert_eq!(server.send_tls13_tickets, TLS13_TICKETS);

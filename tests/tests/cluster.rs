@@ -275,24 +275,31 @@ fn wait_map(nodes: &[Server], rebalance_out: &str) {
     }
 }
 
-#[test]
-fn mail_sent_to_any_node_is_stored_on_the_buckets_primary() {
-    let Some(etcd) = etcd() else { return };
-    let name = format!("m{}", std::process::id());
-    let accounts: Vec<String> = (0..30).map(|i| format!("u{i}@example.test")).collect();
-    let ids = ["n1", "n2", "n3"];
+/// Nodes `ids` of a new cluster, each with `accounts`, and a bucket map
+/// over them that every node has seen.
+fn mapped_cluster(etcd: &Etcd, prefix: &str, ids: &[&str], accounts: &[String]) -> Vec<Server> {
+    let name = format!("{prefix}{}", std::process::id());
     let nodes: Vec<Server> = ids
         .iter()
         .map(|n| {
             Server::options()
                 .cores(1)
-                .accounts(&accounts)
-                .config(&node_config(&etcd, &name, n))
+                .accounts(accounts)
+                .config(&node_config(etcd, &name, n))
                 .start()
         })
         .collect();
     let r = cluster_cmd(&nodes[0], &["rebalance"]);
     wait_map(&nodes, &r);
+    nodes
+}
+
+#[test]
+fn mail_sent_to_any_node_is_stored_on_the_buckets_primary() {
+    let Some(etcd) = etcd() else { return };
+    let accounts: Vec<String> = (0..30).map(|i| format!("u{i}@example.test")).collect();
+    let ids = ["n1", "n2", "n3"];
+    let nodes = mapped_cluster(&etcd, "m", &ids, &accounts);
 
     // 300 messages, each to one account, through the three nodes in turn.
     let message = |i: usize| {
@@ -310,34 +317,27 @@ fn mail_sent_to_any_node_is_stored_on_the_buckets_primary() {
         );
     }
 
-    // Each account's mail is on its primary, all of it, and nowhere else.
+    // Every account's mail, read through every node (the others relay the
+    // session to the primary), all of it, intact.
     let mut per_node = [0usize; 3];
     for (k, account) in accounts.iter().enumerate() {
-        let loc = cluster_cmd(&nodes[0], &["locate", account]);
-        let primary = loc
-            .lines()
-            .find_map(|l| l.strip_prefix("primary "))
-            .and_then(|l| l.split_whitespace().next())
-            .unwrap_or_else(|| panic!("{loc}"));
-        let at = ids.iter().position(|id| *id == primary).unwrap();
+        let at = ids
+            .iter()
+            .position(|id| *id == primary_of(&nodes[0], account))
+            .unwrap();
         per_node[at] += 1;
-        for (j, node) in nodes.iter().enumerate() {
+        for node in &nodes {
             let mut p = Pop3::login(node.pop3, account, PASSWORD);
             let (count, _) = p.stat();
-            if j != at {
-                assert_eq!(count, 0, "{account} has mail on {} too", ids[j]);
-                continue;
-            }
-            assert_eq!(count, 10, "{account} on its primary {primary}");
+            assert_eq!(count, 10, "{account} through {}", node.smtp);
             let mut want: Vec<usize> = (0..300).filter(|i| i % 30 == k).collect();
-            let mut got = Vec::new();
             for n in 1..=count {
                 let m = p.retr(n);
                 let i = want
                     .iter()
                     .position(|&i| m.ends_with(message(i).as_bytes()))
                     .unwrap_or_else(|| panic!("{}", String::from_utf8_lossy(&m)));
-                got.push(want.remove(i));
+                want.remove(i);
                 // Every message to account k went through node k % 3: one
                 // Received: when that is its primary, two when handed over.
                 let text = String::from_utf8_lossy(&m);
@@ -349,7 +349,154 @@ fn mail_sent_to_any_node_is_stored_on_the_buckets_primary() {
                 assert_eq!(text.matches("Received: ").count(), hops, "{text}");
             }
             assert!(want.is_empty(), "missing {want:?}");
+            p.ok("QUIT");
         }
     }
     assert!(per_node.iter().all(|&n| n > 0), "{per_node:?}");
+
+    // Stored once, on the primary: count what each data directory holds.
+    for (j, mut node) in nodes.into_iter().enumerate() {
+        node.terminate();
+        let out = ringmail(
+            &[
+                "inspect",
+                "--data",
+                node.data.to_str().unwrap(),
+                "--count-only",
+            ],
+            "",
+        );
+        assert_ok(&out, "inspect");
+        let stored: usize = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+        assert_eq!(stored, per_node[j] * 10, "node {}", ids[j]);
+    }
+}
+
+/// The id of the node that is `account`'s primary (`ringmail cluster locate`).
+fn primary_of(server: &Server, account: &str) -> String {
+    let loc = cluster_cmd(server, &["locate", account]);
+    loc.lines()
+        .find_map(|l| l.strip_prefix("primary "))
+        .and_then(|l| l.split_whitespace().next())
+        .unwrap_or_else(|| panic!("{loc}"))
+        .to_string()
+}
+
+/// Python's imaplib through a node that is not the account's primary:
+/// plain IMAP and IMAPS, the messages, and IDLE hearing of a delivery made
+/// through the third node.
+const IMAP_SCRIPT: &str = r#"
+import imaplib, socket, ssl, sys
+host, port, tls_port, user, pw = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5]
+m = imaplib.IMAP4(host, port)
+m.login(user, pw)
+# A NO from the account's node comes back as such.
+typ, _ = m.select("Nope")
+assert typ == "NO", typ
+typ, data = m.select("INBOX")
+assert typ == "OK" and data[0] == b"3", (typ, data)
+typ, data = m.fetch("1", "(BODY.PEEK[])")
+assert typ == "OK" and data[0][1].endswith(b"\r\nfirst\r\n"), data
+tag = m._new_tag()
+m.send(tag + b" IDLE\r\n")
+assert m.readline().startswith(b"+"), "no continuation"
+print("idling", flush=True)
+m.sock.settimeout(15)
+line = m.readline()
+while not line.endswith(b"EXISTS\r\n"):
+    line = m.readline()
+assert line == b"* 4 EXISTS\r\n", line
+m.send(b"DONE\r\n")
+while not m.readline().startswith(tag + b" OK"):
+    pass
+m.logout()
+ctx = ssl.create_default_context()
+ctx.check_hostname = False
+ctx.verify_mode = ssl.CERT_NONE
+s = imaplib.IMAP4_SSL(host, tls_port, ssl_context=ctx)
+s.login(user, pw)
+typ, data = s.select("INBOX", readonly=True)
+assert typ == "OK" and data[0] == b"4", data
+try:
+    s.login(user, pw)
+except imaplib.IMAP4.error:
+    pass
+s.logout()
+print("done", flush=True)
+"#;
+
+#[test]
+fn sessions_through_any_node_reach_the_accounts_node() {
+    let Some(etcd) = etcd() else { return };
+    let accounts: Vec<String> = (0..12).map(|i| format!("v{i}@example.test")).collect();
+    let ids = ["n1", "n2", "n3"];
+    let nodes = mapped_cluster(&etcd, "s", &ids, &accounts);
+    // An account whose primary is n1: sessions go through n2, mail through n3.
+    let account = accounts
+        .iter()
+        .find(|a| primary_of(&nodes[0], a) == "n1")
+        .expect("some account on n1")
+        .clone();
+    let (home, via, mail) = (&nodes[0], &nodes[1], &nodes[2]);
+    let msg = |body: &str| format!("Subject: {body}\r\n\r\n{body}\r\n");
+    for body in ["first", "second", "third"] {
+        smtp_send(
+            mail.smtp,
+            "s@example.org",
+            &[&account],
+            msg(body).as_bytes(),
+        );
+    }
+
+    // POP3 through n2: the messages are n1's.
+    let mut p = Pop3::login(via.pop3, &account, PASSWORD);
+    assert_eq!(p.stat().0, 3);
+    assert!(p.retr(2).ends_with(msg("second").as_bytes()));
+    p.ok("QUIT");
+    // A wrong password is refused by n2 itself.
+    let mut bad = Pop3::connect(via.pop3);
+    bad.ok(&format!("USER {account}"));
+    assert!(bad.cmd("PASS wrong").starts_with("-ERR"));
+
+    // IMAP through n2 with Python's imaplib, IDLE included.
+    let mut py = Command::new("python3")
+        .args(["-c", IMAP_SCRIPT, "127.0.0.1"])
+        .arg(via.imap.port().to_string())
+        .arg(via.imaps.port().to_string())
+        .args([account.as_str(), PASSWORD])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("python3");
+    let mut out = std::io::BufReader::new(py.stdout.take().unwrap());
+    let mut first = String::new();
+    std::io::BufRead::read_line(&mut out, &mut first).unwrap();
+    if first.trim() != "idling" {
+        let _ = py.wait();
+        let mut err = String::new();
+        std::io::Read::read_to_string(&mut py.stderr.take().unwrap(), &mut err).unwrap();
+        panic!("python: {first}\n{err}\nserver: {}", via.stderr_tail(20));
+    }
+    smtp_send(
+        mail.smtp,
+        "s@example.org",
+        &[&account],
+        msg("fourth").as_bytes(),
+    );
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut out, &mut rest).unwrap();
+    let status = py.wait().unwrap();
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut py.stderr.take().unwrap(), &mut err).unwrap();
+    assert!(
+        status.success() && rest.contains("done"),
+        "python: {rest}\n{err}"
+    );
+
+    // The sessions were relayed, not served from n2's own (empty) store.
+    assert!(via
+        .stderr_text()
+        .contains("session relayed to the account's node"));
+    let mut direct = Pop3::login(home.pop3, &account, PASSWORD);
+    assert_eq!(direct.stat().0, 4);
 }

@@ -16,6 +16,16 @@ pub struct NodeRecord {
     pub cores: usize,
     /// The node's bucket count (its data directory's `meta`).
     pub buckets: u32,
+    /// Implicit-TLS listeners, where other nodes proxy IMAP and POP3
+    /// sessions to.
+    #[serde(default)]
+    pub imaps: Vec<String>,
+    #[serde(default)]
+    pub pop3s: Vec<String>,
+    /// SHA-256 fingerprints of the node's certificates: a proxying node
+    /// accepts exactly these (pinned), whoever signed them.
+    #[serde(default)]
+    pub tls_sha256: Vec<String>,
 }
 
 /// `placement`: per bucket, its primary and (with two nodes or more) its

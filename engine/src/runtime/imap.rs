@@ -35,6 +35,7 @@ use crate::storage::record::{Loc, Op};
 use crate::storage::{Body, StorageError};
 
 use super::limiter::{Permit, Refusal};
+use super::proxy;
 use super::shard::{unix_now, ConnCount, Login, Shard, ShardMsg};
 use super::spool::{Spooler, Track};
 use crate::transport::{Conn, ReadOutcome};
@@ -387,7 +388,39 @@ async fn run(mut s: Session, mut conn: Conn, permit: Permit, count: ConnCount) {
                 tag,
                 user,
                 password,
-            } => s.login(&tag, &user, &password).await,
+            } => match s.login(&tag, &user, &password).await {
+                // Cluster mode: an account stored on another node is
+                // served there, through this connection.
+                Next::LoggedIn { account, tag } => {
+                    match s.shard.remote_home(&account, proxy::Kind::Imap) {
+                        Ok(None) => Next::LoggedIn { account, tag },
+                        Ok(Some(home)) => {
+                            if s.m.out.flush(&mut conn).await.is_err() {
+                                return;
+                            }
+                            let (shard, kind) = (s.shard.clone(), proxy::Kind::Imap);
+                            proxy::relay(&shard, &mut conn, home, kind, &tag, &account, &password)
+                                .await;
+                            return;
+                        }
+                        Err(why) => {
+                            tracing::warn!(
+                                account,
+                                why,
+                                "cluster: the account's node is unavailable"
+                            );
+                            s.m.out.status(
+                                Some(&tag),
+                                Status::No,
+                                Some(&Code::Unavailable),
+                                "The mailbox's node is not reachable, try again later",
+                            );
+                            Next::Continue
+                        }
+                    }
+                }
+                next => next,
+            },
             next => next,
         };
         match next {

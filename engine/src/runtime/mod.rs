@@ -19,6 +19,7 @@ pub mod limiter;
 pub mod listen;
 pub mod pop3;
 pub mod privileges;
+pub mod proxy;
 pub mod relay;
 pub mod reload;
 pub mod shard;
@@ -74,15 +75,15 @@ pub enum ServeError {
 /// Join the cluster of `[cluster]` (the membership thread, `cluster::etcd`).
 fn join_cluster(
     c: &crate::config::Cluster,
-    smtp: &[SocketAddr],
-    imap: &[SocketAddr],
-    pop3: &[SocketAddr],
+    listeners: [&Vec<SocketAddr>; 5],
+    tls_sha256: Vec<String>,
     cores: usize,
     buckets: u32,
 ) -> Result<crate::cluster::Shared, ServeError> {
     #[cfg(feature = "cluster")]
     {
         let s = |v: &[SocketAddr]| v.iter().map(ToString::to_string).collect();
+        let [smtp, imap, pop3, imaps, pop3s] = listeners;
         let record = crate::cluster::NodeRecord {
             id: c.node.clone(),
             internal: c.internal.clone(),
@@ -91,12 +92,15 @@ fn join_cluster(
             pop3: s(pop3),
             cores,
             buckets,
+            imaps: s(imaps),
+            pop3s: s(pop3s),
+            tls_sha256,
         };
         crate::cluster::etcd::join(c, record).map_err(ServeError::Cluster)
     }
     #[cfg(not(feature = "cluster"))]
     {
-        let _ = (c, smtp, imap, pop3, cores, buckets);
+        let _ = (c, listeners, tls_sha256, cores, buckets);
         Err(ServeError::Cluster(
             "[cluster] is configured, but this binary was built without cluster support (cargo build --features cluster)".into(),
         ))
@@ -266,7 +270,15 @@ pub fn serve(mut config: Config, loader: Option<reload::Loader>) -> Result<(), S
     };
     let cluster = match &config.cluster {
         None => None,
-        Some(c) => Some(join_cluster(c, &smtp, &imap, &pop3, cores, meta.buckets)?),
+        Some(c) => {
+            let listeners = [&smtp, &imap, &pop3, &imaps, &pop3s];
+            let pins = tls
+                .certificates()
+                .into_iter()
+                .map(|c| c.fingerprint)
+                .collect();
+            Some(join_cluster(c, listeners, pins, cores, meta.buckets)?)
+        }
     };
     let shared = Arc::new(Shared {
         cluster,

@@ -213,6 +213,27 @@ async fn run(
                         continue;
                     }
                 };
+                // Cluster mode: an account stored on another node is
+                // served there, through this connection.
+                match shard.remote_home(&account, super::proxy::Kind::Pop3) {
+                    Ok(None) => {}
+                    Ok(Some(home)) => {
+                        if conn.flush(&mut out).await.is_err() {
+                            return;
+                        }
+                        let kind = super::proxy::Kind::Pop3;
+                        super::proxy::relay(
+                            &shard, &mut conn, home, kind, b"", &account, &password,
+                        )
+                        .await;
+                        return;
+                    }
+                    Err(why) => {
+                        tracing::warn!(account, why, "cluster: the account's node is unavailable");
+                        session.login_result(LoginResult::TempFail, &mut out);
+                        continue;
+                    }
+                }
                 let owner = shard.owner_of(&account);
                 if owner == shard.id {
                     maildrop = open_maildrop(&shard, &account, &mut session, &mut out);
