@@ -284,12 +284,18 @@ enum DkimAction {
 enum ClusterAction {
     /// Live members, and how many buckets each is primary and replica for.
     Status,
-    /// Spread the buckets evenly over the live members, moving as few as it
-    /// can (the map is written only if nobody changed it meanwhile).
+    /// Place every bucket without a live primary (on its replica first) and
+    /// spread the replicas evenly over the live members, moving as few as
+    /// it can (the map is written only if nobody changed it meanwhile).
     Rebalance {
         /// Show what would change, write nothing.
         #[arg(long)]
         dry_run: bool,
+        /// Also move buckets off live primaries to even them out. Stored
+        /// mail does not move with a bucket yet: use it before mail is
+        /// stored (a new cluster), not after.
+        #[arg(long)]
+        move_primaries: bool,
     },
     /// Which bucket an address's account is in, and the nodes that hold it.
     Locate { address: String },
@@ -616,9 +622,10 @@ fn run(cli: Cli) -> Result<(), String> {
             {
                 let out = match action {
                     ClusterAction::Status => ringmail::cluster::etcd::status(cluster)?,
-                    ClusterAction::Rebalance { dry_run } => {
-                        ringmail::cluster::etcd::rebalance(cluster, dry_run)?
-                    }
+                    ClusterAction::Rebalance {
+                        dry_run,
+                        move_primaries,
+                    } => ringmail::cluster::etcd::rebalance(cluster, dry_run, move_primaries)?,
                     ClusterAction::Locate { address } => {
                         let account =
                             ringmail::accounts::canonical(&address).map_err(|e| e.to_string())?;

@@ -197,10 +197,21 @@ fn nodes_join_rebalance_leave_and_come_back() {
     wait_status(&nodes[0], Duration::from_secs(10), |s| {
         s.contains("3 live node(s)")
     });
+    // Live primaries stay where they are (their mail would not follow
+    // them): it becomes a replica only...
     let r = cluster_cmd(&nodes[0], &["rebalance"]);
+    assert!(r.contains("3 live nodes; 0 primaries"), "{r}");
+    let s = cluster_cmd(&nodes[0], &["status"]);
+    let (p, rep) = counts(&s, "n3");
+    assert!(p == 0 && (85..=86).contains(&rep), "{s}");
+    // ...unless primaries are moved on purpose.
+    let r = cluster_cmd(&nodes[0], &["rebalance", "--move-primaries"]);
     assert!(r.contains("3 live nodes"), "{r}");
     let s = cluster_cmd(&nodes[0], &["status"]);
-    assert!((85..=86).contains(&counts(&s, "n3").0), "{s}");
+    for n in ["n1", "n2", "n3"] {
+        let (p, rep) = counts(&s, n);
+        assert!((85..=86).contains(&p) && (85..=86).contains(&rep), "{s}");
+    }
 }
 
 #[test]

@@ -318,9 +318,10 @@ fn describe(name: &str, view: &View) -> String {
 }
 
 /// `ringmail cluster rebalance`: a balanced map over the live members that
-/// moves as few buckets as it can, written only if the map did not change
+/// moves as few buckets as it can (live primaries stay unless
+/// `move_primaries`: their mail does not move with them yet), written only if the map did not change
 /// meanwhile (compare its version; retried on a conflict).
-pub fn rebalance(cfg: &Cluster, dry_run: bool) -> Result<String, String> {
+pub fn rebalance(cfg: &Cluster, dry_run: bool, move_primaries: bool) -> Result<String, String> {
     block_on(async {
         let keys = Keys::new(&cfg.name);
         let mut client = connect(cfg).await?;
@@ -337,7 +338,7 @@ pub fn rebalance(cfg: &Cluster, dry_run: bool) -> Result<String, String> {
             let view = load(&mut client, &keys).await?;
             let live: Vec<String> = view.members.keys().cloned().collect();
             let current = view.placement.as_ref().map(|(p, _)| p);
-            let next = placement::plan(current, &live, buckets)?;
+            let next = placement::plan(current, &live, buckets, move_primaries)?;
             let moved = |f: fn(&Placement, u32) -> Option<&str>| {
                 (0..buckets)
                     .filter(|&b| current.and_then(|c| f(c, b)) != f(&next, b))

@@ -86,10 +86,16 @@ impl Placement {
 /// assignments as balance allows: every node is primary for `buckets / n`
 /// or one more, the same for replicas, and no bucket's replica is its
 /// primary. Deterministic for the same inputs.
+///
+/// `move_primaries: false` keeps every bucket whose primary is live where
+/// it is, however unbalanced: moving a primary does not move the mail it
+/// holds yet, so only buckets without a live primary are placed (on their
+/// replica first). Replicas hold nothing yet and always rebalance.
 pub fn plan(
     current: Option<&Placement>,
     live: &[String],
     buckets: u32,
+    move_primaries: bool,
 ) -> Result<Placement, String> {
     if live.is_empty() {
         return Err("no live node to place buckets on".into());
@@ -118,9 +124,11 @@ pub fn plan(
 
     // A bucket whose primary is gone goes to its replica first: that node
     // holds the bucket's records (promotion, once replication exists).
+    let keep_all = |_: usize| usize::MAX;
     let primary = assign(
         buckets,
         n,
+        if move_primaries { &target } else { &keep_all },
         &target,
         |b| was(b, Placement::primary_of),
         |b| was(b, Placement::replica_of),
@@ -132,6 +140,7 @@ pub fn plan(
         assign(
             buckets,
             n,
+            &target,
             &target,
             |b| was(b, Placement::replica_of).filter(|&r| r != primary[b as usize]),
             |_| None,
@@ -150,12 +159,13 @@ pub fn plan(
 }
 
 /// One role (primary or replica) for every bucket: keep `previous` while
-/// that node is under its target, then give the rest, in bucket order, to
+/// that node is under `keep_up_to`, then give the rest, in bucket order, to
 /// `fallback` if it is under its target, else to the allowed node with the
 /// fewest.
 fn assign(
     buckets: u32,
     n: usize,
+    keep_up_to: &dyn Fn(usize) -> usize,
     target: &dyn Fn(usize) -> usize,
     previous: impl Fn(u32) -> Option<u16>,
     fallback: impl Fn(u32) -> Option<u16>,
@@ -165,7 +175,7 @@ fn assign(
     let mut out: Vec<Option<u16>> = vec![None; buckets as usize];
     for b in 0..buckets {
         if let Some(p) = previous(b) {
-            if count[usize::from(p)] < target(usize::from(p)) && allowed(b, p) {
+            if count[usize::from(p)] < keep_up_to(usize::from(p)) && allowed(b, p) {
                 count[usize::from(p)] += 1;
                 out[b as usize] = Some(p);
             }
@@ -239,7 +249,7 @@ mod tests {
     fn a_first_plan_is_balanced_and_replicas_differ() {
         for n in 1..=7 {
             let nodes: Vec<String> = (0..n).map(|i| format!("n{i}")).collect();
-            let p = plan(None, &nodes, 256).unwrap();
+            let p = plan(None, &nodes, 256, true).unwrap();
             check_balanced(&p);
             assert_eq!(p.replica.iter().all(Option::is_none), n == 1);
             assert_eq!(Placement::from_json(&p.to_json()).unwrap(), p);
@@ -248,8 +258,8 @@ mod tests {
 
     #[test]
     fn a_node_joining_moves_only_its_share() {
-        let before = plan(None, &ids(&["a", "b"]), 256).unwrap();
-        let after = plan(Some(&before), &ids(&["a", "b", "c"]), 256).unwrap();
+        let before = plan(None, &ids(&["a", "b"]), 256, true).unwrap();
+        let after = plan(Some(&before), &ids(&["a", "b", "c"]), 256, true).unwrap();
         check_balanced(&after);
         let moved = (0..256)
             .filter(|&b| before.primary_of(b) != after.primary_of(b))
@@ -263,8 +273,8 @@ mod tests {
 
     #[test]
     fn a_node_leaving_hands_over_only_its_buckets() {
-        let before = plan(None, &ids(&["a", "b", "c"]), 256).unwrap();
-        let after = plan(Some(&before), &ids(&["a", "c"]), 256).unwrap();
+        let before = plan(None, &ids(&["a", "b", "c"]), 256, true).unwrap();
+        let after = plan(Some(&before), &ids(&["a", "c"]), 256, false).unwrap();
         check_balanced(&after);
         for b in 0..256 {
             if before.primary_of(b) != Some("b") {
@@ -285,7 +295,23 @@ mod tests {
             .count();
         assert!(promoted * 2 >= gone, "{promoted} of {gone} promoted");
         // The same live set again changes nothing.
-        assert_eq!(plan(Some(&after), &ids(&["c", "a"]), 256).unwrap(), after);
+        assert_eq!(
+            plan(Some(&after), &ids(&["c", "a"]), 256, true).unwrap(),
+            after
+        );
+    }
+
+    #[test]
+    fn without_moves_a_joining_node_gets_replicas_only() {
+        let before = plan(None, &ids(&["a", "b"]), 256, true).unwrap();
+        let after = plan(Some(&before), &ids(&["a", "b", "c"]), 256, false).unwrap();
+        assert!((0..256).all(|b| after.primary_of(b) == before.primary_of(b)));
+        let c = after.counts()["c"];
+        assert_eq!(c.0, 0);
+        assert!((85..=86).contains(&c.1), "{c:?}");
+        for b in 0..256 {
+            assert_ne!(after.primary_of(b), after.replica_of(b), "bucket {b}");
+        }
     }
 
     #[test]
@@ -295,6 +321,6 @@ mod tests {
         assert!(Placement::from_json(bad).is_err());
         let short = br#"{"buckets":2,"nodes":["a"],"primary":[0],"replica":[null,null]}"#;
         assert!(Placement::from_json(short).is_err());
-        assert!(plan(None, &[], 256).is_err());
+        assert!(plan(None, &[], 256, true).is_err());
     }
 }
