@@ -358,6 +358,8 @@ fn mail_sent_to_any_node_is_stored_on_the_buckets_primary() {
                 );
                 let hops = if at == k % 3 { 1 } else { 2 };
                 assert_eq!(text.matches("Received: ").count(), hops, "{text}");
+                // The hand-over between nodes ran over TLS.
+                assert_eq!(text.matches(" with ESMTPS id ").count(), hops - 1, "{text}");
             }
             assert!(want.is_empty(), "missing {want:?}");
             p.ok("QUIT");

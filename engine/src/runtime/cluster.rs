@@ -4,14 +4,24 @@
 use std::net::{IpAddr, SocketAddr};
 
 use super::shard::Shard;
-use crate::relay::client::{self, ClientParams, OutboundMessage};
+use crate::relay::client::{self, ClientParams, OutboundMessage, SessionTls};
 
 /// Recipients split by the node that stores them.
 pub struct Routes {
     /// This node is the bucket's primary (or there is no cluster, or no map yet).
     pub here: Vec<String>,
-    /// Per other node: its internal address and its recipients.
-    pub away: Vec<(SocketAddr, Vec<String>)>,
+    /// Per other node: where to hand its recipients' mail over.
+    pub away: Vec<Away>,
+}
+
+/// Another node's share of a message.
+pub struct Away {
+    pub node: String,
+    /// Its internal listener.
+    pub to: SocketAddr,
+    /// Its certificates' fingerprints (the hand-over runs over TLS).
+    pub pins: Vec<String>,
+    pub recipients: Vec<String>,
 }
 
 impl Shard {
@@ -70,37 +80,52 @@ impl Shard {
                 .internal
                 .parse()
                 .map_err(|_| format!("node {owner}: bad internal address {:?}", member.internal))?;
-            match routes.away.iter_mut().find(|(to, _)| *to == addr) {
-                Some((_, list)) => list.push(a.clone()),
-                None => routes.away.push((addr, vec![a.clone()])),
+            match routes.away.iter_mut().find(|w| w.to == addr) {
+                Some(w) => w.recipients.push(a.clone()),
+                None => routes.away.push(Away {
+                    node: owner.to_string(),
+                    to: addr,
+                    pins: member.tls_sha256.clone(),
+                    recipients: vec![a.clone()],
+                }),
             }
         }
         Ok(routes)
     }
 }
 
-/// Hand a message to another node's internal listener; Ok once that node
-/// answered 250 for it (after its own durable commit).
+/// Hand a message to another node's internal listener, over STARTTLS with
+/// the node's published certificate pinned; Ok once that node answered
+/// 250 for it (after its own durable commit).
 pub async fn forward(
     shard: &Shard,
-    to: SocketAddr,
+    away: Away,
     reverse_path: &str,
-    recipients: Vec<String>,
     body: &[u8],
     smtputf8: bool,
     eight_bit: bool,
 ) -> Result<(), String> {
-    let params = ClientParams::new(shard.config().hostname.clone());
+    let to = away.to;
+    let mut params = ClientParams::new(shard.config().hostname.clone());
+    params.tls = Some(SessionTls {
+        config: crate::tls::pinned_client_config(away.pins).map_err(|e| e.to_string())?,
+        name: rustls_pki_types::ServerName::IpAddress(to.ip().into()),
+        required: true,
+    });
     let message = OutboundMessage {
         reverse_path: reverse_path.to_string(),
-        recipients,
+        recipients: away.recipients,
         body,
         needs_smtputf8: smtputf8,
         is_8bit: eight_bit,
     };
     let delivery = client::deliver(to, params, std::slice::from_ref(&message))
         .await
-        .map_err(|e| format!("{to}: {e}"))?;
+        .map_err(|e| format!("{} at {to}: {e}", away.node))?;
+    if delivery.tls.is_none() {
+        // `required` makes the client stop before MAIL without TLS.
+        return Err(format!("{} at {to}: no TLS", away.node));
+    }
     let outcome = delivery
         .outcomes
         .first()

@@ -682,13 +682,12 @@ pub async fn serve(
                             None => &body,
                         };
                         let mut failed = None;
-                        for (to, rcpts) in routes.away {
-                            let n = rcpts.len();
+                        for away in routes.away {
+                            let (node, n) = (away.node.clone(), away.recipients.len());
                             if let Err(e) = super::cluster::forward(
                                 &shard,
-                                to,
+                                away,
                                 &tx.reverse_path,
-                                rcpts,
                                 bytes,
                                 tx.smtputf8,
                                 tx.body_8bit,
@@ -698,7 +697,11 @@ pub async fn serve(
                                 failed = Some(e);
                                 break;
                             }
-                            tracing::debug!(%to, recipients = n, "handed over to the bucket's node");
+                            tracing::debug!(
+                                node,
+                                recipients = n,
+                                "handed over to the bucket's node"
+                            );
                         }
                         if let Some(e) = failed {
                             tracing::warn!(%peer, error = %e, "cluster: hand-over failed; message deferred with 451");
