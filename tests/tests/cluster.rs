@@ -212,6 +212,13 @@ fn nodes_join_rebalance_leave_and_come_back() {
         let (p, rep) = counts(&s, n);
         assert!((85..=86).contains(&p) && (85..=86).contains(&rep), "{s}");
     }
+    // A clean stop revokes the lease: the node is gone at once, well
+    // before its lease (2 s) could run out.
+    nodes[1].terminate();
+    wait_status(&nodes[0], Duration::from_millis(1200), |s| {
+        s.contains("2 live node(s)") && s.contains("gone n2")
+    });
+    assert!(nodes[1].stderr_text().contains("left the cluster"));
 }
 
 #[test]

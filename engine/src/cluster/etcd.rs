@@ -99,10 +99,31 @@ async fn load(client: &mut Client, keys: &Keys) -> Result<View, String> {
     Ok(view)
 }
 
+/// A running membership: the published view, and the way out.
+pub struct Member {
+    pub view: Shared,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    gone: std::sync::mpsc::Receiver<()>,
+}
+
+impl Member {
+    /// Leave the cluster at a clean shutdown: revoke the lease, so the
+    /// node's key goes at once (the others see it leave, and a restart can
+    /// take the id again without waiting out the lease). Waits a little.
+    pub fn leave(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+            let _ = self.gone.recv_timeout(Duration::from_secs(3));
+        }
+    }
+}
+
 /// Start the membership thread and wait for the first join.
-pub fn join(cfg: &Cluster, record: NodeRecord) -> Result<Shared, String> {
+pub fn join(cfg: &Cluster, record: NodeRecord) -> Result<Member, String> {
     let shared: Shared = Arc::new(arc_swap::ArcSwap::from_pointee(View::default()));
     let (tx, rx) = std::sync::mpsc::sync_channel(1);
+    let (stop, stop_rx) = tokio::sync::oneshot::channel();
+    let (gone_tx, gone) = std::sync::mpsc::sync_channel(1);
     let view = shared.clone();
     let cfg = cfg.clone();
     std::thread::Builder::new()
@@ -118,11 +139,16 @@ pub fn join(cfg: &Cluster, record: NodeRecord) -> Result<Shared, String> {
                     return;
                 }
             };
-            rt.block_on(run(cfg, record, view, tx));
+            rt.block_on(run(cfg, record, view, tx, stop_rx));
+            let _ = gone_tx.send(());
         })
         .map_err(|e| format!("cluster thread: {e}"))?;
     match rx.recv_timeout(JOIN_TIMEOUT) {
-        Ok(Ok(())) => Ok(shared),
+        Ok(Ok(())) => Ok(Member {
+            view: shared,
+            stop: Some(stop),
+            gone,
+        }),
         Ok(Err(e)) => Err(e),
         Err(_) => Err(format!(
             "no answer from etcd within {} s",
@@ -136,14 +162,19 @@ async fn run(
     record: NodeRecord,
     view: Shared,
     ready: std::sync::mpsc::SyncSender<Result<(), String>>,
+    mut stop: tokio::sync::oneshot::Receiver<()>,
 ) {
     let keys = Keys::new(&cfg.name);
     let mut ready = Some(ready);
     loop {
-        let e = member(&cfg, &keys, &record, &view, &mut ready).await;
+        let e = member(&cfg, &keys, &record, &view, &mut ready, &mut stop).await;
         if let Some(r) = ready.take() {
             // Never joined: `serve` reports it and stops.
             let _ = r.send(Err(e));
+            return;
+        }
+        if e == LEFT {
+            tracing::info!(node = %record.id, "left the cluster");
             return;
         }
         tracing::warn!(error = %e, "cluster: membership lost; joining again");
@@ -159,8 +190,9 @@ async fn member(
     record: &NodeRecord,
     view: &Shared,
     ready: &mut Option<std::sync::mpsc::SyncSender<Result<(), String>>>,
+    stop: &mut tokio::sync::oneshot::Receiver<()>,
 ) -> String {
-    match member_inner(cfg, keys, record, view, ready).await {
+    match member_inner(cfg, keys, record, view, ready, stop).await {
         Ok(never) => match never {},
         Err(e) => e,
     }
@@ -168,12 +200,16 @@ async fn member(
 
 enum Never {}
 
+/// What `member` ends with after [`Member::leave`].
+const LEFT: &str = "left";
+
 async fn member_inner(
     cfg: &Cluster,
     keys: &Keys,
     record: &NodeRecord,
     view: &Shared,
     ready: &mut Option<std::sync::mpsc::SyncSender<Result<(), String>>>,
+    stop: &mut tokio::sync::oneshot::Receiver<()>,
 ) -> Result<Never, String> {
     let ttl = cfg.lease_ttl_secs as i64;
     let mut client = connect(cfg).await?;
@@ -241,6 +277,14 @@ async fn member_inner(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
+            _ = &mut *stop => {
+                // No acknowledgement from here on, then the key goes.
+                let mut v = (**view.load()).clone();
+                v.lease_until = None;
+                view.store(Arc::new(v));
+                let _ = tokio::time::timeout(Duration::from_secs(2), client.lease_revoke(lease)).await;
+                return Err(LEFT.into());
+            }
             _ = tick.tick() => {
                 let sent = Instant::now();
                 let renewed = tokio::time::timeout(every, async {

@@ -72,6 +72,26 @@ pub enum ServeError {
     Cluster(String),
 }
 
+#[cfg(feature = "cluster")]
+type Member = crate::cluster::etcd::Member;
+/// Without the feature a cluster never starts (`join_cluster` refuses).
+#[cfg(not(feature = "cluster"))]
+enum Member {}
+
+fn cluster_view(m: &Member) -> crate::cluster::Shared {
+    #[cfg(feature = "cluster")]
+    return m.view.clone();
+    #[cfg(not(feature = "cluster"))]
+    match *m {}
+}
+
+fn leave_cluster(m: Member) {
+    #[cfg(feature = "cluster")]
+    m.leave();
+    #[cfg(not(feature = "cluster"))]
+    match m {}
+}
+
 /// Join the cluster of `[cluster]` (the membership thread, `cluster::etcd`).
 fn join_cluster(
     c: &crate::config::Cluster,
@@ -79,7 +99,7 @@ fn join_cluster(
     tls_sha256: Vec<String>,
     cores: usize,
     buckets: u32,
-) -> Result<crate::cluster::Shared, ServeError> {
+) -> Result<Member, ServeError> {
     #[cfg(feature = "cluster")]
     {
         let s = |v: &[SocketAddr]| v.iter().map(ToString::to_string).collect();
@@ -268,7 +288,7 @@ pub fn serve(mut config: Config, loader: Option<reload::Loader>) -> Result<(), S
         }
         _ => None,
     };
-    let cluster = match &config.cluster {
+    let member = match &config.cluster {
         None => None,
         Some(c) => {
             let listeners = [&smtp, &imap, &pop3, &imaps, &pop3s];
@@ -281,7 +301,7 @@ pub fn serve(mut config: Config, loader: Option<reload::Loader>) -> Result<(), S
         }
     };
     let shared = Arc::new(Shared {
-        cluster,
+        cluster: member.as_ref().map(cluster_view),
         config,
         live,
         config_epoch: Default::default(),
@@ -469,6 +489,9 @@ pub fn serve(mut config: Config, loader: Option<reload::Loader>) -> Result<(), S
             Ok(Err(e)) => first_error = first_error.or(Some(e)),
             Err(e) => first_error = first_error.or(Some(e.to_string())),
         }
+    }
+    if let Some(m) = member {
+        leave_cluster(m);
     }
     match first_error {
         Some(e) => Err(ServeError::Shard(e)),
