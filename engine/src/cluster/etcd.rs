@@ -305,7 +305,19 @@ async fn member_inner(
             }
             event = watch.message() => {
                 match event.map_err(err("watch"))? {
-                    Some(_) => publish(load(&mut client, keys).await?, lease_until),
+                    Some(_) => {
+                        let v = load(&mut client, keys).await?;
+                        let fail_over = should_fail_over(&v, &record.id);
+                        publish(v, lease_until);
+                        if fail_over {
+                            // A member's lease ran out: its buckets go to
+                            // their replicas, and new replicas are chosen.
+                            match replan(&mut client, keys, record.buckets, false, false).await {
+                                Ok(what) => tracing::warn!(what = what.trim(), "cluster: failover"),
+                                Err(e) => tracing::warn!(error = %e, "cluster: failover failed"),
+                            }
+                        }
+                    }
                     None => return Err("etcd watch: closed".into()),
                 }
             }
@@ -363,8 +375,9 @@ fn describe(name: &str, view: &View) -> String {
 
 /// `ringmail cluster rebalance`: a balanced map over the live members that
 /// moves as few buckets as it can (live primaries stay unless
-/// `move_primaries`: their mail does not move with them yet), written only if the map did not change
-/// meanwhile (compare its version; retried on a conflict).
+/// `move_primaries`: their mail does not move with them yet), written only
+/// if the map did not change meanwhile (compare its version; retried on a
+/// conflict).
 pub fn rebalance(cfg: &Cluster, dry_run: bool, move_primaries: bool) -> Result<String, String> {
     block_on(async {
         let keys = Keys::new(&cfg.name);
@@ -378,47 +391,75 @@ pub fn rebalance(cfg: &Cluster, dry_run: bool, move_primaries: bool) -> Result<S
             }
             None => return Err(format!("no node has joined cluster {:?} yet", cfg.name)),
         };
-        for _ in 0..5 {
-            let view = load(&mut client, &keys).await?;
-            let live: Vec<String> = view.members.keys().cloned().collect();
-            let current = view.placement.as_ref().map(|(p, _)| p);
-            let next = placement::plan(current, &live, buckets, move_primaries)?;
-            let moved = |f: fn(&Placement, u32) -> Option<&str>| {
-                (0..buckets)
-                    .filter(|&b| current.and_then(|c| f(c, b)) != f(&next, b))
-                    .count()
-            };
-            let (mp, mr) = (moved(Placement::primary_of), moved(Placement::replica_of));
-            if current == Some(&next) {
-                return Ok(format!("placement unchanged ({} live nodes)\n", live.len()));
-            }
-            let summary = format!(
-                "{} live nodes; {mp} primaries and {mr} replicas change",
-                live.len()
-            );
-            if dry_run {
-                return Ok(format!("{summary} (dry run, nothing written)\n"));
-            }
-            let key = keys.placement();
-            let guard = match &view.placement {
-                Some((_, version)) => {
-                    Compare::mod_revision(key.clone(), CompareOp::Equal, *version)
-                }
-                None => Compare::create_revision(key.clone(), CompareOp::Equal, 0),
-            };
-            let txn =
-                Txn::new()
-                    .when([guard])
-                    .and_then([TxnOp::put(key.clone(), next.to_json(), None)]);
-            let r = client.txn(txn).await.map_err(err("placement"))?;
-            if r.succeeded() {
-                let version = r.header().map(|h| h.revision()).unwrap_or_default();
-                return Ok(format!("{summary}; placement version={version}\n"));
-            }
-            // Someone else changed the map meanwhile: plan again from theirs.
-        }
-        Err("the placement kept changing under rebalance; try again".into())
+        replan(&mut client, &keys, buckets, move_primaries, dry_run).await
     })
+}
+
+/// Plan a map from the live members and the current map, and write it if
+/// it differs (unless `dry_run`): the shared step of `rebalance` and of
+/// the automatic failover.
+async fn replan(
+    client: &mut Client,
+    keys: &Keys,
+    buckets: u32,
+    move_primaries: bool,
+    dry_run: bool,
+) -> Result<String, String> {
+    for _ in 0..5 {
+        let view = load(client, keys).await?;
+        let live: Vec<String> = view.members.keys().cloned().collect();
+        let current = view.placement.as_ref().map(|(p, _)| p);
+        let next = placement::plan(current, &live, buckets, move_primaries)?;
+        let moved = |f: fn(&Placement, u32) -> Option<&str>| {
+            (0..buckets)
+                .filter(|&b| current.and_then(|c| f(c, b)) != f(&next, b))
+                .count()
+        };
+        let (mp, mr) = (moved(Placement::primary_of), moved(Placement::replica_of));
+        if current == Some(&next) {
+            return Ok(format!("placement unchanged ({} live nodes)\n", live.len()));
+        }
+        let summary = format!(
+            "{} live nodes; {mp} primaries and {mr} replicas change",
+            live.len()
+        );
+        if dry_run {
+            return Ok(format!("{summary} (dry run, nothing written)\n"));
+        }
+        let key = keys.placement();
+        let guard = match &view.placement {
+            Some((_, version)) => Compare::mod_revision(key.clone(), CompareOp::Equal, *version),
+            None => Compare::create_revision(key.clone(), CompareOp::Equal, 0),
+        };
+        let txn =
+            Txn::new()
+                .when([guard])
+                .and_then([TxnOp::put(key.clone(), next.to_json(), None)]);
+        let r = client.txn(txn).await.map_err(err("placement"))?;
+        if r.succeeded() {
+            let version = r.header().map(|h| h.revision()).unwrap_or_default();
+            return Ok(format!("{summary}; placement version={version}\n"));
+        }
+        // Someone else changed the map meanwhile: plan again from theirs.
+    }
+    Err("the placement kept changing; try again".into())
+}
+
+/// Failover: does the map name a node that is no longer a member, and is
+/// this node the one to act (the live member with the smallest id)? Every
+/// node sees the same members, so one acts; if two did, the map's version
+/// lets only one transaction through.
+fn should_fail_over(view: &View, me: &str) -> bool {
+    let Some((map, _)) = &view.placement else {
+        return false;
+    };
+    let gone = map.nodes.iter().any(|n| {
+        !view.members.contains_key(n)
+            && (0..map.buckets).any(|b| {
+                map.primary_of(b) == Some(n.as_str()) || map.replica_of(b) == Some(n.as_str())
+            })
+    });
+    gone && view.members.keys().next().map(String::as_str) == Some(me)
 }
 
 /// `ringmail cluster locate`: an account's bucket, its primary and replica.

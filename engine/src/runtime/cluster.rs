@@ -63,7 +63,10 @@ impl Shard {
             let owner = map
                 .primary_of(bucket)
                 .ok_or_else(|| format!("bucket {bucket} has no primary"))?;
-            if owner == cfg.node {
+            // An internal session also takes the copies of the buckets
+            // this node is replica for (the primary sends them).
+            let replica_here = internal && map.replica_of(bucket) == Some(cfg.node.as_str());
+            if owner == cfg.node || replica_here {
                 routes.here.push(a.clone());
                 continue;
             }
@@ -72,26 +75,63 @@ impl Shard {
                     "bucket {bucket} of {a} belongs to {owner}, not to this node"
                 ));
             }
-            let member = view
-                .members
-                .get(owner)
-                .ok_or_else(|| format!("node {owner}, primary of bucket {bucket}, is not live"))?;
-            let addr: SocketAddr = member
-                .internal
-                .parse()
-                .map_err(|_| format!("node {owner}: bad internal address {:?}", member.internal))?;
-            match routes.away.iter_mut().find(|w| w.to == addr) {
-                Some(w) => w.recipients.push(a.clone()),
-                None => routes.away.push(Away {
-                    node: owner.to_string(),
-                    to: addr,
-                    pins: member.tls_sha256.clone(),
-                    recipients: vec![a.clone()],
-                }),
-            }
+            push_away(&mut routes.away, &view, owner, bucket, a)?;
         }
         Ok(routes)
     }
+
+    /// The copies a delivery owes: of `accounts` (stored here), those whose
+    /// bucket this node is primary for, by their replica node. Err: a
+    /// replica is not live, so the delivery cannot be acknowledged.
+    pub fn replicas(&self, accounts: &[String]) -> Result<Vec<Away>, String> {
+        let (Some(c), Some(cfg)) = (&self.shared.cluster, &self.shared.config.cluster) else {
+            return Ok(Vec::new());
+        };
+        let view = c.load();
+        let Some((map, _)) = &view.placement else {
+            return Ok(Vec::new());
+        };
+        let mut copies = Vec::new();
+        for a in accounts {
+            let bucket = crate::storage::bucket_of(a, self.shared.meta.buckets);
+            if map.primary_of(bucket) != Some(cfg.node.as_str()) {
+                continue;
+            }
+            match map.replica_of(bucket) {
+                Some(r) if r != cfg.node => push_away(&mut copies, &view, r, bucket, a)?,
+                _ => {}
+            }
+        }
+        Ok(copies)
+    }
+}
+
+/// Add `account` to the share of `node` (a live member) in `list`.
+fn push_away(
+    list: &mut Vec<Away>,
+    view: &crate::cluster::View,
+    node: &str,
+    bucket: u32,
+    account: &str,
+) -> Result<(), String> {
+    let member = view
+        .members
+        .get(node)
+        .ok_or_else(|| format!("node {node} of bucket {bucket} is not live"))?;
+    let to: SocketAddr = member
+        .internal
+        .parse()
+        .map_err(|_| format!("node {node}: bad internal address {:?}", member.internal))?;
+    match list.iter_mut().find(|w| w.to == to) {
+        Some(w) => w.recipients.push(account.to_string()),
+        None => list.push(Away {
+            node: node.to_string(),
+            to,
+            pins: member.tls_sha256.clone(),
+            recipients: vec![account.to_string()],
+        }),
+    }
+    Ok(())
 }
 
 /// Hand a message to another node's internal listener, over STARTTLS with

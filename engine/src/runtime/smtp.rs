@@ -670,7 +670,20 @@ pub async fn serve(
                             continue;
                         }
                     };
-                    if !routes.away.is_empty() {
+                    // The copies owed to other nodes: the shares of the
+                    // buckets they are primary for, and of what is stored
+                    // here, the copy for each bucket's replica. Every one
+                    // must be durable there before the 250.
+                    let mut handovers = routes.away;
+                    match shard.replicas(&routes.here) {
+                        Ok(copies) => handovers.extend(copies),
+                        Err(why) => {
+                            tracing::warn!(%peer, why, "cluster: a replica is unavailable; message deferred with 451");
+                            finish!(DeliveryOutcome::OwnerUnavailable);
+                            continue;
+                        }
+                    }
+                    if !handovers.is_empty() {
                         // The other node adds its Received: and the
                         // Return-Path:; our results go with the message.
                         let joined;
@@ -682,7 +695,7 @@ pub async fn serve(
                             None => &body,
                         };
                         let mut failed = None;
-                        for away in routes.away {
+                        for away in handovers {
                             let (node, n) = (away.node.clone(), away.recipients.len());
                             if let Err(e) = super::cluster::forward(
                                 &shard,
