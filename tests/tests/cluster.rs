@@ -81,7 +81,7 @@ fn etcd() -> Option<Etcd> {
 
 fn node_config(etcd: &Etcd, cluster: &str, node: &str) -> String {
     format!(
-        "[cluster]\nname = \"{cluster}\"\nnode = \"{node}\"\netcd = [\"{}\"]\ninternal = \"127.0.0.1:{}\"\nlease_ttl_secs = 2\n",
+        "[cluster]\nname = \"{cluster}\"\nnode = \"{node}\"\netcd = [\"{}\"]\ninternal = \"127.0.0.1:{}\"\nlease_ttl_secs = 3\n",
         etcd.url,
         free_port()
     )
@@ -179,14 +179,13 @@ fn nodes_join_rebalance_leave_and_come_back() {
     assert!(!out.status.success(), "a second n1 started");
     assert!(err.contains("is held by a live member"), "{err}");
 
-    // kill -9: the member key goes with the lease (2 s here).
-    // kill -9: the member key goes with the lease (2 s here), and the
+    // kill -9: the member key goes with the lease (3 s here), and the
     // smallest live node moves n3's buckets to their replicas by itself.
     nodes[2].kill9();
     let took = wait_status(&nodes[0], Duration::from_secs(10), |s| {
         s.contains("2 live node(s)") && !s.contains("gone")
     });
-    eprintln!("failover of a killed node took {took:?} (lease 2 s)");
+    eprintln!("failover of a killed node took {took:?} (lease 3 s)");
     assert!(nodes[0].stderr_text().contains("cluster: failover"));
     let r = cluster_cmd(&nodes[1], &["rebalance"]);
     assert!(r.contains("placement unchanged"), "{r}");
@@ -216,9 +215,9 @@ fn nodes_join_rebalance_leave_and_come_back() {
         assert!((85..=86).contains(&p) && (85..=86).contains(&rep), "{s}");
     }
     // A clean stop revokes the lease: the node is gone at once, well
-    // before its lease (2 s) could run out.
+    // before its lease (3 s) could run out.
     nodes[1].terminate();
-    wait_status(&nodes[0], Duration::from_millis(1200), |s| {
+    wait_status(&nodes[0], Duration::from_millis(1500), |s| {
         s.contains("2 live node(s)")
     });
     assert!(nodes[1].stderr_text().contains("left the cluster"));
@@ -251,7 +250,7 @@ fn a_paused_node_stops_acknowledging_once_its_lease_lapsed() {
     let pid = server.pid().unwrap() as libc::pid_t;
     // SAFETY: signalling our own child.
     unsafe { libc::kill(pid, libc::SIGSTOP) };
-    std::thread::sleep(Duration::from_millis(3500));
+    std::thread::sleep(Duration::from_millis(4500));
     c.send(b".\r\n");
     // SAFETY: as above.
     unsafe { libc::kill(pid, libc::SIGCONT) };
@@ -539,4 +538,105 @@ fn sessions_through_any_node_reach_the_accounts_node() {
         .contains("session relayed to the account's node"));
     let mut direct = Pop3::login(home.pop3, &account, PASSWORD);
     assert_eq!(direct.stat().0, 4);
+}
+
+/// One message through `addr`; true for a 250, false for a temporary
+/// failure (451, or the connection refused or cut).
+fn try_send(addr: SocketAddr, rcpt: &str, message: &[u8]) -> bool {
+    let Ok(mut c) = ringmail_tests::Client::try_connect(addr) else {
+        return false;
+    };
+    c.set_read_timeout(Duration::from_secs(30));
+    let Ok(greeting) = c.try_reply() else {
+        return false;
+    };
+    if greeting.code != 220 || c.try_send(b"EHLO load.example.org\r\n").is_err() {
+        return false;
+    }
+    if !c.try_reply().is_ok_and(|r| r.code == 250) {
+        return false;
+    }
+    match smtp_transaction(&mut c, "s@example.org", &[rcpt], message, Transfer::Data) {
+        Ok(r) if r.code == 250 => true,
+        Ok(r) => {
+            assert_eq!(r.code / 100, 4, "a permanent failure: {r:?}");
+            false
+        }
+        Err(_) => false,
+    }
+}
+
+#[test]
+fn a_primary_killed_under_load_fails_over_and_loses_nothing_acknowledged() {
+    let Some(etcd) = etcd() else { return };
+    let accounts: Vec<String> = (0..20).map(|i| format!("w{i}@example.test")).collect();
+    let ids = ["n1", "n2", "n3"];
+    let mut nodes = mapped_cluster(&etcd, "f", &ids, &accounts);
+    let senders = [nodes[0].smtp, nodes[1].smtp];
+    let message =
+        |i: usize| format!("Message-ID: <f{i}@example.org>\r\nSubject: f{i}\r\n\r\nload {i}\r\n");
+
+    // Senders keep going through n1 and n2 while n3 is killed; a message
+    // that is refused (451) is sent again until it is acknowledged.
+    let sent = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let progress = sent.clone();
+    let accts = accounts.clone();
+    let load = std::thread::spawn(move || {
+        let mut retries = 0;
+        for i in 0..240 {
+            let deadline = Instant::now() + Duration::from_secs(40);
+            while !try_send(
+                senders[i % 2],
+                &accts[i % accts.len()],
+                message(i).as_bytes(),
+            ) {
+                assert!(Instant::now() < deadline, "message {i} never acknowledged");
+                retries += 1;
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            progress.store(i + 1, std::sync::atomic::Ordering::Release);
+        }
+        retries
+    });
+    while sent.load(std::sync::atomic::Ordering::Acquire) < 60 {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let killed = Instant::now();
+    nodes[2].kill9();
+    let took = wait_status(&nodes[0], Duration::from_secs(15), |s| {
+        s.contains("2 live node(s)") && !s.contains("gone")
+    });
+    let retries = load.join().unwrap();
+    eprintln!(
+        "failover after kill -9 took {took:?} (lease 3 s); {retries} sends were retried; all acknowledged {:?} after the kill",
+        killed.elapsed()
+    );
+
+    // Every acknowledged message is readable through either node, once.
+    for (k, account) in accounts.iter().enumerate() {
+        let mut p = Pop3::login(nodes[k % 2].pop3, account, PASSWORD);
+        let (count, _) = p.stat();
+        let mut seen = std::collections::HashMap::new();
+        for n in 1..=count {
+            let m = String::from_utf8_lossy(&p.retr(n)).into_owned();
+            let id = m
+                .split("Message-ID: <f")
+                .nth(1)
+                .and_then(|r| r.split('@').next())
+                .unwrap_or_else(|| panic!("{m}"))
+                .parse::<usize>()
+                .unwrap();
+            *seen.entry(id).or_insert(0) += 1;
+        }
+        for i in (0..240).filter(|i| i % accounts.len() == k) {
+            assert_eq!(seen.get(&i), Some(&1), "{account}: message {i} ({seen:?})");
+        }
+        assert_eq!(count, 12, "{account}: {seen:?}");
+    }
+
+    // The killed node comes back and rejoins.
+    nodes[2].restart();
+    wait_status(&nodes[0], Duration::from_secs(15), |s| {
+        s.contains("3 live node(s)")
+    });
 }

@@ -166,8 +166,12 @@ async fn run(
 ) {
     let keys = Keys::new(&cfg.name);
     let mut ready = Some(ready);
+    let mut held = None;
     loop {
-        let e = member(&cfg, &keys, &record, &view, &mut ready, &mut stop).await;
+        let e = member(
+            &cfg, &keys, &record, &view, &mut ready, &mut stop, &mut held,
+        )
+        .await;
         if let Some(r) = ready.take() {
             // Never joined: `serve` reports it and stops.
             let _ = r.send(Err(e));
@@ -191,8 +195,9 @@ async fn member(
     view: &Shared,
     ready: &mut Option<std::sync::mpsc::SyncSender<Result<(), String>>>,
     stop: &mut tokio::sync::oneshot::Receiver<()>,
+    held: &mut Option<i64>,
 ) -> String {
-    match member_inner(cfg, keys, record, view, ready, stop).await {
+    match member_inner(cfg, keys, record, view, ready, stop, held).await {
         Ok(never) => match never {},
         Err(e) => e,
     }
@@ -210,17 +215,36 @@ async fn member_inner(
     view: &Shared,
     ready: &mut Option<std::sync::mpsc::SyncSender<Result<(), String>>>,
     stop: &mut tokio::sync::oneshot::Receiver<()>,
+    held: &mut Option<i64>,
 ) -> Result<Never, String> {
     let ttl = cfg.lease_ttl_secs as i64;
     let mut client = connect(cfg).await?;
     check_meta(&mut client, keys, record.buckets).await?;
+    let node_key = keys.node(&record.id);
+    // After a broken connection, go on with the lease this node still
+    // holds, if etcd has kept it (and the key under it): the members see
+    // no change.
+    if let Some(lease) = *held {
+        let sent = Instant::now();
+        if let Some(ttl) = renew_once(&mut client, lease).await {
+            let got = client
+                .get(node_key.clone(), None)
+                .await
+                .map_err(err("join"))?;
+            if got.kvs().first().is_some_and(|kv| kv.lease() == lease) {
+                let until = sent + Duration::from_secs(ttl);
+                return serve_member(cfg, keys, record, view, ready, stop, client, lease, until)
+                    .await;
+            }
+        }
+        *held = None;
+    }
     let asked = Instant::now();
     let lease = client
         .lease_grant(ttl, None)
         .await
         .map_err(err("lease"))?
         .id();
-    let node_key = keys.node(&record.id);
     let value = serde_json::to_vec(record).expect("node record serializes");
     // Create the key only if nobody holds it: a live node with the same
     // id, or this node's previous process whose lease has not run out yet
@@ -250,7 +274,38 @@ async fn member_inner(
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
-    let mut lease_until = asked + Duration::from_secs(cfg.lease_ttl_secs);
+    *held = Some(lease);
+    let until = asked + Duration::from_secs(cfg.lease_ttl_secs);
+    serve_member(cfg, keys, record, view, ready, stop, client, lease, until).await
+}
+
+/// One keep-alive of `lease`, answered: its new TTL (None: expired or no answer).
+async fn renew_once(client: &mut Client, lease: i64) -> Option<u64> {
+    let once = async {
+        let (mut keeper, mut alive) = client.lease_keep_alive(lease).await.ok()?;
+        keeper.keep_alive().await.ok()?;
+        alive.message().await.ok()?
+    };
+    let r = tokio::time::timeout(Duration::from_secs(2), once)
+        .await
+        .ok()??;
+    (r.ttl() > 0).then_some(r.ttl() as u64)
+}
+
+/// A joined member: publish the view, keep the lease alive, follow the
+/// map, fail over for gone members, leave when told.
+#[allow(clippy::too_many_arguments)]
+async fn serve_member(
+    cfg: &Cluster,
+    keys: &Keys,
+    record: &NodeRecord,
+    view: &Shared,
+    ready: &mut Option<std::sync::mpsc::SyncSender<Result<(), String>>>,
+    stop: &mut tokio::sync::oneshot::Receiver<()>,
+    mut client: Client,
+    lease: i64,
+    mut lease_until: Instant,
+) -> Result<Never, String> {
     let (mut keeper, mut alive) = client
         .lease_keep_alive(lease)
         .await
@@ -287,7 +342,11 @@ async fn member_inner(
             }
             _ = tick.tick() => {
                 let sent = Instant::now();
-                let renewed = tokio::time::timeout(every, async {
+                // A slow answer is fine while the lease lasts; past its
+                // end this membership is over (the node stops
+                // acknowledging by itself meanwhile).
+                let patience = lease_until.saturating_duration_since(sent).max(every);
+                let renewed = tokio::time::timeout(patience, async {
                     keeper.keep_alive().await.map_err(err("keep-alive"))?;
                     alive.message().await.map_err(err("keep-alive"))
                 })
