@@ -1,0 +1,127 @@
+#!/usr/bin/env bash
+# Cluster mode, what it costs: SMTP through one node of a cluster of 1, 2
+# and 3 nodes (etcd on loopback, every node on this machine, one core
+# each), against a single node without [cluster], in one run.
+#
+#   bench/scripts/cluster.sh [messages] [connections]
+#
+# Every row: loadgen sends `messages` 4 KiB messages over `connections`
+# connections to node 1, round-robin over 1,000 accounts. In a cluster a
+# message is stored on its bucket's primary (handed over from node 1 when
+# that is another node) and copied to the bucket's replica before the 250;
+# with one node there is no replica. Prints throughput and the latency of
+# the end of data (p50/p99) per row, and checks afterwards that the nodes
+# hold every message (twice with two nodes or more).
+#
+# Needs: etcd (Debian: etcd-server), a release build with --features cluster.
+set -euo pipefail
+MESSAGES=${1:-20000}
+CONNS=${2:-32}
+ROOT=$(cd "$(dirname "$0")/../.." && pwd)
+TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
+BIN=$TARGET/release/ringmail
+LOADGEN=$TARGET/release/loadgen
+if [ "${SKIP_BUILD:-0}" != 1 ]; then
+    cargo build --release -q -p ringmail --features cluster --manifest-path "$ROOT/Cargo.toml"
+    cargo build --release -q -p loadgen --manifest-path "$ROOT/Cargo.toml"
+fi
+command -v etcd >/dev/null || { echo "needs etcd (etcd-server)" >&2; exit 1; }
+WORK=$(mktemp -d /var/tmp/ringmail-cluster.XXXXXX)
+. "$ROOT/bench/scripts/ringmail-bench.sh"
+PIDS=()
+ETCD=
+cleanup() {
+    for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
+    [ -n "$ETCD" ] && kill "$ETCD" 2>/dev/null || true
+    wait 2>/dev/null || true
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+ACCOUNTS=1000
+PASSWORD=bench
+
+echo "machine: $(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), kernel $(uname -r)"
+echo "date: $(date -u +%FT%TZ); ringmail $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null); $(etcd --version | head -1)"
+echo "messages=$MESSAGES connections=$CONNS size=4096 accounts=$ACCOUNTS"
+echo
+
+# node NAME CLUSTER_TOML: start one node (cores = 1) with the accounts; sets NODE_SMTP.
+node() {
+    local name=$1 cluster=$2 data=$WORK/$1-data
+    echo "$PASSWORD" | "$BIN" account bulk --data "$data" --pattern '{n}u@example.test' \
+        --count $ACCOUNTS >/dev/null
+    rm_config "$WORK/$name.toml" "$data" "cores = 1" ""
+    sed -i 's/^imaps = .*/imaps = ["127.0.0.1:0"]/; s/^pop3s = .*/pop3s = ["127.0.0.1:0"]/' "$WORK/$name.toml"
+    [ -z "$cluster" ] || printf '%s\n' "$cluster" >> "$WORK/$name.toml"
+    rm_start "$BIN" "$WORK/$name.toml" "$WORK/$name.ready" "$WORK/$name.log" \
+        || { cat "$WORK/$name.log" >&2; exit 1; }
+    PIDS+=("$RM_PID")
+    NODE_SMTP=$RM_SMTP
+}
+
+stop_all() {
+    for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
+    for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
+    PIDS=()
+}
+
+# stored NAME...: messages held by the nodes' data directories, summed.
+stored() {
+    local sum=0 n
+    for n in "$@"; do
+        sum=$((sum + $("$BIN" inspect --data "$WORK/$n-data" --count-only)))
+    done
+    echo $sum
+}
+
+# run LABEL TARGET: loadgen, then one line of figures.
+run() {
+    local label=$1 target=$2
+    "$LOADGEN" smtp --target "$target" --connections "$CONNS" --messages "$MESSAGES" \
+        --accounts $ACCOUNTS --account-pattern '{n}u@example.test' --json \
+        >"$WORK/$label.json" 2>"$WORK/$label.err" || { cat "$WORK/$label.err" >&2; exit 1; }
+    python3 - "$WORK/$label.json" "$label" <<'PY'
+import json, sys
+r = json.load(open(sys.argv[1]))
+d = r["ops"]["data"]
+ok, failed = r["messages_ok"], r["messages_failed"]
+print(f"{sys.argv[2]:<16} {r['messages_per_s']:>8.0f} msg/s   end of data p50 {d['p50_us']/1000:.2f} ms  p99 {d['p99_us']/1000:.2f} ms   ({ok} ok, {failed} failed)")
+PY
+}
+
+# Single node, no [cluster].
+node single ""
+run "single node" "$NODE_SMTP"
+stop_all
+echo "  stored: $(stored single) of $MESSAGES"
+
+for n in 1 2 3; do
+    ETCD_CLIENT=$(free_port); ETCD_PEER=$(free_port)
+    etcd --name b --data-dir "$WORK/etcd-$n" \
+        --listen-client-urls "http://127.0.0.1:$ETCD_CLIENT" --advertise-client-urls "http://127.0.0.1:$ETCD_CLIENT" \
+        --listen-peer-urls "http://127.0.0.1:$ETCD_PEER" --initial-advertise-peer-urls "http://127.0.0.1:$ETCD_PEER" \
+        --initial-cluster "b=http://127.0.0.1:$ETCD_PEER" >"$WORK/etcd-$n.log" 2>&1 &
+    ETCD=$!
+    sleep 1
+    names=()
+    first=
+    for i in $(seq 1 $n); do
+        cl=$(printf '[cluster]\nname = "bench%s"\nnode = "n%s"\netcd = ["http://127.0.0.1:%s"]\ninternal = "127.0.0.1:%s"\n' \
+            "$n" "$i" "$ETCD_CLIENT" "$(free_port)")
+        node "c$n-n$i" "$cl"
+        names+=("c$n-n$i")
+        [ -n "$first" ] || first=$NODE_SMTP
+    done
+    "$BIN" cluster rebalance --move-primaries --config "$WORK/c$n-n1.toml" >/dev/null
+    # Every node follows the map (its log line) before the load starts.
+    for nm in "${names[@]}"; do
+        for _ in $(seq 100); do grep -q 'cluster: bucket map.*version=Some' "$WORK/$nm.log" && break; sleep 0.05; done
+    done
+    run "cluster of $n" "$first"
+    stop_all
+    kill "$ETCD"; wait "$ETCD" 2>/dev/null || true; ETCD=
+    copies=$([ "$n" -ge 2 ] && echo 2 || echo 1)
+    echo "  stored: $(stored "${names[@]}") (expected $((MESSAGES * copies)))"
+done
