@@ -111,11 +111,21 @@ impl Cluster {
         if self.etcd.is_empty() {
             return Err("cluster.etcd: name at least one etcd endpoint".into());
         }
-        if self.internal.parse::<std::net::SocketAddr>().is_err() {
-            return Err(format!(
-                "cluster.internal: {:?} is not an address:port",
-                self.internal
-            ));
+        match self.internal.parse::<std::net::SocketAddr>() {
+            Err(_) => {
+                return Err(format!(
+                    "cluster.internal: {:?} is not an address:port",
+                    self.internal
+                ))
+            }
+            // The other nodes connect to it: it must name this node.
+            Ok(a) if a.ip().is_unspecified() || a.port() == 0 => {
+                return Err(format!(
+                    "cluster.internal: {:?} must be this node's own address and port, not 0.0.0.0, [::] or port 0",
+                    self.internal
+                ))
+            }
+            Ok(_) => {}
         }
         if !(2..=60).contains(&self.lease_ttl_secs) {
             return Err("cluster.lease_ttl_secs must be between 2 and 60".into());
@@ -1387,6 +1397,10 @@ mod tests {
                 "cluster.internal",
             ),
             (format!("{base}lease_ttl_secs = 1\n"), "lease_ttl_secs"),
+            (
+                base.replace("127.0.0.1:7025", "0.0.0.0:7025"),
+                "own address",
+            ),
         ] {
             let e = Config::parse(&bad, Path::new("c.toml"))
                 .unwrap_err()

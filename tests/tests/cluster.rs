@@ -199,6 +199,12 @@ fn nodes_join_rebalance_leave_and_come_back() {
     wait_status(&nodes[0], Duration::from_secs(10), |s| {
         s.contains("3 live node(s)")
     });
+    // Even at once after a kill -9: it waits out its old lease first.
+    nodes[2].kill9();
+    nodes[2].restart();
+    wait_status(&nodes[0], Duration::from_secs(10), |s| {
+        s.contains("3 live node(s)")
+    });
     // Live primaries stay where they are (their mail would not follow
     // them): it becomes a replica only...
     let r = cluster_cmd(&nodes[0], &["rebalance"]);
@@ -298,6 +304,17 @@ fn wait_map(nodes: &[Server], rebalance_out: &str) {
 /// Nodes `ids` of a new cluster, each with `accounts`, and a bucket map
 /// over them that every node has seen.
 fn mapped_cluster(etcd: &Etcd, prefix: &str, ids: &[&str], accounts: &[String]) -> Vec<Server> {
+    mapped_cluster_with(etcd, prefix, ids, accounts, "")
+}
+
+/// [`mapped_cluster`] with more configuration for every node.
+fn mapped_cluster_with(
+    etcd: &Etcd,
+    prefix: &str,
+    ids: &[&str],
+    accounts: &[String],
+    extra: &str,
+) -> Vec<Server> {
     let name = format!("{prefix}{}", std::process::id());
     let nodes: Vec<Server> = ids
         .iter()
@@ -305,7 +322,7 @@ fn mapped_cluster(etcd: &Etcd, prefix: &str, ids: &[&str], accounts: &[String]) 
             Server::options()
                 .cores(1)
                 .accounts(accounts)
-                .config(&node_config(etcd, &name, n))
+                .config(&format!("{}{extra}", node_config(etcd, &name, n)))
                 .start()
         })
         .collect();
@@ -469,7 +486,8 @@ fn sessions_through_any_node_reach_the_accounts_node() {
     let Some(etcd) = etcd() else { return };
     let accounts: Vec<String> = (0..12).map(|i| format!("v{i}@example.test")).collect();
     let ids = ["n1", "n2", "n3"];
-    let nodes = mapped_cluster(&etcd, "s", &ids, &accounts);
+    let limits = "[limits]\nmessage_size_max = 20000\n";
+    let nodes = mapped_cluster_with(&etcd, "s", &ids, &accounts, limits);
     // An account whose primary is n1: sessions go through n2, mail through n3.
     let account = accounts
         .iter()
@@ -487,11 +505,38 @@ fn sessions_through_any_node_reach_the_accounts_node() {
         );
     }
 
+    // A message just under the size limit is handed over too (the
+    // hand-over adds header fields the receiving node allows for).
+    let big = format!("Subject: big\r\n\r\n{}\r\n", "x".repeat(19_900));
+    assert!(big.len() < 20_000);
+    let (mut c, _) = smtp_connect(mail.smtp);
+    let r = smtp_transaction(
+        &mut c,
+        "s@example.org",
+        &[&account],
+        big.as_bytes(),
+        Transfer::Data,
+    )
+    .unwrap();
+    r.expect(250, None);
     // POP3 through n2: the messages are n1's.
     let mut p = Pop3::login(via.pop3, &account, PASSWORD);
-    assert_eq!(p.stat().0, 3);
+    assert_eq!(p.stat().0, 4);
     assert!(p.retr(2).ends_with(msg("second").as_bytes()));
+    p.ok("DELE 4");
     p.ok("QUIT");
+    // A client that half-closes after QUIT still gets every answer.
+    let mut raw = TcpStream::connect(via.pop3).unwrap();
+    raw.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let script = format!("USER {account}\r\nPASS {PASSWORD}\r\nSTAT\r\nQUIT\r\n");
+    std::io::Write::write_all(&mut raw, script.as_bytes()).unwrap();
+    raw.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut all = String::new();
+    std::io::Read::read_to_string(&mut raw, &mut all).unwrap();
+    let lines: Vec<&str> = all.lines().collect();
+    assert_eq!(lines.len(), 5, "{all}");
+    assert!(lines.iter().all(|l| l.starts_with("+OK")), "{all}");
+    assert!(lines[3].starts_with("+OK 3 "), "STAT: {all}");
     // A wrong password is refused by n2 itself.
     let mut bad = Pop3::connect(via.pop3);
     bad.ok(&format!("USER {account}"));

@@ -19,7 +19,8 @@ use etcd_client::{
 use super::{placement, Keys, NodeRecord, Placement, Shared, View};
 use crate::config::Cluster;
 
-/// How long `serve` waits for the first join before it gives up.
+/// How long `serve` waits for the first join before it gives up, beyond
+/// the wait for a previous process's lease to run out.
 const JOIN_TIMEOUT: Duration = Duration::from_secs(20);
 
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -125,6 +126,7 @@ pub fn join(cfg: &Cluster, record: NodeRecord) -> Result<Member, String> {
     let (stop, stop_rx) = tokio::sync::oneshot::channel();
     let (gone_tx, gone) = std::sync::mpsc::sync_channel(1);
     let view = shared.clone();
+    let cfg_ttl = cfg.lease_ttl_secs + 2;
     let cfg = cfg.clone();
     std::thread::Builder::new()
         .name("ringmail-cluster".into())
@@ -143,7 +145,7 @@ pub fn join(cfg: &Cluster, record: NodeRecord) -> Result<Member, String> {
             let _ = gone_tx.send(());
         })
         .map_err(|e| format!("cluster thread: {e}"))?;
-    match rx.recv_timeout(JOIN_TIMEOUT) {
+    match rx.recv_timeout(JOIN_TIMEOUT + Duration::from_secs(cfg_ttl)) {
         Ok(Ok(())) => Ok(Member {
             view: shared,
             stop: Some(stop),
@@ -239,6 +241,27 @@ async fn member_inner(
         }
         *held = None;
     }
+    // The key must be free: a live node with the same id holds it, or this
+    // node's previous process whose lease has not run out yet (after a
+    // kill -9: wait for it, at most one TTL and a bit). The lease is taken
+    // only then, so it cannot run out while we wait.
+    let wait_until = Instant::now() + Duration::from_secs(cfg.lease_ttl_secs + 2);
+    loop {
+        let got = client
+            .get(node_key.clone(), None)
+            .await
+            .map_err(err("join"))?;
+        if got.kvs().is_empty() {
+            break;
+        }
+        if Instant::now() >= wait_until {
+            return Err(format!(
+                "node id {:?} is held by a live member of cluster {:?}",
+                record.id, cfg.name
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
     let asked = Instant::now();
     let lease = client
         .lease_grant(ttl, None)
@@ -246,33 +269,24 @@ async fn member_inner(
         .map_err(err("lease"))?
         .id();
     let value = serde_json::to_vec(record).expect("node record serializes");
-    // Create the key only if nobody holds it: a live node with the same
-    // id, or this node's previous process whose lease has not run out yet
-    // (after a kill -9; wait for it, at most one TTL and a bit).
-    let wait_until = Instant::now() + Duration::from_secs(cfg.lease_ttl_secs + 2);
-    loop {
-        let txn = Txn::new()
-            .when([Compare::create_revision(
-                node_key.clone(),
-                CompareOp::Equal,
-                0,
-            )])
-            .and_then([TxnOp::put(
-                node_key.clone(),
-                value.clone(),
-                Some(PutOptions::new().with_lease(lease)),
-            )]);
-        if client.txn(txn).await.map_err(err("join"))?.succeeded() {
-            break;
-        }
-        if Instant::now() >= wait_until {
-            let _ = client.lease_revoke(lease).await;
-            return Err(format!(
-                "node id {:?} is held by a live member of cluster {:?}",
-                record.id, cfg.name
-            ));
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
+    let txn = Txn::new()
+        .when([Compare::create_revision(
+            node_key.clone(),
+            CompareOp::Equal,
+            0,
+        )])
+        .and_then([TxnOp::put(
+            node_key.clone(),
+            value,
+            Some(PutOptions::new().with_lease(lease)),
+        )]);
+    if !client.txn(txn).await.map_err(err("join"))?.succeeded() {
+        // Someone took the id between our look and our write.
+        let _ = client.lease_revoke(lease).await;
+        return Err(format!(
+            "node id {:?} is held by a live member of cluster {:?}",
+            record.id, cfg.name
+        ));
     }
     *held = Some(lease);
     let until = asked + Duration::from_secs(cfg.lease_ttl_secs);
@@ -364,6 +378,9 @@ async fn serve_member(
             }
             event = watch.message() => {
                 match event.map_err(err("watch"))? {
+                    // A canceled watch (etcd compacted past it) sends
+                    // nothing more: start over rather than go stale.
+                    Some(w) if w.canceled() => return Err("etcd watch: canceled".into()),
                     Some(_) => {
                         let v = load(&mut client, keys).await?;
                         let fail_over = should_fail_over(&v, &record.id);

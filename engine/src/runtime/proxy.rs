@@ -60,10 +60,19 @@ impl Shard {
             Kind::Imap => &m.imaps,
             Kind::Pop3 => &m.pop3s,
         };
-        let addr = list
+        let mut addr = list
             .iter()
             .find_map(|a| a.parse::<SocketAddr>().ok())
             .ok_or_else(|| format!("node {owner} has no TLS listener for {kind:?}"))?;
+        // A listener on every address (0.0.0.0, [::]) is reached at the
+        // node's internal address, never at our own.
+        if addr.ip().is_unspecified() {
+            let internal: SocketAddr = m
+                .internal
+                .parse()
+                .map_err(|_| format!("node {owner}: bad internal address"))?;
+            addr.set_ip(internal.ip());
+        }
         Ok(Some(Home {
             node: owner.to_string(),
             addr,
@@ -177,6 +186,17 @@ async fn login(
     }
 }
 
+/// Copy what the other node still sends to the client until it closes
+/// (bounded: the other node ends a session it has answered).
+async fn drain(up: &mut Conn, conn: &mut Conn) {
+    while let ReadOutcome::Data = up.fill(LOGIN_TIMEOUT).await {
+        let bytes = up.take_pending();
+        if conn.write_all(&bytes).await.is_err() {
+            return;
+        }
+    }
+}
+
 /// Relay the session of `conn` (logged in here as `account`) to `home`.
 /// `tag`: the client's IMAP login tag (empty for POP3). Writes the login's
 /// answer to the client either way; returns when the session is over.
@@ -203,16 +223,13 @@ pub async fn relay(
                 Kind::Imap => {
                     b" NO [UNAVAILABLE] The mailbox's node is not reachable, try again later\r\n"
                 }
+                // `tag` is empty for POP3.
                 Kind::Pop3 => {
                     b"-ERR [SYS/TEMP] The mailbox's node is not reachable, try again later\r\n"
                 }
             };
             let mut msg = tag.to_vec();
-            msg.extend_from_slice(if kind == Kind::Pop3 {
-                &refusal[1..]
-            } else {
-                refusal
-            });
+            msg.extend_from_slice(refusal);
             let _ = conn.write_all(&msg).await;
             return;
         }
@@ -254,6 +271,12 @@ pub async fn relay(
                 if conn.write_all(&bytes).await.is_err() {
                     return;
                 }
+            }
+            (0, ReadOutcome::Eof) => {
+                // The client said all it will say (a half-close after QUIT
+                // or LOGOUT): the answers to what it sent still come back.
+                drain(&mut up, conn).await;
+                return;
             }
             _ => return,
         }

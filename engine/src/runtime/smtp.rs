@@ -296,6 +296,10 @@ fn count_transaction(
     );
 }
 
+/// What a node's hand-over may add to a message it accepted (its
+/// Received: and Authentication-Results: fields).
+const INTERNAL_HEADROOM: usize = 64 * 1024;
+
 /// Which listener a session came in on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
@@ -362,7 +366,13 @@ pub async fn serve(
     let mut session = SmtpSession::new(SmtpParams {
         hostname: config.hostname.clone(),
         peer,
-        message_size_max: config.limits.message_size_max,
+        // A node hands over what it accepted, with its Received: and
+        // Authentication-Results: added: room for those.
+        message_size_max: if internal {
+            config.limits.message_size_max + INTERNAL_HEADROOM
+        } else {
+            config.limits.message_size_max
+        },
         recipients_max: config.limits.recipients_max,
         errors_max: config.limits.smtp_errors_max,
         session_id: shard.session_id(),
@@ -380,7 +390,7 @@ pub async fn serve(
     // Commands are charged to the address's per-minute rate in batches, so
     // the shared counter is touched once per COMMAND_BATCH commands.
     const COMMAND_BATCH: u64 = 16;
-    let command_rate_exempt = config.rate_exempt(peer.ip());
+    let command_rate_exempt = config.rate_exempt(peer.ip()) || internal;
     let mut commands_charged = 0u64;
     if conn.flush(&mut out).await.is_err() {
         return;
