@@ -36,6 +36,7 @@ impl SmtpContext for Ctx {
 
 fn params(session_id: u64) -> SmtpParams {
     SmtpParams {
+        require_tls: false,
         hostname: "mx.bench.test".into(),
         peer: SocketAddr::from(([127, 0, 0, 1], 40000)),
         message_size_max: 10 << 20,

@@ -505,6 +505,19 @@ fn sessions_through_any_node_reach_the_accounts_node() {
         );
     }
 
+    // The internal listener takes no mail in the clear, even from a member's address.
+    let config = std::fs::read_to_string(home.config_path.as_ref().unwrap()).unwrap();
+    let internal: SocketAddr = config
+        .lines()
+        .find_map(|l| l.strip_prefix("internal = \""))
+        .and_then(|l| l.strip_suffix('"'))
+        .unwrap()
+        .parse()
+        .unwrap();
+    let (mut plain, _) = smtp_connect(internal);
+    plain
+        .cmd("MAIL FROM:<s@example.org>")
+        .expect(530, Some("5.7.0"));
     // A message just under the size limit is handed over too (the
     // hand-over adds header fields the receiving node allows for).
     let big = format!("Subject: big\r\n\r\n{}\r\n", "x".repeat(19_900));

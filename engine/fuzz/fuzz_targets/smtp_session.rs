@@ -36,6 +36,7 @@ fuzz_target!(|data: &[u8]| {
     };
     let read_size = usize::from(first % 64) + 1;
     let mut session = SmtpSession::new(SmtpParams {
+        require_tls: false,
         hostname: "mx.fuzz.test".into(),
         peer: "192.0.2.1:2525".parse().unwrap(),
         message_size_max: 4096,

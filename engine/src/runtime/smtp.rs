@@ -384,6 +384,7 @@ pub async fn serve(
         submission,
         relay_client,
         auth_failures_max: config.limits.auth_failures_max,
+        require_tls: internal,
     });
     let mut out = Vec::with_capacity(1024);
     session.greeting(&mut out);

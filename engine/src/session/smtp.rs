@@ -120,6 +120,8 @@ pub struct SmtpParams {
     pub relay_client: bool,
     /// Failed AUTH attempts before the connection is closed.
     pub auth_failures_max: usize,
+    /// MAIL only after STARTTLS (`530 5.7.0`): cluster nodes' hand-overs.
+    pub require_tls: bool,
 }
 
 /// What the session asks of the rest of the server while it runs.
@@ -921,6 +923,9 @@ impl SmtpSession {
         if self.envelope.is_some() {
             return self.fail(replies::NESTED_MAIL, out);
         }
+        if self.params.require_tls && self.tls.is_none() {
+            return self.fail(replies::TLS_REQUIRED, out);
+        }
         if self.params.submission && self.authenticated.is_none() {
             // RFC 3207 section 4: "530 Must issue a STARTTLS command first"
             // where AUTH is only offered under TLS.
@@ -1340,6 +1345,7 @@ mod tests {
 
     fn params() -> SmtpParams {
         SmtpParams {
+            require_tls: false,
             hostname: "mx.example.test".into(),
             peer: "192.0.2.10:40000".parse().unwrap(),
             message_size_max: 10_000,
