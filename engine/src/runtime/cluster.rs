@@ -1,11 +1,7 @@
 //! Cluster mode on a shard: which node holds an account's bucket (from the
 //! published `cluster::View`, never a call to etcd), and handing a message
 //! over to that node's internal listener.
-use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
-
-use futures::channel::oneshot;
 
 use super::shard::Shard;
 use crate::relay::client::{self, ClientParams, OutboundMessage, SessionTls};
@@ -138,23 +134,9 @@ fn push_away(
     Ok(())
 }
 
-/// Hand-overs waiting to go, by the receiving node's internal address.
-pub type Handovers = std::cell::RefCell<HashMap<SocketAddr, Vec<Pending>>>;
-
-/// One message's share for one node, waiting for the batch it goes in.
-pub struct Pending {
-    message: OutboundMessage,
-    pins: Vec<String>,
-    node: String,
-    reply: oneshot::Sender<Result<(), String>>,
-}
-
 /// Hand a message to another node's internal listener, over STARTTLS with
 /// the node's published certificate pinned; Ok once that node answered
-/// 250 for it (after its own durable commit, and its replica's). Sessions
-/// of this shard that hand over to the same node in the same executor turn
-/// share one connection: the first queues, yields once so the others can
-/// join, and sends them all.
+/// 250 for it (after its own durable commit).
 pub async fn forward(
     shard: &Shard,
     away: Away,
@@ -164,89 +146,33 @@ pub async fn forward(
     eight_bit: bool,
 ) -> Result<(), String> {
     let to = away.to;
-    let (reply, done) = oneshot::channel();
-    let first = {
-        let mut queues = shard.handovers.borrow_mut();
-        let queue = queues.entry(to).or_default();
-        queue.push(Pending {
-            message: OutboundMessage {
-                reverse_path: reverse_path.to_string(),
-                recipients: away.recipients,
-                body: Arc::from(body),
-                needs_smtputf8: smtputf8,
-                is_8bit: eight_bit,
-            },
-            pins: away.pins,
-            node: away.node,
-            reply,
-        });
-        queue.len() == 1
-    };
-    if first {
-        // Should this task be dropped while it yields, the batch must not
-        // wait for it forever: the guard answers it.
-        let guard = Unsent { shard, to };
-        futures_lite::future::yield_now().await;
-        std::mem::forget(guard);
-        let batch = shard.handovers.borrow_mut().remove(&to).unwrap_or_default();
-        send_batch(shard, to, batch).await;
-    }
-    done.await
-        .unwrap_or_else(|_| Err(format!("{to}: hand-over abandoned")))
-}
-
-struct Unsent<'a> {
-    shard: &'a Shard,
-    to: SocketAddr,
-}
-
-impl Drop for Unsent<'_> {
-    fn drop(&mut self) {
-        let batch = self.shard.handovers.borrow_mut().remove(&self.to);
-        for p in batch.into_iter().flatten() {
-            let _ = p.reply.send(Err("hand-over abandoned".into()));
-        }
-    }
-}
-
-/// Send a batch over one connection and answer every message of it.
-async fn send_batch(shard: &Shard, to: SocketAddr, batch: Vec<Pending>) {
-    let Some(head) = batch.first() else {
-        return;
-    };
-    let node = head.node.clone();
     let mut params = ClientParams::new(shard.config().hostname.clone());
-    let config = match crate::tls::pinned_client_config(head.pins.clone()) {
-        Ok(c) => c,
-        Err(e) => {
-            for p in batch {
-                let _ = p.reply.send(Err(e.to_string()));
-            }
-            return;
-        }
-    };
     params.tls = Some(SessionTls {
-        config,
+        config: crate::tls::pinned_client_config(away.pins).map_err(|e| e.to_string())?,
         name: rustls_pki_types::ServerName::IpAddress(to.ip().into()),
         required: true,
     });
-    let (messages, replies): (Vec<OutboundMessage>, Vec<_>) =
-        batch.into_iter().map(|p| (p.message, p.reply)).unzip();
-    let result = client::deliver(to, params, &messages).await;
-    for (i, (message, reply)) in messages.iter().zip(replies).enumerate() {
-        let answer = match &result {
-            Err(e) => Err(format!("{node} at {to}: {e}")),
-            // `required` makes the client stop before MAIL without TLS.
-            Ok(d) if d.tls.is_none() => Err(format!("{node} at {to}: no TLS")),
-            Ok(d) => match d.outcomes.get(i) {
-                None => Err(format!("{node} at {to}: no outcome")),
-                Some(o) => match o.recipients.iter().find(|r| !r.is_delivered()) {
-                    None if o.recipients.len() == message.recipients.len() => Ok(()),
-                    None => Err(format!("{node} at {to}: not every recipient answered")),
-                    Some(r) => Err(format!("{node} at {to}: {}", r.reply())),
-                },
-            },
-        };
-        let _ = reply.send(answer);
+    let message = OutboundMessage {
+        reverse_path: reverse_path.to_string(),
+        recipients: away.recipients,
+        body,
+        needs_smtputf8: smtputf8,
+        is_8bit: eight_bit,
+    };
+    let delivery = client::deliver(to, params, std::slice::from_ref(&message))
+        .await
+        .map_err(|e| format!("{} at {to}: {e}", away.node))?;
+    if delivery.tls.is_none() {
+        // `required` makes the client stop before MAIL without TLS.
+        return Err(format!("{} at {to}: no TLS", away.node));
+    }
+    let outcome = delivery
+        .outcomes
+        .first()
+        .ok_or_else(|| format!("{to}: no outcome"))?;
+    match outcome.recipients.iter().find(|r| !r.is_delivered()) {
+        None if outcome.recipients.len() == message.recipients.len() => Ok(()),
+        None => Err(format!("{to}: not every recipient answered")),
+        Some(r) => Err(format!("{to}: {}", r.reply())),
     }
 }

@@ -184,9 +184,6 @@ pub struct Shard {
     /// Deliveries waiting to go to each other shard, and whether a task has
     /// already promised to send them (see `Shard::deliver`).
     outbox: RefCell<Vec<Vec<Delivery>>>,
-    /// Cluster mode: hand-overs to other nodes gathered in this executor
-    /// turn, by node (`runtime/cluster.rs`).
-    pub handovers: super::cluster::Handovers,
     flushing: RefCell<Vec<bool>>,
     /// TLS handshakes running on this shard (bounded by `tls.handshakes_max`).
     handshakes: Cell<usize>,
@@ -936,7 +933,6 @@ pub async fn run(shared: Arc<Shared>, mesh: MeshBuilder<ShardMsg, Full>) -> Resu
         next_session: Cell::new(0),
         relay: super::relay::Relay::new(id, shared.cores, shared.meta.buckets),
         outbox: RefCell::new((0..shared.cores).map(|_| Vec::new()).collect()),
-        handovers: Default::default(),
         flushing: RefCell::new(vec![false; shared.cores]),
         handshakes: Cell::new(0),
         budget: Rc::new(Budget::new(
