@@ -314,6 +314,51 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        /// Any live set, any previous map (or none), either mode: no
+        /// panic, every bucket placed on live nodes, replicas apart from
+        /// primaries, balance when primaries may move, and live primaries
+        /// kept when they may not.
+        #[test]
+        fn plans_are_sound(
+            buckets in 1u32..300,
+            before in proptest::collection::vec(0usize..8, 1..6),
+            after in proptest::collection::vec(0usize..8, 1..6),
+            had_map: bool,
+            move_primaries: bool,
+        ) {
+            let names = |v: &[usize]| -> Vec<String> { v.iter().map(|i| format!("n{i}")).collect() };
+            let old = had_map.then(|| plan(None, &names(&before), buckets, true).unwrap());
+            let live = names(&after);
+            let p = plan(old.as_ref(), &live, buckets, move_primaries).unwrap();
+            let n = p.nodes.len();
+            for b in 0..buckets {
+                let prim = p.primary_of(b).unwrap();
+                proptest::prop_assert!(live.iter().any(|l| l == prim));
+                if n > 1 {
+                    proptest::prop_assert_ne!(Some(prim), p.replica_of(b));
+                } else {
+                    proptest::prop_assert_eq!(p.replica_of(b), None);
+                }
+                if !move_primaries {
+                    if let Some(was) = old.as_ref().and_then(|o| o.primary_of(b)) {
+                        if live.iter().any(|l| l == was) {
+                            proptest::prop_assert_eq!(prim, was);
+                        }
+                    }
+                }
+            }
+            if move_primaries {
+                let lo = buckets as usize / n;
+                let counts = p.counts();
+                for node in &p.nodes {
+                    let prim = counts.get(node.as_str()).map_or(0, |c| c.0);
+                    proptest::prop_assert!(prim == lo || prim == lo + 1, "{} has {}", node, prim);
+                }
+            }
+        }
+    }
+
     #[test]
     fn malformed_maps_are_refused() {
         assert!(Placement::from_json(b"{}").is_err());
