@@ -1094,10 +1094,11 @@ async fn accept_loop(shard: Rc<Shard>, listener: TcpListener, proto: Proto) {
                     Ok(p) => p,
                     Err(_) => continue,
                 };
-                // The other nodes of a cluster hand over all their mail
-                // from a few addresses: no per-address rates for them.
-                let exempt = shard.config().rate_exempt(peer.ip())
-                    || (proto == Proto::Internal && shard.is_cluster_peer(peer.ip()));
+                // The other nodes of a cluster hand over mail and relay
+                // their clients' sessions from a few addresses: no
+                // per-address rates for them.
+                let exempt =
+                    shard.config().rate_exempt(peer.ip()) || shard.is_cluster_peer(peer.ip());
                 let permit = shard.shared.limiter.admit(peer.ip(), exempt);
                 if let Err(refusal) = &permit {
                     use super::limiter::Refusal;
