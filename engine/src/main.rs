@@ -299,6 +299,14 @@ enum ClusterAction {
     },
     /// Which bucket an address's account is in, and the nodes that hold it.
     Locate { address: String },
+    /// Give a node no buckets (its primaries go to their replicas, which
+    /// hold every acknowledged delivery), to take it out of service.
+    Drain {
+        node: String,
+        /// Let the node take buckets again at the next rebalance.
+        #[arg(long)]
+        undo: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -626,6 +634,9 @@ fn run(cli: Cli) -> Result<(), String> {
                         dry_run,
                         move_primaries,
                     } => ringmail::cluster::etcd::rebalance(cluster, dry_run, move_primaries)?,
+                    ClusterAction::Drain { node, undo } => {
+                        ringmail::cluster::etcd::drain(cluster, &node, undo)?
+                    }
                     ClusterAction::Locate { address } => {
                         let account =
                             ringmail::accounts::canonical(&address).map_err(|e| e.to_string())?;

@@ -220,6 +220,25 @@ fn nodes_join_rebalance_leave_and_come_back() {
         let (p, rep) = counts(&s, n);
         assert!((85..=86).contains(&p) && (85..=86).contains(&rep), "{s}");
     }
+    // A drained node gives its buckets to their replicas and takes none,
+    // even at a rebalance, until the drain is undone.
+    let d = cluster_cmd(&nodes[0], &["drain", "n3"]);
+    assert!(d.contains("n3 drained"), "{d}");
+    cluster_cmd(&nodes[0], &["rebalance"]);
+    let s = cluster_cmd(&nodes[0], &["status"]);
+    assert!(s.contains("3 live node(s)"), "{s}");
+    assert!(s.contains("primary=0 replica=0 drained"), "{s}");
+    assert_eq!(counts(&s, "n1"), (128, 128), "{s}");
+    assert_eq!(counts(&s, "n2"), (128, 128), "{s}");
+    cluster_cmd(&nodes[0], &["drain", "n3", "--undo"]);
+    cluster_cmd(&nodes[0], &["rebalance"]);
+    let s = cluster_cmd(&nodes[0], &["status"]);
+    let (p, rep) = counts(&s, "n3");
+    assert!(
+        p == 0 && (85..=86).contains(&rep) && !s.contains("drained"),
+        "{s}"
+    );
+
     // A clean stop revokes the lease: the node is gone at once, well
     // before its lease (3 s) could run out.
     nodes[1].terminate();

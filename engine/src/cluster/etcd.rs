@@ -97,6 +97,16 @@ async fn load(client: &mut Client, keys: &Keys) -> Result<View, String> {
             Err(e) => tracing::warn!(error = %e, "cluster: unreadable placement"),
         }
     }
+    let prefix = keys.drained();
+    let drained = client
+        .get(prefix.clone(), Some(GetOptions::new().with_prefix()))
+        .await
+        .map_err(err("drained"))?;
+    for kv in drained.kvs() {
+        if let Some(id) = kv.key_str().ok().and_then(|k| k.strip_prefix(&prefix)) {
+            view.drained.insert(id.to_string());
+        }
+    }
     Ok(view)
 }
 
@@ -429,8 +439,14 @@ fn describe(name: &str, view: &View) -> String {
         let (p, rep) = counts.get(id).copied().unwrap_or((0, 0));
         let _ = writeln!(
             out,
-            "node {id} internal={} cores={} primary={p} replica={rep}",
-            r.internal, r.cores
+            "node {id} internal={} cores={} primary={p} replica={rep}{}",
+            r.internal,
+            r.cores,
+            if view.drained.contains(id) {
+                " drained"
+            } else {
+                ""
+            }
         );
     }
     match &view.placement {
@@ -483,7 +499,7 @@ async fn replan(
 ) -> Result<String, String> {
     for _ in 0..5 {
         let view = load(client, keys).await?;
-        let live: Vec<String> = view.members.keys().cloned().collect();
+        let live = view.placeable();
         let current = view.placement.as_ref().map(|(p, _)| p);
         let next = placement::plan(current, &live, buckets, move_primaries)?;
         let moved = |f: fn(&Placement, u32) -> Option<&str>| {
@@ -530,12 +546,44 @@ fn should_fail_over(view: &View, me: &str) -> bool {
         return false;
     };
     let gone = map.nodes.iter().any(|n| {
-        !view.members.contains_key(n)
+        (!view.members.contains_key(n) || view.drained.contains(n))
             && (0..map.buckets).any(|b| {
                 map.primary_of(b) == Some(n.as_str()) || map.replica_of(b) == Some(n.as_str())
             })
     });
     gone && view.members.keys().next().map(String::as_str) == Some(me)
+}
+
+/// `ringmail cluster drain NODE`: give the node no buckets (its primaries
+/// go to their replicas, which hold every acknowledged delivery; it holds
+/// no replicas), for maintenance or removal; `undo` lets it take buckets
+/// again at the next `rebalance`. The mark stays in etcd across restarts.
+pub fn drain(cfg: &Cluster, node: &str, undo: bool) -> Result<String, String> {
+    block_on(async {
+        let keys = Keys::new(&cfg.name);
+        let mut client = connect(cfg).await?;
+        let key = format!("{}{node}", keys.drained());
+        if undo {
+            client.delete(key, None).await.map_err(err("drain"))?;
+            return Ok(format!(
+                "{node} may take buckets again (run `ringmail cluster rebalance`)\n"
+            ));
+        }
+        let view = load(&mut client, &keys).await?;
+        let Some((map, _)) = &view.placement else {
+            return Err("no placement yet".into());
+        };
+        if view.placeable().iter().all(|n| n == node) {
+            return Err(format!("{node} is the last node buckets can be placed on"));
+        }
+        let buckets = map.buckets;
+        client
+            .put(key, b"".to_vec(), None)
+            .await
+            .map_err(err("drain"))?;
+        let what = replan(&mut client, &keys, buckets, false, false).await?;
+        Ok(format!("{node} drained: {what}"))
+    })
 }
 
 /// `ringmail cluster locate`: an account's bucket, its primary and replica.

@@ -41,6 +41,9 @@ impl Keys {
     pub fn meta(&self) -> String {
         format!("{}meta", self.prefix)
     }
+    pub fn drained(&self) -> String {
+        format!("{}drained/", self.prefix)
+    }
 }
 
 /// What a node knows of its cluster, as of the last etcd answer.
@@ -54,6 +57,20 @@ pub struct View {
     /// the last successful keep-alive was *sent*, plus the TTL etcd granted
     /// (etcd's own deadline is later). None: not joined.
     pub lease_until: Option<Instant>,
+    /// Nodes drained by `ringmail cluster drain`: members that are given
+    /// no buckets.
+    pub drained: std::collections::BTreeSet<String>,
+}
+
+impl View {
+    /// The members buckets may be placed on.
+    pub fn placeable(&self) -> Vec<String> {
+        self.members
+            .keys()
+            .filter(|id| !self.drained.contains(*id))
+            .cloned()
+            .collect()
+    }
 }
 
 impl View {
