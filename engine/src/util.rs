@@ -93,6 +93,14 @@ pub fn free_space(dir: &std::path::Path) -> Option<u64> {
 
 /// Standard base64 with padding, unbroken (a DKIM TXT record's `p=`;
 /// the tests' SASL PLAIN).
+/// The runtime of a side thread (DNS, MTA-STS, HTTP, cluster): one thread,
+/// I/O and timers. Shards never run on it.
+pub fn side_runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+}
+
 pub fn base64_encode(data: &[u8]) -> String {
     const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = String::with_capacity(data.len().div_ceil(3) * 4);

@@ -3,7 +3,7 @@
 //! node killed with -9 leaves within its lease, comes back, a second
 //! process cannot take a live node's id, and a paused node stops
 //! acknowledging mail once its lease has lapsed.
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -21,14 +21,6 @@ impl Drop for Etcd {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// A single-member etcd on free loopback ports; None (test skipped) when

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use ringmail::relay::testdns::{QType, TestDns, TestZone};
 use ringmail::util::base64_encode as b64;
+use ringmail_tests::free_port;
 
 const PW: &str = "relay-secret";
 const WAIT: Duration = Duration::from_secs(30);
@@ -56,25 +57,6 @@ fn bin() -> &'static Path {
         assert!(cmd.status().unwrap().success(), "building ringmail failed");
         profile_dir.join("ringmail")
     })
-}
-
-/// A port nothing listens on right now, for an instance that starts later.
-/// Taken below the kernel's ephemeral range (32768 and up by default), so
-/// the outgoing connections of the other tests, which get ephemeral ports,
-/// cannot take it in the meantime; a counter keeps this process's tests
-/// apart, and the process id spreads concurrent test processes.
-fn free_port() -> u16 {
-    use std::sync::atomic::{AtomicU32, Ordering};
-    static NEXT: AtomicU32 = AtomicU32::new(0);
-    let offset = (std::process::id() % 600) * 20;
-    for _ in 0..12_000 {
-        let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let port = (20_000 + (offset + n) % 12_000) as u16;
-        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
-    panic!("no free port below the ephemeral range");
 }
 
 fn dns_zone(domains: &[&str]) -> TestZone {

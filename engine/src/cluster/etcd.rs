@@ -141,10 +141,7 @@ pub fn join(cfg: &Cluster, record: NodeRecord) -> Result<Member, String> {
     std::thread::Builder::new()
         .name("ringmail-cluster".into())
         .spawn(move || {
-            let rt = match tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
+            let rt = match crate::util::side_runtime() {
                 Ok(rt) => rt,
                 Err(e) => {
                     let _ = tx.send(Err(format!("cluster runtime: {e}")));
@@ -169,28 +166,66 @@ pub fn join(cfg: &Cluster, record: NodeRecord) -> Result<Member, String> {
     }
 }
 
+/// How a membership ended.
+enum End {
+    /// `Member::leave`: the lease is revoked, the thread stops.
+    Left,
+    /// Anything else: join again.
+    Lost(String),
+}
+
+impl From<String> for End {
+    fn from(e: String) -> End {
+        End::Lost(e)
+    }
+}
+
+enum Never {}
+
+/// What the membership thread keeps from one membership to the next.
+struct Membership {
+    cfg: Cluster,
+    keys: Keys,
+    record: NodeRecord,
+    view: Shared,
+    /// Answered once, at the first join (or its failure).
+    ready: Option<std::sync::mpsc::SyncSender<Result<(), String>>>,
+    stop: tokio::sync::oneshot::Receiver<()>,
+    /// The lease this node holds, to resume after a broken connection.
+    held: Option<i64>,
+}
+
 async fn run(
     cfg: Cluster,
     record: NodeRecord,
     view: Shared,
     ready: std::sync::mpsc::SyncSender<Result<(), String>>,
-    mut stop: tokio::sync::oneshot::Receiver<()>,
+    stop: tokio::sync::oneshot::Receiver<()>,
 ) {
-    let keys = Keys::new(&cfg.name);
-    let mut ready = Some(ready);
-    let mut held = None;
+    let mut m = Membership {
+        keys: Keys::new(&cfg.name),
+        cfg,
+        record,
+        view,
+        ready: Some(ready),
+        stop,
+        held: None,
+    };
     loop {
-        let e = member(
-            &cfg, &keys, &record, &view, &mut ready, &mut stop, &mut held,
-        )
-        .await;
-        if let Some(r) = ready.take() {
+        let end = match m.join().await {
+            Ok(never) => match never {},
+            Err(end) => end,
+        };
+        let e = match end {
+            End::Left => {
+                tracing::info!(node = %m.record.id, "left the cluster");
+                return;
+            }
+            End::Lost(e) => e,
+        };
+        if let Some(r) = m.ready.take() {
             // Never joined: `serve` reports it and stops.
             let _ = r.send(Err(e));
-            return;
-        }
-        if e == LEFT {
-            tracing::info!(node = %record.id, "left the cluster");
             return;
         }
         tracing::warn!(error = %e, "cluster: membership lost; joining again");
@@ -198,109 +233,181 @@ async fn run(
     }
 }
 
-/// One membership: join, then keep the lease and the view fresh until
-/// something fails (the error is returned).
-async fn member(
-    cfg: &Cluster,
-    keys: &Keys,
-    record: &NodeRecord,
-    view: &Shared,
-    ready: &mut Option<std::sync::mpsc::SyncSender<Result<(), String>>>,
-    stop: &mut tokio::sync::oneshot::Receiver<()>,
-    held: &mut Option<i64>,
-) -> String {
-    match member_inner(cfg, keys, record, view, ready, stop, held).await {
-        Ok(never) => match never {},
-        Err(e) => e,
+impl Membership {
+    fn id_taken(&self) -> String {
+        format!(
+            "node id {:?} is held by a live member of cluster {:?}",
+            self.record.id, self.cfg.name
+        )
     }
-}
 
-enum Never {}
-
-/// What `member` ends with after [`Member::leave`].
-const LEFT: &str = "left";
-
-async fn member_inner(
-    cfg: &Cluster,
-    keys: &Keys,
-    record: &NodeRecord,
-    view: &Shared,
-    ready: &mut Option<std::sync::mpsc::SyncSender<Result<(), String>>>,
-    stop: &mut tokio::sync::oneshot::Receiver<()>,
-    held: &mut Option<i64>,
-) -> Result<Never, String> {
-    let ttl = cfg.lease_ttl_secs as i64;
-    let mut client = connect(cfg).await?;
-    check_meta(&mut client, keys, record.buckets).await?;
-    let node_key = keys.node(&record.id);
-    // After a broken connection, go on with the lease this node still
-    // holds, if etcd has kept it (and the key under it): the members see
-    // no change.
-    if let Some(lease) = *held {
-        let sent = Instant::now();
-        if let Some(ttl) = renew_once(&mut client, lease).await {
+    /// One membership: join (or resume the lease still held), then serve
+    /// it until something ends it.
+    async fn join(&mut self) -> Result<Never, End> {
+        let ttl = self.cfg.lease_ttl_secs;
+        let mut client = connect(&self.cfg).await?;
+        check_meta(&mut client, &self.keys, self.record.buckets).await?;
+        let node_key = self.keys.node(&self.record.id);
+        // After a broken connection, go on with the lease this node still
+        // holds, if etcd has kept it (and the key under it): the members
+        // see no change.
+        if let Some(lease) = self.held {
+            let sent = Instant::now();
+            if let Some(left) = renew_once(&mut client, lease).await {
+                let got = client
+                    .get(node_key.clone(), None)
+                    .await
+                    .map_err(err("join"))?;
+                if got.kvs().first().is_some_and(|kv| kv.lease() == lease) {
+                    let until = sent + Duration::from_secs(left);
+                    return self.serve(client, lease, until).await;
+                }
+            }
+            self.held = None;
+        }
+        // The key must be free: a live node with the same id holds it, or
+        // this node's previous process whose lease has not run out yet
+        // (after a kill -9: wait for it, at most one TTL and a bit). The
+        // lease is taken only then, so it cannot run out while we wait.
+        let wait_until = Instant::now() + Duration::from_secs(ttl + 2);
+        loop {
             let got = client
                 .get(node_key.clone(), None)
                 .await
                 .map_err(err("join"))?;
-            if got.kvs().first().is_some_and(|kv| kv.lease() == lease) {
-                let until = sent + Duration::from_secs(ttl);
-                return serve_member(cfg, keys, record, view, ready, stop, client, lease, until)
-                    .await;
+            if got.kvs().is_empty() {
+                break;
+            }
+            if Instant::now() >= wait_until {
+                return Err(self.id_taken().into());
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        let asked = Instant::now();
+        let lease = client
+            .lease_grant(ttl as i64, None)
+            .await
+            .map_err(err("lease"))?
+            .id();
+        let value = serde_json::to_vec(&self.record).expect("node record serializes");
+        let txn = Txn::new()
+            .when([Compare::create_revision(
+                node_key.clone(),
+                CompareOp::Equal,
+                0,
+            )])
+            .and_then([TxnOp::put(
+                node_key,
+                value,
+                Some(PutOptions::new().with_lease(lease)),
+            )]);
+        if !client.txn(txn).await.map_err(err("join"))?.succeeded() {
+            // Someone took the id between our look and our write.
+            let _ = client.lease_revoke(lease).await;
+            return Err(self.id_taken().into());
+        }
+        self.held = Some(lease);
+        self.serve(client, lease, asked + Duration::from_secs(ttl))
+            .await
+    }
+
+    /// A joined member: publish the view, keep the lease alive, follow the
+    /// map, fail over for gone members, leave when told.
+    async fn serve(
+        &mut self,
+        mut client: Client,
+        lease: i64,
+        mut lease_until: Instant,
+    ) -> Result<Never, End> {
+        let Membership {
+            cfg,
+            keys,
+            record,
+            view,
+            ready,
+            stop,
+            ..
+        } = self;
+        let (mut keeper, mut alive) = client
+            .lease_keep_alive(lease)
+            .await
+            .map_err(err("keep-alive"))?;
+        let mut watch = client
+            .watch(keys.prefix(), Some(WatchOptions::new().with_prefix()))
+            .await
+            .map_err(err("watch"))?;
+        let publish = |mut v: View, until: Instant| {
+            v.lease_until = Some(until);
+            let version = |v: &View| v.placement.as_ref().map(|(_, n)| *n);
+            if version(&v) != version(&view.load()) {
+                tracing::info!(version = ?version(&v), members = v.members.len(), "cluster: bucket map");
+            }
+            view.store(Arc::new(v));
+        };
+        publish(load(&mut client, keys).await?, lease_until);
+        tracing::info!(cluster = %cfg.name, node = %record.id, lease, "joined the cluster");
+        if let Some(r) = ready.take() {
+            let _ = r.send(Ok(()));
+        }
+        let every = Duration::from_millis(cfg.lease_ttl_secs * 1000 / 3);
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = &mut *stop => {
+                    // No acknowledgement from here on, then the key goes.
+                    let mut v = (**view.load()).clone();
+                    v.lease_until = None;
+                    view.store(Arc::new(v));
+                    let _ = tokio::time::timeout(Duration::from_secs(2), client.lease_revoke(lease)).await;
+                    return Err(End::Left);
+                }
+                _ = tick.tick() => {
+                    let sent = Instant::now();
+                    // A slow answer is fine while the lease lasts; past its
+                    // end this membership is over (the node stops
+                    // acknowledging by itself meanwhile).
+                    let patience = lease_until.saturating_duration_since(sent).max(every);
+                    let renewed = tokio::time::timeout(patience, async {
+                        keeper.keep_alive().await.map_err(err("keep-alive"))?;
+                        alive.message().await.map_err(err("keep-alive"))
+                    })
+                    .await
+                    .map_err(|_| "etcd keep-alive: no answer".to_string())??;
+                    match renewed {
+                        Some(r) if r.ttl() > 0 => {
+                            lease_until = sent + Duration::from_secs(r.ttl() as u64);
+                            let mut v = (**view.load()).clone();
+                            v.lease_until = Some(lease_until);
+                            view.store(Arc::new(v));
+                        }
+                        _ => return Err("the lease expired".to_string().into()),
+                    }
+                }
+                event = watch.message() => {
+                    match event.map_err(err("watch"))? {
+                        // A canceled watch (etcd compacted past it) sends
+                        // nothing more: start over rather than go stale.
+                        Some(w) if w.canceled() => return Err("etcd watch: canceled".to_string().into()),
+                        Some(_) => {
+                            let v = load(&mut client, keys).await?;
+                            let fail_over = should_fail_over(&v, &record.id);
+                            publish(v, lease_until);
+                            if fail_over {
+                                // A member's lease ran out: its buckets go to
+                                // their replicas, and new replicas are chosen.
+                                match replan(&mut client, keys, record.buckets, false, false).await {
+                                    Ok(what) => tracing::warn!(what = what.trim(), "cluster: failover"),
+                                    Err(e) => tracing::warn!(error = %e, "cluster: failover failed"),
+                                }
+                            }
+                        }
+                        None => return Err("etcd watch: closed".to_string().into()),
+                    }
+                }
             }
         }
-        *held = None;
     }
-    // The key must be free: a live node with the same id holds it, or this
-    // node's previous process whose lease has not run out yet (after a
-    // kill -9: wait for it, at most one TTL and a bit). The lease is taken
-    // only then, so it cannot run out while we wait.
-    let wait_until = Instant::now() + Duration::from_secs(cfg.lease_ttl_secs + 2);
-    loop {
-        let got = client
-            .get(node_key.clone(), None)
-            .await
-            .map_err(err("join"))?;
-        if got.kvs().is_empty() {
-            break;
-        }
-        if Instant::now() >= wait_until {
-            return Err(format!(
-                "node id {:?} is held by a live member of cluster {:?}",
-                record.id, cfg.name
-            ));
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-    let asked = Instant::now();
-    let lease = client
-        .lease_grant(ttl, None)
-        .await
-        .map_err(err("lease"))?
-        .id();
-    let value = serde_json::to_vec(record).expect("node record serializes");
-    let txn = Txn::new()
-        .when([Compare::create_revision(
-            node_key.clone(),
-            CompareOp::Equal,
-            0,
-        )])
-        .and_then([TxnOp::put(
-            node_key.clone(),
-            value,
-            Some(PutOptions::new().with_lease(lease)),
-        )]);
-    if !client.txn(txn).await.map_err(err("join"))?.succeeded() {
-        // Someone took the id between our look and our write.
-        let _ = client.lease_revoke(lease).await;
-        return Err(format!(
-            "node id {:?} is held by a live member of cluster {:?}",
-            record.id, cfg.name
-        ));
-    }
-    *held = Some(lease);
-    let until = asked + Duration::from_secs(cfg.lease_ttl_secs);
-    serve_member(cfg, keys, record, view, ready, stop, client, lease, until).await
 }
 
 /// One keep-alive of `lease`, answered: its new TTL (None: expired or no answer).
@@ -314,101 +421,6 @@ async fn renew_once(client: &mut Client, lease: i64) -> Option<u64> {
         .await
         .ok()??;
     (r.ttl() > 0).then_some(r.ttl() as u64)
-}
-
-/// A joined member: publish the view, keep the lease alive, follow the
-/// map, fail over for gone members, leave when told.
-#[allow(clippy::too_many_arguments)]
-async fn serve_member(
-    cfg: &Cluster,
-    keys: &Keys,
-    record: &NodeRecord,
-    view: &Shared,
-    ready: &mut Option<std::sync::mpsc::SyncSender<Result<(), String>>>,
-    stop: &mut tokio::sync::oneshot::Receiver<()>,
-    mut client: Client,
-    lease: i64,
-    mut lease_until: Instant,
-) -> Result<Never, String> {
-    let (mut keeper, mut alive) = client
-        .lease_keep_alive(lease)
-        .await
-        .map_err(err("keep-alive"))?;
-    let mut watch = client
-        .watch(keys.prefix(), Some(WatchOptions::new().with_prefix()))
-        .await
-        .map_err(err("watch"))?;
-    let publish = |mut v: View, until: Instant| {
-        v.lease_until = Some(until);
-        let version = |v: &View| v.placement.as_ref().map(|(_, n)| *n);
-        if version(&v) != version(&view.load()) {
-            tracing::info!(version = ?version(&v), members = v.members.len(), "cluster: bucket map");
-        }
-        view.store(Arc::new(v));
-    };
-    publish(load(&mut client, keys).await?, lease_until);
-    tracing::info!(cluster = %cfg.name, node = %record.id, lease, "joined the cluster");
-    if let Some(r) = ready.take() {
-        let _ = r.send(Ok(()));
-    }
-    let every = Duration::from_millis(cfg.lease_ttl_secs * 1000 / 3);
-    let mut tick = tokio::time::interval(every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = &mut *stop => {
-                // No acknowledgement from here on, then the key goes.
-                let mut v = (**view.load()).clone();
-                v.lease_until = None;
-                view.store(Arc::new(v));
-                let _ = tokio::time::timeout(Duration::from_secs(2), client.lease_revoke(lease)).await;
-                return Err(LEFT.into());
-            }
-            _ = tick.tick() => {
-                let sent = Instant::now();
-                // A slow answer is fine while the lease lasts; past its
-                // end this membership is over (the node stops
-                // acknowledging by itself meanwhile).
-                let patience = lease_until.saturating_duration_since(sent).max(every);
-                let renewed = tokio::time::timeout(patience, async {
-                    keeper.keep_alive().await.map_err(err("keep-alive"))?;
-                    alive.message().await.map_err(err("keep-alive"))
-                })
-                .await
-                .map_err(|_| "etcd keep-alive: no answer".to_string())??;
-                match renewed {
-                    Some(r) if r.ttl() > 0 => {
-                        lease_until = sent + Duration::from_secs(r.ttl() as u64);
-                        let mut v = (**view.load()).clone();
-                        v.lease_until = Some(lease_until);
-                        view.store(Arc::new(v));
-                    }
-                    _ => return Err("the lease expired".into()),
-                }
-            }
-            event = watch.message() => {
-                match event.map_err(err("watch"))? {
-                    // A canceled watch (etcd compacted past it) sends
-                    // nothing more: start over rather than go stale.
-                    Some(w) if w.canceled() => return Err("etcd watch: canceled".into()),
-                    Some(_) => {
-                        let v = load(&mut client, keys).await?;
-                        let fail_over = should_fail_over(&v, &record.id);
-                        publish(v, lease_until);
-                        if fail_over {
-                            // A member's lease ran out: its buckets go to
-                            // their replicas, and new replicas are chosen.
-                            match replan(&mut client, keys, record.buckets, false, false).await {
-                                Ok(what) => tracing::warn!(what = what.trim(), "cluster: failover"),
-                                Err(e) => tracing::warn!(error = %e, "cluster: failover failed"),
-                            }
-                        }
-                    }
-                    None => return Err("etcd watch: closed".into()),
-                }
-            }
-        }
-    }
 }
 
 /// `ringmail cluster status`: the members and the map, as text.
@@ -612,9 +624,7 @@ pub fn locate(cfg: &Cluster, account: &str) -> Result<String, String> {
 }
 
 fn block_on<T>(f: impl std::future::Future<Output = Result<T, String>>) -> Result<T, String> {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
+    crate::util::side_runtime()
         .map_err(|e| format!("runtime: {e}"))?
         .block_on(f)
 }

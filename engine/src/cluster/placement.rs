@@ -28,6 +28,13 @@ pub struct NodeRecord {
     pub tls_sha256: Vec<String>,
 }
 
+impl NodeRecord {
+    /// The internal address, parsed (None: not an address).
+    pub fn internal_addr(&self) -> Option<std::net::SocketAddr> {
+        self.internal.parse().ok()
+    }
+}
+
 /// `placement`: per bucket, its primary and (with two nodes or more) its
 /// replica, as indexes into `nodes`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -251,10 +251,7 @@ impl MtaSts {
         std::thread::Builder::new()
             .name("ringmail-mta-sts".into())
             .spawn(move || {
-                let rt = match tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                {
+                let rt = match crate::util::side_runtime() {
                     Ok(rt) => rt,
                     Err(e) => {
                         let _ = ready_tx.send(Err(DnsStartError::Io(e)));

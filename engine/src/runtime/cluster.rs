@@ -4,7 +4,9 @@
 use std::net::{IpAddr, SocketAddr};
 
 use super::shard::Shard;
+use crate::cluster::{Placement, View};
 use crate::relay::client::{self, ClientParams, OutboundMessage, SessionTls};
+use crate::session::smtp::Transaction;
 
 /// Recipients split by the node that stores them.
 pub struct Routes {
@@ -24,16 +26,46 @@ pub struct Away {
     pub recipients: Vec<String>,
 }
 
+/// The cluster as this node sees it, when a bucket map exists.
+pub struct Mapped<'a> {
+    pub view: arc_swap::Guard<std::sync::Arc<View>>,
+    /// This node's id.
+    pub me: &'a str,
+}
+
+impl Mapped<'_> {
+    pub fn map(&self) -> &Placement {
+        &self.view.placement.as_ref().expect("Mapped has a map").0
+    }
+}
+
 impl Shard {
+    /// The cluster view, if this node is in a cluster that has a bucket map
+    /// (before the first `rebalance` every node keeps what it receives).
+    pub fn mapped(&self) -> Option<Mapped<'_>> {
+        let (Some(c), Some(cfg)) = (&self.shared.cluster, &self.shared.config.cluster) else {
+            return None;
+        };
+        let view = c.load();
+        view.placement.is_some().then_some(Mapped {
+            view,
+            me: &cfg.node,
+        })
+    }
+
+    /// The storage bucket of an account.
+    pub fn bucket(&self, account: &str) -> u32 {
+        crate::storage::bucket_of(account, self.shared.meta.buckets)
+    }
+
     /// Is `ip` the internal address of a live member of our cluster?
     pub fn is_cluster_peer(&self, ip: IpAddr) -> bool {
         let Some(c) = &self.shared.cluster else {
             return false;
         };
         c.load().members.values().any(|m| {
-            m.internal
-                .parse::<SocketAddr>()
-                .is_ok_and(|a| a.ip().to_canonical() == ip.to_canonical())
+            m.internal_addr()
+                .is_some_and(|a| a.ip().to_canonical() == ip.to_canonical())
         })
     }
 
@@ -42,31 +74,26 @@ impl Shard {
     /// between is answered with a temporary failure, never forwarded on:
     /// no loops). Err: some recipient's node cannot take mail now.
     pub fn route(&self, accounts: &[String], internal: bool) -> Result<Routes, String> {
-        let all_here = || Routes {
-            here: accounts.to_vec(),
-            away: Vec::new(),
+        let Some(m) = self.mapped() else {
+            return Ok(Routes {
+                here: accounts.to_vec(),
+                away: Vec::new(),
+            });
         };
-        let (Some(c), Some(cfg)) = (&self.shared.cluster, &self.shared.config.cluster) else {
-            return Ok(all_here());
-        };
-        let view = c.load();
-        // No map written yet: every node keeps what it receives.
-        let Some((map, _)) = &view.placement else {
-            return Ok(all_here());
-        };
+        let map = m.map();
         let mut routes = Routes {
             here: Vec::new(),
             away: Vec::new(),
         };
         for a in accounts {
-            let bucket = crate::storage::bucket_of(a, self.shared.meta.buckets);
+            let bucket = self.bucket(a);
             let owner = map
                 .primary_of(bucket)
                 .ok_or_else(|| format!("bucket {bucket} has no primary"))?;
             // An internal session also takes the copies of the buckets
             // this node is replica for (the primary sends them).
-            let replica_here = internal && map.replica_of(bucket) == Some(cfg.node.as_str());
-            if owner == cfg.node || replica_here {
+            let replica_here = internal && map.replica_of(bucket) == Some(m.me);
+            if owner == m.me || replica_here {
                 routes.here.push(a.clone());
                 continue;
             }
@@ -75,7 +102,7 @@ impl Shard {
                     "bucket {bucket} of {a} belongs to {owner}, not to this node"
                 ));
             }
-            push_away(&mut routes.away, &view, owner, bucket, a)?;
+            push_away(&mut routes.away, &m.view, owner, bucket, a)?;
         }
         Ok(routes)
     }
@@ -84,21 +111,18 @@ impl Shard {
     /// bucket this node is primary for, by their replica node. Err: a
     /// replica is not live, so the delivery cannot be acknowledged.
     pub fn replicas(&self, accounts: &[String]) -> Result<Vec<Away>, String> {
-        let (Some(c), Some(cfg)) = (&self.shared.cluster, &self.shared.config.cluster) else {
+        let Some(m) = self.mapped() else {
             return Ok(Vec::new());
         };
-        let view = c.load();
-        let Some((map, _)) = &view.placement else {
-            return Ok(Vec::new());
-        };
+        let map = m.map();
         let mut copies = Vec::new();
         for a in accounts {
-            let bucket = crate::storage::bucket_of(a, self.shared.meta.buckets);
-            if map.primary_of(bucket) != Some(cfg.node.as_str()) {
+            let bucket = self.bucket(a);
+            if map.primary_of(bucket) != Some(m.me) {
                 continue;
             }
             match map.replica_of(bucket) {
-                Some(r) if r != cfg.node => push_away(&mut copies, &view, r, bucket, a)?,
+                Some(r) if r != m.me => push_away(&mut copies, &m.view, r, bucket, a)?,
                 _ => {}
             }
         }
@@ -109,7 +133,7 @@ impl Shard {
 /// Add `account` to the share of `node` (a live member) in `list`.
 fn push_away(
     list: &mut Vec<Away>,
-    view: &crate::cluster::View,
+    view: &View,
     node: &str,
     bucket: u32,
     account: &str,
@@ -118,10 +142,9 @@ fn push_away(
         .members
         .get(node)
         .ok_or_else(|| format!("node {node} of bucket {bucket} is not live"))?;
-    let to: SocketAddr = member
-        .internal
-        .parse()
-        .map_err(|_| format!("node {node}: bad internal address {:?}", member.internal))?;
+    let to = member
+        .internal_addr()
+        .ok_or_else(|| format!("node {node}: bad internal address {:?}", member.internal))?;
     match list.iter_mut().find(|w| w.to == to) {
         Some(w) => w.recipients.push(account.to_string()),
         None => list.push(Away {
@@ -134,10 +157,55 @@ fn push_away(
     Ok(())
 }
 
+/// Cluster mode at the end of data: hand the shares of the buckets other
+/// nodes are primary for to those nodes, and the copies of what stays
+/// here to each bucket's replica; Ok with the accounts to store here once
+/// every other node answered 250 (durable there). `internal`: the message
+/// came from another node (see [`Shard::route`]). The other node adds its
+/// Received: and Return-Path:; our Authentication-Results go with the
+/// message.
+pub async fn hand_over(
+    shard: &Shard,
+    accounts: &[String],
+    internal: bool,
+    tx: &Transaction,
+    results_field: Option<&str>,
+    body: &[u8],
+) -> Result<Vec<String>, String> {
+    let routes = shard.route(accounts, internal)?;
+    let mut handovers = routes.away;
+    handovers.extend(shard.replicas(&routes.here)?);
+    if handovers.is_empty() {
+        return Ok(routes.here);
+    }
+    let joined;
+    let bytes: &[u8] = match results_field {
+        Some(f) => {
+            joined = [f.as_bytes(), body].concat();
+            &joined
+        }
+        None => body,
+    };
+    for away in handovers {
+        let (node, n) = (away.node.clone(), away.recipients.len());
+        forward(
+            shard,
+            away,
+            &tx.reverse_path,
+            bytes,
+            tx.smtputf8,
+            tx.body_8bit,
+        )
+        .await?;
+        tracing::debug!(node, recipients = n, "handed over to the bucket's node");
+    }
+    Ok(routes.here)
+}
+
 /// Hand a message to another node's internal listener, over STARTTLS with
 /// the node's published certificate pinned; Ok once that node answered
 /// 250 for it (after its own durable commit).
-pub async fn forward(
+async fn forward(
     shard: &Shard,
     away: Away,
     reverse_path: &str,

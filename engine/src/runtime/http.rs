@@ -43,10 +43,7 @@ pub fn start(
     std::thread::Builder::new()
         .name("ringmail-http".into())
         .spawn(move || {
-            let rt = match tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
+            let rt = match crate::util::side_runtime() {
                 Ok(rt) => rt,
                 Err(e) => {
                     tracing::error!(error = %e, "HTTP listener: no runtime");

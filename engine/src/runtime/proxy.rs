@@ -38,21 +38,19 @@ impl Shard {
     /// The node `account`'s sessions go to, when that is not this one.
     /// Err: the account's node is unknown or not live.
     pub fn remote_home(&self, account: &str, kind: Kind) -> Result<Option<Home>, String> {
-        let (Some(c), Some(cfg)) = (&self.shared.cluster, &self.shared.config.cluster) else {
+        let Some(mapped) = self.mapped() else {
             return Ok(None);
         };
-        let view = c.load();
-        let Some((map, _)) = &view.placement else {
-            return Ok(None);
-        };
-        let bucket = crate::storage::bucket_of(account, self.shared.meta.buckets);
-        let owner = map
+        let bucket = self.bucket(account);
+        let owner = mapped
+            .map()
             .primary_of(bucket)
             .ok_or_else(|| format!("bucket {bucket} has no primary"))?;
-        if owner == cfg.node {
+        if owner == mapped.me {
             return Ok(None);
         }
-        let m = view
+        let m = mapped
+            .view
             .members
             .get(owner)
             .ok_or_else(|| format!("node {owner} is not live"))?;
@@ -67,10 +65,9 @@ impl Shard {
         // A listener on every address (0.0.0.0, [::]) is reached at the
         // node's internal address, never at our own.
         if addr.ip().is_unspecified() {
-            let internal: SocketAddr = m
-                .internal
-                .parse()
-                .map_err(|_| format!("node {owner}: bad internal address"))?;
+            let internal = m
+                .internal_addr()
+                .ok_or_else(|| format!("node {owner}: bad internal address"))?;
             addr.set_ip(internal.ip());
         }
         Ok(Some(Home {
@@ -166,8 +163,12 @@ async fn login(
                     answer.extend_from_slice(b"\r\n");
                     return Ok(answer);
                 }
-                // Untagged data of the login (CAPABILITY) goes to the client.
+                // Untagged data of the login (CAPABILITY) goes to the
+                // client, a few lines of it at most.
                 if l.starts_with(b"* ") {
+                    if out.len() + l.len() > LINE_MAX * 4 {
+                        return Err("too much untagged data before the login's answer".into());
+                    }
                     out.extend_from_slice(&l);
                     out.extend_from_slice(b"\r\n");
                     continue;

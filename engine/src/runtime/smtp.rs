@@ -671,69 +671,25 @@ pub async fn serve(
                 if result.is_ok() && !tx.recipients.is_empty() {
                     let accounts: Vec<String> =
                         tx.recipients.iter().map(|r| r.account.clone()).collect();
-                    // Cluster mode: each recipient is stored on the node
-                    // that is its bucket's primary.
-                    let routes = match shard.route(&accounts, internal) {
-                        Ok(r) => r,
+                    // Cluster mode: the other nodes' shares and the
+                    // replica copies go first; what stays is stored here.
+                    let accounts = match super::cluster::hand_over(
+                        &shard,
+                        &accounts,
+                        internal,
+                        &tx,
+                        results_field.as_deref(),
+                        &body,
+                    )
+                    .await
+                    {
+                        Ok(here) => here,
                         Err(why) => {
-                            tracing::warn!(%peer, why, "cluster: recipients' node unavailable; message deferred with 451");
+                            tracing::warn!(%peer, why, "cluster: a recipient's node did not take the message; deferred with 451");
                             finish!(DeliveryOutcome::OwnerUnavailable);
                             continue;
                         }
                     };
-                    // The copies owed to other nodes: the shares of the
-                    // buckets they are primary for, and of what is stored
-                    // here, the copy for each bucket's replica. Every one
-                    // must be durable there before the 250.
-                    let mut handovers = routes.away;
-                    match shard.replicas(&routes.here) {
-                        Ok(copies) => handovers.extend(copies),
-                        Err(why) => {
-                            tracing::warn!(%peer, why, "cluster: a replica is unavailable; message deferred with 451");
-                            finish!(DeliveryOutcome::OwnerUnavailable);
-                            continue;
-                        }
-                    }
-                    if !handovers.is_empty() {
-                        // The other node adds its Received: and the
-                        // Return-Path:; our results go with the message.
-                        let joined;
-                        let bytes: &[u8] = match &results_field {
-                            Some(f) => {
-                                joined = [f.as_bytes(), &body].concat();
-                                &joined
-                            }
-                            None => &body,
-                        };
-                        let mut failed = None;
-                        for away in handovers {
-                            let (node, n) = (away.node.clone(), away.recipients.len());
-                            if let Err(e) = super::cluster::forward(
-                                &shard,
-                                away,
-                                &tx.reverse_path,
-                                bytes,
-                                tx.smtputf8,
-                                tx.body_8bit,
-                            )
-                            .await
-                            {
-                                failed = Some(e);
-                                break;
-                            }
-                            tracing::debug!(
-                                node,
-                                recipients = n,
-                                "handed over to the bucket's node"
-                            );
-                        }
-                        if let Some(e) = failed {
-                            tracing::warn!(%peer, error = %e, "cluster: hand-over failed; message deferred with 451");
-                            finish!(DeliveryOutcome::OwnerUnavailable);
-                            continue;
-                        }
-                    }
-                    let accounts = routes.here;
                     let mut prefix = Vec::with_capacity(tx.reverse_path.len() + 20);
                     // RFC 5321 4.4: the final delivery server adds Return-Path.
                     prefix.extend_from_slice(b"Return-Path: <");
