@@ -89,10 +89,20 @@ pub struct Cluster {
     /// for this long is taken for gone, and stops acknowledging mail itself.
     #[serde(default = "cluster_lease_ttl_default")]
     pub lease_ttl_secs: u64,
+    /// How long a node remembers what it stored, so that a client's second
+    /// attempt after a failure in the cluster (the first attempt was made
+    /// durable somewhere but never acknowledged) is stored once; 0: never
+    /// (`cluster::duplicates`).
+    #[serde(default = "cluster_duplicate_window_default")]
+    pub duplicate_window_secs: u64,
 }
 
 fn cluster_lease_ttl_default() -> u64 {
     5
+}
+
+fn cluster_duplicate_window_default() -> u64 {
+    3600
 }
 
 impl Cluster {
@@ -129,6 +139,9 @@ impl Cluster {
         }
         if !(2..=60).contains(&self.lease_ttl_secs) {
             return Err("cluster.lease_ttl_secs must be between 2 and 60".into());
+        }
+        if self.duplicate_window_secs > 7 * 86_400 {
+            return Err("cluster.duplicate_window_secs: at most 604800 (7 days)".into());
         }
         Ok(())
     }
@@ -1231,14 +1244,19 @@ cache_max_entries = 16384
 
 # Cluster mode (a binary built with `--features cluster`; ARCHITECTURE.md,
 # "Cluster mode"): nodes register in etcd under /ringmail/NAME/ and share
-# one bucket map. Absent: a single node, no etcd. Not yet usable for mail
-# (forwarding, replication and failover are still to come).
+# one bucket map; any node takes mail and sessions for any account, each
+# delivery is made durable on the bucket's primary and replica before 250.
+# Absent: a single node, no etcd.
 # [cluster]
 # name = "main"
 # node = "node1"
 # etcd = ["http://127.0.0.1:2379"]
 # internal = "10.0.0.1:7025"
 # lease_ttl_secs = 5
+# A message sent again within this many seconds (same sender, Message-ID
+# and body) is stored once per account: a retry after a failure that left
+# the first attempt durable on some node. 0: off.
+# duplicate_window_secs = 3600
 "#;
 
 fn key_prefix(key: &Option<String>) -> String {

@@ -2,7 +2,8 @@
 //! on its own ports), `ringmail cluster rebalance` spreads the buckets, a
 //! node killed with -9 leaves within its lease, comes back, a second
 //! process cannot take a live node's id, and a paused node stops
-//! acknowledging mail once its lease has lapsed.
+//! acknowledging mail once its lease has lapsed; mail through any node,
+//! sessions relayed, failover under load, and retries stored once.
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -708,4 +709,70 @@ fn a_primary_killed_under_load_fails_over_and_loses_nothing_acknowledged() {
     wait_status(&nodes[0], Duration::from_secs(15), |s| {
         s.contains("3 live node(s)")
     });
+}
+
+/// The send of one message that is sent through `addr`: the reply code of
+/// its end of data.
+fn send_code(addr: SocketAddr, rcpts: &[&str], message: &[u8]) -> u16 {
+    let (mut c, _) = smtp_connect(addr);
+    smtp_transaction(&mut c, "s@example.org", rcpts, message, Transfer::Data)
+        .unwrap_or_else(|e| panic!("sending: {e}"))
+        .code
+}
+
+/// A hand-over that fails after another node took its share: the client
+/// gets 451 and sends the message again; the node (and its replica) that
+/// already hold it store it once (`[cluster] duplicate_window_secs`), the
+/// others take theirs. A message that only looks alike (another
+/// Message-ID, or none) is stored every time.
+#[test]
+fn a_message_sent_again_after_a_partial_failure_is_stored_once() {
+    let Some(etcd) = etcd() else { return };
+    let accounts: Vec<String> = (0..30).map(|i| format!("d{i}@example.test")).collect();
+    let ids = ["n1", "n2", "n3"];
+    let mut nodes = mapped_cluster(&etcd, "d", &ids, &accounts);
+    // a: primary n2, replica n1 (both stay); b: primary n3 (killed).
+    let a = accounts
+        .iter()
+        .find(|a| primary_of(&nodes[0], a) == "n2" && replica_of(&nodes[0], a) == "n1")
+        .expect("an account on n2 with its replica on n1")
+        .clone();
+    let b = accounts
+        .iter()
+        .find(|b| primary_of(&nodes[0], b) == "n3")
+        .expect("an account on n3")
+        .clone();
+
+    let message = b"From: <s@example.org>\r\nMessage-ID: <again@example.org>\r\nSubject: again\r\n\r\nsent twice\r\n";
+    nodes[2].kill9();
+    // n2 takes a's share (and n1 its copy), n3 is gone: 451 for the whole.
+    assert_eq!(send_code(nodes[0].smtp, &[&a, &b], message), 451);
+    wait_status(&nodes[0], Duration::from_secs(15), |s| {
+        s.contains("2 live node(s)") && !s.contains("gone")
+    });
+    assert_eq!(send_code(nodes[0].smtp, &[&a, &b], message), 250);
+    // The same again through the other node: stored once still.
+    assert_eq!(send_code(nodes[1].smtp, &[&a, &b], message), 250);
+
+    for (account, node) in [(&a, 0), (&a, 1), (&b, 0), (&b, 1)] {
+        let mut p = Pop3::login(nodes[node].pop3, account, PASSWORD);
+        assert_eq!(p.stat().0, 1, "{account} through node {node}");
+        assert!(p.retr(1).ends_with(b"\r\nsent twice\r\n"));
+        p.ok("QUIT");
+    }
+    assert!(nodes[1]
+        .stderr_text()
+        .contains("event=\"duplicate_suppressed\""));
+    assert!(nodes[0]
+        .stderr_text()
+        .contains("event=\"duplicate_suppressed\""));
+
+    // Alike but not the same: another Message-ID, or none, is new mail.
+    let other = b"From: <s@example.org>\r\nMessage-ID: <other@example.org>\r\nSubject: again\r\n\r\nsent twice\r\n";
+    let no_id = b"From: <s@example.org>\r\nSubject: again\r\n\r\nsent twice\r\n";
+    for m in [&other[..], &no_id[..], &no_id[..]] {
+        assert_eq!(send_code(nodes[0].smtp, &[&a], m), 250);
+    }
+    let mut p = Pop3::login(nodes[1].pop3, &a, PASSWORD);
+    assert_eq!(p.stat().0, 4);
 }

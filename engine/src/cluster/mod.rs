@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Instant;
 
+pub mod duplicates;
 #[cfg(feature = "cluster")]
 pub mod etcd;
 pub mod placement;

@@ -151,7 +151,17 @@ pub struct Delivery {
     prefix: Arc<Vec<u8>>,
     body: Arc<MessageBody>,
     internal_date: i64,
+    once: Option<Once>,
     reply: oneshot::Sender<Result<(), StorageError>>,
+}
+
+/// Cluster mode: store a message once per account across a client's
+/// attempts (`cluster::duplicates`).
+#[derive(Clone, Copy)]
+pub struct Once {
+    pub identity: [u8; 32],
+    /// `[cluster] duplicate_window_secs`.
+    pub window: i64,
 }
 
 pub struct Shard {
@@ -203,6 +213,8 @@ pub struct Shard {
     sent: RefCell<HashMap<String, (i64, u32, u32)>>,
     /// What this shard counts (published once a second by `publish_metrics`).
     pub metrics: crate::metrics::ShardMetrics,
+    /// Cluster mode: what this shard stored lately, by message identity.
+    recent: Rc<RefCell<crate::cluster::duplicates::Recent>>,
     /// Per kind of refused connection (rate, address, server): the second
     /// of the last log line and the refusals not logged since.
     refusals_logged: [Cell<(i64, u32)>; 3],
@@ -231,6 +243,46 @@ impl Drop for FlushMark<'_> {
 }
 
 pub type LocalFuture<T> = Pin<Box<dyn Future<Output = T>>>;
+
+/// Store a message for `accounts` of this shard, skipping, with `once`, the
+/// accounts it was already stored for within the window (a client's second
+/// attempt after a cluster failure; `cluster::duplicates`).
+#[allow(clippy::too_many_arguments)]
+async fn store_once(
+    store: &Store,
+    recent: &RefCell<crate::cluster::duplicates::Recent>,
+    mut accounts: Vec<String>,
+    folder: Folder,
+    prefix: &[u8],
+    body: &[u8],
+    now: i64,
+    once: Option<Once>,
+) -> Result<(), StorageError> {
+    if let Some(o) = once {
+        let before = accounts.len();
+        accounts.retain(|a| !recent.borrow_mut().seen(a, &o.identity, now, o.window));
+        if accounts.len() < before {
+            tracing::info!(
+                event = "duplicate_suppressed",
+                accounts = before - accounts.len(),
+                "message already stored for the account within the duplicate window; stored once"
+            );
+        }
+        if accounts.is_empty() {
+            return Ok(());
+        }
+    }
+    store
+        .deliver_to(&accounts, folder, prefix, body, now)
+        .await?;
+    if let Some(o) = once {
+        let mut r = recent.borrow_mut();
+        for a in &accounts {
+            r.stored(a, &o.identity, now, o.window);
+        }
+    }
+    Ok(())
+}
 
 impl Shard {
     /// The configuration in force. A session that keeps the returned handle
@@ -476,7 +528,7 @@ impl Shard {
         body: MessageBody,
         now: i64,
     ) -> (Result<(), StorageError>, Option<MessageBody>) {
-        self.deliver_to(accounts, Folder::Inbox, prefix, body, now)
+        self.deliver_to(accounts, Folder::Inbox, prefix, body, now, None)
             .await
     }
 
@@ -488,6 +540,7 @@ impl Shard {
         prefix: Vec<u8>,
         body: MessageBody,
         now: i64,
+        once: Option<Once>,
     ) -> (Result<(), StorageError>, Option<MessageBody>) {
         let mut by_shard: Vec<Vec<String>> = vec![Vec::new(); self.shared.cores];
         for a in accounts {
@@ -504,13 +557,10 @@ impl Shard {
                 continue;
             }
             if s == self.id {
-                let store = self.store.clone();
+                let (store, recent) = (self.store.clone(), self.recent.clone());
                 let (p, b) = (prefix.clone(), body.clone());
                 futs.push(Box::pin(async move {
-                    store
-                        .deliver_to(&accs, folder, &p, &b, now)
-                        .await
-                        .map(|_| ())
+                    store_once(&store, &recent, accs, folder, &p, &b, now, once).await
                 }));
             } else {
                 // Batch per owner shard: every session of this executor turn
@@ -525,6 +575,7 @@ impl Shard {
                     prefix: prefix.clone(),
                     body: body.clone(),
                     internal_date: now,
+                    once,
                     reply: tx,
                 });
                 let flusher = !std::mem::replace(&mut self.flushing.borrow_mut()[s], true);
@@ -553,12 +604,19 @@ impl Shard {
             ShardMsg::Deliver(batch) => {
                 // All of them in the same group commit.
                 for d in batch {
-                    let store = self.store.clone();
+                    let (store, recent) = (self.store.clone(), self.recent.clone());
                     glommio::spawn_local(async move {
-                        let r = store
-                            .deliver_to(&d.accounts, d.folder, &d.prefix, &d.body, d.internal_date)
-                            .await
-                            .map(|_| ());
+                        let r = store_once(
+                            &store,
+                            &recent,
+                            d.accounts,
+                            d.folder,
+                            &d.prefix,
+                            &d.body,
+                            d.internal_date,
+                            d.once,
+                        )
+                        .await;
                         let _ = d.reply.send(r);
                     })
                     .detach();
@@ -932,6 +990,7 @@ pub async fn run(shared: Arc<Shared>, mesh: MeshBuilder<ShardMsg, Full>) -> Resu
         stop_waiters: RefCell::default(),
         next_session: Cell::new(0),
         relay: super::relay::Relay::new(id, shared.cores, shared.meta.buckets),
+        recent: Rc::default(),
         outbox: RefCell::new((0..shared.cores).map(|_| Vec::new()).collect()),
         flushing: RefCell::new(vec![false; shared.cores]),
         handshakes: Cell::new(0),

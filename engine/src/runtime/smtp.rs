@@ -704,7 +704,24 @@ pub async fn serve(
                     if accounts.is_empty() {
                         left = Some(body);
                     } else {
-                        let (r, b) = shard.deliver_to(&accounts, folder, prefix, body, now).await;
+                        // Cluster mode: a retry of what a failure left
+                        // stored here is stored once.
+                        let once = config
+                            .cluster
+                            .as_ref()
+                            .filter(|c| c.duplicate_window_secs > 0)
+                            .and_then(|c| {
+                                Some(super::shard::Once {
+                                    identity: crate::cluster::duplicates::identity(
+                                        &tx.reverse_path,
+                                        &body,
+                                    )?,
+                                    window: c.duplicate_window_secs as i64,
+                                })
+                            });
+                        let (r, b) = shard
+                            .deliver_to(&accounts, folder, prefix, body, now, once)
+                            .await;
                         result = r;
                         left = b;
                     }

@@ -1,0 +1,149 @@
+//! Duplicate suppression for cluster deliveries.
+//!
+//! Replication makes one failure leave a copy behind that no client was
+//! told about: the primary sends its copy to the replica, the replica makes
+//! it durable, and the primary (or the node that handed the message over)
+//! dies before the 250. The client got a 451 or a cut connection and sends
+//! the message again, now to the promoted replica, which already holds it.
+//! A partial hand-over (one node took its share, another did not) does the
+//! same on the node that took it.
+//!
+//! So a cluster node remembers, per account, what it stored in the last
+//! `[cluster] duplicate_window_secs`, and stores a message that comes again
+//! once (answering 250, as the first attempt would have). The identity of a
+//! message is the SHA-256 of its envelope sender, its Message-ID field and
+//! its body (what follows the header section): every attempt of a sending
+//! client carries the same ones, while the trace fields each hop prepends
+//! (Received:, Authentication-Results:) differ between attempts. A message
+//! without a Message-ID is never taken for a duplicate. The table lives in
+//! memory, bounded per shard; a node that restarts forgets it.
+use std::collections::{HashSet, VecDeque};
+
+use crate::mime::header;
+
+/// Entries a shard keeps at most (16 octets of key, plus the queue and
+/// table overhead: about 10 MiB). Under a load that fills it before the
+/// window ends, the oldest entries go first and the window is shorter.
+pub const ENTRIES_MAX: usize = 250_000;
+
+/// The identity of a message across a sending client's attempts, or None
+/// (no Message-ID: nothing to tell two attempts from two messages).
+pub fn identity(reverse_path: &str, message: &[u8]) -> Option<[u8; 32]> {
+    let (head, body) = header::split(message);
+    let id = header::field_value(head, b"Message-ID")?;
+    let id = id.trim_ascii();
+    if id.is_empty() {
+        return None;
+    }
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    for part in [reverse_path.as_bytes(), b"\0", id, b"\0", body] {
+        ctx.update(part);
+    }
+    let mut out = [0; 32];
+    out.copy_from_slice(ctx.finish().as_ref());
+    Some(out)
+}
+
+/// What a shard stored lately: (account, identity) keys with the second
+/// each was stored at, oldest first.
+#[derive(Default)]
+pub struct Recent {
+    order: VecDeque<(i64, u128)>,
+    keys: HashSet<u128>,
+}
+
+fn key(account: &str, identity: &[u8; 32]) -> u128 {
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    ctx.update(identity);
+    ctx.update(account.as_bytes());
+    let d = ctx.finish();
+    let mut k = [0; 16];
+    k.copy_from_slice(&d.as_ref()[..16]);
+    u128::from_le_bytes(k)
+}
+
+impl Recent {
+    /// Drop what is older than `window` seconds at `now`.
+    fn expire(&mut self, now: i64, window: i64) {
+        while let Some(&(at, k)) = self.order.front() {
+            if at > now - window && self.order.len() <= ENTRIES_MAX {
+                break;
+            }
+            self.order.pop_front();
+            self.keys.remove(&k);
+        }
+    }
+
+    /// Was this message stored for `account` in the last `window` seconds?
+    pub fn seen(&mut self, account: &str, identity: &[u8; 32], now: i64, window: i64) -> bool {
+        self.expire(now, window);
+        self.keys.contains(&key(account, identity))
+    }
+
+    /// This message is durable for `account`.
+    pub fn stored(&mut self, account: &str, identity: &[u8; 32], now: i64, window: i64) {
+        let k = key(account, identity);
+        if self.keys.insert(k) {
+            self.order.push_back((now, k));
+        }
+        self.expire(now, window);
+    }
+
+    pub fn len(&self) -> usize {
+        self.order.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.order.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const M: &[u8] = b"Message-ID: <a@x>\r\nSubject: s\r\n\r\nbody\r\n";
+
+    #[test]
+    fn identity_ignores_prepended_trace_fields_only() {
+        let base = identity("s@x", M).unwrap();
+        let traced = [
+            b"Received: from a by b; now\r\nAuthentication-Results: h; none\r\n",
+            M,
+        ]
+        .concat();
+        assert_eq!(identity("s@x", &traced), Some(base));
+        assert_ne!(identity("t@x", M), Some(base), "another sender");
+        let other_body = b"Message-ID: <a@x>\r\nSubject: s\r\n\r\nbody2\r\n";
+        assert_ne!(identity("s@x", other_body), Some(base));
+        let other_id = b"Message-ID: <b@x>\r\nSubject: s\r\n\r\nbody\r\n";
+        assert_ne!(identity("s@x", other_id), Some(base));
+        assert_eq!(identity("s@x", b"Subject: s\r\n\r\nbody\r\n"), None);
+        assert_eq!(identity("s@x", b"Message-ID:  \r\n\r\nbody\r\n"), None);
+    }
+
+    #[test]
+    fn remembers_per_account_within_the_window() {
+        let id = identity("s@x", M).unwrap();
+        let mut r = Recent::default();
+        assert!(!r.seen("a@x", &id, 100, 60));
+        r.stored("a@x", &id, 100, 60);
+        assert!(r.seen("a@x", &id, 159, 60));
+        assert!(!r.seen("b@x", &id, 159, 60), "another account");
+        assert!(!r.seen("a@x", &id, 160, 60), "the window ended");
+        assert!(r.is_empty());
+    }
+
+    #[test]
+    fn bounded() {
+        let mut r = Recent::default();
+        for i in 0..ENTRIES_MAX + 10 {
+            let mut id = [0; 32];
+            id[..8].copy_from_slice(&(i as u64).to_le_bytes());
+            r.stored("a@x", &id, 1, 3600);
+        }
+        assert_eq!(r.len(), ENTRIES_MAX);
+        assert_eq!(r.keys.len(), ENTRIES_MAX);
+        assert!(!r.seen("a@x", &[0; 32], 1, 3600), "the oldest went first");
+    }
+}
