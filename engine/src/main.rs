@@ -297,8 +297,12 @@ enum ClusterAction {
         #[arg(long)]
         move_primaries: bool,
     },
-    /// Which bucket an address's account is in, and the nodes that hold it.
-    Locate { address: String },
+    /// Which bucket each address's account is in, and the nodes that hold
+    /// it (one block of three lines per address).
+    Locate {
+        #[arg(required = true)]
+        addresses: Vec<String>,
+    },
     /// Give a node no buckets (its primaries go to their replicas, which
     /// hold every acknowledged delivery), to take it out of service.
     Drain {
@@ -637,10 +641,13 @@ fn run(cli: Cli) -> Result<(), String> {
                     ClusterAction::Drain { node, undo } => {
                         ringmail::cluster::etcd::drain(cluster, &node, undo)?
                     }
-                    ClusterAction::Locate { address } => {
-                        let account =
-                            ringmail::accounts::canonical(&address).map_err(|e| e.to_string())?;
-                        ringmail::cluster::etcd::locate(cluster, &account)?
+                    ClusterAction::Locate { addresses } => {
+                        let accounts = addresses
+                            .iter()
+                            .map(|a| ringmail::accounts::canonical(a))
+                            .collect::<Result<Vec<_>, _>>()
+                            .map_err(|e| e.to_string())?;
+                        ringmail::cluster::etcd::locate(cluster, &accounts)?
                     }
                 };
                 print!("{out}");

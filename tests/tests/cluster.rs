@@ -343,75 +343,122 @@ fn mapped_cluster_with(
     nodes
 }
 
+/// A message of the 10,000 the big test sends (the same as
+/// `py/cluster_read.py` expects): message `i` goes to account `i % n`.
+fn big_message(i: usize, n: usize) -> String {
+    let body: String = (0..i % 7 + 1)
+        .map(|j| format!("line {j} of message {i}\r\n"))
+        .collect();
+    format!(
+        "From: <s@example.org>\r\nTo: <u{}@example.test>\r\nMessage-ID: <m{i}@example.org>\r\nSubject: m{i}\r\n\r\n{body}",
+        i % n
+    )
+}
+
 #[test]
 fn mail_sent_to_any_node_is_stored_on_the_buckets_primary() {
     let Some(etcd) = etcd() else { return };
-    let accounts: Vec<String> = (0..30).map(|i| format!("u{i}@example.test")).collect();
+    const ACCOUNTS: usize = 1000;
+    const MESSAGES: usize = 10_000;
+    let accounts: Vec<String> = (0..ACCOUNTS)
+        .map(|i| format!("u{i}@example.test"))
+        .collect();
     let ids = ["n1", "n2", "n3"];
     let nodes = mapped_cluster(&etcd, "m", &ids, &accounts);
 
-    // 300 messages, each to one account, through the three nodes in turn.
-    let message = |i: usize| {
-        format!(
-            "From: <s@example.org>\r\nMessage-ID: <m{i}@example.org>\r\nSubject: m{i}\r\n\r\nmessage {i}\r\n"
-        )
-    };
-    for i in 0..300 {
-        let rcpt = &accounts[i % accounts.len()];
-        smtp_send(
-            nodes[i % 3].smtp,
-            "s@example.org",
-            &[rcpt],
-            message(i).as_bytes(),
-        );
+    // 10,000 messages, each to one account, round-robin through the three
+    // nodes: message i through node i % 3, four connections per node.
+    let sent = Instant::now();
+    let senders: Vec<_> = (0..12)
+        .map(|t| {
+            let (addr, accts) = (nodes[t % 3].smtp, accounts.clone());
+            std::thread::spawn(move || {
+                let (mut c, _) = smtp_connect(addr);
+                for i in (t..MESSAGES).step_by(12) {
+                    let r = smtp_transaction(
+                        &mut c,
+                        "s@example.org",
+                        &[&accts[i % ACCOUNTS]],
+                        big_message(i, ACCOUNTS).as_bytes(),
+                        Transfer::Data,
+                    )
+                    .unwrap_or_else(|e| panic!("message {i}: {e}"));
+                    assert_eq!(r.code, 250, "message {i}: {r:?}");
+                }
+            })
+        })
+        .collect();
+    for s in senders {
+        s.join().unwrap();
     }
+    eprintln!(
+        "{MESSAGES} messages through three nodes in {:?}",
+        sent.elapsed()
+    );
 
-    // Every account's mail, read through every node (the others relay the
-    // session to the primary), all of it, intact.
-    let mut per_node = [0usize; 3];
+    // Every message, read with Python's imaplib through every node (the
+    // others relay the session to the primary), intact and byte-identical
+    // whichever node serves it.
+    let read = Instant::now();
+    let ports = nodes
+        .iter()
+        .map(|n| n.imap.port().to_string())
+        .collect::<Vec<_>>()
+        .join(",");
+    let out = run_python(
+        "cluster_read.py",
+        &[
+            "127.0.0.1".into(),
+            ports,
+            ACCOUNTS.to_string(),
+            MESSAGES.to_string(),
+            PASSWORD.into(),
+        ],
+    );
+    assert!(out.contains("ok sessions=3000 messages=30000"), "{out}");
+    eprintln!("read through every node in {:?}", read.elapsed());
+
+    // Where each message was stored, and its trace: the first accounts
+    // through POP3 on the node they were sent through.
+    let index = |id: &str| ids.iter().position(|i| *i == id).unwrap();
+    let placed: Vec<(usize, usize)> = locate(&nodes[0], &accounts)
+        .iter()
+        .map(|(p, r)| (index(p), index(r)))
+        .collect();
     let mut copies = [0usize; 3];
-    for (k, account) in accounts.iter().enumerate() {
-        let at = ids
-            .iter()
-            .position(|id| *id == primary_of(&nodes[0], account))
-            .unwrap();
-        let rep = ids
-            .iter()
-            .position(|id| *id == replica_of(&nodes[0], account))
-            .unwrap();
+    for &(at, rep) in &placed {
         assert_ne!(at, rep);
-        per_node[at] += 1;
-        copies[at] += 1;
-        copies[rep] += 1;
-        for node in &nodes {
-            let mut p = Pop3::login(node.pop3, account, PASSWORD);
-            let (count, _) = p.stat();
-            assert_eq!(count, 10, "{account} through {}", node.smtp);
-            let mut want: Vec<usize> = (0..300).filter(|i| i % 30 == k).collect();
-            for n in 1..=count {
-                let m = p.retr(n);
-                let i = want
-                    .iter()
-                    .position(|&i| m.ends_with(message(i).as_bytes()))
-                    .unwrap_or_else(|| panic!("{}", String::from_utf8_lossy(&m)));
-                want.remove(i);
-                // Every message to account k went through node k % 3: one
-                // Received: when that is its primary, two when handed over.
-                let text = String::from_utf8_lossy(&m);
-                assert!(
-                    text.starts_with("Return-Path: <s@example.org>\r\n"),
-                    "{text}"
-                );
-                let hops = if at == k % 3 { 1 } else { 2 };
-                assert_eq!(text.matches("Received: ").count(), hops, "{text}");
-                // The hand-over between nodes ran over TLS.
-                assert_eq!(text.matches(" with ESMTPS id ").count(), hops - 1, "{text}");
-            }
-            assert!(want.is_empty(), "missing {want:?}");
-            p.ok("QUIT");
-        }
+        copies[at] += MESSAGES / ACCOUNTS;
+        copies[rep] += MESSAGES / ACCOUNTS;
     }
-    assert!(per_node.iter().all(|&n| n > 0), "{per_node:?}");
+    for (k, account) in accounts.iter().enumerate().take(30) {
+        let at = placed[k].0;
+        let mut p = Pop3::login(nodes[k % 3].pop3, account, PASSWORD);
+        let (count, _) = p.stat();
+        assert_eq!(count, MESSAGES / ACCOUNTS, "{account}");
+        for n in 1..=count {
+            let m = p.retr(n);
+            let text = String::from_utf8_lossy(&m);
+            let i: usize = text
+                .split("Message-ID: <m")
+                .nth(1)
+                .and_then(|r| r.split('@').next())
+                .and_then(|i| i.parse().ok())
+                .unwrap_or_else(|| panic!("{text}"));
+            assert!(m.ends_with(big_message(i, ACCOUNTS).as_bytes()), "{text}");
+            assert!(
+                text.starts_with("Return-Path: <s@example.org>\r\n"),
+                "{text}"
+            );
+            // One Received: when the node it was sent through is its
+            // primary, two when handed over, that hop over TLS.
+            let hops = if at == i % 3 { 1 } else { 2 };
+            assert_eq!(text.matches("Received: ").count(), hops, "{text}");
+            assert_eq!(text.matches(" with ESMTPS id ").count(), hops - 1, "{text}");
+        }
+        p.ok("QUIT");
+    }
+    assert!(copies.iter().all(|&n| n > 0), "{copies:?}");
 
     // Stored twice, on the primary and on the replica: count what each
     // data directory holds.
@@ -428,26 +475,43 @@ fn mail_sent_to_any_node_is_stored_on_the_buckets_primary() {
         );
         assert_ok(&out, "inspect");
         let stored: usize = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
-        assert_eq!(stored, copies[j] * 10, "node {}", ids[j]);
+        assert_eq!(stored, copies[j], "node {}", ids[j]);
     }
 }
 
 /// The id of the node that is `account`'s primary (`ringmail cluster locate`).
 fn primary_of(server: &Server, account: &str) -> String {
-    located(server, account, "primary ")
+    locate(server, &[account])[0].0.clone()
 }
 
 fn replica_of(server: &Server, account: &str) -> String {
-    located(server, account, "replica ")
+    locate(server, &[account])[0].1.clone()
 }
 
-fn located(server: &Server, account: &str, role: &str) -> String {
-    let loc = cluster_cmd(server, &["locate", account]);
-    loc.lines()
-        .find_map(|l| l.strip_prefix(role))
-        .and_then(|l| l.split_whitespace().next())
-        .unwrap_or_else(|| panic!("{loc}"))
-        .to_string()
+/// (primary, replica) of each account, from one `ringmail cluster locate`.
+fn locate<S: AsRef<str>>(server: &Server, accounts: &[S]) -> Vec<(String, String)> {
+    let mut args = vec!["locate"];
+    args.extend(accounts.iter().map(|a| a.as_ref()));
+    let loc = cluster_cmd(server, &args);
+    let role = |l: &str, role: &str| {
+        l.strip_prefix(role)
+            .and_then(|l| l.split_whitespace().next())
+            .unwrap_or_else(|| panic!("{loc}"))
+            .to_string()
+    };
+    let lines: Vec<&str> = loc.lines().collect();
+    assert_eq!(lines.len(), 3 * accounts.len(), "{loc}");
+    lines
+        .chunks(3)
+        .zip(accounts)
+        .map(|(block, a)| {
+            assert!(
+                block[0].starts_with(&format!("account {} ", a.as_ref())),
+                "{loc}"
+            );
+            (role(block[1], "primary "), role(block[2], "replica "))
+        })
+        .collect()
 }
 
 /// Python's imaplib through a node that is not the account's primary:
@@ -775,4 +839,135 @@ fn a_message_sent_again_after_a_partial_failure_is_stored_once() {
     }
     let mut p = Pop3::login(nodes[1].pop3, &a, PASSWORD);
     assert_eq!(p.stat().0, 4);
+}
+
+/// An IMAP session logged in to `account` through `addr`, in IDLE on INBOX.
+fn idling(addr: SocketAddr, account: &str) -> Client {
+    let mut c = Client::connect(addr);
+    c.set_read_timeout(Duration::from_secs(30));
+    assert!(c.line().starts_with("* OK"));
+    c.send(format!("a LOGIN {account} {PASSWORD}\r\nb SELECT INBOX\r\nc IDLE\r\n").as_bytes());
+    loop {
+        let l = c.line();
+        assert!(!l.starts_with("a NO") && !l.starts_with("b NO"), "{l}");
+        if l.starts_with("+ ") {
+            return c;
+        }
+    }
+}
+
+/// Wait for the `* BYE` that ends an IDLE, reading past what the IDLE
+/// reports meanwhile (EXISTS of new mail); then the connection closes.
+fn bye_of(c: &mut Client) -> String {
+    loop {
+        let l = c.line();
+        if l.starts_with("* BYE") {
+            assert!(
+                c.try_read_line().map_or(true, |l| l.is_empty()),
+                "still open"
+            );
+            return l;
+        }
+        assert!(l.starts_with("* ") && !l.starts_with("* NO"), "{l}");
+    }
+}
+
+/// `ringmail cluster drain` while mail keeps arriving: the drained node's
+/// buckets go to their replicas, which hold every acknowledged message;
+/// the sessions of the moved accounts end with BYE (served there, and
+/// relayed through another node), and a new connection reaches the new
+/// primary; nothing acknowledged is lost or stored twice.
+#[test]
+fn a_drain_under_load_moves_accounts_and_their_sessions() {
+    let Some(etcd) = etcd() else { return };
+    let accounts: Vec<String> = (0..20).map(|i| format!("r{i}@example.test")).collect();
+    let ids = ["n1", "n2", "n3"];
+    let nodes = mapped_cluster(&etcd, "r", &ids, &accounts);
+    let moving = accounts
+        .iter()
+        .find(|a| primary_of(&nodes[0], a) == "n3")
+        .expect("an account on n3")
+        .clone();
+    let message =
+        |i: usize| format!("Message-ID: <r{i}@example.org>\r\nSubject: r{i}\r\n\r\nload {i}\r\n");
+    for i in 0..40 {
+        let rcpt = &accounts[i % accounts.len()];
+        assert!(try_send(nodes[i % 3].smtp, rcpt, message(i).as_bytes()));
+    }
+
+    // Sessions of an account n3 serves: on n3 itself, relayed through n1,
+    // and a POP3 session on n3.
+    let mut local = idling(nodes[2].imap, &moving);
+    let mut relayed = idling(nodes[0].imap, &moving);
+    let mut pop = Pop3::login(nodes[2].pop3, &moving, PASSWORD);
+    assert_eq!(pop.stat().0, 2);
+
+    // Senders keep going through n1 and n2 while n3 is drained.
+    let sent = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(40));
+    let progress = sent.clone();
+    let (senders, accts) = ([nodes[0].smtp, nodes[1].smtp], accounts.clone());
+    let load = std::thread::spawn(move || {
+        for i in 40..240 {
+            let deadline = Instant::now() + Duration::from_secs(40);
+            while !try_send(
+                senders[i % 2],
+                &accts[i % accts.len()],
+                message(i).as_bytes(),
+            ) {
+                assert!(Instant::now() < deadline, "message {i} never acknowledged");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            progress.store(i + 1, std::sync::atomic::Ordering::Release);
+        }
+    });
+    while sent.load(std::sync::atomic::Ordering::Acquire) < 100 {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let out = cluster_cmd(&nodes[0], &["drain", "n3"]);
+    assert!(out.contains("n3 drained"), "{out}");
+    let drained = Instant::now();
+    for c in [&mut local, &mut relayed] {
+        let bye = bye_of(c);
+        assert!(
+            bye.contains("[UNAVAILABLE]") && bye.contains("moved"),
+            "{bye}"
+        );
+    }
+    eprintln!("sessions ended {:?} after the drain", drained.elapsed());
+    // Sent as the session ended; a client reads it as the answer to its
+    // next command.
+    let r = pop.c.line();
+    assert!(
+        r.starts_with("-ERR [SYS/TEMP]") && r.contains("moved"),
+        "{r}"
+    );
+    load.join().unwrap();
+    assert_ne!(primary_of(&nodes[0], &moving), "n3");
+    let status = cluster_cmd(&nodes[0], &["status"]);
+    assert_eq!(counts(&status, "n3"), (0, 0), "{status}");
+
+    // Every message, once, through every node (n3 relays now too).
+    for (k, account) in accounts.iter().enumerate() {
+        for node in &nodes {
+            let mut p = Pop3::login(node.pop3, account, PASSWORD);
+            let (count, _) = p.stat();
+            let mut seen = std::collections::BTreeMap::new();
+            for n in 1..=count {
+                let m = String::from_utf8_lossy(&p.retr(n)).into_owned();
+                let i: usize = m
+                    .split("Subject: r")
+                    .nth(1)
+                    .and_then(|r| r.split("\r\n").next())
+                    .and_then(|i| i.parse().ok())
+                    .unwrap_or_else(|| panic!("{m}"));
+                *seen.entry(i).or_insert(0) += 1;
+            }
+            let want: std::collections::BTreeMap<usize, i32> = (0..240)
+                .filter(|i| i % accounts.len() == k)
+                .map(|i| (i, 1))
+                .collect();
+            assert_eq!(seen, want, "{account} through {}", node.pop3);
+            p.ok("QUIT");
+        }
+    }
 }

@@ -598,8 +598,9 @@ pub fn drain(cfg: &Cluster, node: &str, undo: bool) -> Result<String, String> {
     })
 }
 
-/// `ringmail cluster locate`: an account's bucket, its primary and replica.
-pub fn locate(cfg: &Cluster, account: &str) -> Result<String, String> {
+/// `ringmail cluster locate`: each account's bucket, its primary and
+/// replica, from one read of the map.
+pub fn locate(cfg: &Cluster, accounts: &[String]) -> Result<String, String> {
     block_on(async {
         let keys = Keys::new(&cfg.name);
         let mut client = connect(cfg).await?;
@@ -607,7 +608,6 @@ pub fn locate(cfg: &Cluster, account: &str) -> Result<String, String> {
         let Some((map, version)) = &view.placement else {
             return Err("no placement yet (run `ringmail cluster rebalance`)".into());
         };
-        let bucket = crate::storage::bucket_of(account, map.buckets);
         let node = |id: Option<&str>| match id {
             None => "none".to_string(),
             Some(id) => match view.members.get(id) {
@@ -615,11 +615,16 @@ pub fn locate(cfg: &Cluster, account: &str) -> Result<String, String> {
                 None => format!("{id} (gone)"),
             },
         };
-        Ok(format!(
-            "account {account} bucket={bucket} version={version}\nprimary {}\nreplica {}\n",
-            node(map.primary_of(bucket)),
-            node(map.replica_of(bucket)),
-        ))
+        let mut out = String::new();
+        for account in accounts {
+            let bucket = crate::storage::bucket_of(account, map.buckets);
+            out.push_str(&format!(
+                "account {account} bucket={bucket} version={version}\nprimary {}\nreplica {}\n",
+                node(map.primary_of(bucket)),
+                node(map.replica_of(bucket)),
+            ));
+        }
+        Ok(out)
     })
 }
 

@@ -53,6 +53,21 @@ impl Shard {
         })
     }
 
+    /// Is this node where `account`'s mailboxes are served: its bucket's
+    /// primary (or no cluster, or no map yet)? A session whose account
+    /// moved away is ended, so that its client connects again and reaches
+    /// the new primary (`Shard::end_moved_sessions`).
+    pub fn serves(&self, account: &str) -> bool {
+        self.mapped()
+            .is_none_or(|m| m.map().primary_of(self.bucket(account)) == Some(m.me))
+    }
+
+    /// The map's version, if there is one.
+    pub fn map_version(&self) -> Option<i64> {
+        self.mapped()
+            .and_then(|m| m.view.placement.as_ref().map(|(_, v)| *v))
+    }
+
     /// The storage bucket of an account.
     pub fn bucket(&self, account: &str) -> u32 {
         crate::storage::bucket_of(account, self.shared.meta.buckets)

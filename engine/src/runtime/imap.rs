@@ -570,12 +570,15 @@ async fn read_more(s: &mut Session, conn: &mut Conn, fd: i32) -> bool {
         let _ = conn.write_all(b"* BYE Server shutting down\r\n").await;
         return false;
     }
+    if moved_away(&s.shard, &s.m.account, conn).await {
+        return false;
+    }
     let timeout = if s.m.account.is_some() {
         IMAP_IDLE_TIMEOUT
     } else {
         IMAP_PREAUTH_TIMEOUT
     };
-    s.shard.set_idle(fd, true);
+    s.shard.set_idle_as(fd, s.m.account.as_deref());
     let r = conn.fill(timeout).await;
     s.shard.set_idle(fd, false);
     match r {
@@ -589,9 +592,27 @@ async fn read_more(s: &mut Session, conn: &mut Conn, fd: i32) -> bool {
         ReadOutcome::Eof | ReadOutcome::Failed(_) => {
             if s.shard.stopping() {
                 let _ = conn.write_all(b"* BYE Server shutting down\r\n").await;
+            } else {
+                moved_away(&s.shard, &s.m.account, conn).await;
             }
             false
         }
+    }
+}
+
+/// Cluster mode: has the account's bucket moved to another node since the
+/// session logged in? Then its mailboxes are served there (and changed
+/// there): say BYE, so that the client connects again and is relayed to
+/// the new primary (RFC 5530 UNAVAILABLE). True: the session is over.
+async fn moved_away(shard: &Shard, account: &Option<String>, conn: &mut Conn) -> bool {
+    match account {
+        Some(a) if !shard.serves(a) => {
+            let _ = conn
+                .write_all(b"* BYE [UNAVAILABLE] Account moved to another node, connect again\r\n")
+                .await;
+            true
+        }
+        _ => false,
     }
 }
 
@@ -711,6 +732,9 @@ impl Session {
                 let _ = conn.write_all(b"* BYE Server shutting down\r\n").await;
                 return false;
             }
+            if moved_away(&self.shard, &self.m.account, conn).await {
+                return false;
+            }
             conn.shrink();
             self.m.out.buf.shrink_to(1024);
             let watch = self
@@ -718,7 +742,7 @@ impl Session {
                 .store
                 .watch(self.m.account.as_deref().unwrap_or_default());
             let stop = self.shard.on_stop();
-            self.shard.set_idle(fd, true);
+            self.shard.set_idle_as(fd, self.m.account.as_deref());
             let outcome = {
                 let read = conn.fill(IMAP_IDLE_TIMEOUT);
                 futures::pin_mut!(read);
@@ -741,6 +765,8 @@ impl Session {
                 Some(_) => {
                     if self.shard.stopping() {
                         let _ = conn.write_all(b"* BYE Server shutting down\r\n").await;
+                    } else {
+                        moved_away(&self.shard, &self.m.account, conn).await;
                     }
                     return false;
                 }

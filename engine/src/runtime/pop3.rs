@@ -168,7 +168,20 @@ async fn run(
                         .await;
                     return;
                 }
-                shard.set_idle(fd, true);
+                let account = maildrop.as_ref().map(|m| m.account.as_str());
+                // Cluster mode: the maildrop moved to another node (its
+                // bucket did); the session ends without UPDATE, so nothing
+                // is deleted here, and the client's next connection is
+                // relayed to the new primary.
+                if account.is_some_and(|a| !shard.serves(a)) {
+                    let _ = conn
+                        .write_all(
+                            b"-ERR [SYS/TEMP] maildrop moved to another node, connect again\r\n",
+                        )
+                        .await;
+                    return;
+                }
+                shard.set_idle_as(fd, account);
                 let r = conn.fill(idle_timeout).await;
                 shard.set_idle(fd, false);
                 match r {
@@ -178,6 +191,10 @@ async fn run(
                         if shard.stopping() {
                             let _ = conn
                                 .write_all(b"-ERR [SYS/TEMP] server shutting down\r\n")
+                                .await;
+                        } else if account.is_some_and(|a| !shard.serves(a)) {
+                            let _ = conn
+                                .write_all(b"-ERR [SYS/TEMP] maildrop moved to another node, connect again\r\n")
                                 .await;
                         }
                         return;

@@ -185,6 +185,11 @@ pub struct Shard {
     argon2_slots: glommio::sync::Semaphore,
     /// Connections waiting for a client command, interrupted at shutdown.
     idle: RefCell<HashSet<i32>>,
+    /// Cluster mode: the account of each idle IMAP/POP3 session that is
+    /// logged in here, and the map version last checked against them
+    /// (`Shard::end_moved_sessions`).
+    idle_accounts: RefCell<HashMap<i32, String>>,
+    checked_map: Cell<Option<i64>>,
     pub connections: Cell<usize>,
     stopping: Cell<bool>,
     stop_waiters: RefCell<Vec<oneshot::Sender<()>>>,
@@ -367,6 +372,49 @@ impl Shard {
             self.idle.borrow_mut().insert(fd);
         } else {
             self.idle.borrow_mut().remove(&fd);
+            if self.shared.cluster.is_some() {
+                self.idle_accounts.borrow_mut().remove(&fd);
+            }
+        }
+    }
+
+    /// [`Shard::set_idle`] for a session logged in to `account` here: in
+    /// cluster mode, its wait ends when the account's bucket moves away.
+    pub fn set_idle_as(&self, fd: i32, account: Option<&str>) {
+        if let (Some(a), Some(_)) = (account, &self.shared.cluster) {
+            self.idle_accounts.borrow_mut().insert(fd, a.to_string());
+        }
+        self.set_idle(fd, true);
+    }
+
+    /// Cluster mode, after the bucket map changed: wake the idle sessions
+    /// of accounts this node no longer serves (their read ends; they see
+    /// `Shard::serves` false, say BYE and close, and the client's next
+    /// connection reaches the new primary). Sessions busy with a command
+    /// check before their next wait.
+    pub fn end_moved_sessions(&self) {
+        let version = self.map_version();
+        if version == self.checked_map.get() {
+            return;
+        }
+        self.checked_map.set(version);
+        let moved: Vec<i32> = self
+            .idle_accounts
+            .borrow()
+            .iter()
+            .filter(|(_, a)| !self.serves(a))
+            .map(|(fd, _)| *fd)
+            .collect();
+        if !moved.is_empty() {
+            tracing::info!(
+                sessions = moved.len(),
+                "cluster: accounts moved to another node; ending their sessions here"
+            );
+        }
+        for fd in moved {
+            // SAFETY: fds in `idle_accounts` are open sockets owned by live
+            // connection tasks of this shard (removed before they close).
+            unsafe { libc::shutdown(fd, libc::SHUT_RD) };
         }
     }
 
@@ -985,6 +1033,8 @@ pub async fn run(shared: Arc<Shared>, mesh: MeshBuilder<ShardMsg, Full>) -> Resu
         auth_key: Default::default(),
         argon2_slots: glommio::sync::Semaphore::new(crate::limits::ARGON2_VERIFY_PER_SHARD),
         idle: RefCell::default(),
+        idle_accounts: RefCell::default(),
+        checked_map: Cell::new(None),
         connections: Cell::new(0),
         stopping: Cell::new(false),
         stop_waiters: RefCell::default(),
@@ -1287,6 +1337,7 @@ pub async fn publish_metrics(shard: Rc<Shard>) {
             .shared
             .published
             .publish(shard.id, shard.metrics.snapshot(storage));
+        shard.end_moved_sessions();
         let stop = shard.on_stop();
         let tick = glommio::timer::sleep(Duration::from_secs(1));
         futures::pin_mut!(tick);
