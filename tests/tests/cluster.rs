@@ -971,3 +971,98 @@ fn a_drain_under_load_moves_accounts_and_their_sessions() {
         }
     }
 }
+
+/// Log in to `account` over IMAP through `addr` from the loopback address
+/// `from`; the tagged answer.
+fn imap_login_from(
+    from: std::net::Ipv4Addr,
+    addr: SocketAddr,
+    account: &str,
+    pw: &str,
+) -> (Client, String) {
+    let mut c = Client::from_stream(connect_from(from, addr));
+    let greeting = c.line();
+    assert!(greeting.starts_with("* OK"), "{from}: {greeting}");
+    c.send(format!("a LOGIN {account} {pw}\r\n").as_bytes());
+    loop {
+        let l = c.line();
+        if l.starts_with("a ") {
+            return (c, l);
+        }
+    }
+}
+
+/// The account's node sees every session relayed to it coming from the
+/// relaying node's address: that address is not held to the per-address
+/// connection cap, nor counted, banned or locked out by failed logins
+/// there (its clients are throttled by their own addresses where they
+/// connect).
+#[test]
+fn relayed_sessions_are_not_capped_or_banned_by_the_relaying_address() {
+    let Some(etcd) = etcd() else { return };
+    let accounts: Vec<String> = (0..20).map(|i| format!("c{i}@example.test")).collect();
+    let ids = ["n1", "n2"];
+    let extra = "[limits]\nconnections_per_address_max = 2\n[auth_throttle]\nban_after_failures = 2\naccount_lock_after_failures = 2\nfailure_delay_ms = 10\nfailure_delay_max_ms = 50\n";
+    let nodes = mapped_cluster_with(&etcd, "c", &ids, &accounts, extra);
+    let on_n2: Vec<&String> = accounts
+        .iter()
+        .filter(|a| primary_of(&nodes[0], a) == "n2")
+        .take(2)
+        .collect();
+    assert_eq!(on_n2.len(), 2);
+
+    // Four clients, each from its own address, through n1: n2 holds four
+    // sessions from n1's address, twice its per-address cap.
+    let mut held = Vec::new();
+    for i in 0..4u8 {
+        let from = std::net::Ipv4Addr::new(127, 0, 0, 10 + i);
+        let (c, answer) = imap_login_from(from, nodes[0].imap, on_n2[0], PASSWORD);
+        assert!(answer.starts_with("a OK"), "client {i}: {answer}");
+        held.push(c);
+    }
+    // The cap still holds for a client's own address.
+    let from = std::net::Ipv4Addr::new(127, 0, 0, 20);
+    let _one = imap_login_from(from, nodes[1].imap, on_n2[1], PASSWORD);
+    let _two = imap_login_from(from, nodes[1].imap, on_n2[1], PASSWORD);
+    let mut third = Client::from_stream(connect_from(from, nodes[1].imap));
+    assert!(third.line().starts_with("* BYE"), "over the cap");
+
+    // The password changed on n2 only: logins relayed there fail, again
+    // and again, past n2's ban and lock thresholds; n1's address is not
+    // banned for it, and the other account still logs in through n1.
+    let out = ringmail(
+        &[
+            "account",
+            "passwd",
+            on_n2[0],
+            "--data",
+            nodes[1].data.to_str().unwrap(),
+        ],
+        "changed-on-n2\n",
+    );
+    assert_ok(&out, "account passwd");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let (mut refused, mut attempt) = (0, 0);
+    while refused < 4 {
+        // Each attempt from an address of its own (n1 caps them too).
+        attempt += 1;
+        let from = std::net::Ipv4Addr::new(127, 0, 1, attempt);
+        let (_, answer) = imap_login_from(from, nodes[0].imap, on_n2[0], PASSWORD);
+        if answer.starts_with("a NO") {
+            refused += 1;
+        } else {
+            // n2 has not reloaded its account file yet.
+            assert!(Instant::now() < deadline, "{answer}");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+    let from = std::net::Ipv4Addr::new(127, 0, 0, 40);
+    let (_, answer) = imap_login_from(from, nodes[0].imap, on_n2[1], PASSWORD);
+    assert!(answer.starts_with("a OK"), "{answer}");
+    let (_, answer) = imap_login_from(from, nodes[0].imap, on_n2[0], "changed-on-n2");
+    // n1 still has the old password: refused there, by the client's address.
+    assert!(answer.starts_with("a NO"), "{answer}");
+    assert!(!nodes[1]
+        .stderr_text()
+        .contains("address banned after failed logins"));
+}

@@ -88,7 +88,18 @@ pub struct Limiter {
 /// travels with a connection moved to another shard.
 pub struct Permit {
     limiter: Arc<Limiter>,
-    slot: usize,
+    /// The per-address slot counted, if any (see [`Limiter::admit`]).
+    slot: Option<usize>,
+}
+
+/// What a new connection is exempt from.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Exempt {
+    /// The per-minute connection rate (`[limits] rate_exempt`, cluster members).
+    pub rate: bool,
+    /// The per-address cap on open connections: another node of the
+    /// cluster, whose relayed sessions all come from its address.
+    pub per_address: bool,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -120,10 +131,10 @@ impl Limiter {
         })
     }
 
-    /// Admit a new connection from `ip`; `rate_exempt`: not subject to the
-    /// per-minute connection rate.
-    pub fn admit(self: &Arc<Self>, ip: IpAddr, rate_exempt: bool) -> Result<Permit, Refusal> {
-        if !rate_exempt && !self.connection_rate.charge(ip, 1, minute_now()) {
+    /// Admit a new connection from `ip`, minus what it is `exempt` from
+    /// (the server-wide cap applies to every connection).
+    pub fn admit(self: &Arc<Self>, ip: IpAddr, exempt: Exempt) -> Result<Permit, Refusal> {
+        if !exempt.rate && !self.connection_rate.charge(ip, 1, minute_now()) {
             return Err(Refusal::AddressRate);
         }
         let slot = match ip {
@@ -135,6 +146,12 @@ impl Limiter {
             self.total.fetch_sub(1, Ordering::AcqRel);
             return Err(Refusal::ServerFull);
         }
+        if exempt.per_address {
+            return Ok(Permit {
+                limiter: self.clone(),
+                slot: None,
+            });
+        }
         if self.slots[slot].fetch_add(1, Ordering::AcqRel)
             >= self.per_address_max.load(Ordering::Relaxed)
         {
@@ -144,7 +161,7 @@ impl Limiter {
         }
         Ok(Permit {
             limiter: self.clone(),
-            slot,
+            slot: Some(slot),
         })
     }
 
@@ -173,7 +190,9 @@ impl Limiter {
 
 impl Drop for Permit {
     fn drop(&mut self) {
-        self.limiter.slots[self.slot].fetch_sub(1, Ordering::AcqRel);
+        if let Some(slot) = self.slot {
+            self.limiter.slots[slot].fetch_sub(1, Ordering::AcqRel);
+        }
         self.limiter.total.fetch_sub(1, Ordering::AcqRel);
     }
 }
@@ -182,19 +201,45 @@ impl Drop for Permit {
 mod tests {
     use super::*;
 
+    const NONE: Exempt = Exempt {
+        rate: false,
+        per_address: false,
+    };
+
     #[test]
     fn limits_total_and_per_address() {
         let l = Limiter::new(3, 2);
         let a: IpAddr = "10.0.0.1".parse().unwrap();
         let b: IpAddr = "10.0.0.2".parse().unwrap();
-        let p1 = l.admit(a, false).unwrap();
-        let _p2 = l.admit(a, false).unwrap();
-        assert_eq!(l.admit(a, false).err(), Some(Refusal::AddressFull));
-        let _p3 = l.admit(b, false).unwrap();
-        assert_eq!(l.admit(b, false).err(), Some(Refusal::ServerFull));
+        let p1 = l.admit(a, NONE).unwrap();
+        let _p2 = l.admit(a, NONE).unwrap();
+        assert_eq!(l.admit(a, NONE).err(), Some(Refusal::AddressFull));
+        let _p3 = l.admit(b, NONE).unwrap();
+        assert_eq!(l.admit(b, NONE).err(), Some(Refusal::ServerFull));
         drop(p1);
-        let _p4 = l.admit(a, false).unwrap();
+        let p4 = l.admit(a, NONE).unwrap();
         assert_eq!(l.total(), 3);
+        drop(p4);
+    }
+
+    #[test]
+    fn members_are_not_capped_per_address_but_count_in_the_total() {
+        let l = Limiter::new(4, 1);
+        let a: IpAddr = "10.0.0.1".parse().unwrap();
+        let member = Exempt {
+            rate: true,
+            per_address: true,
+        };
+        let _p1 = l.admit(a, NONE).unwrap();
+        assert_eq!(l.admit(a, NONE).err(), Some(Refusal::AddressFull));
+        let p2 = l.admit(a, member).unwrap();
+        let _p3 = l.admit(a, member).unwrap();
+        let _p4 = l.admit(a, member).unwrap();
+        assert_eq!(l.admit(a, member).err(), Some(Refusal::ServerFull));
+        drop(p2);
+        assert_eq!(l.total(), 3);
+        assert_eq!(l.admit(a, NONE).err(), Some(Refusal::AddressFull));
+        assert!(l.admit(a, member).is_ok());
     }
 
     #[test]
@@ -215,11 +260,15 @@ mod tests {
         );
         assert!(Rate::new(0).charge(a, u32::MAX, 1), "0: no limit");
         let l = Limiter::with_rates(100, 100, 2, 0);
-        let _p1 = l.admit(a, false).unwrap();
-        let _p2 = l.admit(a, false).unwrap();
-        assert_eq!(l.admit(a, false).err(), Some(Refusal::AddressRate));
+        let _p1 = l.admit(a, NONE).unwrap();
+        let _p2 = l.admit(a, NONE).unwrap();
+        assert_eq!(l.admit(a, NONE).err(), Some(Refusal::AddressRate));
+        let rate_only = Exempt {
+            rate: true,
+            per_address: false,
+        };
         assert!(
-            l.admit(a, true).is_ok(),
+            l.admit(a, rate_only).is_ok(),
             "exempt clients are not rate-limited"
         );
     }

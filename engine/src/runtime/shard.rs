@@ -836,7 +836,16 @@ impl Shard {
                 .login_account(user)
                 .unwrap_or_else(|| user.trim().to_string()),
         );
-        let seen = self.throttle_op(addr.clone(), throttle::Op::Peek).await;
+        // Another node of the cluster relays its clients' logins, after
+        // checking them (and throttling them by the client's own address)
+        // itself: its address is never counted, banned or locked out, or
+        // one attacker there would lock out every user it relays.
+        let member = self.is_cluster_peer(peer);
+        let seen = if member {
+            throttle::Status::default()
+        } else {
+            self.throttle_op(addr.clone(), throttle::Op::Peek).await
+        };
         if let Some(until) = seen.banned_until {
             tracing::warn!(event = "throttle", decision = "refuse_banned_address", %peer, proto, user, until, "login refused: address banned after failed logins");
             return Login::Banned;
@@ -861,7 +870,11 @@ impl Shard {
                 Login::Busy
             }
             Verify::Wrong => {
-                let a = self.throttle_op(addr, throttle::Op::Fail).await;
+                let a = if member {
+                    throttle::Status::default()
+                } else {
+                    self.throttle_op(addr, throttle::Op::Fail).await
+                };
                 let c = self.throttle_op(account, throttle::Op::Fail).await;
                 let policy = self.config().auth_throttle.policy();
                 let delay = policy.delay(a.failures.max(c.failures));
@@ -1205,9 +1218,12 @@ async fn accept_loop(shard: Rc<Shard>, listener: TcpListener, proto: Proto) {
                 };
                 // The other nodes of a cluster hand over mail and relay
                 // their clients' sessions from a few addresses: no
-                // per-address rates for them.
-                let exempt =
-                    shard.config().rate_exempt(peer.ip()) || shard.is_cluster_peer(peer.ip());
+                // per-address rate or cap for them.
+                let member = shard.is_cluster_peer(peer.ip());
+                let exempt = super::limiter::Exempt {
+                    rate: member || shard.config().rate_exempt(peer.ip()),
+                    per_address: member,
+                };
                 let permit = shard.shared.limiter.admit(peer.ip(), exempt);
                 if let Err(refusal) = &permit {
                     use super::limiter::Refusal;
