@@ -155,6 +155,10 @@ pub struct Tls {
     /// (cert, key) paths in configuration order; the first is the default.
     /// Replaced by a configuration reload that names other files.
     sources: std::sync::Mutex<Vec<(PathBuf, PathBuf, bool)>>,
+    /// The SHA-256 fingerprints of the certificates in force, default
+    /// first; a reload that changes them tells every receiver (cluster
+    /// mode publishes them for the other nodes to pin).
+    pins: tokio::sync::watch::Sender<Vec<String>>,
 }
 
 impl Tls {
@@ -178,12 +182,30 @@ impl Tls {
         server.ticketer =
             rustls::crypto::ring::Ticketer::new().map_err(|e| TlsError::Setup(e.to_string()))?;
         server.send_tls13_tickets = TLS13_TICKETS;
+        let pins = tokio::sync::watch::Sender::new(fingerprints(&resolver.certs.load().infos));
         Ok(Tls {
             server: Arc::new(server),
             resolver,
             provider,
             sources: std::sync::Mutex::new(sources),
+            pins,
         })
+    }
+
+    /// The fingerprints of the certificates in force, now and after every
+    /// reload that changes them.
+    pub fn fingerprints(&self) -> tokio::sync::watch::Receiver<Vec<String>> {
+        self.pins.subscribe()
+    }
+
+    fn swap(&self, set: CertSet) {
+        let now = fingerprints(&set.infos);
+        self.resolver.certs.store(Arc::new(set));
+        self.pins.send_if_modified(|p| {
+            let changed = *p != now;
+            *p = now;
+            changed
+        });
     }
 
     pub fn server_config(&self) -> Arc<ServerConfig> {
@@ -212,7 +234,7 @@ impl Tls {
         let sources = self.sources.lock().unwrap_or_else(|e| e.into_inner());
         let set = load_set(&sources, &self.provider)?;
         let infos = set.infos.clone();
-        self.resolver.certs.store(Arc::new(set));
+        self.swap(set);
         Ok(infos)
     }
 
@@ -224,7 +246,7 @@ impl Tls {
         let set = load_set(&new, &self.provider)?;
         let infos = set.infos.clone();
         let mut sources = self.sources.lock().unwrap_or_else(|e| e.into_inner());
-        self.resolver.certs.store(Arc::new(set));
+        self.swap(set);
         *sources = new;
         Ok(infos)
     }
@@ -476,6 +498,11 @@ fn write_private(path: &Path, bytes: &[u8]) -> Result<(), TlsError> {
     f.write_all(bytes)
         .and_then(|_| f.sync_all())
         .map_err(|e| file_err(path, e))
+}
+
+/// The SHA-256 fingerprints of a certificate list, in its order.
+fn fingerprints(infos: &[CertInfo]) -> Vec<String> {
+    infos.iter().map(|c| c.fingerprint.clone()).collect()
 }
 
 fn load_set(

@@ -1565,3 +1565,48 @@ pub fn free_port() -> u16 {
     }
     panic!("no free port below the ephemeral range");
 }
+
+/// A self-signed ECDSA P-256 certificate for `names` with openssl(1).
+pub fn openssl_cert(
+    dir: &Path,
+    stem: &str,
+    names: &str,
+) -> (std::path::PathBuf, std::path::PathBuf) {
+    let cert = dir.join(format!("{stem}.pem"));
+    let key = dir.join(format!("{stem}.key"));
+    let san = names
+        .split(',')
+        .map(|n| format!("DNS:{n}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let out = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-days",
+            "30",
+        ])
+        .args([
+            "-subj",
+            &format!("/CN={}", names.split(',').next().unwrap()),
+        ])
+        .args(["-addext", &format!("subjectAltName={san}")])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .stdin(Stdio::null())
+        .output()
+        .expect("openssl");
+    assert!(
+        out.status.success(),
+        "openssl req: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (cert, key)
+}

@@ -1066,3 +1066,51 @@ fn relayed_sessions_are_not_capped_or_banned_by_the_relaying_address() {
         .stderr_text()
         .contains("address banned after failed logins"));
 }
+
+/// A certificate renewal on a node: the new fingerprints are published in
+/// its record, and the other nodes, which pin them, hand mail over to it
+/// again without a restart.
+#[test]
+fn a_renewed_certificate_is_published_for_the_other_nodes() {
+    let Some(etcd) = etcd() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let (c1, k1) = openssl_cert(dir.path(), "one", "mail.example.test,localhost");
+    let (c2, k2) = openssl_cert(dir.path(), "two", "mail.example.test,localhost");
+    let (live_c, live_k) = (dir.path().join("live.pem"), dir.path().join("live.key"));
+    std::fs::copy(&c1, &live_c).unwrap();
+    std::fs::copy(&k1, &live_k).unwrap();
+    let accounts: Vec<String> = (0..20).map(|i| format!("t{i}@example.test")).collect();
+    let extra = format!("[tls]\ncert = {live_c:?}\nkey = {live_k:?}\n");
+    let nodes = mapped_cluster_with(&etcd, "t", &["n1", "n2"], &accounts, &extra);
+    let away = accounts
+        .iter()
+        .find(|a| primary_of(&nodes[0], a) == "n2")
+        .unwrap();
+    let m = |i: usize| format!("Message-ID: <t{i}@example.org>\r\nSubject: t{i}\r\n\r\nt{i}\r\n");
+    assert_eq!(send_code(nodes[0].smtp, &[away], m(0).as_bytes()), 250);
+
+    // Renewed: both nodes read the new files (the file watcher).
+    std::fs::copy(&c2, &live_c).unwrap();
+    std::fs::copy(&k2, &live_k).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    for n in &nodes {
+        while !n
+            .stderr_text()
+            .contains("cluster: new certificate fingerprints published")
+        {
+            assert!(Instant::now() < deadline, "{}", n.stderr_text());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    // The hand-over pins the new certificate: accepted (after at most a
+    // moment's 451 while the new record travels).
+    let mut code = 0;
+    while code != 250 {
+        code = send_code(nodes[0].smtp, &[away], m(1).as_bytes());
+        assert!(code == 250 || code == 451, "{code}");
+        assert!(Instant::now() < deadline, "never handed over again");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let mut p = Pop3::login(nodes[0].pop3, away, PASSWORD);
+    assert_eq!(p.stat().0, 2);
+}

@@ -321,47 +321,6 @@ fn a_thousand_concurrent_handshakes() {
     c.cmd("EHLO x").expect(250, None);
 }
 
-/// A self-signed ECDSA P-256 certificate for `names` with openssl(1).
-fn openssl_cert(dir: &Path, stem: &str, names: &str) -> (std::path::PathBuf, std::path::PathBuf) {
-    let cert = dir.join(format!("{stem}.pem"));
-    let key = dir.join(format!("{stem}.key"));
-    let san = names
-        .split(',')
-        .map(|n| format!("DNS:{n}"))
-        .collect::<Vec<_>>()
-        .join(",");
-    let out = Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-days",
-            "30",
-        ])
-        .args([
-            "-subj",
-            &format!("/CN={}", names.split(',').next().unwrap()),
-        ])
-        .args(["-addext", &format!("subjectAltName={san}")])
-        .arg("-keyout")
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .stdin(Stdio::null())
-        .output()
-        .expect("openssl");
-    assert!(
-        out.status.success(),
-        "openssl req: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (cert, key)
-}
-
 fn sha256_of_pem(pem: &Path) -> String {
     let out = Command::new("openssl")
         .args(["x509", "-noout", "-fingerprint", "-sha256", "-in"])

@@ -129,8 +129,14 @@ impl Member {
     }
 }
 
-/// Start the membership thread and wait for the first join.
-pub fn join(cfg: &Cluster, record: NodeRecord) -> Result<Member, String> {
+/// Start the membership thread and wait for the first join. `pins`: the
+/// fingerprints of the node's certificates, published in its record again
+/// whenever they change (a certificate reload).
+pub fn join(
+    cfg: &Cluster,
+    record: NodeRecord,
+    pins: tokio::sync::watch::Receiver<Vec<String>>,
+) -> Result<Member, String> {
     let shared: Shared = Arc::new(arc_swap::ArcSwap::from_pointee(View::default()));
     let (tx, rx) = std::sync::mpsc::sync_channel(1);
     let (stop, stop_rx) = tokio::sync::oneshot::channel();
@@ -148,7 +154,7 @@ pub fn join(cfg: &Cluster, record: NodeRecord) -> Result<Member, String> {
                     return;
                 }
             };
-            rt.block_on(run(cfg, record, view, tx, stop_rx));
+            rt.block_on(run(cfg, record, pins, view, tx, stop_rx));
             let _ = gone_tx.send(());
         })
         .map_err(|e| format!("cluster thread: {e}"))?;
@@ -193,11 +199,14 @@ struct Membership {
     stop: tokio::sync::oneshot::Receiver<()>,
     /// The lease this node holds, to resume after a broken connection.
     held: Option<i64>,
+    /// The certificate fingerprints to publish (`record.tls_sha256`).
+    pins: tokio::sync::watch::Receiver<Vec<String>>,
 }
 
 async fn run(
     cfg: Cluster,
     record: NodeRecord,
+    pins: tokio::sync::watch::Receiver<Vec<String>>,
     view: Shared,
     ready: std::sync::mpsc::SyncSender<Result<(), String>>,
     stop: tokio::sync::oneshot::Receiver<()>,
@@ -210,6 +219,7 @@ async fn run(
         ready: Some(ready),
         stop,
         held: None,
+        pins,
     };
     loop {
         let end = match m.join().await {
@@ -283,6 +293,7 @@ impl Membership {
             }
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
+        self.record.tls_sha256 = self.pins.borrow_and_update().clone();
         let asked = Instant::now();
         let lease = client
             .lease_grant(ttl as i64, None)
@@ -326,8 +337,10 @@ impl Membership {
             view,
             ready,
             stop,
+            pins,
             ..
         } = self;
+        let node_key = keys.node(&record.id);
         let (mut keeper, mut alive) = client
             .lease_keep_alive(lease)
             .await
@@ -383,6 +396,19 @@ impl Membership {
                         }
                         _ => return Err("the lease expired".to_string().into()),
                     }
+                }
+                changed = pins.changed() => {
+                    if changed.is_err() {
+                        // The server is going away; `stop` follows.
+                        std::future::pending::<()>().await;
+                    }
+                    record.tls_sha256 = pins.borrow_and_update().clone();
+                    let value = serde_json::to_vec(&*record).expect("node record serializes");
+                    client
+                        .put(node_key.clone(), value, Some(PutOptions::new().with_lease(lease)))
+                        .await
+                        .map_err(err("publishing the certificates"))?;
+                    tracing::info!(pins = ?record.tls_sha256, "cluster: new certificate fingerprints published");
                 }
                 event = watch.message() => {
                     match event.map_err(err("watch"))? {

@@ -96,7 +96,7 @@ fn leave_cluster(m: Member) {
 fn join_cluster(
     c: &crate::config::Cluster,
     listeners: [&Vec<SocketAddr>; 5],
-    tls_sha256: Vec<String>,
+    tls_sha256: tokio::sync::watch::Receiver<Vec<String>>,
     cores: usize,
     buckets: u32,
 ) -> Result<Member, ServeError> {
@@ -114,9 +114,9 @@ fn join_cluster(
             buckets,
             imaps: s(imaps),
             pop3s: s(pop3s),
-            tls_sha256,
+            tls_sha256: tls_sha256.borrow().clone(),
         };
-        crate::cluster::etcd::join(c, record).map_err(ServeError::Cluster)
+        crate::cluster::etcd::join(c, record, tls_sha256).map_err(ServeError::Cluster)
     }
     #[cfg(not(feature = "cluster"))]
     {
@@ -292,11 +292,7 @@ pub fn serve(mut config: Config, loader: Option<reload::Loader>) -> Result<(), S
         None => None,
         Some(c) => {
             let listeners = [&smtp, &imap, &pop3, &imaps, &pop3s];
-            let pins = tls
-                .certificates()
-                .into_iter()
-                .map(|c| c.fingerprint)
-                .collect();
+            let pins = tls.fingerprints();
             Some(join_cluster(c, listeners, pins, cores, meta.buckets)?)
         }
     };
