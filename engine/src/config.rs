@@ -95,6 +95,22 @@ pub struct Cluster {
     /// (`cluster::duplicates`).
     #[serde(default = "cluster_duplicate_window_default")]
     pub duplicate_window_secs: u64,
+    /// etcd authentication: the user, and a file holding its password (read
+    /// at each connection, so it can be rotated). Off loopback only over
+    /// `https://` endpoints.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub etcd_user: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub etcd_password_file: Option<PathBuf>,
+    /// PEM CA certificate(s) that sign etcd's server certificate: required
+    /// for `https://` endpoints.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub etcd_ca: Option<PathBuf>,
+    /// A client certificate and key for etcd (`--client-cert-auth`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub etcd_cert: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub etcd_key: Option<PathBuf>,
 }
 
 fn cluster_lease_ttl_default() -> u64 {
@@ -120,6 +136,45 @@ impl Cluster {
         }
         if self.etcd.is_empty() {
             return Err("cluster.etcd: name at least one etcd endpoint".into());
+        }
+        let mut clear_off_loopback = false;
+        for e in &self.etcd {
+            let (tls, rest) = match (e.strip_prefix("https://"), e.strip_prefix("http://")) {
+                (Some(r), _) => (true, r),
+                (None, Some(r)) => (false, r),
+                _ => {
+                    return Err(format!(
+                        "cluster.etcd: {e:?} must start with http:// or https://"
+                    ))
+                }
+            };
+            if tls && self.etcd_ca.is_none() {
+                return Err(format!(
+                    "cluster.etcd: {e:?} is https://: name the CA that signs etcd's certificate in cluster.etcd_ca"
+                ));
+            }
+            let host = rest.split('/').next().unwrap_or_default();
+            let host = host.rsplit_once(':').map_or(host, |(h, _)| h);
+            let loopback = host == "localhost"
+                || host
+                    .trim_matches(|c| c == '[' || c == ']')
+                    .parse::<std::net::IpAddr>()
+                    .is_ok_and(|ip| ip.is_loopback());
+            clear_off_loopback |= !tls && !loopback;
+        }
+        match (&self.etcd_user, &self.etcd_password_file) {
+            (Some(_), None) | (None, Some(_)) => {
+                return Err(
+                    "cluster.etcd_user and cluster.etcd_password_file go together".into(),
+                )
+            }
+            (Some(_), Some(_)) if clear_off_loopback => {
+                return Err("cluster.etcd_user: the etcd password would cross the network in the clear; use https:// endpoints (with cluster.etcd_ca)".into())
+            }
+            _ => {}
+        }
+        if self.etcd_cert.is_some() != self.etcd_key.is_some() {
+            return Err("cluster.etcd_cert and cluster.etcd_key go together".into());
         }
         match self.internal.parse::<std::net::SocketAddr>() {
             Err(_) => {
@@ -1257,6 +1312,14 @@ cache_max_entries = 16384
 # and body) is stored once per account: a retry after a failure that left
 # the first attempt durable on some node. 0: off.
 # duplicate_window_secs = 3600
+# etcd over TLS (https:// endpoints) with the CA that signs its certificate,
+# optionally a client certificate, and etcd authentication (the password
+# in a file of its own; refused over http:// off loopback).
+# etcd_ca = "/etc/ringmail/etcd-ca.pem"
+# etcd_cert = "/etc/ringmail/etcd-client.pem"
+# etcd_key = "/etc/ringmail/etcd-client.key"
+# etcd_user = "ringmail"
+# etcd_password_file = "/etc/ringmail/etcd-password"
 "#;
 
 fn key_prefix(key: &Option<String>) -> String {
@@ -1419,6 +1482,21 @@ mod tests {
                 base.replace("127.0.0.1:7025", "0.0.0.0:7025"),
                 "own address",
             ),
+            (
+                base.replace("http://127.0.0.1:2379", "127.0.0.1:2379"),
+                "must start with http:// or https://",
+            ),
+            (
+                base.replace("http://127.0.0.1", "https://10.0.0.9"),
+                "cluster.etcd_ca",
+            ),
+            (format!("{base}etcd_user = \"rm\"\n"), "go together"),
+            (format!("{base}etcd_cert = \"c.pem\"\n"), "go together"),
+            (
+                format!("{base}etcd_user = \"rm\"\netcd_password_file = \"pw\"\n")
+                    .replace("http://127.0.0.1", "http://10.0.0.9"),
+                "in the clear",
+            ),
         ] {
             let e = Config::parse(&bad, Path::new("c.toml"))
                 .unwrap_err()
@@ -1426,6 +1504,19 @@ mod tests {
             assert!(e.contains(why), "{e}");
         }
         assert!(Config::parse("[cluster]\nname = \"x\"\n", Path::new("c.toml")).is_err());
+        // A password over TLS, or over loopback in the clear, is fine.
+        let auth = format!("{base}etcd_user = \"rm\"\netcd_password_file = \"pw\"\n");
+        for good in [
+            auth.clone(),
+            auth.replace("http://127.0.0.1", "http://localhost"),
+            auth.replace("http://127.0.0.1", "http://[::1]"),
+            format!(
+                "{}etcd_ca = \"ca.pem\"\n",
+                auth.replace("http://127.0.0.1", "https://10.0.0.9")
+            ),
+        ] {
+            Config::parse(&good, Path::new("c.toml")).unwrap_or_else(|e| panic!("{good}: {e}"));
+        }
     }
 
     #[test]

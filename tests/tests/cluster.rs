@@ -27,6 +27,11 @@ impl Drop for Etcd {
 /// A single-member etcd on free loopback ports; None (test skipped) when
 /// etcd is not installed outside CI (`.ci/run` installs etcd-server).
 fn etcd() -> Option<Etcd> {
+    etcd_with("http", &[])
+}
+
+/// [`etcd`] on `scheme` (http or https) for clients, with more arguments.
+fn etcd_with(scheme: &str, args: &[String]) -> Option<Etcd> {
     let bin = ["/usr/bin/etcd", "/usr/local/bin/etcd"]
         .into_iter()
         .find(|p| Path::new(p).exists());
@@ -40,7 +45,7 @@ fn etcd() -> Option<Etcd> {
     };
     let dir = tempfile::tempdir().unwrap();
     let (client, peer) = (free_port(), free_port());
-    let url = format!("http://127.0.0.1:{client}");
+    let url = format!("{scheme}://127.0.0.1:{client}");
     let peer_url = format!("http://127.0.0.1:{peer}");
     let child = Command::new(bin)
         .args(["--name", "t", "--data-dir"])
@@ -54,6 +59,7 @@ fn etcd() -> Option<Etcd> {
         .args(["--listen-peer-urls", &peer_url])
         .args(["--initial-advertise-peer-urls", &peer_url])
         .args(["--initial-cluster", &format!("t={peer_url}")])
+        .args(args)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -1113,4 +1119,146 @@ fn a_renewed_certificate_is_published_for_the_other_nodes() {
     }
     let mut p = Pop3::login(nodes[0].pop3, away, PASSWORD);
     assert_eq!(p.stat().0, 2);
+}
+
+/// A certificate for `cn`, with `san`, signed by the CA `ca` (its .pem and
+/// .key next to it): openssl(1).
+fn signed_cert(dir: &Path, ca: &str, stem: &str, san: &str) -> (String, String) {
+    let p = |f: String| dir.join(f).to_str().unwrap().to_string();
+    let (key, csr, pem) = (
+        p(format!("{stem}.key")),
+        p(format!("{stem}.csr")),
+        p(format!("{stem}.pem")),
+    );
+    let ext = p(format!("{stem}.ext"));
+    std::fs::write(&ext, format!("subjectAltName={san}\n")).unwrap();
+    let run = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .args(args)
+            .output()
+            .expect("openssl");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    run(&[
+        "req",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-subj",
+        &format!("/CN={stem}"),
+        "-keyout",
+        &key,
+        "-out",
+        &csr,
+    ]);
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        &csr,
+        "-CA",
+        &p(format!("{ca}.pem")),
+        "-CAkey",
+        &p(format!("{ca}.key")),
+        "-CAcreateserial",
+        "-days",
+        "30",
+        "-extfile",
+        &ext,
+        "-out",
+        &pem,
+    ]);
+    (pem, key)
+}
+
+/// etcd's own security for the cluster: etcd serves TLS only, asks for a
+/// client certificate, and has authentication on; the nodes connect with
+/// the CA, their certificate, a user and a password file, and work as
+/// ever. A wrong password, or no credentials, and the node refuses to
+/// start with etcd's reason.
+#[test]
+fn nodes_reach_an_etcd_with_tls_client_certificates_and_authentication() {
+    let dir = tempfile::tempdir().unwrap();
+    openssl_cert(dir.path(), "ca", "ringmail-test-ca");
+    let (srv, srv_key) = signed_cert(dir.path(), "ca", "etcd", "IP:127.0.0.1");
+    let (cli, cli_key) = signed_cert(dir.path(), "ca", "node", "DNS:node.example.test");
+    let ca = dir.path().join("ca.pem").to_str().unwrap().to_string();
+    let args: Vec<String> = [
+        "--cert-file",
+        &srv,
+        "--key-file",
+        &srv_key,
+        "--client-cert-auth",
+        "--trusted-ca-file",
+        &ca,
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let Some(etcd) = etcd_with("https", &args) else {
+        return;
+    };
+    // Authentication on, through etcd's JSON gateway: a root user.
+    let enable = format!(
+        r#"
+import json, ssl, urllib.request
+ctx = ssl.create_default_context(cafile={ca:?})
+ctx.load_cert_chain({cli:?}, {cli_key:?})
+for path, body in [("user/add", {{"name": "root", "password": "etcd-secret"}}),
+                   ("role/add", {{"name": "root"}}),
+                   ("user/grant", {{"user": "root", "role": "root"}}),
+                   ("enable", {{}})]:
+    r = urllib.request.urlopen("{url}/v3/auth/" + path, json.dumps(body).encode(), context=ctx)
+    assert "error" not in json.loads(r.read()), path
+print("auth on")
+"#,
+        url = etcd.url
+    );
+    assert!(python_code(&enable).contains("auth on"));
+
+    let pw = dir.path().join("etcd-password");
+    std::fs::write(&pw, "etcd-secret\n").unwrap();
+    let secured = format!(
+        "etcd_ca = {ca:?}\netcd_cert = {cli:?}\netcd_key = {cli_key:?}\netcd_user = \"root\"\netcd_password_file = {:?}\n",
+        pw.to_str().unwrap()
+    );
+    let accounts: Vec<String> = (0..20).map(|i| format!("e{i}@example.test")).collect();
+    let nodes = mapped_cluster_with(&etcd, "e", &["n1", "n2"], &accounts, &secured);
+    let away = accounts
+        .iter()
+        .find(|a| primary_of(&nodes[0], a) == "n2")
+        .unwrap();
+    let m = b"Message-ID: <e@example.org>\r\nSubject: e\r\n\r\nover a secured etcd\r\n";
+    assert_eq!(send_code(nodes[0].smtp, &[away], m), 250);
+    let mut p = Pop3::login(nodes[0].pop3, away, PASSWORD);
+    assert_eq!(p.stat().0, 1);
+    p.ok("QUIT");
+
+    // A wrong password, and no credentials at all (etcd takes the client
+    // certificate's name as the user, who has no rights): refused by etcd.
+    std::fs::write(&pw, "wrong\n").unwrap();
+    for (cfg, why) in [
+        (secured.clone(), "authentication failed"),
+        (
+            format!("etcd_ca = {ca:?}\netcd_cert = {cli:?}\netcd_key = {cli_key:?}\n"),
+            "permission denied",
+        ),
+    ] {
+        let file = dir.path().join("n3.toml");
+        std::fs::write(&file, format!("{}{cfg}", node_config(&etcd, "e", "n3"))).unwrap();
+        let data = tempfile::tempdir().unwrap();
+        let err = serve_refused(&[
+            "--config".as_ref(),
+            file.as_os_str(),
+            "--data".as_ref(),
+            data.path().as_os_str(),
+        ]);
+        assert!(err.contains(why), "{err}");
+    }
 }

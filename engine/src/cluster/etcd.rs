@@ -30,16 +30,31 @@ struct Meta {
 
 async fn connect(cfg: &Cluster) -> Result<Client, String> {
     let timeout = Duration::from_secs(cfg.lease_ttl_secs.max(2));
-    Client::connect(
-        &cfg.etcd,
-        Some(
-            ConnectOptions::new()
-                .with_connect_timeout(Duration::from_secs(2))
-                .with_timeout(timeout),
-        ),
-    )
-    .await
-    .map_err(|e| format!("etcd {}: {e}", cfg.etcd.join(",")))
+    let mut options = ConnectOptions::new()
+        .with_connect_timeout(Duration::from_secs(2))
+        .with_timeout(timeout);
+    // The files are read at each connection: a rotated password or
+    // certificate applies from the next one.
+    let read = |p: &std::path::Path| {
+        std::fs::read(p).map_err(|e| format!("etcd: reading {}: {e}", p.display()))
+    };
+    if let Some(ca) = &cfg.etcd_ca {
+        let mut tls = etcd_client::TlsOptions::new()
+            .ca_certificate(etcd_client::Certificate::from_pem(read(ca)?));
+        if let (Some(cert), Some(key)) = (&cfg.etcd_cert, &cfg.etcd_key) {
+            tls = tls.identity(etcd_client::Identity::from_pem(read(cert)?, read(key)?));
+        }
+        options = options.with_tls(tls);
+    }
+    if let (Some(user), Some(file)) = (&cfg.etcd_user, &cfg.etcd_password_file) {
+        let password = String::from_utf8(read(file)?)
+            .map_err(|_| format!("etcd: {} is not UTF-8", file.display()))?;
+        let password = password.trim_end_matches(['\r', '\n']);
+        options = options.with_user(user.clone(), password.to_string());
+    }
+    Client::connect(&cfg.etcd, Some(options))
+        .await
+        .map_err(|e| format!("etcd {}: {e}", cfg.etcd.join(",")))
 }
 
 fn err(what: &str) -> impl Fn(etcd_client::Error) -> String + '_ {
