@@ -110,6 +110,81 @@ impl ResolvesServerCert for Resolver {
     }
 }
 
+/// Cluster hand-overs: the node presents its default certificate as a
+/// client certificate (the receiver checks it against the members'
+/// published fingerprints).
+impl rustls::client::ResolvesClientCert for Resolver {
+    fn resolve(
+        &self,
+        _root_hint_subjects: &[&[u8]],
+        _schemes: &[rustls::SignatureScheme],
+    ) -> Option<Arc<CertifiedKey>> {
+        Some(self.certs.load().default.clone())
+    }
+
+    fn has_certs(&self) -> bool {
+        true
+    }
+}
+
+/// The internal listener asks every client for a certificate and takes
+/// any, checking only that the client holds its key (the handshake's
+/// signature); which certificates are members' is decided after the
+/// handshake, against the published fingerprints (`runtime::smtp`).
+#[derive(Debug)]
+struct AnyClientCertificate {
+    provider: Arc<CryptoProvider>,
+}
+
+impl rustls::server::danger::ClientCertVerifier for AnyClientCertificate {
+    fn root_hint_subjects(&self) -> &[rustls::DistinguishedName] {
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _now: rustls_pki_types::UnixTime,
+    ) -> Result<rustls::server::danger::ClientCertVerified, rustls::Error> {
+        Ok(rustls::server::danger::ClientCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
 /// TLS 1.3 session tickets sent after each handshake. rustls' default is
 /// two (so a client may open two resumed connections at once); a mail client
 /// or load generator resumes one connection at a time and gets a fresh ticket
@@ -159,6 +234,9 @@ pub struct Tls {
     /// first; a reload that changes them tells every receiver (cluster
     /// mode publishes them for the other nodes to pin).
     pins: tokio::sync::watch::Sender<Vec<String>>,
+    /// The cluster's internal listener: the same certificates, TLS 1.3, a
+    /// client certificate required.
+    internal: Arc<ServerConfig>,
 }
 
 impl Tls {
@@ -183,13 +261,32 @@ impl Tls {
             rustls::crypto::ring::Ticketer::new().map_err(|e| TlsError::Setup(e.to_string()))?;
         server.send_tls13_tickets = TLS13_TICKETS;
         let pins = tokio::sync::watch::Sender::new(fingerprints(&resolver.certs.load().infos));
+        let internal = ServerConfig::builder_with_provider(provider.clone())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(|e| TlsError::Setup(e.to_string()))?
+            .with_client_cert_verifier(Arc::new(AnyClientCertificate {
+                provider: provider.clone(),
+            }))
+            .with_cert_resolver(resolver.clone());
         Ok(Tls {
             server: Arc::new(server),
             resolver,
             provider,
             sources: std::sync::Mutex::new(sources),
             pins,
+            internal: Arc::new(internal),
         })
+    }
+
+    /// The cluster's internal listener (see the field).
+    pub fn internal_server_config(&self) -> Arc<ServerConfig> {
+        self.internal.clone()
+    }
+
+    /// This node's certificate as a TLS client (cluster hand-overs): the
+    /// default certificate in force, reloads included.
+    pub fn client_identity(&self) -> Arc<dyn rustls::client::ResolvesClientCert> {
+        self.resolver.clone()
     }
 
     /// The fingerprints of the certificates in force, now and after every
@@ -344,7 +441,10 @@ impl ClientTls {
 /// them: cluster nodes reach each other's self-signed listeners this way,
 /// with the fingerprints each node publishes. The handshake's signatures
 /// are checked by the provider as usual.
-pub fn pinned_client_config(pins: Vec<String>) -> Result<Arc<rustls::ClientConfig>, TlsError> {
+pub fn pinned_client_config(
+    pins: Vec<String>,
+    identity: Option<Arc<dyn rustls::client::ResolvesClientCert>>,
+) -> Result<Arc<rustls::ClientConfig>, TlsError> {
     let provider = Arc::new(provider());
     let c = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13])
@@ -353,8 +453,11 @@ pub fn pinned_client_config(pins: Vec<String>) -> Result<Arc<rustls::ClientConfi
         .with_custom_certificate_verifier(Arc::new(Pinned {
             provider,
             pins: Some(pins),
-        }))
-        .with_no_client_auth();
+        }));
+    let c = match identity {
+        Some(id) => c.with_client_cert_resolver(id),
+        None => c.with_no_client_auth(),
+    };
     Ok(Arc::new(c))
 }
 
@@ -779,13 +882,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let tls = loaded_for_mx_test(dir.path());
         let pin = tls.certificates()[0].fingerprint.clone();
-        let right = pinned_client_config(vec![pin.to_ascii_lowercase()]).unwrap();
+        let right = pinned_client_config(vec![pin.to_ascii_lowercase()], None).unwrap();
         handshake_with(tls.server_config(), right).unwrap();
         let other = pin.replace(&pin[..2], if &pin[..2] == "00" { "01" } else { "00" });
-        let wrong = pinned_client_config(vec![other]).unwrap();
+        let wrong = pinned_client_config(vec![other], None).unwrap();
         let e = handshake_with(tls.server_config(), wrong).unwrap_err();
         assert!(matches!(e, rustls::Error::InvalidCertificate(_)), "{e:?}");
-        let none = pinned_client_config(Vec::new()).unwrap();
+        let none = pinned_client_config(Vec::new(), None).unwrap();
         assert!(handshake_with(tls.server_config(), none).is_err());
     }
 

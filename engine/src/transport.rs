@@ -220,6 +220,17 @@ impl Conn {
     /// our go-ahead, so it must never be executed inside TLS (the
     /// CVE-2011-0411 class of command injection). Returns how many bytes
     /// were dropped; then call [`Conn::handshake`].
+    /// SHA-256 fingerprint of the peer's certificate (`AB:CD:...`), once
+    /// the handshake is done and the peer sent one.
+    pub fn peer_certificate_sha256(&self) -> Option<String> {
+        let tls = self.tls.as_ref()?;
+        if tls.is_handshaking() {
+            return None;
+        }
+        let leaf = tls.peer_certificates()?.first()?;
+        Some(crate::tls::fingerprint(leaf.as_ref()))
+    }
+
     pub fn start_tls(&mut self, config: Arc<rustls::ServerConfig>) -> std::io::Result<usize> {
         assert!(self.tls.is_none(), "TLS started twice");
         let dropped = self.end - self.start;

@@ -600,6 +600,45 @@ fn sessions_through_any_node_reach_the_accounts_node() {
     plain
         .cmd("MAIL FROM:<s@example.org>")
         .expect(530, Some("5.7.0"));
+    // Nor over TLS from a member's address without a member's certificate
+    // (Python's smtplib: none at all, then one of its own).
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = openssl_cert(dir.path(), "stranger", "stranger.example.test");
+    let out = python_code(&format!(
+        r#"
+import smtplib, ssl
+for chain in [None, ({cert:?}, {key:?})]:
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    if chain:
+        ctx.load_cert_chain(*chain)
+    s = smtplib.SMTP("{ip}", {port}, timeout=10)
+    s.ehlo("stranger.example.test")
+    s.starttls(context=ctx)
+    try:
+        code, text = s.ehlo("stranger.example.test")
+        print("answer", code, text.decode())
+        code, text = s.mail("s@example.org")
+        print("answer", code, text.decode())
+    except (smtplib.SMTPServerDisconnected, ssl.SSLError, OSError) as e:
+        print("closed", type(e).__name__)
+"#,
+        cert = cert.to_str().unwrap(),
+        key = key.to_str().unwrap(),
+        ip = internal.ip(),
+        port = internal.port(),
+    ));
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(lines[0].starts_with("closed"), "{out}");
+    assert!(
+        lines[1].starts_with("answer 421 4.7.0 Not a member") || lines[1].starts_with("closed"),
+        "{out}"
+    );
+    assert!(!out.contains("answer 250"), "{out}");
+    assert!(home
+        .stderr_text()
+        .contains("the client certificate is no member's"));
     // A message just under the size limit is handed over too (the
     // hand-over adds header fields the receiving node allows for).
     let big = format!("Subject: big\r\n\r\n{}\r\n", "x".repeat(19_900));

@@ -73,6 +73,18 @@ impl Shard {
         crate::storage::bucket_of(account, self.shared.meta.buckets)
     }
 
+    /// Is `sha256` (`AB:CD:...`) the fingerprint of a certificate a live
+    /// member of our cluster published?
+    pub fn is_member_certificate(&self, sha256: &str) -> bool {
+        let Some(c) = &self.shared.cluster else {
+            return false;
+        };
+        c.load()
+            .members
+            .values()
+            .any(|m| m.tls_sha256.iter().any(|p| p.eq_ignore_ascii_case(sha256)))
+    }
+
     /// Is `ip` the internal address of a live member of our cluster?
     pub fn is_cluster_peer(&self, ip: IpAddr) -> bool {
         let Some(c) = &self.shared.cluster else {
@@ -231,7 +243,11 @@ async fn forward(
     let to = away.to;
     let mut params = ClientParams::new(shard.config().hostname.clone());
     params.tls = Some(SessionTls {
-        config: crate::tls::pinned_client_config(away.pins).map_err(|e| e.to_string())?,
+        config: crate::tls::pinned_client_config(
+            away.pins,
+            Some(shard.shared.tls.client_identity()),
+        )
+        .map_err(|e| e.to_string())?,
         name: rustls_pki_types::ServerName::IpAddress(to.ip().into()),
         required: true,
     });

@@ -85,7 +85,8 @@ async fn connect(home: &Home) -> Result<Conn, String> {
         .map_err(|e| format!("connect {}: {e}", home.addr))?;
     let mut up = Conn::new(stream, Vec::new());
     up.set_buffer_max(LINE_MAX + crate::limits::READ_CHUNK);
-    let config = crate::tls::pinned_client_config(home.pins.clone()).map_err(|e| e.to_string())?;
+    let config =
+        crate::tls::pinned_client_config(home.pins.clone(), None).map_err(|e| e.to_string())?;
     let name = rustls_pki_types::ServerName::IpAddress(home.addr.ip().into());
     up.start_tls_client(config, name)
         .map_err(|e| format!("tls: {e}"))?;

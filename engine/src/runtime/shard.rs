@@ -448,12 +448,27 @@ impl Shard {
     /// is to be closed; the reason is logged.
     pub async fn tls_handshake(
         &self,
-        _slot: HandshakeSlot<'_>,
+        slot: HandshakeSlot<'_>,
         conn: &mut Conn,
         peer: SocketAddr,
         proto: &str,
     ) -> Option<crate::session::TlsInfo> {
-        match conn.start_tls(self.shared.tls.server_config()) {
+        let config = self.shared.tls.server_config();
+        self.tls_handshake_with(slot, conn, peer, proto, config)
+            .await
+    }
+
+    /// [`Shard::tls_handshake`] with another server configuration (the
+    /// cluster's internal listener).
+    pub async fn tls_handshake_with(
+        &self,
+        _slot: HandshakeSlot<'_>,
+        conn: &mut Conn,
+        peer: SocketAddr,
+        proto: &str,
+        config: Arc<rustls::ServerConfig>,
+    ) -> Option<crate::session::TlsInfo> {
+        match conn.start_tls(config) {
             Ok(0) => {}
             Ok(dropped) => {
                 tracing::warn!(%peer, proto, bytes = dropped, "discarded plaintext pipelined before the TLS handshake")

@@ -764,6 +764,31 @@ pub async fn serve(
                 if conn.flush(&mut out).await.is_err() {
                     return;
                 }
+                if internal {
+                    // Another node hands mail over: it must present the
+                    // certificate it published (a client certificate),
+                    // not only come from a member's address.
+                    let config = shard.shared.tls.internal_server_config();
+                    let Some(info) = shard
+                        .tls_handshake_with(slot, &mut conn, peer, "internal", config)
+                        .await
+                    else {
+                        return;
+                    };
+                    let presented = conn.peer_certificate_sha256();
+                    if !presented
+                        .as_deref()
+                        .is_some_and(|p| shard.is_member_certificate(p))
+                    {
+                        tracing::warn!(%peer, certificate = ?presented, "internal listener: the client certificate is no member's; connection closed");
+                        let _ = conn
+                            .write_all(b"421 4.7.0 Not a member of this cluster\r\n")
+                            .await;
+                        return;
+                    }
+                    session.tls_started(info);
+                    continue;
+                }
                 match shard.tls_handshake(slot, &mut conn, peer, "smtp").await {
                     Some(info) => session.tls_started(info),
                     None => return,
