@@ -153,11 +153,23 @@ impl Cluster {
                     "cluster.etcd: {e:?} is https://: name the CA that signs etcd's certificate in cluster.etcd_ca"
                 ));
             }
-            let host = rest.split('/').next().unwrap_or_default();
-            let host = host.rsplit_once(':').map_or(host, |(h, _)| h);
-            let loopback = host == "localhost"
+            // The etcd client takes TLS options for every endpoint or none.
+            if !tls && self.etcd_ca.is_some() {
+                return Err(format!(
+                    "cluster.etcd: {e:?} is http:// while cluster.etcd_ca is set: use https:// for every endpoint"
+                ));
+            }
+            let authority = rest.split('/').next().unwrap_or_default();
+            let host = match authority.strip_prefix('[') {
+                // [v6] or [v6]:port
+                Some(v6) => v6.split(']').next().unwrap_or_default(),
+                None => authority.rsplit_once(':').map_or(authority, |(h, _)| h),
+            };
+            if host.is_empty() {
+                return Err(format!("cluster.etcd: {e:?} names no host"));
+            }
+            let loopback = host.eq_ignore_ascii_case("localhost")
                 || host
-                    .trim_matches(|c| c == '[' || c == ']')
                     .parse::<std::net::IpAddr>()
                     .is_ok_and(|ip| ip.is_loopback());
             clear_off_loopback |= !tls && !loopback;
@@ -175,6 +187,9 @@ impl Cluster {
         }
         if self.etcd_cert.is_some() != self.etcd_key.is_some() {
             return Err("cluster.etcd_cert and cluster.etcd_key go together".into());
+        }
+        if self.etcd_cert.is_some() && self.etcd_ca.is_none() {
+            return Err("cluster.etcd_cert: a client certificate needs TLS (https:// endpoints and cluster.etcd_ca)".into());
         }
         match self.internal.parse::<std::net::SocketAddr>() {
             Err(_) => {
@@ -1493,6 +1508,18 @@ mod tests {
             (format!("{base}etcd_user = \"rm\"\n"), "go together"),
             (format!("{base}etcd_cert = \"c.pem\"\n"), "go together"),
             (
+                format!("{base}etcd_cert = \"c.pem\"\netcd_key = \"c.key\"\n"),
+                "needs TLS",
+            ),
+            (
+                format!("{base}etcd_ca = \"ca.pem\"\n"),
+                "use https:// for every endpoint",
+            ),
+            (
+                base.replace("http://127.0.0.1:2379", "http://:2379"),
+                "names no host",
+            ),
+            (
                 format!("{base}etcd_user = \"rm\"\netcd_password_file = \"pw\"\n")
                     .replace("http://127.0.0.1", "http://10.0.0.9"),
                 "in the clear",
@@ -1510,6 +1537,8 @@ mod tests {
             auth.clone(),
             auth.replace("http://127.0.0.1", "http://localhost"),
             auth.replace("http://127.0.0.1", "http://[::1]"),
+            auth.replace("http://127.0.0.1:2379", "http://[::1]"),
+            auth.replace("http://127.0.0.1:2379", "http://LocalHost/"),
             format!(
                 "{}etcd_ca = \"ca.pem\"\n",
                 auth.replace("http://127.0.0.1", "https://10.0.0.9")

@@ -11,10 +11,12 @@
 //! So a cluster node remembers, per account, what it stored in the last
 //! `[cluster] duplicate_window_secs`, and stores a message that comes again
 //! once (answering 250, as the first attempt would have). The identity of a
-//! message is the SHA-256 of its envelope sender, its Message-ID field and
-//! its body (what follows the header section): every attempt of a sending
-//! client carries the same ones, while the trace fields each hop prepends
-//! (Received:, Authentication-Results:) differ between attempts. A message
+//! message is the SHA-256 of its envelope sender and of the message from
+//! its first header field that is not a trace field (Received:,
+//! Return-Path:, Authentication-Results:, which each hop prepends and which
+//! differ between attempts): every attempt of a sending client carries the
+//! same bytes there, while two messages that differ in any other field
+//! (Subject:, Date:, To:...) or in the body are two messages. A message
 //! without a Message-ID is never taken for a duplicate. The table lives in
 //! memory, bounded per shard; a node that restarts forgets it.
 use std::collections::{HashSet, VecDeque};
@@ -22,26 +24,53 @@ use std::collections::{HashSet, VecDeque};
 use crate::mime::header;
 
 /// Entries a shard keeps at most (16 octets of key, plus the queue and
-/// table overhead: about 10 MiB). Under a load that fills it before the
+/// table overhead: under 20 MiB). Under a load that fills it before the
 /// window ends, the oldest entries go first and the window is shorter.
 pub const ENTRIES_MAX: usize = 250_000;
 
 /// The identity of a message across a sending client's attempts, or None
 /// (no Message-ID: nothing to tell two attempts from two messages).
 pub fn identity(reverse_path: &str, message: &[u8]) -> Option<[u8; 32]> {
-    let (head, body) = header::split(message);
+    let (head, _) = header::split(message);
     let id = header::field_value(head, b"Message-ID")?;
-    let id = id.trim_ascii();
-    if id.is_empty() {
+    if id.trim_ascii().is_empty() {
         return None;
     }
     let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
-    for part in [reverse_path.as_bytes(), b"\0", id, b"\0", body] {
+    for part in [
+        reverse_path.as_bytes(),
+        b"\0",
+        &message[after_trace(head)..],
+    ] {
         ctx.update(part);
     }
     let mut out = [0; 32];
     out.copy_from_slice(ctx.finish().as_ref());
     Some(out)
+}
+
+/// Where the leading trace fields of a header section end.
+fn after_trace(head: &[u8]) -> usize {
+    const TRACE: [&[u8]; 3] = [b"received", b"return-path", b"authentication-results"];
+    let mut pos = 0;
+    while pos < head.len() {
+        let line_end =
+            |from: usize| memchr::memchr(b'\n', &head[from..]).map_or(head.len(), |i| from + i + 1);
+        let first = &head[pos..line_end(pos)];
+        let Some(colon) = memchr::memchr(b':', first) else {
+            break;
+        };
+        let name = first[..colon].trim_ascii();
+        if !TRACE.iter().any(|t| name.eq_ignore_ascii_case(t)) {
+            break;
+        }
+        // The field and its continuation lines.
+        pos = line_end(pos);
+        while pos < head.len() && matches!(head[pos], b' ' | b'\t') {
+            pos = line_end(pos);
+        }
+    }
+    pos
 }
 
 /// What a shard stored lately: (account, identity) keys with the second
@@ -113,7 +142,21 @@ mod tests {
         ]
         .concat();
         assert_eq!(identity("s@x", &traced), Some(base));
+        let folded = [
+            b"Received: from a\r\n\tby b; now\r\nReturn-Path: <s@x>\r\n",
+            M,
+        ]
+        .concat();
+        assert_eq!(identity("s@x", &folded), Some(base));
         assert_ne!(identity("t@x", M), Some(base), "another sender");
+        let other_subject = b"Message-ID: <a@x>\r\nSubject: t\r\n\r\nbody\r\n";
+        assert_ne!(identity("s@x", other_subject), Some(base));
+        let traced_later = b"Message-ID: <a@x>\r\nReceived: x\r\nSubject: s\r\n\r\nbody\r\n";
+        assert_ne!(
+            identity("s@x", traced_later),
+            Some(base),
+            "only leading trace fields go"
+        );
         let other_body = b"Message-ID: <a@x>\r\nSubject: s\r\n\r\nbody2\r\n";
         assert_ne!(identity("s@x", other_body), Some(base));
         let other_id = b"Message-ID: <b@x>\r\nSubject: s\r\n\r\nbody\r\n";

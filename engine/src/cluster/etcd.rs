@@ -378,6 +378,7 @@ impl Membership {
             let _ = r.send(Ok(()));
         }
         let every = Duration::from_millis(cfg.lease_ttl_secs * 1000 / 3);
+        let mut pins_open = true;
         let mut tick = tokio::time::interval(every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -412,17 +413,24 @@ impl Membership {
                         _ => return Err("the lease expired".to_string().into()),
                     }
                 }
-                changed = pins.changed() => {
+                changed = pins.changed(), if pins_open => {
                     if changed.is_err() {
-                        // The server is going away; `stop` follows.
-                        std::future::pending::<()>().await;
+                        // The certificates went away with the server;
+                        // nothing more to publish.
+                        pins_open = false;
+                        continue;
                     }
                     record.tls_sha256 = pins.borrow_and_update().clone();
                     let value = serde_json::to_vec(&*record).expect("node record serializes");
-                    client
+                    if let Err(e) = client
                         .put(node_key.clone(), value, Some(PutOptions::new().with_lease(lease)))
                         .await
-                        .map_err(err("publishing the certificates"))?;
+                    {
+                        // Published by the next membership (a resumed
+                        // lease keeps the old record otherwise).
+                        pins.mark_changed();
+                        return Err(err("publishing the certificates")(e).into());
+                    }
                     tracing::info!(pins = ?record.tls_sha256, "cluster: new certificate fingerprints published");
                 }
                 event = watch.message() => {

@@ -313,6 +313,11 @@ async fn run(
             }
             Pop3Event::Update { deleted } => {
                 let ok = match maildrop.as_ref() {
+                    // Cluster mode: the maildrop moved to another node
+                    // during the session; what is deleted here would come
+                    // back there. RFC 1939 6: "-ERR some deleted messages
+                    // not removed".
+                    Some(d) if !deleted.is_empty() && !shard.serves(&d.account) => false,
                     Some(d) if !deleted.is_empty() => {
                         let uids: Vec<u32> = deleted
                             .iter()

@@ -853,8 +853,11 @@ impl Shard {
         );
         // Another node of the cluster relays its clients' logins, after
         // checking them (and throttling them by the client's own address)
-        // itself: its address is never counted, banned or locked out, or
-        // one attacker there would lock out every user it relays.
+        // itself: its address is never counted or banned, or one attacker
+        // there would lock out every user it relays. An account that keeps
+        // failing through it is still locked (what fails here passed the
+        // relaying node's check: the password differs between the nodes,
+        // or someone on a member's host is guessing).
         let member = self.is_cluster_peer(peer);
         let seen = if member {
             throttle::Status::default()
@@ -865,7 +868,7 @@ impl Shard {
             tracing::warn!(event = "throttle", decision = "refuse_banned_address", %peer, proto, user, until, "login refused: address banned after failed logins");
             return Login::Banned;
         }
-        if seen.failures > 0 {
+        if seen.failures > 0 || member {
             let acct = self.throttle_op(account.clone(), throttle::Op::Peek).await;
             if acct.failures >= self.config().auth_throttle.policy().account_lock_after {
                 tracing::warn!(event = "throttle", decision = "refuse_locked_account", %peer, proto, user, failures = acct.failures, "login refused: account locked for addresses that failed");
