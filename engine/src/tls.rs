@@ -156,12 +156,7 @@ impl rustls::server::danger::ClientCertVerifier for AnyClientCertificate {
         cert: &CertificateDer<'_>,
         dss: &rustls::DigitallySignedStruct,
     ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
+        handshake_signature(&self.provider, false, message, cert, dss)
     }
 
     fn verify_tls13_signature(
@@ -170,18 +165,31 @@ impl rustls::server::danger::ClientCertVerifier for AnyClientCertificate {
         cert: &CertificateDer<'_>,
         dss: &rustls::DigitallySignedStruct,
     ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
+        handshake_signature(&self.provider, true, message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
         self.provider
             .signature_verification_algorithms
             .supported_schemes()
+    }
+}
+
+/// The peer's handshake signature, checked by the provider: whatever a
+/// verifier accepts as a certificate, the session belongs to whoever holds
+/// its key.
+fn handshake_signature(
+    provider: &CryptoProvider,
+    tls13: bool,
+    message: &[u8],
+    cert: &CertificateDer<'_>,
+    dss: &rustls::DigitallySignedStruct,
+) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+    let algorithms = &provider.signature_verification_algorithms;
+    if tls13 {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, algorithms)
+    } else {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, algorithms)
     }
 }
 
@@ -499,12 +507,7 @@ impl rustls::client::danger::ServerCertVerifier for Pinned {
         cert: &CertificateDer<'_>,
         dss: &rustls::DigitallySignedStruct,
     ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
+        handshake_signature(&self.provider, false, message, cert, dss)
     }
 
     fn verify_tls13_signature(
@@ -513,12 +516,7 @@ impl rustls::client::danger::ServerCertVerifier for Pinned {
         cert: &CertificateDer<'_>,
         dss: &rustls::DigitallySignedStruct,
     ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
+        handshake_signature(&self.provider, true, message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {

@@ -1610,3 +1610,90 @@ pub fn openssl_cert(
     );
     (cert, key)
 }
+
+/// Run openssl(1) with `args`, asserting success.
+pub fn openssl(args: &[&str]) {
+    let out = Command::new("openssl")
+        .args(args)
+        .output()
+        .expect("openssl (.ci/run installs it)");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A test CA in `dir` (ca.pem, ca.key); the path of ca.pem.
+pub fn make_test_ca(dir: &Path) -> PathBuf {
+    let p = |f: &str| dir.join(f).to_str().unwrap().to_string();
+    openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-keyout",
+        &p("ca.key"),
+        "-out",
+        &p("ca.pem"),
+        "-subj",
+        "/CN=ringmail test CA",
+        "-days",
+        "2",
+        "-addext",
+        "basicConstraints=critical,CA:TRUE",
+        "-addext",
+        "keyUsage=critical,keyCertSign,cRLSign",
+    ]);
+    dir.join("ca.pem")
+}
+
+/// A certificate `stem`.pem/.key in `dir`, for `cn` with subjectAltName
+/// `san` (`DNS:a,IP:127.0.0.1`) and extendedKeyUsage `usage`
+/// (`serverAuth`, `clientAuth`), signed by the CA of [`make_test_ca`].
+pub fn ca_signed(dir: &Path, stem: &str, cn: &str, san: &str, usage: &str) -> (PathBuf, PathBuf) {
+    let p = |f: String| dir.join(f).to_str().unwrap().to_string();
+    openssl(&[
+        "req",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-keyout",
+        &p(format!("{stem}.key")),
+        "-out",
+        &p(format!("{stem}.csr")),
+        "-subj",
+        &format!("/CN={cn}"),
+    ]);
+    std::fs::write(
+        dir.join(format!("{stem}.cnf")),
+        format!("subjectAltName={san}\nextendedKeyUsage={usage}\n"),
+    )
+    .unwrap();
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        &p(format!("{stem}.csr")),
+        "-CA",
+        &p("ca.pem".into()),
+        "-CAkey",
+        &p("ca.key".into()),
+        "-CAcreateserial",
+        "-out",
+        &p(format!("{stem}.pem")),
+        "-days",
+        "2",
+        "-extfile",
+        &p(format!("{stem}.cnf")),
+    ]);
+    (
+        dir.join(format!("{stem}.pem")),
+        dir.join(format!("{stem}.key")),
+    )
+}

@@ -1170,62 +1170,6 @@ fn a_renewed_certificate_is_published_for_the_other_nodes() {
     assert_eq!(p.stat().0, 2);
 }
 
-/// A certificate for `cn`, with `san`, signed by the CA `ca` (its .pem and
-/// .key next to it): openssl(1).
-fn signed_cert(dir: &Path, ca: &str, stem: &str, san: &str) -> (String, String) {
-    let p = |f: String| dir.join(f).to_str().unwrap().to_string();
-    let (key, csr, pem) = (
-        p(format!("{stem}.key")),
-        p(format!("{stem}.csr")),
-        p(format!("{stem}.pem")),
-    );
-    let ext = p(format!("{stem}.ext"));
-    std::fs::write(&ext, format!("subjectAltName={san}\n")).unwrap();
-    let run = |args: &[&str]| {
-        let out = Command::new("openssl")
-            .args(args)
-            .output()
-            .expect("openssl");
-        assert!(
-            out.status.success(),
-            "openssl {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
-    run(&[
-        "req",
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:P-256",
-        "-nodes",
-        "-subj",
-        &format!("/CN={stem}"),
-        "-keyout",
-        &key,
-        "-out",
-        &csr,
-    ]);
-    run(&[
-        "x509",
-        "-req",
-        "-in",
-        &csr,
-        "-CA",
-        &p(format!("{ca}.pem")),
-        "-CAkey",
-        &p(format!("{ca}.key")),
-        "-CAcreateserial",
-        "-days",
-        "30",
-        "-extfile",
-        &ext,
-        "-out",
-        &pem,
-    ]);
-    (pem, key)
-}
-
 /// etcd's own security for the cluster: etcd serves TLS only, asks for a
 /// client certificate, and has authentication on; the nodes connect with
 /// the CA, their certificate, a user and a password file, and work as
@@ -1234,10 +1178,26 @@ fn signed_cert(dir: &Path, ca: &str, stem: &str, san: &str) -> (String, String) 
 #[test]
 fn nodes_reach_an_etcd_with_tls_client_certificates_and_authentication() {
     let dir = tempfile::tempdir().unwrap();
-    openssl_cert(dir.path(), "ca", "ringmail-test-ca");
-    let (srv, srv_key) = signed_cert(dir.path(), "ca", "etcd", "IP:127.0.0.1");
-    let (cli, cli_key) = signed_cert(dir.path(), "ca", "node", "DNS:node.example.test");
-    let ca = dir.path().join("ca.pem").to_str().unwrap().to_string();
+    let s = |p: std::path::PathBuf| p.to_str().unwrap().to_string();
+    let ca = s(make_test_ca(dir.path()));
+    // etcd's JSON gateway reaches etcd with the server's certificate as a
+    // client certificate: both usages.
+    let (srv, srv_key) = ca_signed(
+        dir.path(),
+        "etcd",
+        "etcd",
+        "IP:127.0.0.1",
+        "serverAuth,clientAuth",
+    );
+    let (srv, srv_key) = (s(srv), s(srv_key));
+    let (cli, cli_key) = ca_signed(
+        dir.path(),
+        "node",
+        "node",
+        "DNS:node.example.test",
+        "clientAuth",
+    );
+    let (cli, cli_key) = (s(cli), s(cli_key));
     let args: Vec<String> = [
         "--cert-file",
         &srv,

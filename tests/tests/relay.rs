@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use ringmail::relay::testdns::{QType, TestDns, TestZone};
 use ringmail::util::base64_encode as b64;
-use ringmail_tests::free_port;
+use ringmail_tests::{ca_signed, free_port, make_test_ca};
 
 const PW: &str = "relay-secret";
 const WAIT: Duration = Duration::from_secs(30);
@@ -970,84 +970,16 @@ fn wait_for_empty(a: &Instance, limit: Duration) {
 // TLS towards the MX (STARTTLS, RFC 3207; policies from [relay.tls])
 // ---------------------------------------------------------------------------
 
-fn openssl(args: &[&str]) {
-    let out = Command::new("openssl")
-        .args(args)
-        .output()
-        .expect("openssl (.ci/run installs it)");
-    assert!(
-        out.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 /// A test CA and a certificate it signs for `names`: (ca.pem, cert, key).
 fn test_ca(dir: &Path, names: &[&str]) -> (PathBuf, PathBuf, PathBuf) {
-    let p = |f: &str| dir.join(f).to_str().unwrap().to_string();
-    openssl(&[
-        "req",
-        "-x509",
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:P-256",
-        "-nodes",
-        "-keyout",
-        &p("ca.key"),
-        "-out",
-        &p("ca.pem"),
-        "-subj",
-        "/CN=ringmail test CA",
-        "-days",
-        "2",
-        "-addext",
-        "basicConstraints=critical,CA:TRUE",
-        "-addext",
-        "keyUsage=critical,keyCertSign,cRLSign",
-    ]);
-    openssl(&[
-        "req",
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:P-256",
-        "-nodes",
-        "-keyout",
-        &p("mx.key"),
-        "-out",
-        &p("mx.csr"),
-        "-subj",
-        &format!("/CN={}", names[0]),
-    ]);
+    let ca = make_test_ca(dir);
     let san = names
         .iter()
         .map(|n| format!("DNS:{n}"))
         .collect::<Vec<_>>()
         .join(",");
-    std::fs::write(
-        dir.join("ext.cnf"),
-        format!("subjectAltName={san}\nextendedKeyUsage=serverAuth\n"),
-    )
-    .unwrap();
-    openssl(&[
-        "x509",
-        "-req",
-        "-in",
-        &p("mx.csr"),
-        "-CA",
-        &p("ca.pem"),
-        "-CAkey",
-        &p("ca.key"),
-        "-CAcreateserial",
-        "-out",
-        &p("mx.pem"),
-        "-days",
-        "2",
-        "-extfile",
-        &p("ext.cnf"),
-    ]);
-    (dir.join("ca.pem"), dir.join("mx.pem"), dir.join("mx.key"))
+    let (cert, key) = ca_signed(dir, "mx", names[0], &san, "serverAuth");
+    (ca, cert, key)
 }
 
 fn stderr_log(i: &Instance) -> String {
