@@ -745,28 +745,43 @@ fn try_send(addr: SocketAddr, rcpt: &str, message: &[u8]) -> bool {
     }
 }
 
-#[test]
-fn a_primary_killed_under_load_fails_over_and_loses_nothing_acknowledged() {
-    let Some(etcd) = etcd() else { return };
-    let accounts: Vec<String> = (0..20).map(|i| format!("w{i}@example.test")).collect();
-    let ids = ["n1", "n2", "n3"];
-    let mut nodes = mapped_cluster(&etcd, "f", &ids, &accounts);
-    let senders = [nodes[0].smtp, nodes[1].smtp];
-    let message =
-        |i: usize| format!("Message-ID: <f{i}@example.org>\r\nSubject: f{i}\r\n\r\nload {i}\r\n");
+/// Messages sent on a thread while a test does something to the cluster.
+struct Load {
+    /// Messages acknowledged so far (the range's start included).
+    sent: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    /// Ends with the number of sends that were retried.
+    thread: std::thread::JoinHandle<usize>,
+}
 
-    // Senders keep going through n1 and n2 while n3 is killed; a message
-    // that is refused (451) is sent again until it is acknowledged.
-    let sent = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+impl Load {
+    /// Wait until `n` messages are acknowledged.
+    fn wait_for(&self, n: usize) {
+        while self.sent.load(std::sync::atomic::Ordering::Acquire) < n {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+/// Send `message(i)` for each i of `range` to account `i % accounts`,
+/// alternately through the two `senders`; a message refused (451, or a
+/// connection refused or cut) is sent again until it is acknowledged,
+/// within 40 s.
+fn keep_sending(
+    senders: [SocketAddr; 2],
+    accounts: &[String],
+    range: std::ops::Range<usize>,
+    message: fn(usize) -> String,
+) -> Load {
+    let sent = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(range.start));
     let progress = sent.clone();
-    let accts = accounts.clone();
-    let load = std::thread::spawn(move || {
+    let accounts = accounts.to_vec();
+    let thread = std::thread::spawn(move || {
         let mut retries = 0;
-        for i in 0..240 {
+        for i in range {
             let deadline = Instant::now() + Duration::from_secs(40);
             while !try_send(
                 senders[i % 2],
-                &accts[i % accts.len()],
+                &accounts[i % accounts.len()],
                 message(i).as_bytes(),
             ) {
                 assert!(Instant::now() < deadline, "message {i} never acknowledged");
@@ -777,15 +792,27 @@ fn a_primary_killed_under_load_fails_over_and_loses_nothing_acknowledged() {
         }
         retries
     });
-    while sent.load(std::sync::atomic::Ordering::Acquire) < 60 {
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    Load { sent, thread }
+}
+
+#[test]
+fn a_primary_killed_under_load_fails_over_and_loses_nothing_acknowledged() {
+    let Some(etcd) = etcd() else { return };
+    let accounts: Vec<String> = (0..20).map(|i| format!("w{i}@example.test")).collect();
+    let ids = ["n1", "n2", "n3"];
+    let mut nodes = mapped_cluster(&etcd, "f", &ids, &accounts);
+    let message =
+        |i: usize| format!("Message-ID: <f{i}@example.org>\r\nSubject: f{i}\r\n\r\nload {i}\r\n");
+
+    // Senders keep going through n1 and n2 while n3 is killed.
+    let load = keep_sending([nodes[0].smtp, nodes[1].smtp], &accounts, 0..240, message);
+    load.wait_for(60);
     let killed = Instant::now();
     nodes[2].kill9();
     let took = wait_status(&nodes[0], Duration::from_secs(15), |s| {
         s.contains("2 live node(s)") && !s.contains("gone")
     });
-    let retries = load.join().unwrap();
+    let retries = load.thread.join().unwrap();
     eprintln!(
         "failover after kill -9 took {took:?} (lease 3 s); {retries} sends were retried; all acknowledged {:?} after the kill",
         killed.elapsed()
@@ -952,26 +979,8 @@ fn a_drain_under_load_moves_accounts_and_their_sessions() {
     assert_eq!(pop.stat().0, 2);
 
     // Senders keep going through n1 and n2 while n3 is drained.
-    let sent = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(40));
-    let progress = sent.clone();
-    let (senders, accts) = ([nodes[0].smtp, nodes[1].smtp], accounts.clone());
-    let load = std::thread::spawn(move || {
-        for i in 40..240 {
-            let deadline = Instant::now() + Duration::from_secs(40);
-            while !try_send(
-                senders[i % 2],
-                &accts[i % accts.len()],
-                message(i).as_bytes(),
-            ) {
-                assert!(Instant::now() < deadline, "message {i} never acknowledged");
-                std::thread::sleep(Duration::from_millis(100));
-            }
-            progress.store(i + 1, std::sync::atomic::Ordering::Release);
-        }
-    });
-    while sent.load(std::sync::atomic::Ordering::Acquire) < 100 {
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    let load = keep_sending([nodes[0].smtp, nodes[1].smtp], &accounts, 40..240, message);
+    load.wait_for(100);
     let out = cluster_cmd(&nodes[0], &["drain", "n3"]);
     assert!(out.contains("n3 drained"), "{out}");
     let drained = Instant::now();
@@ -990,7 +999,7 @@ fn a_drain_under_load_moves_accounts_and_their_sessions() {
         r.starts_with("-ERR [SYS/TEMP]") && r.contains("moved"),
         "{r}"
     );
-    load.join().unwrap();
+    load.thread.join().unwrap();
     assert_ne!(primary_of(&nodes[0], &moving), "n3");
     let status = cluster_cmd(&nodes[0], &["status"]);
     assert_eq!(counts(&status, "n3"), (0, 0), "{status}");

@@ -73,6 +73,20 @@ impl Shard {
         crate::storage::bucket_of(account, self.shared.meta.buckets)
     }
 
+    /// Cluster mode with `duplicate_window_secs`: how to store `message`
+    /// once across its sender's attempts (`cluster::duplicates`); None
+    /// outside a cluster, with the window off, or without a Message-ID.
+    pub fn once_for(&self, reverse_path: &str, message: &[u8]) -> Option<super::shard::Once> {
+        let window = self.shared.config.cluster.as_ref()?.duplicate_window_secs;
+        if window == 0 {
+            return None;
+        }
+        Some(super::shard::Once {
+            identity: crate::cluster::duplicates::identity(reverse_path, message)?,
+            window: window as i64,
+        })
+    }
+
     /// Is `sha256` (`AB:CD:...`) the fingerprint of a certificate a live
     /// member of our cluster published?
     pub fn is_member_certificate(&self, sha256: &str) -> bool {

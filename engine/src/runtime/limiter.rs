@@ -137,31 +137,30 @@ impl Limiter {
         if !exempt.rate && !self.connection_rate.charge(ip, 1, minute_now()) {
             return Err(Refusal::AddressRate);
         }
-        let slot = match ip {
-            IpAddr::V4(a) => fnv1a64(&a.octets()),
-            IpAddr::V6(a) => fnv1a64(&a.octets()),
-        } as usize
-            % SLOTS;
         if self.total.fetch_add(1, Ordering::AcqRel) >= self.total_max.load(Ordering::Relaxed) {
             self.total.fetch_sub(1, Ordering::AcqRel);
             return Err(Refusal::ServerFull);
         }
-        if exempt.per_address {
-            return Ok(Permit {
-                limiter: self.clone(),
-                slot: None,
-            });
-        }
-        if self.slots[slot].fetch_add(1, Ordering::AcqRel)
-            >= self.per_address_max.load(Ordering::Relaxed)
-        {
-            self.slots[slot].fetch_sub(1, Ordering::AcqRel);
-            self.total.fetch_sub(1, Ordering::AcqRel);
-            return Err(Refusal::AddressFull);
-        }
+        let slot = if exempt.per_address {
+            None
+        } else {
+            let slot = match ip {
+                IpAddr::V4(a) => fnv1a64(&a.octets()),
+                IpAddr::V6(a) => fnv1a64(&a.octets()),
+            } as usize
+                % SLOTS;
+            if self.slots[slot].fetch_add(1, Ordering::AcqRel)
+                >= self.per_address_max.load(Ordering::Relaxed)
+            {
+                self.slots[slot].fetch_sub(1, Ordering::AcqRel);
+                self.total.fetch_sub(1, Ordering::AcqRel);
+                return Err(Refusal::AddressFull);
+            }
+            Some(slot)
+        };
         Ok(Permit {
             limiter: self.clone(),
-            slot: Some(slot),
+            slot,
         })
     }
 

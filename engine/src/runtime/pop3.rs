@@ -142,6 +142,10 @@ fn open_maildrop(
     })
 }
 
+/// Cluster mode: the last answer of a session whose maildrop moved to
+/// another node (`Shard::serves`).
+const MOVED: &[u8] = b"-ERR [SYS/TEMP] maildrop moved to another node, connect again\r\n";
+
 async fn run(
     shard: Rc<Shard>,
     mut conn: Conn,
@@ -174,11 +178,7 @@ async fn run(
                 // is deleted here, and the client's next connection is
                 // relayed to the new primary.
                 if account.is_some_and(|a| !shard.serves(a)) {
-                    let _ = conn
-                        .write_all(
-                            b"-ERR [SYS/TEMP] maildrop moved to another node, connect again\r\n",
-                        )
-                        .await;
+                    let _ = conn.write_all(MOVED).await;
                     return;
                 }
                 shard.set_idle_as(fd, account);
@@ -193,9 +193,7 @@ async fn run(
                                 .write_all(b"-ERR [SYS/TEMP] server shutting down\r\n")
                                 .await;
                         } else if account.is_some_and(|a| !shard.serves(a)) {
-                            let _ = conn
-                                .write_all(b"-ERR [SYS/TEMP] maildrop moved to another node, connect again\r\n")
-                                .await;
+                            let _ = conn.write_all(MOVED).await;
                         }
                         return;
                     }

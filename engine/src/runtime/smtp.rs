@@ -706,19 +706,7 @@ pub async fn serve(
                     } else {
                         // Cluster mode: a retry of what a failure left
                         // stored here is stored once.
-                        let once = config
-                            .cluster
-                            .as_ref()
-                            .filter(|c| c.duplicate_window_secs > 0)
-                            .and_then(|c| {
-                                Some(super::shard::Once {
-                                    identity: crate::cluster::duplicates::identity(
-                                        &tx.reverse_path,
-                                        &body,
-                                    )?,
-                                    window: c.duplicate_window_secs as i64,
-                                })
-                            });
+                        let once = shard.once_for(&tx.reverse_path, &body);
                         let (r, b) = shard
                             .deliver_to(&accounts, folder, prefix, body, now, once)
                             .await;
