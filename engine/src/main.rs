@@ -291,9 +291,10 @@ enum ClusterAction {
         /// Show what would change, write nothing.
         #[arg(long)]
         dry_run: bool,
-        /// Also move buckets off live primaries to even them out. Stored
-        /// mail does not move with a bucket yet: use it before mail is
-        /// stored (a new cluster), not after.
+        /// Also move buckets off live primaries to even them out. The new
+        /// primary copies a moved bucket's mail in the background, so its
+        /// accounts show part of their mail for a moment: use it at a
+        /// quiet time.
         #[arg(long)]
         move_primaries: bool,
     },

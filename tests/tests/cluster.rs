@@ -600,6 +600,12 @@ fn sessions_through_any_node_reach_the_accounts_node() {
     plain
         .cmd("MAIL FROM:<s@example.org>")
         .expect(530, Some("5.7.0"));
+    // Nor hands out buckets (runtime/catchup.rs) to anyone but a member
+    // that presented its certificate.
+    plain.cmd("EHLO stranger.example.test").expect(250, None);
+    let reply = plain.cmd("XSYNC 0 0,1,2");
+    assert_eq!(reply.code / 100, 5, "{reply:?}");
+    plain.cmd("NOOP").expect(250, None);
     // Nor over TLS from a member's address without a member's certificate
     // (Python's smtplib: none at all, then one of its own).
     let dir = tempfile::tempdir().unwrap();
@@ -1279,4 +1285,172 @@ print("auth on")
         ]);
         assert!(err.contains(why), "{err}");
     }
+}
+
+/// How many times `node` logged `event` so far.
+fn logged(node: &Server, event: &str) -> usize {
+    node.stderr_text()
+        .matches(&format!("event=\"{event}\""))
+        .count()
+}
+
+/// Wait until each of `nodes` logged `event` more often than `before` says.
+fn wait_logged(nodes: &[&Server], event: &str, before: &[usize]) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for (n, b) in nodes.iter().zip(before) {
+        while logged(n, event) <= *b {
+            assert!(
+                Instant::now() < deadline,
+                "no new {event}:\n{}",
+                n.stderr_tail(40)
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+/// The Message-IDs of `account`'s INBOX read through `addr` (POP3), in order.
+fn inbox_ids(addr: SocketAddr, account: &str) -> Vec<String> {
+    let mut p = Pop3::login(addr, account, PASSWORD);
+    let (count, _) = p.stat();
+    let ids = (1..=count)
+        .map(|n| {
+            let m = String::from_utf8_lossy(&p.retr(n)).into_owned();
+            m.split("Message-ID: <")
+                .nth(1)
+                .and_then(|r| r.split('>').next())
+                .unwrap_or_else(|| panic!("{m}"))
+                .to_string()
+        })
+        .collect();
+    p.quit();
+    ids
+}
+
+/// What IMAP shows of an account through `addr`: INBOX message 1's flags,
+/// the mailboxes, and Projects' messages' Message-IDs.
+fn imap_state(addr: SocketAddr, account: &str) -> String {
+    python_code(&format!(
+        r#"
+import imaplib
+m = imaplib.IMAP4("127.0.0.1", {port})
+m.login("{account}", "{PASSWORD}")
+typ, boxes = m.list()
+names = sorted(b.decode().rsplit(" ", 1)[1].strip('"') for b in boxes)
+m.select("INBOX", readonly=True)
+typ, data = m.fetch("1", "(FLAGS)")
+flags = data[0].decode().split("FLAGS (")[1].split(")")[0]
+ids = []
+if "Projects" in names:
+    m.select("Projects", readonly=True)
+    typ, data = m.search(None, "ALL")
+    for n in data[0].split():
+        typ, d = m.fetch(n, "(BODY.PEEK[HEADER.FIELDS (MESSAGE-ID)])")
+        ids.append(d[0][1].decode().strip())
+# \Recent belongs to the session, not to the message.
+flags = [f for f in flags.split() if f != "\\Recent"]
+print("flags=" + " ".join(sorted(flags)), "boxes=" + ",".join(names), "projects=" + ",".join(ids))
+m.logout()
+"#,
+        port = addr.port()
+    ))
+    .trim()
+    .to_string()
+}
+
+/// A node that gains a bucket copies what the bucket already holds, with
+/// flags, keywords and mailboxes (`runtime/catchup.rs`). So a second
+/// failure loses nothing that only the first failure's dead node and the
+/// surviving primary held; and a killed node that comes back and is given
+/// buckets again ends up with each message once.
+#[test]
+fn a_gained_bucket_is_copied_so_a_second_failure_loses_nothing() {
+    let Some(etcd) = etcd() else { return };
+    let accounts: Vec<String> = (0..48).map(|i| format!("g{i}@example.test")).collect();
+    let ids = ["n1", "n2", "n3"];
+    let mut nodes = mapped_cluster(&etcd, "g", &ids, &accounts);
+    let message = |i: usize| {
+        format!(
+            "From: <s@example.org>\r\nMessage-ID: <g{i}@example.org>\r\nSubject: g{i}\r\n\r\nbody {i}\r\n"
+        )
+    };
+    for i in 0..accounts.len() * 3 {
+        smtp_send(
+            nodes[i % 3].smtp,
+            "s@example.org",
+            &[&accounts[i % accounts.len()]],
+            message(i).as_bytes(),
+        );
+    }
+    let want = |k: usize| -> Vec<String> {
+        (0..3)
+            .map(|j| format!("g{}@example.org", k + j * accounts.len()))
+            .collect()
+    };
+    // x: primary n1, replica n3. Its flags and a mailbox change on n1,
+    // which per-delivery replication does not carry.
+    let places = locate(&nodes[0], &accounts);
+    let x = places
+        .iter()
+        .position(|(p, r)| p == "n1" && r == "n3")
+        .expect("an account on n1 with its replica on n3");
+    python_code(&format!(
+        r#"
+import imaplib
+m = imaplib.IMAP4("127.0.0.1", {port})
+m.login("{account}", "{PASSWORD}")
+m.select("INBOX")
+for r in [m.store("1", "+FLAGS", r"(\Flagged $Work)"), m.create("Projects"), m.copy("2", "Projects")]:
+    assert r[0] == "OK", r
+m.logout()
+"#,
+        port = nodes[0].imap.port(),
+        account = accounts[x]
+    ));
+    let x_state = imap_state(nodes[0].imap, &accounts[x]);
+    assert_eq!(
+        x_state,
+        format!(
+            "flags=$Work \\Flagged boxes=Archive,Drafts,INBOX,Junk,Projects,Sent,Trash projects=Message-ID: <g{}@example.org>",
+            x + accounts.len()
+        )
+    );
+
+    // n3 dies: n2 becomes replica of n1's buckets that n3 was replica of
+    // (x's among them) and copies them from n1.
+    let before: Vec<usize> = nodes.iter().map(|n| logged(n, "caught_up")).collect();
+    nodes[2].kill9();
+    wait_status(&nodes[0], Duration::from_secs(15), |s| {
+        s.contains("2 live node(s)") && !s.contains("gone")
+    });
+    wait_logged(&[&nodes[0], &nodes[1]], "caught_up", &before);
+
+    // n1 dies too: n2 alone holds everything.
+    nodes[0].kill9();
+    wait_status(&nodes[1], Duration::from_secs(15), |s| {
+        s.contains("1 live node(s)") && !s.contains("gone")
+    });
+    for (k, account) in accounts.iter().enumerate() {
+        assert_eq!(inbox_ids(nodes[1].pop3, account), want(k), "{account}");
+    }
+    assert_eq!(imap_state(nodes[1].imap, &accounts[x]), x_state);
+
+    // n1 comes back with its old data and is given buckets again: it
+    // copies them from n2 and holds each message once.
+    nodes[0].restart();
+    wait_status(&nodes[1], Duration::from_secs(15), |s| {
+        s.contains("2 live node(s)")
+    });
+    let before: Vec<usize> = nodes.iter().map(|n| logged(n, "caught_up")).collect();
+    let r = cluster_cmd(&nodes[1], &["rebalance", "--move-primaries"]);
+    wait_map(&nodes[..2], &r);
+    wait_logged(&[&nodes[0]], "caught_up", &before);
+    let places = locate(&nodes[1], &accounts);
+    assert!(places.iter().any(|(p, _)| p == "n1"));
+    for (k, account) in accounts.iter().enumerate() {
+        for n in &nodes[..2] {
+            assert_eq!(inbox_ids(n.pop3, account), want(k), "{account}");
+        }
+    }
+    assert_eq!(imap_state(nodes[0].imap, &accounts[x]), x_state);
 }

@@ -49,6 +49,13 @@ pub fn identity(reverse_path: &str, message: &[u8]) -> Option<[u8; 32]> {
     Some(out)
 }
 
+/// Where a message's content starts: after its leading trace fields, the
+/// part every node's copy of a delivery has in common (each node that
+/// stores a copy adds its own Received: and Return-Path:).
+pub fn content_start(message: &[u8]) -> usize {
+    after_trace(header::split(message).0)
+}
+
 /// Where the leading trace fields of a header section end.
 fn after_trace(head: &[u8]) -> usize {
     const TRACE: [&[u8]; 3] = [b"received", b"return-path", b"authentication-results"];
@@ -129,6 +136,21 @@ impl Recent {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn content_starts_after_the_leading_trace_fields() {
+        let body = b"From: a@example.org\r\nReceived: late\r\n\r\nhi\r\n";
+        let primary = [
+            &b"Return-Path: <s@example.org>\r\nReceived: from c by n1;\r\n\tdate\r\n"[..],
+            body,
+        ]
+        .concat();
+        let replica = [&b"Return-Path: <s@example.org>\r\nReceived: from n1 by n2\r\nAuthentication-Results: n1; spf=pass\r\nReceived: from c by n1;\r\n\tdate\r\n"[..], body].concat();
+        assert_eq!(&primary[content_start(&primary)..], body);
+        assert_eq!(&replica[content_start(&replica)..], body);
+        // A trace field after the first other field is content.
+        assert_eq!(content_start(body), 0);
+    }
+
     use super::*;
 
     const M: &[u8] = b"Message-ID: <a@x>\r\nSubject: s\r\n\r\nbody\r\n";

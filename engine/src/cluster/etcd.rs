@@ -528,8 +528,8 @@ fn describe(name: &str, view: &View) -> String {
 
 /// `ringmail cluster rebalance`: a balanced map over the live members that
 /// moves as few buckets as it can (live primaries stay unless
-/// `move_primaries`: their mail does not move with them yet), written only
-/// if the map did not change meanwhile (compare its version; retried on a
+/// `move_primaries`: the new primary copies their mail after the switch),
+/// written only if the map did not change meanwhile (compare its version; retried on a
 /// conflict).
 pub fn rebalance(cfg: &Cluster, dry_run: bool, move_primaries: bool) -> Result<String, String> {
     block_on(async {

@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Instant;
 
+pub mod catchup;
 pub mod duplicates;
 #[cfg(feature = "cluster")]
 pub mod etcd;

@@ -11,6 +11,7 @@
 //! its CPU. Then the process prints one `ringmail: ready ...` line on stdout.
 //! SIGTERM/SIGINT: every shard stops accepting, lets sessions finish within
 //! the grace period, makes everything durable, checkpoints, and exits 0.
+pub mod catchup;
 pub mod cluster;
 pub mod control;
 pub mod http;

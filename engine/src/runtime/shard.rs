@@ -115,6 +115,18 @@ pub enum ShardMsg {
         recipients: u32,
         reply: oneshot::Sender<bool>,
     },
+    /// Cluster catch-up: the accounts of these buckets (this shard's) that
+    /// have stored state here.
+    BucketAccounts {
+        buckets: Vec<u32>,
+        reply: oneshot::Sender<Vec<String>>,
+    },
+    /// Cluster catch-up: stream an account this shard owns in the export
+    /// format.
+    Export {
+        account: String,
+        out: futures::channel::mpsc::Sender<super::transfer::Piece>,
+    },
     /// Login throttling: apply `op` to `key`, which this shard owns.
     Throttle {
         key: throttle::Key,
@@ -190,6 +202,8 @@ pub struct Shard {
     /// (`Shard::end_moved_sessions`).
     idle_accounts: RefCell<HashMap<i32, String>>,
     checked_map: Cell<Option<i64>>,
+    /// Cluster mode: the buckets this shard copies from other nodes.
+    pub catchup: super::catchup::State,
     pub connections: Cell<usize>,
     stopping: Cell<bool>,
     stop_waiters: RefCell<Vec<oneshot::Sender<()>>>,
@@ -714,6 +728,12 @@ impl Shard {
                 let set = victims.into_iter().collect();
                 let _ = reply.send(self.store.evacuate(&set).await);
             }
+            ShardMsg::BucketAccounts { buckets, reply } => {
+                let _ = reply.send(self.store.accounts_in_buckets(&buckets));
+            }
+            ShardMsg::Export { account, out } => {
+                super::transfer::export(&self, &account, out).await;
+            }
             ShardMsg::Throttle { key, op, reply } => {
                 let _ = reply.send(self.throttle_local(&key, op));
             }
@@ -1066,6 +1086,7 @@ pub async fn run(shared: Arc<Shared>, mesh: MeshBuilder<ShardMsg, Full>) -> Resu
         idle: RefCell::default(),
         idle_accounts: RefCell::default(),
         checked_map: Cell::new(None),
+        catchup: Default::default(),
         connections: Cell::new(0),
         stopping: Cell::new(false),
         stop_waiters: RefCell::default(),
@@ -1372,6 +1393,7 @@ pub async fn publish_metrics(shard: Rc<Shard>) {
             .published
             .publish(shard.id, shard.metrics.snapshot(storage));
         shard.end_moved_sessions();
+        super::catchup::plan(&shard);
         let stop = shard.on_stop();
         let tick = glommio::timer::sleep(Duration::from_secs(1));
         futures::pin_mut!(tick);

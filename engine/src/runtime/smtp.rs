@@ -298,7 +298,7 @@ fn count_transaction(
 
 /// What a node's hand-over may add to a message it accepted (its
 /// Received: and Authentication-Results: fields).
-const INTERNAL_HEADROOM: usize = 64 * 1024;
+pub(crate) const INTERNAL_HEADROOM: usize = 64 * 1024;
 
 /// Which listener a session came in on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -405,7 +405,19 @@ pub async fn serve(
     let mut spooler = Spooler::new(shard.budget.clone(), charge_to(&session));
     // Which message the spooler holds bytes of (`SmtpSession::message_serial`).
     let mut spooled_serial = None;
+    // Internal listener: the client presented a member's certificate.
+    let mut member = false;
     loop {
+        // A member copying buckets it gained (runtime/catchup.rs), between
+        // transactions: the rest of the connection is that copy.
+        if member
+            && !session.message_in_progress()
+            && super::catchup::is_request(conn.pending())
+            && memchr::memchr(b'\n', conn.pending()).is_some()
+        {
+            super::catchup::serve(&shard, &mut conn).await;
+            return;
+        }
         let (used, event) = {
             let ctx = Ctx { shard: &shard };
             session.advance(conn.pending(), &ctx, &mut out)
@@ -774,6 +786,7 @@ pub async fn serve(
                             .await;
                         return;
                     }
+                    member = true;
                     session.tls_started(info);
                     continue;
                 }

@@ -221,6 +221,31 @@ pub fn digest(body: &[u8]) -> [u8; 16] {
     d.finish()
 }
 
+/// Which part of a stored message [`open`] digests.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Digests {
+    /// The whole message ([`digest`]): an import recognises what it
+    /// imported before.
+    Whole,
+    /// The message after its leading trace fields
+    /// (`cluster::duplicates::content_start`): a cluster node's copy of a
+    /// delivery and the primary's differ only there.
+    Content,
+}
+
+impl Digests {
+    pub fn of(self, body: &[u8]) -> [u8; 16] {
+        digest(&body[self.start(body)..])
+    }
+
+    fn start(self, body: &[u8]) -> usize {
+        match self {
+            Digests::Whole => 0,
+            Digests::Content => crate::cluster::duplicates::content_start(body),
+        }
+    }
+}
+
 /// Bytes hashed between two yields to the shard's executor.
 const DIGEST_STEP: usize = 64 * 1024;
 
@@ -325,7 +350,16 @@ pub async fn handle(shard: Rc<Shard>, req: Request) -> String {
             uidvalidity,
             reply,
         } => {
-            let _ = reply.send(open(&shard, &account, &name, uidvalidity).await);
+            let opened = open(
+                &shard,
+                &account,
+                &name,
+                uidvalidity,
+                special::NONE,
+                Digests::Whole,
+            )
+            .await;
+            let _ = reply.send(opened);
         }
         Work::Append {
             account,
@@ -343,7 +377,9 @@ pub async fn handle(shard: Rc<Shard>, req: Request) -> String {
     String::new()
 }
 
-async fn export(shard: &Rc<Shard>, account: &str, mut out: mpsc::Sender<Piece>) {
+/// Stream `account` in the export format (see `crate::transfer`) into
+/// `out`, from one snapshot, ending with [`Piece::End`].
+pub async fn export(shard: &Rc<Shard>, account: &str, mut out: mpsc::Sender<Piece>) {
     // The snapshot: index and body mappings together, no await in between.
     let snapshot: Option<Vec<(index::Mailbox, Vec<Option<Body>>)>> =
         shard.store.with_account(account, |a| {
@@ -436,11 +472,16 @@ fn import_name(name: &str) -> Option<String> {
     crate::session::mailboxes::new_name(&stored).filter(|n| n.len() <= MAILBOX_NAME_MAX)
 }
 
-async fn open(
+/// Open (or create, with `special_use` and the superior names first) the
+/// mailbox `name` of `account` for [`append`], with the digests of what it
+/// holds.
+pub async fn open(
     shard: &Rc<Shard>,
     account: &str,
     name: &str,
     uidvalidity: u32,
+    special_use: u8,
+    kind: Digests,
 ) -> Result<Opened, String> {
     let store = &shard.store;
     if !store.owns(account) {
@@ -520,7 +561,13 @@ async fn open(
                     mailbox: *id,
                     name: n,
                     uidvalidity: *v,
-                    special_use: special::NONE,
+                    // The attribute goes to the mailbox itself, not to
+                    // the superiors created for it.
+                    special_use: if n == name {
+                        special_use
+                    } else {
+                        special::NONE
+                    },
                 })
                 .collect();
             store.commit(&ops).await.map_err(|e| e.to_string())?;
@@ -547,7 +594,8 @@ async fn open(
     let mut digests = HashMap::new();
     for b in bodies {
         let mut d = Digester::new();
-        for step in b.bytes().chunks(DIGEST_STEP) {
+        let bytes = b.bytes();
+        for step in bytes[kind.start(bytes)..].chunks(DIGEST_STEP) {
             d.update(step);
             glommio::yield_if_needed().await;
         }
@@ -561,7 +609,9 @@ async fn open(
     })
 }
 
-async fn append(
+/// Store `messages` in `mailbox` of `account` in one durable commit; the
+/// UID each got. `keep_uids`: keep each source UID that still ascends.
+pub async fn append(
     shard: &Rc<Shard>,
     account: &str,
     mailbox: u32,

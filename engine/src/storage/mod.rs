@@ -624,6 +624,21 @@ impl Store {
 
     /// Accounts of this shard whose names start with `prefix` (relay queue
     /// accounts), sorted.
+    /// The mail accounts (not relay queues) of these buckets that have
+    /// stored state on this shard.
+    pub fn accounts_in_buckets(&self, buckets: &[u32]) -> Vec<String> {
+        let all = self.buckets.borrow();
+        let mut v: Vec<String> = buckets
+            .iter()
+            .filter_map(|b| all.get(b))
+            .flat_map(|b| b.accounts.keys())
+            .filter(|a| !a.starts_with(crate::relay::queue::QUEUE_PREFIX))
+            .cloned()
+            .collect();
+        v.sort();
+        v
+    }
+
     pub fn accounts_with_prefix(&self, prefix: &str) -> Vec<String> {
         let mut v: Vec<String> = self
             .buckets

@@ -1,0 +1,638 @@
+//! Cluster mode: copying the mail of buckets a node gained (as their new
+//! replica, or as their new primary through a drain) from the node that
+//! holds it (`cluster::catchup::pulls` says which and from where).
+//!
+//! Each shard plans against every new map it sees (`plan`, from the
+//! once-a-second tick) and one task per shard works through its list
+//! (`work`): per source node, one connection to its internal listener,
+//! STARTTLS with the node's published certificate pinned and ours
+//! presented (the same checks as a hand-over), then
+//!
+//! ```text
+//! XSYNC <map version> <bucket>,<bucket>,...
+//! 250 2.0.0 Buckets follow
+//! <the export stream of every account of those buckets>   (crate::transfer)
+//! end
+//! ```
+//!
+//! after which the source closes. The source first waits until its own map
+//! is at least as new as the puller's, so every delivery it commits after
+//! its snapshots is replicated to the puller already.
+//!
+//! The copy is additive and idempotent: a mailbox is created when missing
+//! (UIDVALIDITY and UIDs kept where the mailbox is new, as an import
+//! does), and a message the mailbox already holds is skipped. "Already
+//! holds" compares the message without its leading trace fields, since
+//! each node's copy of a delivery carries its own Received: and
+//! Return-Path: (`transfer::Digests::Content`); the k-th copy in the source
+//! is skipped if the target holds k. A failed copy is tried again
+//! (`RETRY_AFTER`) while the node still holds the bucket. What a copy does
+//! not do: remove what the source no longer has, or carry flag changes to
+//! messages the target already holds (record-level replication would).
+use std::cell::{Cell, RefCell};
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::Duration;
+
+use futures::channel::{mpsc, oneshot};
+use futures::StreamExt;
+
+use super::shard::{Shard, ShardMsg};
+use super::transfer::{self, Digests, Incoming, Opened, Piece};
+use crate::cluster::catchup::{pulls, Pull};
+use crate::cluster::Placement;
+use crate::storage;
+use crate::transport::{Conn, ReadOutcome};
+
+/// The command a puller sends after STARTTLS.
+const VERB: &[u8] = b"XSYNC ";
+/// Waits for a step of the conversation (a reply, a piece of the stream).
+const STEP_TIMEOUT: Duration = Duration::from_secs(60);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a source waits for its map to reach the puller's version.
+const MAP_WAIT: Duration = Duration::from_secs(5);
+/// Before a failed copy is tried again.
+const RETRY_AFTER: Duration = Duration::from_secs(2);
+/// Bound on a reply line, a frame line and a whole reply.
+const LINE_MAX: usize = 8 * 1024;
+const REPLY_MAX: usize = 64 * 1024;
+/// A batch is stored at this many messages or bytes (one commit each).
+const BATCH_MESSAGES_MAX: usize = 64;
+const BATCH_BYTES_MAX: usize = 4 << 20;
+/// Keywords a mailbox frame may announce (the store keeps 64 per mailbox).
+const KEYWORDS_MAX: usize = crate::session::imap::KEYWORDS_MAX;
+
+/// A shard's catch-up state.
+#[derive(Default)]
+pub struct State {
+    /// The map (and version) the last plan was made against.
+    planned: RefCell<Option<(i64, Placement)>>,
+    queue: RefCell<Vec<Pull>>,
+    running: Cell<bool>,
+}
+
+/// Plan against the map this node sees now, if it is new: queue the
+/// buckets this shard gained, and start the shard's worker.
+pub fn plan(shard: &Rc<Shard>) {
+    let Some(m) = shard.mapped() else {
+        return;
+    };
+    let Some((map, version)) = m.view.placement.as_ref() else {
+        return;
+    };
+    let mut planned = shard.catchup.planned.borrow_mut();
+    if planned.as_ref().is_some_and(|(v, _)| v == version) {
+        return;
+    }
+    let cores = shard.shared.cores;
+    let new = pulls(
+        planned.as_ref().map(|(_, p)| p),
+        map,
+        m.me,
+        |id| m.view.members.contains_key(id),
+        |b| storage::shard_of_bucket(b, cores) == shard.id,
+    );
+    *planned = Some((*version, map.clone()));
+    drop(planned);
+    if new.is_empty() {
+        return;
+    }
+    tracing::info!(
+        buckets = new.len(),
+        version,
+        "cluster: copying the buckets this node gained from their nodes"
+    );
+    {
+        let mut queue = shard.catchup.queue.borrow_mut();
+        queue.retain(|q| !new.iter().any(|n| n.bucket == q.bucket));
+        queue.extend(new);
+    }
+    if !shard.catchup.running.replace(true) {
+        glommio::spawn_local(work(shard.clone())).detach();
+    }
+}
+
+/// Copy the queued buckets, one connection per source node, until the
+/// queue is empty (failures are queued again after [`RETRY_AFTER`]).
+async fn work(shard: Rc<Shard>) {
+    let mut copied = Copied::default();
+    loop {
+        let jobs = std::mem::take(&mut *shard.catchup.queue.borrow_mut());
+        if jobs.is_empty() || shard.stopping() {
+            break;
+        }
+        let Some(m) = shard.mapped() else { break };
+        let version = m.view.placement.as_ref().map_or(0, |(_, v)| *v);
+        // Per source, the buckets this node still holds; a source that is
+        // gone is replaced by the bucket's primary.
+        let mut by_source: BTreeMap<String, Vec<u32>> = BTreeMap::new();
+        for job in jobs {
+            let map = m.map();
+            if map.primary_of(job.bucket) != Some(m.me) && map.replica_of(job.bucket) != Some(m.me)
+            {
+                continue;
+            }
+            let live = |id: &str| id != m.me && m.view.members.contains_key(id);
+            let from = Some(job.from.as_str())
+                .filter(|f| live(f))
+                .or_else(|| map.primary_of(job.bucket).filter(|p| live(p)));
+            if let Some(from) = from {
+                by_source
+                    .entry(from.to_string())
+                    .or_default()
+                    .push(job.bucket);
+            }
+        }
+        let sources: Vec<_> = by_source
+            .into_iter()
+            .filter_map(|(id, buckets)| {
+                let record = m.view.members.get(&id)?.clone();
+                Some((record, buckets))
+            })
+            .collect();
+        drop(m);
+        let mut again = Vec::new();
+        for (from, buckets) in sources {
+            match pull(&shard, &from, &buckets, version).await {
+                Ok(c) => {
+                    tracing::info!(
+                        event = "bucket_copied",
+                        from = from.id,
+                        buckets = buckets.len(),
+                        accounts = c.accounts,
+                        added = c.added,
+                        present = c.present,
+                        "cluster: buckets copied"
+                    );
+                    copied.add(&c);
+                }
+                Err(why) => {
+                    tracing::warn!(
+                        from = from.id,
+                        buckets = buckets.len(),
+                        why,
+                        "cluster: copying buckets failed; trying again"
+                    );
+                    again.extend(buckets.into_iter().map(|bucket| Pull {
+                        bucket,
+                        from: from.id.clone(),
+                    }));
+                }
+            }
+        }
+        if !again.is_empty() {
+            shard.catchup.queue.borrow_mut().extend(again);
+            let stop = shard.on_stop();
+            let pause = glommio::timer::sleep(RETRY_AFTER);
+            futures::pin_mut!(pause);
+            let _ = futures::future::select(pause, stop).await;
+        }
+    }
+    shard.catchup.running.set(false);
+    if shard.catchup.queue.borrow().is_empty() {
+        tracing::info!(
+            event = "caught_up",
+            accounts = copied.accounts,
+            added = copied.added,
+            present = copied.present,
+            "cluster: every bucket this shard gained is copied"
+        );
+    }
+}
+
+/// What a copy did.
+#[derive(Default)]
+struct Copied {
+    accounts: usize,
+    added: usize,
+    present: usize,
+}
+
+impl Copied {
+    fn add(&mut self, o: &Copied) {
+        self.accounts += o.accounts;
+        self.added += o.added;
+        self.present += o.present;
+    }
+}
+
+// ------------------------------------------------------------ puller side
+
+async fn fill(conn: &mut Conn) -> Result<(), String> {
+    match conn.fill(STEP_TIMEOUT).await {
+        ReadOutcome::Data => Ok(()),
+        ReadOutcome::Eof => Err("the source closed the connection".into()),
+        ReadOutcome::TimedOut => Err("the source went silent".into()),
+        ReadOutcome::Failed(e) => Err(e.to_string()),
+    }
+}
+
+/// One line, without its line end (at most [`LINE_MAX`] bytes).
+async fn line(conn: &mut Conn) -> Result<String, String> {
+    loop {
+        if let Some(i) = memchr::memchr(b'\n', conn.pending()) {
+            if i > LINE_MAX {
+                return Err("line too long".into());
+            }
+            let text = String::from_utf8_lossy(&conn.pending()[..i])
+                .trim_end_matches('\r')
+                .to_string();
+            conn.consume(i + 1);
+            return Ok(text);
+        }
+        if conn.pending().len() > LINE_MAX {
+            return Err("line too long".into());
+        }
+        fill(conn).await?;
+    }
+}
+
+/// An SMTP reply: its code and text (the lines joined).
+async fn reply(conn: &mut Conn) -> Result<(u16, String), String> {
+    let mut text = String::new();
+    loop {
+        let l = line(conn).await?;
+        let code: u16 = l
+            .get(..3)
+            .and_then(|c| c.parse().ok())
+            .ok_or_else(|| format!("not an SMTP reply: {l:?}"))?;
+        text.push_str(&l);
+        if l.as_bytes().get(3) != Some(&b'-') {
+            return Ok((code, text));
+        }
+        if text.len() > REPLY_MAX {
+            return Err("reply too long".into());
+        }
+        text.push('\n');
+    }
+}
+
+async fn command(conn: &mut Conn, line: &str, want: u16) -> Result<(), String> {
+    conn.write_all(line.as_bytes())
+        .await
+        .map_err(|e| e.to_string())?;
+    expect(conn, want).await
+}
+
+async fn expect(conn: &mut Conn, want: u16) -> Result<(), String> {
+    match reply(conn).await? {
+        (code, _) if code == want => Ok(()),
+        (_, text) => Err(text),
+    }
+}
+
+/// `len` bytes of the stream.
+async fn bytes(conn: &mut Conn, len: usize) -> Result<Vec<u8>, String> {
+    let mut v = Vec::with_capacity(len);
+    while v.len() < len {
+        if conn.pending().is_empty() {
+            fill(conn).await?;
+        }
+        let n = (len - v.len()).min(conn.pending().len());
+        v.extend_from_slice(&conn.pending()[..n]);
+        conn.consume(n);
+    }
+    Ok(v)
+}
+
+/// Copy `buckets` from the node `from`.
+async fn pull(
+    shard: &Rc<Shard>,
+    from: &crate::cluster::NodeRecord,
+    buckets: &[u32],
+    version: i64,
+) -> Result<Copied, String> {
+    let to: SocketAddr = from
+        .internal_addr()
+        .ok_or_else(|| format!("{}: no internal address", from.id))?;
+    let stream = glommio::net::TcpStream::connect_timeout(to, CONNECT_TIMEOUT)
+        .await
+        .map_err(|e| format!("{to}: {e}"))?;
+    let _ = stream.set_write_timeout(Some(STEP_TIMEOUT));
+    let mut conn = Conn::new(stream, Vec::new());
+    let hostname = shard.config().hostname.clone();
+    expect(&mut conn, 220).await?;
+    command(&mut conn, &format!("EHLO {hostname}\r\n"), 250).await?;
+    command(&mut conn, "STARTTLS\r\n", 220).await?;
+    let config = crate::tls::pinned_client_config(
+        from.tls_sha256.clone(),
+        Some(shard.shared.tls.client_identity()),
+    )
+    .map_err(|e| e.to_string())?;
+    conn.start_tls_client(
+        config,
+        rustls_pki_types::ServerName::IpAddress(to.ip().into()),
+    )
+    .map_err(|e| e.to_string())?;
+    conn.handshake(STEP_TIMEOUT)
+        .await
+        .map_err(|e| format!("TLS: {e}"))?;
+    command(&mut conn, &format!("EHLO {hostname}\r\n"), 250).await?;
+    let list: Vec<String> = buckets.iter().map(u32::to_string).collect();
+    command(
+        &mut conn,
+        &format!("XSYNC {version} {}\r\n", list.join(",")),
+        250,
+    )
+    .await?;
+    apply(shard, &mut conn, buckets).await
+}
+
+/// The mailbox being copied into.
+struct Target {
+    opened: Opened,
+    /// Copies of each digest seen in the source so far.
+    seen: HashMap<[u8; 16], u32>,
+    /// The source mailbox's keywords, by bit.
+    keywords: Vec<String>,
+}
+
+/// Read the export stream and store what this node lacks.
+async fn apply(shard: &Rc<Shard>, conn: &mut Conn, buckets: &[u32]) -> Result<Copied, String> {
+    let max = shard.config().limits.message_size_max + super::smtp::INTERNAL_HEADROOM;
+    let mut copied = Copied::default();
+    // The account being copied (None: its frames are read and dropped).
+    let mut account: Option<String> = None;
+    let mut target: Option<Target> = None;
+    let mut batch: Vec<Incoming> = Vec::new();
+    let mut batch_bytes = 0;
+    loop {
+        let l = line(conn).await?;
+        let (verb, rest) = l.split_once(' ').unwrap_or((l.as_str(), ""));
+        let boundary = matches!(verb, "account" | "mailbox" | "end");
+        if boundary || batch.len() >= BATCH_MESSAGES_MAX || batch_bytes >= BATCH_BYTES_MAX {
+            store(shard, &account, &target, &mut batch).await?;
+            batch_bytes = 0;
+        }
+        match verb {
+            "end" => return Ok(copied),
+            "account" => {
+                target = None;
+                account = None;
+                let Ok(name) = crate::accounts::canonical(rest) else {
+                    return Err(format!("bad account frame {l:?}"));
+                };
+                if !buckets.contains(&shard.bucket(&name)) || !shard.store.owns(&name) {
+                    return Err(format!("the source sent {name}, not of the buckets asked"));
+                }
+                if !shard.directory().contains(&name) {
+                    tracing::warn!(
+                        account = name,
+                        "cluster: an account of a copied bucket is not in this node's account file; skipped"
+                    );
+                    continue;
+                }
+                copied.accounts += 1;
+                account = Some(name);
+            }
+            "mailbox" => {
+                let mut w = rest.splitn(5, ' ');
+                let mut num = || w.next().and_then(|n| n.parse::<u32>().ok());
+                let (Some(uidvalidity), Some(_uidnext), Some(special), Some(keywords)) =
+                    (num(), num(), num(), num())
+                else {
+                    return Err(format!("bad mailbox frame {l:?}"));
+                };
+                let name = w.next().unwrap_or_default().to_string();
+                let keywords = keywords as usize;
+                if keywords > KEYWORDS_MAX {
+                    return Err(format!("bad mailbox frame {l:?}"));
+                }
+                let mut names = Vec::with_capacity(keywords);
+                for _ in 0..keywords {
+                    let k = line(conn).await?;
+                    let k = k.strip_prefix("keyword ").ok_or("bad keyword frame")?;
+                    names.push(k.to_string());
+                }
+                target = None;
+                if let Some(a) = &account {
+                    let special = u8::try_from(special).unwrap_or(0);
+                    match transfer::open(shard, a, &name, uidvalidity, special, Digests::Content)
+                        .await
+                    {
+                        Ok(opened) => {
+                            target = Some(Target {
+                                opened,
+                                seen: HashMap::new(),
+                                keywords: names,
+                            })
+                        }
+                        Err(e) => {
+                            tracing::warn!(account = a, mailbox = name, error = e, "cluster: a mailbox of a copied bucket could not be opened; skipped")
+                        }
+                    }
+                }
+            }
+            "message" => {
+                let nums: Vec<i64> = rest
+                    .split(' ')
+                    .map(|n| n.parse().map_err(|_| format!("bad message frame {l:?}")))
+                    .collect::<Result<_, _>>()?;
+                let [uid, flags, mask, date, len] = nums[..] else {
+                    return Err(format!("bad message frame {l:?}"));
+                };
+                let len = usize::try_from(len).map_err(|_| "bad message length")?;
+                if len > max {
+                    return Err(format!("a message of {len} bytes is over the size limit"));
+                }
+                let body = bytes(conn, len).await?;
+                let Some(t) = target.as_mut() else {
+                    continue;
+                };
+                let d = Digests::Content.of(&body);
+                let k = t.seen.entry(d).or_insert(0);
+                *k += 1;
+                if *k <= t.opened.digests.get(&d).copied().unwrap_or(0) {
+                    copied.present += 1;
+                    continue;
+                }
+                let keywords = t
+                    .keywords
+                    .iter()
+                    .enumerate()
+                    .filter(|(bit, _)| (mask as u64) >> bit & 1 == 1)
+                    .map(|(_, k)| k.clone())
+                    .collect();
+                copied.added += 1;
+                batch_bytes += body.len();
+                batch.push(Incoming {
+                    uid: u32::try_from(uid).unwrap_or(0),
+                    flags: u32::try_from(flags).unwrap_or(0),
+                    keywords,
+                    internal_date: date,
+                    body,
+                });
+            }
+            _ => return Err(format!("bad frame {l:?}")),
+        }
+    }
+}
+
+/// Store a batch into the current mailbox (one durable commit).
+async fn store(
+    shard: &Rc<Shard>,
+    account: &Option<String>,
+    target: &Option<Target>,
+    batch: &mut Vec<Incoming>,
+) -> Result<(), String> {
+    if batch.is_empty() {
+        return Ok(());
+    }
+    let (Some(a), Some(t)) = (account, target) else {
+        batch.clear();
+        return Ok(());
+    };
+    let messages = std::mem::take(batch);
+    transfer::append(shard, a, t.opened.id, t.opened.fresh, messages)
+        .await
+        .map(|_| ())
+}
+
+// ------------------------------------------------------------ source side
+
+/// Is the start of `pending` a copy request (sent by a member after
+/// STARTTLS with its certificate)?
+pub fn is_request(pending: &[u8]) -> bool {
+    pending.len() >= VERB.len() && pending[..VERB.len()].eq_ignore_ascii_case(VERB)
+}
+
+/// `<version> <bucket>,<bucket>,...` (after the verb): the map version
+/// and the buckets, sorted, once each, every one below `buckets`.
+fn parse_request(text: &str, buckets: u32) -> Option<(i64, Vec<u32>)> {
+    let (version, list) = text.split_once(' ')?;
+    let version: i64 = version.parse().ok()?;
+    let mut list: Vec<u32> = list
+        .split(',')
+        .map(|b| b.parse().ok().filter(|b| *b < buckets))
+        .collect::<Option<_>>()?;
+    list.sort_unstable();
+    list.dedup();
+    Some((version, list))
+}
+
+/// Serve a copy request: the line is at the start of `conn`'s input.
+/// The connection ends afterwards.
+pub async fn serve(shard: &Rc<Shard>, conn: &mut Conn) {
+    let Some(i) = memchr::memchr(b'\n', conn.pending()) else {
+        return;
+    };
+    let text = String::from_utf8_lossy(&conn.pending()[VERB.len()..i])
+        .trim()
+        .to_string();
+    conn.consume(i + 1);
+    let _ = conn.stream.set_write_timeout(Some(STEP_TIMEOUT));
+    let Some((version, list)) = parse_request(&text, shard.shared.meta.buckets) else {
+        let _ = conn
+            .write_all(b"501 5.5.4 Syntax: XSYNC <version> <bucket>,...\r\n")
+            .await;
+        return;
+    };
+    // Our map must be as new as the puller's: from then on, what we commit
+    // for these buckets is replicated to it.
+    let deadline = std::time::Instant::now() + MAP_WAIT;
+    while shard.map_version().unwrap_or(0) < version {
+        if std::time::Instant::now() > deadline {
+            let _ = conn
+                .write_all(b"451 4.4.0 This node has not seen that bucket map yet\r\n")
+                .await;
+            return;
+        }
+        glommio::timer::sleep(Duration::from_millis(50)).await;
+    }
+    if conn
+        .write_all(b"250 2.0.0 Buckets follow\r\n")
+        .await
+        .is_err()
+    {
+        return;
+    }
+    match stream(shard, conn, list).await {
+        Ok(accounts) => {
+            let _ = conn.write_all(b"end\n").await;
+            tracing::info!(
+                event = "buckets_sent",
+                peer = %conn.peer(),
+                accounts,
+                "cluster: buckets sent to a node that gained them"
+            );
+        }
+        // Cut short: close without `end`, so the puller sees it.
+        Err(why) => tracing::warn!(peer = %conn.peer(), why, "cluster: sending buckets failed"),
+    }
+}
+
+/// Write the export of every account of `buckets`, per owner shard.
+async fn stream(shard: &Rc<Shard>, conn: &mut Conn, buckets: Vec<u32>) -> Result<usize, String> {
+    let mut by_owner: BTreeMap<usize, Vec<u32>> = BTreeMap::new();
+    for b in buckets {
+        by_owner
+            .entry(storage::shard_of_bucket(b, shard.shared.cores))
+            .or_default()
+            .push(b);
+    }
+    let mut sent = 0;
+    for (owner, buckets) in by_owner {
+        let accounts = if owner == shard.id {
+            shard.store.accounts_in_buckets(&buckets)
+        } else {
+            let (reply, rx) = oneshot::channel();
+            let msg = ShardMsg::BucketAccounts { buckets, reply };
+            shard
+                .senders
+                .send_to(owner, msg)
+                .await
+                .map_err(|_| "a shard is gone")?;
+            rx.await.map_err(|_| "a shard did not answer")?
+        };
+        for account in accounts {
+            let (out, mut rx) = mpsc::channel(4);
+            if owner == shard.id {
+                let (s, a) = (shard.clone(), account.clone());
+                glommio::spawn_local(async move { transfer::export(&s, &a, out).await }).detach();
+            } else {
+                let msg = ShardMsg::Export {
+                    account: account.clone(),
+                    out,
+                };
+                shard
+                    .senders
+                    .send_to(owner, msg)
+                    .await
+                    .map_err(|_| "a shard is gone")?;
+            }
+            loop {
+                match rx.next().await {
+                    Some(Piece::Data(chunk)) => {
+                        conn.write_all(&chunk).await.map_err(|e| e.to_string())?
+                    }
+                    // Before any data: the account went away meanwhile.
+                    Some(Piece::Error(_)) => break,
+                    Some(Piece::End) => {
+                        sent += 1;
+                        break;
+                    }
+                    None => return Err(format!("the export of {account} stopped")),
+                }
+            }
+        }
+    }
+    Ok(sent)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_are_checked() {
+        assert!(is_request(b"XSYNC 4 1,2\r\n"));
+        assert!(is_request(b"xsync 4"));
+        assert!(!is_request(b"XSYN"));
+        assert!(!is_request(b"MAIL FROM:<>"));
+        assert_eq!(parse_request("7 3,1,3", 16), Some((7, vec![1, 3])));
+        for bad in ["7", "x 1", "7 ", "7 1,,2", "7 16", "7 -1", "7 1 2"] {
+            assert_eq!(parse_request(bad, 16), None, "{bad}");
+        }
+    }
+}
