@@ -1454,3 +1454,45 @@ m.logout()
     }
     assert_eq!(imap_state(nodes[0].imap, &accounts[x]), x_state);
 }
+
+/// Hand-overs share sessions (`runtime/peer.rs`): twenty messages through
+/// the node that is not the account's primary open one session each way,
+/// not twenty; and a pooled session the other node closed (its command
+/// timeout here) is replaced without the client noticing.
+#[test]
+fn hand_overs_reuse_sessions_and_replace_closed_ones() {
+    let Some(etcd) = etcd() else { return };
+    let accounts: Vec<String> = (0..8).map(|i| format!("p{i}@example.test")).collect();
+    let timeouts = "[timeouts]\nsmtp_command_secs = 2\n";
+    let nodes = mapped_cluster_with(&etcd, "p", &["n1", "n2"], &accounts, timeouts);
+    let account = accounts
+        .iter()
+        .find(|a| primary_of(&nodes[0], a) == "n2")
+        .expect("an account on n2")
+        .clone();
+    // The first map's bucket copies (runtime/catchup.rs) open sessions
+    // of their own: let them end first.
+    wait_logged(&[&nodes[0], &nodes[1]], "caught_up", &[0, 0]);
+    let sessions = |n: &Server| logged(n, "peer_session");
+    let before = (sessions(&nodes[0]), sessions(&nodes[1]));
+    for i in 0..20 {
+        let m = format!("Message-ID: <p{i}@example.org>\r\nSubject: {i}\r\n\r\nbody {i}\r\n");
+        smtp_send(nodes[0].smtp, "s@example.org", &[&account], m.as_bytes());
+    }
+    // n1 hands over to n2; n2 copies to its replica n1.
+    assert_eq!(
+        (sessions(&nodes[0]), sessions(&nodes[1])),
+        (before.0 + 1, before.1 + 1)
+    );
+    // Both pooled sessions are closed by the other side's timeout.
+    std::thread::sleep(Duration::from_secs(3));
+    let m = b"Message-ID: <p-late@example.org>\r\nSubject: late\r\n\r\nlate\r\n";
+    assert_eq!(send_code(nodes[0].smtp, &[&account], m), 250);
+    assert_eq!(
+        (sessions(&nodes[0]), sessions(&nodes[1])),
+        (before.0 + 2, before.1 + 2)
+    );
+    for n in &nodes {
+        assert_eq!(inbox_ids(n.pop3, &account).len(), 21);
+    }
+}

@@ -38,25 +38,20 @@ use std::time::Duration;
 use futures::channel::{mpsc, oneshot};
 use futures::StreamExt;
 
+use super::peer::{bytes, command, line, STEP_TIMEOUT};
 use super::shard::{Shard, ShardMsg};
 use super::transfer::{self, Digests, Incoming, Opened, Piece};
 use crate::cluster::catchup::{pulls, Pull};
 use crate::cluster::Placement;
 use crate::storage;
-use crate::transport::{Conn, ReadOutcome};
+use crate::transport::Conn;
 
 /// The command a puller sends after STARTTLS.
 const VERB: &[u8] = b"XSYNC ";
-/// Waits for a step of the conversation (a reply, a piece of the stream).
-const STEP_TIMEOUT: Duration = Duration::from_secs(60);
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a source waits for its map to reach the puller's version.
 const MAP_WAIT: Duration = Duration::from_secs(5);
 /// Before a failed copy is tried again.
 const RETRY_AFTER: Duration = Duration::from_secs(2);
-/// Bound on a reply line, a frame line and a whole reply.
-const LINE_MAX: usize = 8 * 1024;
-const REPLY_MAX: usize = 64 * 1024;
 /// A batch is stored at this many messages or bytes (one commit each).
 const BATCH_MESSAGES_MAX: usize = 64;
 const BATCH_BYTES_MAX: usize = 4 << 20;
@@ -219,83 +214,6 @@ impl Copied {
 
 // ------------------------------------------------------------ puller side
 
-async fn fill(conn: &mut Conn) -> Result<(), String> {
-    match conn.fill(STEP_TIMEOUT).await {
-        ReadOutcome::Data => Ok(()),
-        ReadOutcome::Eof => Err("the source closed the connection".into()),
-        ReadOutcome::TimedOut => Err("the source went silent".into()),
-        ReadOutcome::Failed(e) => Err(e.to_string()),
-    }
-}
-
-/// One line, without its line end (at most [`LINE_MAX`] bytes).
-async fn line(conn: &mut Conn) -> Result<String, String> {
-    loop {
-        if let Some(i) = memchr::memchr(b'\n', conn.pending()) {
-            if i > LINE_MAX {
-                return Err("line too long".into());
-            }
-            let text = String::from_utf8_lossy(&conn.pending()[..i])
-                .trim_end_matches('\r')
-                .to_string();
-            conn.consume(i + 1);
-            return Ok(text);
-        }
-        if conn.pending().len() > LINE_MAX {
-            return Err("line too long".into());
-        }
-        fill(conn).await?;
-    }
-}
-
-/// An SMTP reply: its code and text (the lines joined).
-async fn reply(conn: &mut Conn) -> Result<(u16, String), String> {
-    let mut text = String::new();
-    loop {
-        let l = line(conn).await?;
-        let code: u16 = l
-            .get(..3)
-            .and_then(|c| c.parse().ok())
-            .ok_or_else(|| format!("not an SMTP reply: {l:?}"))?;
-        text.push_str(&l);
-        if l.as_bytes().get(3) != Some(&b'-') {
-            return Ok((code, text));
-        }
-        if text.len() > REPLY_MAX {
-            return Err("reply too long".into());
-        }
-        text.push('\n');
-    }
-}
-
-async fn command(conn: &mut Conn, line: &str, want: u16) -> Result<(), String> {
-    conn.write_all(line.as_bytes())
-        .await
-        .map_err(|e| e.to_string())?;
-    expect(conn, want).await
-}
-
-async fn expect(conn: &mut Conn, want: u16) -> Result<(), String> {
-    match reply(conn).await? {
-        (code, _) if code == want => Ok(()),
-        (_, text) => Err(text),
-    }
-}
-
-/// `len` bytes of the stream.
-async fn bytes(conn: &mut Conn, len: usize) -> Result<Vec<u8>, String> {
-    let mut v = Vec::with_capacity(len);
-    while v.len() < len {
-        if conn.pending().is_empty() {
-            fill(conn).await?;
-        }
-        let n = (len - v.len()).min(conn.pending().len());
-        v.extend_from_slice(&conn.pending()[..n]);
-        conn.consume(n);
-    }
-    Ok(v)
-}
-
 /// Copy `buckets` from the node `from`.
 async fn pull(
     shard: &Rc<Shard>,
@@ -306,37 +224,16 @@ async fn pull(
     let to: SocketAddr = from
         .internal_addr()
         .ok_or_else(|| format!("{}: no internal address", from.id))?;
-    let stream = glommio::net::TcpStream::connect_timeout(to, CONNECT_TIMEOUT)
-        .await
-        .map_err(|e| format!("{to}: {e}"))?;
-    let _ = stream.set_write_timeout(Some(STEP_TIMEOUT));
-    let mut conn = Conn::new(stream, Vec::new());
-    let hostname = shard.config().hostname.clone();
-    expect(&mut conn, 220).await?;
-    command(&mut conn, &format!("EHLO {hostname}\r\n"), 250).await?;
-    command(&mut conn, "STARTTLS\r\n", 220).await?;
-    let config = crate::tls::pinned_client_config(
-        from.tls_sha256.clone(),
-        Some(shard.shared.tls.client_identity()),
-    )
-    .map_err(|e| e.to_string())?;
-    conn.start_tls_client(
-        config,
-        rustls_pki_types::ServerName::IpAddress(to.ip().into()),
-    )
-    .map_err(|e| e.to_string())?;
-    conn.handshake(STEP_TIMEOUT)
-        .await
-        .map_err(|e| format!("TLS: {e}"))?;
-    command(&mut conn, &format!("EHLO {hostname}\r\n"), 250).await?;
+    let mut peer = super::peer::connect(shard, to, from.tls_sha256.clone()).await?;
+    let conn = &mut peer.conn;
     let list: Vec<String> = buckets.iter().map(u32::to_string).collect();
     command(
-        &mut conn,
+        conn,
         &format!("XSYNC {version} {}\r\n", list.join(",")),
         250,
     )
     .await?;
-    apply(shard, &mut conn, buckets).await
+    apply(shard, conn, buckets).await
 }
 
 /// The mailbox being copied into.

@@ -5,7 +5,6 @@ use std::net::{IpAddr, SocketAddr};
 
 use super::shard::Shard;
 use crate::cluster::{Placement, View};
-use crate::relay::client::{self, ClientParams, OutboundMessage, SessionTls};
 use crate::session::smtp::Transaction;
 
 /// Recipients split by the node that stores them.
@@ -227,65 +226,26 @@ pub async fn hand_over(
         }
         None => body,
     };
-    for away in handovers {
-        let (node, n) = (away.node.clone(), away.recipients.len());
-        forward(
-            shard,
-            away,
-            &tx.reverse_path,
-            bytes,
-            tx.smtputf8,
-            tx.body_8bit,
-        )
-        .await?;
-        tracing::debug!(node, recipients = n, "handed over to the bucket's node");
+    let message = super::peer::Outgoing {
+        reverse_path: &tx.reverse_path,
+        body: bytes,
+        smtputf8: tx.smtputf8,
+        eight_bit: tx.body_8bit,
+    };
+    // Every node at once; the first failure is the answer.
+    let sends = handovers.iter().map(|away| async {
+        super::peer::hand_over(shard, away.to, &away.pins, &away.recipients, &message)
+            .await
+            .map_err(|e| format!("{} at {}: {e}", away.node, away.to))?;
+        tracing::debug!(
+            node = away.node,
+            recipients = away.recipients.len(),
+            "handed over to the bucket's node"
+        );
+        Ok::<(), String>(())
+    });
+    for r in futures::future::join_all(sends).await {
+        r?;
     }
     Ok(routes.here)
-}
-
-/// Hand a message to another node's internal listener, over STARTTLS with
-/// the node's published certificate pinned; Ok once that node answered
-/// 250 for it (after its own durable commit).
-async fn forward(
-    shard: &Shard,
-    away: Away,
-    reverse_path: &str,
-    body: &[u8],
-    smtputf8: bool,
-    eight_bit: bool,
-) -> Result<(), String> {
-    let to = away.to;
-    let mut params = ClientParams::new(shard.config().hostname.clone());
-    params.tls = Some(SessionTls {
-        config: crate::tls::pinned_client_config(
-            away.pins,
-            Some(shard.shared.tls.client_identity()),
-        )
-        .map_err(|e| e.to_string())?,
-        name: rustls_pki_types::ServerName::IpAddress(to.ip().into()),
-        required: true,
-    });
-    let message = OutboundMessage {
-        reverse_path: reverse_path.to_string(),
-        recipients: away.recipients,
-        body,
-        needs_smtputf8: smtputf8,
-        is_8bit: eight_bit,
-    };
-    let delivery = client::deliver(to, params, std::slice::from_ref(&message))
-        .await
-        .map_err(|e| format!("{} at {to}: {e}", away.node))?;
-    if delivery.tls.is_none() {
-        // `required` makes the client stop before MAIL without TLS.
-        return Err(format!("{} at {to}: no TLS", away.node));
-    }
-    let outcome = delivery
-        .outcomes
-        .first()
-        .ok_or_else(|| format!("{to}: no outcome"))?;
-    match outcome.recipients.iter().find(|r| !r.is_delivered()) {
-        None if outcome.recipients.len() == message.recipients.len() => Ok(()),
-        None => Err(format!("{to}: not every recipient answered")),
-        Some(r) => Err(format!("{to}: {}", r.reply())),
-    }
 }

@@ -18,6 +18,7 @@ pub mod http;
 pub mod imap;
 pub mod limiter;
 pub mod listen;
+pub mod peer;
 pub mod pop3;
 pub mod privileges;
 pub mod proxy;

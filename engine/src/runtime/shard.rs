@@ -204,6 +204,8 @@ pub struct Shard {
     checked_map: Cell<Option<i64>>,
     /// Cluster mode: the buckets this shard copies from other nodes.
     pub catchup: super::catchup::State,
+    /// Cluster mode: idle sessions with the other nodes (hand-overs).
+    pub peers: super::peer::Pool,
     pub connections: Cell<usize>,
     stopping: Cell<bool>,
     stop_waiters: RefCell<Vec<oneshot::Sender<()>>>,
@@ -1087,6 +1089,7 @@ pub async fn run(shared: Arc<Shared>, mesh: MeshBuilder<ShardMsg, Full>) -> Resu
         idle_accounts: RefCell::default(),
         checked_map: Cell::new(None),
         catchup: Default::default(),
+        peers: Default::default(),
         connections: Cell::new(0),
         stopping: Cell::new(false),
         stop_waiters: RefCell::default(),

@@ -1,0 +1,305 @@
+//! Cluster mode: SMTP sessions from this node to another member's internal
+//! listener, and a pool of them per shard.
+//!
+//! A session is set up once (TCP, greeting, EHLO, STARTTLS with the
+//! member's published fingerprints pinned and this node's certificate
+//! presented, EHLO again) and then carries many hand-overs, one
+//! transaction each with MAIL, RCPT and DATA pipelined (RFC 2920): setting
+//! up a mutual-TLS session per message cost about twenty times a local
+//! delivery. Sessions go back to their shard's [`Pool`] after a transaction
+//! that ended in 250 and are dropped after any failure. A pooled session
+//! the other node has closed meanwhile (its command timeout, a restart)
+//! fails before anything was accepted, and the hand-over is tried again
+//! once on a new session.
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use super::shard::Shard;
+use crate::transport::{Conn, ReadOutcome};
+
+/// Waits for one step (a reply, a piece of a stream).
+pub const STEP_TIMEOUT: Duration = Duration::from_secs(60);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Bound on one line and on a whole reply.
+const LINE_MAX: usize = 8 * 1024;
+const REPLY_MAX: usize = 64 * 1024;
+/// Idle sessions kept per other node and shard, and for how long: well
+/// under the other node's SMTP command timeout.
+const POOL_PER_PEER: usize = 32;
+const POOL_IDLE_MAX: Duration = Duration::from_secs(20);
+/// Body pieces shorter than this are gathered into one write.
+const GATHER_MAX: usize = 16 * 1024;
+
+/// An SMTP session with another member, past STARTTLS and EHLO.
+pub struct Peer {
+    pub conn: Conn,
+    idle_since: Instant,
+}
+
+/// A message to hand over.
+pub struct Outgoing<'a> {
+    pub reverse_path: &'a str,
+    pub body: &'a [u8],
+    pub smtputf8: bool,
+    pub eight_bit: bool,
+}
+
+/// How a hand-over failed.
+pub enum Failed {
+    /// The session broke before the end of data: the other node stored
+    /// nothing, and a new session may try again.
+    Broken(String),
+    /// MAIL, a RCPT or DATA was refused (the other node's reply).
+    Refused(String),
+    /// At or after the end of data: the other node's answer, or none.
+    After(String),
+}
+
+impl Failed {
+    pub fn into_reason(self) -> String {
+        match self {
+            Failed::Broken(s) | Failed::Refused(s) | Failed::After(s) => s,
+        }
+    }
+}
+
+async fn fill(conn: &mut Conn) -> Result<(), String> {
+    match conn.fill(STEP_TIMEOUT).await {
+        ReadOutcome::Data => Ok(()),
+        ReadOutcome::Eof => Err("the other node closed the connection".into()),
+        ReadOutcome::TimedOut => Err("the other node went silent".into()),
+        ReadOutcome::Failed(e) => Err(e.to_string()),
+    }
+}
+
+/// One line, without its line end (at most `LINE_MAX` bytes).
+pub async fn line(conn: &mut Conn) -> Result<String, String> {
+    loop {
+        if let Some(i) = memchr::memchr(b'\n', conn.pending()) {
+            if i > LINE_MAX {
+                return Err("line too long".into());
+            }
+            let text = String::from_utf8_lossy(&conn.pending()[..i])
+                .trim_end_matches('\r')
+                .to_string();
+            conn.consume(i + 1);
+            return Ok(text);
+        }
+        if conn.pending().len() > LINE_MAX {
+            return Err("line too long".into());
+        }
+        fill(conn).await?;
+    }
+}
+
+/// An SMTP reply: its code and text (the lines joined).
+pub async fn reply(conn: &mut Conn) -> Result<(u16, String), String> {
+    let mut text = String::new();
+    loop {
+        let l = line(conn).await?;
+        let code: u16 = l
+            .get(..3)
+            .and_then(|c| c.parse().ok())
+            .ok_or_else(|| format!("not an SMTP reply: {l:?}"))?;
+        text.push_str(&l);
+        if l.as_bytes().get(3) != Some(&b'-') {
+            return Ok((code, text));
+        }
+        if text.len() > REPLY_MAX {
+            return Err("reply too long".into());
+        }
+        text.push('\n');
+    }
+}
+
+/// Expect a reply with code `want`; Err with the reply's text otherwise.
+pub async fn expect(conn: &mut Conn, want: u16) -> Result<(), String> {
+    match reply(conn).await? {
+        (code, _) if code == want => Ok(()),
+        (_, text) => Err(text),
+    }
+}
+
+/// Send a command line and expect `want`.
+pub async fn command(conn: &mut Conn, line: &str, want: u16) -> Result<(), String> {
+    conn.write_all(line.as_bytes())
+        .await
+        .map_err(|e| e.to_string())?;
+    expect(conn, want).await
+}
+
+/// `len` bytes of the input.
+pub async fn bytes(conn: &mut Conn, len: usize) -> Result<Vec<u8>, String> {
+    let mut v = Vec::with_capacity(len);
+    while v.len() < len {
+        if conn.pending().is_empty() {
+            fill(conn).await?;
+        }
+        let n = (len - v.len()).min(conn.pending().len());
+        v.extend_from_slice(&conn.pending()[..n]);
+        conn.consume(n);
+    }
+    Ok(v)
+}
+
+/// A new session with the member at `to` whose certificates are `pins`.
+pub async fn connect(shard: &Shard, to: SocketAddr, pins: Vec<String>) -> Result<Peer, String> {
+    let stream = glommio::net::TcpStream::connect_timeout(to, CONNECT_TIMEOUT)
+        .await
+        .map_err(|e| format!("{to}: {e}"))?;
+    let _ = stream.set_write_timeout(Some(STEP_TIMEOUT));
+    let mut conn = Conn::new(stream, Vec::new());
+    let hostname = shard.config().hostname.clone();
+    expect(&mut conn, 220).await?;
+    command(&mut conn, &format!("EHLO {hostname}\r\n"), 250).await?;
+    command(&mut conn, "STARTTLS\r\n", 220).await?;
+    let config = crate::tls::pinned_client_config(pins, Some(shard.shared.tls.client_identity()))
+        .map_err(|e| e.to_string())?;
+    conn.start_tls_client(
+        config,
+        rustls_pki_types::ServerName::IpAddress(to.ip().into()),
+    )
+    .map_err(|e| e.to_string())?;
+    conn.handshake(STEP_TIMEOUT)
+        .await
+        .map_err(|e| format!("TLS: {e}"))?;
+    command(&mut conn, &format!("EHLO {hostname}\r\n"), 250).await?;
+    tracing::info!(event = "peer_session", %to, "cluster: new session with a member");
+    Ok(Peer {
+        conn,
+        idle_since: Instant::now(),
+    })
+}
+
+impl Peer {
+    /// One transaction: MAIL, every RCPT and DATA pipelined, then the
+    /// body. Ok once the other node answered 250 to the end of data.
+    pub async fn send(&mut self, recipients: &[String], m: &Outgoing<'_>) -> Result<(), Failed> {
+        let mut head = format!("MAIL FROM:<{}> SIZE={}", m.reverse_path, m.body.len());
+        if m.eight_bit {
+            head.push_str(" BODY=8BITMIME");
+        }
+        if m.smtputf8 {
+            head.push_str(" SMTPUTF8");
+        }
+        head.push_str("\r\n");
+        for r in recipients {
+            head.push_str(&format!("RCPT TO:<{r}>\r\n"));
+        }
+        head.push_str("DATA\r\n");
+        let conn = &mut self.conn;
+        let broken = Failed::Broken;
+        conn.write_all(head.as_bytes())
+            .await
+            .map_err(|e| broken(e.to_string()))?;
+        // MAIL's and every RCPT's reply, then DATA's. After a refusal the
+        // session is dropped, so what is left unread does not matter.
+        // A 421 is the other node closing the session (its idle timeout,
+        // a shutdown): nothing was taken.
+        for _ in 0..=recipients.len() {
+            match reply(conn).await.map_err(broken)? {
+                (250, _) => {}
+                (421, text) => return Err(broken(text)),
+                (_, text) => return Err(Failed::Refused(text)),
+            }
+        }
+        match reply(conn).await.map_err(broken)? {
+            (354, _) => {}
+            (421, text) => return Err(broken(text)),
+            (_, text) => return Err(Failed::Refused(text)),
+        }
+        let after = Failed::After;
+        let mut gather: Vec<u8> = Vec::with_capacity(GATHER_MAX);
+        for piece in crate::relay::client::DotStuffed::new(m.body) {
+            if gather.len() + piece.len() > GATHER_MAX && !gather.is_empty() {
+                conn.write_all(&gather)
+                    .await
+                    .map_err(|e| after(e.to_string()))?;
+                gather.clear();
+            }
+            if piece.len() >= GATHER_MAX {
+                conn.write_all(piece)
+                    .await
+                    .map_err(|e| after(e.to_string()))?;
+            } else {
+                gather.extend_from_slice(piece);
+            }
+        }
+        if !gather.is_empty() {
+            conn.write_all(&gather)
+                .await
+                .map_err(|e| after(e.to_string()))?;
+        }
+        match reply(conn).await.map_err(after)? {
+            (250, _) => Ok(()),
+            (_, text) => Err(after(text)),
+        }
+    }
+}
+
+/// Idle sessions of a shard, per other node's internal address.
+#[derive(Default)]
+pub struct Pool(RefCell<HashMap<SocketAddr, Vec<Peer>>>);
+
+impl Pool {
+    /// An idle session with `to`, if one is fresh enough.
+    fn take(&self, to: SocketAddr) -> Option<Peer> {
+        let mut all = self.0.borrow_mut();
+        let list = all.get_mut(&to)?;
+        while let Some(p) = list.pop() {
+            if p.idle_since.elapsed() < POOL_IDLE_MAX {
+                return Some(p);
+            }
+        }
+        None
+    }
+
+    fn give_back(&self, to: SocketAddr, mut p: Peer) {
+        let mut all = self.0.borrow_mut();
+        let list = all.entry(to).or_default();
+        // The oldest go first: they are the likeliest to be closed.
+        list.retain(|q| q.idle_since.elapsed() < POOL_IDLE_MAX);
+        if list.len() < POOL_PER_PEER {
+            p.idle_since = Instant::now();
+            list.push(p);
+        }
+    }
+
+    /// Idle sessions held now (all nodes).
+    pub fn idle(&self) -> usize {
+        self.0.borrow().values().map(Vec::len).sum()
+    }
+}
+
+/// Hand one message for `recipients` to the member at `to` on a pooled
+/// session (or a new one); a pooled session that turns out closed is
+/// replaced once.
+pub async fn hand_over(
+    shard: &Shard,
+    to: SocketAddr,
+    pins: &[String],
+    recipients: &[String],
+    m: &Outgoing<'_>,
+) -> Result<(), String> {
+    let pool = &shard.peers;
+    let mut pooled = pool.take(to);
+    loop {
+        let reused = pooled.is_some();
+        let mut peer = match pooled.take() {
+            Some(p) => p,
+            None => connect(shard, to, pins.to_vec()).await?,
+        };
+        match peer.send(recipients, m).await {
+            Ok(()) => {
+                pool.give_back(to, peer);
+                return Ok(());
+            }
+            Err(Failed::Broken(why)) if reused => {
+                tracing::debug!(%to, why, "cluster: a pooled session was closed; trying a new one");
+            }
+            Err(e) => return Err(e.into_reason()),
+        }
+    }
+}
