@@ -1496,3 +1496,62 @@ fn hand_overs_reuse_sessions_and_replace_closed_ones() {
         assert_eq!(inbox_ids(n.pop3, &account).len(), 21);
     }
 }
+
+/// Messages in `mailbox` of `account`, through `addr` (Python's imaplib).
+fn imap_count(addr: SocketAddr, account: &str, mailbox: &str) -> usize {
+    python_code(&format!(
+        r#"
+import imaplib
+m = imaplib.IMAP4("127.0.0.1", {port})
+m.login("{account}", "{PASSWORD}")
+typ, data = m.select("{mailbox}", readonly=True)
+assert typ == "OK", data
+print(int(data[0]))
+m.logout()
+"#,
+        port = addr.port()
+    ))
+    .trim()
+    .parse()
+    .unwrap()
+}
+
+/// The node a client reaches decides Junk (DMARC quarantine here); the
+/// hand-over to the account's primary and the primary's copy to its
+/// replica carry the verdict (`XJUNK`), so the message is in Junk on both,
+/// as a failover shows.
+#[test]
+fn the_verdict_of_the_node_a_client_reached_travels_with_the_hand_over() {
+    use ringmail::relay::testdns::{TestDns, TestZone};
+    let Some(etcd) = etcd() else { return };
+    let mut zone = TestZone::new();
+    zone.txt("q.test", &["v=spf1 -all"]);
+    zone.txt("_dmarc.q.test", &["v=DMARC1; p=quarantine"]);
+    let (dns, _dns) = TestDns::start(zone);
+    let accounts: Vec<String> = (0..8).map(|i| format!("j{i}@example.test")).collect();
+    // Clients on loopback are verified (trusted_networks is empty).
+    let verify = format!(
+        "[relay]\nnameservers = [\"{dns}\"]\ndns_timeout_secs = 1\n\
+         [mail_auth]\ntrusted_networks = []\ntimeout_secs = 4\n"
+    );
+    let mut nodes = mapped_cluster_with(&etcd, "j", &["n1", "n2"], &accounts, &verify);
+    let account = accounts
+        .iter()
+        .find(|a| primary_of(&nodes[0], a) == "n2")
+        .expect("an account on n2")
+        .clone();
+    let (mut c, _) = smtp_connect(nodes[0].smtp);
+    let message =
+        b"From: <x@q.test>\r\nMessage-ID: <j1@q.test>\r\nSubject: quarantined\r\n\r\nspam\r\n";
+    let r = smtp_transaction(&mut c, "x@q.test", &[&account], message, Transfer::Data).unwrap();
+    assert_eq!(r.code, 250, "{r:?}");
+    assert_eq!(imap_count(nodes[0].imap, &account, "Junk"), 1);
+    assert_eq!(imap_count(nodes[0].imap, &account, "INBOX"), 0);
+    // n2 dies: n1, its replica, serves the account with the message in Junk.
+    nodes[1].kill9();
+    wait_status(&nodes[0], Duration::from_secs(15), |s| {
+        s.contains("1 live node(s)") && !s.contains("gone")
+    });
+    assert_eq!(imap_count(nodes[0].imap, &account, "Junk"), 1);
+    assert_eq!(imap_count(nodes[0].imap, &account, "INBOX"), 0);
+}

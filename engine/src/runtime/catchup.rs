@@ -427,15 +427,11 @@ pub async fn serve(shard: &Rc<Shard>, conn: &mut Conn) {
     };
     // Our map must be as new as the puller's: from then on, what we commit
     // for these buckets is replicated to it.
-    let deadline = std::time::Instant::now() + MAP_WAIT;
-    while shard.map_version().unwrap_or(0) < version {
-        if std::time::Instant::now() > deadline {
-            let _ = conn
-                .write_all(b"451 4.4.0 This node has not seen that bucket map yet\r\n")
-                .await;
-            return;
-        }
-        glommio::timer::sleep(Duration::from_millis(50)).await;
+    if !shard.map_at_least(version, MAP_WAIT).await {
+        let _ = conn
+            .write_all(b"451 4.4.0 This node has not seen that bucket map yet\r\n")
+            .await;
+        return;
     }
     if conn
         .write_all(b"250 2.0.0 Buckets follow\r\n")

@@ -67,6 +67,20 @@ impl Shard {
             .and_then(|m| m.view.placement.as_ref().map(|(_, v)| *v))
     }
 
+    /// Wait (at most `limit`) until this node has seen a bucket map at
+    /// least as new as `version`, which another node acted on; false if it
+    /// has not by then. Versions are etcd revisions: they only grow.
+    pub async fn map_at_least(&self, version: i64, limit: std::time::Duration) -> bool {
+        let deadline = std::time::Instant::now() + limit;
+        while self.map_version().unwrap_or(0) < version {
+            if std::time::Instant::now() >= deadline {
+                return false;
+            }
+            glommio::timer::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        true
+    }
+
     /// The storage bucket of an account.
     pub fn bucket(&self, account: &str) -> u32 {
         crate::storage::bucket_of(account, self.shared.meta.buckets)
@@ -197,13 +211,18 @@ fn push_away(
     Ok(())
 }
 
+/// How long an internal session waits for the map its sender acted on.
+const MAP_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Cluster mode at the end of data: hand the shares of the buckets other
 /// nodes are primary for to those nodes, and the copies of what stays
 /// here to each bucket's replica; Ok with the accounts to store here once
 /// every other node answered 250 (durable there). `internal`: the message
-/// came from another node (see [`Shard::route`]). The other node adds its
-/// Received: and Return-Path:; our Authentication-Results go with the
-/// message.
+/// came from another node (see [`Shard::route`]); it routes with a map at
+/// least as new as the one the sender routed with (`XMAP=`), so a node
+/// that has not yet seen a bucket leave it does not store it. The other
+/// node adds its Received: and Return-Path:; our Authentication-Results
+/// and `junk` (the edge's verdict: `XJUNK`) go with the message.
 pub async fn hand_over(
     shard: &Shard,
     accounts: &[String],
@@ -211,7 +230,16 @@ pub async fn hand_over(
     tx: &Transaction,
     results_field: Option<&str>,
     body: &[u8],
+    junk: bool,
 ) -> Result<Vec<String>, String> {
+    if let Some(v) = tx.map_version.filter(|_| internal) {
+        let v = i64::try_from(v).unwrap_or(i64::MAX);
+        if !shard.map_at_least(v, MAP_WAIT).await {
+            return Err(format!(
+                "the sending node routed with bucket map {v}, which this node has not seen"
+            ));
+        }
+    }
     let routes = shard.route(accounts, internal)?;
     let mut handovers = routes.away;
     handovers.extend(shard.replicas(&routes.here)?);
@@ -231,6 +259,8 @@ pub async fn hand_over(
         body: bytes,
         smtputf8: tx.smtputf8,
         eight_bit: tx.body_8bit,
+        map_version: shard.map_version(),
+        junk,
     };
     // Every node at once; the first failure is the answer.
     let sends = handovers.iter().map(|away| async {

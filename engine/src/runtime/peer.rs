@@ -44,6 +44,10 @@ pub struct Outgoing<'a> {
     pub body: &'a [u8],
     pub smtputf8: bool,
     pub eight_bit: bool,
+    /// The bucket map this node routed with (`XMAP=`).
+    pub map_version: Option<i64>,
+    /// Filed under Junk (`XJUNK`).
+    pub junk: bool,
 }
 
 /// How a hand-over failed.
@@ -183,6 +187,12 @@ impl Peer {
         }
         if m.smtputf8 {
             head.push_str(" SMTPUTF8");
+        }
+        if let Some(v) = m.map_version {
+            head.push_str(&format!(" XMAP={v}"));
+        }
+        if m.junk {
+            head.push_str(" XJUNK");
         }
         head.push_str("\r\n");
         for r in recipients {

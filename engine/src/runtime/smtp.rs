@@ -685,6 +685,11 @@ pub async fn serve(
                         tx.recipients.iter().map(|r| r.account.clone()).collect();
                     // Cluster mode: the other nodes' shares and the
                     // replica copies go first; what stays is stored here.
+                    // A hand-over carries the verdict of the node the
+                    // client reached.
+                    if internal && tx.junk {
+                        folder = Folder::Junk;
+                    }
                     let accounts = match super::cluster::hand_over(
                         &shard,
                         &accounts,
@@ -692,6 +697,7 @@ pub async fn serve(
                         &tx,
                         results_field.as_deref(),
                         &body,
+                        folder == Folder::Junk,
                     )
                     .await
                     {

@@ -120,7 +120,9 @@ pub struct SmtpParams {
     pub relay_client: bool,
     /// Failed AUTH attempts before the connection is closed.
     pub auth_failures_max: usize,
-    /// MAIL only after STARTTLS (`530 5.7.0`): cluster nodes' hand-overs.
+    /// MAIL only after STARTTLS (`530 5.7.0`): cluster nodes' hand-overs,
+    /// the one place the private MAIL parameters `XMAP=` and `XJUNK` are
+    /// accepted (elsewhere they are unknown: `555 5.5.4`).
     pub require_tls: bool,
 }
 
@@ -184,6 +186,10 @@ pub struct Transaction {
     pub body: Vec<u8>,
     pub smtputf8: bool,
     pub body_8bit: bool,
+    /// Cluster hand-overs: the sending node's bucket map version (`XMAP=`).
+    pub map_version: Option<u64>,
+    /// Cluster hand-overs: the message goes to Junk (`XJUNK`).
+    pub junk: bool,
 }
 
 /// How storing a [`Transaction`] went.
@@ -297,6 +303,8 @@ struct Envelope {
     bdat: bool,
     /// MAIL FROM's SIZE= (RFC 1870), if given.
     declared_size: Option<u64>,
+    map_version: Option<u64>,
+    junk: bool,
 }
 
 /// One SMTP server connection.
@@ -935,6 +943,7 @@ impl SmtpSession {
             return self.fail(replies::AUTH_REQUIRED, out);
         }
         let (mut size, mut body, mut smtputf8) = (None, None, false);
+        let (mut map_version, mut junk) = (None, false);
         for param in params {
             // RFC 4954 section 5: AUTH= is accepted (and, from us, ignored)
             // wherever AUTH is offered.
@@ -946,7 +955,15 @@ impl SmtpSession {
                 Ok(MailParam::Size(n)) => size.replace(n).is_some(),
                 Ok(MailParam::Body(b)) => body.replace(b).is_some(),
                 Ok(MailParam::SmtpUtf8) => std::mem::replace(&mut smtputf8, true),
-                Ok(MailParam::Unsupported) => return self.fail(replies::UNKNOWN_PARAM, out),
+                Ok(MailParam::ClusterMap(v)) if self.params.require_tls => {
+                    map_version.replace(v).is_some()
+                }
+                Ok(MailParam::ClusterJunk) if self.params.require_tls => {
+                    std::mem::replace(&mut junk, true)
+                }
+                Ok(MailParam::Unsupported | MailParam::ClusterMap(_) | MailParam::ClusterJunk) => {
+                    return self.fail(replies::UNKNOWN_PARAM, out)
+                }
             };
             if duplicate {
                 return self.fail(replies::PARAM_SYNTAX, out);
@@ -980,6 +997,8 @@ impl SmtpSession {
             body_8bit: body == Some(BodyType::EightBitMime),
             bdat: false,
             declared_size: size,
+            map_version,
+            junk,
         });
         replies::MAIL_OK.write(out);
     }
@@ -1243,6 +1262,8 @@ impl SmtpSession {
             body: std::mem::take(&mut self.body),
             smtputf8: envelope.smtputf8,
             body_8bit: envelope.body_8bit,
+            map_version: envelope.map_version,
+            junk: envelope.junk,
         })
     }
 }
@@ -1546,6 +1567,8 @@ mod tests {
                 body: expected_body.into_bytes(),
                 smtputf8: false,
                 body_8bit: false,
+                map_version: None,
+                junk: false,
             }]
         );
     }
@@ -2162,6 +2185,30 @@ mod tests {
 
     fn run_with(p: SmtpParams, client: &str) -> Run {
         drive(p, &[client.as_bytes()], DeliveryOutcome::Stored)
+    }
+
+    /// The cluster's private MAIL parameters: taken on the internal
+    /// listener (after STARTTLS), unknown (555) anywhere else.
+    #[test]
+    fn cluster_parameters_only_on_the_internal_listener() {
+        let mail = "EHLO c\r\nMAIL FROM:<a@b.test> XMAP=17 XJUNK\r\n\
+                    RCPT TO:<bob@example.test>\r\nDATA\r\nx\r\n.\r\n";
+        let internal = || {
+            with(|p| {
+                p.require_tls = true;
+                p.tls = Some(TLS);
+            })
+        };
+        let r = run_with(internal(), mail);
+        assert_eq!(r.delivered.len(), 1, "{}", r.out);
+        assert_eq!(r.delivered[0].map_version, Some(17));
+        assert!(r.delivered[0].junk);
+        let r = run(mail);
+        assert!(r.delivered.is_empty());
+        assert!(r.out.contains("555 5.5.4"), "{}", r.out);
+        let twice = mail.replace("XJUNK", "XMAP=18");
+        let r = run_with(internal(), &twice);
+        assert!(r.delivered.is_empty(), "{}", r.out);
     }
 
     const AUTH_OK: &str = "235 2.7.0 Authentication successful\r\n";

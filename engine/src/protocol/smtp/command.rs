@@ -504,6 +504,12 @@ pub enum MailParam {
     Body(BodyType),
     /// `SMTPUTF8` (RFC 6531 section 3.4), no value.
     SmtpUtf8,
+    /// `XMAP=n`: cluster hand-overs only, the sending node's bucket map
+    /// version (a private extension, RFC 5321 section 4.1.5's "X").
+    ClusterMap(u64),
+    /// `XJUNK`: cluster hand-overs only, the receiving edge's verdict
+    /// files the message under Junk.
+    ClusterJunk,
     /// A keyword we do not implement (`555 5.5.4`).
     Unsupported,
 }
@@ -537,6 +543,19 @@ impl Param<'_> {
         } else if k.eq_ignore_ascii_case("SMTPUTF8") {
             match self.value {
                 None => Ok(MailParam::SmtpUtf8),
+                Some(_) => Err(SyntaxError::Params),
+            }
+        } else if k.eq_ignore_ascii_case("XMAP") {
+            let v = self.value.ok_or(SyntaxError::Params)?;
+            if v.is_empty() || v.len() > 19 || !v.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(SyntaxError::Params);
+            }
+            Ok(MailParam::ClusterMap(
+                parse_decimal(v.as_bytes()).ok_or(SyntaxError::Params)?,
+            ))
+        } else if k.eq_ignore_ascii_case("XJUNK") {
+            match self.value {
+                None => Ok(MailParam::ClusterJunk),
                 Some(_) => Err(SyntaxError::Params),
             }
         } else {
@@ -747,6 +766,18 @@ mod tests {
         );
         assert_eq!(p("BODY", Some("9BIT")).mail(), Err(SyntaxError::Params));
         assert_eq!(p("SMTPUTF8", Some("x")).mail(), Err(SyntaxError::Params));
+        assert_eq!(p("XMAP", Some("42")).mail(), Ok(MailParam::ClusterMap(42)));
+        assert_eq!(p("xjunk", None).mail(), Ok(MailParam::ClusterJunk));
+        for bad in [
+            None,
+            Some(""),
+            Some("-1"),
+            Some("1x"),
+            Some("99999999999999999999"),
+        ] {
+            assert_eq!(p("XMAP", bad).mail(), Err(SyntaxError::Params), "{bad:?}");
+        }
+        assert_eq!(p("XJUNK", Some("1")).mail(), Err(SyntaxError::Params));
         assert_eq!(p("ENVID", Some("x")).mail(), Ok(MailParam::Unsupported));
         for bad in [
             "MAIL FROM:<a@b> =x",
