@@ -1555,3 +1555,84 @@ fn the_verdict_of_the_node_a_client_reached_travels_with_the_hand_over() {
     assert_eq!(imap_count(nodes[0].imap, &account, "Junk"), 1);
     assert_eq!(imap_count(nodes[0].imap, &account, "INBOX"), 0);
 }
+
+/// What IMAP APPEND put where, as the account's node shows it: per
+/// mailbox, each message's flags (no \Recent), INTERNALDATE and octets.
+fn appended_state(addr: SocketAddr, account: &str) -> String {
+    python_code(&format!(
+        r#"
+import imaplib, hashlib
+m = imaplib.IMAP4("127.0.0.1", {port})
+m.login("{account}", "{PASSWORD}")
+out = []
+for box in ["INBOX", "Sent", "Notes"]:
+    typ, data = m.select(box, readonly=True)
+    if typ != "OK":
+        out.append(box + ": missing")
+        continue
+    for n in range(1, int(data[0]) + 1):
+        typ, d = m.fetch(str(n), "(FLAGS INTERNALDATE BODY.PEEK[])")
+        meta = d[0][0].decode()
+        flags = meta.split("FLAGS (")[1].split(")")[0].split()
+        flags = " ".join(sorted(f for f in flags if f != "\\Recent"))
+        date = meta.split('INTERNALDATE "')[1].split('"')[0]
+        out.append("%s: [%s] %s %s" % (box, flags, date, hashlib.sha256(d[0][1]).hexdigest()[:16]))
+print("\n".join(out))
+m.logout()
+"#,
+        port = addr.port()
+    ))
+}
+
+/// IMAP APPEND is acknowledged only once the account's replica holds the
+/// message too (`runtime/cluster.rs`, `replicate_append`): after the
+/// primary dies, every appended message is there, in its mailbox (one
+/// the replica never saw created included), with its flags, keywords,
+/// internal date and octets.
+#[test]
+fn an_imap_append_is_on_the_replica_before_its_ok() {
+    let Some(etcd) = etcd() else { return };
+    let accounts: Vec<String> = (0..8).map(|i| format!("a{i}@example.test")).collect();
+    let mut nodes = mapped_cluster(&etcd, "a", &["n1", "n2"], &accounts);
+    let account = accounts
+        .iter()
+        .find(|a| primary_of(&nodes[0], a) == "n1")
+        .expect("an account on n1")
+        .clone();
+    // Through n2, which relays the session to n1.
+    python_code(&format!(
+        r#"
+import imaplib
+m = imaplib.IMAP4("127.0.0.1", {port})
+m.login("{account}", "{PASSWORD}")
+assert m.create("Notes")[0] == "OK"
+for box, flags, date, text in [
+    ("Sent", r"(\Seen $Label1)", '"01-Jan-2020 10:00:00 +0000"', "sent"),
+    ("Notes", r"(\Flagged)", '"02-Feb-2021 11:30:00 +0100"', "note"),
+    ("INBOX", None, '"03-Mar-2022 12:00:00 +0000"', "inbox"),
+]:
+    msg = ("From: <{account}>\r\nSubject: %s\r\n\r\nappended %s\r\n" % (text, text)).encode()
+    typ, data = m.append(box, flags, date, msg)
+    assert typ == "OK", (typ, data)
+m.logout()
+"#,
+        port = nodes[1].imap.port()
+    ));
+    let before = appended_state(nodes[0].imap, &account);
+    assert_eq!(before.lines().count(), 3, "{before}");
+    // INTERNALDATE comes back in UTC, the day padded with a space.
+    assert!(
+        before.contains("Sent: [$Label1 \\Seen]  1-Jan-2020 10:00:00 +0000"),
+        "{before}"
+    );
+    assert!(
+        before.contains("Notes: [\\Flagged]  2-Feb-2021 10:30:00 +0000"),
+        "{before}"
+    );
+
+    nodes[0].kill9();
+    wait_status(&nodes[1], Duration::from_secs(15), |s| {
+        s.contains("1 live node(s)") && !s.contains("gone")
+    });
+    assert_eq!(appended_state(nodes[1].imap, &account), before);
+}

@@ -3,9 +3,14 @@
 //! over to that node's internal listener.
 use std::net::{IpAddr, SocketAddr};
 
-use super::shard::Shard;
+use std::rc::Rc;
+
+use super::shard::{Shard, ShardMsg};
+use super::transfer;
 use crate::cluster::{Placement, View};
+use crate::protocol::smtp::command::AppendTo;
 use crate::session::smtp::Transaction;
+use crate::storage::StorageError;
 
 /// Recipients split by the node that stores them.
 pub struct Routes {
@@ -261,6 +266,7 @@ pub async fn hand_over(
         eight_bit: tx.body_8bit,
         map_version: shard.map_version(),
         junk,
+        append: None,
     };
     // Every node at once; the first failure is the answer.
     let sends = handovers.iter().map(|away| async {
@@ -278,4 +284,102 @@ pub async fn hand_over(
         r?;
     }
     Ok(routes.here)
+}
+
+/// The primary's half of replicating an IMAP APPEND: before the message
+/// is stored here, it goes to the replica of the account's bucket, into
+/// the mailbox of the same name with its flags, keywords and internal
+/// date, and the APPEND waits for the replica's 250. Err when the replica
+/// did not take it: the APPEND answers NO and stores nothing.
+pub async fn replicate_append(
+    shard: &Shard,
+    account: &str,
+    to: &AppendTo,
+    body: &[u8],
+) -> Result<(), StorageError> {
+    if shard.mapped().is_none() {
+        return Ok(());
+    }
+    let away = shard
+        .replicas(&[account.to_string()])
+        .map_err(StorageError::Io)?;
+    let message = super::peer::Outgoing {
+        reverse_path: "",
+        body,
+        smtputf8: false,
+        eight_bit: true,
+        map_version: shard.map_version(),
+        junk: false,
+        append: Some(to),
+    };
+    for a in &away {
+        super::peer::hand_over(shard, a.to, &a.pins, &a.recipients, &message)
+            .await
+            .map_err(|e| {
+                StorageError::Io(format!("replica {} did not take the APPEND: {e}", a.node))
+            })?;
+    }
+    Ok(())
+}
+
+/// The replica's half: store an APPEND's copy for `accounts` (each must be
+/// of a bucket this node holds) as the primary stored it.
+pub async fn store_appended(
+    shard: &Rc<Shard>,
+    accounts: &[String],
+    to: &AppendTo,
+    body: &[u8],
+) -> Result<(), StorageError> {
+    let routes = shard.route(accounts, true).map_err(StorageError::Io)?;
+    for account in routes.here {
+        let owner = shard.owner_of(&account);
+        if owner == shard.id {
+            append_here(shard, &account, to.clone(), body.to_vec()).await
+        } else {
+            let (reply, rx) = futures::channel::oneshot::channel();
+            let msg = ShardMsg::Append {
+                account,
+                to: to.clone(),
+                body: body.to_vec(),
+                reply,
+            };
+            shard
+                .senders
+                .send_to(owner, msg)
+                .await
+                .map_err(|_| StorageError::Io("a shard is gone".into()))?;
+            rx.await
+                .unwrap_or_else(|_| Err("a shard did not answer".into()))
+        }
+        .map_err(StorageError::Io)?;
+    }
+    Ok(())
+}
+
+/// [`store_appended`] for one account this shard owns.
+pub async fn append_here(
+    shard: &Rc<Shard>,
+    account: &str,
+    to: AppendTo,
+    body: Vec<u8>,
+) -> Result<(), String> {
+    let opened = transfer::open(
+        shard,
+        account,
+        &to.mailbox,
+        0,
+        crate::storage::index::special::NONE,
+        transfer::Digests::Skip,
+    )
+    .await?;
+    let message = transfer::Incoming {
+        uid: 0,
+        flags: to.flags,
+        keywords: to.keywords,
+        internal_date: to.internal_date,
+        body,
+    };
+    transfer::append(shard, account, opened.id, false, vec![message])
+        .await
+        .map(|_| ())
 }

@@ -132,6 +132,27 @@ impl Mailstore for Shard {
         self.store.commit(ops).await
     }
 
+    async fn replicate_append(
+        &self,
+        account: &str,
+        mailbox: &str,
+        flags: u32,
+        keywords: &[&[u8]],
+        internal_date: i64,
+        message: &[u8],
+    ) -> Result<(), StorageError> {
+        let to = crate::protocol::smtp::command::AppendTo {
+            mailbox: mailbox.to_string(),
+            flags,
+            keywords: keywords
+                .iter()
+                .map(|k| String::from_utf8_lossy(k).into_owned())
+                .collect(),
+            internal_date,
+        };
+        super::cluster::replicate_append(self, account, &to, message).await
+    }
+
     fn body(&self, loc: Loc) -> Option<Body> {
         self.store.body(loc)
     }

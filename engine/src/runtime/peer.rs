@@ -48,6 +48,8 @@ pub struct Outgoing<'a> {
     pub map_version: Option<i64>,
     /// Filed under Junk (`XJUNK`).
     pub junk: bool,
+    /// An IMAP APPEND's copy for the replica (`XMAILBOX=`...).
+    pub append: Option<&'a crate::protocol::smtp::command::AppendTo>,
 }
 
 /// How a hand-over failed.
@@ -193,6 +195,9 @@ impl Peer {
         }
         if m.junk {
             head.push_str(" XJUNK");
+        }
+        if let Some(a) = m.append {
+            head.push_str(&a.params());
         }
         head.push_str("\r\n");
         for r in recipients {

@@ -121,6 +121,14 @@ pub enum ShardMsg {
         buckets: Vec<u32>,
         reply: oneshot::Sender<Vec<String>>,
     },
+    /// Cluster mode: an IMAP APPEND's copy for an account this shard owns
+    /// (`cluster::store_appended`).
+    Append {
+        account: String,
+        to: crate::protocol::smtp::command::AppendTo,
+        body: Vec<u8>,
+        reply: oneshot::Sender<Result<(), String>>,
+    },
     /// Cluster catch-up: stream an account this shard owns in the export
     /// format.
     Export {
@@ -732,6 +740,15 @@ impl Shard {
             }
             ShardMsg::BucketAccounts { buckets, reply } => {
                 let _ = reply.send(self.store.accounts_in_buckets(&buckets));
+            }
+            ShardMsg::Append {
+                account,
+                to,
+                body,
+                reply,
+            } => {
+                let r = super::cluster::append_here(&self, &account, to, body).await;
+                let _ = reply.send(r);
             }
             ShardMsg::Export { account, out } => {
                 super::transfer::export(&self, &account, out).await;

@@ -680,7 +680,14 @@ pub async fn serve(
                     }
                 }
                 let left;
-                if result.is_ok() && !tx.recipients.is_empty() {
+                if let (true, true, Some(to)) = (result.is_ok(), internal, &tx.append) {
+                    // An IMAP APPEND's copy from the account's primary:
+                    // into its mailbox, as the primary stored it.
+                    let accounts: Vec<String> =
+                        tx.recipients.iter().map(|r| r.account.clone()).collect();
+                    result = super::cluster::store_appended(&shard, &accounts, to, &body).await;
+                    left = Some(body);
+                } else if result.is_ok() && !tx.recipients.is_empty() {
                     let accounts: Vec<String> =
                         tx.recipients.iter().map(|r| r.account.clone()).collect();
                     // Cluster mode: the other nodes' shares and the

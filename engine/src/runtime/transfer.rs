@@ -231,6 +231,8 @@ pub enum Digests {
     /// (`cluster::duplicates::content_start`): a cluster node's copy of a
     /// delivery and the primary's differ only there.
     Content,
+    /// None at all (the caller stores without looking for what is there).
+    Skip,
 }
 
 impl Digests {
@@ -240,7 +242,7 @@ impl Digests {
 
     fn start(self, body: &[u8]) -> usize {
         match self {
-            Digests::Whole => 0,
+            Digests::Whole | Digests::Skip => 0,
             Digests::Content => crate::cluster::duplicates::content_start(body),
         }
     }
@@ -584,6 +586,7 @@ pub async fn open(
                     m.messages.is_empty() && m.uidnext == 1,
                     m.messages
                         .iter()
+                        .filter(|_| kind != Digests::Skip)
                         .filter_map(|e| store.body(e.loc))
                         .collect::<Vec<_>>(),
                 )

@@ -190,6 +190,9 @@ pub struct Transaction {
     pub map_version: Option<u64>,
     /// Cluster hand-overs: the message goes to Junk (`XJUNK`).
     pub junk: bool,
+    /// Cluster hand-overs: an IMAP APPEND's copy, stored as it is (no
+    /// trace fields added) into this mailbox (`XMAILBOX=` and the rest).
+    pub append: Option<crate::protocol::smtp::command::AppendTo>,
 }
 
 /// How storing a [`Transaction`] went.
@@ -305,6 +308,7 @@ struct Envelope {
     declared_size: Option<u64>,
     map_version: Option<u64>,
     junk: bool,
+    append: Option<crate::protocol::smtp::command::AppendTo>,
 }
 
 /// One SMTP server connection.
@@ -944,6 +948,8 @@ impl SmtpSession {
         }
         let (mut size, mut body, mut smtputf8) = (None, None, false);
         let (mut map_version, mut junk) = (None, false);
+        let (mut append, mut append_seen) =
+            (crate::protocol::smtp::command::AppendTo::default(), 0u8);
         for param in params {
             // RFC 4954 section 5: AUTH= is accepted (and, from us, ignored)
             // wherever AUTH is offered.
@@ -961,13 +967,28 @@ impl SmtpSession {
                 Ok(MailParam::ClusterJunk) if self.params.require_tls => {
                     std::mem::replace(&mut junk, true)
                 }
-                Ok(MailParam::Unsupported | MailParam::ClusterMap(_) | MailParam::ClusterJunk) => {
-                    return self.fail(replies::UNKNOWN_PARAM, out)
+                Ok(MailParam::ClusterAppend) if self.params.require_tls => {
+                    crate::protocol::smtp::command::append_param(
+                        &mut append,
+                        &mut append_seen,
+                        &param,
+                    )
+                    .is_err()
                 }
+                Ok(
+                    MailParam::Unsupported
+                    | MailParam::ClusterMap(_)
+                    | MailParam::ClusterJunk
+                    | MailParam::ClusterAppend,
+                ) => return self.fail(replies::UNKNOWN_PARAM, out),
             };
             if duplicate {
                 return self.fail(replies::PARAM_SYNTAX, out);
             }
+        }
+        // An APPEND copy names its mailbox.
+        if append_seen != 0 && append_seen & 1 == 0 {
+            return self.fail(replies::PARAM_SYNTAX, out);
         }
         // RFC 3030 section 3: BINARYMIME only when advertised, and we don't.
         if body == Some(BodyType::BinaryMime) {
@@ -999,6 +1020,7 @@ impl SmtpSession {
             declared_size: size,
             map_version,
             junk,
+            append: (append_seen != 0).then_some(append),
         });
         replies::MAIL_OK.write(out);
     }
@@ -1133,6 +1155,11 @@ impl SmtpSession {
         let Some(envelope) = &self.envelope else {
             return;
         };
+        // A cluster node's copy of an IMAP APPEND is stored as the primary
+        // stored it: it did not travel as mail.
+        if envelope.append.is_some() {
+            return;
+        }
         // RFC 3848 section 2 ("S" under TLS, "A" once authenticated),
         // RFC 6531 section 3.7.3.
         let authenticated = self.authenticated.is_some();
@@ -1264,6 +1291,7 @@ impl SmtpSession {
             body_8bit: envelope.body_8bit,
             map_version: envelope.map_version,
             junk: envelope.junk,
+            append: envelope.append,
         })
     }
 }
@@ -1569,6 +1597,7 @@ mod tests {
                 body_8bit: false,
                 map_version: None,
                 junk: false,
+                append: None,
             }]
         );
     }
@@ -2209,6 +2238,29 @@ mod tests {
         let twice = mail.replace("XJUNK", "XMAP=18");
         let r = run_with(internal(), &twice);
         assert!(r.delivered.is_empty(), "{}", r.out);
+        // An APPEND's copy: its mailbox and flags, and no trace field.
+        let append = mail.replace("XJUNK", "XMAILBOX=Sent+20Items XFLAGS=1 XDATE=7");
+        let r = run_with(internal(), &append);
+        assert_eq!(r.delivered.len(), 1, "{}", r.out);
+        let to = r.delivered[0].append.as_ref().expect("an append");
+        assert_eq!(
+            (to.mailbox.as_str(), to.flags, to.internal_date),
+            ("Sent Items", 1, 7)
+        );
+        assert_eq!(r.delivered[0].body, b"x\r\n");
+        // Flags without a mailbox, or anywhere but the internal listener.
+        let r = run_with(internal(), &mail.replace("XJUNK", "XFLAGS=1"));
+        assert!(
+            r.delivered.is_empty() && r.out.contains("501 5.5.4"),
+            "{}",
+            r.out
+        );
+        let r = run(&append);
+        assert!(
+            r.delivered.is_empty() && r.out.contains("555 5.5.4"),
+            "{}",
+            r.out
+        );
     }
 
     const AUTH_OK: &str = "235 2.7.0 Authentication successful\r\n";

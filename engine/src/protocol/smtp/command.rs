@@ -487,6 +487,46 @@ pub struct Param<'a> {
     pub value: Option<&'a str>,
 }
 
+/// xtext (RFC 3461 section 4): every octet outside `!`..`~`, and `+` and
+/// `=`, written as `+HH`.
+pub fn xtext_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if (b'!'..=b'~').contains(&b) && b != b'+' && b != b'=' {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("+{b:02X}"));
+        }
+    }
+    out
+}
+
+/// [`xtext_encode`] undone; None for a malformed value or one that is not
+/// UTF-8 once decoded.
+pub fn xtext_decode(s: &str) -> Option<String> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'+' => {
+                let hex = std::str::from_utf8(b.get(i + 1..i + 3)?).ok()?;
+                if !hex.bytes().all(|c| c.is_ascii_hexdigit()) {
+                    return None;
+                }
+                out.push(u8::from_str_radix(hex, 16).ok()?);
+                i += 3;
+            }
+            c @ b'!'..=b'~' if c != b'=' => {
+                out.push(c);
+                i += 1;
+            }
+            _ => return None,
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
 /// BODY= values (RFC 6152 section 2, RFC 3030 section 3).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BodyType {
@@ -510,6 +550,10 @@ pub enum MailParam {
     /// `XJUNK`: cluster hand-overs only, the receiving edge's verdict
     /// files the message under Junk.
     ClusterJunk,
+    /// `XMAILBOX=`, `XFLAGS=`, `XDATE=`, `XKEYWORDS=`: cluster hand-overs
+    /// only, an IMAP APPEND's copy for the account's replica (the session
+    /// reads the values, [`append_param`]).
+    ClusterAppend,
     /// A keyword we do not implement (`555 5.5.4`).
     Unsupported,
 }
@@ -553,6 +597,11 @@ impl Param<'_> {
             Ok(MailParam::ClusterMap(
                 parse_decimal(v.as_bytes()).ok_or(SyntaxError::Params)?,
             ))
+        } else if ["XMAILBOX", "XFLAGS", "XDATE", "XKEYWORDS"]
+            .iter()
+            .any(|x| k.eq_ignore_ascii_case(x))
+        {
+            Ok(MailParam::ClusterAppend)
         } else if k.eq_ignore_ascii_case("XJUNK") {
             match self.value {
                 None => Ok(MailParam::ClusterJunk),
@@ -564,9 +613,134 @@ impl Param<'_> {
     }
 }
 
+/// Where an IMAP APPEND's copy goes on the replica (`XMAILBOX=` and the
+/// parameters with it).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct AppendTo {
+    pub mailbox: String,
+    /// System flags, as stored (the low five bits).
+    pub flags: u32,
+    pub keywords: Vec<String>,
+    pub internal_date: i64,
+}
+
+impl AppendTo {
+    /// The MAIL parameters that carry it (leading space included).
+    pub fn params(&self) -> String {
+        let mut p = format!(
+            " XMAILBOX={} XFLAGS={} XDATE={}",
+            xtext_encode(&self.mailbox),
+            self.flags,
+            self.internal_date
+        );
+        if !self.keywords.is_empty() {
+            p.push_str(" XKEYWORDS=");
+            p.push_str(&xtext_encode(&self.keywords.join(" ")));
+        }
+        p
+    }
+}
+
+/// Add one `XMAILBOX=`/`XFLAGS=`/`XDATE=`/`XKEYWORDS=` parameter to `to`;
+/// Err for a malformed value or a keyword given twice (`seen`, bit per
+/// keyword in that order).
+pub fn append_param(to: &mut AppendTo, seen: &mut u8, p: &Param<'_>) -> Result<(), SyntaxError> {
+    let v = p.value.ok_or(SyntaxError::Params)?;
+    let k = p.keyword.to_ascii_uppercase();
+    let (bit, ok) = match k.as_str() {
+        "XMAILBOX" => (
+            1,
+            xtext_decode(v)
+                .filter(|n| !n.is_empty())
+                .map(|n| to.mailbox = n),
+        ),
+        "XFLAGS" => (
+            2,
+            v.parse::<u32>()
+                .ok()
+                .filter(|f| *f < 32)
+                .map(|f| to.flags = f),
+        ),
+        "XDATE" => (4, v.parse::<i64>().ok().map(|d| to.internal_date = d)),
+        "XKEYWORDS" => (
+            8,
+            xtext_decode(v).map(|k| {
+                to.keywords = k
+                    .split(' ')
+                    .filter(|w| !w.is_empty())
+                    .map(str::to_string)
+                    .collect()
+            }),
+        ),
+        _ => (0, None),
+    };
+    if ok.is_none() || *seen & bit != 0 {
+        return Err(SyntaxError::Params);
+    }
+    *seen |= bit;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn xtext_round_trips_and_refuses_what_is_malformed() {
+        for s in ["INBOX", "a b+c=d", "Entw&APw-rfe", "é"] {
+            let e = xtext_encode(s);
+            assert!(
+                e.bytes().all(|b| (b'!'..=b'~').contains(&b) && b != b'='),
+                "{e}"
+            );
+            assert_eq!(xtext_decode(&e).as_deref(), Some(s));
+        }
+        assert_eq!(xtext_encode("a b"), "a+20b");
+        for bad in ["+", "+4", "+GG", "a=b", "a b", "+FF"] {
+            assert_eq!(xtext_decode(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn an_append_copy_is_described_by_its_parameters() {
+        let to = AppendTo {
+            mailbox: "Sent Items".into(),
+            flags: 1,
+            keywords: vec!["$Work".into(), "x".into()],
+            internal_date: -5,
+        };
+        let line = format!("MAIL FROM:<>{}", to.params());
+        let Ok(Command::Mail { params, .. }) = parse_command(line.as_bytes()) else {
+            panic!("{line}");
+        };
+        let (mut got, mut seen) = (AppendTo::default(), 0);
+        for p in params {
+            assert_eq!(p.mail(), Ok(MailParam::ClusterAppend));
+            append_param(&mut got, &mut seen, &p).unwrap();
+        }
+        assert_eq!((got, seen), (to, 15));
+        let twice = Param {
+            keyword: "XFLAGS",
+            value: Some("2"),
+        };
+        let (mut got, mut seen) = (AppendTo::default(), 2);
+        assert!(append_param(&mut got, &mut seen, &twice).is_err());
+        for (k, v) in [
+            ("XFLAGS", "32"),
+            ("XDATE", "x"),
+            ("XMAILBOX", ""),
+            ("XMAILBOX", "+4"),
+        ] {
+            let p = Param {
+                keyword: k,
+                value: Some(v),
+            };
+            assert!(
+                append_param(&mut AppendTo::default(), &mut 0, &p).is_err(),
+                "{k}={v}"
+            );
+        }
+    }
 
     fn p(line: &str) -> Result<Command<'_>, SyntaxError> {
         parse_command(line.as_bytes())

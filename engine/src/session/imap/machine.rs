@@ -71,6 +71,22 @@ pub trait Mailstore {
     fn limits(&self) -> Limits;
     /// Seconds since the epoch (INTERNALDATE, UIDVALIDITY).
     fn now(&self) -> i64;
+    /// Cluster mode: hand the message an APPEND is about to store in
+    /// `mailbox` to the account's replica first (with its flags, keywords
+    /// and internal date); the APPEND answers NO if that fails. Called
+    /// before any UID is taken, so the wait cannot reorder commits. A
+    /// single node has nothing to do.
+    fn replicate_append(
+        &self,
+        _account: &str,
+        _mailbox: &str,
+        _flags: u32,
+        _keywords: &[&[u8]],
+        _internal_date: i64,
+        _message: &[u8],
+    ) -> impl Future<Output = Result<(), StorageError>> {
+        async { Ok(()) }
+    }
 }
 
 /// The bounds of what one session may do to an account.
@@ -1542,6 +1558,18 @@ impl<S: Mailstore> Machine<S> {
         let account = self.account().to_string();
         let (sys, kws) = logic::split_flags(flags);
         let messages_max = self.store.limits().messages_max;
+        let date = date.unwrap_or_else(|| self.store.now());
+        // Cluster mode: the replica takes its copy before a UID is taken
+        // here (a mailbox that does not exist is refused below).
+        if self.exists(name) {
+            if let Err(e) = self
+                .store
+                .replicate_append(&account, name, sys, &kws, date, message)
+                .await
+            {
+                return self.storage_failed(tag, &e);
+            }
+        }
         let alloc = self.store.with_account_counters(&account, |a| {
             if messages_max != 0 && account_messages(a) >= messages_max {
                 return Err((Code::Limit, "Too many messages in this account"));
@@ -1580,7 +1608,7 @@ impl<S: Mailstore> Machine<S> {
             account: &account,
             mailbox: mbox,
             uid,
-            internal_date: date.unwrap_or_else(|| self.store.now()),
+            internal_date: date,
             flags: sys,
             keywords: kwmask,
             modseq,
