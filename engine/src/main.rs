@@ -291,10 +291,9 @@ enum ClusterAction {
         /// Show what would change, write nothing.
         #[arg(long)]
         dry_run: bool,
-        /// Also move buckets off live primaries to even them out. The new
-        /// primary copies a moved bucket's mail in the background, so its
-        /// accounts show part of their mail for a moment: use it at a
-        /// quiet time.
+        /// Also move buckets off live primaries to even them out: each new
+        /// primary first becomes the bucket's replica and copies its mail,
+        /// and the primaries move once every such node reports it copied.
         #[arg(long)]
         move_primaries: bool,
     },

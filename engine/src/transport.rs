@@ -528,8 +528,11 @@ impl Conn {
     /// One socket read of ciphertext, handed to rustls and processed. The
     /// free part of the read buffer is the scratch space: rustls copies what
     /// it is given, and decrypted bytes are read into the same place after.
-    /// At most [`TLS_READ_CHUNK`] per read, so rustls never has more than
-    /// 16 KiB of decrypted data waiting and always takes the whole read.
+    /// At most [`TLS_READ_CHUNK`] per read. rustls holds at most about 16 KiB
+    /// of decrypted data: a read that completes a full record and a small
+    /// one, with more after them, would overflow it, so then the rest of
+    /// the ciphertext is moved aside and the decrypted bytes are taken into
+    /// the buffer before rustls gets more.
     async fn read_tls(&mut self) -> ReadOutcome {
         let at = self.end;
         let room = (self.buf.len() - at).min(TLS_READ_CHUNK);
@@ -538,25 +541,64 @@ impl Conn {
             Ok(n) => n,
             Err(e) => return io_outcome(e),
         };
-        let tls = self.tls.as_mut().expect("TLS connection");
-        let mut input = &self.buf[at..at + n];
-        while !input.is_empty() {
+        // Ciphertext not yet given to rustls: in the buffer at `at + pos`,
+        // or moved aside.
+        let mut aside: Option<Vec<u8>> = None;
+        let mut pos = 0;
+        loop {
+            let tls = self.tls.as_mut().expect("TLS connection");
+            let mut input: &[u8] = match &aside {
+                Some(v) => &v[pos..],
+                None => &self.buf[at + pos..at + n],
+            };
+            if input.is_empty() {
+                break;
+            }
+            let before = input.len();
             match tls.read_tls(&mut input) {
                 // Nothing more is taken after close_notify.
                 Ok(0) => break,
                 Ok(_) => {}
                 Err(e) => return ReadOutcome::Failed(e),
             }
-            if let Err(e) = tls.process_new_packets() {
-                // Tell the peer why (rustls queued the alert), then fail.
-                let _ = self.flush_tls().await;
-                return ReadOutcome::Failed(std::io::Error::new(
-                    std::io::ErrorKind::InvalidData,
-                    e,
-                ));
+            pos += before - input.len();
+            let left = input.len();
+            let state = match tls.process_new_packets() {
+                Ok(state) => state,
+                Err(e) => {
+                    // Tell the peer why (rustls queued the alert), then fail.
+                    let _ = self.flush_tls().await;
+                    return ReadOutcome::Failed(std::io::Error::new(
+                        std::io::ErrorKind::InvalidData,
+                        e,
+                    ));
+                }
+            };
+            if left > 0 && state.plaintext_bytes_to_read() > 0 {
+                if aside.is_none() {
+                    aside = Some(self.buf[at + pos..at + n].to_vec());
+                    pos = 0;
+                }
+                if let Err(e) = self.take_plaintext() {
+                    return ReadOutcome::Failed(e);
+                }
             }
         }
         ReadOutcome::Data
+    }
+
+    /// Move every decrypted byte rustls holds into the read buffer.
+    fn take_plaintext(&mut self) -> std::io::Result<()> {
+        loop {
+            self.grow();
+            let tls = self.tls.as_mut().expect("TLS connection");
+            match tls.reader().read(&mut self.buf[self.end..]) {
+                Ok(0) => return Ok(()),
+                Ok(k) => self.end += k,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(()),
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     /// Send every record rustls has ready.
@@ -713,5 +755,86 @@ impl Drop for Conn {
                 );
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    /// A peer that sends full-size TLS records and small ones back to
+    /// back, all in one socket write: a read completes a full record, a
+    /// small one and part of the next, which is more decrypted data than
+    /// rustls holds at once. Every byte must come through, in order.
+    #[test]
+    fn mixed_record_sizes_in_one_read_all_come_through() {
+        let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+        let der = cert.cert.der().to_vec();
+        let key = rustls_pki_types::PrivateKeyDer::Pkcs8(cert.signing_key.serialize_der().into());
+        let server = rustls::ServerConfig::builder()
+            .with_no_client_auth()
+            .with_single_cert(vec![der.clone().into()], key)
+            .unwrap();
+        let client =
+            crate::tls::pinned_client_config(vec![crate::tls::fingerprint(&der)], None).unwrap();
+        let mut sent = Vec::new();
+        for i in 0..12u8 {
+            sent.push(vec![b'a' + i; 16 * 1024]);
+            sent.push(vec![b'0' + i; 10 + i as usize]);
+        }
+        let expected = sent.concat();
+        let got = glommio::LocalExecutorBuilder::default()
+            .spawn(move || async move {
+                let listener = glommio::net::TcpListener::bind("127.0.0.1:0").unwrap();
+                let addr = listener.local_addr().unwrap();
+                let peer = std::thread::spawn(move || {
+                    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+                    let mut tls = rustls::ClientConnection::new(client, name).unwrap();
+                    let mut sock = std::net::TcpStream::connect(addr).unwrap();
+                    while tls.is_handshaking() {
+                        tls.complete_io(&mut sock).unwrap();
+                    }
+                    // One record per write call, then everything at once.
+                    let mut wire = Vec::new();
+                    for piece in &sent {
+                        tls.writer().write_all(piece).unwrap();
+                        while tls.wants_write() {
+                            tls.write_tls(&mut wire).unwrap();
+                        }
+                    }
+                    sock.write_all(&wire).unwrap();
+                    // Wait for the server to close (it may send tickets).
+                    let mut sink = [0u8; 4096];
+                    while std::io::Read::read(&mut sock, &mut sink).is_ok_and(|n| n > 0) {}
+                });
+                let stream = listener.accept().await.unwrap();
+                let mut conn = Conn::accepted(stream);
+                conn.set_buffer_max(1 << 20);
+                conn.start_tls(Arc::new(server)).unwrap();
+                conn.handshake(Duration::from_secs(10)).await.unwrap();
+                let mut got = Vec::new();
+                while got.len() < 12 * (16 * 1024 + 10) + 66 {
+                    if conn.pending().is_empty() {
+                        match conn.fill(Duration::from_secs(10)).await {
+                            ReadOutcome::Data => {}
+                            ReadOutcome::Eof => break,
+                            ReadOutcome::TimedOut => panic!("timed out"),
+                            ReadOutcome::Failed(e) => panic!("read failed: {e}"),
+                        }
+                    }
+                    got.extend_from_slice(conn.pending());
+                    let n = conn.pending().len();
+                    conn.consume(n);
+                }
+                drop(conn);
+                peer.join().unwrap();
+                got
+            })
+            .unwrap()
+            .join()
+            .unwrap();
+        assert_eq!(got.len(), expected.len());
+        assert!(got == expected, "the bytes differ");
     }
 }

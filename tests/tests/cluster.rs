@@ -204,8 +204,8 @@ fn nodes_join_rebalance_leave_and_come_back() {
     wait_status(&nodes[0], Duration::from_secs(10), |s| {
         s.contains("3 live node(s)")
     });
-    // Live primaries stay where they are (their mail would not follow
-    // them): it becomes a replica only...
+    // Live primaries stay where they are (moving one means copying its
+    // mail first): it becomes a replica only...
     let r = cluster_cmd(&nodes[0], &["rebalance"]);
     assert!(r.contains("3 live nodes; 0 primaries"), "{r}");
     let s = cluster_cmd(&nodes[0], &["status"]);
@@ -467,9 +467,14 @@ fn mail_sent_to_any_node_is_stored_on_the_buckets_primary() {
     assert!(copies.iter().all(|&n| n > 0), "{copies:?}");
 
     // Stored twice, on the primary and on the replica: count what each
-    // data directory holds.
-    for (j, mut node) in nodes.into_iter().enumerate() {
-        node.terminate();
+    // data directory holds. All nodes stop at once (kill -9, well within
+    // the lease): a node that stops alone would have its buckets copied to
+    // the others (runtime/catchup.rs) before they stop.
+    let mut nodes = nodes;
+    for node in &mut nodes {
+        node.kill9();
+    }
+    for (j, node) in nodes.into_iter().enumerate() {
         let out = ringmail(
             &[
                 "inspect",
@@ -1635,4 +1640,63 @@ m.logout()
         s.contains("1 live node(s)") && !s.contains("gone")
     });
     assert_eq!(appended_state(nodes[1].imap, &account), before);
+}
+
+/// `rebalance --move-primaries` under load: the new primaries copy their
+/// buckets while they are replicas (`placement::staging`), and only then
+/// does the map make them primaries; every acknowledged message is there
+/// once, through every node.
+#[test]
+fn moved_primaries_copy_their_buckets_before_they_serve_them() {
+    let Some(etcd) = etcd() else { return };
+    let accounts: Vec<String> = (0..24).map(|i| format!("m{i}@example.test")).collect();
+    let name = format!("mp{}", std::process::id());
+    let mut nodes = mapped_cluster(&etcd, "mp", &["n1", "n2"], &accounts);
+    let message =
+        |i: usize| format!("Message-ID: <m{i}@example.org>\r\nSubject: m{i}\r\n\r\nbody {i}\r\n");
+    for i in 0..48 {
+        smtp_send(
+            nodes[i % 2].smtp,
+            "s@example.org",
+            &[&accounts[i % accounts.len()]],
+            message(i).as_bytes(),
+        );
+    }
+    // n3 joins; primaries move to it while mail keeps coming.
+    let n3 = Server::options()
+        .cores(1)
+        .accounts(&accounts)
+        .config(&node_config(&etcd, &name, "n3"))
+        .start();
+    nodes.push(n3);
+    wait_status(&nodes[0], Duration::from_secs(10), |s| {
+        s.contains("3 live node(s)")
+    });
+    let load = keep_sending([nodes[0].smtp, nodes[1].smtp], &accounts, 48..160, message);
+    load.wait_for(60);
+    let r = cluster_cmd(&nodes[0], &["rebalance", "--move-primaries"]);
+    assert!(r.contains("primaries moved after n3 copied"), "{r}");
+    wait_map(&nodes, &r);
+    // n3 finished its copies before it saw the map that made it primary.
+    let text = nodes[2].stderr_text();
+    let version = r.split("placement version=").nth(1).unwrap().trim();
+    let switched = text
+        .find(&format!("version=Some({version})"))
+        .expect("n3 saw the final map");
+    let copied = text.rfind("event=\"caught_up\"").expect("n3 copied");
+    assert!(copied < switched, "{}", nodes[2].stderr_tail(30));
+    load.thread.join().unwrap();
+    let places = locate(&nodes[0], &accounts);
+    assert!(places.iter().any(|(p, _)| p == "n3"), "{places:?}");
+    for (k, account) in accounts.iter().enumerate() {
+        let want: Vec<String> = (0..160)
+            .filter(|i| i % accounts.len() == k)
+            .map(|i| format!("m{i}@example.org"))
+            .collect();
+        for n in &nodes {
+            let mut got = inbox_ids(n.pop3, account);
+            got.sort_by_key(|id| id[1..].split('@').next().unwrap().parse::<usize>().unwrap());
+            assert_eq!(got, want, "{account} through a node");
+        }
+    }
 }

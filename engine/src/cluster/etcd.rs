@@ -151,6 +151,7 @@ pub fn join(
     cfg: &Cluster,
     record: NodeRecord,
     pins: tokio::sync::watch::Receiver<Vec<String>>,
+    progress: Arc<super::Progress>,
 ) -> Result<Member, String> {
     let shared: Shared = Arc::new(arc_swap::ArcSwap::from_pointee(View::default()));
     let (tx, rx) = std::sync::mpsc::sync_channel(1);
@@ -169,7 +170,7 @@ pub fn join(
                     return;
                 }
             };
-            rt.block_on(run(cfg, record, pins, view, tx, stop_rx));
+            rt.block_on(run(cfg, record, pins, progress, view, tx, stop_rx));
             let _ = gone_tx.send(());
         })
         .map_err(|e| format!("cluster thread: {e}"))?;
@@ -216,12 +217,15 @@ struct Membership {
     held: Option<i64>,
     /// The certificate fingerprints to publish (`record.tls_sha256`).
     pins: tokio::sync::watch::Receiver<Vec<String>>,
+    /// The bucket copies finished (`record.copied`).
+    progress: Arc<super::Progress>,
 }
 
 async fn run(
     cfg: Cluster,
     record: NodeRecord,
     pins: tokio::sync::watch::Receiver<Vec<String>>,
+    progress: Arc<super::Progress>,
     view: Shared,
     ready: std::sync::mpsc::SyncSender<Result<(), String>>,
     stop: tokio::sync::oneshot::Receiver<()>,
@@ -235,6 +239,7 @@ async fn run(
         stop,
         held: None,
         pins,
+        progress,
     };
     loop {
         let end = match m.join().await {
@@ -353,6 +358,7 @@ impl Membership {
             ready,
             stop,
             pins,
+            progress,
             ..
         } = self;
         let node_key = keys.node(&record.id);
@@ -411,6 +417,17 @@ impl Membership {
                             view.store(Arc::new(v));
                         }
                         _ => return Err("the lease expired".to_string().into()),
+                    }
+                    // Bucket copies that finished since: publish how far.
+                    let copied = progress.copied();
+                    if copied > record.copied {
+                        record.copied = copied;
+                        let value = serde_json::to_vec(&*record).expect("node record serializes");
+                        client
+                            .put(node_key.clone(), value, Some(PutOptions::new().with_lease(lease)))
+                            .await
+                            .map_err(err("publishing the copies"))?;
+                        tracing::info!(copied, "cluster: bucket copies published");
                     }
                 }
                 changed = pins.changed(), if pins_open => {
@@ -544,6 +561,9 @@ pub fn rebalance(cfg: &Cluster, dry_run: bool, move_primaries: bool) -> Result<S
             }
             None => return Err(format!("no node has joined cluster {:?} yet", cfg.name)),
         };
+        if move_primaries && !dry_run {
+            return move_primaries_staged(&mut client, &keys, buckets).await;
+        }
         replan(&mut client, &keys, buckets, move_primaries, dry_run).await
     })
 }
@@ -579,23 +599,106 @@ async fn replan(
         if dry_run {
             return Ok(format!("{summary} (dry run, nothing written)\n"));
         }
-        let key = keys.placement();
-        let guard = match &view.placement {
-            Some((_, version)) => Compare::mod_revision(key.clone(), CompareOp::Equal, *version),
-            None => Compare::create_revision(key.clone(), CompareOp::Equal, 0),
-        };
-        let txn =
-            Txn::new()
-                .when([guard])
-                .and_then([TxnOp::put(key.clone(), next.to_json(), None)]);
-        let r = client.txn(txn).await.map_err(err("placement"))?;
-        if r.succeeded() {
-            let version = r.header().map(|h| h.revision()).unwrap_or_default();
+        let was = view.placement.as_ref().map(|(_, v)| *v);
+        if let Some(version) = write_map(client, keys, &next, was).await? {
             return Ok(format!("{summary}; placement version={version}\n"));
         }
         // Someone else changed the map meanwhile: plan again from theirs.
     }
     Err("the placement kept changing; try again".into())
+}
+
+/// Write `map` if the map's version is still `was` (None: no map yet);
+/// its new version, or None when someone changed it meanwhile.
+async fn write_map(
+    client: &mut Client,
+    keys: &Keys,
+    map: &Placement,
+    was: Option<i64>,
+) -> Result<Option<i64>, String> {
+    let key = keys.placement();
+    let guard = match was {
+        Some(version) => Compare::mod_revision(key.clone(), CompareOp::Equal, version),
+        None => Compare::create_revision(key.clone(), CompareOp::Equal, 0),
+    };
+    let txn = Txn::new()
+        .when([guard])
+        .and_then([TxnOp::put(key, map.to_json(), None)]);
+    let r = client.txn(txn).await.map_err(err("placement"))?;
+    Ok(r.succeeded()
+        .then(|| r.header().map(|h| h.revision()).unwrap_or_default()))
+}
+
+/// How long `rebalance --move-primaries` waits for the new primaries to
+/// copy their buckets.
+const COPY_WAIT: Duration = Duration::from_secs(600);
+
+/// `rebalance --move-primaries` in two steps, so that no account is
+/// served by a node that does not hold its mail yet: first a map where
+/// each moving bucket keeps its primary and takes its new primary as
+/// replica (`placement::staging`: the new primary copies the bucket and
+/// receives every delivery meanwhile), then, once every node that gained
+/// buckets published that it copied them (`NodeRecord::copied`), the
+/// balanced map. A map that changes in between (a failover) stops it.
+async fn move_primaries_staged(
+    client: &mut Client,
+    keys: &Keys,
+    buckets: u32,
+) -> Result<String, String> {
+    let view = load(client, keys).await?;
+    let Some((current, version)) = view.placement.clone() else {
+        // No map yet: nothing is stored anywhere to copy.
+        return replan(client, keys, buckets, true, false).await;
+    };
+    let live = view.placeable();
+    let next = placement::plan(Some(&current), &live, buckets, true)?;
+    let mid = placement::staging(&current, &next);
+    if mid == next {
+        return replan(client, keys, buckets, true, false).await;
+    }
+    let holds =
+        |p: &Placement, b: u32, n: &str| p.primary_of(b) == Some(n) || p.replica_of(b) == Some(n);
+    let gainers: Vec<String> = mid
+        .nodes
+        .iter()
+        .filter(|n| (0..buckets).any(|b| holds(&mid, b, n) && !holds(&current, b, n)))
+        .cloned()
+        .collect();
+    let Some(staged) = write_map(client, keys, &mid, Some(version)).await? else {
+        return Err("the placement changed meanwhile; try again".into());
+    };
+    let deadline = tokio::time::Instant::now() + COPY_WAIT;
+    loop {
+        let view = load(client, keys).await?;
+        if view.placement.as_ref().map(|(_, v)| *v) != Some(staged) {
+            return Err(format!(
+                "the placement changed while the new primaries copied their buckets (map {staged} was written); run rebalance again"
+            ));
+        }
+        let waiting: Vec<&str> = gainers
+            .iter()
+            .filter(|g| view.members.get(*g).is_none_or(|r| r.copied < staged))
+            .map(String::as_str)
+            .collect();
+        if waiting.is_empty() {
+            break;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(format!(
+                "{} did not finish copying within {COPY_WAIT:?} (map {staged} was written; run rebalance --move-primaries again)",
+                waiting.join(", ")
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    match write_map(client, keys, &next, Some(staged)).await? {
+        Some(v) => Ok(format!(
+            "{} live nodes; primaries moved after {} copied their buckets (map {staged}); placement version={v}\n",
+            live.len(),
+            gainers.join(", ")
+        )),
+        None => Err("the placement changed meanwhile; run rebalance again".into()),
+    }
 }
 
 /// Failover: does the map name a node that is no longer a member, and is

@@ -86,3 +86,31 @@ impl View {
 
 /// The published view; the cluster thread swaps it, shards load it.
 pub type Shared = Arc<arc_swap::ArcSwap<View>>;
+
+/// How far each shard has copied the buckets this node gained
+/// (`runtime::catchup`): the newest map version whose copies it finished
+/// (0: none yet). The membership thread publishes the smallest as the
+/// node record's `copied`, which `rebalance --move-primaries` waits for.
+#[derive(Debug)]
+pub struct Progress(Vec<std::sync::atomic::AtomicI64>);
+
+impl Progress {
+    pub fn new(shards: usize) -> Progress {
+        Progress((0..shards).map(|_| Default::default()).collect())
+    }
+
+    pub fn set(&self, shard: usize, version: i64) {
+        if let Some(v) = self.0.get(shard) {
+            v.fetch_max(version, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    /// The version every shard has copied.
+    pub fn copied(&self) -> i64 {
+        self.0
+            .iter()
+            .map(|v| v.load(std::sync::atomic::Ordering::Relaxed))
+            .min()
+            .unwrap_or(0)
+    }
+}

@@ -26,6 +26,10 @@ pub struct NodeRecord {
     /// accepts exactly these (pinned), whoever signed them.
     #[serde(default)]
     pub tls_sha256: Vec<String>,
+    /// The newest bucket map version whose gained buckets this node has
+    /// finished copying (`runtime::catchup`; 0: none).
+    #[serde(default)]
+    pub copied: i64,
 }
 
 impl NodeRecord {
@@ -232,6 +236,28 @@ fn assign(
     out.into_iter().map(|o| o.expect("assigned")).collect()
 }
 
+/// The map `rebalance --move-primaries` passes through before `next`:
+/// every bucket whose primary moves to a node that does not hold it yet
+/// keeps its live primary and takes the new one as its replica, so the new
+/// primary copies the bucket and receives every delivery while it does;
+/// every other bucket is as in `next`. Equal to `next` when nothing needs
+/// staging. `next` must come from [`plan`] (its nodes are the live ones).
+pub fn staging(current: &Placement, next: &Placement) -> Placement {
+    let mut mid = next.clone();
+    let index = |id: &str| next.nodes.iter().position(|n| n == id).map(|i| i as u16);
+    for b in 0..next.buckets.min(current.buckets) {
+        let (Some(cp), Some(np)) = (current.primary_of(b), next.primary_of(b)) else {
+            continue;
+        };
+        let holds = current.replica_of(b) == Some(np);
+        if let (false, false, Some(i), Some(j)) = (cp == np, holds, index(cp), index(np)) {
+            mid.primary[b as usize] = i;
+            mid.replica[b as usize] = Some(j);
+        }
+    }
+    mid
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -252,6 +278,33 @@ mod tests {
         for b in 0..p.buckets {
             assert_ne!(p.primary_of(b), p.replica_of(b), "bucket {b}");
         }
+    }
+
+    #[test]
+    fn moved_primaries_are_staged_as_replicas_first() {
+        let two = ids(&["a", "b"]);
+        let current = plan(None, &two, 64, true).unwrap();
+        let three = ids(&["a", "b", "c"]);
+        let next = plan(Some(&current), &three, 64, true).unwrap();
+        let mid = staging(&current, &next);
+        let mut staged = 0;
+        for b in 0..64 {
+            let (cp, np) = (current.primary_of(b), next.primary_of(b));
+            if cp != np && current.replica_of(b) != np {
+                // The old primary stays; the new one holds it as replica.
+                assert_eq!(mid.primary_of(b), cp, "bucket {b}");
+                assert_eq!(mid.replica_of(b), np, "bucket {b}");
+                staged += 1;
+            } else {
+                assert_eq!(mid.primary_of(b), next.primary_of(b), "bucket {b}");
+                assert_eq!(mid.replica_of(b), next.replica_of(b), "bucket {b}");
+            }
+            assert_ne!(mid.primary_of(b), mid.replica_of(b), "bucket {b}");
+        }
+        assert!(staged > 0);
+        assert_eq!(Placement::from_json(&mid.to_json()).unwrap(), mid);
+        // Nothing moves: nothing staged.
+        assert_eq!(staging(&current, &current), current);
     }
 
     #[test]

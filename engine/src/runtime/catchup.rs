@@ -91,6 +91,10 @@ pub fn plan(shard: &Rc<Shard>) {
     *planned = Some((*version, map.clone()));
     drop(planned);
     if new.is_empty() {
+        if !shard.catchup.running.get() {
+            // Nothing (more) to copy for this map.
+            shard.shared.copied.set(shard.id, *version);
+        }
         return;
     }
     tracing::info!(
@@ -113,11 +117,18 @@ pub fn plan(shard: &Rc<Shard>) {
 async fn work(shard: Rc<Shard>) {
     let mut copied = Copied::default();
     loop {
+        if shard.stopping() {
+            shard.catchup.running.set(false);
+            return;
+        }
         let jobs = std::mem::take(&mut *shard.catchup.queue.borrow_mut());
-        if jobs.is_empty() || shard.stopping() {
+        if jobs.is_empty() {
             break;
         }
-        let Some(m) = shard.mapped() else { break };
+        let Some(m) = shard.mapped() else {
+            shard.catchup.running.set(false);
+            return;
+        };
         let version = m.view.placement.as_ref().map_or(0, |(_, v)| *v);
         // Per source, the buckets this node still holds; a source that is
         // gone is replaced by the bucket's primary.
@@ -186,6 +197,9 @@ async fn work(shard: Rc<Shard>) {
     }
     shard.catchup.running.set(false);
     if shard.catchup.queue.borrow().is_empty() {
+        if let Some((version, _)) = &*shard.catchup.planned.borrow() {
+            shard.shared.copied.set(shard.id, *version);
+        }
         tracing::info!(
             event = "caught_up",
             accounts = copied.accounts,

@@ -99,6 +99,7 @@ fn join_cluster(
     c: &crate::config::Cluster,
     listeners: [&Vec<SocketAddr>; 5],
     tls_sha256: tokio::sync::watch::Receiver<Vec<String>>,
+    progress: Arc<crate::cluster::Progress>,
     cores: usize,
     buckets: u32,
 ) -> Result<Member, ServeError> {
@@ -117,12 +118,13 @@ fn join_cluster(
             imaps: s(imaps),
             pop3s: s(pop3s),
             tls_sha256: tls_sha256.borrow().clone(),
+            copied: 0,
         };
-        crate::cluster::etcd::join(c, record, tls_sha256).map_err(ServeError::Cluster)
+        crate::cluster::etcd::join(c, record, tls_sha256, progress).map_err(ServeError::Cluster)
     }
     #[cfg(not(feature = "cluster"))]
     {
-        let _ = (c, listeners, tls_sha256, cores, buckets);
+        let _ = (c, listeners, tls_sha256, progress, cores, buckets);
         Err(ServeError::Cluster(
             "[cluster] is configured, but this binary was built without cluster support (cargo build --features cluster)".into(),
         ))
@@ -290,16 +292,26 @@ pub fn serve(mut config: Config, loader: Option<reload::Loader>) -> Result<(), S
         }
         _ => None,
     };
+    let copied = Arc::new(crate::cluster::Progress::new(cores));
     let member = match &config.cluster {
         None => None,
         Some(c) => {
             let listeners = [&smtp, &imap, &pop3, &imaps, &pop3s];
             let pins = tls.fingerprints();
-            Some(join_cluster(c, listeners, pins, cores, meta.buckets)?)
+            let progress = copied.clone();
+            Some(join_cluster(
+                c,
+                listeners,
+                pins,
+                progress,
+                cores,
+                meta.buckets,
+            )?)
         }
     };
     let shared = Arc::new(Shared {
         cluster: member.as_ref().map(cluster_view),
+        copied,
         config,
         live,
         config_epoch: Default::default(),

@@ -33,6 +33,8 @@ use crate::transport::{Conn, Detached};
 pub struct Shared {
     /// Cluster mode: the membership thread's published view (`[cluster]`).
     pub cluster: Option<crate::cluster::Shared>,
+    /// Cluster mode: how far each shard copied the buckets it gained.
+    pub copied: Arc<crate::cluster::Progress>,
     /// The configuration the server started with: what a reload cannot
     /// change (listeners, cores, data directory, storage, memory) is read
     /// here. Everything else is read through [`Shard::config`].
