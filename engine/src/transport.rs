@@ -518,7 +518,12 @@ impl Conn {
             if let Err(e) = self.flush_tls().await {
                 return ReadOutcome::Failed(e);
             }
+            let before = self.end;
             match self.read_tls().await {
+                // read_tls took decrypted bytes into the buffer itself:
+                // they come first (a close_notify after them is seen on
+                // the next read).
+                ReadOutcome::Data if self.end > before => return ReadOutcome::Data,
                 ReadOutcome::Data => {}
                 other => return other,
             }

@@ -1616,7 +1616,8 @@ for box, flags, date, text in [
     ("Notes", r"(\Flagged)", '"02-Feb-2021 11:30:00 +0100"', "note"),
     ("INBOX", None, '"03-Mar-2022 12:00:00 +0000"', "inbox"),
 ]:
-    msg = ("From: <{account}>\r\nSubject: %s\r\n\r\nappended %s\r\n" % (text, text)).encode()
+    # A line over 998 octets and a bare LF: the copy keeps the octets.
+    msg = ("From: <{account}>\r\nSubject: %s\r\n\r\nappended %s\r\n%s\r\nbare\nlf\r\n" % (text, text, "x" * 1500)).encode()
     typ, data = m.append(box, flags, date, msg)
     assert typ == "OK", (typ, data)
 m.logout()
@@ -1675,7 +1676,10 @@ fn moved_primaries_copy_their_buckets_before_they_serve_them() {
     let load = keep_sending([nodes[0].smtp, nodes[1].smtp], &accounts, 48..160, message);
     load.wait_for(60);
     let r = cluster_cmd(&nodes[0], &["rebalance", "--move-primaries"]);
-    assert!(r.contains("primaries moved after n3 copied"), "{r}");
+    assert!(
+        r.contains("primaries moved after") && r.contains("n3"),
+        "{r}"
+    );
     wait_map(&nodes, &r);
     // n3 finished its copies before it saw the map that made it primary.
     let text = nodes[2].stderr_text();

@@ -16,6 +16,9 @@ use super::Placement;
 pub struct Pull {
     pub bucket: u32,
     pub from: String,
+    /// The other nodes that held the bucket, in the order to try them if
+    /// `from` is gone by the time of the copy (live or not when planned).
+    pub also: Vec<String>,
 }
 
 /// The buckets `me` gained between `before` (None: the node just started)
@@ -32,21 +35,30 @@ pub fn pulls(
     mine: impl Fn(u32) -> bool,
 ) -> Vec<Pull> {
     let holds = |p: &Placement, b: u32| p.primary_of(b) == Some(me) || p.replica_of(b) == Some(me);
-    let source = |id: Option<&str>| id.filter(|id| *id != me && live(id)).map(str::to_string);
     (0..now.buckets)
         .filter(|&b| mine(b) && holds(now, b))
         .filter_map(|b| {
-            let from = match before {
+            let candidates = match before {
                 Some(p) if holds(p, b) => return None,
-                Some(p) => source(p.primary_of(b))
-                    .or_else(|| source(p.replica_of(b)))
-                    .or_else(|| source(now.primary_of(b))),
+                Some(p) => vec![p.primary_of(b), p.replica_of(b), now.primary_of(b)],
                 // Just started: the replica copies what it missed; a node
                 // that is still primary holds what it acknowledged.
-                None if now.replica_of(b) == Some(me) => source(now.primary_of(b)),
-                None => None,
-            }?;
-            Some(Pull { bucket: b, from })
+                None if now.replica_of(b) == Some(me) => vec![now.primary_of(b)],
+                None => return None,
+            };
+            let mut others: Vec<String> = Vec::new();
+            for c in candidates.into_iter().flatten() {
+                if c != me && !others.iter().any(|o| o == c) {
+                    others.push(c.to_string());
+                }
+            }
+            let at = others.iter().position(|o| live(o))?;
+            let from = others.remove(at);
+            Some(Pull {
+                bucket: b,
+                from,
+                also: others,
+            })
         })
         .collect()
 }
@@ -78,7 +90,9 @@ mod tests {
             pulls(Some(&before), &now, "a", live, all),
             vec![Pull {
                 bucket: 1,
-                from: "b".into()
+                from: "b".into(),
+                // c held it too (gone now: tried last).
+                also: vec!["c".into()],
             }]
         );
         // b held both buckets before: nothing to copy.

@@ -545,7 +545,7 @@ fn describe(name: &str, view: &View) -> String {
 
 /// `ringmail cluster rebalance`: a balanced map over the live members that
 /// moves as few buckets as it can (live primaries stay unless
-/// `move_primaries`: the new primary copies their mail after the switch),
+/// `move_primaries`: then in two steps, see `move_primaries_staged`),
 /// written only if the map did not change meanwhile (compare its version; retried on a
 /// conflict).
 pub fn rebalance(cfg: &Cluster, dry_run: bool, move_primaries: bool) -> Result<String, String> {
@@ -652,21 +652,34 @@ async fn move_primaries_staged(
     };
     let live = view.placeable();
     let next = placement::plan(Some(&current), &live, buckets, true)?;
-    let mid = placement::staging(&current, &next);
-    if mid == next {
-        return replan(client, keys, buckets, true, false).await;
+    if next == current {
+        return Ok(format!("placement unchanged ({} live nodes)\n", live.len()));
     }
     let holds =
         |p: &Placement, b: u32, n: &str| p.primary_of(b) == Some(n) || p.replica_of(b) == Some(n);
-    let gainers: Vec<String> = mid
-        .nodes
-        .iter()
-        .filter(|n| (0..buckets).any(|b| holds(&mid, b, n) && !holds(&current, b, n)))
-        .cloned()
+    // Every node that will be a bucket's primary without being it now
+    // (already its replica or not) must have copied it first.
+    let mut gainers: Vec<String> = (0..buckets)
+        .filter(|&b| next.primary_of(b) != current.primary_of(b))
+        .filter_map(|b| next.primary_of(b).map(str::to_string))
         .collect();
-    let Some(staged) = write_map(client, keys, &mid, Some(version)).await? else {
-        return Err("the placement changed meanwhile; try again".into());
+    let mid = placement::staging(&current, &next);
+    let staged = if mid != current && mid != next {
+        gainers.extend(
+            mid.nodes
+                .iter()
+                .filter(|n| (0..buckets).any(|b| holds(&mid, b, n) && !holds(&current, b, n)))
+                .cloned(),
+        );
+        match write_map(client, keys, &mid, Some(version)).await? {
+            Some(v) => v,
+            None => return Err("the placement changed meanwhile; try again".into()),
+        }
+    } else {
+        version
     };
+    gainers.sort();
+    gainers.dedup();
     let deadline = tokio::time::Instant::now() + COPY_WAIT;
     loop {
         let view = load(client, keys).await?;

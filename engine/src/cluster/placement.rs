@@ -99,11 +99,11 @@ impl Placement {
 /// primary. Deterministic for the same inputs.
 ///
 /// `move_primaries: false` keeps every bucket whose primary is live where
-/// it is, however unbalanced: a moved primary serves its accounts while it
-/// copies their mail (`runtime::catchup`), so only buckets without a live
-/// primary are placed (on their replica first: it holds every
-/// acknowledged delivery). Replicas always rebalance; a new replica copies
-/// the bucket in the background.
+/// it is, however unbalanced (moving one means copying its mail first:
+/// `staging`), so only buckets without a live primary are placed (on
+/// their replica first: it holds every acknowledged delivery). Replicas
+/// always rebalance; a new replica copies the bucket in the background
+/// (`runtime::catchup`).
 pub fn plan(
     current: Option<&Placement>,
     live: &[String],

@@ -130,9 +130,8 @@ async fn work(shard: Rc<Shard>) {
             return;
         };
         let version = m.view.placement.as_ref().map_or(0, |(_, v)| *v);
-        // Per source, the buckets this node still holds; a source that is
-        // gone is replaced by the bucket's primary.
-        let mut by_source: BTreeMap<String, Vec<u32>> = BTreeMap::new();
+        // Per source, the buckets this node still holds.
+        let mut by_source: BTreeMap<String, Vec<Pull>> = BTreeMap::new();
         for job in jobs {
             let map = m.map();
             if map.primary_of(job.bucket) != Some(m.me) && map.replica_of(job.bucket) != Some(m.me)
@@ -140,14 +139,20 @@ async fn work(shard: Rc<Shard>) {
                 continue;
             }
             let live = |id: &str| id != m.me && m.view.members.contains_key(id);
-            let from = Some(job.from.as_str())
-                .filter(|f| live(f))
-                .or_else(|| map.primary_of(job.bucket).filter(|p| live(p)));
-            if let Some(from) = from {
-                by_source
-                    .entry(from.to_string())
-                    .or_default()
-                    .push(job.bucket);
+            // The planned source, else another node that held the bucket,
+            // else its primary now.
+            let from = std::iter::once(job.from.as_str())
+                .chain(job.also.iter().map(String::as_str))
+                .chain(map.primary_of(job.bucket))
+                .find(|f| live(f))
+                .map(str::to_string);
+            match from {
+                Some(from) => by_source.entry(from).or_default().push(job),
+                None => tracing::warn!(
+                    bucket = job.bucket,
+                    from = job.from,
+                    "cluster: no live node that held this bucket is left to copy it from; it is not copied"
+                ),
             }
         }
         let sources: Vec<_> = by_source
@@ -159,7 +164,8 @@ async fn work(shard: Rc<Shard>) {
             .collect();
         drop(m);
         let mut again = Vec::new();
-        for (from, buckets) in sources {
+        for (from, jobs) in sources {
+            let buckets: Vec<u32> = jobs.iter().map(|j| j.bucket).collect();
             match pull(&shard, &from, &buckets, version).await {
                 Ok(c) => {
                     tracing::info!(
@@ -180,10 +186,7 @@ async fn work(shard: Rc<Shard>) {
                         why,
                         "cluster: copying buckets failed; trying again"
                     );
-                    again.extend(buckets.into_iter().map(|bucket| Pull {
-                        bucket,
-                        from: from.id.clone(),
-                    }));
+                    again.extend(jobs);
                 }
             }
         }

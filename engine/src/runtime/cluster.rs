@@ -329,7 +329,16 @@ pub async fn store_appended(
     accounts: &[String],
     to: &AppendTo,
     body: &[u8],
+    map_version: Option<u64>,
 ) -> Result<(), StorageError> {
+    if let Some(v) = map_version {
+        let v = i64::try_from(v).unwrap_or(i64::MAX);
+        if !shard.map_at_least(v, MAP_WAIT).await {
+            return Err(StorageError::Io(format!(
+                "the primary acted on bucket map {v}, which this node has not seen"
+            )));
+        }
+    }
     let routes = shard.route(accounts, true).map_err(StorageError::Io)?;
     for account in routes.here {
         let owner = shard.owner_of(&account);

@@ -4,7 +4,8 @@
 //! A session is set up once (TCP, greeting, EHLO, STARTTLS with the
 //! member's published fingerprints pinned and this node's certificate
 //! presented, EHLO again) and then carries many hand-overs, one
-//! transaction each with MAIL, RCPT and DATA pipelined (RFC 2920): setting
+//! transaction each: MAIL and RCPT pipelined (RFC 2920), then the message
+//! in one BDAT chunk (RFC 3030, its octets exactly as stored): setting
 //! up a mutual-TLS session per message cost about twenty times a local
 //! delivery. Sessions go back to their shard's [`Pool`] after a transaction
 //! that ended in 250 and are dropped after any failure. A pooled session
@@ -29,8 +30,8 @@ const REPLY_MAX: usize = 64 * 1024;
 /// under the other node's SMTP command timeout.
 const POOL_PER_PEER: usize = 32;
 const POOL_IDLE_MAX: Duration = Duration::from_secs(20);
-/// Body pieces shorter than this are gathered into one write.
-const GATHER_MAX: usize = 16 * 1024;
+/// The body is written in pieces of this size.
+const GATHER_MAX: usize = 64 * 1024;
 
 /// An SMTP session with another member, past STARTTLS and EHLO.
 pub struct Peer {
@@ -54,12 +55,12 @@ pub struct Outgoing<'a> {
 
 /// How a hand-over failed.
 pub enum Failed {
-    /// The session broke before the end of data: the other node stored
-    /// nothing, and a new session may try again.
+    /// The session broke before the message was sent: the other node
+    /// stored nothing, and a new session may try again.
     Broken(String),
-    /// MAIL, a RCPT or DATA was refused (the other node's reply).
+    /// MAIL or a RCPT was refused (the other node's reply).
     Refused(String),
-    /// At or after the end of data: the other node's answer, or none.
+    /// Once the message was sent: the other node's answer, or none.
     After(String),
 }
 
@@ -180,8 +181,8 @@ pub async fn connect(shard: &Shard, to: SocketAddr, pins: Vec<String>) -> Result
 }
 
 impl Peer {
-    /// One transaction: MAIL, every RCPT and DATA pipelined, then the
-    /// body. Ok once the other node answered 250 to the end of data.
+    /// One transaction: MAIL and every RCPT pipelined, then the message
+    /// in one BDAT chunk. Ok once the other node answered 250 to it.
     pub async fn send(&mut self, recipients: &[String], m: &Outgoing<'_>) -> Result<(), Failed> {
         let mut head = format!("MAIL FROM:<{}> SIZE={}", m.reverse_path, m.body.len());
         if m.eight_bit {
@@ -203,16 +204,15 @@ impl Peer {
         for r in recipients {
             head.push_str(&format!("RCPT TO:<{r}>\r\n"));
         }
-        head.push_str("DATA\r\n");
         let conn = &mut self.conn;
         let broken = Failed::Broken;
         conn.write_all(head.as_bytes())
             .await
             .map_err(|e| broken(e.to_string()))?;
-        // MAIL's and every RCPT's reply, then DATA's. After a refusal the
-        // session is dropped, so what is left unread does not matter.
-        // A 421 is the other node closing the session (its idle timeout,
-        // a shutdown): nothing was taken.
+        // MAIL's and every RCPT's reply. After a refusal the session is
+        // dropped, so what is left unread does not matter. A 421 is the
+        // other node closing the session (its idle timeout, a shutdown):
+        // nothing was taken.
         for _ in 0..=recipients.len() {
             match reply(conn).await.map_err(broken)? {
                 (250, _) => {}
@@ -220,30 +220,16 @@ impl Peer {
                 (_, text) => return Err(Failed::Refused(text)),
             }
         }
-        match reply(conn).await.map_err(broken)? {
-            (354, _) => {}
-            (421, text) => return Err(broken(text)),
-            (_, text) => return Err(Failed::Refused(text)),
-        }
+        // The message in one BDAT chunk (RFC 3030): its octets exactly as
+        // stored here, where DATA would wrap long lines and make line ends
+        // uniform.
         let after = Failed::After;
-        let mut gather: Vec<u8> = Vec::with_capacity(GATHER_MAX);
-        for piece in crate::relay::client::DotStuffed::new(m.body) {
-            if gather.len() + piece.len() > GATHER_MAX && !gather.is_empty() {
-                conn.write_all(&gather)
-                    .await
-                    .map_err(|e| after(e.to_string()))?;
-                gather.clear();
-            }
-            if piece.len() >= GATHER_MAX {
-                conn.write_all(piece)
-                    .await
-                    .map_err(|e| after(e.to_string()))?;
-            } else {
-                gather.extend_from_slice(piece);
-            }
-        }
-        if !gather.is_empty() {
-            conn.write_all(&gather)
+        let chunk = format!("BDAT {} LAST\r\n", m.body.len());
+        conn.write_all(chunk.as_bytes())
+            .await
+            .map_err(|e| after(e.to_string()))?;
+        for piece in m.body.chunks(GATHER_MAX) {
+            conn.write_all(piece)
                 .await
                 .map_err(|e| after(e.to_string()))?;
         }

@@ -685,7 +685,14 @@ pub async fn serve(
                     // into its mailbox, as the primary stored it.
                     let accounts: Vec<String> =
                         tx.recipients.iter().map(|r| r.account.clone()).collect();
-                    result = super::cluster::store_appended(&shard, &accounts, to, &body).await;
+                    result = super::cluster::store_appended(
+                        &shard,
+                        &accounts,
+                        to,
+                        &body,
+                        tx.map_version,
+                    )
+                    .await;
                     left = Some(body);
                 } else if result.is_ok() && !tx.recipients.is_empty() {
                     let accounts: Vec<String> =

@@ -121,7 +121,8 @@ pub struct SmtpParams {
     /// Failed AUTH attempts before the connection is closed.
     pub auth_failures_max: usize,
     /// MAIL only after STARTTLS (`530 5.7.0`): cluster nodes' hand-overs,
-    /// the one place the private MAIL parameters `XMAP=` and `XJUNK` are
+    /// the one place the private MAIL parameters `XMAP=`, `XJUNK` and an
+    /// APPEND copy's `XMAILBOX=`, `XFLAGS=`, `XDATE=`, `XKEYWORDS=` are
     /// accepted (elsewhere they are unknown: `555 5.5.4`).
     pub require_tls: bool,
 }

@@ -47,6 +47,25 @@ pub fn allocate_keywords(m: &mut Mailbox, kws: &[&[u8]]) -> Option<Vec<(u8, Stri
     Some(new)
 }
 
+/// Would [`allocate_keywords`] give `kws` bits in `m`? (Read only.)
+pub fn keywords_fit(m: &Mailbox, kws: &[&[u8]]) -> bool {
+    let mut new: Vec<&[u8]> = Vec::new();
+    for k in kws {
+        let known = m
+            .keywords
+            .iter()
+            .any(|n| n.as_bytes().eq_ignore_ascii_case(k))
+            || new.iter().any(|n| n.eq_ignore_ascii_case(k));
+        if !known {
+            if k.len() > KEYWORD_LEN_MAX {
+                return false;
+            }
+            new.push(k);
+        }
+    }
+    m.keywords.len() + new.len() <= KEYWORDS_MAX
+}
+
 /// Decide a STORE of `flags` on `uids` (in UID order) of `m`: keyword bits
 /// and mod-sequences are taken from `m` now, so a concurrent command
 /// cannot get the same. None: the mailbox has no keyword bits left, or a

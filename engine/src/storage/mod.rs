@@ -622,8 +622,6 @@ impl Store {
         out
     }
 
-    /// Accounts of this shard whose names start with `prefix` (relay queue
-    /// accounts), sorted.
     /// The mail accounts (not relay queues) of these buckets that have
     /// stored state on this shard.
     pub fn accounts_in_buckets(&self, buckets: &[u32]) -> Vec<String> {
@@ -639,6 +637,8 @@ impl Store {
         v
     }
 
+    /// Accounts of this shard whose names start with `prefix` (relay queue
+    /// accounts), sorted.
     pub fn accounts_with_prefix(&self, prefix: &str) -> Vec<String> {
         let mut v: Vec<String> = self
             .buckets

@@ -1560,8 +1560,19 @@ impl<S: Mailstore> Machine<S> {
         let messages_max = self.store.limits().messages_max;
         let date = date.unwrap_or_else(|| self.store.now());
         // Cluster mode: the replica takes its copy before a UID is taken
-        // here (a mailbox that does not exist is refused below).
-        if self.exists(name) {
+        // here, once the checks below would pass (a mailbox that does not
+        // exist, too many messages or keywords are refused below).
+        let will_take = self
+            .store
+            .with_account(&account, |a| {
+                (messages_max == 0 || account_messages(a) < messages_max)
+                    && a.mailboxes
+                        .iter()
+                        .find(|m| index::mailbox_name_eq(&m.name, name))
+                        .is_some_and(|m| store::keywords_fit(m, &kws))
+            })
+            .unwrap_or(false);
+        if will_take {
             if let Err(e) = self
                 .store
                 .replicate_append(&account, name, sys, &kws, date, message)
