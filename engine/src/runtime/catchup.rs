@@ -186,7 +186,14 @@ async fn work(shard: Rc<Shard>) {
                         why,
                         "cluster: copying buckets failed; trying again"
                     );
-                    again.extend(jobs);
+                    // Next time, another node that held the bucket first.
+                    again.extend(jobs.into_iter().map(|mut job| {
+                        if !job.also.is_empty() {
+                            let next = job.also.remove(0);
+                            job.also.push(std::mem::replace(&mut job.from, next));
+                        }
+                        job
+                    }));
                 }
             }
         }

@@ -141,13 +141,19 @@ impl Mailstore for Shard {
         internal_date: i64,
         message: &[u8],
     ) -> Result<(), StorageError> {
+        // Each keyword once (the client may repeat one): the MAIL line
+        // that carries them is bounded.
+        let mut names: Vec<String> = Vec::with_capacity(keywords.len());
+        for k in keywords {
+            let k = String::from_utf8_lossy(k).into_owned();
+            if !names.iter().any(|n| n.eq_ignore_ascii_case(&k)) {
+                names.push(k);
+            }
+        }
         let to = crate::protocol::smtp::command::AppendTo {
             mailbox: mailbox.to_string(),
             flags,
-            keywords: keywords
-                .iter()
-                .map(|k| String::from_utf8_lossy(k).into_owned())
-                .collect(),
+            keywords: names,
             internal_date,
         };
         super::cluster::replicate_append(self, account, &to, message).await

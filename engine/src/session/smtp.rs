@@ -1269,7 +1269,10 @@ impl SmtpSession {
             reply::write_chunk_received(out, size);
             return None;
         }
-        if self.bdat.has_nul() {
+        // A cluster node's copy of an IMAP APPEND may hold NUL octets (a
+        // BINARY literal8 is stored as it came); only members send one.
+        let append_copy = self.envelope.as_ref().is_some_and(|e| e.append.is_some());
+        if self.bdat.has_nul() && !append_copy {
             self.reset_transaction();
             self.bdat_failed = true;
             replies::NUL_REFUSED.write(out);
@@ -2262,6 +2265,15 @@ mod tests {
             "{}",
             r.out
         );
+        // In BDAT (as hand-overs send it) an APPEND copy keeps NUL octets;
+        // other mail with one is still refused.
+        let bdat = "EHLO c\r\nMAIL FROM:<a@b.test> XMAILBOX=INBOX\r\n\
+                    RCPT TO:<bob@example.test>\r\nBDAT 4 LAST\r\na\0b\n";
+        let r = run_with(internal(), bdat);
+        assert_eq!(r.delivered.len(), 1, "{}", r.out);
+        assert_eq!(r.delivered[0].body, b"a\0b\n");
+        let r = run_with(internal(), &bdat.replace(" XMAILBOX=INBOX", ""));
+        assert!(r.delivered.is_empty() && r.out.contains("NUL"), "{}", r.out);
     }
 
     const AUTH_OK: &str = "235 2.7.0 Authentication successful\r\n";
