@@ -219,6 +219,22 @@ fn push_away(
 /// How long an internal session waits for the map its sender acted on.
 const MAP_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
+/// An internal session's wait (up to [`MAP_WAIT`]) for the bucket map the
+/// sending node acted on (`XMAP=`), before it routes or stores anything.
+async fn sender_map_seen(shard: &Shard, map_version: Option<u64>) -> Result<(), String> {
+    let Some(v) = map_version else {
+        return Ok(());
+    };
+    let v = i64::try_from(v).unwrap_or(i64::MAX);
+    if shard.map_at_least(v, MAP_WAIT).await {
+        Ok(())
+    } else {
+        Err(format!(
+            "the sending node acted on bucket map {v}, which this node has not seen"
+        ))
+    }
+}
+
 /// Cluster mode at the end of data: hand the shares of the buckets other
 /// nodes are primary for to those nodes, and the copies of what stays
 /// here to each bucket's replica; Ok with the accounts to store here once
@@ -237,13 +253,8 @@ pub async fn hand_over(
     body: &[u8],
     junk: bool,
 ) -> Result<Vec<String>, String> {
-    if let Some(v) = tx.map_version.filter(|_| internal) {
-        let v = i64::try_from(v).unwrap_or(i64::MAX);
-        if !shard.map_at_least(v, MAP_WAIT).await {
-            return Err(format!(
-                "the sending node routed with bucket map {v}, which this node has not seen"
-            ));
-        }
+    if internal {
+        sender_map_seen(shard, tx.map_version).await?;
     }
     let routes = shard.route(accounts, internal)?;
     let mut handovers = routes.away;
@@ -331,14 +342,9 @@ pub async fn store_appended(
     body: &[u8],
     map_version: Option<u64>,
 ) -> Result<(), StorageError> {
-    if let Some(v) = map_version {
-        let v = i64::try_from(v).unwrap_or(i64::MAX);
-        if !shard.map_at_least(v, MAP_WAIT).await {
-            return Err(StorageError::Io(format!(
-                "the primary acted on bucket map {v}, which this node has not seen"
-            )));
-        }
-    }
+    sender_map_seen(shard, map_version)
+        .await
+        .map_err(StorageError::Io)?;
     let routes = shard.route(accounts, true).map_err(StorageError::Io)?;
     for account in routes.here {
         let owner = shard.owner_of(&account);
