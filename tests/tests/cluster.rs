@@ -1704,3 +1704,120 @@ fn moved_primaries_copy_their_buckets_before_they_serve_them() {
         }
     }
 }
+
+/// Every mailbox of an account through `addr`, with each message's
+/// Message-ID and flags (no \Recent), and the subscriptions.
+fn mailbox_state(addr: SocketAddr, account: &str) -> String {
+    python_code(&format!(
+        r#"
+import imaplib
+m = imaplib.IMAP4("127.0.0.1", {port})
+m.login("{account}", "{PASSWORD}")
+out = []
+typ, boxes = m.list()
+names = sorted(b.decode().rsplit(" ", 1)[1].strip('"') for b in boxes)
+selectable = sorted(b.decode().rsplit(" ", 1)[1].strip('"') for b in boxes
+                    if "\\Noselect" not in b.decode() and "\\NonExistent" not in b.decode())
+out.append("boxes: " + ",".join(names))
+for box in selectable:
+    typ, data = m.select('"%s"' % box, readonly=True)
+    assert typ == "OK", (box, data)
+    msgs = []
+    for n in range(1, int(data[0]) + 1):
+        typ, d = m.fetch(str(n), "(FLAGS BODY.PEEK[HEADER.FIELDS (MESSAGE-ID)])")
+        flags = d[0][0].decode().split("FLAGS (")[1].split(")")[0].split()
+        flags = " ".join(sorted(f for f in flags if f != "\\Recent"))
+        msgs.append("%s[%s]" % (d[0][1].decode().split(":", 1)[1].strip(), flags))
+    out.append("%s: %s" % (box, " ".join(sorted(msgs))))
+typ, subs = m.lsub()
+out.append("subscribed: " + ",".join(sorted(s.decode().rsplit(" ", 1)[1].strip('"') for s in subs if s)))
+print("\n".join(out))
+m.logout()
+"#,
+        port = addr.port()
+    ))
+}
+
+/// Flag changes, expunges, copies, moves and mailbox changes made on a
+/// bucket's primary, over IMAP and POP3, reach the replica before the
+/// client's OK (`runtime/changes.rs`): after the primary's kill -9 the
+/// replica shows the account as the primary did, read mail read, deleted
+/// mail gone, moved mail moved.
+#[test]
+fn changes_on_the_primary_are_on_the_replica_before_the_ok() {
+    let Some(etcd) = etcd() else { return };
+    let accounts: Vec<String> = (0..8).map(|i| format!("c{i}@example.test")).collect();
+    let mut nodes = mapped_cluster(&etcd, "ch", &["n1", "n2"], &accounts);
+    let account = accounts
+        .iter()
+        .find(|a| primary_of(&nodes[0], a) == "n1")
+        .expect("an account on n1")
+        .clone();
+    for i in 0..8 {
+        let m = format!("Message-ID: <c{i}@example.org>\r\nSubject: c{i}\r\n\r\nbody {i}\r\n");
+        smtp_send(
+            nodes[i % 2].smtp,
+            "s@example.org",
+            &[&account],
+            m.as_bytes(),
+        );
+    }
+    // Through n2, which relays the session to n1, the primary.
+    python_code(&format!(
+        r#"
+import imaplib
+m = imaplib.IMAP4("127.0.0.1", {port})
+m.login("{account}", "{PASSWORD}")
+def ok(r):
+    assert r[0] == "OK", r
+    return r
+ok(m.select("INBOX"))
+ok(m.store("1", "+FLAGS", r"(\Seen $Important)"))
+ok(m.store("2", "+FLAGS", r"(\Deleted)"))
+ok(m.expunge())
+# INBOX now c0 c2 c3 c4 c5 c6 c7
+ok(m.create("Projects"))
+ok(m.copy("1", "Projects"))
+ok(m.create("Archive/2026"))
+ok(m._simple_command("MOVE", "2", "Archive/2026"))
+# INBOX now c0 c3 c4 c5 c6 c7
+ok(m.store("2", "FLAGS", r"(\Flagged)"))
+ok(m.rename("Projects", "Work/Projects"))
+ok(m.subscribe("Work/Projects"))
+ok(m.create("Tmp"))
+ok(m.delete("Tmp"))
+ok(m.select('"Work/Projects"'))
+ok(m.store("1", "+FLAGS", r"(\Answered)"))
+m.logout()
+"#,
+        port = nodes[1].imap.port()
+    ));
+    // POP3 through n2 as well: the last INBOX message goes.
+    let mut p = Pop3::login(nodes[1].pop3, &account, PASSWORD);
+    let (count, _) = p.stat();
+    assert_eq!(count, 6);
+    p.ok(&format!("DELE {count}"));
+    p.quit();
+
+    let before = mailbox_state(nodes[0].imap, &account);
+    let expect = [
+        "Archive/2026: <c2@example.org>[]",
+        "INBOX: <c0@example.org>[$Important \\Seen] <c3@example.org>[\\Flagged] \
+         <c4@example.org>[] <c5@example.org>[] <c6@example.org>[]",
+        "Work/Projects: <c0@example.org>[$Important \\Answered \\Seen]",
+        "subscribed: Work/Projects",
+    ];
+    for line in expect {
+        assert!(before.contains(line), "{line:?} in\n{before}");
+    }
+    assert!(
+        !before.contains("Tmp") && !before.contains("<c1@"),
+        "{before}"
+    );
+
+    nodes[0].kill9();
+    wait_status(&nodes[1], Duration::from_secs(15), |s| {
+        s.contains("1 live node(s)") && !s.contains("gone")
+    });
+    assert_eq!(mailbox_state(nodes[1].imap, &account), before);
+}

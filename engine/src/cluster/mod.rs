@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 pub mod catchup;
+pub mod changes;
 pub mod duplicates;
 #[cfg(feature = "cluster")]
 pub mod etcd;

@@ -278,6 +278,7 @@ pub async fn hand_over(
         map_version: shard.map_version(),
         junk,
         append: None,
+        changes: false,
     };
     // Every node at once; the first failure is the answer.
     let sends = handovers.iter().map(|away| async {
@@ -322,6 +323,7 @@ pub async fn replicate_append(
         map_version: shard.map_version(),
         junk: false,
         append: Some(to),
+        changes: false,
     };
     for a in &away {
         super::peer::hand_over(shard, a.to, &a.pins, &a.recipients, &message)
@@ -342,31 +344,47 @@ pub async fn store_appended(
     body: &[u8],
     map_version: Option<u64>,
 ) -> Result<(), StorageError> {
+    on_owners(shard, accounts, map_version, |account, reply| {
+        ShardMsg::Append {
+            account,
+            to: to.clone(),
+            body: body.to_vec(),
+            reply,
+        }
+    })
+    .await
+}
+
+/// An internal session's work for `accounts`: once this node has seen the
+/// map the sending node acted on, each account this node holds gets
+/// `work` on its owner shard (this one included), in turn; the first
+/// failure is the answer.
+pub(super) async fn on_owners(
+    shard: &Rc<Shard>,
+    accounts: &[String],
+    map_version: Option<u64>,
+    work: impl Fn(String, futures::channel::oneshot::Sender<Result<(), String>>) -> ShardMsg,
+) -> Result<(), StorageError> {
     sender_map_seen(shard, map_version)
         .await
         .map_err(StorageError::Io)?;
     let routes = shard.route(accounts, true).map_err(StorageError::Io)?;
     for account in routes.here {
         let owner = shard.owner_of(&account);
+        let (reply, rx) = futures::channel::oneshot::channel();
+        let msg = work(account, reply);
         if owner == shard.id {
-            append_here(shard, &account, to.clone(), body.to_vec()).await
+            shard.clone().handle(msg).await;
         } else {
-            let (reply, rx) = futures::channel::oneshot::channel();
-            let msg = ShardMsg::Append {
-                account,
-                to: to.clone(),
-                body: body.to_vec(),
-                reply,
-            };
             shard
                 .senders
                 .send_to(owner, msg)
                 .await
                 .map_err(|_| StorageError::Io("a shard is gone".into()))?;
-            rx.await
-                .unwrap_or_else(|_| Err("a shard did not answer".into()))
         }
-        .map_err(StorageError::Io)?;
+        rx.await
+            .unwrap_or_else(|_| Err("a shard did not answer".into()))
+            .map_err(StorageError::Io)?;
     }
     Ok(())
 }

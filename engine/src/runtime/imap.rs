@@ -129,6 +129,12 @@ impl Mailstore for Shard {
     }
 
     async fn commit(&self, ops: &[Op<'_>]) -> Result<(), StorageError> {
+        // Cluster mode: the replica first (flags, expunges, copies,
+        // mailbox changes); a single node goes straight on.
+        if let Err(e) = super::changes::replicate(self, ops).await {
+            self.store.abandon(ops);
+            return Err(e);
+        }
         self.store.commit(ops).await
     }
 

@@ -12,6 +12,7 @@
 //! SIGTERM/SIGINT: every shard stops accepting, lets sessions finish within
 //! the grace period, makes everything durable, checkpoints, and exits 0.
 pub mod catchup;
+pub mod changes;
 pub mod cluster;
 pub mod control;
 pub mod http;

@@ -51,6 +51,8 @@ pub struct Outgoing<'a> {
     pub junk: bool,
     /// An IMAP APPEND's copy for the replica (`XMAILBOX=`...).
     pub append: Option<&'a crate::protocol::smtp::command::AppendTo>,
+    /// The body is a primary's changes for the replica (`XCHANGES`).
+    pub changes: bool,
 }
 
 /// How a hand-over failed.
@@ -199,6 +201,9 @@ impl Peer {
         }
         if let Some(a) = m.append {
             head.push_str(&a.params());
+        }
+        if m.changes {
+            head.push_str(" XCHANGES");
         }
         head.push_str("\r\n");
         for r in recipients {

@@ -321,7 +321,7 @@ async fn run(
                             .iter()
                             .filter_map(|i| d.uids.get(*i).copied())
                             .collect();
-                        match shard.store.expunge(&d.account, index::INBOX, uids).await {
+                        match expunge(&shard, &d.account, uids).await {
                             Ok(()) => true,
                             Err(e) => {
                                 tracing::warn!(error = %e, "POP3 update failed");
@@ -389,4 +389,30 @@ async fn send_message(
     }
     conn.cork(false);
     result
+}
+
+/// The UPDATE state's removal (RFC 1939 6): in cluster mode on the
+/// replica first, then here.
+async fn expunge(
+    shard: &Shard,
+    account: &str,
+    mut uids: Vec<u32>,
+) -> Result<(), crate::storage::StorageError> {
+    uids.sort_unstable();
+    uids.dedup();
+    if shard.mapped().is_some() && !uids.is_empty() {
+        let modseq = shard.store.next_modseq(account, index::INBOX)?;
+        let ops = [crate::storage::record::Op::Expunge {
+            account,
+            mailbox: index::INBOX,
+            uids,
+            modseq,
+        }];
+        if let Err(e) = super::changes::replicate(shard, &ops).await {
+            shard.store.abandon(&ops);
+            return Err(e);
+        }
+        return shard.store.commit(&ops).await;
+    }
+    shard.store.expunge(account, index::INBOX, uids).await
 }

@@ -131,6 +131,13 @@ pub enum ShardMsg {
         body: Vec<u8>,
         reply: oneshot::Sender<Result<(), String>>,
     },
+    /// Cluster mode: a primary's changes to an account this shard owns
+    /// (`runtime::changes`).
+    Changes {
+        account: String,
+        changes: Vec<crate::cluster::changes::Change>,
+        reply: oneshot::Sender<Result<(), String>>,
+    },
     /// Cluster catch-up: stream an account this shard owns in the export
     /// format.
     Export {
@@ -216,6 +223,8 @@ pub struct Shard {
     pub catchup: super::catchup::State,
     /// Cluster mode: idle sessions with the other nodes (hand-overs).
     pub peers: super::peer::Pool,
+    /// Cluster mode: content digests of stored bodies (`runtime::changes`).
+    pub digests: super::changes::DigestCache,
     pub connections: Cell<usize>,
     stopping: Cell<bool>,
     stop_waiters: RefCell<Vec<oneshot::Sender<()>>>,
@@ -688,7 +697,7 @@ impl Shard {
         (result, Arc::try_unwrap(body).ok())
     }
 
-    async fn handle(self: Rc<Self>, msg: ShardMsg) {
+    pub(super) async fn handle(self: Rc<Self>, msg: ShardMsg) {
         match msg {
             ShardMsg::Deliver(batch) => {
                 // All of them in the same group commit.
@@ -750,6 +759,14 @@ impl Shard {
                 reply,
             } => {
                 let r = super::cluster::append_here(&self, &account, to, body).await;
+                let _ = reply.send(r);
+            }
+            ShardMsg::Changes {
+                account,
+                changes,
+                reply,
+            } => {
+                let r = super::changes::apply_here(&self, &account, changes).await;
                 let _ = reply.send(r);
             }
             ShardMsg::Export { account, out } => {
@@ -1109,6 +1126,7 @@ pub async fn run(shared: Arc<Shared>, mesh: MeshBuilder<ShardMsg, Full>) -> Resu
         checked_map: Cell::new(None),
         catchup: Default::default(),
         peers: Default::default(),
+        digests: Default::default(),
         connections: Cell::new(0),
         stopping: Cell::new(false),
         stop_waiters: RefCell::default(),

@@ -49,7 +49,7 @@ impl SmtpContext for Ctx<'_> {
         }
         match self.shard.directory().resolve(address) {
             Lookup::Account(account) if self.shard.over_quota(&account, 0) => {
-                RcptVerdict::OverQuota
+                RcptVerdict::OverQuota { account }
             }
             Lookup::Account(account) => RcptVerdict::Local { account },
             Lookup::Unknown => RcptVerdict::UnknownUser,
@@ -680,7 +680,15 @@ pub async fn serve(
                     }
                 }
                 let left;
-                if let (true, true, Some(to)) = (result.is_ok(), internal, &tx.append) {
+                if result.is_ok() && internal && tx.changes {
+                    // A primary's changes to its replica's mailboxes.
+                    let accounts: Vec<String> =
+                        tx.recipients.iter().map(|r| r.account.clone()).collect();
+                    result =
+                        super::changes::store_changes(&shard, &accounts, &body, tx.map_version)
+                            .await;
+                    left = Some(body);
+                } else if let (true, true, Some(to)) = (result.is_ok(), internal, &tx.append) {
                     // An IMAP APPEND's copy from the account's primary:
                     // into its mailbox, as the primary stored it.
                     let accounts: Vec<String> =

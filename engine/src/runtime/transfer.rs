@@ -249,7 +249,7 @@ impl Digests {
 }
 
 /// Bytes hashed between two yields to the shard's executor.
-const DIGEST_STEP: usize = 64 * 1024;
+pub(super) const DIGEST_STEP: usize = 64 * 1024;
 
 /// An incremental [`digest`], fed in pieces of any size. It hashes the
 /// body with every run of CRs just before an LF removed (CRLF, a bare LF

@@ -161,7 +161,7 @@ pub enum RcptVerdict {
     TempFail,
     /// `452 4.2.2`: a local account at its storage limit (`[limits]
     /// quota_octets` or its own).
-    OverQuota,
+    OverQuota { account: String },
 }
 
 /// One accepted recipient.
@@ -194,6 +194,9 @@ pub struct Transaction {
     /// Cluster hand-overs: an IMAP APPEND's copy, stored as it is (no
     /// trace fields added) into this mailbox (`XMAILBOX=` and the rest).
     pub append: Option<crate::protocol::smtp::command::AppendTo>,
+    /// Cluster hand-overs: the body is a primary's changes to the
+    /// recipients' mailboxes (`XCHANGES`), applied, not stored.
+    pub changes: bool,
 }
 
 /// How storing a [`Transaction`] went.
@@ -310,6 +313,7 @@ struct Envelope {
     map_version: Option<u64>,
     junk: bool,
     append: Option<crate::protocol::smtp::command::AppendTo>,
+    changes: bool,
 }
 
 /// One SMTP server connection.
@@ -948,7 +952,7 @@ impl SmtpSession {
             return self.fail(replies::AUTH_REQUIRED, out);
         }
         let (mut size, mut body, mut smtputf8) = (None, None, false);
-        let (mut map_version, mut junk) = (None, false);
+        let (mut map_version, mut junk, mut changes) = (None, false, false);
         let (mut append, mut append_seen) =
             (crate::protocol::smtp::command::AppendTo::default(), 0u8);
         for param in params {
@@ -968,6 +972,9 @@ impl SmtpSession {
                 Ok(MailParam::ClusterJunk) if self.params.require_tls => {
                     std::mem::replace(&mut junk, true)
                 }
+                Ok(MailParam::ClusterChanges) if self.params.require_tls => {
+                    std::mem::replace(&mut changes, true)
+                }
                 Ok(MailParam::ClusterAppend) if self.params.require_tls => {
                     crate::protocol::smtp::command::append_param(
                         &mut append,
@@ -980,15 +987,16 @@ impl SmtpSession {
                     MailParam::Unsupported
                     | MailParam::ClusterMap(_)
                     | MailParam::ClusterJunk
-                    | MailParam::ClusterAppend,
+                    | MailParam::ClusterAppend
+                    | MailParam::ClusterChanges,
                 ) => return self.fail(replies::UNKNOWN_PARAM, out),
             };
             if duplicate {
                 return self.fail(replies::PARAM_SYNTAX, out);
             }
         }
-        // An APPEND copy names its mailbox.
-        if append_seen != 0 && append_seen & 1 == 0 {
+        // An APPEND copy names its mailbox; changes are not a message.
+        if append_seen != 0 && (append_seen & 1 == 0 || changes) {
             return self.fail(replies::PARAM_SYNTAX, out);
         }
         // RFC 3030 section 3: BINARYMIME only when advertised, and we don't.
@@ -1022,6 +1030,7 @@ impl SmtpSession {
             map_version,
             junk,
             append: (append_seen != 0).then_some(append),
+            changes,
         });
         replies::MAIL_OK.write(out);
     }
@@ -1053,11 +1062,18 @@ impl SmtpSession {
             path
         };
         let declared = envelope.declared_size;
-        match ctx.recipient(address) {
+        let changes = envelope.changes;
+        let verdict = match ctx.recipient(address) {
+            // A primary's changes (expunges among them) free room rather
+            // than take it: a full account takes them.
+            RcptVerdict::OverQuota { account } if changes => RcptVerdict::Local { account },
+            v => v,
+        };
+        match verdict {
             // A declared size that would take the account past its limit:
             // the same temporary refusal as a full mailbox.
             RcptVerdict::Local { account }
-                if declared.is_some_and(|n| !ctx.has_room(&account, n)) =>
+                if !changes && declared.is_some_and(|n| !ctx.has_room(&account, n)) =>
             {
                 replies::MAILBOX_FULL.write(out)
             }
@@ -1086,7 +1102,7 @@ impl SmtpSession {
             }
             RcptVerdict::NotLocal => self.fail(replies::RELAY_DENIED, out),
             RcptVerdict::TempFail => replies::RCPT_TEMPFAIL.write(out),
-            RcptVerdict::OverQuota => replies::MAILBOX_FULL.write(out),
+            RcptVerdict::OverQuota { .. } => replies::MAILBOX_FULL.write(out),
         }
     }
 
@@ -1158,7 +1174,7 @@ impl SmtpSession {
         };
         // A cluster node's copy of an IMAP APPEND is stored as the primary
         // stored it: it did not travel as mail.
-        if envelope.append.is_some() {
+        if envelope.append.is_some() || envelope.changes {
             return;
         }
         // RFC 3848 section 2 ("S" under TLS, "A" once authenticated),
@@ -1296,6 +1312,7 @@ impl SmtpSession {
             map_version: envelope.map_version,
             junk: envelope.junk,
             append: envelope.append,
+            changes: envelope.changes,
         })
     }
 }
@@ -1364,6 +1381,9 @@ mod tests {
             match local.to_lowercase().as_str() {
                 "nobody" => RcptVerdict::UnknownUser,
                 "tempfail" => RcptVerdict::TempFail,
+                "full" => RcptVerdict::OverQuota {
+                    account: "full".into(),
+                },
                 "bob.alias" => RcptVerdict::Local {
                     account: "bob".into(),
                 },
@@ -1602,6 +1622,7 @@ mod tests {
                 map_version: None,
                 junk: false,
                 append: None,
+                changes: false,
             }]
         );
     }
@@ -2274,6 +2295,30 @@ mod tests {
         assert_eq!(r.delivered[0].body, b"a\0b\n");
         let r = run_with(internal(), &bdat.replace(" XMAILBOX=INBOX", ""));
         assert!(r.delivered.is_empty() && r.out.contains("NUL"), "{}", r.out);
+        // A primary's changes: taken as they came (no trace field), also
+        // for a full account (an expunge frees room); not with an APPEND's
+        // parameters, and nowhere but on the internal listener.
+        let changes = "EHLO c\r\nMAIL FROM:<> XCHANGES SIZE=16\r\n\
+                       RCPT TO:<full@example.test>\r\nBDAT 16 LAST\r\nsubscribe A 1\r\n\n";
+        let r = run_with(internal(), changes);
+        assert_eq!(r.delivered.len(), 1, "{}", r.out);
+        assert!(r.delivered[0].changes);
+        assert_eq!(r.delivered[0].recipients[0].account, "full");
+        assert_eq!(r.delivered[0].body, b"subscribe A 1\r\n\n");
+        let mail_to_full = changes.replace(" XCHANGES", "");
+        let r = run_with(internal(), &mail_to_full);
+        assert!(r.delivered.is_empty() && r.out.contains("452"), "{}", r.out);
+        let r = run_with(
+            internal(),
+            &changes.replace("XCHANGES", "XCHANGES XMAILBOX=INBOX"),
+        );
+        assert!(r.delivered.is_empty() && r.out.contains("501"), "{}", r.out);
+        let r = run(changes);
+        assert!(
+            r.delivered.is_empty() && r.out.contains("555 5.5.4"),
+            "{}",
+            r.out
+        );
     }
 
     const AUTH_OK: &str = "235 2.7.0 Authentication successful\r\n";

@@ -840,6 +840,12 @@ impl Store {
         r
     }
 
+    /// Records that will not be committed after all (cluster mode: the
+    /// replica did not take them): as after a failed commit.
+    pub fn abandon(&self, ops: &[Op<'_>]) {
+        self.forget_pending(ops.iter().filter_map(Op::pending_modseq));
+    }
+
     /// A commit failed: its records' mod-sequences no longer hold
     /// HIGHESTMODSEQ back (`Mailbox::reported_modseq`), or a client that
     /// watches HIGHESTMODSEQ for changes would wait for them forever.

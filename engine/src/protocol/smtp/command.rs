@@ -554,6 +554,10 @@ pub enum MailParam {
     /// only, an IMAP APPEND's copy for the account's replica (the session
     /// reads the values, [`append_param`]).
     ClusterAppend,
+    /// `XCHANGES`: cluster hand-overs only, the body is a primary's
+    /// changes to an account's mailboxes for its replica
+    /// (`cluster::changes`), not a message.
+    ClusterChanges,
     /// A keyword we do not implement (`555 5.5.4`).
     Unsupported,
 }
@@ -605,6 +609,11 @@ impl Param<'_> {
         } else if k.eq_ignore_ascii_case("XJUNK") {
             match self.value {
                 None => Ok(MailParam::ClusterJunk),
+                Some(_) => Err(SyntaxError::Params),
+            }
+        } else if k.eq_ignore_ascii_case("XCHANGES") {
+            match self.value {
+                None => Ok(MailParam::ClusterChanges),
                 Some(_) => Err(SyntaxError::Params),
             }
         } else {
@@ -942,6 +951,8 @@ mod tests {
         assert_eq!(p("SMTPUTF8", Some("x")).mail(), Err(SyntaxError::Params));
         assert_eq!(p("XMAP", Some("42")).mail(), Ok(MailParam::ClusterMap(42)));
         assert_eq!(p("xjunk", None).mail(), Ok(MailParam::ClusterJunk));
+        assert_eq!(p("XCHANGES", None).mail(), Ok(MailParam::ClusterChanges));
+        assert_eq!(p("XCHANGES", Some("1")).mail(), Err(SyntaxError::Params));
         for bad in [
             None,
             Some(""),
