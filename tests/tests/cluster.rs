@@ -1788,6 +1788,13 @@ ok(m.create("Tmp"))
 ok(m.delete("Tmp"))
 ok(m.select('"Work/Projects"'))
 ok(m.store("1", "+FLAGS", r"(\Answered)"))
+# A message in two mailboxes, moved from the second: the moved copy keeps
+# its own flags, not those of the first copy.
+ok(m.select("INBOX"))
+ok(m.copy("3", "Archive"))
+ok(m.select("Archive"))
+ok(m.store("1", "+FLAGS", r"(\Draft)"))
+ok(m._simple_command("MOVE", "1", "Trash"))
 m.logout()
 "#,
         port = nodes[1].imap.port()
@@ -1806,6 +1813,8 @@ m.logout()
          <c4@example.org>[] <c5@example.org>[] <c6@example.org>[]",
         "Work/Projects: <c0@example.org>[$Important \\Answered \\Seen]",
         "subscribed: Work/Projects",
+        "Trash: <c4@example.org>[\\Draft]",
+        "Archive: \n",
     ];
     for line in expect {
         assert!(before.contains(line), "{line:?} in\n{before}");

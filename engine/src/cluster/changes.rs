@@ -19,7 +19,7 @@
 //! subscribe <mailbox> <0|1>
 //! flags <mailbox> <digest> <flags> [<keyword> ...]
 //! expunge <mailbox> <digest> [<digest> ...]
-//! link <from mailbox> <to mailbox> <digest>
+//! link <from mailbox> <to mailbox> <digest> <flags> [<keyword> ...]
 //! ```
 use crate::protocol::smtp::command::{xtext_decode, xtext_encode};
 
@@ -57,16 +57,19 @@ pub enum Change {
         mailbox: String,
         digests: Vec<Digest>,
     },
-    /// A copy (COPY, MOVE, RENAME of INBOX) of a message of `from` into `to`.
+    /// A copy (COPY, MOVE, RENAME of INBOX) of a message of `from` (on
+    /// the primary: one mailbox that held it) into `to`, with these flags.
     Link {
         from: String,
         to: String,
         digest: Digest,
+        flags: u32,
+        keywords: Vec<String>,
     },
 }
 
 /// Most digests on one expunge line (a longer expunge is split).
-pub const EXPUNGE_LINE_MAX: usize = 1024;
+pub const EXPUNGE_LINE_MAX: usize = 256;
 
 fn hex(d: &Digest) -> String {
     let mut s = String::with_capacity(32);
@@ -133,12 +136,25 @@ pub fn encode(changes: &[Change]) -> Vec<u8> {
                     out.push('\n');
                 }
             }
-            Change::Link { from, to, digest } => out.push_str(&format!(
-                "link {} {} {}\n",
-                xtext_encode(from),
-                xtext_encode(to),
-                hex(digest)
-            )),
+            Change::Link {
+                from,
+                to,
+                digest,
+                flags,
+                keywords,
+            } => {
+                out.push_str(&format!(
+                    "link {} {} {} {flags}",
+                    xtext_encode(from),
+                    xtext_encode(to),
+                    hex(digest)
+                ));
+                for k in keywords {
+                    out.push(' ');
+                    out.push_str(&xtext_encode(k));
+                }
+                out.push('\n');
+            }
         }
     }
     out.into_bytes()
@@ -197,6 +213,8 @@ pub fn decode(text: &[u8]) -> Option<Vec<Change>> {
                 from: name(f.next())?,
                 to: name(f.next())?,
                 digest: unhex(f.next()?)?,
+                flags: f.next()?.parse().ok()?,
+                keywords: f.by_ref().map(|k| name(Some(k))).collect::<Option<_>>()?,
             },
             _ => return None,
         };
@@ -258,6 +276,15 @@ mod tests {
                 from: "INBOX".into(),
                 to: "Sent Items".into(),
                 digest: d(9),
+                flags: 2,
+                keywords: vec!["$Work".into()],
+            },
+            Change::Link {
+                from: "INBOX".into(),
+                to: "Archive".into(),
+                digest: d(8),
+                flags: 0,
+                keywords: vec![],
             },
         ];
         assert_eq!(decode(&encode(&all)), Some(all));
@@ -270,7 +297,7 @@ mod tests {
             mailbox: "INBOX".into(),
             digests: digests.clone(),
         }]);
-        assert_eq!(text.iter().filter(|b| **b == b'\n').count(), 3);
+        assert_eq!(text.iter().filter(|b| **b == b'\n').count(), 10);
         let back = decode(&text).unwrap();
         let all: Vec<Digest> = back
             .into_iter()
@@ -293,6 +320,7 @@ mod tests {
             "subscribe A 2\n",
             "expunge INBOX\n",
             "link A B\n",
+            "link A B 00000000000000000000000000000000\n",
             "delete A B\n",
             "frob A\n",
             "create A+ZZ 0\n",

@@ -115,3 +115,39 @@ impl Progress {
             .unwrap_or(0)
     }
 }
+
+/// Per shard, the oldest bucket map version that an operation still in
+/// flight there routed with (a delivery, an APPEND or a change: from the
+/// moment it chose where its copies go until its local commit is
+/// durable); `i64::MAX` when none. A bucket copy's source waits until
+/// none older than the puller's map is left before it takes its snapshot
+/// (`runtime::catchup::serve`): otherwise a delivery that sent its copy to
+/// the old replica and committed here just after the snapshot would be on
+/// neither the new replica nor in the copy.
+#[derive(Debug)]
+pub struct InFlight(Vec<std::sync::atomic::AtomicI64>);
+
+impl InFlight {
+    pub fn new(shards: usize) -> InFlight {
+        InFlight(
+            (0..shards)
+                .map(|_| std::sync::atomic::AtomicI64::new(i64::MAX))
+                .collect(),
+        )
+    }
+
+    pub fn set(&self, shard: usize, oldest: i64) {
+        if let Some(v) = self.0.get(shard) {
+            v.store(oldest, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    /// The oldest map version any shard has an operation in flight with.
+    pub fn oldest(&self) -> i64 {
+        self.0
+            .iter()
+            .map(|v| v.load(std::sync::atomic::Ordering::SeqCst))
+            .min()
+            .unwrap_or(i64::MAX)
+    }
+}

@@ -50,6 +50,10 @@ use crate::transport::Conn;
 const VERB: &[u8] = b"XSYNC ";
 /// How long a source waits for its map to reach the puller's version.
 const MAP_WAIT: Duration = Duration::from_secs(5);
+/// How long a source waits for operations that routed with an older map
+/// (`Shard::settled`); every one of them is bounded by the hand-over and
+/// commit timeouts, and the puller asks again after a refusal.
+const SETTLE_WAIT: Duration = Duration::from_secs(30);
 /// Before a failed copy is tried again.
 const RETRY_AFTER: Duration = Duration::from_secs(2);
 /// A batch is stored at this many messages or bytes (one commit each).
@@ -454,6 +458,17 @@ pub async fn serve(shard: &Rc<Shard>, conn: &mut Conn) {
     if !shard.map_at_least(version, MAP_WAIT).await {
         let _ = conn
             .write_all(b"451 4.4.0 This node has not seen that bucket map yet\r\n")
+            .await;
+        return;
+    }
+    // And what routed with an older map (its copy went to the old
+    // replica, maybe not to the puller) must be committed here before the
+    // snapshot, so the copy carries it.
+    if !shard.settled(version, SETTLE_WAIT).await {
+        let _ = conn
+            .write_all(
+                b"451 4.4.0 Deliveries routed with an older bucket map are still running\r\n",
+            )
             .await;
         return;
     }

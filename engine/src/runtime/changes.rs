@@ -2,13 +2,12 @@
 //! on a bucket's primary, applied on its replica before the client is told
 //! they are done (`cluster::changes` has the form they travel in).
 //!
-//! The primary's half, [`replicate`], runs in the commit of every IMAP
-//! command and of a POP3 update, before the records are written here: it
-//! names the messages the records touch by content digest and mailboxes by
-//! name, sends that to the replica over a hand-over session (`MAIL FROM:<>
-//! XCHANGES`, the text in one BDAT chunk), and waits for its 250. A replica
-//! that does not take it fails the command (NO, or -ERR for POP3) with
-//! nothing changed here. The replica's half, [`apply_here`], finds each
+//! The primary's half, [`commit`], is the commit of every IMAP command
+//! and of a POP3 update: the records are written here first, as on a
+//! single node, then what they changed (messages named by content digest,
+//! mailboxes by name) goes to the replica over a hand-over session (`MAIL
+//! FROM:<> XCHANGES`, the text in one BDAT chunk), in the account's commit
+//! order, and the answer waits for its 250. The replica's half, [`apply_here`], finds each
 //! message in its own copy of the mailbox by the same digest and commits
 //! the same change with its own UIDs and mod-sequences; a message it does
 //! not hold (a bucket copy still running) is passed over.
@@ -100,7 +99,28 @@ enum Pending {
         from: String,
         to: String,
         loc: Loc,
+        flags: u32,
+        keywords: Vec<String>,
     },
+}
+
+/// The names of keyword `bits` of `mailbox`: given a bit in this commit
+/// (`new`) or known to the mailbox. A bit without a name is left out.
+fn keyword_names(
+    new: &HashMap<(u32, u8), String>,
+    m: Option<&index::Mailbox>,
+    mailbox: u32,
+    bits: u64,
+) -> Vec<String> {
+    (0..64u8)
+        .filter(|b| bits & (1u64 << b) != 0)
+        .filter_map(|b| {
+            new.get(&(mailbox, b))
+                .cloned()
+                .or_else(|| m.and_then(|m| m.keywords.get(b as usize).cloned()))
+        })
+        .filter(|n| !n.is_empty())
+        .collect()
 }
 
 /// What `ops` (about to be committed, so the index still shows the state
@@ -166,20 +186,11 @@ fn pending(a: &Account, ops: &[Op<'_>]) -> Vec<Pending> {
                     continue;
                 };
                 let Some(p) = m.position(*uid) else { continue };
-                let names_of_bits = (0..64u8)
-                    .filter(|b| bits & (1u64 << b) != 0)
-                    .filter_map(|b| {
-                        keywords
-                            .get(&(*mailbox, b))
-                            .cloned()
-                            .or_else(|| m.keywords.get(b as usize).cloned())
-                    })
-                    .collect();
                 out.push(Pending::Flags {
                     mailbox: name_of(&names, *mailbox).unwrap_or_else(|| m.name.clone()),
                     loc: m.messages[p].loc,
                     flags: *flags,
-                    keywords: names_of_bits,
+                    keywords: keyword_names(&keywords, Some(m), *mailbox, *bits),
                 });
             }
             Op::Expunge { mailbox, uids, .. } => {
@@ -197,7 +208,13 @@ fn pending(a: &Account, ops: &[Op<'_>]) -> Vec<Pending> {
                     });
                 }
             }
-            Op::Link { mailbox, loc, .. } => {
+            Op::Link {
+                mailbox,
+                loc,
+                flags,
+                keywords: bits,
+                ..
+            } => {
                 // The mailbox the copied message is in now.
                 let holder = holder.get_or_insert_with(|| {
                     let mut h = HashMap::new();
@@ -218,6 +235,8 @@ fn pending(a: &Account, ops: &[Op<'_>]) -> Vec<Pending> {
                     from,
                     to,
                     loc: *loc,
+                    flags: *flags,
+                    keywords: keyword_names(&keywords, a.mailbox(*mailbox), *mailbox, *bits),
                 });
             }
             Op::Message { .. }
@@ -229,13 +248,91 @@ fn pending(a: &Account, ops: &[Op<'_>]) -> Vec<Pending> {
     out
 }
 
-/// The primary's half: before `ops` are committed here, mirror what they
-/// change on the replica of each account's bucket and wait for it. Ok at
-/// once outside a cluster, for an account this node is not primary for,
-/// and for records that change nothing the replica must mirror.
-pub async fn replicate(shard: &Shard, ops: &[Op<'_>]) -> Result<(), StorageError> {
-    if shard.mapped().is_none() || !ops.iter().any(replicated) {
-        return Ok(());
+/// Per account, the order in which commits that owe the replica changes
+/// were made here, so their changes reach the replica in that order
+/// (each carries whole flag states: a later one must not be overtaken).
+#[derive(Default)]
+pub struct Order(std::cell::RefCell<HashMap<String, Line>>);
+
+#[derive(Default)]
+struct Line {
+    next: u64,
+    serving: u64,
+    done: std::collections::BTreeSet<u64>,
+}
+
+/// One commit's place in its account's [`Order`]; its turn ends when it
+/// is dropped (also when the commit failed and nothing is sent).
+struct Ticket<'a> {
+    order: &'a Order,
+    account: String,
+    number: u64,
+}
+
+impl Order {
+    fn take(&self, account: &str) -> Ticket<'_> {
+        let mut lines = self.0.borrow_mut();
+        let line = lines.entry(account.to_string()).or_default();
+        let number = line.next;
+        line.next += 1;
+        Ticket {
+            order: self,
+            account: account.to_string(),
+            number,
+        }
+    }
+}
+
+impl Ticket<'_> {
+    /// Wait until every earlier commit of the account has sent its changes.
+    async fn turn(&self) {
+        loop {
+            let serving = self
+                .order
+                .0
+                .borrow()
+                .get(&self.account)
+                .map_or(self.number, |l| l.serving);
+            if serving >= self.number {
+                return;
+            }
+            glommio::timer::sleep(std::time::Duration::from_millis(1)).await;
+        }
+    }
+}
+
+impl Drop for Ticket<'_> {
+    fn drop(&mut self) {
+        let mut lines = self.order.0.borrow_mut();
+        let Some(line) = lines.get_mut(&self.account) else {
+            return;
+        };
+        line.done.insert(self.number);
+        while line.done.remove(&line.serving) {
+            line.serving += 1;
+        }
+        if line.serving == line.next {
+            lines.remove(&self.account);
+        }
+    }
+}
+
+/// Sends of one commit's changes before it is given up.
+const SEND_ATTEMPTS: usize = 3;
+
+/// Cluster mode's commit of a session's records (every committing IMAP
+/// command, a POP3 update): written here first, exactly as without a
+/// cluster (nothing waits between the session's planning and this write,
+/// so UIDs and flag states stay in order), then what they change is sent
+/// to the replica of each account's bucket, in the account's commit
+/// order, and the answer waits for the replica's 250. A replica that is
+/// not live fails the command before anything is written (`UNAVAILABLE`);
+/// one that fails after the write here is tried again, then logged
+/// (`event="change_not_replicated"`): the change is done and the client is
+/// told so.
+pub async fn commit(shard: &Shard, ops: &[Op<'_>]) -> Result<(), StorageError> {
+    if !ops.iter().any(replicated) {
+        return shard.store.commit(ops).await;
     }
     let mut accounts: Vec<&str> = Vec::new();
     for op in ops.iter().filter(|o| replicated(o)) {
@@ -244,54 +341,103 @@ pub async fn replicate(shard: &Shard, ops: &[Op<'_>]) -> Result<(), StorageError
             accounts.push(a);
         }
     }
+    let mut owed = Vec::new();
     for account in accounts {
-        let away = shard
-            .replicas(&[account.to_string()])
-            .map_err(StorageError::Io)?;
-        if away.is_empty() {
-            continue;
+        match shard.replicas(&[account.to_string()]) {
+            Err(e) => {
+                shard.store.abandon(ops);
+                return Err(StorageError::Unavailable(e));
+            }
+            Ok(away) if away.is_empty() => continue,
+            Ok(_) => {}
         }
         let list = shard
             .store
             .with_account(account, |a| pending(a, ops))
             .unwrap_or_default();
-        let mut texts: Vec<Vec<u8>> = vec![Vec::new()];
-        for p in list {
-            let change = match p {
-                Pending::Ready(c) => Some(c),
-                Pending::Flags {
-                    mailbox,
-                    loc,
-                    flags,
-                    keywords,
-                } => digest_of(shard, loc).await.map(|digest| Change::Flags {
-                    mailbox,
-                    digest,
-                    flags,
-                    keywords,
-                }),
-                Pending::Expunge { mailbox, locs } => {
-                    let mut digests = Vec::with_capacity(locs.len());
-                    for loc in locs {
-                        digests.extend(digest_of(shard, loc).await);
-                    }
-                    (!digests.is_empty()).then_some(Change::Expunge { mailbox, digests })
+        if !list.is_empty() {
+            owed.push((account, list, shard.change_order.take(account)));
+        }
+    }
+    shard.store.commit(ops).await?;
+    for (account, list, ticket) in owed {
+        let texts = texts(shard, list).await;
+        ticket.turn().await;
+        send(shard, account, &texts).await;
+    }
+    Ok(())
+}
+
+/// The text of `list`, digests taken, in pieces the replica takes.
+async fn texts(shard: &Shard, list: Vec<Pending>) -> Vec<Vec<u8>> {
+    let size_max = SEND_MAX.min(shard.config().limits.message_size_max.max(4096));
+    let mut texts: Vec<Vec<u8>> = vec![Vec::new()];
+    for p in list {
+        let change = match p {
+            Pending::Ready(c) => Some(c),
+            Pending::Flags {
+                mailbox,
+                loc,
+                flags,
+                keywords,
+            } => digest_of(shard, loc).await.map(|digest| Change::Flags {
+                mailbox,
+                digest,
+                flags,
+                keywords,
+            }),
+            Pending::Expunge { mailbox, locs } => {
+                let mut digests = Vec::with_capacity(locs.len());
+                for loc in locs {
+                    digests.extend(digest_of(shard, loc).await);
                 }
-                Pending::Link { from, to, loc } => digest_of(shard, loc)
-                    .await
-                    .map(|digest| Change::Link { from, to, digest }),
-            };
-            if let Some(c) = change {
-                let line = changes::encode(std::slice::from_ref(&c));
-                let last = texts.last_mut().expect("one text at least");
-                if !last.is_empty() && last.len() + line.len() > SEND_MAX {
-                    texts.push(line);
-                } else {
-                    last.extend_from_slice(&line);
-                }
+                (!digests.is_empty()).then_some(Change::Expunge { mailbox, digests })
+            }
+            Pending::Link {
+                from,
+                to,
+                loc,
+                flags,
+                keywords,
+            } => digest_of(shard, loc).await.map(|digest| Change::Link {
+                from,
+                to,
+                digest,
+                flags,
+                keywords,
+            }),
+        };
+        if let Some(c) = change {
+            let line = changes::encode(std::slice::from_ref(&c));
+            let last = texts.last_mut().expect("one text at least");
+            if !last.is_empty() && last.len() + line.len() > size_max {
+                texts.push(line);
+            } else {
+                last.extend_from_slice(&line);
             }
         }
-        for text in texts.iter().filter(|t| !t.is_empty()) {
+    }
+    texts.retain(|t| !t.is_empty());
+    texts
+}
+
+/// Send one commit's `texts` to the account's replica (as the map names
+/// it at each attempt).
+async fn send(shard: &Shard, account: &str, texts: &[Vec<u8>]) {
+    for text in texts {
+        let mut last_error = String::new();
+        let mut sent = false;
+        for attempt in 0..SEND_ATTEMPTS {
+            if attempt > 0 {
+                glommio::timer::sleep(std::time::Duration::from_millis(300)).await;
+            }
+            let away = match shard.replicas(&[account.to_string()]) {
+                Ok(away) => away,
+                Err(e) => {
+                    last_error = e;
+                    continue;
+                }
+            };
             let message = super::peer::Outgoing {
                 reverse_path: "",
                 body: text,
@@ -302,16 +448,33 @@ pub async fn replicate(shard: &Shard, ops: &[Op<'_>]) -> Result<(), StorageError
                 append: None,
                 changes: true,
             };
+            let mut failed = None;
             for a in &away {
-                super::peer::hand_over(shard, a.to, &a.pins, &a.recipients, &message)
-                    .await
-                    .map_err(|e| {
-                        StorageError::Io(format!("replica {} did not take the change: {e}", a.node))
-                    })?;
+                if let Err(e) =
+                    super::peer::hand_over(shard, a.to, &a.pins, &a.recipients, &message).await
+                {
+                    failed = Some(format!("{}: {e}", a.node));
+                    break;
+                }
+            }
+            match failed {
+                None => {
+                    sent = true;
+                    break;
+                }
+                Some(e) => last_error = e,
             }
         }
+        if !sent {
+            tracing::error!(
+                event = "change_not_replicated",
+                account,
+                error = last_error,
+                "cluster: the replica did not take a change made here"
+            );
+            return;
+        }
     }
-    Ok(())
 }
 
 /// The replica's half, as an internal session receives it: apply `text`
@@ -355,13 +518,9 @@ impl Batch {
             && self.expunges.is_empty()
     }
 
-    async fn commit(&mut self, shard: &Shard, account: &str) -> Result<(), String> {
-        if self.is_empty() {
-            return Ok(());
-        }
-        let b = std::mem::take(self);
+    fn ops<'a>(&'a self, account: &'a str) -> Vec<Op<'a>> {
         let mut ops: Vec<Op<'_>> = Vec::new();
-        for (mailbox, bit, name) in &b.keywords {
+        for (mailbox, bit, name) in &self.keywords {
             ops.push(Op::Keyword {
                 account,
                 mailbox: *mailbox,
@@ -369,7 +528,7 @@ impl Batch {
                 name,
             });
         }
-        for (mailbox, uid, flags, keywords, modseq) in &b.flags {
+        for (mailbox, uid, flags, keywords, modseq) in &self.flags {
             ops.push(Op::Flags {
                 account,
                 mailbox: *mailbox,
@@ -379,10 +538,10 @@ impl Batch {
                 modseq: *modseq,
             });
         }
-        for plan in &b.links {
+        for plan in &self.links {
             ops.extend(crate::session::transfer::ops(account, plan));
         }
-        for (mailbox, uids, modseq) in &b.expunges {
+        for (mailbox, uids, modseq) in &self.expunges {
             ops.push(Op::Expunge {
                 account,
                 mailbox: *mailbox,
@@ -390,7 +549,26 @@ impl Batch {
                 modseq: *modseq,
             });
         }
-        shard.store.commit(&ops).await.map_err(|e| e.to_string())
+        ops
+    }
+
+    async fn commit(&mut self, shard: &Shard, account: &str) -> Result<(), String> {
+        if self.is_empty() {
+            return Ok(());
+        }
+        let b = std::mem::take(self);
+        shard
+            .store
+            .commit(&b.ops(account))
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    /// Give up what was gathered: its mod-sequences no longer hold
+    /// HIGHESTMODSEQ back.
+    fn abandon(&mut self, shard: &Shard, account: &str) {
+        let b = std::mem::take(self);
+        shard.store.abandon(&b.ops(account));
     }
 }
 
@@ -435,7 +613,9 @@ fn mailbox_id(shard: &Shard, account: &str, name: &str) -> Option<u32> {
 }
 
 /// Apply a primary's `changes` to `account`, which this shard owns: one
-/// commit for the message changes between two mailbox changes.
+/// commit for the message changes between two mailbox changes. Only on
+/// the bucket's replica: a node that became primary takes nothing from
+/// the node it replaced.
 pub async fn apply_here(
     shard: &Rc<Shard>,
     account: &str,
@@ -445,13 +625,34 @@ pub async fn apply_here(
     if !store.owns(account) {
         return Err("account routed to the wrong shard".into());
     }
+    if !shard.is_replica_of(account) {
+        return Err("this node is not the replica of that account's bucket".into());
+    }
     store
         .ensure_account(account)
         .await
         .map_err(|e| e.to_string())?;
     let mut batch = Batch::default();
+    let r = apply(shard, account, changes, &mut batch).await;
+    if r.is_err() {
+        batch.abandon(shard, account);
+    }
+    r
+}
+
+/// [`apply_here`]'s work; what `batch` holds on an error is abandoned.
+async fn apply(
+    shard: &Rc<Shard>,
+    account: &str,
+    changes: Vec<Change>,
+    batch: &mut Batch,
+) -> Result<(), String> {
+    let store = &shard.store;
     let mut found: Found = HashMap::new();
     let mut missed = 0usize;
+    // Digests whose copy (a MOVE's link) found nothing here: the move's
+    // expunge must not remove the only copy.
+    let mut unlinked: HashMap<Digest, usize> = HashMap::new();
     for change in changes {
         match change {
             Change::Create { name, special_use } => {
@@ -534,9 +735,12 @@ pub async fn apply_here(
                 let planned = store
                     .with_account_counters(account, |a| {
                         let m = a.mailbox_mut(id)?;
+                        // The message first: nothing is allocated for one
+                        // that is gone.
+                        let p = m.position(uid)?;
                         let new = crate::session::store::allocate_keywords(m, &kws)?;
                         let mask = crate::session::imap::keyword_mask(&m.keywords, &kws);
-                        let e = &m.messages[m.position(uid)?];
+                        let e = &m.messages[p];
                         let changed = (e.flags, e.keywords) != (flags & 0x1f, mask);
                         let modseq = changed.then(|| {
                             m.highest_modseq += 1;
@@ -564,6 +768,11 @@ pub async fn apply_here(
                 let map = by_digest(shard, account, id, &mut found).await;
                 let mut uids = Vec::new();
                 for d in &digests {
+                    if let Some(n) = unlinked.get_mut(d).filter(|n| **n > 0) {
+                        *n -= 1;
+                        missed += 1;
+                        continue;
+                    }
                     match map.get_mut(d).filter(|u| !u.is_empty()) {
                         Some(u) => uids.push(u.remove(0)),
                         None => missed += 1,
@@ -576,35 +785,25 @@ pub async fn apply_here(
                 uids.sort_unstable();
                 batch.expunges.push((id, uids, modseq));
             }
-            Change::Link { from, to, digest } => {
-                let Some(id) = mailbox_id(shard, account, &from) else {
+            Change::Link {
+                from,
+                to,
+                digest,
+                flags,
+                keywords,
+            } => {
+                let linked = link(
+                    shard,
+                    account,
+                    (&from, &to, digest),
+                    (flags, &keywords),
+                    &mut found,
+                    batch,
+                )
+                .await?;
+                if !linked {
                     missed += 1;
-                    continue;
-                };
-                let uid = by_digest(shard, account, id, &mut found)
-                    .await
-                    .get(&digest)
-                    .and_then(|u| u.first().copied());
-                let Some(uid) = uid else {
-                    missed += 1;
-                    continue;
-                };
-                let plan = store
-                    .with_account_counters(account, |a| {
-                        crate::session::transfer::plan(a, id, &[uid], &to, false)
-                    })
-                    .map_err(|e| e.to_string())?;
-                match plan {
-                    Some(p) => {
-                        // The destination's digests now include this one.
-                        if let Some(l) = p.links.first() {
-                            if let Some(map) = found.get_mut(&p.dest) {
-                                map.entry(digest).or_default().push(l.uid);
-                            }
-                        }
-                        batch.links.push(p)
-                    }
-                    None => missed += 1,
+                    *unlinked.entry(digest).or_default() += 1;
                 }
             }
         }
@@ -619,4 +818,75 @@ pub async fn apply_here(
         );
     }
     Ok(())
+}
+
+/// A copy of the message with `digest` into `to`, with the primary's
+/// flags and keywords for it: taken from `from` (the mailbox the primary
+/// named), else from any mailbox holding it. False: none here holds it,
+/// or `to` is missing or has no keyword bits left.
+async fn link(
+    shard: &Rc<Shard>,
+    account: &str,
+    (from, to, digest): (&str, &str, Digest),
+    (flags, keywords): (u32, &[String]),
+    found: &mut Found,
+    batch: &mut Batch,
+) -> Result<bool, String> {
+    let store = &shard.store;
+    let Some(dest) = mailbox_id(shard, account, to) else {
+        return Ok(false);
+    };
+    let named = mailbox_id(shard, account, from);
+    let mut candidates: Vec<u32> = named.into_iter().collect();
+    candidates.extend(
+        store
+            .with_account(account, |a| {
+                a.mailboxes.iter().map(|m| m.id).collect::<Vec<_>>()
+            })
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|id| Some(*id) != named),
+    );
+    let mut source = None;
+    for id in candidates {
+        let uid = by_digest(shard, account, id, found)
+            .await
+            .get(&digest)
+            .and_then(|u| u.first().copied());
+        if let Some(uid) = uid {
+            source = Some((id, uid));
+            break;
+        }
+    }
+    let Some((id, uid)) = source else {
+        return Ok(false);
+    };
+    let kws: Vec<&[u8]> = keywords.iter().map(|k| k.as_bytes()).collect();
+    let plan = store
+        .with_account_counters(account, |a| {
+            let dest_name = a.mailbox(dest)?.name.clone();
+            let mut plan = crate::session::transfer::plan(a, id, &[uid], &dest_name, false)?;
+            let d = a.mailbox_mut(dest)?;
+            let new = crate::session::store::allocate_keywords(d, &kws)?;
+            plan.new_keywords.extend(new);
+            let mask = crate::session::imap::keyword_mask(&d.keywords, &kws);
+            for l in &mut plan.links {
+                l.flags = flags & 0x1f;
+                l.keywords = mask;
+            }
+            Some(plan)
+        })
+        .map_err(|e| e.to_string())?;
+    let Some(plan) = plan else {
+        return Ok(false);
+    };
+    let Some(l) = plan.links.first() else {
+        return Ok(false);
+    };
+    // The destination's digests now include this one.
+    if let Some(map) = found.get_mut(&plan.dest) {
+        map.entry(digest).or_default().push(l.uid);
+    }
+    batch.links.push(plan);
+    Ok(true)
 }

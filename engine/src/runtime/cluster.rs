@@ -4,6 +4,7 @@
 use std::net::{IpAddr, SocketAddr};
 
 use std::rc::Rc;
+use std::sync::Arc;
 
 use super::shard::{Shard, ShardMsg};
 use super::transfer;
@@ -43,7 +44,79 @@ impl Mapped<'_> {
     }
 }
 
+/// A shard's operations in flight by the map version they routed with,
+/// published as the oldest to [`crate::cluster::InFlight`].
+pub struct Routings {
+    shard: usize,
+    counts: std::cell::RefCell<std::collections::BTreeMap<i64, usize>>,
+    published: Arc<crate::cluster::InFlight>,
+}
+
+impl Routings {
+    pub fn new(shard: usize, published: Arc<crate::cluster::InFlight>) -> Routings {
+        Routings {
+            shard,
+            counts: Default::default(),
+            published,
+        }
+    }
+
+    fn change(&self, version: i64, up: bool) {
+        let mut counts = self.counts.borrow_mut();
+        let n = counts.entry(version).or_insert(0);
+        if up {
+            *n += 1;
+        } else {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                counts.remove(&version);
+            }
+        }
+        let oldest = counts.keys().next().copied().unwrap_or(i64::MAX);
+        self.published.set(self.shard, oldest);
+    }
+}
+
+/// An operation in flight with the map it routed with; dropped once its
+/// local commit is done (or it gave up).
+pub struct Routing(Option<(Rc<Routings>, i64)>);
+
+impl Drop for Routing {
+    fn drop(&mut self) {
+        if let Some((r, v)) = self.0.take() {
+            r.change(v, false);
+        }
+    }
+}
+
 impl Shard {
+    /// Cluster mode: register an operation that is about to choose where
+    /// its copies go, with the map version seen now (before it routes, so
+    /// the version is never newer than the map it acts on); hold it until
+    /// the local commit. Nothing outside a cluster.
+    pub fn routing(&self) -> Routing {
+        match self.map_version() {
+            None => Routing(None),
+            Some(v) => {
+                self.routings.change(v, true);
+                Routing(Some((self.routings.clone(), v)))
+            }
+        }
+    }
+
+    /// Wait (at most `limit`) until no operation on any shard of this
+    /// node is still in flight with a map older than `version`.
+    pub async fn settled(&self, version: i64, limit: std::time::Duration) -> bool {
+        let deadline = std::time::Instant::now() + limit;
+        while self.shared.in_flight.oldest() < version {
+            if std::time::Instant::now() >= deadline {
+                return false;
+            }
+            glommio::timer::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        true
+    }
+
     /// The cluster view, if this node is in a cluster that has a bucket map
     /// (before the first `rebalance` every node keeps what it receives).
     pub fn mapped(&self) -> Option<Mapped<'_>> {
@@ -64,6 +137,12 @@ impl Shard {
     pub fn serves(&self, account: &str) -> bool {
         self.mapped()
             .is_none_or(|m| m.map().primary_of(self.bucket(account)) == Some(m.me))
+    }
+
+    /// Is this node the replica of `account`'s bucket in the map it sees?
+    pub fn is_replica_of(&self, account: &str) -> bool {
+        self.mapped()
+            .is_some_and(|m| m.map().replica_of(self.bucket(account)) == Some(m.me))
     }
 
     /// The map's version, if there is one.
@@ -415,4 +494,34 @@ pub async fn append_here(
     transfer::append(shard, account, opened.id, false, vec![message])
         .await
         .map(|_| ())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_oldest_map_in_flight_is_published_until_its_last_operation_ends() {
+        let published = Arc::new(crate::cluster::InFlight::new(2));
+        let shard1 = Rc::new(Routings::new(1, published.clone()));
+        assert_eq!(published.oldest(), i64::MAX);
+        let hold = |v: i64| {
+            shard1.change(v, true);
+            Routing(Some((shard1.clone(), v)))
+        };
+        let a = hold(7);
+        let b = hold(7);
+        let c = hold(9);
+        assert_eq!(published.oldest(), 7);
+        drop(a);
+        assert_eq!(published.oldest(), 7);
+        drop(b);
+        assert_eq!(published.oldest(), 9);
+        published.set(0, 8);
+        assert_eq!(published.oldest(), 8);
+        published.set(0, i64::MAX);
+        drop(c);
+        assert_eq!(published.oldest(), i64::MAX);
+        drop(Routing(None));
+    }
 }

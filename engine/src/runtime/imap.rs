@@ -129,13 +129,12 @@ impl Mailstore for Shard {
     }
 
     async fn commit(&self, ops: &[Op<'_>]) -> Result<(), StorageError> {
-        // Cluster mode: the replica first (flags, expunges, copies,
-        // mailbox changes); a single node goes straight on.
-        if let Err(e) = super::changes::replicate(self, ops).await {
-            self.store.abandon(ops);
-            return Err(e);
+        if self.mapped().is_none() {
+            return self.store.commit(ops).await;
         }
-        self.store.commit(ops).await
+        // Cluster mode: the replica too (flags, expunges, copies, mailbox
+        // changes). Boxed: a single node's sessions do not carry it.
+        Box::pin(super::changes::commit(self, ops)).await
     }
 
     async fn replicate_append(
@@ -146,7 +145,7 @@ impl Mailstore for Shard {
         keywords: &[&[u8]],
         internal_date: i64,
         message: &[u8],
-    ) -> Result<(), StorageError> {
+    ) -> Result<Option<Box<dyn std::any::Any>>, StorageError> {
         // Each keyword once (the client may repeat one): the MAIL line
         // that carries them is bounded.
         let mut names: Vec<String> = Vec::with_capacity(keywords.len());
@@ -162,7 +161,9 @@ impl Mailstore for Shard {
             keywords: names,
             internal_date,
         };
-        super::cluster::replicate_append(self, account, &to, message).await
+        let routing = self.routing();
+        super::cluster::replicate_append(self, account, &to, message).await?;
+        Ok(Some(Box::new(routing)))
     }
 
     fn body(&self, loc: Loc) -> Option<Body> {

@@ -313,6 +313,7 @@ pub fn serve(mut config: Config, loader: Option<reload::Loader>) -> Result<(), S
     let shared = Arc::new(Shared {
         cluster: member.as_ref().map(cluster_view),
         copied,
+        in_flight: Arc::new(crate::cluster::InFlight::new(cores)),
         config,
         live,
         config_epoch: Default::default(),

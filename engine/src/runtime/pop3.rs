@@ -391,8 +391,8 @@ async fn send_message(
     result
 }
 
-/// The UPDATE state's removal (RFC 1939 6): in cluster mode on the
-/// replica first, then here.
+/// The UPDATE state's removal (RFC 1939 6): in cluster mode here and on
+/// the replica.
 async fn expunge(
     shard: &Shard,
     account: &str,
@@ -408,11 +408,7 @@ async fn expunge(
             uids,
             modseq,
         }];
-        if let Err(e) = super::changes::replicate(shard, &ops).await {
-            shard.store.abandon(&ops);
-            return Err(e);
-        }
-        return shard.store.commit(&ops).await;
+        return Box::pin(super::changes::commit(shard, &ops)).await;
     }
     shard.store.expunge(account, index::INBOX, uids).await
 }

@@ -35,6 +35,9 @@ pub struct Shared {
     pub cluster: Option<crate::cluster::Shared>,
     /// Cluster mode: how far each shard copied the buckets it gained.
     pub copied: Arc<crate::cluster::Progress>,
+    /// Cluster mode: the oldest map each shard's operations in flight
+    /// routed with (`Shard::routing`).
+    pub in_flight: Arc<crate::cluster::InFlight>,
     /// The configuration the server started with: what a reload cannot
     /// change (listeners, cores, data directory, storage, memory) is read
     /// here. Everything else is read through [`Shard::config`].
@@ -225,6 +228,11 @@ pub struct Shard {
     pub peers: super::peer::Pool,
     /// Cluster mode: content digests of stored bodies (`runtime::changes`).
     pub digests: super::changes::DigestCache,
+    /// Cluster mode: per account, the order changes go to the replica in.
+    pub change_order: super::changes::Order,
+    /// Cluster mode: this shard's operations in flight by the map version
+    /// they routed with (`Shard::routing`).
+    pub routings: Rc<super::cluster::Routings>,
     pub connections: Cell<usize>,
     stopping: Cell<bool>,
     stop_waiters: RefCell<Vec<oneshot::Sender<()>>>,
@@ -1127,6 +1135,8 @@ pub async fn run(shared: Arc<Shared>, mesh: MeshBuilder<ShardMsg, Full>) -> Resu
         catchup: Default::default(),
         peers: Default::default(),
         digests: Default::default(),
+        change_order: Default::default(),
+        routings: Rc::new(super::cluster::Routings::new(id, shared.in_flight.clone())),
         connections: Cell::new(0),
         stopping: Cell::new(false),
         stop_waiters: RefCell::default(),

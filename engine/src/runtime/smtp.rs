@@ -712,6 +712,8 @@ pub async fn serve(
                     if internal && tx.junk {
                         folder = Folder::Junk;
                     }
+                    // Held until the local commit below is done.
+                    let _routing = shard.routing();
                     let accounts = match super::cluster::hand_over(
                         &shard,
                         &accounts,

@@ -1063,6 +1063,9 @@ impl SmtpSession {
         };
         let declared = envelope.declared_size;
         let changes = envelope.changes;
+        // A cluster member's changes or APPEND copy is for accounts here,
+        // never relayed on.
+        let for_here = changes || envelope.append.is_some();
         let verdict = match ctx.recipient(address) {
             // A primary's changes (expunges among them) free room rather
             // than take it: a full account takes them.
@@ -1088,7 +1091,7 @@ impl SmtpSession {
                 replies::RCPT_OK.write(out);
             }
             RcptVerdict::UnknownUser => self.fail(replies::UNKNOWN_USER, out),
-            RcptVerdict::NotLocal if self.may_relay() => {
+            RcptVerdict::NotLocal if self.may_relay() && !for_here => {
                 if let Some(envelope) = &mut self.envelope {
                     if !envelope
                         .relay
@@ -2319,6 +2322,19 @@ mod tests {
             "{}",
             r.out
         );
+        // Never relayed, even for a client that may relay.
+        let relaying = || {
+            with(|p| {
+                p.require_tls = true;
+                p.tls = Some(TLS);
+                p.relay_client = true;
+            })
+        };
+        let away = changes.replace("full@example.test", "x@elsewhere.test");
+        let r = run_with(relaying(), &away);
+        assert!(r.delivered.is_empty() && r.out.contains("550"), "{}", r.out);
+        let r = run_with(relaying(), &away.replace(" XCHANGES", ""));
+        assert_eq!(r.delivered.len(), 1, "{}", r.out);
     }
 
     const AUTH_OK: &str = "235 2.7.0 Authentication successful\r\n";

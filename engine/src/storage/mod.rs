@@ -46,6 +46,9 @@ pub enum StorageError {
     NoAccount(String),
     #[error("no such mailbox")]
     NoMailbox,
+    /// Cluster mode: the account's replica cannot take the change now.
+    #[error("unavailable: {0}")]
+    Unavailable(String),
 }
 
 impl From<std::io::Error> for StorageError {

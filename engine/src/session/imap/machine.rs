@@ -75,7 +75,9 @@ pub trait Mailstore {
     /// `mailbox` to the account's replica first (with its flags, keywords
     /// and internal date); the APPEND answers NO if that fails. Called
     /// before any UID is taken, so the wait cannot reorder commits. A
-    /// single node has nothing to do.
+    /// single node has nothing to do. What it returns is held until the
+    /// APPEND's own commit is done (the cluster's record of an operation
+    /// in flight).
     fn replicate_append(
         &self,
         _account: &str,
@@ -84,8 +86,8 @@ pub trait Mailstore {
         _keywords: &[&[u8]],
         _internal_date: i64,
         _message: &[u8],
-    ) -> impl Future<Output = Result<(), StorageError>> {
-        async { Ok(()) }
+    ) -> impl Future<Output = Result<Option<Box<dyn std::any::Any>>, StorageError>> {
+        async { Ok(None) }
     }
 }
 
@@ -861,6 +863,7 @@ impl<S: Mailstore> Machine<S> {
         tracing::warn!(error = %e, "IMAP storage operation failed");
         let code = match e {
             StorageError::Full => Code::OverQuota,
+            StorageError::Unavailable(_) => Code::Unavailable,
             _ => Code::ServerBug,
         };
         self.out.status(
@@ -1572,13 +1575,15 @@ impl<S: Mailstore> Machine<S> {
                         .is_some_and(|m| store::keywords_fit(m, &kws))
             })
             .unwrap_or(false);
+        let mut _in_flight = None;
         if will_take {
-            if let Err(e) = self
+            match self
                 .store
                 .replicate_append(&account, name, sys, &kws, date, message)
                 .await
             {
-                return self.storage_failed(tag, &e);
+                Ok(held) => _in_flight = held,
+                Err(e) => return self.storage_failed(tag, &e),
             }
         }
         let alloc = self.store.with_account_counters(&account, |a| {
