@@ -95,6 +95,11 @@ pub struct Cluster {
     /// (`cluster::duplicates`).
     #[serde(default = "cluster_duplicate_window_default")]
     pub duplicate_window_secs: u64,
+    /// A bucket copy pauses this long before each account it stores,
+    /// so that copying to a node that gained buckets takes less of the
+    /// machine from the mail it serves meanwhile; 0: no pause.
+    #[serde(default)]
+    pub copy_pause_ms: u64,
     /// etcd authentication: the user, and a file holding its password (read
     /// at each connection, so it can be rotated). Off loopback only over
     /// `https://` endpoints.
@@ -212,6 +217,9 @@ impl Cluster {
         }
         if self.duplicate_window_secs > 7 * 86_400 {
             return Err("cluster.duplicate_window_secs: at most 604800 (7 days)".into());
+        }
+        if self.copy_pause_ms > 10_000 {
+            return Err("cluster.copy_pause_ms: at most 10000".into());
         }
         Ok(())
     }
@@ -1327,6 +1335,9 @@ cache_max_entries = 16384
 # and body) is stored once per account: a retry after a failure that left
 # the first attempt durable on some node. 0: off.
 # duplicate_window_secs = 3600
+# A bucket copy (to a node that gained buckets) pauses this many
+# milliseconds before each account it stores; 0: as fast as it can.
+# copy_pause_ms = 0
 # etcd over TLS (https:// endpoints) with the CA that signs its certificate,
 # optionally a client certificate, and etcd authentication (the password
 # in a file of its own; refused over http:// off loopback).

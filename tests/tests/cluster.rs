@@ -1830,3 +1830,76 @@ m.logout()
     });
     assert_eq!(mailbox_state(nodes[1].imap, &account), before);
 }
+
+/// Changes the primary makes while a node that just became the bucket's
+/// replica is still copying it find nothing there yet; the replica keeps
+/// them and applies them once the copy is done (`changes::Deferred`), so
+/// the copy's older state does not stay. `copy_pause_ms` holds the copy
+/// open while the changes are made.
+#[test]
+fn changes_made_while_the_replica_copies_the_bucket_are_applied_after_the_copy() {
+    let Some(etcd) = etcd() else { return };
+    let account = "d0@example.test".to_string();
+    let accounts = vec![account.clone()];
+    let mut nodes = mapped_cluster(&etcd, "dc", &["n1"], &accounts);
+    for i in 0..6 {
+        let m = format!("Message-ID: <d{i}@example.org>\r\nSubject: d{i}\r\n\r\nbody {i}\r\n");
+        smtp_send(nodes[0].smtp, "s@example.org", &[&account], m.as_bytes());
+    }
+    let name = format!("dc{}", std::process::id());
+    let n2 = Server::options()
+        .cores(1)
+        .accounts(&accounts)
+        .config(&format!(
+            "{}copy_pause_ms = 6000\n",
+            node_config(&etcd, &name, "n2")
+        ))
+        .start();
+    nodes.push(n2);
+    wait_status(&nodes[0], Duration::from_secs(10), |s| {
+        s.contains("2 live node(s)")
+    });
+    let sent = logged(&nodes[0], "buckets_sent");
+    let r = cluster_cmd(&nodes[0], &["rebalance"]);
+    wait_map(&nodes, &r);
+    assert_eq!(replica_of(&nodes[0], &account), "n2");
+    // n1 took its snapshot and sent the bucket; n2 holds it back.
+    wait_logged(&[&nodes[0]], "buckets_sent", &[sent]);
+    python_code(&format!(
+        r#"
+import imaplib
+m = imaplib.IMAP4("127.0.0.1", {port})
+m.login("{account}", "{PASSWORD}")
+def ok(r):
+    assert r[0] == "OK", r
+    return r
+ok(m.select("INBOX"))
+ok(m.store("1", "+FLAGS", r"(\Seen)"))
+ok(m.store("2", "+FLAGS", r"(\Deleted)"))
+ok(m.expunge())
+ok(m._simple_command("MOVE", "2", "Archive"))
+m.logout()
+"#,
+        port = nodes[0].imap.port()
+    ));
+    // The changes came before the copy stored the account.
+    assert_eq!(
+        logged(&nodes[1], "bucket_copied"),
+        0,
+        "{}",
+        nodes[1].stderr_tail(30)
+    );
+    wait_logged(&[&nodes[1]], "caught_up", &[0]);
+    let before = mailbox_state(nodes[0].imap, &account);
+    for line in [
+        "Archive: <d2@example.org>[]",
+        "INBOX: <d0@example.org>[\\Seen] <d3@example.org>[] <d4@example.org>[] <d5@example.org>[]",
+    ] {
+        assert!(before.contains(line), "{line:?} in\n{before}");
+    }
+    nodes[0].kill9();
+    wait_status(&nodes[1], Duration::from_secs(15), |s| {
+        s.contains("1 live node(s)") && !s.contains("gone")
+    });
+    assert_eq!(mailbox_state(nodes[1].imap, &account), before);
+}

@@ -69,6 +69,21 @@ pub struct State {
     planned: RefCell<Option<(i64, Placement)>>,
     queue: RefCell<Vec<Pull>>,
     running: Cell<bool>,
+    /// Buckets queued or being copied.
+    copying: RefCell<std::collections::HashSet<u32>>,
+}
+
+impl State {
+    /// `bucket` is no longer copied to this shard: what waited for it goes.
+    fn done(&self, shard: &Shard, bucket: u32) {
+        self.copying.borrow_mut().remove(&bucket);
+        shard.deferred_changes.forget(bucket);
+    }
+
+    /// Is `bucket` queued or being copied to this shard?
+    pub fn is_copying(&self, bucket: u32) -> bool {
+        self.copying.borrow().contains(&bucket)
+    }
 }
 
 /// Plan against the map this node sees now, if it is new: queue the
@@ -109,6 +124,11 @@ pub fn plan(shard: &Rc<Shard>) {
     {
         let mut queue = shard.catchup.queue.borrow_mut();
         queue.retain(|q| !new.iter().any(|n| n.bucket == q.bucket));
+        shard
+            .catchup
+            .copying
+            .borrow_mut()
+            .extend(new.iter().map(|n| n.bucket));
         queue.extend(new);
     }
     if !shard.catchup.running.replace(true) {
@@ -140,6 +160,7 @@ async fn work(shard: Rc<Shard>) {
             let map = m.map();
             if map.primary_of(job.bucket) != Some(m.me) && map.replica_of(job.bucket) != Some(m.me)
             {
+                shard.catchup.done(&shard, job.bucket);
                 continue;
             }
             let live = |id: &str| id != m.me && m.view.members.contains_key(id);
@@ -152,11 +173,14 @@ async fn work(shard: Rc<Shard>) {
                 .map(str::to_string);
             match from {
                 Some(from) => by_source.entry(from).or_default().push(job),
-                None => tracing::warn!(
-                    bucket = job.bucket,
-                    from = job.from,
-                    "cluster: no live node that held this bucket is left to copy it from; it is not copied"
-                ),
+                None => {
+                    tracing::warn!(
+                        bucket = job.bucket,
+                        from = job.from,
+                        "cluster: no live node that held this bucket is left to copy it from; it is not copied"
+                    );
+                    shard.catchup.done(&shard, job.bucket);
+                }
             }
         }
         let sources: Vec<_> = by_source
@@ -182,6 +206,12 @@ async fn work(shard: Rc<Shard>) {
                         "cluster: buckets copied"
                     );
                     copied.add(&c);
+                    // Changes that came while the copy ran and found
+                    // nothing then.
+                    for b in &buckets {
+                        shard.catchup.copying.borrow_mut().remove(b);
+                    }
+                    super::changes::replay(&shard, &buckets).await;
                 }
                 Err(why) => {
                     tracing::warn!(
@@ -295,6 +325,14 @@ async fn apply(shard: &Rc<Shard>, conn: &mut Conn, buckets: &[u32]) -> Result<Co
             "account" => {
                 target = None;
                 account = None;
+                let pause = shard
+                    .config()
+                    .cluster
+                    .as_ref()
+                    .map_or(0, |c| c.copy_pause_ms);
+                if pause > 0 {
+                    glommio::timer::sleep(Duration::from_millis(pause)).await;
+                }
                 let Ok(name) = crate::accounts::canonical(rest) else {
                     return Err(format!("bad account frame {l:?}"));
                 };

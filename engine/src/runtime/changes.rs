@@ -20,9 +20,9 @@ use crate::storage::index::{self, Account};
 use crate::storage::record::{Loc, Op};
 use crate::storage::StorageError;
 
-/// Digests remembered per shard (about 48 octets each); past this the
-/// memory starts over.
-const CACHED_MAX: usize = 1 << 18;
+/// Digests remembered per shard (about 40 octets each, 20 MiB at most);
+/// past this about half are forgotten.
+const CACHED_MAX: usize = 1 << 19;
 
 /// Text sent in one transaction at most; more goes in several, in order.
 const SEND_MAX: usize = 1 << 20;
@@ -41,7 +41,13 @@ impl DigestCache {
     fn put(&self, loc: Loc, d: Digest) {
         let mut m = self.0.borrow_mut();
         if m.len() >= CACHED_MAX {
-            m.clear();
+            // Every other entry (in the map's order, which has nothing to
+            // do with age): no cliff where everything is hashed again.
+            let mut keep = false;
+            m.retain(|_, _| {
+                keep = !keep;
+                keep
+            });
         }
         m.insert(loc, d);
     }
@@ -633,23 +639,140 @@ pub async fn apply_here(
         .await
         .map_err(|e| e.to_string())?;
     let mut batch = Batch::default();
-    let r = apply(shard, account, changes, &mut batch).await;
-    if r.is_err() {
-        batch.abandon(shard, account);
+    let r = apply(shard, account, changes, &mut batch, false).await;
+    match r {
+        Err(e) => {
+            batch.abandon(shard, account);
+            Err(e)
+        }
+        Ok(missed) => {
+            if !missed.is_empty() {
+                // A bucket copy still running: again once it is done.
+                let bucket = shard.bucket(account);
+                if shard.catchup.is_copying(bucket) {
+                    shard.deferred_changes.put(bucket, account, missed);
+                } else {
+                    tracing::debug!(
+                        account,
+                        missed = missed.len(),
+                        "cluster: changes for messages or mailboxes this replica does not hold"
+                    );
+                }
+            }
+            Ok(())
+        }
     }
-    r
+}
+
+/// Changes a replica could not apply while the bucket was being copied to
+/// it (the message or mailbox was not there yet), per bucket in arrival
+/// order, applied again once the copy is done ([`replay`]).
+#[derive(Default)]
+pub struct Deferred {
+    by_bucket: std::cell::RefCell<HashMap<u32, Vec<(String, Change)>>>,
+    count: std::cell::Cell<usize>,
+}
+
+/// Changes a shard keeps for [`replay`] at most; past this they are
+/// dropped (and logged).
+const DEFERRED_MAX: usize = 100_000;
+
+impl Deferred {
+    fn put(&self, bucket: u32, account: &str, changes: Vec<Change>) {
+        if self.count.get() + changes.len() > DEFERRED_MAX {
+            tracing::warn!(
+                account,
+                changes = changes.len(),
+                "cluster: too many changes waiting for bucket copies; these are dropped"
+            );
+            return;
+        }
+        self.count.set(self.count.get() + changes.len());
+        let mut m = self.by_bucket.borrow_mut();
+        let list = m.entry(bucket).or_default();
+        list.extend(changes.into_iter().map(|c| (account.to_string(), c)));
+    }
+
+    /// A flag change was applied live: one waiting for the same message
+    /// is older and must not be applied after it.
+    fn superseded(&self, bucket: u32, account: &str, mailbox: &str, digest: &Digest) {
+        let mut m = self.by_bucket.borrow_mut();
+        let Some(list) = m.get_mut(&bucket) else {
+            return;
+        };
+        let before = list.len();
+        list.retain(|(a, c)| {
+            !(a == account
+                && matches!(c, Change::Flags { mailbox: mb, digest: d, .. } if mb == mailbox && d == digest))
+        });
+        self.count.set(self.count.get() - (before - list.len()));
+    }
+
+    /// The first account's run of changes kept for `bucket`, taken out
+    /// (the rest stays, where a live change can still supersede it).
+    fn next_run(&self, bucket: u32) -> Option<(String, Vec<Change>)> {
+        let mut m = self.by_bucket.borrow_mut();
+        let list = m.get_mut(&bucket)?;
+        let Some(account) = list.first().map(|(a, _)| a.clone()) else {
+            m.remove(&bucket);
+            return None;
+        };
+        let n = list.iter().take_while(|(a, _)| *a == account).count();
+        let run: Vec<Change> = list.drain(..n).map(|(_, c)| c).collect();
+        self.count.set(self.count.get() - n);
+        Some((account, run))
+    }
+
+    /// The bucket will not be copied here after all.
+    pub fn forget(&self, bucket: u32) {
+        let list = self
+            .by_bucket
+            .borrow_mut()
+            .remove(&bucket)
+            .unwrap_or_default();
+        self.count.set(self.count.get() - list.len());
+    }
+}
+
+/// A bucket copy is done: apply what [`Deferred`] kept for `buckets`, in
+/// the order it came. A copy (link) whose destination already holds the
+/// message is not made again: the copy brought it.
+pub async fn replay(shard: &Rc<Shard>, buckets: &[u32]) {
+    for &bucket in buckets {
+        while let Some((account, run)) = shard.deferred_changes.next_run(bucket) {
+            let mut batch = Batch::default();
+            match apply(shard, &account, run, &mut batch, true).await {
+                Ok(missed) => tracing::debug!(
+                    account,
+                    missed = missed.len(),
+                    "cluster: changes kept during a bucket copy applied"
+                ),
+                Err(e) => {
+                    batch.abandon(shard, &account);
+                    tracing::warn!(
+                        account,
+                        error = e,
+                        "cluster: changes kept during a bucket copy failed"
+                    );
+                }
+            }
+        }
+    }
 }
 
 /// [`apply_here`]'s work; what `batch` holds on an error is abandoned.
+/// Ok: the changes (or their parts) that found nothing to apply to.
+/// `replay`: changes kept during a bucket copy ([`replay`]).
 async fn apply(
     shard: &Rc<Shard>,
     account: &str,
     changes: Vec<Change>,
     batch: &mut Batch,
-) -> Result<(), String> {
+    replay: bool,
+) -> Result<Vec<Change>, String> {
     let store = &shard.store;
     let mut found: Found = HashMap::new();
-    let mut missed = 0usize;
+    let mut missed: Vec<Change> = Vec::new();
     // Digests whose copy (a MOVE's link) found nothing here: the move's
     // expunge must not remove the only copy.
     let mut unlinked: HashMap<Digest, usize> = HashMap::new();
@@ -682,7 +805,8 @@ async fn apply(
                             .await
                             .map_err(|e| e.to_string())?;
                     }
-                    _ => missed += 1,
+                    Some(_) => {}
+                    None => missed.push(Change::Delete { name }),
                 }
             }
             Change::Rename { from, to } => {
@@ -699,7 +823,8 @@ async fn apply(
                         }])
                         .await
                         .map_err(|e| e.to_string())?,
-                    _ => missed += 1,
+                    (None, None) => missed.push(Change::Rename { from, to }),
+                    _ => {}
                 }
             }
             Change::Subscribe { name, on } => {
@@ -719,16 +844,21 @@ async fn apply(
                 flags,
                 keywords,
             } => {
-                let Some(id) = mailbox_id(shard, account, &mailbox) else {
-                    missed += 1;
-                    continue;
+                let uid = match mailbox_id(shard, account, &mailbox) {
+                    Some(id) => by_digest(shard, account, id, &mut found)
+                        .await
+                        .get(&digest)
+                        .and_then(|uids| uids.first())
+                        .map(|u| (id, *u)),
+                    None => None,
                 };
-                let Some(&uid) = by_digest(shard, account, id, &mut found)
-                    .await
-                    .get(&digest)
-                    .and_then(|uids| uids.first())
-                else {
-                    missed += 1;
+                let Some((id, uid)) = uid else {
+                    missed.push(Change::Flags {
+                        mailbox,
+                        digest,
+                        flags,
+                        keywords,
+                    });
                     continue;
                 };
                 let kws: Vec<&[u8]> = keywords.iter().map(|k| k.as_bytes()).collect();
@@ -750,9 +880,16 @@ async fn apply(
                     })
                     .map_err(|e| e.to_string())?;
                 let Some((new, mask, modseq)) = planned else {
-                    missed += 1;
                     continue;
                 };
+                if !replay {
+                    shard.deferred_changes.superseded(
+                        shard.bucket(account),
+                        account,
+                        &mailbox,
+                        &digest,
+                    );
+                }
                 batch
                     .keywords
                     .extend(new.into_iter().map(|(bit, n)| (id, bit, n)));
@@ -762,21 +899,28 @@ async fn apply(
             }
             Change::Expunge { mailbox, digests } => {
                 let Some(id) = mailbox_id(shard, account, &mailbox) else {
-                    missed += digests.len();
+                    missed.push(Change::Expunge { mailbox, digests });
                     continue;
                 };
                 let map = by_digest(shard, account, id, &mut found).await;
                 let mut uids = Vec::new();
+                let mut not_here = Vec::new();
                 for d in &digests {
                     if let Some(n) = unlinked.get_mut(d).filter(|n| **n > 0) {
                         *n -= 1;
-                        missed += 1;
+                        not_here.push(*d);
                         continue;
                     }
                     match map.get_mut(d).filter(|u| !u.is_empty()) {
                         Some(u) => uids.push(u.remove(0)),
-                        None => missed += 1,
+                        None => not_here.push(*d),
                     }
+                }
+                if !not_here.is_empty() {
+                    missed.push(Change::Expunge {
+                        mailbox,
+                        digests: not_here,
+                    });
                 }
                 if uids.is_empty() {
                     continue;
@@ -792,6 +936,9 @@ async fn apply(
                 flags,
                 keywords,
             } => {
+                if replay && holds(shard, account, &to, &digest, &mut found).await {
+                    continue;
+                }
                 let linked = link(
                     shard,
                     account,
@@ -802,22 +949,37 @@ async fn apply(
                 )
                 .await?;
                 if !linked {
-                    missed += 1;
                     *unlinked.entry(digest).or_default() += 1;
+                    missed.push(Change::Link {
+                        from,
+                        to,
+                        digest,
+                        flags,
+                        keywords,
+                    });
                 }
             }
         }
     }
     batch.commit(shard, account).await?;
-    if missed > 0 {
-        // A bucket copy still running, or a change already applied.
-        tracing::debug!(
-            account,
-            missed,
-            "cluster: changes for messages or mailboxes this replica does not hold"
-        );
+    Ok(missed)
+}
+
+/// Does mailbox `name` hold a message with `digest`?
+async fn holds(
+    shard: &Shard,
+    account: &str,
+    name: &str,
+    digest: &Digest,
+    found: &mut Found,
+) -> bool {
+    match mailbox_id(shard, account, name) {
+        Some(id) => by_digest(shard, account, id, found)
+            .await
+            .get(digest)
+            .is_some_and(|u| !u.is_empty()),
+        None => false,
     }
-    Ok(())
 }
 
 /// A copy of the message with `digest` into `to`, with the primary's

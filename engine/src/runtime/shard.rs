@@ -230,6 +230,8 @@ pub struct Shard {
     pub digests: super::changes::DigestCache,
     /// Cluster mode: per account, the order changes go to the replica in.
     pub change_order: super::changes::Order,
+    /// Cluster mode: changes kept until a bucket copy is done.
+    pub deferred_changes: super::changes::Deferred,
     /// Cluster mode: this shard's operations in flight by the map version
     /// they routed with (`Shard::routing`).
     pub routings: Rc<super::cluster::Routings>,
@@ -1136,6 +1138,7 @@ pub async fn run(shared: Arc<Shared>, mesh: MeshBuilder<ShardMsg, Full>) -> Resu
         peers: Default::default(),
         digests: Default::default(),
         change_order: Default::default(),
+        deferred_changes: Default::default(),
         routings: Rc::new(super::cluster::Routings::new(id, shared.in_flight.clone())),
         connections: Cell::new(0),
         stopping: Cell::new(false),
