@@ -11,7 +11,10 @@
 # that is another node) and copied to the bucket's replica before the 250;
 # with one node there is no replica. Prints throughput and the latency of
 # the end of data (p50/p99) per row, and checks afterwards that the nodes
-# hold every message (twice with two nodes or more).
+# hold every message (twice with two nodes or more). Then, per row, the
+# latency of 1,000 IMAP STOREs (flag set and cleared in turn, one client,
+# one command at a time) on an account whose bucket's primary is node 1:
+# in a cluster of two or more each waits for the replica to apply it.
 #
 # Needs: etcd (Debian: etcd-server), a release build with --features cluster.
 set -euo pipefail
@@ -59,6 +62,28 @@ node() {
         || { cat "$WORK/$name.log" >&2; exit 1; }
     PIDS+=("$RM_PID")
     NODE_SMTP=$RM_SMTP
+    NODE_IMAP=$RM_IMAP
+}
+
+# stores LABEL IMAP ACCOUNT: STORE latency, one line.
+stores() {
+    python3 - "$1" "$2" "$3" "$PASSWORD" <<'PY'
+import imaplib, sys, time
+label, addr, account, password = sys.argv[1:5]
+host, port = addr.rsplit(":", 1)
+m = imaplib.IMAP4(host, int(port))
+m.login(account, password)
+m.select("INBOX")
+lat = []
+for i in range(1000):
+    t = time.perf_counter()
+    typ, _ = m.store("1", "+FLAGS" if i % 2 == 0 else "-FLAGS", r"(\Seen)")
+    lat.append(time.perf_counter() - t)
+    assert typ == "OK", typ
+m.logout()
+lat.sort()
+print(f"{label:<16} IMAP STORE p50 {lat[500]*1e6:.0f} us  p99 {lat[990]*1e6:.0f} us  (1,000, one at a time)")
+PY
 }
 
 stop_all() {
@@ -94,6 +119,7 @@ PY
 # Single node, no [cluster].
 node single ""
 run "single node" "$NODE_SMTP"
+stores "single node" "$NODE_IMAP" 1u@example.test
 stop_all
 echo "  stored: $(stored single) of $MESSAGES"
 
@@ -112,7 +138,7 @@ for n in 1 2 3; do
             "$n" "$i" "$ETCD_CLIENT" "$(free_port)")
         node "c$n-n$i" "$cl"
         names+=("c$n-n$i")
-        [ -n "$first" ] || first=$NODE_SMTP
+        [ -n "$first" ] || { first=$NODE_SMTP; first_imap=$NODE_IMAP; }
     done
     "$BIN" cluster rebalance --move-primaries --config "$WORK/c$n-n1.toml" >/dev/null
     # Every node follows the map (its log line) before the load starts.
@@ -120,6 +146,14 @@ for n in 1 2 3; do
         for _ in $(seq 100); do grep -q 'cluster: bucket map.*version=Some' "$WORK/$nm.log" && break; sleep 0.05; done
     done
     run "cluster of $n" "$first"
+    # An account whose primary is node 1 (no proxy hop).
+    acct=
+    for a in $(seq 1 50); do
+        if "$BIN" cluster locate "${a}u@example.test" --config "$WORK/c$n-n1.toml" | grep -q '^primary n1\b'; then
+            acct="${a}u@example.test"; break
+        fi
+    done
+    [ -n "$acct" ] && stores "cluster of $n" "$first_imap" "$acct"
     stop_all
     kill "$ETCD"; wait "$ETCD" 2>/dev/null || true; ETCD=
     copies=$([ "$n" -ge 2 ] && echo 2 || echo 1)

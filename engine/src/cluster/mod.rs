@@ -117,9 +117,10 @@ impl Progress {
 }
 
 /// Per shard, the oldest bucket map version that an operation still in
-/// flight there routed with (a delivery, an APPEND or a change: from the
-/// moment it chose where its copies go until its local commit is
-/// durable); `i64::MAX` when none. A bucket copy's source waits until
+/// flight there routed with (a delivery or an APPEND, or one another node
+/// routed with that map and handed over: from the moment it chose where
+/// its copies go until its local commit is durable); `i64::MAX` when none.
+/// (Changes need none: they pick their replica after the local write.) A bucket copy's source waits until
 /// none older than the puller's map is left before it takes its snapshot
 /// (`runtime::catchup::serve`): otherwise a delivery that sent its copy to
 /// the old replica and committed here just after the snapshot would be on

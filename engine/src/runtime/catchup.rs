@@ -207,11 +207,20 @@ async fn work(shard: Rc<Shard>) {
                     );
                     copied.add(&c);
                     // Changes that came while the copy ran and found
-                    // nothing then.
-                    for b in &buckets {
+                    // nothing then (the bucket counts as copying until
+                    // they are applied, so what comes meanwhile queues
+                    // behind them), unless it is queued for another copy.
+                    super::changes::replay(&shard, &buckets).await;
+                    let queued: Vec<u32> = shard
+                        .catchup
+                        .queue
+                        .borrow()
+                        .iter()
+                        .map(|q| q.bucket)
+                        .collect();
+                    for b in buckets.iter().filter(|b| !queued.contains(b)) {
                         shard.catchup.copying.borrow_mut().remove(b);
                     }
-                    super::changes::replay(&shard, &buckets).await;
                 }
                 Err(why) => {
                     tracing::warn!(

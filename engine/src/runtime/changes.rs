@@ -56,10 +56,23 @@ impl DigestCache {
 /// The digest of the body at `loc` (`transfer::Digests::Content`), hashed
 /// in steps with yields between them. None: the body is gone.
 async fn digest_of(shard: &Shard, loc: Loc) -> Option<Digest> {
+    digest_held(shard, loc, None).await
+}
+
+/// [`digest_of`] with the body's handle taken earlier (`held`), which
+/// keeps its segment mapped even if compaction has dropped it since.
+async fn digest_held(
+    shard: &Shard,
+    loc: Loc,
+    held: Option<crate::storage::Body>,
+) -> Option<Digest> {
     if let Some(d) = shard.digests.get(loc) {
         return Some(d);
     }
-    let body = shard.store.body(loc)?;
+    let body = match held {
+        Some(b) => b,
+        None => shard.store.body(loc)?,
+    };
     let bytes = body.bytes();
     let mut d = super::transfer::Digester::new();
     let start = crate::cluster::duplicates::content_start(bytes);
@@ -362,20 +375,43 @@ pub async fn commit(shard: &Shard, ops: &[Op<'_>]) -> Result<(), StorageError> {
             .with_account(account, |a| pending(a, ops))
             .unwrap_or_default();
         if !list.is_empty() {
-            owed.push((account, list, shard.change_order.take(account)));
+            // The bodies' handles before the write: an expunged message's
+            // segment stays readable for its digest.
+            let held: HashMap<Loc, crate::storage::Body> = list
+                .iter()
+                .flat_map(Pending::locs)
+                .filter_map(|l| shard.store.body(l).map(|b| (l, b)))
+                .collect();
+            owed.push((account, list, held, shard.change_order.take(account)));
         }
     }
     shard.store.commit(ops).await?;
-    for (account, list, ticket) in owed {
-        let texts = texts(shard, list).await;
+    for (account, list, held, ticket) in owed {
+        let texts = texts(shard, list, &held).await;
+        drop(held);
         ticket.turn().await;
         send(shard, account, &texts).await;
     }
     Ok(())
 }
 
+impl Pending {
+    fn locs(&self) -> Vec<Loc> {
+        match self {
+            Pending::Ready(_) => Vec::new(),
+            Pending::Flags { loc, .. } | Pending::Link { loc, .. } => vec![*loc],
+            Pending::Expunge { locs, .. } => locs.clone(),
+        }
+    }
+}
+
 /// The text of `list`, digests taken, in pieces the replica takes.
-async fn texts(shard: &Shard, list: Vec<Pending>) -> Vec<Vec<u8>> {
+async fn texts(
+    shard: &Shard,
+    list: Vec<Pending>,
+    held: &HashMap<Loc, crate::storage::Body>,
+) -> Vec<Vec<u8>> {
+    let digest = |loc: Loc| digest_held(shard, loc, held.get(&loc).cloned());
     let size_max = SEND_MAX.min(shard.config().limits.message_size_max.max(4096));
     let mut texts: Vec<Vec<u8>> = vec![Vec::new()];
     for p in list {
@@ -386,7 +422,7 @@ async fn texts(shard: &Shard, list: Vec<Pending>) -> Vec<Vec<u8>> {
                 loc,
                 flags,
                 keywords,
-            } => digest_of(shard, loc).await.map(|digest| Change::Flags {
+            } => digest(loc).await.map(|digest| Change::Flags {
                 mailbox,
                 digest,
                 flags,
@@ -395,7 +431,7 @@ async fn texts(shard: &Shard, list: Vec<Pending>) -> Vec<Vec<u8>> {
             Pending::Expunge { mailbox, locs } => {
                 let mut digests = Vec::with_capacity(locs.len());
                 for loc in locs {
-                    digests.extend(digest_of(shard, loc).await);
+                    digests.extend(digest(loc).await);
                 }
                 (!digests.is_empty()).then_some(Change::Expunge { mailbox, digests })
             }
@@ -405,7 +441,7 @@ async fn texts(shard: &Shard, list: Vec<Pending>) -> Vec<Vec<u8>> {
                 loc,
                 flags,
                 keywords,
-            } => digest_of(shard, loc).await.map(|digest| Change::Link {
+            } => digest(loc).await.map(|digest| Change::Link {
                 from,
                 to,
                 digest,
@@ -438,6 +474,13 @@ async fn send(shard: &Shard, account: &str, texts: &[Vec<u8>]) {
                 glommio::timer::sleep(std::time::Duration::from_millis(300)).await;
             }
             let away = match shard.replicas(&[account.to_string()]) {
+                Ok(away) if away.is_empty() => {
+                    // This node is no longer the bucket's primary (or it
+                    // lost its replica): the change cannot follow.
+                    last_error =
+                        "the bucket map no longer names a replica this node sends to".into();
+                    break;
+                }
                 Ok(away) => away,
                 Err(e) => {
                     last_error = e;
@@ -638,6 +681,12 @@ pub async fn apply_here(
         .ensure_account(account)
         .await
         .map_err(|e| e.to_string())?;
+    // Behind changes already kept for this account, in their order.
+    let bucket = shard.bucket(account);
+    if shard.catchup.is_copying(bucket) && shard.deferred_changes.has(bucket, account) {
+        shard.deferred_changes.put(bucket, account, changes);
+        return Ok(());
+    }
     let mut batch = Batch::default();
     let r = apply(shard, account, changes, &mut batch, false).await;
     match r {
@@ -648,7 +697,6 @@ pub async fn apply_here(
         Ok(missed) => {
             if !missed.is_empty() {
                 // A bucket copy still running: again once it is done.
-                let bucket = shard.bucket(account);
                 if shard.catchup.is_copying(bucket) {
                     shard.deferred_changes.put(bucket, account, missed);
                 } else {
@@ -691,6 +739,13 @@ impl Deferred {
         let mut m = self.by_bucket.borrow_mut();
         let list = m.entry(bucket).or_default();
         list.extend(changes.into_iter().map(|c| (account.to_string(), c)));
+    }
+
+    fn has(&self, bucket: u32, account: &str) -> bool {
+        self.by_bucket
+            .borrow()
+            .get(&bucket)
+            .is_some_and(|l| l.iter().any(|(a, _)| a == account))
     }
 
     /// A flag change was applied live: one waiting for the same message
@@ -740,6 +795,12 @@ impl Deferred {
 pub async fn replay(shard: &Rc<Shard>, buckets: &[u32]) {
     for &bucket in buckets {
         while let Some((account, run)) = shard.deferred_changes.next_run(bucket) {
+            if !shard.is_replica_of(&account) {
+                // Promoted (or moved away) meanwhile: the old primary's
+                // changes no longer apply here.
+                shard.deferred_changes.forget(bucket);
+                break;
+            }
             let mut batch = Batch::default();
             match apply(shard, &account, run, &mut batch, true).await {
                 Ok(missed) => tracing::debug!(
@@ -1027,9 +1088,19 @@ async fn link(
     let plan = store
         .with_account_counters(account, |a| {
             let dest_name = a.mailbox(dest)?.name.clone();
+            if !crate::session::store::keywords_fit(a.mailbox(dest)?, &kws) {
+                return None;
+            }
             let mut plan = crate::session::transfer::plan(a, id, &[uid], &dest_name, false)?;
             let d = a.mailbox_mut(dest)?;
-            let new = crate::session::store::allocate_keywords(d, &kws)?;
+            let Some(new) = crate::session::store::allocate_keywords(d, &kws) else {
+                // The source's own names took the last bits: give the
+                // links' mod-sequences back.
+                for l in &plan.links {
+                    d.applied_modseq(l.modseq);
+                }
+                return None;
+            };
             plan.new_keywords.extend(new);
             let mask = crate::session::imap::keyword_mask(&d.keywords, &kws);
             for l in &mut plan.links {

@@ -95,9 +95,18 @@ impl Shard {
     /// the version is never newer than the map it acts on); hold it until
     /// the local commit. Nothing outside a cluster.
     pub fn routing(&self) -> Routing {
+        self.routing_from(None)
+    }
+
+    /// [`Shard::routing`] for what another node routed with map `sent`
+    /// (`XMAP=`): registered under the older of the two, since the
+    /// sender chose the copies' nodes with its map.
+    pub fn routing_from(&self, sent: Option<u64>) -> Routing {
         match self.map_version() {
             None => Routing(None),
             Some(v) => {
+                let sent = sent.map_or(v, |s| i64::try_from(s).unwrap_or(i64::MAX));
+                let v = v.min(sent);
                 self.routings.change(v, true);
                 Routing(Some((self.routings.clone(), v)))
             }
@@ -393,7 +402,7 @@ pub async fn replicate_append(
     }
     let away = shard
         .replicas(&[account.to_string()])
-        .map_err(StorageError::Io)?;
+        .map_err(StorageError::Unavailable)?;
     let message = super::peer::Outgoing {
         reverse_path: "",
         body,

@@ -713,7 +713,11 @@ pub async fn serve(
                         folder = Folder::Junk;
                     }
                     // Held until the local commit below is done.
-                    let _routing = shard.routing();
+                    let _routing = if internal {
+                        shard.routing_from(tx.map_version)
+                    } else {
+                        shard.routing()
+                    };
                     let accounts = match super::cluster::hand_over(
                         &shard,
                         &accounts,
