@@ -54,6 +54,9 @@ const MAP_WAIT: Duration = Duration::from_secs(5);
 /// (`Shard::settled`); every one of them is bounded by the hand-over and
 /// commit timeouts, and the puller asks again after a refusal.
 const SETTLE_WAIT: Duration = Duration::from_secs(30);
+/// A source's answer while it waits for them: the same source is asked
+/// again (it holds the newest state), not the next that held the bucket.
+const STILL_RUNNING: &str = "Deliveries routed with an older bucket map are still running";
 /// Before a failed copy is tried again.
 const RETRY_AFTER: Duration = Duration::from_secs(2);
 /// A batch is stored at this many messages or bytes (one commit each).
@@ -229,9 +232,11 @@ async fn work(shard: Rc<Shard>) {
                         why,
                         "cluster: copying buckets failed; trying again"
                     );
-                    // Next time, another node that held the bucket first.
+                    // Next time, another node that held the bucket first
+                    // (unless this one only asked for time).
+                    let busy = why.contains(STILL_RUNNING);
                     again.extend(jobs.into_iter().map(|mut job| {
-                        if !job.also.is_empty() {
+                        if !busy && !job.also.is_empty() {
                             let next = job.also.remove(0);
                             job.also.push(std::mem::replace(&mut job.from, next));
                         }
@@ -513,9 +518,7 @@ pub async fn serve(shard: &Rc<Shard>, conn: &mut Conn) {
     // snapshot, so the copy carries it.
     if !shard.settled(version, SETTLE_WAIT).await {
         let _ = conn
-            .write_all(
-                b"451 4.4.0 Deliveries routed with an older bucket map are still running\r\n",
-            )
+            .write_all(format!("451 4.4.0 {STILL_RUNNING}\r\n").as_bytes())
             .await;
         return;
     }

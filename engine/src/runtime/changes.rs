@@ -1123,3 +1123,64 @@ async fn link(
     batch.links.push(plan);
     Ok(true)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn serving(o: &Order, account: &str) -> Option<u64> {
+        o.0.borrow().get(account).map(|l| l.serving)
+    }
+
+    /// A commit's turn comes once every earlier one of its account ended,
+    /// in whatever order they end; a line with nothing left is dropped.
+    #[test]
+    fn tickets_turn_in_commit_order_whatever_order_they_end_in() {
+        let o = Order::default();
+        let t0 = o.take("a");
+        let t1 = o.take("a");
+        let t2 = o.take("a");
+        let other = o.take("b");
+        assert_eq!(
+            (t0.number, t1.number, t2.number, other.number),
+            (0, 1, 2, 0)
+        );
+        assert_eq!(serving(&o, "a"), Some(0));
+        drop(t1);
+        assert_eq!(serving(&o, "a"), Some(0), "t0 has not ended");
+        drop(t0);
+        assert_eq!(serving(&o, "a"), Some(2));
+        drop(t2);
+        assert_eq!(serving(&o, "a"), None);
+        assert_eq!(serving(&o, "b"), Some(0));
+        drop(other);
+        assert!(o.0.borrow().is_empty());
+    }
+
+    #[test]
+    fn kept_changes_come_back_per_account_run_and_are_bounded() {
+        let d = Deferred::default();
+        let flags = |n: u8| Change::Flags {
+            mailbox: "INBOX".into(),
+            digest: [n; 16],
+            flags: 1,
+            keywords: vec![],
+        };
+        d.put(7, "a", vec![flags(1), flags(2)]);
+        d.put(7, "b", vec![flags(3)]);
+        d.put(7, "a", vec![flags(1)]);
+        assert!(d.has(7, "a") && !d.has(8, "a"));
+        // A live change to message 1 of a: the kept ones for it go.
+        d.superseded(7, "a", "INBOX", &[1; 16]);
+        assert_eq!(d.count.get(), 2);
+        assert_eq!(d.next_run(7), Some(("a".into(), vec![flags(2)])));
+        assert_eq!(d.next_run(7), Some(("b".into(), vec![flags(3)])));
+        assert_eq!(d.next_run(7), None);
+        assert_eq!(d.count.get(), 0);
+        d.put(9, "a", (0..DEFERRED_MAX).map(|_| flags(0)).collect());
+        d.put(9, "a", vec![flags(1)]);
+        assert_eq!(d.count.get(), DEFERRED_MAX, "past the bound, dropped");
+        d.forget(9);
+        assert_eq!(d.count.get(), 0);
+    }
+}
