@@ -165,11 +165,41 @@ fn name(s: Option<&str>) -> Option<String> {
     xtext_decode(s?).filter(|n| !n.is_empty())
 }
 
+/// A text's identity: the sending shard's run (`epoch`, random when it
+/// starts) and the text's number in that run, which grows. A replica
+/// applies a text once: a send repeated after its 250 was lost is
+/// answered without applying it again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TextId {
+    pub epoch: u64,
+    pub seq: u64,
+}
+
+/// The line that starts a text with its identity.
+pub fn id_line(id: TextId) -> Vec<u8> {
+    format!("id {} {}\n", id.epoch, id.seq).into_bytes()
+}
+
 /// Read the text form; None if any line is malformed (nothing is applied).
 pub fn decode(text: &[u8]) -> Option<Vec<Change>> {
+    decode_with_id(text).map(|(_, c)| c)
+}
+
+/// [`decode`], with the text's identity if its first line gives one.
+pub fn decode_with_id(text: &[u8]) -> Option<(Option<TextId>, Vec<Change>)> {
     let text = std::str::from_utf8(text).ok()?;
     let mut changes = Vec::new();
-    for line in text.lines() {
+    let mut id = None;
+    let mut lines = text.lines().peekable();
+    if let Some(rest) = lines.peek().and_then(|l| l.strip_prefix("id ")) {
+        let (epoch, seq) = rest.trim_end_matches('\r').split_once(' ')?;
+        id = Some(TextId {
+            epoch: epoch.parse().ok()?,
+            seq: seq.parse().ok()?,
+        });
+        lines.next();
+    }
+    for line in lines {
         let line = line.trim_end_matches('\r');
         if line.is_empty() {
             continue;
@@ -223,7 +253,7 @@ pub fn decode(text: &[u8]) -> Option<Vec<Change>> {
         }
         changes.push(change);
     }
-    Some(changes)
+    Some((id, changes))
 }
 
 #[cfg(test)]
@@ -307,6 +337,20 @@ mod tests {
             })
             .collect();
         assert_eq!(all, digests);
+    }
+
+    #[test]
+    fn a_text_carries_its_identity_on_its_first_line() {
+        let id = TextId { epoch: 7, seq: 42 };
+        let mut text = id_line(id);
+        text.extend(encode(&[Change::Delete { name: "A".into() }]));
+        assert_eq!(
+            decode_with_id(&text),
+            Some((Some(id), vec![Change::Delete { name: "A".into() }]))
+        );
+        assert_eq!(decode_with_id(b"delete A\n").unwrap().0, None);
+        assert_eq!(decode_with_id(b"id 7\ndelete A\n"), None);
+        assert_eq!(decode_with_id(b"delete A\nid 7 42\n"), None, "only first");
     }
 
     #[test]

@@ -460,6 +460,11 @@ async fn texts(
         }
     }
     texts.retain(|t| !t.is_empty());
+    for t in &mut texts {
+        let mut with_id = changes::id_line(shard.change_ids.next());
+        with_id.append(t);
+        *t = with_id;
+    }
     texts
 }
 
@@ -535,11 +540,12 @@ pub async fn store_changes(
     text: &[u8],
     map_version: Option<u64>,
 ) -> Result<(), StorageError> {
-    let list = changes::decode(text)
+    let (id, list) = changes::decode_with_id(text)
         .ok_or_else(|| StorageError::Io("malformed cluster changes".into()))?;
     super::cluster::on_owners(shard, accounts, map_version, |account, reply| {
         ShardMsg::Changes {
             account,
+            id,
             changes: list.clone(),
             reply,
         }
@@ -668,6 +674,7 @@ fn mailbox_id(shard: &Shard, account: &str, name: &str) -> Option<u32> {
 pub async fn apply_here(
     shard: &Rc<Shard>,
     account: &str,
+    id: Option<changes::TextId>,
     changes: Vec<Change>,
 ) -> Result<(), String> {
     let store = &shard.store;
@@ -677,6 +684,20 @@ pub async fn apply_here(
     if !shard.is_replica_of(account) {
         return Err("this node is not the replica of that account's bucket".into());
     }
+    if id.is_some_and(|id| shard.change_ids.taken(account, id)) {
+        // A send repeated after its 250 was lost: applied already.
+        return Ok(());
+    }
+    let r = apply_new(shard, account, changes).await;
+    if let (Ok(()), Some(id)) = (&r, id) {
+        shard.change_ids.took(account, id);
+    }
+    r
+}
+
+/// [`apply_here`] for a text not applied before.
+async fn apply_new(shard: &Rc<Shard>, account: &str, changes: Vec<Change>) -> Result<(), String> {
+    let store = &shard.store;
     store
         .ensure_account(account)
         .await
@@ -709,6 +730,52 @@ pub async fn apply_here(
             }
             Ok(())
         }
+    }
+}
+
+/// Identities of change texts ([`changes::TextId`]).
+pub struct Ids {
+    epoch: u64,
+    next: std::cell::Cell<u64>,
+    /// Per account, the last text it took: (epoch, seq).
+    taken: std::cell::RefCell<HashMap<String, (u64, u64)>>,
+}
+
+impl Default for Ids {
+    fn default() -> Self {
+        use std::hash::{BuildHasher, Hasher};
+        Ids {
+            epoch: std::collections::hash_map::RandomState::new()
+                .build_hasher()
+                .finish(),
+            next: std::cell::Cell::new(1),
+            taken: Default::default(),
+        }
+    }
+}
+
+impl Ids {
+    fn next(&self) -> changes::TextId {
+        let seq = self.next.get();
+        self.next.set(seq + 1);
+        changes::TextId {
+            epoch: self.epoch,
+            seq,
+        }
+    }
+
+    /// Did `account` take this text (or a later one from its sender)?
+    fn taken(&self, account: &str, id: changes::TextId) -> bool {
+        self.taken
+            .borrow()
+            .get(account)
+            .is_some_and(|&(e, s)| e == id.epoch && s >= id.seq)
+    }
+
+    fn took(&self, account: &str, id: changes::TextId) {
+        self.taken
+            .borrow_mut()
+            .insert(account.to_string(), (id.epoch, id.seq));
     }
 }
 
@@ -1155,6 +1222,20 @@ mod tests {
         assert_eq!(serving(&o, "b"), Some(0));
         drop(other);
         assert!(o.0.borrow().is_empty());
+    }
+
+    #[test]
+    fn a_text_is_taken_once_per_account_and_a_new_sender_starts_over() {
+        let ids = Ids::default();
+        let (a, b) = (ids.next(), ids.next());
+        assert!(b.seq > a.seq && a.epoch == b.epoch);
+        assert!(!ids.taken("x", a));
+        ids.took("x", a);
+        assert!(ids.taken("x", a) && !ids.taken("x", b) && !ids.taken("y", a));
+        ids.took("x", b);
+        assert!(ids.taken("x", a), "an older text again");
+        let other = Ids::default().next();
+        assert!(!ids.taken("x", other), "another sender's run");
     }
 
     #[test]

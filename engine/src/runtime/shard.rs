@@ -138,6 +138,7 @@ pub enum ShardMsg {
     /// (`runtime::changes`).
     Changes {
         account: String,
+        id: Option<crate::cluster::changes::TextId>,
         changes: Vec<crate::cluster::changes::Change>,
         reply: oneshot::Sender<Result<(), String>>,
     },
@@ -232,6 +233,9 @@ pub struct Shard {
     pub change_order: super::changes::Order,
     /// Cluster mode: changes kept until a bucket copy is done.
     pub deferred_changes: super::changes::Deferred,
+    /// Cluster mode: identities of the change texts this shard sends, and
+    /// the last one each account took from each sender.
+    pub change_ids: super::changes::Ids,
     /// Cluster mode: this shard's operations in flight by the map version
     /// they routed with (`Shard::routing`).
     pub routings: Rc<super::cluster::Routings>,
@@ -773,10 +777,11 @@ impl Shard {
             }
             ShardMsg::Changes {
                 account,
+                id,
                 changes,
                 reply,
             } => {
-                let r = super::changes::apply_here(&self, &account, changes).await;
+                let r = super::changes::apply_here(&self, &account, id, changes).await;
                 let _ = reply.send(r);
             }
             ShardMsg::Export { account, out } => {
@@ -1139,6 +1144,7 @@ pub async fn run(shared: Arc<Shared>, mesh: MeshBuilder<ShardMsg, Full>) -> Resu
         digests: Default::default(),
         change_order: Default::default(),
         deferred_changes: Default::default(),
+        change_ids: Default::default(),
         routings: Rc::new(super::cluster::Routings::new(id, shared.in_flight.clone())),
         connections: Cell::new(0),
         stopping: Cell::new(false),
