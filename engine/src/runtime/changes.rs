@@ -387,12 +387,37 @@ pub async fn commit(shard: &Shard, ops: &[Op<'_>]) -> Result<(), StorageError> {
     }
     shard.store.commit(ops).await?;
     for (account, list, held, ticket) in owed {
+        // Written here, not yet sent: if this future is dropped now (the
+        // shutdown's grace ran out), say so.
+        let mut unsent = Unsent {
+            account,
+            sent: false,
+        };
         let texts = texts(shard, list, &held).await;
         drop(held);
         ticket.turn().await;
         send(shard, account, &texts).await;
+        unsent.sent = true;
     }
     Ok(())
+}
+
+/// A commit written here whose changes the replica has not been sent.
+struct Unsent<'a> {
+    account: &'a str,
+    sent: bool,
+}
+
+impl Drop for Unsent<'_> {
+    fn drop(&mut self) {
+        if !self.sent {
+            tracing::error!(
+                event = "change_not_replicated",
+                account = self.account,
+                "cluster: a change made here was not sent to the replica (stopped first)"
+            );
+        }
+    }
 }
 
 impl Pending {
@@ -786,15 +811,39 @@ impl Ids {
 pub struct Deferred {
     by_bucket: std::cell::RefCell<HashMap<u32, Vec<(String, Change)>>>,
     count: std::cell::Cell<usize>,
+    bytes: std::cell::Cell<usize>,
 }
 
-/// Changes a shard keeps for [`replay`] at most; past this they are
-/// dropped (and logged).
+/// Changes a shard keeps for [`replay`] at most, and their size (names,
+/// digests, keywords); past either they are dropped (and logged).
 const DEFERRED_MAX: usize = 100_000;
+const DEFERRED_BYTES_MAX: usize = 64 << 20;
+
+/// About what a kept change holds in memory.
+fn weight(c: &Change) -> usize {
+    let names = |v: &[String]| v.iter().map(|k| k.len() + 24).sum::<usize>();
+    64 + match c {
+        Change::Create { name, .. } | Change::Delete { name } | Change::Subscribe { name, .. } => {
+            name.len()
+        }
+        Change::Rename { from, to } => from.len() + to.len(),
+        Change::Flags {
+            mailbox, keywords, ..
+        } => mailbox.len() + names(keywords),
+        Change::Expunge { mailbox, digests } => mailbox.len() + 16 * digests.len(),
+        Change::Link {
+            from, to, keywords, ..
+        } => from.len() + to.len() + names(keywords),
+    }
+}
 
 impl Deferred {
     fn put(&self, bucket: u32, account: &str, changes: Vec<Change>) {
-        if self.count.get() + changes.len() > DEFERRED_MAX {
+        let bytes: usize =
+            changes.iter().map(weight).sum::<usize>() + account.len() * changes.len();
+        if self.count.get() + changes.len() > DEFERRED_MAX
+            || self.bytes.get() + bytes > DEFERRED_BYTES_MAX
+        {
             tracing::warn!(
                 account,
                 changes = changes.len(),
@@ -803,9 +852,19 @@ impl Deferred {
             return;
         }
         self.count.set(self.count.get() + changes.len());
+        self.bytes.set(self.bytes.get() + bytes);
         let mut m = self.by_bucket.borrow_mut();
         let list = m.entry(bucket).or_default();
         list.extend(changes.into_iter().map(|c| (account.to_string(), c)));
+    }
+
+    /// Changes taken out of the lists.
+    fn released<'a>(&self, gone: impl Iterator<Item = &'a (String, Change)>) {
+        for (a, c) in gone {
+            self.count.set(self.count.get().saturating_sub(1));
+            self.bytes
+                .set(self.bytes.get().saturating_sub(weight(c) + a.len()));
+        }
     }
 
     fn has(&self, bucket: u32, account: &str) -> bool {
@@ -822,12 +881,12 @@ impl Deferred {
         let Some(list) = m.get_mut(&bucket) else {
             return;
         };
-        let before = list.len();
-        list.retain(|(a, c)| {
-            !(a == account
-                && matches!(c, Change::Flags { mailbox: mb, digest: d, .. } if mb == mailbox && d == digest))
+        let (gone, kept): (Vec<_>, Vec<_>) = std::mem::take(list).into_iter().partition(|(a, c)| {
+            a == account
+                && matches!(c, Change::Flags { mailbox: mb, digest: d, .. } if mb == mailbox && d == digest)
         });
-        self.count.set(self.count.get() - (before - list.len()));
+        *list = kept;
+        self.released(gone.iter());
     }
 
     /// The first account's run of changes kept for `bucket`, taken out
@@ -840,9 +899,9 @@ impl Deferred {
             return None;
         };
         let n = list.iter().take_while(|(a, _)| *a == account).count();
-        let run: Vec<Change> = list.drain(..n).map(|(_, c)| c).collect();
-        self.count.set(self.count.get() - n);
-        Some((account, run))
+        let run: Vec<(String, Change)> = list.drain(..n).collect();
+        self.released(run.iter());
+        Some((account, run.into_iter().map(|(_, c)| c).collect()))
     }
 
     /// The bucket will not be copied here after all.
@@ -852,7 +911,7 @@ impl Deferred {
             .borrow_mut()
             .remove(&bucket)
             .unwrap_or_default();
-        self.count.set(self.count.get() - list.len());
+        self.released(list.iter());
     }
 }
 
@@ -1257,11 +1316,18 @@ mod tests {
         assert_eq!(d.next_run(7), Some(("a".into(), vec![flags(2)])));
         assert_eq!(d.next_run(7), Some(("b".into(), vec![flags(3)])));
         assert_eq!(d.next_run(7), None);
-        assert_eq!(d.count.get(), 0);
+        assert_eq!((d.count.get(), d.bytes.get()), (0, 0));
         d.put(9, "a", (0..DEFERRED_MAX).map(|_| flags(0)).collect());
         d.put(9, "a", vec![flags(1)]);
         assert_eq!(d.count.get(), DEFERRED_MAX, "past the bound, dropped");
         d.forget(9);
-        assert_eq!(d.count.get(), 0);
+        assert_eq!((d.count.get(), d.bytes.get()), (0, 0));
+        // The size bound: one expunge of many digests.
+        let huge = Change::Expunge {
+            mailbox: "INBOX".into(),
+            digests: vec![[0; 16]; DEFERRED_BYTES_MAX / 16],
+        };
+        d.put(9, "a", vec![huge]);
+        assert_eq!(d.count.get(), 0, "past the size bound, dropped");
     }
 }
