@@ -90,6 +90,15 @@ fn unhex(s: &str) -> Option<Digest> {
     Some(d)
 }
 
+/// Keyword names at the end of a line, each after a space, and the line end.
+fn push_names(out: &mut String, names: &[String]) {
+    for k in names {
+        out.push(' ');
+        out.push_str(&xtext_encode(k));
+    }
+    out.push('\n');
+}
+
 /// The text form of `changes`.
 pub fn encode(changes: &[Change]) -> Vec<u8> {
     let mut out = String::new();
@@ -120,11 +129,7 @@ pub fn encode(changes: &[Change]) -> Vec<u8> {
                     xtext_encode(mailbox),
                     hex(digest)
                 ));
-                for k in keywords {
-                    out.push(' ');
-                    out.push_str(&xtext_encode(k));
-                }
-                out.push('\n');
+                push_names(&mut out, keywords);
             }
             Change::Expunge { mailbox, digests } => {
                 for part in digests.chunks(EXPUNGE_LINE_MAX) {
@@ -149,11 +154,7 @@ pub fn encode(changes: &[Change]) -> Vec<u8> {
                     xtext_encode(to),
                     hex(digest)
                 ));
-                for k in keywords {
-                    out.push(' ');
-                    out.push_str(&xtext_encode(k));
-                }
-                out.push('\n');
+                push_names(&mut out, keywords);
             }
         }
     }

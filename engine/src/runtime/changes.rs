@@ -1031,15 +1031,9 @@ async fn apply(
                 flags,
                 keywords,
             } => {
-                let uid = match mailbox_id(shard, account, &mailbox) {
-                    Some(id) => by_digest(shard, account, id, &mut found)
-                        .await
-                        .get(&digest)
-                        .and_then(|uids| uids.first())
-                        .map(|u| (id, *u)),
-                    None => None,
-                };
-                let Some((id, uid)) = uid else {
+                let Some((id, uid)) =
+                    first_with(shard, account, &mailbox, &digest, &mut found).await
+                else {
                     missed.push(Change::Flags {
                         mailbox,
                         digest,
@@ -1123,7 +1117,11 @@ async fn apply(
                 flags,
                 keywords,
             } => {
-                if replay && holds(shard, account, &to, &digest, &mut found).await {
+                if replay
+                    && first_with(shard, account, &to, &digest, &mut found)
+                        .await
+                        .is_some()
+                {
                     continue;
                 }
                 let linked = link(
@@ -1152,21 +1150,20 @@ async fn apply(
     Ok(missed)
 }
 
-/// Does mailbox `name` hold a message with `digest`?
-async fn holds(
+/// The mailbox `name` and its first message with `digest`, if it has one.
+async fn first_with(
     shard: &Shard,
     account: &str,
     name: &str,
     digest: &Digest,
     found: &mut Found,
-) -> bool {
-    match mailbox_id(shard, account, name) {
-        Some(id) => by_digest(shard, account, id, found)
-            .await
-            .get(digest)
-            .is_some_and(|u| !u.is_empty()),
-        None => false,
-    }
+) -> Option<(u32, u32)> {
+    let id = mailbox_id(shard, account, name)?;
+    let uid = *by_digest(shard, account, id, found)
+        .await
+        .get(digest)?
+        .first()?;
+    Some((id, uid))
 }
 
 /// A copy of the message with `digest` into `to`, with the primary's
