@@ -323,32 +323,50 @@ async fn sender_map_seen(shard: &Shard, map_version: Option<u64>) -> Result<(), 
     }
 }
 
-/// Cluster mode at the end of data: hand the shares of the buckets other
-/// nodes are primary for to those nodes, and the copies of what stays
-/// here to each bucket's replica; Ok with the accounts to store here once
-/// every other node answered 250 (durable there). `internal`: the message
-/// came from another node (see [`Shard::route`]); it routes with a map at
-/// least as new as the one the sender routed with (`XMAP=`), so a node
-/// that has not yet seen a bucket leave it does not store it. The other
-/// node adds its Received: and Return-Path:; our Authentication-Results
-/// and `junk` (the edge's verdict: `XJUNK`) go with the message.
-pub async fn hand_over(
+/// Cluster mode at the end of data, first half: where the message goes.
+/// `here`: the accounts whose bucket this node is primary for (stored
+/// here); `away`: the shares of the buckets other nodes are primary for,
+/// and the copies of `here` for each bucket's replica. Err (451) when a
+/// bucket's node or replica is not live, before anything is stored
+/// anywhere. `internal`: the message came from another node (see
+/// [`Shard::route`]); it routes with a map at least as new as the one the
+/// sender routed with (`XMAP=`), so a node that has not yet seen a bucket
+/// leave it does not store it.
+pub async fn plan_delivery(
     shard: &Shard,
     accounts: &[String],
     internal: bool,
     tx: &Transaction,
-    results_field: Option<&str>,
-    body: &[u8],
-    junk: bool,
-) -> Result<Vec<String>, String> {
+) -> Result<Routes, String> {
     if internal {
         sender_map_seen(shard, tx.map_version).await?;
     }
     let routes = shard.route(accounts, internal)?;
-    let mut handovers = routes.away;
-    handovers.extend(shard.replicas(&routes.here)?);
-    if handovers.is_empty() {
-        return Ok(routes.here);
+    let mut away = routes.away;
+    away.extend(shard.replicas(&routes.here)?);
+    Ok(Routes {
+        here: routes.here,
+        away,
+    })
+}
+
+/// Second half: hand the message to every node of `away` at once; Ok once
+/// each answered 250 (durable there), else the first failure. It runs
+/// beside the local commit of `here`: the 250 to the client waits for
+/// both, so a replica's round trip and group commit overlap this node's
+/// instead of following it. The other node adds its Received: and
+/// Return-Path:; our Authentication-Results and `junk` (the edge's
+/// verdict: `XJUNK`) go with the message.
+pub async fn send_copies(
+    shard: &Shard,
+    away: &[Away],
+    tx: &Transaction,
+    results_field: Option<&str>,
+    body: &[u8],
+    junk: bool,
+) -> Result<(), String> {
+    if away.is_empty() {
+        return Ok(());
     }
     let joined;
     let bytes: &[u8] = match results_field {
@@ -369,7 +387,7 @@ pub async fn hand_over(
         changes: false,
     };
     // Every node at once; the first failure is the answer.
-    let sends = handovers.iter().map(|away| async {
+    let sends = away.iter().map(|away| async {
         super::peer::hand_over(shard, away.to, &away.pins, &away.recipients, &message)
             .await
             .map_err(|e| format!("{} at {}: {e}", away.node, away.to))?;
@@ -383,7 +401,7 @@ pub async fn hand_over(
     for r in futures::future::join_all(sends).await {
         r?;
     }
-    Ok(routes.here)
+    Ok(())
 }
 
 /// The primary's half of replicating an IMAP APPEND: before the message

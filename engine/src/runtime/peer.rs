@@ -4,8 +4,10 @@
 //! A session is set up once (TCP, greeting, EHLO, STARTTLS with the
 //! member's published fingerprints pinned and this node's certificate
 //! presented, EHLO again) and then carries many hand-overs, one
-//! transaction each: MAIL and RCPT pipelined (RFC 2920), then the message
-//! in one BDAT chunk (RFC 3030, its octets exactly as stored): setting
+//! transaction each: MAIL, RCPT and the message in one BDAT chunk (RFC
+//! 3030, its octets exactly as stored) pipelined (RFC 2920) in one write
+//! when there is one recipient; with several, MAIL and RCPT are answered
+//! before the message is sent ([`Peer::send`]). Setting
 //! up a mutual-TLS session per message cost about twenty times a local
 //! delivery. Sessions go back to their shard's [`Pool`] after a transaction
 //! that ended in 250 and are dropped after any failure. A pooled session
@@ -209,15 +211,46 @@ impl Peer {
         for r in recipients {
             head.push_str(&format!("RCPT TO:<{r}>\r\n"));
         }
+        // One recipient (every replica copy of a one-recipient message, and
+        // most hand-overs): the whole transaction goes in one write, BDAT
+        // pipelined behind MAIL and RCPT (RFC 2920; RFC 3030 section 4.2).
+        // Should MAIL or RCPT be refused, the BDAT fails for want of a
+        // recipient: the other node reads its chunk and stores nothing.
+        // This saves a round trip, and the message is on its way before
+        // this node's executor turns to its own commit. With several
+        // recipients, one refused RCPT must stop the message before it
+        // is sent (the others would store it, and the hand-over would
+        // still fail), so MAIL and RCPT are answered first.
+        let pipelined = recipients.len() == 1;
+        let mut out = head.into_bytes();
+        if pipelined {
+            out.extend_from_slice(format!("BDAT {} LAST\r\n", m.body.len()).as_bytes());
+            if m.body.len() <= GATHER_MAX {
+                out.extend_from_slice(m.body);
+            }
+        }
         let conn = &mut self.conn;
         let broken = Failed::Broken;
-        conn.write_all(head.as_bytes())
+        // A failed write left the chunk incomplete: nothing was stored.
+        conn.write_all(&out)
             .await
             .map_err(|e| broken(e.to_string()))?;
+        if pipelined && m.body.len() > GATHER_MAX {
+            for piece in m.body.chunks(GATHER_MAX) {
+                conn.write_all(piece)
+                    .await
+                    .map_err(|e| broken(e.to_string()))?;
+            }
+        }
         // MAIL's and every RCPT's reply. After a refusal the session is
         // dropped, so what is left unread does not matter. A 421 is the
         // other node closing the session (its idle timeout, a shutdown):
-        // nothing was taken.
+        // nothing was taken. A session that ends before these replies
+        // (a pooled one the other node closed) is tried again on a new
+        // one; pipelined, the other node could in principle have stored
+        // the message and died before answering, which the retry shares
+        // with the client's own retry after a 451 (the duplicate window
+        // stores such a message once).
         for _ in 0..=recipients.len() {
             match reply(conn).await.map_err(broken)? {
                 (250, _) => {}
@@ -229,14 +262,16 @@ impl Peer {
         // stored here, where DATA would wrap long lines and make line ends
         // uniform.
         let after = Failed::After;
-        let chunk = format!("BDAT {} LAST\r\n", m.body.len());
-        conn.write_all(chunk.as_bytes())
-            .await
-            .map_err(|e| after(e.to_string()))?;
-        for piece in m.body.chunks(GATHER_MAX) {
-            conn.write_all(piece)
+        if !pipelined {
+            let chunk = format!("BDAT {} LAST\r\n", m.body.len());
+            conn.write_all(chunk.as_bytes())
                 .await
                 .map_err(|e| after(e.to_string()))?;
+            for piece in m.body.chunks(GATHER_MAX) {
+                conn.write_all(piece)
+                    .await
+                    .map_err(|e| after(e.to_string()))?;
+            }
         }
         match reply(conn).await.map_err(after)? {
             (250, _) => Ok(()),

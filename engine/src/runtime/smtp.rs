@@ -718,18 +718,10 @@ pub async fn serve(
                     } else {
                         shard.routing()
                     };
-                    let accounts = match super::cluster::hand_over(
-                        &shard,
-                        &accounts,
-                        internal,
-                        &tx,
-                        results_field.as_deref(),
-                        &body,
-                        folder == Folder::Junk,
-                    )
-                    .await
+                    let plan = match super::cluster::plan_delivery(&shard, &accounts, internal, &tx)
+                        .await
                     {
-                        Ok(here) => here,
+                        Ok(plan) => plan,
                         Err(why) => {
                             tracing::warn!(%peer, why, "cluster: a recipient's node did not take the message; deferred with 451");
                             finish!(DeliveryOutcome::OwnerUnavailable);
@@ -747,18 +739,44 @@ pub async fn serve(
                     if let Some(field) = &results_field {
                         prefix.extend_from_slice(field.as_bytes());
                     }
-                    if accounts.is_empty() {
-                        left = Some(body);
+                    // The other nodes' shares and the replica copies travel
+                    // while the local share is committed; the 250 waits for
+                    // both. Should a copy fail after the local commit, the
+                    // client's retry is stored here once (`once`).
+                    let body = Arc::new(body);
+                    let sends = super::cluster::send_copies(
+                        &shard,
+                        &plan.away,
+                        &tx,
+                        results_field.as_deref(),
+                        &body,
+                        folder == Folder::Junk,
+                    );
+                    let (sent, stored) = if plan.here.is_empty() {
+                        (sends.await, Ok(()))
                     } else {
                         // Cluster mode: a retry of what a failure left
                         // stored here is stored once.
                         let once = shard.once_for(&tx.reverse_path, &body);
-                        let (r, b) = shard
-                            .deliver_to(&accounts, folder, prefix, body, now, once)
-                            .await;
-                        result = r;
-                        left = b;
+                        futures::join!(
+                            sends,
+                            shard.deliver_shared(
+                                &plan.here,
+                                folder,
+                                prefix,
+                                body.clone(),
+                                now,
+                                once
+                            )
+                        )
+                    };
+                    if let Err(why) = sent {
+                        tracing::warn!(%peer, why, "cluster: a recipient's node did not take the message; deferred with 451");
+                        finish!(DeliveryOutcome::OwnerUnavailable);
+                        continue;
                     }
+                    result = stored;
+                    left = Arc::try_unwrap(body).ok();
                 } else {
                     left = Some(body);
                 }

@@ -1972,6 +1972,22 @@ mod tests {
             ),
             format!("{EHLO}{MAIL_OK}554 5.5.1 Error: no valid recipients\r\n{OK}")
         );
+        // A refused RCPT with BDAT pipelined behind it (a cluster hand-over
+        // to one recipient, `runtime::peer`): the chunk is read, nothing
+        // is stored, the session goes on.
+        let r = run_with(
+            params(),
+            "EHLO c\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<x@elsewhere.test>\r\n\
+             BDAT 6 LAST\r\nQUIT\r\nNOOP\r\n",
+        );
+        assert!(r.delivered.is_empty(), "{}", r.out);
+        assert!(
+            r.out.ends_with(&format!(
+                "{MAIL_OK}{DENIED}554 5.5.1 Error: no valid recipients\r\n{OK}"
+            )),
+            "{}",
+            r.out
+        );
         // Readable size, bad keyword: the chunk is swallowed, then 501.
         assert_eq!(
             replies_to("EHLO client.test\r\nBDAT 6 LATEST\r\nQUIT\r\nNOOP\r\n"),
