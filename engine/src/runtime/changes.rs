@@ -278,6 +278,8 @@ struct Line {
     next: u64,
     serving: u64,
     done: std::collections::BTreeSet<u64>,
+    /// Tickets waiting for their turn, woken when `serving` moves.
+    waiting: Vec<std::task::Waker>,
 }
 
 /// One commit's place in its account's [`Order`]; its turn ends when it
@@ -305,18 +307,19 @@ impl Order {
 impl Ticket<'_> {
     /// Wait until every earlier commit of the account has sent its changes.
     async fn turn(&self) {
-        loop {
-            let serving = self
-                .order
-                .0
-                .borrow()
-                .get(&self.account)
-                .map_or(self.number, |l| l.serving);
-            if serving >= self.number {
-                return;
+        std::future::poll_fn(|cx| {
+            let mut lines = self.order.0.borrow_mut();
+            match lines.get_mut(&self.account) {
+                Some(line) if line.serving < self.number => {
+                    if !line.waiting.iter().any(|w| w.will_wake(cx.waker())) {
+                        line.waiting.push(cx.waker().clone());
+                    }
+                    std::task::Poll::Pending
+                }
+                _ => std::task::Poll::Ready(()),
             }
-            glommio::timer::sleep(std::time::Duration::from_millis(1)).await;
-        }
+        })
+        .await
     }
 }
 
@@ -327,11 +330,22 @@ impl Drop for Ticket<'_> {
             return;
         };
         line.done.insert(self.number);
+        let before = line.serving;
         while line.done.remove(&line.serving) {
             line.serving += 1;
         }
+        let woken = if line.serving > before {
+            std::mem::take(&mut line.waiting)
+        } else {
+            Vec::new()
+        };
         if line.serving == line.next {
             lines.remove(&self.account);
+        }
+        drop(lines);
+        // Each checks its own number again (and waits again if not yet).
+        for w in woken {
+            w.wake();
         }
     }
 }
@@ -1278,6 +1292,32 @@ mod tests {
         assert_eq!(serving(&o, "b"), Some(0));
         drop(other);
         assert!(o.0.borrow().is_empty());
+    }
+
+    /// A commit waiting for its turn is woken when the one before it ends,
+    /// not by a timer.
+    #[test]
+    fn a_waiting_turn_is_woken_when_the_earlier_commit_ends() {
+        use std::future::Future;
+        use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+        struct Count(AtomicUsize);
+        impl futures::task::ArcWake for Count {
+            fn wake_by_ref(c: &std::sync::Arc<Self>) {
+                c.0.fetch_add(1, SeqCst);
+            }
+        }
+        let o = Order::default();
+        let (t0, t1) = (o.take("a"), o.take("a"));
+        let count = std::sync::Arc::new(Count(AtomicUsize::new(0)));
+        let waker = futures::task::waker(count.clone());
+        let mut cx = std::task::Context::from_waker(&waker);
+        let mut turn = Box::pin(t1.turn());
+        assert!(turn.as_mut().poll(&mut cx).is_pending());
+        assert!(turn.as_mut().poll(&mut cx).is_pending());
+        assert_eq!(o.0.borrow()["a"].waiting.len(), 1, "registered once");
+        drop(t0);
+        assert_eq!(count.0.load(SeqCst), 1);
+        assert!(turn.as_mut().poll(&mut cx).is_ready());
     }
 
     #[test]
