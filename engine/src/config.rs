@@ -100,6 +100,13 @@ pub struct Cluster {
     /// machine from the mail it serves meanwhile; 0: no pause.
     #[serde(default)]
     pub copy_pause_ms: u64,
+    /// How long a hand-over to another node (a message, a replica copy, a
+    /// change) may take, from connecting to its last answer. A node that
+    /// runs out of it is not tried again for a while (`runtime::peer`):
+    /// its buckets answer 451 / `NO [UNAVAILABLE]` at once instead of
+    /// each waiting this long.
+    #[serde(default = "cluster_peer_timeout_default")]
+    pub peer_timeout_ms: u64,
     /// etcd authentication: the user, and a file holding its password (read
     /// at each connection, so it can be rotated). Off loopback only over
     /// `https://` endpoints.
@@ -124,6 +131,10 @@ fn cluster_lease_ttl_default() -> u64 {
 
 fn cluster_duplicate_window_default() -> u64 {
     3600
+}
+
+fn cluster_peer_timeout_default() -> u64 {
+    30_000
 }
 
 impl Cluster {
@@ -220,6 +231,9 @@ impl Cluster {
         }
         if self.copy_pause_ms > 10_000 {
             return Err("cluster.copy_pause_ms: at most 10000".into());
+        }
+        if !(500..=60_000).contains(&self.peer_timeout_ms) {
+            return Err("cluster.peer_timeout_ms must be between 500 and 60000".into());
         }
         Ok(())
     }
@@ -1338,6 +1352,10 @@ cache_max_entries = 16384
 # A bucket copy (to a node that gained buckets) pauses this many
 # milliseconds before each account it stores; 0: as fast as it can.
 # copy_pause_ms = 0
+# A hand-over to another node (a message, a replica copy, a change) that
+# takes longer than this fails (451 / NO [UNAVAILABLE]), and that node is
+# not tried again for 10 seconds: its buckets answer at once meanwhile.
+# peer_timeout_ms = 30000
 # etcd over TLS (https:// endpoints) with the CA that signs its certificate,
 # optionally a client certificate, and etcd authentication (the password
 # in a file of its own; refused over http:// off loopback).

@@ -1903,3 +1903,95 @@ m.logout()
     });
     assert_eq!(mailbox_state(nodes[1].imap, &account), before);
 }
+
+/// A replica that is live (its lease renewed) but does not answer, here
+/// a stopped process whose lease outlasts the pause: the first delivery
+/// waits `peer_timeout_ms` and gets 451; for a while after that the node
+/// is not tried, so its buckets answer at once (SMTP 451, IMAP `NO
+/// [UNAVAILABLE]`, before anything is written) instead of each waiting
+/// out the timeout; once it answers again, mail is acknowledged again.
+#[test]
+fn a_silent_replica_fails_its_buckets_at_once_instead_of_holding_each_delivery() {
+    let Some(etcd) = etcd() else { return };
+    let accounts: Vec<String> = (0..8).map(|i| format!("q{i}@example.test")).collect();
+    let name = format!("si{}", std::process::id());
+    let nodes: Vec<Server> = ["n1", "n2"]
+        .iter()
+        .map(|n| {
+            let config =
+                node_config(&etcd, &name, n).replace("lease_ttl_secs = 3", "lease_ttl_secs = 15");
+            Server::options()
+                .cores(1)
+                .accounts(&accounts)
+                .config(&format!("{config}peer_timeout_ms = 1500\n"))
+                .start()
+        })
+        .collect();
+    let r = cluster_cmd(&nodes[0], &["rebalance"]);
+    wait_map(&nodes, &r);
+    let account = accounts
+        .iter()
+        .find(|a| primary_of(&nodes[0], a) == "n1")
+        .expect("an account on n1")
+        .clone();
+    assert_eq!(replica_of(&nodes[0], &account), "n2");
+    let msg =
+        |i: usize| format!("Message-ID: <si{i}@example.org>\r\nSubject: si{i}\r\n\r\nbody\r\n");
+    assert_eq!(
+        send_code(nodes[0].smtp, &[&account], msg(0).as_bytes()),
+        250
+    );
+    let mut imap = Client::connect(nodes[0].imap);
+    imap.set_read_timeout(Duration::from_secs(30));
+    assert!(imap.line().starts_with("* OK"));
+    let tagged = |c: &mut Client, tag: &str, command: &str| -> (String, Duration) {
+        let t = Instant::now();
+        c.send(format!("{tag} {command}\r\n").as_bytes());
+        loop {
+            let l = c.line();
+            if l.starts_with(&format!("{tag} ")) {
+                return (l, t.elapsed());
+            }
+        }
+    };
+    let (r, _) = tagged(&mut imap, "a", &format!("LOGIN {account} {PASSWORD}"));
+    assert!(r.starts_with("a OK"), "{r}");
+    let (r, _) = tagged(&mut imap, "b", "SELECT INBOX");
+    assert!(r.starts_with("b OK"), "{r}");
+
+    let pid = nodes[1].pid().unwrap() as libc::pid_t;
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    let t = Instant::now();
+    let code = send_code(nodes[0].smtp, &[&account], msg(1).as_bytes());
+    let first = t.elapsed();
+    assert_eq!(code, 451);
+    assert!(
+        first >= Duration::from_millis(1400) && first < Duration::from_secs(10),
+        "the first delivery waits the timeout: {first:?}"
+    );
+    let t = Instant::now();
+    assert_eq!(
+        send_code(nodes[0].smtp, &[&account], msg(2).as_bytes()),
+        451
+    );
+    assert!(
+        t.elapsed() < Duration::from_millis(1000),
+        "later ones fail at once: {:?}",
+        t.elapsed()
+    );
+    let (r, took) = tagged(&mut imap, "c", "STORE 1 +FLAGS (\\Seen)");
+    assert!(r.starts_with("c NO [UNAVAILABLE]"), "{r}");
+    assert!(took < Duration::from_millis(1000), "{took:?}");
+    assert!(nodes[0].stderr_text().contains("event=\"peer_silent\""));
+
+    // SAFETY: as above.
+    unsafe { libc::kill(pid, libc::SIGCONT) };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while send_code(nodes[0].smtp, &[&account], msg(3).as_bytes()) != 250 {
+        assert!(Instant::now() < deadline, "never acknowledged again");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let (r, _) = tagged(&mut imap, "d", "STORE 1 +FLAGS (\\Seen)");
+    assert!(r.starts_with("d OK"), "{r}");
+}

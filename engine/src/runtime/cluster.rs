@@ -249,7 +249,7 @@ impl Shard {
                     "bucket {bucket} of {a} belongs to {owner}, not to this node"
                 ));
             }
-            push_away(&mut routes.away, &m.view, owner, bucket, a)?;
+            push_away(&mut routes.away, &m.view, &self.peers, owner, bucket, a)?;
         }
         Ok(routes)
     }
@@ -269,7 +269,7 @@ impl Shard {
                 continue;
             }
             match map.replica_of(bucket) {
-                Some(r) if r != m.me => push_away(&mut copies, &m.view, r, bucket, a)?,
+                Some(r) if r != m.me => push_away(&mut copies, &m.view, &self.peers, r, bucket, a)?,
                 _ => {}
             }
         }
@@ -277,10 +277,12 @@ impl Shard {
     }
 }
 
-/// Add `account` to the share of `node` (a live member) in `list`.
+/// Add `account` to the share of `node` (a live member, not gone silent:
+/// [`super::peer::Pool::is_silent`]) in `list`.
 fn push_away(
     list: &mut Vec<Away>,
     view: &View,
+    peers: &super::peer::Pool,
     node: &str,
     bucket: u32,
     account: &str,
@@ -292,6 +294,11 @@ fn push_away(
     let to = member
         .internal_addr()
         .ok_or_else(|| format!("node {node}: bad internal address {:?}", member.internal))?;
+    if peers.is_silent(to) {
+        return Err(format!(
+            "node {node} of bucket {bucket} did not answer a hand-over in time"
+        ));
+    }
     match list.iter_mut().find(|w| w.to == to) {
         Some(w) => w.recipients.push(account.to_string()),
         None => list.push(Away {

@@ -280,14 +280,49 @@ impl Peer {
     }
 }
 
-/// Idle sessions of a shard, per other node's internal address.
+/// How long a node whose hand-over ran out of time is not tried again.
+/// Meanwhile its lease either lapses (a failover or a new replica follows)
+/// or it answers the next attempt.
+pub const SILENT_HOLD: Duration = Duration::from_secs(10);
+
+/// A shard's sessions with the other nodes: the idle ones per node's
+/// internal address, and the nodes that went silent.
 #[derive(Default)]
-pub struct Pool(RefCell<HashMap<SocketAddr, Vec<Peer>>>);
+pub struct Pool {
+    idle: RefCell<HashMap<SocketAddr, Vec<Peer>>>,
+    /// Until when each silent node is not tried.
+    silent: RefCell<HashMap<SocketAddr, Instant>>,
+}
 
 impl Pool {
+    /// Is `to` a node whose last hand-over ran out of time less than
+    /// [`SILENT_HOLD`] ago? Its buckets fail at once instead of each
+    /// waiting out the timeout: a node that is live (its lease renewed)
+    /// but wedged (a stuck disk, an overloaded machine) would otherwise
+    /// hold every delivery and change of its buckets for that long.
+    pub fn is_silent(&self, to: SocketAddr) -> bool {
+        let mut silent = self.silent.borrow_mut();
+        match silent.get(&to) {
+            Some(until) if Instant::now() < *until => true,
+            Some(_) => {
+                silent.remove(&to);
+                false
+            }
+            None => false,
+        }
+    }
+
+    fn went_silent(&self, to: SocketAddr) {
+        self.silent
+            .borrow_mut()
+            .insert(to, Instant::now() + SILENT_HOLD);
+        // Its idle sessions are as stuck as the one that ran out.
+        self.idle.borrow_mut().remove(&to);
+    }
+
     /// An idle session with `to`, if one is fresh enough.
     fn take(&self, to: SocketAddr) -> Option<Peer> {
-        let mut all = self.0.borrow_mut();
+        let mut all = self.idle.borrow_mut();
         let list = all.get_mut(&to)?;
         while let Some(p) = list.pop() {
             if p.idle_since.elapsed() < POOL_IDLE_MAX {
@@ -298,7 +333,7 @@ impl Pool {
     }
 
     fn give_back(&self, to: SocketAddr, mut p: Peer) {
-        let mut all = self.0.borrow_mut();
+        let mut all = self.idle.borrow_mut();
         let list = all.entry(to).or_default();
         // The oldest go first: they are the likeliest to be closed.
         list.retain(|q| q.idle_since.elapsed() < POOL_IDLE_MAX);
@@ -310,7 +345,7 @@ impl Pool {
 
     /// Idle sessions held now (all nodes).
     pub fn idle(&self) -> usize {
-        self.0.borrow().values().map(Vec::len).sum()
+        self.idle.borrow().values().map(Vec::len).sum()
     }
 }
 
@@ -325,22 +360,43 @@ pub async fn hand_over(
     m: &Outgoing<'_>,
 ) -> Result<(), String> {
     let pool = &shard.peers;
-    let mut pooled = pool.take(to);
-    loop {
-        let reused = pooled.is_some();
-        let mut peer = match pooled.take() {
-            Some(p) => p,
-            None => connect(shard, to, pins.to_vec()).await?,
-        };
-        match peer.send(recipients, m).await {
-            Ok(()) => {
-                pool.give_back(to, peer);
-                return Ok(());
-            }
-            Err(Failed::Broken(why)) if reused => {
-                tracing::debug!(%to, why, "cluster: a pooled session was closed; trying a new one");
-            }
-            Err(e) => return Err(e.into_reason()),
-        }
+    if pool.is_silent(to) {
+        return Err(format!(
+            "it did not answer a hand-over in time; not tried for up to {} s",
+            SILENT_HOLD.as_secs()
+        ));
     }
+    let limit = shard
+        .config()
+        .cluster
+        .as_ref()
+        .map_or(STEP_TIMEOUT, |c| Duration::from_millis(c.peer_timeout_ms));
+    // The whole hand-over, connecting included, in `limit`.
+    let attempts = async {
+        let mut pooled = pool.take(to);
+        loop {
+            let reused = pooled.is_some();
+            let mut peer = match pooled.take() {
+                Some(p) => p,
+                None => connect(shard, to, pins.to_vec()).await?,
+            };
+            match peer.send(recipients, m).await {
+                Ok(()) => {
+                    pool.give_back(to, peer);
+                    return Ok(());
+                }
+                Err(Failed::Broken(why)) if reused => {
+                    tracing::debug!(%to, why, "cluster: a pooled session was closed; trying a new one");
+                }
+                Err(e) => return Err(e.into_reason()),
+            }
+        }
+    };
+    let timer = async {
+        glommio::timer::sleep(limit).await;
+        pool.went_silent(to);
+        tracing::warn!(event = "peer_silent", %to, limit_ms = limit.as_millis() as u64, hold_s = SILENT_HOLD.as_secs(), "cluster: a node did not answer a hand-over in time; its buckets fail at once for a while");
+        Err(format!("no answer within {} ms", limit.as_millis()))
+    };
+    futures_lite::future::or(attempts, timer).await
 }
