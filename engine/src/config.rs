@@ -232,8 +232,10 @@ impl Cluster {
         if self.copy_pause_ms > 10_000 {
             return Err("cluster.copy_pause_ms: at most 10000".into());
         }
-        if !(500..=60_000).contains(&self.peer_timeout_ms) {
-            return Err("cluster.peer_timeout_ms must be between 500 and 60000".into());
+        // A node receiving a hand-over may wait 2 s for the sender's map,
+        // and its own onward copies get half of this.
+        if !(5_000..=60_000).contains(&self.peer_timeout_ms) {
+            return Err("cluster.peer_timeout_ms must be between 5000 and 60000".into());
         }
         Ok(())
     }

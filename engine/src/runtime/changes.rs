@@ -514,8 +514,19 @@ async fn send(shard: &Shard, account: &str, texts: &[Vec<u8>]) {
         let mut last_error = String::new();
         let mut sent = false;
         for attempt in 0..SEND_ATTEMPTS {
-            if attempt > 0 {
-                glommio::timer::sleep(std::time::Duration::from_millis(300)).await;
+            // The last attempt comes after a silent replica's hold
+            // (`peer::SILENT_HOLD`): the change is written here already,
+            // and a replica that stalled once may answer by then (or the
+            // map names another).
+            match attempt {
+                0 => {}
+                1 => glommio::timer::sleep(std::time::Duration::from_millis(300)).await,
+                _ => {
+                    glommio::timer::sleep(
+                        super::peer::SILENT_HOLD + std::time::Duration::from_millis(500),
+                    )
+                    .await
+                }
             }
             let away = match shard.replicas(&[account.to_string()]) {
                 Ok(away) if away.is_empty() => {
@@ -544,7 +555,8 @@ async fn send(shard: &Shard, account: &str, texts: &[Vec<u8>]) {
             let mut failed = None;
             for a in &away {
                 if let Err(e) =
-                    super::peer::hand_over(shard, a.to, &a.pins, &a.recipients, &message).await
+                    super::peer::hand_over(shard, a.to, &a.pins, &a.recipients, &message, false)
+                        .await
                 {
                     failed = Some(format!("{}: {e}", a.node));
                     break;

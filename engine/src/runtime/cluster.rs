@@ -358,10 +358,11 @@ pub async fn plan_delivery(
 }
 
 /// Second half: hand the message to every node of `away` at once; Ok once
-/// each answered 250 (durable there), else the first failure. It runs
-/// beside the local commit of `here`: the 250 to the client waits for
-/// both, so a replica's round trip and group commit overlap this node's
-/// instead of following it. The other node adds its Received: and
+/// each answered 250 (durable there), else the first failure. The caller
+/// commits `here` after it (so a message is visible here only once its
+/// replica holds it). `nested`: this node is itself serving another
+/// node's hand-over, whose sender waits on this one
+/// ([`super::peer::hand_over`]). The other node adds its Received: and
 /// Return-Path:; our Authentication-Results and `junk` (the edge's
 /// verdict: `XJUNK`) go with the message.
 pub async fn send_copies(
@@ -371,6 +372,7 @@ pub async fn send_copies(
     results_field: Option<&str>,
     body: &[u8],
     junk: bool,
+    nested: bool,
 ) -> Result<(), String> {
     if away.is_empty() {
         return Ok(());
@@ -395,9 +397,16 @@ pub async fn send_copies(
     };
     // Every node at once; the first failure is the answer.
     let sends = away.iter().map(|away| async {
-        super::peer::hand_over(shard, away.to, &away.pins, &away.recipients, &message)
-            .await
-            .map_err(|e| format!("{} at {}: {e}", away.node, away.to))?;
+        super::peer::hand_over(
+            shard,
+            away.to,
+            &away.pins,
+            &away.recipients,
+            &message,
+            nested,
+        )
+        .await
+        .map_err(|e| format!("{} at {}: {e}", away.node, away.to))?;
         tracing::debug!(
             node = away.node,
             recipients = away.recipients.len(),
@@ -439,7 +448,7 @@ pub async fn replicate_append(
         changes: false,
     };
     for a in &away {
-        super::peer::hand_over(shard, a.to, &a.pins, &a.recipients, &message)
+        super::peer::hand_over(shard, a.to, &a.pins, &a.recipients, &message, false)
             .await
             .map_err(|e| {
                 StorageError::Io(format!("replica {} did not take the APPEND: {e}", a.node))

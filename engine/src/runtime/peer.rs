@@ -59,8 +59,13 @@ pub struct Outgoing<'a> {
 
 /// How a hand-over failed.
 pub enum Failed {
-    /// The session broke before the message was sent: the other node
-    /// stored nothing, and a new session may try again.
+    /// The session ended (or answered 421) before any answer to the
+    /// transaction: on a pooled session, the other node had closed it,
+    /// and a new session tries again. Pipelined (one recipient), the other
+    /// node answers MAIL and RCPT only with the chunk's reply, so a node
+    /// that died between its commit and its answer looks the same; the
+    /// retry then stores a second copy unless the duplicate window knows
+    /// the message (as the client's own retry after a 451 would).
     Broken(String),
     /// MAIL or a RCPT was refused (the other node's reply).
     Refused(String),
@@ -185,8 +190,9 @@ pub async fn connect(shard: &Shard, to: SocketAddr, pins: Vec<String>) -> Result
 }
 
 impl Peer {
-    /// One transaction: MAIL and every RCPT pipelined, then the message
-    /// in one BDAT chunk. Ok once the other node answered 250 to it.
+    /// One transaction: MAIL, every RCPT and the message in one BDAT
+    /// chunk (pipelined in one write when there is one recipient). Ok once
+    /// the other node answered 250 to it.
     pub async fn send(&mut self, recipients: &[String], m: &Outgoing<'_>) -> Result<(), Failed> {
         let mut head = format!("MAIL FROM:<{}> SIZE={}", m.reverse_path, m.body.len());
         if m.eight_bit {
@@ -245,12 +251,8 @@ impl Peer {
         // MAIL's and every RCPT's reply. After a refusal the session is
         // dropped, so what is left unread does not matter. A 421 is the
         // other node closing the session (its idle timeout, a shutdown):
-        // nothing was taken. A session that ends before these replies
-        // (a pooled one the other node closed) is tried again on a new
-        // one; pipelined, the other node could in principle have stored
-        // the message and died before answering, which the retry shares
-        // with the client's own retry after a 451 (the duplicate window
-        // stores such a message once).
+        // nothing was taken. A session that ends before these replies is
+        // `Broken` (see there).
         for _ in 0..=recipients.len() {
             match reply(conn).await.map_err(broken)? {
                 (250, _) => {}
@@ -312,6 +314,12 @@ impl Pool {
         }
     }
 
+    fn answered(&self, to: SocketAddr) {
+        if !self.silent.borrow().is_empty() {
+            self.silent.borrow_mut().remove(&to);
+        }
+    }
+
     fn went_silent(&self, to: SocketAddr) {
         self.silent
             .borrow_mut()
@@ -351,13 +359,19 @@ impl Pool {
 
 /// Hand one message for `recipients` to the member at `to` on a pooled
 /// session (or a new one); a pooled session that turns out closed is
-/// replaced once.
+/// replaced once. The whole of it, connecting included, has
+/// `[cluster] peer_timeout_ms`; `nested` (this node serves another
+/// node's hand-over and owes this one to it: a primary's replica copy)
+/// half of that, so that when the replica stalls, this node answers its
+/// sender (451) before the sender's own time runs out, and only the node
+/// that stalls is taken for silent.
 pub async fn hand_over(
     shard: &Shard,
     to: SocketAddr,
     pins: &[String],
     recipients: &[String],
     m: &Outgoing<'_>,
+    nested: bool,
 ) -> Result<(), String> {
     let pool = &shard.peers;
     if pool.is_silent(to) {
@@ -366,11 +380,14 @@ pub async fn hand_over(
             SILENT_HOLD.as_secs()
         ));
     }
-    let limit = shard
+    let mut limit = shard
         .config()
         .cluster
         .as_ref()
         .map_or(STEP_TIMEOUT, |c| Duration::from_millis(c.peer_timeout_ms));
+    if nested {
+        limit /= 2;
+    }
     // The whole hand-over, connecting included, in `limit`.
     let attempts = async {
         let mut pooled = pool.take(to);
@@ -383,6 +400,9 @@ pub async fn hand_over(
             match peer.send(recipients, m).await {
                 Ok(()) => {
                     pool.give_back(to, peer);
+                    // It answers: one that started before a silence mark
+                    // ends it.
+                    pool.answered(to);
                     return Ok(());
                 }
                 Err(Failed::Broken(why)) if reused => {
@@ -399,4 +419,30 @@ pub async fn hand_over(
         Err(format!("no answer within {} ms", limit.as_millis()))
     };
     futures_lite::future::or(attempts, timer).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A node that ran out of time is skipped until its hold ends or a
+    /// hand-over already under way gets its answer; other nodes are not.
+    #[test]
+    fn a_silent_node_is_skipped_until_its_hold_ends_or_it_answers() {
+        let pool = Pool::default();
+        let (a, b): (SocketAddr, SocketAddr) = (
+            "127.0.0.1:7001".parse().unwrap(),
+            "127.0.0.1:7002".parse().unwrap(),
+        );
+        assert!(!pool.is_silent(a));
+        pool.went_silent(a);
+        assert!(pool.is_silent(a) && !pool.is_silent(b));
+        pool.answered(a);
+        assert!(!pool.is_silent(a));
+        pool.went_silent(b);
+        // The hold is over: tried again (and the entry goes).
+        *pool.silent.borrow_mut().get_mut(&b).unwrap() = Instant::now();
+        assert!(!pool.is_silent(b));
+        assert!(pool.silent.borrow().is_empty());
+    }
 }

@@ -654,24 +654,6 @@ impl Shard {
         now: i64,
         once: Option<Once>,
     ) -> (Result<(), StorageError>, Option<MessageBody>) {
-        let body = Arc::new(body);
-        let result = self
-            .deliver_shared(accounts, folder, prefix, body.clone(), now, once)
-            .await;
-        (result, Arc::try_unwrap(body).ok())
-    }
-
-    /// [`Shard::deliver_to`] of a body the caller keeps a handle on (to
-    /// send it elsewhere meanwhile).
-    pub async fn deliver_shared(
-        &self,
-        accounts: &[String],
-        folder: Folder,
-        prefix: Vec<u8>,
-        body: Arc<MessageBody>,
-        now: i64,
-        once: Option<Once>,
-    ) -> Result<(), StorageError> {
         let mut by_shard: Vec<Vec<String>> = vec![Vec::new(); self.shared.cores];
         for a in accounts {
             let s = self.owner_of(a);
@@ -680,6 +662,7 @@ impl Shard {
             }
         }
         let prefix = Arc::new(prefix);
+        let body = Arc::new(body);
         let mut futs: Vec<LocalFuture<Result<(), StorageError>>> = Vec::new();
         for (s, accs) in by_shard.into_iter().enumerate() {
             if accs.is_empty() {
@@ -724,7 +707,8 @@ impl Shard {
             }
         }
         let results = futures::future::join_all(futs).await;
-        results.into_iter().find(|r| r.is_err()).unwrap_or(Ok(()))
+        let result = results.into_iter().find(|r| r.is_err()).unwrap_or(Ok(()));
+        (result, Arc::try_unwrap(body).ok())
     }
 
     pub(super) async fn handle(self: Rc<Self>, msg: ShardMsg) {

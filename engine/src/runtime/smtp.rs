@@ -739,44 +739,38 @@ pub async fn serve(
                     if let Some(field) = &results_field {
                         prefix.extend_from_slice(field.as_bytes());
                     }
-                    // The other nodes' shares and the replica copies travel
-                    // while the local share is committed; the 250 waits for
-                    // both. Should a copy fail after the local commit, the
-                    // client's retry is stored here once (`once`).
-                    let body = Arc::new(body);
-                    let sends = super::cluster::send_copies(
+                    // The other nodes' shares and the replica copies first,
+                    // then the local share: a message is visible here (to
+                    // IMAP, whose changes to it go to the replica) only once
+                    // the replica holds it, and a copy that fails leaves
+                    // nothing stored here.
+                    if let Err(why) = super::cluster::send_copies(
                         &shard,
                         &plan.away,
                         &tx,
                         results_field.as_deref(),
                         &body,
                         folder == Folder::Junk,
-                    );
-                    let (sent, stored) = if plan.here.is_empty() {
-                        (sends.await, Ok(()))
-                    } else {
-                        // Cluster mode: a retry of what a failure left
-                        // stored here is stored once.
-                        let once = shard.once_for(&tx.reverse_path, &body);
-                        futures::join!(
-                            sends,
-                            shard.deliver_shared(
-                                &plan.here,
-                                folder,
-                                prefix,
-                                body.clone(),
-                                now,
-                                once
-                            )
-                        )
-                    };
-                    if let Err(why) = sent {
+                        internal,
+                    )
+                    .await
+                    {
                         tracing::warn!(%peer, why, "cluster: a recipient's node did not take the message; deferred with 451");
                         finish!(DeliveryOutcome::OwnerUnavailable);
                         continue;
                     }
-                    result = stored;
-                    left = Arc::try_unwrap(body).ok();
+                    if plan.here.is_empty() {
+                        left = Some(body);
+                    } else {
+                        // Cluster mode: a retry of what a failure left
+                        // stored here is stored once.
+                        let once = shard.once_for(&tx.reverse_path, &body);
+                        let (r, b) = shard
+                            .deliver_to(&plan.here, folder, prefix, body, now, once)
+                            .await;
+                        result = r;
+                        left = b;
+                    }
                 } else {
                     left = Some(body);
                 }
