@@ -232,10 +232,11 @@ impl Cluster {
         if self.copy_pause_ms > 10_000 {
             return Err("cluster.copy_pause_ms: at most 10000".into());
         }
-        // A node receiving a hand-over may wait 2 s for the sender's map,
-        // and its own onward copies get half of this.
-        if !(5_000..=60_000).contains(&self.peer_timeout_ms) {
-            return Err("cluster.peer_timeout_ms must be between 5000 and 60000".into());
+        // A node receiving a hand-over may wait 2 s for the sender's map
+        // before its own onward copies, which get half of this: it must
+        // still answer its sender in time.
+        if !(10_000..=60_000).contains(&self.peer_timeout_ms) {
+            return Err("cluster.peer_timeout_ms must be between 10000 and 60000".into());
         }
         Ok(())
     }
@@ -1357,6 +1358,7 @@ cache_max_entries = 16384
 # A hand-over to another node (a message, a replica copy, a change) that
 # takes longer than this fails (451 / NO [UNAVAILABLE]), and that node is
 # not tried again for 10 seconds: its buckets answer at once meanwhile.
+# 10000 to 60000, plus a millisecond per 1,000 octets of the message.
 # peer_timeout_ms = 30000
 # etcd over TLS (https:// endpoints) with the CA that signs its certificate,
 # optionally a client certificate, and etcd authentication (the password

@@ -514,19 +514,20 @@ async fn send(shard: &Shard, account: &str, texts: &[Vec<u8>]) {
         let mut last_error = String::new();
         let mut sent = false;
         for attempt in 0..SEND_ATTEMPTS {
-            // The last attempt comes after a silent replica's hold
-            // (`peer::SILENT_HOLD`): the change is written here already,
-            // and a replica that stalled once may answer by then (or the
-            // map names another).
+            // While a node is silent (it ran out of time), the last attempt
+            // comes after its hold (`peer::SILENT_HOLD`): the change is
+            // written here already, and a replica that stalled once may
+            // answer by then (or the map names another).
             match attempt {
                 0 => {}
                 1 => glommio::timer::sleep(std::time::Duration::from_millis(300)).await,
-                _ => {
+                _ if shard.peers.any_silent() => {
                     glommio::timer::sleep(
                         super::peer::SILENT_HOLD + std::time::Duration::from_millis(500),
                     )
                     .await
                 }
+                _ => glommio::timer::sleep(std::time::Duration::from_millis(300)).await,
             }
             let away = match shard.replicas(&[account.to_string()]) {
                 Ok(away) if away.is_empty() => {

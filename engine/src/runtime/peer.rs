@@ -314,6 +314,12 @@ impl Pool {
         }
     }
 
+    /// Is any node silent now?
+    pub fn any_silent(&self) -> bool {
+        let now = Instant::now();
+        self.silent.borrow().values().any(|until| now < *until)
+    }
+
     fn answered(&self, to: SocketAddr) {
         if !self.silent.borrow().is_empty() {
             self.silent.borrow_mut().remove(&to);
@@ -388,6 +394,9 @@ pub async fn hand_over(
     if nested {
         limit /= 2;
     }
+    // Time to move the message itself, at 1 MB/s at the least: a large
+    // one on a slow link is not a node that stopped answering.
+    limit += Duration::from_millis(m.body.len() as u64 / 1000);
     // The whole hand-over, connecting included, in `limit`.
     let attempts = async {
         let mut pooled = pool.take(to);
