@@ -78,9 +78,16 @@ fn etcd_with(scheme: &str, args: &[String]) -> Option<Etcd> {
     Some(e)
 }
 
+/// Lease of the test nodes: a killed node is gone within seconds.
+const TEST_LEASE_SECS: u64 = 3;
+
 fn node_config(etcd: &Etcd, cluster: &str, node: &str) -> String {
+    node_config_leased(etcd, cluster, node, TEST_LEASE_SECS)
+}
+
+fn node_config_leased(etcd: &Etcd, cluster: &str, node: &str, lease_secs: u64) -> String {
     format!(
-        "[cluster]\nname = \"{cluster}\"\nnode = \"{node}\"\netcd = [\"{}\"]\ninternal = \"127.0.0.1:{}\"\nlease_ttl_secs = 3\n",
+        "[cluster]\nname = \"{cluster}\"\nnode = \"{node}\"\netcd = [\"{}\"]\ninternal = \"127.0.0.1:{}\"\nlease_ttl_secs = {lease_secs}\n",
         etcd.url,
         free_port()
     )
@@ -111,6 +118,15 @@ fn wait_status(server: &Server, limit: Duration, want: impl Fn(&str) -> bool) ->
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// Wait (up to `limit`) until `survivor` sees `live` live nodes and none
+/// the map still names that is gone: a failover is done. How long it took.
+fn wait_failed_over(survivor: &Server, live: usize, limit: Duration) -> Duration {
+    let want = format!("{live} live node(s)");
+    wait_status(survivor, limit, |s| {
+        s.contains(&want) && !s.contains("gone")
+    })
 }
 
 /// (primary, replica) counts of `node` in a status text.
@@ -181,9 +197,7 @@ fn nodes_join_rebalance_leave_and_come_back() {
     // kill -9: the member key goes with the lease (3 s here), and the
     // smallest live node moves n3's buckets to their replicas by itself.
     nodes[2].kill9();
-    let took = wait_status(&nodes[0], Duration::from_secs(10), |s| {
-        s.contains("2 live node(s)") && !s.contains("gone")
-    });
+    let took = wait_failed_over(&nodes[0], 2, Duration::from_secs(10));
     eprintln!("failover of a killed node took {took:?} (lease 3 s)");
     assert!(nodes[0].stderr_text().contains("cluster: failover"));
     let r = cluster_cmd(&nodes[1], &["rebalance"]);
@@ -333,14 +347,27 @@ fn mapped_cluster_with(
     accounts: &[String],
     extra: &str,
 ) -> Vec<Server> {
+    mapped_cluster_leased(etcd, prefix, ids, accounts, TEST_LEASE_SECS, extra)
+}
+
+/// [`mapped_cluster_with`] with another lease.
+fn mapped_cluster_leased(
+    etcd: &Etcd,
+    prefix: &str,
+    ids: &[&str],
+    accounts: &[String],
+    lease_secs: u64,
+    extra: &str,
+) -> Vec<Server> {
     let name = format!("{prefix}{}", std::process::id());
     let nodes: Vec<Server> = ids
         .iter()
         .map(|n| {
+            let config = node_config_leased(etcd, &name, n, lease_secs);
             Server::options()
                 .cores(1)
                 .accounts(accounts)
-                .config(&format!("{}{extra}", node_config(etcd, &name, n)))
+                .config(&format!("{config}{extra}"))
                 .start()
         })
         .collect();
@@ -820,9 +847,7 @@ fn a_primary_killed_under_load_fails_over_and_loses_nothing_acknowledged() {
     load.wait_for(60);
     let killed = Instant::now();
     nodes[2].kill9();
-    let took = wait_status(&nodes[0], Duration::from_secs(15), |s| {
-        s.contains("2 live node(s)") && !s.contains("gone")
-    });
+    let took = wait_failed_over(&nodes[0], 2, Duration::from_secs(15));
     let retries = load.thread.join().unwrap();
     eprintln!(
         "failover after kill -9 took {took:?} (lease 3 s); {retries} sends were retried; all acknowledged {:?} after the kill",
@@ -894,9 +919,7 @@ fn a_message_sent_again_after_a_partial_failure_is_stored_once() {
     nodes[2].kill9();
     // n2 takes a's share (and n1 its copy), n3 is gone: 451 for the whole.
     assert_eq!(send_code(nodes[0].smtp, &[&a, &b], message), 451);
-    wait_status(&nodes[0], Duration::from_secs(15), |s| {
-        s.contains("2 live node(s)") && !s.contains("gone")
-    });
+    wait_failed_over(&nodes[0], 2, Duration::from_secs(15));
     assert_eq!(send_code(nodes[0].smtp, &[&a, &b], message), 250);
     // The same again through the other node: stored once still.
     assert_eq!(send_code(nodes[1].smtp, &[&a, &b], message), 250);
@@ -1425,16 +1448,12 @@ m.logout()
     // (x's among them) and copies them from n1.
     let before: Vec<usize> = nodes.iter().map(|n| logged(n, "caught_up")).collect();
     nodes[2].kill9();
-    wait_status(&nodes[0], Duration::from_secs(15), |s| {
-        s.contains("2 live node(s)") && !s.contains("gone")
-    });
+    wait_failed_over(&nodes[0], 2, Duration::from_secs(15));
     wait_logged(&[&nodes[0], &nodes[1]], "caught_up", &before);
 
     // n1 dies too: n2 alone holds everything.
     nodes[0].kill9();
-    wait_status(&nodes[1], Duration::from_secs(15), |s| {
-        s.contains("1 live node(s)") && !s.contains("gone")
-    });
+    wait_failed_over(&nodes[1], 1, Duration::from_secs(15));
     for (k, account) in accounts.iter().enumerate() {
         assert_eq!(inbox_ids(nodes[1].pop3, account), want(k), "{account}");
     }
@@ -1554,9 +1573,7 @@ fn the_verdict_of_the_node_a_client_reached_travels_with_the_hand_over() {
     assert_eq!(imap_count(nodes[0].imap, &account, "INBOX"), 0);
     // n2 dies: n1, its replica, serves the account with the message in Junk.
     nodes[1].kill9();
-    wait_status(&nodes[0], Duration::from_secs(15), |s| {
-        s.contains("1 live node(s)") && !s.contains("gone")
-    });
+    wait_failed_over(&nodes[0], 1, Duration::from_secs(15));
     assert_eq!(imap_count(nodes[0].imap, &account, "Junk"), 1);
     assert_eq!(imap_count(nodes[0].imap, &account, "INBOX"), 0);
 }
@@ -1637,9 +1654,7 @@ m.logout()
     );
 
     nodes[0].kill9();
-    wait_status(&nodes[1], Duration::from_secs(15), |s| {
-        s.contains("1 live node(s)") && !s.contains("gone")
-    });
+    wait_failed_over(&nodes[1], 1, Duration::from_secs(15));
     assert_eq!(appended_state(nodes[1].imap, &account), before);
 }
 
@@ -1825,9 +1840,7 @@ m.logout()
     );
 
     nodes[0].kill9();
-    wait_status(&nodes[1], Duration::from_secs(15), |s| {
-        s.contains("1 live node(s)") && !s.contains("gone")
-    });
+    wait_failed_over(&nodes[1], 1, Duration::from_secs(15));
     assert_eq!(mailbox_state(nodes[1].imap, &account), before);
 }
 
@@ -1898,9 +1911,7 @@ m.logout()
         assert!(before.contains(line), "{line:?} in\n{before}");
     }
     nodes[0].kill9();
-    wait_status(&nodes[1], Duration::from_secs(15), |s| {
-        s.contains("1 live node(s)") && !s.contains("gone")
-    });
+    wait_failed_over(&nodes[1], 1, Duration::from_secs(15));
     assert_eq!(mailbox_state(nodes[1].imap, &account), before);
 }
 
@@ -1916,21 +1927,14 @@ m.logout()
 fn a_silent_replica_fails_its_buckets_at_once_instead_of_holding_each_delivery() {
     let Some(etcd) = etcd() else { return };
     let accounts: Vec<String> = (0..8).map(|i| format!("q{i}@example.test")).collect();
-    let name = format!("si{}", std::process::id());
-    let nodes: Vec<Server> = ["n1", "n2"]
-        .iter()
-        .map(|n| {
-            let config =
-                node_config(&etcd, &name, n).replace("lease_ttl_secs = 3", "lease_ttl_secs = 40");
-            Server::options()
-                .cores(1)
-                .accounts(&accounts)
-                .config(&format!("{config}peer_timeout_ms = 10000\n"))
-                .start()
-        })
-        .collect();
-    let r = cluster_cmd(&nodes[0], &["rebalance"]);
-    wait_map(&nodes, &r);
+    let nodes = mapped_cluster_leased(
+        &etcd,
+        "si",
+        &["n1", "n2"],
+        &accounts,
+        40,
+        "peer_timeout_ms = 10000\n",
+    );
     let account = accounts
         .iter()
         .find(|a| primary_of(&nodes[0], a) == "n1")

@@ -242,11 +242,9 @@ impl Peer {
             .await
             .map_err(|e| broken(e.to_string()))?;
         if pipelined && m.body.len() > GATHER_MAX {
-            for piece in m.body.chunks(GATHER_MAX) {
-                conn.write_all(piece)
-                    .await
-                    .map_err(|e| broken(e.to_string()))?;
-            }
+            write_body(conn, m.body)
+                .await
+                .map_err(|e| broken(e.to_string()))?;
         }
         // MAIL's and every RCPT's reply. After a refusal the session is
         // dropped, so what is left unread does not matter. A 421 is the
@@ -269,17 +267,23 @@ impl Peer {
             conn.write_all(chunk.as_bytes())
                 .await
                 .map_err(|e| after(e.to_string()))?;
-            for piece in m.body.chunks(GATHER_MAX) {
-                conn.write_all(piece)
-                    .await
-                    .map_err(|e| after(e.to_string()))?;
-            }
+            write_body(conn, m.body)
+                .await
+                .map_err(|e| after(e.to_string()))?;
         }
         match reply(conn).await.map_err(after)? {
             (250, _) => Ok(()),
             (_, text) => Err(after(text)),
         }
     }
+}
+
+/// The message in pieces of [`GATHER_MAX`].
+async fn write_body(conn: &mut Conn, body: &[u8]) -> std::io::Result<()> {
+    for piece in body.chunks(GATHER_MAX) {
+        conn.write_all(piece).await?;
+    }
+    Ok(())
 }
 
 /// How long a node whose hand-over ran out of time is not tried again.
