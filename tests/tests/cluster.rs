@@ -1989,11 +1989,17 @@ fn a_silent_replica_fails_its_buckets_at_once_instead_of_holding_each_delivery()
     let (r, took) = tagged(&mut imap, "c", "STORE 1 +FLAGS (\\Seen)");
     assert!(r.starts_with("c NO [UNAVAILABLE]"), "{r}");
     assert!(took < Duration::from_millis(1000), "{took:?}");
-    assert!(nodes[0].stderr_text().contains("event=\"peer_silent\""));
+    // The node's log is read by another thread: wait for the lines.
+    wait_logged(&[&nodes[0]], "peer_silent", &[0]);
     // Refused for the silence mark, not because the lease lapsed.
-    assert!(nodes[0]
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !nodes[0]
         .stderr_text()
-        .contains("did not answer a hand-over in time"));
+        .contains("did not answer a hand-over in time")
+    {
+        assert!(Instant::now() < deadline, "{}", nodes[0].stderr_tail(40));
+        std::thread::sleep(Duration::from_millis(50));
+    }
 
     // SAFETY: as above.
     unsafe { libc::kill(pid, libc::SIGCONT) };
