@@ -314,6 +314,7 @@ pub fn serve(mut config: Config, loader: Option<reload::Loader>) -> Result<(), S
         cluster: member.as_ref().map(cluster_view),
         copied,
         in_flight: Arc::new(crate::cluster::InFlight::new(cores)),
+        silence: Default::default(),
         config,
         live,
         config_epoch: Default::default(),

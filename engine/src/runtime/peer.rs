@@ -291,50 +291,117 @@ async fn write_body(conn: &mut Conn, body: &[u8]) -> std::io::Result<()> {
 /// or it answers the next attempt.
 pub const SILENT_HOLD: Duration = Duration::from_secs(10);
 
-/// A shard's sessions with the other nodes: the idle ones per node's
-/// internal address, and the nodes that went silent.
+/// The nodes that went silent, shared by every shard of this node: a node
+/// that stalled one shard's hand-over is as stalled for the others, so
+/// only the first hand-over to it waits out the timeout, not the first of
+/// each shard.
 #[derive(Default)]
-pub struct Pool {
-    idle: RefCell<HashMap<SocketAddr, Vec<Peer>>>,
+pub struct Silence {
     /// Until when each silent node is not tried.
-    silent: RefCell<HashMap<SocketAddr, Instant>>,
+    marks: std::sync::Mutex<HashMap<SocketAddr, Instant>>,
+    /// Marks exist: the common case (none) costs one atomic load per
+    /// hand-over, not a lock shared by the shards.
+    any: std::sync::atomic::AtomicBool,
 }
 
-impl Pool {
+impl Silence {
+    fn marks(&self) -> std::sync::MutexGuard<'_, HashMap<SocketAddr, Instant>> {
+        // A shard that panicked with the lock held left a plain map.
+        self.marks.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn any(&self) -> bool {
+        self.any.load(std::sync::atomic::Ordering::Acquire)
+    }
+
     /// Is `to` a node whose last hand-over ran out of time less than
-    /// [`SILENT_HOLD`] ago? Its buckets fail at once instead of each
-    /// waiting out the timeout: a node that is live (its lease renewed)
-    /// but wedged (a stuck disk, an overloaded machine) would otherwise
-    /// hold every delivery and change of its buckets for that long.
+    /// [`SILENT_HOLD`] ago?
     pub fn is_silent(&self, to: SocketAddr) -> bool {
-        let mut silent = self.silent.borrow_mut();
-        match silent.get(&to) {
+        if !self.any() {
+            return false;
+        }
+        let mut marks = self.marks();
+        let silent = match marks.get(&to) {
             Some(until) if Instant::now() < *until => true,
             Some(_) => {
-                silent.remove(&to);
+                marks.remove(&to);
                 false
             }
             None => false,
-        }
+        };
+        self.any
+            .store(!marks.is_empty(), std::sync::atomic::Ordering::Release);
+        silent
     }
 
     /// Is any node silent now?
     pub fn any_silent(&self) -> bool {
+        if !self.any() {
+            return false;
+        }
         let now = Instant::now();
-        self.silent.borrow().values().any(|until| now < *until)
+        self.marks().values().any(|until| now < *until)
     }
 
+    /// `to` answered: a mark set before ends.
     fn answered(&self, to: SocketAddr) {
-        if !self.silent.borrow().is_empty() {
-            self.silent.borrow_mut().remove(&to);
+        if self.any() {
+            let mut marks = self.marks();
+            marks.remove(&to);
+            self.any
+                .store(!marks.is_empty(), std::sync::atomic::Ordering::Release);
         }
     }
 
     fn went_silent(&self, to: SocketAddr) {
-        self.silent
-            .borrow_mut()
-            .insert(to, Instant::now() + SILENT_HOLD);
-        // Its idle sessions are as stuck as the one that ran out.
+        let mut marks = self.marks();
+        marks.insert(to, Instant::now() + SILENT_HOLD);
+        self.any.store(true, std::sync::atomic::Ordering::Release);
+    }
+}
+
+/// A shard's sessions with the other nodes (the idle ones per node's
+/// internal address), and the node's [`Silence`] marks.
+#[derive(Default)]
+pub struct Pool {
+    idle: RefCell<HashMap<SocketAddr, Vec<Peer>>>,
+    silence: std::sync::Arc<Silence>,
+}
+
+impl Pool {
+    /// A pool whose silence marks are `silence` (the node's, shared by its
+    /// shards).
+    pub fn new(silence: std::sync::Arc<Silence>) -> Pool {
+        Pool {
+            idle: RefCell::default(),
+            silence,
+        }
+    }
+
+    /// Is `to` a node whose last hand-over (on any shard) ran out of time
+    /// less than [`SILENT_HOLD`] ago? Its buckets fail at once instead of
+    /// each waiting out the timeout: a node that is live (its lease
+    /// renewed) but wedged (a stuck disk, an overloaded machine) would
+    /// otherwise hold every delivery and change of its buckets for that
+    /// long.
+    pub fn is_silent(&self, to: SocketAddr) -> bool {
+        self.silence.is_silent(to)
+    }
+
+    /// Is any node silent now?
+    pub fn any_silent(&self) -> bool {
+        self.silence.any_silent()
+    }
+
+    fn answered(&self, to: SocketAddr) {
+        self.silence.answered(to);
+    }
+
+    fn went_silent(&self, to: SocketAddr) {
+        self.silence.went_silent(to);
+        // This shard's idle sessions are as stuck as the one that ran out.
+        // (Other shards find theirs stuck only if they try them, and the
+        // mark keeps them from trying.)
         self.idle.borrow_mut().remove(&to);
     }
 
@@ -447,15 +514,37 @@ mod tests {
             "127.0.0.1:7001".parse().unwrap(),
             "127.0.0.1:7002".parse().unwrap(),
         );
-        assert!(!pool.is_silent(a));
+        assert!(!pool.is_silent(a) && !pool.any_silent());
         pool.went_silent(a);
-        assert!(pool.is_silent(a) && !pool.is_silent(b));
+        assert!(pool.is_silent(a) && !pool.is_silent(b) && pool.any_silent());
         pool.answered(a);
-        assert!(!pool.is_silent(a));
+        assert!(!pool.is_silent(a) && !pool.any_silent());
         pool.went_silent(b);
-        // The hold is over: tried again (and the entry goes).
-        *pool.silent.borrow_mut().get_mut(&b).unwrap() = Instant::now();
+        // The hold is over: tried again (and the mark goes).
+        *pool.silence.marks().get_mut(&b).unwrap() = Instant::now();
         assert!(!pool.is_silent(b));
-        assert!(pool.silent.borrow().is_empty());
+        assert!(pool.silence.marks().is_empty() && !pool.silence.any());
+    }
+
+    /// The marks are the node's: a node one shard found silent is skipped
+    /// by the other shards (each on its own thread) too, and an answer on
+    /// any shard ends it for all.
+    #[test]
+    fn every_shard_sees_a_silence_mark() {
+        let silence = std::sync::Arc::new(Silence::default());
+        let a: SocketAddr = "127.0.0.1:7001".parse().unwrap();
+        let first = Pool::new(silence.clone());
+        first.went_silent(a);
+        let other = silence.clone();
+        let seen = std::thread::spawn(move || {
+            let pool = Pool::new(other);
+            let silent = pool.is_silent(a);
+            pool.answered(a);
+            silent
+        })
+        .join()
+        .unwrap();
+        assert!(seen, "the other shard skips the node too");
+        assert!(!first.is_silent(a), "its answer ended the mark here too");
     }
 }

@@ -38,6 +38,9 @@ pub struct Shared {
     /// Cluster mode: the oldest map each shard's operations in flight
     /// routed with (`Shard::routing`).
     pub in_flight: Arc<crate::cluster::InFlight>,
+    /// Cluster mode: the nodes that went silent, for every shard's
+    /// hand-overs (`peer::Silence`).
+    pub silence: Arc<super::peer::Silence>,
     /// The configuration the server started with: what a reload cannot
     /// change (listeners, cores, data directory, storage, memory) is read
     /// here. Everything else is read through [`Shard::config`].
@@ -1140,7 +1143,7 @@ pub async fn run(shared: Arc<Shared>, mesh: MeshBuilder<ShardMsg, Full>) -> Resu
         idle_accounts: RefCell::default(),
         checked_map: Cell::new(None),
         catchup: Default::default(),
-        peers: Default::default(),
+        peers: super::peer::Pool::new(shared.silence.clone()),
         digests: Default::default(),
         change_order: Default::default(),
         deferred_changes: Default::default(),
