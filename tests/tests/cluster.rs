@@ -93,6 +93,18 @@ fn node_config_leased(etcd: &Etcd, cluster: &str, node: &str, lease_secs: u64) -
     )
 }
 
+/// The node's internal listener (`[cluster] internal`).
+fn internal_of(server: &Server) -> SocketAddr {
+    let config = std::fs::read_to_string(server.config_path.as_ref().unwrap()).unwrap();
+    config
+        .lines()
+        .find_map(|l| l.strip_prefix("internal = \""))
+        .and_then(|l| l.strip_suffix('"'))
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
 fn cluster_cmd(server: &Server, args: &[&str]) -> String {
     let config = server.config_path.as_ref().expect("a config file");
     let mut all = vec!["cluster"];
@@ -621,14 +633,7 @@ fn sessions_through_any_node_reach_the_accounts_node() {
     }
 
     // The internal listener takes no mail in the clear, even from a member's address.
-    let config = std::fs::read_to_string(home.config_path.as_ref().unwrap()).unwrap();
-    let internal: SocketAddr = config
-        .lines()
-        .find_map(|l| l.strip_prefix("internal = \""))
-        .and_then(|l| l.strip_suffix('"'))
-        .unwrap()
-        .parse()
-        .unwrap();
+    let internal = internal_of(home);
     let (mut plain, _) = smtp_connect(internal);
     plain
         .cmd("MAIL FROM:<s@example.org>")
@@ -2016,4 +2021,84 @@ fn a_silent_replica_fails_its_buckets_at_once_instead_of_holding_each_delivery()
     }
     let (r, _) = tagged(&mut imap, "d", "STORE 1 +FLAGS (\\Seen)");
     assert!(r.starts_with("d OK"), "{r}");
+}
+
+/// A node sends at most `catchup::SENDS_MAX` (4) bucket copies at once, to
+/// all members together: a fifth XSYNC is answered 451 at once, and one
+/// that ends frees its place.
+#[test]
+fn bucket_copies_a_node_sends_at_once_are_capped() {
+    let Some(etcd) = etcd() else { return };
+    let accounts: Vec<String> = (0..4).map(|i| format!("x{i}@example.test")).collect();
+    let nodes = mapped_cluster(&etcd, "xc", &["n1", "n2"], &accounts);
+    let internal = internal_of(&nodes[0]);
+    // n2's own certificate: a member's.
+    let tls = nodes[1].data.join("tls");
+    let find = |ext: &str| {
+        std::fs::read_dir(&tls)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| p.extension().is_some_and(|e| e == ext))
+            .unwrap_or_else(|| panic!("no .{ext} in {}", tls.display()))
+    };
+    let (cert, key) = (find("pem"), find("key"));
+    // Four copies of a map n1 has not seen: each waits for it (5 s) while
+    // holding its place. The fifth is refused before that; once the four
+    // were answered, a copy is taken again.
+    let out = python_code(&format!(
+        r#"
+import smtplib, ssl, time
+def member():
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    ctx.load_cert_chain({cert:?}, {key:?})
+    s = smtplib.SMTP("{ip}", {port}, timeout=30)
+    s.ehlo("n2.example.test")
+    s.starttls(context=ctx)
+    s.ehlo("n2.example.test")
+    return s
+waiting = []
+for i in range(4):
+    s = member()
+    s.putcmd("XSYNC 999999 0")
+    waiting.append(s)
+time.sleep(0.5)
+s = member()
+t = time.time()
+s.putcmd("XSYNC 999999 0")
+code, text = s.getreply()
+print("fifth", code, round(time.time() - t, 2), text.decode())
+for s in waiting:
+    code, text = s.getreply()
+    print("waited", code, text.decode())
+s = member()
+s.putcmd("XSYNC 999999 0")
+code, text = s.getreply()
+print("after", code, text.decode())
+"#,
+        cert = cert.to_str().unwrap(),
+        key = key.to_str().unwrap(),
+        ip = internal.ip(),
+        port = internal.port(),
+    ));
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 6, "{out}");
+    let fifth: Vec<&str> = lines[0].split_whitespace().collect();
+    assert_eq!(&fifth[..2], &["fifth", "451"], "{out}");
+    assert!(lines[0].contains("4.3.2 Too many bucket copies"), "{out}");
+    assert!(
+        fifth[2].parse::<f64>().unwrap() < 2.0,
+        "refused at once: {out}"
+    );
+    for l in &lines[1..5] {
+        assert!(l.starts_with("waited 451 4.4.0"), "{out}");
+        assert!(l.contains("not seen that bucket map"), "{out}");
+    }
+    // Its place is free again: it waits for the map like the others.
+    assert!(lines[5].starts_with("after 451 4.4.0"), "{out}");
+    assert!(lines[5].contains("not seen that bucket map"), "{out}");
+    assert!(nodes[0]
+        .stderr_text()
+        .contains("a bucket copy refused: too many are being sent"));
 }

@@ -57,6 +57,13 @@ const SETTLE_WAIT: Duration = Duration::from_secs(30);
 /// A source's answer while it waits for them: the same source is asked
 /// again (it holds the newest state), not the next that held the bucket.
 const STILL_RUNNING: &str = "Deliveries routed with an older bucket map are still running";
+/// Bucket copies a node sends at once, over all its shards: each holds a
+/// snapshot of an account at a time and a connection, and a member could
+/// otherwise open any number.
+pub const SENDS_MAX: usize = 4;
+/// A source's answer when it sends [`SENDS_MAX`] copies already: the same
+/// source is asked again after [`RETRY_AFTER`], like [`STILL_RUNNING`].
+const TOO_MANY: &str = "Too many bucket copies are being sent; try again later";
 /// Before a failed copy is tried again.
 const RETRY_AFTER: Duration = Duration::from_secs(2);
 /// A batch is stored at this many messages or bytes (one commit each).
@@ -234,7 +241,7 @@ async fn work(shard: Rc<Shard>) {
                     );
                     // Next time, another node that held the bucket first
                     // (unless this one only asked for time).
-                    let busy = why.contains(STILL_RUNNING);
+                    let busy = why.contains(STILL_RUNNING) || why.contains(TOO_MANY);
                     again.extend(jobs.into_iter().map(|mut job| {
                         if !busy && !job.also.is_empty() {
                             let next = job.also.remove(0);
@@ -505,6 +512,13 @@ pub async fn serve(shard: &Rc<Shard>, conn: &mut Conn) {
             .await;
         return;
     };
+    let Some(_sending) = Sending::take(&shard.shared.bucket_sends) else {
+        tracing::info!(peer = %conn.peer(), max = SENDS_MAX, "cluster: a bucket copy refused: too many are being sent");
+        let _ = conn
+            .write_all(format!("451 4.3.2 {TOO_MANY}\r\n").as_bytes())
+            .await;
+        return;
+    };
     // Our map must be as new as the puller's: from then on, what we commit
     // for these buckets is replicated to it.
     if !shard.map_at_least(version, MAP_WAIT).await {
@@ -541,6 +555,28 @@ pub async fn serve(shard: &Rc<Shard>, conn: &mut Conn) {
         }
         // Cut short: close without `end`, so the puller sees it.
         Err(why) => tracing::warn!(peer = %conn.peer(), why, "cluster: sending buckets failed"),
+    }
+}
+
+/// One of the node's [`SENDS_MAX`] bucket copies being sent; given back
+/// when dropped.
+struct Sending<'a>(&'a std::sync::atomic::AtomicUsize);
+
+impl<'a> Sending<'a> {
+    fn take(count: &'a std::sync::atomic::AtomicUsize) -> Option<Sending<'a>> {
+        use std::sync::atomic::Ordering;
+        count
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < SENDS_MAX).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| Sending(count))
+    }
+}
+
+impl Drop for Sending<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
     }
 }
 
@@ -605,6 +641,28 @@ async fn stream(shard: &Rc<Shard>, conn: &mut Conn, buckets: Vec<u32>) -> Result
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// At most SENDS_MAX copies are sent at once; one that ends frees its
+    /// place.
+    #[test]
+    fn bucket_copies_sent_at_once_are_capped() {
+        let count = std::sync::atomic::AtomicUsize::new(0);
+        let mut held: Vec<_> = (0..SENDS_MAX)
+            .map(|_| Sending::take(&count).expect("below the cap"))
+            .collect();
+        assert!(Sending::take(&count).is_none());
+        held.pop();
+        let again = Sending::take(&count);
+        assert!(again.is_some());
+        assert!(Sending::take(&count).is_none());
+        drop(again);
+        assert_eq!(
+            count.load(std::sync::atomic::Ordering::Relaxed),
+            SENDS_MAX - 1
+        );
+        drop(held);
+        assert_eq!(count.load(std::sync::atomic::Ordering::Relaxed), 0);
+    }
 
     #[test]
     fn requests_are_checked() {

@@ -41,6 +41,9 @@ pub struct Shared {
     /// Cluster mode: the nodes that went silent, for every shard's
     /// hand-overs (`peer::Silence`).
     pub silence: Arc<super::peer::Silence>,
+    /// Cluster mode: bucket copies this node sends now
+    /// (`catchup::SENDS_MAX`).
+    pub bucket_sends: std::sync::atomic::AtomicUsize,
     /// The configuration the server started with: what a reload cannot
     /// change (listeners, cores, data directory, storage, memory) is read
     /// here. Everything else is read through [`Shard::config`].
