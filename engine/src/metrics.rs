@@ -49,6 +49,15 @@ pub const TLS_VERSIONS: [&str; 2] = ["TLSv1.2", "TLSv1.3"];
 /// Relay delivery attempt outcomes, per recipient.
 pub const RELAY_RESULTS: [&str; 3] = ["delivered", "deferred", "bounced"];
 
+/// Cluster mode: what a hand-over to another node carried: a delivery's
+/// share or replica copy, a primary's changes, an IMAP APPEND's copy.
+pub const HANDOVER_KINDS: [&str; 3] = ["delivery", "change", "append"];
+/// Cluster mode: how a hand-over ended. `timeout`: the other node did not
+/// answer within `peer_timeout_ms` (it is then marked silent).
+pub const HANDOVER_RESULTS: [&str; 3] = ["ok", "failed", "timeout"];
+/// Cluster mode: how a bucket copy from another node ended.
+pub const COPY_RESULTS: [&str; 2] = ["ok", "failed"];
+
 /// Histogram bounds of latencies, seconds (100 µs to 10 s).
 pub const LATENCY_BOUNDS: [f64; 12] = [
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 1.0, 10.0,
@@ -153,6 +162,17 @@ pub struct ShardMetrics {
     pub relay_attempts: [Cell<u64>; 3],
     /// End of message data to the final reply being sent, seconds.
     pub delivery_seconds: Hist,
+    /// Cluster mode: [kind][result] (`HANDOVER_KINDS`, `HANDOVER_RESULTS`).
+    pub handovers: [[Cell<u64>; 3]; 3],
+    /// Cluster mode: hand-overs that were tried, start to answer, seconds.
+    pub handover_seconds: Hist,
+    /// Cluster mode: changes written here that the replica never took.
+    pub changes_unreplicated: Cell<u64>,
+    /// Cluster mode: hand-overs not tried, their node being marked silent
+    /// (the delivery or change is refused at once).
+    pub refused_silent: Cell<u64>,
+    /// Cluster mode: bucket copies pulled from other nodes, by result.
+    pub bucket_copies: [Cell<u64>; 2],
 }
 
 impl Default for ShardMetrics {
@@ -170,6 +190,11 @@ impl Default for ShardMetrics {
             tls_versions: cells(),
             relay_attempts: cells(),
             delivery_seconds: Hist::new(&LATENCY_BOUNDS),
+            handovers: [cells(), cells(), cells()],
+            handover_seconds: Hist::new(&LATENCY_BOUNDS),
+            changes_unreplicated: Cell::new(0),
+            refused_silent: Cell::new(0),
+            bucket_copies: cells(),
         }
     }
 }
@@ -228,6 +253,26 @@ impl ShardMetrics {
     pub fn relay_attempt(&self, result: usize) {
         inc(&self.relay_attempts[result]);
     }
+
+    /// A hand-over ended: `kind` and `result` index [`HANDOVER_KINDS`] and
+    /// [`HANDOVER_RESULTS`]; `seconds` from its start.
+    pub fn handover(&self, kind: usize, result: usize, seconds: f64) {
+        inc(&self.handovers[kind][result]);
+        self.handover_seconds.observe(seconds);
+    }
+
+    /// A hand-over not tried: its node is marked silent.
+    pub fn refused_silent(&self) {
+        inc(&self.refused_silent);
+    }
+
+    pub fn change_unreplicated(&self) {
+        inc(&self.changes_unreplicated);
+    }
+
+    pub fn bucket_copy(&self, ok: bool) {
+        inc(&self.bucket_copies[usize::from(!ok)]);
+    }
 }
 
 /// Storage figures a shard adds to its snapshot (from `storage::StoreStats`
@@ -263,6 +308,11 @@ pub struct Snapshot {
     tls_versions: [u64; 2],
     relay_attempts: [u64; 3],
     delivery_seconds: HistSnapshot,
+    handovers: [[u64; 3]; 3],
+    handover_seconds: HistSnapshot,
+    changes_unreplicated: u64,
+    refused_silent: u64,
+    bucket_copies: [u64; 2],
     pub storage: StorageFigures,
 }
 
@@ -284,6 +334,11 @@ impl ShardMetrics {
             tls_versions: values(&self.tls_versions),
             relay_attempts: values(&self.relay_attempts),
             delivery_seconds: self.delivery_seconds.snapshot(),
+            handovers: std::array::from_fn(|i| values(&self.handovers[i])),
+            handover_seconds: self.handover_seconds.snapshot(),
+            changes_unreplicated: self.changes_unreplicated.get(),
+            refused_silent: self.refused_silent.get(),
+            bucket_copies: values(&self.bucket_copies),
             storage,
         }
     }
@@ -295,6 +350,24 @@ pub struct ProcessFigures {
     pub dns_queries: u64,
     pub dns_cache_hits: u64,
     pub uptime_seconds: u64,
+    /// Cluster mode only (no cluster series without it).
+    pub cluster: Option<ClusterFigures>,
+}
+
+/// The node's view of its cluster at the scrape.
+#[derive(Debug, Clone, Default)]
+pub struct ClusterFigures {
+    /// Members whose lease is live, this node included.
+    pub live_nodes: u64,
+    /// The bucket map's version; 0 before the first `rebalance`.
+    pub map_version: u64,
+    /// This node holds its lease, so it may acknowledge mail and changes.
+    pub lease_valid: bool,
+    /// Buckets this node is primary and replica for.
+    pub primary_buckets: u64,
+    pub replica_buckets: u64,
+    /// Other nodes marked silent now (`peer::Silence`).
+    pub silent_nodes: u64,
 }
 
 /// Seconds of history kept per shard for rates (`ringmail status`).
@@ -476,6 +549,100 @@ impl Render {
             f.encode_histogram::<Labels>(h.sum, count, &buckets, None)?;
         }
         Ok(())
+    }
+}
+
+impl Render {
+    /// Cluster mode's series: per shard, the hand-overs and copies; for
+    /// the node, its view of the cluster.
+    fn cluster(&self, e: &mut DescriptorEncoder, c: &ClusterFigures) -> std::fmt::Result {
+        use MetricType::{Counter, Gauge};
+        let mut handovers = Vec::new();
+        for (id, s) in self.shards() {
+            for (k, kind) in HANDOVER_KINDS.iter().enumerate() {
+                for (r, result) in HANDOVER_RESULTS.iter().enumerate() {
+                    handovers.push((
+                        vec![
+                            ("shard", id.clone()),
+                            ("kind", kind.to_string()),
+                            ("result", result.to_string()),
+                        ],
+                        s.handovers[k][r],
+                    ));
+                }
+            }
+        }
+        self.family(e, "ringmail_cluster_handovers", "Hand-overs to other nodes (a delivery's share or replica copy, a primary's changes, an APPEND's copy) by result; timeout: no answer within peer_timeout_ms (the node is then marked silent).", Counter, handovers)?;
+        self.histogram(
+            e,
+            "ringmail_cluster_handover_seconds",
+            "A hand-over that was tried, from its start to the other node's answer (or the timeout).",
+            |s| Some(&s.handover_seconds),
+        )?;
+        self.family(
+            e,
+            "ringmail_cluster_changes_unreplicated",
+            "Changes written here that the replica did not take after every attempt.",
+            Counter,
+            self.per_shard(|s| s.changes_unreplicated),
+        )?;
+        self.family(
+            e,
+            "ringmail_cluster_refused_silent",
+            "Hand-overs not tried because their node was marked silent: the delivery or change was refused at once.",
+            Counter,
+            self.per_shard(|s| s.refused_silent),
+        )?;
+        let mut copies = Vec::new();
+        for (id, s) in self.shards() {
+            for (r, result) in COPY_RESULTS.iter().enumerate() {
+                copies.push((
+                    vec![("shard", id.clone()), ("result", result.to_string())],
+                    s.bucket_copies[r],
+                ));
+            }
+        }
+        self.family(
+            e,
+            "ringmail_cluster_bucket_copies",
+            "Copies of gained buckets pulled from another node, by result (a failed one is tried again).",
+            Counter,
+            copies,
+        )?;
+        for (name, help, v) in [
+            (
+                "ringmail_cluster_live_nodes",
+                "Members whose lease is live, this node included.",
+                c.live_nodes,
+            ),
+            (
+                "ringmail_cluster_map_version",
+                "Version of the bucket map this node routes with (0: none yet).",
+                c.map_version,
+            ),
+            (
+                "ringmail_cluster_lease_valid",
+                "1 while this node holds its lease and may acknowledge mail and changes.",
+                u64::from(c.lease_valid),
+            ),
+            (
+                "ringmail_cluster_silent_nodes",
+                "Other nodes marked silent now (a hand-over ran out of time).",
+                c.silent_nodes,
+            ),
+        ] {
+            self.family(e, name, help, Gauge, vec![(vec![], v)])?;
+        }
+        self.family(
+            e,
+            "ringmail_cluster_buckets",
+            "Buckets of the map this node holds, by role.",
+            Gauge,
+            vec![
+                (vec![("role", "primary".to_string())], c.primary_buckets),
+                (vec![("role", "replica".to_string())], c.replica_buckets),
+            ],
+        )
     }
 }
 
@@ -689,6 +856,9 @@ impl Collector for Render {
             Gauge,
             self.per_shard(|s| s.storage.accounts),
         )?;
+        if let Some(c) = &self.process.cluster {
+            self.cluster(&mut e, c)?;
+        }
         self.family(
             &mut e,
             "ringmail_dns_queries",
@@ -770,5 +940,53 @@ mod tests {
         }
         // A shard that has not published yet has no series.
         assert!(!text.contains("shard=\"0\""), "{text}");
+        // No cluster, no cluster series.
+        assert!(!text.contains("ringmail_cluster_"), "{text}");
+    }
+
+    #[test]
+    fn cluster_series_in_cluster_mode() {
+        let p = Published::new(1);
+        let m = ShardMetrics::default();
+        m.handover(0, 0, 0.002);
+        m.handover(0, 2, 10.0);
+        m.refused_silent();
+        m.refused_silent();
+        m.handover(1, 1, 0.001);
+        m.change_unreplicated();
+        m.bucket_copy(true);
+        m.bucket_copy(false);
+        p.publish(0, m.snapshot(StorageFigures::default()));
+        let text = p.render(ProcessFigures {
+            cluster: Some(ClusterFigures {
+                live_nodes: 3,
+                map_version: 42,
+                lease_valid: true,
+                primary_buckets: 85,
+                replica_buckets: 86,
+                silent_nodes: 1,
+            }),
+            ..Default::default()
+        });
+        for want in [
+            "ringmail_cluster_handovers_total{shard=\"0\",kind=\"delivery\",result=\"ok\"} 1",
+            "ringmail_cluster_handovers_total{shard=\"0\",kind=\"delivery\",result=\"timeout\"} 1",
+            "ringmail_cluster_refused_silent_total{shard=\"0\"} 2",
+            "ringmail_cluster_handovers_total{shard=\"0\",kind=\"change\",result=\"failed\"} 1",
+            "ringmail_cluster_handovers_total{shard=\"0\",kind=\"append\",result=\"ok\"} 0",
+            "ringmail_cluster_handover_seconds_count{shard=\"0\"} 3",
+            "ringmail_cluster_handover_seconds_bucket{shard=\"0\",le=\"0.0025\"} 2",
+            "ringmail_cluster_changes_unreplicated_total{shard=\"0\"} 1",
+            "ringmail_cluster_bucket_copies_total{shard=\"0\",result=\"ok\"} 1",
+            "ringmail_cluster_bucket_copies_total{shard=\"0\",result=\"failed\"} 1",
+            "ringmail_cluster_live_nodes 3",
+            "ringmail_cluster_map_version 42",
+            "ringmail_cluster_lease_valid 1",
+            "ringmail_cluster_silent_nodes 1",
+            "ringmail_cluster_buckets{role=\"primary\"} 85",
+            "ringmail_cluster_buckets{role=\"replica\"} 86",
+        ] {
+            assert!(text.contains(want), "missing {want:?} in\n{text}");
+        }
     }
 }

@@ -1687,3 +1687,57 @@ pub fn ca_signed(dir: &Path, stem: &str, cn: &str, san: &str, usage: &str) -> (P
         dir.join(format!("{stem}.key")),
     )
 }
+
+/// A GET with Python's urllib (an independent HTTP client): status and body.
+pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let script = format!(
+        "import urllib.request, urllib.error\n\
+         try:\n    r = urllib.request.urlopen('http://{addr}{path}', timeout=10)\n    print(r.status); print(r.headers.get('Content-Type')); print(r.read().decode(), end='')\n\
+         except urllib.error.HTTPError as e:\n    print(e.code); print(e.headers.get('Content-Type')); print(e.read().decode(), end='')\n"
+    );
+    let text = python_code(&script);
+    let mut lines = text.splitn(3, '\n');
+    let status = lines.next().unwrap().parse().unwrap();
+    let ctype = lines.next().unwrap().to_string();
+    if path == "/metrics" && status == 200 {
+        assert!(ctype.starts_with("text/plain; version=0.0.4"), "{ctype}");
+    }
+    (status, lines.next().unwrap_or("").to_string())
+}
+
+/// Sum of a metric's samples whose labels contain every `want` pair.
+pub fn metric_sum(text: &str, name: &str, want: &[(&str, &str)]) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            let (n, labels) = match series.split_once('{') {
+                Some((n, rest)) => (n, rest.trim_end_matches('}')),
+                None => (series, ""),
+            };
+            if n != name
+                || !want
+                    .iter()
+                    .all(|(k, v)| labels.contains(&format!("{k}=\"{v}\"")))
+            {
+                return None;
+            }
+            value.parse::<f64>().ok()
+        })
+        .sum()
+}
+
+/// Scrape `/metrics` until `what` holds (10 s at most); the text.
+pub fn scrape_until(server: &Server, what: impl Fn(&str) -> bool) -> String {
+    let mut last = String::new();
+    for _ in 0..50 {
+        let (status, body) = http_get(server.http, "/metrics");
+        assert_eq!(status, 200);
+        if what(&body) {
+            return body;
+        }
+        last = body;
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    panic!("metrics never showed it:\n{last}");
+}

@@ -1525,6 +1525,41 @@ fn hand_overs_reuse_sessions_and_replace_closed_ones() {
     for n in &nodes {
         assert_eq!(inbox_ids(n.pop3, &account).len(), 21);
     }
+    // Each node counted its 21 hand-overs (n1 to the primary, n2 its
+    // replica copies back) and the first map's bucket copy it pulled.
+    for n in &nodes {
+        let text = scrape_until(n, |t| {
+            metric_sum(
+                t,
+                "ringmail_cluster_handovers_total",
+                &[("kind", "delivery"), ("result", "ok")],
+            ) >= 21.0
+        });
+        assert!(
+            metric_sum(&text, "ringmail_cluster_handover_seconds_count", &[]) >= 21.0,
+            "{text}"
+        );
+        assert!(
+            metric_sum(
+                &text,
+                "ringmail_cluster_bucket_copies_total",
+                &[("result", "ok")]
+            ) >= 1.0,
+            "{text}"
+        );
+        assert_eq!(
+            metric_sum(
+                &text,
+                "ringmail_cluster_handovers_total",
+                &[("result", "timeout")]
+            ),
+            0.0
+        );
+        assert_eq!(metric_sum(&text, "ringmail_cluster_live_nodes", &[]), 2.0);
+        let buckets = metric_sum(&text, "ringmail_cluster_buckets", &[("role", "primary")])
+            + metric_sum(&text, "ringmail_cluster_buckets", &[("role", "replica")]);
+        assert!(buckets > 0.0, "{text}");
+    }
 }
 
 /// Messages in `mailbox` of `account`, through `addr` (Python's imaplib).
@@ -2000,6 +2035,31 @@ fn a_silent_replica_fails_its_buckets_at_once_instead_of_holding_each_delivery()
     let (r, took) = tagged(&mut imap, "c", "STORE 1 +FLAGS (\\Seen)");
     assert!(r.starts_with("c NO [UNAVAILABLE]"), "{r}");
     assert!(took < Duration::from_millis(1000), "{took:?}");
+    // The node's metrics say what happened: one hand-over ran out of
+    // time, and the later deliveries and the STORE were refused at once.
+    let text = scrape_until(&nodes[0], |t| {
+        metric_sum(
+            t,
+            "ringmail_cluster_handovers_total",
+            &[("kind", "delivery"), ("result", "timeout")],
+        ) == 1.0
+            && metric_sum(t, "ringmail_cluster_refused_silent_total", &[]) >= 7.0
+    });
+    assert_eq!(metric_sum(&text, "ringmail_cluster_silent_nodes", &[]), 1.0);
+    assert_eq!(metric_sum(&text, "ringmail_cluster_live_nodes", &[]), 2.0);
+    assert_eq!(metric_sum(&text, "ringmail_cluster_lease_valid", &[]), 1.0);
+    assert!(
+        metric_sum(
+            &text,
+            "ringmail_cluster_handovers_total",
+            &[("kind", "delivery"), ("result", "ok")]
+        ) >= 1.0,
+        "{text}"
+    );
+    assert!(
+        metric_sum(&text, "ringmail_cluster_map_version", &[]) > 0.0,
+        "{text}"
+    );
     // The node's log is read by another thread: wait for the lines.
     wait_logged(&[&nodes[0]], "peer_silent", &[0]);
     // Refused for the silence mark, not because the lease lapsed.

@@ -1,68 +1,15 @@
 //! The HTTP listener: `/metrics` in the Prometheus text format, counting
 //! what clients did, and `/healthz` following the server's life.
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::TcpStream;
 use std::time::Duration;
 
 use ringmail_tests::*;
 
-/// A GET with Python's urllib (an independent HTTP client): status and body.
-fn get(addr: SocketAddr, path: &str) -> (u16, String) {
-    let script = format!(
-        "import urllib.request, urllib.error\n\
-         try:\n    r = urllib.request.urlopen('http://{addr}{path}', timeout=10)\n    print(r.status); print(r.headers.get('Content-Type')); print(r.read().decode(), end='')\n\
-         except urllib.error.HTTPError as e:\n    print(e.code); print(e.headers.get('Content-Type')); print(e.read().decode(), end='')\n"
-    );
-    let text = python_code(&script);
-    let mut lines = text.splitn(3, '\n');
-    let status = lines.next().unwrap().parse().unwrap();
-    let ctype = lines.next().unwrap().to_string();
-    if path == "/metrics" && status == 200 {
-        assert!(ctype.starts_with("text/plain; version=0.0.4"), "{ctype}");
-    }
-    (status, lines.next().unwrap_or("").to_string())
-}
-
-/// Sum of a metric's samples whose labels contain every `want` pair.
-fn sum(text: &str, name: &str, want: &[(&str, &str)]) -> f64 {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| {
-            let (series, value) = l.rsplit_once(' ')?;
-            let (n, labels) = match series.split_once('{') {
-                Some((n, rest)) => (n, rest.trim_end_matches('}')),
-                None => (series, ""),
-            };
-            if n != name
-                || !want
-                    .iter()
-                    .all(|(k, v)| labels.contains(&format!("{k}=\"{v}\"")))
-            {
-                return None;
-            }
-            value.parse::<f64>().ok()
-        })
-        .sum()
-}
-
-fn scrape_until(server: &Server, what: impl Fn(&str) -> bool) -> String {
-    let mut last = String::new();
-    for _ in 0..50 {
-        let (status, body) = get(server.http, "/metrics");
-        assert_eq!(status, 200);
-        if what(&body) {
-            return body;
-        }
-        last = body;
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    panic!("metrics never showed it:\n{last}");
-}
-
 #[test]
 fn metrics_count_what_clients_did() {
     let server = Server::new();
-    assert_eq!(get(server.http, "/healthz"), (200, "ok\n".into()));
+    assert_eq!(http_get(server.http, "/healthz"), (200, "ok\n".into()));
     for i in 0..3 {
         smtp_send(
             server.smtp,
@@ -96,22 +43,22 @@ fn metrics_count_what_clients_did() {
     );
     python_code(&script);
     let text = scrape_until(&server, |t| {
-        sum(t, "ringmail_smtp_transactions_total", &[("reply", "2xx")]) >= 3.0
-            && sum(
+        metric_sum(t, "ringmail_smtp_transactions_total", &[("reply", "2xx")]) >= 3.0
+            && metric_sum(
                 t,
                 "ringmail_logins_total",
                 &[("proto", "pop3"), ("result", "success")],
             ) >= 1.0
-            && sum(
+            && metric_sum(
                 t,
                 "ringmail_logins_total",
                 &[("proto", "imap"), ("result", "success")],
             ) >= 1.0
-            && sum(t, "ringmail_tls_handshakes_total", &[("result", "ok")]) >= 1.0
-            && sum(t, "ringmail_storage_segment_bytes", &[]) > 0.0
+            && metric_sum(t, "ringmail_tls_handshakes_total", &[("result", "ok")]) >= 1.0
+            && metric_sum(t, "ringmail_storage_segment_bytes", &[]) > 0.0
     });
     assert_eq!(
-        sum(
+        metric_sum(
             &text,
             "ringmail_smtp_transactions_total",
             &[("proto", "smtp"), ("reply", "2xx")]
@@ -119,7 +66,7 @@ fn metrics_count_what_clients_did() {
         3.0
     );
     assert_eq!(
-        sum(
+        metric_sum(
             &text,
             "ringmail_smtp_transactions_total",
             &[("reply", "5xx")]
@@ -127,7 +74,7 @@ fn metrics_count_what_clients_did() {
         1.0
     );
     assert_eq!(
-        sum(
+        metric_sum(
             &text,
             "ringmail_recipients_accepted_total",
             &[("destination", "local")]
@@ -135,7 +82,7 @@ fn metrics_count_what_clients_did() {
         3.0
     );
     assert_eq!(
-        sum(
+        metric_sum(
             &text,
             "ringmail_logins_total",
             &[("proto", "pop3"), ("result", "failure")]
@@ -143,7 +90,7 @@ fn metrics_count_what_clients_did() {
         1.0
     );
     assert_eq!(
-        sum(
+        metric_sum(
             &text,
             "ringmail_tls_handshakes_total",
             &[("result", "ok"), ("version", "TLSv1.3")]
@@ -151,18 +98,21 @@ fn metrics_count_what_clients_did() {
         1.0
     );
     assert!(
-        sum(
+        metric_sum(
             &text,
             "ringmail_connections_accepted_total",
             &[("proto", "smtp")]
         ) >= 4.0
     );
     // The NUL refusal is the session's own: no delivery, no delivery time.
-    assert_eq!(sum(&text, "ringmail_delivery_seconds_count", &[]), 3.0);
-    assert!(sum(&text, "ringmail_storage_syncs_total", &[]) >= 1.0);
-    assert!(sum(&text, "ringmail_storage_sync_seconds_count", &[]) >= 1.0);
+    assert_eq!(
+        metric_sum(&text, "ringmail_delivery_seconds_count", &[]),
+        3.0
+    );
+    assert!(metric_sum(&text, "ringmail_storage_syncs_total", &[]) >= 1.0);
+    assert!(metric_sum(&text, "ringmail_storage_sync_seconds_count", &[]) >= 1.0);
     assert!(
-        sum(&text, "ringmail_storage_segment_bytes", &[]) > 0.0,
+        metric_sum(&text, "ringmail_storage_segment_bytes", &[]) > 0.0,
         "{text}"
     );
     assert!(text.contains("# TYPE ringmail_delivery_seconds histogram"));
@@ -201,12 +151,12 @@ fn metrics_count_what_clients_did() {
 #[test]
 fn the_http_listener_is_bounded_and_answers_only_its_paths() {
     let mut server = Server::new();
-    assert_eq!(get(server.http, "/nope").0, 404);
+    assert_eq!(http_get(server.http, "/nope").0, 404);
     // Idle connections that never send a request do not stop a scrape.
     let idle: Vec<TcpStream> = (0..20)
         .map(|_| TcpStream::connect(server.http).unwrap())
         .collect();
-    assert_eq!(get(server.http, "/healthz").0, 200);
+    assert_eq!(http_get(server.http, "/healthz").0, 200);
     // A request with a method other than GET/HEAD, and a huge header.
     let mut s = TcpStream::connect(server.http).unwrap();
     s.write_all(b"POST /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n")
@@ -240,7 +190,7 @@ fn the_http_listener_is_bounded_and_answers_only_its_paths() {
     // SAFETY: kill(2) on the server we started.
     unsafe { libc::kill(pid as i32, libc::SIGTERM) };
     let status = wait_for(Duration::from_secs(5), || {
-        let (s, _) = get(server.http, "/healthz");
+        let (s, _) = http_get(server.http, "/healthz");
         (s == 503).then_some(s)
     });
     assert_eq!(status, Some(503));
@@ -390,5 +340,5 @@ fn status_reports_every_shard_and_autoconfig_describes_the_listeners() {
             "missing {want:?} in {servers:?}"
         );
     }
-    assert_eq!(get(server.http, "/mail/config-v1.1.xml").0, 200);
+    assert_eq!(http_get(server.http, "/mail/config-v1.1.xml").0, 200);
 }

@@ -206,6 +206,7 @@ async fn work(shard: Rc<Shard>) {
             let buckets: Vec<u32> = jobs.iter().map(|j| j.bucket).collect();
             match pull(&shard, &from, &buckets, version).await {
                 Ok(c) => {
+                    shard.metrics.bucket_copy(true);
                     tracing::info!(
                         event = "bucket_copied",
                         from = from.id,
@@ -233,6 +234,7 @@ async fn work(shard: Rc<Shard>) {
                     }
                 }
                 Err(why) => {
+                    shard.metrics.bucket_copy(false);
                     tracing::warn!(
                         from = from.id,
                         buckets = buckets.len(),

@@ -404,6 +404,7 @@ pub async fn commit(shard: &Shard, ops: &[Op<'_>]) -> Result<(), StorageError> {
         // Written here, not yet sent: if this future is dropped now (the
         // shutdown's grace ran out), say so.
         let mut unsent = Unsent {
+            shard,
             account,
             sent: false,
         };
@@ -418,6 +419,7 @@ pub async fn commit(shard: &Shard, ops: &[Op<'_>]) -> Result<(), StorageError> {
 
 /// A commit written here whose changes the replica has not been sent.
 struct Unsent<'a> {
+    shard: &'a Shard,
     account: &'a str,
     sent: bool,
 }
@@ -425,6 +427,7 @@ struct Unsent<'a> {
 impl Drop for Unsent<'_> {
     fn drop(&mut self) {
         if !self.sent {
+            self.shard.metrics.change_unreplicated();
             tracing::error!(
                 event = "change_not_replicated",
                 account = self.account,
@@ -572,6 +575,7 @@ async fn send(shard: &Shard, account: &str, texts: &[Vec<u8>]) {
             }
         }
         if !sent {
+            shard.metrics.change_unreplicated();
             tracing::error!(
                 event = "change_not_replicated",
                 account,

@@ -249,7 +249,7 @@ impl Shard {
                     "bucket {bucket} of {a} belongs to {owner}, not to this node"
                 ));
             }
-            push_away(&mut routes.away, &m.view, &self.peers, owner, bucket, a)?;
+            push_away(&mut routes.away, &m.view, self, owner, bucket, a)?;
         }
         Ok(routes)
     }
@@ -269,7 +269,7 @@ impl Shard {
                 continue;
             }
             match map.replica_of(bucket) {
-                Some(r) if r != m.me => push_away(&mut copies, &m.view, &self.peers, r, bucket, a)?,
+                Some(r) if r != m.me => push_away(&mut copies, &m.view, self, r, bucket, a)?,
                 _ => {}
             }
         }
@@ -282,7 +282,7 @@ impl Shard {
 fn push_away(
     list: &mut Vec<Away>,
     view: &View,
-    peers: &super::peer::Pool,
+    shard: &Shard,
     node: &str,
     bucket: u32,
     account: &str,
@@ -294,7 +294,8 @@ fn push_away(
     let to = member
         .internal_addr()
         .ok_or_else(|| format!("node {node}: bad internal address {:?}", member.internal))?;
-    if peers.is_silent(to) {
+    if shard.peers.is_silent(to) {
+        shard.metrics.refused_silent();
         return Err(format!(
             "node {node} of bucket {bucket} did not answer a hand-over in time"
         ));

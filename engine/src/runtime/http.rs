@@ -118,6 +118,24 @@ fn text(status: StatusCode, content_type: &str, body: String) -> Response<Full<B
     r
 }
 
+/// Cluster mode: this node's view of the cluster for `/metrics`.
+fn cluster_figures(shared: &Shared) -> Option<crate::metrics::ClusterFigures> {
+    let view = shared.cluster.as_ref()?.load();
+    let me = shared.config.cluster.as_ref()?.node.as_str();
+    let mut figures = crate::metrics::ClusterFigures {
+        live_nodes: view.members.len() as u64,
+        lease_valid: view.may_acknowledge(std::time::Instant::now()),
+        silent_nodes: shared.silence.silent_now() as u64,
+        ..Default::default()
+    };
+    if let Some((map, version)) = &view.placement {
+        figures.map_version = u64::try_from(*version).unwrap_or(0);
+        let (primary, replica) = map.counts().get(me).copied().unwrap_or_default();
+        (figures.primary_buckets, figures.replica_buckets) = (primary as u64, replica as u64);
+    }
+    Some(figures)
+}
+
 fn answer<B>(
     req: &Request<B>,
     shared: &Shared,
@@ -142,6 +160,7 @@ fn answer<B>(
                 dns_queries: dns.queries(),
                 dns_cache_hits: dns.cache_hits,
                 uptime_seconds: started.elapsed().as_secs(),
+                cluster: cluster_figures(shared),
             };
             text(
                 StatusCode::OK,

@@ -336,11 +336,16 @@ impl Silence {
 
     /// Is any node silent now?
     pub fn any_silent(&self) -> bool {
+        self.silent_now() > 0
+    }
+
+    /// How many nodes are silent now.
+    pub fn silent_now(&self) -> usize {
         if !self.any() {
-            return false;
+            return 0;
         }
         let now = Instant::now();
-        self.marks().values().any(|until| now < *until)
+        self.marks().values().filter(|until| now < **until).count()
     }
 
     /// `to` answered: a mark set before ends.
@@ -451,7 +456,16 @@ pub async fn hand_over(
     nested: bool,
 ) -> Result<(), String> {
     let pool = &shard.peers;
+    // What it carries, for the metrics (`metrics::HANDOVER_KINDS`).
+    let kind = if m.changes {
+        1
+    } else if m.append.is_some() {
+        2
+    } else {
+        0
+    };
     if pool.is_silent(to) {
+        shard.metrics.refused_silent();
         return Err(format!(
             "it did not answer a hand-over in time; not tried for up to {} s",
             SILENT_HOLD.as_secs()
@@ -496,9 +510,19 @@ pub async fn hand_over(
         glommio::timer::sleep(limit).await;
         pool.went_silent(to);
         tracing::warn!(event = "peer_silent", %to, limit_ms = limit.as_millis() as u64, hold_s = SILENT_HOLD.as_secs(), "cluster: a node did not answer a hand-over in time; its buckets fail at once for a while");
-        Err(format!("no answer within {} ms", limit.as_millis()))
+        Err(None)
     };
-    futures_lite::future::or(attempts, timer).await
+    let started = Instant::now();
+    let outcome = futures_lite::future::or(async { attempts.await.map_err(Some) }, timer).await;
+    let result = match &outcome {
+        Ok(()) => 0,
+        Err(Some(_)) => 1,
+        Err(None) => 2,
+    };
+    shard
+        .metrics
+        .handover(kind, result, started.elapsed().as_secs_f64());
+    outcome.map_err(|e| e.unwrap_or_else(|| format!("no answer within {} ms", limit.as_millis())))
 }
 
 #[cfg(test)]
