@@ -55,8 +55,16 @@ pub const HANDOVER_KINDS: [&str; 3] = ["delivery", "change", "append"];
 /// Cluster mode: how a hand-over ended. `timeout`: the other node did not
 /// answer within `peer_timeout_ms` (it is then marked silent).
 pub const HANDOVER_RESULTS: [&str; 3] = ["ok", "failed", "timeout"];
-/// Cluster mode: how a bucket copy from another node ended.
-pub const COPY_RESULTS: [&str; 2] = ["ok", "failed"];
+/// Cluster mode: how a bucket copy from another node ended. `busy`: the
+/// source asked for time (it sends as many copies as it may, waits for
+/// older deliveries, or has not seen the map yet); asked again later.
+pub const COPY_RESULTS: [&str; 3] = ["ok", "failed", "busy"];
+
+/// Histogram bounds of hand-over latencies, seconds: as [`LATENCY_BOUNDS`],
+/// and beyond the largest `peer_timeout_ms`.
+pub const HANDOVER_BOUNDS: [f64; 14] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 1.0, 10.0, 30.0, 65.0,
+];
 
 /// Histogram bounds of latencies, seconds (100 µs to 10 s).
 pub const LATENCY_BOUNDS: [f64; 12] = [
@@ -168,11 +176,11 @@ pub struct ShardMetrics {
     pub handover_seconds: Hist,
     /// Cluster mode: changes written here that the replica never took.
     pub changes_unreplicated: Cell<u64>,
-    /// Cluster mode: hand-overs not tried, their node being marked silent
-    /// (the delivery or change is refused at once).
+    /// Cluster mode: hand-over attempts not made, their node being marked
+    /// silent (refused at once; a change counts each of its attempts).
     pub refused_silent: Cell<u64>,
     /// Cluster mode: bucket copies pulled from other nodes, by result.
-    pub bucket_copies: [Cell<u64>; 2],
+    pub bucket_copies: [Cell<u64>; 3],
 }
 
 impl Default for ShardMetrics {
@@ -191,7 +199,7 @@ impl Default for ShardMetrics {
             relay_attempts: cells(),
             delivery_seconds: Hist::new(&LATENCY_BOUNDS),
             handovers: [cells(), cells(), cells()],
-            handover_seconds: Hist::new(&LATENCY_BOUNDS),
+            handover_seconds: Hist::new(&HANDOVER_BOUNDS),
             changes_unreplicated: Cell::new(0),
             refused_silent: Cell::new(0),
             bucket_copies: cells(),
@@ -270,8 +278,9 @@ impl ShardMetrics {
         inc(&self.changes_unreplicated);
     }
 
-    pub fn bucket_copy(&self, ok: bool) {
-        inc(&self.bucket_copies[usize::from(!ok)]);
+    /// `result`: index in [`COPY_RESULTS`].
+    pub fn bucket_copy(&self, result: usize) {
+        inc(&self.bucket_copies[result]);
     }
 }
 
@@ -312,7 +321,7 @@ pub struct Snapshot {
     handover_seconds: HistSnapshot,
     changes_unreplicated: u64,
     refused_silent: u64,
-    bucket_copies: [u64; 2],
+    bucket_copies: [u64; 3],
     pub storage: StorageFigures,
 }
 
@@ -589,7 +598,7 @@ impl Render {
         self.family(
             e,
             "ringmail_cluster_refused_silent",
-            "Hand-overs not tried because their node was marked silent: the delivery or change was refused at once.",
+            "Hand-over attempts not made because their node was marked silent (refused at once; a change's retries count each).",
             Counter,
             self.per_shard(|s| s.refused_silent),
         )?;
@@ -605,7 +614,7 @@ impl Render {
         self.family(
             e,
             "ringmail_cluster_bucket_copies",
-            "Copies of gained buckets pulled from another node, by result (a failed one is tried again).",
+            "Copies of gained buckets pulled from another node, by result (busy: the source asked for time; failed and busy ones are tried again).",
             Counter,
             copies,
         )?;
@@ -954,8 +963,8 @@ mod tests {
         m.refused_silent();
         m.handover(1, 1, 0.001);
         m.change_unreplicated();
-        m.bucket_copy(true);
-        m.bucket_copy(false);
+        m.bucket_copy(0);
+        m.bucket_copy(1);
         p.publish(0, m.snapshot(StorageFigures::default()));
         let text = p.render(ProcessFigures {
             cluster: Some(ClusterFigures {

@@ -18,7 +18,11 @@
 //! same bytes there, while two messages that differ in any other field
 //! (Subject:, Date:, To:...) or in the body are two messages. A message
 //! without a Message-ID is never taken for a duplicate. The table lives in
-//! memory, bounded per shard; a node that restarts forgets it.
+//! memory, bounded per shard. A node that starts (after a kill -9 too)
+//! fills it again from what it stores: every message of the window carries
+//! its envelope sender in the `Return-Path:` field the delivery put first
+//! ([`reverse_path_of`]), so its identity is computed again from the
+//! stored octets ([`Recent::remember_older`]).
 use std::collections::{HashSet, VecDeque};
 
 use crate::mime::header;
@@ -80,6 +84,18 @@ fn after_trace(head: &[u8]) -> usize {
     pos
 }
 
+/// The envelope sender a delivery wrote into the stored message: the
+/// value of its first line, `Return-Path: <...>` (RFC 5321 4.4, as the SMTP
+/// driver writes it). None for a message that does not start so (an IMAP
+/// APPEND, an import).
+pub fn reverse_path_of(stored: &[u8]) -> Option<&str> {
+    const FIELD: &[u8] = b"Return-Path: <";
+    let rest = stored.strip_prefix(FIELD)?;
+    let end = memchr::memchr(b'\n', rest)?;
+    let line = rest[..end].strip_suffix(b"\r")?;
+    std::str::from_utf8(line.strip_suffix(b">")?).ok()
+}
+
 /// What a shard stored lately: (account, identity) keys with the second
 /// each was stored at, oldest first.
 #[derive(Default)]
@@ -123,6 +139,21 @@ impl Recent {
             self.order.push_back((now, k));
         }
         self.expire(now, window);
+    }
+
+    /// A message stored for `account` at `at`, no later than anything
+    /// remembered so far (the start-up fill, newest first); nothing once
+    /// the table is full.
+    pub fn remember_older(&mut self, account: &str, identity: &[u8; 32], at: i64) {
+        if self.order.len() >= ENTRIES_MAX {
+            return;
+        }
+        let k = key(account, identity);
+        if self.keys.insert(k) {
+            // Older than every entry: the front keeps the oldest.
+            self.order
+                .push_front((at.min(self.order.front().map_or(at, |f| f.0)), k));
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -197,6 +228,41 @@ mod tests {
         assert!(!r.seen("b@x", &id, 159, 60), "another account");
         assert!(!r.seen("a@x", &id, 160, 60), "the window ended");
         assert!(r.is_empty());
+    }
+
+    #[test]
+    fn the_sender_and_identity_come_back_from_the_stored_message() {
+        let stored = [
+            &b"Return-Path: <s@x>\r\nAuthentication-Results: h; spf=pass\r\nReceived: from c by n1; now\r\n"[..],
+            M,
+        ]
+        .concat();
+        let rp = reverse_path_of(&stored).unwrap();
+        assert_eq!(rp, "s@x");
+        assert_eq!(identity(rp, &stored), identity("s@x", M));
+        assert_eq!(reverse_path_of(b"Return-Path: <>\r\n\r\nx"), Some(""));
+        assert_eq!(reverse_path_of(M), None, "no Return-Path first");
+        assert_eq!(reverse_path_of(b"Return-Path: <s@x"), None);
+        assert_eq!(reverse_path_of(b"Return-Path: s@x\r\n"), None);
+    }
+
+    #[test]
+    fn the_start_up_fill_goes_in_front_of_new_entries() {
+        let id = |i: u8| [i; 32];
+        let mut r = Recent::default();
+        // A delivery after the start, then the fill, newest first.
+        r.stored("a@x", &id(9), 1000, 60);
+        r.remember_older("a@x", &id(2), 990);
+        r.remember_older("a@x", &id(1), 950);
+        r.remember_older("a@x", &id(9), 980);
+        assert_eq!(r.len(), 3, "no key twice");
+        assert!(r.seen("a@x", &id(1), 1000, 60));
+        assert!(r.seen("a@x", &id(2), 1000, 60));
+        // The oldest expire first.
+        assert!(!r.seen("a@x", &id(1), 1011, 60));
+        assert!(r.seen("a@x", &id(2), 1011, 60));
+        assert!(r.seen("a@x", &id(9), 1059, 60));
+        assert!(r.is_empty() || !r.seen("a@x", &id(9), 1060, 60));
     }
 
     #[test]

@@ -206,7 +206,7 @@ async fn work(shard: Rc<Shard>) {
             let buckets: Vec<u32> = jobs.iter().map(|j| j.bucket).collect();
             match pull(&shard, &from, &buckets, version).await {
                 Ok(c) => {
-                    shard.metrics.bucket_copy(true);
+                    shard.metrics.bucket_copy(0);
                     tracing::info!(
                         event = "bucket_copied",
                         from = from.id,
@@ -234,16 +234,16 @@ async fn work(shard: Rc<Shard>) {
                     }
                 }
                 Err(why) => {
-                    shard.metrics.bucket_copy(false);
+                    // Next time, another node that held the bucket first
+                    // (unless this one only asked for time).
+                    let busy = why.contains(STILL_RUNNING) || why.contains(TOO_MANY);
+                    shard.metrics.bucket_copy(if busy { 2 } else { 1 });
                     tracing::warn!(
                         from = from.id,
                         buckets = buckets.len(),
                         why,
                         "cluster: copying buckets failed; trying again"
                     );
-                    // Next time, another node that held the bucket first
-                    // (unless this one only asked for time).
-                    let busy = why.contains(STILL_RUNNING) || why.contains(TOO_MANY);
                     again.extend(jobs.into_iter().map(|mut job| {
                         if !busy && !job.also.is_empty() {
                             let next = job.also.remove(0);

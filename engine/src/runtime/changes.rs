@@ -517,14 +517,14 @@ async fn send(shard: &Shard, account: &str, texts: &[Vec<u8>]) {
         let mut last_error = String::new();
         let mut sent = false;
         for attempt in 0..SEND_ATTEMPTS {
-            // While a node is silent (it ran out of time), the last attempt
-            // comes after its hold (`peer::SILENT_HOLD`): the change is
-            // written here already, and a replica that stalled once may
+            // While the replica is silent (it ran out of time), the last
+            // attempt comes after its hold (`peer::SILENT_HOLD`): the change
+            // is written here already, and a replica that stalled once may
             // answer by then (or the map names another).
             match attempt {
                 0 => {}
                 1 => glommio::timer::sleep(std::time::Duration::from_millis(300)).await,
-                _ if shard.peers.any_silent() => {
+                _ if shard.replica_silent(account) => {
                     glommio::timer::sleep(
                         super::peer::SILENT_HOLD + std::time::Duration::from_millis(500),
                     )

@@ -275,6 +275,19 @@ impl Shard {
         }
         Ok(copies)
     }
+
+    /// Is the replica the map names for `account`'s bucket marked silent
+    /// (`peer::Silence`)?
+    pub fn replica_silent(&self, account: &str) -> bool {
+        let Some(m) = self.mapped() else {
+            return false;
+        };
+        m.map()
+            .replica_of(self.bucket(account))
+            .and_then(|r| m.view.members.get(r))
+            .and_then(|member| member.internal_addr())
+            .is_some_and(|to| self.peers.is_silent(to))
+    }
 }
 
 /// Add `account` to the share of `node` (a live member, not gone silent:

@@ -1083,6 +1083,43 @@ fn set_batch_policy() {
     }
 }
 
+/// Fill the shard's duplicate table (`cluster::duplicates`) with the
+/// messages it stored in the last `window` seconds, newest first, each's
+/// identity computed again from its stored octets (the envelope sender
+/// from its `Return-Path:`).
+async fn fill_recent(shard: &Shard, window: i64) {
+    use crate::cluster::duplicates;
+    let started = std::time::Instant::now();
+    let list = shard
+        .store
+        .messages_since(crate::util::unix_now() - window, duplicates::ENTRIES_MAX);
+    let mut filled = 0usize;
+    for (i, (account, at, loc)) in list.iter().enumerate() {
+        if i % 1024 == 1023 {
+            glommio::yield_if_needed().await;
+        }
+        let Some(body) = shard.store.body(*loc) else {
+            continue;
+        };
+        let bytes = body.bytes();
+        let Some(id) =
+            duplicates::reverse_path_of(bytes).and_then(|rp| duplicates::identity(rp, bytes))
+        else {
+            continue;
+        };
+        shard.recent.borrow_mut().remember_older(account, &id, *at);
+        filled += 1;
+    }
+    tracing::info!(
+        event = "duplicates_filled",
+        shard = shard.id,
+        messages = list.len(),
+        entries = filled,
+        ms = started.elapsed().as_millis() as u64,
+        "cluster: duplicate table filled from the messages stored within its window"
+    );
+}
+
 /// How often the heartbeat task wakes an executor (see [`run`]).
 const HEARTBEAT: Duration = Duration::from_millis(10);
 
@@ -1197,6 +1234,19 @@ pub async fn run(shared: Arc<Shared>, mesh: MeshBuilder<ShardMsg, Full>) -> Resu
             }
         })
         .detach();
+    }
+
+    // Cluster mode: before anything is accepted, the duplicate table
+    // learns what this shard stored within its window (a retry of what a
+    // failure left stored is stored once, across a restart too).
+    if let Some(window) = shared
+        .config
+        .cluster
+        .as_ref()
+        .map(|c| c.duplicate_window_secs)
+        .filter(|w| *w > 0)
+    {
+        fill_recent(&shard, window as i64).await;
     }
 
     let mut accept_tasks = Vec::new();

@@ -625,6 +625,27 @@ impl Store {
         out
     }
 
+    /// Messages of mail accounts (not relay queues) whose internal date is
+    /// `since` or later, every copy (each mailbox's), newest first, at most
+    /// `max`: (account, internal date, body location).
+    pub fn messages_since(&self, since: i64, max: usize) -> Vec<(String, i64, Loc)> {
+        let buckets = self.buckets.borrow();
+        let mut v: Vec<(String, i64, Loc)> = Vec::new();
+        for a in buckets.values().flat_map(|b| b.accounts.values()) {
+            if a.name.starts_with(crate::relay::queue::QUEUE_PREFIX) {
+                continue;
+            }
+            for m in a.mailboxes.iter().flat_map(|mb| mb.messages.iter()) {
+                if m.internal_date >= since {
+                    v.push((a.name.clone(), m.internal_date, m.loc));
+                }
+            }
+        }
+        v.sort_unstable_by_key(|m| std::cmp::Reverse(m.1));
+        v.truncate(max);
+        v
+    }
+
     /// The mail accounts (not relay queues) of these buckets that have
     /// stored state on this shard.
     pub fn accounts_in_buckets(&self, buckets: &[u32]) -> Vec<String> {
