@@ -1090,9 +1090,12 @@ fn set_batch_policy() {
 async fn fill_recent(shard: &Shard, window: i64) {
     use crate::cluster::duplicates;
     let started = std::time::Instant::now();
+    // Deliveries are dated when stored; an APPEND may carry any date, and
+    // one in the future must not crowd the window's deliveries out.
+    let now = crate::util::unix_now();
     let list = shard
         .store
-        .messages_since(crate::util::unix_now() - window, duplicates::ENTRIES_MAX);
+        .messages_between(now - window, now + 60, duplicates::ENTRIES_MAX);
     let mut filled = 0usize;
     for (i, (account, at, loc)) in list.iter().enumerate() {
         if i % 1024 == 1023 {

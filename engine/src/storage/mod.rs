@@ -626,9 +626,9 @@ impl Store {
     }
 
     /// Messages of mail accounts (not relay queues) whose internal date is
-    /// `since` or later, every copy (each mailbox's), newest first, at most
-    /// `max`: (account, internal date, body location).
-    pub fn messages_since(&self, since: i64, max: usize) -> Vec<(String, i64, Loc)> {
+    /// within `since..=until`, every copy (each mailbox's), newest first, at
+    /// most `max`: (account, internal date, body location).
+    pub fn messages_between(&self, since: i64, until: i64, max: usize) -> Vec<(String, i64, Loc)> {
         let buckets = self.buckets.borrow();
         let mut v: Vec<(String, i64, Loc)> = Vec::new();
         for a in buckets.values().flat_map(|b| b.accounts.values()) {
@@ -636,7 +636,7 @@ impl Store {
                 continue;
             }
             for m in a.mailboxes.iter().flat_map(|mb| mb.messages.iter()) {
-                if m.internal_date >= since {
+                if (since..=until).contains(&m.internal_date) {
                     v.push((a.name.clone(), m.internal_date, m.loc));
                 }
             }

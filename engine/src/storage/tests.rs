@@ -801,3 +801,48 @@ fn a_commit_waiting_for_room_keeps_its_place() {
         assert_eq!(*order.borrow(), vec!["big", "small"]);
     });
 }
+
+/// `messages_between`: every stored copy dated within the range, newest
+/// first, at most the limit, after a reopen too (the duplicate table's
+/// fill at start reads it).
+#[test]
+fn messages_between_lists_the_range_newest_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_path_buf();
+    run(move || async move {
+        let s = open(&d, 0, 1, 1_000_000);
+        for (i, (account, at)) in [("a@x", 100), ("b@x", 200), ("a@x", 300), ("b@x", 400)]
+            .into_iter()
+            .enumerate()
+        {
+            s.deliver(&[account.into()], b"Return-Path: <s@x>\r\n", &msg(i), at)
+                .await
+                .unwrap();
+        }
+        drop(s);
+        let s = open(&d, 0, 1, 1_000_000);
+        let got: Vec<(String, i64)> = s
+            .messages_between(150, 400, 10)
+            .into_iter()
+            .map(|(a, at, loc)| {
+                assert!(s
+                    .body(loc)
+                    .unwrap()
+                    .bytes()
+                    .starts_with(b"Return-Path: <s@x>"));
+                (a, at)
+            })
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                ("b@x".into(), 400),
+                ("a@x".into(), 300),
+                ("b@x".into(), 200)
+            ]
+        );
+        assert_eq!(s.messages_between(150, 350, 1).len(), 1);
+        assert_eq!(s.messages_between(150, 350, 1)[0].1, 300);
+        assert!(s.messages_between(401, 1000, 10).is_empty());
+    });
+}
