@@ -1083,24 +1083,35 @@ fn set_batch_policy() {
     }
 }
 
+/// How long a shard may spend filling its duplicate table at start; the
+/// newest messages come first, so a fill cut short misses only the oldest
+/// part of the window (the least likely to be retried).
+const FILL_TIME_MAX: Duration = Duration::from_secs(5);
+
 /// Fill the shard's duplicate table (`cluster::duplicates`) with the
 /// messages it stored in the last `window` seconds, newest first, each's
 /// identity computed again from its stored octets (the envelope sender
-/// from its `Return-Path:`).
-async fn fill_recent(shard: &Shard, window: i64) {
+/// from its `Return-Path:`), for at most [`FILL_TIME_MAX`]. Runs before the
+/// shard takes connections or other shards' deliveries.
+fn fill_recent(shard: &Shard, window: i64) {
     use crate::cluster::duplicates;
     let started = std::time::Instant::now();
     // Deliveries are dated when stored; an APPEND may carry any date, and
-    // one in the future must not crowd the window's deliveries out.
+    // one far in the future must not crowd the window's deliveries out.
     let now = crate::util::unix_now();
-    let list = shard
-        .store
-        .messages_between(now - window, now + 60, duplicates::ENTRIES_MAX);
+    let (names, list) =
+        shard
+            .store
+            .messages_between(now - window, now + 60, duplicates::ENTRIES_MAX);
     let mut filled = 0usize;
+    let mut oldest = now;
+    let mut cut_short = false;
     for (i, (account, at, loc)) in list.iter().enumerate() {
-        if i % 1024 == 1023 {
-            glommio::yield_if_needed().await;
+        if i % 256 == 255 && started.elapsed() > FILL_TIME_MAX {
+            cut_short = true;
+            break;
         }
+        oldest = *at;
         let Some(body) = shard.store.body(*loc) else {
             continue;
         };
@@ -1110,14 +1121,21 @@ async fn fill_recent(shard: &Shard, window: i64) {
         else {
             continue;
         };
-        shard.recent.borrow_mut().remember_older(account, &id, *at);
-        filled += 1;
+        if shard
+            .recent
+            .borrow_mut()
+            .remember_older(&names[*account as usize], &id, *at)
+        {
+            filled += 1;
+        }
     }
     tracing::info!(
         event = "duplicates_filled",
         shard = shard.id,
         messages = list.len(),
         entries = filled,
+        back_secs = now - oldest,
+        cut_short,
         ms = started.elapsed().as_millis() as u64,
         "cluster: duplicate table filled from the messages stored within its window"
     );
@@ -1229,6 +1247,20 @@ pub async fn run(shared: Arc<Shared>, mesh: MeshBuilder<ShardMsg, Full>) -> Resu
     })
     .detach();
 
+    // Cluster mode: before anything is accepted here or taken from the
+    // other shards (their deliveries wait in the channels), the duplicate
+    // table learns what this shard stored within its window (a retry of
+    // what a failure left stored is stored once, across a restart too).
+    if let Some(window) = shared
+        .config
+        .cluster
+        .as_ref()
+        .map(|c| c.duplicate_window_secs)
+        .filter(|w| *w > 0)
+    {
+        fill_recent(&shard, window as i64);
+    }
+
     for (_peer, stream) in receivers.streams() {
         let shard = shard.clone();
         glommio::spawn_local(async move {
@@ -1237,19 +1269,6 @@ pub async fn run(shared: Arc<Shared>, mesh: MeshBuilder<ShardMsg, Full>) -> Resu
             }
         })
         .detach();
-    }
-
-    // Cluster mode: before anything is accepted, the duplicate table
-    // learns what this shard stored within its window (a retry of what a
-    // failure left stored is stored once, across a restart too).
-    if let Some(window) = shared
-        .config
-        .cluster
-        .as_ref()
-        .map(|c| c.duplicate_window_secs)
-        .filter(|w| *w > 0)
-    {
-        fill_recent(&shard, window as i64).await;
     }
 
     let mut accept_tasks = Vec::new();

@@ -626,24 +626,47 @@ impl Store {
     }
 
     /// Messages of mail accounts (not relay queues) whose internal date is
-    /// within `since..=until`, every copy (each mailbox's), newest first, at
-    /// most `max`: (account, internal date, body location).
-    pub fn messages_between(&self, since: i64, until: i64, max: usize) -> Vec<(String, i64, Loc)> {
+    /// within `since..=until`, every copy (each mailbox's), the newest
+    /// `max`, newest first: the accounts' names, and per message (index
+    /// into the names, internal date, body location). Each name is cloned
+    /// once, and at most `max` entries are kept sorted.
+    pub fn messages_between(
+        &self,
+        since: i64,
+        until: i64,
+        max: usize,
+    ) -> (Vec<String>, Vec<(u32, i64, Loc)>) {
         let buckets = self.buckets.borrow();
-        let mut v: Vec<(String, i64, Loc)> = Vec::new();
+        let mut names = Vec::new();
+        let mut v: Vec<(u32, i64, Loc)> = Vec::new();
         for a in buckets.values().flat_map(|b| b.accounts.values()) {
             if a.name.starts_with(crate::relay::queue::QUEUE_PREFIX) {
                 continue;
             }
+            let before = v.len();
+            let index = names.len() as u32;
             for m in a.mailboxes.iter().flat_map(|mb| mb.messages.iter()) {
                 if (since..=until).contains(&m.internal_date) {
-                    v.push((a.name.clone(), m.internal_date, m.loc));
+                    v.push((index, m.internal_date, m.loc));
                 }
             }
+            if v.len() > before {
+                names.push(a.name.clone());
+            }
+            // Bounded while it grows: keep the newest `max` of twice that.
+            if max > 0 && v.len() >= 2 * max {
+                v.select_nth_unstable_by_key(max - 1, |m| std::cmp::Reverse(m.1));
+                v.truncate(max);
+            }
+        }
+        if v.len() > max {
+            if max > 0 {
+                v.select_nth_unstable_by_key(max - 1, |m| std::cmp::Reverse(m.1));
+            }
+            v.truncate(max);
         }
         v.sort_unstable_by_key(|m| std::cmp::Reverse(m.1));
-        v.truncate(max);
-        v
+        (names, v)
     }
 
     /// The mail accounts (not relay queues) of these buckets that have

@@ -821,28 +821,49 @@ fn messages_between_lists_the_range_newest_first() {
         }
         drop(s);
         let s = open(&d, 0, 1, 1_000_000);
-        let got: Vec<(String, i64)> = s
-            .messages_between(150, 400, 10)
-            .into_iter()
-            .map(|(a, at, loc)| {
-                assert!(s
-                    .body(loc)
-                    .unwrap()
-                    .bytes()
-                    .starts_with(b"Return-Path: <s@x>"));
-                (a, at)
-            })
-            .collect();
+        let listed = |since, until, max| {
+            let (names, list) = s.messages_between(since, until, max);
+            list.into_iter()
+                .map(|(i, at, loc)| {
+                    assert!(s
+                        .body(loc)
+                        .unwrap()
+                        .bytes()
+                        .starts_with(b"Return-Path: <s@x>"));
+                    (names[i as usize].clone(), at)
+                })
+                .collect::<Vec<(String, i64)>>()
+        };
         assert_eq!(
-            got,
+            listed(150, 400, 10),
             vec![
                 ("b@x".into(), 400),
                 ("a@x".into(), 300),
                 ("b@x".into(), 200)
             ]
         );
-        assert_eq!(s.messages_between(150, 350, 1).len(), 1);
-        assert_eq!(s.messages_between(150, 350, 1)[0].1, 300);
-        assert!(s.messages_between(401, 1000, 10).is_empty());
+        assert_eq!(listed(150, 350, 1), vec![("a@x".into(), 300)]);
+        assert!(listed(401, 1000, 10).is_empty());
+        // Many accounts, a small limit: the newest are kept as the list
+        // is cut down on the way.
+        for i in 0..40 {
+            s.deliver(
+                &[format!("m{i}@x")],
+                b"Return-Path: <s@x>\r\n",
+                &msg(i),
+                1000 + i as i64,
+            )
+            .await
+            .unwrap();
+        }
+        let newest = listed(0, 2000, 3);
+        assert_eq!(
+            newest,
+            vec![
+                ("m39@x".into(), 1039),
+                ("m38@x".into(), 1038),
+                ("m37@x".into(), 1037)
+            ]
+        );
     });
 }
