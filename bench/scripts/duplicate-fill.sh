@@ -10,6 +10,9 @@
 #
 #   bench/scripts/duplicate-fill.sh [messages] [cores]
 #
+# WINDOW=0 turns the table off (`duplicate_window_secs = 0`): the same
+# restart without the fill, for comparison.
+#
 # Needs: etcd (Debian: etcd-server), a release build with --features cluster.
 set -euo pipefail
 MESSAGES=${1:-100000}
@@ -47,8 +50,8 @@ ETCD=$!
 sleep 1
 echo bench | "$BIN" account bulk --data "$WORK/data" --pattern '{n}u@example.test' --count 1000 >/dev/null
 rm_config "$WORK/n1.toml" "$WORK/data" "cores = $CORES" ""
-printf '[cluster]\nname = "fill"\nnode = "n1"\netcd = ["http://127.0.0.1:%s"]\ninternal = "127.0.0.1:%s"\n' \
-    "$ETCD_CLIENT" "$(free_port)" >> "$WORK/n1.toml"
+printf '[cluster]\nname = "fill"\nnode = "n1"\netcd = ["http://127.0.0.1:%s"]\ninternal = "127.0.0.1:%s"\nduplicate_window_secs = %s\n' \
+    "$ETCD_CLIENT" "$(free_port)" "${WINDOW:-3600}" >> "$WORK/n1.toml"
 
 start() {
     local t0 t1
