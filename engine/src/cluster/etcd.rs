@@ -513,18 +513,25 @@ fn describe(name: &str, view: &View) -> String {
                 .collect()
         })
         .unwrap_or_default();
+    let version = view.placement.as_ref().map(|(_, v)| *v);
     for (id, r) in &view.members {
         let (p, rep) = counts.get(id).copied().unwrap_or((0, 0));
+        // A node that holds buckets of the current map and has not copied
+        // what it gained yet lacks their older mail: while it is behind,
+        // its buckets' other node is the only one holding all of it.
+        let behind = version.is_some_and(|v| r.copied < v) && p + rep > 0;
         let _ = writeln!(
             out,
-            "node {id} internal={} cores={} primary={p} replica={rep}{}",
+            "node {id} internal={} cores={} primary={p} replica={rep}{} copied={}{}",
             r.internal,
             r.cores,
             if view.drained.contains(id) {
                 " drained"
             } else {
                 ""
-            }
+            },
+            r.copied,
+            if behind { " copying" } else { "" }
         );
     }
     match &view.placement {
@@ -797,4 +804,48 @@ fn block_on<T>(f: impl std::future::Future<Output = Result<T, String>>) -> Resul
     crate::util::side_runtime()
         .map_err(|e| format!("runtime: {e}"))?
         .block_on(f)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(id: &str, copied: i64) -> NodeRecord {
+        serde_json::from_value(serde_json::json!({
+            "id": id, "internal": "127.0.0.1:1", "smtp": [], "imap": [], "pop3": [],
+            "cores": 1, "buckets": 4, "copied": copied,
+        }))
+        .unwrap()
+    }
+
+    /// `cluster status` names what each node has copied, and marks a node
+    /// still copying buckets of the current map.
+    #[test]
+    fn status_marks_a_node_still_copying() {
+        let nodes = vec!["a".to_string(), "b".to_string(), "c".to_string()];
+        let placement = crate::cluster::placement::plan(None, &nodes[..2], 4, true).unwrap();
+        let mut view = View {
+            members: std::collections::BTreeMap::new(),
+            placement: Some((placement, 9)),
+            lease_until: None,
+            drained: Default::default(),
+        };
+        view.members.insert("a".into(), record("a", 9));
+        view.members.insert("b".into(), record("b", 7));
+        // Holds no bucket: nothing to copy, whatever its figure.
+        view.members.insert("c".into(), record("c", 0));
+        let text = describe("t", &view);
+        let line = |id: &str| {
+            text.lines()
+                .find(|l| l.starts_with(&format!("node {id} ")))
+                .unwrap()
+                .to_string()
+        };
+        assert!(line("a").ends_with("copied=9"), "{text}");
+        assert!(line("b").ends_with("copied=7 copying"), "{text}");
+        assert!(
+            line("c").ends_with("primary=0 replica=0 copied=0"),
+            "{text}"
+        );
+    }
 }
