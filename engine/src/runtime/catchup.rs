@@ -26,7 +26,8 @@
 //! each node's copy of a delivery carries its own Received: and
 //! Return-Path: (`transfer::Digests::Content`); the k-th copy in the source
 //! is skipped if the target holds k. A failed copy is tried again
-//! (`RETRY_AFTER`) while the node still holds the bucket. What a copy does
+//! (`retry_pause`: every 2 s, then backing off to 16 s while it keeps
+//! failing) while the node still holds the bucket. What a copy does
 //! not do: remove what the source no longer has, or carry flag changes to
 //! messages the target already holds (record-level replication would).
 use std::cell::{Cell, RefCell};
@@ -64,8 +65,25 @@ pub const SENDS_MAX: usize = 4;
 /// A source's answer when it sends [`SENDS_MAX`] copies already: the same
 /// source is asked again after [`RETRY_AFTER`], like [`STILL_RUNNING`].
 const TOO_MANY: &str = "Too many bucket copies are being sent; try again later";
+/// A source's answer while its map is older than the puller's: asked
+/// again, like [`STILL_RUNNING`] (it is catching up with etcd's watch).
+const MAP_NOT_SEEN: &str = "This node has not seen that bucket map yet";
 /// Before a failed copy is tried again.
 const RETRY_AFTER: Duration = Duration::from_secs(2);
+/// Rounds that fail in a row before the pause grows ([`retry_pause`]).
+const RETRIES_AT_FULL_SPEED: u32 = 3;
+/// The longest pause between rounds that keep failing.
+const RETRY_AFTER_MAX: Duration = Duration::from_secs(16);
+
+/// The pause before the next round, after `failed` rounds in a row had a
+/// copy fail (not only ask for time): [`RETRY_AFTER`] for the first few,
+/// then doubling up to [`RETRY_AFTER_MAX`], so a source that keeps failing
+/// (a broken disk, a certificate that does not match) is not asked every
+/// 2 s for ever.
+fn retry_pause(failed: u32) -> Duration {
+    let over = failed.saturating_sub(RETRIES_AT_FULL_SPEED).min(8);
+    (RETRY_AFTER * 2u32.pow(over)).min(RETRY_AFTER_MAX)
+}
 /// A batch is stored at this many messages or bytes (one commit each).
 const BATCH_MESSAGES_MAX: usize = 64;
 const BATCH_BYTES_MAX: usize = 4 << 20;
@@ -147,9 +165,11 @@ pub fn plan(shard: &Rc<Shard>) {
 }
 
 /// Copy the queued buckets, one connection per source node, until the
-/// queue is empty (failures are queued again after [`RETRY_AFTER`]).
+/// queue is empty (failures are queued again after [`retry_pause`]).
 async fn work(shard: Rc<Shard>) {
     let mut copied = Copied::default();
+    // Rounds in a row in which a copy failed (not only asked for time).
+    let mut failed_rounds = 0u32;
     loop {
         if shard.stopping() {
             shard.catchup.running.set(false);
@@ -202,6 +222,7 @@ async fn work(shard: Rc<Shard>) {
             .collect();
         drop(m);
         let mut again = Vec::new();
+        let mut failed = false;
         for (from, jobs) in sources {
             let buckets: Vec<u32> = jobs.iter().map(|j| j.bucket).collect();
             match pull(&shard, &from, &buckets, version).await {
@@ -236,7 +257,10 @@ async fn work(shard: Rc<Shard>) {
                 Err(why) => {
                     // Next time, another node that held the bucket first
                     // (unless this one only asked for time).
-                    let busy = why.contains(STILL_RUNNING) || why.contains(TOO_MANY);
+                    let busy = why.contains(STILL_RUNNING)
+                        || why.contains(TOO_MANY)
+                        || why.contains(MAP_NOT_SEEN);
+                    failed |= !busy;
                     shard.metrics.bucket_copy(if busy { 2 } else { 1 });
                     tracing::warn!(
                         from = from.id,
@@ -254,10 +278,11 @@ async fn work(shard: Rc<Shard>) {
                 }
             }
         }
+        failed_rounds = if failed { failed_rounds + 1 } else { 0 };
         if !again.is_empty() {
             shard.catchup.queue.borrow_mut().extend(again);
             let stop = shard.on_stop();
-            let pause = glommio::timer::sleep(RETRY_AFTER);
+            let pause = glommio::timer::sleep(retry_pause(failed_rounds));
             futures::pin_mut!(pause);
             let _ = futures::future::select(pause, stop).await;
         }
@@ -525,7 +550,7 @@ pub async fn serve(shard: &Rc<Shard>, conn: &mut Conn) {
     // for these buckets is replicated to it.
     if !shard.map_at_least(version, MAP_WAIT).await {
         let _ = conn
-            .write_all(b"451 4.4.0 This node has not seen that bucket map yet\r\n")
+            .write_all(format!("451 4.4.0 {MAP_NOT_SEEN}\r\n").as_bytes())
             .await;
         return;
     }
@@ -643,6 +668,15 @@ async fn stream(shard: &Rc<Shard>, conn: &mut Conn, buckets: Vec<u32>) -> Result
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Failing rounds are retried every 2 s at first, then less often, up
+    /// to 16 s; a round that only asked for time does not count.
+    #[test]
+    fn failed_copies_back_off() {
+        let s = |n| retry_pause(n).as_secs();
+        assert_eq!([s(0), s(1), s(2), s(3)], [2, 2, 2, 2]);
+        assert_eq!([s(4), s(5), s(6), s(7), s(100)], [4, 8, 16, 16, 16]);
+    }
 
     /// At most SENDS_MAX copies are sent at once; one that ends frees its
     /// place.
