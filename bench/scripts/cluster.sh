@@ -21,16 +21,9 @@ set -euo pipefail
 MESSAGES=${1:-20000}
 CONNS=${2:-32}
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
-TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
-BIN=$TARGET/release/ringmail
-LOADGEN=$TARGET/release/loadgen
-if [ "${SKIP_BUILD:-0}" != 1 ]; then
-    cargo build --release -q -p ringmail --features cluster --manifest-path "$ROOT/Cargo.toml"
-    cargo build --release -q -p loadgen --manifest-path "$ROOT/Cargo.toml"
-fi
-command -v etcd >/dev/null || { echo "needs etcd (etcd-server)" >&2; exit 1; }
-WORK=$(mktemp -d /var/tmp/ringmail-cluster.XXXXXX)
 . "$ROOT/bench/scripts/ringmail-bench.sh"
+cluster_builds "$ROOT"
+WORK=$(mktemp -d /var/tmp/ringmail-cluster.XXXXXX)
 PIDS=()
 ETCD=
 cleanup() {
@@ -40,7 +33,6 @@ cleanup() {
     rm -rf "$WORK"
 }
 trap cleanup EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
 ACCOUNTS=1000
 PASSWORD=bench
@@ -124,13 +116,7 @@ stop_all
 echo "  stored: $(stored single) of $MESSAGES"
 
 for n in 1 2 3; do
-    ETCD_CLIENT=$(free_port); ETCD_PEER=$(free_port)
-    etcd --name b --data-dir "$WORK/etcd-$n" \
-        --listen-client-urls "http://127.0.0.1:$ETCD_CLIENT" --advertise-client-urls "http://127.0.0.1:$ETCD_CLIENT" \
-        --listen-peer-urls "http://127.0.0.1:$ETCD_PEER" --initial-advertise-peer-urls "http://127.0.0.1:$ETCD_PEER" \
-        --initial-cluster "b=http://127.0.0.1:$ETCD_PEER" >"$WORK/etcd-$n.log" 2>&1 &
-    ETCD=$!
-    sleep 1
+    etcd_start "$WORK/etcd-$n"
     names=()
     first=
     for i in $(seq 1 $n); do

@@ -18,16 +18,9 @@ set -euo pipefail
 MESSAGES=${1:-100000}
 CORES=${2:-1}
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
-TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
-BIN=$TARGET/release/ringmail
-LOADGEN=$TARGET/release/loadgen
-if [ "${SKIP_BUILD:-0}" != 1 ]; then
-    cargo build --release -q -p ringmail --features cluster --manifest-path "$ROOT/Cargo.toml"
-    cargo build --release -q -p loadgen --manifest-path "$ROOT/Cargo.toml"
-fi
-command -v etcd >/dev/null || { echo "needs etcd (etcd-server)" >&2; exit 1; }
-WORK=$(mktemp -d /var/tmp/ringmail-dupfill.XXXXXX)
 . "$ROOT/bench/scripts/ringmail-bench.sh"
+cluster_builds "$ROOT"
+WORK=$(mktemp -d /var/tmp/ringmail-dupfill.XXXXXX)
 ETCD=
 cleanup() {
     rm_stop
@@ -36,18 +29,11 @@ cleanup() {
     rm -rf "$WORK"
 }
 trap cleanup EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
 echo "machine: $(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), kernel $(uname -r)"
 echo "date: $(date -u +%FT%TZ); ringmail $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null); messages=$MESSAGES cores=$CORES"
 
-ETCD_CLIENT=$(free_port); ETCD_PEER=$(free_port)
-etcd --name b --data-dir "$WORK/etcd" \
-    --listen-client-urls "http://127.0.0.1:$ETCD_CLIENT" --advertise-client-urls "http://127.0.0.1:$ETCD_CLIENT" \
-    --listen-peer-urls "http://127.0.0.1:$ETCD_PEER" --initial-advertise-peer-urls "http://127.0.0.1:$ETCD_PEER" \
-    --initial-cluster "b=http://127.0.0.1:$ETCD_PEER" >"$WORK/etcd.log" 2>&1 &
-ETCD=$!
-sleep 1
+etcd_start "$WORK/etcd"
 echo bench | "$BIN" account bulk --data "$WORK/data" --pattern '{n}u@example.test' --count 1000 >/dev/null
 rm_config "$WORK/n1.toml" "$WORK/data" "cores = $CORES" ""
 printf '[cluster]\nname = "fill"\nnode = "n1"\netcd = ["http://127.0.0.1:%s"]\ninternal = "127.0.0.1:%s"\nduplicate_window_secs = %s\n' \

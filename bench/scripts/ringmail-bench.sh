@@ -94,3 +94,36 @@ tls_toml() {
 proc_cpu() {
     awk -v hz="$(getconf CLK_TCK)" '{ print ($14 + $15) / hz }' "/proc/$1/stat"
 }
+
+# free_port: a free TCP port on loopback.
+free_port() {
+    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+}
+
+# cluster_builds ROOT: what the cluster benchmarks run, release builds of
+# ringmail with --features cluster and of loadgen (skipped with
+# SKIP_BUILD=1), and etcd on the PATH. Sets BIN and LOADGEN.
+cluster_builds() {
+    local root=$1 target=${CARGO_TARGET_DIR:-$1/target}
+    BIN=$target/release/ringmail
+    LOADGEN=$target/release/loadgen
+    if [ "${SKIP_BUILD:-0}" != 1 ]; then
+        cargo build --release -q -p ringmail --features cluster --manifest-path "$root/Cargo.toml"
+        cargo build --release -q -p loadgen --manifest-path "$root/Cargo.toml"
+    fi
+    command -v etcd >/dev/null || { echo "needs etcd (etcd-server)" >&2; exit 1; }
+}
+
+# etcd_start DIR: a one-member etcd on free loopback ports, its data in DIR
+# and its log in DIR.log. Sets ETCD (the process) and ETCD_CLIENT (the
+# client port).
+etcd_start() {
+    local dir=$1 peer
+    ETCD_CLIENT=$(free_port); peer=$(free_port)
+    etcd --name b --data-dir "$dir" \
+        --listen-client-urls "http://127.0.0.1:$ETCD_CLIENT" --advertise-client-urls "http://127.0.0.1:$ETCD_CLIENT" \
+        --listen-peer-urls "http://127.0.0.1:$peer" --initial-advertise-peer-urls "http://127.0.0.1:$peer" \
+        --initial-cluster "b=http://127.0.0.1:$peer" >"$dir.log" 2>&1 &
+    ETCD=$!
+    sleep 1
+}
