@@ -220,6 +220,11 @@ pub struct Pop3Opts {
     /// Retrieve at most this many messages per session.
     #[arg(long)]
     pub max_retr: Option<u64>,
+    /// Open loop: start sessions at this fixed rate (sessions/s), each on
+    /// a free connection slot; `session` latency counts from the intended
+    /// start (default: closed loop).
+    #[arg(long, value_name = "SESSIONS_PER_SEC")]
+    pub rate: Option<f64>,
 }
 
 #[derive(Args, Debug, Clone)]

@@ -273,6 +273,9 @@ async fn cmd_pop3(a: cli::Pop3Args, env: Env) -> Result<ExitCode, String> {
     if let Some(d) = a.opts.duration {
         env::secs("--duration", d)?;
     }
+    if let Some(r) = a.opts.rate {
+        check_positive("--rate", r)?;
+    }
     env::secs("--warmup", a.opts.warmup)?;
     let accounts = Arc::new(Accounts::from_args(&a.accounts)?);
     let started = SystemTime::now();
@@ -302,7 +305,7 @@ async fn cmd_pop3(a: cli::Pop3Args, env: Env) -> Result<ExitCode, String> {
         connections: a.connections as u64,
         threads: env.threads as u64,
         warmup: Duration::from_secs_f64(a.opts.warmup),
-        rate: None,
+        rate: a.opts.rate,
         tls: env.tls_mode(),
     };
     let report = Report::build(meta, &st, measured);
@@ -359,6 +362,8 @@ async fn cmd_mixed(a: cli::MixedArgs, env: Env) -> Result<ExitCode, String> {
         warmup: a.warmup,
         delete: a.pop3_delete,
         max_retr: a.pop3_max_retr,
+        // The mixed run's readers are a closed loop.
+        rate: None,
     };
     let imap_opts = cli::ImapOpts {
         duration: a.duration,

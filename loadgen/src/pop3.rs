@@ -3,8 +3,10 @@
 //!
 //! Ops: `connect`, `tls_handshake` (--tls; --starttls: STLS sent until the
 //! handshake is done), `greeting`, `login` (USER+PASS), `stat`, `list`, `uidl`,
-//! `retr` (each), `dele` (each), `quit`, `session` (connect to QUIT reply).
-//! Failed commands are counted as `-ERR <COMMAND>`.
+//! `retr` (each), `dele` (each), `quit`, `session` (connect to QUIT reply;
+//! with --rate, from the session's intended start), `schedule_lag` (--rate
+//! only: how late a session started). Failed commands are counted as
+//! `-ERR <COMMAND>`.
 
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -14,6 +16,7 @@ use std::time::{Duration, Instant};
 use crate::cli::Pop3Opts;
 use crate::conn::{io_error_key, keyed, protocol_error, Conn};
 use crate::env::{Accounts, Env};
+use crate::sched::{latency_from, Pacer, Schedule};
 use crate::stats::{Live, SharedHists, Stats};
 use crate::tls::TlsCtx;
 
@@ -149,12 +152,21 @@ struct Shared {
     next: AtomicU64,
     total: u64,
     deadline: Instant,
+    /// --rate: when each session is due, and the thread that releases them.
+    schedule: Option<Schedule>,
+    pacer: Option<Pacer>,
     live: Arc<Live>,
     measure_from: Instant,
     hists: SharedHists,
 }
 
-async fn session(sh: &Shared, st: &mut Stats, account: usize) -> io::Result<bool> {
+/// One session; `intended`: when it was due (its start, in a closed loop).
+async fn session(
+    sh: &Shared,
+    st: &mut Stats,
+    account: usize,
+    intended: Instant,
+) -> io::Result<bool> {
     let t0 = Instant::now();
     let mut c = Pop3Client::connect(&sh.target, sh.env.timeout, sh.env.tls.as_ref(), st).await?;
     let t = Instant::now();
@@ -228,7 +240,7 @@ async fn session(sh: &Shared, st: &mut Stats, account: usize) -> io::Result<bool
         st.error("-ERR QUIT");
         return Ok(false);
     }
-    st.record("session", t0, end);
+    st.record_dur("session", end, latency_from(intended, t0, end));
     Ok(true)
 }
 
@@ -238,12 +250,27 @@ async fn worker(sh: Arc<Shared>) -> Stats {
         if sh.live.stop.load(Ordering::Relaxed) || Instant::now() >= sh.deadline {
             break;
         }
-        let s = sh.next.fetch_add(1, Ordering::Relaxed);
+        let s = match &sh.pacer {
+            Some(p) => match p.next(|| sh.next.fetch_add(1, Ordering::Relaxed)).await {
+                Some(s) => s,
+                None => break,
+            },
+            None => sh.next.fetch_add(1, Ordering::Relaxed),
+        };
         if s >= sh.total {
             break;
         }
+        let now = Instant::now();
+        let intended = match &sh.schedule {
+            Some(sched) => {
+                let due = sched.intended(s);
+                st.record_dur("schedule_lag", now, now.saturating_duration_since(due));
+                due
+            }
+            None => now,
+        };
         let account = (s % sh.accounts.len() as u64) as usize;
-        let r = session(&sh, &mut st, account).await;
+        let r = session(&sh, &mut st, account, intended).await;
         let end = Instant::now();
         match r {
             Ok(true) => st.count("sessions_ok", end, 1),
@@ -274,12 +301,24 @@ pub async fn run(
     if let Some(d) = opts.duration {
         deadline = deadline.min(t0 + Duration::from_secs_f64(d));
     }
-    let total = match (opts.sessions, opts.duration) {
-        (Some(s), _) => s,
-        (None, Some(_)) => u64::MAX,
-        (None, None) => accounts.len() as u64,
+    let total = match (opts.sessions, opts.duration, opts.rate) {
+        (Some(s), _, _) => s,
+        (None, Some(d), Some(r)) => (d * r).ceil() as u64,
+        (None, Some(_), None) => u64::MAX,
+        (None, None, _) => accounts.len() as u64,
     };
     let measure_from = t0 + Duration::from_secs_f64(opts.warmup);
+    let schedule = opts.rate.map(|r| Schedule::new(t0, r));
+    let pacer = schedule.map(|s| {
+        let l = live.clone();
+        Pacer::spawn(
+            s,
+            total,
+            deadline,
+            move || l.stop.load(Ordering::Relaxed),
+            connections as usize,
+        )
+    });
     let sh = Arc::new(Shared {
         target,
         opts,
@@ -288,6 +327,8 @@ pub async fn run(
         next: AtomicU64::new(0),
         total,
         deadline,
+        schedule,
+        pacer,
         live,
         measure_from,
         hists: SharedHists::default(),

@@ -362,6 +362,38 @@ fn smtp_verify_over_pop3_and_pop3_load() {
     assert_eq!(p["messages_ok"], 45);
     assert_eq!(p["ops"]["retr"]["count"], 45);
     assert_eq!(p["ops"]["session"]["count"], 10);
+
+    // Open loop: 10 sessions at 20 per second take about half a second
+    // (the last is due at 0.45 s), each with its schedule lag.
+    let mut args = vec![
+        "pop3",
+        "--target",
+        &pop3,
+        "--connections",
+        "3",
+        "--rate",
+        "20",
+        "--sessions",
+        "10",
+        "--password",
+        "secret",
+    ];
+    args.extend(ACCOUNTS);
+    let (p, code) = loadgen(&args);
+    assert_eq!(code, 0, "{p}");
+    assert_eq!(p["open_loop"], true, "{p}");
+    assert_eq!(p["target_rate"], 20.0, "{p}");
+    assert_eq!(p["sessions_ok"], 10, "{p}");
+    assert_eq!(p["ops"]["schedule_lag"]["count"], 10, "{p}");
+    assert_eq!(p["ops"]["session"]["count"], 10, "{p}");
+    assert!(p["duration_s"].as_f64().unwrap() >= 0.44, "{p}");
+    let refused = Command::new(env!("CARGO_BIN_EXE_loadgen"))
+        .args(["pop3", "--target", &pop3, "--rate", "0", "--password", "x"])
+        .args(ACCOUNTS)
+        .output()
+        .expect("run loadgen");
+    assert_eq!(refused.status.code(), Some(2), "a rate of 0 is refused");
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("--rate"));
 }
 
 #[test]
