@@ -24,6 +24,8 @@
 #   POP3_PER_ACCOUNT [10]  IMAP_PER_ACCOUNT [20]  WARMUP [1]
 #   TLS [1] (0: plain legs only)  TLS_KEY [ec]  HS_SECS [5]  HS_ACCOUNTS [400]
 #   STORAGE_TOML (extra lines for ringmail's [storage] section)
+#   POP3_RATE (sessions/s: the POP3 legs in an open loop, every server
+#          offered the same rate, instead of as fast as each answers)
 #   SKIP_BUILD=1 (use the existing release binaries)
 #   RESULTS (output directory)
 # Loopback only; every daemon it starts is stopped on exit, even on failure.
@@ -432,6 +434,7 @@ lg_quiet() { timeout 300 "$LOADGEN" "$@" --json --no-progress --max-time 240 > /
 ACCTS=(--accounts "$ACCOUNTS" --account-pattern "$PATTERN")
 SMTP_LOAD=(--connections $SMTP_CONNS --size $SIZE --duration "$SMTP_SECS" --warmup "$WARMUP" --messages 10000000 "${ACCTS[@]}")
 POP3_LOAD=(--connections $POP3_CONNS --delete "${ACCTS[@]}" --password "$PASSWORD")
+[ -z "${POP3_RATE:-}" ] || POP3_LOAD+=(--rate "$POP3_RATE")
 IMAP_LOAD=(--connections $IMAP_CONNS --duration "$IMAP_SECS" --warmup "$WARMUP" "${ACCTS[@]}" --password "$PASSWORD"
            --mix 'login=1,select=5,fetch_headers=10,fetch_body=5,store=5,search=3,idle=1,logout=1')
 # The same mix without login and logout: every connection keeps its session
