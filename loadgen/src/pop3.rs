@@ -308,17 +308,8 @@ pub async fn run(
         (None, None, _) => accounts.len() as u64,
     };
     let measure_from = t0 + Duration::from_secs_f64(opts.warmup);
-    let schedule = opts.rate.map(|r| Schedule::new(t0, r));
-    let pacer = schedule.map(|s| {
-        let l = live.clone();
-        Pacer::spawn(
-            s,
-            total,
-            deadline,
-            move || l.stop.load(Ordering::Relaxed),
-            connections as usize,
-        )
-    });
+    let (schedule, pacer) =
+        crate::sched::open_loop(opts.rate, t0, total, deadline, &live, connections as usize);
     let sh = Arc::new(Shared {
         target,
         opts,

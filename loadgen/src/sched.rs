@@ -120,6 +120,32 @@ impl Pacer {
     }
 }
 
+/// The open loop at `rate` operations per second from `t0`, if one is
+/// asked for: its schedule, and a pacer releasing `total` operations until
+/// `deadline` or until `live` is stopped, with a wake-up for each of
+/// `workers` at the end.
+pub fn open_loop(
+    rate: Option<f64>,
+    t0: Instant,
+    total: u64,
+    deadline: Instant,
+    live: &Arc<crate::stats::Live>,
+    workers: usize,
+) -> (Option<Schedule>, Option<Pacer>) {
+    let schedule = rate.map(|r| Schedule::new(t0, r));
+    let pacer = schedule.map(|s| {
+        let l = live.clone();
+        Pacer::spawn(
+            s,
+            total,
+            deadline,
+            move || l.stop.load(Ordering::Relaxed),
+            workers,
+        )
+    });
+    (schedule, pacer)
+}
+
 /// Latency of an operation that was due at `intended`, actually started at
 /// `started` and completed at `end`. A late start counts from the intended
 /// time (the wait is part of the latency); an early start (within the slack)

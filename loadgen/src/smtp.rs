@@ -525,17 +525,8 @@ pub async fn run(cfg: SmtpCfg, accounts: Arc<Accounts>, env: Env, live: Arc<Live
         (None, None, _) => 1000,
     };
     let measure_from = t0 + Duration::from_secs_f64(o.warmup);
-    let schedule = o.rate.map(|r| Schedule::new(t0, r));
-    let pacer = schedule.map(|s| {
-        let l = live.clone();
-        Pacer::spawn(
-            s,
-            total,
-            deadline,
-            move || l.stop.load(Ordering::Relaxed),
-            cfg.connections as usize,
-        )
-    });
+    let (schedule, pacer) =
+        crate::sched::open_loop(o.rate, t0, total, deadline, &live, cfg.connections as usize);
     // Checked readable when the options were validated.
     let fixed = o
         .message_file
