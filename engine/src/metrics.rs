@@ -542,6 +542,26 @@ impl Render {
             .collect()
     }
 
+    /// Per shard, one series per name of `values`, labelled `label`:
+    /// `f(snapshot, index of the name)`.
+    fn per_shard_by(
+        &self,
+        label: &'static str,
+        values: &[&str],
+        f: impl Fn(&Snapshot, usize) -> u64,
+    ) -> Vec<(Labels, u64)> {
+        let mut v = Vec::new();
+        for (id, s) in self.shards() {
+            for (i, value) in values.iter().enumerate() {
+                v.push((
+                    vec![("shard", id.clone()), (label, value.to_string())],
+                    f(s, i),
+                ));
+            }
+        }
+        v
+    }
+
     fn histogram(
         &self,
         e: &mut DescriptorEncoder,
@@ -602,21 +622,12 @@ impl Render {
             Counter,
             self.per_shard(|s| s.refused_silent),
         )?;
-        let mut copies = Vec::new();
-        for (id, s) in self.shards() {
-            for (r, result) in COPY_RESULTS.iter().enumerate() {
-                copies.push((
-                    vec![("shard", id.clone()), ("result", result.to_string())],
-                    s.bucket_copies[r],
-                ));
-            }
-        }
         self.family(
             e,
             "ringmail_cluster_bucket_copies",
             "Copies of gained buckets pulled from another node, by result (busy: the source asked for time; failed and busy ones are tried again).",
             Counter,
-            copies,
+            self.per_shard_by("result", &COPY_RESULTS, |s, i| s.bucket_copies[i]),
         )?;
         for (name, help, v) in [
             (
@@ -775,21 +786,12 @@ impl Collector for Render {
             Counter,
             hs,
         )?;
-        let mut relay = Vec::new();
-        for (id, s) in self.shards() {
-            for (i, result) in RELAY_RESULTS.iter().enumerate() {
-                relay.push((
-                    vec![("shard", id.clone()), ("result", result.to_string())],
-                    s.relay_attempts[i],
-                ));
-            }
-        }
         self.family(
             &mut e,
             "ringmail_relay_attempts",
             "Relay delivery attempts per recipient, by outcome.",
             Counter,
-            relay,
+            self.per_shard_by("result", &RELAY_RESULTS, |s, i| s.relay_attempts[i]),
         )?;
         self.family(
             &mut e,

@@ -330,11 +330,6 @@ impl Silence {
         marks.contains_key(&to)
     }
 
-    /// Is any node silent now?
-    pub fn any_silent(&self) -> bool {
-        self.silent_now() > 0
-    }
-
     /// How many nodes are silent now.
     pub fn silent_now(&self) -> usize {
         if !self.any() {
@@ -387,11 +382,6 @@ impl Pool {
     /// long.
     pub fn is_silent(&self, to: SocketAddr) -> bool {
         self.silence.is_silent(to)
-    }
-
-    /// Is any node silent now?
-    pub fn any_silent(&self) -> bool {
-        self.silence.any_silent()
     }
 
     fn answered(&self, to: SocketAddr) {
@@ -534,11 +524,11 @@ mod tests {
             "127.0.0.1:7001".parse().unwrap(),
             "127.0.0.1:7002".parse().unwrap(),
         );
-        assert!(!pool.is_silent(a) && !pool.any_silent());
+        assert!(!pool.is_silent(a) && pool.silence.silent_now() == 0);
         pool.went_silent(a);
-        assert!(pool.is_silent(a) && !pool.is_silent(b) && pool.any_silent());
+        assert!(pool.is_silent(a) && !pool.is_silent(b) && pool.silence.silent_now() == 1);
         pool.answered(a);
-        assert!(!pool.is_silent(a) && !pool.any_silent());
+        assert!(!pool.is_silent(a) && pool.silence.silent_now() == 0);
         pool.went_silent(b);
         // The hold is over: tried again (and the mark goes, as does any
         // other ended one, whoever is asked about).

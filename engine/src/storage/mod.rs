@@ -636,6 +636,15 @@ impl Store {
         until: i64,
         max: usize,
     ) -> (Vec<String>, Vec<(u32, i64, Loc)>) {
+        // Keep the newest `max` (unordered).
+        let keep_newest = |v: &mut Vec<(u32, i64, Loc)>| {
+            if v.len() > max {
+                if max > 0 {
+                    v.select_nth_unstable_by_key(max - 1, |m| std::cmp::Reverse(m.1));
+                }
+                v.truncate(max);
+            }
+        };
         let buckets = self.buckets.borrow();
         let mut names = Vec::new();
         let mut v: Vec<(u32, i64, Loc)> = Vec::new();
@@ -653,18 +662,12 @@ impl Store {
             if v.len() > before {
                 names.push(a.name.clone());
             }
-            // Bounded while it grows: keep the newest `max` of twice that.
+            // Bounded while it grows: cut back to `max` at twice that.
             if max > 0 && v.len() >= 2 * max {
-                v.select_nth_unstable_by_key(max - 1, |m| std::cmp::Reverse(m.1));
-                v.truncate(max);
+                keep_newest(&mut v);
             }
         }
-        if v.len() > max {
-            if max > 0 {
-                v.select_nth_unstable_by_key(max - 1, |m| std::cmp::Reverse(m.1));
-            }
-            v.truncate(max);
-        }
+        keep_newest(&mut v);
         v.sort_unstable_by_key(|m| std::cmp::Reverse(m.1));
         (names, v)
     }
