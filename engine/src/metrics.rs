@@ -181,6 +181,9 @@ pub struct ShardMetrics {
     pub refused_silent: Cell<u64>,
     /// Cluster mode: bucket copies pulled from other nodes, by result.
     pub bucket_copies: [Cell<u64>; 3],
+    /// Cluster mode: bucket copies waiting for a node that held the bucket
+    /// to come back (a gauge).
+    pub copies_waiting: Cell<u64>,
 }
 
 impl Default for ShardMetrics {
@@ -203,6 +206,7 @@ impl Default for ShardMetrics {
             changes_unreplicated: Cell::new(0),
             refused_silent: Cell::new(0),
             bucket_copies: cells(),
+            copies_waiting: Cell::new(0),
         }
     }
 }
@@ -322,6 +326,7 @@ pub struct Snapshot {
     changes_unreplicated: u64,
     refused_silent: u64,
     bucket_copies: [u64; 3],
+    copies_waiting: u64,
     pub storage: StorageFigures,
 }
 
@@ -348,6 +353,7 @@ impl ShardMetrics {
             changes_unreplicated: self.changes_unreplicated.get(),
             refused_silent: self.refused_silent.get(),
             bucket_copies: values(&self.bucket_copies),
+            copies_waiting: self.copies_waiting.get(),
             storage,
         }
     }
@@ -628,6 +634,13 @@ impl Render {
             "Copies of gained buckets pulled from another node, by result (busy: the source asked for time; failed and busy ones are tried again).",
             Counter,
             self.per_shard_by("result", &COPY_RESULTS, |s, i| s.bucket_copies[i]),
+        )?;
+        self.family(
+            e,
+            "ringmail_cluster_bucket_copies_waiting",
+            "Copies of gained buckets waiting for a node that held the bucket to come back (every one is gone); until then this node may lack older mail of those buckets.",
+            Gauge,
+            self.per_shard(|s| s.copies_waiting),
         )?;
         for (name, help, v) in [
             (
@@ -967,6 +980,7 @@ mod tests {
         m.change_unreplicated();
         m.bucket_copy(0);
         m.bucket_copy(1);
+        m.copies_waiting.set(2);
         p.publish(0, m.snapshot(StorageFigures::default()));
         let text = p.render(ProcessFigures {
             cluster: Some(ClusterFigures {
@@ -990,6 +1004,7 @@ mod tests {
             "ringmail_cluster_changes_unreplicated_total{shard=\"0\"} 1",
             "ringmail_cluster_bucket_copies_total{shard=\"0\",result=\"ok\"} 1",
             "ringmail_cluster_bucket_copies_total{shard=\"0\",result=\"failed\"} 1",
+            "ringmail_cluster_bucket_copies_waiting{shard=\"0\"} 2",
             "ringmail_cluster_live_nodes 3",
             "ringmail_cluster_map_version 42",
             "ringmail_cluster_lease_valid 1",

@@ -244,7 +244,7 @@ fn wait_deadline(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
 }
 
 /// Lists longer than this are added in bulk (see [`add_accounts`]).
-const BULK_ACCOUNTS: usize = 64;
+const BULK_ACCOUNTS: usize = 8;
 
 /// Add accounts with the CLI (all with `password`), asserting success.
 /// A long list (the cluster test's thousand accounts): the first with the

@@ -2219,3 +2219,151 @@ fn the_duplicate_table_outlives_a_kill_and_restart() {
     assert!(p.retr(1).ends_with(b"\r\nsent before the kill\r\n"));
     p.ok("QUIT");
 }
+
+/// The INBOX count of `account` in `node`'s own store (`ringmail mailbox
+/// list`, which reads the data directory whatever the bucket map says); 0
+/// for an account the node has not stored yet.
+fn local_inbox(node: &Server, account: &str) -> usize {
+    let data = node.data.to_str().unwrap();
+    let out = ringmail(&["mailbox", "list", account, "--data", data], "");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix("\"INBOX\" "))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// The Message-IDs of `account`'s INBOX through `addr`, from the headers
+/// alone (POP3 TOP, RFC 1939 7), sorted.
+fn header_ids(addr: SocketAddr, account: &str) -> Vec<String> {
+    let mut p = Pop3::login(addr, account, PASSWORD);
+    let (count, _) = p.stat();
+    let mut ids: Vec<String> = (1..=count)
+        .map(|n| {
+            p.ok(&format!("TOP {n} 0"));
+            let head = String::from_utf8_lossy(&join_lines(p.multiline())).into_owned();
+            head.split("Message-ID: <")
+                .nth(1)
+                .and_then(|r| r.split('>').next())
+                .unwrap_or_else(|| panic!("{head}"))
+                .to_string()
+        })
+        .collect();
+    p.quit();
+    ids.sort();
+    ids
+}
+
+/// A second failure during a bucket copy: n3 becomes replica of n1's
+/// buckets when n2 dies and copies them from n1, which is killed before
+/// the copy is done. n3, promoted, lacks acknowledged mail that only n1's
+/// (and n2's) disk holds. Its copy waits for one of them to come back
+/// (`ringmail_cluster_bucket_copies_waiting`); when n1 restarts, n3 takes
+/// what it lacks from it, passing over the accounts the first copy stored
+/// whole, so a message expunged there meanwhile stays expunged.
+#[test]
+fn a_copy_cut_short_by_a_second_failure_waits_for_a_holder_to_come_back() {
+    let Some(etcd) = etcd() else { return };
+    let accounts: Vec<String> = (0..60).map(|i| format!("w{i}@example.test")).collect();
+    let ids = ["n1", "n2", "n3"];
+    let mut nodes = mapped_cluster_with(&etcd, "w", &ids, &accounts, "copy_pause_ms = 300\n");
+    let places = locate(&nodes[0], &accounts);
+    let held: Vec<usize> = (0..accounts.len())
+        .filter(|&k| places[k].0 == "n1" && places[k].1 == "n2")
+        .take(8)
+        .collect();
+    assert!(held.len() >= 5, "{places:?}");
+    // Four messages of 2 MiB per account: more than the socket buffers
+    // between the nodes hold, so killing n1 cuts the copy short.
+    let filler: String = (0..2 << 20)
+        .map(|i| if i % 64 == 63 { '\n' } else { 'x' })
+        .collect();
+    let filler = filler.replace('\n', "\r\n");
+    let id = |k: usize, j: usize| format!("w{k}-{j}@example.org");
+    for &k in &held {
+        for j in 0..4 {
+            let m = format!(
+                "From: <s@example.org>\r\nMessage-ID: <{}>\r\nSubject: {k} {j}\r\n\r\n{filler}",
+                id(k, j)
+            );
+            smtp_send(
+                nodes[0].smtp,
+                "s@example.org",
+                &[&accounts[k]],
+                m.as_bytes(),
+            );
+        }
+    }
+    // n2 dies: n3 becomes the replica of those accounts and copies them.
+    nodes[1].kill9();
+    wait_failed_over(&nodes[0], 2, Duration::from_secs(15));
+    assert!(held
+        .iter()
+        .all(|&k| replica_of(&nodes[0], &accounts[k]) == "n3"));
+    // As soon as n3 holds one account whole, n1 dies too.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !held
+        .iter()
+        .any(|&k| local_inbox(&nodes[2], &accounts[k]) == 4)
+    {
+        assert!(Instant::now() < deadline, "{}", nodes[2].stderr_tail(30));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    nodes[0].kill9();
+    wait_failed_over(&nodes[2], 1, Duration::from_secs(15));
+    wait_logged(&[&nodes[2]], "copy_waiting", &[0]);
+    scrape_until(&nodes[2], |t| {
+        metric_sum(t, "ringmail_cluster_bucket_copies_waiting", &[]) >= 1.0
+    });
+    let before: Vec<usize> = held
+        .iter()
+        .map(|&k| Pop3::login(nodes[2].pop3, &accounts[k], PASSWORD).stat().0)
+        .collect();
+    let whole = held[before.iter().position(|&n| n == 4).unwrap()];
+    let lacking = held[before
+        .iter()
+        .position(|&n| n < 4)
+        .unwrap_or_else(|| panic!("the copy was not cut short: {before:?}"))];
+    // Meanwhile n3 serves: an expunge in an account it holds whole, a new
+    // message for one it lacks.
+    let mut p = Pop3::login(nodes[2].pop3, &accounts[whole], PASSWORD);
+    p.ok("DELE 1");
+    p.quit();
+    let new =
+        "From: <s@example.org>\r\nMessage-ID: <w-new@example.org>\r\nSubject: new\r\n\r\nnew\r\n";
+    smtp_send(
+        nodes[2].smtp,
+        "s@example.org",
+        &[&accounts[lacking]],
+        new.as_bytes(),
+    );
+
+    // n1 comes back with its disk: n3's copy runs again and takes what it
+    // lacks.
+    let copied = logged(&nodes[2], "bucket_copied");
+    nodes[0].restart();
+    wait_logged(&[&nodes[2]], "bucket_copied", &[copied]);
+    scrape_until(&nodes[2], |t| {
+        metric_sum(t, "ringmail_cluster_bucket_copies_waiting", &[]) == 0.0
+    });
+    let log = nodes[2].stderr_text();
+    let line = log
+        .lines()
+        .filter(|l| l.contains("event=\"bucket_copied\""))
+        .last()
+        .unwrap();
+    assert!(!line.contains("passed_over=0"), "{line}");
+    for &k in &held {
+        let mut got = header_ids(nodes[2].pop3, &accounts[k]);
+        got.sort();
+        let mut want: Vec<String> = (0..4).map(|j| id(k, j)).collect();
+        if k == whole {
+            want.remove(0);
+        }
+        if k == lacking {
+            want.push("w-new@example.org".into());
+        }
+        want.sort();
+        assert_eq!(got, want, "{} (before: {before:?})", accounts[k]);
+    }
+}

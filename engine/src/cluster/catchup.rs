@@ -9,6 +9,12 @@
 //! that starts has no earlier map to compare with: it copies every bucket
 //! it is replica for (it missed what was delivered while it was down, and
 //! a killed primary that comes back as replica catches up this way).
+//!
+//! A bucket none of whose earlier holders is live is still planned: the
+//! copy waits for one of them to come back (`runtime::catchup`). That is
+//! the second failure during a copy: the new replica, promoted before its
+//! copy was done, lacks acknowledged mail that only the dead nodes' disks
+//! hold.
 use super::Placement;
 
 /// A bucket to copy and the node to copy it from.
@@ -25,8 +31,9 @@ pub struct Pull {
 /// and `now`, among those `mine` selects (a shard's own), each with the
 /// node to copy from: the bucket's previous primary while it is live (it
 /// holds everything), else its previous replica (every acknowledged
-/// message), else its current primary. A bucket with no live source other
-/// than `me` is left out (nothing to copy from).
+/// message), else its current primary. When none of them is live the
+/// first is named all the same (the copy waits for one to come back); a
+/// bucket no other node ever held is left out.
 pub fn pulls(
     before: Option<&Placement>,
     now: &Placement,
@@ -52,7 +59,10 @@ pub fn pulls(
                     others.push(c.to_string());
                 }
             }
-            let at = others.iter().position(|o| live(o))?;
+            if others.is_empty() {
+                return None;
+            }
+            let at = others.iter().position(|o| live(o)).unwrap_or(0);
             let from = others.remove(at);
             Some(Pull {
                 bucket: b,
@@ -115,8 +125,16 @@ mod tests {
         assert_eq!(from(&|_| true), vec!["a".to_string()]);
         // a is gone: its replica b holds every acknowledged message.
         assert_eq!(from(&|id| id != "a"), vec!["b".to_string()]);
-        // Both gone: no source.
-        assert!(from(&|id| id == "c").is_empty());
+        // Both gone: planned from the old primary, which the copy waits for.
+        let waits = pulls(Some(&before), &now, "c", |id| id == "c", all);
+        assert_eq!(
+            waits,
+            vec![Pull {
+                bucket: 0,
+                from: "a".into(),
+                also: vec!["b".into()],
+            }]
+        );
     }
 
     #[test]
@@ -127,8 +145,8 @@ mod tests {
             .map(|p| p.bucket)
             .collect();
         assert_eq!(got, vec![0, 2]);
-        // Its source is gone: nothing to copy from.
-        assert!(pulls(None, &now, "b", |id| id != "a", all).is_empty());
+        // Its source is gone: planned all the same (the copy waits for it).
+        assert_eq!(pulls(None, &now, "b", |id| id != "a", all).len(), 2);
         // No replica at all (one node): nothing.
         let solo = map(&["a"], &[0], &[None]);
         assert!(pulls(None, &solo, "a", |_| true, all).is_empty());

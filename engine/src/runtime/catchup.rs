@@ -31,7 +31,7 @@
 //! not do: remove what the source no longer has, or carry flag changes to
 //! messages the target already holds (record-level replication would).
 use std::cell::{Cell, RefCell};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::Duration;
@@ -98,7 +98,16 @@ pub struct State {
     queue: RefCell<Vec<Pull>>,
     running: Cell<bool>,
     /// Buckets queued or being copied.
-    copying: RefCell<std::collections::HashSet<u32>>,
+    copying: RefCell<HashSet<u32>>,
+    /// Copies with no live source: every node that held the bucket is
+    /// gone. Each waits for one of them to come back (checked by [`plan`]
+    /// every tick) while this node holds the bucket; at most one per
+    /// bucket.
+    waiting: RefCell<Vec<Pull>>,
+    /// Per bucket, the accounts a copy that did not finish stored whole:
+    /// a later copy of the bucket passes them over, so what was expunged
+    /// here since does not come back.
+    finished: RefCell<HashMap<u32, HashSet<String>>>,
 }
 
 impl State {
@@ -112,6 +121,66 @@ impl State {
     pub fn is_copying(&self, bucket: u32) -> bool {
         self.copying.borrow().contains(&bucket)
     }
+
+    /// Park `job`: none of the nodes that held its bucket is live.
+    fn wait(&self, shard: &Shard, job: Pull) {
+        self.done(shard, job.bucket);
+        let finished = self
+            .finished
+            .borrow()
+            .get(&job.bucket)
+            .map_or(0, HashSet::len);
+        tracing::warn!(
+            event = "copy_waiting",
+            bucket = job.bucket,
+            from = job.from,
+            also = job.also.join(","),
+            finished_accounts = finished,
+            "cluster: no node that held this bucket is live; its copy waits for one to come back (until then this node may lack older mail of the bucket)"
+        );
+        let mut waiting = self.waiting.borrow_mut();
+        waiting.retain(|w| w.bucket != job.bucket);
+        waiting.push(job);
+        shard.metrics.copies_waiting.set(waiting.len() as u64);
+    }
+
+    /// Take the waiting copies that can run now (a node that held the
+    /// bucket is live again, `live`) and drop those of buckets this node
+    /// no longer holds (`holds`).
+    fn wake(
+        &self,
+        shard: &Shard,
+        holds: impl Fn(u32) -> bool,
+        live: impl Fn(&str) -> bool,
+    ) -> Vec<Pull> {
+        let mut waiting = self.waiting.borrow_mut();
+        if waiting.is_empty() {
+            return Vec::new();
+        }
+        let mut ready = Vec::new();
+        waiting.retain(|w| {
+            if !holds(w.bucket) {
+                self.finished.borrow_mut().remove(&w.bucket);
+                return false;
+            }
+            let now = std::iter::once(&w.from).chain(&w.also).any(|n| live(n));
+            if now {
+                ready.push(w.clone());
+            }
+            !now
+        });
+        shard.metrics.copies_waiting.set(waiting.len() as u64);
+        ready
+    }
+
+    /// A new plan copies `bucket` from the start: what is parked or was
+    /// stored of it before does not count.
+    fn restart(&self, shard: &Shard, bucket: u32) {
+        self.finished.borrow_mut().remove(&bucket);
+        let mut waiting = self.waiting.borrow_mut();
+        waiting.retain(|w| w.bucket != bucket);
+        shard.metrics.copies_waiting.set(waiting.len() as u64);
+    }
 }
 
 /// Plan against the map this node sees now, if it is new: queue the
@@ -123,6 +192,16 @@ pub fn plan(shard: &Rc<Shard>) {
     let Some((map, version)) = m.view.placement.as_ref() else {
         return;
     };
+    let live = |id: &str| id != m.me && m.view.members.contains_key(id);
+    let holds = |b: u32| map.primary_of(b) == Some(m.me) || map.replica_of(b) == Some(m.me);
+    let woken = shard.catchup.wake(shard, holds, live);
+    if !woken.is_empty() {
+        tracing::info!(
+            buckets = woken.len(),
+            "cluster: a node that held buckets whose copy waited is live again; copying them"
+        );
+        enqueue(shard, woken);
+    }
     let mut planned = shard.catchup.planned.borrow_mut();
     if planned.as_ref().is_some_and(|(v, _)| v == version) {
         return;
@@ -149,15 +228,24 @@ pub fn plan(shard: &Rc<Shard>) {
         version,
         "cluster: copying the buckets this node gained from their nodes"
     );
+    for n in &new {
+        shard.catchup.restart(shard, n.bucket);
+    }
+    enqueue(shard, new);
+}
+
+/// Queue `jobs` (replacing queued ones of the same buckets) and start the
+/// shard's worker unless it runs.
+fn enqueue(shard: &Rc<Shard>, jobs: Vec<Pull>) {
     {
         let mut queue = shard.catchup.queue.borrow_mut();
-        queue.retain(|q| !new.iter().any(|n| n.bucket == q.bucket));
+        queue.retain(|q| !jobs.iter().any(|n| n.bucket == q.bucket));
         shard
             .catchup
             .copying
             .borrow_mut()
-            .extend(new.iter().map(|n| n.bucket));
-        queue.extend(new);
+            .extend(jobs.iter().map(|n| n.bucket));
+        queue.extend(jobs);
     }
     if !shard.catchup.running.replace(true) {
         glommio::spawn_local(work(shard.clone())).detach();
@@ -203,14 +291,7 @@ async fn work(shard: Rc<Shard>) {
                 .map(str::to_string);
             match from {
                 Some(from) => by_source.entry(from).or_default().push(job),
-                None => {
-                    tracing::warn!(
-                        bucket = job.bucket,
-                        from = job.from,
-                        "cluster: no live node that held this bucket is left to copy it from; it is not copied"
-                    );
-                    shard.catchup.done(&shard, job.bucket);
-                }
+                None => shard.catchup.wait(&shard, job),
             }
         }
         let sources: Vec<_> = by_source
@@ -235,9 +316,13 @@ async fn work(shard: Rc<Shard>) {
                         accounts = c.accounts,
                         added = c.added,
                         present = c.present,
+                        passed_over = c.passed_over,
                         "cluster: buckets copied"
                     );
                     copied.add(&c);
+                    for b in &buckets {
+                        shard.catchup.finished.borrow_mut().remove(b);
+                    }
                     // Changes that came while the copy ran and found
                     // nothing then (the bucket counts as copying until
                     // they are applied, so what comes meanwhile queues
@@ -308,6 +393,8 @@ struct Copied {
     accounts: usize,
     added: usize,
     present: usize,
+    /// Accounts an earlier copy that was cut short had stored whole.
+    passed_over: usize,
 }
 
 impl Copied {
@@ -315,6 +402,7 @@ impl Copied {
         self.accounts += o.accounts;
         self.added += o.added;
         self.present += o.present;
+        self.passed_over += o.passed_over;
     }
 }
 
@@ -360,6 +448,9 @@ async fn apply(shard: &Rc<Shard>, conn: &mut Conn, buckets: &[u32]) -> Result<Co
     let mut target: Option<Target> = None;
     let mut batch: Vec<Incoming> = Vec::new();
     let mut batch_bytes = 0;
+    // Every mailbox of `account` could be opened (so, once its last batch
+    // is stored, the account is here whole).
+    let mut whole = false;
     loop {
         let l = line(conn).await?;
         let (verb, rest) = l.split_once(' ').unwrap_or((l.as_str(), ""));
@@ -368,11 +459,25 @@ async fn apply(shard: &Rc<Shard>, conn: &mut Conn, buckets: &[u32]) -> Result<Co
             store(shard, &account, &target, &mut batch).await?;
             batch_bytes = 0;
         }
+        if matches!(verb, "account" | "end") && whole {
+            // A copy cut short later need not bring this account again.
+            if let Some(a) = account.take() {
+                let bucket = shard.bucket(&a);
+                shard
+                    .catchup
+                    .finished
+                    .borrow_mut()
+                    .entry(bucket)
+                    .or_default()
+                    .insert(a);
+            }
+        }
         match verb {
             "end" => return Ok(copied),
             "account" => {
                 target = None;
                 account = None;
+                whole = false;
                 let pause = shard
                     .config()
                     .cluster
@@ -394,8 +499,22 @@ async fn apply(shard: &Rc<Shard>, conn: &mut Conn, buckets: &[u32]) -> Result<Co
                     );
                     continue;
                 }
+                let bucket = shard.bucket(&name);
+                let done_before = shard
+                    .catchup
+                    .finished
+                    .borrow()
+                    .get(&bucket)
+                    .is_some_and(|f| f.contains(&name));
+                if done_before {
+                    // Stored whole by an earlier copy that was cut short:
+                    // what changed here since (an expunge) stands.
+                    copied.passed_over += 1;
+                    continue;
+                }
                 copied.accounts += 1;
                 account = Some(name);
+                whole = true;
             }
             "mailbox" => {
                 let mut w = rest.splitn(5, ' ');
@@ -430,6 +549,7 @@ async fn apply(shard: &Rc<Shard>, conn: &mut Conn, buckets: &[u32]) -> Result<Co
                             })
                         }
                         Err(e) => {
+                            whole = false;
                             tracing::warn!(account = a, mailbox = name, error = e, "cluster: a mailbox of a copied bucket could not be opened; skipped")
                         }
                     }
