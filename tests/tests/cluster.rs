@@ -2349,8 +2349,7 @@ fn a_copy_cut_short_by_a_second_failure_waits_for_a_holder_to_come_back() {
     let log = nodes[2].stderr_text();
     let line = log
         .lines()
-        .filter(|l| l.contains("event=\"bucket_copied\""))
-        .last()
+        .rfind(|l| l.contains("event=\"bucket_copied\""))
         .unwrap();
     assert!(!line.contains("passed_over=0"), "{line}");
     for &k in &held {
