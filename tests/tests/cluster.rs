@@ -214,9 +214,13 @@ fn nodes_join_rebalance_leave_and_come_back() {
     assert!(nodes[0].stderr_text().contains("cluster: failover"));
     let r = cluster_cmd(&nodes[1], &["rebalance"]);
     assert!(r.contains("placement unchanged"), "{r}");
+    // Each of its buckets went to its replica (however unbalanced that
+    // leaves the two: any other node would serve the bucket before it had
+    // its mail), and has the other node as replica.
     let s = cluster_cmd(&nodes[0], &["status"]);
-    assert_eq!(counts(&s, "n1"), (128, 128), "{s}");
-    assert_eq!(counts(&s, "n2"), (128, 128), "{s}");
+    let (p1, r1) = counts(&s, "n1");
+    let (p2, r2) = counts(&s, "n2");
+    assert!(p1 + p2 == 256 && r1 == p2 && r2 == p1, "{s}");
     assert!(!s.contains("gone"), "{s}");
 
     // It comes back under its id.
@@ -253,8 +257,9 @@ fn nodes_join_rebalance_leave_and_come_back() {
     let s = cluster_cmd(&nodes[0], &["status"]);
     assert!(s.contains("3 live node(s)"), "{s}");
     assert!(s.contains("primary=0 replica=0 drained"), "{s}");
-    assert_eq!(counts(&s, "n1"), (128, 128), "{s}");
-    assert_eq!(counts(&s, "n2"), (128, 128), "{s}");
+    let (p1, r1) = counts(&s, "n1");
+    let (p2, r2) = counts(&s, "n2");
+    assert!(p1 + p2 == 256 && r1 == p2 && r2 == p1, "{s}");
     cluster_cmd(&nodes[0], &["drain", "n3", "--undo"]);
     cluster_cmd(&nodes[0], &["rebalance"]);
     let s = cluster_cmd(&nodes[0], &["status"]);
@@ -2260,7 +2265,9 @@ fn header_ids(addr: SocketAddr, account: &str) -> Vec<String> {
 /// (and n2's) disk holds. Its copy waits for one of them to come back
 /// (`ringmail_cluster_bucket_copies_waiting`); when n1 restarts, n3 takes
 /// what it lacks from it, passing over the accounts the first copy stored
-/// whole, so a message expunged there meanwhile stays expunged.
+/// whole, so a message expunged there meanwhile stays expunged; and n4,
+/// which became n3's replica meanwhile and copied what n3 had then, is
+/// asked to copy those buckets again (`XPULL`), so it holds all of it too.
 #[test]
 fn a_copy_cut_short_by_a_second_failure_waits_for_a_holder_to_come_back() {
     let Some(etcd) = etcd() else { return };
@@ -2338,11 +2345,44 @@ fn a_copy_cut_short_by_a_second_failure_waits_for_a_holder_to_come_back() {
         new.as_bytes(),
     );
 
+    // A fresh node joins and becomes the replica: it copies what n3 has
+    // now, which lacks the older mail.
+    let name = format!("w{}", std::process::id());
+    let n4 = Server::options()
+        .cores(1)
+        .accounts(&accounts)
+        .config(&format!(
+            "{}copy_pause_ms = 300\n",
+            node_config(&etcd, &name, "n4")
+        ))
+        .start();
+    nodes.push(n4);
+    wait_status(&nodes[2], Duration::from_secs(10), |s| {
+        s.contains("2 live node(s)")
+    });
+    let r = cluster_cmd(&nodes[2], &["rebalance"]);
+    wait_map(&nodes[2..], &r);
+    for &k in &held {
+        assert_eq!(
+            locate(&nodes[2], &[&accounts[k]])[0],
+            ("n3".to_string(), "n4".to_string())
+        );
+    }
+    wait_logged(&[&nodes[3]], "caught_up", &[0]);
+    assert!(held
+        .iter()
+        .any(|&k| local_inbox(&nodes[3], &accounts[k]) < 4));
+
     // n1 comes back with its disk: n3's copy runs again and takes what it
-    // lacks.
+    // lacks, then asks n4 to copy those buckets again.
     let copied = logged(&nodes[2], "bucket_copied");
+    let requested = logged(&nodes[3], "copy_requested");
+    let caught_up = logged(&nodes[3], "caught_up");
     nodes[0].restart();
     wait_logged(&[&nodes[2]], "bucket_copied", &[copied]);
+    wait_logged(&[&nodes[2]], "replica_asked", &[0]);
+    wait_logged(&[&nodes[3]], "copy_requested", &[requested]);
+    wait_logged(&[&nodes[3]], "caught_up", &[caught_up]);
     scrape_until(&nodes[2], |t| {
         metric_sum(t, "ringmail_cluster_bucket_copies_waiting", &[]) == 0.0
     });
@@ -2352,9 +2392,7 @@ fn a_copy_cut_short_by_a_second_failure_waits_for_a_holder_to_come_back() {
         .rfind(|l| l.contains("event=\"bucket_copied\""))
         .unwrap();
     assert!(!line.contains("passed_over=0"), "{line}");
-    for &k in &held {
-        let mut got = header_ids(nodes[2].pop3, &accounts[k]);
-        got.sort();
+    let want = |k: usize| {
         let mut want: Vec<String> = (0..4).map(|j| id(k, j)).collect();
         if k == whole {
             want.remove(0);
@@ -2363,6 +2401,18 @@ fn a_copy_cut_short_by_a_second_failure_waits_for_a_holder_to_come_back() {
             want.push("w-new@example.org".into());
         }
         want.sort();
-        assert_eq!(got, want, "{} (before: {before:?})", accounts[k]);
+        want
+    };
+    for &k in &held {
+        let got = header_ids(nodes[2].pop3, &accounts[k]);
+        assert_eq!(got, want(k), "{} (before: {before:?})", accounts[k]);
+    }
+    // n3 dies as well: n4, promoted, holds all of it.
+    nodes[2].kill9();
+    wait_failed_over(&nodes[3], 2, Duration::from_secs(15));
+    for &k in &held {
+        assert_eq!(primary_of(&nodes[3], &accounts[k]), "n4");
+        let got = header_ids(nodes[3].pop3, &accounts[k]);
+        assert_eq!(got, want(k), "{} on n4", accounts[k]);
     }
 }

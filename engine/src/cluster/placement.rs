@@ -100,10 +100,12 @@ impl Placement {
 ///
 /// `move_primaries: false` keeps every bucket whose primary is live where
 /// it is, however unbalanced (moving one means copying its mail first:
-/// `staging`), so only buckets without a live primary are placed (on
-/// their replica first: it holds every acknowledged delivery). Replicas
-/// always rebalance; a new replica copies the bucket in the background
-/// (`runtime::catchup`).
+/// `staging`), so only buckets without a live primary are placed: on
+/// their live replica, however many it holds then (the failover: it holds
+/// every acknowledged delivery; any other node would serve the bucket
+/// before it had copied its mail), and where there is none on the node
+/// with the fewest. Replicas always rebalance; a new replica copies the
+/// bucket in the background (`runtime::catchup`).
 pub fn plan(
     current: Option<&Placement>,
     live: &[String],
@@ -142,7 +144,7 @@ pub fn plan(
         buckets,
         n,
         if move_primaries { &target } else { &keep_all },
-        &target,
+        if move_primaries { &target } else { &keep_all },
         |b| was(b, Placement::primary_of),
         |b| was(b, Placement::replica_of),
         |_, _| true,
@@ -337,7 +339,6 @@ mod tests {
     fn a_node_leaving_hands_over_only_its_buckets() {
         let before = plan(None, &ids(&["a", "b", "c"]), 256, true).unwrap();
         let after = plan(Some(&before), &ids(&["a", "c"]), 256, false).unwrap();
-        check_balanced(&after);
         for b in 0..256 {
             if before.primary_of(b) != Some("b") {
                 assert_eq!(
@@ -347,20 +348,35 @@ mod tests {
                 );
             }
         }
-        // Its buckets went to their replicas where balance allowed.
-        let promoted = (0..256)
-            .filter(|&b| before.primary_of(b) == Some("b"))
-            .filter(|&b| after.primary_of(b) == before.replica_of(b))
-            .count();
-        let gone = (0..256)
-            .filter(|&b| before.primary_of(b) == Some("b"))
-            .count();
-        assert!(promoted * 2 >= gone, "{promoted} of {gone} promoted");
+        // Its buckets went to their replicas, every one of them.
+        for b in (0..256).filter(|&b| before.primary_of(b) == Some("b")) {
+            assert_eq!(after.primary_of(b), before.replica_of(b), "bucket {b}");
+        }
         // The same live set again changes nothing.
         assert_eq!(
-            plan(Some(&after), &ids(&["c", "a"]), 256, true).unwrap(),
+            plan(Some(&after), &ids(&["c", "a"]), 256, false).unwrap(),
             after
         );
+    }
+
+    /// A replica is promoted even when it is primary of more than its
+    /// share already: any other node would serve the bucket before it had
+    /// copied the bucket's mail.
+    #[test]
+    fn a_failover_promotes_the_replica_however_unbalanced() {
+        // c primary of everything, b its replica (a rebalance without
+        // moving primaries after c was left alone). c dies.
+        let before = Placement {
+            buckets: 16,
+            nodes: ids(&["a", "b", "c"]),
+            primary: vec![2; 16],
+            replica: vec![Some(1); 16],
+        };
+        let after = plan(Some(&before), &ids(&["a", "b"]), 16, false).unwrap();
+        for b in 0..16 {
+            assert_eq!(after.primary_of(b), Some("b"), "bucket {b}");
+            assert_eq!(after.replica_of(b), Some("a"), "bucket {b}");
+        }
     }
 
     #[test]
@@ -403,10 +419,14 @@ mod tests {
                     proptest::prop_assert_eq!(p.replica_of(b), None);
                 }
                 if !move_primaries {
-                    if let Some(was) = old.as_ref().and_then(|o| o.primary_of(b)) {
-                        if live.iter().any(|l| l == was) {
-                            proptest::prop_assert_eq!(prim, was);
-                        }
+                    let is_live = |id: &str| live.iter().any(|l| l == id);
+                    let was = old.as_ref().and_then(|o| o.primary_of(b));
+                    let was_replica = old.as_ref().and_then(|o| o.replica_of(b));
+                    if let Some(was) = was.filter(|w| is_live(w)) {
+                        proptest::prop_assert_eq!(prim, was);
+                    } else if let Some(r) = was_replica.filter(|r| is_live(r)) {
+                        // The failover: the replica, whatever the balance.
+                        proptest::prop_assert_eq!(prim, r);
                     }
                 }
             }

@@ -49,6 +49,12 @@ use crate::transport::Conn;
 
 /// The command a puller sends after STARTTLS.
 const VERB: &[u8] = b"XSYNC ";
+/// The command a bucket's primary sends its replica after a copy that
+/// had waited for a returning node added older mail to the bucket:
+/// `XPULL <map version> <primary> <bucket>,...`. The replica copied the
+/// bucket from the primary before that mail was there, so it copies the
+/// bucket again (the copy skips what it holds).
+const PULL_VERB: &[u8] = b"XPULL ";
 /// How long a source waits for its map to reach the puller's version.
 const MAP_WAIT: Duration = Duration::from_secs(5);
 /// How long a source waits for operations that routed with an older map
@@ -104,6 +110,9 @@ pub struct State {
     /// every tick) while this node holds the bucket; at most one per
     /// bucket.
     waiting: RefCell<Vec<Pull>>,
+    /// Buckets whose copy waited and runs again: once it added mail, the
+    /// bucket's replica is asked to copy it again ([`ask_replicas`]).
+    resumed: RefCell<HashSet<u32>>,
     /// Per bucket, the accounts a copy that did not finish stored whole:
     /// a later copy of the bucket passes them over, so what was expunged
     /// here since does not come back.
@@ -165,6 +174,7 @@ impl State {
             }
             let now = std::iter::once(&w.from).chain(&w.also).any(|n| live(n));
             if now {
+                self.resumed.borrow_mut().insert(w.bucket);
                 ready.push(w.clone());
             }
             !now
@@ -177,6 +187,7 @@ impl State {
     /// stored of it before does not count.
     fn restart(&self, shard: &Shard, bucket: u32) {
         self.finished.borrow_mut().remove(&bucket);
+        self.resumed.borrow_mut().remove(&bucket);
         let mut waiting = self.waiting.borrow_mut();
         waiting.retain(|w| w.bucket != bucket);
         shard.metrics.copies_waiting.set(waiting.len() as u64);
@@ -232,6 +243,21 @@ pub fn plan(shard: &Rc<Shard>) {
         shard.catchup.restart(shard, n.bucket);
     }
     enqueue(shard, new);
+}
+
+/// The bucket's primary asked this node, its replica, to copy `jobs`
+/// again (`XPULL`; on the buckets' shard).
+pub fn requested(shard: &Rc<Shard>, jobs: Vec<Pull>) {
+    tracing::info!(
+        event = "copy_requested",
+        buckets = jobs.len(),
+        from = jobs.first().map_or("", |j| j.from.as_str()),
+        "cluster: the primary of buckets this node is replica for took older mail it lacked; copying them again"
+    );
+    for j in &jobs {
+        shard.catchup.restart(shard, j.bucket);
+    }
+    enqueue(shard, jobs);
 }
 
 /// Queue `jobs` (replacing queued ones of the same buckets) and start the
@@ -323,6 +349,14 @@ async fn work(shard: Rc<Shard>) {
                     for b in &buckets {
                         shard.catchup.finished.borrow_mut().remove(b);
                     }
+                    let resumed: Vec<u32> = buckets
+                        .iter()
+                        .copied()
+                        .filter(|b| shard.catchup.resumed.borrow_mut().remove(b))
+                        .collect();
+                    if c.added > 0 && !resumed.is_empty() {
+                        ask_replicas(&shard, &resumed).await;
+                    }
                     // Changes that came while the copy ran and found
                     // nothing then (the bucket counts as copying until
                     // they are applied, so what comes meanwhile queues
@@ -407,6 +441,68 @@ impl Copied {
 }
 
 // ------------------------------------------------------------ puller side
+
+/// A copy that had waited for a returning node added older mail to
+/// `buckets`: where this node is their primary, their replica copied them
+/// from here before that mail was here, so each replica is asked to copy
+/// them again (`XPULL`). A replica that cannot be asked now copies its
+/// buckets again when it next starts.
+async fn ask_replicas(shard: &Rc<Shard>, buckets: &[u32]) {
+    let Some(m) = shard.mapped() else {
+        return;
+    };
+    let version = m.view.placement.as_ref().map_or(0, |(_, v)| *v);
+    let map = m.map();
+    let mut by_replica: BTreeMap<&str, Vec<u32>> = BTreeMap::new();
+    for &b in buckets {
+        if map.primary_of(b) == Some(m.me) {
+            if let Some(r) = map.replica_of(b).filter(|r| *r != m.me) {
+                by_replica.entry(r).or_default().push(b);
+            }
+        }
+    }
+    let me = m.me.to_string();
+    let mut asks = Vec::new();
+    for (id, list) in by_replica {
+        match m.view.members.get(id) {
+            Some(record) => asks.push((record.clone(), list)),
+            None => tracing::warn!(
+                event = "replica_not_asked",
+                replica = id,
+                buckets = list.len(),
+                "cluster: the replica of buckets that took older mail is not live; it copies them again when it starts"
+            ),
+        }
+    }
+    drop(m);
+    for (to, list) in asks {
+        let line: Vec<String> = list.iter().map(u32::to_string).collect();
+        let line = format!("XPULL {version} {me} {}\r\n", line.join(","));
+        let asked = async {
+            let addr = to
+                .internal_addr()
+                .ok_or_else(|| format!("{}: no internal address", to.id))?;
+            let mut peer = super::peer::connect(shard, addr, to.tls_sha256.clone()).await?;
+            command(&mut peer.conn, &line, 250).await
+        }
+        .await;
+        match asked {
+            Ok(()) => tracing::info!(
+                event = "replica_asked",
+                replica = to.id,
+                buckets = list.len(),
+                "cluster: the replica of buckets that took older mail copies them again"
+            ),
+            Err(why) => tracing::warn!(
+                event = "replica_not_asked",
+                replica = to.id,
+                buckets = list.len(),
+                why,
+                "cluster: the replica of buckets that took older mail could not be asked to copy them again; it does when it next starts"
+            ),
+        }
+    }
+}
 
 /// Copy `buckets` from the node `from`.
 async fn pull(
@@ -625,7 +721,22 @@ async fn store(
 /// Is the start of `pending` a copy request (sent by a member after
 /// STARTTLS with its certificate)?
 pub fn is_request(pending: &[u8]) -> bool {
-    pending.len() >= VERB.len() && pending[..VERB.len()].eq_ignore_ascii_case(VERB)
+    starts(pending, VERB) || starts(pending, PULL_VERB)
+}
+
+fn starts(pending: &[u8], verb: &[u8]) -> bool {
+    pending.len() >= verb.len() && pending[..verb.len()].eq_ignore_ascii_case(verb)
+}
+
+/// `<version> <primary> <bucket>,...` (after `XPULL `).
+fn parse_pull(text: &str, buckets: u32) -> Option<(i64, String, Vec<u32>)> {
+    let mut w = text.splitn(3, ' ');
+    let (version, node, list) = (w.next()?, w.next()?, w.next()?);
+    if node.is_empty() || list.contains(' ') {
+        return None;
+    }
+    let (version, list) = parse_request(&format!("{version} {list}"), buckets)?;
+    Some((version, node.to_string(), list))
 }
 
 /// `<version> <bucket>,<bucket>,...` (after the verb): the map version
@@ -648,11 +759,16 @@ pub async fn serve(shard: &Rc<Shard>, conn: &mut Conn) {
     let Some(i) = memchr::memchr(b'\n', conn.pending()) else {
         return;
     };
-    let text = String::from_utf8_lossy(&conn.pending()[VERB.len()..i])
+    let pull = starts(conn.pending(), PULL_VERB);
+    let verb = if pull { PULL_VERB.len() } else { VERB.len() };
+    let text = String::from_utf8_lossy(&conn.pending()[verb..i])
         .trim()
         .to_string();
     conn.consume(i + 1);
     let _ = conn.stream.set_write_timeout(Some(STEP_TIMEOUT));
+    if pull {
+        return serve_pull(shard, conn, &text).await;
+    }
     let Some((version, list)) = parse_request(&text, shard.shared.meta.buckets) else {
         let _ = conn
             .write_all(b"501 5.5.4 Syntax: XSYNC <version> <bucket>,...\r\n")
@@ -703,6 +819,57 @@ pub async fn serve(shard: &Rc<Shard>, conn: &mut Conn) {
         // Cut short: close without `end`, so the puller sees it.
         Err(why) => tracing::warn!(peer = %conn.peer(), why, "cluster: sending buckets failed"),
     }
+}
+
+/// Serve `XPULL`: queue a copy of each named bucket this node is replica
+/// for and the requester primary of, on the bucket's shard, and answer at
+/// once (the copy runs in the background).
+async fn serve_pull(shard: &Rc<Shard>, conn: &mut Conn, text: &str) {
+    let Some((version, from, list)) = parse_pull(text, shard.shared.meta.buckets) else {
+        let _ = conn
+            .write_all(b"501 5.5.4 Syntax: XPULL <version> <node> <bucket>,...\r\n")
+            .await;
+        return;
+    };
+    if !shard.map_at_least(version, MAP_WAIT).await {
+        let _ = conn
+            .write_all(format!("451 4.4.0 {MAP_NOT_SEEN}\r\n").as_bytes())
+            .await;
+        return;
+    }
+    let mut by_owner: BTreeMap<usize, Vec<Pull>> = BTreeMap::new();
+    if let Some(m) = shard.mapped() {
+        let map = m.map();
+        for b in list {
+            if map.replica_of(b) == Some(m.me) && map.primary_of(b) == Some(from.as_str()) {
+                by_owner
+                    .entry(storage::shard_of_bucket(b, shard.shared.cores))
+                    .or_default()
+                    .push(Pull {
+                        bucket: b,
+                        from: from.clone(),
+                        also: Vec::new(),
+                    });
+            }
+        }
+    }
+    let count: usize = by_owner.values().map(Vec::len).sum();
+    for (owner, jobs) in by_owner {
+        if owner == shard.id {
+            requested(shard, jobs);
+        } else if shard
+            .senders
+            .send_to(owner, ShardMsg::Pull(jobs))
+            .await
+            .is_err()
+        {
+            let _ = conn.write_all(b"451 4.3.0 A shard is gone\r\n").await;
+            return;
+        }
+    }
+    let _ = conn
+        .write_all(format!("250 2.0.0 {count} bucket(s) will be copied again\r\n").as_bytes())
+        .await;
 }
 
 /// One of the node's [`SENDS_MAX`] bucket copies being sent; given back
@@ -827,6 +994,14 @@ mod tests {
         assert!(!is_request(b"XSYN"));
         assert!(!is_request(b"MAIL FROM:<>"));
         assert_eq!(parse_request("7 3,1,3", 16), Some((7, vec![1, 3])));
+        assert!(is_request(b"XPULL 4 n1 1\r\n"));
+        assert_eq!(
+            parse_pull("7 n3 3,1", 16),
+            Some((7, "n3".to_string(), vec![1, 3]))
+        );
+        for bad in ["7 n3", "7  1", "x n3 1", "7 n3 1 2", "7 n3 16"] {
+            assert_eq!(parse_pull(bad, 16), None, "{bad}");
+        }
         for bad in ["7", "x 1", "7 ", "7 1,,2", "7 16", "7 -1", "7 1 2"] {
             assert_eq!(parse_request(bad, 16), None, "{bad}");
         }

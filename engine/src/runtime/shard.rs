@@ -148,6 +148,9 @@ pub enum ShardMsg {
         changes: Vec<crate::cluster::changes::Change>,
         reply: oneshot::Sender<Result<(), String>>,
     },
+    /// Cluster catch-up: copy these buckets (this shard's), as the bucket's
+    /// primary asked after it took older mail it lacked (`catchup::serve`).
+    Pull(Vec<crate::cluster::catchup::Pull>),
     /// Cluster catch-up: stream an account this shard owns in the export
     /// format.
     Export {
@@ -769,6 +772,7 @@ impl Shard {
                 let set = victims.into_iter().collect();
                 let _ = reply.send(self.store.evacuate(&set).await);
             }
+            ShardMsg::Pull(jobs) => super::catchup::requested(&self, jobs),
             ShardMsg::BucketAccounts { buckets, reply } => {
                 let _ = reply.send(self.store.accounts_in_buckets(&buckets));
             }
