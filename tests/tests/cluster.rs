@@ -2416,3 +2416,74 @@ fn a_copy_cut_short_by_a_second_failure_waits_for_a_holder_to_come_back() {
         assert_eq!(got, want(k), "{} on n4", accounts[k]);
     }
 }
+
+/// A replica that was away misses the changes made meanwhile (its
+/// primary ran alone). When it is made replica again it copies the
+/// bucket from the primary, and the copy brings what it held already to
+/// the primary's state: flags set while it was away, messages expunged
+/// meanwhile gone. So after the primary's kill -9 the promoted node shows
+/// the account as the primary did, expunged mail not back.
+#[test]
+fn a_returning_replica_takes_the_changes_it_missed() {
+    let Some(etcd) = etcd() else { return };
+    let accounts: Vec<String> = (0..12).map(|i| format!("r{i}@example.test")).collect();
+    let mut nodes = mapped_cluster(&etcd, "rr", &["n1", "n2"], &accounts);
+    let places = locate(&nodes[0], &accounts);
+    let x = places
+        .iter()
+        .position(|(p, r)| p == "n1" && r == "n2")
+        .expect("an account on n1 with its replica on n2");
+    let account = &accounts[x];
+    for i in 0..4 {
+        let m = format!("Message-ID: <r{i}@example.org>\r\nSubject: r{i}\r\n\r\nbody {i}\r\n");
+        smtp_send(nodes[0].smtp, "s@example.org", &[account], m.as_bytes());
+    }
+    // n2 dies; n1 serves alone and the account changes.
+    nodes[1].kill9();
+    wait_failed_over(&nodes[0], 1, Duration::from_secs(15));
+    python_code(&format!(
+        r#"
+import imaplib
+m = imaplib.IMAP4("127.0.0.1", {port})
+m.login("{account}", "{PASSWORD}")
+def ok(r):
+    assert r[0] == "OK", r
+    return r
+ok(m.select("INBOX"))
+ok(m.store("1", "+FLAGS", r"(\Flagged $Work)"))
+ok(m.store("2", "+FLAGS", r"(\Deleted)"))
+ok(m.expunge())
+ok(m.store("2", "+FLAGS", r"(\Seen)"))
+m.logout()
+"#,
+        port = nodes[0].imap.port()
+    ));
+    let state = mailbox_state(nodes[0].imap, account);
+    assert!(
+        state.contains(
+            "INBOX: <r0@example.org>[$Work \\Flagged] <r2@example.org>[\\Seen] <r3@example.org>[]"
+        ),
+        "{state}"
+    );
+    // n2 comes back with what it held, and is made replica again.
+    nodes[1].restart();
+    wait_status(&nodes[0], Duration::from_secs(15), |s| {
+        s.contains("2 live node(s)")
+    });
+    let before = logged(&nodes[1], "caught_up");
+    let r = cluster_cmd(&nodes[0], &["rebalance"]);
+    wait_map(&nodes, &r);
+    assert_eq!(replica_of(&nodes[0], account), "n2");
+    wait_logged(&[&nodes[1]], "caught_up", &[before]);
+    let log = nodes[1].stderr_text();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("event=\"bucket_copied\"") && !l.contains("expunged=0")),
+        "{}",
+        nodes[1].stderr_tail(30)
+    );
+    // n1 dies: n2, promoted, shows the account as n1 did.
+    nodes[0].kill9();
+    wait_failed_over(&nodes[1], 1, Duration::from_secs(15));
+    assert_eq!(mailbox_state(nodes[1].imap, account), state);
+}

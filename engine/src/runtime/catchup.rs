@@ -43,6 +43,7 @@ use super::peer::{bytes, command, line, STEP_TIMEOUT};
 use super::shard::{Shard, ShardMsg};
 use super::transfer::{self, Digests, Incoming, Opened, Piece};
 use crate::cluster::catchup::{pulls, Pull};
+use crate::cluster::changes::Change;
 use crate::cluster::Placement;
 use crate::storage;
 use crate::transport::Conn;
@@ -113,6 +114,9 @@ pub struct State {
     /// Buckets whose copy waited and runs again: once it added mail, the
     /// bucket's replica is asked to copy it again ([`ask_replicas`]).
     resumed: RefCell<HashSet<u32>>,
+    /// Buckets whose changes overflowed `changes::Deferred` during their
+    /// copy: copied once more afterwards (the copy brings their effect).
+    again: RefCell<HashSet<u32>>,
     /// Per bucket, the accounts a copy that did not finish stored whole:
     /// a later copy of the bucket passes them over, so what was expunged
     /// here since does not come back.
@@ -124,11 +128,32 @@ impl State {
     fn done(&self, shard: &Shard, bucket: u32) {
         self.copying.borrow_mut().remove(&bucket);
         shard.deferred_changes.forget(bucket);
+        self.publish(shard);
+    }
+
+    /// Tell the node's other shards which buckets this one is copying or
+    /// waits to copy (`Shared::copies_open`, read by [`serve`]).
+    fn publish(&self, shard: &Shard) {
+        let open: HashSet<u32> = self
+            .copying
+            .borrow()
+            .iter()
+            .copied()
+            .chain(self.waiting.borrow().iter().map(|w| w.bucket))
+            .collect();
+        if let Ok(mut m) = shard.shared.copies_open.lock() {
+            m.insert(shard.id, open);
+        }
     }
 
     /// Is `bucket` queued or being copied to this shard?
     pub fn is_copying(&self, bucket: u32) -> bool {
         self.copying.borrow().contains(&bucket)
+    }
+
+    /// Changes for `bucket` were dropped during its copy: copy it again.
+    pub fn copy_again(&self, bucket: u32) {
+        self.again.borrow_mut().insert(bucket);
     }
 
     /// Park `job`: none of the nodes that held its bucket is live.
@@ -151,6 +176,8 @@ impl State {
         waiting.retain(|w| w.bucket != job.bucket);
         waiting.push(job);
         shard.metrics.copies_waiting.set(waiting.len() as u64);
+        drop(waiting);
+        self.publish(shard);
     }
 
     /// Take the waiting copies that can run now (a node that held the
@@ -180,6 +207,8 @@ impl State {
             !now
         });
         shard.metrics.copies_waiting.set(waiting.len() as u64);
+        drop(waiting);
+        self.publish(shard);
         ready
     }
 
@@ -273,6 +302,7 @@ fn enqueue(shard: &Rc<Shard>, jobs: Vec<Pull>) {
             .extend(jobs.iter().map(|n| n.bucket));
         queue.extend(jobs);
     }
+    shard.catchup.publish(shard);
     if !shard.catchup.running.replace(true) {
         glommio::spawn_local(work(shard.clone())).detach();
     }
@@ -343,6 +373,7 @@ async fn work(shard: Rc<Shard>) {
                         added = c.added,
                         present = c.present,
                         passed_over = c.passed_over,
+                        expunged = c.expunged,
                         "cluster: buckets copied"
                     );
                     copied.add(&c);
@@ -357,10 +388,21 @@ async fn work(shard: Rc<Shard>) {
                     if c.added > 0 && !resumed.is_empty() {
                         ask_replicas(&shard, &resumed).await;
                     }
-                    // Changes that came while the copy ran and found
-                    // nothing then (the bucket counts as copying until
-                    // they are applied, so what comes meanwhile queues
-                    // behind them), unless it is queued for another copy.
+                    // Buckets whose kept changes overflowed: copied
+                    // again (the copy brings the state they made).
+                    let overflowed: Vec<Pull> = jobs
+                        .iter()
+                        .filter(|j| shard.catchup.again.borrow_mut().remove(&j.bucket))
+                        .cloned()
+                        .collect();
+                    for j in &overflowed {
+                        shard.deferred_changes.forget(j.bucket);
+                    }
+                    shard.catchup.queue.borrow_mut().extend(overflowed);
+                    // Changes that came while the copy ran (the bucket
+                    // counts as copying until they are applied, so what
+                    // comes meanwhile queues behind them), unless it is
+                    // queued for another copy.
                     super::changes::replay(&shard, &buckets).await;
                     let queued: Vec<u32> = shard
                         .catchup
@@ -372,6 +414,7 @@ async fn work(shard: Rc<Shard>) {
                     for b in buckets.iter().filter(|b| !queued.contains(b)) {
                         shard.catchup.copying.borrow_mut().remove(b);
                     }
+                    shard.catchup.publish(&shard);
                 }
                 Err(why) => {
                     // Next time, another node that held the bucket first
@@ -429,6 +472,9 @@ struct Copied {
     present: usize,
     /// Accounts an earlier copy that was cut short had stored whole.
     passed_over: usize,
+    /// Messages held here from before the copy that the bucket's primary
+    /// no longer has: expunged here.
+    expunged: usize,
 }
 
 impl Copied {
@@ -437,6 +483,7 @@ impl Copied {
         self.added += o.added;
         self.present += o.present;
         self.passed_over += o.passed_over;
+        self.expunged += o.expunged;
     }
 }
 
@@ -514,16 +561,120 @@ async fn pull(
     let to: SocketAddr = from
         .internal_addr()
         .ok_or_else(|| format!("{}: no internal address", from.id))?;
+    // Before the request: what this node holds of the buckets the source
+    // is primary of (and this node replica), which the copy brings to the
+    // source's state; what is stored from now on is never taken away.
+    let mut sync = Sync::default();
+    if let Some(m) = shard.mapped() {
+        let map = m.map();
+        sync.buckets = buckets
+            .iter()
+            .copied()
+            .filter(|&b| {
+                map.primary_of(b) == Some(from.id.as_str()) && map.replica_of(b) == Some(m.me)
+            })
+            .collect();
+    }
+    let listed: Vec<u32> = sync.buckets.iter().copied().collect();
+    for account in shard.store.accounts_in_buckets(&listed) {
+        let _ = shard.store.with_account(&account, |a| {
+            for m in &a.mailboxes {
+                sync.uidnext.insert((account.clone(), m.id), m.uidnext);
+            }
+        });
+    }
     let mut peer = super::peer::connect(shard, to, from.tls_sha256.clone()).await?;
     let conn = &mut peer.conn;
     let list: Vec<String> = buckets.iter().map(u32::to_string).collect();
-    command(
-        conn,
-        &format!("XSYNC {version} {}\r\n", list.join(",")),
-        250,
-    )
-    .await?;
-    apply(shard, conn, buckets).await
+    conn.write_all(format!("XSYNC {version} {}\r\n", list.join(",")).as_bytes())
+        .await
+        .map_err(|e| e.to_string())?;
+    let (code, text) = super::peer::reply(conn).await?;
+    if code != 250 {
+        return Err(text);
+    }
+    // Buckets the source is itself still copying (or waits to copy): it
+    // may lack older mail of them, so nothing is expunged here for them.
+    sync.partial = partial_of(&text);
+    apply(shard, conn, buckets, &sync).await
+}
+
+/// What a copy from a bucket's primary brings this node (its replica) to:
+/// the primary's state of each mailbox it sends ([`sync_mailbox`]).
+#[derive(Default)]
+struct Sync {
+    /// Buckets the source is primary of and this node replica for.
+    buckets: HashSet<u32>,
+    /// (account, mailbox id) -> UIDNEXT before the request: messages with
+    /// a lower UID were here before the copy.
+    uidnext: HashMap<(String, u32), u32>,
+    /// Buckets the source says it may lack older mail of.
+    partial: HashSet<u32>,
+}
+
+/// The buckets a source's `250` names as still being copied to it:
+/// `... (partial: 3,7)`.
+fn partial_of(text: &str) -> HashSet<u32> {
+    text.split_once("(partial: ")
+        .and_then(|(_, r)| r.split_once(')'))
+        .map(|(list, _)| {
+            list.split(',')
+                .filter_map(|b| b.trim().parse().ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// A mailbox of the copy being brought to the source's state.
+struct MailboxSync {
+    name: String,
+    /// Messages with a UID below this were here before the copy.
+    uidnext: u32,
+    /// Expunge what the source lacks (not for a partial source).
+    expunge: bool,
+    /// The source's flag state of each message this node held already.
+    flags: Vec<Change>,
+}
+
+/// The end of a mailbox in the stream: set the flags of what was here
+/// already to the source's, and expunge what was here before the copy and
+/// the source no longer has (by digest and count).
+async fn sync_mailbox(
+    shard: &Rc<Shard>,
+    account: &str,
+    t: &mut Target,
+    copied: &mut Copied,
+) -> Result<(), String> {
+    let Some(sync) = t.sync.as_mut() else {
+        return Ok(());
+    };
+    let mut changes = std::mem::take(&mut sync.flags);
+    if sync.expunge {
+        let mut old: HashMap<[u8; 16], u32> = HashMap::new();
+        for (uid, d) in &t.opened.by_uid {
+            if *uid < sync.uidnext {
+                *old.entry(*d).or_insert(0) += 1;
+            }
+        }
+        let mut gone = Vec::new();
+        for (d, n) in old {
+            let kept = t.seen.get(&d).copied().unwrap_or(0);
+            for _ in kept..n {
+                gone.push(d);
+            }
+        }
+        if !gone.is_empty() {
+            copied.expunged += gone.len();
+            changes.push(Change::Expunge {
+                mailbox: sync.name.clone(),
+                digests: gone,
+            });
+        }
+    }
+    if changes.is_empty() {
+        return Ok(());
+    }
+    super::changes::sync_mailbox(shard, account, changes).await
 }
 
 /// The mailbox being copied into.
@@ -533,10 +684,18 @@ struct Target {
     seen: HashMap<[u8; 16], u32>,
     /// The source mailbox's keywords, by bit.
     keywords: Vec<String>,
+    /// A copy from the bucket's primary: the mailbox's state to match.
+    sync: Option<MailboxSync>,
 }
 
-/// Read the export stream and store what this node lacks.
-async fn apply(shard: &Rc<Shard>, conn: &mut Conn, buckets: &[u32]) -> Result<Copied, String> {
+/// Read the export stream and store what this node lacks; for buckets in
+/// `sync`, also bring what it held before to the source's state.
+async fn apply(
+    shard: &Rc<Shard>,
+    conn: &mut Conn,
+    buckets: &[u32],
+    sync: &Sync,
+) -> Result<Copied, String> {
     let max = shard.config().limits.message_size_max + super::smtp::INTERNAL_HEADROOM;
     let mut copied = Copied::default();
     // The account being copied (None: its frames are read and dropped).
@@ -554,6 +713,11 @@ async fn apply(shard: &Rc<Shard>, conn: &mut Conn, buckets: &[u32]) -> Result<Co
         if boundary || batch.len() >= BATCH_MESSAGES_MAX || batch_bytes >= BATCH_BYTES_MAX {
             store(shard, &account, &target, &mut batch).await?;
             batch_bytes = 0;
+        }
+        if boundary {
+            if let (Some(a), Some(t)) = (&account, target.as_mut()) {
+                sync_mailbox(shard, a, t, &mut copied).await?;
+            }
         }
         if matches!(verb, "account" | "end") && whole {
             // A copy cut short later need not bring this account again.
@@ -638,10 +802,22 @@ async fn apply(shard: &Rc<Shard>, conn: &mut Conn, buckets: &[u32]) -> Result<Co
                         .await
                     {
                         Ok(opened) => {
+                            let bucket = shard.bucket(a);
+                            let sync = sync.buckets.contains(&bucket).then(|| MailboxSync {
+                                uidnext: sync
+                                    .uidnext
+                                    .get(&(a.clone(), opened.id))
+                                    .copied()
+                                    .unwrap_or(0),
+                                name: name.clone(),
+                                expunge: !sync.partial.contains(&bucket),
+                                flags: Vec::new(),
+                            });
                             target = Some(Target {
                                 opened,
                                 seen: HashMap::new(),
                                 keywords: names,
+                                sync,
                             })
                         }
                         Err(e) => {
@@ -670,17 +846,25 @@ async fn apply(shard: &Rc<Shard>, conn: &mut Conn, buckets: &[u32]) -> Result<Co
                 let d = Digests::Content.of(&body);
                 let k = t.seen.entry(d).or_insert(0);
                 *k += 1;
-                if *k <= t.opened.digests.get(&d).copied().unwrap_or(0) {
-                    copied.present += 1;
-                    continue;
-                }
-                let keywords = t
+                let keywords: Vec<String> = t
                     .keywords
                     .iter()
                     .enumerate()
                     .filter(|(bit, _)| (mask as u64) >> bit & 1 == 1)
                     .map(|(_, k)| k.clone())
                     .collect();
+                if *k <= t.opened.digests.get(&d).copied().unwrap_or(0) {
+                    copied.present += 1;
+                    if let Some(sync) = t.sync.as_mut() {
+                        sync.flags.push(Change::Flags {
+                            mailbox: sync.name.clone(),
+                            digest: d,
+                            flags: u32::try_from(flags).unwrap_or(0),
+                            keywords,
+                        });
+                    }
+                    continue;
+                }
                 copied.added += 1;
                 batch_bytes += body.len();
                 batch.push(Incoming {
@@ -799,11 +983,27 @@ pub async fn serve(shard: &Rc<Shard>, conn: &mut Conn) {
             .await;
         return;
     }
-    if conn
-        .write_all(b"250 2.0.0 Buckets follow\r\n")
-        .await
-        .is_err()
-    {
+    // Buckets this node is itself copying or waits to copy: the puller
+    // must not drop what it holds of them and this node lacks.
+    let mut partial: Vec<u32> = match shard.shared.copies_open.lock() {
+        Ok(m) => list
+            .iter()
+            .copied()
+            .filter(|b| m.values().any(|open| open.contains(b)))
+            .collect(),
+        Err(_) => list.clone(),
+    };
+    partial.sort_unstable();
+    let partial: Vec<String> = partial.iter().map(u32::to_string).collect();
+    let ready = if partial.is_empty() {
+        "250 2.0.0 Buckets follow\r\n".to_string()
+    } else {
+        format!(
+            "250 2.0.0 Buckets follow (partial: {})\r\n",
+            partial.join(",")
+        )
+    };
+    if conn.write_all(ready.as_bytes()).await.is_err() {
         return;
     }
     match stream(shard, conn, list).await {
@@ -995,6 +1195,11 @@ mod tests {
         assert!(!is_request(b"MAIL FROM:<>"));
         assert_eq!(parse_request("7 3,1,3", 16), Some((7, vec![1, 3])));
         assert!(is_request(b"XPULL 4 n1 1\r\n"));
+        assert_eq!(
+            partial_of("250 2.0.0 Buckets follow (partial: 7,3)"),
+            HashSet::from([3, 7])
+        );
+        assert!(partial_of("250 2.0.0 Buckets follow").is_empty());
         assert_eq!(
             parse_pull("7 n3 3,1", 16),
             Some((7, "n3".to_string(), vec![1, 3]))

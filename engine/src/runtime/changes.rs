@@ -758,10 +758,16 @@ async fn apply_new(shard: &Rc<Shard>, account: &str, changes: Vec<Change>) -> Re
         .ensure_account(account)
         .await
         .map_err(|e| e.to_string())?;
-    // Behind changes already kept for this account, in their order.
+    // While the bucket is copied here, every change waits for the copy's
+    // end: the copy sets messages to the state of the source's snapshot
+    // (`catchup`), which a change applied before it would be undone by,
+    // or a message it expunged brought back by.
     let bucket = shard.bucket(account);
-    if shard.catchup.is_copying(bucket) && shard.deferred_changes.has(bucket, account) {
-        shard.deferred_changes.put(bucket, account, changes);
+    if shard.catchup.is_copying(bucket) {
+        if !shard.deferred_changes.put(bucket, account, changes) {
+            // Dropped: a copy after this one brings their effect.
+            shard.catchup.copy_again(bucket);
+        }
         return Ok(());
     }
     let mut batch = Batch::default();
@@ -773,18 +779,32 @@ async fn apply_new(shard: &Rc<Shard>, account: &str, changes: Vec<Change>) -> Re
         }
         Ok(missed) => {
             if !missed.is_empty() {
-                // A bucket copy still running: again once it is done.
-                if shard.catchup.is_copying(bucket) {
-                    shard.deferred_changes.put(bucket, account, missed);
-                } else {
-                    tracing::debug!(
-                        account,
-                        missed = missed.len(),
-                        "cluster: changes for messages or mailboxes this replica does not hold"
-                    );
-                }
+                tracing::debug!(
+                    account,
+                    missed = missed.len(),
+                    "cluster: changes for messages or mailboxes this replica does not hold"
+                );
             }
             Ok(())
+        }
+    }
+}
+
+/// A bucket copy from the bucket's primary brings a mailbox to the state
+/// of the primary's snapshot (`catchup`): `changes` (flag states of the
+/// messages it held already, expunges of those the primary no longer has)
+/// applied as a replay, in one go.
+pub async fn sync_mailbox(
+    shard: &Rc<Shard>,
+    account: &str,
+    changes: Vec<Change>,
+) -> Result<(), String> {
+    let mut batch = Batch::default();
+    match apply(shard, account, changes, &mut batch, true).await {
+        Ok(_) => Ok(()),
+        Err(e) => {
+            batch.abandon(shard, account);
+            Err(e)
         }
     }
 }
@@ -835,9 +855,9 @@ impl Ids {
     }
 }
 
-/// Changes a replica could not apply while the bucket was being copied to
-/// it (the message or mailbox was not there yet), per bucket in arrival
-/// order, applied again once the copy is done ([`replay`]).
+/// Changes that came for a replica's bucket while the bucket was being
+/// copied to it, per bucket in arrival order, applied once the copy is
+/// done ([`replay`]).
 #[derive(Default)]
 pub struct Deferred {
     by_bucket: std::cell::RefCell<HashMap<u32, Vec<(String, Change)>>>,
@@ -869,7 +889,8 @@ fn weight(c: &Change) -> usize {
 }
 
 impl Deferred {
-    fn put(&self, bucket: u32, account: &str, changes: Vec<Change>) {
+    /// Keep `changes`; false if they were dropped (over the bounds).
+    fn put(&self, bucket: u32, account: &str, changes: Vec<Change>) -> bool {
         let bytes: usize =
             changes.iter().map(weight).sum::<usize>() + account.len() * changes.len();
         if self.count.get() + changes.len() > DEFERRED_MAX
@@ -878,15 +899,16 @@ impl Deferred {
             tracing::warn!(
                 account,
                 changes = changes.len(),
-                "cluster: too many changes waiting for bucket copies; these are dropped"
+                "cluster: too many changes waiting for bucket copies; these are dropped and the bucket is copied again afterwards"
             );
-            return;
+            return false;
         }
         self.count.set(self.count.get() + changes.len());
         self.bytes.set(self.bytes.get() + bytes);
         let mut m = self.by_bucket.borrow_mut();
         let list = m.entry(bucket).or_default();
         list.extend(changes.into_iter().map(|c| (account.to_string(), c)));
+        true
     }
 
     /// Changes taken out of the lists.
@@ -898,6 +920,7 @@ impl Deferred {
         }
     }
 
+    #[cfg(test)]
     fn has(&self, bucket: u32, account: &str) -> bool {
         self.by_bucket
             .borrow()

@@ -316,6 +316,7 @@ pub fn serve(mut config: Config, loader: Option<reload::Loader>) -> Result<(), S
         in_flight: Arc::new(crate::cluster::InFlight::new(cores)),
         silence: Default::default(),
         bucket_sends: Default::default(),
+        copies_open: Default::default(),
         config,
         live,
         config_epoch: Default::default(),

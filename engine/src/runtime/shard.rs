@@ -44,6 +44,11 @@ pub struct Shared {
     /// Cluster mode: bucket copies this node sends now
     /// (`catchup::SENDS_MAX`).
     pub bucket_sends: std::sync::atomic::AtomicUsize,
+    /// Cluster mode: per shard, the buckets it is copying here or whose
+    /// copy waits (`catchup`): this node may lack older mail of those, so
+    /// a copy it sends of them must not make the receiver drop what this
+    /// node lacks.
+    pub copies_open: std::sync::Mutex<HashMap<usize, HashSet<u32>>>,
     /// The configuration the server started with: what a reload cannot
     /// change (listeners, cores, data directory, storage, memory) is read
     /// here. Everything else is read through [`Shard::config`].

@@ -147,6 +147,8 @@ pub struct Opened {
     pub fresh: bool,
     /// How many stored messages have each body digest ([`digest`]).
     pub digests: HashMap<[u8; 16], u32>,
+    /// Each stored message's UID and digest, in UID order.
+    pub by_uid: Vec<(u32, [u8; 16])>,
 }
 
 /// Work for the shard owning an account.
@@ -587,7 +589,7 @@ pub async fn open(
                     m.messages
                         .iter()
                         .filter(|_| kind != Digests::Skip)
-                        .filter_map(|e| store.body(e.loc))
+                        .filter_map(|e| Some((e.uid, store.body(e.loc)?)))
                         .collect::<Vec<_>>(),
                 )
             })
@@ -595,20 +597,24 @@ pub async fn open(
         .flatten()
         .ok_or("mailbox vanished")?;
     let mut digests = HashMap::new();
-    for b in bodies {
+    let mut by_uid = Vec::with_capacity(bodies.len());
+    for (uid, b) in bodies {
         let mut d = Digester::new();
         let bytes = b.bytes();
         for step in bytes[kind.start(bytes)..].chunks(DIGEST_STEP) {
             d.update(step);
             glommio::yield_if_needed().await;
         }
-        *digests.entry(d.finish()).or_insert(0) += 1;
+        let d = d.finish();
+        *digests.entry(d).or_insert(0) += 1;
+        by_uid.push((uid, d));
     }
     Ok(Opened {
         id,
         created,
         fresh,
         digests,
+        by_uid,
     })
 }
 
