@@ -125,27 +125,68 @@ impl Progress {
 /// (`runtime::catchup::serve`): otherwise a delivery that sent its copy to
 /// the old replica and committed here just after the snapshot would be on
 /// neither the new replica nor in the copy.
+///
+/// Each operation also gets a ticket from its shard's counter: a source
+/// about to take the snapshots of a bucket copy first waits until every
+/// operation registered before the request has ended ([`InFlight::mark`],
+/// [`InFlight::passed`]), whatever its map: one that sent its copy to
+/// the puller (which may hold it from before the copy) and commits here
+/// after the snapshot would otherwise look like mail this node no longer
+/// has.
 #[derive(Debug)]
-pub struct InFlight(Vec<std::sync::atomic::AtomicI64>);
+pub struct InFlight {
+    oldest: Vec<std::sync::atomic::AtomicI64>,
+    /// Per shard: tickets given so far, and the oldest still in flight
+    /// (u64::MAX: none).
+    tickets: Vec<(std::sync::atomic::AtomicU64, std::sync::atomic::AtomicU64)>,
+}
 
 impl InFlight {
     pub fn new(shards: usize) -> InFlight {
-        InFlight(
-            (0..shards)
-                .map(|_| std::sync::atomic::AtomicI64::new(i64::MAX))
+        use std::sync::atomic::{AtomicI64, AtomicU64};
+        InFlight {
+            oldest: (0..shards).map(|_| AtomicI64::new(i64::MAX)).collect(),
+            tickets: (0..shards)
+                .map(|_| (AtomicU64::new(0), AtomicU64::new(u64::MAX)))
                 .collect(),
-        )
+        }
     }
 
     pub fn set(&self, shard: usize, oldest: i64) {
-        if let Some(v) = self.0.get(shard) {
+        if let Some(v) = self.oldest.get(shard) {
             v.store(oldest, std::sync::atomic::Ordering::SeqCst);
         }
     }
 
+    /// A shard's ticket counter and its oldest ticket in flight.
+    pub fn set_tickets(&self, shard: usize, issued: u64, oldest: u64) {
+        if let Some((i, o)) = self.tickets.get(shard) {
+            // The oldest first: a reader that sees the new counter sees
+            // an oldest at least as new.
+            o.store(oldest, std::sync::atomic::Ordering::SeqCst);
+            i.store(issued, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    /// Every shard's ticket counter now.
+    pub fn mark(&self) -> Vec<u64> {
+        self.tickets
+            .iter()
+            .map(|(i, _)| i.load(std::sync::atomic::Ordering::SeqCst))
+            .collect()
+    }
+
+    /// Has every operation registered before `mark` ended?
+    pub fn passed(&self, mark: &[u64]) -> bool {
+        self.tickets
+            .iter()
+            .zip(mark)
+            .all(|((_, o), m)| o.load(std::sync::atomic::Ordering::SeqCst) >= *m)
+    }
+
     /// The oldest map version any shard has an operation in flight with.
     pub fn oldest(&self) -> i64 {
-        self.0
+        self.oldest
             .iter()
             .map(|v| v.load(std::sync::atomic::Ordering::SeqCst))
             .min()

@@ -43,7 +43,7 @@ use super::peer::{bytes, command, line, STEP_TIMEOUT};
 use super::shard::{Shard, ShardMsg};
 use super::transfer::{self, Digests, Incoming, Opened, Piece};
 use crate::cluster::catchup::{pulls, Pull};
-use crate::cluster::changes::Change;
+use crate::cluster::changes::{Change, Digest};
 use crate::cluster::Placement;
 use crate::storage;
 use crate::transport::Conn;
@@ -77,6 +77,9 @@ const TOO_MANY: &str = "Too many bucket copies are being sent; try again later";
 const MAP_NOT_SEEN: &str = "This node has not seen that bucket map yet";
 /// Before a failed copy is tried again.
 const RETRY_AFTER: Duration = Duration::from_secs(2);
+/// Before a bucket whose primary was itself still copying it is copied
+/// again.
+const INCOMPLETE_AGAIN: Duration = Duration::from_secs(60);
 /// Rounds that fail in a row before the pause grows ([`retry_pause`]).
 const RETRIES_AT_FULL_SPEED: u32 = 3;
 /// The longest pause between rounds that keep failing.
@@ -94,6 +97,12 @@ fn retry_pause(failed: u32) -> Duration {
 /// A batch is stored at this many messages or bytes (one commit each).
 const BATCH_MESSAGES_MAX: usize = 64;
 const BATCH_BYTES_MAX: usize = 4 << 20;
+/// (account, mailbox, message digest).
+type Touched = (String, String, Digest);
+
+/// (account, mailbox, message) pairs a shard tracks as touched by changes
+/// during its bucket copies ([`State::touched`]).
+const TOUCHED_MAX: usize = 100_000;
 /// Keywords a mailbox frame may announce (the store keeps 64 per mailbox).
 const KEYWORDS_MAX: usize = crate::session::imap::KEYWORDS_MAX;
 
@@ -114,6 +123,20 @@ pub struct State {
     /// Buckets whose copy waited and runs again: once it added mail, the
     /// bucket's replica is asked to copy it again ([`ask_replicas`]).
     resumed: RefCell<HashSet<u32>>,
+    /// The waiting copies a previous run saved were read.
+    loaded: Cell<bool>,
+    /// Every copy not done yet (queued, running, between retries, or
+    /// waiting), by bucket: kept in the data directory ([`State::save`]),
+    /// since until it is done this node may lack older mail of the bucket.
+    open: RefCell<BTreeMap<u32, Pull>>,
+    /// Per bucket being copied: (account, mailbox, digest) of messages a
+    /// change applied here touched during the copy (`changes::apply_here`).
+    /// The copy leaves their flags alone and does not bring them back if
+    /// they are gone (the change is newer than or equal to its snapshot).
+    touched: RefCell<HashMap<u32, HashSet<Touched>>>,
+    /// Buckets whose `touched` outgrew [`TOUCHED_MAX`]: their copy only
+    /// adds (no flag setting, no expunges) this time.
+    untracked: RefCell<HashSet<u32>>,
     /// Buckets whose changes overflowed `changes::Deferred` during their
     /// copy: copied once more afterwards (the copy brings their effect).
     again: RefCell<HashSet<u32>>,
@@ -128,7 +151,11 @@ impl State {
     fn done(&self, shard: &Shard, bucket: u32) {
         self.copying.borrow_mut().remove(&bucket);
         shard.deferred_changes.forget(bucket);
+        self.forget_touched(bucket);
         self.publish(shard);
+        if self.open.borrow_mut().remove(&bucket).is_some() {
+            self.save(shard);
+        }
     }
 
     /// Tell the node's other shards which buckets this one is copying or
@@ -151,6 +178,47 @@ impl State {
         self.copying.borrow().contains(&bucket)
     }
 
+    /// A change applied here while `bucket` is copied touched these
+    /// (mailbox, message) pairs of `account`.
+    pub fn touched(
+        &self,
+        bucket: u32,
+        account: &str,
+        pairs: impl Iterator<Item = (String, Digest)>,
+    ) {
+        if self.untracked.borrow().contains(&bucket) {
+            return;
+        }
+        let mut touched = self.touched.borrow_mut();
+        let total: usize = touched.values().map(HashSet::len).sum();
+        let set = touched.entry(bucket).or_default();
+        for (mailbox, digest) in pairs {
+            if total + set.len() >= TOUCHED_MAX {
+                tracing::warn!(
+                    bucket,
+                    "cluster: too many changes during a bucket copy to track; this copy only adds mail"
+                );
+                touched.remove(&bucket);
+                self.untracked.borrow_mut().insert(bucket);
+                return;
+            }
+            set.insert((account.to_string(), mailbox, digest));
+        }
+    }
+
+    fn was_touched(&self, bucket: u32, account: &str, mailbox: &str, digest: &Digest) -> bool {
+        self.touched
+            .borrow()
+            .get(&bucket)
+            .is_some_and(|s| s.contains(&(account.to_string(), mailbox.to_string(), *digest)))
+    }
+
+    /// The copy of `bucket` ended (done, or will start from nothing).
+    fn forget_touched(&self, bucket: u32) {
+        self.touched.borrow_mut().remove(&bucket);
+        self.untracked.borrow_mut().remove(&bucket);
+    }
+
     /// Changes for `bucket` were dropped during its copy: copy it again.
     pub fn copy_again(&self, bucket: u32) {
         self.again.borrow_mut().insert(bucket);
@@ -158,7 +226,18 @@ impl State {
 
     /// Park `job`: none of the nodes that held its bucket is live.
     fn wait(&self, shard: &Shard, job: Pull) {
-        self.done(shard, job.bucket);
+        // Waiting before no longer copying, so the node never looks as if
+        // it held the whole bucket (`publish`).
+        {
+            let mut waiting = self.waiting.borrow_mut();
+            waiting.retain(|w| w.bucket != job.bucket);
+            waiting.push(job.clone());
+            shard.metrics.copies_waiting.set(waiting.len() as u64);
+        }
+        self.copying.borrow_mut().remove(&job.bucket);
+        shard.deferred_changes.forget(job.bucket);
+        self.forget_touched(job.bucket);
+        self.publish(shard);
         let finished = self
             .finished
             .borrow()
@@ -172,9 +251,121 @@ impl State {
             finished_accounts = finished,
             "cluster: no node that held this bucket is live; its copy waits for one to come back (until then this node may lack older mail of the bucket)"
         );
+    }
+
+    /// Write the copies not done yet to the data directory, so a restart
+    /// does not forget that this node may lack older mail of those buckets
+    /// (it copies them again, or waits for a source, and tells pullers it
+    /// may lack some meanwhile). Errors are logged.
+    fn save(&self, shard: &Shard) {
+        let path = waiting_file(shard);
+        let mut text: String = self
+            .open
+            .borrow()
+            .values()
+            .map(|w| format!("{} {} {}\n", w.bucket, w.from, w.also.join(",")))
+            .collect();
+        // And the accounts an interrupted copy stored whole.
+        let open = self.open.borrow();
+        for (bucket, accounts) in self.finished.borrow().iter() {
+            if open.contains_key(bucket) {
+                for a in accounts {
+                    text.push_str(&format!("whole {bucket} {a}\n"));
+                }
+            }
+        }
+        drop(open);
+        let r = (|| -> std::io::Result<()> {
+            if text.is_empty() {
+                return match std::fs::remove_file(&path) {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+                    _ => Ok(()),
+                };
+            }
+            let mut tmp = path.clone().into_os_string();
+            tmp.push(".tmp");
+            let tmp = std::path::PathBuf::from(tmp);
+            {
+                use std::io::Write;
+                let mut f = std::fs::File::create(&tmp)?;
+                f.write_all(text.as_bytes())?;
+                f.sync_all()?;
+            }
+            std::fs::rename(&tmp, &path)?;
+            if let Some(dir) = path.parent() {
+                std::fs::File::open(dir)?.sync_all()?;
+            }
+            Ok(())
+        })();
+        if let Err(e) = r {
+            tracing::warn!(path = %path.display(), error = %e, "cluster: the waiting bucket copies could not be saved");
+        }
+    }
+
+    /// The copies of this shard's buckets a previous run left not done
+    /// (in any shard's file: the core count may have changed): they wait
+    /// for a source ([`State::wake`] starts them once one is live).
+    fn load(&self, shard: &Shard) {
+        let dir = &shard.shared.config.data_dir;
+        let mut text = String::new();
+        for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            let name = e.file_name();
+            let name = name.to_string_lossy();
+            if name.starts_with(WAITING_FILE) && !name.ends_with(".tmp") {
+                text.push_str(&std::fs::read_to_string(e.path()).unwrap_or_default());
+            }
+        }
+        let cores = shard.shared.cores;
         let mut waiting = self.waiting.borrow_mut();
-        waiting.retain(|w| w.bucket != job.bucket);
-        waiting.push(job);
+        for l in text.lines() {
+            if let Some(rest) = l.strip_prefix("whole ") {
+                if let Some((Ok(bucket), account)) =
+                    rest.split_once(' ').map(|(b, a)| (b.parse::<u32>(), a))
+                {
+                    if storage::shard_of_bucket(bucket, cores) == shard.id
+                        && shard.bucket(account) == bucket
+                    {
+                        self.finished
+                            .borrow_mut()
+                            .entry(bucket)
+                            .or_default()
+                            .insert(account.to_string());
+                    }
+                }
+                continue;
+            }
+            let mut w = l.split(' ');
+            let (Some(Ok(bucket)), Some(from)) = (w.next().map(str::parse::<u32>), w.next()) else {
+                continue;
+            };
+            if bucket >= shard.shared.meta.buckets
+                || storage::shard_of_bucket(bucket, cores) != shard.id
+                || waiting.iter().any(|x| x.bucket == bucket)
+            {
+                continue;
+            }
+            let also = w
+                .next()
+                .unwrap_or("")
+                .split(',')
+                .filter(|a| !a.is_empty())
+                .map(str::to_string)
+                .collect();
+            let job = Pull {
+                bucket,
+                from: from.to_string(),
+                also,
+            };
+            self.open.borrow_mut().insert(bucket, job.clone());
+            waiting.push(job);
+        }
+        if !waiting.is_empty() {
+            tracing::warn!(
+                event = "copy_waiting",
+                buckets = waiting.len(),
+                "cluster: bucket copies a previous run did not finish wait for a source again (this node may lack older mail of those buckets)"
+            );
+        }
         shard.metrics.copies_waiting.set(waiting.len() as u64);
         drop(waiting);
         self.publish(shard);
@@ -194,21 +385,29 @@ impl State {
             return Vec::new();
         }
         let mut ready = Vec::new();
+        let before = waiting.len();
         waiting.retain(|w| {
             if !holds(w.bucket) {
                 self.finished.borrow_mut().remove(&w.bucket);
+                self.open.borrow_mut().remove(&w.bucket);
                 return false;
             }
             let now = std::iter::once(&w.from).chain(&w.also).any(|n| live(n));
             if now {
                 self.resumed.borrow_mut().insert(w.bucket);
+                // Copying again before it stops waiting (`publish`).
+                self.copying.borrow_mut().insert(w.bucket);
                 ready.push(w.clone());
             }
             !now
         });
+        let changed = waiting.len() != before;
         shard.metrics.copies_waiting.set(waiting.len() as u64);
         drop(waiting);
         self.publish(shard);
+        if changed {
+            self.save(shard);
+        }
         ready
     }
 
@@ -217,6 +416,7 @@ impl State {
     fn restart(&self, shard: &Shard, bucket: u32) {
         self.finished.borrow_mut().remove(&bucket);
         self.resumed.borrow_mut().remove(&bucket);
+        self.forget_touched(bucket);
         let mut waiting = self.waiting.borrow_mut();
         waiting.retain(|w| w.bucket != bucket);
         shard.metrics.copies_waiting.set(waiting.len() as u64);
@@ -241,6 +441,9 @@ pub fn plan(shard: &Rc<Shard>) {
             "cluster: a node that held buckets whose copy waited is live again; copying them"
         );
         enqueue(shard, woken);
+    }
+    if !shard.catchup.loaded.replace(true) {
+        shard.catchup.load(shard);
     }
     let mut planned = shard.catchup.planned.borrow_mut();
     if planned.as_ref().is_some_and(|(v, _)| v == version) {
@@ -289,6 +492,17 @@ pub fn requested(shard: &Rc<Shard>, jobs: Vec<Pull>) {
     enqueue(shard, jobs);
 }
 
+/// Where a shard keeps its waiting copies across restarts.
+fn waiting_file(shard: &Shard) -> std::path::PathBuf {
+    shard
+        .shared
+        .config
+        .data_dir
+        .join(format!("{WAITING_FILE}{}", shard.id))
+}
+
+const WAITING_FILE: &str = "cluster-copies-waiting.";
+
 /// Queue `jobs` (replacing queued ones of the same buckets) and start the
 /// shard's worker unless it runs.
 fn enqueue(shard: &Rc<Shard>, jobs: Vec<Pull>) {
@@ -300,9 +514,14 @@ fn enqueue(shard: &Rc<Shard>, jobs: Vec<Pull>) {
             .copying
             .borrow_mut()
             .extend(jobs.iter().map(|n| n.bucket));
+        let mut open = shard.catchup.open.borrow_mut();
+        for j in &jobs {
+            open.insert(j.bucket, j.clone());
+        }
         queue.extend(jobs);
     }
     shard.catchup.publish(shard);
+    shard.catchup.save(shard);
     if !shard.catchup.running.replace(true) {
         glommio::spawn_local(work(shard.clone())).detach();
     }
@@ -330,6 +549,7 @@ async fn work(shard: Rc<Shard>) {
         let version = m.view.placement.as_ref().map_or(0, |(_, v)| *v);
         // Per source, the buckets this node still holds.
         let mut by_source: BTreeMap<String, Vec<Pull>> = BTreeMap::new();
+        let mut parked = false;
         for job in jobs {
             let map = m.map();
             if map.primary_of(job.bucket) != Some(m.me) && map.replica_of(job.bucket) != Some(m.me)
@@ -347,8 +567,15 @@ async fn work(shard: Rc<Shard>) {
                 .map(str::to_string);
             match from {
                 Some(from) => by_source.entry(from).or_default().push(job),
-                None => shard.catchup.wait(&shard, job),
+                None => {
+                    shard.catchup.wait(&shard, job);
+                    parked = true;
+                }
             }
+        }
+        if parked {
+            // With the accounts the cut copy stored whole.
+            shard.catchup.save(&shard);
         }
         let sources: Vec<_> = by_source
             .into_iter()
@@ -390,11 +617,38 @@ async fn work(shard: Rc<Shard>) {
                     }
                     // Buckets whose kept changes overflowed: copied
                     // again (the copy brings the state they made).
+                    // And those whose primary is itself still copying
+                    // them: asked again after a pause, until it holds
+                    // them whole (this node stays a partial holder).
                     let overflowed: Vec<Pull> = jobs
                         .iter()
                         .filter(|j| shard.catchup.again.borrow_mut().remove(&j.bucket))
                         .cloned()
                         .collect();
+                    let incomplete: Vec<Pull> = jobs
+                        .iter()
+                        .filter(|j| c.incomplete.contains(&j.bucket))
+                        .cloned()
+                        .collect();
+                    if !incomplete.is_empty() {
+                        tracing::info!(
+                            from = from.id,
+                            buckets = incomplete.len(),
+                            "cluster: the primary of buckets copied here is itself still copying them; they are copied again in a minute"
+                        );
+                        let s = shard.clone();
+                        glommio::spawn_local(async move {
+                            let stop = s.on_stop();
+                            let pause = glommio::timer::sleep(INCOMPLETE_AGAIN);
+                            futures::pin_mut!(pause);
+                            if let futures::future::Either::Left(_) =
+                                futures::future::select(pause, stop).await
+                            {
+                                enqueue(&s, incomplete);
+                            }
+                        })
+                        .detach();
+                    }
                     for j in &overflowed {
                         shard.deferred_changes.forget(j.bucket);
                     }
@@ -411,10 +665,16 @@ async fn work(shard: Rc<Shard>) {
                         .iter()
                         .map(|q| q.bucket)
                         .collect();
-                    for b in buckets.iter().filter(|b| !queued.contains(b)) {
+                    for b in buckets
+                        .iter()
+                        .filter(|b| !queued.contains(b) && !c.incomplete.contains(b))
+                    {
                         shard.catchup.copying.borrow_mut().remove(b);
+                        shard.catchup.forget_touched(*b);
+                        shard.catchup.open.borrow_mut().remove(b);
                     }
                     shard.catchup.publish(&shard);
+                    shard.catchup.save(&shard);
                 }
                 Err(why) => {
                     // Next time, another node that held the bucket first
@@ -475,6 +735,9 @@ struct Copied {
     /// Messages held here from before the copy that the bucket's primary
     /// no longer has: expunged here.
     expunged: usize,
+    /// Buckets this node is replica of whose primary said it may lack
+    /// older mail of them (itself copying them): copied again later.
+    incomplete: Vec<u32>,
 }
 
 impl Copied {
@@ -564,7 +827,21 @@ async fn pull(
     // Before the request: what this node holds of the buckets the source
     // is primary of (and this node replica), which the copy brings to the
     // source's state; what is stored from now on is never taken away.
-    let mut sync = Sync::default();
+    // A message handed over by a third node may have reached this node and
+    // not yet the primary: it is acknowledged only if the primary stores
+    // it within the hand-over timeout, so what arrived within that (and
+    // a margin) before the copy is never expunged by it.
+    let margin = shard
+        .config()
+        .cluster
+        .as_ref()
+        .map_or(30_000, |c| c.peer_timeout_ms)
+        / 1000
+        + SYNC_MARGIN_SECS;
+    let mut sync = Sync {
+        expunge_before: crate::util::unix_now() - i64::try_from(margin).unwrap_or(i64::MAX / 2),
+        ..Default::default()
+    };
     if let Some(m) = shard.mapped() {
         let map = m.map();
         sync.buckets = buckets
@@ -595,8 +872,20 @@ async fn pull(
     }
     // Buckets the source is itself still copying (or waits to copy): it
     // may lack older mail of them, so nothing is expunged here for them.
-    sync.partial = partial_of(&text);
-    apply(shard, conn, buckets, &sync).await
+    sync.partial = named_in(&text, "partial");
+    // The source's own map says it is not the primary: nothing it lacks
+    // is taken for gone.
+    for b in named_in(&text, "not primary") {
+        sync.buckets.remove(&b);
+    }
+    let mut copied = apply(shard, conn, buckets, &sync).await?;
+    copied.incomplete = sync
+        .buckets
+        .iter()
+        .copied()
+        .filter(|b| sync.partial.contains(b))
+        .collect();
+    Ok(copied)
 }
 
 /// What a copy from a bucket's primary brings this node (its replica) to:
@@ -610,12 +899,18 @@ struct Sync {
     uidnext: HashMap<(String, u32), u32>,
     /// Buckets the source says it may lack older mail of.
     partial: HashSet<u32>,
+    /// Only messages dated before this (Unix seconds) may be expunged.
+    expunge_before: i64,
 }
 
-/// The buckets a source's `250` names as still being copied to it:
-/// `... (partial: 3,7)`.
-fn partial_of(text: &str) -> HashSet<u32> {
-    text.split_once("(partial: ")
+/// Seconds past the hand-over timeout within which a message that arrived
+/// before a copy is not expunged by it ([`pull`]).
+const SYNC_MARGIN_SECS: u64 = 5;
+
+/// The buckets a source's `250` names under `label`:
+/// `... (partial: 3,7) (not primary: 5)`.
+fn named_in(text: &str, label: &str) -> HashSet<u32> {
+    text.split_once(&format!("({label}: "))
         .and_then(|(_, r)| r.split_once(')'))
         .map(|(list, _)| {
             list.split(',')
@@ -632,6 +927,7 @@ struct MailboxSync {
     uidnext: u32,
     /// Expunge what the source lacks (not for a partial source).
     expunge: bool,
+    expunge_before: i64,
     /// The source's flag state of each message this node held already.
     flags: Vec<Change>,
 }
@@ -651,8 +947,8 @@ async fn sync_mailbox(
     let mut changes = std::mem::take(&mut sync.flags);
     if sync.expunge {
         let mut old: HashMap<[u8; 16], u32> = HashMap::new();
-        for (uid, d) in &t.opened.by_uid {
-            if *uid < sync.uidnext {
+        for (uid, d, date) in &t.opened.by_uid {
+            if *uid < sync.uidnext && *date < sync.expunge_before {
                 *old.entry(*d).or_insert(0) += 1;
             }
         }
@@ -684,6 +980,8 @@ struct Target {
     seen: HashMap<[u8; 16], u32>,
     /// The source mailbox's keywords, by bit.
     keywords: Vec<String>,
+    /// The mailbox's name as the source sent it.
+    name: String,
     /// A copy from the bucket's primary: the mailbox's state to match.
     sync: Option<MailboxSync>,
 }
@@ -803,20 +1101,24 @@ async fn apply(
                     {
                         Ok(opened) => {
                             let bucket = shard.bucket(a);
-                            let sync = sync.buckets.contains(&bucket).then(|| MailboxSync {
-                                uidnext: sync
-                                    .uidnext
-                                    .get(&(a.clone(), opened.id))
-                                    .copied()
-                                    .unwrap_or(0),
-                                name: name.clone(),
-                                expunge: !sync.partial.contains(&bucket),
-                                flags: Vec::new(),
-                            });
+                            let tracked = !shard.catchup.untracked.borrow().contains(&bucket);
+                            let sync =
+                                (tracked && sync.buckets.contains(&bucket)).then(|| MailboxSync {
+                                    expunge_before: sync.expunge_before,
+                                    uidnext: sync
+                                        .uidnext
+                                        .get(&(a.clone(), opened.id))
+                                        .copied()
+                                        .unwrap_or(0),
+                                    name: name.clone(),
+                                    expunge: !sync.partial.contains(&bucket),
+                                    flags: Vec::new(),
+                                });
                             target = Some(Target {
                                 opened,
                                 seen: HashMap::new(),
                                 keywords: names,
+                                name: name.clone(),
                                 sync,
                             })
                         }
@@ -853,8 +1155,17 @@ async fn apply(
                     .filter(|(bit, _)| (mask as u64) >> bit & 1 == 1)
                     .map(|(_, k)| k.clone())
                     .collect();
-                if *k <= t.opened.digests.get(&d).copied().unwrap_or(0) {
+                // A change applied here during the copy touched it: that
+                // is newer than (or as new as) the snapshot, so its flags
+                // stay and, if it is gone, it stays gone.
+                let touched = account
+                    .as_deref()
+                    .is_some_and(|a| shard.catchup.was_touched(shard.bucket(a), a, &t.name, &d));
+                if *k <= t.opened.digests.get(&d).copied().unwrap_or(0) || touched {
                     copied.present += 1;
+                    if touched {
+                        continue;
+                    }
                     if let Some(sync) = t.sync.as_mut() {
                         sync.flags.push(Change::Flags {
                             mailbox: sync.name.clone(),
@@ -961,31 +1272,37 @@ pub async fn serve(shard: &Rc<Shard>, conn: &mut Conn) {
     };
     let Some(_sending) = Sending::take(&shard.shared.bucket_sends) else {
         tracing::info!(peer = %conn.peer(), max = SENDS_MAX, "cluster: a bucket copy refused: too many are being sent");
-        let _ = conn
-            .write_all(format!("451 4.3.2 {TOO_MANY}\r\n").as_bytes())
-            .await;
+        refuse(conn, "451 4.3.2", TOO_MANY).await;
         return;
     };
     // Our map must be as new as the puller's: from then on, what we commit
     // for these buckets is replicated to it.
     if !shard.map_at_least(version, MAP_WAIT).await {
-        let _ = conn
-            .write_all(format!("451 4.4.0 {MAP_NOT_SEEN}\r\n").as_bytes())
-            .await;
+        refuse(conn, "451 4.4.0", MAP_NOT_SEEN).await;
         return;
     }
     // And what routed with an older map (its copy went to the old
     // replica, maybe not to the puller) must be committed here before the
     // snapshot, so the copy carries it.
-    if !shard.settled(version, SETTLE_WAIT).await {
-        let _ = conn
-            .write_all(format!("451 4.4.0 {STILL_RUNNING}\r\n").as_bytes())
-            .await;
+    // So must what was registered here before this request, whatever its
+    // map: it may have sent its copy to the puller, which then holds it
+    // from before the copy and would drop it if the snapshot lacked it.
+    if !shard.settled(version, SETTLE_WAIT).await || !shard.quiesced(SETTLE_WAIT).await {
+        refuse(conn, "451 4.4.0", STILL_RUNNING).await;
         return;
     }
-    // Buckets this node is itself copying or waits to copy: the puller
-    // must not drop what it holds of them and this node lacks.
-    let mut partial: Vec<u32> = match shard.shared.copies_open.lock() {
+    // Buckets this node is itself copying or waits to copy (`partial`): it
+    // may lack older mail of them, so the puller must not drop what it
+    // holds of them. And those it is not the primary of (`not primary`;
+    // its map is the puller's or newer): only a primary's copy may make
+    // the puller drop anything.
+    let primary_of: HashSet<u32> = shard.mapped().map_or_else(HashSet::new, |m| {
+        list.iter()
+            .copied()
+            .filter(|&b| m.map().primary_of(b) == Some(m.me))
+            .collect()
+    });
+    let partial: Vec<u32> = match shard.shared.copies_open.lock() {
         Ok(m) => list
             .iter()
             .copied()
@@ -993,16 +1310,19 @@ pub async fn serve(shard: &Rc<Shard>, conn: &mut Conn) {
             .collect(),
         Err(_) => list.clone(),
     };
-    partial.sort_unstable();
-    let partial: Vec<String> = partial.iter().map(u32::to_string).collect();
-    let ready = if partial.is_empty() {
-        "250 2.0.0 Buckets follow\r\n".to_string()
-    } else {
-        format!(
-            "250 2.0.0 Buckets follow (partial: {})\r\n",
-            partial.join(",")
-        )
-    };
+    let not_primary: Vec<u32> = list
+        .iter()
+        .copied()
+        .filter(|b| !primary_of.contains(b))
+        .collect();
+    let mut ready = "250 2.0.0 Buckets follow".to_string();
+    for (label, set) in [("partial", &partial), ("not primary", &not_primary)] {
+        if !set.is_empty() {
+            let names: Vec<String> = set.iter().map(u32::to_string).collect();
+            ready.push_str(&format!(" ({label}: {})", names.join(",")));
+        }
+    }
+    ready.push_str("\r\n");
     if conn.write_all(ready.as_bytes()).await.is_err() {
         return;
     }
@@ -1021,6 +1341,13 @@ pub async fn serve(shard: &Rc<Shard>, conn: &mut Conn) {
     }
 }
 
+/// Answer `code` and `text` (a refusal; the connection ends after it).
+async fn refuse(conn: &mut Conn, code: &str, text: &str) {
+    let _ = conn
+        .write_all(format!("{code} {text}\r\n").as_bytes())
+        .await;
+}
+
 /// Serve `XPULL`: queue a copy of each named bucket this node is replica
 /// for and the requester primary of, on the bucket's shard, and answer at
 /// once (the copy runs in the background).
@@ -1032,9 +1359,7 @@ async fn serve_pull(shard: &Rc<Shard>, conn: &mut Conn, text: &str) {
         return;
     };
     if !shard.map_at_least(version, MAP_WAIT).await {
-        let _ = conn
-            .write_all(format!("451 4.4.0 {MAP_NOT_SEEN}\r\n").as_bytes())
-            .await;
+        refuse(conn, "451 4.4.0", MAP_NOT_SEEN).await;
         return;
     }
     let mut by_owner: BTreeMap<usize, Vec<Pull>> = BTreeMap::new();
@@ -1195,11 +1520,10 @@ mod tests {
         assert!(!is_request(b"MAIL FROM:<>"));
         assert_eq!(parse_request("7 3,1,3", 16), Some((7, vec![1, 3])));
         assert!(is_request(b"XPULL 4 n1 1\r\n"));
-        assert_eq!(
-            partial_of("250 2.0.0 Buckets follow (partial: 7,3)"),
-            HashSet::from([3, 7])
-        );
-        assert!(partial_of("250 2.0.0 Buckets follow").is_empty());
+        let reply = "250 2.0.0 Buckets follow (partial: 7,3) (not primary: 5)";
+        assert_eq!(named_in(reply, "partial"), HashSet::from([3, 7]));
+        assert_eq!(named_in(reply, "not primary"), HashSet::from([5]));
+        assert!(named_in("250 2.0.0 Buckets follow", "partial").is_empty());
         assert_eq!(
             parse_pull("7 n3 3,1", 16),
             Some((7, "n3".to_string(), vec![1, 3]))

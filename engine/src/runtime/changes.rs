@@ -758,18 +758,16 @@ async fn apply_new(shard: &Rc<Shard>, account: &str, changes: Vec<Change>) -> Re
         .ensure_account(account)
         .await
         .map_err(|e| e.to_string())?;
-    // While the bucket is copied here, every change waits for the copy's
-    // end: the copy sets messages to the state of the source's snapshot
-    // (`catchup`), which a change applied before it would be undone by,
-    // or a message it expunged brought back by.
+    // Behind changes already kept for this account, in their order.
     let bucket = shard.bucket(account);
-    if shard.catchup.is_copying(bucket) {
+    let copying = shard.catchup.is_copying(bucket);
+    if copying && shard.deferred_changes.has(bucket, account) {
         if !shard.deferred_changes.put(bucket, account, changes) {
-            // Dropped: a copy after this one brings their effect.
             shard.catchup.copy_again(bucket);
         }
         return Ok(());
     }
+    let sent = copying.then(|| touches(&changes));
     let mut batch = Batch::default();
     let r = apply(shard, account, changes, &mut batch, false).await;
     match r {
@@ -778,16 +776,57 @@ async fn apply_new(shard: &Rc<Shard>, account: &str, changes: Vec<Change>) -> Re
             Err(e)
         }
         Ok(missed) => {
-            if !missed.is_empty() {
-                tracing::debug!(
+            if let Some(sent) = sent {
+                // What was applied while the bucket is copied: the copy
+                // must neither set those messages back to its snapshot's
+                // flags nor bring back what was expunged (`catchup`).
+                let not_applied = touches(&missed);
+                shard.catchup.touched(
+                    bucket,
                     account,
-                    missed = missed.len(),
-                    "cluster: changes for messages or mailboxes this replica does not hold"
+                    sent.into_iter().filter(|t| !not_applied.contains(t)),
                 );
+            }
+            if !missed.is_empty() {
+                // A bucket copy still running: again once it is done.
+                if shard.catchup.is_copying(bucket) {
+                    if !shard.deferred_changes.put(bucket, account, missed) {
+                        // Dropped: a copy after this one brings their effect.
+                        shard.catchup.copy_again(bucket);
+                    }
+                } else {
+                    tracing::debug!(
+                        account,
+                        missed = missed.len(),
+                        "cluster: changes for messages or mailboxes this replica does not hold"
+                    );
+                }
             }
             Ok(())
         }
     }
+}
+
+/// The (mailbox, message) pairs `changes` name.
+fn touches(changes: &[Change]) -> std::collections::HashSet<(String, Digest)> {
+    let mut out = std::collections::HashSet::new();
+    for c in changes {
+        match c {
+            Change::Flags {
+                mailbox, digest, ..
+            } => {
+                out.insert((mailbox.clone(), *digest));
+            }
+            Change::Expunge { mailbox, digests } => {
+                out.extend(digests.iter().map(|d| (mailbox.clone(), *d)));
+            }
+            Change::Link { to, digest, .. } => {
+                out.insert((to.clone(), *digest));
+            }
+            _ => {}
+        }
+    }
+    out
 }
 
 /// A bucket copy from the bucket's primary brings a mailbox to the state
@@ -855,9 +894,10 @@ impl Ids {
     }
 }
 
-/// Changes that came for a replica's bucket while the bucket was being
-/// copied to it, per bucket in arrival order, applied once the copy is
-/// done ([`replay`]).
+/// Changes a replica could not apply while the bucket was being copied to
+/// it (the message or mailbox was not there yet), and those that came for
+/// the same account after them, per bucket in arrival order, applied once
+/// the copy is done ([`replay`]).
 #[derive(Default)]
 pub struct Deferred {
     by_bucket: std::cell::RefCell<HashMap<u32, Vec<(String, Change)>>>,
@@ -920,7 +960,6 @@ impl Deferred {
         }
     }
 
-    #[cfg(test)]
     fn has(&self, bucket: u32, account: &str) -> bool {
         self.by_bucket
             .borrow()

@@ -49,6 +49,9 @@ impl Mapped<'_> {
 pub struct Routings {
     shard: usize,
     counts: std::cell::RefCell<std::collections::BTreeMap<i64, usize>>,
+    /// Tickets given (`InFlight::mark`) and those still in flight.
+    issued: std::cell::Cell<u64>,
+    tickets: std::cell::RefCell<std::collections::BTreeSet<u64>>,
     published: Arc<crate::cluster::InFlight>,
 }
 
@@ -57,8 +60,31 @@ impl Routings {
         Routings {
             shard,
             counts: Default::default(),
+            issued: Default::default(),
+            tickets: Default::default(),
             published,
         }
+    }
+
+    /// A new ticket (`up`) or one ended.
+    fn ticket(&self, ended: Option<u64>) -> u64 {
+        let mut tickets = self.tickets.borrow_mut();
+        let t = match ended {
+            Some(t) => {
+                tickets.remove(&t);
+                t
+            }
+            None => {
+                let t = self.issued.get();
+                self.issued.set(t + 1);
+                tickets.insert(t);
+                t
+            }
+        };
+        let oldest = tickets.first().copied().unwrap_or(u64::MAX);
+        self.published
+            .set_tickets(self.shard, self.issued.get(), oldest);
+        t
     }
 
     fn change(&self, version: i64, up: bool) {
@@ -79,12 +105,13 @@ impl Routings {
 
 /// An operation in flight with the map it routed with; dropped once its
 /// local commit is done (or it gave up).
-pub struct Routing(Option<(Rc<Routings>, i64)>);
+pub struct Routing(Option<(Rc<Routings>, i64, u64)>);
 
 impl Drop for Routing {
     fn drop(&mut self) {
-        if let Some((r, v)) = self.0.take() {
+        if let Some((r, v, t)) = self.0.take() {
             r.change(v, false);
+            r.ticket(Some(t));
         }
     }
 }
@@ -108,9 +135,24 @@ impl Shard {
                 let sent = sent.map_or(v, |s| i64::try_from(s).unwrap_or(i64::MAX));
                 let v = v.min(sent);
                 self.routings.change(v, true);
-                Routing(Some((self.routings.clone(), v)))
+                let t = self.routings.ticket(None);
+                Routing(Some((self.routings.clone(), v, t)))
             }
         }
+    }
+
+    /// Wait (at most `limit`) until every operation registered on any
+    /// shard of this node before now has ended (`InFlight::mark`).
+    pub async fn quiesced(&self, limit: std::time::Duration) -> bool {
+        let deadline = std::time::Instant::now() + limit;
+        let mark = self.shared.in_flight.mark();
+        while !self.shared.in_flight.passed(&mark) {
+            if std::time::Instant::now() >= deadline {
+                return false;
+            }
+            glommio::timer::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        true
     }
 
     /// Wait (at most `limit`) until no operation on any shard of this
@@ -564,21 +606,30 @@ mod tests {
         assert_eq!(published.oldest(), i64::MAX);
         let hold = |v: i64| {
             shard1.change(v, true);
-            Routing(Some((shard1.clone(), v)))
+            let t = shard1.ticket(None);
+            Routing(Some((shard1.clone(), v, t)))
         };
         let a = hold(7);
         let b = hold(7);
+        // What is in flight now must end before the mark passes, whatever
+        // its map; what comes after does not count.
+        let mark = published.mark();
+        assert!(!published.passed(&mark));
         let c = hold(9);
         assert_eq!(published.oldest(), 7);
         drop(a);
         assert_eq!(published.oldest(), 7);
+        assert!(!published.passed(&mark));
         drop(b);
+        assert!(published.passed(&mark), "c came after the mark");
+        assert!(!published.passed(&published.mark()));
         assert_eq!(published.oldest(), 9);
         published.set(0, 8);
         assert_eq!(published.oldest(), 8);
         published.set(0, i64::MAX);
         drop(c);
         assert_eq!(published.oldest(), i64::MAX);
+        assert!(published.passed(&published.mark()));
         drop(Routing(None));
     }
 }

@@ -147,8 +147,8 @@ pub struct Opened {
     pub fresh: bool,
     /// How many stored messages have each body digest ([`digest`]).
     pub digests: HashMap<[u8; 16], u32>,
-    /// Each stored message's UID and digest, in UID order.
-    pub by_uid: Vec<(u32, [u8; 16])>,
+    /// Each stored message's UID, digest and internal date, in UID order.
+    pub by_uid: Vec<(u32, [u8; 16], i64)>,
 }
 
 /// Work for the shard owning an account.
@@ -589,7 +589,7 @@ pub async fn open(
                     m.messages
                         .iter()
                         .filter(|_| kind != Digests::Skip)
-                        .filter_map(|e| Some((e.uid, store.body(e.loc)?)))
+                        .filter_map(|e| Some((e.uid, e.internal_date, store.body(e.loc)?)))
                         .collect::<Vec<_>>(),
                 )
             })
@@ -598,7 +598,7 @@ pub async fn open(
         .ok_or("mailbox vanished")?;
     let mut digests = HashMap::new();
     let mut by_uid = Vec::with_capacity(bodies.len());
-    for (uid, b) in bodies {
+    for (uid, date, b) in bodies {
         let mut d = Digester::new();
         let bytes = b.bytes();
         for step in bytes[kind.start(bytes)..].chunks(DIGEST_STEP) {
@@ -607,7 +607,7 @@ pub async fn open(
         }
         let d = d.finish();
         *digests.entry(d).or_insert(0) += 1;
-        by_uid.push((uid, d));
+        by_uid.push((uid, d, date));
     }
     Ok(Opened {
         id,
