@@ -394,6 +394,21 @@ fn mapped_cluster_leased(
     nodes
 }
 
+/// A new node `id` of the cluster `prefix` (as [`mapped_cluster`] names
+/// it), one core, with `accounts`, pausing `pause_ms` before each account
+/// a bucket copy stores.
+fn join_paced(etcd: &Etcd, prefix: &str, id: &str, accounts: &[String], pause_ms: u64) -> Server {
+    let name = format!("{prefix}{}", std::process::id());
+    Server::options()
+        .cores(1)
+        .accounts(accounts)
+        .config(&format!(
+            "{}copy_pause_ms = {pause_ms}\n",
+            node_config(etcd, &name, id)
+        ))
+        .start()
+}
+
 /// A message of the 10,000 the big test sends (the same as
 /// `py/cluster_read.py` expects): message `i` goes to account `i % n`.
 fn big_message(i: usize, n: usize) -> String {
@@ -1905,16 +1920,7 @@ fn changes_made_while_the_replica_copies_the_bucket_are_applied_after_the_copy()
         let m = format!("Message-ID: <d{i}@example.org>\r\nSubject: d{i}\r\n\r\nbody {i}\r\n");
         smtp_send(nodes[0].smtp, "s@example.org", &[&account], m.as_bytes());
     }
-    let name = format!("dc{}", std::process::id());
-    let n2 = Server::options()
-        .cores(1)
-        .accounts(&accounts)
-        .config(&format!(
-            "{}copy_pause_ms = 6000\n",
-            node_config(&etcd, &name, "n2")
-        ))
-        .start();
-    nodes.push(n2);
+    nodes.push(join_paced(&etcd, "dc", "n2", &accounts, 6000));
     wait_status(&nodes[0], Duration::from_secs(10), |s| {
         s.contains("2 live node(s)")
     });
@@ -2357,16 +2363,7 @@ fn a_copy_cut_short_by_a_second_failure_waits_for_a_holder_to_come_back() {
 
     // A fresh node joins and becomes the replica: it copies what n3 has
     // now, which lacks the older mail.
-    let name = format!("w{}", std::process::id());
-    let n4 = Server::options()
-        .cores(1)
-        .accounts(&accounts)
-        .config(&format!(
-            "{}copy_pause_ms = 300\n",
-            node_config(&etcd, &name, "n4")
-        ))
-        .start();
-    nodes.push(n4);
+    nodes.push(join_paced(&etcd, "w", "n4", &accounts, 300));
     wait_status(&nodes[2], Duration::from_secs(10), |s| {
         s.contains("2 live node(s)")
     });

@@ -149,13 +149,18 @@ pub struct State {
 impl State {
     /// `bucket` is no longer copied to this shard: what waited for it goes.
     fn done(&self, shard: &Shard, bucket: u32) {
+        self.stop_copying(shard, bucket);
+        if self.open.borrow_mut().remove(&bucket).is_some() {
+            self.save(shard);
+        }
+    }
+
+    /// `bucket` is not being copied now: its kept and touched changes go.
+    fn stop_copying(&self, shard: &Shard, bucket: u32) {
         self.copying.borrow_mut().remove(&bucket);
         shard.deferred_changes.forget(bucket);
         self.forget_touched(bucket);
         self.publish(shard);
-        if self.open.borrow_mut().remove(&bucket).is_some() {
-            self.save(shard);
-        }
     }
 
     /// Tell the node's other shards which buckets this one is copying or
@@ -234,10 +239,7 @@ impl State {
             waiting.push(job.clone());
             shard.metrics.copies_waiting.set(waiting.len() as u64);
         }
-        self.copying.borrow_mut().remove(&job.bucket);
-        shard.deferred_changes.forget(job.bucket);
-        self.forget_touched(job.bucket);
-        self.publish(shard);
+        self.stop_copying(shard, job.bucket);
         let finished = self
             .finished
             .borrow()
@@ -259,14 +261,12 @@ impl State {
     /// may lack some meanwhile). Errors are logged.
     fn save(&self, shard: &Shard) {
         let path = waiting_file(shard);
-        let mut text: String = self
-            .open
-            .borrow()
+        let open = self.open.borrow();
+        let mut text: String = open
             .values()
             .map(|w| format!("{} {} {}\n", w.bucket, w.from, w.also.join(",")))
             .collect();
         // And the accounts an interrupted copy stored whole.
-        let open = self.open.borrow();
         for (bucket, accounts) in self.finished.borrow().iter() {
             if open.contains_key(bucket) {
                 for a in accounts {
@@ -789,10 +789,7 @@ async fn ask_replicas(shard: &Rc<Shard>, buckets: &[u32]) {
         let line: Vec<String> = list.iter().map(u32::to_string).collect();
         let line = format!("XPULL {version} {me} {}\r\n", line.join(","));
         let asked = async {
-            let addr = to
-                .internal_addr()
-                .ok_or_else(|| format!("{}: no internal address", to.id))?;
-            let mut peer = super::peer::connect(shard, addr, to.tls_sha256.clone()).await?;
+            let mut peer = connect_to(shard, &to).await?;
             command(&mut peer.conn, &line, 250).await
         }
         .await;
@@ -814,6 +811,17 @@ async fn ask_replicas(shard: &Rc<Shard>, buckets: &[u32]) {
     }
 }
 
+/// A session with `node`'s internal listener (its certificates pinned).
+async fn connect_to(
+    shard: &Shard,
+    node: &crate::cluster::NodeRecord,
+) -> Result<super::peer::Peer, String> {
+    let to: SocketAddr = node
+        .internal_addr()
+        .ok_or_else(|| format!("{}: no internal address", node.id))?;
+    super::peer::connect(shard, to, node.tls_sha256.clone()).await
+}
+
 /// Copy `buckets` from the node `from`.
 async fn pull(
     shard: &Rc<Shard>,
@@ -821,9 +829,6 @@ async fn pull(
     buckets: &[u32],
     version: i64,
 ) -> Result<Copied, String> {
-    let to: SocketAddr = from
-        .internal_addr()
-        .ok_or_else(|| format!("{}: no internal address", from.id))?;
     // Before the request: what this node holds of the buckets the source
     // is primary of (and this node replica), which the copy brings to the
     // source's state; what is stored from now on is never taken away.
@@ -860,7 +865,7 @@ async fn pull(
             }
         });
     }
-    let mut peer = super::peer::connect(shard, to, from.tls_sha256.clone()).await?;
+    let mut peer = connect_to(shard, from).await?;
     let conn = &mut peer.conn;
     let list: Vec<String> = buckets.iter().map(u32::to_string).collect();
     conn.write_all(format!("XSYNC {version} {}\r\n", list.join(",")).as_bytes())
@@ -922,7 +927,6 @@ fn named_in(text: &str, label: &str) -> HashSet<u32> {
 
 /// A mailbox of the copy being brought to the source's state.
 struct MailboxSync {
-    name: String,
     /// Messages with a UID below this were here before the copy.
     uidnext: u32,
     /// Expunge what the source lacks (not for a partial source).
@@ -962,7 +966,7 @@ async fn sync_mailbox(
         if !gone.is_empty() {
             copied.expunged += gone.len();
             changes.push(Change::Expunge {
-                mailbox: sync.name.clone(),
+                mailbox: t.name.clone(),
                 digests: gone,
             });
         }
@@ -1110,7 +1114,6 @@ async fn apply(
                                         .get(&(a.clone(), opened.id))
                                         .copied()
                                         .unwrap_or(0),
-                                    name: name.clone(),
                                     expunge: !sync.partial.contains(&bucket),
                                     flags: Vec::new(),
                                 });
@@ -1168,7 +1171,7 @@ async fn apply(
                     }
                     if let Some(sync) = t.sync.as_mut() {
                         sync.flags.push(Change::Flags {
-                            mailbox: sync.name.clone(),
+                            mailbox: t.name.clone(),
                             digest: d,
                             flags: u32::try_from(flags).unwrap_or(0),
                             keywords,
